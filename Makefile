@@ -1,0 +1,110 @@
+# binduq -- build, test and benchmark.
+#
+#   make               libbinduq.a, libbinduq.so, the Lua module binduq/core.so, binduq-lua
+#   make test          the whole suite (C unit tests under ASan+UBSan, busted specs, integration
+#                      tests against a real redis-server started on a free loopback port)
+#   make bench         the benchmark against a throwaway redis-server
+#   make install       PREFIX=/usr/local DESTDIR=
+#
+# Knobs: CC, CFLAGS, LDFLAGS, PREFIX, DESTDIR, LUA_INCDIR, LUA_LIB, WERROR=1, SANITIZER=.
+
+CC        ?= cc
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+LUA_INCDIR ?= /usr/include/lua5.4
+LUA_LIB   ?= -llua5.4
+WERROR    ?= 1
+SANITIZER ?=
+BUILD     ?= build
+
+WARN = -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+       -Wwrite-strings -Wformat=2 -Wundef
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+CFLAGS   ?= -O2 -g
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DBQ_BUILDING -fPIC -fvisibility=hidden $(WARN) \
+             -I$(LUA_INCDIR) $(CFLAGS)
+ifneq ($(SANITIZER),)
+ALL_CFLAGS += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=$(SANITIZER)
+endif
+LIBS = -lhiredis -lpthread -lm
+
+LIB_SRC = $(wildcard src/core/*.c src/net/*.c src/broker/*.c src/engine/*.c)
+LUA_SRC = $(wildcard src/lua/*.c)
+HOST_SRC = src/host/main.c
+LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+LUA_OBJ = $(LUA_SRC:%.c=$(BUILD)/obj/%.o)
+HOST_OBJ = $(HOST_SRC:%.c=$(BUILD)/obj/%.o)
+HEADERS = $(wildcard src/*.h src/*/*.h)
+
+C_TESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
+
+.PHONY: all test test-c check bench install uninstall clean rock
+all: $(BUILD)/libbinduq.a $(BUILD)/libbinduq.so $(BUILD)/binduq/core.so $(BUILD)/binduq-lua \
+     $(BUILD)/examples/schedule_c
+
+$(BUILD)/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+# libbinduq: the C runtime (no Lua inside: the binding lives in the Lua module).
+$(BUILD)/libbinduq.a: $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libbinduq.so: $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libbinduq.so.0 $(LDFLAGS) -o $@ $^ $(LIBS)
+
+# The Lua module must not link liblua: the interpreter that loads it provides the Lua API.
+$(BUILD)/binduq/core.so: $(LIB_OBJ) $(LUA_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/binduq-lua: $(HOST_OBJ) $(LUA_OBJ) $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LUA_LIB) $(LIBS) -ldl
+
+$(BUILD)/examples/schedule_c: examples/schedule.c $(BUILD)/libbinduq.a src/binduq.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(WARN) $(CFLAGS) -Isrc -o $@ $< $(BUILD)/libbinduq.a $(LDFLAGS) $(LIBS)
+
+# C unit tests, always built with AddressSanitizer and UBSan in their own tree.
+ASAN_BUILD = $(BUILD)/asan
+$(BUILD)/tests/%: tests/c/%.c tests/c/check.h $(LIB_SRC) $(HEADERS)
+	@$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) SANITIZER=address,undefined \
+	    $(ASAN_BUILD)/libbinduq.a
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g -fsanitize=address,undefined \
+	    -fno-omit-frame-pointer -fno-sanitize-recover=all -Isrc -o $@ $< \
+	    $(ASAN_BUILD)/libbinduq.a $(LIBS)
+
+test-c: $(C_TESTS)
+	@for t in $(C_TESTS); do $$t || exit 1; done
+
+test: all $(C_TESTS)
+	@tests/run
+
+check: test
+
+bench: all
+	@tests/bench/run
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
+	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/binduq $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq
+	install -m 755 $(BUILD)/binduq-lua $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(BUILD)/libbinduq.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libbinduq.so $(DESTDIR)$(PREFIX)/lib/libbinduq.so.0
+	ln -sf libbinduq.so.0 $(DESTDIR)$(PREFIX)/lib/libbinduq.so
+	install -m 644 src/binduq.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(BUILD)/binduq/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/binduq/
+	install -m 644 lua/binduq/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq/
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/binduq-lua $(DESTDIR)$(PREFIX)/lib/libbinduq.* \
+	    $(DESTDIR)$(PREFIX)/include/binduq.h
+	rm -rf $(DESTDIR)$(PREFIX)/lib/lua/5.4/binduq $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq
+
+clean:
+	rm -rf $(BUILD)

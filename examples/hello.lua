@@ -1,0 +1,33 @@
+-- hello.lua -- the first run: a worker and a few tasks on the in-memory scheduler.
+--
+--   build/binduq-lua examples/hello.lua
+--
+-- No Redis needed: without REDIS_URL binduq uses the in-memory scheduler of this process.
+-- With REDIS_URL set, the same script goes through Redis.
+
+local bq = require("binduq")
+io.stdout:setvbuf("line")
+
+local worker = bq.worker{
+    concurrency = 2,
+    handlers = {
+        run = function(task, ctx)
+            local last = task.messages[#task.messages]
+            return ("Hello, %s! (handled by slot %d)"):format(last.content, ctx.slot)
+        end,
+    },
+    on_result = function(r)
+        print(("%-8s %-10s %s"):format(r.task_id, r.state, r.result or r.reason))
+    end,
+}
+
+-- Handler states (one per unit of concurrency) load this script too, and stop here.
+worker:start()
+
+for i, name in ipairs({ "Ada", "Grace", "Edsger", "Barbara", "Ken" }) do
+    assert(worker:schedule{ type = "run", task_id = "hello-" .. i, messages = { name } })
+end
+
+-- Returns once the queue is empty and nothing is running.
+local stats = worker:drain()
+print(("done: %d completed, %d failed"):format(stats.completed, stats.failed))

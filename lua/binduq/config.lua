@@ -1,0 +1,74 @@
+--- binduq.config: option tables, checked.
+--
+-- Options mirror a Bindu agent config: a `scheduler` section and a `storage` section, plus the
+-- worker's own keys. Unknown keys raise, naming the key, so a typo is never silently ignored.
+-- Explicit options beat environment variables (REDIS_URL, REDIS_QUEUE_NAME,
+-- REDIS_MAX_CONNECTIONS), which beat the defaults; that resolution happens in C
+-- (src/engine/config.c), the one place the defaults live.
+
+local M = {}
+
+M.SCHEDULER_KEYS = {
+    type = "string", url = "string", queue_name = "string", max_connections = "number",
+    connect_timeout = "number", command_timeout = "number", pool_timeout = "number",
+}
+
+M.STORAGE_KEYS = { type = "string", url = "string" }
+
+M.WORKER_KEYS = {
+    scheduler = "table", storage = "table", concurrency = "number", handlers = "table",
+    handler = "function", on_result = "function", block_timeout = "number",
+    max_message_size = "number", script = "string", args = "table",
+}
+
+-- Keys of a Bindu agent config that binduq accepts and ignores, so a whole agent config
+-- can be passed as is.
+M.BINDU_KEYS = { author = true, name = true, description = true, deployment = true, skills = true }
+
+--- Checks t against the key -> type map; raises at `level` naming the first bad key.
+function M.check(t, keys, what, level)
+    level = (level or 1) + 1
+    if t == nil then return {} end
+    if type(t) ~= "table" then error(what .. " must be a table (got " .. type(t) .. ")", level) end
+    for k, v in pairs(t) do
+        local want = keys[k]
+        if want == nil and not (what == "options" and M.BINDU_KEYS[k]) then
+            error("unknown " .. what .. " key '" .. tostring(k) .. "'", level)
+        end
+        if want ~= nil and type(v) ~= want then
+            error(what .. " key '" .. k .. "' must be a " .. want .. " (got " .. type(v) .. ")", level)
+        end
+    end
+    return t
+end
+
+--- The scheduler section of opts: opts.scheduler if present, else opts itself (so
+-- bq.scheduler{url=...} works as well as bq.scheduler{scheduler={url=...}}).
+function M.scheduler_section(opts, level)
+    level = (level or 1) + 1
+    if opts == nil then return {} end
+    if type(opts) ~= "table" then error("options must be a table (got " .. type(opts) .. ")", level) end
+    if opts.scheduler ~= nil or opts.storage ~= nil then
+        for k in pairs(opts) do
+            if k ~= "scheduler" and k ~= "storage" and not M.BINDU_KEYS[k] and not M.WORKER_KEYS[k] then
+                error("unknown options key '" .. tostring(k) .. "'", level)
+            end
+        end
+        M.check_storage(opts.storage, level)
+        return M.check(opts.scheduler, M.SCHEDULER_KEYS, "scheduler", level)
+    end
+    return M.check(opts, M.SCHEDULER_KEYS, "scheduler", level)
+end
+
+--- Storage: this version keeps task state in memory only (PostgreSQL comes with the task
+-- lifecycle work); anything else is refused rather than silently ignored.
+function M.check_storage(s, level)
+    level = (level or 1) + 1
+    M.check(s, M.STORAGE_KEYS, "storage", level)
+    if s ~= nil and s.type ~= nil and s.type ~= "memory" then
+        error("storage type '" .. tostring(s.type) .. "' is not supported by this version of binduq "
+              .. "(only \"memory\")", level)
+    end
+end
+
+return M

@@ -1,0 +1,52 @@
+--- binduq: a distributed task scheduler for AI-agent workloads.
+--
+--   local bq = require("binduq")
+--   bq.scheduler(opts)   -- producer: schedule run / pause / resume / cancel
+--   bq.worker(opts)      -- consumer: handlers in Lua, mechanism in C
+--   bq.fail{code=, message=, retryable=}   -- raise a handler error on purpose
+--
+-- With neither REDIS_URL nor a scheduler url, everything runs on the in-memory scheduler of
+-- this process. See the README for every option.
+
+local core = require("binduq.core")
+
+local M = {
+    _VERSION = core.version,
+    --- "main" in the script's own state, "handler" in a worker's handler states.
+    role = core.role(),
+}
+
+--- Opens a scheduler (producer). See binduq.scheduler.
+function M.scheduler(opts)
+    return require("binduq.scheduler").new(opts, 2)
+end
+
+--- Creates a worker. See binduq.worker.
+function M.worker(opts)
+    return require("binduq.worker").new(opts, 2)
+end
+
+--- Raises a handler error: bq.fail("message") or bq.fail{code=, message=, retryable=false}.
+function M.fail(t)
+    require("binduq.errors").fail(t, 2)
+end
+
+--- Logs an event: bq.log("info", "event_name", {key = value}).
+function M.log(level, event, fields)
+    core.log(level, event, fields)
+end
+
+--- Sets the log level ("debug", "info", "warn", "error", "off") and/or format ("text",
+-- "json"), overriding BINDUQ_LOG_LEVEL and BINDUQ_LOG_FORMAT.
+function M.log_configure(t)
+    core.log_configure(t)
+end
+
+M.uuid = core.uuid4
+M.now = core.now
+M.monotonic = core.monotonic
+M.iso8601 = core.iso8601
+M.sleep = core.sleep
+M.defaults = core.defaults
+
+return M

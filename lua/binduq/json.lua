@@ -1,0 +1,47 @@
+--- binduq.json: the JSON codec binduq uses, a private lua-cjson instance.
+--
+-- A private instance (cjson.new) keeps our settings from leaking into the user's cjson, and
+-- is per Lua state, so each handler state has its own. Decoding is strict JSON: NaN,
+-- Infinity and hex numbers are refused. lua-cjson cannot tell `[]` from `{}` once decoded
+-- and encodes an empty table as `{}`; `array` below writes a list as a JSON array always.
+
+local ok, cjson = pcall(require, "cjson")
+if not ok then
+    error("binduq needs lua-cjson for Lua 5.4 (Debian: apt-get install lua-cjson): "
+          .. tostring(cjson), 0)
+end
+
+local codec = cjson.new()
+codec.decode_invalid_numbers(false)
+codec.encode_invalid_numbers(false)
+codec.decode_max_depth(200)
+codec.encode_max_depth(200)
+codec.encode_sparse_array(false)
+
+local M = { null = codec.null }
+
+--- Decodes s; returns value, or nil and a message.
+function M.decode(s)
+    local okd, v = pcall(codec.decode, s)
+    if okd then return v end
+    return nil, tostring(v)
+end
+
+--- Encodes v; returns a string, or nil and a message.
+function M.encode(v)
+    local oke, s = pcall(codec.encode, v)
+    if oke then return s end
+    return nil, tostring(s)
+end
+
+--- Encodes the list t (t[1..#t]) as a JSON array, even when empty. Raises on values cjson
+-- cannot encode.
+function M.array(t)
+    local parts = {}
+    for i = 1, #t do parts[i] = codec.encode(t[i]) end
+    return "[" .. table.concat(parts, ",") .. "]"
+end
+
+M.encode_strict = codec.encode
+
+return M

@@ -1,0 +1,161 @@
+--- binduq.scheduler: the producer side.
+--
+--   local s = bq.scheduler{ url = "redis://127.0.0.1:6379/0", queue_name = "bindu:tasks" }
+--   s:schedule{ type = "run", task_id = id, messages = {{ role = "user", content = "Hi" }} }
+--   s:run{ task_id = id, messages = {"Hi"} }       -- the same, shorter
+--   s:pause(id)  s:resume(id, {"more input"})  s:cancel(id)
+--   s:schedule_many{ op1, op2, ... }             -- one pipelined round trip
+--
+-- Invalid operations raise (nothing is sent); run-time failures (Redis down, timeouts)
+-- return nil, message, code.
+
+local core = require("binduq.core")
+local config = require("binduq.config")
+local task = require("binduq.task")
+local json = require("binduq.json")
+
+local Scheduler = {}
+Scheduler.__index = Scheduler
+Scheduler.__name = "binduq.Scheduler"
+
+function Scheduler.__tostring(s)
+    if not s.client then return "binduq.Scheduler (closed)" end
+    return ("binduq.Scheduler: %s (%s %s)"):format(s.queue_name, s.backend, s.address)
+end
+
+local M = {}
+
+--- Opens a scheduler. `opts` is the scheduler section of a Bindu config, or a whole config
+-- with a `scheduler` key. Raises on invalid options (a malformed URL names the bad part).
+function M.new(opts, level)
+    level = (level or 1) + 1
+    local section = config.scheduler_section(opts, level)
+    local ok, client = pcall(core.client, section)
+    if not ok then error(client, level) end
+    local info = client:info()
+    local self = setmetatable({
+        client = client,
+        queue_name = info.queue_name,
+        backend = info.backend,
+        address = info.address,
+        url = info.url,
+    }, Scheduler)
+    return self
+end
+
+local function check_open(self)
+    if not self.client then error("attempt to use a closed scheduler", 3) end
+    return self.client
+end
+
+--- Schedules one task operation. Returns true, "scheduled" (later versions add other
+-- statuses, e.g. "duplicate"), or nil, message, code.
+function Scheduler:schedule(op)
+    local client = check_open(self)
+    local msg, id = task.encode(op, 2)
+    local n, err, code = client:push(msg, id)
+    if not n then return nil, err, code end
+    return true, "scheduled"
+end
+
+--- Schedules a list of operations in one pipelined round trip, in order. All are checked
+-- before anything is sent. Returns the number scheduled, or nil, message, code.
+function Scheduler:schedule_many(ops)
+    local client = check_open(self)
+    if type(ops) ~= "table" then error("schedule_many expects a list of task operations", 2) end
+    local msgs, ids = {}, {}
+    for i = 1, #ops do
+        local okenc, m, id = pcall(task.encode, ops[i], 1)
+        if not okenc then error("operation " .. i .. ": " .. tostring(m), 2) end
+        msgs[i], ids[i] = m, id
+    end
+    if #msgs == 0 then return 0 end
+    return client:push(msgs, ids)
+end
+
+--- Pushes an already-encoded message as is. For tools and tests that need to put arbitrary
+-- bytes on the queue (the worker sets malformed ones aside).
+function Scheduler:push_raw(raw)
+    return check_open(self):push(raw)
+end
+
+local function with_type(ty, op)
+    local t = {}
+    for k, v in pairs(op) do t[k] = v end
+    t.type = ty
+    return t
+end
+
+function Scheduler:run(op)
+    if type(op) ~= "table" then error("run expects a table {task_id=, messages=}", 2) end
+    return self:schedule(with_type("run", op))
+end
+
+function Scheduler:pause(task_id)
+    return self:schedule({ type = "pause", task_id = task_id })
+end
+
+function Scheduler:resume(task_id, messages)
+    return self:schedule({ type = "resume", task_id = task_id, messages = messages })
+end
+
+function Scheduler:cancel(task_id)
+    return self:schedule({ type = "cancel", task_id = task_id })
+end
+
+--- Number of operations waiting. Returns n, or nil, message, code.
+function Scheduler:queue_length()
+    return check_open(self):length("ready")
+end
+
+--- PING round trip and queue length. Never raises; `ok` tells.
+function Scheduler:health_check()
+    local client = check_open(self)
+    local h = { backend = self.backend, address = self.address, queue = self.queue_name }
+    local rtt, err, code = client:ping()
+    if rtt then
+        h.rtt = rtt
+        h.queue_length, err, code = client:length("ready")
+    end
+    h.ok = err == nil
+    h.error, h.code = err, code
+    return h
+end
+
+--- Parses a dead-letter entry: the JSON header line, then the original message bytes.
+function M.parse_dead_letter(entry)
+    local nl = entry:find("\n", 1, true)
+    local header = nl and json.decode(entry:sub(1, nl - 1)) or nil
+    if type(header) ~= "table" then
+        return { reason = "unreadable dead-letter entry", message = entry }
+    end
+    header.message = entry:sub(nl + 1)
+    return header
+end
+
+--- Entries of the dead-letter list, newest first: {reason=, error=, task_id=, type=, queue=,
+-- worker=, attempts=, failed_at=, message=<original bytes>}. Returns the list, or nil,
+-- message, code.
+function Scheduler:dead_letters(start, stop)
+    local raw, err, code = check_open(self):range("dead", start or 0, stop or -1)
+    if not raw then return nil, err, code end
+    local out = {}
+    for i, e in ipairs(raw) do out[i] = M.parse_dead_letter(e) end
+    return out
+end
+
+function Scheduler:dead_letter_count()
+    return check_open(self):length("dead")
+end
+
+function Scheduler:close()
+    if self.client then
+        self.client:close()
+        self.client = nil
+    end
+end
+Scheduler.__close = Scheduler.close
+Scheduler.__gc = Scheduler.close
+
+M.Scheduler = Scheduler
+return M

@@ -1,0 +1,280 @@
+--- binduq.task: the wire formats of a task operation.
+--
+-- Native format (what binduq's producers write; LPUSH, consumed from the right):
+--   {"type":"run","task_id":"...","conversation_id":"...",
+--    "messages":[{"role":"user","content":"What is AI?"}],"artifacts":[],
+--    "timestamp":"2024-12-09T14:30:00Z"}
+-- Bindu's Python scheduler format (accepted by the decoder):
+--   {"operation":"run","params":{"task_id":"...","context_id":"...","message":{"role":"user",
+--    "parts":[{"kind":"text","text":"..."}],...}},"trace_id":"...","span_id":"..."}
+--
+-- Both decode to the same task table:
+--   { type, task_id, conversation_id, messages = {{role, content, parts?, ...}}, artifacts,
+--     timestamp, metadata, trace_id, span_id, format = "native" | "bindu", params (Bindu) }
+--
+-- `encode` (producers) and `decode` (workers) enforce the same rules, so whatever a producer
+-- accepts a worker accepts. The C producer (src/engine/task.c) follows them too.
+
+local core = require("binduq.core")
+local json = require("binduq.json")
+
+local M = {}
+
+M.TYPES = { run = true, pause = true, resume = true, cancel = true }
+M.MAX_ID_LEN = 256
+
+local null = json.null
+
+-- A short, printable rendering of a value for error messages (never the whole input).
+local function show(v)
+    local s = tostring(v)
+    if #s > 40 then
+        local cut = 38 -- back up to the start of a UTF-8 sequence
+        while cut > 1 and (s:byte(cut) & 0xC0) == 0x80 do cut = cut - 1 end
+        s = s:sub(1, cut - 1) .. "..."
+    end
+    return s
+end
+M.show = show
+
+local function is_array(t)
+    if type(t) ~= "table" then return false end
+    local n = #t
+    local count = 0
+    for k in pairs(t) do
+        if math.type(k) ~= "integer" or k < 1 or k > n then return false end
+        count = count + 1
+    end
+    return count == n
+end
+M.is_array = is_array
+
+local function check_id(name, v, required)
+    if v == nil or v == null then
+        if required then return nil, name .. " is required" end
+        return true
+    end
+    if type(v) ~= "string" then
+        return nil, name .. " must be a string (got " .. type(v) .. ")"
+    end
+    if v == "" then return nil, name .. " must not be empty" end
+    if #v > M.MAX_ID_LEN then return nil, name .. " is longer than " .. M.MAX_ID_LEN .. " bytes" end
+    if not utf8.len(v) then return nil, name .. " is not valid UTF-8" end
+    return true
+end
+
+-- Text of an A2A message: its text parts joined by newlines.
+local function parts_text(parts)
+    local out = {}
+    for _, p in ipairs(parts) do
+        if type(p) == "table" and (p.kind == "text" or p.kind == nil) and type(p.text) == "string" then
+            out[#out + 1] = p.text
+        end
+    end
+    return table.concat(out, "\n")
+end
+
+-- Validates one message table and returns its native form (content filled from parts).
+local function check_message(m, where)
+    if type(m) ~= "table" or (next(m) ~= nil and is_array(m)) then
+        return nil, where .. " must be an object (got " .. (type(m) == "table" and "an array" or type(m)) .. ")"
+    end
+    if type(m.role) ~= "string" or m.role == "" then
+        return nil, where .. ".role must be a non-empty string"
+    end
+    local content = m.content
+    if content ~= nil and content ~= null and type(content) ~= "string" then
+        return nil, where .. ".content must be a string (got " .. type(content) .. ")"
+    end
+    local parts = m.parts
+    if parts ~= nil and parts ~= null and not is_array(parts) then
+        return nil, where .. ".parts must be an array"
+    end
+    if (content == nil or content == null) and (parts == nil or parts == null) then
+        return nil, where .. " needs content or parts"
+    end
+    local out = {}
+    for k, v in pairs(m) do if v ~= null then out[k] = v end end
+    if out.content == nil then out.content = parts_text(parts) end
+    return out
+end
+
+-- Validates a list of messages; returns the native list.
+local function check_messages(list, where, required)
+    if list == nil or list == null then
+        if required then return nil, "a run needs at least one message" end
+        return {}
+    end
+    if type(list) ~= "table" or not is_array(list) then
+        return nil, where .. " must be an array (got " .. (type(list) == "table" and "an object" or type(list)) .. ")"
+    end
+    if required and #list == 0 then return nil, "a run needs at least one message" end
+    local out = {}
+    for i, m in ipairs(list) do
+        local nm, why = check_message(m, where .. "[" .. i .. "]")
+        if not nm then return nil, why end
+        out[i] = nm
+    end
+    return out
+end
+
+-- Optional field of a given Lua type; nulls become nil.
+local function opt(t, k, ty, label)
+    local v = t[k]
+    if v == nil or v == null then return true, nil end
+    if ty == "array" then
+        if not is_array(v) then return nil, (label or k) .. " must be an array" end
+    elseif ty == "object" then
+        if type(v) ~= "table" or (next(v) ~= nil and is_array(v)) then
+            return nil, (label or k) .. " must be an object"
+        end
+    elseif type(v) ~= ty then
+        return nil, (label or k) .. " must be a " .. ty .. " (got " .. type(v) .. ")"
+    end
+    return true, v
+end
+
+local function decode_native(t)
+    local ty = t.type
+    if type(ty) ~= "string" then return nil, "type must be a string (got " .. type(ty) .. ")" end
+    if not M.TYPES[ty] then return nil, "unknown type '" .. show(ty) .. "' (expected run, pause, resume or cancel)" end
+    local task = { type = ty, format = "native" }
+    local ok, why = check_id("task_id", t.task_id, true)
+    if not ok then return nil, why, task end
+    task.task_id = t.task_id
+    ok, why = check_id("conversation_id", t.conversation_id, false)
+    if not ok then return nil, why, task end
+    task.conversation_id = t.conversation_id ~= null and t.conversation_id or nil
+    local msgs
+    msgs, why = check_messages(t.messages, "messages", ty == "run")
+    if not msgs then return nil, why, task end
+    task.messages = msgs
+    for _, f in ipairs({ { "artifacts", "array" }, { "timestamp", "string" }, { "metadata", "object" },
+                         { "trace_id", "string" }, { "span_id", "string" }, { "traceparent", "string" } }) do
+        local okf, v = opt(t, f[1], f[2])
+        if not okf then return nil, v, task end
+        task[f[1]] = v
+    end
+    task.artifacts = task.artifacts or {}
+    return task
+end
+
+local function decode_bindu(t)
+    local ty = t.operation
+    if type(ty) ~= "string" then return nil, "operation must be a string (got " .. type(ty) .. ")" end
+    if not M.TYPES[ty] then return nil, "unknown operation '" .. show(ty) .. "' (expected run, pause, resume or cancel)" end
+    local task = { type = ty, format = "bindu" }
+    local p = t.params
+    if type(p) ~= "table" or (next(p) ~= nil and is_array(p)) then
+        return nil, "params must be an object", task
+    end
+    local ok, why = check_id("params.task_id", p.task_id, true)
+    if not ok then return nil, why, task end
+    task.task_id = p.task_id
+    ok, why = check_id("params.context_id", p.context_id, false)
+    if not ok then return nil, why, task end
+    task.conversation_id = p.context_id ~= null and p.context_id or nil
+    local list = p.messages
+    if list == nil or list == null then
+        if p.message ~= nil and p.message ~= null then list = { p.message } end
+    end
+    local msgs
+    msgs, why = check_messages(list, p.messages and "params.messages" or "params.message", ty == "run")
+    if not msgs then return nil, why, task end
+    task.messages = msgs
+    for _, f in ipairs({ { "trace_id", "string" }, { "span_id", "string" } }) do
+        local okf, v = opt(t, f[1], f[2])
+        if not okf then return nil, v, task end
+        task[f[1]] = v
+    end
+    local okm, meta = opt(p, "metadata", "object", "params.metadata")
+    if not okm then return nil, meta, task end
+    task.metadata = meta
+    task.artifacts = {}
+    task.params = p
+    return task
+end
+
+--- Decodes and validates a raw message.
+-- Returns the task table, or nil, a reason, and whatever was learned of the task (type,
+-- task_id) for the log and the dead-letter entry.
+function M.decode(raw, max_size)
+    if max_size and #raw > max_size then
+        return nil, ("message too large (%d bytes; max_message_size is %d)"):format(#raw, max_size)
+    end
+    local okutf, bad = utf8.len(raw)
+    if not okutf then return nil, "invalid UTF-8 at byte " .. tostring(bad) end
+    local first = raw:match("^%s*(.)")
+    if first == "[" then return nil, "not a JSON object (got an array)" end
+    local t, err = json.decode(raw)
+    if t == nil then return nil, "invalid JSON: " .. err end
+    if type(t) ~= "table" or first ~= "{" then
+        return nil, "not a JSON object (got " .. (t == null and "null" or type(t)) .. ")"
+    end
+    local task, why, partial
+    if t.operation ~= nil then
+        task, why, partial = decode_bindu(t)
+    elseif t.type ~= nil then
+        task, why, partial = decode_native(t)
+    else
+        return nil, "neither 'type' (native format) nor 'operation' (Bindu format) is set"
+    end
+    if not task then return nil, why, partial end
+    return task
+end
+
+--- Builds the native JSON of a task operation. Raises (level 2 from the caller's view) when
+-- `op` is invalid, naming the field. Returns the JSON text and the task_id.
+function M.encode(op, level)
+    level = (level or 1) + 1
+    if type(op) ~= "table" then error("a task operation must be a table", level) end
+    local ty = op.type
+    if not M.TYPES[ty] then
+        error("type must be run, pause, resume or cancel (got " .. show(ty) .. ")", level)
+    end
+    local ok, why = check_id("task_id", op.task_id, true)
+    if not ok then error(why, level) end
+    ok, why = check_id("conversation_id", op.conversation_id, false)
+    if not ok then error(why, level) end
+    local msgs = op.messages
+    if type(msgs) == "table" then
+        -- Plain strings are user messages, for brevity.
+        local list = {}
+        for i, m in ipairs(msgs) do
+            list[i] = type(m) == "string" and { role = "user", content = m } or m
+        end
+        if next(msgs) ~= nil and #list == 0 then error("messages must be an array", level) end
+        msgs = list
+    end
+    if msgs ~= nil and ty ~= "run" and ty ~= "resume" and #msgs > 0 then
+        error("messages are only allowed for run and resume", level)
+    end
+    local checked
+    checked, why = check_messages(msgs, "messages", ty == "run")
+    if not checked then error(why, level) end
+    for _, f in ipairs({ { "artifacts", "array" }, { "metadata", "object" }, { "timestamp", "string" },
+                         { "trace_id", "string" }, { "span_id", "string" }, { "traceparent", "string" } }) do
+        local okf, v = opt(op, f[1], f[2])
+        if not okf then error(v, level) end
+    end
+    local known = { type = true, task_id = true, conversation_id = true, messages = true, artifacts = true,
+                    metadata = true, timestamp = true, trace_id = true, span_id = true, traceparent = true }
+    for k in pairs(op) do
+        if not known[k] then error("unknown field '" .. show(k) .. "' in task operation", level) end
+    end
+    local conv = op.conversation_id
+    if conv == nil and ty == "run" then conv = core.uuid4() end
+    local e = json.encode_strict
+    local out = { '{"type":', e(ty), ',"task_id":', e(op.task_id) }
+    if conv then out[#out + 1] = ',"conversation_id":' .. e(conv) end
+    if ty == "run" or (msgs and #msgs > 0) then out[#out + 1] = ',"messages":' .. json.array(msgs) end
+    if ty == "run" or op.artifacts then out[#out + 1] = ',"artifacts":' .. json.array(op.artifacts or {}) end
+    if op.metadata then out[#out + 1] = ',"metadata":' .. e(op.metadata) end
+    for _, k in ipairs({ "trace_id", "span_id", "traceparent" }) do
+        if op[k] then out[#out + 1] = ',"' .. k .. '":' .. e(op[k]) end
+    end
+    out[#out + 1] = ',"timestamp":' .. e(op.timestamp or core.iso8601()) .. "}"
+    return table.concat(out), op.task_id
+end
+
+return M

@@ -1,0 +1,316 @@
+--- binduq.worker: runs the script's handlers for task operations fetched from the queue.
+--
+--   local w = bq.worker{
+--       scheduler = { url = ..., queue_name = ... },   -- optional; environment and defaults
+--       concurrency = 4,                                -- handler states (threads)
+--       handlers = { run = function(task, ctx) return "result" end },
+--       on_result = function(r) print(r.task_id, r.state, r.result) end,  -- optional, main state
+--   }
+--   w:run()      -- until SIGINT/SIGTERM, then drains gracefully
+--   w:start()    -- or: start in the background,
+--   w:drain()    -- ... and later stop once the queue is empty and nothing runs
+--
+-- Each of the `concurrency` handler states is a separate Lua state on its own thread that
+-- runs this same script up to w:start() / w:run() / w:drain() and stops there (see
+-- src/lua/l_engine.c). Code above that line therefore runs once per handler state as well:
+-- keep one-time side effects below it, or guard them with `if bq.role == "main"`.
+
+local core = require("binduq.core")
+local config = require("binduq.config")
+local errors = require("binduq.errors")
+local json = require("binduq.json")
+local scheduler = require("binduq.scheduler")
+local task_mod = require("binduq.task")
+
+local M = {}
+
+local Worker = {}
+Worker.__index = Worker
+Worker.__name = "binduq.Worker"
+
+local ROLE = core.role()
+local created = 0 -- workers created in this Lua state; pairs a handler state with its worker
+
+function Worker.__tostring(w)
+    return ("binduq.Worker #%d (%s)"):format(w.index, w.engine and "running" or "idle")
+end
+
+local function check_handlers(opts, level)
+    local handlers = {}
+    if opts.handler then handlers.run = opts.handler end
+    for k, v in pairs(opts.handlers or {}) do
+        if not task_mod.TYPES[k] then
+            error("handlers: unknown operation '" .. tostring(k) .. "' (expected run, pause, resume, cancel)", level)
+        end
+        if type(v) ~= "function" then error("handlers." .. k .. " must be a function", level) end
+        handlers[k] = v
+    end
+    if next(handlers) == nil then error("a worker needs handlers (handlers = { run = function(task, ctx) ... end })", level) end
+    return handlers
+end
+
+--- Creates a worker. Raises on invalid options.
+function M.new(opts, level)
+    level = (level or 1) + 1
+    opts = opts or {}
+    config.check(opts, config.WORKER_KEYS, "options", level)
+    local section = config.scheduler_section({ scheduler = opts.scheduler or {}, storage = opts.storage }, level)
+    local defaults = core.defaults()
+    local c = opts.concurrency or defaults.concurrency
+    if math.type(c) ~= "integer" or c < 1 or c > 4096 then
+        error("concurrency must be a whole number from 1 to 4096 (got " .. tostring(opts.concurrency) .. ")", level)
+    end
+    local bt = opts.block_timeout or defaults.block_timeout
+    if bt <= 0 then error("block_timeout must be positive", level) end
+    local mms = opts.max_message_size or defaults.max_message_size
+    if math.type(mms) ~= "integer" or mms < 64 then
+        error("max_message_size must be a whole number of bytes, at least 64", level)
+    end
+    created = created + 1
+    local self = setmetatable({
+        index = created,
+        handlers = check_handlers(opts, level),
+        section = section,
+        concurrency = c,
+        block_timeout = bt,
+        max_message_size = mms,
+        on_result = opts.on_result,
+        script = opts.script,
+        args = opts.args,
+    }, Worker)
+    if ROLE == "main" then
+        -- Opening the scheduler checks the configuration now (a bad URL fails here, not
+        -- at start) and gives the main state a producer for w:schedule().
+        self.scheduler = scheduler.new(section, level)
+    end
+    return self
+end
+
+-- ---- Handler states --------------------------------------------------------------------------
+
+local Context = {}
+Context.__index = Context
+Context.__name = "binduq.Context"
+
+--- Sleeps for `seconds` (handlers stand in for slow agent calls with it).
+function Context:sleep(seconds)
+    core.sleep(seconds)
+end
+
+--- Logs an event with the task's id, queue and worker added.
+function Context:log(level, event, fields)
+    local f = { task_id = self.task_id, queue = self.queue, worker = self.worker_id }
+    for k, v in pairs(fields or {}) do f[k] = v end
+    core.log(level, event, f)
+end
+
+-- Builds the per-message function a handler state runs (called from C for each message):
+-- process(raw) -> status, task_id, type, a, b
+--   "completed", id, type, result_json_or_nil
+--   "failed",    id, type, reason, error_json
+--   "malformed", id|nil, type|nil, reason
+local function make_process(handlers, info)
+    local max = info.max_message_size
+    local want_results = info.want_results
+    local debug_on = core.log_enabled("debug")
+    return function(raw)
+        local task, why, partial = task_mod.decode(raw, max)
+        if not task then
+            partial = partial or {}
+            return "malformed", partial.task_id, partial.type, why
+        end
+        local h = handlers[task.type]
+        if not h then
+            local e = { code = "ENOHANDLER", message = "no handler for '" .. task.type .. "' in this worker",
+                        retryable = false }
+            return "failed", task.task_id, task.type, e.message, json.encode(e)
+        end
+        if debug_on then
+            core.log("debug", "consumed", { task_id = task.task_id, type = task.type, queue = info.queue,
+                                            worker = info.worker_id })
+        end
+        local ctx = setmetatable({ task_id = task.task_id, queue = info.queue, worker_id = info.worker_id,
+                                   slot = info.slot, attempt = 1 }, Context)
+        local ok, res, err = xpcall(h, errors.handler, task, ctx)
+        if ok and res == nil and err ~= nil then
+            ok, res = false, errors.normalize(err)
+        end
+        if not ok then
+            local e = errors.plain(res)
+            local ej = json.encode(e) or json.encode({ code = e.code, message = tostring(e.message) })
+            return "failed", task.task_id, task.type, e.message, ej
+        end
+        if want_results then
+            local rj, jerr = json.encode(res == nil and json.null or res)
+            if not rj then
+                local e = { code = "ERESULT", message = "the handler's result cannot be encoded as JSON: " .. jerr,
+                            retryable = false }
+                return "failed", task.task_id, task.type, e.message, json.encode(e)
+            end
+            return "completed", task.task_id, task.type, rj
+        end
+        return "completed", task.task_id, task.type
+    end
+end
+
+-- ---- Main state ----------------------------------------------------------------------------
+
+-- The script the handler states load: the innermost main chunk on the caller's stack (the
+-- user's script, or the module whose top level started the worker).
+local function find_script()
+    local level = 3
+    while true do
+        local info = debug.getinfo(level, "S")
+        if not info then return nil end
+        if info.what == "main" then return info.source end
+        level = level + 1
+    end
+end
+
+local function copy_args(t)
+    local out = {}
+    for k, v in pairs(t or {}) do
+        if math.type(k) == "integer" then out[k] = tostring(v) end
+    end
+    return out
+end
+
+function Worker:_start(drain, level)
+    level = level + 1
+    if ROLE == "handler" then
+        local info = core.slot_info()
+        if core.slot_ready(self.index, make_process(self.handlers, info)) then
+            -- This handler state serves this worker: the script stops here for good.
+            coroutine.yield()
+            error("unreachable: a handler state was resumed", level)
+        end
+        return self
+    end
+    if self.engine then error("worker already started", level) end
+    local script = self.script
+    if not script then
+        local src = find_script()
+        if not src or src:sub(1, 1) ~= "@" then
+            error("worker:start() needs the script file that defines the handlers: handler states load it "
+                  .. "again. Run from a file, or pass script = \"path.lua\" (the caller's chunk is "
+                  .. tostring(src) .. ")", level)
+        end
+        script = src:sub(2)
+    end
+    local engine = core.engine({
+        scheduler = self.section,
+        concurrency = self.concurrency,
+        block_timeout = self.block_timeout,
+        max_message_size = self.max_message_size,
+        want_results = self.on_result ~= nil,
+        script = script,
+        args = copy_args(self.args or arg),
+        path = package.path,
+        cpath = package.cpath,
+        worker_index = self.index,
+    })
+    local ok, err = engine:start(drain)
+    if not ok then
+        engine:close()
+        error(err, level)
+    end
+    self.engine = engine
+    return self
+end
+
+--- Starts the worker in the background (the main state's script goes on). Raises if a
+-- handler state cannot load the script.
+function Worker:start()
+    return self:_start(false, 1)
+end
+
+local function result_of(ev)
+    local r = { task_id = ev.task_id, type = ev.type, state = ev.state, duration = ev.duration }
+    if ev.state == "completed" then
+        r.result = ev.json and json.decode(ev.json) or nil
+        if r.result == json.null then r.result = nil end
+    else
+        r.reason = ev.reason
+        r.error = ev.json and json.decode(ev.json) or nil
+    end
+    return r
+end
+
+-- Waits for events until the engine stops; SIGINT/SIGTERM stop it gracefully.
+function Worker:_wait()
+    local engine = self.engine
+    local on_result = self.on_result
+    core.trap_signals()
+    local stopping = false
+    local ok, err = pcall(function()
+        while true do
+            local ev = engine:next_event(-1)
+            if ev.kind == "result" then
+                if on_result then on_result(result_of(ev)) end
+            elseif ev.kind == "signal" then
+                local sig = core.take_signal()
+                if not stopping then
+                    core.log("info", "shutdown", { signal = sig, worker = engine:id() })
+                    engine:stop()
+                    stopping = true
+                end
+            elseif ev.kind == "stopped" then
+                return
+            end
+        end
+    end)
+    core.untrap_signals()
+    if not ok then engine:stop() end
+    engine:join()
+    self.stats = engine:stats()
+    engine:close()
+    self.engine = nil
+    if not ok then error(err, 0) end
+    return self.stats
+end
+
+--- Runs until SIGINT or SIGTERM, then stops fetching, lets running handlers finish and
+-- returns the worker's counters.
+function Worker:run()
+    if ROLE == "handler" then return self:_start(false, 1) end
+    if not self.engine then self:_start(false, 1) end
+    return self:_wait()
+end
+
+--- Processes what is queued and returns once the queue is empty and no handler runs.
+function Worker:drain()
+    if ROLE == "handler" then return self:_start(true, 1) end
+    if not self.engine then
+        self:_start(true, 1)
+    else
+        self.engine:drain()
+    end
+    return self:_wait()
+end
+
+--- Asks a running worker to stop gracefully (from on_result, for example).
+function Worker:stop()
+    if self.engine then self.engine:stop() end
+end
+
+--- Schedules through the worker's own queue (main state only).
+function Worker:schedule(op)
+    if not self.scheduler then error("schedule from a handler: use bq.scheduler{...}", 2) end
+    return self.scheduler:schedule(op)
+end
+
+function Worker:close()
+    if self.engine then
+        self.engine:stop()
+        self.engine:join()
+        self.engine:close()
+        self.engine = nil
+    end
+    if self.scheduler then self.scheduler:close() end
+end
+Worker.__close = Worker.close
+
+M.Worker = Worker
+M.Context = Context
+M.make_process = make_process -- for tests
+return M

@@ -1,0 +1,59 @@
+/*
+ * keys.c -- see keys.h.
+ */
+#include "keys.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+void bq_key_hashed_part(const char *key, const char **start, size_t *len)
+{
+    const char *open = strchr(key, '{');
+    if (open != NULL) {
+        const char *close = strchr(open + 1, '}');
+        if (close != NULL && close > open + 1) {
+            *start = open + 1;
+            *len = (size_t)(close - open - 1);
+            return;
+        }
+    }
+    *start = key;
+    *len = strlen(key);
+}
+
+bool bq_key_has_tag(const char *key)
+{
+    const char *s;
+    size_t n;
+    bq_key_hashed_part(key, &s, &n);
+    (void)n;
+    return s != key;
+}
+
+bool bq_key_derive(const char *queue, const char *suffix, char *out, size_t size)
+{
+    int n = bq_key_has_tag(queue) ? snprintf(out, size, "%s:%s", queue, suffix)
+                                  : snprintf(out, size, "{%s}:%s", queue, suffix);
+    return n > 0 && (size_t)n < size;
+}
+
+/* CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as Redis Cluster specifies. */
+static uint16_t crc16(const char *s, size_t n)
+{
+    uint16_t crc = 0;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= (uint16_t)((unsigned char)s[i] << 8);
+        for (int k = 0; k < 8; k++)
+            crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+    }
+    return crc;
+}
+
+unsigned bq_key_slot(const char *key)
+{
+    const char *s;
+    size_t n;
+    bq_key_hashed_part(key, &s, &n);
+    return crc16(s, n) & 16383u;
+}

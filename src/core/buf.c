@@ -1,0 +1,165 @@
+/*
+ * buf.c -- see buf.h.
+ */
+#include "buf.h"
+
+#include "alloc.h"
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Makes room for `extra` more bytes plus a terminating NUL. */
+static bool reserve(bq_buf *b, size_t extra)
+{
+    if (b->oom)
+        return false;
+    if (extra > SIZE_MAX - b->len - 1) {
+        b->oom = true;
+        return false;
+    }
+    size_t need = b->len + extra + 1;
+    if (need <= b->cap)
+        return true;
+    size_t cap = b->cap < 64 ? 64 : b->cap;
+    while (cap < need)
+        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    char *p = bq_realloc(b->p, cap);
+    if (p == NULL) {
+        b->oom = true;
+        return false;
+    }
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+void bq_buf_append(bq_buf *b, const void *data, size_t len)
+{
+    if (!reserve(b, len))
+        return;
+    if (len > 0)
+        memcpy(b->p + b->len, data, len);
+    b->len += len;
+    b->p[b->len] = '\0';
+}
+
+void bq_buf_puts(bq_buf *b, const char *s)
+{
+    bq_buf_append(b, s, strlen(s));
+}
+
+void bq_buf_putc(bq_buf *b, char c)
+{
+    bq_buf_append(b, &c, 1);
+}
+
+void bq_buf_printf(bq_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || !reserve(b, (size_t)n))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+void bq_buf_json_str(bq_buf *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    bq_buf_putc(b, '"');
+    size_t run = 0; /* start of the current run of bytes that need no escaping */
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        bq_buf_append(b, s + run, i - run);
+        run = i + 1;
+        switch (c) {
+        case '"': bq_buf_puts(b, "\\\""); break;
+        case '\\': bq_buf_puts(b, "\\\\"); break;
+        case '\n': bq_buf_puts(b, "\\n"); break;
+        case '\r': bq_buf_puts(b, "\\r"); break;
+        case '\t': bq_buf_puts(b, "\\t"); break;
+        default: {
+            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            bq_buf_append(b, esc, sizeof esc);
+        }
+        }
+    }
+    bq_buf_append(b, s + run, len - run);
+    bq_buf_putc(b, '"');
+}
+
+const char *bq_buf_cstr(bq_buf *b)
+{
+    if (b->oom)
+        return NULL;
+    return b->p == NULL ? "" : b->p;
+}
+
+void bq_buf_free(bq_buf *b)
+{
+    bq_free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+    b->oom = false;
+}
+
+char *bq_buf_detach(bq_buf *b, size_t *len)
+{
+    if (b->oom || !reserve(b, 0)) {
+        bq_buf_free(b);
+        return NULL;
+    }
+    char *p = b->p;
+    if (len != NULL)
+        *len = b->len;
+    b->p = NULL;
+    b->len = b->cap = 0;
+    return p;
+}
+
+bool bq_utf8_valid(const char *str, size_t len, size_t *bad)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n;
+        uint32_t cp, min;
+        if ((c & 0xE0) == 0xC0) {
+            n = 1, cp = c & 0x1F, min = 0x80;
+        } else if ((c & 0xF0) == 0xE0) {
+            n = 2, cp = c & 0x0F, min = 0x800;
+        } else if ((c & 0xF8) == 0xF0) {
+            n = 3, cp = c & 0x07, min = 0x10000;
+        } else {
+            goto invalid;
+        }
+        if (n > len - i - 1)
+            goto invalid;
+        for (size_t k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                goto invalid;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            goto invalid;
+        i += n + 1;
+    }
+    return true;
+invalid:
+    if (bad != NULL)
+        *bad = i;
+    return false;
+}

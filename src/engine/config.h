@@ -1,0 +1,43 @@
+/*
+ * config.h -- resolving a scheduler configuration: explicit options beat environment
+ * variables, which beat defaults. The defaults live here, once; the Lua side reads them
+ * through binduq.core.defaults() and the README repeats them.
+ */
+#ifndef BINDUQ_CONFIG_H
+#define BINDUQ_CONFIG_H
+
+#include "../binduq.h"
+#include "../broker/broker.h"
+
+#include <stddef.h>
+
+#define BQ_DEFAULT_QUEUE "bindu:tasks"
+#define BQ_DEFAULT_MAX_CONNECTIONS 10
+#define BQ_DEFAULT_CONNECT_TIMEOUT 5.0
+#define BQ_DEFAULT_COMMAND_TIMEOUT 5.0
+#define BQ_DEFAULT_POOL_TIMEOUT 5.0
+#define BQ_DEFAULT_BLOCK_TIMEOUT 5.0
+#define BQ_DEFAULT_CONCURRENCY 1
+#define BQ_DEFAULT_MAX_MESSAGE_SIZE (1024 * 1024)
+
+struct bq_config {
+    char *url;            /* owned; NULL means the in-memory scheduler */
+    char url_source[32];  /* "REDIS_URL" or "scheduler.url", for messages */
+    char *queue_name;     /* owned */
+    int max_connections;
+    double connect_timeout;
+    double command_timeout;
+    double pool_timeout;
+};
+
+/* Fills cfg from opts (may be NULL), the environment and the defaults. Environment values
+ * that do not parse are BQ_EINVAL naming the variable. Release with bq_config_free, also
+ * after an error. */
+bq_status bq_config_resolve(const struct bq_client_options *opts, struct bq_config *cfg,
+                            bq_err *err);
+void bq_config_free(struct bq_config *cfg);
+
+/* The broker settings of a resolved configuration (pointers borrowed from cfg). */
+void bq_config_broker(const struct bq_config *cfg, struct bq_broker_config *out);
+
+#endif

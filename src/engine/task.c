@@ -1,0 +1,110 @@
+/*
+ * task.c -- see task.h.
+ */
+#include "task.h"
+
+#include "../core/alloc.h"
+#include "../core/buf.h"
+#include "../core/clock.h"
+#include "../core/err.h"
+#include "../core/rand.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static bool is_type(const char *t)
+{
+    return t != NULL && (strcmp(t, "run") == 0 || strcmp(t, "pause") == 0 ||
+                         strcmp(t, "resume") == 0 || strcmp(t, "cancel") == 0);
+}
+
+static bq_status check_text(const char *field, const char *s, bool required, size_t max,
+                            bq_err *err)
+{
+    if (s == NULL)
+        return required ? bq_err_set(err, BQ_EINVAL, "%s is required", field) : BQ_OK;
+    size_t len = strlen(s);
+    if (required && len == 0)
+        return bq_err_set(err, BQ_EINVAL, "%s must not be empty", field);
+    if (max > 0 && len > max)
+        return bq_err_set(err, BQ_EINVAL, "%s is longer than %zu bytes", field, max);
+    size_t bad;
+    if (!bq_utf8_valid(s, len, &bad))
+        return bq_err_set(err, BQ_EINVAL, "%s is not valid UTF-8 (byte %zu)", field, bad);
+    return BQ_OK;
+}
+
+bq_status bq_task_validate(const struct bq_task *t, bq_err *err)
+{
+    if (t == NULL)
+        return bq_err_set(err, BQ_EINVAL, "task is NULL");
+    if (!is_type(t->type))
+        return bq_err_set(err, BQ_EINVAL, "type must be run, pause, resume or cancel");
+    bq_status st = check_text("task_id", t->task_id, true, BQ_MAX_ID_LEN, err);
+    if (st == BQ_OK)
+        st = check_text("conversation_id", t->conversation_id, false, BQ_MAX_ID_LEN, err);
+    if (st != BQ_OK)
+        return st;
+    bool run = strcmp(t->type, "run") == 0, resume = strcmp(t->type, "resume") == 0;
+    if (run && t->n_messages == 0)
+        return bq_err_set(err, BQ_EINVAL, "a run needs at least one message");
+    if (!run && !resume && t->n_messages > 0)
+        return bq_err_set(err, BQ_EINVAL, "messages are only allowed for run and resume");
+    if (t->n_messages > 0 && t->messages == NULL)
+        return bq_err_set(err, BQ_EINVAL, "messages is NULL but n_messages is %zu",
+                          t->n_messages);
+    for (size_t i = 0; i < t->n_messages; i++) {
+        char field[48];
+        snprintf(field, sizeof field, "messages[%zu].role", i);
+        if ((st = check_text(field, t->messages[i].role, true, 64, err)) != BQ_OK)
+            return st;
+        snprintf(field, sizeof field, "messages[%zu].content", i);
+        if (t->messages[i].content == NULL)
+            return bq_err_set(err, BQ_EINVAL, "%s is required", field);
+        if ((st = check_text(field, t->messages[i].content, false, 0, err)) != BQ_OK)
+            return st;
+    }
+    return BQ_OK;
+}
+
+bq_status bq_task_encode(const struct bq_task *t, struct bq_msg *out, bq_err *err)
+{
+    out->data = NULL;
+    out->len = 0;
+    bq_status st = bq_task_validate(t, err);
+    if (st != BQ_OK)
+        return st;
+    bq_buf b = BQ_BUF_INIT;
+    bq_buf_puts(&b, "{\"type\":");
+    bq_buf_json_str(&b, t->type, strlen(t->type));
+    bq_buf_puts(&b, ",\"task_id\":");
+    bq_buf_json_str(&b, t->task_id, strlen(t->task_id));
+    char uuid[37];
+    const char *conv = t->conversation_id;
+    if (conv == NULL && strcmp(t->type, "run") == 0) {
+        bq_uuid4(uuid);
+        conv = uuid;
+    }
+    if (conv != NULL) {
+        bq_buf_puts(&b, ",\"conversation_id\":");
+        bq_buf_json_str(&b, conv, strlen(conv));
+    }
+    if (t->n_messages > 0) {
+        bq_buf_puts(&b, ",\"messages\":[");
+        for (size_t i = 0; i < t->n_messages; i++) {
+            bq_buf_puts(&b, i ? ",{\"role\":" : "{\"role\":");
+            bq_buf_json_str(&b, t->messages[i].role, strlen(t->messages[i].role));
+            bq_buf_puts(&b, ",\"content\":");
+            bq_buf_json_str(&b, t->messages[i].content, strlen(t->messages[i].content));
+            bq_buf_putc(&b, '}');
+        }
+        bq_buf_putc(&b, ']');
+    }
+    if (strcmp(t->type, "run") == 0)
+        bq_buf_puts(&b, ",\"artifacts\":[]");
+    char ts[40];
+    bq_iso8601(bq_now_wall(), ts, sizeof ts);
+    bq_buf_printf(&b, ",\"timestamp\":\"%s\"}", ts);
+    out->data = bq_buf_detach(&b, &out->len);
+    return out->data == NULL ? bq_err_set(err, BQ_ENOMEM, "schedule: out of memory") : BQ_OK;
+}

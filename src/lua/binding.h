@@ -1,0 +1,47 @@
+/*
+ * binding.h -- shared pieces of the Lua binding (binduq.core).
+ *
+ * The binding uses only the Lua C API, never liblua's internals, so the same module works in
+ * binduq-lua and in a plain lua5.4 interpreter. Classes: binduq.Client (l_client.c) and
+ * binduq.Engine (l_engine.c); module functions in l_core.c.
+ */
+#ifndef BINDUQ_BINDING_H
+#define BINDUQ_BINDING_H
+
+#include "../binduq.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#define BQ_CLIENT_MT "binduq.Client"
+#define BQ_ENGINE_MT "binduq.Engine"
+
+/* Registry key of the light userdata that marks a handler state (see l_engine.c). */
+#define BQ_SLOT_KEY "binduq.slot"
+
+int luaopen_binduq_core(lua_State *L);
+
+/* Registers the class metatables and adds the constructors to the table on top. */
+void bq_lua_open_client(lua_State *L);
+void bq_lua_open_engine(lua_State *L);
+
+/* Pushes nil, message, code and returns 3: the run-time failure convention. */
+int bq_lua_fail(lua_State *L, const bq_err *err);
+
+/* Reads optional fields of the options table at `idx`; raise on a wrong type. */
+const char *bq_lua_opt_string(lua_State *L, int idx, const char *key);
+lua_Integer bq_lua_opt_integer(lua_State *L, int idx, const char *key, lua_Integer def);
+lua_Number bq_lua_opt_number(lua_State *L, int idx, const char *key, lua_Number def);
+int bq_lua_opt_boolean(lua_State *L, int idx, const char *key, int def);
+
+/* Fills client options from the scheduler table at `idx` (strings stay owned by the table,
+ * which the caller keeps on the stack). May raise. */
+void bq_lua_client_options(lua_State *L, int idx, struct bq_client_options *o);
+
+/* The lua_Alloc of every Lua state binduq creates: through bq_realloc/bq_free. */
+void *bq_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/* The read end of the signal pipe when signals are trapped, else -1 (l_core.c). */
+int bq_lua_signal_fd(void);
+
+#endif

@@ -1,0 +1,236 @@
+/*
+ * l_client.c -- binduq.Client: the producer side of a scheduler, over bq_client.
+ *
+ *   local c = core.client{url=..., queue_name=..., max_connections=...}
+ *   c:push(msg_or_list [, ids [, queue]]) -> count | nil, msg, code
+ *   c:length([which])                      -> n | nil, msg, code    which: "ready" | "dead"
+ *   c:range(which, start, stop)            -> { raw, ... } | nil, msg, code
+ *   c:ping()                               -> seconds | nil, msg, code
+ *   c:info()                               -> { backend=, address=, queue_name=, ... }
+ *   c:close()
+ *
+ * The userdata is created closed and then opened, so a failure in between leaves nothing to
+ * leak; close is idempotent and is also __gc and __close.
+ */
+#include "binding.h"
+
+#include "../core/alloc.h"
+#include "../core/err.h"
+#include "../engine/client.h"
+
+#include <string.h>
+
+struct lclient {
+    bq_client *c; /* NULL once closed */
+};
+
+static bq_client *check_open(lua_State *L)
+{
+    struct lclient *u = luaL_checkudata(L, 1, BQ_CLIENT_MT);
+    if (u->c == NULL)
+        luaL_error(L, "attempt to use a closed scheduler client");
+    return u->c;
+}
+
+static enum bq_list check_which(lua_State *L, int idx)
+{
+    static const char *const names[] = {"ready", "dead", NULL};
+    return luaL_checkoption(L, idx, "ready", names) == 0 ? BQ_LIST_READY : BQ_LIST_DEAD;
+}
+
+/* core.client(opts) -- raises on bad options (they are the caller's mistake). */
+static int l_client_new(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    struct bq_client_options o;
+    bq_lua_client_options(L, 1, &o);
+    struct lclient *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->c = NULL;
+    luaL_setmetatable(L, BQ_CLIENT_MT);
+    bq_err err;
+    if (bq_client_new(&o, &u->c, &err) != BQ_OK)
+        return luaL_error(L, "%s", err.msg);
+    return 1;
+}
+
+static int l_client_close(lua_State *L)
+{
+    struct lclient *u = luaL_checkudata(L, 1, BQ_CLIENT_MT);
+    bq_client_free(u->c);
+    u->c = NULL;
+    return 0;
+}
+
+static int l_client_tostring(lua_State *L)
+{
+    struct lclient *u = luaL_checkudata(L, 1, BQ_CLIENT_MT);
+    if (u->c == NULL)
+        lua_pushstring(L, "binduq.Client (closed)");
+    else
+        lua_pushfstring(L, "binduq.Client: %s (%s %s)", u->c->cfg.queue_name,
+                        u->c->broker->kind, u->c->broker->address);
+    return 1;
+}
+
+/* c:push(msg | {msg, ...} [, ids [, queue]]) */
+static int l_client_push(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *queue = luaL_optstring(L, 4, NULL);
+    size_t n;
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        n = 1;
+    } else {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        n = (size_t)luaL_len(L, 2);
+    }
+    if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3) && lua_type(L, 3) != LUA_TSTRING)
+        luaL_typeerror(L, 3, "table or string");
+    lua_settop(L, 4);
+    struct bq_slice *s = lua_newuserdatauv(L, (n ? n : 1) * sizeof *s, 0);     /* 5 */
+    const char **ids = lua_newuserdatauv(L, (n ? n : 1) * sizeof *ids, 0);     /* 6 */
+    if (n == 1 && lua_type(L, 2) == LUA_TSTRING) {
+        s[0].p = lua_tolstring(L, 2, &s[0].len);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            if (lua_rawgeti(L, 2, (lua_Integer)i + 1) != LUA_TSTRING)
+                return luaL_error(L, "push: message %d is a %s, not a string", (int)i + 1,
+                                  luaL_typename(L, -1));
+            s[i].p = lua_tolstring(L, -1, &s[i].len); /* the list keeps it alive */
+            lua_pop(L, 1);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        ids[i] = NULL;
+        if (lua_istable(L, 3)) {
+            lua_rawgeti(L, 3, (lua_Integer)i + 1);
+            ids[i] = lua_tostring(L, -1);
+            lua_pop(L, 1);
+        } else if (lua_type(L, 3) == LUA_TSTRING && i == 0) {
+            ids[0] = lua_tostring(L, 3);
+        }
+    }
+    size_t pushed = 0;
+    bq_err err;
+    if (bq_client_push(c, queue, s, ids, n, &pushed, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushinteger(L, (lua_Integer)pushed);
+    return 1;
+}
+
+static int l_client_length(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    enum bq_list which = check_which(L, 2);
+    const char *queue = luaL_optstring(L, 3, c->cfg.queue_name);
+    long long n;
+    bq_err err;
+    if (c->broker->ops->length(c->broker, queue, which, &n, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 1;
+}
+
+static int batch_gc(lua_State *L)
+{
+    bq_batch_free(lua_touserdata(L, 1));
+    return 0;
+}
+
+/* Pushes a userdata holding an empty batch that __gc frees, so a memory error raised while
+ * copying the batch into Lua cannot leak it. */
+static struct bq_batch *push_batch_guard(lua_State *L)
+{
+    struct bq_batch *b = lua_newuserdatauv(L, sizeof *b, 0);
+    memset(b, 0, sizeof *b);
+    if (luaL_newmetatable(L, "binduq.BatchGuard")) {
+        lua_pushcfunction(L, batch_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return b;
+}
+
+static int l_client_range(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    enum bq_list which = check_which(L, 2);
+    long start = (long)luaL_optinteger(L, 3, 0), stop = (long)luaL_optinteger(L, 4, -1);
+    const char *queue = luaL_optstring(L, 5, c->cfg.queue_name);
+    struct bq_batch *b = push_batch_guard(L);
+    bq_err err;
+    if (c->broker->ops->range(c->broker, queue, which, start, stop, b, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_createtable(L, (int)b->n, 0);
+    for (size_t i = 0; i < b->n; i++) {
+        lua_pushlstring(L, b->msgs[i].data, b->msgs[i].len);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    bq_batch_free(b);
+    return 1;
+}
+
+static int l_client_ping(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    double rtt;
+    bq_err err;
+    if (c->broker->ops->ping(c->broker, &rtt, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushnumber(L, rtt);
+    return 1;
+}
+
+static int l_client_info(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, c->broker->kind);
+    lua_setfield(L, -2, "backend");
+    lua_pushstring(L, c->broker->address);
+    lua_setfield(L, -2, "address");
+    lua_pushstring(L, c->cfg.queue_name);
+    lua_setfield(L, -2, "queue_name");
+    lua_pushinteger(L, c->cfg.max_connections);
+    lua_setfield(L, -2, "max_connections");
+    lua_pushnumber(L, c->cfg.connect_timeout);
+    lua_setfield(L, -2, "connect_timeout");
+    lua_pushnumber(L, c->cfg.command_timeout);
+    lua_setfield(L, -2, "command_timeout");
+    lua_pushnumber(L, c->cfg.pool_timeout);
+    lua_setfield(L, -2, "pool_timeout");
+    if (c->cfg.url != NULL) {
+        char red[512];
+        bq_url_redact(c->cfg.url, red, sizeof red);
+        lua_pushstring(L, red);
+        lua_setfield(L, -2, "url");
+        lua_pushstring(L, c->cfg.url_source);
+        lua_setfield(L, -2, "url_source");
+    }
+    return 1;
+}
+
+static const luaL_Reg client_methods[] = {
+    {"push", l_client_push},   {"length", l_client_length}, {"range", l_client_range},
+    {"ping", l_client_ping},   {"info", l_client_info},     {"close", l_client_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg client_meta[] = {
+    {"__gc", l_client_close},
+    {"__close", l_client_close},
+    {"__tostring", l_client_tostring},
+    {NULL, NULL},
+};
+
+void bq_lua_open_client(lua_State *L)
+{
+    if (luaL_newmetatable(L, BQ_CLIENT_MT)) {
+        luaL_setfuncs(L, client_meta, 0);
+        luaL_newlib(L, client_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_client_new);
+    lua_setfield(L, -2, "client");
+}

@@ -1,0 +1,400 @@
+/*
+ * l_core.c -- luaopen_binduq_core: module functions (version, defaults, logging, ids, time,
+ * URL helpers, signal trapping) and the registration of the classes.
+ */
+#include "binding.h"
+
+#include "../core/alloc.h"
+#include "../core/clock.h"
+#include "../core/err.h"
+#include "../core/log.h"
+#include "../core/rand.h"
+#include "../engine/config.h"
+#include "../net/url.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- Shared helpers ------------------------------------------------------------------------ */
+
+int bq_lua_fail(lua_State *L, const bq_err *err)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, err->msg);
+    lua_pushstring(L, bq_status_name(err->code));
+    return 3;
+}
+
+void *bq_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    (void)ud, (void)osize;
+    if (nsize == 0) {
+        bq_free(ptr);
+        return NULL;
+    }
+    return bq_realloc(ptr, nsize);
+}
+
+/* Pushes t[key] and checks its type; returns 0 when nil. May raise. */
+static int opt_field(lua_State *L, int idx, const char *key, int type)
+{
+    int t = lua_getfield(L, idx, key);
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (t != type && !(type == LUA_TNUMBER && t == LUA_TSTRING && lua_isnumber(L, -1)))
+        luaL_error(L, "option '%s' must be a %s (got %s)", key, lua_typename(L, type),
+                   luaL_typename(L, -1));
+    return 1;
+}
+
+const char *bq_lua_opt_string(lua_State *L, int idx, const char *key)
+{
+    if (!opt_field(L, idx, key, LUA_TSTRING))
+        return NULL;
+    const char *s = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the table keeps the string alive */
+    return s;
+}
+
+lua_Integer bq_lua_opt_integer(lua_State *L, int idx, const char *key, lua_Integer def)
+{
+    if (!opt_field(L, idx, key, LUA_TNUMBER))
+        return def;
+    int isint;
+    lua_Integer v = lua_tointegerx(L, -1, &isint);
+    if (!isint)
+        luaL_error(L, "option '%s' must be a whole number", key);
+    lua_pop(L, 1);
+    return v;
+}
+
+lua_Number bq_lua_opt_number(lua_State *L, int idx, const char *key, lua_Number def)
+{
+    if (!opt_field(L, idx, key, LUA_TNUMBER))
+        return def;
+    lua_Number v = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+int bq_lua_opt_boolean(lua_State *L, int idx, const char *key, int def)
+{
+    if (!opt_field(L, idx, key, LUA_TBOOLEAN))
+        return def;
+    int v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+void bq_lua_client_options(lua_State *L, int idx, struct bq_client_options *o)
+{
+    memset(o, 0, sizeof *o);
+    idx = lua_absindex(L, idx);
+    const char *type = bq_lua_opt_string(L, idx, "type");
+    o->url = bq_lua_opt_string(L, idx, "url");
+    o->queue_name = bq_lua_opt_string(L, idx, "queue_name");
+    lua_Integer mc = bq_lua_opt_integer(L, idx, "max_connections", 0);
+    if (mc < 0 || mc > 100000)
+        luaL_error(L, "option 'max_connections' must be from 1 to 100000 (got %d)", (int)mc);
+    o->max_connections = (int)mc;
+    o->connect_timeout = bq_lua_opt_number(L, idx, "connect_timeout", 0);
+    o->command_timeout = bq_lua_opt_number(L, idx, "command_timeout", 0);
+    o->pool_timeout = bq_lua_opt_number(L, idx, "pool_timeout", 0);
+    if (type != NULL && strcmp(type, "memory") == 0)
+        o->memory = true;
+    else if (type != NULL && strcmp(type, "redis") == 0 && o->url == NULL && !getenv("REDIS_URL"))
+        o->url = "redis://127.0.0.1:6379/0";
+    else if (type != NULL && strcmp(type, "redis") != 0 && strcmp(type, "memory") != 0)
+        luaL_error(L, "option 'type' must be \"redis\" or \"memory\" (got \"%s\")", type);
+}
+
+/* ---- Logging ------------------------------------------------------------------------------- */
+
+static bq_log_level check_level(lua_State *L, int idx)
+{
+    bq_log_level lv;
+    const char *name = luaL_checkstring(L, idx);
+    if (bq_log_level_parse(name, &lv) != BQ_OK)
+        luaL_argerror(L, idx, "expected \"debug\", \"info\", \"warn\", \"error\" or \"off\"");
+    return lv;
+}
+
+/* core.log(level, event [, fields]) -- fields: a table of string/number/boolean values. */
+static int l_log(lua_State *L)
+{
+    bq_log_level lv = check_level(L, 1);
+    const char *event = luaL_checkstring(L, 2);
+    if (!bq_log_enabled(lv))
+        return 0;
+    const char *keys[32], *vals[32];
+    size_t n = 0;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_settop(L, 3);
+        lua_newtable(L); /* 4: anchors the number-marked keys we build */
+        lua_pushnil(L);
+        while (n < 32 && lua_next(L, 3) != 0) {
+            if (lua_type(L, -2) != LUA_TSTRING) {
+                lua_pop(L, 1);
+                continue;
+            }
+            int t = lua_type(L, -1);
+            if (t == LUA_TNUMBER) {
+                lua_pushfstring(L, "#%s", lua_tostring(L, -2));
+                keys[n] = lua_tostring(L, -1);
+                lua_rawseti(L, 4, (lua_Integer)n + 1);
+                vals[n] = luaL_tolstring(L, -1, NULL);
+                lua_rawseti(L, 4, (lua_Integer)n + 33);
+            } else {
+                keys[n] = lua_tostring(L, -2);
+                vals[n] = luaL_tolstring(L, -1, NULL);
+                lua_rawseti(L, 4, (lua_Integer)n + 33);
+            }
+            n++;
+            lua_pop(L, 1);
+        }
+    }
+    bq_log_kv(lv, event, n, keys, vals);
+    return 0;
+}
+
+static int l_log_enabled(lua_State *L)
+{
+    lua_pushboolean(L, bq_log_enabled(check_level(L, 1)));
+    return 1;
+}
+
+/* core.log_configure{level=, format=} */
+static int l_log_configure(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    const char *level = bq_lua_opt_string(L, 1, "level");
+    const char *format = bq_lua_opt_string(L, 1, "format");
+    if (level != NULL && bq_log_set_level(level) != BQ_OK)
+        return luaL_error(L, "log level must be debug, info, warn, error or off");
+    if (format != NULL && bq_log_set_format(format) != BQ_OK)
+        return luaL_error(L, "log format must be text or json");
+    return 0;
+}
+
+/* ---- Ids, time, URLs ------------------------------------------------------------------------ */
+
+static int l_uuid4(lua_State *L)
+{
+    char u[37];
+    bq_uuid4(u);
+    lua_pushstring(L, u);
+    return 1;
+}
+
+static int l_now(lua_State *L)
+{
+    lua_pushnumber(L, bq_now_wall());
+    return 1;
+}
+
+static int l_monotonic(lua_State *L)
+{
+    lua_pushnumber(L, bq_now_mono());
+    return 1;
+}
+
+static int l_iso8601(lua_State *L)
+{
+    char buf[40];
+    bq_iso8601(luaL_optnumber(L, 1, bq_now_wall()), buf, sizeof buf);
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+static int l_sleep(lua_State *L)
+{
+    bq_sleep(luaL_checknumber(L, 1));
+    return 0;
+}
+
+/* core.parse_url(url) -> table (without the password) | nil, message, code */
+static int l_parse_url(lua_State *L)
+{
+    const char *s = luaL_checkstring(L, 1);
+    struct bq_url u;
+    bq_err err;
+    if (bq_url_parse(s, luaL_optstring(L, 2, "URL"), &u, &err) != BQ_OK) {
+        bq_url_free(&u);
+        return bq_lua_fail(L, &err);
+    }
+    static const char *const kinds[] = {"tcp", "unix", "sentinel", "cluster"};
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, kinds[u.kind]);
+    lua_setfield(L, -2, "kind");
+    lua_pushboolean(L, u.tls);
+    lua_setfield(L, -2, "tls");
+    if (u.user) {
+        lua_pushstring(L, u.user);
+        lua_setfield(L, -2, "user");
+    }
+    lua_pushboolean(L, u.password != NULL);
+    lua_setfield(L, -2, "has_password");
+    lua_pushinteger(L, u.db);
+    lua_setfield(L, -2, "db");
+    if (u.path) {
+        lua_pushstring(L, u.path);
+        lua_setfield(L, -2, "path");
+    }
+    if (u.service) {
+        lua_pushstring(L, u.service);
+        lua_setfield(L, -2, "service");
+    }
+    lua_createtable(L, (int)u.nhosts, 0);
+    for (size_t i = 0; i < u.nhosts; i++) {
+        lua_createtable(L, 0, 2);
+        lua_pushstring(L, u.hosts[i].host);
+        lua_setfield(L, -2, "host");
+        lua_pushinteger(L, u.hosts[i].port);
+        lua_setfield(L, -2, "port");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "hosts");
+    bq_url_free(&u);
+    return 1;
+}
+
+static int l_redact_url(lua_State *L)
+{
+    char out[1024];
+    bq_url_redact(luaL_checkstring(L, 1), out, sizeof out);
+    lua_pushstring(L, out);
+    return 1;
+}
+
+static int l_defaults(lua_State *L)
+{
+    lua_createtable(L, 0, 10);
+    lua_pushstring(L, BQ_DEFAULT_QUEUE);
+    lua_setfield(L, -2, "queue_name");
+    lua_pushinteger(L, BQ_DEFAULT_MAX_CONNECTIONS);
+    lua_setfield(L, -2, "max_connections");
+    lua_pushnumber(L, BQ_DEFAULT_CONNECT_TIMEOUT);
+    lua_setfield(L, -2, "connect_timeout");
+    lua_pushnumber(L, BQ_DEFAULT_COMMAND_TIMEOUT);
+    lua_setfield(L, -2, "command_timeout");
+    lua_pushnumber(L, BQ_DEFAULT_POOL_TIMEOUT);
+    lua_setfield(L, -2, "pool_timeout");
+    lua_pushnumber(L, BQ_DEFAULT_BLOCK_TIMEOUT);
+    lua_setfield(L, -2, "block_timeout");
+    lua_pushinteger(L, BQ_DEFAULT_CONCURRENCY);
+    lua_setfield(L, -2, "concurrency");
+    lua_pushinteger(L, BQ_DEFAULT_MAX_MESSAGE_SIZE);
+    lua_setfield(L, -2, "max_message_size");
+    return 1;
+}
+
+/* "handler" inside a handler state (one per worker slot), "main" everywhere else. */
+static int l_role(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, BQ_SLOT_KEY);
+    lua_pushstring(L, lua_isnil(L, -1) ? "main" : "handler");
+    return 1;
+}
+
+/* ---- Signals ---------------------------------------------------------------------------------
+ * run() traps SIGINT and SIGTERM while it waits: the handler only writes the signal number to
+ * a pipe, which the waiting thread polls. Lua is never touched from a signal handler. */
+
+static int sig_pipe[2] = {-1, -1};
+static struct sigaction old_int, old_term;
+static int trapped;
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    ssize_t n = write(sig_pipe[1], &b, 1);
+    (void)n;
+    errno = saved;
+}
+
+int bq_lua_signal_fd(void)
+{
+    return trapped ? sig_pipe[0] : -1;
+}
+
+static int l_trap_signals(lua_State *L)
+{
+    if (sig_pipe[0] < 0) {
+        if (pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
+            return luaL_error(L, "pipe2: %s", strerror(errno));
+    }
+    if (!trapped) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = SA_RESTART;
+        sigaction(SIGINT, &sa, &old_int);
+        sigaction(SIGTERM, &sa, &old_term);
+        trapped = 1;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_untrap_signals(lua_State *L)
+{
+    (void)L;
+    if (trapped) {
+        sigaction(SIGINT, &old_int, NULL);
+        sigaction(SIGTERM, &old_term, NULL);
+        trapped = 0;
+    }
+    return 0;
+}
+
+/* core.take_signal() -> "SIGINT" | "SIGTERM" | nil: the next trapped signal, if any. */
+static int l_take_signal(lua_State *L)
+{
+    unsigned char b;
+    if (sig_pipe[0] >= 0 && read(sig_pipe[0], &b, 1) == 1) {
+        lua_pushstring(L, b == SIGINT ? "SIGINT" : b == SIGTERM ? "SIGTERM" : "signal");
+        return 1;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
+/* ---- Module ---------------------------------------------------------------------------------- */
+
+static const luaL_Reg core_funcs[] = {
+    {"log", l_log},
+    {"log_enabled", l_log_enabled},
+    {"log_configure", l_log_configure},
+    {"uuid4", l_uuid4},
+    {"now", l_now},
+    {"monotonic", l_monotonic},
+    {"iso8601", l_iso8601},
+    {"sleep", l_sleep},
+    {"parse_url", l_parse_url},
+    {"redact_url", l_redact_url},
+    {"defaults", l_defaults},
+    {"role", l_role},
+    {"trap_signals", l_trap_signals},
+    {"untrap_signals", l_untrap_signals},
+    {"take_signal", l_take_signal},
+    {NULL, NULL},
+};
+
+__attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
+{
+    luaL_newlib(L, core_funcs);
+    lua_pushstring(L, BQ_VERSION_STRING);
+    lua_setfield(L, -2, "version");
+    bq_lua_open_client(L);
+    bq_lua_open_engine(L);
+    return 1;
+}

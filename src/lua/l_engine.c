@@ -1,0 +1,550 @@
+/*
+ * l_engine.c -- binduq.Engine: the worker engine (engine/worker.c) driven from Lua, and the
+ * handler states it runs.
+ *
+ * Handler states. A Lua function cannot move between Lua states, and a Lua state must not be
+ * used by two threads. So each slot thread builds its own state and runs the user's script in
+ * it, as a coroutine, with the same `arg`, package.path and package.cpath as the main state.
+ * When the script reaches worker:start() (or :run() / :drain()) of the worker this engine
+ * serves, the Lua side registers its per-message function with core.slot_ready() and yields;
+ * the rest of the script never runs in the handler state. From then on the slot calls that
+ * function once per message. This is the "spawn" model of Python's multiprocessing: code
+ * above worker:start() runs once per handler state too, which the README says plainly.
+ *
+ *   local e = core.engine{scheduler={...}, concurrency=, block_timeout=, want_results=,
+ *                         max_message_size=, script=, args=, path=, cpath=, worker_index=}
+ *   e:start(drain)        -> true | nil, msg, code
+ *   e:next_event(timeout) -> {kind="result"|"signal"|"stopped", ...} | nil (timed out)
+ *   e:stop()  e:join()  e:stats()  e:id()  e:close()
+ */
+#include "binding.h"
+
+#include <lualib.h>
+
+#include "../core/alloc.h"
+#include "../core/buf.h"
+#include "../core/err.h"
+#include "../core/log.h"
+#include "../engine/worker.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* What every handler state of one engine is built from. Owned by the engine userdata and
+ * read-only once the threads run. */
+struct slot_cfg {
+    char *script;
+    char *path, *cpath;
+    lua_Integer *arg_index; /* arg[arg_index[i]] = arg_value[i] */
+    char **arg_value;
+    int nargs;
+    int worker_index;
+    bool want_results;
+    lua_Integer max_message_size;
+    bq_worker *w;
+};
+
+struct slot_state {
+    lua_State *L;
+    int process_ref;
+    int index;
+    struct slot_cfg *cfg;
+};
+
+static void slot_cfg_free(struct slot_cfg *c)
+{
+    if (c == NULL)
+        return;
+    bq_free(c->script);
+    bq_free(c->path);
+    bq_free(c->cpath);
+    for (int i = 0; i < c->nargs; i++)
+        bq_free(c->arg_value[i]);
+    bq_free(c->arg_value);
+    bq_free(c->arg_index);
+    bq_free(c);
+}
+
+/* ---- Handler states (slot threads) --------------------------------------------------------- */
+
+static int msgh(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL)
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+/* Protected part of building a handler state: libraries, paths, preload, marker, arg. */
+static int setup_state(lua_State *L)
+{
+    struct slot_state *s = lua_touserdata(L, 1);
+    struct slot_cfg *c = s->cfg;
+    luaL_openlibs(L);
+    lua_getglobal(L, "package");
+    if (c->path != NULL) {
+        lua_pushstring(L, c->path);
+        lua_setfield(L, -2, "path");
+    }
+    if (c->cpath != NULL) {
+        lua_pushstring(L, c->cpath);
+        lua_setfield(L, -2, "cpath");
+    }
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_binduq_core);
+    lua_setfield(L, -2, "binduq.core");
+    lua_pop(L, 2);
+    lua_pushlightuserdata(L, s);
+    lua_setfield(L, LUA_REGISTRYINDEX, BQ_SLOT_KEY);
+    lua_createtable(L, c->nargs, 2);
+    for (int i = 0; i < c->nargs; i++) {
+        lua_pushstring(L, c->arg_value[i]);
+        lua_rawseti(L, -2, c->arg_index[i]);
+    }
+    lua_setglobal(L, "arg");
+    return 0;
+}
+
+static bq_status state_error(struct slot_state *s, const char *what, const char *detail,
+                             bq_err *err)
+{
+    char idx[16];
+    snprintf(idx, sizeof idx, "%d", s->index + 1);
+    bq_log(BQ_LOG_ERROR, "handler_state_failed", "slot", idx, "script", s->cfg->script,
+           "error", detail, NULL);
+    /* The full text (with traceback) is in the log; the error keeps its first line. */
+    size_t first = strcspn(detail, "\n");
+    return bq_err_set(err, BQ_EINVAL, "handler state %d: %s%.*s", s->index + 1, what,
+                      (int)first, detail);
+}
+
+static bq_status slot_init(void *ud, int index, void **state, bq_err *err)
+{
+    struct slot_cfg *c = ud;
+    struct slot_state *s = bq_calloc(1, sizeof *s);
+    lua_State *L = s ? lua_newstate(bq_lua_alloc, NULL) : NULL;
+    if (L == NULL) {
+        bq_free(s);
+        return bq_err_set(err, BQ_ENOMEM, "handler state %d: out of memory", index + 1);
+    }
+    s->L = L;
+    s->cfg = c;
+    s->index = index;
+    s->process_ref = LUA_NOREF;
+    bq_status st = BQ_OK;
+    lua_pushcfunction(L, setup_state);
+    lua_pushlightuserdata(L, s);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        st = state_error(s, "", lua_tostring(L, -1), err);
+    } else {
+        /* The script runs in a coroutine that stays suspended at worker:start() for the
+         * state's whole life; the registry anchors it. */
+        lua_State *co = lua_newthread(L);
+        luaL_ref(L, LUA_REGISTRYINDEX);
+        int lst = luaL_loadfilex(co, c->script, NULL);
+        if (lst != LUA_OK) {
+            st = state_error(s, "", lua_tostring(co, -1), err);
+        } else {
+            int nscript = 0;
+            for (int i = 0; i < c->nargs; i++) {
+                if (c->arg_index[i] > 0) {
+                    lua_pushstring(co, c->arg_value[i]);
+                    nscript++;
+                }
+            }
+            int nres = 0;
+            lst = lua_resume(co, L, nscript, &nres);
+            if (lst == LUA_YIELD && s->process_ref != LUA_NOREF) {
+                lua_pop(co, nres);
+            } else if (lst == LUA_OK || lst == LUA_YIELD) {
+                char why[160];
+                snprintf(why, sizeof why, "the script %s without starting worker #%d "
+                         "(handler states stop at worker:start(), :run() or :drain())",
+                         lst == LUA_OK ? "ended" : "yielded", c->worker_index);
+                st = state_error(s, "", why, err);
+            } else {
+                const char *msg = lua_tostring(co, -1);
+                luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+                st = state_error(s, "", lua_tostring(L, -1), err);
+            }
+        }
+    }
+    if (st != BQ_OK) {
+        lua_close(L);
+        bq_free(s);
+        return st;
+    }
+    lua_settop(L, 0);
+    *state = s;
+    return BQ_OK;
+}
+
+static char *dup_lua(lua_State *L, int idx)
+{
+    size_t len;
+    const char *p = lua_tolstring(L, idx, &len);
+    return p ? bq_strndup(p, len) : NULL;
+}
+
+static void copy_field(char *dst, size_t size, lua_State *L, int idx)
+{
+    size_t len;
+    const char *p = lua_tolstring(L, idx, &len);
+    if (p == NULL || len >= size) {
+        dst[0] = '\0';
+        return;
+    }
+    memcpy(dst, p, len + 1);
+}
+
+static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome *out)
+{
+    struct slot_state *s = state;
+    lua_State *L = s->L;
+    lua_settop(L, 0);
+    lua_pushcfunction(L, msgh);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->process_ref);
+    lua_pushlstring(L, msg->data, msg->len);
+    /* process(raw) -> status, task_id, type, a, b   (see lua/binduq/worker.lua) */
+    if (lua_pcall(L, 1, 5, 1) != LUA_OK) {
+        out->kind = BQ_OUTCOME_FAILED;
+        bq_buf b = BQ_BUF_INIT;
+        const char *m = lua_tostring(L, -1);
+        out->reason = bq_strdup(m ? m : "internal error in the handler state");
+        bq_buf_puts(&b, "{\"code\":\"EINTERNAL\",\"message\":");
+        if (out->reason != NULL && bq_utf8_valid(out->reason, strlen(out->reason), NULL))
+            bq_buf_json_str(&b, out->reason, strlen(out->reason));
+        else
+            bq_buf_puts(&b, "\"internal error\"");
+        bq_buf_puts(&b, ",\"retryable\":true}");
+        out->json = bq_buf_detach(&b, NULL);
+        lua_settop(L, 0);
+        lua_gc(L, LUA_GCCOLLECT);
+        return;
+    }
+    const char *status = lua_tostring(L, 2);
+    copy_field(out->task_id, sizeof out->task_id, L, 3);
+    copy_field(out->type, sizeof out->type, L, 4);
+    if (status != NULL && strcmp(status, "completed") == 0) {
+        out->kind = BQ_OUTCOME_COMPLETED;
+        out->json = dup_lua(L, 5);
+    } else if (status != NULL && strcmp(status, "malformed") == 0) {
+        out->kind = BQ_OUTCOME_MALFORMED;
+        out->reason = dup_lua(L, 5);
+    } else {
+        out->kind = BQ_OUTCOME_FAILED;
+        out->reason = dup_lua(L, 5);
+        out->json = dup_lua(L, 6);
+    }
+    lua_settop(L, 0);
+}
+
+static void slot_fini(void *state)
+{
+    struct slot_state *s = state;
+    lua_close(s->L);
+    bq_free(s);
+}
+
+static const struct bq_slot_ops lua_slot_ops = {slot_init, slot_handle, slot_fini};
+
+/* core.slot_ready(worker_index, process) -> true if this handler state serves that worker. */
+static int l_slot_ready(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, BQ_SLOT_KEY);
+    struct slot_state *s = lua_touserdata(L, -1);
+    if (s == NULL)
+        return luaL_error(L, "slot_ready called outside a handler state");
+    lua_Integer idx = luaL_checkinteger(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (idx != s->cfg->worker_index) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (s->process_ref != LUA_NOREF)
+        return luaL_error(L, "worker #%d was already started in this handler state", (int)idx);
+    lua_pushvalue(L, 2);
+    s->process_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.slot_info() -> {slot=, worker_id=, queue=, want_results=, max_message_size=} | nil */
+static int l_slot_info(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, BQ_SLOT_KEY);
+    struct slot_state *s = lua_touserdata(L, -1);
+    if (s == NULL) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, s->index + 1);
+    lua_setfield(L, -2, "slot");
+    lua_pushinteger(L, s->cfg->worker_index);
+    lua_setfield(L, -2, "worker_index");
+    lua_pushstring(L, bq_worker_id(s->cfg->w));
+    lua_setfield(L, -2, "worker_id");
+    lua_pushstring(L, bq_worker_queue(s->cfg->w));
+    lua_setfield(L, -2, "queue");
+    lua_pushboolean(L, s->cfg->want_results);
+    lua_setfield(L, -2, "want_results");
+    lua_pushinteger(L, s->cfg->max_message_size);
+    lua_setfield(L, -2, "max_message_size");
+    return 1;
+}
+
+/* ---- binduq.Engine (main state) ------------------------------------------------------------ */
+
+struct lengine {
+    bq_worker *w;          /* NULL once closed */
+    struct slot_cfg *cfg;  /* owned */
+};
+
+static struct lengine *check_engine(lua_State *L)
+{
+    struct lengine *e = luaL_checkudata(L, 1, BQ_ENGINE_MT);
+    if (e->w == NULL)
+        luaL_error(L, "attempt to use a closed worker");
+    return e;
+}
+
+static char *opt_dup(lua_State *L, int idx, const char *key, bool required)
+{
+    const char *s = bq_lua_opt_string(L, idx, key);
+    if (s == NULL && required)
+        luaL_error(L, "option '%s' is required", key);
+    return s ? bq_strdup(s) : NULL;
+}
+
+/* Builds the slot configuration from the options table at index 1. May raise; the partially
+ * built config is anchored in the engine userdata at `e`, so nothing leaks. */
+static void read_slot_cfg(lua_State *L, struct lengine *e)
+{
+    struct slot_cfg *c = bq_calloc(1, sizeof *c);
+    if (c == NULL)
+        luaL_error(L, "out of memory");
+    e->cfg = c;
+    c->script = opt_dup(L, 1, "script", true);
+    c->path = opt_dup(L, 1, "path", false);
+    c->cpath = opt_dup(L, 1, "cpath", false);
+    c->worker_index = (int)bq_lua_opt_integer(L, 1, "worker_index", 1);
+    c->want_results = bq_lua_opt_boolean(L, 1, "want_results", 0);
+    c->max_message_size = bq_lua_opt_integer(L, 1, "max_message_size", 1024 * 1024);
+    if (c->script == NULL)
+        luaL_error(L, "out of memory");
+    if (lua_getfield(L, 1, "args") == LUA_TTABLE) {
+        int n = 0;
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+            n++;
+            lua_pop(L, 1);
+        }
+        c->arg_index = bq_calloc((size_t)n + 1, sizeof *c->arg_index);
+        c->arg_value = bq_calloc((size_t)n + 1, sizeof *c->arg_value);
+        if (c->arg_index == NULL || c->arg_value == NULL)
+            luaL_error(L, "out of memory");
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+            if (lua_isinteger(L, -2) && lua_type(L, -1) == LUA_TSTRING && c->nargs < n) {
+                c->arg_index[c->nargs] = lua_tointeger(L, -2);
+                c->arg_value[c->nargs] = dup_lua(L, -1);
+                if (c->arg_value[c->nargs] == NULL)
+                    luaL_error(L, "out of memory");
+                c->nargs++;
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
+/* core.engine(opts) */
+static int l_engine_new(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    struct lengine *e = lua_newuserdatauv(L, sizeof *e, 1); /* 2 */
+    e->w = NULL;
+    e->cfg = NULL;
+    luaL_setmetatable(L, BQ_ENGINE_MT);
+    read_slot_cfg(L, e);
+
+    struct bq_client_options co;
+    if (lua_getfield(L, 1, "scheduler") == LUA_TTABLE) {
+        bq_lua_client_options(L, -1, &co);
+    } else {
+        memset(&co, 0, sizeof co);
+    }
+    lua_setiuservalue(L, 2, 1); /* keep the scheduler table (and its strings) alive */
+    struct bq_worker_options wo;
+    memset(&wo, 0, sizeof wo);
+    wo.concurrency = (int)bq_lua_opt_integer(L, 1, "concurrency", 1);
+    wo.block_timeout = bq_lua_opt_number(L, 1, "block_timeout", 5.0);
+    wo.want_results = e->cfg->want_results;
+
+    struct bq_config cfg;
+    bq_err err;
+    bq_status st = bq_config_resolve(&co, &cfg, &err);
+    if (st == BQ_OK) {
+        wo.cfg = &cfg;
+        st = bq_worker_new(&wo, &lua_slot_ops, e->cfg, &e->w, &err);
+    }
+    bq_config_free(&cfg);
+    if (st != BQ_OK)
+        return luaL_error(L, "%s", err.msg);
+    e->cfg->w = e->w;
+    return 1;
+}
+
+static int l_engine_close(lua_State *L)
+{
+    struct lengine *e = luaL_checkudata(L, 1, BQ_ENGINE_MT);
+    bq_worker_free(e->w);
+    e->w = NULL;
+    slot_cfg_free(e->cfg);
+    e->cfg = NULL;
+    return 0;
+}
+
+static int l_engine_start(lua_State *L)
+{
+    struct lengine *e = check_engine(L);
+    bool drain = lua_toboolean(L, 2);
+    bq_err err;
+    if (bq_worker_start(e->w, drain, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_engine_stop(lua_State *L)
+{
+    bq_worker_stop(check_engine(L)->w);
+    return 0;
+}
+
+static int l_engine_drain(lua_State *L)
+{
+    bq_worker_drain(check_engine(L)->w);
+    return 0;
+}
+
+static int l_engine_join(lua_State *L)
+{
+    bq_worker_join(check_engine(L)->w);
+    return 0;
+}
+
+static void set_str(lua_State *L, const char *key, const char *val)
+{
+    if (val != NULL && *val != '\0') {
+        lua_pushstring(L, val);
+        lua_setfield(L, -2, key);
+    }
+}
+
+/* e:next_event(timeout) -- timeout in seconds, negative or nil waits forever. */
+static int l_engine_next_event(lua_State *L)
+{
+    struct lengine *e = check_engine(L);
+    double timeout = luaL_optnumber(L, 2, -1);
+    struct bq_event ev;
+    bq_worker_next_event(e->w, timeout, bq_lua_signal_fd(), &ev);
+    /* Only a memory error can raise below; it would leak this one event's strings. */
+    static const char *const states[] = {"completed", "failed", "malformed"};
+    switch (ev.kind) {
+    case BQ_EVENT_NONE:
+        lua_pushnil(L);
+        break;
+    case BQ_EVENT_SIGNAL:
+        lua_createtable(L, 0, 1);
+        set_str(L, "kind", "signal");
+        break;
+    case BQ_EVENT_STOPPED:
+        lua_createtable(L, 0, 1);
+        set_str(L, "kind", "stopped");
+        break;
+    case BQ_EVENT_RESULT:
+        lua_createtable(L, 0, 8);
+        set_str(L, "kind", "result");
+        set_str(L, "state", states[ev.outcome.kind]);
+        set_str(L, "task_id", ev.outcome.task_id);
+        set_str(L, "type", ev.outcome.type);
+        set_str(L, "reason", ev.outcome.reason);
+        set_str(L, "json", ev.outcome.json);
+        lua_pushnumber(L, ev.duration);
+        lua_setfield(L, -2, "duration");
+        break;
+    }
+    bq_event_clear(&ev);
+    return 1;
+}
+
+static int l_engine_stats(lua_State *L)
+{
+    struct lengine *e = check_engine(L);
+    struct bq_worker_stats s;
+    bq_worker_stats(e->w, &s);
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, s.fetched);
+    lua_setfield(L, -2, "fetched");
+    lua_pushinteger(L, s.completed);
+    lua_setfield(L, -2, "completed");
+    lua_pushinteger(L, s.failed);
+    lua_setfield(L, -2, "failed");
+    lua_pushinteger(L, s.malformed);
+    lua_setfield(L, -2, "malformed");
+    lua_pushinteger(L, s.dead_lettered);
+    lua_setfield(L, -2, "dead_lettered");
+    lua_pushinteger(L, s.inflight);
+    lua_setfield(L, -2, "inflight");
+    return 1;
+}
+
+static int l_engine_id(lua_State *L)
+{
+    lua_pushstring(L, bq_worker_id(check_engine(L)->w));
+    return 1;
+}
+
+static int l_engine_tostring(lua_State *L)
+{
+    struct lengine *e = luaL_checkudata(L, 1, BQ_ENGINE_MT);
+    if (e->w == NULL)
+        lua_pushstring(L, "binduq.Engine (closed)");
+    else
+        lua_pushfstring(L, "binduq.Engine: %s (%s)", bq_worker_queue(e->w), bq_worker_id(e->w));
+    return 1;
+}
+
+static const luaL_Reg engine_methods[] = {
+    {"start", l_engine_start}, {"stop", l_engine_stop},   {"join", l_engine_join},
+    {"drain", l_engine_drain},
+    {"next_event", l_engine_next_event}, {"stats", l_engine_stats}, {"id", l_engine_id},
+    {"close", l_engine_close}, {NULL, NULL},
+};
+
+static const luaL_Reg engine_meta[] = {
+    {"__gc", l_engine_close},
+    {"__close", l_engine_close},
+    {"__tostring", l_engine_tostring},
+    {NULL, NULL},
+};
+
+void bq_lua_open_engine(lua_State *L)
+{
+    if (luaL_newmetatable(L, BQ_ENGINE_MT)) {
+        luaL_setfuncs(L, engine_meta, 0);
+        luaL_newlib(L, engine_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_engine_new);
+    lua_setfield(L, -2, "engine");
+    lua_pushcfunction(L, l_slot_ready);
+    lua_setfield(L, -2, "slot_ready");
+    lua_pushcfunction(L, l_slot_info);
+    lua_setfield(L, -2, "slot_info");
+}

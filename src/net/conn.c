@@ -1,0 +1,445 @@
+/*
+ * conn.c -- see conn.h.
+ */
+#include "conn.h"
+
+#include "../core/alloc.h"
+#include "../core/buf.h"
+#include "../core/clock.h"
+#include "../core/err.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+struct bq_conn {
+    int fd;
+    bool broken;
+    redisReader *reader;
+    bq_buf out;      /* formatted commands not yet written */
+    size_t out_sent; /* bytes of `out` already written */
+    double last_used;
+    double command_timeout;
+    char addr[160];  /* for messages: host:port or socket path, never credentials */
+};
+
+int bq_conn_fd(const bq_conn *c)
+{
+    return c->fd;
+}
+
+bool bq_conn_broken(const bq_conn *c)
+{
+    return c->broken;
+}
+
+void bq_conn_mark_broken(bq_conn *c)
+{
+    c->broken = true;
+}
+
+double bq_conn_last_used(const bq_conn *c)
+{
+    return c->last_used;
+}
+
+void bq_conn_close(bq_conn *c)
+{
+    if (c == NULL)
+        return;
+    if (c->fd >= 0)
+        close(c->fd);
+    if (c->reader != NULL)
+        redisReaderFree(c->reader);
+    bq_buf_free(&c->out);
+    bq_free(c);
+}
+
+/* Milliseconds until `deadline` for poll(): -1 for none, 0 when passed. */
+static int ms_until(double deadline)
+{
+    if (deadline < 0)
+        return -1;
+    double left = deadline - bq_now_mono();
+    if (left <= 0)
+        return 0;
+    double ms = ceil(left * 1000.0);
+    return ms > 1e9 ? 1000000000 : (int)ms;
+}
+
+/* Waits for `events` on c->fd. Returns BQ_OK when ready, BQ_ETIMEDOUT, BQ_EINTR when wakefd
+ * fired, BQ_EIO on poll failure. */
+static bq_status wait_fd(int fd, short events, double deadline, int wakefd)
+{
+    for (;;) {
+        struct pollfd p[2] = {{fd, events, 0}, {wakefd, POLLIN, 0}};
+        int n = poll(p, wakefd >= 0 ? 2 : 1, ms_until(deadline));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return BQ_EIO;
+        if (n == 0) {
+            if (deadline >= 0 && bq_now_mono() >= deadline)
+                return BQ_ETIMEDOUT;
+            continue;
+        }
+        if (wakefd >= 0 && (p[1].revents & POLLIN))
+            return BQ_EINTR;
+        return BQ_OK;
+    }
+}
+
+static void set_sockopts(int fd, bool tcp)
+{
+    int one = 1;
+    if (!tcp)
+        return;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    int idle = 15, intvl = 5, cnt = 3;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+}
+
+/* Non-blocking connect to one address, finished within the deadline. Returns the fd or -1
+ * with errno set. */
+static int connect_addr(const struct sockaddr *sa, socklen_t salen, int family, double deadline)
+{
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, sa, salen) == 0)
+        return fd;
+    if (errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    bq_status st = wait_fd(fd, POLLOUT, deadline, -1);
+    if (st != BQ_OK) {
+        close(fd);
+        errno = st == BQ_ETIMEDOUT ? ETIMEDOUT : EIO;
+        return -1;
+    }
+    int soerr = 0;
+    socklen_t len = sizeof soerr;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0 || soerr != 0) {
+        close(fd);
+        errno = soerr != 0 ? soerr : EIO;
+        return -1;
+    }
+    return fd;
+}
+
+static bq_status connect_tcp(bq_conn *c, const char *host, int port, double deadline,
+                             bq_err *err)
+{
+    char portstr[8];
+    snprintf(portstr, sizeof portstr, "%d", port);
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    int rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc != 0) {
+        bq_status st = (rc == EAI_NONAME || rc == EAI_NODATA) ? BQ_ENOTFOUND : BQ_EIO;
+        if (rc == EAI_MEMORY)
+            st = BQ_ENOMEM;
+        return bq_err_set(err, st, "connect %s: %s", c->addr, gai_strerror(rc));
+    }
+    int last = ECONNREFUSED;
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        int fd = connect_addr(ai->ai_addr, ai->ai_addrlen, ai->ai_family, deadline);
+        if (fd >= 0) {
+            c->fd = fd;
+            set_sockopts(fd, true);
+            freeaddrinfo(res);
+            return BQ_OK;
+        }
+        last = errno;
+    }
+    freeaddrinfo(res);
+    return bq_err_set(err, bq_status_from_errno(last), "connect %s: %s", c->addr,
+                      last == ETIMEDOUT ? "timed out" : strerror(last));
+}
+
+static bq_status connect_unix(bq_conn *c, const char *path, double deadline, bq_err *err)
+{
+    struct sockaddr_un sun;
+    memset(&sun, 0, sizeof sun);
+    sun.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof sun.sun_path)
+        return bq_err_set(err, BQ_EINVAL, "connect %s: socket path too long", c->addr);
+    memcpy(sun.sun_path, path, strlen(path));
+    int fd = connect_addr((struct sockaddr *)&sun, sizeof sun, AF_UNIX, deadline);
+    if (fd < 0) {
+        int e = errno;
+        return bq_err_set(err, bq_status_from_errno(e), "connect %s: %s", c->addr,
+                          strerror(e));
+    }
+    c->fd = fd;
+    return BQ_OK;
+}
+
+/* AUTH and SELECT, pipelined in one round trip. */
+static bq_status handshake(bq_conn *c, const struct bq_url *u, double deadline, bq_err *err)
+{
+    int n = 0;
+    bq_status st = BQ_OK;
+    if (u->password != NULL) {
+        const char *argv[3] = {"AUTH", u->user ? u->user : u->password, u->password};
+        st = bq_conn_append(c, u->user ? 3 : 2, argv, NULL, err);
+        n++;
+    }
+    char db[16];
+    if (st == BQ_OK && u->db != 0) {
+        snprintf(db, sizeof db, "%d", u->db);
+        const char *argv[2] = {"SELECT", db};
+        st = bq_conn_append(c, 2, argv, NULL, err);
+        n++;
+    }
+    if (st == BQ_OK && n > 0)
+        st = bq_conn_flush(c, deadline, -1, err);
+    const char *names[2] = {u->password != NULL ? "AUTH" : "SELECT", "SELECT"};
+    bq_status first = BQ_OK;
+    bq_err first_err;
+    bq_err_clear(&first_err);
+    for (int i = 0; st == BQ_OK && i < n; i++) {
+        redisReply *r = NULL;
+        st = bq_conn_read(c, &r, deadline, -1, err);
+        if (st != BQ_OK)
+            break;
+        if (first == BQ_OK)
+            first = bq_reply_check(r, names[i], &first_err);
+        freeReplyObject(r);
+    }
+    if (st == BQ_OK && first != BQ_OK) {
+        if (err != NULL)
+            *err = first_err;
+        st = first;
+    }
+    if (st != BQ_OK)
+        bq_err_prefix(err, c->addr);
+    return st;
+}
+
+bq_status bq_conn_open(const struct bq_url *u, const struct bq_conn_opts *opts, bq_conn **out,
+                       bq_err *err)
+{
+    *out = NULL;
+    if (u->tls)
+        return bq_err_set(err, BQ_EUNSUPPORTED, "rediss:// (TLS) is not supported by this "
+                          "version of binduq yet");
+    if (u->kind == BQ_URL_SENTINEL || u->kind == BQ_URL_CLUSTER)
+        return bq_err_set(err, BQ_EUNSUPPORTED, "%s URLs are not supported by this version of "
+                          "binduq yet", u->kind == BQ_URL_SENTINEL ? "redis+sentinel://"
+                                                                   : "redis+cluster://");
+    bq_conn *c = bq_calloc(1, sizeof *c);
+    if (c == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "connect: out of memory");
+    c->fd = -1;
+    c->command_timeout = opts->command_timeout > 0 ? opts->command_timeout : 5.0;
+    c->reader = redisReaderCreate();
+    if (c->reader == NULL) {
+        bq_free(c);
+        return bq_err_set(err, BQ_ENOMEM, "connect: out of memory");
+    }
+    bq_url_address(u, c->addr, sizeof c->addr);
+    double deadline = bq_now_mono() + (opts->connect_timeout > 0 ? opts->connect_timeout : 5.0);
+    bq_status st = u->kind == BQ_URL_UNIX ? connect_unix(c, u->path, deadline, err)
+                                          : connect_tcp(c, u->hosts[0].host, u->hosts[0].port,
+                                                        deadline, err);
+    if (st == BQ_OK)
+        st = handshake(c, u, deadline, err);
+    if (st != BQ_OK) {
+        bq_conn_close(c);
+        return st;
+    }
+    c->last_used = bq_now_mono();
+    *out = c;
+    return BQ_OK;
+}
+
+bool bq_conn_usable(bq_conn *c)
+{
+    if (c->broken || c->out.len > c->out_sent)
+        return false;
+    char b;
+    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return true;
+    /* EOF, an error, or unsolicited bytes (a desynchronised stream): not usable. */
+    c->broken = true;
+    return false;
+}
+
+bq_status bq_conn_append(bq_conn *c, int argc, const char **argv, const size_t *lens,
+                         bq_err *err)
+{
+    char *cmd = NULL;
+    size_t *l = NULL;
+    size_t stack_lens[8] = {0};
+    if (lens == NULL) {
+        l = argc <= 8 ? stack_lens : bq_calloc((size_t)argc, sizeof *l);
+        if (l == NULL)
+            return bq_err_set(err, BQ_ENOMEM, "%s: out of memory", argv[0]);
+        for (int i = 0; i < argc; i++)
+            l[i] = strlen(argv[i]);
+        lens = l;
+    }
+    int n = redisFormatCommandArgv(&cmd, argc, argv, lens);
+    if (l != NULL && l != stack_lens)
+        bq_free(l);
+    if (n < 0 || cmd == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "%s: out of memory formatting the command", argv[0]);
+    bq_buf_append(&c->out, cmd, (size_t)n);
+    redisFreeCommand(cmd);
+    if (c->out.oom) {
+        c->broken = true;
+        return bq_err_set(err, BQ_ENOMEM, "%s: out of memory", argv[0]);
+    }
+    return BQ_OK;
+}
+
+bq_status bq_conn_flush(bq_conn *c, double deadline, int wakefd, bq_err *err)
+{
+    if (c->broken)
+        return bq_err_set(err, BQ_EIO, "%s: connection is broken", c->addr);
+    while (c->out_sent < c->out.len) {
+        ssize_t n = send(c->fd, c->out.p + c->out_sent, c->out.len - c->out_sent,
+                         MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            bq_status st = wait_fd(c->fd, POLLOUT, deadline, wakefd);
+            if (st == BQ_EINTR)
+                return bq_err_set(err, BQ_EINTR, "%s: write interrupted", c->addr);
+            if (st != BQ_OK) {
+                c->broken = true;
+                return bq_err_set(err, st, "%s: write %s", c->addr,
+                                  st == BQ_ETIMEDOUT ? "timed out" : "failed");
+            }
+            continue;
+        }
+        int e = n < 0 ? errno : EIO;
+        c->broken = true;
+        return bq_err_set(err, bq_status_from_errno(e), "%s: write: %s", c->addr, strerror(e));
+    }
+    c->out.len = 0;
+    c->out_sent = 0;
+    return BQ_OK;
+}
+
+bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd, bq_err *err)
+{
+    *out = NULL;
+    if (c->broken)
+        return bq_err_set(err, BQ_EIO, "%s: connection is broken", c->addr);
+    char buf[65536];
+    for (;;) {
+        void *reply = NULL;
+        if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
+            c->broken = true;
+            return bq_err_set(err, BQ_EPROTO, "%s: bad reply: %s", c->addr,
+                              c->reader->errstr);
+        }
+        if (reply != NULL) {
+            *out = reply;
+            c->last_used = bq_now_mono();
+            return BQ_OK;
+        }
+        ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+        if (n > 0) {
+            if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
+                c->broken = true;
+                return bq_err_set(err, BQ_ENOMEM, "%s: out of memory reading a reply",
+                                  c->addr);
+            }
+            continue;
+        }
+        if (n == 0) {
+            c->broken = true;
+            return bq_err_set(err, BQ_EIO, "%s: connection closed by the server", c->addr);
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            bq_status st = wait_fd(c->fd, POLLIN, deadline, wakefd);
+            if (st == BQ_EINTR)
+                return bq_err_set(err, BQ_EINTR, "%s: read interrupted", c->addr);
+            if (st != BQ_OK) {
+                c->broken = true;
+                return bq_err_set(err, st, "%s: read %s", c->addr,
+                                  st == BQ_ETIMEDOUT ? "timed out" : "failed");
+            }
+            continue;
+        }
+        int e = errno;
+        c->broken = true;
+        return bq_err_set(err, bq_status_from_errno(e), "%s: read: %s", c->addr, strerror(e));
+    }
+}
+
+bq_status bq_reply_check(const redisReply *r, const char *cmd, bq_err *err)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ERROR)
+        return BQ_OK;
+    bq_status st = BQ_EREDIS;
+    if (strncmp(r->str, "NOAUTH", 6) == 0 || strncmp(r->str, "WRONGPASS", 9) == 0 ||
+        strncmp(r->str, "ERR invalid password", 20) == 0 ||
+        strncmp(r->str, "ERR AUTH", 8) == 0)
+        st = BQ_EAUTH;
+    return bq_err_set(err, st, "%s: %.*s", cmd, (int)(r->len > 200 ? 200 : r->len), r->str);
+}
+
+bq_status bq_conn_call(bq_conn *c, redisReply **out, bq_err *err, int argc, const char **argv,
+                       const size_t *lens)
+{
+    if (out != NULL)
+        *out = NULL;
+    double deadline = bq_now_mono() + c->command_timeout;
+    bq_status st = bq_conn_append(c, argc, argv, lens, err);
+    if (st == BQ_OK)
+        st = bq_conn_flush(c, deadline, -1, err);
+    redisReply *r = NULL;
+    if (st == BQ_OK)
+        st = bq_conn_read(c, &r, deadline, -1, err);
+    if (st == BQ_OK)
+        st = bq_reply_check(r, argv[0], err);
+    if (st == BQ_OK && out != NULL) {
+        *out = r;
+        return BQ_OK;
+    }
+    if (r != NULL)
+        freeReplyObject(r);
+    return st;
+}
+
+bq_status bq_conn_callv(bq_conn *c, redisReply **out, bq_err *err, ...)
+{
+    const char *argv[16];
+    int argc = 0;
+    va_list ap;
+    va_start(ap, err);
+    for (const char *a; argc < 16 && (a = va_arg(ap, const char *)) != NULL;)
+        argv[argc++] = a;
+    va_end(ap);
+    return bq_conn_call(c, out, err, argc, argv, NULL);
+}

@@ -1,0 +1,72 @@
+/*
+ * conn.h -- one Redis connection.
+ *
+ * binduq owns the socket and uses hiredis only for what it is best at: the RESP command
+ * formatter and the reply reader. Owning the socket gives every wait a deadline and an
+ * optional wake-up descriptor (so a blocking fetch can be interrupted for shutdown), lets us
+ * pipeline exactly as we want, and leaves room for a TLS transport, which hiredis 0.14 lacks.
+ *
+ * A bq_conn is used by one thread at a time. Replies are hiredis redisReply trees owned by the
+ * caller (freeReplyObject). After an I/O error, a protocol error or a timeout the stream
+ * position is unknown, so the connection is marked broken and must be closed; an error reply
+ * from Redis leaves it usable.
+ */
+#ifndef BINDUQ_CONN_H
+#define BINDUQ_CONN_H
+
+#include "../binduq.h"
+#include "url.h"
+
+#include <hiredis/hiredis.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct bq_conn bq_conn;
+
+struct bq_conn_opts {
+    double connect_timeout; /* seconds for TCP connect plus the AUTH/SELECT handshake */
+    double command_timeout; /* seconds for bq_conn_call */
+};
+
+/* Connects to the first host of `url` (or its socket path), then AUTH and SELECT as the URL
+ * says. TLS, Sentinel and Cluster URLs give BQ_EUNSUPPORTED in this version. */
+bq_status bq_conn_open(const struct bq_url *url, const struct bq_conn_opts *opts,
+                       bq_conn **out, bq_err *err);
+void bq_conn_close(bq_conn *c);
+
+int bq_conn_fd(const bq_conn *c);
+
+/* False when the connection is broken or the server has closed it (checked without blocking,
+ * by peeking at the socket). Pools call this before lending a connection out. */
+bool bq_conn_usable(bq_conn *c);
+bool bq_conn_broken(const bq_conn *c);
+void bq_conn_mark_broken(bq_conn *c);
+
+/* Seconds of monotonic time at the last completed reply. */
+double bq_conn_last_used(const bq_conn *c);
+
+/* Queues one command (binary-safe arguments) in the output buffer. */
+bq_status bq_conn_append(bq_conn *c, int argc, const char **argv, const size_t *lens,
+                         bq_err *err);
+
+/* Writes the output buffer. `deadline` is absolute monotonic time (negative: none). If
+ * `wakefd` >= 0 and becomes readable, returns BQ_EINTR (the connection stays usable). */
+bq_status bq_conn_flush(bq_conn *c, double deadline, int wakefd, bq_err *err);
+
+/* Reads the next reply into *out, with the same deadline and wake-up rules. */
+bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd, bq_err *err);
+
+/* One round trip with the command timeout. An error reply becomes BQ_EREDIS (BQ_EAUTH for
+ * NOAUTH/WRONGPASS) with the message "<COMMAND>: <redis error>", and *out is NULL. `out` may
+ * be NULL when the reply is not needed. */
+bq_status bq_conn_call(bq_conn *c, redisReply **out, bq_err *err, int argc, const char **argv,
+                       const size_t *lens);
+
+/* The same for NUL-terminated arguments, terminated by a NULL. */
+bq_status bq_conn_callv(bq_conn *c, redisReply **out, bq_err *err, ...);
+
+/* Checks a reply read by bq_conn_read: for an error reply, sets err as bq_conn_call would
+ * and returns its status; otherwise BQ_OK. `cmd` names the command in the message. */
+bq_status bq_reply_check(const redisReply *r, const char *cmd, bq_err *err);
+
+#endif
