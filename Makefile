@@ -45,29 +45,44 @@ C_TESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 all: $(BUILD)/libbinduq.a $(BUILD)/libbinduq.so $(BUILD)/binduq/core.so $(BUILD)/binduq-lua \
      $(BUILD)/examples/schedule_c
 
+V ?= 0
+ifeq ($(V),0)
+Q = @
+SAY = @printf '  %-6s %s\n'
+else
+Q =
+SAY = @true
+endif
+
 $(BUILD)/obj/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(SAY) CC $<
+	$(Q)$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 # libbinduq: the C runtime (no Lua inside: the binding lives in the Lua module).
 $(BUILD)/libbinduq.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+	$(SAY) AR $@
+	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/libbinduq.so: $(LIB_OBJ)
-	$(CC) -shared -Wl,-soname,libbinduq.so.0 $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(SAY) LD $@
+	$(Q)$(CC) -shared -Wl,-soname,libbinduq.so.0 $(LDFLAGS) -o $@ $^ $(LIBS)
 
 # The Lua module must not link liblua: the interpreter that loads it provides the Lua API.
 $(BUILD)/binduq/core.so: $(LIB_OBJ) $(LUA_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(SAY) LD $@
+	$(Q)$(CC) -shared $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/binduq-lua: $(HOST_OBJ) $(LUA_OBJ) $(LIB_OBJ)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LUA_LIB) $(LIBS) -ldl
+	$(SAY) LD $@
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LUA_LIB) $(LIBS) -ldl
 
 $(BUILD)/examples/schedule_c: examples/schedule.c $(BUILD)/libbinduq.a src/binduq.h
 	@mkdir -p $(dir $@)
-	$(CC) -std=c11 $(WARN) $(CFLAGS) -Isrc -o $@ $< $(BUILD)/libbinduq.a $(LDFLAGS) $(LIBS)
+	$(SAY) CC $<
+	$(Q)$(CC) -std=c11 $(WARN) $(CFLAGS) -Isrc -o $@ $< $(BUILD)/libbinduq.a $(LDFLAGS) $(LIBS)
 
 # C unit tests, always built with AddressSanitizer and UBSan in their own tree.
 ASAN_BUILD = $(BUILD)/asan
@@ -75,7 +90,8 @@ $(BUILD)/tests/%: tests/c/%.c tests/c/check.h $(LIB_SRC) $(HEADERS)
 	@$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) SANITIZER=address,undefined \
 	    $(ASAN_BUILD)/libbinduq.a
 	@mkdir -p $(dir $@)
-	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g -fsanitize=address,undefined \
+	$(SAY) CC $<
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g -fsanitize=address,undefined \
 	    -fno-omit-frame-pointer -fno-sanitize-recover=all -Isrc -o $@ $< \
 	    $(ASAN_BUILD)/libbinduq.a $(LIBS)
 

@@ -18,7 +18,7 @@ M.STORAGE_KEYS = { type = "string", url = "string" }
 M.WORKER_KEYS = {
     scheduler = "table", storage = "table", concurrency = "number", handlers = "table",
     handler = "function", on_result = "function", block_timeout = "number",
-    max_message_size = "number", script = "string", args = "table",
+    max_message_size = "number", script = "string", args = "table", name = "string",
 }
 
 -- Keys of a Bindu agent config that binduq accepts and ignores, so a whole agent config

@@ -17,13 +17,16 @@ local M = {
 }
 
 --- Opens a scheduler (producer). See binduq.scheduler.
+-- (Not tail calls: the constructors find their caller's line two levels up.)
 function M.scheduler(opts)
-    return require("binduq.scheduler").new(opts, 2)
+    local s = require("binduq.scheduler").new(opts, 2)
+    return s
 end
 
 --- Creates a worker. See binduq.worker.
 function M.worker(opts)
-    return require("binduq.worker").new(opts, 2)
+    local w = require("binduq.worker").new(opts, 2)
+    return w
 end
 
 --- Raises a handler error: bq.fail("message") or bq.fail{code=, message=, retryable=false}.

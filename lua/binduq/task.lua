@@ -134,10 +134,18 @@ local function opt(t, k, ty, label)
     return true, v
 end
 
+-- What a malformed message still tells about itself, for logs and dead-letter entries.
+local function partial(ty, id)
+    return { type = type(ty) == "string" and M.TYPES[ty] and ty or nil,
+             task_id = type(id) == "string" and #id <= M.MAX_ID_LEN and utf8.len(id) and id or nil }
+end
+
 local function decode_native(t)
     local ty = t.type
-    if type(ty) ~= "string" then return nil, "type must be a string (got " .. type(ty) .. ")" end
-    if not M.TYPES[ty] then return nil, "unknown type '" .. show(ty) .. "' (expected run, pause, resume or cancel)" end
+    if type(ty) ~= "string" then return nil, "type must be a string (got " .. type(ty) .. ")", partial(nil, t.task_id) end
+    if not M.TYPES[ty] then
+        return nil, "unknown type '" .. show(ty) .. "' (expected run, pause, resume or cancel)", partial(nil, t.task_id)
+    end
     local task = { type = ty, format = "native" }
     local ok, why = check_id("task_id", t.task_id, true)
     if not ok then return nil, why, task end
@@ -161,8 +169,11 @@ end
 
 local function decode_bindu(t)
     local ty = t.operation
-    if type(ty) ~= "string" then return nil, "operation must be a string (got " .. type(ty) .. ")" end
-    if not M.TYPES[ty] then return nil, "unknown operation '" .. show(ty) .. "' (expected run, pause, resume or cancel)" end
+    local id = type(t.params) == "table" and t.params.task_id or nil
+    if type(ty) ~= "string" then return nil, "operation must be a string (got " .. type(ty) .. ")", partial(nil, id) end
+    if not M.TYPES[ty] then
+        return nil, "unknown operation '" .. show(ty) .. "' (expected run, pause, resume or cancel)", partial(nil, id)
+    end
     local task = { type = ty, format = "bindu" }
     local p = t.params
     if type(p) ~= "table" or (next(p) ~= nil and is_array(p)) then

@@ -29,10 +29,9 @@ Worker.__index = Worker
 Worker.__name = "binduq.Worker"
 
 local ROLE = core.role()
-local created = 0 -- workers created in this Lua state; pairs a handler state with its worker
 
 function Worker.__tostring(w)
-    return ("binduq.Worker #%d (%s)"):format(w.index, w.engine and "running" or "idle")
+    return ("binduq.Worker %s (%s)"):format(w.key, w.engine and "running" or "idle")
 end
 
 local function check_handlers(opts, level)
@@ -66,9 +65,15 @@ function M.new(opts, level)
     if math.type(mms) ~= "integer" or mms < 64 then
         error("max_message_size must be a whole number of bytes, at least 64", level)
     end
-    created = created + 1
+    -- The key pairs this worker with its twin in each handler state, which runs the same
+    -- script: the explicit name, or where bq.worker was called.
+    local key = opts.name
+    if key == nil then
+        local site = debug.getinfo(level, "Sl")
+        key = site and (site.short_src .. ":" .. tostring(site.currentline)) or "worker"
+    end
     local self = setmetatable({
-        index = created,
+        key = key,
         handlers = check_handlers(opts, level),
         section = section,
         concurrency = c,
@@ -179,7 +184,7 @@ function Worker:_start(drain, level)
     level = level + 1
     if ROLE == "handler" then
         local info = core.slot_info()
-        if core.slot_ready(self.index, make_process(self.handlers, info)) then
+        if core.slot_ready(self.key, make_process(self.handlers, info)) then
             -- This handler state serves this worker: the script stops here for good.
             coroutine.yield()
             error("unreachable: a handler state was resumed", level)
@@ -207,7 +212,7 @@ function Worker:_start(drain, level)
         args = copy_args(self.args or arg),
         path = package.path,
         cpath = package.cpath,
-        worker_index = self.index,
+        worker_key = self.key,
     })
     local ok, err = engine:start(drain)
     if not ok then
@@ -221,7 +226,8 @@ end
 --- Starts the worker in the background (the main state's script goes on). Raises if a
 -- handler state cannot load the script.
 function Worker:start()
-    return self:_start(false, 1)
+    self:_start(false, 2)
+    return self
 end
 
 local function result_of(ev)
@@ -272,20 +278,28 @@ end
 --- Runs until SIGINT or SIGTERM, then stops fetching, lets running handlers finish and
 -- returns the worker's counters.
 function Worker:run()
-    if ROLE == "handler" then return self:_start(false, 1) end
-    if not self.engine then self:_start(false, 1) end
-    return self:_wait()
+    if ROLE == "handler" then
+        self:_start(false, 2) -- does not return when this handler state serves this worker
+        return self
+    end
+    if not self.engine then self:_start(false, 2) end
+    local stats = self:_wait()
+    return stats
 end
 
 --- Processes what is queued and returns once the queue is empty and no handler runs.
 function Worker:drain()
-    if ROLE == "handler" then return self:_start(true, 1) end
+    if ROLE == "handler" then
+        self:_start(true, 2)
+        return self
+    end
     if not self.engine then
-        self:_start(true, 1)
+        self:_start(true, 2)
     else
         self.engine:drain()
     end
-    return self:_wait()
+    local stats = self:_wait()
+    return stats
 end
 
 --- Asks a running worker to stop gracefully (from on_result, for example).

@@ -77,6 +77,8 @@ struct bq_broker_ops {
                        long stop, struct bq_batch *out, bq_err *err);
     /* Round trip to the server in seconds (0 for memory). */
     bq_status (*ping)(bq_broker *b, double *rtt, bq_err *err);
+    /* Connection pool counters; false when the broker has no pool (memory). */
+    bool (*pool_stats)(bq_broker *b, struct bq_pool_stats *out);
     void (*free)(bq_broker *b);
 };
 

@@ -248,6 +248,12 @@ static bq_status mem_ping(bq_broker *b, double *rtt, bq_err *err)
     return BQ_OK;
 }
 
+static bool mem_pool_stats(bq_broker *b, struct bq_pool_stats *out)
+{
+    (void)b, (void)out;
+    return false;
+}
+
 static void mem_free(bq_broker *b)
 {
     bq_free(b);
@@ -270,7 +276,7 @@ void bq_memory_reset(void)
 
 static const struct bq_broker_ops mem_ops = {
     mem_push, mem_fetch, mem_interrupt, mem_length, mem_dead_letter, mem_range, mem_ping,
-    mem_free,
+    mem_pool_stats, mem_free,
 };
 
 bq_status bq_broker_open_memory(bq_broker **out, bq_err *err)

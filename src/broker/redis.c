@@ -319,6 +319,12 @@ static bq_status redis_ping(bq_broker *b, double *rtt, bq_err *err)
     return st;
 }
 
+static bool redis_pool_stats(bq_broker *b, struct bq_pool_stats *out)
+{
+    bq_pool_stats(((struct redis_broker *)b)->pool, out);
+    return true;
+}
+
 static void redis_free(bq_broker *b)
 {
     struct redis_broker *r = (struct redis_broker *)b;
@@ -331,7 +337,7 @@ static void redis_free(bq_broker *b)
 
 static const struct bq_broker_ops redis_ops = {
     redis_push, redis_fetch, redis_interrupt, redis_length, redis_dead_letter, redis_range,
-    redis_ping, redis_free,
+    redis_ping, redis_pool_stats, redis_free,
 };
 
 bq_status bq_broker_open_redis(const struct bq_broker_config *cfg, bq_broker **out,

@@ -114,7 +114,8 @@ static void set_paths(lua_State *L)
 
 static void create_arg_table(lua_State *L, char **argv, int argc, int script)
 {
-    lua_createtable(L, argc - script - 1, script + 1);
+    int narg = argc - script - 1;
+    lua_createtable(L, narg > 0 ? narg : 0, script + 1);
     for (int i = 0; i < argc; i++) {
         lua_pushstring(L, argv[i]);
         lua_rawseti(L, -2, i - script);

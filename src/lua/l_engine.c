@@ -12,7 +12,7 @@
  * above worker:start() runs once per handler state too, which the README says plainly.
  *
  *   local e = core.engine{scheduler={...}, concurrency=, block_timeout=, want_results=,
- *                         max_message_size=, script=, args=, path=, cpath=, worker_index=}
+ *                         max_message_size=, script=, args=, path=, cpath=, worker_key=}
  *   e:start(drain)        -> true | nil, msg, code
  *   e:next_event(timeout) -> {kind="result"|"signal"|"stopped", ...} | nil (timed out)
  *   e:stop()  e:join()  e:stats()  e:id()  e:close()
@@ -38,7 +38,7 @@ struct slot_cfg {
     lua_Integer *arg_index; /* arg[arg_index[i]] = arg_value[i] */
     char **arg_value;
     int nargs;
-    int worker_index;
+    char *worker_key; /* pairs a handler state's worker with the main state's */
     bool want_results;
     lua_Integer max_message_size;
     bq_worker *w;
@@ -56,6 +56,7 @@ static void slot_cfg_free(struct slot_cfg *c)
     if (c == NULL)
         return;
     bq_free(c->script);
+    bq_free(c->worker_key);
     bq_free(c->path);
     bq_free(c->cpath);
     for (int i = 0; i < c->nargs; i++)
@@ -158,10 +159,10 @@ static bq_status slot_init(void *ud, int index, void **state, bq_err *err)
             if (lst == LUA_YIELD && s->process_ref != LUA_NOREF) {
                 lua_pop(co, nres);
             } else if (lst == LUA_OK || lst == LUA_YIELD) {
-                char why[160];
-                snprintf(why, sizeof why, "the script %s without starting worker #%d "
+                char why[256];
+                snprintf(why, sizeof why, "the script %s without starting worker '%.60s' "
                          "(handler states stop at worker:start(), :run() or :drain())",
-                         lst == LUA_OK ? "ended" : "yielded", c->worker_index);
+                         lst == LUA_OK ? "ended" : "yielded", c->worker_key);
                 st = state_error(s, "", why, err);
             } else {
                 const char *msg = lua_tostring(co, -1);
@@ -249,28 +250,27 @@ static void slot_fini(void *state)
 
 static const struct bq_slot_ops lua_slot_ops = {slot_init, slot_handle, slot_fini};
 
-/* core.slot_ready(worker_index, process) -> true if this handler state serves that worker. */
+/* core.slot_ready(worker_key, process) -> true if this handler state serves that worker. */
 static int l_slot_ready(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, BQ_SLOT_KEY);
     struct slot_state *s = lua_touserdata(L, -1);
     if (s == NULL)
         return luaL_error(L, "slot_ready called outside a handler state");
-    lua_Integer idx = luaL_checkinteger(L, 1);
+    const char *key = luaL_checkstring(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    if (idx != s->cfg->worker_index) {
+    if (strcmp(key, s->cfg->worker_key) != 0 || s->process_ref != LUA_NOREF) {
         lua_pushboolean(L, 0);
         return 1;
     }
-    if (s->process_ref != LUA_NOREF)
-        return luaL_error(L, "worker #%d was already started in this handler state", (int)idx);
     lua_pushvalue(L, 2);
     s->process_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushboolean(L, 1);
     return 1;
 }
 
-/* core.slot_info() -> {slot=, worker_id=, queue=, want_results=, max_message_size=} | nil */
+/* core.slot_info() -> {slot=, worker_key=, worker_id=, queue=, want_results=,
+ * max_message_size=} | nil outside a handler state */
 static int l_slot_info(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, BQ_SLOT_KEY);
@@ -282,8 +282,8 @@ static int l_slot_info(lua_State *L)
     lua_createtable(L, 0, 6);
     lua_pushinteger(L, s->index + 1);
     lua_setfield(L, -2, "slot");
-    lua_pushinteger(L, s->cfg->worker_index);
-    lua_setfield(L, -2, "worker_index");
+    lua_pushstring(L, s->cfg->worker_key);
+    lua_setfield(L, -2, "worker_key");
     lua_pushstring(L, bq_worker_id(s->cfg->w));
     lua_setfield(L, -2, "worker_id");
     lua_pushstring(L, bq_worker_queue(s->cfg->w));
@@ -329,10 +329,10 @@ static void read_slot_cfg(lua_State *L, struct lengine *e)
     c->script = opt_dup(L, 1, "script", true);
     c->path = opt_dup(L, 1, "path", false);
     c->cpath = opt_dup(L, 1, "cpath", false);
-    c->worker_index = (int)bq_lua_opt_integer(L, 1, "worker_index", 1);
+    c->worker_key = opt_dup(L, 1, "worker_key", true);
     c->want_results = bq_lua_opt_boolean(L, 1, "want_results", 0);
     c->max_message_size = bq_lua_opt_integer(L, 1, "max_message_size", 1024 * 1024);
-    if (c->script == NULL)
+    if (c->script == NULL || c->worker_key == NULL)
         luaL_error(L, "out of memory");
     if (lua_getfield(L, 1, "args") == LUA_TTABLE) {
         int n = 0;

@@ -1,0 +1,58 @@
+-- binduq: a distributed task scheduler for AI-agent workloads (C runtime, Lua policy).
+-- Build and install from a checkout with:
+--   luarocks --lua-version 5.4 make
+-- Needs the C headers of hiredis (libhiredis-dev) and lua-cjson for Lua 5.4 (lua-cjson);
+-- both are Debian packages, so the rock declares no rock dependencies that would need the
+-- network. The version here must match BQ_VERSION_STRING in src/binduq.h (a test checks).
+rockspec_format = "3.0"
+package = "binduq"
+version = "0.1.0-1"
+source = {
+    url = "git+file:///dev/null", -- built from a checkout with `luarocks make`
+}
+description = {
+    summary = "A distributed task scheduler for AI-agent workloads over Redis",
+    detailed = [[
+Producers schedule run, pause, resume and cancel operations on a Redis list; workers wait
+with a blocking pop and run handlers written in Lua 5.4, each in its own Lua state and
+thread. Without Redis the same scripts run on an in-memory scheduler.
+]],
+    license = "MIT",
+}
+dependencies = {
+    "lua >= 5.4, < 5.5",
+}
+external_dependencies = {
+    HIREDIS = { header = "hiredis/hiredis.h" },
+}
+build = {
+    type = "builtin",
+    modules = {
+        ["binduq.core"] = {
+            sources = {
+                "src/core/alloc.c", "src/core/backoff.c", "src/core/buf.c", "src/core/clock.c",
+                "src/core/err.c", "src/core/log.c", "src/core/rand.c",
+                "src/net/conn.c", "src/net/pool.c", "src/net/url.c",
+                "src/broker/broker.c", "src/broker/keys.c", "src/broker/mem.c",
+                "src/broker/redis.c",
+                "src/engine/client.c", "src/engine/config.c", "src/engine/task.c",
+                "src/engine/worker.c",
+                "src/lua/l_client.c", "src/lua/l_core.c", "src/lua/l_engine.c",
+            },
+            defines = { "_GNU_SOURCE", "BQ_BUILDING" },
+            incdirs = { "$(HIREDIS_INCDIR)" },
+            libdirs = { "$(HIREDIS_LIBDIR)" },
+            libraries = { "hiredis", "pthread", "m" },
+        },
+        ["binduq"] = "lua/binduq/init.lua",
+        ["binduq.config"] = "lua/binduq/config.lua",
+        ["binduq.errors"] = "lua/binduq/errors.lua",
+        ["binduq.json"] = "lua/binduq/json.lua",
+        ["binduq.scheduler"] = "lua/binduq/scheduler.lua",
+        ["binduq.task"] = "lua/binduq/task.lua",
+        ["binduq.worker"] = "lua/binduq/worker.lua",
+    },
+}
+test = {
+    type = "busted",
+}

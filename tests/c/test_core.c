@@ -1,0 +1,287 @@
+/*
+ * test_core.c -- pure logic: backoff, the JSON string writer, UTF-8 validation, key layout,
+ * the C task encoder, dead-letter entries, configuration resolution, log lines.
+ */
+#include "check.h"
+
+#include "../../src/broker/broker.h"
+#include "../../src/broker/keys.h"
+#include "../../src/core/alloc.h"
+#include "../../src/core/backoff.h"
+#include "../../src/core/buf.h"
+#include "../../src/core/log.h"
+#include "../../src/engine/config.h"
+#include "../../src/engine/task.h"
+
+#include <math.h>
+#include <unistd.h>
+
+TEST(backoff_grows_and_caps)
+{
+    /* No jitter: base * 2^attempt, capped. */
+    const double expect[] = {0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0};
+    for (int i = 0; i < 8; i++)
+        CHECK(fabs(bq_backoff_delay(i, 0.1, 5.0, BQ_JITTER_NONE, 0.5) - expect[i]) < 1e-9);
+    CHECK(bq_backoff_delay(1000, 1.0, 300.0, BQ_JITTER_NONE, 0) == 300.0);
+    CHECK(bq_backoff_delay(-3, 1.0, 300.0, BQ_JITTER_NONE, 0) == 1.0);
+    /* Full jitter spans [0, d); equal jitter [d/2, d). */
+    CHECK(bq_backoff_delay(3, 1.0, 300.0, BQ_JITTER_FULL, 0.0) == 0.0);
+    CHECK(fabs(bq_backoff_delay(3, 1.0, 300.0, BQ_JITTER_FULL, 0.5) - 4.0) < 1e-9);
+    CHECK(bq_backoff_delay(3, 1.0, 300.0, BQ_JITTER_FULL, 0.9999) < 8.0);
+    CHECK(fabs(bq_backoff_delay(3, 1.0, 300.0, BQ_JITTER_EQUAL, 0.0) - 4.0) < 1e-9);
+    CHECK(bq_backoff_delay(3, 1.0, 300.0, BQ_JITTER_EQUAL, 1.5) < 8.0);
+    CHECK(bq_backoff_delay(2, 0, 300.0, BQ_JITTER_NONE, 0.5) == 0);
+}
+
+static const char *json_of(const char *s, size_t n, bq_buf *b)
+{
+    b->len = 0;
+    bq_buf_json_str(b, s, n);
+    return bq_buf_cstr(b);
+}
+
+TEST(json_strings)
+{
+    bq_buf b = BQ_BUF_INIT;
+    CHECK_STR(json_of("plain", 5, &b), "\"plain\"");
+    CHECK_STR(json_of("a\"b\\c", 5, &b), "\"a\\\"b\\\\c\"");
+    CHECK_STR(json_of("l1\nl2\t\r", 7, &b), "\"l1\\nl2\\t\\r\"");
+    CHECK_STR(json_of("\x01\x1f", 2, &b), "\"\\u0001\\u001f\"");
+    CHECK_STR(json_of("nul\0x", 5, &b), "\"nul\\u0000x\"");
+    CHECK_STR(json_of("h\xc3\xa9llo \xe2\x82\xac", 10, &b), "\"h\xc3\xa9llo \xe2\x82\xac\"");
+    bq_buf_free(&b);
+}
+
+TEST(utf8_validation)
+{
+    size_t bad = 99;
+    CHECK(bq_utf8_valid("", 0, NULL));
+    CHECK(bq_utf8_valid("ascii", 5, NULL));
+    CHECK(bq_utf8_valid("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 9, NULL));
+    CHECK(!bq_utf8_valid("ab\xff", 3, &bad));
+    CHECK_INT(bad, 2);
+    CHECK(!bq_utf8_valid("\xc0\xaf", 2, &bad));       /* overlong '/' */
+    CHECK(!bq_utf8_valid("\xed\xa0\x80", 3, &bad));   /* surrogate U+D800 */
+    CHECK(!bq_utf8_valid("\xf4\x90\x80\x80", 4, &bad)); /* above U+10FFFF */
+    CHECK(!bq_utf8_valid("x\xe2\x82", 3, &bad));      /* truncated */
+    CHECK_INT(bad, 1);
+    CHECK(!bq_utf8_valid("\x80", 1, &bad));           /* lone continuation */
+}
+
+TEST(key_layout)
+{
+    char k[128];
+    CHECK(bq_key_derive("bindu:tasks", "dlq", k, sizeof k));
+    CHECK_STR(k, "{bindu:tasks}:dlq");
+    CHECK(bq_key_derive("{bindu}:tasks:high", "dlq", k, sizeof k));
+    CHECK_STR(k, "{bindu}:tasks:high:dlq");
+    CHECK(!bq_key_derive("bindu:tasks", "dlq", k, 8));
+    CHECK(!bq_key_has_tag("bindu:tasks"));
+    CHECK(!bq_key_has_tag("a{}b"));
+    CHECK(bq_key_has_tag("x{t}y"));
+    /* Reference slots from the Redis Cluster specification and CLUSTER KEYSLOT. */
+    CHECK_INT(bq_key_slot("123456789"), 0x31C3 & 16383);
+    CHECK_INT(bq_key_slot("foo"), 12182);
+    CHECK_INT(bq_key_slot("{user1000}.following"), bq_key_slot("user1000"));
+    /* A derived key shares its queue's slot, with or without a tag. */
+    CHECK(bq_key_derive("bindu:tasks", "dlq", k, sizeof k));
+    CHECK_INT(bq_key_slot(k), bq_key_slot("bindu:tasks"));
+    CHECK(bq_key_derive("{bindu}:tasks:low", "dlq", k, sizeof k));
+    CHECK_INT(bq_key_slot(k), bq_key_slot("{bindu}:tasks:high"));
+}
+
+TEST(task_encoding)
+{
+    struct bq_message m[2] = {{"user", "What is \"AI\"?\n"}, {"agent", "A field."}};
+    struct bq_task t = {"run", "t-1", "c-1", m, 2};
+    struct bq_msg out;
+    bq_err err;
+    CHECK_INT(bq_task_encode(&t, &out, &err), BQ_OK);
+    CHECK_CONTAINS(out.data, "{\"type\":\"run\",\"task_id\":\"t-1\",\"conversation_id\":\"c-1\","
+                             "\"messages\":[{\"role\":\"user\",\"content\":\"What is \\\"AI\\\"?"
+                             "\\n\"},{\"role\":\"agent\",\"content\":\"A field.\"}],"
+                             "\"artifacts\":[],\"timestamp\":\"");
+    CHECK_INT(out.data[out.len - 1], '}');
+    bq_free(out.data);
+
+    /* A run without a conversation gets a fresh UUID. */
+    struct bq_task t2 = {"run", "t-2", NULL, m, 1};
+    CHECK_INT(bq_task_encode(&t2, &out, &err), BQ_OK);
+    CHECK_CONTAINS(out.data, "\"conversation_id\":\"");
+    bq_free(out.data);
+
+    struct bq_task c = {"cancel", "t-3", NULL, NULL, 0};
+    CHECK_INT(bq_task_encode(&c, &out, &err), BQ_OK);
+    CHECK_NOT_CONTAINS(out.data, "messages");
+    CHECK_NOT_CONTAINS(out.data, "conversation_id");
+    bq_free(out.data);
+}
+
+TEST(task_validation_names_the_field)
+{
+    struct bq_message m = {"user", "hi"};
+    struct bq_message bad_role = {"", "hi"};
+    struct bq_message bad_utf8 = {"user", "\xff"};
+    struct {
+        struct bq_task t;
+        const char *expect;
+    } cases[] = {
+        {{"run", NULL, NULL, &m, 1}, "task_id is required"},
+        {{"run", "", NULL, &m, 1}, "task_id must not be empty"},
+        {{"walk", "x", NULL, &m, 1}, "type must be"},
+        {{NULL, "x", NULL, &m, 1}, "type must be"},
+        {{"run", "x", NULL, NULL, 0}, "at least one message"},
+        {{"cancel", "x", NULL, &m, 1}, "only allowed for run and resume"},
+        {{"run", "x", NULL, &bad_role, 1}, "messages[0].role must not be empty"},
+        {{"run", "x", NULL, &bad_utf8, 1}, "messages[0].content is not valid UTF-8"},
+        {{"run", "x", "\xc3", &m, 1}, "conversation_id is not valid UTF-8"},
+        {{"run", "x", NULL, NULL, 2}, "messages is NULL"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct bq_msg out = {NULL, 0};
+        bq_err err;
+        CHECK_INT(bq_task_encode(&cases[i].t, &out, &err), BQ_EINVAL);
+        CHECK_CONTAINS(err.msg, cases[i].expect);
+        CHECK(out.data == NULL);
+    }
+}
+
+TEST(dead_letter_entry_keeps_the_bytes)
+{
+    const char raw[] = "not json \xff\n{}";
+    struct bq_dlq_info info = {"invalid UTF-8 at byte 10", NULL, NULL, NULL, "bindu:tasks",
+                               "w1", 0};
+    struct bq_msg e;
+    CHECK_INT(bq_dlq_entry(&info, raw, sizeof raw - 1, &e), BQ_OK);
+    const char *nl = memchr(e.data, '\n', e.len);
+    CHECK(nl != NULL);
+    if (nl != NULL) {
+        CHECK_INT((size_t)(e.data + e.len - (nl + 1)), sizeof raw - 1);
+        CHECK(memcmp(nl + 1, raw, sizeof raw - 1) == 0);
+        CHECK(strncmp(e.data, "{\"reason\":\"invalid UTF-8 at byte 10\",\"queue\":\"bindu:tasks\","
+                              "\"worker\":\"w1\",\"attempts\":0,\"failed_at\":\"", 97) == 0);
+    }
+    bq_free(e.data);
+
+    struct bq_dlq_info f = {"boom", "{\"code\":\"EHANDLER\"}", "t1", "run", "q", "w", 1};
+    CHECK_INT(bq_dlq_entry(&f, "{}", 2, &e), BQ_OK);
+    CHECK_CONTAINS(e.data, "\"error\":{\"code\":\"EHANDLER\"},\"task_id\":\"t1\",\"type\":\"run\"");
+    bq_free(e.data);
+}
+
+TEST(config_precedence)
+{
+    struct bq_config cfg;
+    bq_err err;
+    unsetenv("REDIS_URL");
+    unsetenv("REDIS_QUEUE_NAME");
+    unsetenv("REDIS_MAX_CONNECTIONS");
+    CHECK_INT(bq_config_resolve(NULL, &cfg, &err), BQ_OK);
+    CHECK(cfg.url == NULL); /* the in-memory default */
+    CHECK_STR(cfg.queue_name, "bindu:tasks");
+    CHECK_INT(cfg.max_connections, 10);
+    bq_config_free(&cfg);
+
+    setenv("REDIS_URL", "redis://envhost:1/0", 1);
+    setenv("REDIS_QUEUE_NAME", "env:q", 1);
+    setenv("REDIS_MAX_CONNECTIONS", "7", 1);
+    CHECK_INT(bq_config_resolve(NULL, &cfg, &err), BQ_OK);
+    CHECK_STR(cfg.url, "redis://envhost:1/0");
+    CHECK_STR(cfg.url_source, "REDIS_URL");
+    CHECK_STR(cfg.queue_name, "env:q");
+    CHECK_INT(cfg.max_connections, 7);
+    bq_config_free(&cfg);
+
+    struct bq_client_options o = {"redis://opt:2/0", "opt:q", 3, 0, 0, 0, false};
+    CHECK_INT(bq_config_resolve(&o, &cfg, &err), BQ_OK);
+    CHECK_STR(cfg.url, "redis://opt:2/0");
+    CHECK_STR(cfg.url_source, "scheduler.url");
+    CHECK_STR(cfg.queue_name, "opt:q");
+    CHECK_INT(cfg.max_connections, 3);
+    bq_config_free(&cfg);
+
+    struct bq_client_options mem = {NULL, NULL, 0, 0, 0, 0, true};
+    CHECK_INT(bq_config_resolve(&mem, &cfg, &err), BQ_OK);
+    CHECK(cfg.url == NULL);
+    bq_config_free(&cfg);
+
+    setenv("REDIS_MAX_CONNECTIONS", "lots", 1);
+    CHECK_INT(bq_config_resolve(NULL, &cfg, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "REDIS_MAX_CONNECTIONS");
+    CHECK_CONTAINS(err.msg, "'lots'");
+    bq_config_free(&cfg);
+    unsetenv("REDIS_URL");
+    unsetenv("REDIS_QUEUE_NAME");
+    unsetenv("REDIS_MAX_CONNECTIONS");
+}
+
+/* Captures what bq_log writes to stderr. */
+static char *capture_log(void (*fn)(void))
+{
+    static char buf[4096];
+    int fds[2];
+    if (pipe(fds) != 0)
+        return NULL;
+    int saved = dup(2);
+    dup2(fds[1], 2);
+    fn();
+    dup2(saved, 2);
+    close(saved);
+    close(fds[1]);
+    ssize_t n = read(fds[0], buf, sizeof buf - 1);
+    close(fds[0]);
+    buf[n > 0 ? n : 0] = '\0';
+    return buf;
+}
+
+static void log_sample(void)
+{
+    bq_log(BQ_LOG_INFO, "completed", "task_id", "t 1", "queue", "bindu:tasks", "#duration_ms",
+           "1.5", "skipped", (const char *)NULL, "note", "a\"b", NULL);
+    bq_log(BQ_LOG_DEBUG, "hidden", "k", "v", NULL);
+}
+
+TEST(log_lines)
+{
+    CHECK_INT(bq_log_set_level("info"), BQ_OK);
+    CHECK_INT(bq_log_set_format("text"), BQ_OK);
+    const char *text = capture_log(log_sample);
+    CHECK_CONTAINS(text, " info completed task_id=\"t 1\" queue=bindu:tasks duration_ms=1.5 "
+                         "note=\"a\\\"b\"\n");
+    CHECK_NOT_CONTAINS(text, "hidden");
+    CHECK_INT(bq_log_set_format("json"), BQ_OK);
+    const char *json = capture_log(log_sample);
+    CHECK_CONTAINS(json, "\"level\":\"info\",\"event\":\"completed\",\"task_id\":\"t 1\","
+                         "\"queue\":\"bindu:tasks\",\"duration_ms\":1.5,\"note\":\"a\\\"b\"}\n");
+    CHECK_INT(bq_log_set_format("yaml"), BQ_EINVAL);
+    CHECK_INT(bq_log_set_level("loud"), BQ_EINVAL);
+    bq_log_set_format("text");
+}
+
+TEST(buf_out_of_memory_is_sticky)
+{
+    bq_buf b = BQ_BUF_INIT;
+    bq_alloc_fail_after(0);
+    bq_buf_puts(&b, "x");
+    bq_alloc_fail_after(-1);
+    bq_buf_puts(&b, "y");
+    CHECK(b.oom);
+    CHECK(bq_buf_cstr(&b) == NULL);
+    CHECK(bq_buf_detach(&b, NULL) == NULL);
+    bq_buf_free(&b);
+}
+
+int main(void)
+{
+    RUN(backoff_grows_and_caps);
+    RUN(json_strings);
+    RUN(utf8_validation);
+    RUN(key_layout);
+    RUN(task_encoding);
+    RUN(task_validation_names_the_field);
+    RUN(dead_letter_entry_keeps_the_bytes);
+    RUN(config_precedence);
+    RUN(log_lines);
+    RUN(buf_out_of_memory_is_sticky);
+    return check_report("test_core");
+}

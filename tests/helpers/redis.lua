@@ -1,0 +1,78 @@
+--- helpers.redis: a throwaway redis-server on a free loopback port, stopped by PID.
+--
+--   local server = redis.start()        -- server.url, server.port
+--   server:cli("LLEN", "bindu:tasks")   -- through redis-cli
+--   server:restart()                    -- same port, same data directory
+--   server:stop()
+
+local proc = require("helpers.proc")
+
+local M = {}
+local Server = {}
+Server.__index = Server
+
+local function ping(port)
+    local out = proc.sh(("redis-cli -h 127.0.0.1 -p %d PING"):format(port))
+    return out == "PONG"
+end
+
+function Server:launch()
+    local args = {
+        "redis-server", "--port", tostring(self.port), "--bind", "127.0.0.1",
+        "--save", "''", "--appendonly", self.aof and "yes" or "no", "--dir", self.dir,
+        "--daemonize", "no", "--protected-mode", "no",
+    }
+    for _, a in ipairs(self.extra or {}) do args[#args + 1] = a end
+    self.proc = proc.spawn(table.concat(args, " "), { dir = self.dir, log = self.dir .. "/redis.log" })
+    self.pid = self.proc.pid
+    return proc.wait_for(function()
+        if not proc.alive(self.proc) then return "exited" end
+        return ping(self.port) and "up"
+    end, 10) == "up"
+end
+
+--- Starts a server. opts.aof = true turns on the append-only file; opts.args adds arguments.
+function M.start(opts)
+    opts = opts or {}
+    for _ = 1, 20 do
+        local s = setmetatable({
+            port = math.random(20000, 59999),
+            dir = proc.tmpdir(),
+            aof = opts.aof,
+            extra = opts.args,
+        }, Server)
+        s.url = ("redis://127.0.0.1:%d/0"):format(s.port)
+        if s:launch() then return s end
+        proc.stop(s.proc, 1) -- most likely the port was taken: try another
+    end
+    error("could not start redis-server on a free port")
+end
+
+--- Runs a redis-cli command; returns its output.
+function Server:cli(...)
+    local args = {}
+    for i, a in ipairs({ ... }) do args[i] = proc.quote(a) end
+    local out = proc.sh(("redis-cli -h 127.0.0.1 -p %d %s"):format(self.port, table.concat(args, " ")))
+    return out
+end
+
+function Server:kill()
+    proc.kill(self.proc, "KILL")
+    proc.wait(self.proc, 5)
+end
+
+function Server:stop()
+    if self.proc then proc.stop(self.proc, 5) end
+end
+
+--- Stops and starts again on the same port (with the same data directory).
+function Server:restart()
+    self:stop()
+    for _ = 1, 50 do
+        if self:launch() then return true end
+        proc.sleep(0.1)
+    end
+    error("could not restart redis-server on port " .. self.port)
+end
+
+return M

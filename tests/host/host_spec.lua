@@ -1,0 +1,133 @@
+-- binduq-lua, the host: options, arg, exit codes, error messages with tracebacks.
+
+local proc = require("helpers.proc")
+
+local host = "build/binduq-lua"
+
+local function run(args, opts)
+    opts = opts or {}
+    local rc, out = proc.run(host .. " " .. args, { unset = { "REDIS_URL" }, timeout = 30 })
+    return rc, out
+end
+
+describe("binduq-lua", function()
+    it("prints its version", function()
+        local rc, out = run("-v")
+        assert.are.equal(0, rc)
+        local v = out:match("^binduq%-lua (%d+%.%d+%.%d+)")
+        assert.truthy(v, out)
+        local _, ver = run([[-e "io.write(require('binduq')._VERSION)"]])
+        assert.are.equal(v, ver)
+    end)
+
+    it("prints help and exits 0", function()
+        local rc, out = run("-h")
+        assert.are.equal(0, rc)
+        assert.truthy(out:find("usage: binduq-lua [options] [script [args]]", 1, true))
+        assert.truthy(out:find("REDIS_URL", 1, true))
+    end)
+
+    it("rejects an unknown option and a missing script", function()
+        local rc, out = run("--frobnicate")
+        assert.are.equal(1, rc)
+        assert.truthy(out:find("unrecognized option '--frobnicate'", 1, true))
+        rc, out = run("")
+        assert.are.equal(1, rc)
+        assert.truthy(out:find("no script given", 1, true))
+        rc, out = run("-e")
+        assert.are.equal(1, rc)
+        assert.truthy(out:find("'-e' needs an argument", 1, true))
+    end)
+
+    it("runs -e statements before the script", function()
+        local rc, out = run([[-e "x = 41" -e "print(x + 1)"]])
+        assert.are.equal(0, rc)
+        assert.are.equal("42\n", out)
+    end)
+
+    it("sets arg and the script's varargs like lua", function()
+        local rc, out = run("tests/host/fixtures/args.lua one two")
+        assert.are.equal(0, rc)
+        assert.truthy(out:find("arg0=tests/host/fixtures/args.lua\n", 1, true))
+        assert.truthy(out:find("arg1=one\narg2=two\nn=2\nfirst=one\n", 1, true))
+    end)
+
+    it("reads the script from stdin with -", function()
+        local rc, out = proc.run("sh -c " .. proc.quote("echo 'print(\"from stdin\")' | " .. host .. " -"),
+                                 { timeout = 30 })
+        assert.are.equal(0, rc)
+        assert.are.equal("from stdin\n", out)
+    end)
+
+    it("exits 1 with the error and a traceback", function()
+        local rc, out = run("tests/host/fixtures/error.lua")
+        assert.are.equal(1, rc)
+        assert.truthy(out:find("binduq-lua: tests/host/fixtures/error.lua:2: boom from fixture", 1, true), out)
+        assert.truthy(out:find("stack traceback:", 1, true), out)
+        assert.truthy(out:find("in local 'middle'", 1, true) or out:find("in upvalue 'middle'", 1, true)
+                      or out:find("middle", 1, true), out)
+    end)
+
+    it("shows the message of a binduq error table", function()
+        local rc, out = run("tests/host/fixtures/fail_table.lua")
+        assert.are.equal(1, rc)
+        assert.truthy(out:find("binduq-lua: the input was unusable", 1, true), out)
+    end)
+
+    it("exits 1 when the script cannot be opened", function()
+        local rc, out = run("tests/host/fixtures/nope.lua")
+        assert.are.equal(1, rc)
+        assert.truthy(out:find("cannot open tests/host/fixtures/nope.lua", 1, true), out)
+    end)
+
+    it("passes the script's exit code through", function()
+        local rc = run("tests/host/fixtures/exit_code.lua 7")
+        assert.are.equal(7, rc)
+    end)
+
+    it("finds binduq's modules from any directory", function()
+        local abs = proc.sh("pwd") .. "/" .. host
+        local rc, out = proc.run("sh -c " .. proc.quote("cd /tmp && " .. abs .. [[ -e "print(require('binduq').role)"]]),
+                                 { timeout = 30 })
+        assert.are.equal(0, rc)
+        assert.are.equal("main\n", out)
+    end)
+end)
+
+describe("the rock", function()
+    it("has the version of binduq.h", function()
+        local h = proc.read("src/binduq.h")
+        local v = h:match('#define BQ_VERSION_STRING "([^"]+)"')
+        local rockspec = proc.sh("ls binduq-*.rockspec")
+        assert.are.equal("binduq-" .. v .. "-1.rockspec", rockspec)
+        assert.truthy(proc.read(rockspec):find('version = "' .. v .. '-1"', 1, true))
+        assert.are.equal(v, require("binduq")._VERSION)
+    end)
+
+    it("builds with luarocks and loads under plain lua5.4 from any directory", function()
+        if not proc.sh("command -v luarocks") or proc.sh("command -v luarocks") == "" then
+            pending("luarocks is not installed")
+            return
+        end
+        local tree = proc.tmpdir()
+        local rockspec = proc.sh("ls binduq-*.rockspec")
+        -- Build from a copy: the builtin backend leaves object files next to the sources.
+        local srcdir = proc.tmpdir()
+        proc.sh(("cp -r src lua %s %s/"):format(rockspec, srcdir))
+        local rc, out = proc.run("sh -c " .. proc.quote(("cd %s && luarocks --lua-version 5.4 --tree %s make %s")
+                                                        :format(srcdir, tree, rockspec)), { timeout = 300 })
+        assert.are.equal(0, rc, out)
+        local env = ("LUA_PATH_5_4='%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua;;' "
+                     .. "LUA_CPATH_5_4='%s/lib/lua/5.4/?.so;;'"):format(tree, tree, tree)
+        rc, out = proc.run("sh -c " .. proc.quote(("cd /tmp && env %s lua5.4 -e 'local bq = require \"binduq\"; print(bq._VERSION)'")
+                           :format(env)), { timeout = 30 })
+        assert.are.equal(0, rc, out)
+        local _, v = run("-v")
+        assert.are.equal(v:match("(%d+%.%d+%.%d+)"), out:match("^(%d+%.%d+%.%d+)\n$"))
+        -- The same worker code runs under plain lua5.4: drain a memory queue.
+        rc, out = proc.run(("env %s lua5.4 examples/hello.lua"):format(env), { timeout = 60, unset = { "REDIS_URL" } })
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("done: 5 completed, 0 failed", 1, true), out)
+        proc.sh("rm -rf " .. proc.quote(tree) .. " " .. proc.quote(srcdir))
+    end)
+end)

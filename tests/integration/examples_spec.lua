@@ -1,0 +1,75 @@
+-- The examples as a user runs them: hello on the in-memory default, the C producer feeding a
+-- Lua worker through Redis, and health checks.
+
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+local bq = require("binduq")
+
+describe("examples", function()
+    it("hello.lua runs on the in-memory scheduler with no Redis", function()
+        local rc, out = proc.run("build/binduq-lua examples/hello.lua", { unset = { "REDIS_URL" }, timeout = 60 })
+        assert.are.equal(0, rc, out)
+        for i = 1, 5 do
+            assert.truthy(out:find("hello%-" .. i .. " +completed +Hello, "), out)
+        end
+        assert.truthy(out:find("done: 5 completed, 0 failed", 1, true), out)
+        assert.truthy(out:find("backend=memory", 1, true), out)
+    end)
+
+    it("producer.lua without Redis warns that the tasks stay in its memory", function()
+        local rc, out = proc.run("build/binduq-lua examples/producer.lua 2", { unset = { "REDIS_URL" } })
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("no REDIS_URL", 1, true), out)
+        assert.truthy(out:find("scheduled 2 tasks on bindu:tasks (memory)", 1, true), out)
+    end)
+
+    describe("#redis", function()
+        local server
+        setup(function() server = redis.start() end)
+        teardown(function() server:stop() end)
+
+        it("the C example schedules tasks that a Lua worker completes", function()
+            local queue = "it:c:" .. math.random(1, 1e9)
+            local env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue }
+            local rc, out = proc.run("build/examples/schedule_c 3 ctask", { env = env })
+            assert.are.equal(0, rc, out)
+            assert.truthy(out:find("scheduled 3 tasks; queue length 3", 1, true), out)
+            local w = proc.spawn("build/binduq-lua examples/worker.lua", { env = env })
+            assert(proc.wait_for(function()
+                local _, n = (proc.read(w.log) or ""):gsub("completed task_id=ctask%-%d", "")
+                return n == 3
+            end, 20), proc.read(w.log))
+            assert.are.equal(0, proc.stop(w, 10))
+        end)
+
+        it("reports health and queue length", function()
+            local queue = "it:h:" .. math.random(1, 1e9)
+            local s = bq.scheduler{ url = server.url, queue_name = queue }
+            s:run{ task_id = "h1", messages = { "x" } }
+            local h = s:health_check()
+            assert.is_true(h.ok)
+            assert.are.equal("redis", h.backend)
+            assert.are.equal("127.0.0.1:" .. server.port, h.address)
+            assert.are.equal(1, h.queue_length)
+            assert.is_true(h.rtt > 0 and h.rtt < 1)
+            assert.are.equal(1, s:queue_length())
+            s:close()
+        end)
+
+        it("a worker on stdin-less plain lua5.4 is the same code", function()
+            local queue = "it:plain:" .. math.random(1, 1e9)
+            local env = {
+                REDIS_URL = server.url, REDIS_QUEUE_NAME = queue,
+                LUA_PATH_5_4 = "lua/?.lua;lua/?/init.lua;;", LUA_CPATH_5_4 = "build/?.so;;",
+            }
+            local w = proc.spawn("lua5.4 examples/worker.lua 2", { env = env })
+            local rc, out = proc.run("lua5.4 examples/producer.lua 20 x plain", { env = env })
+            assert.are.equal(0, rc, out)
+            assert(proc.wait_for(function()
+                local _, n = (proc.read(w.log) or ""):gsub("completed task_id=plain%-%d+", "")
+                return n == 20
+            end, 20), proc.read(w.log))
+            assert.are.equal(0, proc.stop(w, 10))
+        end)
+    end)
+end)

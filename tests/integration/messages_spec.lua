@@ -1,0 +1,108 @@
+-- Both wire formats through Redis, and malformed messages: each set aside in the dead-letter
+-- list, byte for byte, with its reason, while the valid tasks around them complete.
+
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+local json = require("binduq.json")
+local bq = require("binduq")
+
+describe("#redis messages", function()
+    local server
+    setup(function()
+        server = redis.start()
+        bq.log_configure{ level = "warn" }
+    end)
+    teardown(function()
+        server:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    it("decodes the native and the Bindu format to the same task", function()
+        local queue = "it:fmt:" .. math.random(1, 1e9)
+        local dump = queue .. ":dump"
+        local w = proc.spawn("build/binduq-lua tests/integration/fixtures/dump_worker.lua", {
+            env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue, BQ_DUMP_LIST = dump },
+        })
+        local s = bq.scheduler{ url = server.url, queue_name = queue }
+        assert(s:push_raw('{"type":"run","task_id":"T","conversation_id":"C",'
+            .. '"messages":[{"role":"user","content":"What is AI?"}],"artifacts":[],"timestamp":"2024-12-09T14:30:00Z"}'))
+        assert(s:push_raw('{"operation":"run","params":{"task_id":"T","context_id":"C","message":{"message_id":"m",'
+            .. '"kind":"message","parts":[{"kind":"text","text":"What is AI?"}],"role":"user","metadata":{}}},'
+            .. '"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7"}'))
+        local got = proc.wait_for(function()
+            local n = tonumber(server:cli("LLEN", dump))
+            return n == 2 and n
+        end, 20)
+        assert.are.equal(2, got)
+        assert.are.equal(0, proc.stop(w, 10))
+        -- LPUSH: the newest is first
+        local bindu = json.decode(server:cli("LINDEX", dump, "0"))
+        local native = json.decode(server:cli("LINDEX", dump, "1"))
+        assert.are.equal("native", native.format)
+        assert.are.equal("bindu", bindu.format)
+        for _, k in ipairs({ "type", "task_id", "conversation_id" }) do
+            assert.are.equal(native[k], bindu[k], k)
+        end
+        assert.are.equal("What is AI?", native.messages[1].content)
+        assert.are.equal(native.messages[1].content, bindu.messages[1].content)
+        assert.are.equal(native.messages[1].role, bindu.messages[1].role)
+        assert.are.equal("4bf92f3577b34da6a3ce929d0e0e4736", bindu.trace_id)
+        s:close()
+    end)
+
+    it("sets every kind of malformed message aside and keeps going", function()
+        local queue = "it:bad:" .. math.random(1, 1e9)
+        local bad = {
+            { "this is { not json", "invalid JSON" },
+            { '[{"type":"run","task_id":"arr"}]', "not a JSON object (got an array)" },
+            { '{"type":"teleport","task_id":"u1"}', "unknown type 'teleport'" },
+            { '{"type":"run","messages":[{"role":"user","content":"no id"}]}', "task_id is required" },
+            { '{"type":"run","task_id":"w1","messages":"not a list"}', "messages must be an array" },
+            { '{"type":"run","task_id":"big","messages":[{"role":"user","content":"' .. ("x"):rep(1100 * 1024) .. '"}]}',
+              "message too large" },
+            { '{"type":"run","task_id":"utf","messages":[{"role":"user","content":"caf\xc3"}]}', "invalid UTF-8" },
+        }
+        local s = bq.scheduler{ url = server.url, queue_name = queue }
+        local w = proc.spawn("build/binduq-lua examples/worker.lua 2", {
+            env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue },
+        })
+        -- valid tasks around and between the bad ones
+        s:run{ task_id = "good-0", messages = { "first" } }
+        for i, b in ipairs(bad) do
+            assert(s:push_raw(b[1]))
+            s:run{ task_id = "good-" .. i, messages = { "after " .. i } }
+        end
+        local dead = proc.wait_for(function()
+            local n = s:dead_letter_count()
+            return n == #bad and n
+        end, 30)
+        assert.are.equal(#bad, dead)
+        proc.wait_for(function()
+            local _, n = (proc.read(w.log) or ""):gsub("completed task_id=good%-", "")
+            return n == #bad + 1
+        end, 30)
+        assert.are.equal(0, proc.stop(w, 10), "the worker exits cleanly after all that")
+        local log = proc.read(w.log)
+        for i = 0, #bad do
+            assert.truthy(log:find("completed task_id=good-" .. i .. " ", 1, true), "good-" .. i)
+        end
+        local entries = assert(s:dead_letters())
+        assert.are.equal(#bad, #entries)
+        local by_raw = {}
+        for _, e in ipairs(entries) do by_raw[e.message] = e end
+        for _, b in ipairs(bad) do
+            local e = by_raw[b[1]] -- byte for byte
+            assert.truthy(e, "not in the dead-letter list: " .. b[1]:sub(1, 60))
+            assert.truthy(e.reason:find(b[2], 1, true), e.reason)
+            assert.are.equal(queue, e.queue)
+            assert.are.equal(0, e.attempts)
+            assert.truthy(e.worker:find(":", 1, true))
+        end
+        assert.are.equal("u1", by_raw[bad[3][1]].task_id)
+        -- one log line per malformed message, with the reason
+        local _, nlog = log:gsub("warn malformed ", "")
+        assert.are.equal(#bad, nlog)
+        assert.are.equal("0", server:cli("LLEN", queue))
+        s:close()
+    end)
+end)

@@ -1,0 +1,168 @@
+-- The wire formats: producer encoding, both decoders, and every kind of malformed message.
+
+local task = require("binduq.task")
+local json = require("binduq.json")
+
+describe("task encoding", function()
+    it("writes the native format with defaults", function()
+        local s, id = task.encode({ type = "run", task_id = "t1", messages = { "What is AI?" } })
+        assert.are.equal("t1", id)
+        local t = json.decode(s)
+        assert.are.equal("run", t.type)
+        assert.are.equal("t1", t.task_id)
+        assert.are.same({ { role = "user", content = "What is AI?" } }, t.messages)
+        assert.truthy(s:find('"artifacts":[]', 1, true))
+        assert.truthy(t.conversation_id:match("^%x+%-%x+%-4%x+%-%x+%-%x+$"))
+        assert.truthy(t.timestamp:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$"))
+        assert.are.equal('{"type":"run","task_id":"t1",', s:sub(1, 29))
+    end)
+
+    it("keeps given fields and writes empty lists as arrays", function()
+        local s = task.encode({ type = "resume", task_id = "t2", conversation_id = "c",
+                                messages = { { role = "user", content = "more" } }, artifacts = {},
+                                metadata = { k = 1 }, trace_id = "abc" })
+        local t = json.decode(s)
+        assert.are.equal("c", t.conversation_id)
+        assert.are.equal("abc", t.trace_id)
+        assert.are.equal(1, t.metadata.k)
+        assert.truthy(s:find('"artifacts":[]', 1, true))
+    end)
+
+    it("writes pause and cancel without messages", function()
+        local s = task.encode({ type = "cancel", task_id = "t3" })
+        assert.falsy(s:find("messages", 1, true))
+        assert.falsy(s:find("conversation_id", 1, true))
+    end)
+
+    local bad = {
+        { { type = "run", messages = { "x" } }, "task_id is required" },
+        { { type = "run", task_id = "", messages = { "x" } }, "task_id must not be empty" },
+        { { type = "run", task_id = 12, messages = { "x" } }, "task_id must be a string" },
+        { { type = "run", task_id = ("x"):rep(300), messages = { "x" } }, "longer than 256" },
+        { { type = "walk", task_id = "a" }, "type must be run, pause, resume or cancel" },
+        { { type = "run", task_id = "a" }, "a run needs at least one message" },
+        { { type = "run", task_id = "a", messages = {} }, "a run needs at least one message" },
+        { { type = "run", task_id = "a", messages = "hi" }, "messages must be an array" },
+        { { type = "run", task_id = "a", messages = { x = 1 } }, "messages must be an array" },
+        { { type = "run", task_id = "a", messages = { { content = "x" } } }, "messages[1].role" },
+        { { type = "run", task_id = "a", messages = { { role = "user" } } }, "needs content or parts" },
+        { { type = "run", task_id = "a", messages = { "x" }, artifacts = "no" }, "artifacts must be an array" },
+        { { type = "cancel", task_id = "a", messages = { "x" } }, "only allowed for run and resume" },
+        { { type = "run", task_id = "a", messages = { "x" }, colour = "red" }, "unknown field 'colour'" },
+        { { type = "run", task_id = "a\255", messages = { "x" } }, "not valid UTF-8" },
+    }
+    for _, case in ipairs(bad) do
+        it("refuses an invalid operation: " .. case[2], function()
+            local ok, err = pcall(task.encode, case[1])
+            assert.is_false(ok)
+            assert.truthy(tostring(err):find(case[2], 1, true), tostring(err))
+        end)
+    end
+end)
+
+describe("task decoding", function()
+    local native = '{"type":"run","task_id":"550e8400-e29b-41d4-a716-446655440000",'
+        .. '"conversation_id":"660e8400-e29b-41d4-a716-446655440001",'
+        .. '"messages":[{"role":"user","content":"What is AI?"}],"artifacts":[],'
+        .. '"timestamp":"2024-12-09T14:30:00Z"}'
+    local bindu = '{"operation":"run","params":{"task_id":"550e8400-e29b-41d4-a716-446655440000",'
+        .. '"context_id":"660e8400-e29b-41d4-a716-446655440001","message":{"message_id":"m1",'
+        .. '"context_id":"660e8400-e29b-41d4-a716-446655440001","task_id":"550e8400-e29b-41d4-a716-446655440000",'
+        .. '"kind":"message","parts":[{"kind":"text","text":"What is AI?"}],"role":"user","metadata":{}}},'
+        .. '"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7"}'
+
+    it("decodes the native format", function()
+        local t = assert(task.decode(native))
+        assert.are.equal("run", t.type)
+        assert.are.equal("native", t.format)
+        assert.are.equal("550e8400-e29b-41d4-a716-446655440000", t.task_id)
+        assert.are.equal("660e8400-e29b-41d4-a716-446655440001", t.conversation_id)
+        assert.are.equal("What is AI?", t.messages[1].content)
+        assert.are.equal("user", t.messages[1].role)
+        assert.are.equal("2024-12-09T14:30:00Z", t.timestamp)
+    end)
+
+    it("decodes Bindu's format to the same task", function()
+        local a = assert(task.decode(native))
+        local b = assert(task.decode(bindu))
+        assert.are.equal("bindu", b.format)
+        assert.are.equal("4bf92f3577b34da6a3ce929d0e0e4736", b.trace_id)
+        assert.are.equal("00f067aa0ba902b7", b.span_id)
+        assert.are.equal("m1", b.messages[1].message_id)
+        for _, k in ipairs({ "type", "task_id", "conversation_id" }) do
+            assert.are.equal(a[k], b[k], k)
+        end
+        assert.are.equal(#a.messages, #b.messages)
+        assert.are.equal(a.messages[1].role, b.messages[1].role)
+        assert.are.equal(a.messages[1].content, b.messages[1].content)
+        assert.are.same(a.artifacts, b.artifacts)
+    end)
+
+    it("decodes Bindu's cancel with null trace fields", function()
+        local t = assert(task.decode('{"operation":"cancel","params":{"task_id":"x"},"trace_id":null,"span_id":null}'))
+        assert.are.equal("cancel", t.type)
+        assert.are.equal("x", t.task_id)
+        assert.is_nil(t.trace_id)
+        assert.are.same({}, t.messages)
+    end)
+
+    it("round-trips what the producer writes", function()
+        local s = task.encode({ type = "run", task_id = "rt", messages = { "héllo €" } })
+        local t = assert(task.decode(s))
+        assert.are.equal("héllo €", t.messages[1].content)
+    end)
+
+    local malformed = {
+        { "not json at all", "invalid JSON" },
+        { "{\"type\":\"run\",", "invalid JSON" },
+        { "[1,2,3]", "not a JSON object (got an array)" },
+        { "[]", "not a JSON object (got an array)" },
+        { "42", "not a JSON object (got number)" },
+        { "null", "not a JSON object (got null)" },
+        { '"run"', "not a JSON object (got string)" },
+        { "{}", "neither 'type'" },
+        { '{"type":"explode","task_id":"a"}', "unknown type 'explode'" },
+        { '{"operation":"explode","params":{"task_id":"a"}}', "unknown operation 'explode'" },
+        { '{"type":"run","messages":[{"role":"user","content":"x"}]}', "task_id is required" },
+        { '{"type":"run","task_id":7,"messages":[{"role":"user","content":"x"}]}', "task_id must be a string" },
+        { '{"type":"run","task_id":"a","messages":"hello"}', "messages must be an array" },
+        { '{"type":"run","task_id":"a","messages":{"role":"user"}}', "messages must be an array" },
+        { '{"type":"run","task_id":"a","messages":[42]}', "messages[1] must be an object" },
+        { '{"type":"run","task_id":"a","messages":[{"role":"user","content":5}]}', "messages[1].content must be a string" },
+        { '{"type":"run","task_id":"a"}', "a run needs at least one message" },
+        { '{"type":"run","task_id":"a","messages":[{"role":"user","content":"x"}],"artifacts":"none"}', "artifacts must be an array" },
+        { '{"operation":"run","params":"x"}', "params must be an object" },
+        { '{"operation":"run","params":{"task_id":"a"}}', "a run needs at least one message" },
+        { '{"type":"run","task_id":"a","messages":[{"role":"user","content":"x"}],"n":NaN}', "invalid JSON" },
+        { "{\"type\":\"run\",\"task_id\":\"a\xff\"}", "invalid UTF-8 at byte" },
+    }
+    for _, case in ipairs(malformed) do
+        it("gives a reason for: " .. case[2], function()
+            local t, why = task.decode(case[1], 1024)
+            assert.is_nil(t)
+            assert.truthy(why:find(case[2], 1, true), why)
+        end)
+    end
+
+    it("refuses a message over the size limit", function()
+        local big = '{"type":"run","task_id":"a","messages":[{"role":"user","content":"' .. ("x"):rep(200) .. '"}]}'
+        local t, why = task.decode(big, 100)
+        assert.is_nil(t)
+        assert.truthy(why:find("message too large", 1, true))
+        assert.truthy(task.decode(big, 1000))
+    end)
+
+    it("reports what it learned of a malformed task", function()
+        local t, why, partial = task.decode('{"type":"run","task_id":"known","messages":"bad"}')
+        assert.is_nil(t)
+        assert.truthy(why)
+        assert.are.equal("known", partial.task_id)
+        assert.are.equal("run", partial.type)
+    end)
+
+    it("keeps error messages short and valid UTF-8", function()
+        local _, why = task.decode('{"type":"' .. ("é"):rep(100) .. '","task_id":"a"}')
+        assert.truthy(utf8.len(why))
+        assert.truthy(#why < 120)
+    end)
+end)

@@ -1,0 +1,144 @@
+-- The worker on the in-memory scheduler: handler states, results, failures and malformed
+-- messages set aside in the dead-letter list.
+
+local bq = require("binduq")
+
+local fixture = "tests/lua/fixtures/memory_worker.lua"
+
+local function new_worker(opts)
+    return dofile(fixture)(opts)
+end
+
+local seq = 0
+local function fresh_queue()
+    seq = seq + 1
+    return ("spec:worker:%d:%d"):format(os.time(), seq)
+end
+
+describe("worker (memory)", function()
+    setup(function() bq.log_configure{ level = "off" } end)
+    teardown(function() bq.log_configure{ level = "info" } end)
+
+    it("handles every task exactly once and reports results", function()
+        local q = fresh_queue()
+        local results = {}
+        local w = new_worker{ queue = q, concurrency = 3, on_result = function(r) results[#results + 1] = r end }
+        w:start()
+        for i = 1, 200 do
+            assert(w:schedule{ type = "run", task_id = "t" .. i, messages = { "echo " .. i } })
+        end
+        local stats = w:drain()
+        assert.are.equal(200, stats.completed)
+        assert.are.equal(0, stats.failed)
+        assert.are.equal(200, #results)
+        local seen = {}
+        for _, r in ipairs(results) do
+            assert.are.equal("completed", r.state)
+            assert.is_nil(seen[r.task_id])
+            seen[r.task_id] = true
+            assert.are.equal("echo " .. r.task_id:sub(2), r.result)
+        end
+        assert.are.equal(0, w.scheduler:queue_length())
+        w:close()
+    end)
+
+    it("runs handlers in separate handler states", function()
+        local q = fresh_queue()
+        local slots = {}
+        local w = new_worker{ queue = q, concurrency = 4, on_result = function(r) slots[r.result] = true end }
+        local s = bq.scheduler{ type = "memory", queue_name = q }
+        for i = 1, 40 do s:run{ task_id = "s" .. i, messages = { "slot" } } end
+        w:drain()
+        for slot in pairs(slots) do assert.truthy(slot >= 1 and slot <= 4) end
+        s:close()
+        w:close()
+    end)
+
+    it("sets failed and malformed messages aside with their reasons", function()
+        local q = fresh_queue()
+        local results = {}
+        local w = new_worker{ queue = q, on_result = function(r) results[r.task_id or r.reason] = r end }
+        local s = bq.scheduler{ type = "memory", queue_name = q }
+        s:run{ task_id = "ok1", messages = { "echo a" } }
+        s:run{ task_id = "f1", messages = { "fail" } }
+        s:run{ task_id = "f2", messages = { "nil-err" } }
+        s:run{ task_id = "f3", messages = { "fatal" } }
+        s:run{ task_id = "f4", messages = { "func" } }
+        s:push_raw("this is not json")
+        s:push_raw('{"type":"pause","task_id":"p1"}') -- valid, but no pause handler here
+        s:run{ task_id = "ok2", messages = { "echo b" } }
+        local stats = w:drain()
+        assert.are.equal(2, stats.completed)
+        assert.are.equal(5, stats.failed)
+        assert.are.equal(1, stats.malformed)
+        assert.are.equal(6, stats.dead_lettered)
+
+        assert.are.equal("boom", results.f1.error.message:match("boom"))
+        assert.are.equal("EHANDLER", results.f1.error.code)
+        assert.is_true(results.f1.error.retryable)
+        assert.truthy(results.f1.error.traceback:find("memory_worker.lua", 1, true))
+        assert.are.equal("it did not work", results.f2.error.message)
+        assert.are.equal("EBADINPUT", results.f3.error.code)
+        assert.is_false(results.f3.error.retryable)
+        assert.are.equal("ERESULT", results.f4.error.code)
+        assert.are.equal("ENOHANDLER", results.p1.error.code)
+
+        local dead = s:dead_letters()
+        assert.are.equal(6, #dead)
+        local by = {}
+        for _, d in ipairs(dead) do by[d.task_id or d.message] = d end
+        assert.are.equal("this is not json", by["this is not json"].message)
+        assert.truthy(by["this is not json"].reason:find("invalid JSON", 1, true))
+        assert.are.equal(q, by.f1.queue)
+        assert.are.equal(1, by.f1.attempts)
+        assert.truthy(by.f1.worker)
+        assert.truthy(by.f1.failed_at:match("^%d%d%d%d%-"))
+        assert.are.equal("EHANDLER", by.f1.error.code)
+        assert.are.equal("run", by.f1.type)
+        -- the original bytes, exactly
+        assert.are.equal("f1", require("binduq.json").decode(by.f1.message).task_id)
+        s:close()
+        w:close()
+    end)
+
+    it("refuses to start when a handler state cannot load the script", function()
+        local w = bq.worker{ script = "tests/lua/fixtures/does_not_exist.lua",
+                             scheduler = { type = "memory", queue_name = fresh_queue() },
+                             handlers = { run = function() end } }
+        local ok, err = pcall(w.start, w)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find("handler state 1", 1, true), err)
+        assert.truthy(tostring(err):find("does_not_exist.lua", 1, true), err)
+        w:close()
+    end)
+
+    it("refuses to start when the script never starts the worker", function()
+        local w = bq.worker{ script = "tests/lua/fixtures/no_start.lua",
+                             scheduler = { type = "memory", queue_name = fresh_queue() },
+                             handlers = { run = function() end } }
+        local ok, err = pcall(w.start, w)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find("without starting worker", 1, true), err)
+        w:close()
+    end)
+
+    it("checks its options", function()
+        local cases = {
+            { { handlers = {} }, "needs handlers" },
+            { { handlers = { run = 1 } }, "handlers.run must be a function" },
+            { { handlers = { walk = print } }, "unknown operation 'walk'" },
+            { { handler = print, concurrency = 0 }, "concurrency must be" },
+            { { handler = print, concurrency = 1.5 }, "concurrency must be" },
+            { { handler = print, colour = "red" }, "unknown options key 'colour'" },
+            { { handler = print, scheduler = { urll = "x" } }, "unknown scheduler key 'urll'" },
+            { { handler = print, scheduler = { type = "kafka" } }, "must be \"redis\" or \"memory\"" },
+            { { handler = print, storage = { type = "postgres" } }, "storage type 'postgres' is not supported" },
+            { { handler = print, max_message_size = 10 }, "max_message_size" },
+        }
+        for _, c in ipairs(cases) do
+            local ok, err = pcall(bq.worker, c[1])
+            assert.is_false(ok)
+            assert.truthy(tostring(err):find(c[2], 1, true), tostring(err))
+        end
+    end)
+end)
