@@ -302,6 +302,30 @@ function Worker:drain()
     return stats
 end
 
+--- Delivers the worker's pending results to on_result, waiting up to `timeout` seconds for
+-- the first (0: do not wait). For a main state that produces and consumes in one loop.
+-- Returns the number of results delivered, or false once the worker has stopped.
+function Worker:poll(timeout)
+    local engine = self.engine
+    if not engine then error("poll: the worker is not running", 2) end
+    local n, wait = 0, timeout or 0
+    while true do
+        local ev = engine:next_event(wait)
+        if ev == nil then return n end
+        if ev.kind == "result" then
+            n = n + 1
+            if self.on_result then self.on_result(result_of(ev)) end
+        elseif ev.kind == "stopped" then
+            engine:join()
+            self.stats = engine:stats()
+            engine:close()
+            self.engine = nil
+            return false
+        end
+        wait = 0
+    end
+end
+
 --- Asks a running worker to stop gracefully (from on_result, for example).
 function Worker:stop()
     if self.engine then self.engine:stop() end

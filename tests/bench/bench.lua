@@ -1,0 +1,141 @@
+-- bench.lua -- binduq's benchmark, run by `make bench` (tests/bench/run).
+--
+-- Against a throwaway redis-server on a free loopback port it measures, in one run:
+--   enqueue   100,000 tasks of 300 bytes, pipelined in batches of 1,000, and 10,000 one at a time
+--   process   the 100,000 queued tasks with a no-op Lua handler (one worker process)
+--   pickup    latency from the producer's LPUSH to the handler's start, at idle (1,000 samples)
+-- and prints each next to what Redis itself does on the same server in the same run
+-- (redis-benchmark LPUSH and RPOP with a 300-byte payload, and its single-client round trip),
+-- as a ratio, because these machines are shared and noisy. Logging is at "warn" so the
+-- figures measure the queue, not the log.
+
+package.path = "tests/?.lua;" .. package.path
+local bq = require("binduq")
+local core = require("binduq.core")
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+
+local N = tonumber(os.getenv("BENCH_TASKS")) or 100000
+local N_SYNC = tonumber(os.getenv("BENCH_SYNC_TASKS")) or 10000
+local N_LAT = tonumber(os.getenv("BENCH_LATENCY_SAMPLES")) or 1000
+local CONCURRENCY = tonumber(os.getenv("BENCH_CONCURRENCY")) or 1
+local PAYLOAD = 300
+
+bq.log_configure{ level = "warn" }
+io.stdout:setvbuf("line")
+
+local function say(fmt, ...) io.write(("  " .. fmt .. "\n"):format(...)) end
+local function step(s) io.write(("-- %s\n"):format(s)) end
+
+-- redis-benchmark's figure for one command; returns requests/s and p50 ms.
+local function redis_benchmark(port, test, extra)
+    local out = proc.sh(("redis-benchmark -h 127.0.0.1 -p %d -t %s -d %d -n %d -q %s")
+        :format(port, test, PAYLOAD, N, extra or ""))
+    local rps = out:match("([%d.]+) requests per second")
+    local p50 = out:match("p50=([%d.]+) msec")
+    assert(rps, "redis-benchmark said: " .. out)
+    return tonumber(rps), tonumber(p50)
+end
+
+-- A task whose JSON is PAYLOAD bytes long.
+local function op(i, prefix)
+    local t = { type = "run", task_id = prefix .. i, conversation_id = "c", messages = { "" },
+                timestamp = "2026-01-01T00:00:00.000Z" }
+    local base = #require("binduq.task").encode(t)
+    t.messages = { ("x"):rep(PAYLOAD - base) }
+    return t
+end
+
+local function percentile(sorted, p)
+    local k = math.max(1, math.ceil(#sorted * p))
+    return sorted[k]
+end
+
+print(("binduq %s benchmark: %d tasks of %d bytes, worker concurrency %d"):format(
+    bq._VERSION, N, PAYLOAD, CONCURRENCY))
+step("starting a throwaway redis-server")
+local server = redis.start()
+local ok, err = pcall(function()
+    say("redis-server %s on 127.0.0.1:%d", server:cli("INFO", "server"):match("redis_version:(%S+)"), server.port)
+
+    step("Redis' own limits on this server (redis-benchmark, 50 clients)")
+    local lpush_rps = redis_benchmark(server.port, "lpush")
+    local rpop_rps = redis_benchmark(server.port, "rpop")
+    local lpush_p_rps = redis_benchmark(server.port, "lpush", "-P 100")
+    local rpop_p_rps = redis_benchmark(server.port, "rpop", "-P 100")
+    local _, rtt_p50 = redis_benchmark(server.port, "lpush", "-c 1 -n 20000")
+    say("LPUSH %9.0f/s   RPOP %9.0f/s   (no pipelining)", lpush_rps, rpop_rps)
+    say("LPUSH %9.0f/s   RPOP %9.0f/s   (pipeline of 100)", lpush_p_rps, rpop_p_rps)
+    say("single-client LPUSH round trip p50 %.3f ms", rtt_p50)
+    server:cli("FLUSHALL")
+
+    local queue = "bench:" .. math.random(1, 1e9)
+    local s = bq.scheduler{ url = server.url, queue_name = queue }
+
+    step(("enqueue %d tasks, pipelined in batches of 1000"):format(N))
+    local batches = {}
+    for b = 0, N / 1000 - 1 do
+        local list = {}
+        for i = 1, 1000 do list[i] = op(b * 1000 + i, "b") end
+        batches[#batches + 1] = list
+    end
+    local t0 = core.monotonic()
+    for _, list in ipairs(batches) do assert(s:schedule_many(list)) end
+    local enq = N / (core.monotonic() - t0)
+    assert(tonumber(s:queue_length()) == N)
+
+    step(("process them: one worker, concurrency %d, no-op handler"):format(CONCURRENCY))
+    local make = dofile("tests/bench/noop_worker.lua")
+    local w = make{ url = server.url, queue = queue, concurrency = CONCURRENCY }
+    t0 = core.monotonic()
+    local stats = w:drain()
+    local proc_rate = stats.completed / (core.monotonic() - t0)
+    assert(stats.completed == N, ("completed %d of %d"):format(stats.completed, N))
+    w:close()
+
+    step(("enqueue %d tasks one at a time (synchronous)"):format(N_SYNC))
+    local ops = {}
+    for i = 1, N_SYNC do ops[i] = op(i, "s") end
+    t0 = core.monotonic()
+    for i = 1, N_SYNC do assert(s:schedule(ops[i])) end
+    local enq_sync = N_SYNC / (core.monotonic() - t0)
+    server:cli("DEL", queue)
+
+    step(("pickup latency at idle: %d samples, producer LPUSH to handler start"):format(N_LAT))
+    local got
+    w = make{ url = server.url, queue = queue, concurrency = 1, on_result = function(r) got = r.result end }
+    w:start()
+    local lat = {}
+    for i = 1, N_LAT do
+        got = nil
+        proc.sleep(0.001) -- let the worker go back to its blocking pop
+        assert(s:schedule{ type = "run", task_id = "l" .. i, messages = { ("t=%.9f"):format(core.monotonic()) } })
+        while got == nil do assert(w:poll(5) ~= false) end
+        lat[i] = got * 1000
+    end
+    w:stop()
+    while w:poll(5) ~= false do end
+    table.sort(lat)
+    s:close()
+
+    print()
+    print("results (ratio = binduq / Redis' own figure on the same server, same run)")
+    print(("  enqueue, pipelined      %9.0f tasks/s   %5.2f x redis-benchmark LPUSH (%.0f/s)")
+        :format(enq, enq / lpush_rps, lpush_rps))
+    print(("                                            %5.2f x pipelined LPUSH (%.0f/s)")
+        :format(enq / lpush_p_rps, lpush_p_rps))
+    print(("  enqueue, one at a time  %9.0f tasks/s   %5.2f x single-client round trips (%.0f/s)")
+        :format(enq_sync, enq_sync / (1000 / rtt_p50), 1000 / rtt_p50))
+    print(("  process (no-op)         %9.0f tasks/s   %5.2f x redis-benchmark RPOP (%.0f/s)")
+        :format(proc_rate, proc_rate / rpop_rps, rpop_rps))
+    print(("                                            %5.2f x pipelined RPOP (%.0f/s)")
+        :format(proc_rate / rpop_p_rps, rpop_p_rps))
+    print(("  pickup latency          p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x the LPUSH round trip (%.3f ms)")
+        :format(percentile(lat, 0.5), percentile(lat, 0.99), percentile(lat, 0.5) / rtt_p50,
+                percentile(lat, 0.99) / rtt_p50, rtt_p50))
+end)
+server:stop()
+if not ok then
+    io.stderr:write("bench failed: ", tostring(err), "\n")
+    os.exit(1)
+end
