@@ -1,0 +1,81 @@
+-- Connecting: unix sockets, database selection, ACL users, and what an idle worker costs
+-- (one blocking pop per blocking timeout, no CPU).
+
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+local bq = require("binduq")
+
+describe("#redis connections", function()
+    local server, sock
+    setup(function()
+        sock = proc.tmpdir() .. "/redis.sock"
+        server = redis.start{ args = { "--unixsocket", sock, "--unixsocketperm", "700" } }
+        bq.log_configure{ level = "off" }
+    end)
+    teardown(function()
+        server:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    it("talks over a unix socket", function()
+        local s = bq.scheduler{ url = "unix://" .. sock, queue_name = "it:unix" }
+        assert.are.equal(sock, s.address)
+        assert.is_true((s:run{ task_id = "u1", messages = { "x" } }))
+        assert.are.equal("1", server:cli("LLEN", "it:unix"))
+        s:close()
+    end)
+
+    it("selects the database of the URL", function()
+        local s = bq.scheduler{ url = ("redis://127.0.0.1:%d/3"):format(server.port), queue_name = "it:db" }
+        assert.is_true((s:run{ task_id = "d1", messages = { "x" } }))
+        assert.are.equal("0", server:cli("LLEN", "it:db"))
+        assert.are.equal("1", server:cli("-n", "3", "LLEN", "it:db"))
+        s:close()
+    end)
+
+    it("authenticates an ACL user with a percent-encoded password", function()
+        server:cli("ACL", "SETUSER", "producer", "on", ">p@ss:w/rd", "~it:*", "+@list", "+ping")
+        local s = bq.scheduler{ url = ("redis://producer:p%%40ss%%3Aw%%2Frd@127.0.0.1:%d/0"):format(server.port),
+                                queue_name = "it:acl" }
+        assert.is_true((s:run{ task_id = "a1", messages = { "x" } }))
+        assert.are.equal(1, s:queue_length())
+        s:close()
+        local bad = bq.scheduler{ url = ("redis://producer:nope@127.0.0.1:%d/0"):format(server.port),
+                                  queue_name = "it:acl" }
+        local ok, err, code = bad:run{ task_id = "a2", messages = { "x" } }
+        assert.is_nil(ok)
+        assert.are.equal("EAUTH", code)
+        assert.truthy(err:find("WRONGPASS", 1, true), err)
+        assert.falsy(err:find("nope", 1, true))
+        bad:close()
+    end)
+
+    it("an idle worker makes one blocking call per timeout and uses no CPU", function()
+        local queue = "it:idle:" .. math.random(1, 1e9)
+        local w = proc.spawn("build/binduq-lua tests/integration/fixtures/idle_worker.lua", {
+            env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue },
+        })
+        assert(proc.wait_for(function() return (proc.read(w.log) or ""):find("worker_started", 1, true) end, 20))
+        proc.sleep(0.5)
+        local function calls()
+            local info = server:cli("INFO", "commandstats")
+            local n = 0
+            for _, cmd in ipairs({ "brpop", "blmpop", "rpop" }) do
+                n = n + tonumber(info:match("cmdstat_" .. cmd .. ":calls=(%d+)") or "0")
+            end
+            return n
+        end
+        local function cpu_ticks()
+            local stat = proc.read("/proc/" .. w.pid .. "/stat")
+            local fields = {}
+            for f in stat:gsub("^.*%) ", ""):gmatch("%S+") do fields[#fields + 1] = f end
+            return tonumber(fields[12]) + tonumber(fields[13]) -- utime + stime
+        end
+        local c0, t0 = calls(), cpu_ticks()
+        proc.sleep(3.0) -- block_timeout is 1 s in the fixture
+        local c1, t1 = calls(), cpu_ticks()
+        assert.is_true(c1 - c0 >= 2 and c1 - c0 <= 4, ("%d blocking calls in 3 s"):format(c1 - c0))
+        assert.is_true(t1 - t0 <= 2, ("%d CPU ticks in 3 s idle"):format(t1 - t0))
+        assert.are.equal(0, proc.stop(w, 10))
+    end)
+end)
