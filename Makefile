@@ -84,21 +84,40 @@ $(BUILD)/examples/schedule_c: examples/schedule.c $(BUILD)/libbinduq.a src/bindu
 	$(SAY) CC $<
 	$(Q)$(CC) -std=c11 $(WARN) $(CFLAGS) -Isrc -o $@ $< $(BUILD)/libbinduq.a $(LDFLAGS) $(LIBS)
 
-# C unit tests, always built with AddressSanitizer and UBSan in their own tree.
+# C tests, built three ways: with AddressSanitizer+UBSan (what `make test` runs first), with
+# ThreadSanitizer, and plain for valgrind. Each sanitizer gets its own library build tree.
 ASAN_BUILD = $(BUILD)/asan
-$(BUILD)/tests/%: tests/c/%.c tests/c/check.h $(LIB_SRC) $(HEADERS)
-	@$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) SANITIZER=address,undefined \
-	    $(ASAN_BUILD)/libbinduq.a
+TSAN_BUILD = $(BUILD)/tsan
+TEST_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g -fno-omit-frame-pointer -Isrc
+TSAN_TESTS = $(patsubst tests/c/%.c,$(BUILD)/tests-tsan/%,$(wildcard tests/c/test_*.c))
+VG_TESTS = $(patsubst tests/c/%.c,$(BUILD)/tests-vg/%,$(wildcard tests/c/test_*.c))
+
+$(ASAN_BUILD)/libbinduq.a: $(LIB_SRC) $(HEADERS)
+	@$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) SANITIZER=address,undefined $@
+
+$(TSAN_BUILD)/libbinduq.a: $(LIB_SRC) $(HEADERS)
+	@$(MAKE) --no-print-directory BUILD=$(TSAN_BUILD) SANITIZER=thread $@
+
+$(BUILD)/tests/%: tests/c/%.c tests/c/check.h $(ASAN_BUILD)/libbinduq.a
 	@mkdir -p $(dir $@)
-	$(SAY) CC $<
-	$(Q)$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g -fsanitize=address,undefined \
-	    -fno-omit-frame-pointer -fno-sanitize-recover=all -Isrc -o $@ $< \
+	$(SAY) CC $@
+	$(Q)$(CC) $(TEST_CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all -o $@ $< \
 	    $(ASAN_BUILD)/libbinduq.a $(LIBS)
+
+$(BUILD)/tests-tsan/%: tests/c/%.c tests/c/check.h $(TSAN_BUILD)/libbinduq.a
+	@mkdir -p $(dir $@)
+	$(SAY) CC $@
+	$(Q)$(CC) $(TEST_CFLAGS) -fsanitize=thread -o $@ $< $(TSAN_BUILD)/libbinduq.a $(LIBS)
+
+$(BUILD)/tests-vg/%: tests/c/%.c tests/c/check.h $(BUILD)/libbinduq.a
+	@mkdir -p $(dir $@)
+	$(SAY) CC $@
+	$(Q)$(CC) $(TEST_CFLAGS) -o $@ $< $(BUILD)/libbinduq.a $(LIBS)
 
 test-c: $(C_TESTS)
 	@for t in $(C_TESTS); do $$t || exit 1; done
 
-test: all $(C_TESTS)
+test: all $(C_TESTS) $(TSAN_TESTS) $(VG_TESTS)
 	@tests/run
 
 check: test
