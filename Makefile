@@ -29,15 +29,15 @@ ifneq ($(SANITIZER),)
 ALL_CFLAGS += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=$(SANITIZER)
 endif
-LIBS = -lhiredis -lpthread -lm
+LIBS = -lhiredis -lcrypto -lpthread -lm
 
-LIB_SRC = $(wildcard src/core/*.c src/net/*.c src/broker/*.c src/engine/*.c)
+LIB_SRC = $(wildcard src/core/*.c src/net/*.c src/broker/*.c src/storage/*.c src/engine/*.c)
 LUA_SRC = $(wildcard src/lua/*.c)
 HOST_SRC = src/host/main.c
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LUA_OBJ = $(LUA_SRC:%.c=$(BUILD)/obj/%.o)
 HOST_OBJ = $(HOST_SRC:%.c=$(BUILD)/obj/%.o)
-HEADERS = $(wildcard src/*.h src/*/*.h)
+HEADERS = $(sort $(wildcard src/*.h src/*/*.h) src/broker/scripts.h)
 
 C_TESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 
@@ -143,3 +143,8 @@ uninstall:
 
 clean:
 	rm -rf $(BUILD)
+
+# The Redis scripts, one readable file each, embedded as C strings (the output is committed).
+src/broker/scripts.h: src/broker/embed.lua $(sort $(wildcard lua/binduq/redis/*.lua))
+	$(SAY) GEN $@
+	$(Q)lua5.4 src/broker/embed.lua $(sort $(wildcard lua/binduq/redis/*.lua)) > $@.tmp && mv $@.tmp $@

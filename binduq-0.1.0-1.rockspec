@@ -1,7 +1,8 @@
 -- binduq: a distributed task scheduler for AI-agent workloads (C runtime, Lua policy).
 -- Build and install from a checkout with:
 --   luarocks --lua-version 5.4 make
--- Needs the C headers of hiredis (libhiredis-dev) and lua-cjson for Lua 5.4 (lua-cjson);
+-- Needs the C headers of hiredis (libhiredis-dev) and OpenSSL (libssl-dev), and lua-cjson for
+-- Lua 5.4 (lua-cjson);
 -- both are Debian packages, so the rock declares no rock dependencies that would need the
 -- network. The version here must match BQ_VERSION_STRING in src/binduq.h (a test checks).
 rockspec_format = "3.0"
@@ -24,6 +25,7 @@ dependencies = {
 }
 external_dependencies = {
     HIREDIS = { header = "hiredis/hiredis.h" },
+    OPENSSL = { header = "openssl/evp.h" },
 }
 build = {
     type = "builtin",
@@ -34,20 +36,21 @@ build = {
                 "src/core/err.c", "src/core/log.c", "src/core/rand.c",
                 "src/net/conn.c", "src/net/pool.c", "src/net/url.c",
                 "src/broker/broker.c", "src/broker/keys.c", "src/broker/mem.c",
-                "src/broker/redis.c",
+                "src/broker/redis.c", "src/storage/state.c",
                 "src/engine/client.c", "src/engine/config.c", "src/engine/task.c",
                 "src/engine/worker.c",
                 "src/lua/l_client.c", "src/lua/l_core.c", "src/lua/l_engine.c",
             },
             defines = { "_GNU_SOURCE", "BQ_BUILDING" },
-            incdirs = { "$(HIREDIS_INCDIR)" },
-            libdirs = { "$(HIREDIS_LIBDIR)" },
-            libraries = { "hiredis", "pthread", "m" },
+            incdirs = { "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)" },
+            libdirs = { "$(HIREDIS_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+            libraries = { "hiredis", "crypto", "pthread", "m" },
         },
         ["binduq"] = "lua/binduq/init.lua",
         ["binduq.config"] = "lua/binduq/config.lua",
         ["binduq.errors"] = "lua/binduq/errors.lua",
         ["binduq.json"] = "lua/binduq/json.lua",
+        ["binduq.retry"] = "lua/binduq/retry.lua",
         ["binduq.scheduler"] = "lua/binduq/scheduler.lua",
         ["binduq.task"] = "lua/binduq/task.lua",
         ["binduq.worker"] = "lua/binduq/worker.lua",

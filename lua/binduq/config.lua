@@ -19,6 +19,8 @@ M.WORKER_KEYS = {
     scheduler = "table", storage = "table", concurrency = "number", handlers = "table",
     handler = "function", on_result = "function", block_timeout = "number",
     max_message_size = "number", script = "string", args = "table", name = "string",
+    delivery = "string", lease = "number", shutdown_timeout = "number", timeout = "number",
+    max_attempts = "number", retry_base = "number", retry_cap = "number", on_failure = "function",
 }
 
 -- Keys of a Bindu agent config that binduq accepts and ignores, so a whole agent config

@@ -148,6 +148,99 @@ function Scheduler:dead_letter_count()
     return check_open(self):length("dead")
 end
 
+--- Operations waiting for a retry (the delayed set) and held by workers (in flight).
+function Scheduler:delayed_count()
+    return check_open(self):length("delayed")
+end
+
+function Scheduler:inflight_count()
+    return check_open(self):length("inflight")
+end
+
+-- A filter over dead-letter entries: nil (all), a function(entry) -> bool, or a table of
+-- fields that must all match: task_id, type, code (the error's), worker (exact), reason
+-- (a substring).
+local function matcher(filter)
+    if filter == nil then return function() return true end end
+    if type(filter) == "function" then return filter end
+    if type(filter) ~= "table" then error("a filter is a table of fields or a function", 3) end
+    for k in pairs(filter) do
+        if k ~= "task_id" and k ~= "type" and k ~= "code" and k ~= "worker" and k ~= "reason" then
+            error("unknown filter field '" .. tostring(k) .. "'", 3)
+        end
+    end
+    return function(e)
+        if filter.task_id and e.task_id ~= filter.task_id then return false end
+        if filter.type and e.type ~= filter.type then return false end
+        if filter.worker and e.worker ~= filter.worker then return false end
+        if filter.code and not (type(e.error) == "table" and e.error.code == filter.code) then return false end
+        if filter.reason and not (e.reason or ""):find(filter.reason, 1, true) then return false end
+        return true
+    end
+end
+
+-- Applies op ("dlq_requeue" or "dlq_remove") to every matching entry, a page at a time.
+-- Each move is one atomic step in Redis, so an entry is never lost or doubled, even with
+-- several operators at once. progress(done, seen) is called after each page.
+local function each_dead(self, filter, op, progress)
+    local client = check_open(self)
+    local match = matcher(filter)
+    local done, seen, start = 0, 0, 0
+    while true do
+        local page, err, code = client:range("dead", start, start + 499)
+        if not page then return nil, err, code end
+        if #page == 0 then break end
+        local kept = 0
+        for _, raw in ipairs(page) do
+            seen = seen + 1
+            if match(M.parse_dead_letter(raw)) then
+                local ok, e2, c2 = client[op](client, raw)
+                if ok == nil then return nil, e2, c2 end
+                if ok then done = done + 1 else kept = kept + 1 end
+            else
+                kept = kept + 1
+            end
+        end
+        start = start + kept -- entries taken out shift the rest up
+        if progress then progress(done, seen) end
+    end
+    return done
+end
+
+--- Moves matching dead-letter entries back to the queue as fresh operations (attempts start
+-- again). `filter` as above; nil requeues all. Returns the number moved.
+function Scheduler:requeue_dead(filter, progress)
+    return each_dead(self, filter, "dlq_requeue", progress)
+end
+
+--- Deletes matching dead-letter entries; nil (no filter) empties the list in one step.
+-- Returns the number deleted.
+function Scheduler:purge_dead(filter, progress)
+    if filter == nil then return check_open(self):dlq_purge() end
+    return each_dead(self, filter, "dlq_remove", progress)
+end
+
+--- One dead-letter entry by its position (0 = newest), parsed, with `raw` the entry as
+-- stored (what requeue_entry and remove_entry take). nil when there is none.
+function Scheduler:dead_letter(index)
+    local page, err, code = check_open(self):range("dead", index, index)
+    if not page then return nil, err, code end
+    if not page[1] then return nil end
+    local e = M.parse_dead_letter(page[1])
+    e.raw = page[1]
+    return e
+end
+
+--- Requeues or removes exactly one entry (as returned in `raw`). true, or false if it is no
+-- longer there.
+function Scheduler:requeue_entry(raw)
+    return check_open(self):dlq_requeue(raw)
+end
+
+function Scheduler:remove_entry(raw)
+    return check_open(self):dlq_remove(raw)
+end
+
 function Scheduler:close()
     if self.client then
         self.client:close()

@@ -14,6 +14,11 @@
 --
 -- `encode` (producers) and `decode` (workers) enforce the same rules, so whatever a producer
 -- accepts a worker accepts. The C producer (src/engine/task.c) follows them too.
+--
+-- A message binduq itself re-queues (a retry, or a task recovered from a dead worker) starts
+-- with one header line, "#bq {\"attempt\":2,...}\n", followed by the original bytes. '#'
+-- cannot start a JSON text, so the two never mix up; the header carries the attempt number
+-- with the task, and the original stays byte for byte (it is what a dead-letter entry keeps).
 
 local core = require("binduq.core")
 local json = require("binduq.json")
@@ -158,10 +163,15 @@ local function decode_native(t)
     if not msgs then return nil, why, task end
     task.messages = msgs
     for _, f in ipairs({ { "artifacts", "array" }, { "timestamp", "string" }, { "metadata", "object" },
-                         { "trace_id", "string" }, { "span_id", "string" }, { "traceparent", "string" } }) do
+                         { "trace_id", "string" }, { "span_id", "string" }, { "traceparent", "string" },
+                         { "timeout", "number" }, { "max_attempts", "number" } }) do
         local okf, v = opt(t, f[1], f[2])
         if not okf then return nil, v, task end
         task[f[1]] = v
+    end
+    if task.timeout and task.timeout <= 0 then return nil, "timeout must be positive", task end
+    if task.max_attempts and (math.type(task.max_attempts) ~= "integer" or task.max_attempts < 1) then
+        return nil, "max_attempts must be a whole number, at least 1", task
     end
     task.artifacts = task.artifacts or {}
     return task
@@ -206,10 +216,38 @@ local function decode_bindu(t)
     return task
 end
 
---- Decodes and validates a raw message.
--- Returns the task table, or nil, a reason, and whatever was learned of the task (type,
--- task_id) for the log and the dead-letter entry.
+--- Splits binduq's "#bq {...}" header line off a message.
+-- Returns the header table (empty when there is none), the offset of the original message
+-- in raw (0 when there is no header), or nil and a reason.
+function M.split_header(raw)
+    if raw:sub(1, 4) ~= "#bq " then return {}, 0 end
+    local nl = raw:find("\n", 5, true)
+    if not nl then return nil, "binduq header line without an end" end
+    local h = json.decode(raw:sub(5, nl - 1))
+    if type(h) ~= "table" then return nil, "binduq header line is not a JSON object" end
+    return h, nl
+end
+
+--- Builds the header line for a message binduq queues again.
+function M.header(h)
+    return "#bq " .. json.encode_strict(h)
+end
+
+--- Decodes and validates a raw message (with or without a "#bq" header line).
+-- Returns the task table and the header ({attempt=, ...}, attempt defaulting to 1, and
+-- `body`, the offset of the original message); or nil, a reason, whatever was learned of the
+-- task (type, task_id) for the log and the dead-letter entry, and the header.
 function M.decode(raw, max_size)
+    local header, body = M.split_header(raw)
+    if not header then return nil, body, {}, { attempt = 1, body = 0 } end
+    header.attempt = math.tointeger(header.attempt) or 1
+    header.body = body
+    if body > 0 then raw = raw:sub(body + 1) end
+    local task, why, partial = M.decode_body(raw, max_size)
+    return task, why, partial, header
+end
+
+function M.decode_body(raw, max_size)
     if max_size and #raw > max_size then
         return nil, ("message too large (%d bytes; max_message_size is %d)"):format(#raw, max_size)
     end
@@ -264,12 +302,18 @@ function M.encode(op, level)
     checked, why = check_messages(msgs, "messages", ty == "run")
     if not checked then error(why, level) end
     for _, f in ipairs({ { "artifacts", "array" }, { "metadata", "object" }, { "timestamp", "string" },
-                         { "trace_id", "string" }, { "span_id", "string" }, { "traceparent", "string" } }) do
+                         { "trace_id", "string" }, { "span_id", "string" }, { "traceparent", "string" },
+                         { "timeout", "number" }, { "max_attempts", "number" } }) do
         local okf, v = opt(op, f[1], f[2])
         if not okf then error(v, level) end
     end
+    if op.timeout and op.timeout <= 0 then error("timeout must be positive", level) end
+    if op.max_attempts and (math.type(op.max_attempts) ~= "integer" or op.max_attempts < 1) then
+        error("max_attempts must be a whole number, at least 1", level)
+    end
     local known = { type = true, task_id = true, conversation_id = true, messages = true, artifacts = true,
-                    metadata = true, timestamp = true, trace_id = true, span_id = true, traceparent = true }
+                    metadata = true, timestamp = true, trace_id = true, span_id = true, traceparent = true,
+                    timeout = true, max_attempts = true }
     for k in pairs(op) do
         if not known[k] then error("unknown field '" .. show(k) .. "' in task operation", level) end
     end
@@ -281,7 +325,7 @@ function M.encode(op, level)
     if ty == "run" or (msgs and #msgs > 0) then out[#out + 1] = ',"messages":' .. json.array(msgs) end
     if ty == "run" or op.artifacts then out[#out + 1] = ',"artifacts":' .. json.array(op.artifacts or {}) end
     if op.metadata then out[#out + 1] = ',"metadata":' .. e(op.metadata) end
-    for _, k in ipairs({ "trace_id", "span_id", "traceparent" }) do
+    for _, k in ipairs({ "trace_id", "span_id", "traceparent", "timeout", "max_attempts" }) do
         if op[k] then out[#out + 1] = ',"' .. k .. '":' .. e(op[k]) end
     end
     out[#out + 1] = ',"timestamp":' .. e(op.timestamp or core.iso8601()) .. "}"

@@ -19,6 +19,7 @@ local core = require("binduq.core")
 local config = require("binduq.config")
 local errors = require("binduq.errors")
 local json = require("binduq.json")
+local retry = require("binduq.retry")
 local scheduler = require("binduq.scheduler")
 local task_mod = require("binduq.task")
 
@@ -65,6 +66,25 @@ function M.new(opts, level)
     if math.type(mms) ~= "integer" or mms < 64 then
         error("max_message_size must be a whole number of bytes, at least 64", level)
     end
+    local delivery = opts.delivery or defaults.delivery
+    if delivery ~= "at-least-once" and delivery ~= "at-most-once" then
+        error('delivery must be "at-least-once" or "at-most-once"', level)
+    end
+    local function positive(name, v, min)
+        if v ~= nil and (v ~= v or v < (min or 0)) then
+            error(name .. " must be at least " .. (min or 0) .. " (got " .. tostring(v) .. ")", level)
+        end
+        return v
+    end
+    local lease = positive("lease", opts.lease, 0.3) or defaults.lease
+    local shutdown = positive("shutdown_timeout", opts.shutdown_timeout) or defaults.shutdown_timeout
+    local timeout = positive("timeout", opts.timeout) or defaults.timeout
+    local max_attempts = opts.max_attempts or defaults.max_attempts
+    if math.type(max_attempts) ~= "integer" or max_attempts < 1 then
+        error("max_attempts must be a whole number, at least 1", level)
+    end
+    local retry_base = positive("retry_base", opts.retry_base, 0) or defaults.retry_base
+    local retry_cap = positive("retry_cap", opts.retry_cap, retry_base) or math.max(defaults.retry_cap, retry_base)
     -- The key pairs this worker with its twin in each handler state, which runs the same
     -- script: the explicit name, or where bq.worker was called.
     local key = opts.name
@@ -82,6 +102,14 @@ function M.new(opts, level)
         on_result = opts.on_result,
         script = opts.script,
         args = opts.args,
+        delivery = delivery,
+        lease = lease,
+        shutdown_timeout = shutdown,
+        timeout = timeout,
+        max_attempts = max_attempts,
+        on_failure = opts.on_failure,
+        retry_base = retry_base,
+        retry_cap = retry_cap,
     }, Worker)
     if ROLE == "main" then
         -- Opening the scheduler checks the configuration now (a bad URL fails here, not
@@ -97,9 +125,10 @@ local Context = {}
 Context.__index = Context
 Context.__name = "binduq.Context"
 
---- Sleeps for `seconds` (handlers stand in for slow agent calls with it).
+--- Sleeps for `seconds` (handlers stand in for slow agent calls with it). The sleep ends
+-- early, raising an error, when the handler's timeout passes or the worker shuts down.
 function Context:sleep(seconds)
-    core.sleep(seconds)
+    core.slot_sleep(seconds)
 end
 
 --- Logs an event with the task's id, queue and worker added.
@@ -109,52 +138,119 @@ function Context:log(level, event, fields)
     core.log(level, event, f)
 end
 
--- Builds the per-message function a handler state runs (called from C for each message):
--- process(raw) -> status, task_id, type, a, b
---   "completed", id, type, result_json_or_nil
---   "failed",    id, type, reason, error_json
---   "malformed", id|nil, type|nil, reason
-local function make_process(handlers, info)
+-- The per-message function a handler state runs (called from C for each message):
+-- process(raw) -> status, task_id, type, info
+--   "completed", id, type, result_json | nil
+--   "skipped" | "retry" | "dead" | "dropped" | "malformed" | "interrupted", id, type,
+--       { reason=, error=<json>, header=<retry header line>, delay=, body=, attempt= }
+-- Decisions are made here, in Lua (the failure policy); C carries them out.
+local TERMINAL = { completed = true, failed = true, canceled = true, rejected = true }
+
+local function make_process(w, info)
+    local handlers = w.handlers
     local max = info.max_message_size
     local want_results = info.want_results
     local debug_on = core.log_enabled("debug")
+    -- The main state's numbers win over this state's copy of the options (they are the same
+    -- for a plain script; a script that computes options differently per state still gets
+    -- one policy). Functions cannot travel: on_failure is this state's own.
+    local p = info.policy and json.decode(info.policy) or {}
+    local max_attempts = p.max_attempts or w.max_attempts
+    local timeout = p.timeout or w.timeout
+    local on_failure = w.on_failure
+    local default_policy = retry.default{ max_attempts = max_attempts, retry_base = p.retry_base or w.retry_base,
+                                          retry_cap = p.retry_cap or w.retry_cap }
+
+    -- Asks the failure policy, then turns its decision into an outcome.
+    local function failed(task, e, header)
+        local attempt = header.attempt
+        local d, pwhy = nil, nil
+        if on_failure then
+            local ok, r = pcall(on_failure, task, e, attempt)
+            if ok then d = r else pwhy = "on_failure raised: " .. tostring(r) end
+        end
+        local okd, kind, dd
+        if not pwhy then
+            okd, kind, dd = pcall(retry.check, d or default_policy(task, e, attempt))
+            if not okd then pwhy = "on_failure: " .. tostring(kind) end
+        end
+        local ej = json.encode(errors.plain(e)) or json.encode({ code = e.code, message = tostring(e.message) })
+        if pwhy then
+            core.log("error", "policy_failed", { task_id = task.task_id, queue = info.queue, error = pwhy })
+            kind, dd = "dead", { reason = pwhy }
+        end
+        local out = { reason = dd.reason or e.message, error = ej, body = header.body, attempt = attempt }
+        if kind == "retry" then
+            local nh = { attempt = attempt + 1, id = core.uuid4(), redelivered = header.redelivered }
+            out.header = task_mod.header(nh)
+            out.delay = dd.retry
+            out.reason = e.message
+            core.set_task_state(task.task_id, "submitted", "working")
+        else
+            core.set_task_state(task.task_id, "failed", "working,submitted,")
+        end
+        return kind, task.task_id, task.type, out
+    end
+
     return function(raw)
-        local task, why, partial = task_mod.decode(raw, max)
+        local task, why, partial, header = task_mod.decode(raw, max)
         if not task then
             partial = partial or {}
-            return "malformed", partial.task_id, partial.type, why
+            return "malformed", partial.task_id, partial.type,
+                   { reason = why, body = header.body, attempt = header.attempt }
+        end
+        local id = task.task_id
+        local state = core.task_state(id)
+        if state and TERMINAL[state] and (task.type == "run" or header.redelivered) then
+            return "skipped", id, task.type, { reason = "the task is already " .. state, attempt = header.attempt }
+        end
+        local limit = task.max_attempts or max_attempts
+        if header.attempt > limit then
+            -- Only recoveries from dead workers get here: each used up an attempt.
+            core.set_task_state(id, "failed")
+            return "dead", id, task.type, {
+                reason = ("attempt %d exceeds max_attempts %d: its workers stopped while running it")
+                    :format(header.attempt, limit),
+                body = header.body, attempt = header.attempt - 1,
+            }
         end
         local h = handlers[task.type]
         if not h then
-            local e = { code = "ENOHANDLER", message = "no handler for '" .. task.type .. "' in this worker",
-                        retryable = false }
-            return "failed", task.task_id, task.type, e.message, json.encode(e)
+            return failed(task, { code = "ENOHANDLER", message = "no handler for '" .. task.type .. "' in this worker",
+                                  retryable = false }, header)
         end
         if debug_on then
-            core.log("debug", "consumed", { task_id = task.task_id, type = task.type, queue = info.queue,
-                                            worker = info.worker_id })
+            core.log("debug", "consumed", { task_id = id, type = task.type, queue = info.queue,
+                                            worker = info.worker_id, attempt = header.attempt })
         end
-        local ctx = setmetatable({ task_id = task.task_id, queue = info.queue, worker_id = info.worker_id,
-                                   slot = info.slot, attempt = 1 }, Context)
+        core.set_task_state(id, "working")
+        task.attempt = header.attempt
+        local ctx = setmetatable({ task_id = id, queue = info.queue, worker_id = info.worker_id,
+                                   slot = info.slot, attempt = header.attempt }, Context)
+        core.limit(task.timeout or timeout)
         local ok, res, err = xpcall(h, errors.handler, task, ctx)
+        core.unlimit()
         if ok and res == nil and err ~= nil then
             ok, res = false, errors.normalize(err)
         end
         if not ok then
-            local e = errors.plain(res)
-            local ej = json.encode(e) or json.encode({ code = e.code, message = tostring(e.message) })
-            return "failed", task.task_id, task.type, e.message, ej
-        end
-        if want_results then
-            local rj, jerr = json.encode(res == nil and json.null or res)
-            if not rj then
-                local e = { code = "ERESULT", message = "the handler's result cannot be encoded as JSON: " .. jerr,
-                            retryable = false }
-                return "failed", task.task_id, task.type, e.message, json.encode(e)
+            if res.code == "EINTERRUPTED" then
+                core.set_task_state(id, "submitted", "working")
+                return "interrupted", id, task.type, { reason = res.message, attempt = header.attempt }
             end
-            return "completed", task.task_id, task.type, rj
+            return failed(task, res, header)
         end
-        return "completed", task.task_id, task.type
+        local rj
+        if want_results then
+            local jerr
+            rj, jerr = json.encode(res == nil and json.null or res)
+            if not rj then
+                return failed(task, { code = "ERESULT", message = "the handler's result cannot be encoded as JSON: " .. jerr,
+                                      retryable = false }, header)
+            end
+        end
+        core.set_task_state(id, "completed")
+        return "completed", id, task.type, rj
     end
 end
 
@@ -184,7 +280,7 @@ function Worker:_start(drain, level)
     level = level + 1
     if ROLE == "handler" then
         local info = core.slot_info()
-        if core.slot_ready(self.key, make_process(self.handlers, info)) then
+        if core.slot_ready(self.key, make_process(self, info)) then
             -- This handler state serves this worker: the script stops here for good.
             coroutine.yield()
             error("unreachable: a handler state was resumed", level)
@@ -208,6 +304,11 @@ function Worker:_start(drain, level)
         block_timeout = self.block_timeout,
         max_message_size = self.max_message_size,
         want_results = self.on_result ~= nil,
+        delivery = self.delivery,
+        lease = self.lease,
+        shutdown_timeout = self.shutdown_timeout,
+        policy = json.encode({ max_attempts = self.max_attempts, timeout = self.timeout,
+                               retry_base = self.retry_base, retry_cap = self.retry_cap }),
         script = script,
         args = copy_args(self.args or arg),
         path = package.path,
@@ -231,7 +332,8 @@ function Worker:start()
 end
 
 local function result_of(ev)
-    local r = { task_id = ev.task_id, type = ev.type, state = ev.state, duration = ev.duration }
+    local r = { task_id = ev.task_id, type = ev.type, state = ev.state, duration = ev.duration,
+                attempt = ev.attempt }
     if ev.state == "completed" then
         r.result = ev.json and json.decode(ev.json) or nil
         if r.result == json.null then r.result = nil end
@@ -256,9 +358,16 @@ function Worker:_wait()
             elseif ev.kind == "signal" then
                 local sig = core.take_signal()
                 if not stopping then
-                    core.log("info", "shutdown", { signal = sig, worker = engine:id() })
+                    core.log("info", "shutdown", { signal = sig, worker = engine:id(),
+                                                   deadline_s = self.shutdown_timeout })
                     engine:stop()
                     stopping = true
+                elseif sig then
+                    -- A second signal: hand every task back now and leave.
+                    core.log("warn", "shutdown_now", { signal = sig, worker = engine:id() })
+                    engine:abort()
+                    io.stdout:flush()
+                    os.exit(sig == "SIGINT" and 130 or 143, false)
                 end
             elseif ev.kind == "stopped" then
                 return

@@ -74,6 +74,13 @@ bq_status bq_dlq_entry(const struct bq_dlq_info *info, const char *raw, size_t l
                        struct bq_msg *out)
 {
     bq_buf b = BQ_BUF_INIT;
+    if (info->header != NULL) {
+        bq_buf_puts(&b, info->header);
+        bq_buf_putc(&b, '\n');
+        bq_buf_append(&b, raw, len);
+        out->data = bq_buf_detach(&b, &out->len);
+        return out->data == NULL ? BQ_ENOMEM : BQ_OK;
+    }
     char ts[40];
     bq_iso8601(bq_now_wall(), ts, sizeof ts);
     bq_buf_puts(&b, "{\"reason\":");

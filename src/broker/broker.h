@@ -46,10 +46,48 @@ bq_status bq_batch_take(struct bq_batch *b, struct bq_msg m);
 void bq_batch_clear(struct bq_batch *b);
 void bq_batch_free(struct bq_batch *b);
 
-/* Which list of a queue to measure or read. */
+/* Which structure of a queue to measure or read. */
 enum bq_list {
     BQ_LIST_READY = 0,  /* Q itself: operations waiting to be fetched */
-    BQ_LIST_DEAD,       /* Q's dead-letter list */
+    BQ_LIST_DEAD,       /* {Q}:dlq, the dead-letter list */
+    BQ_LIST_DELAYED,    /* {Q}:delayed, retries waiting for their time (length only) */
+    BQ_LIST_INFLIGHT,   /* all {Q}:wip:<worker> lists together (length only) */
+};
+
+/* How fetched operations are held.
+ *   AT_LEAST_ONCE: a fetch moves each message into the worker's in-flight list {Q}:wip:<id>
+ *   in the same atomic step; the worker's heartbeat in {Q}:workers is the lease of all of
+ *   them; an ack removes the message; a worker whose lease runs out has its in-flight list
+ *   moved back to Q by any other worker (reap).
+ *   AT_MOST_ONCE: a plain pop, as Bindu's own BRPOP scheduler; acks do nothing. */
+enum bq_delivery {
+    BQ_AT_LEAST_ONCE = 0,
+    BQ_AT_MOST_ONCE,
+};
+
+/* Who fetches: the queue, the worker, the delivery mode. */
+struct bq_lessee {
+    const char *queue;
+    const char *worker;  /* worker id, part of the in-flight list's key */
+    enum bq_delivery delivery;
+};
+
+/* What one round trip of the fetch loop asks for, and what it got. */
+struct bq_fetch_req {
+    size_t max;                  /* messages to take, at most (0: none) */
+    double timeout;              /* seconds to wait for the first one (0: do not wait) */
+    const struct bq_slice *acks; /* finished messages to acknowledge first */
+    size_t nacks;
+    bool promote;                /* move due retries to the queue first */
+    double lease;                /* > 0: renew the worker's lease for this long first */
+};
+
+struct bq_fetch_res {
+    size_t acked;          /* acks whose lease was still held */
+    size_t promoted;       /* retries moved to the queue */
+    double next_due;       /* seconds until the next retry is due; -1: none (if promoted) */
+    bool renewed;          /* the lease was renewed */
+    struct bq_batch dead;  /* ids of workers whose lease ran out (if renewed); caller frees */
 };
 
 typedef struct bq_broker bq_broker;
@@ -59,22 +97,59 @@ struct bq_broker_ops {
      * messages the server confirmed (all of them on success). */
     bq_status (*push)(bq_broker *b, const char *queue, const struct bq_slice *msgs, size_t n,
                       size_t *pushed, bq_err *err);
-    /* Takes up to `max` messages from Q into out. timeout 0 returns at once; otherwise waits
-     * up to `timeout` seconds for the first message. Returns BQ_OK with nothing added on
+    /* One round trip of the fetch loop, in this order: renew who's lease (req->lease > 0),
+     * acknowledge req->acks, promote due retries (req->promote), then take up to req->max
+     * messages for `who` into out. timeout 0 returns at once; otherwise waits up to
+     * req->timeout seconds for the first message. Returns BQ_OK with nothing added on
      * timeout. After bq_broker_interrupt the wait is cut short, but messages already there
-     * are still taken. */
-    bq_status (*fetch)(bq_broker *b, const char *queue, size_t max, double timeout,
+     * are still taken. Only one thread at a time fetches on a broker. */
+    bq_status (*fetch)(bq_broker *b, const struct bq_lessee *who,
+                       const struct bq_fetch_req *req, struct bq_fetch_res *res,
                        struct bq_batch *out, bq_err *err);
     /* Makes a fetch in progress (or the next one) return promptly. Any thread. */
     void (*interrupt)(bq_broker *b);
+    /* Acknowledges msgs[0..n) (pipelined). *acked counts those still leased. */
+    bq_status (*ack)(bq_broker *b, const struct bq_lessee *who, const struct bq_slice *msgs,
+                     size_t n, size_t *acked, bq_err *err);
+    /* Releases `leased` and schedules `next` (its retry form) to be queued after `delay`
+     * seconds, by the server's clock. *held is false if the lease had been lost (then nothing
+     * is scheduled). */
+    bq_status (*retry)(bq_broker *b, const struct bq_lessee *who, struct bq_slice leased,
+                       struct bq_slice next, double delay, bool *held, bq_err *err);
+    /* Releases `leased` and adds `entry` (see bq_dlq_entry) to the dead-letter list. */
+    bq_status (*bury)(bq_broker *b, const struct bq_lessee *who, struct bq_slice leased,
+                      struct bq_slice entry, bool *held, bq_err *err);
+    /* Returns leased messages to the front of Q at once (graceful shutdown). */
+    bq_status (*handback)(bq_broker *b, const struct bq_lessee *who,
+                          const struct bq_slice *msgs, size_t n, size_t *count, bq_err *err);
+    /* Moves due delayed messages to Q. *next_due is seconds until the next one (-1: none). */
+    bq_status (*promote)(bq_broker *b, const char *queue, size_t *moved, double *next_due,
+                         bq_err *err);
+    /* Renews `who`'s lease for `lease` seconds; adds to `dead` the ids of up to 16 workers
+     * whose lease ran out. */
+    bq_status (*heartbeat)(bq_broker *b, const struct bq_lessee *who, double lease,
+                           struct bq_batch *dead, bq_err *err);
+    /* Moves the in-flight messages of worker `dead_id` back to Q, if its lease has indeed run
+     * out, counting in each message's header the attempt it used up. *recovered counts
+     * them (-1: the lease was still valid). */
+    bq_status (*reap)(bq_broker *b, const char *queue, const char *dead_id, long long *recovered,
+                      bq_err *err);
+    /* Drops `who`'s lease record if its in-flight list is empty (clean exit). */
+    bq_status (*unregister)(bq_broker *b, const struct bq_lessee *who, bq_err *err);
     bq_status (*length)(bq_broker *b, const char *queue, enum bq_list which, long long *out,
                         bq_err *err);
-    /* Adds a dead-letter entry (see bq_dlq_entry) to Q's dead-letter list. */
-    bq_status (*dead_letter)(bq_broker *b, const char *queue, const char *entry, size_t len,
-                             bq_err *err);
-    /* Reads entries [start, stop] of one of Q's lists, newest first (LRANGE semantics). */
+    /* Reads entries [start, stop] of Q (READY) or its dead-letter list (DEAD), newest first
+     * (LRANGE semantics). */
     bq_status (*range)(bq_broker *b, const char *queue, enum bq_list which, long start,
                        long stop, struct bq_batch *out, bq_err *err);
+    /* Dead-letter list maintenance, each entry matched exactly: requeue moves the original
+     * message back to Q, remove deletes the entry; *done is false when it was not there.
+     * purge deletes the whole list and counts what it held. */
+    bq_status (*dlq_requeue)(bq_broker *b, const char *queue, struct bq_slice entry, bool *done,
+                             bq_err *err);
+    bq_status (*dlq_remove)(bq_broker *b, const char *queue, struct bq_slice entry, bool *done,
+                            bq_err *err);
+    bq_status (*dlq_purge)(bq_broker *b, const char *queue, long long *count, bq_err *err);
     /* Round trip to the server in seconds (0 for memory). */
     bq_status (*ping)(bq_broker *b, double *rtt, bq_err *err);
     /* Connection pool counters; false when the broker has no pool (memory). */
@@ -122,6 +197,8 @@ static inline void bq_broker_free(bq_broker *b)
  *    "failed_at":"2026-11-28T05:11:20.123Z"}\n<original bytes>
  */
 struct bq_dlq_info {
+    const char *header;     /* optional: the whole JSON line, built by the caller; when set
+                             * the fields below are ignored */
     const char *reason;     /* required, UTF-8 */
     const char *error_json; /* optional: a JSON object with code, message, traceback */
     const char *task_id;    /* optional */
@@ -131,7 +208,7 @@ struct bq_dlq_info {
     int attempts;
 };
 
-/* Builds an entry into out (cleared first). Returns BQ_ENOMEM on allocation failure. */
+/* Builds an entry into out (owned by the caller). Returns BQ_ENOMEM on allocation failure. */
 bq_status bq_dlq_entry(const struct bq_dlq_info *info, const char *raw, size_t len,
                        struct bq_msg *out);
 

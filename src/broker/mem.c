@@ -1,12 +1,15 @@
 /*
- * mem.c -- the in-memory scheduler: named lists in this process, with Redis list semantics
- * (LPUSH adds at the head, fetch takes from the tail), so the same scripts, examples and most
- * tests run with no server. It is the default when no Redis URL is configured.
+ * mem.c -- the in-memory scheduler: named lists and sorted sets in this process, with the
+ * semantics of the Redis broker (LPUSH adds at the head, fetch takes from the tail, leased
+ * messages wait in {Q}:wip:<worker>, retries in {Q}:delayed), so the same scripts, examples
+ * and most tests run with no server. It is the default when no Redis is configured.
  *
- * All brokers of the process share one table of lists, like clients of one Redis server: a
+ * All brokers of the process share one table of keys, like clients of one Redis server: a
  * producer and a worker created separately in one process see the same queue. One mutex
- * guards the table; one condition variable wakes fetchers on every push. Each list is a ring
- * buffer of owned messages whose head is the leftmost element.
+ * guards the table; one condition variable wakes fetchers on every push. A list is a ring
+ * buffer of owned messages whose head is the leftmost element; a sorted set is an array kept
+ * in score order. Leases need no heartbeat here: one process holds them all, and a process
+ * that dies takes its memory with it.
  */
 #include "broker.h"
 #include "keys.h"
@@ -17,19 +20,29 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 
-struct mem_list {
-    char *key;
-    struct bq_msg *items; /* ring buffer of cap slots */
+#define KEY_MAX 512
+
+struct zitem {
+    double score;
+    struct bq_msg m;
+};
+
+struct mem_key {
+    char *name;
+    bool zset;
+    struct bq_msg *items; /* list: ring buffer of cap slots */
     size_t head, n, cap;
-    struct mem_list *next;
+    struct zitem *z;      /* zset: n items in score order, cap slots */
+    struct mem_key *next;
 };
 
 static pthread_mutex_t db_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t db_cv;
 static pthread_once_t db_once = PTHREAD_ONCE_INIT;
-static struct mem_list *db_lists;
+static struct mem_key *db_keys;
 
 struct mem_broker {
     struct bq_broker base;
@@ -41,35 +54,61 @@ static void db_init(void)
     bq_cond_init(&db_cv);
 }
 
-/* Finds the list named key; creates it when `create`. Caller holds db_mu. */
-static struct mem_list *find_list(const char *key, bool create)
+/* Finds the key; creates it when `create`. Caller holds db_mu. */
+static struct mem_key *find(const char *name, bool zset, bool create)
 {
-    for (struct mem_list *l = db_lists; l != NULL; l = l->next) {
-        if (strcmp(l->key, key) == 0)
-            return l;
+    for (struct mem_key *k = db_keys; k != NULL; k = k->next) {
+        if (strcmp(k->name, name) == 0)
+            return k;
     }
     if (!create)
         return NULL;
-    struct mem_list *l = bq_calloc(1, sizeof *l);
-    if (l == NULL)
+    struct mem_key *k = bq_calloc(1, sizeof *k);
+    if (k == NULL)
         return NULL;
-    l->key = bq_strdup(key);
-    if (l->key == NULL) {
-        bq_free(l);
+    k->name = bq_strdup(name);
+    if (k->name == NULL) {
+        bq_free(k);
         return NULL;
     }
-    l->next = db_lists;
-    db_lists = l;
-    return l;
+    k->zset = zset;
+    k->next = db_keys;
+    db_keys = k;
+    return k;
 }
 
-static bool grow(struct mem_list *l, size_t need)
+/* Frees a key that has become empty (as Redis deletes empty lists). Caller holds db_mu. */
+static void drop_if_empty(struct mem_key *k)
+{
+    if (k == NULL || k->n > 0)
+        return;
+    for (struct mem_key **p = &db_keys; *p != NULL; p = &(*p)->next) {
+        if (*p == k) {
+            *p = k->next;
+            break;
+        }
+    }
+    bq_free(k->items);
+    bq_free(k->z);
+    bq_free(k->name);
+    bq_free(k);
+}
+
+static bool grow(struct mem_key *l, size_t need)
 {
     if (l->n + need <= l->cap)
         return true;
     size_t cap = l->cap ? l->cap : 16;
     while (cap < l->n + need)
         cap *= 2;
+    if (l->zset) {
+        struct zitem *z = bq_reallocarray(l->z, cap, sizeof *z);
+        if (z == NULL)
+            return false;
+        l->z = z;
+        l->cap = cap;
+        return true;
+    }
     struct bq_msg *items = bq_calloc(cap, sizeof *items);
     if (items == NULL)
         return false;
@@ -83,102 +122,201 @@ static bool grow(struct mem_list *l, size_t need)
 }
 
 /* The i-th element from the left. */
-static struct bq_msg *at(struct mem_list *l, size_t i)
+static struct bq_msg *at(struct mem_key *l, size_t i)
 {
     return &l->items[(l->head + i) % l->cap];
 }
 
-static bool list_key(const char *queue, enum bq_list which, char *out, size_t size)
+static bool copy_msg(struct bq_msg *m, const char *p, size_t len)
 {
-    if (which == BQ_LIST_DEAD)
-        return bq_key_derive(queue, "dlq", out, size);
-    size_t n = strlen(queue);
-    if (n >= size)
+    m->data = bq_strndup(p, len);
+    m->len = len;
+    return m->data != NULL;
+}
+
+/* Pushes an owned message at the left (LPUSH) or right (RPUSH). Caller holds db_mu and has
+ * grown the list. */
+static void push_owned(struct mem_key *l, struct bq_msg m, bool left)
+{
+    if (left) {
+        l->head = (l->head + l->cap - 1) % l->cap;
+        l->items[l->head] = m;
+    } else {
+        l->items[(l->head + l->n) % l->cap] = m;
+    }
+    l->n++;
+}
+
+/* Pushes a copy; false when out of memory. Caller holds db_mu. */
+static bool push_copy(const char *key, const char *p, size_t len, bool left)
+{
+    struct mem_key *l = find(key, false, true);
+    struct bq_msg m;
+    if (l == NULL || !grow(l, 1) || !copy_msg(&m, p, len)) {
+        drop_if_empty(l);
         return false;
-    memcpy(out, queue, n + 1);
+    }
+    push_owned(l, m, left);
     return true;
 }
 
-/* LPUSH of copies of msgs[0..n): msgs[0] first, so msgs[n-1] ends up leftmost. */
-static bq_status lpush(const char *key, const struct bq_slice *msgs, size_t n, bq_err *err)
+/* Removes the element at index i (from the left), returning it. Caller holds db_mu. */
+static struct bq_msg remove_at(struct mem_key *l, size_t i)
 {
-    struct bq_msg *copies = bq_calloc(n ? n : 1, sizeof *copies);
-    if (copies == NULL)
-        return bq_err_set(err, BQ_ENOMEM, "memory scheduler: out of memory");
-    for (size_t i = 0; i < n; i++) {
-        copies[i].data = bq_strndup(msgs[i].p, msgs[i].len);
-        copies[i].len = msgs[i].len;
-        if (copies[i].data == NULL) {
-            for (size_t k = 0; k < i; k++)
-                bq_free(copies[k].data);
-            bq_free(copies);
-            return bq_err_set(err, BQ_ENOMEM, "memory scheduler: out of memory");
+    struct bq_msg m = *at(l, i);
+    for (size_t k = i; k + 1 < l->n; k++)
+        *at(l, k) = *at(l, k + 1);
+    l->n--;
+    return m;
+}
+
+/* LREM key 1 value: removes the first (leftmost) equal element and frees it. */
+static bool lrem(const char *key, const char *p, size_t len)
+{
+    struct mem_key *l = find(key, false, false);
+    for (size_t i = 0; l != NULL && i < l->n; i++) {
+        struct bq_msg *m = at(l, i);
+        if (m->len == len && memcmp(m->data, p, len) == 0) {
+            bq_free(remove_at(l, i).data);
+            drop_if_empty(l);
+            return true;
         }
     }
-    pthread_once(&db_once, db_init);
-    pthread_mutex_lock(&db_mu);
-    struct mem_list *l = find_list(key, true);
-    if (l == NULL || !grow(l, n)) {
-        pthread_mutex_unlock(&db_mu);
-        for (size_t k = 0; k < n; k++)
-            bq_free(copies[k].data);
-        bq_free(copies);
-        return bq_err_set(err, BQ_ENOMEM, "memory scheduler: out of memory");
-    }
-    for (size_t i = 0; i < n; i++) {
-        l->head = (l->head + l->cap - 1) % l->cap;
-        l->items[l->head] = copies[i];
-        l->n++;
-    }
-    pthread_cond_broadcast(&db_cv);
-    pthread_mutex_unlock(&db_mu);
-    bq_free(copies);
-    return BQ_OK;
+    return false;
 }
+
+static bq_status key_of(const char *queue, enum bq_list which, char *out, bq_err *err)
+{
+    bool ok = true;
+    switch (which) {
+    case BQ_LIST_DEAD: ok = bq_key_derive(queue, "dlq", out, KEY_MAX); break;
+    case BQ_LIST_DELAYED: ok = bq_key_derive(queue, "delayed", out, KEY_MAX); break;
+    case BQ_LIST_READY:
+    case BQ_LIST_INFLIGHT:
+        ok = strlen(queue) < KEY_MAX;
+        if (ok)
+            strcpy(out, queue);
+        break;
+    }
+    return ok ? BQ_OK : bq_err_set(err, BQ_EINVAL, "queue name too long");
+}
+
+static bq_status wip_key(const struct bq_lessee *who, char *out, bq_err *err)
+{
+    char suffix[160];
+    snprintf(suffix, sizeof suffix, "wip:%s", who->worker ? who->worker : "-");
+    return bq_key_derive(who->queue, suffix, out, KEY_MAX)
+               ? BQ_OK
+               : bq_err_set(err, BQ_EINVAL, "queue name too long");
+}
+
+static bq_status oom(bq_err *err)
+{
+    return bq_err_set(err, BQ_ENOMEM, "memory scheduler: out of memory");
+}
+
+/* ---- Operations ---------------------------------------------------------------------------- */
 
 static bq_status mem_push(bq_broker *b, const char *queue, const struct bq_slice *msgs,
                           size_t n, size_t *pushed, bq_err *err)
 {
     (void)b;
     *pushed = 0;
-    bq_status st = lpush(queue, msgs, n, err);
-    if (st == BQ_OK)
-        *pushed = n;
-    return st;
+    pthread_once(&db_once, db_init);
+    struct bq_msg *copies = bq_calloc(n ? n : 1, sizeof *copies);
+    if (copies == NULL)
+        return oom(err);
+    for (size_t i = 0; i < n; i++) {
+        if (!copy_msg(&copies[i], msgs[i].p, msgs[i].len)) {
+            for (size_t k = 0; k < i; k++)
+                bq_free(copies[k].data);
+            bq_free(copies);
+            return oom(err);
+        }
+    }
+    pthread_mutex_lock(&db_mu);
+    struct mem_key *l = find(queue, false, true);
+    if (l == NULL || !grow(l, n)) {
+        drop_if_empty(l);
+        pthread_mutex_unlock(&db_mu);
+        for (size_t k = 0; k < n; k++)
+            bq_free(copies[k].data);
+        bq_free(copies);
+        return oom(err);
+    }
+    for (size_t i = 0; i < n; i++)
+        push_owned(l, copies[i], true);
+    *pushed = n;
+    pthread_cond_broadcast(&db_cv);
+    pthread_mutex_unlock(&db_mu);
+    bq_free(copies);
+    return BQ_OK;
 }
 
-static bq_status mem_fetch(bq_broker *b, const char *queue, size_t max, double timeout,
+static bq_status mem_promote(bq_broker *b, const char *queue, size_t *moved, double *next_due,
+                             bq_err *err);
+
+static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
+                           const struct bq_fetch_req *req, struct bq_fetch_res *res,
                            struct bq_batch *out, bq_err *err)
 {
     struct mem_broker *m = (struct mem_broker *)b;
+    size_t max = req->max;
+    double timeout = req->timeout;
+    res->acked = res->promoted = 0;
+    res->next_due = -1;
+    res->renewed = req->lease > 0 && who->delivery == BQ_AT_LEAST_ONCE;
+    if (req->promote) {
+        bq_status pst = mem_promote(b, who->queue, &res->promoted, &res->next_due, err);
+        if (pst != BQ_OK)
+            return pst;
+    }
+    bool lease = who->delivery == BQ_AT_LEAST_ONCE;
+    char wip[KEY_MAX];
+    bq_status st = lease ? wip_key(who, wip, err) : BQ_OK;
+    if (st != BQ_OK)
+        return st;
     pthread_once(&db_once, db_init);
     double deadline = bq_now_mono() + timeout;
     pthread_mutex_lock(&db_mu);
+    for (size_t i = 0; lease && i < req->nacks; i++)
+        res->acked += lrem(wip, req->acks[i].p, req->acks[i].len);
     for (;;) {
         /* Messages that are there are always taken; an interrupt only cuts a wait short. */
-        struct mem_list *l = find_list(queue, false);
+        struct mem_key *l = max > 0 ? find(who->queue, false, false) : NULL;
         if (l != NULL && l->n > 0) {
-            bq_status st = BQ_OK;
-            while (l->n > 0 && max-- > 0) {
+            struct mem_key *w = lease ? find(wip, false, true) : NULL;
+            if (lease && w == NULL)
+                st = oom(err);
+            while (st == BQ_OK && l->n > 0 && max-- > 0) {
                 struct bq_msg *tail = at(l, l->n - 1);
-                st = bq_batch_take(out, *tail);
-                if (st != BQ_OK)
+                struct bq_msg copy = {NULL, 0};
+                if (lease && (!grow(w, 1) || !copy_msg(&copy, tail->data, tail->len))) {
+                    st = oom(err);
                     break;
+                }
+                if (bq_batch_take(out, *tail) != BQ_OK) {
+                    if (lease)
+                        bq_free(copy.data);
+                    st = oom(err);
+                    break;
+                }
+                if (lease)
+                    push_owned(w, copy, true);
                 tail->data = NULL;
                 l->n--;
             }
-            pthread_mutex_unlock(&db_mu);
-            if (st != BQ_OK)
-                return bq_err_set(err, st, "memory scheduler: out of memory");
-            return BQ_OK;
+            drop_if_empty(l);
+            drop_if_empty(w);
+            break;
         }
         double left = deadline - bq_now_mono();
-        if (atomic_exchange(&m->interrupted, false) || timeout <= 0 || left <= 0)
+        if (atomic_exchange(&m->interrupted, false) || timeout <= 0 || left <= 0 || max == 0)
             break;
         bq_cond_wait_for(&db_cv, &db_mu, left);
     }
     pthread_mutex_unlock(&db_mu);
-    return BQ_OK;
+    return st;
 }
 
 static void mem_interrupt(bq_broker *b)
@@ -191,40 +329,198 @@ static void mem_interrupt(bq_broker *b)
     pthread_mutex_unlock(&db_mu);
 }
 
-static bq_status mem_length(bq_broker *b, const char *queue, enum bq_list which,
-                            long long *out, bq_err *err)
+static bq_status mem_ack(bq_broker *b, const struct bq_lessee *who, const struct bq_slice *msgs,
+                         size_t n, size_t *acked, bq_err *err)
 {
     (void)b;
-    char key[512];
-    if (!list_key(queue, which, key, sizeof key))
-        return bq_err_set(err, BQ_EINVAL, "queue name too long");
+    *acked = n;
+    if (who->delivery != BQ_AT_LEAST_ONCE)
+        return BQ_OK;
+    char wip[KEY_MAX];
+    bq_status st = wip_key(who, wip, err);
+    if (st != BQ_OK)
+        return st;
+    *acked = 0;
     pthread_mutex_lock(&db_mu);
-    struct mem_list *l = find_list(key, false);
-    *out = l ? (long long)l->n : 0;
+    for (size_t i = 0; i < n; i++)
+        *acked += lrem(wip, msgs[i].p, msgs[i].len);
     pthread_mutex_unlock(&db_mu);
     return BQ_OK;
 }
 
-static bq_status mem_dead_letter(bq_broker *b, const char *queue, const char *entry, size_t len,
-                                 bq_err *err)
+/* Releases `leased` from who's in-flight list; true if it was held (or nothing is leased in
+ * this delivery mode). Caller holds db_mu. */
+static bool release(const struct bq_lessee *who, const char *wip, struct bq_slice leased)
+{
+    return who->delivery != BQ_AT_LEAST_ONCE || lrem(wip, leased.p, leased.len);
+}
+
+static bq_status mem_retry(bq_broker *b, const struct bq_lessee *who, struct bq_slice leased,
+                           struct bq_slice next, double delay, bool *held, bq_err *err)
 {
     (void)b;
-    char key[512];
-    if (!list_key(queue, BQ_LIST_DEAD, key, sizeof key))
-        return bq_err_set(err, BQ_EINVAL, "queue name too long");
-    struct bq_slice s = {entry, len};
-    return lpush(key, &s, 1, err);
+    char wip[KEY_MAX], delayed[KEY_MAX];
+    bq_status st = wip_key(who, wip, err);
+    if (st == BQ_OK)
+        st = key_of(who->queue, BQ_LIST_DELAYED, delayed, err);
+    if (st != BQ_OK)
+        return st;
+    pthread_mutex_lock(&db_mu);
+    *held = release(who, wip, leased);
+    if (*held) {
+        struct mem_key *z = find(delayed, true, true);
+        struct zitem it = {bq_now_wall() + (delay > 0 ? delay : 0), {NULL, 0}};
+        if (z == NULL || !grow(z, 1) || !copy_msg(&it.m, next.p, next.len)) {
+            drop_if_empty(z);
+            st = oom(err);
+        } else {
+            size_t i = z->n;
+            while (i > 0 && z->z[i - 1].score > it.score) {
+                z->z[i] = z->z[i - 1];
+                i--;
+            }
+            z->z[i] = it;
+            z->n++;
+        }
+    }
+    pthread_mutex_unlock(&db_mu);
+    return st;
+}
+
+static bq_status mem_bury(bq_broker *b, const struct bq_lessee *who, struct bq_slice leased,
+                          struct bq_slice entry, bool *held, bq_err *err)
+{
+    (void)b;
+    char wip[KEY_MAX], dlq[KEY_MAX];
+    bq_status st = wip_key(who, wip, err);
+    if (st == BQ_OK)
+        st = key_of(who->queue, BQ_LIST_DEAD, dlq, err);
+    if (st != BQ_OK)
+        return st;
+    pthread_mutex_lock(&db_mu);
+    *held = release(who, wip, leased);
+    if (*held && !push_copy(dlq, entry.p, entry.len, true))
+        st = oom(err);
+    pthread_mutex_unlock(&db_mu);
+    return st;
+}
+
+static bq_status mem_handback(bq_broker *b, const struct bq_lessee *who,
+                              const struct bq_slice *msgs, size_t n, size_t *count, bq_err *err)
+{
+    (void)b;
+    char wip[KEY_MAX];
+    bq_status st = wip_key(who, wip, err);
+    if (st != BQ_OK)
+        return st;
+    *count = 0;
+    pthread_mutex_lock(&db_mu);
+    /* Oldest last, so the oldest is the next one taken. */
+    for (size_t i = n; i-- > 0 && st == BQ_OK;) {
+        if (!release(who, wip, msgs[i]))
+            continue;
+        if (!push_copy(who->queue, msgs[i].p, msgs[i].len, false))
+            st = oom(err);
+        else
+            (*count)++;
+    }
+    pthread_cond_broadcast(&db_cv);
+    pthread_mutex_unlock(&db_mu);
+    return st;
+}
+
+static bq_status mem_promote(bq_broker *b, const char *queue, size_t *moved, double *next_due,
+                             bq_err *err)
+{
+    (void)b;
+    char delayed[KEY_MAX];
+    bq_status st = key_of(queue, BQ_LIST_DELAYED, delayed, err);
+    if (st != BQ_OK)
+        return st;
+    *moved = 0;
+    *next_due = -1;
+    double now = bq_now_wall();
+    pthread_mutex_lock(&db_mu);
+    struct mem_key *z = find(delayed, true, false);
+    struct mem_key *l = z != NULL && z->n > 0 && z->z[0].score <= now
+                            ? find(queue, false, true) : NULL;
+    size_t due = 0;
+    while (z != NULL && due < z->n && z->z[due].score <= now)
+        due++;
+    if (l != NULL && grow(l, due)) {
+        for (size_t i = due; i-- > 0;) /* the one due earliest is taken first */
+            push_owned(l, z->z[i].m, false);
+        memmove(z->z, z->z + due, (z->n - due) * sizeof *z->z);
+        z->n -= due;
+        *moved = due;
+        pthread_cond_broadcast(&db_cv);
+    } else if (due > 0) {
+        st = oom(err);
+    }
+    if (z != NULL && z->n > 0)
+        *next_due = z->z[0].score - now > 0 ? z->z[0].score - now : 0;
+    drop_if_empty(z);
+    pthread_mutex_unlock(&db_mu);
+    return st;
+}
+
+static bq_status mem_heartbeat(bq_broker *b, const struct bq_lessee *who, double lease,
+                               struct bq_batch *dead, bq_err *err)
+{
+    (void)b, (void)who, (void)lease, (void)dead, (void)err;
+    return BQ_OK; /* one process holds every lease: nobody else's can run out */
+}
+
+static bq_status mem_reap(bq_broker *b, const char *queue, const char *dead_id,
+                          long long *recovered, bq_err *err)
+{
+    (void)b, (void)queue, (void)dead_id, (void)err;
+    *recovered = -1;
+    return BQ_OK;
+}
+
+static bq_status mem_unregister(bq_broker *b, const struct bq_lessee *who, bq_err *err)
+{
+    (void)b, (void)who, (void)err;
+    return BQ_OK;
+}
+
+static bq_status mem_length(bq_broker *b, const char *queue, enum bq_list which,
+                            long long *out, bq_err *err)
+{
+    (void)b;
+    char key[KEY_MAX], prefix[KEY_MAX];
+    bq_status st = key_of(queue, which, key, err);
+    if (st != BQ_OK)
+        return st;
+    *out = 0;
+    pthread_mutex_lock(&db_mu);
+    if (which == BQ_LIST_INFLIGHT) {
+        bq_key_derive(queue, "wip:", prefix, sizeof prefix);
+        for (struct mem_key *k = db_keys; k != NULL; k = k->next) {
+            if (strncmp(k->name, prefix, strlen(prefix)) == 0)
+                *out += (long long)k->n;
+        }
+    } else {
+        struct mem_key *l = find(key, false, false);
+        *out = l ? (long long)l->n : 0;
+    }
+    pthread_mutex_unlock(&db_mu);
+    return BQ_OK;
 }
 
 static bq_status mem_range(bq_broker *b, const char *queue, enum bq_list which, long start,
                            long stop, struct bq_batch *out, bq_err *err)
 {
     (void)b;
-    char key[512];
-    if (!list_key(queue, which, key, sizeof key))
-        return bq_err_set(err, BQ_EINVAL, "queue name too long");
+    if (which != BQ_LIST_READY && which != BQ_LIST_DEAD)
+        return bq_err_set(err, BQ_EINVAL, "range reads the queue or its dead-letter list only");
+    char key[KEY_MAX];
+    bq_status st = key_of(queue, which, key, err);
+    if (st != BQ_OK)
+        return st;
     pthread_mutex_lock(&db_mu);
-    struct mem_list *l = find_list(key, false);
+    struct mem_key *l = find(key, false, false);
     long n = l ? (long)l->n : 0;
     if (start < 0)
         start = n + start < 0 ? 0 : n + start;
@@ -232,13 +528,78 @@ static bq_status mem_range(bq_broker *b, const char *queue, enum bq_list which, 
         stop = n + stop;
     if (stop >= n)
         stop = n - 1;
-    bq_status st = BQ_OK;
     for (long i = start; l != NULL && i <= stop && st == BQ_OK; i++) {
         struct bq_msg *m = at(l, (size_t)i);
-        st = bq_batch_add(out, m->data, m->len);
+        if (bq_batch_add(out, m->data, m->len) != BQ_OK)
+            st = oom(err);
     }
     pthread_mutex_unlock(&db_mu);
-    return st == BQ_OK ? BQ_OK : bq_err_set(err, st, "memory scheduler: out of memory");
+    return st;
+}
+
+static bq_status mem_dlq_requeue(bq_broker *b, const char *queue, struct bq_slice entry,
+                                 bool *done, bq_err *err)
+{
+    (void)b;
+    char dlq[KEY_MAX];
+    bq_status st = key_of(queue, BQ_LIST_DEAD, dlq, err);
+    if (st != BQ_OK)
+        return st;
+    const char *nl = memchr(entry.p, '\n', entry.len);
+    if (nl == NULL)
+        return bq_err_set(err, BQ_EINVAL, "not a binduq dead-letter entry");
+    size_t off = (size_t)(nl + 1 - entry.p);
+    pthread_mutex_lock(&db_mu);
+    *done = false;
+    struct mem_key *l = find(queue, false, true);
+    if (l == NULL || !grow(l, 1)) {
+        drop_if_empty(l);
+        st = oom(err);
+    } else if (lrem(dlq, entry.p, entry.len)) {
+        struct bq_msg m;
+        if (!copy_msg(&m, entry.p + off, entry.len - off)) {
+            st = oom(err); /* the entry is gone from the list: put it back */
+            push_copy(dlq, entry.p, entry.len, true);
+        } else {
+            push_owned(l, m, true);
+            *done = true;
+            pthread_cond_broadcast(&db_cv);
+        }
+    }
+    drop_if_empty(find(queue, false, false));
+    pthread_mutex_unlock(&db_mu);
+    return st;
+}
+
+static bq_status mem_dlq_remove(bq_broker *b, const char *queue, struct bq_slice entry,
+                                bool *done, bq_err *err)
+{
+    (void)b;
+    char dlq[KEY_MAX];
+    bq_status st = key_of(queue, BQ_LIST_DEAD, dlq, err);
+    if (st != BQ_OK)
+        return st;
+    pthread_mutex_lock(&db_mu);
+    *done = lrem(dlq, entry.p, entry.len);
+    pthread_mutex_unlock(&db_mu);
+    return BQ_OK;
+}
+
+static bq_status mem_dlq_purge(bq_broker *b, const char *queue, long long *count, bq_err *err)
+{
+    (void)b;
+    char dlq[KEY_MAX];
+    bq_status st = key_of(queue, BQ_LIST_DEAD, dlq, err);
+    if (st != BQ_OK)
+        return st;
+    pthread_mutex_lock(&db_mu);
+    struct mem_key *l = find(dlq, false, false);
+    *count = l ? (long long)l->n : 0;
+    while (l != NULL && l->n > 0)
+        bq_free(remove_at(l, l->n - 1).data);
+    drop_if_empty(l);
+    pthread_mutex_unlock(&db_mu);
+    return BQ_OK;
 }
 
 static bq_status mem_ping(bq_broker *b, double *rtt, bq_err *err)
@@ -262,28 +623,43 @@ static void mem_free(bq_broker *b)
 void bq_memory_reset(void)
 {
     pthread_mutex_lock(&db_mu);
-    while (db_lists != NULL) {
-        struct mem_list *l = db_lists;
-        db_lists = l->next;
-        for (size_t i = 0; i < l->n; i++)
-            bq_free(at(l, i)->data);
-        bq_free(l->items);
-        bq_free(l->key);
-        bq_free(l);
+    while (db_keys != NULL) {
+        struct mem_key *k = db_keys;
+        for (size_t i = 0; i < k->n; i++)
+            bq_free(k->zset ? k->z[i].m.data : at(k, i)->data);
+        k->n = 0;
+        drop_if_empty(k);
     }
     pthread_mutex_unlock(&db_mu);
 }
 
 static const struct bq_broker_ops mem_ops = {
-    mem_push, mem_fetch, mem_interrupt, mem_length, mem_dead_letter, mem_range, mem_ping,
-    mem_pool_stats, mem_free,
+    .push = mem_push,
+    .fetch = mem_fetch,
+    .interrupt = mem_interrupt,
+    .ack = mem_ack,
+    .retry = mem_retry,
+    .bury = mem_bury,
+    .handback = mem_handback,
+    .promote = mem_promote,
+    .heartbeat = mem_heartbeat,
+    .reap = mem_reap,
+    .unregister = mem_unregister,
+    .length = mem_length,
+    .range = mem_range,
+    .dlq_requeue = mem_dlq_requeue,
+    .dlq_remove = mem_dlq_remove,
+    .dlq_purge = mem_dlq_purge,
+    .ping = mem_ping,
+    .pool_stats = mem_pool_stats,
+    .free = mem_free,
 };
 
 bq_status bq_broker_open_memory(bq_broker **out, bq_err *err)
 {
     struct mem_broker *m = bq_calloc(1, sizeof *m);
     if (m == NULL)
-        return bq_err_set(err, BQ_ENOMEM, "memory scheduler: out of memory");
+        return oom(err);
     m->base.ops = &mem_ops;
     m->base.kind = "memory";
     strcpy(m->base.address, "memory");

@@ -1,22 +1,36 @@
 /*
  * redis.c -- the Redis broker.
  *
- * Short commands (push, length, dead-letter, ping) borrow from a bounded pool. The fetch loop
- * has its own connection, because a blocking pop holds its connection for the whole wait.
- * Fetch blocks with BLMPOP (Redis >= 7.0: one round trip takes up to `max` messages as soon as
- * the first arrives) or BRPOP on older servers, and never polls. To interrupt a blocked fetch
- * (shutdown), bq_broker_interrupt wakes the fetching thread through an eventfd; that thread
- * sends CLIENT UNBLOCK for its own connection over a pooled one and then reads the reply of
- * the unblocked pop, so a message popped at that very moment is still delivered, not lost.
+ * Short commands (push, acks, retries, dead-letters, heartbeats) borrow from a bounded pool.
+ * The fetch loop has its own connection, because a blocking pop holds its connection for the
+ * whole wait; acknowledgements that are ready when the dispatcher fetches again travel in the
+ * same round trip as that fetch.
+ *
+ * Fetching never polls. At-most-once: BLMPOP (Redis >= 7.0: one round trip takes up to `max`
+ * messages as soon as the first arrives) or BRPOP, then RPOP with a count when a batch is
+ * wanted without waiting. At-least-once: BLMOVE into the worker's in-flight list when
+ * waiting, the fetch-2 script (RPOP + LPUSH, atomic) when taking a batch; either way the
+ * message is leased in the same atomic step that takes it.
+ *
+ * Multi-step changes are server-side scripts (one file each under lua/binduq/redis/, embedded by
+ * embed.lua): EVALSHA, falling back to EVAL (which also loads the script) on NOSCRIPT.
+ *
+ * Interrupting a blocked fetch (shutdown): bq_broker_interrupt wakes the fetching thread
+ * through an eventfd; that thread sends CLIENT UNBLOCK for its own connection over a pooled
+ * one and then reads the reply of the unblocked pop, so a message taken at that very moment
+ * is still delivered, not lost.
  */
 #include "broker.h"
 #include "keys.h"
+#include "scripts.h"
 
 #include "../core/alloc.h"
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
 
+#include <openssl/evp.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +40,162 @@
 
 /* Arguments per LPUSH when pushing a large batch: one command per chunk, all pipelined. */
 #define PUSH_CHUNK 1000
+#define KEY_MAX 512
+
+/* ---- Scripts ------------------------------------------------------------------------------- */
+
+enum script_id {
+    S_FETCH = 0,
+    S_RETRY,
+    S_BURY,
+    S_PROMOTE,
+    S_HEARTBEAT,
+    S_REAP,
+    S_HANDBACK,
+    S_UNREGISTER,
+    S_REQUEUE,
+    S_COUNT,
+};
+
+static struct {
+    const char *name;
+    const char *src;
+    char sha[41];
+} scripts[S_COUNT] = {
+    [S_FETCH] = {"fetch-2", bq_script_fetch_2, ""},
+    [S_RETRY] = {"retry-2", bq_script_retry_2, ""},
+    [S_BURY] = {"bury-2", bq_script_bury_2, ""},
+    [S_PROMOTE] = {"promote-2", bq_script_promote_2, ""},
+    [S_HEARTBEAT] = {"heartbeat-1", bq_script_heartbeat_1, ""},
+    [S_REAP] = {"reap-3", bq_script_reap_3, ""},
+    [S_HANDBACK] = {"handback-2", bq_script_handback_2, ""},
+    [S_UNREGISTER] = {"unregister-2", bq_script_unregister_2, ""},
+    [S_REQUEUE] = {"requeue-2", bq_script_requeue_2, ""},
+};
+
+static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
+
+/* The SHA1 of each script, as Redis names cached scripts (OpenSSL's digest, not ours). */
+static void compute_shas(void)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < S_COUNT; i++) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int n = 0;
+        if (EVP_Digest(scripts[i].src, strlen(scripts[i].src), md, &n, EVP_sha1(), NULL) != 1 ||
+            n != 20) {
+            scripts[i].sha[0] = '\0'; /* EVALSHA will fail with NOSCRIPT; EVAL still works */
+            continue;
+        }
+        for (unsigned k = 0; k < n; k++) {
+            scripts[i].sha[2 * k] = hex[md[k] >> 4];
+            scripts[i].sha[2 * k + 1] = hex[md[k] & 15];
+        }
+        scripts[i].sha[40] = '\0';
+    }
+}
+
+/* Queues "EVALSHA sha nkeys keys... args..." (or EVAL with the source when `eval`). */
+static bq_status append_script(bq_conn *c, enum script_id id, bool eval, int nkeys,
+                               const char *const *keys, int nargs, const char *const *args,
+                               const size_t *arglens, bq_err *err)
+{
+    pthread_once(&sha_once, compute_shas);
+    int argc = 3 + nkeys + nargs;
+    const char *stack_argv[24];
+    size_t stack_lens[24];
+    const char **argv = argc <= 24 ? stack_argv : bq_calloc((size_t)argc, sizeof *argv);
+    size_t *lens = argc <= 24 ? stack_lens : bq_calloc((size_t)argc, sizeof *lens);
+    if (argv == NULL || lens == NULL) {
+        if (argv != stack_argv)
+            bq_free(argv);
+        if (lens != stack_lens)
+            bq_free(lens);
+        return bq_err_set(err, BQ_ENOMEM, "%s: out of memory", scripts[id].name);
+    }
+    char nk[8];
+    snprintf(nk, sizeof nk, "%d", nkeys);
+    argv[0] = eval ? "EVAL" : "EVALSHA";
+    argv[1] = eval ? scripts[id].src : scripts[id].sha;
+    argv[2] = nk;
+    for (int i = 0; i < 3; i++)
+        lens[i] = strlen(argv[i]);
+    for (int i = 0; i < nkeys; i++) {
+        argv[3 + i] = keys[i];
+        lens[3 + i] = strlen(keys[i]);
+    }
+    for (int i = 0; i < nargs; i++) {
+        argv[3 + nkeys + i] = args[i];
+        lens[3 + nkeys + i] = arglens ? arglens[i] : strlen(args[i]);
+    }
+    bq_status st = bq_conn_append(c, argc, argv, lens, err);
+    if (argv != stack_argv)
+        bq_free(argv);
+    if (lens != stack_lens)
+        bq_free(lens);
+    return st;
+}
+
+static bool is_noscript(const redisReply *r)
+{
+    return r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+}
+
+/* Runs a script on c and returns its reply (caller frees). Error replies become errors
+ * named after the script. */
+static bq_status run_script(bq_conn *c, enum script_id id, int nkeys, const char *const *keys,
+                            int nargs, const char *const *args, const size_t *arglens,
+                            double timeout, redisReply **out, bq_err *err)
+{
+    *out = NULL;
+    double deadline = bq_now_mono() + timeout;
+    redisReply *r = NULL;
+    bq_status st = BQ_OK;
+    for (int eval = 0; eval < 2; eval++) {
+        st = append_script(c, id, eval, nkeys, keys, nargs, args, arglens, err);
+        if (st == BQ_OK)
+            st = bq_conn_flush(c, deadline, -1, err);
+        if (st == BQ_OK)
+            st = bq_conn_read(c, &r, deadline, -1, err);
+        if (st != BQ_OK || !is_noscript(r))
+            break;
+        freeReplyObject(r);
+        r = NULL;
+    }
+    if (st == BQ_OK)
+        st = bq_reply_check(r, scripts[id].name, err);
+    if (st != BQ_OK) {
+        if (r != NULL)
+            freeReplyObject(r);
+        return st;
+    }
+    *out = r;
+    return BQ_OK;
+}
+
+/* Loads every script into the server's cache over c (after a restart or SCRIPT FLUSH), so
+ * the pipelined EVALSHAs of the fetch loop find them. Errors are ignored: a user without
+ * the right to SCRIPT LOAD still gets each script loaded by EVAL on its first NOSCRIPT. */
+static void load_scripts(bq_conn *c, double timeout)
+{
+    double deadline = bq_now_mono() + timeout;
+    int sent = 0;
+    for (int i = 0; i < S_COUNT; i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", scripts[i].src};
+        if (bq_conn_append(c, 3, argv, NULL, NULL) == BQ_OK)
+            sent++;
+    }
+    if (bq_conn_flush(c, deadline, -1, NULL) != BQ_OK)
+        return;
+    for (int i = 0; i < sent; i++) {
+        redisReply *r;
+        if (bq_conn_read(c, &r, deadline, -1, NULL) != BQ_OK)
+            return;
+        freeReplyObject(r);
+    }
+}
+
+/* ---- The broker ---------------------------------------------------------------------------- */
 
 struct redis_broker {
     struct bq_broker base;
@@ -34,6 +204,7 @@ struct redis_broker {
     long long fetch_id;      /* CLIENT ID of fetch_conn, -1 if unknown */
     bool has_blmpop;
     int wakefd;              /* eventfd written by interrupt */
+    double command_timeout;
 };
 
 static bq_status borrow(struct redis_broker *r, bq_conn **c, bq_err *err)
@@ -41,18 +212,34 @@ static bq_status borrow(struct redis_broker *r, bq_conn **c, bq_err *err)
     return bq_pool_borrow(r->pool, c, err);
 }
 
-static bq_status queue_key(const char *queue, enum bq_list which, char *out, size_t size,
-                           bq_err *err)
+static bq_status derive(const char *queue, const char *suffix, char *out, bq_err *err)
 {
-    bool ok;
-    if (which == BQ_LIST_DEAD) {
-        ok = bq_key_derive(queue, "dlq", out, size);
-    } else {
-        ok = strlen(queue) < size;
-        if (ok)
-            memcpy(out, queue, strlen(queue) + 1);
+    return bq_key_derive(queue, suffix, out, KEY_MAX)
+               ? BQ_OK
+               : bq_err_set(err, BQ_EINVAL, "queue name too long");
+}
+
+static bq_status wip_key(const struct bq_lessee *who, char *out, bq_err *err)
+{
+    char suffix[160];
+    if (snprintf(suffix, sizeof suffix, "wip:%s", who->worker ? who->worker : "-") >=
+        (int)sizeof suffix)
+        return bq_err_set(err, BQ_EINVAL, "worker id too long");
+    return derive(who->queue, suffix, out, err);
+}
+
+static bq_status queue_key(const char *queue, enum bq_list which, char *out, bq_err *err)
+{
+    switch (which) {
+    case BQ_LIST_DEAD: return derive(queue, "dlq", out, err);
+    case BQ_LIST_DELAYED: return derive(queue, "delayed", out, err);
+    case BQ_LIST_READY:
+    case BQ_LIST_INFLIGHT: break;
     }
-    return ok ? BQ_OK : bq_err_set(err, BQ_EINVAL, "queue name too long");
+    if (strlen(queue) >= KEY_MAX)
+        return bq_err_set(err, BQ_EINVAL, "queue name too long");
+    strcpy(out, queue);
+    return BQ_OK;
 }
 
 static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_slice *msgs,
@@ -87,7 +274,7 @@ static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_sli
         st = bq_conn_append(c, (int)k + 2, argv, lens, err);
         ncmds++;
     }
-    double deadline = bq_now_mono() + 5.0 + (double)n / 50000.0;
+    double deadline = bq_now_mono() + r->command_timeout + (double)n / 50000.0;
     if (st == BQ_OK)
         st = bq_conn_flush(c, deadline, -1, err);
     for (size_t i = 0; i < ncmds && st == BQ_OK; i++) {
@@ -131,6 +318,8 @@ static bq_status open_fetch_conn(struct redis_broker *r, bq_err *err)
     }
     if (rep != NULL)
         freeReplyObject(rep);
+    pthread_once(&sha_once, compute_shas);
+    load_scripts(r->fetch_conn, r->command_timeout);
     if (bq_conn_broken(r->fetch_conn)) {
         bq_conn_close(r->fetch_conn);
         r->fetch_conn = NULL;
@@ -175,12 +364,68 @@ static bq_status take_strings(const redisReply *rep, struct bq_batch *out)
     return BQ_OK;
 }
 
-static bq_status redis_fetch(bq_broker *b, const char *queue, size_t max, double timeout,
+/* Queues one LREM per message (acknowledgements). */
+static bq_status append_acks(bq_conn *c, const char *wip, const struct bq_slice *msgs, size_t n,
+                             bq_err *err)
+{
+    bq_status st = BQ_OK;
+    for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        const char *argv[4] = {"LREM", wip, "1", msgs[i].p};
+        size_t lens[4] = {4, strlen(wip), 1, msgs[i].len};
+        st = bq_conn_append(c, 4, argv, lens, err);
+    }
+    return st;
+}
+
+/* Reads n LREM replies; counts those that removed a message. */
+static bq_status read_acks(bq_conn *c, size_t n, double deadline, size_t *acked, bq_err *err)
+{
+    bq_status st = BQ_OK;
+    for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        redisReply *rep;
+        st = bq_conn_read(c, &rep, deadline, -1, err);
+        if (st != BQ_OK)
+            break;
+        st = bq_reply_check(rep, "LREM", err);
+        if (st == BQ_OK && rep->type == REDIS_REPLY_INTEGER && rep->integer > 0 && acked)
+            (*acked)++;
+        freeReplyObject(rep);
+    }
+    return st;
+}
+
+/* Reads the reply of a pipelined script. NOSCRIPT is not an error here: the script is left
+ * undone for this round (*out stays NULL) and *reload asks for the scripts to be loaded
+ * once the pipeline has been read. */
+static bq_status read_script_reply(bq_conn *c, double deadline, const char *name,
+                                   redisReply **out, bool *reload, bq_err *err)
+{
+    bq_status st = bq_conn_read(c, out, deadline, -1, err);
+    if (st == BQ_OK && is_noscript(*out)) {
+        freeReplyObject(*out);
+        *out = NULL;
+        *reload = true;
+        return BQ_OK;
+    }
+    if (st == BQ_OK)
+        st = bq_reply_check(*out, name, err);
+    if (st != BQ_OK && *out != NULL) {
+        freeReplyObject(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
+static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
+                             const struct bq_fetch_req *req, struct bq_fetch_res *res,
                              struct bq_batch *out, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    if (max == 0)
-        return BQ_OK;
+    bool lease = who->delivery == BQ_AT_LEAST_ONCE;
+    res->acked = res->promoted = 0;
+    res->next_due = -1;
+    res->renewed = false;
+    double timeout = req->timeout;
     /* An interrupt that came while we were not waiting cuts this wait short: take what is
      * there without blocking. */
     if (take_wakeup(r))
@@ -189,29 +434,91 @@ static bq_status redis_fetch(bq_broker *b, const char *queue, size_t max, double
     if (r->fetch_conn == NULL && (st = open_fetch_conn(r, err)) != BQ_OK)
         return st;
     bq_conn *c = r->fetch_conn;
+    char wip[KEY_MAX], workers[KEY_MAX], delayed[KEY_MAX], lease_ms[32];
+    if (lease && (st = wip_key(who, wip, err)) != BQ_OK)
+        return st;
+    if ((st = derive(who->queue, "workers", workers, err)) != BQ_OK ||
+        (st = derive(who->queue, "delayed", delayed, err)) != BQ_OK)
+        return st;
+
+    /* 1. renew the lease */
+    bool beat = lease && req->lease > 0;
+    snprintf(lease_ms, sizeof lease_ms, "%lld", (long long)(req->lease * 1000.0));
+    const char *hb_keys[] = {workers}, *hb_args[] = {who->worker, lease_ms};
+    if (beat)
+        st = append_script(c, S_HEARTBEAT, false, 1, hb_keys, 2, hb_args, NULL, err);
+    /* 2. acknowledge */
+    size_t nacks = lease ? req->nacks : 0;
+    if (st == BQ_OK && nacks > 0)
+        st = append_acks(c, wip, req->acks, nacks, err);
+    /* 3. promote due retries */
+    const char *pr_keys[] = {delayed, who->queue}, *pr_args[] = {"1000"};
+    if (st == BQ_OK && req->promote)
+        st = append_script(c, S_PROMOTE, false, 2, pr_keys, 1, pr_args, NULL, err);
+    /* 4. fetch */
     char count[24], tmo[32];
-    snprintf(count, sizeof count, "%zu", max);
+    snprintf(count, sizeof count, "%zu", req->max);
     snprintf(tmo, sizeof tmo, "%.3f", timeout);
-    const char *cmd;
-    if (timeout <= 0) {
-        const char *argv[] = {"RPOP", queue, count};
-        cmd = "RPOP";
-        st = bq_conn_append(c, 3, argv, NULL, err);
-    } else if (r->has_blmpop && max > 1) {
-        const char *argv[] = {"BLMPOP", tmo, "1", queue, "RIGHT", "COUNT", count};
-        cmd = "BLMPOP";
-        st = bq_conn_append(c, 7, argv, NULL, err);
-    } else {
-        const char *argv[] = {"BRPOP", queue, tmo};
-        cmd = "BRPOP";
-        st = bq_conn_append(c, 3, argv, NULL, err);
+    const char *f_keys[] = {who->queue, wip}, *f_args[] = {count};
+    const char *cmd = NULL;
+    enum script_id f_script = S_COUNT;
+    bool want = req->max > 0;
+    if (st == BQ_OK && want) {
+        if (timeout <= 0 && lease) {
+            cmd = "fetch-2";
+            f_script = S_FETCH;
+            st = append_script(c, S_FETCH, false, 2, f_keys, 1, f_args, NULL, err);
+        } else if (timeout <= 0) {
+            const char *argv[] = {"RPOP", who->queue, count};
+            cmd = "RPOP";
+            st = bq_conn_append(c, 3, argv, NULL, err);
+        } else if (lease) {
+            const char *argv[] = {"BLMOVE", who->queue, wip, "RIGHT", "LEFT", tmo};
+            cmd = "BLMOVE";
+            st = bq_conn_append(c, 6, argv, NULL, err);
+        } else if (r->has_blmpop && req->max > 1) {
+            const char *argv[] = {"BLMPOP", tmo, "1", who->queue, "RIGHT", "COUNT", count};
+            cmd = "BLMPOP";
+            st = bq_conn_append(c, 7, argv, NULL, err);
+        } else {
+            const char *argv[] = {"BRPOP", who->queue, tmo};
+            cmd = "BRPOP";
+            st = bq_conn_append(c, 3, argv, NULL, err);
+        }
     }
-    double cmd_timeout = bq_pool_conn_opts(r->pool)->command_timeout;
-    double deadline = bq_now_mono() + (timeout > 0 ? timeout : 0) + cmd_timeout;
+    double deadline = bq_now_mono() + (timeout > 0 ? timeout : 0) + r->command_timeout;
     if (st == BQ_OK)
         st = bq_conn_flush(c, deadline, -1, err);
+
     redisReply *rep = NULL;
-    if (st == BQ_OK) {
+    bool reload = false;
+    if (st == BQ_OK && beat) {
+        st = read_script_reply(c, deadline, "heartbeat-1", &rep, &reload, err);
+        if (st == BQ_OK && rep != NULL) {
+            res->renewed = true;
+            if (take_strings(rep, &res->dead) != BQ_OK)
+                st = bq_err_set(err, BQ_ENOMEM, "heartbeat: out of memory");
+            freeReplyObject(rep);
+            rep = NULL;
+        }
+    }
+    if (st == BQ_OK && nacks > 0)
+        st = read_acks(c, nacks, deadline, &res->acked, err);
+    if (st == BQ_OK && req->promote) {
+        st = read_script_reply(c, deadline, "promote-2", &rep, &reload, err);
+        if (st == BQ_OK && rep == NULL) {
+            res->next_due = 0; /* not promoted this round: try again at once */
+        } else if (st == BQ_OK) {
+            if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
+                res->promoted = (size_t)rep->element[0]->integer;
+                long long wait = rep->element[1]->integer;
+                res->next_due = wait < 0 ? -1 : (double)wait / 1000.0;
+            }
+            freeReplyObject(rep);
+            rep = NULL;
+        }
+    }
+    if (st == BQ_OK && want) {
         st = bq_conn_read(c, &rep, deadline, timeout > 0 ? r->wakefd : -1, err);
         if (st == BQ_EINTR) {
             take_wakeup(r);
@@ -220,20 +527,31 @@ static bq_status redis_fetch(bq_broker *b, const char *queue, size_t max, double
              * a client id (ACL forbids CLIENT) this waits out the blocking timeout. */
             st = bq_conn_read(c, &rep, deadline, -1, err);
         }
-    }
-    if (st == BQ_OK && (st = bq_reply_check(rep, cmd, err)) == BQ_OK) {
-        if (rep->type == REDIS_REPLY_ARRAY && strcmp(cmd, "RPOP") != 0) {
-            /* BRPOP: [key, value]; BLMPOP: [key, [values...]] */
-            if (rep->elements == 2)
-                st = take_strings(rep->element[1], out);
-        } else {
-            st = take_strings(rep, out);
+        if (st == BQ_OK && f_script != S_COUNT && is_noscript(rep)) {
+            freeReplyObject(rep); /* nothing taken this round */
+            rep = NULL;
+            reload = true;
         }
-        if (st == BQ_ENOMEM)
-            bq_err_set(err, st, "%s: out of memory", cmd);
+        if (st == BQ_OK && rep != NULL && (st = bq_reply_check(rep, cmd, err)) == BQ_OK) {
+            if (rep->type == REDIS_REPLY_ARRAY &&
+                (strcmp(cmd, "BRPOP") == 0 || strcmp(cmd, "BLMPOP") == 0)) {
+                /* BRPOP: [key, value]; BLMPOP: [key, [values...]] */
+                if (rep->elements == 2)
+                    st = take_strings(rep->element[1], out);
+            } else {
+                st = take_strings(rep, out);
+            }
+            if (st == BQ_ENOMEM)
+                bq_err_set(err, st, "%s: out of memory", cmd);
+        }
     }
     if (rep != NULL)
         freeReplyObject(rep);
+    if (st == BQ_OK && reload) {
+        bq_log(BQ_LOG_WARN, "scripts_reloaded", "queue", who->queue, "worker", who->worker,
+               "reason", "the server's script cache was empty (restarted or flushed)", NULL);
+        load_scripts(c, r->command_timeout);
+    }
     if (bq_conn_broken(c)) {
         bq_conn_close(c);
         r->fetch_conn = NULL;
@@ -249,37 +567,274 @@ static void redis_interrupt(bq_broker *b)
     (void)n;
 }
 
-static bq_status redis_length(bq_broker *b, const char *queue, enum bq_list which,
-                              long long *out, bq_err *err)
+static bq_status redis_ack(bq_broker *b, const struct bq_lessee *who,
+                           const struct bq_slice *msgs, size_t n, size_t *acked, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char key[512];
-    bq_status st = queue_key(queue, which, key, sizeof key, err);
+    *acked = 0;
+    if (n == 0 || who->delivery != BQ_AT_LEAST_ONCE) {
+        *acked = n;
+        return BQ_OK;
+    }
+    char wip[KEY_MAX];
+    bq_status st = wip_key(who, wip, err);
     bq_conn *c;
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
+    double deadline = bq_now_mono() + r->command_timeout;
+    st = append_acks(c, wip, msgs, n, err);
+    if (st == BQ_OK)
+        st = bq_conn_flush(c, deadline, -1, err);
+    if (st == BQ_OK)
+        st = read_acks(c, n, deadline, acked, err);
+    bq_pool_return(r->pool, c);
+    return st;
+}
+
+/* Runs a script on a pooled connection and returns its integer reply. */
+static bq_status pooled_script(struct redis_broker *r, enum script_id id, int nkeys,
+                               const char *const *keys, int nargs, const char *const *args,
+                               const size_t *arglens, long long *result, bq_err *err)
+{
+    bq_conn *c;
+    bq_status st = borrow(r, &c, err);
+    if (st != BQ_OK)
+        return st;
     redisReply *rep;
-    st = bq_conn_callv(c, &rep, err, "LLEN", key, NULL);
+    st = run_script(c, id, nkeys, keys, nargs, args, arglens, r->command_timeout, &rep, err);
     bq_pool_return(r->pool, c);
     if (st != BQ_OK)
         return st;
-    *out = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
+    if (result != NULL)
+        *result = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
     freeReplyObject(rep);
     return BQ_OK;
 }
 
-static bq_status redis_dead_letter(bq_broker *b, const char *queue, const char *entry,
-                                   size_t len, bq_err *err)
+static bq_status redis_retry(bq_broker *b, const struct bq_lessee *who, struct bq_slice leased,
+                             struct bq_slice next, double delay, bool *held, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char key[512];
-    bq_status st = queue_key(queue, BQ_LIST_DEAD, key, sizeof key, err);
+    char wip[KEY_MAX], delayed[KEY_MAX], ms[32];
+    bq_status st = wip_key(who, wip, err);
+    if (st == BQ_OK)
+        st = derive(who->queue, "delayed", delayed, err);
+    if (st != BQ_OK)
+        return st;
+    snprintf(ms, sizeof ms, "%lld", (long long)(delay > 0 ? delay * 1000.0 : 0));
+    const char *keys[] = {wip, delayed};
+    const char *args[] = {leased.p, next.p, ms, who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
+    size_t lens[] = {leased.len, next.len, strlen(ms), 1};
+    long long res = 0;
+    st = pooled_script(r, S_RETRY, 2, keys, 4, args, lens, &res, err);
+    *held = res == 1;
+    return st;
+}
+
+static bq_status redis_bury(bq_broker *b, const struct bq_lessee *who, struct bq_slice leased,
+                            struct bq_slice entry, bool *held, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    char wip[KEY_MAX], dlq[KEY_MAX];
+    bq_status st = wip_key(who, wip, err);
+    if (st == BQ_OK)
+        st = derive(who->queue, "dlq", dlq, err);
+    if (st != BQ_OK)
+        return st;
+    const char *keys[] = {wip, dlq};
+    const char *args[] = {leased.p, entry.p, who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
+    size_t lens[] = {leased.len, entry.len, 1};
+    long long res = 0;
+    st = pooled_script(r, S_BURY, 2, keys, 3, args, lens, &res, err);
+    *held = res == 1;
+    return st;
+}
+
+static bq_status redis_handback(bq_broker *b, const struct bq_lessee *who,
+                                const struct bq_slice *msgs, size_t n, size_t *count,
+                                bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    *count = 0;
+    if (n == 0)
+        return BQ_OK;
+    if (who->delivery != BQ_AT_LEAST_ONCE) {
+        /* Not leased: push them back where the next fetch takes from (oldest last). */
+        bq_conn *c;
+        bq_status st = borrow(r, &c, err);
+        if (st != BQ_OK)
+            return st;
+        for (size_t i = 0; i < n && st == BQ_OK; i++) {
+            const char *argv[3] = {"RPUSH", who->queue, msgs[n - 1 - i].p};
+            size_t lens[3] = {5, strlen(who->queue), msgs[n - 1 - i].len};
+            st = bq_conn_call(c, NULL, err, 3, argv, lens);
+            if (st == BQ_OK)
+                (*count)++;
+        }
+        bq_pool_return(r->pool, c);
+        return st;
+    }
+    char wip[KEY_MAX];
+    bq_status st = wip_key(who, wip, err);
+    if (st != BQ_OK)
+        return st;
+    const char **args = bq_calloc(n, sizeof *args);
+    size_t *lens = bq_calloc(n, sizeof *lens);
+    if (args == NULL || lens == NULL) {
+        bq_free(args);
+        bq_free(lens);
+        return bq_err_set(err, BQ_ENOMEM, "handback: out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        args[i] = msgs[i].p;
+        lens[i] = msgs[i].len;
+    }
+    const char *keys[] = {wip, who->queue};
+    long long res = 0;
+    st = pooled_script(r, S_HANDBACK, 2, keys, (int)n, args, lens, &res, err);
+    *count = res > 0 ? (size_t)res : 0;
+    bq_free(args);
+    bq_free(lens);
+    return st;
+}
+
+static bq_status redis_promote(bq_broker *b, const char *queue, size_t *moved, double *next_due,
+                               bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    *moved = 0;
+    *next_due = -1;
+    char delayed[KEY_MAX];
+    bq_status st = derive(queue, "delayed", delayed, err);
     bq_conn *c;
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
-    const char *argv[] = {"LPUSH", key, entry};
-    size_t lens[] = {5, strlen(key), len};
-    st = bq_conn_call(c, NULL, err, 3, argv, lens);
+    const char *keys[] = {delayed, queue};
+    const char *args[] = {"1000"};
+    redisReply *rep;
+    st = run_script(c, S_PROMOTE, 2, keys, 1, args, NULL, r->command_timeout, &rep, err);
+    bq_pool_return(r->pool, c);
+    if (st != BQ_OK)
+        return st;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
+        *moved = (size_t)rep->element[0]->integer;
+        long long wait = rep->element[1]->integer;
+        *next_due = wait < 0 ? -1 : (double)wait / 1000.0;
+    }
+    freeReplyObject(rep);
+    return BQ_OK;
+}
+
+static bq_status redis_heartbeat(bq_broker *b, const struct bq_lessee *who, double lease,
+                                 struct bq_batch *dead, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    char workers[KEY_MAX], ms[32];
+    bq_status st = derive(who->queue, "workers", workers, err);
+    bq_conn *c;
+    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
+        return st;
+    snprintf(ms, sizeof ms, "%lld", (long long)(lease * 1000.0));
+    const char *keys[] = {workers};
+    const char *args[] = {who->worker, ms};
+    redisReply *rep = NULL;
+    st = run_script(c, S_HEARTBEAT, 1, keys, 2, args, NULL, r->command_timeout, &rep, err);
+    bq_pool_return(r->pool, c);
+    if (st != BQ_OK)
+        return st;
+    if (take_strings(rep, dead) != BQ_OK)
+        st = bq_err_set(err, BQ_ENOMEM, "heartbeat: out of memory");
+    freeReplyObject(rep);
+    return st;
+}
+
+static bq_status redis_reap(bq_broker *b, const char *queue, const char *dead_id,
+                            long long *recovered, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    char workers[KEY_MAX], suffix[KEY_MAX], wip[KEY_MAX];
+    *recovered = -1;
+    bq_status st = derive(queue, "workers", workers, err);
+    if (st == BQ_OK && snprintf(suffix, sizeof suffix, "wip:%s", dead_id) >= (int)sizeof suffix)
+        st = bq_err_set(err, BQ_EINVAL, "worker id too long");
+    if (st == BQ_OK)
+        st = derive(queue, suffix, wip, err);
+    if (st != BQ_OK)
+        return st;
+    const char *keys[] = {workers, wip, queue};
+    const char *args[] = {dead_id};
+    return pooled_script(r, S_REAP, 3, keys, 1, args, NULL, recovered, err);
+}
+
+static bq_status redis_unregister(bq_broker *b, const struct bq_lessee *who, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    char workers[KEY_MAX], wip[KEY_MAX];
+    bq_status st = derive(who->queue, "workers", workers, err);
+    if (st == BQ_OK)
+        st = wip_key(who, wip, err);
+    if (st != BQ_OK)
+        return st;
+    const char *keys[] = {workers, wip};
+    const char *args[] = {who->worker};
+    return pooled_script(r, S_UNREGISTER, 2, keys, 1, args, NULL, NULL, err);
+}
+
+/* The total length of every worker's in-flight list. */
+static bq_status inflight_length(struct redis_broker *r, bq_conn *c, const char *queue,
+                                 long long *out, bq_err *err)
+{
+    char workers[KEY_MAX];
+    bq_status st = derive(queue, "workers", workers, err);
+    redisReply *ids;
+    if (st != BQ_OK || (st = bq_conn_callv(c, &ids, err, "ZRANGE", workers, "0", "-1", NULL)) !=
+                           BQ_OK)
+        return st;
+    *out = 0;
+    size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
+    for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        char suffix[KEY_MAX], wip[KEY_MAX];
+        snprintf(suffix, sizeof suffix, "wip:%s", ids->element[i]->str);
+        if (derive(queue, suffix, wip, err) != BQ_OK)
+            continue;
+        const char *argv[] = {"LLEN", wip};
+        st = bq_conn_append(c, 2, argv, NULL, err);
+    }
+    double deadline = bq_now_mono() + r->command_timeout;
+    if (st == BQ_OK && n > 0)
+        st = bq_conn_flush(c, deadline, -1, err);
+    for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        redisReply *rep;
+        st = bq_conn_read(c, &rep, deadline, -1, err);
+        if (st == BQ_OK) {
+            if (rep->type == REDIS_REPLY_INTEGER)
+                *out += rep->integer;
+            freeReplyObject(rep);
+        }
+    }
+    freeReplyObject(ids);
+    return st;
+}
+
+static bq_status redis_length(bq_broker *b, const char *queue, enum bq_list which,
+                              long long *out, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    char key[KEY_MAX];
+    bq_status st = queue_key(queue, which, key, err);
+    bq_conn *c;
+    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
+        return st;
+    if (which == BQ_LIST_INFLIGHT) {
+        st = inflight_length(r, c, queue, out, err);
+    } else {
+        redisReply *rep;
+        st = bq_conn_callv(c, &rep, err, which == BQ_LIST_DELAYED ? "ZCARD" : "LLEN", key, NULL);
+        if (st == BQ_OK) {
+            *out = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
+            freeReplyObject(rep);
+        }
+    }
     bq_pool_return(r->pool, c);
     return st;
 }
@@ -288,8 +843,10 @@ static bq_status redis_range(bq_broker *b, const char *queue, enum bq_list which
                              long stop, struct bq_batch *out, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char key[512], s1[24], s2[24];
-    bq_status st = queue_key(queue, which, key, sizeof key, err);
+    if (which != BQ_LIST_READY && which != BQ_LIST_DEAD)
+        return bq_err_set(err, BQ_EINVAL, "range reads the queue or its dead-letter list only");
+    char key[KEY_MAX], s1[24], s2[24];
+    bq_status st = queue_key(queue, which, key, err);
     bq_conn *c;
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
@@ -303,6 +860,81 @@ static bq_status redis_range(bq_broker *b, const char *queue, enum bq_list which
     st = take_strings(rep, out);
     freeReplyObject(rep);
     return st == BQ_OK ? BQ_OK : bq_err_set(err, st, "LRANGE: out of memory");
+}
+
+static bq_status redis_dlq_requeue(bq_broker *b, const char *queue, struct bq_slice entry,
+                                   bool *done, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    char dlq[KEY_MAX];
+    bq_status st = derive(queue, "dlq", dlq, err);
+    if (st != BQ_OK)
+        return st;
+    const char *keys[] = {dlq, queue};
+    const char *args[] = {entry.p};
+    size_t lens[] = {entry.len};
+    long long res = 0;
+    st = pooled_script(r, S_REQUEUE, 2, keys, 1, args, lens, &res, err);
+    *done = res == 1;
+    return st;
+}
+
+static bq_status redis_dlq_remove(bq_broker *b, const char *queue, struct bq_slice entry,
+                                  bool *done, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    char dlq[KEY_MAX];
+    bq_status st = derive(queue, "dlq", dlq, err);
+    bq_conn *c;
+    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
+        return st;
+    const char *argv[] = {"LREM", dlq, "1", entry.p};
+    size_t lens[] = {4, strlen(dlq), 1, entry.len};
+    redisReply *rep;
+    st = bq_conn_call(c, &rep, err, 4, argv, lens);
+    bq_pool_return(r->pool, c);
+    if (st != BQ_OK)
+        return st;
+    *done = rep->type == REDIS_REPLY_INTEGER && rep->integer > 0;
+    freeReplyObject(rep);
+    return BQ_OK;
+}
+
+static bq_status redis_dlq_purge(bq_broker *b, const char *queue, long long *count, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    char dlq[KEY_MAX];
+    bq_status st = derive(queue, "dlq", dlq, err);
+    bq_conn *c;
+    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
+        return st;
+    /* LLEN and DEL in one MULTI, so the count is what was deleted. */
+    const char *multi[] = {"MULTI"}, *llen[] = {"LLEN", dlq}, *del[] = {"DEL", dlq},
+               *exec[] = {"EXEC"};
+    st = bq_conn_append(c, 1, multi, NULL, err);
+    if (st == BQ_OK)
+        st = bq_conn_append(c, 2, llen, NULL, err);
+    if (st == BQ_OK)
+        st = bq_conn_append(c, 2, del, NULL, err);
+    if (st == BQ_OK)
+        st = bq_conn_append(c, 1, exec, NULL, err);
+    double deadline = bq_now_mono() + r->command_timeout;
+    if (st == BQ_OK)
+        st = bq_conn_flush(c, deadline, -1, err);
+    *count = 0;
+    for (int i = 0; i < 4 && st == BQ_OK; i++) {
+        redisReply *rep;
+        st = bq_conn_read(c, &rep, deadline, -1, err);
+        if (st != BQ_OK)
+            break;
+        st = bq_reply_check(rep, i == 3 ? "EXEC" : "MULTI", err);
+        if (st == BQ_OK && i == 3 && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+            rep->element[0]->type == REDIS_REPLY_INTEGER)
+            *count = rep->element[0]->integer;
+        freeReplyObject(rep);
+    }
+    bq_pool_return(r->pool, c);
+    return st;
 }
 
 static bq_status redis_ping(bq_broker *b, double *rtt, bq_err *err)
@@ -336,8 +968,25 @@ static void redis_free(bq_broker *b)
 }
 
 static const struct bq_broker_ops redis_ops = {
-    redis_push, redis_fetch, redis_interrupt, redis_length, redis_dead_letter, redis_range,
-    redis_ping, redis_pool_stats, redis_free,
+    .push = redis_push,
+    .fetch = redis_fetch,
+    .interrupt = redis_interrupt,
+    .ack = redis_ack,
+    .retry = redis_retry,
+    .bury = redis_bury,
+    .handback = redis_handback,
+    .promote = redis_promote,
+    .heartbeat = redis_heartbeat,
+    .reap = redis_reap,
+    .unregister = redis_unregister,
+    .length = redis_length,
+    .range = redis_range,
+    .dlq_requeue = redis_dlq_requeue,
+    .dlq_remove = redis_dlq_remove,
+    .dlq_purge = redis_dlq_purge,
+    .ping = redis_ping,
+    .pool_stats = redis_pool_stats,
+    .free = redis_free,
 };
 
 bq_status bq_broker_open_redis(const struct bq_broker_config *cfg, bq_broker **out,
@@ -364,6 +1013,7 @@ bq_status bq_broker_open_redis(const struct bq_broker_config *cfg, bq_broker **o
     r->base.ops = &redis_ops;
     r->base.kind = "redis";
     r->fetch_id = -1;
+    r->command_timeout = cfg->command_timeout > 0 ? cfg->command_timeout : 5.0;
     r->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     bq_url_address(&url, r->base.address, sizeof r->base.address);
     struct bq_conn_opts opts = {cfg->connect_timeout, cfg->command_timeout};

@@ -19,6 +19,11 @@
 #define BQ_DEFAULT_BLOCK_TIMEOUT 5.0
 #define BQ_DEFAULT_CONCURRENCY 1
 #define BQ_DEFAULT_MAX_MESSAGE_SIZE (1024 * 1024)
+#define BQ_DEFAULT_LEASE 30.0            /* seconds; renewed every lease/3 */
+#define BQ_DEFAULT_SHUTDOWN_TIMEOUT 30.0 /* seconds running handlers get after SIGTERM */
+#define BQ_DEFAULT_MAX_ATTEMPTS 5
+#define BQ_DEFAULT_RETRY_BASE 1.0        /* seconds: full-jitter backoff from 1 s ... */
+#define BQ_DEFAULT_RETRY_CAP 300.0       /* ... up to 5 min */
 
 struct bq_config {
     char *url;            /* owned; NULL means the in-memory scheduler */

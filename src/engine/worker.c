@@ -1,15 +1,21 @@
 /*
  * worker.c -- see worker.h.
  *
- * Locking: one mutex `mu` guards the ready ring, the counters inflight/running, the lifecycle
- * flags and the slot-init bookkeeping. Slots wait on cv_task, the dispatcher on cv_space, the
- * starter on cv_init. The event queue has its own mutex and an eventfd so the owner thread
- * can poll it together with a signal descriptor.
+ * Locking: one mutex `mu` guards the ready ring, the counters inflight/running, the pending
+ * acknowledgements, the lifecycle flags and each slot's `current`/`running`. Slots wait on
+ * cv_task, the dispatcher on cv_space, the starter on cv_init. The heartbeat thread has its
+ * own mutex and condition variable. The event queue has its own mutex and an eventfd so the
+ * owner thread can poll it together with a signal descriptor.
+ *
+ * Message ownership: a fetched message is owned by the ring, then by the slot running it
+ * (slot->current), then either freed by the slot or moved into the pending acks, which the
+ * dispatcher sends with its next fetch.
  */
 #include "worker.h"
 
 #include "../core/alloc.h"
 #include "../core/backoff.h"
+#include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
@@ -17,9 +23,7 @@
 
 #include <errno.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -28,7 +32,8 @@
 
 #define RECONNECT_BASE 0.1  /* seconds; first reconnect delay is 50-100 ms */
 #define RECONNECT_CAP 5.0   /* seconds; the delay never exceeds this */
-#define DLQ_ATTEMPTS 6      /* tries to write a dead-letter entry before giving up */
+#define OP_ATTEMPTS 6       /* tries of a retry/dead-letter/hand-back write before giving up */
+#define SHUTDOWN_GRACE 2.0  /* seconds interrupted handlers get before they are abandoned */
 
 struct event_node {
     struct bq_event ev;
@@ -40,16 +45,20 @@ struct slot {
     int index;
     pthread_t thread;
     void *state;
+    struct bq_slot_ctl ctl;
+    struct bq_msg current; /* the message being handled; guarded by w->mu */
+    bool running;          /* guarded by w->mu */
+    bool exited;           /* guarded by w->mu */
 };
 
 struct bq_worker {
     char id[96];
     char *queue;            /* owned */
     bq_broker *broker;      /* owned */
+    struct bq_lessee who;
     int concurrency;
-    double block_timeout;
+    double block_timeout, lease, shutdown_timeout;
     bool want_results;
-    bool drain;
     struct bq_slot_ops ops;
     void *ud;
 
@@ -58,18 +67,29 @@ struct bq_worker {
     struct bq_msg *ring;    /* ready messages, capacity = concurrency */
     int ring_head, ring_n;
     int inflight;           /* fetched and not yet finished: in the ring or running */
-    bool started, stopping, dispatcher_done, joined;
+    int running;
+    struct bq_batch acks;   /* finished messages waiting to be acknowledged */
+    bool drain, started, stopping, dispatcher_done, joined, abandoned, registered;
+    double last_beat;       /* when the lease was last renewed (or a renewal sent) */
+    bool fetch_blocking;
+    bool delayed_waiting;   /* the last promotion saw retries waiting for a later time */
+    double stop_at, next_promote, block_until;
     int inits_done, init_failures, slots_alive;
     bq_err init_err;
     struct slot *slots;
-    pthread_t dispatcher;
-    bool dispatcher_started;
+    pthread_t dispatcher, heartbeat;
+    bool dispatcher_started, heartbeat_started;
+
+    pthread_mutex_t hb_mu;
+    pthread_cond_t hb_cv;
+    bool hb_stop;
 
     pthread_mutex_t ev_mu;
     struct event_node *ev_head, *ev_tail;
     int evfd;
 
-    atomic_llong n_fetched, n_completed, n_failed, n_malformed, n_dead;
+    atomic_llong n_fetched, n_completed, n_failed, n_retried, n_dead, n_dropped, n_malformed,
+        n_skipped, n_handed_back, n_lease_lost, n_reaped;
 };
 
 const char *bq_worker_id(const bq_worker *w)
@@ -87,20 +107,51 @@ bq_broker *bq_worker_broker(bq_worker *w)
     return w->broker;
 }
 
+bool bq_slot_sleep(struct bq_slot_ctl *ctl, double seconds)
+{
+    double deadline = bq_now_mono() + seconds;
+    pthread_mutex_lock(&ctl->mu);
+    while (!atomic_load(&ctl->interrupt)) {
+        double left = deadline - bq_now_mono();
+        if (left <= 0)
+            break;
+        bq_cond_wait_for(&ctl->cv, &ctl->mu, left);
+    }
+    bool done = !atomic_load(&ctl->interrupt);
+    pthread_mutex_unlock(&ctl->mu);
+    return done;
+}
+
+static void interrupt_slot(struct slot *s)
+{
+    pthread_mutex_lock(&s->ctl.mu);
+    atomic_store(&s->ctl.interrupt, 1);
+    pthread_cond_broadcast(&s->ctl.cv);
+    pthread_mutex_unlock(&s->ctl.mu);
+}
+
+/* ---- Events -------------------------------------------------------------------------------- */
+
+static void outcome_free(struct bq_outcome *o)
+{
+    bq_free(o->reason);
+    bq_free(o->json);
+    bq_free(o->header);
+    o->reason = o->json = o->header = NULL;
+}
+
 void bq_event_clear(struct bq_event *ev)
 {
-    bq_free(ev->outcome.reason);
-    bq_free(ev->outcome.json);
+    outcome_free(&ev->outcome);
     memset(ev, 0, sizeof *ev);
 }
 
 /* Queues an event and wakes the owner. Takes ownership of ev's strings. */
-static void push_event(bq_worker *w, const struct bq_event *ev)
+static void push_event(bq_worker *w, struct bq_event *ev)
 {
     struct event_node *n = bq_calloc(1, sizeof *n);
     if (n == NULL) {
-        struct bq_event tmp = *ev;
-        bq_event_clear(&tmp);
+        bq_event_clear(ev);
         bq_log(BQ_LOG_ERROR, "event_dropped", "worker", w->id, "reason", "out of memory",
                NULL);
         return;
@@ -167,79 +218,250 @@ void bq_worker_next_event(bq_worker *w, double timeout, int sigfd, struct bq_eve
     }
 }
 
-/* ---- Outcome handling (slot threads) ------------------------------------------------------ */
+/* ---- Outcomes (slot threads) --------------------------------------------------------------- */
 
-/* Writes a dead-letter entry, retrying with backoff: losing it would lose the task. */
-static void dead_letter(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome *out)
+static struct bq_slice slice_of(const struct bq_msg *m)
 {
+    return (struct bq_slice){m->data, m->len};
+}
+
+/* Runs a broker write that must not be lost, retrying with backoff while Redis is away. */
+#define WITH_RETRIES(w, what, task_id, call)                                                 \
+    do {                                                                                      \
+        for (int attempt_ = 0; attempt_ < OP_ATTEMPTS; attempt_++) {                         \
+            bq_err_clear(&err);                                                               \
+            st = (call);                                                                      \
+            if (st == BQ_OK)                                                                  \
+                break;                                                                        \
+            bq_log(BQ_LOG_ERROR, "redis_error", "op", what, "task_id", task_id, "queue",      \
+                   (w)->queue, "worker", (w)->id, "error", err.msg, "code",                   \
+                   bq_status_name(st), NULL);                                                 \
+            bq_sleep(bq_backoff_delay(attempt_, 0.2, 3.0, BQ_JITTER_EQUAL,                    \
+                                      bq_random_unit()));                                     \
+        }                                                                                     \
+    } while (0)
+
+/* When a write that carries a task could not be made: in at-least-once mode the task stays
+ * leased and comes back when this worker's lease ends; in at-most-once mode the log is the
+ * last place it exists. */
+static void write_failed(bq_worker *w, const char *what, const char *tid,
+                         const struct bq_msg *msg)
+{
+    if (w->who.delivery == BQ_AT_LEAST_ONCE) {
+        bq_log(BQ_LOG_ERROR, "write_failed", "op", what, "task_id", tid, "queue", w->queue,
+               "worker", w->id, "outcome", "the task stays leased and is redelivered later",
+               NULL);
+        return;
+    }
+    char len[24];
+    snprintf(len, sizeof len, "%zu", msg->len);
+    bq_log(BQ_LOG_ERROR, "write_failed", "op", what, "task_id", tid, "queue", w->queue,
+           "worker", w->id, "#bytes", len, "message", msg->data, NULL);
+}
+
+static void lease_lost(bq_worker *w, const char *op, const char *tid)
+{
+    atomic_fetch_add(&w->n_lease_lost, 1);
+    bq_log(BQ_LOG_WARN, "lease_lost", "op", op, "task_id", tid, "queue", w->queue, "worker",
+           w->id, "outcome", "the task went back to the queue meanwhile; it may run again",
+           NULL);
+}
+
+/* Dead-letters msg (its original part) with the outcome's reason. */
+static void bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome *out,
+                 const char *tid)
+{
+    size_t off = out->body <= msg->len ? out->body : 0;
     struct bq_dlq_info info = {
+        out->header,
         out->reason ? out->reason : "unknown",
-        out->kind == BQ_OUTCOME_FAILED ? out->json : NULL,
-        out->task_id[0] ? out->task_id : NULL,
+        out->kind == BQ_OUTCOME_MALFORMED ? NULL : out->json,
+        tid,
         out->type[0] ? out->type : NULL,
         w->queue,
         w->id,
-        out->kind == BQ_OUTCOME_FAILED ? 1 : 0,
+        out->kind == BQ_OUTCOME_MALFORMED ? 0 : out->attempt,
     };
     struct bq_msg entry;
     bq_err err;
-    bq_status st = bq_dlq_entry(&info, msg->data, msg->len, &entry);
-    for (int attempt = 0; st == BQ_OK && attempt < DLQ_ATTEMPTS; attempt++) {
-        st = w->broker->ops->dead_letter(w->broker, w->queue, entry.data, entry.len, &err);
-        if (st == BQ_OK) {
-            atomic_fetch_add(&w->n_dead, 1);
-            bq_log(BQ_LOG_WARN, "dead_lettered", "task_id", info.task_id, "queue", w->queue,
-                   "worker", w->id, "reason", info.reason, NULL);
-            bq_free(entry.data);
-            return;
-        }
-        bq_log(BQ_LOG_ERROR, "redis_error", "op", "dead_letter", "queue", w->queue, "worker",
-               w->id, "error", err.msg, "code", bq_status_name(st), NULL);
-        bq_sleep(bq_backoff_delay(attempt, 0.2, 3.0, BQ_JITTER_EQUAL, bq_random_unit()));
-        st = BQ_OK;
-    }
-    /* Last resort: the message goes to the log, so an operator can still recover it. */
-    char len[24];
-    snprintf(len, sizeof len, "%zu", msg->len);
-    bq_log(BQ_LOG_ERROR, "dead_letter_failed", "task_id", info.task_id, "queue", w->queue,
-           "worker", w->id, "reason", info.reason, "#bytes", len, "message", msg->data, NULL);
+    bq_status st = bq_dlq_entry(&info, msg->data + off, msg->len - off, &entry);
+    bool held = false;
+    if (st == BQ_OK)
+        WITH_RETRIES(w, "dead_letter", tid,
+                     w->broker->ops->bury(w->broker, &w->who, slice_of(msg), slice_of(&entry),
+                                          &held, &err));
     bq_free(entry.data);
+    if (st != BQ_OK) {
+        write_failed(w, "dead_letter", tid, msg);
+    } else if (!held) {
+        lease_lost(w, "dead_letter", tid);
+    } else {
+        atomic_fetch_add(&w->n_dead, 1);
+        char n[16];
+        snprintf(n, sizeof n, "%d", out->attempt);
+        bq_log(BQ_LOG_WARN, "dead_lettered", "task_id", tid, "queue", w->queue, "worker",
+               w->id, "#attempts", n, "reason", info.reason, NULL);
+    }
 }
 
-static void finish(bq_worker *w, const struct bq_msg *msg, struct bq_outcome *out,
-                   double duration)
+static void retry(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome *out,
+                  const char *tid)
+{
+    size_t off = out->body <= msg->len ? out->body : 0;
+    bq_buf next = BQ_BUF_INIT;
+    bq_buf_puts(&next, out->header ? out->header : "#bq {}");
+    bq_buf_putc(&next, '\n');
+    bq_buf_append(&next, msg->data + off, msg->len - off);
+    bq_err err;
+    bq_status st = next.oom ? bq_err_set(&err, BQ_ENOMEM, "retry: out of memory") : BQ_OK;
+    bool held = false;
+    if (st == BQ_OK)
+        WITH_RETRIES(w, "retry", tid,
+                     w->broker->ops->retry(w->broker, &w->who, slice_of(msg),
+                                           (struct bq_slice){next.p, next.len}, out->delay,
+                                           &held, &err));
+    bq_buf_free(&next);
+    if (st != BQ_OK) {
+        write_failed(w, "retry", tid, msg);
+        return;
+    }
+    if (!held) {
+        lease_lost(w, "retry", tid);
+        return;
+    }
+    atomic_fetch_add(&w->n_retried, 1);
+    char n[16], d[32];
+    snprintf(n, sizeof n, "%d", out->attempt);
+    snprintf(d, sizeof d, "%.3f", out->delay);
+    bq_log(BQ_LOG_INFO, "retry_scheduled", "task_id", tid, "queue", w->queue, "worker", w->id,
+           "#attempt", n, "#delay_s", d, "error", out->reason, NULL);
+    /* Promote it on time: bring the dispatcher's next promotion forward, waking a blocked
+     * fetch if it would sleep past the due time. */
+    double due = bq_now_mono() + out->delay;
+    pthread_mutex_lock(&w->mu);
+    bool wake = false;
+    w->delayed_waiting = true;
+    if (due < w->next_promote) {
+        w->next_promote = due;
+        wake = w->fetch_blocking && w->block_until > due;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (wake)
+        w->broker->ops->interrupt(w->broker);
+}
+
+static void handback(bq_worker *w, const struct bq_slice *msgs, size_t n, const char *why)
+{
+    if (n == 0)
+        return;
+    size_t count = 0;
+    bq_err err;
+    bq_status st;
+    WITH_RETRIES(w, "hand_back", (const char *)NULL,
+                 w->broker->ops->handback(w->broker, &w->who, msgs, n, &count, &err));
+    char k[24];
+    snprintf(k, sizeof k, "%zu", count);
+    if (st == BQ_OK) {
+        atomic_fetch_add(&w->n_handed_back, (long long)count);
+        bq_log(BQ_LOG_INFO, "handed_back", "queue", w->queue, "worker", w->id, "#count", k,
+               "reason", why, NULL);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            struct bq_msg m = {(char *)msgs[i].p, msgs[i].len};
+            write_failed(w, "hand_back", NULL, &m);
+        }
+    }
+}
+
+/* Acknowledges one message. Returns true if the message's ownership moved to the pending
+ * acks (the dispatcher sends them with its next fetch); false if the caller still owns it. */
+static bool ack(bq_worker *w, struct bq_msg *msg, const char *tid)
+{
+    if (w->who.delivery != BQ_AT_LEAST_ONCE)
+        return false;
+    pthread_mutex_lock(&w->mu);
+    if (!w->fetch_blocking && !w->stopping && bq_batch_take(&w->acks, *msg) == BQ_OK) {
+        pthread_mutex_unlock(&w->mu);
+        return true;
+    }
+    pthread_mutex_unlock(&w->mu);
+    /* The dispatcher is blocked in a fetch (or stopping): acknowledge directly. */
+    size_t acked = 0;
+    bq_err err;
+    bq_status st;
+    struct bq_slice s = slice_of(msg);
+    WITH_RETRIES(w, "ack", tid, w->broker->ops->ack(w->broker, &w->who, &s, 1, &acked, &err));
+    if (st == BQ_OK && acked == 0)
+        lease_lost(w, "ack", tid);
+    else if (st != BQ_OK)
+        write_failed(w, "ack", tid, msg);
+    return false;
+}
+
+static const char *const outcome_names[] = {
+    "completed", "skipped", "retry", "dead", "dropped", "malformed", "interrupted",
+};
+
+/* Carries out a slot's decision about msg. Returns true if msg's ownership moved on. */
+static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, double duration)
 {
     char ms[32];
     snprintf(ms, sizeof ms, "%.3f", duration * 1000.0);
     const char *tid = out->task_id[0] ? out->task_id : NULL;
     const char *type = out->type[0] ? out->type : NULL;
+    bool moved = false;
     switch (out->kind) {
     case BQ_OUTCOME_COMPLETED:
         atomic_fetch_add(&w->n_completed, 1);
         bq_log(BQ_LOG_INFO, "completed", "task_id", tid, "type", type, "queue", w->queue,
                "worker", w->id, "#duration_ms", ms, NULL);
+        moved = ack(w, msg, tid);
         break;
-    case BQ_OUTCOME_FAILED:
+    case BQ_OUTCOME_SKIPPED:
+        atomic_fetch_add(&w->n_skipped, 1);
+        bq_log(BQ_LOG_INFO, "skipped", "task_id", tid, "type", type, "queue", w->queue,
+               "worker", w->id, "reason", out->reason, NULL);
+        moved = ack(w, msg, tid);
+        break;
+    case BQ_OUTCOME_DROPPED:
+        atomic_fetch_add(&w->n_failed, 1);
+        atomic_fetch_add(&w->n_dropped, 1);
+        bq_log(BQ_LOG_WARN, "dropped", "task_id", tid, "type", type, "queue", w->queue,
+               "worker", w->id, "error", out->reason, NULL);
+        moved = ack(w, msg, tid);
+        break;
+    case BQ_OUTCOME_RETRY:
         atomic_fetch_add(&w->n_failed, 1);
         bq_log(BQ_LOG_WARN, "failed", "task_id", tid, "type", type, "queue", w->queue,
                "worker", w->id, "#duration_ms", ms, "error", out->reason, NULL);
-        dead_letter(w, msg, out);
+        retry(w, msg, out, tid);
+        break;
+    case BQ_OUTCOME_DEAD:
+        atomic_fetch_add(&w->n_failed, 1);
+        bq_log(BQ_LOG_WARN, "failed", "task_id", tid, "type", type, "queue", w->queue,
+               "worker", w->id, "#duration_ms", ms, "error", out->reason, NULL);
+        bury(w, msg, out, tid);
         break;
     case BQ_OUTCOME_MALFORMED:
         atomic_fetch_add(&w->n_malformed, 1);
         bq_log(BQ_LOG_WARN, "malformed", "task_id", tid, "queue", w->queue, "worker", w->id,
                "reason", out->reason, NULL);
-        dead_letter(w, msg, out);
+        bury(w, msg, out, tid);
         break;
+    case BQ_OUTCOME_INTERRUPTED: {
+        struct bq_slice s = slice_of(msg);
+        handback(w, &s, 1, out->reason ? out->reason : "interrupted");
+        break;
+    }
     }
     if (w->want_results) {
         struct bq_event ev = {BQ_EVENT_RESULT, *out, duration};
         push_event(w, &ev); /* takes the strings */
+        memset(out, 0, sizeof *out);
     } else {
-        bq_free(out->reason);
-        bq_free(out->json);
+        outcome_free(out);
     }
-    out->reason = out->json = NULL;
+    return moved;
 }
 
 /* ---- Slot threads -------------------------------------------------------------------------- */
@@ -250,7 +472,7 @@ static void *slot_main(void *arg)
     bq_worker *w = s->w;
     bq_err err;
     bq_err_clear(&err);
-    bq_status st = w->ops.init(w->ud, s->index, &s->state, &err);
+    bq_status st = w->ops.init(w->ud, s->index, &s->ctl, &s->state, &err);
     pthread_mutex_lock(&w->mu);
     w->inits_done++;
     if (st != BQ_OK && w->init_failures++ == 0)
@@ -263,7 +485,7 @@ static void *slot_main(void *arg)
 
     while (st == BQ_OK) {
         pthread_mutex_lock(&w->mu);
-        while (w->ring_n == 0 && !(w->stopping && w->dispatcher_done))
+        while (w->ring_n == 0 && !w->dispatcher_done)
             pthread_cond_wait(&w->cv_task, &w->mu);
         if (w->ring_n == 0) {
             pthread_mutex_unlock(&w->mu);
@@ -272,58 +494,321 @@ static void *slot_main(void *arg)
         struct bq_msg msg = w->ring[w->ring_head];
         w->ring_head = (w->ring_head + 1) % w->concurrency;
         w->ring_n--;
+        s->current = msg;
+        s->running = true;
+        w->running++;
         pthread_mutex_unlock(&w->mu);
 
         struct bq_outcome out;
         memset(&out, 0, sizeof out);
+        out.attempt = 1;
         double t0 = bq_now_mono();
         w->ops.handle(s->state, &msg, &out);
-        finish(w, &msg, &out, bq_now_mono() - t0);
-        bq_free(msg.data);
 
         pthread_mutex_lock(&w->mu);
+        bool abandoned = w->abandoned;
+        pthread_mutex_unlock(&w->mu);
+        bool moved = false;
+        if (abandoned) /* its task was handed back at the deadline; the process is leaving */
+            outcome_free(&out);
+        else
+            moved = finish(w, &msg, &out, bq_now_mono() - t0);
+
+        pthread_mutex_lock(&w->mu);
+        s->running = false;
+        s->current = (struct bq_msg){NULL, 0};
+        w->running--;
         w->inflight--;
+        atomic_store(&s->ctl.interrupt, 0);
         pthread_cond_signal(&w->cv_space);
         pthread_mutex_unlock(&w->mu);
+        if (!moved)
+            bq_free(msg.data);
+        if (abandoned)
+            return NULL; /* the worker is left allocated for us; touch nothing else */
     }
     /* A failed init cleans up after itself; only a slot that started is finalised. */
     if (st == BQ_OK && w->ops.fini != NULL)
         w->ops.fini(s->state);
-
     pthread_mutex_lock(&w->mu);
-    bool last = --w->slots_alive == 0 && w->started;
+    w->slots_alive--;
+    s->exited = true;
+    pthread_cond_broadcast(&w->cv_space);
     pthread_mutex_unlock(&w->mu);
-    if (last) {
-        struct bq_event ev;
-        memset(&ev, 0, sizeof ev);
-        ev.kind = BQ_EVENT_STOPPED;
-        push_event(w, &ev);
-    }
     return NULL;
 }
 
+/* ---- Heartbeat ----------------------------------------------------------------------------
+ * The lease is renewed every lease/3. While the dispatcher fetches, its round trips carry
+ * the renewal; this thread renews it when they do not (every slot busy with a long handler,
+ * or Redis slow to answer), so a handler blocked for minutes keeps its task. */
+
+/* Moves the tasks of workers whose lease ran out back to the queue. */
+static void reap_dead(bq_worker *w, struct bq_batch *dead)
+{
+    for (size_t i = 0; i < dead->n; i++) {
+        long long recovered = -1;
+        bq_err err;
+        bq_status st = w->broker->ops->reap(w->broker, w->queue, dead->msgs[i].data, &recovered,
+                                            &err);
+        if (st != BQ_OK) {
+            bq_log(BQ_LOG_ERROR, "redis_error", "op", "reap", "queue", w->queue, "worker",
+                   w->id, "error", err.msg, "code", bq_status_name(st), NULL);
+        } else if (recovered >= 0) {
+            char n[24];
+            snprintf(n, sizeof n, "%lld", recovered);
+            atomic_fetch_add(&w->n_reaped, recovered);
+            bq_log(BQ_LOG_WARN, "reaped", "queue", w->queue, "worker", w->id, "dead_worker",
+                   dead->msgs[i].data, "#recovered", n, NULL);
+        }
+    }
+    bq_batch_clear(dead);
+}
+
+static void *heartbeat_main(void *arg)
+{
+    bq_worker *w = arg;
+    int failures = 0;
+    struct bq_batch dead = {NULL, 0, 0};
+    double period = w->lease / 3;
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        double due = w->last_beat + period;
+        pthread_mutex_unlock(&w->mu);
+        double now = bq_now_mono();
+        if (now >= due) {
+            bq_err err;
+            bq_status st = w->broker->ops->heartbeat(w->broker, &w->who, w->lease, &dead, &err);
+            if (st == BQ_OK) {
+                failures = 0;
+                pthread_mutex_lock(&w->mu);
+                if (w->last_beat < now)
+                    w->last_beat = now;
+                w->registered = true;
+                pthread_mutex_unlock(&w->mu);
+                reap_dead(w, &dead);
+                due = now + period;
+            } else {
+                bq_log(BQ_LOG_ERROR, "redis_error", "op", "heartbeat", "queue", w->queue,
+                       "worker", w->id, "error", err.msg, "code", bq_status_name(st), NULL);
+                due = now + bq_backoff_delay(failures++, RECONNECT_BASE, RECONNECT_CAP,
+                                             BQ_JITTER_EQUAL, bq_random_unit());
+            }
+        }
+        pthread_mutex_lock(&w->hb_mu);
+        double wait = due - bq_now_mono();
+        if (!w->hb_stop && wait > 0)
+            bq_cond_wait_for(&w->hb_cv, &w->hb_mu, wait);
+        bool stop = w->hb_stop;
+        pthread_mutex_unlock(&w->hb_mu);
+        if (stop)
+            break;
+    }
+    bq_batch_free(&dead);
+    return NULL;
+}
+
+static void stop_heartbeat(bq_worker *w)
+{
+    if (!w->heartbeat_started)
+        return;
+    pthread_mutex_lock(&w->hb_mu);
+    w->hb_stop = true;
+    pthread_cond_broadcast(&w->hb_cv);
+    pthread_mutex_unlock(&w->hb_mu);
+    pthread_join(w->heartbeat, NULL);
+    w->heartbeat_started = false;
+}
+
 /* ---- Dispatcher ---------------------------------------------------------------------------- */
+
+/* Acknowledges the pending acks directly (shutdown). */
+static void flush_acks(bq_worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    struct bq_batch acks = w->acks;
+    memset(&w->acks, 0, sizeof w->acks);
+    pthread_mutex_unlock(&w->mu);
+    if (acks.n > 0) {
+        struct bq_slice *s = bq_calloc(acks.n, sizeof *s);
+        for (size_t i = 0; s != NULL && i < acks.n; i++)
+            s[i] = slice_of(&acks.msgs[i]);
+        size_t acked = 0;
+        bq_err err;
+        bq_status st = BQ_ENOMEM;
+        if (s != NULL)
+            WITH_RETRIES(w, "ack", (const char *)NULL,
+                         w->broker->ops->ack(w->broker, &w->who, s, acks.n, &acked, &err));
+        if (st != BQ_OK)
+            bq_log(BQ_LOG_ERROR, "write_failed", "op", "ack", "queue", w->queue, "worker",
+                   w->id, "outcome", "the tasks stay leased and are redelivered later", NULL);
+        bq_free(s);
+    }
+    bq_batch_free(&acks);
+}
+
+/* The shutdown: hand back what has not started, give running handlers until the deadline,
+ * interrupt them, and finally abandon the stuck ones (their tasks handed back). */
+static void shut_down(bq_worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    size_t n = (size_t)w->ring_n;
+    struct bq_msg *left = bq_calloc(n ? n : 1, sizeof *left);
+    for (size_t i = 0; left != NULL && i < n; i++) {
+        left[i] = w->ring[w->ring_head];
+        w->ring_head = (w->ring_head + 1) % w->concurrency;
+    }
+    if (left != NULL) {
+        w->ring_n = 0;
+        w->inflight -= (int)n;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (left != NULL && n > 0) {
+        struct bq_slice *s = bq_calloc(n, sizeof *s);
+        for (size_t i = 0; s != NULL && i < n; i++)
+            s[i] = slice_of(&left[i]);
+        if (s != NULL)
+            handback(w, s, n, "shutdown: not started");
+        bq_free(s);
+        for (size_t i = 0; i < n; i++)
+            bq_free(left[i].data);
+    }
+    bq_free(left);
+    flush_acks(w);
+
+    pthread_mutex_lock(&w->mu);
+    double deadline = w->stop_at + w->shutdown_timeout;
+    while (w->running > 0 && bq_now_mono() < deadline)
+        bq_cond_wait_for(&w->cv_space, &w->mu, deadline - bq_now_mono());
+    if (w->running > 0) {
+        char k[16];
+        snprintf(k, sizeof k, "%d", w->running);
+        bq_log(BQ_LOG_WARN, "shutdown_deadline", "queue", w->queue, "worker", w->id,
+               "#running", k, "outcome", "interrupting running handlers", NULL);
+        for (int i = 0; i < w->concurrency; i++) {
+            if (w->slots[i].running)
+                interrupt_slot(&w->slots[i]);
+        }
+        deadline = bq_now_mono() + SHUTDOWN_GRACE;
+        while (w->running > 0 && bq_now_mono() < deadline)
+            bq_cond_wait_for(&w->cv_space, &w->mu, deadline - bq_now_mono());
+    }
+    struct bq_slice stuck[64];
+    struct bq_msg copies[64];
+    size_t nstuck = 0;
+    if (w->running > 0) {
+        w->abandoned = true;
+        for (int i = 0; i < w->concurrency && nstuck < 64; i++) {
+            struct slot *s = &w->slots[i];
+            if (!s->running || s->current.data == NULL)
+                continue;
+            copies[nstuck].data = bq_strndup(s->current.data, s->current.len);
+            copies[nstuck].len = s->current.len;
+            if (copies[nstuck].data != NULL) {
+                stuck[nstuck] = slice_of(&copies[nstuck]);
+                nstuck++;
+            }
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (nstuck > 0) {
+        char k[16];
+        snprintf(k, sizeof k, "%zu", nstuck);
+        bq_log(BQ_LOG_ERROR, "handlers_abandoned", "queue", w->queue, "worker", w->id,
+               "#count", k, "outcome", "their tasks go back to the queue now", NULL);
+        handback(w, stuck, nstuck, "shutdown: handler did not stop");
+        for (size_t i = 0; i < nstuck; i++)
+            bq_free(copies[i].data);
+    }
+}
 
 static void *dispatcher_main(void *arg)
 {
     bq_worker *w = arg;
     struct bq_batch batch = {NULL, 0, 0};
+    struct bq_batch acks = {NULL, 0, 0};
+    struct bq_fetch_res res;
+    memset(&res, 0, sizeof res);
+    struct bq_slice *ack_slices = NULL;
+    size_t ack_cap = 0;
     int failures = 0;
+    bool lease = w->who.delivery == BQ_AT_LEAST_ONCE;
+    double period = w->lease / 3;
     bq_err err;
     for (;;) {
         pthread_mutex_lock(&w->mu);
-        while (!w->stopping && w->inflight >= w->concurrency)
+        while (!w->stopping && w->inflight >= w->concurrency && w->acks.n == 0)
             pthread_cond_wait(&w->cv_space, &w->mu);
+        if (w->stopping) {
+            pthread_mutex_unlock(&w->mu);
+            break;
+        }
+        acks = w->acks;
+        memset(&w->acks, 0, sizeof w->acks);
         int want = w->concurrency - w->inflight;
         int seen_inflight = w->inflight;
-        bool stop = w->stopping, drain = w->drain;
+        bool drain = w->drain;
+        double now = bq_now_mono();
+        struct bq_fetch_req req;
+        memset(&req, 0, sizeof req);
+        /* Until the lease is registered, a round trip only registers it: no task is ever
+         * leased by a worker that nobody could reap. */
+        req.max = !lease || w->registered ? (size_t)(want > 0 ? want : 0) : 0;
+        req.timeout = drain || req.max == 0 ? 0 : w->block_timeout;
+        req.promote = now >= w->next_promote;
+        if (req.timeout > 0 && !req.promote && w->next_promote - now < req.timeout)
+            req.timeout = w->next_promote - now > 0.001 ? w->next_promote - now : 0.001;
+        /* Renew the lease in this round trip if it would come due before it returns. */
+        double prev_beat = w->last_beat;
+        if (lease && now + req.timeout >= w->last_beat + period) {
+            req.lease = w->lease;
+            w->last_beat = now;
+        }
+        w->fetch_blocking = req.timeout > 0;
+        w->block_until = now + req.timeout;
         pthread_mutex_unlock(&w->mu);
-        if (stop)
-            break;
 
+        if (acks.n > ack_cap) {
+            bq_free(ack_slices);
+            ack_cap = acks.cap;
+            ack_slices = bq_calloc(ack_cap, sizeof *ack_slices);
+            if (ack_slices == NULL)
+                ack_cap = 0;
+        }
+        req.nacks = ack_slices != NULL ? acks.n : 0;
+        req.acks = ack_slices;
+        for (size_t i = 0; i < req.nacks; i++)
+            ack_slices[i] = slice_of(&acks.msgs[i]);
         bq_err_clear(&err);
-        bq_status st = w->broker->ops->fetch(w->broker, w->queue, (size_t)want,
-                                             drain ? 0 : w->block_timeout, &batch, &err);
+        bq_status st = w->broker->ops->fetch(w->broker, &w->who, &req, &res, &batch, &err);
+
+        pthread_mutex_lock(&w->mu);
+        w->fetch_blocking = false;
+        if (st != BQ_OK || req.nacks < acks.n) {
+            /* The acks may not have been applied: keep them for the next round. */
+            for (size_t i = 0; i < acks.n; i++) {
+                if (bq_batch_take(&w->acks, acks.msgs[i]) != BQ_OK)
+                    bq_free(acks.msgs[i].data);
+            }
+            acks.n = 0;
+        }
+        if (req.lease > 0 && !res.renewed && w->last_beat == now)
+            w->last_beat = prev_beat; /* not renewed after all: the heartbeat thread will */
+        if (res.renewed)
+            w->registered = true;
+        if (st == BQ_OK && req.promote) {
+            double wait = res.next_due >= 0 && res.next_due < w->block_timeout
+                              ? res.next_due : w->block_timeout;
+            w->next_promote = now + (wait > 0.001 ? wait : 0.001);
+            w->delayed_waiting = res.next_due >= 0;
+        }
+        pthread_mutex_unlock(&w->mu);
+        if (st == BQ_OK && res.acked < req.nacks) {
+            for (size_t i = res.acked; i < req.nacks; i++)
+                lease_lost(w, "ack", NULL);
+        }
+        bq_batch_free(&acks);
+        reap_dead(w, &res.dead);
         if (st != BQ_OK) {
             bq_log(BQ_LOG_ERROR, "redis_error", "op", "fetch", "queue", w->queue, "worker",
                    w->id, "error", err.msg, "code", bq_status_name(st), NULL);
@@ -342,6 +827,12 @@ static void *dispatcher_main(void *arg)
                    "#failed_attempts", n, "address", w->broker->address, NULL);
             failures = 0;
         }
+        if (res.promoted > 0 && bq_log_enabled(BQ_LOG_DEBUG)) {
+            char n[24];
+            snprintf(n, sizeof n, "%zu", res.promoted);
+            bq_log(BQ_LOG_DEBUG, "promoted", "queue", w->queue, "worker", w->id, "#count", n,
+                   NULL);
+        }
         atomic_fetch_add(&w->n_fetched, (long long)batch.n);
 
         pthread_mutex_lock(&w->mu);
@@ -355,22 +846,49 @@ static void *dispatcher_main(void *arg)
             pthread_cond_broadcast(&w->cv_task);
         else if (batch.n == 1)
             pthread_cond_signal(&w->cv_task);
-        if (batch.n == 0 && drain) {
-            if (w->inflight == 0) {
-                w->stopping = true; /* drained: the queue is empty and nothing runs */
+        if (batch.n == 0 && drain && req.max > 0) {
+            /* Drained when nothing waits, nothing runs and no retry is due later. */
+            if (w->inflight == 0 && w->acks.n == 0 && !w->delayed_waiting) {
+                w->stopping = true;
+                w->stop_at = bq_now_mono();
             } else {
-                while (!w->stopping && w->inflight == seen_inflight)
-                    pthread_cond_wait(&w->cv_space, &w->mu);
+                while (!w->stopping && w->inflight == seen_inflight && w->acks.n == 0) {
+                    double until = w->next_promote - bq_now_mono();
+                    if (until <= 0 || bq_cond_wait_for(&w->cv_space, &w->mu, until))
+                        break;
+                }
             }
         }
         pthread_mutex_unlock(&w->mu);
         batch.n = 0; /* the ring owns the messages now */
     }
     bq_batch_free(&batch);
+    bq_batch_free(&acks);
+    bq_batch_free(&res.dead);
+    bq_free(ack_slices);
+
+    shut_down(w);
+
+    /* Let the slots leave (those not abandoned), then end the lease. */
     pthread_mutex_lock(&w->mu);
     w->dispatcher_done = true;
     pthread_cond_broadcast(&w->cv_task);
+    while (!w->abandoned && w->slots_alive > 0)
+        pthread_cond_wait(&w->cv_space, &w->mu);
+    bool abandoned = w->abandoned;
     pthread_mutex_unlock(&w->mu);
+    flush_acks(w); /* acks made by slots since the shutdown began */
+    stop_heartbeat(w);
+    if (w->who.delivery == BQ_AT_LEAST_ONCE && !abandoned) {
+        bq_err_clear(&err);
+        if (w->broker->ops->unregister(w->broker, &w->who, &err) != BQ_OK)
+            bq_log(BQ_LOG_WARN, "redis_error", "op", "unregister", "queue", w->queue, "worker",
+                   w->id, "error", err.msg, NULL);
+    }
+    struct bq_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = BQ_EVENT_STOPPED;
+    push_event(w, &ev);
     return NULL;
 }
 
@@ -385,6 +903,10 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
                           o->concurrency);
     if (o->block_timeout <= 0)
         return bq_err_set(err, BQ_EINVAL, "block_timeout must be positive");
+    if (o->lease < 0 || (o->delivery == BQ_AT_LEAST_ONCE && o->lease > 0 && o->lease < 0.3))
+        return bq_err_set(err, BQ_EINVAL, "lease must be at least 0.3 s");
+    if (o->shutdown_timeout < 0)
+        return bq_err_set(err, BQ_EINVAL, "shutdown_timeout must not be negative");
     bq_worker *w = bq_calloc(1, sizeof *w);
     if (w == NULL)
         return bq_err_set(err, BQ_ENOMEM, "worker: out of memory");
@@ -392,13 +914,17 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     w->concurrency = o->concurrency;
     w->block_timeout = o->block_timeout;
     w->want_results = o->want_results;
+    w->lease = o->lease > 0 ? o->lease : 30.0;
+    w->shutdown_timeout = o->shutdown_timeout;
     w->ops = *ops;
     w->ud = ud;
     pthread_mutex_init(&w->mu, NULL);
     pthread_mutex_init(&w->ev_mu, NULL);
+    pthread_mutex_init(&w->hb_mu, NULL);
     bq_cond_init(&w->cv_task);
     bq_cond_init(&w->cv_space);
     bq_cond_init(&w->cv_init);
+    bq_cond_init(&w->hb_cv);
 
     char host[64] = "host", rnd[5];
     gethostname(host, sizeof host - 1);
@@ -409,6 +935,7 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     snprintf(w->id, sizeof w->id, "%s:%d:%s", host, (int)getpid(), rnd);
 
     w->queue = bq_strdup(o->cfg->queue_name);
+    w->who = (struct bq_lessee){w->queue, w->id, o->delivery};
     w->ring = bq_calloc((size_t)w->concurrency, sizeof *w->ring);
     w->slots = bq_calloc((size_t)w->concurrency, sizeof *w->slots);
     w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -417,6 +944,14 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
         st = bq_err_set(err, BQ_ENOMEM, "worker: out of memory");
     else if (w->evfd < 0)
         st = bq_err_set(err, BQ_EIO, "worker: eventfd: %s", strerror(errno));
+    for (int i = 0; st == BQ_OK && i < w->concurrency; i++) {
+        struct slot *s = &w->slots[i];
+        s->w = w;
+        s->index = i;
+        atomic_init(&s->ctl.interrupt, 0);
+        pthread_mutex_init(&s->ctl.mu, NULL);
+        bq_cond_init(&s->ctl.cv);
+    }
     if (st == BQ_OK) {
         struct bq_broker_config bc;
         bq_config_broker(o->cfg, &bc);
@@ -444,7 +979,7 @@ static int spawn(pthread_t *t, void *(*fn)(void *), void *arg)
 bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
 {
     pthread_mutex_lock(&w->mu);
-    if (w->started || w->slots_alive > 0) {
+    if (w->started || w->slots_alive > 0 || w->stopping) {
         pthread_mutex_unlock(&w->mu);
         return bq_err_set(err, BQ_EINVAL, "worker already started");
     }
@@ -453,8 +988,6 @@ bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
 
     int spawned = 0;
     for (int i = 0; i < w->concurrency; i++) {
-        w->slots[i].w = w;
-        w->slots[i].index = i;
         pthread_mutex_lock(&w->mu);
         w->slots_alive++;
         pthread_mutex_unlock(&w->mu);
@@ -477,6 +1010,8 @@ bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
         w->dispatcher_done = true;
     } else {
         w->started = true;
+        w->registered = w->who.delivery != BQ_AT_LEAST_ONCE;
+        w->last_beat = bq_now_mono() - w->lease; /* due at once */
     }
     pthread_cond_broadcast(&w->cv_task);
     pthread_mutex_unlock(&w->mu);
@@ -486,25 +1021,39 @@ bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
             pthread_join(w->slots[i].thread, NULL);
         pthread_mutex_lock(&w->mu);
         w->joined = true;
+        w->started = false;
         pthread_mutex_unlock(&w->mu);
         if (err != NULL)
             *err = w->init_err;
         return w->init_err.code != BQ_OK ? w->init_err.code : BQ_EIO;
     }
+    if (w->who.delivery == BQ_AT_LEAST_ONCE) {
+        if (spawn(&w->heartbeat, heartbeat_main, w) == 0)
+            w->heartbeat_started = true;
+        else
+            bq_log(BQ_LOG_ERROR, "thread_failed", "worker", w->id, "thread", "heartbeat", NULL);
+    }
     if (spawn(&w->dispatcher, dispatcher_main, w) != 0) {
-        bq_worker_stop(w);
+        bq_log(BQ_LOG_ERROR, "thread_failed", "worker", w->id, "thread", "dispatcher", NULL);
         pthread_mutex_lock(&w->mu);
+        w->stopping = true;
         w->dispatcher_done = true;
         pthread_cond_broadcast(&w->cv_task);
         pthread_mutex_unlock(&w->mu);
-        bq_worker_join(w);
+        stop_heartbeat(w);
+        for (int i = 0; i < spawned; i++)
+            pthread_join(w->slots[i].thread, NULL);
+        w->joined = true;
         return bq_err_set(err, BQ_EIO, "worker: cannot create the dispatcher thread");
     }
     w->dispatcher_started = true;
-    char conc[16];
+    char conc[16], lease[32];
     snprintf(conc, sizeof conc, "%d", w->concurrency);
+    snprintf(lease, sizeof lease, "%.3f", w->lease);
     bq_log(BQ_LOG_INFO, "worker_started", "worker", w->id, "queue", w->queue, "backend",
-           w->broker->kind, "address", w->broker->address, "#concurrency", conc, NULL);
+           w->broker->kind, "address", w->broker->address, "#concurrency", conc, "delivery",
+           w->who.delivery == BQ_AT_LEAST_ONCE ? "at-least-once" : "at-most-once",
+           w->who.delivery == BQ_AT_LEAST_ONCE ? "#lease_s" : NULL, lease, NULL);
     return BQ_OK;
 }
 
@@ -512,7 +1061,10 @@ void bq_worker_stop(bq_worker *w)
 {
     pthread_mutex_lock(&w->mu);
     bool was = w->stopping;
-    w->stopping = true;
+    if (!was) {
+        w->stopping = true;
+        w->stop_at = bq_now_mono();
+    }
     pthread_cond_broadcast(&w->cv_space);
     pthread_cond_broadcast(&w->cv_task);
     pthread_mutex_unlock(&w->mu);
@@ -531,6 +1083,44 @@ void bq_worker_drain(bq_worker *w)
         w->broker->ops->interrupt(w->broker); /* a blocked fetch returns and sees the flag */
 }
 
+void bq_worker_abort(bq_worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    if (!w->started || w->abandoned) {
+        pthread_mutex_unlock(&w->mu);
+        return;
+    }
+    w->abandoned = true;
+    w->stopping = true;
+    size_t n = 0, cap = (size_t)w->ring_n + (size_t)w->concurrency;
+    struct bq_msg *copies = bq_calloc(cap ? cap : 1, sizeof *copies);
+    for (int i = 0; copies != NULL && i < w->ring_n; i++) {
+        const struct bq_msg *m = &w->ring[(w->ring_head + i) % w->concurrency];
+        copies[n].data = bq_strndup(m->data, m->len);
+        copies[n].len = m->len;
+        n += copies[n].data != NULL;
+    }
+    for (int i = 0; copies != NULL && i < w->concurrency; i++) {
+        const struct bq_msg *m = &w->slots[i].current;
+        if (!w->slots[i].running || m->data == NULL)
+            continue;
+        copies[n].data = bq_strndup(m->data, m->len);
+        copies[n].len = m->len;
+        n += copies[n].data != NULL;
+    }
+    pthread_mutex_unlock(&w->mu);
+    w->broker->ops->interrupt(w->broker);
+    struct bq_slice *s = bq_calloc(n ? n : 1, sizeof *s);
+    for (size_t i = 0; s != NULL && i < n; i++)
+        s[i] = slice_of(&copies[i]);
+    if (s != NULL)
+        handback(w, s, n, "aborted: second signal");
+    bq_free(s);
+    for (size_t i = 0; i < n; i++)
+        bq_free(copies[i].data);
+    bq_free(copies);
+}
+
 void bq_worker_join(bq_worker *w)
 {
     pthread_mutex_lock(&w->mu);
@@ -541,8 +1131,16 @@ void bq_worker_join(bq_worker *w)
         return;
     if (w->dispatcher_started)
         pthread_join(w->dispatcher, NULL);
-    for (int i = 0; i < w->concurrency; i++)
-        pthread_join(w->slots[i].thread, NULL);
+    stop_heartbeat(w);
+    for (int i = 0; i < w->concurrency; i++) {
+        pthread_mutex_lock(&w->mu);
+        bool gone = w->slots[i].exited || !w->abandoned;
+        pthread_mutex_unlock(&w->mu);
+        if (gone)
+            pthread_join(w->slots[i].thread, NULL);
+        else
+            pthread_detach(w->slots[i].thread);
+    }
     bq_log(BQ_LOG_INFO, "worker_stopped", "worker", w->id, "queue", w->queue, NULL);
 }
 
@@ -554,12 +1152,19 @@ void bq_worker_free(bq_worker *w)
         bq_worker_stop(w);
         bq_worker_join(w);
     }
+    if (w->abandoned)
+        return; /* threads still run inside it; the process is about to exit */
     struct bq_event ev;
     while (pop_event(w, &ev))
         bq_event_clear(&ev);
     for (int i = 0; i < w->ring_n; i++)
         bq_free(w->ring[(w->ring_head + i) % w->concurrency].data);
+    bq_batch_free(&w->acks);
     bq_broker_free(w->broker);
+    for (int i = 0; w->slots != NULL && i < w->concurrency; i++) {
+        pthread_mutex_destroy(&w->slots[i].ctl.mu);
+        pthread_cond_destroy(&w->slots[i].ctl.cv);
+    }
     bq_free(w->ring);
     bq_free(w->slots);
     bq_free(w->queue);
@@ -567,9 +1172,11 @@ void bq_worker_free(bq_worker *w)
         close(w->evfd);
     pthread_mutex_destroy(&w->mu);
     pthread_mutex_destroy(&w->ev_mu);
+    pthread_mutex_destroy(&w->hb_mu);
     pthread_cond_destroy(&w->cv_task);
     pthread_cond_destroy(&w->cv_space);
     pthread_cond_destroy(&w->cv_init);
+    pthread_cond_destroy(&w->hb_cv);
     bq_free(w);
 }
 
@@ -578,9 +1185,20 @@ void bq_worker_stats(bq_worker *w, struct bq_worker_stats *out)
     out->fetched = atomic_load(&w->n_fetched);
     out->completed = atomic_load(&w->n_completed);
     out->failed = atomic_load(&w->n_failed);
-    out->malformed = atomic_load(&w->n_malformed);
+    out->retried = atomic_load(&w->n_retried);
     out->dead_lettered = atomic_load(&w->n_dead);
+    out->dropped = atomic_load(&w->n_dropped);
+    out->malformed = atomic_load(&w->n_malformed);
+    out->skipped = atomic_load(&w->n_skipped);
+    out->handed_back = atomic_load(&w->n_handed_back);
+    out->lease_lost = atomic_load(&w->n_lease_lost);
+    out->reaped = atomic_load(&w->n_reaped);
     pthread_mutex_lock(&w->mu);
     out->inflight = w->inflight;
     pthread_mutex_unlock(&w->mu);
+}
+
+const char *bq_outcome_name(enum bq_outcome_kind k)
+{
+    return (unsigned)k < sizeof outcome_names / sizeof outcome_names[0] ? outcome_names[k] : "?";
 }

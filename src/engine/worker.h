@@ -1,16 +1,22 @@
 /*
  * worker.h -- the worker engine: a dispatcher thread that fetches task operations from a
- * broker and `concurrency` slot threads that handle them.
+ * broker, `concurrency` slot threads that handle them, and a heartbeat thread that keeps the
+ * worker's lease alive.
  *
- *   dispatcher thread                 slot threads (one per concurrency unit)
- *     wait until a slot is free          init: build the handler environment (a Lua state)
- *     fetch up to free-slot count  --->  take a message, handle it, report the outcome:
- *     (blocking, no polling)              log, dead-letter malformed/failed ones, queue an event
+ *   dispatcher thread              slot threads                     heartbeat thread
+ *     wait for a free slot           init: a handler environment      every lease/3: renew
+ *     ack finished tasks and         take a message, handle it,       the lease of all this
+ *     fetch up to the free-slot      act on the outcome: ack, retry,  worker's tasks, reap
+ *     count in one round trip        dead-letter, hand back           workers whose lease ran
+ *     promote due retries                                             out (their tasks go
+ *     on stop: hand back, wait for                                    back to the queue)
+ *     running handlers (deadline)
  *
  * The engine knows nothing about Lua: a slot is driven through bq_slot_ops, which the Lua
  * binding implements with one Lua state per slot thread, so no Lua state is ever touched by
- * two threads. The dispatcher fetches only as many messages as there are free slots, so a
- * worker never hoards tasks that another worker could run now.
+ * two threads. Decisions (retry or dead-letter, after how long) come from the slot: the
+ * engine carries them out. The dispatcher fetches only as many messages as there are free
+ * slots, so a worker never hoards tasks that another worker could run now.
  *
  * The thread that owns the bq_worker (the "main" thread, running the user's script) talks to
  * it through start/stop and an event queue: results (if requested) and the final STOPPED
@@ -24,30 +30,56 @@
 #include "config.h"
 #include "task.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 typedef struct bq_worker bq_worker;
 
 enum bq_outcome_kind {
-    BQ_OUTCOME_COMPLETED = 0, /* the handler returned a result */
-    BQ_OUTCOME_FAILED,        /* the handler raised or returned nil, err */
-    BQ_OUTCOME_MALFORMED,     /* the message could not be decoded or validated */
+    BQ_OUTCOME_COMPLETED = 0, /* the handler returned a result: acknowledge */
+    BQ_OUTCOME_SKIPPED,       /* the task is already finished (a redelivery): acknowledge */
+    BQ_OUTCOME_RETRY,         /* failed; try again after `delay` with `header` */
+    BQ_OUTCOME_DEAD,          /* failed for good: dead-letter */
+    BQ_OUTCOME_DROPPED,       /* failed, and the failure policy drops it: acknowledge */
+    BQ_OUTCOME_MALFORMED,     /* could not be decoded or validated: dead-letter */
+    BQ_OUTCOME_INTERRUPTED,   /* stopped by shutdown before it finished: hand back */
 };
+
+/* "completed", "skipped", "retry", "dead", "dropped", "malformed", "interrupted". */
+const char *bq_outcome_name(enum bq_outcome_kind kind);
 
 /* What a slot reports for one message. The slot fills it; the engine frees the strings. */
 struct bq_outcome {
     enum bq_outcome_kind kind;
     char task_id[BQ_MAX_ID_LEN + 1]; /* "" when unknown */
     char type[16];                   /* "" when unknown */
-    char *reason; /* owned: why a message failed or was malformed (one line of text) */
-    char *json;   /* owned: the result (completed, if results were asked for) or the error
-                   * object {code, message, traceback, retryable} (failed) */
+    char *reason;      /* owned: why it failed or was set aside (one line of text) */
+    char *json;        /* owned: the result (completed, when results are wanted) or the
+                        * error object {code, message, traceback, retryable} */
+    char *header;      /* owned: RETRY: the message's new header line ("#bq {...}");
+                        * DEAD/MALFORMED: the dead-letter entry's JSON line (optional) */
+    double delay;      /* RETRY: seconds before the next attempt */
+    size_t body;       /* offset of the original message in the fetched one (after a header) */
+    int attempt;       /* the attempt that just ended (1 for the first) */
 };
+
+/* What a slot's environment can see of its slot: the interrupt flag (shutdown deadline,
+ * later cancel) and an interruptible sleep. Lives as long as the slot thread. */
+struct bq_slot_ctl {
+    atomic_int interrupt;  /* non-zero: stop the handler at its next chance */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+};
+
+/* Sleeps up to `seconds`; returns early (false) when the slot is interrupted. */
+bool bq_slot_sleep(struct bq_slot_ctl *ctl, double seconds);
 
 struct bq_slot_ops {
     /* On the slot thread, before any task: builds the slot's state. On failure it releases
      * whatever it built; fini is then not called. */
-    bq_status (*init)(void *ud, int index, void **state, bq_err *err);
+    bq_status (*init)(void *ud, int index, struct bq_slot_ctl *ctl, void **state,
+                      bq_err *err);
     /* On the slot thread: handles one message and fills out (zeroed by the engine). */
     void (*handle)(void *state, const struct bq_msg *msg, struct bq_outcome *out);
     /* On the slot thread, after the last task. */
@@ -55,35 +87,43 @@ struct bq_slot_ops {
 };
 
 struct bq_worker_options {
-    const struct bq_config *cfg; /* scheduler settings; copied */
-    int concurrency;             /* slot threads, >= 1 */
-    double block_timeout;        /* seconds a blocking fetch waits before it is renewed */
-    bool want_results;           /* queue a RESULT event per handled message */
+    const struct bq_config *cfg;  /* scheduler settings; copied */
+    int concurrency;              /* slot threads, >= 1 */
+    double block_timeout;         /* seconds a blocking fetch waits before it is renewed */
+    bool want_results;            /* queue a RESULT event per handled message */
+    enum bq_delivery delivery;
+    double lease;                 /* seconds; at-least-once: renewed every lease/3 */
+    double shutdown_timeout;      /* seconds running handlers get after a stop */
 };
 
 bq_status bq_worker_new(const struct bq_worker_options *opts, const struct bq_slot_ops *ops,
                         void *ud, bq_worker **out, bq_err *err);
 
 /* Starts the slot threads, waits until every slot's init has finished, then starts the
- * dispatcher. If an init fails, the others are stopped and its error returned. In `drain`
- * mode the dispatcher never blocks: the worker stops by itself once the queue is empty and
- * no task is in flight. */
+ * dispatcher and heartbeat threads. If an init fails, the others are stopped and its error
+ * returned. In `drain` mode the dispatcher never blocks: the worker stops by itself once the
+ * queue is empty and no task is in flight. */
 bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err);
 
-/* Asks for a graceful stop: fetching stops (a blocked fetch is interrupted), messages already
- * fetched are still handled, then the threads exit and a STOPPED event is queued. Any thread;
- * idempotent. */
+/* Asks for a graceful stop: fetching stops (a blocked fetch is interrupted), fetched messages
+ * not yet started go back to the queue at once, running handlers get the shutdown timeout to
+ * finish, then are interrupted, and those still stuck after a short grace have their tasks
+ * handed back. Then the threads exit and a STOPPED event is queued. Any thread; idempotent. */
 void bq_worker_stop(bq_worker *w);
 
 /* Switches a running worker to drain mode: it stops by itself once the queue is empty and no
  * task is in flight. Any thread; idempotent. */
 void bq_worker_drain(bq_worker *w);
 
+/* Gives every message this worker holds back to the queue at once and leaves the handlers
+ * running (the process is about to exit: a second SIGINT/SIGTERM). Owner thread. */
+void bq_worker_abort(bq_worker *w);
+
 enum bq_event_kind {
     BQ_EVENT_NONE = 0, /* the wait timed out */
     BQ_EVENT_RESULT,   /* one message was handled (only with want_results) */
     BQ_EVENT_SIGNAL,   /* the signal descriptor became readable */
-    BQ_EVENT_STOPPED,  /* every thread has exited */
+    BQ_EVENT_STOPPED,  /* the worker has stopped */
 };
 
 struct bq_event {
@@ -97,10 +137,11 @@ struct bq_event {
 void bq_worker_next_event(bq_worker *w, double timeout, int sigfd, struct bq_event *ev);
 void bq_event_clear(struct bq_event *ev);
 
-/* Waits for the threads to exit (after stop or drain). */
+/* Waits for the threads to exit (after stop or drain). Threads abandoned at the shutdown
+ * deadline are not waited for. */
 void bq_worker_join(bq_worker *w);
 
-/* Stops, joins and frees. */
+/* Stops, joins and frees. A worker with abandoned threads is left allocated for them. */
 void bq_worker_free(bq_worker *w);
 
 const char *bq_worker_id(const bq_worker *w);
@@ -108,7 +149,8 @@ const char *bq_worker_queue(const bq_worker *w);
 bq_broker *bq_worker_broker(bq_worker *w);
 
 struct bq_worker_stats {
-    long long fetched, completed, failed, malformed, dead_lettered;
+    long long fetched, completed, failed, retried, dead_lettered, dropped, malformed, skipped,
+        handed_back, lease_lost, reaped;
     int inflight;
 };
 void bq_worker_stats(bq_worker *w, struct bq_worker_stats *out);

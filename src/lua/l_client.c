@@ -3,8 +3,12 @@
  *
  *   local c = core.client{url=..., queue_name=..., max_connections=...}
  *   c:push(msg_or_list [, ids [, queue]]) -> count | nil, msg, code
- *   c:length([which])                      -> n | nil, msg, code    which: "ready" | "dead"
+ *   c:length([which])                      -> n | nil, msg, code
+ *       which: "ready" (default), "dead", "delayed", "inflight"
  *   c:range(which, start, stop)            -> { raw, ... } | nil, msg, code
+ *   c:dlq_requeue(entry)                   -> true | false (gone) | nil, msg, code
+ *   c:dlq_remove(entry)                    -> true | false (gone) | nil, msg, code
+ *   c:dlq_purge()                          -> count | nil, msg, code
  *   c:ping()                               -> seconds | nil, msg, code
  *   c:info()                               -> { backend=, address=, queue_name=, ... }
  *   c:close()
@@ -34,8 +38,10 @@ static bq_client *check_open(lua_State *L)
 
 static enum bq_list check_which(lua_State *L, int idx)
 {
-    static const char *const names[] = {"ready", "dead", NULL};
-    return luaL_checkoption(L, idx, "ready", names) == 0 ? BQ_LIST_READY : BQ_LIST_DEAD;
+    static const char *const names[] = {"ready", "dead", "delayed", "inflight", NULL};
+    static const enum bq_list lists[] = {BQ_LIST_READY, BQ_LIST_DEAD, BQ_LIST_DELAYED,
+                                         BQ_LIST_INFLIGHT};
+    return lists[luaL_checkoption(L, idx, "ready", names)];
 }
 
 /* core.client(opts) -- raises on bad options (they are the caller's mistake). */
@@ -170,6 +176,49 @@ static int l_client_range(lua_State *L)
     return 1;
 }
 
+/* c:dlq_requeue(entry) / c:dlq_remove(entry) [, queue] */
+static int dlq_entry_op(lua_State *L, bool requeue)
+{
+    bq_client *c = check_open(L);
+    size_t len;
+    const char *entry = luaL_checklstring(L, 2, &len);
+    const char *queue = luaL_optstring(L, 3, c->cfg.queue_name);
+    bool done = false;
+    bq_err err;
+    bq_status st = requeue ? c->broker->ops->dlq_requeue(c->broker, queue,
+                                                          (struct bq_slice){entry, len}, &done,
+                                                          &err)
+                           : c->broker->ops->dlq_remove(c->broker, queue,
+                                                         (struct bq_slice){entry, len}, &done,
+                                                         &err);
+    if (st != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushboolean(L, done);
+    return 1;
+}
+
+static int l_client_dlq_requeue(lua_State *L)
+{
+    return dlq_entry_op(L, true);
+}
+
+static int l_client_dlq_remove(lua_State *L)
+{
+    return dlq_entry_op(L, false);
+}
+
+static int l_client_dlq_purge(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *queue = luaL_optstring(L, 2, c->cfg.queue_name);
+    long long n = 0;
+    bq_err err;
+    if (c->broker->ops->dlq_purge(c->broker, queue, &n, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 1;
+}
+
 static int l_client_ping(lua_State *L)
 {
     bq_client *c = check_open(L);
@@ -213,6 +262,8 @@ static int l_client_info(lua_State *L)
 static const luaL_Reg client_methods[] = {
     {"push", l_client_push},   {"length", l_client_length}, {"range", l_client_range},
     {"ping", l_client_ping},   {"info", l_client_info},     {"close", l_client_close},
+    {"dlq_requeue", l_client_dlq_requeue}, {"dlq_remove", l_client_dlq_remove},
+    {"dlq_purge", l_client_dlq_purge},
     {NULL, NULL},
 };
 

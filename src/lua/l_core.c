@@ -10,7 +10,9 @@
 #include "../core/log.h"
 #include "../core/rand.h"
 #include "../engine/config.h"
+#include "../core/backoff.h"
 #include "../net/url.h"
+#include "../storage/state.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -292,6 +294,20 @@ static int l_defaults(lua_State *L)
     lua_setfield(L, -2, "concurrency");
     lua_pushinteger(L, BQ_DEFAULT_MAX_MESSAGE_SIZE);
     lua_setfield(L, -2, "max_message_size");
+    lua_pushstring(L, "at-least-once");
+    lua_setfield(L, -2, "delivery");
+    lua_pushnumber(L, BQ_DEFAULT_LEASE);
+    lua_setfield(L, -2, "lease");
+    lua_pushnumber(L, BQ_DEFAULT_SHUTDOWN_TIMEOUT);
+    lua_setfield(L, -2, "shutdown_timeout");
+    lua_pushinteger(L, BQ_DEFAULT_MAX_ATTEMPTS);
+    lua_setfield(L, -2, "max_attempts");
+    lua_pushnumber(L, BQ_DEFAULT_RETRY_BASE);
+    lua_setfield(L, -2, "retry_base");
+    lua_pushnumber(L, BQ_DEFAULT_RETRY_CAP);
+    lua_setfield(L, -2, "retry_cap");
+    lua_pushnumber(L, 0);
+    lua_setfield(L, -2, "timeout");
     return 1;
 }
 
@@ -300,6 +316,40 @@ static int l_role(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, BQ_SLOT_KEY);
     lua_pushstring(L, lua_isnil(L, -1) ? "main" : "handler");
+    return 1;
+}
+
+/* core.backoff(attempt, base, cap, jitter) -> seconds; jitter: "full" | "equal" | "none".
+ * `attempt` counts from 0 (the first retry). A uniform random number comes from C. */
+static int l_backoff(lua_State *L)
+{
+    static const char *const modes[] = {"none", "full", "equal", NULL};
+    lua_Integer attempt = luaL_checkinteger(L, 1);
+    double base = luaL_checknumber(L, 2), cap = luaL_checknumber(L, 3);
+    int mode = luaL_checkoption(L, 4, "full", modes);
+    double unit = lua_isnumber(L, 5) ? lua_tonumber(L, 5) : bq_random_unit();
+    lua_pushnumber(L, bq_backoff_delay(attempt > 1000 ? 1000 : (int)attempt, base, cap,
+                                       (enum bq_jitter)mode, unit));
+    return 1;
+}
+
+/* core.task_state(id) -> state | nil: the in-memory record of the process. */
+static int l_task_state(lua_State *L)
+{
+    char st[16];
+    if (bq_state_get(luaL_checkstring(L, 1), st, sizeof st))
+        lua_pushstring(L, st);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* core.set_task_state(id, state [, from]) -> changed: a compare-and-set that never leaves a
+ * terminal state. `from` lists the allowed current states, comma-separated ("" = unknown). */
+static int l_set_task_state(lua_State *L)
+{
+    lua_pushboolean(L, bq_state_set(luaL_checkstring(L, 1), luaL_checkstring(L, 2),
+                                    luaL_optstring(L, 3, NULL)));
     return 1;
 }
 
@@ -382,6 +432,9 @@ static const luaL_Reg core_funcs[] = {
     {"parse_url", l_parse_url},
     {"redact_url", l_redact_url},
     {"defaults", l_defaults},
+    {"backoff", l_backoff},
+    {"task_state", l_task_state},
+    {"set_task_state", l_set_task_state},
     {"role", l_role},
     {"trap_signals", l_trap_signals},
     {"untrap_signals", l_untrap_signals},

@@ -23,6 +23,7 @@
 
 #include "../core/alloc.h"
 #include "../core/buf.h"
+#include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
 #include "../engine/worker.h"
@@ -39,6 +40,7 @@ struct slot_cfg {
     char **arg_value;
     int nargs;
     char *worker_key; /* pairs a handler state's worker with the main state's */
+    char *policy;     /* JSON of the main state's policy numbers (max_attempts, ...) */
     bool want_results;
     lua_Integer max_message_size;
     bq_worker *w;
@@ -49,7 +51,13 @@ struct slot_state {
     int process_ref;
     int index;
     struct slot_cfg *cfg;
+    struct bq_slot_ctl *ctl;  /* the engine's view of this slot (interrupt flag) */
+    double deadline;          /* monotonic time the running handler must end by; 0: none */
+    double limit;             /* its timeout in seconds, for the message */
 };
+
+/* The handler state of the current thread: each slot thread runs exactly one. */
+static _Thread_local struct slot_state *tl_slot;
 
 static void slot_cfg_free(struct slot_cfg *c)
 {
@@ -57,6 +65,7 @@ static void slot_cfg_free(struct slot_cfg *c)
         return;
     bq_free(c->script);
     bq_free(c->worker_key);
+    bq_free(c->policy);
     bq_free(c->path);
     bq_free(c->cpath);
     for (int i = 0; i < c->nargs; i++)
@@ -120,7 +129,8 @@ static bq_status state_error(struct slot_state *s, const char *what, const char 
                       (int)first, detail);
 }
 
-static bq_status slot_init(void *ud, int index, void **state, bq_err *err)
+static bq_status slot_init(void *ud, int index, struct bq_slot_ctl *ctl, void **state,
+                           bq_err *err)
 {
     struct slot_cfg *c = ud;
     struct slot_state *s = bq_calloc(1, sizeof *s);
@@ -131,8 +141,10 @@ static bq_status slot_init(void *ud, int index, void **state, bq_err *err)
     }
     s->L = L;
     s->cfg = c;
+    s->ctl = ctl;
     s->index = index;
     s->process_ref = LUA_NOREF;
+    tl_slot = s;
     bq_status st = BQ_OK;
     lua_pushcfunction(L, setup_state);
     lua_pushlightuserdata(L, s);
@@ -174,6 +186,7 @@ static bq_status slot_init(void *ud, int index, void **state, bq_err *err)
     if (st != BQ_OK) {
         lua_close(L);
         bq_free(s);
+        tl_slot = NULL;
         return st;
     }
     lua_settop(L, 0);
@@ -199,6 +212,25 @@ static void copy_field(char *dst, size_t size, lua_State *L, int idx)
     memcpy(dst, p, len + 1);
 }
 
+/* Reads t[key] as an owned string copy (NULL when absent). */
+static char *field_dup(lua_State *L, int t, const char *key)
+{
+    lua_getfield(L, t, key);
+    char *v = lua_isstring(L, -1) ? dup_lua(L, -1) : NULL;
+    lua_pop(L, 1);
+    return v;
+}
+
+static const struct {
+    const char *name;
+    enum bq_outcome_kind kind;
+} statuses[] = {
+    {"completed", BQ_OUTCOME_COMPLETED}, {"skipped", BQ_OUTCOME_SKIPPED},
+    {"retry", BQ_OUTCOME_RETRY},         {"dead", BQ_OUTCOME_DEAD},
+    {"dropped", BQ_OUTCOME_DROPPED},     {"malformed", BQ_OUTCOME_MALFORMED},
+    {"interrupted", BQ_OUTCOME_INTERRUPTED},
+};
+
 static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome *out)
 {
     struct slot_state *s = state;
@@ -207,9 +239,12 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
     lua_pushcfunction(L, msgh);
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->process_ref);
     lua_pushlstring(L, msg->data, msg->len);
-    /* process(raw) -> status, task_id, type, a, b   (see lua/binduq/worker.lua) */
-    if (lua_pcall(L, 1, 5, 1) != LUA_OK) {
-        out->kind = BQ_OUTCOME_FAILED;
+    /* process(raw) -> status, task_id, type, info   (see lua/binduq/worker.lua)
+     * info: for "completed" the result's JSON (or nil); otherwise a table
+     * {reason=, error=, header=, delay=, body=, attempt=}. */
+    if (lua_pcall(L, 1, 4, 1) != LUA_OK) {
+        /* A failure of binduq's own Lua (or out of memory): set the message aside. */
+        out->kind = BQ_OUTCOME_DEAD;
         bq_buf b = BQ_BUF_INIT;
         const char *m = lua_tostring(L, -1);
         out->reason = bq_strdup(m ? m : "internal error in the handler state");
@@ -218,7 +253,7 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
             bq_buf_json_str(&b, out->reason, strlen(out->reason));
         else
             bq_buf_puts(&b, "\"internal error\"");
-        bq_buf_puts(&b, ",\"retryable\":true}");
+        bq_buf_puts(&b, ",\"retryable\":false}");
         out->json = bq_buf_detach(&b, NULL);
         lua_settop(L, 0);
         lua_gc(L, LUA_GCCOLLECT);
@@ -227,16 +262,28 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
     const char *status = lua_tostring(L, 2);
     copy_field(out->task_id, sizeof out->task_id, L, 3);
     copy_field(out->type, sizeof out->type, L, 4);
-    if (status != NULL && strcmp(status, "completed") == 0) {
-        out->kind = BQ_OUTCOME_COMPLETED;
+    out->kind = BQ_OUTCOME_DEAD;
+    for (size_t i = 0; status != NULL && i < sizeof statuses / sizeof statuses[0]; i++) {
+        if (strcmp(status, statuses[i].name) == 0)
+            out->kind = statuses[i].kind;
+    }
+    if (lua_istable(L, 5)) {
+        out->reason = field_dup(L, 5, "reason");
+        out->json = field_dup(L, 5, "error");
+        out->header = field_dup(L, 5, "header");
+        lua_getfield(L, 5, "delay");
+        out->delay = lua_tonumber(L, -1);
+        lua_getfield(L, 5, "body");
+        lua_Integer body = lua_tointeger(L, -1);
+        out->body = body > 0 && (size_t)body <= msg->len ? (size_t)body : 0;
+        lua_getfield(L, 5, "attempt");
+        lua_Integer attempt = lua_tointeger(L, -1);
+        out->attempt = attempt > 0 && attempt < 1000000 ? (int)attempt : 1;
+        lua_pop(L, 3);
+    } else if (out->kind == BQ_OUTCOME_COMPLETED) {
         out->json = dup_lua(L, 5);
-    } else if (status != NULL && strcmp(status, "malformed") == 0) {
-        out->kind = BQ_OUTCOME_MALFORMED;
-        out->reason = dup_lua(L, 5);
-    } else {
-        out->kind = BQ_OUTCOME_FAILED;
-        out->reason = dup_lua(L, 5);
-        out->json = dup_lua(L, 6);
+    } else if (status == NULL || out->kind == BQ_OUTCOME_DEAD) {
+        out->reason = bq_strdup("the handler state returned no outcome");
     }
     lua_settop(L, 0);
 }
@@ -246,6 +293,92 @@ static void slot_fini(void *state)
     struct slot_state *s = state;
     lua_close(s->L);
     bq_free(s);
+    tl_slot = NULL;
+}
+
+/* ---- Limits: timeouts and interrupts inside a handler ---------------------------------------
+ * While a handler runs, a count hook checks every HOOK_COUNT instructions whether the slot
+ * was interrupted (shutdown deadline) or the handler ran past its timeout, and raises an
+ * error table {code=, message=, retryable=true} if so. It keeps raising at every check, so a
+ * handler that catches the error with pcall is stopped again shortly after. Blocking binduq
+ * calls (core.slot_sleep) wake on an interrupt too. A handler blocked in some other C call
+ * sees the error when that call returns. */
+
+#define HOOK_COUNT 10000
+
+/* Pushes the error for an interrupted or timed-out handler, or returns 0 if neither. */
+static int push_limit_error(lua_State *L, struct slot_state *s)
+{
+    const char *code, *msg;
+    char buf[96];
+    if (atomic_load(&s->ctl->interrupt)) {
+        code = "EINTERRUPTED";
+        msg = "the handler was interrupted: the worker is shutting down";
+    } else if (s->deadline > 0 && bq_now_mono() > s->deadline) {
+        code = "ETIMEDOUT";
+        snprintf(buf, sizeof buf, "the handler ran past its timeout of %g s", s->limit);
+        msg = buf;
+    } else {
+        return 0;
+    }
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, code);
+    lua_setfield(L, -2, "code");
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "message");
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "retryable");
+    return 1;
+}
+
+static void limit_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    struct slot_state *s = tl_slot;
+    if (s != NULL && push_limit_error(L, s))
+        lua_error(L);
+}
+
+/* core.limit(timeout) -- arms the hook for the handler about to run; timeout <= 0: none. */
+static int l_limit(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    double t = luaL_optnumber(L, 1, 0);
+    if (s == NULL)
+        return 0;
+    s->limit = t;
+    s->deadline = t > 0 ? bq_now_mono() + t : 0;
+    lua_sethook(L, limit_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    return 0;
+}
+
+/* core.unlimit() -- disarms it. */
+static int l_unlimit(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    if (s != NULL) {
+        s->deadline = 0;
+        lua_sethook(L, NULL, 0, 0);
+    }
+    return 0;
+}
+
+/* core.slot_sleep(seconds) -- sleeps, but not past the handler's deadline and not through an
+ * interrupt; raises the limit error if either cuts it short. Outside a handler state it is a
+ * plain sleep. */
+static int l_slot_sleep(lua_State *L)
+{
+    double t = luaL_checknumber(L, 1);
+    struct slot_state *s = tl_slot;
+    if (s == NULL) {
+        bq_sleep(t);
+        return 0;
+    }
+    double cut = s->deadline > 0 ? s->deadline - bq_now_mono() : t;
+    bool full = bq_slot_sleep(s->ctl, t < cut ? t : (cut > 0 ? cut : 0));
+    if ((!full || t >= cut) && push_limit_error(L, s))
+        return lua_error(L);
+    return 0;
 }
 
 static const struct bq_slot_ops lua_slot_ops = {slot_init, slot_handle, slot_fini};
@@ -270,7 +403,7 @@ static int l_slot_ready(lua_State *L)
 }
 
 /* core.slot_info() -> {slot=, worker_key=, worker_id=, queue=, want_results=,
- * max_message_size=} | nil outside a handler state */
+ * max_message_size=, policy=} | nil outside a handler state */
 static int l_slot_info(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, BQ_SLOT_KEY);
@@ -292,6 +425,10 @@ static int l_slot_info(lua_State *L)
     lua_setfield(L, -2, "want_results");
     lua_pushinteger(L, s->cfg->max_message_size);
     lua_setfield(L, -2, "max_message_size");
+    if (s->cfg->policy != NULL) {
+        lua_pushstring(L, s->cfg->policy);
+        lua_setfield(L, -2, "policy");
+    }
     return 1;
 }
 
@@ -330,6 +467,7 @@ static void read_slot_cfg(lua_State *L, struct lengine *e)
     c->path = opt_dup(L, 1, "path", false);
     c->cpath = opt_dup(L, 1, "cpath", false);
     c->worker_key = opt_dup(L, 1, "worker_key", true);
+    c->policy = opt_dup(L, 1, "policy", false);
     c->want_results = bq_lua_opt_boolean(L, 1, "want_results", 0);
     c->max_message_size = bq_lua_opt_integer(L, 1, "max_message_size", 1024 * 1024);
     if (c->script == NULL || c->worker_key == NULL)
@@ -383,6 +521,15 @@ static int l_engine_new(lua_State *L)
     wo.concurrency = (int)bq_lua_opt_integer(L, 1, "concurrency", 1);
     wo.block_timeout = bq_lua_opt_number(L, 1, "block_timeout", 5.0);
     wo.want_results = e->cfg->want_results;
+    wo.lease = bq_lua_opt_number(L, 1, "lease", 30.0);
+    wo.shutdown_timeout = bq_lua_opt_number(L, 1, "shutdown_timeout", 30.0);
+    const char *delivery = bq_lua_opt_string(L, 1, "delivery");
+    if (delivery == NULL || strcmp(delivery, "at-least-once") == 0)
+        wo.delivery = BQ_AT_LEAST_ONCE;
+    else if (strcmp(delivery, "at-most-once") == 0)
+        wo.delivery = BQ_AT_MOST_ONCE;
+    else
+        return luaL_error(L, "option 'delivery' must be \"at-least-once\" or \"at-most-once\"");
 
     struct bq_config cfg;
     bq_err err;
@@ -431,6 +578,12 @@ static int l_engine_drain(lua_State *L)
     return 0;
 }
 
+static int l_engine_abort(lua_State *L)
+{
+    bq_worker_abort(check_engine(L)->w);
+    return 0;
+}
+
 static int l_engine_join(lua_State *L)
 {
     bq_worker_join(check_engine(L)->w);
@@ -453,7 +606,6 @@ static int l_engine_next_event(lua_State *L)
     struct bq_event ev;
     bq_worker_next_event(e->w, timeout, bq_lua_signal_fd(), &ev);
     /* Only a memory error can raise below; it would leak this one event's strings. */
-    static const char *const states[] = {"completed", "failed", "malformed"};
     switch (ev.kind) {
     case BQ_EVENT_NONE:
         lua_pushnil(L);
@@ -469,7 +621,9 @@ static int l_engine_next_event(lua_State *L)
     case BQ_EVENT_RESULT:
         lua_createtable(L, 0, 8);
         set_str(L, "kind", "result");
-        set_str(L, "state", states[ev.outcome.kind]);
+        set_str(L, "state", bq_outcome_name(ev.outcome.kind));
+        lua_pushinteger(L, ev.outcome.attempt);
+        lua_setfield(L, -2, "attempt");
         set_str(L, "task_id", ev.outcome.task_id);
         set_str(L, "type", ev.outcome.type);
         set_str(L, "reason", ev.outcome.reason);
@@ -487,19 +641,22 @@ static int l_engine_stats(lua_State *L)
     struct lengine *e = check_engine(L);
     struct bq_worker_stats s;
     bq_worker_stats(e->w, &s);
-    lua_createtable(L, 0, 6);
-    lua_pushinteger(L, s.fetched);
-    lua_setfield(L, -2, "fetched");
-    lua_pushinteger(L, s.completed);
-    lua_setfield(L, -2, "completed");
-    lua_pushinteger(L, s.failed);
-    lua_setfield(L, -2, "failed");
-    lua_pushinteger(L, s.malformed);
-    lua_setfield(L, -2, "malformed");
-    lua_pushinteger(L, s.dead_lettered);
-    lua_setfield(L, -2, "dead_lettered");
-    lua_pushinteger(L, s.inflight);
-    lua_setfield(L, -2, "inflight");
+    const struct {
+        const char *name;
+        long long v;
+    } f[] = {
+        {"fetched", s.fetched},         {"completed", s.completed},
+        {"failed", s.failed},           {"retried", s.retried},
+        {"dead_lettered", s.dead_lettered}, {"dropped", s.dropped},
+        {"malformed", s.malformed},     {"skipped", s.skipped},
+        {"handed_back", s.handed_back}, {"lease_lost", s.lease_lost},
+        {"reaped", s.reaped},           {"inflight", s.inflight},
+    };
+    lua_createtable(L, 0, (int)(sizeof f / sizeof f[0]));
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        lua_pushinteger(L, (lua_Integer)f[i].v);
+        lua_setfield(L, -2, f[i].name);
+    }
     return 1;
 }
 
@@ -521,7 +678,7 @@ static int l_engine_tostring(lua_State *L)
 
 static const luaL_Reg engine_methods[] = {
     {"start", l_engine_start}, {"stop", l_engine_stop},   {"join", l_engine_join},
-    {"drain", l_engine_drain},
+    {"drain", l_engine_drain}, {"abort", l_engine_abort},
     {"next_event", l_engine_next_event}, {"stats", l_engine_stats}, {"id", l_engine_id},
     {"close", l_engine_close}, {NULL, NULL},
 };
@@ -547,4 +704,10 @@ void bq_lua_open_engine(lua_State *L)
     lua_setfield(L, -2, "slot_ready");
     lua_pushcfunction(L, l_slot_info);
     lua_setfield(L, -2, "slot_info");
+    lua_pushcfunction(L, l_limit);
+    lua_setfield(L, -2, "limit");
+    lua_pushcfunction(L, l_unlimit);
+    lua_setfield(L, -2, "unlimit");
+    lua_pushcfunction(L, l_slot_sleep);
+    lua_setfield(L, -2, "slot_sleep");
 }

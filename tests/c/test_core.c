@@ -149,7 +149,7 @@ TEST(task_validation_names_the_field)
 TEST(dead_letter_entry_keeps_the_bytes)
 {
     const char raw[] = "not json \xff\n{}";
-    struct bq_dlq_info info = {"invalid UTF-8 at byte 10", NULL, NULL, NULL, "bindu:tasks",
+    struct bq_dlq_info info = {NULL, "invalid UTF-8 at byte 10", NULL, NULL, NULL, "bindu:tasks",
                                "w1", 0};
     struct bq_msg e;
     CHECK_INT(bq_dlq_entry(&info, raw, sizeof raw - 1, &e), BQ_OK);
@@ -163,7 +163,7 @@ TEST(dead_letter_entry_keeps_the_bytes)
     }
     bq_free(e.data);
 
-    struct bq_dlq_info f = {"boom", "{\"code\":\"EHANDLER\"}", "t1", "run", "q", "w", 1};
+    struct bq_dlq_info f = {NULL, "boom", "{\"code\":\"EHANDLER\"}", "t1", "run", "q", "w", 1};
     CHECK_INT(bq_dlq_entry(&f, "{}", 2, &e), BQ_OK);
     CHECK_CONTAINS(e.data, "\"error\":{\"code\":\"EHANDLER\"},\"task_id\":\"t1\",\"type\":\"run\"");
     bq_free(e.data);

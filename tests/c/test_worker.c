@@ -20,32 +20,48 @@ static atomic_int handled, inits, finis;
 static int seen[5000];
 static pthread_mutex_t seen_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static bq_status ok_init(void *ud, int index, void **state, bq_err *err)
+static bq_status ok_init(void *ud, int index, struct bq_slot_ctl *ctl, void **state,
+                         bq_err *err)
 {
-    (void)ud, (void)err;
+    (void)ud, (void)err, (void)ctl;
     atomic_fetch_add(&inits, 1);
     *state = (void *)(long)(index + 1);
     return BQ_OK;
 }
 
-static bq_status bad_init(void *ud, int index, void **state, bq_err *err)
+static bq_status bad_init(void *ud, int index, struct bq_slot_ctl *ctl, void **state,
+                          bq_err *err)
 {
-    (void)ud, (void)state;
+    (void)ud, (void)state, (void)ctl;
     if (index == 1)
         return bq_err_set(err, BQ_EINVAL, "slot %d refuses", index);
     atomic_fetch_add(&inits, 1);
     return BQ_OK;
 }
 
-/* "n" -> completed with task_id n; "fail" -> failed; anything else -> malformed. */
+/* "n" -> completed with task_id n; "fail" -> dead; "again" -> retried once after 50 ms,
+ * then completed; anything else -> malformed. */
 static void handle(void *state, const struct bq_msg *msg, struct bq_outcome *out)
 {
     (void)state;
     atomic_fetch_add(&handled, 1);
     if (strcmp(msg->data, "fail") == 0) {
-        out->kind = BQ_OUTCOME_FAILED;
+        out->kind = BQ_OUTCOME_DEAD;
         out->reason = bq_strdup("it failed");
         out->json = bq_strdup("{\"code\":\"EHANDLER\",\"message\":\"it failed\"}");
+        return;
+    }
+    if (strcmp(msg->data, "again") == 0) {
+        out->kind = BQ_OUTCOME_RETRY;
+        out->header = bq_strdup("#bq {\"attempt\":2}");
+        out->delay = 0.05;
+        out->reason = bq_strdup("try again");
+        return;
+    }
+    if (strcmp(msg->data, "#bq {\"attempt\":2}\nagain") == 0) {
+        out->kind = BQ_OUTCOME_COMPLETED;
+        out->attempt = 2;
+        strcpy(out->task_id, "again");
         return;
     }
     char *end;
@@ -89,11 +105,11 @@ static void push_numbers(bq_broker *b, const char *queue, int n)
     }
 }
 
-static void drain_and_check(const char *url, const char *queue)
+static void drain_and_check(const char *url, const char *queue, enum bq_delivery delivery)
 {
     reset();
     struct bq_config cfg = {(char *)url, "test", (char *)queue, 4, 2, 2, 2};
-    struct bq_worker_options o = {&cfg, 4, 1.0, true};
+    struct bq_worker_options o = {&cfg, 4, 1.0, true, delivery, 5.0, 5.0};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, &err), BQ_OK);
@@ -101,39 +117,49 @@ static void drain_and_check(const char *url, const char *queue)
         return;
     bq_broker *b = bq_worker_broker(w);
     push_numbers(b, queue, 3000);
-    struct bq_slice extra[2] = {{"fail", 4}, {"junk", 4}};
+    struct bq_slice extra[3] = {{"fail", 4}, {"junk", 4}, {"again", 5}};
     size_t pushed;
-    b->ops->push(b, queue, extra, 2, &pushed, NULL);
+    b->ops->push(b, queue, extra, 3, &pushed, NULL);
     CHECK_INT(bq_worker_start(w, true, &err), BQ_OK);
-    int results = 0, failed = 0, malformed = 0;
+    int results = 0, failed = 0, malformed = 0, retried = 0;
     for (;;) {
         struct bq_event ev;
         bq_worker_next_event(w, 30, -1, &ev);
         if (ev.kind == BQ_EVENT_RESULT) {
             results++;
-            failed += ev.outcome.kind == BQ_OUTCOME_FAILED;
+            failed += ev.outcome.kind == BQ_OUTCOME_DEAD;
             malformed += ev.outcome.kind == BQ_OUTCOME_MALFORMED;
+            retried += ev.outcome.kind == BQ_OUTCOME_RETRY;
         }
         enum bq_event_kind k = ev.kind;
         bq_event_clear(&ev);
         if (k == BQ_EVENT_STOPPED || k == BQ_EVENT_NONE)
             break;
     }
-    CHECK_INT(results, 3002);
+    CHECK_INT(results, 3004); /* "again" twice: retried, then completed */
     CHECK_INT(failed, 1);
     CHECK_INT(malformed, 1);
+    CHECK_INT(retried, 1);
     int once = 0;
     for (int i = 0; i < 3000; i++)
         once += seen[i] == 1;
     CHECK_INT(once, 3000);
     struct bq_worker_stats st;
     bq_worker_stats(w, &st);
-    CHECK_INT(st.completed, 3000);
+    CHECK_INT(st.completed, 3001);
     CHECK_INT(st.dead_lettered, 2);
+    CHECK_INT(st.retried, 1);
     CHECK_INT(st.inflight, 0);
-    long long dead = 0;
-    CHECK_INT(b->ops->length(b, queue, BQ_LIST_DEAD, &dead, NULL), BQ_OK);
-    CHECK_INT(dead, 2);
+    CHECK_INT(st.lease_lost, 0);
+    long long n = -1;
+    CHECK_INT(b->ops->length(b, queue, BQ_LIST_DEAD, &n, NULL), BQ_OK);
+    CHECK_INT(n, 2);
+    CHECK_INT(b->ops->length(b, queue, BQ_LIST_INFLIGHT, &n, NULL), BQ_OK);
+    CHECK_INT(n, 0); /* every lease released */
+    CHECK_INT(b->ops->length(b, queue, BQ_LIST_DELAYED, &n, NULL), BQ_OK);
+    CHECK_INT(n, 0);
+    CHECK_INT(b->ops->length(b, queue, BQ_LIST_READY, &n, NULL), BQ_OK);
+    CHECK_INT(n, 0);
     bq_worker_free(w);
     CHECK_INT(atomic_load(&inits), 4);
     CHECK_INT(atomic_load(&finis), 4);
@@ -141,7 +167,8 @@ static void drain_and_check(const char *url, const char *queue)
 
 TEST(memory_drain_handles_each_message_once)
 {
-    drain_and_check(NULL, "test:worker:mem");
+    drain_and_check(NULL, "test:worker:mem", BQ_AT_LEAST_ONCE);
+    drain_and_check(NULL, "test:worker:mem2", BQ_AT_MOST_ONCE);
 }
 
 TEST(redis_drain_handles_each_message_once)
@@ -151,7 +178,9 @@ TEST(redis_drain_handles_each_message_once)
         SKIP("BQ_REDIS_URL is not set");
     char queue[64];
     snprintf(queue, sizeof queue, "test:worker:%d", (int)getpid());
-    drain_and_check(url, queue);
+    drain_and_check(url, queue, BQ_AT_LEAST_ONCE);
+    snprintf(queue, sizeof queue, "test:worker:amo:%d", (int)getpid());
+    drain_and_check(url, queue, BQ_AT_MOST_ONCE);
 }
 
 TEST(stop_interrupts_a_blocked_fetch)
@@ -162,7 +191,7 @@ TEST(stop_interrupts_a_blocked_fetch)
             continue;
         reset();
         struct bq_config cfg = {(char *)urls[i], "test", (char *)"test:worker:idle", 2, 2, 2, 2};
-        struct bq_worker_options o = {&cfg, 2, 30.0, false};
+        struct bq_worker_options o = {&cfg, 2, 30.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
         bq_worker *w;
         CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, NULL), BQ_OK);
         CHECK_INT(bq_worker_start(w, false, NULL), BQ_OK);
@@ -183,7 +212,7 @@ TEST(a_failing_slot_init_fails_the_start)
 {
     reset();
     struct bq_config cfg = {NULL, "test", (char *)"test:worker:bad", 2, 2, 2, 2};
-    struct bq_worker_options o = {&cfg, 3, 1.0, false};
+    struct bq_worker_options o = {&cfg, 3, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
     struct bq_slot_ops bad = {bad_init, handle, fini};
     bq_worker *w;
     bq_err err;
@@ -198,7 +227,7 @@ TEST(a_failing_slot_init_fails_the_start)
 TEST(options_are_checked)
 {
     struct bq_config cfg = {NULL, "test", (char *)"q", 2, 2, 2, 2};
-    struct bq_worker_options o = {&cfg, 0, 1.0, false};
+    struct bq_worker_options o = {&cfg, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, &err), BQ_EINVAL);
@@ -207,6 +236,10 @@ TEST(options_are_checked)
     o.block_timeout = 0;
     CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, &err), BQ_EINVAL);
     CHECK_CONTAINS(err.msg, "block_timeout");
+    o.block_timeout = 1;
+    o.lease = 0.1;
+    CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "lease");
 }
 
 int main(void)

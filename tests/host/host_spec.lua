@@ -94,6 +94,28 @@ describe("binduq-lua", function()
     end)
 end)
 
+describe("the build", function()
+    it("embeds the current Redis scripts", function()
+        local files = proc.sh("ls lua/binduq/redis/*.lua | sort | tr '\\n' ' '")
+        local out = proc.sh("lua5.4 src/broker/embed.lua " .. files)
+        assert.are.equal(proc.read("src/broker/scripts.h"), out .. "\n")
+    end)
+
+    it("installs every Lua module of lua/binduq with the rock", function()
+        local rockspec = proc.read(proc.sh("ls binduq-*.rockspec"))
+        for f in proc.sh("ls lua/binduq/*.lua"):gmatch("[^\n]+") do
+            local mod = f:match("lua/binduq/(.-)%.lua$")
+            local name = mod == "init" and "binduq" or ("binduq." .. mod)
+            assert.truthy(rockspec:find('["' .. name .. '"] = "' .. f .. '"', 1, true), name)
+        end
+        for f in proc.sh("ls src/*/*.c"):gmatch("[^\n]+") do
+            if not f:find("src/host/", 1, true) then
+                assert.truthy(rockspec:find('"' .. f .. '"', 1, true), f)
+            end
+        end
+    end)
+end)
+
 describe("the rock", function()
     it("has the version of binduq.h", function()
         local h = proc.read("src/binduq.h")

@@ -57,7 +57,8 @@ describe("worker (memory)", function()
     it("sets failed and malformed messages aside with their reasons", function()
         local q = fresh_queue()
         local results = {}
-        local w = new_worker{ queue = q, on_result = function(r) results[r.task_id or r.reason] = r end }
+        local w = new_worker{ queue = q, max_attempts = 1,
+                              on_result = function(r) results[r.task_id or r.reason] = r end }
         local s = bq.scheduler{ type = "memory", queue_name = q }
         s:run{ task_id = "ok1", messages = { "echo a" } }
         s:run{ task_id = "f1", messages = { "fail" } }

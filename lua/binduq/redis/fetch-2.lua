@@ -1,0 +1,9 @@
+-- fetch-2: lease up to N waiting operations in one step.
+-- KEYS[1] Q             the queue (list; producers LPUSH, we take from the right)
+-- KEYS[2] {Q}:wip:<id>  this worker's in-flight list (its lease is the worker's heartbeat)
+-- ARGV[1] N             how many to take, at most
+-- Returns the messages taken, oldest first (an empty array when Q is empty).
+local items = redis.call('RPOP', KEYS[1], tonumber(ARGV[1]))
+if not items then return {} end
+redis.call('LPUSH', KEYS[2], unpack(items))
+return items

@@ -1,0 +1,33 @@
+-- reap-3: give the in-flight operations of a worker whose lease ran out back to the queue.
+-- KEYS[1] {Q}:workers        sorted set of worker ids, score = lease expiry in ms
+-- KEYS[2] {Q}:wip:<dead id>  the dead worker's in-flight list
+-- KEYS[3] Q                  the queue; recovered operations go where workers take next
+-- ARGV[1] the dead worker's id
+-- Each recovered message gets (or updates) a "#bq {...}" header line counting the attempt
+-- the dead worker used up, so a message that kills every worker does not circle forever.
+-- Returns the number recovered, or -1 if the worker's lease is still valid (it came back).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if expiry and tonumber(expiry) >= now then return -1 end
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+-- The list is newest first; pushing in that order onto the right end leaves the oldest
+-- where workers take next.
+for i = 1, #items do
+    local m = items[i]
+    local header, body = { attempt = 1 }, m
+    if string.sub(m, 1, 4) == '#bq ' then
+        local nl = string.find(m, '\n', 5, true)
+        if nl then
+            local ok, h = pcall(cjson.decode, string.sub(m, 5, nl - 1))
+            if ok and type(h) == 'table' then header = h end
+            body = string.sub(m, nl + 1)
+        end
+    end
+    header.attempt = (tonumber(header.attempt) or 1) + 1
+    header.redelivered = (tonumber(header.redelivered) or 0) + 1
+    redis.call('RPUSH', KEYS[3], '#bq ' .. cjson.encode(header) .. '\n' .. body)
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return #items

@@ -1,0 +1,14 @@
+-- retry-2: schedule a failed operation for another attempt, releasing its lease.
+-- KEYS[1] {Q}:wip:<id>  the in-flight list holding the operation
+-- KEYS[2] {Q}:delayed   operations waiting for a time (sorted set, score = due time in ms)
+-- ARGV[1] the message as leased (removed from KEYS[1])
+-- ARGV[2] the message to retry (a "#bq {...}" header line, then the original bytes)
+-- ARGV[3] delay in milliseconds, from the server's clock
+-- ARGV[4] "1" if the lease must still be held (at-least-once), "0" otherwise
+-- Returns 1, or 0 if the lease was lost (the operation went back to the queue meanwhile and
+-- nothing was scheduled, so it is not run twice).
+if ARGV[4] == '1' and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+return 1

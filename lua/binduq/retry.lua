@@ -1,0 +1,50 @@
+--- binduq.retry: the default failure policy, and how to write one.
+--
+-- A failure policy is a function (task, err, attempt) -> decision, called in the handler
+-- state when a handler fails. `err` is {code=, message=, traceback=, retryable=}; `attempt`
+-- is the attempt that just failed (1 for the first). The decision is one of
+--   { retry = seconds }                  try again after that long (server clock)
+--   { dead_letter = true, reason = "..." } set the task aside in the dead-letter list
+--   { drop = true, reason = "..." }      forget it (logged)
+-- or nil for the default below. The mechanism (the delayed set, the atomic moves, the
+-- jittered backoff arithmetic) is binduq's; the policy is yours.
+
+local core = require("binduq.core")
+
+local M = {}
+
+--- The default: exponential backoff with full jitter (base 1 s, cap 5 min), at most 5
+-- attempts, then the dead-letter list; a non-retryable error goes there at once. A task's
+-- own `max_attempts` field beats the worker's.
+function M.default(opts)
+    local max = opts.max_attempts or 5
+    local base, cap = opts.retry_base or 1, opts.retry_cap or 300
+    return function(task, err, attempt)
+        local limit = task.max_attempts or max
+        if err.retryable == false then
+            return { dead_letter = true, reason = ("%s (not retryable)"):format(err.message) }
+        end
+        if attempt >= limit then
+            return { dead_letter = true,
+                     reason = ("failed %d times (max_attempts %d): %s"):format(attempt, limit, err.message) }
+        end
+        return { retry = core.backoff(attempt - 1, base, cap, "full") }
+    end
+end
+
+--- Checks and normalises a decision. Returns the kind ("retry", "dead", "dropped") and the
+-- decision, or raises naming what is wrong with it.
+function M.check(d)
+    if type(d) ~= "table" then error("a failure policy must return a table or nil (got " .. type(d) .. ")", 0) end
+    if d.retry ~= nil then
+        if type(d.retry) ~= "number" or d.retry < 0 or d.retry ~= d.retry then
+            error("retry must be a number of seconds, at least 0", 0)
+        end
+        return "retry", d
+    end
+    if d.dead_letter then return "dead", d end
+    if d.drop then return "dropped", d end
+    error("a failure policy's decision needs retry, dead_letter or drop", 0)
+end
+
+return M
