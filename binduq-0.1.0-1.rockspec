@@ -47,6 +47,7 @@ build = {
             libraries = { "hiredis", "crypto", "pthread", "m" },
         },
         ["binduq"] = "lua/binduq/init.lua",
+        ["binduq.cli"] = "lua/binduq/cli.lua",
         ["binduq.config"] = "lua/binduq/config.lua",
         ["binduq.errors"] = "lua/binduq/errors.lua",
         ["binduq.json"] = "lua/binduq/json.lua",

@@ -200,6 +200,7 @@ local function make_process(w, info)
                    { reason = why, body = header.body, attempt = header.attempt }
         end
         local id = task.task_id
+        if header.requeued then core.forget_task_state(id) end
         local state = core.task_state(id)
         if state and TERMINAL[state] and (task.type == "run" or header.redelivered) then
             return "skipped", id, task.type, { reason = "the task is already " .. state, attempt = header.attempt }
@@ -333,7 +334,7 @@ end
 
 local function result_of(ev)
     local r = { task_id = ev.task_id, type = ev.type, state = ev.state, duration = ev.duration,
-                attempt = ev.attempt }
+                attempt = ev.attempt, delay = ev.delay }
     if ev.state == "completed" then
         r.result = ev.json and json.decode(ev.json) or nil
         if r.result == json.null then r.result = nil end

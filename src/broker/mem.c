@@ -556,8 +556,15 @@ static bq_status mem_dlq_requeue(bq_broker *b, const char *queue, struct bq_slic
         drop_if_empty(l);
         st = oom(err);
     } else if (lrem(dlq, entry.p, entry.len)) {
-        struct bq_msg m;
-        if (!copy_msg(&m, entry.p + off, entry.len - off)) {
+        static const char hdr[] = "#bq {\"attempt\":1,\"requeued\":1}\n";
+        struct bq_msg m = {bq_malloc(sizeof hdr - 1 + entry.len - off + 1),
+                           sizeof hdr - 1 + entry.len - off};
+        if (m.data != NULL) {
+            memcpy(m.data, hdr, sizeof hdr - 1);
+            memcpy(m.data + sizeof hdr - 1, entry.p + off, entry.len - off);
+            m.data[m.len] = '\0';
+        }
+        if (m.data == NULL) {
             st = oom(err); /* the entry is gone from the list: put it back */
             push_copy(dlq, entry.p, entry.len, true);
         } else {

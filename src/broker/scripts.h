@@ -78,11 +78,12 @@ static const char bq_script_reap_3[] =
     "-- ARGV[1] the dead worker's id\n"
     "-- Each recovered message gets (or updates) a \"#bq {...}\" header line counting the attempt\n"
     "-- the dead worker used up, so a message that kills every worker does not circle forever.\n"
-    "-- Returns the number recovered, or -1 if the worker's lease is still valid (it came back).\n"
+    "-- Returns the number recovered, or -1 if the worker's lease is still valid (it came back) or\n"
+    "-- it is no longer registered (another worker reaped it first).\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])\n"
-    "if expiry and tonumber(expiry) >= now then return -1 end\n"
+    "if not expiry or tonumber(expiry) >= now then return -1 end\n"
     "local items = redis.call('LRANGE', KEYS[2], 0, -1)\n"
     "-- The list is newest first; pushing in that order onto the right end leaves the oldest\n"
     "-- where workers take next.\n"
@@ -107,6 +108,8 @@ static const char bq_script_reap_3[] =
 
 static const char bq_script_requeue_2[] =
     "-- requeue-2: move one dead-letter entry back to the queue as a fresh operation.\n"
+    "-- The original bytes get a \"#bq\" header line marking them requeued: attempts start again,\n"
+    "-- and the worker runs the task even if it had recorded it as failed.\n"
     "-- KEYS[1] {Q}:dlq  the dead-letter list\n"
     "-- KEYS[2] Q        the queue (the operation joins the back of the line)\n"
     "-- ARGV[1] the entry, exactly as stored (a JSON line, a newline, the original bytes)\n"
@@ -114,7 +117,7 @@ static const char bq_script_requeue_2[] =
     "local nl = string.find(ARGV[1], '\\n', 1, true)\n"
     "if not nl then return redis.error_reply('ERR not a binduq dead-letter entry') end\n"
     "if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end\n"
-    "redis.call('LPUSH', KEYS[2], string.sub(ARGV[1], nl + 1))\n"
+    "redis.call('LPUSH', KEYS[2], '#bq {\"attempt\":1,\"requeued\":1}\\n' .. string.sub(ARGV[1], nl + 1))\n"
     "return 1\n";
 
 static const char bq_script_retry_2[] =

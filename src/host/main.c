@@ -3,6 +3,7 @@
  * binduq Lua modules on its path, which runs a script with `arg` set as `lua` does.
  *
  *   binduq-lua [options] [script [args]]
+ *   binduq-lua dlq <list|show|requeue|purge> ...      (admin commands, lua/binduq/cli.lua)
  *     -e stat  execute string 'stat'        -l mod  require 'mod' into global 'mod'
  *     -v       show version information     -h      show this help
  *     --       stop handling options        -       execute stdin and stop handling options
@@ -31,6 +32,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: %s [options] [script [args]]\n"
+            "       %s dlq <list|show|requeue|purge> [options]   (see %s dlq --help)\n"
             "Runs a Lua 5.4 script with binduq available (require \"binduq\").\n"
             "Options:\n"
             "  -e stat  execute string 'stat'\n"
@@ -41,7 +43,7 @@ static void usage(FILE *f)
             "  -        execute stdin and stop handling options\n"
             "Environment: REDIS_URL, REDIS_QUEUE_NAME, REDIS_MAX_CONNECTIONS, BINDUQ_LOG_LEVEL,\n"
             "BINDUQ_LOG_FORMAT (see the README).\n",
-            progname);
+            progname, progname, progname);
 }
 
 static void version(void)
@@ -157,6 +159,43 @@ static int doscript(lua_State *L, char **argv, int argc, int script)
     return report(L, status);
 }
 
+/* A bare word (no '/', no '.') may name an admin command of binduq.cli ("dlq", ...).
+ * Returns 1 and pushes the exit status if it does and the command ran. */
+static int try_command(lua_State *L, char **argv, int argc, int first)
+{
+    const char *w = argv[first];
+    if (w[0] == '\0' || strchr(w, '/') != NULL || strchr(w, '.') != NULL)
+        return 0;
+    int top = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "binduq.cli");
+    if (docall(L, 1, 1) != LUA_OK) { /* no binduq.cli: treat the word as a script name */
+        lua_settop(L, top);
+        return 0;
+    }
+    lua_getfield(L, top + 1, "COMMANDS");                       /* cli COMMANDS */
+    int known = lua_istable(L, -1) && lua_getfield(L, -1, w) != LUA_TNIL;
+    if (!known) {
+        lua_settop(L, top);
+        return 0;
+    }
+    lua_settop(L, top + 1);                                     /* cli */
+    lua_getfield(L, top + 1, "main");                           /* cli main */
+    lua_createtable(L, argc - first, 0);
+    for (int i = first; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i - first + 1);
+    }
+    int status = docall(L, 1, 1);
+    if (status != LUA_OK) {
+        report(L, status);
+        lua_pushinteger(L, 1);
+        return 1;
+    }
+    lua_pushinteger(L, lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 1);
+    return 1;
+}
+
 /* Everything that runs Lua, in protected mode (pmain as in lua.c). */
 static int pmain(lua_State *L)
 {
@@ -216,6 +255,8 @@ static int pmain(lua_State *L)
         lua_pushinteger(L, 1);
         return 1;
     }
+    if (script > 0 && !has_e && try_command(L, argv, argc, script))
+        return 1;
     create_arg_table(L, argv, argc, script > 0 ? script : argc);
     /* Second pass: run -e and -l in order. */
     int last = script > 0 ? script : argc;

@@ -353,6 +353,13 @@ static int l_set_task_state(lua_State *L)
     return 1;
 }
 
+/* core.forget_task_state(id): an operator requeued the task; it may run again. */
+static int l_forget_task_state(lua_State *L)
+{
+    bq_state_forget(luaL_checkstring(L, 1));
+    return 0;
+}
+
 /* ---- Signals ---------------------------------------------------------------------------------
  * run() traps SIGINT and SIGTERM while it waits: the handler only writes the signal number to
  * a pipe, which the waiting thread polls. Lua is never touched from a signal handler. */
@@ -435,6 +442,7 @@ static const luaL_Reg core_funcs[] = {
     {"backoff", l_backoff},
     {"task_state", l_task_state},
     {"set_task_state", l_set_task_state},
+    {"forget_task_state", l_forget_task_state},
     {"role", l_role},
     {"trap_signals", l_trap_signals},
     {"untrap_signals", l_untrap_signals},

@@ -630,6 +630,10 @@ static int l_engine_next_event(lua_State *L)
         set_str(L, "json", ev.outcome.json);
         lua_pushnumber(L, ev.duration);
         lua_setfield(L, -2, "duration");
+        if (ev.outcome.kind == BQ_OUTCOME_RETRY) {
+            lua_pushnumber(L, ev.outcome.delay);
+            lua_setfield(L, -2, "delay");
+        }
         break;
     }
     bq_event_clear(&ev);

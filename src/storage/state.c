@@ -170,6 +170,15 @@ bool bq_state_set(const char *task_id, const char *state, const char *from)
     return changed;
 }
 
+void bq_state_forget(const char *task_id)
+{
+    pthread_mutex_lock(&mu);
+    struct entry *e = table != NULL ? lookup(task_id) : NULL;
+    if (e != NULL) /* the id stays in the eviction ring; forget_oldest finds nothing then */
+        strcpy(e->state, "");
+    pthread_mutex_unlock(&mu);
+}
+
 void bq_state_reset(void)
 {
     pthread_mutex_lock(&mu);

@@ -27,6 +27,9 @@ bool bq_state_get(const char *task_id, char *out, size_t size);
  * ("" stands for an unknown task). */
 bool bq_state_set(const char *task_id, const char *state, const char *from);
 
+/* Forgets task_id (an operator requeued it: it may run again). */
+void bq_state_forget(const char *task_id);
+
 /* Forgets everything (tests). */
 void bq_state_reset(void);
 

@@ -15,6 +15,7 @@ local function make(opts)
         script = "tests/bench/noop_worker.lua",
         scheduler = { url = opts and opts.url, queue_name = opts and opts.queue },
         concurrency = opts and opts.concurrency or 1,
+        delivery = opts and opts.delivery,
         handlers = { run = handler },
         on_result = opts and opts.on_result,
     }

@@ -556,7 +556,8 @@ static void lease_cycle(bq_broker *b, const char *queue)
     CHECK_INT(b->ops->range(b, queue, BQ_LIST_READY, 0, 0, &all, NULL), BQ_OK);
     CHECK_INT(all.n, 1);
     if (all.n == 1)
-        CHECK_STR(all.msgs[0].data, "m3"); /* requeued at the back of the line */
+        /* requeued at the back of the line, as a fresh first attempt */
+        CHECK_STR(all.msgs[0].data, "#bq {\"attempt\":1,\"requeued\":1}\nm3");
     long long purged = -1;
     struct bq_slice e2 = {"{\"reason\":\"y\"}\nzz", 17};
     CHECK_INT(b->ops->bury(b, &(struct bq_lessee){queue, "w1", BQ_AT_MOST_ONCE}, e2, e2, &held,

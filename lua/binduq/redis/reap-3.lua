@@ -5,11 +5,12 @@
 -- ARGV[1] the dead worker's id
 -- Each recovered message gets (or updates) a "#bq {...}" header line counting the attempt
 -- the dead worker used up, so a message that kills every worker does not circle forever.
--- Returns the number recovered, or -1 if the worker's lease is still valid (it came back).
+-- Returns the number recovered, or -1 if the worker's lease is still valid (it came back) or
+-- it is no longer registered (another worker reaped it first).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if expiry and tonumber(expiry) >= now then return -1 end
+if not expiry or tonumber(expiry) >= now then return -1 end
 local items = redis.call('LRANGE', KEYS[2], 0, -1)
 -- The list is newest first; pushing in that order onto the right end leaves the oldest
 -- where workers take next.

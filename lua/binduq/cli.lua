@@ -1,0 +1,222 @@
+--- binduq.cli: the admin commands of binduq-lua.
+--
+--   binduq-lua dlq list    [--limit N] [--json]
+--   binduq-lua dlq show    INDEX [--json]
+--   binduq-lua dlq requeue (INDEX | --all | FILTERS) [--json]
+--   binduq-lua dlq purge   (--all | FILTERS) [--json]
+--     FILTERS: --task-id ID  --type TYPE  --code CODE  --worker ID  --reason TEXT
+--   common: --url URL (default REDIS_URL)  --queue NAME (default REDIS_QUEUE_NAME)  --help
+--
+-- Each command exits 0 on success and 1 with a message on stderr on failure (2 for a usage
+-- error). --json prints one JSON document on stdout, for scripts.
+
+local json = require("binduq.json")
+local scheduler = require("binduq.scheduler")
+
+local M = {}
+
+local USAGE = {
+    dlq = [[
+usage: binduq-lua dlq <list|show|requeue|purge> [options]
+  list    [--limit N]           entries of the dead-letter list, newest first (default 20)
+  show    INDEX                 one entry in full (0 is the newest)
+  requeue INDEX | --all | FILTERS
+                                move entries back to the queue as fresh operations
+  purge   --all | FILTERS       delete entries
+FILTERS (all must match): --task-id ID  --type TYPE  --code CODE  --worker ID  --reason TEXT
+Options: --url URL (default $REDIS_URL)  --queue NAME (default $REDIS_QUEUE_NAME or bindu:tasks)
+         --json (one JSON document on stdout)  --help
+]],
+}
+
+M.COMMANDS = { dlq = true }
+
+-- A small parser: --flag value, --switch, and positional words.
+local SWITCHES = { json = true, all = true, help = true }
+local function parse(args)
+    local opts, pos = {}, {}
+    local i = 1
+    while i <= #args do
+        local a = args[i]
+        local name = a:match("^%-%-([%w%-]+)$")
+        if name then
+            name = name:gsub("%-", "_")
+            if SWITCHES[name] then
+                opts[name] = true
+            else
+                if args[i + 1] == nil then error({ usage = "option --" .. name:gsub("_", "-") .. " needs a value" }) end
+                opts[name] = args[i + 1]
+                i = i + 1
+            end
+        elseif a:sub(1, 1) == "-" and a ~= "-" then
+            error({ usage = "unknown option '" .. a .. "'" })
+        else
+            pos[#pos + 1] = a
+        end
+        i = i + 1
+    end
+    return opts, pos
+end
+
+local KNOWN = { url = true, queue = true, json = true, all = true, help = true, limit = true,
+                task_id = true, type = true, code = true, worker = true, reason = true }
+
+local function filter_of(opts)
+    local f, any = {}, false
+    for _, k in ipairs({ "task_id", "type", "code", "worker", "reason" }) do
+        if opts[k] then
+            f[k] = opts[k]
+            any = true
+        end
+    end
+    return any and f or nil
+end
+
+local function out(opts, data, text)
+    if opts.json then
+        io.stdout:write(json.encode_strict(data), "\n")
+    else
+        io.stdout:write(text, "\n")
+    end
+end
+
+local function short(s, n)
+    s = tostring(s or ""):gsub("%s+", " ")
+    if #s > n then s = s:sub(1, n - 3) .. "..." end
+    return s
+end
+
+-- Fails a run-time call with its message.
+local function must(v, err)
+    if v == nil and err ~= nil then error({ fail = err }) end
+    return v
+end
+
+local function entry_json(e)
+    local copy = {}
+    for k, v in pairs(e) do copy[k] = v end
+    copy.raw = nil
+    if copy.message and not utf8.len(copy.message) then
+        copy.message = nil
+        copy.message_invalid_utf8 = true
+    end
+    return copy
+end
+
+local dlq = {}
+
+function dlq.list(s, opts)
+    local limit = tonumber(opts.limit or 20)
+    if not limit or limit < 1 then error({ usage = "--limit must be a positive number" }) end
+    local total = must(s:dead_letter_count())
+    local entries = must(s:dead_letters(0, limit - 1))
+    if opts.json then
+        local list = {}
+        for i, e in ipairs(entries) do
+            list[i] = entry_json(e)
+            list[i].index = i - 1
+        end
+        io.stdout:write('{"queue":', json.encode_strict(s.queue_name), ',"total":', total,
+                        ',"entries":', json.array(list), "}\n")
+        return
+    end
+    local lines = { ("%d dead-letter entr%s in %s%s"):format(total, total == 1 and "y" or "ies", s.queue_name,
+                                                           total > #entries and (", newest " .. #entries .. ":") or ":") }
+    for i, e in ipairs(entries) do
+        lines[#lines + 1] = ("%4d  %-24s  %-36s  %-10s  %s"):format(i - 1, e.failed_at or "-",
+            short(e.task_id or "(no task id)", 36), e.error and e.error.code or "-", short(e.reason, 60))
+    end
+    out(opts, nil, table.concat(lines, "\n"))
+end
+
+local function index_arg(pos)
+    local n = tonumber(pos[2])
+    if not n or n < 0 or n ~= math.floor(n) then error({ usage = "INDEX must be a whole number (0 is the newest)" }) end
+    return n
+end
+
+function dlq.show(s, opts, pos)
+    local e = must(s:dead_letter(index_arg(pos)))
+    if not e then error({ fail = "no dead-letter entry at index " .. pos[2] }) end
+    if opts.json then return out(opts, entry_json(e)) end
+    local lines = {}
+    for _, k in ipairs({ "task_id", "type", "queue", "worker", "attempts", "failed_at", "reason" }) do
+        if e[k] ~= nil then lines[#lines + 1] = ("%-10s %s"):format(k .. ":", tostring(e[k])) end
+    end
+    if type(e.error) == "table" then
+        lines[#lines + 1] = ("%-10s %s: %s (retryable: %s)"):format("error:", tostring(e.error.code),
+            tostring(e.error.message), tostring(e.error.retryable))
+        if e.error.traceback then lines[#lines + 1] = e.error.traceback end
+    end
+    lines[#lines + 1] = "message:"
+    lines[#lines + 1] = utf8.len(e.message or "") and e.message or "(not valid UTF-8; use --json or redis-cli)"
+    out(opts, nil, table.concat(lines, "\n"))
+end
+
+local function progress(verb)
+    local last = 0
+    return function(done, seen)
+        if seen - last >= 500 then
+            io.stderr:write(("%s %d (of %d looked at)...\n"):format(verb, done, seen))
+            last = seen
+        end
+    end
+end
+
+function dlq.requeue(s, opts, pos)
+    local n
+    if pos[2] then
+        local e = must(s:dead_letter(index_arg(pos)))
+        if not e then error({ fail = "no dead-letter entry at index " .. pos[2] }) end
+        n = must(s:requeue_entry(e.raw)) and 1 or 0
+    else
+        local f = filter_of(opts)
+        if not f and not opts.all then error({ usage = "requeue needs INDEX, --all or a filter" }) end
+        n = must(s:requeue_dead(f, progress("requeued")))
+    end
+    out(opts, { requeued = n, queue = s.queue_name },
+        ("requeued %d entr%s to %s"):format(n, n == 1 and "y" or "ies", s.queue_name))
+end
+
+function dlq.purge(s, opts)
+    local f = filter_of(opts)
+    if not f and not opts.all then error({ usage = "purge needs --all or a filter" }) end
+    local n = must(s:purge_dead(f, progress("purged")))
+    out(opts, { purged = n, queue = s.queue_name },
+        ("purged %d entr%s from %s"):format(n, n == 1 and "y" or "ies", s.queue_name))
+end
+
+--- Runs a command; returns the exit status.
+function M.main(args)
+    local cmd = args[1]
+    local ok, res = pcall(function()
+        local opts, pos = parse({ table.unpack(args, 2) })
+        for k in pairs(opts) do
+            if not KNOWN[k] then error({ usage = "unknown option '--" .. k:gsub("_", "-") .. "'" }) end
+        end
+        if opts.help or #pos == 0 then
+            io.stdout:write(USAGE[cmd])
+            return opts.help and 0 or 2
+        end
+        local sub = dlq[pos[1]]
+        if not sub then error({ usage = "unknown subcommand '" .. pos[1] .. "'" }) end
+        local section = { url = opts.url, queue_name = opts.queue }
+        local okc, s = pcall(scheduler.new, section)
+        if not okc then error({ fail = tostring(s) }) end
+        if s.backend == "memory" then
+            error({ fail = "no Redis to inspect: set REDIS_URL or pass --url" })
+        end
+        sub(s, opts, pos)
+        s:close()
+        return 0
+    end)
+    if ok then return res end
+    if type(res) == "table" and res.usage then
+        io.stderr:write("binduq-lua ", cmd, ": ", res.usage, "\n", USAGE[cmd])
+        return 2
+    end
+    io.stderr:write("binduq-lua ", cmd, ": ", type(res) == "table" and tostring(res.fail) or tostring(res), "\n")
+    return 1
+end
+
+return M
