@@ -33,7 +33,7 @@ build = {
         ["binduq.core"] = {
             sources = {
                 "src/core/alloc.c", "src/core/backoff.c", "src/core/buf.c", "src/core/clock.c",
-                "src/core/err.c", "src/core/log.c", "src/core/rand.c",
+                "src/core/err.c", "src/core/log.c", "src/core/rand.c", "src/core/ratelimit.c",
                 "src/net/conn.c", "src/net/pool.c", "src/net/url.c",
                 "src/broker/broker.c", "src/broker/keys.c", "src/broker/mem.c",
                 "src/broker/redis.c", "src/storage/state.c",

@@ -11,6 +11,9 @@ local M = {}
 M.SCHEDULER_KEYS = {
     type = "string", url = "string", queue_name = "string", max_connections = "number",
     connect_timeout = "number", command_timeout = "number", pool_timeout = "number",
+    -- policy, producer side
+    route = "function", levels = "table", dedup = "boolean", dedup_ttl = "number",
+    dedup_key = "function",
 }
 
 M.STORAGE_KEYS = { type = "string", url = "string" }
@@ -21,6 +24,8 @@ M.WORKER_KEYS = {
     max_message_size = "number", script = "string", args = "table", name = "string",
     delivery = "string", lease = "number", shutdown_timeout = "number", timeout = "number",
     max_attempts = "number", retry_base = "number", retry_cap = "number", on_failure = "function",
+    queues = "table", weights = "table", rate_limit = "table", rate_key = "function",
+    prefetch = "number",
 }
 
 -- Keys of a Bindu agent config that binduq accepts and ignores, so a whole agent config

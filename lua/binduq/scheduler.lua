@@ -6,6 +6,15 @@
 --   s:pause(id)  s:resume(id, {"more input"})  s:cancel(id)
 --   s:schedule_many{ op1, op2, ... }             -- one pipelined round trip
 --
+-- Policy, as plain functions in the options:
+--   route(op) -> a queue name, or a key of `levels` ({high = "{bindu}:tasks:high", ...});
+--                nil: the scheduler's own queue
+--   dedup_key(op) -> a key, or false for no deduplication; nil: the default, the operation
+--                type and task_id for run and cancel (pause and resume legitimately repeat)
+--   dedup = false turns deduplication off; dedup_ttl (3600 s) is how long a key holds.
+-- A duplicate is not an error: schedule returns true, "duplicate", and it is counted in
+-- s.stats.deduplicated. The check and the push are one atomic step in Redis.
+--
 -- Invalid operations raise (nothing is sent); run-time failures (Redis down, timeouts)
 -- return nil, message, code.
 
@@ -33,14 +42,52 @@ function M.new(opts, level)
     local ok, client = pcall(core.client, section)
     if not ok then error(client, level) end
     local info = client:info()
+    if section.dedup_ttl ~= nil and section.dedup_ttl <= 0 then error("dedup_ttl must be positive", level) end
+    for name, q in pairs(section.levels or {}) do
+        if type(name) ~= "string" or type(q) ~= "string" or q == "" then
+            error("levels maps level names to queue names", level)
+        end
+    end
     local self = setmetatable({
         client = client,
         queue_name = info.queue_name,
         backend = info.backend,
         address = info.address,
         url = info.url,
+        route = section.route,
+        levels = section.levels or {},
+        dedup = section.dedup ~= false,
+        dedup_ttl = section.dedup_ttl or 3600,
+        dedup_key = section.dedup_key,
+        stats = { scheduled = 0, deduplicated = 0 },
     }, Scheduler)
     return self
+end
+
+-- The queue an operation goes to (the route policy).
+local function route_of(self, op)
+    if not self.route then return self.queue_name end
+    local q = self.route(op)
+    if q == nil then return self.queue_name end
+    if type(q) ~= "string" or q == "" then
+        error("route must return a queue or level name (got " .. type(q) .. ")", 3)
+    end
+    return self.levels[q] or q
+end
+
+-- The deduplication key of an operation, or nil for none (the dedup_key policy).
+local function dedup_of(self, op)
+    if not self.dedup then return nil end
+    local k
+    if self.dedup_key then
+        k = self.dedup_key(op)
+        if k == false then return nil end
+        if k ~= nil and type(k) ~= "string" then
+            error("dedup_key must return a string, false or nil (got " .. type(k) .. ")", 3)
+        end
+    end
+    if k == nil and (op.type == "run" or op.type == "cancel") then k = op.type .. ":" .. op.task_id end
+    return k
 end
 
 local function check_open(self)
@@ -53,24 +100,59 @@ end
 function Scheduler:schedule(op)
     local client = check_open(self)
     local msg, id = task.encode(op, 2)
-    local n, err, code = client:push(msg, id)
-    if not n then return nil, err, code end
+    local queue, key = route_of(self, op), dedup_of(self, op)
+    if key then
+        local r, err, code = client:push_unique({ msg }, { key }, self.dedup_ttl, queue)
+        if not r then return nil, err, code end
+        if not r[1] then
+            self.stats.deduplicated = self.stats.deduplicated + 1
+            return true, "duplicate"
+        end
+    else
+        local n, err, code = client:push(msg, id, queue)
+        if not n then return nil, err, code end
+    end
+    self.stats.scheduled = self.stats.scheduled + 1
     return true, "scheduled"
 end
 
---- Schedules a list of operations in one pipelined round trip, in order. All are checked
--- before anything is sent. Returns the number scheduled, or nil, message, code.
+--- Schedules a list of operations, in order per queue, in as few round trips as possible
+-- (one per run of operations with the same queue and the same kind of push). All are
+-- checked before anything is sent. Returns the number scheduled and the number of
+-- duplicates, or nil, message, code.
 function Scheduler:schedule_many(ops)
     local client = check_open(self)
     if type(ops) ~= "table" then error("schedule_many expects a list of task operations", 2) end
-    local msgs, ids = {}, {}
+    local groups = {}
     for i = 1, #ops do
         local okenc, m, id = pcall(task.encode, ops[i], 1)
         if not okenc then error("operation " .. i .. ": " .. tostring(m), 2) end
-        msgs[i], ids[i] = m, id
+        local queue, key = route_of(self, ops[i]), dedup_of(self, ops[i])
+        local g = groups[#groups]
+        if not g or g.queue ~= queue or (g.keys ~= nil) ~= (key ~= nil) then
+            g = { queue = queue, msgs = {}, ids = {}, keys = key and {} or nil }
+            groups[#groups + 1] = g
+        end
+        g.msgs[#g.msgs + 1], g.ids[#g.ids + 1] = m, id
+        if key then g.keys[#g.keys + 1] = key end
     end
-    if #msgs == 0 then return 0 end
-    return client:push(msgs, ids)
+    local sent, dups = 0, 0
+    for _, g in ipairs(groups) do
+        if g.keys then
+            local r, err, code = client:push_unique(g.msgs, g.keys, self.dedup_ttl, g.queue)
+            if not r then return nil, err, code end
+            for _, pushed in ipairs(r) do
+                if pushed then sent = sent + 1 else dups = dups + 1 end
+            end
+        else
+            local n, err, code = client:push(g.msgs, g.ids, g.queue)
+            if not n then return nil, err, code end
+            sent = sent + n
+        end
+    end
+    self.stats.scheduled = self.stats.scheduled + sent
+    self.stats.deduplicated = self.stats.deduplicated + dups
+    return sent, dups
 end
 
 --- Pushes an already-encoded message as is. For tools and tests that need to put arbitrary

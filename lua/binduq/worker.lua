@@ -85,6 +85,44 @@ function M.new(opts, level)
     end
     local retry_base = positive("retry_base", opts.retry_base, 0) or defaults.retry_base
     local retry_cap = positive("retry_cap", opts.retry_cap, retry_base) or math.max(defaults.retry_cap, retry_base)
+    -- Priority: an ordered list of queues, strict unless weights are given.
+    local queues = opts.queues
+    if queues ~= nil then
+        if #queues < 1 or #queues > 16 then error("queues needs 1 to 16 queue names", level) end
+        local seen = {}
+        for i, q in ipairs(queues) do
+            if type(q) ~= "string" or q == "" then error("queues[" .. i .. "] must be a queue name", level) end
+            if seen[q] then error("queue '" .. q .. "' is listed twice", level) end
+            seen[q] = true
+        end
+        local url = section.url or os.getenv("REDIS_URL") or ""
+        if #queues > 1 and url:match("^rediss?%+cluster://") then
+            local slot = core.key_slot(queues[1])
+            for _, q in ipairs(queues) do
+                if core.key_slot(q) ~= slot then
+                    error("queues fetched together must share a hash tag in Cluster mode ('" .. queues[1]
+                          .. "' and '" .. q .. "' are in different slots; name them like {bindu}:tasks:high)", level)
+                end
+            end
+        end
+    end
+    local weights = opts.weights
+    if weights ~= nil then
+        if #weights ~= #(queues or { 1 }) then error("weights needs one weight per queue", level) end
+        for i, wt in ipairs(weights) do
+            if math.type(wt) ~= "integer" or wt < 1 then error("weights[" .. i .. "] must be a whole number >= 1", level) end
+        end
+    end
+    local prefetch = opts.prefetch or 0
+    if math.type(prefetch) ~= "integer" or prefetch < 0 or prefetch > 4096 then
+        error("prefetch must be a whole number from 0 to 4096", level)
+    end
+    local rl = opts.rate_limit
+    if rl ~= nil then
+        config.check(rl, { limit = "number", period = "number" }, "rate_limit", level)
+        if math.type(rl.limit) ~= "integer" or rl.limit < 1 then error("rate_limit.limit must be a whole number >= 1", level) end
+        if not rl.period or rl.period <= 0 then error("rate_limit.period must be a positive number of seconds", level) end
+    end
     -- The key pairs this worker with its twin in each handler state, which runs the same
     -- script: the explicit name, or where bq.worker was called.
     local key = opts.name
@@ -110,6 +148,11 @@ function M.new(opts, level)
         on_failure = opts.on_failure,
         retry_base = retry_base,
         retry_cap = retry_cap,
+        queues = queues,
+        weights = weights,
+        prefetch = prefetch,
+        rate_limit = rl,
+        rate_key = opts.rate_key,
     }, Worker)
     if ROLE == "main" then
         -- Opening the scheduler checks the configuration now (a bad URL fails here, not
@@ -157,6 +200,8 @@ local function make_process(w, info)
     local p = info.policy and json.decode(info.policy) or {}
     local max_attempts = p.max_attempts or w.max_attempts
     local timeout = p.timeout or w.timeout
+    local rl = p.rate_limit or w.rate_limit
+    local rate_key = w.rate_key
     local on_failure = w.on_failure
     local default_policy = retry.default{ max_attempts = max_attempts, retry_base = p.retry_base or w.retry_base,
                                           retry_cap = p.retry_cap or w.retry_cap }
@@ -192,7 +237,8 @@ local function make_process(w, info)
         return kind, task.task_id, task.type, out
     end
 
-    return function(raw)
+    return function(raw, qi)
+        local queue = info.queues[qi] or info.queue
         local task, why, partial, header = task_mod.decode(raw, max)
         if not task then
             partial = partial or {}
@@ -200,6 +246,7 @@ local function make_process(w, info)
                    { reason = why, body = header.body, attempt = header.attempt }
         end
         local id = task.task_id
+        task.queue, task.attempt = queue, header.attempt
         if header.requeued then core.forget_task_state(id) end
         local state = core.task_state(id)
         if state and TERMINAL[state] and (task.type == "run" or header.redelivered) then
@@ -215,19 +262,48 @@ local function make_process(w, info)
                 body = header.body, attempt = header.attempt - 1,
             }
         end
+        local admitted_at
+        if rl then
+            -- Admission under the rate limit: over it, the task is queued again (its lease
+            -- released) for the time the limiter names, and other keys keep flowing.
+            local key = "*"
+            if rate_key then
+                local okk, k = pcall(rate_key, task)
+                if not okk then
+                    return failed(task, { code = "ERATEKEY", message = "rate_key raised: " .. tostring(k),
+                                          retryable = false }, header)
+                end
+                key = k
+            end
+            if key ~= nil and key ~= false then
+                local nh = {}
+                for k2, v in pairs(header) do nh[k2] = v end
+                nh.body, nh.id, nh.deferred = nil, core.uuid4(), (header.deferred or 0) + 1
+                local next_msg = task_mod.header(nh) .. "\n" .. raw:sub(header.body + 1)
+                local admitted, when, code = core.rate_limit(tostring(key), rl.limit, rl.period, next_msg)
+                if admitted == nil then
+                    return failed(task, { code = code or "ERATELIMIT", message = "rate limiter: " .. tostring(when),
+                                          retryable = true }, header)
+                end
+                if not admitted then
+                    return "deferred", id, task.type, { delay = when, reason = "rate limited", attempt = header.attempt }
+                end
+                admitted_at = when
+            end
+        end
         local h = handlers[task.type]
         if not h then
             return failed(task, { code = "ENOHANDLER", message = "no handler for '" .. task.type .. "' in this worker",
                                   retryable = false }, header)
         end
         if debug_on then
-            core.log("debug", "consumed", { task_id = id, type = task.type, queue = info.queue,
+            core.log("debug", "consumed", { task_id = id, type = task.type, queue = queue,
                                             worker = info.worker_id, attempt = header.attempt })
         end
         core.set_task_state(id, "working")
-        task.attempt = header.attempt
-        local ctx = setmetatable({ task_id = id, queue = info.queue, worker_id = info.worker_id,
-                                   slot = info.slot, attempt = header.attempt }, Context)
+        local ctx = setmetatable({ task_id = id, queue = queue, worker_id = info.worker_id,
+                                   slot = info.slot, attempt = header.attempt,
+                                   admitted_at = admitted_at }, Context)
         core.limit(task.timeout or timeout)
         local ok, res, err = xpcall(h, errors.handler, task, ctx)
         core.unlimit()
@@ -309,7 +385,11 @@ function Worker:_start(drain, level)
         lease = self.lease,
         shutdown_timeout = self.shutdown_timeout,
         policy = json.encode({ max_attempts = self.max_attempts, timeout = self.timeout,
-                               retry_base = self.retry_base, retry_cap = self.retry_cap }),
+                               retry_base = self.retry_base, retry_cap = self.retry_cap,
+                               rate_limit = self.rate_limit }),
+        queues = self.queues,
+        weights = self.weights,
+        prefetch = self.prefetch,
         script = script,
         args = copy_args(self.args or arg),
         path = package.path,

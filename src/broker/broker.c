@@ -27,7 +27,12 @@ bq_status bq_batch_take(struct bq_batch *b, struct bq_msg m)
 
 bq_status bq_batch_add(struct bq_batch *b, const char *data, size_t len)
 {
-    struct bq_msg m = {bq_strndup(data, len), len};
+    return bq_batch_add_q(b, data, len, 0);
+}
+
+bq_status bq_batch_add_q(struct bq_batch *b, const char *data, size_t len, int q)
+{
+    struct bq_msg m = {bq_strndup(data, len), len, q};
     if (m.data == NULL)
         return BQ_ENOMEM;
     bq_status st = bq_batch_take(b, m);

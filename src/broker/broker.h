@@ -30,6 +30,7 @@ struct bq_slice {
 struct bq_msg {
     char *data; /* owned, NUL-terminated for convenience (len excludes the NUL) */
     size_t len;
+    int q;      /* fetched messages: index of the queue it came from in the lessee's list */
 };
 
 /* A growable array of owned messages. */
@@ -38,8 +39,10 @@ struct bq_batch {
     size_t n, cap;
 };
 
-/* Appends a copy of data. */
+/* Appends a copy of data (from queue 0). */
 bq_status bq_batch_add(struct bq_batch *b, const char *data, size_t len);
+/* Appends a copy of data that came from queue q. */
+bq_status bq_batch_add_q(struct bq_batch *b, const char *data, size_t len, int q);
 /* Appends by taking ownership of m.data. */
 bq_status bq_batch_take(struct bq_batch *b, struct bq_msg m);
 /* Frees the messages, keeps the array. */
@@ -65,9 +68,13 @@ enum bq_delivery {
     BQ_AT_MOST_ONCE,
 };
 
-/* Who fetches: the queue, the worker, the delivery mode. */
+/* Who fetches: the queues (in priority order), the worker, the delivery mode. Each queue
+ * keeps its own in-flight list and lease record for the worker, so everything about a
+ * message stays within its queue's keys (one Cluster slot). */
 struct bq_lessee {
-    const char *queue;
+    const char *const *queues;
+    int nqueues;
+    const int *weights;  /* NULL: strict priority; else one positive weight per queue */
     const char *worker;  /* worker id, part of the in-flight list's key */
     enum bq_delivery delivery;
 };
@@ -76,7 +83,7 @@ struct bq_lessee {
 struct bq_fetch_req {
     size_t max;                  /* messages to take, at most (0: none) */
     double timeout;              /* seconds to wait for the first one (0: do not wait) */
-    const struct bq_slice *acks; /* finished messages to acknowledge first */
+    const struct bq_msg *acks;   /* finished messages to acknowledge first */
     size_t nacks;
     bool promote;                /* move due retries to the queue first */
     double lease;                /* > 0: renew the worker's lease for this long first */
@@ -87,16 +94,23 @@ struct bq_fetch_res {
     size_t promoted;       /* retries moved to the queue */
     double next_due;       /* seconds until the next retry is due; -1: none (if promoted) */
     bool renewed;          /* the lease was renewed */
-    struct bq_batch dead;  /* ids of workers whose lease ran out (if renewed); caller frees */
+    struct bq_batch dead;  /* ids of workers whose lease ran out (if renewed), each with the
+                            * index of the queue it was found in (q); caller frees */
 };
 
 typedef struct bq_broker bq_broker;
 
 struct bq_broker_ops {
-    /* Adds msgs[0..n) to Q in order, in as few round trips as possible. *pushed counts the
-     * messages the server confirmed (all of them on success). */
+    /* Adds msgs[0..n) to Q in order, in as few round trips as possible, and rings Q's bell
+     * (workers fetching from several queues block on the bells). *pushed counts the messages
+     * the server confirmed (all of them on success). */
     bq_status (*push)(bq_broker *b, const char *queue, const struct bq_slice *msgs, size_t n,
                       size_t *pushed, bq_err *err);
+    /* The same with deduplication: msgs[i] is pushed only if keys[i] ({Q}:dedup:<key>) is
+     * free, and takes it for `ttl` seconds, in one atomic step. pushed[i] says which. */
+    bq_status (*push_unique)(bq_broker *b, const char *queue, const struct bq_slice *msgs,
+                             const char *const *keys, size_t n, double ttl, bool *pushed,
+                             bq_err *err);
     /* One round trip of the fetch loop, in this order: renew who's lease (req->lease > 0),
      * acknowledge req->acks, promote due retries (req->promote), then take up to req->max
      * messages for `who` into out. timeout 0 returns at once; otherwise waits up to
@@ -109,19 +123,27 @@ struct bq_broker_ops {
     /* Makes a fetch in progress (or the next one) return promptly. Any thread. */
     void (*interrupt)(bq_broker *b);
     /* Acknowledges msgs[0..n) (pipelined). *acked counts those still leased. */
-    bq_status (*ack)(bq_broker *b, const struct bq_lessee *who, const struct bq_slice *msgs,
+    bq_status (*ack)(bq_broker *b, const struct bq_lessee *who, const struct bq_msg *msgs,
                      size_t n, size_t *acked, bq_err *err);
-    /* Releases `leased` and schedules `next` (its retry form) to be queued after `delay`
-     * seconds, by the server's clock. *held is false if the lease had been lost (then nothing
-     * is scheduled). */
-    bq_status (*retry)(bq_broker *b, const struct bq_lessee *who, struct bq_slice leased,
+    /* Releases `leased` and schedules `next` (its retry form) to be queued on the same queue
+     * after `delay` seconds, by the server's clock. *held is false if the lease had been lost
+     * (then nothing is scheduled). */
+    bq_status (*retry)(bq_broker *b, const struct bq_lessee *who, const struct bq_msg *leased,
                        struct bq_slice next, double delay, bool *held, bq_err *err);
-    /* Releases `leased` and adds `entry` (see bq_dlq_entry) to the dead-letter list. */
-    bq_status (*bury)(bq_broker *b, const struct bq_lessee *who, struct bq_slice leased,
+    /* Releases `leased` and adds `entry` (see bq_dlq_entry) to its queue's dead-letter list. */
+    bq_status (*bury)(bq_broker *b, const struct bq_lessee *who, const struct bq_msg *leased,
                       struct bq_slice entry, bool *held, bq_err *err);
-    /* Returns leased messages to the front of Q at once (graceful shutdown). */
-    bq_status (*handback)(bq_broker *b, const struct bq_lessee *who,
-                          const struct bq_slice *msgs, size_t n, size_t *count, bq_err *err);
+    /* Returns leased messages to the front of their queues at once (graceful shutdown). */
+    bq_status (*handback)(bq_broker *b, const struct bq_lessee *who, const struct bq_msg *msgs,
+                          size_t n, size_t *count, bq_err *err);
+    /* Admits `leased` under "at most `limit` per `period` seconds" for the bucket `key` of its
+     * queue, by the server's clock. When over the limit, releases it and queues `next` again
+     * after the time the limiter names: *admitted is false and *wait those seconds. When
+     * admitted, *at is the admission time (seconds since the epoch, the server's clock). */
+    bq_status (*rate_limit)(bq_broker *b, const struct bq_lessee *who,
+                            const struct bq_msg *leased, const char *key, long limit,
+                            double period, struct bq_slice next, bool *admitted, double *wait,
+                            double *at, bq_err *err);
     /* Moves due delayed messages to Q. *next_due is seconds until the next one (-1: none). */
     bq_status (*promote)(bq_broker *b, const char *queue, size_t *moved, double *next_due,
                          bq_err *err);

@@ -17,6 +17,7 @@
 #include "../core/alloc.h"
 #include "../core/clock.h"
 #include "../core/err.h"
+#include "../core/ratelimit.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -33,6 +34,8 @@ struct zitem {
 struct mem_key {
     char *name;
     bool zset;
+    bool str;             /* a plain value (a deduplication key): no items */
+    double expires;       /* wall-clock seconds; 0: never (deduplication keys expire) */
     struct bq_msg *items; /* list: ring buffer of cap slots */
     size_t head, n, cap;
     struct zitem *z;      /* zset: n items in score order, cap slots */
@@ -47,6 +50,7 @@ static struct mem_key *db_keys;
 struct mem_broker {
     struct bq_broker base;
     atomic_bool interrupted;
+    long credit[16]; /* weighted fetching: the smooth round robin's state (fetcher only) */
 };
 
 static void db_init(void)
@@ -201,11 +205,16 @@ static bq_status key_of(const char *queue, enum bq_list which, char *out, bq_err
     return ok ? BQ_OK : bq_err_set(err, BQ_EINVAL, "queue name too long");
 }
 
-static bq_status wip_key(const struct bq_lessee *who, char *out, bq_err *err)
+static const char *queue_of(const struct bq_lessee *who, int q)
+{
+    return who->queues[q >= 0 && q < who->nqueues ? q : 0];
+}
+
+static bq_status wip_key(const struct bq_lessee *who, int q, char *out, bq_err *err)
 {
     char suffix[160];
     snprintf(suffix, sizeof suffix, "wip:%s", who->worker ? who->worker : "-");
-    return bq_key_derive(who->queue, suffix, out, KEY_MAX)
+    return bq_key_derive(queue_of(who, q), suffix, out, KEY_MAX)
                ? BQ_OK
                : bq_err_set(err, BQ_EINVAL, "queue name too long");
 }
@@ -256,65 +265,161 @@ static bq_status mem_push(bq_broker *b, const char *queue, const struct bq_slice
 static bq_status mem_promote(bq_broker *b, const char *queue, size_t *moved, double *next_due,
                              bq_err *err);
 
+/* Takes the rightmost message of queue q (and leases it). Caller holds db_mu. Returns false
+ * when the queue is empty; sets *st on out of memory. */
+static bool take_one(const struct bq_lessee *who, int q, struct bq_batch *out, bq_status *st,
+                     bq_err *err)
+{
+    struct mem_key *l = find(who->queues[q], false, false);
+    if (l == NULL || l->n == 0)
+        return false;
+    bool lease = who->delivery == BQ_AT_LEAST_ONCE;
+    char wip[KEY_MAX];
+    struct mem_key *w = NULL;
+    if (lease && ((*st = wip_key(who, q, wip, err)) != BQ_OK ||
+                  (w = find(wip, false, true)) == NULL || !grow(w, 1))) {
+        if (*st == BQ_OK)
+            *st = oom(err);
+        drop_if_empty(w);
+        return false;
+    }
+    struct bq_msg *tail = at(l, l->n - 1);
+    struct bq_msg copy = {NULL, 0, q};
+    if (lease && !copy_msg(&copy, tail->data, tail->len)) {
+        *st = oom(err);
+        drop_if_empty(w);
+        return false;
+    }
+    tail->q = q;
+    if (bq_batch_take(out, *tail) != BQ_OK) {
+        bq_free(copy.data);
+        *st = oom(err);
+        drop_if_empty(w);
+        return false;
+    }
+    if (lease)
+        push_owned(w, copy, true);
+    tail->data = NULL;
+    l->n--;
+    drop_if_empty(l);
+    return true;
+}
+
+/* Picks a non-empty queue: the first (strict), or by smooth weighted round robin over the
+ * non-empty ones (as fetchm-N.lua). -1 when all are empty. Caller holds db_mu. */
+static int pick_queue(struct mem_broker *m, const struct bq_lessee *who)
+{
+    long total = 0;
+    int pick = -1;
+    for (int i = 0; i < who->nqueues && i < 16; i++) {
+        struct mem_key *l = find(who->queues[i], false, false);
+        if (l == NULL || l->n == 0)
+            continue;
+        if (who->weights == NULL)
+            return i;
+        m->credit[i] += who->weights[i];
+        total += who->weights[i];
+        if (pick < 0 || m->credit[i] > m->credit[pick])
+            pick = i;
+    }
+    if (pick >= 0)
+        m->credit[pick] -= total;
+    return pick;
+}
+
+static bq_status mem_promote(bq_broker *b, const char *queue, size_t *moved, double *next_due,
+                             bq_err *err);
+
 static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
                            const struct bq_fetch_req *req, struct bq_fetch_res *res,
                            struct bq_batch *out, bq_err *err)
 {
     struct mem_broker *m = (struct mem_broker *)b;
     size_t max = req->max;
-    double timeout = req->timeout;
     res->acked = res->promoted = 0;
     res->next_due = -1;
     res->renewed = req->lease > 0 && who->delivery == BQ_AT_LEAST_ONCE;
-    if (req->promote) {
-        bq_status pst = mem_promote(b, who->queue, &res->promoted, &res->next_due, err);
+    for (int i = 0; req->promote && i < who->nqueues; i++) {
+        size_t moved = 0;
+        double due = -1;
+        bq_status pst = mem_promote(b, who->queues[i], &moved, &due, err);
         if (pst != BQ_OK)
             return pst;
+        res->promoted += moved;
+        if (due >= 0 && (res->next_due < 0 || due < res->next_due))
+            res->next_due = due;
     }
-    bool lease = who->delivery == BQ_AT_LEAST_ONCE;
-    char wip[KEY_MAX];
-    bq_status st = lease ? wip_key(who, wip, err) : BQ_OK;
-    if (st != BQ_OK)
-        return st;
     pthread_once(&db_once, db_init);
-    double deadline = bq_now_mono() + timeout;
+    double deadline = bq_now_mono() + req->timeout;
+    bq_status st = BQ_OK;
     pthread_mutex_lock(&db_mu);
-    for (size_t i = 0; lease && i < req->nacks; i++)
-        res->acked += lrem(wip, req->acks[i].p, req->acks[i].len);
+    if (who->delivery == BQ_AT_LEAST_ONCE) {
+        for (size_t i = 0; i < req->nacks && st == BQ_OK; i++) {
+            char wip[KEY_MAX];
+            if ((st = wip_key(who, req->acks[i].q, wip, err)) == BQ_OK)
+                res->acked += lrem(wip, req->acks[i].data, req->acks[i].len);
+        }
+    } else {
+        res->acked = req->nacks;
+    }
     for (;;) {
         /* Messages that are there are always taken; an interrupt only cuts a wait short. */
-        struct mem_key *l = max > 0 ? find(who->queue, false, false) : NULL;
-        if (l != NULL && l->n > 0) {
-            struct mem_key *w = lease ? find(wip, false, true) : NULL;
-            if (lease && w == NULL)
-                st = oom(err);
-            while (st == BQ_OK && l->n > 0 && max-- > 0) {
-                struct bq_msg *tail = at(l, l->n - 1);
-                struct bq_msg copy = {NULL, 0};
-                if (lease && (!grow(w, 1) || !copy_msg(&copy, tail->data, tail->len))) {
-                    st = oom(err);
-                    break;
-                }
-                if (bq_batch_take(out, *tail) != BQ_OK) {
-                    if (lease)
-                        bq_free(copy.data);
-                    st = oom(err);
-                    break;
-                }
-                if (lease)
-                    push_owned(w, copy, true);
-                tail->data = NULL;
-                l->n--;
-            }
-            drop_if_empty(l);
-            drop_if_empty(w);
-            break;
+        size_t before = out->n;
+        while (st == BQ_OK && max > 0) {
+            int q = pick_queue(m, who);
+            if (q < 0 || !take_one(who, q, out, &st, err))
+                break;
+            max--;
         }
+        if (st != BQ_OK || out->n > before)
+            break;
         double left = deadline - bq_now_mono();
-        if (atomic_exchange(&m->interrupted, false) || timeout <= 0 || left <= 0 || max == 0)
+        if (atomic_exchange(&m->interrupted, false) || req->timeout <= 0 || left <= 0 ||
+            max == 0)
             break;
         bq_cond_wait_for(&db_cv, &db_mu, left);
     }
+    pthread_mutex_unlock(&db_mu);
+    return st;
+}
+
+/* Deduplicated push: see bq_broker_ops.push_unique. */
+static bq_status mem_push_unique(bq_broker *b, const char *queue, const struct bq_slice *msgs,
+                                 const char *const *keys, size_t n, double ttl, bool *pushed,
+                                 bq_err *err)
+{
+    (void)b;
+    pthread_once(&db_once, db_init);
+    bq_status st = BQ_OK;
+    double now = bq_now_wall();
+    pthread_mutex_lock(&db_mu);
+    for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        char suffix[KEY_MAX], dk[KEY_MAX];
+        pushed[i] = false;
+        snprintf(suffix, sizeof suffix, "dedup:%s", keys[i]);
+        if (!bq_key_derive(queue, suffix, dk, sizeof dk)) {
+            st = bq_err_set(err, BQ_EINVAL, "deduplication key too long");
+            break;
+        }
+        struct mem_key *k = find(dk, false, false);
+        if (k != NULL && (k->expires == 0 || k->expires > now))
+            continue; /* a duplicate */
+        if (k == NULL && (k = find(dk, false, true)) == NULL) {
+            st = oom(err);
+            break;
+        }
+        k->str = true;
+        k->n = 1; /* present */
+        k->expires = now + ttl;
+        if (!push_copy(queue, msgs[i].p, msgs[i].len, true)) {
+            k->n = 0;
+            drop_if_empty(k);
+            st = oom(err);
+            break;
+        }
+        pushed[i] = true;
+    }
+    pthread_cond_broadcast(&db_cv);
     pthread_mutex_unlock(&db_mu);
     return st;
 }
@@ -329,72 +434,129 @@ static void mem_interrupt(bq_broker *b)
     pthread_mutex_unlock(&db_mu);
 }
 
-static bq_status mem_ack(bq_broker *b, const struct bq_lessee *who, const struct bq_slice *msgs,
+static bq_status mem_ack(bq_broker *b, const struct bq_lessee *who, const struct bq_msg *msgs,
                          size_t n, size_t *acked, bq_err *err)
 {
     (void)b;
     *acked = n;
     if (who->delivery != BQ_AT_LEAST_ONCE)
         return BQ_OK;
-    char wip[KEY_MAX];
-    bq_status st = wip_key(who, wip, err);
-    if (st != BQ_OK)
-        return st;
     *acked = 0;
+    bq_status st = BQ_OK;
     pthread_mutex_lock(&db_mu);
-    for (size_t i = 0; i < n; i++)
-        *acked += lrem(wip, msgs[i].p, msgs[i].len);
-    pthread_mutex_unlock(&db_mu);
-    return BQ_OK;
-}
-
-/* Releases `leased` from who's in-flight list; true if it was held (or nothing is leased in
- * this delivery mode). Caller holds db_mu. */
-static bool release(const struct bq_lessee *who, const char *wip, struct bq_slice leased)
-{
-    return who->delivery != BQ_AT_LEAST_ONCE || lrem(wip, leased.p, leased.len);
-}
-
-static bq_status mem_retry(bq_broker *b, const struct bq_lessee *who, struct bq_slice leased,
-                           struct bq_slice next, double delay, bool *held, bq_err *err)
-{
-    (void)b;
-    char wip[KEY_MAX], delayed[KEY_MAX];
-    bq_status st = wip_key(who, wip, err);
-    if (st == BQ_OK)
-        st = key_of(who->queue, BQ_LIST_DELAYED, delayed, err);
-    if (st != BQ_OK)
-        return st;
-    pthread_mutex_lock(&db_mu);
-    *held = release(who, wip, leased);
-    if (*held) {
-        struct mem_key *z = find(delayed, true, true);
-        struct zitem it = {bq_now_wall() + (delay > 0 ? delay : 0), {NULL, 0}};
-        if (z == NULL || !grow(z, 1) || !copy_msg(&it.m, next.p, next.len)) {
-            drop_if_empty(z);
-            st = oom(err);
-        } else {
-            size_t i = z->n;
-            while (i > 0 && z->z[i - 1].score > it.score) {
-                z->z[i] = z->z[i - 1];
-                i--;
-            }
-            z->z[i] = it;
-            z->n++;
-        }
+    for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        char wip[KEY_MAX];
+        if ((st = wip_key(who, msgs[i].q, wip, err)) == BQ_OK)
+            *acked += lrem(wip, msgs[i].data, msgs[i].len);
     }
     pthread_mutex_unlock(&db_mu);
     return st;
 }
 
-static bq_status mem_bury(bq_broker *b, const struct bq_lessee *who, struct bq_slice leased,
-                          struct bq_slice entry, bool *held, bq_err *err)
+/* Releases `leased` from who's in-flight list; true if it was held (or nothing is leased in
+ * this delivery mode). Caller holds db_mu. */
+static bool release(const struct bq_lessee *who, const char *wip, const struct bq_msg *leased)
+{
+    return who->delivery != BQ_AT_LEAST_ONCE || lrem(wip, leased->data, leased->len);
+}
+
+/* Inserts a copy of m into the sorted set z by score. Caller holds db_mu. */
+static bool zadd(const char *key, double score, const char *p, size_t len)
+{
+    struct mem_key *z = find(key, true, true);
+    struct zitem it = {score, {NULL, 0, 0}};
+    if (z == NULL || !grow(z, 1) || !copy_msg(&it.m, p, len)) {
+        drop_if_empty(z);
+        return false;
+    }
+    size_t i = z->n;
+    while (i > 0 && z->z[i - 1].score > it.score) {
+        z->z[i] = z->z[i - 1];
+        i--;
+    }
+    z->z[i] = it;
+    z->n++;
+    return true;
+}
+
+static bq_status mem_retry(bq_broker *b, const struct bq_lessee *who,
+                           const struct bq_msg *leased, struct bq_slice next, double delay,
+                           bool *held, bq_err *err)
+{
+    (void)b;
+    char wip[KEY_MAX], delayed[KEY_MAX];
+    bq_status st = wip_key(who, leased->q, wip, err);
+    if (st == BQ_OK)
+        st = key_of(queue_of(who, leased->q), BQ_LIST_DELAYED, delayed, err);
+    if (st != BQ_OK)
+        return st;
+    pthread_mutex_lock(&db_mu);
+    *held = release(who, wip, leased);
+    if (*held && !zadd(delayed, bq_now_wall() + (delay > 0 ? delay : 0), next.p, next.len))
+        st = oom(err);
+    pthread_mutex_unlock(&db_mu);
+    return st;
+}
+
+static bq_status mem_rate_limit(bq_broker *b, const struct bq_lessee *who,
+                                const struct bq_msg *leased, const char *key, long limit,
+                                double period, struct bq_slice next, bool *admitted,
+                                double *wait, double *at, bq_err *err)
+{
+    (void)b;
+    const char *queue = queue_of(who, leased->q);
+    char suffix[KEY_MAX], rl[KEY_MAX], wip[KEY_MAX], delayed[KEY_MAX];
+    snprintf(suffix, sizeof suffix, "rl:%s", key);
+    if (!bq_key_derive(queue, suffix, rl, sizeof rl))
+        return bq_err_set(err, BQ_EINVAL, "rate-limit key too long");
+    bq_status st = wip_key(who, leased->q, wip, err);
+    if (st == BQ_OK)
+        st = key_of(queue, BQ_LIST_DELAYED, delayed, err);
+    if (st != BQ_OK)
+        return st;
+    double now = bq_now_wall();
+    pthread_mutex_lock(&db_mu);
+    struct mem_key *z = find(rl, true, true);
+    if (z == NULL || !grow(z, 1)) {
+        drop_if_empty(z);
+        pthread_mutex_unlock(&db_mu);
+        return oom(err);
+    }
+    double *times = bq_calloc(z->n ? z->n : 1, sizeof *times);
+    if (times == NULL) {
+        drop_if_empty(z);
+        pthread_mutex_unlock(&db_mu);
+        return oom(err);
+    }
+    for (size_t i = 0; i < z->n; i++)
+        times[i] = z->z[i].score;
+    size_t expired = 0;
+    *admitted = bq_window_admit(times, z->n, now, limit, period, &expired, wait);
+    bq_free(times);
+    memmove(z->z, z->z + expired, (z->n - expired) * sizeof *z->z);
+    z->n -= expired;
+    *at = *admitted ? now : 0;
+    if (*admitted) {
+        z->z[z->n++] = (struct zitem){now, {NULL, 0, 0}};
+    } else if (!release(who, wip, leased)) {
+        st = bq_err_set(err, BQ_ECLOSED, "rate limit: the lease was lost");
+    } else if (!zadd(delayed, now + *wait, next.p, next.len)) {
+        st = oom(err);
+    }
+    drop_if_empty(z);
+    pthread_mutex_unlock(&db_mu);
+    return st;
+}
+
+static bq_status mem_bury(bq_broker *b, const struct bq_lessee *who,
+                          const struct bq_msg *leased, struct bq_slice entry, bool *held,
+                          bq_err *err)
 {
     (void)b;
     char wip[KEY_MAX], dlq[KEY_MAX];
-    bq_status st = wip_key(who, wip, err);
+    bq_status st = wip_key(who, leased->q, wip, err);
     if (st == BQ_OK)
-        st = key_of(who->queue, BQ_LIST_DEAD, dlq, err);
+        st = key_of(queue_of(who, leased->q), BQ_LIST_DEAD, dlq, err);
     if (st != BQ_OK)
         return st;
     pthread_mutex_lock(&db_mu);
@@ -406,20 +568,20 @@ static bq_status mem_bury(bq_broker *b, const struct bq_lessee *who, struct bq_s
 }
 
 static bq_status mem_handback(bq_broker *b, const struct bq_lessee *who,
-                              const struct bq_slice *msgs, size_t n, size_t *count, bq_err *err)
+                              const struct bq_msg *msgs, size_t n, size_t *count, bq_err *err)
 {
     (void)b;
-    char wip[KEY_MAX];
-    bq_status st = wip_key(who, wip, err);
-    if (st != BQ_OK)
-        return st;
+    bq_status st = BQ_OK;
     *count = 0;
     pthread_mutex_lock(&db_mu);
     /* Oldest last, so the oldest is the next one taken. */
     for (size_t i = n; i-- > 0 && st == BQ_OK;) {
-        if (!release(who, wip, msgs[i]))
+        char wip[KEY_MAX];
+        if ((st = wip_key(who, msgs[i].q, wip, err)) != BQ_OK)
+            break;
+        if (!release(who, wip, &msgs[i]))
             continue;
-        if (!push_copy(who->queue, msgs[i].p, msgs[i].len, false))
+        if (!push_copy(queue_of(who, msgs[i].q), msgs[i].data, msgs[i].len, false))
             st = oom(err);
         else
             (*count)++;
@@ -558,7 +720,7 @@ static bq_status mem_dlq_requeue(bq_broker *b, const char *queue, struct bq_slic
     } else if (lrem(dlq, entry.p, entry.len)) {
         static const char hdr[] = "#bq {\"attempt\":1,\"requeued\":1}\n";
         struct bq_msg m = {bq_malloc(sizeof hdr - 1 + entry.len - off + 1),
-                           sizeof hdr - 1 + entry.len - off};
+                           sizeof hdr - 1 + entry.len - off, 0};
         if (m.data != NULL) {
             memcpy(m.data, hdr, sizeof hdr - 1);
             memcpy(m.data + sizeof hdr - 1, entry.p + off, entry.len - off);
@@ -632,7 +794,7 @@ void bq_memory_reset(void)
     pthread_mutex_lock(&db_mu);
     while (db_keys != NULL) {
         struct mem_key *k = db_keys;
-        for (size_t i = 0; i < k->n; i++)
+        for (size_t i = 0; !k->str && i < k->n; i++)
             bq_free(k->zset ? k->z[i].m.data : at(k, i)->data);
         k->n = 0;
         drop_if_empty(k);
@@ -642,12 +804,14 @@ void bq_memory_reset(void)
 
 static const struct bq_broker_ops mem_ops = {
     .push = mem_push,
+    .push_unique = mem_push_unique,
     .fetch = mem_fetch,
     .interrupt = mem_interrupt,
     .ack = mem_ack,
     .retry = mem_retry,
     .bury = mem_bury,
     .handback = mem_handback,
+    .rate_limit = mem_rate_limit,
     .promote = mem_promote,
     .heartbeat = mem_heartbeat,
     .reap = mem_reap,

@@ -28,6 +28,8 @@
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
+#include "../core/rand.h"
+
 
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -41,6 +43,7 @@
 /* Arguments per LPUSH when pushing a large batch: one command per chunk, all pipelined. */
 #define PUSH_CHUNK 1000
 #define KEY_MAX 512
+#define MAX_QUEUES 16 /* queues one worker fetches from */
 
 /* ---- Scripts ------------------------------------------------------------------------------- */
 
@@ -54,6 +57,9 @@ enum script_id {
     S_HANDBACK,
     S_UNREGISTER,
     S_REQUEUE,
+    S_FETCHM,
+    S_ENQUEUE,
+    S_RATELIMIT,
     S_COUNT,
 };
 
@@ -66,11 +72,14 @@ static struct {
     [S_RETRY] = {"retry-2", bq_script_retry_2, ""},
     [S_BURY] = {"bury-2", bq_script_bury_2, ""},
     [S_PROMOTE] = {"promote-2", bq_script_promote_2, ""},
-    [S_HEARTBEAT] = {"heartbeat-1", bq_script_heartbeat_1, ""},
+    [S_HEARTBEAT] = {"heartbeat-N", bq_script_heartbeat_N, ""},
     [S_REAP] = {"reap-3", bq_script_reap_3, ""},
     [S_HANDBACK] = {"handback-2", bq_script_handback_2, ""},
     [S_UNREGISTER] = {"unregister-2", bq_script_unregister_2, ""},
     [S_REQUEUE] = {"requeue-2", bq_script_requeue_2, ""},
+    [S_FETCHM] = {"fetchm-N", bq_script_fetchm_N, ""},
+    [S_ENQUEUE] = {"enqueue-N", bq_script_enqueue_N, ""},
+    [S_RATELIMIT] = {"ratelimit-3", bq_script_ratelimit_3, ""},
 };
 
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
@@ -205,6 +214,8 @@ struct redis_broker {
     bool has_blmpop;
     int wakefd;              /* eventfd written by interrupt */
     double command_timeout;
+    long credit[MAX_QUEUES]; /* weighted fetching: the round robin's state (fetcher only) */
+    bool multi_busy;         /* several queues: the last fetch found work (fetcher only) */
 };
 
 static bq_status borrow(struct redis_broker *r, bq_conn **c, bq_err *err)
@@ -219,13 +230,20 @@ static bq_status derive(const char *queue, const char *suffix, char *out, bq_err
                : bq_err_set(err, BQ_EINVAL, "queue name too long");
 }
 
-static bq_status wip_key(const struct bq_lessee *who, char *out, bq_err *err)
+/* The queue a message came from. */
+static const char *queue_of(const struct bq_lessee *who, int q)
+{
+    return who->queues[q >= 0 && q < who->nqueues ? q : 0];
+}
+
+/* The worker's in-flight list on queue q. */
+static bq_status wip_key(const struct bq_lessee *who, int q, char *out, bq_err *err)
 {
     char suffix[160];
     if (snprintf(suffix, sizeof suffix, "wip:%s", who->worker ? who->worker : "-") >=
         (int)sizeof suffix)
         return bq_err_set(err, BQ_EINVAL, "worker id too long");
-    return derive(who->queue, suffix, out, err);
+    return derive(queue_of(who, q), suffix, out, err);
 }
 
 static bq_status queue_key(const char *queue, enum bq_list which, char *out, bq_err *err)
@@ -242,6 +260,43 @@ static bq_status queue_key(const char *queue, enum bq_list which, char *out, bq_
     return BQ_OK;
 }
 
+/* Appends LPUSH Q msgs (in chunks) and the bell: LPUSH {Q}:bell 1, LTRIM {Q}:bell 0 63.
+ * Returns the number of commands appended (each gets one reply). */
+static bq_status append_push(bq_conn *c, const char *queue, const char *bell,
+                             const struct bq_slice *msgs, size_t n, size_t *ncmds, bq_err *err)
+{
+    size_t chunk = n < PUSH_CHUNK ? n : PUSH_CHUNK;
+    const char **argv = bq_calloc(chunk + 2, sizeof *argv);
+    size_t *lens = bq_calloc(chunk + 2, sizeof *lens);
+    bq_status st = BQ_OK;
+    *ncmds = 0;
+    if (argv == NULL || lens == NULL) {
+        st = bq_err_set(err, BQ_ENOMEM, "LPUSH: out of memory");
+    } else {
+        argv[0] = "LPUSH";
+        lens[0] = 5;
+        argv[1] = queue;
+        lens[1] = strlen(queue);
+        for (size_t i = 0; i < n && st == BQ_OK; i += chunk) {
+            size_t k = n - i < chunk ? n - i : chunk;
+            for (size_t j = 0; j < k; j++) {
+                argv[2 + j] = msgs[i + j].p;
+                lens[2 + j] = msgs[i + j].len;
+            }
+            st = bq_conn_append(c, (int)k + 2, argv, lens, err);
+            (*ncmds)++;
+        }
+    }
+    const char *ring[] = {"LPUSH", bell, "1"}, *trim[] = {"LTRIM", bell, "0", "63"};
+    if (st == BQ_OK && (st = bq_conn_append(c, 3, ring, NULL, err)) == BQ_OK)
+        (*ncmds)++;
+    if (st == BQ_OK && (st = bq_conn_append(c, 4, trim, NULL, err)) == BQ_OK)
+        (*ncmds)++;
+    bq_free(argv);
+    bq_free(lens);
+    return st;
+}
+
 static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_slice *msgs,
                             size_t n, size_t *pushed, bq_err *err)
 {
@@ -249,48 +304,86 @@ static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_sli
     *pushed = 0;
     if (n == 0)
         return BQ_OK;
+    char bell[KEY_MAX];
+    bq_status st = derive(queue, "bell", bell, err);
     bq_conn *c;
-    bq_status st = borrow(r, &c, err);
-    if (st != BQ_OK)
+    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
-    size_t chunk = n < PUSH_CHUNK ? n : PUSH_CHUNK;
-    const char **argv = bq_calloc(chunk + 2, sizeof *argv);
-    size_t *lens = bq_calloc(chunk + 2, sizeof *lens);
     size_t ncmds = 0;
-    if (argv == NULL || lens == NULL) {
-        st = bq_err_set(err, BQ_ENOMEM, "LPUSH: out of memory");
-        goto done;
-    }
-    argv[0] = "LPUSH";
-    lens[0] = 5;
-    argv[1] = queue;
-    lens[1] = strlen(queue);
-    for (size_t i = 0; i < n && st == BQ_OK; i += chunk) {
-        size_t k = n - i < chunk ? n - i : chunk;
-        for (size_t j = 0; j < k; j++) {
-            argv[2 + j] = msgs[i + j].p;
-            lens[2 + j] = msgs[i + j].len;
-        }
-        st = bq_conn_append(c, (int)k + 2, argv, lens, err);
-        ncmds++;
-    }
+    st = append_push(c, queue, bell, msgs, n, &ncmds, err);
     double deadline = bq_now_mono() + r->command_timeout + (double)n / 50000.0;
     if (st == BQ_OK)
         st = bq_conn_flush(c, deadline, -1, err);
+    size_t chunk = n < PUSH_CHUNK ? n : PUSH_CHUNK;
     for (size_t i = 0; i < ncmds && st == BQ_OK; i++) {
         redisReply *rep;
         st = bq_conn_read(c, &rep, deadline, -1, err);
         if (st != BQ_OK)
             break;
-        st = bq_reply_check(rep, "LPUSH", err);
+        st = bq_reply_check(rep, i + 2 < ncmds ? "LPUSH" : "bell", err);
         freeReplyObject(rep);
-        if (st == BQ_OK)
+        if (st == BQ_OK && i + 2 < ncmds)
             *pushed += (i + 1) * chunk <= n ? chunk : n - i * chunk;
     }
-done:
-    bq_free(argv);
-    bq_free(lens);
     bq_pool_return(r->pool, c);
+    return st;
+}
+
+static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct bq_slice *msgs,
+                                   const char *const *keys, size_t n, double ttl, bool *pushed,
+                                   bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    for (size_t i = 0; i < n; i++)
+        pushed[i] = false;
+    if (n == 0)
+        return BQ_OK;
+    char bell[KEY_MAX], ttls[32];
+    bq_status st = derive(queue, "bell", bell, err);
+    if (st != BQ_OK)
+        return st;
+    snprintf(ttls, sizeof ttls, "%lld", (long long)(ttl >= 1 ? ttl : 1));
+    /* One script call per chunk of 500, pipelined: keys and messages travel as arguments. */
+    size_t chunk = n < 500 ? n : 500;
+    const char **k = bq_calloc(chunk + 2, sizeof *k);
+    const char **a = bq_calloc(chunk + 1, sizeof *a);
+    size_t *al = bq_calloc(chunk + 1, sizeof *al);
+    char (*dk)[KEY_MAX] = bq_calloc(chunk, sizeof *dk);
+    bq_conn *c = NULL;
+    if (k == NULL || a == NULL || al == NULL || dk == NULL)
+        st = bq_err_set(err, BQ_ENOMEM, "enqueue: out of memory");
+    else
+        st = borrow(r, &c, err);
+    for (size_t i = 0; i < n && st == BQ_OK; i += chunk) {
+        size_t m = n - i < chunk ? n - i : chunk;
+        k[0] = queue;
+        k[1] = bell;
+        a[0] = ttls;
+        al[0] = strlen(ttls);
+        for (size_t j = 0; j < m && st == BQ_OK; j++) {
+            char suffix[KEY_MAX];
+            snprintf(suffix, sizeof suffix, "dedup:%s", keys[i + j]);
+            st = derive(queue, suffix, dk[j], err);
+            k[2 + j] = dk[j];
+            a[1 + j] = msgs[i + j].p;
+            al[1 + j] = msgs[i + j].len;
+        }
+        redisReply *rep = NULL;
+        if (st == BQ_OK)
+            st = run_script(c, S_ENQUEUE, (int)m + 2, k, (int)m + 1, a, al,
+                            r->command_timeout, &rep, err);
+        for (size_t j = 0; st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && j < rep->elements &&
+                           j < m; j++)
+            pushed[i + j] = rep->element[j]->integer == 1;
+        if (rep != NULL)
+            freeReplyObject(rep);
+    }
+    if (c != NULL)
+        bq_pool_return(r->pool, c);
+    bq_free(k);
+    bq_free(a);
+    bq_free(al);
+    bq_free(dk);
     return st;
 }
 
@@ -349,28 +442,58 @@ static void unblock_fetch(struct redis_broker *r)
     bq_pool_return(r->pool, c);
 }
 
-/* Adds the string elements of an array reply (or a single string) to out. */
-static bq_status take_strings(const redisReply *rep, struct bq_batch *out)
+/* Adds the string elements of an array reply (or a single string) to out, from queue q. */
+static bq_status take_strings(const redisReply *rep, struct bq_batch *out, int q)
 {
     if (rep->type == REDIS_REPLY_STRING)
-        return bq_batch_add(out, rep->str, rep->len);
+        return bq_batch_add_q(out, rep->str, rep->len, q);
     if (rep->type != REDIS_REPLY_ARRAY)
         return BQ_OK;
     for (size_t i = 0; i < rep->elements; i++) {
         const redisReply *e = rep->element[i];
-        if (e->type == REDIS_REPLY_STRING && bq_batch_add(out, e->str, e->len) != BQ_OK)
+        if (e->type == REDIS_REPLY_STRING && bq_batch_add_q(out, e->str, e->len, q) != BQ_OK)
             return BQ_ENOMEM;
     }
     return BQ_OK;
 }
 
-/* Queues one LREM per message (acknowledgements). */
-static bq_status append_acks(bq_conn *c, const char *wip, const struct bq_slice *msgs, size_t n,
-                             bq_err *err)
+/* Adds the pairs of a flat {i, string, i, string, ...} reply (1-based queue indexes). */
+static bq_status take_pairs(const redisReply *rep, struct bq_batch *out)
+{
+    if (rep->type != REDIS_REPLY_ARRAY)
+        return BQ_OK;
+    for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+        const redisReply *qi = rep->element[i], *m = rep->element[i + 1];
+        if (qi->type != REDIS_REPLY_INTEGER || m->type != REDIS_REPLY_STRING)
+            continue;
+        if (bq_batch_add_q(out, m->str, m->len, (int)qi->integer - 1) != BQ_OK)
+            return BQ_ENOMEM;
+    }
+    return BQ_OK;
+}
+
+/* Takes the reply of fetchm-N: {credits, {i, message, ...}}. */
+static bq_status take_fetchm(struct redis_broker *r, int nq, const redisReply *rep,
+                             struct bq_batch *out)
+{
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2)
+        return BQ_OK;
+    const redisReply *cr = rep->element[0];
+    for (size_t i = 0; cr->type == REDIS_REPLY_ARRAY && i < cr->elements && (int)i < nq; i++)
+        r->credit[i] = (long)cr->element[i]->integer;
+    return take_pairs(rep->element[1], out);
+}
+
+/* Queues one LREM per message on its queue's in-flight list (acknowledgements). */
+static bq_status append_acks(bq_conn *c, const struct bq_lessee *who, const struct bq_msg *msgs,
+                             size_t n, bq_err *err)
 {
     bq_status st = BQ_OK;
     for (size_t i = 0; i < n && st == BQ_OK; i++) {
-        const char *argv[4] = {"LREM", wip, "1", msgs[i].p};
+        char wip[KEY_MAX];
+        if ((st = wip_key(who, msgs[i].q, wip, err)) != BQ_OK)
+            break;
+        const char *argv[4] = {"LREM", wip, "1", msgs[i].data};
         size_t lens[4] = {4, strlen(wip), 1, msgs[i].len};
         st = bq_conn_append(c, 4, argv, lens, err);
     }
@@ -392,6 +515,35 @@ static bq_status read_acks(bq_conn *c, size_t n, double deadline, size_t *acked,
         freeReplyObject(rep);
     }
     return st;
+}
+
+/* The key arrays a fetch round trip needs, built once per call. */
+struct fetch_keys {
+    char wip[MAX_QUEUES][KEY_MAX], workers[MAX_QUEUES][KEY_MAX];
+    char delayed[MAX_QUEUES][KEY_MAX], bell[MAX_QUEUES][KEY_MAX];
+    const char *hb[MAX_QUEUES], *fm[2 * MAX_QUEUES], *bells[MAX_QUEUES + 2];
+};
+
+static bq_status build_keys(const struct bq_lessee *who, struct fetch_keys *k, bq_err *err)
+{
+    if (who->nqueues < 1 || who->nqueues > MAX_QUEUES)
+        return bq_err_set(err, BQ_EINVAL, "a worker fetches from 1 to %d queues", MAX_QUEUES);
+    for (int i = 0; i < who->nqueues; i++) {
+        bq_status st = wip_key(who, i, k->wip[i], err);
+        if (st == BQ_OK)
+            st = derive(who->queues[i], "workers", k->workers[i], err);
+        if (st == BQ_OK)
+            st = derive(who->queues[i], "delayed", k->delayed[i], err);
+        if (st == BQ_OK)
+            st = derive(who->queues[i], "bell", k->bell[i], err);
+        if (st != BQ_OK)
+            return st;
+        k->hb[i] = k->workers[i];
+        k->fm[2 * i] = who->queues[i];
+        k->fm[2 * i + 1] = k->wip[i];
+        k->bells[1 + i] = k->bell[i];
+    }
+    return BQ_OK;
 }
 
 /* Reads the reply of a pipelined script. NOSCRIPT is not an error here: the script is left
@@ -422,6 +574,8 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
 {
     struct redis_broker *r = (struct redis_broker *)b;
     bool lease = who->delivery == BQ_AT_LEAST_ONCE;
+    bool multi = who->nqueues > 1;
+    int nq = who->nqueues;
     res->acked = res->promoted = 0;
     res->next_due = -1;
     res->renewed = false;
@@ -430,58 +584,83 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
      * there without blocking. */
     if (take_wakeup(r))
         timeout = 0;
-    bq_status st = BQ_OK;
-    if (r->fetch_conn == NULL && (st = open_fetch_conn(r, err)) != BQ_OK)
+    struct fetch_keys *k = bq_calloc(1, sizeof *k);
+    if (k == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "fetch: out of memory");
+    bq_status st = build_keys(who, k, err);
+    if (st == BQ_OK && r->fetch_conn == NULL)
+        st = open_fetch_conn(r, err);
+    if (st != BQ_OK) {
+        bq_free(k);
         return st;
+    }
     bq_conn *c = r->fetch_conn;
-    char wip[KEY_MAX], workers[KEY_MAX], delayed[KEY_MAX], lease_ms[32];
-    if (lease && (st = wip_key(who, wip, err)) != BQ_OK)
-        return st;
-    if ((st = derive(who->queue, "workers", workers, err)) != BQ_OK ||
-        (st = derive(who->queue, "delayed", delayed, err)) != BQ_OK)
-        return st;
-
-    /* 1. renew the lease */
-    bool beat = lease && req->lease > 0;
+    char lease_ms[32], count[24], tmo[32], wts[MAX_QUEUES][16], creds[MAX_QUEUES][24];
     snprintf(lease_ms, sizeof lease_ms, "%lld", (long long)(req->lease * 1000.0));
-    const char *hb_keys[] = {workers}, *hb_args[] = {who->worker, lease_ms};
+    snprintf(count, sizeof count, "%zu", req->max);
+    snprintf(tmo, sizeof tmo, "%.3f", timeout);
+    const char *fm_args[2 + 2 * MAX_QUEUES] = {count, lease ? "1" : "0"};
+    int fm_nargs = 2;
+    for (int i = 0; who->weights != NULL && i < nq; i++) {
+        snprintf(wts[i], sizeof wts[i], "%d", who->weights[i]);
+        fm_args[fm_nargs++] = wts[i];
+    }
+    for (int i = 0; who->weights != NULL && i < nq; i++) {
+        snprintf(creds[i], sizeof creds[i], "%ld", r->credit[i]);
+        fm_args[fm_nargs++] = creds[i];
+    }
+
+    /* 1. renew the lease on every queue */
+    bool beat = lease && req->lease > 0;
+    const char *hb_args[] = {who->worker, lease_ms};
     if (beat)
-        st = append_script(c, S_HEARTBEAT, false, 1, hb_keys, 2, hb_args, NULL, err);
+        st = append_script(c, S_HEARTBEAT, false, nq, k->hb, 2, hb_args, NULL, err);
     /* 2. acknowledge */
     size_t nacks = lease ? req->nacks : 0;
     if (st == BQ_OK && nacks > 0)
-        st = append_acks(c, wip, req->acks, nacks, err);
-    /* 3. promote due retries */
-    const char *pr_keys[] = {delayed, who->queue}, *pr_args[] = {"1000"};
-    if (st == BQ_OK && req->promote)
+        st = append_acks(c, who, req->acks, nacks, err);
+    /* 3. promote due retries, queue by queue */
+    const char *pr_args[] = {"1000"};
+    for (int i = 0; st == BQ_OK && req->promote && i < nq; i++) {
+        const char *pr_keys[] = {k->delayed[i], who->queues[i]};
         st = append_script(c, S_PROMOTE, false, 2, pr_keys, 1, pr_args, NULL, err);
-    /* 4. fetch */
-    char count[24], tmo[32];
-    snprintf(count, sizeof count, "%zu", req->max);
-    snprintf(tmo, sizeof tmo, "%.3f", timeout);
-    const char *f_keys[] = {who->queue, wip}, *f_args[] = {count};
+    }
+    /* 4. fetch. Several queues cannot be waited on with one move, so: while they have work,
+     * take by priority without waiting (fetchm-N); once they had none, take what is there and
+     * wait on their bells in the same round trip (step 5 takes after a bell rang). */
+    const char *f_keys[] = {who->queues[0], k->wip[0]}, *f_args[] = {count};
     const char *cmd = NULL;
     enum script_id f_script = S_COUNT;
     bool want = req->max > 0;
+    bool bells = multi && timeout > 0 && !r->multi_busy;
     if (st == BQ_OK && want) {
-        if (timeout <= 0 && lease) {
+        if (multi) {
+            cmd = "fetchm-N";
+            f_script = S_FETCHM;
+            st = append_script(c, S_FETCHM, false, 2 * nq, k->fm, fm_nargs, fm_args, NULL, err);
+            if (st == BQ_OK && bells) {
+                k->bells[0] = "BRPOP";
+                k->bells[nq + 1] = tmo;
+                st = bq_conn_append(c, nq + 2, k->bells, NULL, err);
+            }
+        } else if (timeout <= 0 && lease) {
             cmd = "fetch-2";
             f_script = S_FETCH;
             st = append_script(c, S_FETCH, false, 2, f_keys, 1, f_args, NULL, err);
         } else if (timeout <= 0) {
-            const char *argv[] = {"RPOP", who->queue, count};
+            const char *argv[] = {"RPOP", who->queues[0], count};
             cmd = "RPOP";
             st = bq_conn_append(c, 3, argv, NULL, err);
         } else if (lease) {
-            const char *argv[] = {"BLMOVE", who->queue, wip, "RIGHT", "LEFT", tmo};
+            const char *argv[] = {"BLMOVE", who->queues[0], k->wip[0], "RIGHT", "LEFT", tmo};
             cmd = "BLMOVE";
             st = bq_conn_append(c, 6, argv, NULL, err);
         } else if (r->has_blmpop && req->max > 1) {
-            const char *argv[] = {"BLMPOP", tmo, "1", who->queue, "RIGHT", "COUNT", count};
+            const char *argv[] = {"BLMPOP", tmo, "1", who->queues[0], "RIGHT", "COUNT", count};
             cmd = "BLMPOP";
             st = bq_conn_append(c, 7, argv, NULL, err);
         } else {
-            const char *argv[] = {"BRPOP", who->queue, tmo};
+            const char *argv[] = {"BRPOP", who->queues[0], tmo};
             cmd = "BRPOP";
             st = bq_conn_append(c, 3, argv, NULL, err);
         }
@@ -493,10 +672,10 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
     redisReply *rep = NULL;
     bool reload = false;
     if (st == BQ_OK && beat) {
-        st = read_script_reply(c, deadline, "heartbeat-1", &rep, &reload, err);
+        st = read_script_reply(c, deadline, "heartbeat-N", &rep, &reload, err);
         if (st == BQ_OK && rep != NULL) {
             res->renewed = true;
-            if (take_strings(rep, &res->dead) != BQ_OK)
+            if (take_pairs(rep, &res->dead) != BQ_OK)
                 st = bq_err_set(err, BQ_ENOMEM, "heartbeat: out of memory");
             freeReplyObject(rep);
             rep = NULL;
@@ -504,21 +683,55 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
     }
     if (st == BQ_OK && nacks > 0)
         st = read_acks(c, nacks, deadline, &res->acked, err);
-    if (st == BQ_OK && req->promote) {
+    for (int i = 0; st == BQ_OK && req->promote && i < nq; i++) {
         st = read_script_reply(c, deadline, "promote-2", &rep, &reload, err);
         if (st == BQ_OK && rep == NULL) {
             res->next_due = 0; /* not promoted this round: try again at once */
         } else if (st == BQ_OK) {
             if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
-                res->promoted = (size_t)rep->element[0]->integer;
+                res->promoted += (size_t)rep->element[0]->integer;
                 long long wait = rep->element[1]->integer;
-                res->next_due = wait < 0 ? -1 : (double)wait / 1000.0;
+                double due = wait < 0 ? -1 : (double)wait / 1000.0;
+                if (due >= 0 && (res->next_due < 0 || due < res->next_due))
+                    res->next_due = due;
             }
             freeReplyObject(rep);
             rep = NULL;
         }
     }
-    if (st == BQ_OK && want) {
+    if (st == BQ_OK && want && multi) {
+        /* fetchm-N's reply, then (idle) the bells' */
+        st = read_script_reply(c, deadline, "fetchm-N", &rep, &reload, err);
+        size_t before = out->n;
+        if (st == BQ_OK && rep != NULL)
+            st = take_fetchm(r, nq, rep, out);
+        if (rep != NULL)
+            freeReplyObject(rep);
+        rep = NULL;
+        if (st == BQ_OK && bells) {
+            st = bq_conn_read(c, &rep, deadline, r->wakefd, err);
+            if (st == BQ_EINTR) {
+                take_wakeup(r);
+                unblock_fetch(r);
+                st = bq_conn_read(c, &rep, deadline, -1, err);
+            }
+            if (st == BQ_OK)
+                st = bq_reply_check(rep, "BRPOP", err);
+            bool rang = st == BQ_OK && rep->type == REDIS_REPLY_ARRAY;
+            if (rep != NULL)
+                freeReplyObject(rep);
+            rep = NULL;
+            /* 5. a bell rang while there was nothing: take by priority now */
+            if (rang && out->n == before) {
+                st = run_script(c, S_FETCHM, 2 * nq, k->fm, fm_nargs, fm_args, NULL,
+                                r->command_timeout, &rep, err);
+                if (st == BQ_OK)
+                    st = take_fetchm(r, nq, rep, out);
+            }
+        }
+        if (st == BQ_OK)
+            r->multi_busy = out->n > before;
+    } else if (st == BQ_OK && want) {
         st = bq_conn_read(c, &rep, deadline, timeout > 0 ? r->wakefd : -1, err);
         if (st == BQ_EINTR) {
             take_wakeup(r);
@@ -534,12 +747,12 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         }
         if (st == BQ_OK && rep != NULL && (st = bq_reply_check(rep, cmd, err)) == BQ_OK) {
             if (rep->type == REDIS_REPLY_ARRAY &&
-                (strcmp(cmd, "BRPOP") == 0 || strcmp(cmd, "BLMPOP") == 0)) {
+                       (strcmp(cmd, "BRPOP") == 0 || strcmp(cmd, "BLMPOP") == 0)) {
                 /* BRPOP: [key, value]; BLMPOP: [key, [values...]] */
                 if (rep->elements == 2)
-                    st = take_strings(rep->element[1], out);
+                    st = take_strings(rep->element[1], out, 0);
             } else {
-                st = take_strings(rep, out);
+                st = take_strings(rep, out, 0);
             }
             if (st == BQ_ENOMEM)
                 bq_err_set(err, st, "%s: out of memory", cmd);
@@ -548,7 +761,7 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
     if (rep != NULL)
         freeReplyObject(rep);
     if (st == BQ_OK && reload) {
-        bq_log(BQ_LOG_WARN, "scripts_reloaded", "queue", who->queue, "worker", who->worker,
+        bq_log(BQ_LOG_WARN, "scripts_reloaded", "queue", who->queues[0], "worker", who->worker,
                "reason", "the server's script cache was empty (restarted or flushed)", NULL);
         load_scripts(c, r->command_timeout);
     }
@@ -556,6 +769,7 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         bq_conn_close(c);
         r->fetch_conn = NULL;
     }
+    bq_free(k);
     return st;
 }
 
@@ -567,8 +781,8 @@ static void redis_interrupt(bq_broker *b)
     (void)n;
 }
 
-static bq_status redis_ack(bq_broker *b, const struct bq_lessee *who,
-                           const struct bq_slice *msgs, size_t n, size_t *acked, bq_err *err)
+static bq_status redis_ack(bq_broker *b, const struct bq_lessee *who, const struct bq_msg *msgs,
+                           size_t n, size_t *acked, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
     *acked = 0;
@@ -576,13 +790,12 @@ static bq_status redis_ack(bq_broker *b, const struct bq_lessee *who,
         *acked = n;
         return BQ_OK;
     }
-    char wip[KEY_MAX];
-    bq_status st = wip_key(who, wip, err);
     bq_conn *c;
-    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
+    bq_status st = borrow(r, &c, err);
+    if (st != BQ_OK)
         return st;
     double deadline = bq_now_mono() + r->command_timeout;
-    st = append_acks(c, wip, msgs, n, err);
+    st = append_acks(c, who, msgs, n, err);
     if (st == BQ_OK)
         st = bq_conn_flush(c, deadline, -1, err);
     if (st == BQ_OK)
@@ -611,39 +824,41 @@ static bq_status pooled_script(struct redis_broker *r, enum script_id id, int nk
     return BQ_OK;
 }
 
-static bq_status redis_retry(bq_broker *b, const struct bq_lessee *who, struct bq_slice leased,
-                             struct bq_slice next, double delay, bool *held, bq_err *err)
+static bq_status redis_retry(bq_broker *b, const struct bq_lessee *who,
+                             const struct bq_msg *leased, struct bq_slice next, double delay,
+                             bool *held, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
     char wip[KEY_MAX], delayed[KEY_MAX], ms[32];
-    bq_status st = wip_key(who, wip, err);
+    bq_status st = wip_key(who, leased->q, wip, err);
     if (st == BQ_OK)
-        st = derive(who->queue, "delayed", delayed, err);
+        st = derive(queue_of(who, leased->q), "delayed", delayed, err);
     if (st != BQ_OK)
         return st;
     snprintf(ms, sizeof ms, "%lld", (long long)(delay > 0 ? delay * 1000.0 : 0));
     const char *keys[] = {wip, delayed};
-    const char *args[] = {leased.p, next.p, ms, who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
-    size_t lens[] = {leased.len, next.len, strlen(ms), 1};
+    const char *args[] = {leased->data, next.p, ms, who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
+    size_t lens[] = {leased->len, next.len, strlen(ms), 1};
     long long res = 0;
     st = pooled_script(r, S_RETRY, 2, keys, 4, args, lens, &res, err);
     *held = res == 1;
     return st;
 }
 
-static bq_status redis_bury(bq_broker *b, const struct bq_lessee *who, struct bq_slice leased,
-                            struct bq_slice entry, bool *held, bq_err *err)
+static bq_status redis_bury(bq_broker *b, const struct bq_lessee *who,
+                            const struct bq_msg *leased, struct bq_slice entry, bool *held,
+                            bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
     char wip[KEY_MAX], dlq[KEY_MAX];
-    bq_status st = wip_key(who, wip, err);
+    bq_status st = wip_key(who, leased->q, wip, err);
     if (st == BQ_OK)
-        st = derive(who->queue, "dlq", dlq, err);
+        st = derive(queue_of(who, leased->q), "dlq", dlq, err);
     if (st != BQ_OK)
         return st;
     const char *keys[] = {wip, dlq};
-    const char *args[] = {leased.p, entry.p, who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
-    size_t lens[] = {leased.len, entry.len, 1};
+    const char *args[] = {leased->data, entry.p, who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
+    size_t lens[] = {leased->len, entry.len, 1};
     long long res = 0;
     st = pooled_script(r, S_BURY, 2, keys, 3, args, lens, &res, err);
     *held = res == 1;
@@ -651,50 +866,87 @@ static bq_status redis_bury(bq_broker *b, const struct bq_lessee *who, struct bq
 }
 
 static bq_status redis_handback(bq_broker *b, const struct bq_lessee *who,
-                                const struct bq_slice *msgs, size_t n, size_t *count,
+                                const struct bq_msg *msgs, size_t n, size_t *count,
                                 bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
     *count = 0;
-    if (n == 0)
-        return BQ_OK;
-    if (who->delivery != BQ_AT_LEAST_ONCE) {
-        /* Not leased: push them back where the next fetch takes from (oldest last). */
-        bq_conn *c;
-        bq_status st = borrow(r, &c, err);
-        if (st != BQ_OK)
-            return st;
-        for (size_t i = 0; i < n && st == BQ_OK; i++) {
-            const char *argv[3] = {"RPUSH", who->queue, msgs[n - 1 - i].p};
-            size_t lens[3] = {5, strlen(who->queue), msgs[n - 1 - i].len};
-            st = bq_conn_call(c, NULL, err, 3, argv, lens);
-            if (st == BQ_OK)
-                (*count)++;
-        }
-        bq_pool_return(r->pool, c);
+    bq_conn *c;
+    bq_status st = n == 0 ? BQ_OK : borrow(r, &c, err);
+    if (n == 0 || st != BQ_OK)
         return st;
+    /* Oldest last onto the right end: the oldest is taken next. One call per message keeps
+     * the script's keys to its own queue. */
+    for (size_t i = n; i-- > 0 && st == BQ_OK;) {
+        const char *queue = queue_of(who, msgs[i].q);
+        if (who->delivery != BQ_AT_LEAST_ONCE) {
+            const char *argv[3] = {"RPUSH", queue, msgs[i].data};
+            size_t lens[3] = {5, strlen(queue), msgs[i].len};
+            st = bq_conn_call(c, NULL, err, 3, argv, lens);
+            *count += st == BQ_OK;
+            continue;
+        }
+        char wip[KEY_MAX];
+        if ((st = wip_key(who, msgs[i].q, wip, err)) != BQ_OK)
+            break;
+        const char *keys[] = {wip, queue};
+        const char *args[] = {msgs[i].data};
+        size_t lens[] = {msgs[i].len};
+        redisReply *rep;
+        st = run_script(c, S_HANDBACK, 2, keys, 1, args, lens, r->command_timeout, &rep, err);
+        if (st == BQ_OK) {
+            *count += rep->type == REDIS_REPLY_INTEGER && rep->integer > 0;
+            freeReplyObject(rep);
+        }
     }
-    char wip[KEY_MAX];
-    bq_status st = wip_key(who, wip, err);
+    bq_pool_return(r->pool, c);
+    return st;
+}
+
+static bq_status redis_rate_limit(bq_broker *b, const struct bq_lessee *who,
+                                  const struct bq_msg *leased, const char *key, long limit,
+                                  double period, struct bq_slice next, bool *admitted,
+                                  double *wait, double *at, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    *admitted = true;
+    *wait = 0;
+    *at = 0;
+    const char *queue = queue_of(who, leased->q);
+    char rl[KEY_MAX], suffix[KEY_MAX], wip[KEY_MAX], delayed[KEY_MAX];
+    snprintf(suffix, sizeof suffix, "rl:%s", key);
+    bq_status st = derive(queue, suffix, rl, err);
+    if (st == BQ_OK)
+        st = wip_key(who, leased->q, wip, err);
+    if (st == BQ_OK)
+        st = derive(queue, "delayed", delayed, err);
     if (st != BQ_OK)
         return st;
-    const char **args = bq_calloc(n, sizeof *args);
-    size_t *lens = bq_calloc(n, sizeof *lens);
-    if (args == NULL || lens == NULL) {
-        bq_free(args);
-        bq_free(lens);
-        return bq_err_set(err, BQ_ENOMEM, "handback: out of memory");
+    char lim[24], per[32], id[48];
+    snprintf(lim, sizeof lim, "%ld", limit);
+    snprintf(per, sizeof per, "%lld", (long long)(period * 1000.0));
+    snprintf(id, sizeof id, "%s:%.0f", who->worker, bq_random_unit() * 1e15);
+    const char *keys[] = {rl, wip, delayed};
+    const char *args[] = {lim, per, id, leased->data, next.p,
+                          who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
+    size_t lens[] = {strlen(lim), strlen(per), strlen(id), leased->len, next.len, 1};
+    bq_conn *c;
+    if ((st = borrow(r, &c, err)) != BQ_OK)
+        return st;
+    redisReply *rep;
+    st = run_script(c, S_RATELIMIT, 3, keys, 6, args, lens, r->command_timeout, &rep, err);
+    bq_pool_return(r->pool, c);
+    if (st != BQ_OK)
+        return st;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
+        long long verdict = rep->element[0]->integer;
+        *admitted = verdict == 1;
+        *wait = verdict == 0 ? (double)rep->element[1]->integer / 1000.0 : 0;
+        *at = verdict == 1 ? (double)rep->element[1]->integer / 1000.0 : 0;
+        if (verdict == -1)
+            st = bq_err_set(err, BQ_ECLOSED, "ratelimit-3: the lease was lost");
     }
-    for (size_t i = 0; i < n; i++) {
-        args[i] = msgs[i].p;
-        lens[i] = msgs[i].len;
-    }
-    const char *keys[] = {wip, who->queue};
-    long long res = 0;
-    st = pooled_script(r, S_HANDBACK, 2, keys, (int)n, args, lens, &res, err);
-    *count = res > 0 ? (size_t)res : 0;
-    bq_free(args);
-    bq_free(lens);
+    freeReplyObject(rep);
     return st;
 }
 
@@ -729,22 +981,27 @@ static bq_status redis_heartbeat(bq_broker *b, const struct bq_lessee *who, doub
                                  struct bq_batch *dead, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char workers[KEY_MAX], ms[32];
-    bq_status st = derive(who->queue, "workers", workers, err);
-    bq_conn *c;
-    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
-        return st;
+    struct fetch_keys *k = bq_calloc(1, sizeof *k);
+    if (k == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "heartbeat: out of memory");
+    bq_status st = build_keys(who, k, err);
+    bq_conn *c = NULL;
+    if (st == BQ_OK)
+        st = borrow(r, &c, err);
+    char ms[32];
     snprintf(ms, sizeof ms, "%lld", (long long)(lease * 1000.0));
-    const char *keys[] = {workers};
     const char *args[] = {who->worker, ms};
     redisReply *rep = NULL;
-    st = run_script(c, S_HEARTBEAT, 1, keys, 2, args, NULL, r->command_timeout, &rep, err);
-    bq_pool_return(r->pool, c);
-    if (st != BQ_OK)
-        return st;
-    if (take_strings(rep, dead) != BQ_OK)
+    if (st == BQ_OK)
+        st = run_script(c, S_HEARTBEAT, who->nqueues, k->hb, 2, args, NULL, r->command_timeout,
+                        &rep, err);
+    if (c != NULL)
+        bq_pool_return(r->pool, c);
+    if (st == BQ_OK && take_pairs(rep, dead) != BQ_OK)
         st = bq_err_set(err, BQ_ENOMEM, "heartbeat: out of memory");
-    freeReplyObject(rep);
+    if (rep != NULL)
+        freeReplyObject(rep);
+    bq_free(k);
     return st;
 }
 
@@ -769,15 +1026,18 @@ static bq_status redis_reap(bq_broker *b, const char *queue, const char *dead_id
 static bq_status redis_unregister(bq_broker *b, const struct bq_lessee *who, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char workers[KEY_MAX], wip[KEY_MAX];
-    bq_status st = derive(who->queue, "workers", workers, err);
-    if (st == BQ_OK)
-        st = wip_key(who, wip, err);
-    if (st != BQ_OK)
-        return st;
-    const char *keys[] = {workers, wip};
-    const char *args[] = {who->worker};
-    return pooled_script(r, S_UNREGISTER, 2, keys, 1, args, NULL, NULL, err);
+    bq_status st = BQ_OK;
+    for (int i = 0; i < who->nqueues && st == BQ_OK; i++) {
+        char workers[KEY_MAX], wip[KEY_MAX];
+        st = derive(who->queues[i], "workers", workers, err);
+        if (st == BQ_OK)
+            st = wip_key(who, i, wip, err);
+        const char *keys[] = {workers, wip};
+        const char *args[] = {who->worker};
+        if (st == BQ_OK)
+            st = pooled_script(r, S_UNREGISTER, 2, keys, 1, args, NULL, NULL, err);
+    }
+    return st;
 }
 
 /* The total length of every worker's in-flight list. */
@@ -857,7 +1117,7 @@ static bq_status redis_range(bq_broker *b, const char *queue, enum bq_list which
     bq_pool_return(r->pool, c);
     if (st != BQ_OK)
         return st;
-    st = take_strings(rep, out);
+    st = take_strings(rep, out, 0);
     freeReplyObject(rep);
     return st == BQ_OK ? BQ_OK : bq_err_set(err, st, "LRANGE: out of memory");
 }
@@ -969,12 +1229,14 @@ static void redis_free(bq_broker *b)
 
 static const struct bq_broker_ops redis_ops = {
     .push = redis_push,
+    .push_unique = redis_push_unique,
     .fetch = redis_fetch,
     .interrupt = redis_interrupt,
     .ack = redis_ack,
     .retry = redis_retry,
     .bury = redis_bury,
     .handback = redis_handback,
+    .rate_limit = redis_rate_limit,
     .promote = redis_promote,
     .heartbeat = redis_heartbeat,
     .reap = redis_reap,

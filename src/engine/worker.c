@@ -53,10 +53,14 @@ struct slot {
 
 struct bq_worker {
     char id[96];
-    char *queue;            /* owned */
+    char **queues;          /* owned: the queues, in priority order */
+    int nqueues;
+    int *weights;           /* owned; NULL: strict priority */
+    char *queue;            /* queues[0] (not owned separately) */
     bq_broker *broker;      /* owned */
     struct bq_lessee who;
     int concurrency;
+    int capacity;           /* concurrency + prefetch: messages held at most */
     double block_timeout, lease, shutdown_timeout;
     bool want_results;
     struct bq_slot_ops ops;
@@ -89,7 +93,7 @@ struct bq_worker {
     int evfd;
 
     atomic_llong n_fetched, n_completed, n_failed, n_retried, n_dead, n_dropped, n_malformed,
-        n_skipped, n_handed_back, n_lease_lost, n_reaped;
+        n_skipped, n_handed_back, n_lease_lost, n_reaped, n_rate_limited;
 };
 
 const char *bq_worker_id(const bq_worker *w)
@@ -100,6 +104,16 @@ const char *bq_worker_id(const bq_worker *w)
 const char *bq_worker_queue(const bq_worker *w)
 {
     return w->queue;
+}
+
+int bq_worker_nqueues(const bq_worker *w)
+{
+    return w->nqueues;
+}
+
+const char *bq_worker_queue_of(const bq_worker *w, int q)
+{
+    return w->queues[q >= 0 && q < w->nqueues ? q : 0];
 }
 
 bq_broker *bq_worker_broker(bq_worker *w)
@@ -248,15 +262,17 @@ static void write_failed(bq_worker *w, const char *what, const char *tid,
                          const struct bq_msg *msg)
 {
     if (w->who.delivery == BQ_AT_LEAST_ONCE) {
-        bq_log(BQ_LOG_ERROR, "write_failed", "op", what, "task_id", tid, "queue", w->queue,
+        bq_log(BQ_LOG_ERROR, "write_failed", "op", what, "task_id", tid, "queue",
+               bq_worker_queue_of(w, msg->q),
                "worker", w->id, "outcome", "the task stays leased and is redelivered later",
                NULL);
         return;
     }
     char len[24];
     snprintf(len, sizeof len, "%zu", msg->len);
-    bq_log(BQ_LOG_ERROR, "write_failed", "op", what, "task_id", tid, "queue", w->queue,
-           "worker", w->id, "#bytes", len, "message", msg->data, NULL);
+    bq_log(BQ_LOG_ERROR, "write_failed", "op", what, "task_id", tid, "queue",
+           bq_worker_queue_of(w, msg->q), "worker", w->id, "#bytes", len, "message", msg->data,
+           NULL);
 }
 
 static void lease_lost(bq_worker *w, const char *op, const char *tid)
@@ -278,7 +294,7 @@ static void bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome
         out->kind == BQ_OUTCOME_MALFORMED ? NULL : out->json,
         tid,
         out->type[0] ? out->type : NULL,
-        w->queue,
+        bq_worker_queue_of(w, msg->q),
         w->id,
         out->kind == BQ_OUTCOME_MALFORMED ? 0 : out->attempt,
     };
@@ -288,8 +304,8 @@ static void bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome
     bool held = false;
     if (st == BQ_OK)
         WITH_RETRIES(w, "dead_letter", tid,
-                     w->broker->ops->bury(w->broker, &w->who, slice_of(msg), slice_of(&entry),
-                                          &held, &err));
+                     w->broker->ops->bury(w->broker, &w->who, msg, slice_of(&entry), &held,
+                                          &err));
     bq_free(entry.data);
     if (st != BQ_OK) {
         write_failed(w, "dead_letter", tid, msg);
@@ -299,9 +315,27 @@ static void bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome
         atomic_fetch_add(&w->n_dead, 1);
         char n[16];
         snprintf(n, sizeof n, "%d", out->attempt);
-        bq_log(BQ_LOG_WARN, "dead_lettered", "task_id", tid, "queue", w->queue, "worker",
+        bq_log(BQ_LOG_WARN, "dead_lettered", "task_id", tid, "queue", info.queue, "worker",
                w->id, "#attempts", n, "reason", info.reason, NULL);
     }
+}
+
+/* A task of ours waits in a delayed set for `delay` seconds: bring the dispatcher's next
+ * promotion forward so it is queued again on time, waking a blocked fetch if it would sleep
+ * past the due time. */
+static void promote_by(bq_worker *w, double delay)
+{
+    double due = bq_now_mono() + delay;
+    pthread_mutex_lock(&w->mu);
+    bool wake = false;
+    w->delayed_waiting = true;
+    if (due < w->next_promote) {
+        w->next_promote = due;
+        wake = w->fetch_blocking && w->block_until > due;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (wake)
+        w->broker->ops->interrupt(w->broker);
 }
 
 static void retry(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome *out,
@@ -317,7 +351,7 @@ static void retry(bq_worker *w, const struct bq_msg *msg, const struct bq_outcom
     bool held = false;
     if (st == BQ_OK)
         WITH_RETRIES(w, "retry", tid,
-                     w->broker->ops->retry(w->broker, &w->who, slice_of(msg),
+                     w->broker->ops->retry(w->broker, &w->who, msg,
                                            (struct bq_slice){next.p, next.len}, out->delay,
                                            &held, &err));
     bq_buf_free(&next);
@@ -333,24 +367,13 @@ static void retry(bq_worker *w, const struct bq_msg *msg, const struct bq_outcom
     char n[16], d[32];
     snprintf(n, sizeof n, "%d", out->attempt);
     snprintf(d, sizeof d, "%.3f", out->delay);
-    bq_log(BQ_LOG_INFO, "retry_scheduled", "task_id", tid, "queue", w->queue, "worker", w->id,
-           "#attempt", n, "#delay_s", d, "error", out->reason, NULL);
-    /* Promote it on time: bring the dispatcher's next promotion forward, waking a blocked
-     * fetch if it would sleep past the due time. */
-    double due = bq_now_mono() + out->delay;
-    pthread_mutex_lock(&w->mu);
-    bool wake = false;
-    w->delayed_waiting = true;
-    if (due < w->next_promote) {
-        w->next_promote = due;
-        wake = w->fetch_blocking && w->block_until > due;
-    }
-    pthread_mutex_unlock(&w->mu);
-    if (wake)
-        w->broker->ops->interrupt(w->broker);
+    bq_log(BQ_LOG_INFO, "retry_scheduled", "task_id", tid, "queue",
+           bq_worker_queue_of(w, msg->q), "worker", w->id, "#attempt", n, "#delay_s", d,
+           "error", out->reason, NULL);
+    promote_by(w, out->delay);
 }
 
-static void handback(bq_worker *w, const struct bq_slice *msgs, size_t n, const char *why)
+static void handback(bq_worker *w, const struct bq_msg *msgs, size_t n, const char *why)
 {
     if (n == 0)
         return;
@@ -366,10 +389,8 @@ static void handback(bq_worker *w, const struct bq_slice *msgs, size_t n, const 
         bq_log(BQ_LOG_INFO, "handed_back", "queue", w->queue, "worker", w->id, "#count", k,
                "reason", why, NULL);
     } else {
-        for (size_t i = 0; i < n; i++) {
-            struct bq_msg m = {(char *)msgs[i].p, msgs[i].len};
-            write_failed(w, "hand_back", NULL, &m);
-        }
+        for (size_t i = 0; i < n; i++)
+            write_failed(w, "hand_back", NULL, &msgs[i]);
     }
 }
 
@@ -389,8 +410,7 @@ static bool ack(bq_worker *w, struct bq_msg *msg, const char *tid)
     size_t acked = 0;
     bq_err err;
     bq_status st;
-    struct bq_slice s = slice_of(msg);
-    WITH_RETRIES(w, "ack", tid, w->broker->ops->ack(w->broker, &w->who, &s, 1, &acked, &err));
+    WITH_RETRIES(w, "ack", tid, w->broker->ops->ack(w->broker, &w->who, msg, 1, &acked, &err));
     if (st == BQ_OK && acked == 0)
         lease_lost(w, "ack", tid);
     else if (st != BQ_OK)
@@ -399,7 +419,7 @@ static bool ack(bq_worker *w, struct bq_msg *msg, const char *tid)
 }
 
 static const char *const outcome_names[] = {
-    "completed", "skipped", "retry", "dead", "dropped", "malformed", "interrupted",
+    "completed", "skipped", "retry", "dead", "dropped", "malformed", "interrupted", "deferred",
 };
 
 /* Carries out a slot's decision about msg. Returns true if msg's ownership moved on. */
@@ -409,50 +429,60 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
     snprintf(ms, sizeof ms, "%.3f", duration * 1000.0);
     const char *tid = out->task_id[0] ? out->task_id : NULL;
     const char *type = out->type[0] ? out->type : NULL;
+    const char *queue = bq_worker_queue_of(w, msg->q);
     bool moved = false;
     switch (out->kind) {
     case BQ_OUTCOME_COMPLETED:
         atomic_fetch_add(&w->n_completed, 1);
-        bq_log(BQ_LOG_INFO, "completed", "task_id", tid, "type", type, "queue", w->queue,
+        bq_log(BQ_LOG_INFO, "completed", "task_id", tid, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, NULL);
         moved = ack(w, msg, tid);
         break;
     case BQ_OUTCOME_SKIPPED:
         atomic_fetch_add(&w->n_skipped, 1);
-        bq_log(BQ_LOG_INFO, "skipped", "task_id", tid, "type", type, "queue", w->queue,
+        bq_log(BQ_LOG_INFO, "skipped", "task_id", tid, "type", type, "queue", queue,
                "worker", w->id, "reason", out->reason, NULL);
         moved = ack(w, msg, tid);
         break;
     case BQ_OUTCOME_DROPPED:
         atomic_fetch_add(&w->n_failed, 1);
         atomic_fetch_add(&w->n_dropped, 1);
-        bq_log(BQ_LOG_WARN, "dropped", "task_id", tid, "type", type, "queue", w->queue,
+        bq_log(BQ_LOG_WARN, "dropped", "task_id", tid, "type", type, "queue", queue,
                "worker", w->id, "error", out->reason, NULL);
         moved = ack(w, msg, tid);
         break;
     case BQ_OUTCOME_RETRY:
         atomic_fetch_add(&w->n_failed, 1);
-        bq_log(BQ_LOG_WARN, "failed", "task_id", tid, "type", type, "queue", w->queue,
+        bq_log(BQ_LOG_WARN, "failed", "task_id", tid, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, "error", out->reason, NULL);
         retry(w, msg, out, tid);
         break;
     case BQ_OUTCOME_DEAD:
         atomic_fetch_add(&w->n_failed, 1);
-        bq_log(BQ_LOG_WARN, "failed", "task_id", tid, "type", type, "queue", w->queue,
+        bq_log(BQ_LOG_WARN, "failed", "task_id", tid, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, "error", out->reason, NULL);
         bury(w, msg, out, tid);
         break;
     case BQ_OUTCOME_MALFORMED:
         atomic_fetch_add(&w->n_malformed, 1);
-        bq_log(BQ_LOG_WARN, "malformed", "task_id", tid, "queue", w->queue, "worker", w->id,
+        bq_log(BQ_LOG_WARN, "malformed", "task_id", tid, "queue", queue, "worker", w->id,
                "reason", out->reason, NULL);
         bury(w, msg, out, tid);
         break;
-    case BQ_OUTCOME_INTERRUPTED: {
-        struct bq_slice s = slice_of(msg);
-        handback(w, &s, 1, out->reason ? out->reason : "interrupted");
+    case BQ_OUTCOME_INTERRUPTED:
+        handback(w, msg, 1, out->reason ? out->reason : "interrupted");
         break;
-    }
+    case BQ_OUTCOME_DEFERRED:
+        /* The rate limiter has queued it again already: promote it on time. */
+        atomic_fetch_add(&w->n_rate_limited, 1);
+        promote_by(w, out->delay);
+        if (bq_log_enabled(BQ_LOG_DEBUG)) {
+            char d[32];
+            snprintf(d, sizeof d, "%.3f", out->delay);
+            bq_log(BQ_LOG_DEBUG, "rate_limited", "task_id", tid, "queue", queue, "worker",
+                   w->id, "#delay_s", d, NULL);
+        }
+        break;
     }
     if (w->want_results) {
         struct bq_event ev = {BQ_EVENT_RESULT, *out, duration};
@@ -492,7 +522,7 @@ static void *slot_main(void *arg)
             break;
         }
         struct bq_msg msg = w->ring[w->ring_head];
-        w->ring_head = (w->ring_head + 1) % w->concurrency;
+        w->ring_head = (w->ring_head + 1) % w->capacity;
         w->ring_n--;
         s->current = msg;
         s->running = true;
@@ -516,7 +546,7 @@ static void *slot_main(void *arg)
 
         pthread_mutex_lock(&w->mu);
         s->running = false;
-        s->current = (struct bq_msg){NULL, 0};
+        s->current = (struct bq_msg){NULL, 0, 0};
         w->running--;
         w->inflight--;
         atomic_store(&s->ctl.interrupt, 0);
@@ -549,7 +579,8 @@ static void reap_dead(bq_worker *w, struct bq_batch *dead)
     for (size_t i = 0; i < dead->n; i++) {
         long long recovered = -1;
         bq_err err;
-        bq_status st = w->broker->ops->reap(w->broker, w->queue, dead->msgs[i].data, &recovered,
+        const char *queue = bq_worker_queue_of(w, dead->msgs[i].q);
+        bq_status st = w->broker->ops->reap(w->broker, queue, dead->msgs[i].data, &recovered,
                                             &err);
         if (st != BQ_OK) {
             bq_log(BQ_LOG_ERROR, "redis_error", "op", "reap", "queue", w->queue, "worker",
@@ -558,7 +589,7 @@ static void reap_dead(bq_worker *w, struct bq_batch *dead)
             char n[24];
             snprintf(n, sizeof n, "%lld", recovered);
             atomic_fetch_add(&w->n_reaped, recovered);
-            bq_log(BQ_LOG_WARN, "reaped", "queue", w->queue, "worker", w->id, "dead_worker",
+            bq_log(BQ_LOG_WARN, "reaped", "queue", queue, "worker", w->id, "dead_worker",
                    dead->msgs[i].data, "#recovered", n, NULL);
         }
     }
@@ -630,19 +661,14 @@ static void flush_acks(bq_worker *w)
     memset(&w->acks, 0, sizeof w->acks);
     pthread_mutex_unlock(&w->mu);
     if (acks.n > 0) {
-        struct bq_slice *s = bq_calloc(acks.n, sizeof *s);
-        for (size_t i = 0; s != NULL && i < acks.n; i++)
-            s[i] = slice_of(&acks.msgs[i]);
         size_t acked = 0;
         bq_err err;
-        bq_status st = BQ_ENOMEM;
-        if (s != NULL)
-            WITH_RETRIES(w, "ack", (const char *)NULL,
-                         w->broker->ops->ack(w->broker, &w->who, s, acks.n, &acked, &err));
+        bq_status st;
+        WITH_RETRIES(w, "ack", (const char *)NULL,
+                     w->broker->ops->ack(w->broker, &w->who, acks.msgs, acks.n, &acked, &err));
         if (st != BQ_OK)
             bq_log(BQ_LOG_ERROR, "write_failed", "op", "ack", "queue", w->queue, "worker",
                    w->id, "outcome", "the tasks stay leased and are redelivered later", NULL);
-        bq_free(s);
     }
     bq_batch_free(&acks);
 }
@@ -656,7 +682,7 @@ static void shut_down(bq_worker *w)
     struct bq_msg *left = bq_calloc(n ? n : 1, sizeof *left);
     for (size_t i = 0; left != NULL && i < n; i++) {
         left[i] = w->ring[w->ring_head];
-        w->ring_head = (w->ring_head + 1) % w->concurrency;
+        w->ring_head = (w->ring_head + 1) % w->capacity;
     }
     if (left != NULL) {
         w->ring_n = 0;
@@ -664,12 +690,7 @@ static void shut_down(bq_worker *w)
     }
     pthread_mutex_unlock(&w->mu);
     if (left != NULL && n > 0) {
-        struct bq_slice *s = bq_calloc(n, sizeof *s);
-        for (size_t i = 0; s != NULL && i < n; i++)
-            s[i] = slice_of(&left[i]);
-        if (s != NULL)
-            handback(w, s, n, "shutdown: not started");
-        bq_free(s);
+        handback(w, left, n, "shutdown: not started");
         for (size_t i = 0; i < n; i++)
             bq_free(left[i].data);
     }
@@ -693,7 +714,6 @@ static void shut_down(bq_worker *w)
         while (w->running > 0 && bq_now_mono() < deadline)
             bq_cond_wait_for(&w->cv_space, &w->mu, deadline - bq_now_mono());
     }
-    struct bq_slice stuck[64];
     struct bq_msg copies[64];
     size_t nstuck = 0;
     if (w->running > 0) {
@@ -704,10 +724,8 @@ static void shut_down(bq_worker *w)
                 continue;
             copies[nstuck].data = bq_strndup(s->current.data, s->current.len);
             copies[nstuck].len = s->current.len;
-            if (copies[nstuck].data != NULL) {
-                stuck[nstuck] = slice_of(&copies[nstuck]);
-                nstuck++;
-            }
+            copies[nstuck].q = s->current.q;
+            nstuck += copies[nstuck].data != NULL;
         }
     }
     pthread_mutex_unlock(&w->mu);
@@ -716,7 +734,7 @@ static void shut_down(bq_worker *w)
         snprintf(k, sizeof k, "%zu", nstuck);
         bq_log(BQ_LOG_ERROR, "handlers_abandoned", "queue", w->queue, "worker", w->id,
                "#count", k, "outcome", "their tasks go back to the queue now", NULL);
-        handback(w, stuck, nstuck, "shutdown: handler did not stop");
+        handback(w, copies, nstuck, "shutdown: handler did not stop");
         for (size_t i = 0; i < nstuck; i++)
             bq_free(copies[i].data);
     }
@@ -729,15 +747,13 @@ static void *dispatcher_main(void *arg)
     struct bq_batch acks = {NULL, 0, 0};
     struct bq_fetch_res res;
     memset(&res, 0, sizeof res);
-    struct bq_slice *ack_slices = NULL;
-    size_t ack_cap = 0;
     int failures = 0;
     bool lease = w->who.delivery == BQ_AT_LEAST_ONCE;
     double period = w->lease / 3;
     bq_err err;
     for (;;) {
         pthread_mutex_lock(&w->mu);
-        while (!w->stopping && w->inflight >= w->concurrency && w->acks.n == 0)
+        while (!w->stopping && w->inflight >= w->capacity && w->acks.n == 0)
             pthread_cond_wait(&w->cv_space, &w->mu);
         if (w->stopping) {
             pthread_mutex_unlock(&w->mu);
@@ -745,7 +761,7 @@ static void *dispatcher_main(void *arg)
         }
         acks = w->acks;
         memset(&w->acks, 0, sizeof w->acks);
-        int want = w->concurrency - w->inflight;
+        int want = w->capacity - w->inflight;
         int seen_inflight = w->inflight;
         bool drain = w->drain;
         double now = bq_now_mono();
@@ -768,17 +784,8 @@ static void *dispatcher_main(void *arg)
         w->block_until = now + req.timeout;
         pthread_mutex_unlock(&w->mu);
 
-        if (acks.n > ack_cap) {
-            bq_free(ack_slices);
-            ack_cap = acks.cap;
-            ack_slices = bq_calloc(ack_cap, sizeof *ack_slices);
-            if (ack_slices == NULL)
-                ack_cap = 0;
-        }
-        req.nacks = ack_slices != NULL ? acks.n : 0;
-        req.acks = ack_slices;
-        for (size_t i = 0; i < req.nacks; i++)
-            ack_slices[i] = slice_of(&acks.msgs[i]);
+        req.nacks = acks.n;
+        req.acks = acks.msgs;
         bq_err_clear(&err);
         bq_status st = w->broker->ops->fetch(w->broker, &w->who, &req, &res, &batch, &err);
 
@@ -837,7 +844,7 @@ static void *dispatcher_main(void *arg)
 
         pthread_mutex_lock(&w->mu);
         for (size_t i = 0; i < batch.n; i++) {
-            int tail = (w->ring_head + w->ring_n) % w->concurrency;
+            int tail = (w->ring_head + w->ring_n) % w->capacity;
             w->ring[tail] = batch.msgs[i];
             w->ring_n++;
             w->inflight++;
@@ -865,7 +872,6 @@ static void *dispatcher_main(void *arg)
     bq_batch_free(&batch);
     bq_batch_free(&acks);
     bq_batch_free(&res.dead);
-    bq_free(ack_slices);
 
     shut_down(w);
 
@@ -903,6 +909,8 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
                           o->concurrency);
     if (o->block_timeout <= 0)
         return bq_err_set(err, BQ_EINVAL, "block_timeout must be positive");
+    if (o->prefetch < 0 || o->prefetch > 4096)
+        return bq_err_set(err, BQ_EINVAL, "prefetch must be from 0 to 4096 (got %d)", o->prefetch);
     if (o->lease < 0 || (o->delivery == BQ_AT_LEAST_ONCE && o->lease > 0 && o->lease < 0.3))
         return bq_err_set(err, BQ_EINVAL, "lease must be at least 0.3 s");
     if (o->shutdown_timeout < 0)
@@ -912,6 +920,7 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
         return bq_err_set(err, BQ_ENOMEM, "worker: out of memory");
     w->evfd = -1;
     w->concurrency = o->concurrency;
+    w->capacity = o->concurrency + o->prefetch;
     w->block_timeout = o->block_timeout;
     w->want_results = o->want_results;
     w->lease = o->lease > 0 ? o->lease : 30.0;
@@ -934,13 +943,36 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     snprintf(rnd, sizeof rnd, "%02x%02x", r[0], r[1]);
     snprintf(w->id, sizeof w->id, "%s:%d:%s", host, (int)getpid(), rnd);
 
-    w->queue = bq_strdup(o->cfg->queue_name);
-    w->who = (struct bq_lessee){w->queue, w->id, o->delivery};
-    w->ring = bq_calloc((size_t)w->concurrency, sizeof *w->ring);
+    int nq = o->queues != NULL && o->nqueues > 0 ? o->nqueues : 1;
+    if (nq > 16) {
+        bq_worker_free(w);
+        return bq_err_set(err, BQ_EINVAL, "a worker fetches from at most 16 queues (got %d)", nq);
+    }
+    w->queues = bq_calloc((size_t)nq, sizeof *w->queues);
+    for (int i = 0; w->queues != NULL && i < nq; i++) {
+        w->queues[i] = bq_strdup(o->queues != NULL && o->nqueues > 0 ? o->queues[i]
+                                                                      : o->cfg->queue_name);
+        w->nqueues += w->queues[i] != NULL;
+    }
+    if (o->weights != NULL && w->queues != NULL) {
+        w->weights = bq_calloc((size_t)nq, sizeof *w->weights);
+        for (int i = 0; w->weights != NULL && i < nq; i++) {
+            if (o->weights[i] < 1) {
+                bq_worker_free(w);
+                return bq_err_set(err, BQ_EINVAL, "queue weights must be at least 1");
+            }
+            w->weights[i] = o->weights[i];
+        }
+    }
+    w->queue = w->queues != NULL && w->nqueues == nq ? w->queues[0] : NULL;
+    w->who = (struct bq_lessee){(const char *const *)w->queues, w->nqueues, w->weights, w->id,
+                                o->delivery};
+    w->ring = bq_calloc((size_t)w->capacity, sizeof *w->ring);
     w->slots = bq_calloc((size_t)w->concurrency, sizeof *w->slots);
     w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     bq_status st = BQ_OK;
-    if (w->queue == NULL || w->ring == NULL || w->slots == NULL)
+    if (w->queue == NULL || w->ring == NULL || w->slots == NULL ||
+        (o->weights != NULL && w->weights == NULL))
         st = bq_err_set(err, BQ_ENOMEM, "worker: out of memory");
     else if (w->evfd < 0)
         st = bq_err_set(err, BQ_EIO, "worker: eventfd: %s", strerror(errno));
@@ -1095,27 +1127,21 @@ void bq_worker_abort(bq_worker *w)
     size_t n = 0, cap = (size_t)w->ring_n + (size_t)w->concurrency;
     struct bq_msg *copies = bq_calloc(cap ? cap : 1, sizeof *copies);
     for (int i = 0; copies != NULL && i < w->ring_n; i++) {
-        const struct bq_msg *m = &w->ring[(w->ring_head + i) % w->concurrency];
-        copies[n].data = bq_strndup(m->data, m->len);
-        copies[n].len = m->len;
+        const struct bq_msg *m = &w->ring[(w->ring_head + i) % w->capacity];
+        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q};
         n += copies[n].data != NULL;
     }
     for (int i = 0; copies != NULL && i < w->concurrency; i++) {
         const struct bq_msg *m = &w->slots[i].current;
         if (!w->slots[i].running || m->data == NULL)
             continue;
-        copies[n].data = bq_strndup(m->data, m->len);
-        copies[n].len = m->len;
+        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q};
         n += copies[n].data != NULL;
     }
     pthread_mutex_unlock(&w->mu);
     w->broker->ops->interrupt(w->broker);
-    struct bq_slice *s = bq_calloc(n ? n : 1, sizeof *s);
-    for (size_t i = 0; s != NULL && i < n; i++)
-        s[i] = slice_of(&copies[i]);
-    if (s != NULL)
-        handback(w, s, n, "aborted: second signal");
-    bq_free(s);
+    if (copies != NULL)
+        handback(w, copies, n, "aborted: second signal");
     for (size_t i = 0; i < n; i++)
         bq_free(copies[i].data);
     bq_free(copies);
@@ -1158,7 +1184,7 @@ void bq_worker_free(bq_worker *w)
     while (pop_event(w, &ev))
         bq_event_clear(&ev);
     for (int i = 0; i < w->ring_n; i++)
-        bq_free(w->ring[(w->ring_head + i) % w->concurrency].data);
+        bq_free(w->ring[(w->ring_head + i) % w->capacity].data);
     bq_batch_free(&w->acks);
     bq_broker_free(w->broker);
     for (int i = 0; w->slots != NULL && i < w->concurrency; i++) {
@@ -1167,7 +1193,10 @@ void bq_worker_free(bq_worker *w)
     }
     bq_free(w->ring);
     bq_free(w->slots);
-    bq_free(w->queue);
+    for (int i = 0; i < w->nqueues; i++)
+        bq_free(w->queues[i]);
+    bq_free(w->queues);
+    bq_free(w->weights);
     if (w->evfd >= 0)
         close(w->evfd);
     pthread_mutex_destroy(&w->mu);
@@ -1193,9 +1222,18 @@ void bq_worker_stats(bq_worker *w, struct bq_worker_stats *out)
     out->handed_back = atomic_load(&w->n_handed_back);
     out->lease_lost = atomic_load(&w->n_lease_lost);
     out->reaped = atomic_load(&w->n_reaped);
+    out->rate_limited = atomic_load(&w->n_rate_limited);
     pthread_mutex_lock(&w->mu);
     out->inflight = w->inflight;
     pthread_mutex_unlock(&w->mu);
+}
+
+bq_status bq_worker_rate_limit(bq_worker *w, const struct bq_msg *msg, const char *key,
+                               long limit, double period, struct bq_slice next,
+                               bool *admitted, double *wait, double *at, bq_err *err)
+{
+    return w->broker->ops->rate_limit(w->broker, &w->who, msg, key, limit, period, next,
+                                      admitted, wait, at, err);
 }
 
 const char *bq_outcome_name(enum bq_outcome_kind k)

@@ -16,7 +16,8 @@
  * binding implements with one Lua state per slot thread, so no Lua state is ever touched by
  * two threads. Decisions (retry or dead-letter, after how long) come from the slot: the
  * engine carries them out. The dispatcher fetches only as many messages as there are free
- * slots, so a worker never hoards tasks that another worker could run now.
+ * slots (plus `prefetch`, 0 by default), so a worker does not hoard tasks that another worker
+ * could run now.
  *
  * The thread that owns the bq_worker (the "main" thread, running the user's script) talks to
  * it through start/stop and an event queue: results (if requested) and the final STOPPED
@@ -44,6 +45,7 @@ enum bq_outcome_kind {
     BQ_OUTCOME_DROPPED,       /* failed, and the failure policy drops it: acknowledge */
     BQ_OUTCOME_MALFORMED,     /* could not be decoded or validated: dead-letter */
     BQ_OUTCOME_INTERRUPTED,   /* stopped by shutdown before it finished: hand back */
+    BQ_OUTCOME_DEFERRED,      /* over its rate limit: already queued again for later */
 };
 
 /* "completed", "skipped", "retry", "dead", "dropped", "malformed", "interrupted". */
@@ -88,7 +90,12 @@ struct bq_slot_ops {
 
 struct bq_worker_options {
     const struct bq_config *cfg;  /* scheduler settings; copied */
+    const char *const *queues;    /* the queues, in priority order (copied); NULL: the
+                                   * configuration's queue_name alone */
+    int nqueues;
+    const int *weights;           /* NULL: strict priority; else one weight > 0 per queue */
     int concurrency;              /* slot threads, >= 1 */
+    int prefetch;                 /* messages fetched ahead beyond the free slots (0: none) */
     double block_timeout;         /* seconds a blocking fetch waits before it is renewed */
     bool want_results;            /* queue a RESULT event per handled message */
     enum bq_delivery delivery;
@@ -144,13 +151,24 @@ void bq_worker_join(bq_worker *w);
 /* Stops, joins and frees. A worker with abandoned threads is left allocated for them. */
 void bq_worker_free(bq_worker *w);
 
+/* Admits msg (being handled by a slot of w) under "at most `limit` per `period` seconds" for
+ * the bucket `key` of its queue, or queues `next` (its form for later) and releases it: then
+ * *admitted is false, *wait the seconds until the limiter would admit it, and the slot must
+ * report BQ_OUTCOME_DEFERRED. *at is the admission time (epoch seconds). Slot threads. */
+bq_status bq_worker_rate_limit(bq_worker *w, const struct bq_msg *msg, const char *key,
+                               long limit, double period, struct bq_slice next,
+                               bool *admitted, double *wait, double *at, bq_err *err);
+
 const char *bq_worker_id(const bq_worker *w);
+/* The first (highest priority) queue, and the queue message `q` came from. */
 const char *bq_worker_queue(const bq_worker *w);
+const char *bq_worker_queue_of(const bq_worker *w, int q);
+int bq_worker_nqueues(const bq_worker *w);
 bq_broker *bq_worker_broker(bq_worker *w);
 
 struct bq_worker_stats {
     long long fetched, completed, failed, retried, dead_lettered, dropped, malformed, skipped,
-        handed_back, lease_lost, reaped;
+        handed_back, lease_lost, reaped, rate_limited;
     int inflight;
 };
 void bq_worker_stats(bq_worker *w, struct bq_worker_stats *out);

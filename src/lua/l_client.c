@@ -124,6 +124,40 @@ static int l_client_push(lua_State *L)
     return 1;
 }
 
+/* c:push_unique({msg, ...}, {key, ...}, ttl [, queue]) -> {true|false, ...} | nil, msg, code */
+static int l_client_push_unique(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    double ttl = luaL_checknumber(L, 4);
+    const char *queue = luaL_optstring(L, 5, c->cfg.queue_name);
+    size_t n = (size_t)luaL_len(L, 2);
+    if ((size_t)luaL_len(L, 3) != n)
+        return luaL_error(L, "push_unique: one key per message");
+    lua_settop(L, 5);
+    struct bq_slice *s = lua_newuserdatauv(L, (n ? n : 1) * sizeof *s, 0);
+    const char **keys = lua_newuserdatauv(L, (n ? n : 1) * sizeof *keys, 0);
+    bool *pushed = lua_newuserdatauv(L, (n ? n : 1) * sizeof *pushed, 0);
+    for (size_t i = 0; i < n; i++) {
+        if (lua_rawgeti(L, 2, (lua_Integer)i + 1) != LUA_TSTRING ||
+            lua_rawgeti(L, 3, (lua_Integer)i + 1) != LUA_TSTRING)
+            return luaL_error(L, "push_unique: message and key %d must be strings", (int)i + 1);
+        keys[i] = lua_tostring(L, -1);
+        s[i].p = lua_tolstring(L, -2, &s[i].len);
+        lua_pop(L, 2); /* the tables keep them alive */
+    }
+    bq_err err;
+    if (c->broker->ops->push_unique(c->broker, queue, s, keys, n, ttl, pushed, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_pushboolean(L, pushed[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
 static int l_client_length(lua_State *L)
 {
     bq_client *c = check_open(L);
@@ -261,6 +295,7 @@ static int l_client_info(lua_State *L)
 
 static const luaL_Reg client_methods[] = {
     {"push", l_client_push},   {"length", l_client_length}, {"range", l_client_range},
+    {"push_unique", l_client_push_unique},
     {"ping", l_client_ping},   {"info", l_client_info},     {"close", l_client_close},
     {"dlq_requeue", l_client_dlq_requeue}, {"dlq_remove", l_client_dlq_remove},
     {"dlq_purge", l_client_dlq_purge},

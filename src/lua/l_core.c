@@ -9,6 +9,7 @@
 #include "../core/err.h"
 #include "../core/log.h"
 #include "../core/rand.h"
+#include "../broker/keys.h"
 #include "../engine/config.h"
 #include "../core/backoff.h"
 #include "../net/url.h"
@@ -333,6 +334,13 @@ static int l_backoff(lua_State *L)
     return 1;
 }
 
+/* core.key_slot(key) -> the Redis Cluster slot of key (hash tags honoured). */
+static int l_key_slot(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)bq_key_slot(luaL_checkstring(L, 1)));
+    return 1;
+}
+
 /* core.task_state(id) -> state | nil: the in-memory record of the process. */
 static int l_task_state(lua_State *L)
 {
@@ -440,6 +448,7 @@ static const luaL_Reg core_funcs[] = {
     {"redact_url", l_redact_url},
     {"defaults", l_defaults},
     {"backoff", l_backoff},
+    {"key_slot", l_key_slot},
     {"task_state", l_task_state},
     {"set_task_state", l_set_task_state},
     {"forget_task_state", l_forget_task_state},

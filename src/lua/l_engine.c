@@ -54,6 +54,7 @@ struct slot_state {
     struct bq_slot_ctl *ctl;  /* the engine's view of this slot (interrupt flag) */
     double deadline;          /* monotonic time the running handler must end by; 0: none */
     double limit;             /* its timeout in seconds, for the message */
+    const struct bq_msg *msg; /* the message being handled (for the rate limiter) */
 };
 
 /* The handler state of the current thread: each slot thread runs exactly one. */
@@ -228,7 +229,7 @@ static const struct {
     {"completed", BQ_OUTCOME_COMPLETED}, {"skipped", BQ_OUTCOME_SKIPPED},
     {"retry", BQ_OUTCOME_RETRY},         {"dead", BQ_OUTCOME_DEAD},
     {"dropped", BQ_OUTCOME_DROPPED},     {"malformed", BQ_OUTCOME_MALFORMED},
-    {"interrupted", BQ_OUTCOME_INTERRUPTED},
+    {"interrupted", BQ_OUTCOME_INTERRUPTED}, {"deferred", BQ_OUTCOME_DEFERRED},
 };
 
 static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome *out)
@@ -236,13 +237,15 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
     struct slot_state *s = state;
     lua_State *L = s->L;
     lua_settop(L, 0);
+    s->msg = msg;
     lua_pushcfunction(L, msgh);
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->process_ref);
     lua_pushlstring(L, msg->data, msg->len);
-    /* process(raw) -> status, task_id, type, info   (see lua/binduq/worker.lua)
+    lua_pushinteger(L, msg->q + 1);
+    /* process(raw, queue_index) -> status, task_id, type, info   (lua/binduq/worker.lua)
      * info: for "completed" the result's JSON (or nil); otherwise a table
      * {reason=, error=, header=, delay=, body=, attempt=}. */
-    if (lua_pcall(L, 1, 4, 1) != LUA_OK) {
+    if (lua_pcall(L, 2, 4, 1) != LUA_OK) {
         /* A failure of binduq's own Lua (or out of memory): set the message aside. */
         out->kind = BQ_OUTCOME_DEAD;
         bq_buf b = BQ_BUF_INIT;
@@ -363,6 +366,33 @@ static int l_unlimit(lua_State *L)
     return 0;
 }
 
+/* core.rate_limit(key, limit, period, next) -> true, at | false, wait | nil, msg, code
+ * Admits the message this handler state is handling under "at most `limit` per `period`
+ * seconds" for bucket `key` of its queue; over the limit it is queued again as `next` (its
+ * "#bq" header line, a newline, the original) and false, seconds is returned. */
+static int l_rate_limit(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    const char *key = luaL_checkstring(L, 1);
+    lua_Integer limit = luaL_checkinteger(L, 2);
+    double period = luaL_checknumber(L, 3);
+    size_t nlen;
+    const char *next = luaL_checklstring(L, 4, &nlen);
+    if (s == NULL || s->msg == NULL)
+        return luaL_error(L, "rate_limit is for handler states, while a task is handled");
+    if (limit < 1 || period <= 0)
+        return luaL_error(L, "a rate limit needs limit >= 1 and period > 0");
+    bool admitted = true;
+    double wait = 0, at = 0;
+    bq_err err;
+    if (bq_worker_rate_limit(s->cfg->w, s->msg, key, (long)limit, period,
+                             (struct bq_slice){next, nlen}, &admitted, &wait, &at, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushboolean(L, admitted);
+    lua_pushnumber(L, admitted ? at : wait);
+    return 2;
+}
+
 /* core.slot_sleep(seconds) -- sleeps, but not past the handler's deadline and not through an
  * interrupt; raises the limit error if either cuts it short. Outside a handler state it is a
  * plain sleep. */
@@ -421,6 +451,13 @@ static int l_slot_info(lua_State *L)
     lua_setfield(L, -2, "worker_id");
     lua_pushstring(L, bq_worker_queue(s->cfg->w));
     lua_setfield(L, -2, "queue");
+    int nq = bq_worker_nqueues(s->cfg->w);
+    lua_createtable(L, nq, 0);
+    for (int i = 0; i < nq; i++) {
+        lua_pushstring(L, bq_worker_queue_of(s->cfg->w, i));
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "queues");
     lua_pushboolean(L, s->cfg->want_results);
     lua_setfield(L, -2, "want_results");
     lua_pushinteger(L, s->cfg->max_message_size);
@@ -519,6 +556,7 @@ static int l_engine_new(lua_State *L)
     struct bq_worker_options wo;
     memset(&wo, 0, sizeof wo);
     wo.concurrency = (int)bq_lua_opt_integer(L, 1, "concurrency", 1);
+    wo.prefetch = (int)bq_lua_opt_integer(L, 1, "prefetch", 0);
     wo.block_timeout = bq_lua_opt_number(L, 1, "block_timeout", 5.0);
     wo.want_results = e->cfg->want_results;
     wo.lease = bq_lua_opt_number(L, 1, "lease", 30.0);
@@ -531,6 +569,35 @@ static int l_engine_new(lua_State *L)
     else
         return luaL_error(L, "option 'delivery' must be \"at-least-once\" or \"at-most-once\"");
 
+    /* queues = {name, ...} in priority order; weights = {n, ...} for weighted mode */
+    const char *queues[16];
+    int weights[16], nq = 0, nw = 0;
+    if (lua_getfield(L, 1, "queues") == LUA_TTABLE) {
+        nq = (int)luaL_len(L, -1);
+        if (nq < 1 || nq > 16)
+            return luaL_error(L, "option 'queues' needs 1 to 16 queue names");
+        for (int i = 0; i < nq; i++) {
+            if (lua_rawgeti(L, -1, i + 1) != LUA_TSTRING)
+                return luaL_error(L, "option 'queues': entry %d is not a string", i + 1);
+            queues[i] = lua_tostring(L, -1); /* the options table keeps it alive */
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "weights") == LUA_TTABLE) {
+        nw = (int)luaL_len(L, -1);
+        if (nw != (nq > 0 ? nq : 1))
+            return luaL_error(L, "option 'weights' needs one weight per queue");
+        for (int i = 0; i < nw; i++) {
+            lua_rawgeti(L, -1, i + 1);
+            weights[i] = (int)lua_tointeger(L, -1);
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    wo.queues = nq > 0 ? queues : NULL;
+    wo.nqueues = nq;
+    wo.weights = nw > 0 ? weights : NULL;
     struct bq_config cfg;
     bq_err err;
     bq_status st = bq_config_resolve(&co, &cfg, &err);
@@ -654,7 +721,8 @@ static int l_engine_stats(lua_State *L)
         {"dead_lettered", s.dead_lettered}, {"dropped", s.dropped},
         {"malformed", s.malformed},     {"skipped", s.skipped},
         {"handed_back", s.handed_back}, {"lease_lost", s.lease_lost},
-        {"reaped", s.reaped},           {"inflight", s.inflight},
+        {"reaped", s.reaped},           {"rate_limited", s.rate_limited},
+        {"inflight", s.inflight},
     };
     lua_createtable(L, 0, (int)(sizeof f / sizeof f[0]));
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
@@ -714,4 +782,6 @@ void bq_lua_open_engine(lua_State *L)
     lua_setfield(L, -2, "unlimit");
     lua_pushcfunction(L, l_slot_sleep);
     lua_setfield(L, -2, "slot_sleep");
+    lua_pushcfunction(L, l_rate_limit);
+    lua_setfield(L, -2, "rate_limit");
 }

@@ -16,9 +16,13 @@ local proc = require("helpers.proc")
 local redis = require("helpers.redis")
 
 local N = tonumber(os.getenv("BENCH_TASKS")) or 100000
+local NV = tonumber(os.getenv("BENCH_VARIANT_TASKS")) or 20000
 local N_SYNC = tonumber(os.getenv("BENCH_SYNC_TASKS")) or 10000
 local N_LAT = tonumber(os.getenv("BENCH_LATENCY_SAMPLES")) or 1000
 local CONCURRENCY = tonumber(os.getenv("BENCH_CONCURRENCY")) or 1
+-- The advanced-pattern runs fetch one task ahead, so a fetch overlaps the handling of the
+-- previous task (the plain run they are compared with does the same).
+local PREFETCH = tonumber(os.getenv("BENCH_PREFETCH")) or 1
 local PAYLOAD = 300
 
 bq.log_configure{ level = "warn" }
@@ -69,8 +73,8 @@ local ok, err = pcall(function()
     say("single-client LPUSH round trip p50 %.3f ms", rtt_p50)
     server:cli("FLUSHALL")
 
-    local queue = "bench:" .. math.random(1, 1e9)
-    local s = bq.scheduler{ url = server.url, queue_name = queue }
+    local queue = "{bench" .. math.random(1, 1e9) .. "}"
+    local s = bq.scheduler{ url = server.url, queue_name = queue, dedup = false }
 
     local batches = {}
     for b = 0, N / 1000 - 1 do
@@ -81,7 +85,7 @@ local ok, err = pcall(function()
     local make = dofile("tests/bench/noop_worker.lua")
     local enq, rate = nil, {}
     for _, delivery in ipairs({ "at-least-once", "at-most-once" }) do
-        step(("enqueue %d tasks, pipelined in batches of 1000"):format(N))
+        step(("enqueue %d tasks, pipelined in batches of 1000 (no deduplication)"):format(N))
         local t0 = core.monotonic()
         for _, list in ipairs(batches) do assert(s:schedule_many(list)) end
         enq = enq or N / (core.monotonic() - t0)
@@ -100,7 +104,41 @@ local ok, err = pcall(function()
         end
     end
     local proc_rate = rate["at-least-once"]
-    local t0
+
+    -- The advanced patterns, each against a plain run of the same size in this run.
+    local function process(variant, prefix, route)
+        local sched = bq.scheduler{ url = server.url, queue_name = queue, dedup = false,
+                                    route = route and function(op) return op.metadata.q end or nil }
+        local list = {}
+        for i = 1, NV do
+            list[#list + 1] = op(i, prefix)
+            if route then
+                list[#list].metadata = { q = queue .. ({ ":high", ":normal", ":low" })[i % 3 + 1] }
+            end
+            if #list == 1000 then assert(sched:schedule_many(list)); list = {} end
+        end
+        sched:close()
+        local w = make{ url = server.url, queue = queue, concurrency = CONCURRENCY, variant = variant,
+                        prefetch = PREFETCH }
+        local t1 = core.monotonic()
+        local st = w:drain()
+        assert(st.completed == NV, ("%s: completed %d of %d"):format(variant or "plain", st.completed, NV))
+        w:close()
+        return NV / (core.monotonic() - t1)
+    end
+    step(("advanced patterns, %d tasks each, prefetch %d: plain, routing over 3 queues, a rate-limit key per task")
+        :format(NV, PREFETCH))
+    local plain_v = process(nil, "v0")
+    local routing_v = process("routing", "v1", true)
+    local ratelimit_v = process("ratelimit", "v2")
+    step(("enqueue %d tasks with deduplication on, pipelined"):format(N))
+    local sd = bq.scheduler{ url = server.url, queue_name = queue .. ":dedup" }
+    local t0 = core.monotonic()
+    for _, list in ipairs(batches) do assert(sd:schedule_many(list)) end
+    local enq_dedup = N / (core.monotonic() - t0)
+    assert(sd:queue_length() == N)
+    sd:close()
+    server:cli("DEL", queue .. ":dedup")
 
     step(("enqueue %d tasks one at a time (synchronous)"):format(N_SYNC))
     local ops = {}
@@ -141,6 +179,12 @@ local ok, err = pcall(function()
         :format(proc_rate / rpop_p_rps, rpop_p_rps))
     print(("  process, at-most-once   %9.0f tasks/s   %5.2f x redis-benchmark RPOP; at-least-once is %.2f x this")
         :format(rate["at-most-once"], rate["at-most-once"] / rpop_rps, proc_rate / rate["at-most-once"]))
+    print(("  process, 3 queues       %9.0f tasks/s   %5.2f x the plain run (%.0f/s, %d tasks each)")
+        :format(routing_v, routing_v / plain_v, plain_v, NV))
+    print(("  process, rate limited   %9.0f tasks/s   %5.2f x the plain run (a limiter key per task)")
+        :format(ratelimit_v, ratelimit_v / plain_v))
+    print(("  enqueue, deduplicated   %9.0f tasks/s   %5.2f x pipelined enqueue without deduplication")
+        :format(enq_dedup, enq_dedup / enq))
     print(("  pickup latency          p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x the LPUSH round trip (%.3f ms)")
         :format(percentile(lat, 0.5), percentile(lat, 0.99), percentile(lat, 0.5) / rtt_p50,
                 percentile(lat, 0.99) / rtt_p50, rtt_p50))

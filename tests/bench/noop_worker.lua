@@ -9,17 +9,26 @@ local function handler(task)
     return true
 end
 
+-- opts.variant: nil (plain), "routing" (3 queues, strict), "ratelimit" (a key per task)
 local function make(opts)
+    opts = opts or {}
+    local q = opts.queue
+    local routing = opts.variant == "routing" and q
     return bq.worker{
         name = "bench-worker",
         script = "tests/bench/noop_worker.lua",
-        scheduler = { url = opts and opts.url, queue_name = opts and opts.queue },
-        concurrency = opts and opts.concurrency or 1,
-        delivery = opts and opts.delivery,
+        args = { [0] = "noop_worker.lua", opts.variant },
+        scheduler = { url = opts.url, queue_name = q },
+        queues = routing and { q .. ":high", q .. ":normal", q .. ":low" } or nil,
+        rate_limit = opts.variant == "ratelimit" and { limit = 1000000, period = 1 } or nil,
+        rate_key = function(task) return task.task_id end,
+        concurrency = opts.concurrency or 1,
+        prefetch = opts.prefetch,
+        delivery = opts.delivery,
         handlers = { run = handler },
-        on_result = opts and opts.on_result,
+        on_result = opts.on_result,
     }
 end
 
-if bq.role == "handler" then make():start() end
+if bq.role == "handler" then make{ variant = arg[1] }:start() end
 return make

@@ -10,6 +10,7 @@
 #include "../../src/core/backoff.h"
 #include "../../src/core/buf.h"
 #include "../../src/core/log.h"
+#include "../../src/core/ratelimit.h"
 #include "../../src/engine/config.h"
 #include "../../src/engine/task.h"
 
@@ -138,7 +139,7 @@ TEST(task_validation_names_the_field)
         {{"run", "x", NULL, NULL, 2}, "messages is NULL"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        struct bq_msg out = {NULL, 0};
+        struct bq_msg out = {NULL, 0, 0};
         bq_err err;
         CHECK_INT(bq_task_encode(&cases[i].t, &out, &err), BQ_EINVAL);
         CHECK_CONTAINS(err.msg, cases[i].expect);
@@ -271,6 +272,50 @@ TEST(buf_out_of_memory_is_sticky)
     bq_buf_free(&b);
 }
 
+TEST(sliding_window)
+{
+    size_t expired;
+    double wait;
+    /* empty log: admitted */
+    CHECK(bq_window_admit(NULL, 0, 10.0, 3, 1.0, &expired, &wait));
+    CHECK_INT(expired, 0);
+    CHECK(wait == 0);
+    /* three in the last second, limit 3: wait for the oldest to leave */
+    double t[] = {9.2, 9.5, 9.9};
+    CHECK(!bq_window_admit(t, 3, 10.0, 3, 1.0, &expired, &wait));
+    CHECK_INT(expired, 0);
+    CHECK(fabs(wait - 0.2) < 1e-9);
+    /* at 10.2 the first has left: admitted, one expired */
+    CHECK(bq_window_admit(t, 3, 10.2, 3, 1.0, &expired, &wait));
+    CHECK_INT(expired, 1);
+    /* at 10.7 two have left, at 10.95 all three */
+    CHECK(bq_window_admit(t, 3, 10.7, 3, 1.0, &expired, &wait));
+    CHECK_INT(expired, 2);
+    CHECK(bq_window_admit(t, 3, 10.95, 3, 1.0, &expired, &wait));
+    CHECK_INT(expired, 3);
+    /* limit 1 */
+    double one[] = {5.0};
+    CHECK(!bq_window_admit(one, 1, 5.5, 1, 2.0, &expired, &wait));
+    CHECK(fabs(wait - 1.5) < 1e-9);
+    /* any window of `period` holds at most `limit` admissions: simulate a steady demand */
+    double log[4096];
+    size_t n = 0, admitted = 0;
+    for (double now = 0; now < 10.0; now += 0.001) {
+        if (bq_window_admit(log, n, now, 50, 1.0, &expired, &wait)) {
+            memmove(log, log + expired, (n - expired) * sizeof *log);
+            n -= expired;
+            log[n++] = now;
+            admitted++;
+        } else {
+            memmove(log, log + expired, (n - expired) * sizeof *log);
+            n -= expired;
+            CHECK(wait >= 0 && wait <= 1.0);
+        }
+        CHECK(n <= 50);
+    }
+    CHECK_INT(admitted, 500);
+}
+
 int main(void)
 {
     RUN(backoff_grows_and_caps);
@@ -283,5 +328,6 @@ int main(void)
     RUN(config_precedence);
     RUN(log_lines);
     RUN(buf_out_of_memory_is_sticky);
+    RUN(sliding_window);
     return check_report("test_core");
 }

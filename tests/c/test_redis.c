@@ -308,7 +308,7 @@ TEST(pool_replaces_dead_connections)
 
 /* One fetch round trip with optional acks; returns the status, *acked if not NULL. */
 static bq_status fetch(bq_broker *b, const struct bq_lessee *who, size_t max, double timeout,
-                       const struct bq_slice *acks, size_t nacks, size_t *acked,
+                       const struct bq_msg *acks, size_t nacks, size_t *acked,
                        struct bq_batch *out)
 {
     struct bq_fetch_req req = {max, timeout, acks, nacks, false, 0};
@@ -336,7 +336,8 @@ static void *fetch_thread(void *arg)
 {
     struct fetcher *f = arg;
     double t0 = bq_now_mono();
-    struct bq_lessee who = {f->queue, "fetcher", BQ_AT_MOST_ONCE};
+    const char *who_q[] = {f->queue};
+    struct bq_lessee who = {who_q, 1, NULL, "fetcher", BQ_AT_MOST_ONCE};
     f->st = fetch(f->b, &who, 4, 10.0, NULL, 0, NULL, &f->got);
     f->took = bq_now_mono() - t0;
     return NULL;
@@ -370,7 +371,8 @@ TEST(broker_fetch_is_fifo_and_batched)
     CHECK_INT(b->ops->push(b, queue, msgs, 10, &pushed, NULL), BQ_OK);
     CHECK_INT(pushed, 10);
     struct bq_batch got = {NULL, 0, 0};
-    struct bq_lessee who = {queue, "w", BQ_AT_MOST_ONCE};
+    const char *who_q[] = {queue};
+    struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_MOST_ONCE};
     CHECK_INT(fetch(b, &who, 4, 1.0, NULL, 0, NULL, &got), BQ_OK); /* BLMPOP */
     CHECK_INT(got.n, 4);
     CHECK_INT(fetch(b, &who, 4, 0, NULL, 0, NULL, &got), BQ_OK); /* RPOP n */
@@ -476,7 +478,8 @@ static void push_texts(bq_broker *b, const char *queue, int n, const char *stem)
  * front, retry goes through the delayed set, bury to the dead-letter list. */
 static void lease_cycle(bq_broker *b, const char *queue)
 {
-    struct bq_lessee who = {queue, "w1", BQ_AT_LEAST_ONCE};
+    const char *who_q[] = {queue};
+    struct bq_lessee who = {who_q, 1, NULL, "w1", BQ_AT_LEAST_ONCE};
     push_texts(b, queue, 6, "m");
     struct bq_batch got = {NULL, 0, 0};
     CHECK_INT(fetch(b, &who, 1, 1.0, NULL, 0, NULL, &got), BQ_OK); /* BLMOVE */
@@ -497,19 +500,18 @@ static void lease_cycle(bq_broker *b, const char *queue)
         CHECK_INT(len_of(b, queue, BQ_LIST_INFLIGHT), 4);
 
     /* ack m0 together with the next fetch */
-    struct bq_slice a0 = {got.msgs[0].data, got.msgs[0].len};
+    struct bq_msg *a0 = &got.msgs[0];
     size_t acked = 0;
-    CHECK_INT(fetch(b, &who, 0, 0, &a0, 1, &acked, &got), BQ_OK);
+    CHECK_INT(fetch(b, &who, 0, 0, a0, 1, &acked, &got), BQ_OK);
     CHECK_INT(acked, 1);
     CHECK_INT(len_of(b, queue, BQ_LIST_INFLIGHT), 3);
     /* acking it again finds nothing: the lease is gone */
-    CHECK_INT(b->ops->ack(b, &who, &a0, 1, &acked, NULL), BQ_OK);
+    CHECK_INT(b->ops->ack(b, &who, a0, 1, &acked, NULL), BQ_OK);
     CHECK_INT(acked, 0);
 
     /* hand m1 back: it is the next one taken */
-    struct bq_slice a1 = {got.msgs[1].data, got.msgs[1].len};
     size_t count = 0;
-    CHECK_INT(b->ops->handback(b, &who, &a1, 1, &count, NULL), BQ_OK);
+    CHECK_INT(b->ops->handback(b, &who, &got.msgs[1], 1, &count, NULL), BQ_OK);
     CHECK_INT(count, 1);
     struct bq_batch again = {NULL, 0, 0};
     CHECK_INT(fetch(b, &who, 1, 0, NULL, 0, NULL, &again), BQ_OK);
@@ -519,7 +521,7 @@ static void lease_cycle(bq_broker *b, const char *queue)
 
     /* retry m2 after 50 ms: delayed, then promoted */
     bool held = false;
-    struct bq_slice a2 = {got.msgs[2].data, got.msgs[2].len};
+    struct bq_msg *a2 = &got.msgs[2];
     struct bq_slice next = {"#bq {\"attempt\":2}\nm2", 20};
     CHECK_INT(b->ops->retry(b, &who, a2, next, 0.05, &held, NULL), BQ_OK);
     CHECK(held);
@@ -540,7 +542,7 @@ static void lease_cycle(bq_broker *b, const char *queue)
     CHECK_INT(len_of(b, queue, BQ_LIST_DELAYED), 0);
 
     /* bury m3 */
-    struct bq_slice a3 = {got.msgs[3].data, got.msgs[3].len};
+    struct bq_msg *a3 = &got.msgs[3];
     struct bq_slice entry = {"{\"reason\":\"x\"}\nm3", 17};
     CHECK_INT(b->ops->bury(b, &who, a3, entry, &held, NULL), BQ_OK);
     CHECK(held);
@@ -560,12 +562,12 @@ static void lease_cycle(bq_broker *b, const char *queue)
         CHECK_STR(all.msgs[0].data, "#bq {\"attempt\":1,\"requeued\":1}\nm3");
     long long purged = -1;
     struct bq_slice e2 = {"{\"reason\":\"y\"}\nzz", 17};
-    CHECK_INT(b->ops->bury(b, &(struct bq_lessee){queue, "w1", BQ_AT_MOST_ONCE}, e2, e2, &held,
-                           NULL), BQ_OK);
+    struct bq_lessee amo = {who_q, 1, NULL, "w1", BQ_AT_MOST_ONCE};
+    struct bq_msg e2m = {(char *)e2.p, e2.len, 0};
+    CHECK_INT(b->ops->bury(b, &amo, &e2m, e2, &held, NULL), BQ_OK);
     CHECK_INT(b->ops->dlq_remove(b, queue, e2, &done, NULL), BQ_OK);
     CHECK(done);
-    CHECK_INT(b->ops->bury(b, &(struct bq_lessee){queue, "w1", BQ_AT_MOST_ONCE}, e2, e2, &held,
-                           NULL), BQ_OK);
+    CHECK_INT(b->ops->bury(b, &amo, &e2m, e2, &held, NULL), BQ_OK);
     CHECK_INT(b->ops->dlq_purge(b, queue, &purged, NULL), BQ_OK);
     CHECK_INT(purged, 1);
     CHECK_INT(len_of(b, queue, BQ_LIST_DEAD), 0);
@@ -604,8 +606,10 @@ TEST(a_dead_workers_tasks_are_reaped_with_their_attempt_counted)
         return;
     char queue[96];
     snprintf(queue, sizeof queue, "%s:reap", prefix);
-    struct bq_lessee dead = {queue, "dead-worker", BQ_AT_LEAST_ONCE};
-    struct bq_lessee alive = {queue, "live-worker", BQ_AT_LEAST_ONCE};
+    const char *dead_q[] = {queue};
+    struct bq_lessee dead = {dead_q, 1, NULL, "dead-worker", BQ_AT_LEAST_ONCE};
+    const char *alive_q[] = {queue};
+    struct bq_lessee alive = {alive_q, 1, NULL, "live-worker", BQ_AT_LEAST_ONCE};
     push_texts(b, queue, 3, "r");
     struct bq_batch ids = {NULL, 0, 0};
     CHECK_INT(b->ops->heartbeat(b, &dead, 0.3, &ids, NULL), BQ_OK);
@@ -654,7 +658,8 @@ TEST(scripts_survive_a_flushed_script_cache)
     }
     char queue[96];
     snprintf(queue, sizeof queue, "%s:noscript", prefix);
-    struct bq_lessee who = {queue, "w", BQ_AT_LEAST_ONCE};
+    const char *who_q[] = {queue};
+    struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_LEAST_ONCE};
     push_texts(b, queue, 4, "s");
     struct bq_batch got = {NULL, 0, 0};
     CHECK_INT(fetch(b, &who, 2, 0, NULL, 0, NULL, &got), BQ_OK);

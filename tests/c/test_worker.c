@@ -109,7 +109,7 @@ static void drain_and_check(const char *url, const char *queue, enum bq_delivery
 {
     reset();
     struct bq_config cfg = {(char *)url, "test", (char *)queue, 4, 2, 2, 2};
-    struct bq_worker_options o = {&cfg, 4, 1.0, true, delivery, 5.0, 5.0};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 4, 2, 1.0, true, delivery, 5.0, 5.0};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, &err), BQ_OK);
@@ -191,7 +191,7 @@ TEST(stop_interrupts_a_blocked_fetch)
             continue;
         reset();
         struct bq_config cfg = {(char *)urls[i], "test", (char *)"test:worker:idle", 2, 2, 2, 2};
-        struct bq_worker_options o = {&cfg, 2, 30.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
+        struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 30.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
         bq_worker *w;
         CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, NULL), BQ_OK);
         CHECK_INT(bq_worker_start(w, false, NULL), BQ_OK);
@@ -212,7 +212,7 @@ TEST(a_failing_slot_init_fails_the_start)
 {
     reset();
     struct bq_config cfg = {NULL, "test", (char *)"test:worker:bad", 2, 2, 2, 2};
-    struct bq_worker_options o = {&cfg, 3, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 3, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
     struct bq_slot_ops bad = {bad_init, handle, fini};
     bq_worker *w;
     bq_err err;
@@ -227,7 +227,7 @@ TEST(a_failing_slot_init_fails_the_start)
 TEST(options_are_checked)
 {
     struct bq_config cfg = {NULL, "test", (char *)"q", 2, 2, 2, 2};
-    struct bq_worker_options o = {&cfg, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 0, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, &err), BQ_EINVAL);

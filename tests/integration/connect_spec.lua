@@ -34,7 +34,10 @@ describe("#redis connections", function()
     end)
 
     it("authenticates an ACL user with a percent-encoded password", function()
-        server:cli("ACL", "SETUSER", "producer", "on", ">p@ss:w/rd", "~it:*", "+@list", "+ping")
+        -- a producer needs its queue's keys (Q and {Q}:...) and: LPUSH/LTRIM (push and bell),
+        -- EVALSHA/EVAL + SET (deduplicated push), LLEN, PING
+        server:cli("ACL", "SETUSER", "producer", "on", ">p@ss:w/rd", "~it:*", "~{it:*", "+@list",
+                   "+evalsha", "+eval", "+set", "+ping")
         local s = bq.scheduler{ url = ("redis://producer:p%%40ss%%3Aw%%2Frd@127.0.0.1:%d/0"):format(server.port),
                                 queue_name = "it:acl" }
         assert.is_true((s:run{ task_id = "a1", messages = { "x" } }))

@@ -152,7 +152,12 @@ describe("delivery (memory)", function()
         w:drain()
         w:close()
         local w2 = worker{ queue = s.queue_name }
-        s:run{ task_id = id, messages = { "echo twice" } }
+        -- The producer's deduplication would stop a second run within its TTL; one that gets
+        -- past it (another producer with dedup off, or after the TTL) is stopped here.
+        assert.are.same({ true, "duplicate" }, { s:run{ task_id = id, messages = { "echo twice" } } })
+        local plain = bq.scheduler{ type = "memory", queue_name = s.queue_name, dedup = false }
+        assert.is_true((plain:run{ task_id = id, messages = { "echo twice" } }))
+        plain:close()
         local stats = w2:drain()
         assert.are.equal(1, stats.skipped)
         assert.are.equal(0, stats.completed)

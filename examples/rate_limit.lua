@@ -1,0 +1,20 @@
+-- rate_limit.lua -- at most 5 tasks per second per user, enforced by binduq; tasks over the
+-- limit wait (nothing is lost) while other users keep flowing.
+--
+--   build/binduq-lua examples/rate_limit.lua
+local bq = require("binduq")
+io.stdout:setvbuf("line")
+
+local t0 = bq.now()
+local worker = bq.worker{
+    concurrency = 2,
+    rate_limit = { limit = 5, period = 1 },
+    rate_key = function(task) return task.metadata.user end, -- the policy: per user
+    handlers = { run = function(task, ctx) return ("%s at +%.2f s"):format(task.metadata.user, ctx.admitted_at - t0) end },
+    on_result = function(r) if r.state == "completed" then print(r.task_id, r.result) end end,
+}
+worker:start()
+for i = 1, 12 do worker:schedule{ type = "run", task_id = "alice-" .. i, messages = { "x" }, metadata = { user = "alice" } } end
+for i = 1, 3 do worker:schedule{ type = "run", task_id = "bob-" .. i, messages = { "x" }, metadata = { user = "bob" } } end
+local stats = worker:drain()
+print(("done: %d completed, %d times a task waited for its user's limit"):format(stats.completed, stats.rate_limited))

@@ -1,0 +1,24 @@
+-- enqueue-N: push operations unless their deduplication key is already taken.
+-- KEYS[1]  Q, the queue
+-- KEYS[2]  {Q}:bell, woken by every push (workers fetching from several queues block on it)
+-- KEYS[3..] one deduplication key {Q}:dedup:<key> per operation
+-- ARGV[1]  the keys' time to live in seconds
+-- ARGV[2..] the operations, in the order of their keys
+-- Checking a key and pushing its operation is one step: two producers can never both push.
+-- Returns one 1 (pushed) or 0 (duplicate) per operation.
+local ttl = tonumber(ARGV[1])
+local out, pushed = {}, 0
+for i = 3, #KEYS do
+    if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then
+        redis.call('LPUSH', KEYS[1], ARGV[i - 1])
+        out[#out + 1] = 1
+        pushed = pushed + 1
+    else
+        out[#out + 1] = 0
+    end
+end
+if pushed > 0 then
+    redis.call('LPUSH', KEYS[2], '1')
+    redis.call('LTRIM', KEYS[2], 0, 63)
+end
+return out

@@ -1,0 +1,57 @@
+-- fetchm-N: take up to N operations from several queues at once, by priority, and lease them.
+-- KEYS    Q1, {Q1}:wip:<id>, Q2, {Q2}:wip:<id>, ... (a queue, then its in-flight list for this
+--         worker; queues in priority order)
+-- ARGV[1] N, how many to take at most
+-- ARGV[2] "1" to lease (move into the in-flight lists), "0" for a plain pop (at-most-once)
+-- ARGV[3..] for weighted mode: one weight per queue, then one credit per queue (the state of
+--          the smooth weighted round robin, kept by the worker between calls); nothing for
+--          strict priority
+-- Strict priority takes from Q1 while it has any, then Q2, ... Weighted takes in the
+-- proportion of the weights among the queues that are not empty, deterministically: in every
+-- run of sum(weights) takes from non-empty queues, queue i gets exactly weight(i) (nginx's
+-- smooth weighted round robin), so a low priority never starves.
+-- Returns {credits, {i, message, i, message, ...}}: the new credits (empty in strict mode) and
+-- the messages with the index of their queue.
+local n = tonumber(ARGV[1])
+local lease = ARGV[2] == '1'
+local k = #KEYS / 2
+local out = {}
+local function take(i, count)
+    local items = redis.call('RPOP', KEYS[2 * i - 1], count)
+    if not items then return 0 end
+    if lease then redis.call('LPUSH', KEYS[2 * i], unpack(items)) end
+    for _, m in ipairs(items) do
+        out[#out + 1] = i
+        out[#out + 1] = m
+    end
+    return #items
+end
+if #ARGV < 2 + 2 * k then
+    for i = 1, k do
+        if n <= 0 then break end
+        n = n - take(i, n)
+    end
+    return { {}, out }
+end
+local len, weight, credit = {}, {}, {}
+for i = 1, k do
+    len[i] = redis.call('LLEN', KEYS[2 * i - 1])
+    weight[i] = tonumber(ARGV[2 + i])
+    credit[i] = tonumber(ARGV[2 + k + i])
+end
+while n > 0 do
+    local total, pick = 0, nil
+    for i = 1, k do
+        if len[i] > 0 then
+            credit[i] = credit[i] + weight[i]
+            total = total + weight[i]
+            if pick == nil or credit[i] > credit[pick] then pick = i end
+        end
+    end
+    if pick == nil then break end
+    credit[pick] = credit[pick] - total
+    take(pick, 1)
+    len[pick] = len[pick] - 1
+    n = n - 1
+end
+return { credit, out }

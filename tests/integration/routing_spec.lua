@@ -1,0 +1,134 @@
+-- Priority routing, distributed rate limiting and deduplication through a real redis-server.
+
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+local cluster = require("helpers.cluster")
+local bq = require("binduq")
+
+local function tag()
+    return ("{it%d}"):format(math.random(1, 1e9))
+end
+
+describe("#redis routing", function()
+    local server
+    setup(function()
+        server = redis.start()
+        bq.log_configure{ level = "warn" }
+    end)
+    teardown(function()
+        server:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    local function fill(t, per_level, text)
+        local s = bq.scheduler{ url = server.url, queue_name = t .. ":normal",
+                                levels = { high = t .. ":high", normal = t .. ":normal", low = t .. ":low" },
+                                route = function(op) return op.metadata.level end }
+        local batch = {}
+        for i = 1, per_level do
+            for _, level in ipairs({ "low", "normal", "high" }) do
+                batch[#batch + 1] = { type = "run", task_id = level .. i, messages = { text or "x" },
+                                      metadata = { level = level } }
+            end
+            if #batch >= 900 then assert(s:schedule_many(batch)); batch = {} end
+        end
+        if #batch > 0 then assert(s:schedule_many(batch)) end
+        s:close()
+    end
+
+    local function handled_levels(p)
+        local out = {}
+        for _, line in ipairs(cluster.lines(p, " handled ")) do
+            out[#out + 1] = line:match("qn=%S+:(%a+)")
+        end
+        return out
+    end
+
+    it("takes strictly by level with one worker of concurrency 1", function()
+        local t = tag()
+        fill(t, 200)
+        local w = cluster.worker(server, t .. ":high", {
+            BQ_TEST_QUEUES = t .. ":high," .. t .. ":normal," .. t .. ":low" }, "tests/integration/fixtures/priority_worker.lua")
+        assert(proc.wait_for(function() return #handled_levels(w) == 600 end, 60))
+        assert.are.equal(0, proc.stop(w, 10))
+        local order = handled_levels(w)
+        for i = 1, 200 do assert.are.equal("high", order[i], i) end
+        for i = 201, 400 do assert.are.equal("normal", order[i], i) end
+        for i = 401, 600 do assert.are.equal("low", order[i], i) end
+    end)
+
+    it("takes by weight 6:3:1 within 5% over 10,000 tasks", function()
+        local t = tag()
+        fill(t, 10000)
+        local w = cluster.worker(server, t .. ":high", {
+            BQ_TEST_QUEUES = t .. ":high," .. t .. ":normal," .. t .. ":low", BQ_TEST_WEIGHTS = "6,3,1",
+            BQ_TEST_CONCURRENCY = 4 }, "tests/integration/fixtures/priority_worker.lua")
+        assert(proc.wait_for(function() return #handled_levels(w) >= 10000 end, 120))
+        assert.are.equal(0, proc.stop(w, 10))
+        local seen = { high = 0, normal = 0, low = 0 }
+        local order = handled_levels(w)
+        for i = 1, 10000 do seen[order[i]] = seen[order[i]] + 1 end
+        print(("\n# weighted 6:3:1 over 10,000: high %d, normal %d, low %d"):format(seen.high, seen.normal, seen.low))
+        assert.is_true(math.abs(seen.high - 6000) <= 300, seen.high)
+        assert.is_true(math.abs(seen.normal - 3000) <= 150, seen.normal)
+        assert.is_true(math.abs(seen.low - 1000) <= 50, seen.low)
+    end)
+
+    it("limits one key to 50 per second across 4 worker processes, not slowing another key", function()
+        local q = "it:rate:" .. math.random(1, 1e9)
+        local env = { BQ_TEST_QUEUES = q, BQ_TEST_RATE = "50/1", BQ_TEST_CONCURRENCY = 4 }
+        local ws = {}
+        for i = 1, 4 do ws[i] = cluster.worker(server, q, env, "tests/integration/fixtures/priority_worker.lua") end
+        cluster.schedule(server, q, 800, "A", "key:a")
+        cluster.schedule(server, q, 100, "B", "key:b")
+        proc.sleep(11.5)
+        for _, w in ipairs(ws) do assert.are.equal(0, proc.stop(w, 20)) end
+        local a, b = {}, {}
+        for _, w in ipairs(ws) do
+            for _, line in ipairs(cluster.lines(w, " handled ")) do
+                local at = tonumber(line:match(" at=([%d.]+)"))
+                local id = line:match("task_id=(%S+)")
+                if id:sub(1, 2) == "A-" then a[#a + 1] = at else b[#b + 1] = cluster.stamp(line) end
+            end
+        end
+        table.sort(a)
+        -- any window of one second holds at most 50 admissions
+        for i = 51, #a do assert.is_true(a[i] - a[i - 50] >= 1.0, ("%d admissions within %.3f s"):format(51, a[i] - a[i - 50])) end
+        -- 10 s from the first admission: within 2% of 500
+        local in10 = 0
+        for _, t in ipairs(a) do if t < a[1] + 10 then in10 = in10 + 1 end end
+        print(("\n# rate limit 50/s, 4 workers x 4: %d admissions in the first 10 s; key b: %d tasks in %.2f s")
+            :format(in10, #b, (math.max(table.unpack(b)) - math.min(table.unpack(b)))))
+        assert.is_true(math.abs(in10 - 500) <= 10, in10 .. " admissions in 10 s")
+        assert.are.equal(100, #b)
+        assert.is_true(math.max(table.unpack(b)) - math.min(table.unpack(b)) < 2.0, "key b was slowed")
+        -- nothing lost: the rest of key a waits in the queue or the delayed set
+        local s = bq.scheduler{ url = server.url, queue_name = q }
+        local left = s:queue_length() + s:delayed_count() + s:inflight_count()
+        assert.are.equal(800 - #a, left)
+        s:close()
+    end)
+
+    it("pushes each task_id once when 8 producers schedule the same 1,000 at once", function()
+        local q = "it:dedup:" .. math.random(1, 1e9)
+        local env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = q }
+        local ps = {}
+        for i = 1, 8 do
+            ps[i] = proc.spawn("build/binduq-lua tests/integration/fixtures/dedup_producer.lua 1000 D 2", { env = env })
+        end
+        local sent, dups = 0, 0
+        for _, p in ipairs(ps) do
+            assert.are.equal(0, proc.wait(p, 60))
+            local s1, d1 = proc.read(p.log):match("sent (%d+) duplicates (%d+)")
+            sent, dups = sent + tonumber(s1), dups + tonumber(d1)
+        end
+        assert.are.equal(1000, sent)
+        assert.are.equal(7000, dups)
+        assert.are.equal("1000", server:cli("LLEN", q))
+        -- after the TTL (2 s) the same ids may be scheduled again
+        proc.sleep(2.2)
+        local rc, out = proc.run("build/binduq-lua tests/integration/fixtures/dedup_producer.lua 1000 D 2", { env = env })
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("sent 1000 duplicates 0", 1, true), out)
+    end)
+end)
