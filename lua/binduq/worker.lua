@@ -540,5 +540,4 @@ Worker.__close = Worker.close
 
 M.Worker = Worker
 M.Context = Context
-M.make_process = make_process -- for tests
 return M
