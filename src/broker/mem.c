@@ -21,6 +21,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -42,10 +43,21 @@ struct mem_key {
     struct mem_key *next;
 };
 
+/* The keys: a hash table of chains (deduplication keys make them many). */
+#define DB_BUCKETS 65536u
 static pthread_mutex_t db_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t db_cv;
 static pthread_once_t db_once = PTHREAD_ONCE_INIT;
-static struct mem_key *db_keys;
+static struct mem_key *db_keys[DB_BUCKETS];
+static unsigned long db_pushes; /* deduplicated pushes, for sweeping expired keys */
+
+static struct mem_key **bucket(const char *name)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = name; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return &db_keys[h & (DB_BUCKETS - 1)];
+}
 
 struct mem_broker {
     struct bq_broker base;
@@ -61,7 +73,8 @@ static void db_init(void)
 /* Finds the key; creates it when `create`. Caller holds db_mu. */
 static struct mem_key *find(const char *name, bool zset, bool create)
 {
-    for (struct mem_key *k = db_keys; k != NULL; k = k->next) {
+    struct mem_key **b = bucket(name);
+    for (struct mem_key *k = *b; k != NULL; k = k->next) {
         if (strcmp(k->name, name) == 0)
             return k;
     }
@@ -76,8 +89,8 @@ static struct mem_key *find(const char *name, bool zset, bool create)
         return NULL;
     }
     k->zset = zset;
-    k->next = db_keys;
-    db_keys = k;
+    k->next = *b;
+    *b = k;
     return k;
 }
 
@@ -86,7 +99,7 @@ static void drop_if_empty(struct mem_key *k)
 {
     if (k == NULL || k->n > 0)
         return;
-    for (struct mem_key **p = &db_keys; *p != NULL; p = &(*p)->next) {
+    for (struct mem_key **p = bucket(k->name); *p != NULL; p = &(*p)->next) {
         if (*p == k) {
             *p = k->next;
             break;
@@ -383,6 +396,22 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
     return st;
 }
 
+/* Drops deduplication keys whose time has passed (as Redis expires them). Caller holds db_mu. */
+static void sweep_expired(double now)
+{
+    for (size_t b = 0; b < DB_BUCKETS; b++) {
+        struct mem_key *k = db_keys[b];
+        while (k != NULL) {
+            struct mem_key *next = k->next;
+            if (k->str && k->expires > 0 && k->expires <= now) {
+                k->n = 0;
+                drop_if_empty(k);
+            }
+            k = next;
+        }
+    }
+}
+
 /* Deduplicated push: see bq_broker_ops.push_unique. */
 static bq_status mem_push_unique(bq_broker *b, const char *queue, const struct bq_slice *msgs,
                                  const char *const *keys, size_t n, double ttl, bool *pushed,
@@ -393,6 +422,8 @@ static bq_status mem_push_unique(bq_broker *b, const char *queue, const struct b
     bq_status st = BQ_OK;
     double now = bq_now_wall();
     pthread_mutex_lock(&db_mu);
+    if (++db_pushes % 4096 == 0)
+        sweep_expired(now);
     for (size_t i = 0; i < n && st == BQ_OK; i++) {
         char suffix[KEY_MAX], dk[KEY_MAX];
         pushed[i] = false;
@@ -659,9 +690,11 @@ static bq_status mem_length(bq_broker *b, const char *queue, enum bq_list which,
     pthread_mutex_lock(&db_mu);
     if (which == BQ_LIST_INFLIGHT) {
         bq_key_derive(queue, "wip:", prefix, sizeof prefix);
-        for (struct mem_key *k = db_keys; k != NULL; k = k->next) {
-            if (strncmp(k->name, prefix, strlen(prefix)) == 0)
-                *out += (long long)k->n;
+        for (size_t i = 0; i < DB_BUCKETS; i++) {
+            for (struct mem_key *k = db_keys[i]; k != NULL; k = k->next) {
+                if (strncmp(k->name, prefix, strlen(prefix)) == 0)
+                    *out += (long long)k->n;
+            }
         }
     } else {
         struct mem_key *l = find(key, false, false);
@@ -792,12 +825,14 @@ static void mem_free(bq_broker *b)
 void bq_memory_reset(void)
 {
     pthread_mutex_lock(&db_mu);
-    while (db_keys != NULL) {
-        struct mem_key *k = db_keys;
-        for (size_t i = 0; !k->str && i < k->n; i++)
-            bq_free(k->zset ? k->z[i].m.data : at(k, i)->data);
-        k->n = 0;
-        drop_if_empty(k);
+    for (size_t b = 0; b < DB_BUCKETS; b++) {
+        while (db_keys[b] != NULL) {
+            struct mem_key *k = db_keys[b];
+            for (size_t i = 0; !k->str && i < k->n; i++)
+                bq_free(k->zset ? k->z[i].m.data : at(k, i)->data);
+            k->n = 0;
+            drop_if_empty(k);
+        }
     }
     pthread_mutex_unlock(&db_mu);
 }
