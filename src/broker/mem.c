@@ -743,33 +743,28 @@ static bq_status mem_dlq_requeue(bq_broker *b, const char *queue, struct bq_slic
     const char *nl = memchr(entry.p, '\n', entry.len);
     if (nl == NULL)
         return bq_err_set(err, BQ_EINVAL, "not a binduq dead-letter entry");
-    size_t off = (size_t)(nl + 1 - entry.p);
+    /* The original bytes, marked requeued: attempts start again (as requeue-2.lua). */
+    static const char hdr[] = "#bq {\"attempt\":1,\"requeued\":1}\n";
+    size_t off = (size_t)(nl + 1 - entry.p), len = sizeof hdr - 1 + entry.len - off;
+    struct bq_msg m = {bq_malloc(len + 1), len, 0};
+    if (m.data == NULL)
+        return oom(err);
+    memcpy(m.data, hdr, sizeof hdr - 1);
+    memcpy(m.data + sizeof hdr - 1, entry.p + off, entry.len - off);
+    m.data[len] = '\0';
     pthread_mutex_lock(&db_mu);
-    *done = false;
     struct mem_key *l = find(queue, false, true);
-    if (l == NULL || !grow(l, 1)) {
-        drop_if_empty(l);
+    *done = false;
+    if (l == NULL || !grow(l, 1))
         st = oom(err);
-    } else if (lrem(dlq, entry.p, entry.len)) {
-        static const char hdr[] = "#bq {\"attempt\":1,\"requeued\":1}\n";
-        struct bq_msg m = {bq_malloc(sizeof hdr - 1 + entry.len - off + 1),
-                           sizeof hdr - 1 + entry.len - off, 0};
-        if (m.data != NULL) {
-            memcpy(m.data, hdr, sizeof hdr - 1);
-            memcpy(m.data + sizeof hdr - 1, entry.p + off, entry.len - off);
-            m.data[m.len] = '\0';
-        }
-        if (m.data == NULL) {
-            st = oom(err); /* the entry is gone from the list: put it back */
-            push_copy(dlq, entry.p, entry.len, true);
-        } else {
-            push_owned(l, m, true);
-            *done = true;
-            pthread_cond_broadcast(&db_cv);
-        }
-    }
-    drop_if_empty(find(queue, false, false));
+    else if ((*done = lrem(dlq, entry.p, entry.len)))
+        push_owned(l, m, true);
+    drop_if_empty(l);
+    if (*done)
+        pthread_cond_broadcast(&db_cv);
     pthread_mutex_unlock(&db_mu);
+    if (!*done)
+        bq_free(m.data);
     return st;
 }
 

@@ -472,6 +472,18 @@ static bq_status take_pairs(const redisReply *rep, struct bq_batch *out)
     return BQ_OK;
 }
 
+/* Reads promote-2's reply {moved, next_due_in_ms}: seconds until the next one, -1: none. */
+static void promote_reply(const redisReply *rep, size_t *moved, double *next_due)
+{
+    *moved = 0;
+    *next_due = -1;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2)
+        return;
+    *moved = (size_t)rep->element[0]->integer;
+    long long wait = rep->element[1]->integer;
+    *next_due = wait < 0 ? -1 : (double)wait / 1000.0;
+}
+
 /* Takes the reply of fetchm-N: {credits, {i, message, ...}}. */
 static bq_status take_fetchm(struct redis_broker *r, int nq, const redisReply *rep,
                              struct bq_batch *out)
@@ -688,13 +700,12 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         if (st == BQ_OK && rep == NULL) {
             res->next_due = 0; /* not promoted this round: try again at once */
         } else if (st == BQ_OK) {
-            if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
-                res->promoted += (size_t)rep->element[0]->integer;
-                long long wait = rep->element[1]->integer;
-                double due = wait < 0 ? -1 : (double)wait / 1000.0;
-                if (due >= 0 && (res->next_due < 0 || due < res->next_due))
-                    res->next_due = due;
-            }
+            size_t moved;
+            double due;
+            promote_reply(rep, &moved, &due);
+            res->promoted += moved;
+            if (due >= 0 && (res->next_due < 0 || due < res->next_due))
+                res->next_due = due;
             freeReplyObject(rep);
             rep = NULL;
         }
@@ -968,11 +979,7 @@ static bq_status redis_promote(bq_broker *b, const char *queue, size_t *moved, d
     bq_pool_return(r->pool, c);
     if (st != BQ_OK)
         return st;
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
-        *moved = (size_t)rep->element[0]->integer;
-        long long wait = rep->element[1]->integer;
-        *next_due = wait < 0 ? -1 : (double)wait / 1000.0;
-    }
+    promote_reply(rep, moved, next_due);
     freeReplyObject(rep);
     return BQ_OK;
 }
