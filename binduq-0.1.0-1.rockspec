@@ -1,8 +1,8 @@
 -- binduq: a distributed task scheduler for AI-agent workloads (C runtime, Lua policy).
 -- Build and install from a checkout with:
 --   luarocks --lua-version 5.4 make
--- Needs the C headers of hiredis (libhiredis-dev) and OpenSSL (libssl-dev), and lua-cjson for
--- Lua 5.4 (lua-cjson);
+-- Needs the C headers of hiredis (libhiredis-dev), libpq (libpq-dev) and OpenSSL (libssl-dev),
+-- and lua-cjson for Lua 5.4 (lua-cjson);
 -- both are Debian packages, so the rock declares no rock dependencies that would need the
 -- network. The version here must match BQ_VERSION_STRING in src/binduq.h (a test checks).
 rockspec_format = "3.0"
@@ -26,6 +26,7 @@ dependencies = {
 external_dependencies = {
     HIREDIS = { header = "hiredis/hiredis.h" },
     OPENSSL = { header = "openssl/evp.h" },
+    PQ = { header = "postgresql/libpq-fe.h" },
 }
 build = {
     type = "builtin",
@@ -36,23 +37,27 @@ build = {
                 "src/core/err.c", "src/core/log.c", "src/core/rand.c", "src/core/ratelimit.c",
                 "src/net/conn.c", "src/net/pool.c", "src/net/url.c",
                 "src/broker/broker.c", "src/broker/keys.c", "src/broker/mem.c",
-                "src/broker/redis.c", "src/storage/state.c",
+                "src/broker/redis.c", "src/storage/mem.c", "src/storage/pg.c",
+                "src/storage/storage.c",
                 "src/engine/client.c", "src/engine/config.c", "src/engine/task.c",
                 "src/engine/worker.c",
                 "src/lua/l_client.c", "src/lua/l_core.c", "src/lua/l_engine.c",
+                "src/lua/l_storage.c",
             },
             defines = { "_GNU_SOURCE", "BQ_BUILDING" },
-            incdirs = { "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)" },
-            libdirs = { "$(HIREDIS_LIBDIR)", "$(OPENSSL_LIBDIR)" },
-            libraries = { "hiredis", "crypto", "pthread", "m" },
+            incdirs = { "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)", "$(PQ_INCDIR)" },
+            libdirs = { "$(HIREDIS_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(PQ_LIBDIR)" },
+            libraries = { "hiredis", "pq", "crypto", "pthread", "m" },
         },
         ["binduq"] = "lua/binduq/init.lua",
         ["binduq.cli"] = "lua/binduq/cli.lua",
         ["binduq.config"] = "lua/binduq/config.lua",
         ["binduq.errors"] = "lua/binduq/errors.lua",
         ["binduq.json"] = "lua/binduq/json.lua",
+        ["binduq.lifecycle"] = "lua/binduq/lifecycle.lua",
         ["binduq.retry"] = "lua/binduq/retry.lua",
         ["binduq.scheduler"] = "lua/binduq/scheduler.lua",
+        ["binduq.storage"] = "lua/binduq/storage.lua",
         ["binduq.task"] = "lua/binduq/task.lua",
         ["binduq.worker"] = "lua/binduq/worker.lua",
     },

@@ -6,12 +6,16 @@
 --   binduq-lua dlq purge   (--all | FILTERS) [--json]
 --     FILTERS: --task-id ID  --type TYPE  --code CODE  --worker ID  --reason TEXT
 --   common: --url URL (default REDIS_URL)  --queue NAME (default REDIS_QUEUE_NAME)  --help
+--   binduq-lua task show ID [--json]
+--   binduq-lua task list [--state STATE] [--context ID] [--limit N] [--json]
+--     common: --database-url URL (default DATABASE_URL)  --schema NAME (default binduq)
 --
 -- Each command exits 0 on success and 1 with a message on stderr on failure (2 for a usage
 -- error). --json prints one JSON document on stdout, for scripts.
 
 local json = require("binduq.json")
 local scheduler = require("binduq.scheduler")
+local storage_mod = require("binduq.storage")
 
 local M = {}
 
@@ -27,9 +31,18 @@ FILTERS (all must match): --task-id ID  --type TYPE  --code CODE  --worker ID  -
 Options: --url URL (default $REDIS_URL)  --queue NAME (default $REDIS_QUEUE_NAME or bindu:tasks)
          --json (one JSON document on stdout)  --help
 ]],
+    task = [[
+usage: binduq-lua task <show|list> [options]
+  show ID                       one task: state, attempts, worker, times, history, artifacts
+  list [--state STATE] [--context ID] [--limit N]
+                                tasks, newest first (default limit 20)
+STATE: submitted working input-required auth-required paused completed failed canceled rejected
+Options: --database-url URL (default $DATABASE_URL)  --schema NAME (default binduq)
+         --json (one JSON document on stdout)  --help
+]],
 }
 
-M.COMMANDS = { dlq = true }
+M.COMMANDS = { dlq = true, task = true }
 
 -- A small parser: --flag value, --switch, and positional words.
 local SWITCHES = { json = true, all = true, help = true }
@@ -58,8 +71,12 @@ local function parse(args)
     return opts, pos
 end
 
-local KNOWN = { url = true, queue = true, json = true, all = true, help = true, limit = true,
-                task_id = true, type = true, code = true, worker = true, reason = true }
+local KNOWN = {
+    dlq = { url = true, queue = true, json = true, all = true, help = true, limit = true,
+            task_id = true, type = true, code = true, worker = true, reason = true },
+    task = { database_url = true, schema = true, json = true, help = true, limit = true, state = true,
+             context = true },
+}
 
 local function filter_of(opts)
     local f, any = {}, false
@@ -186,17 +203,120 @@ function dlq.purge(s, opts)
         ("purged %d entr%s from %s"):format(n, n == 1 and "y" or "ies", s.queue_name))
 end
 
+-- ---- task: stored task state ----------------------------------------------------------------
+
+local task = {}
+
+local function iso(t)
+    if not t then return "-" end
+    return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t)) .. ("%.3fZ"):format(t % 1):sub(2)
+end
+
+local function text_of(m)
+    if type(m) ~= "table" then return tostring(m) end
+    if type(m.content) == "string" then return m.content end
+    local parts = {}
+    for _, p in ipairs(type(m.parts) == "table" and m.parts or {}) do
+        if type(p) == "table" and type(p.text) == "string" then parts[#parts + 1] = p.text end
+    end
+    return #parts > 0 and table.concat(parts, "\n") or json.encode(m) or "?"
+end
+
+function task.show(st, opts, pos)
+    local id = pos[2]
+    if not id then error({ usage = "show needs a task ID" }) end
+    local rec = must(st:get(id))
+    if not rec then error({ fail = "no task " .. id }) end
+    local t = storage_mod.view(rec)
+    if opts.json then
+        local h, a = json.array(t.history), json.array(t.artifacts)
+        t.history, t.artifacts = nil, nil
+        local head = json.encode_strict(t)
+        io.stdout:write(head:sub(1, -2), (head == "{}" and "" or ","), '"history":', h, ',"artifacts":', a, "}\n")
+        return
+    end
+    local lines = {}
+    for _, k in ipairs({ "task_id", "state", "context_id", "queue", "attempts", "worker", "requested" }) do
+        if t[k] ~= nil then lines[#lines + 1] = ("%-12s %s"):format(k .. ":", tostring(t[k])) end
+    end
+    for _, k in ipairs({ "created_at", "updated_at", "state_at" }) do
+        lines[#lines + 1] = ("%-12s %s"):format(k .. ":", iso(t[k]))
+    end
+    if t.error then
+        lines[#lines + 1] = ("%-12s %s: %s"):format("error:", tostring(t.error.code), tostring(t.error.message))
+    end
+    if t.checkpoint ~= nil then lines[#lines + 1] = ("%-12s %s"):format("checkpoint:", json.encode(t.checkpoint)) end
+    lines[#lines + 1] = ("history (%d):"):format(#t.history)
+    for i, m in ipairs(t.history) do
+        lines[#lines + 1] = ("  %2d %-6s %s"):format(i, tostring(type(m) == "table" and m.role or "?"), short(text_of(m), 100))
+    end
+    lines[#lines + 1] = ("artifacts (%d)%s"):format(#t.artifacts, #t.artifacts > 0 and ":" or "")
+    for i, a in ipairs(t.artifacts) do
+        lines[#lines + 1] = ("  %2d %s"):format(i, short(json.encode(a), 100))
+    end
+    out(opts, nil, table.concat(lines, "\n"))
+end
+
+function task.list(st, opts)
+    local limit = tonumber(opts.limit or 20)
+    if not limit or limit < 1 or limit ~= math.floor(limit) then error({ usage = "--limit must be a positive whole number" }) end
+    if opts.state and not (storage_mod.OPEN[opts.state] or storage_mod.TERMINAL[opts.state]) then
+        error({ usage = "unknown state '" .. opts.state .. "'" })
+    end
+    local recs = must(st:list{ state = opts.state, context_id = opts.context, limit = math.tointeger(limit) })
+    local list = {}
+    for i, r in ipairs(recs) do list[i] = storage_mod.view(r) end
+    if opts.json then
+        local items = {}
+        for i, t in ipairs(list) do
+            items[i] = { task_id = t.task_id, state = t.state, context_id = t.context_id, attempts = t.attempts,
+                         worker = t.worker, queue = t.queue, created_at = t.created_at, updated_at = t.updated_at,
+                         messages = #t.history }
+        end
+        io.stdout:write('{"tasks":', json.array(items), "}\n")
+        return
+    end
+    local lines = { ("%d task%s%s:"):format(#list, #list == 1 and "" or "s",
+                                            opts.state and (" in state " .. opts.state) or "") }
+    for _, t in ipairs(list) do
+        lines[#lines + 1] = ("%-36s  %-14s  %3d  %-24s  %s"):format(short(t.task_id, 36), t.state, t.attempts,
+                                                                iso(t.updated_at), short(t.worker or "-", 30))
+    end
+    out(opts, nil, table.concat(lines, "\n"))
+end
+
+local function open_storage(opts)
+    local url = opts.database_url or os.getenv("DATABASE_URL")
+    if url == nil or url == "" then
+        error({ fail = "no database to inspect: set DATABASE_URL or pass --database-url "
+                       .. "(in-memory task state lives only inside its worker process)" })
+    end
+    local okc, section = pcall(storage_mod.section, { type = "postgres", url = url, schema = opts.schema })
+    if not okc then error({ fail = tostring(section) }) end
+    local st, err = storage_mod.open(section)
+    if not st then error({ fail = tostring(err) }) end
+    return st
+end
+
 --- Runs a command; returns the exit status.
 function M.main(args)
     local cmd = args[1]
     local ok, res = pcall(function()
         local opts, pos = parse({ table.unpack(args, 2) })
         for k in pairs(opts) do
-            if not KNOWN[k] then error({ usage = "unknown option '--" .. k:gsub("_", "-") .. "'" }) end
+            if not KNOWN[cmd][k] then error({ usage = "unknown option '--" .. k:gsub("_", "-") .. "'" }) end
         end
         if opts.help or #pos == 0 then
             io.stdout:write(USAGE[cmd])
             return opts.help and 0 or 2
+        end
+        if cmd == "task" then
+            local sub = task[pos[1]]
+            if not sub then error({ usage = "unknown subcommand '" .. pos[1] .. "'" }) end
+            local st = open_storage(opts)
+            sub(st, opts, pos)
+            st:close()
+            return 0
         end
         local sub = dlq[pos[1]]
         if not sub then error({ usage = "unknown subcommand '" .. pos[1] .. "'" }) end

@@ -16,7 +16,8 @@ M.SCHEDULER_KEYS = {
     dedup_key = "function",
 }
 
-M.STORAGE_KEYS = { type = "string", url = "string" }
+M.STORAGE_KEYS = { type = "string", url = "string", schema = "string", max_connections = "number",
+                   connect_timeout = "number" }
 
 M.WORKER_KEYS = {
     scheduler = "table", storage = "table", concurrency = "number", handlers = "table",
@@ -25,7 +26,7 @@ M.WORKER_KEYS = {
     delivery = "string", lease = "number", shutdown_timeout = "number", timeout = "number",
     max_attempts = "number", retry_base = "number", retry_cap = "number", on_failure = "function",
     queues = "table", weights = "table", rate_limit = "table", rate_key = "function",
-    prefetch = "number",
+    prefetch = "number", recovery_after = "number",
 }
 
 -- Keys of a Bindu agent config that binduq accepts and ignores, so a whole agent config
@@ -67,14 +68,12 @@ function M.scheduler_section(opts, level)
     return M.check(opts, M.SCHEDULER_KEYS, "scheduler", level)
 end
 
---- Storage: this version keeps task state in memory only (PostgreSQL comes with the task
--- lifecycle work); anything else is refused rather than silently ignored.
+--- Checks a storage section; the storage module resolves it (binduq.storage).
 function M.check_storage(s, level)
     level = (level or 1) + 1
     M.check(s, M.STORAGE_KEYS, "storage", level)
-    if s ~= nil and s.type ~= nil and s.type ~= "memory" then
-        error("storage type '" .. tostring(s.type) .. "' is not supported by this version of binduq "
-              .. "(only \"memory\")", level)
+    if s ~= nil and s.type ~= nil and s.type ~= "memory" and s.type ~= "postgres" and s.type ~= "postgresql" then
+        error("storage type '" .. tostring(s.type) .. "' is not supported (expected \"memory\" or \"postgres\")", level)
     end
 end
 

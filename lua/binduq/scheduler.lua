@@ -17,11 +17,20 @@
 --
 -- Invalid operations raise (nothing is sent); run-time failures (Redis down, timeouts)
 -- return nil, message, code.
+--
+-- Task state (the `storage` section, or DATABASE_URL; memory by default):
+--   s:get_task(id) -> task | nil      s:list_tasks{state=, context=, limit=} -> {task, ...}
+-- A run is recorded as "submitted" before it is pushed; a cancel is stored and published on
+-- the control channel at once (it reaches the running handler within milliseconds), then
+-- queued too; a pause of a queued task is stored at once, of a running one it is published.
+-- If the process dies between the store and the push, a worker's recovery sweep pushes the
+-- submitted task again (see the README, "Task lifecycle").
 
 local core = require("binduq.core")
 local config = require("binduq.config")
 local task = require("binduq.task")
 local json = require("binduq.json")
+local storage_mod = require("binduq.storage")
 
 local Scheduler = {}
 Scheduler.__index = Scheduler
@@ -36,11 +45,20 @@ local M = {}
 
 --- Opens a scheduler. `opts` is the scheduler section of a Bindu config, or a whole config
 -- with a `scheduler` key. Raises on invalid options (a malformed URL names the bad part).
-function M.new(opts, level)
+function M.new(opts, level, storage_section)
     level = (level or 1) + 1
     local section = config.scheduler_section(opts, level)
+    if storage_section == nil then
+        local st = type(opts) == "table" and (opts.scheduler ~= nil or opts.storage ~= nil) and opts.storage or nil
+        storage_section = storage_mod.section(st, level)
+    end
     local ok, client = pcall(core.client, section)
     if not ok then error(client, level) end
+    local store, serr = storage_mod.open(storage_section)
+    if not store then
+        client:close()
+        error("storage: " .. tostring(serr), level)
+    end
     local info = client:info()
     if section.dedup_ttl ~= nil and section.dedup_ttl <= 0 then error("dedup_ttl must be positive", level) end
     for name, q in pairs(section.levels or {}) do
@@ -50,6 +68,7 @@ function M.new(opts, level)
     end
     local self = setmetatable({
         client = client,
+        store = store,
         queue_name = info.queue_name,
         backend = info.backend,
         address = info.address,
@@ -97,10 +116,39 @@ end
 
 --- Schedules one task operation. Returns true, "scheduled" (later versions add other
 -- statuses, e.g. "duplicate"), or nil, message, code.
+-- The stored side of an operation, before it is queued: a run is recorded as submitted; a
+-- cancel is stored and published at once; a pause of a queued task is stored, of a running
+-- one requested and published. Returns nil, msg, code when the storage fails (nothing is
+-- pushed then).
+local function store_op(self, op, queue, norm)
+    local st, id = self.store, op.task_id
+    if op.type == "run" then
+        local ok, err, code = st:create{ id = id, context_id = norm.conversation_id, queue = queue,
+                                         history = json.array(norm.messages or {}),
+                                         metadata = op.metadata and json.encode(op.metadata) or nil }
+        if ok == nil then return nil, err, code end
+    elseif op.type == "cancel" then
+        local changed, state, code = st:change{ id = id, to = "canceled" }
+        if changed == nil then return nil, state, code end
+        if state == false then st:create{ id = id, state = "canceled" } end
+        self.client:publish("cancel", id)
+    elseif op.type == "pause" then
+        local changed, state, code = st:change{ id = id, from = "submitted", to = "paused" }
+        if changed == nil then return nil, state, code end
+        if not changed and state == "working" then
+            st:change{ id = id, from = "working", requested = "pause" }
+            self.client:publish("pause", id)
+        end
+    end
+    return true
+end
+
 function Scheduler:schedule(op)
     local client = check_open(self)
-    local msg, id = task.encode(op, 2)
+    local msg, id, norm = task.encode(op, 2)
     local queue, key = route_of(self, op), dedup_of(self, op)
+    local sok, serr, scode = store_op(self, op, queue, norm)
+    if not sok then return nil, "storage: " .. tostring(serr), scode end
     if key then
         local r, err, code = client:push_unique({ msg }, { key }, self.dedup_ttl, queue)
         if not r then return nil, err, code end
@@ -125,9 +173,11 @@ function Scheduler:schedule_many(ops)
     if type(ops) ~= "table" then error("schedule_many expects a list of task operations", 2) end
     local groups = {}
     for i = 1, #ops do
-        local okenc, m, id = pcall(task.encode, ops[i], 1)
+        local okenc, m, id, norm = pcall(task.encode, ops[i], 1)
         if not okenc then error("operation " .. i .. ": " .. tostring(m), 2) end
         local queue, key = route_of(self, ops[i]), dedup_of(self, ops[i])
+        local sok, serr, scode = store_op(self, ops[i], queue, norm)
+        if not sok then return nil, "storage: " .. tostring(serr), scode end
         local g = groups[#groups]
         if not g or g.queue ~= queue or (g.keys ~= nil) ~= (key ~= nil) then
             g = { queue = queue, msgs = {}, ids = {}, keys = key and {} or nil }
@@ -199,6 +249,10 @@ function Scheduler:health_check()
         h.rtt = rtt
         h.queue_length, err, code = client:length("ready")
     end
+    h.storage = self.store:kind()
+    local sok, serr, scode = self.store:ping()
+    h.storage_ok = sok == true
+    if not sok and err == nil then err, code = "storage: " .. tostring(serr), scode end
     h.ok = err == nil
     h.error, h.code = err, code
     return h
@@ -323,10 +377,45 @@ function Scheduler:remove_entry(raw)
     return check_open(self):dlq_remove(raw)
 end
 
+--- The stored task (see binduq.storage.view), nil if unknown, or nil, msg, code.
+function Scheduler:get_task(id)
+    check_open(self)
+    if type(id) ~= "string" then error("get_task expects a task_id string", 2) end
+    local rec, err, code = self.store:get(id)
+    if rec == nil then return nil, err, code end
+    return storage_mod.view(rec) or nil
+end
+
+--- Stored tasks, newest first: filter {state=, context=, limit=(100)}.
+function Scheduler:list_tasks(filter)
+    check_open(self)
+    filter = filter or {}
+    config.check(filter, { state = "string", context = "string", limit = "number" }, "list_tasks filter", 2)
+    if filter.state and not (storage_mod.OPEN[filter.state] or storage_mod.TERMINAL[filter.state]) then
+        error("list_tasks: unknown state '" .. filter.state .. "'", 2)
+    end
+    local recs, err, code = self.store:list{ state = filter.state, context_id = filter.context,
+                                             limit = filter.limit or 100 }
+    if not recs then return nil, err, code end
+    local out = {}
+    for i, r in ipairs(recs) do out[i] = storage_mod.view(r) end
+    return out
+end
+
+--- The storage handle (binduq.Storage) this scheduler records tasks in.
+function Scheduler:storage()
+    check_open(self)
+    return self.store
+end
+
 function Scheduler:close()
     if self.client then
         self.client:close()
         self.client = nil
+    end
+    if self.store then
+        self.store:close()
+        self.store = nil
     end
 end
 Scheduler.__close = Scheduler.close

@@ -329,7 +329,7 @@ function M.encode(op, level)
         if op[k] then out[#out + 1] = ',"' .. k .. '":' .. e(op[k]) end
     end
     out[#out + 1] = ',"timestamp":' .. e(op.timestamp or core.iso8601()) .. "}"
-    return table.concat(out), op.task_id
+    return table.concat(out), op.task_id, { messages = msgs, conversation_id = conv }
 end
 
 return M

@@ -17,10 +17,10 @@
 
 local core = require("binduq.core")
 local config = require("binduq.config")
-local errors = require("binduq.errors")
 local json = require("binduq.json")
-local retry = require("binduq.retry")
+local lifecycle = require("binduq.lifecycle")
 local scheduler = require("binduq.scheduler")
+local storage_mod = require("binduq.storage")
 local task_mod = require("binduq.task")
 
 local M = {}
@@ -55,6 +55,9 @@ function M.new(opts, level)
     opts = opts or {}
     config.check(opts, config.WORKER_KEYS, "options", level)
     local section = config.scheduler_section({ scheduler = opts.scheduler or {}, storage = opts.storage }, level)
+    local storage_section = storage_mod.section(opts.storage, level)
+    local recovery_after = opts.recovery_after or 60
+    if recovery_after < 0 then error("recovery_after must be 0 (off) or a number of seconds", level) end
     local defaults = core.defaults()
     local c = opts.concurrency or defaults.concurrency
     if math.type(c) ~= "integer" or c < 1 or c > 4096 then
@@ -134,6 +137,8 @@ function M.new(opts, level)
         key = key,
         handlers = check_handlers(opts, level),
         section = section,
+        storage_section = storage_section,
+        recovery_after = recovery_after,
         concurrency = c,
         block_timeout = bt,
         max_message_size = mms,
@@ -157,179 +162,14 @@ function M.new(opts, level)
     if ROLE == "main" then
         -- Opening the scheduler checks the configuration now (a bad URL fails here, not
         -- at start) and gives the main state a producer for w:schedule().
-        self.scheduler = scheduler.new(section, level)
+        self.scheduler = scheduler.new(section, level, storage_section)
     end
     return self
 end
 
--- ---- Handler states --------------------------------------------------------------------------
+-- ---- Handler states: binduq.lifecycle ------------------------------------------------------
 
-local Context = {}
-Context.__index = Context
-Context.__name = "binduq.Context"
-
---- Sleeps for `seconds` (handlers stand in for slow agent calls with it). The sleep ends
--- early, raising an error, when the handler's timeout passes or the worker shuts down.
-function Context:sleep(seconds)
-    core.slot_sleep(seconds)
-end
-
---- Logs an event with the task's id, queue and worker added.
-function Context:log(level, event, fields)
-    local f = { task_id = self.task_id, queue = self.queue, worker = self.worker_id }
-    for k, v in pairs(fields or {}) do f[k] = v end
-    core.log(level, event, f)
-end
-
--- The per-message function a handler state runs (called from C for each message):
--- process(raw) -> status, task_id, type, info
---   "completed", id, type, result_json | nil
---   "skipped" | "retry" | "dead" | "dropped" | "malformed" | "interrupted", id, type,
---       { reason=, error=<json>, header=<retry header line>, delay=, body=, attempt= }
--- Decisions are made here, in Lua (the failure policy); C carries them out.
-local TERMINAL = { completed = true, failed = true, canceled = true, rejected = true }
-
-local function make_process(w, info)
-    local handlers = w.handlers
-    local max = info.max_message_size
-    local want_results = info.want_results
-    local debug_on = core.log_enabled("debug")
-    -- The main state's numbers win over this state's copy of the options (they are the same
-    -- for a plain script; a script that computes options differently per state still gets
-    -- one policy). Functions cannot travel: on_failure is this state's own.
-    local p = info.policy and json.decode(info.policy) or {}
-    local max_attempts = p.max_attempts or w.max_attempts
-    local timeout = p.timeout or w.timeout
-    local rl = p.rate_limit or w.rate_limit
-    local rate_key = w.rate_key
-    local on_failure = w.on_failure
-    local default_policy = retry.default{ max_attempts = max_attempts, retry_base = p.retry_base or w.retry_base,
-                                          retry_cap = p.retry_cap or w.retry_cap }
-
-    -- Asks the failure policy, then turns its decision into an outcome.
-    local function failed(task, e, header)
-        local attempt = header.attempt
-        local d, pwhy = nil, nil
-        if on_failure then
-            local ok, r = pcall(on_failure, task, e, attempt)
-            if ok then d = r else pwhy = "on_failure raised: " .. tostring(r) end
-        end
-        local okd, kind, dd
-        if not pwhy then
-            okd, kind, dd = pcall(retry.check, d or default_policy(task, e, attempt))
-            if not okd then pwhy = "on_failure: " .. tostring(kind) end
-        end
-        local ej = json.encode(errors.plain(e)) or json.encode({ code = e.code, message = tostring(e.message) })
-        if pwhy then
-            core.log("error", "policy_failed", { task_id = task.task_id, queue = info.queue, error = pwhy })
-            kind, dd = "dead", { reason = pwhy }
-        end
-        local out = { reason = dd.reason or e.message, error = ej, body = header.body, attempt = attempt }
-        if kind == "retry" then
-            local nh = { attempt = attempt + 1, id = core.uuid4(), redelivered = header.redelivered }
-            out.header = task_mod.header(nh)
-            out.delay = dd.retry
-            out.reason = e.message
-            core.set_task_state(task.task_id, "submitted", "working")
-        else
-            core.set_task_state(task.task_id, "failed", "working,submitted,")
-        end
-        return kind, task.task_id, task.type, out
-    end
-
-    return function(raw, qi)
-        local queue = info.queues[qi] or info.queue
-        local task, why, partial, header = task_mod.decode(raw, max)
-        if not task then
-            partial = partial or {}
-            return "malformed", partial.task_id, partial.type,
-                   { reason = why, body = header.body, attempt = header.attempt }
-        end
-        local id = task.task_id
-        task.queue, task.attempt = queue, header.attempt
-        if header.requeued then core.forget_task_state(id) end
-        local state = core.task_state(id)
-        if state and TERMINAL[state] and (task.type == "run" or header.redelivered) then
-            return "skipped", id, task.type, { reason = "the task is already " .. state, attempt = header.attempt }
-        end
-        local limit = task.max_attempts or max_attempts
-        if header.attempt > limit then
-            -- Only recoveries from dead workers get here: each used up an attempt.
-            core.set_task_state(id, "failed")
-            return "dead", id, task.type, {
-                reason = ("attempt %d exceeds max_attempts %d: its workers stopped while running it")
-                    :format(header.attempt, limit),
-                body = header.body, attempt = header.attempt - 1,
-            }
-        end
-        local admitted_at
-        if rl then
-            -- Admission under the rate limit: over it, the task is queued again (its lease
-            -- released) for the time the limiter names, and other keys keep flowing.
-            local key = "*"
-            if rate_key then
-                local okk, k = pcall(rate_key, task)
-                if not okk then
-                    return failed(task, { code = "ERATEKEY", message = "rate_key raised: " .. tostring(k),
-                                          retryable = false }, header)
-                end
-                key = k
-            end
-            if key ~= nil and key ~= false then
-                local nh = {}
-                for k2, v in pairs(header) do nh[k2] = v end
-                nh.body, nh.id, nh.deferred = nil, core.uuid4(), (header.deferred or 0) + 1
-                local next_msg = task_mod.header(nh) .. "\n" .. raw:sub(header.body + 1)
-                local admitted, when, code = core.rate_limit(tostring(key), rl.limit, rl.period, next_msg)
-                if admitted == nil then
-                    return failed(task, { code = code or "ERATELIMIT", message = "rate limiter: " .. tostring(when),
-                                          retryable = true }, header)
-                end
-                if not admitted then
-                    return "deferred", id, task.type, { delay = when, reason = "rate limited", attempt = header.attempt }
-                end
-                admitted_at = when
-            end
-        end
-        local h = handlers[task.type]
-        if not h then
-            return failed(task, { code = "ENOHANDLER", message = "no handler for '" .. task.type .. "' in this worker",
-                                  retryable = false }, header)
-        end
-        if debug_on then
-            core.log("debug", "consumed", { task_id = id, type = task.type, queue = queue,
-                                            worker = info.worker_id, attempt = header.attempt })
-        end
-        core.set_task_state(id, "working")
-        local ctx = setmetatable({ task_id = id, queue = queue, worker_id = info.worker_id,
-                                   slot = info.slot, attempt = header.attempt,
-                                   admitted_at = admitted_at }, Context)
-        core.limit(task.timeout or timeout)
-        local ok, res, err = xpcall(h, errors.handler, task, ctx)
-        core.unlimit()
-        if ok and res == nil and err ~= nil then
-            ok, res = false, errors.normalize(err)
-        end
-        if not ok then
-            if res.code == "EINTERRUPTED" then
-                core.set_task_state(id, "submitted", "working")
-                return "interrupted", id, task.type, { reason = res.message, attempt = header.attempt }
-            end
-            return failed(task, res, header)
-        end
-        local rj
-        if want_results then
-            local jerr
-            rj, jerr = json.encode(res == nil and json.null or res)
-            if not rj then
-                return failed(task, { code = "ERESULT", message = "the handler's result cannot be encoded as JSON: " .. jerr,
-                                      retryable = false }, header)
-            end
-        end
-        core.set_task_state(id, "completed")
-        return "completed", id, task.type, rj
-    end
-end
+local Context = lifecycle.Context
 
 -- ---- Main state ----------------------------------------------------------------------------
 
@@ -357,7 +197,7 @@ function Worker:_start(drain, level)
     level = level + 1
     if ROLE == "handler" then
         local info = core.slot_info()
-        if core.slot_ready(self.key, make_process(self, info)) then
+        if core.slot_ready(self.key, lifecycle.make_process(self, info)) then
             -- This handler state serves this worker: the script stops here for good.
             coroutine.yield()
             error("unreachable: a handler state was resumed", level)
@@ -395,6 +235,7 @@ function Worker:_start(drain, level)
         path = package.path,
         cpath = package.cpath,
         worker_key = self.key,
+        storage = self.scheduler:storage(),
     })
     local ok, err = engine:start(drain)
     if not ok then
@@ -414,7 +255,7 @@ end
 
 local function result_of(ev)
     local r = { task_id = ev.task_id, type = ev.type, state = ev.state, duration = ev.duration,
-                attempt = ev.attempt, delay = ev.delay }
+                attempt = ev.attempt, delay = ev.delay, task_state = ev.task_state }
     if ev.state == "completed" then
         r.result = ev.json and json.decode(ev.json) or nil
         if r.result == json.null then r.result = nil end
@@ -425,16 +266,54 @@ local function result_of(ev)
     return r
 end
 
+-- The recovery sweep (PostgreSQL storage): a task recorded as submitted that never started
+-- and is older than recovery_after seconds may have been lost between the producer's store
+-- and its push (a crash). It is pushed again under the run's deduplication key, so a task
+-- whose run is still queued (its key held) is not pushed twice. Returns how many it pushed.
+function Worker:sweep()
+    local s = self.scheduler
+    local recs, err = s.store:list{ state = "submitted", older_than = self.recovery_after, limit = 500 }
+    if not recs then
+        core.log("warn", "recovery_sweep_failed", { error = err })
+        return 0
+    end
+    local n = 0
+    for _, r in ipairs(recs) do
+        if r.attempts == 0 then
+            local ok, msg = pcall(task_mod.encode, { type = "run", task_id = r.id, conversation_id = r.context_id,
+                                                    messages = json.decode(r.history) or {} }, 1)
+            if ok then
+                local pushed = s.client:push_unique({ msg }, { "run:" .. r.id }, s.dedup_ttl, r.queue or s.queue_name)
+                if pushed and pushed[1] then
+                    n = n + 1
+                    core.log("warn", "recovered_submitted", { task_id = r.id, queue = r.queue or s.queue_name })
+                end
+            else
+                core.log("error", "recovery_failed", { task_id = r.id, error = tostring(msg) })
+            end
+        end
+    end
+    return n
+end
+
 -- Waits for events until the engine stops; SIGINT/SIGTERM stop it gracefully.
 function Worker:_wait()
     local engine = self.engine
     local on_result = self.on_result
     core.trap_signals()
     local stopping = false
+    local sweeping = self.recovery_after > 0 and self.scheduler.store:kind() ~= "memory"
+    local period = sweeping and math.max(1, math.min(60, self.recovery_after / 2)) or -1
+    local next_sweep = core.monotonic() + (sweeping and period or 0)
     local ok, err = pcall(function()
         while true do
-            local ev = engine:next_event(-1)
-            if ev.kind == "result" then
+            local ev = engine:next_event(sweeping and math.max(0, next_sweep - core.monotonic()) or -1)
+            if sweeping and not stopping and core.monotonic() >= next_sweep then
+                self:sweep()
+                next_sweep = core.monotonic() + period
+            end
+            if ev == nil then -- the wait timed out: only the sweep was due
+            elseif ev.kind == "result" then
                 if on_result then on_result(result_of(ev)) end
             elseif ev.kind == "signal" then
                 local sig = core.take_signal()

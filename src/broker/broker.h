@@ -133,6 +133,10 @@ struct bq_broker_ops {
     /* Releases `leased` and adds `entry` (see bq_dlq_entry) to its queue's dead-letter list. */
     bq_status (*bury)(bq_broker *b, const struct bq_lessee *who, const struct bq_msg *leased,
                       struct bq_slice entry, bool *held, bq_err *err);
+    /* Reads `who`'s in-flight lists (every queue), each message with the index of its queue.
+     * After a fetch whose reply was lost, the worker compares them with what it holds. */
+    bq_status (*held)(bq_broker *b, const struct bq_lessee *who, struct bq_batch *out,
+                      bq_err *err);
     /* Returns leased messages to the front of their queues at once (graceful shutdown). */
     bq_status (*handback)(bq_broker *b, const struct bq_lessee *who, const struct bq_msg *msgs,
                           size_t n, size_t *count, bq_err *err);
@@ -172,6 +176,16 @@ struct bq_broker_ops {
     bq_status (*dlq_remove)(bq_broker *b, const char *queue, struct bq_slice entry, bool *done,
                             bq_err *err);
     bq_status (*dlq_purge)(bq_broker *b, const char *queue, long long *count, bq_err *err);
+    /* Publishes msg on Q's control channel ({Q}:control), which every worker of Q listens
+     * to (cancel and pause of running tasks). *receivers counts the listeners reached. */
+    bq_status (*publish)(bq_broker *b, const char *queue, struct bq_slice msg,
+                         long long *receivers, bq_err *err);
+    /* Listens on Q's control channel on a connection of its own, calling cb for each
+     * message, until `stopfd` becomes readable (BQ_EINTR) or the connection fails. `ready`
+     * (may be NULL) is called once the subscription holds. One thread per call. */
+    bq_status (*listen)(bq_broker *b, const char *queue,
+                        void (*cb)(void *ud, const char *msg, size_t len),
+                        void (*ready)(void *ud), void *ud, int stopfd, bq_err *err);
     /* Round trip to the server in seconds (0 for memory). */
     bq_status (*ping)(bq_broker *b, double *rtt, bq_err *err);
     /* Connection pool counters; false when the broker has no pool (memory). */

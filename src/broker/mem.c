@@ -19,6 +19,8 @@
 #include "../core/err.h"
 #include "../core/ratelimit.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -598,6 +600,27 @@ static bq_status mem_bury(bq_broker *b, const struct bq_lessee *who,
     return st;
 }
 
+static bq_status mem_held(bq_broker *b, const struct bq_lessee *who, struct bq_batch *out,
+                          bq_err *err)
+{
+    (void)b;
+    bq_status st = BQ_OK;
+    pthread_mutex_lock(&db_mu);
+    for (int q = 0; st == BQ_OK && q < who->nqueues; q++) {
+        char wip[KEY_MAX];
+        if ((st = wip_key(who, q, wip, err)) != BQ_OK)
+            break;
+        struct mem_key *k = find(wip, false, false);
+        for (size_t i = 0; k != NULL && i < k->n && st == BQ_OK; i++) {
+            const struct bq_msg *m = at(k, i);
+            if (bq_batch_add_q(out, m->data, m->len, q) != BQ_OK)
+                st = oom(err);
+        }
+    }
+    pthread_mutex_unlock(&db_mu);
+    return st;
+}
+
 static bq_status mem_handback(bq_broker *b, const struct bq_lessee *who,
                               const struct bq_msg *msgs, size_t n, size_t *count, bq_err *err)
 {
@@ -832,6 +855,74 @@ void bq_memory_reset(void)
     pthread_mutex_unlock(&db_mu);
 }
 
+/* ---- Control channel -------------------------------------------------------------------
+ * Listeners of this process, by channel name. A publication calls them in the publisher's
+ * thread, under the registry's lock (callbacks only set flags). */
+
+struct listener {
+    char chan[KEY_MAX];
+    void (*cb)(void *ud, const char *msg, size_t len);
+    void *ud;
+    struct listener *next;
+};
+
+static pthread_mutex_t ls_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct listener *listeners;
+
+static bq_status mem_publish(bq_broker *b, const char *queue, struct bq_slice msg,
+                             long long *receivers, bq_err *err)
+{
+    (void)b;
+    char chan[KEY_MAX];
+    if (!bq_key_derive(queue, "control", chan, sizeof chan))
+        return bq_err_set(err, BQ_EINVAL, "queue name too long");
+    *receivers = 0;
+    pthread_mutex_lock(&ls_mu);
+    for (struct listener *l = listeners; l != NULL; l = l->next) {
+        if (strcmp(l->chan, chan) == 0) {
+            l->cb(l->ud, msg.p, msg.len);
+            ++*receivers;
+        }
+    }
+    pthread_mutex_unlock(&ls_mu);
+    return BQ_OK;
+}
+
+static bq_status mem_listen(bq_broker *b, const char *queue,
+                            void (*cb)(void *ud, const char *msg, size_t len),
+                            void (*ready)(void *ud), void *ud, int stopfd, bq_err *err)
+{
+    (void)b;
+    struct listener *l = bq_calloc(1, sizeof *l);
+    if (l == NULL)
+        return oom(err);
+    if (!bq_key_derive(queue, "control", l->chan, sizeof l->chan)) {
+        bq_free(l);
+        return bq_err_set(err, BQ_EINVAL, "queue name too long");
+    }
+    l->cb = cb;
+    l->ud = ud;
+    pthread_mutex_lock(&ls_mu);
+    l->next = listeners;
+    listeners = l;
+    pthread_mutex_unlock(&ls_mu);
+    if (ready != NULL)
+        ready(ud);
+    struct pollfd p = {stopfd, POLLIN, 0};
+    while (poll(&p, 1, -1) < 0 && errno == EINTR)
+        ;
+    pthread_mutex_lock(&ls_mu);
+    for (struct listener **pp = &listeners; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == l) {
+            *pp = l->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&ls_mu);
+    bq_free(l);
+    return bq_err_set(err, BQ_EINTR, "listen: stopped");
+}
+
 static const struct bq_broker_ops mem_ops = {
     .push = mem_push,
     .push_unique = mem_push_unique,
@@ -841,6 +932,7 @@ static const struct bq_broker_ops mem_ops = {
     .retry = mem_retry,
     .bury = mem_bury,
     .handback = mem_handback,
+    .held = mem_held,
     .rate_limit = mem_rate_limit,
     .promote = mem_promote,
     .heartbeat = mem_heartbeat,
@@ -851,6 +943,8 @@ static const struct bq_broker_ops mem_ops = {
     .dlq_requeue = mem_dlq_requeue,
     .dlq_remove = mem_dlq_remove,
     .dlq_purge = mem_dlq_purge,
+    .publish = mem_publish,
+    .listen = mem_listen,
     .ping = mem_ping,
     .pool_stats = mem_pool_stats,
     .free = mem_free,

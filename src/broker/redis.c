@@ -1204,6 +1204,93 @@ static bq_status redis_dlq_purge(bq_broker *b, const char *queue, long long *cou
     return st;
 }
 
+static bq_status redis_held(bq_broker *b, const struct bq_lessee *who, struct bq_batch *out,
+                            bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    bq_conn *c;
+    bq_status st = borrow(r, &c, err);
+    if (st != BQ_OK)
+        return st;
+    for (int q = 0; st == BQ_OK && q < who->nqueues; q++) {
+        char wip[KEY_MAX];
+        redisReply *rep = NULL;
+        if ((st = wip_key(who, q, wip, err)) != BQ_OK)
+            break;
+        st = bq_conn_callv(c, &rep, err, "LRANGE", wip, "0", "-1", NULL);
+        if (st == BQ_OK)
+            st = take_strings(rep, out, q);
+        if (rep != NULL)
+            freeReplyObject(rep);
+    }
+    bq_pool_return(r->pool, c);
+    return st;
+}
+
+/* ---- Control channel ------------------------------------------------------------------- */
+
+static bq_status redis_publish(bq_broker *b, const char *queue, struct bq_slice msg,
+                               long long *receivers, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    char chan[KEY_MAX];
+    bq_status st = derive(queue, "control", chan, err);
+    if (st != BQ_OK)
+        return st;
+    bq_conn *c;
+    if ((st = borrow(r, &c, err)) != BQ_OK)
+        return st;
+    const char *argv[] = {"PUBLISH", chan, msg.p};
+    size_t lens[] = {7, strlen(chan), msg.len};
+    redisReply *rep = NULL;
+    st = bq_conn_call(c, &rep, err, 3, argv, lens);
+    *receivers = st == BQ_OK && rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
+    if (rep != NULL)
+        freeReplyObject(rep);
+    bq_pool_return(r->pool, c);
+    return st;
+}
+
+/* SUBSCRIBE on a connection of its own; the replies are ["subscribe", chan, n] once, then
+ * ["message", chan, payload] for each publication. */
+static bq_status redis_listen(bq_broker *b, const char *queue,
+                              void (*cb)(void *ud, const char *msg, size_t len),
+                              void (*ready)(void *ud), void *ud, int stopfd, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    char chan[KEY_MAX];
+    bq_status st = derive(queue, "control", chan, err);
+    if (st != BQ_OK)
+        return st;
+    bq_conn *c;
+    st = bq_conn_open(bq_pool_url(r->pool), bq_pool_conn_opts(r->pool), &c, err);
+    if (st != BQ_OK)
+        return st;
+    const char *argv[] = {"SUBSCRIBE", chan};
+    size_t lens[] = {9, strlen(chan)};
+    st = bq_conn_append(c, 2, argv, lens, err);
+    if (st == BQ_OK)
+        st = bq_conn_flush(c, bq_now_mono() + r->command_timeout, stopfd, err);
+    while (st == BQ_OK) {
+        redisReply *rep = NULL;
+        st = bq_conn_read(c, &rep, -1, stopfd, err);
+        if (st != BQ_OK)
+            break;
+        st = bq_reply_check(rep, "SUBSCRIBE", err);
+        if (st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
+            rep->element[0]->type == REDIS_REPLY_STRING) {
+            const redisReply *kind = rep->element[0], *payload = rep->element[2];
+            if (strcmp(kind->str, "subscribe") == 0 && ready != NULL)
+                ready(ud);
+            else if (strcmp(kind->str, "message") == 0 && payload->type == REDIS_REPLY_STRING)
+                cb(ud, payload->str, payload->len);
+        }
+        freeReplyObject(rep);
+    }
+    bq_conn_close(c);
+    return st;
+}
+
 static bq_status redis_ping(bq_broker *b, double *rtt, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
@@ -1243,6 +1330,7 @@ static const struct bq_broker_ops redis_ops = {
     .retry = redis_retry,
     .bury = redis_bury,
     .handback = redis_handback,
+    .held = redis_held,
     .rate_limit = redis_rate_limit,
     .promote = redis_promote,
     .heartbeat = redis_heartbeat,
@@ -1253,6 +1341,8 @@ static const struct bq_broker_ops redis_ops = {
     .dlq_requeue = redis_dlq_requeue,
     .dlq_remove = redis_dlq_remove,
     .dlq_purge = redis_dlq_purge,
+    .publish = redis_publish,
+    .listen = redis_listen,
     .ping = redis_ping,
     .pool_stats = redis_pool_stats,
     .free = redis_free,

@@ -57,6 +57,8 @@ struct bq_worker {
     int nqueues;
     int *weights;           /* owned; NULL: strict priority */
     char *queue;            /* queues[0] (not owned separately) */
+    char *control_queue;    /* owned: the configured queue name, whose control channel the
+                             * worker listens to */
     bq_broker *broker;      /* owned */
     struct bq_lessee who;
     int concurrency;
@@ -81,8 +83,9 @@ struct bq_worker {
     int inits_done, init_failures, slots_alive;
     bq_err init_err;
     struct slot *slots;
-    pthread_t dispatcher, heartbeat;
-    bool dispatcher_started, heartbeat_started;
+    pthread_t dispatcher, heartbeat, control;
+    bool dispatcher_started, heartbeat_started, control_started;
+    int ctl_stopfd;         /* eventfd: written to stop the control listener */
 
     pthread_mutex_t hb_mu;
     pthread_cond_t hb_cv;
@@ -93,7 +96,8 @@ struct bq_worker {
     int evfd;
 
     atomic_llong n_fetched, n_completed, n_failed, n_retried, n_dead, n_dropped, n_malformed,
-        n_skipped, n_handed_back, n_lease_lost, n_reaped, n_rate_limited;
+        n_skipped, n_handed_back, n_lease_lost, n_reaped, n_rate_limited, n_canceled, n_paused,
+        n_waiting;
 };
 
 const char *bq_worker_id(const bq_worker *w)
@@ -125,15 +129,127 @@ bool bq_slot_sleep(struct bq_slot_ctl *ctl, double seconds)
 {
     double deadline = bq_now_mono() + seconds;
     pthread_mutex_lock(&ctl->mu);
-    while (!atomic_load(&ctl->interrupt)) {
+    while (!atomic_load(&ctl->interrupt) && !atomic_load(&ctl->control)) {
         double left = deadline - bq_now_mono();
         if (left <= 0)
             break;
         bq_cond_wait_for(&ctl->cv, &ctl->mu, left);
     }
-    bool done = !atomic_load(&ctl->interrupt);
+    bool done = !atomic_load(&ctl->interrupt) && !atomic_load(&ctl->control);
     pthread_mutex_unlock(&ctl->mu);
     return done;
+}
+
+void bq_slot_set_task(struct bq_slot_ctl *ctl, const char *task_id)
+{
+    pthread_mutex_lock(&ctl->mu);
+    snprintf(ctl->task_id, sizeof ctl->task_id, "%s", task_id ? task_id : "");
+    atomic_store(&ctl->control, BQ_CONTROL_NONE);
+    pthread_mutex_unlock(&ctl->mu);
+}
+
+/* ---- Control channel -------------------------------------------------------------------
+ * Cancel and pause must reach the worker that runs the task, not whichever worker pops the
+ * next message: producers publish "cancel <id>" / "pause <id>" on the control channel of
+ * the queue, every worker listens on a connection of its own, and the one whose slot runs
+ * the task sets that slot's control flag. The handler sees it at its next yield point (a
+ * binduq call) or, for a cancel, at the count hook. A missed publication is caught by the
+ * stored state (see lua/binduq/worker.lua). */
+
+int bq_control_format(char *out, size_t size, enum bq_control op, const char *task_id)
+{
+    return snprintf(out, size, "%s %s", op == BQ_CONTROL_PAUSE ? "pause" : "cancel", task_id);
+}
+
+enum bq_control bq_control_parse(const char *msg, size_t len, char *task_id, size_t size)
+{
+    enum bq_control op = BQ_CONTROL_NONE;
+    size_t skip = 0;
+    if (len > 7 && memcmp(msg, "cancel ", 7) == 0) {
+        op = BQ_CONTROL_CANCEL;
+        skip = 7;
+    } else if (len > 6 && memcmp(msg, "pause ", 6) == 0) {
+        op = BQ_CONTROL_PAUSE;
+        skip = 6;
+    }
+    if (op == BQ_CONTROL_NONE || len - skip >= size || memchr(msg + skip, '\0', len - skip))
+        return BQ_CONTROL_NONE;
+    memcpy(task_id, msg + skip, len - skip);
+    task_id[len - skip] = '\0';
+    return op;
+}
+
+bool bq_worker_control(bq_worker *w, enum bq_control op, const char *task_id)
+{
+    bool found = false;
+    for (int i = 0; i < w->concurrency; i++) {
+        struct bq_slot_ctl *ctl = &w->slots[i].ctl;
+        pthread_mutex_lock(&ctl->mu);
+        if (ctl->task_id[0] != '\0' && strcmp(ctl->task_id, task_id) == 0) {
+            /* A cancel outranks a pause asked for earlier. */
+            if (atomic_load(&ctl->control) != BQ_CONTROL_CANCEL)
+                atomic_store(&ctl->control, op);
+            pthread_cond_broadcast(&ctl->cv);
+            found = true;
+        }
+        pthread_mutex_unlock(&ctl->mu);
+    }
+    return found;
+}
+
+bq_status bq_worker_publish(bq_worker *w, enum bq_control op, const char *task_id, bq_err *err)
+{
+    char msg[BQ_MAX_ID_LEN + 16];
+    int n = bq_control_format(msg, sizeof msg, op, task_id);
+    if (n < 0 || (size_t)n >= sizeof msg)
+        return bq_err_set(err, BQ_EINVAL, "task_id too long");
+    long long receivers = 0;
+    return w->broker->ops->publish(w->broker, w->control_queue, (struct bq_slice){msg, (size_t)n},
+                                   &receivers, err);
+}
+
+static void on_control(void *ud, const char *msg, size_t len)
+{
+    bq_worker *w = ud;
+    char id[BQ_MAX_ID_LEN + 1];
+    enum bq_control op = bq_control_parse(msg, len, id, sizeof id);
+    if (op == BQ_CONTROL_NONE)
+        return;
+    if (bq_worker_control(w, op, id))
+        bq_log(BQ_LOG_INFO, "control", "task_id", id, "op", op == BQ_CONTROL_CANCEL ? "cancel"
+               : "pause", "worker", w->id, NULL);
+}
+
+static void *control_main(void *arg)
+{
+    bq_worker *w = arg;
+    int failures = 0;
+    for (;;) {
+        bq_err err;
+        bq_status st = w->broker->ops->listen(w->broker, w->control_queue, on_control, NULL, w,
+                                              w->ctl_stopfd, &err);
+        if (st == BQ_EINTR)
+            break;
+        bq_log(BQ_LOG_WARN, "control_lost", "queue", w->control_queue, "worker", w->id,
+               "error", err.msg, "code", bq_status_name(st), NULL);
+        double d = bq_backoff_delay(failures++, RECONNECT_BASE, RECONNECT_CAP, BQ_JITTER_EQUAL,
+                                    bq_random_unit());
+        struct pollfd p = {w->ctl_stopfd, POLLIN, 0};
+        if (poll(&p, 1, (int)(d * 1000)) > 0)
+            break;
+    }
+    return NULL;
+}
+
+static void stop_control(bq_worker *w)
+{
+    if (!w->control_started)
+        return;
+    uint64_t one = 1;
+    if (write(w->ctl_stopfd, &one, sizeof one) != (ssize_t)sizeof one)
+        bq_log(BQ_LOG_ERROR, "control_stop_failed", "worker", w->id, NULL);
+    pthread_join(w->control, NULL);
+    w->control_started = false;
 }
 
 static void interrupt_slot(struct slot *s)
@@ -420,6 +536,7 @@ static bool ack(bq_worker *w, struct bq_msg *msg, const char *tid)
 
 static const char *const outcome_names[] = {
     "completed", "skipped", "retry", "dead", "dropped", "malformed", "interrupted", "deferred",
+    "canceled", "paused", "waiting",
 };
 
 /* Carries out a slot's decision about msg. Returns true if msg's ownership moved on. */
@@ -471,6 +588,24 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
         break;
     case BQ_OUTCOME_INTERRUPTED:
         handback(w, msg, 1, out->reason ? out->reason : "interrupted");
+        break;
+    case BQ_OUTCOME_CANCELED:
+        atomic_fetch_add(&w->n_canceled, 1);
+        bq_log(BQ_LOG_INFO, "canceled", "task_id", tid, "type", type, "queue", queue,
+               "worker", w->id, "#duration_ms", ms, "reason", out->reason, NULL);
+        moved = ack(w, msg, tid);
+        break;
+    case BQ_OUTCOME_PAUSED:
+        atomic_fetch_add(&w->n_paused, 1);
+        bq_log(BQ_LOG_INFO, "paused", "task_id", tid, "type", type, "queue", queue,
+               "worker", w->id, "#duration_ms", ms, NULL);
+        moved = ack(w, msg, tid);
+        break;
+    case BQ_OUTCOME_WAITING:
+        atomic_fetch_add(&w->n_waiting, 1);
+        bq_log(BQ_LOG_INFO, "waiting", "task_id", tid, "type", type, "queue", queue,
+               "worker", w->id, "#duration_ms", ms, "state", out->state, NULL);
+        moved = ack(w, msg, tid);
         break;
     case BQ_OUTCOME_DEFERRED:
         /* The rate limiter has queued it again already: promote it on time. */
@@ -550,6 +685,7 @@ static void *slot_main(void *arg)
         w->running--;
         w->inflight--;
         atomic_store(&s->ctl.interrupt, 0);
+        bq_slot_set_task(&s->ctl, NULL);
         pthread_cond_signal(&w->cv_space);
         pthread_mutex_unlock(&w->mu);
         if (!moved)
@@ -653,6 +789,68 @@ static void stop_heartbeat(bq_worker *w)
 
 /* ---- Dispatcher ---------------------------------------------------------------------------- */
 
+/* After a fetch whose reply was lost, Redis may have moved messages into this worker's
+ * in-flight list that the worker never received; its own lease keeps them from being
+ * reaped while it lives. Compares the in-flight lists with what the worker holds (waiting,
+ * running, waiting for their ack) and hands the rest back. The in-flight lists are read
+ * first: a message finished meanwhile is no longer there when the hand-back looks for it
+ * (the hand-back moves only messages it finds). Dispatcher thread. */
+static void recover_orphans(bq_worker *w)
+{
+    struct bq_batch wip = {NULL, 0, 0};
+    bq_err err;
+    if (w->broker->ops->held(w->broker, &w->who, &wip, &err) != BQ_OK) {
+        bq_batch_free(&wip);
+        bq_log(BQ_LOG_WARN, "orphan_check_failed", "queue", w->queue, "worker", w->id,
+               "error", err.msg, NULL);
+        return;
+    }
+    bool *taken = bq_calloc(wip.n ? wip.n : 1, sizeof *taken);
+    if (taken == NULL) {
+        bq_batch_free(&wip);
+        return;
+    }
+    pthread_mutex_lock(&w->mu);
+    /* Each message held accounts for one identical entry. */
+    size_t nheld = (size_t)w->ring_n + (size_t)w->concurrency + w->acks.n;
+    for (size_t h = 0; h < nheld; h++) {
+        const struct bq_msg *m = NULL;
+        if (h < (size_t)w->ring_n) {
+            m = &w->ring[(w->ring_head + (int)h) % w->capacity];
+        } else if (h < (size_t)w->ring_n + (size_t)w->concurrency) {
+            const struct slot *s = &w->slots[h - (size_t)w->ring_n];
+            m = s->running ? &s->current : NULL;
+        } else {
+            m = &w->acks.msgs[h - (size_t)w->ring_n - (size_t)w->concurrency];
+        }
+        for (size_t i = 0; m != NULL && m->data != NULL && i < wip.n; i++) {
+            if (!taken[i] && wip.msgs[i].q == m->q && wip.msgs[i].len == m->len &&
+                memcmp(wip.msgs[i].data, m->data, m->len) == 0) {
+                taken[i] = true;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    size_t n = 0;
+    for (size_t i = 0; i < wip.n; i++) {
+        if (!taken[i])
+            wip.msgs[n++] = wip.msgs[i];
+        else
+            bq_free(wip.msgs[i].data);
+    }
+    wip.n = n;
+    bq_free(taken);
+    if (n > 0) {
+        char count[24];
+        snprintf(count, sizeof count, "%zu", n);
+        bq_log(BQ_LOG_WARN, "orphans_recovered", "queue", w->queue, "worker", w->id, "#count",
+               count, "reason", "a fetch reply was lost", NULL);
+        handback(w, wip.msgs, n, "a fetch reply was lost");
+    }
+    bq_batch_free(&wip);
+}
+
 /* Acknowledges the pending acks directly (shutdown). */
 static void flush_acks(bq_worker *w)
 {
@@ -749,6 +947,7 @@ static void *dispatcher_main(void *arg)
     memset(&res, 0, sizeof res);
     int failures = 0;
     bool lease = w->who.delivery == BQ_AT_LEAST_ONCE;
+    bool unsure = false; /* a fetch that may have taken messages failed */
     double period = w->lease / 3;
     bq_err err;
     for (;;) {
@@ -817,6 +1016,7 @@ static void *dispatcher_main(void *arg)
         bq_batch_free(&acks);
         reap_dead(w, &res.dead);
         if (st != BQ_OK) {
+            unsure = unsure || (lease && req.max > 0);
             bq_log(BQ_LOG_ERROR, "redis_error", "op", "fetch", "queue", w->queue, "worker",
                    w->id, "error", err.msg, "code", bq_status_name(st), NULL);
             double delay = bq_backoff_delay(failures++, RECONNECT_BASE, RECONNECT_CAP,
@@ -868,6 +1068,10 @@ static void *dispatcher_main(void *arg)
         }
         pthread_mutex_unlock(&w->mu);
         batch.n = 0; /* the ring owns the messages now */
+        if (unsure) {
+            recover_orphans(w);
+            unsure = false;
+        }
     }
     bq_batch_free(&batch);
     bq_batch_free(&acks);
@@ -919,6 +1123,7 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     if (w == NULL)
         return bq_err_set(err, BQ_ENOMEM, "worker: out of memory");
     w->evfd = -1;
+    w->ctl_stopfd = -1;
     w->concurrency = o->concurrency;
     w->capacity = o->concurrency + o->prefetch;
     w->block_timeout = o->block_timeout;
@@ -970,17 +1175,20 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     w->ring = bq_calloc((size_t)w->capacity, sizeof *w->ring);
     w->slots = bq_calloc((size_t)w->concurrency, sizeof *w->slots);
     w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    w->ctl_stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    w->control_queue = bq_strdup(o->cfg->queue_name);
     bq_status st = BQ_OK;
-    if (w->queue == NULL || w->ring == NULL || w->slots == NULL ||
+    if (w->queue == NULL || w->ring == NULL || w->slots == NULL || w->control_queue == NULL ||
         (o->weights != NULL && w->weights == NULL))
         st = bq_err_set(err, BQ_ENOMEM, "worker: out of memory");
-    else if (w->evfd < 0)
+    else if (w->evfd < 0 || w->ctl_stopfd < 0)
         st = bq_err_set(err, BQ_EIO, "worker: eventfd: %s", strerror(errno));
     for (int i = 0; st == BQ_OK && i < w->concurrency; i++) {
         struct slot *s = &w->slots[i];
         s->w = w;
         s->index = i;
         atomic_init(&s->ctl.interrupt, 0);
+        atomic_init(&s->ctl.control, BQ_CONTROL_NONE);
         pthread_mutex_init(&s->ctl.mu, NULL);
         bq_cond_init(&s->ctl.cv);
     }
@@ -1065,6 +1273,10 @@ bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
         else
             bq_log(BQ_LOG_ERROR, "thread_failed", "worker", w->id, "thread", "heartbeat", NULL);
     }
+    if (spawn(&w->control, control_main, w) == 0)
+        w->control_started = true;
+    else
+        bq_log(BQ_LOG_ERROR, "thread_failed", "worker", w->id, "thread", "control", NULL);
     if (spawn(&w->dispatcher, dispatcher_main, w) != 0) {
         bq_log(BQ_LOG_ERROR, "thread_failed", "worker", w->id, "thread", "dispatcher", NULL);
         pthread_mutex_lock(&w->mu);
@@ -1073,6 +1285,7 @@ bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
         pthread_cond_broadcast(&w->cv_task);
         pthread_mutex_unlock(&w->mu);
         stop_heartbeat(w);
+        stop_control(w);
         for (int i = 0; i < spawned; i++)
             pthread_join(w->slots[i].thread, NULL);
         w->joined = true;
@@ -1167,6 +1380,7 @@ void bq_worker_join(bq_worker *w)
         else
             pthread_detach(w->slots[i].thread);
     }
+    stop_control(w);
     bq_log(BQ_LOG_INFO, "worker_stopped", "worker", w->id, "queue", w->queue, NULL);
 }
 
@@ -1199,6 +1413,9 @@ void bq_worker_free(bq_worker *w)
     bq_free(w->weights);
     if (w->evfd >= 0)
         close(w->evfd);
+    if (w->ctl_stopfd >= 0)
+        close(w->ctl_stopfd);
+    bq_free(w->control_queue);
     pthread_mutex_destroy(&w->mu);
     pthread_mutex_destroy(&w->ev_mu);
     pthread_mutex_destroy(&w->hb_mu);
@@ -1223,6 +1440,9 @@ void bq_worker_stats(bq_worker *w, struct bq_worker_stats *out)
     out->lease_lost = atomic_load(&w->n_lease_lost);
     out->reaped = atomic_load(&w->n_reaped);
     out->rate_limited = atomic_load(&w->n_rate_limited);
+    out->canceled = atomic_load(&w->n_canceled);
+    out->paused = atomic_load(&w->n_paused);
+    out->waiting = atomic_load(&w->n_waiting);
     pthread_mutex_lock(&w->mu);
     out->inflight = w->inflight;
     pthread_mutex_unlock(&w->mu);

@@ -46,9 +46,14 @@ enum bq_outcome_kind {
     BQ_OUTCOME_MALFORMED,     /* could not be decoded or validated: dead-letter */
     BQ_OUTCOME_INTERRUPTED,   /* stopped by shutdown before it finished: hand back */
     BQ_OUTCOME_DEFERRED,      /* over its rate limit: already queued again for later */
+    BQ_OUTCOME_CANCELED,      /* canceled (before or while it ran): acknowledge */
+    BQ_OUTCOME_PAUSED,        /* paused at a yield point, checkpoint stored: acknowledge */
+    BQ_OUTCOME_WAITING,       /* the handler asked for input (input-required, auth-required):
+                               * the task stays open until a resume; acknowledge */
 };
 
-/* "completed", "skipped", "retry", "dead", "dropped", "malformed", "interrupted". */
+/* "completed", "skipped", "retry", "dead", "dropped", "malformed", "interrupted",
+ * "deferred", "canceled", "paused", "waiting". */
 const char *bq_outcome_name(enum bq_outcome_kind kind);
 
 /* What a slot reports for one message. The slot fills it; the engine frees the strings. */
@@ -64,18 +69,34 @@ struct bq_outcome {
     double delay;      /* RETRY: seconds before the next attempt */
     size_t body;       /* offset of the original message in the fetched one (after a header) */
     int attempt;       /* the attempt that just ended (1 for the first) */
+    char state[24];    /* the task's stored state afterwards ("" when unknown) */
 };
 
-/* What a slot's environment can see of its slot: the interrupt flag (shutdown deadline,
- * later cancel) and an interruptible sleep. Lives as long as the slot thread. */
+/* What the control channel asks of a running task. */
+enum bq_control {
+    BQ_CONTROL_NONE = 0,
+    BQ_CONTROL_CANCEL, /* stop the handler at once (count hook or yield point) */
+    BQ_CONTROL_PAUSE,  /* stop it at its next yield point, keeping its checkpoint */
+};
+
+/* What a slot's environment can see of its slot: the interrupt flag (shutdown deadline),
+ * the control request for its running task, and an interruptible sleep. Lives as long as
+ * the slot thread. */
 struct bq_slot_ctl {
     atomic_int interrupt;  /* non-zero: stop the handler at its next chance */
+    atomic_int control;    /* enum bq_control for the running task */
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    char task_id[BQ_MAX_ID_LEN + 1]; /* the running task ("" none); guarded by mu */
 };
 
-/* Sleeps up to `seconds`; returns early (false) when the slot is interrupted. */
+/* Sleeps up to `seconds`; returns early (false) when the slot is interrupted or a control
+ * request arrives. */
 bool bq_slot_sleep(struct bq_slot_ctl *ctl, double seconds);
+
+/* Names the task the slot runs now (NULL or "": none), so the control channel can reach
+ * it; clears any earlier control request. Slot thread. */
+void bq_slot_set_task(struct bq_slot_ctl *ctl, const char *task_id);
 
 struct bq_slot_ops {
     /* On the slot thread, before any task: builds the slot's state. On failure it releases
@@ -159,6 +180,19 @@ bq_status bq_worker_rate_limit(bq_worker *w, const struct bq_msg *msg, const cha
                                long limit, double period, struct bq_slice next,
                                bool *admitted, double *wait, double *at, bq_err *err);
 
+/* Delivers a control request to the slot running task_id, if any slot of w runs it (the
+ * control channel's listener calls this; so can the owner). Returns whether one did. */
+bool bq_worker_control(bq_worker *w, enum bq_control op, const char *task_id);
+
+/* Publishes "cancel <id>" / "pause <id>" on the control channel of the worker's
+ * configured queue name, reaching every worker of it (this one included). */
+bq_status bq_worker_publish(bq_worker *w, enum bq_control op, const char *task_id,
+                            bq_err *err);
+
+/* Formats and parses control messages ("cancel <task_id>", "pause <task_id>"). */
+int bq_control_format(char *out, size_t size, enum bq_control op, const char *task_id);
+enum bq_control bq_control_parse(const char *msg, size_t len, char *task_id, size_t size);
+
 const char *bq_worker_id(const bq_worker *w);
 /* The first (highest priority) queue, and the queue message `q` came from. */
 const char *bq_worker_queue(const bq_worker *w);
@@ -168,7 +202,7 @@ bq_broker *bq_worker_broker(bq_worker *w);
 
 struct bq_worker_stats {
     long long fetched, completed, failed, retried, dead_lettered, dropped, malformed, skipped,
-        handed_back, lease_lost, reaped, rate_limited;
+        handed_back, lease_lost, reaped, rate_limited, canceled, paused, waiting;
     int inflight;
 };
 void bq_worker_stats(bq_worker *w, struct bq_worker_stats *out);

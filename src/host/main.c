@@ -4,6 +4,7 @@
  *
  *   binduq-lua [options] [script [args]]
  *   binduq-lua dlq <list|show|requeue|purge> ...      (admin commands, lua/binduq/cli.lua)
+ *   binduq-lua task <show|list> ...                   (stored tasks, the same module)
  *     -e stat  execute string 'stat'        -l mod  require 'mod' into global 'mod'
  *     -v       show version information     -h      show this help
  *     --       stop handling options        -       execute stdin and stop handling options
@@ -33,6 +34,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: %s [options] [script [args]]\n"
             "       %s dlq <list|show|requeue|purge> [options]   (see %s dlq --help)\n"
+            "       %s task <show|list> [options]                (see %s task --help)\n"
             "Runs a Lua 5.4 script with binduq available (require \"binduq\").\n"
             "Options:\n"
             "  -e stat  execute string 'stat'\n"
@@ -41,9 +43,9 @@ static void usage(FILE *f)
             "  -h       show this help\n"
             "  --       stop handling options\n"
             "  -        execute stdin and stop handling options\n"
-            "Environment: REDIS_URL, REDIS_QUEUE_NAME, REDIS_MAX_CONNECTIONS, BINDUQ_LOG_LEVEL,\n"
-            "BINDUQ_LOG_FORMAT (see the README).\n",
-            progname, progname, progname);
+            "Environment: REDIS_URL, REDIS_QUEUE_NAME, REDIS_MAX_CONNECTIONS, DATABASE_URL,\n"
+            "BINDUQ_LOG_LEVEL, BINDUQ_LOG_FORMAT (see the README).\n",
+            progname, progname, progname, progname, progname);
 }
 
 static void version(void)

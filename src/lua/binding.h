@@ -3,7 +3,7 @@
  *
  * The binding uses only the Lua C API, never liblua's internals, so the same module works in
  * binduq-lua and in a plain lua5.4 interpreter. Classes: binduq.Client (l_client.c) and
- * binduq.Engine (l_engine.c); module functions in l_core.c.
+ * binduq.Engine (l_engine.c), binduq.Storage (l_storage.c); module functions in l_core.c.
  */
 #ifndef BINDUQ_BINDING_H
 #define BINDUQ_BINDING_H
@@ -15,6 +15,7 @@
 
 #define BQ_CLIENT_MT "binduq.Client"
 #define BQ_ENGINE_MT "binduq.Engine"
+#define BQ_STORAGE_MT "binduq.Storage"
 
 /* Registry key of the light userdata that marks a handler state (see l_engine.c). */
 #define BQ_SLOT_KEY "binduq.slot"
@@ -24,6 +25,13 @@ int luaopen_binduq_core(lua_State *L);
 /* Registers the class metatables and adds the constructors to the table on top. */
 void bq_lua_open_client(lua_State *L);
 void bq_lua_open_engine(lua_State *L);
+void bq_lua_open_storage(lua_State *L);
+
+struct bq_storage;
+/* Pushes a new binduq.Storage handle holding a reference to s (l_storage.c). */
+void bq_lua_push_storage(lua_State *L, struct bq_storage *s);
+/* The storage of the handle at idx; raises if it is not one or is closed. */
+struct bq_storage *bq_lua_check_storage(lua_State *L, int idx);
 
 /* Pushes nil, message, code and returns 3: the run-time failure convention. */
 int bq_lua_fail(lua_State *L, const bq_err *err);

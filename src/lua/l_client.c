@@ -21,6 +21,7 @@
 #include "../core/alloc.h"
 #include "../core/err.h"
 #include "../engine/client.h"
+#include "../engine/worker.h"
 
 #include <string.h>
 
@@ -171,6 +172,28 @@ static int l_client_length(lua_State *L)
     return 1;
 }
 
+/* c:publish(op, task_id) -> receivers: "cancel" or "pause" on the control channel of the
+ * configured queue name, which every worker of it listens to. */
+static int l_client_publish(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    static const char *const ops[] = {"cancel", "pause", NULL};
+    int op = luaL_checkoption(L, 2, NULL, ops);
+    const char *id = luaL_checkstring(L, 3);
+    char msg[BQ_MAX_ID_LEN + 16];
+    int n = bq_control_format(msg, sizeof msg, op == 0 ? BQ_CONTROL_CANCEL : BQ_CONTROL_PAUSE,
+                              id);
+    if (n < 0 || (size_t)n >= sizeof msg)
+        return luaL_argerror(L, 3, "task_id too long");
+    long long receivers = 0;
+    bq_err err;
+    if (c->broker->ops->publish(c->broker, c->cfg.queue_name, (struct bq_slice){msg, (size_t)n},
+                                &receivers, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushinteger(L, (lua_Integer)receivers);
+    return 1;
+}
+
 static int batch_gc(lua_State *L)
 {
     bq_batch_free(lua_touserdata(L, 1));
@@ -298,7 +321,7 @@ static const luaL_Reg client_methods[] = {
     {"push_unique", l_client_push_unique},
     {"ping", l_client_ping},   {"info", l_client_info},     {"close", l_client_close},
     {"dlq_requeue", l_client_dlq_requeue}, {"dlq_remove", l_client_dlq_remove},
-    {"dlq_purge", l_client_dlq_purge},
+    {"dlq_purge", l_client_dlq_purge}, {"publish", l_client_publish},
     {NULL, NULL},
 };
 

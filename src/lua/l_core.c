@@ -13,7 +13,6 @@
 #include "../engine/config.h"
 #include "../core/backoff.h"
 #include "../net/url.h"
-#include "../storage/state.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -341,33 +340,6 @@ static int l_key_slot(lua_State *L)
     return 1;
 }
 
-/* core.task_state(id) -> state | nil: the in-memory record of the process. */
-static int l_task_state(lua_State *L)
-{
-    char st[16];
-    if (bq_state_get(luaL_checkstring(L, 1), st, sizeof st))
-        lua_pushstring(L, st);
-    else
-        lua_pushnil(L);
-    return 1;
-}
-
-/* core.set_task_state(id, state [, from]) -> changed: a compare-and-set that never leaves a
- * terminal state. `from` lists the allowed current states, comma-separated ("" = unknown). */
-static int l_set_task_state(lua_State *L)
-{
-    lua_pushboolean(L, bq_state_set(luaL_checkstring(L, 1), luaL_checkstring(L, 2),
-                                    luaL_optstring(L, 3, NULL)));
-    return 1;
-}
-
-/* core.forget_task_state(id): an operator requeued the task; it may run again. */
-static int l_forget_task_state(lua_State *L)
-{
-    bq_state_forget(luaL_checkstring(L, 1));
-    return 0;
-}
-
 /* ---- Signals ---------------------------------------------------------------------------------
  * run() traps SIGINT and SIGTERM while it waits: the handler only writes the signal number to
  * a pipe, which the waiting thread polls. Lua is never touched from a signal handler. */
@@ -449,9 +421,6 @@ static const luaL_Reg core_funcs[] = {
     {"defaults", l_defaults},
     {"backoff", l_backoff},
     {"key_slot", l_key_slot},
-    {"task_state", l_task_state},
-    {"set_task_state", l_set_task_state},
-    {"forget_task_state", l_forget_task_state},
     {"role", l_role},
     {"trap_signals", l_trap_signals},
     {"untrap_signals", l_untrap_signals},
@@ -466,5 +435,6 @@ __attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
     lua_setfield(L, -2, "version");
     bq_lua_open_client(L);
     bq_lua_open_engine(L);
+    bq_lua_open_storage(L);
     return 1;
 }

@@ -27,6 +27,7 @@
 #include "../core/err.h"
 #include "../core/log.h"
 #include "../engine/worker.h"
+#include "../storage/storage.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -44,6 +45,7 @@ struct slot_cfg {
     bool want_results;
     lua_Integer max_message_size;
     bq_worker *w;
+    bq_storage *storage; /* one reference: the task state every handler state shares */
 };
 
 struct slot_state {
@@ -73,6 +75,7 @@ static void slot_cfg_free(struct slot_cfg *c)
         bq_free(c->arg_value[i]);
     bq_free(c->arg_value);
     bq_free(c->arg_index);
+    bq_storage_unref(c->storage);
     bq_free(c);
 }
 
@@ -230,6 +233,8 @@ static const struct {
     {"retry", BQ_OUTCOME_RETRY},         {"dead", BQ_OUTCOME_DEAD},
     {"dropped", BQ_OUTCOME_DROPPED},     {"malformed", BQ_OUTCOME_MALFORMED},
     {"interrupted", BQ_OUTCOME_INTERRUPTED}, {"deferred", BQ_OUTCOME_DEFERRED},
+    {"canceled", BQ_OUTCOME_CANCELED},   {"paused", BQ_OUTCOME_PAUSED},
+    {"waiting", BQ_OUTCOME_WAITING},
 };
 
 static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome *out)
@@ -282,7 +287,14 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
         lua_getfield(L, 5, "attempt");
         lua_Integer attempt = lua_tointeger(L, -1);
         out->attempt = attempt > 0 && attempt < 1000000 ? (int)attempt : 1;
-        lua_pop(L, 3);
+        lua_getfield(L, 5, "state");
+        copy_field(out->state, sizeof out->state, L, -1);
+        if (out->kind == BQ_OUTCOME_COMPLETED) { /* a result travels as info.result */
+            lua_getfield(L, 5, "result");
+            out->json = dup_lua(L, -1);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 4);
     } else if (out->kind == BQ_OUTCOME_COMPLETED) {
         out->json = dup_lua(L, 5);
     } else if (status == NULL || out->kind == BQ_OUTCOME_DEAD) {
@@ -314,7 +326,10 @@ static int push_limit_error(lua_State *L, struct slot_state *s)
 {
     const char *code, *msg;
     char buf[96];
-    if (atomic_load(&s->ctl->interrupt)) {
+    if (atomic_load(&s->ctl->control) == BQ_CONTROL_CANCEL) {
+        code = "ECANCELED";
+        msg = "the task was canceled";
+    } else if (atomic_load(&s->ctl->interrupt)) {
         code = "EINTERRUPTED";
         msg = "the handler was interrupted: the worker is shutting down";
     } else if (s->deadline > 0 && bq_now_mono() > s->deadline) {
@@ -329,7 +344,24 @@ static int push_limit_error(lua_State *L, struct slot_state *s)
     lua_setfield(L, -2, "code");
     lua_pushstring(L, msg);
     lua_setfield(L, -2, "message");
-    lua_pushboolean(L, 1);
+    lua_pushboolean(L, strcmp(code, "ECANCELED") != 0);
+    lua_setfield(L, -2, "retryable");
+    return 1;
+}
+
+/* Pushes the error of a pause asked for the running task, or returns 0. Pauses happen only
+ * at yield points (binduq calls), never in the count hook: the handler decides what its
+ * checkpoint holds. */
+static int push_pause_error(lua_State *L, struct slot_state *s)
+{
+    if (atomic_load(&s->ctl->control) != BQ_CONTROL_PAUSE)
+        return 0;
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, "EPAUSED");
+    lua_setfield(L, -2, "code");
+    lua_pushstring(L, "the task was paused");
+    lua_setfield(L, -2, "message");
+    lua_pushboolean(L, 0);
     lua_setfield(L, -2, "retryable");
     return 1;
 }
@@ -406,9 +438,73 @@ static int l_slot_sleep(lua_State *L)
     }
     double cut = s->deadline > 0 ? s->deadline - bq_now_mono() : t;
     bool full = bq_slot_sleep(s->ctl, t < cut ? t : (cut > 0 ? cut : 0));
-    if ((!full || t >= cut) && push_limit_error(L, s))
+    if ((!full || t >= cut) && (push_limit_error(L, s) || push_pause_error(L, s)))
         return lua_error(L);
     return 0;
+}
+
+/* core.slot_yield() -- a yield point: raises the pending cancel, pause, interrupt or
+ * timeout error of the running handler, if any. Outside a handler state it does nothing. */
+static int l_slot_yield(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    if (s != NULL && (push_limit_error(L, s) || push_pause_error(L, s)))
+        return lua_error(L);
+    return 0;
+}
+
+/* core.slot_task(id|nil) -- names the task this handler state runs, for the control
+ * channel. */
+static int l_slot_task(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    if (s != NULL)
+        bq_slot_set_task(s->ctl, luaL_optstring(L, 1, NULL));
+    return 0;
+}
+
+/* core.slot_control() -> "cancel" | "pause" | nil: what the control channel asked for the
+ * running task. */
+static int l_slot_control(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    int c = s != NULL ? atomic_load(&s->ctl->control) : BQ_CONTROL_NONE;
+    if (c == BQ_CONTROL_CANCEL)
+        lua_pushstring(L, "cancel");
+    else if (c == BQ_CONTROL_PAUSE)
+        lua_pushstring(L, "pause");
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* core.slot_publish(op, id) -> true | nil, msg, code: "cancel" / "pause" on the control
+ * channel of the worker's queue (a handler state handling a queued cancel or pause). */
+static int l_slot_publish(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    static const char *const ops[] = {"cancel", "pause", NULL};
+    int op = luaL_checkoption(L, 1, NULL, ops);
+    const char *id = luaL_checkstring(L, 2);
+    if (s == NULL)
+        return luaL_error(L, "slot_publish is for handler states");
+    bq_err err;
+    if (bq_worker_publish(s->cfg->w, op == 0 ? BQ_CONTROL_CANCEL : BQ_CONTROL_PAUSE, id,
+                          &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.slot_storage() -> the binduq.Storage the worker was started with, or nil. */
+static int l_slot_storage(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    if (s == NULL || s->cfg->storage == NULL)
+        lua_pushnil(L);
+    else
+        bq_lua_push_storage(L, s->cfg->storage);
+    return 1;
 }
 
 static const struct bq_slot_ops lua_slot_ops = {slot_init, slot_handle, slot_fini};
@@ -507,6 +603,9 @@ static void read_slot_cfg(lua_State *L, struct lengine *e)
     c->policy = opt_dup(L, 1, "policy", false);
     c->want_results = bq_lua_opt_boolean(L, 1, "want_results", 0);
     c->max_message_size = bq_lua_opt_integer(L, 1, "max_message_size", 1024 * 1024);
+    if (lua_getfield(L, 1, "storage") != LUA_TNIL)
+        c->storage = bq_storage_ref(bq_lua_check_storage(L, -1));
+    lua_pop(L, 1);
     if (c->script == NULL || c->worker_key == NULL)
         luaL_error(L, "out of memory");
     if (lua_getfield(L, 1, "args") == LUA_TTABLE) {
@@ -695,6 +794,7 @@ static int l_engine_next_event(lua_State *L)
         set_str(L, "type", ev.outcome.type);
         set_str(L, "reason", ev.outcome.reason);
         set_str(L, "json", ev.outcome.json);
+        set_str(L, "task_state", ev.outcome.state);
         lua_pushnumber(L, ev.duration);
         lua_setfield(L, -2, "duration");
         if (ev.outcome.kind == BQ_OUTCOME_RETRY) {
@@ -722,7 +822,8 @@ static int l_engine_stats(lua_State *L)
         {"malformed", s.malformed},     {"skipped", s.skipped},
         {"handed_back", s.handed_back}, {"lease_lost", s.lease_lost},
         {"reaped", s.reaped},           {"rate_limited", s.rate_limited},
-        {"inflight", s.inflight},
+        {"canceled", s.canceled},       {"paused", s.paused},
+        {"waiting", s.waiting},         {"inflight", s.inflight},
     };
     lua_createtable(L, 0, (int)(sizeof f / sizeof f[0]));
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
@@ -784,4 +885,14 @@ void bq_lua_open_engine(lua_State *L)
     lua_setfield(L, -2, "slot_sleep");
     lua_pushcfunction(L, l_rate_limit);
     lua_setfield(L, -2, "rate_limit");
+    lua_pushcfunction(L, l_slot_yield);
+    lua_setfield(L, -2, "slot_yield");
+    lua_pushcfunction(L, l_slot_task);
+    lua_setfield(L, -2, "slot_task");
+    lua_pushcfunction(L, l_slot_control);
+    lua_setfield(L, -2, "slot_control");
+    lua_pushcfunction(L, l_slot_publish);
+    lua_setfield(L, -2, "slot_publish");
+    lua_pushcfunction(L, l_slot_storage);
+    lua_setfield(L, -2, "slot_storage");
 }

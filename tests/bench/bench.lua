@@ -4,6 +4,8 @@
 --   enqueue   100,000 tasks of 300 bytes, pipelined in batches of 1,000, and 10,000 one at a time
 --   process   the 100,000 queued tasks with a no-op Lua handler (one worker process)
 --   pickup    latency from the producer's LPUSH to the handler's start, at idle (1,000 samples)
+--   storage   processing 10,000 tasks with their state in a throwaway PostgreSQL, against the
+--             same run with the state in memory, and pgbench's simple-update rate there
 -- and prints each next to what Redis itself does on the same server in the same run
 -- (redis-benchmark LPUSH and RPOP with a 300-byte payload, and its single-client round trip),
 -- as a ratio, because these machines are shared and noisy. Logging is at "warn" so the
@@ -14,11 +16,13 @@ local bq = require("binduq")
 local core = require("binduq.core")
 local proc = require("helpers.proc")
 local redis = require("helpers.redis")
+local pg = require("helpers.pg")
 
 local N = tonumber(os.getenv("BENCH_TASKS")) or 100000
 local NV = tonumber(os.getenv("BENCH_VARIANT_TASKS")) or 20000
 local N_SYNC = tonumber(os.getenv("BENCH_SYNC_TASKS")) or 10000
 local N_LAT = tonumber(os.getenv("BENCH_LATENCY_SAMPLES")) or 1000
+local N_PG = tonumber(os.getenv("BENCH_PG_TASKS")) or 10000
 local CONCURRENCY = tonumber(os.getenv("BENCH_CONCURRENCY")) or 1
 -- The advanced-pattern runs fetch one task ahead, so a fetch overlaps the handling of the
 -- previous task (the plain run they are compared with does the same).
@@ -59,6 +63,7 @@ print(("binduq %s benchmark: %d tasks of %d bytes, worker concurrency %d"):forma
     bq._VERSION, N, PAYLOAD, CONCURRENCY))
 step("starting a throwaway redis-server")
 local server = redis.start()
+local pg_rate, pg_mem, pgbench_tps_c
 local ok, err = pcall(function()
     say("redis-server %s on 127.0.0.1:%d", server:cli("INFO", "server"):match("redis_version:(%S+)"), server.port)
 
@@ -165,6 +170,40 @@ local ok, err = pcall(function()
     table.sort(lat)
     s:close()
 
+    step(("task state in PostgreSQL: %d tasks, against the same in memory; pgbench on the same server")
+        :format(N_PG))
+    local db = pg.start()
+    local okp, perr = pcall(function()
+        local function stored_run(storage, prefix)
+            local qn = queue .. ":" .. prefix
+            local sp = bq.scheduler{ scheduler = { url = server.url, queue_name = qn, dedup = false },
+                                     storage = storage }
+            local list = {}
+            for i = 1, N_PG do
+                list[#list + 1] = op(i, prefix)
+                if #list == 1000 then assert(sp:schedule_many(list)); list = {} end
+            end
+            sp:close()
+            local wp = make{ url = server.url, queue = qn, concurrency = CONCURRENCY, storage = storage }
+            local t1 = core.monotonic()
+            local st = wp:drain()
+            assert(st.completed == N_PG, ("%s: completed %d of %d"):format(prefix, st.completed, N_PG))
+            wp:close()
+            return N_PG / (core.monotonic() - t1)
+        end
+        pg_mem = stored_run({ type = "memory" }, "pm")
+        pg_rate = stored_run({ type = "postgres", url = db.url }, "pp")
+        local init = proc.sh(("pgbench -i -q -s 1 '%s' 2>&1"):format(db.url))
+        assert(init:find("done", 1, true), "pgbench -i said: " .. init)
+        -- -N: the simple update (one UPDATE, one SELECT, one INSERT per transaction), with
+        -- as many clients as the worker has handler states.
+        local out = proc.sh(("pgbench -N -c %d -j 1 -T 5 '%s' 2>&1"):format(CONCURRENCY, db.url))
+        pgbench_tps_c = tonumber(out:match("tps = ([%d.]+)"))
+        assert(pgbench_tps_c, "pgbench said: " .. out)
+    end)
+    db:stop()
+    assert(okp, perr)
+
     print()
     print("results (ratio = binduq / Redis' own figure on the same server, same run)")
     print(("  enqueue, pipelined      %9.0f tasks/s   %5.2f x redis-benchmark LPUSH (%.0f/s)")
@@ -188,6 +227,10 @@ local ok, err = pcall(function()
     print(("  pickup latency          p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x the LPUSH round trip (%.3f ms)")
         :format(percentile(lat, 0.5), percentile(lat, 0.99), percentile(lat, 0.5) / rtt_p50,
                 percentile(lat, 0.99) / rtt_p50, rtt_p50))
+    print(("  process, PostgreSQL     %9.0f tasks/s   %5.2f x pgbench simple-update (%.0f tps, %d client%s)")
+        :format(pg_rate, pg_rate / pgbench_tps_c, pgbench_tps_c, CONCURRENCY, CONCURRENCY == 1 and "" or "s"))
+    print(("                                            %5.2f x the same run in memory (%.0f/s): %.0f %% of the time in storage")
+        :format(pg_rate / pg_mem, pg_mem, 100 * (1 - pg_rate / pg_mem)))
 end)
 server:stop()
 if not ok then

@@ -224,6 +224,101 @@ TEST(a_failing_slot_init_fails_the_start)
     CHECK_INT(atomic_load(&finis), 2); /* the slots that did start are finalised */
 }
 
+/* ---- The control channel reaches the slot that runs the task ------------------------------ */
+
+static atomic_int sleeper_started, sleeper_control;
+static _Atomic double sleeper_took;
+
+static bq_status ctl_init(void *ud, int index, struct bq_slot_ctl *ctl, void **state,
+                          bq_err *err)
+{
+    (void)ud, (void)index, (void)err;
+    *state = ctl;
+    return BQ_OK;
+}
+
+/* "sleep:<id>" names task <id> for the control channel and sleeps up to 10 s. */
+static void ctl_handle(void *state, const struct bq_msg *msg, struct bq_outcome *out)
+{
+    struct bq_slot_ctl *ctl = state;
+    bq_slot_set_task(ctl, msg->data + 6);
+    double t0 = bq_now_mono();
+    atomic_store(&sleeper_started, 1);
+    bool full = bq_slot_sleep(ctl, 10.0);
+    atomic_store(&sleeper_took, bq_now_mono() - t0);
+    atomic_store(&sleeper_control, full ? -1 : atomic_load(&ctl->control));
+    out->kind = BQ_OUTCOME_CANCELED;
+}
+
+static void control_reaches(const char *url, const char *queue)
+{
+    atomic_store(&sleeper_started, 0);
+    atomic_store(&sleeper_control, 0);
+    struct bq_config cfg = {(char *)url, "test", (char *)queue, 4, 2, 2, 2};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
+    struct bq_slot_ops cops = {ctl_init, ctl_handle, fini};
+    bq_worker *w;
+    bq_err err;
+    CHECK_INT(bq_worker_new(&o, &cops, NULL, &w, &err), BQ_OK);
+    if (w == NULL)
+        return;
+    CHECK_INT(bq_worker_start(w, false, &err), BQ_OK);
+    bq_broker *b = bq_worker_broker(w);
+    struct bq_slice m = {"sleep:T1", 8};
+    size_t pushed;
+    CHECK_INT(b->ops->push(b, queue, &m, 1, &pushed, NULL), BQ_OK);
+    for (int i = 0; i < 500 && !atomic_load(&sleeper_started); i++)
+        usleep(10000);
+    CHECK_INT(atomic_load(&sleeper_started), 1);
+    usleep(100000); /* the listener is subscribed by now */
+    /* Another task's cancel changes nothing; this one's wakes the sleeping handler. */
+    CHECK_INT(bq_worker_publish(w, BQ_CONTROL_CANCEL, "T2", &err), BQ_OK);
+    usleep(50000);
+    CHECK_INT(atomic_load(&sleeper_control), 0);
+    CHECK_INT(bq_worker_publish(w, BQ_CONTROL_PAUSE, "T1", &err), BQ_OK);
+    for (int i = 0; i < 500 && atomic_load(&sleeper_control) == 0; i++)
+        usleep(2000);
+    CHECK_INT(atomic_load(&sleeper_control), BQ_CONTROL_PAUSE);
+    CHECK(atomic_load(&sleeper_took) < 5.0);
+    struct bq_worker_stats st;
+    for (int i = 0; i < 500; i++) {
+        bq_worker_stats(w, &st);
+        if (st.canceled == 1)
+            break;
+        usleep(2000);
+    }
+    CHECK_INT(st.canceled, 1);
+    bq_worker_stop(w);
+    bq_worker_join(w);
+    bq_worker_free(w);
+}
+
+TEST(control_reaches_the_running_slot)
+{
+    control_reaches(NULL, "test:worker:ctl");
+    const char *url = getenv("BQ_REDIS_URL");
+    if (url != NULL && *url != '\0') {
+        char queue[64];
+        snprintf(queue, sizeof queue, "test:worker:ctl:%d", (int)getpid());
+        control_reaches(url, queue);
+    }
+}
+
+TEST(control_messages_parse)
+{
+    char buf[64], id[16];
+    CHECK_INT(bq_control_format(buf, sizeof buf, BQ_CONTROL_CANCEL, "abc"), 10);
+    CHECK_STR(buf, "cancel abc");
+    CHECK_INT(bq_control_parse(buf, strlen(buf), id, sizeof id), BQ_CONTROL_CANCEL);
+    CHECK_STR(id, "abc");
+    CHECK_INT(bq_control_parse("pause x", 7, id, sizeof id), BQ_CONTROL_PAUSE);
+    CHECK_STR(id, "x");
+    CHECK_INT(bq_control_parse("pause ", 6, id, sizeof id), BQ_CONTROL_NONE);
+    CHECK_INT(bq_control_parse("stop x", 6, id, sizeof id), BQ_CONTROL_NONE);
+    CHECK_INT(bq_control_parse("cancel 0123456789abcdefg", 24, id, sizeof id), BQ_CONTROL_NONE);
+    CHECK_INT(bq_control_parse("cancel a\0b", 10, id, sizeof id), BQ_CONTROL_NONE);
+}
+
 TEST(options_are_checked)
 {
     struct bq_config cfg = {NULL, "test", (char *)"q", 2, 2, 2, 2};
@@ -250,5 +345,7 @@ int main(void)
     RUN(stop_interrupts_a_blocked_fetch);
     RUN(a_failing_slot_init_fails_the_start);
     RUN(options_are_checked);
+    RUN(control_reaches_the_running_slot);
+    RUN(control_messages_parse);
     return check_report("test_worker");
 }

@@ -18,6 +18,7 @@ local function worker(opts)
 end
 
 describe("delivery (memory)", function()
+    before_each(function() require("binduq.core").storage_reset() end) -- task state is per process
     setup(function() bq.log_configure{ level = "off" } end)
     teardown(function() bq.log_configure{ level = "info" } end)
 
@@ -178,6 +179,7 @@ describe("delivery (memory)", function()
 end)
 
 describe("dead-letter tools (memory)", function()
+    before_each(function() require("binduq.core").storage_reset() end) -- task state is per process
     setup(function() bq.log_configure{ level = "off" } end)
     teardown(function() bq.log_configure{ level = "info" } end)
 

@@ -11,6 +11,7 @@ local function prefix()
 end
 
 describe("routing (memory)", function()
+    before_each(function() require("binduq.core").storage_reset() end) -- task state is per process
     setup(function() bq.log_configure{ level = "off" } end)
     teardown(function() bq.log_configure{ level = "info" } end)
 
@@ -98,6 +99,7 @@ describe("routing (memory)", function()
 end)
 
 describe("deduplication (memory)", function()
+    before_each(function() require("binduq.core").storage_reset() end) -- task state is per process
     it("pushes a run once per task_id and counts the duplicates", function()
         local q = prefix()
         local s = bq.scheduler{ type = "memory", queue_name = q, dedup_ttl = 1 }
@@ -131,6 +133,7 @@ describe("deduplication (memory)", function()
 end)
 
 describe("rate limits (memory)", function()
+    before_each(function() require("binduq.core").storage_reset() end) -- task state is per process
     setup(function() bq.log_configure{ level = "off" } end)
     teardown(function() bq.log_configure{ level = "info" } end)
 

@@ -10,6 +10,7 @@ local function fresh_queue()
 end
 
 describe("scheduler (memory)", function()
+    before_each(function() require("binduq.core").storage_reset() end) -- task state is per process
     setup(function() bq.log_configure{ level = "off" } end)
     teardown(function() bq.log_configure{ level = "info" } end)
 
@@ -79,6 +80,7 @@ describe("scheduler (memory)", function()
 end)
 
 describe("configuration", function()
+    before_each(function() require("binduq.core").storage_reset() end) -- task state is per process
     setup(function() bq.log_configure{ level = "off" } end)
     teardown(function() bq.log_configure{ level = "info" } end)
     it("rejects a malformed URL naming the part and hiding the password", function()

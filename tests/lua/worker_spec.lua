@@ -17,6 +17,8 @@ end
 
 describe("worker (memory)", function()
     setup(function() bq.log_configure{ level = "off" } end)
+    -- Task state is one table per process: start each test without the others' tasks.
+    before_each(function() require("binduq.core").storage_reset() end)
     teardown(function() bq.log_configure{ level = "info" } end)
 
     it("handles every task exactly once and reports results", function()
@@ -66,13 +68,15 @@ describe("worker (memory)", function()
         s:run{ task_id = "f3", messages = { "fatal" } }
         s:run{ task_id = "f4", messages = { "func" } }
         s:push_raw("this is not json")
-        s:push_raw('{"type":"pause","task_id":"p1"}') -- valid, but no pause handler here
+        s:push_raw('{"type":"pause","task_id":"p1"}') -- built in: an unknown task is recorded paused
         s:run{ task_id = "ok2", messages = { "echo b" } }
         local stats = w:drain()
         assert.are.equal(2, stats.completed)
-        assert.are.equal(5, stats.failed)
+        assert.are.equal(4, stats.failed)
         assert.are.equal(1, stats.malformed)
-        assert.are.equal(6, stats.dead_lettered)
+        assert.are.equal(5, stats.dead_lettered)
+        assert.are.equal(1, stats.paused)
+        assert.are.equal("paused", s:get_task("p1").state)
 
         assert.are.equal("boom", results.f1.error.message:match("boom"))
         assert.are.equal("EHANDLER", results.f1.error.code)
@@ -82,10 +86,10 @@ describe("worker (memory)", function()
         assert.are.equal("EBADINPUT", results.f3.error.code)
         assert.is_false(results.f3.error.retryable)
         assert.are.equal("ERESULT", results.f4.error.code)
-        assert.are.equal("ENOHANDLER", results.p1.error.code)
+        assert.are.equal("paused", results.p1.state)
 
         local dead = s:dead_letters()
-        assert.are.equal(6, #dead)
+        assert.are.equal(5, #dead)
         local by = {}
         for _, d in ipairs(dead) do by[d.task_id or d.message] = d end
         assert.are.equal("this is not json", by["this is not json"].message)
@@ -133,7 +137,8 @@ describe("worker (memory)", function()
             { { handler = print, colour = "red" }, "unknown options key 'colour'" },
             { { handler = print, scheduler = { urll = "x" } }, "unknown scheduler key 'urll'" },
             { { handler = print, scheduler = { type = "kafka" } }, "must be \"redis\" or \"memory\"" },
-            { { handler = print, storage = { type = "postgres" } }, "storage type 'postgres' is not supported" },
+            { { handler = print, storage = { type = "postgres" } }, "storage type \"postgres\" needs a url" },
+            { { handler = print, storage = { type = "redis" } }, "storage type 'redis' is not supported" },
             { { handler = print, max_message_size = 10 }, "max_message_size" },
         }
         for _, c in ipairs(cases) do

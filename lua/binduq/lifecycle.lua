@@ -1,0 +1,450 @@
+--- binduq.lifecycle: what a handler state does with each task operation it is given.
+--
+-- Called from C (src/lua/l_engine.c) once per fetched message, in the handler state's own
+-- Lua state and thread:
+--
+--   process(raw, queue_index) -> status, task_id, type, info
+--     status: "completed" | "skipped" | "retry" | "dead" | "dropped" | "malformed" |
+--             "interrupted" | "deferred" | "canceled" | "paused" | "waiting"
+--     info:   { state=, reason=, error=<json>, header=<retry header line>, delay=, body=,
+--               attempt=, result=<json> }
+--
+-- The task's stored state decides what an operation does (storage.h has the states):
+--
+--   run     submitted -> working -> completed | input-required | auth-required | rejected,
+--           or back to submitted for a retry, or failed. A run of a task that is already
+--           terminal is acknowledged and nothing runs (a duplicate); of a paused one it waits
+--           for the resume; of a working one it is a duplicate unless binduq itself queued it
+--           again (a retry, or a recovery from a dead worker: the "#bq" header says so).
+--   resume  input-required / auth-required: the new messages are appended to the history and
+--           the handler runs again with all of it; paused: the handler runs again with
+--           ctx.saved, the checkpoint it stored.
+--   pause   submitted -> paused at once (the queued run is skipped when fetched); working:
+--           the request is stored and published, and the handler stops at its next yield
+--           point (ctx:checkpoint(), ctx:sleep(), ctx:yield()), its checkpoint kept.
+--   cancel  any open state -> canceled, published so the running handler stops at its next
+--           yield point or within 10,000 Lua instructions (the count hook).
+--
+-- Every change is a compare-and-set in the storage, so a late completion never overwrites
+-- "canceled", and a cancel or pause that missed the control channel is caught when the
+-- handler next checkpoints or finishes.
+--
+-- Decisions (retry or dead-letter, after how long) are made here, in Lua; C carries them out.
+
+local core = require("binduq.core")
+local errors = require("binduq.errors")
+local json = require("binduq.json")
+local retry = require("binduq.retry")
+local storage_mod = require("binduq.storage")
+local task_mod = require("binduq.task")
+
+local M = {}
+
+local TERMINAL = storage_mod.TERMINAL
+local WAITING = { ["input-required"] = true, ["auth-required"] = true }
+
+-- ---- Context: what a handler gets besides the task ------------------------------------------
+
+local Context = {}
+Context.__index = Context
+Context.__name = "binduq.Context"
+M.Context = Context
+
+--- Sleeps for `seconds` (handlers stand in for slow agent calls with it). A yield point: the
+-- sleep ends early, raising an error, on a cancel, a pause, the handler's timeout or a
+-- shutdown.
+function Context:sleep(seconds)
+    core.slot_sleep(seconds)
+end
+
+--- A yield point with no other effect: raises the pending cancel, pause, timeout or
+-- shutdown error, if any.
+function Context:yield()
+    core.slot_yield()
+end
+
+--- Stores `value` (any JSON value) as the task's checkpoint, then is a yield point. After a
+-- pause, the resumed handler finds it in ctx.saved, on whichever worker runs it.
+function Context:checkpoint(value)
+    local text, jerr = json.encode(value == nil and json.null or value)
+    if not text then error("checkpoint: the value cannot be encoded as JSON: " .. tostring(jerr), 2) end
+    local changed, state, requested = self._store:change{ id = self.task_id, from = "working", checkpoint = text }
+    if changed == nil then
+        error({ code = "ESTORAGE", message = "checkpoint: " .. tostring(state), retryable = true }, 2)
+    end
+    self.saved = value
+    if not changed and state == "canceled" then
+        error({ code = "ECANCELED", message = "the task was canceled", retryable = false }, 2)
+    end
+    if requested == "pause" then
+        error({ code = "EPAUSED", message = "the task was paused", retryable = false }, 2)
+    end
+    core.slot_yield()
+end
+
+--- Logs an event with the task's id, queue and worker added.
+function Context:log(level, event, fields)
+    local f = { task_id = self.task_id, queue = self.queue, worker = self.worker_id }
+    for k, v in pairs(fields or {}) do f[k] = v end
+    core.log(level, event, f)
+end
+
+-- ---- Results ----------------------------------------------------------------------------------
+
+local SETTLE = { completed = true, ["input-required"] = true, ["auth-required"] = true, rejected = true }
+local RESPONSE_KEYS = { state = true, message = true, prompt = true, artifacts = true, result = true }
+
+-- What a handler's return value stores: the agent's message appended to the history, the
+-- artifacts, and the state. A string is the agent's answer; a table with any of `state`,
+-- `message`, `prompt`, `artifacts`, `result` is a response; any other table is a result,
+-- stored as a data artifact. Returns state, messages (array), artifacts (array) or nil, why.
+local function response(res)
+    if res == nil then return "completed", {}, {} end
+    if type(res) == "string" then return "completed", { { role = "agent", content = res } }, {} end
+    if type(res) ~= "table" then
+        return "completed", {}, { { name = "result", parts = { { kind = "data", data = res } } } }
+    end
+    local is_response = false
+    for k in pairs(res) do
+        if RESPONSE_KEYS[k] then is_response = true break end
+    end
+    if not is_response then
+        return "completed", {}, { { name = "result", parts = { { kind = "data", data = res } } } }
+    end
+    local state = res.state or "completed"
+    if not SETTLE[state] then
+        return nil, "a handler's response state must be completed, input-required, auth-required or rejected (got "
+            .. tostring(state) .. "; raise an error to fail)"
+    end
+    local msgs = {}
+    local m = res.message or res.prompt
+    if type(m) == "string" then
+        msgs[1] = { role = "agent", content = m, kind = WAITING[state] and state or nil }
+    elseif type(m) == "table" then
+        msgs[1] = m
+    elseif m ~= nil then
+        return nil, "a response's message must be a string or a message table"
+    end
+    local arts = res.artifacts or {}
+    if type(arts) ~= "table" then return nil, "a response's artifacts must be an array" end
+    if res.result ~= nil then
+        arts[#arts + 1] = { name = "result", parts = { { kind = "data", data = res.result } } }
+    end
+    return state, msgs, arts
+end
+M.response = response
+
+local function enc_array(t)
+    if #t == 0 then return nil end
+    return json.encode(t)
+end
+
+-- ---- The per-message function ---------------------------------------------------------------
+
+function M.make_process(w, info)
+    local handlers = w.handlers
+    local max = info.max_message_size
+    local want_results = info.want_results
+    local debug_on = core.log_enabled("debug")
+    local store = core.slot_storage()
+    if not store then error("the worker engine gave this handler state no storage") end
+    -- The main state's numbers win over this state's copy of the options (they are the same
+    -- for a plain script; a script that computes options differently per state still gets
+    -- one policy). Functions cannot travel: on_failure is this state's own.
+    local p = info.policy and json.decode(info.policy) or {}
+    local max_attempts = p.max_attempts or w.max_attempts
+    local timeout = p.timeout or w.timeout
+    local rl = p.rate_limit or w.rate_limit
+    local rate_key = w.rate_key
+    local on_failure = w.on_failure
+    local default_policy = retry.default{ max_attempts = max_attempts, retry_base = p.retry_base or w.retry_base,
+                                          retry_cap = p.retry_cap or w.retry_cap }
+
+    local function log_storage(id, what, msg)
+        core.log("error", "storage_error", { task_id = id, op = what, error = msg, worker = info.worker_id })
+    end
+
+    -- Asks the failure policy, then turns its decision into an outcome.
+    local function failed(task, e, header)
+        local attempt = header.attempt
+        local d, pwhy = nil, nil
+        if on_failure then
+            local ok, r = pcall(on_failure, task, e, attempt)
+            if ok then d = r else pwhy = "on_failure raised: " .. tostring(r) end
+        end
+        local okd, kind, dd
+        if not pwhy then
+            okd, kind, dd = pcall(retry.check, d or default_policy(task, e, attempt))
+            if not okd then pwhy = "on_failure: " .. tostring(kind) end
+        end
+        local ej = json.encode(errors.plain(e)) or json.encode({ code = e.code, message = tostring(e.message) })
+        if pwhy then
+            core.log("error", "policy_failed", { task_id = task.task_id, queue = info.queue, error = pwhy })
+            kind, dd = "dead", { reason = pwhy }
+        end
+        local out = { reason = dd.reason or e.message, error = ej, body = header.body, attempt = attempt }
+        local ok, serr
+        if kind == "retry" then
+            local nh = { attempt = attempt + 1, id = core.uuid4(), redelivered = header.redelivered }
+            out.header = task_mod.header(nh)
+            out.delay = dd.retry
+            out.reason = e.message
+            out.state = "submitted"
+            ok, serr = store:change{ id = task.task_id, from = "working", to = "submitted", error = ej }
+        else
+            out.state = "failed"
+            ok, serr = store:change{ id = task.task_id, from = "working,submitted", to = "failed", error = ej }
+        end
+        if ok == nil then log_storage(task.task_id, kind, serr) end
+        return kind, task.task_id, task.type, out
+    end
+
+    local function storage_failed(task, header, what, msg, code)
+        log_storage(task.task_id, what, msg)
+        return failed(task, { code = "ESTORAGE", message = "storage (" .. what .. "): " .. tostring(msg)
+                              .. (code and " [" .. code .. "]" or ""), retryable = true }, header)
+    end
+
+    local function skipped(task, header, reason, state)
+        return "skipped", task.task_id, task.type, { reason = reason, attempt = header.attempt, state = state or nil }
+    end
+
+    -- cancel: any open state -> canceled, and the running handler (wherever it runs) is told.
+    local function do_cancel(task, header)
+        local id = task.task_id
+        local changed, state, code = store:change{ id = id, to = "canceled" }
+        if changed == nil then return storage_failed(task, header, "cancel", state, code) end
+        if state == false then
+            -- Not stored (yet): record the cancel, so a run that comes later is skipped.
+            local ok, st2, c2 = store:create{ id = id, state = "canceled", context_id = task.conversation_id }
+            if ok == nil then return storage_failed(task, header, "cancel", st2, c2) end
+            changed, state = ok, st2
+        end
+        core.slot_publish("cancel", id)
+        if handlers.cancel then
+            local ok, e = pcall(handlers.cancel, task, setmetatable({ task_id = id, queue = task.queue }, Context))
+            if not ok then core.log("warn", "cancel_hook_failed", { task_id = id, error = tostring(e) }) end
+        end
+        if changed then
+            return "canceled", id, task.type, { reason = "canceled", attempt = header.attempt, state = "canceled" }
+        end
+        return skipped(task, header, "the task is already " .. tostring(state), state)
+    end
+
+    -- pause: a queued task is paused at once; a running one is asked to stop at a yield point.
+    local function do_pause(task, header)
+        local id = task.task_id
+        local changed, state, code = store:change{ id = id, from = "submitted", to = "paused" }
+        if changed == nil then return storage_failed(task, header, "pause", state, code) end
+        if state == false then
+            local ok, st2, c2 = store:create{ id = id, state = "paused", context_id = task.conversation_id }
+            if ok == nil then return storage_failed(task, header, "pause", st2, c2) end
+            changed, state = ok, st2
+        end
+        if not changed and state == "working" then
+            store:change{ id = id, from = "working", requested = "pause" }
+            core.slot_publish("pause", id)
+            return skipped(task, header, "pause requested from the running handler", "working")
+        end
+        if handlers.pause then
+            local ok, e = pcall(handlers.pause, task, setmetatable({ task_id = id, queue = task.queue }, Context))
+            if not ok then core.log("warn", "pause_hook_failed", { task_id = id, error = tostring(e) }) end
+        end
+        if changed then
+            return "paused", id, task.type, { reason = "paused before it ran", attempt = header.attempt, state = "paused" }
+        end
+        return skipped(task, header, "nothing to pause: the task is " .. tostring(state), state)
+    end
+
+    -- The outcome of a handler that returned normally.
+    local function settle(task, header, res)
+        local id = task.task_id
+        local state, msgs, arts = response(res)
+        if not state then
+            return failed(task, { code = "ERESULT", message = msgs, retryable = false }, header)
+        end
+        local h, a = enc_array(msgs), enc_array(arts)
+        if (#msgs > 0 and not h) or (#arts > 0 and not a) then
+            return failed(task, { code = "ERESULT", message = "the handler's message or artifacts cannot be encoded as JSON",
+                                  retryable = false }, header)
+        end
+        local rj
+        if want_results then
+            local jerr
+            rj, jerr = json.encode(res == nil and json.null or res)
+            if not rj then
+                return failed(task, { code = "ERESULT", message = "the handler's result cannot be encoded as JSON: " .. jerr,
+                                      retryable = false }, header)
+            end
+        end
+        local changed, now, code = store:change{ id = id, from = "working", to = state, append_history = h,
+                                                 append_artifacts = a, requested = "", error = "" }
+        if changed == nil then return storage_failed(task, header, "complete", now, code) end
+        if not changed then
+            if now == "canceled" then
+                core.log("info", "late_result_ignored", { task_id = id, worker = info.worker_id, state = now })
+                return "canceled", id, task.type, { reason = "canceled while it ran; its result was not stored",
+                                                    attempt = header.attempt, state = now }
+            end
+            return skipped(task, header, "the task changed to " .. tostring(now) .. " while it ran", now or nil)
+        end
+        if WAITING[state] then
+            return "waiting", id, task.type, { state = state, attempt = header.attempt, result = rj }
+        end
+        return "completed", id, task.type, { state = state, attempt = header.attempt, result = rj }
+    end
+
+    -- What a run or resume may start from, given the stored record; or nil and why not.
+    local function start_from(task, header, rec)
+        local state = rec.state
+        local requeued = header.attempt > 1 or header.redelivered or header.deferred or header.requeued
+        if TERMINAL[state] then return nil, "the task is already " .. state end
+        if task.type == "run" then
+            if state == "submitted" then return state end
+            if state == "working" and requeued then return state end
+            if state == "paused" then return nil, "the task is paused; a resume runs it" end
+            if state == "working" then return nil, "the task is already running (a duplicate run)" end
+            return nil, "the task waits for input (" .. state .. "); send a resume"
+        end
+        if WAITING[state] or state == "paused" then return state, true end
+        if requeued and (state == "submitted" or state == "working") then return state end
+        if state == "working" and rec.requested == "pause" then
+            store:change{ id = task.task_id, from = "working", requested = "" }
+            return nil, "the resume withdrew a pause that had not happened yet"
+        end
+        return nil, "nothing to resume: the task is " .. state
+    end
+
+    -- run and resume: start the handler from the stored history (and checkpoint).
+    local function do_run(task, header, raw)
+        local id = task.task_id
+        local rec, err, code = store:get(id)
+        if rec == nil then return storage_failed(task, header, "load", err, code) end
+        if rec == false then
+            if task.type == "resume" then return skipped(task, header, "nothing to resume: the task is unknown") end
+            -- Queued by a producer that keeps no state here (Bindu's, a raw LPUSH): record it.
+            local ok, st2, c2 = store:create{ id = id, context_id = task.conversation_id, queue = task.queue,
+                                              history = json.array(task.messages or {}),
+                                              metadata = task.metadata and json.encode(task.metadata) or nil }
+            if ok == nil then return storage_failed(task, header, "create", st2, c2) end
+            rec, err, code = store:get(id)
+            if not rec then return storage_failed(task, header, "load", err or "the new task vanished", code) end
+        end
+        local from, append = start_from(task, header, rec)
+        if not from then return skipped(task, header, append, rec.state) end
+        local limit = task.max_attempts or max_attempts
+        if header.attempt > limit then
+            -- Only recoveries from dead workers get here: each used up an attempt.
+            store:change{ id = id, to = "failed", error = json.encode({ code = "EATTEMPTS",
+                          message = "its workers stopped while running it" }) }
+            return "dead", id, task.type, {
+                reason = ("attempt %d exceeds max_attempts %d: its workers stopped while running it")
+                    :format(header.attempt, limit),
+                body = header.body, attempt = header.attempt - 1, state = "failed",
+            }
+        end
+        local admitted_at
+        if rl then
+            -- Admission under the rate limit: over it, the task is queued again (its lease
+            -- released) for the time the limiter names, and other keys keep flowing.
+            local key = "*"
+            if rate_key then
+                local okk, k = pcall(rate_key, task)
+                if not okk then
+                    return failed(task, { code = "ERATEKEY", message = "rate_key raised: " .. tostring(k),
+                                          retryable = false }, header)
+                end
+                key = k
+            end
+            if key ~= nil and key ~= false then
+                local nh = {}
+                for k2, v in pairs(header) do nh[k2] = v end
+                nh.body, nh.id, nh.deferred = nil, core.uuid4(), (header.deferred or 0) + 1
+                local next_msg = task_mod.header(nh) .. "\n" .. raw:sub(header.body + 1)
+                local admitted, when, rcode = core.rate_limit(tostring(key), rl.limit, rl.period, next_msg)
+                if admitted == nil then
+                    return failed(task, { code = rcode or "ERATELIMIT", message = "rate limiter: " .. tostring(when),
+                                          retryable = true }, header)
+                end
+                if not admitted then
+                    return "deferred", id, task.type, { delay = when, reason = "rate limited", attempt = header.attempt }
+                end
+                admitted_at = when
+            end
+        end
+        local h = (task.type == "resume" and handlers.resume) or handlers.run
+        if not h then
+            return failed(task, { code = "ENOHANDLER", message = "no handler for '" .. task.type .. "' in this worker",
+                                  retryable = false }, header)
+        end
+        -- Name the task for the control channel before the state says "working", so a cancel
+        -- stored after this change is always published to a slot that knows the task.
+        core.slot_task(id)
+        local new_msgs = append and task.messages and #task.messages > 0 and task.messages or nil
+        local changed, now, c3 = store:change{ id = id, from = from, to = "working", count_attempt = true,
+                                               worker = info.worker_id, requested = "",
+                                               append_history = new_msgs and json.encode(new_msgs) or nil }
+        if changed == nil then return storage_failed(task, header, "start", now, c3) end
+        if not changed then
+            return skipped(task, header, "the task changed to " .. tostring(now) .. " before it started", now or nil)
+        end
+        local history = json.decode(rec.history) or {}
+        for _, m in ipairs(new_msgs or {}) do history[#history + 1] = m end
+        task.history, task.messages = history, history
+        task.artifacts = json.decode(rec.artifacts) or {}
+        if debug_on then
+            core.log("debug", "consumed", { task_id = id, type = task.type, queue = task.queue,
+                                            worker = info.worker_id, attempt = header.attempt })
+        end
+        local saved = rec.checkpoint and json.decode(rec.checkpoint)
+        if saved == json.null then saved = nil end
+        local ctx = setmetatable({ task_id = id, context_id = rec.context_id, queue = task.queue,
+                                   worker_id = info.worker_id, slot = info.slot, attempt = header.attempt,
+                                   admitted_at = admitted_at, saved = saved, resumed = task.type == "resume",
+                                   _store = store }, Context)
+        core.limit(task.timeout or timeout)
+        local ok, res, herr = xpcall(h, errors.handler, task, ctx)
+        core.unlimit()
+        if ok and res == nil and herr ~= nil then
+            ok, res = false, errors.normalize(herr)
+        end
+        if ok then return settle(task, header, res) end
+        if res.code == "ECANCELED" or core.slot_control() == "cancel" then
+            local c4, s4 = store:change{ id = id, to = "canceled" }
+            if c4 == nil then log_storage(id, "cancel", s4) end
+            return "canceled", id, task.type, { reason = "canceled while it ran", attempt = header.attempt,
+                                                state = "canceled" }
+        end
+        if res.code == "EPAUSED" then
+            local c5, s5 = store:change{ id = id, from = "working", to = "paused", requested = "" }
+            if c5 == nil then return storage_failed(task, header, "pause", s5) end
+            if not c5 then return skipped(task, header, "the task changed to " .. tostring(s5) .. " while pausing", s5 or nil) end
+            return "paused", id, task.type, { reason = "paused at a yield point", attempt = header.attempt, state = "paused" }
+        end
+        if res.code == "EINTERRUPTED" then
+            store:change{ id = id, from = "working", to = "submitted" }
+            return "interrupted", id, task.type, { reason = res.message, attempt = header.attempt, state = "submitted" }
+        end
+        return failed(task, res, header)
+    end
+
+    return function(raw, qi)
+        local queue = info.queues[qi] or info.queue
+        local task, why, partial, header = task_mod.decode(raw, max)
+        if not task then
+            partial = partial or {}
+            return "malformed", partial.task_id, partial.type,
+                   { reason = why, body = header.body, attempt = header.attempt }
+        end
+        task.queue, task.attempt = queue, header.attempt
+        if header.requeued then
+            -- An operator requeued it from the dead-letter list: the failed task may run again.
+            store:change{ id = task.task_id, from = "failed", to = "submitted", error = "" }
+        end
+        if task.type == "cancel" then return do_cancel(task, header) end
+        if task.type == "pause" then return do_pause(task, header) end
+        return do_run(task, header, raw)
+    end
+end
+
+return M

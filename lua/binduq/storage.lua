@@ -1,0 +1,74 @@
+--- binduq.storage: where task state lives (in memory, or PostgreSQL through libpq).
+--
+--   storage = { type = "postgres", url = "postgresql://user:pass@host:5432/db",
+--               schema = "binduq", max_connections = 4, connect_timeout = 5 }
+--
+-- With no storage section, DATABASE_URL selects PostgreSQL; without it the state is kept in
+-- the memory of this process. The mechanism (pool, schema migration, compare-and-set
+-- transitions) is C (src/storage/); this module resolves the configuration and turns the
+-- stored JSON columns into Lua values.
+
+local core = require("binduq.core")
+local config = require("binduq.config")
+local json = require("binduq.json")
+
+local M = {}
+
+--- Resolves a storage section against DATABASE_URL and the defaults. Raises on bad options.
+function M.section(s, level)
+    level = (level or 1) + 1
+    config.check_storage(s, level)
+    s = s or {}
+    local url = s.url
+    local ty = s.type
+    if ty == nil then
+        url = url or os.getenv("DATABASE_URL")
+        if url == "" then url = nil end
+        ty = url and "postgres" or "memory"
+    end
+    if ty == "postgresql" then ty = "postgres" end
+    if ty == "postgres" then
+        url = url or os.getenv("DATABASE_URL")
+        if url == nil or url == "" then
+            error("storage type \"postgres\" needs a url (storage.url or DATABASE_URL)", level)
+        end
+    else
+        url = nil
+    end
+    if s.max_connections ~= nil and (math.type(s.max_connections) ~= "integer" or s.max_connections < 1) then
+        error("storage.max_connections must be a whole number >= 1", level)
+    end
+    return { type = ty, url = url, schema = s.schema, max_connections = s.max_connections,
+             connect_timeout = s.connect_timeout }
+end
+
+--- Opens a resolved section: a binduq.Storage handle, or nil, message, code.
+function M.open(section)
+    return core.storage(section)
+end
+
+local function decode(text)
+    if text == nil then return nil end
+    local v = json.decode(text)
+    if v == json.null then return nil end
+    return v
+end
+
+--- A stored record as the Lua API shows it (get_task, list_tasks).
+function M.view(rec)
+    if not rec then return nil end
+    return {
+        task_id = rec.id, context_id = rec.context_id, state = rec.state, queue = rec.queue,
+        history = decode(rec.history) or {}, artifacts = decode(rec.artifacts) or {},
+        metadata = decode(rec.metadata) or {}, checkpoint = decode(rec.checkpoint),
+        error = decode(rec.error), requested = rec.requested, worker = rec.worker,
+        attempts = rec.attempts, created_at = rec.created_at, updated_at = rec.updated_at,
+        state_at = rec.state_at,
+    }
+end
+
+M.TERMINAL = { completed = true, failed = true, canceled = true, rejected = true }
+M.OPEN = { submitted = true, working = true, ["input-required"] = true, ["auth-required"] = true,
+           paused = true }
+
+return M

@@ -1,0 +1,290 @@
+/*
+ * l_storage.c -- binduq.Storage: task state (storage/storage.h) seen from Lua.
+ *
+ *   local st = core.storage{type=, url=, schema=, max_connections=, connect_timeout=}
+ *   st:create{id=, context_id=, queue=, state=, history=<json>, metadata=<json>}
+ *       -> created, state
+ *   st:get(id)               -> record | false (unknown)
+ *   st:change{id=, from=, to=, append_history=, append_artifacts=, checkpoint=, error=,
+ *             requested=, worker=, count_attempt=}  -> changed, state | false, requested
+ *   st:list{state=, context_id=, older_than=, limit=}  -> {record, ...}
+ *   st:remove(id) -> existed      st:ping() -> true      st:kind() -> "memory" | "postgres"
+ *   st:close()
+ *   core.slot_storage() -> the storage of the worker this handler state serves (or nil)
+ *
+ * A record has the columns of storage.h; JSON columns stay JSON text (lua/binduq/storage.lua
+ * decodes them). Run-time failures return nil, message, code. A handle holds one reference
+ * to the storage, so the engine and every handler state can share one pool.
+ */
+#include "binding.h"
+
+#include "../core/err.h"
+#include "../storage/storage.h"
+
+#include <string.h>
+
+struct lstorage {
+    bq_storage *s; /* one reference; NULL once closed */
+};
+
+static bq_storage *check_storage(lua_State *L)
+{
+    struct lstorage *u = luaL_checkudata(L, 1, BQ_STORAGE_MT);
+    if (u->s == NULL)
+        luaL_error(L, "attempt to use a closed storage");
+    return u->s;
+}
+
+void bq_lua_push_storage(lua_State *L, bq_storage *s)
+{
+    struct lstorage *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->s = NULL;
+    luaL_setmetatable(L, BQ_STORAGE_MT);
+    u->s = bq_storage_ref(s);
+}
+
+bq_storage *bq_lua_check_storage(lua_State *L, int idx)
+{
+    struct lstorage *u = luaL_checkudata(L, idx, BQ_STORAGE_MT);
+    if (u->s == NULL)
+        luaL_error(L, "attempt to use a closed storage");
+    return u->s;
+}
+
+/* core.storage(opts) -- may raise on bad options; a failure to connect returns nil, msg. */
+static int l_storage_new(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    struct bq_storage_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.type = bq_lua_opt_string(L, 1, "type");
+    cfg.url = bq_lua_opt_string(L, 1, "url");
+    cfg.schema = bq_lua_opt_string(L, 1, "schema");
+    cfg.max_connections = (int)bq_lua_opt_integer(L, 1, "max_connections", 0);
+    cfg.connect_timeout = bq_lua_opt_number(L, 1, "connect_timeout", 0);
+    struct lstorage *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->s = NULL;
+    luaL_setmetatable(L, BQ_STORAGE_MT);
+    bq_err err;
+    bq_status st = bq_storage_open(&cfg, &u->s, &err);
+    if (st != BQ_OK)
+        return bq_lua_fail(L, &err);
+    return 1;
+}
+
+static int l_storage_close(lua_State *L)
+{
+    struct lstorage *u = luaL_checkudata(L, 1, BQ_STORAGE_MT);
+    bq_storage_unref(u->s);
+    u->s = NULL;
+    return 0;
+}
+
+static const char *opt_str(lua_State *L, const char *key)
+{
+    return bq_lua_opt_string(L, 2, key);
+}
+
+static void set_s(lua_State *L, const char *key, const char *v)
+{
+    if (v != NULL) {
+        lua_pushstring(L, v);
+        lua_setfield(L, -2, key);
+    }
+}
+
+static void set_n(lua_State *L, const char *key, double v)
+{
+    lua_pushnumber(L, v);
+    lua_setfield(L, -2, key);
+}
+
+/* Pushes a record as a table. Memory errors may raise: callers clear r before that matters
+ * only in the list case, where the array is anchored by the caller... see l_storage_list. */
+static void push_rec(lua_State *L, const struct bq_task_rec *r)
+{
+    lua_createtable(L, 0, 15);
+    set_s(L, "id", r->id);
+    set_s(L, "context_id", r->context_id);
+    set_s(L, "state", r->state);
+    set_s(L, "queue", r->queue);
+    set_s(L, "history", r->history);
+    set_s(L, "artifacts", r->artifacts);
+    set_s(L, "metadata", r->metadata);
+    set_s(L, "checkpoint", r->checkpoint);
+    set_s(L, "error", r->error);
+    set_s(L, "requested", r->requested);
+    set_s(L, "worker", r->worker);
+    lua_pushinteger(L, r->attempts);
+    lua_setfield(L, -2, "attempts");
+    set_n(L, "created_at", r->created_at);
+    set_n(L, "updated_at", r->updated_at);
+    set_n(L, "state_at", r->state_at);
+}
+
+static int l_storage_create(lua_State *L)
+{
+    bq_storage *s = check_storage(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    struct bq_task_new t = {
+        opt_str(L, "id"),    opt_str(L, "context_id"), opt_str(L, "queue"),
+        opt_str(L, "state"), opt_str(L, "history"),    opt_str(L, "metadata"),
+    };
+    if (t.id == NULL)
+        return luaL_argerror(L, 2, "field 'id' is required");
+    struct bq_task_result res;
+    bq_err err;
+    if (s->ops->create(s, &t, &res, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushboolean(L, res.changed);
+    lua_pushstring(L, res.state);
+    return 2;
+}
+
+static int l_storage_get(lua_State *L)
+{
+    bq_storage *s = check_storage(L);
+    const char *id = luaL_checkstring(L, 2);
+    struct bq_task_rec r;
+    bool found = false;
+    bq_err err;
+    if (s->ops->get(s, id, &r, &found, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    if (!found) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    /* Copy into Lua before anything may raise; then free. lua_createtable and friends can
+     * only raise on out-of-memory, where leaking one record is the lesser evil. */
+    push_rec(L, &r);
+    bq_task_rec_clear(&r);
+    return 1;
+}
+
+static int l_storage_change(lua_State *L)
+{
+    bq_storage *s = check_storage(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    struct bq_task_change c = {
+        .id = opt_str(L, "id"),
+        .from = opt_str(L, "from"),
+        .to = opt_str(L, "to"),
+        .append_history = opt_str(L, "append_history"),
+        .append_artifacts = opt_str(L, "append_artifacts"),
+        .checkpoint = opt_str(L, "checkpoint"),
+        .error = opt_str(L, "error"),
+        .requested = opt_str(L, "requested"),
+        .worker = opt_str(L, "worker"),
+        .count_attempt = bq_lua_opt_boolean(L, 2, "count_attempt", 0),
+    };
+    if (c.id == NULL)
+        return luaL_argerror(L, 2, "field 'id' is required");
+    struct bq_task_result res;
+    bq_err err;
+    if (s->ops->change(s, &c, &res, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushboolean(L, res.changed);
+    if (res.found)
+        lua_pushstring(L, res.state);
+    else
+        lua_pushboolean(L, 0);
+    lua_pushstring(L, res.requested);
+    return 3;
+}
+
+static int l_storage_list(lua_State *L)
+{
+    bq_storage *s = check_storage(L);
+    struct bq_task_filter f = {NULL, NULL, 0, 0};
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        f.state = opt_str(L, "state");
+        f.context_id = opt_str(L, "context_id");
+        f.older_than = bq_lua_opt_number(L, 2, "older_than", 0);
+        f.limit = (int)bq_lua_opt_integer(L, 2, "limit", 100);
+    }
+    struct bq_task_rec *v = NULL;
+    size_t n = 0;
+    bq_err err;
+    if (s->ops->list(s, &f, &v, &n, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        push_rec(L, &v[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    bq_task_recs_free(v, n);
+    return 1;
+}
+
+static int l_storage_remove(lua_State *L)
+{
+    bq_storage *s = check_storage(L);
+    bool found = false;
+    bq_err err;
+    if (s->ops->remove(s, luaL_checkstring(L, 2), &found, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushboolean(L, found);
+    return 1;
+}
+
+static int l_storage_ping(lua_State *L)
+{
+    bq_storage *s = check_storage(L);
+    bq_err err;
+    if (s->ops->ping(s, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_storage_kind(lua_State *L)
+{
+    lua_pushstring(L, check_storage(L)->ops->name);
+    return 1;
+}
+
+static int l_storage_tostring(lua_State *L)
+{
+    struct lstorage *u = luaL_checkudata(L, 1, BQ_STORAGE_MT);
+    if (u->s == NULL)
+        lua_pushstring(L, "binduq.Storage (closed)");
+    else
+        lua_pushfstring(L, "binduq.Storage: %s", u->s->ops->name);
+    return 1;
+}
+
+/* core.storage_reset() -- forgets every task of the memory storage (tests). */
+static int l_storage_reset(lua_State *L)
+{
+    (void)L;
+    bq_storage_mem_reset();
+    return 0;
+}
+
+static const luaL_Reg storage_methods[] = {
+    {"create", l_storage_create}, {"get", l_storage_get},       {"change", l_storage_change},
+    {"list", l_storage_list},     {"remove", l_storage_remove}, {"ping", l_storage_ping},
+    {"kind", l_storage_kind},     {"close", l_storage_close},   {NULL, NULL},
+};
+
+static const luaL_Reg storage_meta[] = {
+    {"__gc", l_storage_close},
+    {"__close", l_storage_close},
+    {"__tostring", l_storage_tostring},
+    {NULL, NULL},
+};
+
+void bq_lua_open_storage(lua_State *L)
+{
+    if (luaL_newmetatable(L, BQ_STORAGE_MT)) {
+        luaL_setfuncs(L, storage_meta, 0);
+        luaL_newlib(L, storage_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_storage_new);
+    lua_setfield(L, -2, "storage");
+    lua_pushcfunction(L, l_storage_reset);
+    lua_setfield(L, -2, "storage_reset");
+}

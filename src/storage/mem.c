@@ -1,0 +1,420 @@
+/*
+ * mem.c -- the in-memory storage: task records of this process (see storage.h).
+ *
+ * One store per process, shared by every handle, so a producer and a worker in the same
+ * process see the same tasks (the memory broker is shared the same way). Records live in an
+ * open-addressing hash table (linear probing, power-of-two size, tombstones) and on a list in
+ * creation order; past MEM_CAPACITY records the oldest is forgotten, terminal or not, which
+ * the README states. One mutex guards everything: each operation is a few microseconds.
+ */
+#include "storage.h"
+
+#include "../core/alloc.h"
+#include "../core/clock.h"
+#include "../core/err.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#define MEM_CAPACITY 100000
+#define TABLE_SIZE (1u << 18) /* > 2 x capacity keeps probes short */
+
+struct mrec {
+    struct bq_task_rec r;        /* owned strings */
+    struct mrec *newer, *older;  /* creation order */
+};
+
+static char tombstone;
+#define TOMBSTONE ((struct mrec *)(void *)&tombstone)
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static struct mrec **table; /* TABLE_SIZE slots, allocated on first use */
+static struct mrec *newest, *oldest;
+static size_t count, used;  /* records; slots not NULL (records plus tombstones) */
+
+static uint32_t hash(const char *s)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+static bool ensure(void)
+{
+    if (table == NULL)
+        table = bq_calloc(TABLE_SIZE, sizeof *table);
+    return table != NULL;
+}
+
+/* The slot index holding id, or -1. */
+static long find(const char *id)
+{
+    for (uint32_t i = hash(id) & (TABLE_SIZE - 1);; i = (i + 1) & (TABLE_SIZE - 1)) {
+        struct mrec *m = table[i];
+        if (m == NULL)
+            return -1;
+        if (m != TOMBSTONE && strcmp(m->r.id, id) == 0)
+            return (long)i;
+    }
+}
+
+static void unlink_rec(struct mrec *m)
+{
+    if (m->newer)
+        m->newer->older = m->older;
+    else
+        newest = m->older;
+    if (m->older)
+        m->older->newer = m->newer;
+    else
+        oldest = m->newer;
+}
+
+static void drop(long slot)
+{
+    struct mrec *m = table[slot];
+    unlink_rec(m);
+    bq_task_rec_clear(&m->r);
+    bq_free(m);
+    table[slot] = TOMBSTONE;
+    count--;
+}
+
+/* Rebuilds the table without tombstones, so probes keep finding empty slots. */
+static bool rebuild(void)
+{
+    struct mrec **fresh = bq_calloc(TABLE_SIZE, sizeof *fresh);
+    if (fresh == NULL)
+        return false;
+    for (struct mrec *m = newest; m != NULL; m = m->older) {
+        uint32_t k = hash(m->r.id) & (TABLE_SIZE - 1);
+        while (fresh[k] != NULL)
+            k = (k + 1) & (TABLE_SIZE - 1);
+        fresh[k] = m;
+    }
+    bq_free(table);
+    table = fresh;
+    used = count;
+    return true;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? bq_strdup(s) : NULL;
+}
+
+static const char *skip_ws(const char *p)
+{
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    return p;
+}
+
+/* A JSON array text that is `a` followed by the elements of `b` (both arrays), or NULL. */
+static char *append_array(const char *a, const char *b)
+{
+    const char *pa = skip_ws(a), *pb = skip_ws(b);
+    if (*pa != '[' || *pb != '[')
+        return NULL;
+    size_t la = strlen(pa), lb = strlen(pb);
+    while (la > 0 && strchr(" \t\r\n", pa[la - 1]))
+        la--;
+    while (lb > 0 && strchr(" \t\r\n", pb[lb - 1]))
+        lb--;
+    if (la < 2 || pa[la - 1] != ']' || lb < 2 || pb[lb - 1] != ']')
+        return NULL;
+    bool a_empty = *skip_ws(pa + 1) == ']', b_empty = *skip_ws(pb + 1) == ']';
+    if (b_empty)
+        return bq_strndup(pa, la);
+    if (a_empty)
+        return bq_strndup(pb, lb);
+    char *out = bq_malloc(la + lb + 1);
+    if (out == NULL)
+        return NULL;
+    memcpy(out, pa, la - 1);
+    out[la - 1] = ',';
+    memcpy(out + la, pb + 1, lb - 1);
+    out[la + lb - 1] = '\0';
+    return out;
+}
+
+/* Replaces *field by a copy of v ("" clears; NULL keeps). */
+static bool set_field(char **field, const char *v)
+{
+    if (v == NULL)
+        return true;
+    char *n = NULL;
+    if (*v != '\0' && (n = bq_strdup(v)) == NULL)
+        return false;
+    bq_free(*field);
+    *field = n;
+    return true;
+}
+
+static bool copy_rec(struct bq_task_rec *dst, const struct bq_task_rec *src)
+{
+    *dst = *src;
+    char **f[] = {&dst->id,        &dst->context_id, &dst->state,     &dst->queue,
+                  &dst->history,   &dst->artifacts,  &dst->metadata,  &dst->checkpoint,
+                  &dst->error,     &dst->requested,  &dst->worker};
+    bool ok = true;
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        if (*f[i] != NULL && (*f[i] = bq_strdup(*f[i])) == NULL)
+            ok = false;
+    }
+    if (!ok) {
+        bq_task_rec_clear(dst);
+        return false;
+    }
+    return true;
+}
+
+static void fill_result(struct bq_task_result *res, const struct bq_task_rec *r, bool changed)
+{
+    memset(res, 0, sizeof *res);
+    res->found = r != NULL;
+    res->changed = changed;
+    if (r != NULL) {
+        snprintf(res->state, sizeof res->state, "%s", r->state);
+        snprintf(res->requested, sizeof res->requested, "%s", r->requested ? r->requested : "");
+    }
+}
+
+/* ---- Operations ----------------------------------------------------------------------------- */
+
+static bq_status mem_create(bq_storage *s, const struct bq_task_new *t,
+                            struct bq_task_result *res, bq_err *err)
+{
+    (void)s;
+    const char *state = t->state ? t->state : "submitted";
+    if (t->id == NULL || *t->id == '\0')
+        return bq_err_set(err, BQ_EINVAL, "storage create: a task needs an id");
+    if (!bq_task_state_valid(state))
+        return bq_err_set(err, BQ_EINVAL, "storage create: unknown state '%.30s'", state);
+    pthread_mutex_lock(&mu);
+    bq_status st = BQ_OK;
+    if (!ensure()) {
+        st = bq_err_set(err, BQ_ENOMEM, "storage create: out of memory");
+        goto out;
+    }
+    long slot = find(t->id);
+    if (slot >= 0) {
+        fill_result(res, &table[slot]->r, false);
+        goto out;
+    }
+    if (count == MEM_CAPACITY)
+        drop(find(oldest->r.id));
+    if (used >= TABLE_SIZE / 4 * 3 && !rebuild()) {
+        st = bq_err_set(err, BQ_ENOMEM, "storage create: out of memory");
+        goto out;
+    }
+    struct mrec *m = bq_calloc(1, sizeof *m);
+    double now = bq_now_wall();
+    if (m != NULL) {
+        m->r.id = bq_strdup(t->id);
+        m->r.context_id = dup_or_null(t->context_id);
+        m->r.queue = dup_or_null(t->queue);
+        m->r.state = bq_strdup(state);
+        m->r.history = bq_strdup(t->history ? t->history : "[]");
+        m->r.artifacts = bq_strdup("[]");
+        m->r.metadata = bq_strdup(t->metadata ? t->metadata : "{}");
+        m->r.created_at = m->r.updated_at = m->r.state_at = now;
+    }
+    if (m == NULL || m->r.id == NULL || m->r.state == NULL || m->r.history == NULL ||
+        m->r.artifacts == NULL || m->r.metadata == NULL ||
+        (t->context_id && m->r.context_id == NULL) || (t->queue && m->r.queue == NULL)) {
+        if (m != NULL)
+            bq_task_rec_clear(&m->r);
+        bq_free(m);
+        st = bq_err_set(err, BQ_ENOMEM, "storage create: out of memory");
+        goto out;
+    }
+    uint32_t i = hash(t->id) & (TABLE_SIZE - 1);
+    while (table[i] != NULL && table[i] != TOMBSTONE)
+        i = (i + 1) & (TABLE_SIZE - 1);
+    used += table[i] == NULL;
+    table[i] = m;
+    m->older = newest;
+    if (newest)
+        newest->newer = m;
+    newest = m;
+    if (oldest == NULL)
+        oldest = m;
+    count++;
+    fill_result(res, &m->r, true);
+out:
+    pthread_mutex_unlock(&mu);
+    return st;
+}
+
+static bq_status mem_get(bq_storage *s, const char *id, struct bq_task_rec *out, bool *found,
+                         bq_err *err)
+{
+    (void)s;
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&mu);
+    long slot = table != NULL ? find(id) : -1;
+    bool ok = slot < 0 || copy_rec(out, &table[slot]->r);
+    *found = slot >= 0 && ok;
+    pthread_mutex_unlock(&mu);
+    return ok ? BQ_OK : bq_err_set(err, BQ_ENOMEM, "storage get: out of memory");
+}
+
+static bq_status mem_change(bq_storage *s, const struct bq_task_change *c,
+                            struct bq_task_result *res, bq_err *err)
+{
+    (void)s;
+    if (c->to != NULL && !bq_task_state_valid(c->to))
+        return bq_err_set(err, BQ_EINVAL, "storage change: unknown state '%.30s'", c->to);
+    pthread_mutex_lock(&mu);
+    bq_status st = BQ_OK;
+    long slot = table != NULL ? find(c->id) : -1;
+    struct bq_task_rec *r = slot >= 0 ? &table[slot]->r : NULL;
+    if (r == NULL || !bq_task_state_in(r->state, c->from)) {
+        fill_result(res, r, false);
+        goto out;
+    }
+    /* Build every new value first, so a memory failure changes nothing. */
+    char *h = c->append_history ? append_array(r->history, c->append_history) : NULL;
+    char *a = c->append_artifacts ? append_array(r->artifacts, c->append_artifacts) : NULL;
+    char *to = c->to ? bq_strdup(c->to) : NULL;
+    if ((c->append_history && h == NULL) || (c->append_artifacts && a == NULL) ||
+        (c->to && to == NULL)) {
+        bq_free(h);
+        bq_free(a);
+        bq_free(to);
+        st = bq_err_set(err, BQ_EINVAL, "storage change: history and artifacts must be JSON "
+                        "arrays (or out of memory)");
+        goto out;
+    }
+    if (!set_field(&r->checkpoint, c->checkpoint) || !set_field(&r->error, c->error) ||
+        !set_field(&r->requested, c->requested) || !set_field(&r->worker, c->worker)) {
+        bq_free(h);
+        bq_free(a);
+        bq_free(to);
+        st = bq_err_set(err, BQ_ENOMEM, "storage change: out of memory");
+        goto out;
+    }
+    double now = bq_now_wall();
+    if (h) {
+        bq_free(r->history);
+        r->history = h;
+    }
+    if (a) {
+        bq_free(r->artifacts);
+        r->artifacts = a;
+    }
+    if (to) {
+        if (strcmp(to, r->state) != 0)
+            r->state_at = now;
+        bq_free(r->state);
+        r->state = to;
+    }
+    if (c->count_attempt)
+        r->attempts++;
+    r->updated_at = now;
+    fill_result(res, r, true);
+out:
+    pthread_mutex_unlock(&mu);
+    return st;
+}
+
+static bq_status mem_list(bq_storage *s, const struct bq_task_filter *f,
+                          struct bq_task_rec **out, size_t *n, bq_err *err)
+{
+    (void)s;
+    static const struct bq_task_filter all = {NULL, NULL, 0, 0};
+    if (f == NULL)
+        f = &all;
+    size_t limit = f->limit > 0 ? (size_t)f->limit : 100;
+    *out = NULL;
+    *n = 0;
+    struct bq_task_rec *v = bq_calloc(limit, sizeof *v);
+    if (v == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "storage list: out of memory");
+    double cut = f->older_than > 0 ? bq_now_wall() - f->older_than : 0;
+    bq_status st = BQ_OK;
+    size_t k = 0;
+    pthread_mutex_lock(&mu);
+    for (struct mrec *m = newest; m != NULL && k < limit; m = m->older) {
+        const struct bq_task_rec *r = &m->r;
+        if (f->state && strcmp(r->state, f->state) != 0)
+            continue;
+        if (f->context_id && (r->context_id == NULL || strcmp(r->context_id, f->context_id) != 0))
+            continue;
+        if (cut > 0 && r->state_at >= cut)
+            continue;
+        if (!copy_rec(&v[k], r)) {
+            st = bq_err_set(err, BQ_ENOMEM, "storage list: out of memory");
+            break;
+        }
+        k++;
+    }
+    pthread_mutex_unlock(&mu);
+    if (st != BQ_OK) {
+        bq_task_recs_free(v, k);
+        return st;
+    }
+    *out = v;
+    *n = k;
+    return BQ_OK;
+}
+
+static bq_status mem_remove(bq_storage *s, const char *id, bool *found, bq_err *err)
+{
+    (void)s;
+    (void)err;
+    pthread_mutex_lock(&mu);
+    long slot = table != NULL ? find(id) : -1;
+    if (slot >= 0)
+        drop(slot);
+    *found = slot >= 0;
+    pthread_mutex_unlock(&mu);
+    return BQ_OK;
+}
+
+static bq_status mem_ping(bq_storage *s, bq_err *err)
+{
+    (void)s;
+    (void)err;
+    return BQ_OK;
+}
+
+static void mem_destroy(bq_storage *s)
+{
+    bq_free(s);
+}
+
+static const struct bq_storage_ops mem_ops = {
+    "memory", mem_create, mem_get, mem_change, mem_list, mem_remove, mem_ping, mem_destroy,
+};
+
+bq_status bq_storage_mem_open(bq_storage **out, bq_err *err)
+{
+    bq_storage *s = bq_calloc(1, sizeof *s);
+    if (s == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+    s->ops = &mem_ops;
+    atomic_init(&s->refs, 1);
+    *out = s;
+    return BQ_OK;
+}
+
+void bq_storage_mem_reset(void)
+{
+    pthread_mutex_lock(&mu);
+    while (newest != NULL) {
+        struct mrec *m = newest;
+        newest = m->older;
+        bq_task_rec_clear(&m->r);
+        bq_free(m);
+    }
+    oldest = NULL;
+    bq_free(table);
+    table = NULL;
+    count = used = 0;
+    pthread_mutex_unlock(&mu);
+}

@@ -1,0 +1,1026 @@
+/*
+ * pg.c -- the PostgreSQL storage: task records in one table, reached through libpq (see
+ * storage.h for the record and the compare-and-set contract).
+ *
+ * The URL. postgresql:// and postgres:// go to libpq unchanged; the SQLAlchemy spellings
+ * postgresql+asyncpg:// and postgresql+psycopg:// (any "+driver") lose the "+driver" part,
+ * so a Bindu agent's DATABASE_URL works as it is. libpq parses the URL (PQconnectdbParams
+ * with expand_dbname), and we add connect_timeout (from the configuration, whole seconds)
+ * and fallback_application_name=binduq (so pg_stat_activity shows who we are, unless the URL
+ * or PGAPPNAME names the application otherwise). The URL is never repeated in a message or a
+ * log line: we name the target as "host:port/db", and every libpq text we copy is scrubbed of
+ * the password as well, in case a future libpq starts echoing it.
+ *
+ * The pool. A storage owns up to max_connections libpq connections, opened lazily, kept on
+ * a stack of idle ones (the most recently used is lent first, so a quiet process keeps one
+ * warm connection). Borrowing waits on a condition variable until one is returned, up to
+ * the connect timeout, then fails with BQ_ETIMEDOUT. A connection is used by one thread at a
+ * time: that is all the thread safety libpq needs. A connection comes back to the stack only
+ * if it is healthy and outside any transaction; otherwise it is closed and its slot freed.
+ *
+ * Reconnects. Before each statement we let libpq read whatever the server sent while the
+ * connection sat idle (PQconsumeInput): a backend terminated by an administrator, or a
+ * server that shut down, leaves its goodbye and an end of file there, and libpq then marks
+ * the connection CONNECTION_BAD. A bad connection is reset (PQreset, the same parameters)
+ * and its statements prepared again; the reset is logged at warn level. If a statement
+ * itself fails because the connection was lost, we reset and run it once more. That retry
+ * is safe in the common case (the server dropped the connection between statements, so the
+ * first try never ran), but when a connection breaks after the server committed and before
+ * the reply arrived, the retry of a change runs the change a second time: its compare-and-set
+ * then usually refuses (changed=false, the state the first try wrote), and an append without
+ * a state change is appended twice. The storage interface has no idempotency key to do
+ * better.
+ *
+ * The schema. Opening connects once and migrates, in one transaction serialised across
+ * processes by pg_advisory_xact_lock(hashtext('binduq:' || schema)): the schema and the
+ * schema_version table are created when missing (looked up first, so a role without CREATE
+ * privileges can use a schema an administrator made), then the migrations the version lacks
+ * are applied and the version row (exactly one) is written. Several processes opening at
+ * once therefore wait for each other and find the work done. A schema newer than this build
+ * is used as it is. Every statement names the schema explicitly (quoted with
+ * PQescapeIdentifier), so search_path never matters.
+ *
+ * Statements. create, the state read-back, get, change and remove are prepared once per
+ * session (after a connect or a reset). list is built per call from fixed fragments with $n
+ * parameters; no value is ever put into SQL text. JSON columns are jsonb, so the text read
+ * back is PostgreSQL's rendering (one space after ':' and ',', keys ordered, duplicate keys
+ * dropped), equal as JSON to what was stored but not byte for byte. Times travel as integer
+ * microseconds since the epoch, which no locale can misread.
+ *
+ * Errors. SQL errors are BQ_EPG with the server's primary message and SQLSTATE; a connection
+ * that cannot be made is BQ_EAUTH, BQ_ECONNREFUSED, BQ_ETIMEDOUT, BQ_ENOTFOUND or BQ_EIO
+ * (read from libpq's message, which is English unless libpq was built with translations and
+ * the locale asks for them; then everything is BQ_EIO); a lost connection is BQ_EIO.
+ */
+#include "storage.h"
+
+#include "../core/alloc.h"
+#include "../core/clock.h"
+#include "../core/err.h"
+#include "../core/log.h"
+
+#include <math.h>
+#include <postgresql/libpq-fe.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PG_DEFAULT_SCHEMA "binduq"
+#define PG_DEFAULT_MAX 4
+#define PG_DEFAULT_TIMEOUT 5.0
+#define PG_APP_NAME "binduq"
+#define PG_OPEN_STATES "submitted,working,input-required,auth-required,paused"
+
+/* ---- Statements ---------------------------------------------------------------------------- */
+
+/* "@S" in these texts stands for the quoted schema name. */
+
+/* The migrations, in order: migrations[i] brings the schema from version i to i + 1. Each
+ * runs inside the migrating transaction; never edit one that has shipped, add another. */
+static const char *const migrations[] = {
+    /* 1: the tasks table and the indexes of its queries. */
+    "CREATE TABLE @S.tasks ("
+    " id text PRIMARY KEY,"
+    " context_id text,"
+    " state text NOT NULL CONSTRAINT tasks_state_check CHECK (state IN ('submitted',"
+    "  'working', 'input-required', 'auth-required', 'paused', 'completed', 'failed',"
+    "  'canceled', 'rejected')),"
+    " queue text,"
+    " history jsonb NOT NULL DEFAULT '[]',"
+    " artifacts jsonb NOT NULL DEFAULT '[]',"
+    " metadata jsonb NOT NULL DEFAULT '{}',"
+    " checkpoint jsonb,"
+    " error jsonb,"
+    " requested text,"
+    " attempts int NOT NULL DEFAULT 0,"
+    " worker text,"
+    " created_at timestamptz NOT NULL DEFAULT now(),"
+    " updated_at timestamptz NOT NULL DEFAULT now(),"
+    " state_at timestamptz NOT NULL DEFAULT now());"
+    "CREATE INDEX tasks_state_state_at_idx ON @S.tasks (state, state_at);"
+    "CREATE INDEX tasks_context_created_idx ON @S.tasks (context_id, created_at);"
+    "CREATE INDEX tasks_created_idx ON @S.tasks (created_at DESC);",
+};
+#define PG_SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+
+/* The columns of a record, in the order row_to_rec reads them. */
+#define REC_COLS                                                                               \
+    "id, context_id, state, queue, history::text, artifacts::text, metadata::text, "           \
+    "checkpoint::text, error::text, requested, attempts, worker, "                             \
+    "(extract(epoch FROM created_at) * 1000000)::int8, "                                       \
+    "(extract(epoch FROM updated_at) * 1000000)::int8, "                                       \
+    "(extract(epoch FROM state_at) * 1000000)::int8"
+
+enum { COL_ATTEMPTS = 10, COL_WORKER = 11, COL_CREATED = 12, COL_UPDATED = 13, COL_STATE_AT = 14 };
+
+enum { ST_CREATE = 0, ST_STATE, ST_GET, ST_CHANGE, ST_REMOVE, ST_COUNT };
+
+static const struct {
+    const char *name;
+    int nparams;
+    const char *sql;
+} stmts[ST_COUNT] = {
+    [ST_CREATE] = {"bq_create", 6,
+                   "INSERT INTO @S.tasks (id, context_id, state, queue, history, metadata) "
+                   "VALUES ($1::text, $2::text, $3::text, $4::text, "
+                   "COALESCE($5::text, '[]')::jsonb, COALESCE($6::text, '{}')::jsonb) "
+                   "ON CONFLICT (id) DO NOTHING RETURNING state, requested"},
+    [ST_STATE] = {"bq_state", 1, "SELECT state, requested FROM @S.tasks WHERE id = $1::text"},
+    [ST_GET] = {"bq_get", 1, "SELECT " REC_COLS " FROM @S.tasks WHERE id = $1::text"},
+    /* The compare-and-set. Every parameter is text and is compared with '' before any cast,
+     * so "" can mean "clear" for a jsonb column. $2 is the comma-separated allowed states. */
+    [ST_CHANGE] = {"bq_change", 10,
+                   "UPDATE @S.tasks SET"
+                   " state = COALESCE($3::text, state),"
+                   " history = CASE WHEN $4::text IS NULL THEN history"
+                   "  ELSE history || $4::text::jsonb END,"
+                   " artifacts = CASE WHEN $5::text IS NULL THEN artifacts"
+                   "  ELSE artifacts || $5::text::jsonb END,"
+                   " checkpoint = CASE WHEN $6::text IS NULL THEN checkpoint"
+                   "  WHEN $6::text = '' THEN NULL ELSE $6::text::jsonb END,"
+                   " error = CASE WHEN $7::text IS NULL THEN error"
+                   "  WHEN $7::text = '' THEN NULL ELSE $7::text::jsonb END,"
+                   " requested = CASE WHEN $8::text IS NULL THEN requested"
+                   "  WHEN $8::text = '' THEN NULL ELSE $8::text END,"
+                   " worker = CASE WHEN $9::text IS NULL THEN worker"
+                   "  WHEN $9::text = '' THEN NULL ELSE $9::text END,"
+                   " attempts = attempts + $10::int,"
+                   " updated_at = now(),"
+                   " state_at = CASE WHEN $3::text IS NOT NULL AND $3::text <> state"
+                   "  THEN now() ELSE state_at END"
+                   " WHERE id = $1::text AND state = ANY (string_to_array($2::text, ','))"
+                   " RETURNING state, requested"},
+    [ST_REMOVE] = {"bq_remove", 1, "DELETE FROM @S.tasks WHERE id = $1::text RETURNING id"},
+};
+
+/* ---- The storage --------------------------------------------------------------------------- */
+
+struct pgconn {
+    PGconn *pg;
+    bool prepared;     /* the statements of stmts[] exist in this session */
+    char fatal[160];   /* the server's last FATAL notice (why it dropped us), or "" */
+};
+
+typedef struct pg_storage {
+    bq_storage base; /* first: bq_storage_unref reaches destroy through it */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int max;                /* max_connections */
+    int total;              /* connections lent out, idle, or being opened */
+    int nidle;
+    struct pgconn **idle;   /* owned array of max slots */
+    double timeout;         /* connect_timeout, and how long a borrow waits */
+    char timeout_str[16];   /* the same, whole seconds, for libpq */
+    char *url;              /* owned: the URL in libpq's spelling (holds the password) */
+    char *password;         /* owned: the URL's password, to scrub messages; NULL if none */
+    char target[160];       /* "host:port/db", for messages and logs */
+    char *schema;           /* owned: the schema name as configured */
+    char *qschema;          /* owned: the same quoted as an identifier */
+    char *sql[ST_COUNT];    /* owned: stmts[].sql with the schema filled in */
+} pg_storage;
+
+/* ---- Messages ------------------------------------------------------------------------------ */
+
+/* Copies libpq text into out on one line: newlines and tabs become single spaces, the
+ * "ERROR:  " style padding collapses, trailing space goes. */
+static void flatten(const char *in, char *out, size_t size)
+{
+    size_t n = 0;
+    bool space = true; /* drops leading space too */
+    for (const char *p = in ? in : ""; *p != '\0' && n + 1 < size; p++) {
+        bool ws = *p == '\n' || *p == '\t' || *p == '\r' || *p == ' ';
+        if (ws && space)
+            continue;
+        out[n++] = ws ? ' ' : *p;
+        space = ws;
+    }
+    while (n > 0 && out[n - 1] == ' ')
+        n--;
+    out[n] = '\0';
+}
+
+/* Replaces every occurrence of the password in err->msg by "***" (one pass, so a password
+ * made of '*' cannot loop). Returns err->code. */
+static bq_status scrub(const pg_storage *s, bq_err *err)
+{
+    if (err == NULL || s == NULL || s->password == NULL || s->password[0] == '\0')
+        return err ? err->code : BQ_OK;
+    char tmp[sizeof err->msg];
+    size_t plen = strlen(s->password), n = 0;
+    for (const char *p = err->msg; *p != '\0' && n + 1 < sizeof tmp;) {
+        if (strncmp(p, s->password, plen) == 0) {
+            for (int i = 0; i < 3 && n + 1 < sizeof tmp; i++)
+                tmp[n++] = '*';
+            p += plen;
+        } else {
+            tmp[n++] = *p++;
+        }
+    }
+    tmp[n] = '\0';
+    memcpy(err->msg, tmp, n + 1);
+    return err->code;
+}
+
+/* The status for a failed connection attempt, from libpq's account of it. */
+static bq_status connect_code(PGconn *pg, const char *msg)
+{
+    if ((pg != NULL && PQconnectionNeedsPassword(pg)) ||
+        strstr(msg, "authentication failed") != NULL ||
+        strstr(msg, "no password supplied") != NULL ||
+        (strstr(msg, "role \"") != NULL && strstr(msg, "does not exist") != NULL))
+        return BQ_EAUTH;
+    if (strstr(msg, "timeout expired") != NULL)
+        return BQ_ETIMEDOUT;
+    if (strstr(msg, "Connection refused") != NULL || strstr(msg, "No such file or directory"))
+        return BQ_ECONNREFUSED;
+    if (strstr(msg, "could not translate host name") != NULL ||
+        strstr(msg, "Name or service not known") != NULL)
+        return BQ_ENOTFOUND;
+    return BQ_EIO;
+}
+
+/* Reports a connection that could not be made (or remade) by `call`. */
+static bq_status connect_fail(const pg_storage *s, PGconn *pg, const char *call, bq_err *err)
+{
+    char text[256];
+    flatten(pg ? PQerrorMessage(pg) : "out of memory", text, sizeof text);
+    bq_status code = pg ? connect_code(pg, text) : BQ_ENOMEM;
+    bq_err_set(err, code, "%s (%s): %s", call, s->target, text);
+    return scrub(s, err);
+}
+
+/* True if the connection is gone: the statement never reached the server or its reply
+ * never came back, so a fresh session may run it again. */
+static bool connection_lost(PGconn *pg, const PGresult *res)
+{
+    if (PQstatus(pg) != CONNECTION_OK)
+        return true;
+    if (res == NULL || PQresultStatus(res) != PGRES_FATAL_ERROR)
+        return false;
+    const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    /* 08: connection exception; 57P01..57P03: admin/crash shutdown, cannot connect now. */
+    return code != NULL && (strncmp(code, "08", 2) == 0 || strcmp(code, "57P01") == 0 ||
+                            strcmp(code, "57P02") == 0 || strcmp(code, "57P03") == 0);
+}
+
+/* Reports a statement that failed (res may be NULL). `call` names it. */
+static bq_status exec_fail(const pg_storage *s, PGconn *pg, const PGresult *res,
+                           const char *call, bq_err *err)
+{
+    char text[224];
+    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (primary != NULL) {
+        char flat[200];
+        flatten(primary, flat, sizeof flat);
+        if (sqlstate != NULL)
+            snprintf(text, sizeof text, "%s (SQLSTATE %s)", flat, sqlstate);
+        else
+            snprintf(text, sizeof text, "%s", flat);
+    } else if (res != NULL && PQresultErrorMessage(res)[0] != '\0') {
+        flatten(PQresultErrorMessage(res), text, sizeof text);
+    } else if (res != NULL && PQresultStatus(res) != PGRES_FATAL_ERROR) {
+        snprintf(text, sizeof text, "unexpected result %s",
+                 PQresStatus(PQresultStatus(res)));
+    } else {
+        flatten(PQerrorMessage(pg), text, sizeof text);
+    }
+    bq_status code = BQ_EPG;
+    if (connection_lost(pg, res) || res == NULL)
+        code = BQ_EIO;
+    else if (PQresultStatus(res) != PGRES_FATAL_ERROR)
+        code = BQ_EPROTO;
+    bq_err_set(err, code, "%s: %s", call, text[0] ? text : "connection lost");
+    return scrub(s, err);
+}
+
+/* libpq prints notices (CREATE ... IF NOT EXISTS, a backend's goodbye) to stderr by
+ * default; a library must not. We keep only a FATAL one: a server that ends a session
+ * between statements says why in a notice ("terminating connection due to administrator
+ * command"), and the reconnect log gives that reason. Runs in the thread using the
+ * connection. */
+static void on_notice(void *arg, const char *message)
+{
+    struct pgconn *c = arg;
+    if (strncmp(message, "FATAL:", 6) == 0)
+        flatten(message + 6, c->fatal, sizeof c->fatal);
+}
+
+/* ---- Connections --------------------------------------------------------------------------- */
+
+/* Opens c->pg (c is zeroed). */
+static bq_status pg_connect(const pg_storage *s, struct pgconn *c, bq_err *err)
+{
+    /* Later keywords override what the URL says; fallback_application_name yields to it. */
+    const char *keys[] = {"fallback_application_name", "dbname", "connect_timeout", NULL};
+    const char *vals[] = {PG_APP_NAME, s->url, s->timeout_str, NULL};
+    PGconn *pg = PQconnectdbParams(keys, vals, 1);
+    if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
+        bq_status st = connect_fail(s, pg, "PQconnectdbParams", err);
+        PQfinish(pg);
+        return st;
+    }
+    PQsetNoticeProcessor(pg, on_notice, c); /* kept across PQreset */
+    c->pg = pg;
+    return BQ_OK;
+}
+
+static void conn_free(struct pgconn *c)
+{
+    if (c != NULL) {
+        PQfinish(c->pg);
+        bq_free(c);
+    }
+}
+
+/* Resets a connection that was lost (PQreset: the same parameters); logs why. */
+static bq_status reconnect(const pg_storage *s, struct pgconn *c, bq_err *err)
+{
+    char reason[200];
+    bq_err why;
+    flatten(PQerrorMessage(c->pg), reason, sizeof reason);
+    if (c->fatal[0] != '\0')
+        bq_err_set(&why, BQ_EIO, "%s (%s)", c->fatal, reason[0] ? reason : "connection lost");
+    else
+        bq_err_set(&why, BQ_EIO, "%s", reason[0] ? reason : "connection lost");
+    c->fatal[0] = '\0';
+    scrub(s, &why);
+    bq_log(BQ_LOG_WARN, "storage_reconnect", "storage", "postgres", "target", s->target,
+           "reason", why.msg, NULL);
+    c->prepared = false;
+    PQreset(c->pg);
+    if (PQstatus(c->pg) != CONNECTION_OK)
+        return connect_fail(s, c->pg, "PQreset", err);
+    return BQ_OK;
+}
+
+static bq_status prepare(const pg_storage *s, struct pgconn *c, bq_err *err)
+{
+    for (int i = 0; i < ST_COUNT; i++) {
+        PGresult *res = PQprepare(c->pg, stmts[i].name, s->sql[i], stmts[i].nparams, NULL);
+        if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+            char call[64];
+            snprintf(call, sizeof call, "PQprepare(%s)", stmts[i].name);
+            bq_status st = exec_fail(s, c->pg, res, call, err);
+            PQclear(res);
+            return st;
+        }
+        PQclear(res);
+    }
+    c->prepared = true;
+    return BQ_OK;
+}
+
+/* Makes a borrowed connection ready for a statement: alive (reset if not) and prepared. */
+static bq_status ready(const pg_storage *s, struct pgconn *c, bq_err *err)
+{
+    /* Reads what arrived while the connection was idle; a terminated backend's end of file
+     * turns into CONNECTION_BAD here, before we send anything into a dead socket. */
+    if (PQstatus(c->pg) == CONNECTION_OK)
+        (void)PQconsumeInput(c->pg);
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        bq_status st = reconnect(s, c, err);
+        if (st != BQ_OK)
+            return st;
+    }
+    return c->prepared ? BQ_OK : prepare(s, c, err);
+}
+
+/* Lends a connection: an idle one, a new one while fewer than max exist, or the next one
+ * returned within the timeout. */
+static bq_status borrow(pg_storage *s, struct pgconn **out, bq_err *err)
+{
+    *out = NULL;
+    double deadline = bq_now_mono() + s->timeout;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        if (s->nidle > 0) {
+            *out = s->idle[--s->nidle];
+            pthread_mutex_unlock(&s->mu);
+            return BQ_OK;
+        }
+        if (s->total < s->max) {
+            s->total++;
+            pthread_mutex_unlock(&s->mu);
+            struct pgconn *c = bq_calloc(1, sizeof *c);
+            bq_status st = c == NULL ? bq_err_set(err, BQ_ENOMEM, "storage: out of memory")
+                                     : pg_connect(s, c, err);
+            if (st == BQ_OK) {
+                *out = c;
+                return BQ_OK;
+            }
+            bq_free(c);
+            pthread_mutex_lock(&s->mu);
+            s->total--;
+            pthread_cond_signal(&s->cv); /* let a waiter try (or fail) itself */
+            pthread_mutex_unlock(&s->mu);
+            return st;
+        }
+        double left = deadline - bq_now_mono();
+        if (left <= 0) {
+            int max = s->max;
+            pthread_mutex_unlock(&s->mu);
+            return bq_err_set(err, BQ_ETIMEDOUT, "no PostgreSQL connection came free within "
+                              "%.1f s (all %d of max_connections busy)", s->timeout, max);
+        }
+        bq_cond_wait_for(&s->cv, &s->mu, left);
+    }
+}
+
+/* Takes a connection back: onto the idle stack if it is healthy and outside a transaction,
+ * else closed. */
+static void release(pg_storage *s, struct pgconn *c)
+{
+    if (c == NULL)
+        return;
+    if (PQstatus(c->pg) != CONNECTION_OK || PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
+        conn_free(c);
+        c = NULL;
+    }
+    pthread_mutex_lock(&s->mu);
+    if (c != NULL)
+        s->idle[s->nidle++] = c;
+    else
+        s->total--;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Runs prepared statement `stmt` (or, when stmt < 0, `sql`, called `what` in messages) with
+ * n text parameters on a borrowed connection and expects result status `want`. A connection
+ * lost on the way is reset and the statement run once more. On success *out holds the
+ * result (PQclear it). */
+static bq_status run(const pg_storage *s, struct pgconn *c, int stmt, const char *sql,
+                     const char *what, int n, const char *const *vals, ExecStatusType want,
+                     PGresult **out, bq_err *err)
+{
+    *out = NULL;
+    for (int attempt = 0;; attempt++) {
+        bq_status st = ready(s, c, err);
+        if (st != BQ_OK)
+            return st;
+        PGresult *res = stmt >= 0
+                            ? PQexecPrepared(c->pg, stmts[stmt].name, n, vals, NULL, NULL, 0)
+                            : PQexecParams(c->pg, sql, n, NULL, vals, NULL, NULL, 0);
+        if (res != NULL && PQresultStatus(res) == want) {
+            *out = res;
+            return BQ_OK;
+        }
+        if (attempt == 0 && connection_lost(c->pg, res)) {
+            PQclear(res);
+            continue;
+        }
+        char call[64];
+        if (stmt >= 0)
+            snprintf(call, sizeof call, "PQexecPrepared(%s)", stmts[stmt].name);
+        else
+            snprintf(call, sizeof call, "PQexecParams(%s)", what);
+        st = exec_fail(s, c->pg, res, call, err);
+        PQclear(res);
+        return st;
+    }
+}
+
+/* Borrows, runs, returns the connection: the whole life of a one-statement operation. */
+static bq_status run1(pg_storage *s, int stmt, const char *sql, const char *what, int n,
+                      const char *const *vals, ExecStatusType want, PGresult **out, bq_err *err)
+{
+    struct pgconn *c;
+    *out = NULL;
+    bq_status st = borrow(s, &c, err);
+    if (st != BQ_OK)
+        return st;
+    st = run(s, c, stmt, sql, what, n, vals, want, out, err);
+    release(s, c);
+    return st;
+}
+
+/* ---- Records ------------------------------------------------------------------------------- */
+
+static double micros_to_seconds(const char *v)
+{
+    return (double)strtoll(v, NULL, 10) / 1e6;
+}
+
+/* Copies row `row` of a REC_COLS result into r (zeroed first). False when out of memory
+ * (r is then cleared). */
+static bool row_to_rec(const PGresult *res, int row, struct bq_task_rec *r)
+{
+    memset(r, 0, sizeof *r);
+    char **text[] = {&r->id,        &r->context_id, &r->state,    &r->queue,
+                     &r->history,   &r->artifacts,  &r->metadata, &r->checkpoint,
+                     &r->error,     &r->requested};
+    for (int i = 0; i < (int)(sizeof text / sizeof text[0]); i++) {
+        if (!PQgetisnull(res, row, i) && (*text[i] = bq_strdup(PQgetvalue(res, row, i))) == NULL)
+            goto oom;
+    }
+    if (!PQgetisnull(res, row, COL_WORKER) &&
+        (r->worker = bq_strdup(PQgetvalue(res, row, COL_WORKER))) == NULL)
+        goto oom;
+    r->attempts = (int)strtol(PQgetvalue(res, row, COL_ATTEMPTS), NULL, 10);
+    r->created_at = micros_to_seconds(PQgetvalue(res, row, COL_CREATED));
+    r->updated_at = micros_to_seconds(PQgetvalue(res, row, COL_UPDATED));
+    r->state_at = micros_to_seconds(PQgetvalue(res, row, COL_STATE_AT));
+    return true;
+oom:
+    bq_task_rec_clear(r);
+    return false;
+}
+
+/* Fills res from a (state, requested) row, or as "unknown task" when there is none. */
+static void fill_result(struct bq_task_result *out, const PGresult *res, bool changed)
+{
+    memset(out, 0, sizeof *out);
+    if (res == NULL || PQntuples(res) < 1)
+        return;
+    out->found = true;
+    out->changed = changed;
+    snprintf(out->state, sizeof out->state, "%s", PQgetvalue(res, 0, 0));
+    snprintf(out->requested, sizeof out->requested, "%s", PQgetvalue(res, 0, 1));
+}
+
+/* True if text, past leading white space, opens a JSON array. The server checks the rest. */
+static bool looks_like_array(const char *text)
+{
+    while (*text == ' ' || *text == '\t' || *text == '\n' || *text == '\r')
+        text++;
+    return *text == '[';
+}
+
+/* ---- Operations ---------------------------------------------------------------------------- */
+
+static bq_status pg_create(bq_storage *base, const struct bq_task_new *t,
+                           struct bq_task_result *out, bq_err *err)
+{
+    pg_storage *s = (pg_storage *)base;
+    const char *state = t->state ? t->state : "submitted";
+    memset(out, 0, sizeof *out);
+    if (t->id == NULL || *t->id == '\0')
+        return bq_err_set(err, BQ_EINVAL, "storage create: a task needs an id");
+    if (!bq_task_state_valid(state))
+        return bq_err_set(err, BQ_EINVAL, "storage create: unknown state '%.30s'", state);
+    const char *vals[] = {t->id, t->context_id, state, t->queue, t->history, t->metadata};
+    struct pgconn *c;
+    PGresult *res;
+    bq_status st = borrow(s, &c, err);
+    if (st != BQ_OK)
+        return st;
+    st = run(s, c, ST_CREATE, NULL, NULL, 6, vals, PGRES_TUPLES_OK, &res, err);
+    if (st == BQ_OK && PQntuples(res) == 1) {
+        fill_result(out, res, true);
+    } else if (st == BQ_OK) {
+        /* The id exists: report its state (a fresh statement sees the row that won). */
+        PQclear(res);
+        st = run(s, c, ST_STATE, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
+        if (st == BQ_OK)
+            fill_result(out, res, false);
+    }
+    PQclear(res);
+    release(s, c);
+    return st;
+}
+
+static bq_status pg_get(bq_storage *base, const char *id, struct bq_task_rec *out, bool *found,
+                        bq_err *err)
+{
+    pg_storage *s = (pg_storage *)base;
+    memset(out, 0, sizeof *out);
+    *found = false;
+    if (id == NULL)
+        return bq_err_set(err, BQ_EINVAL, "storage get: no id");
+    const char *vals[] = {id};
+    PGresult *res;
+    bq_status st = run1(s, ST_GET, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
+    if (st != BQ_OK)
+        return st;
+    if (PQntuples(res) == 1) {
+        if (row_to_rec(res, 0, out))
+            *found = true;
+        else
+            st = bq_err_set(err, BQ_ENOMEM, "storage get: out of memory");
+    }
+    PQclear(res);
+    return st;
+}
+
+static bq_status pg_change(bq_storage *base, const struct bq_task_change *c,
+                           struct bq_task_result *out, bq_err *err)
+{
+    pg_storage *s = (pg_storage *)base;
+    memset(out, 0, sizeof *out);
+    if (c->id == NULL)
+        return bq_err_set(err, BQ_EINVAL, "storage change: no id");
+    if (c->to != NULL && !bq_task_state_valid(c->to))
+        return bq_err_set(err, BQ_EINVAL, "storage change: unknown state '%.30s'", c->to);
+    if ((c->append_history && !looks_like_array(c->append_history)) ||
+        (c->append_artifacts && !looks_like_array(c->append_artifacts)))
+        return bq_err_set(err, BQ_EINVAL, "storage change: history and artifacts must be "
+                          "JSON arrays");
+    /* The same names bq_task_state_in accepts: split at commas, no trimming. */
+    const char *vals[] = {c->id,         c->from ? c->from : PG_OPEN_STATES,
+                          c->to,         c->append_history,
+                          c->append_artifacts, c->checkpoint,
+                          c->error,      c->requested,
+                          c->worker,     c->count_attempt ? "1" : "0"};
+    struct pgconn *conn;
+    PGresult *res;
+    bq_status st = borrow(s, &conn, err);
+    if (st != BQ_OK)
+        return st;
+    st = run(s, conn, ST_CHANGE, NULL, NULL, 10, vals, PGRES_TUPLES_OK, &res, err);
+    if (st == BQ_OK && PQntuples(res) == 1) {
+        fill_result(out, res, true);
+    } else if (st == BQ_OK) {
+        /* Refused (or unknown): report the state that refused it. */
+        PQclear(res);
+        st = run(s, conn, ST_STATE, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
+        if (st == BQ_OK)
+            fill_result(out, res, false);
+    }
+    PQclear(res);
+    release(s, conn);
+    return st;
+}
+
+static bq_status pg_list(bq_storage *base, const struct bq_task_filter *f,
+                         struct bq_task_rec **out, size_t *n, bq_err *err)
+{
+    pg_storage *s = (pg_storage *)base;
+    static const struct bq_task_filter none = {NULL, NULL, 0, 0};
+    *out = NULL;
+    *n = 0;
+    if (f == NULL)
+        f = &none;
+    /* Fixed fragments and $n placeholders only: the values travel as parameters. */
+    const char *vals[4];
+    int np = 0;
+    char older[32], limit[16];
+    /* The head, the schema and at most four fragments of under 80 bytes each. */
+    size_t len = sizeof("SELECT " REC_COLS " FROM .tasks WHERE true") + strlen(s->qschema) + 512;
+    char *sql = bq_malloc(len);
+    if (sql == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "storage list: out of memory");
+    size_t k = (size_t)snprintf(sql, len, "SELECT " REC_COLS " FROM %s.tasks WHERE true",
+                                s->qschema);
+    if (f->state != NULL) {
+        vals[np++] = f->state;
+        k += (size_t)snprintf(sql + k, len - k, " AND state = $%d::text", np);
+    }
+    if (f->context_id != NULL) {
+        vals[np++] = f->context_id;
+        k += (size_t)snprintf(sql + k, len - k, " AND context_id = $%d::text", np);
+    }
+    if (f->older_than > 0) {
+        snprintf(older, sizeof older, "%lld", (long long)llround(f->older_than * 1e6));
+        vals[np++] = older;
+        k += (size_t)snprintf(sql + k, len - k,
+                              " AND state_at < now() - $%d::int8 * interval '1 microsecond'", np);
+    }
+    snprintf(limit, sizeof limit, "%d", f->limit > 0 ? f->limit : 100);
+    vals[np++] = limit;
+    snprintf(sql + k, len - k, " ORDER BY created_at DESC, id LIMIT $%d::int", np);
+
+    PGresult *res;
+    bq_status st = run1(s, -1, sql, "list", np, vals, PGRES_TUPLES_OK, &res, err);
+    bq_free(sql);
+    if (st != BQ_OK)
+        return st;
+    int rows = PQntuples(res);
+    struct bq_task_rec *v = rows > 0 ? bq_calloc((size_t)rows, sizeof *v) : NULL;
+    if (rows > 0 && v == NULL) {
+        PQclear(res);
+        return bq_err_set(err, BQ_ENOMEM, "storage list: out of memory");
+    }
+    for (int i = 0; i < rows; i++) {
+        if (!row_to_rec(res, i, &v[i])) {
+            bq_task_recs_free(v, (size_t)i);
+            PQclear(res);
+            return bq_err_set(err, BQ_ENOMEM, "storage list: out of memory");
+        }
+    }
+    PQclear(res);
+    *out = v;
+    *n = (size_t)rows;
+    return BQ_OK;
+}
+
+static bq_status pg_remove(bq_storage *base, const char *id, bool *found, bq_err *err)
+{
+    pg_storage *s = (pg_storage *)base;
+    *found = false;
+    if (id == NULL)
+        return bq_err_set(err, BQ_EINVAL, "storage remove: no id");
+    const char *vals[] = {id};
+    PGresult *res;
+    bq_status st = run1(s, ST_REMOVE, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
+    if (st != BQ_OK)
+        return st;
+    *found = PQntuples(res) == 1;
+    PQclear(res);
+    return BQ_OK;
+}
+
+static bq_status pg_ping(bq_storage *base, bq_err *err)
+{
+    PGresult *res;
+    bq_status st = run1((pg_storage *)base, -1, "SELECT 1", "ping", 0, NULL, PGRES_TUPLES_OK,
+                        &res, err);
+    PQclear(res);
+    return st;
+}
+
+/* Closes every connection and frees the storage. No operation may be running. */
+static void pg_destroy(bq_storage *base)
+{
+    pg_storage *s = (pg_storage *)base;
+    if (s == NULL)
+        return;
+    for (int i = 0; i < s->nidle; i++)
+        conn_free(s->idle[i]);
+    bq_free(s->idle);
+    for (int i = 0; i < ST_COUNT; i++)
+        bq_free(s->sql[i]);
+    bq_free(s->url);
+    if (s->password != NULL) {
+        memset(s->password, 0, strlen(s->password));
+        bq_free(s->password);
+    }
+    bq_free(s->schema);
+    bq_free(s->qschema);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    bq_free(s);
+}
+
+static const struct bq_storage_ops pg_ops = {
+    "postgres", pg_create, pg_get, pg_change, pg_list, pg_remove, pg_ping, pg_destroy,
+};
+
+/* ---- Opening ------------------------------------------------------------------------------- */
+
+/* A copy of tmpl with every "@S" replaced by qschema. */
+static char *fill_schema(const char *tmpl, const char *qschema)
+{
+    size_t count = 0, ql = strlen(qschema);
+    for (const char *p = strstr(tmpl, "@S"); p != NULL; p = strstr(p + 2, "@S"))
+        count++;
+    char *out = bq_malloc(strlen(tmpl) + count * ql + 1);
+    if (out == NULL)
+        return NULL;
+    char *o = out;
+    for (const char *p = tmpl;;) {
+        const char *at = strstr(p, "@S");
+        size_t n = at ? (size_t)(at - p) : strlen(p);
+        memcpy(o, p, n);
+        o += n;
+        if (at == NULL)
+            break;
+        memcpy(o, qschema, ql);
+        o += ql;
+        p = at + 2;
+    }
+    *o = '\0';
+    return out;
+}
+
+/* Runs a statement of the migration (no parameters, any number of commands). */
+static bq_status migrate_exec(const pg_storage *s, PGconn *pg, const char *tmpl,
+                              ExecStatusType want, PGresult **out, bq_err *err)
+{
+    char *sql = fill_schema(tmpl, s->qschema);
+    if (sql == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+    PGresult *res = PQexec(pg, sql);
+    bq_free(sql);
+    if (res == NULL || PQresultStatus(res) != want) {
+        bq_status st = exec_fail(s, pg, res, "PQexec(migrate)", err);
+        PQclear(res);
+        return st;
+    }
+    if (out != NULL)
+        *out = res;
+    else
+        PQclear(res);
+    return BQ_OK;
+}
+
+/* The body of the migrating transaction (see the top of the file). */
+static bq_status migrate_locked(const pg_storage *s, PGconn *pg, bq_err *err)
+{
+    char key[128], regclass[192];
+    snprintf(key, sizeof key, "binduq:%s", s->schema);
+    snprintf(regclass, sizeof regclass, "%s.schema_version", s->qschema);
+    const char *lock_vals[] = {key};
+    PGresult *res = PQexecParams(pg, "SELECT pg_advisory_xact_lock(hashtext($1::text))", 1, NULL,
+                                 lock_vals, NULL, NULL, 0);
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        bq_status st = exec_fail(s, pg, res, "PQexecParams(pg_advisory_xact_lock)", err);
+        PQclear(res);
+        return st;
+    }
+    PQclear(res);
+
+    /* Look before creating: CREATE ... IF NOT EXISTS checks privileges first. */
+    const char *look_vals[] = {s->schema, regclass};
+    res = PQexecParams(pg, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1::text), "
+                           "to_regclass($2::text) IS NOT NULL",
+                       2, NULL, look_vals, NULL, NULL, 0);
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        bq_status st = exec_fail(s, pg, res, "PQexecParams(migrate)", err);
+        PQclear(res);
+        return st;
+    }
+    bool have_schema = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    bool have_version = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+    PQclear(res);
+    bq_status st = BQ_OK;
+    if (!have_schema)
+        st = migrate_exec(s, pg, "CREATE SCHEMA @S", PGRES_COMMAND_OK, NULL, err);
+    if (st == BQ_OK && !have_version)
+        st = migrate_exec(s, pg, "CREATE TABLE @S.schema_version (version int NOT NULL)",
+                          PGRES_COMMAND_OK, NULL, err);
+    if (st == BQ_OK)
+        st = migrate_exec(s, pg, "SELECT max(version), count(*) FROM @S.schema_version",
+                          PGRES_TUPLES_OK, &res, err);
+    if (st != BQ_OK)
+        return st;
+    int version = PQgetisnull(res, 0, 0) ? 0 : atoi(PQgetvalue(res, 0, 0));
+    long rows = atol(PQgetvalue(res, 0, 1));
+    PQclear(res);
+    for (int v = version; st == BQ_OK && v < PG_SCHEMA_VERSION; v++)
+        st = migrate_exec(s, pg, migrations[v], PGRES_COMMAND_OK, NULL, err);
+    if (st != BQ_OK || version >= PG_SCHEMA_VERSION)
+        return st;
+    char sql[96];
+    if (rows == 0)
+        snprintf(sql, sizeof sql, "INSERT INTO @S.schema_version (version) VALUES (%d)",
+                 PG_SCHEMA_VERSION);
+    else
+        snprintf(sql, sizeof sql, "UPDATE @S.schema_version SET version = %d",
+                 PG_SCHEMA_VERSION);
+    return migrate_exec(s, pg, sql, PGRES_COMMAND_OK, NULL, err);
+}
+
+/* Creates or migrates the schema in one transaction. */
+static bq_status migrate(const pg_storage *s, PGconn *pg, bq_err *err)
+{
+    PGresult *res = PQexec(pg, "BEGIN");
+    if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        bq_status st = exec_fail(s, pg, res, "PQexec(BEGIN)", err);
+        PQclear(res);
+        return st;
+    }
+    PQclear(res);
+    bq_status st = migrate_locked(s, pg, err);
+    res = PQexec(pg, st == BQ_OK ? "COMMIT" : "ROLLBACK");
+    if (st == BQ_OK && (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK))
+        st = exec_fail(s, pg, res, "PQexec(COMMIT)", err);
+    PQclear(res);
+    if (st != BQ_OK)
+        bq_err_prefix(err, "storage: creating the schema");
+    return st;
+}
+
+/* Turns cfg->url into libpq's spelling (the "+driver" dropped). Never echoes the URL. */
+static bq_status normalize_url(const char *url, char **out, bq_err *err)
+{
+    *out = NULL;
+    const char *sep = url ? strstr(url, "://") : NULL;
+    if (sep == NULL)
+        return bq_err_set(err, BQ_EINVAL, "storage url: expected "
+                          "postgresql://[user[:password]@]host[:port]/database");
+    size_t slen = (size_t)(sep - url);
+    const char *plus = memchr(url, '+', slen);
+    size_t base = plus ? (size_t)(plus - url) : slen;
+    if (!((base == 10 && strncmp(url, "postgresql", 10) == 0) ||
+          (base == 8 && strncmp(url, "postgres", 8) == 0)) ||
+        (plus != NULL && (size_t)(plus - url) + 1 == slen))
+        return bq_err_set(err, BQ_EINVAL, "storage url: unsupported scheme '%.*s' (expected "
+                          "postgresql://, postgres:// or postgresql+driver://)",
+                          (int)(slen > 32 ? 32 : slen), url);
+    size_t rest = strlen(sep);
+    char *u = bq_malloc(base + rest + 1);
+    if (u == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+    memcpy(u, url, base);
+    memcpy(u + base, sep, rest + 1);
+    *out = u;
+    return BQ_OK;
+}
+
+/* Reads host, port, database and password out of the URL (libpq's parser): the target for
+ * messages and the password to scrub from them. */
+static bq_status describe_url(pg_storage *s, bq_err *err)
+{
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(s->url, &perr);
+    if (opts == NULL) {
+        /* libpq's complaint may quote a piece of the URL; quote it only if no password can
+         * be in it. */
+        const char *at = strchr(s->url, '@');
+        char text[160];
+        flatten(perr ? perr : "out of memory", text, sizeof text);
+        PQfreemem(perr);
+        if (at != NULL)
+            return bq_err_set(err, BQ_EINVAL, "PQconninfoParse: malformed PostgreSQL URL");
+        return bq_err_set(err, BQ_EINVAL, "PQconninfoParse: malformed PostgreSQL URL: %s", text);
+    }
+    const char *host = NULL, *port = NULL, *db = NULL, *user = NULL, *pw = NULL;
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        if (o->val == NULL || o->val[0] == '\0')
+            continue;
+        if (strcmp(o->keyword, "host") == 0 ||
+            (host == NULL && strcmp(o->keyword, "hostaddr") == 0))
+            host = o->val;
+        else if (strcmp(o->keyword, "port") == 0)
+            port = o->val;
+        else if (strcmp(o->keyword, "dbname") == 0)
+            db = o->val;
+        else if (strcmp(o->keyword, "user") == 0)
+            user = o->val;
+        else if (strcmp(o->keyword, "password") == 0)
+            pw = o->val;
+    }
+    snprintf(s->target, sizeof s->target, "%.60s:%.20s/%.60s", host ? host : "localhost",
+             port ? port : "5432", db ? db : (user ? user : "postgres"));
+    bq_status st = BQ_OK;
+    if (pw != NULL && (s->password = bq_strdup(pw)) == NULL)
+        st = bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+    PQconninfoFree(opts);
+    return st;
+}
+
+/* Opens the PostgreSQL storage: parses cfg->url, connects once, creates or migrates the
+ * schema, prepares the statements. Errors: BQ_EINVAL (configuration), BQ_EAUTH,
+ * BQ_ECONNREFUSED, BQ_ETIMEDOUT, BQ_ENOTFOUND, BQ_EIO (connecting), BQ_EPG (the migration),
+ * BQ_ENOMEM. On success *out holds one reference (bq_storage_unref). */
+bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **out,
+                             bq_err *err)
+{
+    *out = NULL;
+    if (cfg == NULL || cfg->url == NULL || cfg->url[0] == '\0')
+        return bq_err_set(err, BQ_EINVAL, "storage: PostgreSQL needs a url");
+    const char *schema = cfg->schema ? cfg->schema : PG_DEFAULT_SCHEMA;
+    if (schema[0] == '\0' || strlen(schema) > 63)
+        return bq_err_set(err, BQ_EINVAL, "storage: schema name must be 1 to 63 bytes long");
+    pg_storage *s = bq_calloc(1, sizeof *s);
+    if (s == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+    s->max = cfg->max_connections > 0 ? cfg->max_connections : PG_DEFAULT_MAX;
+    s->timeout = cfg->connect_timeout > 0 ? cfg->connect_timeout : PG_DEFAULT_TIMEOUT;
+    snprintf(s->timeout_str, sizeof s->timeout_str, "%d",
+             s->timeout > 86400 ? 86400 : (int)ceil(s->timeout));
+    pthread_mutex_init(&s->mu, NULL);
+    bq_cond_init(&s->cv);
+    s->idle = bq_calloc((size_t)s->max, sizeof *s->idle);
+    s->schema = bq_strdup(schema);
+    if (s->idle == NULL || s->schema == NULL) {
+        pg_destroy(&s->base);
+        return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+    }
+    bq_status st = normalize_url(cfg->url, &s->url, err);
+    if (st == BQ_OK)
+        st = describe_url(s, err);
+    if (st != BQ_OK) {
+        pg_destroy(&s->base);
+        return st;
+    }
+
+    /* The first connection: quotes the schema name (PQescapeIdentifier needs the session's
+     * encoding), migrates, then joins the pool. */
+    struct pgconn *c = bq_calloc(1, sizeof *c);
+    st = c ? pg_connect(s, c, err) : bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+    if (st == BQ_OK) {
+        char *q = PQescapeIdentifier(c->pg, s->schema, strlen(s->schema));
+        if (q == NULL) {
+            char text[160];
+            flatten(PQerrorMessage(c->pg), text, sizeof text);
+            st = bq_err_set(err, BQ_EINVAL, "PQescapeIdentifier: bad schema name: %s", text);
+        } else {
+            s->qschema = bq_strdup(q);
+            PQfreemem(q);
+            for (int i = 0; s->qschema != NULL && i < ST_COUNT; i++) {
+                if ((s->sql[i] = fill_schema(stmts[i].sql, s->qschema)) == NULL)
+                    break;
+            }
+            if (s->qschema == NULL || s->sql[ST_COUNT - 1] == NULL)
+                st = bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+        }
+    }
+    if (st == BQ_OK)
+        st = migrate(s, c->pg, err);
+    if (st == BQ_OK)
+        st = prepare(s, c, err);
+    if (st != BQ_OK) {
+        conn_free(c);
+        pg_destroy(&s->base);
+        return st;
+    }
+    s->idle[s->nidle++] = c;
+    s->total = 1;
+    s->base.ops = &pg_ops;
+    atomic_init(&s->base.refs, 1);
+    *out = &s->base;
+    return BQ_OK;
+}

@@ -1,0 +1,101 @@
+/*
+ * storage.c -- what both storage implementations share: opening by configuration, reference
+ * counting, records, and the state names (see storage.h).
+ */
+#include "storage.h"
+
+#include "../core/alloc.h"
+#include "../core/err.h"
+
+#include <string.h>
+
+static const char *const open_states[] = {"submitted", "working", "input-required",
+                                          "auth-required", "paused"};
+static const char *const terminal_states[] = {"completed", "failed", "canceled", "rejected"};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+bool bq_task_state_terminal(const char *state)
+{
+    for (size_t i = 0; state != NULL && i < COUNT(terminal_states); i++) {
+        if (strcmp(state, terminal_states[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool bq_task_state_valid(const char *state)
+{
+    for (size_t i = 0; state != NULL && i < COUNT(open_states); i++) {
+        if (strcmp(state, open_states[i]) == 0)
+            return true;
+    }
+    return bq_task_state_terminal(state);
+}
+
+bool bq_task_state_in(const char *state, const char *from)
+{
+    if (from == NULL)
+        return bq_task_state_valid(state) && !bq_task_state_terminal(state);
+    size_t n = strlen(state);
+    for (const char *p = from;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (len == n && strncmp(p, state, n) == 0)
+            return true;
+        if (comma == NULL)
+            return false;
+        p = comma + 1;
+    }
+}
+
+void bq_task_rec_clear(struct bq_task_rec *r)
+{
+    if (r == NULL)
+        return;
+    char **f[] = {&r->id,       &r->context_id, &r->state,      &r->queue,
+                  &r->history,  &r->artifacts,  &r->metadata,   &r->checkpoint,
+                  &r->error,    &r->requested,  &r->worker};
+    for (size_t i = 0; i < COUNT(f); i++)
+        bq_free(*f[i]);
+    memset(r, 0, sizeof *r);
+}
+
+void bq_task_recs_free(struct bq_task_rec *r, size_t n)
+{
+    for (size_t i = 0; r != NULL && i < n; i++)
+        bq_task_rec_clear(&r[i]);
+    bq_free(r);
+}
+
+bq_status bq_storage_open(const struct bq_storage_config *cfg, bq_storage **out, bq_err *err)
+{
+    *out = NULL;
+    const char *type = cfg ? cfg->type : NULL;
+    const char *url = cfg ? cfg->url : NULL;
+    if (type == NULL)
+        type = url != NULL && *url != '\0' ? "postgres" : "memory";
+    if (strcmp(type, "memory") == 0)
+        return bq_storage_mem_open(out, err);
+    if (strcmp(type, "postgres") == 0 || strcmp(type, "postgresql") == 0) {
+        if (url == NULL || *url == '\0')
+            return bq_err_set(err, BQ_EINVAL, "storage: type \"postgres\" needs a url "
+                              "(storage.url or DATABASE_URL)");
+        return bq_storage_pg_open(cfg, out, err);
+    }
+    return bq_err_set(err, BQ_EINVAL, "storage: unknown type '%.40s' (expected \"memory\" or "
+                      "\"postgres\")", type);
+}
+
+bq_storage *bq_storage_ref(bq_storage *s)
+{
+    if (s != NULL)
+        atomic_fetch_add(&s->refs, 1);
+    return s;
+}
+
+void bq_storage_unref(bq_storage *s)
+{
+    if (s != NULL && atomic_fetch_sub(&s->refs, 1) == 1)
+        s->ops->destroy(s);
+}

@@ -1,0 +1,186 @@
+/*
+ * test_storage.c -- the in-memory storage (src/storage/mem.c) through the storage interface:
+ * create once, compare-and-set changes, terminal states, JSON array appends, field
+ * set/clear, listing with filters, removal, and many threads at once.
+ */
+#include "check.h"
+
+#include "../../src/core/alloc.h"
+#include "../../src/core/err.h"
+#include "../../src/core/log.h"
+#include "../../src/storage/storage.h"
+
+#include <pthread.h>
+
+static bq_storage *open_mem(void)
+{
+    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0};
+    bq_storage *s = NULL;
+    CHECK_INT(bq_storage_open(&cfg, &s, NULL), BQ_OK);
+    return s;
+}
+
+TEST(create_get_and_cas)
+{
+    bq_storage *s = open_mem();
+    struct bq_task_new t = {"t1", "c1", "q", NULL, "[{\"role\":\"user\",\"content\":\"hi\"}]",
+                            "{\"k\":1}"};
+    struct bq_task_result r;
+    CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
+    CHECK(r.changed && r.found);
+    CHECK_STR(r.state, "submitted");
+    CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
+    CHECK(!r.changed);
+
+    struct bq_task_change c = {.id = "t1", .to = "working", .worker = "w1", .count_attempt = true};
+    CHECK_INT(s->ops->change(s, &c, &r, NULL), BQ_OK);
+    CHECK(r.changed);
+    CHECK_STR(r.state, "working");
+    struct bq_task_change cp = {.id = "t1", .from = "working", .checkpoint = "{\"step\":3}",
+                                .requested = "pause"};
+    CHECK_INT(s->ops->change(s, &cp, &r, NULL), BQ_OK);
+    CHECK_STR(r.requested, "pause");
+    struct bq_task_change done = {.id = "t1", .from = "working", .to = "completed",
+                                  .append_history = "[{\"role\":\"agent\",\"content\":\"yo\"}]",
+                                  .append_artifacts = " [ 1 , 2 ] ", .requested = ""};
+    CHECK_INT(s->ops->change(s, &done, &r, NULL), BQ_OK);
+    CHECK(r.changed);
+    CHECK_STR(r.requested, "");
+
+    struct bq_task_rec rec;
+    bool found;
+    CHECK_INT(s->ops->get(s, "t1", &rec, &found, NULL), BQ_OK);
+    CHECK(found);
+    CHECK_STR(rec.state, "completed");
+    CHECK_STR(rec.context_id, "c1");
+    CHECK_STR(rec.queue, "q");
+    CHECK_STR(rec.history, "[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"agent\",\"content\":\"yo\"}]");
+    CHECK_STR(rec.artifacts, "[ 1 , 2 ]");
+    CHECK_STR(rec.metadata, "{\"k\":1}");
+    CHECK_STR(rec.checkpoint, "{\"step\":3}");
+    CHECK_STR(rec.worker, "w1");
+    CHECK(rec.requested == NULL);
+    CHECK_INT(rec.attempts, 1);
+    CHECK(rec.state_at >= rec.created_at && rec.updated_at >= rec.state_at);
+    bq_task_rec_clear(&rec);
+
+    /* Terminal: nothing moves it unless `from` names it. */
+    struct bq_task_change cancel = {.id = "t1", .to = "canceled"};
+    CHECK_INT(s->ops->change(s, &cancel, &r, NULL), BQ_OK);
+    CHECK(!r.changed);
+    CHECK_STR(r.state, "completed");
+    struct bq_task_change reopen = {.id = "t1", .from = "failed,completed", .to = "submitted"};
+    CHECK_INT(s->ops->change(s, &reopen, &r, NULL), BQ_OK);
+    CHECK(r.changed);
+
+    struct bq_task_change unknown = {.id = "nope", .to = "working"};
+    CHECK_INT(s->ops->change(s, &unknown, &r, NULL), BQ_OK);
+    CHECK(!r.found && !r.changed);
+    bq_err err;
+    struct bq_task_change bad = {.id = "t1", .to = "done"};
+    CHECK_INT(s->ops->change(s, &bad, &r, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "unknown state 'done'");
+    struct bq_task_change notarray = {.id = "t1", .append_history = "{}"};
+    CHECK_INT(s->ops->change(s, &notarray, &r, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "JSON arrays");
+
+    CHECK_INT(s->ops->remove(s, "t1", &found, NULL), BQ_OK);
+    CHECK(found);
+    CHECK_INT(s->ops->get(s, "t1", &rec, &found, NULL), BQ_OK);
+    CHECK(!found);
+    bq_storage_unref(s);
+}
+
+TEST(list_filters_newest_first)
+{
+    bq_storage_mem_reset();
+    bq_storage *s = open_mem();
+    for (int i = 0; i < 10; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "L%d", i);
+        struct bq_task_new t = {id, i % 2 ? "odd" : "even", NULL, i < 3 ? "working" : NULL,
+                                NULL, NULL};
+        struct bq_task_result r;
+        CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
+    }
+    struct bq_task_rec *v;
+    size_t n;
+    struct bq_task_filter f = {NULL, "odd", 0, 3};
+    CHECK_INT(s->ops->list(s, &f, &v, &n, NULL), BQ_OK);
+    CHECK_INT((int)n, 3);
+    CHECK_STR(v[0].id, "L9");
+    CHECK_STR(v[2].id, "L5");
+    CHECK_STR(v[0].history, "[]");
+    bq_task_recs_free(v, n);
+    struct bq_task_filter fw = {"working", NULL, 0, 0};
+    CHECK_INT(s->ops->list(s, &fw, &v, &n, NULL), BQ_OK);
+    CHECK_INT((int)n, 3);
+    bq_task_recs_free(v, n);
+    struct bq_task_filter old = {NULL, NULL, 3600, 0};
+    CHECK_INT(s->ops->list(s, &old, &v, &n, NULL), BQ_OK);
+    CHECK_INT((int)n, 0);
+    bq_task_recs_free(v, n);
+    bq_storage_unref(s);
+    bq_storage_mem_reset();
+}
+
+static void *hammer(void *arg)
+{
+    bq_storage *s = arg;
+    for (int i = 0; i < 2000; i++) {
+        struct bq_task_change c = {.id = "shared", .from = "working", .count_attempt = true};
+        struct bq_task_result r;
+        s->ops->change(s, &c, &r, NULL);
+    }
+    return NULL;
+}
+
+TEST(threads_share_one_store)
+{
+    bq_storage *a = open_mem(), *b = open_mem();
+    struct bq_task_new t = {"shared", NULL, NULL, "working", NULL, NULL};
+    struct bq_task_result r;
+    CHECK_INT(a->ops->create(a, &t, &r, NULL), BQ_OK);
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&th[i], NULL, hammer, i % 2 ? a : b);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    struct bq_task_rec rec;
+    bool found;
+    CHECK_INT(b->ops->get(b, "shared", &rec, &found, NULL), BQ_OK);
+    CHECK_INT(rec.attempts, 8000);
+    bq_task_rec_clear(&rec);
+    bq_storage_unref(a);
+    bq_storage_unref(b);
+    bq_storage_mem_reset();
+}
+
+TEST(open_checks_the_type)
+{
+    bq_err err;
+    bq_storage *s;
+    struct bq_storage_config bad = {"redis", NULL, NULL, 0, 0};
+    CHECK_INT(bq_storage_open(&bad, &s, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "unknown type 'redis'");
+    struct bq_storage_config nourl = {"postgres", NULL, NULL, 0, 0};
+    CHECK_INT(bq_storage_open(&nourl, &s, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "needs a url");
+    CHECK(bq_task_state_terminal("canceled"));
+    CHECK(!bq_task_state_terminal("paused"));
+    CHECK(bq_task_state_in("paused", NULL));
+    CHECK(!bq_task_state_in("failed", NULL));
+    CHECK(bq_task_state_in("failed", "submitted,failed"));
+    CHECK(!bq_task_state_in("fail", "submitted,failed"));
+}
+
+int main(void)
+{
+    bq_log_set_level("off");
+    RUN(create_get_and_cas);
+    RUN(list_filters_newest_first);
+    RUN(threads_share_one_store);
+    RUN(open_checks_the_type);
+    bq_storage_mem_reset();
+    return check_report("test_storage");
+}

@@ -1,0 +1,264 @@
+-- The task lifecycle through a real redis-server and a real PostgreSQL, with workers in
+-- processes of their own: completion with history and artifacts, input-required then
+-- resume on another worker, cancel of running handlers within 100 ms, duplicate runs,
+-- pause and resume on another worker from the checkpoint, five workers creating the schema
+-- at once, a PostgreSQL restart mid-run, and the recovery sweep.
+
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+local pg = require("helpers.pg")
+local cluster = require("helpers.cluster")
+local bq = require("binduq")
+
+local FIXTURE = "tests/lua/fixtures/lifecycle_worker.lua"
+
+local function qname(tag)
+    return ("it:life:%s:%d"):format(tag, math.random(1, 1e9))
+end
+
+describe("#redis #pg lifecycle", function()
+    local server, db, dir
+    setup(function()
+        server = redis.start()
+        db = pg.start()
+        dir = proc.tmpdir()
+        bq.log_configure{ level = "warn" }
+    end)
+    teardown(function()
+        server:stop()
+        db:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    local function scheduler(queue, extra)
+        local o = { scheduler = { url = server.url, queue_name = queue },
+                    storage = { type = "postgres", url = db.url } }
+        for k, v in pairs(extra or {}) do o.scheduler[k] = v end
+        return bq.scheduler(o)
+    end
+
+    local function worker(queue, env, nowait)
+        local e = { DATABASE_URL = db.url, BQ_TEST_BLOCK_TIMEOUT = 1 }
+        for k, v in pairs(env or {}) do e[k] = v end
+        return cluster.worker(server, queue, e, FIXTURE, dir, nowait)
+    end
+
+    local function wait_state(s, id, state, timeout)
+        local last
+        local ok = proc.wait_for(function()
+            local t = s:get_task(id)
+            last = t and t.state
+            return last == state
+        end, timeout or 10, 0.01)
+        assert(ok, ("task %s is %s, not %s"):format(id, tostring(last), state))
+        return s:get_task(id)
+    end
+
+    local function worker_id(p)
+        return (cluster.lines(p, "worker_started")[1] or ""):match("worker=(%S+)")
+    end
+
+    it("completes a run with history and artifacts", function()
+        local q = qname("run")
+        local w = worker(q)
+        local s = scheduler(q)
+        assert(s:run{ task_id = q .. "-1", conversation_id = "conv", messages = { "hello" } })
+        assert(s:run{ task_id = q .. "-2", conversation_id = "conv", messages = { "artifact" } })
+        local t = wait_state(s, q .. "-1", "completed")
+        assert.are.same({ { role = "user", content = "hello" }, { role = "agent", content = "answer: hello (1)" } },
+                        t.history)
+        assert.are.equal(1, t.attempts)
+        assert.are.equal(worker_id(w), t.worker)
+        local t2 = wait_state(s, q .. "-2", "completed")
+        assert.are.same({ { name = "a1", parts = { { kind = "text", text = "x" } } } }, t2.artifacts)
+        assert.are.equal(2, #s:list_tasks{ context = "conv", state = "completed" })
+        proc.stop(w)
+        s:close()
+
+        -- The admin commands read the same records.
+        local env = { DATABASE_URL = db.url }
+        local rc, out = proc.run("build/binduq-lua task show " .. q .. "-1", { env = env })
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("state:       completed", 1, true), out)
+        assert.truthy(out:find("agent  answer: hello (1)", 1, true), out)
+        rc, out = proc.run("build/binduq-lua task show " .. q .. "-2 --json", { env = env })
+        assert.are.equal(0, rc, out)
+        local doc = require("binduq.json").decode(out)
+        assert.are.equal("completed", doc.state)
+        assert.are.equal("a1", doc.artifacts[1].name)
+        rc, out = proc.run("build/binduq-lua task list --state completed --context conv --json", { env = env })
+        assert.are.equal(0, rc, out)
+        doc = require("binduq.json").decode(out)
+        assert.are.equal(2, #doc.tasks)
+        assert.are.equal(q .. "-2", doc.tasks[1].task_id) -- newest first
+        rc, out = proc.run("build/binduq-lua task list --state done", { env = env })
+        assert.are.equal(2, rc, out)
+        assert.truthy(out:find("unknown state 'done'", 1, true), out)
+        rc, out = proc.run("build/binduq-lua task show nope-" .. q, { env = env })
+        assert.are.equal(1, rc, out)
+        assert.truthy(out:find("no task nope-", 1, true), out)
+        rc, out = proc.run("build/binduq-lua task list", { env = { DATABASE_URL = "postgresql://u:s3cret@127.0.0.1:1/x" } })
+        assert.are.equal(1, rc, out)
+        assert.falsy(out:find("s3cret", 1, true), out)
+    end)
+
+    it("continues an input-required task on another worker process", function()
+        local q = qname("input")
+        local a = worker(q)
+        local s = scheduler(q)
+        local id = q .. "-1"
+        s:run{ task_id = id, messages = { "ask" } }
+        local t = wait_state(s, id, "input-required")
+        assert.are.equal(worker_id(a), t.worker)
+        assert.are.equal("which city?", t.history[2].content)
+        proc.stop(a)
+        local b = worker(q)
+        s:resume(id, { "Paris" })
+        t = wait_state(s, id, "completed")
+        assert.are.equal(worker_id(b), t.worker)
+        assert.are_not.equal(worker_id(a), worker_id(b))
+        assert.are.equal("answer: Paris (3)", t.history[4].content)
+        assert.are.equal(2, t.attempts)
+        proc.stop(b)
+        s:close()
+    end)
+
+    it("cancels running handlers within 100 ms and keeps a late result out", function()
+        local q = qname("cancel")
+        local w = worker(q, { BQ_TEST_CONCURRENCY = 3 })
+        local s = scheduler(q)
+        local ids = { spin = q .. "-spin", nap = q .. "-nap", catch = q .. "-catch" }
+        s:run{ task_id = ids.spin, messages = { "spin" } }
+        s:run{ task_id = ids.nap, messages = { "nap:30" } }
+        s:run{ task_id = ids.catch, messages = { "napcatch:30" } }
+        for _, id in pairs(ids) do wait_state(s, id, "working") end
+        proc.sleep(0.2)
+        local report = {}
+        for name, id in pairs(ids) do
+            local t0 = bq.now() % 86400
+            assert(s:cancel(id))
+            local line
+            assert(proc.wait_for(function()
+                line = cluster.lines(w, " canceled task_id=" .. id:gsub("%p", "%%%0") .. " type=run")[1]
+                return line ~= nil
+            end, 5, 0.005), name .. " was not stopped")
+            local took = cluster.stamp(line) - t0
+            report[#report + 1] = ("%s %.1f ms"):format(name, took * 1000)
+            assert.is_true(took < 0.1, name .. " stopped after " .. took .. " s")
+            assert.are.equal("canceled", s:get_task(id).state)
+        end
+        print("\n# cancel to handler stop: " .. table.concat(report, ", "))
+        -- The handler that caught the cancel returned a result: not stored, still canceled.
+        proc.sleep(0.2)
+        local t = s:get_task(ids.catch)
+        assert.are.equal("canceled", t.state)
+        assert.are.equal(1, #t.history)
+        assert.are.equal(1, #cluster.lines(w, "late_result_ignored"))
+        proc.stop(w)
+        s:close()
+    end)
+
+    it("acknowledges a duplicate run of a completed task without calling the handler", function()
+        local q = qname("dup")
+        local w = worker(q)
+        local s = scheduler(q, { dedup = false })
+        local id = q .. "-1"
+        s:run{ task_id = id, messages = { "hello" } }
+        wait_state(s, id, "completed")
+        s:run{ task_id = id, messages = { "hello again" } }
+        assert(proc.wait_for(function() return #cluster.lines(w, "skipped task_id=" .. id:gsub("%p", "%%%0")) == 1 end, 5))
+        local t = s:get_task(id)
+        assert.are.equal("completed", t.state)
+        assert.are.equal(1, t.attempts)
+        assert.are.equal(2, #t.history)
+        assert.are.equal(1, #cluster.lines(w, " completed task_id="))
+        proc.stop(w)
+        s:close()
+    end)
+
+    it("pauses a running task and resumes it on another worker from its checkpoint", function()
+        local q = qname("pause")
+        local a = worker(q)
+        local s = scheduler(q)
+        local id = q .. "-1"
+        s:run{ task_id = id, messages = { "steps:60" } }
+        wait_state(s, id, "working")
+        proc.sleep(0.3)
+        s:pause(id)
+        local t = wait_state(s, id, "paused")
+        local at = math.tointeger(t.checkpoint)
+        assert.is_true(at >= 1 and at < 60, "checkpoint " .. tostring(t.checkpoint))
+        proc.stop(a)
+        local b = worker(q)
+        s:resume(id)
+        t = wait_state(s, id, "completed")
+        assert.are.equal(("counted %d..60 on %s"):format(at, worker_id(b)), t.history[#t.history].content)
+        proc.stop(b)
+        s:close()
+    end)
+
+    it("creates the schema once when five workers start together on an empty database", function()
+        local q = qname("schema")
+        local schema = "fresh_" .. math.random(1, 1e9)
+        local ws = {}
+        for i = 1, 5 do ws[i] = worker(q, { BQ_TEST_SCHEMA = schema }, true) end
+        for _, w in ipairs(ws) do
+            assert(proc.wait_for(function()
+                local log = proc.read(w.log) or ""
+                return log:find("worker_started", 1, true) or not proc.alive(w)
+            end, 20))
+            assert.is_true(proc.alive(w), proc.read(w.log) or "")
+            assert.are.equal(0, #cluster.lines(w, " error "))
+        end
+        assert.are.equal("1", db:psql(("SELECT count(*) FROM %s.schema_version"):format(schema)):match("%d+"))
+        local s = bq.scheduler{ scheduler = { url = server.url, queue_name = q },
+                                storage = { url = db.url, schema = schema } }
+        for i = 1, 20 do s:run{ task_id = q .. "-" .. i, messages = { "hi" } } end
+        assert(proc.wait_for(function() return #s:list_tasks{ state = "completed" } == 20 end, 10))
+        for _, w in ipairs(ws) do proc.stop(w) end
+        s:close()
+    end)
+
+    it("carries on through a PostgreSQL restart: no task is left working", function()
+        local q = qname("pgrestart")
+        local w1 = worker(q, { BQ_TEST_CONCURRENCY = 4, BQ_TEST_RETRY_BASE = 0.2, BQ_TEST_MAX_ATTEMPTS = 20 })
+        local w2 = worker(q, { BQ_TEST_CONCURRENCY = 4, BQ_TEST_RETRY_BASE = 0.2, BQ_TEST_MAX_ATTEMPTS = 20 })
+        local s = scheduler(q)
+        local N = 300
+        for i = 1, N do s:run{ task_id = q .. "-" .. i, messages = { "nap:0.02" } } end
+        proc.sleep(0.4)
+        db:restart()
+        local counts
+        local done = proc.wait_for(function()
+            counts = {}
+            local out = db:psql(("SELECT state, count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' GROUP BY state")
+                                :format(q))
+            for state, n in (out or ""):gmatch("([%w-]+)|(%d+)") do counts[state] = tonumber(n) end
+            return counts.completed == N
+        end, 60, 0.5)
+        local shown = {}
+        for k, v in pairs(counts or {}) do shown[#shown + 1] = k .. "=" .. v end
+        assert(done, "states after the restart: " .. table.concat(shown, " "))
+        print(("\n# PostgreSQL restart mid-run: %d tasks, all completed; retries %d, reconnect lines %d"):format(
+            N, #cluster.lines(w1, "retry_scheduled") + #cluster.lines(w2, "retry_scheduled"),
+            #cluster.lines(w1, "reconnect") + #cluster.lines(w2, "reconnect")))
+        proc.stop(w1)
+        proc.stop(w2)
+        s:close()
+    end)
+
+    it("pushes again a submitted task that never reached the queue (recovery sweep)", function()
+        local q = qname("sweep")
+        local st = assert(bq.scheduler{ scheduler = { url = server.url, queue_name = q },
+                                        storage = { type = "postgres", url = db.url } })
+        -- A producer that died between its store and its push left this behind.
+        local id = q .. "-lost"
+        st:storage():create{ id = id, queue = q, history = '[{"role":"user","content":"found"}]' }
+        local w = worker(q, { BQ_TEST_RECOVERY_AFTER = 1 })
+        local t = wait_state(st, id, "completed", 15)
+        assert.are.equal("answer: found (1)", t.history[2].content)
+        assert.are.equal(1, #cluster.lines(w, "recovered_submitted"))
+        proc.stop(w)
+        st:close()
+    end)
+end)
