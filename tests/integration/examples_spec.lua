@@ -35,6 +35,17 @@ describe("examples", function()
         assert.truthy(out:find("queued: 3; duplicates counted: 2", 1, true), out:sub(-300))
     end)
 
+    it("lifecycle.lua asks, resumes, pauses and cancels in memory", function()
+        local rc, out = proc.run("build/binduq-lua examples/lifecycle.lua",
+                                 { unset = { "REDIS_URL", "DATABASE_URL" }, timeout = 60 })
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("ask +input%-required +Which city%?"), out)
+        assert.truthy(out:find("ask +completed +Sunny in Lisbon %(after 3 messages%)"), out)
+        assert.truthy(out:find("count +paused +checkpoint %d+"), out)
+        assert.truthy(out:find("count +completed +counted to 30 %(resumed%)"), out)
+        assert.truthy(out:find("spin +canceled +stopped"), out)
+    end)
+
     it("producer.lua without Redis warns that the tasks stay in its memory", function()
         local rc, out = proc.run("build/binduq-lua examples/producer.lua 2", { unset = { "REDIS_URL" } })
         assert.are.equal(0, rc, out)
