@@ -25,7 +25,7 @@ dependencies = {
 }
 external_dependencies = {
     HIREDIS = { header = "hiredis/hiredis.h" },
-    OPENSSL = { header = "openssl/evp.h" },
+    OPENSSL = { header = "openssl/ssl.h" },
     PQ = { header = "postgresql/libpq-fe.h" },
 }
 build = {
@@ -35,7 +35,7 @@ build = {
             sources = {
                 "src/core/alloc.c", "src/core/backoff.c", "src/core/buf.c", "src/core/clock.c",
                 "src/core/err.c", "src/core/log.c", "src/core/rand.c", "src/core/ratelimit.c",
-                "src/net/conn.c", "src/net/pool.c", "src/net/url.c",
+                "src/net/conn.c", "src/net/pool.c", "src/net/tls.c", "src/net/url.c",
                 "src/broker/broker.c", "src/broker/keys.c", "src/broker/mem.c",
                 "src/broker/redis.c", "src/storage/mem.c", "src/storage/pg.c",
                 "src/storage/storage.c",
@@ -47,7 +47,7 @@ build = {
             defines = { "_GNU_SOURCE", "BQ_BUILDING" },
             incdirs = { "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)", "$(PQ_INCDIR)" },
             libdirs = { "$(HIREDIS_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(PQ_LIBDIR)" },
-            libraries = { "hiredis", "pq", "crypto", "pthread", "m" },
+            libraries = { "hiredis", "pq", "ssl", "crypto", "pthread", "m" },
         },
         ["binduq"] = "lua/binduq/init.lua",
         ["binduq.cli"] = "lua/binduq/cli.lua",

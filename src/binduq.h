@@ -80,7 +80,8 @@ BQ_API bq_status bq_log_set_format(const char *format);
 typedef struct bq_client bq_client;
 
 /* Options for bq_client_new. Zero/NULL fields take the environment, then the default:
- *   url              REDIS_URL; unset means the in-memory scheduler of this process
+ *   url              REDIS_URL; unset means the in-memory scheduler of this process;
+ *                    redis://, rediss:// (TLS), unix://, redis+sentinel://
  *   queue_name       REDIS_QUEUE_NAME, default "bindu:tasks"
  *   max_connections  REDIS_MAX_CONNECTIONS, default 10
  *   connect_timeout  seconds, default 5
@@ -95,6 +96,23 @@ struct bq_client_options {
     double command_timeout;
     double pool_timeout;
     bool memory;
+    /* TLS, for rediss:// URLs (each also from BINDUQ_TLS_<NAME> in capitals):
+     *   tls_ca_file, tls_ca_dir   trusted CAs (PEM file, hashed directory); default: the
+     *                             system's store
+     *   tls_cert_file, tls_key_file  a client certificate and key (mutual TLS)
+     *   tls_server_name           the name sent (SNI) and verified; default: the host
+     *   tls_insecure              no certificate verification (tests only) */
+    const char *tls_ca_file;
+    const char *tls_ca_dir;
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    const char *tls_server_name;
+    bool tls_insecure;
+    /* Durability of enqueues: after each push, WAIT until `wait_replicas` replicas have it
+     * (at most `wait_timeout` seconds, default 1), else the push fails with BQ_ETIMEDOUT
+     * (the task may or may not be queued). 0: no waiting. */
+    int wait_replicas;
+    double wait_timeout;
 };
 
 /* Opens a client. Connections are made lazily, so a client opens even while Redis is down;

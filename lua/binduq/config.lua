@@ -13,8 +13,11 @@ M.SCHEDULER_KEYS = {
     connect_timeout = "number", command_timeout = "number", pool_timeout = "number",
     -- policy, producer side
     route = "function", levels = "table", dedup = "boolean", dedup_ttl = "number",
-    dedup_key = "function",
+    dedup_key = "function", tls = "table", wait_replicas = "number", wait_timeout = "number",
 }
+
+M.TLS_KEYS = { ca_file = "string", ca_dir = "string", cert_file = "string", key_file = "string",
+               server_name = "string", verify = "boolean" }
 
 M.STORAGE_KEYS = { type = "string", url = "string", schema = "string", max_connections = "number",
                    connect_timeout = "number" }
@@ -63,9 +66,13 @@ function M.scheduler_section(opts, level)
             end
         end
         M.check_storage(opts.storage, level)
-        return M.check(opts.scheduler, M.SCHEDULER_KEYS, "scheduler", level)
+        local s = M.check(opts.scheduler, M.SCHEDULER_KEYS, "scheduler", level)
+        M.check(s.tls, M.TLS_KEYS, "tls", level)
+        return s
     end
-    return M.check(opts, M.SCHEDULER_KEYS, "scheduler", level)
+    local s = M.check(opts, M.SCHEDULER_KEYS, "scheduler", level)
+    M.check(s.tls, M.TLS_KEYS, "tls", level)
+    return s
 end
 
 --- Checks a storage section; the storage module resolves it (binduq.storage).

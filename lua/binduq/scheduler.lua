@@ -249,6 +249,14 @@ function Scheduler:health_check()
         h.rtt = rtt
         h.queue_length, err, code = client:length("ready")
     end
+    if rtt then
+        local role, addr = client:node()
+        h.role, h.node = role, addr
+    end
+    local u = self.url and core.parse_url(self.url)
+    if u and u.kind == "sentinel" then
+        h.topology = { kind = "sentinel", service = u.service, master = h.node, sentinels = #u.hosts }
+    end
     h.storage = self.store:kind()
     local sok, serr, scode = self.store:ping()
     h.storage_ok = sok == true

@@ -186,6 +186,10 @@ struct bq_broker_ops {
     bq_status (*listen)(bq_broker *b, const char *queue,
                         void (*cb)(void *ud, const char *msg, size_t len),
                         void (*ready)(void *ud), void *ud, int stopfd, bq_err *err);
+    /* The node a pooled connection talks to: its ROLE ("master", "slave", ...; "memory")
+     * and address (for Sentinel URLs, the master the sentinels named). */
+    bq_status (*node)(bq_broker *b, char *role, size_t rsize, char *addr, size_t asize,
+                      bq_err *err);
     /* Round trip to the server in seconds (0 for memory). */
     bq_status (*ping)(bq_broker *b, double *rtt, bq_err *err);
     /* Connection pool counters; false when the broker has no pool (memory). */
@@ -206,6 +210,10 @@ struct bq_broker_config {
     double connect_timeout;
     double command_timeout;
     double pool_timeout;
+    struct bq_tls_config tls;    /* for rediss:// (strings borrowed for the open only) */
+    const char *tls_server_name; /* NULL: the host's name */
+    int wait_replicas;           /* > 0: pushes WAIT for this many replicas */
+    double wait_timeout;         /* seconds */
 };
 
 /* Opens a broker. Redis connections are opened lazily, so this fails only on a bad URL. */

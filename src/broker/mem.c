@@ -923,6 +923,16 @@ static bq_status mem_listen(bq_broker *b, const char *queue,
     return bq_err_set(err, BQ_EINTR, "listen: stopped");
 }
 
+static bq_status mem_node(bq_broker *b, char *role, size_t rsize, char *addr, size_t asize,
+                          bq_err *err)
+{
+    (void)b;
+    (void)err;
+    snprintf(role, rsize, "memory");
+    snprintf(addr, asize, "memory");
+    return BQ_OK;
+}
+
 static const struct bq_broker_ops mem_ops = {
     .push = mem_push,
     .push_unique = mem_push_unique,
@@ -945,6 +955,7 @@ static const struct bq_broker_ops mem_ops = {
     .dlq_purge = mem_dlq_purge,
     .publish = mem_publish,
     .listen = mem_listen,
+    .node = mem_node,
     .ping = mem_ping,
     .pool_stats = mem_pool_stats,
     .free = mem_free,

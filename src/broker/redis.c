@@ -25,6 +25,7 @@
 #include "scripts.h"
 
 #include "../core/alloc.h"
+#include "../core/backoff.h"
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
@@ -32,7 +33,10 @@
 
 
 #include <openssl/evp.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -213,6 +217,15 @@ struct redis_broker {
     long long fetch_id;      /* CLIENT ID of fetch_conn, -1 if unknown */
     bool has_blmpop;
     int wakefd;              /* eventfd written by interrupt */
+    bq_tls_ctx *tls;         /* owned; rediss:// only */
+    int wait_replicas;       /* > 0: WAIT after pushes */
+    double wait_timeout;
+    /* Sentinel URLs: a thread follows +switch-master and bumps `epoch`, which makes every
+     * connection to the old master count as broken (conn.h). */
+    atomic_uint epoch;
+    pthread_t watcher;
+    bool watching;
+    int watch_stopfd;
     double command_timeout;
     long credit[MAX_QUEUES]; /* weighted fetching: the round robin's state (fetcher only) */
     bool multi_busy;         /* several queues: the last fetch found work (fetcher only) */
@@ -297,6 +310,25 @@ static bq_status append_push(bq_conn *c, const char *queue, const char *bell,
     return st;
 }
 
+/* WAIT until r->wait_replicas replicas acknowledged this connection's writes. */
+static bq_status wait_replicated(struct redis_broker *r, bq_conn *c, bq_err *err)
+{
+    if (r->wait_replicas <= 0)
+        return BQ_OK;
+    char n[16], ms[24];
+    snprintf(n, sizeof n, "%d", r->wait_replicas);
+    snprintf(ms, sizeof ms, "%lld", (long long)(r->wait_timeout * 1000.0));
+    redisReply *rep = NULL;
+    bq_status st = bq_conn_callv(c, &rep, err, "WAIT", n, ms, NULL);
+    if (st == BQ_OK && (rep->type != REDIS_REPLY_INTEGER || rep->integer < r->wait_replicas))
+        st = bq_err_set(err, BQ_ETIMEDOUT, "WAIT: %lld of %d replicas acknowledged the enqueue "
+                        "within %s ms (it may or may not be queued)",
+                        rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1LL, r->wait_replicas, ms);
+    if (rep != NULL)
+        freeReplyObject(rep);
+    return st;
+}
+
 static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_slice *msgs,
                             size_t n, size_t *pushed, bq_err *err)
 {
@@ -325,6 +357,8 @@ static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_sli
         if (st == BQ_OK && i + 2 < ncmds)
             *pushed += (i + 1) * chunk <= n ? chunk : n - i * chunk;
     }
+    if (st == BQ_OK && (st = wait_replicated(r, c, err)) != BQ_OK)
+        *pushed = 0;
     bq_pool_return(r->pool, c);
     return st;
 }
@@ -377,6 +411,10 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
             pushed[i + j] = rep->element[j]->integer == 1;
         if (rep != NULL)
             freeReplyObject(rep);
+    }
+    if (st == BQ_OK && (st = wait_replicated(r, c, err)) != BQ_OK) {
+        for (size_t i = 0; i < n; i++)
+            pushed[i] = false;
     }
     if (c != NULL)
         bq_pool_return(r->pool, c);
@@ -600,6 +638,10 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
     if (k == NULL)
         return bq_err_set(err, BQ_ENOMEM, "fetch: out of memory");
     bq_status st = build_keys(who, k, err);
+    if (r->fetch_conn != NULL && bq_conn_broken(r->fetch_conn)) {
+        bq_conn_close(r->fetch_conn);
+        r->fetch_conn = NULL;
+    }
     if (st == BQ_OK && r->fetch_conn == NULL)
         st = open_fetch_conn(r, err);
     if (st != BQ_OK) {
@@ -721,7 +763,10 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         rep = NULL;
         if (st == BQ_OK && bells) {
             st = bq_conn_read(c, &rep, deadline, r->wakefd, err);
-            if (st == BQ_EINTR) {
+            if (st == BQ_EINTR && bq_conn_broken(c)) {
+                take_wakeup(r);
+                st = bq_err_set(err, BQ_EIO, "%s: the master changed", bq_conn_address(c));
+            } else if (st == BQ_EINTR) {
                 take_wakeup(r);
                 unblock_fetch(r);
                 st = bq_conn_read(c, &rep, deadline, -1, err);
@@ -744,7 +789,12 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
             r->multi_busy = out->n > before;
     } else if (st == BQ_OK && want) {
         st = bq_conn_read(c, &rep, deadline, timeout > 0 ? r->wakefd : -1, err);
-        if (st == BQ_EINTR) {
+        if (st == BQ_EINTR && bq_conn_broken(c)) {
+            /* The master changed (Sentinel): this connection is to the old one; drop it
+             * rather than unblock a client id on the new server. */
+            take_wakeup(r);
+            st = bq_err_set(err, BQ_EIO, "%s: the master changed", bq_conn_address(c));
+        } else if (st == BQ_EINTR) {
             take_wakeup(r);
             unblock_fetch(r);
             /* Read the pop's reply: nil if unblocked, the messages if it won the race. Without
@@ -1291,6 +1341,75 @@ static bq_status redis_listen(bq_broker *b, const char *queue,
     return st;
 }
 
+/* ---- Sentinel: following +switch-master ---------------------------------------------------
+ * Every new connection asks the sentinels where the master is (conn.c), but connections
+ * already open to the old master would go on talking to it until it is reconfigured as a
+ * replica, which Sentinel may do only seconds later: writes meanwhile are lost. So a thread
+ * subscribes to +switch-master on one sentinel (the next one when that fails) and, when our
+ * service switches, bumps the epoch (every older connection now counts as broken) and wakes
+ * the blocked fetch. */
+
+static void *watch_sentinels(void *arg)
+{
+    struct redis_broker *r = arg;
+    const struct bq_url *u = bq_pool_url(r->pool);
+    const struct bq_conn_opts *o = bq_pool_conn_opts(r->pool);
+    int failures = 0;
+    for (size_t node = 0;; node = (node + 1) % u->nhosts) {
+        bq_conn *s = NULL;
+        bq_err e;
+        bq_status st = bq_conn_open_node(u, node, u->sentinel_password, o, &s, &e);
+        const char *argv[] = {"SUBSCRIBE", "+switch-master"};
+        if (st == BQ_OK && (st = bq_conn_append(s, 2, argv, NULL, &e)) == BQ_OK)
+            st = bq_conn_flush(s, bq_now_mono() + r->command_timeout, r->watch_stopfd, &e);
+        while (st == BQ_OK) {
+            redisReply *rep = NULL;
+            if ((st = bq_conn_read(s, &rep, -1, r->watch_stopfd, &e)) != BQ_OK)
+                break;
+            failures = 0;
+            size_t n = strlen(u->service);
+            if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
+                rep->element[2]->type == REDIS_REPLY_STRING &&
+                strncmp(rep->element[2]->str, u->service, n) == 0 && rep->element[2]->str[n] == ' ') {
+                atomic_fetch_add(&r->epoch, 1);
+                bq_log(BQ_LOG_WARN, "master_switched", "service", u->service, "change",
+                       rep->element[2]->str + n + 1, NULL);
+                redis_interrupt(&r->base);
+            }
+            freeReplyObject(rep);
+        }
+        bq_conn_close(s);
+        if (st == BQ_EINTR)
+            return NULL;
+        if (failures++ >= (int)u->nhosts)
+            bq_log(BQ_LOG_WARN, "sentinel_watch_lost", "error", e.msg, NULL);
+        double d = bq_backoff_delay(failures, 0.1, 5.0, BQ_JITTER_EQUAL, bq_random_unit());
+        struct pollfd p = {r->watch_stopfd, POLLIN, 0};
+        if (poll(&p, 1, (int)(d * 1000)) > 0)
+            return NULL;
+    }
+}
+
+static bq_status redis_node(bq_broker *b, char *role, size_t rsize, char *addr, size_t asize,
+                            bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    bq_conn *c;
+    bq_status st = borrow(r, &c, err);
+    if (st != BQ_OK)
+        return st;
+    redisReply *rep = NULL;
+    st = bq_conn_callv(c, &rep, err, "ROLE", NULL);
+    snprintf(role, rsize, "%s", st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                                        rep->element[0]->type == REDIS_REPLY_STRING
+                                    ? rep->element[0]->str : "unknown");
+    snprintf(addr, asize, "%s", bq_conn_address(c));
+    if (rep != NULL)
+        freeReplyObject(rep);
+    bq_pool_return(r->pool, c);
+    return st;
+}
+
 static bq_status redis_ping(bq_broker *b, double *rtt, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
@@ -1314,10 +1433,19 @@ static bool redis_pool_stats(bq_broker *b, struct bq_pool_stats *out)
 static void redis_free(bq_broker *b)
 {
     struct redis_broker *r = (struct redis_broker *)b;
+    if (r->watching) {
+        uint64_t one = 1;
+        if (write(r->watch_stopfd, &one, sizeof one) != (ssize_t)sizeof one)
+            bq_log(BQ_LOG_ERROR, "sentinel_watch_stop_failed", NULL);
+        pthread_join(r->watcher, NULL);
+    }
+    if (r->watch_stopfd >= 0)
+        close(r->watch_stopfd);
     bq_conn_close(r->fetch_conn);
     bq_pool_free(r->pool);
     if (r->wakefd >= 0)
         close(r->wakefd);
+    bq_tls_ctx_free(r->tls);
     bq_free(r);
 }
 
@@ -1343,6 +1471,7 @@ static const struct bq_broker_ops redis_ops = {
     .dlq_purge = redis_dlq_purge,
     .publish = redis_publish,
     .listen = redis_listen,
+    .node = redis_node,
     .ping = redis_ping,
     .pool_stats = redis_pool_stats,
     .free = redis_free,
@@ -1358,11 +1487,10 @@ bq_status bq_broker_open_redis(const struct bq_broker_config *cfg, bq_broker **o
         bq_url_free(&url);
         return st;
     }
-    if (url.tls || url.kind == BQ_URL_SENTINEL || url.kind == BQ_URL_CLUSTER) {
+    if (url.kind == BQ_URL_CLUSTER) {
         bq_url_free(&url);
-        return bq_err_set(err, BQ_EUNSUPPORTED, "%s: TLS, Sentinel and Cluster URLs are not "
-                          "supported by this version of binduq yet",
-                          cfg->url_source ? cfg->url_source : "URL");
+        return bq_err_set(err, BQ_EUNSUPPORTED, "%s: Cluster URLs are not supported by this "
+                          "version of binduq yet", cfg->url_source ? cfg->url_source : "URL");
     }
     struct redis_broker *r = bq_calloc(1, sizeof *r);
     if (r == NULL) {
@@ -1372,14 +1500,35 @@ bq_status bq_broker_open_redis(const struct bq_broker_config *cfg, bq_broker **o
     r->base.ops = &redis_ops;
     r->base.kind = "redis";
     r->fetch_id = -1;
+    r->watch_stopfd = -1;
     r->command_timeout = cfg->command_timeout > 0 ? cfg->command_timeout : 5.0;
+    r->wait_replicas = cfg->wait_replicas;
+    r->wait_timeout = cfg->wait_timeout > 0 ? cfg->wait_timeout : 1.0;
     r->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     bq_url_address(&url, r->base.address, sizeof r->base.address);
-    struct bq_conn_opts opts = {cfg->connect_timeout, cfg->command_timeout};
+    atomic_init(&r->epoch, 0);
+    struct bq_conn_opts opts = {cfg->connect_timeout, cfg->command_timeout, NULL, "",
+                                url.kind == BQ_URL_SENTINEL ? &r->epoch : NULL};
+    if (cfg->tls_server_name != NULL)
+        snprintf(opts.server_name, sizeof opts.server_name, "%s", cfg->tls_server_name);
     if (r->wakefd < 0) {
         st = bq_err_set(err, BQ_EIO, "eventfd failed");
+    } else if (url.tls && (st = bq_tls_ctx_new(&cfg->tls, &r->tls, err)) != BQ_OK) {
+        /* err names the file */
     } else {
+        opts.tls = r->tls;
         st = bq_pool_new(&url, &opts, cfg->max_connections, cfg->pool_timeout, &r->pool, err);
+    }
+    if (st == BQ_OK && url.kind == BQ_URL_SENTINEL) {
+        r->watch_stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        r->watching = r->watch_stopfd >= 0 &&
+                      pthread_create(&r->watcher, NULL, watch_sentinels, r) == 0;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (!r->watching)
+            st = bq_err_set(err, BQ_EIO, "cannot start the Sentinel watcher");
     }
     bq_url_free(&url);
     if (st != BQ_OK) {

@@ -71,6 +71,37 @@ bq_status bq_config_resolve(const struct bq_client_options *opts, struct bq_conf
     cfg->queue_name = bq_strdup(queue);
     if ((url != NULL && cfg->url == NULL) || cfg->queue_name == NULL)
         return bq_err_set(err, BQ_ENOMEM, "out of memory");
+
+    const struct {
+        const char *opt, *var;
+        char **dst;
+    } tls[] = {
+        {opts->tls_ca_file, "BINDUQ_TLS_CA_FILE", &cfg->tls_ca_file},
+        {opts->tls_ca_dir, "BINDUQ_TLS_CA_DIR", &cfg->tls_ca_dir},
+        {opts->tls_cert_file, "BINDUQ_TLS_CERT_FILE", &cfg->tls_cert_file},
+        {opts->tls_key_file, "BINDUQ_TLS_KEY_FILE", &cfg->tls_key_file},
+        {opts->tls_server_name, "BINDUQ_TLS_SERVER_NAME", &cfg->tls_server_name},
+    };
+    for (size_t i = 0; i < sizeof tls / sizeof tls[0]; i++) {
+        const char *v = tls[i].opt ? tls[i].opt : env(tls[i].var);
+        if (v != NULL && (*tls[i].dst = bq_strdup(v)) == NULL)
+            return bq_err_set(err, BQ_ENOMEM, "out of memory");
+    }
+    if (cfg->tls_server_name != NULL && strlen(cfg->tls_server_name) > 255)
+        return bq_err_set(err, BQ_EINVAL, "tls server_name is longer than 255 bytes");
+    if (opts->wait_replicas < 0 || opts->wait_timeout < 0)
+        return bq_err_set(err, BQ_EINVAL, "wait_replicas and wait_timeout must not be negative");
+    cfg->wait_replicas = opts->wait_replicas;
+    cfg->wait_timeout = opts->wait_timeout > 0 ? opts->wait_timeout : 1.0;
+    cfg->tls_insecure = opts->tls_insecure;
+    const char *ins = env("BINDUQ_TLS_INSECURE");
+    if (!cfg->tls_insecure && ins != NULL) {
+        if (strcmp(ins, "1") == 0 || strcmp(ins, "true") == 0 || strcmp(ins, "yes") == 0)
+            cfg->tls_insecure = true;
+        else if (strcmp(ins, "0") != 0 && strcmp(ins, "false") != 0 && strcmp(ins, "no") != 0)
+            return bq_err_set(err, BQ_EINVAL, "BINDUQ_TLS_INSECURE: expected 1 or 0, got "
+                              "'%.20s'", ins);
+    }
     return BQ_OK;
 }
 
@@ -78,7 +109,14 @@ void bq_config_free(struct bq_config *cfg)
 {
     bq_free(cfg->url);
     bq_free(cfg->queue_name);
+    bq_free(cfg->tls_ca_file);
+    bq_free(cfg->tls_ca_dir);
+    bq_free(cfg->tls_cert_file);
+    bq_free(cfg->tls_key_file);
+    bq_free(cfg->tls_server_name);
     cfg->url = cfg->queue_name = NULL;
+    cfg->tls_ca_file = cfg->tls_ca_dir = cfg->tls_cert_file = cfg->tls_key_file = NULL;
+    cfg->tls_server_name = NULL;
 }
 
 void bq_config_broker(const struct bq_config *cfg, struct bq_broker_config *out)
@@ -89,4 +127,9 @@ void bq_config_broker(const struct bq_config *cfg, struct bq_broker_config *out)
     out->connect_timeout = cfg->connect_timeout;
     out->command_timeout = cfg->command_timeout;
     out->pool_timeout = cfg->pool_timeout;
+    out->tls = (struct bq_tls_config){cfg->tls_ca_file, cfg->tls_ca_dir, cfg->tls_cert_file,
+                                      cfg->tls_key_file, cfg->tls_insecure};
+    out->tls_server_name = cfg->tls_server_name;
+    out->wait_replicas = cfg->wait_replicas;
+    out->wait_timeout = cfg->wait_timeout;
 }

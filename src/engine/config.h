@@ -33,6 +33,10 @@ struct bq_config {
     double connect_timeout;
     double command_timeout;
     double pool_timeout;
+    char *tls_ca_file, *tls_ca_dir, *tls_cert_file, *tls_key_file, *tls_server_name; /* owned */
+    bool tls_insecure;
+    int wait_replicas;
+    double wait_timeout;
 };
 
 /* Fills cfg from opts (may be NULL), the environment and the defaults. Environment values

@@ -194,6 +194,19 @@ static int l_client_publish(lua_State *L)
     return 1;
 }
 
+/* c:node() -> role, address | nil, msg, code */
+static int l_client_node(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    char role[32], addr[160];
+    bq_err err;
+    if (c->broker->ops->node(c->broker, role, sizeof role, addr, sizeof addr, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushstring(L, role);
+    lua_pushstring(L, addr);
+    return 2;
+}
+
 static int batch_gc(lua_State *L)
 {
     bq_batch_free(lua_touserdata(L, 1));
@@ -322,6 +335,7 @@ static const luaL_Reg client_methods[] = {
     {"ping", l_client_ping},   {"info", l_client_info},     {"close", l_client_close},
     {"dlq_requeue", l_client_dlq_requeue}, {"dlq_remove", l_client_dlq_remove},
     {"dlq_purge", l_client_dlq_purge}, {"publish", l_client_publish},
+    {"node", l_client_node},
     {NULL, NULL},
 };
 

@@ -108,6 +108,22 @@ void bq_lua_client_options(lua_State *L, int idx, struct bq_client_options *o)
     o->connect_timeout = bq_lua_opt_number(L, idx, "connect_timeout", 0);
     o->command_timeout = bq_lua_opt_number(L, idx, "command_timeout", 0);
     o->pool_timeout = bq_lua_opt_number(L, idx, "pool_timeout", 0);
+    lua_Integer wr = bq_lua_opt_integer(L, idx, "wait_replicas", 0);
+    if (wr < 0 || wr > 100)
+        luaL_error(L, "option 'wait_replicas' must be from 0 to 100");
+    o->wait_replicas = (int)wr;
+    o->wait_timeout = bq_lua_opt_number(L, idx, "wait_timeout", 0);
+    if (lua_getfield(L, idx, "tls") == LUA_TTABLE) {
+        /* The strings stay alive in the options table, which the caller keeps. */
+        int t = lua_gettop(L);
+        o->tls_ca_file = bq_lua_opt_string(L, t, "ca_file");
+        o->tls_ca_dir = bq_lua_opt_string(L, t, "ca_dir");
+        o->tls_cert_file = bq_lua_opt_string(L, t, "cert_file");
+        o->tls_key_file = bq_lua_opt_string(L, t, "key_file");
+        o->tls_server_name = bq_lua_opt_string(L, t, "server_name");
+        o->tls_insecure = !bq_lua_opt_boolean(L, t, "verify", 1);
+    }
+    lua_pop(L, 1);
     if (type != NULL && strcmp(type, "memory") == 0)
         o->memory = true;
     else if (type != NULL && strcmp(type, "redis") == 0 && o->url == NULL && !getenv("REDIS_URL"))

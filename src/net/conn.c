@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -24,7 +25,10 @@
 
 struct bq_conn {
     int fd;
+    bq_tls *tls;     /* NULL: plain socket */
     bool broken;
+    const atomic_uint *epoch_src; /* see bq_conn_opts.epoch */
+    unsigned epoch;
     redisReader *reader;
     bq_buf out;      /* formatted commands not yet written */
     size_t out_sent; /* bytes of `out` already written */
@@ -40,7 +44,7 @@ int bq_conn_fd(const bq_conn *c)
 
 bool bq_conn_broken(const bq_conn *c)
 {
-    return c->broken;
+    return c->broken || (c->epoch_src != NULL && atomic_load(c->epoch_src) != c->epoch);
 }
 
 void bq_conn_mark_broken(bq_conn *c)
@@ -57,6 +61,7 @@ void bq_conn_close(bq_conn *c)
 {
     if (c == NULL)
         return;
+    bq_tls_free(c->tls);
     if (c->fd >= 0)
         close(c->fd);
     if (c->reader != NULL)
@@ -194,26 +199,27 @@ static bq_status connect_unix(bq_conn *c, const char *path, double deadline, bq_
     return BQ_OK;
 }
 
-/* AUTH and SELECT, pipelined in one round trip. */
-static bq_status handshake(bq_conn *c, const struct bq_url *u, double deadline, bq_err *err)
+/* AUTH and SELECT (db 0: none), pipelined in one round trip. */
+static bq_status handshake(bq_conn *c, const char *user, const char *password, int dbn,
+                           double deadline, bq_err *err)
 {
     int n = 0;
     bq_status st = BQ_OK;
-    if (u->password != NULL) {
-        const char *argv[3] = {"AUTH", u->user ? u->user : u->password, u->password};
-        st = bq_conn_append(c, u->user ? 3 : 2, argv, NULL, err);
+    if (password != NULL) {
+        const char *argv[3] = {"AUTH", user ? user : password, password};
+        st = bq_conn_append(c, user ? 3 : 2, argv, NULL, err);
         n++;
     }
     char db[16];
-    if (st == BQ_OK && u->db != 0) {
-        snprintf(db, sizeof db, "%d", u->db);
+    if (st == BQ_OK && dbn != 0) {
+        snprintf(db, sizeof db, "%d", dbn);
         const char *argv[2] = {"SELECT", db};
         st = bq_conn_append(c, 2, argv, NULL, err);
         n++;
     }
     if (st == BQ_OK && n > 0)
         st = bq_conn_flush(c, deadline, -1, err);
-    const char *names[2] = {u->password != NULL ? "AUTH" : "SELECT", "SELECT"};
+    const char *names[2] = {password != NULL ? "AUTH" : "SELECT", "SELECT"};
     bq_status first = BQ_OK;
     bq_err first_err;
     bq_err_clear(&first_err);
@@ -236,47 +242,182 @@ static bq_status handshake(bq_conn *c, const struct bq_url *u, double deadline, 
     return st;
 }
 
-bq_status bq_conn_open(const struct bq_url *u, const struct bq_conn_opts *opts, bq_conn **out,
-                       bq_err *err)
+static bq_conn *conn_new(const struct bq_conn_opts *opts)
 {
-    *out = NULL;
-    if (u->tls)
-        return bq_err_set(err, BQ_EUNSUPPORTED, "rediss:// (TLS) is not supported by this "
-                          "version of binduq yet");
-    if (u->kind == BQ_URL_SENTINEL || u->kind == BQ_URL_CLUSTER)
-        return bq_err_set(err, BQ_EUNSUPPORTED, "%s URLs are not supported by this version of "
-                          "binduq yet", u->kind == BQ_URL_SENTINEL ? "redis+sentinel://"
-                                                                   : "redis+cluster://");
     bq_conn *c = bq_calloc(1, sizeof *c);
     if (c == NULL)
-        return bq_err_set(err, BQ_ENOMEM, "connect: out of memory");
+        return NULL;
     c->fd = -1;
     c->command_timeout = opts->command_timeout > 0 ? opts->command_timeout : 5.0;
     c->reader = redisReaderCreate();
     if (c->reader == NULL) {
         bq_free(c);
-        return bq_err_set(err, BQ_ENOMEM, "connect: out of memory");
+        return NULL;
     }
-    bq_url_address(u, c->addr, sizeof c->addr);
+    return c;
+}
+
+/* A TCP connection to host:port, over TLS when `tls`; no handshake yet. */
+static bq_status open_tcp(const char *host, int port, bool tls, const struct bq_conn_opts *opts,
+                          double deadline, bq_conn **out, bq_err *err)
+{
+    *out = NULL;
+    bq_conn *c = conn_new(opts);
+    if (c == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "connect: out of memory");
+    snprintf(c->addr, sizeof c->addr, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+    bq_status st = connect_tcp(c, host, port, deadline, err);
+    if (st == BQ_OK && tls) {
+        if (opts->tls == NULL)
+            st = bq_err_set(err, BQ_EINVAL, "connect %s: a rediss:// URL needs TLS settings",
+                            c->addr);
+        else
+            st = bq_tls_connect(opts->tls, c->fd, opts->server_name[0] ? opts->server_name : host,
+                                c->addr, deadline, &c->tls, err);
+    }
+    if (st != BQ_OK) {
+        bq_conn_close(c);
+        return st;
+    }
+    *out = c;
+    return BQ_OK;
+}
+
+/* Asks the sentinels of u, in turn, where the master of u->service is, and connects to it
+ * (AUTH, SELECT, then ROLE must say "master"). */
+static bq_status open_sentinel(const struct bq_url *u, const struct bq_conn_opts *opts,
+                               double deadline, bq_conn **out, bq_err *err)
+{
+    bq_status st = BQ_EIO;
+    char why[256] = "no sentinel answered"; /* as long as bq_err.msg */
+    for (size_t i = 0; i < u->nhosts; i++) {
+        bq_conn *s = NULL;
+        bq_err e;
+        st = open_tcp(u->hosts[i].host, u->hosts[i].port, u->tls, opts, deadline, &s, &e);
+        if (st == BQ_OK)
+            st = handshake(s, NULL, u->sentinel_password, 0, deadline, &e);
+        redisReply *r = NULL;
+        if (st == BQ_OK)
+            st = bq_conn_callv(s, &r, &e, "SENTINEL", "get-master-addr-by-name", u->service,
+                               NULL);
+        char host[128] = "";
+        int port = 0;
+        if (st == BQ_OK && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING) {
+            snprintf(host, sizeof host, "%s", r->element[0]->str);
+            port = atoi(r->element[1]->str);
+        } else if (st == BQ_OK) {
+            st = bq_err_set(&e, BQ_ENOTFOUND, "sentinel %s knows no master named '%.60s'",
+                            s->addr, u->service);
+        }
+        if (r != NULL)
+            freeReplyObject(r);
+        bq_conn_close(s);
+        bq_conn *m = NULL;
+        if (st == BQ_OK)
+            st = open_tcp(host, port, u->tls, opts, deadline, &m, &e);
+        if (st == BQ_OK)
+            st = handshake(m, u->user, u->password, u->db, deadline, &e);
+        if (st == BQ_OK && (st = bq_conn_callv(m, &r, &e, "ROLE", NULL)) == BQ_OK) {
+            bool master = r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                          r->element[0]->type == REDIS_REPLY_STRING &&
+                          strcmp(r->element[0]->str, "master") == 0;
+            freeReplyObject(r);
+            if (!master)
+                st = bq_err_set(&e, BQ_EIO, "%s, named master of '%.60s' by the sentinels, is "
+                                "not a master (a failover in progress?)", m->addr, u->service);
+        }
+        if (st == BQ_OK) {
+            *out = m;
+            return BQ_OK;
+        }
+        bq_conn_close(m);
+        snprintf(why, sizeof why, "%s", e.msg);
+        if (st == BQ_EAUTH)
+            break; /* wrong credentials: asking another sentinel will not help */
+    }
+    return bq_err_set(err, st, "redis+sentinel: no master for '%.60s': %s", u->service, why);
+}
+
+bq_status bq_conn_open(const struct bq_url *u, const struct bq_conn_opts *opts, bq_conn **out,
+                       bq_err *err)
+{
+    *out = NULL;
+    if (u->kind == BQ_URL_CLUSTER)
+        return bq_err_set(err, BQ_EUNSUPPORTED, "redis+cluster:// URLs are not supported by "
+                          "this version of binduq yet");
     double deadline = bq_now_mono() + (opts->connect_timeout > 0 ? opts->connect_timeout : 5.0);
-    bq_status st = u->kind == BQ_URL_UNIX ? connect_unix(c, u->path, deadline, err)
-                                          : connect_tcp(c, u->hosts[0].host, u->hosts[0].port,
-                                                        deadline, err);
-    if (st == BQ_OK)
-        st = handshake(c, u, deadline, err);
+    /* The epoch before asking the sentinels: a switch announced meanwhile makes this
+     * connection stale at once rather than never. */
+    unsigned epoch_now = opts->epoch != NULL ? atomic_load(opts->epoch) : 0;
+    bq_conn *c = NULL;
+    bq_status st;
+    if (u->kind == BQ_URL_SENTINEL) {
+        st = open_sentinel(u, opts, deadline, &c, err);
+    } else if (u->kind == BQ_URL_UNIX) {
+        c = conn_new(opts);
+        if (c == NULL)
+            return bq_err_set(err, BQ_ENOMEM, "connect: out of memory");
+        bq_url_address(u, c->addr, sizeof c->addr);
+        st = connect_unix(c, u->path, deadline, err);
+        if (st == BQ_OK)
+            st = handshake(c, u->user, u->password, u->db, deadline, err);
+    } else {
+        st = open_tcp(u->hosts[0].host, u->hosts[0].port, u->tls, opts, deadline, &c, err);
+        if (st == BQ_OK)
+            st = handshake(c, u->user, u->password, u->db, deadline, err);
+    }
     if (st != BQ_OK) {
         bq_conn_close(c);
         return st;
     }
     c->last_used = bq_now_mono();
+    c->epoch_src = opts->epoch;
+    c->epoch = opts->epoch != NULL ? epoch_now : 0;
     *out = c;
     return BQ_OK;
 }
 
+bq_status bq_conn_open_node(const struct bq_url *u, size_t node, const char *password,
+                            const struct bq_conn_opts *opts, bq_conn **out, bq_err *err)
+{
+    *out = NULL;
+    if (node >= u->nhosts)
+        return bq_err_set(err, BQ_EINVAL, "no node %zu in the URL", node);
+    double deadline = bq_now_mono() + (opts->connect_timeout > 0 ? opts->connect_timeout : 5.0);
+    bq_conn *c = NULL;
+    bq_status st = open_tcp(u->hosts[node].host, u->hosts[node].port, u->tls, opts, deadline,
+                            &c, err);
+    if (st == BQ_OK)
+        st = handshake(c, NULL, password, 0, deadline, err);
+    if (st != BQ_OK) {
+        bq_conn_close(c);
+        return st;
+    }
+    *out = c;
+    return BQ_OK;
+}
+
+bool bq_conn_tls(const bq_conn *c)
+{
+    return c->tls != NULL;
+}
+
+const char *bq_conn_address(const bq_conn *c)
+{
+    return c->addr;
+}
+
 bool bq_conn_usable(bq_conn *c)
 {
-    if (c->broken || c->out.len > c->out_sent)
+    if (bq_conn_broken(c) || c->out.len > c->out_sent)
         return false;
+    if (c->tls != NULL) {
+        if (bq_tls_idle_ok(c->tls))
+            return true;
+        c->broken = true;
+        return false;
+    }
     char b;
     ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -319,6 +460,30 @@ bq_status bq_conn_flush(bq_conn *c, double deadline, int wakefd, bq_err *err)
     if (c->broken)
         return bq_err_set(err, BQ_EIO, "%s: connection is broken", c->addr);
     while (c->out_sent < c->out.len) {
+        if (c->tls != NULL) {
+            short want = POLLOUT;
+            const char *why = NULL;
+            ssize_t n = bq_tls_write(c->tls, c->out.p + c->out_sent, c->out.len - c->out_sent,
+                                     &want, &why);
+            if (n > 0) {
+                c->out_sent += (size_t)n;
+                continue;
+            }
+            if (n == -1) {
+                bq_status st = wait_fd(c->fd, want, deadline, wakefd);
+                if (st == BQ_EINTR)
+                    return bq_err_set(err, BQ_EINTR, "%s: write interrupted", c->addr);
+                if (st != BQ_OK) {
+                    c->broken = true;
+                    return bq_err_set(err, st, "%s: write %s", c->addr,
+                                      st == BQ_ETIMEDOUT ? "timed out" : "failed");
+                }
+                continue;
+            }
+            c->broken = true;
+            return bq_err_set(err, BQ_EIO, "%s: TLS write: %s", c->addr,
+                              n == 0 ? "the server closed the session" : why);
+        }
         ssize_t n = send(c->fd, c->out.p + c->out_sent, c->out.len - c->out_sent,
                          MSG_NOSIGNAL);
         if (n > 0) {
@@ -363,7 +528,41 @@ bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd
         if (reply != NULL) {
             *out = reply;
             c->last_used = bq_now_mono();
+            const redisReply *r = reply;
+            /* This server stopped being the master (a failover): the connection can still
+             * talk, but every new one must find the new master. */
+            if (r->type == REDIS_REPLY_ERROR &&
+                (strncmp(r->str, "READONLY", 8) == 0 || strncmp(r->str, "UNBLOCKED", 9) == 0 ||
+                 strncmp(r->str, "MASTERDOWN", 10) == 0))
+                c->broken = true;
             return BQ_OK;
+        }
+        if (c->tls != NULL) {
+            short want = POLLIN;
+            const char *why = NULL;
+            ssize_t n = bq_tls_read(c->tls, buf, sizeof buf, &want, &why);
+            if (n > 0) {
+                if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
+                    c->broken = true;
+                    return bq_err_set(err, BQ_ENOMEM, "%s: out of memory reading a reply",
+                                      c->addr);
+                }
+                continue;
+            }
+            if (n == -1) {
+                bq_status st = wait_fd(c->fd, want, deadline, wakefd);
+                if (st == BQ_EINTR)
+                    return bq_err_set(err, BQ_EINTR, "%s: read interrupted", c->addr);
+                if (st != BQ_OK) {
+                    c->broken = true;
+                    return bq_err_set(err, st, "%s: read %s", c->addr,
+                                      st == BQ_ETIMEDOUT ? "timed out" : "failed");
+                }
+                continue;
+            }
+            c->broken = true;
+            return bq_err_set(err, BQ_EIO, "%s: %s", c->addr,
+                              n == 0 ? "connection closed by the server" : why);
         }
         ssize_t n = recv(c->fd, buf, sizeof buf, 0);
         if (n > 0) {
@@ -404,7 +603,7 @@ bq_status bq_reply_check(const redisReply *r, const char *cmd, bq_err *err)
     bq_status st = BQ_EREDIS;
     if (strncmp(r->str, "NOAUTH", 6) == 0 || strncmp(r->str, "WRONGPASS", 9) == 0 ||
         strncmp(r->str, "ERR invalid password", 20) == 0 ||
-        strncmp(r->str, "ERR AUTH", 8) == 0)
+        strncmp(r->str, "ERR AUTH", 8) == 0 || strncmp(r->str, "NOPERM", 6) == 0)
         st = BQ_EAUTH;
     return bq_err_set(err, st, "%s: %.*s", cmd, (int)(r->len > 200 ? 200 : r->len), r->str);
 }

@@ -4,7 +4,7 @@
  * binduq owns the socket and uses hiredis only for what it is best at: the RESP command
  * formatter and the reply reader. Owning the socket gives every wait a deadline and an
  * optional wake-up descriptor (so a blocking fetch can be interrupted for shutdown), lets us
- * pipeline exactly as we want, and leaves room for a TLS transport, which hiredis 0.14 lacks.
+ * pipeline exactly as we want, and runs TLS (tls.h), which hiredis 0.14 lacks, on the same socket.
  *
  * A bq_conn is used by one thread at a time. Replies are hiredis redisReply trees owned by the
  * caller (freeReplyObject). After an I/O error, a protocol error or a timeout the stream
@@ -15,9 +15,11 @@
 #define BINDUQ_CONN_H
 
 #include "../binduq.h"
+#include "tls.h"
 #include "url.h"
 
 #include <hiredis/hiredis.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -26,15 +28,31 @@ typedef struct bq_conn bq_conn;
 struct bq_conn_opts {
     double connect_timeout; /* seconds for TCP connect plus the AUTH/SELECT handshake */
     double command_timeout; /* seconds for bq_conn_call */
+    bq_tls_ctx *tls;        /* borrowed; required for rediss:// URLs */
+    char server_name[256];  /* TLS: the name sent (SNI) and verified; "": the host's */
+    const atomic_uint *epoch; /* borrowed, may be NULL: bumped when the master changes
+                               * (Sentinel); a connection opened in an older epoch counts
+                               * as broken */
 };
 
-/* Connects to the first host of `url` (or its socket path), then AUTH and SELECT as the URL
- * says. TLS, Sentinel and Cluster URLs give BQ_EUNSUPPORTED in this version. */
+/* Connects to the first host of `url` (or its socket path), over TLS for rediss://, then
+ * AUTH and SELECT as the URL says. For redis+sentinel:// it asks the sentinels in turn for
+ * the master of the URL's service (SENTINEL get-master-addr-by-name, authenticating with
+ * sentinel_password), connects to it and checks that ROLE says master; so every new
+ * connection follows a failover. Cluster URLs give BQ_EUNSUPPORTED in this version. */
 bq_status bq_conn_open(const struct bq_url *url, const struct bq_conn_opts *opts,
                        bq_conn **out, bq_err *err);
 void bq_conn_close(bq_conn *c);
 
 int bq_conn_fd(const bq_conn *c);
+bool bq_conn_tls(const bq_conn *c);
+
+/* A connection to one node (a sentinel) of u: TCP (TLS when u is rediss), AUTH with
+ * `password` when not NULL, no SELECT. */
+bq_status bq_conn_open_node(const struct bq_url *u, size_t node, const char *password,
+                            const struct bq_conn_opts *opts, bq_conn **out, bq_err *err);
+/* "host:port" of the server it talks to (the master found, for Sentinel URLs). */
+const char *bq_conn_address(const bq_conn *c);
 
 /* False when the connection is broken or the server has closed it (checked without blocking,
  * by peeking at the socket). Pools call this before lending a connection out. */

@@ -4,6 +4,7 @@
 --   enqueue   100,000 tasks of 300 bytes, pipelined in batches of 1,000, and 10,000 one at a time
 --   process   the 100,000 queued tasks with a no-op Lua handler (one worker process)
 --   pickup    latency from the producer's LPUSH to the handler's start, at idle (1,000 samples)
+--   tls       20,000 tasks enqueued and processed over rediss://, against plain TCP
 --   storage   processing 10,000 tasks with their state in a throwaway PostgreSQL, against the
 --             same run with the state in memory, and pgbench's simple-update rate there
 -- and prints each next to what Redis itself does on the same server in the same run
@@ -17,6 +18,7 @@ local core = require("binduq.core")
 local proc = require("helpers.proc")
 local redis = require("helpers.redis")
 local pg = require("helpers.pg")
+local tls = require("helpers.tls")
 
 local N = tonumber(os.getenv("BENCH_TASKS")) or 100000
 local NV = tonumber(os.getenv("BENCH_VARIANT_TASKS")) or 20000
@@ -61,9 +63,10 @@ end
 
 print(("binduq %s benchmark: %d tasks of %d bytes, worker concurrency %d"):format(
     bq._VERSION, N, PAYLOAD, CONCURRENCY))
-step("starting a throwaway redis-server")
-local server = redis.start()
-local pg_rate, pg_mem, pgbench_tps_c
+step("starting a throwaway redis-server (with a TLS port too)")
+local certs = tls.make(proc.tmpdir())
+local server = redis.start{ tls = { cert = certs.server_cert, key = certs.server_key, ca = certs.ca } }
+local pg_rate, pg_mem, pgbench_tps_c, tls_enq, tls_proc, tcp_enq, tcp_proc
 local ok, err = pcall(function()
     say("redis-server %s on 127.0.0.1:%d", server:cli("INFO", "server"):match("redis_version:(%S+)"), server.port)
 
@@ -170,6 +173,28 @@ local ok, err = pcall(function()
     table.sort(lat)
     s:close()
 
+    step(("TLS: %d tasks enqueued (pipelined) and processed over rediss://, then over plain TCP")
+        :format(NV))
+    local function over(url, tag, tlsopt)
+        local qn = queue .. ":" .. tag
+        local st = bq.scheduler{ url = url, queue_name = qn, dedup = false, tls = tlsopt }
+        local list, t1 = {}, core.monotonic()
+        for i = 1, NV do
+            list[#list + 1] = op(i, tag)
+            if #list == 1000 then assert(st:schedule_many(list)); list = {} end
+        end
+        local e = NV / (core.monotonic() - t1)
+        st:close()
+        local wt = make{ url = url, queue = qn, concurrency = CONCURRENCY, prefetch = PREFETCH, tls = tlsopt }
+        t1 = core.monotonic()
+        local sts = wt:drain()
+        assert(sts.completed == NV, ("%s: completed %d of %d"):format(tag, sts.completed, NV))
+        wt:close()
+        return e, NV / (core.monotonic() - t1)
+    end
+    tls_enq, tls_proc = over(server.tls_url, "tls", { ca_file = certs.ca })
+    tcp_enq, tcp_proc = over(server.url, "tcp")
+
     step(("task state in PostgreSQL: %d tasks, against the same in memory; pgbench on the same server")
         :format(N_PG))
     local db = pg.start()
@@ -227,6 +252,10 @@ local ok, err = pcall(function()
     print(("  pickup latency          p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x the LPUSH round trip (%.3f ms)")
         :format(percentile(lat, 0.5), percentile(lat, 0.99), percentile(lat, 0.5) / rtt_p50,
                 percentile(lat, 0.99) / rtt_p50, rtt_p50))
+    print(("  enqueue over TLS        %9.0f tasks/s   %5.2f x the same over plain TCP (%.0f/s)")
+        :format(tls_enq, tls_enq / tcp_enq, tcp_enq))
+    print(("  process over TLS        %9.0f tasks/s   %5.2f x the same over plain TCP (%.0f/s, prefetch %d)")
+        :format(tls_proc, tls_proc / tcp_proc, tcp_proc, PREFETCH))
     print(("  process, PostgreSQL     %9.0f tasks/s   %5.2f x pgbench simple-update (%.0f tps, %d client%s)")
         :format(pg_rate, pg_rate / pgbench_tps_c, pgbench_tps_c, CONCURRENCY, CONCURRENCY == 1 and "" or "s"))
     print(("                                            %5.2f x the same run in memory (%.0f/s): %.0f %% of the time in storage")

@@ -18,7 +18,7 @@ local function make(opts)
         name = "bench-worker",
         script = "tests/bench/noop_worker.lua",
         args = { [0] = "noop_worker.lua", opts.variant },
-        scheduler = { url = opts.url, queue_name = q },
+        scheduler = { url = opts.url, queue_name = q, tls = opts.tls },
         storage = opts.storage,
         queues = routing and { q .. ":high", q .. ":normal", q .. ":low" } or nil,
         rate_limit = opts.variant == "ratelimit" and { limit = 1000000, period = 1 } or nil,

@@ -193,7 +193,7 @@ TEST(config_precedence)
     CHECK_INT(cfg.max_connections, 7);
     bq_config_free(&cfg);
 
-    struct bq_client_options o = {"redis://opt:2/0", "opt:q", 3, 0, 0, 0, false};
+    struct bq_client_options o = {.url = "redis://opt:2/0", .queue_name = "opt:q", .max_connections = 3};
     CHECK_INT(bq_config_resolve(&o, &cfg, &err), BQ_OK);
     CHECK_STR(cfg.url, "redis://opt:2/0");
     CHECK_STR(cfg.url_source, "scheduler.url");
@@ -201,7 +201,7 @@ TEST(config_precedence)
     CHECK_INT(cfg.max_connections, 3);
     bq_config_free(&cfg);
 
-    struct bq_client_options mem = {NULL, NULL, 0, 0, 0, 0, true};
+    struct bq_client_options mem = {.memory = true};
     CHECK_INT(bq_config_resolve(&mem, &cfg, &err), BQ_OK);
     CHECK(cfg.url == NULL);
     bq_config_free(&cfg);

@@ -17,7 +17,7 @@
 
 static const char *redis_url;
 static char prefix[64];
-static struct bq_conn_opts copts = {2.0, 2.0};
+static struct bq_conn_opts copts = {.connect_timeout = 2.0, .command_timeout = 2.0};
 
 #define NEED_REDIS()                                                                           \
     do {                                                                                       \
@@ -178,7 +178,8 @@ TEST(pool_burst_of_1000_schedules_from_50_threads_with_4_connections)
     NEED_REDIS();
     char queue[96];
     snprintf(queue, sizeof queue, "%s:burst", prefix);
-    struct bq_client_options o = {redis_url, queue, 4, 0, 0, 10.0, false};
+    struct bq_client_options o = {.url = redis_url, .queue_name = queue, .max_connections = 4,
+                                  .pool_timeout = 10.0};
     bq_client *client;
     bq_err err;
     CHECK_INT(bq_client_new(&o, &client, &err), BQ_OK);
@@ -345,7 +346,9 @@ static void *fetch_thread(void *arg)
 
 static bq_broker *open_broker(void)
 {
-    struct bq_broker_config bc = {redis_url, "test", 4, 2.0, 2.0, 2.0};
+    struct bq_broker_config bc = {.url = redis_url, .url_source = "test", .max_connections = 4,
+                                  .connect_timeout = 2.0, .command_timeout = 2.0,
+                                  .pool_timeout = 2.0};
     bq_broker *b = NULL;
     bq_err err;
     if (bq_broker_open(&bc, &b, &err) != BQ_OK)
@@ -425,7 +428,7 @@ TEST(public_api_schedule_length_health)
     NEED_REDIS();
     char queue[96];
     snprintf(queue, sizeof queue, "%s:api", prefix);
-    struct bq_client_options o = {redis_url, queue, 2, 0, 0, 0, false};
+    struct bq_client_options o = {.url = redis_url, .queue_name = queue, .max_connections = 2};
     bq_client *c;
     bq_err err;
     CHECK_INT(bq_client_new(&o, &c, &err), BQ_OK);
@@ -448,7 +451,9 @@ TEST(public_api_schedule_length_health)
     bq_client_free(c);
 
     /* A server that is down: a clear error, not a hang. */
-    struct bq_client_options down = {"redis://127.0.0.1:1/0", queue, 2, 1.0, 1.0, 1.0, false};
+    struct bq_client_options down = {.url = "redis://127.0.0.1:1/0", .queue_name = queue,
+                                     .max_connections = 2, .connect_timeout = 1.0,
+                                     .command_timeout = 1.0, .pool_timeout = 1.0};
     CHECK_INT(bq_client_new(&down, &c, &err), BQ_OK); /* lazy: opening does not connect */
     CHECK_INT(bq_schedule(c, &tasks[0], &err), BQ_ECONNREFUSED);
     CHECK_INT(bq_health_check(c, &h, &err), BQ_ECONNREFUSED);

@@ -108,7 +108,9 @@ static void push_numbers(bq_broker *b, const char *queue, int n)
 static void drain_and_check(const char *url, const char *queue, enum bq_delivery delivery)
 {
     reset();
-    struct bq_config cfg = {(char *)url, "test", (char *)queue, 4, 2, 2, 2};
+    struct bq_config cfg = {.url = (char *)url, .url_source = "test", .queue_name = (char *)queue,
+                            .max_connections = 4, .connect_timeout = 2,
+                            .command_timeout = 2, .pool_timeout = 2};
     struct bq_worker_options o = {&cfg, NULL, 0, NULL, 4, 2, 1.0, true, delivery, 5.0, 5.0};
     bq_worker *w;
     bq_err err;
@@ -190,7 +192,9 @@ TEST(stop_interrupts_a_blocked_fetch)
         if (i == 1 && (urls[1] == NULL || *urls[1] == '\0'))
             continue;
         reset();
-        struct bq_config cfg = {(char *)urls[i], "test", (char *)"test:worker:idle", 2, 2, 2, 2};
+        struct bq_config cfg = {.url = (char *)urls[i], .url_source = "test", .queue_name = (char *)"test:worker:idle",
+                            .max_connections = 2, .connect_timeout = 2,
+                            .command_timeout = 2, .pool_timeout = 2};
         struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 30.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
         bq_worker *w;
         CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, NULL), BQ_OK);
@@ -211,7 +215,9 @@ TEST(stop_interrupts_a_blocked_fetch)
 TEST(a_failing_slot_init_fails_the_start)
 {
     reset();
-    struct bq_config cfg = {NULL, "test", (char *)"test:worker:bad", 2, 2, 2, 2};
+    struct bq_config cfg = {.url = NULL, .url_source = "test", .queue_name = (char *)"test:worker:bad",
+                            .max_connections = 2, .connect_timeout = 2,
+                            .command_timeout = 2, .pool_timeout = 2};
     struct bq_worker_options o = {&cfg, NULL, 0, NULL, 3, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
     struct bq_slot_ops bad = {bad_init, handle, fini};
     bq_worker *w;
@@ -254,7 +260,9 @@ static void control_reaches(const char *url, const char *queue)
 {
     atomic_store(&sleeper_started, 0);
     atomic_store(&sleeper_control, 0);
-    struct bq_config cfg = {(char *)url, "test", (char *)queue, 4, 2, 2, 2};
+    struct bq_config cfg = {.url = (char *)url, .url_source = "test", .queue_name = (char *)queue,
+                            .max_connections = 4, .connect_timeout = 2,
+                            .command_timeout = 2, .pool_timeout = 2};
     struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
     struct bq_slot_ops cops = {ctl_init, ctl_handle, fini};
     bq_worker *w;
@@ -321,7 +329,9 @@ TEST(control_messages_parse)
 
 TEST(options_are_checked)
 {
-    struct bq_config cfg = {NULL, "test", (char *)"q", 2, 2, 2, 2};
+    struct bq_config cfg = {.url = NULL, .url_source = "test", .queue_name = (char *)"q",
+                            .max_connections = 2, .connect_timeout = 2,
+                            .command_timeout = 2, .pool_timeout = 2};
     struct bq_worker_options o = {&cfg, NULL, 0, NULL, 0, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0};
     bq_worker *w;
     bq_err err;

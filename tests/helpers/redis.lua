@@ -4,6 +4,8 @@
 --   server:cli("LLEN", "bindu:tasks")   -- through redis-cli
 --   server:restart()                    -- same port, same data directory
 --   server:stop()
+--   redis.start{tls = {cert=, key=, ca=, auth_clients = "no"}}  -- also a TLS port:
+--                                          -- server.tls_port, server.tls_url (rediss://)
 
 local proc = require("helpers.proc")
 
@@ -22,6 +24,13 @@ function Server:launch()
         "--save", "''", "--appendonly", self.aof and "yes" or "no", "--dir", self.dir,
         "--daemonize", "no", "--protected-mode", "no",
     }
+    if self.tls then
+        for _, a in ipairs({ "--tls-port", tostring(self.tls_port), "--tls-cert-file", self.tls.cert,
+                             "--tls-key-file", self.tls.key, "--tls-ca-cert-file", self.tls.ca,
+                             "--tls-auth-clients", self.tls.auth_clients or "no" }) do
+            args[#args + 1] = a
+        end
+    end
     for _, a in ipairs(self.extra or {}) do args[#args + 1] = a end
     self.proc = proc.spawn(table.concat(args, " "), { dir = self.dir, log = self.dir .. "/redis.log" })
     self.pid = self.proc.pid
@@ -40,8 +49,13 @@ function M.start(opts)
             dir = proc.tmpdir(),
             aof = opts.aof,
             extra = opts.args,
+            tls = opts.tls,
         }, Server)
         s.url = ("redis://127.0.0.1:%d/0"):format(s.port)
+        if s.tls then
+            s.tls_port = math.random(20000, 59999)
+            s.tls_url = ("rediss://127.0.0.1:%d/0"):format(s.tls_port)
+        end
         if s:launch() then return s end
         proc.stop(s.proc, 1) -- most likely the port was taken: try another
     end
