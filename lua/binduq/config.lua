@@ -14,6 +14,7 @@ M.SCHEDULER_KEYS = {
     -- policy, producer side
     route = "function", levels = "table", dedup = "boolean", dedup_ttl = "number",
     dedup_key = "function", tls = "table", wait_replicas = "number", wait_timeout = "number",
+    retry_on_timeout = "boolean", retries = "number",
 }
 
 M.TLS_KEYS = { ca_file = "string", ca_dir = "string", cert_file = "string", key_file = "string",

@@ -12,6 +12,10 @@
 --   dedup_key(op) -> a key, or false for no deduplication; nil: the default, the operation
 --                type and task_id for run and cancel (pause and resume legitimately repeat)
 --   dedup = false turns deduplication off; dedup_ttl (3600 s) is how long a key holds.
+--   retry_on_timeout = true retries a push that failed on a timeout or a lost connection
+--   up to `retries` (3) times, with backoff (0.1 s doubling, at most 2 s, jitter): a push
+--   whose answer was lost may then be queued twice, which deduplication absorbs for run
+--   and cancel.
 -- A duplicate is not an error: schedule returns true, "duplicate", and it is counted in
 -- s.stats.deduplicated. The check and the push are one atomic step in Redis.
 --
@@ -61,6 +65,9 @@ function M.new(opts, level, storage_section)
     end
     local info = client:info()
     if section.dedup_ttl ~= nil and section.dedup_ttl <= 0 then error("dedup_ttl must be positive", level) end
+    if section.retries ~= nil and (math.type(section.retries) ~= "integer" or section.retries < 0 or section.retries > 100) then
+        error("retries must be a whole number from 0 to 100", level)
+    end
     for name, q in pairs(section.levels or {}) do
         if type(name) ~= "string" or type(q) ~= "string" or q == "" then
             error("levels maps level names to queue names", level)
@@ -78,6 +85,8 @@ function M.new(opts, level, storage_section)
         dedup = section.dedup ~= false,
         dedup_ttl = section.dedup_ttl or 3600,
         dedup_key = section.dedup_key,
+        retry_on_timeout = section.retry_on_timeout == true,
+        retries = section.retries or 3,
         stats = { scheduled = 0, deduplicated = 0 },
     }, Scheduler)
     return self
@@ -143,6 +152,21 @@ local function store_op(self, op, queue, norm)
     return true
 end
 
+local RETRYABLE = { ETIMEDOUT = true, EIO = true, ECONNREFUSED = true }
+
+-- Calls fn() -> ok, err, code; with retry_on_timeout, again on a timeout or a lost
+-- connection, after a backoff, up to self.retries more times.
+local function with_retries(self, fn)
+    local r1, r2, r3 = fn()
+    local n = 0
+    while r1 == nil and self.retry_on_timeout and RETRYABLE[r3] and n < self.retries do
+        core.sleep(core.backoff(n, 0.1, 2, "equal"))
+        n = n + 1
+        r1, r2, r3 = fn()
+    end
+    return r1, r2, r3
+end
+
 function Scheduler:schedule(op)
     local client = check_open(self)
     local msg, id, norm = task.encode(op, 2)
@@ -150,14 +174,16 @@ function Scheduler:schedule(op)
     local sok, serr, scode = store_op(self, op, queue, norm)
     if not sok then return nil, "storage: " .. tostring(serr), scode end
     if key then
-        local r, err, code = client:push_unique({ msg }, { key }, self.dedup_ttl, queue)
+        local r, err, code = with_retries(self, function()
+            return client:push_unique({ msg }, { key }, self.dedup_ttl, queue)
+        end)
         if not r then return nil, err, code end
         if not r[1] then
             self.stats.deduplicated = self.stats.deduplicated + 1
             return true, "duplicate"
         end
     else
-        local n, err, code = client:push(msg, id, queue)
+        local n, err, code = with_retries(self, function() return client:push(msg, id, queue) end)
         if not n then return nil, err, code end
     end
     self.stats.scheduled = self.stats.scheduled + 1
@@ -189,13 +215,15 @@ function Scheduler:schedule_many(ops)
     local sent, dups = 0, 0
     for _, g in ipairs(groups) do
         if g.keys then
-            local r, err, code = client:push_unique(g.msgs, g.keys, self.dedup_ttl, g.queue)
+            local r, err, code = with_retries(self, function()
+                return client:push_unique(g.msgs, g.keys, self.dedup_ttl, g.queue)
+            end)
             if not r then return nil, err, code end
             for _, pushed in ipairs(r) do
                 if pushed then sent = sent + 1 else dups = dups + 1 end
             end
         else
-            local n, err, code = client:push(g.msgs, g.ids, g.queue)
+            local n, err, code = with_retries(self, function() return client:push(g.msgs, g.ids, g.queue) end)
             if not n then return nil, err, code end
             sent = sent + n
         end

@@ -61,4 +61,35 @@ describe("#redis reconnect", function()
         assert.are.equal(0, proc.stop(w, 10))
         server:stop()
     end)
+
+    it("gives a producer a clear error within its timeout, then carries on once Redis is back", function()
+        local bq = require("binduq")
+        local core = require("binduq.core")
+        local server = redis.start()
+        local queue = "it:rc3:" .. math.random(1, 1e9)
+        local s = bq.scheduler{ url = server.url, queue_name = queue, connect_timeout = 1, command_timeout = 1 }
+        assert(s:run{ task_id = "p1", messages = { "x" } })
+        server:stop()
+        local t0 = core.monotonic()
+        local ok, err, code = s:run{ task_id = "p2", messages = { "x" } }
+        assert.is_nil(ok)
+        assert.are.equal("ECONNREFUSED", code)
+        assert.truthy(err:find(tostring(server.port), 1, true), err)
+        assert.is_true(core.monotonic() - t0 < 2)
+        server:restart()
+        assert(s:run{ task_id = "p3", messages = { "x" } }) -- the same scheduler, no restart
+        -- retry_on_timeout rides out a short outage by itself.
+        local r = bq.scheduler{ url = server.url, queue_name = queue, retry_on_timeout = true, retries = 20,
+                                connect_timeout = 1 }
+        server:stop()
+        local restarter = proc.spawn("sh -c " .. proc.quote(("sleep 1; exec redis-server --port %d --bind 127.0.0.1 --save '' --dir %s")
+                                     :format(server.port, server.dir)), {})
+        local ok2, err2 = r:run{ task_id = "p4", messages = { "x" } }
+        assert.is_true(ok2, err2)
+        -- (This server keeps nothing across restarts: only p4 is there.)
+        assert.are.equal("1", (proc.sh(("redis-cli -p %d LLEN %s"):format(server.port, queue)):match("%d+")))
+        proc.stop(restarter, 5)
+        s:close()
+        r:close()
+    end)
 end)
