@@ -284,6 +284,8 @@ function Scheduler:health_check()
     local u = self.url and core.parse_url(self.url)
     if u and u.kind == "sentinel" then
         h.topology = { kind = "sentinel", service = u.service, master = h.node, sentinels = #u.hosts }
+    elseif u and u.kind == "cluster" then
+        h.topology = { kind = "cluster", seeds = #u.hosts, node = h.node }
     end
     h.storage = self.store:kind()
     local sok, serr, scode = self.store:ping()

@@ -60,6 +60,12 @@ bq_status bq_broker_open(const struct bq_broker_config *cfg, bq_broker **out, bq
 {
     if (cfg->url == NULL)
         return bq_broker_open_memory(out, err);
+    if (strncmp(cfg->url, "redis+cluster://", 16) == 0)
+        return bq_broker_open_cluster(cfg, out, err);
+    if (strncmp(cfg->url, "rediss+cluster://", 17) == 0)
+        return bq_err_set(err, BQ_EUNSUPPORTED, "%s: Redis Cluster over TLS is not supported "
+                          "by this version of binduq yet",
+                          cfg->url_source ? cfg->url_source : "URL");
     return bq_broker_open_redis(cfg, out, err);
 }
 

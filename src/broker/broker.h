@@ -222,6 +222,10 @@ bq_status bq_broker_open(const struct bq_broker_config *cfg, bq_broker **out, bq
 bq_status bq_broker_open_redis(const struct bq_broker_config *cfg, bq_broker **out,
                                bq_err *err);
 bq_status bq_broker_open_memory(bq_broker **out, bq_err *err);
+/* redis+cluster://: one Redis broker per master, operations routed by their queue's slot
+ * (cluster.c). */
+bq_status bq_broker_open_cluster(const struct bq_broker_config *cfg, bq_broker **out,
+                                 bq_err *err);
 
 /* Empties every list of the in-memory scheduler (tests). */
 void bq_memory_reset(void);

@@ -323,7 +323,8 @@ static bq_status wait_replicated(struct redis_broker *r, bq_conn *c, bq_err *err
     if (st == BQ_OK && (rep->type != REDIS_REPLY_INTEGER || rep->integer < r->wait_replicas))
         st = bq_err_set(err, BQ_ETIMEDOUT, "WAIT: %lld of %d replicas acknowledged the enqueue "
                         "within %s ms (it may or may not be queued)",
-                        rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1LL, r->wait_replicas, ms);
+                        rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1LL, r->wait_replicas,
+                        ms);
     if (rep != NULL)
         freeReplyObject(rep);
     return st;
@@ -1370,7 +1371,8 @@ static void *watch_sentinels(void *arg)
             size_t n = strlen(u->service);
             if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
                 rep->element[2]->type == REDIS_REPLY_STRING &&
-                strncmp(rep->element[2]->str, u->service, n) == 0 && rep->element[2]->str[n] == ' ') {
+                strncmp(rep->element[2]->str, u->service, n) == 0 &&
+                rep->element[2]->str[n] == ' ') {
                 atomic_fetch_add(&r->epoch, 1);
                 bq_log(BQ_LOG_WARN, "master_switched", "service", u->service, "change",
                        rep->element[2]->str + n + 1, NULL);
@@ -1400,9 +1402,9 @@ static bq_status redis_node(bq_broker *b, char *role, size_t rsize, char *addr, 
         return st;
     redisReply *rep = NULL;
     st = bq_conn_callv(c, &rep, err, "ROLE", NULL);
-    snprintf(role, rsize, "%s", st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
-                                        rep->element[0]->type == REDIS_REPLY_STRING
-                                    ? rep->element[0]->str : "unknown");
+    bool ok = st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+              rep->element[0]->type == REDIS_REPLY_STRING;
+    snprintf(role, rsize, "%s", ok ? rep->element[0]->str : "unknown");
     snprintf(addr, asize, "%s", bq_conn_address(c));
     if (rep != NULL)
         freeReplyObject(rep);
@@ -1489,8 +1491,8 @@ bq_status bq_broker_open_redis(const struct bq_broker_config *cfg, bq_broker **o
     }
     if (url.kind == BQ_URL_CLUSTER) {
         bq_url_free(&url);
-        return bq_err_set(err, BQ_EUNSUPPORTED, "%s: Cluster URLs are not supported by this "
-                          "version of binduq yet", cfg->url_source ? cfg->url_source : "URL");
+        return bq_err_set(err, BQ_EINVAL, "%s: a Cluster URL is for the cluster broker "
+                          "(bq_broker_open)", cfg->url_source ? cfg->url_source : "URL");
     }
     struct redis_broker *r = bq_calloc(1, sizeof *r);
     if (r == NULL) {

@@ -303,7 +303,8 @@ static bq_status open_sentinel(const struct bq_url *u, const struct bq_conn_opts
         char host[128] = "";
         int port = 0;
         if (st == BQ_OK && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-            r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING) {
+            r->element[0]->type == REDIS_REPLY_STRING &&
+            r->element[1]->type == REDIS_REPLY_STRING) {
             snprintf(host, sizeof host, "%s", r->element[0]->str);
             port = atoi(r->element[1]->str);
         } else if (st == BQ_OK) {

@@ -39,7 +39,8 @@ struct bq_conn_opts {
  * AUTH and SELECT as the URL says. For redis+sentinel:// it asks the sentinels in turn for
  * the master of the URL's service (SENTINEL get-master-addr-by-name, authenticating with
  * sentinel_password), connects to it and checks that ROLE says master; so every new
- * connection follows a failover. Cluster URLs give BQ_EUNSUPPORTED in this version. */
+ * connection follows a failover. Cluster URLs are BQ_EUNSUPPORTED here: the cluster broker
+ * (broker/cluster.c) connects to each node with a plain redis:// URL. */
 bq_status bq_conn_open(const struct bq_url *url, const struct bq_conn_opts *opts,
                        bq_conn **out, bq_err *err);
 void bq_conn_close(bq_conn *c);

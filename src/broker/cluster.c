@@ -1,0 +1,556 @@
+/*
+ * cluster.c -- the Redis Cluster broker: one Redis broker per master node, and every
+ * operation routed to the node that serves its queue's slot.
+ *
+ * Every key of a queue Q hashes to Q's slot (keys.h), and queues fetched together share a
+ * hash tag, so each broker operation touches exactly one slot: routing by the slot of the
+ * operation's queue is all a cluster needs. The slot map comes from CLUSTER SLOTS, asked of
+ * the seed nodes of the URL (then of the known masters); it is refreshed when a node answers
+ * MOVED (the slot has a new owner) or a connection to a node fails. While a slot migrates,
+ * a node answers ASK or TRYAGAIN for the keys that already moved: the operation is retried
+ * after a short pause until the migration ends and the slot's new owner answers. Each retry
+ * is of a whole operation, which is one atomic script or a pipeline on keys of one slot, so
+ * a redirected operation is never half applied.
+ *
+ * Node brokers are created as the map names masters and kept for the broker's life (a node
+ * that leaves keeps an idle pool). The map and the node list are guarded by one mutex; node
+ * brokers are themselves thread-safe, and only the worker's dispatcher fetches.
+ */
+#include "broker.h"
+#include "keys.h"
+
+#include "../core/alloc.h"
+#include "../core/clock.h"
+#include "../core/err.h"
+#include "../core/log.h"
+#include "../net/conn.h"
+#include "../net/url.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#define NSLOTS 16384
+#define MAX_NODES 64
+#define REDIRECT_WINDOW 5.0 /* seconds an operation keeps following redirections */
+
+struct node {
+    char host[128];
+    int port;
+    bq_broker *b; /* owned */
+};
+
+struct cluster_broker {
+    struct bq_broker base;
+    struct bq_broker_config cfg; /* strings below owned */
+    char *url_copy, *source_copy;
+    struct bq_url url;           /* the seeds, the credentials */
+    char userinfo[256];          /* "user:pass@" as written in the URL, or "" */
+    pthread_mutex_t mu;
+    short slot_node[NSLOTS];     /* index into nodes, -1 unknown */
+    struct node nodes[MAX_NODES];
+    int nnodes;
+    bq_broker *fetching;         /* the node broker the dispatcher fetches from */
+};
+
+static struct cluster_broker *cb(bq_broker *b)
+{
+    return (struct cluster_broker *)b;
+}
+
+/* The node broker for host:port, created on first use. Caller holds mu. */
+static int node_index(struct cluster_broker *c, const char *host, int port, bq_err *err)
+{
+    for (int i = 0; i < c->nnodes; i++) {
+        if (c->nodes[i].port == port && strcmp(c->nodes[i].host, host) == 0)
+            return i;
+    }
+    if (c->nnodes == MAX_NODES) {
+        bq_err_set(err, BQ_EINVAL, "cluster: more than %d nodes", MAX_NODES);
+        return -1;
+    }
+    char url[512];
+    snprintf(url, sizeof url, "%s://%s%s%s%s:%d/0", c->url.tls ? "rediss" : "redis", c->userinfo,
+             strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "", port);
+    struct bq_broker_config nc = c->cfg;
+    nc.url = url;
+    bq_broker *b = NULL;
+    if (bq_broker_open_redis(&nc, &b, err) != BQ_OK)
+        return -1;
+    struct node *n = &c->nodes[c->nnodes];
+    snprintf(n->host, sizeof n->host, "%s", host);
+    n->port = port;
+    n->b = b;
+    return c->nnodes++;
+}
+
+/* Reads the slot map from one node. Caller holds mu. */
+static bq_status slots_from(struct cluster_broker *c, const char *host, int port, bq_err *err)
+{
+    struct bq_url u = c->url;
+    struct bq_hostport hp = {(char *)host, port};
+    u.kind = BQ_URL_TCP;
+    u.hosts = &hp;
+    u.nhosts = 1;
+    u.db = 0;
+    struct bq_conn_opts o = {c->cfg.connect_timeout, c->cfg.command_timeout, NULL, "", NULL};
+    /* TLS for the map query would need a context of its own: ask a node broker instead. */
+    if (c->url.tls)
+        return bq_err_set(err, BQ_EUNSUPPORTED, "cluster over TLS is not supported yet");
+    bq_conn *conn = NULL;
+    bq_status st = bq_conn_open(&u, &o, &conn, err);
+    redisReply *r = NULL;
+    if (st == BQ_OK)
+        st = bq_conn_callv(conn, &r, err, "CLUSTER", "SLOTS", NULL);
+    if (st == BQ_OK && r->type != REDIS_REPLY_ARRAY)
+        st = bq_err_set(err, BQ_EPROTO, "CLUSTER SLOTS: unexpected reply");
+    if (st == BQ_OK) {
+        for (int i = 0; i < NSLOTS; i++)
+            c->slot_node[i] = -1;
+        for (size_t i = 0; i < r->elements && st == BQ_OK; i++) {
+            const redisReply *e = r->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+                e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2)
+                continue;
+            long long from = e->element[0]->integer, to = e->element[1]->integer;
+            const redisReply *m = e->element[2];
+            const char *mh = m->element[0]->type == REDIS_REPLY_STRING && m->element[0]->len > 0
+                                 ? m->element[0]->str : host;
+            int idx = node_index(c, mh, (int)m->element[1]->integer, err);
+            if (idx < 0) {
+                st = err ? err->code : BQ_EIO;
+                break;
+            }
+            for (long long s = from; s <= to && s < NSLOTS; s++)
+                c->slot_node[s] = (short)idx;
+        }
+    }
+    if (r != NULL)
+        freeReplyObject(r);
+    bq_conn_close(conn);
+    return st;
+}
+
+/* Refreshes the map from the seeds, then from the known nodes. Caller holds mu. */
+static bq_status refresh(struct cluster_broker *c, bq_err *err)
+{
+    bq_status st = BQ_EIO;
+    for (size_t i = 0; i < c->url.nhosts; i++) {
+        if ((st = slots_from(c, c->url.hosts[i].host, c->url.hosts[i].port, err)) == BQ_OK)
+            return BQ_OK;
+    }
+    for (int i = 0; i < c->nnodes; i++) {
+        if ((st = slots_from(c, c->nodes[i].host, c->nodes[i].port, err)) == BQ_OK)
+            return BQ_OK;
+    }
+    return st;
+}
+
+/* The node broker serving `queue`, refreshing the map when the slot is unknown. */
+static bq_broker *route(struct cluster_broker *c, const char *queue, bq_err *err)
+{
+    unsigned slot = bq_key_slot(queue);
+    pthread_mutex_lock(&c->mu);
+    if (c->slot_node[slot] < 0 && refresh(c, err) != BQ_OK) {
+        pthread_mutex_unlock(&c->mu);
+        return NULL;
+    }
+    bq_broker *b = c->slot_node[slot] >= 0 ? c->nodes[c->slot_node[slot]].b : NULL;
+    pthread_mutex_unlock(&c->mu);
+    if (b == NULL)
+        bq_err_set(err, BQ_EIO, "cluster: no node serves slot %u (of queue '%.100s')", slot,
+                   queue);
+    return b;
+}
+
+enum redirect { R_NONE = 0, R_MOVED, R_WAIT };
+
+/* What an error says about the slot's owner. */
+static enum redirect redirect_of(bq_status st, const bq_err *err)
+{
+    if (st == BQ_OK)
+        return R_NONE;
+    if (strstr(err->msg, "MOVED ") != NULL)
+        return R_MOVED;
+    if (strstr(err->msg, "ASK ") != NULL || strstr(err->msg, "TRYAGAIN") != NULL ||
+        strstr(err->msg, "CLUSTERDOWN") != NULL)
+        return R_WAIT;
+    if (st == BQ_EIO || st == BQ_ECONNREFUSED || st == BQ_ETIMEDOUT)
+        return R_MOVED; /* the node may have gone: ask for the map again */
+    return R_NONE;
+}
+
+/* Runs CALL (an expression using `b`, setting `st`) on the node of `queue`, following
+ * redirections for up to REDIRECT_WINDOW seconds. */
+#define ROUTED(c, queue, err, CALL)                                                           \
+    do {                                                                                      \
+        double until_ = bq_now_mono() + REDIRECT_WINDOW;                                      \
+        for (int try_ = 0;; try_++) {                                                         \
+            bq_broker *b = route((c), (queue), (err));                                        \
+            if (b == NULL) {                                                                  \
+                st = (err) != NULL ? (err)->code : BQ_EIO;                                    \
+                break;                                                                        \
+            }                                                                                 \
+            bq_err e_;                                                                        \
+            bq_err *saved_ = (err);                                                           \
+            bq_err *errp_ = saved_ != NULL ? saved_ : &e_;                                    \
+            (void)errp_;                                                                      \
+            CALL;                                                                             \
+            enum redirect r_ = redirect_of(st, errp_);                                        \
+            if (r_ == R_NONE || bq_now_mono() > until_)                                       \
+                break;                                                                        \
+            if (r_ == R_MOVED) {                                                              \
+                pthread_mutex_lock(&(c)->mu);                                                 \
+                bq_err re_;                                                                   \
+                refresh((c), &re_);                                                           \
+                pthread_mutex_unlock(&(c)->mu);                                               \
+            }                                                                                 \
+            bq_sleep(r_ == R_WAIT || try_ > 0 ? 0.02 : 0);                                    \
+        }                                                                                     \
+    } while (0)
+
+/* ---- Operations ----------------------------------------------------------------------------- */
+
+static bq_status c_push(bq_broker *base, const char *queue, const struct bq_slice *msgs,
+                        size_t n, size_t *pushed, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->push(b, queue, msgs, n, pushed, errp_));
+    return st;
+}
+
+static bq_status c_push_unique(bq_broker *base, const char *queue, const struct bq_slice *msgs,
+                               const char *const *keys, size_t n, double ttl, bool *pushed,
+                               bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->push_unique(b, queue, msgs, keys, n, ttl, pushed, errp_));
+    return st;
+}
+
+static bq_status c_fetch(bq_broker *base, const struct bq_lessee *who,
+                         const struct bq_fetch_req *req, struct bq_fetch_res *res,
+                         struct bq_batch *out, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    /* A redirected fetch is tried again here (a migrating slot answers ASK or TRYAGAIN for
+     * a while), but only while it took nothing: a fetch that took messages and then failed
+     * is reported, so the worker checks its in-flight lists (worker.c). Acks sent twice are
+     * harmless (the second LREM finds nothing). */
+    double until = bq_now_mono() + REDIRECT_WINDOW;
+    size_t before = out->n;
+    bq_err e;
+    bq_err *ep = err != NULL ? err : &e;
+    for (;;) {
+        bq_broker *b = route(c, who->queues[0], ep);
+        if (b == NULL)
+            return ep->code;
+        pthread_mutex_lock(&c->mu);
+        c->fetching = b;
+        pthread_mutex_unlock(&c->mu);
+        bq_status st = b->ops->fetch(b, who, req, res, out, ep);
+        enum redirect r = redirect_of(st, ep);
+        if (r == R_NONE || out->n != before || bq_now_mono() > until)
+            return st;
+        if (r == R_MOVED) {
+            pthread_mutex_lock(&c->mu);
+            bq_err re;
+            refresh(c, &re);
+            pthread_mutex_unlock(&c->mu);
+        }
+        bq_sleep(0.02);
+    }
+}
+
+static void c_interrupt(bq_broker *base)
+{
+    struct cluster_broker *c = cb(base);
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < c->nnodes; i++)
+        c->nodes[i].b->ops->interrupt(c->nodes[i].b);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static bq_status c_ack(bq_broker *base, const struct bq_lessee *who, const struct bq_msg *msgs,
+                       size_t n, size_t *acked, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, who->queues[0], err, st = b->ops->ack(b, who, msgs, n, acked, errp_));
+    return st;
+}
+
+static bq_status c_retry(bq_broker *base, const struct bq_lessee *who,
+                         const struct bq_msg *leased, struct bq_slice next, double delay,
+                         bool *held, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, who->queues[0], err, st = b->ops->retry(b, who, leased, next, delay, held, errp_));
+    return st;
+}
+
+static bq_status c_bury(bq_broker *base, const struct bq_lessee *who, const struct bq_msg *leased,
+                        struct bq_slice entry, bool *held, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, who->queues[0], err, st = b->ops->bury(b, who, leased, entry, held, errp_));
+    return st;
+}
+
+static bq_status c_held(bq_broker *base, const struct bq_lessee *who, struct bq_batch *out,
+                        bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, who->queues[0], err, (bq_batch_clear(out), st = b->ops->held(b, who, out, errp_)));
+    return st;
+}
+
+static bq_status c_handback(bq_broker *base, const struct bq_lessee *who,
+                            const struct bq_msg *msgs, size_t n, size_t *count, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, who->queues[0], err, st = b->ops->handback(b, who, msgs, n, count, errp_));
+    return st;
+}
+
+static bq_status c_rate_limit(bq_broker *base, const struct bq_lessee *who,
+                              const struct bq_msg *leased, const char *key, long limit,
+                              double period, struct bq_slice next, bool *admitted,
+                              double *wait, double *at, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, who->queues[0], err,
+           st = b->ops->rate_limit(b, who, leased, key, limit, period, next, admitted, wait, at,
+                                   errp_));
+    return st;
+}
+
+static bq_status c_promote(bq_broker *base, const char *queue, size_t *moved, double *next_due,
+                           bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->promote(b, queue, moved, next_due, errp_));
+    return st;
+}
+
+static bq_status c_heartbeat(bq_broker *base, const struct bq_lessee *who, double lease,
+                             struct bq_batch *dead, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, who->queues[0], err, st = b->ops->heartbeat(b, who, lease, dead, errp_));
+    return st;
+}
+
+static bq_status c_reap(bq_broker *base, const char *queue, const char *dead_id,
+                        long long *recovered, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->reap(b, queue, dead_id, recovered, errp_));
+    return st;
+}
+
+static bq_status c_unregister(bq_broker *base, const struct bq_lessee *who, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, who->queues[0], err, st = b->ops->unregister(b, who, errp_));
+    return st;
+}
+
+static bq_status c_length(bq_broker *base, const char *queue, enum bq_list which,
+                          long long *out, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->length(b, queue, which, out, errp_));
+    return st;
+}
+
+static bq_status c_range(bq_broker *base, const char *queue, enum bq_list which, long start,
+                         long stop, struct bq_batch *out, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err,
+           (bq_batch_clear(out), st = b->ops->range(b, queue, which, start, stop, out, errp_)));
+    return st;
+}
+
+static bq_status c_dlq_requeue(bq_broker *base, const char *queue, struct bq_slice entry,
+                               bool *done, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->dlq_requeue(b, queue, entry, done, errp_));
+    return st;
+}
+
+static bq_status c_dlq_remove(bq_broker *base, const char *queue, struct bq_slice entry,
+                              bool *done, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->dlq_remove(b, queue, entry, done, errp_));
+    return st;
+}
+
+static bq_status c_dlq_purge(bq_broker *base, const char *queue, long long *count, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->dlq_purge(b, queue, count, errp_));
+    return st;
+}
+
+static bq_status c_publish(bq_broker *base, const char *queue, struct bq_slice msg,
+                           long long *receivers, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->publish(b, queue, msg, receivers, errp_));
+    return st;
+}
+
+/* Cluster PUBLISH reaches subscribers on every node: listening on the queue's node is
+ * enough. A failure returns, and the engine listens again (on the node of the new map). */
+static bq_status c_listen(bq_broker *base, const char *queue,
+                          void (*cb_)(void *ud, const char *msg, size_t len),
+                          void (*ready)(void *ud), void *ud, int stopfd, bq_err *err)
+{
+    bq_broker *b = route(cb(base), queue, err);
+    if (b == NULL)
+        return err != NULL ? err->code : BQ_EIO;
+    return b->ops->listen(b, queue, cb_, ready, ud, stopfd, err);
+}
+
+static bq_status c_node(bq_broker *base, char *role, size_t rsize, char *addr, size_t asize,
+                        bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_broker *b = route(c, "bindu:tasks", err);
+    if (b == NULL)
+        return err != NULL ? err->code : BQ_EIO;
+    return b->ops->node(b, role, rsize, addr, asize, err);
+}
+
+static bq_status c_ping(bq_broker *base, double *rtt, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_broker *b = route(c, "bindu:tasks", err);
+    if (b == NULL)
+        return err != NULL ? err->code : BQ_EIO;
+    return b->ops->ping(b, rtt, err);
+}
+
+static bool c_pool_stats(bq_broker *base, struct bq_pool_stats *out)
+{
+    struct cluster_broker *c = cb(base);
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < c->nnodes; i++) {
+        struct bq_pool_stats s;
+        if (c->nodes[i].b->ops->pool_stats(c->nodes[i].b, &s)) {
+            out->borrows += s.borrows;
+            out->waits += s.waits;
+            out->timeouts += s.timeouts;
+            out->opened += s.opened;
+            out->discarded += s.discarded;
+            out->total += s.total;
+            out->idle += s.idle;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    return true;
+}
+
+static void c_free(bq_broker *base)
+{
+    struct cluster_broker *c = cb(base);
+    for (int i = 0; i < c->nnodes; i++)
+        bq_broker_free(c->nodes[i].b);
+    bq_url_free(&c->url);
+    bq_free(c->url_copy);
+    bq_free(c->source_copy);
+    pthread_mutex_destroy(&c->mu);
+    bq_free(c);
+}
+
+static const struct bq_broker_ops cluster_ops = {
+    .push = c_push,
+    .push_unique = c_push_unique,
+    .fetch = c_fetch,
+    .interrupt = c_interrupt,
+    .ack = c_ack,
+    .retry = c_retry,
+    .bury = c_bury,
+    .held = c_held,
+    .handback = c_handback,
+    .rate_limit = c_rate_limit,
+    .promote = c_promote,
+    .heartbeat = c_heartbeat,
+    .reap = c_reap,
+    .unregister = c_unregister,
+    .length = c_length,
+    .range = c_range,
+    .dlq_requeue = c_dlq_requeue,
+    .dlq_remove = c_dlq_remove,
+    .dlq_purge = c_dlq_purge,
+    .publish = c_publish,
+    .listen = c_listen,
+    .node = c_node,
+    .ping = c_ping,
+    .pool_stats = c_pool_stats,
+    .free = c_free,
+};
+
+bq_status bq_broker_open_cluster(const struct bq_broker_config *cfg, bq_broker **out,
+                                 bq_err *err)
+{
+    *out = NULL;
+    struct cluster_broker *c = bq_calloc(1, sizeof *c);
+    if (c == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "out of memory");
+    pthread_mutex_init(&c->mu, NULL);
+    c->base.ops = &cluster_ops;
+    c->base.kind = "redis";
+    for (int i = 0; i < NSLOTS; i++)
+        c->slot_node[i] = -1;
+    bq_status st = bq_url_parse(cfg->url, cfg->url_source, &c->url, err);
+    if (st == BQ_OK && c->url.db != 0)
+        st = bq_err_set(err, BQ_EINVAL, "%s: Redis Cluster has only database 0",
+                        cfg->url_source ? cfg->url_source : "URL");
+    c->url_copy = bq_strdup(cfg->url);
+    c->source_copy = bq_strdup(cfg->url_source ? cfg->url_source : "URL");
+    if (st == BQ_OK && (c->url_copy == NULL || c->source_copy == NULL))
+        st = bq_err_set(err, BQ_ENOMEM, "out of memory");
+    if (st != BQ_OK) {
+        c_free(&c->base);
+        return st;
+    }
+    /* The user-info part as written (still percent-encoded), for the node URLs. */
+    const char *p = strstr(c->url_copy, "://") + 3;
+    const char *at = strrchr(p, '@');
+    const char *slash = strchr(p, '/');
+    if (at != NULL && (slash == NULL || at < slash) && (size_t)(at - p) + 2 < sizeof c->userinfo)
+        snprintf(c->userinfo, sizeof c->userinfo, "%.*s@", (int)(at - p), p);
+    c->cfg = *cfg;
+    c->cfg.url = c->url_copy;
+    c->cfg.url_source = c->source_copy;
+    c->cfg.tls.ca_file = c->cfg.tls.ca_dir = c->cfg.tls.cert_file = c->cfg.tls.key_file = NULL;
+    c->cfg.tls_server_name = NULL;
+    snprintf(c->base.address, sizeof c->base.address, "cluster:");
+    bq_url_address(&c->url, c->base.address + 8, sizeof c->base.address - 8);
+    /* Connections are lazy, as for one server: the map is read on the first operation. */
+    *out = &c->base;
+    return BQ_OK;
+}
