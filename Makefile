@@ -29,7 +29,7 @@ ifneq ($(SANITIZER),)
 ALL_CFLAGS += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=$(SANITIZER)
 endif
-LIBS = -lhiredis -lpq -lssl -lcrypto -lpthread -lm
+LIBS = -lhiredis -lpq -lmicrohttpd -lssl -lcrypto -lpthread -lm
 
 LIB_SRC = $(wildcard src/core/*.c src/net/*.c src/broker/*.c src/storage/*.c src/engine/*.c)
 LUA_SRC = $(wildcard src/lua/*.c)

@@ -1,7 +1,8 @@
 -- binduq: a distributed task scheduler for AI-agent workloads (C runtime, Lua policy).
 -- Build and install from a checkout with:
 --   luarocks --lua-version 5.4 make
--- Needs the C headers of hiredis (libhiredis-dev), libpq (libpq-dev) and OpenSSL (libssl-dev),
+-- Needs the C headers of hiredis (libhiredis-dev), libpq (libpq-dev), libmicrohttpd
+-- (libmicrohttpd-dev) and OpenSSL (libssl-dev),
 -- and lua-cjson for Lua 5.4 (lua-cjson);
 -- both are Debian packages, so the rock declares no rock dependencies that would need the
 -- network. The version here must match BQ_VERSION_STRING in src/binduq.h (a test checks).
@@ -27,6 +28,7 @@ external_dependencies = {
     HIREDIS = { header = "hiredis/hiredis.h" },
     OPENSSL = { header = "openssl/ssl.h" },
     PQ = { header = "postgresql/libpq-fe.h" },
+    MHD = { header = "microhttpd.h" },
 }
 build = {
     type = "builtin",
@@ -39,15 +41,16 @@ build = {
                 "src/broker/broker.c", "src/broker/cluster.c", "src/broker/keys.c", "src/broker/mem.c",
                 "src/broker/redis.c", "src/storage/mem.c", "src/storage/pg.c",
                 "src/storage/storage.c",
-                "src/engine/client.c", "src/engine/config.c", "src/engine/task.c",
+                "src/engine/client.c", "src/engine/config.c", "src/engine/metrics.c",
+                "src/engine/task.c",
                 "src/engine/worker.c",
                 "src/lua/l_client.c", "src/lua/l_core.c", "src/lua/l_engine.c",
                 "src/lua/l_storage.c",
             },
             defines = { "_GNU_SOURCE", "BQ_BUILDING" },
-            incdirs = { "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)", "$(PQ_INCDIR)" },
-            libdirs = { "$(HIREDIS_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(PQ_LIBDIR)" },
-            libraries = { "hiredis", "pq", "ssl", "crypto", "pthread", "m" },
+            incdirs = { "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)", "$(PQ_INCDIR)", "$(MHD_INCDIR)" },
+            libdirs = { "$(HIREDIS_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(PQ_LIBDIR)", "$(MHD_LIBDIR)" },
+            libraries = { "hiredis", "pq", "microhttpd", "ssl", "crypto", "pthread", "m" },
         },
         ["binduq"] = "lua/binduq/init.lua",
         ["binduq.cli"] = "lua/binduq/cli.lua",

@@ -82,9 +82,10 @@ function Context:checkpoint(value)
     core.slot_yield()
 end
 
---- Logs an event with the task's id, queue and worker added.
+--- Logs an event with the task's id, trace id, queue and worker added.
 function Context:log(level, event, fields)
-    local f = { task_id = self.task_id, queue = self.queue, worker = self.worker_id }
+    local f = { task_id = self.task_id, trace_id = self.trace_id, span_id = self.span_id, queue = self.queue,
+                worker = self.worker_id }
     for k, v in pairs(fields or {}) do f[k] = v end
     core.log(level, event, f)
 end
@@ -142,6 +143,7 @@ end
 -- ---- The per-message function ---------------------------------------------------------------
 
 function M.make_process(w, info)
+    local current_trace, pickup -- of the message being processed
     local handlers = w.handlers
     local max = info.max_message_size
     local want_results = info.want_results
@@ -161,6 +163,7 @@ function M.make_process(w, info)
                                           retry_cap = p.retry_cap or w.retry_cap }
 
     local function log_storage(id, what, msg)
+        core.count_storage_error()
         core.log("error", "storage_error", { task_id = id, op = what, error = msg, worker = info.worker_id })
     end
 
@@ -399,9 +402,14 @@ function M.make_process(w, info)
         local saved = rec.checkpoint and json.decode(rec.checkpoint)
         if saved == json.null then saved = nil end
         local ctx = setmetatable({ task_id = id, context_id = rec.context_id, queue = task.queue,
+                                   trace_id = task.trace_id, span_id = task.span_id,
                                    worker_id = info.worker_id, slot = info.slot, attempt = header.attempt,
                                    admitted_at = admitted_at, saved = saved, resumed = task.type == "resume",
                                    _store = store }, Context)
+        if task.timestamp then
+            local sent = core.parse_iso8601(task.timestamp)
+            if sent then pickup = core.now() - sent end
+        end
         core.limit(task.timeout or timeout)
         local ok, res, herr = xpcall(h, errors.handler, task, ctx)
         core.unlimit()
@@ -428,7 +436,15 @@ function M.make_process(w, info)
         return failed(task, res, header)
     end
 
-    return function(raw, qi)
+    -- W3C traceparent: version-traceid-spanid-flags.
+    local function trace_of(task)
+        if not task.trace_id and type(task.traceparent) == "string" then
+            local t, s = task.traceparent:match("^%x%x%-(%x+)%-(%x+)%-%x%x$")
+            task.trace_id, task.span_id = t, s
+        end
+    end
+
+    local function process(raw, qi)
         local queue = info.queues[qi] or info.queue
         local task, why, partial, header = task_mod.decode(raw, max)
         if not task then
@@ -437,6 +453,8 @@ function M.make_process(w, info)
                    { reason = why, body = header.body, attempt = header.attempt }
         end
         task.queue, task.attempt = queue, header.attempt
+        trace_of(task)
+        current_trace = task.trace_id
         if header.requeued then
             -- An operator requeued it from the dead-letter list: the failed task may run again.
             store:change{ id = task.task_id, from = "failed", to = "submitted", error = "" }
@@ -444,6 +462,17 @@ function M.make_process(w, info)
         if task.type == "cancel" then return do_cancel(task, header) end
         if task.type == "pause" then return do_pause(task, header) end
         return do_run(task, header, raw)
+    end
+
+    -- The trace id and the pickup latency travel with every outcome (log lines, metrics).
+    return function(raw, qi)
+        current_trace, pickup = nil, nil
+        local status, id, ty, out = process(raw, qi)
+        if current_trace or pickup then
+            if type(out) ~= "table" then out = { result = out } end
+            out.trace_id, out.pickup = current_trace, pickup
+        end
+        return status, id, ty, out
     end
 end
 

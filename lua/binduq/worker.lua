@@ -57,6 +57,18 @@ function M.new(opts, level)
     local section = config.scheduler_section({ scheduler = opts.scheduler or {}, storage = opts.storage }, level)
     local storage_section = storage_mod.section(opts.storage, level)
     local recovery_after = opts.recovery_after or 60
+    -- Metrics: off unless metrics_port or BINDUQ_METRICS_ADDR ("[host:]port") says so.
+    local mhost, mport = opts.metrics_host, opts.metrics_port
+    local env_addr = os.getenv("BINDUQ_METRICS_ADDR")
+    if mport == nil and env_addr and env_addr ~= "" then
+        local h, p = env_addr:match("^%[?([^%]]*)%]?:(%d+)$")
+        if not p then p = env_addr:match("^(%d+)$") end
+        if not p then error("BINDUQ_METRICS_ADDR must be [host:]port (got '" .. env_addr .. "')", level) end
+        mhost, mport = (h ~= "" and h) or mhost, tonumber(p)
+    end
+    if mport ~= nil and (math.type(mport) ~= "integer" or mport < 0 or mport > 65535) then
+        error("metrics_port must be a port number (0: any free port)", level)
+    end
     if recovery_after < 0 then error("recovery_after must be 0 (off) or a number of seconds", level) end
     local defaults = core.defaults()
     local c = opts.concurrency or defaults.concurrency
@@ -139,6 +151,8 @@ function M.new(opts, level)
         section = section,
         storage_section = storage_section,
         recovery_after = recovery_after,
+        metrics_host = mhost or "127.0.0.1",
+        metrics_port = mport,
         concurrency = c,
         block_timeout = bt,
         max_message_size = mms,
@@ -243,6 +257,17 @@ function Worker:_start(drain, level)
         error(err, level)
     end
     self.engine = engine
+    if self.metrics_port then
+        local bound, merr = core.metrics_serve(self.metrics_host, self.metrics_port)
+        if not bound then
+            engine:stop()
+            engine:join()
+            engine:close()
+            self.engine = nil
+            error("metrics: " .. tostring(merr), level)
+        end
+        self.metrics_port = bound
+    end
     return self
 end
 
@@ -393,6 +418,23 @@ function Worker:poll(timeout)
         end
         wait = 0
     end
+end
+
+--- The facts /healthz and /readyz serve, as a table: {alive=true, ready=, reason=,
+-- redis=, storage=, draining=}.
+function Worker:health_check()
+    local h = { alive = true, draining = self.engine == nil }
+    local sh = self.scheduler and self.scheduler:health_check() or {}
+    h.redis = sh.rtt ~= nil
+    h.storage = sh.storage_ok == true
+    h.ready = sh.ok == true and not h.draining
+    h.reason = (h.draining and "not running") or sh.error
+    return h
+end
+
+--- The Prometheus text this process serves on /metrics.
+function Worker:metrics()
+    return core.metrics_render()
 end
 
 --- Asks a running worker to stop gracefully (from on_result, for example).

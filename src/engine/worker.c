@@ -22,6 +22,7 @@
 #include "../core/rand.h"
 
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -97,7 +98,9 @@ struct bq_worker {
 
     atomic_llong n_fetched, n_completed, n_failed, n_retried, n_dead, n_dropped, n_malformed,
         n_skipped, n_handed_back, n_lease_lost, n_reaped, n_rate_limited, n_canceled, n_paused,
-        n_waiting;
+        n_waiting, n_redis_errors, n_reconnects;
+    /* Histograms (per bucket, not cumulative) and sums in microseconds. */
+    atomic_llong h_dur[BQ_HIST_N], h_pick[BQ_HIST_N], h_dur_sum_us, h_pick_sum_us;
 };
 
 const char *bq_worker_id(const bq_worker *w)
@@ -363,6 +366,7 @@ static struct bq_slice slice_of(const struct bq_msg *m)
             st = (call);                                                                      \
             if (st == BQ_OK)                                                                  \
                 break;                                                                        \
+            atomic_fetch_add(&(w)->n_redis_errors, 1);                                        \
             bq_log(BQ_LOG_ERROR, "redis_error", "op", what, "task_id", task_id, "queue",      \
                    (w)->queue, "worker", (w)->id, "error", err.msg, "code",                   \
                    bq_status_name(st), NULL);                                                 \
@@ -539,9 +543,50 @@ static const char *const outcome_names[] = {
     "canceled", "paused", "waiting",
 };
 
+const double bq_hist_bounds[BQ_HIST_N] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+                                           0.1,    0.5,   1.0,    10.0,  60.0, INFINITY};
+
+static void observe(atomic_llong *buckets, atomic_llong *sum_us, double v)
+{
+    int i = 0;
+    while (i < BQ_HIST_N - 1 && v > bq_hist_bounds[i])
+        i++;
+    atomic_fetch_add(&buckets[i], 1);
+    atomic_fetch_add(sum_us, (long long)(v * 1e6));
+}
+
+static void snapshot(atomic_llong *buckets, atomic_llong *sum_us, struct bq_hist *h)
+{
+    long long run = 0;
+    for (int i = 0; i < BQ_HIST_N; i++) {
+        run += atomic_load(&buckets[i]);
+        h->counts[i] = run;
+    }
+    h->sum = (double)atomic_load(sum_us) / 1e6;
+}
+
+void bq_worker_histograms(bq_worker *w, struct bq_hist *duration, struct bq_hist *pickup)
+{
+    snapshot(w->h_dur, &w->h_dur_sum_us, duration);
+    snapshot(w->h_pick, &w->h_pick_sum_us, pickup);
+}
+
+bool bq_worker_running(bq_worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    bool r = w->started && !w->stopping;
+    pthread_mutex_unlock(&w->mu);
+    return r;
+}
+
 /* Carries out a slot's decision about msg. Returns true if msg's ownership moved on. */
 static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, double duration)
 {
+    if (out->kind != BQ_OUTCOME_DEFERRED && out->kind != BQ_OUTCOME_MALFORMED)
+        observe(w->h_dur, &w->h_dur_sum_us, duration);
+    if (out->pickup >= 0)
+        observe(w->h_pick, &w->h_pick_sum_us, out->pickup);
+    const char *trace = out->trace_id[0] ? out->trace_id : NULL;
     char ms[32];
     snprintf(ms, sizeof ms, "%.3f", duration * 1000.0);
     const char *tid = out->task_id[0] ? out->task_id : NULL;
@@ -551,32 +596,32 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
     switch (out->kind) {
     case BQ_OUTCOME_COMPLETED:
         atomic_fetch_add(&w->n_completed, 1);
-        bq_log(BQ_LOG_INFO, "completed", "task_id", tid, "type", type, "queue", queue,
+        bq_log(BQ_LOG_INFO, "completed", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, NULL);
         moved = ack(w, msg, tid);
         break;
     case BQ_OUTCOME_SKIPPED:
         atomic_fetch_add(&w->n_skipped, 1);
-        bq_log(BQ_LOG_INFO, "skipped", "task_id", tid, "type", type, "queue", queue,
+        bq_log(BQ_LOG_INFO, "skipped", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "reason", out->reason, NULL);
         moved = ack(w, msg, tid);
         break;
     case BQ_OUTCOME_DROPPED:
         atomic_fetch_add(&w->n_failed, 1);
         atomic_fetch_add(&w->n_dropped, 1);
-        bq_log(BQ_LOG_WARN, "dropped", "task_id", tid, "type", type, "queue", queue,
+        bq_log(BQ_LOG_WARN, "dropped", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "error", out->reason, NULL);
         moved = ack(w, msg, tid);
         break;
     case BQ_OUTCOME_RETRY:
         atomic_fetch_add(&w->n_failed, 1);
-        bq_log(BQ_LOG_WARN, "failed", "task_id", tid, "type", type, "queue", queue,
+        bq_log(BQ_LOG_WARN, "failed", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, "error", out->reason, NULL);
         retry(w, msg, out, tid);
         break;
     case BQ_OUTCOME_DEAD:
         atomic_fetch_add(&w->n_failed, 1);
-        bq_log(BQ_LOG_WARN, "failed", "task_id", tid, "type", type, "queue", queue,
+        bq_log(BQ_LOG_WARN, "failed", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, "error", out->reason, NULL);
         bury(w, msg, out, tid);
         break;
@@ -591,19 +636,19 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
         break;
     case BQ_OUTCOME_CANCELED:
         atomic_fetch_add(&w->n_canceled, 1);
-        bq_log(BQ_LOG_INFO, "canceled", "task_id", tid, "type", type, "queue", queue,
+        bq_log(BQ_LOG_INFO, "canceled", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, "reason", out->reason, NULL);
         moved = ack(w, msg, tid);
         break;
     case BQ_OUTCOME_PAUSED:
         atomic_fetch_add(&w->n_paused, 1);
-        bq_log(BQ_LOG_INFO, "paused", "task_id", tid, "type", type, "queue", queue,
+        bq_log(BQ_LOG_INFO, "paused", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, NULL);
         moved = ack(w, msg, tid);
         break;
     case BQ_OUTCOME_WAITING:
         atomic_fetch_add(&w->n_waiting, 1);
-        bq_log(BQ_LOG_INFO, "waiting", "task_id", tid, "type", type, "queue", queue,
+        bq_log(BQ_LOG_INFO, "waiting", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, "state", out->state, NULL);
         moved = ack(w, msg, tid);
         break;
@@ -667,6 +712,7 @@ static void *slot_main(void *arg)
         struct bq_outcome out;
         memset(&out, 0, sizeof out);
         out.attempt = 1;
+        out.pickup = -1;
         double t0 = bq_now_mono();
         w->ops.handle(s->state, &msg, &out);
 
@@ -719,6 +765,7 @@ static void reap_dead(bq_worker *w, struct bq_batch *dead)
         bq_status st = w->broker->ops->reap(w->broker, queue, dead->msgs[i].data, &recovered,
                                             &err);
         if (st != BQ_OK) {
+            atomic_fetch_add(&w->n_redis_errors, 1);
             bq_log(BQ_LOG_ERROR, "redis_error", "op", "reap", "queue", w->queue, "worker",
                    w->id, "error", err.msg, "code", bq_status_name(st), NULL);
         } else if (recovered >= 0) {
@@ -756,6 +803,7 @@ static void *heartbeat_main(void *arg)
                 reap_dead(w, &dead);
                 due = now + period;
             } else {
+                atomic_fetch_add(&w->n_redis_errors, 1);
                 bq_log(BQ_LOG_ERROR, "redis_error", "op", "heartbeat", "queue", w->queue,
                        "worker", w->id, "error", err.msg, "code", bq_status_name(st), NULL);
                 due = now + bq_backoff_delay(failures++, RECONNECT_BASE, RECONNECT_CAP,
@@ -1017,6 +1065,7 @@ static void *dispatcher_main(void *arg)
         reap_dead(w, &res.dead);
         if (st != BQ_OK) {
             unsure = unsure || (lease && req.max > 0);
+            atomic_fetch_add(&w->n_redis_errors, 1);
             bq_log(BQ_LOG_ERROR, "redis_error", "op", "fetch", "queue", w->queue, "worker",
                    w->id, "error", err.msg, "code", bq_status_name(st), NULL);
             double delay = bq_backoff_delay(failures++, RECONNECT_BASE, RECONNECT_CAP,
@@ -1030,6 +1079,7 @@ static void *dispatcher_main(void *arg)
         if (failures > 0) {
             char n[16];
             snprintf(n, sizeof n, "%d", failures);
+            atomic_fetch_add(&w->n_reconnects, 1);
             bq_log(BQ_LOG_INFO, "reconnected", "queue", w->queue, "worker", w->id,
                    "#failed_attempts", n, "address", w->broker->address, NULL);
             failures = 0;
@@ -1443,6 +1493,8 @@ void bq_worker_stats(bq_worker *w, struct bq_worker_stats *out)
     out->canceled = atomic_load(&w->n_canceled);
     out->paused = atomic_load(&w->n_paused);
     out->waiting = atomic_load(&w->n_waiting);
+    out->redis_errors = atomic_load(&w->n_redis_errors);
+    out->reconnects = atomic_load(&w->n_reconnects);
     pthread_mutex_lock(&w->mu);
     out->inflight = w->inflight;
     pthread_mutex_unlock(&w->mu);

@@ -70,6 +70,9 @@ struct bq_outcome {
     size_t body;       /* offset of the original message in the fetched one (after a header) */
     int attempt;       /* the attempt that just ended (1 for the first) */
     char state[24];    /* the task's stored state afterwards ("" when unknown) */
+    double pickup;     /* seconds from the producer's timestamp to the handler's start; < 0:
+                        * unknown (metrics) */
+    char trace_id[64]; /* the task's trace id ("" when none), for the log lines */
 };
 
 /* What the control channel asks of a running task. */
@@ -202,9 +205,23 @@ bq_broker *bq_worker_broker(bq_worker *w);
 
 struct bq_worker_stats {
     long long fetched, completed, failed, retried, dead_lettered, dropped, malformed, skipped,
-        handed_back, lease_lost, reaped, rate_limited, canceled, paused, waiting;
+        handed_back, lease_lost, reaped, rate_limited, canceled, paused, waiting, redis_errors,
+        reconnects;
     int inflight;
 };
 void bq_worker_stats(bq_worker *w, struct bq_worker_stats *out);
+
+/* Histograms of handler durations and pickup latencies (seconds), for metrics: cumulative
+ * counts per upper bound BQ_HIST_BOUNDS (the last is +Inf), and the sum. */
+#define BQ_HIST_N 12
+extern const double bq_hist_bounds[BQ_HIST_N];
+struct bq_hist {
+    long long counts[BQ_HIST_N]; /* cumulative */
+    double sum;
+};
+void bq_worker_histograms(bq_worker *w, struct bq_hist *duration, struct bq_hist *pickup);
+
+/* True while the worker fetches (started and not stopping). */
+bool bq_worker_running(bq_worker *w);
 
 #endif

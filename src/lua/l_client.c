@@ -21,6 +21,7 @@
 #include "../core/alloc.h"
 #include "../core/err.h"
 #include "../engine/client.h"
+#include "../engine/metrics.h"
 #include "../engine/worker.h"
 
 #include <string.h>
@@ -121,6 +122,7 @@ static int l_client_push(lua_State *L)
     bq_err err;
     if (bq_client_push(c, queue, s, ids, n, &pushed, &err) != BQ_OK)
         return bq_lua_fail(L, &err);
+    bq_metrics_scheduled(queue ? queue : c->cfg.queue_name, (long long)pushed, 0);
     lua_pushinteger(L, (lua_Integer)pushed);
     return 1;
 }
@@ -151,11 +153,14 @@ static int l_client_push_unique(lua_State *L)
     bq_err err;
     if (c->broker->ops->push_unique(c->broker, queue, s, keys, n, ttl, pushed, &err) != BQ_OK)
         return bq_lua_fail(L, &err);
+    long long sent = 0;
     lua_createtable(L, (int)n, 0);
     for (size_t i = 0; i < n; i++) {
+        sent += pushed[i];
         lua_pushboolean(L, pushed[i]);
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
+    bq_metrics_scheduled(queue, sent, (long long)n - sent);
     return 1;
 }
 

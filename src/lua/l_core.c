@@ -17,8 +17,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- Shared helpers ------------------------------------------------------------------------ */
@@ -231,6 +233,39 @@ static int l_iso8601(lua_State *L)
     return 1;
 }
 
+/* core.parse_iso8601("2026-11-28T07:30:24.278Z") -> epoch seconds | nil. UTC ("Z") or an
+ * offset (+hh:mm); fractions of a second are kept. */
+static int l_parse_iso8601(lua_State *L)
+{
+    const char *s = luaL_checkstring(L, 1);
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    int used = 0;
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+               &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &used) != 6) {
+        lua_pushnil(L);
+        return 1;
+    }
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    double t = (double)timegm(&tm);
+    const char *p = s + used;
+    if (*p == '.') {
+        double scale = 0.1;
+        for (p++; *p >= '0' && *p <= '9'; p++, scale /= 10)
+            t += (*p - '0') * scale;
+    }
+    int oh = 0, om = 0;
+    if ((*p == '+' || *p == '-') && sscanf(p + 1, "%2d:%2d", &oh, &om) == 2)
+        t -= (*p == '+' ? 1 : -1) * (oh * 3600.0 + om * 60.0);
+    else if (*p != 'Z' && *p != '\0') {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushnumber(L, t);
+    return 1;
+}
+
 static int l_sleep(lua_State *L)
 {
     bq_sleep(luaL_checknumber(L, 1));
@@ -431,6 +466,7 @@ static const luaL_Reg core_funcs[] = {
     {"now", l_now},
     {"monotonic", l_monotonic},
     {"iso8601", l_iso8601},
+    {"parse_iso8601", l_parse_iso8601},
     {"sleep", l_sleep},
     {"parse_url", l_parse_url},
     {"redact_url", l_redact_url},

@@ -26,6 +26,7 @@
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
+#include "../engine/metrics.h"
 #include "../engine/worker.h"
 #include "../storage/storage.h"
 
@@ -289,6 +290,11 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
         out->attempt = attempt > 0 && attempt < 1000000 ? (int)attempt : 1;
         lua_getfield(L, 5, "state");
         copy_field(out->state, sizeof out->state, L, -1);
+        lua_getfield(L, 5, "trace_id");
+        copy_field(out->trace_id, sizeof out->trace_id, L, -1);
+        lua_getfield(L, 5, "pickup");
+        out->pickup = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
+        lua_pop(L, 2);
         if (out->kind == BQ_OUTCOME_COMPLETED) { /* a result travels as info.result */
             lua_getfield(L, 5, "result");
             out->json = dup_lua(L, -1);
@@ -509,6 +515,40 @@ static int l_slot_storage(lua_State *L)
 
 static const struct bq_slot_ops lua_slot_ops = {slot_init, slot_handle, slot_fini};
 
+/* core.metrics_serve(host, port) -> bound port | nil, msg, code: /metrics, /healthz and
+ * /readyz of this process (engine/metrics.h). */
+static int l_metrics_serve(lua_State *L)
+{
+    const char *host = luaL_optstring(L, 1, "127.0.0.1");
+    lua_Integer port = luaL_optinteger(L, 2, 0);
+    int bound = 0;
+    bq_err err;
+    if (bq_metrics_serve(host, (int)port, &bound, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushinteger(L, bound);
+    return 1;
+}
+
+/* core.metrics_render() -> the Prometheus text of this process. */
+static int l_metrics_render(lua_State *L)
+{
+    char *text = NULL;
+    size_t len = 0;
+    if (bq_metrics_render(&text, &len) != BQ_OK)
+        return luaL_error(L, "out of memory");
+    lua_pushlstring(L, text, len);
+    bq_free(text);
+    return 1;
+}
+
+/* core.count_storage_error() */
+static int l_storage_error(lua_State *L)
+{
+    (void)L;
+    bq_metrics_storage_error();
+    return 0;
+}
+
 /* core.slot_ready(worker_key, process) -> true if this handler state serves that worker. */
 static int l_slot_ready(lua_State *L)
 {
@@ -714,11 +754,21 @@ static int l_engine_new(lua_State *L)
 static int l_engine_close(lua_State *L)
 {
     struct lengine *e = luaL_checkudata(L, 1, BQ_ENGINE_MT);
+    if (e->w != NULL)
+        bq_metrics_remove(e->w);
     bq_worker_free(e->w);
     e->w = NULL;
     slot_cfg_free(e->cfg);
     e->cfg = NULL;
     return 0;
+}
+
+/* /readyz: the worker's storage answers. HTTP thread. */
+static bool storage_ready(void *ud)
+{
+    struct slot_cfg *c = ud;
+    bq_err err;
+    return c->storage == NULL || c->storage->ops->ping(c->storage, &err) == BQ_OK;
 }
 
 static int l_engine_start(lua_State *L)
@@ -728,6 +778,7 @@ static int l_engine_start(lua_State *L)
     bq_err err;
     if (bq_worker_start(e->w, drain, &err) != BQ_OK)
         return bq_lua_fail(L, &err);
+    bq_metrics_add(e->w, storage_ready, e->cfg);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -895,4 +946,10 @@ void bq_lua_open_engine(lua_State *L)
     lua_setfield(L, -2, "slot_publish");
     lua_pushcfunction(L, l_slot_storage);
     lua_setfield(L, -2, "slot_storage");
+    lua_pushcfunction(L, l_metrics_serve);
+    lua_setfield(L, -2, "metrics_serve");
+    lua_pushcfunction(L, l_metrics_render);
+    lua_setfield(L, -2, "metrics_render");
+    lua_pushcfunction(L, l_storage_error);
+    lua_setfield(L, -2, "count_storage_error");
 }
