@@ -6,6 +6,11 @@
 --   binduq-lua dlq purge   (--all | FILTERS) [--json]
 --     FILTERS: --task-id ID  --type TYPE  --code CODE  --worker ID  --reason TEXT
 --   common: --url URL (default REDIS_URL)  --queue NAME (default REDIS_QUEUE_NAME)  --help
+--   binduq-lua stats   [--queue NAME ...] [--json]    per queue: ready, delayed, in flight, dead, workers
+--   binduq-lua workers [--queue NAME] [--json]         live workers: lease left, tasks in flight
+--   binduq-lua queue peek [--limit N] [--json]         the next operations to be taken
+--   binduq-lua queue purge --yes [--json]              delete the waiting operations
+--   binduq-lua top [--queue NAME ...] [--interval S] [--count N]   a live view (q to quit)
 --   binduq-lua task show ID [--json]
 --   binduq-lua task list [--state STATE] [--context ID] [--limit N] [--json]
 --     common: --database-url URL (default DATABASE_URL)  --schema NAME (default binduq)
@@ -31,6 +36,33 @@ FILTERS (all must match): --task-id ID  --type TYPE  --code CODE  --worker ID  -
 Options: --url URL (default $REDIS_URL)  --queue NAME (default $REDIS_QUEUE_NAME or bindu:tasks)
          --json (one JSON document on stdout)  --help
 ]],
+    stats = [[
+usage: binduq-lua stats [--queue NAME ...] [--json]
+  Per queue: operations ready, delayed (retries waiting), in flight (leased), dead-lettered,
+  and live workers. --queue may be given several times, or as a comma-separated list.
+Options: --url URL (default $REDIS_URL)  --queue NAME (default $REDIS_QUEUE_NAME or bindu:tasks)
+         --json (one JSON document on stdout)  --help
+]],
+    workers = [[
+usage: binduq-lua workers [--queue NAME] [--json]
+  The workers of a queue (its {Q}:workers lease records): id, seconds until the lease runs out
+  (negative: it ran out, the worker is gone and will be reaped), tasks in flight and the first
+  of them.
+Options: --url URL  --queue NAME  --json  --help
+]],
+    queue = [[
+usage: binduq-lua queue <peek|purge> [options]
+  peek [--limit N]              the next N operations to be taken (default 10), oldest first
+  purge --yes                   delete every waiting operation (not in flight, delayed or dead)
+Options: --url URL  --queue NAME  --json  --help
+]],
+    top = [[
+usage: binduq-lua top [--queue NAME ...] [--interval SECONDS] [--count N]
+  A live view of queues and workers, redrawn every interval (default 1 s) until q, Ctrl-C,
+  or N redraws. Rates are per second between two redraws (taken: the fall of ready plus in
+  flight plus what was pushed cannot be known; "net" is the change of ready).
+Options: --url URL  --queue NAME  --help
+]],
     task = [[
 usage: binduq-lua task <show|list> [options]
   show ID                       one task: state, attempts, worker, times, history, artifacts
@@ -42,10 +74,10 @@ Options: --database-url URL (default $DATABASE_URL)  --schema NAME (default bind
 ]],
 }
 
-M.COMMANDS = { dlq = true, task = true }
+M.COMMANDS = { dlq = true, task = true, stats = true, workers = true, queue = true, top = true }
 
 -- A small parser: --flag value, --switch, and positional words.
-local SWITCHES = { json = true, all = true, help = true }
+local SWITCHES = { json = true, all = true, help = true, yes = true }
 local function parse(args)
     local opts, pos = {}, {}
     local i = 1
@@ -58,7 +90,8 @@ local function parse(args)
                 opts[name] = true
             else
                 if args[i + 1] == nil then error({ usage = "option --" .. name:gsub("_", "-") .. " needs a value" }) end
-                opts[name] = args[i + 1]
+                opts[name] = (name == "queue" and opts.queue) and (opts.queue .. "," .. args[i + 1])
+                             or args[i + 1]
                 i = i + 1
             end
         elseif a:sub(1, 1) == "-" and a ~= "-" then
@@ -76,6 +109,10 @@ local KNOWN = {
             task_id = true, type = true, code = true, worker = true, reason = true },
     task = { database_url = true, schema = true, json = true, help = true, limit = true, state = true,
              context = true },
+    stats = { url = true, queue = true, json = true, help = true },
+    workers = { url = true, queue = true, json = true, help = true },
+    queue = { url = true, queue = true, json = true, help = true, limit = true, yes = true },
+    top = { url = true, queue = true, help = true, interval = true, count = true },
 }
 
 local function filter_of(opts)
@@ -285,6 +322,175 @@ function task.list(st, opts)
     out(opts, nil, table.concat(lines, "\n"))
 end
 
+-- ---- stats, workers, queue, top: read straight from Redis --------------------------------
+
+-- Q's derived key (the layout of src/broker/keys.c).
+local function derived(q, suffix)
+    if q:find("{[^}]+}") then return q .. ":" .. suffix end
+    return "{" .. q .. "}:" .. suffix
+end
+
+local function queues_of(opts, s)
+    local list = {}
+    for q in (opts.queue or s.queue_name):gmatch("[^,]+") do list[#list + 1] = q end
+    return list
+end
+
+local function now_ms(c, q)
+    local t = must(c:command(q, "TIME"))
+    return tonumber(t[1]) * 1000 + tonumber(t[2]) // 1000
+end
+
+-- The figures of one queue: ready, delayed, inflight, dead, workers (live), plus the worker
+-- records {id=, lease_left=, inflight=, first=} when `detail`.
+local function queue_stats(c, q, detail)
+    local now = now_ms(c, q)
+    local st = { queue = q, ready = must(c:command(q, "LLEN", q)),
+                 delayed = must(c:command(q, "ZCARD", derived(q, "delayed"))),
+                 dead = must(c:command(q, "LLEN", derived(q, "dlq"))), inflight = 0, workers = 0 }
+    local ws = must(c:command(q, "ZRANGE", derived(q, "workers"), "0", "-1", "WITHSCORES"))
+    local list = {}
+    for i = 1, #ws, 2 do
+        local id, expiry = ws[i], tonumber(ws[i + 1])
+        local n = must(c:command(q, "LLEN", derived(q, "wip:" .. id)))
+        st.inflight = st.inflight + n
+        if expiry > now then st.workers = st.workers + 1 end
+        if detail then
+            local first = must(c:command(q, "LINDEX", derived(q, "wip:" .. id), "-1"))
+            local tid
+            if first then
+                local body = first:match("^#bq [^\n]*\n(.*)$") or first
+                local okj, t = pcall(json.decode, body)
+                tid = okj and type(t) == "table" and (t.task_id or (type(t.params) == "table" and t.params.task_id)) or nil
+            end
+            list[#list + 1] = { id = id, lease_left = (expiry - now) / 1000, inflight = n, current = tid }
+        end
+    end
+    return st, list
+end
+
+local admin = {}
+
+function admin.stats(s, opts)
+    local c = s.client
+    local rows = {}
+    for _, q in ipairs(queues_of(opts, s)) do rows[#rows + 1] = (queue_stats(c, q)) end
+    if opts.json then
+        io.stdout:write('{"queues":', json.array(rows), "}\n")
+        return
+    end
+    local lines = { ("%-32s %9s %9s %9s %9s %8s"):format("QUEUE", "READY", "DELAYED", "INFLIGHT", "DEAD", "WORKERS") }
+    for _, r in ipairs(rows) do
+        lines[#lines + 1] = ("%-32s %9d %9d %9d %9d %8d"):format(short(r.queue, 32), r.ready, r.delayed, r.inflight,
+                                                              r.dead, r.workers)
+    end
+    out(opts, nil, table.concat(lines, "\n"))
+end
+
+function admin.workers(s, opts)
+    local q = queues_of(opts, s)[1]
+    local _, list = queue_stats(s.client, q, true)
+    if opts.json then
+        io.stdout:write('{"queue":', json.encode_strict(q), ',"workers":', json.array(list), "}\n")
+        return
+    end
+    local lines = { ("%d worker record%s on %s:"):format(#list, #list == 1 and "" or "s", q),
+                    ("%-36s %12s %9s  %s"):format("WORKER", "LEASE LEFT", "INFLIGHT", "CURRENT TASK") }
+    for _, w in ipairs(list) do
+        lines[#lines + 1] = ("%-36s %11.1fs %9d  %s"):format(short(w.id, 36), w.lease_left, w.inflight,
+            w.lease_left < 0 and "(lease ran out: gone)" or short(w.current or "-", 40))
+    end
+    out(opts, nil, table.concat(lines, "\n"))
+end
+
+function admin.queue(s, opts, pos)
+    local q = queues_of(opts, s)[1]
+    local c = s.client
+    if pos[1] == "peek" then
+        local limit = tonumber(opts.limit or 10)
+        if not limit or limit < 1 or limit ~= math.floor(limit) then error({ usage = "--limit must be a positive whole number" }) end
+        -- The oldest (next taken) is at the right end.
+        local items = must(c:command(q, "LRANGE", q, tostring(-math.tointeger(limit)), "-1"))
+        local list = {}
+        for i = #items, 1, -1 do list[#list + 1] = items[i] end
+        if opts.json then
+            local safe = {}
+            for i, m in ipairs(list) do safe[i] = utf8.len(m) and m or "(not valid UTF-8)" end
+            io.stdout:write('{"queue":', json.encode_strict(q), ',"messages":', json.array(safe), "}\n")
+            return
+        end
+        local lines = { ("next %d of %d on %s (oldest first):"):format(#list, must(c:command(q, "LLEN", q)), q) }
+        for i, m in ipairs(list) do lines[#lines + 1] = ("%4d  %s"):format(i, short(utf8.len(m) and m or "(not valid UTF-8)", 110)) end
+        return out(opts, nil, table.concat(lines, "\n"))
+    elseif pos[1] == "purge" then
+        if not opts.yes then error({ usage = "purge deletes every waiting operation of " .. q .. ": add --yes" }) end
+        local total = 0
+        while true do
+            -- 1,000 at a time, so a long list shows progress and never blocks Redis long.
+            local n = must(c:command(q, "LLEN", q))
+            if n == 0 then break end
+            must(c:command(q, "LTRIM", q, "0", tostring(-1001)))
+            total = total + math.min(n, 1000)
+            if n > 1000 then io.stderr:write(("purged %d (%d left)...\n"):format(total, n - 1000)) end
+        end
+        return out(opts, { purged = total, queue = q }, ("purged %d waiting operation%s from %s"):format(total,
+            total == 1 and "" or "s", q))
+    end
+    error({ usage = "unknown subcommand '" .. tostring(pos[1]) .. "'" })
+end
+
+function admin.top(s, opts)
+    local interval = tonumber(opts.interval or 1)
+    local count = opts.count and tonumber(opts.count)
+    if not interval or interval <= 0 then error({ usage = "--interval must be a positive number of seconds" }) end
+    local core = require("binduq.core")
+    local qs = queues_of(opts, s)
+    local prev, prev_t = {}, nil
+    local tty = os.getenv("TERM") and os.getenv("TERM") ~= "dumb"
+    -- Non-blocking keyboard: 'q' quits (stty when stdin is a terminal).
+    local raw = tty and os.execute("stty -icanon -echo min 0 time 0 2>/dev/null") == true
+    local ok, err = pcall(function()
+        local frames = 0
+        while true do
+            local t = core.monotonic()
+            local lines = { ("binduq top  %s  (every %gs, q to quit)"):format(os.date("!%H:%M:%S"), interval), "",
+                            ("%-32s %9s %9s %9s %9s %8s %9s"):format("QUEUE", "READY", "DELAYED", "INFLIGHT", "DEAD",
+                                                                    "WORKERS", "NET/S") }
+            local workers = {}
+            for _, q in ipairs(qs) do
+                local st, list = queue_stats(s.client, q, true)
+                local rate = "-"
+                if prev[q] and prev_t then rate = ("%+.1f"):format((st.ready - prev[q]) / (t - prev_t)) end
+                prev[q] = st.ready
+                lines[#lines + 1] = ("%-32s %9d %9d %9d %9d %8d %9s"):format(short(q, 32), st.ready, st.delayed,
+                                                                           st.inflight, st.dead, st.workers, rate)
+                for _, w in ipairs(list) do w.queue = q; workers[#workers + 1] = w end
+            end
+            prev_t = t
+            lines[#lines + 1] = ""
+            lines[#lines + 1] = ("%-36s %-20s %10s %9s  %s"):format("WORKER", "QUEUE", "LEASE", "INFLIGHT", "CURRENT TASK")
+            for _, w in ipairs(workers) do
+                lines[#lines + 1] = ("%-36s %-20s %9.1fs %9d  %s"):format(short(w.id, 36), short(w.queue, 20), w.lease_left,
+                    w.inflight, w.lease_left < 0 and "(gone)" or short(w.current or "-", 30))
+            end
+            io.stdout:write(tty and "\27[H\27[2J" or "", table.concat(lines, "\n"), "\n")
+            io.stdout:flush()
+            frames = frames + 1
+            if count and frames >= count then return end
+            local until_t = t + interval
+            while core.monotonic() < until_t do
+                core.sleep(0.05)
+                if raw then
+                    local k = io.stdin:read(1)
+                    if k == "q" or k == "Q" then return end
+                end
+            end
+        end
+    end)
+    if raw then os.execute("stty sane 2>/dev/null") end
+    if not ok then error(err, 0) end
+end
+
 local function open_storage(opts)
     local url = opts.database_url or os.getenv("DATABASE_URL")
     if url == nil or url == "" then
@@ -306,9 +512,24 @@ function M.main(args)
         for k in pairs(opts) do
             if not KNOWN[cmd][k] then error({ usage = "unknown option '--" .. k:gsub("_", "-") .. "'" }) end
         end
-        if opts.help or #pos == 0 then
+        local nosub = cmd == "stats" or cmd == "workers" or cmd == "top"
+        if opts.help or (#pos == 0 and not nosub) then
             io.stdout:write(USAGE[cmd])
             return opts.help and 0 or 2
+        end
+        if nosub and #pos > 0 then error({ usage = "unexpected argument '" .. pos[1] .. "'" }) end
+        -- Admin commands read Redis only: no task storage is opened (memory, unused).
+        local NO_STORE = { type = "memory" }
+        if admin[cmd] then
+            local section = { url = opts.url, queue_name = opts.queue and opts.queue:match("^[^,]+") or nil }
+            local okc, s = pcall(scheduler.new, section, nil, NO_STORE)
+            if not okc then error({ fail = tostring(s) }) end
+            if s.backend == "memory" then
+                error({ fail = "no Redis to inspect: set REDIS_URL or pass --url" })
+            end
+            admin[cmd](s, opts, pos)
+            s:close()
+            return 0
         end
         if cmd == "task" then
             local sub = task[pos[1]]
@@ -321,7 +542,7 @@ function M.main(args)
         local sub = dlq[pos[1]]
         if not sub then error({ usage = "unknown subcommand '" .. pos[1] .. "'" }) end
         local section = { url = opts.url, queue_name = opts.queue }
-        local okc, s = pcall(scheduler.new, section)
+        local okc, s = pcall(scheduler.new, section, nil, NO_STORE)
         if not okc then error({ fail = tostring(s) }) end
         if s.backend == "memory" then
             error({ fail = "no Redis to inspect: set REDIS_URL or pass --url" })

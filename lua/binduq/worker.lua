@@ -92,7 +92,12 @@ function M.new(opts, level)
         return v
     end
     local lease = positive("lease", opts.lease, 0.3) or defaults.lease
-    local shutdown = positive("shutdown_timeout", opts.shutdown_timeout) or defaults.shutdown_timeout
+    local env_shutdown = os.getenv("BINDUQ_SHUTDOWN_TIMEOUT")
+    if env_shutdown and env_shutdown ~= "" and not tonumber(env_shutdown) then
+        error("BINDUQ_SHUTDOWN_TIMEOUT must be a number of seconds (got '" .. env_shutdown .. "')", level)
+    end
+    local shutdown = positive("shutdown_timeout", opts.shutdown_timeout or tonumber(env_shutdown or ""))
+                     or defaults.shutdown_timeout
     local timeout = positive("timeout", opts.timeout) or defaults.timeout
     local max_attempts = opts.max_attempts or defaults.max_attempts
     if math.type(max_attempts) ~= "integer" or max_attempts < 1 then

@@ -190,6 +190,10 @@ struct bq_broker_ops {
      * and address (for Sentinel URLs, the master the sentinels named). */
     bq_status (*node)(bq_broker *b, char *role, size_t rsize, char *addr, size_t asize,
                       bq_err *err);
+    /* One plain command on the node of `queue` (admin tools: LRANGE, ZRANGE, ...); *out is
+     * a hiredis reply owned by the caller (freeReplyObject). Memory: BQ_EUNSUPPORTED. */
+    bq_status (*command)(bq_broker *b, const char *queue, int argc, const char **argv,
+                         const size_t *lens, void **out, bq_err *err);
     /* Round trip to the server in seconds (0 for memory). */
     bq_status (*ping)(bq_broker *b, double *rtt, bq_err *err);
     /* Connection pool counters; false when the broker has no pool (memory). */

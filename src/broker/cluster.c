@@ -443,6 +443,15 @@ static bq_status c_node(bq_broker *base, char *role, size_t rsize, char *addr, s
     return b->ops->node(b, role, rsize, addr, asize, err);
 }
 
+static bq_status c_command(bq_broker *base, const char *queue, int argc, const char **argv,
+                           const size_t *lens, void **out, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->command(b, queue, argc, argv, lens, out, errp_));
+    return st;
+}
+
 static bq_status c_ping(bq_broker *base, double *rtt, bq_err *err)
 {
     struct cluster_broker *c = cb(base);
@@ -508,6 +517,7 @@ static const struct bq_broker_ops cluster_ops = {
     .publish = c_publish,
     .listen = c_listen,
     .node = c_node,
+    .command = c_command,
     .ping = c_ping,
     .pool_stats = c_pool_stats,
     .free = c_free,

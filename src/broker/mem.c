@@ -933,6 +933,15 @@ static bq_status mem_node(bq_broker *b, char *role, size_t rsize, char *addr, si
     return BQ_OK;
 }
 
+static bq_status mem_command(bq_broker *b, const char *queue, int argc, const char **argv,
+                             const size_t *lens, void **out, bq_err *err)
+{
+    (void)b, (void)queue, (void)argc, (void)lens;
+    *out = NULL;
+    return bq_err_set(err, BQ_EUNSUPPORTED, "%s: the in-memory scheduler takes no commands",
+                      argv[0]);
+}
+
 static const struct bq_broker_ops mem_ops = {
     .push = mem_push,
     .push_unique = mem_push_unique,
@@ -956,6 +965,7 @@ static const struct bq_broker_ops mem_ops = {
     .publish = mem_publish,
     .listen = mem_listen,
     .node = mem_node,
+    .command = mem_command,
     .ping = mem_ping,
     .pool_stats = mem_pool_stats,
     .free = mem_free,

@@ -1412,6 +1412,22 @@ static bq_status redis_node(bq_broker *b, char *role, size_t rsize, char *addr, 
     return st;
 }
 
+static bq_status redis_command(bq_broker *b, const char *queue, int argc, const char **argv,
+                               const size_t *lens, void **out, bq_err *err)
+{
+    (void)queue;
+    struct redis_broker *r = (struct redis_broker *)b;
+    bq_conn *c;
+    bq_status st = borrow(r, &c, err);
+    if (st != BQ_OK)
+        return st;
+    redisReply *rep = NULL;
+    st = bq_conn_call(c, &rep, err, argc, argv, lens);
+    bq_pool_return(r->pool, c);
+    *out = rep;
+    return st;
+}
+
 static bq_status redis_ping(bq_broker *b, double *rtt, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
@@ -1474,6 +1490,7 @@ static const struct bq_broker_ops redis_ops = {
     .publish = redis_publish,
     .listen = redis_listen,
     .node = redis_node,
+    .command = redis_command,
     .ping = redis_ping,
     .pool_stats = redis_pool_stats,
     .free = redis_free,

@@ -212,6 +212,69 @@ static int l_client_node(lua_State *L)
     return 2;
 }
 
+/* Pushes a reply as a Lua value: string, integer, array (table), nil; error replies are
+ * not seen here (the call turned them into errors). */
+static void push_reply(lua_State *L, const redisReply *r)
+{
+    switch (r->type) {
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+        lua_pushlstring(L, r->str, r->len);
+        break;
+    case REDIS_REPLY_INTEGER:
+        lua_pushinteger(L, (lua_Integer)r->integer);
+        break;
+    case REDIS_REPLY_ARRAY:
+        luaL_checkstack(L, 4, "reply too deep");
+        lua_createtable(L, (int)r->elements, 0);
+        for (size_t i = 0; i < r->elements; i++) {
+            push_reply(L, r->element[i]);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        break;
+    default:
+        lua_pushboolean(L, 0); /* nil reply: false keeps array slots */
+        break;
+    }
+}
+
+static int reply_gc(lua_State *L)
+{
+    void **p = lua_touserdata(L, 1);
+    if (*p != NULL)
+        freeReplyObject(*p);
+    *p = NULL;
+    return 0;
+}
+
+/* c:command(queue, arg, ...) -> reply | nil, msg, code. For the admin commands: one plain
+ * command on the node of `queue` (Redis only). */
+static int l_client_command(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *queue = luaL_checkstring(L, 2);
+    int argc = lua_gettop(L) - 2;
+    if (argc < 1 || argc > 64)
+        return luaL_error(L, "command: 1 to 64 arguments");
+    const char *argv[64];
+    size_t lens[64];
+    for (int i = 0; i < argc; i++)
+        argv[i] = luaL_checklstring(L, i + 3, &lens[i]);
+    void **holder = lua_newuserdatauv(L, sizeof *holder, 0); /* frees the reply on a raise */
+    *holder = NULL;
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, reply_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    bq_err err;
+    if (c->broker->ops->command(c->broker, queue, argc, argv, lens, holder, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    push_reply(L, *holder);
+    freeReplyObject(*holder);
+    *holder = NULL;
+    return 1;
+}
+
 static int batch_gc(lua_State *L)
 {
     bq_batch_free(lua_touserdata(L, 1));
@@ -340,7 +403,7 @@ static const luaL_Reg client_methods[] = {
     {"ping", l_client_ping},   {"info", l_client_info},     {"close", l_client_close},
     {"dlq_requeue", l_client_dlq_requeue}, {"dlq_remove", l_client_dlq_remove},
     {"dlq_purge", l_client_dlq_purge}, {"publish", l_client_publish},
-    {"node", l_client_node},
+    {"node", l_client_node},   {"command", l_client_command},
     {NULL, NULL},
 };
 

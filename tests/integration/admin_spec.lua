@@ -1,0 +1,109 @@
+-- The admin commands against a prepared queue: stats, workers, queue peek|purge (text and
+-- --json), their help and errors, and `top` in a real terminal (tmux), captured.
+
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+local cluster = require("helpers.cluster")
+local bq = require("binduq")
+local json = require("binduq.json")
+
+local function run(cmd, env)
+    return proc.run("build/binduq-lua " .. cmd, { env = env, timeout = 30 })
+end
+
+describe("#redis admin commands", function()
+    local server, q, env, w, s
+    setup(function()
+        bq.log_configure{ level = "off" }
+        server = redis.start()
+        q = "it:admin:" .. math.random(1, 1e9)
+        env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = q }
+        s = bq.scheduler{ url = server.url, queue_name = q }
+        -- One dead letter, one task in flight on a live worker, five waiting.
+        assert(s:push_raw("not json"))
+        w = cluster.worker(server, q, { BQ_TEST_CONCURRENCY = 1, BQ_TEST_BLOCK_TIMEOUT = 0.5 })
+        assert(s:run{ task_id = "busy", messages = { "sleep:60000" } })
+        assert(proc.wait_for(function() return s:inflight_count() == 1 and s:dead_letter_count() == 1 end, 10))
+        for i = 1, 5 do assert(s:run{ task_id = "wait-" .. i, messages = { "x" } }) end
+    end)
+    teardown(function()
+        proc.stop(w, 1)
+        s:close()
+        server:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    it("stats and workers, in text and --json", function()
+        local rc, out = run("stats", env)
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find(q:gsub("%p", "%%%0") .. "%s+5%s+0%s+1%s+1%s+1"), out)
+        rc, out = run("stats --json", env)
+        assert.are.equal(0, rc, out)
+        local doc = json.decode(out)
+        assert.are.same({ queue = q, ready = 5, delayed = 0, inflight = 1, dead = 1, workers = 1 }, doc.queues[1])
+        rc, out = run("workers --json", env)
+        assert.are.equal(0, rc, out)
+        doc = json.decode(out)
+        assert.are.equal(1, #doc.workers)
+        assert.are.equal("busy", doc.workers[1].current)
+        assert.are.equal(1, doc.workers[1].inflight)
+        assert.is_true(doc.workers[1].lease_left > 0)
+        rc, out = run("workers", env)
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("1 worker record on", 1, true), out)
+        assert.truthy(out:find("busy", 1, true), out)
+    end)
+
+    it("queue peek and purge", function()
+        local rc, out = run("queue peek --limit 2 --json", env)
+        assert.are.equal(0, rc, out)
+        local doc = json.decode(out)
+        assert.are.equal(2, #doc.messages)
+        assert.truthy(doc.messages[1]:find('"task_id":"wait-1"', 1, true)) -- the next one taken
+        rc, out = run("queue peek", env)
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("next 5 of 5", 1, true), out)
+        rc, out = run("queue purge", env)
+        assert.are.equal(2, rc, out)
+        assert.truthy(out:find("add --yes", 1, true), out)
+        rc, out = run("queue purge --yes --json", env)
+        assert.are.equal(0, rc, out)
+        assert.are.equal(5, json.decode(out).purged)
+        assert.are.equal(0, s:queue_length())
+        assert.are.equal(1, s:inflight_count()) -- purge leaves leased tasks alone
+    end)
+
+    it("has --help, refuses bad options and reports a Redis that is down", function()
+        for _, cmd in ipairs({ "stats", "workers", "queue", "top", "task", "dlq" }) do
+            local rc, out = run(cmd .. " --help", env)
+            assert.are.equal(0, rc, out)
+            assert.truthy(out:find("usage: binduq-lua " .. cmd, 1, true), out)
+        end
+        local rc, out = run("stats --bogus", env)
+        assert.are.equal(2, rc, out)
+        rc, out = run("stats", { REDIS_URL = "redis://127.0.0.1:1/0" })
+        assert.are.equal(1, rc, out)
+        assert.truthy(out:find("ECONNREFUSED", 1, true) or out:find("refused", 1, true), out)
+    end)
+
+    it("top draws queues and workers in a real terminal", function()
+        local sock = "binduq-test-" .. math.random(1, 1e9)
+        local tmux = "tmux -L " .. sock
+        local cmd = ("REDIS_URL=%s build/binduq-lua top --queue %s --interval 0.5"):format(server.url, q)
+        local _, ok = proc.sh(("%s new-session -d -s top -x 140 -y 30 %s"):format(tmux, proc.quote(cmd)))
+        assert.is_true(ok)
+        local screen
+        local seen = proc.wait_for(function()
+            screen = proc.sh(tmux .. " capture-pane -p -t top")
+            return screen:find("binduq top", 1, true) and screen:find("WORKER", 1, true)
+        end, 10)
+        proc.sh(tmux .. " send-keys -t top q")
+        local gone = proc.wait_for(function() return not select(2, proc.sh(tmux .. " has-session -t top")) end, 5)
+        proc.sh(tmux .. " kill-server")
+        assert(seen, screen)
+        assert.truthy(screen:find(q, 1, true), screen)
+        assert.truthy(screen:find(q:gsub("%p", "%%%0") .. "%s+0%s+0%s+1%s+1%s+1"), screen)
+        assert.truthy(screen:find("busy", 1, true), screen)
+        assert.is_truthy(gone, "top did not quit on q")
+    end)
+end)
