@@ -186,15 +186,20 @@ function M.make_process(w, info)
             kind, dd = "dead", { reason = pwhy }
         end
         local out = { reason = dd.reason or e.message, error = ej, body = header.body, attempt = attempt }
-        local ok, serr
+        -- Only a run or resume that failed changes the task; a failed cancel or pause
+        -- operation is retried or set aside on its own.
+        local runs = task.type == "run" or task.type == "resume"
+        local ok, serr = true, nil
         if kind == "retry" then
             local nh = { attempt = attempt + 1, id = core.uuid4(), redelivered = header.redelivered }
             out.header = task_mod.header(nh)
             out.delay = dd.retry
             out.reason = e.message
-            out.state = "submitted"
-            ok, serr = store:change{ id = task.task_id, from = "working", to = "submitted", error = ej }
-        else
+            if runs then
+                out.state = "submitted"
+                ok, serr = store:change{ id = task.task_id, from = "working", to = "submitted", error = ej }
+            end
+        elseif runs then
             out.state = "failed"
             ok, serr = store:change{ id = task.task_id, from = "working,submitted", to = "failed", error = ej }
         end

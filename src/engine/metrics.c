@@ -169,7 +169,7 @@ bq_status bq_metrics_render(char **out, size_t *len)
             for (size_t l = 0; l < sizeof lists / sizeof lists[0]; l++) {
                 long long v = 0;
                 if (br->ops->length(br, queue, lists[l].which, &v, NULL) != BQ_OK)
-                    continue;
+                    break; /* Redis is away: one timeout per queue, not one per list */
                 bq_buf_puts(&b, "binduq_queue_length{queue=\"");
                 label(&b, queue);
                 bq_buf_printf(&b, "\",list=\"%s\"} %lld\n", lists[l].name, v);
