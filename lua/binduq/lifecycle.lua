@@ -396,10 +396,18 @@ function M.make_process(w, info)
         if not changed then
             return skipped(task, header, "the task changed to " .. tostring(now) .. " before it started", now or nil)
         end
-        local history = json.decode(rec.history) or {}
-        for _, m in ipairs(new_msgs or {}) do history[#history + 1] = m end
+        local history
+        if task.type == "run" and from == "submitted" and rec.attempts == 0 and task.messages then
+            -- A first run: the stored history is this message's (it was recorded from it), so
+            -- the decoded message stands in for it; nothing else was stored yet.
+            history = task.messages
+            task.artifacts = task.artifacts or {}
+        else
+            history = json.decode(rec.history) or {}
+            for _, m in ipairs(new_msgs or {}) do history[#history + 1] = m end
+            task.artifacts = json.decode(rec.artifacts) or {}
+        end
         task.history, task.messages = history, history
-        task.artifacts = json.decode(rec.artifacts) or {}
         if debug_on then
             core.log("debug", "consumed", { task_id = id, type = task.type, queue = task.queue,
                                             worker = info.worker_id, attempt = header.attempt })
