@@ -133,6 +133,10 @@ function M.new(opts, level)
             if math.type(wt) ~= "integer" or wt < 1 then error("weights[" .. i .. "] must be a whole number >= 1", level) end
         end
     end
+    local batch = opts.batch or 32
+    if math.type(batch) ~= "integer" or batch < 0 or batch > 4096 then
+        error("batch must be a whole number from 0 to 4096", level)
+    end
     local prefetch = opts.prefetch or 0
     if math.type(prefetch) ~= "integer" or prefetch < 0 or prefetch > 4096 then
         error("prefetch must be a whole number from 0 to 4096", level)
@@ -175,6 +179,7 @@ function M.new(opts, level)
         queues = queues,
         weights = weights,
         prefetch = prefetch,
+        batch = batch,
         rate_limit = rl,
         rate_key = opts.rate_key,
     }, Worker)
@@ -249,6 +254,7 @@ function Worker:_start(drain, level)
         queues = self.queues,
         weights = self.weights,
         prefetch = self.prefetch,
+        batch = self.batch,
         script = script,
         args = copy_args(self.args or arg),
         path = package.path,

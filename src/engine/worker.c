@@ -35,6 +35,7 @@
 #define RECONNECT_CAP 5.0   /* seconds; the delay never exceeds this */
 #define OP_ATTEMPTS 6       /* tries of a retry/dead-letter/hand-back write before giving up */
 #define SHUTDOWN_GRACE 2.0  /* seconds interrupted handlers get before they are abandoned */
+#define BATCH_MAX_HANDLE 0.002 /* seconds: tasks quicker than this on average are batched */
 
 struct event_node {
     struct bq_event ev;
@@ -63,7 +64,11 @@ struct bq_worker {
     bq_broker *broker;      /* owned */
     struct bq_lessee who;
     int concurrency;
-    int capacity;           /* concurrency + prefetch: messages held at most */
+    int capacity;           /* the ring's size: concurrency + max(prefetch, batch) */
+    int base_cap;           /* messages held at most normally: concurrency + prefetch */
+    int batch;              /* extra messages held while the queue is deep */
+    bool deep;              /* the last fetch took all it asked for: batch (dispatcher) */
+    double ewma_handle;     /* seconds a message takes in a slot, smoothed; guarded by mu */
     double block_timeout, lease, shutdown_timeout;
     bool want_results;
     struct bq_slot_ops ops;
@@ -725,7 +730,9 @@ static void *slot_main(void *arg)
         else
             moved = finish(w, &msg, &out, bq_now_mono() - t0);
 
+        double took = bq_now_mono() - t0;
         pthread_mutex_lock(&w->mu);
+        w->ewma_handle = w->ewma_handle * 0.9 + took * 0.1;
         s->running = false;
         s->current = (struct bq_msg){NULL, 0, 0};
         w->running--;
@@ -1000,15 +1007,26 @@ static void *dispatcher_main(void *arg)
     bq_err err;
     for (;;) {
         pthread_mutex_lock(&w->mu);
-        while (!w->stopping && w->inflight >= w->capacity && w->acks.n == 0)
-            pthread_cond_wait(&w->cv_space, &w->mu);
+        /* Adaptive batching: while the queue is deep, hold up to `batch` more messages and
+         * fetch again only once half of them are done (the acks ride along then); when it
+         * is shallow, fetch as soon as a slot is free or an ack waits, so an idle worker
+         * still takes the first task at once. */
+        int cap = w->deep ? w->concurrency + w->batch : w->base_cap;
+        if (w->deep) {
+            int low = w->concurrency + w->batch / 2;
+            while (!w->stopping && w->inflight > low)
+                pthread_cond_wait(&w->cv_space, &w->mu);
+        } else {
+            while (!w->stopping && w->inflight >= cap && w->acks.n == 0)
+                pthread_cond_wait(&w->cv_space, &w->mu);
+        }
         if (w->stopping) {
             pthread_mutex_unlock(&w->mu);
             break;
         }
         acks = w->acks;
         memset(&w->acks, 0, sizeof w->acks);
-        int want = w->capacity - w->inflight;
+        int want = cap - w->inflight;
         int seen_inflight = w->inflight;
         bool drain = w->drain;
         double now = bq_now_mono();
@@ -1091,6 +1109,13 @@ static void *dispatcher_main(void *arg)
                    NULL);
         }
         atomic_fetch_add(&w->n_fetched, (long long)batch.n);
+        /* Deep when this round trip filled what it asked for, batching is on, and tasks are
+         * quick: a worker whose handlers take long must not hold tasks that another worker
+         * could run now. */
+        pthread_mutex_lock(&w->mu);
+        w->deep = w->batch > 0 && req.max > 0 && batch.n == req.max &&
+                  w->ewma_handle < BATCH_MAX_HANDLE;
+        pthread_mutex_unlock(&w->mu);
 
         pthread_mutex_lock(&w->mu);
         for (size_t i = 0; i < batch.n; i++) {
@@ -1165,6 +1190,8 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
         return bq_err_set(err, BQ_EINVAL, "block_timeout must be positive");
     if (o->prefetch < 0 || o->prefetch > 4096)
         return bq_err_set(err, BQ_EINVAL, "prefetch must be from 0 to 4096 (got %d)", o->prefetch);
+    if (o->batch < 0 || o->batch > 4096)
+        return bq_err_set(err, BQ_EINVAL, "batch must be from 0 to 4096 (got %d)", o->batch);
     if (o->lease < 0 || (o->delivery == BQ_AT_LEAST_ONCE && o->lease > 0 && o->lease < 0.3))
         return bq_err_set(err, BQ_EINVAL, "lease must be at least 0.3 s");
     if (o->shutdown_timeout < 0)
@@ -1175,7 +1202,10 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     w->evfd = -1;
     w->ctl_stopfd = -1;
     w->concurrency = o->concurrency;
-    w->capacity = o->concurrency + o->prefetch;
+    w->batch = o->batch > 0 ? o->batch : 0;
+    w->ewma_handle = 1.0; /* batch only after handlers were seen to be quick */
+    w->base_cap = o->concurrency + o->prefetch;
+    w->capacity = o->concurrency + (o->prefetch > w->batch ? o->prefetch : w->batch);
     w->block_timeout = o->block_timeout;
     w->want_results = o->want_results;
     w->lease = o->lease > 0 ? o->lease : 30.0;
