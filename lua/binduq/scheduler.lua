@@ -123,12 +123,10 @@ local function check_open(self)
     return self.client
 end
 
---- Schedules one task operation. Returns true, "scheduled" (later versions add other
--- statuses, e.g. "duplicate"), or nil, message, code.
 -- The stored side of an operation, before it is queued: a run is recorded as submitted; a
 -- cancel is stored and published at once; a pause of a queued task is stored, of a running
 -- one requested and published. Returns nil, msg, code when the storage fails (nothing is
--- pushed then).
+-- pushed then). A publication that fails is not an error: the operation is queued too.
 local function store_op(self, op, queue, norm)
     local st, id = self.store, op.task_id
     if op.type == "run" then
@@ -167,6 +165,8 @@ local function with_retries(self, fn)
     return r1, r2, r3
 end
 
+--- Schedules one task operation. Returns true, "scheduled" (later versions add other
+-- statuses, e.g. "duplicate"), or nil, message, code.
 function Scheduler:schedule(op)
     local client = check_open(self)
     local msg, id, norm = task.encode(op, 2)
