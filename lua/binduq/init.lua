@@ -6,7 +6,8 @@
 --   bq.fail{code=, message=, retryable=}   -- raise a handler error on purpose
 --
 -- With neither REDIS_URL nor a scheduler url, everything runs on the in-memory scheduler of
--- this process. See the README for every option.
+-- this process; task state is kept in memory unless DATABASE_URL (or a storage section)
+-- names PostgreSQL. See the README for every option.
 
 local core = require("binduq.core")
 
