@@ -217,6 +217,17 @@ function M.make_process(w, info)
         return "skipped", task.task_id, task.type, { reason = reason, attempt = header.attempt, state = state or nil }
     end
 
+    -- Calls the script's optional cancel or pause handler, a notification: its errors are
+    -- logged, never the operation's.
+    local function notify(task)
+        local h = handlers[task.type]
+        if not h then return end
+        local ok, e = pcall(h, task, setmetatable({ task_id = task.task_id, queue = task.queue }, Context))
+        if not ok then
+            core.log("warn", task.type .. "_hook_failed", { task_id = task.task_id, error = tostring(e) })
+        end
+    end
+
     -- cancel: any open state -> canceled, and the running handler (wherever it runs) is told.
     local function do_cancel(task, header)
         local id = task.task_id
@@ -229,10 +240,7 @@ function M.make_process(w, info)
             changed, state = ok, st2
         end
         core.slot_publish("cancel", id)
-        if handlers.cancel then
-            local ok, e = pcall(handlers.cancel, task, setmetatable({ task_id = id, queue = task.queue }, Context))
-            if not ok then core.log("warn", "cancel_hook_failed", { task_id = id, error = tostring(e) }) end
-        end
+        notify(task)
         if changed then
             return "canceled", id, task.type, { reason = "canceled", attempt = header.attempt, state = "canceled" }
         end
@@ -254,10 +262,7 @@ function M.make_process(w, info)
             core.slot_publish("pause", id)
             return skipped(task, header, "pause requested from the running handler", "working")
         end
-        if handlers.pause then
-            local ok, e = pcall(handlers.pause, task, setmetatable({ task_id = id, queue = task.queue }, Context))
-            if not ok then core.log("warn", "pause_hook_failed", { task_id = id, error = tostring(e) }) end
-        end
+        notify(task)
         if changed then
             return "paused", id, task.type, { reason = "paused before it ran", attempt = header.attempt, state = "paused" }
         end

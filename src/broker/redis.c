@@ -486,6 +486,24 @@ static void unblock_fetch(struct redis_broker *r)
     bq_pool_return(r->pool, c);
 }
 
+/* Reads the reply of a blocking pop, which an interrupt may cut short: then the pop is
+ * unblocked (CLIENT UNBLOCK) and its reply read anyway: nil if unblocked, the messages if it
+ * won the race; without a client id (ACL forbids CLIENT) this waits out the blocking
+ * timeout. If the master changed meanwhile (Sentinel), the connection is to the old one: it
+ * is dropped rather than a client id unblocked on the new server. */
+static bq_status read_blocked(struct redis_broker *r, bq_conn *c, redisReply **rep,
+                              double deadline, int wakefd, bq_err *err)
+{
+    bq_status st = bq_conn_read(c, rep, deadline, wakefd, err);
+    if (st != BQ_EINTR)
+        return st;
+    take_wakeup(r);
+    if (bq_conn_broken(c))
+        return bq_err_set(err, BQ_EIO, "%s: the master changed", bq_conn_address(c));
+    unblock_fetch(r);
+    return bq_conn_read(c, rep, deadline, -1, err);
+}
+
 /* Adds the string elements of an array reply (or a single string) to out, from queue q. */
 static bq_status take_strings(const redisReply *rep, struct bq_batch *out, int q)
 {
@@ -777,15 +795,7 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
             freeReplyObject(rep);
         rep = NULL;
         if (st == BQ_OK && bells) {
-            st = bq_conn_read(c, &rep, deadline, r->wakefd, err);
-            if (st == BQ_EINTR && bq_conn_broken(c)) {
-                take_wakeup(r);
-                st = bq_err_set(err, BQ_EIO, "%s: the master changed", bq_conn_address(c));
-            } else if (st == BQ_EINTR) {
-                take_wakeup(r);
-                unblock_fetch(r);
-                st = bq_conn_read(c, &rep, deadline, -1, err);
-            }
+            st = read_blocked(r, c, &rep, deadline, r->wakefd, err);
             if (st == BQ_OK)
                 st = bq_reply_check(rep, "BRPOP", err);
             bool rang = st == BQ_OK && rep->type == REDIS_REPLY_ARRAY;
@@ -803,19 +813,7 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         if (st == BQ_OK)
             r->multi_busy = out->n > before;
     } else if (st == BQ_OK && want) {
-        st = bq_conn_read(c, &rep, deadline, timeout > 0 ? r->wakefd : -1, err);
-        if (st == BQ_EINTR && bq_conn_broken(c)) {
-            /* The master changed (Sentinel): this connection is to the old one; drop it
-             * rather than unblock a client id on the new server. */
-            take_wakeup(r);
-            st = bq_err_set(err, BQ_EIO, "%s: the master changed", bq_conn_address(c));
-        } else if (st == BQ_EINTR) {
-            take_wakeup(r);
-            unblock_fetch(r);
-            /* Read the pop's reply: nil if unblocked, the messages if it won the race. Without
-             * a client id (ACL forbids CLIENT) this waits out the blocking timeout. */
-            st = bq_conn_read(c, &rep, deadline, -1, err);
-        }
+        st = read_blocked(r, c, &rep, deadline, timeout > 0 ? r->wakefd : -1, err);
         if (st == BQ_OK && f_script != S_COUNT && is_noscript(rep)) {
             freeReplyObject(rep); /* nothing taken this round */
             rep = NULL;

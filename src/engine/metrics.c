@@ -197,6 +197,10 @@ bq_status bq_metrics_render(char **out, size_t *len)
         C(handed_back, "Operations handed back to the queue at shutdown."),
         C(reaped, "Operations recovered from workers whose lease ran out."),
 #undef C
+        {"binduq_redis_errors_total", "Failed Redis operations (retried).",
+         offsetof(struct bq_worker_stats, redis_errors)},
+        {"binduq_reconnects_total", "Fetch loops that reconnected after errors.",
+         offsetof(struct bq_worker_stats, reconnects)},
     };
     for (size_t c = 0; c < sizeof counters / sizeof counters[0]; c++) {
         family(&b, counters[c].name, "counter", counters[c].help);
@@ -207,19 +211,24 @@ bq_status bq_metrics_render(char **out, size_t *len)
             bq_buf_printf(&b, "} %lld\n", v);
         }
     }
-    family(&b, "binduq_tasks_scheduled_total", "counter",
-           "Task operations pushed by producers of this process.");
-    for (int i = 0; i < nprods; i++) {
-        bq_buf_puts(&b, "binduq_tasks_scheduled_total{queue=\"");
-        label(&b, prods[i].queue);
-        bq_buf_printf(&b, "\"} %lld\n", prods[i].scheduled);
-    }
-    family(&b, "binduq_tasks_deduplicated_total", "counter",
-           "Task operations producers of this process did not push: duplicates.");
-    for (int i = 0; i < nprods; i++) {
-        bq_buf_puts(&b, "binduq_tasks_deduplicated_total{queue=\"");
-        label(&b, prods[i].queue);
-        bq_buf_printf(&b, "\"} %lld\n", prods[i].deduplicated);
+    const struct {
+        const char *name, *help;
+        size_t off;
+    } produced[] = {
+        {"binduq_tasks_scheduled_total", "Task operations pushed by producers of this process.",
+         offsetof(struct prod, scheduled)},
+        {"binduq_tasks_deduplicated_total",
+         "Task operations producers of this process did not push: duplicates.",
+         offsetof(struct prod, deduplicated)},
+    };
+    for (size_t c = 0; c < sizeof produced / sizeof produced[0]; c++) {
+        family(&b, produced[c].name, "counter", produced[c].help);
+        for (int i = 0; i < nprods; i++) {
+            bq_buf_printf(&b, "%s{queue=\"", produced[c].name);
+            label(&b, prods[i].queue);
+            bq_buf_printf(&b, "\"} %lld\n",
+                          *(const long long *)((const char *)&prods[i] + produced[c].off));
+        }
     }
 
     family(&b, "binduq_handler_duration_seconds", "histogram",
@@ -240,18 +249,6 @@ bq_status bq_metrics_render(char **out, size_t *len)
         bq_buf_puts(&b, "binduq_handlers_inflight{");
         worker_labels(&b, r[i].w);
         bq_buf_printf(&b, "} %d\n", st[i].inflight);
-    }
-    family(&b, "binduq_redis_errors_total", "counter", "Failed Redis operations (retried).");
-    for (int i = 0; i < n; i++) {
-        bq_buf_puts(&b, "binduq_redis_errors_total{");
-        worker_labels(&b, r[i].w);
-        bq_buf_printf(&b, "} %lld\n", st[i].redis_errors);
-    }
-    family(&b, "binduq_reconnects_total", "counter", "Fetch loops that reconnected after errors.");
-    for (int i = 0; i < n; i++) {
-        bq_buf_puts(&b, "binduq_reconnects_total{");
-        worker_labels(&b, r[i].w);
-        bq_buf_printf(&b, "} %lld\n", st[i].reconnects);
     }
     struct bq_pool_stats ps[MAX_WORKERS];
     bool has_pool[MAX_WORKERS];

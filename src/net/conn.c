@@ -456,57 +456,78 @@ bq_status bq_conn_append(bq_conn *c, int argc, const char **argv, const size_t *
     return BQ_OK;
 }
 
+/* One non-blocking transfer on the connection's transport, plain or TLS: > 0 bytes moved;
+ * 0 the peer closed; -1 wait for *want first; -2 an error (*e an errno, or 0 with *why a TLS
+ * reason). */
+static ssize_t transfer(bq_conn *c, bool out, void *buf, size_t len, short *want, int *e,
+                        const char **why)
+{
+    *e = 0;
+    if (c->tls != NULL)
+        return out ? bq_tls_write(c->tls, buf, len, want, why)
+                   : bq_tls_read(c->tls, buf, len, want, why);
+    for (;;) {
+        ssize_t n = out ? send(c->fd, buf, len, MSG_NOSIGNAL) : recv(c->fd, buf, len, 0);
+        if (n >= 0)
+            return n;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            *want = out ? POLLOUT : POLLIN;
+            return -1;
+        }
+        *e = errno;
+        return -2;
+    }
+}
+
+/* After transfer() said -1: waits for the socket. BQ_OK to go on; otherwise the error is
+ * set (and the connection broken, unless the wake-up descriptor fired). */
+static bq_status wait_io(bq_conn *c, short want, double deadline, int wakefd, const char *what,
+                         bq_err *err)
+{
+    bq_status st = wait_fd(c->fd, want, deadline, wakefd);
+    if (st == BQ_OK)
+        return BQ_OK;
+    if (st == BQ_EINTR)
+        return bq_err_set(err, BQ_EINTR, "%s: %s interrupted", c->addr, what);
+    c->broken = true;
+    return bq_err_set(err, st, "%s: %s %s", c->addr, what,
+                      st == BQ_ETIMEDOUT ? "timed out" : "failed");
+}
+
+/* A transfer that failed (n is 0 or -2): the connection is broken. */
+static bq_status io_failed(bq_conn *c, ssize_t n, int e, const char *why, const char *what,
+                           bq_err *err)
+{
+    c->broken = true;
+    if (n == 0)
+        return bq_err_set(err, BQ_EIO, "%s: connection closed by the server", c->addr);
+    if (e != 0)
+        return bq_err_set(err, bq_status_from_errno(e), "%s: %s: %s", c->addr, what,
+                          strerror(e));
+    return bq_err_set(err, BQ_EIO, "%s: TLS %s: %s", c->addr, what, why);
+}
+
 bq_status bq_conn_flush(bq_conn *c, double deadline, int wakefd, bq_err *err)
 {
     if (c->broken)
         return bq_err_set(err, BQ_EIO, "%s: connection is broken", c->addr);
     while (c->out_sent < c->out.len) {
-        if (c->tls != NULL) {
-            short want = POLLOUT;
-            const char *why = NULL;
-            ssize_t n = bq_tls_write(c->tls, c->out.p + c->out_sent, c->out.len - c->out_sent,
-                                     &want, &why);
-            if (n > 0) {
-                c->out_sent += (size_t)n;
-                continue;
-            }
-            if (n == -1) {
-                bq_status st = wait_fd(c->fd, want, deadline, wakefd);
-                if (st == BQ_EINTR)
-                    return bq_err_set(err, BQ_EINTR, "%s: write interrupted", c->addr);
-                if (st != BQ_OK) {
-                    c->broken = true;
-                    return bq_err_set(err, st, "%s: write %s", c->addr,
-                                      st == BQ_ETIMEDOUT ? "timed out" : "failed");
-                }
-                continue;
-            }
-            c->broken = true;
-            return bq_err_set(err, BQ_EIO, "%s: TLS write: %s", c->addr,
-                              n == 0 ? "the server closed the session" : why);
-        }
-        ssize_t n = send(c->fd, c->out.p + c->out_sent, c->out.len - c->out_sent,
-                         MSG_NOSIGNAL);
+        short want = POLLOUT;
+        int e;
+        const char *why = NULL;
+        ssize_t n = transfer(c, true, c->out.p + c->out_sent, c->out.len - c->out_sent, &want,
+                             &e, &why);
         if (n > 0) {
             c->out_sent += (size_t)n;
             continue;
         }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            bq_status st = wait_fd(c->fd, POLLOUT, deadline, wakefd);
-            if (st == BQ_EINTR)
-                return bq_err_set(err, BQ_EINTR, "%s: write interrupted", c->addr);
-            if (st != BQ_OK) {
-                c->broken = true;
-                return bq_err_set(err, st, "%s: write %s", c->addr,
-                                  st == BQ_ETIMEDOUT ? "timed out" : "failed");
-            }
-            continue;
-        }
-        int e = n < 0 ? errno : EIO;
-        c->broken = true;
-        return bq_err_set(err, bq_status_from_errno(e), "%s: write: %s", c->addr, strerror(e));
+        if (n != -1)
+            return io_failed(c, n, e, why, "write", err);
+        bq_status st = wait_io(c, want, deadline, wakefd, "write", err);
+        if (st != BQ_OK)
+            return st;
     }
     c->out.len = 0;
     c->out_sent = 0;
@@ -538,34 +559,10 @@ bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd
                 c->broken = true;
             return BQ_OK;
         }
-        if (c->tls != NULL) {
-            short want = POLLIN;
-            const char *why = NULL;
-            ssize_t n = bq_tls_read(c->tls, buf, sizeof buf, &want, &why);
-            if (n > 0) {
-                if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
-                    c->broken = true;
-                    return bq_err_set(err, BQ_ENOMEM, "%s: out of memory reading a reply",
-                                      c->addr);
-                }
-                continue;
-            }
-            if (n == -1) {
-                bq_status st = wait_fd(c->fd, want, deadline, wakefd);
-                if (st == BQ_EINTR)
-                    return bq_err_set(err, BQ_EINTR, "%s: read interrupted", c->addr);
-                if (st != BQ_OK) {
-                    c->broken = true;
-                    return bq_err_set(err, st, "%s: read %s", c->addr,
-                                      st == BQ_ETIMEDOUT ? "timed out" : "failed");
-                }
-                continue;
-            }
-            c->broken = true;
-            return bq_err_set(err, BQ_EIO, "%s: %s", c->addr,
-                              n == 0 ? "connection closed by the server" : why);
-        }
-        ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+        short want = POLLIN;
+        int e;
+        const char *why = NULL;
+        ssize_t n = transfer(c, false, buf, sizeof buf, &want, &e, &why);
         if (n > 0) {
             if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
                 c->broken = true;
@@ -574,26 +571,11 @@ bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd
             }
             continue;
         }
-        if (n == 0) {
-            c->broken = true;
-            return bq_err_set(err, BQ_EIO, "%s: connection closed by the server", c->addr);
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            bq_status st = wait_fd(c->fd, POLLIN, deadline, wakefd);
-            if (st == BQ_EINTR)
-                return bq_err_set(err, BQ_EINTR, "%s: read interrupted", c->addr);
-            if (st != BQ_OK) {
-                c->broken = true;
-                return bq_err_set(err, st, "%s: read %s", c->addr,
-                                  st == BQ_ETIMEDOUT ? "timed out" : "failed");
-            }
-            continue;
-        }
-        int e = errno;
-        c->broken = true;
-        return bq_err_set(err, bq_status_from_errno(e), "%s: read: %s", c->addr, strerror(e));
+        if (n != -1)
+            return io_failed(c, n, e, why, "read", err);
+        bq_status st = wait_io(c, want, deadline, wakefd, "read", err);
+        if (st != BQ_OK)
+            return st;
     }
 }
 
