@@ -290,8 +290,7 @@ function M.make_process(w, info)
                                       retryable = false }, header)
             end
         end
-        local changed, now, code = store:change{ id = id, from = "working", to = state, append_history = h,
-                                                 append_artifacts = a, requested = "", error = "" }
+        local changed, now, code = store:finish(id, state, h, a)
         if changed == nil then return storage_failed(task, header, "complete", now, code) end
         if not changed then
             if now == "canceled" then
@@ -328,78 +327,121 @@ function M.make_process(w, info)
         return nil, "nothing to resume: the task is " .. state
     end
 
+    -- A run's first delivery, the common case, starts with one storage call: submitted ->
+    -- working (or, for a task nobody recorded, a record created as working). Returns the
+    -- record the handler starts from, or nil to take the general path; or false, what, why,
+    -- code when the storage failed.
+    local function fast_start(task, header)
+        local id = task.task_id
+        core.slot_task(id)
+        local changed, now, code, attempts = store:start(id, info.worker_id)
+        if changed == nil then return false, "start", now, code end
+        if changed and attempts == 1 then
+            return { attempts = 0, context_id = task.conversation_id }
+        elseif changed then
+            -- It ran before (handed back at a shutdown): its stored history and checkpoint count.
+            local rec, err, c2 = store:get(id)
+            if not rec then return false, "load", err or "the task vanished", c2 end
+            return rec
+        elseif now == false then
+            -- Queued by a producer that keeps no state here (Bindu's, a raw LPUSH): record it.
+            local ok, st2, c3 = store:create{ id = id, context_id = task.conversation_id, queue = task.queue,
+                                              history = json.array(task.messages),
+                                              metadata = task.metadata and json.encode(task.metadata) or nil,
+                                              state = "working", worker = info.worker_id, attempts = 1 }
+            if ok == nil then return false, "create", st2, c3 end
+            if ok then return { attempts = 0, context_id = task.conversation_id } end
+        end
+        return nil -- not submitted: the general path says why it does not run
+    end
+
     -- run and resume: start the handler from the stored history (and checkpoint).
     local function do_run(task, header, raw)
         local id = task.task_id
-        local rec, err, code = store:get(id)
-        if rec == nil then return storage_failed(task, header, "load", err, code) end
-        if rec == false then
-            if task.type == "resume" then return skipped(task, header, "nothing to resume: the task is unknown") end
-            -- Queued by a producer that keeps no state here (Bindu's, a raw LPUSH): record it.
-            local ok, st2, c2 = store:create{ id = id, context_id = task.conversation_id, queue = task.queue,
-                                              history = json.array(task.messages or {}),
-                                              metadata = task.metadata and json.encode(task.metadata) or nil }
-            if ok == nil then return storage_failed(task, header, "create", st2, c2) end
-            rec, err, code = store:get(id)
-            if not rec then return storage_failed(task, header, "load", err or "the new task vanished", code) end
-        end
-        local from, append = start_from(task, header, rec)
-        if not from then return skipped(task, header, append, rec.state) end
-        local limit = task.max_attempts or max_attempts
-        if header.attempt > limit then
-            -- Only recoveries from dead workers get here: each used up an attempt.
-            store:change{ id = id, to = "failed", error = json.encode({ code = "EATTEMPTS",
-                          message = "its workers stopped while running it" }) }
-            return "dead", id, task.type, {
-                reason = ("attempt %d exceeds max_attempts %d: its workers stopped while running it")
-                    :format(header.attempt, limit),
-                body = header.body, attempt = header.attempt - 1, state = "failed",
-            }
+        local rec, from, append, new_msgs
+        local h = (task.type == "resume" and handlers.resume) or handlers.run
+        if task.type == "run" and header.attempt == 1 and not (header.redelivered or header.deferred
+                or header.requeued) and not rl and h then
+            local what, msg, code
+            rec, what, msg, code = fast_start(task, header)
+            if rec == false then return storage_failed(task, header, what, msg, code) end
+            from = "submitted"
         end
         local admitted_at
-        if rl then
-            -- Admission under the rate limit: over it, the task is queued again (its lease
-            -- released) for the time the limiter names, and other keys keep flowing.
-            local key = "*"
-            if rate_key then
-                local okk, k = pcall(rate_key, task)
-                if not okk then
-                    return failed(task, { code = "ERATEKEY", message = "rate_key raised: " .. tostring(k),
-                                          retryable = false }, header)
+        if not rec then
+            local err, code
+            rec, err, code = store:get(id)
+            if rec == nil then return storage_failed(task, header, "load", err, code) end
+            if rec == false then
+                if task.type == "resume" then return skipped(task, header, "nothing to resume: the task is unknown") end
+                -- Queued by a producer that keeps no state here (Bindu's, a raw LPUSH): record it.
+                local ok, st2, c2 = store:create{ id = id, context_id = task.conversation_id, queue = task.queue,
+                                                  history = json.array(task.messages or {}),
+                                                  metadata = task.metadata and json.encode(task.metadata) or nil }
+                if ok == nil then return storage_failed(task, header, "create", st2, c2) end
+                if ok then
+                    rec = { state = "submitted", attempts = 0, context_id = task.conversation_id }
+                else
+                    rec, err, code = store:get(id)
+                    if not rec then return storage_failed(task, header, "load", err or "the task vanished", code) end
                 end
-                key = k
             end
-            if key ~= nil and key ~= false then
-                local nh = {}
-                for k2, v in pairs(header) do nh[k2] = v end
-                nh.body, nh.id, nh.deferred = nil, core.uuid4(), (header.deferred or 0) + 1
-                local next_msg = task_mod.header(nh) .. "\n" .. raw:sub(header.body + 1)
-                local admitted, when, rcode = core.rate_limit(tostring(key), rl.limit, rl.period, next_msg)
-                if admitted == nil then
-                    return failed(task, { code = rcode or "ERATELIMIT", message = "rate limiter: " .. tostring(when),
-                                          retryable = true }, header)
-                end
-                if not admitted then
-                    return "deferred", id, task.type, { delay = when, reason = "rate limited", attempt = header.attempt }
-                end
-                admitted_at = when
+            from, append = start_from(task, header, rec)
+            if not from then return skipped(task, header, append, rec.state) end
+            local limit = task.max_attempts or max_attempts
+            if header.attempt > limit then
+                -- Only recoveries from dead workers get here: each used up an attempt.
+                store:change{ id = id, to = "failed", error = json.encode({ code = "EATTEMPTS",
+                              message = "its workers stopped while running it" }) }
+                return "dead", id, task.type, {
+                    reason = ("attempt %d exceeds max_attempts %d: its workers stopped while running it")
+                        :format(header.attempt, limit),
+                    body = header.body, attempt = header.attempt - 1, state = "failed",
+                }
             end
-        end
-        local h = (task.type == "resume" and handlers.resume) or handlers.run
-        if not h then
-            return failed(task, { code = "ENOHANDLER", message = "no handler for '" .. task.type .. "' in this worker",
-                                  retryable = false }, header)
-        end
-        -- Name the task for the control channel before the state says "working", so a cancel
-        -- stored after this change is always published to a slot that knows the task.
-        core.slot_task(id)
-        local new_msgs = append and task.messages and #task.messages > 0 and task.messages or nil
-        local changed, now, c3 = store:change{ id = id, from = from, to = "working", count_attempt = true,
-                                               worker = info.worker_id, requested = "",
-                                               append_history = new_msgs and json.encode(new_msgs) or nil }
-        if changed == nil then return storage_failed(task, header, "start", now, c3) end
-        if not changed then
-            return skipped(task, header, "the task changed to " .. tostring(now) .. " before it started", now or nil)
+            if rl then
+                -- Admission under the rate limit: over it, the task is queued again (its lease
+                -- released) for the time the limiter names, and other keys keep flowing.
+                local key = "*"
+                if rate_key then
+                    local okk, k = pcall(rate_key, task)
+                    if not okk then
+                        return failed(task, { code = "ERATEKEY", message = "rate_key raised: " .. tostring(k),
+                                              retryable = false }, header)
+                    end
+                    key = k
+                end
+                if key ~= nil and key ~= false then
+                    local nh = {}
+                    for k2, v in pairs(header) do nh[k2] = v end
+                    nh.body, nh.id, nh.deferred = nil, core.uuid4(), (header.deferred or 0) + 1
+                    local next_msg = task_mod.header(nh) .. "\n" .. raw:sub(header.body + 1)
+                    local admitted, when, rcode = core.rate_limit(tostring(key), rl.limit, rl.period, next_msg)
+                    if admitted == nil then
+                        return failed(task, { code = rcode or "ERATELIMIT", message = "rate limiter: " .. tostring(when),
+                                              retryable = true }, header)
+                    end
+                    if not admitted then
+                        return "deferred", id, task.type, { delay = when, reason = "rate limited", attempt = header.attempt }
+                    end
+                    admitted_at = when
+                end
+            end
+            if not h then
+                return failed(task, { code = "ENOHANDLER", message = "no handler for '" .. task.type .. "' in this worker",
+                                      retryable = false }, header)
+            end
+            -- Name the task for the control channel before the state says "working", so a cancel
+            -- stored after this change is always published to a slot that knows the task.
+            core.slot_task(id)
+            new_msgs = append and task.messages and #task.messages > 0 and task.messages or nil
+            local changed, now, c3 = store:change{ id = id, from = from, to = "working", count_attempt = true,
+                                                   worker = info.worker_id, requested = "",
+                                                   append_history = new_msgs and json.encode(new_msgs) or nil }
+            if changed == nil then return storage_failed(task, header, "start", now, c3) end
+            if not changed then
+                return skipped(task, header, "the task changed to " .. tostring(now) .. " before it started", now or nil)
+            end
         end
         local history
         if task.type == "run" and from == "submitted" and rec.attempts == 0 and task.messages then

@@ -131,7 +131,7 @@ local function store_op(self, op, queue, norm)
     local st, id = self.store, op.task_id
     if op.type == "run" then
         local ok, err, code = st:create{ id = id, context_id = norm.conversation_id, queue = queue,
-                                         history = json.array(norm.messages or {}),
+                                         history = norm.messages_json or json.array(norm.messages or {}),
                                          metadata = op.metadata and json.encode(op.metadata) or nil }
         if ok == nil then return nil, err, code end
     elseif op.type == "cancel" then

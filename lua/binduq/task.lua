@@ -145,13 +145,84 @@ local function partial(ty, id)
              task_id = type(id) == "string" and #id <= M.MAX_ID_LEN and utf8.len(id) and id or nil }
 end
 
+-- Decoded JSON needs no full scan to tell arrays from objects: object keys are strings, so
+-- a non-empty array is exactly a table with [1] (an empty one is both, as in is_array).
+local function dec_array(v) return type(v) == "table" and (v[1] ~= nil or next(v) == nil) end
+local function dec_object(v) return type(v) == "table" and v[1] == nil end
+
+-- check_message for decoded input: the same rules, but the table is ours to change in place.
+local function label(list, i) return list .. "[" .. i .. "]" end -- built only for an error
+
+local function dec_message(m, list, i)
+    if not dec_object(m) then
+        return nil, label(list, i) .. " must be an object (got " .. (type(m) == "table" and "an array" or type(m)) .. ")"
+    end
+    local role, content, parts = m.role, m.content, m.parts
+    if type(role) ~= "string" or role == "" then
+        return nil, label(list, i) .. ".role must be a non-empty string"
+    end
+    if content == null then content = nil end
+    if parts == null then parts = nil end
+    if content ~= nil and type(content) ~= "string" then
+        return nil, label(list, i) .. ".content must be a string (got " .. type(content) .. ")"
+    end
+    if parts ~= nil and not dec_array(parts) then
+        return nil, label(list, i) .. ".parts must be an array"
+    end
+    if content == nil and parts == nil then return nil, label(list, i) .. " needs content or parts" end
+    for k, v in pairs(m) do if v == null then m[k] = nil end end
+    if content == nil then m.content = parts_text(parts) end
+    return m
+end
+
+
+local function dec_messages(list, where, required)
+    if list == nil or list == null then
+        if required then return nil, "a run needs at least one message" end
+        return {}
+    end
+    if not dec_array(list) then
+        return nil, where .. " must be an array (got " .. (type(list) == "table" and "an object" or type(list)) .. ")"
+    end
+    if required and list[1] == nil then return nil, "a run needs at least one message" end
+    for i = 1, #list do
+        local nm, why = dec_message(list[i], where, i)
+        if not nm then return nil, why end
+    end
+    return list
+end
+
+-- opt for decoded input.
+local function dec_opt(t, k, ty, label)
+    local v = t[k]
+    if v == nil or v == null then return true, nil end
+    if ty == "array" then
+        if not dec_array(v) then return nil, (label or k) .. " must be an array" end
+    elseif ty == "object" then
+        if not dec_object(v) then return nil, (label or k) .. " must be an object" end
+    elseif type(v) ~= ty then
+        return nil, (label or k) .. " must be a " .. ty .. " (got " .. type(v) .. ")"
+    end
+    return true, v
+end
+
+local NATIVE_OPTIONAL = {
+    "artifacts", "array", "timestamp", "string", "metadata", "object", "trace_id", "string",
+    "span_id", "string", "traceparent", "string", "timeout", "number", "max_attempts", "number",
+}
+
 local function decode_native(t)
     local ty = t.type
     if type(ty) ~= "string" then return nil, "type must be a string (got " .. type(ty) .. ")", partial(nil, t.task_id) end
     if not M.TYPES[ty] then
         return nil, "unknown type '" .. show(ty) .. "' (expected run, pause, resume or cancel)", partial(nil, t.task_id)
     end
-    local task = { type = ty, format = "native" }
+    -- Every field the task may get (here and in the worker) is named in the constructor, so
+    -- the table is allocated once at its final size.
+    local task = { type = ty, format = "native", task_id = nil, conversation_id = nil, messages = nil,
+                   artifacts = nil, timestamp = nil, metadata = nil, trace_id = nil, span_id = nil,
+                   traceparent = nil, timeout = nil, max_attempts = nil, queue = nil, attempt = nil,
+                   history = nil }
     local ok, why = check_id("task_id", t.task_id, true)
     if not ok then return nil, why, task end
     task.task_id = t.task_id
@@ -159,15 +230,18 @@ local function decode_native(t)
     if not ok then return nil, why, task end
     task.conversation_id = t.conversation_id ~= null and t.conversation_id or nil
     local msgs
-    msgs, why = check_messages(t.messages, "messages", ty == "run")
+    msgs, why = dec_messages(t.messages, "messages", ty == "run")
     if not msgs then return nil, why, task end
     task.messages = msgs
-    for _, f in ipairs({ { "artifacts", "array" }, { "timestamp", "string" }, { "metadata", "object" },
-                         { "trace_id", "string" }, { "span_id", "string" }, { "traceparent", "string" },
-                         { "timeout", "number" }, { "max_attempts", "number" } }) do
-        local okf, v = opt(t, f[1], f[2])
-        if not okf then return nil, v, task end
-        task[f[1]] = v
+    for i = 1, #NATIVE_OPTIONAL, 2 do
+        local k = NATIVE_OPTIONAL[i]
+        local v = t[k]
+        if v ~= nil then
+            local okf
+            okf, v = dec_opt(t, k, NATIVE_OPTIONAL[i + 1])
+            if not okf then return nil, v, task end
+            task[k] = v
+        end
     end
     if task.timeout and task.timeout <= 0 then return nil, "timeout must be positive", task end
     if task.max_attempts and (math.type(task.max_attempts) ~= "integer" or task.max_attempts < 1) then
@@ -176,6 +250,8 @@ local function decode_native(t)
     task.artifacts = task.artifacts or {}
     return task
 end
+
+local TRACE_FIELDS = { "trace_id", "span_id" }
 
 local function decode_bindu(t)
     local ty = t.operation
@@ -186,7 +262,7 @@ local function decode_bindu(t)
     end
     local task = { type = ty, format = "bindu" }
     local p = t.params
-    if type(p) ~= "table" or (next(p) ~= nil and is_array(p)) then
+    if not dec_object(p) then
         return nil, "params must be an object", task
     end
     local ok, why = check_id("params.task_id", p.task_id, true)
@@ -200,15 +276,16 @@ local function decode_bindu(t)
         if p.message ~= nil and p.message ~= null then list = { p.message } end
     end
     local msgs
+    -- copied, not changed in place: the handler sees params as they came
     msgs, why = check_messages(list, p.messages and "params.messages" or "params.message", ty == "run")
     if not msgs then return nil, why, task end
     task.messages = msgs
-    for _, f in ipairs({ { "trace_id", "string" }, { "span_id", "string" } }) do
-        local okf, v = opt(t, f[1], f[2])
+    for _, k in ipairs(TRACE_FIELDS) do
+        local okf, v = dec_opt(t, k, "string")
         if not okf then return nil, v, task end
-        task[f[1]] = v
+        task[k] = v
     end
-    local okm, meta = opt(p, "metadata", "object", "params.metadata")
+    local okm, meta = dec_opt(p, "metadata", "object", "params.metadata")
     if not okm then return nil, meta, task end
     task.metadata = meta
     task.artifacts = {}
@@ -220,7 +297,8 @@ end
 -- Returns the header table (empty when there is none), the offset of the original message
 -- in raw (0 when there is no header), or nil and a reason.
 function M.split_header(raw)
-    if raw:sub(1, 4) ~= "#bq " then return {}, 0 end
+    if raw:byte(1) ~= 35 or raw:sub(1, 4) ~= "#bq " then return {}, 0 end -- 35: '#'
+
     local nl = raw:find("\n", 5, true)
     if not nl then return nil, "binduq header line without an end" end
     local h = json.decode(raw:sub(5, nl - 1))
@@ -251,7 +329,7 @@ function M.decode_body(raw, max_size)
     if max_size and #raw > max_size then
         return nil, ("message too large (%d bytes; max_message_size is %d)"):format(#raw, max_size)
     end
-    local okutf, bad = utf8.len(raw)
+    local okutf, bad = core.utf8_check(raw)
     if not okutf then return nil, "invalid UTF-8 at byte " .. tostring(bad) end
     local first = raw:match("^%s*(.)")
     if first == "[" then return nil, "not a JSON object (got an array)" end
@@ -271,6 +349,11 @@ function M.decode_body(raw, max_size)
     if not task then return nil, why, partial end
     return task
 end
+
+local KNOWN = { type = true, task_id = true, conversation_id = true, messages = true, artifacts = true,
+                metadata = true, timestamp = true, trace_id = true, span_id = true, traceparent = true,
+                timeout = true, max_attempts = true }
+local TAIL_FIELDS = { "trace_id", "span_id", "traceparent", "timeout", "max_attempts" }
 
 --- Builds the native JSON of a task operation. Raises (level 2 from the caller's view) when
 -- `op` is invalid, naming the field. Returns the JSON text and the task_id.
@@ -301,35 +384,34 @@ function M.encode(op, level)
     local checked
     checked, why = check_messages(msgs, "messages", ty == "run")
     if not checked then error(why, level) end
-    for _, f in ipairs({ { "artifacts", "array" }, { "metadata", "object" }, { "timestamp", "string" },
-                         { "trace_id", "string" }, { "span_id", "string" }, { "traceparent", "string" },
-                         { "timeout", "number" }, { "max_attempts", "number" } }) do
-        local okf, v = opt(op, f[1], f[2])
-        if not okf then error(v, level) end
+    for i = 1, #NATIVE_OPTIONAL, 2 do
+        local k = NATIVE_OPTIONAL[i]
+        if op[k] ~= nil then
+            local okf, v = opt(op, k, NATIVE_OPTIONAL[i + 1])
+            if not okf then error(v, level) end
+        end
     end
     if op.timeout and op.timeout <= 0 then error("timeout must be positive", level) end
     if op.max_attempts and (math.type(op.max_attempts) ~= "integer" or op.max_attempts < 1) then
         error("max_attempts must be a whole number, at least 1", level)
     end
-    local known = { type = true, task_id = true, conversation_id = true, messages = true, artifacts = true,
-                    metadata = true, timestamp = true, trace_id = true, span_id = true, traceparent = true,
-                    timeout = true, max_attempts = true }
     for k in pairs(op) do
-        if not known[k] then error("unknown field '" .. show(k) .. "' in task operation", level) end
+        if not KNOWN[k] then error("unknown field '" .. show(k) .. "' in task operation", level) end
     end
     local conv = op.conversation_id
     if conv == nil and ty == "run" then conv = core.uuid4() end
     local e = json.encode_strict
     local out = { '{"type":', e(ty), ',"task_id":', e(op.task_id) }
     if conv then out[#out + 1] = ',"conversation_id":' .. e(conv) end
-    if ty == "run" or (msgs and #msgs > 0) then out[#out + 1] = ',"messages":' .. json.array(msgs) end
+    local msgs_json = (ty == "run" or (msgs and #msgs > 0)) and json.array(msgs) or nil
+    if msgs_json then out[#out + 1] = ',"messages":' .. msgs_json end
     if ty == "run" or op.artifacts then out[#out + 1] = ',"artifacts":' .. json.array(op.artifacts or {}) end
     if op.metadata then out[#out + 1] = ',"metadata":' .. e(op.metadata) end
-    for _, k in ipairs({ "trace_id", "span_id", "traceparent", "timeout", "max_attempts" }) do
+    for _, k in ipairs(TAIL_FIELDS) do
         if op[k] then out[#out + 1] = ',"' .. k .. '":' .. e(op[k]) end
     end
     out[#out + 1] = ',"timestamp":' .. e(op.timestamp or core.iso8601()) .. "}"
-    return table.concat(out), op.task_id, { messages = msgs, conversation_id = conv }
+    return table.concat(out), op.task_id, { messages = msgs, conversation_id = conv, messages_json = msgs_json }
 end
 
 return M

@@ -563,12 +563,18 @@ static bq_status append_acks(bq_conn *c, const struct bq_lessee *who, const stru
                              size_t n, bq_err *err)
 {
     bq_status st = BQ_OK;
+    char wip[KEY_MAX];
+    size_t wlen = 0;
+    int wq = -1; /* the queue wip names: acks come in runs of one queue */
     for (size_t i = 0; i < n && st == BQ_OK; i++) {
-        char wip[KEY_MAX];
-        if ((st = wip_key(who, msgs[i].q, wip, err)) != BQ_OK)
-            break;
+        if (msgs[i].q != wq) {
+            if ((st = wip_key(who, msgs[i].q, wip, err)) != BQ_OK)
+                break;
+            wq = msgs[i].q;
+            wlen = strlen(wip);
+        }
         const char *argv[4] = {"LREM", wip, "1", msgs[i].data};
-        size_t lens[4] = {4, strlen(wip), 1, msgs[i].len};
+        size_t lens[4] = {4, wlen, 1, msgs[i].len};
         st = bq_conn_append(c, 4, argv, lens, err);
     }
     return st;

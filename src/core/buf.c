@@ -132,7 +132,15 @@ bool bq_utf8_valid(const char *str, size_t len, size_t *bad)
     while (i < len) {
         unsigned char c = s[i];
         if (c < 0x80) {
+            /* ASCII runs eight bytes at a time (messages are mostly ASCII). */
+            uint64_t word;
             i++;
+            while (len - i >= 8) {
+                memcpy(&word, s + i, 8);
+                if (word & UINT64_C(0x8080808080808080))
+                    break;
+                i += 8;
+            }
             continue;
         }
         size_t n;

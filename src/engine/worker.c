@@ -22,6 +22,7 @@
 #include "../core/rand.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
@@ -79,6 +80,9 @@ struct bq_worker {
     struct bq_msg *ring;    /* ready messages, capacity = concurrency */
     int ring_head, ring_n;
     int inflight;           /* fetched and not yet finished: in the ring or running */
+    int wake_at;            /* a finishing slot wakes the dispatcher only when inflight is
+                             * at most this (INT_MAX: always); saves a wake-up per task
+                             * while a deep batch drains */
     int running;
     struct bq_batch acks;   /* finished messages waiting to be acknowledged */
     bool drain, started, stopping, dispatcher_done, joined, abandoned, registered;
@@ -592,8 +596,9 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
     if (out->pickup >= 0)
         observe(w->h_pick, &w->h_pick_sum_us, out->pickup);
     const char *trace = out->trace_id[0] ? out->trace_id : NULL;
-    char ms[32];
-    snprintf(ms, sizeof ms, "%.3f", duration * 1000.0);
+    char ms[32] = "";
+    if (out->kind != BQ_OUTCOME_COMPLETED || bq_log_enabled(BQ_LOG_INFO))
+        snprintf(ms, sizeof ms, "%.3f", duration * 1000.0);
     const char *tid = out->task_id[0] ? out->task_id : NULL;
     const char *type = out->type[0] ? out->type : NULL;
     const char *queue = bq_worker_queue_of(w, msg->q);
@@ -739,7 +744,8 @@ static void *slot_main(void *arg)
         w->inflight--;
         atomic_store(&s->ctl.interrupt, 0);
         bq_slot_set_task(&s->ctl, NULL);
-        pthread_cond_signal(&w->cv_space);
+        if (w->inflight <= w->wake_at || w->stopping)
+            pthread_cond_signal(&w->cv_space);
         pthread_mutex_unlock(&w->mu);
         if (!moved)
             bq_free(msg.data);
@@ -1014,8 +1020,10 @@ static void *dispatcher_main(void *arg)
         int cap = w->deep ? w->concurrency + w->batch : w->base_cap;
         if (w->deep) {
             int low = w->concurrency + w->batch / 2;
+            w->wake_at = low;
             while (!w->stopping && w->inflight > low)
                 pthread_cond_wait(&w->cv_space, &w->mu);
+            w->wake_at = INT_MAX;
         } else {
             while (!w->stopping && w->inflight >= cap && w->acks.n == 0)
                 pthread_cond_wait(&w->cv_space, &w->mu);
@@ -1217,6 +1225,7 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     pthread_mutex_init(&w->hb_mu, NULL);
     bq_cond_init(&w->cv_task);
     bq_cond_init(&w->cv_space);
+    w->wake_at = INT_MAX;
     bq_cond_init(&w->cv_init);
     bq_cond_init(&w->hb_cv);
 

@@ -5,6 +5,7 @@
 #include "binding.h"
 
 #include "../core/alloc.h"
+#include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
@@ -205,6 +206,21 @@ static int l_log_configure(lua_State *L)
 
 /* ---- Ids, time, URLs ------------------------------------------------------------------------ */
 
+/* core.utf8_check(s) -> true | false, position of the first bad byte (1-based): what
+ * utf8.len(s) decides (no surrogates, nothing past U+10FFFF), with an ASCII fast path. */
+static int l_utf8_check(lua_State *L)
+{
+    size_t len, bad = 0;
+    const char *s = luaL_checklstring(L, 1, &len);
+    if (bq_utf8_valid(s, len, &bad)) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_pushinteger(L, (lua_Integer)bad + 1);
+    return 2;
+}
+
 static int l_uuid4(lua_State *L)
 {
     char u[37];
@@ -235,34 +251,63 @@ static int l_iso8601(lua_State *L)
 
 /* core.parse_iso8601("2026-11-28T07:30:24.278Z") -> epoch seconds | nil. UTC ("Z") or an
  * offset (+hh:mm); fractions of a second are kept. */
+/* n decimal digits at *p, advancing it; -1 if they are not all digits. */
+static int digits(const char **p, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++, (*p)++) {
+        if (**p < '0' || **p > '9')
+            return -1;
+        v = v * 10 + (**p - '0');
+    }
+    return v;
+}
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar (the civil-from-days
+ * arithmetic on 400-year eras: no tables, no time zone, no libc). */
+static long days_from_civil(long y, int m, int d)
+{
+    y -= m <= 2;
+    long era = (y >= 0 ? y : y - 399) / 400;
+    long yoe = y - era * 400;
+    long doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    long doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/* core.parse_iso8601(s) -> epoch seconds | nil, for "YYYY-MM-DDTHH:MM:SS[.fff][Z|+hh:mm]".
+ * On every message with a timestamp (the pickup latency), so no sscanf or timegm. */
 static int l_parse_iso8601(lua_State *L)
 {
-    const char *s = luaL_checkstring(L, 1);
-    struct tm tm;
-    memset(&tm, 0, sizeof tm);
-    int used = 0;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-               &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &used) != 6) {
-        lua_pushnil(L);
-        return 1;
+    const char *p = luaL_checkstring(L, 1);
+    int y = digits(&p, 4), mo = -1, d = -1, h = -1, mi = -1, sec = -1;
+    if (y >= 0 && *p++ == '-' && (mo = digits(&p, 2)) >= 1 && mo <= 12 && *p++ == '-' &&
+        (d = digits(&p, 2)) >= 1 && d <= 31 && (*p == 'T' || *p == 't' || *p == ' ') && p++ &&
+        (h = digits(&p, 2)) >= 0 && h <= 23 && *p++ == ':' && (mi = digits(&p, 2)) >= 0 &&
+        mi <= 59 && *p++ == ':' && (sec = digits(&p, 2)) >= 0 && sec <= 60) {
+        double t = (double)days_from_civil(y, mo, d) * 86400.0 + h * 3600.0 + mi * 60.0 + sec;
+        if (*p == '.') {
+            double scale = 0.1;
+            for (p++; *p >= '0' && *p <= '9'; p++, scale /= 10)
+                t += (*p - '0') * scale;
+        }
+        if (*p == '+' || *p == '-') {
+            int sign = *p == '+' ? 1 : -1;
+            p++;
+            int oh = digits(&p, 2), om = -1;
+            if (oh >= 0 && *p++ == ':' && (om = digits(&p, 2)) >= 0 && *p == '\0') {
+                lua_pushnumber(L, t - sign * (oh * 3600.0 + om * 60.0));
+                return 1;
+            }
+        } else if ((*p == 'Z' || *p == 'z') && p[1] == '\0') {
+            lua_pushnumber(L, t);
+            return 1;
+        } else if (*p == '\0') {
+            lua_pushnumber(L, t);
+            return 1;
+        }
     }
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    double t = (double)timegm(&tm);
-    const char *p = s + used;
-    if (*p == '.') {
-        double scale = 0.1;
-        for (p++; *p >= '0' && *p <= '9'; p++, scale /= 10)
-            t += (*p - '0') * scale;
-    }
-    int oh = 0, om = 0;
-    if ((*p == '+' || *p == '-') && sscanf(p + 1, "%2d:%2d", &oh, &om) == 2)
-        t -= (*p == '+' ? 1 : -1) * (oh * 3600.0 + om * 60.0);
-    else if (*p != 'Z' && *p != '\0') {
-        lua_pushnil(L);
-        return 1;
-    }
-    lua_pushnumber(L, t);
+    lua_pushnil(L);
     return 1;
 }
 
@@ -463,6 +508,7 @@ static const luaL_Reg core_funcs[] = {
     {"log_enabled", l_log_enabled},
     {"log_configure", l_log_configure},
     {"uuid4", l_uuid4},
+    {"utf8_check", l_utf8_check},
     {"now", l_now},
     {"monotonic", l_monotonic},
     {"iso8601", l_iso8601},

@@ -127,9 +127,16 @@ static int l_storage_create(lua_State *L)
     bq_storage *s = check_storage(L);
     luaL_checktype(L, 2, LUA_TTABLE);
     struct bq_task_new t = {
-        opt_str(L, "id"),    opt_str(L, "context_id"), opt_str(L, "queue"),
-        opt_str(L, "state"), opt_str(L, "history"),    opt_str(L, "metadata"),
+        opt_str(L, "id"),       opt_str(L, "context_id"), opt_str(L, "queue"),
+        opt_str(L, "state"),    opt_str(L, "history"),    opt_str(L, "metadata"),
+        opt_str(L, "worker"),   0,
     };
+    lua_getfield(L, 2, "attempts");
+    lua_Integer attempts = lua_isnil(L, -1) ? 0 : luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    if (attempts < 0 || attempts > 1000000)
+        return luaL_argerror(L, 2, "field 'attempts' must be between 0 and 1000000");
+    t.attempts = (int)attempts;
     if (t.id == NULL)
         return luaL_argerror(L, 2, "field 'id' is required");
     struct bq_task_result res;
@@ -161,6 +168,22 @@ static int l_storage_get(lua_State *L)
     return 1;
 }
 
+/* Pushes what a change found: changed, state (false when unknown), requested, and with
+ * `attempts` the attempts after it. */
+static int push_result(lua_State *L, const struct bq_task_result *res, bool attempts)
+{
+    lua_pushboolean(L, res->changed);
+    if (res->found)
+        lua_pushstring(L, res->state);
+    else
+        lua_pushboolean(L, 0);
+    lua_pushstring(L, res->requested);
+    if (!attempts)
+        return 3;
+    lua_pushinteger(L, res->attempts);
+    return 4;
+}
+
 static int l_storage_change(lua_State *L)
 {
     bq_storage *s = check_storage(L);
@@ -183,13 +206,50 @@ static int l_storage_change(lua_State *L)
     bq_err err;
     if (s->ops->change(s, &c, &res, &err) != BQ_OK)
         return bq_lua_fail(L, &err);
-    lua_pushboolean(L, res.changed);
-    if (res.found)
-        lua_pushstring(L, res.state);
-    else
-        lua_pushboolean(L, 0);
-    lua_pushstring(L, res.requested);
-    return 3;
+    return push_result(L, &res, false);
+}
+
+/* store:start(id, worker) -> changed, state | false, requested, attempts
+ * The worker's hot path, without a table: submitted -> working, one more attempt, the worker
+ * named, a pending request cleared. */
+static int l_storage_start(lua_State *L)
+{
+    bq_storage *s = check_storage(L);
+    struct bq_task_change c = {
+        .id = luaL_checkstring(L, 2),
+        .from = "submitted",
+        .to = "working",
+        .requested = "",
+        .worker = luaL_optstring(L, 3, NULL),
+        .count_attempt = true,
+    };
+    struct bq_task_result res;
+    bq_err err;
+    if (s->ops->change(s, &c, &res, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    return push_result(L, &res, true);
+}
+
+/* store:finish(id, state, append_history, append_artifacts) -> changed, state | false, requested
+ * working -> state, with the handler's messages and artifacts (JSON arrays or nil); the
+ * pending request and the last error cleared. */
+static int l_storage_finish(lua_State *L)
+{
+    bq_storage *s = check_storage(L);
+    struct bq_task_change c = {
+        .id = luaL_checkstring(L, 2),
+        .from = "working",
+        .to = luaL_checkstring(L, 3),
+        .append_history = luaL_optstring(L, 4, NULL),
+        .append_artifacts = luaL_optstring(L, 5, NULL),
+        .requested = "",
+        .error = "",
+    };
+    struct bq_task_result res;
+    bq_err err;
+    if (s->ops->change(s, &c, &res, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    return push_result(L, &res, false);
 }
 
 static int l_storage_list(lua_State *L)
@@ -264,6 +324,7 @@ static int l_storage_reset(lua_State *L)
 
 static const luaL_Reg storage_methods[] = {
     {"create", l_storage_create}, {"get", l_storage_get},       {"change", l_storage_change},
+    {"start", l_storage_start},   {"finish", l_storage_finish},
     {"list", l_storage_list},     {"remove", l_storage_remove}, {"ping", l_storage_ping},
     {"kind", l_storage_kind},     {"close", l_storage_close},   {NULL, NULL},
 };

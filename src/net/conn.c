@@ -428,27 +428,33 @@ bool bq_conn_usable(bq_conn *c)
     return false;
 }
 
+/* Appends "<type><n>\r\n", a RESP array or bulk string header. */
+static void append_header(bq_buf *b, char type, size_t n)
+{
+    char tmp[24], *p = tmp + sizeof tmp;
+    *--p = '\n';
+    *--p = '\r';
+    do {
+        *--p = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    *--p = type;
+    bq_buf_append(b, p, (size_t)(tmp + sizeof tmp - p));
+}
+
 bq_status bq_conn_append(bq_conn *c, int argc, const char **argv, const size_t *lens,
                          bq_err *err)
 {
-    char *cmd = NULL;
-    size_t *l = NULL;
-    size_t stack_lens[8] = {0};
-    if (lens == NULL) {
-        l = argc <= 8 ? stack_lens : bq_calloc((size_t)argc, sizeof *l);
-        if (l == NULL)
-            return bq_err_set(err, BQ_ENOMEM, "%s: out of memory", argv[0]);
-        for (int i = 0; i < argc; i++)
-            l[i] = strlen(argv[i]);
-        lens = l;
+    /* The RESP array of bulk strings, written straight into the output buffer: what
+     * redisFormatCommandArgv makes, without its allocation and second copy (an ack per task
+     * made it a tenth of the dispatcher's work). */
+    append_header(&c->out, '*', (size_t)argc);
+    for (int i = 0; i < argc; i++) {
+        size_t len = lens != NULL ? lens[i] : strlen(argv[i]);
+        append_header(&c->out, '$', len);
+        bq_buf_append(&c->out, argv[i], len);
+        bq_buf_append(&c->out, "\r\n", 2);
     }
-    int n = redisFormatCommandArgv(&cmd, argc, argv, lens);
-    if (l != NULL && l != stack_lens)
-        bq_free(l);
-    if (n < 0 || cmd == NULL)
-        return bq_err_set(err, BQ_ENOMEM, "%s: out of memory formatting the command", argv[0]);
-    bq_buf_append(&c->out, cmd, (size_t)n);
-    redisFreeCommand(cmd);
     if (c->out.oom) {
         c->broken = true;
         return bq_err_set(err, BQ_ENOMEM, "%s: out of memory", argv[0]);

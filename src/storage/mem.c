@@ -172,14 +172,23 @@ static bool copy_rec(struct bq_task_rec *dst, const struct bq_task_rec *src)
     return true;
 }
 
+/* Copies s into out[size], cut short if need be (state names fit; see BQ_STATE_LEN). */
+static void copy_str(char *out, size_t size, const char *s)
+{
+    size_t n = strnlen(s, size - 1);
+    memcpy(out, s, n);
+    out[n] = '\0';
+}
+
 static void fill_result(struct bq_task_result *res, const struct bq_task_rec *r, bool changed)
 {
     memset(res, 0, sizeof *res);
     res->found = r != NULL;
     res->changed = changed;
     if (r != NULL) {
-        snprintf(res->state, sizeof res->state, "%s", r->state);
-        snprintf(res->requested, sizeof res->requested, "%s", r->requested ? r->requested : "");
+        copy_str(res->state, sizeof res->state, r->state);
+        copy_str(res->requested, sizeof res->requested, r->requested ? r->requested : "");
+        res->attempts = r->attempts;
     }
 }
 
@@ -221,11 +230,14 @@ static bq_status mem_create(bq_storage *s, const struct bq_task_new *t,
         m->r.history = bq_strdup(t->history ? t->history : "[]");
         m->r.artifacts = bq_strdup("[]");
         m->r.metadata = bq_strdup(t->metadata ? t->metadata : "{}");
+        m->r.worker = dup_or_null(t->worker);
+        m->r.attempts = t->attempts > 0 ? t->attempts : 0;
         m->r.created_at = m->r.updated_at = m->r.state_at = now;
     }
     if (m == NULL || m->r.id == NULL || m->r.state == NULL || m->r.history == NULL ||
         m->r.artifacts == NULL || m->r.metadata == NULL ||
-        (t->context_id && m->r.context_id == NULL) || (t->queue && m->r.queue == NULL)) {
+        (t->context_id && m->r.context_id == NULL) || (t->queue && m->r.queue == NULL) ||
+        (t->worker && m->r.worker == NULL)) {
         if (m != NULL)
             bq_task_rec_clear(&m->r);
         bq_free(m);

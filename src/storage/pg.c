@@ -121,12 +121,15 @@ static const struct {
     int nparams;
     const char *sql;
 } stmts[ST_COUNT] = {
-    [ST_CREATE] = {"bq_create", 6,
-                   "INSERT INTO @S.tasks (id, context_id, state, queue, history, metadata) "
+    [ST_CREATE] = {"bq_create", 8,
+                   "INSERT INTO @S.tasks (id, context_id, state, queue, history, metadata, worker,"
+                   " attempts) "
                    "VALUES ($1::text, $2::text, $3::text, $4::text, "
-                   "COALESCE($5::text, '[]')::jsonb, COALESCE($6::text, '{}')::jsonb) "
-                   "ON CONFLICT (id) DO NOTHING RETURNING state, requested"},
-    [ST_STATE] = {"bq_state", 1, "SELECT state, requested FROM @S.tasks WHERE id = $1::text"},
+                   "COALESCE($5::text, '[]')::jsonb, COALESCE($6::text, '{}')::jsonb, $7::text,"
+                   " $8::int) "
+                   "ON CONFLICT (id) DO NOTHING RETURNING state, requested, attempts"},
+    [ST_STATE] = {"bq_state", 1,
+                  "SELECT state, requested, attempts FROM @S.tasks WHERE id = $1::text"},
     [ST_GET] = {"bq_get", 1, "SELECT " REC_COLS " FROM @S.tasks WHERE id = $1::text"},
     /* The compare-and-set. Every parameter is text and is compared with '' before any cast,
      * so "" can mean "clear" for a jsonb column. $2 is the comma-separated allowed states. */
@@ -150,7 +153,7 @@ static const struct {
                    " state_at = CASE WHEN $3::text IS NOT NULL AND $3::text <> state"
                    "  THEN now() ELSE state_at END"
                    " WHERE id = $1::text AND state = ANY (string_to_array($2::text, ','))"
-                   " RETURNING state, requested"},
+                   " RETURNING state, requested, attempts"},
     [ST_REMOVE] = {"bq_remove", 1, "DELETE FROM @S.tasks WHERE id = $1::text RETURNING id"},
 };
 
@@ -538,6 +541,7 @@ static void fill_result(struct bq_task_result *out, const PGresult *res, bool ch
     out->changed = changed;
     snprintf(out->state, sizeof out->state, "%s", PQgetvalue(res, 0, 0));
     snprintf(out->requested, sizeof out->requested, "%s", PQgetvalue(res, 0, 1));
+    out->attempts = PQnfields(res) > 2 ? atoi(PQgetvalue(res, 0, 2)) : 0;
 }
 
 /* True if text, past leading white space, opens a JSON array. The server checks the rest. */
@@ -560,13 +564,16 @@ static bq_status pg_create(bq_storage *base, const struct bq_task_new *t,
         return bq_err_set(err, BQ_EINVAL, "storage create: a task needs an id");
     if (!bq_task_state_valid(state))
         return bq_err_set(err, BQ_EINVAL, "storage create: unknown state '%.30s'", state);
-    const char *vals[] = {t->id, t->context_id, state, t->queue, t->history, t->metadata};
+    char attempts[16];
+    snprintf(attempts, sizeof attempts, "%d", t->attempts > 0 ? t->attempts : 0);
+    const char *vals[] = {t->id,      t->context_id, state,     t->queue,
+                          t->history, t->metadata,   t->worker, attempts};
     struct pgconn *c;
     PGresult *res;
     bq_status st = borrow(s, &c, err);
     if (st != BQ_OK)
         return st;
-    st = run(s, c, ST_CREATE, NULL, NULL, 6, vals, PGRES_TUPLES_OK, &res, err);
+    st = run(s, c, ST_CREATE, NULL, NULL, 8, vals, PGRES_TUPLES_OK, &res, err);
     if (st == BQ_OK && PQntuples(res) == 1) {
         fill_result(out, res, true);
     } else if (st == BQ_OK) {

@@ -70,6 +70,8 @@ struct bq_task_new {
     const char *state;      /* NULL: "submitted" */
     const char *history;    /* JSON array; NULL: [] */
     const char *metadata;   /* JSON object; NULL: {} */
+    const char *worker;     /* NULL: none */
+    int attempts;           /* the starting count (a task created already "working": 1) */
 };
 
 /* A compare-and-set change of one task. */
@@ -92,6 +94,7 @@ struct bq_task_result {
     bool found, changed;
     char state[BQ_STATE_LEN];  /* the state after the change (or the state that refused it) */
     char requested[16];        /* "pause" or "" */
+    int attempts;              /* the attempts after the change */
 };
 
 struct bq_task_filter {

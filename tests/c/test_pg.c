@@ -80,7 +80,7 @@ static bq_status open_with(const char *url, const char *sch, int max, double tim
 static bq_status create(bq_storage *s, const char *id, const char *ctx, const char *history,
                         struct bq_task_result *res)
 {
-    struct bq_task_new t = {id, ctx, "q", NULL, history, NULL};
+    struct bq_task_new t = {id, ctx, "q", NULL, history, NULL, NULL, 0};
     bq_err err;
     bq_status st = s->ops->create(s, &t, res, &err);
     if (st != BQ_OK)
@@ -246,7 +246,7 @@ TEST(create_and_get_round_trip_every_field)
     const char *history = "[{\"role\": \"user\", \"parts\": [{\"kind\": \"text\", \"text\": "
                           "\"h\\u00e9 \\\"quoted\\\"\"}]}]";
     struct bq_task_new t = {"rt-1", "ctx-rt", "bindu:tasks", NULL, history,
-                            "{\"b\":1,  \"a\":[true,null]}"};
+                            "{\"b\":1,  \"a\":[true,null]}", NULL, 0};
     double before = bq_now_wall();
     CHECK_INT(store->ops->create(store, &t, &res, &err), BQ_OK);
     CHECK(res.found);
@@ -308,28 +308,38 @@ TEST(create_and_get_round_trip_every_field)
     CHECK(r.state_at == r.updated_at);
     bq_task_rec_clear(&r);
 
-    /* Defaults: no history, no metadata, an explicit state. */
-    struct bq_task_new t2 = {"rt-2", NULL, NULL, "input-required", NULL, NULL};
+    /* Defaults: no history, no metadata, an explicit state; a worker and attempts given (a
+     * task recorded as it starts). */
+    struct bq_task_new t2 = {"rt-2", NULL, NULL, "input-required", NULL, NULL, "w-7", 3};
     CHECK_INT(store->ops->create(store, &t2, &res, &err), BQ_OK);
     CHECK_STR(res.state, "input-required");
+    CHECK_INT(res.attempts, 3);
     CHECK_INT(store->ops->get(store, "rt-2", &r, &found, &err), BQ_OK);
     CHECK(found);
     CHECK(r.context_id == NULL);
     CHECK(r.queue == NULL);
     CHECK_STR(r.history, "[]");
     CHECK_STR(r.metadata, "{}");
+    CHECK_STR(r.worker, "w-7");
+    CHECK_INT(r.attempts, 3);
     bq_task_rec_clear(&r);
+    /* A change reports the attempts after it. */
+    struct bq_task_change again = cas("rt-2", "input-required", "working");
+    again.count_attempt = true;
+    CHECK_INT(store->ops->change(store, &again, &res, &err), BQ_OK);
+    CHECK(res.changed);
+    CHECK_INT(res.attempts, 4);
 
     /* Unknown tasks, bad arguments. */
     CHECK_INT(store->ops->get(store, "no-such-task", &r, &found, &err), BQ_OK);
     CHECK(!found);
     CHECK(r.id == NULL && r.state == NULL && r.attempts == 0);
-    struct bq_task_new bad = {"rt-3", NULL, NULL, "done", NULL, NULL};
+    struct bq_task_new bad = {"rt-3", NULL, NULL, "done", NULL, NULL, NULL, 0};
     CHECK_INT(store->ops->create(store, &bad, &res, &err), BQ_EINVAL);
     CHECK_CONTAINS(err.msg, "unknown state");
-    struct bq_task_new noid = {NULL, NULL, NULL, NULL, NULL, NULL};
+    struct bq_task_new noid = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
     CHECK_INT(store->ops->create(store, &noid, &res, &err), BQ_EINVAL);
-    struct bq_task_new badjson = {"rt-4", NULL, NULL, NULL, "[1,", NULL};
+    struct bq_task_new badjson = {"rt-4", NULL, NULL, NULL, "[1,", NULL, NULL, 0};
     CHECK_INT(store->ops->create(store, &badjson, &res, &err), BQ_EPG);
     CHECK_CONTAINS(err.msg, "PQexecPrepared(bq_create): invalid input syntax for type json");
     CHECK_CONTAINS(err.msg, "SQLSTATE 22P02");

@@ -24,7 +24,7 @@ TEST(create_get_and_cas)
 {
     bq_storage *s = open_mem();
     struct bq_task_new t = {"t1", "c1", "q", NULL, "[{\"role\":\"user\",\"content\":\"hi\"}]",
-                            "{\"k\":1}"};
+                            "{\"k\":1}", NULL, 0};
     struct bq_task_result r;
     CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
     CHECK(r.changed && r.found);
@@ -99,7 +99,7 @@ TEST(list_filters_newest_first)
         char id[16];
         snprintf(id, sizeof id, "L%d", i);
         struct bq_task_new t = {id, i % 2 ? "odd" : "even", NULL, i < 3 ? "working" : NULL,
-                                NULL, NULL};
+                                NULL, NULL, NULL, 0};
         struct bq_task_result r;
         CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
     }
@@ -138,7 +138,7 @@ static void *hammer(void *arg)
 TEST(threads_share_one_store)
 {
     bq_storage *a = open_mem(), *b = open_mem();
-    struct bq_task_new t = {"shared", NULL, NULL, "working", NULL, NULL};
+    struct bq_task_new t = {"shared", NULL, NULL, "working", NULL, NULL, "w1", 1};
     struct bq_task_result r;
     CHECK_INT(a->ops->create(a, &t, &r, NULL), BQ_OK);
     pthread_t th[4];
@@ -149,7 +149,7 @@ TEST(threads_share_one_store)
     struct bq_task_rec rec;
     bool found;
     CHECK_INT(b->ops->get(b, "shared", &rec, &found, NULL), BQ_OK);
-    CHECK_INT(rec.attempts, 8000);
+    CHECK_INT(rec.attempts, 8001); /* 8,000 increments on top of the starting 1 */
     bq_task_rec_clear(&rec);
     bq_storage_unref(a);
     bq_storage_unref(b);

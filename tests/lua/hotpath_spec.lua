@@ -1,0 +1,133 @@
+-- The pieces the performance work added to the worker's hot path: the UTF-8 check and the
+-- ISO 8601 parser in C, the storage's one-call start and finish, and the worker's fast start
+-- of a first delivery (a stored task, and one no producer recorded).
+
+local bq = require("binduq")
+local core = require("binduq.core")
+local json = require("binduq.json")
+
+describe("core.utf8_check", function()
+    local cases = {
+        "", "plain ascii", ("0123456789abcdef"):rep(5), "héllo wörld", "日本語のテキスト",
+        "emoji \u{1F600} at the end", ("a"):rep(7) .. "é" .. ("b"):rep(9),
+        "bad \xff byte", ("a"):rep(17) .. "\xc3", "\xed\xa0\x80 surrogate", "\xf4\x90\x80\x80 too high",
+        "\xc0\xaf overlong", ("x"):rep(31) .. "\x80", "\xe6\x97 cut", ("ok"):rep(20) .. "\xf0\x9f\x98",
+    }
+    for i, s in ipairs(cases) do
+        it("agrees with utf8.len on case " .. i, function()
+            local n, bad = utf8.len(s)
+            local ok, pos = core.utf8_check(s)
+            assert.are.equal(n ~= nil, ok)
+            if not n then assert.are.equal(bad, pos) end
+        end)
+    end
+end)
+
+describe("core.parse_iso8601", function()
+    it("reads UTC, fractions and offsets", function()
+        assert.are.equal(0, core.parse_iso8601("1970-01-01T00:00:00Z"))
+        assert.are.equal(1767225600, core.parse_iso8601("2026-01-01T00:00:00.000Z"))
+        assert.are.equal(1709202896.5, core.parse_iso8601("2024-02-29T12:34:56.5+02:00"))
+        assert.are.equal(951888600, core.parse_iso8601("2000-03-01T00:00:00-05:30"))
+        assert.are.equal(946684799, core.parse_iso8601("1999-12-31T23:59:59"))
+        assert.are.equal(os.time{ year = 2031, month = 7, day = 4, hour = 5, min = 6, sec = 7, isdst = false }
+                         - os.time{ year = 1970, month = 1, day = 1, hour = 0, isdst = false },
+                         core.parse_iso8601("2031-07-04T05:06:07Z"))
+    end)
+    it("refuses what is not a timestamp", function()
+        for _, s in ipairs({ "", "2026-01-01", "2026-13-01T00:00:00Z", "2026-01-32T00:00:00Z",
+                             "2026-01-01T24:00:00Z", "2026-01-01T00:00:00Zx", "26-01-01T00:00:00Z",
+                             "2026-01-01T00:00:00+0200", "yesterday" }) do
+            assert.is_nil(core.parse_iso8601(s), s)
+        end
+    end)
+end)
+
+describe("storage start and finish (memory)", function()
+    local st
+    before_each(function()
+        core.storage_reset()
+        st = core.storage{ type = "memory" }
+    end)
+
+    it("starts only a submitted task, counting the attempt", function()
+        assert.are.same({ false, false, "", 0 }, { st:start("hp:none", "w1") })
+        assert.is_true((st:create{ id = "hp:a", history = '[{"role":"user","content":"hi"}]' }))
+        assert.are.same({ true, "working", "", 1 }, { st:start("hp:a", "w1") })
+        assert.are.same({ false, "working", "", 1 }, { st:start("hp:a", "w2") })
+        local rec = st:get("hp:a")
+        assert.are.equal("w1", rec.worker)
+        assert.are.equal(1, rec.attempts)
+    end)
+
+    it("finishes a working task with the handler's messages and artifacts", function()
+        st:create{ id = "hp:b", history = '[{"role":"user","content":"hi"}]' }
+        st:start("hp:b", "w1")
+        st:change{ id = "hp:b", from = "working", requested = "pause", error = '{"code":"X"}' }
+        assert.are.same({ true, "completed", "" },
+                        { st:finish("hp:b", "completed", '[{"role":"agent","content":"yo"}]', '[{"name":"r"}]') })
+        local rec = st:get("hp:b")
+        assert.are.same({ { role = "user", content = "hi" }, { role = "agent", content = "yo" } }, json.decode(rec.history))
+        assert.are.same({ { name = "r" } }, json.decode(rec.artifacts))
+        assert.is_nil(rec.requested)
+        assert.is_nil(rec.error)
+        -- terminal: neither finishes nor starts again
+        assert.are.same({ false, "completed", "" }, { st:finish("hp:b", "failed") })
+        assert.are.same({ false, "completed", "", 1 }, { st:start("hp:b", "w1") })
+    end)
+
+    it("creates a task already working, with its worker and attempts", function()
+        assert.are.same({ true, "working" }, { st:create{ id = "hp:c", state = "working", worker = "w9", attempts = 1 } })
+        local rec = st:get("hp:c")
+        assert.are.equal("w9", rec.worker)
+        assert.are.equal(1, rec.attempts)
+        assert.has_error(function() st:create{ id = "hp:d", attempts = -1 } end)
+    end)
+end)
+
+describe("the worker's fast start", function()
+    local fixture = "tests/lua/fixtures/lifecycle_worker.lua"
+    before_each(function() core.storage_reset() end)
+
+    -- Drains queue q with the lifecycle fixture's handler at concurrency 1.
+    local function drain(q)
+        local w = dofile(fixture){ queue = q, concurrency = 1 }
+        local stats = w:drain()
+        w:close()
+        return stats
+    end
+
+    it("records a task no producer recorded, running, then completed", function()
+        local q = "spec:hotpath:raw:" .. os.time()
+        local s = bq.scheduler{ type = "memory", queue_name = q }
+        assert(s:push_raw('{"type":"run","task_id":"hp:raw","messages":[{"role":"user","content":"hey"}]}'))
+        local stats = drain(q)
+        assert.are.equal(1, stats.completed)
+        local rec = core.storage{ type = "memory" }:get("hp:raw")
+        assert.are.equal("completed", rec.state)
+        assert.are.equal(1, rec.attempts)
+        assert.are.same({ { role = "user", content = "hey" }, { role = "agent", content = "answer: hey (1)" } },
+                        json.decode(rec.history))
+        s:close()
+    end)
+
+    it("gives a task that ran before its stored history and checkpoint", function()
+        local q = "spec:hotpath:again:" .. os.time()
+        local s = bq.scheduler{ type = "memory", queue_name = q }
+        assert(s:schedule{ type = "run", task_id = "hp:again", messages = { "steps:4" } })
+        local st = core.storage{ type = "memory" }
+        -- as after a shutdown that handed the task back: it ran once, checkpointed, and is
+        -- submitted again with its original message
+        st:start("hp:again", "old-worker")
+        st:change{ id = "hp:again", from = "working", to = "submitted", checkpoint = "3" }
+        local stats = drain(q)
+        assert.are.equal(1, stats.completed)
+        local rec = st:get("hp:again")
+        assert.are.equal("completed", rec.state)
+        assert.are.equal(2, rec.attempts)
+        local history = json.decode(rec.history)
+        assert.are.equal(2, #history)
+        assert.matches("^counted 3%.%.4 on ", history[2].content)
+        s:close()
+    end)
+end)
