@@ -1,16 +1,20 @@
 -- bench.lua -- binduq's benchmark, run by `make bench` (tests/bench/run).
 --
 -- Against a throwaway redis-server on a free loopback port it measures, in one run:
---   enqueue   100,000 tasks of 300 bytes, pipelined in batches of 1,000, and 10,000 one at a time
---   process   the 100,000 queued tasks with a no-op Lua handler (one worker process)
+--   enqueue   100,000 tasks of 300 bytes, pipelined in batches of 1,000 (Lua schedule_many and
+--             C bq_schedule_many), and 10,000 one at a time (Lua schedule and C bq_schedule)
+--   process   the 100,000 queued tasks with a no-op Lua handler (one worker), at-least-once
+--             and at-most-once, with the worker's and Redis' CPU seconds per 10,000 tasks
 --   pickup    latency from the producer's LPUSH to the handler's start, at idle (1,000 samples)
+--   memory    a worker process at concurrency 8: its peak resident set, and its CPU when idle
 --   tls       20,000 tasks enqueued and processed over rediss://, against plain TCP
 --   storage   processing 10,000 tasks with their state in a throwaway PostgreSQL, against the
 --             same run with the state in memory, and pgbench's simple-update rate there
 -- and prints each next to what Redis itself does on the same server in the same run
--- (redis-benchmark LPUSH and RPOP with a 300-byte payload, and its single-client round trip),
--- as a ratio, because these machines are shared and noisy. Logging is at "warn" so the
--- figures measure the queue, not the log.
+-- (redis-benchmark LPUSH and RPOP with a 300-byte payload, a plain hiredis LPUSH loop,
+-- pgbench), as a ratio, because these machines are shared and noisy. Every figure is taken
+-- BENCH_REPEAT times (3) and the median printed. Logging is at "warn" so the figures measure
+-- the queue, not the log.
 
 package.path = "tests/?.lua;" .. package.path
 local bq = require("binduq")
@@ -30,6 +34,8 @@ local CONCURRENCY = tonumber(os.getenv("BENCH_CONCURRENCY")) or 1
 -- previous task (the plain run they are compared with does the same).
 local PREFETCH = tonumber(os.getenv("BENCH_PREFETCH")) or 1
 local PAYLOAD = 300
+local REPEAT = tonumber(os.getenv("BENCH_REPEAT")) or 3
+local CBENCH = "build/bench/cbench"
 
 bq.log_configure{ level = "warn" }
 io.stdout:setvbuf("line")
@@ -56,6 +62,40 @@ local function op(i, prefix)
     return t
 end
 
+-- Runs fn(r) for r = 1..REPEAT; each returns a table of figures. Returns the median of each.
+local function median_of(label, fn)
+    local runs = {}
+    for r = 1, REPEAT do
+        runs[r] = fn(r)
+        local parts = {}
+        for k, v in pairs(runs[r]) do parts[#parts + 1] = ("%s %.4g"):format(k, v) end
+        table.sort(parts)
+        io.write(("  %s, run %d of %d: %s\n"):format(label, r, REPEAT, table.concat(parts, ", ")))
+    end
+    local med = {}
+    for k in pairs(runs[1]) do
+        local vals = {}
+        for r = 1, REPEAT do vals[r] = runs[r][k] end
+        table.sort(vals)
+        med[k] = vals[(REPEAT + 1) // 2]
+    end
+    return med
+end
+
+-- Redis' own CPU seconds (user + sys) so far, from INFO cpu.
+local function redis_cpu(server)
+    local info = server:cli("INFO", "cpu")
+    return tonumber(info:match("used_cpu_user:([%d.]+)")) + tonumber(info:match("used_cpu_sys:([%d.]+)"))
+end
+
+-- One figure of the C side (tests/bench/cbench.c).
+local function cbench(mode, port, queue, n)
+    local out = proc.sh(("%s %s 127.0.0.1 %d %s %d %d 2>&1"):format(CBENCH, mode, port, proc.quote(queue), n, PAYLOAD))
+    local rate = tonumber(out:match("^(%d+)"))
+    assert(rate, "cbench " .. mode .. " said: " .. out)
+    return rate
+end
+
 local function percentile(sorted, p)
     local k = math.max(1, math.ceil(#sorted * p))
     return sorted[k]
@@ -71,11 +111,18 @@ local ok, err = pcall(function()
     say("redis-server %s on 127.0.0.1:%d", server:cli("INFO", "server"):match("redis_version:(%S+)"), server.port)
 
     step("Redis' own limits on this server (redis-benchmark, 50 clients)")
-    local lpush_rps = redis_benchmark(server.port, "lpush")
-    local rpop_rps = redis_benchmark(server.port, "rpop")
-    local lpush_p_rps = redis_benchmark(server.port, "lpush", "-P 100")
-    local rpop_p_rps = redis_benchmark(server.port, "rpop", "-P 100")
-    local _, rtt_p50 = redis_benchmark(server.port, "lpush", "-c 1 -n 20000")
+    local lim = median_of("redis-benchmark", function()
+        local f = {}
+        f.lpush = redis_benchmark(server.port, "lpush")
+        f.rpop = redis_benchmark(server.port, "rpop")
+        f.lpush_p = redis_benchmark(server.port, "lpush", "-P 100")
+        f.rpop_p = redis_benchmark(server.port, "rpop", "-P 100")
+        f.rtt_ms = select(2, redis_benchmark(server.port, "lpush", "-c 1 -n 20000"))
+        server:cli("FLUSHALL")
+        return f
+    end)
+    local lpush_rps, rpop_rps, lpush_p_rps, rpop_p_rps, rtt_p50 = lim.lpush, lim.rpop, lim.lpush_p, lim.rpop_p,
+        lim.rtt_ms
     say("LPUSH %9.0f/s   RPOP %9.0f/s   (no pipelining)", lpush_rps, rpop_rps)
     say("LPUSH %9.0f/s   RPOP %9.0f/s   (pipeline of 100)", lpush_p_rps, rpop_p_rps)
     say("single-client LPUSH round trip p50 %.3f ms", rtt_p50)
@@ -83,40 +130,72 @@ local ok, err = pcall(function()
 
     local queue = "{bench" .. math.random(1, 1e9) .. "}"
     local s = bq.scheduler{ url = server.url, queue_name = queue, dedup = false }
-
-    local batches = {}
-    for b = 0, N / 1000 - 1 do
-        local list = {}
-        for i = 1, 1000 do list[i] = op(b * 1000 + i, "b") end
-        batches[#batches + 1] = list
-    end
     local make = dofile("tests/bench/noop_worker.lua")
-    local enq, rate = nil, {}
-    for _, delivery in ipairs({ "at-least-once", "at-most-once" }) do
-        step(("enqueue %d tasks, pipelined in batches of 1000 (no deduplication)"):format(N))
-        local t0 = core.monotonic()
-        for _, list in ipairs(batches) do assert(s:schedule_many(list)) end
-        enq = enq or N / (core.monotonic() - t0)
-        assert(tonumber(s:queue_length()) == N)
 
-        step(("process them: one worker, concurrency %d, no-op handler, %s"):format(CONCURRENCY, delivery))
-        local w = make{ url = server.url, queue = queue, concurrency = CONCURRENCY, delivery = delivery }
-        t0 = core.monotonic()
-        local stats = w:drain()
-        rate[delivery] = stats.completed / (core.monotonic() - t0)
-        assert(stats.completed == N, ("completed %d of %d"):format(stats.completed, N))
-        w:close()
-        -- the next round uses fresh task ids: the worker skips ids it has finished already
-        for _, list in ipairs(batches) do
-            for _, t in ipairs(list) do t.task_id = t.task_id .. "x" end
+    -- 100 batches of 1,000 task operations; fresh ids for every run (a worker skips the ids
+    -- it finished already).
+    local function batches_for(prefix)
+        local out = {}
+        for b = 0, N / 1000 - 1 do
+            local list = {}
+            for i = 1, 1000 do list[i] = op(b * 1000 + i, prefix) end
+            out[#out + 1] = list
         end
+        return out
     end
-    local proc_rate = rate["at-least-once"]
+
+    local proc_fig = {}
+    for _, delivery in ipairs({ "at-least-once", "at-most-once" }) do
+        step(("enqueue %d tasks (Lua, pipelined in batches of 1000), then process them: one worker, concurrency %d, no-op handler, %s")
+            :format(N, CONCURRENCY, delivery))
+        proc_fig[delivery] = median_of(delivery, function(r)
+            local batches = batches_for((delivery == "at-least-once" and "pl" or "pm") .. r .. "-")
+            local t0 = core.monotonic()
+            for _, list in ipairs(batches) do assert(s:schedule_many(list)) end
+            local enq = N / (core.monotonic() - t0)
+            assert(tonumber(s:queue_length()) == N)
+            batches = nil
+            collectgarbage()
+            local w = make{ url = server.url, queue = queue, concurrency = CONCURRENCY, delivery = delivery }
+            local rc0, c0 = redis_cpu(server), os.clock()
+            t0 = core.monotonic()
+            local stats = w:drain()
+            local rate = stats.completed / (core.monotonic() - t0)
+            local cpu, rcpu = os.clock() - c0, redis_cpu(server) - rc0
+            assert(stats.completed == N, ("completed %d of %d"):format(stats.completed, N))
+            w:close()
+            return { enqueue = enq, rate = rate, cpu = cpu * 10000 / N, redis_cpu = rcpu * 10000 / N }
+        end)
+    end
+    local proc_rate = proc_fig["at-least-once"].rate
+    local enq = proc_fig["at-least-once"].enqueue
+
+    step(("enqueue from C (libbinduq): %d tasks with bq_schedule_many in batches of 1000; %d one at a time with bq_schedule, against a plain hiredis LPUSH loop")
+        :format(N, N_SYNC))
+    local cfig = median_of("C enqueue", function()
+        local many = cbench("schedule-many", server.port, queue .. ":c", N)
+        local one = cbench("schedule", server.port, queue .. ":c", N_SYNC)
+        local loop = cbench("lpush-loop", server.port, queue .. ":c", N_SYNC)
+        server:cli("DEL", queue .. ":c")
+        return { many = many, one = one, loop = loop }
+    end)
+
+    step(("enqueue %d tasks one at a time from Lua (synchronous)"):format(N_SYNC))
+    local sync_fig = median_of("Lua one at a time", function(r)
+        local ops = {}
+        for i = 1, N_SYNC do ops[i] = op(i, "sy" .. r .. "-") end
+        local t0 = core.monotonic()
+        for i = 1, N_SYNC do assert(s:schedule(ops[i])) end
+        local rate = N_SYNC / (core.monotonic() - t0)
+        server:cli("DEL", queue)
+        return { rate = rate }
+    end)
+    local enq_sync = sync_fig.rate
 
     -- The advanced patterns, each against a plain run of the same size in this run.
     local function process(variant, prefix, route)
         local sched = bq.scheduler{ url = server.url, queue_name = queue, dedup = false,
-                                    route = route and function(op) return op.metadata.q end or nil }
+                                    route = route and function(o) return o.metadata.q end or nil }
         local list = {}
         for i = 1, NV do
             list[#list + 1] = op(i, prefix)
@@ -125,6 +204,7 @@ local ok, err = pcall(function()
             end
             if #list == 1000 then assert(sched:schedule_many(list)); list = {} end
         end
+        if #list > 0 then assert(sched:schedule_many(list)) end
         sched:close()
         local w = make{ url = server.url, queue = queue, concurrency = CONCURRENCY, variant = variant,
                         prefetch = PREFETCH }
@@ -136,42 +216,86 @@ local ok, err = pcall(function()
     end
     step(("advanced patterns, %d tasks each, prefetch %d: plain, routing over 3 queues, a rate-limit key per task")
         :format(NV, PREFETCH))
-    local plain_v = process(nil, "v0")
-    local routing_v = process("routing", "v1", true)
-    local ratelimit_v = process("ratelimit", "v2")
-    step(("enqueue %d tasks with deduplication on, pipelined"):format(N))
-    local sd = bq.scheduler{ url = server.url, queue_name = queue .. ":dedup" }
-    local t0 = core.monotonic()
-    for _, list in ipairs(batches) do assert(sd:schedule_many(list)) end
-    local enq_dedup = N / (core.monotonic() - t0)
-    assert(sd:queue_length() == N)
-    sd:close()
-    server:cli("DEL", queue .. ":dedup")
+    local adv = median_of("patterns", function(r)
+        return { plain = process(nil, "v0-" .. r .. "-"), routing = process("routing", "v1-" .. r .. "-", true),
+                 ratelimit = process("ratelimit", "v2-" .. r .. "-") }
+    end)
+    local plain_v, routing_v, ratelimit_v = adv.plain, adv.routing, adv.ratelimit
 
-    step(("enqueue %d tasks one at a time (synchronous)"):format(N_SYNC))
-    local ops = {}
-    for i = 1, N_SYNC do ops[i] = op(i, "s") end
-    t0 = core.monotonic()
-    for i = 1, N_SYNC do assert(s:schedule(ops[i])) end
-    local enq_sync = N_SYNC / (core.monotonic() - t0)
-    server:cli("DEL", queue)
+    step(("enqueue %d tasks with deduplication on, pipelined"):format(N))
+    local dedup_fig = median_of("deduplicated", function(r)
+        local batches = batches_for("dd" .. r .. "-")
+        local sd = bq.scheduler{ url = server.url, queue_name = queue .. ":dedup" }
+        local t0 = core.monotonic()
+        for _, list in ipairs(batches) do assert(sd:schedule_many(list)) end
+        local rate = N / (core.monotonic() - t0)
+        assert(sd:queue_length() == N)
+        sd:close()
+        server:cli("DEL", queue .. ":dedup")
+        return { rate = rate }
+    end)
+    local enq_dedup = dedup_fig.rate
+
 
     step(("pickup latency at idle: %d samples, producer LPUSH to handler start"):format(N_LAT))
-    local got
-    w = make{ url = server.url, queue = queue, concurrency = 1, on_result = function(r) got = r.result end }
-    w:start()
-    local lat = {}
-    for i = 1, N_LAT do
-        got = nil
-        proc.sleep(0.001) -- let the worker go back to its blocking pop
-        assert(s:schedule{ type = "run", task_id = "l" .. i, messages = { ("t=%.9f"):format(core.monotonic()) } })
-        while got == nil do assert(w:poll(5) ~= false) end
-        lat[i] = got * 1000
-    end
-    w:stop()
-    while w:poll(5) ~= false do end
-    table.sort(lat)
+    local lat_fig = median_of("pickup", function(r)
+        local got
+        local w = make{ url = server.url, queue = queue, concurrency = 1, on_result = function(res) got = res.result end }
+        w:start()
+        local lat = {}
+        for i = 1, N_LAT do
+            got = nil
+            proc.sleep(0.001) -- let the worker go back to its blocking pop
+            assert(s:schedule{ type = "run", task_id = "lat" .. r .. "-" .. i,
+                               messages = { ("t=%.9f"):format(core.monotonic()) } })
+            local deadline = core.monotonic() + 10
+            while got == nil do
+                assert(w:poll(1) ~= false)
+                assert(core.monotonic() < deadline, ("pickup: no result for task %d in 10 s"):format(i))
+            end
+            lat[i] = got * 1000
+        end
+        w:stop()
+        while w:poll(5) ~= false do end
+        table.sort(lat)
+        return { p50 = percentile(lat, 0.5), p99 = percentile(lat, 0.99) }
+    end)
     s:close()
+
+    step(("a worker process at concurrency 8: peak memory draining %d tasks, then its CPU while idle for 3 s")
+        :format(NV))
+    local mem_fig = median_of("worker process", function(r)
+        local qn = queue .. ":proc"
+        local sp = bq.scheduler{ url = server.url, queue_name = qn, dedup = false }
+        local list = {}
+        for i = 1, NV do
+            list[#list + 1] = op(i, "rss" .. r .. "-")
+            if #list == 1000 then assert(sp:schedule_many(list)); list = {} end
+        end
+        if #list > 0 then assert(sp:schedule_many(list)) end
+        sp:close()
+        local env = { BENCH_URL = server.url, BENCH_QUEUE = qn, BENCH_CONCURRENCY = "8" }
+        local rc, out = proc.run("build/binduq-lua tests/bench/proc_worker.lua drain", { env = env, timeout = 120 })
+        assert(rc == 0, "proc_worker drain: " .. out)
+        local fig = {}
+        for k, v in out:gmatch("([%w_]+)=([%d.]+)") do fig[k] = tonumber(v) end
+        assert(fig.completed == NV, "proc_worker: " .. out)
+        -- idle: a worker blocked on an empty queue, its CPU ticks over 3 s
+        local p = proc.spawn("build/binduq-lua tests/bench/proc_worker.lua run", { env = env })
+        proc.sleep(1)
+        local function ticks()
+            local st = proc.read("/proc/" .. p.pid .. "/stat") or ""
+            local fields = {}
+            for f in st:gsub("^.-%) ", ""):gmatch("%S+") do fields[#fields + 1] = f end
+            return (tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0) -- utime, stime
+        end
+        local t0 = ticks()
+        proc.sleep(3)
+        local idle = (ticks() - t0) / 100 / 3 * 100 -- percent of one core (USER_HZ 100)
+        proc.stop(p, 5)
+        return { hwm_mib = fig.hwm_kb / 1024, private_mib = fig.anon_kb / 1024,
+                 cpu = fig.cpu_s * 10000 / NV, idle_pct = idle }
+    end)
 
     step(("TLS: %d tasks enqueued (pipelined) and processed over rediss://, then over plain TCP")
         :format(NV))
@@ -183,6 +307,7 @@ local ok, err = pcall(function()
             list[#list + 1] = op(i, tag)
             if #list == 1000 then assert(st:schedule_many(list)); list = {} end
         end
+        if #list > 0 then assert(st:schedule_many(list)) end
         local e = NV / (core.monotonic() - t1)
         st:close()
         local wt = make{ url = url, queue = qn, concurrency = CONCURRENCY, prefetch = PREFETCH, tls = tlsopt }
@@ -192,11 +317,17 @@ local ok, err = pcall(function()
         wt:close()
         return e, NV / (core.monotonic() - t1)
     end
-    tls_enq, tls_proc = over(server.tls_url, "tls", { ca_file = certs.ca })
-    tcp_enq, tcp_proc = over(server.url, "tcp")
+    local tls_fig = median_of("TLS", function(r)
+        local te, tp = over(server.tls_url, "tls" .. r .. "-", { ca_file = certs.ca })
+        local ce, cp = over(server.url, "tcp" .. r .. "-")
+        return { tls_enqueue = te, tls_process = tp, tcp_enqueue = ce, tcp_process = cp }
+    end)
+    tls_enq, tls_proc, tcp_enq, tcp_proc = tls_fig.tls_enqueue, tls_fig.tls_process, tls_fig.tcp_enqueue,
+        tls_fig.tcp_process
 
     step(("task state in PostgreSQL: %d tasks, against the same in memory; pgbench on the same server")
         :format(N_PG))
+    if os.getenv("BENCH_DEBUG") then bq.log_configure{ level = "info" } end
     local db = pg.start()
     local okp, perr = pcall(function()
         local function stored_run(storage, prefix)
@@ -208,6 +339,7 @@ local ok, err = pcall(function()
                 list[#list + 1] = op(i, prefix)
                 if #list == 1000 then assert(sp:schedule_many(list)); list = {} end
             end
+            if #list > 0 then assert(sp:schedule_many(list)) end
             sp:close()
             local wp = make{ url = server.url, queue = qn, concurrency = CONCURRENCY, storage = storage }
             local t1 = core.monotonic()
@@ -216,33 +348,45 @@ local ok, err = pcall(function()
             wp:close()
             return N_PG / (core.monotonic() - t1)
         end
-        pg_mem = stored_run({ type = "memory" }, "pm")
-        pg_rate = stored_run({ type = "postgres", url = db.url }, "pp")
         local init = proc.sh(("pgbench -i -q -s 1 '%s' 2>&1"):format(db.url))
         assert(init:find("done", 1, true), "pgbench -i said: " .. init)
-        -- -N: the simple update (one UPDATE, one SELECT, one INSERT per transaction), with
-        -- as many clients as the worker has handler states.
-        local out = proc.sh(("pgbench -N -c %d -j 1 -T 5 '%s' 2>&1"):format(CONCURRENCY, db.url))
-        pgbench_tps_c = tonumber(out:match("tps = ([%d.]+)"))
-        assert(pgbench_tps_c, "pgbench said: " .. out)
+        local pg_fig = median_of("PostgreSQL", function(r)
+            local mem = stored_run({ type = "memory" }, "stm" .. r .. "-")
+            local rate = stored_run({ type = "postgres", url = db.url }, "stp" .. r .. "-")
+            -- -N: the simple update (one UPDATE, one SELECT, one INSERT per transaction), with
+            -- as many clients as the worker has handler states.
+            local out = proc.sh(("pgbench -N -c %d -j 1 -T 5 '%s' 2>&1"):format(CONCURRENCY, db.url))
+            local tps = tonumber(out:match("tps = ([%d.]+)"))
+            assert(tps, "pgbench said: " .. out)
+            return { memory = mem, postgres = rate, pgbench = tps }
+        end)
+        pg_mem, pg_rate, pgbench_tps_c = pg_fig.memory, pg_fig.postgres, pg_fig.pgbench
     end)
     db:stop()
     assert(okp, perr)
 
+    local al, am = proc_fig["at-least-once"], proc_fig["at-most-once"]
     print()
-    print("results (ratio = binduq / Redis' own figure on the same server, same run)")
-    print(("  enqueue, pipelined      %9.0f tasks/s   %5.2f x redis-benchmark LPUSH (%.0f/s)")
+    print(("results: the median of %d runs each (ratio = binduq / the limit measured on the same server, same run)")
+        :format(REPEAT))
+    print(("  enqueue, pipelined, Lua %9.0f tasks/s   %5.2f x redis-benchmark LPUSH (%.0f/s)")
         :format(enq, enq / lpush_rps, lpush_rps))
     print(("                                            %5.2f x pipelined LPUSH (%.0f/s)")
         :format(enq / lpush_p_rps, lpush_p_rps))
-    print(("  enqueue, one at a time  %9.0f tasks/s   %5.2f x single-client round trips (%.0f/s)")
-        :format(enq_sync, enq_sync / (1000 / rtt_p50), 1000 / rtt_p50))
+    print(("  enqueue, pipelined, C   %9.0f tasks/s   %5.2f x pipelined LPUSH (bq_schedule_many)")
+        :format(cfig.many, cfig.many / lpush_p_rps))
+    print(("  enqueue, one at a time  %9.0f tasks/s   %5.2f x a plain hiredis LPUSH loop (%.0f/s) (C, bq_schedule)")
+        :format(cfig.one, cfig.one / cfig.loop, cfig.loop))
+    print(("                    Lua   %9.0f tasks/s   %5.2f x the hiredis LPUSH loop (Lua schedule)")
+        :format(enq_sync, enq_sync / cfig.loop))
     print(("  process, at-least-once  %9.0f tasks/s   %5.2f x redis-benchmark RPOP (%.0f/s)")
         :format(proc_rate, proc_rate / rpop_rps, rpop_rps))
     print(("                                            %5.2f x pipelined RPOP (%.0f/s)")
         :format(proc_rate / rpop_p_rps, rpop_p_rps))
     print(("  process, at-most-once   %9.0f tasks/s   %5.2f x redis-benchmark RPOP; at-least-once is %.2f x this")
-        :format(rate["at-most-once"], rate["at-most-once"] / rpop_rps, proc_rate / rate["at-most-once"]))
+        :format(am.rate, am.rate / rpop_rps, proc_rate / am.rate))
+    print(("  CPU per 10,000 tasks    worker %.3f s, Redis %.3f s (at-least-once); worker %.3f s, Redis %.3f s (at-most-once)")
+        :format(al.cpu, al.redis_cpu, am.cpu, am.redis_cpu))
     print(("  process, 3 queues       %9.0f tasks/s   %5.2f x the plain run (%.0f/s, %d tasks each)")
         :format(routing_v, routing_v / plain_v, plain_v, NV))
     print(("  process, rate limited   %9.0f tasks/s   %5.2f x the plain run (a limiter key per task)")
@@ -250,8 +394,9 @@ local ok, err = pcall(function()
     print(("  enqueue, deduplicated   %9.0f tasks/s   %5.2f x pipelined enqueue without deduplication")
         :format(enq_dedup, enq_dedup / enq))
     print(("  pickup latency          p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x the LPUSH round trip (%.3f ms)")
-        :format(percentile(lat, 0.5), percentile(lat, 0.99), percentile(lat, 0.5) / rtt_p50,
-                percentile(lat, 0.99) / rtt_p50, rtt_p50))
+        :format(lat_fig.p50, lat_fig.p99, lat_fig.p50 / rtt_p50, lat_fig.p99 / rtt_p50, rtt_p50))
+    print(("  worker process, conc. 8 peak RSS %.1f MiB (private %.1f MiB), CPU %.3f s per 10,000 tasks, idle %.2f %% CPU")
+        :format(mem_fig.hwm_mib, mem_fig.private_mib, mem_fig.cpu, mem_fig.idle_pct))
     print(("  enqueue over TLS        %9.0f tasks/s   %5.2f x the same over plain TCP (%.0f/s)")
         :format(tls_enq, tls_enq / tcp_enq, tcp_enq))
     print(("  process over TLS        %9.0f tasks/s   %5.2f x the same over plain TCP (%.0f/s, prefetch %d)")
