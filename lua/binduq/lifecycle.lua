@@ -327,6 +327,17 @@ function M.make_process(w, info)
         return nil, "nothing to resume: the task is " .. state
     end
 
+    -- Records a task queued by a producer that keeps no state here (Bindu's, a raw LPUSH),
+    -- as submitted, or as "working" when this worker starts it at once.
+    local function record(task, state)
+        local working = state == "working"
+        return store:create{ id = task.task_id, context_id = task.conversation_id, queue = task.queue,
+                             history = json.array(task.messages or {}),
+                             metadata = task.metadata and json.encode(task.metadata) or nil,
+                             state = state, worker = working and info.worker_id or nil,
+                             attempts = working and 1 or nil }
+    end
+
     -- A run's first delivery, the common case, starts with one storage call: submitted ->
     -- working (or, for a task nobody recorded, a record created as working). Returns the
     -- record the handler starts from, or nil to take the general path; or false, what, why,
@@ -345,10 +356,7 @@ function M.make_process(w, info)
             return rec
         elseif now == false then
             -- Queued by a producer that keeps no state here (Bindu's, a raw LPUSH): record it.
-            local ok, st2, c3 = store:create{ id = id, context_id = task.conversation_id, queue = task.queue,
-                                              history = json.array(task.messages),
-                                              metadata = task.metadata and json.encode(task.metadata) or nil,
-                                              state = "working", worker = info.worker_id, attempts = 1 }
+            local ok, st2, c3 = record(task, "working")
             if ok == nil then return false, "create", st2, c3 end
             if ok then return { attempts = 0, context_id = task.conversation_id } end
         end
@@ -375,9 +383,7 @@ function M.make_process(w, info)
             if rec == false then
                 if task.type == "resume" then return skipped(task, header, "nothing to resume: the task is unknown") end
                 -- Queued by a producer that keeps no state here (Bindu's, a raw LPUSH): record it.
-                local ok, st2, c2 = store:create{ id = id, context_id = task.conversation_id, queue = task.queue,
-                                                  history = json.array(task.messages or {}),
-                                                  metadata = task.metadata and json.encode(task.metadata) or nil }
+                local ok, st2, c2 = record(task)
                 if ok == nil then return storage_failed(task, header, "create", st2, c2) end
                 if ok then
                     rec = { state = "submitted", attempts = 0, context_id = task.conversation_id }

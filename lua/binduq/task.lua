@@ -123,16 +123,22 @@ local function check_messages(list, where, required)
     return out
 end
 
--- Optional field of a given Lua type; nulls become nil.
-local function opt(t, k, ty, label)
+-- Decoded JSON needs no full scan to tell arrays from objects: object keys are strings, so
+-- a non-empty array is exactly a table with [1] (an empty one is both, as in is_array).
+local function dec_array(v) return type(v) == "table" and (v[1] ~= nil or next(v) == nil) end
+local function dec_object(v) return type(v) == "table" and v[1] == nil end
+
+-- Optional field of a given Lua type; nulls become nil. `decoded`: v came from lua-cjson,
+-- so the cheap array and object tests above are exact.
+local function opt(t, k, ty, label, decoded)
     local v = t[k]
     if v == nil or v == null then return true, nil end
     if ty == "array" then
-        if not is_array(v) then return nil, (label or k) .. " must be an array" end
+        if not (decoded and dec_array or is_array)(v) then return nil, (label or k) .. " must be an array" end
     elseif ty == "object" then
-        if type(v) ~= "table" or (next(v) ~= nil and is_array(v)) then
-            return nil, (label or k) .. " must be an object"
-        end
+        local object
+        if decoded then object = dec_object(v) else object = type(v) == "table" and (next(v) == nil or not is_array(v)) end
+        if not object then return nil, (label or k) .. " must be an object" end
     elseif type(v) ~= ty then
         return nil, (label or k) .. " must be a " .. ty .. " (got " .. type(v) .. ")"
     end
@@ -145,10 +151,6 @@ local function partial(ty, id)
              task_id = type(id) == "string" and #id <= M.MAX_ID_LEN and utf8.len(id) and id or nil }
 end
 
--- Decoded JSON needs no full scan to tell arrays from objects: object keys are strings, so
--- a non-empty array is exactly a table with [1] (an empty one is both, as in is_array).
-local function dec_array(v) return type(v) == "table" and (v[1] ~= nil or next(v) == nil) end
-local function dec_object(v) return type(v) == "table" and v[1] == nil end
 
 -- check_message for decoded input: the same rules, but the table is ours to change in place.
 local function label(list, i) return list .. "[" .. i .. "]" end -- built only for an error
@@ -192,19 +194,6 @@ local function dec_messages(list, where, required)
     return list
 end
 
--- opt for decoded input.
-local function dec_opt(t, k, ty, label)
-    local v = t[k]
-    if v == nil or v == null then return true, nil end
-    if ty == "array" then
-        if not dec_array(v) then return nil, (label or k) .. " must be an array" end
-    elseif ty == "object" then
-        if not dec_object(v) then return nil, (label or k) .. " must be an object" end
-    elseif type(v) ~= ty then
-        return nil, (label or k) .. " must be a " .. ty .. " (got " .. type(v) .. ")"
-    end
-    return true, v
-end
 
 local NATIVE_OPTIONAL = {
     "artifacts", "array", "timestamp", "string", "metadata", "object", "trace_id", "string",
@@ -238,7 +227,7 @@ local function decode_native(t)
         local v = t[k]
         if v ~= nil then
             local okf
-            okf, v = dec_opt(t, k, NATIVE_OPTIONAL[i + 1])
+            okf, v = opt(t, k, NATIVE_OPTIONAL[i + 1], nil, true)
             if not okf then return nil, v, task end
             task[k] = v
         end
@@ -281,11 +270,11 @@ local function decode_bindu(t)
     if not msgs then return nil, why, task end
     task.messages = msgs
     for _, k in ipairs(TRACE_FIELDS) do
-        local okf, v = dec_opt(t, k, "string")
+        local okf, v = opt(t, k, "string", nil, true)
         if not okf then return nil, v, task end
         task[k] = v
     end
-    local okm, meta = dec_opt(p, "metadata", "object", "params.metadata")
+    local okm, meta = opt(p, "metadata", "object", "params.metadata", true)
     if not okm then return nil, meta, task end
     task.metadata = meta
     task.artifacts = {}
