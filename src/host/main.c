@@ -14,6 +14,7 @@
  */
 #include "../binduq.h"
 #include "../core/alloc.h"
+#include "../core/arena.h"
 #include "../lua/binding.h"
 
 #include <hiredis/hiredis.h>
@@ -288,8 +289,10 @@ int main(int argc, char **argv)
     }
     /* Writes to a closed socket must fail with EPIPE, not kill the process. */
     signal(SIGPIPE, SIG_IGN);
-    lua_State *L = lua_newstate(bq_lua_alloc, NULL);
+    bq_arena *pool = bq_arena_new();
+    lua_State *L = pool ? lua_newstate(bq_arena_lua_alloc, pool) : NULL;
     if (L == NULL) {
+        bq_arena_free(pool);
         fprintf(stderr, "%s: cannot create the Lua state: not enough memory\n", progname);
         return 1;
     }
@@ -303,5 +306,6 @@ int main(int argc, char **argv)
     else
         report(L, status);
     lua_close(L);
+    bq_arena_free(pool);
     return code;
 }

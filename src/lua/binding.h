@@ -46,9 +46,6 @@ int bq_lua_opt_boolean(lua_State *L, int idx, const char *key, int def);
  * which the caller keeps on the stack). May raise. */
 void bq_lua_client_options(lua_State *L, int idx, struct bq_client_options *o);
 
-/* The lua_Alloc of every Lua state binduq creates: through bq_realloc/bq_free. */
-void *bq_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
-
 /* The read end of the signal pipe when signals are trapped, else -1 (l_core.c). */
 int bq_lua_signal_fd(void);
 

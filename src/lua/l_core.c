@@ -34,16 +34,6 @@ int bq_lua_fail(lua_State *L, const bq_err *err)
     return 3;
 }
 
-void *bq_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    (void)ud, (void)osize;
-    if (nsize == 0) {
-        bq_free(ptr);
-        return NULL;
-    }
-    return bq_realloc(ptr, nsize);
-}
-
 /* Pushes t[key] and checks its type; returns 0 when nil. May raise. */
 static int opt_field(lua_State *L, int idx, const char *key, int type)
 {

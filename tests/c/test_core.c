@@ -1,12 +1,14 @@
 /*
  * test_core.c -- pure logic: backoff, the JSON string writer, UTF-8 validation, key layout,
- * the C task encoder, dead-letter entries, configuration resolution, log lines.
+ * the C task encoder, dead-letter entries, configuration resolution, log lines, the Lua
+ * states' small-object arena.
  */
 #include "check.h"
 
 #include "../../src/broker/broker.h"
 #include "../../src/broker/keys.h"
 #include "../../src/core/alloc.h"
+#include "../../src/core/arena.h"
 #include "../../src/core/backoff.h"
 #include "../../src/core/buf.h"
 #include "../../src/core/log.h"
@@ -316,6 +318,97 @@ TEST(sliding_window)
     CHECK_INT(admitted, 500);
 }
 
+static void fill(unsigned char *p, size_t n, unsigned seed)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (unsigned char)(seed * 31u + i);
+}
+
+static int intact(const unsigned char *p, size_t n, unsigned seed)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != (unsigned char)(seed * 31u + i))
+            return 0;
+    return 1;
+}
+
+TEST(arena_blocks_keep_their_bytes)
+{
+    bq_arena *a = bq_arena_new();
+    CHECK(a != NULL);
+    /* Every size up to past the arena's limit, then resized up and down across classes and
+     * across the limit: the contents survive every move. */
+    enum { N = BQ_ARENA_MAX + 100 };
+    unsigned char *b[N + 1] = {0};
+    for (size_t n = 1; n <= N; n++) {
+        b[n] = bq_arena_lua_alloc(a, NULL, 5 /* LUA_TTABLE: a kind, not a size */, n);
+        CHECK(b[n] != NULL);
+        CHECK(((uintptr_t)b[n] & 15) == 0);
+        fill(b[n], n, (unsigned)n);
+    }
+    for (size_t n = 1; n <= N; n++)
+        CHECK(intact(b[n], n, (unsigned)n));
+    for (size_t n = 1; n <= N; n += 7) {
+        size_t up = n * 3 + 1, down = n / 2 + 1, keep = down < n ? down : n;
+        b[n] = bq_arena_lua_alloc(a, b[n], n, up);
+        CHECK(b[n] != NULL && intact(b[n], n, (unsigned)n));
+        b[n] = bq_arena_lua_alloc(a, b[n], up, down);
+        CHECK(b[n] != NULL && intact(b[n], keep, (unsigned)n));
+        fill(b[n], down, (unsigned)n);
+        CHECK(bq_arena_lua_alloc(a, b[n], down, 0) == NULL);
+        b[n] = NULL;
+    }
+    for (size_t n = 1; n <= N; n++)
+        if (b[n] != NULL)
+            CHECK(bq_arena_lua_alloc(a, b[n], n, 0) == NULL);
+#if !defined(__SANITIZE_ADDRESS__)
+    /* A freed block is the next one of its class; a resize within a class stays put. */
+    void *x = bq_arena_lua_alloc(a, NULL, 0, 40);
+    CHECK(bq_arena_lua_alloc(a, x, 40, 48) == x);
+    bq_arena_lua_alloc(a, x, 48, 0);
+    CHECK(bq_arena_lua_alloc(a, NULL, 0, 33) == x);
+    size_t held = bq_arena_held(a);
+    CHECK(held > 0 && held % (32 * 1024) == 0);
+    /* Reuse does not grow the arena. */
+    for (int i = 0; i < 10000; i++) {
+        void *y = bq_arena_lua_alloc(a, NULL, 0, 100);
+        bq_arena_lua_alloc(a, y, 100, 0);
+    }
+    CHECK_INT(bq_arena_held(a), held);
+    bq_arena_lua_alloc(a, x, 33, 0);
+#endif
+    bq_arena_free(a);
+    bq_arena_free(NULL);
+}
+
+TEST(arena_out_of_memory_keeps_the_old_block)
+{
+    bq_arena *a = bq_arena_new();
+    CHECK(a != NULL);
+    unsigned char *p = bq_arena_lua_alloc(a, NULL, 0, 24);
+    CHECK(p != NULL);
+    fill(p, 24, 9);
+    /* Use up the current chunk's room for the largest class, then fail every allocation. */
+    void *keep[300] = {0};
+    int n = 0;
+    while (n < 64 && (keep[n] = bq_arena_lua_alloc(a, NULL, 0, BQ_ARENA_MAX)) != NULL)
+        n++;
+    bq_alloc_fail_after(0);
+    void *q = NULL;
+    while (n < 300 && (q = bq_arena_lua_alloc(a, NULL, 0, BQ_ARENA_MAX)) != NULL)
+        keep[n++] = q;
+    CHECK(q == NULL);
+    CHECK(bq_arena_lua_alloc(a, p, 24, 4000) == NULL); /* a failed move */
+    bq_alloc_fail_after(-1);
+    CHECK(intact(p, 24, 9));
+    unsigned char *r = bq_arena_lua_alloc(a, p, 24, 4000);
+    CHECK(r != NULL && intact(r, 24, 9));
+    bq_arena_lua_alloc(a, r, 4000, 0);
+    for (int i = 0; i < n; i++)
+        bq_arena_lua_alloc(a, keep[i], BQ_ARENA_MAX, 0);
+    bq_arena_free(a);
+}
+
 int main(void)
 {
     RUN(backoff_grows_and_caps);
@@ -329,5 +422,7 @@ int main(void)
     RUN(log_lines);
     RUN(buf_out_of_memory_is_sticky);
     RUN(sliding_window);
+    RUN(arena_blocks_keep_their_bytes);
+    RUN(arena_out_of_memory_keeps_the_old_block);
     return check_report("test_core");
 }
