@@ -140,6 +140,14 @@ local function enc_array(t)
     return json.encode(t)
 end
 
+-- The stored artifacts of a handler that returned a boolean or a number (`return true` is
+-- the common case): the same result artifact `response` builds, written without building it.
+local function scalar_artifacts(v)
+    local j = json.encode(v)
+    return j and '[{"name":"result","parts":[{"kind":"data","data":' .. j .. '}]}]'
+end
+local TRUE_ARTIFACTS = scalar_artifacts(true)
+
 -- ---- The per-message function ---------------------------------------------------------------
 
 function M.make_process(w, info)
@@ -272,12 +280,21 @@ function M.make_process(w, info)
     -- The outcome of a handler that returned normally.
     local function settle(task, header, res)
         local id = task.task_id
-        local state, msgs, arts = response(res)
-        if not state then
-            return failed(task, { code = "ERESULT", message = msgs, retryable = false }, header)
+        local state, h, a, bad = "completed", nil, nil, false
+        local tr = type(res)
+        if tr == "boolean" or tr == "number" then
+            a = res == true and TRUE_ARTIFACTS or scalar_artifacts(res)
+            bad = not a
+        elseif res ~= nil then
+            local msgs, arts
+            state, msgs, arts = response(res)
+            if not state then
+                return failed(task, { code = "ERESULT", message = msgs, retryable = false }, header)
+            end
+            h, a = enc_array(msgs), enc_array(arts)
+            bad = (#msgs > 0 and not h) or (#arts > 0 and not a)
         end
-        local h, a = enc_array(msgs), enc_array(arts)
-        if (#msgs > 0 and not h) or (#arts > 0 and not a) then
+        if bad then
             return failed(task, { code = "ERESULT", message = "the handler's message or artifacts cannot be encoded as JSON",
                                   retryable = false }, header)
         end

@@ -1,6 +1,7 @@
 -- The pieces the performance work added to the worker's hot path: the UTF-8 check and the
 -- ISO 8601 parser in C, the storage's one-call start and finish, and the worker's fast start
--- of a first delivery (a stored task, and one no producer recorded).
+-- of a first delivery (a stored task, and one no producer recorded), the result artifact of
+-- a handler that returns a boolean or a number.
 
 local bq = require("binduq")
 local core = require("binduq.core")
@@ -128,6 +129,38 @@ describe("the worker's fast start", function()
         local history = json.decode(rec.history)
         assert.are.equal(2, #history)
         assert.matches("^counted 3%.%.4 on ", history[2].content)
+        s:close()
+    end)
+
+    it("stores a boolean or number result as the result artifact; a NaN fails the task", function()
+        local q = "spec:hotpath:scalar:" .. os.time()
+        local s = bq.scheduler{ type = "memory", queue_name = q }
+        local texts = { "true", "false", "num:2.5", "num:7", "nil", "nan" }
+        for i, text in ipairs(texts) do
+            assert(s:schedule{ type = "run", task_id = "hp:scalar:" .. i, messages = { text } })
+        end
+        local stats = drain(q)
+        assert.are.equal(5, stats.completed)
+        assert.are.equal(1, stats.dead_lettered)
+        local st = core.storage{ type = "memory" }
+        local function data_of(i)
+            local rec = st:get("hp:scalar:" .. i)
+            assert.are.equal("completed", rec.state)
+            local arts = json.decode(rec.artifacts)
+            if #arts == 0 then return "none" end
+            assert.are.equal(1, #arts)
+            assert.are.equal("result", arts[1].name)
+            assert.are.same({ kind = "data" }, { kind = arts[1].parts[1].kind })
+            return arts[1].parts[1].data
+        end
+        assert.are.equal(true, data_of(1))
+        assert.are.equal(false, data_of(2))
+        assert.are.equal(2.5, data_of(3))
+        assert.are.equal(7, data_of(4))
+        assert.are.equal("none", data_of(5))
+        local bad = st:get("hp:scalar:6")
+        assert.are.equal("failed", bad.state)
+        assert.are.equal("ERESULT", json.decode(bad.error).code)
         s:close()
     end)
 end)
