@@ -35,8 +35,9 @@ build = {
     modules = {
         ["binduq.core"] = {
             sources = {
-                "src/core/alloc.c", "src/core/backoff.c", "src/core/buf.c", "src/core/clock.c",
-                "src/core/err.c", "src/core/log.c", "src/core/rand.c", "src/core/ratelimit.c",
+                "src/core/alloc.c", "src/core/arena.c", "src/core/backoff.c", "src/core/buf.c",
+                "src/core/clock.c", "src/core/err.c", "src/core/log.c", "src/core/rand.c",
+                "src/core/ratelimit.c",
                 "src/net/conn.c", "src/net/pool.c", "src/net/tls.c", "src/net/url.c",
                 "src/broker/broker.c", "src/broker/cluster.c", "src/broker/keys.c", "src/broker/mem.c",
                 "src/broker/redis.c", "src/storage/mem.c", "src/storage/pg.c",
@@ -45,7 +46,7 @@ build = {
                 "src/engine/task.c",
                 "src/engine/worker.c",
                 "src/lua/l_client.c", "src/lua/l_core.c", "src/lua/l_engine.c",
-                "src/lua/l_storage.c",
+                "src/lua/l_storage.c", "src/lua/l_task.c",
             },
             defines = { "_GNU_SOURCE", "BQ_BUILDING" },
             incdirs = { "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)", "$(PQ_INCDIR)", "$(MHD_INCDIR)" },

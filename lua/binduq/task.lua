@@ -152,93 +152,15 @@ local function partial(ty, id)
 end
 
 
--- check_message for decoded input: the same rules, but the table is ours to change in place.
-local function label(list, i) return list .. "[" .. i .. "]" end -- built only for an error
-
-local function dec_message(m, list, i)
-    if not dec_object(m) then
-        return nil, label(list, i) .. " must be an object (got " .. (type(m) == "table" and "an array" or type(m)) .. ")"
-    end
-    local role, content, parts = m.role, m.content, m.parts
-    if type(role) ~= "string" or role == "" then
-        return nil, label(list, i) .. ".role must be a non-empty string"
-    end
-    if content == null then content = nil end
-    if parts == null then parts = nil end
-    if content ~= nil and type(content) ~= "string" then
-        return nil, label(list, i) .. ".content must be a string (got " .. type(content) .. ")"
-    end
-    if parts ~= nil and not dec_array(parts) then
-        return nil, label(list, i) .. ".parts must be an array"
-    end
-    if content == nil and parts == nil then return nil, label(list, i) .. " needs content or parts" end
-    for k, v in pairs(m) do if v == null then m[k] = nil end end
-    if content == nil then m.content = parts_text(parts) end
-    return m
-end
-
-
-local function dec_messages(list, where, required)
-    if list == nil or list == null then
-        if required then return nil, "a run needs at least one message" end
-        return {}
-    end
-    if not dec_array(list) then
-        return nil, where .. " must be an array (got " .. (type(list) == "table" and "an object" or type(list)) .. ")"
-    end
-    if required and list[1] == nil then return nil, "a run needs at least one message" end
-    for i = 1, #list do
-        local nm, why = dec_message(list[i], where, i)
-        if not nm then return nil, why end
-    end
-    return list
-end
-
+-- The native format as lua-cjson decoded it is checked in C (src/lua/l_task.c), for every
+-- task a worker takes: the same rules and texts as check_messages, check_id and opt above,
+-- the task table built there, messages changed in place.
+local decode_native = core.decode_native
 
 local NATIVE_OPTIONAL = {
     "artifacts", "array", "timestamp", "string", "metadata", "object", "trace_id", "string",
     "span_id", "string", "traceparent", "string", "timeout", "number", "max_attempts", "number",
 }
-
-local function decode_native(t)
-    local ty = t.type
-    if type(ty) ~= "string" then return nil, "type must be a string (got " .. type(ty) .. ")", partial(nil, t.task_id) end
-    if not M.TYPES[ty] then
-        return nil, "unknown type '" .. show(ty) .. "' (expected run, pause, resume or cancel)", partial(nil, t.task_id)
-    end
-    -- Every field the task may get (here and in the worker) is named in the constructor, so
-    -- the table is allocated once at its final size.
-    local task = { type = ty, format = "native", task_id = nil, conversation_id = nil, messages = nil,
-                   artifacts = nil, timestamp = nil, metadata = nil, trace_id = nil, span_id = nil,
-                   traceparent = nil, timeout = nil, max_attempts = nil, queue = nil, attempt = nil,
-                   history = nil }
-    local ok, why = check_id("task_id", t.task_id, true)
-    if not ok then return nil, why, task end
-    task.task_id = t.task_id
-    ok, why = check_id("conversation_id", t.conversation_id, false)
-    if not ok then return nil, why, task end
-    task.conversation_id = t.conversation_id ~= null and t.conversation_id or nil
-    local msgs
-    msgs, why = dec_messages(t.messages, "messages", ty == "run")
-    if not msgs then return nil, why, task end
-    task.messages = msgs
-    for i = 1, #NATIVE_OPTIONAL, 2 do
-        local k = NATIVE_OPTIONAL[i]
-        local v = t[k]
-        if v ~= nil then
-            local okf
-            okf, v = opt(t, k, NATIVE_OPTIONAL[i + 1], nil, true)
-            if not okf then return nil, v, task end
-            task[k] = v
-        end
-    end
-    if task.timeout and task.timeout <= 0 then return nil, "timeout must be positive", task end
-    if task.max_attempts and (math.type(task.max_attempts) ~= "integer" or task.max_attempts < 1) then
-        return nil, "max_attempts must be a whole number, at least 1", task
-    end
-    task.artifacts = task.artifacts or {}
-    return task
-end
 
 local TRACE_FIELDS = { "trace_id", "span_id" }
 

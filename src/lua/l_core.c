@@ -524,5 +524,6 @@ __attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
     bq_lua_open_client(L);
     bq_lua_open_engine(L);
     bq_lua_open_storage(L);
+    bq_lua_open_task(L);
     return 1;
 }

@@ -135,6 +135,24 @@ describe("task decoding", function()
         { '{"operation":"run","params":{"task_id":"a"}}', "a run needs at least one message" },
         { '{"type":"run","task_id":"a","messages":[{"role":"user","content":"x"}],"n":NaN}', "invalid JSON" },
         { "{\"type\":\"run\",\"task_id\":\"a\xff\"}", "invalid UTF-8 at byte" },
+        { '{"type":5,"task_id":"a"}', "type must be a string (got number)" },
+        { '{"type":"run\\u0000","task_id":"a"}', "unknown type 'run\0' (expected run, pause, resume or cancel)" },
+        { '{"type":"run","task_id":""}', "task_id must not be empty" },
+        { '{"type":"run","task_id":"' .. ("a"):rep(257) .. '"}', "task_id is longer than 256 bytes" },
+        { '{"type":"run","task_id":"a","conversation_id":[],"messages":[]}', "conversation_id must be a string (got table)" },
+        { '{"type":"run","task_id":"a","messages":[]}', "a run needs at least one message" },
+        { '{"type":"run","task_id":"a","messages":[[1]]}', "messages[1] must be an object (got an array)" },
+        { '{"type":"run","task_id":"a","messages":[{"role":"","content":"x"}]}', "messages[1].role must be a non-empty string" },
+        { '{"type":"run","task_id":"a","messages":[{"role":"u","content":"x"},{"role":"u","parts":{"a":1}}]}',
+          "messages[2].parts must be an array" },
+        { '{"type":"run","task_id":"a","messages":[{"role":"u","content":null}]}', "messages[1] needs content or parts" },
+        { '{"type":"run","task_id":"a","messages":[{"role":"u","content":"x"}],"metadata":[1]}', "metadata must be an object" },
+        { '{"type":"run","task_id":"a","messages":[{"role":"u","content":"x"}],"trace_id":1}', "trace_id must be a string (got number)" },
+        { '{"type":"run","task_id":"a","messages":[{"role":"u","content":"x"}],"timeout":0}', "timeout must be positive" },
+        { '{"type":"run","task_id":"a","messages":[{"role":"u","content":"x"}],"max_attempts":2.5}',
+          "max_attempts must be a whole number, at least 1" },
+        { '{"type":"run","task_id":"a","messages":[{"role":"u","content":"x"}],"max_attempts":0}',
+          "max_attempts must be a whole number, at least 1" },
     }
     for _, case in ipairs(malformed) do
         it("gives a reason for: " .. case[2], function()
@@ -143,6 +161,24 @@ describe("task decoding", function()
             assert.truthy(why:find(case[2], 1, true), why)
         end)
     end
+
+    it("takes max_attempts as the producer writes it (JSON numbers decode as floats)", function()
+        local s = task.encode({ type = "run", task_id = "ma", messages = { "x" }, max_attempts = 3, timeout = 2.5 })
+        local t = assert(task.decode(s))
+        assert.are.equal(3, t.max_attempts)
+        assert.are.equal("integer", math.type(t.max_attempts))
+        assert.are.equal(2.5, t.timeout)
+    end)
+
+    it("clears nulls from messages and fills content from text parts", function()
+        local t = assert(task.decode('{"type":"run","task_id":"p","conversation_id":null,"messages":[{"role":"user",'
+            .. '"content":null,"parts":[{"kind":"text","text":"a"},{"text":"b"},{"kind":"data","text":"c"},'
+            .. '{"kind":"text","text":5},3,{"kind":"text","text":"d"}],"extra":null}],"metadata":null}'))
+        assert.are.same({ role = "user", content = "a\nb\nd", parts = t.messages[1].parts }, t.messages[1])
+        assert.is_nil(t.conversation_id)
+        assert.is_nil(t.metadata)
+        assert.are.same({}, t.artifacts)
+    end)
 
     it("refuses a message over the size limit", function()
         local big = '{"type":"run","task_id":"a","messages":[{"role":"user","content":"' .. ("x"):rep(200) .. '"}]}'
