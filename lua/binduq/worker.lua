@@ -133,7 +133,7 @@ function M.new(opts, level)
             if math.type(wt) ~= "integer" or wt < 1 then error("weights[" .. i .. "] must be a whole number >= 1", level) end
         end
     end
-    local batch = opts.batch or 32
+    local batch = opts.batch or 128
     if math.type(batch) ~= "integer" or batch < 0 or batch > 4096 then
         error("batch must be a whole number from 0 to 4096", level)
     end

@@ -558,7 +558,10 @@ static bq_status take_fetchm(struct redis_broker *r, int nq, const redisReply *r
     return take_pairs(rep->element[1], out);
 }
 
-/* Queues one LREM per message on its queue's in-flight list (acknowledgements). */
+/* Queues one LREM per message on its queue's in-flight list (acknowledgements). A fetch
+ * pushes messages at the list's head, so the oldest, which finish first, are at its tail:
+ * LREM with count -1 searches from there and finds them at once (with 1 it walked the whole
+ * list, a cost that grew with the batch). */
 static bq_status append_acks(bq_conn *c, const struct bq_lessee *who, const struct bq_msg *msgs,
                              size_t n, bq_err *err)
 {
@@ -573,8 +576,8 @@ static bq_status append_acks(bq_conn *c, const struct bq_lessee *who, const stru
             wq = msgs[i].q;
             wlen = strlen(wip);
         }
-        const char *argv[4] = {"LREM", wip, "1", msgs[i].data};
-        size_t lens[4] = {4, wlen, 1, msgs[i].len};
+        const char *argv[4] = {"LREM", wip, "-1", msgs[i].data};
+        size_t lens[4] = {4, wlen, 2, msgs[i].len};
         st = bq_conn_append(c, 4, argv, lens, err);
     }
     return st;

@@ -10,7 +10,7 @@ static const char bq_script_bury_2[] =
     "-- ARGV[2] the dead-letter entry (a JSON line, a newline, the original bytes)\n"
     "-- ARGV[3] \"1\" if the lease must still be held (at-least-once), \"0\" otherwise\n"
     "-- Returns 1, or 0 if the lease was lost (then nothing is written).\n"
-    "if ARGV[3] == '1' and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end\n"
+    "if ARGV[3] == '1' and redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end\n"
     "redis.call('LPUSH', KEYS[2], ARGV[2])\n"
     "return 1\n";
 
@@ -118,7 +118,7 @@ static const char bq_script_handback_2[] =
     "-- Returns the number handed back (a message no longer leased is skipped).\n"
     "local n = 0\n"
     "for i = #ARGV, 1, -1 do\n"
-    "    if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then\n"
+    "    if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then\n"
     "        redis.call('RPUSH', KEYS[2], ARGV[i])\n"
     "        n = n + 1\n"
     "    end\n"
@@ -192,7 +192,7 @@ static const char bq_script_ratelimit_3[] =
     "end\n"
     "local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')\n"
     "local wait = math.max(1, tonumber(oldest[2]) + period - now)\n"
-    "if ARGV[6] == '1' and redis.call('LREM', KEYS[2], 1, ARGV[4]) == 0 then return { -1, 0 } end\n"
+    "if ARGV[6] == '1' and redis.call('LREM', KEYS[2], -1, ARGV[4]) == 0 then return { -1, 0 } end\n"
     "redis.call('ZADD', KEYS[3], now + wait, ARGV[5])\n"
     "return { 0, wait }\n";
 
@@ -256,7 +256,7 @@ static const char bq_script_retry_2[] =
     "-- ARGV[4] \"1\" if the lease must still be held (at-least-once), \"0\" otherwise\n"
     "-- Returns 1, or 0 if the lease was lost (the operation went back to the queue meanwhile and\n"
     "-- nothing was scheduled, so it is not run twice).\n"
-    "if ARGV[4] == '1' and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end\n"
+    "if ARGV[4] == '1' and redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])\n"

@@ -97,7 +97,7 @@ describe("#redis round trip", function()
         local w = start_worker(server, queue, 1)
         assert(proc.wait_for(function() return #completed_ids(w.log) == 3000 end, 60))
         local calls = tonumber(server:cli("INFO", "commandstats"):match("cmdstat_evalsha:calls=(%d+)"))
-        -- One fetch script per batch of about 16-33 tasks, not one per task.
+        -- One fetch script per batch of about 64-129 tasks, not one per task.
         assert.is_true(calls < 3000 / 10, "fetch scripts: " .. tostring(calls))
         assert.are.equal(0, proc.stop(w, 10))
         -- Slow tasks (20 ms): two workers share them; neither takes a batch the other could run.

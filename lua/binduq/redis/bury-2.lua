@@ -5,6 +5,6 @@
 -- ARGV[2] the dead-letter entry (a JSON line, a newline, the original bytes)
 -- ARGV[3] "1" if the lease must still be held (at-least-once), "0" otherwise
 -- Returns 1, or 0 if the lease was lost (then nothing is written).
-if ARGV[3] == '1' and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if ARGV[3] == '1' and redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 return 1

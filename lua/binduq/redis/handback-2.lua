@@ -5,7 +5,7 @@
 -- Returns the number handed back (a message no longer leased is skipped).
 local n = 0
 for i = #ARGV, 1, -1 do
-    if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
         redis.call('RPUSH', KEYS[2], ARGV[i])
         n = n + 1
     end

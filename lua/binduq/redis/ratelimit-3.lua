@@ -23,6 +23,6 @@ if redis.call('ZCARD', KEYS[1]) < limit then
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local wait = math.max(1, tonumber(oldest[2]) + period - now)
-if ARGV[6] == '1' and redis.call('LREM', KEYS[2], 1, ARGV[4]) == 0 then return { -1, 0 } end
+if ARGV[6] == '1' and redis.call('LREM', KEYS[2], -1, ARGV[4]) == 0 then return { -1, 0 } end
 redis.call('ZADD', KEYS[3], now + wait, ARGV[5])
 return { 0, wait }

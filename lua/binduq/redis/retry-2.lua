@@ -7,7 +7,7 @@
 -- ARGV[4] "1" if the lease must still be held (at-least-once), "0" otherwise
 -- Returns 1, or 0 if the lease was lost (the operation went back to the queue meanwhile and
 -- nothing was scheduled, so it is not run twice).
-if ARGV[4] == '1' and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if ARGV[4] == '1' and redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
