@@ -21,7 +21,7 @@ M.TLS_KEYS = { ca_file = "string", ca_dir = "string", cert_file = "string", key_
                server_name = "string", verify = "boolean" }
 
 M.STORAGE_KEYS = { type = "string", url = "string", schema = "string", max_connections = "number",
-                   connect_timeout = "number" }
+                   connect_timeout = "number", max_tasks = "number" }
 
 M.WORKER_KEYS = {
     scheduler = "table", storage = "table", concurrency = "number", handlers = "table",

@@ -2,6 +2,7 @@
 --
 --   storage = { type = "postgres", url = "postgresql://user:pass@host:5432/db",
 --               schema = "binduq", max_connections = 4, connect_timeout = 5 }
+--   storage = { type = "memory", max_tasks = 100000 }  -- records this process keeps
 --
 -- With no storage section, DATABASE_URL selects PostgreSQL; without it the state is kept in
 -- the memory of this process. The mechanism (pool, schema migration, compare-and-set
@@ -38,8 +39,11 @@ function M.section(s, level)
     if s.max_connections ~= nil and (math.type(s.max_connections) ~= "integer" or s.max_connections < 1) then
         error("storage.max_connections must be a whole number >= 1", level)
     end
+    if s.max_tasks ~= nil and (math.type(s.max_tasks) ~= "integer" or s.max_tasks < 1 or s.max_tasks > 10000000) then
+        error("storage.max_tasks must be a whole number from 1 to 10000000", level)
+    end
     return { type = ty, url = url, schema = s.schema, max_connections = s.max_connections,
-             connect_timeout = s.connect_timeout }
+             connect_timeout = s.connect_timeout, max_tasks = ty == "memory" and s.max_tasks or nil }
 end
 
 --- Opens a resolved section: a binduq.Storage handle, or nil, message, code.

@@ -1,7 +1,8 @@
 /*
  * l_storage.c -- binduq.Storage: task state (storage/storage.h) seen from Lua.
  *
- *   local st = core.storage{type=, url=, schema=, max_connections=, connect_timeout=}
+ *   local st = core.storage{type=, url=, schema=, max_connections=, connect_timeout=,
+ *                           max_tasks=}
  *   st:create{id=, context_id=, queue=, state=, history=<json>, metadata=<json>}
  *       -> created, state
  *   st:get(id)               -> record | false (unknown)
@@ -62,6 +63,11 @@ static int l_storage_new(lua_State *L)
     cfg.schema = bq_lua_opt_string(L, 1, "schema");
     cfg.max_connections = (int)bq_lua_opt_integer(L, 1, "max_connections", 0);
     cfg.connect_timeout = bq_lua_opt_number(L, 1, "connect_timeout", 0);
+    lua_Integer max_tasks = bq_lua_opt_integer(L, 1, "max_tasks", 0);
+    if (max_tasks < 0 || max_tasks > 10000000)
+        return luaL_error(L, "option 'max_tasks' must be from 1 to 10000000 (got %I)",
+                          (LUAI_UACINT)max_tasks);
+    cfg.max_tasks = (int)max_tasks;
     struct lstorage *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->s = NULL;
     luaL_setmetatable(L, BQ_STORAGE_MT);

@@ -3,9 +3,14 @@
  *
  * One store per process, shared by every handle, so a producer and a worker in the same
  * process see the same tasks (the memory broker is shared the same way). Records live in an
- * open-addressing hash table (linear probing, power-of-two size, tombstones) and on a list in
- * creation order; past MEM_CAPACITY records the oldest is forgotten, terminal or not, which
- * the README states. One mutex guards everything: each operation is a few microseconds.
+ * open-addressing hash table (linear probing, power-of-two size of at least twice the bound,
+ * tombstones) and on a list in creation order; past `capacity` records (100,000 unless a
+ * storage was opened with max_tasks) the oldest is forgotten, terminal or not, which the
+ * README states. One mutex guards everything: each operation is a few microseconds.
+ *
+ * A stored record's state is the static name (bq_task_state_name), and empty artifacts,
+ * history or metadata are the static "[]" / "{}": no allocation for them, and 100 bytes less
+ * per record. Copies handed out (get, list) are the caller's, every string allocated.
  */
 #include "storage.h"
 
@@ -18,8 +23,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#define MEM_CAPACITY 100000
-#define TABLE_SIZE (1u << 18) /* > 2 x capacity keeps probes short */
+#define MEM_CAPACITY 100000 /* records kept unless max_tasks says otherwise */
+#define MAX_CAPACITY 10000000
 
 struct mrec {
     struct bq_task_rec r;        /* owned strings */
@@ -29,10 +34,42 @@ struct mrec {
 static char tombstone;
 #define TOMBSTONE ((struct mrec *)(void *)&tombstone)
 
+static const char EMPTY_ARRAY[] = "[]", EMPTY_OBJECT[] = "{}";
+
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static struct mrec **table; /* TABLE_SIZE slots, allocated on first use */
+static struct mrec **table; /* table_size slots, allocated on first use */
+static uint32_t table_size = 1u << 18; /* size_for(MEM_CAPACITY) */
+static size_t capacity = MEM_CAPACITY;
 static struct mrec *newest, *oldest;
 static size_t count, used;  /* records; slots not NULL (records plus tombstones) */
+
+/* The smallest power of two at least twice n: short probes. */
+static uint32_t size_for(size_t n)
+{
+    uint32_t t = 64;
+    while (t < 2 * n)
+        t <<= 1;
+    return t;
+}
+
+/* Frees a stored string unless it is one of the static ones. */
+static void release(char *p)
+{
+    if (p != EMPTY_ARRAY && p != EMPTY_OBJECT)
+        bq_free(p);
+}
+
+/* Frees a stored record: its static strings are not the C library's to free. */
+static void rec_free(struct mrec *m)
+{
+    struct bq_task_rec *r = &m->r;
+    release(r->history);
+    release(r->artifacts);
+    release(r->metadata);
+    r->history = r->artifacts = r->metadata = r->state = NULL;
+    bq_task_rec_clear(r);
+    bq_free(m);
+}
 
 static uint32_t hash(const char *s)
 {
@@ -45,14 +82,14 @@ static uint32_t hash(const char *s)
 static bool ensure(void)
 {
     if (table == NULL)
-        table = bq_calloc(TABLE_SIZE, sizeof *table);
+        table = bq_calloc(table_size, sizeof *table);
     return table != NULL;
 }
 
 /* The slot index holding id, or -1. */
 static long find(const char *id)
 {
-    for (uint32_t i = hash(id) & (TABLE_SIZE - 1);; i = (i + 1) & (TABLE_SIZE - 1)) {
+    for (uint32_t i = hash(id) & (table_size - 1);; i = (i + 1) & (table_size - 1)) {
         struct mrec *m = table[i];
         if (m == NULL)
             return -1;
@@ -77,26 +114,27 @@ static void drop(long slot)
 {
     struct mrec *m = table[slot];
     unlink_rec(m);
-    bq_task_rec_clear(&m->r);
-    bq_free(m);
+    rec_free(m);
     table[slot] = TOMBSTONE;
     count--;
 }
 
-/* Rebuilds the table without tombstones, so probes keep finding empty slots. */
-static bool rebuild(void)
+/* Rebuilds the table at `size` slots without tombstones, so probes keep finding empty
+ * slots. On failure the old table stays. */
+static bool rebuild(uint32_t size)
 {
-    struct mrec **fresh = bq_calloc(TABLE_SIZE, sizeof *fresh);
+    struct mrec **fresh = bq_calloc(size, sizeof *fresh);
     if (fresh == NULL)
         return false;
     for (struct mrec *m = newest; m != NULL; m = m->older) {
-        uint32_t k = hash(m->r.id) & (TABLE_SIZE - 1);
+        uint32_t k = hash(m->r.id) & (size - 1);
         while (fresh[k] != NULL)
-            k = (k + 1) & (TABLE_SIZE - 1);
+            k = (k + 1) & (size - 1);
         fresh[k] = m;
     }
     bq_free(table);
     table = fresh;
+    table_size = size;
     used = count;
     return true;
 }
@@ -214,9 +252,9 @@ static bq_status mem_create(bq_storage *s, const struct bq_task_new *t,
         fill_result(res, &table[slot]->r, false);
         goto out;
     }
-    if (count == MEM_CAPACITY)
+    while (count >= capacity)
         drop(find(oldest->r.id));
-    if (used >= TABLE_SIZE / 4 * 3 && !rebuild()) {
+    if (used >= table_size / 4 * 3 && !rebuild(table_size)) {
         st = bq_err_set(err, BQ_ENOMEM, "storage create: out of memory");
         goto out;
     }
@@ -226,27 +264,27 @@ static bq_status mem_create(bq_storage *s, const struct bq_task_new *t,
         m->r.id = bq_strdup(t->id);
         m->r.context_id = dup_or_null(t->context_id);
         m->r.queue = dup_or_null(t->queue);
-        m->r.state = bq_strdup(state);
-        m->r.history = bq_strdup(t->history ? t->history : "[]");
-        m->r.artifacts = bq_strdup("[]");
-        m->r.metadata = bq_strdup(t->metadata ? t->metadata : "{}");
+        m->r.state = (char *)bq_task_state_name(state);
+        m->r.history = t->history && strcmp(t->history, "[]") != 0 ? bq_strdup(t->history)
+                                                                    : (char *)EMPTY_ARRAY;
+        m->r.artifacts = (char *)EMPTY_ARRAY;
+        m->r.metadata = t->metadata && strcmp(t->metadata, "{}") != 0 ? bq_strdup(t->metadata)
+                                                                      : (char *)EMPTY_OBJECT;
         m->r.worker = dup_or_null(t->worker);
         m->r.attempts = t->attempts > 0 ? t->attempts : 0;
         m->r.created_at = m->r.updated_at = m->r.state_at = now;
     }
-    if (m == NULL || m->r.id == NULL || m->r.state == NULL || m->r.history == NULL ||
-        m->r.artifacts == NULL || m->r.metadata == NULL ||
+    if (m == NULL || m->r.id == NULL || m->r.history == NULL || m->r.metadata == NULL ||
         (t->context_id && m->r.context_id == NULL) || (t->queue && m->r.queue == NULL) ||
         (t->worker && m->r.worker == NULL)) {
         if (m != NULL)
-            bq_task_rec_clear(&m->r);
-        bq_free(m);
+            rec_free(m);
         st = bq_err_set(err, BQ_ENOMEM, "storage create: out of memory");
         goto out;
     }
-    uint32_t i = hash(t->id) & (TABLE_SIZE - 1);
+    uint32_t i = hash(t->id) & (table_size - 1);
     while (table[i] != NULL && table[i] != TOMBSTONE)
-        i = (i + 1) & (TABLE_SIZE - 1);
+        i = (i + 1) & (table_size - 1);
     used += table[i] == NULL;
     table[i] = m;
     m->older = newest;
@@ -292,12 +330,9 @@ static bq_status mem_change(bq_storage *s, const struct bq_task_change *c,
     /* Build every new value first, so a memory failure changes nothing. */
     char *h = c->append_history ? append_array(r->history, c->append_history) : NULL;
     char *a = c->append_artifacts ? append_array(r->artifacts, c->append_artifacts) : NULL;
-    char *to = c->to ? bq_strdup(c->to) : NULL;
-    if ((c->append_history && h == NULL) || (c->append_artifacts && a == NULL) ||
-        (c->to && to == NULL)) {
+    if ((c->append_history && h == NULL) || (c->append_artifacts && a == NULL)) {
         bq_free(h);
         bq_free(a);
-        bq_free(to);
         st = bq_err_set(err, BQ_EINVAL, "storage change: history and artifacts must be JSON "
                         "arrays (or out of memory)");
         goto out;
@@ -306,24 +341,23 @@ static bq_status mem_change(bq_storage *s, const struct bq_task_change *c,
         !set_field(&r->requested, c->requested) || !set_field(&r->worker, c->worker)) {
         bq_free(h);
         bq_free(a);
-        bq_free(to);
         st = bq_err_set(err, BQ_ENOMEM, "storage change: out of memory");
         goto out;
     }
     double now = bq_now_wall();
     if (h) {
-        bq_free(r->history);
+        release(r->history);
         r->history = h;
     }
     if (a) {
-        bq_free(r->artifacts);
+        release(r->artifacts);
         r->artifacts = a;
     }
-    if (to) {
-        if (strcmp(to, r->state) != 0)
+    if (c->to) {
+        const char *to = bq_task_state_name(c->to);
+        if (to != r->state)
             r->state_at = now;
-        bq_free(r->state);
-        r->state = to;
+        r->state = (char *)to;
     }
     if (c->count_attempt)
         r->attempts++;
@@ -404,8 +438,26 @@ static const struct bq_storage_ops mem_ops = {
     "memory", mem_create, mem_get, mem_change, mem_list, mem_remove, mem_ping, mem_destroy,
 };
 
-bq_status bq_storage_mem_open(bq_storage **out, bq_err *err)
+bq_status bq_storage_mem_open(int max_tasks, bq_storage **out, bq_err *err)
 {
+    if (max_tasks > MAX_CAPACITY)
+        return bq_err_set(err, BQ_EINVAL, "storage: max_tasks must be from 1 to %d (got %d)",
+                          MAX_CAPACITY, max_tasks);
+    if (max_tasks > 0) {
+        pthread_mutex_lock(&mu);
+        bool ok = true;
+        capacity = (size_t)max_tasks;
+        while (count > capacity)
+            drop(find(oldest->r.id));
+        uint32_t size = size_for(capacity);
+        if (table == NULL)
+            table_size = size;
+        else if (size != table_size)
+            ok = rebuild(size);
+        pthread_mutex_unlock(&mu);
+        if (!ok)
+            return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+    }
     bq_storage *s = bq_calloc(1, sizeof *s);
     if (s == NULL)
         return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
@@ -421,12 +473,13 @@ void bq_storage_mem_reset(void)
     while (newest != NULL) {
         struct mrec *m = newest;
         newest = m->older;
-        bq_task_rec_clear(&m->r);
-        bq_free(m);
+        rec_free(m);
     }
     oldest = NULL;
     bq_free(table);
     table = NULL;
     count = used = 0;
+    capacity = MEM_CAPACITY;
+    table_size = size_for(MEM_CAPACITY);
     pthread_mutex_unlock(&mu);
 }

@@ -24,13 +24,22 @@ bool bq_task_state_terminal(const char *state)
     return false;
 }
 
-bool bq_task_state_valid(const char *state)
+const char *bq_task_state_name(const char *state)
 {
     for (size_t i = 0; state != NULL && i < COUNT(open_states); i++) {
         if (strcmp(state, open_states[i]) == 0)
-            return true;
+            return open_states[i];
     }
-    return bq_task_state_terminal(state);
+    for (size_t i = 0; state != NULL && i < COUNT(terminal_states); i++) {
+        if (strcmp(state, terminal_states[i]) == 0)
+            return terminal_states[i];
+    }
+    return NULL;
+}
+
+bool bq_task_state_valid(const char *state)
+{
+    return bq_task_state_name(state) != NULL;
 }
 
 bool bq_task_state_in(const char *state, const char *from)
@@ -76,7 +85,7 @@ bq_status bq_storage_open(const struct bq_storage_config *cfg, bq_storage **out,
     if (type == NULL)
         type = url != NULL && *url != '\0' ? "postgres" : "memory";
     if (strcmp(type, "memory") == 0)
-        return bq_storage_mem_open(out, err);
+        return bq_storage_mem_open(cfg ? cfg->max_tasks : 0, out, err);
     if (strcmp(type, "postgres") == 0 || strcmp(type, "postgresql") == 0) {
         if (url == NULL || *url == '\0')
             return bq_err_set(err, BQ_EINVAL, "storage: type \"postgres\" needs a url "

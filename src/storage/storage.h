@@ -136,6 +136,8 @@ struct bq_storage_config {
     const char *schema;     /* PostgreSQL schema; NULL: "binduq" */
     int max_connections;    /* <= 0: 4 */
     double connect_timeout; /* seconds; <= 0: 5 */
+    int max_tasks;          /* memory: the records the process keeps (the table is one per
+                             * process, so this sets its bound); <= 0: as it is (100,000) */
 };
 
 /* Opens a storage (the memory storage is one per process: every handle shares it). */
@@ -145,15 +147,18 @@ bq_storage *bq_storage_ref(bq_storage *s);
 void bq_storage_unref(bq_storage *s);
 
 /* The implementations' constructors (bq_storage_open picks one). */
-bq_status bq_storage_mem_open(bq_storage **out, bq_err *err);
+bq_status bq_storage_mem_open(int max_tasks, bq_storage **out, bq_err *err);
 bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **out,
                              bq_err *err);
-/* Forgets every task of the memory storage (tests). */
+/* Forgets every task of the memory storage and restores its default bound (tests). */
 void bq_storage_mem_reset(void);
 
 /* Helpers shared by the implementations. */
 bool bq_task_state_terminal(const char *state);
 bool bq_task_state_valid(const char *state);
+/* The state's name as a static string (the same pointer for the same name), or NULL when it
+ * is not a state. */
+const char *bq_task_state_name(const char *state);
 /* True if state is one of the comma-separated names in `from`; NULL `from` means any open
  * state. A terminal state matches only when `from` names it. */
 bool bq_task_state_in(const char *state, const char *from);

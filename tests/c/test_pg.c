@@ -73,7 +73,7 @@ static void url_for(char *out, size_t size, const char *userinfo, const char *qu
 static bq_status open_with(const char *url, const char *sch, int max, double timeout,
                            bq_storage **out, bq_err *err)
 {
-    struct bq_storage_config cfg = {"postgres", url, sch, max, timeout};
+    struct bq_storage_config cfg = {"postgres", url, sch, max, timeout, 0};
     return bq_storage_pg_open(&cfg, out, err);
 }
 

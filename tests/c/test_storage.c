@@ -1,7 +1,7 @@
 /*
  * test_storage.c -- the in-memory storage (src/storage/mem.c) through the storage interface:
  * create once, compare-and-set changes, terminal states, JSON array appends, field
- * set/clear, listing with filters, removal, and many threads at once.
+ * set/clear, listing with filters, removal, many threads at once, and the bound on records.
  */
 #include "check.h"
 
@@ -14,7 +14,7 @@
 
 static bq_storage *open_mem(void)
 {
-    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0};
+    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 0};
     bq_storage *s = NULL;
     CHECK_INT(bq_storage_open(&cfg, &s, NULL), BQ_OK);
     return s;
@@ -160,10 +160,10 @@ TEST(open_checks_the_type)
 {
     bq_err err;
     bq_storage *s;
-    struct bq_storage_config bad = {"redis", NULL, NULL, 0, 0};
+    struct bq_storage_config bad = {"redis", NULL, NULL, 0, 0, 0};
     CHECK_INT(bq_storage_open(&bad, &s, &err), BQ_EINVAL);
     CHECK_CONTAINS(err.msg, "unknown type 'redis'");
-    struct bq_storage_config nourl = {"postgres", NULL, NULL, 0, 0};
+    struct bq_storage_config nourl = {"postgres", NULL, NULL, 0, 0, 0};
     CHECK_INT(bq_storage_open(&nourl, &s, &err), BQ_EINVAL);
     CHECK_CONTAINS(err.msg, "needs a url");
     CHECK(bq_task_state_terminal("canceled"));
@@ -174,6 +174,68 @@ TEST(open_checks_the_type)
     CHECK(!bq_task_state_in("fail", "submitted,failed"));
 }
 
+static bool has(bq_storage *s, const char *id)
+{
+    struct bq_task_rec rec;
+    bool found = false;
+    s->ops->get(s, id, &rec, &found, NULL);
+    bq_task_rec_clear(&rec);
+    return found;
+}
+
+TEST(max_tasks_bounds_the_records)
+{
+    bq_storage_mem_reset();
+    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 5};
+    bq_storage *s = NULL;
+    CHECK_INT(bq_storage_open(&cfg, &s, NULL), BQ_OK);
+    struct bq_task_result r;
+    for (int i = 0; i < 8; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "M%d", i);
+        struct bq_task_new t = {id, NULL, NULL, NULL, i % 2 ? "[1]" : "[]", NULL, NULL, 0};
+        CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
+        struct bq_task_change c = {.id = id, .to = "working"};
+        CHECK_INT(s->ops->change(s, &c, &r, NULL), BQ_OK);
+        struct bq_task_change d = {.id = id, .to = "completed", .append_artifacts = "[2]"};
+        CHECK_INT(s->ops->change(s, &d, &r, NULL), BQ_OK);
+        CHECK_STR(r.state, "completed");
+    }
+    /* The oldest three are forgotten; the rest keep their values. */
+    CHECK(!has(s, "M0") && !has(s, "M2") && has(s, "M3") && has(s, "M7"));
+    struct bq_task_rec rec;
+    bool found;
+    CHECK_INT(s->ops->get(s, "M4", &rec, &found, NULL), BQ_OK);
+    CHECK_STR(rec.history, "[]");
+    CHECK_STR(rec.artifacts, "[2]");
+    CHECK_STR(rec.metadata, "{}");
+    CHECK_STR(rec.state, "completed");
+    bq_task_rec_clear(&rec);
+    /* A smaller bound forgets the oldest at once; a larger one keeps them all. */
+    cfg.max_tasks = 2;
+    bq_storage *t = NULL;
+    CHECK_INT(bq_storage_open(&cfg, &t, NULL), BQ_OK);
+    CHECK(!has(s, "M5") && has(s, "M6") && has(s, "M7"));
+    cfg.max_tasks = 1000;
+    bq_storage_unref(t);
+    CHECK_INT(bq_storage_open(&cfg, &t, NULL), BQ_OK);
+    for (int i = 0; i < 600; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "N%d", i);
+        struct bq_task_new n = {id, NULL, NULL, NULL, NULL, NULL, NULL, 0};
+        CHECK_INT(t->ops->create(t, &n, &r, NULL), BQ_OK);
+    }
+    CHECK(has(s, "M6") && has(s, "N0") && has(s, "N599"));
+    bq_err err;
+    cfg.max_tasks = 10000001;
+    bq_storage *u = NULL;
+    CHECK_INT(bq_storage_open(&cfg, &u, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "max_tasks must be from 1 to 10000000");
+    bq_storage_unref(t);
+    bq_storage_unref(s);
+    bq_storage_mem_reset();
+}
+
 int main(void)
 {
     bq_log_set_level("off");
@@ -181,6 +243,7 @@ int main(void)
     RUN(list_filters_newest_first);
     RUN(threads_share_one_store);
     RUN(open_checks_the_type);
+    RUN(max_tasks_bounds_the_records);
     bq_storage_mem_reset();
     return check_report("test_storage");
 }

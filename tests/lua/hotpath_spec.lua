@@ -86,6 +86,29 @@ describe("storage start and finish (memory)", function()
     end)
 end)
 
+describe("the memory storage's bound (storage.max_tasks)", function()
+    after_each(function() core.storage_reset() end)
+
+    it("keeps the newest records and forgets the oldest", function()
+        core.storage_reset()
+        local s = bq.scheduler{ scheduler = { type = "memory", queue_name = "spec:hotpath:cap" },
+                                storage = { type = "memory", max_tasks = 3 } }
+        for i = 1, 5 do
+            assert(s:schedule{ type = "run", task_id = "cap:" .. i, messages = { "m" .. i } })
+        end
+        assert.is_nil(s:get_task("cap:1"))
+        assert.is_nil(s:get_task("cap:2"))
+        for i = 3, 5 do
+            local t = s:get_task("cap:" .. i)
+            assert.are.equal("submitted", t.state)
+            assert.are.equal("m" .. i, t.history[1].content)
+            assert.are.same({}, t.artifacts)
+            assert.are.same({}, t.metadata)
+        end
+        s:close()
+    end)
+end)
+
 describe("the worker's fast start", function()
     local fixture = "tests/lua/fixtures/lifecycle_worker.lua"
     before_each(function() core.storage_reset() end)

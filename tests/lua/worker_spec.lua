@@ -140,6 +140,9 @@ describe("worker (memory)", function()
             { { handler = print, storage = { type = "postgres" } }, "storage type \"postgres\" needs a url" },
             { { handler = print, storage = { type = "redis" } }, "storage type 'redis' is not supported" },
             { { handler = print, max_message_size = 10 }, "max_message_size" },
+            { { handler = print, storage = { type = "memory", max_tasks = 0 } }, "storage.max_tasks must be a whole number" },
+            { { handler = print, storage = { type = "memory", max_tasks = 2.5 } }, "storage.max_tasks must be a whole number" },
+            { { handler = print, storage = { type = "memory", max_tasks = "9" } }, "storage key 'max_tasks' must be a number" },
         }
         for _, c in ipairs(cases) do
             local ok, err = pcall(bq.worker, c[1])
