@@ -32,7 +32,6 @@
 #include "../core/rand.h"
 
 
-#include <openssl/evp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -67,53 +66,33 @@ enum script_id {
     S_COUNT,
 };
 
-static struct {
+/* Each script's source and SHA1 (the name Redis caches it by), both from scripts.h. */
+#define SCRIPT(id, name, var) [id] = {name, bq_script_##var, bq_script_##var##_sha}
+static const struct {
     const char *name;
     const char *src;
-    char sha[41];
+    const char *sha;
 } scripts[S_COUNT] = {
-    [S_FETCH] = {"fetch-2", bq_script_fetch_2, ""},
-    [S_RETRY] = {"retry-2", bq_script_retry_2, ""},
-    [S_BURY] = {"bury-2", bq_script_bury_2, ""},
-    [S_PROMOTE] = {"promote-2", bq_script_promote_2, ""},
-    [S_HEARTBEAT] = {"heartbeat-N", bq_script_heartbeat_N, ""},
-    [S_REAP] = {"reap-3", bq_script_reap_3, ""},
-    [S_HANDBACK] = {"handback-2", bq_script_handback_2, ""},
-    [S_UNREGISTER] = {"unregister-2", bq_script_unregister_2, ""},
-    [S_REQUEUE] = {"requeue-2", bq_script_requeue_2, ""},
-    [S_FETCHM] = {"fetchm-N", bq_script_fetchm_N, ""},
-    [S_ENQUEUE] = {"enqueue-N", bq_script_enqueue_N, ""},
-    [S_RATELIMIT] = {"ratelimit-3", bq_script_ratelimit_3, ""},
+    SCRIPT(S_FETCH, "fetch-2", fetch_2),
+    SCRIPT(S_RETRY, "retry-2", retry_2),
+    SCRIPT(S_BURY, "bury-2", bury_2),
+    SCRIPT(S_PROMOTE, "promote-2", promote_2),
+    SCRIPT(S_HEARTBEAT, "heartbeat-N", heartbeat_N),
+    SCRIPT(S_REAP, "reap-3", reap_3),
+    SCRIPT(S_HANDBACK, "handback-2", handback_2),
+    SCRIPT(S_UNREGISTER, "unregister-2", unregister_2),
+    SCRIPT(S_REQUEUE, "requeue-2", requeue_2),
+    SCRIPT(S_FETCHM, "fetchm-N", fetchm_N),
+    SCRIPT(S_ENQUEUE, "enqueue-N", enqueue_N),
+    SCRIPT(S_RATELIMIT, "ratelimit-3", ratelimit_3),
 };
-
-static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
-
-/* The SHA1 of each script, as Redis names cached scripts (OpenSSL's digest, not ours). */
-static void compute_shas(void)
-{
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < S_COUNT; i++) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned int n = 0;
-        if (EVP_Digest(scripts[i].src, strlen(scripts[i].src), md, &n, EVP_sha1(), NULL) != 1 ||
-            n != 20) {
-            scripts[i].sha[0] = '\0'; /* EVALSHA will fail with NOSCRIPT; EVAL still works */
-            continue;
-        }
-        for (unsigned k = 0; k < n; k++) {
-            scripts[i].sha[2 * k] = hex[md[k] >> 4];
-            scripts[i].sha[2 * k + 1] = hex[md[k] & 15];
-        }
-        scripts[i].sha[40] = '\0';
-    }
-}
+#undef SCRIPT
 
 /* Queues "EVALSHA sha nkeys keys... args..." (or EVAL with the source when `eval`). */
 static bq_status append_script(bq_conn *c, enum script_id id, bool eval, int nkeys,
                                const char *const *keys, int nargs, const char *const *args,
                                const size_t *arglens, bq_err *err)
 {
-    pthread_once(&sha_once, compute_shas);
     int argc = 3 + nkeys + nargs;
     const char *stack_argv[24];
     size_t stack_lens[24];
@@ -455,7 +434,6 @@ static bq_status open_fetch_conn(struct redis_broker *r, bq_err *err)
     }
     if (rep != NULL)
         freeReplyObject(rep);
-    pthread_once(&sha_once, compute_shas);
     load_scripts(r->fetch_conn, r->command_timeout);
     if (bq_conn_broken(r->fetch_conn)) {
         bq_conn_close(r->fetch_conn);

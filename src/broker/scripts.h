@@ -13,6 +13,7 @@ static const char bq_script_bury_2[] =
     "if ARGV[3] == '1' and redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end\n"
     "redis.call('LPUSH', KEYS[2], ARGV[2])\n"
     "return 1\n";
+static const char bq_script_bury_2_sha[] = "c0816ebae51ef26aed87ace6cb4ab3a1b864e3e5";
 
 static const char bq_script_enqueue_N[] =
     "-- enqueue-N: push operations unless their deduplication key is already taken.\n"
@@ -39,6 +40,7 @@ static const char bq_script_enqueue_N[] =
     "    redis.call('LTRIM', KEYS[2], 0, 63)\n"
     "end\n"
     "return out\n";
+static const char bq_script_enqueue_N_sha[] = "9982a97999bbb2594ad13ba8352de42135a41a74";
 
 static const char bq_script_fetch_2[] =
     "-- fetch-2: lease up to N waiting operations in one step.\n"
@@ -50,6 +52,7 @@ static const char bq_script_fetch_2[] =
     "if not items then return {} end\n"
     "redis.call('LPUSH', KEYS[2], unpack(items))\n"
     "return items\n";
+static const char bq_script_fetch_2_sha[] = "a139fa09f9eb56a1248b0c9512d5810b90adc7d6";
 
 static const char bq_script_fetchm_N[] =
     "-- fetchm-N: take up to N operations from several queues at once, by priority, and lease them.\n"
@@ -109,6 +112,7 @@ static const char bq_script_fetchm_N[] =
     "    n = n - 1\n"
     "end\n"
     "return { credit, out }\n";
+static const char bq_script_fetchm_N_sha[] = "55e3c50add434960ce7ef0ded52a1b5e085d28f3";
 
 static const char bq_script_handback_2[] =
     "-- handback-2: return leased operations to the queue at once (graceful shutdown).\n"
@@ -124,6 +128,7 @@ static const char bq_script_handback_2[] =
     "    end\n"
     "end\n"
     "return n\n";
+static const char bq_script_handback_2_sha[] = "9c93fced089b29e0a00ae0835e9edb029d819f53";
 
 static const char bq_script_heartbeat_N[] =
     "-- heartbeat-N: renew this worker's lease on each of its queues and list the workers whose\n"
@@ -146,6 +151,7 @@ static const char bq_script_heartbeat_N[] =
     "    end\n"
     "end\n"
     "return out\n";
+static const char bq_script_heartbeat_N_sha[] = "3014bf29cd3947baaabb95af02aac350ec555e00";
 
 static const char bq_script_promote_2[] =
     "-- promote-2: move operations whose time has come from the delayed set to the queue.\n"
@@ -165,6 +171,7 @@ static const char bq_script_promote_2[] =
     "local wait = -1\n"
     "if nxt[2] then wait = math.max(0, tonumber(nxt[2]) - now) end\n"
     "return { #due, wait }\n";
+static const char bq_script_promote_2_sha[] = "6a042732fba2b5bfb80c1347fb66c66e1d08584e";
 
 static const char bq_script_ratelimit_3[] =
     "-- ratelimit-3: admit an operation under \"at most LIMIT per PERIOD\" for one key, or defer it.\n"
@@ -195,6 +202,7 @@ static const char bq_script_ratelimit_3[] =
     "if ARGV[6] == '1' and redis.call('LREM', KEYS[2], -1, ARGV[4]) == 0 then return { -1, 0 } end\n"
     "redis.call('ZADD', KEYS[3], now + wait, ARGV[5])\n"
     "return { 0, wait }\n";
+static const char bq_script_ratelimit_3_sha[] = "8ebc08fa0a3add07391361bdceadceb315bfca00";
 
 static const char bq_script_reap_3[] =
     "-- reap-3: give the in-flight operations of a worker whose lease ran out back to the queue.\n"
@@ -231,6 +239,7 @@ static const char bq_script_reap_3[] =
     "redis.call('DEL', KEYS[2])\n"
     "redis.call('ZREM', KEYS[1], ARGV[1])\n"
     "return #items\n";
+static const char bq_script_reap_3_sha[] = "04766bebc1b26df2481a38f17ad66a5312c1b8e7";
 
 static const char bq_script_requeue_2[] =
     "-- requeue-2: move one dead-letter entry back to the queue as a fresh operation.\n"
@@ -245,6 +254,7 @@ static const char bq_script_requeue_2[] =
     "if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end\n"
     "redis.call('LPUSH', KEYS[2], '#bq {\"attempt\":1,\"requeued\":1}\\n' .. string.sub(ARGV[1], nl + 1))\n"
     "return 1\n";
+static const char bq_script_requeue_2_sha[] = "6dc7bf7c4647f0ae416e5df476d8868d7ad73eaa";
 
 static const char bq_script_retry_2[] =
     "-- retry-2: schedule a failed operation for another attempt, releasing its lease.\n"
@@ -261,6 +271,7 @@ static const char bq_script_retry_2[] =
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])\n"
     "return 1\n";
+static const char bq_script_retry_2_sha[] = "d614c23f5a1e44f79e4c9012c23d42946604cb7d";
 
 static const char bq_script_unregister_2[] =
     "-- unregister-2: a worker leaving cleanly drops its lease record and its empty in-flight list.\n"
@@ -272,5 +283,6 @@ static const char bq_script_unregister_2[] =
     "redis.call('ZREM', KEYS[1], ARGV[1])\n"
     "redis.call('DEL', KEYS[2])\n"
     "return 1\n";
+static const char bq_script_unregister_2_sha[] = "6b2f2fc55d18e3cd3900cbbfe17bbd5a9d6e8a39";
 
 #endif

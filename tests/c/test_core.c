@@ -1,12 +1,13 @@
 /*
  * test_core.c -- pure logic: backoff, the JSON string writer, UTF-8 validation, key layout,
  * the C task encoder, dead-letter entries, configuration resolution, log lines, the Lua
- * states' small-object arena.
+ * states' small-object arena, the embedded Redis scripts' SHA1 names.
  */
 #include "check.h"
 
 #include "../../src/broker/broker.h"
 #include "../../src/broker/keys.h"
+#include "../../src/broker/scripts.h"
 #include "../../src/core/alloc.h"
 #include "../../src/core/arena.h"
 #include "../../src/core/backoff.h"
@@ -17,6 +18,7 @@
 #include "../../src/engine/task.h"
 
 #include <math.h>
+#include <openssl/evp.h>
 #include <unistd.h>
 
 TEST(backoff_grows_and_caps)
@@ -409,6 +411,29 @@ TEST(arena_out_of_memory_keeps_the_old_block)
     bq_arena_free(a);
 }
 
+TEST(script_sha1s_are_the_scripts)
+{
+    /* embed.lua names each script by sha1sum at build time; EVALSHA needs exactly that. */
+    const struct {
+        const char *src, *sha;
+    } s[] = {
+#define S(v) {bq_script_##v, bq_script_##v##_sha}
+        S(bury_2),    S(enqueue_N),   S(fetch_2),     S(fetchm_N), S(handback_2),
+        S(heartbeat_N), S(promote_2), S(ratelimit_3), S(reap_3),   S(requeue_2),
+        S(retry_2),   S(unregister_2),
+#undef S
+    };
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned n = 0;
+        CHECK(EVP_Digest(s[i].src, strlen(s[i].src), md, &n, EVP_sha1(), NULL) == 1 && n == 20);
+        char hex[41];
+        for (unsigned k = 0; k < 20; k++)
+            snprintf(hex + 2 * k, 3, "%02x", md[k]);
+        CHECK_STR(hex, s[i].sha);
+    }
+}
+
 int main(void)
 {
     RUN(backoff_grows_and_caps);
@@ -424,5 +449,6 @@ int main(void)
     RUN(sliding_window);
     RUN(arena_blocks_keep_their_bytes);
     RUN(arena_out_of_memory_keeps_the_old_block);
+    RUN(script_sha1s_are_the_scripts);
     return check_report("test_core");
 }
