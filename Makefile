@@ -29,7 +29,10 @@ ifneq ($(SANITIZER),)
 ALL_CFLAGS += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=$(SANITIZER)
 endif
-LIBS = -lhiredis -lpq -lmicrohttpd -lssl -lcrypto -lpthread -lm
+# libpq and libmicrohttpd are opened when first needed (src/core/dl.h), not linked; the tests
+# link libpq themselves (test_pg talks to PostgreSQL directly).
+LIBS = -lhiredis -lssl -lcrypto -lpthread -lm -ldl
+TEST_LIBS = $(LIBS) -lpq
 
 LIB_SRC = $(wildcard src/core/*.c src/net/*.c src/broker/*.c src/storage/*.c src/engine/*.c)
 LUA_SRC = $(wildcard src/lua/*.c)
@@ -77,7 +80,7 @@ $(BUILD)/binduq/core.so: $(LIB_OBJ) $(LUA_OBJ)
 
 $(BUILD)/binduq-lua: $(HOST_OBJ) $(LUA_OBJ) $(LIB_OBJ)
 	$(SAY) LD $@
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LUA_LIB) $(LIBS) -ldl
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LUA_LIB) $(LIBS)
 
 $(BUILD)/examples/schedule_c: examples/schedule.c $(BUILD)/libbinduq.a src/binduq.h
 	@mkdir -p $(dir $@)
@@ -102,17 +105,17 @@ $(BUILD)/tests/%: tests/c/%.c tests/c/check.h $(ASAN_BUILD)/libbinduq.a
 	@mkdir -p $(dir $@)
 	$(SAY) CC $@
 	$(Q)$(CC) $(TEST_CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all -o $@ $< \
-	    $(ASAN_BUILD)/libbinduq.a $(LIBS)
+	    $(ASAN_BUILD)/libbinduq.a $(TEST_LIBS)
 
 $(BUILD)/tests-tsan/%: tests/c/%.c tests/c/check.h $(TSAN_BUILD)/libbinduq.a
 	@mkdir -p $(dir $@)
 	$(SAY) CC $@
-	$(Q)$(CC) $(TEST_CFLAGS) -fsanitize=thread -o $@ $< $(TSAN_BUILD)/libbinduq.a $(LIBS)
+	$(Q)$(CC) $(TEST_CFLAGS) -fsanitize=thread -o $@ $< $(TSAN_BUILD)/libbinduq.a $(TEST_LIBS)
 
 $(BUILD)/tests-vg/%: tests/c/%.c tests/c/check.h $(BUILD)/libbinduq.a
 	@mkdir -p $(dir $@)
 	$(SAY) CC $@
-	$(Q)$(CC) $(TEST_CFLAGS) -o $@ $< $(BUILD)/libbinduq.a $(LIBS)
+	$(Q)$(CC) $(TEST_CFLAGS) -o $@ $< $(BUILD)/libbinduq.a $(TEST_LIBS)
 
 test-c: $(C_TESTS)
 	@for t in $(C_TESTS); do $$t || exit 1; done

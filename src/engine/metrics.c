@@ -1,6 +1,7 @@
 /*
  * metrics.c -- see metrics.h. The HTTP side is libmicrohttpd (no HTTP parsing of ours):
  * one daemon with an internal polling thread, answering GET /metrics, /healthz and /readyz.
+ * libmicrohttpd is opened when a process first serves metrics (core/dl.h), not linked.
  *
  * Metric names follow Prometheus conventions (binduq_ prefix, _total for counters, _seconds
  * for durations). Per-worker series carry labels queue (the worker's first queue) and worker
@@ -10,6 +11,7 @@
 
 #include "../core/alloc.h"
 #include "../core/buf.h"
+#include "../core/dl.h"
 #include "../core/err.h"
 #include "../core/log.h"
 
@@ -315,19 +317,44 @@ static bool ready(char *why, size_t size)
 
 /* ---- HTTP ----------------------------------------------------------------------------------- */
 
+#define MHD_FUNCTIONS(X)                                                                       \
+    X(MHD_create_response_from_buffer) X(MHD_add_response_header) X(MHD_queue_response)       \
+    X(MHD_destroy_response) X(MHD_start_daemon) X(MHD_get_daemon_info) X(MHD_stop_daemon)
+
+static struct {
+#define MHD_FIELD(f) __typeof__(f) *f;
+    MHD_FUNCTIONS(MHD_FIELD)
+#undef MHD_FIELD
+} mhd;
+
+static pthread_once_t mhd_once = PTHREAD_ONCE_INIT;
+static char mhd_failure[300]; /* "" once loaded */
+
+static void mhd_load(void)
+{
+    void *lib = bq_dl_open("libmicrohttpd.so.12", mhd_failure, sizeof mhd_failure);
+    if (lib == NULL)
+        return;
+#define MHD_LOAD(f)                                                                            \
+    if (!bq_dl_sym(lib, #f, &mhd.f, sizeof mhd.f, mhd_failure, sizeof mhd_failure))          \
+        return;
+    MHD_FUNCTIONS(MHD_LOAD)
+#undef MHD_LOAD
+}
+
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type,
                              char *body, size_t len, bool owned)
 {
-    struct MHD_Response *r = MHD_create_response_from_buffer(
+    struct MHD_Response *r = mhd.MHD_create_response_from_buffer(
         len, body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_MUST_COPY);
     if (r == NULL) {
         if (owned)
             free(body);
         return MHD_NO;
     }
-    MHD_add_response_header(r, "Content-Type", type);
-    enum MHD_Result ret = MHD_queue_response(c, status, r);
-    MHD_destroy_response(r);
+    mhd.MHD_add_response_header(r, "Content-Type", type);
+    enum MHD_Result ret = mhd.MHD_queue_response(c, status, r);
+    mhd.MHD_destroy_response(r);
     return ret;
 }
 
@@ -371,6 +398,10 @@ bq_status bq_metrics_serve(const char *host, int port, int *bound, bq_err *err)
         host = "127.0.0.1";
     if (port < 0 || port > 65535)
         return bq_err_set(err, BQ_EINVAL, "metrics: bad port %d", port);
+    pthread_once(&mhd_once, mhd_load);
+    if (mhd_failure[0] != '\0')
+        return bq_err_set(err, BQ_EINVAL, "metrics: the endpoint needs libmicrohttpd (Debian: "
+                          "apt-get install libmicrohttpd12): %s", mhd_failure);
     pthread_mutex_lock(&mu);
     if (daemon_ != NULL) {
         bool same = strcmp(host, served_host) == 0 && (port == 0 || port == served_port);
@@ -399,14 +430,15 @@ bq_status bq_metrics_serve(const char *host, int port, int *bound, bq_err *err)
         pthread_mutex_unlock(&mu);
         return bq_err_set(err, BQ_EINVAL, "metrics: '%.60s' is not an IP address", host);
     }
-    daemon_ = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handle, NULL,
+    daemon_ = mhd.MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handle, NULL,
                                MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_CONNECTION_TIMEOUT,
                                (unsigned)10, MHD_OPTION_END);
     if (daemon_ == NULL) {
         pthread_mutex_unlock(&mu);
         return bq_err_set(err, BQ_EIO, "metrics: cannot listen on %s:%d (in use?)", host, port);
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
+    const union MHD_DaemonInfo *info =
+        mhd.MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
     served_port = info != NULL ? info->port : port;
     snprintf(served_host, sizeof served_host, "%s", host);
     if (bound != NULL)
@@ -425,5 +457,5 @@ void bq_metrics_shutdown(void)
     daemon_ = NULL;
     pthread_mutex_unlock(&mu);
     if (d != NULL)
-        MHD_stop_daemon(d);
+        mhd.MHD_stop_daemon(d);
 }

@@ -54,13 +54,14 @@
  */
 #include "storage.h"
 
+#include "pqapi.h"
+
 #include "../core/alloc.h"
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
 
 #include <math.h>
-#include <postgresql/libpq-fe.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,7 +229,7 @@ static bq_status scrub(const pg_storage *s, bq_err *err)
 /* The status for a failed connection attempt, from libpq's account of it. */
 static bq_status connect_code(PGconn *pg, const char *msg)
 {
-    if ((pg != NULL && PQconnectionNeedsPassword(pg)) ||
+    if ((pg != NULL && bq_pq.PQconnectionNeedsPassword(pg)) ||
         strstr(msg, "authentication failed") != NULL ||
         strstr(msg, "no password supplied") != NULL ||
         (strstr(msg, "role \"") != NULL && strstr(msg, "does not exist") != NULL))
@@ -247,7 +248,7 @@ static bq_status connect_code(PGconn *pg, const char *msg)
 static bq_status connect_fail(const pg_storage *s, PGconn *pg, const char *call, bq_err *err)
 {
     char text[256];
-    flatten(pg ? PQerrorMessage(pg) : "out of memory", text, sizeof text);
+    flatten(pg ? bq_pq.PQerrorMessage(pg) : "out of memory", text, sizeof text);
     bq_status code = pg ? connect_code(pg, text) : BQ_ENOMEM;
     bq_err_set(err, code, "%s (%s): %s", call, s->target, text);
     return scrub(s, err);
@@ -257,11 +258,11 @@ static bq_status connect_fail(const pg_storage *s, PGconn *pg, const char *call,
  * never came back, so a fresh session may run it again. */
 static bool connection_lost(PGconn *pg, const PGresult *res)
 {
-    if (PQstatus(pg) != CONNECTION_OK)
+    if (bq_pq.PQstatus(pg) != CONNECTION_OK)
         return true;
-    if (res == NULL || PQresultStatus(res) != PGRES_FATAL_ERROR)
+    if (res == NULL || bq_pq.PQresultStatus(res) != PGRES_FATAL_ERROR)
         return false;
-    const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *code = bq_pq.PQresultErrorField(res, PG_DIAG_SQLSTATE);
     /* 08: connection exception; 57P01..57P03: admin/crash shutdown, cannot connect now. */
     return code != NULL && (strncmp(code, "08", 2) == 0 || strcmp(code, "57P01") == 0 ||
                             strcmp(code, "57P02") == 0 || strcmp(code, "57P03") == 0);
@@ -272,8 +273,8 @@ static bq_status exec_fail(const pg_storage *s, PGconn *pg, const PGresult *res,
                            const char *call, bq_err *err)
 {
     char text[224];
-    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-    const char *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *primary = res ? bq_pq.PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *sqlstate = res ? bq_pq.PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     if (primary != NULL) {
         char flat[200];
         flatten(primary, flat, sizeof flat);
@@ -281,18 +282,18 @@ static bq_status exec_fail(const pg_storage *s, PGconn *pg, const PGresult *res,
             snprintf(text, sizeof text, "%s (SQLSTATE %s)", flat, sqlstate);
         else
             snprintf(text, sizeof text, "%s", flat);
-    } else if (res != NULL && PQresultErrorMessage(res)[0] != '\0') {
-        flatten(PQresultErrorMessage(res), text, sizeof text);
-    } else if (res != NULL && PQresultStatus(res) != PGRES_FATAL_ERROR) {
+    } else if (res != NULL && bq_pq.PQresultErrorMessage(res)[0] != '\0') {
+        flatten(bq_pq.PQresultErrorMessage(res), text, sizeof text);
+    } else if (res != NULL && bq_pq.PQresultStatus(res) != PGRES_FATAL_ERROR) {
         snprintf(text, sizeof text, "unexpected result %s",
-                 PQresStatus(PQresultStatus(res)));
+                 bq_pq.PQresStatus(bq_pq.PQresultStatus(res)));
     } else {
-        flatten(PQerrorMessage(pg), text, sizeof text);
+        flatten(bq_pq.PQerrorMessage(pg), text, sizeof text);
     }
     bq_status code = BQ_EPG;
     if (connection_lost(pg, res) || res == NULL)
         code = BQ_EIO;
-    else if (PQresultStatus(res) != PGRES_FATAL_ERROR)
+    else if (bq_pq.PQresultStatus(res) != PGRES_FATAL_ERROR)
         code = BQ_EPROTO;
     bq_err_set(err, code, "%s: %s", call, text[0] ? text : "connection lost");
     return scrub(s, err);
@@ -318,13 +319,13 @@ static bq_status pg_connect(const pg_storage *s, struct pgconn *c, bq_err *err)
     /* Later keywords override what the URL says; fallback_application_name yields to it. */
     const char *keys[] = {"fallback_application_name", "dbname", "connect_timeout", NULL};
     const char *vals[] = {PG_APP_NAME, s->url, s->timeout_str, NULL};
-    PGconn *pg = PQconnectdbParams(keys, vals, 1);
-    if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
+    PGconn *pg = bq_pq.PQconnectdbParams(keys, vals, 1);
+    if (pg == NULL || bq_pq.PQstatus(pg) != CONNECTION_OK) {
         bq_status st = connect_fail(s, pg, "PQconnectdbParams", err);
-        PQfinish(pg);
+        bq_pq.PQfinish(pg);
         return st;
     }
-    PQsetNoticeProcessor(pg, on_notice, c); /* kept across PQreset */
+    bq_pq.PQsetNoticeProcessor(pg, on_notice, c); /* kept across PQreset */
     c->pg = pg;
     return BQ_OK;
 }
@@ -332,7 +333,7 @@ static bq_status pg_connect(const pg_storage *s, struct pgconn *c, bq_err *err)
 static void conn_free(struct pgconn *c)
 {
     if (c != NULL) {
-        PQfinish(c->pg);
+        bq_pq.PQfinish(c->pg);
         bq_free(c);
     }
 }
@@ -342,7 +343,7 @@ static bq_status reconnect(const pg_storage *s, struct pgconn *c, bq_err *err)
 {
     char reason[200];
     bq_err why;
-    flatten(PQerrorMessage(c->pg), reason, sizeof reason);
+    flatten(bq_pq.PQerrorMessage(c->pg), reason, sizeof reason);
     if (c->fatal[0] != '\0')
         bq_err_set(&why, BQ_EIO, "%s (%s)", c->fatal, reason[0] ? reason : "connection lost");
     else
@@ -352,8 +353,8 @@ static bq_status reconnect(const pg_storage *s, struct pgconn *c, bq_err *err)
     bq_log(BQ_LOG_WARN, "storage_reconnect", "storage", "postgres", "target", s->target,
            "reason", why.msg, NULL);
     c->prepared = false;
-    PQreset(c->pg);
-    if (PQstatus(c->pg) != CONNECTION_OK)
+    bq_pq.PQreset(c->pg);
+    if (bq_pq.PQstatus(c->pg) != CONNECTION_OK)
         return connect_fail(s, c->pg, "PQreset", err);
     return BQ_OK;
 }
@@ -361,15 +362,15 @@ static bq_status reconnect(const pg_storage *s, struct pgconn *c, bq_err *err)
 static bq_status prepare(const pg_storage *s, struct pgconn *c, bq_err *err)
 {
     for (int i = 0; i < ST_COUNT; i++) {
-        PGresult *res = PQprepare(c->pg, stmts[i].name, s->sql[i], stmts[i].nparams, NULL);
-        if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        PGresult *res = bq_pq.PQprepare(c->pg, stmts[i].name, s->sql[i], stmts[i].nparams, NULL);
+        if (res == NULL || bq_pq.PQresultStatus(res) != PGRES_COMMAND_OK) {
             char call[64];
-            snprintf(call, sizeof call, "PQprepare(%s)", stmts[i].name);
+            snprintf(call, sizeof call, "bq_pq.PQprepare(%s)", stmts[i].name);
             bq_status st = exec_fail(s, c->pg, res, call, err);
-            PQclear(res);
+            bq_pq.PQclear(res);
             return st;
         }
-        PQclear(res);
+        bq_pq.PQclear(res);
     }
     c->prepared = true;
     return BQ_OK;
@@ -380,9 +381,9 @@ static bq_status ready(const pg_storage *s, struct pgconn *c, bq_err *err)
 {
     /* Reads what arrived while the connection was idle; a terminated backend's end of file
      * turns into CONNECTION_BAD here, before we send anything into a dead socket. */
-    if (PQstatus(c->pg) == CONNECTION_OK)
-        (void)PQconsumeInput(c->pg);
-    if (PQstatus(c->pg) != CONNECTION_OK) {
+    if (bq_pq.PQstatus(c->pg) == CONNECTION_OK)
+        (void)bq_pq.PQconsumeInput(c->pg);
+    if (bq_pq.PQstatus(c->pg) != CONNECTION_OK) {
         bq_status st = reconnect(s, c, err);
         if (st != BQ_OK)
             return st;
@@ -437,7 +438,7 @@ static void release(pg_storage *s, struct pgconn *c)
 {
     if (c == NULL)
         return;
-    if (PQstatus(c->pg) != CONNECTION_OK || PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
+    if (bq_pq.PQstatus(c->pg) != CONNECTION_OK || bq_pq.PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
         conn_free(c);
         c = NULL;
     }
@@ -464,23 +465,23 @@ static bq_status run(const pg_storage *s, struct pgconn *c, int stmt, const char
         if (st != BQ_OK)
             return st;
         PGresult *res = stmt >= 0
-                            ? PQexecPrepared(c->pg, stmts[stmt].name, n, vals, NULL, NULL, 0)
-                            : PQexecParams(c->pg, sql, n, NULL, vals, NULL, NULL, 0);
-        if (res != NULL && PQresultStatus(res) == want) {
+                            ? bq_pq.PQexecPrepared(c->pg, stmts[stmt].name, n, vals, NULL, NULL, 0)
+                            : bq_pq.PQexecParams(c->pg, sql, n, NULL, vals, NULL, NULL, 0);
+        if (res != NULL && bq_pq.PQresultStatus(res) == want) {
             *out = res;
             return BQ_OK;
         }
         if (attempt == 0 && connection_lost(c->pg, res)) {
-            PQclear(res);
+            bq_pq.PQclear(res);
             continue;
         }
         char call[64];
         if (stmt >= 0)
-            snprintf(call, sizeof call, "PQexecPrepared(%s)", stmts[stmt].name);
+            snprintf(call, sizeof call, "bq_pq.PQexecPrepared(%s)", stmts[stmt].name);
         else
-            snprintf(call, sizeof call, "PQexecParams(%s)", what);
+            snprintf(call, sizeof call, "bq_pq.PQexecParams(%s)", what);
         st = exec_fail(s, c->pg, res, call, err);
-        PQclear(res);
+        bq_pq.PQclear(res);
         return st;
     }
 }
@@ -515,16 +516,16 @@ static bool row_to_rec(const PGresult *res, int row, struct bq_task_rec *r)
                      &r->history,   &r->artifacts,  &r->metadata, &r->checkpoint,
                      &r->error,     &r->requested};
     for (int i = 0; i < (int)(sizeof text / sizeof text[0]); i++) {
-        if (!PQgetisnull(res, row, i) && (*text[i] = bq_strdup(PQgetvalue(res, row, i))) == NULL)
+        if (!bq_pq.PQgetisnull(res, row, i) && (*text[i] = bq_strdup(bq_pq.PQgetvalue(res, row, i))) == NULL)
             goto oom;
     }
-    if (!PQgetisnull(res, row, COL_WORKER) &&
-        (r->worker = bq_strdup(PQgetvalue(res, row, COL_WORKER))) == NULL)
+    if (!bq_pq.PQgetisnull(res, row, COL_WORKER) &&
+        (r->worker = bq_strdup(bq_pq.PQgetvalue(res, row, COL_WORKER))) == NULL)
         goto oom;
-    r->attempts = (int)strtol(PQgetvalue(res, row, COL_ATTEMPTS), NULL, 10);
-    r->created_at = micros_to_seconds(PQgetvalue(res, row, COL_CREATED));
-    r->updated_at = micros_to_seconds(PQgetvalue(res, row, COL_UPDATED));
-    r->state_at = micros_to_seconds(PQgetvalue(res, row, COL_STATE_AT));
+    r->attempts = (int)strtol(bq_pq.PQgetvalue(res, row, COL_ATTEMPTS), NULL, 10);
+    r->created_at = micros_to_seconds(bq_pq.PQgetvalue(res, row, COL_CREATED));
+    r->updated_at = micros_to_seconds(bq_pq.PQgetvalue(res, row, COL_UPDATED));
+    r->state_at = micros_to_seconds(bq_pq.PQgetvalue(res, row, COL_STATE_AT));
     return true;
 oom:
     bq_task_rec_clear(r);
@@ -535,13 +536,13 @@ oom:
 static void fill_result(struct bq_task_result *out, const PGresult *res, bool changed)
 {
     memset(out, 0, sizeof *out);
-    if (res == NULL || PQntuples(res) < 1)
+    if (res == NULL || bq_pq.PQntuples(res) < 1)
         return;
     out->found = true;
     out->changed = changed;
-    snprintf(out->state, sizeof out->state, "%s", PQgetvalue(res, 0, 0));
-    snprintf(out->requested, sizeof out->requested, "%s", PQgetvalue(res, 0, 1));
-    out->attempts = PQnfields(res) > 2 ? atoi(PQgetvalue(res, 0, 2)) : 0;
+    snprintf(out->state, sizeof out->state, "%s", bq_pq.PQgetvalue(res, 0, 0));
+    snprintf(out->requested, sizeof out->requested, "%s", bq_pq.PQgetvalue(res, 0, 1));
+    out->attempts = bq_pq.PQnfields(res) > 2 ? atoi(bq_pq.PQgetvalue(res, 0, 2)) : 0;
 }
 
 /* True if text, past leading white space, opens a JSON array. The server checks the rest. */
@@ -574,16 +575,16 @@ static bq_status pg_create(bq_storage *base, const struct bq_task_new *t,
     if (st != BQ_OK)
         return st;
     st = run(s, c, ST_CREATE, NULL, NULL, 8, vals, PGRES_TUPLES_OK, &res, err);
-    if (st == BQ_OK && PQntuples(res) == 1) {
+    if (st == BQ_OK && bq_pq.PQntuples(res) == 1) {
         fill_result(out, res, true);
     } else if (st == BQ_OK) {
         /* The id exists: report its state (a fresh statement sees the row that won). */
-        PQclear(res);
+        bq_pq.PQclear(res);
         st = run(s, c, ST_STATE, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
         if (st == BQ_OK)
             fill_result(out, res, false);
     }
-    PQclear(res);
+    bq_pq.PQclear(res);
     release(s, c);
     return st;
 }
@@ -601,13 +602,13 @@ static bq_status pg_get(bq_storage *base, const char *id, struct bq_task_rec *ou
     bq_status st = run1(s, ST_GET, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
     if (st != BQ_OK)
         return st;
-    if (PQntuples(res) == 1) {
+    if (bq_pq.PQntuples(res) == 1) {
         if (row_to_rec(res, 0, out))
             *found = true;
         else
             st = bq_err_set(err, BQ_ENOMEM, "storage get: out of memory");
     }
-    PQclear(res);
+    bq_pq.PQclear(res);
     return st;
 }
 
@@ -636,16 +637,16 @@ static bq_status pg_change(bq_storage *base, const struct bq_task_change *c,
     if (st != BQ_OK)
         return st;
     st = run(s, conn, ST_CHANGE, NULL, NULL, 10, vals, PGRES_TUPLES_OK, &res, err);
-    if (st == BQ_OK && PQntuples(res) == 1) {
+    if (st == BQ_OK && bq_pq.PQntuples(res) == 1) {
         fill_result(out, res, true);
     } else if (st == BQ_OK) {
         /* Refused (or unknown): report the state that refused it. */
-        PQclear(res);
+        bq_pq.PQclear(res);
         st = run(s, conn, ST_STATE, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
         if (st == BQ_OK)
             fill_result(out, res, false);
     }
-    PQclear(res);
+    bq_pq.PQclear(res);
     release(s, conn);
     return st;
 }
@@ -693,20 +694,20 @@ static bq_status pg_list(bq_storage *base, const struct bq_task_filter *f,
     bq_free(sql);
     if (st != BQ_OK)
         return st;
-    int rows = PQntuples(res);
+    int rows = bq_pq.PQntuples(res);
     struct bq_task_rec *v = rows > 0 ? bq_calloc((size_t)rows, sizeof *v) : NULL;
     if (rows > 0 && v == NULL) {
-        PQclear(res);
+        bq_pq.PQclear(res);
         return bq_err_set(err, BQ_ENOMEM, "storage list: out of memory");
     }
     for (int i = 0; i < rows; i++) {
         if (!row_to_rec(res, i, &v[i])) {
             bq_task_recs_free(v, (size_t)i);
-            PQclear(res);
+            bq_pq.PQclear(res);
             return bq_err_set(err, BQ_ENOMEM, "storage list: out of memory");
         }
     }
-    PQclear(res);
+    bq_pq.PQclear(res);
     *out = v;
     *n = (size_t)rows;
     return BQ_OK;
@@ -723,8 +724,8 @@ static bq_status pg_remove(bq_storage *base, const char *id, bool *found, bq_err
     bq_status st = run1(s, ST_REMOVE, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
     if (st != BQ_OK)
         return st;
-    *found = PQntuples(res) == 1;
-    PQclear(res);
+    *found = bq_pq.PQntuples(res) == 1;
+    bq_pq.PQclear(res);
     return BQ_OK;
 }
 
@@ -733,7 +734,7 @@ static bq_status pg_ping(bq_storage *base, bq_err *err)
     PGresult *res;
     bq_status st = run1((pg_storage *)base, -1, "SELECT 1", "ping", 0, NULL, PGRES_TUPLES_OK,
                         &res, err);
-    PQclear(res);
+    bq_pq.PQclear(res);
     return st;
 }
 
@@ -798,17 +799,17 @@ static bq_status migrate_exec(const pg_storage *s, PGconn *pg, const char *tmpl,
     char *sql = fill_schema(tmpl, s->qschema);
     if (sql == NULL)
         return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
-    PGresult *res = PQexec(pg, sql);
+    PGresult *res = bq_pq.PQexec(pg, sql);
     bq_free(sql);
-    if (res == NULL || PQresultStatus(res) != want) {
-        bq_status st = exec_fail(s, pg, res, "PQexec(migrate)", err);
-        PQclear(res);
+    if (res == NULL || bq_pq.PQresultStatus(res) != want) {
+        bq_status st = exec_fail(s, pg, res, "bq_pq.PQexec(migrate)", err);
+        bq_pq.PQclear(res);
         return st;
     }
     if (out != NULL)
         *out = res;
     else
-        PQclear(res);
+        bq_pq.PQclear(res);
     return BQ_OK;
 }
 
@@ -819,28 +820,28 @@ static bq_status migrate_locked(const pg_storage *s, PGconn *pg, bq_err *err)
     snprintf(key, sizeof key, "binduq:%s", s->schema);
     snprintf(regclass, sizeof regclass, "%s.schema_version", s->qschema);
     const char *lock_vals[] = {key};
-    PGresult *res = PQexecParams(pg, "SELECT pg_advisory_xact_lock(hashtext($1::text))", 1, NULL,
+    PGresult *res = bq_pq.PQexecParams(pg, "SELECT pg_advisory_xact_lock(hashtext($1::text))", 1, NULL,
                                  lock_vals, NULL, NULL, 0);
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        bq_status st = exec_fail(s, pg, res, "PQexecParams(pg_advisory_xact_lock)", err);
-        PQclear(res);
+    if (res == NULL || bq_pq.PQresultStatus(res) != PGRES_TUPLES_OK) {
+        bq_status st = exec_fail(s, pg, res, "bq_pq.PQexecParams(pg_advisory_xact_lock)", err);
+        bq_pq.PQclear(res);
         return st;
     }
-    PQclear(res);
+    bq_pq.PQclear(res);
 
     /* Look before creating: CREATE ... IF NOT EXISTS checks privileges first. */
     const char *look_vals[] = {s->schema, regclass};
-    res = PQexecParams(pg, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1::text), "
+    res = bq_pq.PQexecParams(pg, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1::text), "
                            "to_regclass($2::text) IS NOT NULL",
                        2, NULL, look_vals, NULL, NULL, 0);
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        bq_status st = exec_fail(s, pg, res, "PQexecParams(migrate)", err);
-        PQclear(res);
+    if (res == NULL || bq_pq.PQresultStatus(res) != PGRES_TUPLES_OK || bq_pq.PQntuples(res) != 1) {
+        bq_status st = exec_fail(s, pg, res, "bq_pq.PQexecParams(migrate)", err);
+        bq_pq.PQclear(res);
         return st;
     }
-    bool have_schema = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    bool have_version = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
-    PQclear(res);
+    bool have_schema = strcmp(bq_pq.PQgetvalue(res, 0, 0), "t") == 0;
+    bool have_version = strcmp(bq_pq.PQgetvalue(res, 0, 1), "t") == 0;
+    bq_pq.PQclear(res);
     bq_status st = BQ_OK;
     if (!have_schema)
         st = migrate_exec(s, pg, "CREATE SCHEMA @S", PGRES_COMMAND_OK, NULL, err);
@@ -852,9 +853,9 @@ static bq_status migrate_locked(const pg_storage *s, PGconn *pg, bq_err *err)
                           PGRES_TUPLES_OK, &res, err);
     if (st != BQ_OK)
         return st;
-    int version = PQgetisnull(res, 0, 0) ? 0 : atoi(PQgetvalue(res, 0, 0));
-    long rows = atol(PQgetvalue(res, 0, 1));
-    PQclear(res);
+    int version = bq_pq.PQgetisnull(res, 0, 0) ? 0 : atoi(bq_pq.PQgetvalue(res, 0, 0));
+    long rows = atol(bq_pq.PQgetvalue(res, 0, 1));
+    bq_pq.PQclear(res);
     for (int v = version; st == BQ_OK && v < PG_SCHEMA_VERSION; v++)
         st = migrate_exec(s, pg, migrations[v], PGRES_COMMAND_OK, NULL, err);
     if (st != BQ_OK || version >= PG_SCHEMA_VERSION)
@@ -872,18 +873,18 @@ static bq_status migrate_locked(const pg_storage *s, PGconn *pg, bq_err *err)
 /* Creates or migrates the schema in one transaction. */
 static bq_status migrate(const pg_storage *s, PGconn *pg, bq_err *err)
 {
-    PGresult *res = PQexec(pg, "BEGIN");
-    if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
-        bq_status st = exec_fail(s, pg, res, "PQexec(BEGIN)", err);
-        PQclear(res);
+    PGresult *res = bq_pq.PQexec(pg, "BEGIN");
+    if (res == NULL || bq_pq.PQresultStatus(res) != PGRES_COMMAND_OK) {
+        bq_status st = exec_fail(s, pg, res, "bq_pq.PQexec(BEGIN)", err);
+        bq_pq.PQclear(res);
         return st;
     }
-    PQclear(res);
+    bq_pq.PQclear(res);
     bq_status st = migrate_locked(s, pg, err);
-    res = PQexec(pg, st == BQ_OK ? "COMMIT" : "ROLLBACK");
-    if (st == BQ_OK && (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK))
-        st = exec_fail(s, pg, res, "PQexec(COMMIT)", err);
-    PQclear(res);
+    res = bq_pq.PQexec(pg, st == BQ_OK ? "COMMIT" : "ROLLBACK");
+    if (st == BQ_OK && (res == NULL || bq_pq.PQresultStatus(res) != PGRES_COMMAND_OK))
+        st = exec_fail(s, pg, res, "bq_pq.PQexec(COMMIT)", err);
+    bq_pq.PQclear(res);
     if (st != BQ_OK)
         bq_err_prefix(err, "storage: creating the schema");
     return st;
@@ -921,14 +922,14 @@ static bq_status normalize_url(const char *url, char **out, bq_err *err)
 static bq_status describe_url(pg_storage *s, bq_err *err)
 {
     char *perr = NULL;
-    PQconninfoOption *opts = PQconninfoParse(s->url, &perr);
+    PQconninfoOption *opts = bq_pq.PQconninfoParse(s->url, &perr);
     if (opts == NULL) {
         /* libpq's complaint may quote a piece of the URL; quote it only if no password can
          * be in it. */
         const char *at = strchr(s->url, '@');
         char text[160];
         flatten(perr ? perr : "out of memory", text, sizeof text);
-        PQfreemem(perr);
+        bq_pq.PQfreemem(perr);
         if (at != NULL)
             return bq_err_set(err, BQ_EINVAL, "PQconninfoParse: malformed PostgreSQL URL");
         return bq_err_set(err, BQ_EINVAL, "PQconninfoParse: malformed PostgreSQL URL: %s", text);
@@ -954,7 +955,7 @@ static bq_status describe_url(pg_storage *s, bq_err *err)
     bq_status st = BQ_OK;
     if (pw != NULL && (s->password = bq_strdup(pw)) == NULL)
         st = bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
-    PQconninfoFree(opts);
+    bq_pq.PQconninfoFree(opts);
     return st;
 }
 
@@ -968,6 +969,8 @@ bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **o
     *out = NULL;
     if (cfg == NULL || cfg->url == NULL || cfg->url[0] == '\0')
         return bq_err_set(err, BQ_EINVAL, "storage: PostgreSQL needs a url");
+    if (bq_pq_load(err) != BQ_OK)
+        return BQ_EINVAL;
     const char *schema = cfg->schema ? cfg->schema : PG_DEFAULT_SCHEMA;
     if (schema[0] == '\0' || strlen(schema) > 63)
         return bq_err_set(err, BQ_EINVAL, "storage: schema name must be 1 to 63 bytes long");
@@ -999,14 +1002,14 @@ bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **o
     struct pgconn *c = bq_calloc(1, sizeof *c);
     st = c ? pg_connect(s, c, err) : bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
     if (st == BQ_OK) {
-        char *q = PQescapeIdentifier(c->pg, s->schema, strlen(s->schema));
+        char *q = bq_pq.PQescapeIdentifier(c->pg, s->schema, strlen(s->schema));
         if (q == NULL) {
             char text[160];
-            flatten(PQerrorMessage(c->pg), text, sizeof text);
+            flatten(bq_pq.PQerrorMessage(c->pg), text, sizeof text);
             st = bq_err_set(err, BQ_EINVAL, "PQescapeIdentifier: bad schema name: %s", text);
         } else {
             s->qschema = bq_strdup(q);
-            PQfreemem(q);
+            bq_pq.PQfreemem(q);
             for (int i = 0; s->qschema != NULL && i < ST_COUNT; i++) {
                 if ((s->sql[i] = fill_schema(stmts[i].sql, s->qschema)) == NULL)
                     break;
