@@ -6,7 +6,8 @@
 --   process   the 100,000 queued tasks with a no-op Lua handler (one worker), at-least-once
 --             and at-most-once, with the worker's and Redis' CPU seconds per 10,000 tasks
 --   pickup    latency from the producer's LPUSH to the handler's start, at idle (1,000 samples)
---   memory    a worker process at concurrency 8: its peak resident set, and its CPU when idle
+--   memory    a worker process at concurrency 8: its peak resident set (its memory storage
+--             bounded to 1,000 records, and keeping all), and its CPU when idle
 --   tls       20,000 tasks enqueued and processed over rediss://, against plain TCP
 --   storage   processing 10,000 tasks with their state in a throwaway PostgreSQL, against the
 --             same run with the state in memory, and pgbench's simple-update rate there
@@ -30,6 +31,7 @@ local N_SYNC = tonumber(os.getenv("BENCH_SYNC_TASKS")) or 10000
 local N_LAT = tonumber(os.getenv("BENCH_LATENCY_SAMPLES")) or 1000
 local N_PG = tonumber(os.getenv("BENCH_PG_TASKS")) or 10000
 local CONCURRENCY = tonumber(os.getenv("BENCH_CONCURRENCY")) or 1
+local MAX_TASKS = tonumber(os.getenv("BENCH_MAX_TASKS")) or 1000 -- the memory figure's storage.max_tasks
 -- The advanced-pattern runs fetch one task ahead, so a fetch overlaps the handling of the
 -- previous task (the plain run they are compared with does the same).
 local PREFETCH = tonumber(os.getenv("BENCH_PREFETCH")) or 1
@@ -262,24 +264,31 @@ local ok, err = pcall(function()
     end)
     s:close()
 
-    step(("a worker process at concurrency 8: peak memory draining %d tasks, then its CPU while idle for 3 s")
-        :format(NV))
+    step(("a worker process at concurrency 8: peak memory draining %d tasks (its memory storage bounded to %d records, then keeping all), then its CPU while idle for 3 s")
+        :format(NV, MAX_TASKS))
     local mem_fig = median_of("worker process", function(r)
         local qn = queue .. ":proc"
-        local sp = bq.scheduler{ url = server.url, queue_name = qn, dedup = false }
-        local list = {}
-        for i = 1, NV do
-            list[#list + 1] = op(i, "rss" .. r .. "-")
-            if #list == 1000 then assert(sp:schedule_many(list)); list = {} end
-        end
-        if #list > 0 then assert(sp:schedule_many(list)) end
-        sp:close()
         local env = { BENCH_URL = server.url, BENCH_QUEUE = qn, BENCH_CONCURRENCY = "8" }
-        local rc, out = proc.run("build/binduq-lua tests/bench/proc_worker.lua drain", { env = env, timeout = 120 })
-        assert(rc == 0, "proc_worker drain: " .. out)
-        local fig = {}
-        for k, v in out:gmatch("([%w_]+)=([%d.]+)") do fig[k] = tonumber(v) end
-        assert(fig.completed == NV, "proc_worker: " .. out)
+        -- Drains NV tasks in a worker process of its own; its figures.
+        local function drain(tag, max_tasks)
+            local sp = bq.scheduler{ url = server.url, queue_name = qn, dedup = false }
+            local list = {}
+            for i = 1, NV do
+                list[#list + 1] = op(i, "rss" .. tag .. r .. "-")
+                if #list == 1000 then assert(sp:schedule_many(list)); list = {} end
+            end
+            if #list > 0 then assert(sp:schedule_many(list)) end
+            sp:close()
+            env.BENCH_MAX_TASKS = max_tasks and tostring(max_tasks) or nil
+            local rc, out = proc.run("build/binduq-lua tests/bench/proc_worker.lua drain", { env = env, timeout = 120 })
+            assert(rc == 0, "proc_worker drain: " .. out)
+            local fig = {}
+            for k, v in out:gmatch("([%w_]+)=([%d.]+)") do fig[k] = tonumber(v) end
+            assert(fig.completed == NV, "proc_worker: " .. out)
+            return fig
+        end
+        local all = drain("a", nil)
+        local fig = drain("b", MAX_TASKS)
         -- idle: a worker blocked on an empty queue, its CPU ticks over 3 s
         local p = proc.spawn("build/binduq-lua tests/bench/proc_worker.lua run", { env = env })
         proc.sleep(1)
@@ -294,6 +303,7 @@ local ok, err = pcall(function()
         local idle = (ticks() - t0) / 100 / 3 * 100 -- percent of one core (USER_HZ 100)
         proc.stop(p, 5)
         return { hwm_mib = fig.hwm_kb / 1024, private_mib = fig.anon_kb / 1024,
+                 all_hwm_mib = all.hwm_kb / 1024, all_private_mib = all.anon_kb / 1024,
                  cpu = fig.cpu_s * 10000 / NV, idle_pct = idle }
     end)
 
@@ -395,8 +405,10 @@ local ok, err = pcall(function()
         :format(enq_dedup, enq_dedup / enq))
     print(("  pickup latency          p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x the LPUSH round trip (%.3f ms)")
         :format(lat_fig.p50, lat_fig.p99, lat_fig.p50 / rtt_p50, lat_fig.p99 / rtt_p50, rtt_p50))
-    print(("  worker process, conc. 8 peak RSS %.1f MiB (private %.1f MiB), CPU %.3f s per 10,000 tasks, idle %.2f %% CPU")
-        :format(mem_fig.hwm_mib, mem_fig.private_mib, mem_fig.cpu, mem_fig.idle_pct))
+    print(("  worker process, conc. 8 peak RSS %.1f MiB (private %.1f MiB) keeping %d records, CPU %.3f s per 10,000 tasks, idle %.2f %% CPU")
+        :format(mem_fig.hwm_mib, mem_fig.private_mib, MAX_TASKS, mem_fig.cpu, mem_fig.idle_pct))
+    print(("                          peak RSS %.1f MiB (private %.1f MiB) keeping all %d records (storage.max_tasks 100,000)")
+        :format(mem_fig.all_hwm_mib, mem_fig.all_private_mib, NV))
     print(("  enqueue over TLS        %9.0f tasks/s   %5.2f x the same over plain TCP (%.0f/s)")
         :format(tls_enq, tls_enq / tcp_enq, tcp_enq))
     print(("  process over TLS        %9.0f tasks/s   %5.2f x the same over plain TCP (%.0f/s, prefetch %d)")

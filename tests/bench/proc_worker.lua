@@ -1,5 +1,7 @@
 -- proc_worker.lua -- the bench's worker in a process of its own, for its memory and CPU.
---   BENCH_URL=... BENCH_QUEUE=... BENCH_CONCURRENCY=8 binduq-lua tests/bench/proc_worker.lua drain|run
+--   BENCH_URL=... BENCH_QUEUE=... BENCH_CONCURRENCY=8 [BENCH_MAX_TASKS=n]
+--   binduq-lua tests/bench/proc_worker.lua drain|run
+-- BENCH_MAX_TASKS bounds the memory storage (storage.max_tasks; default 100,000).
 -- drain: processes what is queued with a no-op handler, then prints
 --   "completed=<n> cpu_s=<process CPU seconds> hwm_kb=<peak resident set> rss_kb=<resident set>
 --    anon_kb=<its private part> file_kb=<mapped files: the shared libraries' pages>"
@@ -11,6 +13,7 @@ local w = bq.worker{
     scheduler = { url = os.getenv("BENCH_URL"), queue_name = os.getenv("BENCH_QUEUE") },
     concurrency = tonumber(os.getenv("BENCH_CONCURRENCY")) or 8,
     handlers = { run = function() return true end },
+    storage = { type = "memory", max_tasks = math.tointeger(tonumber(os.getenv("BENCH_MAX_TASKS") or "")) },
 }
 if bq.role == "handler" or arg[1] == "run" then
     w:run()
