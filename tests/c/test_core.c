@@ -1,7 +1,7 @@
 /*
  * test_core.c -- pure logic: backoff, the JSON string writer, UTF-8 validation, key layout,
  * the C task encoder, dead-letter entries, configuration resolution, log lines, the Lua
- * states' small-object arena, the embedded Redis scripts' SHA1 names.
+ * states' small-object arena, the embedded Redis scripts' SHA1 names, optional libraries.
  */
 #include "check.h"
 
@@ -12,6 +12,7 @@
 #include "../../src/core/arena.h"
 #include "../../src/core/backoff.h"
 #include "../../src/core/buf.h"
+#include "../../src/core/dl.h"
 #include "../../src/core/log.h"
 #include "../../src/core/ratelimit.h"
 #include "../../src/engine/config.h"
@@ -434,6 +435,22 @@ TEST(script_sha1s_are_the_scripts)
     }
 }
 
+TEST(optional_libraries_fail_with_a_reason)
+{
+    char why[300] = "";
+    CHECK(bq_dl_open("libbinduq-no-such-library.so.9", why, sizeof why) == NULL);
+    CHECK_CONTAINS(why, "libbinduq-no-such-library.so.9");
+    void *lib = bq_dl_open("libc.so.6", why, sizeof why);
+    CHECK(lib != NULL);
+    size_t (*len)(const char *) = NULL;
+    CHECK(bq_dl_sym(lib, "strlen", &len, sizeof len, why, sizeof why));
+    CHECK(len != NULL && len("four") == 4);
+    void (*none)(void) = NULL;
+    CHECK(!bq_dl_sym(lib, "bq_no_such_function", &none, sizeof none, why, sizeof why));
+    CHECK_CONTAINS(why, "has no bq_no_such_function");
+    CHECK(none == NULL);
+}
+
 int main(void)
 {
     RUN(backoff_grows_and_caps);
@@ -450,5 +467,6 @@ int main(void)
     RUN(arena_blocks_keep_their_bytes);
     RUN(arena_out_of_memory_keeps_the_old_block);
     RUN(script_sha1s_are_the_scripts);
+    RUN(optional_libraries_fail_with_a_reason);
     return check_report("test_core");
 }
