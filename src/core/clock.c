@@ -39,14 +39,74 @@ double bq_now_wall(void)
     return hooks.wall();
 }
 
+/* The arithmetic on 400-year eras (146,097 days each): no tables, no time zone, no libc. */
+long bq_days_from_civil(long y, int m, int d)
+{
+    y -= m <= 2;
+    long era = (y >= 0 ? y : y - 399) / 400;
+    long yoe = y - era * 400;
+    long doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    long doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+void bq_civil_from_days(long z, long *y, int *m, int *d)
+{
+    z += 719468; /* days from 0000-03-01 */
+    long era = (z >= 0 ? z : z - 146096) / 146097;
+    long doe = z - era * 146097;                                        /* [0, 146096] */
+    long yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;   /* [0, 399] */
+    long doy = doe - (365 * yoe + yoe / 4 - yoe / 100);                 /* [0, 365] */
+    long mp = (5 * doy + 2) / 153;                                      /* March = 0 */
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = yoe + era * 400 + (*m <= 2);
+}
+
+static char *put2(char *p, int v)
+{
+    p[0] = (char)('0' + v / 10);
+    p[1] = (char)('0' + v % 10);
+    return p + 2;
+}
+
+/* Every producer stamps every message, so no gmtime_r (it takes the time zone lock) and no
+ * snprintf. */
 void bq_iso8601(double t, char *out, size_t size)
 {
-    time_t secs = (time_t)floor(t);
-    int ms = (int)((t - floor(t)) * 1000.0);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    snprintf(out, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms > 999 ? 999 : ms);
+    double whole = floor(t);
+    int ms = (int)((t - whole) * 1000.0);
+    long long secs = (long long)whole;
+    long long days = secs >= 0 ? secs / 86400 : -((-secs + 86399) / 86400);
+    int rem = (int)(secs - days * 86400);
+    long y;
+    int mo, d;
+    bq_civil_from_days((long)days, &y, &mo, &d);
+    if (y < 0 || y > 9999 || size < 25) {
+        snprintf(out, size, "%04ld-%02d-%02dT%02d:%02d:%02d.%03dZ", y, mo, d, rem / 3600,
+                 rem / 60 % 60, rem % 60, ms > 999 ? 999 : ms);
+        return;
+    }
+    char *p = out;
+    p = put2(p, (int)(y / 100));
+    p = put2(p, (int)(y % 100));
+    *p++ = '-';
+    p = put2(p, mo);
+    *p++ = '-';
+    p = put2(p, d);
+    *p++ = 'T';
+    p = put2(p, rem / 3600);
+    *p++ = ':';
+    p = put2(p, rem / 60 % 60);
+    *p++ = ':';
+    p = put2(p, rem % 60);
+    *p++ = '.';
+    if (ms > 999)
+        ms = 999;
+    *p++ = (char)('0' + ms / 100);
+    p = put2(p, ms % 100);
+    *p++ = 'Z';
+    *p = '\0';
 }
 
 struct timespec bq_abstime_after(double seconds)

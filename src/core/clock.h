@@ -27,6 +27,10 @@ double bq_now_wall(void);
 /* Formats wall time `t` as "2024-12-09T14:30:00.123Z" into out (at least 32 bytes). */
 void bq_iso8601(double t, char *out, size_t size);
 
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar, and back. */
+long bq_days_from_civil(long y, int m, int d);
+void bq_civil_from_days(long days, long *y, int *m, int *d);
+
 /* The absolute CLOCK_MONOTONIC timespec for "now + seconds", for condition variables made
  * with bq_cond_init. */
 struct timespec bq_abstime_after(double seconds);

@@ -5,7 +5,7 @@
 
 #include "clock.h"
 
-#include <stdio.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -42,16 +42,53 @@ void bq_random_bytes(void *buf, size_t n)
         *p++ = (unsigned char)xs_next();
 }
 
+/* Kernel random bytes for identifiers, fetched 512 at a time: a producer makes an id per
+ * message, and a getrandom call each was most of its cost. Per thread; a forked child drops
+ * what it inherited, so parent and child never hand out the same bytes. */
+static _Thread_local struct {
+    unsigned char b[512];
+    size_t used;
+} pool = {{0}, sizeof pool.b};
+
+static void drop_pool(void)
+{
+    pool.used = sizeof pool.b;
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, drop_pool);
+}
+
+static void pooled_bytes(unsigned char *out, size_t n)
+{
+    pthread_once(&atfork_once, register_atfork);
+    if (sizeof pool.b - pool.used < n) {
+        bq_random_bytes(pool.b, sizeof pool.b);
+        pool.used = 0;
+    }
+    memcpy(out, pool.b + pool.used, n);
+    memset(pool.b + pool.used, 0, n); /* handed out once */
+    pool.used += n;
+}
+
 void bq_uuid4(char out[37])
 {
+    static const char hex[] = "0123456789abcdef";
     unsigned char b[16];
-    bq_random_bytes(b, sizeof b);
+    pooled_bytes(b, sizeof b);
     b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
-    snprintf(out, 37,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
-             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
-             b[15]);
+    char *p = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *p++ = '-';
+        *p++ = hex[b[i] >> 4];
+        *p++ = hex[b[i] & 15];
+    }
+    *p = '\0';
 }
 
 double bq_random_unit(void)

@@ -253,18 +253,6 @@ static int digits(const char **p, int n)
     return v;
 }
 
-/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar (the civil-from-days
- * arithmetic on 400-year eras: no tables, no time zone, no libc). */
-static long days_from_civil(long y, int m, int d)
-{
-    y -= m <= 2;
-    long era = (y >= 0 ? y : y - 399) / 400;
-    long yoe = y - era * 400;
-    long doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    long doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
 /* core.parse_iso8601(s) -> epoch seconds | nil, for "YYYY-MM-DDTHH:MM:SS[.fff][Z|+hh:mm]".
  * On every message with a timestamp (the pickup latency), so no sscanf or timegm. */
 static int l_parse_iso8601(lua_State *L)
@@ -275,7 +263,8 @@ static int l_parse_iso8601(lua_State *L)
         (d = digits(&p, 2)) >= 1 && d <= 31 && (*p == 'T' || *p == 't' || *p == ' ') && p++ &&
         (h = digits(&p, 2)) >= 0 && h <= 23 && *p++ == ':' && (mi = digits(&p, 2)) >= 0 &&
         mi <= 59 && *p++ == ':' && (sec = digits(&p, 2)) >= 0 && sec <= 60) {
-        double t = (double)days_from_civil(y, mo, d) * 86400.0 + h * 3600.0 + mi * 60.0 + sec;
+        double t = (double)bq_days_from_civil(y, mo, d) * 86400.0 + h * 3600.0 + mi * 60.0 +
+                   sec;
         if (*p == '.') {
             double scale = 0.1;
             for (p++; *p >= '0' && *p <= '9'; p++, scale /= 10)

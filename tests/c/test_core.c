@@ -1,7 +1,8 @@
 /*
  * test_core.c -- pure logic: backoff, the JSON string writer, UTF-8 validation, key layout,
  * the C task encoder, dead-letter entries, configuration resolution, log lines, the Lua
- * states' small-object arena, the embedded Redis scripts' SHA1 names, optional libraries.
+ * states' small-object arena, the embedded Redis scripts' SHA1 names, optional libraries,
+ * timestamps and UUIDs.
  */
 #include "check.h"
 
@@ -12,14 +13,18 @@
 #include "../../src/core/arena.h"
 #include "../../src/core/backoff.h"
 #include "../../src/core/buf.h"
+#include "../../src/core/clock.h"
 #include "../../src/core/dl.h"
 #include "../../src/core/log.h"
+#include "../../src/core/rand.h"
 #include "../../src/core/ratelimit.h"
 #include "../../src/engine/config.h"
 #include "../../src/engine/task.h"
 
 #include <math.h>
 #include <openssl/evp.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 TEST(backoff_grows_and_caps)
@@ -451,6 +456,82 @@ TEST(optional_libraries_fail_with_a_reason)
     CHECK(none == NULL);
 }
 
+TEST(iso8601_agrees_with_gmtime)
+{
+    /* Every day from 1900 to 2200 both ways, and times of day against gmtime_r + snprintf. */
+    for (long z = -25567; z < 84000; z++) {
+        long y;
+        int m, d;
+        bq_civil_from_days(z, &y, &m, &d);
+        if (bq_days_from_civil(y, m, d) != z) {
+            CHECK_INT(bq_days_from_civil(y, m, d), z);
+            break;
+        }
+    }
+    const double samples[] = {0, 0.5, 59.999, 86399.9994, 951782400.25, 1709202896.123,
+                              1767225599.001, 4102444800.0, 7258118399.5, -1.5, -86400.0};
+    for (size_t i = 0; i < sizeof samples / sizeof samples[0]; i++) {
+        double t = samples[i];
+        char got[32], want[96];
+        bq_iso8601(t, got, sizeof got);
+        time_t secs = (time_t)floor(t);
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        int ms = (int)((t - floor(t)) * 1000.0);
+        snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+        CHECK_STR(got, want);
+    }
+    char small[20];
+    bq_iso8601(0, small, sizeof small); /* too small: cut, never overrun */
+    CHECK_STR(small, "1970-01-01T00:00:00");
+}
+
+static bool uuid_shaped(const char *u)
+{
+    if (strlen(u) != 36 || u[14] != '4' || !strchr("89ab", u[19]))
+        return false;
+    for (int i = 0; i < 36; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? u[i] != '-' : !strchr("0123456789abcdef", u[i]))
+            return false;
+    }
+    return true;
+}
+
+TEST(uuid4_is_version_4_and_unique_across_fork)
+{
+    enum { N = 2000 };
+    static char ids[N][37];
+    for (int i = 0; i < N; i++) {
+        bq_uuid4(ids[i]);
+        CHECK(uuid_shaped(ids[i]));
+    }
+    for (int i = 0; i < N; i++)
+        for (int j = i + 1; j < N; j++)
+            if (strcmp(ids[i], ids[j]) == 0)
+                CHECK(!"a repeated uuid");
+    /* A child must not hand out the random bytes its parent has not used yet. */
+    int fd[2];
+    CHECK(pipe(fd) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char c[37];
+        bq_uuid4(c);
+        ssize_t w = write(fd[1], c, sizeof c);
+        _exit(w == (ssize_t)sizeof c ? 0 : 1);
+    }
+    char mine[37], theirs[37] = "";
+    bq_uuid4(mine);
+    CHECK(read(fd[0], theirs, sizeof theirs) == (ssize_t)sizeof theirs);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(uuid_shaped(theirs));
+    CHECK(strcmp(mine, theirs) != 0);
+    close(fd[0]);
+    close(fd[1]);
+}
+
 int main(void)
 {
     RUN(backoff_grows_and_caps);
@@ -468,5 +549,7 @@ int main(void)
     RUN(arena_out_of_memory_keeps_the_old_block);
     RUN(script_sha1s_are_the_scripts);
     RUN(optional_libraries_fail_with_a_reason);
+    RUN(iso8601_agrees_with_gmtime);
+    RUN(uuid4_is_version_4_and_unique_across_fork);
     return check_report("test_core");
 }
