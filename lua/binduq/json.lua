@@ -43,5 +43,6 @@ function M.array(t)
 end
 
 M.encode_strict = codec.encode
+M.raw_decode = codec.decode -- raises on invalid input
 
 return M

@@ -29,6 +29,7 @@ M.TYPES = { run = true, pause = true, resume = true, cancel = true }
 M.MAX_ID_LEN = 256
 
 local null = json.null
+local json_decode = json.raw_decode -- raises; decode_body catches
 
 -- A short, printable rendering of a value for error messages (never the whole input).
 local function show(v)
@@ -227,6 +228,10 @@ end
 -- `body`, the offset of the original message); or nil, a reason, whatever was learned of the
 -- task (type, task_id) for the log and the dead-letter entry, and the header.
 function M.decode(raw, max_size)
+    if raw:byte(1) ~= 35 then -- no "#bq" header: the common case, a first delivery
+        local task, why, partial = M.decode_body(raw, max_size)
+        return task, why, partial, { attempt = 1, body = 0 }
+    end
     local header, body = M.split_header(raw)
     if not header then return nil, body, {}, { attempt = 1, body = 0 } end
     header.attempt = math.tointeger(header.attempt) or 1
@@ -242,10 +247,10 @@ function M.decode_body(raw, max_size)
     end
     local okutf, bad = core.utf8_check(raw)
     if not okutf then return nil, "invalid UTF-8 at byte " .. tostring(bad) end
-    local first = raw:match("^%s*(.)")
+    local first = raw:byte(1) == 123 and "{" or raw:match("^%s*(.)") -- 123: '{', the usual start
     if first == "[" then return nil, "not a JSON object (got an array)" end
-    local t, err = json.decode(raw)
-    if t == nil then return nil, "invalid JSON: " .. err end
+    local okd, t = pcall(json_decode, raw)
+    if not okd then return nil, "invalid JSON: " .. tostring(t) end
     if type(t) ~= "table" or first ~= "{" then
         return nil, "not a JSON object (got " .. (t == null and "null" or type(t)) .. ")"
     end
