@@ -37,6 +37,9 @@ end
 --- Encodes the list t (t[1..#t]) as a JSON array, even when empty. Raises on values cjson
 -- cannot encode.
 function M.array(t)
+    local n = #t
+    if n == 1 then return "[" .. codec.encode(t[1]) .. "]" end -- the common case
+    if n == 0 then return "[]" end
     local parts = {}
     for i = 1, #t do parts[i] = codec.encode(t[i]) end
     return "[" .. table.concat(parts, ",") .. "]"

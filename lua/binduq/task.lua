@@ -80,25 +80,33 @@ local function parts_text(parts)
     return table.concat(out, "\n")
 end
 
--- Validates one message table and returns its native form (content filled from parts).
-local function check_message(m, where)
+-- Why one message table is not valid, or nil when it is.
+local function message_error(m, where)
     if type(m) ~= "table" or (next(m) ~= nil and is_array(m)) then
-        return nil, where .. " must be an object (got " .. (type(m) == "table" and "an array" or type(m)) .. ")"
+        return where .. " must be an object (got " .. (type(m) == "table" and "an array" or type(m)) .. ")"
     end
     if type(m.role) ~= "string" or m.role == "" then
-        return nil, where .. ".role must be a non-empty string"
+        return where .. ".role must be a non-empty string"
     end
     local content = m.content
     if content ~= nil and content ~= null and type(content) ~= "string" then
-        return nil, where .. ".content must be a string (got " .. type(content) .. ")"
+        return where .. ".content must be a string (got " .. type(content) .. ")"
     end
     local parts = m.parts
     if parts ~= nil and parts ~= null and not is_array(parts) then
-        return nil, where .. ".parts must be an array"
+        return where .. ".parts must be an array"
     end
     if (content == nil or content == null) and (parts == nil or parts == null) then
-        return nil, where .. " needs content or parts"
+        return where .. " needs content or parts"
     end
+    return nil
+end
+
+-- Validates one message table and returns its native form (content filled from parts).
+local function check_message(m, where)
+    local why = message_error(m, where)
+    if why then return nil, why end
+    local parts = m.parts
     local out = {}
     for k, v in pairs(m) do if v ~= null then out[k] = v end end
     if out.content == nil then out.content = parts_text(parts) end
@@ -266,9 +274,9 @@ function M.decode_body(raw, max_size)
     return task
 end
 
-local KNOWN = { type = true, task_id = true, conversation_id = true, messages = true, artifacts = true,
-                metadata = true, timestamp = true, trace_id = true, span_id = true, traceparent = true,
-                timeout = true, max_attempts = true }
+local KNOWN = { type = true, task_id = true, conversation_id = true, messages = true, artifacts = "optional",
+                metadata = "optional", timestamp = "optional", trace_id = "optional", span_id = "optional",
+                traceparent = "optional", timeout = "optional", max_attempts = "optional" }
 local TAIL_FIELDS = { "trace_id", "span_id", "traceparent", "timeout", "max_attempts" }
 
 --- Builds the native JSON of a task operation. Raises (level 2 from the caller's view) when
@@ -285,6 +293,7 @@ function M.encode(op, level)
     ok, why = check_id("conversation_id", op.conversation_id, false)
     if not ok then error(why, level) end
     local msgs = op.messages
+    local given = msgs
     if type(msgs) == "table" then
         -- Plain strings are user messages, for brevity.
         local list = {}
@@ -297,23 +306,40 @@ function M.encode(op, level)
     if msgs ~= nil and ty ~= "run" and ty ~= "resume" and #msgs > 0 then
         error("messages are only allowed for run and resume", level)
     end
-    local checked
-    checked, why = check_messages(msgs, "messages", ty == "run")
-    if not checked then error(why, level) end
-    for i = 1, #NATIVE_OPTIONAL, 2 do
-        local k = NATIVE_OPTIONAL[i]
-        if op[k] ~= nil then
-            local okf, v = opt(op, k, NATIVE_OPTIONAL[i + 1])
-            if not okf then error(v, level) end
+    if type(msgs) == "table" then
+        -- The list was built above, so it is an array; the strings' messages were too.
+        if ty == "run" and msgs[1] == nil then error("a run needs at least one message", level) end
+        for i = 1, #msgs do
+            if type(given[i]) ~= "string" then
+                why = message_error(msgs[i], "messages[" .. i .. "]")
+                if why then error(why, level) end
+            end
+        end
+    else
+        ok, why = check_messages(msgs, "messages", ty == "run")
+        if not ok then error(why, level) end
+    end
+    -- One pass over the operation's own keys: the unknown one (reported after the checks of
+    -- the known ones), and whether any optional field is there to check.
+    local unknown, optional = nil, false
+    for k in pairs(op) do
+        local known = KNOWN[k]
+        if not known then unknown = unknown or k elseif known == "optional" then optional = true end
+    end
+    if optional then
+        for i = 1, #NATIVE_OPTIONAL, 2 do
+            local k = NATIVE_OPTIONAL[i]
+            if op[k] ~= nil then
+                local okf, v = opt(op, k, NATIVE_OPTIONAL[i + 1])
+                if not okf then error(v, level) end
+            end
+        end
+        if op.timeout and op.timeout <= 0 then error("timeout must be positive", level) end
+        if op.max_attempts and (math.type(op.max_attempts) ~= "integer" or op.max_attempts < 1) then
+            error("max_attempts must be a whole number, at least 1", level)
         end
     end
-    if op.timeout and op.timeout <= 0 then error("timeout must be positive", level) end
-    if op.max_attempts and (math.type(op.max_attempts) ~= "integer" or op.max_attempts < 1) then
-        error("max_attempts must be a whole number, at least 1", level)
-    end
-    for k in pairs(op) do
-        if not KNOWN[k] then error("unknown field '" .. show(k) .. "' in task operation", level) end
-    end
+    if unknown ~= nil then error("unknown field '" .. show(unknown) .. "' in task operation", level) end
     local conv = op.conversation_id
     if conv == nil and ty == "run" then conv = core.uuid4() end
     local e = json.encode_strict
@@ -321,10 +347,16 @@ function M.encode(op, level)
     if conv then out[#out + 1] = ',"conversation_id":' .. e(conv) end
     local msgs_json = (ty == "run" or (msgs and #msgs > 0)) and json.array(msgs) or nil
     if msgs_json then out[#out + 1] = ',"messages":' .. msgs_json end
-    if ty == "run" or op.artifacts then out[#out + 1] = ',"artifacts":' .. json.array(op.artifacts or {}) end
-    if op.metadata then out[#out + 1] = ',"metadata":' .. e(op.metadata) end
-    for _, k in ipairs(TAIL_FIELDS) do
-        if op[k] then out[#out + 1] = ',"' .. k .. '":' .. e(op[k]) end
+    if op.artifacts then
+        out[#out + 1] = ',"artifacts":' .. json.array(op.artifacts)
+    elseif ty == "run" then
+        out[#out + 1] = ',"artifacts":[]'
+    end
+    if optional then
+        if op.metadata then out[#out + 1] = ',"metadata":' .. e(op.metadata) end
+        for _, k in ipairs(TAIL_FIELDS) do
+            if op[k] then out[#out + 1] = ',"' .. k .. '":' .. e(op[k]) end
+        end
     end
     out[#out + 1] = ',"timestamp":' .. e(op.timestamp or core.iso8601()) .. "}"
     return table.concat(out), op.task_id, { messages = msgs, conversation_id = conv, messages_json = msgs_json }
