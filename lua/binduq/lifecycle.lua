@@ -315,7 +315,10 @@ function M.make_process(w, info)
                 return "canceled", id, task.type, { reason = "canceled while it ran; its result was not stored",
                                                     attempt = header.attempt, state = now }
             end
-            return skipped(task, header, "the task changed to " .. tostring(now) .. " while it ran", now or nil)
+            if now == false then
+                return skipped(task, header, "its record was forgotten while it ran (the memory storage is full: storage.max_tasks)")
+            end
+            return skipped(task, header, "the task changed to " .. tostring(now) .. " while it ran", now)
         end
         if WAITING[state] then
             return "waiting", id, task.type, { state = state, attempt = header.attempt, result = rj }

@@ -5,11 +5,11 @@
  * process see the same tasks (the memory broker is shared the same way). Records live in an
  * open-addressing hash table (linear probing, power-of-two size of at least twice the bound,
  * tombstones) and on a list in creation order; past `capacity` records (100,000 unless a
- * storage was opened with max_tasks) the oldest is forgotten, terminal or not, which the
- * README states. One mutex guards everything: each operation is a few microseconds.
+ * storage was opened with max_tasks) one is forgotten: the oldest finished one among the 64
+ * oldest, else the oldest, which the README states. One mutex guards everything: each operation is a few microseconds.
  *
  * A stored record's state is the static name (bq_task_state_name), and empty artifacts,
- * history or metadata are the static "[]" / "{}": no allocation for them, and 100 bytes less
+ * history or metadata are the static "[]" / "{}": no allocation for them, and 70 bytes less
  * per record. Copies handed out (get, list) are the caller's, every string allocated.
  */
 #include "storage.h"
@@ -117,6 +117,23 @@ static void drop(long slot)
     rec_free(m);
     table[slot] = TOMBSTONE;
     count--;
+}
+
+/* Forgets one record to make room: the oldest finished one among the MAKE_ROOM_SCAN oldest,
+ * else the oldest. A task still open (running, waiting, queued) is near the new end, so its
+ * record survives while finished ones go, unless that many of the oldest are open. */
+#define MAKE_ROOM_SCAN 64
+static void make_room(void)
+{
+    struct mrec *victim = oldest;
+    int n = 0;
+    for (struct mrec *m = oldest; m != NULL && n < MAKE_ROOM_SCAN; m = m->newer, n++) {
+        if (bq_task_state_terminal(m->r.state)) {
+            victim = m;
+            break;
+        }
+    }
+    drop(find(victim->r.id));
 }
 
 /* Rebuilds the table at `size` slots without tombstones, so probes keep finding empty
@@ -253,7 +270,7 @@ static bq_status mem_create(bq_storage *s, const struct bq_task_new *t,
         goto out;
     }
     while (count >= capacity)
-        drop(find(oldest->r.id));
+        make_room();
     if (used >= table_size / 4 * 3 && !rebuild(table_size)) {
         st = bq_err_set(err, BQ_ENOMEM, "storage create: out of memory");
         goto out;
@@ -448,7 +465,7 @@ bq_status bq_storage_mem_open(int max_tasks, bq_storage **out, bq_err *err)
         bool ok = true;
         capacity = (size_t)max_tasks;
         while (count > capacity)
-            drop(find(oldest->r.id));
+            make_room();
         uint32_t size = size_for(capacity);
         if (table == NULL)
             table_size = size;

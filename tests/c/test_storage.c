@@ -226,6 +226,18 @@ TEST(max_tasks_bounds_the_records)
         CHECK_INT(t->ops->create(t, &n, &r, NULL), BQ_OK);
     }
     CHECK(has(s, "M6") && has(s, "N0") && has(s, "N599"));
+    /* An open record outlives finished ones newer than it. */
+    bq_storage_unref(t);
+    bq_storage_mem_reset();
+    cfg.max_tasks = 3;
+    CHECK_INT(bq_storage_open(&cfg, &t, NULL), BQ_OK);
+    const char *ids[] = {"O1", "O2", "O3", "O4", "O5"};
+    for (int i = 0; i < 5; i++) {
+        struct bq_task_new n = {ids[i], NULL, NULL, i == 0 ? "working" : "completed", NULL, NULL,
+                                NULL, 0};
+        CHECK_INT(t->ops->create(t, &n, &r, NULL), BQ_OK);
+    }
+    CHECK(has(t, "O1") && !has(t, "O2") && !has(t, "O3") && has(t, "O4") && has(t, "O5"));
     bq_err err;
     cfg.max_tasks = 10000001;
     bq_storage *u = NULL;
