@@ -289,10 +289,10 @@ int main(int argc, char **argv)
     }
     /* Writes to a closed socket must fail with EPIPE, not kill the process. */
     signal(SIGPIPE, SIG_IGN);
-    bq_arena *pool = bq_arena_new();
-    lua_State *L = pool ? lua_newstate(bq_arena_lua_alloc, pool) : NULL;
+    bq_arena *arena = bq_arena_new();
+    lua_State *L = arena ? lua_newstate(bq_arena_lua_alloc, arena) : NULL;
     if (L == NULL) {
-        bq_arena_free(pool);
+        bq_arena_free(arena);
         fprintf(stderr, "%s: cannot create the Lua state: not enough memory\n", progname);
         return 1;
     }
@@ -306,6 +306,6 @@ int main(int argc, char **argv)
     else
         report(L, status);
     lua_close(L);
-    bq_arena_free(pool);
+    bq_arena_free(arena);
     return code;
 }

@@ -22,11 +22,11 @@
 #include <lualib.h>
 
 #include "../core/alloc.h"
+#include "../core/arena.h"
 #include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
-#include "../core/arena.h"
 #include "../engine/metrics.h"
 #include "../engine/worker.h"
 #include "../storage/storage.h"
@@ -52,7 +52,7 @@ struct slot_cfg {
 
 struct slot_state {
     lua_State *L;
-    bq_arena *pool;           /* L's allocator */
+    bq_arena *arena;          /* L's allocator */
     int process_ref;
     int index;
     struct slot_cfg *cfg;
@@ -141,15 +141,15 @@ static bq_status slot_init(void *ud, int index, struct bq_slot_ctl *ctl, void **
 {
     struct slot_cfg *c = ud;
     struct slot_state *s = bq_calloc(1, sizeof *s);
-    bq_arena *pool = s ? bq_arena_new() : NULL;
-    lua_State *L = pool ? lua_newstate(bq_arena_lua_alloc, pool) : NULL;
+    bq_arena *arena = s ? bq_arena_new() : NULL;
+    lua_State *L = arena ? lua_newstate(bq_arena_lua_alloc, arena) : NULL;
     if (L == NULL) {
-        bq_arena_free(pool);
+        bq_arena_free(arena);
         bq_free(s);
         return bq_err_set(err, BQ_ENOMEM, "handler state %d: out of memory", index + 1);
     }
     s->L = L;
-    s->pool = pool;
+    s->arena = arena;
     s->cfg = c;
     s->ctl = ctl;
     s->index = index;
@@ -195,7 +195,7 @@ static bq_status slot_init(void *ud, int index, struct bq_slot_ctl *ctl, void **
     }
     if (st != BQ_OK) {
         lua_close(L);
-        bq_arena_free(pool);
+        bq_arena_free(arena);
         bq_free(s);
         tl_slot = NULL;
         return st;
@@ -319,7 +319,7 @@ static void slot_fini(void *state)
 {
     struct slot_state *s = state;
     lua_close(s->L);
-    bq_arena_free(s->pool);
+    bq_arena_free(s->arena);
     bq_free(s);
     tl_slot = NULL;
 }

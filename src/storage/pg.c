@@ -365,7 +365,7 @@ static bq_status prepare(const pg_storage *s, struct pgconn *c, bq_err *err)
         PGresult *res = bq_pq.PQprepare(c->pg, stmts[i].name, s->sql[i], stmts[i].nparams, NULL);
         if (res == NULL || bq_pq.PQresultStatus(res) != PGRES_COMMAND_OK) {
             char call[64];
-            snprintf(call, sizeof call, "bq_pq.PQprepare(%s)", stmts[i].name);
+            snprintf(call, sizeof call, "PQprepare(%s)", stmts[i].name);
             bq_status st = exec_fail(s, c->pg, res, call, err);
             bq_pq.PQclear(res);
             return st;
@@ -438,7 +438,8 @@ static void release(pg_storage *s, struct pgconn *c)
 {
     if (c == NULL)
         return;
-    if (bq_pq.PQstatus(c->pg) != CONNECTION_OK || bq_pq.PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
+    if (bq_pq.PQstatus(c->pg) != CONNECTION_OK ||
+        bq_pq.PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
         conn_free(c);
         c = NULL;
     }
@@ -477,9 +478,9 @@ static bq_status run(const pg_storage *s, struct pgconn *c, int stmt, const char
         }
         char call[64];
         if (stmt >= 0)
-            snprintf(call, sizeof call, "bq_pq.PQexecPrepared(%s)", stmts[stmt].name);
+            snprintf(call, sizeof call, "PQexecPrepared(%s)", stmts[stmt].name);
         else
-            snprintf(call, sizeof call, "bq_pq.PQexecParams(%s)", what);
+            snprintf(call, sizeof call, "PQexecParams(%s)", what);
         st = exec_fail(s, c->pg, res, call, err);
         bq_pq.PQclear(res);
         return st;
@@ -516,7 +517,8 @@ static bool row_to_rec(const PGresult *res, int row, struct bq_task_rec *r)
                      &r->history,   &r->artifacts,  &r->metadata, &r->checkpoint,
                      &r->error,     &r->requested};
     for (int i = 0; i < (int)(sizeof text / sizeof text[0]); i++) {
-        if (!bq_pq.PQgetisnull(res, row, i) && (*text[i] = bq_strdup(bq_pq.PQgetvalue(res, row, i))) == NULL)
+        if (!bq_pq.PQgetisnull(res, row, i) &&
+            (*text[i] = bq_strdup(bq_pq.PQgetvalue(res, row, i))) == NULL)
             goto oom;
     }
     if (!bq_pq.PQgetisnull(res, row, COL_WORKER) &&
@@ -802,7 +804,7 @@ static bq_status migrate_exec(const pg_storage *s, PGconn *pg, const char *tmpl,
     PGresult *res = bq_pq.PQexec(pg, sql);
     bq_free(sql);
     if (res == NULL || bq_pq.PQresultStatus(res) != want) {
-        bq_status st = exec_fail(s, pg, res, "bq_pq.PQexec(migrate)", err);
+        bq_status st = exec_fail(s, pg, res, "PQexec(migrate)", err);
         bq_pq.PQclear(res);
         return st;
     }
@@ -820,10 +822,10 @@ static bq_status migrate_locked(const pg_storage *s, PGconn *pg, bq_err *err)
     snprintf(key, sizeof key, "binduq:%s", s->schema);
     snprintf(regclass, sizeof regclass, "%s.schema_version", s->qschema);
     const char *lock_vals[] = {key};
-    PGresult *res = bq_pq.PQexecParams(pg, "SELECT pg_advisory_xact_lock(hashtext($1::text))", 1, NULL,
-                                 lock_vals, NULL, NULL, 0);
+    PGresult *res = bq_pq.PQexecParams(pg, "SELECT pg_advisory_xact_lock(hashtext($1::text))",
+                                       1, NULL, lock_vals, NULL, NULL, 0);
     if (res == NULL || bq_pq.PQresultStatus(res) != PGRES_TUPLES_OK) {
-        bq_status st = exec_fail(s, pg, res, "bq_pq.PQexecParams(pg_advisory_xact_lock)", err);
+        bq_status st = exec_fail(s, pg, res, "PQexecParams(pg_advisory_xact_lock)", err);
         bq_pq.PQclear(res);
         return st;
     }
@@ -831,11 +833,12 @@ static bq_status migrate_locked(const pg_storage *s, PGconn *pg, bq_err *err)
 
     /* Look before creating: CREATE ... IF NOT EXISTS checks privileges first. */
     const char *look_vals[] = {s->schema, regclass};
-    res = bq_pq.PQexecParams(pg, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1::text), "
-                           "to_regclass($2::text) IS NOT NULL",
-                       2, NULL, look_vals, NULL, NULL, 0);
+    res = bq_pq.PQexecParams(pg,
+                             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1::text), "
+                             "to_regclass($2::text) IS NOT NULL",
+                             2, NULL, look_vals, NULL, NULL, 0);
     if (res == NULL || bq_pq.PQresultStatus(res) != PGRES_TUPLES_OK || bq_pq.PQntuples(res) != 1) {
-        bq_status st = exec_fail(s, pg, res, "bq_pq.PQexecParams(migrate)", err);
+        bq_status st = exec_fail(s, pg, res, "PQexecParams(migrate)", err);
         bq_pq.PQclear(res);
         return st;
     }
@@ -875,7 +878,7 @@ static bq_status migrate(const pg_storage *s, PGconn *pg, bq_err *err)
 {
     PGresult *res = bq_pq.PQexec(pg, "BEGIN");
     if (res == NULL || bq_pq.PQresultStatus(res) != PGRES_COMMAND_OK) {
-        bq_status st = exec_fail(s, pg, res, "bq_pq.PQexec(BEGIN)", err);
+        bq_status st = exec_fail(s, pg, res, "PQexec(BEGIN)", err);
         bq_pq.PQclear(res);
         return st;
     }
@@ -883,7 +886,7 @@ static bq_status migrate(const pg_storage *s, PGconn *pg, bq_err *err)
     bq_status st = migrate_locked(s, pg, err);
     res = bq_pq.PQexec(pg, st == BQ_OK ? "COMMIT" : "ROLLBACK");
     if (st == BQ_OK && (res == NULL || bq_pq.PQresultStatus(res) != PGRES_COMMAND_OK))
-        st = exec_fail(s, pg, res, "bq_pq.PQexec(COMMIT)", err);
+        st = exec_fail(s, pg, res, "PQexec(COMMIT)", err);
     bq_pq.PQclear(res);
     if (st != BQ_OK)
         bq_err_prefix(err, "storage: creating the schema");
