@@ -170,6 +170,11 @@ function M.make_process(w, info)
     local default_policy = retry.default{ max_attempts = max_attempts, retry_base = p.retry_base or w.retry_base,
                                           retry_cap = p.retry_cap or w.retry_cap }
 
+    -- The outcome table of a completed task, one per handler state: C copies it out at once.
+    local done = {}
+    -- What fast_start gives for a first run: nothing stored yet beyond the message itself.
+    local FIRST = { attempts = 0 }
+
     local function log_storage(id, what, msg)
         core.count_storage_error()
         core.log("error", "storage_error", { task_id = id, op = what, error = msg, worker = info.worker_id })
@@ -323,7 +328,8 @@ function M.make_process(w, info)
         if WAITING[state] then
             return "waiting", id, task.type, { state = state, attempt = header.attempt, result = rj }
         end
-        return "completed", id, task.type, { state = state, attempt = header.attempt, result = rj }
+        done.state, done.attempt, done.result = state, header.attempt, rj
+        return "completed", id, task.type, done
     end
 
     -- What a run or resume may start from, given the stored record; or nil and why not.
@@ -368,7 +374,7 @@ function M.make_process(w, info)
         local changed, now, code, attempts = store:start(id, info.worker_id)
         if changed == nil then return false, "start", now, code end
         if changed and attempts == 1 then
-            return { attempts = 0, context_id = task.conversation_id }
+            return FIRST
         elseif changed then
             -- It ran before (handed back at a shutdown): its stored history and checkpoint count.
             local rec, err, c2 = store:get(id)
@@ -378,7 +384,7 @@ function M.make_process(w, info)
             -- Queued by a producer that keeps no state here (Bindu's, a raw LPUSH): record it.
             local ok, st2, c3 = record(task, "working")
             if ok == nil then return false, "create", st2, c3 end
-            if ok then return { attempts = 0, context_id = task.conversation_id } end
+            if ok then return FIRST end
         end
         return nil -- not submitted: the general path says why it does not run
     end
@@ -487,7 +493,8 @@ function M.make_process(w, info)
         end
         local saved = rec.checkpoint and json.decode(rec.checkpoint)
         if saved == json.null then saved = nil end
-        local ctx = setmetatable({ task_id = id, context_id = rec.context_id, queue = task.queue,
+        local ctx = setmetatable({ task_id = id, context_id = rec == FIRST and task.conversation_id or rec.context_id,
+                                   queue = task.queue,
                                    trace_id = task.trace_id, span_id = task.span_id,
                                    worker_id = info.worker_id, slot = info.slot, attempt = header.attempt,
                                    admitted_at = admitted_at, saved = saved, resumed = task.type == "resume",
@@ -554,9 +561,10 @@ function M.make_process(w, info)
     return function(raw, qi)
         current_trace, pickup = nil, nil
         local status, id, ty, out = process(raw, qi)
-        if current_trace or pickup then
-            if type(out) ~= "table" then out = { result = out } end
-            out.trace_id, out.pickup = current_trace, pickup
+        if type(out) == "table" then
+            out.trace_id, out.pickup = current_trace, pickup -- nil clears the reused `done`
+        elseif current_trace or pickup then
+            out = { result = out, trace_id = current_trace, pickup = pickup }
         end
         return status, id, ty, out
     end
