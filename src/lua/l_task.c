@@ -23,6 +23,38 @@
 
 #define MAX_ID_LEN 256
 
+/* Every key the decoder reads or writes is an upvalue of core.decode_native, pushed once:
+ * lua_rawget with it costs half of lua_getfield, which looks the C string up each time. The
+ * optional fields come in the order of `optional` below. */
+enum {
+    K_TYPE = 1, K_TASK_ID, K_CONVERSATION_ID, K_MESSAGES,
+    K_ARTIFACTS, K_TIMESTAMP, K_METADATA, K_TRACE_ID, K_SPAN_ID, K_TRACEPARENT, K_TIMEOUT,
+    K_MAX_ATTEMPTS,
+    K_FORMAT, K_NATIVE, K_ROLE, K_CONTENT, K_PARTS, K_KIND, K_TEXT,
+    K_COUNT = K_TEXT
+};
+static const char *const key_names[K_COUNT] = {
+    "type", "task_id", "conversation_id", "messages",
+    "artifacts", "timestamp", "metadata", "trace_id", "span_id", "traceparent", "timeout",
+    "max_attempts",
+    "format", "native", "role", "content", "parts", "kind", "text",
+};
+
+/* Pushes t[key] (t an absolute index, no metamethods: decoded tables have none). */
+static int get(lua_State *L, int t, int key)
+{
+    lua_pushvalue(L, lua_upvalueindex(key));
+    return lua_rawget(L, t);
+}
+
+/* t[key] = the value on top, which is popped. */
+static void set(lua_State *L, int t, int key)
+{
+    lua_pushvalue(L, lua_upvalueindex(key));
+    lua_insert(L, -2);
+    lua_rawset(L, t);
+}
+
 static bool is_null(lua_State *L, int i)
 {
     return lua_type(L, i) == LUA_TLIGHTUSERDATA && lua_touserdata(L, i) == NULL;
@@ -98,10 +130,10 @@ static void push_parts_text(lua_State *L, int p)
         int part = lua_gettop(L);
         bool text = false;
         if (lua_type(L, part) == LUA_TTABLE) {
-            int kind = lua_getfield(L, part, "kind");
+            int kind = get(L, part, K_KIND);
             bool is_text = kind == LUA_TNIL || (kind == LUA_TSTRING && str_is(L, -1, "text"));
             lua_pop(L, 1);
-            text = is_text && lua_getfield(L, part, "text") == LUA_TSTRING;
+            text = is_text && get(L, part, K_TEXT) == LUA_TSTRING;
             if (!text && is_text)
                 lua_pop(L, 1);
         }
@@ -131,15 +163,15 @@ static bool dec_message(lua_State *L, int m, lua_Integer i)
         return false;
     }
     int top = lua_gettop(L);
-    int role = lua_getfield(L, m, "role");
+    int role = get(L, m, K_ROLE);
     if (role != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
         lua_settop(L, top);
         lua_pushfstring(L, "messages[%I].role must be a non-empty string", (LUAI_UACINT)i);
         return false;
     }
     int content = top + 2, parts = top + 3;
-    lua_getfield(L, m, "content");
-    lua_getfield(L, m, "parts");
+    get(L, m, K_CONTENT);
+    get(L, m, K_PARTS);
     if (is_null(L, content)) {
         lua_pushnil(L);
         lua_replace(L, content);
@@ -173,7 +205,7 @@ static bool dec_message(lua_State *L, int m, lua_Integer i)
     }
     if (lua_isnil(L, content)) {
         push_parts_text(L, parts);
-        lua_setfield(L, m, "content");
+        set(L, m, K_CONTENT);
     }
     lua_settop(L, top);
     return true;
@@ -221,10 +253,10 @@ static void push_partial(lua_State *L, int t)
 {
     lua_createtable(L, 0, 1);
     size_t n;
-    if (lua_getfield(L, t, "task_id") == LUA_TSTRING) {
+    if (get(L, t, K_TASK_ID) == LUA_TSTRING) {
         const char *s = lua_tolstring(L, -1, &n);
         if (n <= MAX_ID_LEN && bq_utf8_valid(s, n, NULL)) {
-            lua_setfield(L, -2, "task_id");
+            set(L, lua_gettop(L) - 1, K_TASK_ID);
             return;
         }
     }
@@ -235,7 +267,7 @@ static int l_decode_native(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    lua_getfield(L, 1, "type"); /* 2 */
+    get(L, 1, K_TYPE); /* 2 */
     if (lua_type(L, 2) != LUA_TSTRING) {
         lua_pushnil(L);
         lua_pushfstring(L, "type must be a string (got %s)", luaL_typename(L, 2));
@@ -268,23 +300,23 @@ static int l_decode_native(lua_State *L)
     lua_createtable(L, 0, 16); /* 3: the task; every field it may get, here or in the worker */
     const int task = 3;
     lua_pushvalue(L, 2);
-    lua_setfield(L, task, "type");
-    lua_pushliteral(L, "native");
-    lua_setfield(L, task, "format");
+    set(L, task, K_TYPE);
+    lua_pushvalue(L, lua_upvalueindex(K_NATIVE));
+    set(L, task, K_FORMAT);
 
-    lua_getfield(L, 1, "task_id"); /* 4 */
+    get(L, 1, K_TASK_ID); /* 4 */
     if (!check_id(L, 4, "task_id", true))
         return fail(L, task);
-    lua_setfield(L, task, "task_id");
-    lua_getfield(L, 1, "conversation_id"); /* 4 */
+    set(L, task, K_TASK_ID);
+    get(L, 1, K_CONVERSATION_ID); /* 4 */
     if (!check_id(L, 4, "conversation_id", false))
         return fail(L, task);
     if (is_null(L, 4))
         lua_pop(L, 1);
     else
-        lua_setfield(L, task, "conversation_id");
+        set(L, task, K_CONVERSATION_ID);
 
-    lua_getfield(L, 1, "messages"); /* 4 */
+    get(L, 1, K_MESSAGES); /* 4 */
     if (absent(L, 4)) {
         if (run) {
             lua_pushliteral(L, "a run needs at least one message");
@@ -310,25 +342,25 @@ static int l_decode_native(lua_State *L)
             lua_pop(L, 1);
         }
     }
-    lua_setfield(L, task, "messages");
+    set(L, task, K_MESSAGES);
 
     for (size_t k = 0; k < sizeof optional / sizeof optional[0]; k++) {
         const char *name = optional[k].name;
-        lua_getfield(L, 1, name); /* 4 */
+        get(L, 1, K_ARTIFACTS + (int)k); /* 4 */
         if (absent(L, 4)) {
             lua_pop(L, 1);
             continue;
         }
         if (!check_optional(L, 4, name, optional[k].type))
             return fail(L, task);
-        lua_setfield(L, task, name);
+        set(L, task, K_ARTIFACTS + (int)k);
     }
-    if (lua_getfield(L, task, "timeout") == LUA_TNUMBER && lua_tonumber(L, -1) <= 0) {
+    if (get(L, task, K_TIMEOUT) == LUA_TNUMBER && lua_tonumber(L, -1) <= 0) {
         lua_pushliteral(L, "timeout must be positive");
         return fail(L, task);
     }
     lua_pop(L, 1);
-    if (lua_getfield(L, task, "max_attempts") == LUA_TNUMBER) {
+    if (get(L, task, K_MAX_ATTEMPTS) == LUA_TNUMBER) {
         /* lua-cjson decodes every number as a float: 3.0 is the whole number 3. */
         int whole;
         lua_Integer n = lua_tointegerx(L, -1, &whole);
@@ -337,12 +369,12 @@ static int l_decode_native(lua_State *L)
             return fail(L, task);
         }
         lua_pushinteger(L, n);
-        lua_setfield(L, task, "max_attempts");
+        set(L, task, K_MAX_ATTEMPTS);
     }
     lua_pop(L, 1);
-    if (lua_getfield(L, task, "artifacts") == LUA_TNIL) {
+    if (get(L, task, K_ARTIFACTS) == LUA_TNIL) {
         lua_newtable(L);
-        lua_setfield(L, task, "artifacts");
+        set(L, task, K_ARTIFACTS);
     }
     lua_settop(L, task);
     return 1;
@@ -350,6 +382,8 @@ static int l_decode_native(lua_State *L)
 
 void bq_lua_open_task(lua_State *L)
 {
-    lua_pushcfunction(L, l_decode_native);
+    for (int i = 0; i < K_COUNT; i++)
+        lua_pushstring(L, key_names[i]);
+    lua_pushcclosure(L, l_decode_native, K_COUNT);
     lua_setfield(L, -2, "decode_native");
 }
