@@ -1,11 +1,18 @@
 /*
  * arena.c -- see arena.h.
+ *
+ * Chunks are never given back while the state lives, so the arena stops growing at its
+ * bound: past it, small blocks come from bq_malloc (rounded up to their class, so a resize
+ * within the class still stays put), and a small block freed from then on is looked up in
+ * the sorted list of chunk addresses to tell where it came from. A state that never reaches
+ * the bound never pays for the lookup.
  */
 #include "arena.h"
 
 #include "alloc.h"
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 
 #define CLASS_SHIFT 4 /* 16-byte classes: the alignment malloc gives too */
@@ -32,28 +39,36 @@ struct bq_arena {
     struct free_block *free[NCLASSES + 1]; /* index 1..NCLASSES */
     char *cur, *end;                       /* the unused rest of the newest chunk */
     struct chunk *chunks;
-    size_t held;
+    size_t held, bound;
+    bool overflow;                         /* the bound was reached: some small blocks are
+                                            * bq_malloc's */
+    uintptr_t *bases;                      /* the chunks' addresses, sorted */
+    size_t nbases;
 };
 
-bq_arena *bq_arena_new(void)
+bq_arena *bq_arena_new(size_t bound)
 {
-    return bq_calloc(1, sizeof(bq_arena));
+    bq_arena *a = bq_calloc(1, sizeof(bq_arena));
+    if (a != NULL)
+        a->bound = bound > 0 ? bound : BQ_ARENA_BOUND;
+    return a;
 }
 
-void bq_arena_free(bq_arena *p)
+void bq_arena_free(bq_arena *a)
 {
-    if (p == NULL)
+    if (a == NULL)
         return;
-    for (struct chunk *c = p->chunks, *next; c != NULL; c = next) {
+    for (struct chunk *c = a->chunks, *next; c != NULL; c = next) {
         next = c->next;
         bq_free(c);
     }
-    bq_free(p);
+    bq_free(a->bases);
+    bq_free(a);
 }
 
-size_t bq_arena_held(const bq_arena *p)
+size_t bq_arena_held(const bq_arena *a)
 {
-    return p->held;
+    return a->held;
 }
 
 static inline size_t class_of(size_t size)
@@ -61,40 +76,82 @@ static inline size_t class_of(size_t size)
     return (size + (1u << CLASS_SHIFT) - 1) >> CLASS_SHIFT;
 }
 
-static void *take(bq_arena *p, size_t cls)
+/* Records a new chunk's address in the sorted list; false when out of memory. */
+static bool add_base(bq_arena *a, uintptr_t base)
 {
-    struct free_block *b = p->free[cls];
+    uintptr_t *b = bq_realloc(a->bases, (a->nbases + 1) * sizeof *b);
+    if (b == NULL)
+        return false;
+    a->bases = b;
+    size_t i = a->nbases;
+    while (i > 0 && b[i - 1] > base) {
+        b[i] = b[i - 1];
+        i--;
+    }
+    b[i] = base;
+    a->nbases++;
+    return true;
+}
+
+/* Whether p lies in one of the arena's chunks (binary search of the sorted addresses). */
+static bool owns(const bq_arena *a, const void *p)
+{
+    uintptr_t x = (uintptr_t)p;
+    size_t lo = 0, hi = a->nbases;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (a->bases[mid] <= x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && x < a->bases[lo - 1] + CHUNK_SIZE;
+}
+
+static void *take(bq_arena *a, size_t cls)
+{
+    struct free_block *b = a->free[cls];
     if (b != NULL) {
-        p->free[cls] = b->next;
+        a->free[cls] = b->next;
         return b;
     }
     size_t size = cls << CLASS_SHIFT;
-    if ((size_t)(p->end - p->cur) < size) {
+    if ((size_t)(a->end - a->cur) < size) {
+        if (a->held + CHUNK_SIZE > a->bound) {
+            a->overflow = true;
+            return bq_malloc(size);
+        }
         /* The rest of the old chunk (less than one block of this class) goes unused. */
         struct chunk *c = bq_malloc(CHUNK_SIZE);
-        if (c == NULL)
+        if (c == NULL || !add_base(a, (uintptr_t)c)) {
+            bq_free(c);
             return NULL;
-        c->next = p->chunks;
-        p->chunks = c;
-        p->held += CHUNK_SIZE;
-        p->cur = (char *)(c + 1);
-        p->end = (char *)c + CHUNK_SIZE;
+        }
+        c->next = a->chunks;
+        a->chunks = c;
+        a->held += CHUNK_SIZE;
+        a->cur = (char *)(c + 1);
+        a->end = (char *)c + CHUNK_SIZE;
     }
-    void *out = p->cur;
-    p->cur += size;
+    void *out = a->cur;
+    a->cur += size;
     return out;
 }
 
-static inline void give(bq_arena *p, void *ptr, size_t cls)
+static inline void give(bq_arena *a, void *ptr, size_t cls)
 {
+    if (a->overflow && !owns(a, ptr)) {
+        bq_free(ptr);
+        return;
+    }
     struct free_block *b = ptr;
-    b->next = p->free[cls];
-    p->free[cls] = b;
+    b->next = a->free[cls];
+    a->free[cls] = b;
 }
 
 void *bq_arena_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
-    bq_arena *p = ud;
+    bq_arena *a = ud;
     if (ARENA_BYPASS) {
         if (nsize == 0) {
             bq_free(ptr);
@@ -106,7 +163,7 @@ void *bq_arena_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     bool small_old = ptr != NULL && osize <= BQ_ARENA_MAX;
     if (nsize == 0) {
         if (small_old)
-            give(p, ptr, class_of(osize));
+            give(a, ptr, class_of(osize));
         else
             bq_free(ptr);
         return NULL;
@@ -115,12 +172,12 @@ void *bq_arena_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         return bq_realloc(ptr, nsize);
     if (small_old && class_of(osize) == class_of(nsize))
         return ptr;
-    void *out = nsize <= BQ_ARENA_MAX ? take(p, class_of(nsize)) : bq_malloc(nsize);
+    void *out = nsize <= BQ_ARENA_MAX ? take(a, class_of(nsize)) : bq_malloc(nsize);
     if (out == NULL || ptr == NULL)
         return out; /* a failed resize leaves the old block as it was, as Lua expects */
     memcpy(out, ptr, osize < nsize ? osize : nsize);
     if (small_old)
-        give(p, ptr, class_of(osize));
+        give(a, ptr, class_of(osize));
     else
         bq_free(ptr);
     return out;

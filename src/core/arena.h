@@ -7,7 +7,8 @@
  * keeps a free list per 16-byte size class up to BQ_ARENA_MAX bytes, carves new blocks from
  * 32 KiB chunks, and hands larger blocks to bq_realloc/bq_free. Memory freed to a class stays
  * in the arena (it is reused by the state's next task) until the arena is freed, after the
- * state is closed.
+ * state is closed; so the arena takes at most `bound` bytes of chunks (a handler state needs
+ * about 1 MiB), and past that small blocks come from bq_malloc as well, and go back to it.
  *
  * Not thread-safe: one arena per Lua state, and a Lua state runs on one thread at a time.
  * Built with AddressSanitizer the arena passes every block to bq_realloc, so ASan still sees
@@ -18,12 +19,13 @@
 
 #include <stddef.h>
 
-#define BQ_ARENA_MAX 512 /* bytes: larger blocks come from bq_realloc */
+#define BQ_ARENA_MAX 512               /* bytes: larger blocks come from bq_realloc */
+#define BQ_ARENA_BOUND (4u * 1024 * 1024) /* bytes of chunks an arena keeps at most */
 
 typedef struct bq_arena bq_arena;
 
-/* NULL when out of memory. */
-bq_arena *bq_arena_new(void);
+/* An arena of at most `bound` bytes of chunks (0: BQ_ARENA_BOUND); NULL when out of memory. */
+bq_arena *bq_arena_new(size_t bound);
 
 /* Frees the arena's chunks (every block it handed out) and the arena. NULL is a no-op. */
 void bq_arena_free(bq_arena *a);

@@ -289,7 +289,7 @@ int main(int argc, char **argv)
     }
     /* Writes to a closed socket must fail with EPIPE, not kill the process. */
     signal(SIGPIPE, SIG_IGN);
-    bq_arena *arena = bq_arena_new();
+    bq_arena *arena = bq_arena_new(0);
     lua_State *L = arena ? lua_newstate(bq_arena_lua_alloc, arena) : NULL;
     if (L == NULL) {
         bq_arena_free(arena);

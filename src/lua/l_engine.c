@@ -141,7 +141,7 @@ static bq_status slot_init(void *ud, int index, struct bq_slot_ctl *ctl, void **
 {
     struct slot_cfg *c = ud;
     struct slot_state *s = bq_calloc(1, sizeof *s);
-    bq_arena *arena = s ? bq_arena_new() : NULL;
+    bq_arena *arena = s ? bq_arena_new(0) : NULL;
     lua_State *L = arena ? lua_newstate(bq_arena_lua_alloc, arena) : NULL;
     if (L == NULL) {
         bq_arena_free(arena);
