@@ -8,7 +8,7 @@
  * 32 KiB chunks, and hands larger blocks to bq_realloc/bq_free. Memory freed to a class stays
  * in the arena (it is reused by the state's next task) until the arena is freed, after the
  * state is closed; so the arena takes at most `bound` bytes of chunks (a handler state needs
- * about 1 MiB), and past that small blocks come from bq_malloc as well, and go back to it.
+ * under 1 MiB), and past that small blocks come from bq_malloc as well, and go back to it.
  *
  * Not thread-safe: one arena per Lua state, and a Lua state runs on one thread at a time.
  * Built with AddressSanitizer the arena passes every block to bq_realloc, so ASan still sees
