@@ -341,10 +341,16 @@ function M.encode(op, level)
     end
     if unknown ~= nil then error("unknown field '" .. show(unknown) .. "' in task operation", level) end
     local conv = op.conversation_id
-    if conv == nil and ty == "run" then conv = core.uuid4() end
     local e = json.encode_strict
-    local out = { '{"type":', e(ty), ',"task_id":', e(op.task_id) }
-    if conv then out[#out + 1] = ',"conversation_id":' .. e(conv) end
+    -- What binduq writes itself (the type, a new conversation id, the timestamp) needs no
+    -- escaping: it is quoted here rather than passed through the JSON encoder.
+    local out = { '{"type":"', ty, '","task_id":', e(op.task_id) }
+    if conv ~= nil then
+        out[#out + 1] = ',"conversation_id":' .. e(conv)
+    elseif ty == "run" then
+        conv = core.uuid4()
+        out[#out + 1] = ',"conversation_id":"' .. conv .. '"'
+    end
     local msgs_json = (ty == "run" or (msgs and #msgs > 0)) and json.array(msgs) or nil
     if msgs_json then out[#out + 1] = ',"messages":' .. msgs_json end
     if op.artifacts then
@@ -358,7 +364,11 @@ function M.encode(op, level)
             if op[k] then out[#out + 1] = ',"' .. k .. '":' .. e(op[k]) end
         end
     end
-    out[#out + 1] = ',"timestamp":' .. e(op.timestamp or core.iso8601()) .. "}"
+    if op.timestamp ~= nil then
+        out[#out + 1] = ',"timestamp":' .. e(op.timestamp) .. "}"
+    else
+        out[#out + 1] = ',"timestamp":"' .. core.iso8601() .. '"}'
+    end
     return table.concat(out), op.task_id, { messages = msgs, conversation_id = conv, messages_json = msgs_json }
 end
 

@@ -289,7 +289,9 @@ int main(int argc, char **argv)
     }
     /* Writes to a closed socket must fail with EPIPE, not kill the process. */
     signal(SIGPIPE, SIG_IGN);
-    bq_arena *arena = bq_arena_new(0);
+    /* The script's own state: producers build their lists of operations here, so it may
+     * keep more of its memory for reuse than a handler state (4 MiB). */
+    bq_arena *arena = bq_arena_new(64u * 1024 * 1024);
     lua_State *L = arena ? lua_newstate(bq_arena_lua_alloc, arena) : NULL;
     if (L == NULL) {
         bq_arena_free(arena);
