@@ -70,8 +70,7 @@ static void pooled_bytes(unsigned char *out, size_t n)
         pool.used = 0;
     }
     memcpy(out, pool.b + pool.used, n);
-    memset(pool.b + pool.used, 0, n); /* handed out once */
-    pool.used += n;
+    pool.used += n; /* each byte is handed out once */
 }
 
 void bq_uuid4(char out[37])

@@ -25,7 +25,7 @@
 
 /* Every key the decoder reads or writes is an upvalue of core.decode_native, pushed once:
  * lua_rawget with it costs half of lua_getfield, which looks the C string up each time. The
- * optional fields come in the order of `optional` below. */
+ * optional fields come in the order of `optional_kind` below. */
 enum {
     K_TYPE = 1, K_TASK_ID, K_CONVERSATION_ID, K_MESSAGES,
     K_ARTIFACTS, K_TIMESTAMP, K_METADATA, K_TRACE_ID, K_SPAN_ID, K_TRACEPARENT, K_TIMEOUT,
@@ -211,30 +211,30 @@ static bool dec_message(lua_State *L, int m, lua_Integer i)
     return true;
 }
 
-/* The optional fields of the native format and the Lua type each must have. */
-static const struct {
-    const char *name, *type;
-} optional[] = {
-    {"artifacts", "array"},  {"timestamp", "string"},   {"metadata", "object"},
-    {"trace_id", "string"},  {"span_id", "string"},     {"traceparent", "string"},
-    {"timeout", "number"},   {"max_attempts", "number"},
+/* What each optional field must hold, in key order from K_ARTIFACTS: a Lua type, or one of
+ * these two (decoded JSON arrays and objects are both tables). */
+enum { KIND_ARRAY = -1, KIND_OBJECT = -2 };
+static const int optional_kind[] = {
+    KIND_ARRAY, LUA_TSTRING, KIND_OBJECT, LUA_TSTRING, LUA_TSTRING, LUA_TSTRING, LUA_TNUMBER,
+    LUA_TNUMBER,
 };
 
 /* Checks the optional field at index v (not absent); on failure pushes why, returns false. */
-static bool check_optional(lua_State *L, int v, const char *name, const char *type)
+static bool check_optional(lua_State *L, int v, const char *name, int kind)
 {
-    if (strcmp(type, "array") == 0) {
+    if (kind == KIND_ARRAY) {
         if (dec_array(L, v))
             return true;
         lua_pushfstring(L, "%s must be an array", name);
-    } else if (strcmp(type, "object") == 0) {
+    } else if (kind == KIND_OBJECT) {
         if (dec_object(L, v))
             return true;
         lua_pushfstring(L, "%s must be an object", name);
-    } else if (strcmp(luaL_typename(L, v), type) == 0) {
+    } else if (lua_type(L, v) == kind) {
         return true;
     } else {
-        lua_pushfstring(L, "%s must be a %s (got %s)", name, type, luaL_typename(L, v));
+        lua_pushfstring(L, "%s must be a %s (got %s)", name, lua_typename(L, kind),
+                        luaL_typename(L, v));
     }
     return false;
 }
@@ -344,16 +344,15 @@ static int l_decode_native(lua_State *L)
     }
     set(L, task, K_MESSAGES);
 
-    for (size_t k = 0; k < sizeof optional / sizeof optional[0]; k++) {
-        const char *name = optional[k].name;
-        get(L, 1, K_ARTIFACTS + (int)k); /* 4 */
+    for (int k = K_ARTIFACTS; k <= K_MAX_ATTEMPTS; k++) {
+        get(L, 1, k); /* 4 */
         if (absent(L, 4)) {
             lua_pop(L, 1);
             continue;
         }
-        if (!check_optional(L, 4, name, optional[k].type))
+        if (!check_optional(L, 4, key_names[k - 1], optional_kind[k - K_ARTIFACTS]))
             return fail(L, task);
-        set(L, task, K_ARTIFACTS + (int)k);
+        set(L, task, k);
     }
     if (get(L, task, K_TIMEOUT) == LUA_TNUMBER && lua_tonumber(L, -1) <= 0) {
         lua_pushliteral(L, "timeout must be positive");
