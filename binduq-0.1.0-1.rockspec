@@ -47,7 +47,7 @@ build = {
                 "src/engine/task.c",
                 "src/engine/worker.c",
                 "src/lua/l_client.c", "src/lua/l_core.c", "src/lua/l_engine.c",
-                "src/lua/l_storage.c", "src/lua/l_task.c",
+                "src/lua/l_storage.c", "src/lua/l_task.c", "src/lua/l_produce.c",
             },
             defines = { "_GNU_SOURCE", "BQ_BUILDING" },
             incdirs = { "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)", "$(PQ_INCDIR)", "$(MHD_INCDIR)" },

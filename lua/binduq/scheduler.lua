@@ -165,28 +165,57 @@ local function with_retries(self, fn)
     return r1, r2, r3
 end
 
+-- Pushes one group of encoded messages to `queue`: with deduplication keys, as one atomic
+-- check-and-push per message. Returns the numbers pushed and found duplicate, or nil,
+-- message, code.
+local function push_group(self, client, queue, msgs, ids, keys)
+    if keys then
+        local r, err, code = with_retries(self, function()
+            return client:push_unique(msgs, keys, self.dedup_ttl, queue)
+        end)
+        if not r then return nil, err, code end
+        local sent = 0
+        for i = 1, #r do if r[i] then sent = sent + 1 end end
+        return sent, #r - sent
+    end
+    local n, err, code = with_retries(self, function() return client:push(msgs, ids, queue) end)
+    if not n then return nil, err, code end
+    return n, 0
+end
+
+-- Plain runs with no route or dedup_key policy are checked, recorded and encoded in C
+-- (core.prepare_runs, src/lua/l_produce.c); it answers false for anything else, and
+-- task.lua's general path takes the operations. Returns sent, duplicates | nil, msg, code;
+-- or false.
+local function fast_many(self, client, ops)
+    if self.route or self.dedup_key then return false end
+    local msgs, ids, keys = core.prepare_runs(self.store, ops, self.queue_name, self.dedup)
+    if msgs == nil then return nil, "storage: " .. tostring(ids), keys end
+    if not msgs then return false end
+    if msgs[1] == nil then return 0, 0 end
+    return push_group(self, client, self.queue_name, msgs, ids, keys)
+end
+
+local function count(self, sent, dups)
+    self.stats.scheduled = self.stats.scheduled + sent
+    self.stats.deduplicated = self.stats.deduplicated + dups
+end
+
 --- Schedules one task operation. Returns true, "scheduled" (later versions add other
 -- statuses, e.g. "duplicate"), or nil, message, code.
 function Scheduler:schedule(op)
     local client = check_open(self)
-    local msg, id, norm = task.encode(op, 2)
-    local queue, key = route_of(self, op), dedup_of(self, op)
-    local sok, serr, scode = store_op(self, op, queue, norm)
-    if not sok then return nil, "storage: " .. tostring(serr), scode end
-    if key then
-        local r, err, code = with_retries(self, function()
-            return client:push_unique({ msg }, { key }, self.dedup_ttl, queue)
-        end)
-        if not r then return nil, err, code end
-        if not r[1] then
-            self.stats.deduplicated = self.stats.deduplicated + 1
-            return true, "duplicate"
-        end
-    else
-        local n, err, code = with_retries(self, function() return client:push(msg, id, queue) end)
-        if not n then return nil, err, code end
+    local sent, dups, code = fast_many(self, client, { op })
+    if sent == false then
+        local msg, id, norm = task.encode(op, 2)
+        local queue, key = route_of(self, op), dedup_of(self, op)
+        local sok, serr, scode = store_op(self, op, queue, norm)
+        if not sok then return nil, "storage: " .. tostring(serr), scode end
+        sent, dups, code = push_group(self, client, queue, { msg }, { id }, key and { key } or nil)
     end
-    self.stats.scheduled = self.stats.scheduled + 1
+    if not sent then return nil, dups, code end
+    count(self, sent, dups)
+    if dups > 0 then return true, "duplicate" end
     return true, "scheduled"
 end
 
@@ -197,11 +226,23 @@ end
 function Scheduler:schedule_many(ops)
     local client = check_open(self)
     if type(ops) ~= "table" then error("schedule_many expects a list of task operations", 2) end
-    local groups = {}
+    local sent, dups, code = fast_many(self, client, ops)
+    if sent ~= false then
+        if not sent then return nil, dups, code end
+        count(self, sent, dups)
+        return sent, dups
+    end
+    -- Every operation is checked (and routed) before any is stored: an invalid one raises
+    -- with nothing recorded, so no recovery sweep pushes the valid ones later.
+    local encoded = {}
     for i = 1, #ops do
         local okenc, m, id, norm = pcall(task.encode, ops[i], 1)
         if not okenc then error("operation " .. i .. ": " .. tostring(m), 2) end
-        local queue, key = route_of(self, ops[i]), dedup_of(self, ops[i])
+        encoded[i] = { m, id, norm, route_of(self, ops[i]), dedup_of(self, ops[i]) }
+    end
+    local groups = {}
+    for i = 1, #ops do
+        local m, id, norm, queue, key = table.unpack(encoded[i], 1, 5)
         local sok, serr, scode = store_op(self, ops[i], queue, norm)
         if not sok then return nil, "storage: " .. tostring(serr), scode end
         local g = groups[#groups]
@@ -212,24 +253,16 @@ function Scheduler:schedule_many(ops)
         g.msgs[#g.msgs + 1], g.ids[#g.ids + 1] = m, id
         if key then g.keys[#g.keys + 1] = key end
     end
-    local sent, dups = 0, 0
+    sent, dups = 0, 0
     for _, g in ipairs(groups) do
-        if g.keys then
-            local r, err, code = with_retries(self, function()
-                return client:push_unique(g.msgs, g.keys, self.dedup_ttl, g.queue)
-            end)
-            if not r then return nil, err, code end
-            for _, pushed in ipairs(r) do
-                if pushed then sent = sent + 1 else dups = dups + 1 end
-            end
-        else
-            local n, err, code = with_retries(self, function() return client:push(g.msgs, g.ids, g.queue) end)
-            if not n then return nil, err, code end
-            sent = sent + n
+        local s1, d1, c1 = push_group(self, client, g.queue, g.msgs, g.ids, g.keys)
+        if not s1 then
+            count(self, sent, dups)
+            return nil, d1, c1
         end
+        sent, dups = sent + s1, dups + d1
     end
-    self.stats.scheduled = self.stats.scheduled + sent
-    self.stats.deduplicated = self.stats.deduplicated + dups
+    count(self, sent, dups)
     return sent, dups
 end
 

@@ -69,31 +69,61 @@ void bq_buf_printf(bq_buf *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
+/* Whether any of the eight bytes of w is below 0x20, a quote or a backslash (the bytes JSON
+ * escapes). Each test is exact for "any byte": see "Determine if a word has a byte less than
+ * n" in Sean Anderson's Bit Twiddling Hacks. Bytes >= 0x80 (UTF-8) never match. */
+static inline bool needs_escape(uint64_t w)
+{
+    const uint64_t ones = UINT64_C(0x0101010101010101), highs = UINT64_C(0x8080808080808080);
+    uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
+    return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & highs;
+}
+
 void bq_buf_json_str(bq_buf *b, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
-    bq_buf_putc(b, '"');
-    size_t run = 0; /* start of the current run of bytes that need no escaping */
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        bq_buf_append(b, s + run, i - run);
-        run = i + 1;
-        switch (c) {
-        case '"': bq_buf_puts(b, "\\\""); break;
-        case '\\': bq_buf_puts(b, "\\\\"); break;
-        case '\n': bq_buf_puts(b, "\\n"); break;
-        case '\r': bq_buf_puts(b, "\\r"); break;
-        case '\t': bq_buf_puts(b, "\\t"); break;
-        default: {
-            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            bq_buf_append(b, esc, sizeof esc);
+    /* Room for the worst case (every byte \u00XX) up front, so the loop only stores. */
+    if (len > (SIZE_MAX - 2) / 6) {
+        b->oom = true;
+        return;
+    }
+    if (!reserve(b, len * 6 + 2))
+        return;
+    char *o = b->p + b->len;
+    *o++ = '"';
+    size_t i = 0;
+    while (i < len) {
+        /* Eight bytes at a time while none needs escaping (text is mostly plain). */
+        uint64_t w;
+        while (len - i >= 8 && (memcpy(&w, s + i, 8), !needs_escape(w))) {
+            memcpy(o, &w, 8);
+            o += 8;
+            i += 8;
         }
+        for (size_t end = len - i > 8 ? i + 8 : len; i < end; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (c >= 0x20 && c != '"' && c != '\\') {
+                *o++ = (char)c;
+                continue;
+            }
+            *o++ = '\\';
+            switch (c) {
+            case '"': *o++ = '"'; break;
+            case '\\': *o++ = '\\'; break;
+            case '\n': *o++ = 'n'; break;
+            case '\r': *o++ = 'r'; break;
+            case '\t': *o++ = 't'; break;
+            default:
+                memcpy(o, "u00", 3);
+                o[3] = hex[c >> 4];
+                o[4] = hex[c & 15];
+                o += 5;
+            }
         }
     }
-    bq_buf_append(b, s + run, len - run);
-    bq_buf_putc(b, '"');
+    *o++ = '"';
+    *o = '\0';
+    b->len = (size_t)(o - b->p);
 }
 
 const char *bq_buf_cstr(bq_buf *b)

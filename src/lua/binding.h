@@ -27,6 +27,7 @@ void bq_lua_open_client(lua_State *L);
 void bq_lua_open_engine(lua_State *L);
 void bq_lua_open_storage(lua_State *L);
 void bq_lua_open_task(lua_State *L);
+void bq_lua_open_produce(lua_State *L);
 
 struct bq_storage;
 /* Pushes a new binduq.Storage handle holding a reference to s (l_storage.c). */

@@ -29,6 +29,7 @@
 struct mrec {
     struct bq_task_rec r;        /* owned strings */
     struct mrec *newer, *older;  /* creation order */
+    uint32_t hash;               /* of r.id */
 };
 
 static char tombstone;
@@ -38,6 +39,8 @@ static const char EMPTY_ARRAY[] = "[]", EMPTY_OBJECT[] = "{}";
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct mrec **table; /* table_size slots, allocated on first use */
+static uint32_t *hashes;    /* the hash of each slot's record: a probe reads the record only
+                             * when they match, not on every step */
 static uint32_t table_size = 1u << 18; /* size_for(MEM_CAPACITY) */
 static size_t capacity = MEM_CAPACITY;
 static struct mrec *newest, *oldest;
@@ -81,21 +84,34 @@ static uint32_t hash(const char *s)
 
 static bool ensure(void)
 {
-    if (table == NULL)
+    if (table == NULL) {
         table = bq_calloc(table_size, sizeof *table);
+        hashes = bq_calloc(table_size, sizeof *hashes);
+        if (table == NULL || hashes == NULL) {
+            bq_free(table);
+            bq_free(hashes);
+            table = NULL;
+            hashes = NULL;
+        }
+    }
     return table != NULL;
 }
 
-/* The slot index holding id, or -1. */
-static long find(const char *id)
+/* The slot index holding id (whose hash is h), or -1. */
+static long find_hashed(const char *id, uint32_t h)
 {
-    for (uint32_t i = hash(id) & (table_size - 1);; i = (i + 1) & (table_size - 1)) {
+    for (uint32_t i = h & (table_size - 1);; i = (i + 1) & (table_size - 1)) {
         struct mrec *m = table[i];
         if (m == NULL)
             return -1;
-        if (m != TOMBSTONE && strcmp(m->r.id, id) == 0)
+        if (m != TOMBSTONE && hashes[i] == h && strcmp(m->r.id, id) == 0)
             return (long)i;
     }
+}
+
+static long find(const char *id)
+{
+    return find_hashed(id, hash(id));
 }
 
 static void unlink_rec(struct mrec *m)
@@ -133,7 +149,7 @@ static void make_room(void)
             break;
         }
     }
-    drop(find(victim->r.id));
+    drop(find_hashed(victim->r.id, victim->hash));
 }
 
 /* Rebuilds the table at `size` slots without tombstones, so probes keep finding empty
@@ -141,16 +157,23 @@ static void make_room(void)
 static bool rebuild(uint32_t size)
 {
     struct mrec **fresh = bq_calloc(size, sizeof *fresh);
-    if (fresh == NULL)
+    uint32_t *fresh_hashes = bq_calloc(size, sizeof *fresh_hashes);
+    if (fresh == NULL || fresh_hashes == NULL) {
+        bq_free(fresh);
+        bq_free(fresh_hashes);
         return false;
+    }
     for (struct mrec *m = newest; m != NULL; m = m->older) {
-        uint32_t k = hash(m->r.id) & (size - 1);
+        uint32_t k = m->hash & (size - 1);
         while (fresh[k] != NULL)
             k = (k + 1) & (size - 1);
         fresh[k] = m;
+        fresh_hashes[k] = m->hash;
     }
     bq_free(table);
+    bq_free(hashes);
     table = fresh;
+    hashes = fresh_hashes;
     table_size = size;
     used = count;
     return true;
@@ -264,7 +287,8 @@ static bq_status mem_create(bq_storage *s, const struct bq_task_new *t,
         st = bq_err_set(err, BQ_ENOMEM, "storage create: out of memory");
         goto out;
     }
-    long slot = find(t->id);
+    uint32_t h = hash(t->id);
+    long slot = find_hashed(t->id, h);
     if (slot >= 0) {
         fill_result(res, &table[slot]->r, false);
         goto out;
@@ -299,11 +323,13 @@ static bq_status mem_create(bq_storage *s, const struct bq_task_new *t,
         st = bq_err_set(err, BQ_ENOMEM, "storage create: out of memory");
         goto out;
     }
-    uint32_t i = hash(t->id) & (table_size - 1);
+    m->hash = h;
+    uint32_t i = h & (table_size - 1);
     while (table[i] != NULL && table[i] != TOMBSTONE)
         i = (i + 1) & (table_size - 1);
     used += table[i] == NULL;
     table[i] = m;
+    hashes[i] = h;
     m->older = newest;
     if (newest)
         newest->newer = m;
@@ -494,7 +520,9 @@ void bq_storage_mem_reset(void)
     }
     oldest = NULL;
     bq_free(table);
+    bq_free(hashes);
     table = NULL;
+    hashes = NULL;
     count = used = 0;
     capacity = MEM_CAPACITY;
     table_size = size_for(MEM_CAPACITY);

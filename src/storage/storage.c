@@ -17,6 +17,16 @@ static const char *const terminal_states[] = {"completed", "failed", "canceled",
 
 bool bq_task_state_terminal(const char *state)
 {
+    /* The memory storage keeps the names below (bq_task_state_name): their addresses answer
+     * without comparing text. */
+    for (size_t i = 0; i < COUNT(terminal_states); i++) {
+        if (state == terminal_states[i])
+            return true;
+    }
+    for (size_t i = 0; i < COUNT(open_states); i++) {
+        if (state == open_states[i])
+            return false;
+    }
     for (size_t i = 0; state != NULL && i < COUNT(terminal_states); i++) {
         if (strcmp(state, terminal_states[i]) == 0)
             return true;

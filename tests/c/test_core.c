@@ -63,6 +63,55 @@ TEST(json_strings)
     bq_buf_free(&b);
 }
 
+/* The writer reads eight bytes at a time: against a byte-at-a-time reference, on strings of
+ * every length up to 40 with a byte of each kind at every position. */
+static void json_reference(const unsigned char *s, size_t n, bq_buf *b)
+{
+    b->len = 0;
+    bq_buf_putc(b, '"');
+    for (size_t i = 0; i < n; i++) {
+        switch (s[i]) {
+        case '"': bq_buf_puts(b, "\\\""); break;
+        case '\\': bq_buf_puts(b, "\\\\"); break;
+        case '\n': bq_buf_puts(b, "\\n"); break;
+        case '\r': bq_buf_puts(b, "\\r"); break;
+        case '\t': bq_buf_puts(b, "\\t"); break;
+        default:
+            if (s[i] < 0x20)
+                bq_buf_printf(b, "\\u%04x", s[i]);
+            else
+                bq_buf_putc(b, (char)s[i]);
+        }
+    }
+    bq_buf_putc(b, '"');
+}
+
+TEST(json_strings_by_word)
+{
+    static const unsigned char probes[] = {0x00, 0x01, 0x1f, 0x20, '"', '\\', '\n', 0x21, 0x5b,
+                                           0x5d, 0x7f, 0x80, 0xa2, 0xdc, 0xff};
+    bq_buf got = BQ_BUF_INIT, want = BQ_BUF_INIT;
+    unsigned char s[40];
+    int bad = 0;
+    for (size_t n = 0; n <= sizeof s; n++) {
+        for (size_t at = 0; at < (n ? n : 1); at++) {
+            for (size_t p = 0; p < sizeof probes; p++) {
+                memset(s, 'a', sizeof s);
+                if (n > 0)
+                    s[at] = probes[p];
+                if (n > 3)
+                    s[n - 1] = probes[(p + 5) % sizeof probes];
+                json_reference(s, n, &want);
+                json_of((const char *)s, n, &got);
+                bad += got.len != want.len || memcmp(got.p, want.p, want.len) != 0;
+            }
+        }
+    }
+    CHECK_INT(bad, 0);
+    bq_buf_free(&got);
+    bq_buf_free(&want);
+}
+
 TEST(utf8_validation)
 {
     size_t bad = 99;
@@ -572,6 +621,7 @@ int main(void)
 {
     RUN(backoff_grows_and_caps);
     RUN(json_strings);
+    RUN(json_strings_by_word);
     RUN(utf8_validation);
     RUN(key_layout);
     RUN(task_encoding);

@@ -79,6 +79,122 @@ describe("scheduler (memory)", function()
     end)
 end)
 
+describe("the producer's fast path (core.prepare_runs)", function()
+    local task = require("binduq.task")
+    local json = require("binduq.json")
+    local st
+    before_each(function()
+        core.storage_reset()
+        st = core.storage{ type = "memory" }
+    end)
+    after_each(function() st:close(); core.storage_reset() end)
+
+    local function without_generated(t)
+        t.conversation_id, t.timestamp = nil, nil
+        return t
+    end
+
+    it("writes what task.encode writes, and records each run as submitted", function()
+        local ops = {
+            { type = "run", task_id = "f1", messages = { "hi" } },
+            { type = "run", task_id = "f2", conversation_id = "c\"2", timestamp = "2026-01-01T00:00:00Z",
+              messages = { "a\nb\t\"q\" \\ /", { role = "agent", content = "h\xc3\xa9 \xe2\x82\xac" }, "\1\31" } },
+            { type = "run", task_id = "f3 \xc3\xa9", messages = { ("x"):rep(1000), "" } },
+        }
+        local msgs, ids, keys = core.prepare_runs(st, ops, "q:fast", true)
+        assert.are.same({ "f1", "f2", "f3 \xc3\xa9" }, ids)
+        assert.are.same({ "run:f1", "run:f2", "run:f3 \xc3\xa9" }, keys)
+        for i, op in ipairs(ops) do
+            local got, want = json.raw_decode(msgs[i]), json.raw_decode((task.encode(op)))
+            local rec = st:get(op.task_id)
+            assert.are.equal("submitted", rec.state)
+            assert.are.equal("q:fast", rec.queue)
+            assert.are.equal(got.conversation_id, rec.context_id)
+            assert.are.same(got.messages, json.raw_decode(rec.history))
+            if op.conversation_id then
+                assert.are.same(want, got)
+            else
+                assert.matches("^%x+%-%x+%-4%x+%-%x+%-%x+$", got.conversation_id)
+                assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$", got.timestamp)
+                assert.are.same(without_generated(want), without_generated(got))
+            end
+        end
+        -- Field order as task.encode's (type first: a reader may peek at it).
+        assert.matches('^{"type":"run","task_id":"f2","conversation_id":"c\\"2","messages":%[', msgs[2])
+        assert.matches(',"artifacts":%[%],"timestamp":"2026%-01%-01T00:00:00Z"}$', msgs[2])
+    end)
+
+    it("declines, before storing anything, every operation the general path must see", function()
+        local with_mt = setmetatable({ type = "run", task_id = "m", messages = { "x" } }, {})
+        local others = {
+            { type = "run", task_id = "x", messages = { "m" }, metadata = { a = 1 } },
+            { type = "run", task_id = "x", messages = { "m" }, timeout = 5 },
+            { type = "run", task_id = "x", messages = { "m" }, extra = true },
+            { type = "cancel", task_id = "x" },
+            { type = "run", task_id = "x", messages = { { role = "user", content = "m", name = "n" } } },
+            { type = "run", task_id = "x", messages = { { role = "", content = "m" } } },
+            { type = "run", task_id = "x", messages = { { role = "user" } } },
+            { type = "run", task_id = "x", messages = { "\xff" } },
+            { type = "run", task_id = "x", messages = {} },
+            { type = "run", task_id = "x", messages = "m" },
+            { type = "run", task_id = "x", messages = setmetatable({ "m" }, {}) },
+            { type = "run", task_id = "x", conversation_id = json.null, messages = { "m" } },
+            { type = "run", task_id = "x", timestamp = 5, messages = { "m" } },
+            { type = "run", task_id = "", messages = { "m" } },
+            { type = "run", task_id = ("i"):rep(257), messages = { "m" } },
+            { type = "run", task_id = "a\0b", messages = { "m" } },
+            { type = "run", task_id = 7, messages = { "m" } },
+            { type = "run", messages = { "m" } },
+            { task_id = "x", messages = { "m" } },
+            with_mt,
+            "run",
+        }
+        for i, op in ipairs(others) do
+            local ops = { { type = "run", task_id = "first", messages = { "m" } }, op }
+            assert.is_false(core.prepare_runs(st, ops, "q", false), "case " .. i)
+            assert.is_false(st:get("first"), "case " .. i)
+        end
+        assert.is_false(core.prepare_runs(st, setmetatable({}, {}), "q", false))
+        local msgs, ids = core.prepare_runs(st, {}, "q", false)
+        assert.are.same({}, msgs)
+        assert.are.same({}, ids)
+    end)
+
+    it("leaves the errors to task.lua: the scheduler's texts are unchanged", function()
+        local s = bq.scheduler{ type = "memory", queue_name = fresh_queue() }
+        local ops = { { type = "run", task_id = "ok", messages = { "m" } },
+                      { type = "run", task_id = ("i"):rep(257), messages = { "m" } } }
+        local ok, err = pcall(s.schedule_many, s, ops)
+        assert.is_false(ok)
+        assert.truthy(err:find("operation 2: task_id is longer than 256 bytes", 1, true), err)
+        ok, err = pcall(s.schedule, s, { type = "run", task_id = "x", messages = { "m" }, extra = 1 })
+        assert.is_false(ok)
+        assert.truthy(err:find("unknown field 'extra' in task operation", 1, true), err)
+        assert.are.equal(0, s:queue_length())
+        assert.is_nil(s:get_task("ok"))
+        -- The general path too checks every operation before it records any.
+        ops[1].metadata = { general = true }
+        ok, err = pcall(s.schedule_many, s, ops)
+        assert.is_false(ok)
+        assert.truthy(err:find("operation 2: task_id is longer than 256 bytes", 1, true), err)
+        assert.is_nil(s:get_task("ok"))
+        s:close()
+    end)
+
+    it("deduplicates runs as the general path does", function()
+        local s = bq.scheduler{ type = "memory", queue_name = fresh_queue() }
+        local run = { type = "run", task_id = "d1", messages = { "m" } }
+        assert.are.same({ true, "scheduled" }, { s:schedule(run) })
+        assert.are.same({ true, "duplicate" }, { s:schedule(run) })
+        assert.are.same({ 1, 2 }, { s:schedule_many{ run, { type = "run", task_id = "d2", messages = { "m" } }, run } })
+        assert.are.equal(2, s:queue_length())
+        assert.are.equal(2, s.stats.scheduled)
+        assert.are.equal(3, s.stats.deduplicated)
+        assert.are.equal("submitted", s:get_task("d2").state)
+        s:close()
+    end)
+end)
+
 describe("configuration", function()
     before_each(function() require("binduq.core").storage_reset() end) -- task state is per process
     setup(function() bq.log_configure{ level = "off" } end)

@@ -1,0 +1,319 @@
+/*
+ * l_produce.c -- core.prepare_runs: the Lua producer's fast path for lists of plain runs.
+ *
+ *   core.prepare_runs(store, ops, queue, keyed) -> msgs, ids [, keys]
+ *                                                | false | nil, message, code
+ *
+ * A Scheduler with no route or dedup_key policy hands its operations here first. When every
+ * one is a run of the common shape
+ *
+ *   { type = "run", task_id = <string>, conversation_id = <string>?, timestamp = <string>?,
+ *     messages = { <string> | {role = <string>, content = <string>}, ... } }
+ *
+ * (ids of 1 to 256 bytes without NUL, all strings valid UTF-8, plain tables without
+ * metatables), each is recorded "submitted" in `store` and encoded, and the messages come
+ * back with their task ids (and, when `keyed`, their deduplication keys "run:<id>"). The
+ * JSON is what task.lua's encode writes for the same operation: same fields, same order.
+ *
+ * Anything else -- another field, another type, a value task.lua would refuse -- returns
+ * false before anything is stored, and the caller takes task.lua's general path, which gives
+ * the exact error. So the rules and texts stay in one place; this file only has to be sure
+ * that what it accepts, task.lua would accept and encode the same way. A storage failure
+ * returns nil, message, code; the runs before it are recorded (as on the general path).
+ *
+ * Per operation this costs about a tenth of the general path (see the README's design
+ * notes); the Lua VM never sees the operation's fields.
+ */
+#include "binding.h"
+
+#include "../core/buf.h"
+#include "../core/clock.h"
+#include "../core/err.h"
+#include "../core/rand.h"
+#include "../storage/storage.h"
+
+#include <string.h>
+
+#define MAX_ID_LEN 256
+
+/* The keys an operation of the fast path may have, the value "run", and the keys of a
+ * message table: upvalues 1 to K_COUNT of core.prepare_runs. The scratch is K_SCRATCH. */
+enum { K_TYPE = 1, K_TASK_ID, K_CONVERSATION_ID, K_MESSAGES, K_TIMESTAMP, K_RUN, K_ROLE,
+       K_CONTENT, K_COUNT = K_CONTENT, K_SCRATCH };
+static const char *const key_names[K_COUNT] = {
+    "type", "task_id", "conversation_id", "messages", "timestamp", "run", "role", "content",
+};
+
+/* Kept by the closure: the message buffer, so a batch allocates nothing once it has grown
+ * and a Lua error (out of memory) in the middle of one leaks nothing; and the addresses of
+ * the key strings. Short strings are interned, so a key is one of ours exactly when
+ * lua_tostring gives the same address (the upvalues keep the strings alive). */
+struct scratch {
+    bq_buf msg;
+    const char *key[K_COUNT + 1];
+};
+
+static int scratch_gc(lua_State *L)
+{
+    struct scratch *s = lua_touserdata(L, 1);
+    bq_buf_free(&s->msg);
+    return 0;
+}
+
+#define PUT(b, lit) bq_buf_append((b), lit, sizeof lit - 1)
+
+/* The address of the string at i, NULL for any other type: compared with sc->key[]. */
+static const char *str_at(lua_State *L, int i)
+{
+    return lua_type(L, i) == LUA_TSTRING ? lua_tostring(L, i) : NULL;
+}
+
+static bool plain_table(lua_State *L, int i)
+{
+    if (lua_type(L, i) != LUA_TTABLE || lua_getmetatable(L, i) == 0)
+        return lua_type(L, i) == LUA_TTABLE;
+    lua_pop(L, 1);
+    return false;
+}
+
+/* Whether the value at i is a string task.lua's check_id accepts (and storage can keep). */
+static bool good_id(lua_State *L, int i)
+{
+    if (lua_type(L, i) != LUA_TSTRING)
+        return false;
+    size_t n;
+    const char *s = lua_tolstring(L, i, &n);
+    return n > 0 && n <= MAX_ID_LEN && strlen(s) == n && bq_utf8_valid(s, n, NULL);
+}
+
+static bool good_text(lua_State *L, int i)
+{
+    if (lua_type(L, i) != LUA_TSTRING)
+        return false;
+    size_t n;
+    const char *s = lua_tolstring(L, i, &n);
+    return bq_utf8_valid(s, n, NULL);
+}
+
+/* A message table of exactly {role = <non-empty string>, content = <string>}. */
+static bool good_message_table(lua_State *L, const struct scratch *sc, int m)
+{
+    if (!plain_table(L, m))
+        return false;
+    int seen = 0;
+    lua_pushnil(L);
+    while (lua_next(L, m) != 0) {
+        const char *k = str_at(L, -2);
+        bool ok = (k == sc->key[K_ROLE] && good_text(L, -1) && lua_rawlen(L, -1) > 0) ||
+                  (k == sc->key[K_CONTENT] && good_text(L, -1));
+        lua_pop(L, 1);
+        if (!ok) {
+            lua_pop(L, 1);
+            return false;
+        }
+        seen++;
+    }
+    return seen == 2;
+}
+
+/* Whether the operation at index op takes the fast path. */
+static bool fast_run(lua_State *L, const struct scratch *sc, int op)
+{
+    if (!plain_table(L, op))
+        return false;
+    int top = lua_gettop(L);
+    bool ok = true;
+    lua_pushnil(L);
+    while (ok && lua_next(L, op) != 0) {
+        int v = lua_gettop(L);
+        const char *k = str_at(L, v - 1);
+        if (k == NULL)
+            ok = false;
+        else if (k == sc->key[K_TYPE])
+            ok = str_at(L, v) == sc->key[K_RUN];
+        else if (k == sc->key[K_TASK_ID] || k == sc->key[K_CONVERSATION_ID])
+            ok = good_id(L, v);
+        else if (k == sc->key[K_TIMESTAMP])
+            ok = good_text(L, v);
+        else if (k == sc->key[K_MESSAGES]) {
+            /* ipairs' list, at least one: strings or plain message tables. */
+            lua_Integer i = 1;
+            if (plain_table(L, v)) {
+                for (; ok && lua_rawgeti(L, v, i) != LUA_TNIL; i++) {
+                    ok = lua_type(L, -1) == LUA_TSTRING ? good_text(L, -1)
+                                                         : good_message_table(L, sc, v + 1);
+                    lua_pop(L, 1);
+                }
+            }
+            ok = ok && i > 1;
+        } else
+            ok = false;
+        lua_settop(L, v - 1);
+    }
+    if (ok) {
+        lua_pushvalue(L, lua_upvalueindex(K_TYPE));
+        ok = lua_rawget(L, op) != LUA_TNIL;
+        lua_pushvalue(L, lua_upvalueindex(K_TASK_ID));
+        ok = ok && lua_rawget(L, op) != LUA_TNIL;
+        lua_pushvalue(L, lua_upvalueindex(K_MESSAGES));
+        ok = ok && lua_rawget(L, op) != LUA_TNIL;
+    }
+    lua_settop(L, top);
+    return ok;
+}
+
+/* Pushes op[key] (a plain table: no metamethods). */
+static int field(lua_State *L, int op, int key)
+{
+    lua_pushvalue(L, lua_upvalueindex(key));
+    return lua_rawget(L, op);
+}
+
+static void put_json_str(bq_buf *b, lua_State *L, int i)
+{
+    size_t n;
+    const char *s = lua_tolstring(L, i, &n);
+    bq_buf_json_str(b, s, n);
+}
+
+/* Appends the messages of the (checked) operation at op to b, as a JSON array. */
+static void encode_messages(lua_State *L, int op, bq_buf *b)
+{
+    field(L, op, K_MESSAGES);
+    int list = lua_gettop(L);
+    PUT(b, "[");
+    for (lua_Integer i = 1; lua_rawgeti(L, list, i) != LUA_TNIL; i++) {
+        int m = lua_gettop(L);
+        if (i > 1)
+            PUT(b, ",");
+        if (lua_type(L, m) == LUA_TSTRING) {
+            PUT(b, "{\"role\":\"user\",\"content\":");
+            put_json_str(b, L, m);
+        } else {
+            PUT(b, "{\"role\":");
+            field(L, m, K_ROLE);
+            put_json_str(b, L, -1);
+            PUT(b, ",\"content\":");
+            field(L, m, K_CONTENT);
+            put_json_str(b, L, -1);
+        }
+        PUT(b, "}");
+        lua_settop(L, list);
+    }
+    PUT(b, "]");
+    lua_settop(L, list - 1);
+}
+
+static int l_prepare_runs(lua_State *L)
+{
+    bq_storage *store = bq_lua_check_storage(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const char *queue = luaL_checkstring(L, 3);
+    bool keyed = lua_toboolean(L, 4);
+    lua_settop(L, 4);
+    luaL_checkstack(L, 24, NULL);
+    struct scratch *sc = lua_touserdata(L, lua_upvalueindex(K_SCRATCH));
+    if (lua_getmetatable(L, 2)) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 2, i);
+        bool ok = fast_run(L, sc, 5);
+        lua_pop(L, 1);
+        if (!ok) {
+            lua_pushboolean(L, 0);
+            return 1;
+        }
+    }
+    lua_createtable(L, (int)n, 0); /* 5: msgs */
+    lua_createtable(L, (int)n, 0); /* 6: ids */
+    if (keyed)
+        lua_createtable(L, (int)n, 0); /* 7: keys */
+    int top = lua_gettop(L);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 2, i); /* top + 1: the operation */
+        int op = top + 1;
+        field(L, op, K_TASK_ID);
+        field(L, op, K_CONVERSATION_ID);
+        field(L, op, K_TIMESTAMP); /* top + 4 */
+        size_t id_len;
+        const char *id = lua_tolstring(L, top + 2, &id_len);
+        char uuid[37];
+        const char *conv = lua_tostring(L, top + 3);
+        if (conv == NULL) {
+            bq_uuid4(uuid);
+            conv = uuid;
+        }
+        bq_buf *m = &sc->msg;
+        m->len = 0;
+        PUT(m, "{\"type\":\"run\",\"task_id\":");
+        bq_buf_json_str(m, id, id_len);
+        PUT(m, ",\"conversation_id\":");
+        if (conv == uuid) {
+            PUT(m, "\"");
+            bq_buf_append(m, uuid, 36);
+            PUT(m, "\"");
+        } else {
+            put_json_str(m, L, top + 3);
+        }
+        PUT(m, ",\"messages\":");
+        size_t history = m->len;
+        encode_messages(L, op, m);
+        /* The buffer is NUL-terminated after every append: the array is the history. */
+        if (m->oom) {
+            bq_buf_free(m); /* a failed buffer stays failed: start afresh next time */
+            return luaL_error(L, "schedule: out of memory");
+        }
+        struct bq_task_new t = {id, conv, queue, NULL, m->p + history, NULL, NULL, 0};
+        struct bq_task_result res;
+        bq_err err;
+        if (store->ops->create(store, &t, &res, &err) != BQ_OK)
+            return bq_lua_fail(L, &err);
+        PUT(m, ",\"artifacts\":[],\"timestamp\":");
+        if (lua_isnil(L, top + 4)) {
+            char ts[40];
+            bq_iso8601(bq_now_wall(), ts, sizeof ts);
+            PUT(m, "\"");
+            bq_buf_puts(m, ts);
+            PUT(m, "\"");
+        } else {
+            put_json_str(m, L, top + 4);
+        }
+        PUT(m, "}");
+        if (m->oom) {
+            bq_buf_free(m);
+            return luaL_error(L, "schedule: out of memory");
+        }
+        lua_pushlstring(L, m->p, m->len);
+        lua_rawseti(L, 5, i);
+        lua_pushvalue(L, top + 2);
+        lua_rawseti(L, 6, i);
+        if (keyed) {
+            char key[4 + MAX_ID_LEN];
+            memcpy(key, "run:", 4);
+            memcpy(key + 4, id, id_len);
+            lua_pushlstring(L, key, 4 + id_len);
+            lua_rawseti(L, 7, i);
+        }
+        lua_settop(L, top);
+    }
+    return keyed ? 3 : 2;
+}
+
+void bq_lua_open_produce(lua_State *L)
+{
+    struct scratch *sc = lua_newuserdatauv(L, sizeof *sc, 0);
+    memset(sc, 0, sizeof *sc);
+    for (int i = 0; i < K_COUNT; i++) {
+        sc->key[i + 1] = lua_pushstring(L, key_names[i]);
+        lua_insert(L, -2); /* the scratch stays on top, the last upvalue */
+    }
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, scratch_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_pushcclosure(L, l_prepare_runs, K_SCRATCH);
+    lua_setfield(L, -2, "prepare_runs");
+}
