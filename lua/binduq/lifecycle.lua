@@ -174,6 +174,8 @@ function M.make_process(w, info)
     local done = {}
     -- What fast_start gives for a first run: nothing stored yet beyond the message itself.
     local FIRST = { attempts = 0 }
+    -- The header of a message without one; shared, so read only.
+    local FIRST_DELIVERY = { attempt = 1, body = 0 }
 
     local function log_storage(id, what, msg)
         core.count_storage_error()
@@ -539,7 +541,13 @@ function M.make_process(w, info)
 
     local function process(raw, qi)
         local queue = info.queues[qi] or info.queue
-        local task, why, partial, header = task_mod.decode(raw, max)
+        local task, why, partial, header
+        if raw:byte(1) ~= 35 then -- no "#bq" header line: a first delivery, the common case
+            task, why, partial = task_mod.decode_body(raw, max)
+            header = FIRST_DELIVERY
+        else
+            task, why, partial, header = task_mod.decode(raw, max)
+        end
         if not task then
             partial = partial or {}
             return "malformed", partial.task_id, partial.type,

@@ -279,18 +279,24 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
     copy_field(out->type, sizeof out->type, L, 4);
     out->kind = BQ_OUTCOME_DEAD;
     for (size_t i = 0; status != NULL && i < sizeof statuses / sizeof statuses[0]; i++) {
-        if (strcmp(status, statuses[i].name) == 0)
+        if (strcmp(status, statuses[i].name) == 0) {
             out->kind = statuses[i].kind;
+            break;
+        }
     }
     if (lua_istable(L, 5)) {
-        out->reason = field_dup(L, 5, "reason");
-        out->json = field_dup(L, 5, "error");
-        out->header = field_dup(L, 5, "header");
-        lua_getfield(L, 5, "delay");
-        out->delay = lua_tonumber(L, -1);
-        lua_getfield(L, 5, "body");
-        lua_Integer body = lua_tointeger(L, -1);
-        out->body = body > 0 && (size_t)body <= msg->len ? (size_t)body : 0;
+        /* A completion (the common case) has no reason, error, header, delay or body. */
+        if (out->kind != BQ_OUTCOME_COMPLETED) {
+            out->reason = field_dup(L, 5, "reason");
+            out->json = field_dup(L, 5, "error");
+            out->header = field_dup(L, 5, "header");
+            lua_getfield(L, 5, "delay");
+            out->delay = lua_tonumber(L, -1);
+            lua_getfield(L, 5, "body");
+            lua_Integer body = lua_tointeger(L, -1);
+            out->body = body > 0 && (size_t)body <= msg->len ? (size_t)body : 0;
+            lua_pop(L, 2);
+        }
         lua_getfield(L, 5, "attempt");
         lua_Integer attempt = lua_tointeger(L, -1);
         out->attempt = attempt > 0 && attempt < 1000000 ? (int)attempt : 1;
@@ -300,13 +306,12 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
         copy_field(out->trace_id, sizeof out->trace_id, L, -1);
         lua_getfield(L, 5, "pickup");
         out->pickup = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
-        lua_pop(L, 2);
+        lua_pop(L, 4);
         if (out->kind == BQ_OUTCOME_COMPLETED) { /* a result travels as info.result */
             lua_getfield(L, 5, "result");
             out->json = dup_lua(L, -1);
             lua_pop(L, 1);
         }
-        lua_pop(L, 4);
     } else if (out->kind == BQ_OUTCOME_COMPLETED) {
         out->json = dup_lua(L, 5);
     } else if (status == NULL || out->kind == BQ_OUTCOME_DEAD) {

@@ -36,12 +36,15 @@ bool bq_task_state_terminal(const char *state)
 
 const char *bq_task_state_name(const char *state)
 {
-    for (size_t i = 0; state != NULL && i < COUNT(open_states); i++) {
-        if (strcmp(state, open_states[i]) == 0)
+    if (state == NULL)
+        return NULL;
+    /* The first letters tell the names apart but for two, so mostly one strcmp. */
+    for (size_t i = 0; i < COUNT(open_states); i++) {
+        if (state[0] == open_states[i][0] && strcmp(state, open_states[i]) == 0)
             return open_states[i];
     }
-    for (size_t i = 0; state != NULL && i < COUNT(terminal_states); i++) {
-        if (strcmp(state, terminal_states[i]) == 0)
+    for (size_t i = 0; i < COUNT(terminal_states); i++) {
+        if (state[0] == terminal_states[i][0] && strcmp(state, terminal_states[i]) == 0)
             return terminal_states[i];
     }
     return NULL;
