@@ -184,16 +184,16 @@ local function push_group(self, client, queue, msgs, ids, keys)
 end
 
 -- Plain runs with no route or dedup_key policy are checked, recorded and encoded in C
--- (core.prepare_runs, src/lua/l_produce.c); it answers false for anything else, and
--- task.lua's general path takes the operations. Returns sent, duplicates | nil, msg, code;
--- or false.
+-- (core.prepare_runs, src/lua/l_produce.c) into one binduq.Batch, which the client pushes
+-- as it is; it answers false for anything else, and task.lua's general path takes the
+-- operations. Returns sent, duplicates | nil, msg, code; or false.
 local function fast_many(self, client, ops)
     if self.route or self.dedup_key then return false end
-    local msgs, ids, keys = core.prepare_runs(self.store, ops, self.queue_name, self.dedup)
-    if msgs == nil then return nil, "storage: " .. tostring(ids), keys end
-    if not msgs then return false end
-    if msgs[1] == nil then return 0, 0 end
-    return push_group(self, client, self.queue_name, msgs, ids, keys)
+    local batch, err, code = core.prepare_runs(self.store, ops, self.queue_name)
+    if batch == nil then return nil, "storage: " .. tostring(err), code end
+    if not batch then return false end
+    if #batch == 0 then return 0, 0 end
+    return push_group(self, client, self.queue_name, batch, nil, self.dedup and batch or nil)
 end
 
 local function count(self, sent, dups)

@@ -9,6 +9,8 @@
 #define BINDUQ_BINDING_H
 
 #include "../binduq.h"
+#include "../broker/broker.h"
+#include "../core/buf.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -16,6 +18,7 @@
 #define BQ_CLIENT_MT "binduq.Client"
 #define BQ_ENGINE_MT "binduq.Engine"
 #define BQ_STORAGE_MT "binduq.Storage"
+#define BQ_BATCH_MT "binduq.Batch"
 
 /* Registry key of the light userdata that marks a handler state (see l_engine.c). */
 #define BQ_SLOT_KEY "binduq.slot"
@@ -34,6 +37,19 @@ struct bq_storage;
 void bq_lua_push_storage(lua_State *L, struct bq_storage *s);
 /* The storage of the handle at idx; raises if it is not one or is closed. */
 struct bq_storage *bq_lua_check_storage(lua_State *L, int idx);
+
+/* Encoded messages from core.prepare_runs (l_produce.c): c:push and c:push_unique take one
+ * in place of their lists. keys[i] is "run:<id>", ids[i] the id within it. */
+struct bq_lua_batch {
+    size_t n;
+    struct bq_slice *msgs;
+    const char **keys;
+    const char **ids;
+    size_t *offs; /* while building: the offsets of key and message i in data */
+    bq_buf data;
+};
+/* The batch at idx, or NULL when that is something else. */
+const struct bq_lua_batch *bq_lua_test_batch(lua_State *L, int idx);
 
 /* Pushes nil, message, code and returns 3: the run-time failure convention. */
 int bq_lua_fail(lua_State *L, const bq_err *err);

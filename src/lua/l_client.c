@@ -80,11 +80,21 @@ static int l_client_tostring(lua_State *L)
     return 1;
 }
 
-/* c:push(msg | {msg, ...} [, ids [, queue]]) */
+/* c:push(msg | {msg, ...} | batch [, ids [, queue]]) */
 static int l_client_push(lua_State *L)
 {
     bq_client *c = check_open(L);
     const char *queue = luaL_optstring(L, 4, NULL);
+    const struct bq_lua_batch *b = bq_lua_test_batch(L, 2);
+    size_t pushed = 0;
+    bq_err err;
+    if (b != NULL) { /* core.prepare_runs' messages, with their ids */
+        if (b->n > 0 && bq_client_push(c, queue, b->msgs, b->ids, b->n, &pushed, &err) != BQ_OK)
+            return bq_lua_fail(L, &err);
+        bq_metrics_scheduled(queue ? queue : c->cfg.queue_name, (long long)pushed, 0);
+        lua_pushinteger(L, (lua_Integer)pushed);
+        return 1;
+    }
     size_t n;
     if (lua_type(L, 2) == LUA_TSTRING) {
         n = 1;
@@ -118,8 +128,6 @@ static int l_client_push(lua_State *L)
             ids[0] = lua_tostring(L, 3);
         }
     }
-    size_t pushed = 0;
-    bq_err err;
     if (bq_client_push(c, queue, s, ids, n, &pushed, &err) != BQ_OK)
         return bq_lua_fail(L, &err);
     bq_metrics_scheduled(queue ? queue : c->cfg.queue_name, (long long)pushed, 0);
@@ -127,28 +135,42 @@ static int l_client_push(lua_State *L)
     return 1;
 }
 
-/* c:push_unique({msg, ...}, {key, ...}, ttl [, queue]) -> {true|false, ...} | nil, msg, code */
+/* c:push_unique({msg, ...} | batch, {key, ...} | batch, ttl [, queue])
+ *   -> {true|false, ...} | nil, msg, code
+ * A batch (core.prepare_runs) brings its own keys. */
 static int l_client_push_unique(lua_State *L)
 {
     bq_client *c = check_open(L);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    luaL_checktype(L, 3, LUA_TTABLE);
+    const struct bq_lua_batch *b = bq_lua_test_batch(L, 2);
+    if (b == NULL) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        luaL_checktype(L, 3, LUA_TTABLE);
+    }
     double ttl = luaL_checknumber(L, 4);
     const char *queue = luaL_optstring(L, 5, c->cfg.queue_name);
-    size_t n = (size_t)luaL_len(L, 2);
-    if ((size_t)luaL_len(L, 3) != n)
+    size_t n = b ? b->n : (size_t)luaL_len(L, 2);
+    if (b == NULL && (size_t)luaL_len(L, 3) != n)
         return luaL_error(L, "push_unique: one key per message");
     lua_settop(L, 5);
-    struct bq_slice *s = lua_newuserdatauv(L, (n ? n : 1) * sizeof *s, 0);
-    const char **keys = lua_newuserdatauv(L, (n ? n : 1) * sizeof *keys, 0);
+    const struct bq_slice *s;
+    const char *const *keys;
     bool *pushed = lua_newuserdatauv(L, (n ? n : 1) * sizeof *pushed, 0);
-    for (size_t i = 0; i < n; i++) {
-        if (lua_rawgeti(L, 2, (lua_Integer)i + 1) != LUA_TSTRING ||
-            lua_rawgeti(L, 3, (lua_Integer)i + 1) != LUA_TSTRING)
-            return luaL_error(L, "push_unique: message and key %d must be strings", (int)i + 1);
-        keys[i] = lua_tostring(L, -1);
-        s[i].p = lua_tolstring(L, -2, &s[i].len);
-        lua_pop(L, 2); /* the tables keep them alive */
+    if (b != NULL) {
+        s = b->msgs;
+        keys = b->keys;
+    } else {
+        struct bq_slice *ls = lua_newuserdatauv(L, (n ? n : 1) * sizeof *ls, 0);
+        const char **lk = lua_newuserdatauv(L, (n ? n : 1) * sizeof *lk, 0);
+        for (size_t i = 0; i < n; i++) {
+            if (lua_rawgeti(L, 2, (lua_Integer)i + 1) != LUA_TSTRING ||
+                lua_rawgeti(L, 3, (lua_Integer)i + 1) != LUA_TSTRING)
+                return luaL_error(L, "push_unique: message and key %d must be strings", (int)i + 1);
+            lk[i] = lua_tostring(L, -1);
+            ls[i].p = lua_tolstring(L, -2, &ls[i].len);
+            lua_pop(L, 2); /* the tables keep them alive */
+        }
+        s = ls;
+        keys = lk;
     }
     bq_err err;
     if (c->broker->ops->push_unique(c->broker, queue, s, keys, n, ttl, pushed, &err) != BQ_OK)

@@ -1,8 +1,7 @@
 /*
  * l_produce.c -- core.prepare_runs: the Lua producer's fast path for lists of plain runs.
  *
- *   core.prepare_runs(store, ops, queue, keyed) -> msgs, ids [, keys]
- *                                                | false | nil, message, code
+ *   core.prepare_runs(store, ops, queue) -> batch | false | nil, message, code
  *
  * A Scheduler with no route or dedup_key policy hands its operations here first. When every
  * one is a run of the common shape
@@ -11,21 +10,23 @@
  *     messages = { <string> | {role = <string>, content = <string>}, ... } }
  *
  * (ids of 1 to 256 bytes without NUL, all strings valid UTF-8, plain tables without
- * metatables), each is recorded "submitted" in `store` and encoded, and the messages come
- * back with their task ids (and, when `keyed`, their deduplication keys "run:<id>"). The
- * JSON is what task.lua's encode writes for the same operation: same fields, same order.
+ * metatables), each is recorded "submitted" in `store` and encoded. The JSON is what
+ * task.lua's encode writes for the same operation: same fields, same order.
+ *
+ * The result is a binduq.Batch: the messages in one buffer, with their task ids and their
+ * deduplication keys ("run:<id>"), which c:push and c:push_unique take in place of lists of
+ * strings, so no message becomes a Lua string. #batch is its length; batch:get(i) returns
+ * message, task_id and key i.
  *
  * Anything else -- another field, another type, a value task.lua would refuse -- returns
  * false before anything is stored, and the caller takes task.lua's general path, which gives
  * the exact error. So the rules and texts stay in one place; this file only has to be sure
  * that what it accepts, task.lua would accept and encode the same way. A storage failure
  * returns nil, message, code; the runs before it are recorded (as on the general path).
- *
- * Per operation this costs about a tenth of the general path (see the README's design
- * notes); the Lua VM never sees the operation's fields.
  */
 #include "binding.h"
 
+#include "../core/alloc.h"
 #include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/err.h"
@@ -44,21 +45,12 @@ static const char *const key_names[K_COUNT] = {
     "type", "task_id", "conversation_id", "messages", "timestamp", "run", "role", "content",
 };
 
-/* Kept by the closure: the message buffer, so a batch allocates nothing once it has grown
- * and a Lua error (out of memory) in the middle of one leaks nothing; and the addresses of
- * the key strings. Short strings are interned, so a key is one of ours exactly when
- * lua_tostring gives the same address (the upvalues keep the strings alive). */
+/* Kept by the closure: the addresses of the key strings. Short strings are interned, so a
+ * key is one of ours exactly when lua_tostring gives the same address (the upvalues keep the
+ * strings alive). */
 struct scratch {
-    bq_buf msg;
     const char *key[K_COUNT + 1];
 };
-
-static int scratch_gc(lua_State *L)
-{
-    struct scratch *s = lua_touserdata(L, 1);
-    bq_buf_free(&s->msg);
-    return 0;
-}
 
 #define PUT(b, lit) bq_buf_append((b), lit, sizeof lit - 1)
 
@@ -204,36 +196,88 @@ static void encode_messages(lua_State *L, int op, bq_buf *b)
     lua_settop(L, list - 1);
 }
 
+/* ---- binduq.Batch: the encoded messages of one call ---------------------------------------- */
+
+static int batch_gc(lua_State *L)
+{
+    struct bq_lua_batch *b = luaL_checkudata(L, 1, BQ_BATCH_MT);
+    bq_free(b->msgs);
+    bq_free(b->keys);
+    bq_free(b->ids);
+    bq_free(b->offs);
+    bq_buf_free(&b->data);
+    memset(b, 0, sizeof *b);
+    return 0;
+}
+
+static int batch_len(lua_State *L)
+{
+    struct bq_lua_batch *b = luaL_checkudata(L, 1, BQ_BATCH_MT);
+    lua_pushinteger(L, (lua_Integer)b->n);
+    return 1;
+}
+
+/* b:get(i) -> message, task_id, dedup key (for tests and tools) */
+static int batch_get(lua_State *L)
+{
+    struct bq_lua_batch *b = luaL_checkudata(L, 1, BQ_BATCH_MT);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    if (i < 1 || (size_t)i > b->n)
+        return 0;
+    lua_pushlstring(L, b->msgs[i - 1].p, b->msgs[i - 1].len);
+    lua_pushstring(L, b->ids[i - 1]);
+    lua_pushstring(L, b->keys[i - 1]);
+    return 3;
+}
+
+const struct bq_lua_batch *bq_lua_test_batch(lua_State *L, int idx)
+{
+    return luaL_testudata(L, idx, BQ_BATCH_MT);
+}
+
+/* The batch's arrays for n messages; raises when memory is short (the GC frees it). */
+static struct bq_lua_batch *new_batch(lua_State *L, size_t n)
+{
+    struct bq_lua_batch *b = lua_newuserdatauv(L, sizeof *b, 0);
+    memset(b, 0, sizeof *b);
+    luaL_setmetatable(L, BQ_BATCH_MT);
+    size_t k = n ? n : 1;
+    b->msgs = bq_calloc(k, sizeof *b->msgs);
+    b->keys = bq_calloc(k, sizeof *b->keys);
+    b->ids = bq_calloc(k, sizeof *b->ids);
+    b->offs = bq_calloc(2 * k, sizeof *b->offs);
+    if (b->msgs == NULL || b->keys == NULL || b->ids == NULL || b->offs == NULL)
+        luaL_error(L, "schedule: out of memory");
+    return b;
+}
+
 static int l_prepare_runs(lua_State *L)
 {
     bq_storage *store = bq_lua_check_storage(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     const char *queue = luaL_checkstring(L, 3);
-    bool keyed = lua_toboolean(L, 4);
-    lua_settop(L, 4);
+    lua_settop(L, 3);
     luaL_checkstack(L, 24, NULL);
-    struct scratch *sc = lua_touserdata(L, lua_upvalueindex(K_SCRATCH));
+    const struct scratch *sc = lua_touserdata(L, lua_upvalueindex(K_SCRATCH));
     if (lua_getmetatable(L, 2)) {
         lua_pushboolean(L, 0);
         return 1;
     }
-    lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
-    for (lua_Integer i = 1; i <= n; i++) {
-        lua_rawgeti(L, 2, i);
-        bool ok = fast_run(L, sc, 5);
+    size_t n = lua_rawlen(L, 2);
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, 2, (lua_Integer)i);
+        bool ok = fast_run(L, sc, 4);
         lua_pop(L, 1);
         if (!ok) {
             lua_pushboolean(L, 0);
             return 1;
         }
     }
-    lua_createtable(L, (int)n, 0); /* 5: msgs */
-    lua_createtable(L, (int)n, 0); /* 6: ids */
-    if (keyed)
-        lua_createtable(L, (int)n, 0); /* 7: keys */
+    struct bq_lua_batch *b = new_batch(L, n); /* 4 */
+    bq_buf *d = &b->data;
     int top = lua_gettop(L);
-    for (lua_Integer i = 1; i <= n; i++) {
-        lua_rawgeti(L, 2, i); /* top + 1: the operation */
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, (lua_Integer)i + 1); /* top + 1: the operation */
         int op = top + 1;
         field(L, op, K_TASK_ID);
         field(L, op, K_CONVERSATION_ID);
@@ -246,60 +290,56 @@ static int l_prepare_runs(lua_State *L)
             bq_uuid4(uuid);
             conv = uuid;
         }
-        bq_buf *m = &sc->msg;
-        m->len = 0;
-        PUT(m, "{\"type\":\"run\",\"task_id\":");
-        bq_buf_json_str(m, id, id_len);
-        PUT(m, ",\"conversation_id\":");
+        /* "run:<id>\0" (the dedup key; the id follows the prefix), then the message. */
+        b->offs[2 * i] = d->len;
+        PUT(d, "run:");
+        bq_buf_append(d, id, id_len + 1);
+        b->offs[2 * i + 1] = d->len;
+        PUT(d, "{\"type\":\"run\",\"task_id\":");
+        bq_buf_json_str(d, id, id_len);
+        PUT(d, ",\"conversation_id\":");
         if (conv == uuid) {
-            PUT(m, "\"");
-            bq_buf_append(m, uuid, 36);
-            PUT(m, "\"");
+            PUT(d, "\"");
+            bq_buf_append(d, uuid, 36);
+            PUT(d, "\"");
         } else {
-            put_json_str(m, L, top + 3);
+            put_json_str(d, L, top + 3);
         }
-        PUT(m, ",\"messages\":");
-        size_t history = m->len;
-        encode_messages(L, op, m);
-        /* The buffer is NUL-terminated after every append: the array is the history. */
-        if (m->oom) {
-            bq_buf_free(m); /* a failed buffer stays failed: start afresh next time */
+        PUT(d, ",\"messages\":");
+        size_t history = d->len;
+        encode_messages(L, op, d);
+        if (d->oom)
             return luaL_error(L, "schedule: out of memory");
-        }
-        struct bq_task_new t = {id, conv, queue, NULL, m->p + history, NULL, NULL, 0};
+        /* The buffer is NUL-terminated after every append: the array is the history. */
+        struct bq_task_new t = {id, conv, queue, NULL, d->p + history, NULL, NULL, 0};
         struct bq_task_result res;
         bq_err err;
         if (store->ops->create(store, &t, &res, &err) != BQ_OK)
             return bq_lua_fail(L, &err);
-        PUT(m, ",\"artifacts\":[],\"timestamp\":");
+        PUT(d, ",\"artifacts\":[],\"timestamp\":");
         if (lua_isnil(L, top + 4)) {
             char ts[40];
             bq_iso8601(bq_now_wall(), ts, sizeof ts);
-            PUT(m, "\"");
-            bq_buf_puts(m, ts);
-            PUT(m, "\"");
+            PUT(d, "\"");
+            bq_buf_puts(d, ts);
+            PUT(d, "\"");
         } else {
-            put_json_str(m, L, top + 4);
+            put_json_str(d, L, top + 4);
         }
-        PUT(m, "}");
-        if (m->oom) {
-            bq_buf_free(m);
-            return luaL_error(L, "schedule: out of memory");
-        }
-        lua_pushlstring(L, m->p, m->len);
-        lua_rawseti(L, 5, i);
-        lua_pushvalue(L, top + 2);
-        lua_rawseti(L, 6, i);
-        if (keyed) {
-            char key[4 + MAX_ID_LEN];
-            memcpy(key, "run:", 4);
-            memcpy(key + 4, id, id_len);
-            lua_pushlstring(L, key, 4 + id_len);
-            lua_rawseti(L, 7, i);
-        }
+        PUT(d, "}");
+        b->msgs[i].len = d->len - b->offs[2 * i + 1];
         lua_settop(L, top);
     }
-    return keyed ? 3 : 2;
+    if (d->oom)
+        return luaL_error(L, "schedule: out of memory");
+    /* The buffer no longer moves: offsets become pointers. */
+    for (size_t i = 0; i < n; i++) {
+        b->keys[i] = d->p + b->offs[2 * i];
+        b->ids[i] = b->keys[i] + 4;
+        b->msgs[i].p = d->p + b->offs[2 * i + 1];
+    }
+    b->n = n;
+    return 1;
 }
 
 void bq_lua_open_produce(lua_State *L)
@@ -310,10 +350,16 @@ void bq_lua_open_produce(lua_State *L)
         sc->key[i + 1] = lua_pushstring(L, key_names[i]);
         lua_insert(L, -2); /* the scratch stays on top, the last upvalue */
     }
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, scratch_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
     lua_pushcclosure(L, l_prepare_runs, K_SCRATCH);
     lua_setfield(L, -2, "prepare_runs");
+    luaL_newmetatable(L, BQ_BATCH_MT);
+    lua_pushcfunction(L, batch_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, batch_len);
+    lua_setfield(L, -2, "__len");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, batch_get);
+    lua_setfield(L, -2, "get");
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
 }

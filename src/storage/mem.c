@@ -27,9 +27,10 @@
 #define MAX_CAPACITY 10000000
 
 struct mrec {
-    struct bq_task_rec r;        /* owned strings */
+    struct bq_task_rec r;        /* owned strings, but for the three below */
     struct mrec *newer, *older;  /* creation order */
     uint32_t hash;               /* of r.id */
+    char text[];                 /* r.id, r.context_id and r.queue, which never change */
 };
 
 static char tombstone;
@@ -62,7 +63,8 @@ static void release(char *p)
         bq_free(p);
 }
 
-/* Frees a stored record: its static strings are not the C library's to free. */
+/* Frees a stored record: its static strings are not the C library's to free, nor those in
+ * its own block. */
 static void rec_free(struct mrec *m)
 {
     struct bq_task_rec *r = &m->r;
@@ -70,6 +72,7 @@ static void rec_free(struct mrec *m)
     release(r->artifacts);
     release(r->metadata);
     r->history = r->artifacts = r->metadata = r->state = NULL;
+    r->id = r->context_id = r->queue = NULL;
     bq_task_rec_clear(r);
     bq_free(m);
 }
@@ -299,12 +302,17 @@ static bq_status mem_create(bq_storage *s, const struct bq_task_new *t,
         st = bq_err_set(err, BQ_ENOMEM, "storage create: out of memory");
         goto out;
     }
-    struct mrec *m = bq_calloc(1, sizeof *m);
+    /* One block for the record and its fixed strings: one allocation, not four. */
+    size_t id_n = strlen(t->id) + 1, ctx_n = t->context_id ? strlen(t->context_id) + 1 : 0,
+           q_n = t->queue ? strlen(t->queue) + 1 : 0;
+    struct mrec *m = bq_malloc(sizeof *m + id_n + ctx_n + q_n);
     double now = bq_now_wall();
     if (m != NULL) {
-        m->r.id = bq_strdup(t->id);
-        m->r.context_id = dup_or_null(t->context_id);
-        m->r.queue = dup_or_null(t->queue);
+        memset(m, 0, sizeof *m);
+        char *p = m->text;
+        m->r.id = memcpy(p, t->id, id_n);
+        m->r.context_id = ctx_n ? memcpy(p + id_n, t->context_id, ctx_n) : NULL;
+        m->r.queue = q_n ? memcpy(p + id_n + ctx_n, t->queue, q_n) : NULL;
         m->r.state = (char *)bq_task_state_name(state);
         m->r.history = t->history && strcmp(t->history, "[]") != 0 ? bq_strdup(t->history)
                                                                     : (char *)EMPTY_ARRAY;
@@ -315,8 +323,7 @@ static bq_status mem_create(bq_storage *s, const struct bq_task_new *t,
         m->r.attempts = t->attempts > 0 ? t->attempts : 0;
         m->r.created_at = m->r.updated_at = m->r.state_at = now;
     }
-    if (m == NULL || m->r.id == NULL || m->r.history == NULL || m->r.metadata == NULL ||
-        (t->context_id && m->r.context_id == NULL) || (t->queue && m->r.queue == NULL) ||
+    if (m == NULL || m->r.history == NULL || m->r.metadata == NULL ||
         (t->worker && m->r.worker == NULL)) {
         if (m != NULL)
             rec_free(m);

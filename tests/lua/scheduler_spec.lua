@@ -101,7 +101,11 @@ describe("the producer's fast path (core.prepare_runs)", function()
               messages = { "a\nb\t\"q\" \\ /", { role = "agent", content = "h\xc3\xa9 \xe2\x82\xac" }, "\1\31" } },
             { type = "run", task_id = "f3 \xc3\xa9", messages = { ("x"):rep(1000), "" } },
         }
-        local msgs, ids, keys = core.prepare_runs(st, ops, "q:fast", true)
+        local batch = core.prepare_runs(st, ops, "q:fast")
+        assert.are.equal(3, #batch)
+        local msgs, ids, keys = {}, {}, {}
+        for i = 1, #batch do msgs[i], ids[i], keys[i] = batch:get(i) end
+        assert.is_nil(batch:get(4))
         assert.are.same({ "f1", "f2", "f3 \xc3\xa9" }, ids)
         assert.are.same({ "run:f1", "run:f2", "run:f3 \xc3\xa9" }, keys)
         for i, op in ipairs(ops) do
@@ -151,13 +155,11 @@ describe("the producer's fast path (core.prepare_runs)", function()
         }
         for i, op in ipairs(others) do
             local ops = { { type = "run", task_id = "first", messages = { "m" } }, op }
-            assert.is_false(core.prepare_runs(st, ops, "q", false), "case " .. i)
+            assert.is_false(core.prepare_runs(st, ops, "q"), "case " .. i)
             assert.is_false(st:get("first"), "case " .. i)
         end
-        assert.is_false(core.prepare_runs(st, setmetatable({}, {}), "q", false))
-        local msgs, ids = core.prepare_runs(st, {}, "q", false)
-        assert.are.same({}, msgs)
-        assert.are.same({}, ids)
+        assert.is_false(core.prepare_runs(st, setmetatable({}, {}), "q"))
+        assert.are.equal(0, #core.prepare_runs(st, {}, "q"))
     end)
 
     it("leaves the errors to task.lua: the scheduler's texts are unchanged", function()
