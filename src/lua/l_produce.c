@@ -239,8 +239,8 @@ static struct bq_lua_batch *new_batch(lua_State *L, size_t n)
     memset(b, 0, sizeof *b);
     luaL_setmetatable(L, BQ_BATCH_MT);
     size_t k = n ? n : 1;
-    /* One block for the four arrays (the slices first: the strictest alignment); the text
-     * buffer sized for typical messages, so it rarely grows. */
+    /* One block for the four arrays (the slices first: the strictest alignment), and the
+     * text buffer sized for typical messages, so it rarely grows. */
     size_t each = sizeof *b->msgs + sizeof *b->keys + sizeof *b->ids + 2 * sizeof *b->offs;
     char *block = k <= SIZE_MAX / each ? bq_malloc(k * each) : NULL;
     if (block == NULL)
@@ -249,8 +249,9 @@ static struct bq_lua_batch *new_batch(lua_State *L, size_t n)
     b->keys = (const char **)(void *)(block + k * sizeof *b->msgs);
     b->ids = b->keys + k;
     b->offs = (size_t *)(void *)(b->ids + k);
-    b->data.p = bq_malloc(k * 512);
-    b->data.cap = b->data.p ? k * 512 : 0;
+    size_t start = (k < 2048 ? k : 2048) * 512; /* at most 1 MiB up front; then it doubles */
+    b->data.p = bq_malloc(start);
+    b->data.cap = b->data.p ? start : 0;
     return b;
 }
 
