@@ -10,7 +10,9 @@
  *
  * A stored record's state is the static name (bq_task_state_name), and empty artifacts,
  * history or metadata are the static "[]" / "{}": no allocation for them, and 70 bytes less
- * per record. Copies handed out (get, list) are the caller's, every string allocated.
+ * per record. Its id, context and queue never change and share the record's own block. Each
+ * slot's hash is kept in an array beside the table, so a probe touches a record only when
+ * the hashes match. Copies handed out (get, list) are the caller's, every string allocated.
  */
 #include "storage.h"
 
