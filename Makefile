@@ -31,8 +31,8 @@ LDFLAGS += -fsanitize=$(SANITIZER)
 endif
 # libpq and libmicrohttpd are opened when first needed (src/core/dl.h), not linked; the tests
 # link libpq themselves (test_pg talks to PostgreSQL directly).
-LIBS = -lhiredis -lssl -lcrypto -lpthread -lm -ldl
-TEST_LIBS = $(LIBS) -lpq
+LIBS = -lhiredis -lpthread -lm -ldl
+TEST_LIBS = $(LIBS) -lpq -lcrypto
 
 LIB_SRC = $(wildcard src/core/*.c src/net/*.c src/broker/*.c src/storage/*.c src/engine/*.c)
 LUA_SRC = $(wildcard src/lua/*.c)

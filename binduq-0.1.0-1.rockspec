@@ -2,8 +2,9 @@
 -- Build and install from a checkout with:
 --   luarocks --lua-version 5.4 make
 -- Needs the C headers of hiredis (libhiredis-dev), libpq (libpq-dev), libmicrohttpd
--- (libmicrohttpd-dev) and OpenSSL (libssl-dev); libpq and libmicrohttpd are opened at run
--- time when the PostgreSQL storage or the metrics endpoint is first used, not linked;
+-- (libmicrohttpd-dev) and OpenSSL (libssl-dev); libpq, libmicrohttpd and OpenSSL are opened
+-- at run time when the PostgreSQL storage, the metrics endpoint or TLS is first used, not
+-- linked;
 -- and lua-cjson for Lua 5.4 (lua-cjson);
 -- both are Debian packages, so the rock declares no rock dependencies that would need the
 -- network. The version here must match BQ_VERSION_STRING in src/binduq.h (a test checks).
@@ -39,7 +40,7 @@ build = {
                 "src/core/alloc.c", "src/core/arena.c", "src/core/backoff.c", "src/core/buf.c",
                 "src/core/clock.c", "src/core/dl.c", "src/core/err.c", "src/core/log.c",
                 "src/core/rand.c", "src/core/ratelimit.c",
-                "src/net/conn.c", "src/net/pool.c", "src/net/tls.c", "src/net/url.c",
+                "src/net/conn.c", "src/net/pool.c", "src/net/sslapi.c", "src/net/tls.c", "src/net/url.c",
                 "src/broker/broker.c", "src/broker/cluster.c", "src/broker/keys.c", "src/broker/mem.c",
                 "src/broker/redis.c", "src/storage/mem.c", "src/storage/pg.c",
                 "src/storage/pqapi.c", "src/storage/storage.c",
@@ -52,7 +53,7 @@ build = {
             defines = { "_GNU_SOURCE", "BQ_BUILDING" },
             incdirs = { "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)", "$(PQ_INCDIR)", "$(MHD_INCDIR)" },
             libdirs = { "$(HIREDIS_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(PQ_LIBDIR)", "$(MHD_LIBDIR)" },
-            libraries = { "hiredis", "ssl", "crypto", "pthread", "m", "dl" },
+            libraries = { "hiredis", "pthread", "m", "dl" },
         },
         ["binduq"] = "lua/binduq/init.lua",
         ["binduq.cli"] = "lua/binduq/cli.lua",

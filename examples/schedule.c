@@ -1,7 +1,7 @@
 /*
  * schedule.c -- scheduling tasks from C through libbinduq's one public header.
  *
- *   cc -o schedule_c examples/schedule.c -lbinduq -lhiredis -lpq -lssl -lcrypto -lpthread -lm
+ *   cc -o schedule_c examples/schedule.c -lbinduq -lhiredis -lpthread -lm -ldl
  *   REDIS_URL=redis://127.0.0.1:6379/0 ./schedule_c [count] [prefix]
  *
  * Schedules `count` run tasks (default 3) with ids "<prefix>-<n>" and prints the queue length.

@@ -1,11 +1,12 @@
 /*
  * dl.h -- optional libraries, loaded when first used.
  *
- * libpq (PostgreSQL storage) and libmicrohttpd (the metrics endpoint) are opened with dlopen
- * the first time a process needs them, not linked: a worker whose state is in memory and
- * that serves no metrics never maps them, nor the libraries they pull in (GSSAPI, LDAP,
- * GnuTLS, p11-kit), whose start-up code alone leaves about 3 MiB resident. A program that
- * links libbinduq links neither. Each library's functions are listed once, in an X-macro,
+ * libpq (PostgreSQL storage), libmicrohttpd (the metrics endpoint) and OpenSSL (TLS) are
+ * opened with dlopen the first time a process needs them, not linked: a worker whose state
+ * is in memory, that serves no metrics and talks to Redis over plain TCP never maps them,
+ * nor the libraries they pull in (GSSAPI, LDAP, GnuTLS, p11-kit), whose start-up code alone
+ * leaves about 3 MiB resident; libssl and libcrypto are 1.7 MiB more. A program that links
+ * libbinduq links none of them. Each library's functions are listed once, in an X-macro,
  * which gives both the table of typed pointers and the code that fills it.
  */
 #ifndef BINDUQ_DL_H

@@ -20,6 +20,7 @@
 #include "../../src/core/ratelimit.h"
 #include "../../src/engine/config.h"
 #include "../../src/engine/task.h"
+#include "../../src/net/sslapi.h"
 
 #include <math.h>
 #include <openssl/evp.h>
@@ -541,6 +542,33 @@ TEST(optional_libraries_fail_with_a_reason)
     CHECK(none == NULL);
 }
 
+static bool mapped(const char *name)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    bool found = false;
+    while (f != NULL && !found && fgets(line, sizeof line, f) != NULL)
+        found = strstr(line, name) != NULL;
+    if (f != NULL)
+        fclose(f);
+    return found;
+}
+
+/* That binduq-lua maps none of the optional libraries until it uses them is checked in
+ * tests/host (this test program links libpq, which links OpenSSL). */
+TEST(openssl_loads_every_function)
+{
+    bq_err err;
+    CHECK_INT(bq_ssl_load(&err), BQ_OK);
+    CHECK(mapped("libssl.so"));
+    const void *const *fn = (const void *const *)(const void *)&bq_ssl;
+    size_t missing = 0;
+    for (size_t i = 0; i < sizeof bq_ssl / sizeof(void *); i++)
+        missing += fn[i] == NULL;
+    CHECK_INT(missing, 0);
+    CHECK_INT(bq_ssl_load(&err), BQ_OK); /* once per process */
+}
+
 TEST(iso8601_agrees_with_gmtime)
 {
     /* Every day from 1900 to 2200 both ways, and times of day against gmtime_r + snprintf. */
@@ -636,6 +664,7 @@ int main(void)
     RUN(arena_out_of_memory_keeps_the_old_block);
     RUN(script_sha1s_are_the_scripts);
     RUN(optional_libraries_fail_with_a_reason);
+    RUN(openssl_loads_every_function);
     RUN(iso8601_agrees_with_gmtime);
     RUN(uuid4_is_version_4_and_unique_across_fork);
     return check_report("test_core");

@@ -94,6 +94,39 @@ describe("binduq-lua", function()
     end)
 end)
 
+describe("binduq-lua's memory", function()
+    it("maps OpenSSL, libpq and libmicrohttpd only once a script uses them", function()
+        local script = [[
+local function mapped()
+    local f = assert(io.open("/proc/self/maps"))
+    local m = f:read("a")
+    f:close()
+    local out = {}
+    for _, lib in ipairs({ "libssl", "libcrypto", "libpq", "libmicrohttpd" }) do
+        if m:find(lib .. "[%.%-]") then out[#out + 1] = lib end
+    end
+    return table.concat(out, ",")
+end
+local bq = require("binduq")
+bq.log_configure{ level = "off" }
+local s = bq.scheduler{ type = "memory" }
+assert(s:run{ task_id = "a", messages = { "hi" } })
+io.write("plain=", mapped(), "\n")
+pcall(bq.scheduler, { url = "rediss://127.0.0.1:1/0" }) -- lazy: no connection is made
+io.write("tls=", mapped(), "\n")
+]]
+        local path = os.tmpname()
+        local f = assert(io.open(path, "w"))
+        f:write(script)
+        f:close()
+        local rc, out = run(path)
+        os.remove(path)
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("plain=\n", 1, true), out)
+        assert.truthy(out:find("tls=libssl,libcrypto\n", 1, true), out)
+    end)
+end)
+
 describe("the build", function()
     it("embeds the current Redis scripts", function()
         local files = proc.sh("ls lua/binduq/redis/*.lua | sort | tr '\\n' ' '")
