@@ -54,7 +54,7 @@ bq_status bq_tls_ctx_new(const struct bq_tls_config *cfg, bq_tls_ctx **out, bq_e
     /* SSL_CTX_set_min_proto_version and SSL_CTX_set_mode, which are macros. */
     bq_ssl.SSL_CTX_ctrl(t->ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, TLS1_2_VERSION, NULL);
     bq_ssl.SSL_CTX_ctrl(t->ctx, SSL_CTRL_MODE,
-                 SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, NULL);
+                        SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, NULL);
     bq_status st = BQ_OK;
     if (cfg->ca_file != NULL || cfg->ca_dir != NULL) {
         if (bq_ssl.SSL_CTX_load_verify_locations(t->ctx, cfg->ca_file, cfg->ca_dir) != 1)

@@ -6,7 +6,8 @@
  * open-addressing hash table (linear probing, power-of-two size of at least twice the bound,
  * tombstones) and on a list in creation order; past `capacity` records (100,000 unless a
  * storage was opened with max_tasks) one is forgotten: the oldest finished one among the 64
- * oldest, else the oldest, which the README states. One mutex guards everything: each operation is a few microseconds.
+ * oldest, else the oldest, which the README states. One mutex guards everything: each
+ * operation is a few microseconds.
  *
  * A stored record's state is the static name (bq_task_state_name), and empty artifacts,
  * history or metadata are the static "[]" / "{}": no allocation for them, and 70 bytes less
