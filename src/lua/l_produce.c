@@ -38,9 +38,9 @@
 #define MAX_ID_LEN 256
 
 /* The keys an operation of the fast path may have, the value "run", and the keys of a
- * message table: upvalues 1 to K_COUNT of core.prepare_runs. The scratch is K_SCRATCH. */
+ * message table: upvalues 1 to K_COUNT of core.prepare_runs; their addresses are K_ADDRS. */
 enum { K_TYPE = 1, K_TASK_ID, K_CONVERSATION_ID, K_MESSAGES, K_TIMESTAMP, K_RUN, K_ROLE,
-       K_CONTENT, K_COUNT = K_CONTENT, K_SCRATCH };
+       K_CONTENT, K_COUNT = K_CONTENT, K_ADDRS };
 static const char *const key_names[K_COUNT] = {
     "type", "task_id", "conversation_id", "messages", "timestamp", "run", "role", "content",
 };
@@ -48,22 +48,25 @@ static const char *const key_names[K_COUNT] = {
 /* Kept by the closure: the addresses of the key strings. Short strings are interned, so a
  * key is one of ours exactly when lua_tostring gives the same address (the upvalues keep the
  * strings alive). */
-struct scratch {
+struct key_addrs {
     const char *key[K_COUNT + 1];
 };
 
 #define PUT(b, lit) bq_buf_append((b), lit, sizeof lit - 1)
 
-/* The address of the string at i, NULL for any other type: compared with sc->key[]. */
+/* The address of the string at i, NULL for any other type: compared with ka->key[]. */
 static const char *str_at(lua_State *L, int i)
 {
     return lua_type(L, i) == LUA_TSTRING ? lua_tostring(L, i) : NULL;
 }
 
+/* A table without a metatable (whose reads no metamethod can change). */
 static bool plain_table(lua_State *L, int i)
 {
-    if (lua_type(L, i) != LUA_TTABLE || lua_getmetatable(L, i) == 0)
-        return lua_type(L, i) == LUA_TTABLE;
+    if (lua_type(L, i) != LUA_TTABLE)
+        return false;
+    if (lua_getmetatable(L, i) == 0)
+        return true;
     lua_pop(L, 1);
     return false;
 }
@@ -88,7 +91,7 @@ static bool good_text(lua_State *L, int i)
 }
 
 /* A message table of exactly {role = <non-empty string>, content = <string>}. */
-static bool good_message_table(lua_State *L, const struct scratch *sc, int m)
+static bool good_message_table(lua_State *L, const struct key_addrs *ka, int m)
 {
     if (!plain_table(L, m))
         return false;
@@ -96,8 +99,8 @@ static bool good_message_table(lua_State *L, const struct scratch *sc, int m)
     lua_pushnil(L);
     while (lua_next(L, m) != 0) {
         const char *k = str_at(L, -2);
-        bool ok = (k == sc->key[K_ROLE] && good_text(L, -1) && lua_rawlen(L, -1) > 0) ||
-                  (k == sc->key[K_CONTENT] && good_text(L, -1));
+        bool ok = (k == ka->key[K_ROLE] && good_text(L, -1) && lua_rawlen(L, -1) > 0) ||
+                  (k == ka->key[K_CONTENT] && good_text(L, -1));
         lua_pop(L, 1);
         if (!ok) {
             lua_pop(L, 1);
@@ -109,7 +112,7 @@ static bool good_message_table(lua_State *L, const struct scratch *sc, int m)
 }
 
 /* Whether the operation at index op takes the fast path. */
-static bool fast_run(lua_State *L, const struct scratch *sc, int op)
+static bool fast_run(lua_State *L, const struct key_addrs *ka, int op)
 {
     if (!plain_table(L, op))
         return false;
@@ -121,19 +124,19 @@ static bool fast_run(lua_State *L, const struct scratch *sc, int op)
         const char *k = str_at(L, v - 1);
         if (k == NULL)
             ok = false;
-        else if (k == sc->key[K_TYPE])
-            ok = str_at(L, v) == sc->key[K_RUN];
-        else if (k == sc->key[K_TASK_ID] || k == sc->key[K_CONVERSATION_ID])
+        else if (k == ka->key[K_TYPE])
+            ok = str_at(L, v) == ka->key[K_RUN];
+        else if (k == ka->key[K_TASK_ID] || k == ka->key[K_CONVERSATION_ID])
             ok = good_id(L, v);
-        else if (k == sc->key[K_TIMESTAMP])
+        else if (k == ka->key[K_TIMESTAMP])
             ok = good_text(L, v);
-        else if (k == sc->key[K_MESSAGES]) {
+        else if (k == ka->key[K_MESSAGES]) {
             /* ipairs' list, at least one: strings or plain message tables. */
             lua_Integer i = 1;
             if (plain_table(L, v)) {
                 for (; ok && lua_rawgeti(L, v, i) != LUA_TNIL; i++) {
                     ok = lua_type(L, -1) == LUA_TSTRING ? good_text(L, -1)
-                                                         : good_message_table(L, sc, v + 1);
+                                                         : good_message_table(L, ka, v + 1);
                     lua_pop(L, 1);
                 }
             }
@@ -262,7 +265,7 @@ static int l_prepare_runs(lua_State *L)
     const char *queue = luaL_checkstring(L, 3);
     lua_settop(L, 3);
     luaL_checkstack(L, 24, NULL);
-    const struct scratch *sc = lua_touserdata(L, lua_upvalueindex(K_SCRATCH));
+    const struct key_addrs *ka = lua_touserdata(L, lua_upvalueindex(K_ADDRS));
     if (lua_getmetatable(L, 2)) {
         lua_pushboolean(L, 0);
         return 1;
@@ -270,7 +273,7 @@ static int l_prepare_runs(lua_State *L)
     size_t n = lua_rawlen(L, 2);
     for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, 2, (lua_Integer)i);
-        bool ok = fast_run(L, sc, 4);
+        bool ok = fast_run(L, ka, 4);
         lua_pop(L, 1);
         if (!ok) {
             lua_pushboolean(L, 0);
@@ -348,13 +351,13 @@ static int l_prepare_runs(lua_State *L)
 
 void bq_lua_open_produce(lua_State *L)
 {
-    struct scratch *sc = lua_newuserdatauv(L, sizeof *sc, 0);
-    memset(sc, 0, sizeof *sc);
+    struct key_addrs *ka = lua_newuserdatauv(L, sizeof *ka, 0);
+    memset(ka, 0, sizeof *ka);
     for (int i = 0; i < K_COUNT; i++) {
-        sc->key[i + 1] = lua_pushstring(L, key_names[i]);
-        lua_insert(L, -2); /* the scratch stays on top, the last upvalue */
+        ka->key[i + 1] = lua_pushstring(L, key_names[i]);
+        lua_insert(L, -2); /* the addresses stay on top, the last upvalue */
     }
-    lua_pushcclosure(L, l_prepare_runs, K_SCRATCH);
+    lua_pushcclosure(L, l_prepare_runs, K_ADDRS);
     lua_setfield(L, -2, "prepare_runs");
     luaL_newmetatable(L, BQ_BATCH_MT);
     lua_pushcfunction(L, batch_gc);
