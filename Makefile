@@ -6,9 +6,10 @@
 #   make bench         the benchmark against a throwaway redis-server
 #   make install       PREFIX=/usr/local DESTDIR=
 #
-# Knobs: CC, CFLAGS, LDFLAGS, PREFIX, DESTDIR, LUA_INCDIR, LUA_LIB, WERROR=1, SANITIZER=.
+# Knobs: CC, CXX, CFLAGS, LDFLAGS, PREFIX, DESTDIR, LUA_INCDIR, LUA_LIB, WERROR=1, SANITIZER=.
 
 CC        ?= cc
+CXX       ?= c++
 PREFIX    ?= /usr/local
 DESTDIR   ?=
 LUA_INCDIR ?= /usr/include/lua5.4
@@ -23,6 +24,10 @@ ifeq ($(WERROR),1)
 WARN += -Werror
 endif
 CFLAGS   ?= -O2 -g
+# The one C++ file (src/lua/l_json.cpp, simdjson) gets the same flags where C++ has them.
+CXX_WARN = $(filter-out -Wstrict-prototypes -Wmissing-prototypes,$(WARN))
+ALL_CXXFLAGS = -std=c++17 -fPIC -fvisibility=hidden -fno-exceptions -fno-rtti $(CXX_WARN) \
+               -I$(LUA_INCDIR) $(CFLAGS)
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DBQ_BUILDING -fPIC -fvisibility=hidden $(WARN) \
              -I$(LUA_INCDIR) $(CFLAGS)
 ifneq ($(SANITIZER),)
@@ -33,12 +38,15 @@ endif
 # link libpq themselves (test_pg talks to PostgreSQL directly).
 LIBS = -lhiredis -lpthread -lm -ldl
 TEST_LIBS = $(LIBS) -lpq -lcrypto
+# Only the Lua binding decodes tasks with simdjson (C++: it brings libstdc++).
+JSON_LIBS = -lsimdjson -lstdc++
 
 LIB_SRC = $(wildcard src/core/*.c src/net/*.c src/broker/*.c src/storage/*.c src/engine/*.c)
 LUA_SRC = $(wildcard src/lua/*.c)
+LUA_CXX_SRC = $(wildcard src/lua/*.cpp)
 HOST_SRC = src/host/main.c
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
-LUA_OBJ = $(LUA_SRC:%.c=$(BUILD)/obj/%.o)
+LUA_OBJ = $(LUA_SRC:%.c=$(BUILD)/obj/%.o) $(LUA_CXX_SRC:%.cpp=$(BUILD)/obj/%.o)
 HOST_OBJ = $(HOST_SRC:%.c=$(BUILD)/obj/%.o)
 HEADERS = $(sort $(wildcard src/*.h src/*/*.h) src/broker/scripts.h)
 
@@ -62,6 +70,11 @@ $(BUILD)/obj/%.o: %.c $(HEADERS)
 	$(SAY) CC $<
 	$(Q)$(CC) $(ALL_CFLAGS) -c $< -o $@
 
+$(BUILD)/obj/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(SAY) CXX $<
+	$(Q)$(CXX) $(ALL_CXXFLAGS) -c $< -o $@
+
 # libbinduq: the C runtime (no Lua inside: the binding lives in the Lua module).
 $(BUILD)/libbinduq.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -76,11 +89,11 @@ $(BUILD)/libbinduq.so: $(LIB_OBJ)
 $(BUILD)/binduq/core.so: $(LIB_OBJ) $(LUA_OBJ)
 	@mkdir -p $(dir $@)
 	$(SAY) LD $@
-	$(Q)$(CC) -shared $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(Q)$(CC) -shared $(LDFLAGS) -o $@ $^ $(LIBS) $(JSON_LIBS)
 
 $(BUILD)/binduq-lua: $(HOST_OBJ) $(LUA_OBJ) $(LIB_OBJ)
 	$(SAY) LD $@
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LUA_LIB) $(LIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LUA_LIB) $(LIBS) $(JSON_LIBS)
 
 $(BUILD)/examples/schedule_c: examples/schedule.c $(BUILD)/libbinduq.a src/binduq.h
 	@mkdir -p $(dir $@)

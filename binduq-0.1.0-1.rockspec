@@ -5,7 +5,8 @@
 -- (libmicrohttpd-dev) and OpenSSL (libssl-dev); libpq, libmicrohttpd and OpenSSL are opened
 -- at run time when the PostgreSQL storage, the metrics endpoint or TLS is first used, not
 -- linked;
--- and lua-cjson for Lua 5.4 (lua-cjson);
+-- and lua-cjson for Lua 5.4 (lua-cjson); simdjson (libsimdjson-dev) and a C++ compiler (g++)
+-- for the task decoder, src/lua/l_json.cpp;
 -- both are Debian packages, so the rock declares no rock dependencies that would need the
 -- network. The version here must match BQ_VERSION_STRING in src/binduq.h (a test checks).
 rockspec_format = "3.0"
@@ -31,6 +32,7 @@ external_dependencies = {
     OPENSSL = { header = "openssl/ssl.h" },
     PQ = { header = "postgresql/libpq-fe.h" },
     MHD = { header = "microhttpd.h" },
+    SIMDJSON = { header = "simdjson.h" },
 }
 build = {
     type = "builtin",
@@ -49,11 +51,14 @@ build = {
                 "src/engine/worker.c",
                 "src/lua/l_client.c", "src/lua/l_core.c", "src/lua/l_engine.c",
                 "src/lua/l_storage.c", "src/lua/l_task.c", "src/lua/l_produce.c",
+                "src/lua/l_json.cpp",
             },
             defines = { "_GNU_SOURCE", "BQ_BUILDING" },
-            incdirs = { "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)", "$(PQ_INCDIR)", "$(MHD_INCDIR)" },
-            libdirs = { "$(HIREDIS_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(PQ_LIBDIR)", "$(MHD_LIBDIR)" },
-            libraries = { "hiredis", "pthread", "m", "dl" },
+            incdirs = { "$(HIREDIS_INCDIR)", "$(OPENSSL_INCDIR)", "$(PQ_INCDIR)", "$(MHD_INCDIR)",
+                        "$(SIMDJSON_INCDIR)" },
+            libdirs = { "$(HIREDIS_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(PQ_LIBDIR)", "$(MHD_LIBDIR)",
+                        "$(SIMDJSON_LIBDIR)" },
+            libraries = { "hiredis", "pthread", "m", "dl", "simdjson", "stdc++" },
         },
         ["binduq"] = "lua/binduq/init.lua",
         ["binduq.cli"] = "lua/binduq/cli.lua",

@@ -165,6 +165,10 @@ end
 -- task a worker takes: the same rules and texts as check_messages, check_id and opt above,
 -- the task table built there, messages changed in place.
 local decode_native = core.decode_native
+-- The common operation is decoded by simdjson straight into the task table (l_json.cpp),
+-- the same table as decode_native's; it answers false for anything else, which takes the
+-- path below, so the rules and error texts are only here and in l_task.c.
+local decode_fast = core.decode_fast
 
 local NATIVE_OPTIONAL = {
     "artifacts", "array", "timestamp", "string", "metadata", "object", "trace_id", "string",
@@ -253,6 +257,8 @@ function M.decode_body(raw, max_size)
     if max_size and #raw > max_size then
         return nil, ("message too large (%d bytes; max_message_size is %d)"):format(#raw, max_size)
     end
+    local fast = decode_fast(raw)
+    if fast then return fast end
     local okutf, bad = core.utf8_check(raw)
     if not okutf then return nil, "invalid UTF-8 at byte " .. tostring(bad) end
     local first = raw:byte(1) == 123 and "{" or raw:match("^%s*(.)") -- 123: '{', the usual start

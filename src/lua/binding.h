@@ -31,6 +31,7 @@ void bq_lua_open_engine(lua_State *L);
 void bq_lua_open_storage(lua_State *L);
 void bq_lua_open_task(lua_State *L);
 void bq_lua_open_produce(lua_State *L);
+void bq_lua_open_json(lua_State *L); /* l_json.cpp, C++ */
 
 struct bq_storage;
 /* Pushes a new binduq.Storage handle holding a reference to s (l_storage.c). */

@@ -514,6 +514,7 @@ __attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
     bq_lua_open_engine(L);
     bq_lua_open_storage(L);
     bq_lua_open_task(L);
+    bq_lua_open_json(L);
     bq_lua_open_produce(L);
     return 1;
 }

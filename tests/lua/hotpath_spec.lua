@@ -187,3 +187,141 @@ describe("the worker's fast start", function()
         s:close()
     end)
 end)
+
+describe("core.decode_fast (simdjson)", function()
+    local task = require("binduq.task")
+    -- What the general path gives: lua-cjson's table, checked by core.decode_native.
+    local function reference(raw)
+        local ok, t = pcall(json.raw_decode, raw)
+        if not ok or type(t) ~= "table" or raw:byte(1) ~= 123 or t.operation ~= nil or t.type == nil then
+            return nil
+        end
+        return (core.decode_native(t))
+    end
+
+    -- Deep equality that also tells 1 from 1.0, 0.0 from -0.0, and checks both ways.
+    local function exact(a, b, path)
+        path = path or "task"
+        if type(a) ~= type(b) then return false, path .. ": " .. type(a) .. " vs " .. type(b) end
+        if type(a) == "number" then
+            if math.type(a) ~= math.type(b) or ("%a"):format(a) ~= ("%a"):format(b) then
+                return false, ("%s: %s %a vs %s %a"):format(path, math.type(a), a, math.type(b), b)
+            end
+            return true
+        end
+        if type(a) ~= "table" then
+            if a ~= b then return false, path .. ": " .. tostring(a) .. " vs " .. tostring(b) end
+            return true
+        end
+        if getmetatable(a) ~= getmetatable(b) then return false, path .. ": metatables differ" end
+        for k, v in pairs(a) do
+            local ok, why = exact(v, b[k], path .. "." .. tostring(k))
+            if not ok then return false, why end
+        end
+        for k in pairs(b) do
+            if a[k] == nil then return false, path .. "." .. tostring(k) .. ": missing" end
+        end
+        return true
+    end
+
+    local base = {
+        '{"type":"run","task_id":"t1","conversation_id":"c1","messages":[{"role":"user","content":"hi"}],'
+            .. '"artifacts":[],"timestamp":"2026-01-01T00:00:00.000Z"}',
+        '{"type":"resume","task_id":"t2","messages":[{"role":"user","content":"more","kind":"text",'
+            .. '"metadata":{"a":[1,2.5,-3,true,false,null,{"b":"c"}]}}],"trace_id":"ab","span_id":"cd"}',
+        '{"type":"cancel","task_id":"t3"}',
+        '{"type":"pause","task_id":"t4","conversation_id":null,"messages":null}',
+        '{"type":"run","task_id":"t5","messages":[{"role":"user","content":"a\\"b\\\\c\\n\\u00e9\\ud83d\\ude00\\u0000"},'
+            .. '{"role":"agent","content":"x","parts":[{"kind":"text","text":"y"}],"extra":null}],'
+            .. '"metadata":{"k":{"n":[[]],"e":{}}},"timeout":2.5,"max_attempts":3.0,"traceparent":"00-ab-cd-01",'
+            .. '"unknown":{"deep":[1,[2,[3]]]}}',
+        '{ "type" : "run" , "task_id" : "t6" , "messages" : [ { "role" : "user" , "content" : "" } ] }  ',
+    }
+
+    it("gives exactly the general path's task for the usual operations", function()
+        for i, raw in ipairs(base) do
+            local fast = core.decode_fast(raw)
+            assert.is_table(fast, "case " .. i .. " was declined")
+            assert(exact(fast, reference(raw)))
+        end
+        local t = core.decode_fast(base[5])
+        assert.are.equal("a\"b\\c\n\u{e9}\u{1F600}\0", t.messages[1].content)
+        assert.are.equal(3, t.max_attempts)
+        assert.are.equal("integer", math.type(t.max_attempts))
+        assert.is_nil(t.messages[2].extra)
+        assert.are.equal(json.null, core.decode_fast(base[2]).messages[1].metadata.a[6])
+    end)
+
+    it("declines what it does not decode, and the general path still says why", function()
+        local declined = {
+            "", " {}", "[1]", "{}", "not json", '{"type":"run"', '{"type":"run","task_id":"a"}',
+            '{"type":"run","task_id":"a","messages":[]}',
+            '{"operation":"run","params":{"task_id":"a","message":{"role":"user","content":"x"}}}',
+            '{"type":"run","type":"run","task_id":"a","messages":[{"role":"user","content":"x"}]}',
+            '{"type":"jump","task_id":"a","messages":[{"role":"user","content":"x"}]}',
+            '{"type":"run","task_id":"","messages":[{"role":"user","content":"x"}]}',
+            '{"type":"run","task_id":"' .. ("i"):rep(257) .. '","messages":[{"role":"user","content":"x"}]}',
+            '{"type":"run","task_id":"a","messages":[{"role":"user","parts":[{"kind":"text","text":"x"}]}]}',
+            '{"type":"run","task_id":"a","messages":[{"role":"","content":"x"}]}',
+            '{"type":"run","task_id":"a","messages":[{"role":"user","content":"x","parts":{"a":1}}]}',
+            '{"type":"run","task_id":"a","messages":[{"role":"user","content":"x","n":-0}]}',
+            '{"type":"run","task_id":"a","messages":[{"role":"user","content":"x","n":1e400}]}',
+            '{"type":"run","task_id":"a","messages":[{"role":"user","content":"\\ud800"}]}',
+            '{"type":"run","task_id":"a\xff","messages":[{"role":"user","content":"x"}]}',
+            '{"type":"run","task_id":"a","timeout":0,"messages":[{"role":"user","content":"x"}]}',
+            '{"type":"run","task_id":"a","max_attempts":1.5,"messages":[{"role":"user","content":"x"}]}',
+            '{"type":"run","task_id":"a","artifacts":{"a":1},"messages":[{"role":"user","content":"x"}]}',
+            '{"type":"run","task_id":"a","metadata":[1],"messages":[{"role":"user","content":"x"}]}',
+            '{"type":"run","task_id":"a","messages":[{"role":"user","content":"x"}],"m":'
+                .. ("["):rep(70) .. ("]"):rep(70) .. "}",
+            '{"type":"run","task_id":"a","messages":[{"role":"user","content":"' .. ("x"):rep(17000) .. '"}]}',
+        }
+        for i, raw in ipairs(declined) do
+            assert.are.equal(false, core.decode_fast(raw), "case " .. i)
+        end
+        -- the long and the deep ones are fine, only not this decoder's
+        assert.is_table(reference(declined[#declined]))
+        assert.is_table(reference(declined[#declined - 1]))
+        local t, why = task.decode('{"type":"run","task_id":"a","messages":[{"role":"user","content":"x"}],"timeout":0}')
+        assert.is_nil(t)
+        assert.are.equal("timeout must be positive", why)
+    end)
+
+    it("agrees with the general path on every field of a run taking each of 33 values", function()
+        -- Every field of a usual run, in turn, takes every value of a pool: whatever the
+        -- fast decoder accepts must be exactly what the general path gives.
+        local values = { 'null', '0', '-0', '-0.0', '1', '3.0', '2.5', '-7', '1e3', '1E-2', '9007199254740993',
+            '18446744073709551615', '1e400', 'true', 'false', '""', '"x"', '"\\u00e9"', '"\\ud83d\\ude00"',
+            '"\\udc00"', '[]', '{}', '[1]', '{"a":null}', '[{"role":"user","content":"x"}]',
+            '[{"role":"user","content":"x"},{"role":"agent","content":"y","n":null}]',
+            '[{"role":"user"}]', '[{"role":"user","content":null}]', '[{"content":"x"}]', '[[]]',
+            '"' .. ("v"):rep(300) .. '"', '"run"', '"cancel"' }
+        local fields = { "type", "task_id", "conversation_id", "messages", "artifacts", "timestamp", "metadata",
+            "trace_id", "span_id", "traceparent", "timeout", "max_attempts", "operation", "other" }
+        local accepted, total = 0, 0
+        for _, f in ipairs(fields) do
+            for _, v in ipairs(values) do
+                local t = { type = '"run"', task_id = '"id"', messages = '[{"role":"user","content":"x"}]' }
+                t[f] = v
+                local parts = {}
+                for _, k in ipairs(fields) do
+                    if t[k] then parts[#parts + 1] = ('"%s":%s'):format(k, t[k]) end
+                end
+                local raw = "{" .. table.concat(parts, ",") .. "}"
+                total = total + 1
+                local fast = core.decode_fast(raw)
+                if fast then
+                    accepted = accepted + 1
+                    local ref = reference(raw)
+                    assert(ref, "fast accepted what the general path refuses: " .. raw)
+                    local ok, why = exact(fast, ref)
+                    assert(ok, raw .. ": " .. tostring(why))
+                else
+                    assert.are.equal(false, fast)
+                end
+            end
+        end
+        assert.are.equal(#fields * #values, total)
+        assert.is_true(accepted >= 100, "only " .. accepted .. " accepted")
+    end)
+end)
