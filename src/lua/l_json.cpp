@@ -194,7 +194,12 @@ bool push_message(lua_State *L, element v, const decoder *d)
     lua_createtable(L, 0, static_cast<int>(o.size()));
     int m = lua_gettop(L);
     for (auto kv : o) {
-        lua_pushlstring(L, kv.key.data(), kv.key.size());
+        if (IS(kv.key, "role"))
+            lua_pushvalue(L, lua_upvalueindex(U_ROLE)); /* not interned again */
+        else if (IS(kv.key, "content"))
+            lua_pushvalue(L, lua_upvalueindex(U_CONTENT));
+        else
+            lua_pushlstring(L, kv.key.data(), kv.key.size());
         if (kv.value.type() == element_type::NULL_VALUE)
             lua_pushnil(L); /* clears an earlier field of the same name, as decode_native does */
         else if (!push_value(L, kv.value, d))
