@@ -155,6 +155,41 @@ describe("the worker's fast start", function()
         s:close()
     end)
 
+    it("gives the handler every ctx field, its own and its handler state's", function()
+        local q = "spec:hotpath:ctx:" .. os.time()
+        local s = bq.scheduler{ type = "memory", queue_name = q }
+        assert(s:schedule{ type = "run", task_id = "hp:ctx:1", conversation_id = "conv", messages = { "ctx" },
+                           trace_id = "4bf92f3577b34da6a3ce929d0e0e4736", span_id = "00f067aa0ba902b7" })
+        assert(s:schedule{ type = "run", task_id = "hp:ctx:2", messages = { "ask" } })
+        local stats = drain(q)
+        assert.are.equal(1, stats.completed)
+        assert(s:schedule{ type = "resume", task_id = "hp:ctx:2", messages = { "ctx" } })
+        stats = drain(q)
+        assert.are.equal(1, stats.completed)
+        local st = core.storage{ type = "memory" }
+        local function fields(id)
+            local arts = json.decode(st:get(id).artifacts)
+            return arts[#arts].parts[1].data
+        end
+        local a, b = fields("hp:ctx:1"), fields("hp:ctx:2")
+        assert.are.equal("hp:ctx:1", a.task_id)
+        assert.are.equal("conv", a.context_id)
+        assert.are.equal(q, a.queue)
+        assert.matches("^vm:%d+:%x+$", a.worker_id)
+        assert.are.equal(1, a.slot)
+        assert.are.equal(1, a.attempt)
+        assert.are.equal(false, a.resumed)
+        assert.are.equal("4bf92f3577b34da6a3ce929d0e0e4736", a.trace_id)
+        assert.are.equal("00f067aa0ba902b7", a.span_id)
+        assert.is_nil(a.saved)
+        assert.is_true(a.methods)
+        assert.are.equal("hp:ctx:2", b.task_id)
+        assert.are.equal(true, b.resumed)
+        assert.is_nil(b.trace_id)
+        assert.is_true(b.methods)
+        s:close()
+    end)
+
     it("stores a boolean or number result as the result artifact; a NaN fails the task", function()
         local q = "spec:hotpath:scalar:" .. os.time()
         local s = bq.scheduler{ type = "memory", queue_name = q }
