@@ -4,7 +4,8 @@
 --   enqueue   100,000 tasks of 300 bytes, pipelined in batches of 1,000 (Lua schedule_many and
 --             C bq_schedule_many), and 10,000 one at a time (Lua schedule and C bq_schedule)
 --   process   the 100,000 queued tasks with a no-op Lua handler (one worker), at-least-once
---             and at-most-once, with the worker's and Redis' CPU seconds per 10,000 tasks
+--             and at-most-once, with the worker's and Redis' CPU seconds per 10,000 tasks;
+--             at-most-once also with a handler thread per core (concurrency = nproc)
 --   pickup    latency from the producer's LPUSH to the handler's start, at idle (1,000 samples)
 --   memory    a worker process at concurrency 8: its peak resident set (its memory storage
 --             bounded to 1,000 records, and keeping all), and its CPU when idle
@@ -31,6 +32,7 @@ local N_SYNC = tonumber(os.getenv("BENCH_SYNC_TASKS")) or 10000
 local N_LAT = tonumber(os.getenv("BENCH_LATENCY_SAMPLES")) or 1000
 local N_PG = tonumber(os.getenv("BENCH_PG_TASKS")) or 10000
 local CONCURRENCY = tonumber(os.getenv("BENCH_CONCURRENCY")) or 1
+local CORES = tonumber((proc.sh("nproc"))) or 2 -- at-most-once is also run with one handler thread per core
 local MAX_TASKS = tonumber(os.getenv("BENCH_MAX_TASKS")) or 1000 -- the memory figure's storage.max_tasks
 -- The advanced-pattern runs fetch one task ahead, so a fetch overlaps the handling of the
 -- previous task (the plain run they are compared with does the same).
@@ -146,19 +148,26 @@ local ok, err = pcall(function()
         return out
     end
 
+    -- Both deliveries at the bench's concurrency, then at-most-once with a handler thread per
+    -- core (one worker process still: concurrency is its option).
     local proc_fig = {}
-    for _, delivery in ipairs({ "at-least-once", "at-most-once" }) do
+    local proc_runs = { { "at-least-once", CONCURRENCY }, { "at-most-once", CONCURRENCY } }
+    if CONCURRENCY ~= CORES then proc_runs[3] = { "at-most-once", CORES } end
+    for _, pr in ipairs(proc_runs) do
+        local delivery, conc = pr[1], pr[2]
+        local label = conc == CONCURRENCY and delivery or ("%s, concurrency %d"):format(delivery, conc)
         step(("enqueue %d tasks (Lua, pipelined in batches of 1000), then process them: one worker, concurrency %d, no-op handler, %s")
-            :format(N, CONCURRENCY, delivery))
-        proc_fig[delivery] = median_of(delivery, function(r)
-            local batches = batches_for((delivery == "at-least-once" and "pl" or "pm") .. r .. "-")
+            :format(N, conc, delivery))
+        proc_fig[label] = median_of(label, function(r)
+            local prefix = (delivery == "at-least-once" and "pl" or "pm") .. (conc == CONCURRENCY and "" or "c")
+            local batches = batches_for(prefix .. r .. "-")
             local t0 = core.monotonic()
             for _, list in ipairs(batches) do assert(s:schedule_many(list)) end
             local enq = N / (core.monotonic() - t0)
             assert(tonumber(s:queue_length()) == N)
             batches = nil
             collectgarbage()
-            local w = make{ url = server.url, queue = queue, concurrency = CONCURRENCY, delivery = delivery }
+            local w = make{ url = server.url, queue = queue, concurrency = conc, delivery = delivery }
             local rc0, c0 = redis_cpu(server), os.clock()
             t0 = core.monotonic()
             local stats = w:drain()
@@ -403,8 +412,17 @@ local ok, err = pcall(function()
         :format(proc_rate / rpop_p_rps, rpop_p_rps))
     print(("  process, at-most-once   %9.0f tasks/s   %5.2f x redis-benchmark RPOP; at-least-once is %.2f x this")
         :format(am.rate, am.rate / rpop_rps, proc_rate / am.rate))
+    local amc = proc_fig[("at-most-once, concurrency %d"):format(CORES)]
+    if amc then
+        print(("                          %9.0f tasks/s   %5.2f x redis-benchmark RPOP at concurrency %d (%d cores)")
+            :format(amc.rate, amc.rate / rpop_rps, CORES, CORES))
+    end
     print(("  CPU per 10,000 tasks    worker %.3f s, Redis %.3f s (at-least-once); worker %.3f s, Redis %.3f s (at-most-once)")
         :format(al.cpu, al.redis_cpu, am.cpu, am.redis_cpu))
+    if amc then
+        print(("                          worker %.3f s, Redis %.3f s (at-most-once, concurrency %d)")
+            :format(amc.cpu, amc.redis_cpu, CORES))
+    end
     print(("  process, 3 queues       %9.0f tasks/s   %5.2f x the plain run (%.0f/s, %d tasks each)")
         :format(routing_v, routing_v / plain_v, plain_v, NV))
     print(("  process, rate limited   %9.0f tasks/s   %5.2f x the plain run (a limiter key per task)")
