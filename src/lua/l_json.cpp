@@ -245,7 +245,8 @@ bool take_field(lua_State *L, int task, int k, element v, const decoder *d, bool
     case U_CONVERSATION_ID:
         if (t != element_type::STRING || !valid_id(v.get_string().value_unsafe()))
             return false;
-        push_value(L, v, d);
+        if (!push_value(L, v, d))
+            return false;
         break;
     case U_TIMESTAMP:
     case U_TRACE_ID:
@@ -253,7 +254,8 @@ bool take_field(lua_State *L, int task, int k, element v, const decoder *d, bool
     case U_TRACEPARENT:
         if (t != element_type::STRING)
             return false;
-        push_value(L, v, d);
+        if (!push_value(L, v, d))
+            return false;
         break;
     case U_MESSAGES: {
         simdjson::dom::array a;

@@ -285,6 +285,14 @@ describe("core.decode_fast (simdjson)", function()
         assert.are.equal("integer", math.type(t.max_attempts))
         assert.is_nil(t.messages[2].extra)
         assert.are.equal(json.null, core.decode_fast(base[2]).messages[1].metadata.a[6])
+        -- the parser grows to a larger message (up to 16 KiB, 64 levels) and goes on working
+        local big = '{"type":"run","task_id":"big","messages":[{"role":"user","content":"' .. ("b"):rep(12000)
+            .. '"}],"metadata":{"m":' .. ("["):rep(50) .. ("]"):rep(50) .. '}}'
+        local fb = core.decode_fast(big)
+        assert.is_table(fb, "the 12 KB message was declined")
+        assert(exact(fb, reference(big)))
+        assert.are.equal(12000, #fb.messages[1].content)
+        assert(exact(core.decode_fast(base[1]), reference(base[1])))
     end)
 
     it("declines what it does not decode, and the general path still says why", function()
