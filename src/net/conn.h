@@ -56,7 +56,9 @@ bq_status bq_conn_open_node(const struct bq_url *u, size_t node, const char *pas
 const char *bq_conn_address(const bq_conn *c);
 
 /* False when the connection is broken or the server has closed it (checked without blocking,
- * by peeking at the socket). Pools call this before lending a connection out. */
+ * by peeking at the socket, unless a reply came in the last BQ_CONN_FRESH seconds). Pools
+ * call this before lending a connection out. */
+#define BQ_CONN_FRESH 0.010
 bool bq_conn_usable(bq_conn *c);
 bool bq_conn_broken(const bq_conn *c);
 void bq_conn_mark_broken(bq_conn *c);

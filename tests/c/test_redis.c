@@ -13,6 +13,7 @@
 #include "../../src/net/pool.h"
 
 #include <pthread.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static const char *redis_url;
@@ -305,6 +306,28 @@ TEST(pool_replaces_dead_connections)
     CHECK_INT(ps.discarded, 3);
     CHECK_INT(ps.opened, 4);
     bq_pool_free(p);
+}
+
+/* A connection that read a reply in the last BQ_CONN_FRESH seconds is lent without a peek at
+ * its socket; an older one is checked. The socket is shut down here, so a peek sees EOF. */
+TEST(usable_peeks_only_after_the_fresh_window)
+{
+    NEED_REDIS();
+    bq_conn *c = open_conn(redis_url);
+    CHECK(c != NULL);
+    if (c == NULL)
+        return;
+    CHECK_INT(bq_conn_callv(c, NULL, NULL, "PING", NULL), BQ_OK);
+    CHECK(shutdown(bq_conn_fd(c), SHUT_RDWR) == 0);
+    bool usable = bq_conn_usable(c);
+    /* A stalled machine can take longer than the window between the two calls: then either
+     * answer is right, and only the second check below counts. */
+    if (bq_now_mono() - bq_conn_last_used(c) < BQ_CONN_FRESH)
+        CHECK(usable);
+    usleep((useconds_t)(BQ_CONN_FRESH * 2e6));
+    CHECK(!bq_conn_usable(c));
+    CHECK(bq_conn_broken(c));
+    bq_conn_close(c);
 }
 
 /* One fetch round trip with optional acks; returns the status, *acked if not NULL. */
@@ -698,6 +721,7 @@ int main(void)
     RUN(pool_times_out_when_exhausted);
     RUN(pool_borrow_waits_for_a_return);
     RUN(pool_replaces_dead_connections);
+    RUN(usable_peeks_only_after_the_fresh_window);
     RUN(broker_fetch_is_fifo_and_batched);
     RUN(broker_fetch_is_interruptible_and_loses_nothing);
     RUN(public_api_schedule_length_health);
