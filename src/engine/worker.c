@@ -506,10 +506,10 @@ static void retry(bq_worker *w, const struct bq_msg *msg, const struct bq_outcom
     promote_by(w, out->delay);
 }
 
-static void handback(bq_worker *w, const struct bq_msg *msgs, size_t n, const char *why)
+static bool handback(bq_worker *w, const struct bq_msg *msgs, size_t n, const char *why)
 {
     if (n == 0)
-        return;
+        return true;
     size_t count = 0;
     bq_err err;
     bq_status st;
@@ -525,6 +525,7 @@ static void handback(bq_worker *w, const struct bq_msg *msgs, size_t n, const ch
         for (size_t i = 0; i < n; i++)
             write_failed(w, "hand_back", NULL, &msgs[i]);
     }
+    return st == BQ_OK;
 }
 
 /* Acknowledges one message. Returns true if the message's ownership moved to the pending
@@ -859,8 +860,9 @@ static void stop_heartbeat(bq_worker *w)
  * reaped while it lives. Compares the in-flight lists with what the worker holds (waiting,
  * running, waiting for their ack) and hands the rest back. The in-flight lists are read
  * first: a message finished meanwhile is no longer there when the hand-back looks for it
- * (the hand-back moves only messages it finds). Dispatcher thread. */
-static void recover_orphans(bq_worker *w)
+ * (the hand-back moves only messages it finds). Dispatcher thread. Returns false when the
+ * check could not be made, so the caller tries again after its next fetch. */
+static bool recover_orphans(bq_worker *w)
 {
     struct bq_batch wip = {NULL, 0, 0};
     bq_err err;
@@ -868,12 +870,12 @@ static void recover_orphans(bq_worker *w)
         bq_batch_free(&wip);
         bq_log(BQ_LOG_WARN, "orphan_check_failed", "queue", w->queue, "worker", w->id,
                "error", err.msg, NULL);
-        return;
+        return false;
     }
     bool *taken = bq_calloc(wip.n ? wip.n : 1, sizeof *taken);
     if (taken == NULL) {
         bq_batch_free(&wip);
-        return;
+        return false;
     }
     pthread_mutex_lock(&w->mu);
     /* Each message held accounts for one identical entry. */
@@ -906,14 +908,16 @@ static void recover_orphans(bq_worker *w)
     }
     wip.n = n;
     bq_free(taken);
+    bool ok = true;
     if (n > 0) {
         char count[24];
         snprintf(count, sizeof count, "%zu", n);
         bq_log(BQ_LOG_WARN, "orphans_recovered", "queue", w->queue, "worker", w->id, "#count",
                count, "reason", "a fetch reply was lost", NULL);
-        handback(w, wip.msgs, n, "a fetch reply was lost");
+        ok = handback(w, wip.msgs, n, "a fetch reply was lost");
     }
     bq_batch_free(&wip);
+    return ok;
 }
 
 /* Acknowledges the pending acks directly (shutdown). */
@@ -1013,6 +1017,8 @@ static void *dispatcher_main(void *arg)
     int failures = 0;
     bool lease = w->who.delivery == BQ_AT_LEAST_ONCE;
     bool unsure = false; /* a fetch that may have taken messages failed */
+    int orphan_failures = 0; /* failed orphan checks in a row: the next waits longer */
+    double orphan_at = 0;
     double period = w->lease / 3;
     bq_err err;
     for (;;) {
@@ -1155,9 +1161,16 @@ static void *dispatcher_main(void *arg)
         }
         pthread_mutex_unlock(&w->mu);
         batch.n = 0; /* the ring owns the messages now */
-        if (unsure) {
-            recover_orphans(w);
-            unsure = false;
+        /* A failed check is made again (or the orphans would stay), backing off from 1 s to
+         * 30 s so a check that cannot succeed (an ACL without LRANGE) does not flood the log. */
+        if (unsure && bq_now_mono() >= orphan_at) {
+            if (recover_orphans(w)) {
+                unsure = false;
+                orphan_failures = 0;
+            } else {
+                orphan_at = bq_now_mono() + bq_backoff_delay(orphan_failures++, 1.0, 30.0,
+                                                             BQ_JITTER_EQUAL, bq_random_unit());
+            }
         }
     }
     bq_batch_free(&batch);

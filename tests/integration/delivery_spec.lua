@@ -119,6 +119,32 @@ describe("#redis delivery", function()
         assert.is_true(reconnected >= 1)
     end)
 
+    it("hands back what a lost fetch reply left in its in-flight list, even when the first check fails", function()
+        -- An orphan: a message in the worker's in-flight list that it never received, as a
+        -- fetch whose reply was lost leaves it. The check for orphans runs after the next
+        -- good fetch; here LRANGE is refused at first, so that check fails, and must be made
+        -- again once it can be.
+        local queue = qname("orphan")
+        assert.are.equal("OK", server:cli("ACL", "SETUSER", "orph", "on", ">o-pass", "~*", "&*", "+@all", "-lrange"))
+        local url = ("redis://orph:o-pass@127.0.0.1:%d/0"):format(server.port)
+        local w = cluster.worker({ url = url }, queue, { BQ_TEST_CONCURRENCY = 1, BQ_TEST_BLOCK_TIMEOUT = 1 })
+        local id = cluster.lines(w, "worker_started")[1]:match(" worker=(%S+)")
+        assert.truthy(id)
+        server:cli("LPUSH", "{" .. queue .. "}:wip:" .. id,
+                   '{"type":"run","task_id":"orphan-1","messages":[{"role":"user","content":"x"}]}')
+        server:cli("CLIENT", "KILL", "USER", "orph") -- the fetch fails: the worker is unsure
+        assert(proc.wait_for(function() return #cluster.lines(w, "orphan_check_failed") >= 1 end, 15),
+               "no failed check: " .. tostring(proc.read(w.log)))
+        assert.are.equal("OK", server:cli("ACL", "SETUSER", "orph", "+lrange"))
+        local done = proc.wait_for(function() return (cluster.count({ w }, "completed"))["orphan-1"] == 1 end, 15)
+        local recovered = #cluster.lines(w, "orphans_recovered")
+        assert.are.equal(0, proc.stop(w, 10))
+        server:cli("ACL", "DELUSER", "orph")
+        assert.truthy(done)
+        assert.are.equal(1, recovered)
+        assert.are.equal(0, counts(server, queue).inflight)
+    end)
+
     it("keeps a long task's lease while its worker lives", function()
         local queue = qname("long")
         local env = { BQ_TEST_LEASE = 1, BQ_TEST_CONCURRENCY = 1, BQ_TEST_BLOCK_TIMEOUT = 1 }
