@@ -33,6 +33,10 @@ void bq_lua_open_task(lua_State *L);
 void bq_lua_open_produce(lua_State *L);
 void bq_lua_open_json(lua_State *L); /* l_json.cpp, C++ */
 
+/* Whether the value at i is a table lua-cjson decoded from an array: [1] set, or empty (an
+ * empty object decodes to the same table). l_task.c; l_json.cpp uses it too. */
+bool bq_lua_decoded_array(lua_State *L, int i);
+
 struct bq_storage;
 /* Pushes a new binduq.Storage handle holding a reference to s (l_storage.c). */
 void bq_lua_push_storage(lua_State *L, struct bq_storage *s);

@@ -30,6 +30,7 @@ extern "C" {
 #include <lua.h>
 
 void bq_lua_open_json(lua_State *L);
+bool bq_lua_decoded_array(lua_State *L, int i); /* l_task.c */
 }
 
 namespace {
@@ -106,6 +107,25 @@ bool has_negative_zero(const decoder *d)
     return false;
 }
 
+bool push_value(lua_State *L, element v, const decoder *d);
+
+/* Pushes the array v as a table, each element pushed by push_element; false to decline. */
+bool push_array(lua_State *L, element v, const decoder *d,
+                bool (*push_element)(lua_State *, element, const decoder *))
+{
+    simdjson::dom::array a;
+    if (v.get(a) != simdjson::SUCCESS)
+        return false;
+    lua_createtable(L, static_cast<int>(a.size()), 0);
+    lua_Integer i = 0;
+    for (auto e : a) {
+        if (!push_element(L, e, d))
+            return false;
+        lua_rawseti(L, -2, ++i);
+    }
+    return true;
+}
+
 /* Pushes v as lua-cjson decodes it (every number a float, null its NULL light userdata); false
  * (with the stack as it was, plus what the caller pops) when it cannot be exactly that. */
 bool push_value(lua_State *L, element v, const decoder *d)
@@ -126,19 +146,8 @@ bool push_value(lua_State *L, element v, const decoder *d)
         }
         return true;
     }
-    case element_type::ARRAY: {
-        simdjson::dom::array a;
-        if (v.get(a) != simdjson::SUCCESS)
-            return false;
-        lua_createtable(L, static_cast<int>(a.size()), 0);
-        lua_Integer i = 0;
-        for (auto e : a) {
-            if (!push_value(L, e, d))
-                return false;
-            lua_rawseti(L, -2, ++i);
-        }
-        return true;
-    }
+    case element_type::ARRAY:
+        return push_array(L, v, d, push_value);
     case element_type::STRING: {
         auto s = v.get_string().value_unsafe();
         lua_pushlstring(L, s.data(), s.size());
@@ -164,23 +173,6 @@ bool push_value(lua_State *L, element v, const decoder *d)
         lua_pushlightuserdata(L, nullptr);
         return true;
     }
-    return false;
-}
-
-/* A table decoded from an array, as decode_native tells one: [1] set, or empty. */
-bool table_is_array(lua_State *L, int i)
-{
-    if (lua_type(L, i) != LUA_TTABLE)
-        return false;
-    i = lua_absindex(L, i);
-    bool first = lua_rawgeti(L, i, 1) != LUA_TNIL;
-    lua_pop(L, 1);
-    if (first)
-        return true;
-    lua_pushnil(L);
-    if (lua_next(L, i) == 0)
-        return true;
-    lua_pop(L, 2);
     return false;
 }
 
@@ -212,7 +204,7 @@ bool push_message(lua_State *L, element v, const decoder *d)
     ok = ok && lua_rawget(L, m) == LUA_TSTRING;
     lua_pushvalue(L, lua_upvalueindex(U_PARTS));
     int parts = lua_rawget(L, m);
-    ok = ok && (parts == LUA_TNIL || table_is_array(L, -1));
+    ok = ok && (parts == LUA_TNIL || bq_lua_decoded_array(L, -1));
     lua_settop(L, m);
     return ok;
 }
@@ -257,19 +249,10 @@ bool take_field(lua_State *L, int task, int k, element v, const decoder *d, bool
         if (!push_value(L, v, d))
             return false;
         break;
-    case U_MESSAGES: {
-        simdjson::dom::array a;
-        if (v.get(a) != simdjson::SUCCESS)
+    case U_MESSAGES:
+        if (!push_array(L, v, d, push_message))
             return false;
-        lua_createtable(L, static_cast<int>(a.size()), 0);
-        lua_Integer i = 0;
-        for (auto e : a) {
-            if (!push_message(L, e, d))
-                return false;
-            lua_rawseti(L, -2, ++i);
-        }
         break;
-    }
     case U_ARTIFACTS: /* an array; an empty object decodes to the same empty table */
         if (t != element_type::ARRAY && !(t == element_type::OBJECT && v.get_object().value_unsafe().size() == 0))
             return false;

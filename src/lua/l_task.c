@@ -73,10 +73,11 @@ static bool str_is(lua_State *L, int i, const char *lit)
     return n == strlen(lit) && memcmp(s, lit, n) == 0;
 }
 
-static bool dec_array(lua_State *L, int i)
+bool bq_lua_decoded_array(lua_State *L, int i)
 {
     if (lua_type(L, i) != LUA_TTABLE)
         return false;
+    i = lua_absindex(L, i);
     bool first = lua_rawgeti(L, i, 1) != LUA_TNIL;
     lua_pop(L, 1);
     if (first)
@@ -184,7 +185,7 @@ static bool dec_message(lua_State *L, int m, lua_Integer i)
     if (!lua_isnil(L, content) && lua_type(L, content) != LUA_TSTRING)
         why = lua_pushfstring(L, "messages[%I].content must be a string (got %s)",
                               (LUAI_UACINT)i, luaL_typename(L, content));
-    else if (!lua_isnil(L, parts) && !dec_array(L, parts))
+    else if (!lua_isnil(L, parts) && !bq_lua_decoded_array(L, parts))
         why = lua_pushfstring(L, "messages[%I].parts must be an array", (LUAI_UACINT)i);
     else if (lua_isnil(L, content) && lua_isnil(L, parts))
         why = lua_pushfstring(L, "messages[%I] needs content or parts", (LUAI_UACINT)i);
@@ -223,7 +224,7 @@ static const int optional_kind[] = {
 static bool check_optional(lua_State *L, int v, const char *name, int kind)
 {
     if (kind == KIND_ARRAY) {
-        if (dec_array(L, v))
+        if (bq_lua_decoded_array(L, v))
             return true;
         lua_pushfstring(L, "%s must be an array", name);
     } else if (kind == KIND_OBJECT) {
@@ -325,7 +326,7 @@ static int l_decode_native(lua_State *L)
         lua_pop(L, 1);
         lua_newtable(L);
     } else {
-        if (!dec_array(L, 4)) {
+        if (!bq_lua_decoded_array(L, 4)) {
             lua_pushfstring(L, "messages must be an array (got %s)",
                             lua_type(L, 4) == LUA_TTABLE ? "an object" : luaL_typename(L, 4));
             return fail(L, task);
