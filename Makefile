@@ -4,6 +4,8 @@
 #   make test          the whole suite (C unit tests under ASan+UBSan, busted specs, integration
 #                      tests against a real redis-server started on a free loopback port)
 #   make bench         the benchmark against a throwaway redis-server
+#   make fuzz          the libFuzzer targets (clang, ASan+UBSan) in build/fuzz/; tests/fuzz/run
+#                      runs each on its corpus for FUZZ_SECONDS (default 20)
 #   make install       PREFIX=/usr/local DESTDIR=
 #
 # Knobs: CC, CXX, CFLAGS, LDFLAGS, PREFIX, DESTDIR, LUA_INCDIR, LUA_LIB, WERROR=1, SANITIZER=.
@@ -32,6 +34,7 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DBQ_BUILDING -fPIC -fvisibility=hidden $(WA
              -I$(LUA_INCDIR) $(CFLAGS)
 ifneq ($(SANITIZER),)
 ALL_CFLAGS += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
+ALL_CXXFLAGS += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=$(SANITIZER)
 endif
 # libpq and libmicrohttpd are opened when first needed (src/core/dl.h), not linked; the tests
@@ -52,7 +55,7 @@ HEADERS = $(sort $(wildcard src/*.h src/*/*.h) src/broker/scripts.h)
 
 C_TESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 
-.PHONY: all test test-c check bench install uninstall clean rock
+.PHONY: all test test-c check bench fuzz install uninstall clean rock
 all: $(BUILD)/libbinduq.a $(BUILD)/libbinduq.so $(BUILD)/binduq/core.so $(BUILD)/binduq-lua \
      $(BUILD)/examples/schedule_c
 
@@ -90,6 +93,11 @@ $(BUILD)/binduq/core.so: $(LIB_OBJ) $(LUA_OBJ)
 	@mkdir -p $(dir $@)
 	$(SAY) LD $@
 	$(Q)$(CC) -shared $(LDFLAGS) -o $@ $^ $(LIBS) $(JSON_LIBS)
+
+# The Lua binding's objects as one archive: the fuzz targets link it with the library.
+$(BUILD)/libbinduq_lua.a: $(LUA_OBJ)
+	$(SAY) AR $@
+	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/binduq-lua: $(HOST_OBJ) $(LUA_OBJ) $(LIB_OBJ)
 	$(SAY) LD $@
@@ -137,6 +145,30 @@ test: all $(C_TESTS) $(TSAN_TESTS) $(VG_TESTS)
 	@tests/run
 
 check: test
+
+# Fuzzing: each tests/fuzz/fuzz_<name>.c is one libFuzzer target, linked against the library
+# and the Lua binding built by clang with AddressSanitizer+UBSan in their own tree; its seeds
+# are tests/fuzz/corpus/<name>/.
+FUZZ_CC  ?= clang
+FUZZ_CXX ?= clang++
+FUZZ_BUILD = $(BUILD)/fuzz
+FUZZ_SAN = address,undefined
+FUZZ_TARGETS = $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
+
+$(FUZZ_BUILD)/libbinduq.a $(FUZZ_BUILD)/libbinduq_lua.a &: $(LIB_SRC) $(LUA_SRC) $(LUA_CXX_SRC) $(HEADERS)
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) CXX=$(FUZZ_CXX) \
+	    SANITIZER=$(FUZZ_SAN) CFLAGS="-O1 -g -fsanitize=fuzzer-no-link" \
+	    $(FUZZ_BUILD)/libbinduq.a $(FUZZ_BUILD)/libbinduq_lua.a
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_BUILD)/libbinduq_lua.a \
+                      $(FUZZ_BUILD)/libbinduq.a
+	$(SAY) CC $@
+	$(Q)$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g -Isrc -I$(LUA_INCDIR) -DFUZZ_ROOT=\"$(CURDIR)\" \
+	    -fsanitize=fuzzer,$(FUZZ_SAN) -fno-sanitize-recover=all -c $< -o $@.o
+	$(Q)$(FUZZ_CXX) -fsanitize=fuzzer,$(FUZZ_SAN) -o $@ $@.o $(FUZZ_BUILD)/libbinduq_lua.a \
+	    $(FUZZ_BUILD)/libbinduq.a $(LUA_LIB) $(LIBS) $(JSON_LIBS)
+
+fuzz: $(FUZZ_TARGETS)
 
 bench: all $(BUILD)/bench/cbench
 	@tests/bench/run
