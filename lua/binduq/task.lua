@@ -26,7 +26,8 @@ local json = require("binduq.json")
 local M = {}
 
 M.TYPES = { run = true, pause = true, resume = true, cancel = true }
-M.MAX_ID_LEN = 256
+M.MAX_ID_LEN = core.MAX_ID_LEN -- the rule for ids is C's (src/core/id.h): core.id_problem
+local id_problem = core.id_problem
 
 local null = json.null
 local json_decode = json.raw_decode -- raises; decode_body catches
@@ -63,9 +64,8 @@ local function check_id(name, v, required)
     if type(v) ~= "string" then
         return nil, name .. " must be a string (got " .. type(v) .. ")"
     end
-    if v == "" then return nil, name .. " must not be empty" end
-    if #v > M.MAX_ID_LEN then return nil, name .. " is longer than " .. M.MAX_ID_LEN .. " bytes" end
-    if not utf8.len(v) then return nil, name .. " is not valid UTF-8" end
+    local why = id_problem(v)
+    if why then return nil, name .. " " .. why end
     return true
 end
 
@@ -157,7 +157,7 @@ end
 -- What a malformed message still tells about itself, for logs and dead-letter entries.
 local function partial(ty, id)
     return { type = type(ty) == "string" and M.TYPES[ty] and ty or nil,
-             task_id = type(id) == "string" and #id <= M.MAX_ID_LEN and utf8.len(id) and id or nil }
+             task_id = type(id) == "string" and not id_problem(id) and id or nil }
 end
 
 

@@ -7,6 +7,7 @@
 #include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/err.h"
+#include "../core/id.h"
 #include "../core/rand.h"
 
 #include <stdio.h>
@@ -34,15 +35,26 @@ static bq_status check_text(const char *field, const char *s, bool required, siz
     return BQ_OK;
 }
 
+/* An id: absent only when not required; else by the rule of id.h. */
+static bq_status check_id(const char *field, const char *s, bool required, bq_err *err)
+{
+    char why[BQ_ID_WHY_SIZE];
+    if (s == NULL)
+        return required ? bq_err_set(err, BQ_EINVAL, "%s is required", field) : BQ_OK;
+    if (!bq_id_check(s, strlen(s), why))
+        return bq_err_set(err, BQ_EINVAL, "%s %s", field, why);
+    return BQ_OK;
+}
+
 bq_status bq_task_validate(const struct bq_task *t, bq_err *err)
 {
     if (t == NULL)
         return bq_err_set(err, BQ_EINVAL, "task is NULL");
     if (!is_type(t->type))
         return bq_err_set(err, BQ_EINVAL, "type must be run, pause, resume or cancel");
-    bq_status st = check_text("task_id", t->task_id, true, BQ_MAX_ID_LEN, err);
+    bq_status st = check_id("task_id", t->task_id, true, err);
     if (st == BQ_OK)
-        st = check_text("conversation_id", t->conversation_id, false, BQ_MAX_ID_LEN, err);
+        st = check_id("conversation_id", t->conversation_id, false, err);
     if (st != BQ_OK)
         return st;
     bool run = strcmp(t->type, "run") == 0, resume = strcmp(t->type, "resume") == 0;

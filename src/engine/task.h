@@ -12,9 +12,8 @@
 
 #include "../binduq.h"
 #include "../broker/broker.h"
+#include "../core/id.h" /* BQ_MAX_ID_LEN and the rule for ids */
 
-/* Largest task_id / conversation_id accepted, in bytes. */
-#define BQ_MAX_ID_LEN 256
 
 /* Validates t; BQ_EINVAL names the offending field. */
 bq_status bq_task_validate(const struct bq_task *t, bq_err *err);

@@ -19,6 +19,7 @@
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
+#include "../core/id.h"
 #include "../core/rand.h"
 
 #include <errno.h>
@@ -174,6 +175,8 @@ void bq_slot_set_task(struct bq_slot_ctl *ctl, const char *task_id)
 
 int bq_control_format(char *out, size_t size, enum bq_control op, const char *task_id)
 {
+    if (!bq_id_check(task_id, strlen(task_id), NULL))
+        return -1;
     return snprintf(out, size, "%s %s", op == BQ_CONTROL_PAUSE ? "pause" : "cancel", task_id);
 }
 
@@ -188,7 +191,7 @@ enum bq_control bq_control_parse(const char *msg, size_t len, char *task_id, siz
         op = BQ_CONTROL_PAUSE;
         skip = 6;
     }
-    if (op == BQ_CONTROL_NONE || len - skip >= size || memchr(msg + skip, '\0', len - skip))
+    if (op == BQ_CONTROL_NONE || len - skip >= size || !bq_id_check(msg + skip, len - skip, NULL))
         return BQ_CONTROL_NONE;
     memcpy(task_id, msg + skip, len - skip);
     task_id[len - skip] = '\0';
@@ -215,10 +218,10 @@ bool bq_worker_control(bq_worker *w, enum bq_control op, const char *task_id)
 
 bq_status bq_worker_publish(bq_worker *w, enum bq_control op, const char *task_id, bq_err *err)
 {
-    char msg[BQ_MAX_ID_LEN + 16];
+    char msg[BQ_MAX_ID_LEN + 16], why[BQ_ID_WHY_SIZE];
+    if (!bq_id_check(task_id, strlen(task_id), why))
+        return bq_err_set(err, BQ_EINVAL, "task_id %s", why);
     int n = bq_control_format(msg, sizeof msg, op, task_id);
-    if (n < 0 || (size_t)n >= sizeof msg)
-        return bq_err_set(err, BQ_EINVAL, "task_id too long");
     long long receivers = 0;
     return w->broker->ops->publish(w->broker, w->control_queue, (struct bq_slice){msg, (size_t)n},
                                    &receivers, err);

@@ -195,7 +195,8 @@ bool bq_worker_control(bq_worker *w, enum bq_control op, const char *task_id);
 bq_status bq_worker_publish(bq_worker *w, enum bq_control op, const char *task_id,
                             bq_err *err);
 
-/* Formats and parses control messages ("cancel <task_id>", "pause <task_id>"). */
+/* Formats and parses control messages ("cancel <task_id>", "pause <task_id>"). Both refuse
+ * an id that breaks the rule of core/id.h: format returns -1, parse BQ_CONTROL_NONE. */
 int bq_control_format(char *out, size_t size, enum bq_control op, const char *task_id);
 enum bq_control bq_control_parse(const char *msg, size_t len, char *task_id, size_t size);
 

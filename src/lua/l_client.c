@@ -20,6 +20,7 @@
 
 #include "../core/alloc.h"
 #include "../core/err.h"
+#include "../core/id.h"
 #include "../engine/client.h"
 #include "../engine/metrics.h"
 #include "../engine/worker.h"
@@ -206,12 +207,13 @@ static int l_client_publish(lua_State *L)
     bq_client *c = check_open(L);
     static const char *const ops[] = {"cancel", "pause", NULL};
     int op = luaL_checkoption(L, 2, NULL, ops);
-    const char *id = luaL_checkstring(L, 3);
-    char msg[BQ_MAX_ID_LEN + 16];
+    size_t len;
+    const char *id = luaL_checklstring(L, 3, &len);
+    char msg[BQ_MAX_ID_LEN + 16], why[BQ_ID_WHY_SIZE];
+    if (!bq_id_check(id, len, why))
+        return luaL_argerror(L, 3, lua_pushfstring(L, "task_id %s", why));
     int n = bq_control_format(msg, sizeof msg, op == 0 ? BQ_CONTROL_CANCEL : BQ_CONTROL_PAUSE,
                               id);
-    if (n < 0 || (size_t)n >= sizeof msg)
-        return luaL_argerror(L, 3, "task_id too long");
     long long receivers = 0;
     bq_err err;
     if (c->broker->ops->publish(c->broker, c->cfg.queue_name, (struct bq_slice){msg, (size_t)n},

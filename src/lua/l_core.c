@@ -8,6 +8,7 @@
 #include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/err.h"
+#include "../core/id.h"
 #include "../core/log.h"
 #include "../core/rand.h"
 #include "../broker/keys.h"
@@ -209,6 +210,20 @@ static int l_utf8_check(lua_State *L)
     lua_pushboolean(L, 0);
     lua_pushinteger(L, (lua_Integer)bad + 1);
     return 2;
+}
+
+/* core.id_problem(s) -> nil | reason: nil when s is an id by the rule of src/core/id.h,
+ * else why not ("contains a control character (U+0000 at byte 6)"), to follow its name. */
+static int l_id_problem(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    char why[BQ_ID_WHY_SIZE];
+    if (bq_id_check(s, len, why))
+        lua_pushnil(L);
+    else
+        lua_pushstring(L, why);
+    return 1;
 }
 
 static int l_uuid4(lua_State *L)
@@ -488,6 +503,7 @@ static const luaL_Reg core_funcs[] = {
     {"log_configure", l_log_configure},
     {"uuid4", l_uuid4},
     {"utf8_check", l_utf8_check},
+    {"id_problem", l_id_problem},
     {"now", l_now},
     {"monotonic", l_monotonic},
     {"iso8601", l_iso8601},
@@ -510,6 +526,8 @@ __attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
     luaL_newlib(L, core_funcs);
     lua_pushstring(L, BQ_VERSION_STRING);
     lua_setfield(L, -2, "version");
+    lua_pushinteger(L, BQ_MAX_ID_LEN);
+    lua_setfield(L, -2, "MAX_ID_LEN");
     bq_lua_open_client(L);
     bq_lua_open_engine(L);
     bq_lua_open_storage(L);

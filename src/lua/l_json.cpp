@@ -29,6 +29,8 @@ extern "C" {
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "../core/id.h"
+
 void bq_lua_open_json(lua_State *L);
 bool bq_lua_decoded_array(lua_State *L, int i); /* l_task.c */
 }
@@ -40,7 +42,6 @@ using simdjson::dom::element_type;
 
 constexpr size_t FAST_MAX = 16 * 1024; /* larger messages take the general path */
 constexpr size_t FAST_DEPTH = 64;
-constexpr size_t MAX_ID_LEN = 256; /* as task.lua's MAX_ID_LEN */
 
 struct decoder {
     simdjson::dom::parser *parser;
@@ -211,7 +212,7 @@ bool push_message(lua_State *L, element v, const decoder *d)
 
 bool valid_id(std::string_view s)
 {
-    return !s.empty() && s.size() <= MAX_ID_LEN;
+    return bq_id_check(s.data(), s.size(), nullptr);
 }
 
 /* Reads the value of top-level key k into the task at index `task`; false to decline. */

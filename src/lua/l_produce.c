@@ -30,12 +30,12 @@
 #include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/err.h"
+#include "../core/id.h"
 #include "../core/rand.h"
 #include "../storage/storage.h"
 
 #include <string.h>
 
-#define MAX_ID_LEN 256
 
 /* The keys an operation of the fast path may have, the value "run", and the keys of a
  * message table: upvalues 1 to K_COUNT of core.prepare_runs; their addresses are K_ADDRS. */
@@ -78,7 +78,7 @@ static bool good_id(lua_State *L, int i)
         return false;
     size_t n;
     const char *s = lua_tolstring(L, i, &n);
-    return n > 0 && n <= MAX_ID_LEN && strlen(s) == n && bq_utf8_valid(s, n, NULL);
+    return bq_id_check(s, n, NULL);
 }
 
 static bool good_text(lua_State *L, int i)

@@ -18,10 +18,9 @@
 #include "binding.h"
 
 #include "../core/buf.h"
+#include "../core/id.h"
 
 #include <string.h>
-
-#define MAX_ID_LEN 256
 
 /* Every key the decoder reads or writes is an upvalue of core.decode_native, pushed once:
  * lua_rawget with it costs half of lua_getfield, which looks the C string up each time. The
@@ -112,14 +111,10 @@ static bool check_id(lua_State *L, int v, const char *name, bool required)
     }
     size_t n;
     const char *s = lua_tolstring(L, v, &n);
-    if (n == 0)
-        lua_pushfstring(L, "%s must not be empty", name);
-    else if (n > MAX_ID_LEN)
-        lua_pushfstring(L, "%s is longer than %d bytes", name, MAX_ID_LEN);
-    else if (!bq_utf8_valid(s, n, NULL))
-        lua_pushfstring(L, "%s is not valid UTF-8", name);
-    else
+    char why[BQ_ID_WHY_SIZE];
+    if (bq_id_check(s, n, why))
         return true;
+    lua_pushfstring(L, "%s %s", name, why);
     return false;
 }
 
@@ -256,7 +251,7 @@ static void push_partial(lua_State *L, int t)
     size_t n;
     if (get(L, t, K_TASK_ID) == LUA_TSTRING) {
         const char *s = lua_tolstring(L, -1, &n);
-        if (n <= MAX_ID_LEN && bq_utf8_valid(s, n, NULL)) {
+        if (bq_id_check(s, n, NULL)) {
             set(L, lua_gettop(L) - 1, K_TASK_ID);
             return;
         }

@@ -20,6 +20,7 @@
 #include "../../src/core/ratelimit.h"
 #include "../../src/engine/config.h"
 #include "../../src/engine/task.h"
+#include "../../src/engine/worker.h"
 #include "../../src/net/sslapi.h"
 
 #include <math.h>
@@ -205,6 +206,54 @@ TEST(task_validation_names_the_field)
         CHECK_CONTAINS(err.msg, cases[i].expect);
         CHECK(out.data == NULL);
     }
+}
+
+TEST(ids_refuse_control_characters)
+{
+    static const struct {
+        const char *id;
+        size_t len;
+        const char *why; /* NULL: a valid id */
+    } cases[] = {
+        {"task-1", 6, NULL},
+        {"caf\xc3\xa9 \xc2\xa0nbsp ~", 14, NULL}, /* U+00A0 is not a control */
+        {"victim\0attacker", 15, "contains a control character (U+0000 at byte 6)"},
+        {"a\nb", 3, "contains a control character (U+000A at byte 1)"},
+        {"\x1b[2J", 4, "contains a control character (U+001B at byte 0)"},
+        {"del\x7f", 4, "contains a control character (U+007F at byte 3)"},
+        {"x\xc2\x9b" "2J", 5, "contains a control character (U+009B at byte 1)"},
+        {"x\xc2\x80", 3, "contains a control character (U+0080 at byte 1)"},
+        {"", 0, "must not be empty"},
+        {"a\x9b", 2, "is not valid UTF-8 (byte 1)"},
+    };
+    char why[BQ_ID_WHY_SIZE];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        why[0] = '\0';
+        CHECK_INT(bq_id_check(cases[i].id, cases[i].len, why), cases[i].why == NULL);
+        if (cases[i].why)
+            CHECK_STR(why, cases[i].why);
+    }
+    char longest[BQ_MAX_ID_LEN + 1];
+    memset(longest, 'a', sizeof longest);
+    CHECK(bq_id_check(longest, BQ_MAX_ID_LEN, NULL));
+    CHECK(!bq_id_check(longest, BQ_MAX_ID_LEN + 1, why));
+    CHECK_STR(why, "is longer than 256 bytes");
+    /* the C producer and the control channel follow the same rule */
+    struct bq_message m = {"user", "hi"};
+    struct bq_task t = {"cancel", "victim\x1b]52;c;x\x07", NULL, NULL, 0};
+    struct bq_msg out = {NULL, 0, 0};
+    bq_err err;
+    CHECK_INT(bq_task_encode(&t, &out, &err), BQ_EINVAL);
+    CHECK_STR(err.msg, "task_id contains a control character (U+001B at byte 6)");
+    t = (struct bq_task){"run", "ok", "c\r", &m, 1};
+    CHECK_INT(bq_task_encode(&t, &out, &err), BQ_EINVAL);
+    CHECK_STR(err.msg, "conversation_id contains a control character (U+000D at byte 1)");
+    char id[BQ_MAX_ID_LEN + 1], msg[BQ_MAX_ID_LEN + 16];
+    CHECK_INT(bq_control_parse("cancel victim\0attacker", 22, id, sizeof id), BQ_CONTROL_NONE);
+    CHECK_INT(bq_control_parse("pause a\nb", 9, id, sizeof id), BQ_CONTROL_NONE);
+    CHECK_INT(bq_control_parse("cancel victim", 13, id, sizeof id), BQ_CONTROL_CANCEL);
+    CHECK_STR(id, "victim");
+    CHECK_INT(bq_control_format(msg, sizeof msg, BQ_CONTROL_CANCEL, "a\x1b"), -1);
 }
 
 TEST(dead_letter_entry_keeps_the_bytes)
@@ -654,6 +703,7 @@ int main(void)
     RUN(key_layout);
     RUN(task_encoding);
     RUN(task_validation_names_the_field);
+    RUN(ids_refuse_control_characters);
     RUN(dead_letter_entry_keeps_the_bytes);
     RUN(config_precedence);
     RUN(log_lines);

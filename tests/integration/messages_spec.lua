@@ -112,4 +112,43 @@ describe("#redis messages", function()
         assert.are.equal("0", server:cli("LLEN", queue))
         s:close()
     end)
+
+    -- A zero byte used to pass every validator and cut the id in storage and on the control
+    -- channel: a cancel of "victim\0attacker" canceled the running task "victim".
+    it("refuses an id with a control character, which then reaches no other task", function()
+        local queue = "it:ctl:" .. math.random(1, 1e9)
+        local s = bq.scheduler{ url = server.url, queue_name = queue }
+        local w = proc.spawn("build/binduq-lua examples/worker.lua 2", {
+            env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue },
+        })
+        s:run{ task_id = "victim", messages = { "sleep:1500" } }
+        assert(proc.wait_for(function() return server:cli("LLEN", queue) == "0" end, 10))
+        local hostile = {
+            { '{"type":"cancel","task_id":"victim\\u0000attacker"}', "task_id contains a control character (U+0000 at byte 6)" },
+            { '{"type":"pause","task_id":"victim\\n"}', "task_id contains a control character (U+000A at byte 6)" },
+            { '{"type":"run","task_id":"v\\u009b2J","messages":[{"role":"user","content":"x"}]}',
+              "task_id contains a control character (U+009B at byte 1)" },
+            { '{"operation":"cancel","params":{"task_id":"victim\\u0000"}}',
+              "params.task_id contains a control character (U+0000 at byte 6)" },
+            { '{"type":"run","task_id":"ok","conversation_id":"c\\u007f","messages":[{"role":"user","content":"x"}]}',
+              "conversation_id contains a control character (U+007F at byte 1)", "ok" },
+        }
+        for _, h in ipairs(hostile) do assert(s:push_raw(h[1])) end
+        proc.wait_for(function() return (proc.read(w.log) or ""):find("completed task_id=victim ", 1, true) end, 20)
+        assert.are.equal(0, proc.stop(w, 10))
+        local log = proc.read(w.log)
+        assert.truthy(log:find("completed task_id=victim ", 1, true), "the running task was not canceled")
+        assert.falsy(log:find("canceled", 1, true))
+        local entries = assert(s:dead_letters())
+        assert.are.equal(#hostile, #entries)
+        local by_raw = {}
+        for _, e in ipairs(entries) do by_raw[e.message] = e end
+        for _, h in ipairs(hostile) do
+            local e = by_raw[h[1]]
+            assert.truthy(e, h[1])
+            assert.are.equal(h[2], e.reason)
+            assert.are.equal(h[3], e.task_id) -- a bad id is not repeated as the entry's task_id
+        end
+        s:close()
+    end)
 end)

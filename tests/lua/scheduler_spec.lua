@@ -147,6 +147,9 @@ describe("the producer's fast path (core.prepare_runs)", function()
             { type = "run", task_id = "", messages = { "m" } },
             { type = "run", task_id = ("i"):rep(257), messages = { "m" } },
             { type = "run", task_id = "a\0b", messages = { "m" } },
+            { type = "run", task_id = "a\nb", messages = { "m" } },
+            { type = "run", task_id = "a\u{85}", messages = { "m" } },
+            { type = "run", task_id = "a", conversation_id = "\127", messages = { "m" } },
             { type = "run", task_id = 7, messages = { "m" } },
             { type = "run", messages = { "m" } },
             { task_id = "x", messages = { "m" } },
@@ -172,6 +175,9 @@ describe("the producer's fast path (core.prepare_runs)", function()
         ok, err = pcall(s.schedule, s, { type = "run", task_id = "x", messages = { "m" }, extra = 1 })
         assert.is_false(ok)
         assert.truthy(err:find("unknown field 'extra' in task operation", 1, true), err)
+        ok, err = pcall(s.schedule_many, s, { ops[1], { type = "run", task_id = "a\27[2Kb", messages = { "m" } } })
+        assert.is_false(ok)
+        assert.truthy(err:find("operation 2: task_id contains a control character (U+001B at byte 1)", 1, true), err)
         assert.are.equal(0, s:queue_length())
         assert.is_nil(s:get_task("ok"))
         -- The general path too checks every operation before it records any.

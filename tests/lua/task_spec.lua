@@ -50,6 +50,10 @@ describe("task encoding", function()
         { { type = "cancel", task_id = "a", messages = { "x" } }, "only allowed for run and resume" },
         { { type = "run", task_id = "a", messages = { "x" }, colour = "red" }, "unknown field 'colour'" },
         { { type = "run", task_id = "a\255", messages = { "x" } }, "not valid UTF-8" },
+        { { type = "cancel", task_id = "victim\0attacker" }, "task_id contains a control character (U+0000 at byte 6)" },
+        { { type = "run", task_id = "a", conversation_id = "\27]52;c;eA==\7", messages = { "x" } },
+          "conversation_id contains a control character (U+001B at byte 0)" },
+        { { type = "pause", task_id = "p\u{9B}" }, "task_id contains a control character (U+009B at byte 1)" },
     }
     for _, case in ipairs(bad) do
         it("refuses an invalid operation: " .. case[2], function()
@@ -138,6 +142,16 @@ describe("task decoding", function()
         { '{"type":5,"task_id":"a"}', "type must be a string (got number)" },
         { '{"type":"run\\u0000","task_id":"a"}', "unknown type 'run\0' (expected run, pause, resume or cancel)" },
         { '{"type":"run","task_id":""}', "task_id must not be empty" },
+        { '{"type":"cancel","task_id":"victim\\u0000attacker"}', "task_id contains a control character (U+0000 at byte 6)" },
+        { '{"type":"run","task_id":"a\\u001b[2J","messages":[{"role":"user","content":"x"}]}',
+          "task_id contains a control character (U+001B at byte 1)" },
+        { '{"type":"run","task_id":"a\\u009b","messages":[{"role":"user","content":"x"}]}',
+          "task_id contains a control character (U+009B at byte 1)" },
+        { '{"type":"run","task_id":"a","conversation_id":"\\u007f","messages":[{"role":"user","content":"x"}]}',
+          "conversation_id contains a control character (U+007F at byte 0)" },
+        { '{"operation":"cancel","params":{"task_id":"v\\r"}}', "params.task_id contains a control character (U+000D at byte 1)" },
+        { '{"operation":"run","params":{"task_id":"a","context_id":"c\\n","message":{"role":"user","parts":[]}}}',
+          "params.context_id contains a control character (U+000A at byte 1)" },
         { '{"type":"run","task_id":"' .. ("a"):rep(257) .. '"}', "task_id is longer than 256 bytes" },
         { '{"type":"run","task_id":"a","conversation_id":[],"messages":[]}', "conversation_id must be a string (got table)" },
         { '{"type":"run","task_id":"a","messages":[]}', "a run needs at least one message" },
