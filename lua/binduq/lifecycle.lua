@@ -3,7 +3,7 @@
 -- Called from C (src/lua/l_engine.c) once per fetched message, in the handler state's own
 -- Lua state and thread:
 --
---   process(raw, queue_index) -> status, task_id, type, info
+--   process(raw, queue_index, sealed) -> status, task_id, type, info
 --     status: "completed" | "skipped" | "retry" | "dead" | "dropped" | "malformed" |
 --             "interrupted" | "deferred" | "canceled" | "paused" | "waiting"
 --     info:   { state=, reason=, error=<json>, header=<retry header line>, delay=, body=,
@@ -545,14 +545,14 @@ function M.make_process(w, info)
         end
     end
 
-    local function process(raw, qi)
+    local function process(raw, qi, sealed)
         local queue = info.queues[qi] or info.queue
         local task, why, partial, header
         if raw:byte(1) ~= 35 then -- no "#bq" header line: a first delivery, the common case
             task, why, partial = task_mod.decode_body(raw, max)
             header = FIRST_DELIVERY
         else
-            task, why, partial, header = task_mod.decode(raw, max)
+            task, why, partial, header = task_mod.decode(raw, max, sealed)
         end
         if not task then
             partial = partial or {}
@@ -572,9 +572,9 @@ function M.make_process(w, info)
     end
 
     -- The trace id and the pickup latency travel with every outcome (log lines, metrics).
-    return function(raw, qi)
+    return function(raw, qi, sealed)
         current_trace, pickup = nil, nil
-        local status, id, ty, out = process(raw, qi)
+        local status, id, ty, out = process(raw, qi, sealed)
         if type(out) == "table" then
             out.trace_id, out.pickup = current_trace, pickup -- nil clears the reused `done`
         elseif current_trace or pickup then

@@ -19,6 +19,9 @@
 -- with one header line, "#bq {\"attempt\":2,...}\n", followed by the original bytes. '#'
 -- cannot start a JSON text, so the two never mix up; the header carries the attempt number
 -- with the task, and the original stays byte for byte (it is what a dead-letter entry keeps).
+-- Anyone who can push to the queue can write such a line, so a header counts only when the
+-- broker found the message sealed (src/broker/broker.h, "Headers and seals"); its fields are
+-- checked all the same.
 
 local core = require("binduq.core")
 local json = require("binduq.json")
@@ -217,16 +220,40 @@ local function decode_bindu(t)
     return task
 end
 
---- Splits binduq's "#bq {...}" header line off a message.
+M.MAX_HEADER_LEN = 1024 -- a "#bq" line binduq writes is under 200 bytes
+M.MAX_ATTEMPT = 1000000  -- as the C side's bound on an outcome's attempt
+
+-- The header's counters: absent, or a whole number in [lo, MAX_ATTEMPT].
+local HEADER_COUNTS = { attempt = 1, redelivered = 1, deferred = 1, requeued = 1 }
+
+--- Splits binduq's "#bq {...}" header line off a message and checks it.
 -- Returns the header table (empty when there is none), the offset of the original message
 -- in raw (0 when there is no header), or nil and a reason.
 function M.split_header(raw)
     if raw:byte(1) ~= 35 or raw:sub(1, 4) ~= "#bq " then return {}, 0 end -- 35: '#'
 
     local nl = raw:find("\n", 5, true)
-    if not nl then return nil, "binduq header line without an end" end
+    if not nl or nl > M.MAX_HEADER_LEN then
+        return nil, nl and ("binduq header line longer than %d bytes"):format(M.MAX_HEADER_LEN)
+            or "binduq header line without an end"
+    end
     local h = json.decode(raw:sub(5, nl - 1))
-    if type(h) ~= "table" then return nil, "binduq header line is not a JSON object" end
+    if not dec_object(h) then return nil, "binduq header line is not a JSON object" end
+    for k, lo in pairs(HEADER_COUNTS) do
+        local v = h[k]
+        if v ~= nil then
+            v = type(v) == "number" and math.tointeger(v)
+            if not v or v < lo or v > M.MAX_ATTEMPT then
+                return nil, ("binduq header field '%s' must be a whole number from %d to %d")
+                    :format(k, lo, M.MAX_ATTEMPT)
+            end
+            h[k] = v
+        end
+    end
+    if raw:sub(nl + 1, nl + 4) == "#bq " then
+        -- reap-4 keeps a header it did not seal as part of the body of the recovered message
+        return nil, "a #bq header line binduq did not write, recovered from a stopped worker"
+    end
     return h, nl
 end
 
@@ -235,21 +262,30 @@ function M.header(h)
     return "#bq " .. json.encode_strict(h)
 end
 
+M.UNSEALED = "#bq header line not written by binduq (the message has no seal): set aside unrun"
+
 --- Decodes and validates a raw message (with or without a "#bq" header line).
+-- `sealed`: the broker found the message's header sealed (binduq wrote it); a header that is
+-- not is refused, and the whole message is kept. The size limit counts the header too.
 -- Returns the task table and the header ({attempt=, ...}, attempt defaulting to 1, and
 -- `body`, the offset of the original message); or nil, a reason, whatever was learned of the
 -- task (type, task_id) for the log and the dead-letter entry, and the header.
-function M.decode(raw, max_size)
+function M.decode(raw, max_size, sealed)
     if raw:byte(1) ~= 35 then -- no "#bq" header: the common case, a first delivery
         local task, why, partial = M.decode_body(raw, max_size)
         return task, why, partial, { attempt = 1, body = 0 }
     end
+    if max_size and #raw > max_size then
+        return nil, ("message too large (%d bytes; max_message_size is %d)"):format(#raw, max_size),
+               {}, { attempt = 1, body = 0 }
+    end
+    if raw:sub(1, 4) == "#bq " and not sealed then return nil, M.UNSEALED, {}, { attempt = 1, body = 0 } end
     local header, body = M.split_header(raw)
     if not header then return nil, body, {}, { attempt = 1, body = 0 } end
-    header.attempt = math.tointeger(header.attempt) or 1
+    header.attempt = header.attempt or 1
     header.body = body
     if body > 0 then raw = raw:sub(body + 1) end
-    local task, why, partial = M.decode_body(raw, max_size)
+    local task, why, partial = M.decode_body(raw)
     return task, why, partial, header
 end
 

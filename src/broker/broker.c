@@ -32,7 +32,7 @@ bq_status bq_batch_add(struct bq_batch *b, const char *data, size_t len)
 
 bq_status bq_batch_add_q(struct bq_batch *b, const char *data, size_t len, int q)
 {
-    struct bq_msg m = {bq_strndup(data, len), len, q};
+    struct bq_msg m = {bq_strndup(data, len), len, q, false};
     if (m.data == NULL)
         return BQ_ENOMEM;
     bq_status st = bq_batch_take(b, m);

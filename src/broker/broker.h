@@ -19,6 +19,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 
 /* A borrowed byte string. */
 struct bq_slice {
@@ -31,7 +32,28 @@ struct bq_msg {
     char *data; /* owned, NUL-terminated for convenience (len excludes the NUL) */
     size_t len;
     int q;      /* fetched messages: index of the queue it came from in the lessee's list */
+    bool sealed; /* fetched messages with a "#bq" header line: binduq wrote that header (see
+                  * "Headers and seals" below); false for a header anyone else wrote */
 };
+
+/* ---- Headers and seals -------------------------------------------------------------------
+ * A message binduq queues again (a retry, a rate-limit deferral, a task recovered from a
+ * dead worker, a requeued dead letter) starts with one line "#bq {json}" -- attempt,
+ * redelivered, deferred, requeued -- then the original bytes. Those fields change what a
+ * worker does (a redelivery may run a task whose state is "working"; attempts past
+ * max_attempts fail the task; "requeued" reopens a failed one), and anyone who can push to
+ * Q can write such a line. So each such message binduq queues is sealed: the SHA1 of its
+ * bytes is counted in {Q}:seals (a hash), by the same server-side script that queues it, and
+ * released by the script that is done with it (acknowledge, retry, defer, dead-letter,
+ * recover). A fetch marks each header message with whether its seal is there (one
+ * checkseal-1 round trip, only when the batch has such messages); the worker sets aside an
+ * unsealed one as malformed, unrun and unchanged. The memory broker keeps the mark on the
+ * message itself. The SHA1 binds the header to its body, so a copied header line on other
+ * bytes is not sealed either. */
+static inline bool bq_msg_has_header(const struct bq_msg *m)
+{
+    return m->len >= 4 && memcmp(m->data, "#bq ", 4) == 0;
+}
 
 /* A growable array of owned messages. */
 struct bq_batch {

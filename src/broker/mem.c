@@ -9,7 +9,8 @@
  * guards the table; one condition variable wakes fetchers on every push. A list is a ring
  * buffer of owned messages whose head is the leftmost element; a sorted set is an array kept
  * in score order. Leases need no heartbeat here: one process holds them all, and a process
- * that dies takes its memory with it.
+ * that dies takes its memory with it. A message keeps its seal (broker.h) on itself: the paths
+ * that queue a message again with a "#bq" header set `sealed`, a producer's push never does.
  */
 #include "broker.h"
 #include "keys.h"
@@ -146,10 +147,9 @@ static struct bq_msg *at(struct mem_key *l, size_t i)
     return &l->items[(l->head + i) % l->cap];
 }
 
-static bool copy_msg(struct bq_msg *m, const char *p, size_t len)
+static bool copy_msg(struct bq_msg *m, const char *p, size_t len, bool sealed)
 {
-    m->data = bq_strndup(p, len);
-    m->len = len;
+    *m = (struct bq_msg){bq_strndup(p, len), len, 0, sealed};
     return m->data != NULL;
 }
 
@@ -167,11 +167,11 @@ static void push_owned(struct mem_key *l, struct bq_msg m, bool left)
 }
 
 /* Pushes a copy; false when out of memory. Caller holds db_mu. */
-static bool push_copy(const char *key, const char *p, size_t len, bool left)
+static bool push_copy(const char *key, const char *p, size_t len, bool left, bool sealed)
 {
     struct mem_key *l = find(key, false, true);
     struct bq_msg m;
-    if (l == NULL || !grow(l, 1) || !copy_msg(&m, p, len)) {
+    if (l == NULL || !grow(l, 1) || !copy_msg(&m, p, len, sealed)) {
         drop_if_empty(l);
         return false;
     }
@@ -251,7 +251,7 @@ static bq_status mem_push(bq_broker *b, const char *queue, const struct bq_slice
     if (copies == NULL)
         return oom(err);
     for (size_t i = 0; i < n; i++) {
-        if (!copy_msg(&copies[i], msgs[i].p, msgs[i].len)) {
+        if (!copy_msg(&copies[i], msgs[i].p, msgs[i].len, false)) {
             for (size_t k = 0; k < i; k++)
                 bq_free(copies[k].data);
             bq_free(copies);
@@ -299,8 +299,8 @@ static bool take_one(const struct bq_lessee *who, int q, struct bq_batch *out, b
         return false;
     }
     struct bq_msg *tail = at(l, l->n - 1);
-    struct bq_msg copy = {NULL, 0, q};
-    if (lease && !copy_msg(&copy, tail->data, tail->len)) {
+    struct bq_msg copy = {NULL, 0, q, tail->sealed};
+    if (lease && !copy_msg(&copy, tail->data, tail->len, tail->sealed)) {
         *st = oom(err);
         drop_if_empty(w);
         return false;
@@ -312,8 +312,10 @@ static bool take_one(const struct bq_lessee *who, int q, struct bq_batch *out, b
         drop_if_empty(w);
         return false;
     }
-    if (lease)
+    if (lease) {
+        copy.q = q;
         push_owned(w, copy, true);
+    }
     tail->data = NULL;
     l->n--;
     drop_if_empty(l);
@@ -444,7 +446,7 @@ static bq_status mem_push_unique(bq_broker *b, const char *queue, const struct b
         k->str = true;
         k->n = 1; /* present */
         k->expires = now + ttl;
-        if (!push_copy(queue, msgs[i].p, msgs[i].len, true)) {
+        if (!push_copy(queue, msgs[i].p, msgs[i].len, true, false)) {
             k->n = 0;
             drop_if_empty(k);
             st = oom(err);
@@ -493,12 +495,13 @@ static bool release(const struct bq_lessee *who, const char *wip, const struct b
     return who->delivery != BQ_AT_LEAST_ONCE || lrem(wip, leased->data, leased->len);
 }
 
-/* Inserts a copy of m into the sorted set z by score. Caller holds db_mu. */
-static bool zadd(const char *key, double score, const char *p, size_t len)
+/* Inserts a copy of p into the sorted set z by score; `sealed`: binduq queues it again
+ * (broker.h). Caller holds db_mu. */
+static bool zadd(const char *key, double score, const char *p, size_t len, bool sealed)
 {
     struct mem_key *z = find(key, true, true);
-    struct zitem it = {score, {NULL, 0, 0}};
-    if (z == NULL || !grow(z, 1) || !copy_msg(&it.m, p, len)) {
+    struct zitem it = {score, {NULL, 0, 0, false}};
+    if (z == NULL || !grow(z, 1) || !copy_msg(&it.m, p, len, sealed)) {
         drop_if_empty(z);
         return false;
     }
@@ -525,7 +528,7 @@ static bq_status mem_retry(bq_broker *b, const struct bq_lessee *who,
         return st;
     pthread_mutex_lock(&db_mu);
     *held = release(who, wip, leased);
-    if (*held && !zadd(delayed, bq_now_wall() + (delay > 0 ? delay : 0), next.p, next.len))
+    if (*held && !zadd(delayed, bq_now_wall() + (delay > 0 ? delay : 0), next.p, next.len, true))
         st = oom(err);
     pthread_mutex_unlock(&db_mu);
     return st;
@@ -570,10 +573,10 @@ static bq_status mem_rate_limit(bq_broker *b, const struct bq_lessee *who,
     z->n -= expired;
     *at = *admitted ? now : 0;
     if (*admitted) {
-        z->z[z->n++] = (struct zitem){now, {NULL, 0, 0}};
+        z->z[z->n++] = (struct zitem){now, {NULL, 0, 0, false}};
     } else if (!release(who, wip, leased)) {
         st = bq_err_set(err, BQ_ECLOSED, "rate limit: the lease was lost");
-    } else if (!zadd(delayed, now + *wait, next.p, next.len)) {
+    } else if (!zadd(delayed, now + *wait, next.p, next.len, true)) {
         st = oom(err);
     }
     drop_if_empty(z);
@@ -594,7 +597,7 @@ static bq_status mem_bury(bq_broker *b, const struct bq_lessee *who,
         return st;
     pthread_mutex_lock(&db_mu);
     *held = release(who, wip, leased);
-    if (*held && !push_copy(dlq, entry.p, entry.len, true))
+    if (*held && !push_copy(dlq, entry.p, entry.len, true, false))
         st = oom(err);
     pthread_mutex_unlock(&db_mu);
     return st;
@@ -615,6 +618,8 @@ static bq_status mem_held(bq_broker *b, const struct bq_lessee *who, struct bq_b
             const struct bq_msg *m = at(k, i);
             if (bq_batch_add_q(out, m->data, m->len, q) != BQ_OK)
                 st = oom(err);
+            else
+                out->msgs[out->n - 1].sealed = m->sealed;
         }
     }
     pthread_mutex_unlock(&db_mu);
@@ -635,7 +640,8 @@ static bq_status mem_handback(bq_broker *b, const struct bq_lessee *who,
             break;
         if (!release(who, wip, &msgs[i]))
             continue;
-        if (!push_copy(queue_of(who, msgs[i].q), msgs[i].data, msgs[i].len, false))
+        if (!push_copy(queue_of(who, msgs[i].q), msgs[i].data, msgs[i].len, false,
+                       msgs[i].sealed))
             st = oom(err);
         else
             (*count)++;
@@ -766,10 +772,10 @@ static bq_status mem_dlq_requeue(bq_broker *b, const char *queue, struct bq_slic
     const char *nl = memchr(entry.p, '\n', entry.len);
     if (nl == NULL)
         return bq_err_set(err, BQ_EINVAL, "not a binduq dead-letter entry");
-    /* The original bytes, marked requeued: attempts start again (as requeue-2.lua). */
+    /* The original bytes, marked requeued: attempts start again (as requeue-3.lua). */
     static const char hdr[] = "#bq {\"attempt\":1,\"requeued\":1}\n";
     size_t off = (size_t)(nl + 1 - entry.p), len = sizeof hdr - 1 + entry.len - off;
-    struct bq_msg m = {bq_malloc(len + 1), len, 0};
+    struct bq_msg m = {bq_malloc(len + 1), len, 0, true};
     if (m.data == NULL)
         return oom(err);
     memcpy(m.data, hdr, sizeof hdr - 1);

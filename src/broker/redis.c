@@ -63,6 +63,8 @@ enum script_id {
     S_FETCHM,
     S_ENQUEUE,
     S_RATELIMIT,
+    S_CHECKSEAL,
+    S_ACK,
     S_COUNT,
 };
 
@@ -74,17 +76,19 @@ static const struct {
     const char *sha;
 } scripts[S_COUNT] = {
     SCRIPT(S_FETCH, "fetch-2", fetch_2),
-    SCRIPT(S_RETRY, "retry-2", retry_2),
-    SCRIPT(S_BURY, "bury-2", bury_2),
+    SCRIPT(S_RETRY, "retry-3", retry_3),
+    SCRIPT(S_BURY, "bury-3", bury_3),
     SCRIPT(S_PROMOTE, "promote-2", promote_2),
     SCRIPT(S_HEARTBEAT, "heartbeat-N", heartbeat_N),
-    SCRIPT(S_REAP, "reap-3", reap_3),
+    SCRIPT(S_REAP, "reap-4", reap_4),
     SCRIPT(S_HANDBACK, "handback-2", handback_2),
     SCRIPT(S_UNREGISTER, "unregister-2", unregister_2),
-    SCRIPT(S_REQUEUE, "requeue-2", requeue_2),
+    SCRIPT(S_REQUEUE, "requeue-3", requeue_3),
     SCRIPT(S_FETCHM, "fetchm-N", fetchm_N),
     SCRIPT(S_ENQUEUE, "enqueue-N", enqueue_N),
-    SCRIPT(S_RATELIMIT, "ratelimit-3", ratelimit_3),
+    SCRIPT(S_RATELIMIT, "ratelimit-4", ratelimit_4),
+    SCRIPT(S_CHECKSEAL, "checkseal-1", checkseal_1),
+    SCRIPT(S_ACK, "ack-2", ack_2),
 };
 #undef SCRIPT
 
@@ -539,14 +543,18 @@ static bq_status take_fetchm(struct redis_broker *r, int nq, const redisReply *r
 /* Queues one LREM per message on its queue's in-flight list (acknowledgements). A fetch
  * pushes messages at the list's head, so the oldest, which finish first, are at its tail:
  * LREM with count -1 searches from there and finds them at once (with 1 it walked the whole
- * list, a cost that grew with the batch). */
+ * list, a cost that grew with the batch). A message with a "#bq" header is acknowledged by
+ * ack-2 instead, which releases its seal too (at-most-once: only that). ack-2 goes as EVAL,
+ * with its source: such messages are rare, and a NOSCRIPT in the middle of the pipeline
+ * (after a restart) would leave the acknowledgement undone. */
 static bq_status append_acks(bq_conn *c, const struct bq_lessee *who, const struct bq_msg *msgs,
                              size_t n, bq_err *err)
 {
     bq_status st = BQ_OK;
-    char wip[KEY_MAX];
+    char wip[KEY_MAX], seals[KEY_MAX];
     size_t wlen = 0;
     int wq = -1; /* the queue wip names: acks come in runs of one queue */
+    bool lease = who->delivery == BQ_AT_LEAST_ONCE;
     for (size_t i = 0; i < n && st == BQ_OK; i++) {
         if (msgs[i].q != wq) {
             if ((st = wip_key(who, msgs[i].q, wip, err)) != BQ_OK)
@@ -554,6 +562,17 @@ static bq_status append_acks(bq_conn *c, const struct bq_lessee *who, const stru
             wq = msgs[i].q;
             wlen = strlen(wip);
         }
+        if (bq_msg_has_header(&msgs[i])) {
+            const char *keys[] = {wip, seals};
+            const char *args[] = {msgs[i].data, lease ? "1" : "0"};
+            size_t lens[] = {msgs[i].len, 1};
+            st = derive(queue_of(who, msgs[i].q), "seals", seals, err);
+            if (st == BQ_OK)
+                st = append_script(c, S_ACK, true, 2, keys, 2, args, lens, err);
+            continue;
+        }
+        if (!lease)
+            continue; /* nothing to acknowledge; read_acks counts it */
         const char *argv[4] = {"LREM", wip, "-1", msgs[i].data};
         size_t lens[4] = {4, wlen, 2, msgs[i].len};
         st = bq_conn_append(c, 4, argv, lens, err);
@@ -561,16 +580,24 @@ static bq_status append_acks(bq_conn *c, const struct bq_lessee *who, const stru
     return st;
 }
 
-/* Reads n LREM replies; counts those that removed a message. */
-static bq_status read_acks(bq_conn *c, size_t n, double deadline, size_t *acked, bq_err *err)
+/* Reads the replies to append_acks; counts the messages whose lease was still held. */
+static bq_status read_acks(bq_conn *c, const struct bq_lessee *who, const struct bq_msg *msgs,
+                           size_t n, double deadline, size_t *acked, bq_err *err)
 {
     bq_status st = BQ_OK;
+    bool lease = who->delivery == BQ_AT_LEAST_ONCE;
     for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        bool header = bq_msg_has_header(&msgs[i]);
+        if (!header && !lease) {
+            if (acked)
+                (*acked)++;
+            continue;
+        }
         redisReply *rep;
         st = bq_conn_read(c, &rep, deadline, -1, err);
         if (st != BQ_OK)
             break;
-        st = bq_reply_check(rep, "LREM", err);
+        st = bq_reply_check(rep, header ? "ack-2" : "LREM", err);
         if (st == BQ_OK && rep->type == REDIS_REPLY_INTEGER && rep->integer > 0 && acked)
             (*acked)++;
         freeReplyObject(rep);
@@ -629,6 +656,53 @@ static bq_status read_script_reply(bq_conn *c, double deadline, const char *name
     return st;
 }
 
+/* Marks which of out->msgs[first..] with a "#bq" header binduq sealed (broker.h): one
+ * checkseal-1 per queue that has such messages, none in the common case. */
+static bq_status check_seals(struct redis_broker *r, bq_conn *c, const struct bq_lessee *who,
+                             struct bq_batch *out, size_t first, bq_err *err)
+{
+    bq_status st = BQ_OK;
+    for (int q = 0; q < who->nqueues && st == BQ_OK; q++) {
+        size_t n = 0;
+        for (size_t i = first; i < out->n; i++)
+            n += out->msgs[i].q == q && bq_msg_has_header(&out->msgs[i]);
+        if (n == 0)
+            continue;
+        const char **args = bq_calloc(n, sizeof *args);
+        size_t *lens = bq_calloc(n, sizeof *lens), k = 0;
+        char seals[KEY_MAX];
+        if (args == NULL || lens == NULL)
+            st = bq_err_set(err, BQ_ENOMEM, "checkseal-1: out of memory");
+        for (size_t i = first; st == BQ_OK && i < out->n; i++) {
+            if (out->msgs[i].q == q && bq_msg_has_header(&out->msgs[i])) {
+                args[k] = out->msgs[i].data;
+                lens[k++] = out->msgs[i].len;
+            }
+        }
+        redisReply *rep = NULL;
+        if (st == BQ_OK)
+            st = derive(who->queues[q], "seals", seals, err);
+        const char *keys[] = {seals};
+        if (st == BQ_OK)
+            st = run_script(c, S_CHECKSEAL, 1, keys, (int)n, args, lens, r->command_timeout,
+                            &rep, err);
+        if (st == BQ_OK && (rep->type != REDIS_REPLY_ARRAY || rep->elements != n))
+            st = bq_err_set(err, BQ_EPROTO, "checkseal-1: unexpected reply");
+        k = 0;
+        for (size_t i = first; st == BQ_OK && i < out->n; i++) {
+            if (out->msgs[i].q == q && bq_msg_has_header(&out->msgs[i])) {
+                const redisReply *e = rep->element[k++];
+                out->msgs[i].sealed = e->type == REDIS_REPLY_INTEGER && e->integer == 1;
+            }
+        }
+        if (rep != NULL)
+            freeReplyObject(rep);
+        bq_free(args);
+        bq_free(lens);
+    }
+    return st;
+}
+
 static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
                              const struct bq_fetch_req *req, struct bq_fetch_res *res,
                              struct bq_batch *out, bq_err *err)
@@ -640,6 +714,7 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
     res->acked = res->promoted = 0;
     res->next_due = -1;
     res->renewed = false;
+    size_t first = out->n;
     double timeout = req->timeout;
     /* An interrupt that came while we were not waiting cuts this wait short: take what is
      * there without blocking. */
@@ -756,7 +831,7 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         }
     }
     if (st == BQ_OK && nacks > 0)
-        st = read_acks(c, nacks, deadline, &res->acked, err);
+        st = read_acks(c, who, req->acks, nacks, deadline, &res->acked, err);
     for (int i = 0; st == BQ_OK && req->promote && i < nq; i++) {
         st = read_script_reply(c, deadline, "promote-2", &rep, &reload, err);
         if (st == BQ_OK && rep == NULL) {
@@ -821,6 +896,16 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
     }
     if (rep != NULL)
         freeReplyObject(rep);
+    /* 6. the seals of messages with a "#bq" header (rare: retries, recoveries, requeues).
+     * If they cannot be read, leased messages are dropped from this batch: the worker's
+     * orphan check hands them back (still sealed). At-most-once, they were popped: they stay,
+     * unsealed, and are set aside rather than lost. */
+    if (st == BQ_OK && out->n > first && (st = check_seals(r, c, who, out, first, err)) != BQ_OK &&
+        lease) {
+        for (size_t i = first; i < out->n; i++)
+            bq_free(out->msgs[i].data);
+        out->n = first;
+    }
     if (st == BQ_OK && reload) {
         bq_log(BQ_LOG_WARN, "scripts_reloaded", "queue", who->queues[0], "worker", who->worker,
                "reason", "the server's script cache was empty (restarted or flushed)", NULL);
@@ -846,7 +931,10 @@ static bq_status redis_ack(bq_broker *b, const struct bq_lessee *who, const stru
 {
     struct redis_broker *r = (struct redis_broker *)b;
     *acked = 0;
-    if (n == 0 || who->delivery != BQ_AT_LEAST_ONCE) {
+    bool any = who->delivery == BQ_AT_LEAST_ONCE; /* at-most-once: only seals to release */
+    for (size_t i = 0; i < n && !any; i++)
+        any = bq_msg_has_header(&msgs[i]);
+    if (!any) {
         *acked = n;
         return BQ_OK;
     }
@@ -859,7 +947,7 @@ static bq_status redis_ack(bq_broker *b, const struct bq_lessee *who, const stru
     if (st == BQ_OK)
         st = bq_conn_flush(c, deadline, -1, err);
     if (st == BQ_OK)
-        st = read_acks(c, n, deadline, acked, err);
+        st = read_acks(c, who, msgs, n, deadline, acked, err);
     bq_pool_return(r->pool, c);
     return st;
 }
@@ -889,18 +977,20 @@ static bq_status redis_retry(bq_broker *b, const struct bq_lessee *who,
                              bool *held, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char wip[KEY_MAX], delayed[KEY_MAX], ms[32];
+    char wip[KEY_MAX], delayed[KEY_MAX], seals[KEY_MAX], ms[32];
     bq_status st = wip_key(who, leased->q, wip, err);
     if (st == BQ_OK)
         st = derive(queue_of(who, leased->q), "delayed", delayed, err);
+    if (st == BQ_OK)
+        st = derive(queue_of(who, leased->q), "seals", seals, err);
     if (st != BQ_OK)
         return st;
     snprintf(ms, sizeof ms, "%lld", (long long)(delay > 0 ? delay * 1000.0 : 0));
-    const char *keys[] = {wip, delayed};
+    const char *keys[] = {wip, delayed, seals};
     const char *args[] = {leased->data, next.p, ms, who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
     size_t lens[] = {leased->len, next.len, strlen(ms), 1};
     long long res = 0;
-    st = pooled_script(r, S_RETRY, 2, keys, 4, args, lens, &res, err);
+    st = pooled_script(r, S_RETRY, 3, keys, 4, args, lens, &res, err);
     *held = res == 1;
     return st;
 }
@@ -910,17 +1000,19 @@ static bq_status redis_bury(bq_broker *b, const struct bq_lessee *who,
                             bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char wip[KEY_MAX], dlq[KEY_MAX];
+    char wip[KEY_MAX], dlq[KEY_MAX], seals[KEY_MAX];
     bq_status st = wip_key(who, leased->q, wip, err);
     if (st == BQ_OK)
         st = derive(queue_of(who, leased->q), "dlq", dlq, err);
+    if (st == BQ_OK)
+        st = derive(queue_of(who, leased->q), "seals", seals, err);
     if (st != BQ_OK)
         return st;
-    const char *keys[] = {wip, dlq};
+    const char *keys[] = {wip, dlq, seals};
     const char *args[] = {leased->data, entry.p, who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
     size_t lens[] = {leased->len, entry.len, 1};
     long long res = 0;
-    st = pooled_script(r, S_BURY, 2, keys, 3, args, lens, &res, err);
+    st = pooled_script(r, S_BURY, 3, keys, 3, args, lens, &res, err);
     *held = res == 1;
     return st;
 }
@@ -973,20 +1065,22 @@ static bq_status redis_rate_limit(bq_broker *b, const struct bq_lessee *who,
     *wait = 0;
     *at = 0;
     const char *queue = queue_of(who, leased->q);
-    char rl[KEY_MAX], suffix[KEY_MAX], wip[KEY_MAX], delayed[KEY_MAX];
+    char rl[KEY_MAX], suffix[KEY_MAX], wip[KEY_MAX], delayed[KEY_MAX], seals[KEY_MAX];
     snprintf(suffix, sizeof suffix, "rl:%s", key);
     bq_status st = derive(queue, suffix, rl, err);
     if (st == BQ_OK)
         st = wip_key(who, leased->q, wip, err);
     if (st == BQ_OK)
         st = derive(queue, "delayed", delayed, err);
+    if (st == BQ_OK)
+        st = derive(queue, "seals", seals, err);
     if (st != BQ_OK)
         return st;
     char lim[24], per[32], id[48];
     snprintf(lim, sizeof lim, "%ld", limit);
     snprintf(per, sizeof per, "%lld", (long long)(period * 1000.0));
     snprintf(id, sizeof id, "%s:%.0f", who->worker, bq_random_unit() * 1e15);
-    const char *keys[] = {rl, wip, delayed};
+    const char *keys[] = {rl, wip, delayed, seals};
     const char *args[] = {lim, per, id, leased->data, next.p,
                           who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
     size_t lens[] = {strlen(lim), strlen(per), strlen(id), leased->len, next.len, 1};
@@ -994,7 +1088,7 @@ static bq_status redis_rate_limit(bq_broker *b, const struct bq_lessee *who,
     if ((st = borrow(r, &c, err)) != BQ_OK)
         return st;
     redisReply *rep;
-    st = run_script(c, S_RATELIMIT, 3, keys, 6, args, lens, r->command_timeout, &rep, err);
+    st = run_script(c, S_RATELIMIT, 4, keys, 6, args, lens, r->command_timeout, &rep, err);
     bq_pool_return(r->pool, c);
     if (st != BQ_OK)
         return st;
@@ -1004,7 +1098,7 @@ static bq_status redis_rate_limit(bq_broker *b, const struct bq_lessee *who,
         *wait = verdict == 0 ? (double)rep->element[1]->integer / 1000.0 : 0;
         *at = verdict == 1 ? (double)rep->element[1]->integer / 1000.0 : 0;
         if (verdict == -1)
-            st = bq_err_set(err, BQ_ECLOSED, "ratelimit-3: the lease was lost");
+            st = bq_err_set(err, BQ_ECLOSED, "ratelimit-4: the lease was lost");
     }
     freeReplyObject(rep);
     return st;
@@ -1065,18 +1159,20 @@ static bq_status redis_reap(bq_broker *b, const char *queue, const char *dead_id
                             long long *recovered, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char workers[KEY_MAX], suffix[KEY_MAX], wip[KEY_MAX];
+    char workers[KEY_MAX], suffix[KEY_MAX], wip[KEY_MAX], seals[KEY_MAX];
     *recovered = -1;
     bq_status st = derive(queue, "workers", workers, err);
+    if (st == BQ_OK)
+        st = derive(queue, "seals", seals, err);
     if (st == BQ_OK && snprintf(suffix, sizeof suffix, "wip:%s", dead_id) >= (int)sizeof suffix)
         st = bq_err_set(err, BQ_EINVAL, "worker id too long");
     if (st == BQ_OK)
         st = derive(queue, suffix, wip, err);
     if (st != BQ_OK)
         return st;
-    const char *keys[] = {workers, wip, queue};
+    const char *keys[] = {workers, wip, queue, seals};
     const char *args[] = {dead_id};
-    return pooled_script(r, S_REAP, 3, keys, 1, args, NULL, recovered, err);
+    return pooled_script(r, S_REAP, 4, keys, 1, args, NULL, recovered, err);
 }
 
 static bq_status redis_unregister(bq_broker *b, const struct bq_lessee *who, bq_err *err)
@@ -1182,15 +1278,17 @@ static bq_status redis_dlq_requeue(bq_broker *b, const char *queue, struct bq_sl
                                    bool *done, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char dlq[KEY_MAX];
+    char dlq[KEY_MAX], seals[KEY_MAX];
     bq_status st = derive(queue, "dlq", dlq, err);
+    if (st == BQ_OK)
+        st = derive(queue, "seals", seals, err);
     if (st != BQ_OK)
         return st;
-    const char *keys[] = {dlq, queue};
+    const char *keys[] = {dlq, queue, seals};
     const char *args[] = {entry.p};
     size_t lens[] = {entry.len};
     long long res = 0;
-    st = pooled_script(r, S_REQUEUE, 2, keys, 1, args, lens, &res, err);
+    st = pooled_script(r, S_REQUEUE, 3, keys, 1, args, lens, &res, err);
     *done = res == 1;
     return st;
 }

@@ -2,18 +2,56 @@
 #ifndef BINDUQ_SCRIPTS_H
 #define BINDUQ_SCRIPTS_H
 
-static const char bq_script_bury_2[] =
-    "-- bury-2: move an operation to the dead-letter list, releasing its lease.\n"
+static const char bq_script_ack_2[] =
+    "-- ack-2: acknowledge a message that carries a \"#bq\" header line and release its seal.\n"
+    "-- KEYS[1] {Q}:wip:<id>  the in-flight list holding the message\n"
+    "-- KEYS[2] {Q}:seals     see checkseal-1\n"
+    "-- ARGV[1] the message as leased\n"
+    "-- ARGV[2] \"1\" if the lease must still be held (at-least-once), \"0\" otherwise\n"
+    "-- (Messages without a header are acknowledged with a plain LREM.)\n"
+    "-- Returns 1, or 0 if the lease was lost (the message went back to Q meanwhile and keeps its\n"
+    "-- seal: the recovery released it and sealed the recovered form).\n"
+    "if ARGV[2] == '1' and redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end\n"
+    "local f = redis.sha1hex(ARGV[1])\n"
+    "if redis.call('HINCRBY', KEYS[2], f, -1) <= 0 then redis.call('HDEL', KEYS[2], f) end\n"
+    "return 1\n";
+static const char bq_script_ack_2_sha[] = "916337dd5436ada5cee3f38ebf5c0446ba7304ce";
+
+static const char bq_script_bury_3[] =
+    "-- bury-3: move an operation to the dead-letter list, releasing its lease.\n"
     "-- KEYS[1] {Q}:wip:<id>  the in-flight list holding the operation\n"
     "-- KEYS[2] {Q}:dlq       the dead-letter list (newest first)\n"
+    "-- KEYS[3] {Q}:seals     see checkseal-1: the seal of a message with a \"#bq\" header is released\n"
     "-- ARGV[1] the message as leased (removed from KEYS[1])\n"
     "-- ARGV[2] the dead-letter entry (a JSON line, a newline, the original bytes)\n"
     "-- ARGV[3] \"1\" if the lease must still be held (at-least-once), \"0\" otherwise\n"
     "-- Returns 1, or 0 if the lease was lost (then nothing is written).\n"
     "if ARGV[3] == '1' and redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end\n"
+    "if string.sub(ARGV[1], 1, 4) == '#bq ' then\n"
+    "    local f = redis.sha1hex(ARGV[1])\n"
+    "    if redis.call('HINCRBY', KEYS[3], f, -1) <= 0 then redis.call('HDEL', KEYS[3], f) end\n"
+    "end\n"
     "redis.call('LPUSH', KEYS[2], ARGV[2])\n"
     "return 1\n";
-static const char bq_script_bury_2_sha[] = "c0816ebae51ef26aed87ace6cb4ab3a1b864e3e5";
+static const char bq_script_bury_3_sha[] = "5806d81abcf7f492d7690dcd244a91751f9b15f9";
+
+static const char bq_script_checkseal_1[] =
+    "-- checkseal-1: which fetched messages with a \"#bq\" header binduq itself queued again.\n"
+    "-- KEYS[1] {Q}:seals   hash: SHA1 of a message binduq queued with a \"#bq\" header line (a\n"
+    "--                     retry, a deferral, a recovery, a requeue) -> copies of it outstanding\n"
+    "-- ARGV    the messages (each starts with \"#bq \")\n"
+    "-- Anyone who can push to Q can write a \"#bq\" line; only binduq's scripts write seals, so a\n"
+    "-- header without one was forged and must change nothing. A seal is released when binduq is\n"
+    "-- done with its message (acknowledged, retried, deferred, dead-lettered or recovered), not\n"
+    "-- here: a message handed back or recovered stays sealed.\n"
+    "-- Returns one 1 (sealed) or 0 (not queued by binduq) per message.\n"
+    "local out = {}\n"
+    "for i = 1, #ARGV do\n"
+    "    local c = redis.call('HGET', KEYS[1], redis.sha1hex(ARGV[i]))\n"
+    "    out[i] = (c and tonumber(c) > 0) and 1 or 0\n"
+    "end\n"
+    "return out\n";
+static const char bq_script_checkseal_1_sha[] = "e00190ed36ca39beb360f798ee5aac520f905eb9";
 
 static const char bq_script_enqueue_N[] =
     "-- enqueue-N: push operations unless their deduplication key is already taken.\n"
@@ -173,11 +211,13 @@ static const char bq_script_promote_2[] =
     "return { #due, wait }\n";
 static const char bq_script_promote_2_sha[] = "6a042732fba2b5bfb80c1347fb66c66e1d08584e";
 
-static const char bq_script_ratelimit_3[] =
-    "-- ratelimit-3: admit an operation under \"at most LIMIT per PERIOD\" for one key, or defer it.\n"
+static const char bq_script_ratelimit_4[] =
+    "-- ratelimit-4: admit an operation under \"at most LIMIT per PERIOD\" for one key, or defer it.\n"
     "-- KEYS[1] {Q}:rl:<key>  sorted set of admission times (ms, server clock) in the last period\n"
     "-- KEYS[2] {Q}:wip:<id>  the in-flight list holding the operation (released when deferred)\n"
     "-- KEYS[3] {Q}:delayed   where a deferred operation waits\n"
+    "-- KEYS[4] {Q}:seals     see checkseal-1: a deferral releases the leased message's seal and\n"
+    "--                       seals the deferred form\n"
     "-- ARGV[1] LIMIT\n"
     "-- ARGV[2] PERIOD in milliseconds\n"
     "-- ARGV[3] a unique id for this admission\n"
@@ -200,18 +240,27 @@ static const char bq_script_ratelimit_3[] =
     "local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')\n"
     "local wait = math.max(1, tonumber(oldest[2]) + period - now)\n"
     "if ARGV[6] == '1' and redis.call('LREM', KEYS[2], -1, ARGV[4]) == 0 then return { -1, 0 } end\n"
+    "if string.sub(ARGV[4], 1, 4) == '#bq ' then\n"
+    "    local f = redis.sha1hex(ARGV[4])\n"
+    "    if redis.call('HINCRBY', KEYS[4], f, -1) <= 0 then redis.call('HDEL', KEYS[4], f) end\n"
+    "end\n"
     "redis.call('ZADD', KEYS[3], now + wait, ARGV[5])\n"
+    "redis.call('HINCRBY', KEYS[4], redis.sha1hex(ARGV[5]), 1)\n"
     "return { 0, wait }\n";
-static const char bq_script_ratelimit_3_sha[] = "8ebc08fa0a3add07391361bdceadceb315bfca00";
+static const char bq_script_ratelimit_4_sha[] = "79518a1a11208cff47f3486bdbbb386b58fe7a56";
 
-static const char bq_script_reap_3[] =
-    "-- reap-3: give the in-flight operations of a worker whose lease ran out back to the queue.\n"
+static const char bq_script_reap_4[] =
+    "-- reap-4: give the in-flight operations of a worker whose lease ran out back to the queue.\n"
     "-- KEYS[1] {Q}:workers        sorted set of worker ids, score = lease expiry in ms\n"
     "-- KEYS[2] {Q}:wip:<dead id>  the dead worker's in-flight list\n"
     "-- KEYS[3] Q                  the queue; recovered operations go where workers take next\n"
+    "-- KEYS[4] {Q}:seals          see checkseal-1\n"
     "-- ARGV[1] the dead worker's id\n"
     "-- Each recovered message gets (or updates) a \"#bq {...}\" header line counting the attempt\n"
-    "-- the dead worker used up, so a message that kills every worker does not circle forever.\n"
+    "-- the dead worker used up, so a message that kills every worker does not circle forever, and\n"
+    "-- is sealed. Only a sealed header is updated (and its seal released): a header binduq did\n"
+    "-- not write stays part of the message's body, so the recovered message is set aside as\n"
+    "-- malformed rather than run with the forger's attempt count.\n"
     "-- Returns the number recovered, or -1 if the worker's lease is still valid (it came back) or\n"
     "-- it is no longer registered (another worker reaped it first).\n"
     "local t = redis.call('TIME')\n"
@@ -225,8 +274,11 @@ static const char bq_script_reap_3[] =
     "    local m = items[i]\n"
     "    local header, body = { attempt = 1 }, m\n"
     "    if string.sub(m, 1, 4) == '#bq ' then\n"
+    "        local f = redis.sha1hex(m)\n"
+    "        local c = tonumber(redis.call('HGET', KEYS[4], f) or '0')\n"
     "        local nl = string.find(m, '\\n', 5, true)\n"
-    "        if nl then\n"
+    "        if c > 0 and nl then\n"
+    "            if c <= 1 then redis.call('HDEL', KEYS[4], f) else redis.call('HINCRBY', KEYS[4], f, -1) end\n"
     "            local ok, h = pcall(cjson.decode, string.sub(m, 5, nl - 1))\n"
     "            if ok and type(h) == 'table' then header = h end\n"
     "            body = string.sub(m, nl + 1)\n"
@@ -234,32 +286,39 @@ static const char bq_script_reap_3[] =
     "    end\n"
     "    header.attempt = (tonumber(header.attempt) or 1) + 1\n"
     "    header.redelivered = (tonumber(header.redelivered) or 0) + 1\n"
-    "    redis.call('RPUSH', KEYS[3], '#bq ' .. cjson.encode(header) .. '\\n' .. body)\n"
+    "    local out = '#bq ' .. cjson.encode(header) .. '\\n' .. body\n"
+    "    redis.call('RPUSH', KEYS[3], out)\n"
+    "    redis.call('HINCRBY', KEYS[4], redis.sha1hex(out), 1)\n"
     "end\n"
     "redis.call('DEL', KEYS[2])\n"
     "redis.call('ZREM', KEYS[1], ARGV[1])\n"
     "return #items\n";
-static const char bq_script_reap_3_sha[] = "04766bebc1b26df2481a38f17ad66a5312c1b8e7";
+static const char bq_script_reap_4_sha[] = "02260f2ebe9bfd52551ba251320fcc96764ce638";
 
-static const char bq_script_requeue_2[] =
-    "-- requeue-2: move one dead-letter entry back to the queue as a fresh operation.\n"
+static const char bq_script_requeue_3[] =
+    "-- requeue-3: move one dead-letter entry back to the queue as a fresh operation.\n"
     "-- The original bytes get a \"#bq\" header line marking them requeued: attempts start again,\n"
     "-- and the worker runs the task even if it had recorded it as failed.\n"
     "-- KEYS[1] {Q}:dlq  the dead-letter list\n"
     "-- KEYS[2] Q        the queue (the operation joins the back of the line)\n"
+    "-- KEYS[3] {Q}:seals  see checkseal-1: the requeued message is sealed\n"
     "-- ARGV[1] the entry, exactly as stored (a JSON line, a newline, the original bytes)\n"
     "-- Returns 1, or 0 if the entry is no longer there (someone else requeued or purged it).\n"
     "local nl = string.find(ARGV[1], '\\n', 1, true)\n"
     "if not nl then return redis.error_reply('ERR not a binduq dead-letter entry') end\n"
     "if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end\n"
-    "redis.call('LPUSH', KEYS[2], '#bq {\"attempt\":1,\"requeued\":1}\\n' .. string.sub(ARGV[1], nl + 1))\n"
+    "local m = '#bq {\"attempt\":1,\"requeued\":1}\\n' .. string.sub(ARGV[1], nl + 1)\n"
+    "redis.call('LPUSH', KEYS[2], m)\n"
+    "redis.call('HINCRBY', KEYS[3], redis.sha1hex(m), 1)\n"
     "return 1\n";
-static const char bq_script_requeue_2_sha[] = "6dc7bf7c4647f0ae416e5df476d8868d7ad73eaa";
+static const char bq_script_requeue_3_sha[] = "3bafd6d25adf97cff964b235d2ce7f9ad717a4d0";
 
-static const char bq_script_retry_2[] =
-    "-- retry-2: schedule a failed operation for another attempt, releasing its lease.\n"
+static const char bq_script_retry_3[] =
+    "-- retry-3: schedule a failed operation for another attempt, releasing its lease.\n"
     "-- KEYS[1] {Q}:wip:<id>  the in-flight list holding the operation\n"
     "-- KEYS[2] {Q}:delayed   operations waiting for a time (sorted set, score = due time in ms)\n"
+    "-- KEYS[3] {Q}:seals     see checkseal-1: the leased message's seal is released, the retry's\n"
+    "--                       written (its header line has a fresh id, so it is unique)\n"
     "-- ARGV[1] the message as leased (removed from KEYS[1])\n"
     "-- ARGV[2] the message to retry (a \"#bq {...}\" header line, then the original bytes)\n"
     "-- ARGV[3] delay in milliseconds, from the server's clock\n"
@@ -267,11 +326,16 @@ static const char bq_script_retry_2[] =
     "-- Returns 1, or 0 if the lease was lost (the operation went back to the queue meanwhile and\n"
     "-- nothing was scheduled, so it is not run twice).\n"
     "if ARGV[4] == '1' and redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end\n"
+    "if string.sub(ARGV[1], 1, 4) == '#bq ' then\n"
+    "    local f = redis.sha1hex(ARGV[1])\n"
+    "    if redis.call('HINCRBY', KEYS[3], f, -1) <= 0 then redis.call('HDEL', KEYS[3], f) end\n"
+    "end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])\n"
+    "redis.call('HINCRBY', KEYS[3], redis.sha1hex(ARGV[2]), 1)\n"
     "return 1\n";
-static const char bq_script_retry_2_sha[] = "d614c23f5a1e44f79e4c9012c23d42946604cb7d";
+static const char bq_script_retry_3_sha[] = "7f9ffba1727a76dd168c1f414da957e5fe1ee72a";
 
 static const char bq_script_unregister_2[] =
     "-- unregister-2: a worker leaving cleanly drops its lease record and its empty in-flight list.\n"

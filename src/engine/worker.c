@@ -532,17 +532,22 @@ static bool handback(bq_worker *w, const struct bq_msg *msgs, size_t n, const ch
 }
 
 /* Acknowledges one message. Returns true if the message's ownership moved to the pending
- * acks (the dispatcher sends them with its next fetch); false if the caller still owns it. */
+ * acks (the dispatcher sends them with its next fetch); false if the caller still owns it.
+ * At-most-once nothing is leased: only a message with a "#bq" header has something to
+ * release, its seal (broker.h). */
 static bool ack(bq_worker *w, struct bq_msg *msg, const char *tid)
 {
-    if (w->who.delivery != BQ_AT_LEAST_ONCE)
-        return false;
-    pthread_mutex_lock(&w->mu);
-    if (!w->fetch_blocking && !w->stopping && bq_batch_take(&w->acks, *msg) == BQ_OK) {
+    if (w->who.delivery != BQ_AT_LEAST_ONCE) {
+        if (!bq_msg_has_header(msg))
+            return false;
+    } else {
+        pthread_mutex_lock(&w->mu);
+        if (!w->fetch_blocking && !w->stopping && bq_batch_take(&w->acks, *msg) == BQ_OK) {
+            pthread_mutex_unlock(&w->mu);
+            return true;
+        }
         pthread_mutex_unlock(&w->mu);
-        return true;
     }
-    pthread_mutex_unlock(&w->mu);
     /* The dispatcher is blocked in a fetch (or stopping): acknowledge directly. */
     size_t acked = 0;
     bq_err err;
@@ -747,7 +752,7 @@ static void *slot_main(void *arg)
         pthread_mutex_lock(&w->mu);
         w->ewma_handle = w->ewma_handle * 0.9 + took * 0.1;
         s->running = false;
-        s->current = (struct bq_msg){NULL, 0, 0};
+        s->current = (struct bq_msg){NULL, 0, 0, false};
         w->running--;
         w->inflight--;
         atomic_store(&s->ctl.interrupt, 0);
@@ -1450,14 +1455,14 @@ void bq_worker_abort(bq_worker *w)
     struct bq_msg *copies = bq_calloc(cap ? cap : 1, sizeof *copies);
     for (int i = 0; copies != NULL && i < w->ring_n; i++) {
         const struct bq_msg *m = &w->ring[(w->ring_head + i) % w->capacity];
-        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q};
+        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed};
         n += copies[n].data != NULL;
     }
     for (int i = 0; copies != NULL && i < w->concurrency; i++) {
         const struct bq_msg *m = &w->slots[i].current;
         if (!w->slots[i].running || m->data == NULL)
             continue;
-        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q};
+        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed};
         n += copies[n].data != NULL;
     }
     pthread_mutex_unlock(&w->mu);

@@ -254,10 +254,12 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->process_ref);
     lua_pushlstring(L, msg->data, msg->len);
     lua_pushinteger(L, msg->q + 1);
-    /* process(raw, queue_index) -> status, task_id, type, info   (lua/binduq/worker.lua)
+    lua_pushboolean(L, msg->sealed);
+    /* process(raw, queue_index, sealed) -> status, task_id, type, info   (lifecycle.lua)
+     * sealed: binduq wrote the message's "#bq" header (broker.h).
      * info: for "completed" the result's JSON (or nil); otherwise a table
      * {reason=, error=, header=, delay=, body=, attempt=}. */
-    if (lua_pcall(L, 2, 4, 1) != LUA_OK) {
+    if (lua_pcall(L, 3, 4, 1) != LUA_OK) {
         /* A failure of binduq's own Lua (or out of memory): set the message aside. */
         out->kind = BQ_OUTCOME_DEAD;
         bq_buf b = BQ_BUF_INIT;

@@ -200,7 +200,7 @@ TEST(task_validation_names_the_field)
         {{"run", "x", NULL, NULL, 2}, "messages is NULL"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        struct bq_msg out = {NULL, 0, 0};
+        struct bq_msg out = {NULL, 0, 0, false};
         bq_err err;
         CHECK_INT(bq_task_encode(&cases[i].t, &out, &err), BQ_EINVAL);
         CHECK_CONTAINS(err.msg, cases[i].expect);
@@ -241,7 +241,7 @@ TEST(ids_refuse_control_characters)
     /* the C producer and the control channel follow the same rule */
     struct bq_message m = {"user", "hi"};
     struct bq_task t = {"cancel", "victim\x1b]52;c;x\x07", NULL, NULL, 0};
-    struct bq_msg out = {NULL, 0, 0};
+    struct bq_msg out = {NULL, 0, 0, false};
     bq_err err;
     CHECK_INT(bq_task_encode(&t, &out, &err), BQ_EINVAL);
     CHECK_STR(err.msg, "task_id contains a control character (U+001B at byte 6)");
@@ -559,9 +559,9 @@ TEST(script_sha1s_are_the_scripts)
         const char *src, *sha;
     } s[] = {
 #define S(v) {bq_script_##v, bq_script_##v##_sha}
-        S(bury_2),    S(enqueue_N),   S(fetch_2),     S(fetchm_N), S(handback_2),
-        S(heartbeat_N), S(promote_2), S(ratelimit_3), S(reap_3),   S(requeue_2),
-        S(retry_2),   S(unregister_2),
+        S(bury_3),    S(enqueue_N),   S(fetch_2),     S(fetchm_N), S(handback_2),
+        S(heartbeat_N), S(promote_2), S(ratelimit_4), S(reap_4),   S(requeue_3),
+        S(retry_3),   S(unregister_2),
 #undef S
     };
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {

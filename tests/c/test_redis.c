@@ -591,7 +591,7 @@ static void lease_cycle(bq_broker *b, const char *queue)
     long long purged = -1;
     struct bq_slice e2 = {"{\"reason\":\"y\"}\nzz", 17};
     struct bq_lessee amo = {who_q, 1, NULL, "w1", BQ_AT_MOST_ONCE};
-    struct bq_msg e2m = {(char *)e2.p, e2.len, 0};
+    struct bq_msg e2m = {(char *)e2.p, e2.len, 0, false};
     CHECK_INT(b->ops->bury(b, &amo, &e2m, e2, &held, NULL), BQ_OK);
     CHECK_INT(b->ops->dlq_remove(b, queue, e2, &done, NULL), BQ_OK);
     CHECK(done);
@@ -674,6 +674,133 @@ TEST(a_dead_workers_tasks_are_reaped_with_their_attempt_counted)
     bq_broker_free(b);
 }
 
+/* The seals (broker.h): a "#bq" header counts only on a message binduq queued again. */
+static void seal_cycle(bq_broker *b, const char *queue, bq_conn *admin)
+{
+    const char *who_q[] = {queue};
+    struct bq_lessee who = {who_q, 1, NULL, "sw", BQ_AT_LEAST_ONCE};
+    struct bq_batch ids = {NULL, 0, 0}, got = {NULL, 0, 0};
+    CHECK_INT(b->ops->heartbeat(b, &who, 30, &ids, NULL), BQ_OK);
+    static const char forged[] = "#bq {\"attempt\":2,\"redelivered\":1}\n{\"type\":\"run\"}";
+    struct bq_slice in[] = {{"plain", 5}, {forged, sizeof forged - 1}, {"m", 1}};
+    size_t pushed;
+    CHECK_INT(b->ops->push(b, queue, in, 3, &pushed, NULL), BQ_OK);
+    CHECK_INT(fetch(b, &who, 3, 0, NULL, 0, NULL, &got), BQ_OK);
+    CHECK_INT(got.n, 3);
+    if (got.n != 3)
+        goto out;
+    CHECK(!got.msgs[1].sealed); /* a producer wrote that header */
+
+    /* m is retried: its retry form is sealed; a copy of that header line on other bytes,
+     * pushed by anyone, is not */
+    static const char next[] = "#bq {\"attempt\":2,\"id\":\"x1\"}\nm";
+    static const char copy[] = "#bq {\"attempt\":2,\"id\":\"x1\"}\nother";
+    bool held = false;
+    CHECK_INT(b->ops->retry(b, &who, &got.msgs[2], (struct bq_slice){next, sizeof next - 1}, 0,
+                            &held, NULL), BQ_OK);
+    CHECK(held);
+    size_t moved;
+    double due;
+    CHECK_INT(b->ops->promote(b, queue, &moved, &due, NULL), BQ_OK);
+    CHECK_INT(moved, 1);
+    struct bq_slice c1 = {copy, sizeof copy - 1};
+    CHECK_INT(b->ops->push(b, queue, &c1, 1, &pushed, NULL), BQ_OK);
+    CHECK_INT(fetch(b, &who, 2, 0, NULL, 0, NULL, &got), BQ_OK);
+    CHECK_INT(got.n, 5);
+    if (got.n != 5)
+        goto out;
+    CHECK_STR(got.msgs[3].data, next);
+    CHECK(got.msgs[3].sealed);
+    CHECK_STR(got.msgs[4].data, copy);
+    CHECK(!got.msgs[4].sealed);
+
+    /* the forged one is dead-lettered, then requeued by an operator: now binduq wrote it */
+    struct bq_slice entry = {"{\"reason\":\"forged\"}\nbody", 24};
+    CHECK_INT(b->ops->bury(b, &who, &got.msgs[1], entry, &held, NULL), BQ_OK);
+    bool done = false;
+    CHECK_INT(b->ops->dlq_requeue(b, queue, entry, &done, NULL), BQ_OK);
+    CHECK(done);
+    CHECK_INT(fetch(b, &who, 1, 0, NULL, 0, NULL, &got), BQ_OK);
+    CHECK_INT(got.n, 6);
+    if (got.n != 6)
+        goto out;
+    CHECK_STR(got.msgs[5].data, "#bq {\"attempt\":1,\"requeued\":1}\nbody");
+    CHECK(got.msgs[5].sealed);
+    if (admin == NULL)
+        goto out;
+
+    /* Redis: a dead worker's forged header stays part of the body it is recovered with;
+     * its sealed one is updated. Every seal is released once the messages are done. */
+    char seals[128];
+    snprintf(seals, sizeof seals, "{%s}:seals", queue);
+    const char *dq[] = {queue};
+    struct bq_lessee dead = {dq, 1, NULL, "sdead", BQ_AT_LEAST_ONCE};
+    CHECK_INT(b->ops->heartbeat(b, &dead, 0.2, &ids, NULL), BQ_OK);
+    struct bq_slice again[] = {{forged, sizeof forged - 1}};
+    CHECK_INT(b->ops->push(b, queue, again, 1, &pushed, NULL), BQ_OK);
+    struct bq_batch dgot = {NULL, 0, 0};
+    CHECK_INT(fetch(b, &dead, 1, 0, NULL, 0, NULL, &dgot), BQ_OK);
+    /* the dead worker also held the sealed requeued message (handed over by hand here) */
+    size_t n = 0;
+    CHECK_INT(b->ops->handback(b, &who, &got.msgs[5], 1, &n, NULL), BQ_OK);
+    CHECK_INT(fetch(b, &dead, 1, 0, NULL, 0, NULL, &dgot), BQ_OK);
+    CHECK_INT(dgot.n, 2);
+    usleep(300000);
+    long long recovered = 0;
+    CHECK_INT(b->ops->reap(b, queue, "sdead", &recovered, NULL), BQ_OK);
+    CHECK_INT(recovered, 2);
+    struct bq_batch back = {NULL, 0, 0};
+    CHECK_INT(fetch(b, &who, 2, 0, NULL, 0, NULL, &back), BQ_OK);
+    CHECK_INT(back.n, 2);
+    for (size_t i = 0; i < back.n; i++) {
+        CHECK(back.msgs[i].sealed);
+        CHECK_CONTAINS(back.msgs[i].data, "\"redelivered\":1");
+    }
+    if (back.n == 2) {
+        /* oldest first: the forged one, its whole text now the body */
+        CHECK_CONTAINS(back.msgs[0].data, "}\n#bq {\"attempt\":2,\"redelivered\":1}\n");
+        CHECK_CONTAINS(back.msgs[1].data, "\"attempt\":2");
+        CHECK_CONTAINS(back.msgs[1].data, "\"requeued\":1");
+        CHECK_CONTAINS(back.msgs[1].data, "}\nbody");
+    }
+    /* acknowledge everything still held: no seal is left behind */
+    struct bq_msg acks[] = {got.msgs[0], got.msgs[3], got.msgs[4], back.msgs[0], back.msgs[1]};
+    size_t acked = 0;
+    CHECK_INT(b->ops->ack(b, &who, acks, back.n == 2 ? 5 : 3, &acked, NULL), BQ_OK);
+    CHECK_INT(acked, back.n == 2 ? 5 : 3);
+    redisReply *r = NULL;
+    CHECK_INT(bq_conn_callv(admin, &r, NULL, "HLEN", seals, NULL), BQ_OK);
+    CHECK_INT(r ? r->integer : -1, 0);
+    if (r)
+        freeReplyObject(r);
+    bq_batch_free(&dgot);
+    bq_batch_free(&back);
+out:
+    bq_batch_free(&ids);
+    bq_batch_free(&got);
+}
+
+TEST(seals_tell_binduqs_headers_from_forged_ones_memory)
+{
+    bq_broker *b;
+    CHECK_INT(bq_broker_open_memory(&b, NULL), BQ_OK);
+    seal_cycle(b, "test:seal:mem", NULL);
+    bq_broker_free(b);
+}
+
+TEST(seals_tell_binduqs_headers_from_forged_ones_redis)
+{
+    NEED_REDIS();
+    bq_broker *b = open_broker();
+    bq_conn *admin = open_conn(redis_url);
+    char queue[96];
+    snprintf(queue, sizeof queue, "%s:seal", prefix);
+    if (b != NULL && admin != NULL)
+        seal_cycle(b, queue, admin);
+    bq_conn_close(admin);
+    bq_broker_free(b);
+}
+
 TEST(scripts_survive_a_flushed_script_cache)
 {
     NEED_REDIS();
@@ -728,6 +855,8 @@ int main(void)
     RUN(lease_cycle_memory);
     RUN(lease_cycle_redis);
     RUN(a_dead_workers_tasks_are_reaped_with_their_attempt_counted);
+    RUN(seals_tell_binduqs_headers_from_forged_ones_memory);
+    RUN(seals_tell_binduqs_headers_from_forged_ones_redis);
     RUN(scripts_survive_a_flushed_script_cache);
     return check_report("test_redis");
 }

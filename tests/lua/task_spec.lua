@@ -194,6 +194,53 @@ describe("task decoding", function()
         assert.are.same({}, t.artifacts)
     end)
 
+    describe("the #bq header line", function()
+        local body = '{"type":"run","task_id":"h","messages":[{"role":"user","content":"x"}]}'
+        it("counts only when the broker found the message sealed", function()
+            local raw = '#bq {"attempt":99,"redelivered":1}\n' .. body
+            local t, why, _, header = task.decode(raw, 1024, false)
+            assert.is_nil(t)
+            assert.are.equal(task.UNSEALED, why)
+            assert.are.same({ attempt = 1, body = 0 }, header) -- the whole message is kept
+            t, why, _, header = task.decode(raw, 1024, true)
+            assert.are.equal("h", t.task_id, why)
+            assert.are.equal(99, header.attempt)
+            assert.are.equal(1, header.redelivered)
+            assert.are.equal(#raw - #body, header.body)
+        end)
+        local bad = {
+            { '{"attempt":-1000000}', "binduq header field 'attempt' must be a whole number from 1 to 1000000" },
+            { '{"attempt":0}', "'attempt' must be a whole number from 1" },
+            { '{"attempt":2.5}', "'attempt' must be a whole number" },
+            { '{"attempt":1e300}', "'attempt' must be a whole number" },
+            { '{"attempt":"2"}', "'attempt' must be a whole number" },
+            { '{"attempt":2,"redelivered":0}', "'redelivered' must be a whole number from 1" },
+            { '{"attempt":2,"deferred":true}', "'deferred' must be a whole number" },
+            { '{"attempt":1,"requeued":-1}', "'requeued' must be a whole number" },
+            { '[1]', "binduq header line is not a JSON object" },
+            { '{"attempt":2', "binduq header line is not a JSON object" },
+            { '{"pad":"' .. ("p"):rep(1100) .. '"}', "binduq header line longer than 1024 bytes" },
+        }
+        for _, case in ipairs(bad) do
+            it("refuses a sealed header that is out of bounds: " .. case[2], function()
+                local t, why = task.decode("#bq " .. case[1] .. "\n" .. body, 4096, true)
+                assert.is_nil(t)
+                assert.truthy(why:find(case[2], 1, true), why)
+            end)
+        end
+        it("refuses a header line kept in the body by a recovery", function()
+            local t, why = task.decode('#bq {"attempt":2,"redelivered":1}\n#bq {"attempt":99}\n' .. body, 4096, true)
+            assert.is_nil(t)
+            assert.truthy(why:find("a #bq header line binduq did not write", 1, true), why)
+        end)
+        it("counts the header in the size limit", function()
+            local raw = '#bq {"pad":"' .. ("p"):rep(900) .. '"}\n' .. body
+            local t, why = task.decode(raw, 200, true)
+            assert.is_nil(t)
+            assert.truthy(why:find(("message too large (%d bytes; max_message_size is 200)"):format(#raw), 1, true), why)
+        end)
+    end)
+
     it("refuses a message over the size limit", function()
         local big = '{"type":"run","task_id":"a","messages":[{"role":"user","content":"' .. ("x"):rep(200) .. '"}]}'
         local t, why = task.decode(big, 100)

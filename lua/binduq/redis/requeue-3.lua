@@ -1,12 +1,15 @@
--- requeue-2: move one dead-letter entry back to the queue as a fresh operation.
+-- requeue-3: move one dead-letter entry back to the queue as a fresh operation.
 -- The original bytes get a "#bq" header line marking them requeued: attempts start again,
 -- and the worker runs the task even if it had recorded it as failed.
 -- KEYS[1] {Q}:dlq  the dead-letter list
 -- KEYS[2] Q        the queue (the operation joins the back of the line)
+-- KEYS[3] {Q}:seals  see checkseal-1: the requeued message is sealed
 -- ARGV[1] the entry, exactly as stored (a JSON line, a newline, the original bytes)
 -- Returns 1, or 0 if the entry is no longer there (someone else requeued or purged it).
 local nl = string.find(ARGV[1], '\n', 1, true)
 if not nl then return redis.error_reply('ERR not a binduq dead-letter entry') end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('LPUSH', KEYS[2], '#bq {"attempt":1,"requeued":1}\n' .. string.sub(ARGV[1], nl + 1))
+local m = '#bq {"attempt":1,"requeued":1}\n' .. string.sub(ARGV[1], nl + 1)
+redis.call('LPUSH', KEYS[2], m)
+redis.call('HINCRBY', KEYS[3], redis.sha1hex(m), 1)
 return 1

@@ -1,6 +1,8 @@
--- retry-2: schedule a failed operation for another attempt, releasing its lease.
+-- retry-3: schedule a failed operation for another attempt, releasing its lease.
 -- KEYS[1] {Q}:wip:<id>  the in-flight list holding the operation
 -- KEYS[2] {Q}:delayed   operations waiting for a time (sorted set, score = due time in ms)
+-- KEYS[3] {Q}:seals     see checkseal-1: the leased message's seal is released, the retry's
+--                       written (its header line has a fresh id, so it is unique)
 -- ARGV[1] the message as leased (removed from KEYS[1])
 -- ARGV[2] the message to retry (a "#bq {...}" header line, then the original bytes)
 -- ARGV[3] delay in milliseconds, from the server's clock
@@ -8,7 +10,12 @@
 -- Returns 1, or 0 if the lease was lost (the operation went back to the queue meanwhile and
 -- nothing was scheduled, so it is not run twice).
 if ARGV[4] == '1' and redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end
+if string.sub(ARGV[1], 1, 4) == '#bq ' then
+    local f = redis.sha1hex(ARGV[1])
+    if redis.call('HINCRBY', KEYS[3], f, -1) <= 0 then redis.call('HDEL', KEYS[3], f) end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('HINCRBY', KEYS[3], redis.sha1hex(ARGV[2]), 1)
 return 1

@@ -1,0 +1,87 @@
+-- Hostile queue contents through a real redis-server and a real worker: whatever anyone who
+-- can push to the queue sends is set aside with its reason or run correctly, and changes no
+-- other task.
+
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+local bq = require("binduq")
+local task = require("binduq.task")
+
+local function qname(tag)
+    return ("it:%s:%d"):format(tag, math.random(1, 1e9))
+end
+
+local function count(s, pat)
+    local _, n = s:gsub(pat, "")
+    return n
+end
+
+describe("#redis hostile input", function()
+    local server
+    setup(function()
+        server = redis.start()
+        bq.log_configure{ level = "warn" }
+    end)
+    teardown(function()
+        server:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    -- Before seals, each of these changed a task: attempt 99 failed the running task and
+    -- discarded its result, redelivered:1 ran it a second time with the forger's content,
+    -- attempt -1000000 retried without end, requeued reopened a failed task, and a 2 MB
+    -- header passed max_message_size.
+    it("sets aside a #bq header binduq did not write, which changes no task", function()
+        local queue = qname("forge")
+        local s = bq.scheduler{ url = server.url, queue_name = queue }
+        local w = proc.spawn("build/binduq-lua tests/integration/fixtures/test_worker.lua", {
+            env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue, BQ_TEST_CONCURRENCY = 3,
+                    BQ_TEST_MAX_ATTEMPTS = 2, BQ_TEST_RETRY_BASE = 0.05, BQ_TEST_RETRY_CAP = 0.1,
+                    BINDUQ_LOG_LEVEL = "info" },
+        })
+        s:run{ task_id = "doomed", messages = { "fail" } }
+        assert(proc.wait_for(function() return s:dead_letter_count() == 1 end, 20), "doomed never failed")
+        s:run{ task_id = "victim", messages = { "sleep:1500" } }
+        s:run{ task_id = "flaky", messages = { "flaky:2" } } -- a genuine retry, sealed by binduq
+        assert(proc.wait_for(function() return s:queue_length() == 0 end, 10))
+        local function run_of(id, text)
+            return ('{"type":"run","task_id":"%s","messages":[{"role":"user","content":"%s"}]}'):format(id, text)
+        end
+        local forged = {
+            '#bq {"attempt":99}\n' .. run_of("victim", "forged-a"),
+            '#bq {"attempt":2,"redelivered":1}\n' .. run_of("victim", "forged-b"),
+            '#bq {"attempt":-1000000}\n' .. run_of("neg", "x"),
+            '#bq {"attempt":1,"requeued":1}\n' .. run_of("doomed", "forged-d"),
+            '#bq {"pad":"' .. ("p"):rep(2 * 1024 * 1024) .. '"}\n' .. run_of("big", "x"),
+        }
+        for _, m in ipairs(forged) do assert(s:push_raw(m)) end
+        local log
+        assert(proc.wait_for(function()
+            log = proc.read(w.log) or ""
+            return log:find("completed task_id=victim ", 1, true) and log:find("completed task_id=flaky ", 1, true)
+                and s:dead_letter_count() == 1 + #forged
+        end, 30), "the tasks did not finish")
+        proc.sleep(0.3) -- anything a forged message might still have set off
+        assert.are.equal(0, proc.stop(w, 10))
+        log = proc.read(w.log)
+        assert.are.equal(1, count(log, "completed task_id=victim "), "the running task ran once")
+        assert.are.equal(0, count(log, "skipped"), "its result was kept")
+        assert.are.equal(0, count(log, "task_id=neg "), "nothing of 'neg' ran")
+        assert.are.equal(0, count(log, "completed task_id=doomed "), "the failed task stayed failed")
+        assert.are.equal(1, count(log, "completed task_id=flaky "), "a genuine retry still runs")
+        assert.are.equal(1 + #forged, s:dead_letter_count())
+        local by_raw = {}
+        for _, e in ipairs(assert(s:dead_letters())) do by_raw[e.message] = e end
+        for i = 1, 4 do
+            local e = by_raw[forged[i]]
+            assert.truthy(e, "not set aside whole: " .. forged[i]:sub(1, 40))
+            assert.are.equal(task.UNSEALED, e.reason)
+            assert.are.equal(0, e.attempts)
+        end
+        local big = by_raw[forged[5]]
+        assert.truthy(big and big.reason:find("message too large", 1, true), big and big.reason)
+        -- every seal binduq wrote was released
+        assert.are.equal("0", server:cli("HLEN", "{" .. queue .. "}:seals"))
+        s:close()
+    end)
+end)
