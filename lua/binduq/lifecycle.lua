@@ -52,8 +52,10 @@ M.Context = Context
 
 --- Sleeps for `seconds` (handlers stand in for slow agent calls with it). A yield point: the
 -- sleep ends early, raising an error, on a cancel, a pause, the handler's timeout or a
--- shutdown.
+-- shutdown. `seconds` is finite, from 0 to 365 days: anything else raises, naming it.
 function Context:sleep(seconds)
+    local why = core.duration_problem(seconds)
+    if why then error("ctx:sleep: seconds " .. why .. " (got " .. tostring(seconds) .. ")", 2) end
     core.slot_sleep(seconds)
 end
 

@@ -37,9 +37,8 @@ end
 function M.check(d)
     if type(d) ~= "table" then error("a failure policy must return a table or nil (got " .. type(d) .. ")", 0) end
     if d.retry ~= nil then
-        if type(d.retry) ~= "number" or d.retry < 0 or d.retry ~= d.retry then
-            error("retry must be a number of seconds, at least 0", 0)
-        end
+        local why = core.duration_problem(d.retry)
+        if why then error("retry must be a number of seconds from 0 to 365 days (it " .. why .. ")", 0) end
         return "retry", d
     end
     if d.dead_letter then return "dead", d end

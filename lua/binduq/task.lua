@@ -376,7 +376,9 @@ function M.encode(op, level)
                 if not okf then error(v, level) end
             end
         end
-        if op.timeout and op.timeout <= 0 then error("timeout must be positive", level) end
+        if op.timeout and not (op.timeout > 0 and op.timeout <= core.MAX_DURATION) then
+            error("timeout must be a positive number of seconds, at most 365 days", level)
+        end
         if op.max_attempts and (math.type(op.max_attempts) ~= "integer" or op.max_attempts < 1) then
             error("max_attempts must be a whole number, at least 1", level)
         end

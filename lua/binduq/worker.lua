@@ -69,13 +69,24 @@ function M.new(opts, level)
     if mport ~= nil and (math.type(mport) ~= "integer" or mport < 0 or mport > 65535) then
         error("metrics_port must be a port number (0: any free port)", level)
     end
-    if recovery_after < 0 then error("recovery_after must be 0 (off) or a number of seconds", level) end
+    -- Every duration: a finite number of seconds, at least `min`, at most 365 days.
+    local function duration(name, v, min)
+        if v ~= nil then
+            local why = core.duration_problem(v)
+            if why then error(name .. " " .. why .. " (got " .. tostring(v) .. ")", level) end
+            if v < (min or 0) then
+                error(name .. " must be at least " .. (min or 0) .. " (got " .. tostring(v) .. ")", level)
+            end
+        end
+        return v
+    end
+    duration("recovery_after", recovery_after)
     local defaults = core.defaults()
     local c = opts.concurrency or defaults.concurrency
     if math.type(c) ~= "integer" or c < 1 or c > 4096 then
         error("concurrency must be a whole number from 1 to 4096 (got " .. tostring(opts.concurrency) .. ")", level)
     end
-    local bt = opts.block_timeout or defaults.block_timeout
+    local bt = duration("block_timeout", opts.block_timeout) or defaults.block_timeout
     if bt <= 0 then error("block_timeout must be positive", level) end
     local mms = opts.max_message_size or defaults.max_message_size
     if math.type(mms) ~= "integer" or mms < 64 then
@@ -85,26 +96,20 @@ function M.new(opts, level)
     if delivery ~= "at-least-once" and delivery ~= "at-most-once" then
         error('delivery must be "at-least-once" or "at-most-once"', level)
     end
-    local function positive(name, v, min)
-        if v ~= nil and (v ~= v or v < (min or 0)) then
-            error(name .. " must be at least " .. (min or 0) .. " (got " .. tostring(v) .. ")", level)
-        end
-        return v
-    end
-    local lease = positive("lease", opts.lease, 0.3) or defaults.lease
+    local lease = duration("lease", opts.lease, 0.3) or defaults.lease
     local env_shutdown = os.getenv("BINDUQ_SHUTDOWN_TIMEOUT")
     if env_shutdown and env_shutdown ~= "" and not tonumber(env_shutdown) then
         error("BINDUQ_SHUTDOWN_TIMEOUT must be a number of seconds (got '" .. env_shutdown .. "')", level)
     end
-    local shutdown = positive("shutdown_timeout", opts.shutdown_timeout or tonumber(env_shutdown or ""))
+    local shutdown = duration("shutdown_timeout", opts.shutdown_timeout or tonumber(env_shutdown or ""))
                      or defaults.shutdown_timeout
-    local timeout = positive("timeout", opts.timeout) or defaults.timeout
+    local timeout = duration("timeout", opts.timeout) or defaults.timeout
     local max_attempts = opts.max_attempts or defaults.max_attempts
     if math.type(max_attempts) ~= "integer" or max_attempts < 1 then
         error("max_attempts must be a whole number, at least 1", level)
     end
-    local retry_base = positive("retry_base", opts.retry_base, 0) or defaults.retry_base
-    local retry_cap = positive("retry_cap", opts.retry_cap, retry_base) or math.max(defaults.retry_cap, retry_base)
+    local retry_base = duration("retry_base", opts.retry_base, 0) or defaults.retry_base
+    local retry_cap = duration("retry_cap", opts.retry_cap, retry_base) or math.max(defaults.retry_cap, retry_base)
     -- Priority: an ordered list of queues, strict unless weights are given.
     local queues = opts.queues
     if queues ~= nil then
@@ -145,7 +150,9 @@ function M.new(opts, level)
     if rl ~= nil then
         config.check(rl, { limit = "number", period = "number" }, "rate_limit", level)
         if math.type(rl.limit) ~= "integer" or rl.limit < 1 then error("rate_limit.limit must be a whole number >= 1", level) end
-        if not rl.period or rl.period <= 0 then error("rate_limit.period must be a positive number of seconds", level) end
+        if not rl.period or rl.period <= 0 or core.duration_problem(rl.period) then
+            error("rate_limit.period must be a positive number of seconds, at most 365 days", level)
+        end
     end
     -- The key pairs this worker with its twin in each handler state, which runs the same
     -- script: the explicit name, or where bq.worker was called.

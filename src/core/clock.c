@@ -109,12 +109,33 @@ void bq_iso8601(double t, char *out, size_t size)
     *p = '\0';
 }
 
+const char *bq_duration_problem(double seconds)
+{
+    if (isnan(seconds))
+        return "is not a number";
+    if (isinf(seconds))
+        return "is infinite";
+    if (seconds < 0)
+        return "is negative";
+    if (seconds > BQ_MAX_DURATION)
+        return "is longer than 365 days";
+    return NULL;
+}
+
+/* NaN and negative become 0, anything longer BQ_MAX_DURATION: what every clock call below
+ * does with a duration before converting it to integers. */
+static double clamp_duration(double seconds)
+{
+    if (!(seconds > 0))
+        return 0;
+    return seconds > BQ_MAX_DURATION ? BQ_MAX_DURATION : seconds;
+}
+
 struct timespec bq_abstime_after(double seconds)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    if (seconds < 0)
-        seconds = 0;
+    seconds = clamp_duration(seconds);
     double whole = floor(seconds);
     ts.tv_sec += (time_t)whole;
     ts.tv_nsec += (long)((seconds - whole) * 1e9);
@@ -144,11 +165,18 @@ bool bq_cond_wait_for(pthread_cond_t *cond, pthread_mutex_t *mu, double seconds)
         return false;
     }
     struct timespec ts = bq_abstime_after(seconds);
-    return pthread_cond_timedwait(cond, mu, &ts) == ETIMEDOUT;
+    int rc = pthread_cond_timedwait(cond, mu, &ts);
+    if (rc == 0 || rc == ETIMEDOUT)
+        return rc == ETIMEDOUT;
+    pthread_mutex_unlock(mu);
+    bq_sleep(0.01);
+    pthread_mutex_lock(mu);
+    return true;
 }
 
 void bq_sleep(double seconds)
 {
+    seconds = clamp_duration(seconds);
     if (seconds <= 0)
         return;
     struct timespec ts = {(time_t)floor(seconds), (long)((seconds - floor(seconds)) * 1e9)};

@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include "../core/alloc.h"
+#include "../core/clock.h"
 #include "../core/err.h"
 
 #include <errno.h>
@@ -59,8 +60,18 @@ bq_status bq_config_resolve(const struct bq_client_options *opts, struct bq_conf
     if (cfg->max_connections < 1)
         return bq_err_set(err, BQ_EINVAL, "max_connections must be at least 1 (got %d)",
                           cfg->max_connections);
-    if (opts->connect_timeout < 0 || opts->command_timeout < 0 || opts->pool_timeout < 0)
-        return bq_err_set(err, BQ_EINVAL, "timeouts must not be negative");
+    const struct {
+        const char *name;
+        double v;
+    } durations[] = {
+        {"connect_timeout", opts->connect_timeout}, {"command_timeout", opts->command_timeout},
+        {"pool_timeout", opts->pool_timeout},       {"wait_timeout", opts->wait_timeout},
+    };
+    for (size_t i = 0; i < sizeof durations / sizeof durations[0]; i++) {
+        const char *why = bq_duration_problem(durations[i].v);
+        if (why != NULL)
+            return bq_err_set(err, BQ_EINVAL, "%s %s", durations[i].name, why);
+    }
     cfg->connect_timeout = opts->connect_timeout > 0 ? opts->connect_timeout
                                                      : BQ_DEFAULT_CONNECT_TIMEOUT;
     cfg->command_timeout = opts->command_timeout > 0 ? opts->command_timeout

@@ -140,6 +140,12 @@ bq_broker *bq_worker_broker(bq_worker *w)
 
 bool bq_slot_sleep(struct bq_slot_ctl *ctl, double seconds)
 {
+    /* NaN and negative: no sleep; infinity: the longest (the callers check durations, this
+     * keeps a miss from becoming a spin under the slot's lock). */
+    if (!(seconds > 0))
+        seconds = 0;
+    else if (seconds > BQ_MAX_DURATION)
+        seconds = BQ_MAX_DURATION;
     double deadline = bq_now_mono() + seconds;
     pthread_mutex_lock(&ctl->mu);
     while (!atomic_load(&ctl->interrupt) && !atomic_load(&ctl->control)) {
@@ -1219,6 +1225,13 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     if (o->concurrency < 1 || o->concurrency > 4096)
         return bq_err_set(err, BQ_EINVAL, "concurrency must be from 1 to 4096 (got %d)",
                           o->concurrency);
+    const char *why;
+    if ((why = bq_duration_problem(o->block_timeout)) != NULL)
+        return bq_err_set(err, BQ_EINVAL, "block_timeout %s", why);
+    if ((why = bq_duration_problem(o->lease)) != NULL)
+        return bq_err_set(err, BQ_EINVAL, "lease %s", why);
+    if ((why = bq_duration_problem(o->shutdown_timeout)) != NULL)
+        return bq_err_set(err, BQ_EINVAL, "shutdown_timeout %s", why);
     if (o->block_timeout <= 0)
         return bq_err_set(err, BQ_EINVAL, "block_timeout must be positive");
     if (o->prefetch < 0 || o->prefetch > 4096)

@@ -59,6 +59,10 @@ const struct bq_lua_batch *bq_lua_test_batch(lua_State *L, int idx);
 /* Pushes nil, message, code and returns 3: the run-time failure convention. */
 int bq_lua_fail(lua_State *L, const bq_err *err);
 
+/* The number at `arg` as a duration in seconds (src/core/clock.h's rule: finite, >= 0, at
+ * most 365 days), or raises "<what> <problem> (got <value>)". */
+double bq_lua_check_duration(lua_State *L, int arg, const char *what);
+
 /* Reads optional fields of the options table at `idx`; raise on a wrong type. */
 const char *bq_lua_opt_string(lua_State *L, int idx, const char *key);
 lua_Integer bq_lua_opt_integer(lua_State *L, int idx, const char *key, lua_Integer def);

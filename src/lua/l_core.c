@@ -305,9 +305,30 @@ static int l_parse_iso8601(lua_State *L)
     return 1;
 }
 
+double bq_lua_check_duration(lua_State *L, int arg, const char *what)
+{
+    double t = luaL_checknumber(L, arg);
+    const char *why = bq_duration_problem(t);
+    if (why != NULL)
+        luaL_error(L, "%s %s (got %s)", what, why, lua_tostring(L, arg));
+    return t;
+}
+
+/* core.duration_problem(seconds) -> nil | reason, by src/core/clock.h's rule. */
+static int l_duration_problem(lua_State *L)
+{
+    const char *why = lua_type(L, 1) == LUA_TNUMBER ? bq_duration_problem(lua_tonumber(L, 1))
+                                                     : "is not a number";
+    if (why == NULL)
+        lua_pushnil(L);
+    else
+        lua_pushstring(L, why);
+    return 1;
+}
+
 static int l_sleep(lua_State *L)
 {
-    bq_sleep(luaL_checknumber(L, 1));
+    bq_sleep(bq_lua_check_duration(L, 1, "sleep: seconds"));
     return 0;
 }
 
@@ -504,6 +525,7 @@ static const luaL_Reg core_funcs[] = {
     {"uuid4", l_uuid4},
     {"utf8_check", l_utf8_check},
     {"id_problem", l_id_problem},
+    {"duration_problem", l_duration_problem},
     {"now", l_now},
     {"monotonic", l_monotonic},
     {"iso8601", l_iso8601},
@@ -526,6 +548,8 @@ __attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
     luaL_newlib(L, core_funcs);
     lua_pushstring(L, BQ_VERSION_STRING);
     lua_setfield(L, -2, "version");
+    lua_pushnumber(L, BQ_MAX_DURATION);
+    lua_setfield(L, -2, "MAX_DURATION");
     lua_pushinteger(L, BQ_MAX_ID_LEN);
     lua_setfield(L, -2, "MAX_ID_LEN");
     bq_lua_open_client(L);

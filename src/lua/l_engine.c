@@ -401,6 +401,8 @@ static int l_limit(lua_State *L)
     double t = luaL_optnumber(L, 1, 0);
     if (s == NULL)
         return 0;
+    if (bq_duration_problem(t) != NULL) /* the callers check; never an unending limit */
+        t = t > 0 ? BQ_MAX_DURATION : 0;
     s->limit = t;
     s->deadline = t > 0 ? bq_now_mono() + t : 0;
     lua_sethook(L, limit_hook, LUA_MASKCOUNT, HOOK_COUNT);
@@ -450,7 +452,7 @@ static int l_rate_limit(lua_State *L)
  * plain sleep. */
 static int l_slot_sleep(lua_State *L)
 {
-    double t = luaL_checknumber(L, 1);
+    double t = bq_lua_check_duration(L, 1, "sleep: seconds");
     struct slot_state *s = tl_slot;
     if (s == NULL) {
         bq_sleep(t);

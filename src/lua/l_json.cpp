@@ -29,6 +29,7 @@ extern "C" {
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "../core/clock.h"
 #include "../core/id.h"
 
 void bq_lua_open_json(lua_State *L);
@@ -269,7 +270,7 @@ bool take_field(lua_State *L, int task, int k, element v, const decoder *d, bool
     case U_TIMEOUT: {
         if (t != element_type::INT64 && t != element_type::UINT64 && t != element_type::DOUBLE)
             return false;
-        if (!push_value(L, v, d) || !(lua_tonumber(L, -1) > 0))
+        if (!push_value(L, v, d) || !(lua_tonumber(L, -1) > 0 && lua_tonumber(L, -1) <= BQ_MAX_DURATION))
             return false;
         break;
     }

@@ -18,6 +18,7 @@
 #include "binding.h"
 
 #include "../core/buf.h"
+#include "../core/clock.h"
 #include "../core/id.h"
 
 #include <string.h>
@@ -350,8 +351,9 @@ static int l_decode_native(lua_State *L)
             return fail(L, task);
         set(L, task, k);
     }
-    if (get(L, task, K_TIMEOUT) == LUA_TNUMBER && lua_tonumber(L, -1) <= 0) {
-        lua_pushliteral(L, "timeout must be positive");
+    if (get(L, task, K_TIMEOUT) == LUA_TNUMBER
+        && (!(lua_tonumber(L, -1) > 0) || bq_duration_problem(lua_tonumber(L, -1)) != NULL)) {
+        lua_pushliteral(L, "timeout must be a positive number of seconds, at most 365 days");
         return fail(L, task);
     }
     lua_pop(L, 1);

@@ -618,6 +618,52 @@ TEST(openssl_loads_every_function)
     CHECK_INT(bq_ssl_load(&err), BQ_OK); /* once per process */
 }
 
+/* Before: bq_abstime_after(inf) converted inf to time_t (undefined), the timed wait failed
+ * with EINVAL, and bq_slot_sleep spun at 100 % holding the slot lock. */
+TEST(durations_refuse_infinity_and_clock_calls_survive_it)
+{
+    CHECK(bq_duration_problem(0) == NULL);
+    CHECK(bq_duration_problem(2.5) == NULL);
+    CHECK(bq_duration_problem(BQ_MAX_DURATION) == NULL);
+    CHECK_STR(bq_duration_problem(NAN), "is not a number");
+    CHECK_STR(bq_duration_problem(INFINITY), "is infinite");
+    CHECK_STR(bq_duration_problem(-INFINITY), "is infinite");
+    CHECK_STR(bq_duration_problem(-0.5), "is negative");
+    CHECK_STR(bq_duration_problem(1e300), "is longer than 365 days");
+
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double far[] = {INFINITY, 1e300, NAN, -1, -INFINITY};
+    for (size_t i = 0; i < sizeof far / sizeof far[0]; i++) {
+        struct timespec ts = bq_abstime_after(far[i]);
+        CHECK(ts.tv_nsec >= 0 && ts.tv_nsec < 1000000000L);
+        CHECK(ts.tv_sec >= now.tv_sec && ts.tv_sec <= now.tv_sec + (time_t)BQ_MAX_DURATION + 1);
+    }
+
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv;
+    CHECK_INT(bq_cond_init(&cv), 0);
+    pthread_mutex_lock(&mu);
+    double t0 = bq_now_mono();
+    CHECK(bq_cond_wait_for(&cv, &mu, NAN));   /* NaN: no wait at all */
+    CHECK(bq_cond_wait_for(&cv, &mu, 0.001)); /* and a short one still times out */
+    pthread_mutex_unlock(&mu);
+    bq_sleep(NAN);
+    bq_sleep(-INFINITY);
+    CHECK(bq_now_mono() - t0 < 5); /* neither hung: they returned at all */
+    pthread_cond_destroy(&cv);
+
+    struct bq_slot_ctl ctl = {0};
+    pthread_mutex_init(&ctl.mu, NULL);
+    bq_cond_init(&ctl.cv);
+    CHECK(bq_slot_sleep(&ctl, NAN));
+    CHECK(bq_slot_sleep(&ctl, -1));
+    atomic_store(&ctl.interrupt, 1); /* an interrupted slot: infinity returns at once */
+    CHECK(!bq_slot_sleep(&ctl, INFINITY));
+    pthread_cond_destroy(&ctl.cv);
+    pthread_mutex_destroy(&ctl.mu);
+}
+
 TEST(iso8601_agrees_with_gmtime)
 {
     /* Every day from 1900 to 2200 both ways, and times of day against gmtime_r + snprintf. */
@@ -715,6 +761,7 @@ int main(void)
     RUN(script_sha1s_are_the_scripts);
     RUN(optional_libraries_fail_with_a_reason);
     RUN(openssl_loads_every_function);
+    RUN(durations_refuse_infinity_and_clock_calls_survive_it);
     RUN(iso8601_agrees_with_gmtime);
     RUN(uuid4_is_version_4_and_unique_across_fork);
     return check_report("test_core");

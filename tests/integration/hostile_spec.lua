@@ -84,4 +84,33 @@ describe("#redis hostile input", function()
         assert.are.equal("0", server:cli("HLEN", "{" .. queue .. "}:seals"))
         s:close()
     end)
+
+    -- Before: "sleep:" and 400 digits made ctx:sleep(inf); the slot's timed wait failed with
+    -- EINVAL and spun holding the slot lock: cancels stopped for the whole worker and no
+    -- SIGTERM ended it.
+    it("refuses an infinite sleep, and the worker still cancels and stops", function()
+        local queue = qname("inf")
+        local s = bq.scheduler{ url = server.url, queue_name = queue }
+        local w = proc.spawn("build/binduq-lua examples/worker.lua 2", {
+            env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue, BINDUQ_LOG_LEVEL = "debug" },
+        })
+        finally(function() proc.stop(w, 1) end) -- the frozen worker of the defect ignored SIGTERM
+        s:run{ task_id = "forever", messages = { "sleep:" .. ("9"):rep(400) } }
+        local log
+        assert(proc.wait_for(function()
+            log = proc.read(w.log) or ""
+            return log:find("examples/worker.lua:14: ctx:sleep: seconds is infinite (got inf)", 1, true)
+        end, 10), "the handler's error was not logged: " .. tostring(log))
+        s:run{ task_id = "long", messages = { "sleep:30000" } }
+        assert(proc.wait_for(function()
+            return (proc.read(w.log) or ""):find("consumed[^\n]*task_id=long ")
+        end, 10), "the second task never started")
+        proc.sleep(0.2)
+        assert(s:cancel("long"))
+        assert(proc.wait_for(function()
+            return (proc.read(w.log) or ""):find("canceled task_id=long ", 1, true)
+        end, 5), "the cancel did not reach the handler")
+        assert.are.equal(0, proc.stop(w, 10), "SIGTERM did not stop the worker")
+        s:close()
+    end)
 end)

@@ -327,7 +327,7 @@ describe("core.decode_fast (simdjson)", function()
         assert.is_table(reference(declined[#declined - 1]))
         local t, why = task.decode('{"type":"run","task_id":"a","messages":[{"role":"user","content":"x"}],"timeout":0}')
         assert.is_nil(t)
-        assert.are.equal("timeout must be positive", why)
+        assert.are.equal("timeout must be a positive number of seconds, at most 365 days", why)
     end)
 
     it("agrees with the general path on every field of a run taking each of 33 values", function()

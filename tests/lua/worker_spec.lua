@@ -143,11 +143,31 @@ describe("worker (memory)", function()
             { { handler = print, storage = { type = "memory", max_tasks = 0 } }, "storage.max_tasks must be a whole number" },
             { { handler = print, storage = { type = "memory", max_tasks = 2.5 } }, "storage.max_tasks must be a whole number" },
             { { handler = print, storage = { type = "memory", max_tasks = "9" } }, "storage key 'max_tasks' must be a number" },
+            -- every duration is finite and at most 365 days
+            { { handler = print, timeout = math.huge }, "timeout is infinite (got inf)" },
+            { { handler = print, lease = 0 / 0 }, "lease is not a number" },
+            { { handler = print, shutdown_timeout = 1e300 }, "shutdown_timeout is longer than 365 days" },
+            { { handler = print, retry_cap = math.huge }, "retry_cap is infinite" },
+            { { handler = print, block_timeout = -math.huge }, "block_timeout is infinite" },
+            { { handler = print, recovery_after = 1e12 }, "recovery_after is longer than 365 days" },
+            { { handler = print, rate_limit = { limit = 1, period = math.huge } }, "rate_limit.period must be a positive" },
         }
         for _, c in ipairs(cases) do
             local ok, err = pcall(bq.worker, c[1])
             assert.is_false(ok)
             assert.truthy(tostring(err):find(c[2], 1, true), tostring(err))
+        end
+    end)
+end)
+
+describe("a failure policy's decision", function()
+    it("must retry after a finite delay of at most 365 days", function()
+        local retry = require("binduq.retry")
+        assert.are.equal("retry", (retry.check{ retry = 2.5 }))
+        for _, bad in ipairs({ math.huge, -1, 0 / 0, 1e300, "5" }) do
+            local ok, err = pcall(retry.check, { retry = bad })
+            assert.is_false(ok)
+            assert.truthy(tostring(err):find("retry must be a number of seconds from 0 to 365 days", 1, true), tostring(err))
         end
     end)
 end)
