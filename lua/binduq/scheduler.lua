@@ -400,7 +400,10 @@ local function each_dead(self, filter, op, progress)
         local kept = 0
         for _, raw in ipairs(page) do
             seen = seen + 1
-            if match(M.parse_dead_letter(raw)) then
+            local e = M.parse_dead_letter(raw)
+            if op == "dlq_requeue" and e.truncated == true then
+                kept = kept + 1 -- only its first bytes were kept: nothing to requeue
+            elseif match(e) then
                 local ok, e2, c2 = client[op](client, raw)
                 if ok == nil then return nil, e2, c2 end
                 if ok then done = done + 1 else kept = kept + 1 end
@@ -415,7 +418,8 @@ local function each_dead(self, filter, op, progress)
 end
 
 --- Moves matching dead-letter entries back to the queue as fresh operations (attempts start
--- again). `filter` as above; nil requeues all. Returns the number moved.
+-- again). `filter` as above; nil requeues all. Returns the number moved. Truncated entries
+-- (messages too large to keep whole) are never requeued: they stay.
 function Scheduler:requeue_dead(filter, progress)
     return each_dead(self, filter, "dlq_requeue", progress)
 end

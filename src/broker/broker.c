@@ -32,7 +32,7 @@ bq_status bq_batch_add(struct bq_batch *b, const char *data, size_t len)
 
 bq_status bq_batch_add_q(struct bq_batch *b, const char *data, size_t len, int q)
 {
-    struct bq_msg m = {bq_strndup(data, len), len, q, false};
+    struct bq_msg m = {bq_strndup(data, len), len, q, false, 0};
     if (m.data == NULL)
         return BQ_ENOMEM;
     bq_status st = bq_batch_take(b, m);
@@ -106,7 +106,13 @@ bq_status bq_dlq_entry(const struct bq_dlq_info *info, const char *raw, size_t l
     put_field(&b, "type", info->type);
     put_field(&b, "queue", info->queue);
     put_field(&b, "worker", info->worker);
-    bq_buf_printf(&b, ",\"attempts\":%d,\"failed_at\":\"%s\"}\n", info->attempts, ts);
+    bq_buf_printf(&b, ",\"attempts\":%d,\"failed_at\":\"%s\"", info->attempts, ts);
+    if (info->size > 0) {
+        bq_buf_printf(&b, ",\"size\":%zu,\"truncated\":true", info->size);
+        if (len > BQ_DLQ_KEEP)
+            len = BQ_DLQ_KEEP;
+    }
+    bq_buf_puts(&b, "}\n");
     bq_buf_append(&b, raw, len);
     out->data = bq_buf_detach(&b, &out->len);
     return out->data == NULL ? BQ_ENOMEM : BQ_OK;

@@ -34,7 +34,24 @@ struct bq_msg {
     int q;      /* fetched messages: index of the queue it came from in the lessee's list */
     bool sealed; /* fetched messages with a "#bq" header line: binduq wrote that header (see
                   * "Headers and seals" below); false for a header anyone else wrote */
+    size_t oversize; /* 0, or a message longer than the fetch's max_size: its true length;
+                      * data then holds only its first bytes (see "Oversized messages") */
 };
+
+/* ---- Oversized messages ---------------------------------------------------------------------
+ * A fetch never brings a message longer than the lessee's max_size into memory whole (the
+ * Redis broker caps bulk strings on its fetch connection, net/bulkcap.h): such a message
+ * arrives as its first bytes with `oversize` set to its length. The worker never hands it to
+ * a handler; it passes it to bury(), which for the Redis broker removes it from the in-flight
+ * list server-side (burybig-3: found by length and first bytes, never sent back) and writes
+ * a dead-letter entry holding its first BQ_DLQ_KEEP bytes, its length and its SHA1. An
+ * at-most-once fetch had already popped it: the entry keeps the first bytes and the length,
+ * without the hash. */
+#define BQ_DLQ_KEEP 256
+/* What marks such an entry's JSON line (never inside a JSON string, whose quotes are
+ * escaped), and why dlq_requeue refuses it. */
+#define BQ_DLQ_TRUNCATED "\"truncated\":true"
+#define BQ_DLQ_NO_REQUEUE "a truncated dead-letter entry (a message too large to keep) cannot be requeued"
 
 /* ---- Headers and seals -------------------------------------------------------------------
  * A message binduq queues again (a retry, a rate-limit deferral, a task recovered from a
@@ -99,6 +116,7 @@ struct bq_lessee {
     const int *weights;  /* NULL: strict priority; else one positive weight per queue */
     const char *worker;  /* worker id, part of the in-flight list's key */
     enum bq_delivery delivery;
+    size_t max_size;     /* longer messages arrive as their first bytes (0: no limit) */
 };
 
 /* What one round trip of the fetch loop asks for, and what it got. */
@@ -280,6 +298,9 @@ struct bq_dlq_info {
     const char *queue;
     const char *worker;
     int attempts;
+    size_t size;            /* 0, or a message too large to keep: its length; the entry then
+                             * holds "size" and "truncated":true and only the first
+                             * BQ_DLQ_KEEP bytes of raw (the broker may add "sha1") */
 };
 
 /* Builds an entry into out (owned by the caller). Returns BQ_ENOMEM on allocation failure. */

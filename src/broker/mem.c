@@ -149,7 +149,7 @@ static struct bq_msg *at(struct mem_key *l, size_t i)
 
 static bool copy_msg(struct bq_msg *m, const char *p, size_t len, bool sealed)
 {
-    *m = (struct bq_msg){bq_strndup(p, len), len, 0, sealed};
+    *m = (struct bq_msg){bq_strndup(p, len), len, 0, sealed, 0};
     return m->data != NULL;
 }
 
@@ -299,7 +299,7 @@ static bool take_one(const struct bq_lessee *who, int q, struct bq_batch *out, b
         return false;
     }
     struct bq_msg *tail = at(l, l->n - 1);
-    struct bq_msg copy = {NULL, 0, q, tail->sealed};
+    struct bq_msg copy = {NULL, 0, q, tail->sealed, 0};
     if (lease && !copy_msg(&copy, tail->data, tail->len, tail->sealed)) {
         *st = oom(err);
         drop_if_empty(w);
@@ -500,7 +500,7 @@ static bool release(const struct bq_lessee *who, const char *wip, const struct b
 static bool zadd(const char *key, double score, const char *p, size_t len, bool sealed)
 {
     struct mem_key *z = find(key, true, true);
-    struct zitem it = {score, {NULL, 0, 0, false}};
+    struct zitem it = {score, {NULL, 0, 0, false, 0}};
     if (z == NULL || !grow(z, 1) || !copy_msg(&it.m, p, len, sealed)) {
         drop_if_empty(z);
         return false;
@@ -573,7 +573,7 @@ static bq_status mem_rate_limit(bq_broker *b, const struct bq_lessee *who,
     z->n -= expired;
     *at = *admitted ? now : 0;
     if (*admitted) {
-        z->z[z->n++] = (struct zitem){now, {NULL, 0, 0, false}};
+        z->z[z->n++] = (struct zitem){now, {NULL, 0, 0, false, 0}};
     } else if (!release(who, wip, leased)) {
         st = bq_err_set(err, BQ_ECLOSED, "rate limit: the lease was lost");
     } else if (!zadd(delayed, now + *wait, next.p, next.len, true)) {
@@ -772,10 +772,12 @@ static bq_status mem_dlq_requeue(bq_broker *b, const char *queue, struct bq_slic
     const char *nl = memchr(entry.p, '\n', entry.len);
     if (nl == NULL)
         return bq_err_set(err, BQ_EINVAL, "not a binduq dead-letter entry");
+    if (memmem(entry.p, (size_t)(nl - entry.p), BQ_DLQ_TRUNCATED, strlen(BQ_DLQ_TRUNCATED)))
+        return bq_err_set(err, BQ_EINVAL, BQ_DLQ_NO_REQUEUE);
     /* The original bytes, marked requeued: attempts start again (as requeue-3.lua). */
     static const char hdr[] = "#bq {\"attempt\":1,\"requeued\":1}\n";
     size_t off = (size_t)(nl + 1 - entry.p), len = sizeof hdr - 1 + entry.len - off;
-    struct bq_msg m = {bq_malloc(len + 1), len, 0, true};
+    struct bq_msg m = {bq_malloc(len + 1), len, 0, true, 0};
     if (m.data == NULL)
         return oom(err);
     memcpy(m.data, hdr, sizeof hdr - 1);

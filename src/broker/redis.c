@@ -24,6 +24,8 @@
 #include "keys.h"
 #include "scripts.h"
 
+#include "../net/bulkcap.h"
+
 #include "../core/alloc.h"
 #include "../core/backoff.h"
 #include "../core/clock.h"
@@ -65,6 +67,7 @@ enum script_id {
     S_RATELIMIT,
     S_CHECKSEAL,
     S_ACK,
+    S_BURYBIG,
     S_COUNT,
 };
 
@@ -89,6 +92,7 @@ static const struct {
     SCRIPT(S_RATELIMIT, "ratelimit-4", ratelimit_4),
     SCRIPT(S_CHECKSEAL, "checkseal-1", checkseal_1),
     SCRIPT(S_ACK, "ack-2", ack_2),
+    SCRIPT(S_BURYBIG, "burybig-3", burybig_3),
 };
 #undef SCRIPT
 
@@ -199,6 +203,7 @@ struct redis_broker {
     struct bq_broker base;
     bq_pool *pool;
     bq_conn *fetch_conn;     /* owned; used only by the fetching thread */
+    size_t fetch_cap;        /* the lessee's max_size its bulk cap was set for */
     long long fetch_id;      /* CLIENT ID of fetch_conn, -1 if unknown */
     bool has_blmpop;
     int wakefd;              /* eventfd written by interrupt */
@@ -486,16 +491,40 @@ static bq_status read_blocked(struct redis_broker *r, bq_conn *c, redisReply **r
     return bq_conn_read(c, rep, deadline, -1, err);
 }
 
-/* Adds the string elements of an array reply (or a single string) to out, from queue q. */
+/* Adds one message of a reply: a string, or the marker the fetch connection's bulk cap put
+ * in place of an oversized one (its first bytes, with `oversize` its length). Anything else
+ * is not a message and is skipped. */
+static bq_status take_one(const redisReply *e, struct bq_batch *out, int q)
+{
+    if (e->type == REDIS_REPLY_STRING)
+        return bq_batch_add_q(out, e->str, e->len, q);
+    unsigned long long size;
+    unsigned char prefix[BQ_BULKCAP_KEEP];
+    size_t plen;
+    if (e->type != REDIS_REPLY_ERROR || !bq_bulkcap_marker(e->str, e->len, &size, prefix, &plen))
+        return BQ_OK;
+    bq_status st = bq_batch_add_q(out, (const char *)prefix, plen, q);
+    if (st == BQ_OK)
+        out->msgs[out->n - 1].oversize = (size_t)size;
+    return st;
+}
+
+static bool is_marker(const redisReply *r)
+{
+    unsigned long long size;
+    unsigned char prefix[BQ_BULKCAP_KEEP];
+    size_t plen;
+    return r != NULL && r->type == REDIS_REPLY_ERROR &&
+           bq_bulkcap_marker(r->str, r->len, &size, prefix, &plen);
+}
+
+/* Adds the messages of an array reply (or a single one) to out, from queue q. */
 static bq_status take_strings(const redisReply *rep, struct bq_batch *out, int q)
 {
-    if (rep->type == REDIS_REPLY_STRING)
-        return bq_batch_add_q(out, rep->str, rep->len, q);
     if (rep->type != REDIS_REPLY_ARRAY)
-        return BQ_OK;
+        return take_one(rep, out, q);
     for (size_t i = 0; i < rep->elements; i++) {
-        const redisReply *e = rep->element[i];
-        if (e->type == REDIS_REPLY_STRING && bq_batch_add_q(out, e->str, e->len, q) != BQ_OK)
+        if (take_one(rep->element[i], out, q) != BQ_OK)
             return BQ_ENOMEM;
     }
     return BQ_OK;
@@ -508,9 +537,9 @@ static bq_status take_pairs(const redisReply *rep, struct bq_batch *out)
         return BQ_OK;
     for (size_t i = 0; i + 1 < rep->elements; i += 2) {
         const redisReply *qi = rep->element[i], *m = rep->element[i + 1];
-        if (qi->type != REDIS_REPLY_INTEGER || m->type != REDIS_REPLY_STRING)
+        if (qi->type != REDIS_REPLY_INTEGER)
             continue;
-        if (bq_batch_add_q(out, m->str, m->len, (int)qi->integer - 1) != BQ_OK)
+        if (take_one(m, out, (int)qi->integer - 1) != BQ_OK)
             return BQ_ENOMEM;
     }
     return BQ_OK;
@@ -739,11 +768,16 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         bq_conn_close(r->fetch_conn);
         r->fetch_conn = NULL;
     }
-    if (st == BQ_OK && r->fetch_conn == NULL)
+    bool fresh = r->fetch_conn == NULL;
+    if (st == BQ_OK && fresh)
         st = open_fetch_conn(r, err);
     if (st != BQ_OK)
         return st;
     bq_conn *c = r->fetch_conn;
+    if (fresh || who->max_size != r->fetch_cap) { /* see "Oversized messages" in broker.h */
+        bq_conn_cap_bulk(c, who->max_size);
+        r->fetch_cap = who->max_size;
+    }
     char lease_ms[32], count[24], tmo[32], wts[MAX_QUEUES][16], creds[MAX_QUEUES][24];
     snprintf(lease_ms, sizeof lease_ms, "%lld", (long long)(req->lease * 1000.0));
     snprintf(count, sizeof count, "%zu", req->max);
@@ -881,7 +915,7 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
             rep = NULL;
             reload = true;
         }
-        if (st == BQ_OK && rep != NULL && (st = bq_reply_check(rep, cmd, err)) == BQ_OK) {
+        if (st == BQ_OK && rep != NULL && (is_marker(rep) || (st = bq_reply_check(rep, cmd, err)) == BQ_OK)) {
             if (rep->type == REDIS_REPLY_ARRAY &&
                        (strcmp(cmd, "BRPOP") == 0 || strcmp(cmd, "BLMPOP") == 0)) {
                 /* BRPOP: [key, value]; BLMPOP: [key, [values...]] */
@@ -1009,10 +1043,24 @@ static bq_status redis_bury(bq_broker *b, const struct bq_lessee *who,
     if (st != BQ_OK)
         return st;
     const char *keys[] = {wip, dlq, seals};
-    const char *args[] = {leased->data, entry.p, who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
-    size_t lens[] = {leased->len, entry.len, 1};
+    const char *lease = who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0";
     long long res = 0;
-    st = pooled_script(r, S_BURY, 3, keys, 3, args, lens, &res, err);
+    size_t size = leased->oversize;
+    if (size == 0 && who->max_size > 0 && leased->len > who->max_size)
+        size = leased->len;
+    if (size > 0) {
+        /* too large to send back: found server-side by length and first bytes */
+        char sz[24];
+        snprintf(sz, sizeof sz, "%zu", size);
+        const char *args[] = {sz, leased->data, entry.p, lease};
+        size_t lens[] = {strlen(sz), leased->len < BQ_DLQ_KEEP ? leased->len : BQ_DLQ_KEEP,
+                         entry.len, 1};
+        st = pooled_script(r, S_BURYBIG, 3, keys, 4, args, lens, &res, err);
+    } else {
+        const char *args[] = {leased->data, entry.p, lease};
+        size_t lens[] = {leased->len, entry.len, 1};
+        st = pooled_script(r, S_BURY, 3, keys, 3, args, lens, &res, err);
+    }
     *held = res == 1;
     return st;
 }

@@ -35,6 +35,41 @@ static const char bq_script_bury_3[] =
     "return 1\n";
 static const char bq_script_bury_3_sha[] = "5806d81abcf7f492d7690dcd244a91751f9b15f9";
 
+static const char bq_script_burybig_3[] =
+    "-- burybig-3: dead-letter a message too large to bring to the worker, without sending it back.\n"
+    "-- The worker knows only its length and first bytes (net/bulkcap.h); this finds it in the\n"
+    "-- in-flight list by both, removes it, and writes an entry with its first bytes and its SHA1.\n"
+    "-- KEYS[1] {Q}:wip:<id>  the in-flight list holding the message\n"
+    "-- KEYS[2] {Q}:dlq       the dead-letter list (newest first)\n"
+    "-- KEYS[3] {Q}:seals     the seal of a message with a \"#bq\" header is released\n"
+    "-- ARGV[1] the message's length in bytes\n"
+    "-- ARGV[2] its first bytes (as many as the entry keeps)\n"
+    "-- ARGV[3] the entry: its JSON line (ending in '}'), a newline, the first bytes\n"
+    "-- ARGV[4] \"1\" if the message is in KEYS[1] (at-least-once), \"0\" if it was popped\n"
+    "-- Returns 1, or 0 if the lease was lost (then nothing is written).\n"
+    "local size, prefix, entry = tonumber(ARGV[1]), ARGV[2], ARGV[3]\n"
+    "if ARGV[4] ~= '1' then\n"
+    "    redis.call('LPUSH', KEYS[2], entry)\n"
+    "    return 1\n"
+    "end\n"
+    "local n = redis.call('LLEN', KEYS[1])\n"
+    "for i = 0, math.min(n, 100000) - 1 do\n"
+    "    local m = redis.call('LINDEX', KEYS[1], i)\n"
+    "    if m and #m == size and string.sub(m, 1, #prefix) == prefix then\n"
+    "        redis.call('LREM', KEYS[1], 1, m)\n"
+    "        local f = redis.sha1hex(m)\n"
+    "        if string.sub(m, 1, 4) == '#bq ' then\n"
+    "            if redis.call('HINCRBY', KEYS[3], f, -1) <= 0 then redis.call('HDEL', KEYS[3], f) end\n"
+    "        end\n"
+    "        local nl = string.find(entry, '\\n', 1, true)\n"
+    "        redis.call('LPUSH', KEYS[2], string.sub(entry, 1, nl - 2) .. ',\"sha1\":\"' .. f .. '\"}'\n"
+    "                   .. string.sub(entry, nl))\n"
+    "        return 1\n"
+    "    end\n"
+    "end\n"
+    "return 0\n";
+static const char bq_script_burybig_3_sha[] = "09c3345bf5441205643189c94aeaf7e5d001ccbf";
+
 static const char bq_script_checkseal_1[] =
     "-- checkseal-1: which fetched messages with a \"#bq\" header binduq itself queued again.\n"
     "-- KEYS[1] {Q}:seals   hash: SHA1 of a message binduq queued with a \"#bq\" header line (a\n"
@@ -306,12 +341,15 @@ static const char bq_script_requeue_3[] =
     "-- Returns 1, or 0 if the entry is no longer there (someone else requeued or purged it).\n"
     "local nl = string.find(ARGV[1], '\\n', 1, true)\n"
     "if not nl then return redis.error_reply('ERR not a binduq dead-letter entry') end\n"
+    "if string.find(string.sub(ARGV[1], 1, nl), '\"truncated\":true', 1, true) then\n"
+    "    return redis.error_reply('ERR a truncated dead-letter entry (a message too large to keep) cannot be requeued')\n"
+    "end\n"
     "if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end\n"
     "local m = '#bq {\"attempt\":1,\"requeued\":1}\\n' .. string.sub(ARGV[1], nl + 1)\n"
     "redis.call('LPUSH', KEYS[2], m)\n"
     "redis.call('HINCRBY', KEYS[3], redis.sha1hex(m), 1)\n"
     "return 1\n";
-static const char bq_script_requeue_3_sha[] = "3bafd6d25adf97cff964b235d2ce7f9ad717a4d0";
+static const char bq_script_requeue_3_sha[] = "f2f757efa6206c0d1483283b5c5ed46b19747112";
 
 static const char bq_script_retry_3[] =
     "-- retry-3: schedule a failed operation for another attempt, releasing its lease.\n"

@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
@@ -38,6 +39,7 @@
 #define OP_ATTEMPTS 6       /* tries of a retry/dead-letter/hand-back write before giving up */
 #define SHUTDOWN_GRACE 2.0  /* seconds interrupted handlers get before they are abandoned */
 #define BATCH_MAX_HANDLE 0.002 /* seconds: tasks quicker than this on average are batched */
+#define TRIM_AFTER (8u << 20) /* bytes: after freeing a message this large, malloc_trim */
 
 struct event_node {
     struct bq_event ev;
@@ -439,6 +441,8 @@ static void bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome
         bq_worker_queue_of(w, msg->q),
         w->id,
         out->kind == BQ_OUTCOME_MALFORMED ? 0 : out->attempt,
+        msg->oversize > 0 ? msg->oversize
+                          : (w->who.max_size > 0 && msg->len > w->who.max_size ? msg->len : 0),
     };
     struct bq_msg entry;
     bq_err err;
@@ -460,6 +464,39 @@ static void bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome
         bq_log(BQ_LOG_WARN, "dead_lettered", "task_id", tid, "queue", info.queue, "worker",
                w->id, "#attempts", n, "reason", info.reason, NULL);
     }
+}
+
+/* Dead-letters, from the dispatcher, the messages of a fetched batch longer than
+ * max_message_size (most arrive as their first bytes only, see broker.h), and removes them
+ * from the batch: they never reach a slot, the ring or a handback. Memory a large message
+ * took is given back to the system. */
+static void set_aside_large(bq_worker *w, struct bq_batch *batch)
+{
+    size_t max = w->who.max_size, kept = 0, largest = 0;
+    for (size_t i = 0; i < batch->n; i++) {
+        struct bq_msg *m = &batch->msgs[i];
+        size_t size = m->oversize > 0 ? m->oversize : m->len;
+        if (max == 0 || size <= max) {
+            batch->msgs[kept++] = *m;
+            continue;
+        }
+        char reason[128];
+        snprintf(reason, sizeof reason, "message too large (%zu bytes; max_message_size is %zu)",
+                 size, max);
+        struct bq_outcome out;
+        memset(&out, 0, sizeof out);
+        out.kind = BQ_OUTCOME_MALFORMED;
+        out.reason = reason;
+        atomic_fetch_add(&w->n_malformed, 1);
+        bq_log(BQ_LOG_WARN, "malformed", "queue", bq_worker_queue_of(w, m->q), "worker", w->id,
+               "reason", reason, NULL);
+        bury(w, m, &out, NULL);
+        largest = m->len > largest ? m->len : largest;
+        bq_free(m->data);
+    }
+    batch->n = kept;
+    if (largest >= TRIM_AFTER)
+        malloc_trim(0);
 }
 
 /* A task of ours waits in a delayed set for `delay` seconds: bring the dispatcher's next
@@ -758,7 +795,7 @@ static void *slot_main(void *arg)
         pthread_mutex_lock(&w->mu);
         w->ewma_handle = w->ewma_handle * 0.9 + took * 0.1;
         s->running = false;
-        s->current = (struct bq_msg){NULL, 0, 0, false};
+        s->current = (struct bq_msg){NULL, 0, 0, false, 0};
         w->running--;
         w->inflight--;
         atomic_store(&s->ctl.interrupt, 0);
@@ -768,6 +805,8 @@ static void *slot_main(void *arg)
         pthread_mutex_unlock(&w->mu);
         if (!moved)
             bq_free(msg.data);
+        if (!moved && msg.len >= TRIM_AFTER)
+            malloc_trim(0); /* a large message's pages go back to the system now */
         if (abandoned)
             return NULL; /* the worker is left allocated for us; touch nothing else */
     }
@@ -1149,6 +1188,7 @@ static void *dispatcher_main(void *arg)
                   w->ewma_handle < BATCH_MAX_HANDLE;
         pthread_mutex_unlock(&w->mu);
 
+        set_aside_large(w, &batch);
         pthread_mutex_lock(&w->mu);
         for (size_t i = 0; i < batch.n; i++) {
             int tail = (w->ring_head + w->ring_n) % w->capacity;
@@ -1298,7 +1338,7 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     }
     w->queue = w->queues != NULL && w->nqueues == nq ? w->queues[0] : NULL;
     w->who = (struct bq_lessee){(const char *const *)w->queues, w->nqueues, w->weights, w->id,
-                                o->delivery};
+                                o->delivery, o->max_message_size};
     w->ring = bq_calloc((size_t)w->capacity, sizeof *w->ring);
     w->slots = bq_calloc((size_t)w->concurrency, sizeof *w->slots);
     w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -1468,14 +1508,14 @@ void bq_worker_abort(bq_worker *w)
     struct bq_msg *copies = bq_calloc(cap ? cap : 1, sizeof *copies);
     for (int i = 0; copies != NULL && i < w->ring_n; i++) {
         const struct bq_msg *m = &w->ring[(w->ring_head + i) % w->capacity];
-        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed};
+        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed, m->oversize};
         n += copies[n].data != NULL;
     }
     for (int i = 0; copies != NULL && i < w->concurrency; i++) {
         const struct bq_msg *m = &w->slots[i].current;
         if (!w->slots[i].running || m->data == NULL)
             continue;
-        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed};
+        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed, m->oversize};
         n += copies[n].data != NULL;
     }
     pthread_mutex_unlock(&w->mu);

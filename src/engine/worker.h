@@ -128,6 +128,10 @@ struct bq_worker_options {
     double shutdown_timeout;      /* seconds running handlers get after a stop */
     int batch;                    /* while the queue is deep, fetch up to this many beyond
                                    * the free slots per round trip (0: never) */
+    size_t max_message_size;      /* bytes, "#bq" header included (0: no limit): a longer
+                                   * message is dead-lettered by the dispatcher, its first
+                                   * bytes and length kept, and never reaches a slot or even
+                                   * this process whole (broker.h, "Oversized messages") */
 };
 
 bq_status bq_worker_new(const struct bq_worker_options *opts, const struct bq_slot_ops *ops,

@@ -717,6 +717,8 @@ static int l_engine_new(lua_State *L)
     wo.want_results = e->cfg->want_results;
     wo.lease = bq_lua_opt_number(L, 1, "lease", 30.0);
     wo.shutdown_timeout = bq_lua_opt_number(L, 1, "shutdown_timeout", 30.0);
+    lua_Integer mms = bq_lua_opt_integer(L, 1, "max_message_size", 1024 * 1024);
+    wo.max_message_size = mms > 0 ? (size_t)mms : 0;
     const char *delivery = bq_lua_opt_string(L, 1, "delivery");
     if (delivery == NULL || strcmp(delivery, "at-least-once") == 0)
         wo.delivery = BQ_AT_LEAST_ONCE;

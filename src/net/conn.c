@@ -2,6 +2,7 @@
  * conn.c -- see conn.h.
  */
 #include "conn.h"
+#include "bulkcap.h"
 
 #include "../core/alloc.h"
 #include "../core/buf.h"
@@ -35,7 +36,26 @@ struct bq_conn {
     double last_used;
     double command_timeout;
     char addr[160];  /* for messages: host:port or socket path, never credentials */
+    struct bq_bulkcap *cap; /* NULL: bulk strings of any length are read whole */
 };
+
+void bq_conn_cap_bulk(bq_conn *c, size_t max)
+{
+    if (max == 0) {
+        bq_free(c->cap);
+        c->cap = NULL;
+        return;
+    }
+    if (c->cap == NULL)
+        c->cap = bq_malloc(sizeof *c->cap);
+    if (c->cap != NULL)
+        bq_bulkcap_init(c->cap, max);
+}
+
+static int feed_reader(void *ud, const char *p, size_t n)
+{
+    return redisReaderFeed(ud, p, n) == REDIS_OK ? 0 : -1;
+}
 
 int bq_conn_fd(const bq_conn *c)
 {
@@ -67,6 +87,7 @@ void bq_conn_close(bq_conn *c)
     if (c->reader != NULL)
         redisReaderFree(c->reader);
     bq_buf_free(&c->out);
+    bq_free(c->cap);
     bq_free(c);
 }
 
@@ -577,7 +598,8 @@ bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd
         const char *why = NULL;
         ssize_t n = transfer(c, false, buf, sizeof buf, &want, &e, &why);
         if (n > 0) {
-            if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
+            if (c->cap != NULL ? bq_bulkcap_feed(c->cap, buf, (size_t)n, feed_reader, c->reader) != 0
+                               : redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
                 c->broken = true;
                 return bq_err_set(err, BQ_ENOMEM, "%s: out of memory reading a reply",
                                   c->addr);

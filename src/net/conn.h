@@ -74,6 +74,12 @@ bq_status bq_conn_append(bq_conn *c, int argc, const char **argv, const size_t *
  * `wakefd` >= 0 and becomes readable, returns BQ_EINTR (the connection stays usable). */
 bq_status bq_conn_flush(bq_conn *c, double deadline, int wakefd, bq_err *err);
 
+/* From now on, bulk strings longer than max bytes reach no reply whole: each becomes the
+ * error element "BQOVERSIZE <length> <hex of its first bytes>" (see bulkcap.h) while its
+ * bytes are skipped as they arrive (0: no cap, the default). Call it between replies. For
+ * connections that fetch messages. */
+void bq_conn_cap_bulk(bq_conn *c, size_t max);
+
 /* Reads the next reply into *out, with the same deadline and wake-up rules. */
 bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd, bq_err *err);
 

@@ -21,6 +21,8 @@
 #include "../../src/engine/config.h"
 #include "../../src/engine/task.h"
 #include "../../src/engine/worker.h"
+#include "../../src/net/bulkcap.h"
+#include "../../src/net/conn.h"
 #include "../../src/net/sslapi.h"
 
 #include <math.h>
@@ -200,7 +202,7 @@ TEST(task_validation_names_the_field)
         {{"run", "x", NULL, NULL, 2}, "messages is NULL"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        struct bq_msg out = {NULL, 0, 0, false};
+        struct bq_msg out = {NULL, 0, 0, false, 0};
         bq_err err;
         CHECK_INT(bq_task_encode(&cases[i].t, &out, &err), BQ_EINVAL);
         CHECK_CONTAINS(err.msg, cases[i].expect);
@@ -241,7 +243,7 @@ TEST(ids_refuse_control_characters)
     /* the C producer and the control channel follow the same rule */
     struct bq_message m = {"user", "hi"};
     struct bq_task t = {"cancel", "victim\x1b]52;c;x\x07", NULL, NULL, 0};
-    struct bq_msg out = {NULL, 0, 0, false};
+    struct bq_msg out = {NULL, 0, 0, false, 0};
     bq_err err;
     CHECK_INT(bq_task_encode(&t, &out, &err), BQ_EINVAL);
     CHECK_STR(err.msg, "task_id contains a control character (U+001B at byte 6)");
@@ -260,7 +262,7 @@ TEST(dead_letter_entry_keeps_the_bytes)
 {
     const char raw[] = "not json \xff\n{}";
     struct bq_dlq_info info = {NULL, "invalid UTF-8 at byte 10", NULL, NULL, NULL, "bindu:tasks",
-                               "w1", 0};
+                               "w1", 0, 0};
     struct bq_msg e;
     CHECK_INT(bq_dlq_entry(&info, raw, sizeof raw - 1, &e), BQ_OK);
     const char *nl = memchr(e.data, '\n', e.len);
@@ -273,9 +275,19 @@ TEST(dead_letter_entry_keeps_the_bytes)
     }
     bq_free(e.data);
 
-    struct bq_dlq_info f = {NULL, "boom", "{\"code\":\"EHANDLER\"}", "t1", "run", "q", "w", 1};
+    struct bq_dlq_info f = {NULL, "boom", "{\"code\":\"EHANDLER\"}", "t1", "run", "q", "w", 1, 0};
     CHECK_INT(bq_dlq_entry(&f, "{}", 2, &e), BQ_OK);
     CHECK_CONTAINS(e.data, "\"error\":{\"code\":\"EHANDLER\"},\"task_id\":\"t1\",\"type\":\"run\"");
+    bq_free(e.data);
+
+    /* a message too large to keep: its length, "truncated", and only its first bytes */
+    char big[4096];
+    memset(big, 'x', sizeof big);
+    struct bq_dlq_info t = {NULL, "message too large", NULL, NULL, NULL, "q", "w", 0, 4096};
+    CHECK_INT(bq_dlq_entry(&t, big, sizeof big, &e), BQ_OK);
+    CHECK_CONTAINS(e.data, ",\"size\":4096,\"truncated\":true}\n");
+    nl = memchr(e.data, '\n', e.len);
+    CHECK(nl != NULL && (size_t)(e.data + e.len - (nl + 1)) == BQ_DLQ_KEEP);
     bq_free(e.data);
 }
 
@@ -618,6 +630,92 @@ TEST(openssl_loads_every_function)
     CHECK_INT(bq_ssl_load(&err), BQ_OK); /* once per process */
 }
 
+static int to_buf(void *ud, const char *p, size_t n)
+{
+    bq_buf_append(ud, p, n);
+    return 0;
+}
+
+/* Filters `in` split into chunks of `step` bytes (0: whole), returns the output (owned). */
+static char *bulkcap_run(const char *in, size_t len, size_t max, size_t step)
+{
+    struct bq_bulkcap f;
+    bq_bulkcap_init(&f, max);
+    bq_buf b = BQ_BUF_INIT;
+    for (size_t i = 0; i < len;) {
+        size_t n = step == 0 || len - i < step ? len - i : step;
+        bq_bulkcap_feed(&f, in + i, n, to_buf, &b);
+        i += n;
+    }
+    bq_buf_putc(&b, '\0');
+    return bq_buf_detach(&b, NULL);
+}
+
+TEST(bulkcap_replaces_oversized_bulks_whatever_the_chunks)
+{
+    char big[300 + 40];
+    memcpy(big, "$300\r\n", 6);
+    memset(big + 6, 'z', 300);
+    memcpy(big + 306, "\r\n", 3);
+    char in[1024];
+    int n = snprintf(in, sizeof in, "*5\r\n$3\r\nabc\r\n$10\r\n0123456789\r\n:5\r\n$-1\r\n%s"
+                                    "+OK\r\n$5\r\nfive!\r\n", big);
+    char want[2048];
+    char hexz[2 * BQ_BULKCAP_KEEP + 1];
+    for (int i = 0; i < BQ_BULKCAP_KEEP; i++)
+        memcpy(hexz + 2 * i, "7a", 2);
+    hexz[2 * BQ_BULKCAP_KEEP] = '\0';
+    snprintf(want, sizeof want, "*5\r\n$3\r\nabc\r\n-BQOVERSIZE 10 30313233343536373839\r\n"
+             ":5\r\n$-1\r\n-BQOVERSIZE 300 %s\r\n+OK\r\n$5\r\nfive!\r\n", hexz);
+    size_t steps[] = {0, 1, 2, 3, 7, 64};
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        char *out = bulkcap_run(in, (size_t)n, 5, steps[i]);
+        CHECK_STR(out, want);
+        bq_free(out);
+    }
+    /* every split point into two chunks */
+    for (int cut = 1; cut < n; cut++) {
+        struct bq_bulkcap f;
+        bq_bulkcap_init(&f, 5);
+        bq_buf b = BQ_BUF_INIT;
+        bq_bulkcap_feed(&f, in, (size_t)cut, to_buf, &b);
+        bq_bulkcap_feed(&f, in + cut, (size_t)(n - cut), to_buf, &b);
+        bq_buf_putc(&b, '\0');
+        if (strcmp(b.p, want) != 0) {
+            CHECK_STR(b.p, want);
+            bq_buf_free(&b);
+            break;
+        }
+        bq_buf_free(&b);
+    }
+    /* hiredis reads the result as the same shape, and the marker gives length and prefix */
+    char *out = bulkcap_run(in, (size_t)n, 5, 0);
+    redisReader *r = redisReaderCreate();
+    redisReaderFeed(r, out, strlen(out));
+    void *rep = NULL;
+    CHECK_INT(redisReaderGetReply(r, &rep), REDIS_OK);
+    const redisReply *a = rep;
+    CHECK(a != NULL && a->type == REDIS_REPLY_ARRAY && a->elements == 5);
+    if (a != NULL && a->elements == 5) {
+        unsigned long long size = 0;
+        unsigned char prefix[BQ_BULKCAP_KEEP];
+        size_t plen = 0;
+        CHECK(bq_bulkcap_marker(a->element[1]->str, a->element[1]->len, &size, prefix, &plen));
+        CHECK(size == 10 && plen == 10 && memcmp(prefix, "0123456789", 10) == 0);
+        CHECK(bq_bulkcap_marker(a->element[4]->str, a->element[4]->len, &size, prefix, &plen));
+        CHECK(size == 300 && plen == BQ_BULKCAP_KEEP && prefix[0] == 'z');
+        CHECK(!bq_bulkcap_marker("ERR wrong type", 14, &size, prefix, &plen));
+        CHECK(!bq_bulkcap_marker("BQOVERSIZE 12 zz", 16, &size, prefix, &plen));
+    }
+    freeReplyObject(rep);
+    redisReaderFree(r);
+    bq_free(out);
+    /* under the cap, the stream is unchanged */
+    out = bulkcap_run(in, (size_t)n, 1000, 1);
+    CHECK_STR(out, in);
+    bq_free(out);
+}
+
 /* Before: bq_abstime_after(inf) converted inf to time_t (undefined), the timed wait failed
  * with EINVAL, and bq_slot_sleep spun at 100 % holding the slot lock. */
 TEST(durations_refuse_infinity_and_clock_calls_survive_it)
@@ -762,6 +860,7 @@ int main(void)
     RUN(optional_libraries_fail_with_a_reason);
     RUN(openssl_loads_every_function);
     RUN(durations_refuse_infinity_and_clock_calls_survive_it);
+    RUN(bulkcap_replaces_oversized_bulks_whatever_the_chunks);
     RUN(iso8601_agrees_with_gmtime);
     RUN(uuid4_is_version_4_and_unique_across_fork);
     return check_report("test_core");

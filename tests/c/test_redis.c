@@ -361,7 +361,7 @@ static void *fetch_thread(void *arg)
     struct fetcher *f = arg;
     double t0 = bq_now_mono();
     const char *who_q[] = {f->queue};
-    struct bq_lessee who = {who_q, 1, NULL, "fetcher", BQ_AT_MOST_ONCE};
+    struct bq_lessee who = {who_q, 1, NULL, "fetcher", BQ_AT_MOST_ONCE, 0};
     f->st = fetch(f->b, &who, 4, 10.0, NULL, 0, NULL, &f->got);
     f->took = bq_now_mono() - t0;
     return NULL;
@@ -398,7 +398,7 @@ TEST(broker_fetch_is_fifo_and_batched)
     CHECK_INT(pushed, 10);
     struct bq_batch got = {NULL, 0, 0};
     const char *who_q[] = {queue};
-    struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_MOST_ONCE};
+    struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_MOST_ONCE, 0};
     CHECK_INT(fetch(b, &who, 4, 1.0, NULL, 0, NULL, &got), BQ_OK); /* BLMPOP */
     CHECK_INT(got.n, 4);
     CHECK_INT(fetch(b, &who, 4, 0, NULL, 0, NULL, &got), BQ_OK); /* RPOP n */
@@ -507,7 +507,7 @@ static void push_texts(bq_broker *b, const char *queue, int n, const char *stem)
 static void lease_cycle(bq_broker *b, const char *queue)
 {
     const char *who_q[] = {queue};
-    struct bq_lessee who = {who_q, 1, NULL, "w1", BQ_AT_LEAST_ONCE};
+    struct bq_lessee who = {who_q, 1, NULL, "w1", BQ_AT_LEAST_ONCE, 0};
     push_texts(b, queue, 6, "m");
     struct bq_batch got = {NULL, 0, 0};
     CHECK_INT(fetch(b, &who, 1, 1.0, NULL, 0, NULL, &got), BQ_OK); /* BLMOVE */
@@ -590,8 +590,8 @@ static void lease_cycle(bq_broker *b, const char *queue)
         CHECK_STR(all.msgs[0].data, "#bq {\"attempt\":1,\"requeued\":1}\nm3");
     long long purged = -1;
     struct bq_slice e2 = {"{\"reason\":\"y\"}\nzz", 17};
-    struct bq_lessee amo = {who_q, 1, NULL, "w1", BQ_AT_MOST_ONCE};
-    struct bq_msg e2m = {(char *)e2.p, e2.len, 0, false};
+    struct bq_lessee amo = {who_q, 1, NULL, "w1", BQ_AT_MOST_ONCE, 0};
+    struct bq_msg e2m = {(char *)e2.p, e2.len, 0, false, 0};
     CHECK_INT(b->ops->bury(b, &amo, &e2m, e2, &held, NULL), BQ_OK);
     CHECK_INT(b->ops->dlq_remove(b, queue, e2, &done, NULL), BQ_OK);
     CHECK(done);
@@ -635,9 +635,9 @@ TEST(a_dead_workers_tasks_are_reaped_with_their_attempt_counted)
     char queue[96];
     snprintf(queue, sizeof queue, "%s:reap", prefix);
     const char *dead_q[] = {queue};
-    struct bq_lessee dead = {dead_q, 1, NULL, "dead-worker", BQ_AT_LEAST_ONCE};
+    struct bq_lessee dead = {dead_q, 1, NULL, "dead-worker", BQ_AT_LEAST_ONCE, 0};
     const char *alive_q[] = {queue};
-    struct bq_lessee alive = {alive_q, 1, NULL, "live-worker", BQ_AT_LEAST_ONCE};
+    struct bq_lessee alive = {alive_q, 1, NULL, "live-worker", BQ_AT_LEAST_ONCE, 0};
     push_texts(b, queue, 3, "r");
     struct bq_batch ids = {NULL, 0, 0};
     CHECK_INT(b->ops->heartbeat(b, &dead, 0.3, &ids, NULL), BQ_OK);
@@ -678,7 +678,7 @@ TEST(a_dead_workers_tasks_are_reaped_with_their_attempt_counted)
 static void seal_cycle(bq_broker *b, const char *queue, bq_conn *admin)
 {
     const char *who_q[] = {queue};
-    struct bq_lessee who = {who_q, 1, NULL, "sw", BQ_AT_LEAST_ONCE};
+    struct bq_lessee who = {who_q, 1, NULL, "sw", BQ_AT_LEAST_ONCE, 0};
     struct bq_batch ids = {NULL, 0, 0}, got = {NULL, 0, 0};
     CHECK_INT(b->ops->heartbeat(b, &who, 30, &ids, NULL), BQ_OK);
     static const char forged[] = "#bq {\"attempt\":2,\"redelivered\":1}\n{\"type\":\"run\"}";
@@ -734,7 +734,7 @@ static void seal_cycle(bq_broker *b, const char *queue, bq_conn *admin)
     char seals[128];
     snprintf(seals, sizeof seals, "{%s}:seals", queue);
     const char *dq[] = {queue};
-    struct bq_lessee dead = {dq, 1, NULL, "sdead", BQ_AT_LEAST_ONCE};
+    struct bq_lessee dead = {dq, 1, NULL, "sdead", BQ_AT_LEAST_ONCE, 0};
     CHECK_INT(b->ops->heartbeat(b, &dead, 0.2, &ids, NULL), BQ_OK);
     struct bq_slice again[] = {{forged, sizeof forged - 1}};
     CHECK_INT(b->ops->push(b, queue, again, 1, &pushed, NULL), BQ_OK);
@@ -814,7 +814,7 @@ TEST(scripts_survive_a_flushed_script_cache)
     char queue[96];
     snprintf(queue, sizeof queue, "%s:noscript", prefix);
     const char *who_q[] = {queue};
-    struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_LEAST_ONCE};
+    struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_LEAST_ONCE, 0};
     push_texts(b, queue, 4, "s");
     struct bq_batch got = {NULL, 0, 0};
     CHECK_INT(fetch(b, &who, 2, 0, NULL, 0, NULL, &got), BQ_OK);

@@ -78,8 +78,12 @@ describe("#redis hostile input", function()
             assert.are.equal(task.UNSEALED, e.reason)
             assert.are.equal(0, e.attempts)
         end
-        local big = by_raw[forged[5]]
+        local big -- the header counts in the size limit: set aside, its first bytes kept
+        for raw, e in pairs(by_raw) do
+            if e.size == #forged[5] then big = e; assert.are.equal(forged[5]:sub(1, 256), raw) end
+        end
         assert.truthy(big and big.reason:find("message too large", 1, true), big and big.reason)
+        assert.is_true(big.truncated)
         -- every seal binduq wrote was released
         assert.are.equal("0", server:cli("HLEN", "{" .. queue .. "}:seals"))
         s:close()
@@ -113,4 +117,68 @@ describe("#redis hostile input", function()
         assert.are.equal(0, proc.stop(w, 10), "SIGTERM did not stop the worker")
         s:close()
     end)
+
+    local function peak_rss_kb(pid)
+        local st = proc.read("/proc/" .. pid .. "/status") or ""
+        return tonumber(st:match("VmHWM:%s*(%d+)"))
+    end
+
+    -- Before: one 100 MB message took the worker to 520 MB peak RSS, 315 MB held after; the
+    -- whole of it went into the dead-letter list, past the command timeout, after which the
+    -- worker logged lease_lost for an entry that had been dead-lettered.
+    for _, delivery in ipairs({ "at-least-once", "at-most-once" }) do
+        it("dead-letters a 100 MB message without holding it (" .. delivery .. ")", function()
+            local queue = qname("big")
+            local s = bq.scheduler{ url = server.url, queue_name = queue }
+            local w = proc.spawn("build/binduq-lua tests/integration/fixtures/test_worker.lua", {
+                env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue, BQ_TEST_CONCURRENCY = 1,
+                        BQ_TEST_DELIVERY = delivery, BINDUQ_LOG_LEVEL = "info" },
+            })
+            finally(function() proc.stop(w, 5) end)
+            s:run{ task_id = "before", messages = { "hello" } }
+            assert(proc.wait_for(function()
+                return (proc.read(w.log) or ""):find("completed task_id=before ", 1, true)
+            end, 10), "the worker did not start")
+            local base = peak_rss_kb(w.pid)
+            local size = 100 * 1024 * 1024
+            local head = '{"type":"run","task_id":"huge","messages":[{"role":"user","content":"'
+            local big = head .. ("x"):rep(size - #head - 4) .. '"}]}'
+            assert.are.equal(size, #big)
+            assert(s:push_raw(big))
+            big = nil
+            collectgarbage()
+            s:run{ task_id = "after", messages = { "world" } }
+            assert(proc.wait_for(function()
+                return s:dead_letter_count() == 1
+                    and (proc.read(w.log) or ""):find("completed task_id=after ", 1, true)
+            end, 30), "the large message was not set aside")
+            local peak = peak_rss_kb(w.pid)
+            local e = assert(s:dead_letters())[1]
+            assert.are.equal(("message too large (%d bytes; max_message_size is 1048576)"):format(size), e.reason)
+            assert.are.equal(size, e.size)
+            assert.is_true(e.truncated)
+            assert.are.equal(256, #e.message)
+            assert.are.equal(head, e.message:sub(1, #head))
+            if delivery == "at-least-once" then
+                local want = proc.sh("{ printf '%s' '" .. head .. "'; head -c " .. (size - #head - 4)
+                                     .. " /dev/zero | tr '\\0' x; printf '\"}]}'; } | sha1sum"):match("%x+")
+                assert.are.equal(want, e.sha1)
+            else
+                assert.is_nil(e.sha1) -- popped before it could be hashed
+            end
+            -- only its first bytes were kept: it cannot be requeued, by filter or by hand
+            assert.are.equal(0, s:requeue_dead())
+            local ok, why = s:requeue_entry(s:dead_letter(0).raw)
+            assert.is_nil(ok)
+            assert.truthy(tostring(why):find("cannot be requeued", 1, true), why)
+            assert.are.equal(1, s:dead_letter_count())
+            local log = proc.read(w.log)
+            assert.is_nil(log:find("lease_lost", 1, true))
+            print(("\n# %s: worker peak RSS %.1f MB before, %.1f MB after a 100 MB message"):format(
+                delivery, base / 1024, peak / 1024))
+            assert.is_true(peak - base < 32 * 1024, ("peak RSS grew by %d kB"):format(peak - base))
+            assert.are.equal(0, proc.stop(w, 10))
+            s:close()
+        end)
+    end
 end)

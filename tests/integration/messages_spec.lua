@@ -98,7 +98,9 @@ describe("#redis messages", function()
         local by_raw = {}
         for _, e in ipairs(entries) do by_raw[e.message] = e end
         for _, b in ipairs(bad) do
-            local e = by_raw[b[1]] -- byte for byte
+            -- byte for byte; a message too large keeps its first 256 bytes
+            local e = by_raw[b[1]] or by_raw[b[1]:sub(1, 256)]
+            if #b[1] > 1024 * 1024 then assert.is_true(e and e.truncated and e.size == #b[1]) end
             assert.truthy(e, "not in the dead-letter list: " .. b[1]:sub(1, 60))
             assert.truthy(e.reason:find(b[2], 1, true), e.reason)
             assert.are.equal(queue, e.queue)

@@ -127,6 +127,28 @@ describe("worker (memory)", function()
         w:close()
     end)
 
+    it("sets aside a message over max_message_size keeping its first bytes and length", function()
+        local q = fresh_queue()
+        local w = new_worker{ queue = q, max_message_size = 1000 }
+        local s = bq.scheduler{ type = "memory", queue_name = q }
+        local raw = '{"type":"run","task_id":"big","messages":[{"role":"user","content":"'
+                    .. ("y"):rep(5000) .. '"}]}'
+        s:push_raw(raw)
+        s:run{ task_id = "small", messages = { "echo a" } }
+        local stats = w:drain()
+        assert.are.equal(1, stats.completed)
+        assert.are.equal(1, stats.malformed)
+        local e = s:dead_letters()[1]
+        assert.are.equal(("message too large (%d bytes; max_message_size is 1000)"):format(#raw), e.reason)
+        assert.are.equal(#raw, e.size)
+        assert.is_true(e.truncated)
+        assert.are.equal(raw:sub(1, 256), e.message)
+        assert.are.equal(0, s:requeue_dead())
+        local ok, why = s:requeue_entry(s:dead_letter(0).raw)
+        assert.is_nil(ok)
+        assert.truthy(tostring(why):find("cannot be requeued", 1, true), why)
+    end)
+
     it("checks its options", function()
         local cases = {
             { { handlers = {} }, "needs handlers" },

@@ -8,6 +8,9 @@
 -- Returns 1, or 0 if the entry is no longer there (someone else requeued or purged it).
 local nl = string.find(ARGV[1], '\n', 1, true)
 if not nl then return redis.error_reply('ERR not a binduq dead-letter entry') end
+if string.find(string.sub(ARGV[1], 1, nl), '"truncated":true', 1, true) then
+    return redis.error_reply('ERR a truncated dead-letter entry (a message too large to keep) cannot be requeued')
+end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 local m = '#bq {"attempt":1,"requeued":1}\n' .. string.sub(ARGV[1], nl + 1)
 redis.call('LPUSH', KEYS[2], m)
