@@ -21,6 +21,7 @@
 #include "../core/clock.h"
 #include "../core/id.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* Every key the decoder reads or writes is an upvalue of core.decode_native, pushed once:
@@ -33,6 +34,41 @@ enum {
     K_FORMAT, K_NATIVE, K_ROLE, K_CONTENT, K_PARTS, K_KIND, K_TEXT,
     K_COUNT = K_TEXT
 };
+/* Pushes v as task.show gives it: control bytes as \xNN, C1 controls as \u{NN}, then cut to
+ * 40 bytes at a UTF-8 boundary. A hostile value never reaches a reason as it is. */
+static void push_shown(lua_State *L, int idx)
+{
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[8];
+        if (c < 0x20 || c == 0x7f) {
+            snprintf(esc, sizeof esc, "\\x%02x", c);
+            luaL_addstring(&b, esc);
+        } else if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 &&
+                   (unsigned char)s[i + 1] <= 0x9f) {
+            snprintf(esc, sizeof esc, "\\u{%x}", (unsigned char)s[++i]);
+            luaL_addstring(&b, esc);
+        } else {
+            luaL_addchar(&b, (char)c);
+        }
+    }
+    luaL_pushresult(&b);
+    s = lua_tolstring(L, -1, &n);
+    if (n > 40) {
+        size_t cut = 38; /* back up to the start of a UTF-8 sequence */
+        while (cut > 1 && ((unsigned char)s[cut - 1] & 0xC0) == 0x80)
+            cut--;
+        lua_pushlstring(L, s, cut - 1);
+        lua_pushliteral(L, "...");
+        lua_concat(L, 2);
+        lua_remove(L, -2);
+    }
+}
+
 static const char *const key_names[K_COUNT] = {
     "type", "task_id", "conversation_id", "messages",
     "artifacts", "timestamp", "metadata", "trace_id", "span_id", "traceparent", "timeout",
@@ -273,18 +309,7 @@ static int l_decode_native(lua_State *L)
     }
     bool run = str_is(L, 2, "run");
     if (!run && !str_is(L, 2, "pause") && !str_is(L, 2, "resume") && !str_is(L, 2, "cancel")) {
-        size_t n;
-        const char *s = lua_tolstring(L, 2, &n);
-        if (n > 40) {
-            size_t cut = 38; /* back up to the start of a UTF-8 sequence, as task.show does */
-            while (cut > 1 && ((unsigned char)s[cut - 1] & 0xC0) == 0x80)
-                cut--;
-            lua_pushlstring(L, s, cut - 1);
-            lua_pushliteral(L, "...");
-            lua_concat(L, 2);
-        } else {
-            lua_pushvalue(L, 2);
-        }
+        push_shown(L, 2);
         lua_pushliteral(L, "unknown type '");
         lua_insert(L, -2);
         lua_pushliteral(L, "' (expected run, pause, resume or cancel)");

@@ -181,4 +181,108 @@ describe("#redis hostile input", function()
             s:close()
         end)
     end
+
+    -- What anyone who can push to the queue might send. Each is either set aside with its
+    -- reason (bad = the reason's words) or run as the task it is (good = its task id).
+    local function run_of(id, content)
+        return '{"type":"run","task_id":' .. id .. ',"messages":[{"role":"user","content":' .. content .. '}]}'
+    end
+    local corpus = {
+        { "", bad = "invalid JSON" },
+        { "null", bad = "not a JSON object" },
+        { "[]", bad = "not a JSON object" },
+        { "{}", bad = "" },
+        { ("["):rep(100000), bad = "" },
+        { '{"type":"run","task_id":"d1","task_id":"d2","messages":[]}', bad = "" },
+        { run_of('"n1"', "1e400"), bad = "" },
+        { run_of('"n2"', '"x"') .. "garbage", bad = "invalid JSON" },
+        { '{"type":"run","task_id":"t\\u0000x","messages":[{"role":"user","content":"x"}]}', bad = "control character" },
+        { '{"type":"run","task_id":"t\\nfake 2026-01-01T00:00:00.000Z info completed","messages":[{"role":"user","content":"x"}]}',
+          bad = "control character" },
+        { '{"type":"run","task_id":"t\\u001b]52;c;aGk=\\u0007","messages":[{"role":"user","content":"x"}]}', bad = "control character" },
+        { '{"type":"run","task_id":"t\\u009b2J","messages":[{"role":"user","content":"x"}]}', bad = "control character" },
+        { '{"type":"run","task_id":"' .. ("i"):rep(300) .. '","messages":[{"role":"user","content":"x"}]}', bad = "longer than 256" },
+        { run_of('"u1"', '"caf\xc3"'), bad = "UTF-8" },
+        { run_of('"u2"', '"\xc0\xaf"'), bad = "UTF-8" },
+        { run_of('"u3"', '"\xed\xa0\x80"'), bad = "UTF-8" },
+        { '{"type":"\27[2Jteleport","task_id":"x1"}', bad = "unknown" },
+        { '{"type":"run","task_id":"x2","messages":[{"role":"user","content":"x"}],"timeout":-1}', bad = "timeout" },
+        { '{"type":"run","task_id":"x3","messages":[{"role":"user","content":"x"}],"timeout":1e300}', bad = "timeout" },
+        { '{"type":"run","task_id":"x4","messages":[{"role":"user","content":"x"}],"max_attempts":0.5}', bad = "max_attempts" },
+        { '{"operation":"run","params":"nope"}', bad = "params" },
+        { '{"operation":"run","params":{"task_id":"b\\u0000","message":{"role":"user","parts":[]}}}', bad = "control character" },
+        { '#bq {"attempt":1000000000}\n' .. run_of('"h1"', '"x"'), bad = "" },
+        { "#bq no newline at all", bad = "" },
+        { "#bq " .. ("{"):rep(5000) .. "\n{}", bad = "" },
+        { run_of('"big"', '"' .. ("b"):rep(2 * 1024 * 1024) .. '"'), bad = "message too large" },
+        -- odd but valid: they run, and what they carry stays data
+        { run_of('"g1"', '"\\u001b]52;c;aGk=\\u0007 and \\u009b2J and \\r\\n fake line"'), good = "g1" },
+        { run_of('"g2 with spaces=and \\"quotes\\""', '"x"'), good = 'g2 with spaces=and "quotes"' },
+        { run_of('"g3"', '"nul \\u0000 inside"'), good = "g3" },
+        { run_of('"g4-\xe2\x80\xae"', '"right-to-left override in the id"'), good = "g4-\xe2\x80\xae" },
+    }
+
+    it("runs a hostile corpus: each message set aside with its reason or run, memory bounded, one line per event", function()
+        local queue = qname("corpus")
+        local s = bq.scheduler{ url = server.url, queue_name = queue }
+        local w = proc.spawn("build/binduq-lua examples/worker.lua 2", {
+            env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue, BINDUQ_LOG_LEVEL = "info" },
+        })
+        finally(function() proc.stop(w, 1) end)
+        local nbad, ngood = 0, 0
+        for _, c in ipairs(corpus) do
+            assert(s:push_raw(c[1]))
+            if c.bad then nbad = nbad + 1 else ngood = ngood + 1 end
+        end
+        local peak = 0
+        assert(proc.wait_for(function()
+            peak = math.max(peak, peak_rss_kb(w.pid) or 0)
+            local _, n = (proc.read(w.log) or ""):gsub(" completed task_id=", "")
+            return s:dead_letter_count() == nbad and n == ngood
+        end, 30), ("not all handled: %d dead of %d"):format(s:dead_letter_count(), nbad))
+        proc.sleep(0.3)
+        assert.are.equal(nbad, s:dead_letter_count())
+        -- every bad one is there with its reason
+        local entries = assert(s:dead_letters())
+        local by_raw = {}
+        for _, e in ipairs(entries) do by_raw[e.message] = e end
+        for i, c in ipairs(corpus) do
+            if c.bad then
+                local e = by_raw[c[1]] or by_raw[c[1]:sub(1, 256)]
+                assert.truthy(e, "case " .. i .. " not set aside whole: " .. task.show(c[1]))
+                assert.truthy(e.reason ~= "" and e.reason:find(c.bad, 1, true), "case " .. i .. ": " .. e.reason)
+                assert.is_nil(e.reason:find("[%z\1-\31\127]"), "case " .. i .. ": a control byte in the reason")
+            end
+        end
+        -- the log: one line per event, none forged, no raw control byte, no escape sequence
+        local log = proc.read(w.log)
+        local lines = 0
+        for line in log:gmatch("[^\n]*\n") do
+            lines = lines + 1
+            assert.truthy(line:find("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ %a+ [%w_]+"), "not a log line: " .. line)
+            assert.is_nil(line:sub(1, -2):find("[%z\1-\31\127]"), "a control byte in: " .. line)
+            assert.is_nil(line:find("\194[\128-\159]"), "a C1 control in: " .. line)
+        end
+        assert.is_nil(log:find("fake 2026", 1, true) and log:find("\nfake", 1, true))
+        -- the good ones ran, once each
+        local _, ncompleted = log:gsub(" completed task_id=", "")
+        assert.are.equal(ngood, ncompleted)
+        assert.truthy(log:find(" completed task_id=g1 ", 1, true))
+        assert.truthy(log:find(" completed task_id=g3 ", 1, true))
+        print(("\n# hostile corpus: %d set aside, %d run; worker peak RSS %.1f MB"):format(nbad, ngood, peak / 1024))
+        assert.is_true(peak < 64 * 1024, ("peak RSS %d kB"):format(peak))
+        -- and it still cancels and stops
+        s:run{ task_id = "still", messages = { "sleep:30000" } }
+        assert(proc.wait_for(function()
+            return (proc.read(w.log) or ""):find("consumed[^\n]*task_id=still ") ~= nil
+                or s:queue_length() == 0
+        end, 10))
+        proc.sleep(0.3)
+        assert(s:cancel("still"))
+        assert(proc.wait_for(function()
+            return (proc.read(w.log) or ""):find("canceled task_id=still ", 1, true)
+        end, 5), "the cancel did not reach the handler")
+        assert.are.equal(0, proc.stop(w, 10), "SIGTERM did not stop the worker")
+        s:close()
+    end)
 end)

@@ -140,7 +140,7 @@ describe("task decoding", function()
         { '{"type":"run","task_id":"a","messages":[{"role":"user","content":"x"}],"n":NaN}', "invalid JSON" },
         { "{\"type\":\"run\",\"task_id\":\"a\xff\"}", "invalid UTF-8 at byte" },
         { '{"type":5,"task_id":"a"}', "type must be a string (got number)" },
-        { '{"type":"run\\u0000","task_id":"a"}', "unknown type 'run\0' (expected run, pause, resume or cancel)" },
+        { '{"type":"run\\u0000","task_id":"a"}', "unknown type 'run\\x00' (expected run, pause, resume or cancel)" },
         { '{"type":"run","task_id":""}', "task_id must not be empty" },
         { '{"type":"cancel","task_id":"victim\\u0000attacker"}', "task_id contains a control character (U+0000 at byte 6)" },
         { '{"type":"run","task_id":"a\\u001b[2J","messages":[{"role":"user","content":"x"}]}',
