@@ -457,6 +457,27 @@ TEST(log_lines_are_escaped)
     CHECK_STR(json, "{\"ts\":\"T\",\"level\":\"info\",\"event\":\"log_truncated\"}\n");
 }
 
+TEST(pickup_latency_rejects_absurd_timestamps)
+{
+    const struct {
+        double in;
+        bool ok;
+        double out;
+    } cases[] = {
+        {0.0, true, 0.0},       {0.25, true, 0.25},       {-0.5, true, 0.0},
+        {-1.0, true, 0.0},      {-1.001, false, 0},       {-86400.0, false, 0},
+        {BQ_PICKUP_MAX, true, BQ_PICKUP_MAX},             {BQ_PICKUP_MAX + 1, false, 0},
+        {6.4e10, false, 0} /* year 1 */,                  {NAN, false, 0},
+        {INFINITY, false, 0},   {-INFINITY, false, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        double v = cases[i].in;
+        CHECK_INT(bq_pickup_accept(&v), cases[i].ok);
+        if (cases[i].ok)
+            CHECK(v == cases[i].out);
+    }
+}
+
 TEST(buf_out_of_memory_is_sticky)
 {
     bq_buf b = BQ_BUF_INIT;
@@ -798,6 +819,7 @@ int main(void)
     RUN(log_lines);
     RUN(log_lines_are_escaped);
     RUN(log_lines_cannot_be_forged);
+    RUN(pickup_latency_rejects_absurd_timestamps);
     RUN(buf_out_of_memory_is_sticky);
     RUN(sliding_window);
     RUN(arena_blocks_keep_their_bytes);
