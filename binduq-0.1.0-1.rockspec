@@ -40,9 +40,10 @@ build = {
         ["binduq.core"] = {
             sources = {
                 "src/core/alloc.c", "src/core/arena.c", "src/core/backoff.c", "src/core/buf.c",
-                "src/core/clock.c", "src/core/dl.c", "src/core/err.c", "src/core/id.c", "src/core/log.c",
-                "src/core/rand.c", "src/core/ratelimit.c",
-                "src/net/bulkcap.c", "src/net/conn.c", "src/net/pool.c", "src/net/sslapi.c", "src/net/tls.c", "src/net/url.c",
+                "src/core/clock.c", "src/core/dl.c", "src/core/err.c", "src/core/escape.c",
+                "src/core/id.c", "src/core/log.c", "src/core/rand.c", "src/core/ratelimit.c",
+                "src/net/bulkcap.c", "src/net/conn.c", "src/net/pool.c", "src/net/sslapi.c",
+                "src/net/tls.c", "src/net/url.c",
                 "src/broker/broker.c", "src/broker/cluster.c", "src/broker/keys.c", "src/broker/mem.c",
                 "src/broker/redis.c", "src/storage/mem.c", "src/storage/pg.c",
                 "src/storage/pqapi.c", "src/storage/storage.c",

@@ -17,7 +17,18 @@
 --
 -- Each command exits 0 on success and 1 with a message on stderr on failure (2 for a usage
 -- error). --json prints one JSON document on stdout, for scripts.
+--
+-- What these commands print comes from queues, dead letters, worker records and task state:
+-- anyone who can write to a queue chooses those bytes. So every line of text goes through
+-- one function, `text_line` (core.escape, the rule of src/core/escape.h that the log lines
+-- follow too): C0 controls, DEL, C1 controls (U+0080..U+009F) and invalid UTF-8 are written
+-- as \n \r \t \xNN \u{NN}, and no message can move the cursor, clear the screen, write the
+-- clipboard (OSC 52) or forge a line. A body that has lines of its own (a message, a
+-- traceback) is shown one line per line, indented by two spaces, so none of them passes for
+-- a line of ours. --json output goes through `json_text`: controls and C1 as \u00NN, bytes
+-- of invalid UTF-8 as \ufffd, so it is valid JSON and as safe to print.
 
+local core = require("binduq.core")
 local json = require("binduq.json")
 local scheduler = require("binduq.scheduler")
 local storage_mod = require("binduq.storage")
@@ -126,17 +137,45 @@ local function filter_of(opts)
     return any and f or nil
 end
 
+-- One line of text for the terminal (see the top of this file).
+local function text_line(s)
+    return core.escape(s)
+end
+
+-- Writes `lines` (a list of lines, or one line) to stdout, each through text_line.
+local function write_lines(lines, to)
+    if type(lines) ~= "table" then lines = { lines } end
+    local t = {}
+    for i, l in ipairs(lines) do t[i] = text_line(tostring(l)) end
+    t[#t + 1] = ""
+    local f = to or io.stdout
+    f:write(table.concat(t, "\n"))
+end
+
+-- Writes one JSON document to stdout, safe to print (see the top of this file).
+local function json_text(doc)
+    io.stdout:write(core.escape(doc, "json_text"), "\n")
+end
+
+-- Adds a body that has lines of its own to `lines`: one line per line, indented.
+local function body_lines(lines, body)
+    for l in (tostring(body) .. "\n"):gmatch("(.-)\n") do lines[#lines + 1] = "  " .. l end
+end
+
 local function out(opts, data, text)
     if opts.json then
-        io.stdout:write(json.encode_strict(data), "\n")
+        json_text(json.encode_strict(data))
     else
-        io.stdout:write(text, "\n")
+        write_lines(text)
     end
 end
 
+-- A field of a one-line summary: whitespace runs as one space, escaped, at most n characters.
+-- Escaped first, so the cut falls between two characters and no NUL reaches a padded
+-- string.format field.
 local function short(s, n)
-    s = tostring(s or ""):gsub("%s+", " ")
-    if #s > n then s = s:sub(1, n - 3) .. "..." end
+    s = text_line((tostring(s or ""):gsub("%s+", " ")))
+    if utf8.len(s) > n then s = s:sub(1, utf8.offset(s, n - 2) - 1) .. "..." end
     return s
 end
 
@@ -170,17 +209,17 @@ function dlq.list(s, opts)
             list[i] = entry_json(e)
             list[i].index = i - 1
         end
-        io.stdout:write('{"queue":', json.encode_strict(s.queue_name), ',"total":', total,
-                        ',"entries":', json.array(list), "}\n")
+        json_text('{"queue":' .. json.encode_strict(s.queue_name) .. ',"total":' .. total
+                  .. ',"entries":' .. json.array(list) .. "}")
         return
     end
     local lines = { ("%d dead-letter entr%s in %s%s"):format(total, total == 1 and "y" or "ies", s.queue_name,
                                                            total > #entries and (", newest " .. #entries .. ":") or ":") }
     for i, e in ipairs(entries) do
-        lines[#lines + 1] = ("%4d  %-24s  %-36s  %-10s  %s"):format(i - 1, e.failed_at or "-",
-            short(e.task_id or "(no task id)", 36), e.error and e.error.code or "-", short(e.reason, 60))
+        lines[#lines + 1] = ("%4d  %-24s  %-36s  %-10s  %s"):format(i - 1, short(e.failed_at or "-", 24),
+            short(e.task_id or "(no task id)", 36), short(e.error and e.error.code or "-", 10), short(e.reason, 60))
     end
-    out(opts, nil, table.concat(lines, "\n"))
+    out(opts, nil, lines)
 end
 
 local function index_arg(pos)
@@ -200,11 +239,11 @@ function dlq.show(s, opts, pos)
     if type(e.error) == "table" then
         lines[#lines + 1] = ("%-10s %s: %s (retryable: %s)"):format("error:", tostring(e.error.code),
             tostring(e.error.message), tostring(e.error.retryable))
-        if e.error.traceback then lines[#lines + 1] = e.error.traceback end
+        if e.error.traceback then body_lines(lines, e.error.traceback) end
     end
     lines[#lines + 1] = "message:"
-    lines[#lines + 1] = utf8.len(e.message or "") and e.message or "(not valid UTF-8; use --json or redis-cli)"
-    out(opts, nil, table.concat(lines, "\n"))
+    body_lines(lines, e.message or "")
+    out(opts, nil, lines)
 end
 
 local function progress(verb)
@@ -269,7 +308,7 @@ function task.show(st, opts, pos)
         local h, a = json.array(t.history), json.array(t.artifacts)
         t.history, t.artifacts = nil, nil
         local head = json.encode_strict(t)
-        io.stdout:write(head:sub(1, -2), (head == "{}" and "" or ","), '"history":', h, ',"artifacts":', a, "}\n")
+        json_text(head:sub(1, -2) .. (head == "{}" and "" or ",") .. '"history":' .. h .. ',"artifacts":' .. a .. "}")
         return
     end
     local lines = {}
@@ -285,13 +324,13 @@ function task.show(st, opts, pos)
     if t.checkpoint ~= nil then lines[#lines + 1] = ("%-12s %s"):format("checkpoint:", json.encode(t.checkpoint)) end
     lines[#lines + 1] = ("history (%d):"):format(#t.history)
     for i, m in ipairs(t.history) do
-        lines[#lines + 1] = ("  %2d %-6s %s"):format(i, tostring(type(m) == "table" and m.role or "?"), short(text_of(m), 100))
+        lines[#lines + 1] = ("  %2d %-6s %s"):format(i, short(type(m) == "table" and m.role or "?", 12), short(text_of(m), 100))
     end
     lines[#lines + 1] = ("artifacts (%d)%s"):format(#t.artifacts, #t.artifacts > 0 and ":" or "")
     for i, a in ipairs(t.artifacts) do
         lines[#lines + 1] = ("  %2d %s"):format(i, short(json.encode(a), 100))
     end
-    out(opts, nil, table.concat(lines, "\n"))
+    out(opts, nil, lines)
 end
 
 function task.list(st, opts)
@@ -310,16 +349,16 @@ function task.list(st, opts)
                          worker = t.worker, queue = t.queue, created_at = t.created_at, updated_at = t.updated_at,
                          messages = #t.history }
         end
-        io.stdout:write('{"tasks":', json.array(items), "}\n")
+        json_text('{"tasks":' .. json.array(items) .. "}")
         return
     end
     local lines = { ("%d task%s%s:"):format(#list, #list == 1 and "" or "s",
                                             opts.state and (" in state " .. opts.state) or "") }
     for _, t in ipairs(list) do
-        lines[#lines + 1] = ("%-36s  %-14s  %3d  %-24s  %s"):format(short(t.task_id, 36), t.state, t.attempts,
+        lines[#lines + 1] = ("%-36s  %-14s  %3d  %-24s  %s"):format(short(t.task_id, 36), short(t.state, 14), t.attempts,
                                                                 iso(t.updated_at), short(t.worker or "-", 30))
     end
-    out(opts, nil, table.concat(lines, "\n"))
+    out(opts, nil, lines)
 end
 
 -- ---- stats, workers, queue, top: read straight from Redis --------------------------------
@@ -376,7 +415,7 @@ function admin.stats(s, opts)
     local rows = {}
     for _, q in ipairs(queues_of(opts, s)) do rows[#rows + 1] = (queue_stats(c, q)) end
     if opts.json then
-        io.stdout:write('{"queues":', json.array(rows), "}\n")
+        json_text('{"queues":' .. json.array(rows) .. "}")
         return
     end
     local lines = { ("%-32s %9s %9s %9s %9s %8s"):format("QUEUE", "READY", "DELAYED", "INFLIGHT", "DEAD", "WORKERS") }
@@ -384,14 +423,14 @@ function admin.stats(s, opts)
         lines[#lines + 1] = ("%-32s %9d %9d %9d %9d %8d"):format(short(r.queue, 32), r.ready, r.delayed, r.inflight,
                                                               r.dead, r.workers)
     end
-    out(opts, nil, table.concat(lines, "\n"))
+    out(opts, nil, lines)
 end
 
 function admin.workers(s, opts)
     local q = queues_of(opts, s)[1]
     local _, list = queue_stats(s.client, q, true)
     if opts.json then
-        io.stdout:write('{"queue":', json.encode_strict(q), ',"workers":', json.array(list), "}\n")
+        json_text('{"queue":' .. json.encode_strict(q) .. ',"workers":' .. json.array(list) .. "}")
         return
     end
     local lines = { ("%d worker record%s on %s:"):format(#list, #list == 1 and "" or "s", q),
@@ -400,7 +439,7 @@ function admin.workers(s, opts)
         lines[#lines + 1] = ("%-36s %11.1fs %9d  %s"):format(short(w.id, 36), w.lease_left, w.inflight,
             w.lease_left < 0 and "(lease ran out: gone)" or short(w.current or "-", 40))
     end
-    out(opts, nil, table.concat(lines, "\n"))
+    out(opts, nil, lines)
 end
 
 function admin.queue(s, opts, pos)
@@ -416,12 +455,12 @@ function admin.queue(s, opts, pos)
         if opts.json then
             local safe = {}
             for i, m in ipairs(list) do safe[i] = utf8.len(m) and m or "(not valid UTF-8)" end
-            io.stdout:write('{"queue":', json.encode_strict(q), ',"messages":', json.array(safe), "}\n")
+            json_text('{"queue":' .. json.encode_strict(q) .. ',"messages":' .. json.array(safe) .. "}")
             return
         end
         local lines = { ("next %d of %d on %s (oldest first):"):format(#list, must(c:command(q, "LLEN", q)), q) }
-        for i, m in ipairs(list) do lines[#lines + 1] = ("%4d  %s"):format(i, short(utf8.len(m) and m or "(not valid UTF-8)", 110)) end
-        return out(opts, nil, table.concat(lines, "\n"))
+        for i, m in ipairs(list) do lines[#lines + 1] = ("%4d  %s"):format(i, short(m, 110)) end
+        return out(opts, nil, lines)
     elseif pos[1] == "purge" then
         if not opts.yes then error({ usage = "purge deletes every waiting operation of " .. q .. ": add --yes" }) end
         local total = 0
@@ -473,7 +512,8 @@ function admin.top(s, opts)
                 lines[#lines + 1] = ("%-36s %-20s %9.1fs %9d  %s"):format(short(w.id, 36), short(w.queue, 20), w.lease_left,
                     w.inflight, w.lease_left < 0 and "(gone)" or short(w.current or "-", 30))
             end
-            io.stdout:write(tty and "\27[H\27[2J" or "", table.concat(lines, "\n"), "\n")
+            io.stdout:write(tty and "\27[H\27[2J" or "")
+            write_lines(lines)
             io.stdout:flush()
             frames = frames + 1
             if count and frames >= count then return end
@@ -514,7 +554,7 @@ function M.main(args)
         end
         local nosub = cmd == "stats" or cmd == "workers" or cmd == "top"
         if opts.help or (#pos == 0 and not nosub) then
-            io.stdout:write(USAGE[cmd])
+            io.stdout:write(USAGE[cmd]) -- ours, several lines
             return opts.help and 0 or 2
         end
         if nosub and #pos > 0 then error({ usage = "unexpected argument '" .. pos[1] .. "'" }) end
@@ -553,10 +593,12 @@ function M.main(args)
     end)
     if ok then return res end
     if type(res) == "table" and res.usage then
-        io.stderr:write("binduq-lua ", cmd, ": ", res.usage, "\n", USAGE[cmd])
+        write_lines({ "binduq-lua " .. cmd .. ": " .. tostring(res.usage) }, io.stderr)
+        io.stderr:write(USAGE[cmd])
         return 2
     end
-    io.stderr:write("binduq-lua ", cmd, ": ", type(res) == "table" and tostring(res.fail) or tostring(res), "\n")
+    write_lines({ "binduq-lua " .. cmd .. ": " .. (type(res) == "table" and tostring(res.fail) or tostring(res)) },
+                io.stderr)
     return 1
 end
 

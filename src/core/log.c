@@ -6,6 +6,7 @@
 #include "buf.h"
 #include "clock.h"
 #include "err.h"
+#include "escape.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -16,7 +17,6 @@
 #include <strings.h>
 #include <unistd.h>
 
-#define MAX_LINE 4096
 #define MAX_FIELDS 32
 
 static atomic_int cur_level = BQ_LOG_INFO;
@@ -106,56 +106,142 @@ bool bq_log_enabled(bq_log_level level)
                                                                       memory_order_relaxed);
 }
 
-/* Appends v, replacing bytes of invalid UTF-8 with '?', so a log line is always valid text. */
-static void put_json_value(bq_buf *b, const char *v)
+/* ---- Formatting ----------------------------------------------------------------------------
+ *
+ * Every event name, key and value may come from outside (a handler's bq.log, a task id, an
+ * error message), so each goes through bq_escape (escape.h): a line cannot be forged, a
+ * terminal tailing the log takes no command from it, and a JSON line always parses.
+ */
+
+/* A logfmt token written bare: non-empty, printable, no space, '"', '=' or '\', and nothing
+ * bq_escape would change. */
+static bool plain_token(const char *s, size_t len)
 {
-    size_t len = strlen(v), bad;
-    if (bq_utf8_valid(v, len, &bad)) {
-        bq_buf_json_str(b, v, len);
-        return;
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == ' ' || c == '"' || c == '=' || c == '\\')
+            return false;
     }
-    bq_buf tmp = BQ_BUF_INIT;
-    while (len > 0) {
-        if (bq_utf8_valid(v, len, &bad)) {
-            bq_buf_append(&tmp, v, len);
-            break;
-        }
-        bq_buf_append(&tmp, v, bad);
-        bq_buf_putc(&tmp, '?');
-        v += bad + 1;
-        len -= bad + 1;
-    }
-    const char *s = bq_buf_cstr(&tmp);
-    if (s != NULL)
-        bq_buf_json_str(b, s, tmp.len);
-    bq_buf_free(&tmp);
+    return bq_escape_clean(s, len);
 }
 
-/* logfmt: bare when the value is a plain token, otherwise quoted with escapes. */
-static void put_text_value(bq_buf *b, const char *v)
+/* Text: bare when plain, otherwise quoted with every escape of BQ_ESC_QUOTED (lossless). */
+static void put_text(bq_buf *b, const char *s)
 {
-    bool plain = *v != '\0';
-    for (const char *p = v; *p && plain; p++)
-        plain = (unsigned char)*p > ' ' && *p != '"' && *p != '=' && *p != '\\';
-    if (plain) {
-        bq_buf_puts(b, v);
+    size_t len = strlen(s);
+    if (plain_token(s, len)) {
+        bq_buf_append(b, s, len);
         return;
     }
     bq_buf_putc(b, '"');
-    for (const char *p = v; *p; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c == '"' || c == '\\') {
-            bq_buf_putc(b, '\\');
-            bq_buf_putc(b, (char)c);
-        } else if (c == '\n') {
-            bq_buf_puts(b, "\\n");
-        } else if (c < ' ') {
-            bq_buf_putc(b, ' ');
+    bq_escape(b, s, len, BQ_ESC_QUOTED);
+    bq_buf_putc(b, '"');
+}
+
+static void put_json(bq_buf *b, const char *s)
+{
+    bq_buf_putc(b, '"');
+    bq_escape(b, s, strlen(s), BQ_ESC_JSON);
+    bq_buf_putc(b, '"');
+}
+
+/* Whether v is a number by JSON's grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static bool json_number(const char *v)
+{
+    const char *p = v;
+    if (*p == '-')
+        p++;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (*p >= '0' && *p <= '9')
+            p++;
+    } else {
+        return false;
+    }
+    if (*p == '.') {
+        if (*++p < '0' || *p > '9')
+            return false;
+        while (*p >= '0' && *p <= '9')
+            p++;
+    }
+    if (*p == 'e' || *p == 'E') {
+        if (*++p == '+' || *p == '-')
+            p++;
+        if (*p < '0' || *p > '9')
+            return false;
+        while (*p >= '0' && *p <= '9')
+            p++;
+    }
+    return *p == '\0';
+}
+
+/* "NaN", "Infinity" or "-Infinity" when v spells a number that is not finite (printf's
+ * "-nan", "inf", Lua's "-nan", "inf"), else NULL. */
+static const char *non_finite(const char *v)
+{
+    const char *p = v + (*v == '-' || *v == '+');
+    if (strncasecmp(p, "nan", 3) == 0 && (p[3] == '\0' || p[3] == '('))
+        return "NaN";
+    if (strcasecmp(p, "inf") == 0 || strcasecmp(p, "infinity") == 0)
+        return *v == '-' ? "-Infinity" : "Infinity";
+    return NULL;
+}
+
+void bq_log_format(bq_buf *b, bool json, const char *ts, bq_log_level level, const char *event,
+                   size_t n, const char *const *keys, const char *const *vals)
+{
+    size_t start = b->len;
+    if (json) {
+        bq_buf_printf(b, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":", ts,
+                      bq_log_level_name(level));
+        put_json(b, event);
+    } else {
+        bq_buf_printf(b, "%s %s ", ts, bq_log_level_name(level));
+        put_text(b, event);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (keys[i] == NULL || vals[i] == NULL)
+            continue;
+        /* A key marked '#' holds a number: bare in JSON when it is one by JSON's grammar,
+         * a string otherwise ("NaN", "Infinity", "-Infinity" for the non-finite ones). */
+        bool number = keys[i][0] == '#';
+        const char *key = keys[i] + (number ? 1 : 0), *v = vals[i];
+        bool bare = number && json_number(v);
+        const char *nf = number && !bare ? non_finite(v) : NULL;
+        if (json) {
+            bq_buf_putc(b, ',');
+            put_json(b, key);
+            bq_buf_putc(b, ':');
+            if (bare)
+                bq_buf_puts(b, v);
+            else
+                put_json(b, nf != NULL ? nf : v);
         } else {
-            bq_buf_putc(b, (char)c);
+            bq_buf_putc(b, ' ');
+            put_text(b, key);
+            bq_buf_putc(b, '=');
+            put_text(b, nf != NULL ? nf : v);
         }
     }
-    bq_buf_putc(b, '"');
+    bq_buf_puts(b, json ? "}\n" : "\n");
+    if (b->oom || b->len - start <= BQ_LOG_MAX_LINE)
+        return;
+    /* Cut long lines; JSON consumers get a valid object with a marker instead. */
+    if (json) {
+        b->len = start;
+        bq_buf_printf(b, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":\"log_truncated\"}\n", ts,
+                      bq_log_level_name(level));
+    } else {
+        /* The line is escaped, so it is ASCII plus whole UTF-8 sequences: cut between two. */
+        size_t cut = start + BQ_LOG_MAX_LINE - 4;
+        while (cut > start && ((unsigned char)b->p[cut] & 0xC0) == 0x80)
+            cut--;
+        b->len = cut;
+        bq_buf_puts(b, "...\n");
+    }
 }
 
 void bq_log_kv(bq_log_level level, const char *event, size_t n, const char *const *keys,
@@ -165,53 +251,14 @@ void bq_log_kv(bq_log_level level, const char *event, size_t n, const char *cons
         return;
     char ts[40];
     bq_iso8601(bq_now_wall(), ts, sizeof ts);
-    bool json = atomic_load_explicit(&json_format, memory_order_relaxed);
-    char stackbuf[MAX_LINE + 8];
     bq_buf b = BQ_BUF_INIT;
-    if (json) {
-        bq_buf_printf(&b, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":", ts,
-                      bq_log_level_name(level));
-        put_json_value(&b, event);
-    } else {
-        bq_buf_printf(&b, "%s %s %s", ts, bq_log_level_name(level), event);
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (keys[i] == NULL || vals[i] == NULL)
-            continue;
-        bool number = keys[i][0] == '#';
-        const char *key = keys[i] + (number ? 1 : 0);
-        if (json) {
-            bq_buf_putc(&b, ',');
-            bq_buf_json_str(&b, key, strlen(key));
-            bq_buf_putc(&b, ':');
-            if (number)
-                bq_buf_puts(&b, vals[i]);
-            else
-                put_json_value(&b, vals[i]);
-        } else {
-            bq_buf_printf(&b, " %s=", key);
-            put_text_value(&b, vals[i]);
-        }
-    }
-    bq_buf_puts(&b, json ? "}\n" : "\n");
+    bq_log_format(&b, atomic_load_explicit(&json_format, memory_order_relaxed), ts, level, event,
+                  n, keys, vals);
     const char *line = bq_buf_cstr(&b);
-    if (line == NULL) {
+    if (line == NULL)
         write_line("binduq: out of memory while logging\n", 36);
-    } else if (b.len > MAX_LINE) {
-        /* Cut long lines; JSON consumers get a valid object with a marker instead. */
-        if (json) {
-            int k = snprintf(stackbuf, sizeof stackbuf,
-                             "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":\"log_truncated\"}\n", ts,
-                             bq_log_level_name(level));
-            write_line(stackbuf, (size_t)k);
-        } else {
-            memcpy(stackbuf, line, MAX_LINE - 4);
-            memcpy(stackbuf + MAX_LINE - 4, "...\n", 4);
-            write_line(stackbuf, MAX_LINE);
-        }
-    } else {
+    else
         write_line(line, b.len);
-    }
     bq_buf_free(&b);
 }
 

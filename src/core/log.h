@@ -9,12 +9,23 @@
  * override them. Each line is written with a single write(2), so lines from many threads and
  * processes sharing a pipe do not interleave (up to PIPE_BUF bytes; longer lines are cut at
  * 4 KiB). Values are strings; a key that starts with '#' marks a number, written unquoted in
- * JSON (the '#' is not printed). Callers never pass a password: URLs are redacted first.
+ * JSON (the '#' is not printed) when it is a number by JSON's grammar; a number that is not
+ * finite is written as the string "NaN", "Infinity" or "-Infinity", anything else under a
+ * '#' key as a string. Callers never pass a password: URLs are redacted first.
+ *
+ * Event names, keys and values are escaped (escape.h), so each event is exactly one line
+ * whatever a handler or a message puts in them. Text: a token that is not plain (empty, or
+ * with a space, '"', '=', '\', a control, C1 or invalid UTF-8) is quoted, with \" \\ \n \r
+ * \t \xNN \u{NN} inside; this applies to event names and keys as well as values, and reads
+ * back to the exact bytes. JSON: controls, DEL and C1 as \u00NN, each byte of invalid UTF-8
+ * as \ufffd. A string is cut at its first NUL (C strings).
  */
 #ifndef BINDUQ_LOG_H
 #define BINDUQ_LOG_H
 
 #include "../binduq.h"
+
+#include "buf.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -40,5 +51,14 @@ void bq_log(bq_log_level level, const char *event, ...);
 /* The same with arrays (used by the Lua binding). */
 void bq_log_kv(bq_log_level level, const char *event, size_t n, const char *const *keys,
                const char *const *vals);
+
+/* The longest line written, '\n' included: longer text lines are cut and end in "...\n",
+ * longer JSON lines are replaced by a "log_truncated" event. */
+#define BQ_LOG_MAX_LINE 4096
+
+/* Appends to b the line bq_log_kv writes (with its '\n'), in JSON or text, stamped `ts`:
+ * the formatter alone, for tests and the fuzz target. */
+void bq_log_format(bq_buf *b, bool json, const char *ts, bq_log_level level, const char *event,
+                   size_t n, const char *const *keys, const char *const *vals);
 
 #endif

@@ -203,6 +203,10 @@ bq_status bq_metrics_render(char **out, size_t *len)
          offsetof(struct bq_worker_stats, redis_errors)},
         {"binduq_reconnects_total", "Fetch loops that reconnected after errors.",
          offsetof(struct bq_worker_stats, reconnects)},
+        {"binduq_pickup_latency_rejected_total",
+         "Pickup latencies not observed: the producer's timestamp more than 1 s in the future "
+         "or more than 30 days old.",
+         offsetof(struct bq_worker_stats, pickup_rejected)},
     };
     for (size_t c = 0; c < sizeof counters / sizeof counters[0]; c++) {
         family(&b, counters[c].name, "counter", counters[c].help);

@@ -110,7 +110,7 @@ struct bq_worker {
 
     atomic_llong n_fetched, n_completed, n_failed, n_retried, n_dead, n_dropped, n_malformed,
         n_skipped, n_handed_back, n_lease_lost, n_reaped, n_rate_limited, n_canceled, n_paused,
-        n_waiting, n_redis_errors, n_reconnects;
+        n_waiting, n_redis_errors, n_reconnects, n_pickup_rejected;
     /* Histograms (per bucket, not cumulative) and sums in microseconds. */
     atomic_llong h_dur[BQ_HIST_N], h_pick[BQ_HIST_N], h_dur_sum_us, h_pick_sum_us;
 };
@@ -611,13 +611,28 @@ static const char *const outcome_names[] = {
 const double bq_hist_bounds[BQ_HIST_N] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
                                            0.1,    0.5,   1.0,    10.0,  60.0, INFINITY};
 
+/* v is in [0, BQ_PICKUP_MAX] (a duration from the monotonic clock, or an accepted pickup),
+ * so v * 1e6 fits; the sum saturates rather than wrap, and so never goes negative. */
 static void observe(atomic_llong *buckets, atomic_llong *sum_us, double v)
 {
     int i = 0;
     while (i < BQ_HIST_N - 1 && v > bq_hist_bounds[i])
         i++;
     atomic_fetch_add(&buckets[i], 1);
-    atomic_fetch_add(sum_us, (long long)(v * 1e6));
+    long long us = v > 0 ? (long long)(v * 1e6) : 0;
+    long long cur = atomic_load(sum_us), next;
+    do {
+        next = cur > LLONG_MAX - us ? LLONG_MAX : cur + us;
+    } while (!atomic_compare_exchange_weak(sum_us, &cur, next));
+}
+
+bool bq_pickup_accept(double *v)
+{
+    if (!(*v >= -BQ_PICKUP_SKEW && *v <= BQ_PICKUP_MAX)) /* NaN fails both */
+        return false;
+    if (*v < 0)
+        *v = 0;
+    return true;
 }
 
 static void snapshot(atomic_llong *buckets, atomic_llong *sum_us, struct bq_hist *h)
@@ -649,8 +664,13 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
 {
     if (out->kind != BQ_OUTCOME_DEFERRED && out->kind != BQ_OUTCOME_MALFORMED)
         observe(w->h_dur, &w->h_dur_sum_us, duration);
-    if (out->pickup >= 0)
-        observe(w->h_pick, &w->h_pick_sum_us, out->pickup);
+    if (!isnan(out->pickup)) {
+        double pickup = out->pickup;
+        if (bq_pickup_accept(&pickup))
+            observe(w->h_pick, &w->h_pick_sum_us, pickup);
+        else
+            atomic_fetch_add(&w->n_pickup_rejected, 1);
+    }
     const char *trace = out->trace_id[0] ? out->trace_id : NULL;
     char ms[32] = "";
     if (out->kind != BQ_OUTCOME_COMPLETED || bq_log_enabled(BQ_LOG_INFO))
@@ -778,7 +798,7 @@ static void *slot_main(void *arg)
         struct bq_outcome out;
         memset(&out, 0, sizeof out);
         out.attempt = 1;
-        out.pickup = -1;
+        out.pickup = NAN;
         double t0 = bq_now_mono();
         w->ops.handle(s->state, &msg, &out);
 
@@ -1612,6 +1632,7 @@ void bq_worker_stats(bq_worker *w, struct bq_worker_stats *out)
     out->waiting = atomic_load(&w->n_waiting);
     out->redis_errors = atomic_load(&w->n_redis_errors);
     out->reconnects = atomic_load(&w->n_reconnects);
+    out->pickup_rejected = atomic_load(&w->n_pickup_rejected);
     pthread_mutex_lock(&w->mu);
     out->inflight = w->inflight;
     pthread_mutex_unlock(&w->mu);

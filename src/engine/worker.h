@@ -71,8 +71,8 @@ struct bq_outcome {
     size_t body;       /* offset of the original message in the fetched one (after a header) */
     int attempt;       /* the attempt that just ended (1 for the first) */
     char state[24];    /* the task's stored state afterwards ("" when unknown) */
-    double pickup;     /* seconds from the producer's timestamp to the handler's start; < 0:
-                        * unknown (metrics) */
+    double pickup;     /* seconds from the producer's timestamp to the handler's start; NaN:
+                        * unknown (metrics; see bq_pickup_accept) */
     char trace_id[64]; /* the task's trace id ("" when none), for the log lines */
 };
 
@@ -214,7 +214,7 @@ bq_broker *bq_worker_broker(bq_worker *w);
 struct bq_worker_stats {
     long long fetched, completed, failed, retried, dead_lettered, dropped, malformed, skipped,
         handed_back, lease_lost, reaped, rate_limited, canceled, paused, waiting, redis_errors,
-        reconnects;
+        reconnects, pickup_rejected;
     int inflight;
 };
 void bq_worker_stats(bq_worker *w, struct bq_worker_stats *out);
@@ -228,6 +228,16 @@ struct bq_hist {
     double sum;
 };
 void bq_worker_histograms(bq_worker *w, struct bq_hist *duration, struct bq_hist *pickup);
+
+/* A pickup latency comes from the producer's timestamp, which anyone who can write to the
+ * queue chooses. One up to BQ_PICKUP_SKEW seconds below 0 is a producer's clock running a
+ * little ahead and is observed as 0; one below that, above BQ_PICKUP_MAX (30 days: a year-1
+ * timestamp, a date in the future) or not a number is not observed but counted
+ * (binduq_pickup_latency_rejected_total), so it cannot drag the histogram's sum. Returns
+ * whether to observe *v, clamped. */
+#define BQ_PICKUP_SKEW 1.0
+#define BQ_PICKUP_MAX (30.0 * 86400.0)
+bool bq_pickup_accept(double *v);
 
 /* True while the worker fetches (started and not stopping). */
 bool bq_worker_running(bq_worker *w);

@@ -8,6 +8,7 @@
 #include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/err.h"
+#include "../core/escape.h"
 #include "../core/id.h"
 #include "../core/log.h"
 #include "../core/rand.h"
@@ -193,6 +194,33 @@ static int l_log_configure(lua_State *L)
     if (format != NULL && bq_log_set_format(format) != BQ_OK)
         return luaL_error(L, "log format must be text or json");
     return 0;
+}
+
+/* core.escape(s [, mode]) -> s escaped by core/escape.h's rule, the one the log lines use:
+ * mode "display" (default: one line for a terminal), "quoted" (the inside of a logfmt quoted
+ * value), "json" (the inside of a JSON string) or "json_text" (an encoded JSON text made
+ * safe to print). Returns s itself when display mode changes nothing. May raise (memory). */
+static int l_escape(lua_State *L)
+{
+    static const char *const modes[] = {"display", "quoted", "json", "json_text", NULL};
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    int mode = luaL_checkoption(L, 2, "display", modes);
+    if (mode == BQ_ESC_DISPLAY && bq_escape_clean(s, len)) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    /* Six output bytes per input byte at most (\ufffd, \u00NN), so a Lua-owned block of that
+     * size is the buffer, and nothing of ours is left if Lua raises. */
+    if (len > ((size_t)-1 - 1) / 6)
+        return luaL_error(L, "string too long to escape");
+    char *room = lua_newuserdatauv(L, len * 6 + 1, 0);
+    bq_buf b = {room, 0, len * 6 + 1, false};
+    bq_escape(&b, s, len, (bq_escape_mode)mode);
+    if (b.p != room || b.oom)
+        return luaL_error(L, "core.escape: output larger than its bound");
+    lua_pushlstring(L, room, b.len);
+    return 1;
 }
 
 /* ---- Ids, time, URLs ------------------------------------------------------------------------ */
@@ -522,6 +550,7 @@ static const luaL_Reg core_funcs[] = {
     {"log", l_log},
     {"log_enabled", l_log_enabled},
     {"log_configure", l_log_configure},
+    {"escape", l_escape},
     {"uuid4", l_uuid4},
     {"utf8_check", l_utf8_check},
     {"id_problem", l_id_problem},

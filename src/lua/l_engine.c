@@ -32,6 +32,7 @@
 #include "../storage/storage.h"
 
 #include <stdio.h>
+#include <math.h>
 #include <string.h>
 
 /* What every handler state of one engine is built from. Owned by the engine userdata and
@@ -307,7 +308,7 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
         lua_getfield(L, 5, "trace_id");
         copy_field(out->trace_id, sizeof out->trace_id, L, -1);
         lua_getfield(L, 5, "pickup");
-        out->pickup = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
+        out->pickup = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : NAN;
         lua_pop(L, 4);
         if (out->kind == BQ_OUTCOME_COMPLETED) { /* a result travels as info.result */
             lua_getfield(L, 5, "result");

@@ -380,6 +380,116 @@ TEST(log_lines)
     bq_log_set_format("text");
 }
 
+/* One formatted line, stamped "T". */
+static const char *log_fmt(bool json, const char *event, size_t n, const char *const *keys,
+                           const char *const *vals)
+{
+    static char line[2 * BQ_LOG_MAX_LINE];
+    bq_buf b = BQ_BUF_INIT;
+    bq_log_format(&b, json, "T", BQ_LOG_INFO, event, n, keys, vals);
+    snprintf(line, sizeof line, "%s", b.oom ? "(oom)" : bq_buf_cstr(&b));
+    bq_buf_free(&b);
+    return line;
+}
+
+/* Exactly one line: valid UTF-8, ends in its only '\n', no other control, DEL or C1. */
+static bool one_clean_line(const char *s)
+{
+    size_t len = strlen(s);
+    if (len == 0 || s[len - 1] != '\n' || !bq_utf8_valid(s, len, NULL))
+        return false;
+    for (size_t i = 0; i + 1 < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f || (c == 0xc2 && (unsigned char)s[i + 1] < 0xa0))
+            return false;
+    }
+    return true;
+}
+
+static void log_hostile(void)
+{
+    bq_log(BQ_LOG_INFO, "a\nb", "k\n2026-01-01T00:00:00Z error x", "v", "#n", "-nan", "#i",
+           "inf", "bad\xff", "\xc2\x9b", NULL);
+}
+
+/* What bq_log writes: one line whatever the event, keys and values hold; JSON that parses. */
+TEST(log_lines_cannot_be_forged)
+{
+    CHECK_INT(bq_log_set_level("info"), BQ_OK);
+    CHECK_INT(bq_log_set_format("text"), BQ_OK);
+    const char *text = capture_log(log_hostile);
+    CHECK_CONTAINS(text, " info \"a\\nb\" \"k\\n2026-01-01T00:00:00Z error x\"=v n=NaN i=Infinity "
+                         "\"bad\\xff\"=\"\\u{9b}\"\n");
+    CHECK(one_clean_line(text));
+    CHECK_INT(bq_log_set_format("json"), BQ_OK);
+    const char *json = capture_log(log_hostile);
+    CHECK_CONTAINS(json, "\"event\":\"a\\nb\",\"k\\n2026-01-01T00:00:00Z error x\":\"v\","
+                         "\"n\":\"NaN\",\"i\":\"Infinity\",\"bad\\ufffd\":\"\\u009b\"}\n");
+    CHECK(one_clean_line(json));
+    bq_log_set_format("text");
+}
+
+TEST(log_lines_are_escaped)
+{
+    const char *keys[] = {"k\r", "osc", "c1", "bad", "del", "x=y", "ok", "#nan", "#inf", "#ninf",
+                          "#n", "#forged"};
+    const char *vals[] = {"v\n2026-01-01T00:00:00Z error forged", "\x1b]52;c;QQ==\x07", "\xc2\x9b",
+                          "\xff\xc3", "\x7f", "", "caf\xc3\xa9", "-nan", "inf", "-inf", "1.5e3",
+                          "1,\"admin\":true"};
+    const char *text = log_fmt(false, "a\nb", 12, keys, vals);
+    CHECK_STR(text, "T info \"a\\nb\" \"k\\r\"=\"v\\n2026-01-01T00:00:00Z error forged\" "
+                    "osc=\"\\x1b]52;c;QQ==\\x07\" c1=\"\\u{9b}\" bad=\"\\xff\\xc3\" "
+                    "del=\"\\x7f\" \"x=y\"=\"\" ok=caf\xc3\xa9 nan=NaN inf=Infinity "
+                    "ninf=-Infinity n=1.5e3 forged=\"1,\\\"admin\\\":true\"\n");
+    CHECK(one_clean_line(text));
+    const char *json = log_fmt(true, "a\nb", 12, keys, vals);
+    CHECK_STR(json, "{\"ts\":\"T\",\"level\":\"info\",\"event\":\"a\\nb\",\"k\\r\":"
+                    "\"v\\n2026-01-01T00:00:00Z error forged\",\"osc\":\"\\u001b]52;c;QQ==\\u0007\","
+                    "\"c1\":\"\\u009b\",\"bad\":\"\\ufffd\\ufffd\",\"del\":\"\\u007f\",\"x=y\":\"\","
+                    "\"ok\":\"caf\xc3\xa9\",\"nan\":\"NaN\",\"inf\":\"Infinity\",\"ninf\":\"-Infinity\","
+                    "\"n\":1.5e3,\"forged\":\"1,\\\"admin\\\":true\"}\n");
+    CHECK(one_clean_line(json));
+    /* Keys are cleaned of invalid UTF-8 too. */
+    const char *k2[] = {"\xc0\xaf\xed\xa0\x80"}, *v2[] = {"x"};
+    CHECK_STR(log_fmt(true, "e", 1, k2, v2), "{\"ts\":\"T\",\"level\":\"info\",\"event\":\"e\","
+                                             "\"\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\":\"x\"}\n");
+    CHECK_STR(log_fmt(false, "e", 1, k2, v2), "T info e \"\\xc0\\xaf\\xed\\xa0\\x80\"=x\n");
+
+    /* A long line is cut between two UTF-8 sequences (text), or replaced (JSON). */
+    static char big[3 * BQ_LOG_MAX_LINE];
+    for (size_t i = 0; i + 2 < sizeof big; i += 2)
+        memcpy(big + i, "\xc3\xa9", 2);
+    const char *k3[] = {"big"}, *v3[] = {big};
+    text = log_fmt(false, "e", 1, k3, v3);
+    CHECK(strlen(text) <= BQ_LOG_MAX_LINE);
+    CHECK(strlen(text) >= BQ_LOG_MAX_LINE - 8);
+    CHECK_CONTAINS(text, "...\n");
+    CHECK(one_clean_line(text));
+    json = log_fmt(true, "e", 1, k3, v3);
+    CHECK_STR(json, "{\"ts\":\"T\",\"level\":\"info\",\"event\":\"log_truncated\"}\n");
+}
+
+TEST(pickup_latency_rejects_absurd_timestamps)
+{
+    const struct {
+        double in;
+        bool ok;
+        double out;
+    } cases[] = {
+        {0.0, true, 0.0},       {0.25, true, 0.25},       {-0.5, true, 0.0},
+        {-1.0, true, 0.0},      {-1.001, false, 0},       {-86400.0, false, 0},
+        {BQ_PICKUP_MAX, true, BQ_PICKUP_MAX},             {BQ_PICKUP_MAX + 1, false, 0},
+        {6.4e10, false, 0} /* year 1 */,                  {NAN, false, 0},
+        {INFINITY, false, 0},   {-INFINITY, false, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        double v = cases[i].in;
+        CHECK_INT(bq_pickup_accept(&v), cases[i].ok);
+        if (cases[i].ok)
+            CHECK(v == cases[i].out);
+    }
+}
+
 TEST(buf_out_of_memory_is_sticky)
 {
     bq_buf b = BQ_BUF_INIT;
@@ -851,6 +961,9 @@ int main(void)
     RUN(dead_letter_entry_keeps_the_bytes);
     RUN(config_precedence);
     RUN(log_lines);
+    RUN(log_lines_are_escaped);
+    RUN(log_lines_cannot_be_forged);
+    RUN(pickup_latency_rejects_absurd_timestamps);
     RUN(buf_out_of_memory_is_sticky);
     RUN(sliding_window);
     RUN(arena_blocks_keep_their_bytes);

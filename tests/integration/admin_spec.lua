@@ -86,6 +86,72 @@ describe("#redis admin commands", function()
         assert.truthy(out:find("ECONNREFUSED", 1, true) or out:find("refused", 1, true), out)
     end)
 
+    it("prints no terminal control from queue data, in text and --json", function()
+        -- Anyone who can write to a queue chooses these bytes: an OSC 52 clipboard write, a
+        -- line erasure, a carriage return, a forged line, CSI as a C1 control, NUL, DEL, and
+        -- a byte that is not UTF-8.
+        local H = "x\27]52;c;SGVsbG8=\7\27[2K\r\n fake line\xc2\x9b\0\127\xffy"
+        local q2 = "it:hostile:" .. math.random(1, 1e9)
+        local key = function(suffix) return "{" .. q2 .. "}:" .. suffix end
+        local c = s.client
+        local header = json.encode_strict({ task_id = H, type = H, queue = H, worker = H, attempts = 1,
+                                            failed_at = H, reason = H,
+                                            error = { code = H, message = H, retryable = false, traceback = H } })
+        assert(c:command(q2, "LPUSH", key("dlq"), header .. "\n" .. H .. "\nsecond line"))
+        assert(c:command(q2, "LPUSH", q2, H, '{"task_id":"' .. H .. '"}'))
+        local expiry = tostring(math.floor(require("binduq.core").now() * 1000) + 600000)
+        assert(c:command(q2, "ZADD", key("workers"), expiry, H))
+        assert(c:command(q2, "LPUSH", key("wip:" .. H), json.encode_strict({ task_id = H })))
+        local e2 = { REDIS_URL = server.url, REDIS_QUEUE_NAME = q2, TERM = "dumb" }
+
+        -- Only the line feeds the CLI writes itself; nothing else below 0x20, no DEL, no C1,
+        -- valid UTF-8, and no line of the output is one the data made.
+        local function clean(out, cmd)
+            assert.is_nil(out:find("[%z\1-\9\11-\31\127]"), cmd .. ": " .. out)
+            assert.is_nil(out:find("\xc2[\x80-\x9f]"), cmd .. ": " .. out)
+            assert.is_truthy(utf8.len(out), cmd .. ": " .. out)
+            for l in out:gmatch("[^\n]+") do assert.is_nil(l:find("^ fake line"), cmd .. ": " .. out) end
+        end
+        local argv = [["$(printf 'x\033]52;c;SGVsbG8=\007\r\n fake line\302\233')"]]
+        for _, t in ipairs({ { "dlq list", 0 }, { "dlq show 0", 0 }, { "queue peek", 0 }, { "workers", 0 },
+                             { "stats", 0 }, { "top --count 1", 0 }, { "dlq show 7", 1 },
+                             { "dlq " .. argv, 2 }, { "stats --queue " .. argv, 0 } }) do
+            local rc, out = run(t[1], e2)
+            assert.are.equal(t[2], rc, out)
+            clean(out, t[1])
+        end
+        local _, out = run("dlq " .. argv, e2)
+        assert.truthy(out:find("unknown subcommand 'x\\x1b]52;c;SGVsbG8=\\x07\\r\\n fake line\\u{9b}'", 1, true), out)
+        local rc
+        rc, out = run("dlq show 0", e2)
+        assert.truthy(out:find("worker:    x\\x1b]52;c;SGVsbG8=\\x07\\x1b[2K\\r\\n fake line\\u{9b}\\x00\\x7f\\xffy\n",
+                                1, true), out)
+        assert.truthy(out:find("message:\n  x\\x1b]52;c;SGVsbG8=\\x07\\x1b[2K\\r\n   fake line", 1, true), out)
+        assert.truthy(out:find("\n  second line\n", 1, true), out)
+        rc, out = run("workers", e2)
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("1 worker record on", 1, true), out)
+
+        -- --json: valid JSON, safe to print, the same strings where they were UTF-8.
+        local want = "x\27]52;c;SGVsbG8=\7\27[2K\r\n fake line\xc2\x9b\0\127\xef\xbf\xbdy"
+        for _, cmd in ipairs({ "dlq list --json", "dlq show 0 --json", "queue peek --json", "workers --json" }) do
+            rc, out = run(cmd, e2)
+            assert.are.equal(0, rc, out)
+            clean(out, cmd)
+            local doc = json.decode(out)
+            assert.is_table(doc, cmd .. ": " .. out)
+            if cmd == "dlq list --json" then
+                assert.are.equal(want, doc.entries[1].worker)
+                assert.are.equal(want, doc.entries[1].error.message)
+            elseif cmd == "dlq show 0 --json" then
+                assert.are.equal(want, doc.task_id)
+            elseif cmd == "workers --json" then
+                assert.are.equal(want, doc.workers[1].id)
+                assert.are.equal(want, doc.workers[1].current)
+            end
+        end
+    end)
+
     it("top draws queues and workers in a real terminal", function()
         local sock = "binduq-test-" .. math.random(1, 1e9)
         local tmux = "tmux -L " .. sock

@@ -102,6 +102,33 @@ describe("#redis #pg lifecycle", function()
         assert.falsy(out:find("s3cret", 1, true), out)
     end)
 
+    it("task show and task list print no terminal control from a task's messages", function()
+        -- A message can hold any text (PostgreSQL keeps no NUL): an OSC 52 clipboard write,
+        -- a line erasure, a carriage return, a forged line, CSI as a C1 control, DEL.
+        local H = "x\27]52;c;SGVsbG8=\7\27[2K\r\n fake line\xc2\x9b\127y"
+        local q = qname("hostile")
+        local w = worker(q)
+        local s = scheduler(q)
+        assert(s:run{ task_id = q .. "-1", messages = { H } })
+        wait_state(s, q .. "-1", "completed")
+        proc.stop(w)
+        s:close()
+        local env = { DATABASE_URL = db.url }
+        for _, cmd in ipairs({ "task show " .. q .. "-1", "task list", "task show " .. q .. "-1 --json",
+                               "task list --json" }) do
+            local rc, out = proc.run("build/binduq-lua " .. cmd, { env = env })
+            assert.are.equal(0, rc, out)
+            assert.is_nil(out:find("[%z\1-\9\11-\31\127]"), cmd .. ": " .. out)
+            assert.is_nil(out:find("\xc2[\x80-\x9f]"), cmd .. ": " .. out)
+            for l in out:gmatch("[^\n]+") do assert.is_nil(l:find("^ fake line"), cmd .. ": " .. out) end
+            if cmd:find("show") and cmd:find("json") then
+                assert.are.equal(H, require("binduq.json").decode(out).history[1].content)
+            elseif cmd:find("show") then
+                assert.truthy(out:find("user   x\\x1b]52;c;SGVsbG8=\\x07\\x1b[2K fake line\\u{9b}\\x7fy", 1, true), out)
+            end
+        end
+    end)
+
     it("continues an input-required task on another worker process", function()
         local q = qname("input")
         local a = worker(q)

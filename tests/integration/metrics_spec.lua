@@ -85,6 +85,41 @@ describe("#redis metrics and health endpoints", function()
         s:close()
     end)
 
+    it("keeps producers' absurd timestamps out of the pickup latency and counts them", function()
+        local q = "it:pickup:" .. math.random(1, 1e9)
+        local w = cluster.worker(server, q, { BINDUQ_METRICS_ADDR = "127.0.0.1:0", BQ_TEST_CONCURRENCY = 2,
+                                              BQ_TEST_BLOCK_TIMEOUT = 0.5 })
+        local port
+        assert(proc.wait_for(function()
+            port = tonumber((proc.read(w.log) or ""):match("metrics_listening address=127%.0%.0%.1 port=(%d+)"))
+            return port
+        end, 10), proc.read(w.log))
+        local core = require("binduq.core")
+        local s = bq.scheduler{ url = server.url, queue_name = q }
+        -- 200 from year 1 (each one 6.4e10 s: their sum in microseconds overflowed a long long),
+        -- 10 from the far future, 10 from a clock 0.5 s ahead (read as 0), 10 ordinary ones.
+        for i = 1, 200 do assert(s:run{ task_id = q .. "-old-" .. i, messages = { "x" }, timestamp = "0001-01-01T00:00:00Z" }) end
+        for i = 1, 10 do assert(s:run{ task_id = q .. "-future-" .. i, messages = { "x" }, timestamp = "2999-01-01T00:00:00Z" }) end
+        for i = 1, 10 do assert(s:run{ task_id = q .. "-skew-" .. i, messages = { "x" }, timestamp = core.iso8601(core.now() + 0.5) }) end
+        for i = 1, 10 do assert(s:run{ task_id = q .. "-ok-" .. i, messages = { "x" } }) end
+        assert(proc.wait_for(function() return select(2, cluster.count({ w }, "completed")) == 230 end, 30))
+        local status, text = get(port, "/metrics")
+        assert.are.equal(200, status)
+        local l = { queue = q }
+        assert.are.equal(210, sample(text, "binduq_pickup_latency_rejected_total", l))
+        assert.are.equal(20, sample(text, "binduq_pickup_latency_seconds_count", l))
+        local sum = sample(text, "binduq_pickup_latency_seconds_sum", l)
+        assert.is_true(sum >= 0 and sum < 60, tostring(sum))
+        -- The skewed ones fall in the first bucket (observed as 0).
+        assert.is_true(sample(text, "binduq_pickup_latency_seconds_bucket", { queue = q, le = "0.0005" }) >= 10, text)
+        local file = proc.tmpdir() .. "/metrics.txt"
+        proc.write(file, text .. "\n")
+        local out, ok = proc.sh("promtool check metrics < " .. proc.quote(file))
+        assert.is_true(ok, out)
+        assert.are.equal(0, proc.stop(w, 10))
+        s:close()
+    end)
+
     it("keeps a Bindu trace id and a W3C traceparent in the log lines and the handler's context", function()
         local q = "it:trace:" .. math.random(1, 1e9)
         local dump = q .. ":dump"
