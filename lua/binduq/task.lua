@@ -37,9 +37,8 @@ local json_decode = json.raw_decode -- raises; decode_body catches
 
 -- A short, printable rendering of a value for error messages (never the whole input).
 local function show(v)
-    -- hostile bytes never reach a reason, a log line or a terminal as they are
-    local s = tostring(v):gsub("[%z\1-\31\127]", function(c) return ("\\x%02x"):format(c:byte()) end)
-                         :gsub("\194([\128-\159])", function(c) return ("\\u{%x}"):format(c:byte()) end)
+    -- hostile bytes never reach a reason, a log line or a terminal as they are (escape.h)
+    local s = core.escape(tostring(v))
     if #s > 40 then
         local cut = 38 -- back up to the start of a UTF-8 sequence
         while cut > 1 and (s:byte(cut) & 0xC0) == 0x80 do cut = cut - 1 end

@@ -19,6 +19,7 @@
 
 #include "../core/buf.h"
 #include "../core/clock.h"
+#include "../core/escape.h"
 #include "../core/id.h"
 
 #include <stdio.h>
@@ -34,29 +35,20 @@ enum {
     K_FORMAT, K_NATIVE, K_ROLE, K_CONTENT, K_PARTS, K_KIND, K_TEXT,
     K_COUNT = K_TEXT
 };
-/* Pushes v as task.show gives it: control bytes as \xNN, C1 controls as \u{NN}, then cut to
- * 40 bytes at a UTF-8 boundary. A hostile value never reaches a reason as it is. */
+/* Pushes v as task.show gives it: escaped by the one rule of core/escape.h, then cut to 40
+ * bytes at a UTF-8 boundary. A hostile value never reaches a reason as it is. */
 static void push_shown(lua_State *L, int idx)
 {
     size_t n;
     const char *s = lua_tolstring(L, idx, &n);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        char esc[8];
-        if (c < 0x20 || c == 0x7f) {
-            snprintf(esc, sizeof esc, "\\x%02x", c);
-            luaL_addstring(&b, esc);
-        } else if (c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 &&
-                   (unsigned char)s[i + 1] <= 0x9f) {
-            snprintf(esc, sizeof esc, "\\u{%x}", (unsigned char)s[++i]);
-            luaL_addstring(&b, esc);
-        } else {
-            luaL_addchar(&b, (char)c);
-        }
-    }
-    luaL_pushresult(&b);
+    bq_buf b = BQ_BUF_INIT;
+    bq_escape(&b, s, n, BQ_ESC_DISPLAY);
+    bool oom = b.oom;
+    if (!oom)
+        lua_pushlstring(L, b.p != NULL ? b.p : "", b.len);
+    bq_buf_free(&b);
+    if (oom)
+        luaL_error(L, "out of memory");
     s = lua_tolstring(L, -1, &n);
     if (n > 40) {
         size_t cut = 38; /* back up to the start of a UTF-8 sequence */
