@@ -233,15 +233,18 @@ function dlq.show(s, opts, pos)
     if not e then error({ fail = "no dead-letter entry at index " .. pos[2] }) end
     if opts.json then return out(opts, entry_json(e)) end
     local lines = {}
-    for _, k in ipairs({ "task_id", "type", "queue", "worker", "attempts", "failed_at", "reason" }) do
-        if e[k] ~= nil then lines[#lines + 1] = ("%-10s %s"):format(k .. ":", tostring(e[k])) end
+    for _, k in ipairs({ "task_id", "type", "queue", "worker", "attempts", "failed_at", "reason", "size", "sha1" }) do
+        local v = e[k]
+        if type(v) == "number" then v = math.tointeger(v) or v end
+        if v ~= nil then lines[#lines + 1] = ("%-10s %s"):format(k .. ":", tostring(v)) end
     end
     if type(e.error) == "table" then
         lines[#lines + 1] = ("%-10s %s: %s (retryable: %s)"):format("error:", tostring(e.error.code),
             tostring(e.error.message), tostring(e.error.retryable))
         if e.error.traceback then body_lines(lines, e.error.traceback) end
     end
-    lines[#lines + 1] = "message:"
+    lines[#lines + 1] = e.truncated and ("message:  (its first %d bytes of %s; it cannot be requeued)")
+                                          :format(#(e.message or ""), tostring(math.tointeger(e.size) or e.size)) or "message:"
     body_lines(lines, e.message or "")
     out(opts, nil, lines)
 end

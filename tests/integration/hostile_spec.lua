@@ -173,6 +173,11 @@ describe("#redis hostile input", function()
             assert.is_nil(ok)
             assert.truthy(tostring(why):find("cannot be requeued", 1, true), why)
             assert.are.equal(1, s:dead_letter_count())
+            local rc, shown = proc.run("build/binduq-lua dlq show 0", {
+                env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue }, timeout = 30 })
+            assert.are.equal(0, rc, shown)
+            assert.truthy(shown:find("size:      " .. size, 1, true), shown)
+            assert.truthy(shown:find("its first 256 bytes of " .. size .. "; it cannot be requeued", 1, true), shown)
             local log = proc.read(w.log)
             assert.is_nil(log:find("lease_lost", 1, true))
             print(("\n# %s: worker peak RSS %.1f MB before, %.1f MB after a 100 MB message"):format(
