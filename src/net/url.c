@@ -421,7 +421,10 @@ void bq_url_redact(const char *url, char *out, size_t size)
             put(out, size, &n, "***@", 4);
         }
         rest = ui + uilen + 1;
-    } else if (strstr(url, "://") == NULL && strrchr(url, '@') != NULL) {
+    } else if (strstr(url, "://") != NULL) {
+        rest = strstr(url, "://") + 3; /* a '?' before it does not start the query */
+        put(out, size, &n, url, (size_t)(rest - url));
+    } else if (strrchr(url, '@') != NULL) {
         put(out, size, &n, "***@", 4);
         rest = strrchr(url, '@') + 1;
     }

@@ -263,6 +263,7 @@ TEST(redaction_hides_the_user_info_and_password_options)
         {"redis://:hunter2?password=Zx9@h/0", "redis://:***@h/0"},
         {"app:Zx9/Qp+Lw8@db/bindu", "***@db/bindu"},
         {"postgresql://db/bindu", "postgresql://db/bindu"},
+        {"x?a=://h/d?sslpassword=Zx9", "x?a=://h/d?sslpassword=***"},
     };
     char out[256];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
