@@ -547,12 +547,11 @@ bq_status bq_broker_open_cluster(const struct bq_broker_config *cfg, bq_broker *
         c_free(&c->base);
         return st;
     }
-    /* The user-info part as written (still percent-encoded), for the node URLs. */
-    const char *p = strstr(c->url_copy, "://") + 3;
-    const char *at = strrchr(p, '@');
-    const char *slash = strchr(p, '/');
-    if (at != NULL && (slash == NULL || at < slash) && (size_t)(at - p) + 2 < sizeof c->userinfo)
-        snprintf(c->userinfo, sizeof c->userinfo, "%.*s@", (int)(at - p), p);
+    /* The user-info part as written (still percent-encoded), for the node URLs; found by
+     * the parser's own rule (up to the last '@'), so a password with a '/' is kept. */
+    size_t uistart, uilen;
+    if (bq_url_userinfo(c->url_copy, &uistart, &uilen) && uilen + 2 < sizeof c->userinfo)
+        snprintf(c->userinfo, sizeof c->userinfo, "%.*s@", (int)uilen, c->url_copy + uistart);
     c->cfg = *cfg;
     c->cfg.url = c->url_copy;
     c->cfg.url_source = c->source_copy;

@@ -1,6 +1,9 @@
 /*
  * url.c -- see url.h. A small hand-written scanner: the grammar is fixed and tiny, and every
- * error must say which part is wrong without echoing secrets.
+ * error must say which part is wrong without echoing secrets. The user-info is found first,
+ * by one rule (bq_url_userinfo: up to the last '@'), and cut off before anything else is
+ * looked at, so no later error can quote a piece of it; password options are recognised by
+ * one predicate (bq_url_secret_option) in the parser, the redaction and the PostgreSQL split.
  */
 #include "url.h"
 
@@ -77,6 +80,58 @@ static bool parse_int(const char *s, size_t n, long lo, long hi, int *out)
     if (v < lo || v > hi)
         return false;
     *out = (int)v;
+    return true;
+}
+
+bool bq_url_userinfo(const char *url, size_t *start, size_t *len)
+{
+    const char *sep = url ? strstr(url, "://") : NULL;
+    if (sep == NULL)
+        return false;
+    const char *ui = sep + 3, *at = strrchr(ui, '@');
+    if (at == NULL)
+        return false;
+    *start = (size_t)(ui - url);
+    *len = (size_t)(at - ui);
+    return true;
+}
+
+bool bq_url_secret_option(const char *name, size_t n)
+{
+    /* Decode on the fly, keeping the last 8 characters: the name may be any length. An
+     * escape that is not one is kept as written (libpq refuses it anyway). */
+    static const char suffix[] = "password";
+    char tail[8];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)name[i];
+        if (c == '%' && i + 2 < n) {
+            int hi = hexval((unsigned char)name[i + 1]), lo = hexval((unsigned char)name[i + 2]);
+            if (hi >= 0 && lo >= 0) {
+                c = hi * 16 + lo;
+                i += 2;
+            }
+        }
+        if (k == sizeof tail) {
+            memmove(tail, tail + 1, sizeof tail - 1);
+            k--;
+        }
+        tail[k++] = (char)tolower(c);
+    }
+    return k == sizeof tail && memcmp(tail, suffix, sizeof tail) == 0;
+}
+
+/* True if s[0..n) can be a scheme (RFC 3986: a letter, then letters, digits, '+', '-', '.'),
+ * at most 32 bytes: only then is it quoted in an error. */
+static bool scheme_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > 32 || !isalpha((unsigned char)s[0]))
+        return false;
+    for (size_t i = 1; i < n; i++) {
+        int c = (unsigned char)s[i];
+        if (!isalnum(c) && c != '+' && c != '-' && c != '.')
+            return false;
+    }
     return true;
 }
 
@@ -207,7 +262,9 @@ static bq_status parse_userinfo(const char *s, size_t n, const char *what, struc
     const char *colon = memchr(s, ':', n);
     if (colon == NULL)
         return bq_err_set(err, BQ_EINVAL, "%s: the user-info part has a user name but no "
-                          "password (write :password@ for a password alone)", what);
+                          "password (write :password@ for a password alone; everything up to "
+                          "the last '@' is user-info, so write %%40 for an '@' elsewhere)",
+                          what);
     bool bad;
     size_t ulen = (size_t)(colon - s);
     if (ulen > 0) {
@@ -257,33 +314,27 @@ bq_status bq_url_parse(const char *url, const char *what, struct bq_url *out, bq
         if (sep == NULL)
             return bq_err_set(err, BQ_EINVAL, "%s: not a URL (expected redis://host:port/db)",
                               what);
+        if (!scheme_ok(url, (size_t)(sep - url)))
+            return bq_err_set(err, BQ_EINVAL, "%s: unknown scheme (expected redis, rediss, "
+                              "unix, redis+sentinel or redis+cluster)", what);
         return bq_err_set(err, BQ_EINVAL, "%s: unknown scheme '%.*s' (expected redis, rediss, "
-                          "unix, redis+sentinel or redis+cluster)", what,
-                          (int)(sep - url) > 32 ? 32 : (int)(sep - url), url);
+                          "unix, redis+sentinel or redis+cluster)", what, (int)(sep - url), url);
     }
 
-    /* Cut the query string off first; '?' cannot appear in the other parts. */
-    const char *query = strchr(rest, '?');
-    size_t len = query ? (size_t)(query - rest) : strlen(rest);
-
-    /* User info ends at the last '@' before the path, so passwords may contain '@'
-     * if they are percent-encoded, and unencoded '/' in passwords stays an error. */
-    const char *slash = out->kind == BQ_URL_UNIX ? NULL : memchr(rest, '/', len);
-    size_t authlen = slash ? (size_t)(slash - rest) : len;
-    const char *at = NULL;
-    for (const char *p = rest; p < rest + (out->kind == BQ_URL_UNIX ? len : authlen); p++) {
-        if (*p == '@')
-            at = p;
-    }
+    /* The user-info first (up to the last '@' of the whole URL, see url.h), so that nothing
+     * below ever looks at, or quotes, a piece of it. */
+    size_t uistart, uilen;
     bq_status st;
-    if (at != NULL) {
-        st = parse_userinfo(rest, (size_t)(at - rest), what, out, err);
+    if (bq_url_userinfo(url, &uistart, &uilen)) {
+        st = parse_userinfo(url + uistart, uilen, what, out, err);
         if (st != BQ_OK)
             return st;
-        len -= (size_t)(at + 1 - rest);
-        authlen -= (size_t)(at + 1 - rest);
-        rest = at + 1;
+        rest = url + uistart + uilen + 1;
     }
+    const char *query = strchr(rest, '?');
+    size_t len = query ? (size_t)(query - rest) : strlen(rest);
+    const char *slash = out->kind == BQ_URL_UNIX ? NULL : memchr(rest, '/', len);
+    size_t authlen = slash ? (size_t)(slash - rest) : len;
 
     if (out->kind == BQ_URL_UNIX) {
         if (len == 0 || rest[0] != '/')
@@ -338,6 +389,19 @@ bq_status bq_url_parse(const char *url, const char *what, struct bq_url *out, bq
     return BQ_OK;
 }
 
+/* Appends s[0..n) to out (size bytes, *used so far), truncating; keeps out terminated. */
+static void put(char *out, size_t size, size_t *used, const char *s, size_t n)
+{
+    if (*used + 1 >= size)
+        return;
+    size_t room = size - 1 - *used;
+    if (n > room)
+        n = room;
+    memcpy(out + *used, s, n);
+    *used += n;
+    out[*used] = '\0';
+}
+
 void bq_url_redact(const char *url, char *out, size_t size)
 {
     if (size == 0)
@@ -345,32 +409,47 @@ void bq_url_redact(const char *url, char *out, size_t size)
     out[0] = '\0';
     if (url == NULL)
         return;
-    const char *sep = strstr(url, "://");
-    const char *auth = sep ? sep + 3 : url;
-    /* For unix:// the user info may precede an absolute path; elsewhere it precedes '/'. */
-    size_t alen = strncmp(url, "unix", 4) == 0 ? strcspn(auth, "?") : strcspn(auth, "/?");
-    const char *at = NULL;
-    for (const char *p = auth; sep != NULL && p < auth + alen; p++) {
-        if (*p == '@')
-            at = p;
+    size_t n = 0, uistart, uilen;
+    const char *rest = url;
+    if (bq_url_userinfo(url, &uistart, &uilen)) {
+        const char *ui = url + uistart, *colon = memchr(ui, ':', uilen);
+        put(out, size, &n, url, uistart);
+        if (colon != NULL) {
+            put(out, size, &n, ui, (size_t)(colon - ui));
+            put(out, size, &n, ":***@", 5);
+        } else {
+            put(out, size, &n, "***@", 4);
+        }
+        rest = ui + uilen + 1;
+    } else if (strstr(url, "://") != NULL) {
+        rest = strstr(url, "://") + 3; /* a '?' before it does not start the query */
+        put(out, size, &n, url, (size_t)(rest - url));
+    } else if (strrchr(url, '@') != NULL) {
+        put(out, size, &n, "***@", 4);
+        rest = strrchr(url, '@') + 1;
     }
-    size_t n = 0;
-    if (at != NULL) {
-        const char *colon = memchr(auth, ':', (size_t)(at - auth));
-        int keep = colon ? (int)(colon - auth) : 0;
-        n = (size_t)snprintf(out, size, "%.*s%.*s:***", (int)(auth - url), url, keep, auth);
-        url = at;
+    /* The rest as written, except the values of password options. */
+    const char *query = strchr(rest, '?');
+    put(out, size, &n, rest, query ? (size_t)(query - rest) : strlen(rest));
+    if (query == NULL)
+        return;
+    put(out, size, &n, "?", 1);
+    const char *p = query + 1, *end = p + strlen(p);
+    while (p <= end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(stop - p));
+        if (eq != NULL && bq_url_secret_option(p, (size_t)(eq - p))) {
+            put(out, size, &n, p, (size_t)(eq + 1 - p));
+            put(out, size, &n, "***", 3);
+        } else {
+            put(out, size, &n, p, (size_t)(stop - p));
+        }
+        if (amp == NULL)
+            break;
+        put(out, size, &n, "&", 1);
+        p = amp + 1;
     }
-    /* Copy the rest, hiding the value of a sentinel_password option. */
-    const char *opt = strstr(url, "sentinel_password=");
-    if (opt != NULL) {
-        opt += strlen("sentinel_password=");
-        if (n < size)
-            n += (size_t)snprintf(out + n, size - n, "%.*s***", (int)(opt - url), url);
-        url = opt + strcspn(opt, "&");
-    }
-    if (n < size)
-        snprintf(out + n, size - n, "%s", url);
 }
 
 void bq_url_address(const struct bq_url *u, char *out, size_t size)
@@ -383,4 +462,168 @@ void bq_url_address(const struct bq_url *u, char *out, size_t size)
         snprintf(out, size, "[%s]:%d", u->hosts[0].host, u->hosts[0].port);
     else
         snprintf(out, size, "%s:%d", u->hosts[0].host, u->hosts[0].port);
+}
+
+/* ---- PostgreSQL ------------------------------------------------------------------------------ */
+
+void bq_pg_url_free(struct bq_pg_url *u)
+{
+    if (u == NULL)
+        return;
+    bq_free(u->url);
+    for (size_t i = 0; i < u->nsecrets; i++) {
+        bq_free(u->keys[i]);
+        bq_free(u->values[i]);
+    }
+    memset(u, 0, sizeof *u);
+}
+
+/* Adds keyword key (taken) = value (taken) to u; frees both on failure. */
+static bq_status add_secret(struct bq_pg_url *u, char *key, char *value, const char *what,
+                            bq_err *err)
+{
+    if (key == NULL || value == NULL || u->nsecrets == BQ_PG_URL_MAX_SECRETS) {
+        bool oom = key == NULL || value == NULL;
+        bq_free(key);
+        bq_free(value);
+        return oom ? OOM() : bq_err_set(err, BQ_EINVAL, "%s: more than %d passwords", what,
+                                        BQ_PG_URL_MAX_SECRETS);
+    }
+    u->keys[u->nsecrets] = key;
+    u->values[u->nsecrets++] = value;
+    return BQ_OK;
+}
+
+/* Appends the percent-encoding of s (every byte but the unreserved ones) to out at *n. */
+static void pct_encode(const char *s, char *out, size_t *n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+        if (isalnum(*p) || *p == '-' || *p == '.' || *p == '_' || *p == '~') {
+            out[(*n)++] = (char)*p;
+        } else {
+            out[(*n)++] = '%';
+            out[(*n)++] = hex[*p >> 4];
+            out[(*n)++] = hex[*p & 15];
+        }
+    }
+}
+
+/* The query of a PostgreSQL URL (s[0..len), after the '?'): password options move to u's
+ * keywords, the others are appended to out at *n as written. */
+static bq_status pg_query(const char *s, size_t len, const char *what, struct bq_pg_url *u,
+                          char *out, size_t *n, bq_err *err)
+{
+    const char *p = s, *end = s + len;
+    bool first = true;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(stop - p));
+        if (eq != NULL && bq_url_secret_option(p, (size_t)(eq - p))) {
+            bool bad;
+            char *key = pct_decode(p, (size_t)(eq - p), &bad);
+            if (key == NULL)
+                return bad ? bq_err_set(err, BQ_EINVAL, "%s: bad percent-escape in the name "
+                                        "of a password option", what) : OOM();
+            char *value = pct_decode(eq + 1, (size_t)(stop - eq - 1), &bad);
+            if (value == NULL && bad) {
+                bool show = strlen(key) <= 32 && strspn(key, "abcdefghijklmnopqrstuvwxyz"
+                                                        "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+                                                        == strlen(key);
+                bq_err_set(err, BQ_EINVAL, "%s: bad percent-escape in the value of the "
+                           "%s%s%s option (not shown)", what, show ? "'" : "",
+                           show ? key : "password", show ? "'" : "");
+                bq_free(key);
+                return BQ_EINVAL;
+            }
+            bq_status st = add_secret(u, key, value, what, err);
+            if (st != BQ_OK)
+                return st;
+        } else if (stop > p) {
+            out[(*n)++] = first ? '?' : '&';
+            memcpy(out + *n, p, (size_t)(stop - p));
+            *n += (size_t)(stop - p);
+            first = false;
+        }
+        p = stop + 1;
+    }
+    return BQ_OK;
+}
+
+bq_status bq_pg_url_split(const char *url, const char *what, struct bq_pg_url *out,
+                          bq_err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (what == NULL)
+        what = "URL";
+    const char *sep = url ? strstr(url, "://") : NULL;
+    if (sep == NULL)
+        return bq_err_set(err, BQ_EINVAL, "%s: expected "
+                          "postgresql://[user[:password]@]host[:port]/database", what);
+    size_t slen = (size_t)(sep - url);
+    const char *plus = memchr(url, '+', slen);
+    size_t base = plus ? (size_t)(plus - url) : slen;
+    if (!((base == 10 && strncmp(url, "postgresql", 10) == 0) ||
+          (base == 8 && strncmp(url, "postgres", 8) == 0)) ||
+        (plus != NULL && (size_t)(plus - url) + 1 == slen)) {
+        if (!scheme_ok(url, slen))
+            return bq_err_set(err, BQ_EINVAL, "%s: unsupported scheme (expected postgresql://, "
+                              "postgres:// or postgresql+driver://)", what);
+        return bq_err_set(err, BQ_EINVAL, "%s: unsupported scheme '%.*s' (expected "
+                          "postgresql://, postgres:// or postgresql+driver://)", what,
+                          (int)slen, url);
+    }
+
+    /* The user-info (up to the last '@'): the user name goes back into the URL encoded, the
+     * password becomes the first keyword. */
+    const char *rest = sep + 3;
+    char *user = NULL;
+    size_t uistart, uilen;
+    bq_status st = BQ_OK;
+    if (bq_url_userinfo(url, &uistart, &uilen)) {
+        const char *ui = url + uistart, *colon = memchr(ui, ':', uilen);
+        size_t ulen = colon ? (size_t)(colon - ui) : uilen;
+        bool bad;
+        user = pct_decode(ui, ulen, &bad);
+        if (user == NULL)
+            return bad ? bq_err_set(err, BQ_EINVAL, "%s: bad percent-escape in the user name",
+                                    what) : OOM();
+        if (colon != NULL) {
+            char *pw = pct_decode(colon + 1, uilen - ulen - 1, &bad);
+            if (pw == NULL && bad)
+                st = bq_err_set(err, BQ_EINVAL, "%s: bad percent-escape in the password",
+                                what);
+            else
+                st = add_secret(out, bq_strdup("password"), pw, what, err);
+        }
+        rest = ui + uilen + 1;
+    }
+    /* Room for: scheme, "://", the user encoded (3 bytes a byte), '@', the rest. */
+    size_t rlen = strlen(rest);
+    size_t need = base + 3 + (user ? 3 * strlen(user) + 1 : 0) + rlen + 1;
+    if (st == BQ_OK && (out->url = bq_malloc(need)) == NULL)
+        st = OOM();
+    if (st != BQ_OK) {
+        bq_free(user);
+        return st;
+    }
+    size_t n = 0;
+    memcpy(out->url, url, base);
+    n = base;
+    memcpy(out->url + n, "://", 3);
+    n += 3;
+    if (user != NULL && user[0] != '\0') {
+        pct_encode(user, out->url, &n);
+        out->url[n++] = '@';
+    }
+    bq_free(user);
+    const char *query = memchr(rest, '?', rlen);
+    size_t hlen = query ? (size_t)(query - rest) : rlen;
+    memcpy(out->url + n, rest, hlen);
+    n += hlen;
+    if (query != NULL)
+        st = pg_query(query + 1, rlen - hlen - 1, what, out, out->url, &n, err);
+    out->url[n] = '\0';
+    return st;
 }

@@ -11,6 +11,15 @@
  * Host may be an IPv6 literal in brackets ([::1]:6379). The user name and password are
  * percent-decoded. A malformed URL is BQ_EINVAL with a message naming the part that is wrong;
  * the message never repeats the password (or anything from the user-info part).
+ *
+ * The user-info rule, for every scheme (Redis and PostgreSQL alike): everything between the
+ * first "://" and the LAST '@' of the whole string is user-info, and therefore secret.
+ * Generated passwords often hold '/', '?', '#' or '@' unencoded; cutting the user-info at
+ * the first '/' or '?' (as URL grammars do) would read part of such a password as a host,
+ * port, path or query and repeat it in an error. The price: an '@' elsewhere (a query value,
+ * a socket path) must be written %40. The value of a URL option named "password" or ending
+ * in "password" (sentinel_password, sslpassword) is secret too, and never quoted: errors
+ * name the option, not its value.
  */
 #ifndef BINDUQ_URL_H
 #define BINDUQ_URL_H
@@ -50,9 +59,43 @@ struct bq_url {
 bq_status bq_url_parse(const char *url, const char *what, struct bq_url *out, bq_err *err);
 void bq_url_free(struct bq_url *u);
 
-/* Copies url into out with the password replaced by "***" (the whole user-info part when it
- * cannot be split), for logs. Always NUL-terminates; truncates to size. */
+/* Copies url into out for logs and messages, any scheme: the password (the user-info after
+ * its first ':') becomes "***"; user-info without a ':' is hidden whole ("***@host"), since
+ * redis://secret@host is a password in some clients; a string without "://" but with an '@'
+ * loses everything before its last '@'; and the value of every password option (see above)
+ * becomes "***". Always NUL-terminates; truncates to size (never in a way that shows more). */
 void bq_url_redact(const char *url, char *out, size_t size);
+
+/* The user-info of url by the rule above: sets *start (its offset, just after "://") and
+ * *len and returns true if url has "://" and an '@' after it; false otherwise. */
+bool bq_url_userinfo(const char *url, size_t *start, size_t *len);
+
+/* True if the URL option named name[0..n) (as written; percent-escapes are decoded first,
+ * case ignored) holds a secret: "password" or any name ending in "password". */
+bool bq_url_secret_option(const char *name, size_t n);
+
+/* A PostgreSQL URL split for libpq, so that libpq never sees a secret in the text it parses
+ * (its parse errors quote that text) and the target named in messages holds none. */
+#define BQ_PG_URL_MAX_SECRETS 4
+struct bq_pg_url {
+    char *url;     /* owned: "postgresql://[user@]host.../db?opts", user percent-encoded again,
+                    * without the password and without any password option */
+    size_t nsecrets;
+    char *keys[BQ_PG_URL_MAX_SECRETS];   /* owned: libpq keywords, "password" first if the
+                                          * user-info has one, then each password option */
+    char *values[BQ_PG_URL_MAX_SECRETS]; /* owned: their percent-decoded values, same order
+                                          * (libpq gives a later keyword precedence, so a
+                                          * ?password= option wins over the user-info, as in
+                                          * libpq's own parser) */
+};
+
+/* Splits a postgresql://, postgres:// or postgresql+driver:// URL ("+driver" dropped, the
+ * SQLAlchemy spelling) into *out (release with bq_pg_url_free, also after an error). Errors
+ * (BQ_EINVAL, BQ_ENOMEM) are prefixed by `what` and never quote the user-info or a password
+ * option's value. Everything else (host, port, database, other options) is left to libpq. */
+bq_status bq_pg_url_split(const char *url, const char *what, struct bq_pg_url *out,
+                          bq_err *err);
+void bq_pg_url_free(struct bq_pg_url *u);
 
 /* "host:port", "[::1]:port" or the socket path of the first host, for logs and health. */
 void bq_url_address(const struct bq_url *u, char *out, size_t size);

@@ -2,14 +2,19 @@
  * pg.c -- the PostgreSQL storage: task records in one table, reached through libpq (see
  * storage.h for the record and the compare-and-set contract).
  *
- * The URL. postgresql:// and postgres:// go to libpq unchanged; the SQLAlchemy spellings
+ * The URL. postgresql:// and postgres:// go to libpq; the SQLAlchemy spellings
  * postgresql+asyncpg:// and postgresql+psycopg:// (any "+driver") lose the "+driver" part,
- * so a Bindu agent's DATABASE_URL works as it is. libpq parses the URL (PQconnectdbParams
- * with expand_dbname), and we add connect_timeout (from the configuration, whole seconds)
- * and fallback_application_name=binduq (so pg_stat_activity shows who we are, unless the URL
- * or PGAPPNAME names the application otherwise). The URL is never repeated in a message or a
- * log line: we name the target as "host:port/db", and every libpq text we copy is scrubbed of
- * the password as well, in case a future libpq starts echoing it.
+ * so a Bindu agent's DATABASE_URL works as it is. Before libpq sees it, bq_pg_url_split
+ * (net/url.h) takes the secrets out: the user-info is everything up to the last '@' (a
+ * generated password with an unencoded '/' or '?' would otherwise be read by libpq as a
+ * port or a database name and quoted in its errors), and its password and every password
+ * option (?password=, ?sslpassword=) become separate keywords. libpq then parses a URL with
+ * no secret in it (PQconnectdbParams with expand_dbname), so its complaints about the URL
+ * can be passed on; we add connect_timeout (from the configuration, whole seconds) and
+ * fallback_application_name=binduq (so pg_stat_activity shows who we are, unless the URL or
+ * PGAPPNAME names the application otherwise). We name the target as "host:port/db", and
+ * every libpq text we copy is scrubbed of each password as well, in case a libpq echoes a
+ * keyword's value.
  *
  * The pool. A storage owns up to max_connections libpq connections, opened lazily, kept on
  * a stack of idle ones (the most recently used is lent first, so a quiet process keeps one
@@ -60,6 +65,7 @@
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
+#include "../net/url.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -176,8 +182,7 @@ typedef struct pg_storage {
     struct pgconn **idle;   /* owned array of max slots */
     double timeout;         /* connect_timeout, and how long a borrow waits */
     char timeout_str[16];   /* the same, whole seconds, for libpq */
-    char *url;              /* owned: the URL in libpq's spelling (holds the password) */
-    char *password;         /* owned: the URL's password, to scrub messages; NULL if none */
+    struct bq_pg_url url;   /* owned: the URL for libpq (no secret) and the password keywords */
     char target[160];       /* "host:port/db", for messages and logs */
     char *schema;           /* owned: the schema name as configured */
     char *qschema;          /* owned: the same quoted as an identifier */
@@ -204,25 +209,30 @@ static void flatten(const char *in, char *out, size_t size)
     out[n] = '\0';
 }
 
-/* Replaces every occurrence of the password in err->msg by "***" (one pass, so a password
- * made of '*' cannot loop). Returns err->code. */
+/* Replaces every occurrence of each password of the URL in err->msg by "***" (one pass per
+ * password, so a password made of '*' cannot loop). Returns err->code. */
 static bq_status scrub(const pg_storage *s, bq_err *err)
 {
-    if (err == NULL || s == NULL || s->password == NULL || s->password[0] == '\0')
+    if (err == NULL || s == NULL)
         return err ? err->code : BQ_OK;
-    char tmp[sizeof err->msg];
-    size_t plen = strlen(s->password), n = 0;
-    for (const char *p = err->msg; *p != '\0' && n + 1 < sizeof tmp;) {
-        if (strncmp(p, s->password, plen) == 0) {
-            for (int i = 0; i < 3 && n + 1 < sizeof tmp; i++)
-                tmp[n++] = '*';
-            p += plen;
-        } else {
-            tmp[n++] = *p++;
+    for (size_t k = 0; k < s->url.nsecrets; k++) {
+        const char *pw = s->url.values[k];
+        if (pw == NULL || pw[0] == '\0')
+            continue;
+        char tmp[sizeof err->msg];
+        size_t plen = strlen(pw), n = 0;
+        for (const char *p = err->msg; *p != '\0' && n + 1 < sizeof tmp;) {
+            if (strncmp(p, pw, plen) == 0) {
+                for (int i = 0; i < 3 && n + 1 < sizeof tmp; i++)
+                    tmp[n++] = '*';
+                p += plen;
+            } else {
+                tmp[n++] = *p++;
+            }
         }
+        tmp[n] = '\0';
+        memcpy(err->msg, tmp, n + 1);
     }
-    tmp[n] = '\0';
-    memcpy(err->msg, tmp, n + 1);
     return err->code;
 }
 
@@ -316,9 +326,18 @@ static void on_notice(void *arg, const char *message)
 /* Opens c->pg (c is zeroed). */
 static bq_status pg_connect(const pg_storage *s, struct pgconn *c, bq_err *err)
 {
-    /* Later keywords override what the URL says; fallback_application_name yields to it. */
-    const char *keys[] = {"fallback_application_name", "dbname", "connect_timeout", NULL};
-    const char *vals[] = {PG_APP_NAME, s->url, s->timeout_str, NULL};
+    /* Later keywords override what the URL says; fallback_application_name yields to it.
+     * The passwords follow the URL in the order bq_pg_url_split found them. */
+    const char *keys[BQ_PG_URL_MAX_SECRETS + 4] = {"fallback_application_name", "dbname"};
+    const char *vals[BQ_PG_URL_MAX_SECRETS + 4] = {PG_APP_NAME, s->url.url};
+    size_t n = 2;
+    for (size_t i = 0; i < s->url.nsecrets; i++, n++) {
+        keys[n] = s->url.keys[i];
+        vals[n] = s->url.values[i];
+    }
+    keys[n] = "connect_timeout";
+    vals[n++] = s->timeout_str;
+    keys[n] = vals[n] = NULL;
     PGconn *pg = bq_pq.PQconnectdbParams(keys, vals, 1);
     if (pg == NULL || bq_pq.PQstatus(pg) != CONNECTION_OK) {
         bq_status st = connect_fail(s, pg, "PQconnectdbParams", err);
@@ -751,11 +770,9 @@ static void pg_destroy(bq_storage *base)
     bq_free(s->idle);
     for (int i = 0; i < ST_COUNT; i++)
         bq_free(s->sql[i]);
-    bq_free(s->url);
-    if (s->password != NULL) {
-        memset(s->password, 0, strlen(s->password));
-        bq_free(s->password);
-    }
+    for (size_t i = 0; i < s->url.nsecrets; i++)
+        memset(s->url.values[i], 0, strlen(s->url.values[i]));
+    bq_pg_url_free(&s->url);
     bq_free(s->schema);
     bq_free(s->qschema);
     pthread_mutex_destroy(&s->mu);
@@ -893,51 +910,21 @@ static bq_status migrate(const pg_storage *s, PGconn *pg, bq_err *err)
     return st;
 }
 
-/* Turns cfg->url into libpq's spelling (the "+driver" dropped). Never echoes the URL. */
-static bq_status normalize_url(const char *url, char **out, bq_err *err)
-{
-    *out = NULL;
-    const char *sep = url ? strstr(url, "://") : NULL;
-    if (sep == NULL)
-        return bq_err_set(err, BQ_EINVAL, "storage url: expected "
-                          "postgresql://[user[:password]@]host[:port]/database");
-    size_t slen = (size_t)(sep - url);
-    const char *plus = memchr(url, '+', slen);
-    size_t base = plus ? (size_t)(plus - url) : slen;
-    if (!((base == 10 && strncmp(url, "postgresql", 10) == 0) ||
-          (base == 8 && strncmp(url, "postgres", 8) == 0)) ||
-        (plus != NULL && (size_t)(plus - url) + 1 == slen))
-        return bq_err_set(err, BQ_EINVAL, "storage url: unsupported scheme '%.*s' (expected "
-                          "postgresql://, postgres:// or postgresql+driver://)",
-                          (int)(slen > 32 ? 32 : slen), url);
-    size_t rest = strlen(sep);
-    char *u = bq_malloc(base + rest + 1);
-    if (u == NULL)
-        return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
-    memcpy(u, url, base);
-    memcpy(u + base, sep, rest + 1);
-    *out = u;
-    return BQ_OK;
-}
-
-/* Reads host, port, database and password out of the URL (libpq's parser): the target for
- * messages and the password to scrub from them. */
+/* Reads host, port and database out of the URL (libpq's parser), for the target named in
+ * messages. The URL holds no secret (bq_pg_url_split), so libpq's complaint about it, which
+ * quotes the part it could not read, is passed on (scrubbed all the same). */
 static bq_status describe_url(pg_storage *s, bq_err *err)
 {
     char *perr = NULL;
-    PQconninfoOption *opts = bq_pq.PQconninfoParse(s->url, &perr);
+    PQconninfoOption *opts = bq_pq.PQconninfoParse(s->url.url, &perr);
     if (opts == NULL) {
-        /* libpq's complaint may quote a piece of the URL; quote it only if no password can
-         * be in it. */
-        const char *at = strchr(s->url, '@');
         char text[160];
         flatten(perr ? perr : "out of memory", text, sizeof text);
         bq_pq.PQfreemem(perr);
-        if (at != NULL)
-            return bq_err_set(err, BQ_EINVAL, "PQconninfoParse: malformed PostgreSQL URL");
-        return bq_err_set(err, BQ_EINVAL, "PQconninfoParse: malformed PostgreSQL URL: %s", text);
+        bq_err_set(err, BQ_EINVAL, "PQconninfoParse: malformed PostgreSQL URL: %s", text);
+        return scrub(s, err);
     }
-    const char *host = NULL, *port = NULL, *db = NULL, *user = NULL, *pw = NULL;
+    const char *host = NULL, *port = NULL, *db = NULL, *user = NULL;
     for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
         if (o->val == NULL || o->val[0] == '\0')
             continue;
@@ -950,16 +937,11 @@ static bq_status describe_url(pg_storage *s, bq_err *err)
             db = o->val;
         else if (strcmp(o->keyword, "user") == 0)
             user = o->val;
-        else if (strcmp(o->keyword, "password") == 0)
-            pw = o->val;
     }
     snprintf(s->target, sizeof s->target, "%.60s:%.20s/%.60s", host ? host : "localhost",
              port ? port : "5432", db ? db : (user ? user : "postgres"));
-    bq_status st = BQ_OK;
-    if (pw != NULL && (s->password = bq_strdup(pw)) == NULL)
-        st = bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
     bq_pq.PQconninfoFree(opts);
-    return st;
+    return BQ_OK;
 }
 
 /* Opens the PostgreSQL storage: parses cfg->url, connects once, creates or migrates the
@@ -992,7 +974,7 @@ bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **o
         pg_destroy(&s->base);
         return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
     }
-    bq_status st = normalize_url(cfg->url, &s->url, err);
+    bq_status st = bq_pg_url_split(cfg->url, "storage url", &s->url, err);
     if (st == BQ_OK)
         st = describe_url(s, err);
     if (st != BQ_OK) {

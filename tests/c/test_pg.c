@@ -940,6 +940,93 @@ TEST(url_spellings)
     CHECK_INT(open_with(pg_url, "", 1, 5, &s, &err), BQ_EINVAL);
 }
 
+/* Every piece of the passwords used below: none may appear in an error. */
+static void check_no_secret(const char *msg)
+{
+    const char *pieces[] = {"Zx9", "Qp+Lw", "Qp%2B", "se%zz", "zzcret"};
+    for (size_t i = 0; i < sizeof pieces / sizeof pieces[0]; i++)
+        CHECK_NOT_CONTAINS(msg, pieces[i]);
+}
+
+TEST(passwords_with_url_characters_stay_secret)
+{
+    NEED_PG();
+    /* Issue 16: generated passwords hold '/', '?', '#', '@' unencoded. Everything up to the
+     * last '@' is the user-info: such a password logs in, and a wrong one, a bad escape or
+     * any other error never shows a piece of it. */
+    CHECK(sql(NULL, 0, "DO $$ BEGIN CREATE ROLE binduq_pw LOGIN PASSWORD 'right-one'; "
+                       "EXCEPTION WHEN duplicate_object THEN NULL; END $$"));
+    CHECK(sql(NULL, 0, "GRANT CREATE ON DATABASE \"%s\" TO binduq_pw", dbname));
+    char pwschema[80], url[512];
+    snprintf(pwschema, sizeof pwschema, "%s_pw", schema);
+    bq_err err;
+    bq_storage *s = NULL;
+    static const char *const pws[] = {"Zx9/Qp+Lw8", "Zx9?Qp+Lw8#x@y:z"};
+    bool checked = false;
+    for (size_t i = 0; i < 2; i++) {
+        CHECK(sql(NULL, 0, "ALTER ROLE binduq_pw PASSWORD '%s'", pws[i]));
+        char ui[64];
+        snprintf(ui, sizeof ui, "binduq_pw:%s", pws[i]);
+        url_for(url, sizeof url, ui, NULL);
+        bq_status st = open_with(url, pwschema, 1, 5, &s, &err);
+        CHECK_INT(st, BQ_OK);
+        if (st != BQ_OK)
+            check_no_secret(err.msg);
+        else
+            CHECK_INT(s->ops->ping(s, &err), BQ_OK);
+        bq_storage_unref(s);
+        s = NULL;
+        checked = true;
+    }
+    CHECK(checked);
+    /* The same password as a ?password= option, percent-encoded. */
+    url_for(url, sizeof url, "binduq_pw", "?password=Zx9%3FQp%2BLw8%23x%40y%3Az");
+    CHECK_INT(open_with(url, pwschema, 1, 5, &s, &err), BQ_OK);
+    bq_storage_unref(s);
+    s = NULL;
+
+    /* A wrong one (the first, now) is refused without showing it. */
+    url_for(url, sizeof url, "binduq_pw:Zx9/Qp+Lw8", NULL);
+    bq_status st = open_with(url, pwschema, 1, 5, &s, &err);
+    CHECK_INT(st, BQ_EAUTH);
+    CHECK_CONTAINS(err.msg, "password authentication failed");
+    check_no_secret(err.msg);
+    bq_storage_unref(s);
+    s = NULL;
+
+    /* Malformed URLs and unreachable servers. */
+    char bad[6][512];
+    int p = closed_port();
+    snprintf(bad[0], sizeof bad[0], "postgresql://app:Zx9/Qp+Lw8@127.0.0.1:%d/bindu", p);
+    snprintf(bad[1], sizeof bad[1], "postgresql+asyncpg://app:Zx9?Qp+Lw8@127.0.0.1:%d/b", p);
+    snprintf(bad[2], sizeof bad[2], "postgresql://%s:%s/%s?password=se%%zzcret", host, port,
+             dbname);
+    snprintf(bad[3], sizeof bad[3], "postgresql://app:Zx9/Qp+Lw8@%s:notaport/%s", host,
+             dbname);
+    snprintf(bad[4], sizeof bad[4], "postgresql://app:Zx9/Qp+Lw8@[::1/%s", dbname);
+    snprintf(bad[5], sizeof bad[5], "postgresql://app:Zx9/Qp+Lw8@%s:%s/%s?x%%zz=1", host,
+             port, dbname);
+    const bq_status want[] = {BQ_ECONNREFUSED, BQ_ECONNREFUSED, BQ_EINVAL, BQ_EIO, BQ_EINVAL,
+                              BQ_EINVAL};
+    for (size_t i = 0; i < 6; i++) {
+        st = open_with(bad[i], schema, 1, 2, &s, &err);
+        CHECK(st != BQ_OK);
+        if (st != want[i])
+            printf("  %s: %s\n", bad[i], err.msg);
+        CHECK_INT(st, want[i]);
+        check_no_secret(err.msg);
+        if (getenv("BQ_TEST_VERBOSE"))
+            printf("  %s\n", err.msg);
+        bq_storage_unref(s);
+        s = NULL;
+    }
+    CHECK_CONTAINS(err.msg, "x%zz"); /* libpq's complaint is passed on: it holds no secret */
+
+    CHECK(sql(NULL, 0, "DROP SCHEMA IF EXISTS \"%s\" CASCADE", pwschema));
+    CHECK(sql(NULL, 0, "REVOKE CREATE ON DATABASE \"%s\" FROM binduq_pw", dbname));
+    CHECK(sql(NULL, 0, "ALTER ROLE binduq_pw PASSWORD 'right-one'"));
+}
+
 /* ---- Out of memory -------------------------------------------------------------------------- */
 
 TEST(out_of_memory_fails_cleanly)
@@ -1045,6 +1132,7 @@ int main(void)
     RUN(a_silent_server_times_out_at_connect_timeout);
     RUN(a_wrong_password_is_eauth_without_the_password);
     RUN(url_spellings);
+    RUN(passwords_with_url_characters_stay_secret);
     RUN(out_of_memory_fails_cleanly);
     bq_storage_unref(store);
     if (admin != NULL) {

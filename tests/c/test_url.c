@@ -167,6 +167,210 @@ TEST(redacts_passwords)
     CHECK_NOT_CONTAINS(tiny, "secret");
 }
 
+/* ---- Issue 16: secrets in URLs ------------------------------------------------------------ */
+
+/* The pieces of the passwords used below: none may appear in any error or redacted URL. */
+static const char *const secrets[] = {"Zx9", "Qp+Lw8", "se%zzcret", "zzcret", "hunter2"};
+
+static void check_no_secret(const char *text)
+{
+    for (size_t i = 0; i < sizeof secrets / sizeof secrets[0]; i++)
+        CHECK_NOT_CONTAINS(text, secrets[i]);
+}
+
+TEST(user_info_runs_to_the_last_at)
+{
+    /* A generated password with an unencoded '/', '?', '#' or '@' is read as a password. */
+    static const struct {
+        const char *url, *user, *password, *host, *path;
+        int port, db;
+    } cases[] = {
+        {"redis://default:Zx9/Qp+Lw8@host", "default", "Zx9/Qp+Lw8", "host", NULL, 6379, 0},
+        {"redis://default:Zx9/Qp+Lw8@host:7000/3", "default", "Zx9/Qp+Lw8", "host", NULL, 7000,
+         3},
+        {"redis://:Zx9?Qp+Lw8@h/1", NULL, "Zx9?Qp+Lw8", "h", NULL, 6379, 1},
+        {"rediss://u:Zx9#Qp@Lw8@h:6380?db=2", "u", "Zx9#Qp@Lw8", "h", NULL, 6380, 2},
+        {"unix://:Zx9/Qp+Lw8@/tmp/r.sock?db=4", NULL, "Zx9/Qp+Lw8", NULL, "/tmp/r.sock", 0, 4},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct bq_url u;
+        bq_err err;
+        bq_status st = bq_url_parse(cases[i].url, "REDIS_URL", &u, &err);
+        CHECK_INT(st, BQ_OK);
+        if (st != BQ_OK) {
+            check_no_secret(err.msg);
+            bq_url_free(&u);
+            continue;
+        }
+        CHECK_STR(u.user, cases[i].user);
+        CHECK_STR(u.password, cases[i].password);
+        CHECK_STR(u.path, cases[i].path);
+        CHECK_INT(u.db, cases[i].db);
+        if (cases[i].host != NULL) {
+            CHECK_INT(u.nhosts, 1);
+            CHECK_STR(u.hosts[0].host, cases[i].host);
+            CHECK_INT(u.hosts[0].port, cases[i].port);
+        }
+        bq_url_free(&u);
+    }
+}
+
+TEST(errors_name_the_part_but_never_quote_a_secret)
+{
+    static const struct bad cases[] = {
+        {"redis://default:Zx9/Qp+Lw8@host:abc", "bad port 'abc'"},
+        {"redis://default:Zx9/Qp+Lw8@host/x", "bad database number 'x'"},
+        {"redis://u:Zx9#Qp@Lw8@bad host", "bad host name 'bad host'"},
+        {"redis://Zx9/Qp+Lw8@host", "user name but no password"},
+        {"redis://:se%zzcret@h", "bad percent-escape in the password"},
+        {"redis://se%zzcret:x@h", "bad percent-escape in the user name"},
+        {"redis+sentinel://s1/m?sentinel_password=se%zzcret", "bad percent-escape in "
+                                                              "sentinel_password"},
+        {"redis://h?password=se%zzcret", "unknown URL option 'password'"},
+        {"redis://h?db=1&password=hunter2", "unknown URL option 'password'"},
+        {"redis:/:Zx9/Qp+Lw8@h://x", "unknown scheme (expected"},
+        {"redis://:hunter2@[::1", "unterminated IPv6 address"},
+        {"redis+cluster://:Zx9/Qp+Lw8@n1:7000/0", "no database path"},
+        {"unix://:Zx9?Qp+Lw8@relative.sock", "absolute socket path"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct bq_url u;
+        bq_err err;
+        CHECK_INT(bq_url_parse(cases[i].url, "REDIS_URL", &u, &err), BQ_EINVAL);
+        CHECK_CONTAINS(err.msg, cases[i].expect);
+        check_no_secret(err.msg);
+        bq_url_free(&u);
+    }
+}
+
+TEST(redaction_hides_the_user_info_and_password_options)
+{
+    static const struct {
+        const char *url, *want;
+    } cases[] = {
+        {"redis://default:Zx9/Qp+Lw8@host", "redis://default:***@host"},
+        {"rediss://default:Zx9?Qp+Lw8@host:6380/2", "rediss://default:***@host:6380/2"},
+        {"postgresql://app:Zx9/Qp+Lw8@db/bindu", "postgresql://app:***@db/bindu"},
+        {"postgres://app:Zx9#Qp@Lw8@db:5433/bindu?sslmode=require",
+         "postgres://app:***@db:5433/bindu?sslmode=require"},
+        {"postgresql://db/bindu?password=se%zzcret", "postgresql://db/bindu?password=***"},
+        {"postgresql://db/b?sslmode=require&pass%77ord=hunter2&sslpassword=Zx9&application_name=a",
+         "postgresql://db/b?sslmode=require&pass%77ord=***&sslpassword=***&application_name=a"},
+        {"redis+sentinel://s1/m?sentinel_password=se%zzcret&db=1",
+         "redis+sentinel://s1/m?sentinel_password=***&db=1"},
+        {"redis://Zx9/Qp+Lw8@host", "redis://***@host"},
+        {"unix://:Zx9?Qp+Lw8@/tmp/r.sock", "unix://:***@/tmp/r.sock"},
+        {"redis://:hunter2?password=Zx9@h/0", "redis://:***@h/0"},
+        {"app:Zx9/Qp+Lw8@db/bindu", "***@db/bindu"},
+        {"postgresql://db/bindu", "postgresql://db/bindu"},
+        {"x?a=://h/d?sslpassword=Zx9", "x?a=://h/d?sslpassword=***"},
+    };
+    char out[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bq_url_redact(cases[i].url, out, sizeof out);
+        CHECK_STR(out, cases[i].want);
+        check_no_secret(out);
+        /* Truncated at every length, it shows no more. */
+        for (size_t n = 1; n < strlen(cases[i].url) + 2; n++) {
+            char small[256];
+            bq_url_redact(cases[i].url, small, n);
+            check_no_secret(small);
+            CHECK(strlen(small) < n);
+        }
+    }
+}
+
+TEST(postgresql_urls_reach_libpq_without_secrets)
+{
+    static const struct {
+        const char *url, *libpq;
+        size_t n;
+        const char *k0, *v0, *k1, *v1;
+    } cases[] = {
+        {"postgresql://app:Zx9/Qp+Lw8@db/bindu", "postgresql://app@db/bindu", 1, "password",
+         "Zx9/Qp+Lw8", NULL, NULL},
+        {"postgresql+asyncpg://a%40b:p%21w@h:5/d?sslmode=require&password=x%21&application_name=z",
+         "postgresql://a%40b@h:5/d?sslmode=require&application_name=z", 2, "password", "p!w",
+         "password", "x!"},
+        {"postgres://h/d?sslpassword=Zx9", "postgres://h/d", 1, "sslpassword", "Zx9", NULL, NULL},
+        {"postgresql://me@h/d", "postgresql://me@h/d", 0, NULL, NULL, NULL, NULL},
+        {"postgresql://:hunter2@h/d", "postgresql://h/d", 1, "password", "hunter2", NULL, NULL},
+        {"postgresql://h", "postgresql://h", 0, NULL, NULL, NULL, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct bq_pg_url u;
+        bq_err err;
+        bq_status st = bq_pg_url_split(cases[i].url, "DATABASE_URL", &u, &err);
+        CHECK_INT(st, BQ_OK);
+        if (st == BQ_OK) {
+            CHECK_STR(u.url, cases[i].libpq);
+            CHECK_INT(u.nsecrets, cases[i].n);
+            if (u.nsecrets > 0) {
+                CHECK_STR(u.keys[0], cases[i].k0);
+                CHECK_STR(u.values[0], cases[i].v0);
+            }
+            if (u.nsecrets > 1) {
+                CHECK_STR(u.keys[1], cases[i].k1);
+                CHECK_STR(u.values[1], cases[i].v1);
+            }
+            check_no_secret(u.url);
+        }
+        bq_pg_url_free(&u);
+    }
+    static const struct bad pg_bads[] = {
+        {"postgresql://db/bindu?password=se%zzcret", "bad percent-escape in the value of the "
+                                                     "'password' option"},
+        {"postgresql://app:se%zzcret@db/bindu", "bad percent-escape in the password"},
+        {"postgresql://se%zzcret:x@db/bindu", "bad percent-escape in the user name"},
+        {"mysql://u:hunter2@h/db", "unsupported scheme 'mysql'"},
+        {"postgresql+://u:hunter2@h/db", "unsupported scheme 'postgresql+'"},
+        {"u:hunter2@h/db", "expected postgresql://"},
+        {"po$tgres:hunter2@h://db", "unsupported scheme (expected"},
+        {"postgresql://h/d?password=1&password=2&password=3&password=4&password=5",
+         "more than 4 passwords"},
+    };
+    for (size_t i = 0; i < sizeof pg_bads / sizeof pg_bads[0]; i++) {
+        struct bq_pg_url u;
+        bq_err err;
+        CHECK_INT(bq_pg_url_split(pg_bads[i].url, "DATABASE_URL", &u, &err), BQ_EINVAL);
+        CHECK_CONTAINS(err.msg, pg_bads[i].expect);
+        CHECK_CONTAINS(err.msg, "DATABASE_URL");
+        check_no_secret(err.msg);
+        bq_pg_url_free(&u);
+    }
+}
+
+TEST(secret_options)
+{
+    CHECK(bq_url_secret_option("password", 8));
+    CHECK(bq_url_secret_option("sentinel_password", 17));
+    CHECK(bq_url_secret_option("sslpassword", 11));
+    CHECK(bq_url_secret_option("PassWord", 8));
+    CHECK(bq_url_secret_option("pass%77ord", 10));
+    CHECK(bq_url_secret_option("%70%61%73%73%77%6f%72%64", 24));
+    CHECK(!bq_url_secret_option("db", 2));
+    CHECK(!bq_url_secret_option("passwords", 9));
+    CHECK(!bq_url_secret_option("password", 7));
+    CHECK(!bq_url_secret_option("pass%7", 6));
+}
+
+TEST(pg_split_allocation_failures_are_clean)
+{
+    int saw_ok = 0;
+    for (long n = 0; n < 40 && !saw_ok; n++) {
+        struct bq_pg_url u;
+        bq_err err;
+        bq_alloc_fail_after(n);
+        bq_status st = bq_pg_url_split("postgresql://u:p@h/d?password=x&sslpassword=y", NULL,
+                                       &u, &err);
+        bq_alloc_fail_after(-1);
+        CHECK(st == BQ_OK || st == BQ_ENOMEM);
+        saw_ok = st == BQ_OK;
+        bq_pg_url_free(&u);
+    }
+    CHECK(saw_ok);
+}
+
 TEST(address)
 {
     struct bq_url u;
@@ -207,6 +411,12 @@ int main(void)
     RUN(rejects_bad_urls_naming_the_part);
     RUN(errors_never_show_the_password);
     RUN(redacts_passwords);
+    RUN(user_info_runs_to_the_last_at);
+    RUN(errors_name_the_part_but_never_quote_a_secret);
+    RUN(redaction_hides_the_user_info_and_password_options);
+    RUN(postgresql_urls_reach_libpq_without_secrets);
+    RUN(secret_options);
+    RUN(pg_split_allocation_failures_are_clean);
     RUN(address);
     RUN(allocation_failures_are_clean);
     return check_report("test_url");
