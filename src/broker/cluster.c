@@ -195,7 +195,8 @@ static bq_status slots_from(struct cluster_broker *c, const char *host, int port
     u.hosts = &hp;
     u.nhosts = 1;
     u.db = 0;
-    struct bq_conn_opts o = {c->cfg.connect_timeout, c->cfg.command_timeout, NULL, "", NULL};
+    struct bq_conn_opts o = {.connect_timeout = c->cfg.connect_timeout,
+                             .command_timeout = c->cfg.command_timeout};
     /* TLS for the map query would need a context of its own: ask a node broker instead. */
     if (c->url.tls)
         return bq_err_set(err, BQ_EUNSUPPORTED, "cluster over TLS is not supported yet");
