@@ -135,8 +135,7 @@ static const char *range_of(const redisReply *e, const char *asked, long long *f
 
 size_t bq_cluster_slots_parse(const redisReply *r, const char *asked, struct bq_slot_map *map)
 {
-    for (int i = 0; i < NSLOTS; i++)
-        map->slot[i] = -1;
+    memset(map->slot, 0xff, sizeof map->slot); /* every slot -1 */
     map->nnodes = 0;
     map->ranges = map->dropped = map->first_dropped = 0;
     map->why = NULL;
