@@ -5,8 +5,9 @@
  * Every key of a queue Q hashes to Q's slot (keys.h), and queues fetched together share a
  * hash tag, so each broker operation touches exactly one slot: routing by the slot of the
  * operation's queue is all a cluster needs. The slot map comes from CLUSTER SLOTS, asked of
- * the seed nodes of the URL (then of the known masters); it is refreshed when a node answers
- * MOVED (the slot has a new owner) or a connection to a node fails. While a slot migrates,
+ * the seed nodes of the URL (then of the known masters), every range of the reply checked
+ * before use (cluster.h); it is refreshed when a node answers MOVED (the slot has a new
+ * owner) or a connection to a node fails. While a slot migrates,
  * a node answers ASK or TRYAGAIN for the keys that already moved: the operation is retried
  * after a short pause until the migration ends and the slot's new owner answers. Each retry
  * is of a whole operation, which is one atomic script or a pipeline on keys of one slot, so
