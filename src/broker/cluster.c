@@ -134,6 +134,16 @@ static const char *range_of(const redisReply *e, const char *asked, long long *f
     return NULL;
 }
 
+/* Sets n slots from p to v, by doubling copies (a reply may hold thousands of ranges). */
+static void fill(short *p, size_t n, short v)
+{
+    if (n == 0)
+        return;
+    p[0] = v;
+    for (size_t done = 1; done < n; done *= 2)
+        memcpy(p + done, p, (n - done < done ? n - done : done) * sizeof *p);
+}
+
 size_t bq_cluster_slots_parse(const redisReply *r, const char *asked, struct bq_slot_map *map)
 {
     memset(map->slot, 0xff, sizeof map->slot); /* every slot -1 */
@@ -175,8 +185,7 @@ size_t bq_cluster_slots_parse(const redisReply *r, const char *asked, struct bq_
             }
             continue;
         }
-        for (long long s = from; s <= to; s++)
-            map->slot[s] = (short)idx;
+        fill(map->slot + from, (size_t)(to - from + 1), (short)idx);
         map->ranges++;
     }
     return map->dropped;
