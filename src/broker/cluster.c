@@ -5,8 +5,9 @@
  * Every key of a queue Q hashes to Q's slot (keys.h), and queues fetched together share a
  * hash tag, so each broker operation touches exactly one slot: routing by the slot of the
  * operation's queue is all a cluster needs. The slot map comes from CLUSTER SLOTS, asked of
- * the seed nodes of the URL (then of the known masters); it is refreshed when a node answers
- * MOVED (the slot has a new owner) or a connection to a node fails. While a slot migrates,
+ * the seed nodes of the URL (then of the known masters), every range of the reply checked
+ * before use (cluster.h); it is refreshed when a node answers MOVED (the slot has a new
+ * owner) or a connection to a node fails. While a slot migrates,
  * a node answers ASK or TRYAGAIN for the keys that already moved: the operation is retried
  * after a short pause until the migration ends and the slot's new owner answers. Each retry
  * is of a whole operation, which is one atomic script or a pipeline on keys of one slot, so
@@ -17,6 +18,7 @@
  * brokers are themselves thread-safe, and only the worker's dispatcher fetches.
  */
 #include "broker.h"
+#include "cluster.h"
 #include "keys.h"
 
 #include "../core/alloc.h"
@@ -27,11 +29,12 @@
 #include "../net/url.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
-#define NSLOTS 16384
-#define MAX_NODES 64
+#define NSLOTS BQ_CLUSTER_NSLOTS
+#define MAX_NODES BQ_CLUSTER_MAX_NODES
 #define REDIRECT_WINDOW 5.0 /* seconds an operation keeps following redirections */
 
 struct node {
@@ -84,7 +87,115 @@ static int node_index(struct cluster_broker *c, const char *host, int port, bq_e
     return c->nnodes++;
 }
 
-/* Reads the slot map from one node. Caller holds mu. */
+/* ---- Reading CLUSTER SLOTS (cluster.h) ----------------------------------------------------- */
+
+/* A host binduq can put in a node URL: letters, digits and ".-_:" (names, IPv4, IPv6), so
+ * nothing in it can be read as user-info, a path or a query. */
+static bool host_ok(const char *s, size_t len)
+{
+    if (len >= BQ_CLUSTER_HOST_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '-' || ch == '_' || ch == ':'))
+            return false;
+    }
+    return true;
+}
+
+/* Checks one range; on success sets *from, *to and the master's host and port. Returns NULL
+ * or why the range is malformed. */
+static const char *range_of(const redisReply *e, const char *asked, long long *from,
+                            long long *to, const char **host, size_t *hlen, int *port)
+{
+    if (e == NULL || e->type != REDIS_REPLY_ARRAY || e->elements < 3 || e->element == NULL)
+        return "a range is not an array of at least 3 elements";
+    const redisReply *f = e->element[0], *t = e->element[1], *m = e->element[2];
+    if (f == NULL || t == NULL || f->type != REDIS_REPLY_INTEGER ||
+        t->type != REDIS_REPLY_INTEGER)
+        return "a slot bound is not an integer";
+    if (f->integer < 0 || f->integer > t->integer || t->integer >= NSLOTS)
+        return "slot bounds outside 0 <= from <= to < 16384";
+    if (m == NULL || m->type != REDIS_REPLY_ARRAY || m->elements < 2 || m->element == NULL ||
+        m->element[0] == NULL || m->element[1] == NULL)
+        return "the master is not an array [host, port, ...]";
+    const redisReply *h = m->element[0], *p = m->element[1];
+    if (h->type != REDIS_REPLY_STRING || h->str == NULL)
+        return "the master's host is not a string";
+    if (p->type != REDIS_REPLY_INTEGER || p->integer < 1 || p->integer > 65535)
+        return "the master's port is not an integer in 1..65535";
+    *from = f->integer;
+    *to = t->integer;
+    /* An empty host is the node that answered (Redis' "unknown endpoint"). */
+    *host = h->len > 0 ? h->str : asked;
+    *hlen = h->len > 0 ? h->len : strlen(asked);
+    *port = (int)p->integer;
+    return NULL;
+}
+
+/* Sets n slots from p to v, by doubling copies (a reply may hold thousands of ranges). */
+static void fill(short *p, size_t n, short v)
+{
+    if (n == 0)
+        return;
+    p[0] = v;
+    for (size_t done = 1; done < n; done *= 2)
+        memcpy(p + done, p, (n - done < done ? n - done : done) * sizeof *p);
+}
+
+size_t bq_cluster_slots_parse(const redisReply *r, const char *asked, struct bq_slot_map *map)
+{
+    memset(map->slot, 0xff, sizeof map->slot); /* every slot -1 */
+    map->nnodes = 0;
+    map->ranges = map->dropped = map->first_dropped = 0;
+    map->why = NULL;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        map->why = "the reply is not an array";
+        return 0;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        long long from = 0, to = -1;
+        const char *host = NULL;
+        size_t hlen = 0;
+        int port = 0, idx = -1;
+        const char *why = range_of(r->element != NULL ? r->element[i] : NULL, asked, &from, &to,
+                                   &host, &hlen, &port);
+        if (why == NULL && !host_ok(host, hlen))
+            why = "the master's host is not a host name or address";
+        for (int n = 0; why == NULL && n < map->nnodes && idx < 0; n++) {
+            if (map->node[n].port == port && strlen(map->node[n].host) == hlen &&
+                memcmp(map->node[n].host, host, hlen) == 0)
+                idx = n;
+        }
+        if (why == NULL && idx < 0) {
+            if (map->nnodes == MAX_NODES) {
+                why = "more than 64 masters";
+            } else {
+                idx = map->nnodes++;
+                memcpy(map->node[idx].host, host, hlen);
+                map->node[idx].host[hlen] = '\0';
+                map->node[idx].port = port;
+            }
+        }
+        if (why != NULL) {
+            if (map->dropped++ == 0) {
+                map->first_dropped = i;
+                map->why = why;
+            }
+            continue;
+        }
+        fill(map->slot + from, (size_t)(to - from + 1), (short)idx);
+        map->ranges++;
+    }
+    return map->dropped;
+}
+
+/* ---- The slot map ---------------------------------------------------------------------------- */
+
+/* Reads the slot map from one node. A reply with malformed ranges keeps the good ones and
+ * logs one line; a reply with no good range leaves the map as it was and fails (the caller
+ * asks the next node). Caller holds mu. */
 static bq_status slots_from(struct cluster_broker *c, const char *host, int port, bq_err *err)
 {
     struct bq_url u = c->url;
@@ -93,41 +204,48 @@ static bq_status slots_from(struct cluster_broker *c, const char *host, int port
     u.hosts = &hp;
     u.nhosts = 1;
     u.db = 0;
-    struct bq_conn_opts o = {c->cfg.connect_timeout, c->cfg.command_timeout, NULL, "", NULL};
+    struct bq_conn_opts o = {.connect_timeout = c->cfg.connect_timeout,
+                             .command_timeout = c->cfg.command_timeout};
     /* TLS for the map query would need a context of its own: ask a node broker instead. */
     if (c->url.tls)
         return bq_err_set(err, BQ_EUNSUPPORTED, "cluster over TLS is not supported yet");
+    struct bq_slot_map *map = bq_malloc(sizeof *map);
+    if (map == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "CLUSTER SLOTS: out of memory");
     bq_conn *conn = NULL;
     bq_status st = bq_conn_open(&u, &o, &conn, err);
     redisReply *r = NULL;
     if (st == BQ_OK)
         st = bq_conn_callv(conn, &r, err, "CLUSTER", "SLOTS", NULL);
-    if (st == BQ_OK && r->type != REDIS_REPLY_ARRAY)
-        st = bq_err_set(err, BQ_EPROTO, "CLUSTER SLOTS: unexpected reply");
+    char addr[160] = "";
+    if (conn != NULL)
+        snprintf(addr, sizeof addr, "%s", bq_conn_address(conn));
+    if (st == BQ_OK && bq_cluster_slots_parse(r, host, map) > 0) {
+        char dropped[24], first[24];
+        snprintf(dropped, sizeof dropped, "%zu", map->dropped);
+        snprintf(first, sizeof first, "%zu", map->first_dropped);
+        bq_log(BQ_LOG_WARN, "cluster_slots_dropped", "node", addr, "#dropped", dropped,
+               "#first", first, "reason", map->why, NULL);
+    }
+    if (st == BQ_OK && map->ranges == 0)
+        st = bq_err_set(err, BQ_EPROTO, "CLUSTER SLOTS from %s: no usable range (%s)", addr,
+                        map->why != NULL ? map->why : "the reply is empty");
+    /* Node brokers for the masters named, then the map in terms of them. */
+    short to_node[MAX_NODES];
+    for (int n = 0; st == BQ_OK && n < map->nnodes; n++) {
+        int idx = node_index(c, map->node[n].host, map->node[n].port, err);
+        if (idx < 0)
+            st = err ? err->code : BQ_EIO;
+        to_node[n] = (short)idx;
+    }
     if (st == BQ_OK) {
         for (int i = 0; i < NSLOTS; i++)
-            c->slot_node[i] = -1;
-        for (size_t i = 0; i < r->elements && st == BQ_OK; i++) {
-            const redisReply *e = r->element[i];
-            if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
-                e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2)
-                continue;
-            long long from = e->element[0]->integer, to = e->element[1]->integer;
-            const redisReply *m = e->element[2];
-            const char *mh = m->element[0]->type == REDIS_REPLY_STRING && m->element[0]->len > 0
-                                 ? m->element[0]->str : host;
-            int idx = node_index(c, mh, (int)m->element[1]->integer, err);
-            if (idx < 0) {
-                st = err ? err->code : BQ_EIO;
-                break;
-            }
-            for (long long s = from; s <= to && s < NSLOTS; s++)
-                c->slot_node[s] = (short)idx;
-        }
+            c->slot_node[i] = map->slot[i] >= 0 ? to_node[map->slot[i]] : (short)-1;
     }
     if (r != NULL)
         freeReplyObject(r);
     bq_conn_close(conn);
+    bq_free(map);
     return st;
 }
 

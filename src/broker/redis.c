@@ -1671,8 +1671,9 @@ bq_status bq_broker_open_redis(const struct bq_broker_config *cfg, bq_broker **o
     r->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     bq_url_address(&url, r->base.address, sizeof r->base.address);
     atomic_init(&r->epoch, 0);
-    struct bq_conn_opts opts = {cfg->connect_timeout, cfg->command_timeout, NULL, "",
-                                url.kind == BQ_URL_SENTINEL ? &r->epoch : NULL};
+    struct bq_conn_opts opts = {.connect_timeout = cfg->connect_timeout,
+                                .command_timeout = cfg->command_timeout,
+                                .epoch = url.kind == BQ_URL_SENTINEL ? &r->epoch : NULL};
     if (cfg->tls_server_name != NULL)
         snprintf(opts.server_name, sizeof opts.server_name, "%s", cfg->tls_server_name);
     if (r->wakefd < 0) {

@@ -3,6 +3,7 @@
  */
 #include "conn.h"
 #include "bulkcap.h"
+#include "resp.h"
 
 #include "../core/alloc.h"
 #include "../core/buf.h"
@@ -16,6 +17,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +33,7 @@ struct bq_conn {
     const atomic_uint *epoch_src; /* see bq_conn_opts.epoch */
     unsigned epoch;
     redisReader *reader;
+    struct bq_resp_scanner scan; /* every byte, before the reader gets it */
     bq_buf out;      /* formatted commands not yet written */
     size_t out_sent; /* bytes of `out` already written */
     double last_used;
@@ -52,9 +55,23 @@ void bq_conn_cap_bulk(bq_conn *c, size_t max)
         bq_bulkcap_init(c->cap, max);
 }
 
-static int feed_reader(void *ud, const char *p, size_t n)
+/* The scanner sees every byte the reader would; after a reply that breaks a limit or the
+ * protocol, the reader gets only the replies that ended before it and the connection is
+ * broken (1: stop feeding). -1: the reader is out of memory. */
+static int feed_scanned(void *ud, const char *p, size_t n)
 {
-    return redisReaderFeed(ud, p, n) == REDIS_OK ? 0 : -1;
+    bq_conn *c = ud;
+    size_t feed = n;
+    int rc = 0;
+    if (bq_resp_scan(&c->scan, p, n, &feed) == BQ_OK) {
+        feed = n;
+    } else {
+        c->broken = true;
+        rc = 1;
+    }
+    if (feed > 0 && redisReaderFeed(c->reader, p, feed) != REDIS_OK)
+        return -1;
+    return rc;
 }
 
 int bq_conn_fd(const bq_conn *c)
@@ -263,19 +280,67 @@ static bq_status handshake(bq_conn *c, const char *user, const char *password, i
     return st;
 }
 
-static bq_conn *conn_new(const struct bq_conn_opts *opts)
+/* ---- Reply limits ------------------------------------------------------------------------ */
+
+/* A positive integer from the environment into *out; 0 when unset; false when it is set to
+ * anything else. Read at each connect (rare: connections are pooled), so a change applies to
+ * the next connection. */
+static bool env_size(const char *name, size_t *out)
 {
+    *out = 0;
+    const char *v = getenv(name);
+    if (v == NULL || *v == '\0')
+        return true;
+    size_t n = 0;
+    for (const char *p = v; *p != '\0'; p++) {
+        if (*p < '0' || *p > '9' || n > (SIZE_MAX - 9) / 10)
+            return false;
+        n = n * 10 + (size_t)(*p - '0');
+    }
+    *out = n;
+    return n > 0;
+}
+
+/* The limits of a new connection: the options', else the environment's, else the defaults.
+ * BQ_EINVAL when a variable needed is set to something other than a positive integer. */
+static bq_status reply_limits(const struct bq_conn_opts *opts, size_t *bytes, size_t *elements,
+                              bq_err *err)
+{
+    size_t env = 0;
+    *bytes = opts->max_reply_bytes;
+    if (*bytes == 0 && !env_size("BINDUQ_MAX_REPLY_BYTES", &env))
+        return bq_err_set(err, BQ_EINVAL, "BINDUQ_MAX_REPLY_BYTES: expected a positive integer");
+    if (*bytes == 0)
+        *bytes = env > 0 ? env : BQ_MAX_REPLY_BYTES_DEFAULT;
+    *elements = opts->max_reply_elements;
+    if (*elements == 0 && !env_size("BINDUQ_MAX_REPLY_ELEMENTS", &env))
+        return bq_err_set(err, BQ_EINVAL,
+                          "BINDUQ_MAX_REPLY_ELEMENTS: expected a positive integer");
+    if (*elements == 0)
+        *elements = env > 0 ? env : BQ_MAX_REPLY_ELEMENTS_DEFAULT;
+    return BQ_OK;
+}
+
+static bq_status conn_new(const struct bq_conn_opts *opts, bq_conn **out, bq_err *err)
+{
+    *out = NULL;
+    size_t max_bytes = 0, max_elements = 0;
+    bq_status st = reply_limits(opts, &max_bytes, &max_elements, err);
+    if (st != BQ_OK)
+        return st;
     bq_conn *c = bq_calloc(1, sizeof *c);
     if (c == NULL)
-        return NULL;
+        return bq_err_set(err, BQ_ENOMEM, "connect: out of memory");
     c->fd = -1;
     c->command_timeout = opts->command_timeout > 0 ? opts->command_timeout : 5.0;
+    bq_resp_init(&c->scan, max_bytes, max_elements);
     c->reader = redisReaderCreate();
     if (c->reader == NULL) {
         bq_free(c);
-        return NULL;
+        return bq_err_set(err, BQ_ENOMEM, "connect: out of memory");
     }
-    return c;
+    *out = c;
+    return BQ_OK;
 }
 
 /* A TCP connection to host:port, over TLS when `tls`; no handshake yet. */
@@ -283,11 +348,12 @@ static bq_status open_tcp(const char *host, int port, bool tls, const struct bq_
                           double deadline, bq_conn **out, bq_err *err)
 {
     *out = NULL;
-    bq_conn *c = conn_new(opts);
-    if (c == NULL)
-        return bq_err_set(err, BQ_ENOMEM, "connect: out of memory");
+    bq_conn *c = NULL;
+    bq_status st = conn_new(opts, &c, err);
+    if (st != BQ_OK)
+        return st;
     snprintf(c->addr, sizeof c->addr, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
-    bq_status st = connect_tcp(c, host, port, deadline, err);
+    st = connect_tcp(c, host, port, deadline, err);
     if (st == BQ_OK && tls) {
         if (opts->tls == NULL)
             st = bq_err_set(err, BQ_EINVAL, "connect %s: a rediss:// URL needs TLS settings",
@@ -377,9 +443,8 @@ bq_status bq_conn_open(const struct bq_url *u, const struct bq_conn_opts *opts, 
     if (u->kind == BQ_URL_SENTINEL) {
         st = open_sentinel(u, opts, deadline, &c, err);
     } else if (u->kind == BQ_URL_UNIX) {
-        c = conn_new(opts);
-        if (c == NULL)
-            return bq_err_set(err, BQ_ENOMEM, "connect: out of memory");
+        if ((st = conn_new(opts, &c, err)) != BQ_OK)
+            return st;
         bq_url_address(u, c->addr, sizeof c->addr);
         st = connect_unix(c, u->path, deadline, err);
         if (st == BQ_OK)
@@ -571,7 +636,9 @@ bq_status bq_conn_flush(bq_conn *c, double deadline, int wakefd, bq_err *err)
 bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd, bq_err *err)
 {
     *out = NULL;
-    if (c->broken)
+    /* Broken by a reply over the limits: the replies that came whole before it are still
+     * handed out, then its error, every time. */
+    if (c->broken && c->scan.error == BQ_OK)
         return bq_err_set(err, BQ_EIO, "%s: connection is broken", c->addr);
     char buf[65536];
     for (;;) {
@@ -581,6 +648,10 @@ bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd
             return bq_err_set(err, BQ_EPROTO, "%s: bad reply: %s", c->addr,
                               c->reader->errstr);
         }
+        if (reply == NULL && c->scan.error == BQ_ETOOBIG)
+            return bq_err_set(err, BQ_ETOOBIG, "reply from %s %s", c->addr, c->scan.msg);
+        if (reply == NULL && c->scan.error != BQ_OK)
+            return bq_err_set(err, BQ_EPROTO, "%s: bad reply: %s", c->addr, c->scan.msg);
         if (reply != NULL) {
             *out = reply;
             c->last_used = bq_now_mono();
@@ -598,8 +669,10 @@ bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd
         const char *why = NULL;
         ssize_t n = transfer(c, false, buf, sizeof buf, &want, &e, &why);
         if (n > 0) {
-            if (c->cap != NULL ? bq_bulkcap_feed(c->cap, buf, (size_t)n, feed_reader, c->reader) != 0
-                               : redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
+            /* Bytes go socket -> bulk cap (if any) -> scanner -> reader (feed_scanned). */
+            int fed = c->cap != NULL ? bq_bulkcap_feed(c->cap, buf, (size_t)n, feed_scanned, c)
+                                     : feed_scanned(c, buf, (size_t)n);
+            if (fed < 0) {
                 c->broken = true;
                 return bq_err_set(err, BQ_ENOMEM, "%s: out of memory reading a reply",
                                   c->addr);

@@ -33,7 +33,21 @@ struct bq_conn_opts {
     const atomic_uint *epoch; /* borrowed, may be NULL: bumped when the master changes
                                * (Sentinel); a connection opened in an older epoch counts
                                * as broken */
+    /* Bounds on one reply (resp.h), so a hostile server or anyone on a plaintext path cannot
+     * make the reader allocate without end. 0: BINDUQ_MAX_REPLY_BYTES and
+     * BINDUQ_MAX_REPLY_ELEMENTS from the environment, else the defaults below. A reply over
+     * either fails the read with BQ_ETOOBIG ("reply from host:port exceeds N elements"),
+     * before hiredis allocates for it, and breaks the connection. */
+    size_t max_reply_bytes;    /* bytes as sent, headers included */
+    size_t max_reply_elements; /* the reply and all elements of its arrays, recursively */
 };
+
+/* 512 MiB: Redis' own largest bulk string (proto-max-bulk-len), and room for a fetch of
+ * `batch` messages of up to max_message_size each with the defaults (128 x 1 MiB). */
+#define BQ_MAX_REPLY_BYTES_DEFAULT ((size_t)512 * 1024 * 1024)
+/* Each element costs the reader a redisReply of about 50 bytes plus a pointer: about 64 MB.
+ * binduq's own replies have at most a few thousand. */
+#define BQ_MAX_REPLY_ELEMENTS_DEFAULT ((size_t)1000000)
 
 /* Connects to the first host of `url` (or its socket path), over TLS for rediss://, then
  * AUTH and SELECT as the URL says. For redis+sentinel:// it asks the sentinels in turn for
@@ -77,10 +91,12 @@ bq_status bq_conn_flush(bq_conn *c, double deadline, int wakefd, bq_err *err);
 /* From now on, bulk strings longer than max bytes reach no reply whole: each becomes the
  * error element "BQOVERSIZE <length> <hex of its first bytes>" (see bulkcap.h) while its
  * bytes are skipped as they arrive (0: no cap, the default). Call it between replies. For
- * connections that fetch messages. */
+ * connections that fetch messages. The reply limits count what remains. */
 void bq_conn_cap_bulk(bq_conn *c, size_t max);
 
-/* Reads the next reply into *out, with the same deadline and wake-up rules. */
+/* Reads the next reply into *out, with the same deadline and wake-up rules. A reply over the
+ * connection's limits is BQ_ETOOBIG, one that breaks the protocol BQ_EPROTO; both break the
+ * connection (replies that arrived whole before it are still returned first). */
 bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd, bq_err *err);
 
 /* One round trip with the command timeout. An error reply becomes BQ_EREDIS (BQ_EAUTH for

@@ -14,6 +14,8 @@
 
 #include <pthread.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const char *redis_url;
@@ -834,6 +836,192 @@ TEST(scripts_survive_a_flushed_script_cache)
     bq_broker_free(b);
 }
 
+/* Issue 16 #9: a reply over a connection's limits fails the read with a clear error before the
+ * reader allocates for it; replies that came whole before it are still read; the connection is
+ * broken, and the pool opens a new one for the next call. */
+TEST(conn_refuses_a_reply_over_its_limits)
+{
+    NEED_REDIS();
+    struct bq_url u;
+    CHECK_INT(bq_url_parse(redis_url, "test", &u, NULL), BQ_OK);
+    struct bq_conn_opts o = copts;
+    o.max_reply_elements = 100;
+    o.max_reply_bytes = 4096;
+    bq_pool *p;
+    CHECK_INT(bq_pool_new(&u, &o, 1, 1.0, &p, NULL), BQ_OK);
+    bq_url_free(&u);
+    char key[96], big[96];
+    snprintf(key, sizeof key, "%s:long", prefix);
+    snprintf(big, sizeof big, "%s:big", prefix);
+    const char *argv[152] = {"RPUSH", key};
+    for (int i = 2; i < 152; i++)
+        argv[i] = "x";
+    bq_conn *c;
+    bq_err err;
+    CHECK_INT(bq_pool_borrow(p, &c, &err), BQ_OK);
+    CHECK_INT(bq_conn_call(c, NULL, &err, 152, argv, NULL), BQ_OK);
+    /* 99 elements and the reply itself: exactly the limit. */
+    redisReply *r = NULL;
+    CHECK_INT(bq_conn_callv(c, &r, &err, "LRANGE", key, "0", "98", NULL), BQ_OK);
+    CHECK_INT(r != NULL ? (long long)r->elements : -1, 99);
+    freeReplyObject(r);
+    /* Pipelined: PING, an LRANGE of 150 elements, PING. */
+    const char *ping[] = {"PING"}, *lrange[] = {"LRANGE", key, "0", "-1"};
+    CHECK_INT(bq_conn_append(c, 1, ping, NULL, NULL), BQ_OK);
+    CHECK_INT(bq_conn_append(c, 4, lrange, NULL, NULL), BQ_OK);
+    CHECK_INT(bq_conn_append(c, 1, ping, NULL, NULL), BQ_OK);
+    CHECK_INT(bq_conn_flush(c, bq_now_mono() + 2, -1, NULL), BQ_OK);
+    CHECK_INT(bq_conn_read(c, &r, bq_now_mono() + 2, -1, &err), BQ_OK);
+    CHECK_STR(r != NULL ? r->str : NULL, "PONG");
+    freeReplyObject(r);
+    CHECK_INT(bq_conn_read(c, &r, bq_now_mono() + 2, -1, &err), BQ_ETOOBIG);
+    CHECK(r == NULL);
+    CHECK_CONTAINS(err.msg, "reply from 127.0.0.1:");
+    CHECK_CONTAINS(err.msg, " exceeds 100 elements");
+    CHECK(bq_conn_broken(c));
+    CHECK_INT(bq_conn_read(c, &r, bq_now_mono() + 2, -1, &err), BQ_ETOOBIG);
+    CHECK_INT(bq_conn_callv(c, NULL, &err, "PING", NULL), BQ_EIO); /* nothing more is sent */
+    bq_pool_return(p, c);
+
+    /* The next call gets a new connection; a bulk string over the byte limit fails too. */
+    CHECK_INT(bq_pool_borrow(p, &c, &err), BQ_OK);
+    CHECK_INT(bq_conn_callv(c, NULL, &err, "PING", NULL), BQ_OK);
+    char val[4088]; /* "$4087\r\n" + 4087 + "\r\n" = 4096 bytes */
+    memset(val, 'v', sizeof val - 1);
+    val[sizeof val - 1] = '\0';
+    CHECK_INT(bq_conn_callv(c, NULL, &err, "SET", big, val, NULL), BQ_OK);
+    CHECK_INT(bq_conn_callv(c, &r, &err, "GET", big, NULL), BQ_OK);
+    CHECK_INT(r != NULL ? (long long)r->len : -1, 4087);
+    freeReplyObject(r);
+    CHECK_INT(bq_conn_callv(c, NULL, &err, "APPEND", big, "v", NULL), BQ_OK);
+    CHECK_INT(bq_conn_callv(c, &r, &err, "GET", big, NULL), BQ_ETOOBIG);
+    CHECK_CONTAINS(err.msg, " exceeds 4096 bytes");
+    bq_pool_return(p, c);
+    CHECK_INT(bq_pool_borrow(p, &c, &err), BQ_OK);
+    CHECK_INT(bq_conn_callv(c, NULL, &err, "DEL", key, big, NULL), BQ_OK);
+    bq_pool_return(p, c);
+    struct bq_pool_stats ps;
+    bq_pool_stats(p, &ps);
+    CHECK_INT(ps.opened, 3);
+    CHECK_INT(ps.discarded, 2);
+    bq_pool_free(p);
+}
+
+/* A hostile server (a unix socket served by a thread here): an array header announcing two
+ * million elements is refused at once with the default limits, where hiredis alone would
+ * calloc 16 MB of pointers and wait for them; a bulk header of 1 GiB likewise. */
+struct hostile {
+    int lfd;
+    const char *reply;
+};
+
+static void *serve_hostile(void *arg)
+{
+    struct hostile *h = arg;
+    int fd = accept(h->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    char buf[256];
+    if (read(fd, buf, sizeof buf) > 0) { /* the command */
+        /* It may fail: a client that never sent PING has gone already. */
+        ssize_t sent = send(fd, h->reply, strlen(h->reply), MSG_NOSIGNAL);
+        (void)sent;
+    }
+    /* Hold the connection until the client closes it. */
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+    close(fd);
+    return NULL;
+}
+
+/* Sends PING to a server that answers `reply`; returns the status, err set. */
+static bq_status hostile_ping(const char *reply, int n, bq_err *err)
+{
+    char path[108], url[160];
+    snprintf(path, sizeof path, "/tmp/binduq-hostile-%d-%d.sock", (int)getpid(), n);
+    snprintf(url, sizeof url, "unix://%s", path);
+    unlink(path);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+    struct hostile h = {socket(AF_UNIX, SOCK_STREAM, 0), reply};
+    pthread_t t;
+    if (h.lfd < 0 || bind(h.lfd, (struct sockaddr *)&sun, sizeof sun) != 0 ||
+        listen(h.lfd, 1) != 0 || pthread_create(&t, NULL, serve_hostile, &h) != 0) {
+        perror("hostile server");
+        exit(2);
+    }
+    struct bq_url u;
+    bq_conn *c = NULL;
+    bq_status st = bq_url_parse(url, "test", &u, err);
+    if (st == BQ_OK)
+        st = bq_conn_open(&u, &copts, &c, err);
+    bq_url_free(&u);
+    if (st == BQ_OK) {
+        st = bq_conn_callv(c, NULL, err, "PING", NULL);
+        CHECK(st == BQ_OK || bq_conn_broken(c));
+        bq_conn_close(c);
+    } else {
+        /* Let the server thread go. */
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0 && write(fd, "x", 1) != 1)
+            perror("hostile release");
+        close(fd);
+    }
+    pthread_join(t, NULL);
+    close(h.lfd);
+    unlink(path);
+    return st;
+}
+
+TEST(conn_refuses_hostile_headers_at_once)
+{
+    const char *replies[] = {"*2000000\r\n:1\r\n:1\r\n", "$1073741824\r\naaaa",
+                             "*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n"};
+    const char *want[] = {" exceeds 1000000 elements", " exceeds 536870912 bytes",
+                          "bad reply: No support for nested multi bulk replies with depth > 7"};
+    for (int i = 0; i < 3; i++) {
+        bq_err err;
+        double t0 = bq_now_mono();
+        CHECK_INT(hostile_ping(replies[i], i, &err), i < 2 ? BQ_ETOOBIG : BQ_EPROTO);
+        CHECK_CONTAINS(err.msg, want[i]);
+        CHECK(bq_now_mono() - t0 < 1.0); /* at once, not at the command timeout */
+    }
+}
+
+/* BINDUQ_MAX_REPLY_BYTES and BINDUQ_MAX_REPLY_ELEMENTS set the limits when the options do
+ * not; anything but a positive integer fails the connection (read once a process, so each
+ * case runs in a child). */
+TEST(reply_limits_from_the_environment)
+{
+    const char *vars[] = {"BINDUQ_MAX_REPLY_ELEMENTS", "BINDUQ_MAX_REPLY_ELEMENTS",
+                          "BINDUQ_MAX_REPLY_BYTES", "BINDUQ_MAX_REPLY_BYTES"};
+    const char *vals[] = {"3", "12x", "0", "10"};
+    const char *reply[] = {"*3\r\n:1\r\n:2\r\n*1\r\n:3\r\n", "+PONG\r\n", "+PONG\r\n",
+                           "$4\r\nabcd\r\n"};
+    const bq_status want[] = {BQ_ETOOBIG, BQ_EINVAL, BQ_EINVAL, BQ_OK};
+    const char *msg[] = {"exceeds 3 elements", "BINDUQ_MAX_REPLY_ELEMENTS: expected a positive",
+                         "BINDUQ_MAX_REPLY_BYTES: expected a positive", ""};
+    for (int i = 0; i < 4; i++) {
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            setenv(vars[i], vals[i], 1);
+            bq_err err;
+            err.msg[0] = '\0';
+            bq_status st = hostile_ping(reply[i], 10 + i, &err);
+            if (st != want[i] || strstr(err.msg, msg[i]) == NULL) {
+                printf("  %s=%s: %s (%s)\n", vars[i], vals[i], bq_status_name(st), err.msg);
+                fflush(stdout);
+                _exit(1);
+            }
+            _exit(0);
+        }
+        int status = -1;
+        waitpid(pid, &status, 0);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+}
+
 int main(void)
 {
     redis_url = getenv("BQ_REDIS_URL");
@@ -858,5 +1046,8 @@ int main(void)
     RUN(seals_tell_binduqs_headers_from_forged_ones_memory);
     RUN(seals_tell_binduqs_headers_from_forged_ones_redis);
     RUN(scripts_survive_a_flushed_script_cache);
+    RUN(conn_refuses_a_reply_over_its_limits);
+    RUN(conn_refuses_hostile_headers_at_once);
+    RUN(reply_limits_from_the_environment);
     return check_report("test_redis");
 }
