@@ -111,7 +111,7 @@ static void drain_and_check(const char *url, const char *queue, enum bq_delivery
     struct bq_config cfg = {.url = (char *)url, .url_source = "test", .queue_name = (char *)queue,
                             .max_connections = 4, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
-    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 4, 2, 1.0, true, delivery, 5.0, 5.0, 0};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 4, 2, 1.0, true, delivery, 5.0, 5.0, 0, 0};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, &err), BQ_OK);
@@ -195,7 +195,7 @@ TEST(stop_interrupts_a_blocked_fetch)
         struct bq_config cfg = {.url = (char *)urls[i], .url_source = "test", .queue_name = (char *)"test:worker:idle",
                             .max_connections = 2, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
-        struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 30.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0};
+        struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 30.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0};
         bq_worker *w;
         CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, NULL), BQ_OK);
         CHECK_INT(bq_worker_start(w, false, NULL), BQ_OK);
@@ -218,7 +218,7 @@ TEST(a_failing_slot_init_fails_the_start)
     struct bq_config cfg = {.url = NULL, .url_source = "test", .queue_name = (char *)"test:worker:bad",
                             .max_connections = 2, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
-    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 3, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 3, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0};
     struct bq_slot_ops bad = {bad_init, handle, fini};
     bq_worker *w;
     bq_err err;
@@ -263,7 +263,7 @@ static void control_reaches(const char *url, const char *queue)
     struct bq_config cfg = {.url = (char *)url, .url_source = "test", .queue_name = (char *)queue,
                             .max_connections = 4, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
-    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0};
     struct bq_slot_ops cops = {ctl_init, ctl_handle, fini};
     bq_worker *w;
     bq_err err;
@@ -332,7 +332,7 @@ TEST(options_are_checked)
     struct bq_config cfg = {.url = NULL, .url_source = "test", .queue_name = (char *)"q",
                             .max_connections = 2, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
-    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 0, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 0, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, &err), BQ_EINVAL);
