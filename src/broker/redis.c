@@ -945,6 +945,12 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
                "reason", "the server's script cache was empty (restarted or flushed)", NULL);
         load_scripts(c, r->command_timeout);
     }
+    /* A failure in the middle of the pipeline (an error reply such as LOADING after a
+     * restart, a reply over the limits) leaves later replies unread: the next round trip
+     * would read them as its own. The position in the stream is unknown, so the connection
+     * is not used again. */
+    if (st != BQ_OK)
+        bq_conn_mark_broken(c);
     if (bq_conn_broken(c)) {
         bq_conn_close(c);
         r->fetch_conn = NULL;
@@ -982,6 +988,8 @@ static bq_status redis_ack(bq_broker *b, const struct bq_lessee *who, const stru
         st = bq_conn_flush(c, deadline, -1, err);
     if (st == BQ_OK)
         st = read_acks(c, who, msgs, n, deadline, acked, err);
+    if (st != BQ_OK)
+        bq_conn_mark_broken(c); /* replies may be left unread (see redis_fetch) */
     bq_pool_return(r->pool, c);
     return st;
 }

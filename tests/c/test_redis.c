@@ -836,6 +836,55 @@ TEST(scripts_survive_a_flushed_script_cache)
     bq_broker_free(b);
 }
 
+/* An error reply in the middle of a fetch's pipeline (here LREM refused by ACL; after a
+ * restart, LOADING) left the later replies unread, and the next round trip read them as its
+ * own: acknowledgements counted wrong, BLMOVE answered with a script's NOSCRIPT, tasks run
+ * twice. The connection must not be used again after such a failure. */
+TEST(a_failed_pipeline_does_not_leave_replies_for_the_next)
+{
+    NEED_REDIS();
+    bq_conn *admin = open_conn(redis_url);
+    if (admin == NULL)
+        return;
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ACL", "SETUSER", "nolrem", "on", ">nl-pass", "~*",
+                            "&*", "+@all", "-lrem", NULL), BQ_OK);
+    char url[256];
+    const char *rest = strstr(redis_url, "://");
+    snprintf(url, sizeof url, "redis://nolrem:nl-pass@%s", rest != NULL ? rest + 3 : "");
+    struct bq_broker_config bc = {.url = url, .url_source = "test", .max_connections = 2,
+                                  .connect_timeout = 2.0, .command_timeout = 2.0,
+                                  .pool_timeout = 2.0};
+    bq_broker *b = NULL;
+    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    if (b != NULL) {
+        char queue[96];
+        snprintf(queue, sizeof queue, "%s:desync", prefix);
+        const char *who_q[] = {queue};
+        struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_LEAST_ONCE, 0};
+        push_texts(b, queue, 6, "d");
+        struct bq_batch got = {NULL, 0, 0}, more = {NULL, 0, 0};
+        CHECK_INT(fetch(b, &who, 2, 0, NULL, 0, NULL, &got), BQ_OK);
+        CHECK_INT(got.n, 2);
+        /* acknowledging the two: LREM is refused, the round trip fails */
+        CHECK(fetch(b, &who, 2, 0, got.msgs, got.n, NULL, &more) != BQ_OK);
+        /* The next round trip reads its own replies. (The failed one's fetch took d2 and d3
+         * into the in-flight list; its reply was never read: orphans, which a worker's orphan
+         * check hands back.) */
+        bq_batch_clear(&more);
+        CHECK_INT(fetch(b, &who, 2, 0, NULL, 0, NULL, &more), BQ_OK);
+        CHECK_INT(more.n, 2);
+        if (more.n == 2) {
+            CHECK_STR(more.msgs[0].data, "d4");
+            CHECK_STR(more.msgs[1].data, "d5");
+        }
+        bq_batch_free(&got);
+        bq_batch_free(&more);
+        bq_broker_free(b);
+    }
+    bq_conn_callv(admin, NULL, NULL, "ACL", "DELUSER", "nolrem", NULL);
+    bq_conn_close(admin);
+}
+
 /* Issue 16 #9: a reply over a connection's limits fails the read with a clear error before the
  * reader allocates for it; replies that came whole before it are still read; the connection is
  * broken, and the pool opens a new one for the next call. */
@@ -1046,6 +1095,7 @@ int main(void)
     RUN(seals_tell_binduqs_headers_from_forged_ones_memory);
     RUN(seals_tell_binduqs_headers_from_forged_ones_redis);
     RUN(scripts_survive_a_flushed_script_cache);
+    RUN(a_failed_pipeline_does_not_leave_replies_for_the_next);
     RUN(conn_refuses_a_reply_over_its_limits);
     RUN(conn_refuses_hostile_headers_at_once);
     RUN(reply_limits_from_the_environment);
