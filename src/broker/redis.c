@@ -921,7 +921,8 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
             rep = NULL;
             reload = true;
         }
-        if (st == BQ_OK && rep != NULL && (is_marker(rep) || (st = bq_reply_check(rep, cmd, err)) == BQ_OK)) {
+        if (st == BQ_OK && rep != NULL &&
+            (is_marker(rep) || (st = bq_reply_check(rep, cmd, err)) == BQ_OK)) {
             if (rep->type == REDIS_REPLY_ARRAY &&
                        (strcmp(cmd, "BRPOP") == 0 || strcmp(cmd, "BLMPOP") == 0)) {
                 /* BRPOP: [key, value]; BLMPOP: [key, [values...]] */

@@ -1528,14 +1528,16 @@ void bq_worker_abort(bq_worker *w)
     struct bq_msg *copies = bq_calloc(cap ? cap : 1, sizeof *copies);
     for (int i = 0; copies != NULL && i < w->ring_n; i++) {
         const struct bq_msg *m = &w->ring[(w->ring_head + i) % w->capacity];
-        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed, m->oversize};
+        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed,
+                                    m->oversize};
         n += copies[n].data != NULL;
     }
     for (int i = 0; copies != NULL && i < w->concurrency; i++) {
         const struct bq_msg *m = &w->slots[i].current;
         if (!w->slots[i].running || m->data == NULL)
             continue;
-        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed, m->oversize};
+        copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed,
+                                    m->oversize};
         n += copies[n].data != NULL;
     }
     pthread_mutex_unlock(&w->mu);

@@ -3,6 +3,7 @@
  */
 #include "bulkcap.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -27,10 +28,11 @@ static void head_byte(struct bq_bulkcap *f, char ch)
         f->sign = true;
     } else if (ch >= '0' && ch <= '9' && !f->stopped) {
         unsigned d = (unsigned)(ch - '0');
-        if ((d == 0 && k == (f->sign ? 1u : 0u) && f->sign) || f->value > (9223372036854775807ULL - d) / 10)
-            f->junk = true;
+        bool first = k == (f->sign ? 1u : 0u);
+        if ((d == 0 && first && f->sign) || f->value > ((unsigned long long)LLONG_MAX - d) / 10)
+            f->junk = true; /* "-0", or past a long long */
         f->value = f->value * 10 + d;
-        f->stopped = d == 0 && k == (f->sign ? 1u : 0u); /* a leading zero: nothing may follow */
+        f->stopped = d == 0 && first; /* a leading zero: nothing may follow */
         f->digits = true;
     } else {
         f->junk = true;
