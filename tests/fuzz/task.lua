@@ -6,40 +6,10 @@
 --   a "#bq" header is split off or refused with a reason, its counters always in range;
 --   the size limit counts every byte.
 local core = require("binduq.core")
-local json = require("binduq.json")
 local task = require("binduq.task")
 
-local function exact(a, b, path)
-    if type(a) ~= type(b) then return false, path .. ": " .. type(a) .. " vs " .. type(b) end
-    if type(a) == "number" then
-        if math.type(a) ~= math.type(b) or ("%a"):format(a) ~= ("%a"):format(b) then
-            return false, ("%s: %s %a vs %s %a"):format(path, math.type(a), a, math.type(b), b)
-        end
-        return true
-    end
-    if type(a) ~= "table" then
-        if a ~= b then return false, path .. ": " .. tostring(a) .. " vs " .. tostring(b) end
-        return true
-    end
-    if getmetatable(a) ~= getmetatable(b) then return false, path .. ": metatables differ" end
-    for k, v in pairs(a) do
-        local ok, why = exact(v, b[k], path .. "." .. tostring(k))
-        if not ok then return false, why end
-    end
-    for k in pairs(b) do
-        if a[k] == nil then return false, path .. "." .. tostring(k) .. ": missing" end
-    end
-    return true
-end
-
--- The general path for a native message (as tests/lua/hotpath_spec.lua).
-local function reference(raw)
-    local ok, t = pcall(json.raw_decode, raw)
-    if not ok or type(t) ~= "table" or raw:byte(1) ~= 123 or t.operation ~= nil or t.type == nil then
-        return nil
-    end
-    return (core.decode_native(t))
-end
+local decoded = require("helpers.decoded")
+local exact, reference = decoded.exact, decoded.reference
 
 return function(raw)
     local ok, t, why = pcall(task.decode, raw, 1 << 20)

@@ -16,6 +16,16 @@ local function get(port, path)
     return status, body
 end
 
+-- The port a worker started with BINDUQ_METRICS_ADDR=127.0.0.1:0 says it listens on.
+local function metrics_port(w)
+    local port
+    assert(proc.wait_for(function()
+        port = tonumber((proc.read(w.log) or ""):match("metrics_listening address=127%.0%.0%.1 port=(%d+)"))
+        return port
+    end, 10), proc.read(w.log))
+    return port
+end
+
 local function sample(text, name, labels)
     for line in text:gmatch("[^\n]+") do
         if line:sub(1, #name + 1) == name .. "{" or line:sub(1, #name + 1) == name .. " " then
@@ -44,11 +54,7 @@ describe("#redis metrics and health endpoints", function()
         local w = cluster.worker(server, q, { BINDUQ_METRICS_ADDR = "127.0.0.1:0", BQ_TEST_MAX_ATTEMPTS = 2,
                                               BQ_TEST_RETRY_BASE = 0.05, BQ_TEST_RETRY_CAP = 0.1,
                                               BQ_TEST_CONCURRENCY = 2, BQ_TEST_BLOCK_TIMEOUT = 0.5 })
-        local port
-        assert(proc.wait_for(function()
-            port = tonumber((proc.read(w.log) or ""):match("metrics_listening address=127%.0%.0%.1 port=(%d+)"))
-            return port
-        end, 10), proc.read(w.log))
+        local port = metrics_port(w)
         local s = bq.scheduler{ url = server.url, queue_name = q }
         for i = 1, 10 do assert(s:run{ task_id = q .. "-ok-" .. i, messages = { "hello" } }) end
         for i = 1, 5 do assert(s:run{ task_id = q .. "-bad-" .. i, messages = { "fail" } }) end
@@ -89,11 +95,7 @@ describe("#redis metrics and health endpoints", function()
         local q = "it:pickup:" .. math.random(1, 1e9)
         local w = cluster.worker(server, q, { BINDUQ_METRICS_ADDR = "127.0.0.1:0", BQ_TEST_CONCURRENCY = 2,
                                               BQ_TEST_BLOCK_TIMEOUT = 0.5 })
-        local port
-        assert(proc.wait_for(function()
-            port = tonumber((proc.read(w.log) or ""):match("metrics_listening address=127%.0%.0%.1 port=(%d+)"))
-            return port
-        end, 10), proc.read(w.log))
+        local port = metrics_port(w)
         local core = require("binduq.core")
         local s = bq.scheduler{ url = server.url, queue_name = q }
         -- 200 from year 1 (each one 6.4e10 s: their sum in microseconds overflowed a long long),
