@@ -218,8 +218,6 @@ struct redis_broker {
     int watch_stopfd;
     double command_timeout;
     long credit[MAX_QUEUES]; /* weighted fetching: the round robin's state (fetcher only) */
-    bool multi_busy;         /* several queues: the last fetch found work (fetcher only) */
-    bool single_busy;        /* one queue, leased: the last fetch found work (fetcher only) */
     struct fetch_keys *fk;   /* owned: the fetcher's keys, built for the lessee whose
                               * signature (worker id, queue names) is fk_sig (fetcher only) */
     char fk_sig[1024];
@@ -750,11 +748,6 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
      * there without blocking. */
     if (take_wakeup(r))
         timeout = 0;
-    /* One queue, leased: while the last round trip found work, take a batch with fetch-2
-     * without waiting (BLMOVE takes one message a round trip); wait only once a round trip
-     * found the queue empty (one extra round trip each time the queue runs dry). */
-    if (lease && !multi && r->single_busy && req->max > 1)
-        timeout = 0;
     /* The keys are ~32 KB of names: built once per lessee, not zeroed and formatted again
      * for every round trip (it was an eighth of the worker's instructions per task). */
     if (r->fk == NULL && (r->fk = bq_calloc(1, sizeof *r->fk)) == NULL)
@@ -821,7 +814,7 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
     const char *cmd = NULL;
     enum script_id f_script = S_COUNT;
     bool want = req->max > 0;
-    bool bells = multi && timeout > 0 && !r->multi_busy;
+    bool bells = multi && timeout > 0;
     if (st == BQ_OK && want) {
         if (multi) {
             cmd = "fetchm-N";
@@ -912,8 +905,6 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
                     st = take_fetchm(r, nq, rep, out);
             }
         }
-        if (st == BQ_OK)
-            r->multi_busy = out->n > before;
     } else if (st == BQ_OK && want) {
         st = read_blocked(r, c, &rep, deadline, timeout > 0 ? r->wakefd : -1, err);
         if (st == BQ_OK && f_script != S_COUNT && is_noscript(rep)) {
@@ -937,8 +928,6 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
     }
     if (rep != NULL)
         freeReplyObject(rep);
-    if (lease && !multi && want)
-        r->single_busy = st == BQ_OK && out->n > first;
     /* 6. the seals of messages with a "#bq" header (rare: retries, recoveries, requeues).
      * If they cannot be read, leased messages are dropped from this batch: the worker's
      * orphan check hands them back (still sealed). At-most-once, they were popped: they stay,

@@ -1090,6 +1090,7 @@ static void *dispatcher_main(void *arg)
     int failures = 0;
     bool lease = w->who.delivery == BQ_AT_LEAST_ONCE;
     bool unsure = false; /* a fetch that may have taken messages failed */
+    bool busy = false;   /* the last round trip found work: the next one does not wait */
     int orphan_failures = 0; /* failed orphan checks in a row: the next waits longer */
     double orphan_at = 0;
     double period = w->lease / 3;
@@ -1126,7 +1127,10 @@ static void *dispatcher_main(void *arg)
         /* Until the lease is registered, a round trip only registers it: no task is ever
          * leased by a worker that nobody could reap. */
         req.max = !lease || w->registered ? (size_t)(want > 0 ? want : 0) : 0;
-        req.timeout = drain || req.max == 0 ? 0 : w->block_timeout;
+        /* Wait only once a round trip found nothing: with a backlog every round trip takes a
+         * batch at once (a blocking pop takes one message at a time), and acks made meanwhile
+         * ride along instead of each taking its own round trip (see ack). */
+        req.timeout = drain || busy || req.max == 0 ? 0 : w->block_timeout;
         req.promote = now >= w->next_promote;
         if (req.timeout > 0 && !req.promote && w->next_promote - now < req.timeout)
             req.timeout = w->next_promote - now > 0.001 ? w->next_promote - now : 0.001;
@@ -1200,6 +1204,7 @@ static void *dispatcher_main(void *arg)
                    NULL);
         }
         atomic_fetch_add(&w->n_fetched, (long long)batch.n);
+        busy = batch.n > 0;
         /* Deep when this round trip filled what it asked for, batching is on, and tasks are
          * quick: a worker whose handlers take long must not hold tasks that another worker
          * could run now. */
