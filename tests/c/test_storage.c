@@ -248,6 +248,72 @@ TEST(max_tasks_bounds_the_records)
     bq_storage_mem_reset();
 }
 
+/* A bound of 16,384 or more is split over shards (mem.c): the bound stays exact, listing is
+ * newest first across them, and a change of bound deals the records out again. */
+TEST(a_large_bound_is_sharded_and_exact)
+{
+    bq_storage_mem_reset();
+    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 20000};
+    bq_storage *s = NULL;
+    CHECK_INT(bq_storage_open(&cfg, &s, NULL), BQ_OK);
+    struct bq_task_result r;
+    char id[16];
+    for (int i = 0; i < 20500; i++) {
+        snprintf(id, sizeof id, "S%d", i);
+        struct bq_task_new t = {id, NULL, NULL, "completed", NULL, NULL, NULL, 0};
+        CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
+    }
+    int kept = 0, newest_kept = 0;
+    for (int i = 0; i < 20500; i++) {
+        snprintf(id, sizeof id, "S%d", i);
+        bool h = has(s, id);
+        kept += h;
+        newest_kept += h && i >= 19500;
+    }
+    CHECK_INT(kept, 20000);
+    CHECK_INT(newest_kept, 1000);
+    struct bq_task_rec *v;
+    size_t n;
+    struct bq_task_filter f = {NULL, NULL, 0, 5};
+    CHECK_INT(s->ops->list(s, &f, &v, &n, NULL), BQ_OK);
+    CHECK_INT((int)n, 5);
+    CHECK_STR(v[0].id, "S20499");
+    CHECK_STR(v[4].id, "S20495");
+    bq_task_recs_free(v, n);
+    /* Down to one shard: exactly the newest 1,000 stay, and stay listed in order. */
+    cfg.max_tasks = 1000;
+    bq_storage *t = NULL;
+    CHECK_INT(bq_storage_open(&cfg, &t, NULL), BQ_OK);
+    kept = 0;
+    for (int i = 0; i < 20500; i++) {
+        snprintf(id, sizeof id, "S%d", i);
+        bool h = has(s, id);
+        kept += h;
+        if (h && i < 19500)
+            CHECK(!"an older record was kept");
+    }
+    CHECK_INT(kept, 1000);
+    CHECK_INT(s->ops->list(s, &f, &v, &n, NULL), BQ_OK);
+    CHECK_INT((int)n, 5);
+    CHECK_STR(v[0].id, "S20499");
+    bq_task_recs_free(v, n);
+    /* And up again: they are dealt out over the shards, and found there. */
+    bq_storage_unref(t);
+    cfg.max_tasks = 40000;
+    CHECK_INT(bq_storage_open(&cfg, &t, NULL), BQ_OK);
+    CHECK(has(t, "S19500") && has(t, "S20499") && !has(t, "S19499"));
+    struct bq_task_change c = {.id = "S20000", .from = "completed", .to = "failed"};
+    CHECK_INT(t->ops->change(t, &c, &r, NULL), BQ_OK);
+    CHECK(r.changed);
+    CHECK_INT(t->ops->list(t, &f, &v, &n, NULL), BQ_OK);
+    CHECK_STR(v[0].id, "S20499");
+    CHECK_STR(v[4].id, "S20495");
+    bq_task_recs_free(v, n);
+    bq_storage_unref(t);
+    bq_storage_unref(s);
+    bq_storage_mem_reset();
+}
+
 int main(void)
 {
     bq_log_set_level("off");
@@ -256,6 +322,7 @@ int main(void)
     RUN(threads_share_one_store);
     RUN(open_checks_the_type);
     RUN(max_tasks_bounds_the_records);
+    RUN(a_large_bound_is_sharded_and_exact);
     bq_storage_mem_reset();
     return check_report("test_storage");
 }
