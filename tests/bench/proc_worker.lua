@@ -1,25 +1,88 @@
--- proc_worker.lua -- the bench's worker in a process of its own, for its memory and CPU.
---   BENCH_URL=... BENCH_QUEUE=... BENCH_CONCURRENCY=8 [BENCH_MAX_TASKS=n]
---   binduq-lua tests/bench/proc_worker.lua drain|run
--- BENCH_MAX_TASKS bounds the memory storage (storage.max_tasks; default 100,000).
--- drain: processes what is queued with a no-op handler, then prints
---   "completed=<n> cpu_s=<process CPU seconds> hwm_kb=<peak resident set> rss_kb=<resident set>
---    anon_kb=<its private part> file_kb=<mapped files: the shared libraries' pages>"
--- run: waits for tasks until SIGTERM (the idle-CPU figure samples it from outside).
+-- proc_worker.lua -- the bench's worker in a process of its own, started the way a deployment
+-- starts one (binduq-lua on a worker script, w:run(), default options unless the env says).
+--   BENCH_URL=... BENCH_QUEUE=... binduq-lua tests/bench/proc_worker.lua run|drain
+-- Options, each left at the default unless set:
+--   BENCH_CONCURRENCY=n   BENCH_DELIVERY=at-most-once   BENCH_QUEUES=a,b,c (strict priority)
+--   BENCH_RATELIMIT=1 (a limiter key per task, a limit it never reaches)
+--   BENCH_PG=<url> (task state in PostgreSQL)   BENCH_MAX_TASKS=n (memory storage bound)
+--   BENCH_CA=<file> (the CA of a rediss:// URL)
+-- run: waits for tasks until SIGTERM. With BENCH_OUT=<file>, each handler state appends one
+--   line to it when it closes: "n=<tasks> first=<start of its first> last=<end of its last>
+--   lat=<pickups, ms, comma-separated>" (monotonic seconds, comparable across processes; a
+--   message "t=<monotonic seconds>" from producer.lua's latency mode has its pickup measured).
+--   The main state prints "cpu_s=<process CPU seconds>" on the way out. With BENCH_FILL=<n>
+--   and BENCH_PREFIX=<id prefix> it first schedules n operations itself (a producer in the
+--   worker's own process, which records them in the storage they share) and prints
+--   "filled rate=<operations/s>".
+-- drain: processes what is queued, then prints "completed=<n> cpu_s=<process CPU seconds>
+--   hwm_kb=<peak resident set> rss_kb=<resident set> anon_kb=<its private part>
+--   file_kb=<mapped files: the shared libraries' pages>" (drain() is a shortcut mode).
 local bq = require("binduq")
+local core = require("binduq.core")
+
+local function env(name) local v = os.getenv(name); return v ~= "" and v or nil end
+local function int(name) return math.tointeger(tonumber(env(name) or "")) end
+
+local queues
+for q in (env("BENCH_QUEUES") or ""):gmatch("[^,]+") do
+    queues = queues or {}
+    queues[#queues + 1] = q
+end
+
+-- What this handler state saw; written out when the state closes (its finaliser).
+local n, first, last, lat = 0, nil, nil, {}
+local out = env("BENCH_OUT")
+if out and bq.role == "handler" then
+    _G.__bench_report = setmetatable({}, { __gc = function()
+        local f = assert(io.open(out, "a"))
+        f:setvbuf("full", 1 << 20)
+        f:write(("n=%d first=%.9f last=%.9f lat=%s\n"):format(n, first or 0, last or 0, table.concat(lat, ",")))
+        f:close()
+    end })
+end
+
+local function handler(task)
+    local t0 = core.monotonic()
+    first = first or t0
+    local sent = task.messages[1].content:match("^t=([%d.]+)")
+    if sent then lat[#lat + 1] = ("%.4f"):format((t0 - tonumber(sent)) * 1000) end
+    n = n + 1
+    last = core.monotonic()
+    return true
+end
+
 bq.log_configure{ level = "warn" }
+local storage = { type = "memory", max_tasks = int("BENCH_MAX_TASKS") }
+if env("BENCH_PG") then storage = { type = "postgres", url = env("BENCH_PG") } end
 local w = bq.worker{
     name = "bench-proc",
-    scheduler = { url = os.getenv("BENCH_URL"), queue_name = os.getenv("BENCH_QUEUE") },
-    concurrency = tonumber(os.getenv("BENCH_CONCURRENCY")) or 8,
-    handlers = { run = function() return true end },
-    storage = { type = "memory", max_tasks = math.tointeger(tonumber(os.getenv("BENCH_MAX_TASKS") or "")) },
+    scheduler = { url = env("BENCH_URL"), queue_name = env("BENCH_QUEUE"),
+                  tls = env("BENCH_CA") and { ca_file = env("BENCH_CA") } or nil },
+    concurrency = int("BENCH_CONCURRENCY"),
+    delivery = env("BENCH_DELIVERY"),
+    queues = queues,
+    rate_limit = env("BENCH_RATELIMIT") and { limit = 1000000000, period = 1 } or nil,
+    rate_key = env("BENCH_RATELIMIT") and function(task) return task.task_id end or nil,
+    handlers = { run = handler },
+    storage = storage,
 }
-if bq.role == "handler" or arg[1] == "run" then
+if bq.role == "handler" then
     w:run()
     return
 end
 local t0 = os.clock()
+if arg[1] == "run" then
+    if env("BENCH_FILL") then
+        package.path = "tests/?.lua;" .. package.path
+        local rate = require("bench.ops").fill(w.scheduler, int("BENCH_FILL"), env("BENCH_PREFIX") or "f")
+        print(("filled rate=%.1f"):format(rate))
+        io.stdout:flush()
+        t0 = os.clock()
+    end
+    w:run()
+    print(("cpu_s=%.3f"):format(os.clock() - t0))
+    return
+end
 local st = w:drain()
 local cpu = os.clock() - t0
 local f = assert(io.open("/proc/self/status"))

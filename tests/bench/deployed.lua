@@ -1,0 +1,174 @@
+-- deployed.lua -- one run of the deployed shape, for bench.lua (and by hand:
+--   build/binduq-lua tests/bench/deployed.lua <redis url> [n] [KEY=VALUE ...]
+-- with the proc_worker.lua variables as KEY=VALUE).
+--
+-- A producer process (producer.lua) fills the queue; then a worker process (proc_worker.lua,
+-- w:run(), default options unless opts.env says) is started, the bench waits until every task
+-- is done, and stops it with SIGTERM. The rate is timed from the first handler start to the
+-- last completion: the later of the last handler's end and the moment the bench saw nothing
+-- left queued or leased (polled every 2 ms, so a completion written after the handler, such as
+-- the ack and the stored state, counts). Redis' CPU is read from INFO over the same span.
+package.path = "tests/?.lua;" .. package.path
+local core = require("binduq.core")
+local proc = require("helpers.proc")
+
+local M = {}
+-- BENCH_WORKER_BIN: another build's binduq-lua for the worker, to compare two builds by hand.
+local WORKER = (os.getenv("BENCH_WORKER_BIN") or "build/binduq-lua") .. " tests/bench/proc_worker.lua run"
+
+-- Reads the handler states' report lines.
+local function report(path)
+    local r = { n = 0, lat = {} }
+    for line in (proc.read(path) or ""):gmatch("[^\n]+") do
+        local n, first, last, lat = line:match("^n=(%d+) first=([%d.]+) last=([%d.]+) lat=(.*)$")
+        assert(n, "proc_worker report: " .. line)
+        n, first, last = tonumber(n), tonumber(first), tonumber(last)
+        if n > 0 then
+            r.n = r.n + n
+            r.first = math.min(r.first or first, first)
+            r.last = math.max(r.last or last, last)
+        end
+        for v in lat:gmatch("[^,]+") do r.lat[#r.lat + 1] = tonumber(v) end
+    end
+    return r
+end
+
+local function spawn_env(base, extra)
+    local e = {}
+    for k, v in pairs(base) do e[k] = v end
+    for k, v in pairs(extra or {}) do e[k] = v end
+    return e
+end
+
+--- opts: url, queue, n, prefix, env (worker variables), producer_env (producer variables),
+--- cpu = function() -> Redis CPU seconds so far, concurrent (start the worker first and
+--- produce while it runs), inproc (the worker's own main state produces, then runs),
+--- poll_url (where the bench watches the queue, if not url: a plain-TCP URL of a TLS server). Returns { rate, redis_us (Redis CPU per task, microseconds),
+--- cpu_us (the worker process' CPU per task, start-up included), enqueue }.
+function M.run(opts)
+    local dir = proc.tmpdir()
+    local out = dir .. "/report"
+    local base = { BENCH_URL = opts.url, BENCH_QUEUE = opts.queue }
+    local penv = spawn_env(base, opts.producer_env)
+    local wenv = spawn_env(base, opts.env)
+    wenv.BENCH_OUT = out
+    local queues = {}
+    for q in (wenv.BENCH_QUEUES or opts.queue):gmatch("[^,]+") do
+        queues[#queues + 1] = core.client{ url = opts.poll_url or opts.url, queue_name = q }
+    end
+    local function left()
+        local total = 0
+        for _, c in ipairs(queues) do
+            total = total + assert(c:length("ready")) + assert(c:length("inflight")) + assert(c:length("delayed"))
+        end
+        return total
+    end
+    local producer_cmd = ("build/binduq-lua tests/bench/producer.lua fill %d %s"):format(opts.n, opts.prefix)
+    local enqueue, w, p
+    local cpu0
+    if opts.inproc then
+        wenv.BENCH_FILL, wenv.BENCH_PREFIX = tostring(opts.n), opts.prefix
+        cpu0 = opts.cpu()
+        w = proc.spawn(WORKER, { env = wenv, dir = dir })
+        local deadline = core.monotonic() + 120
+        while not (proc.read(w.log) or ""):find("filled rate=") do
+            assert(proc.alive(w), "the worker exited early: " .. (proc.read(w.log) or ""))
+            assert(core.monotonic() < deadline, "the worker did not fill its queue in 120 s")
+            core.sleep(0.002)
+        end
+        enqueue = tonumber(proc.read(w.log):match("filled rate=([%d.]+)"))
+    elseif not opts.concurrent then
+        local rc, pout = proc.run(producer_cmd, { env = penv, timeout = 300 })
+        assert(rc == 0, "producer: " .. pout)
+        enqueue = tonumber(pout:match("rate=([%d.]+)"))
+        assert(left() == opts.n, ("the queue holds %d of %d"):format(left(), opts.n))
+        cpu0 = opts.cpu()
+        w = proc.spawn(WORKER, { env = wenv, dir = dir })
+    else
+        cpu0 = opts.cpu()
+        w = proc.spawn(WORKER, { env = wenv, dir = dir })
+        proc.sleep(0.5) -- the worker is waiting
+        p = proc.spawn(producer_cmd, { env = penv, dir = dir })
+    end
+    local deadline = core.monotonic() + 300
+    local done
+    while true do
+        if p == nil or not proc.alive(p) then
+            if left() == 0 then
+                done = core.monotonic()
+                break
+            end
+        end
+        assert(proc.alive(w), "the worker exited early: " .. (proc.read(w.log) or ""))
+        assert(core.monotonic() < deadline, "deployed run: not done in 300 s")
+        core.sleep(0.002)
+    end
+    local rcpu = opts.cpu() - cpu0
+    if p then
+        assert(proc.wait(p, 10) == 0, "producer: " .. (proc.read(p.log) or ""))
+        enqueue = tonumber((proc.read(p.log) or ""):match("rate=([%d.]+)"))
+    end
+    local rc = proc.stop(w, 30)
+    for _, c in ipairs(queues) do c:close() end
+    local wlog = proc.read(w.log) or ""
+    assert(rc == 0, "worker exit status " .. tostring(rc) .. ": " .. wlog)
+    local r = report(out)
+    assert(r.n == opts.n, ("the handlers ran %d tasks of %d"):format(r.n, opts.n))
+    local cpu = tonumber(wlog:match("cpu_s=([%d.]+)"))
+    local span = math.max(done, r.last) - r.first
+    return { rate = opts.n / span, redis_us = rcpu * 1e6 / opts.n, cpu_us = cpu * 1e6 / opts.n,
+             enqueue = enqueue }
+end
+
+--- The pickup latency from another process: a worker waiting on an empty queue, a producer
+--- process sending n tasks one at a time. Returns the sorted pickups (ms) and the worker's
+--- idle CPU (percent of a core, over `idle` seconds before the producer starts).
+function M.latency(opts)
+    local dir = proc.tmpdir()
+    local out = dir .. "/report"
+    local base = { BENCH_URL = opts.url, BENCH_QUEUE = opts.queue }
+    local wenv = spawn_env(base, opts.env)
+    wenv.BENCH_OUT = out
+    local w = proc.spawn(WORKER, { env = wenv, dir = dir })
+    proc.sleep(1)
+    local function ticks()
+        local st = proc.read("/proc/" .. w.pid .. "/stat") or ""
+        local fields = {}
+        for f in st:gsub("^.-%) ", ""):gmatch("%S+") do fields[#fields + 1] = f end
+        return (tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0) -- utime, stime
+    end
+    local t0 = ticks()
+    proc.sleep(opts.idle or 3)
+    local idle = (ticks() - t0) / (opts.idle or 3) -- USER_HZ 100: ticks/s = percent of a core
+    local rc, pout = proc.run(("build/binduq-lua tests/bench/producer.lua latency %d %s"):format(opts.n, opts.prefix),
+        { env = base, timeout = 120 })
+    assert(rc == 0, "producer: " .. pout)
+    proc.sleep(0.2) -- the last task's handler has run
+    assert(proc.stop(w, 30) == 0, "worker: " .. (proc.read(w.log) or ""))
+    local r = report(out)
+    assert(#r.lat == opts.n, ("%d pickups of %d"):format(#r.lat, opts.n))
+    table.sort(r.lat)
+    return r.lat, idle
+end
+
+-- By hand: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 [n] [KEY=VALUE ...]
+if arg and arg[0] and arg[0]:match("deployed%.lua$") then
+    local url, n = arg[1], tonumber(arg[2] or "") or 20000
+    local env = {}
+    for i = 3, #arg do
+        local k, v = arg[i]:match("^([%w_]+)=(.*)$")
+        env[k] = v
+    end
+    local port = url:match(":(%d+)/") or "6379"
+    local function cpu()
+        local info = proc.sh("redis-cli -p " .. port .. " INFO cpu")
+        return tonumber(info:match("used_cpu_user:([%d.]+)")) + tonumber(info:match("used_cpu_sys:([%d.]+)"))
+    end
+    local r = M.run{ url = url, queue = env.BENCH_QUEUE or "{deployed}", n = n,
+                     prefix = ("d%d-"):format(math.random(1, 1e9)), env = env, producer_env = env,
+                     cpu = cpu, concurrent = env.CONCURRENT == "1", inproc = env.INPROC == "1" }
+    print(("%.0f tasks/s, worker %.2f us/task, Redis %.2f us/task, enqueue %.0f/s"):format(r.rate, r.cpu_us,
+        r.redis_us, r.enqueue or 0))
+end
+
+return M
