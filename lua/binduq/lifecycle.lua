@@ -152,6 +152,9 @@ local TRUE_ARTIFACTS = scalar_artifacts(true)
 
 -- ---- The per-message function ---------------------------------------------------------------
 
+-- Returns process(raw, queue_index, sealed, prepared), the per-message function, and
+-- prepare(list), which the engine calls for a chunk of messages taken together
+-- (src/lua/l_engine.c has both contracts).
 function M.make_process(w, info)
     local current_trace, pickup -- of the message being processed
     local handlers = w.handlers
@@ -399,19 +402,31 @@ function M.make_process(w, info)
         return nil -- not submitted: the general path says why it does not run
     end
 
-    -- run and resume: start the handler from the stored history (and checkpoint).
-    local function do_run(task, header, raw)
+    -- The outcome of a task the rate limiter did not admit: queued again (the engine puts
+    -- its body after a "#bq" header counting the deferral) for when it would be.
+    local function deferred(task, header, wait)
+        local nh = {}
+        for k2, v in pairs(header) do nh[k2] = v end
+        nh.body, nh.id, nh.deferred = nil, core.uuid4(), (header.deferred or 0) + 1
+        return "deferred", task.task_id, task.type, { delay = wait, reason = "rate limited", attempt = header.attempt,
+                                                      header = task_mod.header(nh), body = header.body }
+    end
+
+    -- run and resume: start the handler from the stored history (and checkpoint). adm: the
+    -- rate limiter's verdict, decided for the chunk this message came in (prepare), if any.
+    local function do_run(task, header, adm)
         local id = task.task_id
+        if adm and adm.wait then return deferred(task, header, adm.wait) end -- the chunk's verdict
         local rec, from, append, new_msgs
         local h = (task.type == "resume" and handlers.resume) or handlers.run
         if task.type == "run" and header.attempt == 1 and not (header.redelivered or header.deferred
-                or header.requeued) and not rl and h then
+                or header.requeued) and (not rl or adm) and h then
             local what, msg, code
             rec, what, msg, code = fast_start(task, header)
             if rec == false then return storage_failed(task, header, what, msg, code) end
             from = "submitted"
         end
-        local admitted_at
+        local admitted_at = adm and adm.at
         if not rec then
             local err, code
             rec, err, code = store:get(id)
@@ -441,7 +456,7 @@ function M.make_process(w, info)
                     body = header.body, attempt = header.attempt - 1, state = "failed",
                 }
             end
-            if rl then
+            if rl and not adm then
                 -- Admission under the rate limit: over it, the task is queued again (its lease
                 -- released) for the time the limiter names, and other keys keep flowing.
                 local key = "*"
@@ -454,18 +469,12 @@ function M.make_process(w, info)
                     key = k
                 end
                 if key ~= nil and key ~= false then
-                    local nh = {}
-                    for k2, v in pairs(header) do nh[k2] = v end
-                    nh.body, nh.id, nh.deferred = nil, core.uuid4(), (header.deferred or 0) + 1
-                    local next_msg = task_mod.header(nh) .. "\n" .. raw:sub(header.body + 1)
-                    local admitted, when, rcode = core.rate_limit(tostring(key), rl.limit, rl.period, next_msg)
+                    local admitted, when, rcode = core.rate_limit(tostring(key), rl.limit, rl.period)
                     if admitted == nil then
                         return failed(task, { code = rcode or "ERATELIMIT", message = "rate limiter: " .. tostring(when),
                                               retryable = true }, header)
                     end
-                    if not admitted then
-                        return "deferred", id, task.type, { delay = when, reason = "rate limited", attempt = header.attempt }
-                    end
+                    if not admitted then return deferred(task, header, when) end
                     admitted_at = when
                 end
             end
@@ -547,8 +556,8 @@ function M.make_process(w, info)
         end
     end
 
-    local function process(raw, qi, sealed)
-        local queue = info.queues[qi] or info.queue
+    -- A message's task and header (or nil, why, what could be read, header).
+    local function decode(raw, qi, sealed)
         local task, why, partial, header
         if raw:byte(1) ~= 35 then -- no "#bq" header line: a first delivery, the common case
             task, why, partial = task_mod.decode_body(raw, max)
@@ -556,12 +565,22 @@ function M.make_process(w, info)
         else
             task, why, partial, header = task_mod.decode(raw, max, sealed)
         end
+        if task then task.queue, task.attempt = info.queues[qi] or info.queue, header.attempt end
+        return task, why, partial, header
+    end
+
+    local function process(raw, qi, sealed, prep)
+        local task, why, partial, header
+        if prep then
+            task, why, partial, header = prep.task, prep.why, prep.partial, prep.header
+        else
+            task, why, partial, header = decode(raw, qi, sealed)
+        end
         if not task then
             partial = partial or {}
             return "malformed", partial.task_id, partial.type,
                    { reason = why, body = header.body, attempt = header.attempt }
         end
-        task.queue, task.attempt = queue, header.attempt
         trace_of(task)
         current_trace = task.trace_id
         if header.requeued then
@@ -570,20 +589,55 @@ function M.make_process(w, info)
         end
         if task.type == "cancel" then return do_cancel(task, header) end
         if task.type == "pause" then return do_pause(task, header) end
-        return do_run(task, header, raw)
+        return do_run(task, header, prep and prep.admission)
+    end
+
+    -- A chunk of messages taken together (the queue is deep, the tasks quick): each is
+    -- decoded once, here, and with a rate limit the runs and resumes that would ask for
+    -- admission get it in one round trip for the chunk (core.rate_limit of a batch), not one
+    -- each. The verdicts are the limiter's, exact; a message whose admission then goes unused
+    -- (its task turned out canceled, say) only leaves its slot in the window unused; one not
+    -- admitted is deferred by process like a retry. Returns one entry per message for process.
+    local function prepare(list)
+        if not rl then return nil end -- nothing to decide together: process decodes
+        local preps, reqs = {}, {}
+        for i, m in ipairs(list) do
+            local task, why, partial, header = decode(m.raw, m.q, m.sealed)
+            local p = { task = task, why = why, partial = partial, header = header }
+            preps[i] = p
+            if task and (task.type == "run" or task.type == "resume")
+                    and header.attempt <= (task.max_attempts or max_attempts) then
+                local key = "*"
+                if rate_key then
+                    local okk, k = pcall(rate_key, task)
+                    key = okk and k or nil -- a raising rate_key is reported by process
+                end
+                if key ~= nil and key ~= false then
+                    reqs[#reqs + 1] = { i = i, key = tostring(key) }
+                end
+            end
+        end
+        if #reqs > 0 then
+            local res = core.rate_limit(reqs, rl.limit, rl.period)
+            -- On an error nothing is decided: each message asks for itself in process.
+            for j, r in ipairs(res or {}) do
+                preps[reqs[j].i].admission = r[1] == 1 and { at = r[2] } or { wait = r[2] }
+            end
+        end
+        return preps
     end
 
     -- The trace id and the pickup latency travel with every outcome (log lines, metrics).
-    return function(raw, qi, sealed)
+    return function(raw, qi, sealed, prep)
         current_trace, pickup = nil, nil
-        local status, id, ty, out = process(raw, qi, sealed)
+        local status, id, ty, out = process(raw, qi, sealed, prep)
         if type(out) == "table" then
             out.trace_id, out.pickup = current_trace, pickup -- nil clears the reused `done`
         elseif current_trace or pickup then
             out = { result = out, trace_id = current_trace, pickup = pickup }
         end
         return status, id, ty, out
-    end
+    end, prepare
 end
 
 return M

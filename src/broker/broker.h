@@ -140,6 +140,15 @@ struct bq_fetch_res {
 
 typedef struct bq_broker bq_broker;
 
+/* One message's rate-limit admission (bq_broker_ops.rate_limit): the request, then the
+ * answer. */
+struct bq_admission {
+    const struct bq_msg *msg; /* the message (its queue) */
+    const char *key;          /* its bucket */
+    int verdict;              /* out: 1 admitted, 0 not (yet) */
+    double value;             /* out: admitted, when (epoch s); else the wait (s) */
+};
+
 struct bq_broker_ops {
     /* Adds msgs[0..n) to Q in order, in as few round trips as possible, and rings Q's bell
      * (workers fetching from several queues block on the bells). *pushed counts the messages
@@ -180,14 +189,13 @@ struct bq_broker_ops {
     /* Returns leased messages to the front of their queues at once (graceful shutdown). */
     bq_status (*handback)(bq_broker *b, const struct bq_lessee *who, const struct bq_msg *msgs,
                           size_t n, size_t *count, bq_err *err);
-    /* Admits `leased` under "at most `limit` per `period` seconds" for the bucket `key` of its
-     * queue, by the server's clock. When over the limit, releases it and queues `next` again
-     * after the time the limiter names: *admitted is false and *wait those seconds. When
-     * admitted, *at is the admission time (seconds since the epoch, the server's clock). */
-    bq_status (*rate_limit)(bq_broker *b, const struct bq_lessee *who,
-                            const struct bq_msg *leased, const char *key, long limit,
-                            double period, struct bq_slice next, bool *admitted, double *wait,
-                            double *at, bq_err *err);
+    /* Admits each reqs[i].msg under "at most `limit` per `period` seconds" for the bucket
+     * reqs[i].key of its queue, by the server's clock, in order, in one atomic step (one
+     * round trip for the batch): verdict 1 and value the admission time (seconds since the
+     * epoch, the server's clock), or verdict 0 and value the seconds until the limiter would
+     * admit it. A message not admitted is left as it is: its worker defers it (retry). */
+    bq_status (*rate_limit)(bq_broker *b, const struct bq_lessee *who, long limit,
+                            double period, struct bq_admission *reqs, size_t n, bq_err *err);
     /* Moves due delayed messages to Q. *next_due is seconds until the next one (-1: none). */
     bq_status (*promote)(bq_broker *b, const char *queue, size_t *moved, double *next_due,
                          bq_err *err);

@@ -437,16 +437,13 @@ static bq_status c_handback(bq_broker *base, const struct bq_lessee *who,
     return st;
 }
 
-static bq_status c_rate_limit(bq_broker *base, const struct bq_lessee *who,
-                              const struct bq_msg *leased, const char *key, long limit,
-                              double period, struct bq_slice next, bool *admitted,
-                              double *wait, double *at, bq_err *err)
+static bq_status c_rate_limit(bq_broker *base, const struct bq_lessee *who, long limit,
+                              double period, struct bq_admission *reqs, size_t n, bq_err *err)
 {
     struct cluster_broker *c = cb(base);
     bq_status st;
     ROUTED(c, who->queues[0], err,
-           st = b->ops->rate_limit(b, who, leased, key, limit, period, next, admitted, wait, at,
-                                   errp_));
+           st = b->ops->rate_limit(b, who, limit, period, reqs, n, errp_));
     return st;
 }
 

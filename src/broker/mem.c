@@ -534,52 +534,46 @@ static bq_status mem_retry(bq_broker *b, const struct bq_lessee *who,
     return st;
 }
 
-static bq_status mem_rate_limit(bq_broker *b, const struct bq_lessee *who,
-                                const struct bq_msg *leased, const char *key, long limit,
-                                double period, struct bq_slice next, bool *admitted,
-                                double *wait, double *at, bq_err *err)
+static bq_status mem_rate_limit(bq_broker *b, const struct bq_lessee *who, long limit,
+                                double period, struct bq_admission *reqs, size_t n,
+                                bq_err *err)
 {
     (void)b;
-    const char *queue = queue_of(who, leased->q);
-    char suffix[KEY_MAX], rl[KEY_MAX], wip[KEY_MAX], delayed[KEY_MAX];
-    snprintf(suffix, sizeof suffix, "rl:%s", key);
-    if (!bq_key_derive(queue, suffix, rl, sizeof rl))
-        return bq_err_set(err, BQ_EINVAL, "rate-limit key too long");
-    bq_status st = wip_key(who, leased->q, wip, err);
-    if (st == BQ_OK)
-        st = key_of(queue, BQ_LIST_DELAYED, delayed, err);
-    if (st != BQ_OK)
-        return st;
+    for (size_t i = 0; i < n; i++) {
+        reqs[i].verdict = 1;
+        reqs[i].value = 0;
+    }
     double now = bq_now_wall();
+    bq_status st = BQ_OK;
     pthread_mutex_lock(&db_mu);
-    struct mem_key *z = find(rl, true, true);
-    if (z == NULL || !grow(z, 1)) {
+    for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        char suffix[KEY_MAX], rl[KEY_MAX];
+        snprintf(suffix, sizeof suffix, "rl:%s", reqs[i].key);
+        if (!bq_key_derive(queue_of(who, reqs[i].msg->q), suffix, rl, sizeof rl)) {
+            st = bq_err_set(err, BQ_EINVAL, "rate-limit key too long");
+            break;
+        }
+        struct mem_key *z = find(rl, true, true);
+        double *times = z != NULL && grow(z, 1) ? bq_calloc(z->n ? z->n : 1, sizeof *times) : NULL;
+        if (times == NULL) {
+            drop_if_empty(z);
+            st = oom(err);
+            break;
+        }
+        for (size_t j = 0; j < z->n; j++)
+            times[j] = z->z[j].score;
+        size_t expired = 0;
+        double wait = 0;
+        bool admitted = bq_window_admit(times, z->n, now, limit, period, &expired, &wait);
+        bq_free(times);
+        memmove(z->z, z->z + expired, (z->n - expired) * sizeof *z->z);
+        z->n -= expired;
+        if (admitted)
+            z->z[z->n++] = (struct zitem){now, {NULL, 0, 0, false, 0}};
+        reqs[i].verdict = admitted;
+        reqs[i].value = admitted ? now : wait;
         drop_if_empty(z);
-        pthread_mutex_unlock(&db_mu);
-        return oom(err);
     }
-    double *times = bq_calloc(z->n ? z->n : 1, sizeof *times);
-    if (times == NULL) {
-        drop_if_empty(z);
-        pthread_mutex_unlock(&db_mu);
-        return oom(err);
-    }
-    for (size_t i = 0; i < z->n; i++)
-        times[i] = z->z[i].score;
-    size_t expired = 0;
-    *admitted = bq_window_admit(times, z->n, now, limit, period, &expired, wait);
-    bq_free(times);
-    memmove(z->z, z->z + expired, (z->n - expired) * sizeof *z->z);
-    z->n -= expired;
-    *at = *admitted ? now : 0;
-    if (*admitted) {
-        z->z[z->n++] = (struct zitem){now, {NULL, 0, 0, false, 0}};
-    } else if (!release(who, wip, leased)) {
-        st = bq_err_set(err, BQ_ECLOSED, "rate limit: the lease was lost");
-    } else if (!zadd(delayed, now + *wait, next.p, next.len, true)) {
-        st = oom(err);
-    }
-    drop_if_empty(z);
     pthread_mutex_unlock(&db_mu);
     return st;
 }

@@ -89,7 +89,7 @@ static const struct {
     SCRIPT(S_REQUEUE, "requeue-3", requeue_3),
     SCRIPT(S_FETCHM, "fetchm-N", fetchm_N),
     SCRIPT(S_ENQUEUE, "enqueue-N", enqueue_N),
-    SCRIPT(S_RATELIMIT, "ratelimit-4", ratelimit_4),
+    SCRIPT(S_RATELIMIT, "ratelimit-N", ratelimit_N),
     SCRIPT(S_CHECKSEAL, "checkseal-1", checkseal_1),
     SCRIPT(S_ACK, "ack-2", ack_2),
     SCRIPT(S_BURYBIG, "burybig-3", burybig_3),
@@ -1109,52 +1109,57 @@ static bq_status redis_handback(bq_broker *b, const struct bq_lessee *who,
     return st;
 }
 
-static bq_status redis_rate_limit(bq_broker *b, const struct bq_lessee *who,
-                                  const struct bq_msg *leased, const char *key, long limit,
-                                  double period, struct bq_slice next, bool *admitted,
-                                  double *wait, double *at, bq_err *err)
+static bq_status redis_rate_limit(bq_broker *b, const struct bq_lessee *who, long limit,
+                                  double period, struct bq_admission *reqs, size_t n,
+                                  bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    *admitted = true;
-    *wait = 0;
-    *at = 0;
-    const char *queue = queue_of(who, leased->q);
-    char rl[KEY_MAX], suffix[KEY_MAX], wip[KEY_MAX], delayed[KEY_MAX], seals[KEY_MAX];
-    snprintf(suffix, sizeof suffix, "rl:%s", key);
-    bq_status st = derive(queue, suffix, rl, err);
-    if (st == BQ_OK)
-        st = wip_key(who, leased->q, wip, err);
-    if (st == BQ_OK)
-        st = derive(queue, "delayed", delayed, err);
-    if (st == BQ_OK)
-        st = derive(queue, "seals", seals, err);
-    if (st != BQ_OK)
-        return st;
-    char lim[24], per[32], id[48];
+    for (size_t i = 0; i < n; i++) {
+        reqs[i].verdict = 1;
+        reqs[i].value = 0;
+    }
+    if (n == 0)
+        return BQ_OK;
+    char lim[24], per[32];
     snprintf(lim, sizeof lim, "%ld", limit);
     snprintf(per, sizeof per, "%lld", (long long)(period * 1000.0));
-    snprintf(id, sizeof id, "%s:%.0f", who->worker, bq_random_unit() * 1e15);
-    const char *keys[] = {rl, wip, delayed, seals};
-    const char *args[] = {lim, per, id, leased->data, next.p,
-                          who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
-    size_t lens[] = {strlen(lim), strlen(per), strlen(id), leased->len, next.len, 1};
-    bq_conn *c;
-    if ((st = borrow(r, &c, err)) != BQ_OK)
-        return st;
-    redisReply *rep;
-    st = run_script(c, S_RATELIMIT, 4, keys, 6, args, lens, r->command_timeout, &rep, err);
-    bq_pool_return(r->pool, c);
-    if (st != BQ_OK)
-        return st;
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
-        long long verdict = rep->element[0]->integer;
-        *admitted = verdict == 1;
-        *wait = verdict == 0 ? (double)rep->element[1]->integer / 1000.0 : 0;
-        *at = verdict == 1 ? (double)rep->element[1]->integer / 1000.0 : 0;
-        if (verdict == -1)
-            st = bq_err_set(err, BQ_ECLOSED, "ratelimit-4: the lease was lost");
+    /* A key and an argument an operation; their text in one block each. */
+    char (*names)[KEY_MAX] = bq_calloc(n, sizeof *names);
+    char (*ids)[48] = bq_calloc(n, sizeof *ids);
+    const char **keys = bq_calloc(n, sizeof *keys), **args = bq_calloc(2 + n, sizeof *args);
+    bq_status st = names && ids && keys && args
+                       ? BQ_OK : bq_err_set(err, BQ_ENOMEM, "ratelimit-N: out of memory");
+    if (st == BQ_OK) {
+        args[0] = lim;
+        args[1] = per;
     }
-    freeReplyObject(rep);
+    for (size_t i = 0; st == BQ_OK && i < n; i++) {
+        char suffix[KEY_MAX];
+        snprintf(suffix, sizeof suffix, "rl:%s", reqs[i].key);
+        st = derive(queue_of(who, reqs[i].msg->q), suffix, names[i], err);
+        keys[i] = names[i];
+        snprintf(ids[i], sizeof ids[i], "%s:%.0f", who->worker, bq_random_unit() * 1e15);
+        args[2 + i] = ids[i];
+    }
+    bq_conn *c = NULL;
+    redisReply *rep = NULL;
+    if (st == BQ_OK && (st = borrow(r, &c, err)) == BQ_OK) {
+        st = run_script(c, S_RATELIMIT, (int)n, keys, (int)(2 + n), args, NULL,
+                        r->command_timeout, &rep, err);
+        bq_pool_return(r->pool, c);
+    }
+    if (st == BQ_OK && (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 * n))
+        st = bq_err_set(err, BQ_EPROTO, "ratelimit-N: unexpected reply");
+    for (size_t i = 0; st == BQ_OK && i < n; i++) {
+        reqs[i].verdict = rep->element[2 * i]->integer == 1;
+        reqs[i].value = (double)rep->element[2 * i + 1]->integer / 1000.0;
+    }
+    if (rep != NULL)
+        freeReplyObject(rep);
+    bq_free(names);
+    bq_free(ids);
+    bq_free(keys);
+    bq_free(args);
     return st;
 }
 

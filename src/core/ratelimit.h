@@ -3,7 +3,7 @@
  *
  * "At most `limit` admissions in any window of `period` seconds": an admission at time `now`
  * is allowed when fewer than `limit` admissions happened in (now - period, now]; otherwise it
- * must wait until the oldest of those leaves the window. The Redis script ratelimit-4.lua
+ * must wait until the oldest of those leaves the window. The Redis script ratelimit-N.lua
  * does the same arithmetic on a sorted set, with the server's clock; the in-memory scheduler
  * calls this.
  */

@@ -53,6 +53,12 @@ struct slot {
     void *state;
     struct bq_slot_ctl ctl;
     struct bq_msg current; /* the message being handled; guarded by w->mu */
+    /* The chunk taken from the ring (see bq_slot_ops.prepare): chunk[chunk_at..chunk_n) wait
+     * their turn, settled[i] if prepare decided message i's fate. Guarded by w->mu; prepare
+     * reads the messages without it, and only shut_down reads them besides. */
+    struct bq_msg chunk[BQ_CHUNK_MAX];
+    bool settled[BQ_CHUNK_MAX];
+    int chunk_at, chunk_n;
     bool running;          /* guarded by w->mu */
     bool exited;           /* guarded by w->mu */
 };
@@ -518,8 +524,10 @@ static void promote_by(bq_worker *w, double delay)
         w->broker->ops->interrupt(w->broker);
 }
 
+/* Queues msg again in out->delay seconds with out->header (a retry; with `deferral`, a
+ * rate-limited task's, counted and logged as such). */
 static void retry(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome *out,
-                  const char *tid)
+                  const char *tid, bool deferral)
 {
     size_t off = out->body <= msg->len ? out->body : 0;
     bq_buf next = BQ_BUF_INIT;
@@ -543,13 +551,20 @@ static void retry(bq_worker *w, const struct bq_msg *msg, const struct bq_outcom
         lease_lost(w, "retry", tid);
         return;
     }
-    atomic_fetch_add(&w->n_retried, 1);
     char n[16], d[32];
     snprintf(n, sizeof n, "%d", out->attempt);
     snprintf(d, sizeof d, "%.3f", out->delay);
-    bq_log(BQ_LOG_INFO, "retry_scheduled", "task_id", tid, "queue",
-           bq_worker_queue_of(w, msg->q), "worker", w->id, "#attempt", n, "#delay_s", d,
-           "error", out->reason, NULL);
+    if (deferral) {
+        atomic_fetch_add(&w->n_rate_limited, 1);
+        if (bq_log_enabled(BQ_LOG_DEBUG))
+            bq_log(BQ_LOG_DEBUG, "rate_limited", "task_id", tid, "queue",
+                   bq_worker_queue_of(w, msg->q), "worker", w->id, "#delay_s", d, NULL);
+    } else {
+        atomic_fetch_add(&w->n_retried, 1);
+        bq_log(BQ_LOG_INFO, "retry_scheduled", "task_id", tid, "queue",
+               bq_worker_queue_of(w, msg->q), "worker", w->id, "#attempt", n, "#delay_s", d,
+               "error", out->reason, NULL);
+    }
     promote_by(w, out->delay);
 }
 
@@ -704,7 +719,7 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
         atomic_fetch_add(&w->n_failed, 1);
         bq_log(BQ_LOG_WARN, "failed", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, "error", out->reason, NULL);
-        retry(w, msg, out, tid);
+        retry(w, msg, out, tid, false);
         break;
     case BQ_OUTCOME_DEAD:
         atomic_fetch_add(&w->n_failed, 1);
@@ -740,15 +755,8 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
         moved = ack(w, msg, tid);
         break;
     case BQ_OUTCOME_DEFERRED:
-        /* The rate limiter has queued it again already: promote it on time. */
-        atomic_fetch_add(&w->n_rate_limited, 1);
-        promote_by(w, out->delay);
-        if (bq_log_enabled(BQ_LOG_DEBUG)) {
-            char d[32];
-            snprintf(d, sizeof d, "%.3f", out->delay);
-            bq_log(BQ_LOG_DEBUG, "rate_limited", "task_id", tid, "queue", queue, "worker",
-                   w->id, "#delay_s", d, NULL);
-        }
+        /* Not admitted by the rate limiter: queued again for when it would be. */
+        retry(w, msg, out, tid, true);
         break;
     }
     if (w->want_results) {
@@ -762,6 +770,35 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
 }
 
 /* ---- Slot threads -------------------------------------------------------------------------- */
+
+/* A stop came while slot s held a chunk: what prepare did not settle goes back to the queue,
+ * unhandled, like the ring's messages; the settled ones stay to be handled (each only
+ * reports its fate). Called and returns with w->mu held. Returns true if the chunk is
+ * empty now. */
+static bool give_back_chunk(bq_worker *w, struct slot *s)
+{
+    struct bq_msg back[BQ_CHUNK_MAX];
+    int nback = 0, keep = s->chunk_at;
+    for (int i = s->chunk_at; i < s->chunk_n; i++) {
+        if (s->settled[i])
+            s->chunk[keep++] = s->chunk[i]; /* its settled flag moves with it */
+        else
+            back[nback++] = s->chunk[i];
+    }
+    for (int i = s->chunk_at; i < keep; i++)
+        s->settled[i] = true;
+    s->chunk_n = keep;
+    if (nback > 0) {
+        w->inflight -= nback;
+        pthread_cond_broadcast(&w->cv_space);
+        pthread_mutex_unlock(&w->mu);
+        handback(w, back, (size_t)nback, "shutdown: not started");
+        for (int i = 0; i < nback; i++)
+            bq_free(back[i].data);
+        pthread_mutex_lock(&w->mu);
+    }
+    return s->chunk_at == s->chunk_n;
+}
 
 static void *slot_main(void *arg)
 {
@@ -785,13 +822,35 @@ static void *slot_main(void *arg)
      * cores, four acquisitions a task were a fifth of the worker's time in futex calls. */
     pthread_mutex_lock(&w->mu);
     while (st == BQ_OK) {
-        while (w->ring_n == 0 && !w->dispatcher_done)
-            pthread_cond_wait(&w->cv_task, &w->mu);
-        if (w->ring_n == 0)
-            break;
-        struct bq_msg msg = w->ring[w->ring_head];
-        w->ring_head = (w->ring_head + 1) % w->capacity;
-        w->ring_n--;
+        if (s->chunk_at == s->chunk_n) {
+            s->chunk_at = s->chunk_n = 0;
+            while (w->ring_n == 0 && !w->dispatcher_done)
+                pthread_cond_wait(&w->cv_task, &w->mu);
+            if (w->ring_n == 0)
+                break;
+            /* A deep queue of quick tasks: take a fair share of the ring as a chunk, so
+             * prepare can make one round trip for all of it. */
+            int k = 1;
+            if (w->ops.prepare != NULL && w->deep && w->ewma_handle < BATCH_MAX_HANDLE) {
+                k = w->ring_n / w->concurrency;
+                k = k < 1 ? 1 : k > BQ_CHUNK_MAX ? BQ_CHUNK_MAX : k;
+            }
+            for (int i = 0; i < k; i++) {
+                s->chunk[i] = w->ring[w->ring_head];
+                s->settled[i] = false;
+                w->ring_head = (w->ring_head + 1) % w->capacity;
+                w->ring_n--;
+            }
+            s->chunk_n = k;
+            if (k > 1) {
+                pthread_mutex_unlock(&w->mu);
+                w->ops.prepare(s->state, s->chunk, k, s->settled);
+                pthread_mutex_lock(&w->mu);
+            }
+        }
+        if (w->stopping && give_back_chunk(w, s))
+            continue;
+        struct bq_msg msg = s->chunk[s->chunk_at++];
         s->current = msg;
         s->running = true;
         w->running++;
@@ -1062,23 +1121,31 @@ static void shut_down(bq_worker *w)
         while (w->running > 0 && bq_now_mono() < deadline)
             bq_cond_wait_for(&w->cv_space, &w->mu, deadline - bq_now_mono());
     }
-    struct bq_msg copies[64];
-    size_t nstuck = 0;
+    /* A stuck slot's task, and what waits in its chunk (not settled), go back. */
+    size_t ncopies = 0, nstuck = 0;
+    for (int i = 0; w->running > 0 && i < w->concurrency; i++)
+        ncopies += w->slots[i].running ? 1 + (size_t)(w->slots[i].chunk_n - w->slots[i].chunk_at) : 0;
+    struct bq_msg *copies = ncopies > 0 ? bq_calloc(ncopies, sizeof *copies) : NULL;
     if (w->running > 0) {
         w->abandoned = true;
-        for (int i = 0; i < w->concurrency && nstuck < 64; i++) {
+        for (int i = 0; copies != NULL && i < w->concurrency; i++) {
             struct slot *s = &w->slots[i];
             if (!s->running || s->current.data == NULL)
                 continue;
-            copies[nstuck].data = bq_strndup(s->current.data, s->current.len);
-            copies[nstuck].len = s->current.len;
-            copies[nstuck].q = s->current.q;
-            nstuck += copies[nstuck].data != NULL;
+            const struct bq_msg *m = &s->current;
+            for (int j = s->chunk_at - 1; j < s->chunk_n; j++, m = &s->chunk[j]) {
+                if (j >= s->chunk_at && s->settled[j])
+                    continue;
+                copies[nstuck].data = bq_strndup(m->data, m->len);
+                copies[nstuck].len = m->len;
+                copies[nstuck].q = m->q;
+                nstuck += copies[nstuck].data != NULL;
+            }
         }
     }
     pthread_mutex_unlock(&w->mu);
     if (nstuck > 0) {
-        char k[16];
+        char k[24];
         snprintf(k, sizeof k, "%zu", nstuck);
         bq_log(BQ_LOG_ERROR, "handlers_abandoned", "queue", w->queue, "worker", w->id,
                "#count", k, "outcome", "their tasks go back to the queue now", NULL);
@@ -1086,6 +1153,7 @@ static void shut_down(bq_worker *w)
         for (size_t i = 0; i < nstuck; i++)
             bq_free(copies[i].data);
     }
+    bq_free(copies);
 }
 
 static void *dispatcher_main(void *arg)
@@ -1653,12 +1721,10 @@ void bq_worker_stats(bq_worker *w, struct bq_worker_stats *out)
     pthread_mutex_unlock(&w->mu);
 }
 
-bq_status bq_worker_rate_limit(bq_worker *w, const struct bq_msg *msg, const char *key,
-                               long limit, double period, struct bq_slice next,
-                               bool *admitted, double *wait, double *at, bq_err *err)
+bq_status bq_worker_rate_limit(bq_worker *w, long limit, double period,
+                               struct bq_admission *reqs, size_t n, bq_err *err)
 {
-    return w->broker->ops->rate_limit(w->broker, &w->who, msg, key, limit, period, next,
-                                      admitted, wait, at, err);
+    return w->broker->ops->rate_limit(w->broker, &w->who, limit, period, reqs, n, err);
 }
 
 const char *bq_outcome_name(enum bq_outcome_kind k)

@@ -102,6 +102,8 @@ bool bq_slot_sleep(struct bq_slot_ctl *ctl, double seconds);
  * it; clears any earlier control request. Slot thread. */
 void bq_slot_set_task(struct bq_slot_ctl *ctl, const char *task_id);
 
+#define BQ_CHUNK_MAX 32
+
 struct bq_slot_ops {
     /* On the slot thread, before any task: builds the slot's state. On failure it releases
      * whatever it built; fini is then not called. */
@@ -111,6 +113,13 @@ struct bq_slot_ops {
     void (*handle)(void *state, const struct bq_msg *msg, struct bq_outcome *out);
     /* On the slot thread, after the last task. */
     void (*fini)(void *state);
+    /* Optional, on the slot thread: while the queue is deep and tasks are quick, a slot takes
+     * a chunk of up to BQ_CHUNK_MAX messages at once, calls this for them all, then handle for
+     * each in order. It may decide for the whole chunk in one round trip what handle would
+     * decide for each (rate-limit admissions). It sets settled[i] when message i's fate is
+     * decided already (queued again for later): handle must still be called for it, even at
+     * a shutdown, when the others are handed back unhandled. */
+    void (*prepare)(void *state, const struct bq_msg *msgs, int n, bool *settled);
 };
 
 struct bq_worker_options {
@@ -182,13 +191,12 @@ void bq_worker_join(bq_worker *w);
 /* Stops, joins and frees. A worker with abandoned threads is left allocated for them. */
 void bq_worker_free(bq_worker *w);
 
-/* Admits msg (being handled by a slot of w) under "at most `limit` per `period` seconds" for
- * the bucket `key` of its queue, or queues `next` (its form for later) and releases it: then
- * *admitted is false, *wait the seconds until the limiter would admit it, and the slot must
- * report BQ_OUTCOME_DEFERRED. *at is the admission time (epoch seconds). Slot threads. */
-bq_status bq_worker_rate_limit(bq_worker *w, const struct bq_msg *msg, const char *key,
-                               long limit, double period, struct bq_slice next,
-                               bool *admitted, double *wait, double *at, bq_err *err);
+/* Asks the limiter to admit messages the slots hold under "at most `limit` per `period`
+ * seconds" for their buckets, in one round trip (bq_broker_ops.rate_limit). A slot reports
+ * one not admitted as BQ_OUTCOME_DEFERRED with its new header and the wait as its delay: the
+ * engine queues it again like a retry, counted as rate-limited. Slot threads. */
+bq_status bq_worker_rate_limit(bq_worker *w, long limit, double period,
+                               struct bq_admission *reqs, size_t n, bq_err *err);
 
 /* Delivers a control request to the slot running task_id, if any slot of w runs it (the
  * control channel's listener calls this; so can the owner). Returns whether one did. */

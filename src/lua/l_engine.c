@@ -61,6 +61,14 @@ struct slot_state {
     double deadline;          /* monotonic time the running handler must end by; 0: none */
     double limit;             /* its timeout in seconds, for the message */
     const struct bq_msg *msg; /* the message being handled (for the rate limiter) */
+    /* A chunk (bq_slot_ops.prepare): its messages while prepare runs, then what prepare
+     * returned for them (a registry reference to the list) and each message's address, so
+     * handle finds its entry. */
+    int prepare_ref;
+    const struct bq_msg *chunk;
+    int chunk_n;
+    int prep_ref, prep_n, prep_at;
+    const char *prep_ptr[BQ_CHUNK_MAX];
 };
 
 /* The handler state of the current thread: each slot thread runs exactly one. */
@@ -154,7 +162,7 @@ static bq_status slot_init(void *ud, int index, struct bq_slot_ctl *ctl, void **
     s->cfg = c;
     s->ctl = ctl;
     s->index = index;
-    s->process_ref = LUA_NOREF;
+    s->process_ref = s->prepare_ref = s->prep_ref = LUA_NOREF;
     tl_slot = s;
     bq_status st = BQ_OK;
     lua_pushcfunction(L, setup_state);
@@ -245,6 +253,82 @@ static const struct {
     {"waiting", BQ_OUTCOME_WAITING},
 };
 
+/* Forgets what the last prepare returned. */
+static void drop_prepared(struct slot_state *s)
+{
+    if (s->prep_ref != LUA_NOREF)
+        luaL_unref(s->L, LUA_REGISTRYINDEX, s->prep_ref);
+    s->prep_ref = LUA_NOREF;
+    s->prep_n = s->prep_at = 0;
+}
+
+/* prepare({ {raw=, q=, sealed=}, ... }) -> { entry | false, ... }   (lifecycle.lua)
+ * Each entry is handed to process with its message; entry.settled says the message's fate
+ * is decided (queued again for later). An error is logged and the chunk handled as if
+ * there had been no prepare. */
+static void slot_prepare(void *state, const struct bq_msg *msgs, int n, bool *settled)
+{
+    struct slot_state *s = state;
+    drop_prepared(s);
+    if (s->prepare_ref == LUA_NOREF)
+        return;
+    lua_State *L = s->L;
+    lua_settop(L, 0);
+    s->chunk = msgs;
+    s->chunk_n = n;
+    lua_pushcfunction(L, msgh);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->prepare_ref);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_createtable(L, 0, 3);
+        lua_pushlstring(L, msgs[i].data, msgs[i].len);
+        lua_setfield(L, -2, "raw");
+        lua_pushinteger(L, msgs[i].q + 1);
+        lua_setfield(L, -2, "q");
+        lua_pushboolean(L, msgs[i].sealed);
+        lua_setfield(L, -2, "sealed");
+        lua_rawseti(L, -2, i + 1);
+    }
+    if (lua_pcall(L, 1, 1, 1) != LUA_OK) {
+        bq_log(BQ_LOG_ERROR, "prepare_failed", "worker", bq_worker_id(s->cfg->w), "error",
+               lua_tostring(L, -1), NULL);
+    } else if (lua_istable(L, -1)) {
+        for (int i = 0; i < n; i++) {
+            lua_rawgeti(L, -1, i + 1);
+            if (lua_istable(L, -1)) {
+                lua_getfield(L, -1, "settled");
+                settled[i] = lua_toboolean(L, -1);
+                lua_pop(L, 1);
+            }
+            lua_pop(L, 1);
+            s->prep_ptr[i] = msgs[i].data;
+        }
+        s->prep_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        s->prep_n = n;
+    }
+    lua_settop(L, 0);
+    s->chunk = NULL;
+    s->chunk_n = 0;
+}
+
+/* Pushes what prepare returned for msg, or nil. */
+static void push_prepared(struct slot_state *s, const struct bq_msg *msg)
+{
+    lua_State *L = s->L;
+    for (int i = s->prep_at; i < s->prep_n; i++) {
+        if (s->prep_ptr[i] == msg->data) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, s->prep_ref);
+            lua_rawgeti(L, -1, i + 1);
+            lua_remove(L, -2);
+            s->prep_at = i + 1;
+            if (s->prep_at == s->prep_n)
+                drop_prepared(s);
+            return;
+        }
+    }
+    lua_pushnil(L);
+}
+
 static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome *out)
 {
     struct slot_state *s = state;
@@ -256,11 +340,13 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
     lua_pushlstring(L, msg->data, msg->len);
     lua_pushinteger(L, msg->q + 1);
     lua_pushboolean(L, msg->sealed);
-    /* process(raw, queue_index, sealed) -> status, task_id, type, info   (lifecycle.lua)
-     * sealed: binduq wrote the message's "#bq" header (broker.h).
+    push_prepared(s, msg);
+    /* process(raw, queue_index, sealed, prepared) -> status, task_id, type, info
+     * (lifecycle.lua). sealed: binduq wrote the message's "#bq" header (broker.h).
+     * prepared: what prepare returned for this message (or nil).
      * info: for "completed" the result's JSON (or nil); otherwise a table
      * {reason=, error=, header=, delay=, body=, attempt=}. */
-    if (lua_pcall(L, 3, 4, 1) != LUA_OK) {
+    if (lua_pcall(L, 4, 4, 1) != LUA_OK) {
         /* A failure of binduq's own Lua (or out of memory): set the message aside. */
         out->kind = BQ_OUTCOME_DEAD;
         bq_buf b = BQ_BUF_INIT;
@@ -421,31 +507,64 @@ static int l_unlimit(lua_State *L)
     return 0;
 }
 
-/* core.rate_limit(key, limit, period, next) -> true, at | false, wait | nil, msg, code
- * Admits the message this handler state is handling under "at most `limit` per `period`
- * seconds" for bucket `key` of its queue; over the limit it is queued again as `next` (its
- * "#bq" header line, a newline, the original) and false, seconds is returned. */
+/* core.rate_limit(key, limit, period) -> true, at | false, wait | nil, msg, code
+ * Asks the limiter to admit the message this handler state is handling under "at most
+ * `limit` per `period` seconds" for bucket `key` of its queue: admitted at `at` (epoch
+ * seconds, Redis' clock), or not for `wait` seconds (the caller defers the message).
+ * core.rate_limit({ {i=, key=}, ... }, limit, period) -> { {verdict, value}, ... }
+ *   | nil, msg, code
+ * The same for messages i of the chunk being prepared, in one round trip: verdict 1
+ * (admitted at value) or 0 (not, for value seconds). */
 static int l_rate_limit(lua_State *L)
 {
     struct slot_state *s = tl_slot;
-    const char *key = luaL_checkstring(L, 1);
+    bool batch = lua_istable(L, 1);
+    int n = batch ? (int)lua_rawlen(L, 1) : 1;
     lua_Integer limit = luaL_checkinteger(L, 2);
     double period = luaL_checknumber(L, 3);
-    size_t nlen;
-    const char *next = luaL_checklstring(L, 4, &nlen);
-    if (s == NULL || s->msg == NULL)
-        return luaL_error(L, "rate_limit is for handler states, while a task is handled");
+    if (s == NULL || (batch ? s->chunk == NULL : s->msg == NULL))
+        return luaL_error(L, batch ? "rate_limit of a batch is for a chunk being prepared"
+                                   : "rate_limit is for handler states, while a task is handled");
     if (limit < 1 || period <= 0)
         return luaL_error(L, "a rate limit needs limit >= 1 and period > 0");
-    bool admitted = true;
-    double wait = 0, at = 0;
+    if (n < 1 || n > BQ_CHUNK_MAX)
+        return luaL_error(L, "rate_limit: 1 to %d admissions at once", BQ_CHUNK_MAX);
+    struct bq_admission reqs[BQ_CHUNK_MAX];
+    for (int j = 0; j < n; j++) {
+        if (batch) {
+            lua_rawgeti(L, 1, j + 1);
+            luaL_checktype(L, -1, LUA_TTABLE);
+            lua_getfield(L, -1, "i");
+            lua_Integer i = lua_tointeger(L, -1);
+            if (i < 1 || i > s->chunk_n)
+                return luaL_error(L, "rate_limit: admission %d names no message of the chunk", j + 1);
+            reqs[j].msg = &s->chunk[i - 1];
+            lua_getfield(L, -2, "key");
+            reqs[j].key = luaL_checkstring(L, -1);
+            lua_pop(L, 3); /* the key stays anchored by its request table */
+        } else {
+            reqs[j].msg = s->msg;
+            reqs[j].key = luaL_checkstring(L, 1);
+        }
+    }
     bq_err err;
-    if (bq_worker_rate_limit(s->cfg->w, s->msg, key, (long)limit, period,
-                             (struct bq_slice){next, nlen}, &admitted, &wait, &at, &err) != BQ_OK)
+    if (bq_worker_rate_limit(s->cfg->w, (long)limit, period, reqs, (size_t)n, &err) != BQ_OK)
         return bq_lua_fail(L, &err);
-    lua_pushboolean(L, admitted);
-    lua_pushnumber(L, admitted ? at : wait);
-    return 2;
+    if (!batch) {
+        lua_pushboolean(L, reqs[0].verdict == 1);
+        lua_pushnumber(L, reqs[0].value);
+        return 2;
+    }
+    lua_createtable(L, n, 0);
+    for (int j = 0; j < n; j++) {
+        lua_createtable(L, 2, 0);
+        lua_pushinteger(L, reqs[j].verdict);
+        lua_rawseti(L, -2, 1);
+        lua_pushnumber(L, reqs[j].value);
+        lua_rawseti(L, -2, 2);
+        lua_rawseti(L, -2, j + 1);
+    }
+    return 1;
 }
 
 /* core.slot_sleep(seconds) -- sleeps, but not past the handler's deadline and not through an
@@ -530,7 +649,7 @@ static int l_slot_storage(lua_State *L)
     return 1;
 }
 
-static const struct bq_slot_ops lua_slot_ops = {slot_init, slot_handle, slot_fini};
+static const struct bq_slot_ops lua_slot_ops = {slot_init, slot_handle, slot_fini, slot_prepare};
 
 /* core.metrics_serve(host, port) -> bound port | nil, msg, code: /metrics, /healthz and
  * /readyz of this process (engine/metrics.h). */
@@ -566,7 +685,8 @@ static int l_storage_error(lua_State *L)
     return 0;
 }
 
-/* core.slot_ready(worker_key, process) -> true if this handler state serves that worker. */
+/* core.slot_ready(worker_key, process [, prepare]) -> true if this handler state serves that
+ * worker (prepare: see slot_prepare). */
 static int l_slot_ready(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, BQ_SLOT_KEY);
@@ -581,6 +701,10 @@ static int l_slot_ready(lua_State *L)
     }
     lua_pushvalue(L, 2);
     s->process_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (lua_isfunction(L, 3)) {
+        lua_pushvalue(L, 3);
+        s->prepare_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     lua_pushboolean(L, 1);
     return 1;
 }

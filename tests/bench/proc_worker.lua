@@ -3,7 +3,8 @@
 --   BENCH_URL=... BENCH_QUEUE=... binduq-lua tests/bench/proc_worker.lua run|drain
 -- Options, each left at the default unless set:
 --   BENCH_CONCURRENCY=n   BENCH_DELIVERY=at-most-once   BENCH_QUEUES=a,b,c (strict priority)
---   BENCH_RATELIMIT=1 (a limiter key per task, a limit it never reaches)
+--   BENCH_RATELIMIT=task|<n> (a limiter key per task, or n keys shared round-robin; a limit
+--   it never reaches)
 --   BENCH_PG=<url> (task state in PostgreSQL)   BENCH_MAX_TASKS=n (memory storage bound)
 --   BENCH_CA=<file> (the CA of a rediss:// URL)
 -- run: waits for tasks until SIGTERM. With BENCH_OUT=<file>, each handler state appends one
@@ -51,6 +52,13 @@ local function handler(task)
     return true
 end
 
+-- BENCH_RATELIMIT=task: a limiter key per task; =<n>: n keys (tenants), task i in key i % n.
+local tenants = int("BENCH_RATELIMIT")
+local function rate_key(task)
+    if not tenants then return task.task_id end
+    return "tenant" .. (tonumber(task.task_id:match("(%d+)$")) or 0) % tenants
+end
+
 bq.log_configure{ level = "warn" }
 local storage = { type = "memory", max_tasks = int("BENCH_MAX_TASKS") }
 if env("BENCH_PG") then storage = { type = "postgres", url = env("BENCH_PG") } end
@@ -62,7 +70,7 @@ local w = bq.worker{
     delivery = env("BENCH_DELIVERY"),
     queues = queues,
     rate_limit = env("BENCH_RATELIMIT") and { limit = 1000000000, period = 1 } or nil,
-    rate_key = env("BENCH_RATELIMIT") and function(task) return task.task_id end or nil,
+    rate_key = env("BENCH_RATELIMIT") and rate_key or nil,
     handlers = { run = handler },
     storage = storage,
 }

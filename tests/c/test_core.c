@@ -682,7 +682,7 @@ TEST(script_sha1s_are_the_scripts)
     } s[] = {
 #define S(v) {bq_script_##v, bq_script_##v##_sha}
         S(bury_3),    S(enqueue_N),   S(fetch_2),     S(fetchm_N), S(handback_2),
-        S(heartbeat_N), S(promote_2), S(ratelimit_4), S(reap_4),   S(requeue_3),
+        S(heartbeat_N), S(promote_2), S(ratelimit_N), S(reap_4),   S(requeue_3),
         S(retry_3),   S(unregister_2),
 #undef S
     };

@@ -92,7 +92,20 @@ static void reset(void)
     memset(seen, 0, sizeof seen);
 }
 
-static const struct bq_slot_ops ops = {ok_init, handle, fini};
+static const struct bq_slot_ops ops = {ok_init, handle, fini, NULL};
+
+/* A prepare that settles nothing, and counts the chunks and their largest size. */
+static atomic_int chunks, chunk_max, prepared;
+static void count_prepare(void *state, const struct bq_msg *msgs, int n, bool *settled)
+{
+    (void)state, (void)msgs, (void)settled;
+    atomic_fetch_add(&chunks, 1);
+    atomic_fetch_add(&prepared, n);
+    int m = atomic_load(&chunk_max);
+    while (n > m && !atomic_compare_exchange_weak(&chunk_max, &m, n))
+        ;
+}
+static const struct bq_slot_ops chunk_ops = {ok_init, handle, fini, count_prepare};
 
 static void push_numbers(bq_broker *b, const char *queue, int n)
 {
@@ -105,16 +118,18 @@ static void push_numbers(bq_broker *b, const char *queue, int n)
     }
 }
 
-static void drain_and_check(const char *url, const char *queue, enum bq_delivery delivery)
+static void drain_and_check_ops(const char *url, const char *queue, enum bq_delivery delivery,
+                                const struct bq_slot_ops *sops)
 {
     reset();
     struct bq_config cfg = {.url = (char *)url, .url_source = "test", .queue_name = (char *)queue,
                             .max_connections = 4, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
     struct bq_worker_options o = {&cfg, NULL, 0, NULL, 4, 2, 1.0, true, delivery, 5.0, 5.0, 0, 0};
+    o.batch = sops->prepare != NULL ? 128 : 0; /* chunks are taken from a deep queue */
     bq_worker *w;
     bq_err err;
-    CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, &err), BQ_OK);
+    CHECK_INT(bq_worker_new(&o, sops, NULL, &w, &err), BQ_OK);
     if (w == NULL)
         return;
     bq_broker *b = bq_worker_broker(w);
@@ -167,6 +182,11 @@ static void drain_and_check(const char *url, const char *queue, enum bq_delivery
     CHECK_INT(atomic_load(&finis), 4);
 }
 
+static void drain_and_check(const char *url, const char *queue, enum bq_delivery delivery)
+{
+    drain_and_check_ops(url, queue, delivery, &ops);
+}
+
 TEST(memory_drain_handles_each_message_once)
 {
     drain_and_check(NULL, "test:worker:mem", BQ_AT_LEAST_ONCE);
@@ -183,6 +203,97 @@ TEST(redis_drain_handles_each_message_once)
     drain_and_check(url, queue, BQ_AT_LEAST_ONCE);
     snprintf(queue, sizeof queue, "test:worker:amo:%d", (int)getpid());
     drain_and_check(url, queue, BQ_AT_MOST_ONCE);
+}
+
+/* With a prepare, a deep queue of quick tasks is taken in chunks; each message is still
+ * handled once, every outcome as without. */
+TEST(chunks_are_prepared_and_each_message_handled_once)
+{
+    atomic_store(&chunks, 0);
+    atomic_store(&chunk_max, 0);
+    atomic_store(&prepared, 0);
+    drain_and_check_ops(NULL, "test:worker:chunk", BQ_AT_LEAST_ONCE, &chunk_ops);
+    CHECK(atomic_load(&chunks) > 0);
+    CHECK(atomic_load(&chunk_max) > 1 && atomic_load(&chunk_max) <= BQ_CHUNK_MAX);
+    const char *url = getenv("BQ_REDIS_URL");
+    if (url != NULL && *url != '\0') {
+        char queue[64];
+        snprintf(queue, sizeof queue, "test:worker:chunk:%d", (int)getpid());
+        drain_and_check_ops(url, queue, BQ_AT_LEAST_ONCE, &chunk_ops);
+        snprintf(queue, sizeof queue, "test:worker:chunk:amo:%d", (int)getpid());
+        drain_and_check_ops(url, queue, BQ_AT_MOST_ONCE, &chunk_ops);
+    }
+}
+
+/* A stop while slots hold chunks: what prepare settled is still handled; the rest goes back
+ * to the queue unhandled. Nothing is lost, nothing handled twice. */
+static atomic_int settled_seen[400], settled_marked[400];
+static void settle_prepare(void *state, const struct bq_msg *msgs, int n, bool *settled)
+{
+    (void)state;
+    for (int i = 0; i < n; i++) {
+        long v = strtol(msgs[i].data, NULL, 10);
+        if (v % 5 == 0) {
+            settled[i] = true;
+            atomic_store(&settled_marked[v], 1);
+        }
+    }
+}
+static void slow_handle(void *state, const struct bq_msg *msg, struct bq_outcome *out)
+{
+    long v = strtol(msg->data, NULL, 10);
+    if (atomic_load(&settled_marked[v]))
+        atomic_fetch_add(&settled_seen[v], 1);
+    else
+        usleep(200);
+    handle(state, msg, out);
+}
+
+TEST(a_stop_hands_back_a_chunk_but_what_prepare_settled)
+{
+    reset();
+    for (int i = 0; i < 400; i++) {
+        atomic_store(&settled_seen[i], 0);
+        atomic_store(&settled_marked[i], 0);
+    }
+    struct bq_slot_ops sops = {ok_init, slow_handle, fini, settle_prepare};
+    struct bq_config cfg = {.url = NULL, .url_source = "test", .queue_name = (char *)"test:worker:chunkstop",
+                            .max_connections = 2, .connect_timeout = 2,
+                            .command_timeout = 2, .pool_timeout = 2};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 128, 0};
+    bq_worker *w;
+    CHECK_INT(bq_worker_new(&o, &sops, NULL, &w, NULL), BQ_OK);
+    bq_broker *b = bq_worker_broker(w);
+    push_numbers(b, "test:worker:chunkstop", 400);
+    CHECK_INT(bq_worker_start(w, false, NULL), BQ_OK);
+    for (int i = 0; i < 500 && atomic_load(&handled) < 60; i++)
+        usleep(2000);
+    bq_worker_stop(w);
+    enum bq_event_kind kind;
+    do {
+        struct bq_event ev;
+        bq_worker_next_event(w, 10, -1, &ev);
+        kind = ev.kind;
+        bq_event_clear(&ev);
+    } while (kind != BQ_EVENT_STOPPED && kind != BQ_EVENT_NONE);
+    CHECK_INT(kind, BQ_EVENT_STOPPED);
+    int once = 0, twice = 0, marked = 0, settled_ok = 0;
+    for (int i = 0; i < 400; i++) {
+        once += seen[i] == 1;
+        twice += seen[i] > 1;
+        marked += atomic_load(&settled_marked[i]);
+        settled_ok += atomic_load(&settled_marked[i]) && atomic_load(&settled_seen[i]) == 1;
+    }
+    CHECK_INT(twice, 0);
+    CHECK(marked > 0);
+    CHECK_INT(settled_ok, marked); /* each settled message was handled, once */
+    long long ready = -1, inflight = -1;
+    CHECK_INT(b->ops->length(b, "test:worker:chunkstop", BQ_LIST_READY, &ready, NULL), BQ_OK);
+    CHECK_INT(b->ops->length(b, "test:worker:chunkstop", BQ_LIST_INFLIGHT, &inflight, NULL), BQ_OK);
+    CHECK_INT(inflight, 0);
+    CHECK_INT((int)ready + once, 400); /* the rest went back to the queue */
+    CHECK(once < 400);
+    bq_worker_free(w);
 }
 
 TEST(stop_interrupts_a_blocked_fetch)
@@ -219,7 +330,7 @@ TEST(a_failing_slot_init_fails_the_start)
                             .max_connections = 2, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
     struct bq_worker_options o = {&cfg, NULL, 0, NULL, 3, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0};
-    struct bq_slot_ops bad = {bad_init, handle, fini};
+    struct bq_slot_ops bad = {bad_init, handle, fini, NULL};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &bad, NULL, &w, &err), BQ_OK);
@@ -264,7 +375,7 @@ static void control_reaches(const char *url, const char *queue)
                             .max_connections = 4, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
     struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0};
-    struct bq_slot_ops cops = {ctl_init, ctl_handle, fini};
+    struct bq_slot_ops cops = {ctl_init, ctl_handle, fini, NULL};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &cops, NULL, &w, &err), BQ_OK);
@@ -352,6 +463,8 @@ int main(void)
     bq_log_set_level("off");
     RUN(memory_drain_handles_each_message_once);
     RUN(redis_drain_handles_each_message_once);
+    RUN(chunks_are_prepared_and_each_message_handled_once);
+    RUN(a_stop_hands_back_a_chunk_but_what_prepare_settled);
     RUN(stop_interrupts_a_blocked_fetch);
     RUN(a_failing_slot_init_fails_the_start);
     RUN(options_are_checked);

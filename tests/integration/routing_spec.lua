@@ -109,6 +109,37 @@ describe("#redis routing", function()
         s:close()
     end)
 
+    it("admits a deep queue in batches, one script call for many tasks, and exactly", function()
+        local q = "it:ratebatch:" .. math.random(1, 1e9)
+        -- 2,000 quick tasks: 1,200 on key a (limit 1,000 a minute) and 800 on key c, one worker
+        cluster.schedule(server, q, 1200, "A", "key:a")
+        cluster.schedule(server, q, 800, "C", "key:c")
+        local function evalsha_calls()
+            return tonumber(server:cli("INFO", "commandstats"):match("cmdstat_evalsha:calls=(%d+)")) or 0
+        end
+        local before = evalsha_calls()
+        local w = cluster.worker(server, q, { BQ_TEST_QUEUES = q, BQ_TEST_RATE = "1000/60" },
+                                 "tests/integration/fixtures/priority_worker.lua")
+        local s = bq.scheduler{ url = server.url, queue_name = q }
+        assert(proc.wait_for(function() return s:queue_length() == 0 and s:inflight_count() == 0 end, 60))
+        assert.are.equal(0, proc.stop(w, 20))
+        local a, c = 0, 0
+        for _, line in ipairs(cluster.lines(w, " handled ")) do
+            local id = line:match("task_id=(%S+)")
+            if id:sub(1, 2) == "A-" then a = a + 1 else c = c + 1 end
+        end
+        -- exactly the limit on key a; the rest of it waits a minute in the delayed set
+        assert.are.equal(1000, a)
+        assert.are.equal(800, c)
+        assert.are.equal(200, s:delayed_count())
+        -- fetches, acks and admissions: far fewer script calls than tasks (a call a task
+        -- before batches: 2,000, and 200 more deferrals); each deferral is one (retry-3)
+        local calls = evalsha_calls() - before
+        print(("\n# rate-limited admissions in batches: 2,000 tasks, 200 deferred, %d script calls"):format(calls))
+        assert.is_true(calls < 700, calls .. " script calls")
+        s:close()
+    end)
+
     it("pushes each task_id once when 8 producers schedule the same 1,000 at once", function()
         local q = "it:dedup:" .. math.random(1, 1e9)
         local env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = q }
