@@ -4,6 +4,7 @@
 #   make test          the whole suite (C unit tests under ASan+UBSan, busted specs, integration
 #                      tests against a real redis-server started on a free loopback port)
 #   make bench         the benchmark against a throwaway redis-server
+#   make bench-peers   binduq beside BullMQ, bee-queue and redis-py (optional; npm, Debian)
 #   make fuzz          the libFuzzer targets (clang, ASan+UBSan) in build/fuzz/; tests/fuzz/run
 #                      runs each on its corpus for FUZZ_SECONDS (default 20)
 #   make install       PREFIX=/usr/local DESTDIR=
@@ -55,7 +56,7 @@ HEADERS = $(sort $(wildcard src/*.h src/*/*.h) src/broker/scripts.h)
 
 C_TESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 
-.PHONY: all test test-c check bench fuzz install uninstall clean rock
+.PHONY: all test test-c check bench bench-peers fuzz install uninstall clean rock
 all: $(BUILD)/libbinduq.a $(BUILD)/libbinduq.so $(BUILD)/binduq/core.so $(BUILD)/binduq-lua \
      $(BUILD)/examples/schedule_c
 
@@ -172,6 +173,11 @@ fuzz: $(FUZZ_TARGETS)
 
 bench: all $(BUILD)/bench/cbench
 	@tests/bench/run
+
+# Optional, not in CI: binduq beside BullMQ, bee-queue and a redis-py loop (from npm and
+# Debian's archive, into $(BUILD)/peers).
+bench-peers: all
+	@env -u REDIS_URL $(BUILD)/binduq-lua tests/bench/peers.lua
 
 $(BUILD)/bench/cbench: tests/bench/cbench.c $(BUILD)/libbinduq.a src/binduq.h
 	@mkdir -p $(dir $@)
