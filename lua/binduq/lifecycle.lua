@@ -603,8 +603,7 @@ function M.make_process(w, info)
         local preps, reqs = {}, {}
         for i, m in ipairs(list) do
             local task, why, partial, header = decode(m.raw, m.q, m.sealed)
-            local p = { task = task, why = why, partial = partial, header = header }
-            preps[i] = p
+            preps[i] = { task = task, why = why, partial = partial, header = header }
             if task and (task.type == "run" or task.type == "resume")
                     and header.attempt <= (task.max_attempts or max_attempts) then
                 local key = "*"

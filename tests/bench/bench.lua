@@ -135,7 +135,7 @@ local ok, err = pcall(function()
     local function cpu() return redis_cpu(server) end
     -- One deployed-shape run of n tasks (deployed.lua). env: the worker's variables (see
     -- proc_worker.lua), BENCH_QUEUES = true for three queues; extra: deployed.run's options.
-    local function one(tag, n, env, extra)
+    local function run_one(tag, n, env, extra)
         local o = { url = server.url, queue = queue .. ":" .. tag, n = n, prefix = tag .. "-",
                     env = {}, producer_env = {}, cpu = cpu, poll_url = server.url }
         for k, v in pairs(env or {}) do o.env[k] = v end
@@ -150,7 +150,7 @@ local ok, err = pcall(function()
     end
     -- Its median over REPEAT runs.
     local function dep(label, tag, n, env, extra)
-        return median_of(label, function(r) return one(tag .. r, n, env, extra) end)
+        return median_of(label, function(r) return run_one(tag .. r, n, env, extra) end)
     end
 
     step(("the deployed shape: a producer process fills the queue with %d tasks, then a worker process (w:run(), default options) runs them; SIGTERM once done")
@@ -175,10 +175,11 @@ local ok, err = pcall(function()
     step(("pickup latency at idle: a worker process waiting on an empty queue, a producer process sending %d tasks one at a time (2 ms apart); the worker's CPU while idle for 3 s")
         :format(N_LAT))
     F.lat = median_of("pickup", function(r)
-        local lat, idle = deployed.latency{ url = server.url, queue = queue .. ":lat" .. r, n = N_LAT,
-                                            prefix = "lat" .. r .. "-", idle = 3 }
+        local lat, idle, call = deployed.latency{ url = server.url, queue = queue .. ":lat" .. r, n = N_LAT,
+                                                  prefix = "lat" .. r .. "-", idle = 3 }
         server:cli("FLUSHALL")
-        return { p50 = percentile(lat, 0.5), p99 = percentile(lat, 0.99), idle_pct = idle }
+        return { p50 = percentile(lat, 0.5), p99 = percentile(lat, 0.99), idle_pct = idle,
+                 call_p50 = call.p50, call_p99 = call.p99 }
     end)
 
     step(("task state in PostgreSQL: %d tasks, against the same in memory; pgbench on the same server")
@@ -188,8 +189,8 @@ local ok, err = pcall(function()
         local init = proc.sh(("pgbench -i -q -s 1 '%s' 2>&1"):format(db.url))
         assert(init:find("done", 1, true), "pgbench -i said: " .. init)
         F.pg = median_of("PostgreSQL", function(r)
-            local mem = one("m" .. r, N_PG).rate
-            local rate = one("p" .. r, N_PG, { BENCH_PG = db.url }).rate
+            local mem = run_one("m" .. r, N_PG).rate
+            local rate = run_one("p" .. r, N_PG, { BENCH_PG = db.url }).rate
             -- -N: the simple update (one UPDATE, one SELECT, one INSERT per transaction), one
             -- client, as one worker at concurrency 1 is.
             local out = proc.sh(("pgbench -N -c 1 -j 1 -T 5 '%s' 2>&1"):format(db.url))
@@ -308,6 +309,8 @@ row("process over TLS", "%9.0f tasks/s   %5.2f x the same over plain TCP (%.0f/s
     F.tls.rate, F.tls.rate / F.tcp.rate, F.tcp.rate)
 row("pickup latency, idle", "p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x the LPUSH round trip (%.3f ms)",
     F.lat.p50, F.lat.p99, F.lat.p50 / L.rtt_ms, F.lat.p99 / L.rtt_ms, L.rtt_ms)
+row("  the producer's schedule calls", "p50 %.3f ms  p99 %.3f ms (encode, record, LPUSH, reply)",
+    F.lat.call_p50, F.lat.call_p99)
 row("  idle worker CPU", "%9.2f %% of a core", F.lat.idle_pct)
 row(("process, PostgreSQL (%d)"):format(N_PG), "%9.0f tasks/s   %5.2f x pgbench simple-update (%.0f tps, 1 client)",
     F.pg.postgres, F.pg.postgres / F.pg.pgbench, F.pg.pgbench)

@@ -121,8 +121,9 @@ function M.run(opts)
 end
 
 --- The pickup latency from another process: a worker waiting on an empty queue, a producer
---- process sending n tasks one at a time. Returns the sorted pickups (ms) and the worker's
---- idle CPU (percent of a core, over `idle` seconds before the producer starts).
+--- process sending n tasks one at a time. Returns the sorted pickups (ms), the worker's idle
+--- CPU (percent of a core, over `idle` seconds before the producer starts), and the
+--- producer's own schedule calls' {p50=, p99=} (ms), which the pickups include.
 function M.latency(opts)
     local dir = proc.tmpdir()
     local out = dir .. "/report"
@@ -143,12 +144,13 @@ function M.latency(opts)
     local rc, pout = proc.run(("build/binduq-lua tests/bench/producer.lua latency %d %s"):format(opts.n, opts.prefix),
         { env = base, timeout = 120 })
     assert(rc == 0, "producer: " .. pout)
+    local call_p50, call_p99 = pout:match("call_p50=([%d.]+) call_p99=([%d.]+)")
     proc.sleep(0.2) -- the last task's handler has run
     assert(proc.stop(w, 30) == 0, "worker: " .. (proc.read(w.log) or ""))
     local r = report(out)
     assert(#r.lat == opts.n, ("%d pickups of %d"):format(#r.lat, opts.n))
     table.sort(r.lat)
-    return r.lat, idle
+    return r.lat, idle, { p50 = tonumber(call_p50), p99 = tonumber(call_p99) }
 end
 
 -- By hand: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 [n] [KEY=VALUE ...]

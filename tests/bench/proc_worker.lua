@@ -6,7 +6,7 @@
 --   BENCH_RATELIMIT=task|<n> (a limiter key per task, or n keys shared round-robin; a limit
 --   it never reaches)
 --   BENCH_PG=<url> (task state in PostgreSQL)   BENCH_MAX_TASKS=n (memory storage bound)
---   BENCH_CA=<file> (the CA of a rediss:// URL)
+--   BENCH_CA=<file> (the CA of a rediss:// URL)   BENCH_BATCH=n (the batch option)
 -- run: waits for tasks until SIGTERM. With BENCH_OUT=<file>, each handler state appends one
 --   line to it when it closes: "n=<tasks> first=<start of its first> last=<end of its last>
 --   lat=<pickups, ms, comma-separated>" (monotonic seconds, comparable across processes; a
@@ -67,6 +67,7 @@ local w = bq.worker{
     scheduler = { url = env("BENCH_URL"), queue_name = env("BENCH_QUEUE"),
                   tls = env("BENCH_CA") and { ca_file = env("BENCH_CA") } or nil },
     concurrency = int("BENCH_CONCURRENCY"),
+    batch = int("BENCH_BATCH"),
     delivery = env("BENCH_DELIVERY"),
     queues = queues,
     rate_limit = env("BENCH_RATELIMIT") and { limit = 1000000000, period = 1 } or nil,

@@ -5,7 +5,8 @@
 --           BENCH_DEDUP=1 deduplication is on; BENCH_CA names a rediss:// URL's CA. Prints
 --           "rate=<operations/s>".
 -- latency   schedules n operations one at a time, 2 ms apart, each carrying "t=<monotonic
---           seconds>" taken just before its LPUSH (the worker's handler measures the pickup).
+--           seconds>" taken just before its schedule call (the worker's handler measures the
+--           pickup); prints "call_p50=<ms> call_p99=<ms>", its own schedule calls' times.
 -- Operations carry fresh ids (the prefix): a worker skips ids it finished already.
 local bq = require("binduq")
 local core = require("binduq.core")
@@ -28,10 +29,15 @@ local s = bq.scheduler{ url = os.getenv("BENCH_URL"), queue_name = os.getenv("BE
 if mode == "fill" then
     print(("rate=%.1f"):format(ops.fill(s, n, prefix, queues)))
 else
+    local calls = {}
     for i = 1, n do
         core.sleep(0.002) -- the worker is back in its blocking pop
-        assert(s:schedule{ type = "run", task_id = prefix .. i,
-                           messages = { ("t=%.9f"):format(core.monotonic()) } })
+        local t0 = core.monotonic()
+        assert(s:schedule{ type = "run", task_id = prefix .. i, messages = { ("t=%.9f"):format(t0) } })
+        calls[i] = (core.monotonic() - t0) * 1000
     end
+    table.sort(calls)
+    print(("call_p50=%.4f call_p99=%.4f"):format(calls[math.max(1, math.ceil(n * 0.5))],
+                                                  calls[math.max(1, math.ceil(n * 0.99))]))
 end
 s:close()
