@@ -152,9 +152,10 @@ local TRUE_ARTIFACTS = scalar_artifacts(true)
 
 -- ---- The per-message function ---------------------------------------------------------------
 
--- Returns process(raw, queue_index, sealed, prepared), the per-message function, and
--- prepare(list), which the engine calls for a chunk of messages taken together
--- (src/lua/l_engine.c has both contracts).
+-- Returns process(raw, queue_index, sealed, prepared), the per-message function;
+-- prepare(list), which the engine calls for a chunk of messages taken together; and flush(),
+-- which it calls once the chunk's handlers ran, for the outcomes process left "pending"
+-- (src/lua/l_engine.c has the contracts).
 function M.make_process(w, info)
     local current_trace, pickup -- of the message being processed
     local handlers = w.handlers
@@ -163,6 +164,10 @@ function M.make_process(w, info)
     local debug_on = core.log_enabled("debug")
     local store = core.slot_storage()
     if not store then error("the worker engine gave this handler state no storage") end
+    -- A storage across the network writes a chunk's finished states in one statement
+    -- (prepare, flush); the memory storage is quicker one by one.
+    local batch_store = store:kind() ~= "memory"
+    local pending = {} -- handled in this chunk, their stored state not written yet (flush)
     -- The main state's numbers win over this state's copy of the options (they are the same
     -- for a plain script; a script that computes options differently per state still gets
     -- one policy). Functions cannot travel: on_failure is this state's own.
@@ -295,8 +300,31 @@ function M.make_process(w, info)
         return skipped(task, header, "nothing to pause: the task is " .. tostring(state), state)
     end
 
-    -- The outcome of a handler that returned normally.
-    local function settle(task, header, res)
+    -- The outcome once the finished state was written (changed, now, code from store:finish).
+    local function settled(task, header, state, rj, changed, now, code)
+        local id = task.task_id
+        if changed == nil then return storage_failed(task, header, "complete", now, code) end
+        if not changed then
+            if now == "canceled" then
+                core.log("info", "late_result_ignored", { task_id = id, worker = info.worker_id, state = now })
+                return "canceled", id, task.type, { reason = "canceled while it ran; its result was not stored",
+                                                    attempt = header.attempt, state = now }
+            end
+            if now == false then
+                return skipped(task, header, "its record was forgotten while it ran (the memory storage is full: storage.max_tasks)")
+            end
+            return skipped(task, header, "the task changed to " .. tostring(now) .. " while it ran", now)
+        end
+        if WAITING[state] then
+            return "waiting", id, task.type, { state = state, attempt = header.attempt, result = rj }
+        end
+        done.state, done.attempt, done.result = state, header.attempt, rj
+        return "completed", id, task.type, done
+    end
+
+    -- The outcome of a handler that returned normally. With `defer` (a chunk's task, a
+    -- storage across the network) the finished state is written by flush with the chunk's.
+    local function settle(task, header, res, defer)
         local id = task.task_id
         local state, h, a, bad = "completed", nil, nil, false
         local tr = type(res)
@@ -325,24 +353,11 @@ function M.make_process(w, info)
                                       retryable = false }, header)
             end
         end
-        local changed, now, code = store:finish(id, state, h, a)
-        if changed == nil then return storage_failed(task, header, "complete", now, code) end
-        if not changed then
-            if now == "canceled" then
-                core.log("info", "late_result_ignored", { task_id = id, worker = info.worker_id, state = now })
-                return "canceled", id, task.type, { reason = "canceled while it ran; its result was not stored",
-                                                    attempt = header.attempt, state = now }
-            end
-            if now == false then
-                return skipped(task, header, "its record was forgotten while it ran (the memory storage is full: storage.max_tasks)")
-            end
-            return skipped(task, header, "the task changed to " .. tostring(now) .. " while it ran", now)
+        if defer then
+            pending[#pending + 1] = { task = task, header = header, state = state, h = h, a = a, rj = rj }
+            return "pending", id, task.type, nil
         end
-        if WAITING[state] then
-            return "waiting", id, task.type, { state = state, attempt = header.attempt, result = rj }
-        end
-        done.state, done.attempt, done.result = state, header.attempt, rj
-        return "completed", id, task.type, done
+        return settled(task, header, state, rj, store:finish(id, state, h, a))
     end
 
     -- What a run or resume may start from, given the stored record; or nil and why not.
@@ -381,10 +396,16 @@ function M.make_process(w, info)
     -- working (or, for a task nobody recorded, a record created as working). Returns the
     -- record the handler starts from, or nil to take the general path; or false, what, why,
     -- code when the storage failed.
-    local function fast_start(task, header)
+    -- pre: what its chunk's store:start_many answered for it (prepare), if anything.
+    local function fast_start(task, pre)
         local id = task.task_id
         core.slot_task(id)
-        local changed, now, code, attempts = store:start(id, info.worker_id)
+        local changed, now, code, attempts
+        if pre then
+            changed, now, attempts = pre[1], pre[2], pre[4]
+        else
+            changed, now, code, attempts = store:start(id, info.worker_id)
+        end
         if changed == nil then return false, "start", now, code end
         if changed and attempts == 1 then
             return FIRST
@@ -414,7 +435,7 @@ function M.make_process(w, info)
 
     -- run and resume: start the handler from the stored history (and checkpoint). adm: the
     -- rate limiter's verdict, decided for the chunk this message came in (prepare), if any.
-    local function do_run(task, header, adm)
+    local function do_run(task, header, adm, defer, pre)
         local id = task.task_id
         if adm and adm.wait then return deferred(task, header, adm.wait) end -- the chunk's verdict
         local rec, from, append, new_msgs
@@ -422,9 +443,14 @@ function M.make_process(w, info)
         if task.type == "run" and header.attempt == 1 and not (header.redelivered or header.deferred
                 or header.requeued) and (not rl or adm) and h then
             local what, msg, code
-            rec, what, msg, code = fast_start(task, header)
+            rec, what, msg, code = fast_start(task, pre)
             if rec == false then return storage_failed(task, header, what, msg, code) end
             from = "submitted"
+            -- Started with its chunk: a cancel that came since was kept for it (core.slot_ahead).
+            if pre and rec and core.slot_control() == "cancel" then
+                return "canceled", id, task.type, { reason = "canceled before it ran", attempt = header.attempt,
+                                                    state = "canceled" }
+            end
         end
         local admitted_at = adm and adm.at
         if not rec then
@@ -528,7 +554,7 @@ function M.make_process(w, info)
         if ok and res == nil and herr ~= nil then
             ok, res = false, errors.normalize(herr)
         end
-        if ok then return settle(task, header, res) end
+        if ok then return settle(task, header, res, defer) end
         if res.code == "ECANCELED" or core.slot_control() == "cancel" then
             local c4, s4 = store:change{ id = id, to = "canceled" }
             if c4 == nil then log_storage(id, "cancel", s4) end
@@ -589,7 +615,7 @@ function M.make_process(w, info)
         end
         if task.type == "cancel" then return do_cancel(task, header) end
         if task.type == "pause" then return do_pause(task, header) end
-        return do_run(task, header, prep and prep.admission)
+        return do_run(task, header, prep and prep.admission, prep and prep.defer, prep and prep.start)
     end
 
     -- A chunk of messages taken together (the queue is deep, the tasks quick): each is
@@ -599,12 +625,19 @@ function M.make_process(w, info)
     -- (its task turned out canceled, say) only leaves its slot in the window unused; one not
     -- admitted is deferred by process like a retry. Returns one entry per message for process.
     local function prepare(list)
-        if not rl then return nil end -- nothing to decide together: process decodes
-        local preps, reqs = {}, {}
+        if not rl and not batch_store then return nil end -- nothing to do together
+        local preps, reqs, ids, defer = {}, {}, {}, batch_store
         for i, m in ipairs(list) do
             local task, why, partial, header = decode(m.raw, m.q, m.sealed)
             preps[i] = { task = task, why = why, partial = partial, header = header }
-            if task and (task.type == "run" or task.type == "resume")
+            -- Two operations on one task in a chunk take effect one after the other: its
+            -- finished states are not deferred then.
+            local id = task and task.task_id or (partial and partial.task_id)
+            if id then
+                if ids[id] then defer = false end
+                ids[id] = true
+            end
+            if rl and task and (task.type == "run" or task.type == "resume")
                     and header.attempt <= (task.max_attempts or max_attempts) then
                 local key = "*"
                 if rate_key then
@@ -623,20 +656,76 @@ function M.make_process(w, info)
                 preps[reqs[j].i].admission = r[1] == 1 and { at = r[2] } or { wait = r[2] }
             end
         end
+        if defer then
+            -- The runs that take the fast path (first deliveries, admitted) start together:
+            -- one round trip, each an exact compare-and-set (or a record created working for
+            -- a task nobody recorded). Their ids are named for the control channel first.
+            local starts, at, named = {}, {}, {}
+            for i, e in ipairs(preps) do
+                e.defer = true
+                local task, header = e.task, e.header
+                if task and task.type == "run" and handlers.run and header.attempt == 1
+                        and not (header.redelivered or header.deferred or header.requeued)
+                        and (not rl or (e.admission and e.admission.at)) then
+                    starts[#starts + 1] = { id = task.task_id, worker = info.worker_id, context_id = task.conversation_id,
+                                            queue = task.queue, history = json.array(task.messages or {}),
+                                            metadata = task.metadata and json.encode(task.metadata) or nil }
+                    at[#starts], named[#starts] = i, task.task_id
+                end
+            end
+            if #starts > 1 then
+                core.slot_ahead(named)
+                -- On an error nothing is decided: each starts for itself in process.
+                for j, r in ipairs(store:start_many(starts) or {}) do preps[at[j]].start = r end
+            end
+        end
         return preps
+    end
+
+    -- The outcomes of the chunk's deferred tasks (settle), their finished states written in
+    -- one round trip (store:change_many), each exactly the compare-and-set store:finish makes.
+    -- Returns { {status, task_id, type, info}, ... } in the order they were deferred.
+    local function flush()
+        local list = pending
+        pending = {}
+        local changes = {}
+        for i, e in ipairs(list) do
+            changes[i] = { id = e.task.task_id, from = "working", to = e.state, append_history = e.h,
+                           append_artifacts = e.a, requested = "", error = "" }
+        end
+        local res, err, code = store:change_many(changes)
+        local outs = {}
+        for i, e in ipairs(list) do
+            local r = res and res[i]
+            local status, id, ty, out
+            if r then
+                status, id, ty, out = settled(e.task, e.header, e.state, e.rj, r[1], r[2], nil)
+            else
+                status, id, ty, out = settled(e.task, e.header, e.state, e.rj, nil, err, code)
+            end
+            if out == done then out = { state = done.state, attempt = done.attempt, result = done.result } end
+            if type(out) == "table" then out.trace_id, out.pickup = e.trace, e.pickup end
+            outs[i] = { status, id, ty, out }
+        end
+        return outs
     end
 
     -- The trace id and the pickup latency travel with every outcome (log lines, metrics).
     return function(raw, qi, sealed, prep)
         current_trace, pickup = nil, nil
         local status, id, ty, out = process(raw, qi, sealed, prep)
+        if status == "pending" then
+            local e = pending[#pending]
+            e.trace, e.pickup = current_trace, pickup
+            return status, id, ty, nil
+        end
         if type(out) == "table" then
             out.trace_id, out.pickup = current_trace, pickup -- nil clears the reused `done`
         elseif current_trace or pickup then
             out = { result = out, trace_id = current_trace, pickup = pickup }
         end
         return status, id, ty, out
-    end, prepare
+    end, prepare, flush
 end
 
 return M

@@ -59,6 +59,12 @@ struct slot {
     struct bq_msg chunk[BQ_CHUNK_MAX];
     bool settled[BQ_CHUNK_MAX];
     int chunk_at, chunk_n;
+    /* Handled, their outcomes pending (bq_slot_ops.flush): still in flight. Guarded by
+     * w->mu; shut_down reads them besides. */
+    struct bq_msg pend[BQ_CHUNK_MAX];
+    struct bq_outcome pend_out[BQ_CHUNK_MAX];
+    double pend_took[BQ_CHUNK_MAX];
+    int npend;
     bool running;          /* guarded by w->mu */
     bool exited;           /* guarded by w->mu */
 };
@@ -176,7 +182,29 @@ void bq_slot_set_task(struct bq_slot_ctl *ctl, const char *task_id)
     if (n > 0)
         memcpy(ctl->task_id, task_id, n);
     ctl->task_id[n] = '\0';
-    atomic_store(&ctl->control, BQ_CONTROL_NONE);
+    int control = BQ_CONTROL_NONE;
+    for (int i = 0; n > 0 && i < ctl->nahead; i++) {
+        if (strcmp(ctl->ahead[i], ctl->task_id) == 0) { /* kept for it: it runs now */
+            control = ctl->ahead_control[i];
+            ctl->ahead[i][0] = '\0';
+            ctl->ahead_control[i] = BQ_CONTROL_NONE;
+        }
+    }
+    atomic_store(&ctl->control, control);
+    pthread_mutex_unlock(&ctl->mu);
+}
+
+void bq_slot_set_ahead(struct bq_slot_ctl *ctl, const char *const *task_ids, int n)
+{
+    pthread_mutex_lock(&ctl->mu);
+    ctl->nahead = 0;
+    for (int i = 0; i < n && i < BQ_CHUNK_MAX; i++) {
+        size_t len = task_ids[i] != NULL ? strnlen(task_ids[i], BQ_MAX_ID_LEN) : 0;
+        memcpy(ctl->ahead[i], task_ids[i] != NULL ? task_ids[i] : "", len);
+        ctl->ahead[i][len] = '\0';
+        ctl->ahead_control[i] = BQ_CONTROL_NONE;
+        ctl->nahead = i + 1;
+    }
     pthread_mutex_unlock(&ctl->mu);
 }
 
@@ -213,21 +241,33 @@ enum bq_control bq_control_parse(const char *msg, size_t len, char *task_id, siz
     return op;
 }
 
+bool bq_slot_request(struct bq_slot_ctl *ctl, enum bq_control op, const char *task_id)
+{
+    bool found = false;
+    pthread_mutex_lock(&ctl->mu);
+    if (ctl->task_id[0] != '\0' && strcmp(ctl->task_id, task_id) == 0) {
+        /* A cancel outranks a pause asked for earlier. */
+        if (atomic_load(&ctl->control) != BQ_CONTROL_CANCEL)
+            atomic_store(&ctl->control, op);
+        pthread_cond_broadcast(&ctl->cv);
+        found = true;
+    }
+    for (int j = 0; j < ctl->nahead; j++) {
+        if (ctl->ahead[j][0] != '\0' && strcmp(ctl->ahead[j], task_id) == 0) {
+            if (ctl->ahead_control[j] != BQ_CONTROL_CANCEL)
+                ctl->ahead_control[j] = op;
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&ctl->mu);
+    return found;
+}
+
 bool bq_worker_control(bq_worker *w, enum bq_control op, const char *task_id)
 {
     bool found = false;
-    for (int i = 0; i < w->concurrency; i++) {
-        struct bq_slot_ctl *ctl = &w->slots[i].ctl;
-        pthread_mutex_lock(&ctl->mu);
-        if (ctl->task_id[0] != '\0' && strcmp(ctl->task_id, task_id) == 0) {
-            /* A cancel outranks a pause asked for earlier. */
-            if (atomic_load(&ctl->control) != BQ_CONTROL_CANCEL)
-                atomic_store(&ctl->control, op);
-            pthread_cond_broadcast(&ctl->cv);
-            found = true;
-        }
-        pthread_mutex_unlock(&ctl->mu);
-    }
+    for (int i = 0; i < w->concurrency; i++)
+        found = bq_slot_request(&w->slots[i].ctl, op, task_id) || found;
     return found;
 }
 
@@ -621,7 +661,7 @@ static bool ack(bq_worker *w, struct bq_msg *msg, const char *tid)
 
 static const char *const outcome_names[] = {
     "completed", "skipped", "retry", "dead", "dropped", "malformed", "interrupted", "deferred",
-    "canceled", "paused", "waiting",
+    "canceled", "paused", "waiting", "pending",
 };
 
 const double bq_hist_bounds[BQ_HIST_N] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
@@ -734,6 +774,7 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
         bury(w, msg, out, tid);
         break;
     case BQ_OUTCOME_INTERRUPTED:
+    case BQ_OUTCOME_PENDING: /* never reaches here (slot_main); if it did: it runs again */
         handback(w, msg, 1, out->reason ? out->reason : "interrupted");
         break;
     case BQ_OUTCOME_CANCELED:
@@ -800,6 +841,43 @@ static bool give_back_chunk(bq_worker *w, struct slot *s)
     return s->chunk_at == s->chunk_n;
 }
 
+/* Slot s's pending outcomes (bq_slot_ops.flush), then each message finished as usual.
+ * Called and returns with w->mu held. */
+static void flush_pending(bq_worker *w, struct slot *s)
+{
+    int n = s->npend;
+    struct bq_msg msgs[BQ_CHUNK_MAX];
+    struct bq_outcome outs[BQ_CHUNK_MAX];
+    double took[BQ_CHUNK_MAX];
+    memcpy(msgs, s->pend, (size_t)n * sizeof *msgs);
+    memcpy(took, s->pend_took, (size_t)n * sizeof *took);
+    for (int i = 0; i < n; i++) {
+        outcome_free(&s->pend_out[i]);
+        memset(&outs[i], 0, sizeof outs[i]);
+        outs[i].attempt = 1;
+        outs[i].pickup = NAN;
+    }
+    s->npend = 0;
+    pthread_mutex_unlock(&w->mu);
+    w->ops.flush(s->state, msgs, outs, n);
+    bool moved[BQ_CHUNK_MAX];
+    for (int i = 0; i < n; i++) {
+        if (outs[i].kind == BQ_OUTCOME_PENDING) { /* a flush that decided nothing */
+            outs[i].kind = BQ_OUTCOME_INTERRUPTED;
+            outs[i].reason = bq_strdup("its stored state could not be written with its chunk");
+        }
+        moved[i] = finish(w, &msgs[i], &outs[i], took[i]);
+    }
+    pthread_mutex_lock(&w->mu);
+    w->inflight -= n;
+    if (w->inflight <= w->wake_at || w->stopping)
+        pthread_cond_signal(&w->cv_space);
+    for (int i = 0; i < n; i++) {
+        if (!moved[i])
+            bq_free(msgs[i].data);
+    }
+}
+
 static void *slot_main(void *arg)
 {
     struct slot *s = arg;
@@ -822,6 +900,8 @@ static void *slot_main(void *arg)
      * cores, four acquisitions a task were a fifth of the worker's time in futex calls. */
     pthread_mutex_lock(&w->mu);
     while (st == BQ_OK) {
+        if (s->npend > 0 && (s->chunk_at == s->chunk_n || w->stopping))
+            flush_pending(w, s);
         if (s->chunk_at == s->chunk_n) {
             s->chunk_at = s->chunk_n = 0;
             while (w->ring_n == 0 && !w->dispatcher_done)
@@ -866,19 +946,34 @@ static void *slot_main(void *arg)
         /* Set (under the lock) when the shutdown handed this task back at its deadline. */
         bool abandoned = atomic_load(&w->abandoned);
         bool moved = false;
+        /* Its stored state is written with its chunk's (flush_pending): kept in flight. */
+        bool pending = out.kind == BQ_OUTCOME_PENDING && !abandoned && w->ops.flush != NULL &&
+                       s->npend < BQ_CHUNK_MAX;
+        if (out.kind == BQ_OUTCOME_PENDING && !pending && !abandoned) {
+            outcome_free(&out);
+            out.kind = BQ_OUTCOME_INTERRUPTED; /* handed back: it runs again */
+            out.reason = bq_strdup("its outcome was left pending");
+        }
         if (abandoned) /* the process is leaving */
             outcome_free(&out);
-        else
+        else if (!pending)
             moved = finish(w, &msg, &out, bq_now_mono() - t0);
 
         double took = bq_now_mono() - t0;
-        bool trim = !moved && msg.len >= TRIM_AFTER;
+        bool trim = !moved && !pending && msg.len >= TRIM_AFTER;
         pthread_mutex_lock(&w->mu);
         w->ewma_handle = w->ewma_handle * 0.9 + took * 0.1;
         s->running = false;
         s->current = (struct bq_msg){NULL, 0, 0, false, 0};
         w->running--;
-        w->inflight--;
+        if (pending) {
+            s->pend[s->npend] = msg;
+            s->pend_out[s->npend] = out;
+            s->pend_took[s->npend++] = took;
+            moved = true; /* the pending list owns it */
+        } else {
+            w->inflight--;
+        }
         atomic_store(&s->ctl.interrupt, 0);
         bq_slot_set_task(&s->ctl, NULL);
         if (w->inflight <= w->wake_at || w->stopping)
@@ -1121,10 +1216,13 @@ static void shut_down(bq_worker *w)
         while (w->running > 0 && bq_now_mono() < deadline)
             bq_cond_wait_for(&w->cv_space, &w->mu, deadline - bq_now_mono());
     }
-    /* A stuck slot's task, and what waits in its chunk (not settled), go back. */
+    /* A stuck slot's task, what waits in its chunk (not settled) and what it handled with
+     * its outcome pending go back. */
     size_t ncopies = 0, nstuck = 0;
-    for (int i = 0; w->running > 0 && i < w->concurrency; i++)
-        ncopies += w->slots[i].running ? 1 + (size_t)(w->slots[i].chunk_n - w->slots[i].chunk_at) : 0;
+    for (int i = 0; w->running > 0 && i < w->concurrency; i++) {
+        const struct slot *s = &w->slots[i];
+        ncopies += s->running ? 1 + (size_t)(s->chunk_n - s->chunk_at) + (size_t)s->npend : 0;
+    }
     struct bq_msg *copies = ncopies > 0 ? bq_calloc(ncopies, sizeof *copies) : NULL;
     if (w->running > 0) {
         w->abandoned = true;
@@ -1133,8 +1231,12 @@ static void shut_down(bq_worker *w)
             if (!s->running || s->current.data == NULL)
                 continue;
             const struct bq_msg *m = &s->current;
-            for (int j = s->chunk_at - 1; j < s->chunk_n; j++, m = &s->chunk[j]) {
-                if (j >= s->chunk_at && s->settled[j])
+            for (int j = s->chunk_at - 1; j < s->chunk_n + s->npend; j++) {
+                if (j >= s->chunk_n)
+                    m = &s->pend[j - s->chunk_n];
+                else if (j >= s->chunk_at)
+                    m = &s->chunk[j];
+                if (j >= s->chunk_at && j < s->chunk_n && s->settled[j])
                     continue;
                 copies[nstuck].data = bq_strndup(m->data, m->len);
                 copies[nstuck].len = m->len;

@@ -46,15 +46,17 @@ enum bq_outcome_kind {
     BQ_OUTCOME_DROPPED,       /* failed, and the failure policy drops it: acknowledge */
     BQ_OUTCOME_MALFORMED,     /* could not be decoded or validated: dead-letter */
     BQ_OUTCOME_INTERRUPTED,   /* stopped by shutdown before it finished: hand back */
-    BQ_OUTCOME_DEFERRED,      /* over its rate limit: already queued again for later */
+    BQ_OUTCOME_DEFERRED,      /* over its rate limit: queue again after `delay` with `header` */
     BQ_OUTCOME_CANCELED,      /* canceled (before or while it ran): acknowledge */
     BQ_OUTCOME_PAUSED,        /* paused at a yield point, checkpoint stored: acknowledge */
     BQ_OUTCOME_WAITING,       /* the handler asked for input (input-required, auth-required):
                                * the task stays open until a resume; acknowledge */
+    BQ_OUTCOME_PENDING,       /* the handler returned, its stored state is written with the
+                               * rest of its chunk: the slot's flush gives the outcome */
 };
 
 /* "completed", "skipped", "retry", "dead", "dropped", "malformed", "interrupted",
- * "deferred", "canceled", "paused", "waiting". */
+ * "deferred", "canceled", "paused", "waiting", "pending". */
 const char *bq_outcome_name(enum bq_outcome_kind kind);
 
 /* What a slot reports for one message. The slot fills it; the engine frees the strings. */
@@ -86,12 +88,19 @@ enum bq_control {
 /* What a slot's environment can see of its slot: the interrupt flag (shutdown deadline),
  * the control request for its running task, and an interruptible sleep. Lives as long as
  * the slot thread. */
+#define BQ_CHUNK_MAX 32
+
 struct bq_slot_ctl {
     atomic_int interrupt;  /* non-zero: stop the handler at its next chance */
     atomic_int control;    /* enum bq_control for the running task */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     char task_id[BQ_MAX_ID_LEN + 1]; /* the running task ("" none); guarded by mu */
+    /* The tasks of the slot's chunk that will run after it (bq_slot_set_ahead), and what the
+     * control channel asked for each meanwhile; guarded by mu. */
+    char ahead[BQ_CHUNK_MAX][BQ_MAX_ID_LEN + 1];
+    int ahead_control[BQ_CHUNK_MAX];
+    int nahead;
 };
 
 /* Sleeps up to `seconds`; returns early (false) when the slot is interrupted or a control
@@ -102,7 +111,15 @@ bool bq_slot_sleep(struct bq_slot_ctl *ctl, double seconds);
  * it; clears any earlier control request. Slot thread. */
 void bq_slot_set_task(struct bq_slot_ctl *ctl, const char *task_id);
 
-#define BQ_CHUNK_MAX 32
+/* Names the tasks (up to BQ_CHUNK_MAX) the slot will run next, before their stored state says
+ * working, so a cancel or pause meant for one of them is kept until bq_slot_set_task names it
+ * (then it is that task's control request, as if it had come while it ran). Slot thread. */
+void bq_slot_set_ahead(struct bq_slot_ctl *ctl, const char *const *task_ids, int n);
+
+/* A control request for task_id on this slot: for the task it runs (its control flag set, a
+ * sleep woken) or one named ahead (kept until it runs). A cancel outranks a pause. Returns
+ * whether the slot has the task. */
+bool bq_slot_request(struct bq_slot_ctl *ctl, enum bq_control op, const char *task_id);
 
 struct bq_slot_ops {
     /* On the slot thread, before any task: builds the slot's state. On failure it releases
@@ -120,6 +137,11 @@ struct bq_slot_ops {
      * decided already (queued again for later): handle must still be called for it, even at
      * a shutdown, when the others are handed back unhandled. */
     void (*prepare)(void *state, const struct bq_msg *msgs, int n, bool *settled);
+    /* Optional, on the slot thread: the messages of a chunk whose handle reported
+     * BQ_OUTCOME_PENDING (their handlers returned; their stored states are to be written
+     * together) get their outcomes in outs[i], before the slot takes more. Their messages
+     * stay leased until then, so a stored state is always written before the ack. */
+    void (*flush)(void *state, const struct bq_msg *msgs, struct bq_outcome *outs, int n);
 };
 
 struct bq_worker_options {

@@ -64,7 +64,7 @@ struct slot_state {
     /* A chunk (bq_slot_ops.prepare): its messages while prepare runs, then what prepare
      * returned for them (a registry reference to the list) and each message's address, so
      * handle finds its entry. */
-    int prepare_ref;
+    int prepare_ref, flush_ref;
     const struct bq_msg *chunk;
     int chunk_n;
     int prep_ref, prep_n, prep_at;
@@ -162,7 +162,7 @@ static bq_status slot_init(void *ud, int index, struct bq_slot_ctl *ctl, void **
     s->cfg = c;
     s->ctl = ctl;
     s->index = index;
-    s->process_ref = s->prepare_ref = s->prep_ref = LUA_NOREF;
+    s->process_ref = s->prepare_ref = s->flush_ref = s->prep_ref = LUA_NOREF;
     tl_slot = s;
     bq_status st = BQ_OK;
     lua_pushcfunction(L, setup_state);
@@ -250,8 +250,57 @@ static const struct {
     {"dropped", BQ_OUTCOME_DROPPED},     {"malformed", BQ_OUTCOME_MALFORMED},
     {"interrupted", BQ_OUTCOME_INTERRUPTED}, {"deferred", BQ_OUTCOME_DEFERRED},
     {"canceled", BQ_OUTCOME_CANCELED},   {"paused", BQ_OUTCOME_PAUSED},
-    {"waiting", BQ_OUTCOME_WAITING},
+    {"waiting", BQ_OUTCOME_WAITING},     {"pending", BQ_OUTCOME_PENDING},
 };
+
+/* Fills out from the outcome at L[b..b+3]: status, task_id, type, info (lifecycle.lua's
+ * process and flush results). */
+static void outcome_from(lua_State *L, int b, const struct bq_msg *msg, struct bq_outcome *out)
+{
+    const char *status = lua_tostring(L, b);
+    copy_field(out->task_id, sizeof out->task_id, L, b + 1);
+    copy_field(out->type, sizeof out->type, L, b + 2);
+    out->kind = BQ_OUTCOME_DEAD;
+    for (size_t i = 0; status != NULL && i < sizeof statuses / sizeof statuses[0]; i++) {
+        if (strcmp(status, statuses[i].name) == 0) {
+            out->kind = statuses[i].kind;
+            break;
+        }
+    }
+    if (lua_istable(L, b + 3)) {
+        /* A completion (the common case) has no reason, error, header, delay or body. */
+        if (out->kind != BQ_OUTCOME_COMPLETED) {
+            out->reason = field_dup(L, b + 3, "reason");
+            out->json = field_dup(L, b + 3, "error");
+            out->header = field_dup(L, b + 3, "header");
+            lua_getfield(L, b + 3, "delay");
+            out->delay = lua_tonumber(L, -1);
+            lua_getfield(L, b + 3, "body");
+            lua_Integer body = lua_tointeger(L, -1);
+            out->body = body > 0 && (size_t)body <= msg->len ? (size_t)body : 0;
+            lua_pop(L, 2);
+        }
+        lua_getfield(L, b + 3, "attempt");
+        lua_Integer attempt = lua_tointeger(L, -1);
+        out->attempt = attempt > 0 && attempt < 1000000 ? (int)attempt : 1;
+        lua_getfield(L, b + 3, "state");
+        copy_field(out->state, sizeof out->state, L, -1);
+        lua_getfield(L, b + 3, "trace_id");
+        copy_field(out->trace_id, sizeof out->trace_id, L, -1);
+        lua_getfield(L, b + 3, "pickup");
+        out->pickup = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : NAN;
+        lua_pop(L, 4);
+        if (out->kind == BQ_OUTCOME_COMPLETED) { /* a result travels as info.result */
+            lua_getfield(L, b + 3, "result");
+            out->json = dup_lua(L, -1);
+            lua_pop(L, 1);
+        }
+    } else if (out->kind == BQ_OUTCOME_COMPLETED) {
+        out->json = dup_lua(L, b + 3);
+    } else if (status == NULL || out->kind == BQ_OUTCOME_DEAD) {
+        out->reason = bq_strdup("the handler state returned no outcome");
+    }
+}
 
 /* Forgets what the last prepare returned. */
 static void drop_prepared(struct slot_state *s)
@@ -311,6 +360,46 @@ static void slot_prepare(void *state, const struct bq_msg *msgs, int n, bool *se
     s->chunk_n = 0;
 }
 
+/* flush() -> { {status, task_id, type, info}, ... }   (lifecycle.lua)
+ * The outcomes of the messages whose process returned "pending", in the order they did. A
+ * failure leaves them pending: the engine hands them back, to run again. */
+static void slot_flush(void *state, const struct bq_msg *msgs, struct bq_outcome *outs, int n)
+{
+    struct slot_state *s = state;
+    lua_State *L = s->L;
+    lua_settop(L, 0);
+    if (s->flush_ref == LUA_NOREF) {
+        for (int i = 0; i < n; i++)
+            outs[i].kind = BQ_OUTCOME_PENDING;
+        return;
+    }
+    lua_pushcfunction(L, msgh);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->flush_ref);
+    if (lua_pcall(L, 0, 1, 1) != LUA_OK || !lua_istable(L, -1)) {
+        bq_log(BQ_LOG_ERROR, "flush_failed", "worker", bq_worker_id(s->cfg->w), "error",
+               lua_isstring(L, -1) ? lua_tostring(L, -1) : "flush returned no outcomes", NULL);
+        for (int i = 0; i < n; i++)
+            outs[i].kind = BQ_OUTCOME_PENDING;
+        lua_settop(L, 0);
+        return;
+    }
+    int list = lua_gettop(L);
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, list, i + 1);
+        if (!lua_istable(L, -1)) {
+            outs[i].kind = BQ_OUTCOME_PENDING;
+            lua_pop(L, 1);
+            continue;
+        }
+        int e = lua_gettop(L);
+        for (int k = 1; k <= 4; k++)
+            lua_rawgeti(L, e, k);
+        outcome_from(L, e + 1, &msgs[i], &outs[i]);
+        lua_settop(L, list);
+    }
+    lua_settop(L, 0);
+}
+
 /* Pushes what prepare returned for msg, or nil. */
 static void push_prepared(struct slot_state *s, const struct bq_msg *msg)
 {
@@ -363,49 +452,7 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
         lua_gc(L, LUA_GCCOLLECT);
         return;
     }
-    const char *status = lua_tostring(L, 2);
-    copy_field(out->task_id, sizeof out->task_id, L, 3);
-    copy_field(out->type, sizeof out->type, L, 4);
-    out->kind = BQ_OUTCOME_DEAD;
-    for (size_t i = 0; status != NULL && i < sizeof statuses / sizeof statuses[0]; i++) {
-        if (strcmp(status, statuses[i].name) == 0) {
-            out->kind = statuses[i].kind;
-            break;
-        }
-    }
-    if (lua_istable(L, 5)) {
-        /* A completion (the common case) has no reason, error, header, delay or body. */
-        if (out->kind != BQ_OUTCOME_COMPLETED) {
-            out->reason = field_dup(L, 5, "reason");
-            out->json = field_dup(L, 5, "error");
-            out->header = field_dup(L, 5, "header");
-            lua_getfield(L, 5, "delay");
-            out->delay = lua_tonumber(L, -1);
-            lua_getfield(L, 5, "body");
-            lua_Integer body = lua_tointeger(L, -1);
-            out->body = body > 0 && (size_t)body <= msg->len ? (size_t)body : 0;
-            lua_pop(L, 2);
-        }
-        lua_getfield(L, 5, "attempt");
-        lua_Integer attempt = lua_tointeger(L, -1);
-        out->attempt = attempt > 0 && attempt < 1000000 ? (int)attempt : 1;
-        lua_getfield(L, 5, "state");
-        copy_field(out->state, sizeof out->state, L, -1);
-        lua_getfield(L, 5, "trace_id");
-        copy_field(out->trace_id, sizeof out->trace_id, L, -1);
-        lua_getfield(L, 5, "pickup");
-        out->pickup = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : NAN;
-        lua_pop(L, 4);
-        if (out->kind == BQ_OUTCOME_COMPLETED) { /* a result travels as info.result */
-            lua_getfield(L, 5, "result");
-            out->json = dup_lua(L, -1);
-            lua_pop(L, 1);
-        }
-    } else if (out->kind == BQ_OUTCOME_COMPLETED) {
-        out->json = dup_lua(L, 5);
-    } else if (status == NULL || out->kind == BQ_OUTCOME_DEAD) {
-        out->reason = bq_strdup("the handler state returned no outcome");
-    }
+    outcome_from(L, 2, msg, out);
     lua_settop(L, 0);
 }
 
@@ -605,6 +652,27 @@ static int l_slot_task(lua_State *L)
     return 0;
 }
 
+/* core.slot_ahead({id, ...}) -- names the tasks this handler state runs next (its chunk's),
+ * before their state says working: a cancel or pause for one of them meanwhile is kept for
+ * it (bq_slot_set_ahead). */
+static int l_slot_ahead(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    const char *ids[BQ_CHUNK_MAX];
+    int n = (int)lua_rawlen(L, 1);
+    if (n > BQ_CHUNK_MAX)
+        return luaL_error(L, "slot_ahead: at most %d tasks", BQ_CHUNK_MAX);
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 1, i + 1);
+        ids[i] = luaL_checkstring(L, -1); /* anchored by the table */
+        lua_pop(L, 1);
+    }
+    if (s != NULL)
+        bq_slot_set_ahead(s->ctl, ids, n);
+    return 0;
+}
+
 /* core.slot_control() -> "cancel" | "pause" | nil: what the control channel asked for the
  * running task. */
 static int l_slot_control(lua_State *L)
@@ -649,7 +717,8 @@ static int l_slot_storage(lua_State *L)
     return 1;
 }
 
-static const struct bq_slot_ops lua_slot_ops = {slot_init, slot_handle, slot_fini, slot_prepare};
+static const struct bq_slot_ops lua_slot_ops = {slot_init, slot_handle, slot_fini, slot_prepare,
+                                                slot_flush};
 
 /* core.metrics_serve(host, port) -> bound port | nil, msg, code: /metrics, /healthz and
  * /readyz of this process (engine/metrics.h). */
@@ -685,8 +754,8 @@ static int l_storage_error(lua_State *L)
     return 0;
 }
 
-/* core.slot_ready(worker_key, process [, prepare]) -> true if this handler state serves that
- * worker (prepare: see slot_prepare). */
+/* core.slot_ready(worker_key, process [, prepare [, flush]]) -> true if this handler state
+ * serves that worker (prepare: see slot_prepare; flush: slot_flush). */
 static int l_slot_ready(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, BQ_SLOT_KEY);
@@ -704,6 +773,10 @@ static int l_slot_ready(lua_State *L)
     if (lua_isfunction(L, 3)) {
         lua_pushvalue(L, 3);
         s->prepare_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    if (lua_isfunction(L, 4)) {
+        lua_pushvalue(L, 4);
+        s->flush_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -1086,6 +1159,8 @@ void bq_lua_open_engine(lua_State *L)
     lua_setfield(L, -2, "slot_task");
     lua_pushcfunction(L, l_slot_control);
     lua_setfield(L, -2, "slot_control");
+    lua_pushcfunction(L, l_slot_ahead);
+    lua_setfield(L, -2, "slot_ahead");
     lua_pushcfunction(L, l_slot_publish);
     lua_setfield(L, -2, "slot_publish");
     lua_pushcfunction(L, l_slot_storage);

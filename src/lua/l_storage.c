@@ -236,6 +236,105 @@ static int l_storage_start(lua_State *L)
     return push_result(L, &res, true);
 }
 
+/* Pushes the results of a batch: { {changed, state | false, requested, attempts}, ... }. */
+static void push_results(lua_State *L, const struct bq_task_result *res, lua_Integer n)
+{
+    lua_createtable(L, (int)n, 0);
+    for (lua_Integer i = 0; i < n; i++) {
+        lua_createtable(L, 4, 0);
+        lua_pushboolean(L, res[i].changed);
+        lua_rawseti(L, -2, 1);
+        if (res[i].found)
+            lua_pushstring(L, res[i].state);
+        else
+            lua_pushboolean(L, 0);
+        lua_rawseti(L, -2, 2);
+        lua_pushstring(L, res[i].requested);
+        lua_rawseti(L, -2, 3);
+        lua_pushinteger(L, res[i].attempts);
+        lua_rawseti(L, -2, 4);
+        lua_rawseti(L, -2, i + 1);
+    }
+}
+
+/* store:change_many({ change, ... }) -> { {changed, state | false, requested, attempts}, ... }
+ *   | nil, msg, code
+ * The changes of store:change (1 to 64, distinct ids), in one round trip where the storage can
+ * batch them (PostgreSQL: one statement), else one by one. */
+static int l_storage_change_many(lua_State *L)
+{
+    bq_storage *s = check_storage(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, 2);
+    luaL_argcheck(L, n >= 1 && n <= BQ_CHANGE_MANY_MAX, 2, "1 to 64 changes");
+    luaL_checkstack(L, (int)n + 8, "change_many");
+    lua_settop(L, 2);
+    struct bq_task_change c[BQ_CHANGE_MANY_MAX];
+    struct bq_task_result res[BQ_CHANGE_MANY_MAX];
+    for (lua_Integer i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, i + 1); /* stays on the stack: it anchors the strings */
+        if (!lua_istable(L, -1))
+            return luaL_error(L, "change_many: change %d is not a table", (int)i + 1);
+        int t = lua_gettop(L);
+        c[i] = (struct bq_task_change){
+            .id = bq_lua_opt_string(L, t, "id"),
+            .from = bq_lua_opt_string(L, t, "from"),
+            .to = bq_lua_opt_string(L, t, "to"),
+            .append_history = bq_lua_opt_string(L, t, "append_history"),
+            .append_artifacts = bq_lua_opt_string(L, t, "append_artifacts"),
+            .checkpoint = bq_lua_opt_string(L, t, "checkpoint"),
+            .error = bq_lua_opt_string(L, t, "error"),
+            .requested = bq_lua_opt_string(L, t, "requested"),
+            .worker = bq_lua_opt_string(L, t, "worker"),
+            .count_attempt = bq_lua_opt_boolean(L, t, "count_attempt", 0),
+        };
+        if (c[i].id == NULL)
+            return luaL_error(L, "change_many: change %d has no 'id'", (int)i + 1);
+    }
+    bq_err err;
+    if (bq_storage_change_many(s, c, (size_t)n, res, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    push_results(L, res, n);
+    return 1;
+}
+
+/* store:start_many({ {id=, worker=, context_id=, queue=, history=, metadata=}, ... })
+ *   -> { {changed, state | false, requested, attempts}, ... } | nil, msg, code
+ * store:start for 1 to 64 tasks (distinct ids) in one round trip where the storage can; a
+ * task nobody recorded is created working from the other fields (bq_storage_start_many). */
+static int l_storage_start_many(lua_State *L)
+{
+    bq_storage *s = check_storage(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, 2);
+    luaL_argcheck(L, n >= 1 && n <= BQ_CHANGE_MANY_MAX, 2, "1 to 64 tasks");
+    luaL_checkstack(L, (int)n + 8, "start_many");
+    lua_settop(L, 2);
+    struct bq_task_new t[BQ_CHANGE_MANY_MAX];
+    struct bq_task_result res[BQ_CHANGE_MANY_MAX];
+    for (lua_Integer i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, i + 1); /* stays on the stack: it anchors the strings */
+        if (!lua_istable(L, -1))
+            return luaL_error(L, "start_many: task %d is not a table", (int)i + 1);
+        int k = lua_gettop(L);
+        t[i] = (struct bq_task_new){
+            .id = bq_lua_opt_string(L, k, "id"),
+            .context_id = bq_lua_opt_string(L, k, "context_id"),
+            .queue = bq_lua_opt_string(L, k, "queue"),
+            .history = bq_lua_opt_string(L, k, "history"),
+            .metadata = bq_lua_opt_string(L, k, "metadata"),
+            .worker = bq_lua_opt_string(L, k, "worker"),
+        };
+        if (t[i].id == NULL)
+            return luaL_error(L, "start_many: task %d has no 'id'", (int)i + 1);
+    }
+    bq_err err;
+    if (bq_storage_start_many(s, t, (size_t)n, res, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    push_results(L, res, n);
+    return 1;
+}
+
 /* store:finish(id, state, append_history, append_artifacts) -> changed, state | false, requested
  * working -> state, with the handler's messages and artifacts (JSON arrays or nil); the
  * pending request and the last error cleared. */
@@ -331,6 +430,7 @@ static int l_storage_reset(lua_State *L)
 static const luaL_Reg storage_methods[] = {
     {"create", l_storage_create}, {"get", l_storage_get},       {"change", l_storage_change},
     {"start", l_storage_start},   {"finish", l_storage_finish},
+    {"change_many", l_storage_change_many}, {"start_many", l_storage_start_many},
     {"list", l_storage_list},     {"remove", l_storage_remove}, {"ping", l_storage_ping},
     {"kind", l_storage_kind},     {"close", l_storage_close},   {NULL, NULL},
 };

@@ -121,3 +121,54 @@ void bq_storage_unref(bq_storage *s)
     if (s != NULL && atomic_fetch_sub(&s->refs, 1) == 1)
         s->ops->destroy(s);
 }
+
+/* Whether the storage batches and the n ids are distinct (n small: quadratic is fine). */
+static bool batchable(bool op, const char *const *ids, size_t n, size_t stride)
+{
+    bool ok = op && n > 1 && n <= BQ_CHANGE_MANY_MAX;
+    for (size_t i = 0; ok && i < n; i++) {
+        const char *a = *(const char *const *)((const char *)ids + i * stride);
+        for (size_t j = 0; ok && j < i; j++) {
+            const char *b = *(const char *const *)((const char *)ids + j * stride);
+            ok = a != NULL && b != NULL && strcmp(a, b) != 0;
+        }
+    }
+    return ok;
+}
+
+bq_status bq_storage_start_many(bq_storage *s, const struct bq_task_new *tasks, size_t n,
+                                struct bq_task_result *res, bq_err *err)
+{
+    memset(res, 0, n * sizeof *res);
+    if (batchable(s->ops->start_many != NULL, &tasks[0].id, n, sizeof *tasks))
+        return s->ops->start_many(s, tasks, n, res, err);
+    for (size_t i = 0; i < n; i++) {
+        struct bq_task_change c = {.id = tasks[i].id, .from = "submitted", .to = "working",
+                                   .requested = "", .worker = tasks[i].worker,
+                                   .count_attempt = true};
+        bq_status st = s->ops->change(s, &c, &res[i], err);
+        if (st == BQ_OK && !res[i].found) {
+            struct bq_task_new t = tasks[i];
+            t.state = "working";
+            t.attempts = 1;
+            st = s->ops->create(s, &t, &res[i], err);
+        }
+        if (st != BQ_OK)
+            return st;
+    }
+    return BQ_OK;
+}
+
+bq_status bq_storage_change_many(bq_storage *s, const struct bq_task_change *changes, size_t n,
+                                 struct bq_task_result *res, bq_err *err)
+{
+    memset(res, 0, n * sizeof *res);
+    if (batchable(s->ops->change_many != NULL, &changes[0].id, n, sizeof *changes))
+        return s->ops->change_many(s, changes, n, res, err);
+    for (size_t i = 0; i < n; i++) {
+        bq_status st = s->ops->change(s, &changes[i], &res[i], err);
+        if (st != BQ_OK)
+            return st;
+    }
+    return BQ_OK;
+}

@@ -123,7 +123,17 @@ struct bq_storage_ops {
     /* One round trip to the store. */
     bq_status (*ping)(bq_storage *s, bq_err *err);
     void (*destroy)(bq_storage *s);
+    /* Optional: changes[0..n) (distinct ids, n <= BQ_CHANGE_MANY_MAX), each exactly as change
+     * would make it, in one round trip; res[i] as change's. Use bq_storage_change_many. */
+    bq_status (*change_many)(bq_storage *s, const struct bq_task_change *changes, size_t n,
+                             struct bq_task_result *res, bq_err *err);
+    /* Optional: starts tasks[0..n) (distinct ids, n <= BQ_CHANGE_MANY_MAX) in one round trip,
+     * as bq_storage_start_many says. Use that. */
+    bq_status (*start_many)(bq_storage *s, const struct bq_task_new *tasks, size_t n,
+                            struct bq_task_result *res, bq_err *err);
 };
+
+#define BQ_CHANGE_MANY_MAX 64
 
 struct bq_storage {
     const struct bq_storage_ops *ops;
@@ -145,6 +155,20 @@ bq_status bq_storage_open(const struct bq_storage_config *cfg, bq_storage **out,
 bq_storage *bq_storage_ref(bq_storage *s);
 /* Drops a reference; the last one closes the storage. NULL is fine. */
 void bq_storage_unref(bq_storage *s);
+
+/* Makes changes[0..n), each a compare-and-set as ops->change makes it, res[i] its result: in
+ * one round trip when the storage can batch and the ids are distinct, else one by one. On an
+ * error the results of the changes not made are zeroed (not found, not changed). */
+bq_status bq_storage_change_many(bq_storage *s, const struct bq_task_change *changes, size_t n,
+                                 struct bq_task_result *res, bq_err *err);
+
+/* Starts each of tasks[0..n) for tasks[i].worker: submitted -> working, its attempt counted
+ * and its pending request cleared (store:start); a task nobody recorded is created working
+ * with one attempt from the other fields (their state is ignored); a task in another state
+ * is left as it is, res[i] saying which. In one round trip when the storage can batch and the
+ * ids are distinct, else one by one. */
+bq_status bq_storage_start_many(bq_storage *s, const struct bq_task_new *tasks, size_t n,
+                                struct bq_task_result *res, bq_err *err);
 
 /* The implementations' constructors (bq_storage_open picks one). */
 bq_status bq_storage_mem_open(int max_tasks, bq_storage **out, bq_err *err);

@@ -478,6 +478,57 @@ TEST(appends_concatenate_arrays)
     CHECK_CONTAINS(err.msg, "PQexecPrepared(bq_change)");
 }
 
+/* A batch of changes is one statement, each still an exact compare-and-set: made where the
+ * state allows, refused (with the state that refused it) where not, unknown ids not found;
+ * appends, workers and attempts as one by one. Repeated ids go one by one. */
+TEST(change_many_is_a_batch_of_compare_and_sets)
+{
+    NEED_PG();
+    struct bq_task_result res[5];
+    bq_err err;
+    CHECK_INT(create(store, "cm-1", NULL, "[1]", &res[0]), BQ_OK);
+    CHECK_INT(create(store, "cm-2", NULL, NULL, &res[0]), BQ_OK);
+    CHECK_INT(create(store, "cm-3", NULL, NULL, &res[0]), BQ_OK);
+    struct bq_task_change done = cas("cm-3", NULL, "completed");
+    CHECK_INT(change(store, &done, &res[0]), BQ_OK);
+    struct bq_task_change c[4] = {cas("cm-1", "submitted", "working"), cas("cm-2", "submitted", "working"),
+                                  cas("cm-3", "submitted", "working"), cas("cm-nope", "submitted", "working")};
+    for (int i = 0; i < 4; i++) {
+        c[i].count_attempt = true;
+        c[i].worker = "w-7";
+        c[i].requested = "";
+    }
+    c[0].append_history = "[\"two\"]";
+    CHECK_INT(bq_storage_change_many(store, c, 4, res, &err), BQ_OK);
+    CHECK(res[0].changed && res[0].found);
+    CHECK_STR(res[0].state, "working");
+    CHECK_INT(res[0].attempts, 1);
+    CHECK(res[1].changed);
+    CHECK(!res[2].changed && res[2].found);
+    CHECK_STR(res[2].state, "completed");
+    CHECK_INT(res[2].attempts, 0);
+    CHECK(!res[3].changed && !res[3].found);
+    struct bq_task_rec r;
+    bool found;
+    CHECK_INT(store->ops->get(store, "cm-1", &r, &found, NULL), BQ_OK);
+    CHECK_STR(r.history, "[1, \"two\"]");
+    CHECK_STR(r.worker, "w-7");
+    CHECK_STR(r.state, "working");
+    bq_task_rec_clear(&r);
+    /* the same id twice: one by one, the second refused by the first */
+    struct bq_task_change twice[2] = {cas("cm-2", "working", "completed"), cas("cm-2", "working", "failed")};
+    CHECK_INT(bq_storage_change_many(store, twice, 2, res, &err), BQ_OK);
+    CHECK(res[0].changed && !res[1].changed);
+    CHECK_STR(res[1].state, "completed");
+    /* a bad change refuses the whole batch before anything is sent */
+    struct bq_task_change bad[2] = {cas("cm-1", "working", "completed"), cas("cm-2", NULL, "nonsense")};
+    CHECK_INT(bq_storage_change_many(store, bad, 2, res, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "unknown state 'nonsense'");
+    CHECK_INT(store->ops->get(store, "cm-1", &r, &found, NULL), BQ_OK);
+    CHECK_STR(r.state, "working");
+    bq_task_rec_clear(&r);
+}
+
 TEST(checkpoint_error_requested_worker_set_and_clear)
 {
     NEED_PG();
@@ -1121,6 +1172,7 @@ int main(void)
     RUN(create_twice_changes_nothing);
     RUN(change_is_a_compare_and_set_and_terminal_states_stick);
     RUN(appends_concatenate_arrays);
+    RUN(change_many_is_a_batch_of_compare_and_sets);
     RUN(checkpoint_error_requested_worker_set_and_clear);
     RUN(count_attempt_counts_applied_changes_only);
     RUN(list_filters_and_orders_newest_first);

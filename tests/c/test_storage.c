@@ -248,6 +248,27 @@ TEST(max_tasks_bounds_the_records)
     bq_storage_mem_reset();
 }
 
+/* Without a batch of its own, the memory storage makes a batch of changes one by one, with
+ * the same results. */
+TEST(change_many_one_by_one)
+{
+    bq_storage_mem_reset();
+    bq_storage *s = open_mem();
+    struct bq_task_result res[3];
+    struct bq_task_new t = {"cmm-1", NULL, NULL, NULL, NULL, NULL, NULL, 0};
+    CHECK_INT(s->ops->create(s, &t, &res[0], NULL), BQ_OK);
+    struct bq_task_change c[3] = {{.id = "cmm-1", .from = "submitted", .to = "working", .count_attempt = true},
+                                  {.id = "cmm-1", .from = "submitted", .to = "working"},
+                                  {.id = "cmm-2", .to = "working"}};
+    CHECK_INT(bq_storage_change_many(s, c, 3, res, NULL), BQ_OK);
+    CHECK(res[0].changed && res[0].attempts == 1);
+    CHECK(!res[1].changed && res[1].found);
+    CHECK_STR(res[1].state, "working");
+    CHECK(!res[2].changed && !res[2].found);
+    bq_storage_unref(s);
+    bq_storage_mem_reset();
+}
+
 /* A bound of 16,384 or more is split over shards (mem.c): the bound stays exact, listing is
  * newest first across them, and a change of bound deals the records out again. */
 TEST(a_large_bound_is_sharded_and_exact)
@@ -323,6 +344,7 @@ int main(void)
     RUN(open_checks_the_type);
     RUN(max_tasks_bounds_the_records);
     RUN(a_large_bound_is_sharded_and_exact);
+    RUN(change_many_one_by_one);
     bq_storage_mem_reset();
     return check_report("test_storage");
 }

@@ -92,7 +92,7 @@ static void reset(void)
     memset(seen, 0, sizeof seen);
 }
 
-static const struct bq_slot_ops ops = {ok_init, handle, fini, NULL};
+static const struct bq_slot_ops ops = {ok_init, handle, fini, NULL, NULL};
 
 /* A prepare that settles nothing, and counts the chunks and their largest size. */
 static atomic_int chunks, chunk_max, prepared;
@@ -105,7 +105,7 @@ static void count_prepare(void *state, const struct bq_msg *msgs, int n, bool *s
     while (n > m && !atomic_compare_exchange_weak(&chunk_max, &m, n))
         ;
 }
-static const struct bq_slot_ops chunk_ops = {ok_init, handle, fini, count_prepare};
+static const struct bq_slot_ops chunk_ops = {ok_init, handle, fini, count_prepare, NULL};
 
 static void push_numbers(bq_broker *b, const char *queue, int n)
 {
@@ -245,7 +245,7 @@ static void slow_handle(void *state, const struct bq_msg *msg, struct bq_outcome
     if (atomic_load(&settled_marked[v]))
         atomic_fetch_add(&settled_seen[v], 1);
     else
-        usleep(200);
+        usleep(100);
     handle(state, msg, out);
 }
 
@@ -256,7 +256,7 @@ TEST(a_stop_hands_back_a_chunk_but_what_prepare_settled)
         atomic_store(&settled_seen[i], 0);
         atomic_store(&settled_marked[i], 0);
     }
-    struct bq_slot_ops sops = {ok_init, slow_handle, fini, settle_prepare};
+    struct bq_slot_ops sops = {ok_init, slow_handle, fini, settle_prepare, NULL};
     struct bq_config cfg = {.url = NULL, .url_source = "test", .queue_name = (char *)"test:worker:chunkstop",
                             .max_connections = 2, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
@@ -266,8 +266,14 @@ TEST(a_stop_hands_back_a_chunk_but_what_prepare_settled)
     bq_broker *b = bq_worker_broker(w);
     push_numbers(b, "test:worker:chunkstop", 400);
     CHECK_INT(bq_worker_start(w, false, NULL), BQ_OK);
-    for (int i = 0; i < 500 && atomic_load(&handled) < 60; i++)
+    /* stop once chunks were taken (a settled mark) and some tasks ran */
+    int marks = 0;
+    for (int i = 0; i < 1000 && (atomic_load(&handled) < 60 || marks == 0); i++) {
         usleep(2000);
+        marks = 0;
+        for (int j = 0; j < 400; j++)
+            marks += atomic_load(&settled_marked[j]);
+    }
     bq_worker_stop(w);
     enum bq_event_kind kind;
     do {
@@ -330,7 +336,7 @@ TEST(a_failing_slot_init_fails_the_start)
                             .max_connections = 2, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
     struct bq_worker_options o = {&cfg, NULL, 0, NULL, 3, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0};
-    struct bq_slot_ops bad = {bad_init, handle, fini, NULL};
+    struct bq_slot_ops bad = {bad_init, handle, fini, NULL, NULL};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &bad, NULL, &w, &err), BQ_OK);
@@ -375,7 +381,7 @@ static void control_reaches(const char *url, const char *queue)
                             .max_connections = 4, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
     struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0};
-    struct bq_slot_ops cops = {ctl_init, ctl_handle, fini, NULL};
+    struct bq_slot_ops cops = {ctl_init, ctl_handle, fini, NULL, NULL};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &cops, NULL, &w, &err), BQ_OK);
@@ -421,6 +427,34 @@ TEST(control_reaches_the_running_slot)
         snprintf(queue, sizeof queue, "test:worker:ctl:%d", (int)getpid());
         control_reaches(url, queue);
     }
+}
+
+/* A cancel or pause for a task named ahead (its chunk started it in storage, it has not run
+ * yet) is kept and becomes its control request when it runs; others' requests are not. */
+TEST(control_for_a_task_ahead_is_kept_until_it_runs)
+{
+    struct bq_slot_ctl ctl;
+    memset(&ctl, 0, sizeof ctl);
+    pthread_mutex_init(&ctl.mu, NULL);
+    pthread_cond_init(&ctl.cv, NULL);
+    const char *ids[] = {"t-a", "t-b", "t-c"};
+    bq_slot_set_ahead(&ctl, ids, 3);
+    CHECK(bq_slot_request(&ctl, BQ_CONTROL_CANCEL, "t-b"));
+    CHECK(bq_slot_request(&ctl, BQ_CONTROL_PAUSE, "t-c"));
+    CHECK(bq_slot_request(&ctl, BQ_CONTROL_PAUSE, "t-b")); /* the cancel stays */
+    CHECK(!bq_slot_request(&ctl, BQ_CONTROL_CANCEL, "t-z"));
+    bq_slot_set_task(&ctl, "t-a");
+    CHECK_INT(atomic_load(&ctl.control), BQ_CONTROL_NONE);
+    bq_slot_set_task(&ctl, "t-b");
+    CHECK_INT(atomic_load(&ctl.control), BQ_CONTROL_CANCEL);
+    bq_slot_set_task(&ctl, "t-c");
+    CHECK_INT(atomic_load(&ctl.control), BQ_CONTROL_PAUSE);
+    bq_slot_set_task(&ctl, "t-b"); /* taken once: a second naming starts clean */
+    CHECK_INT(atomic_load(&ctl.control), BQ_CONTROL_NONE);
+    CHECK(!bq_slot_request(&ctl, BQ_CONTROL_CANCEL, "t-a")); /* no longer ahead, not running */
+    CHECK(bq_slot_request(&ctl, BQ_CONTROL_CANCEL, "t-b")); /* running now */
+    pthread_cond_destroy(&ctl.cv);
+    pthread_mutex_destroy(&ctl.mu);
 }
 
 TEST(control_messages_parse)
@@ -469,6 +503,7 @@ int main(void)
     RUN(a_failing_slot_init_fails_the_start);
     RUN(options_are_checked);
     RUN(control_reaches_the_running_slot);
+    RUN(control_for_a_task_ahead_is_kept_until_it_runs);
     RUN(control_messages_parse);
     return check_report("test_worker");
 }

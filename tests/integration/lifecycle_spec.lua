@@ -246,6 +246,53 @@ describe("#redis #pg lifecycle", function()
         s:close()
     end)
 
+    it("starts and finishes a deep queue's tasks in batches, each exactly once, with its history", function()
+        local q = qname("pgbatch")
+        local N = 2000
+        -- queued by a producer that keeps no state here (half) and by a PostgreSQL one (half)
+        local raw = bq.scheduler{ scheduler = { url = server.url, queue_name = q }, storage = { type = "memory" } }
+        local s = scheduler(q)
+        for i = 1, N do
+            local op = { task_id = q .. "-" .. i, messages = { "hello " .. i } }
+            assert((i % 2 == 0 and s or raw):run(op))
+        end
+        local function commits()
+            local out = db:psql("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+            return tonumber(out:match("%d+"))
+        end
+        local c0 = commits()
+        local w = worker(q, { BQ_TEST_CONCURRENCY = 1 })
+        local done = proc.wait_for(function()
+            return db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND state = 'completed'"):format(q))
+                :match("%d+") == tostring(N)
+        end, 60, 0.2)
+        assert(done, "not all completed")
+        assert(proc.wait_for(function() return s:queue_length() == 0 and s:inflight_count() == 0 end, 10))
+        proc.stop(w)
+        -- a backend's statistics reach pg_stat_database at the latest when it exits
+        local txns
+        proc.wait_for(function()
+            local now = commits()
+            local settled = now == txns
+            txns = now
+            return settled
+        end, 5, 0.3)
+        txns = txns - c0
+        -- each once: one attempt, the message and the handler's answer in its history
+        local bad = db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND (attempts <> 1"
+                             .. " OR jsonb_array_length(history) <> 2 OR worker IS NULL)"):format(q))
+        assert.are.equal("0", bad:match("%d+"))
+        local t = s:get_task(q .. "-7")
+        assert.are.equal("hello 7", t.history[1].content)
+        assert.are.equal("answer: hello 7 (1)", t.history[2].content)
+        -- two or three statements a task one by one (4,000-6,000 transactions); in batches of
+        -- up to 32 a few hundred
+        print(("\n# PostgreSQL state in batches: %d tasks, %d transactions"):format(N, txns))
+        assert.is_true(txns < 1700, txns .. " transactions")
+        raw:close()
+        s:close()
+    end)
+
     it("carries on through a PostgreSQL restart: no task is left working", function()
         local q = qname("pgrestart")
         local w1 = worker(q, { BQ_TEST_CONCURRENCY = 4, BQ_TEST_RETRY_BASE = 0.2, BQ_TEST_MAX_ATTEMPTS = 20 })
