@@ -841,9 +841,11 @@ static bool give_back_chunk(bq_worker *w, struct slot *s)
     return s->chunk_at == s->chunk_n;
 }
 
-/* Slot s's pending outcomes (bq_slot_ops.flush), then each message finished as usual.
- * Called and returns with w->mu held. */
-static void flush_pending(bq_worker *w, struct slot *s)
+/* Slot s's pending outcomes (bq_slot_ops.flush), then each message finished as usual. The
+ * flush counts as running, so a shutdown waits for it like for a handler. Called with w->mu
+ * held; returns true with it held, or false, without it, if the shutdown abandoned the slot
+ * meanwhile (its messages stay leased: the reaper gives them back). */
+static bool flush_pending(bq_worker *w, struct slot *s)
 {
     int n = s->npend;
     struct bq_msg msgs[BQ_CHUNK_MAX];
@@ -858,8 +860,15 @@ static void flush_pending(bq_worker *w, struct slot *s)
         outs[i].pickup = NAN;
     }
     s->npend = 0;
+    s->running = true;
+    w->running++;
     pthread_mutex_unlock(&w->mu);
     w->ops.flush(s->state, msgs, outs, n);
+    if (atomic_load(&w->abandoned)) { /* the process is leaving: touch nothing else */
+        for (int i = 0; i < n; i++)
+            outcome_free(&outs[i]);
+        return false;
+    }
     bool moved[BQ_CHUNK_MAX];
     for (int i = 0; i < n; i++) {
         if (outs[i].kind == BQ_OUTCOME_PENDING) { /* a flush that decided nothing */
@@ -869,13 +878,16 @@ static void flush_pending(bq_worker *w, struct slot *s)
         moved[i] = finish(w, &msgs[i], &outs[i], took[i]);
     }
     pthread_mutex_lock(&w->mu);
+    s->running = false;
+    w->running--;
     w->inflight -= n;
     if (w->inflight <= w->wake_at || w->stopping)
-        pthread_cond_signal(&w->cv_space);
+        pthread_cond_broadcast(&w->cv_space);
     for (int i = 0; i < n; i++) {
         if (!moved[i])
             bq_free(msgs[i].data);
     }
+    return true;
 }
 
 static void *slot_main(void *arg)
@@ -900,8 +912,8 @@ static void *slot_main(void *arg)
      * cores, four acquisitions a task were a fifth of the worker's time in futex calls. */
     pthread_mutex_lock(&w->mu);
     while (st == BQ_OK) {
-        if (s->npend > 0 && (s->chunk_at == s->chunk_n || w->stopping))
-            flush_pending(w, s);
+        if (s->npend > 0 && (s->chunk_at == s->chunk_n || w->stopping) && !flush_pending(w, s))
+            return NULL; /* abandoned: the worker is left allocated for us */
         if (s->chunk_at == s->chunk_n) {
             s->chunk_at = s->chunk_n = 0;
             while (w->ring_n == 0 && !w->dispatcher_done)
