@@ -851,9 +851,11 @@ static bool flush_pending(bq_worker *w, struct slot *s)
     struct bq_msg msgs[BQ_CHUNK_MAX];
     struct bq_outcome outs[BQ_CHUNK_MAX];
     double took[BQ_CHUNK_MAX];
+    char ids[BQ_CHUNK_MAX][BQ_MAX_ID_LEN + 1];
     memcpy(msgs, s->pend, (size_t)n * sizeof *msgs);
     memcpy(took, s->pend_took, (size_t)n * sizeof *took);
     for (int i = 0; i < n; i++) {
+        memcpy(ids[i], s->pend_out[i].task_id, sizeof ids[i]);
         outcome_free(&s->pend_out[i]);
         memset(&outs[i], 0, sizeof outs[i]);
         outs[i].attempt = 1;
@@ -871,8 +873,11 @@ static bool flush_pending(bq_worker *w, struct slot *s)
     }
     bool moved[BQ_CHUNK_MAX];
     for (int i = 0; i < n; i++) {
-        if (outs[i].kind == BQ_OUTCOME_PENDING) { /* a flush that decided nothing */
+        /* A flush that decided nothing for it, or answered for another task: it runs again. */
+        if (outs[i].kind == BQ_OUTCOME_PENDING || strcmp(outs[i].task_id, ids[i]) != 0) {
+            outcome_free(&outs[i]);
             outs[i].kind = BQ_OUTCOME_INTERRUPTED;
+            memcpy(outs[i].task_id, ids[i], sizeof outs[i].task_id);
             outs[i].reason = bq_strdup("its stored state could not be written with its chunk");
         }
         moved[i] = finish(w, &msgs[i], &outs[i], took[i]);

@@ -69,6 +69,7 @@ struct slot_state {
     int chunk_n;
     int prep_ref, prep_n, prep_at;
     const char *prep_ptr[BQ_CHUNK_MAX];
+    size_t prep_len[BQ_CHUNK_MAX];
 };
 
 /* The handler state of the current thread: each slot thread runs exactly one. */
@@ -351,6 +352,7 @@ static void slot_prepare(void *state, const struct bq_msg *msgs, int n, bool *se
             }
             lua_pop(L, 1);
             s->prep_ptr[i] = msgs[i].data;
+            s->prep_len[i] = msgs[i].len;
         }
         s->prep_ref = luaL_ref(L, LUA_REGISTRYINDEX);
         s->prep_n = n;
@@ -405,7 +407,7 @@ static void push_prepared(struct slot_state *s, const struct bq_msg *msg)
 {
     lua_State *L = s->L;
     for (int i = s->prep_at; i < s->prep_n; i++) {
-        if (s->prep_ptr[i] == msg->data) {
+        if (s->prep_ptr[i] == msg->data && s->prep_len[i] == msg->len) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, s->prep_ref);
             lua_rawgeti(L, -1, i + 1);
             lua_remove(L, -2);
