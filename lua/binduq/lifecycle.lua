@@ -676,7 +676,12 @@ function M.make_process(w, info)
             if #starts > 1 then
                 core.slot_ahead(named)
                 -- On an error nothing is decided: each starts for itself in process.
-                for j, r in ipairs(store:start_many(starts) or {}) do preps[at[j]].start = r end
+                -- A task started here is settled: a stop runs it rather than hand it back (its
+                -- stored state says working; a first delivery of it would be taken for a
+                -- duplicate run).
+                for j, r in ipairs(store:start_many(starts) or {}) do
+                    preps[at[j]].start, preps[at[j]].settled = r, r[1] or nil
+                end
             end
         end
         return preps

@@ -133,9 +133,9 @@ struct bq_slot_ops {
     /* Optional, on the slot thread: while the queue is deep and tasks are quick, a slot takes
      * a chunk of up to BQ_CHUNK_MAX messages at once, calls this for them all, then handle for
      * each in order. It may decide for the whole chunk in one round trip what handle would
-     * decide for each (rate-limit admissions). It sets settled[i] when message i's fate is
-     * decided already (queued again for later): handle must still be called for it, even at
-     * a shutdown, when the others are handed back unhandled. */
+     * decide for each (rate-limit admissions, stored states). It sets settled[i] when message
+     * i must be handled rather than handed back (its task is started in the storage): handle
+     * is called for it even at a shutdown, when the others are handed back unhandled. */
     void (*prepare)(void *state, const struct bq_msg *msgs, int n, bool *settled);
     /* Optional, on the slot thread: the messages of a chunk whose handle reported
      * BQ_OUTCOME_PENDING (their handlers returned; their stored states are to be written

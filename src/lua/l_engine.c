@@ -313,9 +313,9 @@ static void drop_prepared(struct slot_state *s)
 }
 
 /* prepare({ {raw=, q=, sealed=}, ... }) -> { entry | false, ... }   (lifecycle.lua)
- * Each entry is handed to process with its message; entry.settled says the message's fate
- * is decided (queued again for later). An error is logged and the chunk handled as if
- * there had been no prepare. */
+ * Each entry is handed to process with its message; entry.settled says the message must be
+ * handled even at a shutdown (its task is started in the storage). An error is logged and the
+ * chunk handled as if there had been no prepare. */
 static void slot_prepare(void *state, const struct bq_msg *msgs, int n, bool *settled)
 {
     struct slot_state *s = state;

@@ -293,6 +293,33 @@ describe("#redis #pg lifecycle", function()
         s:close()
     end)
 
+    it("stops in the middle of batches without leaving a task working; another worker completes the rest", function()
+        local q = qname("pgstop")
+        local N = 3000
+        local raw = bq.scheduler{ scheduler = { url = server.url, queue_name = q }, storage = { type = "memory" } }
+        for i = 1, N do assert(raw:run{ task_id = q .. "-" .. i, messages = { "hi " .. i } }) end
+        local function count(state)
+            return tonumber(db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND state = '%s'")
+                :format(q, state)):match("%d+"))
+        end
+        local w1 = worker(q, { BQ_TEST_CONCURRENCY = 1 })
+        assert(proc.wait_for(function() return count("completed") >= 300 end, 30, 0.05))
+        assert.are.equal(0, proc.stop(w1, 20))
+        local first = count("completed")
+        assert.is_true(first < N, "the first worker finished everything before its stop")
+        local w2 = worker(q, { BQ_TEST_CONCURRENCY = 1 })
+        local done = proc.wait_for(function() return count("completed") == N end, 60, 0.2)
+        proc.stop(w2)
+        local shown = db:psql(("SELECT state || '=' || count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' GROUP BY state")
+                              :format(q))
+        assert(done, "states: " .. tostring(shown))
+        -- each ran once: no second attempt, one answer in its history
+        local twice = db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND (attempts <> 1"
+                               .. " OR jsonb_array_length(history) <> 2)"):format(q))
+        assert.are.equal("0", twice:match("%d+"))
+        raw:close()
+    end)
+
     it("carries on through a PostgreSQL restart: no task is left working", function()
         local q = qname("pgrestart")
         local w1 = worker(q, { BQ_TEST_CONCURRENCY = 4, BQ_TEST_RETRY_BASE = 0.2, BQ_TEST_MAX_ATTEMPTS = 20 })
