@@ -1311,8 +1311,11 @@ static void *dispatcher_main(void *arg)
             pthread_mutex_unlock(&w->mu);
             break;
         }
+        /* The last round's emptied array goes back for the slots' acks: no growing it
+         * again, under the lock, every round. */
+        struct bq_batch spare = acks;
         acks = w->acks;
-        memset(&w->acks, 0, sizeof w->acks);
+        w->acks = spare;
         int want = cap - w->inflight;
         int seen_inflight = w->inflight;
         bool drain = w->drain;
@@ -1369,7 +1372,7 @@ static void *dispatcher_main(void *arg)
             for (size_t i = res.acked; i < req.nacks; i++)
                 lease_lost(w, "ack", NULL);
         }
-        bq_batch_free(&acks);
+        bq_batch_clear(&acks);
         reap_dead(w, &res.dead);
         if (st != BQ_OK) {
             unsure = unsure || (lease && req.max > 0);
