@@ -630,6 +630,27 @@ static bool handback(bq_worker *w, const struct bq_msg *msgs, size_t n, const ch
     return st == BQ_OK;
 }
 
+/* Acknowledges one message now, in a round trip of its own (the dispatcher is blocked in a
+ * fetch, or stopping). */
+static void ack_direct(bq_worker *w, struct bq_msg *msg, const char *tid)
+{
+    size_t acked = 0;
+    bq_err err;
+    bq_status st;
+    WITH_RETRIES(w, "ack", tid, w->broker->ops->ack(w->broker, &w->who, msg, 1, &acked, &err));
+    if (st == BQ_OK && acked == 0)
+        lease_lost(w, "ack", tid);
+    else if (st != BQ_OK)
+        write_failed(w, "ack", tid, msg);
+}
+
+/* Whether msg's ack can ride along with the dispatcher's next fetch: then it is taken into the
+ * pending acks (its ownership moves there). Called with w->mu held. */
+static bool ack_deferred(bq_worker *w, struct bq_msg *msg)
+{
+    return !w->fetch_blocking && !w->stopping && bq_batch_take(&w->acks, *msg) == BQ_OK;
+}
+
 /* Acknowledges one message. Returns true if the message's ownership moved to the pending
  * acks (the dispatcher sends them with its next fetch); false if the caller still owns it.
  * At-most-once nothing is leased: only a message with a "#bq" header has something to
@@ -641,22 +662,24 @@ static bool ack(bq_worker *w, struct bq_msg *msg, const char *tid)
             return false;
     } else {
         pthread_mutex_lock(&w->mu);
-        if (!w->fetch_blocking && !w->stopping && bq_batch_take(&w->acks, *msg) == BQ_OK) {
-            pthread_mutex_unlock(&w->mu);
-            return true;
-        }
+        bool moved = ack_deferred(w, msg);
         pthread_mutex_unlock(&w->mu);
+        if (moved)
+            return true;
     }
-    /* The dispatcher is blocked in a fetch (or stopping): acknowledge directly. */
-    size_t acked = 0;
-    bq_err err;
-    bq_status st;
-    WITH_RETRIES(w, "ack", tid, w->broker->ops->ack(w->broker, &w->who, msg, 1, &acked, &err));
-    if (st == BQ_OK && acked == 0)
-        lease_lost(w, "ack", tid);
-    else if (st != BQ_OK)
-        write_failed(w, "ack", tid, msg);
+    ack_direct(w, msg, tid);
     return false;
+}
+
+/* An acknowledgement from finish: left to the caller when it asked (want_ack) and the
+ * delivery leases, else made now. */
+static bool settle_ack(bq_worker *w, struct bq_msg *msg, const char *tid, bool *want_ack)
+{
+    if (want_ack != NULL && w->who.delivery == BQ_AT_LEAST_ONCE) {
+        *want_ack = true;
+        return false;
+    }
+    return ack(w, msg, tid);
 }
 
 static const char *const outcome_names[] = {
@@ -715,8 +738,11 @@ bool bq_worker_running(bq_worker *w)
     return r;
 }
 
-/* Carries out a slot's decision about msg. Returns true if msg's ownership moved on. */
-static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, double duration)
+/* Carries out a slot's decision about msg. Returns true if msg's ownership moved on. With
+ * want_ack, an at-least-once ack is left to the caller instead (*want_ack set): it takes it
+ * into the pending acks in the critical section it enters anyway (slot_main). */
+static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, double duration,
+                   bool *want_ack)
 {
     if (out->kind != BQ_OUTCOME_DEFERRED && out->kind != BQ_OUTCOME_MALFORMED)
         observe(w->h_dur, &w->h_dur_sum_us, duration);
@@ -740,20 +766,20 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
         atomic_fetch_add(&w->n_completed, 1);
         bq_log(BQ_LOG_INFO, "completed", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, NULL);
-        moved = ack(w, msg, tid);
+        moved = settle_ack(w, msg, tid, want_ack);
         break;
     case BQ_OUTCOME_SKIPPED:
         atomic_fetch_add(&w->n_skipped, 1);
         bq_log(BQ_LOG_INFO, "skipped", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "reason", out->reason, NULL);
-        moved = ack(w, msg, tid);
+        moved = settle_ack(w, msg, tid, want_ack);
         break;
     case BQ_OUTCOME_DROPPED:
         atomic_fetch_add(&w->n_failed, 1);
         atomic_fetch_add(&w->n_dropped, 1);
         bq_log(BQ_LOG_WARN, "dropped", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "error", out->reason, NULL);
-        moved = ack(w, msg, tid);
+        moved = settle_ack(w, msg, tid, want_ack);
         break;
     case BQ_OUTCOME_RETRY:
         atomic_fetch_add(&w->n_failed, 1);
@@ -781,19 +807,19 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
         atomic_fetch_add(&w->n_canceled, 1);
         bq_log(BQ_LOG_INFO, "canceled", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, "reason", out->reason, NULL);
-        moved = ack(w, msg, tid);
+        moved = settle_ack(w, msg, tid, want_ack);
         break;
     case BQ_OUTCOME_PAUSED:
         atomic_fetch_add(&w->n_paused, 1);
         bq_log(BQ_LOG_INFO, "paused", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, NULL);
-        moved = ack(w, msg, tid);
+        moved = settle_ack(w, msg, tid, want_ack);
         break;
     case BQ_OUTCOME_WAITING:
         atomic_fetch_add(&w->n_waiting, 1);
         bq_log(BQ_LOG_INFO, "waiting", "task_id", tid, "trace_id", trace, "type", type, "queue", queue,
                "worker", w->id, "#duration_ms", ms, "state", out->state, NULL);
-        moved = ack(w, msg, tid);
+        moved = settle_ack(w, msg, tid, want_ack);
         break;
     case BQ_OUTCOME_DEFERRED:
         /* Not admitted by the rate limiter: queued again for when it would be. */
@@ -880,7 +906,7 @@ static bool flush_pending(bq_worker *w, struct slot *s)
             memcpy(outs[i].task_id, ids[i], sizeof outs[i].task_id);
             outs[i].reason = bq_strdup("its stored state could not be written with its chunk");
         }
-        moved[i] = finish(w, &msgs[i], &outs[i], took[i]);
+        moved[i] = finish(w, &msgs[i], &outs[i], took[i], NULL);
     }
     pthread_mutex_lock(&w->mu);
     s->running = false;
@@ -971,10 +997,15 @@ static void *slot_main(void *arg)
             out.kind = BQ_OUTCOME_INTERRUPTED; /* handed back: it runs again */
             out.reason = bq_strdup("its outcome was left pending");
         }
+        /* An ack is taken into the pending acks below, in the critical section the slot
+         * enters anyway: one lock a task, not two. tid is kept for a direct ack's logs. */
+        bool want_ack = false;
+        char tid[BQ_MAX_ID_LEN + 1];
+        snprintf(tid, sizeof tid, "%s", out.task_id);
         if (abandoned) /* the process is leaving */
             outcome_free(&out);
         else if (!pending)
-            moved = finish(w, &msg, &out, bq_now_mono() - t0);
+            moved = finish(w, &msg, &out, bq_now_mono() - t0, &want_ack);
 
         double took = bq_now_mono() - t0;
         bool trim = !moved && !pending && msg.len >= TRIM_AFTER;
@@ -991,12 +1022,15 @@ static void *slot_main(void *arg)
         } else {
             w->inflight--;
         }
+        bool ack_now = want_ack && !(moved = ack_deferred(w, &msg));
         atomic_store(&s->ctl.interrupt, 0);
         bq_slot_set_task(&s->ctl, NULL);
         if (w->inflight <= w->wake_at || w->stopping)
             pthread_cond_signal(&w->cv_space);
-        if (abandoned || trim) {
+        if (abandoned || trim || ack_now) {
             pthread_mutex_unlock(&w->mu);
+            if (ack_now) /* the dispatcher waits in a fetch, or stops: acknowledge it now */
+                ack_direct(w, &msg, tid[0] ? tid : NULL);
             if (!moved)
                 bq_free(msg.data);
             if (trim)
