@@ -153,7 +153,8 @@ local TRUE_ARTIFACTS = scalar_artifacts(true)
 -- ---- The per-message function ---------------------------------------------------------------
 
 -- Returns process(raw, queue_index, sealed, prepared), the per-message function;
--- prepare(list), which the engine calls for a chunk of messages taken together; and flush(),
+-- prepare(list), which the engine calls for a chunk of messages taken together (nil when a
+-- chunk has nothing to decide together: no rate limit, the memory storage); and flush(),
 -- which it calls once the chunk's handlers ran, for the outcomes process left "pending"
 -- (src/lua/l_engine.c has the contracts).
 function M.make_process(w, info)
@@ -625,7 +626,6 @@ function M.make_process(w, info)
     -- (its task turned out canceled, say) only leaves its slot in the window unused; one not
     -- admitted is deferred by process like a retry. Returns one entry per message for process.
     local function prepare(list)
-        if not rl and not batch_store then return nil end -- nothing to do together
         local preps, reqs, ids, defer = {}, {}, {}, batch_store
         for i, m in ipairs(list) do
             local task, why, partial, header = decode(m.raw, m.q, m.sealed)
@@ -730,7 +730,7 @@ function M.make_process(w, info)
             out = { result = out, trace_id = current_trace, pickup = pickup }
         end
         return status, id, ty, out
-    end, prepare, flush
+    end, (rl or batch_store) and prepare or nil, flush -- no prepare: nothing to decide together
 end
 
 return M

@@ -774,6 +774,21 @@ static bq_status batch_results(PGresult *res, size_t n, struct bq_task_result *o
     return BQ_OK;
 }
 
+/* Runs batch statement stmt with the JSON array b (freed here) and reads its n rows. */
+static bq_status run_batch(pg_storage *s, int stmt, bq_buf *b, size_t n,
+                           struct bq_task_result *out, bq_err *err)
+{
+    if (b->oom) {
+        bq_buf_free(b);
+        return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+    }
+    const char *vals[] = {b->p};
+    PGresult *res;
+    bq_status st = run1(s, stmt, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
+    bq_buf_free(b);
+    return st != BQ_OK ? st : batch_results(res, n, out, err);
+}
+
 static bq_status pg_change_many(bq_storage *base, const struct bq_task_change *changes,
                                 size_t n, struct bq_task_result *out, bq_err *err)
 {
@@ -810,17 +825,7 @@ static bq_status pg_change_many(bq_storage *base, const struct bq_task_change *c
         bq_buf_putc(&b, '}');
     }
     bq_buf_putc(&b, ']');
-    if (b.oom) {
-        bq_buf_free(&b);
-        return bq_err_set(err, BQ_ENOMEM, "storage change: out of memory");
-    }
-    const char *vals[] = {b.p};
-    PGresult *res;
-    bq_status st = run1(s, ST_CHANGE_MANY, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
-    bq_buf_free(&b);
-    if (st != BQ_OK)
-        return st;
-    return batch_results(res, n, out, err);
+    return run_batch(s, ST_CHANGE_MANY, &b, n, out, err);
 }
 
 static bq_status pg_start_many(bq_storage *base, const struct bq_task_new *tasks, size_t n,
@@ -846,17 +851,7 @@ static bq_status pg_start_many(bq_storage *base, const struct bq_task_new *tasks
         bq_buf_putc(&b, '}');
     }
     bq_buf_putc(&b, ']');
-    if (b.oom) {
-        bq_buf_free(&b);
-        return bq_err_set(err, BQ_ENOMEM, "storage start: out of memory");
-    }
-    const char *vals[] = {b.p};
-    PGresult *res;
-    bq_status st = run1(s, ST_START_MANY, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
-    bq_buf_free(&b);
-    if (st != BQ_OK)
-        return st;
-    return batch_results(res, n, out, err);
+    return run_batch(s, ST_START_MANY, &b, n, out, err);
 }
 
 static bq_status pg_list(bq_storage *base, const struct bq_task_filter *f,

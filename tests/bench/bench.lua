@@ -73,10 +73,7 @@ local function median_of(label, fn)
 end
 
 -- Redis' own CPU seconds (user + sys) so far, from INFO cpu.
-local function redis_cpu(server)
-    local info = server:cli("INFO", "cpu")
-    return tonumber(info:match("used_cpu_user:([%d.]+)")) + tonumber(info:match("used_cpu_sys:([%d.]+)"))
-end
+local function redis_cpu(server) return server:cpu_seconds() end
 
 -- redis-benchmark's figure for one command: requests/s, p50 ms, Redis CPU us per request.
 local function redis_benchmark(server, test, extra, n)

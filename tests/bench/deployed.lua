@@ -40,18 +40,26 @@ local function spawn_env(base, extra)
     return e
 end
 
---- opts: url, queue, n, prefix, env (worker variables), producer_env (producer variables),
---- cpu = function() -> Redis CPU seconds so far, concurrent (start the worker first and
---- produce while it runs), inproc (the worker's own main state produces, then runs),
---- poll_url (where the bench watches the queue, if not url: a plain-TCP URL of a TLS server). Returns { rate, redis_us (Redis CPU per task, microseconds),
---- cpu_us (the worker process' CPU per task, start-up included), enqueue }.
-function M.run(opts)
+-- A run's scratch folder, the handler states' report file in it, the variables both
+-- processes get, and the worker's (opts.env, and where to report).
+local function setup(opts)
     local dir = proc.tmpdir()
     local out = dir .. "/report"
     local base = { BENCH_URL = opts.url, BENCH_QUEUE = opts.queue }
-    local penv = spawn_env(base, opts.producer_env)
     local wenv = spawn_env(base, opts.env)
     wenv.BENCH_OUT = out
+    return dir, out, base, wenv
+end
+
+--- opts: url, queue, n, prefix, env (worker variables), producer_env (producer variables),
+--- cpu = function() -> Redis CPU seconds so far, concurrent (start the worker first and
+--- produce while it runs), inproc (the worker's own main state produces, then runs),
+--- poll_url (where the bench watches the queue, if not url: a plain-TCP URL of a TLS
+--- server). Returns { rate, redis_us (Redis CPU per task, microseconds), cpu_us (the worker
+--- process' CPU per task, start-up included), enqueue }.
+function M.run(opts)
+    local dir, out, base, wenv = setup(opts)
+    local penv = spawn_env(base, opts.producer_env)
     local queues = {}
     for q in (wenv.BENCH_QUEUES or opts.queue):gmatch("[^,]+") do
         queues[#queues + 1] = core.client{ url = opts.poll_url or opts.url, queue_name = q }
@@ -125,11 +133,7 @@ end
 --- CPU (percent of a core, over `idle` seconds before the producer starts), and the
 --- producer's own schedule calls' {p50=, p99=} (ms), which the pickups include.
 function M.latency(opts)
-    local dir = proc.tmpdir()
-    local out = dir .. "/report"
-    local base = { BENCH_URL = opts.url, BENCH_QUEUE = opts.queue }
-    local wenv = spawn_env(base, opts.env)
-    wenv.BENCH_OUT = out
+    local dir, out, base, wenv = setup(opts)
     local w = proc.spawn(WORKER, { env = wenv, dir = dir })
     proc.sleep(1)
     local function ticks()
@@ -161,11 +165,8 @@ if arg and arg[0] and arg[0]:match("deployed%.lua$") then
         local k, v = arg[i]:match("^([%w_]+)=(.*)$")
         env[k] = v
     end
-    local port = url:match(":(%d+)/") or "6379"
-    local function cpu()
-        local info = proc.sh("redis-cli -p " .. port .. " INFO cpu")
-        return tonumber(info:match("used_cpu_user:([%d.]+)")) + tonumber(info:match("used_cpu_sys:([%d.]+)"))
-    end
+    local port = tonumber(url:match(":(%d+)/")) or 6379
+    local function cpu() return require("helpers.redis").cpu_seconds(port) end
     local r = M.run{ url = url, queue = env.BENCH_QUEUE or "{deployed}", n = n,
                      prefix = ("d%d-"):format(math.random(1, 1e9)), env = env, producer_env = env,
                      cpu = cpu, concurrent = env.CONCURRENT == "1", inproc = env.INPROC == "1" }

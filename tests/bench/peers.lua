@@ -56,10 +56,7 @@ end
 local redis_py = has_redis_py() and proc.sh(PY .. " -c 'import redis; print(redis.__version__)'")
 
 local server = redis.start()
-local function redis_cpu()
-    local info = server:cli("INFO", "cpu")
-    return tonumber(info:match("used_cpu_user:([%d.]+)")) + tonumber(info:match("used_cpu_sys:([%d.]+)"))
-end
+local function redis_cpu() return server:cpu_seconds() end
 
 -- One peer run: its producer process, then its worker process; rate and Redis us per task.
 local function peer(cmd_produce, cmd_work, env)

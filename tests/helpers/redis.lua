@@ -3,6 +3,7 @@
 --   local server = redis.start()        -- server.url, server.port
 --   server:cli("LLEN", "bindu:tasks")   -- through redis-cli
 --   server:restart()                    -- same port, same data directory
+--   server:cpu_seconds()                -- its CPU seconds so far (INFO cpu)
 --   server:stop()
 --   redis.start{tls = {cert=, key=, ca=, auth_clients = "no"}}  -- also a TLS port:
 --                                          -- server.tls_port, server.tls_url (rediss://)
@@ -60,6 +61,17 @@ function M.start(opts)
         proc.stop(s.proc, 1) -- most likely the port was taken: try another
     end
     error("could not start redis-server on a free port")
+end
+
+--- Redis' own CPU seconds so far (user + sys, INFO cpu) of the server on 127.0.0.1:port.
+function M.cpu_seconds(port)
+    local info = proc.sh(("redis-cli -h 127.0.0.1 -p %d INFO cpu"):format(port))
+    return tonumber(info:match("used_cpu_user:([%d.]+)")) + tonumber(info:match("used_cpu_sys:([%d.]+)"))
+end
+
+--- The same for this server.
+function Server:cpu_seconds()
+    return M.cpu_seconds(self.port)
 end
 
 --- Runs a redis-cli command; returns its output.
