@@ -87,7 +87,11 @@ typedef struct bq_client bq_client;
  *   connect_timeout  seconds, default 5
  *   command_timeout  seconds, default 5
  *   pool_timeout     seconds a caller waits for a free pooled connection, default 5
- *   memory           true forces the in-memory scheduler even when REDIS_URL is set */
+ *   memory           true forces the in-memory scheduler even when REDIS_URL is set
+ *   order            which end of a queue producers push to: "lpush" (the documentation's
+ *                    producers, workers take from the right; the default) or "rpush" (Bindu's
+ *                    RedisScheduler, workers take from the left); BINDUQ_QUEUE_ORDER
+ *   queue_orders     per-queue exceptions: {queue, order, queue, order, ..., NULL} */
 struct bq_client_options {
     const char *url;
     const char *queue_name;
@@ -96,6 +100,8 @@ struct bq_client_options {
     double command_timeout;
     double pool_timeout;
     bool memory;
+    const char *order;
+    const char *const *queue_orders;
     /* TLS, for rediss:// URLs (each also from BINDUQ_TLS_<NAME> in capitals):
      *   tls_ca_file, tls_ca_dir   trusted CAs (PEM file, hashed directory); default: the
      *                             system's store

@@ -451,10 +451,15 @@ function admin.queue(s, opts, pos)
     if pos[1] == "peek" then
         local limit = tonumber(opts.limit or 10)
         if not limit or limit < 1 or limit ~= math.floor(limit) then error({ usage = "--limit must be a positive whole number" }) end
-        -- The oldest (next taken) is at the right end.
-        local items = must(c:command(q, "LRANGE", q, tostring(-math.tointeger(limit)), "-1"))
+        -- The oldest (next taken) is at the front: the right end, or the left one for a
+        -- queue whose producers RPUSH.
         local list = {}
-        for i = #items, 1, -1 do list[#list + 1] = items[i] end
+        if c:order(q) == "rpush" then
+            list = must(c:command(q, "LRANGE", q, "0", tostring(math.tointeger(limit) - 1)))
+        else
+            local items = must(c:command(q, "LRANGE", q, tostring(-math.tointeger(limit)), "-1"))
+            for i = #items, 1, -1 do list[#list + 1] = items[i] end
+        end
         if opts.json then
             local safe = {}
             for i, m in ipairs(list) do safe[i] = utf8.len(m) and m or "(not valid UTF-8)" end

@@ -15,6 +15,7 @@ M.SCHEDULER_KEYS = {
     route = "function", levels = "table", dedup = "boolean", dedup_ttl = "number",
     dedup_key = "function", tls = "table", wait_replicas = "number", wait_timeout = "number",
     retry_on_timeout = "boolean", retries = "number",
+    order = "string|table", -- "lpush" | "rpush", or { [queue] = order } (README, "Queue order")
 }
 
 M.TLS_KEYS = { ca_file = "string", ca_dir = "string", cert_file = "string", key_file = "string",
@@ -47,8 +48,8 @@ function M.check(t, keys, what, level)
         if want == nil and not (what == "options" and M.BINDU_KEYS[k]) then
             error("unknown " .. what .. " key '" .. tostring(k) .. "'", level)
         end
-        if want ~= nil and type(v) ~= want then
-            error(what .. " key '" .. k .. "' must be a " .. want .. " (got " .. type(v) .. ")", level)
+        if want ~= nil and type(v) ~= want and not ("|" .. want .. "|"):find("|" .. type(v) .. "|", 1, true) then
+            error(what .. " key '" .. k .. "' must be a " .. want:gsub("|", " or ") .. " (got " .. type(v) .. ")", level)
         end
     end
     return t

@@ -73,15 +73,16 @@ local function check_id(name, v, required)
     return true
 end
 
--- Text of an A2A message: its text parts joined by newlines.
+-- Text of an A2A message: the text of its parts of kind "text", joined by single spaces, as
+-- Bindu's MessageConverter joins them (" ".join).
 local function parts_text(parts)
     local out = {}
     for _, p in ipairs(parts) do
-        if type(p) == "table" and (p.kind == "text" or p.kind == nil) and type(p.text) == "string" then
+        if type(p) == "table" and p.kind == "text" and type(p.text) == "string" then
             out[#out + 1] = p.text
         end
     end
-    return table.concat(out, "\n")
+    return table.concat(out, " ")
 end
 
 -- Why one message table is not valid, or nil when it is.

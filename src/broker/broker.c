@@ -10,6 +10,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 bq_status bq_batch_take(struct bq_batch *b, struct bq_msg m)
 {
@@ -56,7 +57,79 @@ void bq_batch_free(struct bq_batch *b)
     b->cap = 0;
 }
 
-bq_status bq_broker_open(const struct bq_broker_config *cfg, bq_broker **out, bq_err *err)
+bool bq_order_parse(const char *s, enum bq_order *out)
+{
+    if (s != NULL && strcasecmp(s, "lpush") == 0)
+        *out = BQ_ORDER_LPUSH;
+    else if (s != NULL && strcasecmp(s, "rpush") == 0)
+        *out = BQ_ORDER_RPUSH;
+    else
+        return false;
+    return true;
+}
+
+const char *bq_order_name(enum bq_order o)
+{
+    return o == BQ_ORDER_RPUSH ? "rpush" : "lpush";
+}
+
+enum bq_order bq_orders_of(const struct bq_orders *o, const char *queue)
+{
+    if (o == NULL)
+        return BQ_ORDER_LPUSH;
+    for (size_t i = 0; queue != NULL && i < o->n; i++)
+        if (strcmp(o->queues[i], queue) == 0)
+            return o->order[i];
+    return o->dflt;
+}
+
+bq_status bq_orders_set(struct bq_orders *o, const char *queue, enum bq_order order)
+{
+    for (size_t i = 0; i < o->n; i++) {
+        if (strcmp(o->queues[i], queue) == 0) {
+            o->order[i] = order;
+            return BQ_OK;
+        }
+    }
+    char **qs = bq_realloc(o->queues, (o->n + 1) * sizeof *qs);
+    if (qs == NULL)
+        return BQ_ENOMEM;
+    o->queues = qs;
+    enum bq_order *os = bq_realloc(o->order, (o->n + 1) * sizeof *os);
+    if (os == NULL)
+        return BQ_ENOMEM;
+    o->order = os;
+    if ((o->queues[o->n] = bq_strdup(queue)) == NULL)
+        return BQ_ENOMEM;
+    o->order[o->n++] = order;
+    return BQ_OK;
+}
+
+bq_status bq_orders_copy(struct bq_orders *dst, const struct bq_orders *src)
+{
+    memset(dst, 0, sizeof *dst);
+    if (src == NULL)
+        return BQ_OK;
+    dst->dflt = src->dflt;
+    for (size_t i = 0; i < src->n; i++) {
+        if (bq_orders_set(dst, src->queues[i], src->order[i]) != BQ_OK) {
+            bq_orders_free(dst);
+            return BQ_ENOMEM;
+        }
+    }
+    return BQ_OK;
+}
+
+void bq_orders_free(struct bq_orders *o)
+{
+    for (size_t i = 0; i < o->n; i++)
+        bq_free(o->queues[i]);
+    bq_free(o->queues);
+    bq_free(o->order);
+    memset(o, 0, sizeof *o);
+}
+
+static bq_status open_kind(const struct bq_broker_config *cfg, bq_broker **out, bq_err *err)
 {
     if (cfg->url == NULL)
         return bq_broker_open_memory(out, err);
@@ -67,6 +140,17 @@ bq_status bq_broker_open(const struct bq_broker_config *cfg, bq_broker **out, bq
                           "by this version of binduq yet",
                           cfg->url_source ? cfg->url_source : "URL");
     return bq_broker_open_redis(cfg, out, err);
+}
+
+bq_status bq_broker_open(const struct bq_broker_config *cfg, bq_broker **out, bq_err *err)
+{
+    bq_status st = open_kind(cfg, out, err);
+    if (st == BQ_OK && bq_orders_copy(&(*out)->orders, cfg->orders) != BQ_OK) {
+        bq_broker_free(*out);
+        *out = NULL;
+        st = bq_err_set(err, BQ_ENOMEM, "out of memory");
+    }
+    return st;
 }
 
 static void put_field(bq_buf *b, const char *key, const char *val)

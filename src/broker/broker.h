@@ -8,8 +8,10 @@
  * is the handler state's job. All operations are thread-safe, except that only one thread at a
  * time may call fetch on a given broker (the worker's dispatcher).
  *
- * Ordering: push adds at the head (LPUSH), fetch takes from the tail (BRPOP), so a queue is
- * FIFO, as in Bindu's documentation.
+ * Ordering: every queue is FIFO. Which end producers push to is the queue's order (below):
+ * by default the head (LPUSH) with fetches from the tail (BRPOP), as in Bindu's
+ * documentation; or the tail (RPUSH) with fetches from the head (BLPOP), as Bindu's own
+ * RedisScheduler does.
  */
 #ifndef BINDUQ_BROKER_H
 #define BINDUQ_BROKER_H
@@ -20,6 +22,36 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
+
+/* ---- Order -----------------------------------------------------------------------------
+ * Which end of a queue its producers push to; workers take from the other end (the front),
+ * so either way the queue is FIFO. What matters is that a queue's producers and workers
+ * agree, so the order belongs to the queue: a default, and overrides by queue name.
+ *   BQ_ORDER_LPUSH (the default): the documentation's producers, LPUSH + BRPOP;
+ *   BQ_ORDER_RPUSH: Bindu's RedisScheduler, RPUSH + BLPOP.
+ * A message binduq puts back to be taken next (a retry come due, a task recovered from a
+ * dead worker, a hand-back at shutdown) goes to the front; a requeued dead letter and every
+ * push go to the back. The in-memory scheduler has only this process' producers: FIFO,
+ * whatever the order says. */
+enum bq_order { BQ_ORDER_LPUSH = 0, BQ_ORDER_RPUSH = 1 };
+
+struct bq_orders {
+    enum bq_order dflt;
+    size_t n;
+    char **queues;          /* owned */
+    enum bq_order *order;   /* owned, one per queue */
+};
+
+/* "lpush" or "rpush" (any case); false for anything else. */
+bool bq_order_parse(const char *s, enum bq_order *out);
+const char *bq_order_name(enum bq_order o);
+/* The order of `queue` (NULL `o`: the default, LPUSH). */
+enum bq_order bq_orders_of(const struct bq_orders *o, const char *queue);
+/* Adds or replaces the order of one queue. */
+bq_status bq_orders_set(struct bq_orders *o, const char *queue, enum bq_order order);
+/* dst (zeroed or freed) becomes a copy of src (NULL: the default). */
+bq_status bq_orders_copy(struct bq_orders *dst, const struct bq_orders *src);
+void bq_orders_free(struct bq_orders *o);
 
 /* A borrowed byte string. */
 struct bq_slice {
@@ -196,6 +228,13 @@ struct bq_broker_ops {
      * admit it. A message not admitted is left as it is: its worker defers it (retry). */
     bq_status (*rate_limit)(bq_broker *b, const struct bq_lessee *who, long limit,
                             double period, struct bq_admission *reqs, size_t n, bq_err *err);
+    /* Reports the cancel and pause operations waiting among the newest `window` entries of
+     * Q that no call reported before, as "cancel <id>" / "pause <id>" lines appended to out,
+     * scanning Q at most once per `interval` seconds across all its workers (controls-3.lua
+     * says which are reported). The operations stay queued. NULL for the memory broker,
+     * whose producers reach running tasks through the control channel. */
+    bq_status (*controls)(bq_broker *b, const char *queue, double interval, size_t window,
+                          struct bq_batch *out, bq_err *err);
     /* Moves due delayed messages to Q. *next_due is seconds until the next one (-1: none). */
     bq_status (*promote)(bq_broker *b, const char *queue, size_t *moved, double *next_due,
                          bq_err *err);
@@ -253,7 +292,15 @@ struct bq_broker {
     const struct bq_broker_ops *ops;
     const char *kind;   /* "redis" or "memory" */
     char address[128];  /* host:port, socket path or "memory"; never credentials */
+    struct bq_orders orders; /* each queue's order, set by bq_broker_open */
 };
+
+/* The end of `queue` workers take from: 'L' (RPUSH order) or 'R' (LPUSH order), as the
+ * broker's scripts take it in ARGV. */
+static inline const char *bq_broker_front(const bq_broker *b, const char *queue)
+{
+    return bq_orders_of(&b->orders, queue) == BQ_ORDER_RPUSH ? "L" : "R";
+}
 
 struct bq_broker_config {
     const char *url;          /* NULL: the in-memory scheduler */
@@ -266,6 +313,7 @@ struct bq_broker_config {
     const char *tls_server_name; /* NULL: the host's name */
     int wait_replicas;           /* > 0: pushes WAIT for this many replicas */
     double wait_timeout;         /* seconds */
+    const struct bq_orders *orders; /* NULL: every queue LPUSH; copied by bq_broker_open */
 };
 
 /* Opens a broker. Redis connections are opened lazily, so this fails only on a bad URL. */
@@ -284,8 +332,10 @@ void bq_memory_reset(void);
 
 static inline void bq_broker_free(bq_broker *b)
 {
-    if (b != NULL)
+    if (b != NULL) {
+        bq_orders_free(&b->orders);
         b->ops->free(b);
+    }
 }
 
 /* ---- Dead-letter entries ----------------------------------------------------------------

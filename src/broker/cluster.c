@@ -78,8 +78,14 @@ static int node_index(struct cluster_broker *c, const char *host, int port, bq_e
     struct bq_broker_config nc = c->cfg;
     nc.url = url;
     bq_broker *b = NULL;
+    nc.orders = NULL;
     if (bq_broker_open_redis(&nc, &b, err) != BQ_OK)
         return -1;
+    if (bq_orders_copy(&b->orders, &c->base.orders) != BQ_OK) { /* the queues' orders */
+        bq_broker_free(b);
+        bq_err_set(err, BQ_ENOMEM, "out of memory");
+        return -1;
+    }
     struct node *n = &c->nodes[c->nnodes];
     snprintf(n->host, sizeof n->host, "%s", host);
     n->port = port;
@@ -456,6 +462,15 @@ static bq_status c_promote(bq_broker *base, const char *queue, size_t *moved, do
     return st;
 }
 
+static bq_status c_controls(bq_broker *base, const char *queue, double interval, size_t window,
+                            struct bq_batch *out, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->controls(b, queue, interval, window, out, errp_));
+    return st;
+}
+
 static bq_status c_heartbeat(bq_broker *base, const struct bq_lessee *who, double lease,
                              struct bq_batch *dead, bq_err *err)
 {
@@ -620,6 +635,7 @@ static const struct bq_broker_ops cluster_ops = {
     .held = c_held,
     .handback = c_handback,
     .rate_limit = c_rate_limit,
+    .controls = c_controls,
     .promote = c_promote,
     .heartbeat = c_heartbeat,
     .reap = c_reap,

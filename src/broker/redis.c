@@ -68,6 +68,7 @@ enum script_id {
     S_CHECKSEAL,
     S_ACK,
     S_BURYBIG,
+    S_CONTROLS,
     S_COUNT,
 };
 
@@ -93,6 +94,7 @@ static const struct {
     SCRIPT(S_CHECKSEAL, "checkseal-1", checkseal_1),
     SCRIPT(S_ACK, "ack-2", ack_2),
     SCRIPT(S_BURYBIG, "burybig-3", burybig_3),
+    SCRIPT(S_CONTROLS, "controls-3", controls_3),
 };
 #undef SCRIPT
 
@@ -265,9 +267,16 @@ static bq_status queue_key(const char *queue, enum bq_list which, char *out, bq_
     return BQ_OK;
 }
 
-/* Appends LPUSH Q msgs (in chunks) and the bell: LPUSH {Q}:bell 1, LTRIM {Q}:bell 0 63.
- * Returns the number of commands appended (each gets one reply). */
-static bq_status append_push(bq_conn *c, const char *queue, const char *bell,
+/* The command that puts a message at the back of `queue` (where producers push) and the one
+ * that puts it at the front (where workers take next). */
+static const char *to_back(const struct redis_broker *r, const char *queue)
+{
+    return *bq_broker_front(&r->base, queue) == 'L' ? "RPUSH" : "LPUSH";
+}
+
+/* Appends LPUSH (RPUSH: see bq_orders) Q msgs (in chunks) and the bell: LPUSH {Q}:bell 1,
+ * LTRIM {Q}:bell 0 63. Returns the number of commands appended (each gets one reply). */
+static bq_status append_push(bq_conn *c, const char *cmd, const char *queue, const char *bell,
                              const struct bq_slice *msgs, size_t n, size_t *ncmds, bq_err *err)
 {
     size_t chunk = n < PUSH_CHUNK ? n : PUSH_CHUNK;
@@ -278,7 +287,7 @@ static bq_status append_push(bq_conn *c, const char *queue, const char *bell,
     if (argv == NULL || lens == NULL) {
         st = bq_err_set(err, BQ_ENOMEM, "LPUSH: out of memory");
     } else {
-        argv[0] = "LPUSH";
+        argv[0] = cmd;
         lens[0] = 5;
         argv[1] = queue;
         lens[1] = strlen(queue);
@@ -335,7 +344,7 @@ static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_sli
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
     size_t ncmds = 0;
-    st = append_push(c, queue, bell, msgs, n, &ncmds, err);
+    st = append_push(c, to_back(r, queue), queue, bell, msgs, n, &ncmds, err);
     double deadline = bq_now_mono() + r->command_timeout + (double)n / 50000.0;
     if (st == BQ_OK)
         st = bq_conn_flush(c, deadline, -1, err);
@@ -373,8 +382,9 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
     /* One script call per chunk of 500, pipelined: keys and messages travel as arguments. */
     size_t chunk = n < 500 ? n : 500;
     const char **k = bq_calloc(chunk + 2, sizeof *k);
-    const char **a = bq_calloc(chunk + 1, sizeof *a);
-    size_t *al = bq_calloc(chunk + 1, sizeof *al);
+    const char **a = bq_calloc(chunk + 2, sizeof *a);
+    size_t *al = bq_calloc(chunk + 2, sizeof *al);
+    const char *front = bq_broker_front(b, queue);
     char (*dk)[KEY_MAX] = bq_calloc(chunk, sizeof *dk);
     bq_conn *c = NULL;
     if (k == NULL || a == NULL || al == NULL || dk == NULL)
@@ -387,17 +397,19 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
         k[1] = bell;
         a[0] = ttls;
         al[0] = strlen(ttls);
+        a[1] = front;
+        al[1] = 1;
         for (size_t j = 0; j < m && st == BQ_OK; j++) {
             char suffix[KEY_MAX];
             snprintf(suffix, sizeof suffix, "dedup:%s", keys[i + j]);
             st = derive(queue, suffix, dk[j], err);
             k[2 + j] = dk[j];
-            a[1 + j] = msgs[i + j].p;
-            al[1 + j] = msgs[i + j].len;
+            a[2 + j] = msgs[i + j].p;
+            al[2 + j] = msgs[i + j].len;
         }
         redisReply *rep = NULL;
         if (st == BQ_OK)
-            st = run_script(c, S_ENQUEUE, (int)m + 2, k, (int)m + 1, a, al,
+            st = run_script(c, S_ENQUEUE, (int)m + 2, k, (int)m + 2, a, al,
                             r->command_timeout, &rep, err);
         for (size_t j = 0; st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && j < rep->elements &&
                            j < m; j++)
@@ -638,9 +650,11 @@ struct fetch_keys {
     char wip[MAX_QUEUES][KEY_MAX], workers[MAX_QUEUES][KEY_MAX];
     char delayed[MAX_QUEUES][KEY_MAX], bell[MAX_QUEUES][KEY_MAX];
     const char *hb[MAX_QUEUES], *fm[2 * MAX_QUEUES], *bells[MAX_QUEUES + 2];
+    char fronts[MAX_QUEUES + 1]; /* each queue's front, 'L' or 'R' (bq_broker_front) */
 };
 
-static bq_status build_keys(const struct bq_lessee *who, struct fetch_keys *k, bq_err *err)
+static bq_status build_keys(const struct redis_broker *r, const struct bq_lessee *who,
+                            struct fetch_keys *k, bq_err *err)
 {
     if (who->nqueues < 1 || who->nqueues > MAX_QUEUES)
         return bq_err_set(err, BQ_EINVAL, "a worker fetches from 1 to %d queues", MAX_QUEUES);
@@ -658,6 +672,8 @@ static bq_status build_keys(const struct bq_lessee *who, struct fetch_keys *k, b
         k->fm[2 * i] = who->queues[i];
         k->fm[2 * i + 1] = k->wip[i];
         k->bells[1 + i] = k->bell[i];
+        k->fronts[i] = *bq_broker_front(&r->base, who->queues[i]);
+        k->fronts[i + 1] = '\0';
     }
     return BQ_OK;
 }
@@ -760,7 +776,7 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         n += snprintf(sig + n, sizeof sig - (size_t)n, "\n%s", who->queues[i]);
     if (n <= 0 || (size_t)n >= sizeof sig || strcmp(sig, r->fk_sig) != 0) {
         r->fk_sig[0] = '\0';
-        if ((st = build_keys(who, k, err)) == BQ_OK && n > 0 && (size_t)n < sizeof sig)
+        if ((st = build_keys(r, who, k, err)) == BQ_OK && n > 0 && (size_t)n < sizeof sig)
             memcpy(r->fk_sig, sig, (size_t)n + 1);
     }
     if (r->fetch_conn != NULL && bq_conn_broken(r->fetch_conn)) {
@@ -781,8 +797,8 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
     snprintf(lease_ms, sizeof lease_ms, "%lld", (long long)(req->lease * 1000.0));
     snprintf(count, sizeof count, "%zu", req->max);
     snprintf(tmo, sizeof tmo, "%.3f", timeout);
-    const char *fm_args[2 + 2 * MAX_QUEUES] = {count, lease ? "1" : "0"};
-    int fm_nargs = 2;
+    const char *fm_args[3 + 2 * MAX_QUEUES] = {count, lease ? "1" : "0", k->fronts};
+    int fm_nargs = 3;
     for (int i = 0; who->weights != NULL && i < nq; i++) {
         snprintf(wts[i], sizeof wts[i], "%d", who->weights[i]);
         fm_args[fm_nargs++] = wts[i];
@@ -802,15 +818,16 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
     if (st == BQ_OK && nacks > 0)
         st = append_acks(c, who, req->acks, nacks, err);
     /* 3. promote due retries, queue by queue */
-    const char *pr_args[] = {"1000"};
     for (int i = 0; st == BQ_OK && req->promote && i < nq; i++) {
         const char *pr_keys[] = {k->delayed[i], who->queues[i]};
-        st = append_script(c, S_PROMOTE, false, 2, pr_keys, 1, pr_args, NULL, err);
+        const char *pr_args[] = {"1000", k->fronts[i] == 'L' ? "L" : "R"};
+        st = append_script(c, S_PROMOTE, false, 2, pr_keys, 2, pr_args, NULL, err);
     }
     /* 4. fetch. Several queues cannot be waited on with one move, so: while they have work,
      * take by priority without waiting (fetchm-N); once they had none, take what is there and
      * wait on their bells in the same round trip (step 5 takes after a bell rang). */
-    const char *f_keys[] = {who->queues[0], k->wip[0]}, *f_args[] = {count};
+    bool left = k->fronts[0] == 'L';
+    const char *f_keys[] = {who->queues[0], k->wip[0]}, *f_args[] = {count, left ? "L" : "R"};
     const char *cmd = NULL;
     enum script_id f_script = S_COUNT;
     bool want = req->max > 0;
@@ -828,22 +845,24 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         } else if (timeout <= 0 && lease) {
             cmd = "fetch-2";
             f_script = S_FETCH;
-            st = append_script(c, S_FETCH, false, 2, f_keys, 1, f_args, NULL, err);
+            st = append_script(c, S_FETCH, false, 2, f_keys, 2, f_args, NULL, err);
         } else if (timeout <= 0) {
-            const char *argv[] = {"RPOP", who->queues[0], count};
-            cmd = "RPOP";
+            cmd = left ? "LPOP" : "RPOP";
+            const char *argv[] = {cmd, who->queues[0], count};
             st = bq_conn_append(c, 3, argv, NULL, err);
         } else if (lease) {
-            const char *argv[] = {"BLMOVE", who->queues[0], k->wip[0], "RIGHT", "LEFT", tmo};
+            const char *argv[] = {"BLMOVE", who->queues[0], k->wip[0], left ? "LEFT" : "RIGHT",
+                                  "LEFT", tmo};
             cmd = "BLMOVE";
             st = bq_conn_append(c, 6, argv, NULL, err);
         } else if (r->has_blmpop && req->max > 1) {
-            const char *argv[] = {"BLMPOP", tmo, "1", who->queues[0], "RIGHT", "COUNT", count};
+            const char *argv[] = {"BLMPOP", tmo, "1", who->queues[0], left ? "LEFT" : "RIGHT",
+                                  "COUNT", count};
             cmd = "BLMPOP";
             st = bq_conn_append(c, 7, argv, NULL, err);
         } else {
-            const char *argv[] = {"BRPOP", who->queues[0], tmo};
-            cmd = "BRPOP";
+            cmd = left ? "BLPOP" : "BRPOP";
+            const char *argv[] = {cmd, who->queues[0], tmo};
             st = bq_conn_append(c, 3, argv, NULL, err);
         }
     }
@@ -915,8 +934,8 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         if (st == BQ_OK && rep != NULL &&
             (is_marker(rep) || (st = bq_reply_check(rep, cmd, err)) == BQ_OK)) {
             if (rep->type == REDIS_REPLY_ARRAY &&
-                       (strcmp(cmd, "BRPOP") == 0 || strcmp(cmd, "BLMPOP") == 0)) {
-                /* BRPOP: [key, value]; BLMPOP: [key, [values...]] */
+                       (strcmp(cmd + 2, "POP") == 0 || strcmp(cmd, "BLMPOP") == 0)) {
+                /* BRPOP, BLPOP: [key, value]; BLMPOP: [key, [values...]] */
                 if (rep->elements == 2)
                     st = take_strings(rep->element[1], out, 0);
             } else {
@@ -1081,12 +1100,13 @@ static bq_status redis_handback(bq_broker *b, const struct bq_lessee *who,
     bq_status st = n == 0 ? BQ_OK : borrow(r, &c, err);
     if (n == 0 || st != BQ_OK)
         return st;
-    /* Oldest last onto the right end: the oldest is taken next. One call per message keeps
+    /* Oldest last onto the front: the oldest is taken next. One call per message keeps
      * the script's keys to its own queue. */
     for (size_t i = n; i-- > 0 && st == BQ_OK;) {
         const char *queue = queue_of(who, msgs[i].q);
+        const char *front = bq_broker_front(b, queue);
         if (who->delivery != BQ_AT_LEAST_ONCE) {
-            const char *argv[3] = {"RPUSH", queue, msgs[i].data};
+            const char *argv[3] = {*front == 'L' ? "LPUSH" : "RPUSH", queue, msgs[i].data};
             size_t lens[3] = {5, strlen(queue), msgs[i].len};
             st = bq_conn_call(c, NULL, err, 3, argv, lens);
             *count += st == BQ_OK;
@@ -1096,10 +1116,10 @@ static bq_status redis_handback(bq_broker *b, const struct bq_lessee *who,
         if ((st = wip_key(who, msgs[i].q, wip, err)) != BQ_OK)
             break;
         const char *keys[] = {wip, queue};
-        const char *args[] = {msgs[i].data};
-        size_t lens[] = {msgs[i].len};
+        const char *args[] = {front, msgs[i].data};
+        size_t lens[] = {1, msgs[i].len};
         redisReply *rep;
-        st = run_script(c, S_HANDBACK, 2, keys, 1, args, lens, r->command_timeout, &rep, err);
+        st = run_script(c, S_HANDBACK, 2, keys, 2, args, lens, r->command_timeout, &rep, err);
         if (st == BQ_OK) {
             *count += rep->type == REDIS_REPLY_INTEGER && rep->integer > 0;
             freeReplyObject(rep);
@@ -1163,6 +1183,42 @@ static bq_status redis_rate_limit(bq_broker *b, const struct bq_lessee *who, lon
     return st;
 }
 
+static bq_status redis_controls(bq_broker *b, const char *queue, double interval,
+                                size_t window, struct bq_batch *out, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    char scan[KEY_MAX], seen[KEY_MAX], ms[24], win[24];
+    bq_status st = derive(queue, "ctlscan", scan, err);
+    if (st == BQ_OK)
+        st = derive(queue, "ctlseen", seen, err);
+    bq_conn *c;
+    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
+        return st;
+    snprintf(ms, sizeof ms, "%lld", (long long)(interval * 1000.0) > 0
+                                        ? (long long)(interval * 1000.0) : 1LL);
+    snprintf(win, sizeof win, "%zu", window > 0 ? window : 1);
+    const char *keys[] = {queue, scan, seen};
+    const char *args[] = {ms, win, bq_broker_front(b, queue)};
+    redisReply *rep = NULL;
+    st = run_script(c, S_CONTROLS, 3, keys, 3, args, NULL, r->command_timeout, &rep, err);
+    bq_pool_return(r->pool, c);
+    if (st != BQ_OK)
+        return st;
+    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i + 1 < rep->elements; i += 2) {
+        const redisReply *op = rep->element[i], *id = rep->element[i + 1];
+        if (op->type != REDIS_REPLY_STRING || id->type != REDIS_REPLY_STRING)
+            continue;
+        char line[256];
+        int n = snprintf(line, sizeof line, "%s %s", op->str, id->str);
+        if (n > 0 && (size_t)n < sizeof line && bq_batch_add(out, line, (size_t)n) != BQ_OK) {
+            st = bq_err_set(err, BQ_ENOMEM, "controls: out of memory");
+            break;
+        }
+    }
+    freeReplyObject(rep);
+    return st;
+}
+
 static bq_status redis_promote(bq_broker *b, const char *queue, size_t *moved, double *next_due,
                                bq_err *err)
 {
@@ -1175,9 +1231,9 @@ static bq_status redis_promote(bq_broker *b, const char *queue, size_t *moved, d
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
     const char *keys[] = {delayed, queue};
-    const char *args[] = {"1000"};
+    const char *args[] = {"1000", bq_broker_front(b, queue)};
     redisReply *rep;
-    st = run_script(c, S_PROMOTE, 2, keys, 1, args, NULL, r->command_timeout, &rep, err);
+    st = run_script(c, S_PROMOTE, 2, keys, 2, args, NULL, r->command_timeout, &rep, err);
     bq_pool_return(r->pool, c);
     if (st != BQ_OK)
         return st;
@@ -1193,7 +1249,7 @@ static bq_status redis_heartbeat(bq_broker *b, const struct bq_lessee *who, doub
     struct fetch_keys *k = bq_calloc(1, sizeof *k);
     if (k == NULL)
         return bq_err_set(err, BQ_ENOMEM, "heartbeat: out of memory");
-    bq_status st = build_keys(who, k, err);
+    bq_status st = build_keys(r, who, k, err);
     bq_conn *c = NULL;
     if (st == BQ_OK)
         st = borrow(r, &c, err);
@@ -1230,8 +1286,8 @@ static bq_status redis_reap(bq_broker *b, const char *queue, const char *dead_id
     if (st != BQ_OK)
         return st;
     const char *keys[] = {workers, wip, queue, seals};
-    const char *args[] = {dead_id};
-    return pooled_script(r, S_REAP, 4, keys, 1, args, NULL, recovered, err);
+    const char *args[] = {dead_id, bq_broker_front(b, queue)};
+    return pooled_script(r, S_REAP, 4, keys, 2, args, NULL, recovered, err);
 }
 
 static bq_status redis_unregister(bq_broker *b, const struct bq_lessee *who, bq_err *err)
@@ -1321,15 +1377,24 @@ static bq_status redis_range(bq_broker *b, const char *queue, enum bq_list which
     bq_conn *c;
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
-    snprintf(s1, sizeof s1, "%ld", start);
-    snprintf(s2, sizeof s2, "%ld", stop);
+    /* Newest first: a queue whose producers RPUSH keeps its newest at the right end, so the
+     * positions count from there and the answer is turned around. */
+    bool flip = which == BQ_LIST_READY && *bq_broker_front(b, queue) == 'L';
+    snprintf(s1, sizeof s1, "%ld", flip ? -1 - stop : start);
+    snprintf(s2, sizeof s2, "%ld", flip ? -1 - start : stop);
     redisReply *rep;
     st = bq_conn_callv(c, &rep, err, "LRANGE", key, s1, s2, NULL);
     bq_pool_return(r->pool, c);
     if (st != BQ_OK)
         return st;
+    size_t first = out->n;
     st = take_strings(rep, out, 0);
     freeReplyObject(rep);
+    for (size_t i = first, j = out->n; flip && st == BQ_OK && i + 1 < j; i++, j--) {
+        struct bq_msg t = out->msgs[i];
+        out->msgs[i] = out->msgs[j - 1];
+        out->msgs[j - 1] = t;
+    }
     return st == BQ_OK ? BQ_OK : bq_err_set(err, st, "LRANGE: out of memory");
 }
 
@@ -1344,10 +1409,10 @@ static bq_status redis_dlq_requeue(bq_broker *b, const char *queue, struct bq_sl
     if (st != BQ_OK)
         return st;
     const char *keys[] = {dlq, queue, seals};
-    const char *args[] = {entry.p};
-    size_t lens[] = {entry.len};
+    const char *args[] = {entry.p, bq_broker_front(b, queue)};
+    size_t lens[] = {entry.len, 1};
     long long res = 0;
-    st = pooled_script(r, S_REQUEUE, 3, keys, 1, args, lens, &res, err);
+    st = pooled_script(r, S_REQUEUE, 3, keys, 2, args, lens, &res, err);
     *done = res == 1;
     return st;
 }
@@ -1634,6 +1699,7 @@ static const struct bq_broker_ops redis_ops = {
     .handback = redis_handback,
     .held = redis_held,
     .rate_limit = redis_rate_limit,
+    .controls = redis_controls,
     .promote = redis_promote,
     .heartbeat = redis_heartbeat,
     .reap = redis_reap,

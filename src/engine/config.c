@@ -102,6 +102,18 @@ bq_status bq_config_resolve(const struct bq_client_options *opts, struct bq_conf
         return bq_err_set(err, BQ_EINVAL, "tls server_name is longer than 255 bytes");
     if (opts->wait_replicas < 0 || opts->wait_timeout < 0)
         return bq_err_set(err, BQ_EINVAL, "wait_replicas and wait_timeout must not be negative");
+    const char *order = opts->order ? opts->order : env("BINDUQ_QUEUE_ORDER");
+    if (order != NULL && !bq_order_parse(order, &cfg->orders.dflt))
+        return bq_err_set(err, BQ_EINVAL, "%s: expected \"lpush\" or \"rpush\", got '%.20s'",
+                          opts->order ? "order" : "BINDUQ_QUEUE_ORDER", order);
+    for (const char *const *p = opts->queue_orders; p != NULL && p[0] != NULL; p += 2) {
+        enum bq_order o;
+        if (p[1] == NULL || !bq_order_parse(p[1], &o))
+            return bq_err_set(err, BQ_EINVAL, "order of queue '%.200s': expected \"lpush\" or "
+                              "\"rpush\", got '%.20s'", p[0], p[1] ? p[1] : "nothing");
+        if (bq_orders_set(&cfg->orders, p[0], o) != BQ_OK)
+            return bq_err_set(err, BQ_ENOMEM, "out of memory");
+    }
     cfg->wait_replicas = opts->wait_replicas;
     cfg->wait_timeout = opts->wait_timeout > 0 ? opts->wait_timeout : 1.0;
     cfg->tls_insecure = opts->tls_insecure;
@@ -125,6 +137,7 @@ void bq_config_free(struct bq_config *cfg)
     bq_free(cfg->tls_cert_file);
     bq_free(cfg->tls_key_file);
     bq_free(cfg->tls_server_name);
+    bq_orders_free(&cfg->orders);
     cfg->url = cfg->queue_name = NULL;
     cfg->tls_ca_file = cfg->tls_ca_dir = cfg->tls_cert_file = cfg->tls_key_file = NULL;
     cfg->tls_server_name = NULL;
@@ -143,4 +156,5 @@ void bq_config_broker(const struct bq_config *cfg, struct bq_broker_config *out)
     out->tls_server_name = cfg->tls_server_name;
     out->wait_replicas = cfg->wait_replicas;
     out->wait_timeout = cfg->wait_timeout;
+    out->orders = &cfg->orders;
 }

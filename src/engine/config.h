@@ -37,6 +37,7 @@ struct bq_config {
     bool tls_insecure;
     int wait_replicas;
     double wait_timeout;
+    struct bq_orders orders; /* owned */
 };
 
 /* Fills cfg from opts (may be NULL), the environment and the defaults. Environment values

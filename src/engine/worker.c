@@ -84,6 +84,8 @@ struct bq_worker {
     int base_cap;           /* messages held at most normally: concurrency + prefetch */
     int batch;              /* extra messages held while the queue is deep */
     bool deep;              /* the last fetch took all it asked for: batch (dispatcher) */
+    bool scan_warned;       /* a scan for controls failed and said so (dispatcher) */
+    double next_scan;       /* when a dispatcher waiting for room looks for controls next */
     double ewma_handle;     /* seconds a message takes in a slot, smoothed; guarded by mu */
     double block_timeout, lease, shutdown_timeout;
     bool want_results;
@@ -1309,6 +1311,73 @@ static void shut_down(bq_worker *w)
     bq_free(copies);
 }
 
+/* ---- Controls in the queue ----------------------------------------------------------------
+ * Bindu's API has no control channel: it pushes cancel and pause into the queue, where they
+ * wait behind the runs queued before them. A worker whose handler slots are all busy takes
+ * nothing from the queue, so such a cancel would reach its running task only once a slot
+ * freed. So while the dispatcher waits for a free slot, every CONTROL_SCAN seconds it asks
+ * the broker for the cancels and pauses among the newest CONTROL_WINDOW entries of its
+ * queues (controls-3.lua: one scan of a queue per period across all its workers, each
+ * operation reported once) and delivers them at once: to its own slot running the task,
+ * else on the control channel to whichever worker runs it. The operations stay queued and
+ * are handled in their turn as well (the stored state, the notification handlers). */
+#define CONTROL_SCAN 0.05
+#define CONTROL_WINDOW 1000
+/* The shared spacing of scans is a little shorter than each worker's period, so a worker's
+ * scan is never refused because the previous one (maybe its own) has not quite expired. */
+#define CONTROL_SPACING (CONTROL_SCAN * 0.8)
+
+static void scan_controls(bq_worker *w)
+{
+    struct bq_batch found = {NULL, 0, 0};
+    for (int q = 0; q < w->who.nqueues; q++) {
+        bq_err err;
+        bq_err_clear(&err);
+        bq_status st = w->broker->ops->controls(w->broker, w->who.queues[q], CONTROL_SPACING,
+                                                CONTROL_WINDOW, &found, &err);
+        if (st != BQ_OK && !w->scan_warned) {
+            w->scan_warned = true; /* once: an ACL without EVALSHA would say it each time */
+            bq_log(BQ_LOG_WARN, "redis_error", "op", "controls", "queue", w->who.queues[q],
+                   "worker", w->id, "error", err.msg, "code", bq_status_name(st), NULL);
+        }
+    }
+    for (size_t i = 0; i < found.n; i++) {
+        char id[BQ_MAX_ID_LEN + 1];
+        enum bq_control op = bq_control_parse(found.msgs[i].data, found.msgs[i].len, id,
+                                              sizeof id);
+        if (op == BQ_CONTROL_NONE)
+            continue;
+        bool here = bq_worker_control(w, op, id);
+        bq_err err;
+        if (!here && bq_worker_publish(w, op, id, &err) != BQ_OK)
+            bq_log(BQ_LOG_WARN, "redis_error", "op", "publish", "task_id", id, "worker", w->id,
+                   "error", err.msg, NULL);
+        bq_log(BQ_LOG_INFO, "control_from_queue", "task_id", id, "op",
+               op == BQ_CONTROL_CANCEL ? "cancel" : "pause", "worker", w->id, "delivered",
+               here ? "here" : "published", NULL);
+    }
+    bq_batch_free(&found);
+}
+
+/* Waits for room (cv_space, w->mu held); while it waits, looks for controls in the queue
+ * every CONTROL_SCAN seconds (see above), however often the wait is woken. */
+static void wait_space(bq_worker *w)
+{
+    if (w->broker->ops->controls == NULL || w->inflight == 0) {
+        pthread_cond_wait(&w->cv_space, &w->mu);
+        return;
+    }
+    double now = bq_now_mono();
+    if (now < w->next_scan) {
+        bq_cond_wait_for(&w->cv_space, &w->mu, w->next_scan - now);
+        return;
+    }
+    w->next_scan = now + CONTROL_SCAN;
+    pthread_mutex_unlock(&w->mu);
+    scan_controls(w);
+    pthread_mutex_lock(&w->mu);
+}
+
 static void *dispatcher_main(void *arg)
 {
     bq_worker *w = arg;
@@ -1335,11 +1404,11 @@ static void *dispatcher_main(void *arg)
             int low = w->concurrency + w->batch / 2;
             w->wake_at = low;
             while (!w->stopping && w->inflight > low)
-                pthread_cond_wait(&w->cv_space, &w->mu);
+                wait_space(w);
             w->wake_at = INT_MAX;
         } else {
             while (!w->stopping && w->inflight >= cap && w->acks.n == 0)
-                pthread_cond_wait(&w->cv_space, &w->mu);
+                wait_space(w);
         }
         if (w->stopping) {
             pthread_mutex_unlock(&w->mu);

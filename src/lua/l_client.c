@@ -392,6 +392,15 @@ static int l_client_ping(lua_State *L)
     return 1;
 }
 
+/* c:order([queue]) -> "lpush" | "rpush": which end producers push to (bq_orders). */
+static int l_client_order(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *queue = luaL_optstring(L, 2, c->cfg.queue_name);
+    lua_pushstring(L, bq_order_name(bq_orders_of(&c->broker->orders, queue)));
+    return 1;
+}
+
 static int l_client_info(lua_State *L)
 {
     bq_client *c = check_open(L);
@@ -424,7 +433,7 @@ static int l_client_info(lua_State *L)
 static const luaL_Reg client_methods[] = {
     {"push", l_client_push},   {"length", l_client_length}, {"range", l_client_range},
     {"push_unique", l_client_push_unique},
-    {"ping", l_client_ping},   {"info", l_client_info},     {"close", l_client_close},
+    {"ping", l_client_ping},   {"info", l_client_info}, {"order", l_client_order},     {"close", l_client_close},
     {"dlq_requeue", l_client_dlq_requeue}, {"dlq_remove", l_client_dlq_remove},
     {"dlq_purge", l_client_dlq_purge}, {"publish", l_client_publish},
     {"node", l_client_node},   {"command", l_client_command},

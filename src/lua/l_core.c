@@ -119,6 +119,34 @@ void bq_lua_client_options(lua_State *L, int idx, struct bq_client_options *o)
         o->tls_insecure = !bq_lua_opt_boolean(L, t, "verify", 1);
     }
     lua_pop(L, 1);
+    /* order: "lpush" / "rpush" for every queue, or a table { [queue] = order, ... } of
+     * exceptions (the others keep BINDUQ_QUEUE_ORDER or the default). */
+    int ot = lua_getfield(L, idx, "order");
+    if (ot == LUA_TSTRING) {
+        o->order = lua_tostring(L, -1);
+    } else if (ot == LUA_TTABLE) {
+        size_t n = 0;
+        for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+                luaL_error(L, "option 'order': expected { [queue name] = \"lpush\" or "
+                              "\"rpush\", ... }");
+            n++;
+        }
+        /* The pointer array lives in a userdata anchored in the registry until the next
+         * call in this Lua state; the strings live in the options table. */
+        const char **pairs = lua_newuserdatauv(L, (2 * n + 1) * sizeof *pairs, 0);
+        size_t i = 0;
+        for (lua_pushnil(L); lua_next(L, -3); lua_pop(L, 1)) {
+            pairs[i++] = lua_tostring(L, -2);
+            pairs[i++] = lua_tostring(L, -1);
+        }
+        pairs[i] = NULL;
+        lua_setfield(L, LUA_REGISTRYINDEX, "binduq.queue_orders");
+        o->queue_orders = pairs;
+    } else if (ot != LUA_TNIL) {
+        luaL_error(L, "option 'order' must be \"lpush\", \"rpush\" or a table of queues");
+    }
+    lua_pop(L, 1);
     if (type != NULL && strcmp(type, "memory") == 0)
         o->memory = true;
     else if (type != NULL && strcmp(type, "redis") == 0 && o->url == NULL && !getenv("REDIS_URL"))

@@ -147,7 +147,8 @@ static bool check_id(lua_State *L, int v, const char *name, bool required)
     return false;
 }
 
-/* Pushes the text of an A2A message's parts (index p): its text parts joined by newlines. */
+/* Pushes the text of an A2A message's parts (index p): the text of its parts of kind "text",
+ * joined by single spaces, as Bindu's MessageConverter joins them (" ".join). */
 static void push_parts_text(lua_State *L, int p)
 {
     int top = lua_gettop(L), pieces = 0;
@@ -156,7 +157,7 @@ static void push_parts_text(lua_State *L, int p)
         bool text = false;
         if (lua_type(L, part) == LUA_TTABLE) {
             int kind = get(L, part, K_KIND);
-            bool is_text = kind == LUA_TNIL || (kind == LUA_TSTRING && str_is(L, -1, "text"));
+            bool is_text = kind == LUA_TSTRING && str_is(L, -1, "text");
             lua_pop(L, 1);
             text = is_text && get(L, part, K_TEXT) == LUA_TSTRING;
             if (!text && is_text)
@@ -166,7 +167,7 @@ static void push_parts_text(lua_State *L, int p)
         if (text) {
             luaL_checkstack(L, 2, "too many message parts");
             if (pieces++ > 0) {
-                lua_pushliteral(L, "\n");
+                lua_pushliteral(L, " ");
                 lua_insert(L, -2);
             }
         }

@@ -337,6 +337,38 @@ TEST(config_precedence)
     unsetenv("REDIS_MAX_CONNECTIONS");
 }
 
+TEST(config_queue_order)
+{
+    struct bq_config cfg;
+    bq_err err;
+    unsetenv("BINDUQ_QUEUE_ORDER");
+    CHECK_INT(bq_config_resolve(NULL, &cfg, &err), BQ_OK);
+    CHECK_INT(bq_orders_of(&cfg.orders, "bindu:tasks"), BQ_ORDER_LPUSH); /* the default */
+    bq_config_free(&cfg);
+    setenv("BINDUQ_QUEUE_ORDER", "RPUSH", 1);
+    CHECK_INT(bq_config_resolve(NULL, &cfg, &err), BQ_OK);
+    CHECK_INT(bq_orders_of(&cfg.orders, "any"), BQ_ORDER_RPUSH);
+    bq_config_free(&cfg);
+    /* the option beats the environment; a queue's own order beats both */
+    const char *per[] = {"jobs", "rpush", "other", "lpush", NULL};
+    struct bq_client_options o = {.order = "lpush", .queue_orders = per};
+    CHECK_INT(bq_config_resolve(&o, &cfg, &err), BQ_OK);
+    CHECK_INT(bq_orders_of(&cfg.orders, "bindu:tasks"), BQ_ORDER_LPUSH);
+    CHECK_INT(bq_orders_of(&cfg.orders, "jobs"), BQ_ORDER_RPUSH);
+    CHECK_INT(bq_orders_of(&cfg.orders, "other"), BQ_ORDER_LPUSH);
+    bq_config_free(&cfg);
+    setenv("BINDUQ_QUEUE_ORDER", "fifo", 1);
+    CHECK_INT(bq_config_resolve(NULL, &cfg, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "BINDUQ_QUEUE_ORDER: expected \"lpush\" or \"rpush\", got 'fifo'");
+    bq_config_free(&cfg);
+    unsetenv("BINDUQ_QUEUE_ORDER");
+    const char *bad[] = {"jobs", "left", NULL};
+    struct bq_client_options ob = {.queue_orders = bad};
+    CHECK_INT(bq_config_resolve(&ob, &cfg, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "order of queue 'jobs'");
+    bq_config_free(&cfg);
+}
+
 /* Captures what bq_log writes to stderr. */
 static char *capture_log(void (*fn)(void))
 {
@@ -960,6 +992,7 @@ int main(void)
     RUN(ids_refuse_control_characters);
     RUN(dead_letter_entry_keeps_the_bytes);
     RUN(config_precedence);
+    RUN(config_queue_order);
     RUN(log_lines);
     RUN(log_lines_are_escaped);
     RUN(log_lines_cannot_be_forged);

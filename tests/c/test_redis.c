@@ -628,6 +628,126 @@ TEST(lease_cycle_redis)
     bq_broker_free(b);
 }
 
+/* The element at `index` of list `key`, as LINDEX answers ("" when there is none). */
+static void lindex(bq_broker *b, const char *key, const char *index, char *out, size_t size)
+{
+    const char *argv[] = {"LINDEX", key, index};
+    void *rep = NULL;
+    out[0] = '\0';
+    if (b->ops->command(b, key, 3, argv, NULL, &rep, NULL) == BQ_OK) {
+        redisReply *r = rep;
+        if (r->type == REDIS_REPLY_STRING)
+            snprintf(out, size, "%s", r->str);
+        freeReplyObject(r);
+    }
+}
+
+/* A queue whose producers RPUSH (Bindu's RedisScheduler) is taken from the left: oldest
+ * first in every fetch mode, and what binduq puts back goes where it belongs. */
+TEST(queue_order_rpush_is_fifo_from_the_left)
+{
+    NEED_REDIS();
+    char queue[96], mixed[96];
+    snprintf(queue, sizeof queue, "%s:rpush", prefix);
+    snprintf(mixed, sizeof mixed, "%s:lpushed", prefix);
+    struct bq_orders orders = {BQ_ORDER_RPUSH, 0, NULL, NULL};
+    CHECK_INT(bq_orders_set(&orders, mixed, BQ_ORDER_LPUSH), BQ_OK);
+    CHECK_INT(bq_orders_of(&orders, queue), BQ_ORDER_RPUSH);
+    CHECK_INT(bq_orders_of(&orders, mixed), BQ_ORDER_LPUSH);
+    struct bq_broker_config bc = {.url = redis_url, .url_source = "test", .max_connections = 4,
+                                  .connect_timeout = 2.0, .command_timeout = 2.0,
+                                  .pool_timeout = 2.0, .orders = &orders};
+    bq_broker *b = NULL;
+    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    bq_orders_free(&orders); /* the broker keeps its own copy */
+    if (b == NULL)
+        return;
+    char at[64];
+    push_texts(b, queue, 3, "p");
+    lindex(b, queue, "0", at, sizeof at);
+    CHECK_STR(at, "p0"); /* RPUSH: the oldest at the left */
+    lindex(b, queue, "-1", at, sizeof at);
+    CHECK_STR(at, "p2");
+    struct bq_batch got = {NULL, 0, 0};
+    const char *who_q[] = {queue};
+    struct bq_lessee amo = {who_q, 1, NULL, "w", BQ_AT_MOST_ONCE, 0};
+    push_texts(b, queue, 3, "q");
+    CHECK_INT(fetch(b, &amo, 2, 1.0, NULL, 0, NULL, &got), BQ_OK); /* BLMPOP LEFT */
+    CHECK_INT(fetch(b, &amo, 2, 0, NULL, 0, NULL, &got), BQ_OK);   /* LPOP n */
+    CHECK_INT(fetch(b, &amo, 1, 1.0, NULL, 0, NULL, &got), BQ_OK); /* BLPOP */
+    CHECK_INT(got.n, 5);
+    const char *want[] = {"p0", "p1", "p2", "q0", "q1"};
+    for (size_t i = 0; i < got.n && i < 5; i++)
+        CHECK_STR(got.msgs[i].data, want[i]);
+    bq_batch_clear(&got);
+    CHECK_INT(fetch(b, &amo, 1, 0, NULL, 0, NULL, &got), BQ_OK); /* empty it: q2 */
+    bq_batch_clear(&got);
+
+    /* the whole lease cycle, as on a queue whose producers LPUSH */
+    lease_cycle(b, queue);
+    /* the range newest first, whichever end that is */
+    struct bq_batch all = {NULL, 0, 0};
+    CHECK_INT(b->ops->range(b, queue, BQ_LIST_READY, 0, -1, &all, NULL), BQ_OK);
+    CHECK_INT(all.n, 4); /* m4 m5, m2 promoted to the front, m3 requeued at the back */
+    if (all.n == 4) {
+        CHECK_CONTAINS(all.msgs[0].data, "\nm3");
+        CHECK_STR(all.msgs[1].data, "m5");
+        CHECK_STR(all.msgs[2].data, "m4");
+        CHECK_CONTAINS(all.msgs[3].data, "\nm2");
+    }
+    bq_batch_free(&all);
+
+    /* a dead worker's tasks return to the front, oldest first */
+    char rq[96];
+    snprintf(rq, sizeof rq, "%s:rpush-reap", prefix);
+    const char *rq_q[] = {rq};
+    struct bq_lessee dead = {rq_q, 1, NULL, "dead-r", BQ_AT_LEAST_ONCE, 0};
+    struct bq_lessee alive = {rq_q, 1, NULL, "live-r", BQ_AT_LEAST_ONCE, 0};
+    struct bq_batch ids = {NULL, 0, 0};
+    push_texts(b, rq, 3, "r");
+    CHECK_INT(b->ops->heartbeat(b, &dead, 0.2, &ids, NULL), BQ_OK);
+    CHECK_INT(fetch(b, &dead, 2, 0, NULL, 0, NULL, &got), BQ_OK); /* fetch-2 with LPOP */
+    CHECK_INT(got.n, 2);
+    usleep(300000);
+    long long recovered = 0;
+    CHECK_INT(b->ops->reap(b, rq, "dead-r", &recovered, NULL), BQ_OK);
+    CHECK_INT(recovered, 2);
+    bq_batch_clear(&got);
+    CHECK_INT(fetch(b, &alive, 3, 0, NULL, 0, NULL, &got), BQ_OK);
+    CHECK_INT(got.n, 3);
+    for (size_t i = 0; i < got.n; i++) {
+        char tail[32];
+        snprintf(tail, sizeof tail, "r%zu", i);
+        CHECK_CONTAINS(got.msgs[i].data, tail);
+    }
+    bq_batch_clear(&got);
+    b->ops->unregister(b, &alive, NULL);
+
+    /* several queues of different orders, each taken oldest first (fetchm-N), by priority */
+    snprintf(queue, sizeof queue, "%s:rpush2", prefix); /* a fresh one */
+    push_texts(b, mixed, 2, "l");
+    push_texts(b, queue, 2, "h");
+    lindex(b, mixed, "0", at, sizeof at);
+    CHECK_STR(at, "l1"); /* the LPUSH queue keeps its newest at the left */
+    const char *two[] = {queue, mixed};
+    struct bq_lessee both = {two, 2, NULL, "w2", BQ_AT_LEAST_ONCE, 0};
+    CHECK_INT(fetch(b, &both, 4, 0, NULL, 0, NULL, &got), BQ_OK);
+    CHECK_INT(got.n, 4);
+    const char *want2[] = {"h0", "h1", "l0", "l1"};
+    for (size_t i = 0; i < got.n && i < 4; i++)
+        CHECK_STR(got.msgs[i].data, want2[i]);
+    size_t count = 0;
+    CHECK_INT(b->ops->handback(b, &both, got.msgs, got.n, &count, NULL), BQ_OK);
+    CHECK_INT(count, 4);
+    lindex(b, queue, "0", at, sizeof at);
+    CHECK_STR(at, "h0"); /* handed back to the front, in order */
+    lindex(b, mixed, "-1", at, sizeof at);
+    CHECK_STR(at, "l0");
+    bq_batch_free(&ids);
+    bq_batch_free(&got);
+    bq_broker_free(b);
+}
+
 TEST(a_dead_workers_tasks_are_reaped_with_their_attempt_counted)
 {
     NEED_REDIS();
@@ -1091,6 +1211,7 @@ int main(void)
     RUN(public_api_schedule_length_health);
     RUN(lease_cycle_memory);
     RUN(lease_cycle_redis);
+    RUN(queue_order_rpush_is_fifo_from_the_left);
     RUN(a_dead_workers_tasks_are_reaped_with_their_attempt_counted);
     RUN(seals_tell_binduqs_headers_from_forged_ones_memory);
     RUN(seals_tell_binduqs_headers_from_forged_ones_redis);

@@ -186,14 +186,37 @@ describe("task decoding", function()
         assert.are.equal(2.5, t.timeout)
     end)
 
-    it("clears nulls from messages and fills content from text parts", function()
+    it("clears nulls from messages and fills content from text parts, joined as Bindu joins them", function()
         local t = assert(task.decode('{"type":"run","task_id":"p","conversation_id":null,"messages":[{"role":"user",'
             .. '"content":null,"parts":[{"kind":"text","text":"a"},{"text":"b"},{"kind":"data","text":"c"},'
             .. '{"kind":"text","text":5},3,{"kind":"text","text":"d"}],"extra":null}],"metadata":null}'))
-        assert.are.same({ role = "user", content = "a\nb\nd", parts = t.messages[1].parts }, t.messages[1])
+        -- Bindu: " ".join(p["text"] for p in parts if p.get("kind") == "text" and "text" in p)
+        assert.are.same({ role = "user", content = "a d", parts = t.messages[1].parts }, t.messages[1])
         assert.is_nil(t.conversation_id)
         assert.is_nil(t.metadata)
         assert.are.same({}, t.artifacts)
+    end)
+
+    it("joins text parts exactly as Bindu's own Python does", function()
+        -- Bindu's MessageConverter._extract_text_content, run by python3 on the same parts.
+        local cases = {
+            '[{"kind":"text","text":"a"},{"kind":"text","text":"b"}]',
+            '[{"kind":"text","text":""},{"kind":"text","text":"x"},{"kind":"text","text":""}]',
+            '[{"kind":"data","data":{},"text":"d"},{"kind":"text","text":"t\\nu"},{"kind":"file","file":{"bytes":"QQ=="},"text":"f"}]',
+            '[{"kind":"text","text":"only"}]',
+            '[]',
+        }
+        for _, parts in ipairs(cases) do
+            local py = io.popen("python3 -c " .. ("%q"):format(
+                "import json,sys; parts=json.loads(sys.argv[1]); "
+                .. "sys.stdout.write(' '.join(p['text'] for p in parts if p.get('kind')=='text' and 'text' in p))")
+                :gsub("\\\n", "\\n") .. " '" .. parts .. "'")
+            local want = py:read("a")
+            py:close()
+            local t = assert(task.decode('{"operation":"run","params":{"task_id":"j","context_id":"c","message":'
+                .. '{"role":"user","parts":' .. parts .. '}}}'))
+            assert.are.equal(want, t.messages[1].content, parts)
+        end
     end)
 
     describe("the #bq header line", function()

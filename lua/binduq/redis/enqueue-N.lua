@@ -3,14 +3,16 @@
 -- KEYS[2]  {Q}:bell, woken by every push (workers fetching from several queues block on it)
 -- KEYS[3..] one deduplication key {Q}:dedup:<key> per operation
 -- ARGV[1]  the keys' time to live in seconds
--- ARGV[2..] the operations, in the order of their keys
+-- ARGV[2]  the queue's front: "R" (producers LPUSH, the default) or "L" (they RPUSH)
+-- ARGV[3..] the operations, in the order of their keys
 -- Checking a key and pushing its operation is one step: two producers can never both push.
 -- Returns one 1 (pushed) or 0 (duplicate) per operation.
 local ttl = tonumber(ARGV[1])
+local push = ARGV[2] == 'L' and 'RPUSH' or 'LPUSH'
 local out, pushed = {}, 0
 for i = 3, #KEYS do
     if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then
-        redis.call('LPUSH', KEYS[1], ARGV[i - 1])
+        redis.call(push, KEYS[1], ARGV[i])
         out[#out + 1] = 1
         pushed = pushed + 1
     else

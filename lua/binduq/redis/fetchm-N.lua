@@ -3,7 +3,8 @@
 --         worker; queues in priority order)
 -- ARGV[1] N, how many to take at most
 -- ARGV[2] "1" to lease (move into the in-flight lists), "0" for a plain pop (at-most-once)
--- ARGV[3..] for weighted mode: one weight per queue, then one credit per queue (the state of
+-- ARGV[3] each queue's front, one letter a queue: "R" (producers LPUSH) or "L" (they RPUSH)
+-- ARGV[4..] for weighted mode: one weight per queue, then one credit per queue (the state of
 --          the smooth weighted round robin, kept by the worker between calls); nothing for
 --          strict priority
 -- Strict priority takes from Q1 while it has any, then Q2, ... Weighted takes in the
@@ -14,10 +15,12 @@
 -- the messages with the index of their queue.
 local n = tonumber(ARGV[1])
 local lease = ARGV[2] == '1'
+local fronts = ARGV[3]
 local k = #KEYS / 2
 local out = {}
 local function take(i, count)
-    local items = redis.call('RPOP', KEYS[2 * i - 1], count)
+    local pop = string.sub(fronts, i, i) == 'L' and 'LPOP' or 'RPOP'
+    local items = redis.call(pop, KEYS[2 * i - 1], count)
     if not items then return 0 end
     if lease then redis.call('LPUSH', KEYS[2 * i], unpack(items)) end
     for _, m in ipairs(items) do
@@ -26,7 +29,7 @@ local function take(i, count)
     end
     return #items
 end
-if #ARGV < 2 + 2 * k then
+if #ARGV < 3 + 2 * k then
     for i = 1, k do
         if n <= 0 then break end
         n = n - take(i, n)
@@ -36,8 +39,8 @@ end
 local len, weight, credit = {}, {}, {}
 for i = 1, k do
     len[i] = redis.call('LLEN', KEYS[2 * i - 1])
-    weight[i] = tonumber(ARGV[2 + i])
-    credit[i] = tonumber(ARGV[2 + k + i])
+    weight[i] = tonumber(ARGV[3 + i])
+    credit[i] = tonumber(ARGV[3 + k + i])
 end
 while n > 0 do
     local total, pick = 0, nil

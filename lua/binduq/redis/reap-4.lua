@@ -4,6 +4,7 @@
 -- KEYS[3] Q                  the queue; recovered operations go where workers take next
 -- KEYS[4] {Q}:seals          see checkseal-1
 -- ARGV[1] the dead worker's id
+-- ARGV[2] the queue's front: "R" (producers LPUSH) or "L" (they RPUSH)
 -- Each recovered message gets (or updates) a "#bq {...}" header line counting the attempt
 -- the dead worker used up, so a message that kills every worker does not circle forever, and
 -- is sealed. Only a sealed header is updated (and its seal released): a header binduq did
@@ -16,8 +17,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not expiry or tonumber(expiry) >= now then return -1 end
 local items = redis.call('LRANGE', KEYS[2], 0, -1)
--- The list is newest first; pushing in that order onto the right end leaves the oldest
--- where workers take next.
+-- The list is newest first; pushing in that order onto the front leaves the oldest where
+-- workers take next.
+local push = ARGV[2] == 'L' and 'LPUSH' or 'RPUSH'
 for i = 1, #items do
     local m = items[i]
     local header, body = { attempt = 1 }, m
@@ -35,7 +37,7 @@ for i = 1, #items do
     header.attempt = (tonumber(header.attempt) or 1) + 1
     header.redelivered = (tonumber(header.redelivered) or 0) + 1
     local out = '#bq ' .. cjson.encode(header) .. '\n' .. body
-    redis.call('RPUSH', KEYS[3], out)
+    redis.call(push, KEYS[3], out)
     redis.call('HINCRBY', KEYS[4], redis.sha1hex(out), 1)
 end
 redis.call('DEL', KEYS[2])

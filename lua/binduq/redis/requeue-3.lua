@@ -5,6 +5,7 @@
 -- KEYS[2] Q        the queue (the operation joins the back of the line)
 -- KEYS[3] {Q}:seals  see checkseal-1: the requeued message is sealed
 -- ARGV[1] the entry, exactly as stored (a JSON line, a newline, the original bytes)
+-- ARGV[2] the queue's front: "R" (producers LPUSH) or "L" (they RPUSH)
 -- Returns 1, or 0 if the entry is no longer there (someone else requeued or purged it).
 local nl = string.find(ARGV[1], '\n', 1, true)
 if not nl then return redis.error_reply('ERR not a binduq dead-letter entry') end
@@ -13,6 +14,6 @@ if string.find(string.sub(ARGV[1], 1, nl), '"truncated":true', 1, true) then
 end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 local m = '#bq {"attempt":1,"requeued":1}\n' .. string.sub(ARGV[1], nl + 1)
-redis.call('LPUSH', KEYS[2], m)
+redis.call(ARGV[2] == 'L' and 'RPUSH' or 'LPUSH', KEYS[2], m)
 redis.call('HINCRBY', KEYS[3], redis.sha1hex(m), 1)
 return 1

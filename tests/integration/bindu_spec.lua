@@ -1,0 +1,182 @@
+-- binduq workers behind Bindu's own producers: operations byte for byte as Bindu's
+-- RedisScheduler writes them (tests/helpers/bindu_ops.py runs Python's json.dumps) and
+-- pushes them (RPUSH), through a real redis-server, with the state in a real PostgreSQL:
+-- the queue taken oldest first, cancel and pause reaching handlers while every slot is busy,
+-- and the messages of a run its task's pause overtook kept in its history.
+
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+local pg = require("helpers.pg")
+local cluster = require("helpers.cluster")
+local bq = require("binduq")
+
+local FIXTURE = "tests/lua/fixtures/lifecycle_worker.lua"
+
+local function uuid()
+    return bq.uuid4 and bq.uuid4() or require("binduq.core").uuid4()
+end
+
+--- Bindu's bytes for each {op, task_id, context_id, text...}, in order.
+local function bindu_ops(list)
+    local tmp = os.tmpname()
+    local f = assert(io.open(tmp, "w"))
+    for _, o in ipairs(list) do f:write(table.concat(o, "\t"), "\n") end
+    f:close()
+    local p = assert(io.popen("python3 tests/helpers/bindu_ops.py - < " .. proc.quote(tmp)))
+    local out = {}
+    for line in p:lines() do out[#out + 1] = line end
+    p:close()
+    os.remove(tmp)
+    assert(#out == #list, "bindu_ops.py wrote " .. #out .. " of " .. #list)
+    return out
+end
+
+describe("#redis #pg Bindu's producers", function()
+    local server, db, dir, admin
+    setup(function()
+        server = redis.start()
+        db = pg.start()
+        dir = proc.tmpdir()
+        bq.log_configure{ level = "warn" }
+        admin = bq.scheduler{ url = server.url }
+    end)
+    teardown(function()
+        admin:close()
+        server:stop()
+        db:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    local function qname(tag)
+        return ("it:bindu:%s:%d"):format(tag, math.random(1, 1e9))
+    end
+
+    --- RPUSH, as Bindu's RedisScheduler does.
+    local function rpush(queue, ops)
+        for _, m in ipairs(ops) do assert(admin.client:command(queue, "RPUSH", queue, m)) end
+    end
+
+    local function worker(queue, env)
+        local e = { DATABASE_URL = db.url, BQ_TEST_BLOCK_TIMEOUT = 1, BINDUQ_QUEUE_ORDER = "rpush" }
+        for k, v in pairs(env or {}) do e[k] = v end
+        return cluster.worker(server, queue, e, FIXTURE, dir)
+    end
+
+    local function store(queue)
+        return bq.scheduler{ scheduler = { url = server.url, queue_name = queue },
+                             storage = { type = "postgres", url = db.url } }
+    end
+
+    local function wait_state(s, id, state, timeout)
+        local last
+        local ok = proc.wait_for(function()
+            local t = s:get_task(id)
+            last = t and t.state
+            return last == state
+        end, timeout or 10, 0.01)
+        assert(ok, ("task %s is %s, not %s"):format(id, tostring(last), state))
+        return s:get_task(id)
+    end
+
+    it("takes a queue Bindu's producers fill oldest first", function()
+        local q = qname("fifo")
+        local ids, list = {}, {}
+        for i = 1, 40 do
+            ids[i] = uuid()
+            list[i] = { "run", ids[i], uuid(), "n" .. i }
+        end
+        rpush(q, bindu_ops(list))
+        local w = worker(q, { BQ_TEST_CONCURRENCY = 1 })
+        assert(proc.wait_for(function() return #cluster.lines(w, " completed task_id=") == 40 end, 30))
+        local order = {}
+        for _, line in ipairs(cluster.lines(w, " completed task_id=")) do
+            order[#order + 1] = line:match("task_id=(%S+)")
+        end
+        proc.stop(w)
+        assert.are.same(ids, order)
+    end)
+
+    it("runs Bindu's run, pause, resume of one task in order: paused, then continued", function()
+        local q = qname("prr")
+        local id, ctx = uuid(), uuid()
+        -- Queued before any worker starts: a worker taking newest first ran the resume
+        -- (unknown task), the pause, then skipped the run, and the task stayed paused.
+        rpush(q, bindu_ops({ { "run", id, ctx, "steps:15" }, { "pause", id }, { "resume", id, ctx, "steps:15" } }))
+        local w = worker(q, { BQ_TEST_CONCURRENCY = 1 })
+        local s = store(q)
+        local t = wait_state(s, id, "completed")
+        local texts = {}
+        for _, m in ipairs(t.history) do texts[#texts + 1] = m.content end
+        assert.are.equal("steps:15", texts[1])
+        assert.truthy(texts[#texts]:find("^counted %d+%.%.15 on "), texts[#texts])
+        local n = 0
+        for _, x in ipairs(texts) do n = n + (x == "steps:15" and 1 or 0) end
+        assert.are.equal(2, n, "the run's and the resume's messages are in the history")
+        proc.stop(w)
+        s:close()
+    end)
+
+    it("stops busy handlers within 100 ms of Bindu's cancel, with every slot busy", function()
+        local q = qname("busy")
+        local w = worker(q, { BQ_TEST_CONCURRENCY = 4 })
+        local s = store(q)
+        local ids, list = {}, {}
+        for i = 1, 4 do
+            ids[i] = uuid()
+            list[i] = { "run", ids[i], uuid(), "nap:4" }
+        end
+        -- Twenty more runs wait behind them: the cancels queue up after those.
+        local waiting = uuid()
+        list[5] = { "run", waiting, uuid(), "nap:4" }
+        for i = 6, 24 do list[i] = { "run", uuid(), uuid(), "nap:4" } end
+        rpush(q, bindu_ops(list))
+        for i = 1, 4 do wait_state(s, ids[i], "working") end
+        local report = {}
+        for i = 1, 4 do
+            proc.sleep(0.25)
+            local cancel = bindu_ops({ { "cancel", ids[i] } })
+            local t0 = bq.now() % 86400
+            rpush(q, cancel)
+            local line
+            assert(proc.wait_for(function()
+                line = cluster.lines(w, " canceled task_id=" .. ids[i]:gsub("%p", "%%%0"))[1]
+                return line ~= nil
+            end, 5, 0.005), "task " .. i .. " was not stopped")
+            local took = cluster.stamp(line) - t0
+            report[#report + 1] = ("%.1f ms"):format(took * 1000)
+            assert.is_true(took < 0.1, "stopped after " .. took .. " s")
+            assert.are.equal("canceled", wait_state(s, ids[i], "canceled").state)
+        end
+        print("\n# Bindu's cancel to handler stop, every slot busy: " .. table.concat(report, ", "))
+        -- The runs queued before the cancels are untouched by them, and run in their turn.
+        assert.are.equal("working", wait_state(s, waiting, "working").state)
+        assert.are.equal(4, #cluster.lines(w, " canceled task_id="))
+        proc.stop(w)
+        s:close()
+    end)
+
+    it("pauses a busy handler from Bindu's pause, and a resume continues it from its checkpoint", function()
+        local q = qname("bpause")
+        local w = worker(q, { BQ_TEST_CONCURRENCY = 2 })
+        local s = store(q)
+        local a, b = uuid(), uuid()
+        rpush(q, bindu_ops({ { "run", a, uuid(), "steps:100" }, { "run", b, uuid(), "nap:5" } }))
+        wait_state(s, a, "working")
+        wait_state(s, b, "working")
+        proc.sleep(0.3)
+        local pause = bindu_ops({ { "pause", a } })
+        local t0 = bq.now()
+        rpush(q, pause)
+        local t = wait_state(s, a, "paused", 5)
+        local took = bq.now() - t0
+        print(("\n# Bindu's pause to paused, every slot busy: %.1f ms"):format(took * 1000))
+        assert.is_true(took < 0.2, "paused after " .. took .. " s")
+        local at = math.tointeger(t.checkpoint)
+        assert.is_true(at >= 1 and at < 100, "checkpoint " .. tostring(t.checkpoint))
+        rpush(q, bindu_ops({ { "resume", a, uuid(), "steps:100" } }))
+        t = wait_state(s, a, "completed", 15)
+        assert.truthy(t.history[#t.history].content:find(("counted %d..100"):format(at), 1, true))
+        proc.stop(w)
+        s:close()
+    end)
+end)
