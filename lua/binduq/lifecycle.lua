@@ -29,6 +29,22 @@
 -- "canceled", and a cancel or pause that missed the control channel is caught when the
 -- handler next checkpoints or finishes.
 --
+-- Operations out of order. Producers on several processes and workers on several machines
+-- deliver one task's operations in any order (Bindu's API records nothing binduq can read).
+-- Whatever the order, every run's and resume's messages end in the task's history once (a
+-- message already there, by its message_id or else its role and content, is not added
+-- again), a cancel wins, and a pause and the resume that answers it cancel out, whichever
+-- came first. For that the record's `requested` holds, besides "pause" (a pause asked of the
+-- running handler):
+--   "resume"  a resume came that no pause has answered yet: on a working task, the pause
+--             that comes next is withdrawn; on a task whose run has not come (a record this
+--             worker made as "paused"), the run starts it when it comes;
+--   "run"     its run has not come, and its pauses and resumes are even: the run starts it;
+--   "merge"   its run has not come, and it is paused: the run is recorded, not started.
+-- A record made for an operation other than a run is "paused" until its run comes, so no
+-- fast path takes it for the run's own record. One unanswered pause or resume is remembered;
+-- beyond that the later ones count once.
+--
 -- Decisions (retry or dead-letter, after how long) are made here, in Lua; C carries them out.
 
 local core = require("binduq.core")
@@ -280,25 +296,54 @@ function M.make_process(w, info)
     end
 
     -- pause: a queued task is paused at once; a running one is asked to stop at a yield point.
+    -- Before its run, or against a resume that came first, see "Operations out of order".
     local function do_pause(task, header)
         local id = task.task_id
-        local changed, state, code = store:change{ id = id, from = "submitted", to = "paused" }
-        if changed == nil then return storage_failed(task, header, "pause", state, code) end
-        if state == false then
-            local ok, st2, c2 = store:create{ id = id, state = "paused", context_id = task.conversation_id }
-            if ok == nil then return storage_failed(task, header, "pause", st2, c2) end
-            changed, state = ok, st2
+        for _ = 1, 8 do
+            local changed, state, req = store:change{ id = id, from = "submitted", to = "paused" }
+            if changed == nil then return storage_failed(task, header, "pause", state, req) end
+            if changed then
+                notify(task)
+                return "paused", id, task.type, { reason = "paused before it ran", attempt = header.attempt, state = "paused" }
+            end
+            if state == false then
+                -- Before its run: a record that waits, paused, for it.
+                local ok, st2, c2 = store:create{ id = id, state = "paused", requested = "merge",
+                                                  context_id = task.conversation_id, queue = task.queue }
+                if ok == nil then return storage_failed(task, header, "pause", st2, c2) end
+                if ok then
+                    notify(task)
+                    return "paused", id, task.type, { reason = "paused before its run came", attempt = header.attempt,
+                                                      state = "paused" }
+                end
+            else
+                local after, why
+                if state == "working" and req == "resume" then
+                    after, why = "", "withdrawn by a resume that came before it"
+                elseif state == "working" then
+                    after, why = "pause", "pause requested from the running handler"
+                elseif state == "paused" and req == "run" then
+                    after, why = "merge", "paused before its run came"
+                elseif state == "paused" and req == "resume" then
+                    after, why = "run", "answered by a resume that came before it; the run starts the task"
+                else
+                    notify(task)
+                    return skipped(task, header, "nothing to pause: the task is " .. tostring(state), state)
+                end
+                local ok, st2, c2 = store:change{ id = id, from = state, if_requested = req, requested = after }
+                if ok == nil then return storage_failed(task, header, "pause", st2, c2) end
+                if ok then
+                    if after == "pause" then
+                        core.slot_publish("pause", id)
+                    else
+                        notify(task)
+                    end
+                    return skipped(task, header, why, state)
+                end
+            end
         end
-        if not changed and state == "working" then
-            store:change{ id = id, from = "working", requested = "pause" }
-            core.slot_publish("pause", id)
-            return skipped(task, header, "pause requested from the running handler", "working")
-        end
-        notify(task)
-        if changed then
-            return "paused", id, task.type, { reason = "paused before it ran", attempt = header.attempt, state = "paused" }
-        end
-        return skipped(task, header, "nothing to pause: the task is " .. tostring(state), state)
+        return failed(task, { code = "ECONFLICT", retryable = true,
+                              message = "the task kept changing while the pause was applied" }, header)
     end
 
     -- The outcome once the finished state was written (changed, now, code from store:finish).
@@ -361,23 +406,78 @@ function M.make_process(w, info)
         return settled(task, header, state, rj, store:finish(id, state, h, a))
     end
 
-    -- What a run or resume may start from, given the stored record; or nil and why not.
+    -- A message's identity in a history: its message_id, else its role and content.
+    local function msg_key(m)
+        if type(m) ~= "table" then return "v\0" .. tostring(m) end
+        local mid = m.message_id
+        if type(mid) == "string" and mid ~= "" then return "id\0" .. mid end
+        return "rc\0" .. tostring(m.role) .. "\0" .. tostring(m.content)
+    end
+
+    -- The messages of task that its record's history does not hold yet, or nil.
+    local function unseen(task, rec)
+        local msgs = task.messages
+        if type(msgs) ~= "table" or #msgs == 0 then return nil end
+        local seen, out = {}, {}
+        local have = rec and rec.history and json.decode(rec.history)
+        for _, m in ipairs(type(have) == "table" and have or {}) do seen[msg_key(m)] = true end
+        for _, m in ipairs(msgs) do
+            local k = msg_key(m)
+            if not seen[k] then
+                seen[k] = true
+                out[#out + 1] = m
+            end
+        end
+        return #out > 0 and out or nil
+    end
+
+    -- A run or resume that does not start still leaves its messages in the history (and
+    -- `req`, if any, in requested), by a compare-and-set on the record it was decided on.
+    -- Returns true, false (the record changed meanwhile: decide again), or nil, why, code.
+    local function keep(task, rec, req)
+        -- A finished task's history is closed (Bindu's API refuses to continue one too); a
+        -- canceled one still records what was sent to it.
+        local new = (not TERMINAL[rec.state] or rec.state == "canceled") and unseen(task, rec) or nil
+        if not new and (req == nil or req == (rec.requested or "")) then return true end
+        local ok, now, code = store:change{ id = task.task_id, from = rec.state, if_requested = rec.requested or "",
+                                            requested = req, append_history = new and json.encode(new) or nil }
+        if ok == nil then return nil, now, code end
+        return ok
+    end
+
+    -- What a run or resume may start from, given the stored record, whether its messages are
+    -- appended, and what `requested` becomes; or nil, why not, and what `requested` becomes
+    -- (nil: unchanged). See "Operations out of order" above for the requested values.
     local function start_from(task, header, rec)
-        local state = rec.state
+        local state, req = rec.state, rec.requested or ""
         local requeued = header.attempt > 1 or header.redelivered or header.deferred or header.requeued
         if TERMINAL[state] then return nil, "the task is already " .. state end
         if task.type == "run" then
             if state == "submitted" then return state end
             if state == "working" and requeued then return state end
-            if state == "paused" then return nil, "the task is paused; a resume runs it" end
+            if state == "paused" and req == "run" then return state, true, "" end
+            if state == "paused" and req == "resume" then return state, true, "resume" end
+            if state == "paused" then return nil, "the task is paused; a resume runs it", "" end
             if state == "working" then return nil, "the task is already running (a duplicate run)" end
-            return nil, "the task waits for input (" .. state .. "); send a resume"
+            -- New messages for a task waiting for input continue it, as Bindu's API does; the
+            -- same run again (a redelivery) is a duplicate.
+            if unseen(task, rec) then return state, true end
+            return nil, "the task waits for input (" .. state .. "); this run brings no new message"
         end
+        if state == "paused" and req == "merge" then
+            return nil, "a resume before its task's run, after its pause: the run starts it", "run"
+        end
+        if state == "paused" and req == "run" then
+            return nil, "a resume before its task's run: kept for the run", "resume"
+        end
+        if state == "paused" and req == "resume" then return nil, "a resume before its task's run: kept for the run" end
         if WAITING[state] or state == "paused" then return state, true end
         if requeued and (state == "submitted" or state == "working") then return state end
-        if state == "working" and rec.requested == "pause" then
-            store:change{ id = task.task_id, from = "working", requested = "" }
-            return nil, "the resume withdrew a pause that had not happened yet"
+        if state == "working" and req == "pause" then
+            return nil, "the resume withdrew a pause that had not happened yet", ""
+        end
+        if state == "working" then
+            return nil, "a resume while it runs: the pause it answers, when it comes, is withdrawn", "resume"
         end
         return nil, "nothing to resume: the task is " .. state
     end
@@ -455,70 +555,91 @@ function M.make_process(w, info)
         end
         local admitted_at = adm and adm.at
         if not rec then
-            local err, code
-            rec, err, code = store:get(id)
-            if rec == nil then return storage_failed(task, header, "load", err, code) end
-            if rec == false then
-                if task.type == "resume" then return skipped(task, header, "nothing to resume: the task is unknown") end
-                -- Queued by a producer that keeps no state here (Bindu's, a raw LPUSH): record it.
-                local ok, st2, c2 = record(task)
-                if ok == nil then return storage_failed(task, header, "create", st2, c2) end
-                if ok then
-                    rec = { state = "submitted", attempts = 0, context_id = task.conversation_id }
-                else
-                    rec, err, code = store:get(id)
-                    if not rec then return storage_failed(task, header, "load", err or "the task vanished", code) end
+            -- Decided on the stored record and written with a compare-and-set on it; when
+            -- another operation of the task changed it meanwhile, decided again.
+            local started = false
+            for _ = 1, 8 do
+                local err, code, after, ok, st2, c2
+                rec, err, code = store:get(id)
+                if rec == nil then return storage_failed(task, header, "load", err, code) end
+                if rec == false and task.type == "resume" then
+                    -- A resume before anything else of its task: a record that waits, paused,
+                    -- for the run (see "Operations out of order" above).
+                    ok, st2, c2 = store:create{ id = id, context_id = task.conversation_id, queue = task.queue,
+                                                state = "paused", requested = "resume",
+                                                history = json.array(task.messages or {}) }
+                    if ok == nil then return storage_failed(task, header, "create", st2, c2) end
+                    if ok then return skipped(task, header, "a resume before its task's run: kept for the run", "paused") end
+                elseif rec == false then
+                    -- Queued by a producer that keeps no state here (Bindu's, a raw LPUSH): record it.
+                    ok, st2, c2 = record(task)
+                    if ok == nil then return storage_failed(task, header, "create", st2, c2) end
+                    if ok then rec = { state = "submitted", attempts = 0, context_id = task.conversation_id } end
                 end
-            end
-            from, append = start_from(task, header, rec)
-            if not from then return skipped(task, header, append, rec.state) end
-            local limit = task.max_attempts or max_attempts
-            if header.attempt > limit then
-                -- Only recoveries from dead workers get here: each used up an attempt.
-                store:change{ id = id, to = "failed", error = json.encode({ code = "EATTEMPTS",
-                              message = "its workers stopped while running it" }) }
-                return "dead", id, task.type, {
-                    reason = ("attempt %d exceeds max_attempts %d: its workers stopped while running it")
-                        :format(header.attempt, limit),
-                    body = header.body, attempt = header.attempt - 1, state = "failed",
-                }
-            end
-            if rl and not adm then
-                -- Admission under the rate limit: over it, the task is queued again (its lease
-                -- released) for the time the limiter names, and other keys keep flowing.
-                local key = "*"
-                if rate_key then
-                    local okk, k = pcall(rate_key, task)
-                    if not okk then
-                        return failed(task, { code = "ERATEKEY", message = "rate_key raised: " .. tostring(k),
-                                              retryable = false }, header)
+                if rec then
+                    from, append, after = start_from(task, header, rec)
+                    if not from then
+                        -- It does not start; its messages are kept all the same.
+                        ok, st2, c2 = keep(task, rec, after)
+                        if ok == nil then return storage_failed(task, header, "record", st2, c2) end
+                        if ok then return skipped(task, header, append, rec.state) end
+                    else
+                        local limit = task.max_attempts or max_attempts
+                        if header.attempt > limit then
+                            -- Only recoveries from dead workers get here: each used up an attempt.
+                            store:change{ id = id, to = "failed", error = json.encode({ code = "EATTEMPTS",
+                                          message = "its workers stopped while running it" }) }
+                            return "dead", id, task.type, {
+                                reason = ("attempt %d exceeds max_attempts %d: its workers stopped while running it")
+                                    :format(header.attempt, limit),
+                                body = header.body, attempt = header.attempt - 1, state = "failed",
+                            }
+                        end
+                        if rl and not adm and not admitted_at then
+                            -- Admission under the rate limit: over it, the task is queued again (its
+                            -- lease released) for the time the limiter names, and other keys keep flowing.
+                            local key = "*"
+                            if rate_key then
+                                local okk, k = pcall(rate_key, task)
+                                if not okk then
+                                    return failed(task, { code = "ERATEKEY", message = "rate_key raised: " .. tostring(k),
+                                                          retryable = false }, header)
+                                end
+                                key = k
+                            end
+                            if key ~= nil and key ~= false then
+                                local admitted, when, rcode = core.rate_limit(tostring(key), rl.limit, rl.period)
+                                if admitted == nil then
+                                    return failed(task, { code = rcode or "ERATELIMIT",
+                                                          message = "rate limiter: " .. tostring(when), retryable = true }, header)
+                                end
+                                if not admitted then return deferred(task, header, when) end
+                                admitted_at = when
+                            end
+                        end
+                        if not h then
+                            return failed(task, { code = "ENOHANDLER", message = "no handler for '" .. task.type
+                                                  .. "' in this worker", retryable = false }, header)
+                        end
+                        -- Name the task for the control channel before the state says "working", so a
+                        -- cancel stored after this change is always published to a slot that knows it.
+                        core.slot_task(id)
+                        new_msgs = append and unseen(task, rec) or nil
+                        local changed, now, c3 = store:change{ id = id, from = from, to = "working", count_attempt = true,
+                                                               worker = info.worker_id, requested = after or "",
+                                                               if_requested = from == "paused" and (rec.requested or "") or nil,
+                                                               append_history = new_msgs and json.encode(new_msgs) or nil }
+                        if changed == nil then return storage_failed(task, header, "start", now, c3) end
+                        if changed then
+                            started = true
+                            break
+                        end
                     end
-                    key = k
-                end
-                if key ~= nil and key ~= false then
-                    local admitted, when, rcode = core.rate_limit(tostring(key), rl.limit, rl.period)
-                    if admitted == nil then
-                        return failed(task, { code = rcode or "ERATELIMIT", message = "rate limiter: " .. tostring(when),
-                                              retryable = true }, header)
-                    end
-                    if not admitted then return deferred(task, header, when) end
-                    admitted_at = when
                 end
             end
-            if not h then
-                return failed(task, { code = "ENOHANDLER", message = "no handler for '" .. task.type .. "' in this worker",
-                                      retryable = false }, header)
-            end
-            -- Name the task for the control channel before the state says "working", so a cancel
-            -- stored after this change is always published to a slot that knows the task.
-            core.slot_task(id)
-            new_msgs = append and task.messages and #task.messages > 0 and task.messages or nil
-            local changed, now, c3 = store:change{ id = id, from = from, to = "working", count_attempt = true,
-                                                   worker = info.worker_id, requested = "",
-                                                   append_history = new_msgs and json.encode(new_msgs) or nil }
-            if changed == nil then return storage_failed(task, header, "start", now, c3) end
-            if not changed then
-                return skipped(task, header, "the task changed to " .. tostring(now) .. " before it started", now or nil)
+            if not started then
+                return failed(task, { code = "ECONFLICT", retryable = true,
+                                      message = "the task kept changing while this operation was applied" }, header)
             end
         end
         local history
@@ -550,11 +671,24 @@ function M.make_process(w, info)
             if sent then pickup = core.now() - sent end
         end
         core.limit(task.timeout or timeout)
-        local ok, res, herr = xpcall(h, errors.handler, task, ctx)
-        core.unlimit()
-        if ok and res == nil and herr ~= nil then
-            ok, res = false, errors.normalize(herr)
+        local ok, res, herr
+        for _ = 1, 8 do
+            ok, res, herr = xpcall(h, errors.handler, task, ctx)
+            if ok and res == nil and herr ~= nil then
+                ok, res = false, errors.normalize(herr)
+            end
+            -- A pause that a resume answered before it came (requested "resume": see
+            -- "Operations out of order") does not stop the task: the handler goes on from its
+            -- checkpoint at once, as after a pause and its resume.
+            if ok or res.code ~= "EPAUSED" or core.slot_control() == "cancel"
+                    or not store:change{ id = id, from = "working", if_requested = "resume" } then
+                break
+            end
+            core.log("info", "pause_answered", { task_id = id, worker = info.worker_id })
+            core.slot_task(id) -- clears the pause
+            ctx.resumed = true
         end
+        core.unlimit()
         if ok then return settle(task, header, res, defer) end
         if res.code == "ECANCELED" or core.slot_control() == "cancel" then
             local c4, s4 = store:change{ id = id, to = "canceled" }

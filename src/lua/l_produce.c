@@ -318,7 +318,7 @@ static int l_prepare_runs(lua_State *L)
         if (d->oom)
             return luaL_error(L, "schedule: out of memory");
         /* The buffer is NUL-terminated after every append: the array is the history. */
-        struct bq_task_new t = {id, conv, queue, NULL, d->p + history, NULL, NULL, 0};
+        struct bq_task_new t = {id, conv, queue, NULL, d->p + history, NULL, NULL, 0, NULL};
         struct bq_task_result res;
         bq_err err;
         if (store->ops->create(store, &t, &res, &err) != BQ_OK)

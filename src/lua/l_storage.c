@@ -3,11 +3,12 @@
  *
  *   local st = core.storage{type=, url=, schema=, max_connections=, connect_timeout=,
  *                           max_tasks=}
- *   st:create{id=, context_id=, queue=, state=, history=<json>, metadata=<json>}
+ *   st:create{id=, context_id=, queue=, state=, history=<json>, metadata=<json>, requested=}
  *       -> created, state
  *   st:get(id)               -> record | false (unknown)
  *   st:change{id=, from=, to=, append_history=, append_artifacts=, checkpoint=, error=,
- *             requested=, worker=, count_attempt=}  -> changed, state | false, requested
+ *             requested=, worker=, count_attempt=, if_requested=}
+ *             -> changed, state | false, requested
  *   st:list{state=, context_id=, older_than=, limit=}  -> {record, ...}
  *   st:remove(id) -> existed      st:ping() -> true      st:kind() -> "memory" | "postgres"
  *   st:close()
@@ -135,7 +136,7 @@ static int l_storage_create(lua_State *L)
     struct bq_task_new t = {
         opt_str(L, "id"),       opt_str(L, "context_id"), opt_str(L, "queue"),
         opt_str(L, "state"),    opt_str(L, "history"),    opt_str(L, "metadata"),
-        opt_str(L, "worker"),   0,
+        opt_str(L, "worker"),   0,                        opt_str(L, "requested"),
     };
     lua_getfield(L, 2, "attempts");
     lua_Integer attempts = lua_isnil(L, -1) ? 0 : luaL_checkinteger(L, -1);
@@ -205,6 +206,7 @@ static int l_storage_change(lua_State *L)
         .requested = opt_str(L, "requested"),
         .worker = opt_str(L, "worker"),
         .count_attempt = bq_lua_opt_boolean(L, 2, "count_attempt", 0),
+        .if_requested = opt_str(L, "if_requested"),
     };
     if (c.id == NULL)
         return luaL_argerror(L, 2, "field 'id' is required");

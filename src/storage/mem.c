@@ -478,12 +478,14 @@ static bq_status mem_create(bq_storage *s, const struct bq_task_new *t,
         m->r.metadata = t->metadata && strcmp(t->metadata, "{}") != 0 ? bq_strdup(t->metadata)
                                                                       : (char *)EMPTY_OBJECT;
         m->r.worker = dup_or_null(t->worker);
+        m->r.requested = t->requested && *t->requested ? bq_strdup(t->requested) : NULL;
         m->r.attempts = t->attempts > 0 ? t->attempts : 0;
         m->r.created_at = m->r.updated_at = m->r.state_at = now;
         m->hash = hash(t->id);
     }
     if (m == NULL || m->r.history == NULL || m->r.metadata == NULL ||
-        (t->worker && m->r.worker == NULL)) {
+        (t->worker && m->r.worker == NULL) ||
+        (t->requested && *t->requested && m->r.requested == NULL)) {
         if (m != NULL)
             rec_free(m);
         return bq_err_set(err, BQ_ENOMEM, "storage create: out of memory");
@@ -543,7 +545,9 @@ static bq_status mem_change(bq_storage *s, const struct bq_task_change *c,
     bq_status st = BQ_OK;
     long slot = find_hashed(sh, c->id, hh);
     struct bq_task_rec *r = slot >= 0 ? &sh->table[slot]->r : NULL;
-    if (r == NULL || !bq_task_state_in(r->state, c->from)) {
+    if (r == NULL || !bq_task_state_in(r->state, c->from) ||
+        (c->if_requested != NULL &&
+         strcmp(r->requested ? r->requested : "", c->if_requested) != 0)) {
         fill_result(res, r, false);
         goto out;
     }

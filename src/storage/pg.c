@@ -129,19 +129,19 @@ static const struct {
     int nparams;
     const char *sql;
 } stmts[ST_COUNT] = {
-    [ST_CREATE] = {"bq_create", 8,
+    [ST_CREATE] = {"bq_create", 9,
                    "INSERT INTO @S.tasks (id, context_id, state, queue, history, metadata, worker,"
-                   " attempts) "
+                   " attempts, requested) "
                    "VALUES ($1::text, $2::text, $3::text, $4::text, "
                    "COALESCE($5::text, '[]')::jsonb, COALESCE($6::text, '{}')::jsonb, $7::text,"
-                   " $8::int) "
+                   " $8::int, NULLIF($9::text, '')) "
                    "ON CONFLICT (id) DO NOTHING RETURNING state, requested, attempts"},
     [ST_STATE] = {"bq_state", 1,
                   "SELECT state, requested, attempts FROM @S.tasks WHERE id = $1::text"},
     [ST_GET] = {"bq_get", 1, "SELECT " REC_COLS " FROM @S.tasks WHERE id = $1::text"},
     /* The compare-and-set. Every parameter is text and is compared with '' before any cast,
      * so "" can mean "clear" for a jsonb column. $2 is the comma-separated allowed states. */
-    [ST_CHANGE] = {"bq_change", 10,
+    [ST_CHANGE] = {"bq_change", 11,
                    "UPDATE @S.tasks SET"
                    " state = COALESCE($3::text, state),"
                    " history = CASE WHEN $4::text IS NULL THEN history"
@@ -161,6 +161,7 @@ static const struct {
                    " state_at = CASE WHEN $3::text IS NOT NULL AND $3::text <> state"
                    "  THEN now() ELSE state_at END"
                    " WHERE id = $1::text AND state = ANY (string_to_array($2::text, ','))"
+                   "  AND ($11::text IS NULL OR COALESCE(requested, '') = $11::text)"
                    " RETURNING state, requested, attempts"},
     [ST_REMOVE] = {"bq_remove", 1, "DELETE FROM @S.tasks WHERE id = $1::text RETURNING id"},
     /* bq_change for a batch: $1 is a JSON array of {o (1..n), id, f, t, h, a, k, e, r, w, n}
@@ -656,14 +657,14 @@ static bq_status pg_create(bq_storage *base, const struct bq_task_new *t,
         return bq_err_set(err, BQ_EINVAL, "storage create: unknown state '%.30s'", state);
     char attempts[16];
     snprintf(attempts, sizeof attempts, "%d", t->attempts > 0 ? t->attempts : 0);
-    const char *vals[] = {t->id,      t->context_id, state,     t->queue,
-                          t->history, t->metadata,   t->worker, attempts};
+    const char *vals[] = {t->id,      t->context_id, state,     t->queue,    t->history,
+                          t->metadata, t->worker,    attempts,  t->requested};
     struct pgconn *c;
     PGresult *res;
     bq_status st = borrow(s, &c, err);
     if (st != BQ_OK)
         return st;
-    st = run(s, c, ST_CREATE, NULL, NULL, 8, vals, PGRES_TUPLES_OK, &res, err);
+    st = run(s, c, ST_CREATE, NULL, NULL, 9, vals, PGRES_TUPLES_OK, &res, err);
     if (st == BQ_OK && bq_pq.PQntuples(res) == 1) {
         fill_result(out, res, true);
     } else if (st == BQ_OK) {
@@ -719,13 +720,14 @@ static bq_status pg_change(bq_storage *base, const struct bq_task_change *c,
                           c->to,         c->append_history,
                           c->append_artifacts, c->checkpoint,
                           c->error,      c->requested,
-                          c->worker,     c->count_attempt ? "1" : "0"};
+                          c->worker,     c->count_attempt ? "1" : "0",
+                          c->if_requested};
     struct pgconn *conn;
     PGresult *res;
     bq_status st = borrow(s, &conn, err);
     if (st != BQ_OK)
         return st;
-    st = run(s, conn, ST_CHANGE, NULL, NULL, 10, vals, PGRES_TUPLES_OK, &res, err);
+    st = run(s, conn, ST_CHANGE, NULL, NULL, 11, vals, PGRES_TUPLES_OK, &res, err);
     if (st == BQ_OK && bq_pq.PQntuples(res) == 1) {
         fill_result(out, res, true);
     } else if (st == BQ_OK) {

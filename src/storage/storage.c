@@ -163,7 +163,10 @@ bq_status bq_storage_change_many(bq_storage *s, const struct bq_task_change *cha
                                  struct bq_task_result *res, bq_err *err)
 {
     memset(res, 0, n * sizeof *res);
-    if (batchable(s->ops->change_many != NULL, &changes[0].id, n, sizeof *changes))
+    bool plain = true; /* the batch statements compare states only */
+    for (size_t i = 0; i < n && plain; i++)
+        plain = changes[i].if_requested == NULL;
+    if (plain && batchable(s->ops->change_many != NULL, &changes[0].id, n, sizeof *changes))
         return s->ops->change_many(s, changes, n, res, err);
     for (size_t i = 0; i < n; i++) {
         bq_status st = s->ops->change(s, &changes[i], &res[i], err);

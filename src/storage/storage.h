@@ -72,6 +72,7 @@ struct bq_task_new {
     const char *metadata;   /* JSON object; NULL: {} */
     const char *worker;     /* NULL: none */
     int attempts;           /* the starting count (a task created already "working": 1) */
+    const char *requested;  /* NULL or "": none (see lua/binduq/lifecycle.lua) */
 };
 
 /* A compare-and-set change of one task. */
@@ -87,13 +88,16 @@ struct bq_task_change {
     const char *requested;        /* the same */
     const char *worker;           /* the same */
     bool count_attempt;           /* attempts + 1 */
+    const char *if_requested;     /* non-NULL: the change is made only if the task's
+                                   * `requested` is this ("" for none), as `from` for its
+                                   * state (not in batches: bq_storage_change_many) */
 };
 
 /* What a change found. When the task is unknown, found is false and state "". */
 struct bq_task_result {
     bool found, changed;
     char state[BQ_STATE_LEN];  /* the state after the change (or the state that refused it) */
-    char requested[16];        /* "pause" or "" */
+    char requested[16];        /* "", "pause", or what lifecycle.lua keeps before a run */
     int attempts;              /* the attempts after the change */
 };
 

@@ -80,7 +80,7 @@ static bq_status open_with(const char *url, const char *sch, int max, double tim
 static bq_status create(bq_storage *s, const char *id, const char *ctx, const char *history,
                         struct bq_task_result *res)
 {
-    struct bq_task_new t = {id, ctx, "q", NULL, history, NULL, NULL, 0};
+    struct bq_task_new t = {id, ctx, "q", NULL, history, NULL, NULL, 0, NULL};
     bq_err err;
     bq_status st = s->ops->create(s, &t, res, &err);
     if (st != BQ_OK)
@@ -246,7 +246,7 @@ TEST(create_and_get_round_trip_every_field)
     const char *history = "[{\"role\": \"user\", \"parts\": [{\"kind\": \"text\", \"text\": "
                           "\"h\\u00e9 \\\"quoted\\\"\"}]}]";
     struct bq_task_new t = {"rt-1", "ctx-rt", "bindu:tasks", NULL, history,
-                            "{\"b\":1,  \"a\":[true,null]}", NULL, 0};
+                            "{\"b\":1,  \"a\":[true,null]}", NULL, 0, NULL};
     double before = bq_now_wall();
     CHECK_INT(store->ops->create(store, &t, &res, &err), BQ_OK);
     CHECK(res.found);
@@ -310,7 +310,7 @@ TEST(create_and_get_round_trip_every_field)
 
     /* Defaults: no history, no metadata, an explicit state; a worker and attempts given (a
      * task recorded as it starts). */
-    struct bq_task_new t2 = {"rt-2", NULL, NULL, "input-required", NULL, NULL, "w-7", 3};
+    struct bq_task_new t2 = {"rt-2", NULL, NULL, "input-required", NULL, NULL, "w-7", 3, NULL};
     CHECK_INT(store->ops->create(store, &t2, &res, &err), BQ_OK);
     CHECK_STR(res.state, "input-required");
     CHECK_INT(res.attempts, 3);
@@ -334,12 +334,12 @@ TEST(create_and_get_round_trip_every_field)
     CHECK_INT(store->ops->get(store, "no-such-task", &r, &found, &err), BQ_OK);
     CHECK(!found);
     CHECK(r.id == NULL && r.state == NULL && r.attempts == 0);
-    struct bq_task_new bad = {"rt-3", NULL, NULL, "done", NULL, NULL, NULL, 0};
+    struct bq_task_new bad = {"rt-3", NULL, NULL, "done", NULL, NULL, NULL, 0, NULL};
     CHECK_INT(store->ops->create(store, &bad, &res, &err), BQ_EINVAL);
     CHECK_CONTAINS(err.msg, "unknown state");
-    struct bq_task_new noid = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
+    struct bq_task_new noid = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL};
     CHECK_INT(store->ops->create(store, &noid, &res, &err), BQ_EINVAL);
-    struct bq_task_new badjson = {"rt-4", NULL, NULL, NULL, "[1,", NULL, NULL, 0};
+    struct bq_task_new badjson = {"rt-4", NULL, NULL, NULL, "[1,", NULL, NULL, 0, NULL};
     CHECK_INT(store->ops->create(store, &badjson, &res, &err), BQ_EPG);
     CHECK_CONTAINS(err.msg, "PQexecPrepared(bq_create): invalid input syntax for type json");
     CHECK_CONTAINS(err.msg, "SQLSTATE 22P02");
@@ -573,6 +573,41 @@ TEST(checkpoint_error_requested_worker_set_and_clear)
     CHECK(r.requested == NULL);
     CHECK(r.worker == NULL);
     bq_task_rec_clear(&r);
+}
+
+/* `requested` given at create, and as a condition of a change (if_requested), as the
+ * lifecycle keeps a task's unanswered pause or resume (lua/binduq/lifecycle.lua). */
+TEST(requested_at_create_and_as_a_condition)
+{
+    NEED_PG();
+    struct bq_task_result res;
+    struct bq_task_new t = {"rq-1", NULL, NULL, "paused", NULL, NULL, NULL, 0, "merge"};
+    CHECK_INT(store->ops->create(store, &t, &res, NULL), BQ_OK);
+    CHECK(res.changed);
+    CHECK_STR(res.requested, "merge");
+    struct bq_task_change c = cas("rq-1", "paused", NULL);
+    c.if_requested = "resume"; /* not what it holds: nothing changes */
+    c.requested = "run";
+    CHECK_INT(change(store, &c, &res), BQ_OK);
+    CHECK(!res.changed);
+    CHECK_STR(res.requested, "merge");
+    c.if_requested = "merge";
+    CHECK_INT(change(store, &c, &res), BQ_OK);
+    CHECK(res.changed);
+    CHECK_STR(res.requested, "run");
+    c = cas("rq-1", "paused", "working");
+    c.if_requested = ""; /* "" is none: "run" is something */
+    CHECK_INT(change(store, &c, &res), BQ_OK);
+    CHECK(!res.changed);
+    c.if_requested = "run";
+    c.requested = "";
+    CHECK_INT(change(store, &c, &res), BQ_OK);
+    CHECK(res.changed);
+    CHECK_STR(res.state, "working");
+    c = cas("rq-1", "working", NULL);
+    c.if_requested = "";
+    CHECK_INT(change(store, &c, &res), BQ_OK);
+    CHECK(res.changed); /* cleared is none */
 }
 
 TEST(count_attempt_counts_applied_changes_only)
@@ -1174,6 +1209,7 @@ int main(void)
     RUN(appends_concatenate_arrays);
     RUN(change_many_is_a_batch_of_compare_and_sets);
     RUN(checkpoint_error_requested_worker_set_and_clear);
+    RUN(requested_at_create_and_as_a_condition);
     RUN(count_attempt_counts_applied_changes_only);
     RUN(list_filters_and_orders_newest_first);
     RUN(remove_and_ping);

@@ -24,7 +24,7 @@ TEST(create_get_and_cas)
 {
     bq_storage *s = open_mem();
     struct bq_task_new t = {"t1", "c1", "q", NULL, "[{\"role\":\"user\",\"content\":\"hi\"}]",
-                            "{\"k\":1}", NULL, 0};
+                            "{\"k\":1}", NULL, 0, NULL};
     struct bq_task_result r;
     CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
     CHECK(r.changed && r.found);
@@ -99,7 +99,7 @@ TEST(list_filters_newest_first)
         char id[16];
         snprintf(id, sizeof id, "L%d", i);
         struct bq_task_new t = {id, i % 2 ? "odd" : "even", NULL, i < 3 ? "working" : NULL,
-                                NULL, NULL, NULL, 0};
+                                NULL, NULL, NULL, 0, NULL};
         struct bq_task_result r;
         CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
     }
@@ -138,7 +138,7 @@ static void *hammer(void *arg)
 TEST(threads_share_one_store)
 {
     bq_storage *a = open_mem(), *b = open_mem();
-    struct bq_task_new t = {"shared", NULL, NULL, "working", NULL, NULL, "w1", 1};
+    struct bq_task_new t = {"shared", NULL, NULL, "working", NULL, NULL, "w1", 1, NULL};
     struct bq_task_result r;
     CHECK_INT(a->ops->create(a, &t, &r, NULL), BQ_OK);
     pthread_t th[4];
@@ -193,7 +193,7 @@ TEST(max_tasks_bounds_the_records)
     for (int i = 0; i < 8; i++) {
         char id[16];
         snprintf(id, sizeof id, "M%d", i);
-        struct bq_task_new t = {id, NULL, NULL, NULL, i % 2 ? "[1]" : "[]", NULL, NULL, 0};
+        struct bq_task_new t = {id, NULL, NULL, NULL, i % 2 ? "[1]" : "[]", NULL, NULL, 0, NULL};
         CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
         struct bq_task_change c = {.id = id, .to = "working"};
         CHECK_INT(s->ops->change(s, &c, &r, NULL), BQ_OK);
@@ -222,7 +222,7 @@ TEST(max_tasks_bounds_the_records)
     for (int i = 0; i < 600; i++) {
         char id[16];
         snprintf(id, sizeof id, "N%d", i);
-        struct bq_task_new n = {id, NULL, NULL, NULL, NULL, NULL, NULL, 0};
+        struct bq_task_new n = {id, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL};
         CHECK_INT(t->ops->create(t, &n, &r, NULL), BQ_OK);
     }
     CHECK(has(s, "M6") && has(s, "N0") && has(s, "N599"));
@@ -234,7 +234,7 @@ TEST(max_tasks_bounds_the_records)
     const char *ids[] = {"O1", "O2", "O3", "O4", "O5"};
     for (int i = 0; i < 5; i++) {
         struct bq_task_new n = {ids[i], NULL, NULL, i == 0 ? "working" : "completed", NULL, NULL,
-                                NULL, 0};
+                                NULL, 0, NULL};
         CHECK_INT(t->ops->create(t, &n, &r, NULL), BQ_OK);
     }
     CHECK(has(t, "O1") && !has(t, "O2") && !has(t, "O3") && has(t, "O4") && has(t, "O5"));
@@ -250,12 +250,43 @@ TEST(max_tasks_bounds_the_records)
 
 /* Without a batch of its own, the memory storage makes a batch of changes one by one, with
  * the same results. */
+/* `requested` given at create, and as a condition of a change (if_requested). */
+TEST(requested_at_create_and_as_a_condition)
+{
+    bq_storage *s = open_mem();
+    struct bq_task_new t = {"rq", NULL, NULL, "paused", NULL, NULL, NULL, 0, "resume"};
+    struct bq_task_result r;
+    CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
+    CHECK_STR(r.requested, "resume");
+    struct bq_task_change c = {.id = "rq", .from = "paused", .if_requested = "merge",
+                               .requested = "run"};
+    CHECK_INT(s->ops->change(s, &c, &r, NULL), BQ_OK);
+    CHECK(!r.changed);
+    CHECK_STR(r.requested, "resume");
+    c.if_requested = "resume";
+    CHECK_INT(s->ops->change(s, &c, &r, NULL), BQ_OK);
+    CHECK(r.changed);
+    CHECK_STR(r.requested, "run");
+    struct bq_task_change none = {.id = "rq", .from = "paused", .if_requested = ""};
+    CHECK_INT(s->ops->change(s, &none, &r, NULL), BQ_OK);
+    CHECK(!r.changed);
+    /* a batch with a condition on requested goes one by one, and keeps it */
+    struct bq_task_change two[2] = {{.id = "rq", .from = "paused", .if_requested = "merge",
+                                     .to = "working"},
+                                    {.id = "other", .to = "working"}};
+    struct bq_task_result rr[2];
+    CHECK_INT(bq_storage_change_many(s, two, 2, rr, NULL), BQ_OK);
+    CHECK(!rr[0].changed);
+    CHECK_STR(rr[0].state, "paused");
+    bq_storage_unref(s);
+}
+
 TEST(change_many_one_by_one)
 {
     bq_storage_mem_reset();
     bq_storage *s = open_mem();
     struct bq_task_result res[3];
-    struct bq_task_new t = {"cmm-1", NULL, NULL, NULL, NULL, NULL, NULL, 0};
+    struct bq_task_new t = {"cmm-1", NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL};
     CHECK_INT(s->ops->create(s, &t, &res[0], NULL), BQ_OK);
     struct bq_task_change c[3] = {{.id = "cmm-1", .from = "submitted", .to = "working", .count_attempt = true},
                                   {.id = "cmm-1", .from = "submitted", .to = "working"},
@@ -281,7 +312,7 @@ TEST(a_large_bound_is_sharded_and_exact)
     char id[16];
     for (int i = 0; i < 20500; i++) {
         snprintf(id, sizeof id, "S%d", i);
-        struct bq_task_new t = {id, NULL, NULL, "completed", NULL, NULL, NULL, 0};
+        struct bq_task_new t = {id, NULL, NULL, "completed", NULL, NULL, NULL, 0, NULL};
         CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
     }
     int kept = 0, newest_kept = 0;
@@ -345,6 +376,7 @@ int main(void)
     RUN(max_tasks_bounds_the_records);
     RUN(a_large_bound_is_sharded_and_exact);
     RUN(change_many_one_by_one);
+    RUN(requested_at_create_and_as_a_condition);
     bq_storage_mem_reset();
     return check_report("test_storage");
 }

@@ -180,3 +180,111 @@ describe("#redis #pg Bindu's producers", function()
         s:close()
     end)
 end)
+
+describe("#redis #pg operations out of order", function()
+    local server, db, dir, admin
+    setup(function()
+        server = redis.start()
+        db = pg.start()
+        dir = proc.tmpdir()
+        bq.log_configure{ level = "warn" }
+        admin = bq.scheduler{ url = server.url }
+    end)
+    teardown(function()
+        admin:close()
+        server:stop()
+        db:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    -- Every order of a task's run, pause, resume and cancel, as Bindu's producers on several
+    -- processes deliver them, handled by two workers: each task ends in the state its
+    -- operations mean, with every message it was sent in its history exactly once.
+    --   run                        -> completed
+    --   run + cancel               -> canceled (in either order)
+    --   run + pause                -> paused
+    --   run + pause + resume       -> completed (the resume answers the pause, whichever first)
+    -- The runs nap (8 s, stopped by a pause or cancel); a resume's message says "answer".
+    it("ends every task in the state its operations mean, in any order, over two workers", function()
+        local seed = os.time()
+        math.randomseed(seed)
+        print("\n# seed " .. seed)
+        local q = ("it:bindu:any:%d"):format(math.random(1, 1e9))
+        local function perms(t)
+            if #t <= 1 then return { t } end
+            local out = {}
+            for i = 1, #t do
+                local rest = {}
+                for j = 1, #t do if j ~= i then rest[#rest + 1] = t[j] end end
+                for _, p in ipairs(perms(rest)) do
+                    table.insert(p, 1, t[i])
+                    out[#out + 1] = p
+                end
+            end
+            return out
+        end
+        local tasks = {}
+        local function add(kind, order, want)
+            tasks[#tasks + 1] = { id = uuid(), ctx = uuid(), kind = kind, order = order, want = want }
+        end
+        for _ = 1, 3 do add("run", { "run" }, "completed") end
+        for _, o in ipairs(perms({ "run", "cancel" })) do add("cancel", o, "canceled") end
+        for _, o in ipairs(perms({ "run", "pause" })) do add("pause", o, "paused") end
+        for _, o in ipairs(perms({ "run", "pause", "resume" })) do add("resume", o, "completed") end
+        -- Interleave the tasks' operations at random, each task's in its own order.
+        local lines, next_op = {}, {}
+        local left = 0
+        for i, t in ipairs(tasks) do
+            next_op[i] = 1
+            left = left + #t.order
+        end
+        while left > 0 do
+            local i = math.random(1, #tasks)
+            local t = tasks[i]
+            local op = t.order[next_op[i]]
+            if op then
+                next_op[i] = next_op[i] + 1
+                left = left - 1
+                if op == "run" then
+                    lines[#lines + 1] = { "run", t.id, t.ctx, t.kind == "run" and "answer" or "nap:8" }
+                elseif op == "resume" then
+                    lines[#lines + 1] = { "resume", t.id, t.ctx, "answer" }
+                else
+                    lines[#lines + 1] = { op, t.id }
+                end
+            end
+        end
+        local ops = bindu_ops(lines)
+        for _, m in ipairs(ops) do assert(admin.client:command(q, "RPUSH", q, m)) end
+        local env = { DATABASE_URL = db.url, BQ_TEST_BLOCK_TIMEOUT = 1, BINDUQ_QUEUE_ORDER = "rpush",
+                      BQ_TEST_CONCURRENCY = 3 }
+        local ws = { cluster.worker(server, q, env, FIXTURE, dir), cluster.worker(server, q, env, FIXTURE, dir) }
+        local s = bq.scheduler{ scheduler = { url = server.url, queue_name = q },
+                                storage = { type = "postgres", url = db.url } }
+        local function settled()
+            for _, t in ipairs(tasks) do
+                local r = s:get_task(t.id)
+                if not r or r.state ~= t.want then return false end
+            end
+            return tonumber(server:cli("LLEN", q)) == 0
+        end
+        proc.wait_for(settled, 40, 0.1)
+        local bad = {}
+        for _, t in ipairs(tasks) do
+            local r = s:get_task(t.id)
+            local sent = {}
+            for _, o in ipairs(t.order) do if o == "run" or o == "resume" then sent[#sent + 1] = o end end
+            local users = 0
+            for _, m in ipairs(r and r.history or {}) do
+                if m.role == "user" then users = users + 1 end
+            end
+            if not r or r.state ~= t.want or users ~= #sent then
+                bad[#bad + 1] = ("%s [%s]: %s with %d of %d messages"):format(t.kind, table.concat(t.order, ","),
+                    r and r.state or "unknown", users, #sent)
+            end
+        end
+        for _, w in ipairs(ws) do proc.stop(w) end
+        s:close()
+        assert.are.same({}, bad)
+    end)
+end)
