@@ -149,6 +149,9 @@ struct bq_lessee {
     const char *worker;  /* worker id, part of the in-flight list's key */
     enum bq_delivery delivery;
     size_t max_size;     /* longer messages arrive as their first bytes (0: no limit) */
+    size_t max_bytes;    /* a fetch of several messages stops once they pass this many bytes
+                          * (the first is taken whatever its size; 0: no limit), so what a
+                          * worker holds is bounded by bytes as well as by count */
 };
 
 /* What one round trip of the fetch loop asks for, and what it got. */

@@ -7,10 +7,12 @@
  * same round trip as that fetch.
  *
  * Fetching never polls. At-most-once: BLMPOP (Redis >= 7.0: one round trip takes up to `max`
- * messages as soon as the first arrives) or BRPOP, then RPOP with a count when a batch is
+ * messages as soon as the first arrives, as many as fit the lessee's byte budget) or BRPOP,
+ * then the fetch-2 script (a pop with a count, stopped at the byte budget) when a batch is
  * wanted without waiting. At-least-once: BLMOVE into the worker's in-flight list when
- * waiting, the fetch-2 script (RPOP + LPUSH, atomic) when taking a batch; either way the
- * message is leased in the same atomic step that takes it.
+ * waiting, fetch-2 leasing what it takes (the pop and the LPUSH atomic) when taking a batch;
+ * either way the message is leased in the same atomic step that takes it. BRPOP, RPOP,
+ * BLMOVE ... RIGHT are BLPOP, LPOP, BLMOVE ... LEFT for a queue whose producers RPUSH.
  *
  * Multi-step changes are server-side scripts (one file each under lua/binduq/redis/, embedded by
  * embed.lua): EVALSHA, falling back to EVAL (which also loads the script) on NOSCRIPT.
@@ -794,11 +796,19 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         r->fetch_cap = who->max_size;
     }
     char lease_ms[32], count[24], tmo[32], wts[MAX_QUEUES][16], creds[MAX_QUEUES][24];
+    char bytes[24], blcount[24];
     snprintf(lease_ms, sizeof lease_ms, "%lld", (long long)(req->lease * 1000.0));
     snprintf(count, sizeof count, "%zu", req->max);
     snprintf(tmo, sizeof tmo, "%.3f", timeout);
-    const char *fm_args[3 + 2 * MAX_QUEUES] = {count, lease ? "1" : "0", k->fronts};
-    int fm_nargs = 3;
+    snprintf(bytes, sizeof bytes, "%zu", who->max_bytes);
+    /* BLMPOP cannot stop at a number of bytes: it takes only as many as fit even if each
+     * is as large as a message may be. */
+    size_t blmax = req->max;
+    if (who->max_bytes > 0 && who->max_size > 0 && blmax > who->max_bytes / who->max_size)
+        blmax = who->max_bytes / who->max_size > 0 ? who->max_bytes / who->max_size : 1;
+    snprintf(blcount, sizeof blcount, "%zu", blmax);
+    const char *fm_args[4 + 2 * MAX_QUEUES] = {count, lease ? "1" : "0", k->fronts, bytes};
+    int fm_nargs = 4;
     for (int i = 0; who->weights != NULL && i < nq; i++) {
         snprintf(wts[i], sizeof wts[i], "%d", who->weights[i]);
         fm_args[fm_nargs++] = wts[i];
@@ -827,7 +837,8 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
      * take by priority without waiting (fetchm-N); once they had none, take what is there and
      * wait on their bells in the same round trip (step 5 takes after a bell rang). */
     bool left = k->fronts[0] == 'L';
-    const char *f_keys[] = {who->queues[0], k->wip[0]}, *f_args[] = {count, left ? "L" : "R"};
+    const char *f_keys[] = {who->queues[0], k->wip[0]},
+               *f_args[] = {count, left ? "L" : "R", bytes, lease ? "1" : "0"};
     const char *cmd = NULL;
     enum script_id f_script = S_COUNT;
     bool want = req->max > 0;
@@ -842,22 +853,18 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
                 k->bells[nq + 1] = tmo;
                 st = bq_conn_append(c, nq + 2, k->bells, NULL, err);
             }
-        } else if (timeout <= 0 && lease) {
+        } else if (timeout <= 0) {
             cmd = "fetch-2";
             f_script = S_FETCH;
-            st = append_script(c, S_FETCH, false, 2, f_keys, 2, f_args, NULL, err);
-        } else if (timeout <= 0) {
-            cmd = left ? "LPOP" : "RPOP";
-            const char *argv[] = {cmd, who->queues[0], count};
-            st = bq_conn_append(c, 3, argv, NULL, err);
+            st = append_script(c, S_FETCH, false, 2, f_keys, 4, f_args, NULL, err);
         } else if (lease) {
             const char *argv[] = {"BLMOVE", who->queues[0], k->wip[0], left ? "LEFT" : "RIGHT",
                                   "LEFT", tmo};
             cmd = "BLMOVE";
             st = bq_conn_append(c, 6, argv, NULL, err);
-        } else if (r->has_blmpop && req->max > 1) {
+        } else if (r->has_blmpop && blmax > 1) {
             const char *argv[] = {"BLMPOP", tmo, "1", who->queues[0], left ? "LEFT" : "RIGHT",
-                                  "COUNT", count};
+                                  "COUNT", blcount};
             cmd = "BLMPOP";
             st = bq_conn_append(c, 7, argv, NULL, err);
         } else {

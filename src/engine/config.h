@@ -18,7 +18,13 @@
 #define BQ_DEFAULT_POOL_TIMEOUT 5.0
 #define BQ_DEFAULT_BLOCK_TIMEOUT 5.0
 #define BQ_DEFAULT_CONCURRENCY 1
-#define BQ_DEFAULT_MAX_MESSAGE_SIZE (1024 * 1024)
+/* Large enough for A2A messages with files (a 1.1 MB PDF is 1.5 MB of base64); Bindu has
+ * no limit, Redis' own is 512 MB. */
+#define BQ_DEFAULT_MAX_MESSAGE_SIZE (32 * 1024 * 1024)
+/* A fetch of several messages stops once they pass this many bytes (the first is taken
+ * whatever its size): a worker holds at most about concurrency x max_message_size for its
+ * running tasks plus two fetches' worth waiting (see "Memory" in the README). */
+#define BQ_FETCH_BYTES ((size_t)16 * 1024 * 1024)
 #define BQ_DEFAULT_LEASE 30.0            /* seconds; renewed every lease/3 */
 #define BQ_DEFAULT_SHUTDOWN_TIMEOUT 30.0 /* seconds running handlers get after SIGTERM */
 #define BQ_DEFAULT_MAX_ATTEMPTS 5

@@ -1664,7 +1664,7 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     }
     w->queue = w->queues != NULL && w->nqueues == nq ? w->queues[0] : NULL;
     w->who = (struct bq_lessee){(const char *const *)w->queues, w->nqueues, w->weights, w->id,
-                                o->delivery, o->max_message_size};
+                                o->delivery, o->max_message_size, BQ_FETCH_BYTES};
     w->ring = bq_calloc((size_t)w->capacity, sizeof *w->ring);
     w->slots = bq_calloc((size_t)w->concurrency, sizeof *w->slots);
     w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -858,7 +858,7 @@ static void read_slot_cfg(lua_State *L, struct lengine *e)
     c->worker_key = opt_dup(L, 1, "worker_key", true);
     c->policy = opt_dup(L, 1, "policy", false);
     c->want_results = bq_lua_opt_boolean(L, 1, "want_results", 0);
-    c->max_message_size = bq_lua_opt_integer(L, 1, "max_message_size", 1024 * 1024);
+    c->max_message_size = bq_lua_opt_integer(L, 1, "max_message_size", BQ_DEFAULT_MAX_MESSAGE_SIZE);
     if (lua_getfield(L, 1, "storage") != LUA_TNIL)
         c->storage = bq_storage_ref(bq_lua_check_storage(L, -1));
     lua_pop(L, 1);
@@ -917,7 +917,7 @@ static int l_engine_new(lua_State *L)
     wo.want_results = e->cfg->want_results;
     wo.lease = bq_lua_opt_number(L, 1, "lease", 30.0);
     wo.shutdown_timeout = bq_lua_opt_number(L, 1, "shutdown_timeout", 30.0);
-    lua_Integer mms = bq_lua_opt_integer(L, 1, "max_message_size", 1024 * 1024);
+    lua_Integer mms = bq_lua_opt_integer(L, 1, "max_message_size", BQ_DEFAULT_MAX_MESSAGE_SIZE);
     wo.max_message_size = mms > 0 ? (size_t)mms : 0;
     const char *delivery = bq_lua_opt_string(L, 1, "delivery");
     if (delivery == NULL || strcmp(delivery, "at-least-once") == 0)

@@ -42,8 +42,8 @@ struct bq_conn_opts {
     size_t max_reply_elements; /* the reply and all elements of its arrays, recursively */
 };
 
-/* 512 MiB: Redis' own largest bulk string (proto-max-bulk-len), and room for a fetch of
- * `batch` messages of up to max_message_size each with the defaults (128 x 1 MiB). */
+/* 512 MiB: Redis' own largest bulk string (proto-max-bulk-len), and room for any fetch (one
+ * of several messages stops at BQ_FETCH_BYTES, 16 MiB, plus one of max_message_size). */
 #define BQ_MAX_REPLY_BYTES_DEFAULT ((size_t)512 * 1024 * 1024)
 /* Each element costs the reader a redisReply of about 50 bytes plus a pointer: about 64 MB.
  * binduq's own replies have at most a few thousand. */

@@ -7,6 +7,7 @@
 
 #include "../../src/binduq.h"
 #include "../../src/broker/broker.h"
+#include "../../src/core/alloc.h"
 #include "../../src/core/clock.h"
 #include "../../src/engine/client.h"
 #include "../../src/net/conn.h"
@@ -363,7 +364,7 @@ static void *fetch_thread(void *arg)
     struct fetcher *f = arg;
     double t0 = bq_now_mono();
     const char *who_q[] = {f->queue};
-    struct bq_lessee who = {who_q, 1, NULL, "fetcher", BQ_AT_MOST_ONCE, 0};
+    struct bq_lessee who = {who_q, 1, NULL, "fetcher", BQ_AT_MOST_ONCE, 0, 0};
     f->st = fetch(f->b, &who, 4, 10.0, NULL, 0, NULL, &f->got);
     f->took = bq_now_mono() - t0;
     return NULL;
@@ -400,7 +401,7 @@ TEST(broker_fetch_is_fifo_and_batched)
     CHECK_INT(pushed, 10);
     struct bq_batch got = {NULL, 0, 0};
     const char *who_q[] = {queue};
-    struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_MOST_ONCE, 0};
+    struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_MOST_ONCE, 0, 0};
     CHECK_INT(fetch(b, &who, 4, 1.0, NULL, 0, NULL, &got), BQ_OK); /* BLMPOP */
     CHECK_INT(got.n, 4);
     CHECK_INT(fetch(b, &who, 4, 0, NULL, 0, NULL, &got), BQ_OK); /* RPOP n */
@@ -509,7 +510,7 @@ static void push_texts(bq_broker *b, const char *queue, int n, const char *stem)
 static void lease_cycle(bq_broker *b, const char *queue)
 {
     const char *who_q[] = {queue};
-    struct bq_lessee who = {who_q, 1, NULL, "w1", BQ_AT_LEAST_ONCE, 0};
+    struct bq_lessee who = {who_q, 1, NULL, "w1", BQ_AT_LEAST_ONCE, 0, 0};
     push_texts(b, queue, 6, "m");
     struct bq_batch got = {NULL, 0, 0};
     CHECK_INT(fetch(b, &who, 1, 1.0, NULL, 0, NULL, &got), BQ_OK); /* BLMOVE */
@@ -592,7 +593,7 @@ static void lease_cycle(bq_broker *b, const char *queue)
         CHECK_STR(all.msgs[0].data, "#bq {\"attempt\":1,\"requeued\":1}\nm3");
     long long purged = -1;
     struct bq_slice e2 = {"{\"reason\":\"y\"}\nzz", 17};
-    struct bq_lessee amo = {who_q, 1, NULL, "w1", BQ_AT_MOST_ONCE, 0};
+    struct bq_lessee amo = {who_q, 1, NULL, "w1", BQ_AT_MOST_ONCE, 0, 0};
     struct bq_msg e2m = {(char *)e2.p, e2.len, 0, false, 0};
     CHECK_INT(b->ops->bury(b, &amo, &e2m, e2, &held, NULL), BQ_OK);
     CHECK_INT(b->ops->dlq_remove(b, queue, e2, &done, NULL), BQ_OK);
@@ -625,6 +626,67 @@ TEST(lease_cycle_redis)
     char queue[96];
     snprintf(queue, sizeof queue, "%s:lease", prefix);
     lease_cycle(b, queue);
+    bq_broker_free(b);
+}
+
+/* A fetch of several messages stops at the lessee's byte budget (the first is taken whatever
+ * its size), in every mode, and what it leaves stays in order at the front. */
+TEST(fetch_stops_at_the_byte_budget)
+{
+    NEED_REDIS();
+    bq_broker *b = open_broker();
+    if (b == NULL)
+        return;
+    char q1[96], q2[96];
+    snprintf(q1, sizeof q1, "%s:bytes1", prefix);
+    snprintf(q2, sizeof q2, "%s:bytes2", prefix);
+    size_t big = 100000;
+    char *text = bq_malloc(big + 1);
+    struct bq_slice msgs[6];
+    char *copies[6];
+    for (int i = 0; i < 6; i++) {
+        memset(text, 'a' + i, big);
+        text[big] = '\0';
+        copies[i] = bq_strdup(text);
+        msgs[i] = (struct bq_slice){copies[i], big};
+    }
+    size_t pushed;
+    CHECK_INT(b->ops->push(b, q1, msgs, 6, &pushed, NULL), BQ_OK);
+    const char *one[] = {q1};
+    struct bq_lessee lw = {one, 1, NULL, "wb", BQ_AT_LEAST_ONCE, 0, 250000};
+    struct bq_batch got = {NULL, 0, 0};
+    CHECK_INT(fetch(b, &lw, 6, 0, NULL, 0, NULL, &got), BQ_OK); /* fetch-2, leased */
+    CHECK_INT(got.n, 2); /* 200,000 bytes; a third would pass 250,000 */
+    struct bq_lessee lm = {one, 1, NULL, "wb", BQ_AT_MOST_ONCE, 0, 250000};
+    CHECK_INT(fetch(b, &lm, 6, 0, NULL, 0, NULL, &got), BQ_OK); /* fetch-2, popped */
+    CHECK_INT(got.n, 4);
+    struct bq_lessee tiny = {one, 1, NULL, "wb", BQ_AT_MOST_ONCE, 0, 10};
+    CHECK_INT(fetch(b, &tiny, 6, 0, NULL, 0, NULL, &got), BQ_OK); /* the first, whatever */
+    CHECK_INT(got.n, 5);
+    struct bq_lessee bl = {one, 1, NULL, "wb", BQ_AT_MOST_ONCE, 100000, 100000};
+    CHECK_INT(fetch(b, &bl, 6, 1.0, NULL, 0, NULL, &got), BQ_OK); /* BLMPOP COUNT 1 */
+    CHECK_INT(got.n, 6);
+    for (size_t i = 0; i < got.n; i++)
+        CHECK(got.msgs[i].len == big && got.msgs[i].data[0] == (char)('a' + i)); /* in order */
+    bq_batch_clear(&got);
+
+    /* several queues: the budget counts across them */
+    CHECK_INT(b->ops->push(b, q1, msgs, 2, &pushed, NULL), BQ_OK);
+    CHECK_INT(b->ops->push(b, q2, msgs + 2, 2, &pushed, NULL), BQ_OK);
+    const char *two[] = {q1, q2};
+    struct bq_lessee lt = {two, 2, NULL, "wb2", BQ_AT_LEAST_ONCE, 0, 250000};
+    CHECK_INT(fetch(b, &lt, 6, 0, NULL, 0, NULL, &got), BQ_OK); /* fetchm-N */
+    CHECK_INT(got.n, 2);
+    CHECK_INT(fetch(b, &lt, 6, 0, NULL, 0, NULL, &got), BQ_OK);
+    CHECK_INT(got.n, 4);
+    for (size_t i = 0; i < got.n; i++)
+        CHECK(got.msgs[i].data[0] == (char)('a' + i));
+    CHECK_INT(len_of(b, q1, BQ_LIST_READY), 0);
+    CHECK_INT(len_of(b, q2, BQ_LIST_READY), 0);
+    bq_batch_free(&got);
+    for (int i = 0; i < 6; i++)
+        bq_free(copies[i]);
+    bq_free(text);
     bq_broker_free(b);
 }
 
@@ -670,7 +732,7 @@ TEST(queue_order_rpush_is_fifo_from_the_left)
     CHECK_STR(at, "p2");
     struct bq_batch got = {NULL, 0, 0};
     const char *who_q[] = {queue};
-    struct bq_lessee amo = {who_q, 1, NULL, "w", BQ_AT_MOST_ONCE, 0};
+    struct bq_lessee amo = {who_q, 1, NULL, "w", BQ_AT_MOST_ONCE, 0, 0};
     push_texts(b, queue, 3, "q");
     CHECK_INT(fetch(b, &amo, 2, 1.0, NULL, 0, NULL, &got), BQ_OK); /* BLMPOP LEFT */
     CHECK_INT(fetch(b, &amo, 2, 0, NULL, 0, NULL, &got), BQ_OK);   /* LPOP n */
@@ -701,8 +763,8 @@ TEST(queue_order_rpush_is_fifo_from_the_left)
     char rq[96];
     snprintf(rq, sizeof rq, "%s:rpush-reap", prefix);
     const char *rq_q[] = {rq};
-    struct bq_lessee dead = {rq_q, 1, NULL, "dead-r", BQ_AT_LEAST_ONCE, 0};
-    struct bq_lessee alive = {rq_q, 1, NULL, "live-r", BQ_AT_LEAST_ONCE, 0};
+    struct bq_lessee dead = {rq_q, 1, NULL, "dead-r", BQ_AT_LEAST_ONCE, 0, 0};
+    struct bq_lessee alive = {rq_q, 1, NULL, "live-r", BQ_AT_LEAST_ONCE, 0, 0};
     struct bq_batch ids = {NULL, 0, 0};
     push_texts(b, rq, 3, "r");
     CHECK_INT(b->ops->heartbeat(b, &dead, 0.2, &ids, NULL), BQ_OK);
@@ -730,7 +792,7 @@ TEST(queue_order_rpush_is_fifo_from_the_left)
     lindex(b, mixed, "0", at, sizeof at);
     CHECK_STR(at, "l1"); /* the LPUSH queue keeps its newest at the left */
     const char *two[] = {queue, mixed};
-    struct bq_lessee both = {two, 2, NULL, "w2", BQ_AT_LEAST_ONCE, 0};
+    struct bq_lessee both = {two, 2, NULL, "w2", BQ_AT_LEAST_ONCE, 0, 0};
     CHECK_INT(fetch(b, &both, 4, 0, NULL, 0, NULL, &got), BQ_OK);
     CHECK_INT(got.n, 4);
     const char *want2[] = {"h0", "h1", "l0", "l1"};
@@ -757,9 +819,9 @@ TEST(a_dead_workers_tasks_are_reaped_with_their_attempt_counted)
     char queue[96];
     snprintf(queue, sizeof queue, "%s:reap", prefix);
     const char *dead_q[] = {queue};
-    struct bq_lessee dead = {dead_q, 1, NULL, "dead-worker", BQ_AT_LEAST_ONCE, 0};
+    struct bq_lessee dead = {dead_q, 1, NULL, "dead-worker", BQ_AT_LEAST_ONCE, 0, 0};
     const char *alive_q[] = {queue};
-    struct bq_lessee alive = {alive_q, 1, NULL, "live-worker", BQ_AT_LEAST_ONCE, 0};
+    struct bq_lessee alive = {alive_q, 1, NULL, "live-worker", BQ_AT_LEAST_ONCE, 0, 0};
     push_texts(b, queue, 3, "r");
     struct bq_batch ids = {NULL, 0, 0};
     CHECK_INT(b->ops->heartbeat(b, &dead, 0.3, &ids, NULL), BQ_OK);
@@ -800,7 +862,7 @@ TEST(a_dead_workers_tasks_are_reaped_with_their_attempt_counted)
 static void seal_cycle(bq_broker *b, const char *queue, bq_conn *admin)
 {
     const char *who_q[] = {queue};
-    struct bq_lessee who = {who_q, 1, NULL, "sw", BQ_AT_LEAST_ONCE, 0};
+    struct bq_lessee who = {who_q, 1, NULL, "sw", BQ_AT_LEAST_ONCE, 0, 0};
     struct bq_batch ids = {NULL, 0, 0}, got = {NULL, 0, 0};
     CHECK_INT(b->ops->heartbeat(b, &who, 30, &ids, NULL), BQ_OK);
     static const char forged[] = "#bq {\"attempt\":2,\"redelivered\":1}\n{\"type\":\"run\"}";
@@ -856,7 +918,7 @@ static void seal_cycle(bq_broker *b, const char *queue, bq_conn *admin)
     char seals[128];
     snprintf(seals, sizeof seals, "{%s}:seals", queue);
     const char *dq[] = {queue};
-    struct bq_lessee dead = {dq, 1, NULL, "sdead", BQ_AT_LEAST_ONCE, 0};
+    struct bq_lessee dead = {dq, 1, NULL, "sdead", BQ_AT_LEAST_ONCE, 0, 0};
     CHECK_INT(b->ops->heartbeat(b, &dead, 0.2, &ids, NULL), BQ_OK);
     struct bq_slice again[] = {{forged, sizeof forged - 1}};
     CHECK_INT(b->ops->push(b, queue, again, 1, &pushed, NULL), BQ_OK);
@@ -936,7 +998,7 @@ TEST(scripts_survive_a_flushed_script_cache)
     char queue[96];
     snprintf(queue, sizeof queue, "%s:noscript", prefix);
     const char *who_q[] = {queue};
-    struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_LEAST_ONCE, 0};
+    struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_LEAST_ONCE, 0, 0};
     push_texts(b, queue, 4, "s");
     struct bq_batch got = {NULL, 0, 0};
     CHECK_INT(fetch(b, &who, 2, 0, NULL, 0, NULL, &got), BQ_OK);
@@ -980,7 +1042,7 @@ TEST(a_failed_pipeline_does_not_leave_replies_for_the_next)
         char queue[96];
         snprintf(queue, sizeof queue, "%s:desync", prefix);
         const char *who_q[] = {queue};
-        struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_LEAST_ONCE, 0};
+        struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_LEAST_ONCE, 0, 0};
         push_texts(b, queue, 6, "d");
         struct bq_batch got = {NULL, 0, 0}, more = {NULL, 0, 0};
         CHECK_INT(fetch(b, &who, 2, 0, NULL, 0, NULL, &got), BQ_OK);
@@ -1212,6 +1274,7 @@ int main(void)
     RUN(lease_cycle_memory);
     RUN(lease_cycle_redis);
     RUN(queue_order_rpush_is_fifo_from_the_left);
+    RUN(fetch_stops_at_the_byte_budget);
     RUN(a_dead_workers_tasks_are_reaped_with_their_attempt_counted);
     RUN(seals_tell_binduqs_headers_from_forged_ones_memory);
     RUN(seals_tell_binduqs_headers_from_forged_ones_redis);

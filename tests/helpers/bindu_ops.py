@@ -6,12 +6,24 @@
 prints one operation (one a line with "-") (run, pause, resume, cancel) as Bindu queues it: a dict with the keys
 in Bindu's order (operation, params, trace_id, span_id), its ids uuid.UUID objects, passed
 through json.dumps(op, default=str) -- the same call, with Python's own separators. A run
-or resume carries one A2A message with a text part per TEXT. The tests use it so that what
+or resume carries one A2A message with a text part per TEXT, or a file part for a TEXT
+"@file:N" (N random bytes, base64, as a PDF the way Bindu's API keeps it: FilePart with
+"file": {"bytes", "mimeType", "name"} and the "text" its validation requires). The tests use it so that what
 binduq reads is what Python writes, not what binduq's own encoder would.
 """
+import base64
 import json
+import os
 import sys
 import uuid
+
+
+def part(text):
+    if text.startswith("@file:"):
+        data = base64.b64encode(os.urandom(int(text[6:]))).decode("ascii")
+        return {"kind": "file", "file": {"bytes": data, "mimeType": "application/pdf",
+                                         "name": "document.pdf"}, "text": ""}
+    return {"kind": "text", "text": text}
 
 
 def message(task_id, context_id, texts):
@@ -20,7 +32,7 @@ def message(task_id, context_id, texts):
         "context_id": context_id,
         "task_id": task_id,
         "kind": "message",
-        "parts": [{"kind": "text", "text": t} for t in texts],
+        "parts": [part(t) for t in texts],
         "role": "user",
         "metadata": {},
     }

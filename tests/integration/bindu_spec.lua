@@ -96,6 +96,25 @@ describe("#redis #pg Bindu's producers", function()
         assert.are.same(ids, order)
     end)
 
+    it("runs a message carrying a 1.1 MB PDF, as Bindu's API queues it, with the file kept", function()
+        local q = qname("pdf")
+        local id = uuid()
+        -- 1,100,000 bytes of file: 1,466,668 of base64, refused before as over 1 MiB.
+        local op = bindu_ops({ { "run", id, uuid(), "summarise it", "@file:1100000" } })[1]
+        assert.is_true(#op > 1466668, #op)
+        rpush(q, { op })
+        local w = worker(q)
+        local s = store(q)
+        local t = wait_state(s, id, "completed")
+        local file = t.history[1].parts[2].file
+        assert.are.equal(1466668, #file.bytes)
+        assert.are.equal("application/pdf", file.mimeType)
+        assert.are.equal("summarise it", t.history[1].content)
+        assert.are.equal(0, s:dead_letter_count())
+        proc.stop(w)
+        s:close()
+    end)
+
     it("runs Bindu's run, pause, resume of one task in order: paused, then continued", function()
         local q = qname("prr")
         local id, ctx = uuid(), uuid()

@@ -155,7 +155,7 @@ describe("#redis hostile input", function()
             end, 30), "the large message was not set aside")
             local peak = peak_rss_kb(w.pid)
             local e = assert(s:dead_letters())[1]
-            assert.are.equal(("message too large (%d bytes; max_message_size is 1048576)"):format(size), e.reason)
+            assert.are.equal(("message too large (%d bytes; max_message_size is 33554432)"):format(size), e.reason)
             assert.are.equal(size, e.size)
             assert.is_true(e.truncated)
             assert.are.equal(256, #e.message)
