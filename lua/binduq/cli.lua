@@ -540,7 +540,7 @@ function admin.top(s, opts)
 end
 
 local function open_storage(opts)
-    local url = opts.database_url or os.getenv("DATABASE_URL")
+    local url = opts.database_url or core.env("DATABASE_URL") or core.env("POSTGRES_URL")
     if url == nil or url == "" then
         error({ fail = "no database to inspect: set DATABASE_URL or pass --database-url "
                        .. "(in-memory task state lives only inside its worker process)" })

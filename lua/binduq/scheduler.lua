@@ -85,7 +85,9 @@ function M.new(opts, level, storage_section)
         dedup = section.dedup ~= false,
         dedup_ttl = section.dedup_ttl or 3600,
         dedup_key = section.dedup_key,
-        retry_on_timeout = section.retry_on_timeout == true,
+        -- the option, else the URL's ?retry_on_timeout= or Bindu's RETRY_ON_TIMEOUT
+        retry_on_timeout = section.retry_on_timeout == true
+            or (section.retry_on_timeout == nil and info.retry_on_timeout == true),
         retries = section.retries or 3,
         stats = { scheduled = 0, deduplicated = 0 },
     }, Scheduler)

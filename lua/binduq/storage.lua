@@ -15,21 +15,33 @@ local json = require("binduq.json")
 
 local M = {}
 
---- Resolves a storage section against DATABASE_URL and the defaults. Raises on bad options.
+-- The database URL of the environment: DATABASE_URL, else Bindu's other name for it,
+-- POSTGRES_URL (both in any case, as Bindu's settings read them).
+local function env_url()
+    return core.env("DATABASE_URL") or core.env("POSTGRES_URL")
+end
+
+--- Resolves a storage section against DATABASE_URL (and Bindu's STORAGE_TYPE) and the
+-- defaults. Raises on bad options.
 function M.section(s, level)
     level = (level or 1) + 1
     config.check_storage(s, level)
     s = s or {}
     local url = s.url
     local ty = s.type
+    if ty == nil and s.url == nil and core.env("STORAGE_TYPE") then
+        ty = core.env("STORAGE_TYPE"):lower()
+        if ty ~= "memory" and ty ~= "postgres" then
+            error("STORAGE_TYPE: expected memory or postgres, got '" .. core.env("STORAGE_TYPE") .. "'", level)
+        end
+    end
     if ty == nil then
-        url = url or os.getenv("DATABASE_URL")
-        if url == "" then url = nil end
+        url = url or env_url()
         ty = url and "postgres" or "memory"
     end
     if ty == "postgresql" then ty = "postgres" end
     if ty == "postgres" then
-        url = url or os.getenv("DATABASE_URL")
+        url = url or env_url()
         if url == nil or url == "" then
             error("storage type \"postgres\" needs a url (storage.url or DATABASE_URL)", level)
         end

@@ -86,7 +86,14 @@ function M.new(opts, level)
     if math.type(c) ~= "integer" or c < 1 or c > 4096 then
         error("concurrency must be a whole number from 1 to 4096 (got " .. tostring(opts.concurrency) .. ")", level)
     end
-    local bt = duration("block_timeout", opts.block_timeout) or defaults.block_timeout
+    -- Bindu's POLL_TIMEOUT / REDIS_POLL_TIMEOUT (its BLPOP timeout, seconds) if not given
+    local poll = core.env("POLL_TIMEOUT") and "POLL_TIMEOUT" or core.env("REDIS_POLL_TIMEOUT") and "REDIS_POLL_TIMEOUT"
+    local bt = opts.block_timeout
+    if bt == nil and poll then
+        bt = tonumber(core.env(poll))
+        if not bt then error(poll .. ": expected a number of seconds, got '" .. core.env(poll) .. "'", level) end
+    end
+    bt = duration(opts.block_timeout == nil and poll or "block_timeout", bt) or defaults.block_timeout
     if bt <= 0 then error("block_timeout must be positive", level) end
     local mms = opts.max_message_size or defaults.max_message_size
     if math.type(mms) ~= "integer" or mms < 64 then
@@ -120,7 +127,7 @@ function M.new(opts, level)
             if seen[q] then error("queue '" .. q .. "' is listed twice", level) end
             seen[q] = true
         end
-        local url = section.url or os.getenv("REDIS_URL") or ""
+        local url = section.url or core.env("REDIS_URL") or ""
         if #queues > 1 and url:match("^rediss?%+cluster://") then
             local slot = core.key_slot(queues[1])
             for _, q in ipairs(queues) do

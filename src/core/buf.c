@@ -148,6 +148,7 @@ char *bq_buf_detach(bq_buf *b, size_t *len)
         return NULL;
     }
     char *p = b->p;
+    p[b->len] = '\0'; /* an empty buffer was never written */
     if (len != NULL)
         *len = b->len;
     b->p = NULL;

@@ -5,16 +5,67 @@
 
 #include "../core/alloc.h"
 #include "../core/clock.h"
+#include "../core/env.h"
 #include "../core/err.h"
+#include "../core/log.h"
+#include "../net/url.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
-static const char *env(const char *name)
+#define env bq_env
+
+static bq_status resolve_rest(const struct bq_client_options *opts, struct bq_config *cfg,
+                              const char *url, const struct bq_url *u, bq_err *err);
+
+/* pydantic's reading of a bool, as Bindu's settings take RETRY_ON_TIMEOUT: -1 if neither. */
+static int py_settings_bool(const char *v)
 {
-    const char *v = getenv(name);
-    return (v != NULL && *v != '\0') ? v : NULL;
+    static const char *const yes[] = {"1", "true", "t", "yes", "y", "on"};
+    static const char *const no[] = {"0", "false", "f", "no", "n", "off"};
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+        if (strcasecmp(v, yes[i]) == 0)
+            return 1;
+        if (strcasecmp(v, no[i]) == 0)
+            return 0;
+    }
+    return -1;
+}
+
+/* A whole number from lo to hi from `v` (the variable `name`), or an error naming it. */
+static bq_status env_int(const char *name, const char *v, long lo, long hi, long *out,
+                         bq_err *err)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno != 0 || end == v || *end != '\0' || n < lo || n > hi)
+        return bq_err_set(err, BQ_EINVAL, "%s: expected a whole number from %ld to %ld, got "
+                          "'%.40s'", name, lo, hi, v);
+    *out = n;
+    return BQ_OK;
+}
+
+/* The Redis URL Bindu's scheduler builds from REDIS_HOST, REDIS_PORT, REDIS_PASSWORD and
+ * REDIS_DB when REDIS_URL is unset (its factory: redis://[:password@]host:port/db, the
+ * password not encoded). */
+static bq_status bindu_url(char *out, size_t size, bq_err *err)
+{
+    const char *host = bq_env_any_case("REDIS_HOST"), *pw = bq_env_any_case("REDIS_PASSWORD");
+    const char *port = bq_env_any_case("REDIS_PORT"), *db = bq_env_any_case("REDIS_DB");
+    long p = 6379, d = 0;
+    bq_status st = port ? env_int("REDIS_PORT", port, 1, 65535, &p, err) : BQ_OK;
+    if (st == BQ_OK && db != NULL)
+        st = env_int("REDIS_DB", db, 0, 0x7fffffff, &d, err);
+    if (st != BQ_OK)
+        return st;
+    int n = snprintf(out, size, "redis://%s%s%s%s:%ld/%ld", pw ? ":" : "", pw ? pw : "",
+                     pw ? "@" : "", host ? host : "localhost", p, d);
+    if (n < 0 || (size_t)n >= size)
+        return bq_err_set(err, BQ_EINVAL, "REDIS_HOST and REDIS_PASSWORD are too long");
+    return BQ_OK;
 }
 
 bq_status bq_config_resolve(const struct bq_client_options *opts, struct bq_config *cfg,
@@ -24,17 +75,60 @@ bq_status bq_config_resolve(const struct bq_client_options *opts, struct bq_conf
     if (opts == NULL)
         opts = &none;
     memset(cfg, 0, sizeof *cfg);
+    cfg->retry_on_timeout = -1;
 
+    /* Where Redis is: the option, REDIS_URL, then Bindu's SCHEDULER_TYPE (memory, or redis at
+     * the URL its settings would build); nothing: the in-memory scheduler. */
     const char *url = NULL;
+    char built[1024];
+    const char *stype = bq_env_any_case("SCHEDULER_TYPE");
+    if (stype != NULL && strcasecmp(stype, "redis") != 0 && strcasecmp(stype, "memory") != 0)
+        return bq_err_set(err, BQ_EINVAL, "SCHEDULER_TYPE: expected redis or memory, got "
+                          "'%.40s'", stype);
     if (opts->url != NULL) {
         url = opts->url;
         strcpy(cfg->url_source, "scheduler.url");
-    } else if (!opts->memory && (url = env("REDIS_URL")) != NULL) {
+    } else if (opts->memory || (stype != NULL && strcasecmp(stype, "memory") == 0)) {
+        url = NULL;
+    } else if ((url = bq_env_any_case("REDIS_URL")) != NULL) {
         strcpy(cfg->url_source, "REDIS_URL");
+    } else if (stype != NULL) {
+        bq_status st = bindu_url(built, sizeof built, err);
+        if (st != BQ_OK)
+            return st;
+        url = built;
+        strcpy(cfg->url_source, "REDIS_HOST");
     }
     if (opts->memory)
         url = NULL;
-    const char *queue = opts->queue_name ? opts->queue_name : env("REDIS_QUEUE_NAME");
+    /* The options a redis-py URL carries (url.h): beaten by explicit options, they beat the
+     * environment's. */
+    struct bq_url u;
+    memset(&u, 0, sizeof u);
+    u.socket_timeout = u.socket_connect_timeout = -1;
+    u.retry_on_timeout = u.ssl_cert_reqs = -1;
+    if (url != NULL && strncmp(url, "redis+cluster://", 16) != 0 &&
+        strncmp(url, "rediss+cluster://", 17) != 0) {
+        bq_status st = bq_url_parse(url, cfg->url_source, &u, err);
+        if (st != BQ_OK) {
+            bq_url_free(&u);
+            return st;
+        }
+        if (u.ignored[0] != '\0')
+            bq_log(BQ_LOG_DEBUG, "url_options_ignored", "url", cfg->url_source, "options",
+                   u.ignored, "why", "binduq has no use for them (see the README, URLs)", NULL);
+    }
+    bq_status st = resolve_rest(opts, cfg, url, &u, err);
+    bq_url_free(&u);
+    return st;
+}
+
+static bq_status resolve_rest(const struct bq_client_options *opts, struct bq_config *cfg,
+                              const char *url, const struct bq_url *u, bq_err *err)
+{
+    const char *queue = opts->queue_name             ? opts->queue_name
+                        : bq_env("REDIS_QUEUE_NAME") ? bq_env("REDIS_QUEUE_NAME")
+                                                     : bq_env_any_case("QUEUE_NAME");
     if (queue == NULL)
         queue = BQ_DEFAULT_QUEUE;
     if (*queue == '\0')
@@ -43,23 +137,30 @@ bq_status bq_config_resolve(const struct bq_client_options *opts, struct bq_conf
         return bq_err_set(err, BQ_EINVAL, "queue_name is longer than 200 bytes");
 
     cfg->max_connections = opts->max_connections;
+    if (cfg->max_connections == 0 && u->max_connections > 0)
+        cfg->max_connections = u->max_connections;
     if (cfg->max_connections == 0) {
-        const char *v = env("REDIS_MAX_CONNECTIONS");
+        bool doc = bq_env("REDIS_MAX_CONNECTIONS") != NULL;
+        const char *v = doc ? bq_env("REDIS_MAX_CONNECTIONS")
+                            : bq_env_any_case("MAX_CONNECTIONS");
+        long n = BQ_DEFAULT_MAX_CONNECTIONS;
         if (v != NULL) {
-            char *end;
-            errno = 0;
-            long n = strtol(v, &end, 10);
-            if (errno != 0 || *end != '\0' || n < 1 || n > 100000)
-                return bq_err_set(err, BQ_EINVAL, "REDIS_MAX_CONNECTIONS: expected a whole "
-                                  "number from 1 to 100000, got '%.40s'", v);
-            cfg->max_connections = (int)n;
-        } else {
-            cfg->max_connections = BQ_DEFAULT_MAX_CONNECTIONS;
+            bq_status st = env_int(doc ? "REDIS_MAX_CONNECTIONS" : "MAX_CONNECTIONS", v, 1,
+                                   100000, &n, err);
+            if (st != BQ_OK)
+                return st;
         }
+        cfg->max_connections = (int)n;
     }
     if (cfg->max_connections < 1)
         return bq_err_set(err, BQ_EINVAL, "max_connections must be at least 1 (got %d)",
                           cfg->max_connections);
+    const char *rot = bq_env_any_case("RETRY_ON_TIMEOUT");
+    if (u->retry_on_timeout >= 0)
+        cfg->retry_on_timeout = u->retry_on_timeout;
+    else if (rot != NULL && (cfg->retry_on_timeout = py_settings_bool(rot)) < 0)
+        return bq_err_set(err, BQ_EINVAL, "RETRY_ON_TIMEOUT: expected true or false, got "
+                          "'%.20s'", rot);
     const struct {
         const char *name;
         double v;
@@ -72,10 +173,12 @@ bq_status bq_config_resolve(const struct bq_client_options *opts, struct bq_conf
         if (why != NULL)
             return bq_err_set(err, BQ_EINVAL, "%s %s", durations[i].name, why);
     }
-    cfg->connect_timeout = opts->connect_timeout > 0 ? opts->connect_timeout
-                                                     : BQ_DEFAULT_CONNECT_TIMEOUT;
+    cfg->connect_timeout = opts->connect_timeout > 0    ? opts->connect_timeout
+                           : u->socket_connect_timeout > 0 ? u->socket_connect_timeout
+                                                           : BQ_DEFAULT_CONNECT_TIMEOUT;
     cfg->command_timeout = opts->command_timeout > 0 ? opts->command_timeout
-                                                     : BQ_DEFAULT_COMMAND_TIMEOUT;
+                           : u->socket_timeout > 0     ? u->socket_timeout
+                                                       : BQ_DEFAULT_COMMAND_TIMEOUT;
     cfg->pool_timeout = opts->pool_timeout > 0 ? opts->pool_timeout : BQ_DEFAULT_POOL_TIMEOUT;
 
     cfg->url = bq_strdup(url);
@@ -86,15 +189,18 @@ bq_status bq_config_resolve(const struct bq_client_options *opts, struct bq_conf
     const struct {
         const char *opt, *var;
         char **dst;
+        const char *from_url;
     } tls[] = {
-        {opts->tls_ca_file, "BINDUQ_TLS_CA_FILE", &cfg->tls_ca_file},
-        {opts->tls_ca_dir, "BINDUQ_TLS_CA_DIR", &cfg->tls_ca_dir},
-        {opts->tls_cert_file, "BINDUQ_TLS_CERT_FILE", &cfg->tls_cert_file},
-        {opts->tls_key_file, "BINDUQ_TLS_KEY_FILE", &cfg->tls_key_file},
-        {opts->tls_server_name, "BINDUQ_TLS_SERVER_NAME", &cfg->tls_server_name},
+        {opts->tls_ca_file, "BINDUQ_TLS_CA_FILE", &cfg->tls_ca_file, u->ssl_ca_certs},
+        {opts->tls_ca_dir, "BINDUQ_TLS_CA_DIR", &cfg->tls_ca_dir, u->ssl_ca_path},
+        {opts->tls_cert_file, "BINDUQ_TLS_CERT_FILE", &cfg->tls_cert_file, u->ssl_certfile},
+        {opts->tls_key_file, "BINDUQ_TLS_KEY_FILE", &cfg->tls_key_file, u->ssl_keyfile},
+        {opts->tls_server_name, "BINDUQ_TLS_SERVER_NAME", &cfg->tls_server_name, NULL},
     };
     for (size_t i = 0; i < sizeof tls / sizeof tls[0]; i++) {
-        const char *v = tls[i].opt ? tls[i].opt : env(tls[i].var);
+        const char *v = tls[i].opt        ? tls[i].opt
+                        : tls[i].from_url ? tls[i].from_url
+                                          : env(tls[i].var);
         if (v != NULL && (*tls[i].dst = bq_strdup(v)) == NULL)
             return bq_err_set(err, BQ_ENOMEM, "out of memory");
     }
@@ -116,9 +222,9 @@ bq_status bq_config_resolve(const struct bq_client_options *opts, struct bq_conf
     }
     cfg->wait_replicas = opts->wait_replicas;
     cfg->wait_timeout = opts->wait_timeout > 0 ? opts->wait_timeout : 1.0;
-    cfg->tls_insecure = opts->tls_insecure;
+    cfg->tls_insecure = opts->tls_insecure || u->ssl_cert_reqs == 0;
     const char *ins = env("BINDUQ_TLS_INSECURE");
-    if (!cfg->tls_insecure && ins != NULL) {
+    if (!cfg->tls_insecure && u->ssl_cert_reqs < 0 && ins != NULL) {
         if (strcmp(ins, "1") == 0 || strcmp(ins, "true") == 0 || strcmp(ins, "yes") == 0)
             cfg->tls_insecure = true;
         else if (strcmp(ins, "0") != 0 && strcmp(ins, "false") != 0 && strcmp(ins, "no") != 0)

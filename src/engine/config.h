@@ -44,6 +44,7 @@ struct bq_config {
     int wait_replicas;
     double wait_timeout;
     struct bq_orders orders; /* owned */
+    int retry_on_timeout;    /* -1: not given (URL option or RETRY_ON_TIMEOUT), else 0 or 1 */
 };
 
 /* Fills cfg from opts (may be NULL), the environment and the defaults. Environment values

@@ -419,6 +419,10 @@ static int l_client_info(lua_State *L)
     lua_setfield(L, -2, "command_timeout");
     lua_pushnumber(L, c->cfg.pool_timeout);
     lua_setfield(L, -2, "pool_timeout");
+    if (c->cfg.retry_on_timeout >= 0) {
+        lua_pushboolean(L, c->cfg.retry_on_timeout);
+        lua_setfield(L, -2, "retry_on_timeout");
+    }
     if (c->cfg.url != NULL) {
         char red[512];
         bq_url_redact(c->cfg.url, red, sizeof red);

@@ -8,6 +8,7 @@
 #include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/err.h"
+#include "../core/env.h"
 #include "../core/escape.h"
 #include "../core/id.h"
 #include "../core/log.h"
@@ -19,6 +20,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -430,6 +432,35 @@ static int l_parse_url(lua_State *L)
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     lua_setfield(L, -2, "hosts");
+    /* redis-py's options (url.h), those the URL gives */
+    const struct {
+        const char *name;
+        double v;
+    } nums[] = {{"socket_timeout", u.socket_timeout},
+                {"socket_connect_timeout", u.socket_connect_timeout},
+                {"max_connections", u.max_connections > 0 ? u.max_connections : -1},
+                {"ssl_cert_reqs", u.ssl_cert_reqs}};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+        if (nums[i].v >= 0) {
+            lua_pushnumber(L, nums[i].v);
+            lua_setfield(L, -2, nums[i].name);
+        }
+    }
+    if (u.retry_on_timeout >= 0) {
+        lua_pushboolean(L, u.retry_on_timeout);
+        lua_setfield(L, -2, "retry_on_timeout");
+    }
+    const struct {
+        const char *name, *v;
+    } strs[] = {{"ssl_ca_certs", u.ssl_ca_certs}, {"ssl_ca_path", u.ssl_ca_path},
+                {"ssl_certfile", u.ssl_certfile}, {"ssl_keyfile", u.ssl_keyfile},
+                {"ignored", u.ignored[0] ? u.ignored : NULL}};
+    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
+        if (strs[i].v != NULL) {
+            lua_pushstring(L, strs[i].v);
+            lua_setfield(L, -2, strs[i].name);
+        }
+    }
     bq_url_free(&u);
     return 1;
 }
@@ -572,6 +603,45 @@ static int l_take_signal(lua_State *L)
     return 1;
 }
 
+/* ---- Environment -------------------------------------------------------------------------- */
+
+/* core.env(name) -> value | nil: set and not empty; Bindu's names (upper case) in any case,
+ * as its settings read them (bq_env_any_case). */
+static int l_env(lua_State *L)
+{
+    const char *v = bq_env_any_case(luaL_checkstring(L, 1));
+    if (v == NULL)
+        lua_pushnil(L);
+    else
+        lua_pushstring(L, v);
+    return 1;
+}
+
+/* .env, once per process, when the module first loads (before any thread of binduq's). */
+static pthread_once_t dotenv_once = PTHREAD_ONCE_INIT;
+static int dotenv_loaded, dotenv_skipped;
+static bq_status dotenv_status;
+static bq_err dotenv_err;
+
+static void load_dotenv(void)
+{
+    dotenv_status = bq_dotenv_load(NULL, &dotenv_loaded, &dotenv_skipped, &dotenv_err);
+}
+
+/* core.dotenv() -> loaded, skipped | nil, why: what loading .env did. */
+static int l_dotenv(lua_State *L)
+{
+    pthread_once(&dotenv_once, load_dotenv);
+    if (dotenv_status != BQ_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, dotenv_err.msg);
+        return 2;
+    }
+    lua_pushinteger(L, dotenv_loaded);
+    lua_pushinteger(L, dotenv_skipped);
+    return 2;
+}
+
 /* ---- Module ---------------------------------------------------------------------------------- */
 
 static const luaL_Reg core_funcs[] = {
@@ -594,6 +664,8 @@ static const luaL_Reg core_funcs[] = {
     {"backoff", l_backoff},
     {"key_slot", l_key_slot},
     {"role", l_role},
+    {"env", l_env},
+    {"dotenv", l_dotenv},
     {"trap_signals", l_trap_signals},
     {"untrap_signals", l_untrap_signals},
     {"take_signal", l_take_signal},
@@ -602,6 +674,7 @@ static const luaL_Reg core_funcs[] = {
 
 __attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
 {
+    pthread_once(&dotenv_once, load_dotenv);
     luaL_newlib(L, core_funcs);
     lua_pushstring(L, BQ_VERSION_STRING);
     lua_setfield(L, -2, "version");

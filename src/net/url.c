@@ -11,9 +11,11 @@
 #include "../core/err.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 void bq_url_free(struct bq_url *u)
 {
@@ -27,6 +29,10 @@ void bq_url_free(struct bq_url *u)
     bq_free(u->path);
     bq_free(u->service);
     bq_free(u->sentinel_password);
+    bq_free(u->ssl_ca_certs);
+    bq_free(u->ssl_ca_path);
+    bq_free(u->ssl_certfile);
+    bq_free(u->ssl_keyfile);
     memset(u, 0, sizeof *u);
 }
 
@@ -220,6 +226,91 @@ static bq_status parse_hosts(const char *s, size_t n, int defport, bool multi, c
     return BQ_OK;
 }
 
+/* redis-py's to_bool: "0", "F", "FALSE", "N", "NO" (any case) are false; anything else,
+ * true ("" is absent). */
+static int py_bool(const char *v)
+{
+    static const char *const no[] = {"0", "f", "false", "n", "no"};
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+        if (strcasecmp(v, no[i]) == 0)
+            return 0;
+    return 1;
+}
+
+/* A number of seconds as redis-py's float() takes it, finite, from 0 to a year. */
+static bool py_seconds(const char *v, double *out)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    while (*end == ' ')
+        end++;
+    if (*v == '\0' || *end != '\0' || errno != 0 || !(d >= 0 && d <= 365.0 * 86400))
+        return false;
+    *out = d;
+    return true;
+}
+
+/* Takes one redis-py option (name k, percent-decoded value v); false if k is not one. */
+static bq_status py_option(const char *k, const char *v, const char *what, struct bq_url *u,
+                           bool *known, bq_err *err)
+{
+    static const char *const ignored[] = {
+        "health_check_interval", "protocol", "client_name", "decode_responses", "encoding",
+        "encoding_errors", "socket_keepalive", "ssl_check_hostname", "ssl_password",
+        "single_connection_client",
+    };
+    *known = true;
+    int n;
+    if (strcmp(k, "socket_timeout") == 0 || strcmp(k, "socket_connect_timeout") == 0) {
+        double *d = k[7] == 't' ? &u->socket_timeout : &u->socket_connect_timeout;
+        if (!py_seconds(v, d))
+            return bq_err_set(err, BQ_EINVAL, "%s: URL option %s must be a number of seconds "
+                              "(got '%.40s')", what, k, v);
+    } else if (strcmp(k, "max_connections") == 0) {
+        if (!parse_int(v, strlen(v), 1, 100000, &u->max_connections))
+            return bq_err_set(err, BQ_EINVAL, "%s: URL option max_connections must be a whole "
+                              "number from 1 to 100000 (got '%.40s')", what, v);
+    } else if (strcmp(k, "retry_on_timeout") == 0) {
+        u->retry_on_timeout = py_bool(v);
+    } else if (strcmp(k, "ssl_cert_reqs") == 0) {
+        if (strcasecmp(v, "none") == 0 || strcasecmp(v, "cert_none") == 0)
+            u->ssl_cert_reqs = 0;
+        else if (strcasecmp(v, "optional") == 0 || strcasecmp(v, "cert_optional") == 0)
+            u->ssl_cert_reqs = 1;
+        else if (strcasecmp(v, "required") == 0 || strcasecmp(v, "cert_required") == 0)
+            u->ssl_cert_reqs = 2;
+        else
+            return bq_err_set(err, BQ_EINVAL, "%s: URL option ssl_cert_reqs must be none, "
+                              "optional or required (got '%.40s')", what, v);
+    } else if (strcmp(k, "ssl_ca_certs") == 0 || strcmp(k, "ssl_ca_path") == 0 ||
+               strcmp(k, "ssl_certfile") == 0 || strcmp(k, "ssl_keyfile") == 0) {
+        char **dst = strcmp(k, "ssl_ca_certs") == 0  ? &u->ssl_ca_certs
+                     : strcmp(k, "ssl_ca_path") == 0 ? &u->ssl_ca_path
+                     : strcmp(k, "ssl_certfile") == 0 ? &u->ssl_certfile
+                                                      : &u->ssl_keyfile;
+        bq_free(*dst);
+        if ((*dst = bq_strdup(v)) == NULL)
+            return OOM();
+    } else {
+        *known = false;
+        for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++) {
+            if (strcmp(k, ignored[i]) != 0)
+                continue;
+            *known = true;
+            if ((strcmp(k, "health_check_interval") == 0 || strcmp(k, "protocol") == 0) &&
+                !parse_int(v, strlen(v), 0, 0x7fffffff, &n))
+                return bq_err_set(err, BQ_EINVAL, "%s: URL option %s must be a whole number "
+                                  "(got '%.40s')", what, k, v);
+            size_t used = strlen(u->ignored);
+            if (strstr(u->ignored, k) == NULL && used + strlen(k) + 2 < sizeof u->ignored)
+                snprintf(u->ignored + used, sizeof u->ignored - used, "%s%s", used ? "," : "",
+                         k);
+        }
+    }
+    return BQ_OK;
+}
+
 /* Parses the query string "k=v&k=v" (s[0..n), without the '?'). */
 static bq_status parse_query(const char *s, size_t n, const char *what, struct bq_url *u,
                              bq_err *err)
@@ -246,9 +337,37 @@ static bq_status parse_query(const char *s, size_t n, const char *what, struct b
             if (u->sentinel_password == NULL)
                 return bad ? bq_err_set(err, BQ_EINVAL, "%s: bad percent-escape in "
                                         "sentinel_password", what) : OOM();
+        } else if ((klen == 8 && memcmp(p, "password", 8) == 0) ||
+                   (klen == 8 && memcmp(p, "username", 8) == 0)) {
+            /* As redis-py: the query's, when the user-info gives none. */
+            bool bad, pw = p[0] == 'p';
+            char **dst = pw ? &u->password : &u->user;
+            char *val = pct_decode(v, vlen, &bad);
+            if (val == NULL)
+                return bad ? bq_err_set(err, BQ_EINVAL, "%s: bad percent-escape in the %s",
+                                        what, pw ? "password" : "user name") : OOM();
+            if (*dst == NULL)
+                *dst = val;
+            else
+                bq_free(val);
         } else {
-            return bq_err_set(err, BQ_EINVAL, "%s: unknown URL option '%.*s'", what,
-                              (int)klen, p);
+            bool bad, known = false;
+            char key[32];
+            char *val = klen < sizeof key ? pct_decode(v, vlen, &bad) : NULL;
+            bq_status st = BQ_OK;
+            if (val != NULL) {
+                memcpy(key, p, klen);
+                key[klen] = '\0';
+                st = py_option(key, val, what, u, &known, err);
+                bq_free(val);
+            } else if (klen < sizeof key && !bad) {
+                return OOM();
+            }
+            if (st != BQ_OK)
+                return st;
+            if (!known)
+                return bq_err_set(err, BQ_EINVAL, "%s: unknown URL option '%.*s'", what,
+                                  (int)(klen < 40 ? klen : 40), p);
         }
         p = stop + 1;
     }
@@ -260,12 +379,15 @@ static bq_status parse_userinfo(const char *s, size_t n, const char *what, struc
                                 bq_err *err)
 {
     const char *colon = memchr(s, ':', n);
-    if (colon == NULL)
-        return bq_err_set(err, BQ_EINVAL, "%s: the user-info part has a user name but no "
-                          "password (write :password@ for a password alone; everything up to "
-                          "the last '@' is user-info, so write %%40 for an '@' elsewhere)",
-                          what);
     bool bad;
+    if (colon == NULL) {
+        /* A user name alone, as redis-py reads redis://default@host: no AUTH is sent. */
+        u->user = n > 0 ? pct_decode(s, n, &bad) : NULL;
+        if (n > 0 && u->user == NULL)
+            return bad ? bq_err_set(err, BQ_EINVAL, "%s: bad percent-escape in the user name",
+                                    what) : OOM();
+        return BQ_OK;
+    }
     size_t ulen = (size_t)(colon - s);
     if (ulen > 0) {
         u->user = pct_decode(s, ulen, &bad);
@@ -283,6 +405,8 @@ static bq_status parse_userinfo(const char *s, size_t n, const char *what, struc
 bq_status bq_url_parse(const char *url, const char *what, struct bq_url *out, bq_err *err)
 {
     memset(out, 0, sizeof *out);
+    out->socket_timeout = out->socket_connect_timeout = -1;
+    out->retry_on_timeout = out->ssl_cert_reqs = -1;
     if (what == NULL)
         what = "URL";
     if (url == NULL || *url == '\0')
@@ -388,6 +512,7 @@ bq_status bq_url_parse(const char *url, const char *what, struct bq_url *out, bq
     }
     return BQ_OK;
 }
+
 
 /* Appends s[0..n) to out (size bytes, *used so far), truncating; keeps out terminated. */
 static void put(char *out, size_t size, size_t *used, const char *s, size_t n)

@@ -8,6 +8,14 @@
  *                                                              Sentinel, default port 26379
  *   redis+cluster://[[user]:password@]h1[:p1],h2[:p2]          Cluster seed nodes
  *
+ * A user name alone (redis://default@host, as redis-py takes it) sends no AUTH. Query
+ * options are those of redis-py's URLs: db, username, password, sentinel_password (Sentinel);
+ * socket_timeout, socket_connect_timeout, max_connections, retry_on_timeout, ssl_cert_reqs,
+ * ssl_ca_certs, ssl_ca_path, ssl_certfile, ssl_keyfile, which the configuration maps to its
+ * own (engine/config.c); and health_check_interval, protocol, client_name, decode_responses,
+ * encoding, encoding_errors, socket_keepalive, ssl_check_hostname, ssl_password,
+ * single_connection_client, which have no meaning here and are listed in `ignored`. Values
+ * are percent-decoded and checked as redis-py checks them; any other option is an error.
  * Host may be an IPv6 literal in brackets ([::1]:6379). The user name and password are
  * percent-decoded. A malformed URL is BQ_EINVAL with a message naming the part that is wrong;
  * the message never repeats the password (or anything from the user-info part).
@@ -52,6 +60,13 @@ struct bq_url {
     char *service;  /* owned; Sentinel master name */
     char *sentinel_password; /* owned, NULL when absent */
     int db;
+    /* Options mapped by the configuration; < 0 (NULL) when the URL does not give them. */
+    double socket_timeout, socket_connect_timeout; /* seconds */
+    int max_connections;
+    int retry_on_timeout;  /* 0 or 1 */
+    int ssl_cert_reqs;     /* 0 none, 1 optional, 2 required */
+    char *ssl_ca_certs, *ssl_ca_path, *ssl_certfile, *ssl_keyfile; /* owned */
+    char ignored[256];     /* options accepted with no meaning here: "a,b" */
 };
 
 /* Parses `url` into *out (which the caller later releases with bq_url_free, also after an

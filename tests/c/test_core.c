@@ -12,6 +12,7 @@
 #include "../../src/core/alloc.h"
 #include "../../src/core/arena.h"
 #include "../../src/core/backoff.h"
+#include "../../src/core/env.h"
 #include "../../src/core/buf.h"
 #include "../../src/core/clock.h"
 #include "../../src/core/dl.h"
@@ -335,6 +336,45 @@ TEST(config_precedence)
     unsetenv("REDIS_URL");
     unsetenv("REDIS_QUEUE_NAME");
     unsetenv("REDIS_MAX_CONNECTIONS");
+}
+
+struct dotenv_seen {
+    char text[512];
+};
+
+static void dotenv_collect(void *ud, const char *name, char *value)
+{
+    struct dotenv_seen *s = ud;
+    size_t n = strlen(s->text);
+    snprintf(s->text + n, sizeof s->text - n, "%s=[%s];", name, value);
+    bq_free(value);
+}
+
+/* .env lines as python-dotenv reads them (the subset env.h names). */
+TEST(dotenv_lines)
+{
+    static const char text[] =
+        "# a comment\n"
+        "\n"
+        "export SCHEDULER_TYPE=redis\n"
+        "REDIS_URL=\"redis://h:1/0\"\n"
+        "QUEUE_NAME = 'a b' # why\n"
+        "BARE=two words # comment\n"
+        "HASH=a#b\n"
+        "ESC=\"x\\ny\\\"z\"\n"
+        "EMPTY=\n"
+        "EMPTYQ=\"\"\n"
+        "CRLF=v\r\n"
+        "not a setting\n"
+        "OPEN=\"never closed\n"
+        "9LIVES=x\n"
+        "LAST=end";
+    struct dotenv_seen s = {{0}};
+    int skipped = bq_dotenv_parse(text, sizeof text - 1, dotenv_collect, &s);
+    CHECK_STR(s.text, "SCHEDULER_TYPE=[redis];REDIS_URL=[redis://h:1/0];QUEUE_NAME=[a b];"
+                      "BARE=[two words];HASH=[a#b];ESC=[x\ny\"z];EMPTY=[];EMPTYQ=[];CRLF=[v];"
+                      "LAST=[end];");
+    CHECK_INT(skipped, 3);
 }
 
 TEST(config_queue_order)
@@ -993,6 +1033,7 @@ int main(void)
     RUN(dead_letter_entry_keeps_the_bytes);
     RUN(config_precedence);
     RUN(config_queue_order);
+    RUN(dotenv_lines);
     RUN(log_lines);
     RUN(log_lines_are_escaped);
     RUN(log_lines_cannot_be_forged);

@@ -73,6 +73,49 @@ TEST(parses_good_urls)
     }
 }
 
+/* redis-py's URL forms (Bindu's client library): a user name alone, and its query options,
+ * mapped (the configuration takes them up) or accepted and listed as ignored. */
+TEST(redis_py_forms)
+{
+    struct bq_url u;
+    bq_err err;
+    CHECK_INT(bq_url_parse("redis://default@h:6380/2", NULL, &u, &err), BQ_OK);
+    CHECK_STR(u.user, "default");
+    CHECK(u.password == NULL); /* no AUTH is sent */
+    CHECK_INT(u.db, 2);
+    bq_url_free(&u);
+    CHECK_INT(bq_url_parse("rediss://h/0?socket_timeout=2.5&socket_connect_timeout=1&"
+                           "max_connections=20&retry_on_timeout=no&ssl_cert_reqs=none&"
+                           "ssl_ca_certs=%2Fetc%2Fca.pem&ssl_certfile=c.pem&ssl_keyfile=k.pem&"
+                           "ssl_ca_path=/etc/certs&health_check_interval=30&protocol=3&"
+                           "client_name=agent&decode_responses=True&encoding=utf-8&"
+                           "ssl_check_hostname=false&socket_keepalive=1&db=3", NULL, &u, &err),
+              BQ_OK);
+    CHECK(u.socket_timeout == 2.5 && u.socket_connect_timeout == 1);
+    CHECK_INT(u.max_connections, 20);
+    CHECK_INT(u.retry_on_timeout, 0);
+    CHECK_INT(u.ssl_cert_reqs, 0);
+    CHECK_STR(u.ssl_ca_certs, "/etc/ca.pem");
+    CHECK_STR(u.ssl_certfile, "c.pem");
+    CHECK_STR(u.ssl_keyfile, "k.pem");
+    CHECK_STR(u.ssl_ca_path, "/etc/certs");
+    CHECK_INT(u.db, 3);
+    CHECK_STR(u.ignored, "health_check_interval,protocol,client_name,decode_responses,encoding,"
+                         "ssl_check_hostname,socket_keepalive");
+    bq_url_free(&u);
+    /* as redis-py: the query's user and password when the user-info gives none */
+    CHECK_INT(bq_url_parse("unix:///run/redis.sock?db=1&password=s%40cret&username=bob", NULL,
+                           &u, &err), BQ_OK);
+    CHECK_STR(u.user, "bob");
+    CHECK_STR(u.password, "s@cret");
+    bq_url_free(&u);
+    CHECK_INT(bq_url_parse("redis://h?retry_on_timeout=yes", NULL, &u, &err), BQ_OK);
+    CHECK_INT(u.retry_on_timeout, 1);
+    CHECK_INT(u.ssl_cert_reqs, -1);
+    CHECK(u.socket_timeout < 0);
+    bq_url_free(&u);
+}
+
 TEST(sentinel_hosts_and_password)
 {
     struct bq_url u;
@@ -101,13 +144,17 @@ static const struct bad bads[] = {
     {"redis://h:6379/x", "bad database number 'x'"},
     {"redis://h:6379/1/2", "bad database number '1/2'"},
     {"redis://h?db=-1", "bad database number '-1'"},
-    {"redis://h?timeout=3", "unknown URL option 'timeout'"},
+    {"redis://h?colour=red", "unknown URL option 'colour'"},
+    {"redis://h?socket_timeout=soon", "socket_timeout must be a number of seconds (got 'soon')"},
+    {"redis://h?socket_connect_timeout=-1", "socket_connect_timeout must be a number of seconds"},
+    {"redis://h?max_connections=0", "max_connections must be a whole number from 1 to 100000"},
+    {"redis://h?health_check_interval=often", "health_check_interval must be a whole number"},
+    {"rediss://h?ssl_cert_reqs=maybe", "ssl_cert_reqs must be none, optional or required"},
     {"redis://h?db", "URL option 'db' has no value"},
     {"redis://bad host:1", "bad host name 'bad host'"},
     {"redis://[::1:6379", "unterminated IPv6 address"},
     {"redis://[zz]:1", "bad IPv6 address"},
     {"redis://a,b:1", "several hosts"},
-    {"redis://user@h", "user name but no password"},
     {"redis://:pa%zzss@h", "bad percent-escape in the password"},
     {"redis://u%4:p@h", "bad percent-escape in the user name"},
     {"unix://relative.sock", "absolute socket path"},
@@ -221,13 +268,13 @@ TEST(errors_name_the_part_but_never_quote_a_secret)
         {"redis://default:Zx9/Qp+Lw8@host:abc", "bad port 'abc'"},
         {"redis://default:Zx9/Qp+Lw8@host/x", "bad database number 'x'"},
         {"redis://u:Zx9#Qp@Lw8@bad host", "bad host name 'bad host'"},
-        {"redis://Zx9/Qp+Lw8@host", "user name but no password"},
+        {"redis://Zx9/Qp+Lw8@host:abc", "bad port 'abc'"},
         {"redis://:se%zzcret@h", "bad percent-escape in the password"},
         {"redis://se%zzcret:x@h", "bad percent-escape in the user name"},
         {"redis+sentinel://s1/m?sentinel_password=se%zzcret", "bad percent-escape in "
                                                               "sentinel_password"},
-        {"redis://h?password=se%zzcret", "unknown URL option 'password'"},
-        {"redis://h?db=1&password=hunter2", "unknown URL option 'password'"},
+        {"redis://h?password=se%zzcret", "bad percent-escape in the password"},
+        {"redis://h?db=1&password=hunter2&db=x", "bad database number 'x'"},
         {"redis:/:Zx9/Qp+Lw8@h://x", "unknown scheme (expected"},
         {"redis://:hunter2@[::1", "unterminated IPv6 address"},
         {"redis+cluster://:Zx9/Qp+Lw8@n1:7000/0", "no database path"},
@@ -407,6 +454,7 @@ TEST(allocation_failures_are_clean)
 int main(void)
 {
     RUN(parses_good_urls);
+    RUN(redis_py_forms);
     RUN(sentinel_hosts_and_password);
     RUN(rejects_bad_urls_naming_the_part);
     RUN(errors_never_show_the_password);
