@@ -37,7 +37,7 @@ describe("#redis hostile input", function()
         local w = proc.spawn("build/binduq-lua tests/integration/fixtures/test_worker.lua", {
             env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue, BQ_TEST_CONCURRENCY = 3,
                     BQ_TEST_MAX_ATTEMPTS = 2, BQ_TEST_RETRY_BASE = 0.05, BQ_TEST_RETRY_CAP = 0.1,
-                    BINDUQ_LOG_LEVEL = "info" },
+                    BQ_TEST_MAX_MESSAGE_SIZE = 1024 * 1024, BINDUQ_LOG_LEVEL = "info" },
         })
         s:run{ task_id = "doomed", messages = { "fail" } }
         assert(proc.wait_for(function() return s:dead_letter_count() == 1 end, 20), "doomed never failed")
@@ -220,7 +220,7 @@ describe("#redis hostile input", function()
         { '#bq {"attempt":1000000000}\n' .. run_of('"h1"', '"x"'), bad = "" },
         { "#bq no newline at all", bad = "" },
         { "#bq " .. ("{"):rep(5000) .. "\n{}", bad = "" },
-        { run_of('"big"', '"' .. ("b"):rep(2 * 1024 * 1024) .. '"'), bad = "message too large" },
+        { run_of('"big"', '"' .. ("b"):rep(33 * 1024 * 1024) .. '"'), bad = "message too large" },
         -- odd but valid: they run, and what they carry stays data
         { run_of('"g1"', '"\\u001b]52;c;aGk=\\u0007 and \\u009b2J and \\r\\n fake line"'), good = "g1" },
         { run_of('"g2 with spaces=and \\"quotes\\""', '"x"'), good = 'g2 with spaces=and "quotes"' },

@@ -65,7 +65,7 @@ describe("#redis messages", function()
             { '{"type":"teleport","task_id":"u1"}', "unknown type 'teleport'" },
             { '{"type":"run","messages":[{"role":"user","content":"no id"}]}', "task_id is required" },
             { '{"type":"run","task_id":"w1","messages":"not a list"}', "messages must be an array" },
-            { '{"type":"run","task_id":"big","messages":[{"role":"user","content":"' .. ("x"):rep(1100 * 1024) .. '"}]}',
+            { '{"type":"run","task_id":"big","messages":[{"role":"user","content":"' .. ("x"):rep(33 * 1024 * 1024) .. '"}]}',
               "message too large" },
             { '{"type":"run","task_id":"utf","messages":[{"role":"user","content":"caf\xc3"}]}', "invalid UTF-8" },
         }
