@@ -16,6 +16,7 @@ M.SCHEDULER_KEYS = {
     dedup_key = "function", tls = "table", wait_replicas = "number", wait_timeout = "number",
     retry_on_timeout = "boolean", retries = "number",
     order = "string|table", -- "lpush" | "rpush", or { [queue] = order } (README, "Queue order")
+    format = "string",      -- "native" | "bindu": what a producer writes (README, "Wire formats")
 }
 
 M.TLS_KEYS = { ca_file = "string", ca_dir = "string", cert_file = "string", key_file = "string",

@@ -40,7 +40,9 @@
 --             that comes next is withdrawn; on a task whose run has not come (a record this
 --             worker made as "paused"), the run starts it when it comes;
 --   "run"     its run has not come, and its pauses and resumes are even: the run starts it;
---   "merge"   its run has not come, and it is paused: the run is recorded, not started.
+--   "merge"   its run has not come, and it is paused: the run is recorded, not started;
+--   "withdrawn" a resume withdrew the pause asked of the running handler, which may have
+--             been told already: it goes on from its checkpoint instead of pausing.
 -- A record made for an operation other than a run is "paused" until its run comes, so no
 -- fast path takes it for the run's own record. One unanswered pause or resume is remembered;
 -- beyond that the later ones count once.
@@ -233,7 +235,8 @@ function M.make_process(w, info)
             core.log("error", "policy_failed", { task_id = task.task_id, queue = info.queue, error = pwhy })
             kind, dd = "dead", { reason = pwhy }
         end
-        local out = { reason = dd.reason or e.message, error = ej, body = header.body, attempt = attempt }
+        local out = { reason = dd.reason or e.message, error = ej, body = header.body, body_end = header.body_end,
+                      attempt = attempt }
         -- Only a run or resume that failed changes the task; a failed cancel or pause
         -- operation is retried or set aside on its own.
         local runs = task.type == "run" or task.type == "resume"
@@ -474,7 +477,8 @@ function M.make_process(w, info)
         if WAITING[state] or state == "paused" then return state, true end
         if requeued and (state == "submitted" or state == "working") then return state end
         if state == "working" and req == "pause" then
-            return nil, "the resume withdrew a pause that had not happened yet", ""
+            -- The handler may have been told already: "withdrawn" lets it go on (below).
+            return nil, "the resume withdrew a pause that had not happened yet", "withdrawn"
         end
         if state == "working" then
             return nil, "a resume while it runs: the pause it answers, when it comes, is withdrawn", "resume"
@@ -529,9 +533,10 @@ function M.make_process(w, info)
     local function deferred(task, header, wait)
         local nh = {}
         for k2, v in pairs(header) do nh[k2] = v end
-        nh.body, nh.id, nh.deferred = nil, core.uuid4(), (header.deferred or 0) + 1
+        nh.body, nh.body_end, nh.id, nh.deferred = nil, nil, core.uuid4(), (header.deferred or 0) + 1
         return "deferred", task.task_id, task.type, { delay = wait, reason = "rate limited", attempt = header.attempt,
-                                                      header = task_mod.header(nh), body = header.body }
+                                                      header = task_mod.header(nh), body = header.body,
+                                                      body_end = header.body_end }
     end
 
     -- run and resume: start the handler from the stored history (and checkpoint). adm: the
@@ -592,7 +597,8 @@ function M.make_process(w, info)
                             return "dead", id, task.type, {
                                 reason = ("attempt %d exceeds max_attempts %d: its workers stopped while running it")
                                     :format(header.attempt, limit),
-                                body = header.body, attempt = header.attempt - 1, state = "failed",
+                                body = header.body, body_end = header.body_end, attempt = header.attempt - 1,
+                                state = "failed",
                             }
                         end
                         if rl and not adm and not admitted_at then
@@ -681,7 +687,8 @@ function M.make_process(w, info)
             -- "Operations out of order") does not stop the task: the handler goes on from its
             -- checkpoint at once, as after a pause and its resume.
             if ok or res.code ~= "EPAUSED" or core.slot_control() == "cancel"
-                    or not store:change{ id = id, from = "working", if_requested = "resume" } then
+                    or not (store:change{ id = id, from = "working", if_requested = "resume" }
+                            or store:change{ id = id, from = "working", if_requested = "withdrawn", requested = "" }) then
                 break
             end
             core.log("info", "pause_answered", { task_id = id, worker = info.worker_id })
@@ -720,7 +727,7 @@ function M.make_process(w, info)
     -- A message's task and header (or nil, why, what could be read, header).
     local function decode(raw, qi, sealed)
         local task, why, partial, header
-        if raw:byte(1) ~= 35 then -- no "#bq" header line: a first delivery, the common case
+        if raw:byte(1) ~= 35 and not sealed then -- no header of binduq's: a first delivery, the common case
             task, why, partial = task_mod.decode_body(raw, max)
             header = FIRST_DELIVERY
         else
@@ -740,7 +747,7 @@ function M.make_process(w, info)
         if not task then
             partial = partial or {}
             return "malformed", partial.task_id, partial.type,
-                   { reason = why, body = header.body, attempt = header.attempt }
+                   { reason = why, body = header.body, body_end = header.body_end, attempt = header.attempt }
         end
         trace_of(task)
         current_trace = task.trace_id

@@ -52,6 +52,16 @@ local M = {}
 function M.new(opts, level, storage_section)
     level = (level or 1) + 1
     local section = config.scheduler_section(opts, level)
+    if section.format ~= nil and section.format ~= "native" and section.format ~= "bindu" then
+        error("format must be \"native\" or \"bindu\" (got \"" .. tostring(section.format) .. "\")", level)
+    end
+    if section.format == "bindu" and section.order == nil then
+        -- Bindu's messages are for Bindu's queues: RPUSH, taken from the left
+        local copy = {}
+        for k, v in pairs(section) do copy[k] = v end
+        copy.order = "rpush"
+        section = copy
+    end
     if storage_section == nil then
         local st = type(opts) == "table" and (opts.scheduler ~= nil or opts.storage ~= nil) and opts.storage or nil
         storage_section = storage_mod.section(st, level)
@@ -89,6 +99,7 @@ function M.new(opts, level, storage_section)
         retry_on_timeout = section.retry_on_timeout == true
             or (section.retry_on_timeout == nil and info.retry_on_timeout == true),
         retries = section.retries or 3,
+        bindu = section.format == "bindu",
         stats = { scheduled = 0, deduplicated = 0 },
     }, Scheduler)
     return self
@@ -190,7 +201,7 @@ end
 -- as it is; it answers false for anything else, and task.lua's general path takes the
 -- operations. Returns sent, duplicates | nil, msg, code; or false.
 local function fast_many(self, client, ops)
-    if self.route or self.dedup_key then return false end
+    if self.route or self.dedup_key or self.bindu then return false end
     local batch, err, code = core.prepare_runs(self.store, ops, self.queue_name)
     if batch == nil then return nil, "storage: " .. tostring(err), code end
     if not batch then return false end
@@ -210,6 +221,7 @@ function Scheduler:schedule(op)
     local sent, dups, code = fast_many(self, client, { op })
     if sent == false then
         local msg, id, norm = task.encode(op, 2)
+        if self.bindu then msg = task.encode_bindu(op, norm, 2) end
         local queue, key = route_of(self, op), dedup_of(self, op)
         local sok, serr, scode = store_op(self, op, queue, norm)
         if not sok then return nil, "storage: " .. tostring(serr), scode end
@@ -239,6 +251,7 @@ function Scheduler:schedule_many(ops)
     local encoded = {}
     for i = 1, #ops do
         local okenc, m, id, norm = pcall(task.encode, ops[i], 1)
+        if okenc and self.bindu then okenc, m = pcall(task.encode_bindu, ops[i], norm, 1) end
         if not okenc then error("operation " .. i .. ": " .. tostring(m), 2) end
         encoded[i] = { m, id, norm, route_of(self, ops[i]), dedup_of(self, ops[i]) }
     end

@@ -228,19 +228,10 @@ M.MAX_ATTEMPT = 1000000  -- as the C side's bound on an outcome's attempt
 -- The header's counters: absent, or a whole number in [lo, MAX_ATTEMPT].
 local HEADER_COUNTS = { attempt = 1, redelivered = 1, deferred = 1, requeued = 1 }
 
---- Splits binduq's "#bq {...}" header line off a message and checks it.
--- Returns the header table (empty when there is none), the offset of the original message
--- in raw (0 when there is no header), or nil and a reason.
-function M.split_header(raw)
-    if raw:byte(1) ~= 35 or raw:sub(1, 4) ~= "#bq " then return {}, 0 end -- 35: '#'
-
-    local nl = raw:find("\n", 5, true)
-    if not nl or nl > M.MAX_HEADER_LEN then
-        return nil, nl and ("binduq header line longer than %d bytes"):format(M.MAX_HEADER_LEN)
-            or "binduq header line without an end"
-    end
-    local h = json.decode(raw:sub(5, nl - 1))
-    if not dec_object(h) then return nil, "binduq header line is not a JSON object" end
+-- The header's JSON text, checked: the table, or nil and why not.
+local function check_header(text, where)
+    local h = json.decode(text)
+    if not dec_object(h) then return nil, "binduq header " .. where .. " is not a JSON object" end
     for k, lo in pairs(HEADER_COUNTS) do
         local v = h[k]
         if v ~= nil then
@@ -252,6 +243,22 @@ function M.split_header(raw)
             h[k] = v
         end
     end
+    return h
+end
+
+--- Splits binduq's "#bq {...}" header line off a message and checks it.
+-- Returns the header table (empty when there is none), the offset of the original message
+-- in raw (0 when there is no header), or nil and a reason.
+function M.split_header(raw)
+    if raw:byte(1) ~= 35 or raw:sub(1, 4) ~= "#bq " then return {}, 0 end -- 35: '#'
+
+    local nl = raw:find("\n", 5, true)
+    if not nl or nl > M.MAX_HEADER_LEN then
+        return nil, nl and ("binduq header line longer than %d bytes"):format(M.MAX_HEADER_LEN)
+            or "binduq header line without an end"
+    end
+    local h, why = check_header(raw:sub(5, nl - 1), "line")
+    if not h then return nil, why end
     if raw:sub(nl + 1, nl + 4) == "#bq " then
         -- reap-4 keeps a header it did not seal as part of the body of the recovered message
         return nil, "a #bq header line binduq did not write, recovered from a stopped worker"
@@ -264,6 +271,44 @@ function M.header(h)
     return "#bq " .. json.encode_strict(h)
 end
 
+-- What Bindu's format can carry of an operation; anything else has no place in it.
+local BINDU_FIELDS = { type = true, task_id = true, conversation_id = true, messages = true, trace_id = true,
+                       span_id = true }
+
+--- Bindu's format of an operation task.encode checked (norm: its third result), as Bindu's
+-- RedisScheduler writes it, key for key (operation, params, trace_id, span_id; a run's or
+-- resume's one A2A message with message_id, context_id, task_id, kind, parts, role,
+-- metadata), so Bindu's own worker takes it (the scheduler's format = "bindu"). Raises
+-- (level as task.encode) for what it cannot carry: a second message, or another field.
+function M.encode_bindu(op, norm, level)
+    level = (level or 1) + 1
+    for k in pairs(op) do
+        if not BINDU_FIELDS[k] then
+            error("format \"bindu\" has no place for the field '" .. show(k) .. "'", level)
+        end
+    end
+    local e, id = json.encode_strict, op.task_id
+    local params = '{"task_id":' .. e(id) .. "}"
+    if op.type == "run" or op.type == "resume" then
+        local msgs = norm.messages or {}
+        if #msgs > 1 then error("format \"bindu\" carries one message an operation (got " .. #msgs .. ")", level) end
+        local ctx = norm.conversation_id or core.uuid4()
+        local m = msgs[1]
+        local message = ""
+        if m then
+            local parts = m.parts ~= nil and m.parts ~= null and json.array(m.parts)
+                or '[{"kind":"text","text":' .. e(m.content or "") .. "}]"
+            message = ',"message":{"message_id":' .. e(m.message_id or core.uuid4()) .. ',"context_id":' .. e(ctx)
+                .. ',"task_id":' .. e(id) .. ',"kind":"message","parts":' .. parts .. ',"role":' .. e(m.role)
+                .. ',"metadata":' .. (type(m.metadata) == "table" and e(m.metadata) or "{}") .. "}"
+        end
+        params = '{"task_id":' .. e(id) .. ',"context_id":' .. e(ctx) .. message .. "}"
+    end
+    return '{"operation":"' .. op.type .. '","params":' .. params .. ',"trace_id":'
+        .. (op.trace_id ~= nil and e(op.trace_id) or "null") .. ',"span_id":'
+        .. (op.span_id ~= nil and e(op.span_id) or "null") .. "}"
+end
+
 M.UNSEALED = "#bq header line not written by binduq (the message has no seal): set aside unrun"
 
 --- Decodes and validates a raw message (with or without a "#bq" header line).
@@ -273,6 +318,21 @@ M.UNSEALED = "#bq header line not written by binduq (the message has no seal): s
 -- `body`, the offset of the original message); or nil, a reason, whatever was learned of the
 -- task (type, task_id) for the log and the dead-letter entry, and the header.
 function M.decode(raw, max_size, sealed)
+    local embed = sealed and raw:byte(1) == 123 and core.embedded_header(raw) -- 123: '{'
+    if embed then
+        -- A header binduq embedded in Bindu's format (src/broker/broker.h): the original is
+        -- what comes before its ,"binduq": key, and the closing brace.
+        if max_size and #raw > max_size then
+            return nil, ("message too large (%d bytes; max_message_size is %d)"):format(#raw, max_size),
+                   {}, { attempt = 1, body = 0 }
+        end
+        local header, why = check_header(raw:sub(embed + 11, -2), "key")
+        if not header then return nil, why, {}, { attempt = 1, body = 0 } end
+        header.attempt = header.attempt or 1
+        header.body, header.body_end = 0, embed
+        local task, why2, partial = M.decode_body(raw:sub(1, embed) .. "}")
+        return task, why2, partial, header
+    end
     if raw:byte(1) ~= 35 then -- no "#bq" header: the common case, a first delivery
         local task, why, partial = M.decode_body(raw, max_size)
         return task, why, partial, { attempt = 1, body = 0 }

@@ -99,9 +99,40 @@ struct bq_msg {
  * unsealed one as malformed, unrun and unchanged. The memory broker keeps the mark on the
  * message itself. The SHA1 binds the header to its body, so a copied header line on other
  * bytes is not sealed either. */
+/* A message in Bindu's format that binduq queues again carries its header embedded, as its
+ * last key "binduq", instead of on a "#bq" line: Bindu's own worker reads a message with
+ * json.loads and takes operation, params, trace_id and span_id from it, so the message stays
+ * one it can run (a "#bq" line would make it drop the message):
+ *   {"operation": "run", "params": {...}, "trace_id": null, "span_id": null,"binduq":{"attempt":2}}
+ * Binduq writes that form for an original starting {"operation" and ending '}', and finds it
+ * in a message starting {"operation" and ending with a flat object (no braces inside, at most
+ * BQ_EMBED_MAX bytes) after ,"binduq": and a final '}'. Returns the offset of that
+ * ,"binduq": in p, or 0 when there is none. The original is p[0..offset) and '}'. */
+#define BQ_EMBED_KEY ",\"binduq\":"
+#define BQ_EMBED_MAX 1024
+static inline bool bq_bindu_form(const char *p, size_t len)
+{
+    return len >= 14 && memcmp(p, "{\"operation\"", 12) == 0 && p[len - 1] == '}';
+}
+
+static inline size_t bq_embedded_header(const char *p, size_t len)
+{
+    if (!bq_bindu_form(p, len) || p[len - 2] != '}')
+        return 0;
+    size_t stop = len > BQ_EMBED_MAX + 2 ? len - BQ_EMBED_MAX - 2 : 12;
+    for (size_t j = len - 2; j-- > stop;) {
+        if (p[j] == '}')
+            return 0;
+        if (p[j] == '{')
+            return j >= 22 && memcmp(p + j - 10, BQ_EMBED_KEY, 10) == 0 ? j - 10 : 0;
+    }
+    return 0;
+}
+
 static inline bool bq_msg_has_header(const struct bq_msg *m)
 {
-    return m->len >= 4 && memcmp(m->data, "#bq ", 4) == 0;
+    return (m->len >= 4 && memcmp(m->data, "#bq ", 4) == 0) ||
+           bq_embedded_header(m->data, m->len) > 0;
 }
 
 /* A growable array of owned messages. */

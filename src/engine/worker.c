@@ -476,11 +476,29 @@ static void lease_lost(bq_worker *w, const char *op, const char *tid)
            NULL);
 }
 
+/* The original bytes of msg, without binduq's header: a slice of it, or for an embedded
+ * header (broker.h) the bytes before it and a '}', put together in *tmp. NULL on no memory. */
+static const char *original(const struct bq_msg *msg, const struct bq_outcome *out,
+                            bq_buf *tmp, size_t *len)
+{
+    size_t off = out->body <= msg->len ? out->body : 0;
+    if (out->body_end > off && out->body_end < msg->len) {
+        bq_buf_append(tmp, msg->data + off, out->body_end - off);
+        bq_buf_putc(tmp, '}');
+        *len = tmp->len;
+        return tmp->oom ? NULL : tmp->p;
+    }
+    *len = msg->len - off;
+    return msg->data + off;
+}
+
 /* Dead-letters msg (its original part) with the outcome's reason. */
 static void bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome *out,
                  const char *tid)
 {
-    size_t off = out->body <= msg->len ? out->body : 0;
+    bq_buf tmp = BQ_BUF_INIT;
+    size_t olen;
+    const char *orig = original(msg, out, &tmp, &olen);
     struct bq_dlq_info info = {
         out->header,
         out->reason ? out->reason : "unknown",
@@ -493,9 +511,11 @@ static void bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome
         msg->oversize > 0 ? msg->oversize
                           : (w->who.max_size > 0 && msg->len > w->who.max_size ? msg->len : 0),
     };
-    struct bq_msg entry;
+    struct bq_msg entry = {NULL, 0, 0, false, 0};
     bq_err err;
-    bq_status st = bq_dlq_entry(&info, msg->data + off, msg->len - off, &entry);
+    bq_status st = orig == NULL ? bq_err_set(&err, BQ_ENOMEM, "dead-letter: out of memory")
+                                : bq_dlq_entry(&info, orig, olen, &entry);
+    bq_buf_free(&tmp);
     bool held = false;
     if (st == BQ_OK)
         WITH_RETRIES(w, "dead_letter", tid,
@@ -571,13 +591,25 @@ static void promote_by(bq_worker *w, double delay)
 static void retry(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome *out,
                   const char *tid, bool deferral)
 {
-    size_t off = out->body <= msg->len ? out->body : 0;
-    bq_buf next = BQ_BUF_INIT;
-    bq_buf_puts(&next, out->header ? out->header : "#bq {}");
-    bq_buf_putc(&next, '\n');
-    bq_buf_append(&next, msg->data + off, msg->len - off);
+    bq_buf tmp = BQ_BUF_INIT, next = BQ_BUF_INIT;
+    size_t olen;
+    const char *orig = original(msg, out, &tmp, &olen);
+    const char *header = out->header ? out->header : "#bq {}";
+    if (orig != NULL && bq_bindu_form(orig, olen) && strncmp(header, "#bq {", 5) == 0) {
+        /* Bindu's format keeps the header inside, where Bindu's worker ignores it. */
+        bq_buf_append(&next, orig, olen - 1);
+        bq_buf_puts(&next, BQ_EMBED_KEY);
+        bq_buf_puts(&next, header + 4);
+        bq_buf_putc(&next, '}');
+    } else if (orig != NULL) {
+        bq_buf_puts(&next, header);
+        bq_buf_putc(&next, '\n');
+        bq_buf_append(&next, orig, olen);
+    }
+    bq_buf_free(&tmp);
     bq_err err;
-    bq_status st = next.oom ? bq_err_set(&err, BQ_ENOMEM, "retry: out of memory") : BQ_OK;
+    bq_status st = orig == NULL || next.oom ? bq_err_set(&err, BQ_ENOMEM, "retry: out of memory")
+                                            : BQ_OK;
     bool held = false;
     if (st == BQ_OK)
         WITH_RETRIES(w, "retry", tid,

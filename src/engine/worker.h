@@ -71,6 +71,8 @@ struct bq_outcome {
                         * DEAD/MALFORMED: the dead-letter entry's JSON line (optional) */
     double delay;      /* RETRY: seconds before the next attempt */
     size_t body;       /* offset of the original message in the fetched one (after a header) */
+    size_t body_end;   /* > 0: the header was embedded (broker.h): the original is the bytes
+                        * [body, body_end) and a closing '}' */
     int attempt;       /* the attempt that just ended (1 for the first) */
     char state[24];    /* the task's stored state afterwards ("" when unknown) */
     double pickup;     /* seconds from the producer's timestamp to the handler's start; NaN:

@@ -13,6 +13,7 @@
 #include "../core/id.h"
 #include "../core/log.h"
 #include "../core/rand.h"
+#include "../broker/broker.h"
 #include "../broker/keys.h"
 #include "../engine/config.h"
 #include "../core/backoff.h"
@@ -465,6 +466,20 @@ static int l_parse_url(lua_State *L)
     return 1;
 }
 
+/* core.embedded_header(raw) -> offset | nil: where binduq's header embedded in a message in
+ * Bindu's format starts (its ,"binduq": key), 0-based, as broker.h finds it. */
+static int l_embedded_header(lua_State *L)
+{
+    size_t len;
+    const char *p = luaL_checklstring(L, 1, &len);
+    size_t k = bq_embedded_header(p, len);
+    if (k == 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, (lua_Integer)k);
+    return 1;
+}
+
 static int l_redact_url(lua_State *L)
 {
     char out[1024];
@@ -660,6 +675,7 @@ static const luaL_Reg core_funcs[] = {
     {"sleep", l_sleep},
     {"parse_url", l_parse_url},
     {"redact_url", l_redact_url},
+    {"embedded_header", l_embedded_header},
     {"defaults", l_defaults},
     {"backoff", l_backoff},
     {"key_slot", l_key_slot},

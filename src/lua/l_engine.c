@@ -279,7 +279,10 @@ static void outcome_from(lua_State *L, int b, const struct bq_msg *msg, struct b
             lua_getfield(L, b + 3, "body");
             lua_Integer body = lua_tointeger(L, -1);
             out->body = body > 0 && (size_t)body <= msg->len ? (size_t)body : 0;
-            lua_pop(L, 2);
+            lua_getfield(L, b + 3, "body_end");
+            lua_Integer body_end = lua_tointeger(L, -1);
+            out->body_end = body_end > 0 && (size_t)body_end < msg->len ? (size_t)body_end : 0;
+            lua_pop(L, 3);
         }
         lua_getfield(L, b + 3, "attempt");
         lua_Integer attempt = lua_tointeger(L, -1);

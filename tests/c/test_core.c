@@ -377,6 +377,38 @@ TEST(dotenv_lines)
     CHECK_INT(skipped, 3);
 }
 
+/* A header binduq embeds in a message in Bindu's format, found by broker.h's rule. */
+TEST(embedded_headers_are_found_by_their_shape)
+{
+    static const char op[] = "{\"operation\": \"run\", \"params\": {\"task_id\": \"t\"}, "
+                             "\"trace_id\": null, \"span_id\": null}";
+    char m[512];
+    snprintf(m, sizeof m, "%.*s,\"binduq\":{\"attempt\":2,\"id\":\"x\"}}", (int)strlen(op) - 1, op);
+    size_t k = bq_embedded_header(m, strlen(m));
+    CHECK_INT(k, strlen(op) - 1);
+    CHECK(bq_bindu_form(op, strlen(op)));
+    CHECK_INT(bq_embedded_header(op, strlen(op)), 0); /* none */
+    static const char *const no[] = {
+        "{\"type\":\"run\",\"binduq\":{\"attempt\":2}}",                 /* native */
+        "{\"operation\":\"run\",\"binduq\":{\"a\":{\"b\":1}}}",            /* nested */
+        "{\"operation\":\"run\",\"x\":{\"attempt\":2}}",                   /* another key */
+        "{\"operation\":\"run\"\"binduq\":{\"attempt\":2}}",              /* no comma */
+        "{\"operation\":\"run\",\"binduq\":{\"attempt\":2}} ",            /* not at the end */
+        "#bq {}\n{\"operation\":\"run\"}",
+        "{\"operation\":\"run\",\"binduq\":{}",
+    };
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+        CHECK_INT(bq_embedded_header(no[i], strlen(no[i])), 0);
+    /* an object longer than BQ_EMBED_MAX is not a header binduq wrote */
+    char big[2200];
+    int n = snprintf(big, sizeof big, "{\"operation\":\"run\",\"binduq\":{\"pad\":\"");
+    memset(big + n, 'p', 1100);
+    snprintf(big + n + 1100, sizeof big - (size_t)n - 1100, "\"}}");
+    CHECK_INT(bq_embedded_header(big, strlen(big)), 0);
+    struct bq_msg msg = {m, strlen(m), 0, false, 0};
+    CHECK(bq_msg_has_header(&msg));
+}
+
 TEST(config_queue_order)
 {
     struct bq_config cfg;
@@ -1033,6 +1065,7 @@ int main(void)
     RUN(dead_letter_entry_keeps_the_bytes);
     RUN(config_precedence);
     RUN(config_queue_order);
+    RUN(embedded_headers_are_found_by_their_shape);
     RUN(dotenv_lines);
     RUN(log_lines);
     RUN(log_lines_are_escaped);

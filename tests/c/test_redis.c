@@ -810,6 +810,90 @@ TEST(queue_order_rpush_is_fifo_from_the_left)
     bq_broker_free(b);
 }
 
+/* What binduq queues again in Bindu's format keeps its header inside (broker.h), sealed:
+ * a task recovered from a dead worker and a requeued dead letter. */
+TEST(bindu_format_headers_are_embedded_and_sealed)
+{
+    NEED_REDIS();
+    bq_broker *b = open_broker();
+    if (b == NULL)
+        return;
+    char queue[96];
+    snprintf(queue, sizeof queue, "%s:embed", prefix);
+    static const char op[] = "{\"operation\": \"run\", \"params\": {\"task_id\": \"e1\"}, "
+                             "\"trace_id\": null, \"span_id\": null}";
+    struct bq_slice m = {op, sizeof op - 1};
+    size_t pushed;
+    CHECK_INT(b->ops->push(b, queue, &m, 1, &pushed, NULL), BQ_OK);
+    const char *qs[] = {queue};
+    struct bq_lessee dead = {qs, 1, NULL, "dead-e", BQ_AT_LEAST_ONCE, 0, 0};
+    struct bq_lessee live = {qs, 1, NULL, "live-e", BQ_AT_LEAST_ONCE, 0, 0};
+    struct bq_batch ids = {NULL, 0, 0}, got = {NULL, 0, 0};
+    CHECK_INT(b->ops->heartbeat(b, &dead, 0.2, &ids, NULL), BQ_OK);
+    CHECK_INT(fetch(b, &dead, 1, 0, NULL, 0, NULL, &got), BQ_OK);
+    CHECK_INT(got.n, 1);
+    CHECK(!got.msgs[0].sealed);
+    bq_batch_clear(&got);
+    usleep(300000);
+    long long recovered = 0;
+    CHECK_INT(b->ops->reap(b, queue, "dead-e", &recovered, NULL), BQ_OK);
+    CHECK_INT(recovered, 1);
+    CHECK_INT(b->ops->heartbeat(b, &live, 30, &ids, NULL), BQ_OK);
+    CHECK_INT(fetch(b, &live, 1, 0, NULL, 0, NULL, &got), BQ_OK);
+    CHECK_INT(got.n, 1);
+    if (got.n == 1) {
+        const struct bq_msg *r = &got.msgs[0];
+        CHECK(r->sealed);
+        size_t k = bq_embedded_header(r->data, r->len);
+        CHECK_INT(k, sizeof op - 2); /* the original, less its '}', then the header */
+        CHECK(memcmp(r->data, op, sizeof op - 2) == 0);
+        CHECK_CONTAINS(r->data + k, "\"attempt\":2");
+        CHECK_CONTAINS(r->data + k, "\"redelivered\":1");
+        struct bq_batch again = {NULL, 0, 0};
+        size_t acked;
+        CHECK_INT(fetch(b, &live, 0, 0, r, 1, &acked, &again), BQ_OK); /* ack: releases the seal */
+        CHECK_INT(acked, 1);
+        bq_batch_free(&again);
+    }
+    bq_batch_clear(&got);
+    /* a requeued dead letter */
+    char entry[512];
+    int n = snprintf(entry, sizeof entry, "{\"reason\":\"x\"}\n%s", op);
+    bool done = false, held = false;
+    struct bq_lessee amo = {qs, 1, NULL, "live-e", BQ_AT_MOST_ONCE, 0, 0};
+    struct bq_msg em = {(char *)op, sizeof op - 1, 0, false, 0};
+    CHECK_INT(b->ops->bury(b, &amo, &em, (struct bq_slice){entry, (size_t)n}, &held, NULL), BQ_OK);
+    CHECK_INT(b->ops->dlq_requeue(b, queue, (struct bq_slice){entry, (size_t)n}, &done, NULL),
+              BQ_OK);
+    CHECK(done);
+    CHECK_INT(fetch(b, &live, 1, 0, NULL, 0, NULL, &got), BQ_OK);
+    CHECK_INT(got.n, 1);
+    if (got.n == 1) {
+        CHECK(got.msgs[0].sealed);
+        size_t k = bq_embedded_header(got.msgs[0].data, got.msgs[0].len);
+        CHECK_INT(k, sizeof op - 2);
+        CHECK_STR(got.msgs[0].data + k, ",\"binduq\":{\"attempt\":1,\"requeued\":1}}");
+        size_t acked;
+        struct bq_batch none = {NULL, 0, 0};
+        CHECK_INT(fetch(b, &live, 0, 0, got.msgs, 1, &acked, &none), BQ_OK);
+        bq_batch_free(&none);
+    }
+    char seals[128];
+    snprintf(seals, sizeof seals, "{%s}:seals", queue);
+    long long left = -1;
+    const char *argv[] = {"HLEN", seals};
+    void *rep = NULL;
+    if (b->ops->command(b, queue, 2, argv, NULL, &rep, NULL) == BQ_OK) {
+        left = ((redisReply *)rep)->integer;
+        freeReplyObject(rep);
+    }
+    CHECK_INT(left, 0); /* every seal released */
+    b->ops->unregister(b, &live, NULL);
+    bq_batch_free(&ids);
+    bq_batch_free(&got);
+    bq_broker_free(b);
+}
+
 TEST(a_dead_workers_tasks_are_reaped_with_their_attempt_counted)
 {
     NEED_REDIS();
@@ -1276,6 +1360,7 @@ int main(void)
     RUN(queue_order_rpush_is_fifo_from_the_left);
     RUN(fetch_stops_at_the_byte_budget);
     RUN(a_dead_workers_tasks_are_reaped_with_their_attempt_counted);
+    RUN(bindu_format_headers_are_embedded_and_sealed);
     RUN(seals_tell_binduqs_headers_from_forged_ones_memory);
     RUN(seals_tell_binduqs_headers_from_forged_ones_redis);
     RUN(scripts_survive_a_flushed_script_cache);

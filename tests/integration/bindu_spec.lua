@@ -115,6 +115,95 @@ describe("#redis #pg Bindu's producers", function()
         s:close()
     end)
 
+    -- What Bindu's own worker does with a message it pops (RedisScheduler's
+    -- _deserialize_task_operation): json.loads, then operation and params.task_id.
+    local function bindu_reads(raw)
+        local tmp = os.tmpname()
+        local f = assert(io.open(tmp, "wb"))
+        f:write(raw)
+        f:close()
+        local p = assert(io.popen("python3 -c " .. proc.quote([[
+import json, sys
+data = json.loads(open(sys.argv[1], encoding="utf-8").read())
+op = data.get("operation")
+assert op in ("run", "cancel", "pause", "resume"), op
+print(op, data.get("params", {}).get("task_id"))
+]]) .. " " .. proc.quote(tmp) .. " 2>&1"))
+        local out = p:read("a")
+        p:close()
+        os.remove(tmp)
+        return out
+    end
+
+    it("queues its retries and requeued dead letters in Bindu's format, which Bindu's worker reads", function()
+        local q = qname("mixed")
+        local flaky, doomed = uuid(), uuid()
+        local ops = bindu_ops({ { "run", flaky, uuid(), "flaky:2" }, { "run", doomed, uuid(), "fail" } })
+        rpush(q, ops)
+        -- test_worker: "flaky:2" fails its first attempt, "fail" every one; retries wait 30 s
+        local w = cluster.worker(server, q, { BINDUQ_QUEUE_ORDER = "rpush", BQ_TEST_CONCURRENCY = 2,
+                                              BQ_TEST_MAX_ATTEMPTS = 3, BQ_TEST_RETRY_BASE = 30,
+                                              BQ_TEST_RETRY_CAP = 30 })
+        local delayed = "{" .. q .. "}:delayed"
+        assert(proc.wait_for(function() return tonumber(server:cli("ZCARD", delayed)) == 2 end, 10))
+        proc.stop(w)
+        for _, raw in ipairs(admin.client:command(q, "ZRANGE", delayed, "0", "-1")) do
+            assert.truthy(raw:find(',"binduq":{', 1, true), raw)
+            local read = bindu_reads(raw)
+            assert.truthy(read:match("^run " .. flaky:gsub("%-", "%%-")) or read:match("^run " .. doomed:gsub("%-", "%%-")), read)
+        end
+        -- due now: a binduq worker still takes the embedded header (the attempt counts)
+        for _, raw in ipairs(admin.client:command(q, "ZRANGE", delayed, "0", "-1")) do
+            admin.client:command(q, "ZADD", delayed, "0", raw)
+        end
+        w = cluster.worker(server, q, { BINDUQ_QUEUE_ORDER = "rpush", BQ_TEST_CONCURRENCY = 2,
+                                        BQ_TEST_MAX_ATTEMPTS = 2, BQ_TEST_RETRY_BASE = 30, BQ_TEST_RETRY_CAP = 30 })
+        assert(proc.wait_for(function()
+            return #cluster.lines(w, " completed task_id=" .. flaky:gsub("%p", "%%%0")) == 1
+                and #cluster.lines(w, "dead_lettered task_id=" .. doomed:gsub("%p", "%%%0")) == 1
+        end, 20), proc.read(w.log))
+        proc.stop(w)
+        -- a dead letter requeued: the original op with the header inside
+        local s = bq.scheduler{ url = server.url, queue_name = q, order = "rpush" }
+        local e = assert(s:dead_letters())[1]
+        assert.are.equal(ops[2], e.message) -- the original bytes, the header taken off
+        assert.are.equal(1, s:requeue_dead())
+        local raw = server:cli("LINDEX", q, "0")
+        assert.truthy(raw:find(',"binduq":{"attempt":1,"requeued":1}}', 1, true), raw)
+        assert.truthy(bindu_reads(raw):match("^run " .. doomed:gsub("%-", "%%-")))
+        s:close()
+    end)
+
+    it("writes Bindu's format for Bindu's workers, key for key, and runs it too", function()
+        local q = qname("produce")
+        local s = bq.scheduler{ scheduler = { url = server.url, queue_name = q, format = "bindu" },
+                                storage = { type = "postgres", url = db.url } }
+        local id, ctx = uuid(), uuid()
+        assert(s:run{ task_id = id, conversation_id = ctx, messages = { "hello there" } })
+        local bad, why = pcall(s.run, s, { task_id = uuid(), messages = { "x" }, timeout = 5 })
+        assert.is_false(bad)
+        assert.truthy(tostring(why):find("format \"bindu\" has no place for the field 'timeout'", 1, true), why)
+        assert.are.equal(1, s:queue_length())
+        local raw = server:cli("LINDEX", q, "-1") -- RPUSH, as Bindu's producers: the newest on the right
+        local p = assert(io.popen("python3 -c " .. proc.quote([[
+import json, sys
+d = json.loads(sys.argv[1])
+m = d["params"]["message"]
+print(",".join(d), ",".join(d["params"]), ",".join(m), m["parts"][0]["text"], m["role"])
+]]) .. " " .. proc.quote(raw)))
+        local keys = p:read("a")
+        p:close()
+        assert.are.equal("operation,params,trace_id,span_id task_id,context_id,message "
+            .. "message_id,context_id,task_id,kind,parts,role,metadata hello there user\n", keys)
+        assert.truthy(bindu_reads(raw):match("^run " .. id:gsub("%-", "%%-")))
+        local w = worker(q)
+        local t = wait_state(s, id, "completed")
+        assert.are.equal("hello there", t.history[1].content)
+        assert.are.equal(ctx, t.context_id)
+        proc.stop(w)
+        s:close()
+    end)
+
     it("runs Bindu's run, pause, resume of one task in order: paused, then continued", function()
         local q = qname("prr")
         local id, ctx = uuid(), uuid()

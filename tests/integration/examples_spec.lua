@@ -86,6 +86,35 @@ describe("examples", function()
             s:close()
         end)
 
+        it("bindu_worker.lua takes Bindu's queue with Bindu's environment, oldest first", function()
+            local queue = "it:bw:" .. math.random(1, 1e9)
+            -- Bindu's names only: no REDIS_URL, no REDIS_QUEUE_NAME
+            local env = { SCHEDULER_TYPE = "redis", REDIS_HOST = "127.0.0.1", REDIS_PORT = tostring(server.port),
+                          QUEUE_NAME = queue, BINDUQ_CONCURRENCY = "1" }
+            local lines = {}
+            for i = 1, 5 do
+                lines[i] = ("run\t%s\t%s\tpart %d\tof five"):format(
+                    require("binduq.core").uuid4(), require("binduq.core").uuid4(), i)
+            end
+            local tmp = os.tmpname()
+            local f = assert(io.open(tmp, "w"))
+            f:write(table.concat(lines, "\n"), "\n")
+            f:close()
+            local p = assert(io.popen("python3 tests/helpers/bindu_ops.py - < " .. proc.quote(tmp)))
+            for op in p:lines() do server:cli("RPUSH", queue, op) end
+            p:close()
+            os.remove(tmp)
+            local w = proc.spawn("build/binduq-lua examples/bindu_worker.lua", { env = env, unset = { "REDIS_URL" } })
+            assert(proc.wait_for(function()
+                local _, n = (proc.read(w.log) or ""):gsub(" completed task_id=", "")
+                return n == 5
+            end, 20), proc.read(w.log))
+            assert.are.equal(0, proc.stop(w, 10))
+            local order = {}
+            for id in (proc.read(w.log)):gmatch(" completed task_id=(%S+)") do order[#order + 1] = id end
+            for i = 1, 5 do assert.are.equal(lines[i]:match("^run\t(%S+)"), order[i]) end
+        end)
+
         it("a worker on stdin-less plain lua5.4 is the same code", function()
             local queue = "it:plain:" .. math.random(1, 1e9)
             local env = {

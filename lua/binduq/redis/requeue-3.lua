@@ -13,7 +13,14 @@ if string.find(string.sub(ARGV[1], 1, nl), '"truncated":true', 1, true) then
     return redis.error_reply('ERR a truncated dead-letter entry (a message too large to keep) cannot be requeued')
 end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-local m = '#bq {"attempt":1,"requeued":1}\n' .. string.sub(ARGV[1], nl + 1)
+local body = string.sub(ARGV[1], nl + 1)
+local m
+if string.sub(body, 1, 12) == '{"operation"' and string.sub(body, -1) == '}' then
+    -- Bindu's format keeps the header inside, where Bindu's worker ignores it (broker.h)
+    m = string.sub(body, 1, -2) .. ',"binduq":{"attempt":1,"requeued":1}}'
+else
+    m = '#bq {"attempt":1,"requeued":1}\n' .. body
+end
 redis.call(ARGV[2] == 'L' and 'RPUSH' or 'LPUSH', KEYS[2], m)
 redis.call('HINCRBY', KEYS[3], redis.sha1hex(m), 1)
 return 1
