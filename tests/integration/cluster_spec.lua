@@ -76,6 +76,31 @@ describe("#redis #cluster Redis Cluster", function()
         sb:close()
     end)
 
+    it("takes a queue of order rpush oldest first, and finds a cancel in it, through the cluster", function()
+        local q = ("{qr%d}:tasks"):format(math.random(1, 1e9))
+        local s = bq.scheduler{ url = c.url, queue_name = q, order = "rpush" }
+        local ops = {}
+        for i = 1, 50 do ops[i] = { type = "run", task_id = q .. "-" .. i, messages = { "n" .. i } } end
+        assert(s:schedule_many(ops))
+        local w = cluster.worker({ url = c.url }, q, { BINDUQ_QUEUE_ORDER = "rpush", BQ_TEST_CONCURRENCY = 1,
+                                                       BQ_TEST_BLOCK_TIMEOUT = 1 },
+                                 "tests/lua/fixtures/lifecycle_worker.lua")
+        assert(proc.wait_for(function() return #cluster.lines(w, " completed task_id=") == 50 end, 30))
+        local lines = cluster.lines(w, " completed task_id=")
+        for i = 1, 50 do assert.truthy(lines[i]:find("task_id=" .. q .. "-" .. i .. " ", 1, true), lines[i]) end
+        -- the only slot busy; a cancel pushed into the queue (no control channel) reaches it
+        assert(s:run{ task_id = q .. "-nap", messages = { "nap:30" } })
+        assert(proc.wait_for(function() return s:queue_length() == 0 end, 10))
+        proc.sleep(0.2)
+        assert(s:push_raw('{"type":"cancel","task_id":"' .. q .. '-nap"}'))
+        assert(proc.wait_for(function()
+            return #cluster.lines(w, " canceled task_id=" .. (q .. "-nap"):gsub("%p", "%%%0")) > 0
+        end, 5), proc.read(w.log))
+        assert.are.equal(1, #cluster.lines(w, "control_from_queue"))
+        assert.are.equal(0, proc.stop(w, 10))
+        s:close()
+    end)
+
     it("refuses queues in different slots fetched together, naming them", function()
         local ok, err = pcall(bq.worker, { scheduler = { url = c.url }, queues = { "a:tasks", "b:tasks" },
                                             handler = function() end })
