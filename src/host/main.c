@@ -45,7 +45,9 @@ static void usage(FILE *f)
             "  --       stop handling options\n"
             "  -        execute stdin and stop handling options\n"
             "Environment: REDIS_URL, REDIS_QUEUE_NAME, REDIS_MAX_CONNECTIONS, DATABASE_URL,\n"
-            "BINDUQ_LOG_LEVEL, BINDUQ_LOG_FORMAT (see the README).\n",
+            "BINDUQ_QUEUE_ORDER, BINDUQ_LOG_LEVEL, BINDUQ_LOG_FORMAT; Bindu's names too\n"
+            "(SCHEDULER_TYPE, QUEUE_NAME, ...), and a .env file in the working directory\n"
+            "(BINDUQ_ENV_FILE names another). See the README, Configuration.\n",
             progname, progname, progname, progname, progname);
 }
 
