@@ -22,7 +22,7 @@ M.SCHEDULER_KEYS = {
 M.TLS_KEYS = { ca_file = "string", ca_dir = "string", cert_file = "string", key_file = "string",
                server_name = "string", verify = "boolean" }
 
-M.STORAGE_KEYS = { type = "string", url = "string", schema = "string", max_connections = "number",
+M.STORAGE_KEYS = { type = "string", url = "string", schema = "string", layout = "string", max_connections = "number",
                    connect_timeout = "number", max_tasks = "number" }
 
 M.WORKER_KEYS = {

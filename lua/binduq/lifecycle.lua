@@ -539,6 +539,27 @@ function M.make_process(w, info)
                                                       body_end = header.body_end }
     end
 
+    -- A handler stopped for a pause: "go" when a resume answered the pause first (requested
+    -- "resume", or "withdrawn": see "Operations out of order"), "paused" once the pause is
+    -- stored (only while nothing answered it: a compare-and-set on the request too), the
+    -- state the task is in when it is no longer working, or nil when the storage failed.
+    local function pause_or_go_on(id)
+        for _ = 1, 8 do
+            if store:change{ id = id, from = "working", if_requested = "resume" }
+                    or store:change{ id = id, from = "working", if_requested = "withdrawn", requested = "" } then
+                return "go"
+            end
+            for _, req in ipairs({ "pause", "" }) do
+                local c, now = store:change{ id = id, from = "working", to = "paused", requested = "",
+                                             if_requested = req }
+                if c == nil then return nil end
+                if c then return "paused" end
+                if now ~= "working" then return tostring(now) end
+            end
+        end
+        return nil
+    end
+
     -- run and resume: start the handler from the stored history (and checkpoint). adm: the
     -- rate limiter's verdict, decided for the chunk this message came in (prepare), if any.
     local function do_run(task, header, adm, defer, pre)
@@ -677,20 +698,17 @@ function M.make_process(w, info)
             if sent then pickup = core.now() - sent end
         end
         core.limit(task.timeout or timeout)
-        local ok, res, herr
+        local ok, res, herr, paused
         for _ = 1, 8 do
             ok, res, herr = xpcall(h, errors.handler, task, ctx)
             if ok and res == nil and herr ~= nil then
                 ok, res = false, errors.normalize(herr)
             end
-            -- A pause that a resume answered before it came (requested "resume": see
-            -- "Operations out of order") does not stop the task: the handler goes on from its
-            -- checkpoint at once, as after a pause and its resume.
-            if ok or res.code ~= "EPAUSED" or core.slot_control() == "cancel"
-                    or not (store:change{ id = id, from = "working", if_requested = "resume" }
-                            or store:change{ id = id, from = "working", if_requested = "withdrawn", requested = "" }) then
-                break
-            end
+            if ok or res.code ~= "EPAUSED" or core.slot_control() == "cancel" then break end
+            paused = pause_or_go_on(id)
+            if paused ~= "go" then break end
+            -- A pause that a resume answered before it came does not stop the task: the
+            -- handler goes on from its checkpoint at once, as after a pause and its resume.
             core.log("info", "pause_answered", { task_id = id, worker = info.worker_id })
             core.slot_task(id) -- clears the pause
             ctx.resumed = true
@@ -704,10 +722,12 @@ function M.make_process(w, info)
                                                 state = "canceled" }
         end
         if res.code == "EPAUSED" then
-            local c5, s5 = store:change{ id = id, from = "working", to = "paused", requested = "" }
-            if c5 == nil then return storage_failed(task, header, "pause", s5) end
-            if not c5 then return skipped(task, header, "the task changed to " .. tostring(s5) .. " while pausing", s5 or nil) end
-            return "paused", id, task.type, { reason = "paused at a yield point", attempt = header.attempt, state = "paused" }
+            if paused == "paused" then
+                return "paused", id, task.type, { reason = "paused at a yield point", attempt = header.attempt,
+                                                  state = "paused" }
+            end
+            if paused == nil then return storage_failed(task, header, "pause", "the storage failed") end
+            return skipped(task, header, "the task changed to " .. tostring(paused) .. " while pausing", paused)
         end
         if res.code == "EINTERRUPTED" then
             store:change{ id = id, from = "working", to = "submitted" }

@@ -54,11 +54,34 @@ function M.section(s, level)
     if s.max_tasks ~= nil and (math.type(s.max_tasks) ~= "integer" or s.max_tasks < 1 or s.max_tasks > 10000000) then
         error("storage.max_tasks must be a whole number from 1 to 10000000", level)
     end
-    return { type = ty, url = url, schema = s.schema, max_connections = s.max_connections,
+    -- The layout: binduq's own table, or Bindu's tables in the agent's schema, named after its
+    -- DID as Bindu names it (POSTGRES_DID or DID; see the README, "Replacing Bindu's Python
+    -- workers").
+    local layout = s.layout or core.env("BINDUQ_STORAGE_LAYOUT")
+    local schema = s.schema
+    if ty == "postgres" and layout == "bindu" and schema == nil then
+        local did = core.env("POSTGRES_DID") or core.env("DID")
+        if did then schema = M.did_schema(did, level) end
+    end
+    return { type = ty, url = url, schema = schema, layout = ty == "postgres" and layout or nil,
+             max_connections = s.max_connections,
              connect_timeout = s.connect_timeout, max_tasks = ty == "memory" and s.max_tasks or nil }
 end
 
 --- Opens a resolved section: a binduq.Storage handle, or nil, message, code.
+--- The schema Bindu keeps an agent's tables in, from its DID: lower case, every character
+-- but ASCII letters, digits and '_' made '_', "schema_" before a leading digit. Bindu
+-- shortens a name over 63 bytes with a hash; binduq asks for the name then (storage.schema).
+function M.did_schema(did, level)
+    local name = did:lower():gsub("[^a-z0-9_]", "_")
+    if name:match("^%d") then name = "schema_" .. name end
+    if #name > 63 then
+        error("the schema name of DID '" .. did:sub(1, 80) .. "' is longer than 63 bytes, which Bindu "
+              .. "shortens with a hash: give storage.schema as it appears in the database", (level or 1) + 1)
+    end
+    return name
+end
+
 function M.open(section)
     return core.storage(section)
 end

@@ -62,6 +62,7 @@ static int l_storage_new(lua_State *L)
     cfg.type = bq_lua_opt_string(L, 1, "type");
     cfg.url = bq_lua_opt_string(L, 1, "url");
     cfg.schema = bq_lua_opt_string(L, 1, "schema");
+    cfg.layout = bq_lua_opt_string(L, 1, "layout");
     cfg.max_connections = (int)bq_lua_opt_integer(L, 1, "max_connections", 0);
     cfg.connect_timeout = bq_lua_opt_number(L, 1, "connect_timeout", 0);
     lua_Integer max_tasks = bq_lua_opt_integer(L, 1, "max_tasks", 0);

@@ -112,6 +112,114 @@ static const char *const migrations[] = {
 };
 #define PG_SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
+/* The "bindu" layout (storage.h): Bindu's own tables in the agent's schema, which Bindu's API
+ * processes read and write, with what only binduq keeps in a table of its own beside them,
+ * and a view, binduq_tasks, that shows the two as one record of binduq's (states as binduq
+ * names them: Bindu's "suspended" is "paused"; each message with its `content`, its text
+ * parts joined by spaces as Bindu joins them). Writing to the view writes Bindu's rows in
+ * Bindu's shapes (A2A messages with message_id, kind, parts, role, task_id, context_id;
+ * artifacts with an artifact_id; state_timestamp and updated_at kept). Every statement of
+ * binduq's runs on the view unchanged; the trigger locks Bindu's row and checks it still
+ * holds the state and request the statement saw, so a compare-and-set stays one, also
+ * against Bindu's own update_task_state_if. Bindu's tables are created only if missing, as
+ * Bindu's schema.py creates them. */
+static const char *const bindu_migrations[] = {
+    "CREATE TABLE IF NOT EXISTS @S.contexts ("
+    " id uuid PRIMARY KEY, owner_did varchar(255),"
+    " context_data jsonb NOT NULL DEFAULT '{}'::jsonb, message_history jsonb DEFAULT '[]'::jsonb,"
+    " created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());"
+    "CREATE TABLE IF NOT EXISTS @S.tasks ("
+    " id uuid PRIMARY KEY,"
+    " context_id uuid NOT NULL REFERENCES @S.contexts (id) ON DELETE CASCADE,"
+    " owner_did varchar(255), kind varchar(50) NOT NULL DEFAULT 'task', state varchar(50) NOT NULL,"
+    " state_timestamp timestamptz NOT NULL DEFAULT now(), history jsonb NOT NULL DEFAULT '[]'::jsonb,"
+    " artifacts jsonb DEFAULT '[]'::jsonb, metadata jsonb DEFAULT '{}'::jsonb,"
+    " created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());"
+    "CREATE TABLE @S.binduq_state ("
+    " id uuid PRIMARY KEY REFERENCES @S.tasks (id) ON DELETE CASCADE,"
+    " queue text, checkpoint jsonb, error jsonb, requested text, attempts int NOT NULL DEFAULT 0,"
+    " worker text);"
+    "CREATE INDEX binduq_tasks_id_text_idx ON @S.tasks ((id::text));",
+    /* an A2A message as binduq reads it: with content */
+    "CREATE FUNCTION @S.binduq_native(m jsonb) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $f$"
+    " SELECT CASE WHEN jsonb_typeof(m) <> 'object' OR m ? 'content' THEN m"
+    "  ELSE m || jsonb_build_object('content', COALESCE((SELECT string_agg(p->>'text', ' ' ORDER BY o)"
+    "   FROM jsonb_array_elements(CASE WHEN jsonb_typeof(m->'parts') = 'array' THEN m->'parts'"
+    "    ELSE '[]'::jsonb END) WITH ORDINALITY AS x(p, o)"
+    "   WHERE p->>'kind' = 'text' AND jsonb_typeof(p->'text') = 'string'), '')) END $f$;"
+    /* a message of binduq's as Bindu keeps it: an A2A message of its task and context */
+    "CREATE FUNCTION @S.binduq_a2a(m jsonb, t uuid, c uuid) RETURNS jsonb LANGUAGE sql AS $f$"
+    " SELECT jsonb_build_object('message_id', COALESCE(m->>'message_id', gen_random_uuid()::text),"
+    "  'context_id', c::text, 'task_id', t::text, 'kind', 'message',"
+    "  'parts', CASE WHEN jsonb_typeof(m->'parts') = 'array' THEN m->'parts'"
+    "   ELSE jsonb_build_array(jsonb_build_object('kind', 'text', 'text', COALESCE(m->>'content', ''))) END,"
+    "  'role', COALESCE(m->>'role', 'user'))"
+    "  || CASE WHEN jsonb_typeof(m->'metadata') = 'object'"
+    "   THEN jsonb_build_object('metadata', m->'metadata') ELSE '{}'::jsonb END $f$;"
+    /* the entries of `now` past the first len(was), as Bindu keeps them */
+    "CREATE FUNCTION @S.binduq_tail(was jsonb, now jsonb, t uuid, c uuid, msgs boolean)"
+    " RETURNS jsonb LANGUAGE sql AS $f$"
+    " SELECT COALESCE(jsonb_agg(CASE WHEN msgs THEN @S.binduq_a2a(e, t, c)"
+    "  WHEN jsonb_typeof(e) = 'object' AND NOT e ? 'artifact_id'"
+    "  THEN jsonb_build_object('artifact_id', gen_random_uuid()::text) || e ELSE e END ORDER BY o), '[]'::jsonb)"
+    " FROM jsonb_array_elements(COALESCE(now, '[]'::jsonb)) WITH ORDINALITY AS x(e, o)"
+    " WHERE o > jsonb_array_length(COALESCE(was, '[]'::jsonb)) $f$;",
+    "CREATE VIEW @S.binduq_tasks AS SELECT t.id::text AS id, t.context_id::text AS context_id,"
+    " CASE t.state WHEN 'suspended' THEN 'paused' ELSE t.state::text END AS state, b.queue,"
+    " (SELECT COALESCE(jsonb_agg(@S.binduq_native(e) ORDER BY o), '[]'::jsonb)"
+    "  FROM jsonb_array_elements(t.history) WITH ORDINALITY AS x(e, o)) AS history,"
+    " COALESCE(t.artifacts, '[]'::jsonb) AS artifacts, COALESCE(t.metadata, '{}'::jsonb) AS metadata,"
+    " b.checkpoint, b.error, b.requested, COALESCE(b.attempts, 0) AS attempts, b.worker,"
+    " t.created_at, t.updated_at, t.state_timestamp AS state_at"
+    " FROM @S.tasks t LEFT JOIN @S.binduq_state b ON b.id = t.id;",
+    "CREATE FUNCTION @S.binduq_tasks_write() RETURNS trigger LANGUAGE plpgsql AS $f$"
+    " DECLARE tid uuid; cid uuid; cur RECORD;"
+    " BEGIN"
+    "  IF TG_OP = 'DELETE' THEN"
+    "   DELETE FROM @S.tasks WHERE id = OLD.id::uuid; RETURN OLD;"
+    "  END IF;"
+    "  IF TG_OP = 'INSERT' THEN"
+    "   tid := NEW.id::uuid;"
+    "   cid := COALESCE(NEW.context_id, gen_random_uuid()::text)::uuid;"
+    "   INSERT INTO @S.contexts (id) VALUES (cid) ON CONFLICT (id) DO NOTHING;"
+    "   INSERT INTO @S.tasks (id, context_id, kind, state, state_timestamp, history, artifacts, metadata)"
+    "    VALUES (tid, cid, 'task', CASE NEW.state WHEN 'paused' THEN 'suspended' ELSE NEW.state END, now(),"
+    "     @S.binduq_tail('[]'::jsonb, NEW.history, tid, cid, true),"
+    "     @S.binduq_tail('[]'::jsonb, NEW.artifacts, tid, cid, false), COALESCE(NEW.metadata, '{}'::jsonb))"
+    "    ON CONFLICT (id) DO NOTHING;"
+    "   IF NOT FOUND THEN RETURN NULL; END IF;"
+    "   INSERT INTO @S.binduq_state (id, queue, checkpoint, error, requested, attempts, worker)"
+    "    VALUES (tid, NEW.queue, NEW.checkpoint, NEW.error, NEW.requested, COALESCE(NEW.attempts, 0),"
+    "     NEW.worker);"
+    "   NEW.context_id := cid::text;"
+    "   RETURN NEW;"
+    "  END IF;"
+    "  tid := OLD.id::uuid; cid := OLD.context_id::uuid;"
+    /* the compare-and-set: Bindu's row, locked, still holds what the statement saw (read
+     * again once locked: a locking read re-checks only the row it locks) */
+    "  PERFORM 1 FROM @S.tasks WHERE id = tid FOR UPDATE;"
+    "  SELECT t.state, b.requested INTO cur FROM @S.tasks t LEFT JOIN @S.binduq_state b ON b.id = t.id"
+    "   WHERE t.id = tid;"
+    "  IF NOT FOUND OR (CASE cur.state WHEN 'suspended' THEN 'paused' ELSE cur.state END) <> OLD.state"
+    "   OR cur.requested IS DISTINCT FROM OLD.requested THEN RETURN NULL; END IF;"
+    "  UPDATE @S.tasks SET state = CASE NEW.state WHEN 'paused' THEN 'suspended' ELSE NEW.state END,"
+    "   state_timestamp = CASE WHEN NEW.state IS DISTINCT FROM OLD.state THEN now() ELSE state_timestamp END,"
+    "   history = history || @S.binduq_tail(OLD.history, NEW.history, tid, cid, true),"
+    "   artifacts = COALESCE(artifacts, '[]'::jsonb) || @S.binduq_tail(OLD.artifacts, NEW.artifacts, tid, cid, false),"
+    "   metadata = CASE WHEN NEW.metadata IS DISTINCT FROM OLD.metadata THEN NEW.metadata ELSE metadata END,"
+    "   updated_at = now() WHERE id = tid;"
+    "  INSERT INTO @S.binduq_state AS b (id, queue, checkpoint, error, requested, attempts, worker)"
+    "   VALUES (tid, NEW.queue, NEW.checkpoint, NEW.error, NEW.requested, NEW.attempts, NEW.worker)"
+    "   ON CONFLICT (id) DO UPDATE SET queue = EXCLUDED.queue, checkpoint = EXCLUDED.checkpoint,"
+    "    error = EXCLUDED.error, requested = EXCLUDED.requested, attempts = EXCLUDED.attempts,"
+    "    worker = EXCLUDED.worker;"
+    "  RETURN NEW;"
+    " END $f$;"
+    "CREATE TRIGGER binduq_tasks_write INSTEAD OF INSERT OR UPDATE OR DELETE ON @S.binduq_tasks"
+    " FOR EACH ROW EXECUTE FUNCTION @S.binduq_tasks_write();",
+};
+#define PG_BINDU_VERSION ((int)(sizeof bindu_migrations / sizeof bindu_migrations[0]))
+
 /* The columns of a record, in the order row_to_rec reads them. */
 #define REC_COLS                                                                               \
     "id, context_id, state, queue, history::text, artifacts::text, metadata::text, "           \
@@ -243,7 +351,9 @@ typedef struct pg_storage {
     char target[160];       /* "host:port/db", for messages and logs */
     char *schema;           /* owned: the schema name as configured */
     char *qschema;          /* owned: the same quoted as an identifier */
-    char *sql[ST_COUNT];    /* owned: stmts[].sql with the schema filled in */
+    char *sql[ST_COUNT];    /* owned: stmts[].sql with the schema filled in (NULL: not
+                             * in this layout) */
+    bool bindu;             /* the "bindu" layout: the statements run on the view */
 } pg_storage;
 
 /* ---- Messages ------------------------------------------------------------------------------ */
@@ -450,6 +560,8 @@ static bq_status prepare(const pg_storage *s, struct pgconn *c, bq_err *err)
     }
     bq_pq.PQclear(set);
     for (int i = 0; i < ST_COUNT; i++) {
+        if (s->sql[i] == NULL)
+            continue;
         PGresult *res = bq_pq.PQprepare(c->pg, stmts[i].name, s->sql[i], stmts[i].nparams, NULL);
         if (res == NULL || bq_pq.PQresultStatus(res) != PGRES_COMMAND_OK) {
             char call[64];
@@ -874,8 +986,8 @@ static bq_status pg_list(bq_storage *base, const struct bq_task_filter *f,
     char *sql = bq_malloc(len);
     if (sql == NULL)
         return bq_err_set(err, BQ_ENOMEM, "storage list: out of memory");
-    size_t k = (size_t)snprintf(sql, len, "SELECT " REC_COLS " FROM %s.tasks WHERE true",
-                                s->qschema);
+    size_t k = (size_t)snprintf(sql, len, "SELECT " REC_COLS " FROM %s.%s WHERE true",
+                                s->qschema, s->bindu ? "binduq_tasks" : "tasks");
     if (f->state != NULL) {
         vals[np++] = f->state;
         k += (size_t)snprintf(sql + k, len - k, " AND state = $%d::text", np);
@@ -968,6 +1080,30 @@ static const struct bq_storage_ops pg_ops = {
     "postgres", pg_create, pg_get, pg_change, pg_list, pg_remove, pg_ping, pg_destroy,
     pg_change_many, pg_start_many,
 };
+/* The "bindu" layout changes a task at a time (its trigger does the compare-and-set). */
+static const struct bq_storage_ops pg_bindu_ops = {
+    "postgres", pg_create, pg_get, pg_change, pg_list, pg_remove, pg_ping, pg_destroy,
+    NULL, NULL,
+};
+
+/* A copy of s with every `from` replaced by `to` (s is freed). */
+static char *replace_all(char *s, const char *from, const char *to)
+{
+    if (s == NULL)
+        return NULL;
+    bq_buf b = BQ_BUF_INIT;
+    size_t fl = strlen(from);
+    for (const char *p = s;;) {
+        const char *at = strstr(p, from);
+        bq_buf_append(&b, p, at ? (size_t)(at - p) : strlen(p));
+        if (at == NULL)
+            break;
+        bq_buf_puts(&b, to);
+        p = at + fl;
+    }
+    bq_free(s);
+    return bq_buf_detach(&b, NULL);
+}
 
 /* ---- Opening ------------------------------------------------------------------------------- */
 
@@ -1021,8 +1157,11 @@ static bq_status migrate_exec(const pg_storage *s, PGconn *pg, const char *tmpl,
 static bq_status migrate_locked(const pg_storage *s, PGconn *pg, bq_err *err)
 {
     char key[128], regclass[192];
+    const char *vt = s->bindu ? "binduq_schema_version" : "schema_version";
+    const char *const *migs = s->bindu ? bindu_migrations : migrations;
+    int latest = s->bindu ? PG_BINDU_VERSION : PG_SCHEMA_VERSION;
     snprintf(key, sizeof key, "binduq:%s", s->schema);
-    snprintf(regclass, sizeof regclass, "%s.schema_version", s->qschema);
+    snprintf(regclass, sizeof regclass, "%s.%s", s->qschema, vt);
     const char *lock_vals[] = {key};
     PGresult *res = bq_pq.PQexecParams(pg, "SELECT pg_advisory_xact_lock(hashtext($1::text))",
                                        1, NULL, lock_vals, NULL, NULL, 0);
@@ -1050,28 +1189,26 @@ static bq_status migrate_locked(const pg_storage *s, PGconn *pg, bq_err *err)
     bq_status st = BQ_OK;
     if (!have_schema)
         st = migrate_exec(s, pg, "CREATE SCHEMA @S", PGRES_COMMAND_OK, NULL, err);
+    char sql[128];
+    snprintf(sql, sizeof sql, "CREATE TABLE @S.%s (version int NOT NULL)", vt);
     if (st == BQ_OK && !have_version)
-        st = migrate_exec(s, pg, "CREATE TABLE @S.schema_version (version int NOT NULL)",
-                          PGRES_COMMAND_OK, NULL, err);
+        st = migrate_exec(s, pg, sql, PGRES_COMMAND_OK, NULL, err);
+    snprintf(sql, sizeof sql, "SELECT max(version), count(*) FROM @S.%s", vt);
     if (st == BQ_OK)
-        st = migrate_exec(s, pg, "SELECT max(version), count(*) FROM @S.schema_version",
-                          PGRES_TUPLES_OK, &res, err);
+        st = migrate_exec(s, pg, sql, PGRES_TUPLES_OK, &res, err);
     if (st != BQ_OK)
         return st;
     int version = bq_pq.PQgetisnull(res, 0, 0) ? 0 : atoi(bq_pq.PQgetvalue(res, 0, 0));
     long rows = atol(bq_pq.PQgetvalue(res, 0, 1));
     bq_pq.PQclear(res);
-    for (int v = version; st == BQ_OK && v < PG_SCHEMA_VERSION; v++)
-        st = migrate_exec(s, pg, migrations[v], PGRES_COMMAND_OK, NULL, err);
-    if (st != BQ_OK || version >= PG_SCHEMA_VERSION)
+    for (int v = version; st == BQ_OK && v < latest; v++)
+        st = migrate_exec(s, pg, migs[v], PGRES_COMMAND_OK, NULL, err);
+    if (st != BQ_OK || version >= latest)
         return st;
-    char sql[96];
     if (rows == 0)
-        snprintf(sql, sizeof sql, "INSERT INTO @S.schema_version (version) VALUES (%d)",
-                 PG_SCHEMA_VERSION);
+        snprintf(sql, sizeof sql, "INSERT INTO @S.%s (version) VALUES (%d)", vt, latest);
     else
-        snprintf(sql, sizeof sql, "UPDATE @S.schema_version SET version = %d",
-                 PG_SCHEMA_VERSION);
+        snprintf(sql, sizeof sql, "UPDATE @S.%s SET version = %d", vt, latest);
     return migrate_exec(s, pg, sql, PGRES_COMMAND_OK, NULL, err);
 }
 
@@ -1142,6 +1279,13 @@ bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **o
     if (bq_pq_load(err) != BQ_OK)
         return BQ_EINVAL;
     const char *schema = cfg->schema ? cfg->schema : PG_DEFAULT_SCHEMA;
+    bool bindu = cfg->layout != NULL && strcmp(cfg->layout, "bindu") == 0;
+    if (cfg->layout != NULL && !bindu && strcmp(cfg->layout, "binduq") != 0)
+        return bq_err_set(err, BQ_EINVAL, "storage: layout must be \"binduq\" or \"bindu\" "
+                          "(got '%.20s')", cfg->layout);
+    if (bindu && cfg->schema == NULL)
+        return bq_err_set(err, BQ_EINVAL, "storage: the bindu layout needs the schema of the "
+                          "agent's tables (storage.schema, or POSTGRES_DID)");
     if (schema[0] == '\0' || strlen(schema) > 63)
         return bq_err_set(err, BQ_EINVAL, "storage: schema name must be 1 to 63 bytes long");
     pg_storage *s = bq_calloc(1, sizeof *s);
@@ -1155,6 +1299,7 @@ bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **o
     bq_cond_init(&s->cv);
     s->idle = bq_calloc((size_t)s->max, sizeof *s->idle);
     s->schema = bq_strdup(schema);
+    s->bindu = bindu;
     if (s->idle == NULL || s->schema == NULL) {
         pg_destroy(&s->base);
         return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
@@ -1180,11 +1325,20 @@ bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **o
         } else {
             s->qschema = bq_strdup(q);
             bq_pq.PQfreemem(q);
-            for (int i = 0; s->qschema != NULL && i < ST_COUNT; i++) {
-                if ((s->sql[i] = fill_schema(stmts[i].sql, s->qschema)) == NULL)
-                    break;
+            char table[160], view[176];
+            snprintf(table, sizeof table, "%s.tasks ", s->qschema ? s->qschema : "");
+            snprintf(view, sizeof view, "%s.binduq_tasks ", s->qschema ? s->qschema : "");
+            bool oom = s->qschema == NULL;
+            for (int i = 0; !oom && i < ST_COUNT; i++) {
+                if (s->bindu && (i == ST_CHANGE_MANY || i == ST_START_MANY))
+                    continue; /* one task at a time on the view */
+                s->sql[i] = fill_schema(stmts[i].sql, s->qschema);
+                if (s->bindu)
+                    s->sql[i] = replace_all(replace_all(s->sql[i], table, view),
+                                            " ON CONFLICT (id) DO NOTHING", "");
+                oom = s->sql[i] == NULL;
             }
-            if (s->qschema == NULL || s->sql[ST_COUNT - 1] == NULL)
+            if (oom)
                 st = bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
         }
     }
@@ -1199,7 +1353,7 @@ bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **o
     }
     s->idle[s->nidle++] = c;
     s->total = 1;
-    s->base.ops = &pg_ops;
+    s->base.ops = s->bindu ? &pg_bindu_ops : &pg_ops;
     atomic_init(&s->base.refs, 1);
     *out = &s->base;
     return BQ_OK;

@@ -9,6 +9,7 @@ local redis = require("helpers.redis")
 local pg = require("helpers.pg")
 local cluster = require("helpers.cluster")
 local bq = require("binduq")
+local json = require("binduq.json")
 
 local FIXTURE = "tests/lua/fixtures/lifecycle_worker.lua"
 
@@ -313,7 +314,9 @@ describe("#redis #pg operations out of order", function()
     --   run + pause                -> paused
     --   run + pause + resume       -> completed (the resume answers the pause, whichever first)
     -- The runs nap (8 s, stopped by a pause or cancel); a resume's message says "answer".
-    it("ends every task in the state its operations mean, in any order, over two workers", function()
+    for _, layout in ipairs({ "binduq", "bindu" }) do
+    it("ends every task in the state its operations mean, in any order, over two workers (" .. layout
+       .. " tables)", function()
         local seed = os.time()
         math.randomseed(seed)
         print("\n# seed " .. seed)
@@ -366,9 +369,15 @@ describe("#redis #pg operations out of order", function()
         for _, m in ipairs(ops) do assert(admin.client:command(q, "RPUSH", q, m)) end
         local env = { DATABASE_URL = db.url, BQ_TEST_BLOCK_TIMEOUT = 1, BINDUQ_QUEUE_ORDER = "rpush",
                       BQ_TEST_CONCURRENCY = 3 }
+        local storage = { type = "postgres", url = db.url }
+        if layout == "bindu" then
+            -- binduq makes Bindu's tables in the DID's schema when Bindu has not yet
+            local did = ("did:bindu:any:order:%d"):format(math.random(1, 1e9))
+            env.BINDUQ_STORAGE_LAYOUT, env.POSTGRES_DID = "bindu", did
+            storage.layout, storage.schema = "bindu", (did:gsub(":", "_"))
+        end
         local ws = { cluster.worker(server, q, env, FIXTURE, dir), cluster.worker(server, q, env, FIXTURE, dir) }
-        local s = bq.scheduler{ scheduler = { url = server.url, queue_name = q },
-                                storage = { type = "postgres", url = db.url } }
+        local s = bq.scheduler{ scheduler = { url = server.url, queue_name = q }, storage = storage }
         local function settled()
             for _, t in ipairs(tasks) do
                 local r = s:get_task(t.id)
@@ -389,10 +398,136 @@ describe("#redis #pg operations out of order", function()
             if not r or r.state ~= t.want or users ~= #sent then
                 bad[#bad + 1] = ("%s [%s]: %s with %d of %d messages"):format(t.kind, table.concat(t.order, ","),
                     r and r.state or "unknown", users, #sent)
+                for wi, w in ipairs(ws) do
+                    for _, line in ipairs(cluster.lines(w, t.id:gsub("%p", "%%%0"))) do print(("  w%d %s"):format(wi, line)) end
+                end
             end
         end
         for _, w in ipairs(ws) do proc.stop(w) end
         s:close()
         assert.are.same({}, bad)
+    end)
+    end
+end)
+
+describe("#redis #pg Bindu's own tables (storage layout bindu)", function()
+    local server, db, dir, admin
+    setup(function()
+        server = redis.start()
+        db = pg.start()
+        dir = proc.tmpdir()
+        bq.log_configure{ level = "warn" }
+        admin = bq.scheduler{ url = server.url }
+    end)
+    teardown(function()
+        admin:close()
+        server:stop()
+        db:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    -- An agent's schema with Bindu's tables as its schema.py creates them in a DID schema.
+    local function bindu_schema()
+        local did = ("did:bindu:test:agent:%d"):format(math.random(1, 1e9))
+        local schema = did:gsub(":", "_")
+        local _, ok = db:psql(([[
+CREATE SCHEMA "%s"; SET search_path TO "%s";
+CREATE TABLE contexts (id uuid NOT NULL PRIMARY KEY, owner_did varchar(255),
+  context_data jsonb NOT NULL DEFAULT '{}'::jsonb, message_history jsonb DEFAULT '[]'::jsonb,
+  created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE tasks (id uuid NOT NULL PRIMARY KEY,
+  context_id uuid NOT NULL REFERENCES contexts (id) ON DELETE CASCADE, owner_did varchar(255),
+  kind varchar(50) NOT NULL, state varchar(50) NOT NULL, state_timestamp timestamptz NOT NULL,
+  history jsonb NOT NULL DEFAULT '[]'::jsonb, artifacts jsonb DEFAULT '[]'::jsonb,
+  metadata jsonb DEFAULT '{}'::jsonb, created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX idx_tasks_context_id ON tasks (context_id);
+CREATE INDEX idx_tasks_state ON tasks (state);]]):format(schema, schema))
+        assert(ok, "could not create Bindu's tables")
+        return did, schema
+    end
+
+    -- What Bindu's API does for message/send (submit_task), then its push: the run op.
+    local function submit(schema, q, text)
+        local id, ctx = uuid(), uuid()
+        local op = bindu_ops({ { "run", id, ctx, text } })[1]
+        local msg = json.encode(json.decode(op).params.message)
+        local _, ok = db:psql(([[SET search_path TO "%s";
+INSERT INTO contexts (id, owner_did, context_data, message_history) VALUES ('%s', 'did:caller', '{}', '[]');
+INSERT INTO tasks (id, context_id, owner_did, kind, state, state_timestamp, history, artifacts, metadata)
+  VALUES ('%s', '%s', 'did:caller', 'task', 'submitted', now(), jsonb_build_array('%s'::jsonb), '[]', '{}');]])
+            :format(schema, ctx, id, ctx, msg:gsub("'", "''")))
+        assert(ok, "submit_task failed")
+        assert(admin.client:command(q, "RPUSH", q, op))
+        return id, ctx
+    end
+
+    local function row(schema, id)
+        local out = db:psql(([[SELECT state || '|' || jsonb_array_length(history) || '|' || history::text
+  || '|' || (state_timestamp > created_at) FROM "%s".tasks WHERE id = '%s']]):format(schema, id))
+        local state, n, history, moved = out:match("^([^|]*)|(%d+)|(.*)|(%a+)$")
+        return { state = state, n = tonumber(n), history = history and json.decode(history), moved = moved == "true" }
+    end
+
+    local function wait_row(schema, id, state, timeout)
+        local last
+        assert(proc.wait_for(function()
+            last = row(schema, id)
+            return last.state == state
+        end, timeout or 10, 0.02), ("Bindu's row of %s is %s, not %s"):format(id, tostring(last and last.state), state))
+        return last
+    end
+
+    it("runs the tasks Bindu's API recorded and writes what happened into Bindu's rows", function()
+        local did, schema = bindu_schema()
+        local q = ("it:bindu:tables:%d"):format(math.random(1, 1e9))
+        local env = { DATABASE_URL = db.url, BINDUQ_STORAGE_LAYOUT = "bindu", POSTGRES_DID = did,
+                      BINDUQ_QUEUE_ORDER = "rpush", BQ_TEST_BLOCK_TIMEOUT = 1, BQ_TEST_CONCURRENCY = 2 }
+        local w = cluster.worker(server, q, env, FIXTURE, dir)
+        -- a run: completed, the agent's answer appended as an A2A message
+        local id, ctx = submit(schema, q, "hello")
+        local r = wait_row(schema, id, "completed")
+        assert.are.equal(2, r.n)
+        assert.is_true(r.moved, "state_timestamp kept")
+        local a = r.history[2]
+        assert.are.equal("agent", a.role)
+        assert.are.equal("message", a.kind)
+        assert.are.equal(id, a.task_id)
+        assert.are.equal(ctx, a.context_id)
+        assert.truthy(a.message_id and #a.message_id == 36, a.message_id)
+        assert.are.same({ { kind = "text", text = "answer: hello (1)" } }, a.parts)
+        assert.are.equal("hello", r.history[1].parts[1].text) -- Bindu's own message, untouched
+        -- a cancel from Bindu's API (its compare-and-set, then the push) stops the running
+        -- handler, and the late result never overwrites it
+        local nap = submit(schema, q, "nap:30")
+        wait_row(schema, nap, "working")
+        proc.sleep(0.2)
+        local _, ok = db:psql(([[UPDATE "%s".tasks SET state = 'canceled', state_timestamp = now()
+  WHERE id = '%s' AND state = 'working']]):format(schema, nap))
+        assert(ok)
+        assert(admin.client:command(q, "RPUSH", q, bindu_ops({ { "cancel", nap } })[1]))
+        assert(proc.wait_for(function()
+            return #cluster.lines(w, " canceled task_id=" .. nap:gsub("%p", "%%%0")) > 0
+        end, 5), proc.read(w.log))
+        proc.sleep(0.3)
+        assert.are.equal("canceled", row(schema, nap).state)
+        -- pause and resume: Bindu's name for paused is suspended
+        local steps = submit(schema, q, "steps:60")
+        wait_row(schema, steps, "working")
+        proc.sleep(0.3)
+        assert(admin.client:command(q, "RPUSH", q, bindu_ops({ { "pause", steps } })[1]))
+        wait_row(schema, steps, "suspended")
+        assert(admin.client:command(q, "RPUSH", q, bindu_ops({ { "resume", steps, uuid(), "steps:60" } })[1]))
+        r = wait_row(schema, steps, "completed", 15)
+        assert.truthy(r.history[#r.history].parts[1].text:find("^counted %d+%.%.60"), r.history[#r.history].parts[1].text)
+        -- binduq's own view of the same task
+        local s = bq.scheduler{ scheduler = { url = server.url, queue_name = q },
+                                storage = { type = "postgres", url = db.url, layout = "bindu", schema = schema } }
+        local t = s:get_task(id)
+        assert.are.equal("completed", t.state)
+        assert.are.equal("hello", t.history[1].content)
+        assert.are.equal(1, t.attempts)
+        s:close()
+        proc.stop(w)
     end)
 end)

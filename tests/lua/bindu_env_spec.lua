@@ -154,3 +154,17 @@ this line is not a setting
         os.execute("rm -rf " .. q(dir))
     end)
 end)
+
+describe("the schema of an agent's DID", function()
+    local storage = require("binduq.storage")
+    it("is named as Bindu's schema_manager names it", function()
+        -- examples worked with Bindu's sanitize_did_for_schema
+        assert.are.equal("did_bindu_alice_agent_1234", storage.did_schema("did:bindu:alice:agent:1234"))
+        assert.are.equal("did_bindu_alice_my_agent_550e8400_e29b_41d4_a716_446655440000",
+                         storage.did_schema("did:bindu:Alice:My-Agent:550e8400-e29b-41d4-a716-446655440000"))
+        assert.are.equal("schema_1abc_def", storage.did_schema("1abc.def"))
+        local ok, err = pcall(storage.did_schema, "did:bindu:" .. ("x"):rep(60))
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find("longer than 63 bytes", 1, true), err)
+    end)
+end)
