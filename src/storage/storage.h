@@ -148,12 +148,12 @@ struct bq_storage_config {
     const char *type;       /* "memory" | "postgres"; NULL: postgres if url is set */
     const char *url;        /* postgresql://... (postgres://, postgresql+asyncpg:// too) */
     const char *schema;     /* PostgreSQL schema; NULL: "binduq" */
-    const char *layout;     /* PostgreSQL: "binduq" (NULL: binduq's own table) or "bindu"
-                             * (Bindu's tasks and contexts tables, pg.c) */
     int max_connections;    /* <= 0: 4 */
     double connect_timeout; /* seconds; <= 0: 5 */
     int max_tasks;          /* memory: the records the process keeps (the table is one per
                              * process, so this sets its bound); <= 0: as it is (100,000) */
+    const char *layout;     /* PostgreSQL: "binduq" (NULL: binduq's own table) or "bindu"
+                             * (Bindu's tasks and contexts tables, pg.c) */
 };
 
 /* Opens a storage (the memory storage is one per process: every handle shares it). */

@@ -73,7 +73,7 @@ static void url_for(char *out, size_t size, const char *userinfo, const char *qu
 static bq_status open_with(const char *url, const char *sch, int max, double timeout,
                            bq_storage **out, bq_err *err)
 {
-    struct bq_storage_config cfg = {"postgres", url, sch, max, timeout, 0};
+    struct bq_storage_config cfg = {"postgres", url, sch, max, timeout, 0, NULL};
     return bq_storage_pg_open(&cfg, out, err);
 }
 
@@ -608,6 +608,66 @@ TEST(requested_at_create_and_as_a_condition)
     c.if_requested = "";
     CHECK_INT(change(store, &c, &res), BQ_OK);
     CHECK(res.changed); /* cleared is none */
+}
+
+/* The "bindu" layout: binduq's statements on Bindu's own rows, through the view. */
+TEST(bindu_layout_keeps_bindus_rows)
+{
+    NEED_PG();
+    char sch[64], out[512];
+    snprintf(sch, sizeof sch, "did_bindu_layout_%d", (int)getpid());
+    struct bq_storage_config cfg = {"postgres", pg_url, sch, 2, 5, 0, "bindu"};
+    bq_storage *b = NULL;
+    bq_err err;
+    CHECK_INT(bq_storage_pg_open(&cfg, &b, &err), BQ_OK);
+    if (b == NULL)
+        return;
+    CHECK(b->ops->start_many == NULL && b->ops->change_many == NULL); /* a task at a time */
+    static const char id[] = "6f1c1d1e-0000-4000-8000-000000000001";
+    static const char ctx[] = "6f1c1d1e-0000-4000-8000-0000000000c1";
+    struct bq_task_result r;
+    struct bq_task_new t = {id, ctx, "q", NULL,
+                            "[{\"role\":\"user\",\"content\":\"hi\",\"message_id\":\"m1\"}]",
+                            NULL, NULL, 0, NULL};
+    CHECK_INT(b->ops->create(b, &t, &r, &err), BQ_OK);
+    CHECK(r.changed);
+    CHECK_INT(b->ops->create(b, &t, &r, &err), BQ_OK);
+    CHECK(!r.changed); /* there already */
+    /* Bindu's row: its kind, state and an A2A message */
+    CHECK(sql(out, sizeof out, "SELECT kind || ' ' || state || ' ' || (history->0->>'kind') || ' ' "
+                               "|| (history->0->'parts'->0->>'text') || ' ' || (history->0->>'task_id') "
+                               "FROM \"%s\".tasks WHERE id = '%s'", sch, id));
+    CHECK_STR(out, "task submitted message hi 6f1c1d1e-0000-4000-8000-000000000001");
+    struct bq_task_change c = cas(id, "submitted", "working");
+    c.count_attempt = true;
+    c.worker = "w1";
+    CHECK_INT(change(b, &c, &r), BQ_OK);
+    CHECK(r.changed);
+    CHECK_INT(r.attempts, 1);
+    /* paused is Bindu's suspended; binduq reads it back as paused */
+    c = cas(id, "working", "paused");
+    c.checkpoint = "7";
+    CHECK_INT(change(b, &c, &r), BQ_OK);
+    CHECK_STR(r.state, "paused");
+    CHECK(sql(out, sizeof out, "SELECT state FROM \"%s\".tasks WHERE id = '%s'", sch, id));
+    CHECK_STR(out, "suspended");
+    /* a change of Bindu's API (update_task_state_if) wins over one decided before it */
+    CHECK(sql(NULL, 0, "UPDATE \"%s\".tasks SET state = 'canceled' WHERE id = '%s' AND "
+                       "state = 'suspended'", sch, id));
+    c = cas(id, "paused", "working");
+    CHECK_INT(change(b, &c, &r), BQ_OK);
+    CHECK(!r.changed);
+    CHECK_STR(r.state, "canceled");
+    struct bq_task_rec rec;
+    bool found;
+    CHECK_INT(b->ops->get(b, id, &rec, &found, &err), BQ_OK);
+    CHECK(found);
+    CHECK_STR(rec.state, "canceled");
+    CHECK_STR(rec.checkpoint, "7");
+    CHECK_CONTAINS(rec.history, "\"content\": \"hi\"");
+    CHECK_INT(rec.attempts, 1);
+    bq_task_rec_clear(&rec);
+    bq_storage_unref(b);
 }
 
 TEST(count_attempt_counts_applied_changes_only)
@@ -1210,6 +1270,7 @@ int main(void)
     RUN(change_many_is_a_batch_of_compare_and_sets);
     RUN(checkpoint_error_requested_worker_set_and_clear);
     RUN(requested_at_create_and_as_a_condition);
+    RUN(bindu_layout_keeps_bindus_rows);
     RUN(count_attempt_counts_applied_changes_only);
     RUN(list_filters_and_orders_newest_first);
     RUN(remove_and_ping);
