@@ -641,6 +641,13 @@ static bq_err dotenv_err;
 static void load_dotenv(void)
 {
     dotenv_status = bq_dotenv_load(NULL, &dotenv_loaded, &dotenv_skipped, &dotenv_err);
+    char n[16];
+    snprintf(n, sizeof n, "%d", dotenv_skipped);
+    if (dotenv_status != BQ_OK)
+        bq_log(BQ_LOG_WARN, "dotenv_unread", "error", dotenv_err.msg, NULL);
+    else if (dotenv_skipped > 0)
+        bq_log(BQ_LOG_WARN, "dotenv_lines_skipped", "#count", n, "why",
+               "not NAME=value lines (see the README, Configuration)", NULL);
 }
 
 /* core.dotenv() -> loaded, skipped | nil, why: what loading .env did. */
