@@ -15,8 +15,6 @@
 #include <string.h>
 #include <strings.h>
 
-#define env bq_env
-
 static bq_status resolve_rest(const struct bq_client_options *opts, struct bq_config *cfg,
                               const char *url, const struct bq_url *u, bq_err *err);
 
@@ -200,7 +198,7 @@ static bq_status resolve_rest(const struct bq_client_options *opts, struct bq_co
     for (size_t i = 0; i < sizeof tls / sizeof tls[0]; i++) {
         const char *v = tls[i].opt        ? tls[i].opt
                         : tls[i].from_url ? tls[i].from_url
-                                          : env(tls[i].var);
+                                          : bq_env(tls[i].var);
         if (v != NULL && (*tls[i].dst = bq_strdup(v)) == NULL)
             return bq_err_set(err, BQ_ENOMEM, "out of memory");
     }
@@ -208,7 +206,7 @@ static bq_status resolve_rest(const struct bq_client_options *opts, struct bq_co
         return bq_err_set(err, BQ_EINVAL, "tls server_name is longer than 255 bytes");
     if (opts->wait_replicas < 0 || opts->wait_timeout < 0)
         return bq_err_set(err, BQ_EINVAL, "wait_replicas and wait_timeout must not be negative");
-    const char *order = opts->order ? opts->order : env("BINDUQ_QUEUE_ORDER");
+    const char *order = opts->order ? opts->order : bq_env("BINDUQ_QUEUE_ORDER");
     if (order != NULL && !bq_order_parse(order, &cfg->orders.dflt))
         return bq_err_set(err, BQ_EINVAL, "%s: expected \"lpush\" or \"rpush\", got '%.20s'",
                           opts->order ? "order" : "BINDUQ_QUEUE_ORDER", order);
@@ -223,7 +221,7 @@ static bq_status resolve_rest(const struct bq_client_options *opts, struct bq_co
     cfg->wait_replicas = opts->wait_replicas;
     cfg->wait_timeout = opts->wait_timeout > 0 ? opts->wait_timeout : 1.0;
     cfg->tls_insecure = opts->tls_insecure || u->ssl_cert_reqs == 0;
-    const char *ins = env("BINDUQ_TLS_INSECURE");
+    const char *ins = bq_env("BINDUQ_TLS_INSECURE");
     if (!cfg->tls_insecure && u->ssl_cert_reqs < 0 && ins != NULL) {
         if (strcmp(ins, "1") == 0 || strcmp(ins, "true") == 0 || strcmp(ins, "yes") == 0)
             cfg->tls_insecure = true;

@@ -65,4 +65,17 @@ function M.stamp(line)
     return h and (tonumber(h) * 3600 + tonumber(m) * 60 + tonumber(s))
 end
 
+--- Waits until scheduler s reads task id in `state` (within timeout seconds, 10 by default);
+-- fails the test naming the state it was in otherwise. Returns the task.
+function M.wait_state(s, id, state, timeout)
+    local last
+    local ok = proc.wait_for(function()
+        local t = s:get_task(id)
+        last = t and t.state
+        return last == state
+    end, timeout or 10, 0.01)
+    assert(ok, ("task %s is %s, not %s"):format(id, tostring(last), state))
+    return s:get_task(id)
+end
+
 return M

@@ -43,16 +43,7 @@ describe("#redis #pg lifecycle", function()
         return cluster.worker(server, queue, e, FIXTURE, dir, nowait)
     end
 
-    local function wait_state(s, id, state, timeout)
-        local last
-        local ok = proc.wait_for(function()
-            local t = s:get_task(id)
-            last = t and t.state
-            return last == state
-        end, timeout or 10, 0.01)
-        assert(ok, ("task %s is %s, not %s"):format(id, tostring(last), state))
-        return s:get_task(id)
-    end
+    local wait_state = cluster.wait_state
 
     local function worker_id(p)
         return (cluster.lines(p, "worker_started")[1] or ""):match("worker=(%S+)")
