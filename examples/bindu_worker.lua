@@ -6,8 +6,8 @@
 -- REDIS_URL or REDIS_HOST/REDIS_PORT/..., QUEUE_NAME, a .env file in the working directory):
 -- binduq reads Bindu's names. Bindu's producers RPUSH, so the queue's order is "rpush"
 -- (taken oldest first). With STORAGE_TYPE=postgres the tasks live in Bindu's own tables, in
--- the schema of the agent's DID (POSTGRES_DID), where Bindu's API reads them. Each task's messages arrive with their text parts joined as Bindu
--- joins them (task.messages[i].content), the A2A parts kept (task.messages[i].parts).
+-- the schema of the agent's DID (POSTGRES_DID), where Bindu's API reads them. Each task's
+-- messages arrive with their text parts joined as Bindu joins them (task.messages[i].content), the A2A parts kept (task.messages[i].parts).
 
 local bq = require("binduq")
 

@@ -490,7 +490,6 @@ function admin.top(s, opts)
     local interval = tonumber(opts.interval or 1)
     local count = opts.count and tonumber(opts.count)
     if not interval or interval <= 0 then error({ usage = "--interval must be a positive number of seconds" }) end
-    local core = require("binduq.core")
     local qs = queues_of(opts, s)
     local prev, prev_t = {}, nil
     local tty = os.getenv("TERM") and os.getenv("TERM") ~= "dumb"

@@ -330,12 +330,12 @@ function M.decode(raw, max_size, sealed)
         if not header then return nil, why, {}, { attempt = 1, body = 0 } end
         header.attempt = header.attempt or 1
         header.body, header.body_end = 0, embed
-        local task, why2, partial = M.decode_body(raw:sub(1, embed) .. "}")
-        return task, why2, partial, header
+        local task, why2, seen = M.decode_body(raw:sub(1, embed) .. "}")
+        return task, why2, seen, header
     end
     if raw:byte(1) ~= 35 then -- no "#bq" header: the common case, a first delivery
-        local task, why, partial = M.decode_body(raw, max_size)
-        return task, why, partial, { attempt = 1, body = 0 }
+        local task, why, seen = M.decode_body(raw, max_size)
+        return task, why, seen, { attempt = 1, body = 0 }
     end
     if max_size and #raw > max_size then
         return nil, ("message too large (%d bytes; max_message_size is %d)"):format(#raw, max_size),
@@ -347,8 +347,8 @@ function M.decode(raw, max_size, sealed)
     header.attempt = header.attempt or 1
     header.body = body
     if body > 0 then raw = raw:sub(body + 1) end
-    local task, why, partial = M.decode_body(raw)
-    return task, why, partial, header
+    local task, why, seen = M.decode_body(raw)
+    return task, why, seen, header
 end
 
 function M.decode_body(raw, max_size)
@@ -366,15 +366,15 @@ function M.decode_body(raw, max_size)
     if type(t) ~= "table" or first ~= "{" then
         return nil, "not a JSON object (got " .. (t == null and "null" or type(t)) .. ")"
     end
-    local task, why, partial
+    local task, why, seen
     if t.operation ~= nil then
-        task, why, partial = decode_bindu(t)
+        task, why, seen = decode_bindu(t)
     elseif t.type ~= nil then
-        task, why, partial = decode_native(t)
+        task, why, seen = decode_native(t)
     else
         return nil, "neither 'type' (native format) nor 'operation' (Bindu format) is set"
     end
-    if not task then return nil, why, partial end
+    if not task then return nil, why, seen end
     return task
 end
 

@@ -362,7 +362,8 @@ function Worker:_wait()
                 self:sweep()
                 next_sweep = core.monotonic() + period
             end
-            if ev == nil then -- the wait timed out: only the sweep was due
+            -- ev == nil: the wait timed out, only the sweep was due.
+            if ev == nil then -- luacheck: ignore 542
             elseif ev.kind == "result" then
                 if on_result then on_result(result_of(ev)) end
             elseif ev.kind == "signal" then

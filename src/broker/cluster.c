@@ -315,7 +315,7 @@ static enum redirect redirect_of(bq_status st, const bq_err *err)
                 st = (err) != NULL ? (err)->code : BQ_EIO;                                    \
                 break;                                                                        \
             }                                                                                 \
-            bq_err e_;                                                                        \
+            bq_err e_ = {.code = BQ_OK};                                                      \
             bq_err *saved_ = (err);                                                           \
             bq_err *errp_ = saved_ != NULL ? saved_ : &e_;                                    \
             (void)errp_;                                                                      \
@@ -365,7 +365,7 @@ static bq_status c_fetch(bq_broker *base, const struct bq_lessee *who,
      * harmless (the second LREM finds nothing). */
     double until = bq_now_mono() + REDIRECT_WINDOW;
     size_t before = out->n;
-    bq_err e;
+    bq_err e = {.code = BQ_OK};
     bq_err *ep = err != NULL ? err : &e;
     for (;;) {
         bq_broker *b = route(c, who->queues[0], ep);

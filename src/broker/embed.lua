@@ -14,7 +14,6 @@ local out = {
     "#define BINDUQ_SCRIPTS_H",
     "",
 }
-local names = {}
 
 -- The SHA1 of s, in hex, by sha1sum.
 local function sha1(s)
@@ -34,7 +33,6 @@ for _, path in ipairs(arg) do
     local src = f:read("a")
     f:close()
     local name = path:match("([^/]+)%.lua$"):gsub("%-", "_")
-    names[#names + 1] = name
     out[#out + 1] = ("static const char bq_script_%s[] ="):format(name)
     local text = {}
     for line in src:gmatch("([^\n]*)\n") do

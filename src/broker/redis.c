@@ -1522,9 +1522,12 @@ static bq_status redis_publish(bq_broker *b, const char *queue, struct bq_slice 
     size_t lens[] = {7, strlen(chan), msg.len};
     redisReply *rep = NULL;
     st = bq_conn_call(c, &rep, err, 3, argv, lens);
-    *receivers = st == BQ_OK && rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
-    if (rep != NULL)
+    *receivers = 0;
+    if (st == BQ_OK) { /* bq_conn_call leaves rep NULL on failure */
+        if (rep->type == REDIS_REPLY_INTEGER)
+            *receivers = rep->integer;
         freeReplyObject(rep);
+    }
     bq_pool_return(r->pool, c);
     return st;
 }
@@ -1629,12 +1632,14 @@ static bq_status redis_node(bq_broker *b, char *role, size_t rsize, char *addr, 
         return st;
     redisReply *rep = NULL;
     st = bq_conn_callv(c, &rep, err, "ROLE", NULL);
-    bool ok = st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
-              rep->element[0]->type == REDIS_REPLY_STRING;
-    snprintf(role, rsize, "%s", ok ? rep->element[0]->str : "unknown");
-    snprintf(addr, asize, "%s", bq_conn_address(c));
-    if (rep != NULL)
+    snprintf(role, rsize, "unknown");
+    if (st == BQ_OK) { /* bq_conn_callv leaves rep NULL on failure */
+        if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+            rep->element[0]->type == REDIS_REPLY_STRING)
+            snprintf(role, rsize, "%s", rep->element[0]->str);
         freeReplyObject(rep);
+    }
+    snprintf(addr, asize, "%s", bq_conn_address(c));
     bq_pool_return(r->pool, c);
     return st;
 }

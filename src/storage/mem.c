@@ -351,6 +351,8 @@ static bool rebound(size_t cap)
             if (shards[i].oldest != NULL && (best < 0 || shards[i].oldest->seq < shards[best].oldest->seq))
                 best = i;
         }
+        if (best < 0)
+            break; /* nothing left to evict: the count is off, not the memory */
         make_room(&shards[best]);
     }
     return true;

@@ -52,6 +52,16 @@ static const char *check_skip_reason;
         }                                                                                      \
     } while (0)
 
+/* CHECK that ends the test when it fails: for what the rest of the test dereferences. */
+#define REQUIRE(cond)                                                                          \
+    do {                                                                                       \
+        if (!(cond)) {                                                                         \
+            printf("  %s:%d: REQUIRE(%s) failed\n", __FILE__, __LINE__, #cond);                \
+            check_failed_now = 1;                                                              \
+            return;                                                                            \
+        }                                                                                      \
+    } while (0)
+
 #define CHECK_INT(a, b)                                                                        \
     do {                                                                                       \
         long long va_ = (long long)(a), vb_ = (long long)(b);                                  \

@@ -4,8 +4,7 @@ local proc = require("helpers.proc")
 
 local host = "build/binduq-lua"
 
-local function run(args, opts)
-    opts = opts or {}
+local function run(args)
     local rc, out = proc.run(host .. " " .. args, { unset = { "REDIS_URL" }, timeout = 30 })
     return rc, out
 end

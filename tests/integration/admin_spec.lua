@@ -124,6 +124,7 @@ describe("#redis admin commands", function()
         assert.truthy(out:find("unknown subcommand 'x\\x1b]52;c;SGVsbG8=\\x07\\r\\n fake line\\u{9b}'", 1, true), out)
         local rc
         rc, out = run("dlq show 0", e2)
+        assert.are.equal(0, rc, out)
         assert.truthy(out:find("worker:    x\\x1b]52;c;SGVsbG8=\\x07\\x1b[2K\\r\\n fake line\\u{9b}\\x00\\x7f\\xffy\n",
                                 1, true), out)
         assert.truthy(out:find("message:\n  x\\x1b]52;c;SGVsbG8=\\x07\\x1b[2K\\r\n   fake line", 1, true), out)

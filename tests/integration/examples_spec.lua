@@ -23,7 +23,7 @@ describe("examples", function()
                       out:sub(-300))
         rc, out = proc.run("build/binduq-lua examples/priority.lua weighted", { unset = { "REDIS_URL" } })
         assert.are.equal(0, rc, out)
-        local h, n, l = out:match("high (%d+), normal (%d+), low (%d+); all 300 done")
+        local h, _, l = out:match("high (%d+), normal (%d+), low (%d+); all 300 done")
         assert.truthy(h, out:sub(-300))
         assert.is_true(tonumber(l) >= 5 and tonumber(h) <= 70, out:sub(-300)) -- low is not starved
         rc, out = proc.run("build/binduq-lua examples/rate_limit.lua", { unset = { "REDIS_URL" }, timeout = 30 })

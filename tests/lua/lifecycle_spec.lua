@@ -131,7 +131,7 @@ describe("lifecycle (memory)", function()
     end)
 
     it("skips a canceled task when it is fetched, and a duplicate run of a completed one", function()
-        local w, s, results = start("dup")
+        local w, s = start("dup")
         s:run{ task_id = "d1", messages = { "hello" } }
         w:drain()
         assert.are.equal("completed", s:get_task("d1").state)
@@ -141,7 +141,7 @@ describe("lifecycle (memory)", function()
         s2:run{ task_id = "d2", messages = { "hello" } }
         s2:cancel("d2")
         assert.are.equal("canceled", s2:get_task("d2").state)
-        results = {}
+        local results = {}
         local w2 = dofile(fixture){ queue = s.queue_name, on_result = function(r) results[#results + 1] = r end }
         local stats = w2:drain()
         assert.are.equal(0, stats.completed)
@@ -158,7 +158,7 @@ describe("lifecycle (memory)", function()
     end)
 
     it("pauses a running handler at its checkpoint and resumes from it", function()
-        local w, s, results = start("pause")
+        local w, s = start("pause")
         s:run{ task_id = "p1", messages = { "steps:40" } }
         wait_state(w, s, "p1", "working")
         core.sleep(0.15)
@@ -178,7 +178,7 @@ describe("lifecycle (memory)", function()
         s2:run{ task_id = "p2", messages = { "hello" } }
         s2:pause("p2")
         assert.are.equal("paused", s2:get_task("p2").state)
-        results = {}
+        local results = {}
         local w2 = dofile(fixture){ queue = s.queue_name, on_result = function(r) results[#results + 1] = r end }
         w2:drain()
         assert.are.equal("paused", s2:get_task("p2").state)
