@@ -366,11 +366,8 @@ end
 
 -- ---- stats, workers, queue, top: read straight from Redis --------------------------------
 
--- Q's derived key (the layout of src/broker/keys.c).
-local function derived(q, suffix)
-    if q:find("{[^}]+}") then return q .. ":" .. suffix end
-    return "{" .. q .. "}:" .. suffix
-end
+-- Q's derived key, by the workers' own rule (src/broker/keys.c).
+local derived = core.key_derive
 
 local function queues_of(opts, s)
     local list = {}

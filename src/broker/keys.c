@@ -3,6 +3,8 @@
  */
 #include "keys.h"
 
+#include "../core/err.h"
+
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -31,11 +33,34 @@ bool bq_key_has_tag(const char *key)
     return s != key;
 }
 
+const char *bq_queue_name_problem(const char *queue)
+{
+    if (*queue == '\0')
+        return "is empty";
+    if (strlen(queue) > BQ_QUEUE_NAME_MAX)
+        return "is longer than 200 bytes";
+    if (!bq_key_has_tag(queue) && strchr(queue, '}') != NULL)
+        return "has a '}' outside a hash tag, so its keys could not share one Redis Cluster "
+               "slot (give it a tag: the part between the first '{' and the next '}', not empty)";
+    return NULL;
+}
+
 bool bq_key_derive(const char *queue, const char *suffix, char *out, size_t size)
 {
+    if (bq_queue_name_problem(queue) != NULL)
+        return false;
     int n = bq_key_has_tag(queue) ? snprintf(out, size, "%s:%s", queue, suffix)
                                   : snprintf(out, size, "{%s}:%s", queue, suffix);
     return n > 0 && (size_t)n < size;
+}
+
+bq_status bq_key_derive_err(const char *queue, const char *suffix, char *out, bq_err *err)
+{
+    if (bq_key_derive(queue, suffix, out, BQ_KEY_MAX))
+        return BQ_OK;
+    const char *why = bq_queue_name_problem(queue);
+    return bq_err_set(err, BQ_EINVAL, "queue name '%.200s' %s", queue,
+                      why != NULL ? why : "makes a key that is too long");
 }
 
 /* CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as Redis Cluster specifies. */

@@ -28,7 +28,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#define KEY_MAX 512
 
 struct zitem {
     double score;
@@ -206,18 +205,17 @@ static bool lrem(const char *key, const char *p, size_t len)
 
 static bq_status key_of(const char *queue, enum bq_list which, char *out, bq_err *err)
 {
-    bool ok = true;
     switch (which) {
-    case BQ_LIST_DEAD: ok = bq_key_derive(queue, "dlq", out, KEY_MAX); break;
-    case BQ_LIST_DELAYED: ok = bq_key_derive(queue, "delayed", out, KEY_MAX); break;
+    case BQ_LIST_DEAD: return bq_key_derive_err(queue, "dlq", out, err);
+    case BQ_LIST_DELAYED: return bq_key_derive_err(queue, "delayed", out, err);
     case BQ_LIST_READY:
-    case BQ_LIST_INFLIGHT:
-        ok = strlen(queue) < KEY_MAX;
-        if (ok)
-            strcpy(out, queue);
-        break;
+    case BQ_LIST_INFLIGHT: break;
     }
-    return ok ? BQ_OK : bq_err_set(err, BQ_EINVAL, "queue name too long");
+    const char *why = bq_queue_name_problem(queue);
+    if (why != NULL)
+        return bq_err_set(err, BQ_EINVAL, "queue name '%.200s' %s", queue, why);
+    strcpy(out, queue);
+    return BQ_OK;
 }
 
 static const char *queue_of(const struct bq_lessee *who, int q)
@@ -229,9 +227,7 @@ static bq_status wip_key(const struct bq_lessee *who, int q, char *out, bq_err *
 {
     char suffix[160];
     snprintf(suffix, sizeof suffix, "wip:%s", who->worker ? who->worker : "-");
-    return bq_key_derive(queue_of(who, q), suffix, out, KEY_MAX)
-               ? BQ_OK
-               : bq_err_set(err, BQ_EINVAL, "queue name too long");
+    return bq_key_derive_err(queue_of(who, q), suffix, out, err);
 }
 
 static bq_status oom(bq_err *err)
@@ -289,7 +285,7 @@ static bool take_one(const struct bq_lessee *who, int q, struct bq_batch *out, b
     if (l == NULL || l->n == 0)
         return false;
     bool lease = who->delivery == BQ_AT_LEAST_ONCE;
-    char wip[KEY_MAX];
+    char wip[BQ_KEY_MAX];
     struct mem_key *w = NULL;
     if (lease && ((*st = wip_key(who, q, wip, err)) != BQ_OK ||
                   (w = find(wip, false, true)) == NULL || !grow(w, 1))) {
@@ -372,7 +368,7 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
     pthread_mutex_lock(&db_mu);
     if (who->delivery == BQ_AT_LEAST_ONCE) {
         for (size_t i = 0; i < req->nacks && st == BQ_OK; i++) {
-            char wip[KEY_MAX];
+            char wip[BQ_KEY_MAX];
             if ((st = wip_key(who, req->acks[i].q, wip, err)) == BQ_OK)
                 res->acked += lrem(wip, req->acks[i].data, req->acks[i].len);
         }
@@ -429,7 +425,7 @@ static bq_status mem_push_unique(bq_broker *b, const char *queue, const struct b
     if (++db_pushes % 4096 == 0)
         sweep_expired(now);
     for (size_t i = 0; i < n && st == BQ_OK; i++) {
-        char suffix[KEY_MAX], dk[KEY_MAX];
+        char suffix[BQ_KEY_MAX], dk[BQ_KEY_MAX];
         pushed[i] = false;
         snprintf(suffix, sizeof suffix, "dedup:%s", keys[i]);
         if (!bq_key_derive(queue, suffix, dk, sizeof dk)) {
@@ -480,7 +476,7 @@ static bq_status mem_ack(bq_broker *b, const struct bq_lessee *who, const struct
     bq_status st = BQ_OK;
     pthread_mutex_lock(&db_mu);
     for (size_t i = 0; i < n && st == BQ_OK; i++) {
-        char wip[KEY_MAX];
+        char wip[BQ_KEY_MAX];
         if ((st = wip_key(who, msgs[i].q, wip, err)) == BQ_OK)
             *acked += lrem(wip, msgs[i].data, msgs[i].len);
     }
@@ -520,7 +516,7 @@ static bq_status mem_retry(bq_broker *b, const struct bq_lessee *who,
                            bool *held, bq_err *err)
 {
     (void)b;
-    char wip[KEY_MAX], delayed[KEY_MAX];
+    char wip[BQ_KEY_MAX], delayed[BQ_KEY_MAX];
     bq_status st = wip_key(who, leased->q, wip, err);
     if (st == BQ_OK)
         st = key_of(queue_of(who, leased->q), BQ_LIST_DELAYED, delayed, err);
@@ -547,7 +543,7 @@ static bq_status mem_rate_limit(bq_broker *b, const struct bq_lessee *who, long 
     bq_status st = BQ_OK;
     pthread_mutex_lock(&db_mu);
     for (size_t i = 0; i < n && st == BQ_OK; i++) {
-        char suffix[KEY_MAX], rl[KEY_MAX];
+        char suffix[BQ_KEY_MAX], rl[BQ_KEY_MAX];
         snprintf(suffix, sizeof suffix, "rl:%s", reqs[i].key);
         if (!bq_key_derive(queue_of(who, reqs[i].msg->q), suffix, rl, sizeof rl)) {
             st = bq_err_set(err, BQ_EINVAL, "rate-limit key too long");
@@ -583,7 +579,7 @@ static bq_status mem_bury(bq_broker *b, const struct bq_lessee *who,
                           bq_err *err)
 {
     (void)b;
-    char wip[KEY_MAX], dlq[KEY_MAX];
+    char wip[BQ_KEY_MAX], dlq[BQ_KEY_MAX];
     bq_status st = wip_key(who, leased->q, wip, err);
     if (st == BQ_OK)
         st = key_of(queue_of(who, leased->q), BQ_LIST_DEAD, dlq, err);
@@ -604,7 +600,7 @@ static bq_status mem_held(bq_broker *b, const struct bq_lessee *who, struct bq_b
     bq_status st = BQ_OK;
     pthread_mutex_lock(&db_mu);
     for (int q = 0; st == BQ_OK && q < who->nqueues; q++) {
-        char wip[KEY_MAX];
+        char wip[BQ_KEY_MAX];
         if ((st = wip_key(who, q, wip, err)) != BQ_OK)
             break;
         struct mem_key *k = find(wip, false, false);
@@ -629,7 +625,7 @@ static bq_status mem_handback(bq_broker *b, const struct bq_lessee *who,
     pthread_mutex_lock(&db_mu);
     /* Oldest last, so the oldest is the next one taken. */
     for (size_t i = n; i-- > 0 && st == BQ_OK;) {
-        char wip[KEY_MAX];
+        char wip[BQ_KEY_MAX];
         if ((st = wip_key(who, msgs[i].q, wip, err)) != BQ_OK)
             break;
         if (!release(who, wip, &msgs[i]))
@@ -649,7 +645,7 @@ static bq_status mem_promote(bq_broker *b, const char *queue, size_t *moved, dou
                              bq_err *err)
 {
     (void)b;
-    char delayed[KEY_MAX];
+    char delayed[BQ_KEY_MAX];
     bq_status st = key_of(queue, BQ_LIST_DELAYED, delayed, err);
     if (st != BQ_OK)
         return st;
@@ -705,7 +701,7 @@ static bq_status mem_length(bq_broker *b, const char *queue, enum bq_list which,
                             long long *out, bq_err *err)
 {
     (void)b;
-    char key[KEY_MAX], prefix[KEY_MAX];
+    char key[BQ_KEY_MAX], prefix[BQ_KEY_MAX];
     bq_status st = key_of(queue, which, key, err);
     if (st != BQ_OK)
         return st;
@@ -733,7 +729,7 @@ static bq_status mem_range(bq_broker *b, const char *queue, enum bq_list which, 
     (void)b;
     if (which != BQ_LIST_READY && which != BQ_LIST_DEAD)
         return bq_err_set(err, BQ_EINVAL, "range reads the queue or its dead-letter list only");
-    char key[KEY_MAX];
+    char key[BQ_KEY_MAX];
     bq_status st = key_of(queue, which, key, err);
     if (st != BQ_OK)
         return st;
@@ -759,7 +755,7 @@ static bq_status mem_dlq_requeue(bq_broker *b, const char *queue, struct bq_slic
                                  bool *done, bq_err *err)
 {
     (void)b;
-    char dlq[KEY_MAX];
+    char dlq[BQ_KEY_MAX];
     bq_status st = key_of(queue, BQ_LIST_DEAD, dlq, err);
     if (st != BQ_OK)
         return st;
@@ -797,7 +793,7 @@ static bq_status mem_dlq_remove(bq_broker *b, const char *queue, struct bq_slice
                                 bool *done, bq_err *err)
 {
     (void)b;
-    char dlq[KEY_MAX];
+    char dlq[BQ_KEY_MAX];
     bq_status st = key_of(queue, BQ_LIST_DEAD, dlq, err);
     if (st != BQ_OK)
         return st;
@@ -810,7 +806,7 @@ static bq_status mem_dlq_remove(bq_broker *b, const char *queue, struct bq_slice
 static bq_status mem_dlq_purge(bq_broker *b, const char *queue, long long *count, bq_err *err)
 {
     (void)b;
-    char dlq[KEY_MAX];
+    char dlq[BQ_KEY_MAX];
     bq_status st = key_of(queue, BQ_LIST_DEAD, dlq, err);
     if (st != BQ_OK)
         return st;
@@ -862,7 +858,7 @@ void bq_memory_reset(void)
  * thread, under the registry's lock (callbacks only set flags). */
 
 struct listener {
-    char chan[KEY_MAX];
+    char chan[BQ_KEY_MAX];
     void (*cb)(void *ud, const char *msg, size_t len);
     void *ud;
     struct listener *next;
@@ -875,9 +871,10 @@ static bq_status mem_publish(bq_broker *b, const char *queue, struct bq_slice ms
                              long long *receivers, bq_err *err)
 {
     (void)b;
-    char chan[KEY_MAX];
-    if (!bq_key_derive(queue, "control", chan, sizeof chan))
-        return bq_err_set(err, BQ_EINVAL, "queue name too long");
+    char chan[BQ_KEY_MAX];
+    bq_status st = bq_key_derive_err(queue, "control", chan, err);
+    if (st != BQ_OK)
+        return st;
     *receivers = 0;
     pthread_mutex_lock(&ls_mu);
     for (struct listener *l = listeners; l != NULL; l = l->next) {
@@ -898,9 +895,10 @@ static bq_status mem_listen(bq_broker *b, const char *queue,
     struct listener *l = bq_calloc(1, sizeof *l);
     if (l == NULL)
         return oom(err);
-    if (!bq_key_derive(queue, "control", l->chan, sizeof l->chan)) {
+    bq_status st = bq_key_derive_err(queue, "control", l->chan, err);
+    if (st != BQ_OK) {
         bq_free(l);
-        return bq_err_set(err, BQ_EINVAL, "queue name too long");
+        return st;
     }
     l->cb = cb;
     l->ud = ud;

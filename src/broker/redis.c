@@ -49,7 +49,6 @@
 
 /* Arguments per LPUSH when pushing a large batch: one command per chunk, all pipelined. */
 #define PUSH_CHUNK 1000
-#define KEY_MAX 512
 #define MAX_QUEUES 16 /* queues one worker fetches from */
 
 /* ---- Scripts ------------------------------------------------------------------------------- */
@@ -232,12 +231,6 @@ static bq_status borrow(struct redis_broker *r, bq_conn **c, bq_err *err)
     return bq_pool_borrow(r->pool, c, err);
 }
 
-static bq_status derive(const char *queue, const char *suffix, char *out, bq_err *err)
-{
-    return bq_key_derive(queue, suffix, out, KEY_MAX)
-               ? BQ_OK
-               : bq_err_set(err, BQ_EINVAL, "queue name too long");
-}
 
 /* The queue a message came from. */
 static const char *queue_of(const struct bq_lessee *who, int q)
@@ -252,19 +245,20 @@ static bq_status wip_key(const struct bq_lessee *who, int q, char *out, bq_err *
     if (snprintf(suffix, sizeof suffix, "wip:%s", who->worker ? who->worker : "-") >=
         (int)sizeof suffix)
         return bq_err_set(err, BQ_EINVAL, "worker id too long");
-    return derive(queue_of(who, q), suffix, out, err);
+    return bq_key_derive_err(queue_of(who, q), suffix, out, err);
 }
 
 static bq_status queue_key(const char *queue, enum bq_list which, char *out, bq_err *err)
 {
     switch (which) {
-    case BQ_LIST_DEAD: return derive(queue, "dlq", out, err);
-    case BQ_LIST_DELAYED: return derive(queue, "delayed", out, err);
+    case BQ_LIST_DEAD: return bq_key_derive_err(queue, "dlq", out, err);
+    case BQ_LIST_DELAYED: return bq_key_derive_err(queue, "delayed", out, err);
     case BQ_LIST_READY:
     case BQ_LIST_INFLIGHT: break;
     }
-    if (strlen(queue) >= KEY_MAX)
-        return bq_err_set(err, BQ_EINVAL, "queue name too long");
+    const char *why = bq_queue_name_problem(queue);
+    if (why != NULL)
+        return bq_err_set(err, BQ_EINVAL, "queue name '%.200s' %s", queue, why);
     strcpy(out, queue);
     return BQ_OK;
 }
@@ -340,8 +334,8 @@ static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_sli
     *pushed = 0;
     if (n == 0)
         return BQ_OK;
-    char bell[KEY_MAX];
-    bq_status st = derive(queue, "bell", bell, err);
+    char bell[BQ_KEY_MAX];
+    bq_status st = bq_key_derive_err(queue, "bell", bell, err);
     bq_conn *c;
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
@@ -376,8 +370,8 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
         pushed[i] = false;
     if (n == 0)
         return BQ_OK;
-    char bell[KEY_MAX], ttls[32];
-    bq_status st = derive(queue, "bell", bell, err);
+    char bell[BQ_KEY_MAX], ttls[32];
+    bq_status st = bq_key_derive_err(queue, "bell", bell, err);
     if (st != BQ_OK)
         return st;
     snprintf(ttls, sizeof ttls, "%lld", (long long)(ttl >= 1 ? ttl : 1));
@@ -387,7 +381,7 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
     const char **a = bq_calloc(chunk + 2, sizeof *a);
     size_t *al = bq_calloc(chunk + 2, sizeof *al);
     const char *front = bq_broker_front(b, queue);
-    char (*dk)[KEY_MAX] = bq_calloc(chunk, sizeof *dk);
+    char (*dk)[BQ_KEY_MAX] = bq_calloc(chunk, sizeof *dk);
     bq_conn *c = NULL;
     if (k == NULL || a == NULL || al == NULL || dk == NULL)
         st = bq_err_set(err, BQ_ENOMEM, "enqueue: out of memory");
@@ -402,9 +396,9 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
         a[1] = front;
         al[1] = 1;
         for (size_t j = 0; j < m && st == BQ_OK; j++) {
-            char suffix[KEY_MAX];
+            char suffix[BQ_KEY_MAX];
             snprintf(suffix, sizeof suffix, "dedup:%s", keys[i + j]);
-            st = derive(queue, suffix, dk[j], err);
+            st = bq_key_derive_err(queue, suffix, dk[j], err);
             k[2 + j] = dk[j];
             a[2 + j] = msgs[i + j].p;
             al[2 + j] = msgs[i + j].len;
@@ -593,7 +587,7 @@ static bq_status append_acks(bq_conn *c, const struct bq_lessee *who, const stru
                              size_t n, bq_err *err)
 {
     bq_status st = BQ_OK;
-    char wip[KEY_MAX], seals[KEY_MAX];
+    char wip[BQ_KEY_MAX], seals[BQ_KEY_MAX];
     size_t wlen = 0;
     int wq = -1; /* the queue wip names: acks come in runs of one queue */
     bool lease = who->delivery == BQ_AT_LEAST_ONCE;
@@ -608,7 +602,7 @@ static bq_status append_acks(bq_conn *c, const struct bq_lessee *who, const stru
             const char *keys[] = {wip, seals};
             const char *args[] = {msgs[i].data, lease ? "1" : "0"};
             size_t lens[] = {msgs[i].len, 1};
-            st = derive(queue_of(who, msgs[i].q), "seals", seals, err);
+            st = bq_key_derive_err(queue_of(who, msgs[i].q), "seals", seals, err);
             if (st == BQ_OK)
                 st = append_script(c, S_ACK, true, 2, keys, 2, args, lens, err);
             continue;
@@ -649,8 +643,8 @@ static bq_status read_acks(bq_conn *c, const struct bq_lessee *who, const struct
 
 /* The key arrays a fetch round trip needs, built once per call. */
 struct fetch_keys {
-    char wip[MAX_QUEUES][KEY_MAX], workers[MAX_QUEUES][KEY_MAX];
-    char delayed[MAX_QUEUES][KEY_MAX], bell[MAX_QUEUES][KEY_MAX];
+    char wip[MAX_QUEUES][BQ_KEY_MAX], workers[MAX_QUEUES][BQ_KEY_MAX];
+    char delayed[MAX_QUEUES][BQ_KEY_MAX], bell[MAX_QUEUES][BQ_KEY_MAX];
     const char *hb[MAX_QUEUES], *fm[2 * MAX_QUEUES], *bells[MAX_QUEUES + 2];
     char fronts[MAX_QUEUES + 1]; /* each queue's front, 'L' or 'R' (bq_broker_front) */
 };
@@ -663,11 +657,11 @@ static bq_status build_keys(const struct redis_broker *r, const struct bq_lessee
     for (int i = 0; i < who->nqueues; i++) {
         bq_status st = wip_key(who, i, k->wip[i], err);
         if (st == BQ_OK)
-            st = derive(who->queues[i], "workers", k->workers[i], err);
+            st = bq_key_derive_err(who->queues[i], "workers", k->workers[i], err);
         if (st == BQ_OK)
-            st = derive(who->queues[i], "delayed", k->delayed[i], err);
+            st = bq_key_derive_err(who->queues[i], "delayed", k->delayed[i], err);
         if (st == BQ_OK)
-            st = derive(who->queues[i], "bell", k->bell[i], err);
+            st = bq_key_derive_err(who->queues[i], "bell", k->bell[i], err);
         if (st != BQ_OK)
             return st;
         k->hb[i] = k->workers[i];
@@ -716,7 +710,7 @@ static bq_status check_seals(struct redis_broker *r, bq_conn *c, const struct bq
             continue;
         const char **args = bq_calloc(n, sizeof *args);
         size_t *lens = bq_calloc(n, sizeof *lens), k = 0;
-        char seals[KEY_MAX];
+        char seals[BQ_KEY_MAX];
         if (args == NULL || lens == NULL)
             st = bq_err_set(err, BQ_ENOMEM, "checkseal-1: out of memory");
         for (size_t i = first; st == BQ_OK && i < out->n; i++) {
@@ -727,7 +721,7 @@ static bq_status check_seals(struct redis_broker *r, bq_conn *c, const struct bq
         }
         redisReply *rep = NULL;
         if (st == BQ_OK)
-            st = derive(who->queues[q], "seals", seals, err);
+            st = bq_key_derive_err(who->queues[q], "seals", seals, err);
         const char *keys[] = {seals};
         if (st == BQ_OK)
             st = run_script(c, S_CHECKSEAL, 1, keys, (int)n, args, lens, r->command_timeout,
@@ -1043,12 +1037,12 @@ static bq_status redis_retry(bq_broker *b, const struct bq_lessee *who,
                              bool *held, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char wip[KEY_MAX], delayed[KEY_MAX], seals[KEY_MAX], ms[32];
+    char wip[BQ_KEY_MAX], delayed[BQ_KEY_MAX], seals[BQ_KEY_MAX], ms[32];
     bq_status st = wip_key(who, leased->q, wip, err);
     if (st == BQ_OK)
-        st = derive(queue_of(who, leased->q), "delayed", delayed, err);
+        st = bq_key_derive_err(queue_of(who, leased->q), "delayed", delayed, err);
     if (st == BQ_OK)
-        st = derive(queue_of(who, leased->q), "seals", seals, err);
+        st = bq_key_derive_err(queue_of(who, leased->q), "seals", seals, err);
     if (st != BQ_OK)
         return st;
     snprintf(ms, sizeof ms, "%lld", (long long)(delay > 0 ? delay * 1000.0 : 0));
@@ -1066,12 +1060,12 @@ static bq_status redis_bury(bq_broker *b, const struct bq_lessee *who,
                             bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char wip[KEY_MAX], dlq[KEY_MAX], seals[KEY_MAX];
+    char wip[BQ_KEY_MAX], dlq[BQ_KEY_MAX], seals[BQ_KEY_MAX];
     bq_status st = wip_key(who, leased->q, wip, err);
     if (st == BQ_OK)
-        st = derive(queue_of(who, leased->q), "dlq", dlq, err);
+        st = bq_key_derive_err(queue_of(who, leased->q), "dlq", dlq, err);
     if (st == BQ_OK)
-        st = derive(queue_of(who, leased->q), "seals", seals, err);
+        st = bq_key_derive_err(queue_of(who, leased->q), "seals", seals, err);
     if (st != BQ_OK)
         return st;
     const char *keys[] = {wip, dlq, seals};
@@ -1119,7 +1113,7 @@ static bq_status redis_handback(bq_broker *b, const struct bq_lessee *who,
             *count += st == BQ_OK;
             continue;
         }
-        char wip[KEY_MAX];
+        char wip[BQ_KEY_MAX];
         if ((st = wip_key(who, msgs[i].q, wip, err)) != BQ_OK)
             break;
         const char *keys[] = {wip, queue};
@@ -1151,7 +1145,7 @@ static bq_status redis_rate_limit(bq_broker *b, const struct bq_lessee *who, lon
     snprintf(lim, sizeof lim, "%ld", limit);
     snprintf(per, sizeof per, "%lld", (long long)(period * 1000.0));
     /* A key and an argument an operation; their text in one block each. */
-    char (*names)[KEY_MAX] = bq_calloc(n, sizeof *names);
+    char (*names)[BQ_KEY_MAX] = bq_calloc(n, sizeof *names);
     char (*ids)[48] = bq_calloc(n, sizeof *ids);
     const char **keys = bq_calloc(n, sizeof *keys), **args = bq_calloc(2 + n, sizeof *args);
     bq_status st = names && ids && keys && args
@@ -1161,9 +1155,9 @@ static bq_status redis_rate_limit(bq_broker *b, const struct bq_lessee *who, lon
         args[1] = per;
     }
     for (size_t i = 0; st == BQ_OK && i < n; i++) {
-        char suffix[KEY_MAX];
+        char suffix[BQ_KEY_MAX];
         snprintf(suffix, sizeof suffix, "rl:%s", reqs[i].key);
-        st = derive(queue_of(who, reqs[i].msg->q), suffix, names[i], err);
+        st = bq_key_derive_err(queue_of(who, reqs[i].msg->q), suffix, names[i], err);
         keys[i] = names[i];
         snprintf(ids[i], sizeof ids[i], "%s:%.0f", who->worker, bq_random_unit() * 1e15);
         args[2 + i] = ids[i];
@@ -1194,10 +1188,10 @@ static bq_status redis_controls(bq_broker *b, const char *queue, double interval
                                 size_t window, struct bq_batch *out, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char scan[KEY_MAX], seen[KEY_MAX], ms[24], win[24];
-    bq_status st = derive(queue, "ctlscan", scan, err);
+    char scan[BQ_KEY_MAX], seen[BQ_KEY_MAX], ms[24], win[24];
+    bq_status st = bq_key_derive_err(queue, "ctlscan", scan, err);
     if (st == BQ_OK)
-        st = derive(queue, "ctlseen", seen, err);
+        st = bq_key_derive_err(queue, "ctlseen", seen, err);
     bq_conn *c;
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
@@ -1232,8 +1226,8 @@ static bq_status redis_promote(bq_broker *b, const char *queue, size_t *moved, d
     struct redis_broker *r = (struct redis_broker *)b;
     *moved = 0;
     *next_due = -1;
-    char delayed[KEY_MAX];
-    bq_status st = derive(queue, "delayed", delayed, err);
+    char delayed[BQ_KEY_MAX];
+    bq_status st = bq_key_derive_err(queue, "delayed", delayed, err);
     bq_conn *c;
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
@@ -1281,15 +1275,15 @@ static bq_status redis_reap(bq_broker *b, const char *queue, const char *dead_id
                             long long *recovered, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char workers[KEY_MAX], suffix[KEY_MAX], wip[KEY_MAX], seals[KEY_MAX];
+    char workers[BQ_KEY_MAX], suffix[BQ_KEY_MAX], wip[BQ_KEY_MAX], seals[BQ_KEY_MAX];
     *recovered = -1;
-    bq_status st = derive(queue, "workers", workers, err);
+    bq_status st = bq_key_derive_err(queue, "workers", workers, err);
     if (st == BQ_OK)
-        st = derive(queue, "seals", seals, err);
+        st = bq_key_derive_err(queue, "seals", seals, err);
     if (st == BQ_OK && snprintf(suffix, sizeof suffix, "wip:%s", dead_id) >= (int)sizeof suffix)
         st = bq_err_set(err, BQ_EINVAL, "worker id too long");
     if (st == BQ_OK)
-        st = derive(queue, suffix, wip, err);
+        st = bq_key_derive_err(queue, suffix, wip, err);
     if (st != BQ_OK)
         return st;
     const char *keys[] = {workers, wip, queue, seals};
@@ -1302,8 +1296,8 @@ static bq_status redis_unregister(bq_broker *b, const struct bq_lessee *who, bq_
     struct redis_broker *r = (struct redis_broker *)b;
     bq_status st = BQ_OK;
     for (int i = 0; i < who->nqueues && st == BQ_OK; i++) {
-        char workers[KEY_MAX], wip[KEY_MAX];
-        st = derive(who->queues[i], "workers", workers, err);
+        char workers[BQ_KEY_MAX], wip[BQ_KEY_MAX];
+        st = bq_key_derive_err(who->queues[i], "workers", workers, err);
         if (st == BQ_OK)
             st = wip_key(who, i, wip, err);
         const char *keys[] = {workers, wip};
@@ -1318,8 +1312,8 @@ static bq_status redis_unregister(bq_broker *b, const struct bq_lessee *who, bq_
 static bq_status inflight_length(struct redis_broker *r, bq_conn *c, const char *queue,
                                  long long *out, bq_err *err)
 {
-    char workers[KEY_MAX];
-    bq_status st = derive(queue, "workers", workers, err);
+    char workers[BQ_KEY_MAX];
+    bq_status st = bq_key_derive_err(queue, "workers", workers, err);
     redisReply *ids;
     if (st != BQ_OK || (st = bq_conn_callv(c, &ids, err, "ZRANGE", workers, "0", "-1", NULL)) !=
                            BQ_OK)
@@ -1327,9 +1321,9 @@ static bq_status inflight_length(struct redis_broker *r, bq_conn *c, const char 
     *out = 0;
     size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
     for (size_t i = 0; i < n && st == BQ_OK; i++) {
-        char suffix[KEY_MAX], wip[KEY_MAX];
+        char suffix[BQ_KEY_MAX], wip[BQ_KEY_MAX];
         snprintf(suffix, sizeof suffix, "wip:%s", ids->element[i]->str);
-        if (derive(queue, suffix, wip, err) != BQ_OK)
+        if (bq_key_derive_err(queue, suffix, wip, err) != BQ_OK)
             continue;
         const char *argv[] = {"LLEN", wip};
         st = bq_conn_append(c, 2, argv, NULL, err);
@@ -1354,7 +1348,7 @@ static bq_status redis_length(bq_broker *b, const char *queue, enum bq_list whic
                               long long *out, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char key[KEY_MAX];
+    char key[BQ_KEY_MAX];
     bq_status st = queue_key(queue, which, key, err);
     bq_conn *c;
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
@@ -1379,7 +1373,7 @@ static bq_status redis_range(bq_broker *b, const char *queue, enum bq_list which
     struct redis_broker *r = (struct redis_broker *)b;
     if (which != BQ_LIST_READY && which != BQ_LIST_DEAD)
         return bq_err_set(err, BQ_EINVAL, "range reads the queue or its dead-letter list only");
-    char key[KEY_MAX], s1[24], s2[24];
+    char key[BQ_KEY_MAX], s1[24], s2[24];
     bq_status st = queue_key(queue, which, key, err);
     bq_conn *c;
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
@@ -1409,10 +1403,10 @@ static bq_status redis_dlq_requeue(bq_broker *b, const char *queue, struct bq_sl
                                    bool *done, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char dlq[KEY_MAX], seals[KEY_MAX];
-    bq_status st = derive(queue, "dlq", dlq, err);
+    char dlq[BQ_KEY_MAX], seals[BQ_KEY_MAX];
+    bq_status st = bq_key_derive_err(queue, "dlq", dlq, err);
     if (st == BQ_OK)
-        st = derive(queue, "seals", seals, err);
+        st = bq_key_derive_err(queue, "seals", seals, err);
     if (st != BQ_OK)
         return st;
     const char *keys[] = {dlq, queue, seals};
@@ -1428,8 +1422,8 @@ static bq_status redis_dlq_remove(bq_broker *b, const char *queue, struct bq_sli
                                   bool *done, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char dlq[KEY_MAX];
-    bq_status st = derive(queue, "dlq", dlq, err);
+    char dlq[BQ_KEY_MAX];
+    bq_status st = bq_key_derive_err(queue, "dlq", dlq, err);
     bq_conn *c;
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
@@ -1448,8 +1442,8 @@ static bq_status redis_dlq_remove(bq_broker *b, const char *queue, struct bq_sli
 static bq_status redis_dlq_purge(bq_broker *b, const char *queue, long long *count, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char dlq[KEY_MAX];
-    bq_status st = derive(queue, "dlq", dlq, err);
+    char dlq[BQ_KEY_MAX];
+    bq_status st = bq_key_derive_err(queue, "dlq", dlq, err);
     bq_conn *c;
     if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
@@ -1491,7 +1485,7 @@ static bq_status redis_held(bq_broker *b, const struct bq_lessee *who, struct bq
     if (st != BQ_OK)
         return st;
     for (int q = 0; st == BQ_OK && q < who->nqueues; q++) {
-        char wip[KEY_MAX];
+        char wip[BQ_KEY_MAX];
         redisReply *rep = NULL;
         if ((st = wip_key(who, q, wip, err)) != BQ_OK)
             break;
@@ -1511,8 +1505,8 @@ static bq_status redis_publish(bq_broker *b, const char *queue, struct bq_slice 
                                long long *receivers, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char chan[KEY_MAX];
-    bq_status st = derive(queue, "control", chan, err);
+    char chan[BQ_KEY_MAX];
+    bq_status st = bq_key_derive_err(queue, "control", chan, err);
     if (st != BQ_OK)
         return st;
     bq_conn *c;
@@ -1539,8 +1533,8 @@ static bq_status redis_listen(bq_broker *b, const char *queue,
                               void (*ready)(void *ud), void *ud, int stopfd, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
-    char chan[KEY_MAX];
-    bq_status st = derive(queue, "control", chan, err);
+    char chan[BQ_KEY_MAX];
+    bq_status st = bq_key_derive_err(queue, "control", chan, err);
     if (st != BQ_OK)
         return st;
     bq_conn *c;

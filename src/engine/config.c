@@ -3,6 +3,7 @@
  */
 #include "config.h"
 
+#include "../broker/keys.h"
 #include "../core/alloc.h"
 #include "../core/clock.h"
 #include "../core/env.h"
@@ -129,10 +130,9 @@ static bq_status resolve_rest(const struct bq_client_options *opts, struct bq_co
                                                      : bq_env_any_case("QUEUE_NAME");
     if (queue == NULL)
         queue = BQ_DEFAULT_QUEUE;
-    if (*queue == '\0')
-        return bq_err_set(err, BQ_EINVAL, "queue_name must not be empty");
-    if (strlen(queue) > 200)
-        return bq_err_set(err, BQ_EINVAL, "queue_name is longer than 200 bytes");
+    const char *qwhy = bq_queue_name_problem(queue);
+    if (qwhy != NULL)
+        return bq_err_set(err, BQ_EINVAL, "queue_name '%.200s' %s", queue, qwhy);
 
     cfg->max_connections = opts->max_connections;
     if (cfg->max_connections == 0 && u->max_connections > 0)
