@@ -4,8 +4,10 @@
 -- Lua state and thread:
 --
 --   process(raw, queue_index, sealed) -> status, task_id, type, info
---     status: "completed" | "skipped" | "retry" | "dead" | "dropped" | "malformed" |
---             "interrupted" | "deferred" | "canceled" | "paused" | "waiting"
+--     status: one of core.OUTCOME, the engine's names (src/engine/worker.c): "completed" |
+--             "skipped" | "retry" | "dead" | "dropped" | "malformed" | "interrupted" |
+--             "deferred" | "canceled" | "paused" | "waiting" | "pending"; any other string
+--             is a defect, dead-lettered with that reason by the engine
 --     info:   { state=, reason=, error=<json>, header=<retry header line>, delay=, body=,
 --               attempt=, result=<json> }
 --
@@ -58,6 +60,9 @@ local task_mod = require("binduq.task")
 
 local M = {}
 
+-- The outcomes the engine knows (src/engine/worker.c): OUT.completed is "completed", and a
+-- name it does not know raises here rather than reaching the engine.
+local OUT = core.OUTCOME
 local TERMINAL = storage_mod.TERMINAL
 local WAITING = { ["input-required"] = true, ["auth-required"] = true }
 
@@ -233,7 +238,7 @@ function M.make_process(w, info)
         local ej = json.encode(errors.plain(e)) or json.encode({ code = e.code, message = tostring(e.message) })
         if pwhy then
             core.log("error", "policy_failed", { task_id = task.task_id, queue = info.queue, error = pwhy })
-            kind, dd = "dead", { reason = pwhy }
+            kind, dd = OUT.dead, { reason = pwhy }
         end
         local out = { reason = dd.reason or e.message, error = ej, body = header.body, body_end = header.body_end,
                       attempt = attempt }
@@ -241,7 +246,7 @@ function M.make_process(w, info)
         -- operation is retried or set aside on its own.
         local runs = task.type == "run" or task.type == "resume"
         local ok, serr = true, nil
-        if kind == "retry" then
+        if kind == OUT.retry then
             local nh = { attempt = attempt + 1, id = core.uuid4(), redelivered = header.redelivered }
             out.header = task_mod.header(nh)
             out.delay = dd.retry
@@ -265,7 +270,7 @@ function M.make_process(w, info)
     end
 
     local function skipped(task, header, reason, state)
-        return "skipped", task.task_id, task.type, { reason = reason, attempt = header.attempt, state = state or nil }
+        return OUT.skipped, task.task_id, task.type, { reason = reason, attempt = header.attempt, state = state or nil }
     end
 
     -- Calls the script's optional cancel or pause handler, a notification: its errors are
@@ -293,7 +298,7 @@ function M.make_process(w, info)
         core.slot_publish("cancel", id)
         notify(task)
         if changed then
-            return "canceled", id, task.type, { reason = "canceled", attempt = header.attempt, state = "canceled" }
+            return OUT.canceled, id, task.type, { reason = "canceled", attempt = header.attempt, state = "canceled" }
         end
         return skipped(task, header, "the task is already " .. tostring(state), state)
     end
@@ -307,7 +312,7 @@ function M.make_process(w, info)
             if changed == nil then return storage_failed(task, header, "pause", state, req) end
             if changed then
                 notify(task)
-                return "paused", id, task.type, { reason = "paused before it ran", attempt = header.attempt, state = "paused" }
+                return OUT.paused, id, task.type, { reason = "paused before it ran", attempt = header.attempt, state = "paused" }
             end
             if state == false then
                 -- Before its run: a record that waits, paused, for it.
@@ -316,7 +321,7 @@ function M.make_process(w, info)
                 if ok == nil then return storage_failed(task, header, "pause", st2, c2) end
                 if ok then
                     notify(task)
-                    return "paused", id, task.type, { reason = "paused before its run came", attempt = header.attempt,
+                    return OUT.paused, id, task.type, { reason = "paused before its run came", attempt = header.attempt,
                                                       state = "paused" }
                 end
             else
@@ -356,7 +361,7 @@ function M.make_process(w, info)
         if not changed then
             if now == "canceled" then
                 core.log("info", "late_result_ignored", { task_id = id, worker = info.worker_id, state = now })
-                return "canceled", id, task.type, { reason = "canceled while it ran; its result was not stored",
+                return OUT.canceled, id, task.type, { reason = "canceled while it ran; its result was not stored",
                                                     attempt = header.attempt, state = now }
             end
             if now == false then
@@ -365,10 +370,10 @@ function M.make_process(w, info)
             return skipped(task, header, "the task changed to " .. tostring(now) .. " while it ran", now)
         end
         if WAITING[state] then
-            return "waiting", id, task.type, { state = state, attempt = header.attempt, result = rj }
+            return OUT.waiting, id, task.type, { state = state, attempt = header.attempt, result = rj }
         end
         done.state, done.attempt, done.result = state, header.attempt, rj
-        return "completed", id, task.type, done
+        return OUT.completed, id, task.type, done
     end
 
     -- The outcome of a handler that returned normally. With `defer` (a chunk's task, a
@@ -404,7 +409,7 @@ function M.make_process(w, info)
         end
         if defer then
             pending[#pending + 1] = { task = task, header = header, state = state, h = h, a = a, rj = rj }
-            return "pending", id, task.type, nil
+            return OUT.pending, id, task.type, nil
         end
         return settled(task, header, state, rj, store:finish(id, state, h, a))
     end
@@ -534,7 +539,7 @@ function M.make_process(w, info)
         local nh = {}
         for k2, v in pairs(header) do nh[k2] = v end
         nh.body, nh.body_end, nh.id, nh.deferred = nil, nil, core.uuid4(), (header.deferred or 0) + 1
-        return "deferred", task.task_id, task.type, { delay = wait, reason = "rate limited", attempt = header.attempt,
+        return OUT.deferred, task.task_id, task.type, { delay = wait, reason = "rate limited", attempt = header.attempt,
                                                       header = task_mod.header(nh), body = header.body,
                                                       body_end = header.body_end }
     end
@@ -575,7 +580,7 @@ function M.make_process(w, info)
             from = "submitted"
             -- Started with its chunk: a cancel that came since was kept for it (core.slot_ahead).
             if pre and rec and core.slot_control() == "cancel" then
-                return "canceled", id, task.type, { reason = "canceled before it ran", attempt = header.attempt,
+                return OUT.canceled, id, task.type, { reason = "canceled before it ran", attempt = header.attempt,
                                                     state = "canceled" }
             end
         end
@@ -615,7 +620,7 @@ function M.make_process(w, info)
                             -- Only recoveries from dead workers get here: each used up an attempt.
                             store:change{ id = id, to = "failed", error = json.encode({ code = "EATTEMPTS",
                                           message = "its workers stopped while running it" }) }
-                            return "dead", id, task.type, {
+                            return OUT.dead, id, task.type, {
                                 reason = ("attempt %d exceeds max_attempts %d: its workers stopped while running it")
                                     :format(header.attempt, limit),
                                 body = header.body, body_end = header.body_end, attempt = header.attempt - 1,
@@ -718,12 +723,12 @@ function M.make_process(w, info)
         if res.code == "ECANCELED" or core.slot_control() == "cancel" then
             local c4, s4 = store:change{ id = id, to = "canceled" }
             if c4 == nil then log_storage(id, "cancel", s4) end
-            return "canceled", id, task.type, { reason = "canceled while it ran", attempt = header.attempt,
+            return OUT.canceled, id, task.type, { reason = "canceled while it ran", attempt = header.attempt,
                                                 state = "canceled" }
         end
         if res.code == "EPAUSED" then
             if paused == "paused" then
-                return "paused", id, task.type, { reason = "paused at a yield point", attempt = header.attempt,
+                return OUT.paused, id, task.type, { reason = "paused at a yield point", attempt = header.attempt,
                                                   state = "paused" }
             end
             if paused == nil then return storage_failed(task, header, "pause", "the storage failed") end
@@ -731,7 +736,7 @@ function M.make_process(w, info)
         end
         if res.code == "EINTERRUPTED" then
             store:change{ id = id, from = "working", to = "submitted" }
-            return "interrupted", id, task.type, { reason = res.message, attempt = header.attempt, state = "submitted" }
+            return OUT.interrupted, id, task.type, { reason = res.message, attempt = header.attempt, state = "submitted" }
         end
         return failed(task, res, header)
     end
@@ -766,7 +771,7 @@ function M.make_process(w, info)
         end
         if not task then
             partial = partial or {}
-            return "malformed", partial.task_id, partial.type,
+            return OUT.malformed, partial.task_id, partial.type,
                    { reason = why, body = header.body, body_end = header.body_end, attempt = header.attempt }
         end
         trace_of(task)
@@ -880,7 +885,7 @@ function M.make_process(w, info)
     return function(raw, qi, sealed, prep)
         current_trace, pickup = nil, nil
         local status, id, ty, out = process(raw, qi, sealed, prep)
-        if status == "pending" then
+        if status == OUT.pending then
             local e = pending[#pending]
             e.trace, e.pickup = current_trace, pickup
             return status, id, ty, nil

@@ -12,6 +12,7 @@
 local core = require("binduq.core")
 
 local M = {}
+local OUT = core.OUTCOME -- the engine's outcome names
 
 --- The default: exponential backoff with full jitter (base 1 s, cap 5 min), at most 5
 -- attempts, then the dead-letter list; a non-retryable error goes there at once. A task's
@@ -39,10 +40,10 @@ function M.check(d)
     if d.retry ~= nil then
         local why = core.duration_problem(d.retry)
         if why then error("retry must be a number of seconds from 0 to 365 days (it " .. why .. ")", 0) end
-        return "retry", d
+        return OUT.retry, d
     end
-    if d.dead_letter then return "dead", d end
-    if d.drop then return "dropped", d end
+    if d.dead_letter then return OUT.dead, d end
+    if d.drop then return OUT.dropped, d end
     error("a failure policy's decision needs retry, dead_letter or drop", 0)
 end
 

@@ -716,10 +716,14 @@ static bool settle_ack(bq_worker *w, struct bq_msg *msg, const char *tid, bool *
     return ack(w, msg, tid);
 }
 
+/* The outcomes' names, in the order of enum bq_outcome_kind: the contract with the Lua side,
+ * which reads them as core.OUTCOME (l_engine.c). */
 static const char *const outcome_names[] = {
     "completed", "skipped", "retry", "dead", "dropped", "malformed", "interrupted", "deferred",
     "canceled", "paused", "waiting", "pending",
 };
+_Static_assert(sizeof outcome_names / sizeof outcome_names[0] == BQ_OUTCOME_COUNT,
+               "one name per outcome");
 
 const double bq_hist_bounds[BQ_HIST_N] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
                                            0.1,    0.5,   1.0,    10.0,  60.0, INFINITY};
@@ -1987,4 +1991,15 @@ bq_status bq_worker_rate_limit(bq_worker *w, long limit, double period,
 const char *bq_outcome_name(enum bq_outcome_kind k)
 {
     return (unsigned)k < sizeof outcome_names / sizeof outcome_names[0] ? outcome_names[k] : "?";
+}
+
+bool bq_outcome_kind_of(const char *name, enum bq_outcome_kind *kind)
+{
+    for (size_t i = 0; name != NULL && i < sizeof outcome_names / sizeof outcome_names[0]; i++) {
+        if (strcmp(name, outcome_names[i]) == 0) {
+            *kind = (enum bq_outcome_kind)i;
+            return true;
+        }
+    }
+    return false;
 }

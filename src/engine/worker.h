@@ -59,6 +59,11 @@ enum bq_outcome_kind {
  * "deferred", "canceled", "paused", "waiting", "pending". */
 const char *bq_outcome_name(enum bq_outcome_kind kind);
 
+/* The kind named `name` (one of bq_outcome_name's), or false when no outcome has that name. */
+bool bq_outcome_kind_of(const char *name, enum bq_outcome_kind *kind);
+
+#define BQ_OUTCOME_COUNT (BQ_OUTCOME_PENDING + 1)
+
 /* What a slot reports for one message. The slot fills it; the engine frees the strings. */
 struct bq_outcome {
     enum bq_outcome_kind kind;

@@ -242,31 +242,30 @@ static char *field_dup(lua_State *L, int t, const char *key)
     return v;
 }
 
-static const struct {
-    const char *name;
-    enum bq_outcome_kind kind;
-} statuses[] = {
-    {"completed", BQ_OUTCOME_COMPLETED}, {"skipped", BQ_OUTCOME_SKIPPED},
-    {"retry", BQ_OUTCOME_RETRY},         {"dead", BQ_OUTCOME_DEAD},
-    {"dropped", BQ_OUTCOME_DROPPED},     {"malformed", BQ_OUTCOME_MALFORMED},
-    {"interrupted", BQ_OUTCOME_INTERRUPTED}, {"deferred", BQ_OUTCOME_DEFERRED},
-    {"canceled", BQ_OUTCOME_CANCELED},   {"paused", BQ_OUTCOME_PAUSED},
-    {"waiting", BQ_OUTCOME_WAITING},     {"pending", BQ_OUTCOME_PENDING},
-};
-
 /* Fills out from the outcome at L[b..b+3]: status, task_id, type, info (lifecycle.lua's
- * process and flush results). */
+ * process and flush results). The status is one of core.OUTCOME's names; anything else is a
+ * defect of the Lua side: the message is dead-lettered with that as its reason (kept, never
+ * acknowledged as if it ran), and the error is logged. */
 static void outcome_from(lua_State *L, int b, const struct bq_msg *msg, struct bq_outcome *out)
 {
     const char *status = lua_tostring(L, b);
     copy_field(out->task_id, sizeof out->task_id, L, b + 1);
     copy_field(out->type, sizeof out->type, L, b + 2);
-    out->kind = BQ_OUTCOME_DEAD;
-    for (size_t i = 0; status != NULL && i < sizeof statuses / sizeof statuses[0]; i++) {
-        if (strcmp(status, statuses[i].name) == 0) {
-            out->kind = statuses[i].kind;
-            break;
+    if (!bq_outcome_kind_of(status, &out->kind)) {
+        char why[160];
+        snprintf(why, sizeof why, "unknown outcome '%.60s' from the Lua side (a binduq defect)",
+                 status != NULL ? status : luaL_typename(L, b));
+        bq_log(BQ_LOG_ERROR, "outcome_unknown", "task_id", out->task_id, "error", why, NULL);
+        out->kind = BQ_OUTCOME_DEAD;
+        out->reason = bq_strdup(why);
+        out->attempt = 1;
+        if (lua_istable(L, b + 3)) {
+            lua_getfield(L, b + 3, "attempt");
+            lua_Integer attempt = lua_tointeger(L, -1);
+            out->attempt = attempt > 0 && attempt < 1000000 ? (int)attempt : 1;
+            lua_pop(L, 1);
         }
+        return;
     }
     if (lua_istable(L, b + 3)) {
         /* A completion (the common case) has no reason, error, header, delay or body. */
@@ -301,7 +300,7 @@ static void outcome_from(lua_State *L, int b, const struct bq_msg *msg, struct b
         }
     } else if (out->kind == BQ_OUTCOME_COMPLETED) {
         out->json = dup_lua(L, b + 3);
-    } else if (status == NULL || out->kind == BQ_OUTCOME_DEAD) {
+    } else if (out->kind == BQ_OUTCOME_DEAD) {
         out->reason = bq_strdup("the handler state returned no outcome");
     }
 }
@@ -1136,6 +1135,11 @@ static const luaL_Reg engine_meta[] = {
     {NULL, NULL},
 };
 
+static int l_outcome_unknown(lua_State *L)
+{
+    return luaL_error(L, "no outcome is named '%s'", luaL_tolstring(L, 2, NULL));
+}
+
 void bq_lua_open_engine(lua_State *L)
 {
     if (luaL_newmetatable(L, BQ_ENGINE_MT)) {
@@ -1146,6 +1150,19 @@ void bq_lua_open_engine(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_engine_new);
     lua_setfield(L, -2, "engine");
+    /* core.OUTCOME: name -> name for every outcome the engine knows, and an error for any
+     * other, so a misspelt outcome in lifecycle.lua fails where it is written. */
+    lua_createtable(L, 0, BQ_OUTCOME_COUNT);
+    for (int k = 0; k < BQ_OUTCOME_COUNT; k++) {
+        lua_pushstring(L, bq_outcome_name((enum bq_outcome_kind)k));
+        lua_pushvalue(L, -1);
+        lua_rawset(L, -3);
+    }
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, l_outcome_unknown);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, -2, "OUTCOME");
     lua_pushcfunction(L, l_slot_ready);
     lua_setfield(L, -2, "slot_ready");
     lua_pushcfunction(L, l_slot_info);

@@ -1052,6 +1052,21 @@ TEST(uuid4_is_version_4_and_unique_across_fork)
     close(fd[1]);
 }
 
+TEST(outcome_names_and_kinds_round_trip)
+{
+    for (int k = 0; k < BQ_OUTCOME_COUNT; k++) {
+        enum bq_outcome_kind got = BQ_OUTCOME_COUNT;
+        CHECK(bq_outcome_kind_of(bq_outcome_name((enum bq_outcome_kind)k), &got));
+        CHECK_INT(got, k);
+    }
+    enum bq_outcome_kind got = BQ_OUTCOME_COMPLETED;
+    CHECK(!bq_outcome_kind_of("complete", &got));
+    CHECK(!bq_outcome_kind_of("", &got));
+    CHECK(!bq_outcome_kind_of(NULL, &got));
+    CHECK_INT(got, BQ_OUTCOME_COMPLETED); /* untouched */
+    CHECK_STR(bq_outcome_name(BQ_OUTCOME_COUNT), "?");
+}
+
 int main(void)
 {
     RUN(backoff_grows_and_caps);
@@ -1083,5 +1098,6 @@ int main(void)
     RUN(bulkcap_replaces_oversized_bulks_whatever_the_chunks);
     RUN(iso8601_agrees_with_gmtime);
     RUN(uuid4_is_version_4_and_unique_across_fork);
+    RUN(outcome_names_and_kinds_round_trip);
     return check_report("test_core");
 }

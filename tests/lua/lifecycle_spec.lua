@@ -44,6 +44,22 @@ local function result_of(results, id, ty)
     end
 end
 
+describe("core.OUTCOME", function()
+    it("names every outcome the engine knows and refuses any other name", function()
+        local names = {}
+        for k, v in pairs(core.OUTCOME) do
+            assert.are.equal(k, v)
+            names[#names + 1] = k
+        end
+        table.sort(names)
+        assert.are.same({ "canceled", "completed", "dead", "deferred", "dropped", "interrupted", "malformed",
+                          "paused", "pending", "retry", "skipped", "waiting" }, names)
+        local ok, err = pcall(function() return core.OUTCOME.complete end)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find("no outcome is named 'complete'", 1, true), err)
+    end)
+end)
+
 describe("lifecycle (memory)", function()
     setup(function() bq.log_configure{ level = "off" } end)
     -- Task state is one table per process: start each test without the others' tasks.
