@@ -131,8 +131,23 @@ local function dedup_of(self, op)
     return k
 end
 
-local function check_open(self)
+-- A handler state that re-runs the script up to worker:start() (the spawn model) runs every
+-- schedule above that line once more per state: almost always a mistake (a task id made from
+-- os.time() becomes a task per state). Said once per process; the operation still goes.
+local function warn_if_loading(op)
+    local loading, first = core.slot_loading()
+    if loading and first then
+        core.log("warn", "scheduled_while_loading", {
+            task_id = type(op) == "table" and type(op.task_id) == "string" and op.task_id or nil,
+            hint = "a handler state re-ran the script and scheduled above worker:start(): code above it runs "
+                .. "once per handler state; guard it with `if bq.role == \"main\"` or put the handlers in a "
+                .. "module (handlers = \"app.handlers\")" })
+    end
+end
+
+local function check_open(self, op)
     if not self.client then error("attempt to use a closed scheduler", 3) end
+    if op ~= nil then warn_if_loading(op) end -- only what schedules
     return self.client
 end
 
@@ -217,7 +232,7 @@ end
 --- Schedules one task operation. Returns true, "scheduled" (later versions add other
 -- statuses, e.g. "duplicate"), or nil, message, code.
 function Scheduler:schedule(op)
-    local client = check_open(self)
+    local client = check_open(self, op)
     local sent, dups, code = fast_many(self, client, { op })
     if sent == false then
         local msg, id, norm = task.encode(op, 2)
@@ -238,7 +253,7 @@ end
 -- checked before anything is sent. Returns the number scheduled and the number of
 -- duplicates, or nil, message, code.
 function Scheduler:schedule_many(ops)
-    local client = check_open(self)
+    local client = check_open(self, type(ops) == "table" and (ops[1] or {}) or {})
     if type(ops) ~= "table" then error("schedule_many expects a list of task operations", 2) end
     local sent, dups, code = fast_many(self, client, ops)
     if sent ~= false then
@@ -284,7 +299,7 @@ end
 --- Pushes an already-encoded message as is. For tools and tests that need to put arbitrary
 -- bytes on the queue (the worker sets malformed ones aside).
 function Scheduler:push_raw(raw)
-    return check_open(self):push(raw)
+    return check_open(self, {}):push(raw)
 end
 
 local function with_type(ty, op)

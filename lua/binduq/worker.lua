@@ -35,10 +35,37 @@ function Worker.__tostring(w)
     return ("binduq.Worker %s (%s)"):format(w.key, w.engine and "running" or "idle")
 end
 
+-- handlers = "app.handlers": the module, loaded by require, returns the handlers table, or
+-- a table { handlers = {...}, on_failure = f, rate_key = f } when it has policy functions too.
+-- Returns the handlers table and the module's policy functions.
+local function handlers_module(name, level)
+    local ok, mod = pcall(require, name)
+    if not ok then error("handlers module '" .. name .. "': " .. tostring(mod), level) end
+    if type(mod) ~= "table" then
+        error("handlers module '" .. name .. "' must return a table of handlers (got " .. type(mod) .. ")", level)
+    end
+    if mod.handlers == nil then return mod, {} end
+    if type(mod.handlers) ~= "table" then
+        error("handlers module '" .. name .. "': its handlers field must be a table", level)
+    end
+    for k, v in pairs(mod) do
+        if k ~= "handlers" and k ~= "on_failure" and k ~= "rate_key" then
+            error("handlers module '" .. name .. "': unknown field '" .. tostring(k)
+                  .. "' (expected handlers, on_failure, rate_key)", level)
+        end
+        if k ~= "handlers" and type(v) ~= "function" then
+            error("handlers module '" .. name .. "': " .. k .. " must be a function", level)
+        end
+    end
+    return mod.handlers, { on_failure = mod.on_failure, rate_key = mod.rate_key }
+end
+
 local function check_handlers(opts, level)
     local handlers = {}
     if opts.handler then handlers.run = opts.handler end
-    for k, v in pairs(opts.handlers or {}) do
+    local given = opts.handlers
+    if type(given) == "string" then given = handlers_module(given, level + 1) end
+    for k, v in pairs(given or {}) do
         if not task_mod.TYPES[k] then
             error("handlers: unknown operation '" .. tostring(k) .. "' (expected run, pause, resume, cancel)", level)
         end
@@ -168,9 +195,22 @@ function M.new(opts, level)
         local site = debug.getinfo(level, "Sl")
         key = site and (site.short_src .. ":" .. tostring(site.currentline)) or "worker"
     end
+    local module = type(opts.handlers) == "string" and opts.handlers or nil
+    local policy_fns = {}
+    if module then
+        if opts.handler then error("handler and a handlers module cannot be given together", level) end
+        for _, f in ipairs({ "on_failure", "rate_key" }) do
+            if opts[f] ~= nil then
+                error(f .. " must come from the handlers module '" .. module .. "' (its handler states load "
+                      .. "only the module)", level)
+            end
+        end
+        policy_fns = select(2, handlers_module(module, level + 1))
+    end
     local self = setmetatable({
         key = key,
-        handlers = check_handlers(opts, level),
+        module = module,
+        handlers = check_handlers(opts, level + 1),
         section = section,
         storage_section = storage_section,
         recovery_after = recovery_after,
@@ -187,7 +227,7 @@ function M.new(opts, level)
         shutdown_timeout = shutdown,
         timeout = timeout,
         max_attempts = max_attempts,
-        on_failure = opts.on_failure,
+        on_failure = opts.on_failure or policy_fns.on_failure,
         retry_base = retry_base,
         retry_cap = retry_cap,
         queues = queues,
@@ -195,7 +235,7 @@ function M.new(opts, level)
         prefetch = prefetch,
         batch = batch,
         rate_limit = rl,
-        rate_key = opts.rate_key,
+        rate_key = opts.rate_key or policy_fns.rate_key,
     }, Worker)
     if ROLE == "main" then
         -- Opening the scheduler checks the configuration now (a bad URL fails here, not
@@ -244,7 +284,7 @@ function Worker:_start(drain, level)
     end
     if self.engine then error("worker already started", level) end
     local script = self.script
-    if not script then
+    if not script and not self.module then
         local src = find_script()
         if not src or src:sub(1, 1) ~= "@" then
             error("worker:start() needs the script file that defines the handlers: handler states load it "
@@ -270,6 +310,7 @@ function Worker:_start(drain, level)
         prefetch = self.prefetch,
         batch = self.batch,
         script = script,
+        module = self.module,
         args = copy_args(self.args or arg),
         path = package.path,
         cpath = package.cpath,
@@ -294,6 +335,16 @@ function Worker:_start(drain, level)
         self.metrics_port = bound
     end
     return self
+end
+
+-- A handler state of a worker whose handlers live in a module (handlers = "app.handlers"):
+-- called by the engine (src/lua/l_engine.c) in place of running the script. It loads the
+-- module and serves the worker; true if this state now serves it.
+function M._serve_module(module, worker_key)
+    local handlers, fns = handlers_module(module, 1)
+    local w = { handlers = check_handlers({ handlers = handlers }, 1), on_failure = fns.on_failure,
+                rate_key = fns.rate_key }
+    return core.slot_ready(worker_key, lifecycle.make_process(w, core.slot_info()))
 end
 
 --- Starts the worker in the background (the main state's script goes on). Raises if a

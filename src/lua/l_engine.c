@@ -31,6 +31,7 @@
 #include "../engine/worker.h"
 #include "../storage/storage.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <math.h>
 #include <string.h>
@@ -38,7 +39,8 @@
 /* What every handler state of one engine is built from. Owned by the engine userdata and
  * read-only once the threads run. */
 struct slot_cfg {
-    char *script;
+    char *script;     /* the script each handler state runs up to worker:start(), or */
+    char *module;     /* the handlers module each loads instead (handlers = "app.handlers") */
     char *path, *cpath;
     lua_Integer *arg_index; /* arg[arg_index[i]] = arg_value[i] */
     char **arg_value;
@@ -80,6 +82,7 @@ static void slot_cfg_free(struct slot_cfg *c)
     if (c == NULL)
         return;
     bq_free(c->script);
+    bq_free(c->module);
     bq_free(c->worker_key);
     bq_free(c->policy);
     bq_free(c->path);
@@ -138,7 +141,9 @@ static bq_status state_error(struct slot_state *s, const char *what, const char 
 {
     char idx[16];
     snprintf(idx, sizeof idx, "%d", s->index + 1);
-    bq_log(BQ_LOG_ERROR, "handler_state_failed", "slot", idx, "script", s->cfg->script,
+    bq_log(BQ_LOG_ERROR, "handler_state_failed", "slot", idx,
+           s->cfg->module != NULL ? "module" : "script",
+           s->cfg->module != NULL ? s->cfg->module : s->cfg->script,
            "error", detail, NULL);
     /* The full text (with traceback) is in the log; the error keeps its first line. */
     size_t first = strcspn(detail, "\n");
@@ -170,6 +175,24 @@ static bq_status slot_init(void *ud, int index, struct bq_slot_ctl *ctl, void **
     lua_pushlightuserdata(L, s);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
         st = state_error(s, "", lua_tostring(L, -1), err);
+    } else if (c->module != NULL) {
+        /* Handlers from a module: the state loads it (binduq.worker._serve_module), never
+         * the script. */
+        lua_pushcfunction(L, msgh);
+        int h = lua_gettop(L);
+        lua_getglobal(L, "require");
+        lua_pushliteral(L, "binduq.worker");
+        if (lua_pcall(L, 1, 1, h) == LUA_OK) {
+            lua_getfield(L, -1, "_serve_module");
+            lua_pushstring(L, c->module);
+            lua_pushstring(L, c->worker_key);
+            if (lua_pcall(L, 2, 1, h) != LUA_OK)
+                st = state_error(s, "", lua_tostring(L, -1), err);
+            else if (!lua_toboolean(L, -1) || s->process_ref == LUA_NOREF)
+                st = state_error(s, "", "the handlers module did not start the worker", err);
+        } else {
+            st = state_error(s, "", lua_tostring(L, -1), err);
+        }
     } else {
         /* The script runs in a coroutine that stays suspended at worker:start() for the
          * state's whole life; the registry anchors it. */
@@ -786,6 +809,20 @@ static int l_slot_ready(lua_State *L)
     return 1;
 }
 
+/* core.slot_loading() -> loading, first: loading is true in a handler state that is still
+ * running the script up to worker:start() (the spawn model: code above it runs once per
+ * state); first is true for the first such call in the process, so a warning is said once. */
+static int l_slot_loading(lua_State *L)
+{
+    static atomic_bool said;
+    lua_getfield(L, LUA_REGISTRYINDEX, BQ_SLOT_KEY);
+    struct slot_state *s = lua_touserdata(L, -1);
+    bool loading = s != NULL && s->process_ref == LUA_NOREF;
+    lua_pushboolean(L, loading);
+    lua_pushboolean(L, loading && !atomic_exchange(&said, true));
+    return 2;
+}
+
 /* core.slot_info() -> {slot=, worker_key=, worker_id=, queue=, want_results=,
  * max_message_size=, policy=} | nil outside a handler state */
 static int l_slot_info(lua_State *L)
@@ -854,7 +891,8 @@ static void read_slot_cfg(lua_State *L, struct lengine *e)
     if (c == NULL)
         luaL_error(L, "out of memory");
     e->cfg = c;
-    c->script = opt_dup(L, 1, "script", true);
+    c->module = opt_dup(L, 1, "module", false);
+    c->script = opt_dup(L, 1, "script", c->module == NULL);
     c->path = opt_dup(L, 1, "path", false);
     c->cpath = opt_dup(L, 1, "cpath", false);
     c->worker_key = opt_dup(L, 1, "worker_key", true);
@@ -864,7 +902,7 @@ static void read_slot_cfg(lua_State *L, struct lengine *e)
     if (lua_getfield(L, 1, "storage") != LUA_TNIL)
         c->storage = bq_storage_ref(bq_lua_check_storage(L, -1));
     lua_pop(L, 1);
-    if (c->script == NULL || c->worker_key == NULL)
+    if ((c->script == NULL && c->module == NULL) || c->worker_key == NULL)
         luaL_error(L, "out of memory");
     if (lua_getfield(L, 1, "args") == LUA_TTABLE) {
         int n = 0;
@@ -1167,6 +1205,8 @@ void bq_lua_open_engine(lua_State *L)
     lua_setfield(L, -2, "slot_ready");
     lua_pushcfunction(L, l_slot_info);
     lua_setfield(L, -2, "slot_info");
+    lua_pushcfunction(L, l_slot_loading);
+    lua_setfield(L, -2, "slot_loading");
     lua_pushcfunction(L, l_limit);
     lua_setfield(L, -2, "limit");
     lua_pushcfunction(L, l_unlimit);

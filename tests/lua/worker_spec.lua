@@ -193,3 +193,54 @@ describe("a failure policy's decision", function()
         end
     end)
 end)
+
+describe("with handlers in a module (handlers = \"app.handlers\")", function()
+    it("loads the module in each handler state and never re-runs the script", function()
+        local q = fresh_queue()
+        local results = {}
+        local w = bq.worker{ handlers = "lua.fixtures.handlers_module", concurrency = 3,
+                             scheduler = { type = "memory", queue_name = q },
+                             on_result = function(r) results[r.task_id] = r end }
+        local s = bq.scheduler{ type = "memory", queue_name = q }
+        for i = 1, 30 do assert(s:run{ task_id = "mod" .. i, messages = { "m" .. i } }) end
+        assert(s:run{ task_id = "modfail", messages = { "fail" } })
+        local stats = w:drain()
+        assert.are.equal(30, stats.completed)
+        for i = 1, 30 do
+            local r = results["mod" .. i]
+            assert.are.equal("completed", r.state)
+            -- Run in a handler state, where the module was loaded exactly once.
+            assert.are.equal("m" .. i .. " from handler, loaded 1 time(s) here", r.result)
+        end
+        -- The module's on_failure is the policy in the handler states.
+        assert.are.equal("dead", results.modfail.state)
+        local dead = s:dead_letters()
+        assert.are.equal(1, #dead)
+        assert.are.equal("modfail", dead[1].task_id)
+        assert.are.equal("module policy: failed on purpose", dead[1].reason)
+        s:close()
+    end)
+
+    it("takes a module that returns the handlers table itself", function()
+        local q = fresh_queue()
+        local got
+        local w = bq.worker{ handlers = "lua.fixtures.handlers_plain", scheduler = { type = "memory", queue_name = q },
+                             on_result = function(r) got = r end }
+        w:schedule{ type = "run", task_id = "plain1", messages = { "x" } }
+        w:drain()
+        assert.are.equal("plain plain1", got.result)
+    end)
+
+    it("names what is wrong with a module, at the caller's line", function()
+        local function refused(opts, want)
+            local ok, err = pcall(function() local w = bq.worker(opts); return w end) -- no tail call
+            assert.is_false(ok)
+            assert.truthy(tostring(err):find(want, 1, true), err)
+            assert.truthy(tostring(err):find("worker_spec.lua", 1, true), err)
+        end
+        refused({ handlers = "lua.fixtures.no_such_module" }, "handlers module 'lua.fixtures.no_such_module': module")
+        refused({ handlers = "lua.fixtures.handlers_bad" }, "unknown field 'on_faliure'")
+        refused({ handlers = "lua.fixtures.handlers_plain", on_failure = function() end },
+                "on_failure must come from the handlers module")
+    end)
+end)
