@@ -417,3 +417,47 @@ describe("docs: commands", function()
         none_missing(keys(unknown), "binduq-lua commands documented but not in lua/binduq/cli.lua")
     end)
 end)
+
+describe("docs: links", function()
+    -- GitHub's anchor of a heading: lower case, punctuation dropped, spaces as '-'.
+    local function anchor(heading)
+        return (heading:lower():gsub("[^%w%- _]", ""):gsub(" ", "-"))
+    end
+    local anchors = {}
+    for _, f in ipairs(DOCS) do
+        anchors[f] = {}
+        local fenced = false
+        for line in (TEXT[f] .. "\n"):gmatch("(.-)\n") do
+            if line:match("^```") then fenced = not fenced end
+            local h = not fenced and line:match("^#+ (.+)$")
+            if h then anchors[f][anchor(h)] = true end
+        end
+    end
+
+    it("every link to a page of the repository and its heading resolves", function()
+        local broken = {}
+        for _, f in ipairs(DOCS) do
+            local dir = f:match("^(.*)/") or "."
+            for target in TEXT[f]:gmatch("%]%(([^)%s]+)%)") do
+                if not target:match("^%a+://") then
+                    local path, frag = target:match("^([^#]*)#?(.*)$")
+                    local to = f
+                    if path ~= "" then
+                        to = (dir .. "/" .. path):gsub("^%./", "")
+                        while to:find("[^/]+/%.%./") do to = to:gsub("[^/]+/%.%./", "", 1) end
+                    end
+                    local fh = io.open(to, "r")
+                    if not fh then
+                        broken[#broken + 1] = f .. ": " .. target .. " (no such file)"
+                    else
+                        fh:close()
+                        if frag ~= "" and not (anchors[to] and anchors[to][frag]) then
+                            broken[#broken + 1] = f .. ": " .. target .. " (no such heading)"
+                        end
+                    end
+                end
+            end
+        end
+        none_missing(broken, "broken links")
+    end)
+end)
