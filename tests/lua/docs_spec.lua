@@ -63,18 +63,19 @@ end
 local DOCS = { "README.md" }
 for _, f in ipairs(files("ls docs/*.md")) do DOCS[#DOCS + 1] = f end
 
--- Fenced blocks whole, and the `spans` of every other line, one per line.
+-- Fenced blocks whole, and the `spans` of the rest (a span may wrap onto the next line).
 local function code_of(md)
-    local out, fenced = {}, false
+    local out, prose, fenced = {}, {}, false
     for line in (md .. "\n"):gmatch("(.-)\n") do
         if line:match("^%s*```") then
             fenced = not fenced
         elseif fenced then
             out[#out + 1] = line
         else
-            for span in line:gmatch("`([^`]+)`") do out[#out + 1] = span end
+            prose[#prose + 1] = line
         end
     end
+    for span in table.concat(prose, "\n"):gmatch("`([^`]+)`") do out[#out + 1] = span end
     return table.concat(out, "\n")
 end
 
