@@ -462,3 +462,12 @@ describe("docs: links", function()
         none_missing(broken, "broken links")
     end)
 end)
+
+describe("docs: server-side scripts", function()
+    it("every script of lua/binduq/redis/, and only those, is in the protocol's table", function()
+        local scripts = {}
+        for _, f in ipairs(files("ls lua/binduq/redis/*.lua")) do scripts[f:match("([^/]+)%.lua$")] = true end
+        assert.is_true(count(scripts) >= 10)
+        same_as_table("docs/protocol.md", "### Server-side scripts", scripts, "server-side scripts")
+    end)
+end)
