@@ -331,20 +331,15 @@ static struct {
 #undef MHD_FIELD
 } mhd;
 
-static pthread_once_t mhd_once = PTHREAD_ONCE_INIT;
-static char mhd_failure[300]; /* "" once loaded */
-
-static void mhd_load(void)
+static bool mhd_fill(void *lib, char *why, size_t size)
 {
-    void *lib = bq_dl_open("libmicrohttpd.so.12", mhd_failure, sizeof mhd_failure);
-    if (lib == NULL)
-        return;
-#define MHD_LOAD(f)                                                                            \
-    if (!bq_dl_sym(lib, #f, &mhd.f, sizeof mhd.f, mhd_failure, sizeof mhd_failure))          \
-        return;
-    MHD_FUNCTIONS(MHD_LOAD)
-#undef MHD_LOAD
+#define MHD_SYM(f) BQ_DL_SYM(mhd, f)
+    MHD_FUNCTIONS(MHD_SYM)
+#undef MHD_SYM
+    return true;
 }
+
+static struct bq_dl_lib libmhd = {.soname = "libmicrohttpd.so.12", .fill = mhd_fill};
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type,
                              char *body, size_t len, bool owned)
@@ -402,10 +397,10 @@ bq_status bq_metrics_serve(const char *host, int port, int *bound, bq_err *err)
         host = "127.0.0.1";
     if (port < 0 || port > 65535)
         return bq_err_set(err, BQ_EINVAL, "metrics: bad port %d", port);
-    pthread_once(&mhd_once, mhd_load);
-    if (mhd_failure[0] != '\0')
+    const char *why = bq_dl_load(&libmhd);
+    if (why != NULL)
         return bq_err_set(err, BQ_EINVAL, "metrics: the endpoint needs libmicrohttpd (Debian: "
-                          "apt-get install libmicrohttpd12): %s", mhd_failure);
+                          "apt-get install libmicrohttpd12): %s", why);
     pthread_mutex_lock(&mu);
     if (daemon_ != NULL) {
         bool same = strcmp(host, served_host) == 0 && (port == 0 || port == served_port);

@@ -5,32 +5,25 @@
 
 #include "../core/dl.h"
 
-#include <pthread.h>
-
 struct bq_ssl_api bq_ssl;
 
-static pthread_once_t once = PTHREAD_ONCE_INIT;
-static char failure[300]; /* "" once loaded */
-
-static void load(void)
+/* libssl's dependency libcrypto comes with it, and dlsym on libssl's handle finds libcrypto's
+ * functions (ERR_*, X509_*) too. */
+static bool fill(void *lib, char *why, size_t size)
 {
-    /* libssl's dependency libcrypto comes with it, and dlsym on libssl's handle finds
-     * libcrypto's functions (ERR_*, X509_*) too. */
-    void *lib = bq_dl_open("libssl.so.3", failure, sizeof failure);
-    if (lib == NULL)
-        return;
-#define BQ_SSL_LOAD(f)                                                                         \
-    if (!bq_dl_sym(lib, #f, &bq_ssl.f, sizeof bq_ssl.f, failure, sizeof failure))             \
-        return;
-    BQ_SSL_FUNCTIONS(BQ_SSL_LOAD)
-#undef BQ_SSL_LOAD
+#define SSL_SYM(f) BQ_DL_SYM(bq_ssl, f)
+    BQ_SSL_FUNCTIONS(SSL_SYM)
+#undef SSL_SYM
+    return true;
 }
+
+static struct bq_dl_lib libssl = {.soname = "libssl.so.3", .fill = fill};
 
 bq_status bq_ssl_load(bq_err *err)
 {
-    pthread_once(&once, load);
-    if (failure[0] != '\0')
+    const char *why = bq_dl_load(&libssl);
+    if (why != NULL)
         return bq_err_set(err, BQ_EINVAL, "TLS needs OpenSSL 3 (Debian: apt-get install "
-                          "libssl3): %s", failure);
+                          "libssl3): %s", why);
     return BQ_OK;
 }

@@ -5,30 +5,23 @@
 
 #include "../core/dl.h"
 
-#include <pthread.h>
-
 struct bq_pq_api bq_pq;
 
-static pthread_once_t once = PTHREAD_ONCE_INIT;
-static char failure[300]; /* "" once loaded */
-
-static void load(void)
+static bool fill(void *lib, char *why, size_t size)
 {
-    void *lib = bq_dl_open("libpq.so.5", failure, sizeof failure);
-    if (lib == NULL)
-        return;
-#define BQ_PQ_LOAD(f)                                                                          \
-    if (!bq_dl_sym(lib, #f, &bq_pq.f, sizeof bq_pq.f, failure, sizeof failure))               \
-        return;
-    BQ_PQ_FUNCTIONS(BQ_PQ_LOAD)
-#undef BQ_PQ_LOAD
+#define PQ_SYM(f) BQ_DL_SYM(bq_pq, f)
+    BQ_PQ_FUNCTIONS(PQ_SYM)
+#undef PQ_SYM
+    return true;
 }
+
+static struct bq_dl_lib libpq = {.soname = "libpq.so.5", .fill = fill};
 
 bq_status bq_pq_load(bq_err *err)
 {
-    pthread_once(&once, load);
-    if (failure[0] != '\0')
+    const char *why = bq_dl_load(&libpq);
+    if (why != NULL)
         return bq_err_set(err, BQ_EINVAL, "storage: PostgreSQL needs libpq (Debian: apt-get "
-                          "install libpq5): %s", failure);
+                          "install libpq5): %s", why);
     return BQ_OK;
 }

@@ -817,6 +817,47 @@ TEST(optional_libraries_fail_with_a_reason)
     CHECK(none == NULL);
 }
 
+static struct {
+    size_t (*strlen)(const char *);
+    void (*bq_no_such_function)(void);
+} libc_fns;
+
+static int fills;
+
+static bool fill_libc_strlen(void *lib, char *why, size_t size)
+{
+    fills++;
+    BQ_DL_SYM(libc_fns, strlen)
+    return true;
+}
+
+static bool fill_libc_missing(void *lib, char *why, size_t size)
+{
+    fills++;
+    BQ_DL_SYM(libc_fns, bq_no_such_function)
+    return true;
+}
+
+TEST(an_optional_library_is_loaded_once_and_remembers_why_not)
+{
+    static struct bq_dl_lib ok = {.soname = "libc.so.6", .fill = fill_libc_strlen};
+    static struct bq_dl_lib missing = {.soname = "libc.so.6", .fill = fill_libc_missing};
+    static struct bq_dl_lib absent = {.soname = "libbinduq-no-such-library.so.9",
+                                      .fill = fill_libc_strlen};
+    fills = 0;
+    CHECK(bq_dl_load(&ok) == NULL);
+    CHECK(bq_dl_load(&ok) == NULL);
+    CHECK(libc_fns.strlen != NULL && libc_fns.strlen("four") == 4);
+    const char *why = bq_dl_load(&missing);
+    REQUIRE(why != NULL);
+    CHECK_CONTAINS(why, "has no bq_no_such_function");
+    CHECK(bq_dl_load(&missing) == why);
+    why = bq_dl_load(&absent);
+    REQUIRE(why != NULL);
+    CHECK_CONTAINS(why, "libbinduq-no-such-library.so.9");
+    CHECK_INT(fills, 2); /* each library was filled once; the absent one never */
+}
+
 static bool mapped(const char *name)
 {
     FILE *f = fopen("/proc/self/maps", "r");
@@ -1099,5 +1140,6 @@ int main(void)
     RUN(iso8601_agrees_with_gmtime);
     RUN(uuid4_is_version_4_and_unique_across_fork);
     RUN(outcome_names_and_kinds_round_trip);
+    RUN(an_optional_library_is_loaded_once_and_remembers_why_not);
     return check_report("test_core");
 }
