@@ -42,6 +42,7 @@ build = {
                 "src/core/alloc.c", "src/core/arena.c", "src/core/backoff.c", "src/core/buf.c",
                 "src/core/clock.c", "src/core/dl.c", "src/core/env.c", "src/core/err.c", "src/core/escape.c",
                 "src/core/id.c", "src/core/log.c", "src/core/rand.c", "src/core/ratelimit.c",
+                "src/core/wire.c",
                 "src/net/bulkcap.c", "src/net/conn.c", "src/net/pool.c", "src/net/resp.c",
                 "src/net/sslapi.c", "src/net/tls.c", "src/net/url.c",
                 "src/broker/broker.c", "src/broker/cluster.c", "src/broker/keys.c", "src/broker/mem.c",

@@ -28,8 +28,11 @@ local json = require("binduq.json")
 
 local M = {}
 
-M.TYPES = { run = true, pause = true, resume = true, cancel = true }
-M.MAX_ID_LEN = core.MAX_ID_LEN -- the rule for ids is C's (src/core/id.h): core.id_problem
+-- The rules and limits are C's (src/core/wire.h, read as core.wire), shared with every
+-- encoder and decoder; the rule for ids is src/core/id.h's, asked as core.id_problem.
+local wire = core.wire
+M.TYPES = wire.TYPES
+M.MAX_ID_LEN = wire.MAX_ID_LEN
 local id_problem = core.id_problem
 
 local null = json.null
@@ -222,7 +225,7 @@ local function decode_bindu(t)
     return task
 end
 
-M.MAX_HEADER_LEN = 1024 -- a "#bq" line binduq writes is under 200 bytes
+M.MAX_HEADER_LEN = wire.HEADER_MAX -- a "#bq" line binduq writes is under 200 bytes
 M.MAX_ATTEMPT = 1000000  -- as the C side's bound on an outcome's attempt
 
 -- The header's counters: absent, or a whole number in [lo, MAX_ATTEMPT].
@@ -390,7 +393,7 @@ function M.encode(op, level)
     if type(op) ~= "table" then error("a task operation must be a table", level) end
     local ty = op.type
     if not M.TYPES[ty] then
-        error("type must be run, pause, resume or cancel (got " .. show(ty) .. ")", level)
+        error(wire.TYPE_RULE .. " (got " .. show(ty) .. ")", level)
     end
     local ok, why = check_id("task_id", op.task_id, true)
     if not ok then error(why, level) end
@@ -417,6 +420,9 @@ function M.encode(op, level)
             if type(given[i]) ~= "string" then
                 why = message_error(msgs[i], "messages[" .. i .. "]")
                 if why then error(why, level) end
+                if #msgs[i].role > wire.ROLE_MAX then
+                    error(("messages[%d].role is longer than %d bytes"):format(i, wire.ROLE_MAX), level)
+                end
             end
         end
     else
@@ -439,10 +445,10 @@ function M.encode(op, level)
             end
         end
         if op.timeout and not (op.timeout > 0 and op.timeout <= core.MAX_DURATION) then
-            error("timeout must be a positive number of seconds, at most 365 days", level)
+            error(wire.TIMEOUT_RULE, level)
         end
         if op.max_attempts and (math.type(op.max_attempts) ~= "integer" or op.max_attempts < 1) then
-            error("max_attempts must be a whole number, at least 1", level)
+            error(wire.MAX_ATTEMPTS_RULE, level)
         end
     end
     if unknown ~= nil then error("unknown field '" .. show(unknown) .. "' in task operation", level) end

@@ -11,6 +11,7 @@
 #include "../core/env.h"
 #include "../core/escape.h"
 #include "../core/id.h"
+#include "../core/wire.h"
 #include "../core/log.h"
 #include "../core/rand.h"
 #include "../broker/broker.h"
@@ -723,6 +724,27 @@ __attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
     lua_setfield(L, -2, "MAX_DURATION");
     lua_pushinteger(L, BQ_MAX_ID_LEN);
     lua_setfield(L, -2, "MAX_ID_LEN");
+    /* core.wire: src/core/wire.h's rules and limits, for lua/binduq/task.lua. */
+    lua_createtable(L, 0, 8);
+    lua_createtable(L, 0, BQ_WIRE_NTYPES);
+    for (int i = 0; i < BQ_WIRE_NTYPES; i++) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, bq_wire_types[i]);
+    }
+    lua_setfield(L, -2, "TYPES");
+    lua_pushinteger(L, BQ_MAX_ID_LEN);
+    lua_setfield(L, -2, "MAX_ID_LEN");
+    lua_pushinteger(L, BQ_WIRE_ROLE_MAX);
+    lua_setfield(L, -2, "ROLE_MAX");
+    lua_pushinteger(L, BQ_WIRE_HEADER_MAX);
+    lua_setfield(L, -2, "HEADER_MAX");
+    lua_pushliteral(L, BQ_WIRE_TYPE_RULE);
+    lua_setfield(L, -2, "TYPE_RULE");
+    lua_pushliteral(L, BQ_WIRE_TIMEOUT_RULE);
+    lua_setfield(L, -2, "TIMEOUT_RULE");
+    lua_pushliteral(L, BQ_WIRE_MAX_ATTEMPTS_RULE);
+    lua_setfield(L, -2, "MAX_ATTEMPTS_RULE");
+    lua_setfield(L, -2, "wire");
     bq_lua_open_client(L);
     bq_lua_open_engine(L);
     bq_lua_open_storage(L);

@@ -21,6 +21,7 @@
 #include "../core/clock.h"
 #include "../core/escape.h"
 #include "../core/id.h"
+#include "../core/wire.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -369,9 +370,8 @@ static int l_decode_native(lua_State *L)
             return fail(L, task);
         set(L, task, k);
     }
-    if (get(L, task, K_TIMEOUT) == LUA_TNUMBER
-        && (!(lua_tonumber(L, -1) > 0) || bq_duration_problem(lua_tonumber(L, -1)) != NULL)) {
-        lua_pushliteral(L, "timeout must be a positive number of seconds, at most 365 days");
+    if (get(L, task, K_TIMEOUT) == LUA_TNUMBER && !bq_wire_timeout_valid(lua_tonumber(L, -1))) {
+        lua_pushliteral(L, BQ_WIRE_TIMEOUT_RULE);
         return fail(L, task);
     }
     lua_pop(L, 1);
@@ -380,7 +380,7 @@ static int l_decode_native(lua_State *L)
         int whole;
         lua_Integer n = lua_tointegerx(L, -1, &whole);
         if (!whole || n < 1) {
-            lua_pushliteral(L, "max_attempts must be a whole number, at least 1");
+            lua_pushliteral(L, BQ_WIRE_MAX_ATTEMPTS_RULE);
             return fail(L, task);
         }
         lua_pushinteger(L, n);

@@ -46,6 +46,9 @@ describe("task encoding", function()
         { { type = "run", task_id = "a", messages = { x = 1 } }, "messages must be an array" },
         { { type = "run", task_id = "a", messages = { { content = "x" } } }, "messages[1].role" },
         { { type = "run", task_id = "a", messages = { { role = "user" } } }, "needs content or parts" },
+        -- src/core/wire.h's limit, the C producer's too (bq_task_validate)
+        { { type = "run", task_id = "a", messages = { { role = ("r"):rep(65), content = "x" } } },
+          "messages[1].role is longer than 64 bytes" },
         { { type = "run", task_id = "a", messages = { "x" }, artifacts = "no" }, "artifacts must be an array" },
         { { type = "cancel", task_id = "a", messages = { "x" } }, "only allowed for run and resume" },
         { { type = "run", task_id = "a", messages = { "x" }, colour = "red" }, "unknown field 'colour'" },
