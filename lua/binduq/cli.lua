@@ -243,8 +243,9 @@ function dlq.show(s, opts, pos)
             tostring(e.error.message), tostring(e.error.retryable))
         if e.error.traceback then body_lines(lines, e.error.traceback) end
     end
-    lines[#lines + 1] = e.truncated and ("message:  (its first %d bytes of %s; it cannot be requeued)")
-                                          :format(#(e.message or ""), tostring(math.tointeger(e.size) or e.size)) or "message:"
+    lines[#lines + 1] = e.truncated and ("message:  (its first %d byte%s of %s; it cannot be requeued)")
+                                          :format(#(e.message or ""), #(e.message or "") == 1 and "" or "s",
+                                                  tostring(math.tointeger(e.size) or e.size)) or "message:"
     body_lines(lines, e.message or "")
     out(opts, nil, lines)
 end
