@@ -85,7 +85,47 @@ Options: --database-url URL (default $DATABASE_URL)  --schema NAME (default bind
 ]],
 }
 
-M.COMMANDS = { dlq = true, task = true, stats = true, workers = true, queue = true, top = true }
+-- The commands, in the order `binduq-lua --help` and the unknown-command message list them.
+-- binduq-lua (src/host/main.c) runs a first argument found here as a command.
+M.ORDER = { "dlq", "stats", "workers", "queue", "top", "task" }
+M.COMMANDS = {}
+for _, c in ipairs(M.ORDER) do M.COMMANDS[c] = true end
+
+-- The edit distance of a and b, counting a swap of two neighbours as one edit (so "dql" is
+-- one edit from "dlq").
+local function distance(a, b)
+    local d = {}
+    for i = 0, #a do d[i] = { [0] = i } end
+    for j = 0, #b do d[0][j] = j end
+    for i = 1, #a do
+        for j = 1, #b do
+            local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
+            d[i][j] = math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a:sub(i, i) == b:sub(j - 1, j - 1) and a:sub(i - 1, i - 1) == b:sub(j, j) then
+                d[i][j] = math.min(d[i][j], d[i - 2][j - 2] + 1)
+            end
+        end
+    end
+    return d[#a][#b]
+end
+
+--- The command nearest to `word` (at most two edits, and fewer than its length), or nil.
+function M.nearest(word)
+    local best, bd
+    for _, c in ipairs(M.ORDER) do
+        local d = distance(word:lower(), c)
+        if d <= 2 and d < #word and (not bd or d < bd) then best, bd = c, d end
+    end
+    return best
+end
+
+-- The lines for a first argument that is neither a command nor a file.
+local function unknown_command(word)
+    local near = M.nearest(word)
+    return { ("binduq-lua: unknown command '%s'%s"):format(word, near and (" (did you mean '" .. near .. "'?)") or ""),
+             "commands: " .. table.concat(M.ORDER, ", ") .. " (binduq-lua COMMAND --help), "
+             .. "or the path of a Lua script to run" }
+end
 
 -- A small parser: --flag value, --switch, and positional words.
 local SWITCHES = { json = true, all = true, help = true, yes = true }
@@ -556,6 +596,10 @@ end
 --- Runs a command; returns the exit status.
 function M.main(args)
     local cmd = args[1]
+    if not M.COMMANDS[cmd] then
+        write_lines(unknown_command(tostring(cmd)), io.stderr)
+        return 2
+    end
     local ok, res = pcall(function()
         local opts, pos = parse({ table.unpack(args, 2) })
         for k in pairs(opts) do

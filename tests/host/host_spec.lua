@@ -27,6 +27,43 @@ describe("binduq-lua", function()
         assert.truthy(out:find("REDIS_URL", 1, true))
     end)
 
+    it("lists every command of the dispatcher in its help", function()
+        local cli = require("binduq.cli")
+        local rc, out = run("--help")
+        assert.are.equal(0, rc)
+        local n = 0
+        for cmd in pairs(cli.COMMANDS) do
+            n = n + 1
+            assert.truthy(out:find("\n  " .. cmd .. " ", 1, true), "--help omits " .. cmd .. ":\n" .. out)
+            -- and each answers its own --help
+            local rc2, out2 = run(cmd .. " --help")
+            assert.are.equal(0, rc2, out2)
+            assert.truthy(out2:find("usage: binduq-lua " .. cmd, 1, true), out2)
+        end
+        assert.are.equal(#cli.ORDER, n)
+        assert.is_true(n >= 6)
+    end)
+
+    it("names the commands when the first word is neither a command nor a file", function()
+        local rc, out = run("dql list")
+        assert.are.equal(2, rc)
+        assert.truthy(out:find("binduq-lua: unknown command 'dql' (did you mean 'dlq'?)\n", 1, true), out)
+        assert.truthy(out:find("commands: dlq, stats, workers, queue, top, task", 1, true), out)
+        assert.is_nil(out:find("cannot open", 1, true), out)
+        rc, out = run("frobnicate")
+        assert.are.equal(2, rc)
+        assert.truthy(out:find("unknown command 'frobnicate'\n", 1, true), out)
+        assert.is_nil(out:find("did you mean", 1, true), out)
+        -- a bare word that is a file is still a script
+        local dir = proc.tmpdir()
+        proc.write(dir .. "/dql", "print('script dql ran')")
+        rc, out = proc.run("sh -c " .. proc.quote("cd " .. dir .. " && " .. proc.sh("pwd") .. "/" .. host .. " dql"),
+                           { timeout = 30 })
+        proc.sh("rm -rf " .. proc.quote(dir))
+        assert.are.equal(0, rc, out)
+        assert.are.equal("script dql ran\n", out)
+    end)
+
     it("rejects an unknown option and a missing script", function()
         local rc, out = run("--frobnicate")
         assert.are.equal(1, rc)
