@@ -10,7 +10,7 @@
 --   binduq-lua workers [--queue NAME] [--json]         live workers: lease left, tasks in flight
 --   binduq-lua queue peek [--limit N] [--json]         the next operations to be taken
 --   binduq-lua queue purge --yes [--json]              delete the waiting operations
---   binduq-lua top [--queue NAME ...] [--interval S] [--count N]   a live view (q to quit)
+--   binduq-lua top [--queue NAME ...] [--interval S] [--count N] [--json]   a live view (q to quit)
 --   binduq-lua task show ID [--json]
 --   binduq-lua task list [--state STATE] [--context ID] [--limit N] [--json]
 --     common: --database-url URL (default DATABASE_URL)  --schema NAME (default binduq)
@@ -68,11 +68,13 @@ usage: binduq-lua queue <peek|purge> [options]
 Options: --url URL  --queue NAME  --json  --help
 ]],
     top = [[
-usage: binduq-lua top [--queue NAME ...] [--interval SECONDS] [--count N]
+usage: binduq-lua top [--queue NAME ...] [--interval SECONDS] [--count N] [--json]
   A live view of queues and workers, redrawn every interval (default 1 s) until q, Ctrl-C,
   or N redraws. Rates are per second between two redraws (taken: the fall of ready plus in
   flight plus what was pushed cannot be known; "net" is the change of ready).
-Options: --url URL  --queue NAME  --help
+  --json: no screen; one JSON document per line per refresh, and by default one only (a
+  snapshot: queues with net_per_s null, and workers); --count N for N of them.
+Options: --url URL  --queue NAME  --json  --help
 ]],
     task = [[
 usage: binduq-lua task <show|list> [options]
@@ -163,7 +165,7 @@ local KNOWN = {
     stats = { url = true, queue = true, json = true, help = true },
     workers = { url = true, queue = true, json = true, help = true },
     queue = { url = true, queue = true, json = true, help = true, limit = true, yes = true },
-    top = { url = true, queue = true, help = true, interval = true, count = true },
+    top = { url = true, queue = true, help = true, interval = true, count = true, json = true },
 }
 
 local function filter_of(opts)
@@ -452,22 +454,74 @@ local function queue_stats(c, q, detail)
     return st, list
 end
 
+-- Whether any key of queue q exists: the list, or its delayed set, dead letters, worker
+-- records or bell (one EXISTS: all share q's hash slot).
+local SEEN_SUFFIXES = { "delayed", "dlq", "workers", "bell" }
+local function seen(c, q)
+    local args = { q, "EXISTS", q }
+    for _, suffix in ipairs(SEEN_SUFFIXES) do args[#args + 1] = derived(q, suffix) end
+    return must(c:command(table.unpack(args))) > 0
+end
+
+-- The queues with keys in this Redis, found by one bounded SCAN (at most 10,000 keys looked
+-- at, the node of `q` only): a list of names, and whether the scan was cut short.
+local function known_queues(c, q)
+    local found, list, cursor, looked = {}, {}, "0", 0
+    repeat
+        local r = must(c:command(q, "SCAN", cursor, "COUNT", "1000"))
+        cursor = r[1]
+        for _, k in ipairs(r[2]) do
+            for _, suffix in ipairs(SEEN_SUFFIXES) do
+                local name = k:sub(-#suffix - 1) == ":" .. suffix and k:sub(1, -#suffix - 2) or nil
+                if name then
+                    name = name:match("^{([^}]+)}$") or name -- {Q}:suffix is the key of queue Q
+                    if not found[name] then
+                        found[name] = true
+                        list[#list + 1] = name
+                    end
+                end
+            end
+        end
+        looked = looked + #r[2]
+    until cursor == "0" or looked >= 10000
+    table.sort(list)
+    return list, cursor ~= "0"
+end
+
 local admin = {}
 
 function admin.stats(s, opts)
     local c = s.client
-    local rows = {}
-    for _, q in ipairs(queues_of(opts, s)) do rows[#rows + 1] = (queue_stats(c, q)) end
+    local rows, unseen = {}, {}
+    for _, q in ipairs(queues_of(opts, s)) do
+        local r = queue_stats(c, q)
+        r.seen = seen(c, q)
+        if not r.seen then unseen[#unseen + 1] = q end
+        rows[#rows + 1] = r
+    end
     if opts.json then
         json_text('{"queues":' .. json.array(rows) .. "}")
-        return
+    else
+        local lines = { ("%-32s %9s %9s %9s %9s %8s"):format("QUEUE", "READY", "DELAYED", "INFLIGHT", "DEAD", "WORKERS") }
+        for _, r in ipairs(rows) do
+            lines[#lines + 1] = ("%-32s %9d %9d %9d %9d %8d"):format(short(r.queue, 32), r.ready, r.delayed, r.inflight,
+                                                                  r.dead, r.workers)
+        end
+        out(opts, nil, lines)
     end
-    local lines = { ("%-32s %9s %9s %9s %9s %8s"):format("QUEUE", "READY", "DELAYED", "INFLIGHT", "DEAD", "WORKERS") }
-    for _, r in ipairs(rows) do
-        lines[#lines + 1] = ("%-32s %9d %9d %9d %9d %8d"):format(short(r.queue, 32), r.ready, r.delayed, r.inflight,
-                                                              r.dead, r.workers)
+    -- A queue with no key at all is most likely a typo: say so, on stderr, with the queues
+    -- that do exist.
+    if #unseen > 0 then
+        local known, partial = known_queues(c, unseen[1])
+        local msg = {}
+        for _, q in ipairs(unseen) do
+            msg[#msg + 1] = ("binduq-lua stats: no queue '%s' has been seen here (no keys exist for it)"):format(q)
+        end
+        msg[#msg + 1] = #known == 0 and "no queue has any key in this Redis"
+                        or ("queues with keys%s: %s"):format(partial and " (of the first 10,000 keys)" or "",
+                                                             table.concat(known, ", "))
+        write_lines(msg, io.stderr)
     end
-    out(opts, nil, lines)
 end
 
 function admin.workers(s, opts)
@@ -527,14 +581,32 @@ function admin.queue(s, opts, pos)
     error({ usage = "unknown subcommand '" .. tostring(pos[1]) .. "'" })
 end
 
+-- One refresh of top --json: {"time":ISO, "queues":[{queue, ready, delayed, inflight, dead,
+-- workers, net_per_s}], "workers":[{id, queue, lease_left, inflight, current}]} on one line.
+local function top_json(rows, workers, t)
+    local qs = {}
+    for i, r in ipairs(rows) do
+        qs[i] = '{"queue":' .. json.encode_strict(r.queue) .. (',"ready":%d,"delayed":%d,"inflight":%d,"dead":%d,'
+                .. '"workers":%d,"net_per_s":%s}'):format(r.ready, r.delayed, r.inflight, r.dead, r.workers,
+                                                         r.net and ("%.3f"):format(r.net) or "null")
+    end
+    json_text('{"time":' .. json.encode_strict(iso(t)) .. ',"queues":[' .. table.concat(qs, ",") .. '],"workers":'
+              .. json.array(workers) .. "}")
+end
+
 function admin.top(s, opts)
     local interval = tonumber(opts.interval or 1)
     local count = opts.count and tonumber(opts.count)
     if not interval or interval <= 0 then error({ usage = "--interval must be a positive number of seconds" }) end
+    if opts.count and (not count or count < 1 or count ~= math.floor(count)) then
+        error({ usage = "--count must be a positive whole number" })
+    end
+    -- --json is for scripts: a snapshot unless --count asks for more.
+    if opts.json and not count then count = 1 end
     local core = require("binduq.core")
     local qs = queues_of(opts, s)
     local prev, prev_t = {}, nil
-    local tty = os.getenv("TERM") and os.getenv("TERM") ~= "dumb"
+    local tty = not opts.json and os.getenv("TERM") and os.getenv("TERM") ~= "dumb"
     -- Non-blocking keyboard: 'q' quits (stty when stdin is a terminal).
     local raw = tty and os.execute("stty -icanon -echo min 0 time 0 2>/dev/null") == true
     local ok, err = pcall(function()
@@ -544,17 +616,29 @@ function admin.top(s, opts)
             local lines = { ("binduq top  %s  (every %gs, q to quit)"):format(os.date("!%H:%M:%S"), interval), "",
                             ("%-32s %9s %9s %9s %9s %8s %9s"):format("QUEUE", "READY", "DELAYED", "INFLIGHT", "DEAD",
                                                                     "WORKERS", "NET/S") }
-            local workers = {}
+            local workers, rows = {}, {}
             for _, q in ipairs(qs) do
                 local st, list = queue_stats(s.client, q, true)
                 local rate = "-"
-                if prev[q] and prev_t then rate = ("%+.1f"):format((st.ready - prev[q]) / (t - prev_t)) end
+                if prev[q] and prev_t then
+                    st.net = (st.ready - prev[q]) / (t - prev_t)
+                    rate = ("%+.1f"):format(st.net)
+                end
                 prev[q] = st.ready
+                rows[#rows + 1] = st
                 lines[#lines + 1] = ("%-32s %9d %9d %9d %9d %8d %9s"):format(short(q, 32), st.ready, st.delayed,
                                                                            st.inflight, st.dead, st.workers, rate)
                 for _, w in ipairs(list) do w.queue = q; workers[#workers + 1] = w end
             end
             prev_t = t
+            if opts.json then
+                top_json(rows, workers, core.now())
+                io.stdout:flush()
+                frames = frames + 1
+                if frames >= count then return end
+                core.sleep(math.max(0, t + interval - core.monotonic()))
+                goto continue
+            end
             lines[#lines + 1] = ""
             lines[#lines + 1] = ("%-36s %-20s %10s %9s  %s"):format("WORKER", "QUEUE", "LEASE", "INFLIGHT", "CURRENT TASK")
             for _, w in ipairs(workers) do
@@ -574,6 +658,7 @@ function admin.top(s, opts)
                     if k == "q" or k == "Q" then return end
                 end
             end
+            ::continue::
         end
     end)
     if raw then os.execute("stty sane 2>/dev/null") end

@@ -40,7 +40,8 @@ describe("#redis admin commands", function()
         rc, out = run("stats --json", env)
         assert.are.equal(0, rc, out)
         local doc = json.decode(out)
-        assert.are.same({ queue = q, ready = 5, delayed = 0, inflight = 1, dead = 1, workers = 1 }, doc.queues[1])
+        assert.are.same({ queue = q, ready = 5, delayed = 0, inflight = 1, dead = 1, workers = 1, seen = true },
+                        doc.queues[1])
         rc, out = run("workers --json", env)
         assert.are.equal(0, rc, out)
         doc = json.decode(out)
@@ -52,6 +53,53 @@ describe("#redis admin commands", function()
         assert.are.equal(0, rc, out)
         assert.truthy(out:find("1 worker record on", 1, true), out)
         assert.truthy(out:find("busy", 1, true), out)
+    end)
+
+    it("stats says when a queue has never been seen, and names those that have", function()
+        local rc, out = run("stats --queue " .. q .. ",nosuch:queue", env)
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("binduq-lua stats: no queue 'nosuch:queue' has been seen here (no keys exist for it)\n",
+                               1, true), out)
+        assert.is_nil(out:find("no queue '" .. q .. "'", 1, true), out)
+        local known = out:match("queues with keys: ([^\n]*)\n")
+        assert.truthy(known, out)
+        local names = {}
+        for n in known:gmatch("[^, ]+") do names[n] = true end
+        assert.is_true(names[q], known)
+        assert.is_nil(names["nosuch:queue"], known)
+        rc, out = run("stats --json --queue nosuch:queue", env)
+        assert.are.equal(0, rc, out)
+        local doc = json.decode(out:match("{[^\n]*")) -- the hint goes to stderr, the JSON to stdout
+        assert.are.same({ queue = "nosuch:queue", ready = 0, delayed = 0, inflight = 0, dead = 0, workers = 0,
+                          seen = false }, doc.queues[1])
+    end)
+
+    it("top --json prints a snapshot, or one document per refresh with --count", function()
+        local rc, out = run("top --json --queue " .. q, env)
+        assert.are.equal(0, rc, out)
+        assert.is_nil(out:find("\27", 1, true), out)
+        local lines = {}
+        for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+        assert.are.equal(1, #lines, out)
+        local doc = json.decode(lines[1])
+        assert.truthy(doc.time:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$"), doc.time)
+        assert.are.equal(q, doc.queues[1].queue)
+        assert.are.equal(1, doc.queues[1].inflight)
+        assert.are.equal(1, doc.queues[1].dead)
+        assert.are.equal(1, doc.queues[1].workers)
+        assert.truthy(lines[1]:find('"net_per_s":null', 1, true), lines[1]) -- no rate from one snapshot
+        assert.are.equal(1, #doc.workers)
+        assert.are.equal("busy", doc.workers[1].current)
+        assert.are.equal(q, doc.workers[1].queue)
+        rc, out = run("top --json --count 2 --interval 0.2 --queue " .. q, env)
+        assert.are.equal(0, rc, out)
+        lines = {}
+        for l in out:gmatch("[^\n]+") do lines[#lines + 1] = json.decode(l) end
+        assert.are.equal(2, #lines, out)
+        assert.are.equal("number", type(lines[2].queues[1].net_per_s), out)
+        rc, out = run("top --json --count 0", env)
+        assert.are.equal(2, rc, out)
+        assert.truthy(out:find("--count must be a positive whole number", 1, true), out)
     end)
 
     it("queue peek and purge", function()
