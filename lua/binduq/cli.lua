@@ -334,6 +334,15 @@ local function iso(t)
     return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t)) .. ("%.3fZ"):format(t % 1):sub(2)
 end
 
+-- The time fields of a task as --json prints them: ISO 8601 in UTC, as the text does.
+local TIME_FIELDS = { "created_at", "updated_at", "state_at" }
+local function iso_times(t)
+    for _, k in ipairs(TIME_FIELDS) do
+        if type(t[k]) == "number" then t[k] = iso(t[k]) end
+    end
+    return t
+end
+
 local function text_of(m)
     if type(m) ~= "table" then return tostring(m) end
     if type(m.content) == "string" then return m.content end
@@ -353,6 +362,7 @@ function task.show(st, opts, pos)
     if opts.json then
         local h, a = json.array(t.history), json.array(t.artifacts)
         t.history, t.artifacts = nil, nil
+        iso_times(t)
         local head = json.encode_strict(t)
         json_text(head:sub(1, -2) .. (head == "{}" and "" or ",") .. '"history":' .. h .. ',"artifacts":' .. a .. "}")
         return
@@ -391,9 +401,9 @@ function task.list(st, opts)
     if opts.json then
         local items = {}
         for i, t in ipairs(list) do
-            items[i] = { task_id = t.task_id, state = t.state, context_id = t.context_id, attempts = t.attempts,
-                         worker = t.worker, queue = t.queue, created_at = t.created_at, updated_at = t.updated_at,
-                         messages = #t.history }
+            items[i] = iso_times{ task_id = t.task_id, state = t.state, context_id = t.context_id,
+                                  attempts = t.attempts, worker = t.worker, queue = t.queue, created_at = t.created_at,
+                                  updated_at = t.updated_at, state_at = t.state_at, messages = #t.history }
         end
         json_text('{"tasks":' .. json.array(items) .. "}")
         return
