@@ -528,8 +528,10 @@ static void bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome
         lease_lost(w, "dead_letter", tid);
     } else {
         atomic_fetch_add(&w->n_dead, 1);
+        /* The entry's count (attempts made: 0 for a message no handler ran), so the log
+         * line and the entry agree. */
         char n[16];
-        snprintf(n, sizeof n, "%d", out->attempt);
+        snprintf(n, sizeof n, "%d", info.attempts);
         bq_log(BQ_LOG_WARN, "dead_lettered", "task_id", tid, "queue", info.queue, "worker",
                w->id, "#attempts", n, "reason", info.reason, NULL);
     }

@@ -102,6 +102,39 @@ describe("#redis admin commands", function()
         assert.truthy(out:find("--count must be a positive whole number", 1, true), out)
     end)
 
+    it("shows the same attempt count, as an integer, in dlq text, --json and the log", function()
+        local q3 = "it:attempts:" .. math.random(1, 1e9)
+        local e3 = { REDIS_URL = server.url, REDIS_QUEUE_NAME = q3 }
+        local s3 = bq.scheduler{ url = server.url, queue_name = q3 }
+        local w3 = cluster.worker(server, q3, { BQ_TEST_MAX_ATTEMPTS = 2, BQ_TEST_RETRY_BASE = 0.01,
+                                                BQ_TEST_RETRY_CAP = 0.02, BQ_TEST_BLOCK_TIMEOUT = 0.5 })
+        assert(s3:push_raw("not json"))
+        assert(proc.wait_for(function() return s3:dead_letter_count() == 1 end, 10))
+        assert(s3:run{ task_id = "always-fails", messages = { "fail" } })
+        local ok = proc.wait_for(function() return s3:dead_letter_count() == 2 end, 10)
+        proc.stop(w3, 1)
+        s3:close()
+        assert(ok, proc.read(w3.log))
+        -- Attempts made so far: 0 for a message no handler could run, 2 for a task that
+        -- failed twice with max_attempts 2; index 0 is the newest.
+        for _, want in ipairs({ { index = 0, id = "always-fails", attempts = 2 }, { index = 1, attempts = 0 } }) do
+            local rc, out = run("dlq show " .. want.index, e3)
+            assert.are.equal(0, rc, out)
+            assert.truthy(out:find("\nattempts:  " .. want.attempts .. "\n", 1, true), out)
+            rc, out = run("dlq show " .. want.index .. " --json", e3)
+            assert.are.equal(0, rc, out)
+            assert.truthy(out:find('"attempts":' .. want.attempts .. "[,}]"), out)
+            rc, out = run("dlq list --json", e3)
+            assert.truthy(out:find('"attempts":' .. want.attempts .. "[,}]"), out)
+            local lines = cluster.lines(w3, "dead_lettered")
+            local line = lines[want.index == 0 and 2 or 1] or ""
+            if want.id then assert.truthy(line:find("task_id=" .. want.id, 1, true), line) end
+            assert.truthy(line:find(" attempts=" .. want.attempts .. " ", 1, true), line)
+        end
+        assert.is_nil((proc.read(w3.log) or ""):find("attempts?=%d+%.0"), proc.read(w3.log))
+        assert.truthy(cluster.lines(w3, "dead_lettered")[2]:find("failed 2 times", 1, true))
+    end)
+
     it("queue peek and purge", function()
         local rc, out = run("queue peek --limit 2 --json", env)
         assert.are.equal(0, rc, out)
