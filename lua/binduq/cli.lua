@@ -683,6 +683,8 @@ local function open_storage(opts)
     end
     local okc, section = pcall(storage_mod.section, { type = "postgres", url = url, schema = opts.schema })
     if not okc then error({ fail = tostring(section) }) end
+    section.url_name = opts.database_url and "--database-url"
+                       or (core.env("DATABASE_URL") and "DATABASE_URL" or "POSTGRES_URL")
     local st, err = storage_mod.open(section)
     if not st then error({ fail = tostring(err) }) end
     return st

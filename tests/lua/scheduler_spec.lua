@@ -215,6 +215,29 @@ describe("configuration", function()
         assert.falsy(err:find("hunter2", 1, true))
     end)
 
+    it("names where a database URL of an unsupported scheme came from, and the schemes", function()
+        local proc = require("helpers.proc")
+        local SUPPORTED = "unsupported scheme 'mysql' (supported: postgresql://, postgres:// or postgresql+driver://"
+        local cases = {
+            { "DATABASE_URL=mysql://u:hunter2@h/db", "build/binduq-lua -e 'require(\"binduq\").scheduler{type=\"memory\"}'",
+              "storage: DATABASE_URL: " },
+            { "POSTGRES_URL=mysql://u:hunter2@h/db", "build/binduq-lua task list", "binduq-lua task: POSTGRES_URL: " },
+            { "DATABASE_URL=mysql://u:hunter2@h/db", "build/binduq-lua task list", "binduq-lua task: DATABASE_URL: " },
+            { "", "build/binduq-lua task list --database-url mysql://u:hunter2@h/db", "binduq-lua task: --database-url: " },
+        }
+        for _, c in ipairs(cases) do
+            local rc, out = proc.run("env -u DATABASE_URL -u POSTGRES_URL -u STORAGE_TYPE " .. c[1] .. " " .. c[2],
+                                     { timeout = 30 })
+            assert.are.equal(1, rc, out)
+            assert.truthy(out:find(c[3] .. SUPPORTED, 1, true), out)
+            assert.falsy(out:find("hunter2", 1, true), out)
+        end
+        local ok, err = pcall(bq.scheduler, { scheduler = { type = "memory" },
+                                              storage = { type = "postgres", url = "mysql://u:hunter2@h/db" } })
+        assert.is_false(ok)
+        assert.truthy(err:find("storage: storage.url: " .. SUPPORTED, 1, true), err)
+    end)
+
     it("rejects unknown keys and wrong types", function()
         local ok, err = pcall(bq.scheduler, { queue = "x" })
         assert.is_false(ok)
