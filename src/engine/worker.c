@@ -1753,6 +1753,18 @@ bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
     w->drain = drain;
     pthread_mutex_unlock(&w->mu);
 
+    /* Credentials are checked before anything starts: a password or ACL Redis refuses fails
+     * the start, naming the address, as an unreachable PostgreSQL does. A Redis that cannot
+     * be reached now is not an error: the threads retry it as they always do. */
+    double rtt;
+    bq_err perr;
+    if (w->broker->ops->ping(w->broker, &rtt, &perr) == BQ_EAUTH) {
+        bq_broker_explain_auth(w->broker, &perr);
+        if (err != NULL)
+            *err = perr;
+        return BQ_EAUTH;
+    }
+
     int spawned = 0;
     for (int i = 0; i < w->concurrency; i++) {
         pthread_mutex_lock(&w->mu);
