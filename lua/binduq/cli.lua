@@ -29,6 +29,7 @@
 -- of invalid UTF-8 as \ufffd, so it is valid JSON and as safe to print.
 
 local core = require("binduq.core")
+local config = require("binduq.config")
 local json = require("binduq.json")
 local scheduler = require("binduq.scheduler")
 local storage_mod = require("binduq.storage")
@@ -93,32 +94,9 @@ M.ORDER = { "dlq", "stats", "workers", "queue", "top", "task" }
 M.COMMANDS = {}
 for _, c in ipairs(M.ORDER) do M.COMMANDS[c] = true end
 
--- The edit distance of a and b, counting a swap of two neighbours as one edit (so "dql" is
--- one edit from "dlq").
-local function distance(a, b)
-    local d = {}
-    for i = 0, #a do d[i] = { [0] = i } end
-    for j = 0, #b do d[0][j] = j end
-    for i = 1, #a do
-        for j = 1, #b do
-            local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
-            d[i][j] = math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
-            if i > 1 and j > 1 and a:sub(i, i) == b:sub(j - 1, j - 1) and a:sub(i - 1, i - 1) == b:sub(j, j) then
-                d[i][j] = math.min(d[i][j], d[i - 2][j - 2] + 1)
-            end
-        end
-    end
-    return d[#a][#b]
-end
-
---- The command nearest to `word` (at most two edits, and fewer than its length), or nil.
+--- The command nearest to `word` (a typo), or nil.
 function M.nearest(word)
-    local best, bd
-    for _, c in ipairs(M.ORDER) do
-        local d = distance(word:lower(), c)
-        if d <= 2 and d < #word and (not bd or d < bd) then best, bd = c, d end
-    end
-    return best
+    return config.nearest(word, M.ORDER)
 end
 
 -- The lines for a first argument that is neither a command nor a file.

@@ -40,7 +40,8 @@ local function check_handlers(opts, level)
     if opts.handler then handlers.run = opts.handler end
     for k, v in pairs(opts.handlers or {}) do
         if not task_mod.TYPES[k] then
-            error("handlers: unknown operation '" .. tostring(k) .. "' (expected run, pause, resume, cancel)", level)
+            error("handlers: unknown operation '" .. tostring(k) .. "' (expected run, pause, resume, cancel)"
+                  .. config.did_you_mean(k, task_mod.TYPES), level)
         end
         if type(v) ~= "function" then error("handlers." .. k .. " must be a function", level) end
         handlers[k] = v
@@ -70,12 +71,13 @@ function M.new(opts, level)
         error("metrics_port must be a port number (0: any free port)", level)
     end
     -- Every duration: a finite number of seconds, at least `min`, at most 365 days.
+    -- (It raises one level further from the caller than new does.)
     local function duration(name, v, min)
         if v ~= nil then
             local why = core.duration_problem(v)
-            if why then error(name .. " " .. why .. " (got " .. tostring(v) .. ")", level) end
+            if why then error(name .. " " .. why .. " (got " .. tostring(v) .. ")", level + 1) end
             if v < (min or 0) then
-                error(name .. " must be at least " .. (min or 0) .. " (got " .. tostring(v) .. ")", level)
+                error(name .. " must be at least " .. (min or 0) .. " (got " .. tostring(v) .. ")", level + 1)
             end
         end
         return v
@@ -170,7 +172,7 @@ function M.new(opts, level)
     end
     local self = setmetatable({
         key = key,
-        handlers = check_handlers(opts, level),
+        handlers = check_handlers(opts, level + 1),
         section = section,
         storage_section = storage_section,
         recovery_after = recovery_after,
