@@ -171,6 +171,39 @@ describe("the build", function()
         assert.are.equal(proc.read("src/broker/scripts.h"), out .. "\n")
     end)
 
+    it("installs binduq.pc: examples/schedule.c builds with pkg-config under any PREFIX", function()
+        if proc.sh("command -v pkg-config") == "" then
+            pending("pkg-config is not installed")
+            return
+        end
+        local prefix = proc.tmpdir() .. "/opt/binduq"
+        local q = proc.quote
+        local rc, out = proc.run("make -s install PREFIX=" .. q(prefix), { timeout = 300 })
+        assert.are.equal(0, rc, out)
+        local pc = proc.read(prefix .. "/lib/pkgconfig/binduq.pc")
+        assert.truthy(pc, "no binduq.pc installed")
+        local v = proc.read("src/binduq.h"):match('#define BQ_VERSION_STRING "([^"]+)"')
+        assert.truthy(pc:find("\nVersion: " .. v .. "\n", 1, true), pc)
+        assert.truthy(pc:find("\nprefix=" .. prefix .. "\n", 1, true), pc)
+        local env = "PKG_CONFIG_PATH=" .. q(prefix .. "/lib/pkgconfig")
+        local flags = proc.sh(env .. " pkg-config --cflags --libs binduq")
+        assert.truthy(flags:find("-lbinduq", 1, true), flags)
+        local static = proc.sh(env .. " pkg-config --static --libs binduq")
+        for _, l in ipairs({ "-lbinduq", "-lhiredis", "-lpthread", "-lm", "-ldl" }) do
+            assert.truthy(static:find(l, 1, true), static)
+        end
+        local exe = proc.tmpdir() .. "/schedule_c"
+        rc, out = proc.run("sh -c " .. q(("cc -std=c11 -Wall -Wextra -Werror -o %s examples/schedule.c "
+                                         .. "$(%s pkg-config --cflags --libs binduq)"):format(q(exe), env)),
+                           { timeout = 120 })
+        assert.are.equal(0, rc, out)
+        rc, out = proc.run("env -u REDIS_URL LD_LIBRARY_PATH=" .. q(prefix .. "/lib") .. " " .. q(exe) .. " 2 pc",
+                           { timeout = 30 })
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("scheduled 2 tasks; queue length 2", 1, true), out)
+        proc.sh("rm -rf " .. q(prefix) .. " " .. q(exe))
+    end)
+
     it("installs every Lua module of lua/binduq with the rock", function()
         local rockspec = proc.read(proc.sh("ls binduq-*.rockspec"))
         for f in proc.sh("ls lua/binduq/*.lua"):gmatch("[^\n]+") do
