@@ -107,20 +107,30 @@ local function unknown_command(word)
              .. "or the path of a Lua script to run" }
 end
 
--- A small parser: --flag value, --switch, and positional words.
+-- The name of option `name` as typed ("task_id" -> "--task-id").
+local function flag(name)
+    return "--" .. name:gsub("_", "-")
+end
+
+-- A small parser: --flag value, --switch, and positional words. `known` is the command's
+-- set of options: an option not in it is refused here, before it can take a value.
 local SWITCHES = { json = true, all = true, help = true, yes = true }
-local function parse(args)
+local function parse(args, known)
     local opts, pos = {}, {}
     local i = 1
     while i <= #args do
         local a = args[i]
-        local name = a:match("^%-%-([%w%-]+)$")
+        local name = a:match("^%-%-([%w%-_]+)$")
         if name then
             name = name:gsub("%-", "_")
+            if not known[name] then
+                local near = config.nearest(name, known)
+                error({ usage = "unknown option '" .. a .. "'" .. (near and (" (did you mean '" .. flag(near) .. "'?)") or "") })
+            end
             if SWITCHES[name] then
                 opts[name] = true
             else
-                if args[i + 1] == nil then error({ usage = "option --" .. name:gsub("_", "-") .. " needs a value" }) end
+                if args[i + 1] == nil then error({ usage = "option " .. flag(name) .. " needs a value" }) end
                 opts[name] = (name == "queue" and opts.queue) and (opts.queue .. "," .. args[i + 1])
                              or args[i + 1]
                 i = i + 1
@@ -566,7 +576,7 @@ function admin.queue(s, opts, pos)
         return out(opts, { purged = total, queue = q }, ("purged %d waiting operation%s from %s"):format(total,
             total == 1 and "" or "s", q))
     end
-    error({ usage = "unknown subcommand '" .. tostring(pos[1]) .. "'" })
+    error({ usage = "unknown subcommand '" .. tostring(pos[1]) .. "'" .. config.did_you_mean(pos[1], { "peek", "purge" }) })
 end
 
 -- One refresh of top --json: {"time":ISO, "queues":[{queue, ready, delayed, inflight, dead,
@@ -676,16 +686,23 @@ function M.main(args)
         return 2
     end
     local ok, res = pcall(function()
-        local opts, pos = parse({ table.unpack(args, 2) })
-        for k in pairs(opts) do
-            if not KNOWN[cmd][k] then error({ usage = "unknown option '--" .. k:gsub("_", "-") .. "'" }) end
-        end
+        local opts, pos = parse({ table.unpack(args, 2) }, KNOWN[cmd])
         local nosub = cmd == "stats" or cmd == "workers" or cmd == "top"
         if opts.help or (#pos == 0 and not nosub) then
             io.stdout:write(USAGE[cmd]) -- ours, several lines
             return opts.help and 0 or 2
         end
         if nosub and #pos > 0 then error({ usage = "unexpected argument '" .. pos[1] .. "'" }) end
+        local SUBS = { dlq = { "list", "show", "requeue", "purge" }, task = { "show", "list" },
+                       queue = { "peek", "purge" } }
+        -- A subcommand is checked before anything is opened: a typo is a usage error.
+        if SUBS[cmd] then
+            local okw = false
+            for _, w in ipairs(SUBS[cmd]) do okw = okw or w == pos[1] end
+            if not okw then
+                error({ usage = "unknown subcommand '" .. pos[1] .. "'" .. config.did_you_mean(pos[1], SUBS[cmd]) })
+            end
+        end
         -- Admin commands read Redis only: no task storage is opened (memory, unused).
         local NO_STORE = { type = "memory" }
         if admin[cmd] then
@@ -701,14 +718,19 @@ function M.main(args)
         end
         if cmd == "task" then
             local sub = task[pos[1]]
-            if not sub then error({ usage = "unknown subcommand '" .. pos[1] .. "'" }) end
+            if not sub then
+                error({ usage = "unknown subcommand '" .. pos[1] .. "'" .. config.did_you_mean(pos[1], { "show", "list" }) })
+            end
             local st = open_storage(opts)
             sub(st, opts, pos)
             st:close()
             return 0
         end
         local sub = dlq[pos[1]]
-        if not sub then error({ usage = "unknown subcommand '" .. pos[1] .. "'" }) end
+        if not sub then
+            error({ usage = "unknown subcommand '" .. pos[1] .. "'"
+                            .. config.did_you_mean(pos[1], { "list", "show", "requeue", "purge" }) })
+        end
         local section = { url = opts.url, queue_name = opts.queue }
         local okc, s = pcall(scheduler.new, section, nil, NO_STORE)
         if not okc then error({ fail = tostring(s) }) end

@@ -64,6 +64,23 @@ describe("binduq-lua", function()
         assert.are.equal("script dql ran\n", out)
     end)
 
+    it("names the nearest subcommand or option of a command, before connecting to anything", function()
+        for _, c in ipairs({
+            { "dlq lsit", "binduq-lua dlq: unknown subcommand 'lsit' (did you mean 'list'?)" },
+            { "task shwo", "binduq-lua task: unknown subcommand 'shwo' (did you mean 'show'?)" },
+            { "queue peak", "binduq-lua queue: unknown subcommand 'peak' (did you mean 'peek'?)" },
+            { "stats --jsn", "binduq-lua stats: unknown option '--jsn' (did you mean '--json'?)" },
+            { "top --jsn", "binduq-lua top: unknown option '--jsn' (did you mean '--json'?)" },
+            { "dlq list --taskid x", "binduq-lua dlq: unknown option '--taskid' (did you mean '--task-id'?)" },
+            { "stats --frobnicate 3", "binduq-lua stats: unknown option '--frobnicate'\n" },
+        }) do
+            local rc, out = run(c[1])
+            assert.are.equal(2, rc, out)
+            assert.truthy(out:find(c[2], 1, true), out)
+            assert.falsy(out:find("no Redis to inspect", 1, true), out) -- refused before opening Redis
+        end
+    end)
+
     it("rejects an unknown option and a missing script", function()
         local rc, out = run("--frobnicate")
         assert.are.equal(1, rc)
