@@ -47,7 +47,7 @@ static void usage(FILE *f)
             "Options:\n"
             "  -e stat  execute string 'stat'\n"
             "  -l mod   require library 'mod' into global 'mod'\n"
-            "  -v       show version information\n"
+            "  -v       show version information (also --version)\n"
             "  -h       show this help\n"
             "  --       stop handling options\n"
             "  -        execute stdin and stop handling options\n"
@@ -245,7 +245,7 @@ static int pmain(lua_State *L)
             }
             has_e |= a[1] == 'e';
             i++;
-        } else if (strcmp(a, "-v") == 0) {
+        } else if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
             has_v = 1;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage(stdout);
