@@ -125,7 +125,8 @@ local function parse(args, known)
             name = name:gsub("%-", "_")
             if not known[name] then
                 local near = config.nearest(name, known)
-                error({ usage = "unknown option '" .. a .. "'" .. (near and (" (did you mean '" .. flag(near) .. "'?)") or "") })
+                error({ usage = "unknown option '" .. a .. "'"
+                                .. (near and (" (did you mean '" .. flag(near) .. "'?)") or "") })
             end
             if SWITCHES[name] then
                 opts[name] = true
@@ -500,7 +501,8 @@ function admin.stats(s, opts)
     if opts.json then
         json_text('{"queues":' .. json.array(rows) .. "}")
     else
-        local lines = { ("%-32s %9s %9s %9s %9s %8s"):format("QUEUE", "READY", "DELAYED", "INFLIGHT", "DEAD", "WORKERS") }
+        local lines = { ("%-32s %9s %9s %9s %9s %8s"):format("QUEUE", "READY", "DELAYED", "INFLIGHT", "DEAD",
+                                                             "WORKERS") }
         for _, r in ipairs(rows) do
             lines[#lines + 1] = ("%-32s %9d %9d %9d %9d %8d"):format(short(r.queue, 32), r.ready, r.delayed, r.inflight,
                                                                   r.dead, r.workers)
@@ -576,7 +578,7 @@ function admin.queue(s, opts, pos)
         return out(opts, { purged = total, queue = q }, ("purged %d waiting operation%s from %s"):format(total,
             total == 1 and "" or "s", q))
     end
-    error({ usage = "unknown subcommand '" .. tostring(pos[1]) .. "'" .. config.did_you_mean(pos[1], { "peek", "purge" }) })
+    error({ usage = "unknown subcommand '" .. tostring(pos[1]) .. "'" })
 end
 
 -- One refresh of top --json: {"time":ISO, "queues":[{queue, ready, delayed, inflight, dead,
@@ -718,19 +720,14 @@ function M.main(args)
         end
         if cmd == "task" then
             local sub = task[pos[1]]
-            if not sub then
-                error({ usage = "unknown subcommand '" .. pos[1] .. "'" .. config.did_you_mean(pos[1], { "show", "list" }) })
-            end
+            if not sub then error({ usage = "unknown subcommand '" .. pos[1] .. "'" }) end
             local st = open_storage(opts)
             sub(st, opts, pos)
             st:close()
             return 0
         end
         local sub = dlq[pos[1]]
-        if not sub then
-            error({ usage = "unknown subcommand '" .. pos[1] .. "'"
-                            .. config.did_you_mean(pos[1], { "list", "show", "requeue", "purge" }) })
-        end
+        if not sub then error({ usage = "unknown subcommand '" .. pos[1] .. "'" }) end
         local section = { url = opts.url, queue_name = opts.queue }
         local okc, s = pcall(scheduler.new, section, nil, NO_STORE)
         if not okc then error({ fail = tostring(s) }) end

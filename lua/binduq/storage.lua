@@ -66,7 +66,8 @@ function M.section(s, level)
         local did = core.env("POSTGRES_DID") or core.env("DID")
         if did then schema = M.did_schema(did, level) end
     end
-    return { type = ty, url = url, url_name = url and url_name or nil, schema = schema, layout = ty == "postgres" and layout or nil,
+    return { type = ty, url = url, url_name = url and url_name or nil, schema = schema,
+             layout = ty == "postgres" and layout or nil,
              max_connections = s.max_connections,
              connect_timeout = s.connect_timeout, max_tasks = ty == "memory" and s.max_tasks or nil }
 end

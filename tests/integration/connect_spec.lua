@@ -145,7 +145,9 @@ describe("#redis a Redis that requires a password", function()
         -- the right password starts it
         local w = proc.spawn("build/binduq-lua tests/integration/fixtures/test_worker.lua",
                              { env = { REDIS_URL = url(PW), REDIS_QUEUE_NAME = "it:auth", BINDUQ_LOG_LEVEL = "info" } })
-        local started = proc.wait_for(function() return (proc.read(w.log) or ""):find("worker_started", 1, true) end, 20)
+        local started = proc.wait_for(function()
+            return (proc.read(w.log) or ""):find("worker_started", 1, true)
+        end, 20)
         local log = proc.read(w.log)
         assert.are.equal(0, proc.stop(w, 10))
         assert.truthy(started, log)

@@ -266,11 +266,12 @@ describe("configuration", function()
         local proc = require("helpers.proc")
         local SUPPORTED = "unsupported scheme 'mysql' (supported: postgresql://, postgres:// or postgresql+driver://"
         local cases = {
-            { "DATABASE_URL=mysql://u:hunter2@h/db", "build/binduq-lua -e 'require(\"binduq\").scheduler{type=\"memory\"}'",
-              "storage: DATABASE_URL: " },
+            { "DATABASE_URL=mysql://u:hunter2@h/db",
+              "build/binduq-lua -e 'require(\"binduq\").scheduler{type=\"memory\"}'", "storage: DATABASE_URL: " },
             { "POSTGRES_URL=mysql://u:hunter2@h/db", "build/binduq-lua task list", "binduq-lua task: POSTGRES_URL: " },
             { "DATABASE_URL=mysql://u:hunter2@h/db", "build/binduq-lua task list", "binduq-lua task: DATABASE_URL: " },
-            { "", "build/binduq-lua task list --database-url mysql://u:hunter2@h/db", "binduq-lua task: --database-url: " },
+            { "", "build/binduq-lua task list --database-url mysql://u:hunter2@h/db",
+              "binduq-lua task: --database-url: " },
         }
         for _, c in ipairs(cases) do
             local rc, out = proc.run("env -u DATABASE_URL -u POSTGRES_URL -u STORAGE_TYPE " .. c[1] .. " " .. c[2],
