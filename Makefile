@@ -10,7 +10,7 @@
 #   make bench-peers   binduq beside BullMQ, bee-queue and redis-py (optional; npm, Debian)
 #   make fuzz          the libFuzzer targets (clang, ASan+UBSan) in build/fuzz/; tests/fuzz/run
 #                      runs each on its corpus for FUZZ_SECONDS (default 20)
-#   make install       PREFIX=/usr/local DESTDIR=
+#   make install       PREFIX=/usr/local DESTDIR=   (with lib/pkgconfig/binduq.pc for PREFIX)
 #
 # Knobs: CC, CXX, CFLAGS, LDFLAGS, PREFIX, DESTDIR, LUA_INCDIR, LUA_LIB, WERROR=1, SANITIZER=.
 
@@ -23,6 +23,7 @@ LUA_LIB   ?= -llua5.4
 WERROR    ?= 1
 SANITIZER ?=
 BUILD     ?= build
+VERSION   := $(shell sed -n 's/^\#define BQ_VERSION_STRING "\(.*\)"/\1/p' src/binduq.h)
 
 WARN = -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
        -Wwrite-strings -Wformat=2 -Wundef
@@ -224,10 +225,14 @@ install: all
 	install -m 644 src/binduq.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 $(BUILD)/binduq/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/binduq/
 	install -m 644 lua/binduq/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq/
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' binduq.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/binduq.pc
+	chmod 644 $(DESTDIR)$(PREFIX)/lib/pkgconfig/binduq.pc
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/binduq-lua $(DESTDIR)$(PREFIX)/lib/libbinduq.* \
-	    $(DESTDIR)$(PREFIX)/include/binduq.h
+	    $(DESTDIR)$(PREFIX)/include/binduq.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/binduq.pc
 	rm -rf $(DESTDIR)$(PREFIX)/lib/lua/5.4/binduq $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq
 
 clean:

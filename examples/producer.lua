@@ -15,10 +15,9 @@ end
 local text = arg[2]
 local prefix = arg[3] or bq.uuid()
 
+-- Without REDIS_URL this is the in-memory scheduler, and binduq warns (once) that no worker
+-- of this process will take the tasks.
 local s = bq.scheduler()
-if s.backend == "memory" then
-    io.stderr:write("producer.lua: no REDIS_URL: these tasks go to this process's memory and end with it\n")
-end
 
 local sent, batch = 0, {}
 local function flush()

@@ -1,7 +1,8 @@
 /*
  * schedule.c -- scheduling tasks from C through libbinduq's one public header.
  *
- *   cc -o schedule_c examples/schedule.c -lbinduq -lhiredis -lpthread -lm -ldl
+ *   cc -o schedule_c examples/schedule.c $(pkg-config --cflags --libs binduq)
+ *   (or: -lbinduq -lhiredis -lpthread -lm -ldl when binduq is installed under /usr/local)
  *   REDIS_URL=redis://127.0.0.1:6379/0 ./schedule_c [count] [prefix]
  *
  * Schedules `count` run tasks (default 3) with ids "<prefix>-<n>" and prints the queue length.

@@ -10,7 +10,7 @@
 --   binduq-lua workers [--queue NAME] [--json]         live workers: lease left, tasks in flight
 --   binduq-lua queue peek [--limit N] [--json]         the next operations to be taken
 --   binduq-lua queue purge --yes [--json]              delete the waiting operations
---   binduq-lua top [--queue NAME ...] [--interval S] [--count N]   a live view (q to quit)
+--   binduq-lua top [--queue NAME ...] [--interval S] [--count N] [--json]   a live view (q to quit)
 --   binduq-lua task show ID [--json]
 --   binduq-lua task list [--state STATE] [--context ID] [--limit N] [--json]
 --     common: --database-url URL (default DATABASE_URL)  --schema NAME (default binduq)
@@ -29,6 +29,7 @@
 -- of invalid UTF-8 as \ufffd, so it is valid JSON and as safe to print.
 
 local core = require("binduq.core")
+local config = require("binduq.config")
 local json = require("binduq.json")
 local scheduler = require("binduq.scheduler")
 local storage_mod = require("binduq.storage")
@@ -68,11 +69,13 @@ usage: binduq-lua queue <peek|purge> [options]
 Options: --url URL  --queue NAME  --json  --help
 ]],
     top = [[
-usage: binduq-lua top [--queue NAME ...] [--interval SECONDS] [--count N]
+usage: binduq-lua top [--queue NAME ...] [--interval SECONDS] [--count N] [--json]
   A live view of queues and workers, redrawn every interval (default 1 s) until q, Ctrl-C,
   or N redraws. Rates are per second between two redraws (taken: the fall of ready plus in
   flight plus what was pushed cannot be known; "net" is the change of ready).
-Options: --url URL  --queue NAME  --help
+  --json: no screen; one JSON document per line per refresh, and by default one only (a
+  snapshot: queues with net_per_s null, and workers); --count N for N of them.
+Options: --url URL  --queue NAME  --json  --help
 ]],
     task = [[
 usage: binduq-lua task <show|list> [options]
@@ -85,22 +88,50 @@ Options: --database-url URL (default $DATABASE_URL)  --schema NAME (default bind
 ]],
 }
 
-M.COMMANDS = { dlq = true, task = true, stats = true, workers = true, queue = true, top = true }
+-- The commands, in the order `binduq-lua --help` and the unknown-command message list them.
+-- binduq-lua (src/host/main.c) runs a first argument found here as a command.
+M.ORDER = { "dlq", "stats", "workers", "queue", "top", "task" }
+M.COMMANDS = {}
+for _, c in ipairs(M.ORDER) do M.COMMANDS[c] = true end
 
--- A small parser: --flag value, --switch, and positional words.
+--- The command nearest to `word` (a typo), or nil.
+function M.nearest(word)
+    return config.nearest(word, M.ORDER)
+end
+
+-- The lines for a first argument that is neither a command nor a file.
+local function unknown_command(word)
+    local near = M.nearest(word)
+    return { ("binduq-lua: unknown command '%s'%s"):format(word, near and (" (did you mean '" .. near .. "'?)") or ""),
+             "commands: " .. table.concat(M.ORDER, ", ") .. " (binduq-lua COMMAND --help), "
+             .. "or the path of a Lua script to run" }
+end
+
+-- The name of option `name` as typed ("task_id" -> "--task-id").
+local function flag(name)
+    return "--" .. name:gsub("_", "-")
+end
+
+-- A small parser: --flag value, --switch, and positional words. `known` is the command's
+-- set of options: an option not in it is refused here, before it can take a value.
 local SWITCHES = { json = true, all = true, help = true, yes = true }
-local function parse(args)
+local function parse(args, known)
     local opts, pos = {}, {}
     local i = 1
     while i <= #args do
         local a = args[i]
-        local name = a:match("^%-%-([%w%-]+)$")
+        local name = a:match("^%-%-([%w%-_]+)$")
         if name then
             name = name:gsub("%-", "_")
+            if not known[name] then
+                local near = config.nearest(name, known)
+                error({ usage = "unknown option '" .. a .. "'"
+                                .. (near and (" (did you mean '" .. flag(near) .. "'?)") or "") })
+            end
             if SWITCHES[name] then
                 opts[name] = true
             else
-                if args[i + 1] == nil then error({ usage = "option --" .. name:gsub("_", "-") .. " needs a value" }) end
+                if args[i + 1] == nil then error({ usage = "option " .. flag(name) .. " needs a value" }) end
                 opts[name] = (name == "queue" and opts.queue) and (opts.queue .. "," .. args[i + 1])
                              or args[i + 1]
                 i = i + 1
@@ -123,7 +154,7 @@ local KNOWN = {
     stats = { url = true, queue = true, json = true, help = true },
     workers = { url = true, queue = true, json = true, help = true },
     queue = { url = true, queue = true, json = true, help = true, limit = true, yes = true },
-    top = { url = true, queue = true, help = true, interval = true, count = true },
+    top = { url = true, queue = true, help = true, interval = true, count = true, json = true },
 }
 
 local function filter_of(opts)
@@ -243,8 +274,9 @@ function dlq.show(s, opts, pos)
             tostring(e.error.message), tostring(e.error.retryable))
         if e.error.traceback then body_lines(lines, e.error.traceback) end
     end
-    lines[#lines + 1] = e.truncated and ("message:  (its first %d bytes of %s; it cannot be requeued)")
-                                          :format(#(e.message or ""), tostring(math.tointeger(e.size) or e.size)) or "message:"
+    lines[#lines + 1] = e.truncated and ("message:  (its first %d byte%s of %s; it cannot be requeued)")
+                                          :format(#(e.message or ""), #(e.message or "") == 1 and "" or "s",
+                                                  tostring(math.tointeger(e.size) or e.size)) or "message:"
     body_lines(lines, e.message or "")
     out(opts, nil, lines)
 end
@@ -291,6 +323,15 @@ local function iso(t)
     return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t)) .. ("%.3fZ"):format(t % 1):sub(2)
 end
 
+-- The time fields of a task as --json prints them: ISO 8601 in UTC, as the text does.
+local TIME_FIELDS = { "created_at", "updated_at", "state_at" }
+local function iso_times(t)
+    for _, k in ipairs(TIME_FIELDS) do
+        if type(t[k]) == "number" then t[k] = iso(t[k]) end
+    end
+    return t
+end
+
 local function text_of(m)
     if type(m) ~= "table" then return tostring(m) end
     if type(m.content) == "string" then return m.content end
@@ -310,6 +351,7 @@ function task.show(st, opts, pos)
     if opts.json then
         local h, a = json.array(t.history), json.array(t.artifacts)
         t.history, t.artifacts = nil, nil
+        iso_times(t)
         local head = json.encode_strict(t)
         json_text(head:sub(1, -2) .. (head == "{}" and "" or ",") .. '"history":' .. h .. ',"artifacts":' .. a .. "}")
         return
@@ -348,9 +390,9 @@ function task.list(st, opts)
     if opts.json then
         local items = {}
         for i, t in ipairs(list) do
-            items[i] = { task_id = t.task_id, state = t.state, context_id = t.context_id, attempts = t.attempts,
-                         worker = t.worker, queue = t.queue, created_at = t.created_at, updated_at = t.updated_at,
-                         messages = #t.history }
+            items[i] = iso_times{ task_id = t.task_id, state = t.state, context_id = t.context_id,
+                                  attempts = t.attempts, worker = t.worker, queue = t.queue, created_at = t.created_at,
+                                  updated_at = t.updated_at, state_at = t.state_at, messages = #t.history }
         end
         json_text('{"tasks":' .. json.array(items) .. "}")
         return
@@ -408,22 +450,75 @@ local function queue_stats(c, q, detail)
     return st, list
 end
 
+-- Whether any key of queue q exists: the list, or its delayed set, dead letters, worker
+-- records or bell (one EXISTS: all share q's hash slot).
+local SEEN_SUFFIXES = { "delayed", "dlq", "workers", "bell" }
+local function seen(c, q)
+    local args = { q, "EXISTS", q }
+    for _, suffix in ipairs(SEEN_SUFFIXES) do args[#args + 1] = derived(q, suffix) end
+    return must(c:command(table.unpack(args))) > 0
+end
+
+-- The queues with keys in this Redis, found by one bounded SCAN (at most 10,000 keys looked
+-- at, the node of `q` only): a list of names, and whether the scan was cut short.
+local function known_queues(c, q)
+    local found, list, cursor, looked = {}, {}, "0", 0
+    repeat
+        local r = must(c:command(q, "SCAN", cursor, "COUNT", "1000"))
+        cursor = r[1]
+        for _, k in ipairs(r[2]) do
+            for _, suffix in ipairs(SEEN_SUFFIXES) do
+                local name = k:sub(-#suffix - 1) == ":" .. suffix and k:sub(1, -#suffix - 2) or nil
+                if name then
+                    name = name:match("^{([^}]+)}$") or name -- {Q}:suffix is the key of queue Q
+                    if not found[name] then
+                        found[name] = true
+                        list[#list + 1] = name
+                    end
+                end
+            end
+        end
+        looked = looked + #r[2]
+    until cursor == "0" or looked >= 10000
+    table.sort(list)
+    return list, cursor ~= "0"
+end
+
 local admin = {}
 
 function admin.stats(s, opts)
     local c = s.client
-    local rows = {}
-    for _, q in ipairs(queues_of(opts, s)) do rows[#rows + 1] = (queue_stats(c, q)) end
+    local rows, unseen = {}, {}
+    for _, q in ipairs(queues_of(opts, s)) do
+        local r = queue_stats(c, q)
+        r.seen = seen(c, q)
+        if not r.seen then unseen[#unseen + 1] = q end
+        rows[#rows + 1] = r
+    end
     if opts.json then
         json_text('{"queues":' .. json.array(rows) .. "}")
-        return
+    else
+        local lines = { ("%-32s %9s %9s %9s %9s %8s"):format("QUEUE", "READY", "DELAYED", "INFLIGHT", "DEAD",
+                                                             "WORKERS") }
+        for _, r in ipairs(rows) do
+            lines[#lines + 1] = ("%-32s %9d %9d %9d %9d %8d"):format(short(r.queue, 32), r.ready, r.delayed, r.inflight,
+                                                                  r.dead, r.workers)
+        end
+        out(opts, nil, lines)
     end
-    local lines = { ("%-32s %9s %9s %9s %9s %8s"):format("QUEUE", "READY", "DELAYED", "INFLIGHT", "DEAD", "WORKERS") }
-    for _, r in ipairs(rows) do
-        lines[#lines + 1] = ("%-32s %9d %9d %9d %9d %8d"):format(short(r.queue, 32), r.ready, r.delayed, r.inflight,
-                                                              r.dead, r.workers)
+    -- A queue with no key at all is most likely a typo: say so, on stderr, with the queues
+    -- that do exist.
+    if #unseen > 0 then
+        local known, partial = known_queues(c, unseen[1])
+        local msg = {}
+        for _, q in ipairs(unseen) do
+            msg[#msg + 1] = ("binduq-lua stats: no queue '%s' has been seen here (no keys exist for it)"):format(q)
+        end
+        msg[#msg + 1] = #known == 0 and "no queue has any key in this Redis"
+                        or ("queues with keys%s: %s"):format(partial and " (of the first 10,000 keys)" or "",
+                                                             table.concat(known, ", "))
+        write_lines(msg, io.stderr)
     end
-    out(opts, nil, lines)
 end
 
 function admin.workers(s, opts)
@@ -483,13 +578,31 @@ function admin.queue(s, opts, pos)
     error({ usage = "unknown subcommand '" .. tostring(pos[1]) .. "'" })
 end
 
+-- One refresh of top --json: {"time":ISO, "queues":[{queue, ready, delayed, inflight, dead,
+-- workers, net_per_s}], "workers":[{id, queue, lease_left, inflight, current}]} on one line.
+local function top_json(rows, workers, t)
+    local qs = {}
+    for i, r in ipairs(rows) do
+        qs[i] = '{"queue":' .. json.encode_strict(r.queue) .. (',"ready":%d,"delayed":%d,"inflight":%d,"dead":%d,'
+                .. '"workers":%d,"net_per_s":%s}'):format(r.ready, r.delayed, r.inflight, r.dead, r.workers,
+                                                         r.net and ("%.3f"):format(r.net) or "null")
+    end
+    json_text('{"time":' .. json.encode_strict(iso(t)) .. ',"queues":[' .. table.concat(qs, ",") .. '],"workers":'
+              .. json.array(workers) .. "}")
+end
+
 function admin.top(s, opts)
     local interval = tonumber(opts.interval or 1)
     local count = opts.count and tonumber(opts.count)
     if not interval or interval <= 0 then error({ usage = "--interval must be a positive number of seconds" }) end
+    if opts.count and (not count or count < 1 or count ~= math.floor(count)) then
+        error({ usage = "--count must be a positive whole number" })
+    end
+    -- --json is for scripts: a snapshot unless --count asks for more.
+    if opts.json and not count then count = 1 end
     local qs = queues_of(opts, s)
     local prev, prev_t = {}, nil
-    local tty = os.getenv("TERM") and os.getenv("TERM") ~= "dumb"
+    local tty = not opts.json and os.getenv("TERM") and os.getenv("TERM") ~= "dumb"
     -- Non-blocking keyboard: 'q' quits (stty when stdin is a terminal).
     local raw = tty and os.execute("stty -icanon -echo min 0 time 0 2>/dev/null") == true
     local ok, err = pcall(function()
@@ -499,17 +612,29 @@ function admin.top(s, opts)
             local lines = { ("binduq top  %s  (every %gs, q to quit)"):format(os.date("!%H:%M:%S"), interval), "",
                             ("%-32s %9s %9s %9s %9s %8s %9s"):format("QUEUE", "READY", "DELAYED", "INFLIGHT", "DEAD",
                                                                     "WORKERS", "NET/S") }
-            local workers = {}
+            local workers, rows = {}, {}
             for _, q in ipairs(qs) do
                 local st, list = queue_stats(s.client, q, true)
                 local rate = "-"
-                if prev[q] and prev_t then rate = ("%+.1f"):format((st.ready - prev[q]) / (t - prev_t)) end
+                if prev[q] and prev_t then
+                    st.net = (st.ready - prev[q]) / (t - prev_t)
+                    rate = ("%+.1f"):format(st.net)
+                end
                 prev[q] = st.ready
+                rows[#rows + 1] = st
                 lines[#lines + 1] = ("%-32s %9d %9d %9d %9d %8d %9s"):format(short(q, 32), st.ready, st.delayed,
                                                                            st.inflight, st.dead, st.workers, rate)
                 for _, w in ipairs(list) do w.queue = q; workers[#workers + 1] = w end
             end
             prev_t = t
+            if opts.json then
+                top_json(rows, workers, core.now())
+                io.stdout:flush()
+                frames = frames + 1
+                if frames >= count then return end
+                core.sleep(math.max(0, t + interval - core.monotonic()))
+                goto continue
+            end
             lines[#lines + 1] = ""
             lines[#lines + 1] = ("%-36s %-20s %10s %9s  %s"):format("WORKER", "QUEUE", "LEASE", "INFLIGHT", "CURRENT TASK")
             for _, w in ipairs(workers) do
@@ -529,6 +654,7 @@ function admin.top(s, opts)
                     if k == "q" or k == "Q" then return end
                 end
             end
+            ::continue::
         end
     end)
     if raw then os.execute("stty sane 2>/dev/null") end
@@ -543,6 +669,8 @@ local function open_storage(opts)
     end
     local okc, section = pcall(storage_mod.section, { type = "postgres", url = url, schema = opts.schema })
     if not okc then error({ fail = tostring(section) }) end
+    section.url_name = opts.database_url and "--database-url"
+                       or (core.env("DATABASE_URL") and "DATABASE_URL" or "POSTGRES_URL")
     local st, err = storage_mod.open(section)
     if not st then error({ fail = tostring(err) }) end
     return st
@@ -551,17 +679,28 @@ end
 --- Runs a command; returns the exit status.
 function M.main(args)
     local cmd = args[1]
+    if not M.COMMANDS[cmd] then
+        write_lines(unknown_command(tostring(cmd)), io.stderr)
+        return 2
+    end
     local ok, res = pcall(function()
-        local opts, pos = parse({ table.unpack(args, 2) })
-        for k in pairs(opts) do
-            if not KNOWN[cmd][k] then error({ usage = "unknown option '--" .. k:gsub("_", "-") .. "'" }) end
-        end
+        local opts, pos = parse({ table.unpack(args, 2) }, KNOWN[cmd])
         local nosub = cmd == "stats" or cmd == "workers" or cmd == "top"
         if opts.help or (#pos == 0 and not nosub) then
             io.stdout:write(USAGE[cmd]) -- ours, several lines
             return opts.help and 0 or 2
         end
         if nosub and #pos > 0 then error({ usage = "unexpected argument '" .. pos[1] .. "'" }) end
+        local SUBS = { dlq = { "list", "show", "requeue", "purge" }, task = { "show", "list" },
+                       queue = { "peek", "purge" } }
+        -- A subcommand is checked before anything is opened: a typo is a usage error.
+        if SUBS[cmd] then
+            local okw = false
+            for _, w in ipairs(SUBS[cmd]) do okw = okw or w == pos[1] end
+            if not okw then
+                error({ usage = "unknown subcommand '" .. pos[1] .. "'" .. config.did_you_mean(pos[1], SUBS[cmd]) })
+            end
+        end
         -- Admin commands read Redis only: no task storage is opened (memory, unused).
         local NO_STORE = { type = "memory" }
         if admin[cmd] then

@@ -39,6 +39,59 @@ M.WORKER_KEYS = {
 -- can be passed as is.
 M.BINDU_KEYS = { author = true, name = true, description = true, deployment = true, skills = true }
 
+-- The edit distance of a and b, a swap of two neighbours counting as one edit ("dql" is one
+-- edit from "dlq").
+local function distance(a, b)
+    local d = {}
+    for i = 0, #a do d[i] = { [0] = i } end
+    for j = 0, #b do d[0][j] = j end
+    for i = 1, #a do
+        for j = 1, #b do
+            local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
+            d[i][j] = math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a:sub(i, i) == b:sub(j - 1, j - 1) and a:sub(i - 1, i - 1) == b:sub(j, j) then
+                d[i][j] = math.min(d[i][j], d[i - 2][j - 2] + 1)
+            end
+        end
+    end
+    return d[#a][#b]
+end
+
+--- The candidate nearest to `word` (at most two edits, and fewer than its length), or nil.
+-- `candidates` is a list of names, or a table whose string keys are the names.
+function M.nearest(word, candidates)
+    if type(word) ~= "string" then return nil end
+    local names = {}
+    if candidates[1] ~= nil then
+        names = candidates
+    else
+        for k in pairs(candidates) do
+            if type(k) == "string" then names[#names + 1] = k end
+        end
+        table.sort(names) -- the same answer on every run
+    end
+    local best, bd
+    for _, c in ipairs(names) do
+        local d = distance(word:lower(), c)
+        if d <= 2 and d < #word and (not bd or d < bd) then best, bd = c, d end
+    end
+    if best then return best end
+    -- A shortened name ("queue" for "queue_name"): the one candidate it begins.
+    for _, c in ipairs(names) do
+        if #word >= 3 and c:sub(1, #word + 1) == word:lower() .. "_" then
+            if best then return nil end
+            best = c
+        end
+    end
+    return best
+end
+
+--- " (did you mean 'x'?)" for the nearest candidate, or "".
+function M.did_you_mean(word, candidates)
+    local near = M.nearest(word, candidates)
+    return near and (" (did you mean '" .. near .. "'?)") or ""
+end
+
 --- Checks t against the key -> type map; raises at `level` naming the first bad key.
 function M.check(t, keys, what, level)
     level = (level or 1) + 1
@@ -47,7 +100,7 @@ function M.check(t, keys, what, level)
     for k, v in pairs(t) do
         local want = keys[k]
         if want == nil and not (what == "options" and M.BINDU_KEYS[k]) then
-            error("unknown " .. what .. " key '" .. tostring(k) .. "'", level)
+            error("unknown " .. what .. " key '" .. tostring(k) .. "'" .. M.did_you_mean(k, keys), level)
         end
         if want ~= nil and type(v) ~= want and not ("|" .. want .. "|"):find("|" .. type(v) .. "|", 1, true) then
             error(what .. " key '" .. k .. "' must be a " .. want:gsub("|", " or ") .. " (got " .. type(v) .. ")", level)
@@ -65,7 +118,7 @@ function M.scheduler_section(opts, level)
     if opts.scheduler ~= nil or opts.storage ~= nil then
         for k in pairs(opts) do
             if k ~= "scheduler" and k ~= "storage" and not M.BINDU_KEYS[k] and not M.WORKER_KEYS[k] then
-                error("unknown options key '" .. tostring(k) .. "'", level)
+                error("unknown options key '" .. tostring(k) .. "'" .. M.did_you_mean(k, M.WORKER_KEYS), level)
             end
         end
         M.check_storage(opts.storage, level)

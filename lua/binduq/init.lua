@@ -36,15 +36,12 @@ function M.fail(t)
 end
 
 --- Logs an event: bq.log("info", "event_name", {key = value}).
-function M.log(level, event, fields)
-    core.log(level, event, fields)
-end
+-- (The C functions themselves: a bad argument is reported at the caller's line.)
+M.log = core.log
 
 --- Sets the log level ("debug", "info", "warn", "error", "off") and/or format ("text",
 -- "json"), overriding BINDUQ_LOG_LEVEL and BINDUQ_LOG_FORMAT.
-function M.log_configure(t)
-    core.log_configure(t)
-end
+M.log_configure = core.log_configure
 
 M.uuid = core.uuid4
 M.now = core.now

@@ -27,7 +27,8 @@ function M.default(opts)
         end
         if attempt >= limit then
             return { dead_letter = true,
-                     reason = ("failed %d times (max_attempts %d): %s"):format(attempt, limit, err.message) }
+                     reason = ("failed %d time%s (max_attempts %d): %s"):format(attempt, attempt == 1 and "" or "s",
+                                                                               limit, err.message) }
         end
         return { retry = core.backoff(attempt - 1, base, cap, "full") }
     end

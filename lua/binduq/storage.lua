@@ -18,7 +18,9 @@ local M = {}
 -- The database URL of the environment: DATABASE_URL, else Bindu's other name for it,
 -- POSTGRES_URL (both in any case, as Bindu's settings read them).
 local function env_url()
-    return core.env("DATABASE_URL") or core.env("POSTGRES_URL")
+    if core.env("DATABASE_URL") then return core.env("DATABASE_URL"), "DATABASE_URL" end
+    if core.env("POSTGRES_URL") then return core.env("POSTGRES_URL"), "POSTGRES_URL" end
+    return nil
 end
 
 --- Resolves a storage section against DATABASE_URL (and Bindu's STORAGE_TYPE) and the
@@ -28,6 +30,7 @@ function M.section(s, level)
     config.check_storage(s, level)
     s = s or {}
     local url = s.url
+    local url_name = url and "storage.url" -- where the URL came from, for its errors
     local ty = s.type
     if ty == nil and s.url == nil and core.env("STORAGE_TYPE") then
         ty = core.env("STORAGE_TYPE"):lower()
@@ -36,12 +39,12 @@ function M.section(s, level)
         end
     end
     if ty == nil then
-        url = url or env_url()
+        if not url then url, url_name = env_url() end
         ty = url and "postgres" or "memory"
     end
     if ty == "postgresql" then ty = "postgres" end
     if ty == "postgres" then
-        url = url or env_url()
+        if not url then url, url_name = env_url() end
         if url == nil or url == "" then
             error("storage type \"postgres\" needs a url (storage.url or DATABASE_URL)", level)
         end
@@ -63,7 +66,8 @@ function M.section(s, level)
         local did = core.env("POSTGRES_DID") or core.env("DID")
         if did then schema = M.did_schema(did, level) end
     end
-    return { type = ty, url = url, schema = schema, layout = ty == "postgres" and layout or nil,
+    return { type = ty, url = url, url_name = url and url_name or nil, schema = schema,
+             layout = ty == "postgres" and layout or nil,
              max_connections = s.max_connections,
              connect_timeout = s.connect_timeout, max_tasks = ty == "memory" and s.max_tasks or nil }
 end

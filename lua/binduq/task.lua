@@ -25,6 +25,7 @@
 
 local core = require("binduq.core")
 local json = require("binduq.json")
+local config = require("binduq.config")
 
 local M = {}
 
@@ -386,6 +387,10 @@ local KNOWN = { type = true, task_id = true, conversation_id = true, messages = 
                 traceparent = "optional", timeout = "optional", max_attempts = "optional" }
 local TAIL_FIELDS = { "trace_id", "span_id", "traceparent", "timeout", "max_attempts" }
 
+local function unknown_field(k)
+    return "unknown field '" .. show(k) .. "' in task operation" .. config.did_you_mean(k, KNOWN)
+end
+
 --- Builds the native JSON of a task operation. Raises (level 2 from the caller's view) when
 -- `op` is invalid, naming the field. Returns the JSON text and the task_id.
 function M.encode(op, level)
@@ -400,6 +405,13 @@ function M.encode(op, level)
     ok, why = check_id("conversation_id", op.conversation_id, false)
     if not ok then error(why, level) end
     local msgs = op.messages
+    if msgs == nil and ty == "run" then
+        -- No messages, and a field nobody knows: most likely "messages" misspelt, which is
+        -- the better thing to say.
+        for k in pairs(op) do
+            if not KNOWN[k] then error(unknown_field(k), level) end
+        end
+    end
     local given = msgs
     if type(msgs) == "table" then
         -- Plain strings are user messages, for brevity.
@@ -451,7 +463,7 @@ function M.encode(op, level)
             error(wire.MAX_ATTEMPTS_RULE, level)
         end
     end
-    if unknown ~= nil then error("unknown field '" .. show(unknown) .. "' in task operation", level) end
+    if unknown ~= nil then error(unknown_field(unknown), level) end
     local conv = op.conversation_id
     local e = json.encode_strict
     -- What binduq writes itself (the type, a new conversation id, the timestamp) needs no

@@ -67,7 +67,8 @@ local function check_handlers(opts, level)
     if type(given) == "string" then given = handlers_module(given, level + 1) end
     for k, v in pairs(given or {}) do
         if not task_mod.TYPES[k] then
-            error("handlers: unknown operation '" .. tostring(k) .. "' (expected run, pause, resume, cancel)", level)
+            error("handlers: unknown operation '" .. tostring(k) .. "' (expected run, pause, resume, cancel)"
+                  .. config.did_you_mean(k, task_mod.TYPES), level)
         end
         if type(v) ~= "function" then error("handlers." .. k .. " must be a function", level) end
         handlers[k] = v
@@ -97,12 +98,13 @@ function M.new(opts, level)
         error("metrics_port must be a port number (0: any free port)", level)
     end
     -- Every duration: a finite number of seconds, at least `min`, at most 365 days.
+    -- (It raises one level further from the caller than new does.)
     local function duration(name, v, min)
         if v ~= nil then
             local why = core.duration_problem(v)
-            if why then error(name .. " " .. why .. " (got " .. tostring(v) .. ")", level) end
+            if why then error(name .. " " .. why .. " (got " .. tostring(v) .. ")", level + 1) end
             if v < (min or 0) then
-                error(name .. " must be at least " .. (min or 0) .. " (got " .. tostring(v) .. ")", level)
+                error(name .. " must be at least " .. (min or 0) .. " (got " .. tostring(v) .. ")", level + 1)
             end
         end
         return v
@@ -322,6 +324,7 @@ function Worker:_start(drain, level)
         engine:close()
         error(err, level)
     end
+    scheduler.worker_started()
     self.engine = engine
     if self.metrics_port then
         local bound, merr = core.metrics_serve(self.metrics_host, self.metrics_port)

@@ -142,6 +142,40 @@ static bq_status open_kind(const struct bq_broker_config *cfg, bq_broker **out, 
     return bq_broker_open_redis(cfg, out, err);
 }
 
+/* ---- Authentication errors ------------------------------------------------------------ */
+
+void bq_broker_explain_auth(const bq_broker *b, bq_err *err)
+{
+    if (b == NULL || err == NULL || err->code != BQ_EAUTH)
+        return;
+    const char *what;
+    if (strstr(err->msg, "NOAUTH") != NULL)
+        what = "authentication required: this Redis has a password and the URL gives none "
+               "(redis://[user]:PASSWORD@host:port/db)";
+    else if (strstr(err->msg, "WRONGPASS") != NULL || strstr(err->msg, "ERR invalid password")
+             || strstr(err->msg, "ERR AUTH") != NULL)
+        what = "authentication failed: Redis refused the user or password of the URL";
+    else if (strstr(err->msg, "NOPERM") != NULL)
+        what = "permission denied: the ACL of the URL's user does not allow a command binduq needs";
+    else
+        return; /* not Redis' refusal (a TLS certificate, say): its message names the peer */
+    size_t alen = strlen(b->address);
+    const char *detail = err->msg;
+    if (strncmp(detail, b->address, alen) == 0 && strncmp(detail + alen, ": ", 2) == 0) {
+        if (strncmp(detail + alen + 2, "authentication ", 15) == 0 ||
+            strncmp(detail + alen + 2, "permission denied", 17) == 0)
+            return; /* already explained */
+        detail += alen + 2;
+    }
+    char tmp[3 * sizeof err->msg]; /* the address, what, detail: cut to fit below */
+    snprintf(tmp, sizeof tmp, "%s: %s (%s)", b->address, what, detail);
+    size_t n = strlen(tmp);
+    if (n >= sizeof err->msg)
+        n = sizeof err->msg - 1;
+    memcpy(err->msg, tmp, n);
+    err->msg[n] = '\0';
+}
+
 bq_status bq_broker_open(const struct bq_broker_config *cfg, bq_broker **out, bq_err *err)
 {
     bq_status st = open_kind(cfg, out, err);

@@ -353,6 +353,12 @@ struct bq_broker_config {
 /* Opens a broker. Redis connections are opened lazily, so this fails only on a bad URL. */
 bq_status bq_broker_open(const struct bq_broker_config *cfg, bq_broker **out, bq_err *err);
 
+/* Rewrites a BQ_EAUTH error that Redis answered (NOAUTH, WRONGPASS, invalid password,
+ * NOPERM) so it names the broker's address and says what was refused, keeping Redis' words
+ * (and the command) in parentheses: "127.0.0.1:6379: authentication required: ...". Other
+ * errors, and an error already rewritten, are left alone. Never adds credentials. */
+void bq_broker_explain_auth(const bq_broker *b, bq_err *err);
+
 bq_status bq_broker_open_redis(const struct bq_broker_config *cfg, bq_broker **out,
                                bq_err *err);
 bq_status bq_broker_open_memory(bq_broker **out, bq_err *err);

@@ -58,6 +58,28 @@ static void write_line(const char *s, size_t n)
     }
 }
 
+/* Says that the environment variable `name` holds `value`, which is not one of `accepted`,
+ * and that `fallback` is used instead: one line on stderr. The value is the user's but is
+ * escaped all the same (a pasted control character must not reach the terminal), and every
+ * length is measured, so no stray byte (a NUL) is written. */
+static void env_warning(const char *name, const char *value, const char *accepted,
+                        const char *fallback)
+{
+    bq_buf b = BQ_BUF_INIT;
+    bq_buf_puts(&b, "binduq: ");
+    bq_buf_puts(&b, name);
+    bq_buf_puts(&b, "=\"");
+    bq_escape(&b, value, strlen(value), BQ_ESC_QUOTED);
+    bq_buf_puts(&b, "\" is not one of ");
+    bq_buf_puts(&b, accepted);
+    bq_buf_puts(&b, "; using ");
+    bq_buf_puts(&b, fallback);
+    bq_buf_putc(&b, '\n');
+    if (!b.oom)
+        write_line(b.p, b.len);
+    bq_buf_free(&b);
+}
+
 static void read_env(void)
 {
     const char *lv = getenv("BINDUQ_LOG_LEVEL");
@@ -67,14 +89,13 @@ static void read_env(void)
         if (bq_log_level_parse(lv, &parsed) == BQ_OK)
             atomic_store(&cur_level, (int)parsed);
         else
-            write_line("binduq: ignoring BINDUQ_LOG_LEVEL (expected debug, info, warn, error "
-                       "or off)\n", 78);
+            env_warning("BINDUQ_LOG_LEVEL", lv, "debug, info, warn, error or off", "info");
     }
     if (fmt != NULL && *fmt != '\0' && !atomic_load(&format_overridden)) {
         if (strcasecmp(fmt, "json") == 0)
             atomic_store(&json_format, true);
         else if (strcasecmp(fmt, "text") != 0)
-            write_line("binduq: ignoring BINDUQ_LOG_FORMAT (expected text or json)\n", 59);
+            env_warning("BINDUQ_LOG_FORMAT", fmt, "text or json", "text");
     }
 }
 

@@ -46,6 +46,8 @@ bq_status bq_client_push(bq_client *c, const char *queue, const struct bq_slice 
     if (queue == NULL)
         queue = c->cfg.queue_name;
     bq_status st = c->broker->ops->push(c->broker, queue, msgs, n, pushed, err);
+    if (st == BQ_EAUTH)
+        bq_broker_explain_auth(c->broker, err);
     if (bq_log_enabled(BQ_LOG_DEBUG)) {
         for (size_t i = 0; i < *pushed; i++)
             bq_log(BQ_LOG_DEBUG, "scheduled", "task_id", task_ids ? task_ids[i] : NULL,

@@ -528,8 +528,10 @@ static void bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome
         lease_lost(w, "dead_letter", tid);
     } else {
         atomic_fetch_add(&w->n_dead, 1);
+        /* The entry's count (attempts made: 0 for a message no handler ran), so the log
+         * line and the entry agree. */
         char n[16];
-        snprintf(n, sizeof n, "%d", out->attempt);
+        snprintf(n, sizeof n, "%d", info.attempts);
         bq_log(BQ_LOG_WARN, "dead_lettered", "task_id", tid, "queue", info.queue, "worker",
                w->id, "#attempts", n, "reason", info.reason, NULL);
     }
@@ -1754,6 +1756,18 @@ bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
     }
     w->drain = drain;
     pthread_mutex_unlock(&w->mu);
+
+    /* Credentials are checked before anything starts: a password or ACL Redis refuses fails
+     * the start, naming the address, as an unreachable PostgreSQL does. A Redis that cannot
+     * be reached now is not an error: the threads retry it as they always do. */
+    double rtt;
+    bq_err perr;
+    if (w->broker->ops->ping(w->broker, &rtt, &perr) == BQ_EAUTH) {
+        bq_broker_explain_auth(w->broker, &perr);
+        if (err != NULL)
+            *err = perr;
+        return BQ_EAUTH;
+    }
 
     int spawned = 0;
     for (int i = 0; i < w->concurrency; i++) {

@@ -3,8 +3,8 @@
  * binduq Lua modules on its path, which runs a script with `arg` set as `lua` does.
  *
  *   binduq-lua [options] [script [args]]
- *   binduq-lua dlq <list|show|requeue|purge> ...      (admin commands, lua/binduq/cli.lua)
- *   binduq-lua task <show|list> ...                   (stored tasks, the same module)
+ *   binduq-lua COMMAND ...     (admin commands: dlq, stats, workers, queue, top, task;
+ *                               lua/binduq/cli.lua)
  *     -e stat  execute string 'stat'        -l mod  require 'mod' into global 'mod'
  *     -v       show version information     -h      show this help
  *     --       stop handling options        -       execute stdin and stop handling options
@@ -23,6 +23,7 @@
 #include <lua.h>
 #include <lualib.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,13 +35,19 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: %s [options] [script [args]]\n"
-            "       %s dlq <list|show|requeue|purge> [options]   (see %s dlq --help)\n"
-            "       %s task <show|list> [options]                (see %s task --help)\n"
+            "       %s COMMAND [options]     (see %s COMMAND --help)\n"
             "Runs a Lua 5.4 script with binduq available (require \"binduq\").\n"
+            "Commands (Redis at $REDIS_URL, task state at $DATABASE_URL):\n"
+            "  dlq <list|show|requeue|purge>   the dead-letter list\n"
+            "  stats                           per queue: ready, delayed, in flight, dead, workers\n"
+            "  workers                         live workers: lease left, tasks in flight\n"
+            "  queue <peek|purge>              the waiting operations\n"
+            "  top                             a live view of queues and workers\n"
+            "  task <show|list>                stored task state\n"
             "Options:\n"
             "  -e stat  execute string 'stat'\n"
             "  -l mod   require library 'mod' into global 'mod'\n"
-            "  -v       show version information\n"
+            "  -v       show version information (also --version)\n"
             "  -h       show this help\n"
             "  --       stop handling options\n"
             "  -        execute stdin and stop handling options\n"
@@ -48,7 +55,7 @@ static void usage(FILE *f)
             "BINDUQ_QUEUE_ORDER, BINDUQ_LOG_LEVEL, BINDUQ_LOG_FORMAT; Bindu's names too\n"
             "(SCHEDULER_TYPE, QUEUE_NAME, ...), and a .env file in the working directory\n"
             "(BINDUQ_ENV_FILE names another). See the README, Configuration.\n",
-            progname, progname, progname, progname, progname);
+            progname, progname, progname);
 }
 
 static void version(void)
@@ -165,12 +172,15 @@ static int doscript(lua_State *L, char **argv, int argc, int script)
 }
 
 /* A bare word (no '/', no '.') may name an admin command of binduq.cli ("dlq", ...).
- * Returns 1 and pushes the exit status if it does and the command ran. */
+ * Returns 1 and pushes the exit status if it does and the command ran. A bare word that
+ * is no command and no file is a mistyped command: binduq.cli says so (naming the
+ * commands) and exits 2, rather than "cannot open" a script nobody meant. */
 static int try_command(lua_State *L, char **argv, int argc, int first)
 {
     const char *w = argv[first];
-    if (w[0] == '\0' || strchr(w, '/') != NULL || strchr(w, '.') != NULL)
+    if (w[0] == '\0' || strcmp(w, "-") == 0 || strchr(w, '/') != NULL || strchr(w, '.') != NULL)
         return 0;
+    bool is_file = access(w, F_OK) == 0;
     int top = lua_gettop(L);
     lua_getglobal(L, "require");
     lua_pushstring(L, "binduq.cli");
@@ -180,7 +190,7 @@ static int try_command(lua_State *L, char **argv, int argc, int first)
     }
     lua_getfield(L, top + 1, "COMMANDS");                       /* cli COMMANDS */
     int known = lua_istable(L, -1) && lua_getfield(L, -1, w) != LUA_TNIL;
-    if (!known) {
+    if (!known && is_file) {
         lua_settop(L, top);
         return 0;
     }
@@ -235,7 +245,7 @@ static int pmain(lua_State *L)
             }
             has_e |= a[1] == 'e';
             i++;
-        } else if (strcmp(a, "-v") == 0) {
+        } else if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
             has_v = 1;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage(stdout);

@@ -39,6 +39,14 @@ static bq_client *check_open(lua_State *L)
     return u->c;
 }
 
+/* Returns nil, message, code for a failed call of client c; a credential Redis refused is
+ * named with the address (bq_broker_explain_auth). */
+static int client_fail(lua_State *L, const bq_client *c, bq_err *err)
+{
+    bq_broker_explain_auth(c->broker, err);
+    return bq_lua_fail(L, err);
+}
+
 static enum bq_list check_which(lua_State *L, int idx)
 {
     static const char *const names[] = {"ready", "dead", "delayed", "inflight", NULL};
@@ -91,7 +99,7 @@ static int l_client_push(lua_State *L)
     bq_err err;
     if (b != NULL) { /* core.prepare_runs' messages, with their ids */
         if (b->n > 0 && bq_client_push(c, queue, b->msgs, b->ids, b->n, &pushed, &err) != BQ_OK)
-            return bq_lua_fail(L, &err);
+            return client_fail(L, c, &err);
         bq_metrics_scheduled(queue ? queue : c->cfg.queue_name, (long long)pushed, 0);
         lua_pushinteger(L, (lua_Integer)pushed);
         return 1;
@@ -130,7 +138,7 @@ static int l_client_push(lua_State *L)
         }
     }
     if (bq_client_push(c, queue, s, ids, n, &pushed, &err) != BQ_OK)
-        return bq_lua_fail(L, &err);
+        return client_fail(L, c, &err);
     bq_metrics_scheduled(queue ? queue : c->cfg.queue_name, (long long)pushed, 0);
     lua_pushinteger(L, (lua_Integer)pushed);
     return 1;
@@ -175,7 +183,7 @@ static int l_client_push_unique(lua_State *L)
     }
     bq_err err;
     if (c->broker->ops->push_unique(c->broker, queue, s, keys, n, ttl, pushed, &err) != BQ_OK)
-        return bq_lua_fail(L, &err);
+        return client_fail(L, c, &err);
     long long sent = 0;
     lua_createtable(L, (int)n, 0);
     for (size_t i = 0; i < n; i++) {
@@ -195,7 +203,7 @@ static int l_client_length(lua_State *L)
     long long n;
     bq_err err;
     if (c->broker->ops->length(c->broker, queue, which, &n, &err) != BQ_OK)
-        return bq_lua_fail(L, &err);
+        return client_fail(L, c, &err);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
 }
@@ -218,7 +226,7 @@ static int l_client_publish(lua_State *L)
     bq_err err;
     if (c->broker->ops->publish(c->broker, c->cfg.queue_name, (struct bq_slice){msg, (size_t)n},
                                 &receivers, &err) != BQ_OK)
-        return bq_lua_fail(L, &err);
+        return client_fail(L, c, &err);
     lua_pushinteger(L, (lua_Integer)receivers);
     return 1;
 }
@@ -230,7 +238,7 @@ static int l_client_node(lua_State *L)
     char role[32], addr[160];
     bq_err err;
     if (c->broker->ops->node(c->broker, role, sizeof role, addr, sizeof addr, &err) != BQ_OK)
-        return bq_lua_fail(L, &err);
+        return client_fail(L, c, &err);
     lua_pushstring(L, role);
     lua_pushstring(L, addr);
     return 2;
@@ -292,7 +300,7 @@ static int l_client_command(lua_State *L)
     lua_setmetatable(L, -2);
     bq_err err;
     if (c->broker->ops->command(c->broker, queue, argc, argv, lens, holder, &err) != BQ_OK)
-        return bq_lua_fail(L, &err);
+        return client_fail(L, c, &err);
     push_reply(L, *holder);
     freeReplyObject(*holder);
     *holder = NULL;
@@ -328,7 +336,7 @@ static int l_client_range(lua_State *L)
     struct bq_batch *b = push_batch_guard(L);
     bq_err err;
     if (c->broker->ops->range(c->broker, queue, which, start, stop, b, &err) != BQ_OK)
-        return bq_lua_fail(L, &err);
+        return client_fail(L, c, &err);
     lua_createtable(L, (int)b->n, 0);
     for (size_t i = 0; i < b->n; i++) {
         lua_pushlstring(L, b->msgs[i].data, b->msgs[i].len);
@@ -354,7 +362,7 @@ static int dlq_entry_op(lua_State *L, bool requeue)
                                                          (struct bq_slice){entry, len}, &done,
                                                          &err);
     if (st != BQ_OK)
-        return bq_lua_fail(L, &err);
+        return client_fail(L, c, &err);
     lua_pushboolean(L, done);
     return 1;
 }
@@ -376,7 +384,7 @@ static int l_client_dlq_purge(lua_State *L)
     long long n = 0;
     bq_err err;
     if (c->broker->ops->dlq_purge(c->broker, queue, &n, &err) != BQ_OK)
-        return bq_lua_fail(L, &err);
+        return client_fail(L, c, &err);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
 }
@@ -387,7 +395,7 @@ static int l_client_ping(lua_State *L)
     double rtt;
     bq_err err;
     if (c->broker->ops->ping(c->broker, &rtt, &err) != BQ_OK)
-        return bq_lua_fail(L, &err);
+        return client_fail(L, c, &err);
     lua_pushnumber(L, rtt);
     return 1;
 }

@@ -191,6 +191,14 @@ static int l_log(lua_State *L)
             }
             int t = lua_type(L, -1);
             if (t == LUA_TNUMBER) {
+                /* A whole float (a count decoded from JSON) is written as an integer:
+                 * attempts=2, never attempts=2.0. */
+                lua_Integer iv;
+                if (!lua_isinteger(L, -1) && lua_numbertointeger(lua_tonumber(L, -1), &iv)
+                    && (lua_Number)iv == lua_tonumber(L, -1)) {
+                    lua_pop(L, 1);
+                    lua_pushinteger(L, iv);
+                }
                 lua_pushfstring(L, "#%s", lua_tostring(L, -2));
                 keys[n] = lua_tostring(L, -1);
                 lua_rawseti(L, 4, (lua_Integer)n + 1);

@@ -1,7 +1,7 @@
 /*
  * l_storage.c -- binduq.Storage: task state (storage/storage.h) seen from Lua.
  *
- *   local st = core.storage{type=, url=, schema=, max_connections=, connect_timeout=,
+ *   local st = core.storage{type=, url=, url_name=, schema=, max_connections=, connect_timeout=,
  *                           max_tasks=}
  *   st:create{id=, context_id=, queue=, state=, history=<json>, metadata=<json>, requested=}
  *       -> created, state
@@ -63,6 +63,7 @@ static int l_storage_new(lua_State *L)
     cfg.url = bq_lua_opt_string(L, 1, "url");
     cfg.schema = bq_lua_opt_string(L, 1, "schema");
     cfg.layout = bq_lua_opt_string(L, 1, "layout");
+    cfg.url_name = bq_lua_opt_string(L, 1, "url_name");
     cfg.max_connections = (int)bq_lua_opt_integer(L, 1, "max_connections", 0);
     cfg.connect_timeout = bq_lua_opt_number(L, 1, "connect_timeout", 0);
     lua_Integer max_tasks = bq_lua_opt_integer(L, 1, "max_tasks", 0);

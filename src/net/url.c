@@ -693,11 +693,12 @@ bq_status bq_pg_url_split(const char *url, const char *what, struct bq_pg_url *o
           (base == 8 && strncmp(url, "postgres", 8) == 0)) ||
         (plus != NULL && (size_t)(plus - url) + 1 == slen)) {
         if (!scheme_ok(url, slen))
-            return bq_err_set(err, BQ_EINVAL, "%s: unsupported scheme (expected postgresql://, "
-                              "postgres:// or postgresql+driver://)", what);
-        return bq_err_set(err, BQ_EINVAL, "%s: unsupported scheme '%.*s' (expected "
-                          "postgresql://, postgres:// or postgresql+driver://)", what,
-                          (int)slen, url);
+            return bq_err_set(err, BQ_EINVAL, "%s: unsupported scheme (supported: postgresql://, "
+                              "postgres:// or postgresql+driver://, e.g. postgresql+asyncpg://)",
+                              what);
+        return bq_err_set(err, BQ_EINVAL, "%s: unsupported scheme '%.*s' (supported: "
+                          "postgresql://, postgres:// or postgresql+driver://, e.g. "
+                          "postgresql+asyncpg://)", what, (int)slen, url);
     }
 
     /* The user-info (up to the last '@'): the user name goes back into the URL encoded, the

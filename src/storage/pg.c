@@ -1304,7 +1304,8 @@ bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **o
         pg_destroy(&s->base);
         return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
     }
-    bq_status st = bq_pg_url_split(cfg->url, "storage url", &s->url, err);
+    bq_status st = bq_pg_url_split(cfg->url, cfg->url_name ? cfg->url_name : "storage url", &s->url,
+                                   err);
     if (st == BQ_OK)
         st = describe_url(s, err);
     if (st != BQ_OK) {

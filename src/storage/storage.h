@@ -154,6 +154,8 @@ struct bq_storage_config {
                              * process, so this sets its bound); <= 0: as it is (100,000) */
     const char *layout;     /* PostgreSQL: "binduq" (NULL: binduq's own table) or "bindu"
                              * (Bindu's tasks and contexts tables, pg.c) */
+    const char *url_name;   /* where url came from, for messages ("DATABASE_URL",
+                             * "storage.url", ...); NULL: "storage url" */
 };
 
 /* Opens a storage (the memory storage is one per process: every handle shares it). */

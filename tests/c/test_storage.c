@@ -14,7 +14,7 @@
 
 static bq_storage *open_mem(void)
 {
-    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 0, NULL};
+    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 0, NULL, NULL};
     bq_storage *s = NULL;
     CHECK_INT(bq_storage_open(&cfg, &s, NULL), BQ_OK);
     return s;
@@ -160,10 +160,10 @@ TEST(open_checks_the_type)
 {
     bq_err err;
     bq_storage *s;
-    struct bq_storage_config bad = {"redis", NULL, NULL, 0, 0, 0, NULL};
+    struct bq_storage_config bad = {"redis", NULL, NULL, 0, 0, 0, NULL, NULL};
     CHECK_INT(bq_storage_open(&bad, &s, &err), BQ_EINVAL);
     CHECK_CONTAINS(err.msg, "unknown type 'redis'");
-    struct bq_storage_config nourl = {"postgres", NULL, NULL, 0, 0, 0, NULL};
+    struct bq_storage_config nourl = {"postgres", NULL, NULL, 0, 0, 0, NULL, NULL};
     CHECK_INT(bq_storage_open(&nourl, &s, &err), BQ_EINVAL);
     CHECK_CONTAINS(err.msg, "needs a url");
     CHECK(bq_task_state_terminal("canceled"));
@@ -186,7 +186,7 @@ static bool has(bq_storage *s, const char *id)
 TEST(max_tasks_bounds_the_records)
 {
     bq_storage_mem_reset();
-    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 5, NULL};
+    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 5, NULL, NULL};
     bq_storage *s = NULL;
     CHECK_INT(bq_storage_open(&cfg, &s, NULL), BQ_OK);
     struct bq_task_result r;
@@ -305,7 +305,7 @@ TEST(change_many_one_by_one)
 TEST(a_large_bound_is_sharded_and_exact)
 {
     bq_storage_mem_reset();
-    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 20000, NULL};
+    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 20000, NULL, NULL};
     bq_storage *s = NULL;
     CHECK_INT(bq_storage_open(&cfg, &s, NULL), BQ_OK);
     struct bq_task_result r;

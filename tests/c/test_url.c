@@ -372,7 +372,7 @@ TEST(postgresql_urls_reach_libpq_without_secrets)
         {"mysql://u:hunter2@h/db", "unsupported scheme 'mysql'"},
         {"postgresql+://u:hunter2@h/db", "unsupported scheme 'postgresql+'"},
         {"u:hunter2@h/db", "expected postgresql://"},
-        {"po$tgres:hunter2@h://db", "unsupported scheme (expected"},
+        {"po$tgres:hunter2@h://db", "unsupported scheme (supported"},
         {"postgresql://h/d?password=1&password=2&password=3&password=4&password=5",
          "more than 4 passwords"},
     };

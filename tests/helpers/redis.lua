@@ -14,9 +14,10 @@ local M = {}
 local Server = {}
 Server.__index = Server
 
+-- Up: it answers PONG, or (a server started with --requirepass) NOAUTH.
 local function ping(port)
-    local out = proc.sh(("redis-cli -h 127.0.0.1 -p %d PING"):format(port))
-    return out == "PONG"
+    local out = proc.sh(("redis-cli -h 127.0.0.1 -p %d PING 2>&1"):format(port))
+    return out == "PONG" or (out or ""):find("NOAUTH", 1, true) ~= nil
 end
 
 function Server:launch()

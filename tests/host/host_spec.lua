@@ -17,6 +17,9 @@ describe("binduq-lua", function()
         assert.truthy(v, out)
         local _, ver = run([[-e "io.write(require('binduq')._VERSION)"]])
         assert.are.equal(v, ver)
+        local rc2, out2 = run("--version")
+        assert.are.equal(0, rc2, out2)
+        assert.are.equal(out, out2)
     end)
 
     it("prints help and exits 0", function()
@@ -24,6 +27,60 @@ describe("binduq-lua", function()
         assert.are.equal(0, rc)
         assert.truthy(out:find("usage: binduq-lua [options] [script [args]]", 1, true))
         assert.truthy(out:find("REDIS_URL", 1, true))
+    end)
+
+    it("lists every command of the dispatcher in its help", function()
+        local cli = require("binduq.cli")
+        local rc, out = run("--help")
+        assert.are.equal(0, rc)
+        local n = 0
+        for cmd in pairs(cli.COMMANDS) do
+            n = n + 1
+            assert.truthy(out:find("\n  " .. cmd .. " ", 1, true), "--help omits " .. cmd .. ":\n" .. out)
+            -- and each answers its own --help
+            local rc2, out2 = run(cmd .. " --help")
+            assert.are.equal(0, rc2, out2)
+            assert.truthy(out2:find("usage: binduq-lua " .. cmd, 1, true), out2)
+        end
+        assert.are.equal(#cli.ORDER, n)
+        assert.is_true(n >= 6)
+    end)
+
+    it("names the commands when the first word is neither a command nor a file", function()
+        local rc, out = run("dql list")
+        assert.are.equal(2, rc)
+        assert.truthy(out:find("binduq-lua: unknown command 'dql' (did you mean 'dlq'?)\n", 1, true), out)
+        assert.truthy(out:find("commands: dlq, stats, workers, queue, top, task", 1, true), out)
+        assert.is_nil(out:find("cannot open", 1, true), out)
+        rc, out = run("frobnicate")
+        assert.are.equal(2, rc)
+        assert.truthy(out:find("unknown command 'frobnicate'\n", 1, true), out)
+        assert.is_nil(out:find("did you mean", 1, true), out)
+        -- a bare word that is a file is still a script
+        local dir = proc.tmpdir()
+        proc.write(dir .. "/dql", "print('script dql ran')")
+        rc, out = proc.run("sh -c " .. proc.quote("cd " .. dir .. " && " .. proc.sh("pwd") .. "/" .. host .. " dql"),
+                           { timeout = 30 })
+        proc.sh("rm -rf " .. proc.quote(dir))
+        assert.are.equal(0, rc, out)
+        assert.are.equal("script dql ran\n", out)
+    end)
+
+    it("names the nearest subcommand or option of a command, before connecting to anything", function()
+        for _, c in ipairs({
+            { "dlq lsit", "binduq-lua dlq: unknown subcommand 'lsit' (did you mean 'list'?)" },
+            { "task shwo", "binduq-lua task: unknown subcommand 'shwo' (did you mean 'show'?)" },
+            { "queue peak", "binduq-lua queue: unknown subcommand 'peak' (did you mean 'peek'?)" },
+            { "stats --jsn", "binduq-lua stats: unknown option '--jsn' (did you mean '--json'?)" },
+            { "top --jsn", "binduq-lua top: unknown option '--jsn' (did you mean '--json'?)" },
+            { "dlq list --taskid x", "binduq-lua dlq: unknown option '--taskid' (did you mean '--task-id'?)" },
+            { "stats --frobnicate 3", "binduq-lua stats: unknown option '--frobnicate'\n" },
+        }) do
+            local rc, out = run(c[1])
+            assert.are.equal(2, rc, out)
+            assert.truthy(out:find(c[2], 1, true), out)
+            assert.falsy(out:find("no Redis to inspect", 1, true), out) -- refused before opening Redis
+        end
     end)
 
     it("rejects an unknown option and a missing script", function()
@@ -131,6 +188,39 @@ describe("the build", function()
         local files = proc.sh("ls lua/binduq/redis/*.lua | sort | tr '\\n' ' '")
         local out = proc.sh("lua5.4 src/broker/embed.lua " .. files)
         assert.are.equal(proc.read("src/broker/scripts.h"), out .. "\n")
+    end)
+
+    it("installs binduq.pc: examples/schedule.c builds with pkg-config under any PREFIX", function()
+        if proc.sh("command -v pkg-config") == "" then
+            pending("pkg-config is not installed")
+            return
+        end
+        local prefix = proc.tmpdir() .. "/opt/binduq"
+        local q = proc.quote
+        local rc, out = proc.run("make -s install PREFIX=" .. q(prefix), { timeout = 300 })
+        assert.are.equal(0, rc, out)
+        local pc = proc.read(prefix .. "/lib/pkgconfig/binduq.pc")
+        assert.truthy(pc, "no binduq.pc installed")
+        local v = proc.read("src/binduq.h"):match('#define BQ_VERSION_STRING "([^"]+)"')
+        assert.truthy(pc:find("\nVersion: " .. v .. "\n", 1, true), pc)
+        assert.truthy(pc:find("\nprefix=" .. prefix .. "\n", 1, true), pc)
+        local env = "PKG_CONFIG_PATH=" .. q(prefix .. "/lib/pkgconfig")
+        local flags = proc.sh(env .. " pkg-config --cflags --libs binduq")
+        assert.truthy(flags:find("-lbinduq", 1, true), flags)
+        local static = proc.sh(env .. " pkg-config --static --libs binduq")
+        for _, l in ipairs({ "-lbinduq", "-lhiredis", "-lpthread", "-lm", "-ldl" }) do
+            assert.truthy(static:find(l, 1, true), static)
+        end
+        local exe = proc.tmpdir() .. "/schedule_c"
+        rc, out = proc.run("sh -c " .. q(("cc -std=c11 -Wall -Wextra -Werror -o %s examples/schedule.c "
+                                         .. "$(%s pkg-config --cflags --libs binduq)"):format(q(exe), env)),
+                           { timeout = 120 })
+        assert.are.equal(0, rc, out)
+        rc, out = proc.run("env -u REDIS_URL LD_LIBRARY_PATH=" .. q(prefix .. "/lib") .. " " .. q(exe) .. " 2 pc",
+                           { timeout = 30 })
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("scheduled 2 tasks; queue length 2", 1, true), out)
+        proc.sh("rm -rf " .. q(prefix) .. " " .. q(exe))
     end)
 
     it("installs every Lua module of lua/binduq with the rock", function()

@@ -40,7 +40,8 @@ describe("#redis admin commands", function()
         rc, out = run("stats --json", env)
         assert.are.equal(0, rc, out)
         local doc = json.decode(out)
-        assert.are.same({ queue = q, ready = 5, delayed = 0, inflight = 1, dead = 1, workers = 1 }, doc.queues[1])
+        assert.are.same({ queue = q, ready = 5, delayed = 0, inflight = 1, dead = 1, workers = 1, seen = true },
+                        doc.queues[1])
         rc, out = run("workers --json", env)
         assert.are.equal(0, rc, out)
         doc = json.decode(out)
@@ -52,6 +53,86 @@ describe("#redis admin commands", function()
         assert.are.equal(0, rc, out)
         assert.truthy(out:find("1 worker record on", 1, true), out)
         assert.truthy(out:find("busy", 1, true), out)
+    end)
+
+    it("stats says when a queue has never been seen, and names those that have", function()
+        local rc, out = run("stats --queue " .. q .. ",nosuch:queue", env)
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("binduq-lua stats: no queue 'nosuch:queue' has been seen here (no keys exist for it)\n",
+                               1, true), out)
+        assert.is_nil(out:find("no queue '" .. q .. "'", 1, true), out)
+        local known = out:match("queues with keys: ([^\n]*)\n")
+        assert.truthy(known, out)
+        local names = {}
+        for n in known:gmatch("[^, ]+") do names[n] = true end
+        assert.is_true(names[q], known)
+        assert.is_nil(names["nosuch:queue"], known)
+        rc, out = run("stats --json --queue nosuch:queue", env)
+        assert.are.equal(0, rc, out)
+        local doc = json.decode(out:match("{[^\n]*")) -- the hint goes to stderr, the JSON to stdout
+        assert.are.same({ queue = "nosuch:queue", ready = 0, delayed = 0, inflight = 0, dead = 0, workers = 0,
+                          seen = false }, doc.queues[1])
+    end)
+
+    it("top --json prints a snapshot, or one document per refresh with --count", function()
+        local rc, out = run("top --json --queue " .. q, env)
+        assert.are.equal(0, rc, out)
+        assert.is_nil(out:find("\27", 1, true), out)
+        local lines = {}
+        for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+        assert.are.equal(1, #lines, out)
+        local doc = json.decode(lines[1])
+        assert.truthy(doc.time:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$"), doc.time)
+        assert.are.equal(q, doc.queues[1].queue)
+        assert.are.equal(1, doc.queues[1].inflight)
+        assert.are.equal(1, doc.queues[1].dead)
+        assert.are.equal(1, doc.queues[1].workers)
+        assert.truthy(lines[1]:find('"net_per_s":null', 1, true), lines[1]) -- no rate from one snapshot
+        assert.are.equal(1, #doc.workers)
+        assert.are.equal("busy", doc.workers[1].current)
+        assert.are.equal(q, doc.workers[1].queue)
+        rc, out = run("top --json --count 2 --interval 0.2 --queue " .. q, env)
+        assert.are.equal(0, rc, out)
+        lines = {}
+        for l in out:gmatch("[^\n]+") do lines[#lines + 1] = json.decode(l) end
+        assert.are.equal(2, #lines, out)
+        assert.are.equal("number", type(lines[2].queues[1].net_per_s), out)
+        rc, out = run("top --json --count 0", env)
+        assert.are.equal(2, rc, out)
+        assert.truthy(out:find("--count must be a positive whole number", 1, true), out)
+    end)
+
+    it("shows the same attempt count, as an integer, in dlq text, --json and the log", function()
+        local q3 = "it:attempts:" .. math.random(1, 1e9)
+        local e3 = { REDIS_URL = server.url, REDIS_QUEUE_NAME = q3 }
+        local s3 = bq.scheduler{ url = server.url, queue_name = q3 }
+        local w3 = cluster.worker(server, q3, { BQ_TEST_MAX_ATTEMPTS = 2, BQ_TEST_RETRY_BASE = 0.01,
+                                                BQ_TEST_RETRY_CAP = 0.02, BQ_TEST_BLOCK_TIMEOUT = 0.5 })
+        assert(s3:push_raw("not json"))
+        assert(proc.wait_for(function() return s3:dead_letter_count() == 1 end, 10))
+        assert(s3:run{ task_id = "always-fails", messages = { "fail" } })
+        local ok = proc.wait_for(function() return s3:dead_letter_count() == 2 end, 10)
+        proc.stop(w3, 1)
+        s3:close()
+        assert(ok, proc.read(w3.log))
+        -- Attempts made so far: 0 for a message no handler could run, 2 for a task that
+        -- failed twice with max_attempts 2; index 0 is the newest.
+        for _, want in ipairs({ { index = 0, id = "always-fails", attempts = 2 }, { index = 1, attempts = 0 } }) do
+            local rc, out = run("dlq show " .. want.index, e3)
+            assert.are.equal(0, rc, out)
+            assert.truthy(out:find("\nattempts:  " .. want.attempts .. "\n", 1, true), out)
+            rc, out = run("dlq show " .. want.index .. " --json", e3)
+            assert.are.equal(0, rc, out)
+            assert.truthy(out:find('"attempts":' .. want.attempts .. "[,}]"), out)
+            rc, out = run("dlq list --json", e3)
+            assert.truthy(out:find('"attempts":' .. want.attempts .. "[,}]"), out)
+            local lines = cluster.lines(w3, "dead_lettered")
+            local line = lines[want.index == 0 and 2 or 1] or ""
+            if want.id then assert.truthy(line:find("task_id=" .. want.id, 1, true), line) end
+            assert.truthy(line:find(" attempts=" .. want.attempts .. " ", 1, true), line)
+        end
+        assert.is_nil((proc.read(w3.log) or ""):find("attempts?=%d+%.0"), proc.read(w3.log))
+        assert.truthy(cluster.lines(w3, "dead_lettered")[2]:find("failed 2 times", 1, true))
     end)
 
     it("queue peek and purge", function()

@@ -87,3 +87,70 @@ describe("#redis connections", function()
         assert.are.equal(0, proc.stop(w, 10))
     end)
 end)
+
+describe("#redis a Redis that requires a password", function()
+    local server, addr
+    local PW = "s3cret-pw"
+    setup(function()
+        server = redis.start{ args = { "--requirepass", PW } }
+        addr = "127.0.0.1:" .. server.port
+        bq.log_configure{ level = "off" }
+    end)
+    teardown(function()
+        server:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    local function url(pw)
+        return ("redis://%s127.0.0.1:%d/0"):format(pw and (":" .. pw .. "@") or "", server.port)
+    end
+
+    it("a producer's error names the address and says authentication is required or failed", function()
+        local s = bq.scheduler{ url = url(nil), queue_name = "it:auth" }
+        local ok, err, code = s:run{ task_id = "a1", messages = { "x" } }
+        assert.is_nil(ok)
+        assert.are.equal("EAUTH", code)
+        assert.are.equal(1, err:find(addr .. ": authentication required:", 1, true), err)
+        assert.truthy(err:find("NOAUTH", 1, true), err)
+        local n, err2 = s:queue_length()
+        assert.is_nil(n)
+        assert.truthy(err2:find(addr .. ": authentication required", 1, true), err2)
+        s:close()
+        s = bq.scheduler{ url = url("not-the-pw"), queue_name = "it:auth" }
+        ok, err, code = s:run{ task_id = "a2", messages = { "x" } }
+        assert.is_nil(ok)
+        assert.are.equal("EAUTH", code)
+        assert.are.equal(1, err:find(addr .. ": authentication failed:", 1, true), err)
+        assert.falsy(err:find("not-the-pw", 1, true), err)
+        s:close()
+        s = bq.scheduler{ url = url(PW), queue_name = "it:auth" }
+        assert.is_true((s:run{ task_id = "a3", messages = { "x" } }))
+        s:close()
+    end)
+
+    it("a worker whose password is refused fails to start, naming the address", function()
+        for _, c in ipairs({ { pw = nil, what = "authentication required" },
+                             { pw = "not-the-pw", what = "authentication failed" } }) do
+            local t0 = require("binduq.core").monotonic()
+            local rc, out = proc.run("build/binduq-lua tests/integration/fixtures/test_worker.lua",
+                                     { env = { REDIS_URL = url(c.pw), REDIS_QUEUE_NAME = "it:auth",
+                                               BINDUQ_LOG_LEVEL = "info" }, timeout = 20 })
+            assert.are.equal(1, rc, out)
+            assert.is_true(require("binduq.core").monotonic() - t0 < 10, "the start was not refused at once")
+            assert.truthy(out:find("binduq%-lua: tests/integration/fixtures/test_worker%.lua:%d+: "
+                                   .. addr:gsub("%p", "%%%0") .. ": " .. c.what), out)
+            assert.falsy(out:find("worker_started", 1, true), out)
+            assert.falsy(out:find("not-the-pw", 1, true), out)
+        end
+        -- the right password starts it
+        local w = proc.spawn("build/binduq-lua tests/integration/fixtures/test_worker.lua",
+                             { env = { REDIS_URL = url(PW), REDIS_QUEUE_NAME = "it:auth", BINDUQ_LOG_LEVEL = "info" } })
+        local started = proc.wait_for(function()
+            return (proc.read(w.log) or ""):find("worker_started", 1, true)
+        end, 20)
+        local log = proc.read(w.log)
+        assert.are.equal(0, proc.stop(w, 10))
+        assert.truthy(started, log)
+        assert.falsy(log:find("EAUTH", 1, true), log)
+    end)
+end)

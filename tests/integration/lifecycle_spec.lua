@@ -77,11 +77,21 @@ describe("#redis #pg lifecycle", function()
         local doc = require("binduq.json").decode(out)
         assert.are.equal("completed", doc.state)
         assert.are.equal("a1", doc.artifacts[1].name)
+        local ISO = "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$"
+        for _, k in ipairs({ "created_at", "updated_at", "state_at" }) do
+            assert.truthy(type(doc[k]) == "string" and doc[k]:match(ISO), k .. ": " .. tostring(doc[k]))
+        end
+        local shown = doc
         rc, out = proc.run("build/binduq-lua task list --state completed --context conv --json", { env = env })
         assert.are.equal(0, rc, out)
         doc = require("binduq.json").decode(out)
         assert.are.equal(2, #doc.tasks)
         assert.are.equal(q .. "-2", doc.tasks[1].task_id) -- newest first
+        -- the times as task show --json gives them: ISO 8601, UTC, the same instants
+        for _, k in ipairs({ "created_at", "updated_at", "state_at" }) do
+            assert.are.equal(shown[k], doc.tasks[1][k], k)
+        end
+        assert.truthy(out:find('"attempts":1[,}]'), out)
         rc, out = proc.run("build/binduq-lua task list --state done", { env = env })
         assert.are.equal(2, rc, out)
         assert.truthy(out:find("unknown state 'done'", 1, true), out)

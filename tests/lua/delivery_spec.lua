@@ -222,3 +222,14 @@ describe("dead-letter tools (memory)", function()
         s:close()
     end)
 end)
+
+describe("the default failure policy's reason", function()
+    it("counts the attempts in words that agree with the number", function()
+        local policy = require("binduq.retry").default{ max_attempts = 1 }
+        assert.are.equal("failed 1 time (max_attempts 1): boom",
+                         policy({}, { message = "boom", retryable = true }, 1).reason)
+        policy = require("binduq.retry").default{ max_attempts = 2 }
+        assert.are.equal("failed 2 times (max_attempts 2): boom",
+                         policy({}, { message = "boom", retryable = true }, 2).reason)
+    end)
+end)

@@ -58,6 +58,25 @@ describe("bq.log", function()
     end)
 end)
 
+describe("BINDUQ_LOG_LEVEL and BINDUQ_LOG_FORMAT", function()
+    local LOG = 'require("binduq").log("info", "ran", {})\n'
+    it("names the variable, its value and the accepted values when a level is unknown", function()
+        local out = stderr_of(LOG, "BINDUQ_LOG_LEVEL=verbose")
+        assert.is_nil(out:find("%z"), "a NUL byte in: " .. out)
+        local first = out:match("^[^\n]*\n")
+        assert.are.equal('binduq: BINDUQ_LOG_LEVEL="verbose" is not one of debug, info, warn, error or off; '
+                         .. "using info\n", first)
+        -- the default level then applies: the info line is written
+        assert.truthy(out:find(" info ran", 1, true), out)
+    end)
+    it("names the format variable, and escapes what it holds", function()
+        local out = stderr_of(LOG, [[BINDUQ_LOG_FORMAT="$(printf 'xml\033')"]])
+        assert.is_nil(out:find("[%z\27]"), out)
+        assert.are.equal('binduq: BINDUQ_LOG_FORMAT="xml\\x1b" is not one of text or json; using text\n',
+                         out:match("^[^\n]*\n"))
+    end)
+end)
+
 describe("core.escape", function()
     it("leaves printable text alone and escapes controls, DEL, C1 and invalid UTF-8", function()
         assert.are.equal("caf\xc3\xa9 \"x\" \\ ok", core.escape("caf\xc3\xa9 \"x\" \\ ok"))

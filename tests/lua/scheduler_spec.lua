@@ -79,6 +79,53 @@ describe("scheduler (memory)", function()
     end)
 end)
 
+describe("a producer on the in-memory scheduler", function()
+    local proc = require("helpers.proc")
+    -- Runs `code` in binduq-lua with no Redis; returns its exit status and output.
+    local function script(code)
+        local dir = proc.tmpdir()
+        proc.write(dir .. "/p.lua", 'local bq = require("binduq")\n' .. code)
+        local cmd = ("cd %s && env -u REDIS_URL -u SCHEDULER_TYPE -u DATABASE_URL %s/build/binduq-lua p.lua")
+                    :format(proc.quote(dir), proc.sh("pwd"))
+        local rc, out = proc.run("sh -c " .. proc.quote(cmd), { timeout = 30 })
+        proc.sh("rm -rf " .. proc.quote(dir))
+        return rc, out
+    end
+
+    it("warns once that no worker of this process takes what it schedules", function()
+        local rc, out = script([[
+local s = bq.scheduler{}
+assert(s:run{ task_id = "a", messages = { "x" } })
+assert(s:schedule_many{ { type = "run", task_id = "b", messages = { "y" } } })
+assert(bq.scheduler{ queue_name = "other" }:run{ task_id = "c", messages = { "z" } })
+]])
+        assert.are.equal(0, rc, out)
+        local n = 0
+        for line in out:gmatch("[^\n]+") do
+            if line:find(" warn memory_scheduler_no_worker ", 1, true) then
+                n = n + 1
+                assert.truthy(line:find("queue=bindu:tasks", 1, true), line)
+                assert.truthy(line:find("lost when it exits", 1, true), line)
+                assert.truthy(line:find("REDIS_URL", 1, true), line)
+            end
+        end
+        assert.are.equal(1, n, out)
+    end)
+
+    it("says nothing once a worker of this process has started", function()
+        local rc, out = script([[
+local w = bq.worker{ handlers = { run = function() return "ok" end } }
+w:start()
+assert(w:schedule{ type = "run", task_id = "a", messages = { "x" } })
+assert(bq.scheduler{}:run{ task_id = "b", messages = { "x" } })
+local st = w:drain()
+assert(st.completed == 2, st.completed)
+]])
+        assert.are.equal(0, rc, out)
+        assert.falsy(out:find("memory_scheduler_no_worker", 1, true), out)
+    end)
+end)
+
 describe("the producer's fast path (core.prepare_runs)", function()
     local task = require("binduq.task")
     local json = require("binduq.json")
@@ -213,6 +260,30 @@ describe("configuration", function()
         assert.truthy(err:find("bad port '99999'", 1, true), err)
         assert.truthy(err:find("scheduler.url", 1, true), err)
         assert.falsy(err:find("hunter2", 1, true))
+    end)
+
+    it("names where a database URL of an unsupported scheme came from, and the schemes", function()
+        local proc = require("helpers.proc")
+        local SUPPORTED = "unsupported scheme 'mysql' (supported: postgresql://, postgres:// or postgresql+driver://"
+        local cases = {
+            { "DATABASE_URL=mysql://u:hunter2@h/db",
+              "build/binduq-lua -e 'require(\"binduq\").scheduler{type=\"memory\"}'", "storage: DATABASE_URL: " },
+            { "POSTGRES_URL=mysql://u:hunter2@h/db", "build/binduq-lua task list", "binduq-lua task: POSTGRES_URL: " },
+            { "DATABASE_URL=mysql://u:hunter2@h/db", "build/binduq-lua task list", "binduq-lua task: DATABASE_URL: " },
+            { "", "build/binduq-lua task list --database-url mysql://u:hunter2@h/db",
+              "binduq-lua task: --database-url: " },
+        }
+        for _, c in ipairs(cases) do
+            local rc, out = proc.run("env -u DATABASE_URL -u POSTGRES_URL -u STORAGE_TYPE " .. c[1] .. " " .. c[2],
+                                     { timeout = 30 })
+            assert.are.equal(1, rc, out)
+            assert.truthy(out:find(c[3] .. SUPPORTED, 1, true), out)
+            assert.falsy(out:find("hunter2", 1, true), out)
+        end
+        local ok, err = pcall(bq.scheduler, { scheduler = { type = "memory" },
+                                              storage = { type = "postgres", url = "mysql://u:hunter2@h/db" } })
+        assert.is_false(ok)
+        assert.truthy(err:find("storage: storage.url: " .. SUPPORTED, 1, true), err)
     end)
 
     it("rejects unknown keys and wrong types", function()
