@@ -125,6 +125,7 @@ describe("#redis admin commands", function()
             assert.are.equal(0, rc, out)
             assert.truthy(out:find('"attempts":' .. want.attempts .. "[,}]"), out)
             rc, out = run("dlq list --json", e3)
+            assert.are.equal(0, rc, out)
             assert.truthy(out:find('"attempts":' .. want.attempts .. "[,}]"), out)
             local lines = cluster.lines(w3, "dead_lettered")
             local line = lines[want.index == 0 and 2 or 1] or ""

@@ -342,8 +342,7 @@ end)
 describe("docs: commands", function()
     local cli = read("lua/binduq/cli.lua")
     local commands = {}
-    local list = assert(cli:match("M%.COMMANDS = {(.-)}"), "cli.lua: no M.COMMANDS")
-    for name in list:gmatch("(%l+) = true") do commands[name] = true end
+    for name in pairs(require("binduq.cli").COMMANDS) do commands[name] = true end
     local subs = { dlq = {}, task = {}, queue = {} }
     for name in cli:gmatch("\nfunction dlq%.(%l+)%(") do subs.dlq[name] = true end
     for name in cli:gmatch("\nfunction task%.(%l+)%(") do subs.task[name] = true end
