@@ -318,6 +318,13 @@ static bool take_one(const struct bq_lessee *who, int q, struct bq_batch *out, b
     return true;
 }
 
+/* The length of the message take_one would take from queue q next (0: none). */
+static size_t next_len(const struct bq_lessee *who, int q)
+{
+    struct mem_key *l = find(who->queues[q], false, false);
+    return l != NULL && l->n > 0 ? at(l, l->n - 1)->len : 0;
+}
+
 /* Picks a non-empty queue: the first (strict), or by smooth weighted round robin over the
  * non-empty ones (as fetchm-N.lua). -1 when all are empty. Caller holds db_mu. */
 static int pick_queue(struct mem_broker *m, const struct bq_lessee *who)
@@ -375,13 +382,20 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
     } else {
         res->acked = req->nacks;
     }
+    size_t bytes = 0; /* taken by this fetch, against who->max_bytes (as fetch-2.lua) */
     for (;;) {
         /* Messages that are there are always taken; an interrupt only cuts a wait short. */
         size_t before = out->n;
         while (st == BQ_OK && max > 0) {
             int q = pick_queue(m, who);
-            if (q < 0 || !take_one(who, q, out, &st, err))
+            if (q < 0)
                 break;
+            size_t next = next_len(who, q);
+            if (who->max_bytes > 0 && bytes > 0 && bytes + next > who->max_bytes)
+                break; /* the first is taken whatever its size; then stop at the budget */
+            if (!take_one(who, q, out, &st, err))
+                break;
+            bytes += next;
             max--;
         }
         if (st != BQ_OK || out->n > before)
