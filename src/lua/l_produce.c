@@ -32,6 +32,7 @@
 #include "../core/err.h"
 #include "../core/id.h"
 #include "../core/rand.h"
+#include "../engine/task.h"
 #include "../storage/storage.h"
 
 #include <string.h>
@@ -171,7 +172,8 @@ static void put_json_str(bq_buf *b, lua_State *L, int i)
     bq_buf_json_str(b, s, n);
 }
 
-/* Appends the messages of the (checked) operation at op to b, as a JSON array. */
+/* Appends the messages of the (checked) operation at op to b, as a JSON array, each as the
+ * C producer writes it (bq_task_put_message): the history both record is the same bytes. */
 static void encode_messages(lua_State *L, int op, bq_buf *b)
 {
     field(L, op, K_MESSAGES);
@@ -181,18 +183,19 @@ static void encode_messages(lua_State *L, int op, bq_buf *b)
         int m = lua_gettop(L);
         if (i > 1)
             PUT(b, ",");
+        size_t rn, cn;
+        const char *role, *content;
         if (lua_type(L, m) == LUA_TSTRING) {
-            PUT(b, "{\"role\":\"user\",\"content\":");
-            put_json_str(b, L, m);
+            role = "user";
+            rn = 4;
+            content = lua_tolstring(L, m, &cn);
         } else {
-            PUT(b, "{\"role\":");
             field(L, m, K_ROLE);
-            put_json_str(b, L, -1);
-            PUT(b, ",\"content\":");
+            role = lua_tolstring(L, -1, &rn);
             field(L, m, K_CONTENT);
-            put_json_str(b, L, -1);
+            content = lua_tolstring(L, -1, &cn);
         }
-        PUT(b, "}");
+        bq_task_put_message(b, role, rn, content, cn); /* the strings are on the stack */
         lua_settop(L, list);
     }
     PUT(b, "]");
