@@ -619,8 +619,8 @@ TEST(a_run_scheduled_from_c_stores_the_same_history_as_from_lua)
     bq_err err;
     REQUIRE(bq_client_new(&o, &c, &err) == BQ_OK);
     /* The Lua literals and the same messages in C: quotes, backslashes, newlines, tabs,
-     * control bytes, '/', UTF-8. Compared with the Lua producer's path for plain runs (no
-     * route or dedup_key policy: src/lua/l_produce.c). */
+     * control bytes, '/', UTF-8. Compared with both paths of the Lua producer: plain runs
+     * (no policy: src/lua/l_produce.c) and task.lua's (a route policy). */
     const char *lua_common = "{\"plain\", {role = \"agent\", content = \"q\\\"uote\\\\ nl\\n"
                              "tab\\t ctl\\1 \\u{e9}\\u{20ac}\\u{1F600}\"}, \"\"}";
     struct bq_message common[3] = {
@@ -638,6 +638,8 @@ TEST(a_run_scheduled_from_c_stores_the_same_history_as_from_lua)
     } cases[] = {
         {"nil", lua_common, common, 3, "c-1"},
         {"nil", lua_more, more, 1, "c-2"},
+        {"function() return nil end", lua_common, common, 3, "c-3"},
+        {"function() return nil end", lua_more, more, 1, "c-4"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char lua[4096];
