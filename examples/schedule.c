@@ -5,7 +5,11 @@
  *   (or: -lbinduq -lhiredis -lpthread -lm -ldl when binduq is installed under /usr/local)
  *   REDIS_URL=redis://127.0.0.1:6379/0 ./schedule_c [count] [prefix]
  *
- * Schedules `count` run tasks (default 3) with ids "<prefix>-<n>" and prints the queue length.
+ * Schedules `count` run tasks (default 3) with ids "<prefix>-<n>" and prints how many were
+ * queued, how many were duplicates and the queue length. Each run is first recorded as
+ * "submitted" in the task storage (DATABASE_URL's PostgreSQL, else this process's memory), as
+ * the Lua scheduler records it; a run whose id was scheduled within the last hour is a
+ * duplicate and is not queued again (run it twice with the same prefix to see it).
  * Without REDIS_URL the tasks go to this process's in-memory scheduler, which is only useful
  * to see the API work: nothing outside the process can run them.
  */
@@ -42,7 +46,10 @@ int main(int argc, char **argv)
         bq_client_free(client);
         return 1;
     }
-    printf("scheduled %d tasks; queue length %lld\n", count, len);
+    long long scheduled = 0, duplicates = 0;
+    bq_client_stats(client, &scheduled, &duplicates);
+    printf("scheduled %lld tasks (%lld duplicates); queue length %lld\n", scheduled, duplicates,
+           len);
     bq_client_free(client);
     return 0;
 }

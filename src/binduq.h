@@ -78,6 +78,7 @@ BQ_API bq_status bq_log_set_format(const char *format);
 /* ---- Client (producer side) ---------------------------------------------------------------- */
 
 typedef struct bq_client bq_client;
+struct bq_task; /* below: a task operation (the route callback takes one) */
 
 /* Options for bq_client_new. Zero/NULL fields take the environment, then the default:
  *   url              REDIS_URL; unset means the in-memory scheduler of this process;
@@ -119,10 +120,37 @@ struct bq_client_options {
      * (the task may or may not be queued). 0: no waiting. */
     int wait_replicas;
     double wait_timeout;
+    /* What the Lua producer does besides pushing (see bq_schedule_many). Appended after the
+     * fields above, so positional initializers written for them still compile.
+     *
+     * Task state is recorded in a storage:
+     *   storage_type    "memory" or "postgres"; NULL: STORAGE_TYPE, else "postgres" when
+     *                   storage_url, DATABASE_URL or POSTGRES_URL is set, else "memory" (the
+     *                   storage of this process, shared with the workers it runs)
+     *   storage_url     postgresql://...; NULL: DATABASE_URL, else POSTGRES_URL
+     *   storage_schema  PostgreSQL schema; NULL: "binduq" (with BINDUQ_STORAGE_LAYOUT=bindu,
+     *                   Bindu's tables in the schema named after POSTGRES_DID or DID)
+     * Deduplication of run and cancel (keys "run:<task_id>", "cancel:<task_id>"; pause and
+     * resume legitimately repeat):
+     *   no_dedup        true turns it off (it is on by default)
+     *   dedup_ttl       seconds a key holds; 0: 3600
+     * Routing:
+     *   route           called once per task in bq_schedule_many, before anything is stored:
+     *                   returns the queue the task goes to, or NULL for the client's queue.
+     *                   The string is copied at once. Called from the scheduling thread.
+     *   route_ud        passed to route as is */
+    const char *storage_type;
+    const char *storage_url;
+    const char *storage_schema;
+    bool no_dedup;
+    double dedup_ttl;
+    const char *(*route)(const struct bq_task *task, void *ud);
+    void *route_ud;
 };
 
-/* Opens a client. Connections are made lazily, so a client opens even while Redis is down;
- * the first command reports the failure. `opts` may be NULL. */
+/* Opens a client. Connections to Redis are made lazily, so a client opens even while Redis is
+ * down; the first command reports the failure. The storage is opened at once: a PostgreSQL
+ * that cannot be reached fails here ("storage: ..."). `opts` may be NULL. */
 BQ_API bq_status bq_client_new(const struct bq_client_options *opts, bq_client **out,
                                bq_err *err);
 BQ_API void bq_client_free(bq_client *client);
@@ -145,14 +173,35 @@ struct bq_task {
     size_t n_messages;
 };
 
-/* Validates and schedules one task (LPUSH of its JSON). Nothing is sent when validation
- * fails (BQ_EINVAL, the message names the field). */
+/* Validates and schedules one task: bq_schedule_many with n = 1 (a duplicate is BQ_OK too;
+ * bq_schedule_many's *n_sent, or bq_client_stats, tells). */
 BQ_API bq_status bq_schedule(bq_client *client, const struct bq_task *task, bq_err *err);
 
-/* Schedules n tasks in one pipelined round trip, in order. All are validated first; on a
- * validation error nothing is sent and *n_sent is 0. */
+/* Schedules n tasks, as the Lua producer (binduq.scheduler) does:
+ *  1. every task is validated and encoded, and routed (opts->route); on a validation error
+ *     (BQ_EINVAL, the message names the task, "tasks[2]: task_id is required", when n > 1)
+ *     nothing is stored or sent and *n_sent is 0;
+ *  2. each task's state is stored, in order: a run is recorded "submitted" (with its queue,
+ *     conversation id and messages as its history); a cancel makes the task "canceled" (a
+ *     task nobody recorded is created canceled) and is published on the control channel of
+ *     the client's queue, so a running handler stops within milliseconds; a pause makes a
+ *     submitted task "paused", and for a running one records the request and publishes it.
+ *     A storage failure returns its error ("storage: ...") with nothing pushed;
+ *  3. the tasks are pushed (LPUSH or RPUSH, see `order`), one pipelined round trip per run of
+ *     consecutive tasks with the same queue; a run or cancel is pushed only if its
+ *     deduplication key is free, and takes it for dedup_ttl seconds, in one atomic step.
+ * *n_sent (n_sent may be NULL) counts the tasks pushed: on BQ_OK the other n - *n_sent were
+ * duplicates. On a push failure *n_sent says how many were pushed before it. Counted in the
+ * process's metrics (binduq_tasks_scheduled_total, binduq_tasks_deduplicated_total) and in
+ * bq_client_stats.
+ * If the process dies between the store and the push, a worker's recovery sweep pushes the
+ * submitted run again. */
 BQ_API bq_status bq_schedule_many(bq_client *client, const struct bq_task *tasks, size_t n,
                                   size_t *n_sent, bq_err *err);
+
+/* The tasks this client pushed and the ones it found duplicate since it was opened (either
+ * pointer may be NULL). */
+BQ_API void bq_client_stats(bq_client *client, long long *scheduled, long long *deduplicated);
 
 /* Number of task operations waiting in the client's queue. */
 BQ_API bq_status bq_queue_length(bq_client *client, long long *out, bq_err *err);

@@ -35,6 +35,7 @@ local wire = core.wire
 M.TYPES = wire.TYPES
 M.MAX_ID_LEN = wire.MAX_ID_LEN
 local id_problem = core.id_problem
+local messages_json = core.messages_json
 
 local null = json.null
 local json_decode = json.raw_decode -- raises; decode_body catches
@@ -475,7 +476,10 @@ function M.encode(op, level)
         conv = core.uuid4()
         out[#out + 1] = ',"conversation_id":"' .. conv .. '"'
     end
-    local msgs_json = (ty == "run" or (msgs and #msgs > 0)) and json.array(msgs) or nil
+    -- Plain messages ({role, content}) are written by C as every producer writes them
+    -- (src/engine/task.h, bq_task_put_message), so a run's stored history is the same bytes
+    -- from any path; others by lua-cjson.
+    local msgs_json = (ty == "run" or (msgs and #msgs > 0)) and (messages_json(msgs) or json.array(msgs)) or nil
     if msgs_json then out[#out + 1] = ',"messages":' .. msgs_json end
     if op.artifacts then
         out[#out + 1] = ',"artifacts":' .. json.array(op.artifacts)

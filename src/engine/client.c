@@ -1,27 +1,72 @@
 /*
- * client.c -- the public producer API (binduq.h) over a broker.
+ * client.c -- the public producer API (binduq.h) over a broker and a storage.
+ *
+ * bq_schedule_many does what binduq.scheduler (lua/binduq/scheduler.lua) does, in three
+ * passes over the tasks: check, encode and route all (nothing happens if one is invalid);
+ * store each one's state in order (the first storage failure stops everything before a
+ * push); push, one round trip per run of consecutive tasks with the same queue and the same
+ * kind of push (plain, or with deduplication keys). The stored history is the "messages"
+ * array of the encoded message itself, so the record and the message cannot disagree, and
+ * it is written by bq_task_put_message, as the Lua producer's fast path writes it.
  */
 #include "client.h"
 
+#include "../broker/keys.h"
 #include "../core/alloc.h"
+#include "../core/clock.h" /* bq_duration_problem */
 #include "../core/err.h"
 #include "../core/log.h"
+#include "metrics.h"
 #include "task.h"
+#include "worker.h" /* bq_control_format */
 
 #include <stdio.h>
 #include <string.h>
 
-bq_status bq_client_new(const struct bq_client_options *opts, bq_client **out, bq_err *err)
+#define DEFAULT_DEDUP_TTL 3600.0 /* seconds, as binduq.scheduler's dedup_ttl */
+
+/* Prefixes a storage's message with "storage: " unless it already says so. */
+static bq_status storage_fail(bq_status st, bq_err *err)
+{
+    if (err != NULL && strncmp(err->msg, "storage: ", 9) != 0)
+        bq_err_prefix(err, "storage");
+    return st;
+}
+
+static bq_status open_storage(bq_client *c, const struct bq_client_options *opts, bq_err *err)
+{
+    struct bq_storage_choice sc;
+    bq_status st = bq_config_storage(opts, &sc, err);
+    if (st == BQ_OK)
+        st = bq_storage_open(&sc.cfg, &c->store, err);
+    bq_storage_choice_free(&sc);
+    return st == BQ_OK ? BQ_OK : storage_fail(st, err);
+}
+
+static bq_status client_open(const struct bq_client_options *opts, bool producer, bq_client **out,
+                             bq_err *err)
 {
     *out = NULL;
     bq_client *c = bq_calloc(1, sizeof *c);
     if (c == NULL)
         return bq_err_set(err, BQ_ENOMEM, "bq_client_new: out of memory");
+    atomic_init(&c->scheduled, 0);
+    atomic_init(&c->deduplicated, 0);
     bq_status st = bq_config_resolve(opts, &c->cfg, err);
+    const char *why = producer && opts != NULL ? bq_duration_problem(opts->dedup_ttl) : NULL;
+    if (st == BQ_OK && why != NULL)
+        st = bq_err_set(err, BQ_EINVAL, "dedup_ttl %s", why);
     if (st == BQ_OK) {
         struct bq_broker_config bc;
         bq_config_broker(&c->cfg, &bc);
         st = bq_broker_open(&bc, &c->broker, err);
+    }
+    if (st == BQ_OK && producer) {
+        st = open_storage(c, opts, err);
+        c->dedup = opts == NULL || !opts->no_dedup;
+        c->dedup_ttl = opts != NULL && opts->dedup_ttl > 0 ? opts->dedup_ttl : DEFAULT_DEDUP_TTL;
+        c->route = opts != NULL ? opts->route : NULL;
+        c->route_ud = opts != NULL ? opts->route_ud : NULL;
     }
     if (st != BQ_OK) {
         bq_client_free(c);
@@ -31,13 +76,33 @@ bq_status bq_client_new(const struct bq_client_options *opts, bq_client **out, b
     return BQ_OK;
 }
 
+bq_status bq_client_new(const struct bq_client_options *opts, bq_client **out, bq_err *err)
+{
+    return client_open(opts, true, out, err);
+}
+
+bq_status bq_client_new_broker(const struct bq_client_options *opts, bq_client **out,
+                               bq_err *err)
+{
+    return client_open(opts, false, out, err);
+}
+
 void bq_client_free(bq_client *c)
 {
     if (c == NULL)
         return;
     bq_broker_free(c->broker);
+    bq_storage_unref(c->store);
     bq_config_free(&c->cfg);
     bq_free(c);
+}
+
+void bq_client_stats(bq_client *c, long long *scheduled, long long *deduplicated)
+{
+    if (scheduled != NULL)
+        *scheduled = atomic_load(&c->scheduled);
+    if (deduplicated != NULL)
+        *deduplicated = atomic_load(&c->deduplicated);
 }
 
 bq_status bq_client_push(bq_client *c, const char *queue, const struct bq_slice *msgs,
@@ -59,39 +124,197 @@ bq_status bq_client_push(bq_client *c, const char *queue, const struct bq_slice 
     return st;
 }
 
+/* ---- bq_schedule_many -------------------------------------------------------------------- */
+
+/* One task on its way: its message, where its history is, its queue and dedup key. */
+struct item {
+    const struct bq_task *task;
+    struct bq_msg msg;          /* owned */
+    struct bq_task_parts parts; /* parts.conversation_id may point into parts (not moved) */
+    char *queue;                /* owned: the routed queue, or a copy of the client's */
+    char *key;                  /* owned: "run:<id>" or "cancel:<id>", or NULL */
+};
+
+static bool is(const struct bq_task *t, const char *type)
+{
+    return strcmp(t->type, type) == 0;
+}
+
+/* Checks, encodes and routes one task. */
+static bq_status prepare(bq_client *c, const struct bq_task *t, struct item *it, bq_err *err)
+{
+    it->task = t;
+    bq_status st = bq_task_encode_parts(t, &it->msg, &it->parts, err);
+    if (st != BQ_OK)
+        return st;
+    const char *q = c->route != NULL ? c->route(t, c->route_ud) : NULL;
+    if (q != NULL) {
+        const char *why = bq_queue_name_problem(q);
+        if (why != NULL)
+            return bq_err_set(err, BQ_EINVAL, "route: queue '%.200s' %s", q, why);
+    }
+    it->queue = bq_strdup(q != NULL ? q : c->cfg.queue_name);
+    if (it->queue == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "schedule: out of memory");
+    if (c->dedup && (is(t, "run") || is(t, "cancel"))) {
+        size_t n = strlen(t->type) + 1 + strlen(t->task_id) + 1;
+        if ((it->key = bq_malloc(n)) == NULL)
+            return bq_err_set(err, BQ_ENOMEM, "schedule: out of memory");
+        snprintf(it->key, n, "%s:%s", t->type, t->task_id);
+    }
+    return BQ_OK;
+}
+
+/* "cancel <id>" or "pause <id>" on the control channel of the client's queue, which the
+ * workers of that queue listen to. A publication that fails is not an error (the operation
+ * is queued too), as in binduq.scheduler. */
+static void publish(bq_client *c, enum bq_control op, const char *task_id)
+{
+    char msg[BQ_MAX_ID_LEN + 16];
+    int n = bq_control_format(msg, sizeof msg, op, task_id);
+    long long receivers = 0;
+    bq_err err;
+    if (n > 0 && c->broker->ops->publish(c->broker, c->cfg.queue_name,
+                                         (struct bq_slice){msg, (size_t)n}, &receivers,
+                                         &err) != BQ_OK)
+        bq_log(BQ_LOG_WARN, "control_publish_failed", "task_id", task_id, "queue",
+               c->cfg.queue_name, "error", err.msg, NULL);
+}
+
+/* The stored side of one task, before anything is pushed (scheduler.lua's store_op). */
+static bq_status store_op(bq_client *c, struct item *it, bq_err *err)
+{
+    const struct bq_task *t = it->task;
+    struct bq_task_result res;
+    bq_status st = BQ_OK;
+    if (c->store == NULL)
+        return BQ_OK;
+    if (is(t, "run")) {
+        /* The history is the message's "messages" array: NUL-terminated for the call. */
+        char *end = it->msg.data + it->parts.history_off + it->parts.history_len;
+        char saved = *end;
+        *end = '\0';
+        struct bq_task_new nt = {.id = t->task_id,
+                                 .context_id = it->parts.conversation_id,
+                                 .queue = it->queue,
+                                 .history = it->msg.data + it->parts.history_off};
+        st = c->store->ops->create(c->store, &nt, &res, err);
+        *end = saved;
+    } else if (is(t, "cancel")) {
+        struct bq_task_change ch = {.id = t->task_id, .to = "canceled"};
+        st = c->store->ops->change(c->store, &ch, &res, err);
+        if (st == BQ_OK && !res.found) {
+            struct bq_task_new nt = {.id = t->task_id, .state = "canceled"};
+            bq_err ignored;
+            c->store->ops->create(c->store, &nt, &res, &ignored);
+        }
+        if (st == BQ_OK)
+            publish(c, BQ_CONTROL_CANCEL, t->task_id);
+    } else if (is(t, "pause")) {
+        struct bq_task_change ch = {.id = t->task_id, .from = "submitted", .to = "paused"};
+        st = c->store->ops->change(c->store, &ch, &res, err);
+        if (st == BQ_OK && !res.changed && strcmp(res.state, "working") == 0) {
+            struct bq_task_change req = {.id = t->task_id, .from = "working",
+                                         .requested = "pause"};
+            bq_err ignored;
+            c->store->ops->change(c->store, &req, &res, &ignored);
+            publish(c, BQ_CONTROL_PAUSE, t->task_id);
+        }
+    }
+    return st == BQ_OK ? BQ_OK : storage_fail(st, err);
+}
+
+/* Pushes items[0..n) (one queue, all with keys or none). Adds the pushed and the duplicates
+ * to *sent and *dups, and counts them in the metrics and the client's stats. */
+static bq_status push_group(bq_client *c, const struct item *items, size_t n, size_t *sent,
+                            size_t *dups, bq_err *err)
+{
+    const char *queue = items[0].queue;
+    bool keyed = items[0].key != NULL;
+    struct bq_slice *slices = bq_calloc(n, sizeof *slices);
+    const char **aux = bq_calloc(n, sizeof *aux); /* the task ids, or the keys */
+    bool *pushed = keyed ? bq_calloc(n, sizeof *pushed) : NULL;
+    if (slices == NULL || aux == NULL || (keyed && pushed == NULL)) {
+        bq_free(slices);
+        bq_free(aux);
+        bq_free(pushed);
+        return bq_err_set(err, BQ_ENOMEM, "schedule: out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        slices[i] = (struct bq_slice){items[i].msg.data, items[i].msg.len};
+        aux[i] = keyed ? items[i].key : items[i].task->task_id;
+    }
+    size_t ok = 0;
+    bq_status st;
+    if (keyed) {
+        st = c->broker->ops->push_unique(c->broker, queue, slices, aux, n, c->dedup_ttl, pushed,
+                                         err);
+        for (size_t i = 0; st == BQ_OK && i < n; i++) {
+            ok += pushed[i];
+            if (bq_log_enabled(BQ_LOG_DEBUG))
+                bq_log(BQ_LOG_DEBUG, pushed[i] ? "scheduled" : "deduplicated", "task_id",
+                       items[i].task->task_id, "queue", queue, NULL);
+        }
+        if (st != BQ_OK)
+            bq_log(BQ_LOG_ERROR, "schedule_failed", "queue", queue, "error",
+                   err ? err->msg : NULL, "code", bq_status_name(st), NULL);
+    } else {
+        st = bq_client_push(c, queue, slices, aux, n, &ok, err);
+    }
+    size_t dup = st == BQ_OK && keyed ? n - ok : 0;
+    *sent += ok;
+    *dups += dup;
+    bq_metrics_scheduled(queue, (long long)ok, (long long)dup);
+    atomic_fetch_add(&c->scheduled, (long long)ok);
+    atomic_fetch_add(&c->deduplicated, (long long)dup);
+    bq_free(slices);
+    bq_free(aux);
+    bq_free(pushed);
+    return st;
+}
+
 bq_status bq_schedule_many(bq_client *c, const struct bq_task *tasks, size_t n, size_t *n_sent,
                            bq_err *err)
 {
-    size_t sent = 0;
+    size_t sent = 0, dups = 0;
     if (n_sent == NULL)
         n_sent = &sent;
     *n_sent = 0;
-    struct bq_msg *msgs = bq_calloc(n ? n : 1, sizeof *msgs);
-    struct bq_slice *slices = bq_calloc(n ? n : 1, sizeof *slices);
-    const char **ids = bq_calloc(n ? n : 1, sizeof *ids);
+    if (n == 0)
+        return BQ_OK;
+    if (tasks == NULL)
+        return bq_err_set(err, BQ_EINVAL, "tasks is NULL but n is %zu", n);
+    struct item *items = bq_calloc(n, sizeof *items);
+    if (items == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "schedule: out of memory");
     bq_status st = BQ_OK;
-    if (msgs == NULL || slices == NULL || ids == NULL)
-        st = bq_err_set(err, BQ_ENOMEM, "schedule: out of memory");
+    char where[32];
     for (size_t i = 0; i < n && st == BQ_OK; i++) {
-        st = bq_task_encode(&tasks[i], &msgs[i], err);
-        if (st != BQ_OK && n > 1) {
-            char where[32];
+        if ((st = prepare(c, &tasks[i], &items[i], err)) != BQ_OK && n > 1) {
             snprintf(where, sizeof where, "tasks[%zu]", i);
             bq_err_prefix(err, where);
         }
-        if (st == BQ_OK) {
-            slices[i].p = msgs[i].data;
-            slices[i].len = msgs[i].len;
-            ids[i] = tasks[i].task_id;
+    }
+    for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        if ((st = store_op(c, &items[i], err)) != BQ_OK && n > 1) {
+            snprintf(where, sizeof where, "tasks[%zu]", i);
+            bq_err_prefix(err, where);
         }
     }
-    if (st == BQ_OK)
-        st = bq_client_push(c, NULL, slices, ids, n, n_sent, err);
-    for (size_t i = 0; msgs != NULL && i < n; i++)
-        bq_free(msgs[i].data);
-    bq_free(msgs);
-    bq_free(slices);
-    bq_free(ids);
+    /* Runs of consecutive tasks with the same queue and the same kind of push. */
+    for (size_t i = 0, j; i < n && st == BQ_OK; i = j) {
+        for (j = i + 1; j < n && strcmp(items[j].queue, items[i].queue) == 0 &&
+                        (items[j].key != NULL) == (items[i].key != NULL);
+             j++)
+            ;
+        st = push_group(c, &items[i], j - i, n_sent, &dups, err);
+    }
+    for (size_t i = 0; i < n; i++) {
+        bq_free(items[i].msg.data);
+        bq_free(items[i].queue);
+        bq_free(items[i].key);
+    }
+    bq_free(items);
     return st;
 }
 

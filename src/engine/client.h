@@ -6,12 +6,28 @@
 
 #include "../binduq.h"
 #include "../broker/broker.h"
+#include "../storage/storage.h"
 #include "config.h"
+
+#include <stdatomic.h>
 
 struct bq_client {
     struct bq_config cfg;
     bq_broker *broker; /* owned */
+    /* The producer side of bq_schedule_many (binduq.h); the Lua binding's clients have no
+     * storage (binduq.scheduler keeps its own) and leave these zero. */
+    bq_storage *store; /* one reference, or NULL */
+    bool dedup;
+    double dedup_ttl;
+    const char *(*route)(const struct bq_task *task, void *ud);
+    void *route_ud;
+    atomic_llong scheduled, deduplicated;
 };
+
+/* bq_client_new without a storage, for the Lua binding (core.client): binduq.scheduler
+ * records tasks through its own storage handle, and workers only push. */
+bq_status bq_client_new_broker(const struct bq_client_options *opts, bq_client **out,
+                               bq_err *err);
 
 /* Pushes already-encoded messages to `queue` (NULL: the client's queue) and logs one
  * "scheduled" line per message at debug level with the given task ids (may be NULL). */

@@ -247,6 +247,111 @@ void bq_config_free(struct bq_config *cfg)
     cfg->tls_server_name = NULL;
 }
 
+/* ---- Storage ---------------------------------------------------------------------------- */
+
+/* The schema Bindu keeps an agent's tables in, from its DID (storage.lua's M.did_schema):
+ * lower case, every byte but ASCII letters, digits and '_' made '_', "schema_" before a
+ * leading digit. Bindu shortens a name over 63 bytes with a hash, which we cannot know. */
+static bq_status did_schema(const char *did, char **out, bq_err *err)
+{
+    size_t n = strlen(did);
+    bool digit = n > 0 && did[0] >= '0' && did[0] <= '9';
+    size_t len = n + (digit ? 7 : 0);
+    if (len > 63)
+        return bq_err_set(err, BQ_EINVAL, "the schema name of DID '%.80s' is longer than 63 "
+                          "bytes, which Bindu shortens with a hash: give storage_schema as it "
+                          "appears in the database", did);
+    char name[64];
+    size_t k = 0;
+    if (digit) {
+        memcpy(name, "schema_", 7);
+        k = 7;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char c = did[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        bool keep = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+        name[k++] = keep ? c : '_';
+    }
+    name[k] = '\0';
+    *out = bq_strdup(name);
+    return *out == NULL ? bq_err_set(err, BQ_ENOMEM, "out of memory") : BQ_OK;
+}
+
+static const char *env_database_url(void)
+{
+    const char *v = bq_env_any_case("DATABASE_URL");
+    return v != NULL ? v : bq_env_any_case("POSTGRES_URL");
+}
+
+bq_status bq_config_storage(const struct bq_client_options *opts, struct bq_storage_choice *out,
+                            bq_err *err)
+{
+    static const struct bq_client_options none;
+    if (opts == NULL)
+        opts = &none;
+    memset(out, 0, sizeof *out);
+    const char *type = opts->storage_type, *url = opts->storage_url;
+    const char *env_type = bq_env_any_case("STORAGE_TYPE");
+    if (type == NULL && url == NULL && env_type != NULL) {
+        if (strcasecmp(env_type, "memory") == 0)
+            type = "memory";
+        else if (strcasecmp(env_type, "postgres") == 0)
+            type = "postgres";
+        else
+            return bq_err_set(err, BQ_EINVAL, "STORAGE_TYPE: expected memory or postgres, got "
+                              "'%.40s'", env_type);
+    }
+    if (type == NULL) {
+        url = url != NULL ? url : env_database_url();
+        type = url != NULL ? "postgres" : "memory";
+    }
+    if (strcmp(type, "postgresql") == 0)
+        type = "postgres";
+    if (strcmp(type, "postgres") == 0) {
+        url = url != NULL ? url : env_database_url();
+        if (url == NULL || *url == '\0')
+            return bq_err_set(err, BQ_EINVAL, "storage: type \"postgres\" needs a url "
+                              "(storage_url or DATABASE_URL)");
+    } else if (strcmp(type, "memory") == 0) {
+        url = NULL;
+    } else {
+        return bq_err_set(err, BQ_EINVAL, "storage: type '%.40s' is not supported (expected "
+                          "\"memory\" or \"postgres\")", type);
+    }
+    out->cfg.type = strcmp(type, "memory") == 0 ? "memory" : "postgres";
+    const char *layout = bq_env_any_case("BINDUQ_STORAGE_LAYOUT");
+    bq_status st = BQ_OK;
+    if (url != NULL && (out->url = bq_strdup(url)) == NULL)
+        st = bq_err_set(err, BQ_ENOMEM, "out of memory");
+    if (st == BQ_OK && url != NULL && layout != NULL && (out->layout = bq_strdup(layout)) == NULL)
+        st = bq_err_set(err, BQ_ENOMEM, "out of memory");
+    if (st == BQ_OK && opts->storage_schema != NULL &&
+        (out->schema = bq_strdup(opts->storage_schema)) == NULL)
+        st = bq_err_set(err, BQ_ENOMEM, "out of memory");
+    if (st == BQ_OK && url != NULL && layout != NULL && strcmp(layout, "bindu") == 0 &&
+        out->schema == NULL) {
+        const char *did = bq_env_any_case("POSTGRES_DID");
+        if (did == NULL)
+            did = bq_env_any_case("DID");
+        if (did != NULL)
+            st = did_schema(did, &out->schema, err);
+    }
+    out->cfg.url = out->url;
+    out->cfg.schema = out->schema;
+    out->cfg.layout = out->layout;
+    return st;
+}
+
+void bq_storage_choice_free(struct bq_storage_choice *c)
+{
+    bq_free(c->url);
+    bq_free(c->schema);
+    bq_free(c->layout);
+    memset(c, 0, sizeof *c);
+}
+
 void bq_config_broker(const struct bq_config *cfg, struct bq_broker_config *out)
 {
     out->url = cfg->url;

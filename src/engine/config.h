@@ -8,6 +8,7 @@
 
 #include "../binduq.h"
 #include "../broker/broker.h"
+#include "../storage/storage.h"
 
 #include <stddef.h>
 
@@ -53,6 +54,21 @@ struct bq_config {
 bq_status bq_config_resolve(const struct bq_client_options *opts, struct bq_config *cfg,
                             bq_err *err);
 void bq_config_free(struct bq_config *cfg);
+
+/* The storage a C producer records its tasks in, resolved from opts (may be NULL) and the
+ * environment exactly as lua/binduq/storage.lua's M.section resolves a scheduler's storage
+ * section: storage_type, else STORAGE_TYPE (memory or postgres, any case), else postgres
+ * when a URL is given or in DATABASE_URL or POSTGRES_URL, else memory; postgres needs a URL;
+ * BINDUQ_STORAGE_LAYOUT=bindu picks Bindu's tables, in the schema named after POSTGRES_DID or
+ * DID unless storage_schema names it. out->cfg's strings point into out (or are static).
+ * Release with bq_storage_choice_free, also after an error. */
+struct bq_storage_choice {
+    struct bq_storage_config cfg;
+    char *url, *schema, *layout; /* owned */
+};
+bq_status bq_config_storage(const struct bq_client_options *opts, struct bq_storage_choice *out,
+                            bq_err *err);
+void bq_storage_choice_free(struct bq_storage_choice *c);
 
 /* The broker settings of a resolved configuration (pointers borrowed from cfg). */
 void bq_config_broker(const struct bq_config *cfg, struct bq_broker_config *out);

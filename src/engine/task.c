@@ -81,8 +81,16 @@ bq_status bq_task_validate(const struct bq_task *t, bq_err *err)
 
 bq_status bq_task_encode(const struct bq_task *t, struct bq_msg *out, bq_err *err)
 {
+    struct bq_task_parts parts;
+    return bq_task_encode_parts(t, out, &parts, err);
+}
+
+bq_status bq_task_encode_parts(const struct bq_task *t, struct bq_msg *out,
+                               struct bq_task_parts *parts, bq_err *err)
+{
     out->data = NULL;
     out->len = 0;
+    memset(parts, 0, sizeof *parts);
     bq_status st = bq_task_validate(t, err);
     if (st != BQ_OK)
         return st;
@@ -91,26 +99,27 @@ bq_status bq_task_encode(const struct bq_task *t, struct bq_msg *out, bq_err *er
     bq_buf_json_str(&b, t->type, strlen(t->type));
     bq_buf_puts(&b, ",\"task_id\":");
     bq_buf_json_str(&b, t->task_id, strlen(t->task_id));
-    char uuid[37];
-    const char *conv = t->conversation_id;
-    if (conv == NULL && strcmp(t->type, "run") == 0) {
-        bq_uuid4(uuid);
-        conv = uuid;
+    parts->conversation_id = t->conversation_id;
+    if (parts->conversation_id == NULL && strcmp(t->type, "run") == 0) {
+        bq_uuid4(parts->uuid);
+        parts->conversation_id = parts->uuid;
     }
-    if (conv != NULL) {
+    if (parts->conversation_id != NULL) {
         bq_buf_puts(&b, ",\"conversation_id\":");
-        bq_buf_json_str(&b, conv, strlen(conv));
+        bq_buf_json_str(&b, parts->conversation_id, strlen(parts->conversation_id));
     }
     if (t->n_messages > 0) {
-        bq_buf_puts(&b, ",\"messages\":[");
+        bq_buf_puts(&b, ",\"messages\":");
+        parts->history_off = b.len;
+        bq_buf_putc(&b, '[');
         for (size_t i = 0; i < t->n_messages; i++) {
-            bq_buf_puts(&b, i ? ",{\"role\":" : "{\"role\":");
-            bq_buf_json_str(&b, t->messages[i].role, strlen(t->messages[i].role));
-            bq_buf_puts(&b, ",\"content\":");
-            bq_buf_json_str(&b, t->messages[i].content, strlen(t->messages[i].content));
-            bq_buf_putc(&b, '}');
+            if (i > 0)
+                bq_buf_putc(&b, ',');
+            const struct bq_message *m = &t->messages[i];
+            bq_task_put_message(&b, m->role, strlen(m->role), m->content, strlen(m->content));
         }
         bq_buf_putc(&b, ']');
+        parts->history_len = b.len - parts->history_off;
     }
     if (strcmp(t->type, "run") == 0)
         bq_buf_puts(&b, ",\"artifacts\":[]");
@@ -118,5 +127,9 @@ bq_status bq_task_encode(const struct bq_task *t, struct bq_msg *out, bq_err *er
     bq_iso8601(bq_now_wall(), ts, sizeof ts);
     bq_buf_printf(&b, ",\"timestamp\":\"%s\"}", ts);
     out->data = bq_buf_detach(&b, &out->len);
-    return out->data == NULL ? bq_err_set(err, BQ_ENOMEM, "schedule: out of memory") : BQ_OK;
+    if (out->data == NULL) {
+        memset(parts, 0, sizeof *parts);
+        return bq_err_set(err, BQ_ENOMEM, "schedule: out of memory");
+    }
+    return BQ_OK;
 }

@@ -65,7 +65,7 @@ static int l_client_new(lua_State *L)
     u->c = NULL;
     luaL_setmetatable(L, BQ_CLIENT_MT);
     bq_err err;
-    if (bq_client_new(&o, &u->c, &err) != BQ_OK)
+    if (bq_client_new_broker(&o, &u->c, &err) != BQ_OK)
         return luaL_error(L, "%s", err.msg);
     return 1;
 }

@@ -32,6 +32,7 @@
 #include "../core/err.h"
 #include "../core/id.h"
 #include "../core/rand.h"
+#include "../engine/task.h"
 #include "../storage/storage.h"
 
 #include <string.h>
@@ -171,32 +172,84 @@ static void put_json_str(bq_buf *b, lua_State *L, int i)
     bq_buf_json_str(b, s, n);
 }
 
-/* Appends the messages of the (checked) operation at op to b, as a JSON array. */
-static void encode_messages(lua_State *L, int op, bq_buf *b)
+/* Appends the (checked) list of messages at `list` to b, as a JSON array, each as the C
+ * producer writes it (bq_task_put_message): the history both record is the same bytes. */
+static void encode_list(lua_State *L, int list, bq_buf *b)
 {
-    field(L, op, K_MESSAGES);
-    int list = lua_gettop(L);
     PUT(b, "[");
     for (lua_Integer i = 1; lua_rawgeti(L, list, i) != LUA_TNIL; i++) {
         int m = lua_gettop(L);
         if (i > 1)
             PUT(b, ",");
+        size_t rn, cn;
+        const char *role, *content;
         if (lua_type(L, m) == LUA_TSTRING) {
-            PUT(b, "{\"role\":\"user\",\"content\":");
-            put_json_str(b, L, m);
+            role = "user";
+            rn = 4;
+            content = lua_tolstring(L, m, &cn);
         } else {
-            PUT(b, "{\"role\":");
             field(L, m, K_ROLE);
-            put_json_str(b, L, -1);
-            PUT(b, ",\"content\":");
+            role = lua_tolstring(L, -1, &rn);
             field(L, m, K_CONTENT);
-            put_json_str(b, L, -1);
+            content = lua_tolstring(L, -1, &cn);
         }
-        PUT(b, "}");
+        bq_task_put_message(b, role, rn, content, cn); /* the strings are on the stack */
         lua_settop(L, list);
     }
+    lua_pop(L, 1); /* the nil */
     PUT(b, "]");
-    lua_settop(L, list - 1);
+}
+
+/* Appends the messages of the (checked) operation at op to b, as a JSON array. */
+static void encode_messages(lua_State *L, int op, bq_buf *b)
+{
+    field(L, op, K_MESSAGES);
+    encode_list(L, lua_gettop(L), b);
+    lua_pop(L, 1);
+}
+
+/* ---- core.messages_json: the same bytes for task.lua's general path ------------------------ */
+
+#define JSONBUF_MT "binduq.JsonBuffer"
+
+static int jsonbuf_gc(lua_State *L)
+{
+    bq_buf_free(luaL_checkudata(L, 1, JSONBUF_MT));
+    return 0;
+}
+
+/* core.messages_json(list) -> text | false
+ * The JSON array of a list of messages, each a string (a user message) or a plain table of
+ * exactly {role = <non-empty string>, content = <string>}, written as the fast path and the
+ * C producer write it; false for any other list, which task.lua encodes with lua-cjson
+ * (whose key order follows the table's hash order, and which writes '/' as "\/"). */
+static int l_messages_json(lua_State *L)
+{
+    const struct key_addrs *ka = lua_touserdata(L, lua_upvalueindex(K_ADDRS));
+    lua_settop(L, 1);
+    luaL_checkstack(L, 8, NULL);
+    bool ok = plain_table(L, 1);
+    lua_Integer n = 0;
+    while (ok && lua_rawgeti(L, 1, n + 1) != LUA_TNIL) {
+        ok = lua_type(L, 2) == LUA_TSTRING ? good_text(L, 2) : good_message_table(L, ka, 2);
+        lua_pop(L, 1);
+        n++;
+    }
+    lua_settop(L, 1);
+    if (!ok || n == 0 || lua_rawlen(L, 1) != (size_t)n) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    /* The buffer lives in a userdata, so a memory error while pushing frees it. */
+    bq_buf *b = lua_newuserdatauv(L, sizeof *b, 0); /* 2 */
+    memset(b, 0, sizeof *b);
+    luaL_setmetatable(L, JSONBUF_MT);
+    encode_list(L, 1, b);
+    if (b->oom)
+        return luaL_error(L, "schedule: out of memory");
+    lua_pushlstring(L, b->p, b->len);
+    bq_buf_free(b);
+    return 1;
 }
 
 /* ---- binduq.Batch: the encoded messages of one call ---------------------------------------- */
@@ -357,6 +410,11 @@ void bq_lua_open_produce(lua_State *L)
         ka->key[i + 1] = lua_pushstring(L, key_names[i]);
         lua_insert(L, -2); /* the addresses stay on top, the last upvalue */
     }
+    /* core.messages_json shares the key strings and their addresses. */
+    for (int i = 1; i <= K_ADDRS; i++)
+        lua_pushvalue(L, -K_ADDRS);
+    lua_pushcclosure(L, l_messages_json, K_ADDRS);
+    lua_setfield(L, -(K_ADDRS + 2), "messages_json");
     lua_pushcclosure(L, l_prepare_runs, K_ADDRS);
     lua_setfield(L, -2, "prepare_runs");
     luaL_newmetatable(L, BQ_BATCH_MT);
@@ -368,5 +426,9 @@ void bq_lua_open_produce(lua_State *L)
     lua_pushcfunction(L, batch_get);
     lua_setfield(L, -2, "get");
     lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, JSONBUF_MT);
+    lua_pushcfunction(L, jsonbuf_gc);
+    lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
 }

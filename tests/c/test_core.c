@@ -180,6 +180,28 @@ TEST(task_encoding)
     CHECK_NOT_CONTAINS(out.data, "messages");
     CHECK_NOT_CONTAINS(out.data, "conversation_id");
     bq_free(out.data);
+
+    /* The parts a producer records: the history (the "messages" array) and the
+     * conversation id, the one made for a run without one. */
+    struct bq_task_parts parts;
+    CHECK_INT(bq_task_encode_parts(&t2, &out, &parts, &err), BQ_OK);
+    CHECK_INT(strlen(parts.uuid), 36);
+    CHECK(parts.conversation_id == parts.uuid);
+    char want[64];
+    snprintf(want, sizeof want, "\"conversation_id\":\"%s\"", parts.uuid);
+    CHECK_CONTAINS(out.data, want);
+    const char *history = "[{\"role\":\"user\",\"content\":\"What is \\\"AI\\\"?\\n\"}]";
+    CHECK_INT(parts.history_len, strlen(history));
+    CHECK(strncmp(out.data + parts.history_off, history, parts.history_len) == 0);
+    bq_free(out.data);
+    CHECK_INT(bq_task_encode_parts(&t, &out, &parts, &err), BQ_OK);
+    CHECK_STR(parts.conversation_id, "c-1");
+    CHECK_INT(parts.uuid[0], '\0');
+    bq_free(out.data);
+    CHECK_INT(bq_task_encode_parts(&c, &out, &parts, &err), BQ_OK);
+    CHECK(parts.conversation_id == NULL);
+    CHECK_INT(parts.history_len, 0);
+    bq_free(out.data);
 }
 
 TEST(task_validation_names_the_field)

@@ -64,7 +64,7 @@ describe("examples", function()
             local env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue }
             local rc, out = proc.run("build/examples/schedule_c 3 ctask", { env = env })
             assert.are.equal(0, rc, out)
-            assert.truthy(out:find("scheduled 3 tasks; queue length 3", 1, true), out)
+            assert.truthy(out:find("scheduled 3 tasks (0 duplicates); queue length 3", 1, true), out)
             local w = proc.spawn("build/binduq-lua examples/worker.lua", { env = env })
             assert(proc.wait_for(function()
                 local _, n = (proc.read(w.log) or ""):gsub("completed task_id=ctask%-%d", "")

@@ -28,6 +28,31 @@ describe("task encoding", function()
         assert.truthy(s:find('"artifacts":[]', 1, true))
     end)
 
+    it("writes plain messages as the fast path and the C producer do, in one key order", function()
+        -- the history a run is stored with is these bytes, whichever producer recorded it
+        local core = require("binduq.core")
+        local ops = { type = "run", task_id = "t4", conversation_id = "c",
+                      messages = { "a/b \b", { role = "agent", content = 'q"\\\n\u{e9}' } } }
+        local want = '[{"role":"user","content":"a/b \\u0008"},'
+                     .. '{"role":"agent","content":"q\\"\\\\\\n\u{e9}"}]'
+        for _ = 1, 20 do -- lua-cjson's order would follow each new table's hash
+            local _, _, norm = task.encode({ type = ops.type, task_id = ops.task_id,
+                                             conversation_id = ops.conversation_id,
+                                             messages = { ops.messages[1], { role = "agent",
+                                                          content = ops.messages[2].content } } })
+            assert.are.equal(want, norm.messages_json)
+        end
+        local st = core.storage{ type = "memory" }
+        local batch = core.prepare_runs(st, { ops }, "q")
+        assert.truthy(batch:get(1):find(',"messages":' .. want .. ',', 1, true))
+        st:remove("t4")
+        st:close()
+        -- anything else is lua-cjson's
+        local _, _, norm = task.encode({ type = "run", task_id = "t5",
+                                         messages = { { role = "user", content = "x", parts = {} } } })
+        assert.are.same({ { role = "user", content = "x", parts = {} } }, json.decode(norm.messages_json))
+    end)
+
     it("writes pause and cancel without messages", function()
         local s = task.encode({ type = "cancel", task_id = "t3" })
         assert.falsy(s:find("messages", 1, true))
