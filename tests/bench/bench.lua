@@ -316,7 +316,7 @@ print("producers")
 row("enqueue, pipelined, Lua", "%9.0f tasks/s   %5.2f x redis-benchmark LPUSH (%.0f/s), %5.2f x pipelined LPUSH (%.0f/s)",
     F.enq.plain, F.enq.plain / L.lpush, L.lpush, F.enq.plain / L.lpush_p, L.lpush_p)
 row("  with deduplication", "%9.0f tasks/s   %5.2f x without", F.enq.dedup, F.enq.dedup / F.enq.plain)
-row("enqueue, pipelined, C", "%9.0f tasks/s   %5.2f x pipelined LPUSH (bq_schedule_many)",
+row("enqueue, pipelined, C", "%9.0f tasks/s   %5.2f x pipelined LPUSH (bq_schedule_many; records each run, dedup off)",
     F.cenq.many, F.cenq.many / L.lpush_p)
 row("enqueue, one at a time, C", "%9.0f tasks/s   %5.2f x a plain hiredis LPUSH loop (%.0f/s) (bq_schedule)",
     F.cenq.one, F.cenq.one_ratio, F.cenq.loop)

@@ -78,6 +78,9 @@ int main(int argc, char **argv)
         struct bq_client_options opts;
         memset(&opts, 0, sizeof opts);
         opts.url = url;
+        /* As the Lua enqueue lines: deduplication off (the dedup line measures it); each run
+         * is still recorded in this process' memory storage, as the Lua producer does. */
+        opts.no_dedup = true;
         opts.queue_name = queue;
         bq_client *client;
         bq_err err;
