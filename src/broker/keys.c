@@ -45,13 +45,23 @@ const char *bq_queue_name_problem(const char *queue)
     return NULL;
 }
 
-bool bq_key_derive(const char *queue, const char *suffix, char *out, size_t size)
+size_t bq_key_prefix(const char *queue, char *out, size_t size)
 {
     if (bq_queue_name_problem(queue) != NULL)
+        return 0;
+    int n = bq_key_has_tag(queue) ? snprintf(out, size, "%s:", queue)
+                                  : snprintf(out, size, "{%s}:", queue);
+    return n > 0 && (size_t)n < size ? (size_t)n : 0;
+}
+
+bool bq_key_derive(const char *queue, const char *suffix, char *out, size_t size)
+{
+    size_t n = bq_key_prefix(queue, out, size);
+    size_t s = strlen(suffix);
+    if (n == 0 || n + s >= size)
         return false;
-    int n = bq_key_has_tag(queue) ? snprintf(out, size, "%s:%s", queue, suffix)
-                                  : snprintf(out, size, "{%s}:%s", queue, suffix);
-    return n > 0 && (size_t)n < size;
+    memcpy(out + n, suffix, s + 1);
+    return true;
 }
 
 bq_status bq_key_derive_err(const char *queue, const char *suffix, char *out, bq_err *err)

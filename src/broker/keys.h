@@ -34,6 +34,10 @@ const char *bq_queue_name_problem(const char *queue);
  * the key does not fit. */
 bool bq_key_derive(const char *queue, const char *suffix, char *out, size_t size);
 
+/* The part of every derived key before its suffix ("{Q}:" or "Q:") into out; its length, or
+ * 0 if Q has a problem or it does not fit. bq_key_derive is this and the suffix. */
+size_t bq_key_prefix(const char *queue, char *out, size_t size);
+
 /* bq_key_derive with out of BQ_KEY_MAX bytes, setting err (BQ_EINVAL) to say what was wrong. */
 bq_status bq_key_derive_err(const char *queue, const char *suffix, char *out, bq_err *err);
 

@@ -213,6 +213,19 @@ static int l_log(lua_State *L)
             lua_pop(L, 1);
         }
     }
+    /* A Lua table has no order (and Lua 5.4 seeds its hashes per state): the fields go out
+     * sorted by name, so one event's lines always read the same way. */
+    for (size_t i = 1; i < n; i++) {
+        const char *k = keys[i], *v = vals[i];
+        const char *kn = k + (k[0] == '#');
+        size_t j = i;
+        for (; j > 0 && strcmp(keys[j - 1] + (keys[j - 1][0] == '#'), kn) > 0; j--) {
+            keys[j] = keys[j - 1];
+            vals[j] = vals[j - 1];
+        }
+        keys[j] = k;
+        vals[j] = v;
+    }
     bq_log_kv(lv, event, n, keys, vals);
     return 0;
 }
@@ -563,19 +576,28 @@ static int l_key_slot(lua_State *L)
 }
 
 /* core.key_derive(queue, suffix) -> Q's derived key for suffix ("dlq", "workers", "wip:<id>"
- * ...), by the one rule of src/broker/keys.c; raises naming what is wrong with the name. */
+ * ...), by the one rule of src/broker/keys.c; raises naming what is wrong with the queue's
+ * name. The suffix is taken byte for byte: the admin commands derive keys from worker ids
+ * read back from Redis, which anyone who can write there may have filled with anything. */
 static int l_key_derive(lua_State *L)
 {
     size_t qlen, slen;
     const char *q = luaL_checklstring(L, 1, &qlen);
     const char *suffix = luaL_checklstring(L, 2, &slen);
-    if (memchr(q, '\0', qlen) != NULL || memchr(suffix, '\0', slen) != NULL)
-        return luaL_argerror(L, memchr(q, '\0', qlen) != NULL ? 1 : 2, "contains a NUL byte");
-    char key[BQ_KEY_MAX];
-    bq_err err;
-    if (bq_key_derive_err(q, suffix, key, &err) != BQ_OK)
+    if (memchr(q, '\0', qlen) != NULL)
+        return luaL_argerror(L, 1, "contains a NUL byte");
+    char prefix[BQ_KEY_MAX];
+    size_t n = bq_key_prefix(q, prefix, sizeof prefix);
+    if (n == 0) {
+        bq_err err;
+        bq_key_derive_err(q, "", prefix, &err);
         return luaL_error(L, "%s", err.msg);
-    lua_pushstring(L, key);
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, prefix, n);
+    luaL_addlstring(&b, suffix, slen);
+    luaL_pushresult(&b);
     return 1;
 }
 

@@ -219,7 +219,7 @@ describe("the build", function()
         rc, out = proc.run("env -u REDIS_URL LD_LIBRARY_PATH=" .. q(prefix .. "/lib") .. " " .. q(exe) .. " 2 pc",
                            { timeout = 30 })
         assert.are.equal(0, rc, out)
-        assert.truthy(out:find("scheduled 2 tasks; queue length 2", 1, true), out)
+        assert.truthy(out:find("scheduled 2 tasks (0 duplicates); queue length 2", 1, true), out)
         proc.sh("rm -rf " .. q(prefix) .. " " .. q(exe))
     end)
 

@@ -34,7 +34,12 @@ describe("core.key_derive", function()
         end
     end)
 
-    it("refuses a name too long for a key and a NUL byte, naming what was wrong", function()
+    it("takes the suffix byte for byte (worker ids read back from Redis may hold anything)", function()
+        assert.are.equal("{q}:wip:a\0b\n", core.key_derive("q", "wip:a\0b\n"))
+        assert.are.equal("{q}:wip:" .. ("x"):rep(1000), core.key_derive("q", "wip:" .. ("x"):rep(1000)))
+    end)
+
+    it("refuses a queue name too long for a key and a NUL byte, naming what was wrong", function()
         local ok, err = pcall(core.key_derive, ("q"):rep(600), "dlq")
         assert.is_false(ok)
         assert.truthy(tostring(err):find("longer than 200 bytes", 1, true), err)
