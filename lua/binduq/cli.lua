@@ -406,10 +406,7 @@ function task.list(st, opts)
     out(opts, nil, lines)
 end
 
--- ---- stats, workers, queue, top: read straight from Redis --------------------------------
-
--- Q's derived key, by the workers' own rule (src/broker/keys.c).
-local derived = core.key_derive
+-- ---- stats, workers, queue, top: the broker's admin operations (src/broker/admin.h) -------
 
 local function queues_of(opts, s)
     local list = {}
@@ -417,71 +414,29 @@ local function queues_of(opts, s)
     return list
 end
 
-local function now_ms(c, q)
-    local t = must(c:command(q, "TIME"))
-    return tonumber(t[1]) * 1000 + tonumber(t[2]) // 1000
-end
-
--- The figures of one queue: ready, delayed, inflight, dead, workers (live), plus the worker
--- records {id=, lease_left=, inflight=, first=} when `detail`.
+-- The figures of one queue: ready, delayed, inflight, dead, workers (live), seen, plus the
+-- worker records {id=, lease_left=, inflight=, current=} when `detail`.
 local function queue_stats(c, q, detail)
-    local now = now_ms(c, q)
-    local st = { queue = q, ready = must(c:command(q, "LLEN", q)),
-                 delayed = must(c:command(q, "ZCARD", derived(q, "delayed"))),
-                 dead = must(c:command(q, "LLEN", derived(q, "dlq"))), inflight = 0, workers = 0 }
-    local ws = must(c:command(q, "ZRANGE", derived(q, "workers"), "0", "-1", "WITHSCORES"))
+    local st = must(c:stats(q, detail))
     local list = {}
-    for i = 1, #ws, 2 do
-        local id, expiry = ws[i], tonumber(ws[i + 1])
-        local n = must(c:command(q, "LLEN", derived(q, "wip:" .. id)))
-        st.inflight = st.inflight + n
-        if expiry > now then st.workers = st.workers + 1 end
-        if detail then
-            local first = must(c:command(q, "LINDEX", derived(q, "wip:" .. id), "-1"))
-            local tid
-            if first then
-                local body = first:match("^#bq [^\n]*\n(.*)$") or first
-                local okj, t = pcall(json.decode, body)
-                tid = okj and type(t) == "table" and (t.task_id or (type(t.params) == "table" and t.params.task_id)) or nil
-            end
-            list[#list + 1] = { id = id, lease_left = (expiry - now) / 1000, inflight = n, current = tid }
+    for _, w in ipairs(st.records or {}) do
+        local tid
+        if w.first then
+            local body = w.first:match("^#bq [^\n]*\n(.*)$") or w.first
+            local okj, t = pcall(json.decode, body)
+            tid = okj and type(t) == "table" and (t.task_id or (type(t.params) == "table" and t.params.task_id)) or nil
         end
+        list[#list + 1] = { id = w.id, lease_left = w.lease_left, inflight = w.inflight, current = tid }
     end
+    st.records = nil
     return st, list
-end
-
--- Whether any key of queue q exists: the list, or its delayed set, dead letters, worker
--- records or bell (one EXISTS: all share q's hash slot).
-local SEEN_SUFFIXES = { "delayed", "dlq", "workers", "bell" }
-local function seen(c, q)
-    local args = { q, "EXISTS", q }
-    for _, suffix in ipairs(SEEN_SUFFIXES) do args[#args + 1] = derived(q, suffix) end
-    return must(c:command(table.unpack(args))) > 0
 end
 
 -- The queues with keys in this Redis, found by one bounded SCAN (at most 10,000 keys looked
 -- at, the node of `q` only): a list of names, and whether the scan was cut short.
 local function known_queues(c, q)
-    local found, list, cursor, looked = {}, {}, "0", 0
-    repeat
-        local r = must(c:command(q, "SCAN", cursor, "COUNT", "1000"))
-        cursor = r[1]
-        for _, k in ipairs(r[2]) do
-            for _, suffix in ipairs(SEEN_SUFFIXES) do
-                local name = k:sub(-#suffix - 1) == ":" .. suffix and k:sub(1, -#suffix - 2) or nil
-                if name then
-                    name = name:match("^{([^}]+)}$") or name -- {Q}:suffix is the key of queue Q
-                    if not found[name] then
-                        found[name] = true
-                        list[#list + 1] = name
-                    end
-                end
-            end
-        end
-        looked = looked + #r[2]
-    until cursor == "0" or looked >= 10000
-    table.sort(list)
-    return list, cursor ~= "0"
+    local list, partial = c:queues(q, 10000)
+    return list or {}, partial
 end
 
 local admin = {}
@@ -491,7 +446,6 @@ function admin.stats(s, opts)
     local rows, unseen = {}, {}
     for _, q in ipairs(queues_of(opts, s)) do
         local r = queue_stats(c, q)
-        r.seen = seen(c, q)
         if not r.seen then unseen[#unseen + 1] = q end
         rows[#rows + 1] = r
     end
@@ -545,33 +499,22 @@ function admin.queue(s, opts, pos)
         if not limit or limit < 1 or limit ~= math.floor(limit) then error({ usage = "--limit must be a positive whole number" }) end
         -- The oldest (next taken) is at the front: the right end, or the left one for a
         -- queue whose producers RPUSH.
-        local list = {}
-        if c:order(q) == "rpush" then
-            list = must(c:command(q, "LRANGE", q, "0", tostring(math.tointeger(limit) - 1)))
-        else
-            local items = must(c:command(q, "LRANGE", q, tostring(-math.tointeger(limit)), "-1"))
-            for i = #items, 1, -1 do list[#list + 1] = items[i] end
-        end
+        local list = must(c:peek(q, math.tointeger(limit)))
         if opts.json then
             local safe = {}
             for i, m in ipairs(list) do safe[i] = utf8.len(m) and m or "(not valid UTF-8)" end
             json_text('{"queue":' .. json.encode_strict(q) .. ',"messages":' .. json.array(safe) .. "}")
             return
         end
-        local lines = { ("next %d of %d on %s (oldest first):"):format(#list, must(c:command(q, "LLEN", q)), q) }
+        local lines = { ("next %d of %d on %s (oldest first):"):format(#list, must(c:length("ready", q)), q) }
         for i, m in ipairs(list) do lines[#lines + 1] = ("%4d  %s"):format(i, short(m, 110)) end
         return out(opts, nil, lines)
     elseif pos[1] == "purge" then
         if not opts.yes then error({ usage = "purge deletes every waiting operation of " .. q .. ": add --yes" }) end
-        local total = 0
-        while true do
-            -- 1,000 at a time, so a long list shows progress and never blocks Redis long.
-            local n = must(c:command(q, "LLEN", q))
-            if n == 0 then break end
-            must(c:command(q, "LTRIM", q, "0", tostring(-1001)))
-            total = total + math.min(n, 1000)
-            if n > 1000 then io.stderr:write(("purged %d (%d left)...\n"):format(total, n - 1000)) end
-        end
+        -- 1,000 at a time, so a long list shows progress and never blocks Redis long.
+        local total = must(c:purge_ready(q, 1000, function(done, left)
+            io.stderr:write(("purged %d (%d left)...\n"):format(done, left))
+        end))
         return out(opts, { purged = total, queue = q }, ("purged %d waiting operation%s from %s"):format(total,
             total == 1 and "" or "s", q))
     end

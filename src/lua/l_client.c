@@ -18,6 +18,7 @@
  */
 #include "binding.h"
 
+#include "../broker/admin.h"
 #include "../core/alloc.h"
 #include "../core/err.h"
 #include "../core/id.h"
@@ -346,6 +347,126 @@ static int l_client_range(lua_State *L)
     return 1;
 }
 
+/* ---- Admin (src/broker/admin.h) ------------------------------------------------------------ */
+
+/* c:stats([queue [, detail]]) -> {ready=, delayed=, inflight=, dead=, workers=<live>, seen=,
+ * records = {{id=, lease_left=, inflight=, first=}, ...} (detail)} | nil, msg, code */
+static int l_client_stats(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *queue = luaL_optstring(L, 2, c->cfg.queue_name);
+    bool detail = lua_toboolean(L, 3);
+    struct bq_queue_stats st;
+    bq_err err;
+    if (bq_admin_stats(c->broker, queue, detail, &st, &err) != BQ_OK)
+        return client_fail(L, c, &err);
+    lua_createtable(L, 0, 8);
+    lua_pushinteger(L, (lua_Integer)st.ready);
+    lua_setfield(L, -2, "ready");
+    lua_pushinteger(L, (lua_Integer)st.delayed);
+    lua_setfield(L, -2, "delayed");
+    lua_pushinteger(L, (lua_Integer)st.inflight);
+    lua_setfield(L, -2, "inflight");
+    lua_pushinteger(L, (lua_Integer)st.dead);
+    lua_setfield(L, -2, "dead");
+    lua_pushinteger(L, (lua_Integer)st.live);
+    lua_setfield(L, -2, "workers");
+    lua_pushboolean(L, st.seen);
+    lua_setfield(L, -2, "seen");
+    lua_pushstring(L, queue);
+    lua_setfield(L, -2, "queue");
+    if (detail) {
+        lua_createtable(L, (int)st.nworkers, 0);
+        for (size_t i = 0; i < st.nworkers; i++) {
+            const struct bq_worker_rec *w = &st.workers[i];
+            lua_createtable(L, 0, 4);
+            lua_pushlstring(L, w->id, w->id_len);
+            lua_setfield(L, -2, "id");
+            lua_pushnumber(L, w->lease_left);
+            lua_setfield(L, -2, "lease_left");
+            lua_pushinteger(L, (lua_Integer)w->inflight);
+            lua_setfield(L, -2, "inflight");
+            if (w->first != NULL) {
+                lua_pushlstring(L, w->first, w->first_len);
+                lua_setfield(L, -2, "first");
+            }
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        lua_setfield(L, -2, "records");
+    }
+    bq_queue_stats_free(&st);
+    return 1;
+}
+
+/* c:peek([queue [, limit]]) -> {message, ...} oldest first | nil, msg, code */
+static int l_client_peek(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *queue = luaL_optstring(L, 2, c->cfg.queue_name);
+    lua_Integer limit = luaL_optinteger(L, 3, 10);
+    luaL_argcheck(L, limit >= 1 && limit <= 100000, 3, "limit must be from 1 to 100000");
+    struct bq_batch *b = push_batch_guard(L);
+    bq_err err;
+    if (bq_admin_peek(c->broker, queue, (long)limit, b, &err) != BQ_OK)
+        return client_fail(L, c, &err);
+    lua_createtable(L, (int)b->n, 0);
+    for (size_t i = 0; i < b->n; i++) {
+        lua_pushlstring(L, b->msgs[i].data, b->msgs[i].len);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    bq_batch_free(b);
+    return 1;
+}
+
+static void purge_progress(void *ud, long long done, long long left)
+{
+    lua_State *L = ud;
+    if (!lua_isfunction(L, 4))
+        return;
+    lua_pushvalue(L, 4);
+    lua_pushinteger(L, (lua_Integer)done);
+    lua_pushinteger(L, (lua_Integer)left);
+    lua_call(L, 2, 0);
+}
+
+/* c:purge_ready([queue [, chunk [, progress(done, left)]]]) -> removed | nil, msg, code */
+static int l_client_purge_ready(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *queue = luaL_optstring(L, 2, c->cfg.queue_name);
+    lua_Integer chunk = luaL_optinteger(L, 3, 1000);
+    lua_settop(L, 4);
+    long long removed = 0;
+    bq_err err;
+    if (bq_admin_purge_ready(c->broker, queue, (long)chunk, &removed, purge_progress, L, &err) !=
+        BQ_OK)
+        return client_fail(L, c, &err);
+    lua_pushinteger(L, (lua_Integer)removed);
+    return 1;
+}
+
+/* c:queues([queue [, max_keys]]) -> {name, ...} sorted, partial | nil, msg, code: the queues
+ * with keys on the node of `queue`. */
+static int l_client_queues(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *queue = luaL_optstring(L, 2, c->cfg.queue_name);
+    lua_Integer max = luaL_optinteger(L, 3, 10000);
+    struct bq_batch *b = push_batch_guard(L);
+    bool partial = false;
+    bq_err err;
+    if (bq_admin_queues(c->broker, queue, (long)max, b, &partial, &err) != BQ_OK)
+        return client_fail(L, c, &err);
+    lua_createtable(L, (int)b->n, 0);
+    for (size_t i = 0; i < b->n; i++) {
+        lua_pushlstring(L, b->msgs[i].data, b->msgs[i].len);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    bq_batch_free(b);
+    lua_pushboolean(L, partial);
+    return 2;
+}
+
 /* c:dlq_requeue(entry) / c:dlq_remove(entry) [, queue] */
 static int dlq_entry_op(lua_State *L, bool requeue)
 {
@@ -449,6 +570,8 @@ static const luaL_Reg client_methods[] = {
     {"dlq_requeue", l_client_dlq_requeue}, {"dlq_remove", l_client_dlq_remove},
     {"dlq_purge", l_client_dlq_purge}, {"publish", l_client_publish},
     {"node", l_client_node},   {"command", l_client_command},
+    {"stats", l_client_stats}, {"peek", l_client_peek}, {"purge_ready", l_client_purge_ready},
+    {"queues", l_client_queues},
     {NULL, NULL},
 };
 

@@ -12,6 +12,7 @@
  */
 #include "check.h"
 
+#include "../../src/broker/admin.h"
 #include "../../src/broker/broker.h"
 #include "../../src/core/clock.h"
 #include "../../src/core/log.h"
@@ -491,6 +492,106 @@ TEST(the_memory_broker_does_what_each_script_does)
     bq_broker_free(mem);
 }
 
+/* The admin operations (admin.h) as an operator sees a queue, on either broker. */
+static void count_progress(void *ud, long long done, long long left)
+{
+    say(ud, "  progress %lld done %lld left\n", done, left);
+}
+
+static void admin_view(bq_broker *b, const char *q, struct tr *t)
+{
+    for (int i = 0; i < 5; i++) {
+        char m[16];
+        snprintf(m, sizeof m, "op%d", i);
+        push(b, q, m);
+    }
+    struct bq_batch peek = {NULL, 0, 0};
+    bq_status st = bq_admin_peek(b, q, 3, &peek, NULL);
+    say(t, "peek %s", bq_status_name(st));
+    say_batch(t, "", &peek);
+    WHO(who, q, "w-admin", BQ_AT_LEAST_ONCE);
+    struct bq_batch got = {NULL, 0, 0};
+    fetch(b, &who, 1, NULL, 0, t, &got);
+    struct bq_queue_stats s;
+    st = bq_admin_stats(b, q, false, &s, NULL);
+    say(t, "stats %s ready %lld delayed %lld inflight %lld dead %lld seen %d\n", bq_status_name(st),
+        s.ready, s.delayed, s.inflight, s.dead, s.seen);
+    bq_queue_stats_free(&s);
+    long long removed = 0;
+    st = bq_admin_purge_ready(b, q, 3, &removed, count_progress, t, NULL);
+    say(t, "purge %s %lld\n", bq_status_name(st), removed);
+    fetch(b, &who, 0, got.msgs, got.n, t, &got);
+    st = bq_admin_stats(b, q, false, &s, NULL);
+    /* (not `seen`: Redis keeps the worker's record, the memory broker keeps none) */
+    say(t, "stats %s ready %lld inflight %lld\n", bq_status_name(st), s.ready, s.inflight);
+    bq_queue_stats_free(&s);
+    bq_batch_free(&peek);
+    bq_batch_free(&got);
+}
+
+TEST(the_admin_operations_answer_alike_on_both_brokers)
+{
+    if (redis_url == NULL)
+        SKIP("BQ_REDIS_URL is not set");
+    bq_broker *mem = NULL, *red = open_redis();
+    REQUIRE(bq_broker_open_memory(&mem, NULL) == BQ_OK);
+    if (red == NULL) {
+        bq_broker_free(mem);
+        CHECK(red != NULL);
+        return;
+    }
+    static struct tr tm, tr;
+    char q[128];
+    snprintf(q, sizeof q, "%s:admin", prefix);
+    admin_view(mem, q, &tm);
+    admin_view(red, q, &tr);
+    CHECK_STR(tm.buf, tr.buf);
+    CHECK_CONTAINS(tr.buf, "peek OK 3: [op0] [op1] [op2]");
+    CHECK_CONTAINS(tr.buf, "stats OK ready 4 delayed 0 inflight 1 dead 0 seen 1");
+    CHECK_CONTAINS(tr.buf, "purge OK 4");
+    /* Redis only: the worker records, byte for byte, and the queues that have keys. */
+    char hostile[] = "w\0\x1b[2J";
+    const char *qs[] = {q};
+    struct bq_lessee who = {qs, 1, NULL, hostile, BQ_AT_LEAST_ONCE, 0, 0};
+    struct bq_batch dead = {NULL, 0, 0};
+    push(red, q, "held");
+    red->ops->heartbeat(red, &who, 30, &dead, NULL);
+    struct bq_batch got = {NULL, 0, 0};
+    struct bq_fetch_req req = {1, 0, NULL, 0, false, 30};
+    struct bq_fetch_res res;
+    memset(&res, 0, sizeof res);
+    CHECK_INT(red->ops->fetch(red, &who, &req, &res, &got, NULL), BQ_OK);
+    struct bq_queue_stats s;
+    REQUIRE(bq_admin_stats(red, q, true, &s, NULL) == BQ_OK);
+    bool found = false;
+    for (size_t i = 0; i < s.nworkers; i++) {
+        if (s.workers[i].id_len == 1 && s.workers[i].id[0] == 'w') { /* the id ends at its NUL */
+            found = true;
+            CHECK(s.workers[i].lease_left > 25 && s.workers[i].lease_left <= 30);
+            CHECK_INT(s.workers[i].inflight, 1);
+            CHECK(s.workers[i].first != NULL && strcmp(s.workers[i].first, "held") == 0);
+        }
+    }
+    CHECK(found);
+    CHECK_INT(s.live, 2); /* w-admin and this one */
+    bq_queue_stats_free(&s);
+    struct bq_batch names = {NULL, 0, 0};
+    bool partial = true;
+    CHECK_INT(bq_admin_queues(red, q, 100000, &names, &partial, NULL), BQ_OK);
+    bool listed = false;
+    for (size_t i = 0; i < names.n; i++)
+        listed = listed || strcmp(names.msgs[i].data, q) == 0;
+    CHECK(listed);
+    CHECK(!partial);
+    CHECK_INT(bq_admin_queues(mem, q, 100, &names, &partial, NULL), BQ_EUNSUPPORTED);
+    bq_batch_free(&names);
+    bq_batch_free(&got);
+    bq_batch_free(&res.dead);
+    bq_batch_free(&dead);
+    bq_broker_free(red);
+    bq_broker_free(mem);
+}
+
 /* The scenario of the scripts without a twin, on Redis: its transcript, as it must read. */
 TEST(leases_are_reaped_on_redis)
 {
@@ -527,5 +628,6 @@ int main(void)
     RUN(every_script_has_a_row);
     RUN(the_memory_broker_does_what_each_script_does);
     RUN(leases_are_reaped_on_redis);
+    RUN(the_admin_operations_answer_alike_on_both_brokers);
     return check_report("test_twins");
 }
