@@ -470,7 +470,7 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
         bq_worker_bury(w, msg, out, tid);
         break;
     case BQ_OUTCOME_INTERRUPTED:
-    case BQ_OUTCOME_PENDING: /* never reaches here (bq_worker_slot_main); if it did: it runs again */
+    case BQ_OUTCOME_PENDING: /* never reaches here (the slot keeps it); if it did: it runs again */
         bq_worker_handback(w, msg, 1, out->reason ? out->reason : "interrupted");
         break;
     case BQ_OUTCOME_CANCELED:
