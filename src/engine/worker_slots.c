@@ -109,7 +109,7 @@ void bq_slot_interrupt(struct bq_slot_ctl *ctl)
 /* ---- Outcome names and histograms ------------------------------------------------------- */
 
 /* The outcomes' names, in the order of enum bq_outcome_kind: the contract with the Lua side,
- * which reads them as core.OUTCOME (l_engine.c). */
+ * which reads them as core.OUTCOME (src/lua/l_slot.c). */
 static const char *const outcome_names[] = {
     "completed", "skipped", "retry", "dead", "dropped", "malformed", "interrupted", "deferred",
     "canceled", "paused", "waiting", "pending",
