@@ -43,7 +43,7 @@ int bq_worker_nqueues(const bq_worker *w)
 
 const char *bq_worker_queue_of(const bq_worker *w, int q)
 {
-    return w->conf.queues[q >= 0 && q < w->conf.nqueues ? q : 0];
+    return queue_of(w, q);
 }
 
 bq_broker *bq_worker_broker(bq_worker *w)

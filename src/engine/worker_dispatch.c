@@ -237,7 +237,7 @@ static void set_aside_large(bq_worker *w, struct bq_batch *batch)
         out.kind = BQ_OUTCOME_MALFORMED;
         out.reason = reason;
         atomic_fetch_add(&w->count.malformed, 1);
-        bq_log(BQ_LOG_WARN, "malformed", "queue", bq_worker_queue_of(w, m->q), "worker", w->conf.id,
+        bq_log(BQ_LOG_WARN, "malformed", "queue", queue_of(w, m->q), "worker", w->conf.id,
                "reason", reason, NULL);
         bq_worker_bury(w, m, &out, NULL);
         largest = m->len > largest ? m->len : largest;

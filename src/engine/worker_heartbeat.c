@@ -16,7 +16,7 @@ void bq_worker_reap_dead(bq_worker *w, struct bq_batch *dead)
     for (size_t i = 0; i < dead->n; i++) {
         long long recovered = -1;
         bq_err err;
-        const char *queue = bq_worker_queue_of(w, dead->msgs[i].q);
+        const char *queue = queue_of(w, dead->msgs[i].q);
         bq_status st = w->broker->ops->reap(w->broker, queue, dead->msgs[i].data, &recovered,
                                             &err);
         if (st != BQ_OK) {

@@ -228,6 +228,12 @@ struct bq_worker {
         }                                                                                     \
     } while (0)
 
+/* The queue message q came from (bq_worker_queue_of). Per task: inline. */
+static inline const char *queue_of(const bq_worker *w, int q)
+{
+    return w->conf.queues[q >= 0 && q < w->conf.nqueues ? q : 0];
+}
+
 /* Frees an outcome's strings (a slot's, or an event's). Per task: inline. */
 static inline void outcome_free(struct bq_outcome *o)
 {

@@ -175,7 +175,7 @@ static void write_failed(bq_worker *w, const char *what, const char *tid,
 {
     if (w->conf.who.delivery == BQ_AT_LEAST_ONCE) {
         bq_log(BQ_LOG_ERROR, "write_failed", "op", what, "task_id", tid, "queue",
-               bq_worker_queue_of(w, msg->q),
+               queue_of(w, msg->q),
                "worker", w->conf.id, "outcome", "the task stays leased and is redelivered later",
                NULL);
         return;
@@ -183,7 +183,7 @@ static void write_failed(bq_worker *w, const char *what, const char *tid,
     char len[24];
     snprintf(len, sizeof len, "%zu", msg->len);
     bq_log(BQ_LOG_ERROR, "write_failed", "op", what, "task_id", tid, "queue",
-           bq_worker_queue_of(w, msg->q), "worker", w->conf.id, "#bytes", len, "message", msg->data,
+           queue_of(w, msg->q), "worker", w->conf.id, "#bytes", len, "message", msg->data,
            NULL);
 }
 
@@ -224,7 +224,7 @@ void bq_worker_bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outc
         out->kind == BQ_OUTCOME_MALFORMED ? NULL : out->json,
         tid,
         out->type[0] ? out->type : NULL,
-        bq_worker_queue_of(w, msg->q),
+        queue_of(w, msg->q),
         w->conf.id,
         out->kind == BQ_OUTCOME_MALFORMED ? 0 : out->attempt,
         msg->oversize > 0 ? msg->oversize
@@ -322,11 +322,11 @@ static void retry(bq_worker *w, const struct bq_msg *msg, const struct bq_outcom
         atomic_fetch_add(&w->count.rate_limited, 1);
         if (bq_log_enabled(BQ_LOG_DEBUG))
             bq_log(BQ_LOG_DEBUG, "rate_limited", "task_id", tid, "queue",
-                   bq_worker_queue_of(w, msg->q), "worker", w->conf.id, "#delay_s", d, NULL);
+                   queue_of(w, msg->q), "worker", w->conf.id, "#delay_s", d, NULL);
     } else {
         atomic_fetch_add(&w->count.retried, 1);
         bq_log(BQ_LOG_INFO, "retry_scheduled", "task_id", tid, "queue",
-               bq_worker_queue_of(w, msg->q), "worker", w->conf.id, "#attempt", n, "#delay_s", d,
+               queue_of(w, msg->q), "worker", w->conf.id, "#attempt", n, "#delay_s", d,
                "error", out->reason, NULL);
     }
     promote_by(w, out->delay);
@@ -427,7 +427,7 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
         snprintf(ms, sizeof ms, "%.3f", duration * 1000.0);
     const char *tid = out->task_id[0] ? out->task_id : NULL;
     const char *type = out->type[0] ? out->type : NULL;
-    const char *queue = bq_worker_queue_of(w, msg->q);
+    const char *queue = queue_of(w, msg->q);
     bool moved = false;
     switch (out->kind) {
     case BQ_OUTCOME_COMPLETED:
