@@ -9,8 +9,6 @@
  */
 #include "worker_int.h"
 
-#include "../core/id.h"
-
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>

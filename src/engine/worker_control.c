@@ -6,7 +6,11 @@
  * the queue, every worker listens on a connection of its own, and the one whose slot runs
  * the task sets that slot's control flag. The handler sees it at its next yield point (a
  * binduq call) or, for a cancel, at the count hook. A missed publication is caught by the
- * stored state (see lua/binduq/worker.lua).
+ * stored state (see lua/binduq/worker.lua). The slot control blocks that requests reach are
+ * worker_slots.c's (bq_slot_request).
+ *
+ * Also here: cancels and pauses pushed into the queue itself (Bindu's API), which the
+ * dispatcher looks for while it waits for room (Controls in the queue, below).
  */
 #include "worker_int.h"
 

@@ -42,8 +42,9 @@
 
 struct event_node; /* worker.c */
 
-/* One slot thread and what it holds. w, index and thread are set before the thread runs;
- * state is the slot thread's own; ctl has a mutex of its own (struct bq_slot_ctl). */
+/* One slot thread and what it holds. w and index are set before the thread runs, thread is
+ * the owner's (start, join); state is the slot thread's own; ctl has a mutex of its own
+ * (struct bq_slot_ctl). */
 struct slot {
     bq_worker *w;
     int index;
@@ -146,9 +147,10 @@ struct worker_dispatcher {
     double next_scan;       /* when a dispatcher waiting for room looks for controls next */
 };
 
-/* The heartbeat thread. `thread` and `started` belong to whoever stops it (the dispatcher as
- * it ends, then the owner's join: ordered by the dispatcher's join); `stop` is guarded by
- * its own mutex, on whose cv the thread sleeps between renewals. */
+/* The heartbeat thread. `thread` and `started` are written by the owner's start and by
+ * whoever stops it: the dispatcher as it ends, or the owner in a failed start or in the join
+ * (after joining the dispatcher), never two at once. `stop` is guarded by the thread's own
+ * mutex, on whose cv it sleeps between renewals. */
 struct worker_heartbeat {
     pthread_t thread;
     bool started;

@@ -6,8 +6,9 @@
  * control blocks (struct bq_slot_ctl) through which a handler environment sees interrupts and
  * control requests, and the names of the outcomes.
  *
- * This is the hot path: one lock acquisition a task for the bookkeeping and the next message
- * (see bq_worker_slot_main), and the helpers it calls per task are static here.
+ * This is the hot path: the bookkeeping of one task and the taking of the next share a
+ * critical section (bq_worker_slot_main), and what a slot calls per task is static here or
+ * inline in worker_int.h.
  */
 #include "worker_int.h"
 
