@@ -18,11 +18,9 @@
 
 #include <string.h>
 
-/* ---- binduq.Engine (main state) ------------------------------------------------------------ */
-
 struct lengine {
-    bq_worker *w;          /* NULL once closed */
-    struct bq_lua_slot_cfg *cfg;  /* owned */
+    bq_worker *w;                /* NULL once closed */
+    struct bq_lua_slot_cfg *cfg; /* owned */
 };
 
 static struct lengine *check_engine(lua_State *L)
