@@ -12,7 +12,7 @@
 --
 -- Each of the `concurrency` handler states is a separate Lua state on its own thread that
 -- runs this same script up to w:start() / w:run() / w:drain() and stops there (see
--- src/lua/l_engine.c). Code above that line therefore runs once per handler state as well:
+-- src/lua/l_slot.c). Code above that line therefore runs once per handler state as well:
 -- keep one-time side effects below it, or guard them with `if bq.role == "main"`.
 
 local core = require("binduq.core")
@@ -341,7 +341,7 @@ function Worker:_start(drain, level)
 end
 
 -- A handler state of a worker whose handlers live in a module (handlers = "app.handlers"):
--- called by the engine (src/lua/l_engine.c) in place of running the script. It loads the
+-- called by the engine (src/lua/l_slot.c) in place of running the script. It loads the
 -- module and serves the worker; true if this state now serves it.
 function M._serve_module(module, worker_key)
     local handlers, fns = handlers_module(module, 1)

@@ -3,7 +3,8 @@
  *
  * The binding uses only the Lua C API, never liblua's internals, so the same module works in
  * binduq-lua and in a plain lua5.4 interpreter. Classes: binduq.Client (l_client.c) and
- * binduq.Engine (l_engine.c), binduq.Storage (l_storage.c); module functions in l_core.c.
+ * binduq.Engine (l_engine.c), binduq.Storage (l_storage.c); module functions in l_core.c,
+ * the handler states' slot API in l_slot.c, the metrics in l_metrics.c.
  */
 #ifndef BINDUQ_BINDING_H
 #define BINDUQ_BINDING_H
@@ -20,7 +21,7 @@
 #define BQ_STORAGE_MT "binduq.Storage"
 #define BQ_BATCH_MT "binduq.Batch"
 
-/* Registry key of the light userdata that marks a handler state (see l_engine.c). */
+/* Registry key of the light userdata that marks a handler state (see l_slot.c). */
 #define BQ_SLOT_KEY "binduq.slot"
 
 int luaopen_binduq_core(lua_State *L);
@@ -28,6 +29,8 @@ int luaopen_binduq_core(lua_State *L);
 /* Registers the class metatables and adds the constructors to the table on top. */
 void bq_lua_open_client(lua_State *L);
 void bq_lua_open_engine(lua_State *L);
+void bq_lua_open_slot(lua_State *L);    /* core.slot_*, core.OUTCOME, ... (l_slot.c) */
+void bq_lua_open_metrics(lua_State *L); /* core.metrics_* (l_metrics.c) */
 void bq_lua_open_storage(lua_State *L);
 void bq_lua_open_task(lua_State *L);
 void bq_lua_open_produce(lua_State *L);

@@ -777,6 +777,8 @@ __attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
     lua_setfield(L, -2, "wire");
     bq_lua_open_client(L);
     bq_lua_open_engine(L);
+    bq_lua_open_slot(L);
+    bq_lua_open_metrics(L);
     bq_lua_open_storage(L);
     bq_lua_open_task(L);
     bq_lua_open_json(L);

@@ -1,0 +1,42 @@
+/*
+ * l_slot.h -- what binduq.Engine (l_engine.c) and the handler states it runs (l_slot.c)
+ * share: the configuration every handler state is built from, and the slot operations the
+ * engine hands to bq_worker_new.
+ */
+#ifndef BINDUQ_L_SLOT_H
+#define BINDUQ_L_SLOT_H
+
+#include "../engine/worker.h"
+#include "../storage/storage.h"
+
+#include <lua.h>
+
+/* What every handler state of one engine is built from. Owned by the engine userdata and
+ * read-only once the threads run. */
+struct bq_lua_slot_cfg {
+    char *script;     /* the script each handler state runs up to worker:start(), or */
+    char *module;     /* the handlers module each loads instead (handlers = "app.handlers") */
+    char *path, *cpath;
+    lua_Integer *arg_index; /* arg[arg_index[i]] = arg_value[i] */
+    char **arg_value;
+    int nargs;
+    char *worker_key; /* pairs a handler state's worker with the main state's */
+    char *policy;     /* JSON of the main state's policy numbers (max_attempts, ...) */
+    bool want_results;
+    lua_Integer max_message_size;
+    bq_worker *w;
+    bq_storage *storage; /* one reference: the task state every handler state shares */
+};
+
+/* The slot operations over handler states; their `ud` is the engine's bq_lua_slot_cfg. */
+extern const struct bq_slot_ops bq_lua_slot_ops;
+
+/* Builds the configuration from the engine's options table at idx and stores it in *anchor
+ * at once (the engine userdata's field), so that what is built so far is freed with the
+ * engine if reading raises. May raise. */
+void bq_lua_slot_cfg_read(lua_State *L, int idx, struct bq_lua_slot_cfg **anchor);
+
+/* Frees c, its strings and its storage reference. NULL is fine. */
+void bq_lua_slot_cfg_free(struct bq_lua_slot_cfg *c);
+
+#endif
