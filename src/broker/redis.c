@@ -231,6 +231,55 @@ static bq_status borrow(struct redis_broker *r, bq_conn **c, bq_err *err)
     return bq_pool_borrow(r->pool, c, err);
 }
 
+/* One command on a pooled connection: borrow, bq_conn_call (lens NULL: NUL-terminated
+ * arguments), return. The connection goes back whatever happened; a call that broke it
+ * (I/O error, timeout) leaves it marked broken and bq_pool_return closes it. *out as
+ * bq_conn_call (NULL if the borrow failed). */
+static bq_status pooled_call(struct redis_broker *r, redisReply **out, bq_err *err, int argc,
+                             const char **argv, const size_t *lens)
+{
+    if (out != NULL)
+        *out = NULL;
+    bq_conn *c;
+    bq_status st = borrow(r, &c, err);
+    if (st != BQ_OK)
+        return st;
+    st = bq_conn_call(c, out, err, argc, argv, lens);
+    bq_pool_return(r->pool, c);
+    return st;
+}
+
+
+/* One script on a pooled connection (run_script: EVALSHA, EVAL on NOSCRIPT), as
+ * pooled_call: *out is its reply (caller frees), NULL on failure. */
+static bq_status pooled_script(struct redis_broker *r, enum script_id id, int nkeys,
+                               const char *const *keys, int nargs, const char *const *args,
+                               const size_t *arglens, redisReply **out, bq_err *err)
+{
+    *out = NULL;
+    bq_conn *c;
+    bq_status st = borrow(r, &c, err);
+    if (st != BQ_OK)
+        return st;
+    st = run_script(c, id, nkeys, keys, nargs, args, arglens, r->command_timeout, out, err);
+    bq_pool_return(r->pool, c);
+    return st;
+}
+
+/* The same for a script whose reply is an integer: *result (may be NULL), 0 if it is not. */
+static bq_status pooled_script_int(struct redis_broker *r, enum script_id id, int nkeys,
+                                   const char *const *keys, int nargs, const char *const *args,
+                                   const size_t *arglens, long long *result, bq_err *err)
+{
+    redisReply *rep;
+    bq_status st = pooled_script(r, id, nkeys, keys, nargs, args, arglens, &rep, err);
+    if (st != BQ_OK)
+        return st;
+    if (result != NULL)
+        *result = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
+    freeReplyObject(rep);
+    return BQ_OK;
+}
 
 /* The queue a message came from. */
 static const char *queue_of(const struct bq_lessee *who, int q)
@@ -471,13 +520,10 @@ static void unblock_fetch(struct redis_broker *r)
 {
     if (r->fetch_id < 0)
         return;
-    bq_conn *c;
-    if (borrow(r, &c, NULL) != BQ_OK)
-        return;
     char id[24];
     snprintf(id, sizeof id, "%lld", r->fetch_id);
-    bq_conn_callv(c, NULL, NULL, "CLIENT", "UNBLOCK", id, NULL);
-    bq_pool_return(r->pool, c);
+    const char *argv[] = {"CLIENT", "UNBLOCK", id};
+    pooled_call(r, NULL, NULL, 3, argv, NULL);
 }
 
 /* Reads the reply of a blocking pop, which an interrupt may cut short: then the pop is
@@ -1012,26 +1058,6 @@ static bq_status redis_ack(bq_broker *b, const struct bq_lessee *who, const stru
     return st;
 }
 
-/* Runs a script on a pooled connection and returns its integer reply. */
-static bq_status pooled_script(struct redis_broker *r, enum script_id id, int nkeys,
-                               const char *const *keys, int nargs, const char *const *args,
-                               const size_t *arglens, long long *result, bq_err *err)
-{
-    bq_conn *c;
-    bq_status st = borrow(r, &c, err);
-    if (st != BQ_OK)
-        return st;
-    redisReply *rep;
-    st = run_script(c, id, nkeys, keys, nargs, args, arglens, r->command_timeout, &rep, err);
-    bq_pool_return(r->pool, c);
-    if (st != BQ_OK)
-        return st;
-    if (result != NULL)
-        *result = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
-    freeReplyObject(rep);
-    return BQ_OK;
-}
-
 static bq_status redis_retry(bq_broker *b, const struct bq_lessee *who,
                              const struct bq_msg *leased, struct bq_slice next, double delay,
                              bool *held, bq_err *err)
@@ -1050,7 +1076,7 @@ static bq_status redis_retry(bq_broker *b, const struct bq_lessee *who,
     const char *args[] = {leased->data, next.p, ms, who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
     size_t lens[] = {leased->len, next.len, strlen(ms), 1};
     long long res = 0;
-    st = pooled_script(r, S_RETRY, 3, keys, 4, args, lens, &res, err);
+    st = pooled_script_int(r, S_RETRY, 3, keys, 4, args, lens, &res, err);
     *held = res == 1;
     return st;
 }
@@ -1081,11 +1107,11 @@ static bq_status redis_bury(bq_broker *b, const struct bq_lessee *who,
         const char *args[] = {sz, leased->data, entry.p, lease};
         size_t lens[] = {strlen(sz), leased->len < BQ_DLQ_KEEP ? leased->len : BQ_DLQ_KEEP,
                          entry.len, 1};
-        st = pooled_script(r, S_BURYBIG, 3, keys, 4, args, lens, &res, err);
+        st = pooled_script_int(r, S_BURYBIG, 3, keys, 4, args, lens, &res, err);
     } else {
         const char *args[] = {leased->data, entry.p, lease};
         size_t lens[] = {leased->len, entry.len, 1};
-        st = pooled_script(r, S_BURY, 3, keys, 3, args, lens, &res, err);
+        st = pooled_script_int(r, S_BURY, 3, keys, 3, args, lens, &res, err);
     }
     *held = res == 1;
     return st;
@@ -1162,13 +1188,9 @@ static bq_status redis_rate_limit(bq_broker *b, const struct bq_lessee *who, lon
         snprintf(ids[i], sizeof ids[i], "%s:%.0f", who->worker, bq_random_unit() * 1e15);
         args[2 + i] = ids[i];
     }
-    bq_conn *c = NULL;
     redisReply *rep = NULL;
-    if (st == BQ_OK && (st = borrow(r, &c, err)) == BQ_OK) {
-        st = run_script(c, S_RATELIMIT, (int)n, keys, (int)(2 + n), args, NULL,
-                        r->command_timeout, &rep, err);
-        bq_pool_return(r->pool, c);
-    }
+    if (st == BQ_OK)
+        st = pooled_script(r, S_RATELIMIT, (int)n, keys, (int)(2 + n), args, NULL, &rep, err);
     if (st == BQ_OK && (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 * n))
         st = bq_err_set(err, BQ_EPROTO, "ratelimit-N: unexpected reply");
     for (size_t i = 0; st == BQ_OK && i < n; i++) {
@@ -1192,17 +1214,15 @@ static bq_status redis_controls(bq_broker *b, const char *queue, double interval
     bq_status st = bq_key_derive_err(queue, "ctlscan", scan, err);
     if (st == BQ_OK)
         st = bq_key_derive_err(queue, "ctlseen", seen, err);
-    bq_conn *c;
-    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
+    if (st != BQ_OK)
         return st;
     snprintf(ms, sizeof ms, "%lld", (long long)(interval * 1000.0) > 0
                                         ? (long long)(interval * 1000.0) : 1LL);
     snprintf(win, sizeof win, "%zu", window > 0 ? window : 1);
     const char *keys[] = {queue, scan, seen};
     const char *args[] = {ms, win, bq_broker_front(b, queue)};
-    redisReply *rep = NULL;
-    st = run_script(c, S_CONTROLS, 3, keys, 3, args, NULL, r->command_timeout, &rep, err);
-    bq_pool_return(r->pool, c);
+    redisReply *rep;
+    st = pooled_script(r, S_CONTROLS, 3, keys, 3, args, NULL, &rep, err);
     if (st != BQ_OK)
         return st;
     for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i + 1 < rep->elements; i += 2) {
@@ -1228,14 +1248,12 @@ static bq_status redis_promote(bq_broker *b, const char *queue, size_t *moved, d
     *next_due = -1;
     char delayed[BQ_KEY_MAX];
     bq_status st = bq_key_derive_err(queue, "delayed", delayed, err);
-    bq_conn *c;
-    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
+    if (st != BQ_OK)
         return st;
     const char *keys[] = {delayed, queue};
     const char *args[] = {"1000", bq_broker_front(b, queue)};
     redisReply *rep;
-    st = run_script(c, S_PROMOTE, 2, keys, 2, args, NULL, r->command_timeout, &rep, err);
-    bq_pool_return(r->pool, c);
+    st = pooled_script(r, S_PROMOTE, 2, keys, 2, args, NULL, &rep, err);
     if (st != BQ_OK)
         return st;
     promote_reply(rep, moved, next_due);
@@ -1251,18 +1269,12 @@ static bq_status redis_heartbeat(bq_broker *b, const struct bq_lessee *who, doub
     if (k == NULL)
         return bq_err_set(err, BQ_ENOMEM, "heartbeat: out of memory");
     bq_status st = build_keys(r, who, k, err);
-    bq_conn *c = NULL;
-    if (st == BQ_OK)
-        st = borrow(r, &c, err);
     char ms[32];
     snprintf(ms, sizeof ms, "%lld", (long long)(lease * 1000.0));
     const char *args[] = {who->worker, ms};
     redisReply *rep = NULL;
     if (st == BQ_OK)
-        st = run_script(c, S_HEARTBEAT, who->nqueues, k->hb, 2, args, NULL, r->command_timeout,
-                        &rep, err);
-    if (c != NULL)
-        bq_pool_return(r->pool, c);
+        st = pooled_script(r, S_HEARTBEAT, who->nqueues, k->hb, 2, args, NULL, &rep, err);
     if (st == BQ_OK && take_pairs(rep, dead) != BQ_OK)
         st = bq_err_set(err, BQ_ENOMEM, "heartbeat: out of memory");
     if (rep != NULL)
@@ -1288,7 +1300,7 @@ static bq_status redis_reap(bq_broker *b, const char *queue, const char *dead_id
         return st;
     const char *keys[] = {workers, wip, queue, seals};
     const char *args[] = {dead_id, bq_broker_front(b, queue)};
-    return pooled_script(r, S_REAP, 4, keys, 2, args, NULL, recovered, err);
+    return pooled_script_int(r, S_REAP, 4, keys, 2, args, NULL, recovered, err);
 }
 
 static bq_status redis_unregister(bq_broker *b, const struct bq_lessee *who, bq_err *err)
@@ -1303,21 +1315,26 @@ static bq_status redis_unregister(bq_broker *b, const struct bq_lessee *who, bq_
         const char *keys[] = {workers, wip};
         const char *args[] = {who->worker};
         if (st == BQ_OK)
-            st = pooled_script(r, S_UNREGISTER, 2, keys, 1, args, NULL, NULL, err);
+            st = pooled_script_int(r, S_UNREGISTER, 2, keys, 1, args, NULL, NULL, err);
     }
     return st;
 }
 
-/* The total length of every worker's in-flight list. */
-static bq_status inflight_length(struct redis_broker *r, bq_conn *c, const char *queue,
-                                 long long *out, bq_err *err)
+/* The total length of every worker's in-flight list: their ids, then one LLEN each,
+ * pipelined on one pooled connection. */
+static bq_status inflight_length(struct redis_broker *r, const char *queue, long long *out,
+                                 bq_err *err)
 {
     char workers[BQ_KEY_MAX];
     bq_status st = bq_key_derive_err(queue, "workers", workers, err);
-    redisReply *ids;
-    if (st != BQ_OK || (st = bq_conn_callv(c, &ids, err, "ZRANGE", workers, "0", "-1", NULL)) !=
-                           BQ_OK)
+    bq_conn *c;
+    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
         return st;
+    redisReply *ids;
+    if ((st = bq_conn_callv(c, &ids, err, "ZRANGE", workers, "0", "-1", NULL)) != BQ_OK) {
+        bq_pool_return(r->pool, c);
+        return st;
+    }
     *out = 0;
     size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
     for (size_t i = 0; i < n && st == BQ_OK; i++) {
@@ -1340,6 +1357,7 @@ static bq_status inflight_length(struct redis_broker *r, bq_conn *c, const char 
             freeReplyObject(rep);
         }
     }
+    bq_pool_return(r->pool, c);
     freeReplyObject(ids);
     return st;
 }
@@ -1350,20 +1368,17 @@ static bq_status redis_length(bq_broker *b, const char *queue, enum bq_list whic
     struct redis_broker *r = (struct redis_broker *)b;
     char key[BQ_KEY_MAX];
     bq_status st = queue_key(queue, which, key, err);
-    bq_conn *c;
-    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
+    if (st != BQ_OK)
         return st;
-    if (which == BQ_LIST_INFLIGHT) {
-        st = inflight_length(r, c, queue, out, err);
-    } else {
-        redisReply *rep;
-        st = bq_conn_callv(c, &rep, err, which == BQ_LIST_DELAYED ? "ZCARD" : "LLEN", key, NULL);
-        if (st == BQ_OK) {
-            *out = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
-            freeReplyObject(rep);
-        }
+    if (which == BQ_LIST_INFLIGHT)
+        return inflight_length(r, queue, out, err);
+    const char *argv[] = {which == BQ_LIST_DELAYED ? "ZCARD" : "LLEN", key};
+    redisReply *rep;
+    st = pooled_call(r, &rep, err, 2, argv, NULL);
+    if (st == BQ_OK) {
+        *out = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
+        freeReplyObject(rep);
     }
-    bq_pool_return(r->pool, c);
     return st;
 }
 
@@ -1375,17 +1390,16 @@ static bq_status redis_range(bq_broker *b, const char *queue, enum bq_list which
         return bq_err_set(err, BQ_EINVAL, "range reads the queue or its dead-letter list only");
     char key[BQ_KEY_MAX], s1[24], s2[24];
     bq_status st = queue_key(queue, which, key, err);
-    bq_conn *c;
-    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
+    if (st != BQ_OK)
         return st;
     /* Newest first: a queue whose producers RPUSH keeps its newest at the right end, so the
      * positions count from there and the answer is turned around. */
     bool flip = which == BQ_LIST_READY && *bq_broker_front(b, queue) == 'L';
     snprintf(s1, sizeof s1, "%ld", flip ? -1 - stop : start);
     snprintf(s2, sizeof s2, "%ld", flip ? -1 - start : stop);
+    const char *argv[] = {"LRANGE", key, s1, s2};
     redisReply *rep;
-    st = bq_conn_callv(c, &rep, err, "LRANGE", key, s1, s2, NULL);
-    bq_pool_return(r->pool, c);
+    st = pooled_call(r, &rep, err, 4, argv, NULL);
     if (st != BQ_OK)
         return st;
     size_t first = out->n;
@@ -1413,7 +1427,7 @@ static bq_status redis_dlq_requeue(bq_broker *b, const char *queue, struct bq_sl
     const char *args[] = {entry.p, bq_broker_front(b, queue)};
     size_t lens[] = {entry.len, 1};
     long long res = 0;
-    st = pooled_script(r, S_REQUEUE, 3, keys, 2, args, lens, &res, err);
+    st = pooled_script_int(r, S_REQUEUE, 3, keys, 2, args, lens, &res, err);
     *done = res == 1;
     return st;
 }
@@ -1424,14 +1438,12 @@ static bq_status redis_dlq_remove(bq_broker *b, const char *queue, struct bq_sli
     struct redis_broker *r = (struct redis_broker *)b;
     char dlq[BQ_KEY_MAX];
     bq_status st = bq_key_derive_err(queue, "dlq", dlq, err);
-    bq_conn *c;
-    if (st != BQ_OK || (st = borrow(r, &c, err)) != BQ_OK)
+    if (st != BQ_OK)
         return st;
     const char *argv[] = {"LREM", dlq, "1", entry.p};
     size_t lens[] = {4, strlen(dlq), 1, entry.len};
     redisReply *rep;
-    st = bq_conn_call(c, &rep, err, 4, argv, lens);
-    bq_pool_return(r->pool, c);
+    st = pooled_call(r, &rep, err, 4, argv, lens);
     if (st != BQ_OK)
         return st;
     *done = rep->type == REDIS_REPLY_INTEGER && rep->integer > 0;
@@ -1507,22 +1519,18 @@ static bq_status redis_publish(bq_broker *b, const char *queue, struct bq_slice 
     struct redis_broker *r = (struct redis_broker *)b;
     char chan[BQ_KEY_MAX];
     bq_status st = bq_key_derive_err(queue, "control", chan, err);
+    *receivers = 0;
     if (st != BQ_OK)
-        return st;
-    bq_conn *c;
-    if ((st = borrow(r, &c, err)) != BQ_OK)
         return st;
     const char *argv[] = {"PUBLISH", chan, msg.p};
     size_t lens[] = {7, strlen(chan), msg.len};
-    redisReply *rep = NULL;
-    st = bq_conn_call(c, &rep, err, 3, argv, lens);
-    *receivers = 0;
-    if (st == BQ_OK) { /* bq_conn_call leaves rep NULL on failure */
+    redisReply *rep;
+    st = pooled_call(r, &rep, err, 3, argv, lens);
+    if (st == BQ_OK) { /* pooled_call leaves rep NULL on failure */
         if (rep->type == REDIS_REPLY_INTEGER)
             *receivers = rep->integer;
         freeReplyObject(rep);
     }
-    bq_pool_return(r->pool, c);
     return st;
 }
 
@@ -1642,14 +1650,8 @@ static bq_status redis_command(bq_broker *b, const char *queue, int argc, const 
                                const size_t *lens, void **out, bq_err *err)
 {
     (void)queue;
-    struct redis_broker *r = (struct redis_broker *)b;
-    bq_conn *c;
-    bq_status st = borrow(r, &c, err);
-    if (st != BQ_OK)
-        return st;
-    redisReply *rep = NULL;
-    st = bq_conn_call(c, &rep, err, argc, argv, lens);
-    bq_pool_return(r->pool, c);
+    redisReply *rep;
+    bq_status st = pooled_call((struct redis_broker *)b, &rep, err, argc, argv, lens);
     *out = rep;
     return st;
 }
