@@ -789,13 +789,237 @@ static bq_status check_seals(struct redis_broker *r, bq_conn *c, const struct bq
     return st;
 }
 
+/* ---- Taking messages: the round trip's last step ---------------------------------------
+ * How a round trip takes messages depends on how many queues the worker fetches from,
+ * whether it may wait, and the delivery mode. Each way is a row of `takes`: what is sent,
+ * whether it waits, and how its reply brings the messages. take_mode picks the row,
+ * append_take sends it in the pipeline and read_take reads its reply. */
+enum take_mode {
+    T_FETCHM = 0, /* several queues that had work: fetchm-N takes by priority, no wait */
+    T_BELLS,      /* several queues that had none: fetchm-N, then BRPOP on their bells */
+    T_FETCH,      /* one queue, no wait: fetch-2 takes a batch (leasing it, at-least-once) */
+    T_BLMOVE,     /* one queue, waiting, at-least-once: BLMOVE into the in-flight list */
+    T_BLMPOP,     /* one queue, waiting, at-most-once, a batch on Redis >= 7: BLMPOP */
+    T_BPOP,       /* one queue, waiting, at-most-once: BRPOP (BLPOP) */
+};
+
+/* What the reply that brings the messages looks like. */
+enum take_shape {
+    TAKE_LIST = 0, /* nil, one message or an array of them (fetch-2, BLMOVE) */
+    TAKE_KEYED,    /* nil, [key, message] (BRPOP) or [key, [message, ...]] (BLMPOP) */
+    TAKE_FETCHM,   /* {credits, {i, message, ...}} (fetchm-N: take_fetchm) */
+};
+
+static const struct take {
+    const char *name[2];   /* the command or script, in messages: [0] for a queue whose
+                            * front is its right (LPUSH order), [1] its left (RPUSH) */
+    enum script_id script; /* a script (EVALSHA): NOSCRIPT takes nothing this round and has
+                            * the scripts loaded; S_COUNT: a command */
+    bool waits;            /* blocks up to the timeout; an interrupt cuts it short */
+    bool bells;            /* followed by BRPOP on the queues' bells, which waits */
+    enum take_shape shape;
+} takes[] = {
+    [T_FETCHM] = {{"fetchm-N", "fetchm-N"}, S_FETCHM, false, false, TAKE_FETCHM},
+    [T_BELLS] = {{"fetchm-N", "fetchm-N"}, S_FETCHM, false, true, TAKE_FETCHM},
+    [T_FETCH] = {{"fetch-2", "fetch-2"}, S_FETCH, false, false, TAKE_LIST},
+    [T_BLMOVE] = {{"BLMOVE", "BLMOVE"}, S_COUNT, true, false, TAKE_LIST},
+    [T_BLMPOP] = {{"BLMPOP", "BLMPOP"}, S_COUNT, true, false, TAKE_KEYED},
+    [T_BPOP] = {{"BRPOP", "BLPOP"}, S_COUNT, true, false, TAKE_KEYED},
+};
+
+/* The arguments of one round trip, formatted once (on the stack). */
+struct fetch_args {
+    char lease_ms[32], count[24], tmo[32], bytes[24], blcount[24];
+    char wts[MAX_QUEUES][16], creds[MAX_QUEUES][24];
+    const char *fm[4 + 2 * MAX_QUEUES]; /* fetchm-N's ARGV */
+    int nfm;
+    size_t blmax; /* what BLMPOP may take */
+};
+
+static void format_args(const struct redis_broker *r, const struct bq_lessee *who,
+                        const struct bq_fetch_req *req, double timeout,
+                        const struct fetch_keys *k, struct fetch_args *a)
+{
+    snprintf(a->lease_ms, sizeof a->lease_ms, "%lld", (long long)(req->lease * 1000.0));
+    snprintf(a->count, sizeof a->count, "%zu", req->max);
+    snprintf(a->tmo, sizeof a->tmo, "%.3f", timeout);
+    snprintf(a->bytes, sizeof a->bytes, "%zu", who->max_bytes);
+    /* BLMPOP cannot stop at a number of bytes: it takes only as many as fit even if each
+     * is as large as a message may be. */
+    a->blmax = req->max;
+    if (who->max_bytes > 0 && who->max_size > 0 && a->blmax > who->max_bytes / who->max_size)
+        a->blmax = who->max_bytes / who->max_size > 0 ? who->max_bytes / who->max_size : 1;
+    snprintf(a->blcount, sizeof a->blcount, "%zu", a->blmax);
+    a->fm[0] = a->count;
+    a->fm[1] = who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0";
+    a->fm[2] = k->fronts;
+    a->fm[3] = a->bytes;
+    a->nfm = 4;
+    int nq = who->nqueues;
+    for (int i = 0; who->weights != NULL && i < nq; i++) {
+        snprintf(a->wts[i], sizeof a->wts[i], "%d", who->weights[i]);
+        a->fm[a->nfm++] = a->wts[i];
+    }
+    for (int i = 0; who->weights != NULL && i < nq; i++) {
+        snprintf(a->creds[i], sizeof a->creds[i], "%ld", r->credit[i]);
+        a->fm[a->nfm++] = a->creds[i];
+    }
+}
+
+/* Several queues cannot be waited on with one move, so: while they have work, take by
+ * priority without waiting (fetchm-N); once they had none, take what is there and wait on
+ * their bells in the same round trip. One queue: a blocking move or pop when waiting. */
+static enum take_mode take_mode(const struct redis_broker *r, const struct bq_lessee *who,
+                                double timeout, size_t blmax)
+{
+    if (who->nqueues > 1)
+        return timeout > 0 ? T_BELLS : T_FETCHM;
+    if (timeout <= 0)
+        return T_FETCH;
+    if (who->delivery == BQ_AT_LEAST_ONCE)
+        return T_BLMOVE;
+    return r->has_blmpop && blmax > 1 ? T_BLMPOP : T_BPOP;
+}
+
+/* Queues the commands of row m. */
+static bq_status append_take(bq_conn *c, enum take_mode m, const struct bq_lessee *who,
+                             struct fetch_keys *k, const struct fetch_args *a, bq_err *err)
+{
+    int nq = who->nqueues;
+    bool left = k->fronts[0] == 'L';
+    bq_status st = BQ_OK;
+    switch (m) {
+    case T_FETCHM:
+    case T_BELLS:
+        st = append_script(c, S_FETCHM, false, 2 * nq, k->fm, a->nfm, a->fm, NULL, err);
+        if (st == BQ_OK && takes[m].bells) {
+            k->bells[0] = "BRPOP";
+            k->bells[nq + 1] = a->tmo;
+            st = bq_conn_append(c, nq + 2, k->bells, NULL, err);
+        }
+        break;
+    case T_FETCH: {
+        const char *keys[] = {who->queues[0], k->wip[0]};
+        const char *args[] = {a->count, left ? "L" : "R", a->bytes,
+                              who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
+        st = append_script(c, S_FETCH, false, 2, keys, 4, args, NULL, err);
+        break;
+    }
+    case T_BLMOVE: {
+        const char *argv[] = {"BLMOVE", who->queues[0], k->wip[0], left ? "LEFT" : "RIGHT",
+                              "LEFT", a->tmo};
+        st = bq_conn_append(c, 6, argv, NULL, err);
+        break;
+    }
+    case T_BLMPOP: {
+        const char *argv[] = {"BLMPOP", a->tmo, "1", who->queues[0], left ? "LEFT" : "RIGHT",
+                              "COUNT", a->blcount};
+        st = bq_conn_append(c, 7, argv, NULL, err);
+        break;
+    }
+    case T_BPOP: {
+        const char *argv[] = {takes[m].name[left], who->queues[0], a->tmo};
+        st = bq_conn_append(c, 3, argv, NULL, err);
+        break;
+    }
+    }
+    return st;
+}
+
+/* Adds the messages of a reply of the given shape to out. */
+static bq_status take_reply(struct redis_broker *r, enum take_shape shape, int nq,
+                            const redisReply *rep, const char *name, struct bq_batch *out,
+                            bq_err *err)
+{
+    bq_status st = BQ_OK;
+    switch (shape) {
+    case TAKE_LIST: st = take_strings(rep, out, 0); break;
+    case TAKE_KEYED:
+        if (rep->type != REDIS_REPLY_ARRAY)
+            st = take_strings(rep, out, 0); /* nil, or the marker of an oversized message */
+        else if (rep->elements == 2)
+            st = take_strings(rep->element[1], out, 0);
+        break;
+    case TAKE_FETCHM: st = take_fetchm(r, nq, rep, out); break;
+    }
+    return st == BQ_ENOMEM ? bq_err_set(err, st, "%s: out of memory", name) : st;
+}
+
+/* Reads the replies of row m and adds the messages to out. A NOSCRIPT reply takes nothing
+ * this round and sets *reload. After the bells (T_BELLS): a bell that rang while nothing was
+ * taken means work came meanwhile, so fetchm-N is asked again at once (a round trip more,
+ * only then). */
+static bq_status read_take(struct redis_broker *r, bq_conn *c, enum take_mode m,
+                           const struct bq_lessee *who, const struct fetch_keys *k,
+                           const struct fetch_args *a, double deadline, struct bq_batch *out,
+                           bool *reload, bq_err *err)
+{
+    const struct take *t = &takes[m];
+    const char *name = t->name[k->fronts[0] == 'L'];
+    size_t before = out->n;
+    redisReply *rep = NULL;
+    bq_status st = read_blocked(r, c, &rep, deadline, t->waits ? r->wakefd : -1, err);
+    if (st == BQ_OK && t->script != S_COUNT && is_noscript(rep)) {
+        freeReplyObject(rep); /* nothing taken this round */
+        rep = NULL;
+        *reload = true;
+    }
+    /* A message over the bulk cap arrives as an error reply, its marker (BLMOVE's). */
+    if (st == BQ_OK && rep != NULL &&
+        (is_marker(rep) || (st = bq_reply_check(rep, name, err)) == BQ_OK))
+        st = take_reply(r, t->shape, who->nqueues, rep, name, out, err);
+    if (rep != NULL)
+        freeReplyObject(rep);
+    if (st != BQ_OK || !t->bells)
+        return st;
+    rep = NULL;
+    st = read_blocked(r, c, &rep, deadline, r->wakefd, err);
+    if (st == BQ_OK)
+        st = bq_reply_check(rep, "BRPOP", err);
+    bool rang = st == BQ_OK && rep->type == REDIS_REPLY_ARRAY;
+    if (rep != NULL)
+        freeReplyObject(rep);
+    if (!rang || out->n != before)
+        return st;
+    rep = NULL;
+    int nq = who->nqueues;
+    st = run_script(c, S_FETCHM, 2 * nq, k->fm, a->nfm, a->fm, NULL, r->command_timeout, &rep,
+                    err);
+    if (st == BQ_OK)
+        st = take_reply(r, TAKE_FETCHM, nq, rep, name, out, err);
+    if (rep != NULL)
+        freeReplyObject(rep);
+    return st;
+}
+
+/* The fetcher's keys for `who`, built again only when the lessee changed: they are ~32 KB
+ * of names, and zeroing and formatting them every round trip cost an eighth of the
+ * worker's instructions per task. */
+static bq_status lessee_keys(struct redis_broker *r, const struct bq_lessee *who,
+                             struct fetch_keys **out, bq_err *err)
+{
+    if (r->fk == NULL && (r->fk = bq_calloc(1, sizeof *r->fk)) == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "fetch: out of memory");
+    *out = r->fk;
+    char sig[sizeof r->fk_sig];
+    int n = snprintf(sig, sizeof sig, "%s", who->worker ? who->worker : "-");
+    for (int i = 0; i < who->nqueues && n > 0 && (size_t)n < sizeof sig; i++)
+        n += snprintf(sig + n, sizeof sig - (size_t)n, "\n%s", who->queues[i]);
+    if (n > 0 && (size_t)n < sizeof sig && strcmp(sig, r->fk_sig) == 0)
+        return BQ_OK;
+    r->fk_sig[0] = '\0';
+    bq_status st = build_keys(r, who, r->fk, err);
+    if (st == BQ_OK && n > 0 && (size_t)n < sizeof sig)
+        memcpy(r->fk_sig, sig, (size_t)n + 1);
+    return st;
+}
+
 static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
                              const struct bq_fetch_req *req, struct bq_fetch_res *res,
                              struct bq_batch *out, bq_err *err)
 {
     struct redis_broker *r = (struct redis_broker *)b;
     bool lease = who->delivery == BQ_AT_LEAST_ONCE;
-    bool multi = who->nqueues > 1;
     int nq = who->nqueues;
     res->acked = res->promoted = 0;
     res->next_due = -1;
@@ -806,21 +1030,8 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
      * there without blocking. */
     if (take_wakeup(r))
         timeout = 0;
-    /* The keys are ~32 KB of names: built once per lessee, not zeroed and formatted again
-     * for every round trip (it was an eighth of the worker's instructions per task). */
-    if (r->fk == NULL && (r->fk = bq_calloc(1, sizeof *r->fk)) == NULL)
-        return bq_err_set(err, BQ_ENOMEM, "fetch: out of memory");
-    struct fetch_keys *k = r->fk;
-    bq_status st = BQ_OK;
-    char sig[sizeof r->fk_sig];
-    int n = snprintf(sig, sizeof sig, "%s", who->worker ? who->worker : "-");
-    for (int i = 0; i < who->nqueues && n > 0 && (size_t)n < sizeof sig; i++)
-        n += snprintf(sig + n, sizeof sig - (size_t)n, "\n%s", who->queues[i]);
-    if (n <= 0 || (size_t)n >= sizeof sig || strcmp(sig, r->fk_sig) != 0) {
-        r->fk_sig[0] = '\0';
-        if ((st = build_keys(r, who, k, err)) == BQ_OK && n > 0 && (size_t)n < sizeof sig)
-            memcpy(r->fk_sig, sig, (size_t)n + 1);
-    }
+    struct fetch_keys *k = NULL;
+    bq_status st = lessee_keys(r, who, &k, err);
     if (r->fetch_conn != NULL && bq_conn_broken(r->fetch_conn)) {
         bq_conn_close(r->fetch_conn);
         r->fetch_conn = NULL;
@@ -835,32 +1046,14 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         bq_conn_cap_bulk(c, who->max_size);
         r->fetch_cap = who->max_size;
     }
-    char lease_ms[32], count[24], tmo[32], wts[MAX_QUEUES][16], creds[MAX_QUEUES][24];
-    char bytes[24], blcount[24];
-    snprintf(lease_ms, sizeof lease_ms, "%lld", (long long)(req->lease * 1000.0));
-    snprintf(count, sizeof count, "%zu", req->max);
-    snprintf(tmo, sizeof tmo, "%.3f", timeout);
-    snprintf(bytes, sizeof bytes, "%zu", who->max_bytes);
-    /* BLMPOP cannot stop at a number of bytes: it takes only as many as fit even if each
-     * is as large as a message may be. */
-    size_t blmax = req->max;
-    if (who->max_bytes > 0 && who->max_size > 0 && blmax > who->max_bytes / who->max_size)
-        blmax = who->max_bytes / who->max_size > 0 ? who->max_bytes / who->max_size : 1;
-    snprintf(blcount, sizeof blcount, "%zu", blmax);
-    const char *fm_args[4 + 2 * MAX_QUEUES] = {count, lease ? "1" : "0", k->fronts, bytes};
-    int fm_nargs = 4;
-    for (int i = 0; who->weights != NULL && i < nq; i++) {
-        snprintf(wts[i], sizeof wts[i], "%d", who->weights[i]);
-        fm_args[fm_nargs++] = wts[i];
-    }
-    for (int i = 0; who->weights != NULL && i < nq; i++) {
-        snprintf(creds[i], sizeof creds[i], "%ld", r->credit[i]);
-        fm_args[fm_nargs++] = creds[i];
-    }
+    struct fetch_args a;
+    format_args(r, who, req, timeout, k, &a);
+    bool want = req->max > 0;
+    enum take_mode m = take_mode(r, who, timeout, a.blmax);
 
     /* 1. renew the lease on every queue */
     bool beat = lease && req->lease > 0;
-    const char *hb_args[] = {who->worker, lease_ms};
+    const char *hb_args[] = {who->worker, a.lease_ms};
     if (beat)
         st = append_script(c, S_HEARTBEAT, false, nq, k->hb, 2, hb_args, NULL, err);
     /* 2. acknowledge */
@@ -873,50 +1066,14 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
         const char *pr_args[] = {"1000", k->fronts[i] == 'L' ? "L" : "R"};
         st = append_script(c, S_PROMOTE, false, 2, pr_keys, 2, pr_args, NULL, err);
     }
-    /* 4. fetch. Several queues cannot be waited on with one move, so: while they have work,
-     * take by priority without waiting (fetchm-N); once they had none, take what is there and
-     * wait on their bells in the same round trip (step 5 takes after a bell rang). */
-    bool left = k->fronts[0] == 'L';
-    const char *f_keys[] = {who->queues[0], k->wip[0]},
-               *f_args[] = {count, left ? "L" : "R", bytes, lease ? "1" : "0"};
-    const char *cmd = NULL;
-    enum script_id f_script = S_COUNT;
-    bool want = req->max > 0;
-    bool bells = multi && timeout > 0;
-    if (st == BQ_OK && want) {
-        if (multi) {
-            cmd = "fetchm-N";
-            f_script = S_FETCHM;
-            st = append_script(c, S_FETCHM, false, 2 * nq, k->fm, fm_nargs, fm_args, NULL, err);
-            if (st == BQ_OK && bells) {
-                k->bells[0] = "BRPOP";
-                k->bells[nq + 1] = tmo;
-                st = bq_conn_append(c, nq + 2, k->bells, NULL, err);
-            }
-        } else if (timeout <= 0) {
-            cmd = "fetch-2";
-            f_script = S_FETCH;
-            st = append_script(c, S_FETCH, false, 2, f_keys, 4, f_args, NULL, err);
-        } else if (lease) {
-            const char *argv[] = {"BLMOVE", who->queues[0], k->wip[0], left ? "LEFT" : "RIGHT",
-                                  "LEFT", tmo};
-            cmd = "BLMOVE";
-            st = bq_conn_append(c, 6, argv, NULL, err);
-        } else if (r->has_blmpop && blmax > 1) {
-            const char *argv[] = {"BLMPOP", tmo, "1", who->queues[0], left ? "LEFT" : "RIGHT",
-                                  "COUNT", blcount};
-            cmd = "BLMPOP";
-            st = bq_conn_append(c, 7, argv, NULL, err);
-        } else {
-            cmd = left ? "BLPOP" : "BRPOP";
-            const char *argv[] = {cmd, who->queues[0], tmo};
-            st = bq_conn_append(c, 3, argv, NULL, err);
-        }
-    }
+    /* 4. take (see `takes`) */
+    if (st == BQ_OK && want)
+        st = append_take(c, m, who, k, &a, err);
     double deadline = bq_now_mono() + (timeout > 0 ? timeout : 0) + r->command_timeout;
     if (st == BQ_OK)
         st = bq_conn_flush(c, deadline, -1, err);
 
+    /* The replies, in the same order. */
     redisReply *rep = NULL;
     bool reload = false;
     if (st == BQ_OK && beat) {
@@ -946,55 +1103,9 @@ static bq_status redis_fetch(bq_broker *b, const struct bq_lessee *who,
             rep = NULL;
         }
     }
-    if (st == BQ_OK && want && multi) {
-        /* fetchm-N's reply, then (idle) the bells' */
-        st = read_script_reply(c, deadline, "fetchm-N", &rep, &reload, err);
-        size_t before = out->n;
-        if (st == BQ_OK && rep != NULL)
-            st = take_fetchm(r, nq, rep, out);
-        if (rep != NULL)
-            freeReplyObject(rep);
-        rep = NULL;
-        if (st == BQ_OK && bells) {
-            st = read_blocked(r, c, &rep, deadline, r->wakefd, err);
-            if (st == BQ_OK)
-                st = bq_reply_check(rep, "BRPOP", err);
-            bool rang = st == BQ_OK && rep->type == REDIS_REPLY_ARRAY;
-            if (rep != NULL)
-                freeReplyObject(rep);
-            rep = NULL;
-            /* 5. a bell rang while there was nothing: take by priority now */
-            if (rang && out->n == before) {
-                st = run_script(c, S_FETCHM, 2 * nq, k->fm, fm_nargs, fm_args, NULL,
-                                r->command_timeout, &rep, err);
-                if (st == BQ_OK)
-                    st = take_fetchm(r, nq, rep, out);
-            }
-        }
-    } else if (st == BQ_OK && want) {
-        st = read_blocked(r, c, &rep, deadline, timeout > 0 ? r->wakefd : -1, err);
-        if (st == BQ_OK && f_script != S_COUNT && is_noscript(rep)) {
-            freeReplyObject(rep); /* nothing taken this round */
-            rep = NULL;
-            reload = true;
-        }
-        if (st == BQ_OK && rep != NULL &&
-            (is_marker(rep) || (st = bq_reply_check(rep, cmd, err)) == BQ_OK)) {
-            if (rep->type == REDIS_REPLY_ARRAY &&
-                       (strcmp(cmd + 2, "POP") == 0 || strcmp(cmd, "BLMPOP") == 0)) {
-                /* BRPOP, BLPOP: [key, value]; BLMPOP: [key, [values...]] */
-                if (rep->elements == 2)
-                    st = take_strings(rep->element[1], out, 0);
-            } else {
-                st = take_strings(rep, out, 0);
-            }
-            if (st == BQ_ENOMEM)
-                bq_err_set(err, st, "%s: out of memory", cmd);
-        }
-    }
-    if (rep != NULL)
-        freeReplyObject(rep);
-    /* 6. the seals of messages with a "#bq" header (rare: retries, recoveries, requeues).
+    if (st == BQ_OK && want)
+        st = read_take(r, c, m, who, k, &a, deadline, out, &reload, err);
+    /* 5. the seals of messages with a "#bq" header (rare: retries, recoveries, requeues).
      * If they cannot be read, leased messages are dropped from this batch: the worker's
      * orphan check hands them back (still sealed). At-most-once, they were popped: they stay,
      * unsealed, and are set aside rather than lost. */
