@@ -302,6 +302,10 @@ static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_sli
         if (st == BQ_OK && i + 2 < ncmds)
             *pushed += (i + 1) * chunk <= n ? chunk : n - i * chunk;
     }
+    /* A refused command (WRONGTYPE, OOM) stops the reading with later replies unread: the
+     * connection's next borrower would read them as its own. */
+    if (st != BQ_OK)
+        bq_conn_mark_broken(c);
     if (st == BQ_OK && (st = wait_replicated(r, c, err)) != BQ_OK)
         *pushed = 0;
     bq_pool_return(r->pool, c);

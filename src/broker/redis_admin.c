@@ -192,6 +192,8 @@ bq_status bq_redis_dlq_purge(bq_broker *b, const char *queue, long long *count, 
             *count = rep->element[0]->integer;
         freeReplyObject(rep);
     }
+    if (st != BQ_OK)
+        bq_conn_mark_broken(c); /* replies may be left unread (see redis_push) */
     bq_pool_return(r->pool, c);
     return st;
 }
