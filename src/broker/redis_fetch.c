@@ -447,14 +447,16 @@ static enum take_mode take_mode(const struct redis_broker *r, const struct bq_le
 static bq_status append_take(bq_conn *c, enum take_mode m, const struct bq_lessee *who,
                              struct fetch_keys *k, const struct fetch_args *a, bq_err *err)
 {
+    const struct take *t = &takes[m];
     int nq = who->nqueues;
     bool left = k->fronts[0] == 'L';
+    const char *cmd = t->name[left];
     bq_status st = BQ_OK;
     switch (m) {
     case T_FETCHM:
     case T_BELLS:
-        st = bq_redis_append_script(c, S_FETCHM, false, 2 * nq, k->fm, a->nfm, a->fm, NULL, err);
-        if (st == BQ_OK && takes[m].bells) {
+        st = bq_redis_append_script(c, t->script, false, 2 * nq, k->fm, a->nfm, a->fm, NULL, err);
+        if (st == BQ_OK && t->bells) {
             k->bells[0] = "BRPOP";
             k->bells[nq + 1] = a->tmo;
             st = bq_conn_append(c, nq + 2, k->bells, NULL, err);
@@ -464,23 +466,23 @@ static bq_status append_take(bq_conn *c, enum take_mode m, const struct bq_lesse
         const char *keys[] = {who->queues[0], k->wip[0]};
         const char *args[] = {a->count, left ? "L" : "R", a->bytes,
                               who->delivery == BQ_AT_LEAST_ONCE ? "1" : "0"};
-        st = bq_redis_append_script(c, S_FETCH, false, 2, keys, 4, args, NULL, err);
+        st = bq_redis_append_script(c, t->script, false, 2, keys, 4, args, NULL, err);
         break;
     }
     case T_BLMOVE: {
-        const char *argv[] = {"BLMOVE", who->queues[0], k->wip[0], left ? "LEFT" : "RIGHT",
-                              "LEFT", a->tmo};
+        const char *argv[] = {cmd, who->queues[0], k->wip[0], left ? "LEFT" : "RIGHT", "LEFT",
+                              a->tmo};
         st = bq_conn_append(c, 6, argv, NULL, err);
         break;
     }
     case T_BLMPOP: {
-        const char *argv[] = {"BLMPOP", a->tmo, "1", who->queues[0], left ? "LEFT" : "RIGHT",
+        const char *argv[] = {cmd, a->tmo, "1", who->queues[0], left ? "LEFT" : "RIGHT",
                               "COUNT", a->blcount};
         st = bq_conn_append(c, 7, argv, NULL, err);
         break;
     }
     case T_BPOP: {
-        const char *argv[] = {takes[m].name[left], who->queues[0], a->tmo};
+        const char *argv[] = {cmd, who->queues[0], a->tmo};
         st = bq_conn_append(c, 3, argv, NULL, err);
         break;
     }
