@@ -1,7 +1,8 @@
 /*
  * broker.h -- where task operations wait: the interface the worker engine and the producer
- * client use, with two implementations, Redis (redis.c) and the in-process memory scheduler
- * (mem.c) that is the default when no Redis is configured.
+ * client use, with two implementations, Redis (redis.c, with redis_int.h and its other
+ * redis_*.c files) and the in-process memory scheduler (mem.c) that is the default when no
+ * Redis is configured.
  *
  * A broker is named by queue: every operation takes the queue name Q, and the broker derives
  * the other keys of Q itself (keys.h). Messages are opaque bytes to the broker; decoding them

@@ -1151,6 +1151,45 @@ TEST(a_failed_pipeline_does_not_leave_replies_for_the_next)
     bq_conn_close(admin);
 }
 
+/* The same on a pooled connection: a push whose LPUSH Redis refuses (the key holds a string)
+ * stopped reading its pipeline there, and the bell's two replies, left unread, were read by
+ * the next borrower of that connection as its own. */
+TEST(a_refused_push_does_not_leave_replies_for_the_next)
+{
+    NEED_REDIS();
+    struct bq_broker_config bc = {.url = redis_url, .url_source = "test", .max_connections = 1,
+                                  .connect_timeout = 2.0, .command_timeout = 2.0,
+                                  .pool_timeout = 2.0};
+    bq_broker *b = NULL;
+    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    bq_conn *admin = open_conn(redis_url);
+    if (b == NULL || admin == NULL) {
+        bq_broker_free(b);
+        bq_conn_close(admin);
+        return;
+    }
+    char wrong[96], right[96];
+    snprintf(wrong, sizeof wrong, "%s:wrongtype", prefix);
+    snprintf(right, sizeof right, "%s:three", prefix);
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "SET", wrong, "a string", NULL), BQ_OK);
+    push_texts(b, right, 3, "t");
+    struct bq_slice m = {"x", 1};
+    size_t pushed = 9;
+    bq_err err;
+    CHECK_INT(b->ops->push(b, wrong, &m, 1, &pushed, &err), BQ_EREDIS);
+    CHECK_CONTAINS(err.msg, "WRONGTYPE");
+    CHECK_INT(pushed, 0);
+    long long n = -1;
+    CHECK_INT(b->ops->length(b, right, BQ_LIST_READY, &n, NULL), BQ_OK);
+    CHECK_INT(n, 3);
+    long long count = -1;
+    CHECK_INT(b->ops->dlq_purge(b, right, &count, NULL), BQ_OK);
+    CHECK_INT(count, 0);
+    bq_conn_callv(admin, NULL, NULL, "DEL", wrong, right, NULL);
+    bq_conn_close(admin);
+    bq_broker_free(b);
+}
+
 /* Issue 16 #9: a reply over a connection's limits fails the read with a clear error before the
  * reader allocates for it; replies that came whole before it are still read; the connection is
  * broken, and the pool opens a new one for the next call. */
@@ -1365,6 +1404,7 @@ int main(void)
     RUN(seals_tell_binduqs_headers_from_forged_ones_redis);
     RUN(scripts_survive_a_flushed_script_cache);
     RUN(a_failed_pipeline_does_not_leave_replies_for_the_next);
+    RUN(a_refused_push_does_not_leave_replies_for_the_next);
     RUN(conn_refuses_a_reply_over_its_limits);
     RUN(conn_refuses_hostile_headers_at_once);
     RUN(reply_limits_from_the_environment);
