@@ -21,8 +21,10 @@ local function start(tag, opts)
     opts = opts or {}
     opts.queue = q
     opts.on_result = function(r) results[#results + 1] = r end
+    local defer = opts.defer
+    opts.defer = nil
     local w = dofile(fixture)(opts)
-    w:start()
+    if not defer then w:start() end
     local s = bq.scheduler{ type = "memory", queue_name = q }
     return w, s, results
 end
@@ -67,7 +69,9 @@ describe("lifecycle (memory)", function()
     teardown(function() bq.log_configure{ level = "info" } end)
 
     it("runs submitted -> working -> completed, with history and artifacts", function()
-        local w, s = start("run")
+        -- The worker starts after the checks of the queued state: started first, it could
+        -- finish r1 before get_task looks.
+        local w, s = start("run", { defer = true })
         assert(s:run{ task_id = "r1", conversation_id = "c1", messages = { "hello" } })
         local t = s:get_task("r1")
         assert.are.equal("submitted", t.state)
