@@ -226,25 +226,14 @@ end
 
 -- The in-memory scheduler is one process only: what is scheduled there is taken by workers
 -- of this process or by nobody, and is gone when it exits. The first operation scheduled
--- there while no worker of this process has started says so, once per process (README,
--- "In-memory scheduler"). worker.lua calls M.worker_started().
-local worker_seen, memory_warned = false, false
-
---- Notes that a worker started in this process (its producers then warn no more).
-function M.worker_started()
-    worker_seen = true
-end
-
+-- there while no worker of this process has started says so, once per process, whichever
+-- producer (C or Lua) schedules it (core.memory_warning: src/engine/worker.c).
 local function count(self, sent, dups)
     self.stats.scheduled = self.stats.scheduled + sent
     self.stats.deduplicated = self.stats.deduplicated + dups
-    if sent > 0 and self.backend == "memory" and not worker_seen and not memory_warned then
-        memory_warned = true
-        core.log("warn", "memory_scheduler_no_worker", {
-            queue = self.queue_name,
-            warning = "scheduled to the in-memory scheduler, which only workers of this process take; "
-                      .. "no worker has started in this process, and what is queued is lost when it exits "
-                      .. "(set REDIS_URL to reach workers in other processes)" })
+    if sent > 0 and self.backend == "memory" then
+        local warning = core.memory_warning()
+        if warning then core.log("warn", "memory_scheduler_no_worker", { queue = self.queue_name, warning = warning }) end
     end
 end
 

@@ -324,7 +324,6 @@ function Worker:_start(drain, level)
         engine:close()
         error(err, level)
     end
-    scheduler.worker_started()
     self.engine = engine
     if self.metrics_port then
         local bound, merr = core.metrics_serve(self.metrics_host, self.metrics_port)

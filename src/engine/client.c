@@ -25,6 +25,7 @@
 
 #define DEFAULT_DEDUP_TTL 3600.0 /* seconds, as binduq.scheduler's dedup_ttl */
 
+
 /* Prefixes a storage's message with "storage: " unless it already says so. */
 static bq_status storage_fail(bq_status st, bq_err *err)
 {
@@ -261,6 +262,9 @@ static bq_status push_group(bq_client *c, const struct item *items, size_t n, si
     } else {
         st = bq_client_push(c, queue, slices, aux, n, &ok, err);
     }
+    if (ok > 0 && strcmp(c->broker->kind, "memory") == 0 && bq_memory_warning_due())
+        bq_log(BQ_LOG_WARN, "memory_scheduler_no_worker", "queue", queue, "warning",
+               BQ_MEMORY_WARNING, NULL);
     size_t dup = st == BQ_OK && keyed ? n - ok : 0;
     *sent += ok;
     *dups += dup;

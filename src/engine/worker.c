@@ -257,6 +257,9 @@ static int spawn(pthread_t *t, void *(*fn)(void *), void *arg)
     return rc;
 }
 
+/* Set by the first worker that starts in this process (the in-memory warning). */
+static atomic_bool any_started;
+
 bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
 {
     pthread_mutex_lock(&w->mu);
@@ -346,6 +349,7 @@ bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
         return bq_err_set(err, BQ_EIO, "worker: cannot create the dispatcher thread");
     }
     w->dispatcher.started = true;
+    atomic_store(&any_started, true);
     char conc[16], lease[32];
     snprintf(conc, sizeof conc, "%d", w->conf.concurrency);
     snprintf(lease, sizeof lease, "%.3f", w->conf.lease);
@@ -354,6 +358,17 @@ bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
            w->conf.who.delivery == BQ_AT_LEAST_ONCE ? "at-least-once" : "at-most-once",
            w->conf.who.delivery == BQ_AT_LEAST_ONCE ? "#lease_s" : NULL, lease, NULL);
     return BQ_OK;
+}
+
+bool bq_worker_any_started(void)
+{
+    return atomic_load(&any_started);
+}
+
+bool bq_memory_warning_due(void)
+{
+    static atomic_bool said;
+    return !atomic_load(&any_started) && !atomic_exchange(&said, true);
 }
 
 void bq_worker_stop(bq_worker *w)

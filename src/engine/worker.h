@@ -181,6 +181,18 @@ bq_status bq_worker_new(const struct bq_worker_options *opts, const struct bq_sl
  * queue is empty and no task is in flight. */
 bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err);
 
+/* True once a worker has started in this process (any broker). */
+bool bq_worker_any_started(void);
+
+/* True the first time it is asked while no worker has started in this process, then never
+ * again: a producer scheduling to the in-memory scheduler says once that only workers of this
+ * process take those tasks (memory_scheduler_no_worker). Both producers, C and Lua, ask it. */
+bool bq_memory_warning_due(void);
+#define BQ_MEMORY_WARNING                                                                      \
+    "scheduled to the in-memory scheduler, which only workers of this process take; no worker " \
+    "has started in this process, and what is queued is lost when it exits (set REDIS_URL to "  \
+    "reach workers in other processes)"
+
 /* Asks for a graceful stop: fetching stops (a blocked fetch is interrupted), fetched messages
  * not yet started go back to the queue at once, running handlers get the shutdown timeout to
  * finish, then are interrupted, and those still stuck after a short grace have their tasks

@@ -347,6 +347,17 @@ static int l_client_range(lua_State *L)
     return 1;
 }
 
+/* core.memory_warning() -> the warning text, the first time a producer of this process
+ * schedules to the in-memory scheduler while no worker has started here; else nil. */
+static int l_memory_warning(lua_State *L)
+{
+    if (bq_memory_warning_due())
+        lua_pushliteral(L, BQ_MEMORY_WARNING);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
 /* ---- Admin (src/broker/admin.h) ------------------------------------------------------------ */
 
 /* c:stats([queue [, detail]]) -> {ready=, delayed=, inflight=, dead=, workers=<live>, seen=,
@@ -592,4 +603,6 @@ void bq_lua_open_client(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_client_new);
     lua_setfield(L, -2, "client");
+    lua_pushcfunction(L, l_memory_warning);
+    lua_setfield(L, -2, "memory_warning");
 }

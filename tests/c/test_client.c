@@ -20,6 +20,7 @@
 #include <postgresql/libpq-fe.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const char *redis_url, *pg_url;
@@ -661,6 +662,49 @@ TEST(a_run_scheduled_from_c_stores_the_same_history_as_from_lua)
     bq_client_free(c);
 }
 
+/* In a child process (the warning is once per process): a C producer on the in-memory
+ * scheduler, with no worker in its process, says so once, as the Lua producer does. */
+TEST(a_memory_producer_without_a_worker_warns_once)
+{
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    fflush(stdout);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], 2);
+        bq_log_set_level("info");
+        bq_log_set_format("text");
+        struct bq_client_options o = {.memory = true, .queue_name = "warn:q"};
+        bq_client *c = NULL;
+        if (bq_client_new(&o, &c, NULL) != BQ_OK)
+            _exit(3);
+        struct bq_message m = {"user", "x"};
+        struct bq_task t1 = {"run", "w1", NULL, &m, 1}, t2 = {"run", "w2", NULL, &m, 1};
+        bq_status st = bq_schedule(c, &t1, NULL);
+        if (st == BQ_OK)
+            st = bq_schedule(c, &t2, NULL);
+        bq_client_free(c);
+        _exit(st == BQ_OK ? 0 : 4);
+    }
+    close(fds[1]);
+    char out[8192];
+    size_t len = 0;
+    for (ssize_t n; (n = read(fds[0], out + len, sizeof out - 1 - len)) > 0;)
+        len += (size_t)n;
+    out[len] = '\0';
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    const char *first = strstr(out, " warn memory_scheduler_no_worker ");
+    CHECK(first != NULL);
+    CHECK(first == NULL || strstr(first + 10, "memory_scheduler_no_worker") == NULL); /* once */
+    CHECK_CONTAINS(out, "queue=warn:q");
+    CHECK_CONTAINS(out, "lost when it exits");
+}
+
 int main(void)
 {
     redis_url = getenv("BQ_REDIS_URL");
@@ -671,6 +715,8 @@ int main(void)
         pg_url = NULL;
     snprintf(prefix, sizeof prefix, "test:%d", (int)getpid());
     bq_log_set_level("off");
+    /* first: the warning is once per process, and a child inherits whether it was said */
+    RUN(a_memory_producer_without_a_worker_warns_once);
     RUN(a_run_is_recorded_submitted_before_it_is_pushed);
     RUN(duplicates_of_run_and_cancel_are_not_pushed_and_are_counted);
     RUN(a_cancel_is_stored_and_published_on_the_control_channel);
