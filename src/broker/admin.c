@@ -23,7 +23,7 @@ static bq_status call(bq_broker *b, const char *queue, int argc, const char **ar
                       const size_t *lens, redisReply **r, bq_err *err)
 {
     void *out = NULL;
-    bq_status st = b->ops->command(b, queue, argc, argv, lens, &out, err);
+    bq_status st = b->admin->command(b, queue, argc, argv, lens, &out, err);
     *r = st == BQ_OK ? out : NULL;
     if (st != BQ_OK && out != NULL)
         freeReplyObject(out);
@@ -79,7 +79,7 @@ static bq_status memory_stats(bq_broker *b, const char *queue, struct bq_queue_s
     static const enum bq_list lists[] = {BQ_LIST_READY, BQ_LIST_DEAD, BQ_LIST_DELAYED,
                                          BQ_LIST_INFLIGHT};
     for (int i = 0; i < 4; i++) {
-        bq_status st = b->ops->length(b, queue, lists[i], fields[i], err);
+        bq_status st = b->admin->length(b, queue, lists[i], fields[i], err);
         if (st != BQ_OK)
             return st;
     }
@@ -197,9 +197,9 @@ bq_status bq_admin_peek(bq_broker *b, const char *queue, long limit, struct bq_b
         return bq_err_set(err, BQ_EINVAL, "peek: limit must be at least 1");
     /* The front, where workers take, is the right end (producers LPUSH) or the left one. */
     if (bq_broker_front(b, queue)[0] == 'L')
-        return b->ops->range(b, queue, BQ_LIST_READY, 0, limit - 1, out, err);
+        return b->admin->range(b, queue, BQ_LIST_READY, 0, limit - 1, out, err);
     size_t from = out->n;
-    bq_status st = b->ops->range(b, queue, BQ_LIST_READY, -limit, -1, out, err);
+    bq_status st = b->admin->range(b, queue, BQ_LIST_READY, -limit, -1, out, err);
     for (size_t i = from, j = out->n; st == BQ_OK && i + 1 < j; i++, j--) {
         struct bq_msg m = out->msgs[i];
         out->msgs[i] = out->msgs[j - 1];
@@ -219,7 +219,7 @@ bq_status bq_admin_purge_ready(bq_broker *b, const char *queue, long chunk, long
     snprintf(keep, sizeof keep, "%ld", -(chunk + 1));
     for (;;) {
         long long n = 0;
-        bq_status st = b->ops->length(b, queue, BQ_LIST_READY, &n, err);
+        bq_status st = b->admin->length(b, queue, BQ_LIST_READY, &n, err);
         if (st != BQ_OK || n == 0)
             return st;
         long long taken = n < chunk ? n : chunk;

@@ -4,6 +4,11 @@
  * redis_*.c files) and the in-process memory scheduler (mem.c) that is the default when no
  * Redis is configured.
  *
+ * Its operations come in two tables: bq_broker_ops, the queue work of producers and workers
+ * (push, fetch, acknowledge, retry, lease, control channel), and bq_broker_admin_ops, what an
+ * operator asks (lengths, ranges, dead-letter maintenance, the node, a raw command), on which
+ * admin.h builds what the admin commands show.
+ *
  * A broker is named by queue: every operation takes the queue name Q, and the broker derives
  * the other keys of Q itself (keys.h). Messages are opaque bytes to the broker; decoding them
  * is the handler state's job. All operations are thread-safe, except that only one thread at a
@@ -284,6 +289,26 @@ struct bq_broker_ops {
                       bq_err *err);
     /* Drops `who`'s lease record if its in-flight list is empty (clean exit). */
     bq_status (*unregister)(bq_broker *b, const struct bq_lessee *who, bq_err *err);
+    /* Publishes msg on Q's control channel ({Q}:control), which every worker of Q listens
+     * to (cancel and pause of running tasks). *receivers counts the listeners reached. */
+    bq_status (*publish)(bq_broker *b, const char *queue, struct bq_slice msg,
+                         long long *receivers, bq_err *err);
+    /* Listens on Q's control channel on a connection of its own, calling cb for each
+     * message, until `stopfd` becomes readable (BQ_EINTR) or the connection fails. `ready`
+     * (may be NULL) is called once the subscription holds. One thread per call. */
+    bq_status (*listen)(bq_broker *b, const char *queue,
+                        void (*cb)(void *ud, const char *msg, size_t len),
+                        void (*ready)(void *ud), void *ud, int stopfd, bq_err *err);
+    /* Round trip to the server in seconds (0 for memory). */
+    bq_status (*ping)(bq_broker *b, double *rtt, bq_err *err);
+    void (*free)(bq_broker *b);
+};
+
+/* What an operator asks of a broker, apart from the queue work above: lengths and ranges, the
+ * dead-letter list's maintenance, the node, a raw command, the pool's counters. The admin
+ * commands reach these through src/broker/admin.h, which builds on them. */
+struct bq_broker_admin_ops {
+    /* The length of one structure of Q (enum bq_list). */
     bq_status (*length)(bq_broker *b, const char *queue, enum bq_list which, long long *out,
                         bq_err *err);
     /* Reads entries [start, stop] of Q (READY) or its dead-letter list (DEAD), newest first
@@ -298,16 +323,6 @@ struct bq_broker_ops {
     bq_status (*dlq_remove)(bq_broker *b, const char *queue, struct bq_slice entry, bool *done,
                             bq_err *err);
     bq_status (*dlq_purge)(bq_broker *b, const char *queue, long long *count, bq_err *err);
-    /* Publishes msg on Q's control channel ({Q}:control), which every worker of Q listens
-     * to (cancel and pause of running tasks). *receivers counts the listeners reached. */
-    bq_status (*publish)(bq_broker *b, const char *queue, struct bq_slice msg,
-                         long long *receivers, bq_err *err);
-    /* Listens on Q's control channel on a connection of its own, calling cb for each
-     * message, until `stopfd` becomes readable (BQ_EINTR) or the connection fails. `ready`
-     * (may be NULL) is called once the subscription holds. One thread per call. */
-    bq_status (*listen)(bq_broker *b, const char *queue,
-                        void (*cb)(void *ud, const char *msg, size_t len),
-                        void (*ready)(void *ud), void *ud, int stopfd, bq_err *err);
     /* The node a pooled connection talks to: its ROLE ("master", "slave", ...; "memory")
      * and address (for Sentinel URLs, the master the sentinels named). */
     bq_status (*node)(bq_broker *b, char *role, size_t rsize, char *addr, size_t asize,
@@ -316,15 +331,13 @@ struct bq_broker_ops {
      * a hiredis reply owned by the caller (freeReplyObject). Memory: BQ_EUNSUPPORTED. */
     bq_status (*command)(bq_broker *b, const char *queue, int argc, const char **argv,
                          const size_t *lens, void **out, bq_err *err);
-    /* Round trip to the server in seconds (0 for memory). */
-    bq_status (*ping)(bq_broker *b, double *rtt, bq_err *err);
     /* Connection pool counters; false when the broker has no pool (memory). */
     bool (*pool_stats)(bq_broker *b, struct bq_pool_stats *out);
-    void (*free)(bq_broker *b);
 };
 
 struct bq_broker {
-    const struct bq_broker_ops *ops;
+    const struct bq_broker_ops *ops;           /* the queue work */
+    const struct bq_broker_admin_ops *admin;   /* what an operator asks */
     const char *kind;   /* "redis" or "memory" */
     char address[128];  /* host:port, socket path or "memory"; never credentials */
     struct bq_orders orders; /* each queue's order, set by bq_broker_open */

@@ -502,7 +502,7 @@ static bq_status c_length(bq_broker *base, const char *queue, enum bq_list which
 {
     struct cluster_broker *c = cb(base);
     bq_status st;
-    ROUTED(c, queue, err, st = b->ops->length(b, queue, which, out, errp_));
+    ROUTED(c, queue, err, st = b->admin->length(b, queue, which, out, errp_));
     return st;
 }
 
@@ -512,7 +512,7 @@ static bq_status c_range(bq_broker *base, const char *queue, enum bq_list which,
     struct cluster_broker *c = cb(base);
     bq_status st;
     ROUTED(c, queue, err,
-           (bq_batch_clear(out), st = b->ops->range(b, queue, which, start, stop, out, errp_)));
+           (bq_batch_clear(out), st = b->admin->range(b, queue, which, start, stop, out, errp_)));
     return st;
 }
 
@@ -521,7 +521,7 @@ static bq_status c_dlq_requeue(bq_broker *base, const char *queue, struct bq_sli
 {
     struct cluster_broker *c = cb(base);
     bq_status st;
-    ROUTED(c, queue, err, st = b->ops->dlq_requeue(b, queue, entry, done, errp_));
+    ROUTED(c, queue, err, st = b->admin->dlq_requeue(b, queue, entry, done, errp_));
     return st;
 }
 
@@ -530,7 +530,7 @@ static bq_status c_dlq_remove(bq_broker *base, const char *queue, struct bq_slic
 {
     struct cluster_broker *c = cb(base);
     bq_status st;
-    ROUTED(c, queue, err, st = b->ops->dlq_remove(b, queue, entry, done, errp_));
+    ROUTED(c, queue, err, st = b->admin->dlq_remove(b, queue, entry, done, errp_));
     return st;
 }
 
@@ -538,7 +538,7 @@ static bq_status c_dlq_purge(bq_broker *base, const char *queue, long long *coun
 {
     struct cluster_broker *c = cb(base);
     bq_status st;
-    ROUTED(c, queue, err, st = b->ops->dlq_purge(b, queue, count, errp_));
+    ROUTED(c, queue, err, st = b->admin->dlq_purge(b, queue, count, errp_));
     return st;
 }
 
@@ -570,7 +570,7 @@ static bq_status c_node(bq_broker *base, char *role, size_t rsize, char *addr, s
     bq_broker *b = route(c, "bindu:tasks", err);
     if (b == NULL)
         return err != NULL ? err->code : BQ_EIO;
-    return b->ops->node(b, role, rsize, addr, asize, err);
+    return b->admin->node(b, role, rsize, addr, asize, err);
 }
 
 static bq_status c_command(bq_broker *base, const char *queue, int argc, const char **argv,
@@ -578,7 +578,7 @@ static bq_status c_command(bq_broker *base, const char *queue, int argc, const c
 {
     struct cluster_broker *c = cb(base);
     bq_status st;
-    ROUTED(c, queue, err, st = b->ops->command(b, queue, argc, argv, lens, out, errp_));
+    ROUTED(c, queue, err, st = b->admin->command(b, queue, argc, argv, lens, out, errp_));
     return st;
 }
 
@@ -598,7 +598,7 @@ static bool c_pool_stats(bq_broker *base, struct bq_pool_stats *out)
     pthread_mutex_lock(&c->mu);
     for (int i = 0; i < c->nnodes; i++) {
         struct bq_pool_stats s;
-        if (c->nodes[i].b->ops->pool_stats(c->nodes[i].b, &s)) {
+        if (c->nodes[i].b->admin->pool_stats(c->nodes[i].b, &s)) {
             out->borrows += s.borrows;
             out->waits += s.waits;
             out->timeouts += s.timeouts;
@@ -640,18 +640,21 @@ static const struct bq_broker_ops cluster_ops = {
     .heartbeat = c_heartbeat,
     .reap = c_reap,
     .unregister = c_unregister,
+    .publish = c_publish,
+    .listen = c_listen,
+    .ping = c_ping,
+    .free = c_free,
+};
+
+static const struct bq_broker_admin_ops cluster_admin_ops = {
     .length = c_length,
     .range = c_range,
     .dlq_requeue = c_dlq_requeue,
     .dlq_remove = c_dlq_remove,
     .dlq_purge = c_dlq_purge,
-    .publish = c_publish,
-    .listen = c_listen,
     .node = c_node,
     .command = c_command,
-    .ping = c_ping,
     .pool_stats = c_pool_stats,
-    .free = c_free,
 };
 
 bq_status bq_broker_open_cluster(const struct bq_broker_config *cfg, bq_broker **out,
@@ -663,6 +666,7 @@ bq_status bq_broker_open_cluster(const struct bq_broker_config *cfg, bq_broker *
         return bq_err_set(err, BQ_ENOMEM, "out of memory");
     pthread_mutex_init(&c->mu, NULL);
     c->base.ops = &cluster_ops;
+    c->base.admin = &cluster_admin_ops;
     c->base.kind = "redis";
     for (int i = 0; i < NSLOTS; i++)
         c->slot_node[i] = -1;

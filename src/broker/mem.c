@@ -971,18 +971,21 @@ static const struct bq_broker_ops mem_ops = {
     .heartbeat = mem_heartbeat,
     .reap = mem_reap,
     .unregister = mem_unregister,
+    .publish = mem_publish,
+    .listen = mem_listen,
+    .ping = mem_ping,
+    .free = mem_free,
+};
+
+static const struct bq_broker_admin_ops mem_admin_ops = {
     .length = mem_length,
     .range = mem_range,
     .dlq_requeue = mem_dlq_requeue,
     .dlq_remove = mem_dlq_remove,
     .dlq_purge = mem_dlq_purge,
-    .publish = mem_publish,
-    .listen = mem_listen,
     .node = mem_node,
     .command = mem_command,
-    .ping = mem_ping,
     .pool_stats = mem_pool_stats,
-    .free = mem_free,
 };
 
 bq_status bq_broker_open_memory(bq_broker **out, bq_err *err)
@@ -991,6 +994,7 @@ bq_status bq_broker_open_memory(bq_broker **out, bq_err *err)
     if (m == NULL)
         return oom(err);
     m->base.ops = &mem_ops;
+    m->base.admin = &mem_admin_ops;
     m->base.kind = "memory";
     strcpy(m->base.address, "memory");
     atomic_init(&m->interrupted, false);

@@ -467,18 +467,21 @@ static const struct bq_broker_ops redis_ops = {
     .heartbeat = bq_redis_heartbeat,
     .reap = bq_redis_reap,
     .unregister = bq_redis_unregister,
+    .publish = bq_redis_publish,
+    .listen = bq_redis_listen,
+    .ping = redis_ping,
+    .free = redis_free,
+};
+
+static const struct bq_broker_admin_ops redis_admin_ops = {
     .length = bq_redis_length,
     .range = bq_redis_range,
     .dlq_requeue = bq_redis_dlq_requeue,
     .dlq_remove = bq_redis_dlq_remove,
     .dlq_purge = bq_redis_dlq_purge,
-    .publish = bq_redis_publish,
-    .listen = bq_redis_listen,
     .node = redis_node,
     .command = redis_command,
-    .ping = redis_ping,
     .pool_stats = redis_pool_stats,
-    .free = redis_free,
 };
 
 bq_status bq_broker_open_redis(const struct bq_broker_config *cfg, bq_broker **out,
@@ -502,6 +505,7 @@ bq_status bq_broker_open_redis(const struct bq_broker_config *cfg, bq_broker **o
         return bq_err_set(err, BQ_ENOMEM, "out of memory");
     }
     r->base.ops = &redis_ops;
+    r->base.admin = &redis_admin_ops;
     r->base.kind = "redis";
     r->fetch_id = -1;
     r->watch_stopfd = -1;

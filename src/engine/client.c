@@ -329,7 +329,7 @@ bq_status bq_schedule(bq_client *c, const struct bq_task *task, bq_err *err)
 
 bq_status bq_queue_length(bq_client *c, long long *out, bq_err *err)
 {
-    return c->broker->ops->length(c->broker, c->cfg.queue_name, BQ_LIST_READY, out, err);
+    return c->broker->admin->length(c->broker, c->cfg.queue_name, BQ_LIST_READY, out, err);
 }
 
 bq_status bq_health_check(bq_client *c, struct bq_health *out, bq_err *err)

@@ -170,7 +170,7 @@ bq_status bq_metrics_render(char **out, size_t *len)
             bq_broker *br = bq_worker_broker(w);
             for (size_t l = 0; l < sizeof lists / sizeof lists[0]; l++) {
                 long long v = 0;
-                if (br->ops->length(br, queue, lists[l].which, &v, NULL) != BQ_OK)
+                if (br->admin->length(br, queue, lists[l].which, &v, NULL) != BQ_OK)
                     break; /* Redis is away: one timeout per queue, not one per list */
                 bq_buf_puts(&b, "binduq_queue_length{queue=\"");
                 label(&b, queue);
@@ -260,7 +260,7 @@ bq_status bq_metrics_render(char **out, size_t *len)
     bool has_pool[MAX_WORKERS];
     for (int i = 0; i < n; i++) {
         bq_broker *br = bq_worker_broker(r[i].w);
-        has_pool[i] = br->ops->pool_stats(br, &ps[i]);
+        has_pool[i] = br->admin->pool_stats(br, &ps[i]);
     }
     family(&b, "binduq_pool_connections", "gauge", "Pooled Redis connections, by state.");
     for (int i = 0; i < n; i++) {

@@ -203,7 +203,7 @@ static int l_client_length(lua_State *L)
     const char *queue = luaL_optstring(L, 3, c->cfg.queue_name);
     long long n;
     bq_err err;
-    if (c->broker->ops->length(c->broker, queue, which, &n, &err) != BQ_OK)
+    if (c->broker->admin->length(c->broker, queue, which, &n, &err) != BQ_OK)
         return client_fail(L, c, &err);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
@@ -238,7 +238,7 @@ static int l_client_node(lua_State *L)
     bq_client *c = check_open(L);
     char role[32], addr[160];
     bq_err err;
-    if (c->broker->ops->node(c->broker, role, sizeof role, addr, sizeof addr, &err) != BQ_OK)
+    if (c->broker->admin->node(c->broker, role, sizeof role, addr, sizeof addr, &err) != BQ_OK)
         return client_fail(L, c, &err);
     lua_pushstring(L, role);
     lua_pushstring(L, addr);
@@ -300,7 +300,7 @@ static int l_client_command(lua_State *L)
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
     bq_err err;
-    if (c->broker->ops->command(c->broker, queue, argc, argv, lens, holder, &err) != BQ_OK)
+    if (c->broker->admin->command(c->broker, queue, argc, argv, lens, holder, &err) != BQ_OK)
         return client_fail(L, c, &err);
     push_reply(L, *holder);
     freeReplyObject(*holder);
@@ -336,7 +336,7 @@ static int l_client_range(lua_State *L)
     const char *queue = luaL_optstring(L, 5, c->cfg.queue_name);
     struct bq_batch *b = push_batch_guard(L);
     bq_err err;
-    if (c->broker->ops->range(c->broker, queue, which, start, stop, b, &err) != BQ_OK)
+    if (c->broker->admin->range(c->broker, queue, which, start, stop, b, &err) != BQ_OK)
         return client_fail(L, c, &err);
     lua_createtable(L, (int)b->n, 0);
     for (size_t i = 0; i < b->n; i++) {
@@ -487,10 +487,10 @@ static int dlq_entry_op(lua_State *L, bool requeue)
     const char *queue = luaL_optstring(L, 3, c->cfg.queue_name);
     bool done = false;
     bq_err err;
-    bq_status st = requeue ? c->broker->ops->dlq_requeue(c->broker, queue,
+    bq_status st = requeue ? c->broker->admin->dlq_requeue(c->broker, queue,
                                                           (struct bq_slice){entry, len}, &done,
                                                           &err)
-                           : c->broker->ops->dlq_remove(c->broker, queue,
+                           : c->broker->admin->dlq_remove(c->broker, queue,
                                                          (struct bq_slice){entry, len}, &done,
                                                          &err);
     if (st != BQ_OK)
@@ -515,7 +515,7 @@ static int l_client_dlq_purge(lua_State *L)
     const char *queue = luaL_optstring(L, 2, c->cfg.queue_name);
     long long n = 0;
     bq_err err;
-    if (c->broker->ops->dlq_purge(c->broker, queue, &n, &err) != BQ_OK)
+    if (c->broker->admin->dlq_purge(c->broker, queue, &n, &err) != BQ_OK)
         return client_fail(L, c, &err);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;

@@ -55,7 +55,7 @@ static bq_client *open_client(struct bq_client_options *o, const char *name, cha
 static long long qlen(bq_client *c, const char *queue)
 {
     long long n = -1;
-    c->broker->ops->length(c->broker, queue, BQ_LIST_READY, &n, NULL);
+    c->broker->admin->length(c->broker, queue, BQ_LIST_READY, &n, NULL);
     return n;
 }
 
@@ -77,7 +77,7 @@ static redisReply *lrange(bq_client *c, const char *queue)
 {
     const char *argv[] = {"LRANGE", queue, "0", "-1"};
     void *r = NULL;
-    if (c->broker->ops->command(c->broker, queue, 4, argv, NULL, &r, NULL) != BQ_OK)
+    if (c->broker->admin->command(c->broker, queue, 4, argv, NULL, &r, NULL) != BQ_OK)
         return NULL;
     return r;
 }

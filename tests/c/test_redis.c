@@ -207,7 +207,7 @@ TEST(pool_burst_of_1000_schedules_from_50_threads_with_4_connections)
     struct bq_pool_stats ps;
     /* The pool never held more than its bound. (Whether borrowers had to wait depends on the
      * scheduler; pool_borrow_waits_for_a_return shows the waiting deterministically.) */
-    CHECK(client->broker->ops->pool_stats(client->broker, &ps));
+    CHECK(client->broker->admin->pool_stats(client->broker, &ps));
     CHECK(ps.total <= 4);
     CHECK(ps.opened <= 4);
     CHECK_INT(ps.borrows, 1001);
@@ -411,7 +411,7 @@ TEST(broker_fetch_is_fifo_and_batched)
     for (size_t i = 0; i < got.n; i++)
         CHECK_STR(got.msgs[i].data, text[i]);
     long long n;
-    CHECK_INT(b->ops->length(b, queue, BQ_LIST_READY, &n, NULL), BQ_OK);
+    CHECK_INT(b->admin->length(b, queue, BQ_LIST_READY, &n, NULL), BQ_OK);
     CHECK_INT(n, 1);
     bq_batch_free(&got);
     bq_broker_free(b);
@@ -490,7 +490,7 @@ TEST(public_api_schedule_length_health)
 static long long len_of(bq_broker *b, const char *queue, enum bq_list which)
 {
     long long n = -1;
-    b->ops->length(b, queue, which, &n, NULL);
+    b->admin->length(b, queue, which, &n, NULL);
     return n;
 }
 
@@ -581,12 +581,12 @@ static void lease_cycle(bq_broker *b, const char *queue)
 
     /* the dead-letter list: requeue puts the original back; remove and purge delete */
     bool done = false;
-    CHECK_INT(b->ops->dlq_requeue(b, queue, entry, &done, NULL), BQ_OK);
+    CHECK_INT(b->admin->dlq_requeue(b, queue, entry, &done, NULL), BQ_OK);
     CHECK(done);
-    CHECK_INT(b->ops->dlq_requeue(b, queue, entry, &done, NULL), BQ_OK);
+    CHECK_INT(b->admin->dlq_requeue(b, queue, entry, &done, NULL), BQ_OK);
     CHECK(!done);
     struct bq_batch all = {NULL, 0, 0};
-    CHECK_INT(b->ops->range(b, queue, BQ_LIST_READY, 0, 0, &all, NULL), BQ_OK);
+    CHECK_INT(b->admin->range(b, queue, BQ_LIST_READY, 0, 0, &all, NULL), BQ_OK);
     CHECK_INT(all.n, 1);
     if (all.n == 1)
         /* requeued at the back of the line, as a fresh first attempt */
@@ -596,10 +596,10 @@ static void lease_cycle(bq_broker *b, const char *queue)
     struct bq_lessee amo = {who_q, 1, NULL, "w1", BQ_AT_MOST_ONCE, 0, 0};
     struct bq_msg e2m = {(char *)e2.p, e2.len, 0, false, 0};
     CHECK_INT(b->ops->bury(b, &amo, &e2m, e2, &held, NULL), BQ_OK);
-    CHECK_INT(b->ops->dlq_remove(b, queue, e2, &done, NULL), BQ_OK);
+    CHECK_INT(b->admin->dlq_remove(b, queue, e2, &done, NULL), BQ_OK);
     CHECK(done);
     CHECK_INT(b->ops->bury(b, &amo, &e2m, e2, &held, NULL), BQ_OK);
-    CHECK_INT(b->ops->dlq_purge(b, queue, &purged, NULL), BQ_OK);
+    CHECK_INT(b->admin->dlq_purge(b, queue, &purged, NULL), BQ_OK);
     CHECK_INT(purged, 1);
     CHECK_INT(len_of(b, queue, BQ_LIST_DEAD), 0);
     CHECK_INT(b->ops->unregister(b, &who, NULL), BQ_OK);
@@ -696,7 +696,7 @@ static void lindex(bq_broker *b, const char *key, const char *index, char *out, 
     const char *argv[] = {"LINDEX", key, index};
     void *rep = NULL;
     out[0] = '\0';
-    if (b->ops->command(b, key, 3, argv, NULL, &rep, NULL) == BQ_OK) {
+    if (b->admin->command(b, key, 3, argv, NULL, &rep, NULL) == BQ_OK) {
         redisReply *r = rep;
         if (r->type == REDIS_REPLY_STRING)
             snprintf(out, size, "%s", r->str);
@@ -749,7 +749,7 @@ TEST(queue_order_rpush_is_fifo_from_the_left)
     lease_cycle(b, queue);
     /* the range newest first, whichever end that is */
     struct bq_batch all = {NULL, 0, 0};
-    CHECK_INT(b->ops->range(b, queue, BQ_LIST_READY, 0, -1, &all, NULL), BQ_OK);
+    CHECK_INT(b->admin->range(b, queue, BQ_LIST_READY, 0, -1, &all, NULL), BQ_OK);
     CHECK_INT(all.n, 4); /* m4 m5, m2 promoted to the front, m3 requeued at the back */
     if (all.n == 4) {
         CHECK_CONTAINS(all.msgs[0].data, "\nm3");
@@ -863,7 +863,7 @@ TEST(bindu_format_headers_are_embedded_and_sealed)
     struct bq_lessee amo = {qs, 1, NULL, "live-e", BQ_AT_MOST_ONCE, 0, 0};
     struct bq_msg em = {(char *)op, sizeof op - 1, 0, false, 0};
     CHECK_INT(b->ops->bury(b, &amo, &em, (struct bq_slice){entry, (size_t)n}, &held, NULL), BQ_OK);
-    CHECK_INT(b->ops->dlq_requeue(b, queue, (struct bq_slice){entry, (size_t)n}, &done, NULL),
+    CHECK_INT(b->admin->dlq_requeue(b, queue, (struct bq_slice){entry, (size_t)n}, &done, NULL),
               BQ_OK);
     CHECK(done);
     CHECK_INT(fetch(b, &live, 1, 0, NULL, 0, NULL, &got), BQ_OK);
@@ -883,7 +883,7 @@ TEST(bindu_format_headers_are_embedded_and_sealed)
     long long left = -1;
     const char *argv[] = {"HLEN", seals};
     void *rep = NULL;
-    if (b->ops->command(b, queue, 2, argv, NULL, &rep, NULL) == BQ_OK) {
+    if (b->admin->command(b, queue, 2, argv, NULL, &rep, NULL) == BQ_OK) {
         left = ((redisReply *)rep)->integer;
         freeReplyObject(rep);
     }
@@ -986,7 +986,7 @@ static void seal_cycle(bq_broker *b, const char *queue, bq_conn *admin)
     struct bq_slice entry = {"{\"reason\":\"forged\"}\nbody", 24};
     CHECK_INT(b->ops->bury(b, &who, &got.msgs[1], entry, &held, NULL), BQ_OK);
     bool done = false;
-    CHECK_INT(b->ops->dlq_requeue(b, queue, entry, &done, NULL), BQ_OK);
+    CHECK_INT(b->admin->dlq_requeue(b, queue, entry, &done, NULL), BQ_OK);
     CHECK(done);
     CHECK_INT(fetch(b, &who, 1, 0, NULL, 0, NULL, &got), BQ_OK);
     CHECK_INT(got.n, 6);
@@ -1180,10 +1180,10 @@ TEST(a_refused_push_does_not_leave_replies_for_the_next)
     CHECK_CONTAINS(err.msg, "WRONGTYPE");
     CHECK_INT(pushed, 0);
     long long n = -1;
-    CHECK_INT(b->ops->length(b, right, BQ_LIST_READY, &n, NULL), BQ_OK);
+    CHECK_INT(b->admin->length(b, right, BQ_LIST_READY, &n, NULL), BQ_OK);
     CHECK_INT(n, 3);
     long long count = -1;
-    CHECK_INT(b->ops->dlq_purge(b, right, &count, NULL), BQ_OK);
+    CHECK_INT(b->admin->dlq_purge(b, right, &count, NULL), BQ_OK);
     CHECK_INT(count, 0);
     bq_conn_callv(admin, NULL, NULL, "DEL", wrong, right, NULL);
     bq_conn_close(admin);

@@ -67,10 +67,10 @@ static void say_queue(struct tr *t, bq_broker *b, const char *q)
 {
     struct bq_batch ready = {NULL, 0, 0}, dead = {NULL, 0, 0};
     long long delayed = -1, inflight = -1;
-    b->ops->range(b, q, BQ_LIST_READY, 0, -1, &ready, NULL);
-    b->ops->range(b, q, BQ_LIST_DEAD, 0, -1, &dead, NULL);
-    b->ops->length(b, q, BQ_LIST_DELAYED, &delayed, NULL);
-    b->ops->length(b, q, BQ_LIST_INFLIGHT, &inflight, NULL);
+    b->admin->range(b, q, BQ_LIST_READY, 0, -1, &ready, NULL);
+    b->admin->range(b, q, BQ_LIST_DEAD, 0, -1, &dead, NULL);
+    b->admin->length(b, q, BQ_LIST_DELAYED, &delayed, NULL);
+    b->admin->length(b, q, BQ_LIST_INFLIGHT, &inflight, NULL);
     say_batch(t, "  ready", &ready);
     say_batch(t, "  dead", &dead);
     say(t, "  delayed %lld inflight %lld\n", delayed, inflight);
@@ -234,16 +234,16 @@ static void bury_requeue(bq_broker *b, const char *q, struct tr *t)
     st = b->ops->bury(b, &who, &got.msgs[1], e1, &held, NULL);
     say_queue(t, b, q);
     bool done = false;
-    st = b->ops->dlq_requeue(b, q, e0, &done, NULL);
+    st = b->admin->dlq_requeue(b, q, e0, &done, NULL);
     say(t, "requeue %s done %d\n", bq_status_name(st), done);
-    st = b->ops->dlq_requeue(b, q, e0, &done, NULL);
+    st = b->admin->dlq_requeue(b, q, e0, &done, NULL);
     say(t, "requeue again %s done %d\n", bq_status_name(st), done);
     say_queue(t, b, q);
-    st = b->ops->dlq_remove(b, q, e1, &done, NULL);
+    st = b->admin->dlq_remove(b, q, e1, &done, NULL);
     say(t, "remove %s done %d\n", bq_status_name(st), done);
     b->ops->bury(b, &who, &got.msgs[1], e1, &held, NULL); /* the lease is gone: nothing */
     long long purged = -1;
-    st = b->ops->dlq_purge(b, q, &purged, NULL);
+    st = b->admin->dlq_purge(b, q, &purged, NULL);
     say(t, "purge %s %lld\n", bq_status_name(st), purged);
     say_queue(t, b, q);
 out:
@@ -282,8 +282,8 @@ static void bury_big(bq_broker *b, const char *q, struct tr *t)
         bq_batch_free(&none);
     }
     long long dead = -1, inflight = -1;
-    b->ops->length(b, q, BQ_LIST_DEAD, &dead, NULL);
-    b->ops->length(b, q, BQ_LIST_INFLIGHT, &inflight, NULL);
+    b->admin->length(b, q, BQ_LIST_DEAD, &dead, NULL);
+    b->admin->length(b, q, BQ_LIST_INFLIGHT, &inflight, NULL);
     say(t, "dead %lld inflight %lld\n", dead, inflight);
     bq_batch_free(&got);
 }

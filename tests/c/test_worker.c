@@ -169,13 +169,13 @@ static void drain_and_check_ops(const char *url, const char *queue, enum bq_deli
     CHECK_INT(st.inflight, 0);
     CHECK_INT(st.lease_lost, 0);
     long long n = -1;
-    CHECK_INT(b->ops->length(b, queue, BQ_LIST_DEAD, &n, NULL), BQ_OK);
+    CHECK_INT(b->admin->length(b, queue, BQ_LIST_DEAD, &n, NULL), BQ_OK);
     CHECK_INT(n, 2);
-    CHECK_INT(b->ops->length(b, queue, BQ_LIST_INFLIGHT, &n, NULL), BQ_OK);
+    CHECK_INT(b->admin->length(b, queue, BQ_LIST_INFLIGHT, &n, NULL), BQ_OK);
     CHECK_INT(n, 0); /* every lease released */
-    CHECK_INT(b->ops->length(b, queue, BQ_LIST_DELAYED, &n, NULL), BQ_OK);
+    CHECK_INT(b->admin->length(b, queue, BQ_LIST_DELAYED, &n, NULL), BQ_OK);
     CHECK_INT(n, 0);
-    CHECK_INT(b->ops->length(b, queue, BQ_LIST_READY, &n, NULL), BQ_OK);
+    CHECK_INT(b->admin->length(b, queue, BQ_LIST_READY, &n, NULL), BQ_OK);
     CHECK_INT(n, 0);
     bq_worker_free(w);
     CHECK_INT(atomic_load(&inits), 4);
@@ -294,8 +294,8 @@ TEST(a_stop_hands_back_a_chunk_but_what_prepare_settled)
     CHECK(marked > 0);
     CHECK_INT(settled_ok, marked); /* each settled message was handled, once */
     long long ready = -1, inflight = -1;
-    CHECK_INT(b->ops->length(b, "test:worker:chunkstop", BQ_LIST_READY, &ready, NULL), BQ_OK);
-    CHECK_INT(b->ops->length(b, "test:worker:chunkstop", BQ_LIST_INFLIGHT, &inflight, NULL), BQ_OK);
+    CHECK_INT(b->admin->length(b, "test:worker:chunkstop", BQ_LIST_READY, &ready, NULL), BQ_OK);
+    CHECK_INT(b->admin->length(b, "test:worker:chunkstop", BQ_LIST_INFLIGHT, &inflight, NULL), BQ_OK);
     CHECK_INT(inflight, 0);
     CHECK_INT((int)ready + once, 400); /* the rest went back to the queue */
     CHECK(once < 400);
