@@ -361,8 +361,8 @@ static bq_status c_fetch(bq_broker *base, const struct bq_lessee *who,
     struct cluster_broker *c = cb(base);
     /* A redirected fetch is tried again here (a migrating slot answers ASK or TRYAGAIN for
      * a while), but only while it took nothing: a fetch that took messages and then failed
-     * is reported, so the worker checks its in-flight lists (worker.c). Acks sent twice are
-     * harmless (the second LREM finds nothing). */
+     * is reported, so the worker checks its in-flight lists (worker_dispatch.c). Acks sent
+     * twice are harmless (the second LREM finds nothing). */
     double until = bq_now_mono() + REDIRECT_WINDOW;
     size_t before = out->n;
     bq_err e = {.code = BQ_OK};
