@@ -32,12 +32,12 @@
 --
 -- The parts of one handler state share its state through the table S that make_process
 -- builds: the settings (the storage, the handlers, the policy's numbers, the ctx prototype),
--- `current` (the trace id and pickup latency of the message being processed, which travel
--- with its outcome), and the functions each part builds, added to S in the order the parts
--- are built. Each part's build(S) copies what it uses into locals once, when the handler
--- state starts: the per-message path, which runs for every task, reads upvalues, not fields
--- of S (only `current`'s two fields are written and read per message), and S itself is not
--- kept.
+-- `current` (the pickup latency of the message being processed, which run.lua measures when
+-- the handler starts and which travels with its outcome), and the functions each part
+-- builds, added to S in the order the parts are built. Each part's build(S) copies what it
+-- uses into locals once, when the handler state starts: the per-message path, which runs
+-- for every task, reads upvalues, not fields of S (only current.pickup is a field written
+-- and read per message), and S itself is not kept.
 
 local core = require("binduq.core")
 local json = require("binduq.json")
@@ -63,7 +63,8 @@ M.response = finish.response
 -- The functions the parts add to S. Reading one before the part that builds it has been
 -- built raises, when the handler state starts rather than when a rare path first calls it.
 local PARTS = {}
-for _, name in ipairs({ "log_storage", "failed", "storage_failed", "skipped", "settle", "flush", "do_cancel",
+for _, name in ipairs({ "log_storage", "failed", "storage_failed", "skipped", "settle", "flush", "mark_pending",
+                        "do_cancel",
                         "do_pause", "keep", "pause_or_go_on", "admit", "admit_chunk", "deferred", "do_run",
                         "decode" }) do
     PARTS[name] = true
@@ -131,18 +132,19 @@ function M.make_process(w, info)
         -- (prepare, flush); the memory storage is quicker one by one.
         batch_store = store:kind() ~= "memory",
         TaskContext = context.prototype(info, store),
-        current = { trace = nil, pickup = nil }, -- of the message being processed
+        current = { pickup = nil }, -- of the message being processed
         decode = decoder(info),
     }, STRICT)
     S.log_storage, S.failed, S.storage_failed, S.skipped = failure.build(S)
-    S.settle, S.flush = finish.build(S)
+    S.settle, S.flush, S.mark_pending = finish.build(S)
     S.do_cancel, S.do_pause = control.build(S)
     S.keep, S.pause_or_go_on = order.build(S)
     S.admit, S.admit_chunk, S.deferred = admission.build(S)
     S.do_run = run.build(S)
     local prepare = chunk.build(S) -- nil: nothing to decide together
 
-    local decode, current = S.decode, S.current
+    local decode, current, mark_pending = S.decode, S.current, S.mark_pending
+    local current_trace -- of the message being processed
     local do_cancel, do_pause, do_run = S.do_cancel, S.do_pause, S.do_run
 
     local function process(raw, qi, sealed, prep)
@@ -158,7 +160,7 @@ function M.make_process(w, info)
                    { reason = why, body = header.body, body_end = header.body_end, attempt = header.attempt }
         end
         trace_of(task)
-        current.trace = task.trace_id
+        current_trace = task.trace_id
         if header.requeued then
             -- An operator requeued it from the dead-letter list: the failed task may run again.
             store:change{ id = task.task_id, from = "failed", to = "submitted", error = "" }
@@ -171,14 +173,17 @@ function M.make_process(w, info)
     -- The trace id and the pickup latency travel with every outcome (log lines, metrics);
     -- a pending one's with its entry, given by flush.
     return function(raw, qi, sealed, prep)
-        current.trace, current.pickup = nil, nil
+        current_trace, current.pickup = nil, nil
         local status, id, ty, out = process(raw, qi, sealed, prep)
-        if status == OUT.pending then return status, id, ty, nil end
-        local trace, pickup = current.trace, current.pickup
+        local pickup = current.pickup
+        if status == OUT.pending then
+            mark_pending(current_trace, pickup)
+            return status, id, ty, nil
+        end
         if type(out) == "table" then
-            out.trace_id, out.pickup = trace, pickup -- nil clears the reused outcome of a completion
-        elseif trace or pickup then
-            out = { result = out, trace_id = trace, pickup = pickup }
+            out.trace_id, out.pickup = current_trace, pickup -- nil clears the reused outcome of a completion
+        elseif current_trace or pickup then
+            out = { result = out, trace_id = current_trace, pickup = pickup }
         end
         return status, id, ty, out
     end, prepare, S.flush

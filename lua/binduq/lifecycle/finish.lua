@@ -73,10 +73,11 @@ end
 local TRUE_ARTIFACTS = scalar_artifacts(true)
 
 --- The finishing of a handler state's tasks (S: see binduq.lifecycle). Returns
--- settle(task, header, res, defer) -> outcome and flush() -> { {status, task_id, type, info},
--- ... }, the outcomes settle left OUT.pending (the engine calls it: src/lua/l_engine.c).
+-- settle(task, header, res, defer) -> outcome; flush() -> { {status, task_id, type, info},
+-- ... }, the outcomes settle left OUT.pending (the engine calls it: src/lua/l_engine.c); and
+-- mark_pending(trace, pickup), which process calls for each of those.
 function M.build(S)
-    local store, info, want_results, current = S.store, S.info, S.want_results, S.current
+    local store, info, want_results = S.store, S.info, S.want_results
     local failed, storage_failed, skipped = S.failed, S.storage_failed, S.skipped
     -- The outcome table of a completed task, one per handler state: C copies it out at once.
     local done = {}
@@ -136,9 +137,7 @@ function M.build(S)
             end
         end
         if defer then
-            -- The trace id and the pickup latency travel with its outcome, given by flush.
-            pending[#pending + 1] = { task = task, header = header, state = state, h = h, a = a, rj = rj,
-                                      trace = current.trace, pickup = current.pickup }
+            pending[#pending + 1] = { task = task, header = header, state = state, h = h, a = a, rj = rj }
             return OUT.pending, id, task.type, nil
         end
         return settled(task, header, state, rj, store:finish(id, state, h, a))
@@ -172,7 +171,14 @@ function M.build(S)
         return outs
     end
 
-    return settle, flush
+    -- The trace id and the pickup latency of the task settle just deferred, which travel
+    -- with its outcome when flush gives it.
+    local function mark_pending(trace, pickup)
+        local e = pending[#pending]
+        e.trace, e.pickup = trace, pickup
+    end
+
+    return settle, flush, mark_pending
 end
 
 return M
