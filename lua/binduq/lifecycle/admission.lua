@@ -62,7 +62,8 @@ function M.build(S)
     -- it), nothing is decided: each asks for itself in process.
     local function admit_chunk(preps)
         local reqs = {}
-        for i, e in ipairs(preps) do
+        for i = 1, #preps do
+            local e = preps[i]
             local task, header = e.task, e.header
             if task and (task.type == "run" or task.type == "resume")
                     and header.attempt <= (task.max_attempts or max_attempts) then
