@@ -217,7 +217,7 @@ $(BUILD)/bench/cbench: tests/bench/cbench.c $(BUILD)/libbinduq.a src/binduq.h
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
-	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/binduq $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq
+	    $(DESTDIR)$(PREFIX)/lib/lua/5.4/binduq $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq/lifecycle
 	install -m 755 $(BUILD)/binduq-lua $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(BUILD)/libbinduq.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(BUILD)/libbinduq.so $(DESTDIR)$(PREFIX)/lib/libbinduq.so.0
@@ -225,6 +225,7 @@ install: all
 	install -m 644 src/binduq.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 $(BUILD)/binduq/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/binduq/
 	install -m 644 lua/binduq/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq/
+	install -m 644 lua/binduq/lifecycle/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq/lifecycle/
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' binduq.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/binduq.pc

@@ -72,7 +72,7 @@ struct bq_task_new {
     const char *metadata;   /* JSON object; NULL: {} */
     const char *worker;     /* NULL: none */
     int attempts;           /* the starting count (a task created already "working": 1) */
-    const char *requested;  /* NULL or "": none (see lua/binduq/lifecycle.lua) */
+    const char *requested;  /* NULL or "": none (see lua/binduq/lifecycle/order.lua) */
 };
 
 /* A compare-and-set change of one task. */
@@ -97,7 +97,7 @@ struct bq_task_change {
 struct bq_task_result {
     bool found, changed;
     char state[BQ_STATE_LEN];  /* the state after the change (or the state that refused it) */
-    char requested[16];        /* "", "pause", or what lifecycle.lua keeps before a run */
+    char requested[16];        /* "", "pause", or what lifecycle/order.lua keeps */
     int attempts;              /* the attempts after the change */
 };
 

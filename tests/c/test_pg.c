@@ -576,7 +576,7 @@ TEST(checkpoint_error_requested_worker_set_and_clear)
 }
 
 /* `requested` given at create, and as a condition of a change (if_requested), as the
- * lifecycle keeps a task's unanswered pause or resume (lua/binduq/lifecycle.lua). */
+ * lifecycle keeps a task's unanswered pause or resume (lua/binduq/lifecycle/order.lua). */
 TEST(requested_at_create_and_as_a_condition)
 {
     NEED_PG();

@@ -225,8 +225,8 @@ describe("the build", function()
 
     it("installs every Lua module of lua/binduq with the rock", function()
         local rockspec = proc.read(proc.sh("ls binduq-*.rockspec"))
-        for f in proc.sh("ls lua/binduq/*.lua"):gmatch("[^\n]+") do
-            local mod = f:match("lua/binduq/(.-)%.lua$")
+        for f in proc.sh("ls lua/binduq/*.lua lua/binduq/lifecycle/*.lua"):gmatch("[^\n]+") do
+            local mod = f:match("lua/binduq/(.-)%.lua$"):gsub("/", ".")
             local name = mod == "init" and "binduq" or ("binduq." .. mod)
             assert.truthy(rockspec:find('["' .. name .. '"] = "' .. f .. '"', 1, true), name)
         end

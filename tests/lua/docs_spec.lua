@@ -283,11 +283,12 @@ describe("docs: log events", function()
         -- the formatter's own event, written into a JSON line that grew too long
         grep(C_FILES, '\\"event\\":\\"([%w_]+)\\"'),
         grep(LUA_FILES, 'core%.log%s*%(%s*"%l+"%s*,%s*"([%w_]+)"'))
-    -- One event name is built at run time: lifecycle.lua's notify() logs
+    -- One event name is built at run time: lifecycle/control.lua's notify() logs
     -- task.type .. "_hook_failed" when the script's cancel or pause notification handler
     -- raises; notify is called for those two operations only.
     local dynamic = 'core.log("warn", task.type .. "_hook_failed"'
-    assert(read("lua/binduq/lifecycle.lua"):find(dynamic, 1, true), "lifecycle.lua no longer logs " .. dynamic)
+    assert(read("lua/binduq/lifecycle/control.lua"):find(dynamic, 1, true),
+           "lifecycle/control.lua no longer logs " .. dynamic)
     events.cancel_hook_failed, events.pause_hook_failed = true, true
 
     it("reads a plausible set", function()
