@@ -1,10 +1,10 @@
 --- binduq.lifecycle: what a handler state does with each task operation it is given.
 --
--- Called from C (src/lua/l_engine.c) once per fetched message, in the handler state's own
+-- Called from C (src/lua/l_slot.c) once per fetched message, in the handler state's own
 -- Lua state and thread:
 --
 --   process(raw, queue_index, sealed, prepared) -> status, task_id, type, info
---     status: one of core.OUTCOME, the engine's names (src/engine/worker.c): "completed" |
+--     status: one of core.OUTCOME, the engine's names (src/engine/worker_slots.c): "completed" |
 --             "skipped" | "retry" | "dead" | "dropped" | "malformed" | "interrupted" |
 --             "deferred" | "canceled" | "paused" | "waiting" | "pending"; any other string
 --             is a defect, dead-lettered with that reason by the engine
@@ -53,7 +53,7 @@ local run = require("binduq.lifecycle.run")
 
 local M = {}
 
--- The outcomes the engine knows (src/engine/worker.c): OUT.completed is "completed", and a
+-- The outcomes the engine knows (src/engine/worker_slots.c): OUT.completed is "completed", and a
 -- name it does not know raises here rather than reaching the engine.
 local OUT = core.OUTCOME
 
@@ -107,7 +107,7 @@ end
 -- prepare(list), which the engine calls for a chunk of messages taken together (nil when a
 -- chunk has nothing to decide together: no rate limit, the memory storage); and flush(),
 -- which it calls once the chunk's handlers ran, for the outcomes process left "pending"
--- (src/lua/l_engine.c has the contracts).
+-- (src/lua/l_slot.c has the contracts).
 function M.make_process(w, info)
     local store = core.slot_storage()
     if not store then error("the worker engine gave this handler state no storage") end

@@ -12,8 +12,9 @@
  * worker:start() runs once per handler state too, which the README says plainly.
  *
  * The engine drives a handler state through bq_lua_slot_ops (engine/worker.h): init builds
- * it, prepare/handle/flush call lifecycle.lua's functions registered by core.slot_ready and
- * read their outcomes (outcome_from), fini closes it. Inside a handler:
+ * it, prepare/handle/flush call the functions lifecycle.lua (and its parts,
+ * lua/binduq/lifecycle/) registered by core.slot_ready and read their outcomes
+ * (outcome_from), fini closes it. Inside a handler:
  *   core.slot_ready(key, process [, prepare [, flush]])  core.slot_info()  core.slot_loading()
  *   core.limit(timeout)  core.unlimit()  core.slot_sleep(s)  core.slot_yield()
  *   core.rate_limit(key | {...}, limit, period)

@@ -2,7 +2,7 @@
 --
 -- When the queue is deep and the tasks quick, the engine hands a handler state several
 -- messages at once: prepare(list) decodes each once, and returns one entry per message that
--- process is then given with it (src/lua/l_engine.c has the contract). With a rate limit,
+-- process is then given with it (src/lua/l_slot.c has the contract). With a rate limit,
 -- the runs and resumes that would ask for admission get it in one round trip for the chunk
 -- (binduq.lifecycle.admission); one not admitted is deferred by process like a retry. With a
 -- storage across the network, the first runs that take the fast path start in one round

@@ -74,7 +74,7 @@ local TRUE_ARTIFACTS = scalar_artifacts(true)
 
 --- The finishing of a handler state's tasks (S: see binduq.lifecycle). Returns
 -- settle(task, header, res, defer) -> outcome; flush() -> { {status, task_id, type, info},
--- ... }, the outcomes settle left OUT.pending (the engine calls it: src/lua/l_engine.c); and
+-- ... }, the outcomes settle left OUT.pending (the engine calls it: src/lua/l_slot.c); and
 -- mark_pending(trace, pickup), which process calls for each of those.
 function M.build(S)
     local store, info, want_results = S.store, S.info, S.want_results
