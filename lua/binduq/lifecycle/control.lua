@@ -77,7 +77,10 @@ function M.build(S)
             else
                 local after, why
                 if state == "working" and req == "resume" then
-                    after, why = "", "withdrawn by a resume that came before it"
+                    -- "withdrawn", not "": a worker's scan of the queue may have told the
+                    -- handler of this very pause already (control_from_queue); told so, it
+                    -- goes on instead of pausing (binduq.lifecycle.order).
+                    after, why = "withdrawn", "withdrawn by a resume that came before it"
                 elseif state == "working" then
                     after, why = "pause", "pause requested from the running handler"
                 elseif state == "paused" and req == "run" then

@@ -12,7 +12,9 @@
 --   "run"     its run has not come, and its pauses and resumes are even: the run starts it;
 --   "merge"   its run has not come, and it is paused: the run is recorded, not started;
 --   "withdrawn" a resume withdrew the pause asked of the running handler, which may have
---             been told already: it goes on from its checkpoint instead of pausing.
+--             been told already (also when the resume came first: a busy worker's scan of
+--             the queue tells a handler of a pause before the pause is handled in its turn):
+--             it goes on from its checkpoint instead of pausing.
 -- A record made for an operation other than a run is "paused" until its run comes, so no
 -- fast path takes it for the run's own record. One unanswered pause or resume is remembered;
 -- beyond that the later ones count once.
