@@ -8,16 +8,11 @@
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/id.h"
+#include "../core/wire.h"
 #include "../core/rand.h"
 
 #include <stdio.h>
 #include <string.h>
-
-static bool is_type(const char *t)
-{
-    return t != NULL && (strcmp(t, "run") == 0 || strcmp(t, "pause") == 0 ||
-                         strcmp(t, "resume") == 0 || strcmp(t, "cancel") == 0);
-}
 
 static bq_status check_text(const char *field, const char *s, bool required, size_t max,
                             bq_err *err)
@@ -50,8 +45,8 @@ bq_status bq_task_validate(const struct bq_task *t, bq_err *err)
 {
     if (t == NULL)
         return bq_err_set(err, BQ_EINVAL, "task is NULL");
-    if (!is_type(t->type))
-        return bq_err_set(err, BQ_EINVAL, "type must be run, pause, resume or cancel");
+    if (t->type == NULL || !bq_wire_type_valid(t->type, strlen(t->type)))
+        return bq_err_set(err, BQ_EINVAL, BQ_WIRE_TYPE_RULE);
     bq_status st = check_id("task_id", t->task_id, true, err);
     if (st == BQ_OK)
         st = check_id("conversation_id", t->conversation_id, false, err);
@@ -68,7 +63,7 @@ bq_status bq_task_validate(const struct bq_task *t, bq_err *err)
     for (size_t i = 0; i < t->n_messages; i++) {
         char field[48];
         snprintf(field, sizeof field, "messages[%zu].role", i);
-        if ((st = check_text(field, t->messages[i].role, true, 64, err)) != BQ_OK)
+        if ((st = check_text(field, t->messages[i].role, true, BQ_WIRE_ROLE_MAX, err)) != BQ_OK)
             return st;
         snprintf(field, sizeof field, "messages[%zu].content", i);
         if (t->messages[i].content == NULL)
