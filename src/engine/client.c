@@ -26,10 +26,10 @@
 #define DEFAULT_DEDUP_TTL 3600.0 /* seconds, as binduq.scheduler's dedup_ttl */
 
 
-/* Prefixes a storage's message with "storage: " unless it already says so. */
+/* Prefixes a storage's message with "storage: " unless it already names the storage. */
 static bq_status storage_fail(bq_status st, bq_err *err)
 {
-    if (err != NULL && strncmp(err->msg, "storage: ", 9) != 0)
+    if (err != NULL && strncmp(err->msg, "storage", 7) != 0)
         bq_err_prefix(err, "storage");
     return st;
 }

@@ -252,15 +252,15 @@ void bq_config_free(struct bq_config *cfg)
 /* The schema Bindu keeps an agent's tables in, from its DID (storage.lua's M.did_schema):
  * lower case, every byte but ASCII letters, digits and '_' made '_', "schema_" before a
  * leading digit. Bindu shortens a name over 63 bytes with a hash, which we cannot know. */
-static bq_status did_schema(const char *did, char **out, bq_err *err)
+bq_status bq_did_schema(const char *did, const char *schema_option, char **out, bq_err *err)
 {
     size_t n = strlen(did);
     bool digit = n > 0 && did[0] >= '0' && did[0] <= '9';
     size_t len = n + (digit ? 7 : 0);
     if (len > 63)
         return bq_err_set(err, BQ_EINVAL, "the schema name of DID '%.80s' is longer than 63 "
-                          "bytes, which Bindu shortens with a hash: give storage_schema as it "
-                          "appears in the database", did);
+                          "bytes, which Bindu shortens with a hash: give %s as it appears in "
+                          "the database", did, schema_option);
     char name[64];
     size_t k = 0;
     if (digit) {
@@ -285,14 +285,13 @@ static const char *env_database_url(void)
     return v != NULL ? v : bq_env_any_case("POSTGRES_URL");
 }
 
-bq_status bq_config_storage(const struct bq_client_options *opts, struct bq_storage_choice *out,
-                            bq_err *err)
+bq_status bq_storage_resolve(const struct bq_storage_request *in, struct bq_storage_choice *out,
+                             bq_err *err)
 {
-    static const struct bq_client_options none;
-    if (opts == NULL)
-        opts = &none;
     memset(out, 0, sizeof *out);
-    const char *type = opts->storage_type, *url = opts->storage_url;
+    const char *url_option = in->url_option != NULL ? in->url_option : "storage_url";
+    const char *type = in->type, *url = in->url;
+    const char *url_name = url != NULL ? url_option : NULL;
     const char *env_type = bq_env_any_case("STORAGE_TYPE");
     if (type == NULL && url == NULL && env_type != NULL) {
         if (strcasecmp(env_type, "memory") == 0)
@@ -303,32 +302,35 @@ bq_status bq_config_storage(const struct bq_client_options *opts, struct bq_stor
             return bq_err_set(err, BQ_EINVAL, "STORAGE_TYPE: expected memory or postgres, got "
                               "'%.40s'", env_type);
     }
-    if (type == NULL) {
-        url = url != NULL ? url : env_database_url();
-        type = url != NULL ? "postgres" : "memory";
+    if (url == NULL && (type == NULL || strcmp(type, "postgres") == 0 ||
+                        strcmp(type, "postgresql") == 0)) {
+        url_name = bq_env_any_case("DATABASE_URL") != NULL ? "DATABASE_URL" : "POSTGRES_URL";
+        url = env_database_url();
     }
+    if (type == NULL)
+        type = url != NULL ? "postgres" : "memory";
     if (strcmp(type, "postgresql") == 0)
         type = "postgres";
     if (strcmp(type, "postgres") == 0) {
-        url = url != NULL ? url : env_database_url();
         if (url == NULL || *url == '\0')
-            return bq_err_set(err, BQ_EINVAL, "storage: type \"postgres\" needs a url "
-                              "(storage_url or DATABASE_URL)");
+            return bq_err_set(err, BQ_EINVAL, "storage type \"postgres\" needs a url (%s or "
+                              "DATABASE_URL)", url_option);
     } else if (strcmp(type, "memory") == 0) {
         url = NULL;
+        url_name = NULL;
     } else {
-        return bq_err_set(err, BQ_EINVAL, "storage: type '%.40s' is not supported (expected "
+        return bq_err_set(err, BQ_EINVAL, "storage type '%.40s' is not supported (expected "
                           "\"memory\" or \"postgres\")", type);
     }
     out->cfg.type = strcmp(type, "memory") == 0 ? "memory" : "postgres";
-    const char *layout = bq_env_any_case("BINDUQ_STORAGE_LAYOUT");
+    out->url_name = url_name;
+    const char *layout = in->layout != NULL ? in->layout : bq_env_any_case("BINDUQ_STORAGE_LAYOUT");
     bq_status st = BQ_OK;
     if (url != NULL && (out->url = bq_strdup(url)) == NULL)
         st = bq_err_set(err, BQ_ENOMEM, "out of memory");
     if (st == BQ_OK && url != NULL && layout != NULL && (out->layout = bq_strdup(layout)) == NULL)
         st = bq_err_set(err, BQ_ENOMEM, "out of memory");
-    if (st == BQ_OK && opts->storage_schema != NULL &&
-        (out->schema = bq_strdup(opts->storage_schema)) == NULL)
+    if (st == BQ_OK && in->schema != NULL && (out->schema = bq_strdup(in->schema)) == NULL)
         st = bq_err_set(err, BQ_ENOMEM, "out of memory");
     if (st == BQ_OK && url != NULL && layout != NULL && strcmp(layout, "bindu") == 0 &&
         out->schema == NULL) {
@@ -336,12 +338,26 @@ bq_status bq_config_storage(const struct bq_client_options *opts, struct bq_stor
         if (did == NULL)
             did = bq_env_any_case("DID");
         if (did != NULL)
-            st = did_schema(did, &out->schema, err);
+            st = bq_did_schema(did, in->schema_option != NULL ? in->schema_option : "storage_schema",
+                            &out->schema, err);
     }
     out->cfg.url = out->url;
     out->cfg.schema = out->schema;
     out->cfg.layout = out->layout;
     return st;
+}
+
+bq_status bq_config_storage(const struct bq_client_options *opts, struct bq_storage_choice *out,
+                            bq_err *err)
+{
+    struct bq_storage_request in = {.url_option = "storage_url",
+                                    .schema_option = "storage_schema"};
+    if (opts != NULL) {
+        in.type = opts->storage_type;
+        in.url = opts->storage_url;
+        in.schema = opts->storage_schema;
+    }
+    return bq_storage_resolve(&in, out, err);
 }
 
 void bq_storage_choice_free(struct bq_storage_choice *c)

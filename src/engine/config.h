@@ -55,17 +55,35 @@ bq_status bq_config_resolve(const struct bq_client_options *opts, struct bq_conf
                             bq_err *err);
 void bq_config_free(struct bq_config *cfg);
 
-/* The storage a C producer records its tasks in, resolved from opts (may be NULL) and the
- * environment exactly as lua/binduq/storage.lua's M.section resolves a scheduler's storage
- * section: storage_type, else STORAGE_TYPE (memory or postgres, any case), else postgres
- * when a URL is given or in DATABASE_URL or POSTGRES_URL, else memory; postgres needs a URL;
- * BINDUQ_STORAGE_LAYOUT=bindu picks Bindu's tables, in the schema named after POSTGRES_DID or
- * DID unless storage_schema names it. out->cfg's strings point into out (or are static).
- * Release with bq_storage_choice_free, also after an error. */
+/* The one rule for where task state lives, for the C options (bq_config_storage) and Lua's
+ * storage sections (lua/binduq/storage.lua, through core.storage_resolve): the type given,
+ * else STORAGE_TYPE (memory or postgres, any case), else postgres when a URL is given or in
+ * DATABASE_URL or POSTGRES_URL, else memory; postgres needs a URL; a layout given, else
+ * BINDUQ_STORAGE_LAYOUT; the bindu layout's schema is named after POSTGRES_DID or DID unless
+ * a schema is given. NULL fields of the request take the environment; its *_option names say
+ * how the caller calls its options, for the error messages. */
+struct bq_storage_request {
+    const char *type, *url, *schema, *layout;
+    const char *url_option;    /* "storage.url" (Lua), "storage_url" (C) */
+    const char *schema_option; /* "storage.schema", "storage_schema" */
+};
+
+/* out->cfg's strings point into out (or are static). Release with bq_storage_choice_free, also
+ * after an error. */
 struct bq_storage_choice {
     struct bq_storage_config cfg;
     char *url, *schema, *layout; /* owned */
+    const char *url_name; /* where the URL came from: url_option, "DATABASE_URL", "POSTGRES_URL" */
 };
+bq_status bq_storage_resolve(const struct bq_storage_request *in, struct bq_storage_choice *out,
+                             bq_err *err);
+
+/* The schema Bindu keeps an agent's tables in, from its DID: lower case, every byte but ASCII
+ * letters, digits and '_' made '_', "schema_" before a leading digit; *out owned. Longer than
+ * 63 bytes (Bindu shortens those with a hash) is refused, naming schema_option. */
+bq_status bq_did_schema(const char *did, const char *schema_option, char **out, bq_err *err);
+
+/* The storage a C producer records its tasks in: bq_storage_resolve of opts (may be NULL). */
 bq_status bq_config_storage(const struct bq_client_options *opts, struct bq_storage_choice *out,
                             bq_err *err);
 void bq_storage_choice_free(struct bq_storage_choice *c);

@@ -20,7 +20,9 @@
  */
 #include "binding.h"
 
+#include "../core/alloc.h"
 #include "../core/err.h"
+#include "../engine/config.h"
 #include "../storage/storage.h"
 
 #include <string.h>
@@ -446,6 +448,59 @@ static const luaL_Reg storage_meta[] = {
     {NULL, NULL},
 };
 
+/* core.storage_resolve{type=, url=, schema=, layout=} -> {type=, url=, url_name=, schema=,
+ * layout=}: where task state lives, by the rule the C producer follows too
+ * (bq_storage_resolve); raises naming what was wrong. */
+static int l_storage_resolve(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    struct bq_storage_request in = {.url_option = "storage.url",
+                                    .schema_option = "storage.schema"};
+    const char **fields[] = {&in.type, &in.url, &in.schema, &in.layout};
+    static const char *const names[] = {"type", "url", "schema", "layout"};
+    for (int i = 0; i < 4; i++) {
+        lua_getfield(L, 1, names[i]);
+        *fields[i] = lua_isstring(L, -1) ? lua_tostring(L, -1) : NULL; /* anchored in the table */
+        lua_pop(L, 1);
+    }
+    struct bq_storage_choice out;
+    bq_err err;
+    bq_status st = bq_storage_resolve(&in, &out, &err);
+    if (st != BQ_OK) {
+        bq_storage_choice_free(&out);
+        lua_pushstring(L, err.msg);
+        return lua_error(L);
+    }
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, out.cfg.type);
+    lua_setfield(L, -2, "type");
+    const char *vals[] = {out.url, out.url_name, out.schema, out.layout};
+    static const char *const keys[] = {"url", "url_name", "schema", "layout"};
+    for (int i = 0; i < 4; i++) {
+        if (vals[i] != NULL) {
+            lua_pushstring(L, vals[i]);
+            lua_setfield(L, -2, keys[i]);
+        }
+    }
+    bq_storage_choice_free(&out);
+    return 1;
+}
+
+/* core.did_schema(did) -> the schema of an agent's tables (bq_did_schema); raises if too long. */
+static int l_did_schema(lua_State *L)
+{
+    char *name = NULL;
+    bq_err err;
+    if (bq_did_schema(luaL_checkstring(L, 1), "storage.schema", &name, &err) != BQ_OK) {
+        lua_pushstring(L, err.msg);
+        return lua_error(L);
+    }
+    lua_pushstring(L, name);
+    bq_free(name);
+    return 1;
+}
+
 void bq_lua_open_storage(lua_State *L)
 {
     if (luaL_newmetatable(L, BQ_STORAGE_MT)) {
@@ -458,4 +513,8 @@ void bq_lua_open_storage(lua_State *L)
     lua_setfield(L, -2, "storage");
     lua_pushcfunction(L, l_storage_reset);
     lua_setfield(L, -2, "storage_reset");
+    lua_pushcfunction(L, l_storage_resolve);
+    lua_setfield(L, -2, "storage_resolve");
+    lua_pushcfunction(L, l_did_schema);
+    lua_setfield(L, -2, "did_schema");
 }

@@ -559,7 +559,7 @@ TEST(the_storage_comes_from_the_environment_as_the_lua_side_reads_it)
     bq_storage_choice_free(&sc);
     struct bq_client_options weird = {.storage_type = "sqlite"};
     CHECK_INT(bq_config_storage(&weird, &sc, &err), BQ_EINVAL);
-    CHECK_CONTAINS(err.msg, "storage: type 'sqlite' is not supported");
+    CHECK_CONTAINS(err.msg, "storage type 'sqlite' is not supported");
     bq_storage_choice_free(&sc);
 
     /* Bindu's layout: the schema named after the agent's DID. */
