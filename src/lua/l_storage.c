@@ -21,8 +21,10 @@
 #include "binding.h"
 
 #include "../core/alloc.h"
+#include "../core/buf.h"
 #include "../core/err.h"
 #include "../engine/config.h"
+#include "../engine/task.h"
 #include "../storage/storage.h"
 
 #include <string.h>
@@ -224,6 +226,54 @@ static int l_storage_change(lua_State *L)
 /* store:start(id, worker) -> changed, state | false, requested, attempts
  * The worker's hot path, without a table: submitted -> working, one more attempt, the worker
  * named, a pending request cleared. */
+/* The history of a task queued by a producer that keeps no state here, when its messages
+ * are plain ({role = <string>, content = <string>} and nothing else, at most 16), in the
+ * bytes the producers write (bq_task_put_message); false for anything else, which
+ * lua/binduq/lifecycle/run.lua records itself. Reads everything from Lua before it writes. */
+#define START_MSGS_MAX 16
+static bool plain_history(lua_State *L, int task, bq_buf *b)
+{
+    if (lua_getfield(L, task, "metadata") != LUA_TNIL || lua_getfield(L, task, "messages") != LUA_TTABLE)
+        return false;
+    int list = lua_gettop(L);
+    struct { const char *role, *content; size_t rn, cn; } m[START_MSGS_MAX];
+    lua_Integer n = 0;
+    for (; lua_rawgeti(L, list, n + 1) != LUA_TNIL; n++) {
+        int t = lua_gettop(L);
+        if (n == START_MSGS_MAX || lua_type(L, t) != LUA_TTABLE ||
+            lua_getfield(L, t, "role") != LUA_TSTRING || lua_getfield(L, t, "content") != LUA_TSTRING)
+            return false;
+        int keys = 0;
+        lua_pushnil(L);
+        while (lua_next(L, t) != 0) {
+            keys++;
+            lua_pop(L, 1);
+        }
+        if (keys != 2)
+            return false;
+        m[n].role = lua_tolstring(L, t + 1, &m[n].rn); /* anchored by the message table */
+        m[n].content = lua_tolstring(L, t + 2, &m[n].cn);
+        lua_settop(L, t - 1);
+    }
+    if (n == 0)
+        return false;
+    bq_buf_append(b, "[", 1);
+    for (lua_Integer i = 0; i < n; i++) {
+        if (i > 0)
+            bq_buf_append(b, ",", 1);
+        bq_task_put_message(b, m[i].role, m[i].rn, m[i].content, m[i].cn);
+    }
+    bq_buf_append(b, "]", 1);
+    return !b->oom;
+}
+
+/* store:start(id, worker [, task]) -> changed, state | false, requested, attempts
+ *   | nil, msg, code
+ * A run's first delivery: submitted -> working, counting the attempt. With `task` (the
+ * decoded run), a task nobody recorded -- queued by a producer in another process, which keeps
+ * its state elsewhere -- whose messages are plain is recorded here as working in the same
+ * call, as if it had been submitted (attempts 1); otherwise such a task answers state false
+ * and the caller records it. */
 static int l_storage_start(lua_State *L)
 {
     bq_storage *s = check_storage(L);
@@ -239,6 +289,28 @@ static int l_storage_start(lua_State *L)
     bq_err err;
     if (s->ops->change(s, &c, &res, &err) != BQ_OK)
         return bq_lua_fail(L, &err);
+    if (res.found || !lua_istable(L, 4))
+        return push_result(L, &res, true);
+    lua_settop(L, 4);
+    const char *context = lua_getfield(L, 4, "conversation_id") == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    const char *queue = lua_getfield(L, 4, "queue") == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    bq_buf b = BQ_BUF_INIT;
+    if (!plain_history(L, 4, &b)) {
+        bq_buf_free(&b);
+        return push_result(L, &res, true);
+    }
+    struct bq_task_new t = {.id = c.id, .context_id = context, .queue = queue, .state = "working",
+                            .history = b.p, .worker = c.worker, .attempts = 1};
+    bq_status st = s->ops->create(s, &t, &res, &err);
+    bq_buf_free(&b);
+    if (st != BQ_OK)
+        return bq_lua_fail(L, &err);
+    if (!res.changed) /* recorded meanwhile by another operation: decide on that record */
+        return push_result(L, &res, true);
+    res.found = true;
+    snprintf(res.state, sizeof res.state, "working");
+    res.requested[0] = '\0';
+    res.attempts = 1;
     return push_result(L, &res, true);
 }
 

@@ -296,9 +296,13 @@ describe("#redis #pg lifecycle", function()
 
     it("stops in the middle of batches without leaving a task working; another worker completes the rest", function()
         local q = qname("pgstop")
-        local N = 3000
+        -- Enough that the first worker is still busy when it is stopped: a worker on
+        -- PostgreSQL runs about 10,000 of these a second, and a stop takes a few polls.
+        local N = 20000
         local raw = bq.scheduler{ scheduler = { url = server.url, queue_name = q }, storage = { type = "memory" } }
-        for i = 1, N do assert(raw:run{ task_id = q .. "-" .. i, messages = { "hi " .. i } }) end
+        local ops = {}
+        for i = 1, N do ops[i] = { type = "run", task_id = q .. "-" .. i, messages = { "hi " .. i } } end
+        for i = 1, N, 1000 do assert(raw:schedule_many({ table.unpack(ops, i, i + 999) })) end
         local function count(state)
             return tonumber(db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND state = '%s'")
                 :format(q, state)):match("%d+"))

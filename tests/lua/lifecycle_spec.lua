@@ -98,6 +98,34 @@ describe("lifecycle (memory)", function()
         s:close()
     end)
 
+    it("records a run queued by a producer that keeps no state here as it starts it", function()
+        -- Raw pushes stand for a producer in another process (or Bindu's): nothing is recorded
+        -- before the worker takes them.
+        local w, s = start("raw", { defer = true })
+        local task = require("binduq.task")
+        local plain = task.encode{ type = "run", task_id = "raw-plain", conversation_id = "c9",
+                                   messages = { { role = "user", content = 'a/b "q"' } } }
+        local parts = '{"type":"run","task_id":"raw-parts","messages":[{"role":"user","parts":'
+                      .. '[{"kind":"text","text":"hi"}]}]}'
+        assert(s:push_raw(plain))
+        assert(s:push_raw(parts))
+        assert.is_nil(s:get_task("raw-plain"))
+        w:drain()
+        local rec = assert(s.store:get("raw-plain"))
+        -- recorded in the same call that started it, in the bytes the producers write
+        -- (lua-cjson would have written "a\/b"; the handler's answer, appended later, still is)
+        assert.are.equal('[{"role":"user","content":"a/b \\"q\\""},', rec.history:sub(1, 39))
+        assert.are.equal("completed", rec.state)
+        assert.are.equal("c9", rec.context_id)
+        assert.are.equal(s.queue_name, rec.queue)
+        assert.are.equal(1, rec.attempts)
+        -- messages of another shape are recorded by the general path, as before
+        local t = assert(s:get_task("raw-parts"))
+        assert.are.equal("completed", t.state)
+        assert.are.equal("hi", t.history[1].content)
+        assert.are.equal(1, t.attempts)
+    end)
+
     it("keeps a task open on input-required and continues it on resume", function()
         local w, s, results = start("input")
         s:run{ task_id = "i1", messages = { "ask" } }

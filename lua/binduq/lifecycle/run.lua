@@ -59,7 +59,9 @@ function M.build(S)
         if pre then
             changed, now, attempts = pre[1], pre[2], pre[4]
         else
-            changed, now, code, attempts = store:start(id, info.worker_id)
+            -- With the task: one recorded by nobody (a producer in another process) and plain
+            -- is recorded as working in the same call.
+            changed, now, code, attempts = store:start(id, info.worker_id, task)
         end
         if changed == nil then return false, "start", now, code end
         if changed and attempts == 1 then
