@@ -237,8 +237,8 @@ local function count(self, sent, dups)
     end
 end
 
---- Schedules one task operation. Returns true, "scheduled" (later versions add other
--- statuses, e.g. "duplicate"), or nil, message, code.
+--- Schedules one task operation. Returns true, "scheduled"; true, "duplicate" when its
+-- deduplication key was taken (nothing pushed); or nil, message, code.
 function Scheduler:schedule(op)
     local client = check_open(self, op)
     local sent, dups, code = fast_many(self, client, { op })

@@ -559,8 +559,7 @@ static bq_status read_take(struct redis_broker *r, bq_conn *c, enum take_mode m,
 /* ---- The round trip -------------------------------------------------------------------------- */
 
 /* The fetcher's keys for `who`, built again only when the lessee changed: they are ~32 KB
- * of names, and zeroing and formatting them every round trip cost an eighth of the
- * worker's instructions per task. */
+ * of names, too many to zero and format on every round trip. */
 static bq_status lessee_keys(struct redis_broker *r, const struct bq_lessee *who,
                              struct fetch_keys **out, bq_err *err)
 {

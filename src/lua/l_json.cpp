@@ -4,10 +4,10 @@
  *
  *   core.decode_fast(raw) -> task | false
  *
- * A worker decodes every message it takes. lua-cjson, then core.decode_native (l_task.c),
- * cost about 27,000 instructions for a 300-byte run; this, about a third of that: simdjson
- * parses and checks the JSON and its UTF-8 at a few instructions a byte, and the task table
- * is built once, sized, with no intermediate table. It answers for operations in binduq's
+ * A worker decodes every message it takes: simdjson parses and checks the JSON and its
+ * UTF-8 at a few instructions a byte, and the task table is built once, sized, with no
+ * intermediate table (docs/design.md, "A worker decodes the usual task operation with
+ * simdjson", compares it with lua-cjson and core.decode_native). It answers for operations in binduq's
  * native format of the usual shape, and for those it returns exactly the table
  * decode_native(cjson.decode(raw)) returns (a differential test holds it to that). For
  * anything else -- invalid, Bindu's format, a field of an unexpected type, a message without

@@ -6,8 +6,8 @@
  *
  * The rules and the error texts are those of lua/binduq/task.lua (which producers use to
  * encode and which decodes Bindu's format); this is its worker-side decoder of the native
- * format, in C because a worker runs it for every task: about 7,000 instructions with the
- * task table, where the Lua took 15,000 without it. Decoded input makes the checks cheap:
+ * format, in C because a worker runs it for every task (docs/design.md, "The native task
+ * format is checked in C", has the measurements). Decoded input makes the checks cheap:
  * object keys are strings, so a non-empty array is exactly a table with [1]; JSON null is
  * lua-cjson's NULL light userdata. Messages are changed in place (nulls cleared, content
  * filled from parts): the table is the decoder's.
