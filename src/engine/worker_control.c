@@ -90,6 +90,7 @@ void *bq_worker_control_main(void *arg)
                                               w->control.stopfd, &err);
         if (st == BQ_EINTR)
             break;
+        bq_broker_explain_auth(w->broker, &err); /* a refused password names the address */
         bq_log(BQ_LOG_WARN, "control_lost", "queue", w->conf.control_queue, "worker", w->conf.id,
                "error", err.msg, "code", bq_status_name(st), NULL);
         double d = bq_backoff_delay(failures++, RECONNECT_BASE, RECONNECT_CAP, BQ_JITTER_EQUAL,
@@ -139,6 +140,7 @@ void bq_worker_scan_controls(bq_worker *w)
         if (st != BQ_OK && !w->dispatcher.scan_warned) {
             /* Once: an ACL without EVALSHA would say it each time. */
             w->dispatcher.scan_warned = true;
+            bq_broker_explain_auth(w->broker, &err);
             bq_log(BQ_LOG_WARN, "redis_error", "op", "controls", "queue", w->conf.who.queues[q],
                    "worker", w->conf.id, "error", err.msg, "code", bq_status_name(st), NULL);
         }
@@ -151,9 +153,11 @@ void bq_worker_scan_controls(bq_worker *w)
             continue;
         bool here = bq_worker_control(w, op, id);
         bq_err err;
-        if (!here && bq_worker_publish(w, op, id, &err) != BQ_OK)
+        if (!here && bq_worker_publish(w, op, id, &err) != BQ_OK) {
+            bq_broker_explain_auth(w->broker, &err);
             bq_log(BQ_LOG_WARN, "redis_error", "op", "publish", "task_id", id, "worker", w->conf.id,
                    "error", err.msg, NULL);
+        }
         bq_log(BQ_LOG_INFO, "control_from_queue", "task_id", id, "op",
                op == BQ_CONTROL_CANCEL ? "cancel" : "pause", "worker", w->conf.id, "delivered",
                here ? "here" : "published", NULL);

@@ -176,6 +176,7 @@ static void back_off(bq_worker *w, struct round *r)
 {
     r->unsure = r->unsure || (r->lease && r->req.max > 0);
     atomic_fetch_add(&w->count.redis_errors, 1);
+    bq_broker_explain_auth(w->broker, &r->err); /* a password changed meanwhile: say where */
     bq_log(BQ_LOG_ERROR, "redis_error", "op", "fetch", "queue", w->conf.queue, "worker",
            w->conf.id, "error", r->err.msg, "code", bq_status_name(r->st), NULL);
     double delay = bq_backoff_delay(r->failures++, RECONNECT_BASE, RECONNECT_CAP,
@@ -488,9 +489,11 @@ static void wind_up(bq_worker *w)
     if (w->conf.who.delivery == BQ_AT_LEAST_ONCE && !abandoned) {
         bq_err err;
         bq_err_clear(&err);
-        if (w->broker->ops->unregister(w->broker, &w->conf.who, &err) != BQ_OK)
+        if (w->broker->ops->unregister(w->broker, &w->conf.who, &err) != BQ_OK) {
+            bq_broker_explain_auth(w->broker, &err);
             bq_log(BQ_LOG_WARN, "redis_error", "op", "unregister", "queue", w->conf.queue,
                    "worker", w->conf.id, "error", err.msg, NULL);
+        }
     }
     struct bq_event ev;
     memset(&ev, 0, sizeof ev);

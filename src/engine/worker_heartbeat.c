@@ -21,6 +21,7 @@ void bq_worker_reap_dead(bq_worker *w, struct bq_batch *dead)
                                             &err);
         if (st != BQ_OK) {
             atomic_fetch_add(&w->count.redis_errors, 1);
+            bq_broker_explain_auth(w->broker, &err);
             bq_log(BQ_LOG_ERROR, "redis_error", "op", "reap", "queue", w->conf.queue, "worker",
                    w->conf.id, "error", err.msg, "code", bq_status_name(st), NULL);
         } else if (recovered >= 0) {
@@ -60,6 +61,7 @@ void *bq_worker_heartbeat_main(void *arg)
                 due = now + period;
             } else {
                 atomic_fetch_add(&w->count.redis_errors, 1);
+                bq_broker_explain_auth(w->broker, &err);
                 bq_log(BQ_LOG_ERROR, "redis_error", "op", "heartbeat", "queue", w->conf.queue,
                        "worker", w->conf.id, "error", err.msg, "code", bq_status_name(st), NULL);
                 due = now + bq_backoff_delay(failures++, RECONNECT_BASE, RECONNECT_CAP,

@@ -153,4 +153,32 @@ describe("#redis a Redis that requires a password", function()
         assert.truthy(started, log)
         assert.falsy(log:find("EAUTH", 1, true), log)
     end)
+
+    it("a running worker whose password is changed says so, naming the address", function()
+        local function admin(...)
+            local args = {}
+            for i, a in ipairs({ ... }) do args[i] = proc.quote(a) end
+            return proc.sh(("redis-cli --no-auth-warning -a %s -h 127.0.0.1 -p %d %s 2>&1")
+                :format(proc.quote(PW), server.port, table.concat(args, " ")))
+        end
+        local w = proc.spawn("build/binduq-lua tests/integration/fixtures/test_worker.lua",
+                             { env = { REDIS_URL = url(PW), REDIS_QUEUE_NAME = "it:auth2", BINDUQ_LOG_LEVEL = "info" } })
+        assert(proc.wait_for(function() return (proc.read(w.log) or ""):find("worker_started", 1, true) end, 20))
+        -- The password changes and the worker's connections are dropped: it reconnects with
+        -- the old one.
+        admin("CONFIG", "SET", "requirepass", "another-pw")
+        proc.sh(("redis-cli --no-auth-warning -a another-pw -h 127.0.0.1 -p %d CLIENT KILL TYPE normal 2>&1")
+            :format(server.port))
+        local said = proc.wait_for(function()
+            return (proc.read(w.log) or ""):find("redis_error .*" .. addr:gsub("%p", "%%%0") .. ": authentication failed")
+        end, 20)
+        proc.sh(("redis-cli --no-auth-warning -a another-pw -h 127.0.0.1 -p %d CONFIG SET requirepass %s 2>&1")
+            :format(server.port, proc.quote(PW)))
+        local log = proc.read(w.log)
+        proc.stop(w, 10)
+        assert.truthy(said, log)
+        assert.falsy(log:find("another-pw", 1, true), log)
+        assert.falsy(log:find(PW, 1, true), log)
+        assert.truthy(admin("PING"):find("PONG", 1, true))
+    end)
 end)
