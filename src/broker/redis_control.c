@@ -12,6 +12,7 @@
 #include "../core/backoff.h"
 #include "../core/clock.h"
 #include "../core/err.h"
+#include "../core/id.h"
 #include "../core/log.h"
 #include "../core/rand.h"
 
@@ -108,9 +109,17 @@ bq_status bq_redis_controls(bq_broker *b, const char *queue, double interval,
         const redisReply *op = rep->element[i], *id = rep->element[i + 1];
         if (op->type != REDIS_REPLY_STRING || id->type != REDIS_REPLY_STRING)
             continue;
+        /* The id byte for byte, and only an id the decoders would take: a JSON "\u0000" in
+         * it decodes to a zero byte, which as a C string would cut "victim\0attacker" to
+         * "victim" and cancel another task. */
         char line[256];
-        int n = snprintf(line, sizeof line, "%s %s", op->str, id->str);
-        if (n > 0 && (size_t)n < sizeof line && bq_batch_add(out, line, (size_t)n) != BQ_OK) {
+        if (!bq_id_check(id->str, id->len, NULL) || op->len + 1 + id->len >= sizeof line)
+            continue;
+        memcpy(line, op->str, op->len);
+        line[op->len] = ' ';
+        memcpy(line + op->len + 1, id->str, id->len);
+        size_t n = op->len + 1 + id->len;
+        if (bq_batch_add(out, line, n) != BQ_OK) {
             st = bq_err_set(err, BQ_ENOMEM, "controls: out of memory");
             break;
         }

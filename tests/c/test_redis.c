@@ -1376,6 +1376,35 @@ TEST(reply_limits_from_the_environment)
     }
 }
 
+/* The controls scan (controls-3) reports only ids the decoders would take: a "\u0000" in a
+ * queued cancel's id decodes to a zero byte, and cut there it named another task. */
+TEST(the_controls_scan_reports_no_id_a_decoder_would_refuse)
+{
+    NEED_REDIS();
+    bq_broker *b = open_broker();
+    REQUIRE(b != NULL);
+    char queue[96];
+    snprintf(queue, sizeof queue, "%s:ctlscan", prefix);
+    const char *ops[] = {"{\"type\":\"cancel\",\"task_id\":\"victim\\u0000attacker\"}",
+                         "{\"operation\":\"cancel\",\"params\":{\"task_id\":\"victim\\u0000\"}}",
+                         "{\"type\":\"cancel\",\"task_id\":\"victim\\n\"}",
+                         "{\"type\":\"cancel\",\"task_id\":\"fine-1\"}"};
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+        struct bq_slice m = {ops[i], strlen(ops[i])};
+        size_t pushed = 0;
+        CHECK_INT(b->ops->push(b, queue, &m, 1, &pushed, NULL), BQ_OK);
+    }
+    struct bq_batch found = {NULL, 0, 0};
+    CHECK_INT(b->ops->controls(b, queue, 0.001, 1000, &found, NULL), BQ_OK);
+    CHECK_INT(found.n, 1);
+    if (found.n == 1) {
+        CHECK_INT(found.msgs[0].len, strlen("cancel fine-1"));
+        CHECK_STR(found.msgs[0].data, "cancel fine-1");
+    }
+    bq_batch_free(&found);
+    bq_broker_free(b);
+}
+
 int main(void)
 {
     redis_url = getenv("BQ_REDIS_URL");
@@ -1408,5 +1437,6 @@ int main(void)
     RUN(conn_refuses_a_reply_over_its_limits);
     RUN(conn_refuses_hostile_headers_at_once);
     RUN(reply_limits_from_the_environment);
+    RUN(the_controls_scan_reports_no_id_a_decoder_would_refuse);
     return check_report("test_redis");
 }
