@@ -2,6 +2,7 @@
  * broker.c -- what both brokers share: batches, opening by URL, dead-letter entries.
  */
 #include "broker.h"
+#include "keys.h"
 
 #include "../core/alloc.h"
 #include "../core/buf.h"
@@ -234,4 +235,19 @@ bq_status bq_dlq_entry(const struct bq_dlq_info *info, const char *raw, size_t l
     bq_buf_append(&b, raw, len);
     out->data = bq_buf_detach(&b, &out->len);
     return out->data == NULL ? BQ_ENOMEM : BQ_OK;
+}
+
+bq_status bq_list_key(const char *queue, enum bq_list which, char *out, bq_err *err)
+{
+    switch (which) {
+    case BQ_LIST_DEAD: return bq_key_derive_err(queue, "dlq", out, err);
+    case BQ_LIST_DELAYED: return bq_key_derive_err(queue, "delayed", out, err);
+    case BQ_LIST_READY:
+    case BQ_LIST_INFLIGHT: break;
+    }
+    const char *why = bq_queue_name_problem(queue);
+    if (why != NULL)
+        return bq_err_set(err, BQ_EINVAL, "queue name '%.200s' %s", queue, why);
+    strcpy(out, queue);
+    return BQ_OK;
 }

@@ -165,6 +165,10 @@ enum bq_list {
     BQ_LIST_INFLIGHT,   /* all {Q}:wip:<worker> lists together (length only) */
 };
 
+/* The key of Q's structure `which` (BQ_KEY_MAX bytes): {Q}:dlq, {Q}:delayed, or Q itself for
+ * READY and INFLIGHT (checked as a queue name). */
+bq_status bq_list_key(const char *queue, enum bq_list which, char *out, bq_err *err);
+
 /* How fetched operations are held.
  *   AT_LEAST_ONCE: a fetch moves each message into the worker's in-flight list {Q}:wip:<id>
  *   in the same atomic step; the worker's heartbeat in {Q}:workers is the lease of all of

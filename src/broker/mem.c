@@ -203,21 +203,6 @@ static bool lrem(const char *key, const char *p, size_t len)
     return false;
 }
 
-static bq_status key_of(const char *queue, enum bq_list which, char *out, bq_err *err)
-{
-    switch (which) {
-    case BQ_LIST_DEAD: return bq_key_derive_err(queue, "dlq", out, err);
-    case BQ_LIST_DELAYED: return bq_key_derive_err(queue, "delayed", out, err);
-    case BQ_LIST_READY:
-    case BQ_LIST_INFLIGHT: break;
-    }
-    const char *why = bq_queue_name_problem(queue);
-    if (why != NULL)
-        return bq_err_set(err, BQ_EINVAL, "queue name '%.200s' %s", queue, why);
-    strcpy(out, queue);
-    return BQ_OK;
-}
-
 static const char *queue_of(const struct bq_lessee *who, int q)
 {
     return who->queues[q >= 0 && q < who->nqueues ? q : 0];
@@ -533,7 +518,7 @@ static bq_status mem_retry(bq_broker *b, const struct bq_lessee *who,
     char wip[BQ_KEY_MAX], delayed[BQ_KEY_MAX];
     bq_status st = wip_key(who, leased->q, wip, err);
     if (st == BQ_OK)
-        st = key_of(queue_of(who, leased->q), BQ_LIST_DELAYED, delayed, err);
+        st = bq_list_key(queue_of(who, leased->q), BQ_LIST_DELAYED, delayed, err);
     if (st != BQ_OK)
         return st;
     pthread_mutex_lock(&db_mu);
@@ -596,7 +581,7 @@ static bq_status mem_bury(bq_broker *b, const struct bq_lessee *who,
     char wip[BQ_KEY_MAX], dlq[BQ_KEY_MAX];
     bq_status st = wip_key(who, leased->q, wip, err);
     if (st == BQ_OK)
-        st = key_of(queue_of(who, leased->q), BQ_LIST_DEAD, dlq, err);
+        st = bq_list_key(queue_of(who, leased->q), BQ_LIST_DEAD, dlq, err);
     if (st != BQ_OK)
         return st;
     pthread_mutex_lock(&db_mu);
@@ -660,7 +645,7 @@ static bq_status mem_promote(bq_broker *b, const char *queue, size_t *moved, dou
 {
     (void)b;
     char delayed[BQ_KEY_MAX];
-    bq_status st = key_of(queue, BQ_LIST_DELAYED, delayed, err);
+    bq_status st = bq_list_key(queue, BQ_LIST_DELAYED, delayed, err);
     if (st != BQ_OK)
         return st;
     *moved = 0;
@@ -716,7 +701,7 @@ static bq_status mem_length(bq_broker *b, const char *queue, enum bq_list which,
 {
     (void)b;
     char key[BQ_KEY_MAX], prefix[BQ_KEY_MAX];
-    bq_status st = key_of(queue, which, key, err);
+    bq_status st = bq_list_key(queue, which, key, err);
     if (st != BQ_OK)
         return st;
     *out = 0;
@@ -744,7 +729,7 @@ static bq_status mem_range(bq_broker *b, const char *queue, enum bq_list which, 
     if (which != BQ_LIST_READY && which != BQ_LIST_DEAD)
         return bq_err_set(err, BQ_EINVAL, "range reads the queue or its dead-letter list only");
     char key[BQ_KEY_MAX];
-    bq_status st = key_of(queue, which, key, err);
+    bq_status st = bq_list_key(queue, which, key, err);
     if (st != BQ_OK)
         return st;
     pthread_mutex_lock(&db_mu);
@@ -770,7 +755,7 @@ static bq_status mem_dlq_requeue(bq_broker *b, const char *queue, struct bq_slic
 {
     (void)b;
     char dlq[BQ_KEY_MAX];
-    bq_status st = key_of(queue, BQ_LIST_DEAD, dlq, err);
+    bq_status st = bq_list_key(queue, BQ_LIST_DEAD, dlq, err);
     if (st != BQ_OK)
         return st;
     const char *nl = memchr(entry.p, '\n', entry.len);
@@ -808,7 +793,7 @@ static bq_status mem_dlq_remove(bq_broker *b, const char *queue, struct bq_slice
 {
     (void)b;
     char dlq[BQ_KEY_MAX];
-    bq_status st = key_of(queue, BQ_LIST_DEAD, dlq, err);
+    bq_status st = bq_list_key(queue, BQ_LIST_DEAD, dlq, err);
     if (st != BQ_OK)
         return st;
     pthread_mutex_lock(&db_mu);
@@ -821,7 +806,7 @@ static bq_status mem_dlq_purge(bq_broker *b, const char *queue, long long *count
 {
     (void)b;
     char dlq[BQ_KEY_MAX];
-    bq_status st = key_of(queue, BQ_LIST_DEAD, dlq, err);
+    bq_status st = bq_list_key(queue, BQ_LIST_DEAD, dlq, err);
     if (st != BQ_OK)
         return st;
     pthread_mutex_lock(&db_mu);

@@ -12,22 +12,6 @@
 #include <stdio.h>
 #include <string.h>
 
-/* The key of Q's list `which`: {Q}:dlq, {Q}:delayed, or Q itself (checked as a name). */
-static bq_status queue_key(const char *queue, enum bq_list which, char *out, bq_err *err)
-{
-    switch (which) {
-    case BQ_LIST_DEAD: return bq_key_derive_err(queue, "dlq", out, err);
-    case BQ_LIST_DELAYED: return bq_key_derive_err(queue, "delayed", out, err);
-    case BQ_LIST_READY:
-    case BQ_LIST_INFLIGHT: break;
-    }
-    const char *why = bq_queue_name_problem(queue);
-    if (why != NULL)
-        return bq_err_set(err, BQ_EINVAL, "queue name '%.200s' %s", queue, why);
-    strcpy(out, queue);
-    return BQ_OK;
-}
-
 /* The total length of every worker's in-flight list: their ids, then one LLEN each,
  * pipelined on one pooled connection. */
 static bq_status inflight_length(struct redis_broker *r, const char *queue, long long *out,
@@ -75,7 +59,7 @@ bq_status bq_redis_length(bq_broker *b, const char *queue, enum bq_list which,
 {
     struct redis_broker *r = (struct redis_broker *)b;
     char key[BQ_KEY_MAX];
-    bq_status st = queue_key(queue, which, key, err);
+    bq_status st = bq_list_key(queue, which, key, err);
     if (st != BQ_OK)
         return st;
     if (which == BQ_LIST_INFLIGHT)
@@ -97,7 +81,7 @@ bq_status bq_redis_range(bq_broker *b, const char *queue, enum bq_list which, lo
     if (which != BQ_LIST_READY && which != BQ_LIST_DEAD)
         return bq_err_set(err, BQ_EINVAL, "range reads the queue or its dead-letter list only");
     char key[BQ_KEY_MAX], s1[24], s2[24];
-    bq_status st = queue_key(queue, which, key, err);
+    bq_status st = bq_list_key(queue, which, key, err);
     if (st != BQ_OK)
         return st;
     /* Newest first: a queue whose producers RPUSH keeps its newest at the right end, so the

@@ -328,6 +328,17 @@ static struct bq_batch *push_batch_guard(lua_State *L)
     return b;
 }
 
+/* Pushes the messages of b as a list of strings, and frees them (b stays guarded). */
+static void push_strings(lua_State *L, struct bq_batch *b)
+{
+    lua_createtable(L, (int)b->n, 0);
+    for (size_t i = 0; i < b->n; i++) {
+        lua_pushlstring(L, b->msgs[i].data, b->msgs[i].len);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    bq_batch_free(b);
+}
+
 static int l_client_range(lua_State *L)
 {
     bq_client *c = check_open(L);
@@ -338,12 +349,7 @@ static int l_client_range(lua_State *L)
     bq_err err;
     if (c->broker->admin->range(c->broker, queue, which, start, stop, b, &err) != BQ_OK)
         return client_fail(L, c, &err);
-    lua_createtable(L, (int)b->n, 0);
-    for (size_t i = 0; i < b->n; i++) {
-        lua_pushlstring(L, b->msgs[i].data, b->msgs[i].len);
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-    bq_batch_free(b);
+    push_strings(L, b);
     return 1;
 }
 
@@ -420,12 +426,7 @@ static int l_client_peek(lua_State *L)
     bq_err err;
     if (bq_admin_peek(c->broker, queue, (long)limit, b, &err) != BQ_OK)
         return client_fail(L, c, &err);
-    lua_createtable(L, (int)b->n, 0);
-    for (size_t i = 0; i < b->n; i++) {
-        lua_pushlstring(L, b->msgs[i].data, b->msgs[i].len);
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-    bq_batch_free(b);
+    push_strings(L, b);
     return 1;
 }
 
@@ -468,12 +469,7 @@ static int l_client_queues(lua_State *L)
     bq_err err;
     if (bq_admin_queues(c->broker, queue, (long)max, b, &partial, &err) != BQ_OK)
         return client_fail(L, c, &err);
-    lua_createtable(L, (int)b->n, 0);
-    for (size_t i = 0; i < b->n; i++) {
-        lua_pushlstring(L, b->msgs[i].data, b->msgs[i].len);
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-    bq_batch_free(b);
+    push_strings(L, b);
     lua_pushboolean(L, partial);
     return 2;
 }
