@@ -201,6 +201,9 @@ class Conn:
                 return
             if self.eof:
                 raise Gone()
+            if len(self.buf) > MAX_HEADER + MAX_BODY:  # a client pushing on: just sleep
+                await asyncio.sleep(left)
+                return
             if self.watch is None:
                 self.watch = asyncio.ensure_future(self._read_ahead())
             done, _ = await asyncio.wait({self.watch}, timeout=left)
@@ -262,6 +265,13 @@ class Request:
         return "close" not in conn
 
 
+def to_int(text, base=10):
+    try:
+        return int(text, base)
+    except ValueError:
+        raise BadRequest("bad number in the request framing: %r" % text)
+
+
 async def read_request(c):
     line = await c.readline()
     while line in (b"\r\n", b"\n"):  # tolerated before a request line (RFC 9112 2.2)
@@ -288,7 +298,7 @@ async def read_request(c):
     if "chunked" in req.headers.get("transfer-encoding", "").lower():
         body = bytearray()
         while True:
-            n = int((await c.readline()).split(b";")[0].strip() or b"0", 16)
+            n = to_int((await c.readline()).split(b";")[0].strip().decode("latin-1") or "0", 16)
             if n == 0:
                 while (await c.readline()) not in (b"\r\n", b"\n"):
                     pass
@@ -299,7 +309,7 @@ async def read_request(c):
             await c.readline()
         req.body = bytes(body)
     else:
-        n = int(req.headers.get("content-length", "0") or 0)
+        n = to_int(req.headers.get("content-length", "0") or "0")
         if n < 0 or n > MAX_BODY:
             raise BadRequest("body too large")
         req.body = await c.readexactly(n) if n else b""
@@ -539,8 +549,9 @@ async def serve(reader, writer):
             try:
                 req = await asyncio.wait_for(read_request(c), IDLE_SECONDS)
             except BadRequest as e:
+                msg = str(e).encode()
                 await c.send(head(400, [("Content-Type", "text/plain"), ("Connection", "close"),
-                                        ("Content-Length", str(len(str(e))))]) + str(e).encode())
+                                        ("Content-Length", str(len(msg)))]) + msg)
                 return
             if req.path.startswith("/_"):
                 await admin(c, req)
