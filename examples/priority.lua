@@ -4,12 +4,13 @@
 --   build/binduq-lua examples/priority.lua [strict|weighted]
 --
 -- Runs on the in-memory scheduler unless REDIS_URL is set. Queues fetched together share the
--- hash tag {demo}, as Redis Cluster requires.
+-- hash tag {examples:priority}, as Redis Cluster requires.
 local bq = require("binduq")
 io.stdout:setvbuf("line")
 
 local mode = arg[1] or "strict"
-local levels = { high = "{demo}:tasks:high", normal = "{demo}:tasks:normal", low = "{demo}:tasks:low" }
+local levels = { high = "{examples:priority}:high", normal = "{examples:priority}:normal",
+                 low = "{examples:priority}:low" }
 local first, taken = { high = 0, normal = 0, low = 0 }, 0
 
 local worker = bq.worker{
@@ -30,9 +31,10 @@ if bq.role == "main" then
         levels = levels,
         route = function(op) return op.metadata.level end, -- the policy: the task says
     }
+    local run = bq.uuid():sub(1, 8) -- fresh task ids each run: a task id is scheduled once
     for i = 1, 300 do
         local level = ({ "low", "normal", "high" })[i % 3 + 1]
-        assert(s:run{ task_id = "prio-" .. i, messages = { "x" }, metadata = { level = level } })
+        assert(s:run{ task_id = ("prio-%d-%s"):format(i, run), messages = { "x" }, metadata = { level = level } })
     end
 end
 -- The first 100 taken show the policy: strict takes all "high" first; weighted about 6:3:1.

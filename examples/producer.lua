@@ -3,7 +3,8 @@
 --   REDIS_URL=redis://127.0.0.1:6379/0 build/binduq-lua examples/producer.lua N [text] [prefix]
 --
 -- Task ids are "<prefix>-<n>" (prefix defaults to a fresh UUID); each task's message is
--- `text` (default "hello <n>"). Tasks go out in pipelined batches of 1000. Prints the count.
+-- `text` (default "hello <n>"). Tasks go out in pipelined batches of 1000 to REDIS_QUEUE_NAME,
+-- by default examples:echo, where examples/worker.lua waits. Prints the count.
 
 local bq = require("binduq")
 
@@ -17,7 +18,7 @@ local prefix = arg[3] or bq.uuid()
 
 -- Without REDIS_URL this is the in-memory scheduler, and binduq warns (once) that no worker
 -- of this process will take the tasks.
-local s = bq.scheduler()
+local s = bq.scheduler{ queue_name = os.getenv("REDIS_QUEUE_NAME") or "examples:echo" }
 
 local sent, batch = 0, {}
 local function flush()

@@ -2,7 +2,8 @@
 --
 --   REDIS_URL=redis://127.0.0.1:6379/0 build/binduq-lua examples/worker.lua [concurrency]
 --
--- It waits on REDIS_QUEUE_NAME (default bindu:tasks) with a blocking pop, runs until SIGINT or
+-- It waits on REDIS_QUEUE_NAME (default examples:echo, where examples/producer.lua schedules;
+-- examples/bindu_worker.lua takes Bindu's own queue) with a blocking pop, runs until SIGINT or
 -- SIGTERM, and logs one line per completed task. A message text "sleep:<ms>" makes the
 -- handler wait that long first: it stands in for a slow agent call in demos and tests.
 
@@ -16,6 +17,7 @@ local function echo(task, ctx)
 end
 
 local worker = bq.worker{
+    scheduler = { queue_name = os.getenv("REDIS_QUEUE_NAME") or "examples:echo" },
     concurrency = tonumber(arg[1]) or tonumber(os.getenv("BINDUQ_CONCURRENCY")) or 1,
     handlers = { run = echo, resume = echo },
 }

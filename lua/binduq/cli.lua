@@ -13,7 +13,10 @@
 --   binduq-lua top [--queue NAME ...] [--interval S] [--count N] [--json]   a live view (q to quit)
 --   binduq-lua task show ID [--json]
 --   binduq-lua task list [--state STATE] [--context ID] [--limit N] [--json]
+--   binduq-lua task cancel|pause|retry ID [--json]
+--   binduq-lua task resume ID [--message TEXT] [--json]
 --     common: --database-url URL (default DATABASE_URL)  --schema NAME (default binduq)
+--     cancel, pause, resume, retry also: --url URL  --queue NAME (default: the task's queue)
 --
 -- Each command exits 0 on success and 1 with a message on stderr on failure (2 for a usage
 -- error). --json prints one JSON document on stdout, for scripts.
@@ -78,13 +81,20 @@ usage: binduq-lua top [--queue NAME ...] [--interval SECONDS] [--count N] [--jso
 Options: --url URL  --queue NAME  --json  --help
 ]],
     task = [[
-usage: binduq-lua task <show|list> [options]
+usage: binduq-lua task <show|list|cancel|pause|resume|retry> [options]
   show ID                       one task: state, attempts, worker, times, history, artifacts
   list [--state STATE] [--context ID] [--limit N]
                                 tasks, newest first (default limit 20)
+  cancel ID                     cancel an open task (a running handler stops at once)
+  pause ID                      pause a queued or running task (at its next yield point)
+  resume ID [--message TEXT]    resume a paused task, or answer one waiting for input
+  retry ID                      run a failed task again: its dead-letter entry back to the
+                                queue, attempts from 1 (else a new run of its history)
 STATE: submitted working input-required auth-required paused completed failed canceled rejected
 Options: --database-url URL (default $DATABASE_URL)  --schema NAME (default binduq)
          --json (one JSON document on stdout)  --help
+  cancel, pause, resume, retry go through Redis as the Lua API's s:cancel, s:pause, s:resume:
+         --url URL (default $REDIS_URL)  --queue NAME (default: the queue the task was run on)
 ]],
 }
 
@@ -150,7 +160,7 @@ local KNOWN = {
     dlq = { url = true, queue = true, json = true, all = true, help = true, limit = true,
             task_id = true, type = true, code = true, worker = true, reason = true },
     task = { database_url = true, schema = true, json = true, help = true, limit = true, state = true,
-             context = true },
+             context = true, url = true, queue = true, message = true },
     stats = { url = true, queue = true, json = true, help = true },
     workers = { url = true, queue = true, json = true, help = true },
     queue = { url = true, queue = true, json = true, help = true, limit = true, yes = true },
@@ -314,6 +324,27 @@ function dlq.purge(s, opts)
         ("purged %d entr%s from %s"):format(n, n == 1 and "y" or "ies", s.queue_name))
 end
 
+-- The storage section of --database-url or DATABASE_URL (or POSTGRES_URL), resolved. Task
+-- state in memory lives only inside its worker process: there is nothing to read from here.
+local function storage_section(opts)
+    local url = opts.database_url or core.env("DATABASE_URL") or core.env("POSTGRES_URL")
+    if url == nil or url == "" then
+        error({ fail = "no database to inspect: set DATABASE_URL or pass --database-url "
+                       .. "(in-memory task state lives only inside its worker process)" })
+    end
+    local okc, section = pcall(storage_mod.section, { type = "postgres", url = url, schema = opts.schema })
+    if not okc then error({ fail = tostring(section) }) end
+    section.url_name = opts.database_url and "--database-url"
+                       or (core.env("DATABASE_URL") and "DATABASE_URL" or "POSTGRES_URL")
+    return section
+end
+
+local function open_storage(opts)
+    local st, err = storage_mod.open(storage_section(opts))
+    if not st then error({ fail = tostring(err) }) end
+    return st
+end
+
 -- ---- task: stored task state ----------------------------------------------------------------
 
 local task = {}
@@ -405,6 +436,128 @@ function task.list(st, opts)
     end
     out(opts, nil, lines)
 end
+
+-- ---- task cancel|pause|resume|retry: the producer's operations ----------------------------
+--
+-- Each goes through a binduq scheduler built from --url/--queue (or REDIS_URL) with the task
+-- storage of --database-url, as a script calling s:cancel, s:pause or s:resume would. The
+-- stored state is read first, and an operation that would do nothing is refused (exit 1):
+--   cancel  an open task (submitted, working, input-required, auth-required, paused)
+--   pause   a queued (submitted) or running (working) task not already asked to pause
+--   resume  a paused task, a running one asked to pause (the resume withdraws the pause),
+--           or one waiting for input (input-required, auth-required: --message is needed)
+--   retry   a failed task only, as Sidekiq's and BullMQ's retry of a dead or failed job:
+--           its newest dead-letter entry goes back to the queue with attempts from 1 (what
+--           `dlq requeue` does); with no entry (purged, or the failure policy dropped it) the
+--           task is reopened (failed -> submitted) and a run of its stored history is
+--           pushed. A canceled task stays canceled: a cancel wins (lifecycle.md).
+-- The operation goes to the queue the task was run on (its record's queue) unless --queue
+-- names another.
+
+local function refuse(op, id, why)
+    error({ fail = ("cannot %s task %s: %s"):format(op, id, why) })
+end
+
+local WAITING = { ["input-required"] = true, ["auth-required"] = true }
+
+local function check_state(op, id, rec, opts)
+    local state, req = rec.state, rec.requested or ""
+    if op == "cancel" then
+        if storage_mod.TERMINAL[state] then refuse(op, id, "it is already " .. state .. " (a finished task does not change)") end
+    elseif op == "pause" then
+        if state == "paused" then refuse(op, id, "it is already paused") end
+        if state == "working" and req == "pause" then refuse(op, id, "a pause is already asked of its running handler") end
+        if state ~= "submitted" and state ~= "working" then
+            refuse(op, id, "it is " .. state .. " (only a queued or running task can be paused)")
+        end
+    elseif op == "resume" then
+        if WAITING[state] and not opts.message then
+            refuse(op, id, "it waits for input (" .. state .. "): give the answer with --message TEXT")
+        end
+        if not (WAITING[state] or state == "paused" or (state == "working" and req == "pause")) then
+            refuse(op, id, "it is " .. state .. " (only a paused task or one waiting for input can be resumed)")
+        end
+    elseif state ~= "failed" then -- retry
+        refuse(op, id, "it is " .. state .. " (only a failed task can be retried"
+                       .. (state == "canceled" and "; a cancel is final: run it again under a new task id)" or ")"))
+    end
+end
+
+-- The newest dead-letter entry of task `id` on the scheduler's queue, or nil.
+local function dead_entry(s, id)
+    local start = 0
+    while true do
+        local page = must(s:dead_letters(start, start + 499))
+        if #page == 0 then return nil end
+        for i, e in ipairs(page) do
+            if e.task_id == id then return must(s:dead_letter(start + i - 1)) end
+        end
+        start = start + #page
+    end
+end
+
+-- retry: the dead-letter entry back to the queue, else a new run of the stored history.
+-- Returns how ("dead_letter" or "run").
+local function retry(s, id, rec)
+    local e = dead_entry(s, id)
+    if e and not e.truncated then
+        if must(s:requeue_entry(e.raw)) then return "dead_letter" end
+        refuse("retry", id, "its dead-letter entry was requeued or purged meanwhile")
+    end
+    local changed, now = must(s:storage():change{ id = id, from = "failed", to = "submitted", error = "" })
+    if not changed then refuse("retry", id, "it is " .. tostring(now) .. " now") end
+    local history = json.decode(rec.history or "[]")
+    local sent, err = s:run{ task_id = id, conversation_id = rec.context_id, messages = history }
+    if not sent then error({ fail = tostring(err) }) end
+    return "run"
+end
+
+local NEXT = {
+    cancel = "a running handler stops at its next yield point or within 10,000 instructions",
+    pause = "a running handler pauses at its next yield point",
+    resume = "a worker runs it again",
+    retry = "a worker runs it again, attempts from 1",
+}
+
+local function task_op(op, st, opts, pos)
+    local id = pos[2]
+    local rec = must(st:get(id))
+    if not rec then error({ fail = "no task " .. id }) end
+    check_state(op, id, rec, opts)
+    local section = { url = opts.url, queue_name = opts.queue or rec.queue }
+    -- A retry's run repeats the task's own, whose deduplication key may still be held.
+    if op == "retry" then section.dedup = false end
+    local okc, s = pcall(scheduler.new, section, nil, storage_section(opts))
+    if not okc then error({ fail = tostring(s) }) end
+    if s.backend == "memory" then
+        s:close()
+        error({ fail = "no Redis to send the " .. op .. " to: set REDIS_URL or pass --url" })
+    end
+    local ok, res = pcall(function()
+        if op == "retry" then return retry(s, id, rec) end
+        local sent, status = s[op](s, id, opts.message and { opts.message } or nil)
+        if not sent then error({ fail = tostring(status) }) end
+        return status
+    end)
+    local after = ok and s:get_task(id) or nil
+    local queue = s.queue_name
+    s:close()
+    if not ok then error(res, 0) end
+    local state = after and after.state or rec.state
+    local doc = { task_id = id, operation = op, queue = queue, result = res, state_before = rec.state,
+                  state = state, requested = after and after.requested or nil }
+    if op == "retry" then
+        doc.result, doc.via = "scheduled", res
+    end
+    local how = op == "retry" and (res == "dead_letter" and "its dead-letter entry requeued" or "a new run of its history")
+                or op .. " " .. res
+    out(opts, doc, ("task %s: %s on %s; state %s (was %s): %s"):format(id, how, queue, state, rec.state, NEXT[op]))
+end
+
+function task.cancel(st, opts, pos) return task_op("cancel", st, opts, pos) end
+function task.pause(st, opts, pos) return task_op("pause", st, opts, pos) end
+function task.resume(st, opts, pos) return task_op("resume", st, opts, pos) end
+function task.retry(st, opts, pos) return task_op("retry", st, opts, pos) end
 
 -- ---- stats, workers, queue, top: the broker's admin operations (src/broker/admin.h) -------
 
@@ -604,21 +757,6 @@ function admin.top(s, opts)
     if not ok then error(err, 0) end
 end
 
-local function open_storage(opts)
-    local url = opts.database_url or core.env("DATABASE_URL") or core.env("POSTGRES_URL")
-    if url == nil or url == "" then
-        error({ fail = "no database to inspect: set DATABASE_URL or pass --database-url "
-                       .. "(in-memory task state lives only inside its worker process)" })
-    end
-    local okc, section = pcall(storage_mod.section, { type = "postgres", url = url, schema = opts.schema })
-    if not okc then error({ fail = tostring(section) }) end
-    section.url_name = opts.database_url and "--database-url"
-                       or (core.env("DATABASE_URL") and "DATABASE_URL" or "POSTGRES_URL")
-    local st, err = storage_mod.open(section)
-    if not st then error({ fail = tostring(err) }) end
-    return st
-end
-
 --- Runs a command; returns the exit status.
 function M.main(args)
     local cmd = args[1]
@@ -634,7 +772,8 @@ function M.main(args)
             return opts.help and 0 or 2
         end
         if nosub and #pos > 0 then error({ usage = "unexpected argument '" .. pos[1] .. "'" }) end
-        local SUBS = { dlq = { "list", "show", "requeue", "purge" }, task = { "show", "list" },
+        local SUBS = { dlq = { "list", "show", "requeue", "purge" },
+                       task = { "show", "list", "cancel", "pause", "resume", "retry" },
                        queue = { "peek", "purge" } }
         -- A subcommand is checked before anything is opened: a typo is a usage error.
         if SUBS[cmd] then
@@ -660,6 +799,12 @@ function M.main(args)
         if cmd == "task" then
             local sub = task[pos[1]]
             if not sub then error({ usage = "unknown subcommand '" .. pos[1] .. "'" }) end
+            if pos[1] ~= "list" and not pos[2] then error({ usage = pos[1] .. " needs a task ID" }) end
+            if pos[1] ~= "list" and pos[3] then error({ usage = "unexpected argument '" .. pos[3] .. "'" }) end
+            if opts.message and pos[1] ~= "resume" then error({ usage = "--message is for resume only" }) end
+            if (opts.url or opts.queue) and (pos[1] == "show" or pos[1] == "list") then
+                error({ usage = (opts.url and "--url" or "--queue") .. " is for cancel, pause, resume and retry" })
+            end
             local st = open_storage(opts)
             sub(st, opts, pos)
             st:close()

@@ -256,3 +256,180 @@ describe("#redis admin commands", function()
         assert.is_truthy(gone, "top did not quit on q")
     end)
 end)
+
+-- task cancel|pause|resume|retry: through Redis and a real PostgreSQL, against a worker in a
+-- process of its own; the resulting state in storage and in Redis, the exit code and --json.
+describe("#redis #pg task commands", function()
+    local pg = require("helpers.pg")
+    local FIXTURE = "tests/lua/fixtures/lifecycle_worker.lua"
+    local server, db, q, env, s, w, dir
+    setup(function()
+        bq.log_configure{ level = "off" }
+        server = redis.start()
+        db = pg.start()
+        dir = proc.tmpdir()
+        q = "it:taskcmd:" .. math.random(1, 1e9)
+        -- No REDIS_QUEUE_NAME: an operation goes to the queue the task was run on.
+        env = { REDIS_URL = server.url, DATABASE_URL = db.url }
+        s = bq.scheduler{ scheduler = { url = server.url, queue_name = q },
+                          storage = { type = "postgres", url = db.url } }
+        w = cluster.worker(server, q, { DATABASE_URL = db.url, BQ_TEST_BLOCK_TIMEOUT = 1, BQ_TEST_MAX_ATTEMPTS = 1 },
+                           FIXTURE, dir)
+    end)
+    teardown(function()
+        proc.stop(w, 5)
+        s:close()
+        server:stop()
+        db:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    local function id(tag) return q .. "-" .. tag end
+    local function llen(key) return tonumber(server:cli("LLEN", key)) end
+    -- The queue taken empty: nothing waiting, nothing leased.
+    local function drained()
+        return proc.wait_for(function()
+            return llen(q) == 0 and s:inflight_count() == 0
+        end, 10)
+    end
+
+    it("cancel stops a running task; refuses a finished, unknown or missing task", function()
+        assert(s:run{ task_id = id("spin"), messages = { "spin" } })
+        cluster.wait_state(s, id("spin"), "working")
+        local rc, out = run("task cancel " .. id("spin") .. " --json", env)
+        assert.are.equal(0, rc, out)
+        local doc = json.decode(out)
+        doc.requested = nil
+        assert.are.same({ task_id = id("spin"), operation = "cancel", queue = q, result = "scheduled",
+                          state_before = "working", state = "canceled" }, doc)
+        assert.are.equal("canceled", s:get_task(id("spin")).state)
+        assert(proc.wait_for(function()
+            return (proc.read(w.log) or ""):find(" canceled task_id=" .. id("spin") .. " ", 1, true)
+        end, 10), proc.read(w.log))
+        assert.is_truthy(drained())
+
+        rc, out = run("task cancel " .. id("spin"), env)
+        assert.are.equal(1, rc, out)
+        assert.truthy(out:find("binduq-lua task: cannot cancel task " .. id("spin") .. ": it is already canceled",
+                               1, true), out)
+        assert(s:run{ task_id = id("done"), messages = { "hello" } })
+        cluster.wait_state(s, id("done"), "completed")
+        rc, out = run("task cancel " .. id("done"), env)
+        assert.are.equal(1, rc, out)
+        assert.truthy(out:find("it is already completed", 1, true), out)
+        assert.are.equal("completed", s:get_task(id("done")).state)
+        rc, out = run("task cancel " .. id("nosuch"), env)
+        assert.are.equal(1, rc, out)
+        assert.truthy(out:find("no task " .. id("nosuch"), 1, true), out)
+        assert.is_nil(s:get_task(id("nosuch"))) -- nothing recorded for it
+        rc, out = run("task cancel", env)
+        assert.are.equal(2, rc, out)
+        assert.truthy(out:find("cancel needs a task ID", 1, true), out)
+        assert.truthy(out:find("usage: binduq-lua task", 1, true), out)
+        rc, out = run("task cancel " .. id("done") .. " --message hi", env)
+        assert.are.equal(2, rc, out)
+        assert.truthy(out:find("--message is for resume only", 1, true), out)
+        rc, out = run("task cancle " .. id("done"), env)
+        assert.are.equal(2, rc, out)
+        assert.truthy(out:find("did you mean 'cancel'", 1, true), out)
+    end)
+
+    it("pause and resume a running task from its checkpoint", function()
+        assert(s:run{ task_id = id("steps"), messages = { "steps:40" } })
+        cluster.wait_state(s, id("steps"), "working")
+        bq.sleep(0.1)
+        local rc, out = run("task pause " .. id("steps") .. " --json", env)
+        assert.are.equal(0, rc, out)
+        local doc = json.decode(out)
+        assert.are.equal("pause", doc.operation)
+        assert.are.equal("working", doc.state_before)
+        local t = cluster.wait_state(s, id("steps"), "paused")
+        assert.is_true(t.checkpoint > 0 and t.checkpoint < 40, tostring(t.checkpoint))
+        rc, out = run("task pause " .. id("steps"), env)
+        assert.are.equal(1, rc, out)
+        assert.truthy(out:find("cannot pause task " .. id("steps") .. ": it is already paused", 1, true), out)
+        rc, out = run("task resume " .. id("steps"), env)
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("task " .. id("steps") .. ": resume scheduled on " .. q .. "; state ", 1, true), out)
+        assert.truthy(out:find(" (was paused): a worker runs it again\n", 1, true), out)
+        t = cluster.wait_state(s, id("steps"), "completed")
+        local from = tonumber(t.history[#t.history].content:match("^counted (%d+)%.%.40 on "))
+        assert.is_true(from ~= nil and from > 0, t.history[#t.history].content) -- from its checkpoint
+        rc, out = run("task pause " .. id("steps"), env)
+        assert.are.equal(1, rc, out)
+        assert.truthy(out:find("it is completed (only a queued or running task can be paused)", 1, true), out)
+        rc, out = run("task resume " .. id("steps"), env)
+        assert.are.equal(1, rc, out)
+        assert.truthy(out:find("only a paused task or one waiting for input can be resumed", 1, true), out)
+        assert.is_truthy(drained())
+    end)
+
+    it("resume --message answers a task waiting for input", function()
+        assert(s:run{ task_id = id("ask"), messages = { "ask" } })
+        cluster.wait_state(s, id("ask"), "input-required")
+        local rc, out = run("task resume " .. id("ask"), env)
+        assert.are.equal(1, rc, out)
+        assert.truthy(out:find("it waits for input (input-required): give the answer with --message TEXT", 1, true),
+                      out)
+        -- No Redis: refused, and nothing changes.
+        rc, out = proc.run("build/binduq-lua task resume " .. id("ask") .. " --message Lisbon",
+                           { env = { DATABASE_URL = db.url }, unset = { "REDIS_URL" }, timeout = 30 })
+        assert.are.equal(1, rc, out)
+        assert.truthy(out:find("no Redis to send the resume to: set REDIS_URL or pass --url", 1, true), out)
+        assert.are.equal("input-required", s:get_task(id("ask")).state)
+        rc, out = run("task resume " .. id("ask") .. " --message Lisbon --json", env)
+        assert.are.equal(0, rc, out)
+        local doc = json.decode(out)
+        assert.are.equal("resume", doc.operation)
+        assert.are.equal("input-required", doc.state_before)
+        local t = cluster.wait_state(s, id("ask"), "completed")
+        assert.are.same({ role = "user", content = "Lisbon" }, t.history[3])
+        assert.are.equal("answer: Lisbon (3)", t.history[4].content)
+        assert.is_truthy(drained())
+    end)
+
+    it("retry requeues a failed task's dead-letter entry, or runs its history again", function()
+        local flag = dir .. "/retry-flag-" .. math.random(1, 1e9)
+        local dlq = "{" .. q .. "}:dlq"
+        assert(s:run{ task_id = id("flaky"), messages = { "failunless:" .. flag } })
+        local t = cluster.wait_state(s, id("flaky"), "failed")
+        assert.are.equal(1, t.attempts)
+        assert(proc.wait_for(function() return llen(dlq) == 1 end, 10))
+        local rc, out = run("task retry " .. id("steps"), env) -- completed
+        assert.are.equal(1, rc, out)
+        assert.truthy(out:find("it is completed (only a failed task can be retried)", 1, true), out)
+        rc, out = run("task retry " .. id("spin"), env)
+        assert.are.equal(1, rc, out)
+        assert.truthy(out:find("a cancel is final: run it again under a new task id", 1, true), out)
+
+        assert(io.open(flag, "w")):close()
+        rc, out = run("task retry " .. id("flaky") .. " --json", env)
+        assert.are.equal(0, rc, out)
+        local doc = json.decode(out)
+        assert.are.equal("retry", doc.operation)
+        assert.are.equal("dead_letter", doc.via)
+        assert.are.equal("failed", doc.state_before)
+        assert.are.equal(q, doc.queue)
+        t = cluster.wait_state(s, id("flaky"), "completed")
+        assert.are.equal("found " .. flag, t.history[#t.history].content)
+        assert.are.equal(0, llen(dlq))
+        assert.is_truthy(drained())
+
+        -- With its dead-letter entry purged, the stored history runs again.
+        os.remove(flag)
+        assert(s:run{ task_id = id("flaky2"), messages = { "failunless:" .. flag } })
+        cluster.wait_state(s, id("flaky2"), "failed")
+        assert(proc.wait_for(function() return llen(dlq) == 1 end, 10))
+        rc, out = run("dlq purge --all", { REDIS_URL = server.url, REDIS_QUEUE_NAME = q })
+        assert.are.equal(0, rc, out)
+        assert(io.open(flag, "w")):close()
+        rc, out = run("task retry " .. id("flaky2"), env)
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("task " .. id("flaky2") .. ": a new run of its history on " .. q, 1, true), out)
+        t = cluster.wait_state(s, id("flaky2"), "completed")
+        assert.are.equal("found " .. flag, t.history[#t.history].content)
+        assert.are.equal(1, #t.history - 1) -- the run's one message and the answer, nothing twice
+        assert.are.equal(0, llen(dlq))
+        assert.is_truthy(drained())
+    end)
+end)

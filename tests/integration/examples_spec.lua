@@ -1,16 +1,27 @@
 -- The examples as a user runs them: hello on the in-memory default, the C producer feeding a
--- Lua worker through Redis, and health checks.
+-- Lua worker through Redis, and health checks; and every Lua example twice in a row against
+-- one redis-server, each on its own queue, which it leaves empty.
 
 local proc = require("helpers.proc")
 local redis = require("helpers.redis")
 local bq = require("binduq")
+
+-- No operation left on queue `q`: none waiting, delayed or dead-lettered, no worker's
+-- in-flight list.
+local function assert_empty(server, q)
+    local prefix = q:find("{", 1, true) and (q .. ":") or ("{" .. q .. "}:")
+    assert.are.equal("0", server:cli("LLEN", q), q)
+    assert.are.equal("0", server:cli("ZCARD", prefix .. "delayed"), q)
+    assert.are.equal("0", server:cli("LLEN", prefix .. "dlq"), q)
+    assert.are.equal("", server:cli("--scan", "--pattern", prefix .. "wip:*"), q)
+end
 
 describe("examples", function()
     it("hello.lua runs on the in-memory scheduler with no Redis", function()
         local rc, out = proc.run("build/binduq-lua examples/hello.lua", { unset = { "REDIS_URL" }, timeout = 60 })
         assert.are.equal(0, rc, out)
         for i = 1, 5 do
-            assert.truthy(out:find("hello%-" .. i .. " +completed +Hello, "), out)
+            assert.truthy(out:find("hello%-" .. i .. "%-%x+ +completed +Hello, "), out)
         end
         assert.truthy(out:find("done: 5 completed, 0 failed", 1, true), out)
         assert.truthy(out:find("backend=memory", 1, true), out)
@@ -32,7 +43,7 @@ describe("examples", function()
         assert.truthy(out:find("alice at +2.", 1, true), out:sub(-300))
         rc, out = proc.run("build/binduq-lua examples/dedup.lua", { unset = { "REDIS_URL" } })
         assert.are.equal(0, rc, out)
-        assert.truthy(out:find("queued: 3; duplicates counted: 2", 1, true), out:sub(-300))
+        assert.truthy(out:find("scheduled: 3; duplicates counted: 2\ndone: 4 completed\n", 1, true), out:sub(-300))
     end)
 
     it("lifecycle.lua asks, resumes, pauses and cancels in memory", function()
@@ -49,15 +60,80 @@ describe("examples", function()
     it("producer.lua without Redis warns that the tasks stay in its memory", function()
         local rc, out = proc.run("build/binduq-lua examples/producer.lua 2", { unset = { "REDIS_URL" } })
         assert.are.equal(0, rc, out)
-        assert.truthy(out:find(" warn memory_scheduler_no_worker queue=bindu:tasks warning=", 1, true), out)
+        assert.truthy(out:find(" warn memory_scheduler_no_worker queue=examples:echo warning=", 1, true), out)
         assert.truthy(out:find("lost when it exits", 1, true), out)
-        assert.truthy(out:find("scheduled 2 tasks on bindu:tasks (memory)", 1, true), out)
+        assert.truthy(out:find("scheduled 2 tasks on examples:echo (memory)", 1, true), out)
     end)
 
     describe("#redis", function()
         local server
         setup(function() server = redis.start() end)
         teardown(function() server:stop() end)
+
+        -- Each Lua example that schedules its own tasks: twice in a row against this one
+        -- Redis, on its own queue, which it leaves empty; its expected output both times.
+        local EXAMPLES = {
+            { "hello.lua", { "examples:hello" }, function(out)
+                for i = 1, 5 do assert.truthy(out:find("hello%-" .. i .. "%-%x+ +completed +Hello, "), out) end
+                assert.truthy(out:find("done: 5 completed, 0 failed", 1, true), out)
+                assert.truthy(out:find("backend=redis", 1, true), out)
+            end },
+            { "priority.lua", { "{examples:priority}:high", "{examples:priority}:normal", "{examples:priority}:low" },
+              function(out)
+                assert.truthy(out:find("strict: of the first 100 taken, high 100, normal 0, low 0; all 300 done", 1, true),
+                              out:sub(-300))
+            end },
+            { "rate_limit.lua", { "examples:rate_limit" }, function(out)
+                assert.truthy(out:find("done: 15 completed", 1, true), out:sub(-300))
+                local _, alice = out:gsub("\nalice%-%d+%-%x+\talice at %+", "")
+                local _, bob = out:gsub("\nbob%-%d+%-%x+\tbob at %+", "")
+                assert.are.same({ 12, 3 }, { alice, bob }, out)
+            end },
+            { "dedup.lua", { "examples:dedup" }, function(out)
+                assert.truthy(out:find("order-1\tscheduled\norder-2\tscheduled\norder-1\tduplicate\n"
+                                       .. "order-3\tscheduled\norder-2\tduplicate\nscheduled\nduplicate\n"
+                                       .. "scheduled: 3; duplicates counted: 2\ndone: 4 completed\n", 1, true), out)
+            end },
+            { "lifecycle.lua", { "examples:lifecycle" }, function(out)
+                assert.truthy(out:find("ask +input%-required +Which city%?"), out)
+                assert.truthy(out:find("ask +completed +Sunny in Lisbon %(after 3 messages%)"), out)
+                assert.truthy(out:find("count +paused +checkpoint %d+"), out)
+                assert.truthy(out:find("count +completed +counted to 30 %(resumed%)"), out)
+                assert.truthy(out:find("spin +canceled +stopped"), out)
+            end },
+        }
+        for _, ex in ipairs(EXAMPLES) do
+            local script, queues, check = ex[1], ex[2], ex[3]
+            it(script .. " runs twice in a row on its own queue and leaves it empty", function()
+                for run = 1, 2 do
+                    local rc, out = proc.run("build/binduq-lua examples/" .. script, {
+                        env = { REDIS_URL = server.url }, unset = { "REDIS_QUEUE_NAME", "DATABASE_URL" },
+                        timeout = 60 })
+                    assert.are.equal(0, rc, "run " .. run .. ": " .. out)
+                    check(out)
+                    for _, q in ipairs(queues) do assert_empty(server, q) end
+                end
+            end)
+        end
+
+        it("producer.lua and worker.lua run twice in a row on examples:echo and leave it empty", function()
+            local env = { REDIS_URL = server.url }
+            local unset = { "REDIS_QUEUE_NAME", "DATABASE_URL" }
+            for _ = 1, 2 do
+                local rc, out = proc.run("build/binduq-lua examples/producer.lua 20", { env = env, unset = unset })
+                assert.are.equal(0, rc, out)
+                assert.truthy(out:find("scheduled 20 tasks on examples:echo (redis)", 1, true), out)
+                local prefix = assert(server:cli("LINDEX", "examples:echo", "0"):match('"task_id":"([%x%-]+)%-%d+"'))
+                local w = proc.spawn("build/binduq-lua examples/worker.lua 2", { env = env, unset = unset })
+                assert(proc.wait_for(function()
+                    local _, n = (proc.read(w.log) or ""):gsub("completed task_id=" .. prefix:gsub("%-", "%%-")
+                                                               .. "%-%d+", "")
+                    return n == 20
+                end, 20), proc.read(w.log))
+                assert.are.equal(0, proc.stop(w, 10))
+                assert_empty(server, "examples:echo")
+            end
+        end)
 
         it("the C example schedules tasks that a Lua worker completes", function()
             local queue = "it:c:" .. math.random(1, 1e9)
@@ -87,33 +163,36 @@ describe("examples", function()
             s:close()
         end)
 
-        it("bindu_worker.lua takes Bindu's queue with Bindu's environment, oldest first", function()
+        it("bindu_worker.lua takes Bindu's queue with Bindu's environment, oldest first, twice", function()
             local queue = "it:bw:" .. math.random(1, 1e9)
             -- Bindu's names only: no REDIS_URL, no REDIS_QUEUE_NAME
             local env = { SCHEDULER_TYPE = "redis", REDIS_HOST = "127.0.0.1", REDIS_PORT = tostring(server.port),
                           QUEUE_NAME = queue, BINDUQ_CONCURRENCY = "1" }
-            local lines = {}
-            for i = 1, 5 do
-                lines[i] = ("run\t%s\t%s\tpart %d\tof five"):format(
-                    require("binduq.core").uuid4(), require("binduq.core").uuid4(), i)
+            for _ = 1, 2 do
+                local lines = {}
+                for i = 1, 5 do
+                    lines[i] = ("run\t%s\t%s\tpart %d\tof five"):format(
+                        require("binduq.core").uuid4(), require("binduq.core").uuid4(), i)
+                end
+                local tmp = os.tmpname()
+                local f = assert(io.open(tmp, "w"))
+                f:write(table.concat(lines, "\n"), "\n")
+                f:close()
+                local p = assert(io.popen("python3 tests/helpers/bindu_ops.py - < " .. proc.quote(tmp)))
+                for op in p:lines() do server:cli("RPUSH", queue, op) end
+                p:close()
+                os.remove(tmp)
+                local w = proc.spawn("build/binduq-lua examples/bindu_worker.lua", { env = env, unset = { "REDIS_URL" } })
+                assert(proc.wait_for(function()
+                    local _, n = (proc.read(w.log) or ""):gsub(" completed task_id=", "")
+                    return n == 5
+                end, 20), proc.read(w.log))
+                assert.are.equal(0, proc.stop(w, 10))
+                local order = {}
+                for id in (proc.read(w.log)):gmatch(" completed task_id=(%S+)") do order[#order + 1] = id end
+                for i = 1, 5 do assert.are.equal(lines[i]:match("^run\t(%S+)"), order[i]) end
+                assert_empty(server, queue)
             end
-            local tmp = os.tmpname()
-            local f = assert(io.open(tmp, "w"))
-            f:write(table.concat(lines, "\n"), "\n")
-            f:close()
-            local p = assert(io.popen("python3 tests/helpers/bindu_ops.py - < " .. proc.quote(tmp)))
-            for op in p:lines() do server:cli("RPUSH", queue, op) end
-            p:close()
-            os.remove(tmp)
-            local w = proc.spawn("build/binduq-lua examples/bindu_worker.lua", { env = env, unset = { "REDIS_URL" } })
-            assert(proc.wait_for(function()
-                local _, n = (proc.read(w.log) or ""):gsub(" completed task_id=", "")
-                return n == 5
-            end, 20), proc.read(w.log))
-            assert.are.equal(0, proc.stop(w, 10))
-            local order = {}
-            for id in (proc.read(w.log)):gmatch(" completed task_id=(%S+)") do order[#order + 1] = id end
-            for i = 1, 5 do assert.are.equal(lines[i]:match("^run\t(%S+)"), order[i]) end
         end)
 
         it("a worker on stdin-less plain lua5.4 is the same code", function()

@@ -361,7 +361,7 @@ describe("docs: commands", function()
 
     it("reads a plausible set", function()
         assert.are.same({ "dlq", "queue", "stats", "task", "top", "workers" }, keys(commands))
-        assert.is_true(count(subs.dlq) == 4 and count(subs.task) == 2 and count(subs.queue) == 2)
+        assert.is_true(count(subs.dlq) == 4 and count(subs.task) == 6 and count(subs.queue) == 2)
         assert.are.same(keys(commands), keys(flags))
         assert.is_true(host["-e"] and host["-"] and host["--"])
     end)
