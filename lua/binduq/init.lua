@@ -4,6 +4,7 @@
 --   bq.scheduler(opts)   -- producer: schedule run / pause / resume / cancel
 --   bq.worker(opts)      -- consumer: handlers in Lua, mechanism in C
 --   bq.fail{code=, message=, retryable=}   -- raise a handler error on purpose
+--   bq.http{url=, ...}   -- an HTTP call (ctx:http in a handler)
 --
 -- With neither REDIS_URL nor a scheduler url, everything runs on the in-memory scheduler of
 -- this process; task state is kept in memory unless DATABASE_URL (or a storage section)
@@ -33,6 +34,13 @@ end
 --- Raises a handler error: bq.fail("message") or bq.fail{code=, message=, retryable=false}.
 function M.fail(t)
     require("binduq.errors").fail(t, 2)
+end
+
+--- An HTTP call: bq.http{url=, method=, headers=, body=, timeout=, on_event=, ...} -> response
+-- | nil, msg, code [, response]. See binduq.http; in a handler use ctx:http, the same call.
+function M.http(opts)
+    local resp, err, code, failed = require("binduq.http").request(opts, 3)
+    return resp, err, code, failed
 end
 
 --- Logs an event: bq.log("info", "event_name", {key = value}).

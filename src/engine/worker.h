@@ -108,11 +108,20 @@ struct bq_slot_ctl {
     char ahead[BQ_CHUNK_MAX][BQ_MAX_ID_LEN + 1];
     int ahead_control[BQ_CHUNK_MAX];
     int nahead;
+    /* Called (under mu, from the thread that interrupts the slot or asks it to cancel or
+     * pause) besides the condition variable: a handler waiting in something else than cv,
+     * an HTTP call's poll (net/http.c), registers how to wake that. Guarded by mu. */
+    void (*waker)(void *ud);
+    void *waker_ud;
 };
 
 /* Sleeps up to `seconds`; returns early (false) when the slot is interrupted or a control
  * request arrives. */
 bool bq_slot_sleep(struct bq_slot_ctl *ctl, double seconds);
+
+/* Registers (NULL: removes) the slot's waker; after it returns, an old waker is not called
+ * again. Slot thread. */
+void bq_slot_set_waker(struct bq_slot_ctl *ctl, void (*waker)(void *ud), void *ud);
 
 /* Names the task the slot runs now (NULL or "": none), so the control channel can reach
  * it; clears any earlier control request. Slot thread. */

@@ -86,6 +86,8 @@ bool bq_slot_request(struct bq_slot_ctl *ctl, enum bq_control op, const char *ta
         if (atomic_load(&ctl->control) != BQ_CONTROL_CANCEL)
             atomic_store(&ctl->control, op);
         pthread_cond_broadcast(&ctl->cv);
+        if (ctl->waker != NULL)
+            ctl->waker(ctl->waker_ud);
         found = true;
     }
     for (int j = 0; j < ctl->nahead; j++) {
@@ -104,6 +106,16 @@ void bq_slot_interrupt(struct bq_slot_ctl *ctl)
     pthread_mutex_lock(&ctl->mu);
     atomic_store(&ctl->interrupt, 1);
     pthread_cond_broadcast(&ctl->cv);
+    if (ctl->waker != NULL)
+        ctl->waker(ctl->waker_ud);
+    pthread_mutex_unlock(&ctl->mu);
+}
+
+void bq_slot_set_waker(struct bq_slot_ctl *ctl, void (*waker)(void *ud), void *ud)
+{
+    pthread_mutex_lock(&ctl->mu);
+    ctl->waker = waker;
+    ctl->waker_ud = ud;
     pthread_mutex_unlock(&ctl->mu);
 }
 

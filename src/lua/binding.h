@@ -35,6 +35,7 @@ void bq_lua_open_storage(lua_State *L);
 void bq_lua_open_task(lua_State *L);
 void bq_lua_open_produce(lua_State *L);
 void bq_lua_open_json(lua_State *L); /* l_json.cpp, C++ */
+void bq_lua_open_http(lua_State *L); /* core.http_start, core.sse_reader (l_http.c) */
 
 /* Whether the value at i is a table lua-cjson decoded from an array: [1] set, or empty (an
  * empty object decodes to the same table). l_task.c; l_json.cpp uses it too. */

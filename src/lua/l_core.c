@@ -783,5 +783,6 @@ __attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
     bq_lua_open_task(L);
     bq_lua_open_json(L);
     bq_lua_open_produce(L);
+    bq_lua_open_http(L);
     return 1;
 }

@@ -712,6 +712,30 @@ static int l_slot_yield(lua_State *L)
     return 0;
 }
 
+struct bq_slot_ctl *bq_lua_slot_running(double *deadline)
+{
+    struct slot_state *s = tl_slot;
+    if (s == NULL || s->msg == NULL)
+        return NULL;
+    *deadline = s->deadline;
+    return s->ctl;
+}
+
+bool bq_lua_slot_must_stop(void)
+{
+    struct slot_state *s = tl_slot;
+    return s != NULL && (atomic_load(&s->ctl->interrupt) || atomic_load(&s->ctl->control) ||
+                         (s->deadline > 0 && bq_now_mono() > s->deadline));
+}
+
+int bq_lua_slot_raise(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    if (s != NULL && (push_limit_error(L, s) || push_pause_error(L, s)))
+        return lua_error(L);
+    return 0;
+}
+
 /* core.slot_task(id|nil) -- names the task this handler state runs, for the control
  * channel. */
 static int l_slot_task(lua_State *L)

@@ -39,4 +39,16 @@ void bq_lua_slot_cfg_read(lua_State *L, int idx, struct bq_lua_slot_cfg **anchor
 /* Frees c, its strings and its storage reference. NULL is fine. */
 void bq_lua_slot_cfg_free(struct bq_lua_slot_cfg *c);
 
+/* For a blocking binduq call made while a handler runs (l_http.c): the slot's control (to
+ * register a waker and test for a stop) and the handler's monotonic deadline (0: none).
+ * NULL outside a handler state or between tasks. */
+struct bq_slot_ctl *bq_lua_slot_running(double *deadline);
+
+/* Whether the running handler must stop now: a cancel, a pause, a shutdown or its timeout. */
+bool bq_lua_slot_must_stop(void);
+
+/* Raises the running handler's pending cancel, pause, shutdown or timeout error, as ctx:sleep
+ * does; returns (0) when there is none. */
+int bq_lua_slot_raise(lua_State *L);
+
 #endif

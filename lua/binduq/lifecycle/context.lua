@@ -3,7 +3,7 @@
 -- A ctx holds the task's own fields (task_id, context_id, queue, attempt, and when they
 -- apply resumed, trace_id, span_id, admitted_at, saved); what every task of a handler state
 -- shares (worker_id, slot, the storage) it finds in the state's prototype, and the methods
--- in Context. The methods that are yield points (sleep, yield, checkpoint) raise the
+-- in Context. The methods that are yield points (sleep, yield, http, checkpoint) raise the
 -- pending cancel, pause, timeout or shutdown error.
 
 local core = require("binduq.core")
@@ -29,6 +29,13 @@ end
 -- shutdown error, if any.
 function Context:yield()
     core.slot_yield()
+end
+
+--- An HTTP call (binduq.http): a yield point while it waits. A cancel, a pause, the handler's
+-- timeout or a shutdown closes the transfer and raises the error ctx:sleep raises.
+function Context:http(opts)
+    local resp, err, code, failed = require("binduq.http").request(opts, 3)
+    return resp, err, code, failed
 end
 
 --- Stores `value` (any JSON value) as the task's checkpoint, then is a yield point. After a
