@@ -26,7 +26,8 @@ M.STORAGE_KEYS = { type = "string", url = "string", schema = "string", layout = 
                    connect_timeout = "number", max_tasks = "number" }
 
 M.WORKER_KEYS = {
-    scheduler = "table", storage = "table", concurrency = "number", handlers = "table|string",
+    scheduler = "table", storage = "table", concurrency = "number", tasks_per_state = "number",
+    handlers = "table|string",
     handler = "function", on_result = "function", block_timeout = "number",
     max_message_size = "number", script = "string", args = "table", name = "string",
     delivery = "string", lease = "number", shutdown_timeout = "number", timeout = "number",

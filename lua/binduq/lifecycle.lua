@@ -36,7 +36,7 @@
 -- the handler starts and which travels with its outcome), and the functions each part
 -- builds, added to S in the order the parts are built. Each part's build(S) copies what it
 -- uses into locals once, when the handler state starts: the per-message path, which runs
--- for every task, reads upvalues, not fields of S (only current.pickup is a field written
+-- for every task, reads upvalues, not fields of S (only current.pickup and current.trace are fields written
 -- and read per message), and S itself is not kept.
 
 local core = require("binduq.core")
@@ -132,7 +132,10 @@ function M.make_process(w, info)
         -- (prepare, flush); the memory storage is quicker one by one.
         batch_store = store:kind() ~= "memory",
         TaskContext = context.prototype(info, store),
-        current = { pickup = nil }, -- of the message being processed
+        -- of the message being processed: its trace id and pickup latency. With several tasks
+        -- per state (coroutines) another task may run while a handler waits; run.lua sets
+        -- both again once the handler returned.
+        current = { pickup = nil, trace = nil },
         decode = decoder(info),
     }, STRICT)
     S.log_storage, S.failed, S.storage_failed, S.skipped = failure.build(S)
@@ -144,7 +147,6 @@ function M.make_process(w, info)
     local prepare = chunk.build(S) -- nil: nothing to decide together
 
     local decode, current, mark_pending = S.decode, S.current, S.mark_pending
-    local current_trace -- of the message being processed
     local do_cancel, do_pause, do_run = S.do_cancel, S.do_pause, S.do_run
 
     local function process(raw, qi, sealed, prep)
@@ -160,7 +162,7 @@ function M.make_process(w, info)
                    { reason = why, body = header.body, body_end = header.body_end, attempt = header.attempt }
         end
         trace_of(task)
-        current_trace = task.trace_id
+        current.trace = task.trace_id
         if header.requeued then
             -- An operator requeued it from the dead-letter list: the failed task may run again.
             store:change{ id = task.task_id, from = "failed", to = "submitted", error = "" }
@@ -173,9 +175,9 @@ function M.make_process(w, info)
     -- The trace id and the pickup latency travel with every outcome (log lines, metrics);
     -- a pending one's with its entry, given by flush.
     return function(raw, qi, sealed, prep)
-        current_trace, current.pickup = nil, nil
+        current.trace, current.pickup = nil, nil
         local status, id, ty, out = process(raw, qi, sealed, prep)
-        local pickup = current.pickup
+        local pickup, current_trace = current.pickup, current.trace
         if status == OUT.pending then
             mark_pending(current_trace, pickup)
             return status, id, ty, nil

@@ -3,6 +3,7 @@
 --   local w = bq.worker{
 --       scheduler = { url = ..., queue_name = ... },   -- optional; environment and defaults
 --       concurrency = 4,                                -- handler states (threads)
+--       tasks_per_state = 1,                            -- tasks a state runs at once (coroutines)
 --       handlers = { run = function(task, ctx) return "result" end },
 --       on_result = function(r) print(r.task_id, r.state, r.result) end,  -- optional, main state
 --   }
@@ -115,6 +116,11 @@ function M.new(opts, level)
     if math.type(c) ~= "integer" or c < 1 or c > 4096 then
         error("concurrency must be a whole number from 1 to 4096 (got " .. tostring(opts.concurrency) .. ")", level)
     end
+    local per = opts.tasks_per_state or 1
+    if math.type(per) ~= "integer" or per < 1 or per > 10000 then
+        error("tasks_per_state must be a whole number from 1 to 10000 (got " .. tostring(opts.tasks_per_state) .. ")",
+              level)
+    end
     -- Bindu's POLL_TIMEOUT / REDIS_POLL_TIMEOUT (its BLPOP timeout, seconds) if not given
     local poll = core.env("POLL_TIMEOUT") and "POLL_TIMEOUT" or core.env("REDIS_POLL_TIMEOUT") and "REDIS_POLL_TIMEOUT"
     local bt = opts.block_timeout
@@ -219,6 +225,7 @@ function M.new(opts, level)
         metrics_host = mhost or "127.0.0.1",
         metrics_port = mport,
         concurrency = c,
+        tasks_per_state = per,
         block_timeout = bt,
         max_message_size = mms,
         on_result = opts.on_result,
@@ -298,6 +305,7 @@ function Worker:_start(drain, level)
     local engine = core.engine({
         scheduler = self.section,
         concurrency = self.concurrency,
+        tasks_per_state = self.tasks_per_state,
         block_timeout = self.block_timeout,
         max_message_size = self.max_message_size,
         want_results = self.on_result ~= nil,

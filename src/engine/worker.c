@@ -155,16 +155,23 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
         return bq_err_set(err, BQ_EINVAL, "lease must be at least 0.3 s");
     if (o->shutdown_timeout < 0)
         return bq_err_set(err, BQ_EINVAL, "shutdown_timeout must not be negative");
+    if (o->per_slot < 0 || o->per_slot > BQ_PER_SLOT_MAX)
+        return bq_err_set(err, BQ_EINVAL, "tasks_per_state must be from 1 to %d (got %d)",
+                          BQ_PER_SLOT_MAX, o->per_slot);
+    if (o->per_slot > 1 && (ops->start == NULL || ops->wait == NULL))
+        return bq_err_set(err, BQ_EUNSUPPORTED, "these slots hold one task at a time");
     bq_worker *w = bq_calloc(1, sizeof *w);
     if (w == NULL)
         return bq_err_set(err, BQ_ENOMEM, "worker: out of memory");
     w->events.fd = -1;
     w->control.stopfd = -1;
     w->conf.concurrency = o->concurrency;
+    w->conf.per_slot = o->per_slot > 1 ? o->per_slot : 1;
+    w->conf.handlers = o->concurrency * w->conf.per_slot;
     w->conf.batch = o->batch > 0 ? o->batch : 0;
     w->fetch.ewma_handle = 1.0; /* batch only after handlers were seen to be quick */
-    w->conf.base_cap = o->concurrency + o->prefetch;
-    w->conf.capacity = o->concurrency + (o->prefetch > w->conf.batch ? o->prefetch : w->conf.batch);
+    w->conf.base_cap = w->conf.handlers + o->prefetch;
+    w->conf.capacity = w->conf.handlers + (o->prefetch > w->conf.batch ? o->prefetch : w->conf.batch);
     w->conf.block_timeout = o->block_timeout;
     w->conf.want_results = o->want_results;
     w->conf.lease = o->lease > 0 ? o->lease : 30.0;
@@ -232,6 +239,15 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
         atomic_init(&s->ctl.control, BQ_CONTROL_NONE);
         pthread_mutex_init(&s->ctl.mu, NULL);
         bq_cond_init(&s->ctl.cv);
+        if (w->conf.per_slot > 1) {
+            int p = w->conf.per_slot;
+            s->held = bq_calloc((size_t)p, sizeof *s->held);
+            s->held_t0 = bq_calloc((size_t)p, sizeof *s->held_t0);
+            s->ctl.tasks = bq_calloc((size_t)p, sizeof *s->ctl.tasks);
+            s->ctl.ntasks = s->ctl.tasks != NULL ? p : 0;
+            if (s->held == NULL || s->held_t0 == NULL || s->ctl.tasks == NULL)
+                st = bq_err_set(err, BQ_ENOMEM, "worker: out of memory");
+        }
     }
     if (st == BQ_OK) {
         struct bq_broker_config bc;
@@ -406,7 +422,7 @@ void bq_worker_abort(bq_worker *w)
     }
     w->life.abandoned = true;
     w->life.stopping = true;
-    size_t n = 0, cap = (size_t)w->tasks.ring_n + (size_t)w->conf.concurrency;
+    size_t n = 0, cap = (size_t)w->tasks.ring_n + (size_t)w->conf.handlers;
     struct bq_msg *copies = bq_calloc(cap ? cap : 1, sizeof *copies);
     for (int i = 0; copies != NULL && i < w->tasks.ring_n; i++) {
         const struct bq_msg *m = &w->tasks.ring[(w->tasks.ring_head + i) % w->conf.capacity];
@@ -414,9 +430,10 @@ void bq_worker_abort(bq_worker *w)
                                     m->oversize};
         n += copies[n].data != NULL;
     }
-    for (int i = 0; copies != NULL && i < w->conf.concurrency; i++) {
-        const struct bq_msg *m = &w->slots[i].current;
-        if (!w->slots[i].running || m->data == NULL)
+    for (int i = 0; copies != NULL && i < w->conf.handlers; i++) {
+        const struct bq_msg *m = slot_msg(&w->slots[i / w->conf.per_slot], w->conf.per_slot,
+                                          i % w->conf.per_slot);
+        if (m == NULL)
             continue;
         copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed,
                                     m->oversize};
@@ -475,6 +492,9 @@ void bq_worker_free(bq_worker *w)
     for (int i = 0; w->slots != NULL && i < w->conf.concurrency; i++) {
         pthread_mutex_destroy(&w->slots[i].ctl.mu);
         pthread_cond_destroy(&w->slots[i].ctl.cv);
+        bq_free(w->slots[i].held);
+        bq_free(w->slots[i].held_t0);
+        bq_free(w->slots[i].ctl.tasks);
     }
     bq_free(w->tasks.ring);
     bq_free(w->slots);

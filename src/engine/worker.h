@@ -97,6 +97,16 @@ enum bq_control {
  * the slot thread. */
 #define BQ_CHUNK_MAX 32
 
+/* The most tasks one slot's state may hold at once (bq_worker_options.per_slot). */
+#define BQ_PER_SLOT_MAX 10000
+
+/* One of the tasks a slot holding several at once runs (per_slot > 1): its id and the
+ * control request for it. */
+struct bq_slot_task {
+    char id[BQ_MAX_ID_LEN + 1]; /* "" when the place is free; guarded by the ctl's mu */
+    atomic_int control;         /* enum bq_control */
+};
+
 struct bq_slot_ctl {
     atomic_int interrupt;  /* non-zero: stop the handler at its next chance */
     atomic_int control;    /* enum bq_control for the running task */
@@ -113,6 +123,13 @@ struct bq_slot_ctl {
      * an HTTP call's poll (net/http.c), registers how to wake that. Guarded by mu. */
     void (*waker)(void *ud);
     void *waker_ud;
+    /* per_slot > 1: the tasks the slot holds, by place (bq_slot_set_task_at); a control
+     * request reaches the one with its id. task_id and control above are unused then. */
+    struct bq_slot_task *tasks;
+    int ntasks;
+    /* Bumped by every wake-up (bq_slot_wake, a control request, an interrupt); guarded by
+     * mu: bq_slot_park returns when it moved. */
+    unsigned wakeups;
 };
 
 /* Sleeps up to `seconds`; returns early (false) when the slot is interrupted or a control
@@ -122,6 +139,18 @@ bool bq_slot_sleep(struct bq_slot_ctl *ctl, double seconds);
 /* Registers (NULL: removes) the slot's waker; after it returns, an old waker is not called
  * again. Slot thread. */
 void bq_slot_set_waker(struct bq_slot_ctl *ctl, void (*waker)(void *ud), void *ud);
+
+/* Wakes the slot's environment: its waker and bq_slot_park. Any thread. */
+void bq_slot_wake(struct bq_slot_ctl *ctl);
+
+/* Waits up to `seconds` for a wake-up after the one counted `seen` (ctl->wakeups read
+ * earlier with bq_slot_wakeups); false on the timeout. Slot thread. */
+bool bq_slot_park(struct bq_slot_ctl *ctl, unsigned seen, double seconds);
+unsigned bq_slot_wakeups(struct bq_slot_ctl *ctl);
+
+/* per_slot > 1: names the task held at place t (NULL or "": the place is free), clearing
+ * any earlier control request for that place. Slot thread. */
+void bq_slot_set_task_at(struct bq_slot_ctl *ctl, int t, const char *task_id);
 
 /* Names the task the slot runs now (NULL or "": none), so the control channel can reach
  * it; clears any earlier control request. Slot thread. */
@@ -158,6 +187,15 @@ struct bq_slot_ops {
      * together) get their outcomes in outs[i], before the slot takes more. Their messages
      * stay leased until then, so a stored state is always written before the ack. */
     void (*flush)(void *state, const struct bq_msg *msgs, struct bq_outcome *outs, int n);
+    /* For per_slot > 1 (both required then), on the slot thread: the slot's state holds up
+     * to per_slot tasks at once and runs each until it waits (the handlers are coroutines).
+     * start begins message msg as task number t (a free place, 0 .. per_slot-1); it returns
+     * true when the task ended at once (out filled), false when it waits. wait runs the
+     * waiting tasks until at least one ends, `timeout` seconds pass or bq_slot_wake is
+     * called; it stores the places of those that ended in ended[] and their outcomes in
+     * outs[place], and returns how many. */
+    bool (*start)(void *state, int t, const struct bq_msg *msg, struct bq_outcome *out);
+    int (*wait)(void *state, double timeout, int *ended, struct bq_outcome *outs);
 };
 
 struct bq_worker_options {
@@ -179,6 +217,8 @@ struct bq_worker_options {
                                    * message is dead-lettered by the dispatcher, its first
                                    * bytes and length kept, and never reaches a slot or even
                                    * this process whole (broker.h, "Oversized messages") */
+    int per_slot;                 /* tasks one slot's state holds at once (0 or 1: one; more
+                                   * needs bq_slot_ops.start and wait), <= BQ_PER_SLOT_MAX */
 };
 
 bq_status bq_worker_new(const struct bq_worker_options *opts, const struct bq_slot_ops *ops,

@@ -77,9 +77,9 @@ static void wait_space(bq_worker *w)
  * the first task at once. Returns early on a stop. */
 static int wait_for_room(bq_worker *w)
 {
-    int cap = w->fetch.deep ? w->conf.concurrency + w->conf.batch : w->conf.base_cap;
+    int cap = w->fetch.deep ? w->conf.handlers + w->conf.batch : w->conf.base_cap;
     if (w->fetch.deep) {
-        int low = w->conf.concurrency + w->conf.batch / 2;
+        int low = w->conf.handlers + w->conf.batch / 2;
         w->tasks.wake_at = low;
         while (!w->life.stopping && w->tasks.inflight > low)
             wait_space(w);
@@ -281,6 +281,12 @@ static void hand_out(bq_worker *w, struct round *r)
         pthread_cond_broadcast(&w->cv_task);
     else if (batch->n == 1)
         pthread_cond_signal(&w->cv_task);
+    /* Slots holding several tasks wait in their handlers' loop, not on cv_task. */
+    for (int i = 0; batch->n > 0 && w->conf.per_slot > 1 && i < w->conf.concurrency; i++) {
+        struct slot *s = &w->slots[i];
+        if (s->polling && s->nheld < w->conf.per_slot)
+            bq_slot_wake(&s->ctl);
+    }
     if (batch->n == 0 && r->drain && r->req.max > 0)
         check_drained(w, r);
     pthread_mutex_unlock(&w->mu);
@@ -311,16 +317,17 @@ static bool recover_orphans(bq_worker *w)
     }
     pthread_mutex_lock(&w->mu);
     /* Each message held accounts for one identical entry. */
-    size_t nheld = (size_t)w->tasks.ring_n + (size_t)w->conf.concurrency + w->tasks.acks.n;
+    size_t nhand = (size_t)w->conf.handlers;
+    size_t nheld = (size_t)w->tasks.ring_n + nhand + w->tasks.acks.n;
     for (size_t h = 0; h < nheld; h++) {
         const struct bq_msg *m = NULL;
         if (h < (size_t)w->tasks.ring_n) {
             m = &w->tasks.ring[(w->tasks.ring_head + (int)h) % w->conf.capacity];
-        } else if (h < (size_t)w->tasks.ring_n + (size_t)w->conf.concurrency) {
-            const struct slot *s = &w->slots[h - (size_t)w->tasks.ring_n];
-            m = s->running ? &s->current : NULL;
+        } else if (h < (size_t)w->tasks.ring_n + nhand) {
+            int k = (int)(h - (size_t)w->tasks.ring_n);
+            m = slot_msg(&w->slots[k / w->conf.per_slot], w->conf.per_slot, k % w->conf.per_slot);
         } else {
-            m = &w->tasks.acks.msgs[h - (size_t)w->tasks.ring_n - (size_t)w->conf.concurrency];
+            m = &w->tasks.acks.msgs[h - (size_t)w->tasks.ring_n - nhand];
         }
         for (size_t i = 0; m != NULL && m->data != NULL && i < wip.n; i++) {
             if (!taken[i] && wip.msgs[i].q == m->q && wip.msgs[i].len == m->len &&
@@ -437,12 +444,22 @@ static void shut_down(bq_worker *w)
     for (int i = 0; w->tasks.running > 0 && i < w->conf.concurrency; i++) {
         const struct slot *s = &w->slots[i];
         ncopies += s->running ? 1 + (size_t)(s->chunk_n - s->chunk_at) + (size_t)s->npend : 0;
+        ncopies += w->conf.per_slot > 1 ? (size_t)s->nheld : 0;
     }
     struct bq_msg *copies = ncopies > 0 ? bq_calloc(ncopies, sizeof *copies) : NULL;
     if (w->tasks.running > 0) {
         w->life.abandoned = true;
         for (int i = 0; copies != NULL && i < w->conf.concurrency; i++) {
             struct slot *s = &w->slots[i];
+            for (int p = 0; w->conf.per_slot > 1 && p < w->conf.per_slot; p++) {
+                const struct bq_msg *h = slot_msg(s, w->conf.per_slot, p);
+                if (h == NULL)
+                    continue;
+                copies[nstuck].data = bq_strndup(h->data, h->len);
+                copies[nstuck].len = h->len;
+                copies[nstuck].q = h->q;
+                nstuck += copies[nstuck].data != NULL;
+            }
             if (!s->running || s->current.data == NULL)
                 continue;
             const struct bq_msg *m = &s->current;

@@ -66,7 +66,22 @@ struct slot {
     int npend;
     bool running;          /* guarded by w->mu */
     bool exited;           /* guarded by w->mu */
+    /* per_slot > 1: the messages of the tasks the slot holds, by place (data NULL: free),
+     * when each began, how many; polling while it waits in bq_slot_ops.wait, so that a
+     * message put in the ring wakes it (bq_slot_wake). Guarded by w->mu. */
+    struct bq_msg *held;
+    double *held_t0;
+    int nheld;
+    bool polling;
 };
+
+/* The message slot s handles at place p (0 .. per_slot-1), or NULL (w->mu held). */
+static inline const struct bq_msg *slot_msg(const struct slot *s, int per_slot, int p)
+{
+    if (per_slot > 1)
+        return s->held[p].data != NULL ? &s->held[p] : NULL;
+    return p == 0 && s->running && s->current.data != NULL ? &s->current : NULL;
+}
 
 /* The worker's settings: written by bq_worker_new, read-only afterwards, so any thread reads
  * them without a lock. */
@@ -80,8 +95,10 @@ struct worker_conf {
                              * worker listens to */
     struct bq_lessee who;   /* the worker as the broker sees it (queues, id, delivery, limits) */
     int concurrency;
-    int capacity;           /* the ring's size: concurrency + max(prefetch, batch) */
-    int base_cap;           /* messages held at most normally: concurrency + prefetch */
+    int per_slot;           /* tasks a slot holds at once (>= 1) */
+    int handlers;           /* concurrency * per_slot: tasks handled at once */
+    int capacity;           /* the ring's size: handlers + max(prefetch, batch) */
+    int base_cap;           /* messages held at most normally: handlers + prefetch */
     int batch;              /* extra messages held while the queue is deep */
     double block_timeout, lease, shutdown_timeout;
     bool want_results;

@@ -77,17 +77,82 @@ void bq_slot_set_ahead(struct bq_slot_ctl *ctl, const char *const *task_ids, int
     pthread_mutex_unlock(&ctl->mu);
 }
 
+/* Wakes whatever the slot's environment waits in. ctl->mu held. */
+static void wake_locked(struct bq_slot_ctl *ctl)
+{
+    ctl->wakeups++;
+    pthread_cond_broadcast(&ctl->cv);
+    if (ctl->waker != NULL)
+        ctl->waker(ctl->waker_ud);
+}
+
+void bq_slot_wake(struct bq_slot_ctl *ctl)
+{
+    pthread_mutex_lock(&ctl->mu);
+    wake_locked(ctl);
+    pthread_mutex_unlock(&ctl->mu);
+}
+
+unsigned bq_slot_wakeups(struct bq_slot_ctl *ctl)
+{
+    pthread_mutex_lock(&ctl->mu);
+    unsigned n = ctl->wakeups;
+    pthread_mutex_unlock(&ctl->mu);
+    return n;
+}
+
+bool bq_slot_park(struct bq_slot_ctl *ctl, unsigned seen, double seconds)
+{
+    if (!(seconds > 0))
+        return false;
+    if (seconds > BQ_MAX_DURATION)
+        seconds = BQ_MAX_DURATION;
+    double deadline = bq_now_mono() + seconds;
+    pthread_mutex_lock(&ctl->mu);
+    while (ctl->wakeups == seen) {
+        double left = deadline - bq_now_mono();
+        if (left <= 0)
+            break;
+        bq_cond_wait_for(&ctl->cv, &ctl->mu, left);
+    }
+    bool woken = ctl->wakeups != seen;
+    pthread_mutex_unlock(&ctl->mu);
+    return woken;
+}
+
+void bq_slot_set_task_at(struct bq_slot_ctl *ctl, int t, const char *task_id)
+{
+    size_t n = task_id != NULL ? strnlen(task_id, BQ_MAX_ID_LEN) : 0;
+    pthread_mutex_lock(&ctl->mu);
+    if (t >= 0 && t < ctl->ntasks) {
+        struct bq_slot_task *e = &ctl->tasks[t];
+        if (n > 0)
+            memcpy(e->id, task_id, n);
+        e->id[n] = '\0';
+        atomic_store(&e->control, BQ_CONTROL_NONE);
+    }
+    pthread_mutex_unlock(&ctl->mu);
+}
+
 bool bq_slot_request(struct bq_slot_ctl *ctl, enum bq_control op, const char *task_id)
 {
     bool found = false;
     pthread_mutex_lock(&ctl->mu);
+    for (int t = 0; t < ctl->ntasks; t++) {
+        struct bq_slot_task *e = &ctl->tasks[t];
+        if (e->id[0] != '\0' && strcmp(e->id, task_id) == 0) {
+            if (atomic_load(&e->control) != BQ_CONTROL_CANCEL)
+                atomic_store(&e->control, op);
+            found = true;
+        }
+    }
+    if (found)
+        wake_locked(ctl);
     if (ctl->task_id[0] != '\0' && strcmp(ctl->task_id, task_id) == 0) {
         /* A cancel outranks a pause asked for earlier. */
         if (atomic_load(&ctl->control) != BQ_CONTROL_CANCEL)
             atomic_store(&ctl->control, op);
-        pthread_cond_broadcast(&ctl->cv);
-        if (ctl->waker != NULL)
-            ctl->waker(ctl->waker_ud);
+        wake_locked(ctl);
         found = true;
     }
     for (int j = 0; j < ctl->nahead; j++) {
@@ -105,9 +170,7 @@ void bq_slot_interrupt(struct bq_slot_ctl *ctl)
 {
     pthread_mutex_lock(&ctl->mu);
     atomic_store(&ctl->interrupt, 1);
-    pthread_cond_broadcast(&ctl->cv);
-    if (ctl->waker != NULL)
-        ctl->waker(ctl->waker_ud);
+    wake_locked(ctl);
     pthread_mutex_unlock(&ctl->mu);
 }
 
@@ -605,6 +668,131 @@ static bool flush_pending(bq_worker *w, struct slot *s)
     return true;
 }
 
+/* ---- Slots holding several tasks (per_slot > 1) ------------------------------------------
+ * The slot's state runs up to per_slot tasks at once (bq_slot_ops.start and wait: its
+ * handlers are coroutines that yield while they wait). The thread takes messages from the
+ * ring while it has free places, then waits in the state's loop until tasks end; a message put
+ * in the ring wakes that wait (hand_out, through bq_slot_wake). No chunks: prepare and flush
+ * are for quick tasks, which need no coroutines. */
+
+/* Carries out the outcome of the task at place p (w->mu held on entry and on return; the
+ * work is done without it). Returns false when the process is leaving (abandoned): the
+ * caller touches nothing else. */
+static bool multi_finish(bq_worker *w, struct slot *s, int p, struct bq_outcome *out)
+{
+    struct bq_msg msg = s->held[p];
+    double took = bq_now_mono() - s->held_t0[p];
+    pthread_mutex_unlock(&w->mu);
+    if (atomic_load(&w->life.abandoned)) {
+        outcome_free(out);
+        return false;
+    }
+    if (out->kind == BQ_OUTCOME_PENDING) { /* nothing flushes it here: it runs again */
+        outcome_free(out);
+        out->kind = BQ_OUTCOME_INTERRUPTED;
+        out->reason = bq_strdup("its outcome was left pending");
+    }
+    bq_slot_set_task_at(&s->ctl, p, NULL);
+    bool want_ack = false;
+    char tid[BQ_MAX_ID_LEN + 1];
+    snprintf(tid, sizeof tid, "%s", out->task_id);
+    bool moved = finish(w, &msg, out, took, &want_ack);
+    pthread_mutex_lock(&w->mu);
+    s->held[p] = (struct bq_msg){NULL, 0, 0, false, 0};
+    s->nheld--;
+    s->running = s->nheld > 0;
+    w->tasks.running--;
+    w->tasks.inflight--;
+    bool ack_now = want_ack && !(moved = ack_deferred(w, &msg));
+    if (w->tasks.inflight <= w->tasks.wake_at || w->life.stopping)
+        pthread_cond_signal(&w->cv_space);
+    if (ack_now || !moved) {
+        pthread_mutex_unlock(&w->mu);
+        if (ack_now)
+            ack_direct(w, &msg, tid[0] ? tid : NULL);
+        if (!moved)
+            bq_free(msg.data);
+        pthread_mutex_lock(&w->mu);
+    }
+    return true;
+}
+
+/* The slot thread's loop for per_slot > 1. w->mu held on entry; returns false (without it)
+ * when abandoned, true (with it) when the worker is done. */
+static bool slot_multi(bq_worker *w, struct slot *s)
+{
+    int per = w->conf.per_slot;
+    int *ended = bq_calloc((size_t)per, sizeof *ended);
+    struct bq_outcome *outs = bq_calloc((size_t)per, sizeof *outs);
+    if (ended == NULL || outs == NULL) {
+        bq_log(BQ_LOG_ERROR, "slot_failed", "worker", w->conf.id, "error",
+               "out of memory for the slot's tasks", NULL);
+        bq_free(ended);
+        bq_free(outs);
+        return true; /* the slot ends; the others go on */
+    }
+    for (;;) {
+        /* Take what the ring holds while there is room; at a stop, start nothing new. */
+        while (s->nheld < per && w->tasks.ring_n > 0 && !w->life.stopping) {
+            int p = 0;
+            while (s->held[p].data != NULL)
+                p++;
+            struct bq_msg msg = w->tasks.ring[w->tasks.ring_head];
+            w->tasks.ring_head = (w->tasks.ring_head + 1) % w->conf.capacity;
+            w->tasks.ring_n--;
+            s->held[p] = msg;
+            s->held_t0[p] = bq_now_mono();
+            s->nheld++;
+            s->running = true;
+            w->tasks.running++;
+            pthread_mutex_unlock(&w->mu);
+            struct bq_outcome *out = &outs[p];
+            memset(out, 0, sizeof *out);
+            out->attempt = 1;
+            out->pickup = NAN;
+            bool done = w->conf.ops.start(s->state, p, &msg, out);
+            pthread_mutex_lock(&w->mu);
+            if (done && !multi_finish(w, s, p, out))
+                goto abandoned;
+        }
+        if (s->nheld == 0) {
+            if (w->tasks.ring_n == 0 && w->life.dispatcher_done)
+                break;
+            if (w->life.stopping && w->tasks.ring_n > 0) {
+                /* Not started: back to the queue (shut_down takes the ring's too). */
+                struct bq_msg m = w->tasks.ring[w->tasks.ring_head];
+                w->tasks.ring_head = (w->tasks.ring_head + 1) % w->conf.capacity;
+                w->tasks.ring_n--;
+                w->tasks.inflight--;
+                pthread_mutex_unlock(&w->mu);
+                bq_worker_handback(w, &m, 1, "shutdown: not started");
+                bq_free(m.data);
+                pthread_mutex_lock(&w->mu);
+                continue;
+            }
+            if (w->tasks.ring_n == 0)
+                pthread_cond_wait(&w->cv_task, &w->mu);
+            continue;
+        }
+        s->polling = true;
+        pthread_mutex_unlock(&w->mu);
+        int n = w->conf.ops.wait(s->state, 1.0, ended, outs);
+        pthread_mutex_lock(&w->mu);
+        s->polling = false;
+        for (int i = 0; i < n; i++) {
+            if (!multi_finish(w, s, ended[i], &outs[ended[i]]))
+                goto abandoned;
+        }
+    }
+    bq_free(ended);
+    bq_free(outs);
+    return true;
+abandoned:
+    bq_free(ended);
+    bq_free(outs);
+    return false;
+}
+
 void *bq_worker_slot_main(void *arg)
 {
     struct slot *s = arg;
@@ -625,7 +813,13 @@ void *bq_worker_slot_main(void *arg)
     /* The lock is taken twice a task (and once more by a deferred ack): the bookkeeping of
      * one task and the taking of the next share a critical section. At concurrency 4 on two
      * cores, four acquisitions a task were a fifth of the worker's time in futex calls. */
+    bool inited = st == BQ_OK;
     pthread_mutex_lock(&w->mu);
+    if (st == BQ_OK && w->conf.per_slot > 1) {
+        if (!slot_multi(w, s))
+            return NULL; /* abandoned: the worker is left allocated for us */
+        st = BQ_EINTR;     /* done: skip the one-task loop below */
+    }
     while (st == BQ_OK) {
         if (s->npend > 0 && (s->chunk_at == s->chunk_n || w->life.stopping) && !flush_pending(w, s))
             return NULL; /* abandoned: the worker is left allocated for us */
@@ -729,7 +923,7 @@ void *bq_worker_slot_main(void *arg)
     }
     pthread_mutex_unlock(&w->mu);
     /* A failed init cleans up after itself; only a slot that started is finalised. */
-    if (st == BQ_OK && w->conf.ops.fini != NULL)
+    if (inited && w->conf.ops.fini != NULL)
         w->conf.ops.fini(s->state);
     pthread_mutex_lock(&w->mu);
     w->life.slots_alive--;

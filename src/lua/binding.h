@@ -36,6 +36,9 @@ void bq_lua_open_task(lua_State *L);
 void bq_lua_open_produce(lua_State *L);
 void bq_lua_open_json(lua_State *L); /* l_json.cpp, C++ */
 void bq_lua_open_http(lua_State *L); /* core.http_start, core.sse_reader (l_http.c) */
+struct bq_http_loop;
+/* The calling thread's HTTP loop, or NULL when it has made no call yet (l_http.c). */
+struct bq_http_loop *bq_lua_http_thread_loop(void);
 
 /* Whether the value at i is a table lua-cjson decoded from an array: [1] set, or empty (an
  * empty object decodes to the same table). l_task.c; l_json.cpp uses it too. */

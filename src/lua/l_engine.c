@@ -52,6 +52,7 @@ static int l_engine_new(lua_State *L)
     struct bq_worker_options wo;
     memset(&wo, 0, sizeof wo);
     wo.concurrency = (int)bq_lua_opt_integer(L, 1, "concurrency", 1);
+    wo.per_slot = e->cfg->per_state;
     wo.prefetch = (int)bq_lua_opt_integer(L, 1, "prefetch", 0);
     wo.batch = (int)bq_lua_opt_integer(L, 1, "batch", 128);
     wo.block_timeout = bq_lua_opt_number(L, 1, "block_timeout", 5.0);

@@ -46,6 +46,12 @@ static void loop_key_make(void)
     pthread_key_create(&loop_key, loop_free);
 }
 
+struct bq_http_loop *bq_lua_http_thread_loop(void)
+{
+    pthread_once(&loop_once, loop_key_make);
+    return pthread_getspecific(loop_key);
+}
+
 static struct bq_http_loop *thread_loop(bq_err *err)
 {
     pthread_once(&loop_once, loop_key_make);
@@ -194,30 +200,17 @@ static bool must_stop(void *ud)
     return bq_lua_slot_must_stop();
 }
 
-/* Waits for `until`. In a handler state a stop closes the call and raises; otherwise
- * returns 0 with the call still open, or pushes nil, msg, code for a failed transfer and
- * returns 3. */
-static int wait_for(lua_State *L, struct call *c, enum bq_http_until until)
+/* After a wait, in the caller's frame (or its continuation after a yield): a stop of the
+ * running handler closes the call and raises; a failed transfer pushes nil, msg, code
+ * (returns 3); otherwise returns 0. */
+static int after_wait(lua_State *L, struct call *c)
 {
-    double deadline = 0;
-    struct bq_slot_ctl *ctl = bq_lua_slot_running(&deadline);
-    bq_err err;
-    struct bq_http_loop *loop = thread_loop(&err);
-    if (ctl != NULL)
-        bq_slot_set_waker(ctl, bq_http_loop_wake, loop);
-    bq_status rc = bq_http_wait(c->h, until, deadline, ctl ? must_stop : NULL, NULL, &err);
-    if (ctl != NULL)
-        bq_slot_set_waker(ctl, NULL, NULL);
-    if (rc == BQ_EINTR || rc == BQ_ETIMEDOUT) {
+    if (c->h == NULL)
+        return luaL_error(L, "the HTTP call is closed");
+    if (bq_lua_slot_must_stop()) {
         bq_http_free(c->h); /* closes the connection: the server sees the call end */
         c->h = NULL;
         bq_lua_slot_raise(L);
-        rc = BQ_EINTR; /* only a race gets here: the stop was withdrawn */
-    }
-    if (rc != BQ_OK) {
-        bq_http_free(c->h);
-        c->h = NULL;
-        return bq_lua_fail(L, &err);
     }
     const char *code;
     const char *why = bq_http_failed(c->h, &code);
@@ -230,11 +223,45 @@ static int wait_for(lua_State *L, struct call *c, enum bq_http_until until)
     return 0;
 }
 
-/* call:head() -> status, headers */
-static int l_call_head(lua_State *L)
+/* Waits for `until`, then returns done(L): in a task's coroutine by yielding to the handler
+ * state's loop (l_slot.c), elsewhere by waiting here, woken by the slot's waker. */
+static int wait_then(lua_State *L, enum bq_http_until until, lua_KFunction done)
 {
     struct call *c = check_call(L);
-    int n = wait_for(L, c, BQ_HTTP_HEAD);
+    if (bq_http_holds(c->h, until))
+        return done(L, LUA_OK, 0);
+    if (bq_lua_slot_await_http(L, c->h, (int)until))
+        return lua_yieldk(L, 0, 0, done);
+    double deadline = 0;
+    struct bq_slot_ctl *ctl = bq_lua_slot_running(&deadline);
+    bq_err err;
+    struct bq_http_loop *loop = bq_lua_http_thread_loop();
+    if (ctl != NULL)
+        bq_slot_set_waker(ctl, bq_http_loop_wake, loop);
+    bq_status rc = bq_http_wait(c->h, until, deadline, ctl ? must_stop : NULL, NULL, &err);
+    if (ctl != NULL)
+        bq_slot_set_waker(ctl, NULL, NULL);
+    if (rc == BQ_EINTR || rc == BQ_ETIMEDOUT) {
+        bq_http_free(c->h);
+        c->h = NULL;
+        bq_lua_slot_raise(L);
+        rc = BQ_EINTR; /* only a race gets here: the stop was withdrawn */
+    }
+    if (rc != BQ_OK) {
+        bq_http_free(c->h);
+        c->h = NULL;
+        return bq_lua_fail(L, &err);
+    }
+    return done(L, LUA_OK, 0);
+}
+
+/* call:head() -> status, headers */
+static int head_done(lua_State *L, int status, lua_KContext k)
+{
+    (void)status;
+    (void)k;
+    struct call *c = luaL_checkudata(L, 1, HTTP_CALL_MT);
+    int n = after_wait(L, c);
     if (n > 0)
         return n;
     lua_pushinteger(L, bq_http_status(c->h));
@@ -260,11 +287,18 @@ static int l_call_head(lua_State *L)
     return 2;
 }
 
-/* call:read() -> piece | false */
-static int l_call_read(lua_State *L)
+static int l_call_head(lua_State *L)
 {
-    struct call *c = check_call(L);
-    int n = wait_for(L, c, BQ_HTTP_DATA);
+    return wait_then(L, BQ_HTTP_HEAD, head_done);
+}
+
+/* call:read() -> piece | false */
+static int read_done(lua_State *L, int status, lua_KContext k)
+{
+    (void)status;
+    (void)k;
+    struct call *c = luaL_checkudata(L, 1, HTTP_CALL_MT);
+    int n = after_wait(L, c);
     if (n > 0)
         return n;
     size_t len;
@@ -278,11 +312,18 @@ static int l_call_read(lua_State *L)
     return 1;
 }
 
-/* call:body() -> the rest of the body */
-static int l_call_body(lua_State *L)
+static int l_call_read(lua_State *L)
 {
-    struct call *c = check_call(L);
-    int n = wait_for(L, c, BQ_HTTP_END);
+    return wait_then(L, BQ_HTTP_DATA, read_done);
+}
+
+/* call:body() -> the rest of the body */
+static int body_done(lua_State *L, int status, lua_KContext k)
+{
+    (void)status;
+    (void)k;
+    struct call *c = luaL_checkudata(L, 1, HTTP_CALL_MT);
+    int n = after_wait(L, c);
     if (n > 0)
         return n;
     size_t len;
@@ -290,6 +331,11 @@ static int l_call_body(lua_State *L)
     lua_pushlstring(L, p, len);
     bq_http_consume(c->h);
     return 1;
+}
+
+static int l_call_body(lua_State *L)
+{
+    return wait_then(L, BQ_HTTP_END, body_done);
 }
 
 static int l_call_tostring(lua_State *L)

@@ -33,11 +33,35 @@
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
+#include "../net/http.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
 #include <math.h>
 #include <string.h>
+
+/* What a task waits for while its coroutine is suspended (tasks_per_state > 1). */
+enum task_wait {
+    WAIT_NONE = 0, /* nothing: it yielded to let others run, or it runs */
+    WAIT_SLEEP,    /* wake_at */
+    WAIT_HTTP,     /* http reaching `until` */
+};
+
+/* One task of a handler state. With tasks_per_state = 1 the state has one, `one`, which
+ * runs on the state's own stack; with more, each runs in a coroutine of its own (co). */
+struct slot_task {
+    lua_State *co;       /* its coroutine; NULL: the place is free (or the one-task mode) */
+    int ref;             /* the registry's anchor of co */
+    int place;           /* its number among the slot's tasks (bq_slot_set_task_at) */
+    struct bq_msg msg;   /* the message (its bytes are the engine's) */
+    bool has_msg;
+    double deadline;     /* monotonic time the handler must end by; 0: none */
+    double limit;        /* its timeout in seconds, for the message */
+    enum task_wait wait;
+    double wake_at;
+    struct bq_http *http;
+    enum bq_http_until until;
+};
 
 struct slot_state {
     lua_State *L;
@@ -46,9 +70,10 @@ struct slot_state {
     int index;
     struct bq_lua_slot_cfg *cfg;
     struct bq_slot_ctl *ctl;  /* the engine's view of this slot (interrupt flag) */
-    double deadline;          /* monotonic time the running handler must end by; 0: none */
-    double limit;             /* its timeout in seconds, for the message */
-    const struct bq_msg *msg; /* the message being handled (for the rate limiter) */
+    struct slot_task one;     /* the task, with tasks_per_state = 1 */
+    struct slot_task *tasks;  /* tasks_per_state > 1: one per place */
+    int per;                  /* tasks_per_state */
+    struct slot_task *cur;    /* the task running now (NULL between tasks) */
     /* A chunk (bq_slot_ops.prepare): its messages while prepare runs, then what prepare
      * returned for them (a registry reference to the list) and each message's address, so
      * handle finds its entry. */
@@ -59,6 +84,8 @@ struct slot_state {
     const char *prep_ptr[BQ_CHUNK_MAX];
     size_t prep_len[BQ_CHUNK_MAX];
 };
+
+static bool task_must_stop(const struct slot_state *s, const struct slot_task *t, double now);
 
 /* The handler state of the current thread: each slot thread runs exactly one. */
 static _Thread_local struct slot_state *tl_slot;
@@ -112,6 +139,10 @@ void bq_lua_slot_cfg_read(lua_State *L, int idx, struct bq_lua_slot_cfg **anchor
     c->worker_key = opt_dup(L, idx, "worker_key", true);
     c->policy = opt_dup(L, idx, "policy", false);
     c->want_results = bq_lua_opt_boolean(L, idx, "want_results", 0);
+    lua_Integer per = bq_lua_opt_integer(L, idx, "tasks_per_state", 1);
+    if (per < 1 || per > BQ_PER_SLOT_MAX)
+        luaL_error(L, "option 'tasks_per_state' must be from 1 to %d", BQ_PER_SLOT_MAX);
+    c->per_state = (int)per;
     c->max_message_size = bq_lua_opt_integer(L, idx, "max_message_size",
                                              BQ_DEFAULT_MAX_MESSAGE_SIZE);
     if (lua_getfield(L, idx, "storage") != LUA_TNIL)
@@ -219,6 +250,13 @@ static bq_status slot_init(void *ud, int index, struct bq_slot_ctl *ctl, void **
     s->ctl = ctl;
     s->index = index;
     s->process_ref = s->prepare_ref = s->flush_ref = s->prep_ref = LUA_NOREF;
+    s->per = c->per_state > 1 ? c->per_state : 1;
+    if (s->per > 1 && (s->tasks = bq_calloc((size_t)s->per, sizeof *s->tasks)) == NULL) {
+        lua_close(L);
+        bq_arena_free(arena);
+        bq_free(s);
+        return bq_err_set(err, BQ_ENOMEM, "handler state %d: out of memory", index + 1);
+    }
     tl_slot = s;
     bq_status st = BQ_OK;
     lua_pushcfunction(L, setup_state);
@@ -279,6 +317,7 @@ static bq_status slot_init(void *ud, int index, struct bq_slot_ctl *ctl, void **
     if (st != BQ_OK) {
         lua_close(L);
         bq_arena_free(arena);
+        bq_free(s->tasks);
         bq_free(s);
         tl_slot = NULL;
         return st;
@@ -493,7 +532,9 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
     struct slot_state *s = state;
     lua_State *L = s->L;
     lua_settop(L, 0);
-    s->msg = msg;
+    s->one.msg = *msg;
+    s->one.has_msg = true;
+    s->cur = &s->one;
     lua_pushcfunction(L, msgh);
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->process_ref);
     lua_pushlstring(L, msg->data, msg->len);
@@ -520,17 +561,157 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
         out->json = bq_buf_detach(&b, NULL);
         lua_settop(L, 0);
         lua_gc(L, LUA_GCCOLLECT);
+        s->cur = NULL;
+        s->one.has_msg = false;
         return;
     }
     outcome_from(L, 2, msg, out);
     lua_settop(L, 0);
+    s->cur = NULL;
+    s->one.has_msg = false;
+}
+
+/* ---- Many tasks in one state (tasks_per_state > 1) ------------------------------------------
+ * Each task runs lifecycle.lua's process in a coroutine of its own. A coroutine yields where
+ * its handler waits — ctx:sleep (core.slot_sleep), ctx:http (l_http.c) — after noting what it
+ * waits for in its slot_task; slot_wait resumes it when that came, or when it must stop (a
+ * cancel, a pause, its timeout, a shutdown: the wait then raises, as in the one-task mode).
+ * The loop sleeps in the thread's curl_multi_poll while transfers are open (woken by the
+ * network, by bq_slot_wake through the slot's waker, or by the earliest wake-up time), else on
+ * the slot's condition variable (bq_slot_park). Module-level state of the Lua side that a
+ * handler's wait could let another task change is restored after the handler (run.lua). */
+
+/* Runs task t (nargs arguments on its stack) until it yields or ends; true when it ended,
+ * with out filled and its place freed. */
+static bool resume_task(struct slot_state *s, struct slot_task *t, int nargs,
+                        struct bq_outcome *out)
+{
+    lua_State *co = t->co;
+    int nres = 0;
+    t->wait = WAIT_NONE;
+    t->http = NULL;
+    s->cur = t;
+    tl_slot = s;
+    int st = lua_resume(co, s->L, nargs, &nres);
+    s->cur = NULL;
+    if (st == LUA_YIELD) {
+        lua_pop(co, nres);
+        return false;
+    }
+    if (st == LUA_OK && nres >= 4) {
+        outcome_from(co, lua_gettop(co) - nres + 1, &t->msg, out);
+    } else {
+        /* A failure of binduq's own Lua (or out of memory): set the message aside. */
+        const char *m = st == LUA_OK ? "process returned no outcome" : lua_tostring(co, -1);
+        luaL_traceback(s->L, co, m ? m : "internal error in the handler state", 0);
+        out->kind = BQ_OUTCOME_DEAD;
+        out->reason = bq_strdup(lua_tostring(s->L, -1));
+        lua_pop(s->L, 1);
+        out->json = bq_strdup("{\"code\":\"EINTERNAL\",\"message\":\"internal error in the "
+                              "handler state\",\"retryable\":false}");
+    }
+    luaL_unref(s->L, LUA_REGISTRYINDEX, t->ref);
+    t->co = NULL;
+    t->has_msg = false;
+    t->deadline = 0;
+    return true;
+}
+
+static bool slot_start(void *state, int p, const struct bq_msg *msg, struct bq_outcome *out)
+{
+    struct slot_state *s = state;
+    struct slot_task *t = &s->tasks[p];
+    lua_State *L = s->L;
+    lua_settop(L, 0);
+    t->co = lua_newthread(L);
+    t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->place = p;
+    t->msg = *msg;
+    t->has_msg = true;
+    t->deadline = 0;
+    lua_State *co = t->co;
+    lua_rawgeti(co, LUA_REGISTRYINDEX, s->process_ref);
+    lua_pushlstring(co, msg->data, msg->len);
+    lua_pushinteger(co, msg->q + 1);
+    lua_pushboolean(co, msg->sealed);
+    lua_pushnil(co);
+    return resume_task(s, t, 4, out);
+}
+
+/* Resumes the tasks whose wait is over; returns how many ended (their places in ended[],
+ * outcomes in outs[place]) and sets *next to the earliest time one waits for. */
+static int resume_ready(struct slot_state *s, int *ended, struct bq_outcome *outs, double *next)
+{
+    int n = 0;
+    double now = bq_now_mono();
+    for (int p = 0; p < s->per; p++) {
+        struct slot_task *t = &s->tasks[p];
+        if (t->co == NULL)
+            continue;
+        bool ready = t->wait == WAIT_NONE || task_must_stop(s, t, now) ||
+                     (t->wait == WAIT_SLEEP && now >= t->wake_at) ||
+                     (t->wait == WAIT_HTTP && bq_http_holds(t->http, t->until));
+        if (ready) {
+            memset(&outs[p], 0, sizeof outs[p]);
+            outs[p].attempt = 1;
+            outs[p].pickup = NAN;
+            if (resume_task(s, t, 0, &outs[p]))
+                ended[n++] = p;
+            now = bq_now_mono();
+        }
+        if (t->co == NULL)
+            continue;
+        if (t->wait == WAIT_SLEEP && t->wake_at < *next)
+            *next = t->wake_at;
+        if (t->deadline > 0 && t->deadline < *next)
+            *next = t->deadline;
+        if (t->wait == WAIT_NONE)
+            *next = now; /* it yielded to let others run: again at once */
+    }
+    return n;
+}
+
+static bool any_http(const struct slot_state *s)
+{
+    for (int p = 0; p < s->per; p++)
+        if (s->tasks[p].co != NULL && s->tasks[p].wait == WAIT_HTTP)
+            return true;
+    return false;
+}
+
+static int slot_wait(void *state, double timeout, int *ended, struct bq_outcome *outs)
+{
+    struct slot_state *s = state;
+    struct bq_http_loop *loop = bq_lua_http_thread_loop();
+    unsigned seen = bq_slot_wakeups(s->ctl);
+    bq_err err;
+    if (loop != NULL && bq_http_loop_step(loop, &err) != BQ_OK)
+        bq_log(BQ_LOG_ERROR, "http_loop_failed", "worker", bq_worker_id(s->cfg->w), "error",
+               err.msg, NULL);
+    double now = bq_now_mono(), next = now + timeout;
+    int n = resume_ready(s, ended, outs, &next);
+    if (n > 0)
+        return n;
+    double left = next - bq_now_mono();
+    if (left > 0 && loop != NULL && any_http(s)) {
+        bq_slot_set_waker(s->ctl, bq_http_loop_wake, loop);
+        if (bq_slot_wakeups(s->ctl) == seen)
+            bq_http_loop_poll(loop, left, &err);
+        bq_slot_set_waker(s->ctl, NULL, NULL);
+        bq_http_loop_step(loop, &err);
+    } else if (left > 0) {
+        bq_slot_park(s->ctl, seen, left);
+    }
+    next = bq_now_mono() + timeout;
+    return resume_ready(s, ended, outs, &next);
 }
 
 static void slot_fini(void *state)
 {
     struct slot_state *s = state;
-    lua_close(s->L);
+    lua_close(s->L); /* closes the HTTP calls of tasks still held (a shutdown that gave up) */
     bq_arena_free(s->arena);
+    bq_free(s->tasks);
     bq_free(s);
     tl_slot = NULL;
 }
@@ -545,20 +726,40 @@ static void slot_fini(void *state)
 
 #define HOOK_COUNT 10000
 
+/* The control request for the running task. */
+static int cur_control(const struct slot_state *s)
+{
+    if (s->per > 1)
+        return s->cur != NULL ? atomic_load(&s->ctl->tasks[s->cur->place].control)
+                              : BQ_CONTROL_NONE;
+    return atomic_load(&s->ctl->control);
+}
+
+/* Whether task t must stop now: a cancel, a pause, a shutdown or its timeout. */
+static bool task_must_stop(const struct slot_state *s, const struct slot_task *t, double now)
+{
+    int c = s->per > 1 ? atomic_load(&s->ctl->tasks[t->place].control)
+                       : atomic_load(&s->ctl->control);
+    return c != BQ_CONTROL_NONE || atomic_load(&s->ctl->interrupt) ||
+           (t->deadline > 0 && now > t->deadline);
+}
+
 /* Pushes the error for an interrupted or timed-out handler, or returns 0 if neither. */
 static int push_limit_error(lua_State *L, struct slot_state *s)
 {
     const char *code, *msg;
     char buf[96];
-    if (atomic_load(&s->ctl->control) == BQ_CONTROL_CANCEL) {
+    if (s->cur == NULL)
+        return 0;
+    if (cur_control(s) == BQ_CONTROL_CANCEL) {
         code = "ECANCELED";
         msg = "the task was canceled";
     } else if (atomic_load(&s->ctl->interrupt)) {
         code = "EINTERRUPTED";
         msg = "the handler was interrupted: the worker is shutting down";
-    } else if (s->deadline > 0 && bq_now_mono() > s->deadline) {
+    } else if (s->cur->deadline > 0 && bq_now_mono() > s->cur->deadline) {
         code = "ETIMEDOUT";
-        snprintf(buf, sizeof buf, "the handler ran past its timeout of %g s", s->limit);
+        snprintf(buf, sizeof buf, "the handler ran past its timeout of %g s", s->cur->limit);
         msg = buf;
     } else {
         return 0;
@@ -578,7 +779,7 @@ static int push_limit_error(lua_State *L, struct slot_state *s)
  * checkpoint holds. */
 static int push_pause_error(lua_State *L, struct slot_state *s)
 {
-    if (atomic_load(&s->ctl->control) != BQ_CONTROL_PAUSE)
+    if (s->cur == NULL || cur_control(s) != BQ_CONTROL_PAUSE)
         return 0;
     lua_createtable(L, 0, 3);
     lua_pushstring(L, "EPAUSED");
@@ -603,12 +804,12 @@ static int l_limit(lua_State *L)
 {
     struct slot_state *s = tl_slot;
     double t = luaL_optnumber(L, 1, 0);
-    if (s == NULL)
+    if (s == NULL || s->cur == NULL)
         return 0;
     if (bq_duration_problem(t) != NULL) /* the callers check; never an unending limit */
         t = t > 0 ? BQ_MAX_DURATION : 0;
-    s->limit = t;
-    s->deadline = t > 0 ? bq_now_mono() + t : 0;
+    s->cur->limit = t;
+    s->cur->deadline = t > 0 ? bq_now_mono() + t : 0;
     lua_sethook(L, limit_hook, LUA_MASKCOUNT, HOOK_COUNT);
     return 0;
 }
@@ -617,8 +818,8 @@ static int l_limit(lua_State *L)
 static int l_unlimit(lua_State *L)
 {
     struct slot_state *s = tl_slot;
-    if (s != NULL) {
-        s->deadline = 0;
+    if (s != NULL && s->cur != NULL) {
+        s->cur->deadline = 0;
         lua_sethook(L, NULL, 0, 0);
     }
     return 0;
@@ -639,7 +840,7 @@ static int l_rate_limit(lua_State *L)
     int n = batch ? (int)lua_rawlen(L, 1) : 1;
     lua_Integer limit = luaL_checkinteger(L, 2);
     double period = luaL_checknumber(L, 3);
-    if (s == NULL || (batch ? s->chunk == NULL : s->msg == NULL))
+    if (s == NULL || (batch ? s->chunk == NULL : s->cur == NULL || !s->cur->has_msg))
         return luaL_error(L, batch ? "rate_limit of a batch is for a chunk being prepared"
                                    : "rate_limit is for handler states, while a task is handled");
     if (limit < 1 || period <= 0)
@@ -660,7 +861,7 @@ static int l_rate_limit(lua_State *L)
             reqs[j].key = luaL_checkstring(L, -1);
             lua_pop(L, 3); /* the key stays anchored by its request table */
         } else {
-            reqs[j].msg = s->msg;
+            reqs[j].msg = &s->cur->msg;
             reqs[j].key = luaL_checkstring(L, 1);
         }
     }
@@ -687,15 +888,48 @@ static int l_rate_limit(lua_State *L)
 /* core.slot_sleep(seconds) -- sleeps, but not past the handler's deadline and not through an
  * interrupt; raises the limit error if either cuts it short. Outside a handler state it is a
  * plain sleep. */
+/* After a coroutine's sleep: the stop that woke it, if any, raised. */
+static int sleep_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    struct slot_state *s = tl_slot;
+    if (s != NULL && (push_limit_error(L, s) || push_pause_error(L, s)))
+        return lua_error(L);
+    return 0;
+}
+
 static int l_slot_sleep(lua_State *L)
 {
     double t = bq_lua_check_duration(L, 1, "sleep: seconds");
     struct slot_state *s = tl_slot;
-    if (s == NULL) {
+    if (s == NULL || s->cur == NULL) {
         bq_sleep(t);
         return 0;
     }
-    double cut = s->deadline > 0 ? s->deadline - bq_now_mono() : t;
+    if (s->cur->co != NULL && L == s->cur->co && lua_isyieldable(L)) {
+        /* The task's own coroutine: the state's loop runs the others meanwhile. */
+        s->cur->wait = WAIT_SLEEP;
+        s->cur->wake_at = bq_now_mono() + t;
+        return lua_yieldk(L, 0, 0, sleep_k);
+    }
+    if (s->cur->co != NULL) {
+        /* A coroutine of the handler's own, or inside a C function that cannot yield: the
+         * whole state waits here, still stopped by what stops the task. */
+        double until = bq_now_mono() + t;
+        for (;;) {
+            unsigned seen = bq_slot_wakeups(s->ctl);
+            double now = bq_now_mono();
+            if (now >= until || task_must_stop(s, s->cur, now))
+                break;
+            double left = until - now;
+            if (s->cur->deadline > 0 && s->cur->deadline - now < left)
+                left = s->cur->deadline - now + 0.001;
+            bq_slot_park(s->ctl, seen, left);
+        }
+        return sleep_k(L, LUA_OK, 0);
+    }
+    double cut = s->cur->deadline > 0 ? s->cur->deadline - bq_now_mono() : t;
     bool full = bq_slot_sleep(s->ctl, t < cut ? t : (cut > 0 ? cut : 0));
     if ((!full || t >= cut) && (push_limit_error(L, s) || push_pause_error(L, s)))
         return lua_error(L);
@@ -715,17 +949,28 @@ static int l_slot_yield(lua_State *L)
 struct bq_slot_ctl *bq_lua_slot_running(double *deadline)
 {
     struct slot_state *s = tl_slot;
-    if (s == NULL || s->msg == NULL)
+    if (s == NULL || s->cur == NULL || !s->cur->has_msg)
         return NULL;
-    *deadline = s->deadline;
+    *deadline = s->cur->deadline;
     return s->ctl;
 }
 
 bool bq_lua_slot_must_stop(void)
 {
     struct slot_state *s = tl_slot;
-    return s != NULL && (atomic_load(&s->ctl->interrupt) || atomic_load(&s->ctl->control) ||
-                         (s->deadline > 0 && bq_now_mono() > s->deadline));
+    return s != NULL && s->cur != NULL && task_must_stop(s, s->cur, bq_now_mono());
+}
+
+bool bq_lua_slot_await_http(lua_State *L, struct bq_http *h, int until)
+{
+    struct slot_state *s = tl_slot;
+    if (s == NULL || s->cur == NULL || s->cur->co == NULL || L != s->cur->co ||
+        !lua_isyieldable(L))
+        return false;
+    s->cur->wait = WAIT_HTTP;
+    s->cur->http = h;
+    s->cur->until = (enum bq_http_until)until;
+    return true;
 }
 
 int bq_lua_slot_raise(lua_State *L)
@@ -741,7 +986,9 @@ int bq_lua_slot_raise(lua_State *L)
 static int l_slot_task(lua_State *L)
 {
     struct slot_state *s = tl_slot;
-    if (s != NULL)
+    if (s != NULL && s->per > 1)
+        bq_slot_set_task_at(s->ctl, s->cur != NULL ? s->cur->place : -1, luaL_optstring(L, 1, NULL));
+    else if (s != NULL)
         bq_slot_set_task(s->ctl, luaL_optstring(L, 1, NULL));
     return 0;
 }
@@ -762,7 +1009,7 @@ static int l_slot_ahead(lua_State *L)
         ids[i] = luaL_checkstring(L, -1); /* anchored by the table */
         lua_pop(L, 1);
     }
-    if (s != NULL)
+    if (s != NULL && s->per == 1)
         bq_slot_set_ahead(s->ctl, ids, n);
     return 0;
 }
@@ -772,7 +1019,7 @@ static int l_slot_ahead(lua_State *L)
 static int l_slot_control(lua_State *L)
 {
     struct slot_state *s = tl_slot;
-    int c = s != NULL ? atomic_load(&s->ctl->control) : BQ_CONTROL_NONE;
+    int c = s != NULL ? cur_control(s) : BQ_CONTROL_NONE;
     if (c == BQ_CONTROL_CANCEL)
         lua_pushstring(L, "cancel");
     else if (c == BQ_CONTROL_PAUSE)
@@ -895,7 +1142,7 @@ static int l_slot_info(lua_State *L)
 /* ---- Registration -------------------------------------------------------------------------- */
 
 const struct bq_slot_ops bq_lua_slot_ops = {slot_init, slot_handle, slot_fini, slot_prepare,
-                                           slot_flush};
+                                           slot_flush, slot_start, slot_wait};
 
 static int l_outcome_unknown(lua_State *L)
 {

@@ -23,6 +23,7 @@ struct bq_lua_slot_cfg {
     char *worker_key; /* pairs a handler state's worker with the main state's */
     char *policy;     /* JSON of the main state's policy numbers (max_attempts, ...) */
     bool want_results;
+    int per_state;    /* tasks each handler state runs at once (tasks_per_state) */
     lua_Integer max_message_size;
     bq_worker *w;
     bq_storage *storage; /* one reference: the task state every handler state shares */
@@ -46,6 +47,13 @@ struct bq_slot_ctl *bq_lua_slot_running(double *deadline);
 
 /* Whether the running handler must stop now: a cancel, a pause, a shutdown or its timeout. */
 bool bq_lua_slot_must_stop(void);
+
+struct bq_http;
+/* tasks_per_state > 1, in a task's coroutine where it can yield: notes that the task waits
+ * for h to reach `until` (net/http.h) and returns true; the caller then yields (lua_yieldk)
+ * and the state's loop resumes it when h got there or the task must stop. False elsewhere:
+ * the caller waits itself. */
+bool bq_lua_slot_await_http(lua_State *L, struct bq_http *h, int until);
 
 /* Raises the running handler's pending cancel, pause, shutdown or timeout error, as ctx:sleep
  * does; returns (0) when there is none. */

@@ -354,6 +354,8 @@ oom:
     return bq_err_set(err, BQ_ENOMEM, "http: out of memory");
 }
 
+static bool holds(const struct bq_http *h, enum bq_http_until until);
+
 /* Takes the finished transfers' results off the loop. */
 static void reap(struct bq_http_loop *loop)
 {
@@ -388,6 +390,30 @@ static void reap(struct bq_http_loop *loop)
             snprintf(h->failure, sizeof h->failure, "%s: %s", h->shown, text);
         }
     }
+}
+
+bq_status bq_http_loop_step(struct bq_http_loop *loop, bq_err *err)
+{
+    int running = 0;
+    CURLMcode mc = bq_curl.curl_multi_perform(loop->multi, &running);
+    if (mc != CURLM_OK)
+        return bq_err_set(err, BQ_EIO, "curl_multi_perform: %d", (int)mc);
+    reap(loop);
+    return BQ_OK;
+}
+
+bq_status bq_http_loop_poll(struct bq_http_loop *loop, double seconds, bq_err *err)
+{
+    int wait_ms = seconds <= 0 ? 0 : seconds >= 1.0 ? 1000 : (int)ceil(seconds * 1000);
+    CURLMcode mc = bq_curl.curl_multi_poll(loop->multi, NULL, 0, wait_ms, NULL);
+    if (mc != CURLM_OK)
+        return bq_err_set(err, BQ_EIO, "curl_multi_poll: %d", (int)mc);
+    return BQ_OK;
+}
+
+bool bq_http_holds(const struct bq_http *h, enum bq_http_until until)
+{
+    return holds(h, until);
 }
 
 static bool holds(const struct bq_http *h, enum bq_http_until until)

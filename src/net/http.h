@@ -82,6 +82,16 @@ bq_status bq_http_start(struct bq_http_loop *loop, const struct bq_http_request 
 bq_status bq_http_wait(struct bq_http *h, enum bq_http_until until, double deadline,
                        bool (*stop)(void *ud), void *ud, bq_err *err);
 
+/* Whether `until` holds for h now (no waiting, no progress made). */
+bool bq_http_holds(const struct bq_http *h, enum bq_http_until until);
+
+/* For a thread that waits for many transfers at once in its own loop (handler coroutines):
+ * makes what progress can be made now on every transfer of the loop, without waiting;
+ * then waits up to `seconds` for network activity or bq_http_loop_wake. BQ_EIO when
+ * libcurl fails. */
+bq_status bq_http_loop_step(struct bq_http_loop *loop, bq_err *err);
+bq_status bq_http_loop_poll(struct bq_http_loop *loop, double seconds, bq_err *err);
+
 /* After a wait: whether the transfer ended, and if it failed, with what (code and message,
  * valid until h is freed). */
 bool bq_http_ended(const struct bq_http *h);

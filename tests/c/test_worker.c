@@ -92,7 +92,7 @@ static void reset(void)
     memset(seen, 0, sizeof seen);
 }
 
-static const struct bq_slot_ops ops = {ok_init, handle, fini, NULL, NULL};
+static const struct bq_slot_ops ops = {ok_init, handle, fini, NULL, NULL, NULL, NULL};
 
 /* A prepare that settles nothing, and counts the chunks and their largest size. */
 static atomic_int chunks, chunk_max, prepared;
@@ -105,7 +105,73 @@ static void count_prepare(void *state, const struct bq_msg *msgs, int n, bool *s
     while (n > m && !atomic_compare_exchange_weak(&chunk_max, &m, n))
         ;
 }
-static const struct bq_slot_ops chunk_ops = {ok_init, handle, fini, count_prepare, NULL};
+static const struct bq_slot_ops chunk_ops = {ok_init, handle, fini, count_prepare, NULL, NULL, NULL};
+
+/* Slots holding several tasks (per_slot > 1): every other message ends at once in start, the
+ * rest wait for a later wait, which ends them all after 1 ms; each slot checks it never holds
+ * more than MULTI_PER at once and that every place it is given is free. */
+#define MULTI_PER 8
+struct multi_state {
+    struct bq_msg held[MULTI_PER];
+    bool busy[MULTI_PER];
+    int n, most;
+};
+static atomic_int multi_most, multi_misuse;
+
+static bq_status multi_init(void *ud, int index, struct bq_slot_ctl *ctl, void **state,
+                            bq_err *err)
+{
+    (void)ud, (void)index, (void)ctl;
+    atomic_fetch_add(&inits, 1);
+    *state = bq_calloc(1, sizeof(struct multi_state));
+    return *state ? BQ_OK : bq_err_set(err, BQ_ENOMEM, "out of memory");
+}
+
+static bool multi_start(void *state, int t, const struct bq_msg *msg, struct bq_outcome *out)
+{
+    struct multi_state *m = state;
+    if (t < 0 || t >= MULTI_PER || m->busy[t])
+        atomic_fetch_add(&multi_misuse, 1);
+    if (atomic_fetch_add(&handled, 0) % 2 == 0) {
+        handle(state, msg, out);
+        return true;
+    }
+    m->busy[t] = true;
+    m->held[t] = *msg;
+    if (++m->n > m->most)
+        m->most = m->n;
+    int most = atomic_load(&multi_most);
+    while (m->most > most && !atomic_compare_exchange_weak(&multi_most, &most, m->most))
+        ;
+    return false;
+}
+
+static int multi_wait(void *state, double timeout, int *ended, struct bq_outcome *outs)
+{
+    struct multi_state *m = state;
+    (void)timeout;
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+    int n = 0;
+    for (int t = 0; t < MULTI_PER; t++) {
+        if (!m->busy[t])
+            continue;
+        handle(state, &m->held[t], &outs[t]);
+        m->busy[t] = false;
+        m->n--;
+        ended[n++] = t;
+    }
+    return n;
+}
+
+static void multi_fini(void *state)
+{
+    bq_free(state);
+    atomic_fetch_add(&finis, 1);
+}
+
+static const struct bq_slot_ops multi_ops = {multi_init, handle,     multi_fini, NULL,
+                                             NULL,       multi_start, multi_wait};
 
 static void push_numbers(bq_broker *b, const char *queue, int n)
 {
@@ -125,8 +191,9 @@ static void drain_and_check_ops(const char *url, const char *queue, enum bq_deli
     struct bq_config cfg = {.url = (char *)url, .url_source = "test", .queue_name = (char *)queue,
                             .max_connections = 4, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
-    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 4, 2, 1.0, true, delivery, 5.0, 5.0, 0, 0};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 4, 2, 1.0, true, delivery, 5.0, 5.0, 0, 0, 1};
     o.batch = sops->prepare != NULL ? 128 : 0; /* chunks are taken from a deep queue */
+    o.per_slot = sops->start != NULL ? MULTI_PER : 1;
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, sops, NULL, &w, &err), BQ_OK);
@@ -193,6 +260,21 @@ TEST(memory_drain_handles_each_message_once)
     drain_and_check(NULL, "test:worker:mem2", BQ_AT_MOST_ONCE);
 }
 
+TEST(slots_holding_several_tasks_handle_each_message_once)
+{
+    atomic_store(&multi_most, 0);
+    atomic_store(&multi_misuse, 0);
+    drain_and_check_ops(NULL, "test:worker:multi", BQ_AT_LEAST_ONCE, &multi_ops);
+    CHECK_INT(atomic_load(&multi_misuse), 0);
+    CHECK(atomic_load(&multi_most) > 1);          /* tasks were held together */
+    CHECK(atomic_load(&multi_most) <= MULTI_PER); /* never more than per_slot */
+    const char *url = getenv("BQ_REDIS_URL");
+    char queue[64];
+    snprintf(queue, sizeof queue, "test:worker:multi:%d", (int)getpid());
+    if (url != NULL && *url != '\0')
+        drain_and_check_ops(url, queue, BQ_AT_LEAST_ONCE, &multi_ops);
+}
+
 TEST(redis_drain_handles_each_message_once)
 {
     const char *url = getenv("BQ_REDIS_URL");
@@ -256,11 +338,11 @@ TEST(a_stop_hands_back_a_chunk_but_what_prepare_settled)
         atomic_store(&settled_seen[i], 0);
         atomic_store(&settled_marked[i], 0);
     }
-    struct bq_slot_ops sops = {ok_init, slow_handle, fini, settle_prepare, NULL};
+    struct bq_slot_ops sops = {ok_init, slow_handle, fini, settle_prepare, NULL, NULL, NULL};
     struct bq_config cfg = {.url = NULL, .url_source = "test", .queue_name = (char *)"test:worker:chunkstop",
                             .max_connections = 2, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
-    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 128, 0};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 128, 0, 1};
     bq_worker *w;
     CHECK_INT(bq_worker_new(&o, &sops, NULL, &w, NULL), BQ_OK);
     bq_broker *b = bq_worker_broker(w);
@@ -312,7 +394,7 @@ TEST(stop_interrupts_a_blocked_fetch)
         struct bq_config cfg = {.url = (char *)urls[i], .url_source = "test", .queue_name = (char *)"test:worker:idle",
                             .max_connections = 2, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
-        struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 30.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0};
+        struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 30.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0, 1};
         bq_worker *w;
         CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, NULL), BQ_OK);
         CHECK_INT(bq_worker_start(w, false, NULL), BQ_OK);
@@ -335,8 +417,8 @@ TEST(a_failing_slot_init_fails_the_start)
     struct bq_config cfg = {.url = NULL, .url_source = "test", .queue_name = (char *)"test:worker:bad",
                             .max_connections = 2, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
-    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 3, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0};
-    struct bq_slot_ops bad = {bad_init, handle, fini, NULL, NULL};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 3, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0, 1};
+    struct bq_slot_ops bad = {bad_init, handle, fini, NULL, NULL, NULL, NULL};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &bad, NULL, &w, &err), BQ_OK);
@@ -380,8 +462,8 @@ static void control_reaches(const char *url, const char *queue)
     struct bq_config cfg = {.url = (char *)url, .url_source = "test", .queue_name = (char *)queue,
                             .max_connections = 4, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
-    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0};
-    struct bq_slot_ops cops = {ctl_init, ctl_handle, fini, NULL, NULL};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 2, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0, 1};
+    struct bq_slot_ops cops = {ctl_init, ctl_handle, fini, NULL, NULL, NULL, NULL};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &cops, NULL, &w, &err), BQ_OK);
@@ -477,7 +559,7 @@ TEST(options_are_checked)
     struct bq_config cfg = {.url = NULL, .url_source = "test", .queue_name = (char *)"q",
                             .max_connections = 2, .connect_timeout = 2,
                             .command_timeout = 2, .pool_timeout = 2};
-    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 0, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 0, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0, 1};
     bq_worker *w;
     bq_err err;
     CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, &err), BQ_EINVAL);
@@ -497,6 +579,7 @@ int main(void)
     bq_log_set_level("off");
     RUN(memory_drain_handles_each_message_once);
     RUN(redis_drain_handles_each_message_once);
+    RUN(slots_holding_several_tasks_handle_each_message_once);
     RUN(chunks_are_prepared_and_each_message_handled_once);
     RUN(a_stop_hands_back_a_chunk_but_what_prepare_settled);
     RUN(stop_interrupts_a_blocked_fetch);

@@ -195,7 +195,8 @@ describe("#http TLS", function()
     end)
 end)
 
-describe("#redis #pg #http handlers", function()
+for _, per in ipairs({ 1, 20 }) do
+describe("#redis #pg #http handlers, tasks_per_state = " .. per, function()
     local server, db, srv, dir
     setup(function()
         server = redis.start()
@@ -215,7 +216,8 @@ describe("#redis #pg #http handlers", function()
 
     -- A worker process on queue q and a scheduler for it, both stopped when the test ends.
     local function start(q, env)
-        local e = { BQ_TEST_MODEL_URL = srv.url, DATABASE_URL = db.url }
+        local e = { BQ_TEST_MODEL_URL = srv.url, DATABASE_URL = db.url, BQ_TEST_PER_STATE = per,
+                    BQ_TEST_CONCURRENCY = per > 1 and 1 or 2 }
         for k, v in pairs(env or {}) do e[k] = v end
         local w = cluster.worker(server, q, e, "tests/integration/fixtures/http_worker.lua", dir)
         local s = bq.scheduler{ scheduler = { url = server.url, queue_name = q },
@@ -309,4 +311,31 @@ describe("#redis #pg #http handlers", function()
         local took = e.closed - t0
         assert.is_true(took >= 0.9 and took < 1.1 + 0.1, "closed " .. took .. " s after SIGTERM")
     end)
+
+    it("many calls wait at once; a cancel stops only its own", function()
+        local q = qname("many")
+        local _, s = start(q)
+        local n = per > 1 and 10 or 2
+        for i = 1, n do
+            s:run{ task_id = q .. "-" .. i, messages = { "stream:/v1/chat/completions?tokens=40&pace=0.05" } }
+        end
+        for i = 1, n do assert(in_flight(q .. "-" .. i), "task " .. i .. " never reached the server") end
+        local open = 0
+        for _, e in ipairs(srv:stats().events) do
+            if e.id:find(q, 1, true) == 1 and e.closed == json.null then open = open + 1 end
+        end
+        assert.are.equal(n, open) -- all in flight together, on one handler thread when per > 1
+        local victim = q .. "-1"
+        local t0 = bq.now()
+        assert(s:cancel(victim))
+        local e = assert(closed(victim))
+        assert.is_true(e.closed_by_client)
+        assert.is_true(e.closed - t0 < 0.1, "closed after " .. (e.closed - t0) .. " s")
+        cluster.wait_state(s, victim, "canceled")
+        for i = 2, n do
+            local t = cluster.wait_state(s, q .. "-" .. i, "completed")
+            assert.are.equal("w1 w2 w3", t.history[#t.history].content:sub(1, 8))
+        end
+    end)
 end)
+end

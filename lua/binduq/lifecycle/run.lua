@@ -197,9 +197,10 @@ function M.build(S)
         if task.trace_id then ctx.trace_id, ctx.span_id = task.trace_id, task.span_id end
         if admitted_at then ctx.admitted_at = admitted_at end
         if saved ~= nil then ctx.saved = saved end
+        local pickup
         if task.timestamp then
             local sent = core.parse_iso8601(task.timestamp)
-            if sent then current.pickup = core.now() - sent end
+            if sent then pickup = core.now() - sent end
         end
         core.limit(task.timeout or timeout)
         local ok, res, herr, paused
@@ -218,6 +219,8 @@ function M.build(S)
             ctx.resumed = true
         end
         core.unlimit()
+        -- Other tasks of this state may have run while the handler waited (tasks_per_state).
+        current.pickup, current.trace = pickup, task.trace_id
         if ok then return settle(task, header, res, defer) end
         if res.code == "ECANCELED" or core.slot_control() == "cancel" then
             local c4, s4 = store:change{ id = id, to = "canceled" }
