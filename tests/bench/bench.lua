@@ -12,6 +12,9 @@
 --             worker's own process (against one in another process)
 --   pickup    latency from a producer process' LPUSH to the handler's start, at idle (1,000
 --             samples), and the idle worker's CPU
+--   cancel    a task waiting in ctx:http (issue 20): from s:cancel() in the bench process to
+--             the fake model server seeing the worker's connection closed (100 samples),
+--             against the limit, 50 ms at p99
 --   storage   20,000 tasks with their state in a throwaway PostgreSQL, against the same in
 --             memory, and pgbench's simple-update rate there
 -- then the producers:
@@ -41,6 +44,8 @@ local NV = tonumber(os.getenv("BENCH_VARIANT_TASKS")) or 20000
 local N_SYNC = tonumber(os.getenv("BENCH_SYNC_TASKS")) or 10000
 local N_LAT = tonumber(os.getenv("BENCH_LATENCY_SAMPLES")) or 1000
 local N_PG = tonumber(os.getenv("BENCH_PG_TASKS")) or 20000
+local N_CANCEL = tonumber(os.getenv("BENCH_CANCEL_SAMPLES")) or 100
+local CANCEL_LIMIT_MS = 50 -- issue 20: p99 from s:cancel() to the transfer closed, server side
 local MAX_TASKS = tonumber(os.getenv("BENCH_MAX_TASKS")) or 1000 -- the memory figure's storage.max_tasks
 local PAYLOAD = ops.PAYLOAD
 local REPEAT = tonumber(os.getenv("BENCH_REPEAT")) or 3
@@ -179,6 +184,15 @@ local ok, err = pcall(function()
                  call_p50 = call.p50, call_p99 = call.p99 }
     end)
 
+    step(("cancel in ctx:http: a worker process (w:run(), default options) whose handler streams a long answer from the fake model server (loopback); %d times a task is scheduled, canceled mid-stream, and the server's record read for when it saw the connection close")
+        :format(N_CANCEL))
+    F.cancel = median_of("cancel in ctx:http", function(r)
+        local ms = deployed.cancel_http{ url = server.url, queue = queue .. ":cancel" .. r, n = N_CANCEL,
+                                         prefix = "cx" .. r .. "-", seconds = 60 }
+        server:cli("FLUSHALL")
+        return { p50 = percentile(ms, 0.5), p99 = percentile(ms, 0.99), max = ms[#ms], n = #ms }
+    end)
+
     step(("task state in PostgreSQL: %d tasks, against the same in memory; pgbench on the same server")
         :format(N_PG))
     local db = pg.start()
@@ -309,6 +323,8 @@ row("pickup latency, idle", "p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x the LP
 row("  the producer's schedule calls", "p50 %.3f ms  p99 %.3f ms (encode, record, LPUSH, reply)",
     F.lat.call_p50, F.lat.call_p99)
 row("  idle worker CPU", "%9.2f %% of a core", F.lat.idle_pct)
+row(("cancel in ctx:http (%d)"):format(F.cancel.n), "p50 %.3f ms  p99 %.3f ms   %5.2f x the limit (p99 %d ms); max %.3f ms",
+    F.cancel.p50, F.cancel.p99, F.cancel.p99 / CANCEL_LIMIT_MS, CANCEL_LIMIT_MS, F.cancel.max)
 row(("process, PostgreSQL (%d)"):format(N_PG), "%9.0f tasks/s   %5.2f x pgbench simple-update (%.0f tps, 1 client)",
     F.pg.postgres, F.pg.postgres / F.pg.pgbench, F.pg.pgbench)
 row("", "                  %5.2f x the same run in memory (%.0f/s)", F.pg.postgres / F.pg.memory, F.pg.memory)

@@ -157,8 +157,82 @@ function M.latency(opts)
     return r.lat, idle, { p50 = tonumber(call_p50), p99 = tonumber(call_p99) }
 end
 
+--- The cancel of a task waiting in ctx:http, from another process: a worker process (w:run(),
+--- default options) whose handler streams a long chat completion from the fake model server
+--- (tests/helpers/fakemodel.py on loopback; 100,000 tokens 50 ms apart); for each sample this
+--- process schedules a task, waits until the server has its request open, lets the stream
+--- run 20-100 ms (any phase of the pace), notes the wall clock and calls s:cancel(), then
+--- reads from the server's records when it saw the connection closed. opts: url, queue,
+--- prefix, n samples (at most), seconds (the run's bound, 60). Returns the sorted times from
+--- s:cancel() to the close (ms). The server and the worker are stopped by PID.
+function M.cancel_http(opts)
+    local bq = require("binduq")
+    local json = require("binduq.json")
+    local fakemodel = require("helpers.fakemodel")
+    local bound = opts.seconds or 60
+    local srv = fakemodel.start{ max_seconds = bound + 60 }
+    local dir, _, _, wenv = setup(opts)
+    wenv.BENCH_OUT = nil
+    wenv.BENCH_MODEL = srv.url .. "/v1/chat/completions?tokens=100000&pace=0.05"
+    local w = proc.spawn(WORKER, { env = wenv, dir = dir })
+    local s = bq.scheduler{ url = opts.url, queue_name = opts.queue }
+    -- The server's record of request `id` (by X-Request-Id), from its latest few.
+    local function record(id)
+        local resp = assert(bq.http{ url = srv.url .. "/_stats?events=4", timeout = 5 })
+        for _, e in ipairs(resp:json().events) do
+            if e.id == id then
+                if e.closed == json.null then e.closed = nil end
+                return e
+            end
+        end
+    end
+    local function wait(fn, what)
+        local deadline = core.monotonic() + 10
+        while true do
+            local v = fn()
+            if v then return v end
+            assert(proc.alive(w), "the worker exited: " .. (proc.read(w.log) or ""))
+            assert(core.monotonic() < deadline, what .. " within 10 s")
+            core.sleep(0.002)
+        end
+    end
+    local ok, res = pcall(function()
+        local ms, stop = {}, core.monotonic() + bound
+        for i = 1, opts.n do
+            if core.monotonic() > stop then break end
+            local id = opts.prefix .. i
+            assert(s:run{ task_id = id, messages = { "hi" } })
+            wait(function() return record(id) end, "the server saw no request for " .. id)
+            core.sleep(0.02 + math.random() * 0.08)
+            local t0 = core.now()
+            assert(s:cancel(id))
+            local e = wait(function() local r = record(id); return r and r.closed and r end,
+                           "the server saw no close for " .. id)
+            assert(e.closed_by_client, id .. " was not closed by the worker")
+            ms[#ms + 1] = (e.closed - t0) * 1000
+        end
+        return ms
+    end)
+    s:close()
+    local rc = proc.stop(w, 30)
+    srv:stop()
+    assert(ok, res)
+    assert(rc == 0, "worker exit status " .. tostring(rc) .. ": " .. (proc.read(w.log) or ""))
+    assert(#res > 0, "no sample in " .. bound .. " s")
+    table.sort(res)
+    return res
+end
+
 -- By hand: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 [n] [KEY=VALUE ...]
-if arg and arg[0] and arg[0]:match("deployed%.lua$") then
+--      or: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 cancel-http [n]
+if arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "cancel-http" then
+    local n = tonumber(arg[3] or "") or 100
+    local ms = M.cancel_http{ url = arg[1], queue = "{deployed:cancel}", n = n,
+                              prefix = ("c%d-"):format(math.random(1, 1e9)) }
+    local function pct(p) return ms[math.max(1, math.ceil(#ms * p))] end
+    print(("cancel in ctx:http, %d samples: p50 %.2f ms  p99 %.2f ms  max %.2f ms   %.2f x the limit (p99 <= 50 ms)")
+        :format(#ms, pct(0.5), pct(0.99), ms[#ms], pct(0.99) / 50))
+elseif arg and arg[0] and arg[0]:match("deployed%.lua$") then
     local url, n = arg[1], tonumber(arg[2] or "") or 20000
     local env = {}
     for i = 3, #arg do

@@ -7,6 +7,9 @@
 --   it never reaches)
 --   BENCH_PG=<url> (task state in PostgreSQL)   BENCH_MAX_TASKS=n (memory storage bound)
 --   BENCH_CA=<file> (the CA of a rediss:// URL)   BENCH_BATCH=n (the batch option)
+--   BENCH_MODEL=<url> (the handler streams a chat completion from this URL of the fake model
+--   server with ctx:http, the task id as X-Request-Id, until the stream ends or the task is
+--   stopped; for deployed.lua's cancel_http)
 -- run: waits for tasks until SIGTERM. With BENCH_OUT=<file>, each handler state appends one
 --   line to it when it closes: "n=<tasks> first=<start of its first> last=<end of its last>
 --   lat=<pickups, ms, comma-separated>" (monotonic seconds, comparable across processes; a
@@ -52,6 +55,18 @@ local function handler(task)
     return true
 end
 
+-- BENCH_MODEL: a handler that waits on a model, as an agent's does.
+local model = env("BENCH_MODEL")
+local function stream(_, ctx)
+    local resp, msg, code = ctx:http{
+        url = model, headers = { ["X-Request-Id"] = ctx.task_id },
+        body = { model = "fake", stream = true, messages = { { role = "user", content = "hi" } } },
+        on_event = function(ev) return ev.data ~= "[DONE]" end,
+    }
+    if not resp then bq.fail{ code = code, message = msg, retryable = false } end
+    return true
+end
+
 -- BENCH_RATELIMIT=task: a limiter key per task; =<n>: n keys (tenants), task i in key i % n.
 local tenants = int("BENCH_RATELIMIT")
 local function rate_key(task)
@@ -72,7 +87,7 @@ local w = bq.worker{
     queues = queues,
     rate_limit = env("BENCH_RATELIMIT") and { limit = 1000000000, period = 1 } or nil,
     rate_key = env("BENCH_RATELIMIT") and rate_key or nil,
-    handlers = { run = handler },
+    handlers = { run = model and stream or handler },
     storage = storage,
 }
 if bq.role == "handler" then

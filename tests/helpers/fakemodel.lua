@@ -10,7 +10,8 @@
 --   srv:stats()                                -- /_stats decoded; srv:stats(5): last 5 events
 --   srv:reset()                                -- POST /_reset
 --   srv:stop()                                 -- TERM, then KILL, by PID
--- opts.max_seconds (default 600) bounds the server's life; opts.verbose logs to its log file.
+-- opts.max_seconds (default 600) bounds the server's life; opts.pace (seconds) is the chat
+-- endpoint's ?pace when a request names none; opts.verbose logs to its log file.
 --
 -- Its own requests go through curl (-k over TLS), which is not the client under test.
 
@@ -45,6 +46,10 @@ function M.start(opts)
         for _, a in ipairs({ "--cert", proc.quote(tls.cert), "--key", proc.quote(tls.key) }) do
             args[#args + 1] = a
         end
+    end
+    if opts.pace then
+        args[#args + 1] = "--pace"
+        args[#args + 1] = tostring(opts.pace)
     end
     if opts.verbose then args[#args + 1] = "--verbose" end
     local p = proc.spawn(table.concat(args, " "), { dir = dir, log = dir .. "/fakemodel.log" })

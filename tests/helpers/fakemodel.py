@@ -1,7 +1,7 @@
 """A fake model server for the HTTP client's tests and benchmarks (standard library only).
 
     python3 tests/helpers/fakemodel.py [--port N] [--port-file F] [--cert C --key K]
-                                       [--max-seconds S] [--verbose]
+                                       [--max-seconds S] [--pace S] [--verbose]
 
 Listens on 127.0.0.1 only (port 0, the default, takes a free port), prints one line
 "PORT <n>" to stdout (and writes "<n>" to --port-file, renamed into place) and then prints
@@ -14,7 +14,8 @@ requests at once. Each request's behaviour is chosen by its query parameters:
 
   POST /v1/chat/completions   OpenAI-style; body {"model", "messages", "stream", ...}.
       ?delay=S  wait S seconds before the first byte      ?tokens=N  answer "w1 w2 ... wN"
-      ?pace=S   seconds between streamed events           ?status=N  an OpenAI error JSON
+      ?pace=S   seconds between streamed events (default: --pace, 0)
+      ?status=N  an OpenAI error JSON
       ?retry_after=S  a Retry-After header (with ?status)
       The answer is "echo: <last user message>" unless ?tokens is given; its tokens are its
       space-separated words. Non-streamed: one chat.completion JSON. Streamed (stream: true):
@@ -71,6 +72,8 @@ REASONS = {100: "Continue", 200: "OK", 201: "Created", 204: "No Content", 301: "
            504: "Gateway Timeout"}
 
 VERBOSE = False
+PACE = 0.0  # --pace: the chat endpoint's ?pace when a request names none (a client that
+            # only knows a base URL, such as examples/agent.lua, still gets a paced stream)
 
 
 def log(*args):
@@ -363,7 +366,7 @@ def last_user_text(messages):
 
 
 async def chat(c, req, ev):
-    delay, pace = req.num("delay", 0), req.num("pace", 0)
+    delay, pace = req.num("delay", 0), req.num("pace", PACE)
     try:
         body = json.loads(req.body or b"null")
     except ValueError:
@@ -623,9 +626,13 @@ if __name__ == "__main__":
     ap.add_argument("--cert")
     ap.add_argument("--key")
     ap.add_argument("--max-seconds", type=float, default=600)
+    ap.add_argument("--pace", type=float, default=0.0)
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args()
     if bool(a.cert) != bool(a.key):
         ap.error("--cert and --key go together")
+    if not 0 <= a.pace <= 3600:
+        ap.error("--pace must be from 0 to 3600 seconds")
     VERBOSE = a.verbose
+    PACE = a.pace
     asyncio.run(main(a))

@@ -4,6 +4,7 @@
 
 local proc = require("helpers.proc")
 local redis = require("helpers.redis")
+local fakemodel = require("helpers.fakemodel")
 local bq = require("binduq")
 
 -- No operation left on queue `q`: none waiting, delayed or dead-lettered, no worker's
@@ -14,6 +15,19 @@ local function assert_empty(server, q)
     assert.are.equal("0", server:cli("ZCARD", prefix .. "delayed"), q)
     assert.are.equal("0", server:cli("LLEN", prefix .. "dlq"), q)
     assert.are.equal("", server:cli("--scan", "--pattern", prefix .. "wip:*"), q)
+end
+
+-- agent.lua's output against the fake model server: each question's answer, then the long
+-- answer canceled mid-stream, its handler stopped within a second of the cancel.
+local AGENT_QUESTIONS = { "What is a task queue?", "Why stream a model's answer?", "What does a cancel stop?" }
+local function check_agent(out)
+    for i, q in ipairs(AGENT_QUESTIONS) do
+        local qp = q:gsub("%p", "%%%0")
+        assert.truthy(out:find("ask%-" .. i .. " +completed +Q: " .. qp .. "\n +A: echo: " .. qp .. "\n"), out)
+    end
+    local ms = tonumber(out:match("story +canceled +stopped ([%d.]+) ms after the cancel"))
+    assert.truthy(ms, out)
+    assert.is_true(ms < 1000, out)
 end
 
 describe("examples", function()
@@ -57,6 +71,28 @@ describe("examples", function()
         assert.truthy(out:find("spin +canceled +stopped"), out)
     end)
 
+    it("agent.lua streams answers from the fake model server, or from MODEL_URL, and cancels one", function()
+        local rc, out = proc.run("build/binduq-lua examples/agent.lua",
+                                 { unset = { "REDIS_URL", "DATABASE_URL", "MODEL_URL", "MODEL_API_KEY" }, timeout = 60 })
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("model gpt-4o-mini at the fake model server", 1, true), out)
+        check_agent(out)
+        -- MODEL_URL, MODEL_API_KEY and MODEL_NAME name the endpoint; the key is never shown.
+        local srv = fakemodel.start{ pace = 0.05, max_seconds = 60 }
+        finally(function() srv:stop() end)
+        rc, out = proc.run("build/binduq-lua examples/agent.lua", {
+            env = { MODEL_URL = srv.url .. "/v1", MODEL_API_KEY = "sk-agent-secret", MODEL_NAME = "fake-1" },
+            unset = { "REDIS_URL", "DATABASE_URL" }, timeout = 60 })
+        assert.are.equal(0, rc, out)
+        assert.truthy(out:find("model fake-1 at MODEL_URL", 1, true), out)
+        check_agent(out)
+        assert.is_nil(out:find("sk-agent-secret", 1, true), out)
+        local st = srv:stats()
+        assert.are.equal(4, st.requests)
+        assert.are.equal(3, st.completed)
+        assert.are.equal(1, st.closed_by_client) -- the canceled story
+    end)
+
     it("producer.lua without Redis warns that the tasks stay in its memory", function()
         local rc, out = proc.run("build/binduq-lua examples/producer.lua 2", { unset = { "REDIS_URL" } })
         assert.are.equal(0, rc, out)
@@ -94,6 +130,7 @@ describe("examples", function()
                                        .. "order-3\tscheduled\norder-2\tduplicate\nscheduled\nduplicate\n"
                                        .. "scheduled: 3; duplicates counted: 2\ndone: 4 completed\n", 1, true), out)
             end },
+            { "agent.lua", { "examples:agent" }, check_agent },
             { "lifecycle.lua", { "examples:lifecycle" }, function(out)
                 assert.truthy(out:find("ask +input%-required +Which city%?"), out)
                 assert.truthy(out:find("ask +completed +Sunny in Lisbon %(after 3 messages%)"), out)
@@ -107,8 +144,8 @@ describe("examples", function()
             it(script .. " runs twice in a row on its own queue and leaves it empty", function()
                 for run = 1, 2 do
                     local rc, out = proc.run("build/binduq-lua examples/" .. script, {
-                        env = { REDIS_URL = server.url }, unset = { "REDIS_QUEUE_NAME", "DATABASE_URL" },
-                        timeout = 60 })
+                        env = { REDIS_URL = server.url },
+                        unset = { "REDIS_QUEUE_NAME", "DATABASE_URL", "MODEL_URL", "MODEL_API_KEY" }, timeout = 60 })
                     assert.are.equal(0, rc, "run " .. run .. ": " .. out)
                     check(out)
                     for _, q in ipairs(queues) do assert_empty(server, q) end

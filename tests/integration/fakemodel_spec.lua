@@ -79,6 +79,18 @@ describe("#http fake model server", function()
         assert.is_true(times[8] - times[1] < 2)
     end)
 
+    it("paces streams by --pace when a request names no ?pace", function()
+        local paced = fakemodel.start{ pace = 0.1 }
+        finally(function() paced:stop() end)
+        local url = q(paced.url .. "/v1/chat/completions")
+        -- "echo: a b": a pace before each of its 3 tokens and before the finish.
+        local out, took = curl("-X POST -d " .. chat_body(true, "a b") .. " " .. url)
+        assert.truthy(out:find("data: [DONE]", 1, true), out)
+        assert.is_true(took >= 0.4 and took < 2, "took " .. took)
+        local _, fast = curl("-X POST -d " .. chat_body(true, "a b") .. " " .. q(paced.url .. "/v1/chat/completions?pace=0"))
+        assert.is_true(fast < 0.3, "took " .. fast)
+    end)
+
     it("streams generic SSE with ids, event names, multi-line data and CRLF", function()
         local out = curl(q(srv.url .. "/sse?n=6&crlf=1"))
         assert.are.equal(6, select(2, out:gsub("id: %d+\r\n", "")))
