@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 struct event_node {
@@ -276,6 +277,31 @@ static int spawn(pthread_t *t, void *(*fn)(void *), void *arg)
 /* Set by the first worker that starts in this process (the in-memory warning). */
 static atomic_bool any_started;
 
+/* A worker holding many tasks at once (per_slot > 1) may hold a connection for each (their
+ * handlers' HTTP calls): it raises its soft limit on open files to what that needs, up to
+ * the hard limit, as servers do, and says so when the hard limit is lower. */
+static void raise_nofile(bq_worker *w)
+{
+    rlim_t want = (rlim_t)w->conf.handlers + 256;
+    struct rlimit r;
+    if (w->conf.per_slot < 2 || getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur == RLIM_INFINITY ||
+        r.rlim_cur >= want)
+        return;
+    rlim_t to = r.rlim_max == RLIM_INFINITY || r.rlim_max >= want ? want : r.rlim_max;
+    if (to > r.rlim_cur) {
+        r.rlim_cur = to;
+        setrlimit(RLIMIT_NOFILE, &r);
+    }
+    if (to < want) {
+        char have[24], need[24];
+        snprintf(have, sizeof have, "%llu", (unsigned long long)to);
+        snprintf(need, sizeof need, "%llu", (unsigned long long)want);
+        bq_log(BQ_LOG_WARN, "open_files_low", "worker", w->conf.id, "#limit", have, "#wanted",
+               need, "outcome", "tasks that open a connection beyond it fail (EMFILE); raise "
+               "the hard limit (ulimit -Hn, LimitNOFILE=)", NULL);
+    }
+}
+
 bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
 {
     pthread_mutex_lock(&w->mu);
@@ -366,6 +392,7 @@ bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
     }
     w->dispatcher.started = true;
     atomic_store(&any_started, true);
+    raise_nofile(w);
     char conc[16], lease[32];
     snprintf(conc, sizeof conc, "%d", w->conf.concurrency);
     snprintf(lease, sizeof lease, "%.3f", w->conf.lease);

@@ -576,7 +576,7 @@ static void slot_handle(void *state, const struct bq_msg *msg, struct bq_outcome
  * its handler waits — ctx:sleep (core.slot_sleep), ctx:http (l_http.c) — after noting what it
  * waits for in its slot_task; slot_wait resumes it when that came, or when it must stop (a
  * cancel, a pause, its timeout, a shutdown: the wait then raises, as in the one-task mode).
- * The loop sleeps in the thread's curl_multi_poll while transfers are open (woken by the
+ * The loop sleeps in the thread's HTTP loop (epoll) while transfers are open (woken by the
  * network, by bq_slot_wake through the slot's waker, or by the earliest wake-up time), else on
  * the slot's condition variable (bq_slot_park). Module-level state of the Lua side that a
  * handler's wait could let another task change is restored after the handler (run.lua). */

@@ -10,8 +10,9 @@
 struct bq_curl_api bq_curl;
 
 /* curl_global_init runs here, once, under bq_dl_load's lock: it is not thread-safe in every
- * libcurl build, and every handler thread may be the first to make a call. curl_multi_poll
- * and curl_multi_wakeup (7.66, 7.68) are the newest functions used; Debian 12 has 7.88. */
+ * libcurl build, and every handler thread may be the first to make a call. The newest things
+ * used are the options CURLOPT_PROTOCOLS_STR and CURLOPT_REDIR_PROTOCOLS_STR (7.85); Debian 12
+ * has 7.88. */
 static bool fill(void *lib, char *why, size_t size)
 {
 #define CURL_SYM(f) BQ_DL_SYM(bq_curl, f)

@@ -1,7 +1,7 @@
 /*
  * http.c -- see http.h.
  *
- * A transfer's state, set by libcurl's callbacks during curl_multi_perform:
+ * A transfer's state, set by libcurl's callbacks during curl_multi_socket_action:
  *   head      the current response's header lines, parsed into `hdrs` (name, value offsets
  *             into `hbuf`); a new status line (a redirect followed, a 100 Continue) starts
  *             them over;
@@ -20,12 +20,29 @@
 #include "../core/err.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
+#define SPARE_MAX 256
+
+/* A thread's loop: libcurl's socket interface on an epoll set, so that a wait costs what the
+ * sockets that are ready cost, not what all of them do (poll(2) over a thousand idle
+ * connections per wake-up was a quarter of a busy agent worker's time). */
 struct bq_http_loop {
     CURLM *multi;
+    int epfd;        /* libcurl's sockets (CURLMOPT_SOCKETFUNCTION) and wakefd */
+    int wakefd;      /* an eventfd: bq_http_loop_wake */
+    double timer_at; /* monotonic time libcurl wants to be called (CURLMOPT_TIMERFUNCTION); 0: never */
+    /* Easy handles of finished calls, reset for the next (their buffers stay allocated: a
+     * busy agent worker freed and allocated them for every call). */
+    CURL *spare[SPARE_MAX];
+    int nspare;
 };
 
 struct hdr {
@@ -54,14 +71,62 @@ struct bq_http {
 
 /* ---- the loop -------------------------------------------------------------------------- */
 
+/* libcurl says which events it wants on socket s (CURLMOPT_SOCKETFUNCTION). */
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *ud, void *socketp)
+{
+    (void)easy;
+    struct bq_http_loop *l = ud;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(l->epfd, EPOLL_CTL_DEL, s, NULL);
+        bq_curl.curl_multi_assign(l->multi, s, NULL);
+        return 0;
+    }
+    struct epoll_event ev = {0};
+    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
+    ev.data.fd = s;
+    if (socketp == NULL) {
+        if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, s, &ev) != 0 && errno == EEXIST)
+            epoll_ctl(l->epfd, EPOLL_CTL_MOD, s, &ev);
+        bq_curl.curl_multi_assign(l->multi, s, l); /* any non-NULL: known from now on */
+    } else if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT) {
+        epoll_ctl(l->epfd, EPOLL_CTL_ADD, s, &ev);
+    }
+    return 0;
+}
+
+/* libcurl's next timeout (CURLMOPT_TIMERFUNCTION): -1 none, 0 at once. */
+static int on_timer(CURLM *multi, long timeout_ms, void *ud)
+{
+    (void)multi;
+    struct bq_http_loop *l = ud;
+    l->timer_at = timeout_ms < 0 ? 0 : bq_now_mono() + (double)timeout_ms / 1000.0;
+    return 0;
+}
+
 struct bq_http_loop *bq_http_loop_new(bq_err *err)
 {
     if (bq_curl_load(err) != BQ_OK)
         return NULL;
     struct bq_http_loop *l = bq_calloc(1, sizeof *l);
-    if (l == NULL || (l->multi = bq_curl.curl_multi_init()) == NULL) {
-        bq_free(l);
+    if (l == NULL) {
+        bq_err_set(err, BQ_ENOMEM, "http: out of memory");
+        return NULL;
+    }
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
+    l->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = l->wakefd};
+    if (l->epfd < 0 || l->wakefd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &ev) != 0) {
+        bq_err_set(err, BQ_EIO, "http: epoll: %s", strerror(errno));
+        bq_http_loop_free(l);
+        return NULL;
+    }
+    if ((l->multi = bq_curl.curl_multi_init()) == NULL ||
+        bq_curl.curl_multi_setopt(l->multi, CURLMOPT_SOCKETFUNCTION, on_socket) != CURLM_OK ||
+        bq_curl.curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, (void *)l) != CURLM_OK ||
+        bq_curl.curl_multi_setopt(l->multi, CURLMOPT_TIMERFUNCTION, on_timer) != CURLM_OK ||
+        bq_curl.curl_multi_setopt(l->multi, CURLMOPT_TIMERDATA, (void *)l) != CURLM_OK) {
         bq_err_set(err, BQ_ENOMEM, "curl_multi_init: out of memory");
+        bq_http_loop_free(l);
         return NULL;
     }
     return l;
@@ -71,13 +136,22 @@ void bq_http_loop_free(struct bq_http_loop *loop)
 {
     if (loop == NULL)
         return;
-    bq_curl.curl_multi_cleanup(loop->multi);
+    for (int i = 0; i < loop->nspare; i++)
+        bq_curl.curl_easy_cleanup(loop->spare[i]);
+    if (loop->multi != NULL)
+        bq_curl.curl_multi_cleanup(loop->multi);
+    if (loop->epfd >= 0)
+        close(loop->epfd);
+    if (loop->wakefd >= 0)
+        close(loop->wakefd);
     bq_free(loop);
 }
 
 void bq_http_loop_wake(void *loop)
 {
-    bq_curl.curl_multi_wakeup(((struct bq_http_loop *)loop)->multi);
+    uint64_t one = 1;
+    ssize_t n = write(((struct bq_http_loop *)loop)->wakefd, &one, sizeof one);
+    (void)n; /* EAGAIN: the counter is full, a wake-up is pending anyway */
 }
 
 /* ---- messages ------------------------------------------------------------------------- */
@@ -284,7 +358,8 @@ bq_status bq_http_start(struct bq_http_loop *loop, const struct bq_http_request 
         bq_free(h);
         return bq_err_set(err, BQ_EINVAL, "http: url does not parse");
     }
-    if ((h->easy = bq_curl.curl_easy_init()) == NULL) {
+    h->easy = loop->nspare > 0 ? loop->spare[--loop->nspare] : bq_curl.curl_easy_init();
+    if (h->easy == NULL) {
         bq_free(h);
         *code = "ENOMEM";
         return bq_err_set(err, BQ_ENOMEM, "curl_easy_init: out of memory");
@@ -392,23 +467,53 @@ static void reap(struct bq_http_loop *loop)
     }
 }
 
+/* Waits up to `seconds` (0: not at all) for a ready socket, libcurl's timer or a wake-up,
+ * hands libcurl what came, and takes the finished transfers' results. */
+static bq_status run_loop(struct bq_http_loop *l, double seconds, bq_err *err)
+{
+    if (l->timer_at > 0) {
+        double until_timer = l->timer_at - bq_now_mono();
+        if (until_timer < seconds)
+            seconds = until_timer > 0 ? until_timer : 0;
+    }
+    int wait_ms = seconds <= 0 ? 0 : seconds >= 1.0 ? 1000 : (int)ceil(seconds * 1000);
+    struct epoll_event evs[256];
+    int n = epoll_wait(l->epfd, evs, 256, wait_ms);
+    if (n < 0 && errno != EINTR)
+        return bq_err_set(err, BQ_EIO, "http: epoll_wait: %s", strerror(errno));
+    int running = 0;
+    for (int i = 0; i < n; i++) {
+        if (evs[i].data.fd == l->wakefd) {
+            uint64_t v;
+            ssize_t r = read(l->wakefd, &v, sizeof v);
+            (void)r;
+            continue;
+        }
+        int flags = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
+                    (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                    (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+        CURLMcode mc = bq_curl.curl_multi_socket_action(l->multi, evs[i].data.fd, flags, &running);
+        if (mc != CURLM_OK)
+            return bq_err_set(err, BQ_EIO, "curl_multi_socket_action: %d", (int)mc);
+    }
+    if (l->timer_at > 0 && bq_now_mono() >= l->timer_at) {
+        l->timer_at = 0;
+        CURLMcode mc = bq_curl.curl_multi_socket_action(l->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        if (mc != CURLM_OK)
+            return bq_err_set(err, BQ_EIO, "curl_multi_socket_action: %d", (int)mc);
+    }
+    reap(l);
+    return BQ_OK;
+}
+
 bq_status bq_http_loop_step(struct bq_http_loop *loop, bq_err *err)
 {
-    int running = 0;
-    CURLMcode mc = bq_curl.curl_multi_perform(loop->multi, &running);
-    if (mc != CURLM_OK)
-        return bq_err_set(err, BQ_EIO, "curl_multi_perform: %d", (int)mc);
-    reap(loop);
-    return BQ_OK;
+    return run_loop(loop, 0, err);
 }
 
 bq_status bq_http_loop_poll(struct bq_http_loop *loop, double seconds, bq_err *err)
 {
-    int wait_ms = seconds <= 0 ? 0 : seconds >= 1.0 ? 1000 : (int)ceil(seconds * 1000);
-    CURLMcode mc = bq_curl.curl_multi_poll(loop->multi, NULL, 0, wait_ms, NULL);
-    if (mc != CURLM_OK)
-        return bq_err_set(err, BQ_EIO, "curl_multi_poll: %d", (int)mc);
-    return BQ_OK;
+    return run_loop(loop, seconds, err);
 }
 
 bool bq_http_holds(const struct bq_http *h, enum bq_http_until until)
@@ -428,13 +533,10 @@ static bool holds(const struct bq_http *h, enum bq_http_until until)
 bq_status bq_http_wait(struct bq_http *h, enum bq_http_until until, double deadline,
                        bool (*stop)(void *ud), void *ud, bq_err *err)
 {
-    CURLM *m = h->loop->multi;
+    double wait = 0;
     for (;;) {
-        int running = 0;
-        CURLMcode mc = bq_curl.curl_multi_perform(m, &running);
-        if (mc != CURLM_OK)
-            return bq_err_set(err, BQ_EIO, "curl_multi_perform: %d", (int)mc);
-        reap(h->loop);
+        if (run_loop(h->loop, wait, err) != BQ_OK)
+            return err != NULL ? err->code : BQ_EIO;
         if (holds(h, until))
             return BQ_OK;
         if (stop != NULL && stop(ud))
@@ -442,10 +544,7 @@ bq_status bq_http_wait(struct bq_http *h, enum bq_http_until until, double deadl
         double left = deadline > 0 ? deadline - bq_now_mono() : 1.0;
         if (left <= 0)
             return bq_err_set(err, BQ_ETIMEDOUT, "%s: the wait's deadline passed", h->shown);
-        int wait_ms = left >= 1.0 ? 1000 : (int)ceil(left * 1000);
-        mc = bq_curl.curl_multi_poll(m, NULL, 0, wait_ms, NULL);
-        if (mc != CURLM_OK)
-            return bq_err_set(err, BQ_EIO, "curl_multi_poll: %d", (int)mc);
+        wait = left;
     }
 }
 
@@ -506,7 +605,12 @@ void bq_http_free(struct bq_http *h)
         return;
     if (h->easy != NULL) {
         bq_curl.curl_multi_remove_handle(h->loop->multi, h->easy);
-        bq_curl.curl_easy_cleanup(h->easy);
+        if (h->loop->nspare < SPARE_MAX) {
+            bq_curl.curl_easy_reset(h->easy);
+            h->loop->spare[h->loop->nspare++] = h->easy;
+        } else {
+            bq_curl.curl_easy_cleanup(h->easy);
+        }
     }
     bq_curl.curl_slist_free_all(h->hlist);
     bq_buf_free(&h->hbuf);

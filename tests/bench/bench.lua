@@ -45,6 +45,7 @@ local N_SYNC = tonumber(os.getenv("BENCH_SYNC_TASKS")) or 10000
 local N_LAT = tonumber(os.getenv("BENCH_LATENCY_SAMPLES")) or 1000
 local N_PG = tonumber(os.getenv("BENCH_PG_TASKS")) or 20000
 local N_CANCEL = tonumber(os.getenv("BENCH_CANCEL_SAMPLES")) or 100
+local N_AGENTS = tonumber(os.getenv("BENCH_AGENT_TASKS")) or 10000
 local CANCEL_LIMIT_MS = 50 -- issue 20: p99 from s:cancel() to the transfer closed, server side
 local MAX_TASKS = tonumber(os.getenv("BENCH_MAX_TASKS")) or 1000 -- the memory figure's storage.max_tasks
 local PAYLOAD = ops.PAYLOAD
@@ -193,6 +194,16 @@ local ok, err = pcall(function()
         return { p50 = percentile(ms, 0.5), p99 = percentile(ms, 0.99), max = ms[#ms], n = #ms }
     end)
 
+    step(("agents waiting on a model: %d tasks, each a chat completion the fake model server answers after 1 s; one worker process (w:run(), concurrency 2, tasks_per_state 1000: 2,000 in flight); Little's law (in flight / 1 s) is the limit")
+        :format(N_AGENTS))
+    F.agents = median_of("agents", function(r)
+        local a = deployed.agents{ url = server.url, queue = queue .. ":agents" .. r, n = N_AGENTS,
+                                   prefix = "ag" .. r .. "-", concurrency = 2, per = 1000,
+                                   cpu = function() return redis_cpu(server) end }
+        server:cli("FLUSHALL")
+        return { rate = a.rate, limit = a.limit, cpu_s_1000 = a.cpu_us / 1000, hwm_mib = a.hwm_kb / 1024 }
+    end)
+
     step(("task state in PostgreSQL: %d tasks, against the same in memory; pgbench on the same server")
         :format(N_PG))
     local db = pg.start()
@@ -325,6 +336,8 @@ row("  the producer's schedule calls", "p50 %.3f ms  p99 %.3f ms (encode, record
 row("  idle worker CPU", "%9.2f %% of a core", F.lat.idle_pct)
 row(("cancel in ctx:http (%d)"):format(F.cancel.n), "p50 %.3f ms  p99 %.3f ms   %5.2f x the limit (p99 %d ms); max %.3f ms",
     F.cancel.p50, F.cancel.p99, F.cancel.p99 / CANCEL_LIMIT_MS, CANCEL_LIMIT_MS, F.cancel.max)
+row("agents, 2,000 waiting 1 s", "%9.0f tasks/s   %5.2f x Little's law (%.0f/s); worker CPU %.3f s per 1,000 tasks, peak RSS %.0f MiB",
+    F.agents.rate, F.agents.rate / F.agents.limit, F.agents.limit, F.agents.cpu_s_1000, F.agents.hwm_mib)
 row(("process, PostgreSQL (%d)"):format(N_PG), "%9.0f tasks/s   %5.2f x pgbench simple-update (%.0f tps, 1 client)",
     F.pg.postgres, F.pg.postgres / F.pg.pgbench, F.pg.pgbench)
 row("", "                  %5.2f x the same run in memory (%.0f/s)", F.pg.postgres / F.pg.memory, F.pg.memory)

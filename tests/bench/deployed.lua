@@ -125,7 +125,7 @@ function M.run(opts)
     local cpu = tonumber(wlog:match("cpu_s=([%d.]+)"))
     local span = math.max(done, r.last) - r.first
     return { rate = opts.n / span, redis_us = rcpu * 1e6 / opts.n, cpu_us = cpu * 1e6 / opts.n,
-             enqueue = enqueue }
+             enqueue = enqueue, hwm_kb = tonumber(wlog:match("hwm_kb=(%d+)")) }
 end
 
 --- The pickup latency from another process: a worker waiting on an empty queue, a producer
@@ -221,6 +221,25 @@ function M.cancel_http(opts)
     assert(#res > 0, "no sample in " .. bound .. " s")
     table.sort(res)
     return res
+end
+
+--- Many tasks waiting on a model at once: the fake model server answers each chat completion
+--- after `delay` seconds (1); a producer process fills n tasks, then one worker process
+--- (w:run(), concurrency threads holding per tasks each: tasks_per_state) runs them, each
+--- handler waiting in ctx:http. Little's law bounds the rate: in flight / delay. Returns
+--- M.run's figures (rate, cpu_us, hwm_kb) and the limit.
+function M.agents(opts)
+    local fakemodel = require("helpers.fakemodel")
+    local srv = fakemodel.start{ max_seconds = 600 }
+    local delay = opts.delay or 1
+    local env = { BENCH_MODEL = ("%s/v1/chat/completions?delay=%g&tokens=1"):format(srv.url, delay),
+                  BENCH_CONCURRENCY = tostring(opts.concurrency), BENCH_PER_STATE = tostring(opts.per) }
+    local ok, r = pcall(M.run, { url = opts.url, queue = opts.queue, n = opts.n, prefix = opts.prefix,
+                                 env = env, cpu = opts.cpu })
+    srv:stop()
+    assert(ok, r)
+    r.limit = opts.concurrency * opts.per / delay
+    return r
 end
 
 -- By hand: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 [n] [KEY=VALUE ...]

@@ -7,6 +7,7 @@
 --   it never reaches)
 --   BENCH_PG=<url> (task state in PostgreSQL)   BENCH_MAX_TASKS=n (memory storage bound)
 --   BENCH_CA=<file> (the CA of a rediss:// URL)   BENCH_BATCH=n (the batch option)
+--   BENCH_PER_STATE=<n> (tasks_per_state),
 --   BENCH_MODEL=<url> (the handler streams a chat completion from this URL of the fake model
 --   server with ctx:http, the task id as X-Request-Id, until the stream ends or the task is
 --   stopped; for deployed.lua's cancel_http)
@@ -14,7 +15,8 @@
 --   line to it when it closes: "n=<tasks> first=<start of its first> last=<end of its last>
 --   lat=<pickups, ms, comma-separated>" (monotonic seconds, comparable across processes; a
 --   message "t=<monotonic seconds>" from producer.lua's latency mode has its pickup measured).
---   The main state prints "cpu_s=<process CPU seconds>" on the way out. With BENCH_FILL=<n>
+--   The main state prints "cpu_s=<process CPU seconds> hwm_kb=<peak resident set>" on the
+--   way out. With BENCH_FILL=<n>
 --   and BENCH_PREFIX=<id prefix> it first schedules n operations itself (a producer in the
 --   worker's own process, which records them in the storage they share) and prints
 --   "filled rate=<operations/s>".
@@ -58,12 +60,16 @@ end
 -- BENCH_MODEL: a handler that waits on a model, as an agent's does.
 local model = env("BENCH_MODEL")
 local function stream(_, ctx)
+    local t0 = core.monotonic()
+    first = first or t0
     local resp, msg, code = ctx:http{
         url = model, headers = { ["X-Request-Id"] = ctx.task_id },
         body = { model = "fake", stream = true, messages = { { role = "user", content = "hi" } } },
         on_event = function(ev) return ev.data ~= "[DONE]" end,
     }
     if not resp then bq.fail{ code = code, message = msg, retryable = false } end
+    n = n + 1
+    last = core.monotonic()
     return true
 end
 
@@ -82,6 +88,7 @@ local w = bq.worker{
     scheduler = { url = env("BENCH_URL"), queue_name = env("BENCH_QUEUE"),
                   tls = env("BENCH_CA") and { ca_file = env("BENCH_CA") } or nil },
     concurrency = int("BENCH_CONCURRENCY"),
+    tasks_per_state = int("BENCH_PER_STATE"),
     batch = int("BENCH_BATCH"),
     delivery = env("BENCH_DELIVERY"),
     queues = queues,
@@ -104,7 +111,10 @@ if arg[1] == "run" then
         t0 = os.clock()
     end
     w:run()
-    print(("cpu_s=%.3f"):format(os.clock() - t0))
+    local f = assert(io.open("/proc/self/status"))
+    local status = f:read("a")
+    f:close()
+    print(("cpu_s=%.3f hwm_kb=%s"):format(os.clock() - t0, status:match("VmHWM:%s*(%d+)")))
     return
 end
 local st = w:drain()
