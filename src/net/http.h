@@ -5,12 +5,12 @@
  * host are kept alive between calls of that thread (a model API is called again and again).
  * A transfer (struct bq_http) is started on a loop and then waited for in steps: its head
  * (status and headers), the next piece of its body, or its end. Every wait takes a deadline
- * and a stop test; the loop sleeps in curl_multi_poll, which another thread wakes with
- * bq_http_loop_wake (a cancel, a pause, a shutdown), so a wait ends within a poll's wake-up
- * of the stop, and no thread polls on a timer. Freeing a transfer that has not ended closes
+ * and a stop test; the loop sleeps in epoll_wait (libcurl's socket interface), which another
+ * thread wakes with bq_http_loop_wake (a cancel, a pause, a shutdown), so a wait ends within a
+ * wake-up of the stop, and no thread polls on a timer. Freeing a transfer that has not ended closes
  * its connection: the server sees the client go away.
  *
- * Errors carry a stable code (bq_http_code) besides the message:
+ * Errors carry a stable code (bq_http_code_of) besides the message:
  *   ETIMEDOUT   the call's own timeout, connect timeout or idle timeout passed
  *   ECONNREFUSED nothing listens (or the connection could not be made)
  *   ENOTFOUND   the host name does not resolve
