@@ -201,7 +201,8 @@ local ok, err = pcall(function()
                                    prefix = "ag" .. r .. "-", concurrency = 2, per = 1000,
                                    cpu = function() return redis_cpu(server) end }
         server:cli("FLUSHALL")
-        return { rate = a.rate, limit = a.limit, cpu_s_1000 = a.cpu_us / 1000, hwm_mib = a.hwm_kb / 1024 }
+        return { rate = a.rate, limit = a.limit, cpu_s_1000 = a.cpu_us / 1000, hwm_mib = a.hwm_kb / 1024,
+                 call_us = a.call_us }
     end)
 
     step(("task state in PostgreSQL: %d tasks, against the same in memory; pgbench on the same server")
@@ -336,8 +337,10 @@ row("  the producer's schedule calls", "p50 %.3f ms  p99 %.3f ms (encode, record
 row("  idle worker CPU", "%9.2f %% of a core", F.lat.idle_pct)
 row(("cancel in ctx:http (%d)"):format(F.cancel.n), "p50 %.3f ms  p99 %.3f ms   %5.2f x the limit (p99 %d ms); max %.3f ms",
     F.cancel.p50, F.cancel.p99, F.cancel.p99 / CANCEL_LIMIT_MS, CANCEL_LIMIT_MS, F.cancel.max)
-row("agents, 2,000 waiting 1 s", "%9.0f tasks/s   %5.2f x Little's law (%.0f/s); worker CPU %.3f s per 1,000 tasks, peak RSS %.0f MiB",
-    F.agents.rate, F.agents.rate / F.agents.limit, F.agents.limit, F.agents.cpu_s_1000, F.agents.hwm_mib)
+row("agents, 2,000 waiting 1 s", "%9.0f tasks/s   %5.2f x Little's law (%.0f/s); peak RSS %.0f MiB",
+    F.agents.rate, F.agents.rate / F.agents.limit, F.agents.limit, F.agents.hwm_mib)
+row("  worker CPU", "%9.3f s per 1,000 tasks   %5.2f x one bq.http call's own CPU, one at a time (%.1f us)",
+    F.agents.cpu_s_1000, F.agents.cpu_s_1000 * 1000 / F.agents.call_us, F.agents.call_us)
 row(("process, PostgreSQL (%d)"):format(N_PG), "%9.0f tasks/s   %5.2f x pgbench simple-update (%.0f tps, 1 client)",
     F.pg.postgres, F.pg.postgres / F.pg.pgbench, F.pg.pgbench)
 row("", "                  %5.2f x the same run in memory (%.0f/s)", F.pg.postgres / F.pg.memory, F.pg.memory)

@@ -236,9 +236,19 @@ function M.agents(opts)
                   BENCH_CONCURRENCY = tostring(opts.concurrency), BENCH_PER_STATE = tostring(opts.per) }
     local ok, r = pcall(M.run, { url = opts.url, queue = opts.queue, n = opts.n, prefix = opts.prefix,
                                  env = env, cpu = opts.cpu })
+    -- The floor of a call's CPU cost: this process calling the same server one call at a
+    -- time on one kept-alive connection (bq.http, no worker, no wait).
+    local floor_ok, floor = pcall(function()
+        local bq = require("binduq")
+        local calls, c0 = 2000, os.clock()
+        for _ = 1, calls do assert(bq.http{ url = srv.url .. "/delay?s=0" }) end
+        return (os.clock() - c0) * 1e6 / calls
+    end)
     srv:stop()
     assert(ok, r)
+    assert(floor_ok, floor)
     r.limit = opts.concurrency * opts.per / delay
+    r.call_us = floor
     return r
 end
 
