@@ -14,9 +14,7 @@ bq.log_configure{ level = "warn" }
 
 local worker = bq.worker{
     scheduler = { queue_name = "examples:lifecycle" },
-    -- One handler state: the queued copy of the pause below is handled before the resume
-    -- that follows it (with two they can cross: docs/lifecycle.md, "pause", known defect).
-    concurrency = 1,
+    concurrency = 2,
     handlers = {
         run = function(task, ctx)
             local text = task.messages[#task.messages].content

@@ -466,7 +466,9 @@ local function check_state(op, id, rec, opts)
         if storage_mod.TERMINAL[state] then refuse(op, id, "it is already " .. state .. " (a finished task does not change)") end
     elseif op == "pause" then
         if state == "paused" then refuse(op, id, "it is already paused") end
-        if state == "working" and req == "pause" then refuse(op, id, "a pause is already asked of its running handler") end
+        if state == "working" and (req == "pause" or req == "pause-sent") then
+            refuse(op, id, "a pause is already asked of its running handler")
+        end
         if state ~= "submitted" and state ~= "working" then
             refuse(op, id, "it is " .. state .. " (only a queued or running task can be paused)")
         end
@@ -474,7 +476,7 @@ local function check_state(op, id, rec, opts)
         if WAITING[state] and not opts.message then
             refuse(op, id, "it waits for input (" .. state .. "): give the answer with --message TEXT")
         end
-        if not (WAITING[state] or state == "paused" or (state == "working" and req == "pause")) then
+        if not (WAITING[state] or state == "paused" or (state == "working" and (req == "pause" or req == "pause-sent"))) then
             refuse(op, id, "it is " .. state .. " (only a paused task or one waiting for input can be resumed)")
         end
     elseif state ~= "failed" then -- retry

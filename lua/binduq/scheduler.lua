@@ -168,10 +168,14 @@ local function store_op(self, op, queue, norm)
         if state == false then st:create{ id = id, state = "canceled" } end
         self.client:publish("cancel", id)
     elseif op.type == "pause" then
-        local changed, state, code = st:change{ id = id, from = "submitted", to = "paused" }
+        -- Its queued copy comes later: "copy" (paused here) and "pause-sent" (asked of the
+        -- running handler) tell the worker that handles it that this pause was applied
+        -- already, so that it does not pause the task again after a resume
+        -- (binduq.lifecycle.order).
+        local changed, state, code = st:change{ id = id, from = "submitted", to = "paused", requested = "copy" }
         if changed == nil then return nil, state, code end
         if not changed and state == "working" then
-            st:change{ id = id, from = "working", requested = "pause" }
+            st:change{ id = id, from = "working", requested = "pause-sent" }
             self.client:publish("pause", id)
         end
     end

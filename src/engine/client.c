@@ -212,11 +212,14 @@ static bq_status store_op(bq_client *c, struct item *it, bq_err *err)
         if (st == BQ_OK)
             publish(c, BQ_CONTROL_CANCEL, t->task_id);
     } else if (is(t, "pause")) {
-        struct bq_task_change ch = {.id = t->task_id, .from = "submitted", .to = "paused"};
+        /* Its queued copy comes later: "copy" and "pause-sent" tell the worker that handles
+         * it that this pause was applied already (binduq.lifecycle.order). */
+        struct bq_task_change ch = {.id = t->task_id, .from = "submitted", .to = "paused",
+                                    .requested = "copy"};
         st = c->store->ops->change(c->store, &ch, &res, err);
         if (st == BQ_OK && !res.changed && strcmp(res.state, "working") == 0) {
             struct bq_task_change req = {.id = t->task_id, .from = "working",
-                                         .requested = "pause"};
+                                         .requested = "pause-sent"};
             bq_err ignored;
             c->store->ops->change(c->store, &req, &res, &ignored);
             publish(c, BQ_CONTROL_PAUSE, t->task_id);

@@ -9,6 +9,7 @@ local redis = require("helpers.redis")
 local pg = require("helpers.pg")
 local cluster = require("helpers.cluster")
 local bq = require("binduq")
+local json = require("binduq.json")
 
 local FIXTURE = "tests/lua/fixtures/lifecycle_worker.lua"
 
@@ -221,6 +222,52 @@ describe("#redis #pg lifecycle", function()
         s:resume(id)
         t = wait_state(s, id, "completed")
         assert.are.equal(("counted %d..60 on %s"):format(at, worker_id(b)), t.history[#t.history].content)
+        proc.stop(b)
+        s:close()
+    end)
+
+    -- A binduq producer's pause is applied at once (stored, published) and queued as well; the
+    -- queued copy may reach a worker after the resume that answered the pause has started
+    -- the task again (two handler states take the copy and the resume at once). Here the
+    -- copy is held back and pushed after the resume, as that crossing delivers it: it must
+    -- not pause the task again.
+    it("a pause's queued copy that comes after its resume does not pause the task again", function()
+        local q = qname("cross")
+        local a = worker(q)
+        local s = scheduler(q)
+        local id = q .. "-1"
+        s:run{ task_id = id, messages = { "steps:40" } }
+        wait_state(s, id, "working")
+        proc.sleep(0.1)
+        -- What s:pause does, without queueing its copy yet.
+        assert(s.store:change{ id = id, from = "working", requested = "pause-sent" })
+        s.client:publish("pause", id)
+        local t = wait_state(s, id, "paused")
+        assert.are.equal("copy", t.requested)
+        s:resume(id)
+        wait_state(s, id, "working")
+        server:cli("LPUSH", q, json.encode({ type = "pause", task_id = id }))
+        t = wait_state(s, id, "completed")
+        assert.matches("^counted %d+%.%.40 on ", t.history[#t.history].content)
+        assert.are.equal(1, #cluster.lines(a, " paused task_id="))
+
+        -- A pause of a queued task: stored at once; its copy comes after the resume.
+        local id2 = q .. "-2"
+        proc.stop(a)
+        s:run{ task_id = id2, messages = { "steps:20" } }
+        s:pause(id2)
+        t = s:get_task(id2)
+        assert.are.equal("paused", t.state)
+        assert.are.equal("copy", t.requested)
+        local copy = server:cli("LINDEX", q, "0") -- the newest: the pause's copy
+        assert.matches('"type":"pause"', copy)
+        assert.are.equal("1", server:cli("LREM", q, "1", copy))
+        s:resume(id2)
+        local b = worker(q)
+        wait_state(s, id2, "working")
+        server:cli("LPUSH", q, copy)
+        t = wait_state(s, id2, "completed")
+        assert.matches("^counted 0%.%.20 on ", t.history[#t.history].content)
         proc.stop(b)
         s:close()
     end)

@@ -51,7 +51,7 @@ function Context:checkpoint(value)
     if not changed and state == "canceled" then
         error({ code = "ECANCELED", message = "the task was canceled", retryable = false }, 2)
     end
-    if requested == "pause" then
+    if requested == "pause" or requested == "pause-sent" then
         error({ code = "EPAUSED", message = "the task was paused", retryable = false }, 2)
     end
     core.slot_yield()

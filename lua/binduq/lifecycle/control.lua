@@ -76,7 +76,13 @@ function M.build(S)
                 end
             else
                 local after, why
-                if state == "working" and req == "resume" then
+                if state == "paused" and req == "copy" then
+                    after, why = "", "the copy of a pause applied before it came"
+                elseif state == "working" and req == "withdrawn-copy" then
+                    after, why = "withdrawn", "the copy of a pause a resume withdrew"
+                elseif state == "working" and req == "pause-sent" then
+                    after, why = "pause", "the copy of a pause already asked of the running handler"
+                elseif state == "working" and req == "resume" then
                     -- "withdrawn", not "": a worker's scan of the queue may have told the
                     -- handler of this very pause already (control_from_queue); told so, it
                     -- goes on instead of pausing (binduq.lifecycle.order).

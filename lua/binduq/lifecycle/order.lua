@@ -6,11 +6,19 @@
 -- by its message_id or else its role and content, is not added again), a cancel wins, and a
 -- pause and the resume that answers it cancel out, whichever came first. For that the
 -- record's `requested` holds, besides "pause" (a pause asked of the running handler):
+--   "pause-sent" a pause asked of the running handler by a binduq producer, whose queued copy
+--             is still to come (the copy then only turns it into "pause");
+--   "copy"    paused by a pause whose queued copy is still to come (a binduq producer paused
+--             the queued task, or the handler stopped for a "pause-sent"): the copy finds the
+--             pause done; a resume that comes first starts the task with "resume", so that
+--             the copy, when it comes, is withdrawn instead of pausing the task again;
 --   "resume"  a resume came that no pause has answered yet: on a working task, the pause
 --             that comes next is withdrawn; on a task whose run has not come (a record this
 --             worker made as "paused"), the run starts it when it comes;
 --   "run"     its run has not come, and its pauses and resumes are even: the run starts it;
 --   "merge"   its run has not come, and it is paused: the run is recorded, not started;
+--   "withdrawn-copy" the same for a "pause-sent": the copy, when it comes, is absorbed; a
+--             handler that stops for the pause goes on and leaves "resume" for the copy;
 --   "withdrawn" a resume withdrew the pause asked of the running handler, which may have
 --             been told already (also when the resume came first: a busy worker's scan of
 --             the queue tells a handler of a pause before the pause is handled in its turn):
@@ -68,6 +76,7 @@ function M.start_from(task, header, rec)
         if state == "working" and requeued then return state end
         if state == "paused" and req == "run" then return state, true, "" end
         if state == "paused" and req == "resume" then return state, true, "resume" end
+        if state == "paused" and req == "copy" then return nil, "the task is paused; a resume runs it" end
         if state == "paused" then return nil, "the task is paused; a resume runs it", "" end
         if state == "working" then return nil, "the task is already running (a duplicate run)" end
         -- New messages for a task waiting for input continue it, as Bindu's API does; the
@@ -82,11 +91,16 @@ function M.start_from(task, header, rec)
         return nil, "a resume before its task's run: kept for the run", "resume"
     end
     if state == "paused" and req == "resume" then return nil, "a resume before its task's run: kept for the run" end
+    if state == "paused" and req == "copy" then return state, true, "resume" end
     if WAITING[state] or state == "paused" then return state, true end
     if requeued and (state == "submitted" or state == "working") then return state end
     if state == "working" and req == "pause" then
         -- The handler may have been told already: "withdrawn" lets it go on (below).
         return nil, "the resume withdrew a pause that had not happened yet", "withdrawn"
+    end
+    if state == "working" and req == "pause-sent" then
+        return nil, "the resume withdrew a pause that had not happened yet (its copy still to come)",
+               "withdrawn-copy"
     end
     if state == "working" then
         return nil, "a resume while it runs: the pause it answers, when it comes, is withdrawn", "resume"
@@ -120,12 +134,13 @@ function M.build(S)
     local function pause_or_go_on(id)
         for _ = 1, 8 do
             if store:change{ id = id, from = "working", if_requested = "resume" }
-                    or store:change{ id = id, from = "working", if_requested = "withdrawn", requested = "" } then
+                    or store:change{ id = id, from = "working", if_requested = "withdrawn", requested = "" }
+                    or store:change{ id = id, from = "working", if_requested = "withdrawn-copy", requested = "resume" } then
                 return "go"
             end
-            for _, req in ipairs({ "pause", "" }) do
-                local c, now = store:change{ id = id, from = "working", to = "paused", requested = "",
-                                             if_requested = req }
+            for _, req in ipairs({ "pause", "pause-sent", "" }) do
+                local c, now = store:change{ id = id, from = "working", to = "paused",
+                                             requested = req == "pause-sent" and "copy" or "", if_requested = req }
                 if c == nil then return nil end
                 if c then return "paused" end
                 if now ~= "working" then return tostring(now) end
