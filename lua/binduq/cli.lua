@@ -15,6 +15,8 @@
 --   binduq-lua task list [--state STATE] [--context ID] [--limit N] [--json]
 --   binduq-lua task cancel|pause|retry ID [--json]
 --   binduq-lua task resume ID [--message TEXT] [--json]
+--   binduq-lua serve [AGENT.lua] [--addr HOST:PORT] [--url URL] [--queue NAME] [--database-url URL]
+--     the A2A gateway alone (binduq.gateway), until SIGTERM or SIGINT
 --     common: --database-url URL (default DATABASE_URL)  --schema NAME (default binduq)
 --     cancel, pause, resume, retry also: --url URL  --queue NAME (default: the task's queue)
 --
@@ -98,9 +100,55 @@ Options: --database-url URL (default $DATABASE_URL)  --schema NAME (default bind
 ]],
 }
 
+USAGE.serve = [[
+usage: binduq-lua serve [AGENT.lua] [options]
+  Serves the A2A gateway (docs/gateway.md) until SIGTERM or SIGINT: A2A 0.3 and 1.0 JSON-RPC,
+  the agent card; message/send schedules on the queue, tasks/get reads the task storage, for
+  worker processes elsewhere. AGENT.lua returns the agent config (name, description, version,
+  skills, deployment = { url = "http://host:port" }).
+Options: --addr HOST:PORT (default $BINDUQ_GATEWAY_ADDR, the config's deployment.url, else
+         127.0.0.1:3773)  --url URL (default $REDIS_URL)  --queue NAME (default
+         $REDIS_QUEUE_NAME or bindu:tasks)  --database-url URL (default $DATABASE_URL)  --help
+  Tokens: $BINDUQ_GATEWAY_TOKENS (comma-separated); every JSON-RPC call then needs one.
+]]
+
+-- binduq-lua serve: the gateway alone. A gateway on the in-memory scheduler would reach no
+-- worker (examples/agent_gateway.lua runs both in one process), so Redis is required.
+local function serve(opts, pos)
+    local agent
+    if pos[1] then
+        local chunk, err = loadfile(pos[1])
+        if not chunk then error({ fail = "cannot load " .. pos[1] .. ": " .. tostring(err) }) end
+        local okl, v = pcall(chunk)
+        if not okl or type(v) ~= "table" then
+            error({ fail = pos[1] .. " must return the agent config as a table" .. (okl and "" or ": " .. tostring(v)) })
+        end
+        agent = v
+    end
+    local host, port
+    if opts.addr then
+        host, port = opts.addr:match("^%[?([^%]]-)%]?:(%d+)$")
+        if not host then error({ usage = "--addr must be HOST:PORT" }) end
+    end
+    local probe = scheduler.new({ url = opts.url, queue_name = opts.queue }, nil, { type = "memory" })
+    local backend = probe.backend
+    probe:close()
+    if backend == "memory" then
+        error({ fail = "serve needs Redis (REDIS_URL or --url): a gateway alone on the in-memory scheduler "
+                       .. "reaches no worker (examples/agent_gateway.lua runs a gateway and a worker in one process)" })
+    end
+    local gw, err = require("binduq.gateway").new{
+        agent = agent, host = host, port = tonumber(port),
+        scheduler = { url = opts.url, queue_name = opts.queue },
+        storage = opts.database_url and { type = "postgres", url = opts.database_url } or nil,
+    }
+    if not gw then error({ fail = tostring(err) }) end
+    gw:run()
+end
+
 -- The commands, in the order `binduq-lua --help` and the unknown-command message list them.
 -- binduq-lua (src/host/main.c) runs a first argument found here as a command.
-M.ORDER = { "dlq", "stats", "workers", "queue", "top", "task" }
+M.ORDER = { "dlq", "stats", "workers", "queue", "top", "task", "serve" }
 M.COMMANDS = {}
 for _, c in ipairs(M.ORDER) do M.COMMANDS[c] = true end
 
@@ -165,6 +213,7 @@ local KNOWN = {
     workers = { url = true, queue = true, json = true, help = true },
     queue = { url = true, queue = true, json = true, help = true, limit = true, yes = true },
     top = { url = true, queue = true, help = true, interval = true, count = true, json = true },
+    serve = { url = true, queue = true, database_url = true, addr = true, help = true },
 }
 
 local function filter_of(opts)
@@ -768,6 +817,15 @@ function M.main(args)
     end
     local ok, res = pcall(function()
         local opts, pos = parse({ table.unpack(args, 2) }, KNOWN[cmd])
+        if cmd == "serve" then
+            if opts.help then
+                io.stdout:write(USAGE.serve)
+                return 0
+            end
+            if pos[2] then error({ usage = "unexpected argument '" .. pos[2] .. "'" }) end
+            serve(opts, pos)
+            return 0
+        end
         local nosub = cmd == "stats" or cmd == "workers" or cmd == "top"
         if opts.help or (#pos == 0 and not nosub) then
             io.stdout:write(USAGE[cmd]) -- ours, several lines

@@ -43,6 +43,13 @@ function M.http(opts)
     return resp, err, code, failed
 end
 
+--- The A2A gateway: bq.gateway{scheduler=, storage=, agent=, port=, tokens=, ...}:run().
+-- See binduq.gateway.
+function M.gateway(opts)
+    local g, err, code = require("binduq.gateway").new(opts, 2)
+    return g, err, code
+end
+
 --- Logs an event: bq.log("info", "event_name", {key = value}).
 -- (The C functions themselves: a bad argument is reported at the caller's line.)
 M.log = core.log

@@ -11,7 +11,7 @@
 
 #include "../core/alloc.h"
 #include "../core/buf.h"
-#include "../core/dl.h"
+#include "../net/mhdapi.h"
 #include "../core/err.h"
 #include "../core/log.h"
 
@@ -321,39 +321,19 @@ static bool ready(char *why, size_t size)
 
 /* ---- HTTP ----------------------------------------------------------------------------------- */
 
-#define MHD_FUNCTIONS(X)                                                                       \
-    X(MHD_create_response_from_buffer) X(MHD_add_response_header) X(MHD_queue_response)       \
-    X(MHD_destroy_response) X(MHD_start_daemon) X(MHD_get_daemon_info) X(MHD_stop_daemon)
-
-static struct {
-#define MHD_FIELD(f) __typeof__(f) *f;
-    MHD_FUNCTIONS(MHD_FIELD)
-#undef MHD_FIELD
-} mhd;
-
-static bool mhd_fill(void *lib, char *why, size_t size)
-{
-#define MHD_SYM(f) BQ_DL_SYM(mhd, f)
-    MHD_FUNCTIONS(MHD_SYM)
-#undef MHD_SYM
-    return true;
-}
-
-static struct bq_dl_lib libmhd = {.soname = "libmicrohttpd.so.12", .fill = mhd_fill};
-
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type,
                              char *body, size_t len, bool owned)
 {
-    struct MHD_Response *r = mhd.MHD_create_response_from_buffer(
+    struct MHD_Response *r = bq_mhd.MHD_create_response_from_buffer(
         len, body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_MUST_COPY);
     if (r == NULL) {
         if (owned)
             free(body);
         return MHD_NO;
     }
-    mhd.MHD_add_response_header(r, "Content-Type", type);
-    enum MHD_Result ret = mhd.MHD_queue_response(c, status, r);
-    mhd.MHD_destroy_response(r);
+    bq_mhd.MHD_add_response_header(r, "Content-Type", type);
+    enum MHD_Result ret = bq_mhd.MHD_queue_response(c, status, r);
+    bq_mhd.MHD_destroy_response(r);
     return ret;
 }
 
@@ -397,10 +377,8 @@ bq_status bq_metrics_serve(const char *host, int port, int *bound, bq_err *err)
         host = "127.0.0.1";
     if (port < 0 || port > 65535)
         return bq_err_set(err, BQ_EINVAL, "metrics: bad port %d", port);
-    const char *why = bq_dl_load(&libmhd);
-    if (why != NULL)
-        return bq_err_set(err, BQ_EINVAL, "metrics: the endpoint needs libmicrohttpd (Debian: "
-                          "apt-get install libmicrohttpd12): %s", why);
+    if (bq_mhd_load("metrics: the endpoint", err) != BQ_OK)
+        return BQ_EINVAL;
     pthread_mutex_lock(&mu);
     if (daemon_ != NULL) {
         bool same = strcmp(host, served_host) == 0 && (port == 0 || port == served_port);
@@ -429,7 +407,7 @@ bq_status bq_metrics_serve(const char *host, int port, int *bound, bq_err *err)
         pthread_mutex_unlock(&mu);
         return bq_err_set(err, BQ_EINVAL, "metrics: '%.60s' is not an IP address", host);
     }
-    daemon_ = mhd.MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handle, NULL,
+    daemon_ = bq_mhd.MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handle, NULL,
                                MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_CONNECTION_TIMEOUT,
                                (unsigned)10, MHD_OPTION_END);
     if (daemon_ == NULL) {
@@ -437,7 +415,7 @@ bq_status bq_metrics_serve(const char *host, int port, int *bound, bq_err *err)
         return bq_err_set(err, BQ_EIO, "metrics: cannot listen on %s:%d (in use?)", host, port);
     }
     const union MHD_DaemonInfo *info =
-        mhd.MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
+        bq_mhd.MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
     served_port = info != NULL ? info->port : port;
     snprintf(served_host, sizeof served_host, "%s", host);
     if (bound != NULL)
@@ -456,5 +434,5 @@ void bq_metrics_shutdown(void)
     daemon_ = NULL;
     pthread_mutex_unlock(&mu);
     if (d != NULL)
-        mhd.MHD_stop_daemon(d);
+        bq_mhd.MHD_stop_daemon(d);
 }

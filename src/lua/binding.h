@@ -36,6 +36,7 @@ void bq_lua_open_task(lua_State *L);
 void bq_lua_open_produce(lua_State *L);
 void bq_lua_open_json(lua_State *L); /* l_json.cpp, C++ */
 void bq_lua_open_http(lua_State *L); /* core.http_start, core.sse_reader (l_http.c) */
+void bq_lua_open_gateway(lua_State *L); /* core.gateway (l_gateway.c) */
 struct bq_http_loop;
 /* The calling thread's HTTP loop, or NULL when it has made no call yet (l_http.c). */
 struct bq_http_loop *bq_lua_http_thread_loop(void);

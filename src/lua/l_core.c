@@ -654,6 +654,21 @@ static int l_untrap_signals(lua_State *L)
     return 0;
 }
 
+/* core.equal_ct(a, b) -> whether the strings are equal, in a time that depends on their
+ * lengths only, not on where they differ (bearer tokens). */
+static int l_equal_ct(lua_State *L)
+{
+    size_t na, nb;
+    const unsigned char *a = (const unsigned char *)luaL_checklstring(L, 1, &na);
+    const unsigned char *b = (const unsigned char *)luaL_checklstring(L, 2, &nb);
+    volatile unsigned char diff = na != nb;
+    size_t n = na > nb ? na : nb;
+    for (size_t i = 0; i < n; i++)
+        diff |= (unsigned char)((i < na ? a[i] : 0) ^ (i < nb ? b[i] : 0));
+    lua_pushboolean(L, diff == 0);
+    return 1;
+}
+
 /* core.take_signal() -> "SIGINT" | "SIGTERM" | nil: the next trapped signal, if any. */
 static int l_take_signal(lua_State *L)
 {
@@ -741,6 +756,7 @@ static const luaL_Reg core_funcs[] = {
     {"trap_signals", l_trap_signals},
     {"untrap_signals", l_untrap_signals},
     {"take_signal", l_take_signal},
+    {"equal_ct", l_equal_ct},
     {NULL, NULL},
 };
 
@@ -784,5 +800,6 @@ __attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
     bq_lua_open_json(L);
     bq_lua_open_produce(L);
     bq_lua_open_http(L);
+    bq_lua_open_gateway(L);
     return 1;
 }

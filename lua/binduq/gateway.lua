@@ -1,0 +1,600 @@
+--- binduq.gateway: the A2A JSON-RPC gateway, the "API process" of the documentation's
+-- architecture. It serves an agent card and A2A's JSON-RPC methods over HTTP (the server is
+-- C, libmicrohttpd: src/engine/gateway.c), turns `message/send` into a `run` on binduq's
+-- queue (or a `resume` of a task waiting for input), answers `tasks/get` from the task
+-- storage and pushes `cancel` for `tasks/cancel`, as Bindu's API processes do.
+--
+--   local gw = bq.gateway{ scheduler = {...}, storage = {...}, agent = {...}, port = 3773 }
+--   gw:run()          -- until SIGTERM or SIGINT
+--
+-- It speaks both protocol versions, chosen by the method's name as the A2A SDKs do: A2A 0.3
+-- (message/send, message/stream, tasks/get, tasks/cancel, tasks/resubscribe: the names
+-- Bindu uses, with `kind` fields and lower-case states) and A2A 1.0 (SendMessage,
+-- SendStreamingMessage, GetTask, CancelTask, SubscribeToTask: no `kind`, TASK_STATE_*
+-- states, ROLE_* roles, results wrapped as {task = ...}, blocking by default). The agent card
+-- is one hybrid card for both (supportedInterfaces for 1.0 clients, url for 0.3 ones), at
+-- /.well-known/agent-card.json and Bindu's /.well-known/agent.json. Streams follow the task
+-- by reading its stored state every `poll` seconds (0.1) until a final state: binduq has no
+-- stream of task events yet. Push notifications are refused (PushNotificationNotSupported).
+--
+-- Security: loopback unless `host` says otherwise; with `tokens` (or BINDUQ_GATEWAY_TOKENS,
+-- comma-separated) every JSON-RPC call needs "Authorization: Bearer <token>" (compared in
+-- constant time); the agent card stays public, as A2A wants. Bodies over `max_body` are
+-- refused (413), a client over `rate` requests a second gets 429, TLS with cert and key.
+
+local core = require("binduq.core")
+local json = require("binduq.json")
+local config = require("binduq.config")
+local storage_mod = require("binduq.storage")
+
+local M = {}
+
+-- lua-cjson writes an empty table as {}; where A2A wants an empty array, this marker stands
+-- in and becomes [] in the text (a string no client sends: a control byte and a random id).
+local EMPTY_TAG = "\1binduq-empty-array-" .. core.uuid4()
+local EMPTY_PATTERN = '"\\u0001' .. EMPTY_TAG:sub(2):gsub("%p", "%%%0") .. '"'
+local function list(t) return #t > 0 and t or EMPTY_TAG end
+local function encode(v)
+    local text = assert(json.encode(v))
+    return (text:gsub(EMPTY_PATTERN, "[]"))
+end
+
+local Gateway = {}
+Gateway.__index = Gateway
+Gateway.__name = "binduq.Gateway"
+
+M.PROTOCOL_VERSION = "0.3.0"
+
+-- JSON-RPC and A2A error codes (A2A specification, section "Error Handling").
+M.E = {
+    PARSE = -32700, INVALID_REQUEST = -32600, METHOD_NOT_FOUND = -32601, INVALID_PARAMS = -32602,
+    INTERNAL = -32603, TASK_NOT_FOUND = -32001, TASK_NOT_CANCELABLE = -32002,
+    PUSH_NOT_SUPPORTED = -32003, UNSUPPORTED = -32004,
+}
+
+-- A2A 1.0's ErrorInfo reasons for its error codes.
+local REASON = { [-32001] = "TASK_NOT_FOUND", [-32002] = "TASK_NOT_CANCELABLE",
+                 [-32003] = "PUSH_NOTIFICATION_NOT_SUPPORTED", [-32004] = "UNSUPPORTED_OPERATION",
+                 [-32602] = "INVALID_PARAMS" }
+
+local KNOWN = {
+    scheduler = "table", storage = "table", agent = "table", host = "string", port = "number",
+    tokens = "table", max_body = "number", max_connections = "number", rate = "number",
+    cert = "string", key = "string", poll = "number", blocking_timeout = "number",
+    deployment = "table", name = "string", description = "string", skills = "table",
+    version = "string", author = "string",
+}
+
+-- binduq's states as A2A's: a paused task is still open and will go on, "working" to a client.
+local A2A_STATE = { submitted = "submitted", working = "working", paused = "working",
+                    ["input-required"] = "input-required", ["auth-required"] = "auth-required",
+                    completed = "completed", failed = "failed", canceled = "canceled",
+                    rejected = "rejected" }
+local FINAL = { completed = true, failed = true, canceled = true, rejected = true,
+                ["input-required"] = true, ["auth-required"] = true }
+local V1_STATE = { submitted = "TASK_STATE_SUBMITTED", working = "TASK_STATE_WORKING",
+                   completed = "TASK_STATE_COMPLETED", failed = "TASK_STATE_FAILED",
+                   canceled = "TASK_STATE_CANCELED", rejected = "TASK_STATE_REJECTED",
+                   ["input-required"] = "TASK_STATE_INPUT_REQUIRED",
+                   ["auth-required"] = "TASK_STATE_AUTH_REQUIRED", unknown = "TASK_STATE_UNSPECIFIED" }
+
+--- The host and port of an agent config's deployment.url ("http://localhost:3773").
+local function addr_of(url)
+    local host, port = tostring(url):match("^https?://%[?([^%]/:]+)%]?:(%d+)")
+    if not host then host = tostring(url):match("^https?://([^/:]+)") end
+    if host == "localhost" then host = "127.0.0.1" end
+    return host, tonumber(port)
+end
+
+function M.new(opts, level)
+    level = (level or 1) + 1
+    opts = opts or {}
+    config.check(opts, KNOWN, "gateway options", level)
+    local bq = require("binduq")
+    local agent = opts.agent or {}
+    local dep = opts.deployment or agent.deployment or {}
+    local host, port = opts.host, opts.port
+    local env_addr = os.getenv("BINDUQ_GATEWAY_ADDR")
+    if (host == nil or port == nil) and env_addr and env_addr ~= "" then
+        local h, p = env_addr:match("^%[?([^%]]-)%]?:(%d+)$")
+        if not h then error("BINDUQ_GATEWAY_ADDR must be host:port (got '" .. env_addr .. "')", level) end
+        host, port = host or h, port or tonumber(p)
+    end
+    local from_deployment = false
+    if (host == nil or port == nil) and dep.url then
+        local h, p = addr_of(dep.url)
+        from_deployment = host == nil and port == nil and p ~= nil
+        host, port = host or h, port or p
+    end
+    local tokens = opts.tokens
+    if tokens == nil and os.getenv("BINDUQ_GATEWAY_TOKENS") and os.getenv("BINDUQ_GATEWAY_TOKENS") ~= "" then
+        tokens = {}
+        for t in os.getenv("BINDUQ_GATEWAY_TOKENS"):gmatch("[^,%s]+") do tokens[#tokens + 1] = t end
+    end
+    local sched_opts = { scheduler = opts.scheduler, storage = opts.storage }
+    local s = bq.scheduler(sched_opts)
+    local server, err, code = core.gateway{ host = host or "127.0.0.1", port = port or 3773,
+                                            max_body = opts.max_body, max_connections = opts.max_connections,
+                                            cert = opts.cert, key = opts.key }
+    if not server then
+        s:close()
+        return nil, err, code
+    end
+    local self = setmetatable({
+        s = s, server = server, tokens = tokens, streams = {},
+        rate = opts.rate or 1000, buckets = {},
+        poll = opts.poll or 0.1, blocking_timeout = opts.blocking_timeout or 60,
+        scheme = opts.cert and "https" or "http",
+    }, Gateway)
+    -- The card's URL: the deployment's, when it gave the address; else where this listens.
+    local shown = (host or "127.0.0.1"):find(":", 1, true) and "[" .. host .. "]" or (host or "127.0.0.1")
+    self.url = from_deployment and dep.url or ("%s://%s:%d/"):format(self.scheme, shown, server:port())
+    self.card = {
+        protocolVersion = M.PROTOCOL_VERSION,
+        -- For A2A 1.0 clients (the JS SDK 1.x reads only this), both versions at one URL.
+        supportedInterfaces = {
+            { url = "", protocolBinding = "JSONRPC", protocolVersion = "1.0" },
+            { url = "", protocolBinding = "JSONRPC", protocolVersion = "0.3" },
+        },
+        additionalInterfaces = { { url = "", transport = "JSONRPC" } },
+        name = opts.name or agent.name or "binduq agent",
+        description = opts.description or agent.description or "An agent served by binduq",
+        url = self.url,
+        preferredTransport = "JSONRPC",
+        version = opts.version or agent.version or "1.0.0",
+        capabilities = { streaming = true, pushNotifications = false, stateTransitionHistory = false },
+        defaultInputModes = { "text/plain" },
+        defaultOutputModes = { "text/plain" },
+        skills = list(opts.skills or agent.skills or {}),
+    }
+    for _, i in ipairs(self.card.supportedInterfaces) do i.url = self.url end
+    self.card.additionalInterfaces[1].url = self.url
+    if tokens and #tokens > 0 then
+        self.card.securitySchemes = { bearer = { type = "http", scheme = "bearer" } }
+        self.card.security = { { bearer = EMPTY_TAG } }
+    end
+    return self
+end
+
+function Gateway:port()
+    return self.server:port()
+end
+
+-- ---- A2A shapes ------------------------------------------------------------------------------
+-- A stored task (storage.view) is written in either version's shape by a `proto` table:
+-- message, artifact, task, and the stream's events. Parts stay as the task keeps them (0.3's
+-- {kind = "text", text = ...}); 1.0 drops `kind`.
+
+local function parts_of(m)
+    local parts = m.parts
+    if type(parts) ~= "table" or #parts == 0 then
+        parts = { { kind = "text", text = tostring(m.content or m.text or "") } }
+    end
+    return parts
+end
+
+local V03, V1 = {}, {}
+
+function V03.message(m, t, i)
+    return { kind = "message", role = m.role == "user" and "user" or "agent", parts = parts_of(m),
+             messageId = m.message_id or m.messageId or (t.task_id .. ":" .. i),
+             taskId = t.task_id, contextId = t.context_id or t.task_id }
+end
+
+local function v1_parts(parts)
+    local out = {}
+    for i, p in ipairs(parts) do
+        if p.kind == "data" then
+            out[i] = { data = p.data }
+        elseif p.kind == "file" and type(p.file) == "table" then
+            out[i] = { url = p.file.uri, raw = p.file.bytes, mediaType = p.file.mimeType, filename = p.file.name }
+        else
+            out[i] = { text = tostring(p.text or "") }
+        end
+    end
+    return out
+end
+
+function V1.message(m, t, i)
+    return { role = m.role == "user" and "ROLE_USER" or "ROLE_AGENT", parts = v1_parts(parts_of(m)),
+             messageId = m.message_id or m.messageId or (t.task_id .. ":" .. i),
+             taskId = t.task_id, contextId = t.context_id or t.task_id }
+end
+
+function V03.artifact(a, i)
+    return { artifactId = a.artifact_id or a.artifactId or ("artifact-" .. i), name = a.name, parts = parts_of(a) }
+end
+
+function V1.artifact(a, i)
+    return { artifactId = a.artifact_id or a.artifactId or ("artifact-" .. i), name = a.name,
+             parts = v1_parts(parts_of(a)) }
+end
+
+V03.state = function(st) return A2A_STATE[st] or "unknown" end
+V1.state = function(st) return V1_STATE[A2A_STATE[st] or "unknown"] end
+
+local function status_of(P, t)
+    local st = { state = P.state(t.state), timestamp = core.iso8601(t.state_at or t.updated_at or core.now()) }
+    local last = t.history[#t.history]
+    local a2a = A2A_STATE[t.state]
+    if last and last.role ~= "user" and a2a ~= "working" and a2a ~= "submitted" then
+        st.message = P.message(last, t, #t.history)
+    end
+    return st
+end
+
+--- A stored task as a Task; history_length: the last n messages (0.3: 0 and none mean all,
+-- as Bindu reads it; 1.0: 0 means none).
+local function task_of(P, t, history_length)
+    local hist, from = {}, 1
+    if history_length and (history_length > 0 or P == V1) then
+        from = math.max(1, #t.history - history_length + 1)
+        if history_length == 0 then from = #t.history + 1 end
+    end
+    for i = from, #t.history do hist[#hist + 1] = P.message(t.history[i], t, i) end
+    local arts = {}
+    for i, a in ipairs(t.artifacts or {}) do arts[i] = P.artifact(a, i) end
+    local out = { id = t.task_id, contextId = t.context_id or t.task_id, status = status_of(P, t),
+                  history = list(hist), artifacts = list(arts) }
+    if P == V03 then out.kind = "task" end
+    return out
+end
+
+function V03.task(t, hl) return task_of(V03, t, hl) end
+function V1.task(t, hl) return task_of(V1, t, hl) end
+V03.sent = V03.task
+function V1.sent(t, hl) return { task = task_of(V1, t, hl) } end
+
+-- Stream events: the task first, then status and artifact updates.
+V03.first = V03.task
+function V1.first(t) return { task = task_of(V1, t) } end
+function V03.status_event(t, final)
+    return { kind = "status-update", taskId = t.task_id, contextId = t.context_id or t.task_id,
+             status = status_of(V03, t), final = final }
+end
+function V1.status_event(t)
+    return { statusUpdate = { taskId = t.task_id, contextId = t.context_id or t.task_id, status = status_of(V1, t) } }
+end
+function V03.artifact_event(t, a, i)
+    return { kind = "artifact-update", taskId = t.task_id, contextId = t.context_id or t.task_id,
+             artifact = V03.artifact(a, i), lastChunk = true }
+end
+function V1.artifact_event(t, a, i)
+    return { artifactUpdate = { taskId = t.task_id, contextId = t.context_id or t.task_id,
+                                artifact = V1.artifact(a, i), lastChunk = true } }
+end
+
+-- ---- JSON-RPC --------------------------------------------------------------------------------
+
+local function rpc_error(id, code, message, v1)
+    local data
+    if v1 and REASON[code] then
+        data = { { ["@type"] = "type.googleapis.com/google.rpc.ErrorInfo", reason = REASON[code],
+                   domain = "a2a-protocol.org" } }
+    end
+    return encode({ jsonrpc = "2.0", id = id == nil and json.null or id,
+                    error = { code = code, message = message, data = data } })
+end
+
+local function rpc_result(id, result)
+    return encode({ jsonrpc = "2.0", id = id, result = result })
+end
+
+local function fail(code, message) error({ rpc = code, message = message }, 0) end
+
+local V1_ROLE = { ROLE_USER = "user", ROLE_AGENT = "agent" }
+
+-- The incoming message in binduq's shape: {role=, parts=(0.3's), message_id=}, and its
+-- taskId and contextId. Raises InvalidParams naming what is wrong.
+local function message_in(P, params)
+    if type(params) ~= "table" then fail(M.E.INVALID_PARAMS, "params must be an object") end
+    local m = params.message
+    if type(m) ~= "table" then fail(M.E.INVALID_PARAMS, "params.message must be an object") end
+    if type(m.parts) ~= "table" or #m.parts == 0 then fail(M.E.INVALID_PARAMS, "params.message.parts must be a non-empty array") end
+    local role = m.role
+    if P == V1 then role = V1_ROLE[role] end
+    if role ~= nil and role ~= "user" and role ~= "agent" then
+        fail(M.E.INVALID_PARAMS, "params.message.role must be " .. (P == V1 and "ROLE_USER or ROLE_AGENT" or "user or agent"))
+    end
+    local parts = {}
+    for i, p in ipairs(m.parts) do
+        local where = ("params.message.parts[%d]"):format(i)
+        if type(p) ~= "table" then fail(M.E.INVALID_PARAMS, where .. " must be an object") end
+        if P == V1 then
+            if type(p.text) == "string" then parts[i] = { kind = "text", text = p.text }
+            elseif p.data ~= nil then parts[i] = { kind = "data", data = p.data }
+            elseif type(p.url) == "string" or type(p.raw) == "string" then
+                parts[i] = { kind = "file", file = { uri = p.url, bytes = p.raw, mimeType = p.mediaType, name = p.filename } }
+            else fail(M.E.INVALID_PARAMS, where .. " needs text, data, url or raw") end
+        else
+            if p.kind ~= "text" and p.kind ~= "file" and p.kind ~= "data" then
+                fail(M.E.INVALID_PARAMS, where .. " needs kind text, file or data")
+            end
+            if p.kind == "text" and type(p.text) ~= "string" then fail(M.E.INVALID_PARAMS, where .. ".text must be a string") end
+            parts[i] = p
+        end
+    end
+    for _, k in ipairs({ "messageId", "taskId", "contextId" }) do
+        if m[k] ~= nil and (type(m[k]) ~= "string" or m[k] == "") then
+            fail(M.E.INVALID_PARAMS, "params.message." .. k .. " must be a non-empty string")
+        end
+    end
+    return { role = role or "user", parts = parts, message_id = m.messageId }, m.taskId, m.contextId
+end
+
+-- message/send's scheduling: a follow-up on an open task (a resume: input it asked for), or
+-- a new task (a run) under the message's taskId if it names one that does not exist (as
+-- Bindu's clients do), else a fresh id. Returns the stored task, and for a follow-up the
+-- length its history had before it.
+function Gateway:submit(P, params)
+    local msg, task_id, context_id = message_in(P, params)
+    local s = self.s
+    local t = task_id and s:get_task(task_id)
+    if t then
+        if storage_mod.TERMINAL[t.state] then
+            fail(M.E.UNSUPPORTED, "the task is " .. t.state .. ": a finished task takes no more messages")
+        end
+        local before = #t.history
+        local ok, err = s:resume(task_id, { msg })
+        if not ok then fail(M.E.INTERNAL, "resume: " .. tostring(err)) end
+        return s:get_task(task_id) or t, before
+    end
+    local id = task_id or core.uuid4()
+    local ok, err = s:run{ task_id = id, conversation_id = context_id or core.uuid4(), messages = { msg },
+                           metadata = type(params.metadata) == "table" and params.metadata or nil }
+    if not ok then fail(M.E.INTERNAL, "schedule: " .. tostring(err)) end
+    t = s:get_task(id)
+    if not t then fail(M.E.INTERNAL, "the task was scheduled but its record cannot be read") end
+    return t
+end
+
+local function history_length(params)
+    local conf = type(params) == "table" and (params.configuration or params) or {}
+    local n = conf.historyLength or (type(params) == "table" and params.historyLength)
+    if n == nil then return nil end
+    if type(n) ~= "number" or n ~= math.floor(n) or n < 0 then
+        fail(M.E.INVALID_PARAMS, "historyLength must be a whole number >= 0")
+    end
+    return math.tointeger(n)
+end
+
+-- The task id of tasks/get, tasks/cancel, tasks/resubscribe: `id` (A2A), or `taskId` /
+-- `task_id` (Bindu's clients).
+local function task_id_param(params)
+    local id = type(params) == "table" and (params.id or params.taskId or params.task_id)
+    if type(id) ~= "string" or id == "" then fail(M.E.INVALID_PARAMS, "params.id must be a task id") end
+    return id
+end
+
+local function send(self, P, params, req, rpc_id)
+    local t, hist0 = self:submit(P, params)
+    local conf = type(params.configuration) == "table" and params.configuration or {}
+    local hl = history_length(params)
+    local blocking = conf.blocking == true
+    if P == V1 then blocking = conf.returnImmediately ~= true end -- 1.0 waits unless told not to
+    if blocking and (hist0 or not FINAL[A2A_STATE[t.state] or ""]) then
+        -- Answered from follow(), once the task reaches a final or interrupted state; a
+        -- follow-up's task is still in the state that asked for it, so it waits for its
+        -- history to grow first (the resume appends its message as it starts the task).
+        self.streams[#self.streams + 1] = { P = P, req = req.id, rpc = rpc_id, task = t.task_id, blocking = true,
+                                            history_length = hl, hist0 = hist0 or -1,
+                                            until_t = core.monotonic() + self.blocking_timeout }
+        return nil
+    end
+    return P.sent(t, hl)
+end
+
+local function get(self, P, params)
+    local t = self.s:get_task(task_id_param(params))
+    if not t then fail(M.E.TASK_NOT_FOUND, "Task not found") end
+    return P.task(t, history_length(params))
+end
+
+local function cancel(self, P, params)
+    local id = task_id_param(params)
+    local t = self.s:get_task(id)
+    if not t then fail(M.E.TASK_NOT_FOUND, "Task not found") end
+    if storage_mod.TERMINAL[t.state] then fail(M.E.TASK_NOT_CANCELABLE, "Task cannot be canceled") end
+    local ok, err = self.s:cancel(id)
+    if not ok then fail(M.E.INTERNAL, "cancel: " .. tostring(err)) end
+    return P.task(self.s:get_task(id) or t)
+end
+
+-- A stream (message/stream, tasks/resubscribe): the task first, then status and artifact
+-- updates as its stored state changes, ending on a final state.
+local function open_stream(self, P, req, rpc_id, t)
+    if not self.server:stream(req.id, "text/event-stream") then return nil end
+    local st = { P = P, req = req.id, rpc = rpc_id, task = t.task_id, state = t.state, narts = #(t.artifacts or {}) }
+    self.streams[#self.streams + 1] = st
+    self:emit(st, P.first(t))
+    if FINAL[A2A_STATE[t.state] or ""] then
+        self:emit(st, P.status_event(t, true))
+        st.done = true
+    end
+    return nil
+end
+
+local function stream(self, P, params, req, rpc_id)
+    return open_stream(self, P, req, rpc_id, self:submit(P, params))
+end
+
+local function resubscribe(self, P, params, req, rpc_id)
+    local t = self.s:get_task(task_id_param(params))
+    if not t then fail(M.E.TASK_NOT_FOUND, "Task not found") end
+    if P == V1 and storage_mod.TERMINAL[t.state] then
+        fail(M.E.UNSUPPORTED, "the task is " .. t.state .. ": there is nothing to follow")
+    end
+    return open_stream(self, P, req, rpc_id, t)
+end
+
+local function no_push() fail(M.E.PUSH_NOT_SUPPORTED, "Push Notification is not supported") end
+
+-- Method name -> {handler, protocol}.
+local METHODS = {
+    ["message/send"] = { send, V03 }, ["message/stream"] = { stream, V03 },
+    ["tasks/get"] = { get, V03 }, ["tasks/cancel"] = { cancel, V03 },
+    ["tasks/resubscribe"] = { resubscribe, V03 },
+    ["tasks/pushNotificationConfig/set"] = { no_push, V03 }, ["tasks/pushNotificationConfig/get"] = { no_push, V03 },
+    ["tasks/pushNotificationConfig/list"] = { no_push, V03 }, ["tasks/pushNotificationConfig/delete"] = { no_push, V03 },
+    SendMessage = { send, V1 }, SendStreamingMessage = { stream, V1 }, GetTask = { get, V1 },
+    CancelTask = { cancel, V1 }, SubscribeToTask = { resubscribe, V1 },
+    CreateTaskPushNotificationConfig = { no_push, V1 }, GetTaskPushNotificationConfig = { no_push, V1 },
+    ListTaskPushNotificationConfigs = { no_push, V1 }, DeleteTaskPushNotificationConfig = { no_push, V1 },
+}
+M.METHODS = METHODS
+
+function Gateway:emit(st, result)
+    local ok = self.server:send(st.req, "data: " .. rpc_result(st.rpc, result) .. "\n\n")
+    if not ok then st.done = true end
+    return ok
+end
+
+-- Follows the open streams and blocking sends: what changed in each task since last time.
+function Gateway:follow()
+    local keep = {}
+    for _, st in ipairs(self.streams) do
+        local t = not st.done and self.s:get_task(st.task)
+        local P = st.P
+        if t then
+            local a2a = A2A_STATE[t.state] or "unknown"
+            if st.blocking then
+                if FINAL[a2a] and #t.history > st.hist0 or core.monotonic() > st.until_t then
+                    self.server:reply(st.req, 200, rpc_result(st.rpc, P.sent(t, st.history_length)), "application/json")
+                    st.done = true
+                end
+            else
+                local arts = t.artifacts or {}
+                for i = st.narts + 1, #arts do self:emit(st, P.artifact_event(t, arts[i], i)) end
+                st.narts = #arts
+                if t.state ~= st.state then
+                    st.state = t.state
+                    self:emit(st, P.status_event(t, FINAL[a2a] or false))
+                    if FINAL[a2a] then st.done = true end
+                end
+            end
+        elseif not st.done then
+            st.done = true -- the task is gone (memory storage dropped it)
+        end
+        if st.done then
+            if not st.blocking then self.server:finish(st.req) end
+        else
+            keep[#keep + 1] = st
+        end
+    end
+    self.streams = keep
+end
+
+-- ---- requests --------------------------------------------------------------------------------
+
+function Gateway:authorized(req)
+    if not self.tokens or #self.tokens == 0 then return true end
+    local got = (req.authorization or ""):match("^[Bb]earer%s+(.+)$")
+    if not got then return false end
+    local ok = false
+    for _, t in ipairs(self.tokens) do
+        if core.equal_ct(got, t) then ok = true end -- every token compared, in constant time
+    end
+    return ok
+end
+
+-- A token bucket per client address: `rate` requests a second, bursts of as many.
+function Gateway:admitted(peer)
+    local now = core.monotonic()
+    local b = self.buckets[peer]
+    if not b then
+        b = { tokens = self.rate, at = now }
+        self.buckets[peer] = b
+    end
+    b.tokens = math.min(self.rate, b.tokens + (now - b.at) * self.rate)
+    b.at = now
+    if b.tokens < 1 then return false end
+    b.tokens = b.tokens - 1
+    return true
+end
+
+function Gateway:rpc(req)
+    local msg = json.decode(req.body)
+    if msg == nil then return rpc_error(nil, M.E.PARSE, "Parse error: the body is not JSON") end
+    if type(msg) ~= "table" or msg[1] ~= nil or msg.jsonrpc ~= "2.0" or type(msg.method) ~= "string" then
+        return rpc_error(type(msg) == "table" and msg.id or nil, M.E.INVALID_REQUEST,
+                         "Invalid Request: a JSON-RPC 2.0 object with a method is expected")
+    end
+    local id = msg.id
+    if type(id) == "number" then id = math.tointeger(id) end -- JSON numbers decode as floats
+    if id == nil and msg.id ~= nil or id ~= nil and type(id) ~= "string" and math.type(id) ~= "integer" and id ~= json.null then
+        return rpc_error(nil, M.E.INVALID_REQUEST, "Invalid Request: id must be a string or an integer")
+    end
+    local m = METHODS[msg.method]
+    if not m then return rpc_error(id, M.E.METHOD_NOT_FOUND, "Method not found: " .. msg.method) end
+    local P = m[2]
+    local ok, res = pcall(m[1], self, P, msg.params, req, id)
+    if not ok then
+        if type(res) == "table" and res.rpc then return rpc_error(id, res.rpc, res.message, P == V1) end
+        core.log("error", "gateway_failed", { method = msg.method, error = tostring(res) })
+        return rpc_error(id, M.E.INTERNAL, "Internal error", P == V1)
+    end
+    if res == nil then return nil end -- answered later (a stream, a blocking send)
+    return rpc_result(id, res)
+end
+
+--- Handles one request.
+function Gateway:handle(req)
+    local srv = self.server
+    if not self:admitted(req.peer or "") then
+        return srv:reply(req.id, 429, rpc_error(nil, M.E.INTERNAL, "Too many requests"), "application/json",
+                         { ["Retry-After"] = "1" })
+    end
+    local path = req.path
+    if req.method == "GET" and (path == "/.well-known/agent-card.json" or path == "/.well-known/agent.json") then
+        return srv:reply(req.id, 200, encode(self.card), "application/json")
+    end
+    if req.method == "GET" and path == "/healthz" then return srv:reply(req.id, 200, "ok\n", "text/plain") end
+    if req.method == "POST" and (path == "/" or path == "/a2a" or path == (self.url:match("^https?://[^/]+(/.*)$") or "/")) then
+        if not self:authorized(req) then
+            return srv:reply(req.id, 401, rpc_error(nil, M.E.INVALID_REQUEST, "Unauthorized: a bearer token is required"),
+                             "application/json", { ["WWW-Authenticate"] = "Bearer" })
+        end
+        local out = self:rpc(req)
+        if out then return srv:reply(req.id, 200, out, "application/json") end
+        return true
+    end
+    return srv:reply(req.id, 404, "not found: POST / (JSON-RPC), GET /.well-known/agent-card.json\n", "text/plain")
+end
+
+--- Waits up to `timeout` seconds for a request and handles it, then follows the open
+-- streams. Returns false once the server stops.
+function Gateway:step(timeout)
+    local req = self.server:next(#self.streams > 0 and math.min(timeout or 1, self.poll) or timeout or 1)
+    if req == false then return false end
+    if req then self:handle(req) end
+    if #self.streams > 0 and core.monotonic() >= (self.next_follow or 0) then
+        self.next_follow = core.monotonic() + self.poll
+        self:follow()
+    end
+    return true
+end
+
+--- Serves until SIGTERM or SIGINT (or `seconds` pass).
+function Gateway:run(seconds)
+    core.trap_signals()
+    local stop_at = seconds and core.monotonic() + seconds
+    core.log("info", "gateway_started", { url = self.url, port = self.server:port() })
+    while not core.take_signal() and not (stop_at and core.monotonic() > stop_at) do
+        if not self:step(0.2) then break end
+    end
+    core.untrap_signals()
+    self:close()
+end
+
+function Gateway:close()
+    if self.server then
+        self.server:close()
+        self.server = nil
+    end
+    if self.s then
+        self.s:close()
+        self.s = nil
+    end
+end
+
+return M

@@ -1,0 +1,74 @@
+/*
+ * gateway.h -- the HTTP side of binduq's A2A gateway: a libmicrohttpd server (net/mhdapi.h)
+ * that hands each request, its body read and bounded, to whoever serves it (the Lua side:
+ * lua/binduq/gateway.lua through src/lua/l_gateway.c), and sends back what that answers,
+ * whole or as a stream (server-sent events).
+ *
+ * The server's threads never run Lua. A request waits, its connection suspended, in a queue
+ * that bq_gateway_next takes from (one consumer thread: the gateway's Lua loop); the answer
+ * (bq_gateway_reply, or bq_gateway_stream + bq_gateway_send + bq_gateway_end) resumes the
+ * connection. So a slow answer holds a connection, not a thread, and thousands of open
+ * streams cost memory only.
+ *
+ * Bounds: a body over max_body is answered 413 before it is read; max_connections at once
+ * (libmicrohttpd refuses more); a connection idle for `idle_timeout` seconds is closed; a
+ * stream's unsent bytes over 1 MiB end it (a reader that does not read). Requests, answers
+ * and streams are numbered (id); an answer for an id whose connection is gone is dropped.
+ */
+#ifndef BINDUQ_GATEWAY_H
+#define BINDUQ_GATEWAY_H
+
+#include "../binduq.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct bq_gateway_options {
+    const char *host;       /* an IP address; NULL: 127.0.0.1 */
+    int port;               /* 0: any free port (bq_gateway_port tells) */
+    size_t max_body;        /* 0: 1 MiB */
+    int max_connections;    /* 0: 1024 */
+    double idle_timeout;    /* seconds; 0: 60 */
+    const char *cert_pem;   /* TLS: the certificate chain and key, PEM text (not paths) */
+    const char *key_pem;
+};
+
+/* One request, as bq_gateway_next hands it over; the strings are owned by it
+ * (bq_gateway_request_free). Header values are NULL when absent. */
+struct bq_gateway_request {
+    uint64_t id;
+    char method[16];
+    char *path;            /* without the query string (not passed on) */
+    char *body;            /* NUL-terminated; body_len bytes */
+    size_t body_len;
+    char *authorization, *content_type, *accept, *last_event_id;
+    char peer[64];         /* the client's address */
+};
+
+typedef struct bq_gateway bq_gateway;
+
+bq_status bq_gateway_start(const struct bq_gateway_options *o, bq_gateway **out, bq_err *err);
+int bq_gateway_port(const bq_gateway *g);
+
+/* Waits up to `timeout` seconds for the next request: 1 (filled in), 0 (none came), -1 (the
+ * gateway is stopping). One consumer thread. */
+int bq_gateway_next(bq_gateway *g, double timeout, struct bq_gateway_request *out);
+void bq_gateway_request_free(struct bq_gateway_request *r);
+
+/* Answers request id whole: status, Content-Type, body (copied), and extra headers as
+ * names[i]: values[i]. False when the connection is gone. */
+bool bq_gateway_reply(bq_gateway *g, uint64_t id, unsigned status, const char *content_type,
+                      const char *body, size_t len, const char *const *names,
+                      const char *const *values, int nheaders);
+
+/* Answers request id as a stream (status 200, Content-Type, no length); bq_gateway_send
+ * appends bytes (false once the reader is gone or too far behind), bq_gateway_end ends it. */
+bool bq_gateway_stream(bq_gateway *g, uint64_t id, const char *content_type);
+bool bq_gateway_send(bq_gateway *g, uint64_t id, const char *data, size_t len);
+void bq_gateway_end(bq_gateway *g, uint64_t id);
+
+/* Stops listening, ends every open stream, answers what waits with 503, and frees g. */
+void bq_gateway_free(bq_gateway *g);
+
+#endif

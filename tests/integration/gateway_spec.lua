@@ -1,0 +1,213 @@
+-- The A2A gateway (bq.gateway: src/engine/gateway.c, lua/binduq/gateway.lua) with a worker,
+-- examples/agent_gateway.lua, driven by a client nobody here wrote: the A2A project's
+-- JavaScript SDK, in both protocol versions (@a2a-js/sdk 1.3.0: A2A 1.0; 0.3.14: A2A 0.3,
+-- the method names Bindu uses), installed from the npm registry into build/a2a-sdk/ the
+-- first time. Then the HTTP and JSON-RPC edges with curl: the card at both paths, JSON-RPC's
+-- own errors, the body limit, bearer tokens, the rate limit.
+
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+local pg = require("helpers.pg")
+local json = require("binduq.json")
+
+local SDK = { v1 = "1.3.0", v03 = "0.3.14" }
+
+-- Installs @a2a-js/sdk@version into build/a2a-sdk/<name> (once) with the client script.
+local function sdk(name)
+    local dir = "build/a2a-sdk/" .. name
+    local have = proc.read(dir .. "/node_modules/@a2a-js/sdk/package.json")
+    if not (have and have:find('"version": "' .. SDK[name] .. '"', 1, true)) then
+        local out, ok = proc.sh(("mkdir -p %s && cd %s && (test -f package.json || npm init -y > /dev/null) && "
+            .. "npm install --no-audit --no-fund --loglevel=error @a2a-js/sdk@%s"):format(dir, dir, SDK[name]))
+        assert(ok, "npm install @a2a-js/sdk@" .. SDK[name] .. ": " .. out)
+    end
+    proc.sh(("cp tests/gateway/client_%s.mjs %s/"):format(name, dir))
+    return dir
+end
+
+-- Starts a gateway on a free port (examples/agent_gateway.lua, or `cmd`); returns the process
+-- and its base URL.
+local function start(env, cmd)
+    local e = { BINDUQ_GATEWAY_ADDR = "127.0.0.1:0", BINDUQ_LOG_LEVEL = "info" }
+    for k, v in pairs(env or {}) do e[k] = v end
+    local p = proc.spawn(cmd or "build/binduq-lua examples/agent_gateway.lua", { env = e })
+    local port = proc.wait_for(function()
+        return (proc.read(p.log) or ""):match("gateway_listening [^\n]*port=(%d+)")
+    end, 15)
+    assert(port, "the gateway did not start: " .. tostring(proc.read(p.log)))
+    return p, "http://127.0.0.1:" .. port
+end
+
+-- Runs an SDK client script; returns its steps by name.
+local function drive(name, base, token)
+    local dir = sdk(name)
+    local out, ok = proc.sh(("cd %s && timeout 60 node client_%s.mjs %s %s"):format(dir, name, base, token or ""))
+    assert(ok, "node client_" .. name .. ".mjs: " .. out)
+    local steps = {}
+    for line in out:gmatch("[^\n]+") do
+        local v = json.decode(line)
+        if type(v) == "table" and v.step then steps[v.step] = v end
+    end
+    return steps, out
+end
+
+local function curl(args)
+    local out = proc.sh("curl -s -o - -w '\\n%{http_code}' " .. args)
+    local body, code = out:match("^(.*)\n(%d+)$")
+    return body or out, tonumber(code)
+end
+
+describe("#gateway A2A gateway", function()
+    local gw, base
+    setup(function() gw, base = start() end)
+    teardown(function() assert.are.equal(0, proc.stop(gw, 10)) end)
+
+    it("serves A2A 1.0 to the JavaScript SDK 1.3.0", function()
+        local s, out = drive("v1", base)
+        assert.are.equal("1.0", s.card.protocolVersion, out)
+        assert.are.same({ state = "TASK_STATE_COMPLETED", answer = "echo: hello", role = "ROLE_AGENT", artifact = "hello" },
+                        { state = s.send.state, answer = s.send.answer, role = s.send.role, artifact = s.send.artifact })
+        assert.are.same({ state = "TASK_STATE_COMPLETED", history = 1 }, { state = s.get.state, history = s.get.history })
+        assert.are.equal("JsonRpcTaskNotCancelableError", s.cancel_done.error)
+        assert.are.equal("JsonRpcTaskNotFoundError", s.get_unknown.error)
+        assert.are.equal("TASK_STATE_CANCELED", s.cancel.state)
+        local ev = s.stream.events -- the task first (submitted or already working), its artifact, the end
+        assert.matches("^task:TASK_STATE_", ev[1])
+        assert.are.equal("artifactUpdate", ev[#ev - 1])
+        assert.are.equal("statusUpdate:TASK_STATE_COMPLETED", ev[#ev])
+        assert.are.equal("TASK_STATE_INPUT_REQUIRED", s.ask.state)
+        assert.are.same({ state = "TASK_STATE_COMPLETED", same = true, answer = "echo: Lisbon (after 2 earlier messages)" },
+                        { state = s.follow_up.state, same = s.follow_up.same, answer = s.follow_up.answer })
+        assert.are.equal("statusUpdate:TASK_STATE_COMPLETED", s.resubscribe.events[#s.resubscribe.events])
+    end)
+
+    it("serves A2A 0.3 (Bindu's method names) to the JavaScript SDK 0.3.14", function()
+        local s, out = drive("v03", base)
+        assert.truthy(s.send, out)
+        assert.are.same({ state = "completed", kind = "task", answer = "echo: hello", role = "agent", artifact = "hello" },
+                        { state = s.send.state, kind = s.send.kind, answer = s.send.answer, role = s.send.role,
+                          artifact = s.send.artifact })
+        assert.are.same({ state = "completed", history = 1 }, { state = s.get.state, history = s.get.history })
+        assert.are.equal(-32002, s.cancel_done.code)
+        assert.are.equal(-32001, s.get_unknown.code)
+        assert.are.equal("canceled", s.cancel.state)
+        assert.are.equal("status-update:completed:final", s.stream.events[#s.stream.events])
+        assert.are.equal("artifact-update", s.stream.events[#s.stream.events - 1])
+        assert.are.equal("input-required", s.ask.state)
+        assert.are.same({ state = "completed", same = true, answer = "echo: Lisbon (after 2 earlier messages)" },
+                        { state = s.follow_up.state, same = s.follow_up.same, answer = s.follow_up.answer })
+        assert.are.equal("status-update:completed:final", s.resubscribe.events[#s.resubscribe.events])
+    end)
+
+    it("serves one card for both versions, at both paths", function()
+        for _, path in ipairs({ "/.well-known/agent-card.json", "/.well-known/agent.json" }) do
+            local body, code = curl(base .. path)
+            assert.are.equal(200, code)
+            local card = assert(json.decode(body))
+            assert.are.equal("echo agent", card.name)
+            assert.are.equal(base .. "/", card.url)
+            assert.are.equal("0.3.0", card.protocolVersion)
+            assert.are.equal("1.0", card.supportedInterfaces[1].protocolVersion)
+            assert.are.equal("JSONRPC", card.supportedInterfaces[1].protocolBinding)
+            assert.is_true(card.capabilities.streaming)
+            assert.are.equal("echo", card.skills[1].id)
+        end
+    end)
+
+    it("answers JSON-RPC's own errors, echoing the id", function()
+        local function rpc(body)
+            local out, code = curl("-d " .. proc.quote(body) .. " " .. base .. "/")
+            assert.are.equal(200, code)
+            return assert(json.decode(out))
+        end
+        assert.are.equal(-32700, rpc("{not json").error.code)
+        assert.are.equal(-32600, rpc('{"id":1,"method":"tasks/get"}').error.code) -- no jsonrpc
+        assert.are.equal(-32600, rpc('[{"jsonrpc":"2.0","id":1,"method":"tasks/get"}]').error.code)
+        local r = rpc('{"jsonrpc":"2.0","id":"x7","method":"tasks/list"}')
+        assert.are.same({ -32601, "x7" }, { r.error.code, r.id })
+        r = rpc('{"jsonrpc":"2.0","id":3,"method":"message/send","params":{"message":{"role":"user","parts":[]}}}')
+        assert.are.same({ -32602, 3 }, { r.error.code, r.id })
+        assert.matches("parts", r.error.message)
+        r = rpc('{"jsonrpc":"2.0","id":4,"method":"GetTask","params":{"id":"nope"}}')
+        assert.are.equal(-32001, r.error.code)
+        assert.are.equal("TASK_NOT_FOUND", r.error.data[1].reason) -- A2A 1.0's ErrorInfo
+        -- Bindu's clients name the task taskId
+        r = rpc('{"jsonrpc":"2.0","id":5,"method":"tasks/get","params":{"taskId":"nope"}}')
+        assert.are.equal(-32001, r.error.code)
+        r = rpc('{"jsonrpc":"2.0","id":6,"method":"tasks/pushNotificationConfig/set","params":{}}')
+        assert.are.equal(-32003, r.error.code)
+        local _, code = curl("-d x " .. base .. "/nowhere")
+        assert.are.equal(404, code)
+        local big = proc.tmpdir() .. "/big.json"
+        proc.write(big, ("x"):rep(2 * 1024 * 1024)) -- over the 1 MiB default
+        _, code = curl("-H 'Content-Type: application/json' --data-binary @" .. big .. " " .. base .. "/")
+        assert.are.equal(413, code)
+    end)
+end)
+
+describe("#gateway A2A gateway with tokens", function()
+    local gw, base
+    setup(function() gw, base = start({ BINDUQ_GATEWAY_TOKENS = "t0ken-one,t0ken-two" }) end)
+    teardown(function() proc.stop(gw, 10) end)
+
+    it("wants a bearer token for every call, and the card stays public", function()
+        local _, code = curl(base .. "/.well-known/agent-card.json")
+        assert.are.equal(200, code)
+        local body = '{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"id":"x"}}'
+        _, code = curl("-d " .. proc.quote(body) .. " " .. base .. "/")
+        assert.are.equal(401, code)
+        _, code = curl("-H 'Authorization: Bearer wrong' -d " .. proc.quote(body) .. " " .. base .. "/")
+        assert.are.equal(401, code)
+        local out
+        out, code = curl("-H 'Authorization: Bearer t0ken-two' -d " .. proc.quote(body) .. " " .. base .. "/")
+        assert.are.equal(200, code)
+        assert.are.equal(-32001, json.decode(out).error.code)
+        local s = drive("v1", base, "t0ken-one")
+        assert.are.equal("TASK_STATE_COMPLETED", s.send.state)
+        assert.is_nil((proc.read(gw.log) or ""):find("t0ken", 1, true)) -- no secret in the log
+    end)
+end)
+
+describe("#redis #pg #gateway gateways and workers in processes of their own", function()
+    local server, db, a, b, worker, base_a, base_b
+    setup(function()
+        server = redis.start()
+        db = pg.start()
+        local env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = "it:gw", DATABASE_URL = db.url }
+        a, base_a = start(env, "build/binduq-lua serve")
+        b, base_b = start(env, "build/binduq-lua serve")
+        local we = { SERVE = "worker" }
+        for k, v in pairs(env) do we[k] = v end
+        worker = proc.spawn("build/binduq-lua examples/agent_gateway.lua", { env = we })
+    end)
+    teardown(function()
+        proc.stop(worker)
+        proc.stop(a)
+        proc.stop(b)
+        server:stop()
+        db:stop()
+    end)
+
+    it("a task sent to one gateway is run by the worker and seen, streamed and canceled from the other", function()
+        local s = drive("v1", base_a)
+        assert.are.equal("TASK_STATE_COMPLETED", s.send.state)
+        assert.are.equal("echo: hello", s.send.answer)
+        local body = curl("-d " .. proc.quote(('{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"id":"%s"}}')
+            :format(s.send.id)) .. " " .. base_b .. "/")
+        local r = assert(json.decode(body))
+        assert.are.equal("completed", r.result.status.state)
+        assert.are.equal("echo: hello", r.result.status.message.parts[1].text)
+        -- Bindu's own clients talk 0.3 to the same processes.
+        local s03 = drive("v03", base_b)
+        assert.are.equal("completed", s03.send.state)
+        assert.are.equal("status-update:completed:final", s03.stream.events[#s03.stream.events])
+        assert.are.equal("canceled", s03.cancel.state)
+    end)
+
+    it("serve refuses to run without Redis, saying why", function()
+        local out, ok = proc.sh("env -u REDIS_URL build/binduq-lua serve --addr 127.0.0.1:0")
+        assert.is_false(ok)
+        assert.matches("serve needs Redis", out)
+    end)
+end)
+
