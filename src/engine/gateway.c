@@ -189,13 +189,15 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     return 0;
 }
 
-static enum MHD_Result send_answer(struct gw_conn *k, struct MHD_Connection *c)
+/* Hands k's answer to libmicrohttpd. Called without the gateway's mutex (libmicrohttpd locks a
+ * response while it reads a stream, and stream_read takes the gateway's then: never the
+ * other way round); once k is ANSWERED or STREAM nobody else changes what is read here. */
+static enum MHD_Result send_answer(struct gw_conn *k, struct MHD_Connection *c, bool stream)
 {
     struct MHD_Response *r;
-    if (k->phase == PH_STREAM) {
+    if (stream) {
         r = bq_mhd.MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, k,
                                                      NULL);
-        k->streaming = true;
     } else {
         r = bq_mhd.MHD_create_response_from_buffer(k->answer.len,
                                                    k->answer.p ? k->answer.p : (char *)"",
@@ -205,15 +207,13 @@ static enum MHD_Result send_answer(struct gw_conn *k, struct MHD_Connection *c)
         return MHD_NO;
     bq_mhd.MHD_add_response_header(r, "Content-Type",
                                    k->ctype ? k->ctype : "application/octet-stream");
-    if (k->phase == PH_STREAM) {
+    if (stream) {
         bq_mhd.MHD_add_response_header(r, "Cache-Control", "no-cache");
         bq_mhd.MHD_add_response_header(r, "X-Accel-Buffering", "no");
     }
     for (int i = 0; i < k->nh; i++)
         bq_mhd.MHD_add_response_header(r, k->hnames[i], k->hvalues[i]);
-    unsigned status = k->status;
-    k->phase = PH_SENT;
-    enum MHD_Result ret = bq_mhd.MHD_queue_response(c, status, r);
+    enum MHD_Result ret = bq_mhd.MHD_queue_response(c, k->status, r);
     bq_mhd.MHD_destroy_response(r);
     return ret;
 }
@@ -303,9 +303,12 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
         pthread_mutex_unlock(&g->mu);
         return plain(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down\n");
     case PH_ANSWERED:
-    case PH_STREAM:
-        ret = send_answer(k, c);
-        break;
+    case PH_STREAM: {
+        bool stream = k->phase == PH_STREAM;
+        k->phase = PH_SENT;
+        pthread_mutex_unlock(&g->mu);
+        return send_answer(k, c, stream);
+    }
     case PH_SENT:
         break;
     }
@@ -422,6 +425,7 @@ bool bq_gateway_stream(bq_gateway *g, uint64_t id, const char *content_type)
         k->status = MHD_HTTP_OK;
         k->ctype = dup_or_null(content_type);
         k->phase = PH_STREAM;
+        k->streaming = true;
         wake(k);
     }
     pthread_mutex_unlock(&g->mu);
@@ -432,7 +436,7 @@ bool bq_gateway_send(bq_gateway *g, uint64_t id, const char *data, size_t len)
 {
     pthread_mutex_lock(&g->mu);
     struct gw_conn *k = live_find(g, id);
-    bool ok = k != NULL && (k->phase == PH_STREAM || k->phase == PH_SENT) && !k->ended;
+    bool ok = k != NULL && k->streaming && !k->ended;
     if (ok && k->out.len - k->out_at + len > STREAM_MAX) {
         k->ended = true; /* a reader that does not read: the stream ends */
         ok = false;
