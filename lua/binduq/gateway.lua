@@ -122,7 +122,7 @@ function M.new(opts, level)
     end
     local self = setmetatable({
         s = s, server = server, tokens = tokens, streams = {},
-        rate = opts.rate or 1000, buckets = {},
+        rate = opts.rate or 10000, buckets = {},
         poll = opts.poll or 0.1, blocking_timeout = opts.blocking_timeout or 60,
         scheme = opts.cert and "https" or "http",
     }, Gateway)
