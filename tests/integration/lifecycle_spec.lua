@@ -234,6 +234,11 @@ describe("#redis #pg lifecycle", function()
     it("a pause's queued copy that comes after its resume does not pause the task again", function()
         local q = qname("cross")
         local a = worker(q)
+        local b
+        finally(function()
+            proc.stop(a)
+            if b then proc.stop(b) end
+        end)
         local s = scheduler(q)
         local id = q .. "-1"
         s:run{ task_id = id, messages = { "steps:40" } }
@@ -263,7 +268,7 @@ describe("#redis #pg lifecycle", function()
         assert.matches('"type":"pause"', copy)
         assert.are.equal("1", server:cli("LREM", q, "1", copy))
         s:resume(id2)
-        local b = worker(q)
+        b = worker(q)
         wait_state(s, id2, "working")
         server:cli("LPUSH", q, copy)
         t = wait_state(s, id2, "completed")
