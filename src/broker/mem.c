@@ -360,6 +360,9 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
     }
     pthread_once(&db_once, db_init);
     double deadline = bq_now_mono() + req->timeout;
+    /* The wait ends by the earliest due time just seen, as the Redis broker's does. */
+    if (res->next_due >= 0 && res->next_due < req->timeout)
+        deadline = bq_now_mono() + res->next_due;
     bq_status st = BQ_OK;
     pthread_mutex_lock(&db_mu);
     if (who->delivery == BQ_AT_LEAST_ONCE) {

@@ -655,7 +655,8 @@ bq_status bq_redis_fetch(bq_broker *b, const struct bq_lessee *who,
     /* 4. take (see `takes`) */
     if (st == BQ_OK && want)
         st = append_take(c, m, who, k, &a, err);
-    double deadline = bq_now_mono() + (timeout > 0 ? timeout : 0) + r->command_timeout;
+    double sent = bq_now_mono();
+    double deadline = sent + (timeout > 0 ? timeout : 0) + r->command_timeout;
     if (st == BQ_OK)
         st = bq_conn_flush(c, deadline, -1, err);
 
@@ -688,6 +689,14 @@ bq_status bq_redis_fetch(bq_broker *b, const struct bq_lessee *who,
             freeReplyObject(rep);
             rep = NULL;
         }
+    }
+    /* The wait for messages, already sent, must not outlast the earliest due time promote-2
+     * just reported (a delayed operation or a retry): it is cut then, so that operation is
+     * promoted on time by the next round trip. */
+    if (st == BQ_OK && want && timeout > 0 && res->next_due >= 0) {
+        double due = bq_now_mono() + res->next_due;
+        if (due < sent + timeout && (cut == 0 || due < cut))
+            cut = due;
     }
     if (st == BQ_OK && want)
         st = read_take(r, c, m, who, k, &a, deadline, cut, out, &reload, &res->recheck, err);

@@ -80,6 +80,28 @@ describe("#redis delayed operations", function()
         proc.stop(w)
     end)
 
+    it("starts on time a task due after the worker's next promotion, in that promotion's round trip", function()
+        -- The producer's announcement does not change a promotion planned earlier than the
+        -- due time; that promotion's reply then cuts the blocking wait sent with it.
+        local queue, dir = qname("later"), proc.tmpdir()
+        local out = dir .. "/starts"
+        local w = cluster.worker(server, queue, { BQ_TEST_OUT = out, BQ_TEST_BLOCK_TIMEOUT = 1 }, WORKER, dir)
+        local s = bq.scheduler{ url = server.url, queue_name = queue }
+        local late = {}
+        for i = 1, 3 do
+            local id = "later-" .. i
+            assert(s:run{ task_id = id, messages = { "x" }, delay = 1.7 })
+            local due = due_times(server, queue)[id]
+            assert.truthy(proc.wait_for(function() return starts(out)[id] end, 5, 0.01), id .. " never started")
+            late[i] = (starts(out)[id] - due) * 1000
+        end
+        table.sort(late)
+        print(("\n  delay=1.7 with block_timeout=1: %.1f to %.1f ms after its due time"):format(late[1], late[3]))
+        assert.is_true(late[1] >= -1 and late[3] < 100, ("worst %.1f ms late"):format(late[3]))
+        s:close()
+        proc.stop(w)
+    end)
+
     it("starts 1,000 tasks due at the same time within a second of it", function()
         local queue, dir = qname("many"), proc.tmpdir()
         local out = dir .. "/starts"
