@@ -551,6 +551,10 @@ static bq_status read_take(struct redis_broker *r, bq_conn *c, enum take_mode m,
         freeReplyObject(rep);
     if (st != BQ_OK || !t->bells)
         return st;
+    /* fetchm-N took messages that rang no bell (a promotion in this round trip moved them
+     * into a queue): the wait on the bells sent after it is cut at once. */
+    if (out->n != before)
+        cut = bq_now_mono();
     rep = NULL;
     st = read_blocked(r, c, &rep, deadline, r->wakefd, cut, err);
     if (st == BQ_OK)

@@ -102,6 +102,33 @@ describe("#redis delayed operations", function()
         proc.stop(w)
     end)
 
+    it("starts on time a delayed task on the lower queue of a worker of two", function()
+        -- The worker listens on its first queue's control channel; the second one's bell
+        -- wakes it, and the promoted task is taken without waiting out the bells.
+        local tag = qname("levels"):gsub(":", "_")
+        local high, low = "{" .. tag .. "}:high", "{" .. tag .. "}:low"
+        local dir = proc.tmpdir()
+        local out = dir .. "/starts"
+        local w = cluster.worker(server, high, { BQ_TEST_OUT = out, BQ_TEST_QUEUES = high .. "," .. low,
+                                                 BQ_TEST_BLOCK_TIMEOUT = 30 }, WORKER, dir)
+        proc.sleep(0.3)
+        local s = bq.scheduler{ url = server.url, queue_name = low }
+        local late = {}
+        for i = 1, 3 do
+            local id = "levels-" .. i
+            assert(s:run{ task_id = id, messages = { "x" }, delay = 0.5 })
+            local z = server:cli("ZRANGE", low .. ":delayed", "0", "-1", "WITHSCORES")
+            local due = tonumber(z:match("\n(%d+)%s*$")) / 1000
+            assert.truthy(proc.wait_for(function() return starts(out)[id] end, 5, 0.01), id .. " never started")
+            late[i] = (starts(out)[id] - due) * 1000
+        end
+        table.sort(late)
+        print(("\n  two queues, delay=0.5 on the second: %.1f to %.1f ms after its due time"):format(late[1], late[3]))
+        assert.is_true(late[1] >= -1 and late[3] < 100, ("worst %.1f ms late"):format(late[3]))
+        s:close()
+        proc.stop(w)
+    end)
+
     it("starts 1,000 tasks due at the same time within a second of it", function()
         local queue, dir = qname("many"), proc.tmpdir()
         local out = dir .. "/starts"
