@@ -199,6 +199,32 @@ BQ_API bq_status bq_schedule(bq_client *client, const struct bq_task *task, bq_e
 BQ_API bq_status bq_schedule_many(bq_client *client, const struct bq_task *tasks, size_t n,
                                   size_t *n_sent, bq_err *err);
 
+/* When a task runs (bq_schedule_many_when): at most one of the two is set; both 0 means now.
+ *   delay   seconds from now, from 0 to 365 days, by Redis' clock (the due time is computed
+ *           by the server, so the producer's clock does not matter)
+ *   run_at  seconds since the epoch; one already past runs at once; at most 365 days ahead
+ * A delayed task waits in its queue's delayed set ({Q}:delayed) and is moved to the queue
+ * when due, as a retry is; a worker blocked on the queue wakes for it on time. */
+struct bq_when {
+    double delay;
+    double run_at;
+};
+
+/* bq_schedule_many with a time for each task: when[i] for tasks[i] (`when` may be NULL: all
+ * now). A negative, NaN or too long delay, or both fields set, is BQ_EINVAL naming the field
+ * ("tasks[1]: delay is negative"), with nothing stored or sent. A delayed run is recorded
+ * "submitted" at once (a cancel meanwhile makes it "canceled", and it is skipped when it
+ * comes due); a delayed cancel or pause is stored and published only when it comes due,
+ * by the worker that takes it. Deduplication keys of delayed tasks hold dedup_ttl seconds
+ * past their due time, and route() chooses the queue as for any task. */
+BQ_API bq_status bq_schedule_many_when(bq_client *client, const struct bq_task *tasks,
+                                       const struct bq_when *when, size_t n, size_t *n_sent,
+                                       bq_err *err);
+
+/* bq_schedule_many_when for one task. */
+BQ_API bq_status bq_schedule_when(bq_client *client, const struct bq_task *task,
+                                  const struct bq_when *when, bq_err *err);
+
 /* The tasks this client pushed and the ones it found duplicate since it was opened (either
  * pointer may be NULL). */
 BQ_API void bq_client_stats(bq_client *client, long long *scheduled, long long *deduplicated);

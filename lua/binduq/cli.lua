@@ -55,7 +55,7 @@ Options: --url URL (default $REDIS_URL)  --queue NAME (default $REDIS_QUEUE_NAME
 ]],
     stats = [[
 usage: binduq-lua stats [--queue NAME ...] [--json]
-  Per queue: operations ready, delayed (retries waiting), in flight (leased), dead-lettered,
+  Per queue: operations ready, delayed (retries and delayed operations), in flight (leased), dead-lettered,
   and live workers. --queue may be given several times, or as a comma-separated list.
 Options: --url URL (default $REDIS_URL)  --queue NAME (default $REDIS_QUEUE_NAME or bindu:tasks)
          --json (one JSON document on stdout)  --help

@@ -155,8 +155,11 @@ end
 -- cancel is stored and published at once; a pause of a queued task is stored, of a running
 -- one requested and published. Returns nil, msg, code when the storage fails (nothing is
 -- pushed then). A publication that fails is not an error: the operation is queued too.
-local function store_op(self, op, queue, norm)
+local function store_op(self, op, queue, norm, delayed)
     local st, id = self.store, op.task_id
+    -- A delayed cancel or pause changes nothing before it comes due: the worker that takes it
+    -- then stores it (and reaches a running task), as one pushed by Bindu's API.
+    if delayed and op.type ~= "run" then return true end
     if op.type == "run" then
         local ok, err, code = st:create{ id = id, context_id = norm.conversation_id, queue = queue,
                                          history = norm.messages_json or json.array(norm.messages or {}),
@@ -200,7 +203,16 @@ end
 -- Pushes one group of encoded messages to `queue`: with deduplication keys, as one atomic
 -- check-and-push per message. Returns the numbers pushed and found duplicate, or nil,
 -- message, code.
-local function push_group(self, client, queue, msgs, ids, keys)
+local function push_group(self, client, queue, msgs, ids, keys, later)
+    if later then
+        local r, err, code = with_retries(self, function()
+            return client:push_delayed(msgs, keys or later.nokeys, later.delays, later.run_ats, self.dedup_ttl, queue)
+        end)
+        if not r then return nil, err, code end
+        local sent = 0
+        for i = 1, #r do if r[i] then sent = sent + 1 end end
+        return sent, #r - sent
+    end
     if keys then
         local r, err, code = with_retries(self, function()
             return client:push_unique(msgs, keys, self.dedup_ttl, queue)
@@ -248,11 +260,13 @@ function Scheduler:schedule(op)
     local sent, dups, code = fast_many(self, client, { op })
     if sent == false then
         local msg, id, norm = task.encode(op, 2)
+        local delay, run_at = task.when(op, 2)
         if self.bindu then msg = task.encode_bindu(op, norm, 2) end
         local queue, key = route_of(self, op), dedup_of(self, op)
-        local sok, serr, scode = store_op(self, op, queue, norm)
+        local later = (delay or run_at) and { delays = { delay or 0 }, run_ats = { run_at or 0 }, nokeys = { false } }
+        local sok, serr, scode = store_op(self, op, queue, norm, later ~= nil)
         if not sok then return nil, "storage: " .. tostring(serr), scode end
-        sent, dups, code = push_group(self, client, queue, { msg }, { id }, key and { key } or nil)
+        sent, dups, code = push_group(self, client, queue, { msg }, { id }, key and { key } or nil, later)
     end
     if not sent then return nil, dups, code end
     count(self, sent, dups)
@@ -278,26 +292,34 @@ function Scheduler:schedule_many(ops)
     local encoded = {}
     for i = 1, #ops do
         local okenc, m, id, norm = pcall(task.encode, ops[i], 1)
+        local delay, run_at
+        if okenc then okenc, delay, run_at = pcall(task.when, ops[i], 1) end
         if okenc and self.bindu then okenc, m = pcall(task.encode_bindu, ops[i], norm, 1) end
-        if not okenc then error("operation " .. i .. ": " .. tostring(m), 2) end
-        encoded[i] = { m, id, norm, route_of(self, ops[i]), dedup_of(self, ops[i]) }
+        if not okenc then error("operation " .. i .. ": " .. tostring(okenc == false and (delay or m) or m), 2) end
+        encoded[i] = { m, id, norm, route_of(self, ops[i]), dedup_of(self, ops[i]), delay, run_at }
     end
     local groups = {}
     for i = 1, #ops do
-        local m, id, norm, queue, key = table.unpack(encoded[i], 1, 5)
-        local sok, serr, scode = store_op(self, ops[i], queue, norm)
+        local m, id, norm, queue, key, delay, run_at = table.unpack(encoded[i], 1, 7)
+        local delayed = delay ~= nil or run_at ~= nil
+        local sok, serr, scode = store_op(self, ops[i], queue, norm, delayed)
         if not sok then return nil, "storage: " .. tostring(serr), scode end
         local g = groups[#groups]
-        if not g or g.queue ~= queue or (g.keys ~= nil) ~= (key ~= nil) then
-            g = { queue = queue, msgs = {}, ids = {}, keys = key and {} or nil }
+        if not g or g.queue ~= queue or (g.keys ~= nil) ~= (key ~= nil) or (g.later ~= nil) ~= delayed then
+            g = { queue = queue, msgs = {}, ids = {}, keys = key and {} or nil,
+                  later = delayed and { delays = {}, run_ats = {}, nokeys = {} } or nil }
             groups[#groups + 1] = g
         end
         g.msgs[#g.msgs + 1], g.ids[#g.ids + 1] = m, id
         if key then g.keys[#g.keys + 1] = key end
+        if delayed then
+            local l = g.later
+            l.delays[#l.delays + 1], l.run_ats[#l.run_ats + 1], l.nokeys[#l.nokeys + 1] = delay or 0, run_at or 0, false
+        end
     end
     sent, dups = 0, 0
     for _, g in ipairs(groups) do
-        local s1, d1, c1 = push_group(self, client, g.queue, g.msgs, g.ids, g.keys)
+        local s1, d1, c1 = push_group(self, client, g.queue, g.msgs, g.ids, g.keys, g.later)
         if not s1 then
             count(self, sent, dups)
             return nil, d1, c1
@@ -326,16 +348,28 @@ function Scheduler:run(op)
     return self:schedule(with_type("run", op))
 end
 
-function Scheduler:pause(task_id)
-    return self:schedule({ type = "pause", task_id = task_id })
+-- The other operations; `when` ({delay=} or {run_at=}, optional) says when they run.
+local function timed(op, when)
+    if when ~= nil then
+        if type(when) ~= "table" then error("expected a table {delay=} or {run_at=} (got " .. type(when) .. ")", 3) end
+        for k, v in pairs(when) do
+            if k ~= "delay" and k ~= "run_at" then error("unknown field '" .. tostring(k) .. "' (expected delay or run_at)", 3) end
+            op[k] = v
+        end
+    end
+    return op
 end
 
-function Scheduler:resume(task_id, messages)
-    return self:schedule({ type = "resume", task_id = task_id, messages = messages })
+function Scheduler:pause(task_id, when)
+    return self:schedule(timed({ type = "pause", task_id = task_id }, when))
 end
 
-function Scheduler:cancel(task_id)
-    return self:schedule({ type = "cancel", task_id = task_id })
+function Scheduler:resume(task_id, messages, when)
+    return self:schedule(timed({ type = "resume", task_id = task_id, messages = messages }, when))
+end
+
+function Scheduler:cancel(task_id, when)
+    return self:schedule(timed({ type = "cancel", task_id = task_id }, when))
 end
 
 --- Number of operations waiting. Returns n, or nil, message, code.

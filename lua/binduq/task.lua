@@ -278,7 +278,7 @@ end
 
 -- What Bindu's format can carry of an operation; anything else has no place in it.
 local BINDU_FIELDS = { type = true, task_id = true, conversation_id = true, messages = true, trace_id = true,
-                       span_id = true }
+                       span_id = true, delay = true, run_at = true }
 
 --- Bindu's format of an operation task.encode checked (norm: its third result), as Bindu's
 -- RedisScheduler writes it, key for key (operation, params, trace_id, span_id; a run's or
@@ -383,13 +383,42 @@ function M.decode_body(raw, max_size)
     return task
 end
 
+-- delay and run_at say when the operation runs (the scheduler checks them, M.when): they
+-- are not part of the message.
 local KNOWN = { type = true, task_id = true, conversation_id = true, messages = true, artifacts = "optional",
                 metadata = "optional", timestamp = "optional", trace_id = "optional", span_id = "optional",
-                traceparent = "optional", timeout = "optional", max_attempts = "optional" }
+                traceparent = "optional", timeout = "optional", max_attempts = "optional", delay = "when",
+                run_at = "when" }
 local TAIL_FIELDS = { "trace_id", "span_id", "traceparent", "timeout", "max_attempts" }
 
 local function unknown_field(k)
     return "unknown field '" .. show(k) .. "' in task operation" .. config.did_you_mean(k, KNOWN)
+end
+
+--- When an operation runs: nil for now (no delay or run_at, or a delay of 0), else
+-- delay, run_at (one of them nil): delay in seconds from now by Redis' clock, run_at in
+-- seconds since the epoch (an ISO 8601 string with a zone is converted). Raises (level as
+-- encode) naming the field: a delay that is not a number from 0 to 365 days, a run_at that
+-- is neither seconds since the epoch nor an ISO 8601 time with a zone, or both given. A
+-- run_at already past is returned as it is: the operation runs at once.
+function M.when(op, level)
+    level = (level or 1) + 1
+    local delay, run_at = op.delay, op.run_at
+    if delay == nil and run_at == nil then return nil end
+    if delay ~= nil and type(delay) ~= "number" then
+        error("delay must be a number of seconds (got " .. type(delay) .. ")", level)
+    end
+    if type(run_at) == "string" then
+        local t, why = core.parse_time(run_at)
+        if not t then error(why .. " (got \"" .. show(run_at) .. "\")", level) end
+        run_at = t
+    elseif run_at ~= nil and type(run_at) ~= "number" then
+        error(wire.RUN_AT_RULE .. " (got " .. type(run_at) .. ")", level)
+    end
+    local why = core.when_problem(delay, run_at)
+    if why then error(why, level) end
+    if delay == 0 then return nil end
+    return delay, run_at
 end
 
 --- Builds the native JSON of a task operation. Raises (level 2 from the caller's view) when

@@ -161,7 +161,8 @@ void bq_batch_free(struct bq_batch *b);
 enum bq_list {
     BQ_LIST_READY = 0,  /* Q itself: operations waiting to be fetched */
     BQ_LIST_DEAD,       /* {Q}:dlq, the dead-letter list */
-    BQ_LIST_DELAYED,    /* {Q}:delayed, retries waiting for their time (length only) */
+    BQ_LIST_DELAYED,    /* {Q}:delayed, retries and delayed operations waiting for their
+                         * time (length only) */
     BQ_LIST_INFLIGHT,   /* all {Q}:wip:<worker> lists together (length only) */
 };
 
@@ -203,6 +204,9 @@ struct bq_fetch_req {
     size_t nacks;
     bool promote;                /* move due retries to the queue first */
     double lease;                /* > 0: renew the worker's lease for this long first */
+    bool exact;                  /* the wait must end on time (a promotion is due then): the
+                                  * Redis broker cuts it short itself, since the server's
+                                  * blocking timeouts are as coarse as its hz (100 ms) */
 };
 
 struct bq_fetch_res {
@@ -210,11 +214,21 @@ struct bq_fetch_res {
     size_t promoted;       /* retries moved to the queue */
     double next_due;       /* seconds until the next retry is due; -1: none (if promoted) */
     bool renewed;          /* the lease was renewed */
+    bool recheck;          /* an operation may have been added to a delayed set meanwhile
+                            * (a bell rang with nothing to take): promote in the next one */
     struct bq_batch dead;  /* ids of workers whose lease ran out (if renewed), each with the
                             * index of the queue it was found in (q); caller frees */
 };
 
 typedef struct bq_broker bq_broker;
+
+/* One operation to queue later (bq_broker_ops.push_delayed). */
+struct bq_delayed {
+    struct bq_slice msg;
+    const char *key;  /* its deduplication key (as push_unique's), or NULL for none */
+    double delay;     /* seconds after now by the server's clock, when run_at is 0 */
+    double run_at;    /* > 0: due at this time, seconds since the epoch */
+};
 
 /* One message's rate-limit admission (bq_broker_ops.rate_limit): the request, then the
  * answer. */
@@ -236,6 +250,17 @@ struct bq_broker_ops {
     bq_status (*push_unique)(bq_broker *b, const char *queue, const struct bq_slice *msgs,
                              const char *const *keys, size_t n, double ttl, bool *pushed,
                              bq_err *err);
+    /* Queues ops[0..n) on Q for later, in one atomic step (delay-N): each waits in
+     * {Q}:delayed, its score its due time in ms by the server's clock (a delay is added to
+     * the server's TIME), until a promotion moves it to Q like a retry; one already due is
+     * pushed to Q at once. One with a key is queued only if the key is free, and takes it
+     * for `ttl` seconds after its due time; one whose exact bytes already wait in
+     * {Q}:delayed is a duplicate too. pushed[i] says which were queued. When the earliest
+     * due time of {Q}:delayed moves earlier, Q's workers are told so they promote on time:
+     * "due <ms>" on Q's control channel and a ring of Q's bell (Redis), or a mark their
+     * fetches see (memory: bq_fetch_res.recheck). */
+    bq_status (*push_delayed)(bq_broker *b, const char *queue, const struct bq_delayed *ops,
+                              size_t n, double ttl, bool *pushed, bq_err *err);
     /* One round trip of the fetch loop, in this order: renew who's lease (req->lease > 0),
      * acknowledge req->acks, promote due retries (req->promote), then take up to req->max
      * messages for `who` into out. timeout 0 returns at once; otherwise waits up to

@@ -354,6 +354,15 @@ static bq_status c_push_unique(bq_broker *base, const char *queue, const struct 
     return st;
 }
 
+static bq_status c_push_delayed(bq_broker *base, const char *queue, const struct bq_delayed *ops,
+                                size_t n, double ttl, bool *pushed, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->push_delayed(b, queue, ops, n, ttl, pushed, errp_));
+    return st;
+}
+
 static bq_status c_fetch(bq_broker *base, const struct bq_lessee *who,
                          const struct bq_fetch_req *req, struct bq_fetch_res *res,
                          struct bq_batch *out, bq_err *err)
@@ -627,6 +636,7 @@ static void c_free(bq_broker *base)
 static const struct bq_broker_ops cluster_ops = {
     .push = c_push,
     .push_unique = c_push_unique,
+    .push_delayed = c_push_delayed,
     .fetch = c_fetch,
     .interrupt = c_interrupt,
     .ack = c_ack,

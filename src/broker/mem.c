@@ -21,6 +21,7 @@
 #include "../core/ratelimit.h"
 
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -52,6 +53,8 @@ static pthread_cond_t db_cv;
 static pthread_once_t db_once = PTHREAD_ONCE_INIT;
 static struct mem_key *db_keys[DB_BUCKETS];
 static unsigned long db_pushes; /* deduplicated pushes, for sweeping expired keys */
+static unsigned long db_sooner; /* bumped when a delayed set's earliest due time moved
+                                 * earlier: fetches waiting meanwhile say recheck */
 
 static struct mem_key **bucket(const char *name)
 {
@@ -343,6 +346,7 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
     size_t max = req->max;
     res->acked = res->promoted = 0;
     res->next_due = -1;
+    res->recheck = false;
     res->renewed = req->lease > 0 && who->delivery == BQ_AT_LEAST_ONCE;
     for (int i = 0; req->promote && i < who->nqueues; i++) {
         size_t moved = 0;
@@ -356,6 +360,9 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
     }
     pthread_once(&db_once, db_init);
     double deadline = bq_now_mono() + req->timeout;
+    /* The wait ends by the earliest due time just seen, as the Redis broker's does. */
+    if (res->next_due >= 0 && res->next_due < req->timeout)
+        deadline = bq_now_mono() + res->next_due;
     bq_status st = BQ_OK;
     pthread_mutex_lock(&db_mu);
     if (who->delivery == BQ_AT_LEAST_ONCE) {
@@ -368,6 +375,7 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
         res->acked = req->nacks;
     }
     size_t bytes = 0; /* taken by this fetch, against who->max_bytes (as fetch-2.lua) */
+    unsigned long sooner = db_sooner;
     for (;;) {
         /* Messages that are there are always taken; an interrupt only cuts a wait short. */
         size_t before = out->n;
@@ -386,6 +394,10 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
         if (st != BQ_OK || out->n > before)
             break;
         double left = deadline - bq_now_mono();
+        if (db_sooner != sooner) {
+            res->recheck = true; /* see bq_broker_ops.push_delayed */
+            break;
+        }
         if (atomic_exchange(&m->interrupted, false) || req->timeout <= 0 || left <= 0 ||
             max == 0)
             break;
@@ -449,6 +461,96 @@ static bq_status mem_push_unique(bq_broker *b, const char *queue, const struct b
         }
         pushed[i] = true;
     }
+    pthread_cond_broadcast(&db_cv);
+    pthread_mutex_unlock(&db_mu);
+    return st;
+}
+
+static bool zadd(const char *key, double score, const char *p, size_t len, bool sealed);
+
+/* Whether the delayed set z holds exactly these bytes (a sorted set's member is unique). */
+static bool zhas(const struct mem_key *z, const char *p, size_t len)
+{
+    for (size_t i = 0; z != NULL && i < z->n; i++) {
+        if (z->z[i].m.len == len && memcmp(z->z[i].m.data, p, len) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Queues operations for later: see bq_broker_ops.push_delayed (delay-N.lua). Times are this
+ * process' wall clock, as the memory broker's retries are. */
+static bq_status mem_push_delayed(bq_broker *b, const char *queue, const struct bq_delayed *ops,
+                                  size_t n, double ttl, bool *pushed, bq_err *err)
+{
+    (void)b;
+    pthread_once(&db_once, db_init);
+    char delayed[BQ_KEY_MAX];
+    bq_status st = bq_list_key(queue, BQ_LIST_DELAYED, delayed, err);
+    if (st != BQ_OK)
+        return st;
+    /* Whole milliseconds, as delay-N's scores. */
+    double now = floor(bq_now_wall() * 1000.0) / 1000.0;
+    pthread_mutex_lock(&db_mu);
+    if (++db_pushes % 4096 == 0)
+        sweep_expired(now);
+    struct mem_key *z = find(delayed, true, false);
+    bool had = z != NULL && z->n > 0;
+    double earliest = had ? z->z[0].score : 0;
+    bool sooner = false;
+    for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        const struct bq_delayed *d = &ops[i];
+        double due = d->run_at > 0 ? round(d->run_at * 1000.0) / 1000.0
+                                   : now + round((d->delay > 0 ? d->delay : 0) * 1000.0) / 1000.0;
+        pushed[i] = false;
+        struct mem_key *k = NULL;
+        if (d->key != NULL) {
+            char suffix[BQ_KEY_MAX], dk[BQ_KEY_MAX];
+            snprintf(suffix, sizeof suffix, "dedup:%s", d->key);
+            if (!bq_key_derive(queue, suffix, dk, sizeof dk)) {
+                st = bq_err_set(err, BQ_EINVAL, "deduplication key too long");
+                break;
+            }
+            k = find(dk, false, false);
+            if (k != NULL && (k->expires == 0 || k->expires > now))
+                continue; /* a duplicate */
+            if (k == NULL && (k = find(dk, false, true)) == NULL) {
+                st = oom(err);
+                break;
+            }
+            k->str = true;
+            k->n = 1; /* present */
+            k->expires = now + ttl + (due > now ? ceil(due - now) : 0);
+        }
+        bool ok;
+        if (due <= now) {
+            ok = push_copy(queue, d->msg.p, d->msg.len, true, false);
+        } else if (zhas(find(delayed, true, false), d->msg.p, d->msg.len)) {
+            if (k != NULL) {
+                k->n = 0;
+                drop_if_empty(k);
+            }
+            continue; /* the same bytes wait already: a duplicate */
+        } else {
+            ok = zadd(delayed, due, d->msg.p, d->msg.len, false);
+            if (ok && (!had || due < earliest)) {
+                had = true;
+                earliest = due;
+                sooner = true;
+            }
+        }
+        if (!ok) {
+            if (k != NULL) {
+                k->n = 0;
+                drop_if_empty(k);
+            }
+            st = oom(err);
+            break;
+        }
+        pushed[i] = true;
+    }
+    if (sooner)
+        db_sooner++;
     pthread_cond_broadcast(&db_cv);
     pthread_mutex_unlock(&db_mu);
     return st;
@@ -944,6 +1046,7 @@ static bq_status mem_command(bq_broker *b, const char *queue, int argc, const ch
 static const struct bq_broker_ops mem_ops = {
     .push = mem_push,
     .push_unique = mem_push_unique,
+    .push_delayed = mem_push_delayed,
     .fetch = mem_fetch,
     .interrupt = mem_interrupt,
     .ack = mem_ack,

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -59,6 +60,7 @@ static const struct {
     SCRIPT(S_ACK, "ack-2", ack_2),
     SCRIPT(S_BURYBIG, "burybig-3", burybig_3),
     SCRIPT(S_CONTROLS, "controls-3", controls_3),
+    SCRIPT(S_DELAY, "delay-N", delay_N),
 };
 #undef SCRIPT
 
@@ -377,6 +379,94 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
     return st;
 }
 
+/* One delay-N call for ops[0..n) (keys and messages travel as arguments). */
+static bq_status delay_chunk(struct redis_broker *r, bq_conn *c, const char *queue,
+                             const char *const *fixed, const struct bq_delayed *ops, size_t n,
+                             bool *pushed, bq_err *err)
+{
+    size_t nk = 3, na = 3;
+    const char **k = bq_calloc(n + 3, sizeof *k);
+    const char **a = bq_calloc(3 * n + 3, sizeof *a);
+    size_t *al = bq_calloc(3 * n + 3, sizeof *al);
+    char (*dk)[BQ_KEY_MAX] = bq_calloc(n, sizeof *dk);
+    char (*when)[32] = bq_calloc(n, sizeof *when);
+    bq_status st = BQ_OK;
+    if (k == NULL || a == NULL || al == NULL || dk == NULL || when == NULL)
+        st = bq_err_set(err, BQ_ENOMEM, "delay: out of memory");
+    for (size_t i = 0; i < 3 && st == BQ_OK; i++) {
+        k[i] = fixed[i];
+        a[i] = fixed[3 + i];
+        al[i] = strlen(a[i]);
+    }
+    for (size_t j = 0; j < n && st == BQ_OK; j++) {
+        const struct bq_delayed *d = &ops[j];
+        if (d->run_at > 0)
+            snprintf(when[j], sizeof when[j], "@%lld", llround(d->run_at * 1000.0));
+        else
+            snprintf(when[j], sizeof when[j], "+%lld", llround(d->delay > 0 ? d->delay * 1000.0 : 0));
+        if (d->key != NULL) {
+            char suffix[BQ_KEY_MAX];
+            snprintf(suffix, sizeof suffix, "dedup:%s", d->key);
+            st = bq_key_derive_err(queue, suffix, dk[j], err);
+            k[nk++] = dk[j];
+        }
+        a[na] = when[j];
+        al[na++] = strlen(when[j]);
+        a[na] = d->key != NULL ? "1" : "0";
+        al[na++] = 1;
+        a[na] = d->msg.p;
+        al[na++] = d->msg.len;
+    }
+    redisReply *rep = NULL;
+    if (st == BQ_OK)
+        st = bq_redis_run_script(c, S_DELAY, (int)nk, k, (int)na, a, al, r->command_timeout,
+                                 &rep, err);
+    if (st == BQ_OK && (rep->type != REDIS_REPLY_ARRAY || rep->elements != n))
+        st = bq_err_set(err, BQ_EPROTO, "delay-N: unexpected reply");
+    for (size_t j = 0; st == BQ_OK && j < n; j++)
+        pushed[j] = rep->element[j]->type == REDIS_REPLY_INTEGER && rep->element[j]->integer == 1;
+    if (rep != NULL)
+        freeReplyObject(rep);
+    bq_free(k);
+    bq_free(a);
+    bq_free(al);
+    bq_free(dk);
+    bq_free(when);
+    return st;
+}
+
+static bq_status redis_push_delayed(bq_broker *b, const char *queue,
+                                    const struct bq_delayed *ops, size_t n, double ttl,
+                                    bool *pushed, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    for (size_t i = 0; i < n; i++)
+        pushed[i] = false;
+    if (n == 0)
+        return BQ_OK;
+    char bell[BQ_KEY_MAX], delayed[BQ_KEY_MAX], control[BQ_KEY_MAX], ttls[32];
+    bq_status st = bq_key_derive_err(queue, "bell", bell, err);
+    if (st == BQ_OK)
+        st = bq_key_derive_err(queue, "delayed", delayed, err);
+    if (st == BQ_OK)
+        st = bq_key_derive_err(queue, "control", control, err);
+    if (st != BQ_OK)
+        return st;
+    snprintf(ttls, sizeof ttls, "%lld", (long long)(ttl >= 1 ? ttl : 1));
+    const char *fixed[] = {queue, bell, delayed, ttls, bq_broker_front(b, queue), control};
+    bq_conn *c = NULL;
+    if ((st = bq_pool_borrow(r->pool, &c, err)) != BQ_OK)
+        return st;
+    for (size_t i = 0; i < n && st == BQ_OK; i += 500)
+        st = delay_chunk(r, c, queue, fixed, ops + i, n - i < 500 ? n - i : 500, pushed + i, err);
+    if (st == BQ_OK && (st = wait_replicated(r, c, err)) != BQ_OK) {
+        for (size_t i = 0; i < n; i++)
+            pushed[i] = false;
+    }
+    bq_pool_return(r->pool, c);
+    return st;
+}
+
 /* ---- The node, and the broker ---------------------------------------------------------------- */
 
 static bq_status redis_node(bq_broker *b, char *role, size_t rsize, char *addr, size_t asize,
@@ -454,6 +544,7 @@ static void redis_free(bq_broker *b)
 static const struct bq_broker_ops redis_ops = {
     .push = redis_push,
     .push_unique = redis_push_unique,
+    .push_delayed = redis_push_delayed,
     .fetch = bq_redis_fetch,
     .interrupt = bq_redis_interrupt,
     .ack = bq_redis_ack,

@@ -96,9 +96,23 @@ static void unblock_fetch(struct redis_broker *r)
  * timeout. If the master changed meanwhile (Sentinel), the connection is to the old one: it
  * is dropped rather than a client id unblocked on the new server. */
 static bq_status read_blocked(struct redis_broker *r, bq_conn *c, redisReply **rep,
-                              double deadline, int wakefd, bq_err *err)
+                              double deadline, int wakefd, double cut, bq_err *err)
 {
-    bq_status st = bq_conn_read(c, rep, deadline, wakefd, err);
+    bq_status st = BQ_OK;
+    if (cut > 0) {
+        /* A wait that must end on time (bq_fetch_req.exact): Redis ends a blocking wait only
+         * at its next cron tick (up to 100 ms late at hz 10), so it is cut short here, as
+         * an interrupt cuts it. */
+        st = bq_conn_await(c, cut, wakefd);
+        if (st == BQ_ETIMEDOUT) {
+            unblock_fetch(r);
+            return bq_conn_read(c, rep, deadline, -1, err);
+        }
+        if (st == BQ_EIO)
+            return bq_err_set(err, BQ_EIO, "%s: poll failed", bq_conn_address(c));
+    }
+    if (st == BQ_OK)
+        st = bq_conn_read(c, rep, deadline, wakefd, err);
     if (st != BQ_EINTR)
         return st;
     take_wakeup(r);
@@ -515,14 +529,15 @@ static bq_status take_reply(struct redis_broker *r, enum take_shape shape, int n
  * only then). */
 static bq_status read_take(struct redis_broker *r, bq_conn *c, enum take_mode m,
                            const struct bq_lessee *who, const struct fetch_keys *k,
-                           const struct fetch_args *a, double deadline, struct bq_batch *out,
-                           bool *reload, bq_err *err)
+                           const struct fetch_args *a, double deadline, double cut,
+                           struct bq_batch *out, bool *reload, bool *recheck, bq_err *err)
 {
     const struct take *t = &takes[m];
     const char *name = t->name[k->fronts[0] == 'L'];
     size_t before = out->n;
     redisReply *rep = NULL;
-    bq_status st = read_blocked(r, c, &rep, deadline, t->waits ? r->wakefd : -1, err);
+    bq_status st = read_blocked(r, c, &rep, deadline, t->waits ? r->wakefd : -1,
+                                t->waits ? cut : 0, err);
     if (st == BQ_OK && t->script != S_COUNT && bq_redis_is_noscript(rep)) {
         freeReplyObject(rep); /* nothing taken this round */
         rep = NULL;
@@ -536,8 +551,12 @@ static bq_status read_take(struct redis_broker *r, bq_conn *c, enum take_mode m,
         freeReplyObject(rep);
     if (st != BQ_OK || !t->bells)
         return st;
+    /* fetchm-N took messages that rang no bell (a promotion in this round trip moved them
+     * into a queue): the wait on the bells sent after it is cut at once. */
+    if (out->n != before)
+        cut = bq_now_mono();
     rep = NULL;
-    st = read_blocked(r, c, &rep, deadline, r->wakefd, err);
+    st = read_blocked(r, c, &rep, deadline, r->wakefd, cut, err);
     if (st == BQ_OK)
         st = bq_reply_check(rep, "BRPOP", err);
     bool rang = st == BQ_OK && rep->type == REDIS_REPLY_ARRAY;
@@ -553,6 +572,10 @@ static bq_status read_take(struct redis_broker *r, bq_conn *c, enum take_mode m,
         st = take_reply(r, TAKE_FETCHM, nq, rep, name, out, err);
     if (rep != NULL)
         freeReplyObject(rep);
+    /* Rung with nothing to take: maybe delay-N, whose due time the worker may not know
+     * (or another worker was quicker). */
+    if (st == BQ_OK && out->n == before)
+        *recheck = true;
     return st;
 }
 
@@ -589,12 +612,14 @@ bq_status bq_redis_fetch(bq_broker *b, const struct bq_lessee *who,
     res->acked = res->promoted = 0;
     res->next_due = -1;
     res->renewed = false;
+    res->recheck = false;
     size_t first = out->n;
     double timeout = req->timeout;
     /* An interrupt that came while we were not waiting cuts this wait short: take what is
      * there without blocking. */
     if (take_wakeup(r))
         timeout = 0;
+    double cut = req->exact && timeout > 0 ? bq_now_mono() + timeout : 0;
     struct fetch_keys *k = NULL;
     bq_status st = lessee_keys(r, who, &k, err);
     if (r->fetch_conn != NULL && bq_conn_broken(r->fetch_conn)) {
@@ -634,7 +659,8 @@ bq_status bq_redis_fetch(bq_broker *b, const struct bq_lessee *who,
     /* 4. take (see `takes`) */
     if (st == BQ_OK && want)
         st = append_take(c, m, who, k, &a, err);
-    double deadline = bq_now_mono() + (timeout > 0 ? timeout : 0) + r->command_timeout;
+    double sent = bq_now_mono();
+    double deadline = sent + (timeout > 0 ? timeout : 0) + r->command_timeout;
     if (st == BQ_OK)
         st = bq_conn_flush(c, deadline, -1, err);
 
@@ -668,8 +694,16 @@ bq_status bq_redis_fetch(bq_broker *b, const struct bq_lessee *who,
             rep = NULL;
         }
     }
+    /* The wait for messages, already sent, must not outlast the earliest due time promote-2
+     * just reported (a delayed operation or a retry): it is cut then, so that operation is
+     * promoted on time by the next round trip. */
+    if (st == BQ_OK && want && timeout > 0 && res->next_due >= 0) {
+        double due = bq_now_mono() + res->next_due;
+        if (due < sent + timeout && (cut == 0 || due < cut))
+            cut = due;
+    }
     if (st == BQ_OK && want)
-        st = read_take(r, c, m, who, k, &a, deadline, out, &reload, err);
+        st = read_take(r, c, m, who, k, &a, deadline, cut, out, &reload, &res->recheck, err);
     /* 5. the seals of messages with a "#bq" header (rare: retries, recoveries, requeues).
      * If they cannot be read, leased messages are dropped from this batch: the worker's
      * orphan check hands them back (still sealed). At-most-once, they were popped: they stay,

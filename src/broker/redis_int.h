@@ -53,6 +53,7 @@ enum script_id {
     S_ACK,
     S_BURYBIG,
     S_CONTROLS,
+    S_DELAY,
     S_COUNT,
 };
 

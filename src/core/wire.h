@@ -45,6 +45,23 @@ bool bq_wire_timeout_valid(double seconds);
 /* An operation's own `max_attempts`: a whole number, at least 1 (a decoded 3.0 is 3). */
 #define BQ_WIRE_MAX_ATTEMPTS_RULE "max_attempts must be a whole number, at least 1"
 
+/* When an operation runs: `delay` (seconds from now, by Redis' clock) or `run_at` (a time,
+ * seconds since the epoch; producers also take ISO 8601 with a zone), at most one of them.
+ * A run_at already past runs at once. Checks both against the producer's wall clock `now`
+ * (only to refuse a run_at more than BQ_MAX_DURATION ahead, which is most often milliseconds
+ * given for seconds). Returns NULL, or the refusal naming the field. */
+#define BQ_WIRE_WHEN_BOTH "give delay or run_at, not both"
+const char *bq_wire_when_problem(bool has_delay, double delay, bool has_run_at, double run_at,
+                                 double now);
+
+/* Parses an ISO 8601 time with a zone, as run_at takes it: YYYY-MM-DDTHH:MM[:SS[.frac]]
+ * then Z or +HH:MM, -HH:MM, +HHMM, +HH ('T' may be 't' or a space). *out is seconds since
+ * the epoch. Returns NULL, or why it is not one (a sentence naming run_at). */
+#define BQ_WIRE_RUN_AT_RULE                                                                    \
+    "run_at must be seconds since the epoch or an ISO 8601 time with a zone "                  \
+    "(2026-12-03T10:00:00Z, 2026-12-03T11:00:00.250+01:00)"
+const char *bq_wire_parse_time(const char *s, size_t len, double *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -14,6 +14,7 @@
 #include "../broker/keys.h"
 #include "../core/alloc.h"
 #include "../core/clock.h" /* bq_duration_problem */
+#include "../core/wire.h"
 #include "../core/err.h"
 #include "../core/log.h"
 #include "metrics.h"
@@ -134,6 +135,7 @@ struct item {
     struct bq_task_parts parts; /* parts.conversation_id may point into parts (not moved) */
     char *queue;                /* owned: the routed queue, or a copy of the client's */
     char *key;                  /* owned: "run:<id>" or "cancel:<id>", or NULL */
+    const struct bq_when *when; /* NULL: now */
 };
 
 static bool is(const struct bq_task *t, const char *type)
@@ -141,10 +143,19 @@ static bool is(const struct bq_task *t, const char *type)
     return strcmp(t->type, type) == 0;
 }
 
-/* Checks, encodes and routes one task. */
-static bq_status prepare(bq_client *c, const struct bq_task *t, struct item *it, bq_err *err)
+/* Checks, encodes and routes one task (`when` may be NULL: now). */
+static bq_status prepare(bq_client *c, const struct bq_task *t, const struct bq_when *when,
+                         struct item *it, bq_err *err)
 {
     it->task = t;
+    if (when != NULL) {
+        const char *why = bq_wire_when_problem(when->delay != 0, when->delay, when->run_at != 0,
+                                               when->run_at, bq_now_wall());
+        if (why != NULL)
+            return bq_err_set(err, BQ_EINVAL, "%s", why);
+        if (when->delay != 0 || when->run_at != 0)
+            it->when = when;
+    }
     bq_status st = bq_task_encode_parts(t, &it->msg, &it->parts, err);
     if (st != BQ_OK)
         return st;
@@ -190,6 +201,10 @@ static bq_status store_op(bq_client *c, struct item *it, bq_err *err)
     bq_status st = BQ_OK;
     if (c->store == NULL)
         return BQ_OK;
+    /* A delayed cancel or pause changes nothing before it comes due: the worker that takes
+     * it then stores it (and reaches a running task), as one from Bindu's API. */
+    if (it->when != NULL && !is(t, "run"))
+        return BQ_OK;
     if (is(t, "run")) {
         /* The history is the message's "messages" array: NUL-terminated for the call. */
         char *end = it->msg.data + it->parts.history_off + it->parts.history_len;
@@ -234,14 +249,17 @@ static bq_status push_group(bq_client *c, const struct item *items, size_t n, si
                             size_t *dups, bq_err *err)
 {
     const char *queue = items[0].queue;
-    bool keyed = items[0].key != NULL;
+    bool keyed = items[0].key != NULL, delayed = items[0].when != NULL;
     struct bq_slice *slices = bq_calloc(n, sizeof *slices);
     const char **aux = bq_calloc(n, sizeof *aux); /* the task ids, or the keys */
-    bool *pushed = keyed ? bq_calloc(n, sizeof *pushed) : NULL;
-    if (slices == NULL || aux == NULL || (keyed && pushed == NULL)) {
+    bool *pushed = keyed || delayed ? bq_calloc(n, sizeof *pushed) : NULL;
+    struct bq_delayed *later = delayed ? bq_calloc(n, sizeof *later) : NULL;
+    if (slices == NULL || aux == NULL || ((keyed || delayed) && pushed == NULL) ||
+        (delayed && later == NULL)) {
         bq_free(slices);
         bq_free(aux);
         bq_free(pushed);
+        bq_free(later);
         return bq_err_set(err, BQ_ENOMEM, "schedule: out of memory");
     }
     for (size_t i = 0; i < n; i++) {
@@ -250,7 +268,21 @@ static bq_status push_group(bq_client *c, const struct item *items, size_t n, si
     }
     size_t ok = 0;
     bq_status st;
-    if (keyed) {
+    for (size_t i = 0; delayed && i < n; i++)
+        later[i] = (struct bq_delayed){slices[i], items[i].key, items[i].when->delay,
+                                       items[i].when->run_at};
+    if (delayed) {
+        st = c->broker->ops->push_delayed(c->broker, queue, later, n, c->dedup_ttl, pushed, err);
+        for (size_t i = 0; st == BQ_OK && i < n; i++) {
+            ok += pushed[i];
+            if (bq_log_enabled(BQ_LOG_DEBUG))
+                bq_log(BQ_LOG_DEBUG, pushed[i] ? "scheduled" : "deduplicated", "task_id",
+                       items[i].task->task_id, "queue", queue, NULL);
+        }
+        if (st != BQ_OK)
+            bq_log(BQ_LOG_ERROR, "schedule_failed", "queue", queue, "error",
+                   err ? err->msg : NULL, "code", bq_status_name(st), NULL);
+    } else if (keyed) {
         st = c->broker->ops->push_unique(c->broker, queue, slices, aux, n, c->dedup_ttl, pushed,
                                          err);
         for (size_t i = 0; st == BQ_OK && i < n; i++) {
@@ -268,7 +300,7 @@ static bq_status push_group(bq_client *c, const struct item *items, size_t n, si
     if (ok > 0 && strcmp(c->broker->kind, "memory") == 0 && bq_memory_warning_due())
         bq_log(BQ_LOG_WARN, "memory_scheduler_no_worker", "queue", queue, "warning",
                BQ_MEMORY_WARNING, NULL);
-    size_t dup = st == BQ_OK && keyed ? n - ok : 0;
+    size_t dup = st == BQ_OK && (keyed || delayed) ? n - ok : 0;
     *sent += ok;
     *dups += dup;
     bq_metrics_scheduled(queue, (long long)ok, (long long)dup);
@@ -277,11 +309,24 @@ static bq_status push_group(bq_client *c, const struct item *items, size_t n, si
     bq_free(slices);
     bq_free(aux);
     bq_free(pushed);
+    bq_free(later);
     return st;
 }
 
 bq_status bq_schedule_many(bq_client *c, const struct bq_task *tasks, size_t n, size_t *n_sent,
                            bq_err *err)
+{
+    return bq_schedule_many_when(c, tasks, NULL, n, n_sent, err);
+}
+
+bq_status bq_schedule_when(bq_client *c, const struct bq_task *task, const struct bq_when *when,
+                           bq_err *err)
+{
+    return bq_schedule_many_when(c, task, when, 1, NULL, err);
+}
+
+bq_status bq_schedule_many_when(bq_client *c, const struct bq_task *tasks,
+                                const struct bq_when *when, size_t n, size_t *n_sent, bq_err *err)
 {
     size_t sent = 0, dups = 0;
     if (n_sent == NULL)
@@ -297,7 +342,9 @@ bq_status bq_schedule_many(bq_client *c, const struct bq_task *tasks, size_t n, 
     bq_status st = BQ_OK;
     char where[32];
     for (size_t i = 0; i < n && st == BQ_OK; i++) {
-        if ((st = prepare(c, &tasks[i], &items[i], err)) != BQ_OK && n > 1) {
+        if ((st = prepare(c, &tasks[i], when != NULL ? &when[i] : NULL, &items[i], err)) !=
+                BQ_OK &&
+            n > 1) {
             snprintf(where, sizeof where, "tasks[%zu]", i);
             bq_err_prefix(err, where);
         }
@@ -311,7 +358,8 @@ bq_status bq_schedule_many(bq_client *c, const struct bq_task *tasks, size_t n, 
     /* Runs of consecutive tasks with the same queue and the same kind of push. */
     for (size_t i = 0, j; i < n && st == BQ_OK; i = j) {
         for (j = i + 1; j < n && strcmp(items[j].queue, items[i].queue) == 0 &&
-                        (items[j].key != NULL) == (items[i].key != NULL);
+                        (items[j].key != NULL) == (items[i].key != NULL) &&
+                        (items[j].when != NULL) == (items[i].when != NULL);
              j++)
             ;
         st = push_group(c, &items[i], j - i, n_sent, &dups, err);

@@ -148,7 +148,8 @@ bq_status bq_metrics_render(char **out, size_t *len)
 
     /* Queue lengths: one series per queue (the first worker of a queue asks its broker). */
     family(&b, "binduq_queue_length", "gauge",
-           "Task operations in a queue: ready, delayed (retries), inflight (leased), dead.");
+           "Task operations in a queue: ready, delayed (retries and delayed operations), "
+           "inflight (leased), dead.");
     static const struct {
         enum bq_list which;
         const char *name;

@@ -68,9 +68,29 @@ bq_status bq_worker_publish(bq_worker *w, enum bq_control op, const char *task_i
                                    (struct bq_slice){msg, (size_t)n}, &receivers, err);
 }
 
+/* "due <ms>": an operation a producer delayed is due in ms milliseconds (delay-N.lua);
+ * -1 for any other message. */
+static double parse_due(const char *msg, size_t len)
+{
+    if (len < 5 || len > 24 || memcmp(msg, "due ", 4) != 0)
+        return -1;
+    double ms = 0;
+    for (size_t i = 4; i < len; i++) {
+        if (msg[i] < '0' || msg[i] > '9')
+            return -1;
+        ms = ms * 10 + (msg[i] - '0');
+    }
+    return ms;
+}
+
 static void on_control(void *ud, const char *msg, size_t len)
 {
     bq_worker *w = ud;
+    double due = parse_due(msg, len);
+    if (due >= 0) {
+        bq_worker_due(w, due / 1000.0);
+        return;
+    }
     char id[BQ_MAX_ID_LEN + 1];
     enum bq_control op = bq_control_parse(msg, len, id, sizeof id);
     if (op == BQ_CONTROL_NONE)

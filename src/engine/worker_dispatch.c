@@ -39,6 +39,7 @@ struct round {
     bq_status st;
     bq_err err;
     double now;                 /* when it was planned */
+    double planned_promote;     /* fetch.next_promote when it was planned */
     double prev_beat;           /* lease.last_beat before it took on the renewal */
     int seen_inflight;          /* tasks.inflight when it was planned */
     bool drain;                 /* drain mode when it was planned */
@@ -114,8 +115,11 @@ static void plan_round_trip(bq_worker *w, struct round *r, int cap)
      * ride along instead of each taking its own round trip (see ack). */
     req->timeout = r->drain || r->busy || req->max == 0 ? 0 : w->conf.block_timeout;
     req->promote = now >= w->fetch.next_promote;
-    if (req->timeout > 0 && !req->promote && w->fetch.next_promote - now < req->timeout)
+    if (req->timeout > 0 && !req->promote && w->fetch.next_promote - now < req->timeout) {
         req->timeout = w->fetch.next_promote - now > 0.001 ? w->fetch.next_promote - now : 0.001;
+        req->exact = true; /* a promotion is due then: to the millisecond */
+    }
+    r->planned_promote = w->fetch.next_promote;
     /* Renew the lease in this round trip if it would come due before it returns. */
     r->prev_beat = w->lease.last_beat;
     if (r->lease && now + req->timeout >= w->lease.last_beat + r->period) {
@@ -124,6 +128,21 @@ static void plan_round_trip(bq_worker *w, struct round *r, int cap)
     }
     w->fetch.blocking = req->timeout > 0;
     w->fetch.block_until = now + req->timeout;
+}
+
+void bq_worker_due(bq_worker *w, double seconds)
+{
+    double due = bq_now_mono() + (seconds > 0 ? seconds : 0);
+    bool wake = false;
+    pthread_mutex_lock(&w->mu);
+    w->fetch.delayed_waiting = true;
+    if (due < w->fetch.next_promote) {
+        w->fetch.next_promote = due;
+        wake = w->fetch.blocking && w->fetch.block_until > due;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (wake)
+        w->broker->ops->interrupt(w->broker);
 }
 
 /* The round trip: fetches, carrying the acks (and maybe the renewal and the promotion). */
@@ -159,8 +178,17 @@ static void settle_round_trip(bq_worker *w, struct round *r)
     if (r->st == BQ_OK && req->promote) {
         double wait = res->next_due >= 0 && res->next_due < w->conf.block_timeout
                           ? res->next_due : w->conf.block_timeout;
-        w->fetch.next_promote = r->now + (wait > 0.001 ? wait : 0.001);
-        w->fetch.delayed_waiting = res->next_due >= 0;
+        double next = r->now + (wait > 0.001 ? wait : 0.001);
+        /* Brought forward during the round trip (a retry of a slot, a producer's delayed
+         * operation said on the control channel): the reply may not have seen it. */
+        if (w->fetch.next_promote < r->planned_promote && w->fetch.next_promote < next)
+            next = w->fetch.next_promote;
+        w->fetch.next_promote = next;
+        w->fetch.delayed_waiting = res->next_due >= 0 || next < r->now + wait;
+    }
+    if (r->st == BQ_OK && res->recheck && r->now < w->fetch.next_promote) {
+        w->fetch.next_promote = r->now; /* see bq_fetch_res.recheck */
+        w->fetch.delayed_waiting = true;
     }
     pthread_mutex_unlock(&w->mu);
     if (r->st == BQ_OK && res->acked < req->nacks) {

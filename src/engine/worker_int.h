@@ -297,4 +297,10 @@ void *bq_worker_control_main(void *arg);
 void bq_worker_stop_control(bq_worker *w);
 void bq_worker_scan_controls(bq_worker *w);
 
+/* An operation waits in a delayed set of the worker's queue for `seconds` more (a producer's
+ * delayed operation, said on the control channel as "due <ms>"): brings the next promotion
+ * forward as a retry of its own does, waking a blocked fetch that would sleep past it. Any
+ * thread. */
+void bq_worker_due(bq_worker *w, double seconds);
+
 #endif

@@ -196,6 +196,50 @@ static int l_client_push_unique(lua_State *L)
     return 1;
 }
 
+/* c:push_delayed({msg, ...}, {key|false, ...}, {delay, ...}, {run_at, ...}, ttl [, queue])
+ *   -> {true|false, ...} | nil, msg, code
+ * Operation i is due run_at[i] (seconds since the epoch) when that is > 0, else delay[i]
+ * seconds from now by the server's clock (bq_broker_ops.push_delayed). */
+static int l_client_push_delayed(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    for (int a = 2; a <= 5; a++)
+        luaL_checktype(L, a, LUA_TTABLE);
+    double ttl = luaL_checknumber(L, 6);
+    const char *queue = luaL_optstring(L, 7, c->cfg.queue_name);
+    size_t n = (size_t)luaL_len(L, 2);
+    lua_settop(L, 7);
+    bool *pushed = lua_newuserdatauv(L, (n ? n : 1) * sizeof *pushed, 0);          /* 8 */
+    struct bq_delayed *ops = lua_newuserdatauv(L, (n ? n : 1) * sizeof *ops, 0);   /* 9 */
+    for (size_t i = 0; i < n; i++) {
+        lua_Integer k = (lua_Integer)i + 1;
+        if (lua_rawgeti(L, 2, k) != LUA_TSTRING)
+            return luaL_error(L, "push_delayed: message %d must be a string", (int)k);
+        ops[i].msg.p = lua_tolstring(L, -1, &ops[i].msg.len); /* the table keeps it alive */
+        int kt = lua_rawgeti(L, 3, k);
+        if (kt != LUA_TSTRING && kt != LUA_TBOOLEAN && kt != LUA_TNIL)
+            return luaL_error(L, "push_delayed: key %d must be a string or false", (int)k);
+        ops[i].key = kt == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        lua_rawgeti(L, 4, k);
+        ops[i].delay = lua_tonumber(L, -1);
+        lua_rawgeti(L, 5, k);
+        ops[i].run_at = lua_tonumber(L, -1);
+        lua_pop(L, 4);
+    }
+    bq_err err;
+    if (c->broker->ops->push_delayed(c->broker, queue, ops, n, ttl, pushed, &err) != BQ_OK)
+        return client_fail(L, c, &err);
+    long long sent = 0;
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        sent += pushed[i];
+        lua_pushboolean(L, pushed[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    bq_metrics_scheduled(queue, sent, (long long)n - sent);
+    return 1;
+}
+
 static int l_client_length(lua_State *L)
 {
     bq_client *c = check_open(L);
@@ -572,7 +616,7 @@ static int l_client_info(lua_State *L)
 
 static const luaL_Reg client_methods[] = {
     {"push", l_client_push},   {"length", l_client_length}, {"range", l_client_range},
-    {"push_unique", l_client_push_unique},
+    {"push_unique", l_client_push_unique}, {"push_delayed", l_client_push_delayed},
     {"ping", l_client_ping},   {"info", l_client_info}, {"order", l_client_order},     {"close", l_client_close},
     {"dlq_requeue", l_client_dlq_requeue}, {"dlq_remove", l_client_dlq_remove},
     {"dlq_purge", l_client_dlq_purge}, {"publish", l_client_publish},

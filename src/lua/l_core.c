@@ -729,6 +729,36 @@ static int l_dotenv(lua_State *L)
 
 /* ---- Module ---------------------------------------------------------------------------------- */
 
+/* core.parse_time(s) -> epoch seconds | nil, why: run_at's ISO 8601 with a zone (wire.h). */
+static int l_parse_time(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    double t;
+    const char *why = bq_wire_parse_time(s, len, &t);
+    if (why != NULL) {
+        luaL_pushfail(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    lua_pushnumber(L, t);
+    return 1;
+}
+
+/* core.when_problem(delay, run_at) -> why | nil: both numbers or nil (absent), checked as
+ * wire.h's bq_wire_when_problem checks them against the wall clock. */
+static int l_when_problem(lua_State *L)
+{
+    bool has_delay = !lua_isnoneornil(L, 1), has_run_at = !lua_isnoneornil(L, 2);
+    double delay = has_delay ? luaL_checknumber(L, 1) : 0;
+    double run_at = has_run_at ? luaL_checknumber(L, 2) : 0;
+    const char *why = bq_wire_when_problem(has_delay, delay, has_run_at, run_at, bq_now_wall());
+    if (why == NULL)
+        return 0;
+    lua_pushstring(L, why);
+    return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
     {"log", l_log},
     {"log_enabled", l_log_enabled},
@@ -742,6 +772,8 @@ static const luaL_Reg core_funcs[] = {
     {"monotonic", l_monotonic},
     {"iso8601", l_iso8601},
     {"parse_iso8601", l_parse_iso8601},
+    {"parse_time", l_parse_time},
+    {"when_problem", l_when_problem},
     {"sleep", l_sleep},
     {"parse_url", l_parse_url},
     {"redact_url", l_redact_url},
@@ -790,6 +822,8 @@ __attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
     lua_setfield(L, -2, "TIMEOUT_RULE");
     lua_pushliteral(L, BQ_WIRE_MAX_ATTEMPTS_RULE);
     lua_setfield(L, -2, "MAX_ATTEMPTS_RULE");
+    lua_pushliteral(L, BQ_WIRE_RUN_AT_RULE);
+    lua_setfield(L, -2, "RUN_AT_RULE");
     lua_setfield(L, -2, "wire");
     bq_lua_open_client(L);
     bq_lua_open_engine(L);

@@ -687,6 +687,13 @@ bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd
     }
 }
 
+bq_status bq_conn_await(bq_conn *c, double until, int wakefd)
+{
+    if (c->reader->pos < c->reader->len || (c->tls != NULL && bq_tls_pending(c->tls)))
+        return BQ_OK;
+    return wait_fd(c->fd, POLLIN, until, wakefd);
+}
+
 bq_status bq_reply_check(const redisReply *r, const char *cmd, bq_err *err)
 {
     if (r == NULL || r->type != REDIS_REPLY_ERROR)

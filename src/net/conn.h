@@ -99,6 +99,13 @@ void bq_conn_cap_bulk(bq_conn *c, size_t max);
  * connection (replies that arrived whole before it are still returned first). */
 bq_status bq_conn_read(bq_conn *c, redisReply **out, double deadline, int wakefd, bq_err *err);
 
+/* Waits until the next reply may be read (bytes are buffered, or the socket is readable), at
+ * most until `until` (monotonic seconds): BQ_OK; BQ_ETIMEDOUT when nothing came by then, with
+ * the connection still usable (unlike a read's deadline); BQ_EINTR when `wakefd` (>= 0)
+ * became readable; BQ_EIO if the wait itself failed. For a wait the caller cuts short on
+ * its own clock (a blocking command the server would time out too late). */
+bq_status bq_conn_await(bq_conn *c, double until, int wakefd);
+
 /* One round trip with the command timeout. An error reply becomes BQ_EREDIS (BQ_EAUTH for
  * NOAUTH/WRONGPASS) with the message "<COMMAND>: <redis error>", and *out is NULL. `out` may
  * be NULL when the reply is not needed. */

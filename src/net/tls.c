@@ -222,6 +222,11 @@ ssize_t bq_tls_write(bq_tls *t, const void *buf, size_t len, short *want, const 
     return io_result(t, n, want, why);
 }
 
+bool bq_tls_pending(bq_tls *t)
+{
+    return bq_ssl.SSL_pending(t->ssl) > 0;
+}
+
 bool bq_tls_idle_ok(bq_tls *t)
 {
     if (bq_ssl.SSL_pending(t->ssl) > 0)

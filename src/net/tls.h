@@ -50,5 +50,7 @@ ssize_t bq_tls_write(bq_tls *t, const void *buf, size_t len, short *want, const 
 /* True when the session has no decrypted bytes waiting and the peer has not closed it;
  * consumes TLS records that carry no data (session tickets). For pools. */
 bool bq_tls_idle_ok(bq_tls *t);
+/* Whether decrypted bytes wait in t, which polling the socket would not show. */
+bool bq_tls_pending(bq_tls *t);
 
 #endif

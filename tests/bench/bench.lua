@@ -12,6 +12,8 @@
 --             worker's own process (against one in another process)
 --   pickup    latency from a producer process' LPUSH to the handler's start, at idle (1,000
 --             samples), and the idle worker's CPU
+--   delayed   100,000 runs from the bench process with the same run_at: from that due time
+--             to the first handler start and the last handler end
 --   cancel    a task waiting in ctx:http (issue 20): from s:cancel() in the bench process to
 --             the fake model server seeing the worker's connection closed (100 samples),
 --             against the limit, 50 ms at p99
@@ -185,6 +187,14 @@ local ok, err = pcall(function()
                  call_p50 = call.p50, call_p99 = call.p99 }
     end)
 
+    step(("delayed tasks: a worker process (w:run(), default options) waiting on an empty queue, %d no-op runs scheduled from this process with the same run_at, a whole second ahead")
+        :format(N))
+    F.delayed = median_of("delayed", function(r)
+        local d = deployed.delayed{ url = server.url, queue = queue .. ":delayed" .. r, n = N, prefix = "dl" .. r .. "-" }
+        server:cli("FLUSHALL")
+        return d
+    end)
+
     step(("cancel in ctx:http: a worker process (w:run(), default options) whose handler streams a long answer from the fake model server (loopback); %d times a task is scheduled, canceled mid-stream, and the server's record read for when it saw the connection close")
         :format(N_CANCEL))
     F.cancel = median_of("cancel in ctx:http", function(r)
@@ -335,6 +345,8 @@ row("pickup latency, idle", "p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x the LP
 row("  the producer's schedule calls", "p50 %.3f ms  p99 %.3f ms (encode, record, LPUSH, reply)",
     F.lat.call_p50, F.lat.call_p99)
 row("  idle worker CPU", "%9.2f %% of a core", F.lat.idle_pct)
+row(("%s due in the same second"):format(N == 100000 and "100,000" or tostring(N)),
+    "all started within %.2f s (the first %.1f ms after it)", F.delayed.last, F.delayed.first * 1000)
 row(("cancel in ctx:http (%d)"):format(F.cancel.n), "p50 %.3f ms  p99 %.3f ms   %5.2f x the limit (p99 %d ms); max %.3f ms",
     F.cancel.p50, F.cancel.p99, F.cancel.p99 / CANCEL_LIMIT_MS, CANCEL_LIMIT_MS, F.cancel.max)
 row("agents, 2,000 waiting 1 s", "%9.0f tasks/s   %5.2f x Little's law (%.0f/s); peak RSS %.0f MiB",

@@ -157,6 +157,43 @@ function M.latency(opts)
     return r.lat, idle, { p50 = tonumber(call_p50), p99 = tonumber(call_p99) }
 end
 
+--- Delayed tasks due at the same time: a worker process (w:run(), default options) waits
+--- on an empty queue; this process schedules opts.n no-op runs (schedule_many, batches of
+--- 1,000, deduplication off) all with the same run_at, a whole second far enough ahead for
+--- the scheduling to end first. Returns the seconds from that due time to the first handler
+--- start and to the last handler end (the worker's monotonic clock, which this process
+--- shares; the due time converted with this process' wall-clock offset).
+function M.delayed(opts)
+    local bq = require("binduq")
+    local dir, out, _, wenv = setup(opts)
+    local w = proc.spawn(WORKER, { env = wenv, dir = dir })
+    proc.sleep(0.5) -- the worker is waiting
+    local s = bq.scheduler{ url = opts.url, queue_name = opts.queue, dedup = false }
+    local at = math.floor(bq.now()) + math.ceil(opts.n / 20000) + 2
+    local iso, batch = bq.iso8601(at), {}
+    for i = 1, opts.n do
+        batch[#batch + 1] = { type = "run", task_id = opts.prefix .. i, messages = { "x" }, run_at = iso }
+        if #batch == 1000 or i == opts.n then
+            assert(s:schedule_many(batch))
+            batch = {}
+        end
+    end
+    local ahead = at - bq.now()
+    assert(ahead > 0, ("the scheduling ended %.3f s after the due time"):format(-ahead))
+    local at_mono = at - (bq.now() - core.monotonic())
+    local deadline = core.monotonic() + ahead + 120
+    while assert(s:delayed_count()) + assert(s:queue_length()) + assert(s:inflight_count()) > 0 do
+        assert(proc.alive(w), "the worker exited early: " .. (proc.read(w.log) or ""))
+        assert(core.monotonic() < deadline, "delayed run: not done in 120 s after the due time")
+        core.sleep(0.002)
+    end
+    s:close()
+    assert(proc.stop(w, 30) == 0, "worker: " .. (proc.read(w.log) or ""))
+    local r = report(out)
+    assert(r.n == opts.n, ("the handlers ran %d tasks of %d"):format(r.n, opts.n))
+    return { first = r.first - at_mono, last = r.last - at_mono }
+end
+
 --- The cancel of a task waiting in ctx:http, from another process: a worker process (w:run(),
 --- default options) whose handler streams a long chat completion from the fake model server
 --- (tests/helpers/fakemodel.py on loopback; 100,000 tokens 50 ms apart); for each sample this

@@ -12,12 +12,14 @@
 #include "../../src/core/alloc.h"
 #include "../../src/core/err.h"
 #include "../../src/core/log.h"
+#include "../../src/core/wire.h"
 #include "../../src/engine/client.h"
 #include "../../src/engine/metrics.h"
 #include "../../src/storage/storage.h"
 
 #include <hiredis/hiredis.h>
 #include <postgresql/libpq-fe.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/wait.h>
@@ -269,6 +271,73 @@ TEST(a_cancel_is_stored_and_published_on_the_control_channel)
     CHECK_INT(bq_schedule_many(c, &t[1], 1, &sent, &err), BQ_OK);
     CHECK_INT(sent, 0);
     CHECK_INT(qlen(c, queue), 3);
+    bq_client_free(c);
+}
+
+/* The members of {Q}:delayed with their scores, as "member score ..." (ZRANGE WITHSCORES). */
+static redisReply *delayed_set(bq_client *c, const char *queue)
+{
+    char key[256];
+    snprintf(key, sizeof key, "{%s}:delayed", queue);
+    const char *argv[] = {"ZRANGE", key, "0", "-1", "WITHSCORES"};
+    void *r = NULL;
+    if (c->broker->admin->command(c->broker, queue, 5, argv, NULL, &r, NULL) != BQ_OK)
+        return NULL;
+    return r;
+}
+
+TEST(delayed_tasks_wait_in_the_delayed_set_and_bad_times_are_refused)
+{
+    NEED_REDIS();
+    struct bq_client_options o = {0};
+    char queue[96], id[96], id2[96];
+    bq_client *c = open_client(&o, "delay", queue, sizeof queue);
+    REQUIRE(c != NULL);
+    snprintf(id, sizeof id, "%s:delay:1", prefix);
+    snprintf(id2, sizeof id2, "%s:delay:2", prefix);
+    /* Refused, naming the task and the field; nothing stored or pushed. */
+    struct bq_task bad[2] = {{"run", id, NULL, hi, 1}, {"run", id2, NULL, hi, 1}};
+    struct bq_when badw[2] = {{0, 0}, {-1, 0}};
+    size_t sent = 9;
+    bq_err err;
+    CHECK_INT(bq_schedule_many_when(c, bad, badw, 2, &sent, &err), BQ_EINVAL);
+    CHECK_STR(err.msg, "tasks[1]: delay is negative");
+    CHECK_INT(sent, 0);
+    struct bq_when both = {1, 2e9};
+    CHECK_INT(bq_schedule_when(c, &bad[0], &both, &err), BQ_EINVAL);
+    CHECK_STR(err.msg, BQ_WIRE_WHEN_BOTH);
+    struct bq_when nan = {NAN, 0};
+    CHECK_INT(bq_schedule_when(c, &bad[0], &nan, &err), BQ_EINVAL);
+    CHECK_STR(err.msg, "delay is not a number");
+    struct bq_task_rec rec;
+    CHECK(!mem_get(id, &rec));
+    /* A run in 60 s (recorded submitted), its duplicate, a cancel in 30 s (not stored yet),
+     * a run at a time already past (pushed at once). */
+    struct bq_task t[4] = {{"run", id, NULL, hi, 1},
+                           {"run", id, NULL, hi, 1},
+                           {"cancel", id, NULL, NULL, 0},
+                           {"run", id2, NULL, hi, 1}};
+    struct bq_when w[4] = {{60, 0}, {60, 0}, {30, 0}, {0, 1.0e9}};
+    CHECK_INT(bq_schedule_many_when(c, t, w, 4, &sent, &err), BQ_OK);
+    CHECK_INT(sent, 3);
+    long long sc = 0, dd = 0;
+    bq_client_stats(c, &sc, &dd);
+    CHECK_INT(sc, 3);
+    CHECK_INT(dd, 1);
+    REQUIRE(mem_get(id, &rec));
+    CHECK_STR(rec.state, "submitted"); /* the delayed cancel changed nothing yet */
+    bq_task_rec_clear(&rec);
+    CHECK_INT(qlen(c, queue), 1);
+    long long delayed = 0;
+    CHECK_INT(c->broker->admin->length(c->broker, queue, BQ_LIST_DELAYED, &delayed, NULL), BQ_OK);
+    CHECK_INT(delayed, 2);
+    /* Scores are due times in ms by Redis' clock: the cancel first, 30 s before the run. */
+    redisReply *r = delayed_set(c, queue);
+    REQUIRE(r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 4);
+    CHECK_CONTAINS(r->element[0]->str, "\"type\":\"cancel\"");
+    double d = atof(r->element[3]->str) - atof(r->element[1]->str);
+    CHECK(d >= 29990 && d <= 30010);
+    freeReplyObject(r);
     bq_client_free(c);
 }
 
@@ -721,6 +790,7 @@ int main(void)
     RUN(duplicates_of_run_and_cancel_are_not_pushed_and_are_counted);
     RUN(a_cancel_is_stored_and_published_on_the_control_channel);
     RUN(a_pause_parks_a_submitted_task_and_asks_a_running_one);
+    RUN(delayed_tasks_wait_in_the_delayed_set_and_bad_times_are_refused);
     RUN(the_route_callback_picks_the_queue);
     RUN(a_storage_failure_stops_the_push);
     RUN(a_run_is_recorded_in_postgres_and_its_failure_stops_the_push);

@@ -19,6 +19,7 @@
 #include "../../src/core/log.h"
 #include "../../src/core/rand.h"
 #include "../../src/core/ratelimit.h"
+#include "../../src/core/wire.h"
 #include "../../src/engine/config.h"
 #include "../../src/engine/task.h"
 #include "../../src/engine/worker.h"
@@ -616,6 +617,71 @@ TEST(pickup_latency_rejects_absurd_timestamps)
     }
 }
 
+/* run_at's ISO 8601 with a zone (wire.h), against timegm for what it accepts. */
+TEST(run_at_parses_iso8601_with_a_zone)
+{
+    const struct {
+        const char *in;
+        double out; /* -1: refused */
+    } cases[] = {
+        {"1970-01-01T00:00:00Z", 0},
+        {"2026-12-03T10:00:00Z", 1796292000},
+        {"2026-12-03t10:00:00z", 1796292000},
+        {"2026-12-03 10:00:00Z", 1796292000},
+        {"2026-12-03T11:00:00.250+01:00", 1796292000.25},
+        {"2026-12-03T11:00:00,5+0100", 1796292000.5},
+        {"2026-12-03T05:30-04:30", 1796292000},
+        {"2026-12-03T12:00+02", 1796292000},
+        {"2024-02-29T00:00:00Z", 1709164800},
+        {"2026-12-03T10:00:00", -1},   /* no zone */
+        {"2025-02-29T00:00:00Z", -1},  /* not a leap year */
+        {"2026-13-01T00:00:00Z", -1},
+        {"2026-12-03T24:00:00Z", -1},
+        {"2026-12-03T10:00:00+24:00", -1},
+        {"2026-12-03T10:00:00.Z", -1},
+        {"2026-12-03T10:00:00Zjunk", -1},
+        {"tomorrow", -1},
+        {"", -1},
+        {"1796292000", -1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        double t = -1;
+        const char *why = bq_wire_parse_time(cases[i].in, strlen(cases[i].in), &t);
+        if (cases[i].out < 0) {
+            CHECK(why != NULL);
+            if (why != NULL)
+                CHECK_CONTAINS(why, "run_at");
+        } else {
+            CHECK(why == NULL);
+            if (fabs(t - cases[i].out) > 1e-6)
+                printf("  %s: %.6f, want %.6f\n", cases[i].in, t, cases[i].out);
+            CHECK(fabs(t - cases[i].out) <= 1e-6);
+        }
+    }
+}
+
+/* delay and run_at: one of them, each within its bounds, naming the field. */
+TEST(when_refuses_bad_delays_and_times_naming_the_field)
+{
+    double now = 1796292000;
+    CHECK(bq_wire_when_problem(false, 0, false, 0, now) == NULL);
+    CHECK(bq_wire_when_problem(true, 0, false, 0, now) == NULL);
+    CHECK(bq_wire_when_problem(true, 0.5, false, 0, now) == NULL);
+    CHECK(bq_wire_when_problem(true, BQ_MAX_DURATION, false, 0, now) == NULL);
+    CHECK(bq_wire_when_problem(false, 0, true, now - 3600, now) == NULL); /* past: at once */
+    CHECK(bq_wire_when_problem(false, 0, true, now + 86400, now) == NULL);
+    CHECK_STR(bq_wire_when_problem(true, -1, false, 0, now), "delay is negative");
+    CHECK_STR(bq_wire_when_problem(true, NAN, false, 0, now), "delay is not a number");
+    CHECK_STR(bq_wire_when_problem(true, INFINITY, false, 0, now), "delay is infinite");
+    CHECK_STR(bq_wire_when_problem(true, BQ_MAX_DURATION + 1, false, 0, now),
+              "delay is longer than 365 days");
+    CHECK_STR(bq_wire_when_problem(true, 1, true, now, now), BQ_WIRE_WHEN_BOTH);
+    CHECK_STR(bq_wire_when_problem(false, 0, true, NAN, now), "run_at is not a number");
+    CHECK_STR(bq_wire_when_problem(false, 0, true, -5, now),
+              "run_at must be after 1970 (seconds since the epoch)");
+    CHECK_CONTAINS(bq_wire_when_problem(false, 0, true, now * 1000, now), "not milliseconds");
+}
+
 TEST(buf_out_of_memory_is_sticky)
 {
     bq_buf b = BQ_BUF_INIT;
@@ -1149,6 +1215,8 @@ int main(void)
     RUN(log_lines_are_escaped);
     RUN(log_lines_cannot_be_forged);
     RUN(pickup_latency_rejects_absurd_timestamps);
+    RUN(run_at_parses_iso8601_with_a_zone);
+    RUN(when_refuses_bad_delays_and_times_naming_the_field);
     RUN(buf_out_of_memory_is_sticky);
     RUN(sliding_window);
     RUN(arena_blocks_keep_their_bytes);

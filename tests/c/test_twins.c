@@ -92,7 +92,7 @@ static bq_status fetch(bq_broker *b, const struct bq_lessee *who, size_t max,
     /* Each fetch renews the lease (as the worker's do), which registers the worker: Redis
      * counts in-flight messages of registered workers only. */
     struct bq_fetch_req req = {max, 0, acks, nacks, true,
-                               who->delivery == BQ_AT_LEAST_ONCE ? 30 : 0};
+                               who->delivery == BQ_AT_LEAST_ONCE ? 30 : 0, false};
     struct bq_fetch_res res;
     memset(&res, 0, sizeof res);
     bq_status st = b->ops->fetch(b, who, &req, &res, out, NULL);
@@ -118,6 +118,35 @@ static void push_unique(bq_broker *b, const char *q, struct tr *t)
     say(t, "push_unique %s %d%d%d\n", bq_status_name(st), pushed[0], pushed[1], pushed[2]);
     st = b->ops->push_unique(b, q, &msgs[1], &keys[1], 1, 60, pushed, NULL);
     say(t, "again %s %d\n", bq_status_name(st), pushed[0]);
+    say_queue(t, b, q);
+}
+
+/* delay-N: operations queued for later wait in the delayed set (a duplicate key or the same
+ * bytes again queue nothing); one already due is pushed at once; promotion moves them when
+ * due. */
+static void push_delayed(bq_broker *b, const char *q, struct tr *t)
+{
+    double past = bq_now_wall() - 60;
+    struct bq_delayed ops[] = {
+        {{"now", 3}, NULL, 0, 0},         /* due now: pushed */
+        {{"later", 5}, "run:l", 30, 0},   /* waits 30 s */
+        {{"again", 5}, "run:l", 40, 0},   /* its key is taken: a duplicate */
+        {{"later", 5}, NULL, 50, 0},      /* the same bytes wait: a duplicate */
+        {{"soon", 4}, NULL, 20, 0},       /* waits 20 s: the earliest */
+        {{"past", 4}, "run:p", 0, past},  /* a time already past: pushed */
+    };
+    bool pushed[6] = {false, false, false, false, false, false};
+    bq_status st = b->ops->push_delayed(b, q, ops, 6, 60, pushed, NULL);
+    say(t, "push_delayed %s %d%d%d%d%d%d\n", bq_status_name(st), pushed[0], pushed[1], pushed[2],
+        pushed[3], pushed[4], pushed[5]);
+    say_queue(t, b, q);
+    size_t moved = 0;
+    double due = 0;
+    st = b->ops->promote(b, q, &moved, &due, NULL);
+    say(t, "promote %s moved %zu next due in %.0f s\n", bq_status_name(st), moved, due);
+    struct bq_delayed dup = {{"other", 5}, "run:p", 5, 0};
+    st = b->ops->push_delayed(b, q, &dup, 1, 60, pushed, NULL);
+    say(t, "key of a pushed one %s %d\n", bq_status_name(st), pushed[0]);
     say_queue(t, b, q);
 }
 
@@ -327,7 +356,7 @@ static void lease_reap(bq_broker *b, const char *q, struct tr *t)
     bq_status st = b->ops->unregister(b, &gone, NULL);
     say(t, "unregister %s\n", bq_status_name(st));
     struct bq_batch got = {NULL, 0, 0};
-    struct bq_fetch_req req = {2, 0, NULL, 0, false, 0}; /* no renewal: its lease runs out */
+    struct bq_fetch_req req = {2, 0, NULL, 0, false, 0, false}; /* no renewal: its lease runs out */
     struct bq_fetch_res res;
     memset(&res, 0, sizeof res);
     st = b->ops->fetch(b, &dead, &req, &res, &got, NULL);
@@ -404,6 +433,7 @@ static const struct twin {
     void (*run)(bq_broker *b, const char *q, struct tr *t);
 } twins[] = {
     {"enqueue-N", "push_unique", push_unique},
+    {"delay-N", "push_delayed", push_delayed},
     {"fetch-2", "fetch_batch", fetch_batch},
     {"fetchm-N", "fetch_many", fetch_many},
     {"retry-3 promote-2", "retry_promote", retry_promote},
@@ -557,7 +587,7 @@ TEST(the_admin_operations_answer_alike_on_both_brokers)
     push(red, q, "held");
     red->ops->heartbeat(red, &who, 30, &dead, NULL);
     struct bq_batch got = {NULL, 0, 0};
-    struct bq_fetch_req req = {1, 0, NULL, 0, false, 30};
+    struct bq_fetch_req req = {1, 0, NULL, 0, false, 30, false};
     struct bq_fetch_res res;
     memset(&res, 0, sizeof res);
     CHECK_INT(red->ops->fetch(red, &who, &req, &res, &got, NULL), BQ_OK);
