@@ -134,7 +134,7 @@ describe("delayed operations (memory)", function()
         local t0 = bq.now()
         while bq.now() < t0 + 0.2 do w:poll(0.02) end
         assert.are.equal("working", s:get_task("long").state)
-        while bq.now() < t0 + 1.5 and s:get_task("long").state == "working" do w:poll(0.02) end
+        while bq.now() < t0 + 5 and s:get_task("long").state == "working" do w:poll(0.02) end
         assert.are.equal("canceled", s:get_task("long").state)
         s:close()
         w:close()
