@@ -192,10 +192,12 @@ struct bq_slot_ops {
      * start begins message msg as task number t (a free place, 0 .. per_slot-1); it returns
      * true when the task ended at once (out filled), false when it waits. wait runs the
      * waiting tasks until at least one ends, `timeout` seconds pass or bq_slot_wake is
-     * called; it stores the places of those that ended in ended[] and their outcomes in
-     * outs[place], and returns how many. */
+     * called after the wake-up counted `seen` (bq_slot_wakeups, read by the engine before it
+     * let go of its lock: a message put in the ring meanwhile is not missed); it stores the
+     * places of those that ended in ended[] and their outcomes in outs[place], and returns
+     * how many. */
     bool (*start)(void *state, int t, const struct bq_msg *msg, struct bq_outcome *out);
-    int (*wait)(void *state, double timeout, int *ended, struct bq_outcome *outs);
+    int (*wait)(void *state, double timeout, unsigned seen, int *ended, struct bq_outcome *outs);
 };
 
 struct bq_worker_options {

@@ -775,8 +775,9 @@ static bool slot_multi(bq_worker *w, struct slot *s)
             continue;
         }
         s->polling = true;
+        unsigned seen = bq_slot_wakeups(&s->ctl); /* hand_out wakes after this, not before */
         pthread_mutex_unlock(&w->mu);
-        int n = w->conf.ops.wait(s->state, 1.0, ended, outs);
+        int n = w->conf.ops.wait(s->state, 1.0, seen, ended, outs);
         pthread_mutex_lock(&w->mu);
         s->polling = false;
         for (int i = 0; i < n; i++) {

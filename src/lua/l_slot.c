@@ -679,11 +679,11 @@ static bool any_http(const struct slot_state *s)
     return false;
 }
 
-static int slot_wait(void *state, double timeout, int *ended, struct bq_outcome *outs)
+static int slot_wait(void *state, double timeout, unsigned seen, int *ended,
+                     struct bq_outcome *outs)
 {
     struct slot_state *s = state;
     struct bq_http_loop *loop = bq_lua_http_thread_loop();
-    unsigned seen = bq_slot_wakeups(s->ctl);
     bq_err err;
     if (loop != NULL && bq_http_loop_step(loop, &err) != BQ_OK)
         bq_log(BQ_LOG_ERROR, "http_loop_failed", "worker", bq_worker_id(s->cfg->w), "error",

@@ -146,10 +146,11 @@ static bool multi_start(void *state, int t, const struct bq_msg *msg, struct bq_
     return false;
 }
 
-static int multi_wait(void *state, double timeout, int *ended, struct bq_outcome *outs)
+static int multi_wait(void *state, double timeout, unsigned woken, int *ended,
+                      struct bq_outcome *outs)
 {
     struct multi_state *m = state;
-    (void)timeout;
+    (void)timeout, (void)woken;
     struct timespec ts = {0, 1000000};
     nanosleep(&ts, NULL);
     int n = 0;
