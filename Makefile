@@ -202,7 +202,7 @@ $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_BUILD)/libbin
 
 fuzz: $(FUZZ_TARGETS)
 
-bench: all $(BUILD)/bench/cbench
+bench: all $(BUILD)/bench/cbench $(BUILD)/bench/httpload
 	@tests/bench/run
 
 # Optional, not in CI: binduq beside BullMQ, bee-queue and a redis-py loop (from npm and
@@ -214,6 +214,11 @@ $(BUILD)/bench/cbench: tests/bench/cbench.c $(BUILD)/libbinduq.a src/binduq.h
 	@mkdir -p $(dir $@)
 	$(SAY) CC $<
 	$(Q)$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -Isrc -o $@ $< $(BUILD)/libbinduq.a $(LDFLAGS) $(LIBS)
+
+$(BUILD)/bench/httpload: tests/bench/httpload.c
+	@mkdir -p $(dir $@)
+	$(SAY) CC $<
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -o $@ $< -lpthread
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \

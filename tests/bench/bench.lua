@@ -215,6 +215,14 @@ local ok, err = pcall(function()
                  call_us = a.call_us }
     end)
 
+    step("the A2A gateway: one gateway process scheduling into Redis, 20 kept-alive connections (build/bench/httpload); "
+         .. "GET /healthz (the HTTP server alone) is the limit, then non-blocking message/send, 3 s each")
+    F.gateway = median_of("gateway", function(r)
+        local g = deployed.gateway{ url = server.url, queue = queue .. ":gw" .. r }
+        server:cli("FLUSHALL")
+        return g
+    end)
+
     step(("task state in PostgreSQL: %d tasks, against the same in memory; pgbench on the same server")
         :format(N_PG))
     local db = pg.start()
@@ -353,6 +361,8 @@ row("agents, 2,000 waiting 1 s", "%9.0f tasks/s   %5.2f x Little's law (%.0f/s);
     F.agents.rate, F.agents.rate / F.agents.limit, F.agents.limit, F.agents.hwm_mib)
 row("  worker CPU", "%9.3f s per 1,000 tasks   %5.2f x one bq.http call's own CPU, one at a time (%.1f us)",
     F.agents.cpu_s_1000, F.agents.cpu_s_1000 * 1000 / F.agents.call_us, F.agents.call_us)
+row("gateway message/send", "%9.0f req/s    %5.2f x GET /healthz on the same server (%.0f/s)",
+    F.gateway.send, F.gateway.send / F.gateway.healthz, F.gateway.healthz)
 row(("process, PostgreSQL (%d)"):format(N_PG), "%9.0f tasks/s   %5.2f x pgbench simple-update (%.0f tps, 1 client)",
     F.pg.postgres, F.pg.postgres / F.pg.pgbench, F.pg.pgbench)
 row("", "                  %5.2f x the same run in memory (%.0f/s)", F.pg.postgres / F.pg.memory, F.pg.memory)

@@ -289,6 +289,36 @@ function M.agents(opts)
     return r
 end
 
+--- The gateway's rate: one gateway process (gateway_server.lua: scheduling into Redis, no
+--- worker) and a load generator (build/bench/httpload, `conns` kept-alive connections for
+--- `seconds` each): GET /healthz (the HTTP server's own rate, the limit), then non-blocking
+--- message/send (decode, check, record, schedule on Redis, read back, encode). Returns
+--- {healthz =, send =} in requests a second.
+function M.gateway(opts)
+    local p = proc.spawn("build/binduq-lua tests/bench/gateway_server.lua",
+                         { env = { BENCH_URL = opts.url, BENCH_QUEUE = opts.queue, BINDUQ_LOG_LEVEL = "info" } })
+    local ok, res = pcall(function()
+        local port = proc.wait_for(function()
+            return (proc.read(p.log) or ""):match("gateway_listening [^\n]*port=(%d+)")
+        end, 15)
+        assert(port, "the gateway did not start: " .. tostring(proc.read(p.log)))
+        local body = '{"jsonrpc":"2.0","id":1,"method":"message/send","params":{"message":{"kind":"message",'
+            .. '"messageId":"m","role":"user","parts":[{"kind":"text","text":"hi"}]}}}'
+        local function load(path, b)
+            local out, okl = proc.sh(("build/bench/httpload %s %s %d %g %s"):format(port, path, opts.conns or 20,
+                                     opts.seconds or 3, b and proc.quote(b) or ""))
+            local rate, bad = out:match("^([%d.]+) (%d+)")
+            assert(okl and rate, "httpload: " .. out)
+            assert(tonumber(bad) == 0, bad .. " responses were not 2xx")
+            return tonumber(rate)
+        end
+        return { healthz = load("/healthz"), send = load("/", body) }
+    end)
+    proc.stop(p, 10)
+    assert(ok, res)
+    return res
+end
+
 -- By hand: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 [n] [KEY=VALUE ...]
 --      or: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 cancel-http [n]
 if arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "cancel-http" then
