@@ -121,7 +121,7 @@ function M.new(opts, level)
         return nil, err, code
     end
     local self = setmetatable({
-        s = s, server = server, tokens = tokens, streams = {},
+        s = s, server = server, tokens = tokens, streams = {}, pending = {},
         rate = opts.rate or 10000, buckets = {},
         poll = opts.poll or 0.1, blocking_timeout = opts.blocking_timeout or 60,
         scheme = opts.cert and "https" or "http",
@@ -367,11 +367,24 @@ local function task_id_param(params)
 end
 
 local function send(self, P, params, req, rpc_id)
-    local t, hist0 = self:submit(P, params)
-    local conf = type(params.configuration) == "table" and params.configuration or {}
+    local conf = type(params) == "table" and type(params.configuration) == "table" and params.configuration or {}
     local hl = history_length(params)
     local blocking = conf.blocking == true
     if P == V1 then blocking = conf.returnImmediately ~= true end -- 1.0 waits unless told not to
+    if not blocking then
+        -- A new task that need not be waited for waits for the requests that came with it:
+        -- flush() schedules them all in one pipelined round trip.
+        local msg, task_id, context_id = message_in(P, params)
+        if not task_id or not self.s:get_task(task_id) then
+            self.pending[#self.pending + 1] = {
+                req = req.id, rpc = rpc_id, P = P, hl = hl, msg = msg,
+                op = { type = "run", task_id = task_id or core.uuid4(), conversation_id = context_id or core.uuid4(),
+                       messages = { msg }, metadata = type(params.metadata) == "table" and params.metadata or nil },
+            }
+            return nil
+        end
+    end
+    local t, hist0 = self:submit(P, params)
     if blocking and (hist0 or not FINAL[A2A_STATE[t.state] or ""]) then
         -- Answered from follow(), once the task reaches a final or interrupted state; a
         -- follow-up's task is still in the state that asked for it, so it waits for its
@@ -561,12 +574,43 @@ function Gateway:handle(req)
     return srv:reply(req.id, 404, "not found: POST / (JSON-RPC), GET /.well-known/agent-card.json\n", "text/plain")
 end
 
---- Waits up to `timeout` seconds for a request and handles it, then follows the open
--- streams. Returns false once the server stops.
+-- Schedules the new tasks of non-blocking sends taken together (send), in one pipelined
+-- round trip, and answers each. If the batch fails as a whole (an operation refused), each
+-- is scheduled alone, so each gets its own answer.
+function Gateway:flush()
+    local batch = self.pending
+    if #batch == 0 then return end
+    self.pending = {}
+    local ops = {}
+    for i, b in ipairs(batch) do ops[i] = b.op end
+    local whole, wsent, werr = pcall(self.s.schedule_many, self.s, ops)
+    for _, b in ipairs(batch) do
+        local out
+        local ok, sent, err = whole, wsent, werr
+        if not whole then ok, sent, err = pcall(self.s.schedule, self.s, b.op) end
+        if ok and sent then
+            local t = { task_id = b.op.task_id, context_id = b.op.conversation_id, state = "submitted",
+                        history = { b.msg }, artifacts = {}, state_at = core.now() }
+            out = rpc_result(b.rpc, b.P.sent(t, b.hl))
+        else
+            out = rpc_error(b.rpc, M.E.INTERNAL, "schedule: " .. tostring(ok and err or sent), b.P == V1)
+        end
+        self.server:reply(b.req, 200, out, "application/json")
+    end
+end
+
+--- Waits up to `timeout` seconds for a request and handles it and those that came with it
+-- (up to 256), then follows the open streams. Returns false once the server stops.
 function Gateway:step(timeout)
     local req = self.server:next(#self.streams > 0 and math.min(timeout or 1, self.poll) or timeout or 1)
     if req == false then return false end
-    if req then self:handle(req) end
+    for _ = 1, 256 do
+        if not req then break end
+        self:handle(req)
+        req = self.server:next(0)
+        if req == false then break end
+    end
+    self:flush()
     if #self.streams > 0 and core.monotonic() >= (self.next_follow or 0) then
         self.next_follow = core.monotonic() + self.poll
         self:follow()

@@ -292,8 +292,9 @@ end
 --- The gateway's rate: one gateway process (gateway_server.lua: scheduling into Redis, no
 --- worker) and a load generator (build/bench/httpload, `conns` kept-alive connections for
 --- `seconds` each): GET /healthz (the HTTP server's own rate, the limit), then non-blocking
---- message/send (decode, check, record, schedule on Redis, read back, encode). Returns
---- {healthz =, send =} in requests a second.
+--- message/send (decode, check, record, schedule on Redis, encode). Every send must have
+--- queued its run (the queue's length is checked: a JSON-RPC error is an HTTP 200 too).
+--- Returns {healthz =, send =} in requests a second.
 function M.gateway(opts)
     local p = proc.spawn("build/binduq-lua tests/bench/gateway_server.lua",
                          { env = { BENCH_URL = opts.url, BENCH_QUEUE = opts.queue, BINDUQ_LOG_LEVEL = "info" } })
@@ -307,12 +308,18 @@ function M.gateway(opts)
         local function load(path, b)
             local out, okl = proc.sh(("build/bench/httpload %s %s %d %g %s"):format(port, path, opts.conns or 20,
                                      opts.seconds or 3, b and proc.quote(b) or ""))
-            local rate, bad = out:match("^([%d.]+) (%d+)")
+            local rate, bad, n = out:match("^([%d.]+) (%d+) (%d+)")
             assert(okl and rate, "httpload: " .. out)
             assert(tonumber(bad) == 0, bad .. " responses were not 2xx")
-            return tonumber(rate)
+            return tonumber(rate), tonumber(n)
         end
-        return { healthz = load("/healthz"), send = load("/", body) }
+        local healthz = load("/healthz")
+        local send, n = load("/", body)
+        local c = core.client{ url = opts.url, queue_name = opts.queue }
+        local queued = c:length("ready")
+        c:close()
+        assert(queued == n, ("%d message/send answered, %s runs queued"):format(n, tostring(queued)))
+        return { healthz = healthz, send = send }
     end)
     proc.stop(p, 10)
     assert(ok, res)

@@ -5,7 +5,8 @@
  *
  *   httpload PORT PATH CONNS SECONDS [BODY]     (GET without BODY, POST with it)
  *
- * Prints "<requests per second> <responses that were not 2xx>" on one line. Loopback only.
+ * Prints "<requests per second> <responses that were not 2xx> <responses>" on one line.
+ * Loopback only.
  */
 #include <arpa/inet.h>
 #include <pthread.h>
@@ -123,7 +124,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < conns; i++)
         pthread_join(t[i], NULL);
     double dt = now() - t0;
-    printf("%.1f %ld\n", (double)atomic_load(&done) / dt, atomic_load(&bad));
+    printf("%.1f %ld %ld\n", (double)atomic_load(&done) / dt, atomic_load(&bad), atomic_load(&done));
     free(t);
     return 0;
 }

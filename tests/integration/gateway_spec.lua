@@ -145,6 +145,39 @@ describe("#gateway A2A gateway", function()
     end)
 end)
 
+describe("#gateway A2A gateway, sends that come together", function()
+    local gw, base
+    setup(function() gw, base = start() end)
+    teardown(function() proc.stop(gw, 10) end)
+
+    it("schedules non-blocking sends taken together, each its own task, each answered", function()
+        local dir = proc.tmpdir()
+        local body = '{"jsonrpc":"2.0","id":%d,"method":"message/send","params":{"message":{"kind":"message",'
+            .. '"messageId":"m%d","role":"user","parts":[{"kind":"text","text":"n%d"}]}}}'
+        local cmds = {}
+        for i = 1, 60 do
+            cmds[#cmds + 1] = ("curl -s -d %s %s/ > %s/%d.json &"):format(proc.quote(body:format(i, i, i)), base, dir, i)
+        end
+        proc.sh(table.concat(cmds, " ") .. " wait")
+        local ids = {}
+        for i = 1, 60 do
+            local r = assert(json.decode(proc.read(dir .. "/" .. i .. ".json") or ""), "answer " .. i)
+            assert.are.equal(i, math.tointeger(r.id))
+            assert.are.equal("task", r.result.kind)
+            assert.are.equal("n" .. i, r.result.history[1].parts[1].text)
+            ids[r.result.id] = true
+        end
+        local n = 0
+        for id in pairs(ids) do
+            n = n + 1
+            local got = json.decode((curl("-d " .. proc.quote(('{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"id":"%s"}}')
+                :format(id)) .. " " .. base .. "/")))
+            assert.truthy(got.result, id)
+        end
+        assert.are.equal(60, n)
+    end)
+end)
+
 describe("#gateway A2A gateway with tokens", function()
     local gw, base
     setup(function() gw, base = start({ BINDUQ_GATEWAY_TOKENS = "t0ken-one,t0ken-two" }) end)
