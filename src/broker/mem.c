@@ -68,6 +68,7 @@ struct mem_broker {
     struct bq_broker base;
     atomic_bool interrupted;
     long credit[16]; /* weighted fetching: the smooth round robin's state (fetcher only) */
+    unsigned long seen_sooner; /* db_sooner as this broker's last fetch left it (fetcher only) */
 };
 
 static void db_init(void)
@@ -348,6 +349,12 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
     res->next_due = -1;
     res->recheck = false;
     res->renewed = req->lease > 0 && who->delivery == BQ_AT_LEAST_ONCE;
+    /* db_sooner as the last fetch left it: an operation delayed since then -- during this
+     * fetch's promotion, or between two fetches, when a fetch that took messages returned
+     * without looking -- says recheck, instead of the wait below running out its whole
+     * timeout with the earlier due time unseen. */
+    pthread_once(&db_once, db_init);
+    unsigned long sooner = m->seen_sooner;
     for (int i = 0; req->promote && i < who->nqueues; i++) {
         size_t moved = 0;
         double due = -1;
@@ -358,7 +365,6 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
         if (due >= 0 && (res->next_due < 0 || due < res->next_due))
             res->next_due = due;
     }
-    pthread_once(&db_once, db_init);
     double deadline = bq_now_mono() + req->timeout;
     /* The wait ends by the earliest due time just seen, as the Redis broker's does. */
     if (res->next_due >= 0 && res->next_due < req->timeout)
@@ -375,7 +381,6 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
         res->acked = req->nacks;
     }
     size_t bytes = 0; /* taken by this fetch, against who->max_bytes (as fetch-2.lua) */
-    unsigned long sooner = db_sooner;
     for (;;) {
         /* Messages that are there are always taken; an interrupt only cuts a wait short. */
         size_t before = out->n;
@@ -403,6 +408,9 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
             break;
         bq_cond_wait_for(&db_cv, &db_mu, left);
     }
+    if (db_sooner != sooner)
+        res->recheck = true;
+    m->seen_sooner = db_sooner;
     pthread_mutex_unlock(&db_mu);
     return st;
 }
