@@ -62,7 +62,6 @@ struct bq_http {
     struct hdr *hdrs;
     int nhdrs, cap_hdrs;
     bq_buf body;
-    size_t taken; /* stream: bytes of body already taken */
     char shown[300];
     char errbuf[CURL_ERROR_SIZE];
     char failure[600];
@@ -525,7 +524,7 @@ static bool holds(const struct bq_http *h, enum bq_http_until until)
 {
     switch (until) {
     case BQ_HTTP_HEAD: return h->head_done || h->ended;
-    case BQ_HTTP_DATA: return h->body.len > h->taken || h->ended;
+    case BQ_HTTP_DATA: return h->body.len > 0 || h->ended;
     default: return h->ended;
     }
 }
@@ -546,11 +545,6 @@ bq_status bq_http_wait(struct bq_http *h, enum bq_http_until until, double deadl
             return bq_err_set(err, BQ_ETIMEDOUT, "%s: the wait's deadline passed", h->shown);
         wait = left;
     }
-}
-
-bool bq_http_ended(const struct bq_http *h)
-{
-    return h->ended;
 }
 
 const char *bq_http_failed(const struct bq_http *h, const char **code)
@@ -583,15 +577,14 @@ void bq_http_header(const struct bq_http *h, int i, const char **name, size_t *n
 
 const char *bq_http_body(struct bq_http *h, size_t *len)
 {
-    *len = h->body.len - h->taken;
-    return h->body.p ? h->body.p + h->taken : "";
+    *len = h->body.len;
+    return h->body.p ? h->body.p : "";
 }
 
 void bq_http_consume(struct bq_http *h)
 {
     /* The buffer is reused: no allocation per piece of a stream. */
     h->body.len = 0;
-    h->taken = 0;
 }
 
 const char *bq_http_shown(const struct bq_http *h)

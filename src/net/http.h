@@ -92,9 +92,8 @@ bool bq_http_holds(const struct bq_http *h, enum bq_http_until until);
 bq_status bq_http_loop_step(struct bq_http_loop *loop, bq_err *err);
 bq_status bq_http_loop_poll(struct bq_http_loop *loop, double seconds, bq_err *err);
 
-/* After a wait: whether the transfer ended, and if it failed, with what (code and message,
- * valid until h is freed). */
-bool bq_http_ended(const struct bq_http *h);
+/* After a wait: if the transfer ended in failure, with what (code and message, valid until h
+ * is freed); NULL otherwise. */
 const char *bq_http_failed(const struct bq_http *h, const char **code);
 
 /* The response's status (0 before the head) and its headers: n pairs in arrival order, names
@@ -104,8 +103,8 @@ int bq_http_header_count(const struct bq_http *h);
 void bq_http_header(const struct bq_http *h, int i, const char **name, size_t *name_len,
                     const char **value, size_t *value_len);
 
-/* The body bytes received and not taken yet; the caller copies them, then calls with
- * consume = true to drop them. */
+/* The body bytes received and not taken yet; the caller copies them, then drops them with
+ * bq_http_consume. */
 const char *bq_http_body(struct bq_http *h, size_t *len);
 void bq_http_consume(struct bq_http *h);
 
