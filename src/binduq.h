@@ -146,6 +146,10 @@ struct bq_client_options {
     double dedup_ttl;
     const char *(*route)(const struct bq_task *task, void *ud);
     void *route_ud;
+    /* Task events (docs/events.md): the entries each queue's stream {Q}:events keeps, about.
+     * 0: BINDUQ_EVENTS_MAX, else 1,000; negative (or BINDUQ_EVENTS_MAX=0): no task events
+     * are written. */
+    long events_max;
 };
 
 /* Opens a client. Connections to Redis are made lazily, so a client opens even while Redis is
@@ -242,6 +246,30 @@ struct bq_health {
 
 /* PINGs the server and measures the queue. Returns the failure when the server is down. */
 BQ_API bq_status bq_health_check(bq_client *client, struct bq_health *out, bq_err *err);
+
+/* ---- Task events (docs/events.md) ------------------------------------------------------
+ * Each queue keeps a capped stream of what happened to its tasks. An entry has an id
+ * ("<ms>-<seq>", growing) and a JSON array of events (objects with "event", "task_id", "at"
+ * and, as they apply, "state", "attempt", "worker", "progress", ...). Reading after the id of
+ * the last entry one has handled misses nothing the stream still keeps (at-least-once). */
+#define BQ_EVENT_ID_MAX 48
+
+/* The id of the newest entry of `queue`'s stream (NULL: the client's queue) into id, "0-0"
+ * when it has none: reading after it gives the events from now on. BQ_EINVAL when the
+ * client's configuration turned task events off. */
+BQ_API bq_status bq_events_last(bq_client *client, const char *queue,
+                                char id[BQ_EVENT_ID_MAX], bq_err *err);
+
+/* Reads up to `max` entries of `queue`'s stream (NULL: the client's queue) after `after`
+ * ("0-0": the oldest kept), waiting up to `timeout` seconds for the first when there is
+ * none (0: do not wait; the wait happens in the server, on a connection of the client's
+ * own), and calls on_entry(ud, id, json, len) for each in order; *n (may be NULL) is how
+ * many. One thread at a time per client. */
+BQ_API bq_status bq_events_read(bq_client *client, const char *queue, const char *after,
+                                size_t max, double timeout,
+                                void (*on_entry)(void *ud, const char *id, const char *json,
+                                                 size_t len),
+                                void *ud, size_t *n, bq_err *err);
 
 #ifdef __cplusplus
 }

@@ -15,6 +15,7 @@ M.SCHEDULER_KEYS = {
     route = "function", levels = "table", dedup = "boolean", dedup_ttl = "number",
     dedup_key = "function", tls = "table", wait_replicas = "number", wait_timeout = "number",
     retry_on_timeout = "boolean", retries = "number",
+    events = "boolean|number", -- task events (docs/events.md): off, on, or the entries kept
     order = "string|table", -- "lpush" | "rpush", or { [queue] = order } (README, "Queue order")
     format = "string",      -- "native" | "bindu": what a producer writes (README, "Wire formats")
 }

@@ -100,6 +100,7 @@ function M.new(opts, level, storage_section)
             or (section.retry_on_timeout == nil and info.retry_on_timeout == true),
         retries = section.retries or 3,
         bindu = section.format == "bindu",
+        events_on = client:feed_max() ~= nil,
         stats = { scheduled = 0, deduplicated = 0 },
     }, Scheduler)
     return self
@@ -151,6 +152,35 @@ local function check_open(self, op)
     return self.client
 end
 
+-- The producer's task events (docs/events.md): a list of events, each a JSON object as a
+-- string, for the stream of `queue`, written after the operations they report. Events are
+-- what followers see, not the operations themselves: a write that fails is logged, not
+-- returned.
+local function emit(self, queue, events)
+    if not self.events_on or #events == 0 then return end
+    local ok, err, code = self.client:feed_add(queue, "[" .. table.concat(events, ",") .. "]")
+    if not ok then
+        core.log("warn", "events_write_failed", { queue = queue, error = err, code = code,
+                                                  outcome = "these task events are not in the stream" })
+    end
+end
+
+-- An event of task `id` that says it is now `state`, built as text: `at` is the time as text
+-- (one string.format for a whole batch: schedule_many writes one event per run).
+local function state_event(event, id, state, at, due)
+    return '{"event":"' .. event .. '","task_id":' .. json.encode(id) .. ',"state":"' .. state .. '","at":' .. at
+        .. (due and (',"due_at":%.3f'):format(due) or "") .. "}"
+end
+
+local function at_text(now) return ("%.3f"):format(now) end
+
+-- The event of a scheduled operation (a run: "scheduled"; the stored side of a cancel or a
+-- pause reports itself in store_op). `now` is the time, `at` the same as text.
+local function scheduled_event(op, now, at, delay, run_at)
+    if op.type ~= "run" then return nil end
+    return state_event("scheduled", op.task_id, "submitted", at, run_at or (delay and now + delay) or nil)
+end
+
 -- The stored side of an operation, before it is queued: a run is recorded as submitted; a
 -- cancel is stored and published at once; a pause of a queued task is stored, of a running
 -- one requested and published. Returns nil, msg, code when the storage fails (nothing is
@@ -170,6 +200,9 @@ local function store_op(self, op, queue, norm, delayed)
         if changed == nil then return nil, state, code end
         if state == false then st:create{ id = id, state = "canceled" } end
         self.client:publish("cancel", id)
+        if changed then
+            emit(self, queue, { state_event("canceled", id, "canceled", at_text(core.now())) })
+        end
     elseif op.type == "pause" then
         -- Its queued copy comes later: "copy" (paused here) and "pause-sent" (asked of the
         -- running handler) tell the worker that handles it that this pause was applied
@@ -177,6 +210,9 @@ local function store_op(self, op, queue, norm, delayed)
         -- (binduq.lifecycle.order).
         local changed, state, code = st:change{ id = id, from = "submitted", to = "paused", requested = "copy" }
         if changed == nil then return nil, state, code end
+        if changed then
+            emit(self, queue, { state_event("paused", id, "paused", at_text(core.now())) })
+        end
         if not changed and state == "working" then
             st:change{ id = id, from = "working", requested = "pause-sent" }
             self.client:publish("pause", id)
@@ -201,8 +237,9 @@ local function with_retries(self, fn)
 end
 
 -- Pushes one group of encoded messages to `queue`: with deduplication keys, as one atomic
--- check-and-push per message. Returns the numbers pushed and found duplicate, or nil,
--- message, code.
+-- check-and-push per message. Returns the numbers pushed and found duplicate, and with keys
+-- or times which were pushed ({true|false, ...}: a duplicate's is false); or nil, message,
+-- code.
 local function push_group(self, client, queue, msgs, ids, keys, later)
     if later then
         local r, err, code = with_retries(self, function()
@@ -211,7 +248,7 @@ local function push_group(self, client, queue, msgs, ids, keys, later)
         if not r then return nil, err, code end
         local sent = 0
         for i = 1, #r do if r[i] then sent = sent + 1 end end
-        return sent, #r - sent
+        return sent, #r - sent, r
     end
     if keys then
         local r, err, code = with_retries(self, function()
@@ -220,7 +257,7 @@ local function push_group(self, client, queue, msgs, ids, keys, later)
         if not r then return nil, err, code end
         local sent = 0
         for i = 1, #r do if r[i] then sent = sent + 1 end end
-        return sent, #r - sent
+        return sent, #r - sent, r
     end
     local n, err, code = with_retries(self, function() return client:push(msgs, ids, queue) end)
     if not n then return nil, err, code end
@@ -230,7 +267,7 @@ end
 -- Plain runs with no route or dedup_key policy are checked, recorded and encoded in C
 -- (core.prepare_runs, src/lua/l_produce.c) into one binduq.Batch, which the client pushes
 -- as it is; it answers false for anything else, and task.lua's general path takes the
--- operations. Returns sent, duplicates | nil, msg, code; or false.
+-- operations. Returns sent, duplicates, pushed (push_group's) | nil, msg, code; or false.
 local function fast_many(self, client, ops)
     if self.route or self.dedup_key or self.bindu then return false end
     local batch, err, code = core.prepare_runs(self.store, ops, self.queue_name)
@@ -258,11 +295,13 @@ end
 function Scheduler:schedule(op)
     local client = check_open(self, op)
     local sent, dups, code = fast_many(self, client, { op })
+    local queue, delay, run_at = self.queue_name, nil, nil
     if sent == false then
         local msg, id, norm = task.encode(op, 2)
-        local delay, run_at = task.when(op, 2)
+        delay, run_at = task.when(op, 2)
         if self.bindu then msg = task.encode_bindu(op, norm, 2) end
-        local queue, key = route_of(self, op), dedup_of(self, op)
+        local key
+        queue, key = route_of(self, op), dedup_of(self, op)
         local later = (delay or run_at) and { delays = { delay or 0 }, run_ats = { run_at or 0 }, nokeys = { false } }
         local sok, serr, scode = store_op(self, op, queue, norm, later ~= nil)
         if not sok then return nil, "storage: " .. tostring(serr), scode end
@@ -271,6 +310,11 @@ function Scheduler:schedule(op)
     if not sent then return nil, dups, code end
     count(self, sent, dups)
     if dups > 0 then return true, "duplicate" end
+    if self.events_on then
+        local now = core.now()
+        local ev = scheduled_event(op, now, at_text(now), delay, run_at)
+        if ev then emit(self, queue, { ev }) end
+    end
     return true, "scheduled"
 end
 
@@ -281,10 +325,18 @@ end
 function Scheduler:schedule_many(ops)
     local client = check_open(self, type(ops) == "table" and (ops[1] or {}) or {})
     if type(ops) ~= "table" then error("schedule_many expects a list of task operations", 2) end
-    local sent, dups, code = fast_many(self, client, ops)
+    local sent, dups, pushed = fast_many(self, client, ops)
     if sent ~= false then
-        if not sent then return nil, dups, code end
+        if not sent then return nil, dups, pushed end
         count(self, sent, dups)
+        if self.events_on and sent > 0 then
+            local now, evs = core.now(), {}
+            local at = at_text(now)
+            for i = 1, #ops do
+                if not pushed or pushed[i] then evs[#evs + 1] = scheduled_event(ops[i], now, at) end
+            end
+            emit(self, self.queue_name, evs)
+        end
         return sent, dups
     end
     -- Every operation is checked (and routed) before any is stored: an invalid one raises
@@ -299,6 +351,8 @@ function Scheduler:schedule_many(ops)
         encoded[i] = { m, id, norm, route_of(self, ops[i]), dedup_of(self, ops[i]), delay, run_at }
     end
     local groups = {}
+    local now = core.now()
+    local at = at_text(now)
     for i = 1, #ops do
         local m, id, norm, queue, key, delay, run_at = table.unpack(encoded[i], 1, 7)
         local delayed = delay ~= nil or run_at ~= nil
@@ -311,6 +365,8 @@ function Scheduler:schedule_many(ops)
             groups[#groups + 1] = g
         end
         g.msgs[#g.msgs + 1], g.ids[#g.ids + 1] = m, id
+        g.events = g.events or {}
+        g.events[#g.msgs] = self.events_on and scheduled_event(ops[i], now, at, delay, run_at) or nil
         if key then g.keys[#g.keys + 1] = key end
         if delayed then
             local l = g.later
@@ -325,6 +381,13 @@ function Scheduler:schedule_many(ops)
             return nil, d1, c1
         end
         sent, dups = sent + s1, dups + d1
+        if self.events_on and s1 > 0 then
+            local evs = {}
+            for j = 1, #g.msgs do
+                if g.events[j] and (not c1 or c1[j]) then evs[#evs + 1] = g.events[j] end
+            end
+            emit(self, g.queue, evs)
+        end
     end
     count(self, sent, dups)
     return sent, dups
@@ -535,6 +598,38 @@ function Scheduler:get_task(id)
     local rec, err, code = self.store:get(id)
     if rec == nil then return nil, err, code end
     return storage_mod.view(rec) or nil
+end
+
+--- Follows task events (binduq.events, docs/events.md): opts { since = "now" | "0" | id |
+-- epoch seconds, queue = (this scheduler's), task_id = (all tasks) }. Returns a follower:
+-- f:next(timeout) -> event | nil, "timeout", "ETIMEDOUT"; f:each(timeout); f.last.
+function Scheduler:events(opts)
+    local client = check_open(self)
+    opts = opts or {}
+    config.check(opts, { since = "string|number", queue = "string", task_id = "string" }, "events options", 2)
+    local events = require("binduq.events")
+    if client:feed_max() == nil then
+        return nil, "task events are off in this scheduler's configuration (events = false)", "EINVAL"
+    end
+    local queue = opts.queue and (self.levels[opts.queue] or opts.queue) or self.queue_name
+    local after, err, code = events.position(client, queue, opts.since)
+    if not after then return nil, err, code end
+    return events.follower(client, queue, after, opts.task_id)
+end
+
+--- Waits until task `id` settles (completed, failed, canceled, rejected, input-required,
+-- auth-required), at most `timeout` seconds, without polling: returns the task (as
+-- get_task), or nil, "timeout", "ETIMEDOUT". opts { queue = } names the task's queue when
+-- the storage does not know it. See binduq.events.
+function Scheduler:wait(id, timeout, opts)
+    check_open(self)
+    if type(id) ~= "string" then error("wait expects a task_id string", 2) end
+    local why = core.duration_problem(timeout or 0)
+    if why then error("wait: timeout " .. why, 2) end
+    opts = opts or {}
+    config.check(opts, { queue = "string" }, "wait options", 2)
+    local queue = opts.queue and (self.levels[opts.queue] or opts.queue) or nil
+    return require("binduq.events").wait(self, id, timeout or 0, queue)
 end
 
 --- Stored tasks, newest first: filter {state=, context=, limit=(100)}.

@@ -227,7 +227,7 @@ bq_status bq_admin_purge_ready(bq_broker *b, const char *queue, long chunk, long
             /* No trim in memory: take them as a worker would, at most once, and drop them. */
             const char *qs[] = {queue};
             struct bq_lessee who = {qs, 1, NULL, "admin-purge", BQ_AT_MOST_ONCE, 0, 0};
-            struct bq_fetch_req req = {(size_t)taken, 0, NULL, 0, false, 0, false};
+            struct bq_fetch_req req = {(size_t)taken, 0, NULL, 0, false, 0, false, NULL, NULL, 0};
             struct bq_fetch_res res;
             memset(&res, 0, sizeof res);
             struct bq_batch got = {NULL, 0, 0};

@@ -180,6 +180,8 @@ void bq_broker_explain_auth(const bq_broker *b, bq_err *err)
 bq_status bq_broker_open(const struct bq_broker_config *cfg, bq_broker **out, bq_err *err)
 {
     bq_status st = open_kind(cfg, out, err);
+    if (st == BQ_OK)
+        (*out)->feed_max = cfg->feed_max > 0 ? cfg->feed_max : BQ_FEED_MAX_DEFAULT;
     if (st == BQ_OK && bq_orders_copy(&(*out)->orders, cfg->orders) != BQ_OK) {
         bq_broker_free(*out);
         *out = NULL;
@@ -250,4 +252,80 @@ bq_status bq_list_key(const char *queue, enum bq_list which, char *out, bq_err *
         return bq_err_set(err, BQ_EINVAL, "queue name '%.200s' %s", queue, why);
     strcpy(out, queue);
     return BQ_OK;
+}
+
+/* ---- Task events ---------------------------------------------------------------------------- */
+
+void bq_feed_out_clear(struct bq_feed_out *o)
+{
+    for (size_t i = 0; i < o->n; i++)
+        bq_free(o->e[i].json);
+    o->n = 0;
+}
+
+void bq_feed_out_free(struct bq_feed_out *o)
+{
+    bq_feed_out_clear(o);
+    bq_free(o->e);
+    o->e = NULL;
+    o->cap = 0;
+}
+
+bq_status bq_feed_out_add(struct bq_feed_out *o, const char *id, const char *json, size_t len)
+{
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 16;
+        struct bq_feed_entry *e = bq_reallocarray(o->e, cap, sizeof *e);
+        if (e == NULL)
+            return BQ_ENOMEM;
+        o->e = e;
+        o->cap = cap;
+    }
+    struct bq_feed_entry *e = &o->e[o->n];
+    if (snprintf(e->id, sizeof e->id, "%s", id) >= (int)sizeof e->id ||
+        (e->json = bq_malloc(len + 1)) == NULL)
+        return BQ_ENOMEM;
+    memcpy(e->json, json, len);
+    e->json[len] = '\0';
+    e->len = len;
+    o->n++;
+    return BQ_OK;
+}
+
+/* The two decimal parts of an id; false if it is not "<digits>-<digits>" (each at most 20). */
+static bool feed_id_parts(const char *id, unsigned long long *ms, unsigned long long *seq)
+{
+    const char *p = id;
+    for (int part = 0; part < 2; part++) {
+        unsigned long long v = 0;
+        int digits = 0;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            unsigned long long d = (unsigned long long)(*p - '0');
+            if (++digits > 20 || v > (~0ULL - d) / 10)
+                return false;
+            v = v * 10 + d;
+        }
+        if (digits == 0)
+            return false;
+        *(part == 0 ? ms : seq) = v;
+        if (part == 0 && *p++ != '-')
+            return false;
+    }
+    return *p == '\0';
+}
+
+bool bq_feed_id_valid(const char *id)
+{
+    unsigned long long a, b;
+    return id != NULL && feed_id_parts(id, &a, &b);
+}
+
+int bq_feed_id_cmp(const char *a, const char *b)
+{
+    unsigned long long am = 0, as = 0, bm = 0, bs = 0;
+    feed_id_parts(a, &am, &as);
+    feed_id_parts(b, &bm, &bs);
+    if (am != bm)
+        return am > bm ? 1 : -1;
+    return as == bs ? 0 : as > bs ? 1 : -1;
 }

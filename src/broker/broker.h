@@ -207,6 +207,9 @@ struct bq_fetch_req {
     bool exact;                  /* the wait must end on time (a promotion is due then): the
                                   * Redis broker cuts it short itself, since the server's
                                   * blocking timeouts are as coarse as its hz (100 ms) */
+    const struct bq_slice *feed; /* task events to write first (feed_add's entries), */
+    const int *feed_q;           /* each to the stream of queue feed_q[i] of the lessee */
+    size_t nfeed;
 };
 
 struct bq_fetch_res {
@@ -221,6 +224,41 @@ struct bq_fetch_res {
 };
 
 typedef struct bq_broker bq_broker;
+
+/* ---- Task events ------------------------------------------------------------------------
+ * Each queue Q has a capped stream of task events, {Q}:events (docs/events.md). An entry is
+ * one field "e" whose value is a JSON array of events (objects), all of Q: a writer puts what
+ * it has together into one entry, so a batch of tasks costs one XADD, not one per event. An
+ * entry's id is the stream's ("<ms>-<seq>", the server's clock); a reader asks for the
+ * entries after an id and so follows from any point that is still kept (at-least-once: a
+ * reader that resumes from the last id it saw misses nothing still in the stream). The stream
+ * keeps about `feed_max` entries (XADD MAXLEN ~). */
+#define BQ_FEED_ID_MAX 48
+
+struct bq_feed_entry {
+    char id[BQ_FEED_ID_MAX]; /* "<ms>-<seq>" */
+    char *json;              /* owned: the JSON array, NUL-terminated */
+    size_t len;
+};
+
+struct bq_feed_out {
+    struct bq_feed_entry *e;
+    size_t n, cap;
+};
+
+/* Frees the entries, keeps the array; bq_feed_out_free frees both. */
+void bq_feed_out_clear(struct bq_feed_out *o);
+void bq_feed_out_free(struct bq_feed_out *o);
+/* Appends an entry (copies json). */
+bq_status bq_feed_out_add(struct bq_feed_out *o, const char *id, const char *json, size_t len);
+
+/* A reader's own connection for blocking reads (Redis); opaque. */
+struct bq_feed_reader;
+
+/* "<ms>-<seq>" with both parts decimal; what a reader may ask to read after. */
+bool bq_feed_id_valid(const char *id);
+/* 1 if a comes after b, -1 before, 0 the same (both valid ids). */
+int bq_feed_id_cmp(const char *a, const char *b);
 
 /* One operation to queue later (bq_broker_ops.push_delayed). */
 struct bq_delayed {
@@ -328,6 +366,25 @@ struct bq_broker_ops {
     bq_status (*listen)(bq_broker *b, const char *queue,
                         void (*cb)(void *ud, const char *msg, size_t len),
                         void (*ready)(void *ud), void *ud, int stopfd, bq_err *err);
+    /* Task events (see "Task events" above). Adds entries[0..n) (each a JSON array) to Q's
+     * stream, in one round trip. */
+    bq_status (*feed_add)(bq_broker *b, const char *queue, const struct bq_slice *entries,
+                          size_t n, bq_err *err);
+    /* Reads up to `count` entries of Q's stream after `after` ("0-0": from the oldest kept)
+     * into out, waiting up to `timeout` seconds for the first when there are none (0: do not
+     * wait). *rd is the caller's reader (NULL at first; the broker may set it: it holds the
+     * connection a wait needs); one thread at a time per reader; feed_close frees it. A wait
+     * cut short by feed_wake returns BQ_EINTR. */
+    bq_status (*feed_read)(bq_broker *b, struct bq_feed_reader **rd, const char *queue,
+                           const char *after, size_t count, double timeout,
+                           struct bq_feed_out *out, bq_err *err);
+    /* The id of Q's newest entry into id (BQ_FEED_ID_MAX bytes), "0-0" when there is none:
+     * reading after it gives what comes from now on. */
+    bq_status (*feed_last)(bq_broker *b, const char *queue, char *id, bq_err *err);
+    /* Cuts a wait of rd's short (any thread; rd may be NULL: every wait of this broker's
+     * memory readers); frees a reader. */
+    void (*feed_wake)(bq_broker *b, struct bq_feed_reader *rd);
+    void (*feed_close)(bq_broker *b, struct bq_feed_reader *rd);
     /* Round trip to the server in seconds (0 for memory). */
     bq_status (*ping)(bq_broker *b, double *rtt, bq_err *err);
     void (*free)(bq_broker *b);
@@ -370,6 +427,7 @@ struct bq_broker {
     const char *kind;   /* "redis" or "memory" */
     char address[128];  /* host:port, socket path or "memory"; never credentials */
     struct bq_orders orders; /* each queue's order, set by bq_broker_open */
+    long feed_max;           /* entries each queue's event stream keeps, about */
 };
 
 /* The end of `queue` workers take from: 'L' (RPUSH order) or 'R' (LPUSH order), as the
@@ -391,7 +449,11 @@ struct bq_broker_config {
     int wait_replicas;           /* > 0: pushes WAIT for this many replicas */
     double wait_timeout;         /* seconds */
     const struct bq_orders *orders; /* NULL: every queue LPUSH; copied by bq_broker_open */
+    long feed_max;               /* entries a queue's event stream keeps, about (<= 0:
+                                  * BQ_FEED_MAX_DEFAULT) */
 };
+
+#define BQ_FEED_MAX_DEFAULT 1000
 
 /* Opens a broker. Redis connections are opened lazily, so this fails only on a bad URL. */
 bq_status bq_broker_open(const struct bq_broker_config *cfg, bq_broker **out, bq_err *err);

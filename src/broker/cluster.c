@@ -572,6 +572,59 @@ static bq_status c_listen(bq_broker *base, const char *queue,
     return b->ops->listen(b, queue, cb_, ready, ud, stopfd, err);
 }
 
+/* Task events: the queue's stream lives on the queue's node. A reader's connection follows
+ * the node a read is routed to (the Redis broker reopens it when that changes). */
+static bq_status c_feed_add(bq_broker *base, const char *queue, const struct bq_slice *entries,
+                            size_t n, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->feed_add(b, queue, entries, n, errp_));
+    return st;
+}
+
+static bq_status c_feed_read(bq_broker *base, struct bq_feed_reader **rd, const char *queue,
+                             const char *after, size_t count, double timeout,
+                             struct bq_feed_out *out, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err,
+           st = b->ops->feed_read(b, rd, queue, after, count, timeout, out, errp_));
+    return st;
+}
+
+static bq_status c_feed_last(bq_broker *base, const char *queue, char *id, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->feed_last(b, queue, id, errp_));
+    return st;
+}
+
+/* A reader belongs to no node in particular: any node broker's functions free or wake it. */
+static bq_broker *any_node(struct cluster_broker *c)
+{
+    pthread_mutex_lock(&c->mu);
+    bq_broker *b = c->nnodes > 0 ? c->nodes[0].b : NULL;
+    pthread_mutex_unlock(&c->mu);
+    return b;
+}
+
+static void c_feed_wake(bq_broker *base, struct bq_feed_reader *rd)
+{
+    bq_broker *b = any_node(cb(base));
+    if (b != NULL && rd != NULL)
+        b->ops->feed_wake(b, rd);
+}
+
+static void c_feed_close(bq_broker *base, struct bq_feed_reader *rd)
+{
+    bq_broker *b = any_node(cb(base));
+    if (b != NULL && rd != NULL)
+        b->ops->feed_close(b, rd);
+}
+
 static bq_status c_node(bq_broker *base, char *role, size_t rsize, char *addr, size_t asize,
                         bq_err *err)
 {
@@ -652,6 +705,11 @@ static const struct bq_broker_ops cluster_ops = {
     .unregister = c_unregister,
     .publish = c_publish,
     .listen = c_listen,
+    .feed_add = c_feed_add,
+    .feed_read = c_feed_read,
+    .feed_last = c_feed_last,
+    .feed_wake = c_feed_wake,
+    .feed_close = c_feed_close,
     .ping = c_ping,
     .free = c_free,
 };

@@ -339,6 +339,10 @@ static int pick_queue(struct mem_broker *m, const struct bq_lessee *who)
 static bq_status mem_promote(bq_broker *b, const char *queue, size_t *moved, double *next_due,
                              bq_err *err);
 
+static bq_status mem_feed_add(bq_broker *b, const char *queue, const struct bq_slice *entries,
+                              size_t n, bq_err *err);
+static void feeds_reset(void);
+
 static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
                            const struct bq_fetch_req *req, struct bq_fetch_res *res,
                            struct bq_batch *out, bq_err *err)
@@ -353,6 +357,11 @@ static bq_status mem_fetch(bq_broker *b, const struct bq_lessee *who,
      * fetch's promotion, or between two fetches, when a fetch that took messages returned
      * without looking -- says recheck, instead of the wait below running out its whole
      * timeout with the earlier due time unseen. */
+    for (size_t i = 0; i < req->nfeed; i++) {
+        bq_status fst = mem_feed_add(b, queue_of(who, req->feed_q[i]), &req->feed[i], 1, err);
+        if (fst != BQ_OK)
+            return fst;
+    }
     pthread_once(&db_once, db_init);
     unsigned long sooner = m->seen_sooner;
     for (int i = 0; req->promote && i < who->nqueues; i++) {
@@ -960,6 +969,7 @@ void bq_memory_reset(void)
         }
     }
     pthread_mutex_unlock(&db_mu);
+    feeds_reset();
 }
 
 /* ---- Control channel -------------------------------------------------------------------
@@ -1032,6 +1042,219 @@ static bq_status mem_listen(bq_broker *b, const char *queue,
     return bq_err_set(err, BQ_EINTR, "listen: stopped");
 }
 
+/* ---- Task events ----------------------------------------------------------------------------
+ * Each queue's stream is a ring of entries kept by name, like the Redis stream: ids from the
+ * wall clock in ms and a sequence, never going back; about feed_max entries kept. Readers
+ * wait on one condition variable that every add (and feed_wake) broadcasts. */
+
+struct mem_feed {
+    char key[BQ_KEY_MAX];
+    struct bq_feed_entry *ring; /* cap entries, the oldest at head */
+    size_t head, n, cap;
+    unsigned long long last_ms, last_seq;
+    struct mem_feed *next;
+};
+
+static pthread_mutex_t fd_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t fd_cv;
+static pthread_once_t fd_once = PTHREAD_ONCE_INIT;
+static struct mem_feed *feeds;
+static unsigned long fd_wakes; /* bumped by feed_wake: waits end */
+
+static void fd_init(void)
+{
+    bq_cond_init(&fd_cv);
+}
+
+/* The feed of queue (its key), created when `create`. Caller holds fd_mu. */
+static struct mem_feed *feed_of(const char *key, bool create)
+{
+    for (struct mem_feed *f = feeds; f != NULL; f = f->next)
+        if (strcmp(f->key, key) == 0)
+            return f;
+    if (!create)
+        return NULL;
+    struct mem_feed *f = bq_calloc(1, sizeof *f);
+    if (f == NULL)
+        return NULL;
+    snprintf(f->key, sizeof f->key, "%s", key);
+    f->next = feeds;
+    feeds = f;
+    return f;
+}
+
+static bq_status mem_feed_add(bq_broker *b, const char *queue, const struct bq_slice *entries,
+                              size_t n, bq_err *err)
+{
+    char key[BQ_KEY_MAX];
+    bq_status st = bq_key_derive_err(queue, "events", key, err);
+    if (st != BQ_OK)
+        return st;
+    pthread_once(&fd_once, fd_init);
+    pthread_mutex_lock(&fd_mu);
+    struct mem_feed *f = feed_of(key, true);
+    size_t cap = b->feed_max > 0 ? (size_t)b->feed_max : BQ_FEED_MAX_DEFAULT;
+    if (f != NULL && f->cap != cap) { /* (re)shape the ring, keeping the newest */
+        struct bq_feed_entry *ring = bq_calloc(cap, sizeof *ring);
+        if (ring == NULL) {
+            f = NULL;
+        } else {
+            size_t keep = f->n < cap ? f->n : cap;
+            for (size_t i = 0; i < f->n; i++) {
+                struct bq_feed_entry *e = &f->ring[(f->head + i) % f->cap];
+                if (i < f->n - keep)
+                    bq_free(e->json);
+                else
+                    ring[i - (f->n - keep)] = *e;
+            }
+            bq_free(f->ring);
+            f->ring = ring;
+            f->cap = cap;
+            f->head = 0;
+            f->n = keep;
+        }
+    }
+    for (size_t i = 0; f != NULL && i < n; i++) {
+        char *json = bq_malloc(entries[i].len + 1);
+        if (json == NULL) {
+            st = oom(err);
+            break;
+        }
+        memcpy(json, entries[i].p, entries[i].len);
+        json[entries[i].len] = '\0';
+        unsigned long long ms = (unsigned long long)(bq_now_wall() * 1000.0);
+        if (ms > f->last_ms) {
+            f->last_ms = ms;
+            f->last_seq = 0;
+        } else {
+            f->last_seq++;
+        }
+        struct bq_feed_entry *e;
+        if (f->n == f->cap) { /* full: the oldest goes */
+            e = &f->ring[f->head];
+            bq_free(e->json);
+            f->head = (f->head + 1) % f->cap;
+        } else {
+            e = &f->ring[(f->head + f->n++) % f->cap];
+        }
+        snprintf(e->id, sizeof e->id, "%llu-%llu", f->last_ms, f->last_seq);
+        e->json = json;
+        e->len = entries[i].len;
+    }
+    if (f == NULL)
+        st = oom(err);
+    pthread_cond_broadcast(&fd_cv);
+    pthread_mutex_unlock(&fd_mu);
+    return st;
+}
+
+/* Copies the entries of f after `after` (at most count) into out. Caller holds fd_mu. */
+static bq_status feed_copy(const struct mem_feed *f, const char *after, size_t count,
+                           struct bq_feed_out *out)
+{
+    size_t i = 0;
+    /* The first entry after `after`: the ring is in id order. */
+    size_t lo = 0, hi = f->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (bq_feed_id_cmp(f->ring[(f->head + mid) % f->cap].id, after) > 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    for (i = lo; i < f->n && count > 0; i++, count--) {
+        const struct bq_feed_entry *e = &f->ring[(f->head + i) % f->cap];
+        if (bq_feed_out_add(out, e->id, e->json, e->len) != BQ_OK)
+            return BQ_ENOMEM;
+    }
+    return BQ_OK;
+}
+
+static bq_status mem_feed_read(bq_broker *b, struct bq_feed_reader **rd, const char *queue,
+                               const char *after, size_t count, double timeout,
+                               struct bq_feed_out *out, bq_err *err)
+{
+    (void)b, (void)rd;
+    char key[BQ_KEY_MAX];
+    bq_status st = bq_key_derive_err(queue, "events", key, err);
+    if (st != BQ_OK)
+        return st;
+    if (!bq_feed_id_valid(after))
+        return bq_err_set(err, BQ_EINVAL, "events: '%s' is not an event id (<ms>-<seq>)", after);
+    pthread_once(&fd_once, fd_init);
+    double until = bq_now_mono() + (timeout > 0 ? timeout : 0);
+    size_t before = out->n;
+    pthread_mutex_lock(&fd_mu);
+    unsigned long wakes = fd_wakes;
+    for (;;) {
+        struct mem_feed *f = feed_of(key, false);
+        if (f != NULL && feed_copy(f, after, count, out) != BQ_OK) {
+            st = oom(err);
+            break;
+        }
+        if (out->n > before || timeout <= 0)
+            break;
+        if (fd_wakes != wakes) {
+            st = bq_err_set(err, BQ_EINTR, "events: the wait was cut short");
+            break;
+        }
+        double left = until - bq_now_mono();
+        if (left <= 0)
+            break;
+        bq_cond_wait_for(&fd_cv, &fd_mu, left);
+    }
+    pthread_mutex_unlock(&fd_mu);
+    return st;
+}
+
+static bq_status mem_feed_last(bq_broker *b, const char *queue, char *id, bq_err *err)
+{
+    (void)b;
+    char key[BQ_KEY_MAX];
+    bq_status st = bq_key_derive_err(queue, "events", key, err);
+    if (st != BQ_OK)
+        return st;
+    pthread_once(&fd_once, fd_init);
+    pthread_mutex_lock(&fd_mu);
+    struct mem_feed *f = feed_of(key, false);
+    if (f != NULL && f->n > 0)
+        snprintf(id, BQ_FEED_ID_MAX, "%s", f->ring[(f->head + f->n - 1) % f->cap].id);
+    else
+        snprintf(id, BQ_FEED_ID_MAX, "0-0");
+    pthread_mutex_unlock(&fd_mu);
+    return BQ_OK;
+}
+
+static void mem_feed_wake(bq_broker *b, struct bq_feed_reader *rd)
+{
+    (void)b, (void)rd;
+    pthread_once(&fd_once, fd_init);
+    pthread_mutex_lock(&fd_mu);
+    fd_wakes++;
+    pthread_cond_broadcast(&fd_cv);
+    pthread_mutex_unlock(&fd_mu);
+}
+
+static void mem_feed_close(bq_broker *b, struct bq_feed_reader *rd)
+{
+    (void)b, (void)rd;
+}
+
+/* Forgets every task event (bq_memory_reset). */
+static void feeds_reset(void)
+{
+    pthread_mutex_lock(&fd_mu);
+    while (feeds != NULL) {
+        struct mem_feed *f = feeds;
+        feeds = f->next;
+        for (size_t i = 0; i < f->n; i++)
+            bq_free(f->ring[(f->head + i) % f->cap].json);
+        bq_free(f->ring);
+        bq_free(f);
+    }
+    pthread_mutex_unlock(&fd_mu);
+}
+
 static bq_status mem_node(bq_broker *b, char *role, size_t rsize, char *addr, size_t asize,
                           bq_err *err)
 {
@@ -1069,6 +1292,11 @@ static const struct bq_broker_ops mem_ops = {
     .unregister = mem_unregister,
     .publish = mem_publish,
     .listen = mem_listen,
+    .feed_add = mem_feed_add,
+    .feed_read = mem_feed_read,
+    .feed_last = mem_feed_last,
+    .feed_wake = mem_feed_wake,
+    .feed_close = mem_feed_close,
     .ping = mem_ping,
     .free = mem_free,
 };

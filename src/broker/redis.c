@@ -560,6 +560,11 @@ static const struct bq_broker_ops redis_ops = {
     .unregister = bq_redis_unregister,
     .publish = bq_redis_publish,
     .listen = bq_redis_listen,
+    .feed_add = bq_redis_feed_add,
+    .feed_read = bq_redis_feed_read,
+    .feed_last = bq_redis_feed_last,
+    .feed_wake = bq_redis_feed_wake,
+    .feed_close = bq_redis_feed_close,
     .ping = redis_ping,
     .free = redis_free,
 };
@@ -598,6 +603,7 @@ bq_status bq_broker_open_redis(const struct bq_broker_config *cfg, bq_broker **o
     r->base.ops = &redis_ops;
     r->base.admin = &redis_admin_ops;
     r->base.kind = "redis";
+    r->base.feed_max = cfg->feed_max > 0 ? cfg->feed_max : BQ_FEED_MAX_DEFAULT;
     r->fetch_id = -1;
     r->watch_stopfd = -1;
     r->command_timeout = cfg->command_timeout > 0 ? cfg->command_timeout : 5.0;

@@ -3,8 +3,8 @@
  *
  * The fetch loop has its own connection, because a blocking pop holds its connection for the
  * whole wait; acknowledgements that are ready when the dispatcher fetches again travel in the
- * same round trip as that fetch. One round trip is one pipeline: renew the worker's lease
- * (heartbeat-N), acknowledge (LREM, or ack-2 for a message with a header), promote due retries
+ * same round trip as that fetch. One round trip is one pipeline: write the task events the
+ * worker has (XADD, redis_feed.c), renew the worker's lease (heartbeat-N), acknowledge (LREM, or ack-2 for a message with a header), promote due retries
  * (promote-2), take (see "Taking messages" below); then the replies in the same order, and
  * only when the batch has messages with a "#bq" header, one checkseal-1 for their seals.
  *
@@ -641,10 +641,14 @@ bq_status bq_redis_fetch(bq_broker *b, const struct bq_lessee *who,
     bool want = req->max > 0;
     enum take_mode m = take_mode(r, who, timeout, a.blmax);
 
+    /* 0. the task events, ahead of the acks of their tasks */
+    for (size_t i = 0; st == BQ_OK && i < req->nfeed; i++)
+        st = bq_redis_append_feed(c, b->feed_max, bq_redis_queue_of(who, req->feed_q[i]),
+                                  req->feed[i], err);
     /* 1. renew the lease on every queue */
     bool beat = lease && req->lease > 0;
     const char *hb_args[] = {who->worker, a.lease_ms};
-    if (beat)
+    if (st == BQ_OK && beat)
         st = bq_redis_append_script(c, S_HEARTBEAT, false, nq, k->hb, 2, hb_args, NULL, err);
     /* 2. acknowledge */
     size_t nacks = lease ? req->nacks : 0;
@@ -667,6 +671,8 @@ bq_status bq_redis_fetch(bq_broker *b, const struct bq_lessee *who,
     /* The replies, in the same order. */
     redisReply *rep = NULL;
     bool reload = false;
+    for (size_t i = 0; st == BQ_OK && i < req->nfeed; i++)
+        st = bq_redis_read_feed(c, deadline, bq_redis_queue_of(who, req->feed_q[i]), err);
     if (st == BQ_OK && beat) {
         st = read_script_reply(c, deadline, "heartbeat-N", &rep, &reload, err);
         if (st == BQ_OK && rep != NULL) {

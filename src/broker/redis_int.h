@@ -220,6 +220,21 @@ bq_status bq_redis_listen(bq_broker *b, const char *queue,
                           void (*ready)(void *ud), void *ud, int stopfd, bq_err *err);
 bq_status bq_redis_controls(bq_broker *b, const char *queue, double interval, size_t window,
                             struct bq_batch *out, bq_err *err);
+/* redis_feed.c: the task events (broker.h). The fetch round trip writes its events with
+ * append_feed (one XADD of entry e to Q's stream) and reads each reply with read_feed (a
+ * refused XADD is logged, not an error: the pipeline stays in step). */
+bq_status bq_redis_append_feed(bq_conn *c, long feed_max, const char *queue, struct bq_slice e,
+                               bq_err *err);
+bq_status bq_redis_read_feed(bq_conn *c, double deadline, const char *queue, bq_err *err);
+bq_status bq_redis_feed_add(bq_broker *b, const char *queue, const struct bq_slice *entries,
+                            size_t n, bq_err *err);
+bq_status bq_redis_feed_read(bq_broker *b, struct bq_feed_reader **rd, const char *queue,
+                             const char *after, size_t count, double timeout,
+                             struct bq_feed_out *out, bq_err *err);
+bq_status bq_redis_feed_last(bq_broker *b, const char *queue, char *id, bq_err *err);
+void bq_redis_feed_wake(bq_broker *b, struct bq_feed_reader *rd);
+void bq_redis_feed_close(bq_broker *b, struct bq_feed_reader *rd);
+
 /* The Sentinel watcher's thread (arg: the broker), started by bq_broker_open_redis for
  * redis+sentinel:// URLs; returns once watch_stopfd is readable. */
 void *bq_redis_watch_sentinels(void *arg);

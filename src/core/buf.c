@@ -5,6 +5,7 @@
 
 #include "alloc.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -53,6 +54,34 @@ void bq_buf_puts(bq_buf *b, const char *s)
 void bq_buf_putc(bq_buf *b, char c)
 {
     bq_buf_append(b, &c, 1);
+}
+
+void bq_buf_put_int(bq_buf *b, long long v)
+{
+    char tmp[24];
+    size_t n = sizeof tmp;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[--n] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u > 0);
+    if (v < 0)
+        tmp[--n] = '-';
+    bq_buf_append(b, tmp + n, sizeof tmp - n);
+}
+
+void bq_buf_put_secs(bq_buf *b, double secs)
+{
+    if (!(secs > -1e15 && secs < 1e15))
+        secs = 0;
+    long long ms = llround(secs * 1000.0);
+    unsigned long long frac = (unsigned long long)(ms < 0 ? -ms : ms) % 1000;
+    long long whole = ms / 1000;
+    if (ms < 0 && whole == 0)
+        bq_buf_putc(b, '-');
+    bq_buf_put_int(b, whole);
+    char tail[4] = {'.', (char)('0' + frac / 100), (char)('0' + frac / 10 % 10), (char)('0' + frac % 10)};
+    bq_buf_append(b, tail, 4);
 }
 
 void bq_buf_printf(bq_buf *b, const char *fmt, ...)

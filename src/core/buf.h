@@ -31,6 +31,13 @@ void bq_buf_printf(bq_buf *b, const char *fmt, ...) __attribute__((format(printf
  * control characters, quotes and backslashes are escaped. */
 void bq_buf_json_str(bq_buf *b, const char *s, size_t len);
 
+/* Appends seconds with three decimals ("1764849600.125"), without printf's floating point
+ * (a task event's times: the hot path); a value that is not finite, or beyond 1e15, as 0. */
+void bq_buf_put_secs(bq_buf *b, double secs);
+
+/* Appends a decimal integer. */
+void bq_buf_put_int(bq_buf *b, long long v);
+
 /* A NUL-terminated view of the contents ("" for an empty buffer); NULL after an OOM. */
 const char *bq_buf_cstr(bq_buf *b);
 

@@ -13,6 +13,7 @@
 
 #include "../broker/keys.h"
 #include "../core/alloc.h"
+#include "../core/buf.h"
 #include "../core/clock.h" /* bq_duration_problem */
 #include "../core/wire.h"
 #include "../core/err.h"
@@ -93,6 +94,8 @@ void bq_client_free(bq_client *c)
 {
     if (c == NULL)
         return;
+    if (c->feed_rd != NULL)
+        c->broker->ops->feed_close(c->broker, c->feed_rd);
     bq_broker_free(c->broker);
     bq_storage_unref(c->store);
     bq_config_free(&c->cfg);
@@ -243,6 +246,43 @@ static bq_status store_op(bq_client *c, struct item *it, bq_err *err)
     return st == BQ_OK ? BQ_OK : storage_fail(st, err);
 }
 
+/* The "scheduled" task events of the runs among items[0..n) that were pushed (pushed NULL:
+ * all), as one entry of the queue's stream (docs/events.md), as binduq.scheduler writes
+ * them; a write that fails is logged, not returned: the tasks are queued. */
+static void emit_scheduled(bq_client *c, const char *queue, const struct item *items, size_t n,
+                           const bool *pushed)
+{
+    if (c->cfg.events_max <= 0)
+        return;
+    bq_buf b = BQ_BUF_INIT;
+    double now = bq_now_wall();
+    bq_buf_putc(&b, '[');
+    for (size_t i = 0; i < n; i++) {
+        if ((pushed != NULL && !pushed[i]) || !is(items[i].task, "run"))
+            continue;
+        if (b.len > 1)
+            bq_buf_putc(&b, ',');
+        bq_buf_puts(&b, "{\"event\":\"scheduled\",\"task_id\":");
+        bq_buf_json_str(&b, items[i].task->task_id, strlen(items[i].task->task_id));
+        bq_buf_puts(&b, ",\"state\":\"submitted\",\"at\":");
+        bq_buf_put_secs(&b, now);
+        const struct bq_when *w = items[i].when;
+        if (w != NULL) {
+            bq_buf_puts(&b, ",\"due_at\":");
+            bq_buf_put_secs(&b, w->run_at != 0 ? w->run_at : now + w->delay);
+        }
+        bq_buf_putc(&b, '}');
+    }
+    bq_buf_putc(&b, ']');
+    bq_err err;
+    if (b.len > 2 && !b.oom &&
+        c->broker->ops->feed_add(c->broker, queue, &(struct bq_slice){b.p, b.len}, 1, &err) !=
+            BQ_OK)
+        bq_log(BQ_LOG_WARN, "events_write_failed", "queue", queue, "error", err.msg, "outcome",
+               "these task events are not in the stream", NULL);
+    bq_buf_free(&b);
+}
+
 /* Pushes items[0..n) (one queue, all with keys or none). Adds the pushed and the duplicates
  * to *sent and *dups, and counts them in the metrics and the client's stats. */
 static bq_status push_group(bq_client *c, const struct item *items, size_t n, size_t *sent,
@@ -300,6 +340,8 @@ static bq_status push_group(bq_client *c, const struct item *items, size_t n, si
     if (ok > 0 && strcmp(c->broker->kind, "memory") == 0 && bq_memory_warning_due())
         bq_log(BQ_LOG_WARN, "memory_scheduler_no_worker", "queue", queue, "warning",
                BQ_MEMORY_WARNING, NULL);
+    if (st == BQ_OK && ok > 0)
+        emit_scheduled(c, queue, items, n, keyed || delayed ? pushed : NULL);
     size_t dup = st == BQ_OK && (keyed || delayed) ? n - ok : 0;
     *sent += ok;
     *dups += dup;
@@ -392,5 +434,56 @@ bq_status bq_health_check(bq_client *c, struct bq_health *out, bq_err *err)
     if (st == BQ_OK)
         st = bq_queue_length(c, &out->queue_length, err);
     out->ok = st == BQ_OK;
+    return st;
+}
+
+/* ---- Task events --------------------------------------------------------------------------- */
+
+_Static_assert(BQ_EVENT_ID_MAX == BQ_FEED_ID_MAX, "binduq.h's event id size is the broker's");
+
+static bq_status events_queue(bq_client *c, const char **queue, bq_err *err)
+{
+    if (c->cfg.events_max <= 0)
+        return bq_err_set(err, BQ_EINVAL, "events: task events are off in this client's "
+                                          "configuration (events_max < 0 or BINDUQ_EVENTS_MAX=0)");
+    if (*queue == NULL)
+        *queue = c->cfg.queue_name;
+    const char *why = bq_queue_name_problem(*queue);
+    if (why != NULL)
+        return bq_err_set(err, BQ_EINVAL, "events: queue '%.200s' %s", *queue, why);
+    return BQ_OK;
+}
+
+bq_status bq_events_last(bq_client *c, const char *queue, char id[BQ_EVENT_ID_MAX], bq_err *err)
+{
+    bq_status st = events_queue(c, &queue, err);
+    if (st != BQ_OK)
+        return st;
+    return c->broker->ops->feed_last(c->broker, queue, id, err);
+}
+
+bq_status bq_events_read(bq_client *c, const char *queue, const char *after, size_t max,
+                         double timeout,
+                         void (*on_entry)(void *ud, const char *id, const char *json, size_t len),
+                         void *ud, size_t *n, bq_err *err)
+{
+    if (n != NULL)
+        *n = 0;
+    bq_status st = events_queue(c, &queue, err);
+    if (st != BQ_OK)
+        return st;
+    if (after == NULL || on_entry == NULL || max == 0)
+        return bq_err_set(err, BQ_EINVAL, "events: after and on_entry are required, max >= 1");
+    const char *why = bq_duration_problem(timeout);
+    if (why != NULL)
+        return bq_err_set(err, BQ_EINVAL, "events: timeout %s", why);
+    struct bq_feed_out out = {NULL, 0, 0};
+    st = c->broker->ops->feed_read(c->broker, &c->feed_rd, queue, after, max > 10000 ? 10000 : max,
+                                   timeout, &out, err);
+    for (size_t i = 0; st == BQ_OK && i < out.n; i++)
+        on_entry(ud, out.e[i].id, out.e[i].json, out.e[i].len);
+    if (st == BQ_OK && n != NULL)
+        *n = out.n;
+    bq_feed_out_free(&out);
     return st;
 }

@@ -22,6 +22,9 @@ struct bq_client {
     const char *(*route)(const struct bq_task *task, void *ud);
     void *route_ud;
     atomic_llong scheduled, deduplicated;
+    /* Task events read through this client (core.client's feed_read): the reader's own
+     * connection, created by the first read; one thread at a time. */
+    struct bq_feed_reader *feed_rd;
 };
 
 /* bq_client_new without a storage, for the Lua binding (core.client): binduq.scheduler

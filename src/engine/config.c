@@ -220,6 +220,19 @@ static bq_status resolve_rest(const struct bq_client_options *opts, struct bq_co
     }
     cfg->wait_replicas = opts->wait_replicas;
     cfg->wait_timeout = opts->wait_timeout > 0 ? opts->wait_timeout : 1.0;
+    cfg->events_max = opts->events_max < 0 ? -1 : opts->events_max;
+    const char *em = bq_env("BINDUQ_EVENTS_MAX");
+    if (cfg->events_max == 0 && em != NULL) {
+        char *end;
+        errno = 0;
+        long v = strtol(em, &end, 10);
+        if (end == em || *end != '\0' || errno != 0 || v < 0 || v > 100000000)
+            return bq_err_set(err, BQ_EINVAL, "BINDUQ_EVENTS_MAX: expected a whole number from 0 "
+                              "(no task events) to 100000000, got '%.20s'", em);
+        cfg->events_max = v == 0 ? -1 : v;
+    }
+    if (cfg->events_max == 0)
+        cfg->events_max = BQ_FEED_MAX_DEFAULT;
     cfg->tls_insecure = opts->tls_insecure || u->ssl_cert_reqs == 0;
     const char *ins = bq_env("BINDUQ_TLS_INSECURE");
     if (!cfg->tls_insecure && u->ssl_cert_reqs < 0 && ins != NULL) {
@@ -382,4 +395,5 @@ void bq_config_broker(const struct bq_config *cfg, struct bq_broker_config *out)
     out->wait_replicas = cfg->wait_replicas;
     out->wait_timeout = cfg->wait_timeout;
     out->orders = &cfg->orders;
+    out->feed_max = cfg->events_max;
 }

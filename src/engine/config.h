@@ -46,6 +46,8 @@ struct bq_config {
     double wait_timeout;
     struct bq_orders orders; /* owned */
     int retry_on_timeout;    /* -1: not given (URL option or RETRY_ON_TIMEOUT), else 0 or 1 */
+    long events_max;         /* entries each queue's task-event stream keeps (> 0), or -1:
+                              * no task events */
 };
 
 /* Fills cfg from opts (may be NULL), the environment and the defaults. Environment values

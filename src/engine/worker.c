@@ -250,6 +250,8 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
                 st = bq_err_set(err, BQ_ENOMEM, "worker: out of memory");
         }
     }
+    if (st == BQ_OK)
+        st = bq_worker_feed_init(w, o->cfg->events_max > 0, err);
     if (st == BQ_OK) {
         struct bq_broker_config bc;
         bq_config_broker(o->cfg, &bc);
@@ -391,6 +393,7 @@ bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
         return bq_err_set(err, BQ_EIO, "worker: cannot create the dispatcher thread");
     }
     w->dispatcher.started = true;
+    bq_worker_feed_start(w, spawn);
     atomic_store(&any_started, true);
     raise_nofile(w);
     char conc[16], lease[32];
@@ -496,6 +499,7 @@ void bq_worker_join(bq_worker *w)
             pthread_detach(w->slots[i].thread);
     }
     bq_worker_stop_control(w);
+    bq_worker_feed_stop(w);
     bq_log(BQ_LOG_INFO, "worker_stopped", "worker", w->conf.id, "queue", w->conf.queue, NULL);
 }
 
@@ -515,6 +519,7 @@ void bq_worker_free(bq_worker *w)
     for (int i = 0; i < w->tasks.ring_n; i++)
         bq_free(w->tasks.ring[(w->tasks.ring_head + i) % w->conf.capacity].data);
     bq_batch_free(&w->tasks.acks);
+    bq_worker_feed_destroy(w);
     bq_broker_free(w->broker);
     for (int i = 0; w->slots != NULL && i < w->conf.concurrency; i++) {
         pthread_mutex_destroy(&w->slots[i].ctl.mu);

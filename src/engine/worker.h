@@ -299,6 +299,13 @@ bool bq_worker_control(bq_worker *w, enum bq_control op, const char *task_id);
 bq_status bq_worker_publish(bq_worker *w, enum bq_control op, const char *task_id,
                             bq_err *err);
 
+/* Adds a task event (a JSON object, e.g. {"event":"started",...}) to the stream of `queue`
+ * (one of the worker's; NULL or another: its first), written with the worker's next round
+ * trip or within a few milliseconds (docs/events.md). Nothing when the configuration turned
+ * task events off (bq_worker_feed_on). Any thread. */
+bq_status bq_worker_feed(bq_worker *w, const char *queue, const char *json, size_t len);
+bool bq_worker_feed_on(const bq_worker *w);
+
 /* Formats and parses control messages ("cancel <task_id>", "pause <task_id>"). Both refuse
  * an id that breaks the rule of core/id.h: format returns -1, parse BQ_CONTROL_NONE. */
 int bq_control_format(char *out, size_t size, enum bq_control op, const char *task_id);

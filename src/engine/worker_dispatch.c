@@ -145,13 +145,28 @@ void bq_worker_due(bq_worker *w, double seconds)
         w->broker->ops->interrupt(w->broker);
 }
 
-/* The round trip: fetches, carrying the acks (and maybe the renewal and the promotion). */
+/* The round trip: fetches, carrying the acks (and maybe the renewal and the promotion), and
+ * ahead of them the task events pending (worker_feed.c) -- unless it may block: then the
+ * events are written first, so no path waits for them through the wait. */
 static void fetch(bq_worker *w, struct round *r)
 {
     r->req.nacks = r->acks.n;
     r->req.acks = r->acks.msgs;
+    struct feed_take t;
+    t.n = 0;
+    if (r->req.timeout > 0)
+        bq_worker_feed_settle(w);
+    else if (bq_worker_feed_take(w, &t) > 0) {
+        r->req.feed = t.slice;
+        r->req.feed_q = t.q;
+        r->req.nfeed = t.n;
+    }
     bq_err_clear(&r->err);
     r->st = w->broker->ops->fetch(w->broker, &w->conf.who, &r->req, &r->res, &r->batch, &r->err);
+    bq_worker_feed_taken(w, &t, r->st == BQ_OK);
+    r->req.feed = NULL;
+    r->req.feed_q = NULL;
+    r->req.nfeed = 0;
 }
 
 /* Takes in what the reply says whether or not the fetch succeeded: acks that may not have
@@ -405,9 +420,10 @@ static void check_orphans(bq_worker *w, struct round *r)
 
 /* ---- Stopping ------------------------------------------------------------------------------ */
 
-/* Acknowledges the pending acks directly (shutdown). */
+/* Acknowledges the pending acks directly (shutdown), their task events first. */
 static void flush_acks(bq_worker *w)
 {
+    bq_worker_feed_settle(w);
     pthread_mutex_lock(&w->mu);
     struct bq_batch acks = w->tasks.acks;
     memset(&w->tasks.acks, 0, sizeof w->tasks.acks);

@@ -23,6 +23,7 @@
 
 #include "../core/alloc.h"
 #include "../core/backoff.h"
+#include "../core/buf.h"
 #include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/log.h"
@@ -191,11 +192,32 @@ struct worker_events {
     int fd;
 };
 
+/* Task events waiting to be written (worker_feed.c). Guarded by mu, its own. */
+struct worker_feed {
+    bool inited, on;        /* on: the configuration wants task events */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bq_buf *pend;           /* conf.nqueues buffers: each queue's events, comma-separated */
+    size_t n, bytes;        /* events and bytes pending over all queues */
+    double first_at;        /* when the oldest pending event came (monotonic) */
+    bool sending;           /* a path is writing what it took */
+    bool stop, started;     /* the feed thread's */
+    pthread_t thread;
+};
+
+/* What one write takes: one JSON array per queue that had events. */
+struct feed_take {
+    size_t n;
+    char *json[16];
+    struct bq_slice slice[16];
+    int q[16];
+};
+
 /* Counters for bq_worker_stats. Atomic: any thread adds, any thread reads. */
 struct worker_counters {
     atomic_llong fetched, completed, failed, retried, dead, dropped, malformed, skipped,
         handed_back, lease_lost, reaped, rate_limited, canceled, paused, waiting, redis_errors,
-        reconnects, pickup_rejected;
+        reconnects, pickup_rejected, events_lost;
 };
 
 /* Histograms of handler durations and pickup latencies for bq_worker_histograms: per bucket
@@ -226,6 +248,7 @@ struct bq_worker {
     struct worker_heartbeat heartbeat;
     struct worker_control control;
     struct worker_events events;
+    struct worker_feed feed;
     struct worker_counters count;
     struct worker_hists hist;
 };
@@ -280,6 +303,22 @@ bool bq_worker_handback(bq_worker *w, const struct bq_msg *msgs, size_t n, const
 void bq_worker_lease_lost(bq_worker *w, const char *op, const char *tid);
 /* Interrupts a slot's handler (the shutdown deadline): its count hook and sleeps see it. */
 void bq_slot_interrupt(struct bq_slot_ctl *ctl);
+
+/* worker_feed.c: the task events (see there). init sets the feed up (on: write events);
+ * outcome adds an outcome's event; settle writes what is pending (before a direct write of
+ * the slots); take / taken bracket the dispatcher's round trip that carries the events
+ * (written: the round trip succeeded); start and stop run the feed thread (stop writes what
+ * is left). */
+bq_status bq_worker_feed_init(bq_worker *w, bool on, bq_err *err);
+void bq_worker_feed_destroy(bq_worker *w);
+void bq_worker_feed_outcome(bq_worker *w, const struct bq_msg *msg,
+                            const struct bq_outcome *out);
+void bq_worker_feed_settle(bq_worker *w);
+size_t bq_worker_feed_take(bq_worker *w, struct feed_take *t);
+void bq_worker_feed_taken(bq_worker *w, struct feed_take *t, bool written);
+void bq_feed_take_free(struct feed_take *t);
+void bq_worker_feed_start(bq_worker *w, int (*spawn)(pthread_t *, void *(*)(void *), void *));
+void bq_worker_feed_stop(bq_worker *w);
 
 /* worker_dispatch.c: the dispatcher thread's main. */
 void *bq_worker_dispatcher_main(void *arg);

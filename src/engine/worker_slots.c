@@ -291,6 +291,7 @@ static const char *original(const struct bq_msg *msg, const struct bq_outcome *o
 void bq_worker_bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome *out,
                  const char *tid)
 {
+    bq_worker_feed_settle(w); /* the task's events before its dead letter */
     bq_buf tmp = BQ_BUF_INIT;
     size_t olen;
     const char *orig = original(msg, out, &tmp, &olen);
@@ -357,6 +358,7 @@ static void promote_by(bq_worker *w, double delay)
 static void retry(bq_worker *w, const struct bq_msg *msg, const struct bq_outcome *out,
                   const char *tid, bool deferral)
 {
+    bq_worker_feed_settle(w); /* the task's events before its retry */
     bq_buf tmp = BQ_BUF_INIT, next = BQ_BUF_INIT;
     size_t olen;
     const char *orig = original(msg, out, &tmp, &olen);
@@ -412,6 +414,7 @@ bool bq_worker_handback(bq_worker *w, const struct bq_msg *msgs, size_t n, const
 {
     if (n == 0)
         return true;
+    bq_worker_feed_settle(w);
     size_t count = 0;
     bq_err err;
     bq_status st;
@@ -434,6 +437,7 @@ bool bq_worker_handback(bq_worker *w, const struct bq_msg *msgs, size_t n, const
  * fetch, or stopping). */
 static void ack_direct(bq_worker *w, struct bq_msg *msg, const char *tid)
 {
+    bq_worker_feed_settle(w); /* the task's events before its ack */
     size_t acked = 0;
     bq_err err;
     bq_status st;
@@ -505,6 +509,7 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
     const char *type = out->type[0] ? out->type : NULL;
     const char *queue = queue_of(w, msg->q);
     bool moved = false;
+    bq_worker_feed_outcome(w, msg, out);
     switch (out->kind) {
     case BQ_OUTCOME_COMPLETED:
         atomic_fetch_add(&w->count.completed, 1);

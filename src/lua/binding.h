@@ -84,4 +84,7 @@ void bq_lua_client_options(lua_State *L, int idx, struct bq_client_options *o);
 /* The read end of the signal pipe when signals are trapped, else -1 (l_core.c). */
 int bq_lua_signal_fd(void);
 
+/* The bq_client of the binduq.Client at idx (raises if it is not one, or is closed). */
+struct bq_client *bq_lua_check_client(lua_State *L, int idx);
+
 #endif

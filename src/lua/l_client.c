@@ -10,6 +10,10 @@
  *   c:dlq_remove(entry)                    -> true | false (gone) | nil, msg, code
  *   c:dlq_purge()                          -> count | nil, msg, code
  *   c:ping()                               -> seconds | nil, msg, code
+ *   c:feed_add(queue, json_array)          -> true | nil, msg, code   (task events)
+ *   c:feed_read(queue, after, count, timeout) -> { {id, json}, ... } | nil, msg, code
+ *   c:feed_last(queue)                     -> id | nil, msg, code
+ *   c:feed_max()                           -> entries kept per queue, or nil: no events
  *   c:info()                               -> { backend=, address=, queue_name=, ... }
  *   c:close()
  *
@@ -19,7 +23,9 @@
 #include "binding.h"
 
 #include "../broker/admin.h"
+#include "../broker/keys.h"
 #include "../core/alloc.h"
+#include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/id.h"
 #include "../engine/client.h"
@@ -35,6 +41,14 @@ struct lclient {
 static bq_client *check_open(lua_State *L)
 {
     struct lclient *u = luaL_checkudata(L, 1, BQ_CLIENT_MT);
+    if (u->c == NULL)
+        luaL_error(L, "attempt to use a closed scheduler client");
+    return u->c;
+}
+
+struct bq_client *bq_lua_check_client(lua_State *L, int idx)
+{
+    struct lclient *u = luaL_checkudata(L, idx, BQ_CLIENT_MT);
     if (u->c == NULL)
         luaL_error(L, "attempt to use a closed scheduler client");
     return u->c;
@@ -273,6 +287,90 @@ static int l_client_publish(lua_State *L)
                                 &receivers, &err) != BQ_OK)
         return client_fail(L, c, &err);
     lua_pushinteger(L, (lua_Integer)receivers);
+    return 1;
+}
+
+/* ---- Task events (broker.h, docs/events.md) ---------------------------------------------- */
+
+static const char *check_queue(lua_State *L, int idx, const bq_client *c)
+{
+    const char *q = luaL_optstring(L, idx, c->cfg.queue_name);
+    const char *problem = bq_queue_name_problem(q);
+    if (problem != NULL)
+        luaL_argerror(L, idx, lua_pushfstring(L, "queue name %s", problem));
+    return q;
+}
+
+/* c:feed_add(queue, json_array) -> true | nil, msg, code */
+static int l_client_feed_add(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *q = check_queue(L, 2, c);
+    size_t len;
+    const char *json = luaL_checklstring(L, 3, &len);
+    bq_err err;
+    struct bq_slice e = {json, len};
+    if (c->broker->ops->feed_add(c->broker, q, &e, 1, &err) != BQ_OK)
+        return client_fail(L, c, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* c:feed_read(queue, after, count, timeout) -> { {id, json}, ... } | nil, msg, code. Waits up
+ * to timeout seconds for the first entry (0: not at all); {} when none came. */
+static int l_client_feed_read(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *q = check_queue(L, 2, c);
+    const char *after = luaL_checkstring(L, 3);
+    lua_Integer count = luaL_optinteger(L, 4, 100);
+    double timeout = luaL_optnumber(L, 5, 0);
+    luaL_argcheck(L, count >= 1 && count <= 10000, 4, "count must be from 1 to 10000");
+    const char *problem = bq_duration_problem(timeout);
+    if (problem != NULL)
+        return luaL_argerror(L, 5, lua_pushfstring(L, "timeout %s", problem));
+    struct bq_feed_out out = {NULL, 0, 0};
+    bq_err err;
+    bq_status st = c->broker->ops->feed_read(c->broker, &c->feed_rd, q, after, (size_t)count,
+                                             timeout, &out, &err);
+    if (st != BQ_OK) {
+        bq_feed_out_free(&out);
+        return client_fail(L, c, &err);
+    }
+    lua_createtable(L, (int)out.n, 0);
+    for (size_t i = 0; i < out.n; i++) {
+        lua_createtable(L, 2, 0);
+        lua_pushstring(L, out.e[i].id);
+        lua_rawseti(L, -2, 1);
+        lua_pushlstring(L, out.e[i].json, out.e[i].len);
+        lua_rawseti(L, -2, 2);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    bq_feed_out_free(&out);
+    return 1;
+}
+
+/* c:feed_last(queue) -> id | nil, msg, code */
+static int l_client_feed_last(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *q = check_queue(L, 2, c);
+    char id[BQ_FEED_ID_MAX];
+    bq_err err;
+    if (c->broker->ops->feed_last(c->broker, q, id, &err) != BQ_OK)
+        return client_fail(L, c, &err);
+    lua_pushstring(L, id);
+    return 1;
+}
+
+/* c:feed_max() -> entries each queue's stream keeps, or nil when task events are off */
+static int l_client_feed_max(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    if (c->cfg.events_max > 0)
+        lua_pushinteger(L, (lua_Integer)c->cfg.events_max);
+    else
+        lua_pushnil(L);
     return 1;
 }
 
@@ -623,6 +721,8 @@ static const luaL_Reg client_methods[] = {
     {"node", l_client_node},   {"command", l_client_command},
     {"stats", l_client_stats}, {"peek", l_client_peek}, {"purge_ready", l_client_purge_ready},
     {"queues", l_client_queues},
+    {"feed_add", l_client_feed_add}, {"feed_read", l_client_feed_read},
+    {"feed_last", l_client_feed_last}, {"feed_max", l_client_feed_max},
     {NULL, NULL},
 };
 

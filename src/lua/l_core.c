@@ -112,6 +112,23 @@ void bq_lua_client_options(lua_State *L, int idx, struct bq_client_options *o)
         luaL_error(L, "option 'wait_replicas' must be from 0 to 100");
     o->wait_replicas = (int)wr;
     o->wait_timeout = bq_lua_opt_number(L, idx, "wait_timeout", 0);
+    /* events: false (no task events), true (the default), or the entries each queue's
+     * stream keeps. */
+    int et = lua_getfield(L, idx, "events");
+    if (et == LUA_TBOOLEAN) {
+        o->events_max = lua_toboolean(L, -1) ? 0 : -1;
+    } else if (et == LUA_TNUMBER) {
+        int isint;
+        lua_Integer em = lua_tointegerx(L, -1, &isint);
+        if (!isint || em < 1 || em > 100000000)
+            luaL_error(L, "option 'events' must be true, false or a whole number from 1 to "
+                          "100000000 (the entries each queue's stream keeps)");
+        o->events_max = (long)em;
+    } else if (et != LUA_TNIL) {
+        luaL_error(L, "option 'events' must be true, false or a number (got %s)",
+                   luaL_typename(L, -1));
+    }
+    lua_pop(L, 1);
     if (lua_getfield(L, idx, "tls") == LUA_TTABLE) {
         /* The strings stay alive in the options table, which the caller keeps. */
         int t = lua_gettop(L);

@@ -1047,6 +1047,58 @@ static int l_slot_publish(lua_State *L)
     return 1;
 }
 
+/* core.slot_event(queue, json) -> true: a task event (a JSON object) for the stream of the
+ * task's queue (bq_worker_feed); core.slot_events_on() -> whether the worker writes events. */
+static int l_slot_event(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    const char *queue = luaL_optstring(L, 1, NULL);
+    size_t len;
+    const char *json = luaL_checklstring(L, 2, &len);
+    if (s == NULL)
+        return luaL_error(L, "slot_event is for handler states");
+    bq_worker_feed(s->cfg->w, queue, json, len);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.slot_started(queue, task_id, attempt): the "started" event of a task, built here (one
+ * per task: the hot path), when the worker writes events. */
+static int l_slot_started(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    const char *queue = luaL_optstring(L, 1, NULL);
+    size_t idlen;
+    const char *id = luaL_checklstring(L, 2, &idlen);
+    lua_Integer attempt = luaL_optinteger(L, 3, 1);
+    if (s == NULL)
+        return luaL_error(L, "slot_started is for handler states");
+    if (!bq_worker_feed_on(s->cfg->w) || !bq_utf8_valid(id, idlen, NULL))
+        return 0;
+    const char *wid = bq_worker_id(s->cfg->w);
+    bq_buf b = BQ_BUF_INIT;
+    bq_buf_puts(&b, "{\"event\":\"started\",\"task_id\":");
+    bq_buf_json_str(&b, id, idlen);
+    bq_buf_puts(&b, ",\"state\":\"working\",\"at\":");
+    bq_buf_put_secs(&b, bq_now_wall());
+    bq_buf_puts(&b, ",\"attempt\":");
+    bq_buf_put_int(&b, (long long)attempt);
+    bq_buf_puts(&b, ",\"worker\":");
+    bq_buf_json_str(&b, wid, strlen(wid));
+    bq_buf_putc(&b, '}');
+    if (!b.oom)
+        bq_worker_feed(s->cfg->w, queue, b.p, b.len);
+    bq_buf_free(&b);
+    return 0;
+}
+
+static int l_slot_events_on(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    lua_pushboolean(L, s != NULL && bq_worker_feed_on(s->cfg->w));
+    return 1;
+}
+
 /* core.slot_storage() -> the binduq.Storage the worker was started with, or nil. */
 static int l_slot_storage(lua_State *L)
 {
@@ -1190,4 +1242,10 @@ void bq_lua_open_slot(lua_State *L)
     lua_setfield(L, -2, "slot_publish");
     lua_pushcfunction(L, l_slot_storage);
     lua_setfield(L, -2, "slot_storage");
+    lua_pushcfunction(L, l_slot_event);
+    lua_setfield(L, -2, "slot_event");
+    lua_pushcfunction(L, l_slot_started);
+    lua_setfield(L, -2, "slot_started");
+    lua_pushcfunction(L, l_slot_events_on);
+    lua_setfield(L, -2, "slot_events_on");
 }

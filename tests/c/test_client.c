@@ -774,6 +774,77 @@ TEST(a_memory_producer_without_a_worker_warns_once)
     CHECK_CONTAINS(out, "lost when it exits");
 }
 
+struct seen_events {
+    char text[4096];
+    char last[BQ_EVENT_ID_MAX];
+    size_t entries;
+};
+
+static void on_entry(void *ud, const char *id, const char *json, size_t len)
+{
+    struct seen_events *s = ud;
+    size_t have = strlen(s->text);
+    snprintf(s->text + have, sizeof s->text - have, "%.*s\n", (int)len, json);
+    snprintf(s->last, sizeof s->last, "%s", id);
+    s->entries++;
+}
+
+TEST(runs_scheduled_from_c_are_task_events_a_c_reader_follows)
+{
+    NEED_REDIS();
+    struct bq_client_options o = {0};
+    char queue[96], id[96], id2[96];
+    bq_client *c = open_client(&o, "events", queue, sizeof queue);
+    REQUIRE(c != NULL);
+    snprintf(id, sizeof id, "%s:ev:\"1\"", prefix);
+    snprintf(id2, sizeof id2, "%s:ev:2", prefix);
+    char last[BQ_EVENT_ID_MAX];
+    bq_err err;
+    CHECK_INT(bq_events_last(c, NULL, last, &err), BQ_OK);
+    CHECK_STR(last, "0-0");
+    struct bq_task t[3] = {{"run", id, NULL, hi, 1}, {"run", id, NULL, hi, 1}, {"cancel", id2, NULL, NULL, 0}};
+    size_t sent = 0;
+    CHECK_INT(bq_schedule_many(c, t, 3, &sent, &err), BQ_OK);
+    CHECK_INT(sent, 2); /* the second run was a duplicate */
+    struct bq_when later = {60, 0};
+    CHECK_INT(bq_schedule_when(c, &(struct bq_task){"run", id2, NULL, hi, 1}, &later, &err), BQ_OK);
+    struct seen_events s = {"", "", 0};
+    size_t n = 0;
+    CHECK_INT(bq_events_read(c, NULL, last, 100, 0, on_entry, &s, &n, &err), BQ_OK);
+    CHECK_INT(n, 2);
+    CHECK_INT(s.entries, 2);
+    /* one "scheduled" for the run pushed (none for its duplicate or the cancel), one for the
+     * delayed run, with its due time; the id escaped as JSON */
+    char want[256];
+    snprintf(want, sizeof want, "[{\"event\":\"scheduled\",\"task_id\":\"%s:ev:\\\"1\\\"\",\"state\":\"submitted\",\"at\":", prefix);
+    CHECK(strncmp(s.text, want, strlen(want)) == 0);
+    CHECK_CONTAINS(s.text, "\"due_at\":");
+    CHECK_INT(strstr(strchr(s.text, '\n') + 1, "\n") != NULL, 1);
+    /* after the newest: nothing, and a wait that ends on time */
+    n = 9;
+    CHECK_INT(bq_events_read(c, NULL, s.last, 100, 0.05, on_entry, &s, &n, &err), BQ_OK);
+    CHECK_INT(n, 0);
+    CHECK_INT(bq_events_read(c, NULL, "yesterday", 100, 0, on_entry, &s, &n, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "'yesterday' is not an event id");
+    bq_client_free(c);
+    /* events off: nothing written, reading is refused */
+    struct bq_client_options off = {.events_max = -1};
+    c = open_client(&off, "events-off", queue, sizeof queue);
+    REQUIRE(c != NULL);
+    snprintf(id, sizeof id, "%s:evoff:1", prefix);
+    CHECK_INT(bq_schedule(c, &(struct bq_task){"run", id, NULL, hi, 1}, &err), BQ_OK);
+    CHECK_INT(bq_events_last(c, NULL, last, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "task events are off");
+    char key[128];
+    snprintf(key, sizeof key, "{%s}:events", queue);
+    const char *argv[] = {"EXISTS", key};
+    void *r = NULL;
+    REQUIRE(c->broker->admin->command(c->broker, queue, 2, argv, NULL, &r, NULL) == BQ_OK);
+    CHECK_INT(((redisReply *)r)->integer, 0);
+    freeReplyObject(r);
+    bq_client_free(c);
+}
+
 int main(void)
 {
     redis_url = getenv("BQ_REDIS_URL");
@@ -796,5 +867,6 @@ int main(void)
     RUN(a_run_is_recorded_in_postgres_and_its_failure_stops_the_push);
     RUN(the_storage_comes_from_the_environment_as_the_lua_side_reads_it);
     RUN(a_run_scheduled_from_c_stores_the_same_history_as_from_lua);
+    RUN(runs_scheduled_from_c_are_task_events_a_c_reader_follows);
     return check_report("test_client");
 }

@@ -27,6 +27,7 @@
 #include "../../src/net/conn.h"
 #include "../../src/net/sslapi.h"
 
+#include <limits.h>
 #include <math.h>
 #include <openssl/evp.h>
 #include <sys/wait.h>
@@ -66,6 +67,40 @@ TEST(json_strings)
     CHECK_STR(json_of("\x01\x1f", 2, &b), "\"\\u0001\\u001f\"");
     CHECK_STR(json_of("nul\0x", 5, &b), "\"nul\\u0000x\"");
     CHECK_STR(json_of("h\xc3\xa9llo \xe2\x82\xac", 10, &b), "\"h\xc3\xa9llo \xe2\x82\xac\"");
+    bq_buf_free(&b);
+}
+
+static const char *secs_of(double v, bq_buf *b)
+{
+    b->len = 0;
+    bq_buf_put_secs(b, v);
+    return bq_buf_cstr(b);
+}
+
+TEST(seconds_and_integers_without_printf)
+{
+    bq_buf b = BQ_BUF_INIT;
+    CHECK_STR(secs_of(1764849600.125, &b), "1764849600.125");
+    CHECK_STR(secs_of(0, &b), "0.000");
+    CHECK_STR(secs_of(0.0005, &b), "0.001"); /* rounded, as %.3f */
+    CHECK_STR(secs_of(2.9996, &b), "3.000");
+    CHECK_STR(secs_of(-0.5, &b), "-0.500");
+    CHECK_STR(secs_of(-1.25, &b), "-1.250");
+    CHECK_STR(secs_of(NAN, &b), "0.000");
+    CHECK_STR(secs_of(INFINITY, &b), "0.000");
+    CHECK_STR(secs_of(1e16, &b), "0.000");
+    char want[64];
+    for (double v = 0.001; v < 1e12; v = v * 7.3 + 0.001) {
+        snprintf(want, sizeof want, "%.3f", v);
+        CHECK_STR(secs_of(v, &b), want);
+    }
+    b.len = 0;
+    bq_buf_put_int(&b, 0);
+    bq_buf_putc(&b, ' ');
+    bq_buf_put_int(&b, -42);
+    bq_buf_putc(&b, ' ');
+    bq_buf_put_int(&b, LLONG_MIN);
+    CHECK_STR(bq_buf_cstr(&b), "0 -42 -9223372036854775808");
     bq_buf_free(&b);
 }
 
@@ -1200,6 +1235,7 @@ int main(void)
 {
     RUN(backoff_grows_and_caps);
     RUN(json_strings);
+    RUN(seconds_and_integers_without_printf);
     RUN(json_strings_by_word);
     RUN(utf8_validation);
     RUN(key_layout);

@@ -338,7 +338,7 @@ static bq_status fetch(bq_broker *b, const struct bq_lessee *who, size_t max, do
                        const struct bq_msg *acks, size_t nacks, size_t *acked,
                        struct bq_batch *out)
 {
-    struct bq_fetch_req req = {max, timeout, acks, nacks, false, 0, false};
+    struct bq_fetch_req req = {max, timeout, acks, nacks, false, 0, false, NULL, NULL, 0};
     struct bq_fetch_res res;
     memset(&res, 0, sizeof res);
     bq_err err;

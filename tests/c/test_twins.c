@@ -18,6 +18,7 @@
 #include "../../src/core/log.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <unistd.h>
 
@@ -92,7 +93,7 @@ static bq_status fetch(bq_broker *b, const struct bq_lessee *who, size_t max,
     /* Each fetch renews the lease (as the worker's do), which registers the worker: Redis
      * counts in-flight messages of registered workers only. */
     struct bq_fetch_req req = {max, 0, acks, nacks, true,
-                               who->delivery == BQ_AT_LEAST_ONCE ? 30 : 0, false};
+                               who->delivery == BQ_AT_LEAST_ONCE ? 30 : 0, false, NULL, NULL, 0};
     struct bq_fetch_res res;
     memset(&res, 0, sizeof res);
     bq_status st = b->ops->fetch(b, who, &req, &res, out, NULL);
@@ -356,7 +357,7 @@ static void lease_reap(bq_broker *b, const char *q, struct tr *t)
     bq_status st = b->ops->unregister(b, &gone, NULL);
     say(t, "unregister %s\n", bq_status_name(st));
     struct bq_batch got = {NULL, 0, 0};
-    struct bq_fetch_req req = {2, 0, NULL, 0, false, 0, false}; /* no renewal: its lease runs out */
+    struct bq_fetch_req req = {2, 0, NULL, 0, false, 0, false, NULL, NULL, 0}; /* no renewal: its lease runs out */
     struct bq_fetch_res res;
     memset(&res, 0, sizeof res);
     st = b->ops->fetch(b, &dead, &req, &res, &got, NULL);
@@ -587,7 +588,7 @@ TEST(the_admin_operations_answer_alike_on_both_brokers)
     push(red, q, "held");
     red->ops->heartbeat(red, &who, 30, &dead, NULL);
     struct bq_batch got = {NULL, 0, 0};
-    struct bq_fetch_req req = {1, 0, NULL, 0, false, 30, false};
+    struct bq_fetch_req req = {1, 0, NULL, 0, false, 30, false, NULL, NULL, 0};
     struct bq_fetch_res res;
     memset(&res, 0, sizeof res);
     CHECK_INT(red->ops->fetch(red, &who, &req, &res, &got, NULL), BQ_OK);
@@ -648,6 +649,160 @@ TEST(leases_are_reaped_on_redis)
     bq_broker_free(red);
 }
 
+/* ---- Task events: each queue's stream {Q}:events, on either broker -------------------------- */
+
+static void say_feed(struct tr *t, const char *what, bq_status st, const struct bq_feed_out *o)
+{
+    say(t, "%s %s %zu:", what, bq_status_name(st), o->n);
+    for (size_t i = 0; i < o->n; i++) {
+        say(t, " %s", o->e[i].json);
+        if (i > 0 && bq_feed_id_cmp(o->e[i].id, o->e[i - 1].id) <= 0)
+            say(t, " (id not after the one before)");
+    }
+    say(t, "\n");
+}
+
+struct late_add {
+    bq_broker *b;
+    const char *q;
+};
+
+static void *add_later(void *ud)
+{
+    struct late_add *l = ud;
+    usleep(100 * 1000);
+    struct bq_slice e = {"[{\"task_id\":\"late\",\"event\":\"completed\"}]", 41};
+    l->b->ops->feed_add(l->b, l->q, &e, 1, NULL);
+    return NULL;
+}
+
+/* What a follower sees: nothing before the first entry, the entries after any id in order,
+ * the ones a fetch writes before its acks, a wait ended by an entry another thread adds. */
+static void feed_scenario(bq_broker *b, const char *q, struct tr *t)
+{
+    char last[BQ_FEED_ID_MAX], first[BQ_FEED_ID_MAX];
+    bq_status st = b->ops->feed_last(b, q, last, NULL);
+    say(t, "last %s %s\n", bq_status_name(st), last);
+    struct bq_slice es[] = {{"[{\"task_id\":\"a\",\"event\":\"scheduled\"}]", 38},
+                            {"[{\"task_id\":\"b\",\"event\":\"scheduled\"}]", 38},
+                            {"[{\"task_id\":\"c\",\"event\":\"canceled\"}]", 37}};
+    st = b->ops->feed_add(b, q, es, 3, NULL);
+    say(t, "add %s\n", bq_status_name(st));
+    struct bq_feed_reader *rd = NULL;
+    struct bq_feed_out o = {NULL, 0, 0};
+    st = b->ops->feed_read(b, &rd, q, "0-0", 2, 0, &o, NULL);
+    say_feed(t, "read 2", st, &o);
+    snprintf(first, sizeof first, "%s", o.n > 0 ? o.e[0].id : "0-0");
+    bq_feed_out_clear(&o);
+    st = b->ops->feed_read(b, &rd, q, first, 10, 0, &o, NULL);
+    say_feed(t, "after the first", st, &o);
+    b->ops->feed_last(b, q, last, NULL);
+    say(t, "last is the newest %d\n", o.n == 2 && strcmp(last, o.e[1].id) == 0);
+    bq_feed_out_clear(&o);
+    st = b->ops->feed_read(b, &rd, q, last, 10, 0, &o, NULL);
+    say_feed(t, "after the last", st, &o);
+    bq_err err;
+    st = b->ops->feed_read(b, &rd, q, "12-x", 10, 0, &o, &err);
+    say(t, "bad id %s %s\n", bq_status_name(st), st == BQ_OK ? "" : err.msg);
+    st = b->ops->feed_read(b, &rd, q, "18446744073709551615-18446744073709551615", 10, 0, &o, NULL);
+    say(t, "the largest id %s %zu\n", bq_status_name(st), o.n);
+    st = b->ops->feed_read(b, &rd, q, "18446744073709551616-0", 10, 0, &o, NULL);
+    say(t, "past the largest %s\n", bq_status_name(st));
+    /* a fetch writes its events before it acks */
+    push(b, q, "m1");
+    WHO(who, q, "w-feed", BQ_AT_LEAST_ONCE);
+    struct bq_batch got = {NULL, 0, 0};
+    fetch(b, &who, 1, NULL, 0, t, &got);
+    struct bq_slice done = {"[{\"task_id\":\"m1\",\"event\":\"completed\"}]", 39};
+    int fq = 0;
+    struct bq_fetch_req req = {0, 0, got.msgs, got.n, false, 0, false, &done, &fq, 1};
+    struct bq_fetch_res res;
+    memset(&res, 0, sizeof res);
+    struct bq_batch empty = {NULL, 0, 0};
+    st = b->ops->fetch(b, &who, &req, &res, &empty, NULL);
+    say(t, "fetch with an event %s acked %zu\n", bq_status_name(st), res.acked);
+    bq_batch_free(&res.dead);
+    st = b->ops->feed_read(b, &rd, q, last, 10, 0, &o, NULL);
+    say_feed(t, "the fetch's", st, &o);
+    if (o.n > 0)
+        snprintf(last, sizeof last, "%s", o.e[o.n - 1].id);
+    bq_feed_out_clear(&o);
+    /* a wait ends when another thread adds */
+    struct late_add l = {b, q};
+    pthread_t th;
+    pthread_create(&th, NULL, add_later, &l);
+    double t0 = bq_now_mono();
+    st = b->ops->feed_read(b, &rd, q, last, 10, 5.0, &o, NULL);
+    double waited = bq_now_mono() - t0;
+    pthread_join(th, NULL);
+    say_feed(t, "waited", st, &o);
+    say(t, "woken in time %d\n", waited >= 0.05 && waited < 2.0);
+    bq_feed_out_clear(&o);
+    /* an empty wait times out */
+    t0 = bq_now_mono();
+    b->ops->feed_last(b, q, last, NULL);
+    st = b->ops->feed_read(b, &rd, q, last, 10, 0.2, &o, NULL);
+    waited = bq_now_mono() - t0;
+    say(t, "timed out %s %zu %d\n", bq_status_name(st), o.n, waited >= 0.15 && waited < 2.0);
+    bq_feed_out_free(&o);
+    b->ops->feed_close(b, rd);
+    bq_batch_free(&got);
+    bq_batch_free(&empty);
+}
+
+TEST(task_events_read_alike_on_both_brokers)
+{
+    if (redis_url == NULL)
+        SKIP("BQ_REDIS_URL is not set");
+    bq_broker *mem = NULL, *red = open_redis();
+    REQUIRE(bq_broker_open_memory(&mem, NULL) == BQ_OK);
+    if (red == NULL) {
+        bq_broker_free(mem);
+        CHECK(red != NULL);
+        return;
+    }
+    static struct tr tm, tr;
+    char q[128];
+    snprintf(q, sizeof q, "%s:feed", prefix);
+    feed_scenario(mem, q, &tm);
+    feed_scenario(red, q, &tr);
+    CHECK_STR(tm.buf, tr.buf);
+    CHECK_STR(tr.buf,
+              "last OK 0-0\n"
+              "add OK\n"
+              "read 2 OK 2: [{\"task_id\":\"a\",\"event\":\"scheduled\"}] [{\"task_id\":\"b\",\"event\":\"scheduled\"}]\n"
+              "after the first OK 2: [{\"task_id\":\"b\",\"event\":\"scheduled\"}] [{\"task_id\":\"c\",\"event\":\"canceled\"}]\n"
+              "last is the newest 1\n"
+              "after the last OK 0:\n"
+              "bad id EINVAL events: '12-x' is not an event id (<ms>-<seq>)\n"
+              "the largest id OK 0\n"
+              "past the largest EINVAL\n"
+              "fetch OK acked 0 promoted 0\n"
+              "fetch with an event OK acked 1\n"
+              "the fetch's OK 1: [{\"task_id\":\"m1\",\"event\":\"completed\"}]\n"
+              "waited OK 1: [{\"task_id\":\"late\",\"event\":\"completed\"}]\n"
+              "woken in time 1\n"
+              "timed out OK 0 1\n");
+    bq_broker_free(red);
+    bq_broker_free(mem);
+}
+
+TEST(event_ids_compare_as_two_numbers)
+{
+    CHECK(bq_feed_id_valid("0-0"));
+    CHECK(bq_feed_id_valid("1796391331144-18446744073709551615"));
+    CHECK(!bq_feed_id_valid("18446744073709551616-0"));
+    CHECK(!bq_feed_id_valid("1-"));
+    CHECK(!bq_feed_id_valid("-1"));
+    CHECK(!bq_feed_id_valid("1-2-3"));
+    CHECK(!bq_feed_id_valid("1 -2"));
+    CHECK(!bq_feed_id_valid(""));
+    CHECK(!bq_feed_id_valid(NULL));
+    CHECK_INT(bq_feed_id_cmp("10-0", "9-5"), 1);
+    CHECK_INT(bq_feed_id_cmp("9-5", "9-10"), -1);
+    CHECK_INT(bq_feed_id_cmp("7-7", "7-7"), 0);
+}
+
 int main(void)
 {
     redis_url = getenv("BQ_REDIS_URL");
@@ -659,5 +814,7 @@ int main(void)
     RUN(the_memory_broker_does_what_each_script_does);
     RUN(leases_are_reaped_on_redis);
     RUN(the_admin_operations_answer_alike_on_both_brokers);
+    RUN(task_events_read_alike_on_both_brokers);
+    RUN(event_ids_compare_as_two_numbers);
     return check_report("test_twins");
 }

@@ -3,7 +3,7 @@
 -- A ctx holds the task's own fields (task_id, context_id, queue, attempt, and when they
 -- apply resumed, trace_id, span_id, admitted_at, saved); what every task of a handler state
 -- shares (worker_id, slot, the storage) it finds in the state's prototype, and the methods
--- in Context. The methods that are yield points (sleep, yield, http, checkpoint) raise the
+-- in Context. The methods that are yield points (sleep, yield, http, checkpoint, progress) raise the
 -- pending cancel, pause, timeout or shutdown error.
 
 local core = require("binduq.core")
@@ -54,6 +54,26 @@ function Context:checkpoint(value)
     if requested == "pause" or requested == "pause-sent" then
         error({ code = "EPAUSED", message = "the task was paused", retryable = false }, 2)
     end
+    core.slot_yield()
+end
+
+--- Reports progress: `value` (a number, e.g. a fraction from 0 to 1, or any JSON value) and an
+-- optional `message` (a string of at most 1,000 bytes) go to the task's queue as a
+-- "progress" task event (docs/events.md), which s:events, the gateway's streams and the
+-- dashboard follow. Then a yield point, as ctx:checkpoint.
+function Context:progress(value, message)
+    if value == nil then error("ctx:progress: value is required", 2) end
+    if type(value) == "number" and (value ~= value or value == math.huge or value == -math.huge) then
+        error("ctx:progress: value must be finite (got " .. tostring(value) .. ")", 2)
+    end
+    if message ~= nil and (type(message) ~= "string" or #message > 1000) then
+        error("ctx:progress: message must be a string of at most 1000 bytes", 2)
+    end
+    local text, jerr = json.encode({ event = "progress", task_id = self.task_id, at = core.now(),
+                                     attempt = self.attempt, worker = self.worker_id,
+                                     progress = value, message = message })
+    if not text then error("ctx:progress: the value cannot be encoded as JSON: " .. tostring(jerr), 2) end
+    core.slot_event(self.queue, text)
     core.slot_yield()
 end
 

@@ -202,6 +202,7 @@ function M.build(S)
             local sent = core.parse_iso8601(task.timestamp)
             if sent then pickup = core.now() - sent end
         end
+        core.slot_started(task.queue, id, header.attempt)
         core.limit(task.timeout or timeout)
         local ok, res, herr, paused
         for _ = 1, 8 do

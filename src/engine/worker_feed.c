@@ -1,0 +1,328 @@
+/*
+ * worker_feed.c -- the task events a worker writes (docs/events.md): what its handlers
+ * report (started, progress: bq_worker_feed) and what becomes of each message (completed,
+ * failed, retried, dead-lettered, canceled, paused, input-required: the outcome).
+ *
+ * Events wait in one buffer per queue (a JSON array being built) and are written, a whole
+ * buffer as one stream entry, by whichever round trip goes first:
+ *   - the dispatcher's fetch, ahead of the acks it carries (bq_worker_feed_take): under load
+ *     events cost no round trip of their own;
+ *   - a direct write of the slots -- an ack while the dispatcher waits, a retry, a
+ *     dead-letter, a hand-back -- which writes what is pending first (bq_worker_feed_settle);
+ *   - else the feed thread, once the oldest event has waited FEED_LINGER, so an event of a
+ *     long-running task (started, progress) is out within a few milliseconds.
+ * An event is therefore written before the ack of its task, never after: a worker that dies
+ * between the two has its task redelivered, and the redelivery reports the stored state
+ * again (at-least-once). `sending` makes the paths take turns, so two writes never overtake
+ * each other on different connections.
+ */
+#include "worker_int.h"
+
+#include "../core/buf.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define FEED_LINGER 0.001    /* seconds the feed thread lets events wait for a round trip */
+#define FEED_MAX_PENDING (4u << 20) /* bytes pending before an add waits for a write */
+
+bq_status bq_worker_feed_init(bq_worker *w, bool on, bq_err *err)
+{
+    struct worker_feed *f = &w->feed;
+    pthread_mutex_init(&f->mu, NULL);
+    bq_cond_init(&f->cv);
+    f->inited = true;
+    f->on = on;
+    if (!on)
+        return BQ_OK;
+    f->pend = bq_calloc((size_t)w->conf.nqueues, sizeof *f->pend);
+    if (f->pend == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "worker: out of memory");
+    return BQ_OK;
+}
+
+void bq_worker_feed_destroy(bq_worker *w)
+{
+    struct worker_feed *f = &w->feed;
+    if (!f->inited)
+        return;
+    for (int i = 0; f->pend != NULL && i < w->conf.nqueues; i++)
+        bq_buf_free(&f->pend[i]);
+    bq_free(f->pend);
+    f->pend = NULL;
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cv);
+    f->inited = false;
+}
+
+/* Appends one event (a JSON object) to queue q's buffer. */
+static void add(bq_worker *w, int q, const char *json, size_t len)
+{
+    struct worker_feed *f = &w->feed;
+    if (q < 0 || q >= w->conf.nqueues)
+        q = 0;
+    pthread_mutex_lock(&f->mu);
+    while (f->bytes > FEED_MAX_PENDING && f->sending && !f->stop)
+        pthread_cond_wait(&f->cv, &f->mu); /* Redis is slow: do not outgrow memory */
+    bq_buf *b = &f->pend[q];
+    if (b->len > 0)
+        bq_buf_putc(b, ',');
+    bq_buf_append(b, json, len);
+    f->bytes += len + 1;
+    if (f->n++ == 0) {
+        f->first_at = bq_now_mono();
+        pthread_cond_broadcast(&f->cv); /* the feed thread starts counting */
+    }
+    pthread_mutex_unlock(&f->mu);
+}
+
+bq_status bq_worker_feed(bq_worker *w, const char *queue, const char *json, size_t len)
+{
+    if (!w->feed.on)
+        return BQ_OK;
+    int q = 0;
+    for (int i = 0; queue != NULL && i < w->conf.nqueues; i++)
+        if (strcmp(w->conf.queues[i], queue) == 0)
+            q = i;
+    add(w, q, json, len);
+    return BQ_OK;
+}
+
+bool bq_worker_feed_on(const bq_worker *w)
+{
+    return w->feed.on;
+}
+
+/* The event an outcome reports, or NULL for none (a hand-back, a rate-limit deferral). */
+static const char *outcome_event(const struct bq_outcome *out)
+{
+    switch (out->kind) {
+    case BQ_OUTCOME_COMPLETED:
+    case BQ_OUTCOME_CANCELED:
+    case BQ_OUTCOME_PAUSED:
+    case BQ_OUTCOME_WAITING:
+    case BQ_OUTCOME_DROPPED:
+        return out->state[0] ? out->state : NULL;
+    case BQ_OUTCOME_SKIPPED: /* a redelivery of a finished task: its state again */
+        return bq_task_state_terminal(out->state) ? out->state : NULL;
+    case BQ_OUTCOME_RETRY:
+        return "retried";
+    case BQ_OUTCOME_DEAD:
+        return "dead-lettered";
+    case BQ_OUTCOME_MALFORMED:
+        return out->task_id[0] ? "dead-lettered" : NULL;
+    default:
+        return NULL;
+    }
+}
+
+void bq_worker_feed_outcome(bq_worker *w, const struct bq_msg *msg,
+                            const struct bq_outcome *out)
+{
+    const char *event = outcome_event(out);
+    if (!w->feed.on || event == NULL || out->task_id[0] == '\0')
+        return;
+    bq_buf b = BQ_BUF_INIT;
+    bq_buf_puts(&b, "{\"event\":");
+    bq_buf_json_str(&b, event, strlen(event));
+    bq_buf_puts(&b, ",\"task_id\":");
+    bq_buf_json_str(&b, out->task_id, strlen(out->task_id));
+    if (out->state[0]) {
+        bq_buf_puts(&b, ",\"state\":");
+        bq_buf_json_str(&b, out->state, strlen(out->state));
+    }
+    bq_buf_puts(&b, ",\"at\":");
+    bq_buf_put_secs(&b, bq_now_wall());
+    bq_buf_puts(&b, ",\"attempt\":");
+    bq_buf_put_int(&b, out->attempt);
+    bq_buf_puts(&b, ",\"worker\":");
+    bq_buf_json_str(&b, w->conf.id, strlen(w->conf.id));
+    if (out->kind == BQ_OUTCOME_RETRY) {
+        bq_buf_puts(&b, ",\"delay\":");
+        bq_buf_put_secs(&b, out->delay);
+    }
+    if (out->kind == BQ_OUTCOME_SKIPPED)
+        bq_buf_puts(&b, ",\"redelivered\":true");
+    /* The error object the lifecycle built (JSON it encoded), or the reason as text. */
+    bool failure = out->kind == BQ_OUTCOME_RETRY || out->kind == BQ_OUTCOME_DEAD ||
+                   out->kind == BQ_OUTCOME_DROPPED || out->kind == BQ_OUTCOME_MALFORMED;
+    if (failure && out->json != NULL && out->json[0] == '{') {
+        bq_buf_puts(&b, ",\"error\":");
+        bq_buf_puts(&b, out->json);
+    } else if (out->reason != NULL && bq_utf8_valid(out->reason, strlen(out->reason), NULL)) {
+        bq_buf_puts(&b, ",\"reason\":");
+        bq_buf_json_str(&b, out->reason, strlen(out->reason));
+    }
+    bq_buf_putc(&b, '}');
+    if (!b.oom)
+        add(w, msg->q, b.p, b.len);
+    bq_buf_free(&b);
+}
+
+void bq_feed_take_free(struct feed_take *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        bq_free(t->json[i]);
+    t->n = 0;
+}
+
+/* Takes what is pending into t, each queue's events as one JSON array (f->mu held). */
+static void take_locked(bq_worker *w, struct feed_take *t)
+{
+    struct worker_feed *f = &w->feed;
+    t->n = 0;
+    for (int q = 0; q < w->conf.nqueues && f->n > 0; q++) {
+        bq_buf *b = &f->pend[q];
+        if (b->len == 0)
+            continue;
+        size_t len = b->len;
+        char *json = bq_malloc(len + 3);
+        if (json == NULL) { /* leave it for later */
+            continue;
+        }
+        json[0] = '[';
+        memcpy(json + 1, b->p, len);
+        json[len + 1] = ']';
+        json[len + 2] = '\0';
+        t->json[t->n] = json;
+        t->slice[t->n] = (struct bq_slice){json, len + 2};
+        t->q[t->n++] = q;
+        b->len = 0;
+    }
+    if (t->n > 0) {
+        bool left = false;
+        for (int q = 0; q < w->conf.nqueues; q++)
+            left = left || f->pend[q].len > 0;
+        f->n = left ? f->n : 0;
+        f->bytes = left ? f->bytes : 0;
+    }
+}
+
+/* Waits until no other path is writing, then takes what is pending and marks the feed as
+ * being written (f->mu held). */
+static void begin_write(bq_worker *w, struct feed_take *t)
+{
+    struct worker_feed *f = &w->feed;
+    while (f->sending)
+        pthread_cond_wait(&f->cv, &f->mu);
+    take_locked(w, t);
+    f->sending = t->n > 0;
+}
+
+static void end_write(bq_worker *w)
+{
+    struct worker_feed *f = &w->feed;
+    pthread_mutex_lock(&f->mu);
+    f->sending = false;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+/* Writes what t holds on a pooled connection, retrying a while (the worker's writes do);
+ * what cannot be written is counted and logged as lost. */
+static void write_taken(bq_worker *w, struct feed_take *t)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        bq_err err;
+        bq_status st;
+        const char *queue = queue_of(w, t->q[i]);
+        WITH_RETRIES(w, "events", (const char *)NULL,
+                     w->broker->ops->feed_add(w->broker, queue, &t->slice[i], 1, &err));
+        if (st != BQ_OK) {
+            atomic_fetch_add(&w->count.events_lost, 1);
+            bq_log(BQ_LOG_ERROR, "write_failed", "op", "events", "queue", queue, "worker",
+                   w->conf.id, "outcome", "these task events are not in the stream", NULL);
+        }
+    }
+    bq_feed_take_free(t);
+}
+
+void bq_worker_feed_settle(bq_worker *w)
+{
+    struct worker_feed *f = &w->feed;
+    if (!f->on)
+        return;
+    struct feed_take t;
+    pthread_mutex_lock(&f->mu);
+    begin_write(w, &t);
+    pthread_mutex_unlock(&f->mu);
+    if (t.n == 0)
+        return;
+    write_taken(w, &t);
+    end_write(w);
+}
+
+size_t bq_worker_feed_take(bq_worker *w, struct feed_take *t)
+{
+    struct worker_feed *f = &w->feed;
+    t->n = 0;
+    if (!f->on)
+        return 0;
+    pthread_mutex_lock(&f->mu);
+    begin_write(w, t);
+    pthread_mutex_unlock(&f->mu);
+    return t->n;
+}
+
+void bq_worker_feed_taken(bq_worker *w, struct feed_take *t, bool written)
+{
+    if (t->n == 0)
+        return;
+    if (!written) /* the round trip failed: write them now, still ahead of the acks */
+        write_taken(w, t);
+    else
+        bq_feed_take_free(t);
+    end_write(w);
+}
+
+static void *feed_main(void *arg)
+{
+    bq_worker *w = arg;
+    struct worker_feed *f = &w->feed;
+    pthread_mutex_lock(&f->mu);
+    for (;;) {
+        while (!f->stop && f->n == 0)
+            pthread_cond_wait(&f->cv, &f->mu);
+        if (f->stop)
+            break;
+        double wait = f->first_at + FEED_LINGER - bq_now_mono();
+        if (wait > 0) { /* the dispatcher may carry them meanwhile */
+            bq_cond_wait_for(&f->cv, &f->mu, wait);
+            continue;
+        }
+        struct feed_take t;
+        begin_write(w, &t);
+        if (t.n == 0)
+            continue;
+        pthread_mutex_unlock(&f->mu);
+        write_taken(w, &t);
+        pthread_mutex_lock(&f->mu);
+        f->sending = false;
+        pthread_cond_broadcast(&f->cv);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return NULL;
+}
+
+void bq_worker_feed_start(bq_worker *w, int (*spawn)(pthread_t *, void *(*)(void *), void *))
+{
+    if (w->feed.on && spawn(&w->feed.thread, feed_main, w) == 0)
+        w->feed.started = true;
+    else if (w->feed.on)
+        bq_log(BQ_LOG_ERROR, "thread_failed", "worker", w->conf.id, "thread", "events", NULL);
+}
+
+void bq_worker_feed_stop(bq_worker *w)
+{
+    struct worker_feed *f = &w->feed;
+    if (!f->started)
+        return;
+    pthread_mutex_lock(&f->mu);
+    f->stop = true;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+    pthread_join(f->thread, NULL);
+    f->started = false;
+    bq_worker_feed_settle(w); /* what came last */
+}
