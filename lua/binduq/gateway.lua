@@ -13,9 +13,12 @@
 -- SendStreamingMessage, GetTask, CancelTask, SubscribeToTask: no `kind`, TASK_STATE_*
 -- states, ROLE_* roles, results wrapped as {task = ...}, blocking by default). The agent card
 -- is one hybrid card for both (supportedInterfaces for 1.0 clients, url for 0.3 ones), at
--- /.well-known/agent-card.json and Bindu's /.well-known/agent.json. Streams follow the task
--- by reading its stored state every `poll` seconds (0.1) until a final state: binduq has no
--- stream of task events yet. Push notifications are refused (PushNotificationNotSupported).
+-- /.well-known/agent-card.json and Bindu's /.well-known/agent.json. Streams and blocking
+-- sends follow their task through the queue's task events (docs/events.md): a thread of the
+-- server reads the stream and wakes this loop, which reads the stored task of each event that
+-- names one it follows, so an update made by a worker anywhere reaches every gateway at
+-- once; every `poll` seconds (2; 0.1 when task events are off) all are read besides, in case
+-- an event was missed. Push notifications are refused (PushNotificationNotSupported).
 --
 -- Security: loopback unless `host` says otherwise; with `tokens` (or BINDUQ_GATEWAY_TOKENS,
 -- comma-separated) every JSON-RPC call needs "Authorization: Bearer <token>" (compared in
@@ -120,10 +123,17 @@ function M.new(opts, level)
         s:close()
         return nil, err, code
     end
+    -- Task events wake the loop for the tasks it follows (gw:follow: src/engine/gateway.c).
+    local following = false
+    if s.events_on then
+        local fok, ferr = server:follow(s.client, s.queue_name)
+        following = fok == true
+        if not fok then core.log("warn", "gateway_events_off", { error = ferr, poll = opts.poll or 0.1 }) end
+    end
     local self = setmetatable({
         s = s, server = server, tokens = tokens, streams = {}, pending = {},
         rate = opts.rate or 10000, buckets = {},
-        poll = opts.poll or 0.1, blocking_timeout = opts.blocking_timeout or 60,
+        poll = opts.poll or (following and 2 or 0.1), blocking_timeout = opts.blocking_timeout or 60,
         scheme = opts.cert and "https" or "http",
     }, Gateway)
     -- The card's URL: the deployment's, when it gave the address; else where this listens.
@@ -462,11 +472,16 @@ function Gateway:emit(st, result)
     return ok
 end
 
--- Follows the open streams and blocking sends: what changed in each task since last time.
-function Gateway:follow()
+-- Follows the open streams and blocking sends (those of the tasks in `only`, a set of task
+-- ids, when it is given): what changed in each task since last time.
+function Gateway:follow(only)
     local keep = {}
     for _, st in ipairs(self.streams) do
-        local t = not st.done and self.s:get_task(st.task)
+        local t = not st.done and (only == nil or only[st.task]) and self.s:get_task(st.task)
+        if not st.done and only and not only[st.task] then
+            keep[#keep + 1] = st
+            goto next
+        end
         local P = st.P
         if t then
             local a2a = A2A_STATE[t.state] or "unknown"
@@ -493,8 +508,22 @@ function Gateway:follow()
         else
             keep[#keep + 1] = st
         end
+        ::next::
     end
     self.streams = keep
+end
+
+-- A task event entry (a JSON array): adds the ids of the tasks it names to `touched`.
+local function note_event(text, touched)
+    local evs = json.decode(text)
+    if type(evs) ~= "table" then return touched end
+    for _, ev in ipairs(evs) do
+        if type(ev) == "table" and type(ev.task_id) == "string" then
+            touched = touched or {}
+            touched[ev.task_id] = true
+        end
+    end
+    return touched
 end
 
 -- ---- requests --------------------------------------------------------------------------------
@@ -602,11 +631,18 @@ end
 --- Waits up to `timeout` seconds for a request and handles it and those that came with it
 -- (up to 256), then follows the open streams. Returns false once the server stops.
 function Gateway:step(timeout)
-    local req = self.server:next(#self.streams > 0 and math.min(timeout or 1, self.poll) or timeout or 1)
+    local wait = timeout or 1
+    if #self.streams > 0 then wait = math.max(0, math.min(wait, (self.next_follow or 0) - core.monotonic())) end
+    local req = self.server:next(wait)
     if req == false then return false end
+    local touched
     for _ = 1, 256 do
         if not req then break end
-        self:handle(req)
+        if req.event then
+            touched = note_event(req.event, touched)
+        else
+            self:handle(req)
+        end
         req = self.server:next(0)
         if req == false then break end
     end
@@ -614,6 +650,8 @@ function Gateway:step(timeout)
     if #self.streams > 0 and core.monotonic() >= (self.next_follow or 0) then
         self.next_follow = core.monotonic() + self.poll
         self:follow()
+    elseif #self.streams > 0 and touched then
+        self:follow(touched)
     end
     return true
 end

@@ -25,6 +25,7 @@
 
 #include <arpa/inet.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,7 +65,24 @@ struct bq_gateway {
     size_t nlive, caplive;
     uint64_t next_id;
     bool stopping;
+    /* task events (bq_gateway_follow): notes waiting for the consumer, and the follower */
+    struct gw_note *nhead, *ntail;
+    size_t nnotes;
+    bq_broker *fbroker;
+    struct bq_feed_reader *frd; /* the follower's reader once it has one (guarded by mu) */
+    char fqueue[256];
+    pthread_t fthread;
+    bool following;
+    atomic_bool fstop;
 };
+
+struct gw_note {
+    char *json;
+    size_t len;
+    struct gw_note *next;
+};
+
+#define NOTES_MAX 10000 /* notes the consumer has not taken: older ones are dropped */
 
 /* ---- records ----------------------------------------------------------------------------- */
 
@@ -350,11 +368,24 @@ int bq_gateway_next(bq_gateway *g, double timeout, struct bq_gateway_request *ou
     memset(out, 0, sizeof *out);
     double until = bq_now_mono() + (timeout > 0 ? timeout : 0);
     pthread_mutex_lock(&g->mu);
-    while (g->qhead == NULL && !g->stopping) {
+    while (g->qhead == NULL && g->nhead == NULL && !g->stopping) {
         double left = until - bq_now_mono();
         if (left <= 0)
             break;
         bq_cond_wait_for(&g->cv, &g->mu, left);
+    }
+    if (!g->stopping && g->nhead != NULL) { /* a task event */
+        struct gw_note *n = g->nhead;
+        g->nhead = n->next;
+        if (g->nhead == NULL)
+            g->ntail = NULL;
+        g->nnotes--;
+        pthread_mutex_unlock(&g->mu);
+        snprintf(out->method, sizeof out->method, "EVENT");
+        out->body = n->json;
+        out->body_len = n->len;
+        bq_free(n);
+        return 1;
     }
     if (g->stopping || g->qhead == NULL) {
         bool stop = g->stopping;
@@ -461,6 +492,121 @@ void bq_gateway_end(bq_gateway *g, uint64_t id)
     pthread_mutex_unlock(&g->mu);
 }
 
+/* ---- task events ------------------------------------------------------------------------- */
+
+static void note_add(bq_gateway *g, const char *json, size_t len)
+{
+    struct gw_note *n = bq_calloc(1, sizeof *n);
+    if (n == NULL || (n->json = bq_malloc(len + 1)) == NULL) {
+        bq_free(n);
+        return;
+    }
+    memcpy(n->json, json, len);
+    n->json[len] = '\0';
+    n->len = len;
+    pthread_mutex_lock(&g->mu);
+    if (g->nnotes >= NOTES_MAX) { /* a consumer that does not keep up: the oldest goes */
+        struct gw_note *old = g->nhead;
+        g->nhead = old->next;
+        if (g->nhead == NULL)
+            g->ntail = NULL;
+        g->nnotes--;
+        bq_free(old->json);
+        bq_free(old);
+    }
+    if (g->ntail != NULL)
+        g->ntail->next = n;
+    else
+        g->nhead = n;
+    g->ntail = n;
+    g->nnotes++;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* The follower: reads the stream from its newest entry on, each entry a note; after a
+ * failure (Redis away) waits and reads on from where it was. */
+static void *follow_main(void *arg)
+{
+    bq_gateway *g = arg;
+    bq_broker *b = g->fbroker;
+    char after[BQ_FEED_ID_MAX] = "";
+    struct bq_feed_out out = {NULL, 0, 0};
+    struct bq_feed_reader *rd = NULL;
+    bool first = true;
+    int failures = 0;
+    while (!atomic_load(&g->fstop)) {
+        bq_err err;
+        bq_status st = BQ_OK;
+        if (after[0] == '\0')
+            st = b->ops->feed_last(b, g->fqueue, after, &err);
+        /* The first read does not wait: it makes the reader, which unfollow then can wake. */
+        if (st == BQ_OK)
+            st = b->ops->feed_read(b, &rd, g->fqueue, after, 256, first ? 0 : 5.0, &out, &err);
+        first = false;
+        pthread_mutex_lock(&g->mu);
+        g->frd = rd;
+        pthread_mutex_unlock(&g->mu);
+        if (st != BQ_OK) {
+            if (st != BQ_EINTR && failures++ == 0)
+                bq_log(BQ_LOG_WARN, "events_follow_failed", "queue", g->fqueue, "error", err.msg,
+                       "outcome", "streams and blocking sends fall back to reading the storage "
+                       "until the stream can be read again", NULL);
+            if (!atomic_load(&g->fstop))
+                bq_sleep(failures < 5 ? 0.1 * failures : 1.0);
+            continue;
+        }
+        failures = 0;
+        for (size_t i = 0; i < out.n; i++) {
+            note_add(g, out.e[i].json, out.e[i].len);
+            snprintf(after, sizeof after, "%s", out.e[i].id);
+        }
+        bq_feed_out_clear(&out);
+    }
+    bq_feed_out_free(&out);
+    return NULL;
+}
+
+bq_status bq_gateway_follow(bq_gateway *g, bq_broker *broker, const char *queue,
+                            bq_err *err)
+{
+    bq_gateway_unfollow(g);
+    if (snprintf(g->fqueue, sizeof g->fqueue, "%s", queue) >= (int)sizeof g->fqueue)
+        return bq_err_set(err, BQ_EINVAL, "gateway: queue name too long");
+    g->fbroker = broker;
+    atomic_store(&g->fstop, false);
+    if (pthread_create(&g->fthread, NULL, follow_main, g) != 0)
+        return bq_err_set(err, BQ_EIO, "gateway: cannot start the events thread");
+    g->following = true;
+    return BQ_OK;
+}
+
+void bq_gateway_unfollow(bq_gateway *g)
+{
+    if (!g->following)
+        return;
+    atomic_store(&g->fstop, true);
+    /* The reader is made by the thread's first read: wake it until the thread ends. */
+    for (;;) {
+        pthread_mutex_lock(&g->mu);
+        struct bq_feed_reader *rd = g->frd;
+        pthread_mutex_unlock(&g->mu);
+        g->fbroker->ops->feed_wake(g->fbroker, rd);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 20 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        if (pthread_timedjoin_np(g->fthread, NULL, &ts) == 0)
+            break;
+    }
+    g->fbroker->ops->feed_close(g->fbroker, g->frd);
+    g->frd = NULL;
+    g->following = false;
+}
+
 /* ---- start and stop ---------------------------------------------------------------------- */
 
 bq_status bq_gateway_start(const struct bq_gateway_options *o, bq_gateway **out, bq_err *err)
@@ -540,6 +686,7 @@ void bq_gateway_free(bq_gateway *g)
 {
     if (g == NULL)
         return;
+    bq_gateway_unfollow(g);
     pthread_mutex_lock(&g->mu);
     g->stopping = true;
     for (size_t i = 0; i < g->nlive; i++) { /* suspended connections must be resumed first */
@@ -550,6 +697,12 @@ void bq_gateway_free(bq_gateway *g)
     pthread_mutex_unlock(&g->mu);
     bq_mhd.MHD_stop_daemon(g->d); /* closes every connection: completed_cb frees them */
     bq_free(g->live);
+    while (g->nhead != NULL) {
+        struct gw_note *n = g->nhead;
+        g->nhead = n->next;
+        bq_free(n->json);
+        bq_free(n);
+    }
     pthread_mutex_destroy(&g->mu);
     pthread_cond_destroy(&g->cv);
     bq_free(g);

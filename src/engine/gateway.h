@@ -19,6 +19,7 @@
 #define BINDUQ_GATEWAY_H
 
 #include "../binduq.h"
+#include "../broker/broker.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -67,6 +68,15 @@ bool bq_gateway_reply(bq_gateway *g, uint64_t id, unsigned status, const char *c
 bool bq_gateway_stream(bq_gateway *g, uint64_t id, const char *content_type);
 bool bq_gateway_send(bq_gateway *g, uint64_t id, const char *data, size_t len);
 void bq_gateway_end(bq_gateway *g, uint64_t id);
+
+/* Task events for the consumer (docs/events.md): a thread follows the stream of `queue`
+ * through `broker` (borrowed: it must outlive g, or bq_gateway_unfollow be called first)
+ * from its newest entry on, and hands each entry to bq_gateway_next as a note (1 is
+ * returned with method "EVENT", id 0 and body the entry's JSON array), so the consumer wakes
+ * for what it follows without polling. One follower per gateway; again: replaced. */
+bq_status bq_gateway_follow(bq_gateway *g, bq_broker *broker, const char *queue,
+                            bq_err *err);
+void bq_gateway_unfollow(bq_gateway *g);
 
 /* Stops listening, ends every open stream, answers what waits with 503, and frees g. */
 void bq_gateway_free(bq_gateway *g);

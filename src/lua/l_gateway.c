@@ -15,6 +15,7 @@
 #include "binding.h"
 
 #include "../core/alloc.h"
+#include "../engine/client.h"
 #include "../engine/gateway.h"
 
 #include <stdio.h>
@@ -97,6 +98,27 @@ static int l_gw_close(lua_State *L)
     return 0;
 }
 
+/* gw:follow(client [, queue]) -> true | nil, msg, code: task events of the queue (the
+ * client's by default) come out of gw:next as { event = json_array }. The client must stay
+ * open while the gateway follows (gw:unfollow, or close the gateway first). */
+static int l_gw_follow(lua_State *L)
+{
+    bq_gateway *g = check_gw(L);
+    struct bq_client *c = bq_lua_check_client(L, 2);
+    const char *queue = luaL_optstring(L, 3, c->cfg.queue_name);
+    bq_err err;
+    if (bq_gateway_follow(g, c->broker, queue, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_gw_unfollow(lua_State *L)
+{
+    bq_gateway_unfollow(check_gw(L));
+    return 0;
+}
+
 static int l_gw_port(lua_State *L)
 {
     lua_pushinteger(L, bq_gateway_port(check_gw(L)));
@@ -122,6 +144,13 @@ static int l_gw_next(lua_State *L)
             lua_pushboolean(L, 0);
         else
             lua_pushnil(L);
+        return 1;
+    }
+    if (r.id == 0 && strcmp(r.method, "EVENT") == 0) { /* a task event (gw:follow) */
+        lua_createtable(L, 0, 1);
+        lua_pushlstring(L, r.body, r.body_len);
+        lua_setfield(L, -2, "event");
+        bq_gateway_request_free(&r);
         return 1;
     }
     lua_createtable(L, 0, 9);
@@ -205,6 +234,7 @@ void bq_lua_open_gateway(lua_State *L)
     static const luaL_Reg methods[] = {
         {"port", l_gw_port},     {"next", l_gw_next}, {"reply", l_gw_reply},
         {"stream", l_gw_stream}, {"send", l_gw_send}, {"finish", l_gw_finish},
+        {"follow", l_gw_follow}, {"unfollow", l_gw_unfollow},
         {"close", l_gw_close},   {NULL, NULL}};
     static const luaL_Reg meta[] = {{"__gc", l_gw_close}, {"__close", l_gw_close}, {NULL, NULL}};
     if (luaL_newmetatable(L, GATEWAY_MT)) {
