@@ -153,16 +153,12 @@ local function check_open(self, op)
 end
 
 -- The producer's task events (docs/events.md): a list of events, each a JSON object as a
--- string, for the stream of `queue`, written after the operations they report. Events are
--- what followers see, not the operations themselves: a write that fails is logged, not
--- returned.
+-- string, for the stream of `queue`, after the operations they report. The client's poster
+-- writes them within a millisecond, or at close (src/engine/feed_post.h): no round trip of
+-- the caller's; a write that fails is logged (events_write_failed), not returned.
 local function emit(self, queue, events)
     if not self.events_on or #events == 0 then return end
-    local ok, err, code = self.client:feed_add(queue, "[" .. table.concat(events, ",") .. "]")
-    if not ok then
-        core.log("warn", "events_write_failed", { queue = queue, error = err, code = code,
-                                                  outcome = "these task events are not in the stream" })
-    end
+    self.client:feed_post(queue, table.concat(events, ","))
 end
 
 -- An event of task `id` that says it is now `state`, built as text: `at` is the time as text

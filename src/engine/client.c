@@ -10,6 +10,7 @@
  * it is written by bq_task_put_message, as the Lua producer's fast path writes it.
  */
 #include "client.h"
+#include "feed_post.h"
 
 #include "../broker/keys.h"
 #include "../core/alloc.h"
@@ -64,6 +65,8 @@ static bq_status client_open(const struct bq_client_options *opts, bool producer
         bq_config_broker(&c->cfg, &bc);
         st = bq_broker_open(&bc, &c->broker, err);
     }
+    if (st == BQ_OK && c->cfg.events_max > 0 && (c->feed_post = bq_feed_post_new(c->broker)) == NULL)
+        st = bq_err_set(err, BQ_ENOMEM, "bq_client_new: out of memory");
     if (st == BQ_OK && producer) {
         st = open_storage(c, opts, err);
         c->dedup = opts == NULL || !opts->no_dedup;
@@ -96,6 +99,7 @@ void bq_client_free(bq_client *c)
         return;
     if (c->feed_rd != NULL)
         c->broker->ops->feed_close(c->broker, c->feed_rd);
+    bq_feed_post_free(c->feed_post); /* writes what is pending */
     bq_broker_free(c->broker);
     bq_storage_unref(c->store);
     bq_config_free(&c->cfg);
@@ -247,20 +251,19 @@ static bq_status store_op(bq_client *c, struct item *it, bq_err *err)
 }
 
 /* The "scheduled" task events of the runs among items[0..n) that were pushed (pushed NULL:
- * all), as one entry of the queue's stream (docs/events.md), as binduq.scheduler writes
- * them; a write that fails is logged, not returned: the tasks are queued. */
+ * all), as binduq.scheduler writes them, handed to the client's poster (feed_post.h): they
+ * cost the caller no round trip. */
 static void emit_scheduled(bq_client *c, const char *queue, const struct item *items, size_t n,
                            const bool *pushed)
 {
-    if (c->cfg.events_max <= 0)
+    if (c->feed_post == NULL)
         return;
     bq_buf b = BQ_BUF_INIT;
     double now = bq_now_wall();
-    bq_buf_putc(&b, '[');
     for (size_t i = 0; i < n; i++) {
         if ((pushed != NULL && !pushed[i]) || !is(items[i].task, "run"))
             continue;
-        if (b.len > 1)
+        if (b.len > 0)
             bq_buf_putc(&b, ',');
         bq_buf_puts(&b, "{\"event\":\"scheduled\",\"task_id\":");
         bq_buf_json_str(&b, items[i].task->task_id, strlen(items[i].task->task_id));
@@ -273,13 +276,8 @@ static void emit_scheduled(bq_client *c, const char *queue, const struct item *i
         }
         bq_buf_putc(&b, '}');
     }
-    bq_buf_putc(&b, ']');
-    bq_err err;
-    if (b.len > 2 && !b.oom &&
-        c->broker->ops->feed_add(c->broker, queue, &(struct bq_slice){b.p, b.len}, 1, &err) !=
-            BQ_OK)
-        bq_log(BQ_LOG_WARN, "events_write_failed", "queue", queue, "error", err.msg, "outcome",
-               "these task events are not in the stream", NULL);
+    if (b.len > 0 && !b.oom)
+        bq_feed_post_add(c->feed_post, queue, b.p, b.len);
     bq_buf_free(&b);
 }
 

@@ -25,6 +25,9 @@ struct bq_client {
     /* Task events read through this client (core.client's feed_read): the reader's own
      * connection, created by the first read; one thread at a time. */
     struct bq_feed_reader *feed_rd;
+    /* The producer's own task events ("scheduled", ...), written by a thread of the poster
+     * (feed_post.h); NULL when task events are off. */
+    struct bq_feed_post *feed_post;
 };
 
 /* bq_client_new without a storage, for the Lua binding (core.client): binduq.scheduler

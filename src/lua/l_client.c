@@ -11,6 +11,7 @@
  *   c:dlq_purge()                          -> count | nil, msg, code
  *   c:ping()                               -> seconds | nil, msg, code
  *   c:feed_add(queue, json_array)          -> true | nil, msg, code   (task events)
+ *   c:feed_post(queue, "{...},{...}")      -> true   (written behind, feed_post.h)
  *   c:feed_read(queue, after, count, timeout) -> { {id, json}, ... } | nil, msg, code
  *   c:feed_last(queue)                     -> id | nil, msg, code
  *   c:feed_max()                           -> entries kept per queue, or nil: no events
@@ -29,6 +30,7 @@
 #include "../core/err.h"
 #include "../core/id.h"
 #include "../engine/client.h"
+#include "../engine/feed_post.h"
 #include "../engine/metrics.h"
 #include "../engine/worker.h"
 
@@ -312,6 +314,21 @@ static int l_client_feed_add(lua_State *L)
     struct bq_slice e = {json, len};
     if (c->broker->ops->feed_add(c->broker, q, &e, 1, &err) != BQ_OK)
         return client_fail(L, c, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* c:feed_post(queue, events) -> true: events (JSON objects separated by commas) for the
+ * queue's stream, written by the client's poster within a millisecond or at close (a
+ * producer's events: feed_post.h); nothing when task events are off. */
+static int l_client_feed_post(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *q = check_queue(L, 2, c);
+    size_t len;
+    const char *events = luaL_checklstring(L, 3, &len);
+    if (c->feed_post != NULL && len > 0)
+        bq_feed_post_add(c->feed_post, q, events, len);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -721,7 +738,7 @@ static const luaL_Reg client_methods[] = {
     {"node", l_client_node},   {"command", l_client_command},
     {"stats", l_client_stats}, {"peek", l_client_peek}, {"purge_ready", l_client_purge_ready},
     {"queues", l_client_queues},
-    {"feed_add", l_client_feed_add}, {"feed_read", l_client_feed_read},
+    {"feed_add", l_client_feed_add}, {"feed_post", l_client_feed_post}, {"feed_read", l_client_feed_read},
     {"feed_last", l_client_feed_last}, {"feed_max", l_client_feed_max},
     {NULL, NULL},
 };

@@ -7,7 +7,7 @@
 -- queue is empty; the rate is timed from the first pickup to the last completion, Redis'
 -- CPU per task from INFO over the same span:
 --   process   100,000 no-op tasks at-least-once (concurrency 1, the default, and 4) and
---             at-most-once; 20,000 over 3 queues, on a rate-limited queue (16 limiter keys,
+--             at-most-once, and with task events off (their cost); 20,000 over 3 queues, on a rate-limited queue (16 limiter keys,
 --             and a key per task), over TLS (against plain TCP), and with a producer in the
 --             worker's own process (against one in another process)
 --   pickup    latency from a producer process' LPUSH to the handler's start, at idle (1,000
@@ -165,6 +165,9 @@ local ok, err = pcall(function()
     F.c4 = dep("at-least-once, concurrency 4", "b", N, { BENCH_CONCURRENCY = "4" })
     step("the same at-most-once")
     F.amo = dep("at-most-once", "c", N, { BENCH_DELIVERY = "at-most-once" })
+    step("the same with task events off (BINDUQ_EVENTS_MAX=0 in the producer and the worker: their cost)")
+    F.noev = dep("at-least-once, task events off", "k", N, { BINDUQ_EVENTS_MAX = "0" },
+                 { producer_env = { BINDUQ_EVENTS_MAX = "0" } })
     step(("the producer in the worker's own process (it schedules %d tasks, then calls w:run())"):format(N))
     F.inproc = dep("producer in the worker's process", "d", N, nil, { inproc = true })
     step(("%d tasks each: the plain run, over 3 queues (strict priority, the producer routing them round-robin), and a rate-limited queue (16 limiter keys, then a key per task; a limit never reached)")
@@ -336,6 +339,8 @@ row("  Redis CPU per task", "%9.2f us        %5.2f x one pipelined LPUSH + RPOP 
 row("  worker CPU per task", "%9.2f us", F.c1.cpu_us)
 row("  concurrency 4", "%9.0f tasks/s   %5.2f x concurrency 1; Redis %.2f us, worker %.2f us a task",
     F.c4.rate, F.c4.rate / F.c1.rate, F.c4.redis_us, F.c4.cpu_us)
+row("  task events off", "%9.0f tasks/s   events on (the default) run at %.2f x; Redis %.2f us, worker %.2f us a task",
+    F.noev.rate, F.c1.rate / F.noev.rate, F.noev.redis_us, F.noev.cpu_us)
 row("process, at-most-once", "%9.0f tasks/s   %5.2f x redis-benchmark RPOP; Redis %.2f us, worker %.2f us a task",
     F.amo.rate, F.amo.rate / L.rpop, F.amo.redis_us, F.amo.cpu_us)
 row("  producer in the worker's process", "%9.0f tasks/s   another process' producer costs %.0f %%",
