@@ -85,9 +85,13 @@ static int wait_for_room(bq_worker *w)
         while (!w->life.stopping && w->tasks.inflight > low)
             wait_space(w);
         w->tasks.wake_at = INT_MAX;
-    } else {
+    } else if (!w->life.stopping && w->tasks.inflight >= cap && w->tasks.acks.n == 0) {
+        /* Every slot is busy with a task that takes a while: no fetch will carry their events
+         * soon, so they go at once (worker_feed.c). */
+        bq_worker_feed_waiting(w, true);
         while (!w->life.stopping && w->tasks.inflight >= cap && w->tasks.acks.n == 0)
             wait_space(w);
+        bq_worker_feed_waiting(w, false);
     }
     return cap;
 }
@@ -154,15 +158,18 @@ static void fetch(bq_worker *w, struct round *r)
     r->req.acks = r->acks.msgs;
     struct feed_take t;
     t.n = 0;
-    if (r->req.timeout > 0)
+    if (r->req.timeout > 0) {
         bq_worker_feed_settle(w);
-    else if (bq_worker_feed_take(w, &t) > 0) {
+        bq_worker_feed_waiting(w, true);
+    } else if (bq_worker_feed_take(w, &t) > 0) {
         r->req.feed = t.slice;
         r->req.feed_q = t.q;
         r->req.nfeed = t.n;
     }
     bq_err_clear(&r->err);
     r->st = w->broker->ops->fetch(w->broker, &w->conf.who, &r->req, &r->res, &r->batch, &r->err);
+    if (r->req.timeout > 0)
+        bq_worker_feed_waiting(w, false);
     bq_worker_feed_taken(w, &t, r->st == BQ_OK);
     r->req.feed = NULL;
     r->req.feed_q = NULL;

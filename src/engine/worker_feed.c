@@ -10,7 +10,8 @@
  *   - a direct write of the slots -- an ack while the dispatcher waits, a retry, a
  *     dead-letter, a hand-back -- which writes what is pending first (bq_worker_feed_settle);
  *   - else the feed thread, once the oldest event has waited FEED_LINGER, so an event of a
- *     long-running task (started, progress) is out within a few milliseconds.
+ *     long-running task (started, progress) is out within a few milliseconds; at once while
+ *     the dispatcher waits in a blocking fetch (an idle worker: no fetch would carry it).
  * An event is therefore written before the ack of its task, never after: a worker that dies
  * between the two has its task redelivered, and the redelivery reports the stored state
  * again (at-least-once). `sending` makes the paths take turns, so two writes never overtake
@@ -87,6 +88,18 @@ bq_status bq_worker_feed(bq_worker *w, const char *queue, const char *json, size
             q = i;
     add(w, q, json, len);
     return BQ_OK;
+}
+
+void bq_worker_feed_waiting(bq_worker *w, bool waiting)
+{
+    struct worker_feed *f = &w->feed;
+    if (!f->on)
+        return;
+    pthread_mutex_lock(&f->mu);
+    f->waiting = waiting;
+    if (waiting && f->n > 0)
+        pthread_cond_broadcast(&f->cv); /* what lingers goes now */
+    pthread_mutex_unlock(&f->mu);
 }
 
 bool bq_worker_feed_on(const bq_worker *w)
@@ -286,7 +299,7 @@ static void *feed_main(void *arg)
             pthread_cond_wait(&f->cv, &f->mu);
         if (f->stop)
             break;
-        double wait = f->first_at + FEED_LINGER - bq_now_mono();
+        double wait = f->waiting ? 0 : f->first_at + FEED_LINGER - bq_now_mono();
         if (wait > 0) { /* the dispatcher may carry them meanwhile */
             bq_cond_wait_for(&f->cv, &f->mu, wait);
             continue;

@@ -201,6 +201,8 @@ struct worker_feed {
     size_t n, bytes;        /* events and bytes pending over all queues */
     double first_at;        /* when the oldest pending event came (monotonic) */
     bool sending;           /* a path is writing what it took */
+    bool waiting;           /* the dispatcher waits in a blocking fetch: no fetch will carry
+                             * events soon, so the feed thread writes them without lingering */
     bool stop, started;     /* the feed thread's */
     pthread_t thread;
 };
@@ -314,6 +316,8 @@ void bq_worker_feed_destroy(bq_worker *w);
 void bq_worker_feed_outcome(bq_worker *w, const struct bq_msg *msg,
                             const struct bq_outcome *out);
 void bq_worker_feed_settle(bq_worker *w);
+/* The dispatcher enters (true) or leaves a blocking fetch: meanwhile events go at once. */
+void bq_worker_feed_waiting(bq_worker *w, bool waiting);
 size_t bq_worker_feed_take(bq_worker *w, struct feed_take *t);
 void bq_worker_feed_taken(bq_worker *w, struct feed_take *t, bool written);
 void bq_feed_take_free(struct feed_take *t);

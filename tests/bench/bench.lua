@@ -19,6 +19,9 @@
 --             against the limit, 50 ms at p99
 --   storage   20,000 tasks with their state in a throwaway PostgreSQL, against the same in
 --             memory, and pgbench's simple-update rate there
+--   stream    the A2A gateway's message/stream on an idle worker (issue 22): from the call to
+--             the first event that says the task runs (200 samples; gateway and worker in two
+--             processes sharing PostgreSQL, then in one), against the limit, 5 ms at p99
 -- then the producers:
 --   enqueue   100,000 tasks pipelined in batches of 1,000 (Lua schedule_many, C
 --             bq_schedule_many), with deduplication on, and 10,000 one at a time (Lua
@@ -48,6 +51,7 @@ local N_LAT = tonumber(os.getenv("BENCH_LATENCY_SAMPLES")) or 1000
 local N_PG = tonumber(os.getenv("BENCH_PG_TASKS")) or 20000
 local N_CANCEL = tonumber(os.getenv("BENCH_CANCEL_SAMPLES")) or 100
 local N_AGENTS = tonumber(os.getenv("BENCH_AGENT_TASKS")) or 10000
+local SSE_LIMIT_MS = 5 -- issue 22: message/stream to its first status event on an idle worker, p99
 local CANCEL_LIMIT_MS = 50 -- issue 20: p99 from s:cancel() to the transfer closed, server side
 local MAX_TASKS = tonumber(os.getenv("BENCH_MAX_TASKS")) or 1000 -- the memory figure's storage.max_tasks
 local PAYLOAD = ops.PAYLOAD
@@ -242,6 +246,12 @@ local ok, err = pcall(function()
             assert(tps, "pgbench said: " .. out)
             return { memory = mem, postgres = rate, pgbench = tps }
         end)
+        step("the A2A stream on an idle worker: 200 message/stream calls, 20 ms apart, read as server-sent events; "
+             .. "a gateway process and a worker process sharing Redis and PostgreSQL, then both in one process "
+             .. "(the state in its memory)")
+        F.sse = deployed.sse{ url = server.url, pg = db.url, queue = queue .. ":sse", n = 200 }
+        F.sse1 = deployed.sse{ url = server.url, queue = queue .. ":sse1", n = 200 }
+        server:cli("FLUSHALL")
     end)
     db:stop()
     assert(okp, perr)
@@ -368,6 +378,12 @@ row("  worker CPU", "%9.3f s per 1,000 tasks   %5.2f x one bq.http call's own CP
     F.agents.cpu_s_1000, F.agents.cpu_s_1000 * 1000 / F.agents.call_us, F.agents.call_us)
 row("gateway message/send", "%9.0f req/s    %5.2f x GET /healthz on the same server (%.0f/s)",
     F.gateway.send, F.gateway.send / F.gateway.healthz, F.gateway.healthz)
+local function pct(t, p) return t[math.max(1, math.ceil(#t * p))] end
+for _, v in ipairs({ { "stream, 2 processes + PostgreSQL", F.sse }, { "stream, one process, memory", F.sse1 } }) do
+    row(v[1], "first status p50 %.2f ms  p99 %.2f ms   %5.2f x the limit (p99 %d ms); the task event p99 %.2f ms",
+        pct(v[2].status, 0.5), pct(v[2].status, 0.99), pct(v[2].status, 0.99) / SSE_LIMIT_MS, SSE_LIMIT_MS,
+        pct(v[2].first, 0.99))
+end
 row(("process, PostgreSQL (%d)"):format(N_PG), "%9.0f tasks/s   %5.2f x pgbench simple-update (%.0f tps, 1 client)",
     F.pg.postgres, F.pg.postgres / F.pg.pgbench, F.pg.pgbench)
 row("", "                  %5.2f x the same run in memory (%.0f/s)", F.pg.postgres / F.pg.memory, F.pg.memory)

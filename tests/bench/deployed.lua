@@ -326,6 +326,66 @@ function M.gateway(opts)
     return res
 end
 
+--- The A2A stream's latency on an idle worker, deployed: a gateway process and a worker
+--- process (examples/agent_gateway.lua, SERVE=gateway / SERVE=worker) sharing Redis and the
+--- task state in PostgreSQL (opts.url, opts.pg), or without opts.pg both in one process
+--- (SERVE=both) through Redis, the state in its memory; opts.n times, 20 ms apart, a message/stream
+--- of a task that takes 50 ms, read as server-sent events with bq.http. Returns the sorted
+--- milliseconds from the request to the stream's first event (the task: the gateway alone)
+--- and to the first event that says the task runs (a status update, working: the worker's
+--- "started" task event, through Redis, to the gateway, which reads the stored task; or the
+--- task itself when the worker was quicker than the gateway's first event),
+--- { first = {...}, status = {...} }.
+function M.sse(opts)
+    local bq = require("binduq")
+    local env = { REDIS_URL = opts.url, DATABASE_URL = opts.pg, REDIS_QUEUE_NAME = opts.queue,
+                  BINDUQ_GATEWAY_ADDR = "127.0.0.1:0", BINDUQ_LOG_LEVEL = "info" }
+    local genv, wenv = { SERVE = "gateway" }, { SERVE = "worker", BINDUQ_LOG_LEVEL = "warn" }
+    for k, v in pairs(env) do
+        genv[k] = genv[k] or v
+        wenv[k] = wenv[k] or v
+    end
+    if not opts.pg then genv.SERVE = "both" end -- one process, the state in its memory
+    local g = proc.spawn("build/binduq-lua examples/agent_gateway.lua", { env = genv })
+    local w = opts.pg and proc.spawn("build/binduq-lua examples/agent_gateway.lua", { env = wenv })
+    local ok, res = pcall(function()
+        local port = proc.wait_for(function()
+            return (proc.read(g.log) or ""):match("gateway_listening [^\n]*port=(%d+)")
+        end, 15)
+        assert(port, "the gateway did not start: " .. tostring(proc.read(g.log)))
+        core.sleep(0.5) -- the worker waits on the queue
+        local first, status = {}, {}
+        for i = 1, opts.n do
+            local body = ('{"jsonrpc":"2.0","id":%d,"method":"message/stream","params":{"message":{"kind":"message",'
+                .. '"messageId":"m%d","role":"user","parts":[{"kind":"text","text":"slow 0.05"}]}}}'):format(i, i)
+            local t0 = core.monotonic()
+            local r, err = bq.http{ url = ("http://127.0.0.1:%s/"):format(port), method = "POST", body = body,
+                                    headers = { ["Content-Type"] = "application/json" }, timeout = 10,
+                                    on_event = function(ev)
+                                        local t = (core.monotonic() - t0) * 1000
+                                        if #first < i then first[i] = t end
+                                        -- the first event that says the task runs: the task
+                                        -- itself when it was already working, else an update
+                                        local state = ev.data and ev.data:match('"state":"([%a-]+)"')
+                                        if state and state ~= "submitted" then
+                                            status[i] = t
+                                            return false
+                                        end
+                                    end }
+            assert(r or err, "no answer")
+            assert(status[i], ("stream %d ended without a status update: %s"):format(i, tostring(err)))
+            core.sleep(0.02)
+        end
+        table.sort(first)
+        table.sort(status)
+        return { first = first, status = status }
+    end)
+    if w then proc.stop(w, 10) end
+    proc.stop(g, 10)
+    assert(ok, res)
+    return res
+end
+
 -- By hand: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 [n] [KEY=VALUE ...]
 --      or: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 cancel-http [n]
 if arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "cancel-http" then
