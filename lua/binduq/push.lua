@@ -213,9 +213,18 @@ function Store:having(ids)
 end
 
 --- Claims the notification `what` of (task, config) for this gateway: true once, across
--- every gateway of the queue (SET NX, kept `ttl` seconds); in memory, always true.
+-- every gateway of the queue (SET NX, kept `ttl` seconds); in memory, kept with the task's
+-- configs.
 function Store:claim(task_id, cfg_id, what)
-    if self.mem then return true end
+    if self.mem then
+        local e = self.mem[task_id]
+        if not e then return false end -- its configs are gone
+        e.claimed = e.claimed or {}
+        local k = cfg_id .. "\0" .. what
+        if e.claimed[k] then return false end
+        e.claimed[k] = true
+        return true
+    end
     local key = core.key_derive(self.q, "push:sent:" .. task_id .. ":" .. cfg_id .. ":" .. what)
     return self:cmd("SET", key, "1", "NX", "EX", tostring(math.floor(self.ttl))) == "OK"
 end
