@@ -213,7 +213,7 @@ function Store:having(ids)
 end
 
 --- Claims the notification `what` of (task, config) for this gateway: true once, across
--- every gateway of the queue (SET NX, kept `ttl` seconds); in memory, kept with the task's
+-- every gateway of the queue (SET NX, kept `ttl` seconds, at most a day); in memory, kept with the task's
 -- configs.
 function Store:claim(task_id, cfg_id, what)
     if self.mem then
@@ -226,7 +226,7 @@ function Store:claim(task_id, cfg_id, what)
         return true
     end
     local key = core.key_derive(self.q, "push:sent:" .. task_id .. ":" .. cfg_id .. ":" .. what)
-    return self:cmd("SET", key, "1", "NX", "EX", tostring(math.floor(self.ttl))) == "OK"
+    return self:cmd("SET", key, "1", "NX", "EX", tostring(math.floor(math.min(self.ttl, 86400)))) == "OK"
 end
 
 --- A task done with: its configs forgotten by the set of tasks that have one (the hash
