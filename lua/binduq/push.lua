@@ -288,10 +288,10 @@ end
 
 -- The outcome of an ended call: true, or false and why.
 local function outcome(n)
-    local status, err = n.call:head()
-    local done = status and status >= 200 and status < 300
-    if status and not done then err = "HTTP " .. status end
-    return done, err
+    local status, err, code = n.call:head()
+    if not status then return false, tostring(code) .. ": " .. tostring(err) end -- no answer
+    if status >= 200 and status < 300 then return true end
+    return false, "HTTP " .. status
 end
 
 --- Sends what is due and reads what ended. Returns the seconds until it wants to run again
@@ -312,7 +312,6 @@ function Sender:step()
                 n.call:close()
                 n.call = nil
                 self.inflight = self.inflight - 1
-                if not finished then why = why or "failed" end
             end
         elseif n.at <= now and self.inflight < self.max_inflight then
             local ok, err = start(self, n)
