@@ -173,6 +173,7 @@ function Store:set(task_id, cfg)
     self:cmd("HSET", key, cfg.id, assert(json.encode(cfg)))
     self:cmd("EXPIRE", key, tostring(math.floor(self.ttl)))
     self:cmd("SADD", self.set_key, task_id)
+    self.any = true
     return true
 end
 
@@ -197,6 +198,15 @@ function Store:having(ids)
         for id in pairs(ids) do if self.mem[id] then out[id] = true end end
         return out
     end
+    -- Whether any task has configs, asked at most every 0.1 s: a queue whose clients set none
+    -- pays no round trip for its events. A config set meanwhile on another gateway is seen
+    -- by that gateway itself (it watches the tasks of the configs it sets).
+    local now = core.monotonic()
+    if (self.any_until or 0) <= now then
+        self.any = self:cmd("EXISTS", self.set_key) == 1
+        self.any_until = now + 0.1
+    end
+    if not self.any then return out end
     local batch = {}
     local function ask()
         if #batch == 0 then return end
