@@ -98,6 +98,12 @@ function M.new(opts, level)
     level = (level or 1) + 1
     opts = opts or {}
     config.check(opts, KNOWN, "gateway options", level)
+    for _, k in ipairs({ "push_attempts", "push_timeout", "push_ttl" }) do
+        local v = opts[k]
+        if v ~= nil and not (v > 0 and v < 1e9) or k == "push_attempts" and v and math.type(v) ~= "integer" then
+            error(k .. " must be a positive " .. (k == "push_attempts" and "whole number" or "number of seconds"), level)
+        end
+    end
     local bq = require("binduq")
     local agent = opts.agent or {}
     local dep = opts.deployment or agent.deployment or {}
@@ -134,14 +140,6 @@ function M.new(opts, level)
         local fok, ferr = server:follow(s.client, s.queue_name)
         following = fok == true
         if not fok then core.log("warn", "gateway_events_off", { error = ferr, poll = opts.poll or 0.1 }) end
-    end
-    for _, k in ipairs({ "push_attempts", "push_timeout", "push_ttl" }) do
-        local v = opts[k]
-        if v ~= nil and not (v > 0 and v < 1e9) or k == "push_attempts" and v and math.type(v) ~= "integer" then
-            s:close()
-            server:close()
-            error(k .. " must be a positive " .. (k == "push_attempts" and "whole number" or "number of seconds"), level)
-        end
     end
     local push_on = opts.push ~= false
     local self = setmetatable({

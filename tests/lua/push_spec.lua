@@ -108,3 +108,22 @@ describe("push", function()
         assert.is_false(snd:busy())
     end)
 end)
+
+describe("gateway push options", function()
+    it("are checked before anything opens, and push = false says so on the card", function()
+        for _, bad in ipairs({ { push_attempts = 0 }, { push_attempts = 1.5 }, { push_timeout = -1 }, { push_ttl = 0 } }) do
+            local ok, err = pcall(bq.gateway, (function() bad.port = 0; return bad end)())
+            assert.is_false(ok)
+            assert.matches("push_", tostring(err))
+        end
+        local gw = assert(bq.gateway{ port = 0, push = false })
+        assert.is_false(gw.card.capabilities.pushNotifications)
+        local out = gw:rpc{ body = '{"jsonrpc":"2.0","id":1,"method":"CreateTaskPushNotificationConfig",'
+            .. '"params":{"taskId":"t","url":"http://h/"}}' }
+        assert.are.equal(-32003, require("binduq.json").decode(out).error.code)
+        gw:close()
+        gw = assert(bq.gateway{ port = 0 })
+        assert.is_true(gw.card.capabilities.pushNotifications)
+        gw:close()
+    end)
+end)
