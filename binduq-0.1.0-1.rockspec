@@ -89,6 +89,7 @@ build = {
         ["binduq.lifecycle.finish"] = "lua/binduq/lifecycle/finish.lua",
         ["binduq.lifecycle.order"] = "lua/binduq/lifecycle/order.lua",
         ["binduq.lifecycle.run"] = "lua/binduq/lifecycle/run.lua",
+        ["binduq.push"] = "lua/binduq/push.lua",
         ["binduq.retry"] = "lua/binduq/retry.lua",
         ["binduq.scheduler"] = "lua/binduq/scheduler.lua",
         ["binduq.storage"] = "lua/binduq/storage.lua",

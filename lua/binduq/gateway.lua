@@ -18,7 +18,10 @@
 -- server reads the stream and wakes this loop, which reads the stored task of each event that
 -- names one it follows, so an update made by a worker anywhere reaches every gateway at
 -- once; every `poll` seconds (2; 0.1 when task events are off) all are read besides, in case
--- an event was missed. Push notifications are refused (PushNotificationNotSupported).
+-- an event was missed. Push notifications (tasks/pushNotificationConfig/*, 1.0's
+-- *TaskPushNotificationConfig*, or inline in a send's configuration): the configs are kept in
+-- Redis (binduq.push), and on each event of a task that has some, the gateway that claims
+-- the notification first POSTs the task's state to each URL, retried with backoff.
 --
 -- Security: loopback unless `host` says otherwise; with `tokens` (or BINDUQ_GATEWAY_TOKENS,
 -- comma-separated) every JSON-RPC call needs "Authorization: Bearer <token>" (compared in
@@ -29,6 +32,7 @@ local core = require("binduq.core")
 local json = require("binduq.json")
 local config = require("binduq.config")
 local storage_mod = require("binduq.storage")
+local push = require("binduq.push")
 
 local M = {}
 
@@ -66,6 +70,7 @@ local KNOWN = {
     cert = "string", key = "string", poll = "number", blocking_timeout = "number",
     deployment = "table", name = "string", description = "string", skills = "table",
     version = "string", author = "string",
+    push = "boolean", push_attempts = "number", push_timeout = "number", push_ttl = "number",
 }
 
 -- binduq's states as A2A's: a paused task is still open and will go on, "working" to a client.
@@ -93,6 +98,12 @@ function M.new(opts, level)
     level = (level or 1) + 1
     opts = opts or {}
     config.check(opts, KNOWN, "gateway options", level)
+    for _, k in ipairs({ "push_attempts", "push_timeout", "push_ttl" }) do
+        local v = opts[k]
+        if v ~= nil and not (v > 0 and v < 1e9) or k == "push_attempts" and v and math.type(v) ~= "integer" then
+            error(k .. " must be a positive " .. (k == "push_attempts" and "whole number" or "number of seconds"), level)
+        end
+    end
     local bq = require("binduq")
     local agent = opts.agent or {}
     local dep = opts.deployment or agent.deployment or {}
@@ -130,8 +141,12 @@ function M.new(opts, level)
         following = fok == true
         if not fok then core.log("warn", "gateway_events_off", { error = ferr, poll = opts.poll or 0.1 }) end
     end
+    local push_on = opts.push ~= false
     local self = setmetatable({
         s = s, server = server, tokens = tokens, streams = {}, pending = {},
+        push_store = push_on and push.store(s, { ttl = opts.push_ttl }) or nil,
+        sender = push_on and push.sender{ attempts = opts.push_attempts, timeout = opts.push_timeout } or nil,
+        push_watch = {}, push_seen = {}, push_due = {},
         rate = opts.rate or 10000, buckets = {},
         poll = opts.poll or (following and 2 or 0.1), blocking_timeout = opts.blocking_timeout or 60,
         scheme = opts.cert and "https" or "http",
@@ -152,7 +167,7 @@ function M.new(opts, level)
         url = self.url,
         preferredTransport = "JSONRPC",
         version = opts.version or agent.version or "1.0.0",
-        capabilities = { streaming = true, pushNotifications = false, stateTransitionHistory = false },
+        capabilities = { streaming = true, pushNotifications = push_on, stateTransitionHistory = false },
         defaultInputModes = { "text/plain" },
         defaultOutputModes = { "text/plain" },
         skills = list(opts.skills or agent.skills or {}),
@@ -336,7 +351,7 @@ end
 -- a new task (a run) under the message's taskId if it names one that does not exist (as
 -- Bindu's clients do), else a fresh id. Returns the stored task, and for a follow-up the
 -- length its history had before it.
-function Gateway:submit(P, params)
+function Gateway:submit(P, params, push_cfg)
     local msg, task_id, context_id = message_in(P, params)
     local s = self.s
     local t = task_id and s:get_task(task_id)
@@ -344,12 +359,14 @@ function Gateway:submit(P, params)
         if storage_mod.TERMINAL[t.state] then
             fail(M.E.UNSUPPORTED, "the task is " .. t.state .. ": a finished task takes no more messages")
         end
+        self:push_inline(task_id, push_cfg)
         local before = #t.history
         local ok, err = s:resume(task_id, { msg })
         if not ok then fail(M.E.INTERNAL, "resume: " .. tostring(err)) end
         return s:get_task(task_id) or t, before
     end
     local id = task_id or core.uuid4()
+    self:push_inline(id, push_cfg)
     local ok, err = s:run{ task_id = id, conversation_id = context_id or core.uuid4(), messages = { msg },
                            metadata = type(params.metadata) == "table" and params.metadata or nil }
     if not ok then fail(M.E.INTERNAL, "schedule: " .. tostring(err)) end
@@ -376,9 +393,31 @@ local function task_id_param(params)
     return id
 end
 
+-- A send's inline push config (0.3: configuration.pushNotificationConfig; 1.0:
+-- configuration.taskPushNotificationConfig), checked before anything is scheduled.
+local function inline_push(self, P, conf)
+    local c = conf.pushNotificationConfig
+    if P == V1 then c = conf.taskPushNotificationConfig or c end
+    if c == nil or c == json.null then return nil end
+    if not self.push_store then fail(M.E.PUSH_NOT_SUPPORTED, "Push Notification is not supported") end
+    return push.config_in(c, P == V1 and "1.0" or "0.3", nil,
+                          P == V1 and "params.configuration.taskPushNotificationConfig"
+                              or "params.configuration.pushNotificationConfig")
+end
+
+function Gateway:push_inline(task_id, cfg)
+    if not cfg then return end
+    cfg.id = cfg.id or (cfg.v == "1.0" and core.uuid4() or task_id)
+    local ok, err = self.push_store:set(task_id, cfg)
+    if not ok then fail(M.E.INVALID_PARAMS, err) end
+    self.push_watch[task_id] = true
+    self.push_due[task_id] = true
+end
+
 local function send(self, P, params, req, rpc_id)
     local conf = type(params) == "table" and type(params.configuration) == "table" and params.configuration or {}
     local hl = history_length(params)
+    local push_cfg = inline_push(self, P, conf)
     local blocking = conf.blocking == true
     if P == V1 then blocking = conf.returnImmediately ~= true end -- 1.0 waits unless told not to
     if not blocking then
@@ -386,15 +425,17 @@ local function send(self, P, params, req, rpc_id)
         -- flush() schedules them all in one pipelined round trip.
         local msg, task_id, context_id = message_in(P, params)
         if not task_id or not self.s:get_task(task_id) then
+            task_id = task_id or core.uuid4()
+            self:push_inline(task_id, push_cfg)
             self.pending[#self.pending + 1] = {
                 req = req.id, rpc = rpc_id, P = P, hl = hl, msg = msg,
-                op = { type = "run", task_id = task_id or core.uuid4(), conversation_id = context_id or core.uuid4(),
+                op = { type = "run", task_id = task_id, conversation_id = context_id or core.uuid4(),
                        messages = { msg }, metadata = type(params.metadata) == "table" and params.metadata or nil },
             }
             return nil
         end
     end
-    local t, hist0 = self:submit(P, params)
+    local t, hist0 = self:submit(P, params, push_cfg)
     if blocking and (hist0 or not FINAL[A2A_STATE[t.state] or ""]) then
         -- Answered from follow(), once the task reaches a final or interrupted state; a
         -- follow-up's task is still in the state that asked for it, so it waits for its
@@ -438,7 +479,8 @@ local function open_stream(self, P, req, rpc_id, t)
 end
 
 local function stream(self, P, params, req, rpc_id)
-    return open_stream(self, P, req, rpc_id, self:submit(P, params))
+    local conf = type(params) == "table" and type(params.configuration) == "table" and params.configuration or {}
+    return open_stream(self, P, req, rpc_id, self:submit(P, params, inline_push(self, P, conf)))
 end
 
 local function resubscribe(self, P, params, req, rpc_id)
@@ -450,19 +492,78 @@ local function resubscribe(self, P, params, req, rpc_id)
     return open_stream(self, P, req, rpc_id, t)
 end
 
-local function no_push() fail(M.E.PUSH_NOT_SUPPORTED, "Push Notification is not supported") end
+-- ---- push notification configs ---------------------------------------------------------------
+-- 0.3: set {taskId, pushNotificationConfig}, get/list/delete {id, pushNotificationConfigId};
+-- 1.0: Create (a flat TaskPushNotificationConfig), Get/Delete {taskId, id}, List {taskId}.
+
+local function push_target(self, P, params, op)
+    if not self.push_store then fail(M.E.PUSH_NOT_SUPPORTED, "Push Notification is not supported") end
+    if type(params) ~= "table" then fail(M.E.INVALID_PARAMS, "params must be an object") end
+    local task_id
+    if P == V1 or op == "set" then task_id = params.taskId or params.task_id
+    else task_id = params.id or params.taskId or params.task_id end
+    if type(task_id) ~= "string" or task_id == "" then
+        fail(M.E.INVALID_PARAMS, "params." .. ((P == V1 or op == "set") and "taskId" or "id") .. " must be a task id")
+    end
+    if not self.s:get_task(task_id) then fail(M.E.TASK_NOT_FOUND, "Task not found") end
+    local cfg_id = P == V1 and params.id or params.pushNotificationConfigId
+    if cfg_id ~= nil and (type(cfg_id) ~= "string" or cfg_id == "") and op ~= "set" then
+        fail(M.E.INVALID_PARAMS, "params." .. (P == V1 and "id" or "pushNotificationConfigId") .. " must be a string")
+    end
+    return task_id, cfg_id
+end
+
+local function push_set(self, P, params)
+    local task_id = push_target(self, P, params, "set")
+    local cfg = push.config_in(P == V1 and params or params.pushNotificationConfig, P == V1 and "1.0" or "0.3",
+                               P == V1 and core.uuid4() or task_id, P == V1 and "params" or "params.pushNotificationConfig")
+    local ok, err = self.push_store:set(task_id, cfg)
+    if not ok then fail(M.E.INVALID_PARAMS, err) end
+    self.push_watch[task_id] = true
+    self.push_due[task_id] = true -- a new config hears of the task's state at once
+    return push.config_out(cfg, task_id, P == V1)
+end
+
+local function push_get(self, P, params)
+    local task_id, cfg_id = push_target(self, P, params, "get")
+    local cfgs = self.push_store:list(task_id)
+    if P == V1 and cfg_id == nil then fail(M.E.INVALID_PARAMS, "params.id must name a push notification config") end
+    local found
+    for _, c in ipairs(cfgs) do if c.id == (cfg_id or task_id) then found = c end end
+    if not found and cfg_id == nil then found = cfgs[1] end -- 0.3: the task's config
+    if not found then fail(M.E.TASK_NOT_FOUND, "Push notification config not found") end
+    return push.config_out(found, task_id, P == V1)
+end
+
+local function push_list(self, P, params)
+    local task_id = push_target(self, P, params, "list")
+    local out = {}
+    for i, c in ipairs(self.push_store:list(task_id)) do out[i] = push.config_out(c, task_id, P == V1) end
+    if P == V1 then return { configs = list(out), nextPageToken = "" } end
+    return list(out)
+end
+
+local function push_delete(self, P, params)
+    local task_id, cfg_id = push_target(self, P, params, "delete")
+    if cfg_id == nil then
+        fail(M.E.INVALID_PARAMS, "params." .. (P == V1 and "id" or "pushNotificationConfigId") .. " must name a push notification config")
+    end
+    if not self.push_store:delete(task_id, cfg_id) then fail(M.E.TASK_NOT_FOUND, "Push notification config not found") end
+    return P == V1 and {} or json.null
+end
 
 -- Method name -> {handler, protocol}.
 local METHODS = {
     ["message/send"] = { send, V03 }, ["message/stream"] = { stream, V03 },
     ["tasks/get"] = { get, V03 }, ["tasks/cancel"] = { cancel, V03 },
     ["tasks/resubscribe"] = { resubscribe, V03 },
-    ["tasks/pushNotificationConfig/set"] = { no_push, V03 }, ["tasks/pushNotificationConfig/get"] = { no_push, V03 },
-    ["tasks/pushNotificationConfig/list"] = { no_push, V03 }, ["tasks/pushNotificationConfig/delete"] = { no_push, V03 },
+    ["tasks/pushNotificationConfig/set"] = { push_set, V03 }, ["tasks/pushNotificationConfig/get"] = { push_get, V03 },
+    ["tasks/pushNotificationConfig/list"] = { push_list, V03 },
+    ["tasks/pushNotificationConfig/delete"] = { push_delete, V03 },
     SendMessage = { send, V1 }, SendStreamingMessage = { stream, V1 }, GetTask = { get, V1 },
     CancelTask = { cancel, V1 }, SubscribeToTask = { resubscribe, V1 },
-    CreateTaskPushNotificationConfig = { no_push, V1 }, GetTaskPushNotificationConfig = { no_push, V1 },
-    ListTaskPushNotificationConfigs = { no_push, V1 }, DeleteTaskPushNotificationConfig = { no_push, V1 },
+    CreateTaskPushNotificationConfig = { push_set, V1 }, GetTaskPushNotificationConfig = { push_get, V1 },
+    ListTaskPushNotificationConfigs = { push_list, V1 }, DeleteTaskPushNotificationConfig = { push_delete, V1 },
 }
 M.METHODS = METHODS
 
@@ -511,6 +612,59 @@ function Gateway:follow(only)
         ::next::
     end
     self.streams = keep
+end
+
+-- ---- push notifications ----------------------------------------------------------------------
+
+-- A notification's body: 0.3, the Task (as the 0.3 SDKs send it); 1.0, a StreamResponse
+-- with the status update (as the 1.0 SDKs send it).
+local function push_body(v, t)
+    if v == "1.0" then return encode(V1.status_event(t)), "application/a2a+json" end
+    return encode(V03.task(t)), "application/json"
+end
+
+-- One task that has configs: each config whose last notification was of another state
+-- gets one of this state, if this gateway claims it first.
+function Gateway:push_task(id)
+    local t = self.s:get_task(id)
+    local st = self.push_store
+    if not t then
+        self.push_watch[id] = nil
+        return
+    end
+    local cfgs = st:list(id)
+    local a2a = A2A_STATE[t.state] or "unknown"
+    local what = a2a .. ":" .. #t.history
+    for _, cfg in ipairs(cfgs) do
+        local mk = id .. "\0" .. cfg.id
+        if self.push_seen[mk] ~= what then
+            local claimed = st:claim(id, cfg.id, what) -- raises when Redis fails: tried again later
+            self.push_seen[mk] = what
+            if claimed then
+                local body, ctype = push_body(cfg.v, t)
+                self.sender:add(id, cfg, body, ctype, a2a)
+            end
+        end
+    end
+    if storage_mod.TERMINAL[t.state] or #cfgs == 0 then
+        self.push_watch[id] = nil
+        for _, cfg in ipairs(cfgs) do self.push_seen[id .. "\0" .. cfg.id] = nil end
+        st:settled(id)
+    end
+end
+
+-- The tasks of `ids` (a set) that have push configs: their notifications.
+function Gateway:push_check(ids)
+    local ok, having = pcall(self.push_store.having, self.push_store, ids)
+    if not ok then
+        core.log("warn", "push_store_failed", { error = tostring(having) })
+        return
+    end
+    for id in pairs(ids) do if self.push_watch[id] then having[id] = true end end
+    for id in pairs(having) do
+        local pok, err = pcall(self.push_task, self, id)
+        if not pok then core.log("warn", "push_store_failed", { task_id = id, error = tostring(err) }) end
+    end
 end
 
 -- A task event entry (a JSON array): adds the ids of the tasks it names to `touched`.
@@ -633,6 +787,8 @@ end
 function Gateway:step(timeout)
     local wait = timeout or 1
     if #self.streams > 0 then wait = math.max(0, math.min(wait, (self.next_follow or 0) - core.monotonic())) end
+    if self.push_wake then wait = math.min(wait, self.push_wake) end
+    if next(self.push_watch) then wait = math.max(0, math.min(wait, (self.next_push_poll or 0) - core.monotonic())) end
     local req = self.server:next(wait)
     if req == false then return false end
     local touched
@@ -653,6 +809,22 @@ function Gateway:step(timeout)
     elseif #self.streams > 0 and touched then
         self:follow(touched)
     end
+    if self.sender then
+        -- Tasks with configs set here are read every `poll` seconds besides, in case an event
+        -- was missed (or task events are off).
+        if next(self.push_watch) and core.monotonic() >= (self.next_push_poll or 0) then
+            self.next_push_poll = core.monotonic() + self.poll
+            touched = touched or {}
+            for id in pairs(self.push_watch) do touched[id] = true end
+        end
+        if next(self.push_due) then
+            touched = touched or {}
+            for id in pairs(self.push_due) do touched[id] = true end
+            self.push_due = {}
+        end
+        if touched then self:push_check(touched) end
+        self.push_wake = self.sender:step()
+    end
     return true
 end
 
@@ -669,6 +841,7 @@ function Gateway:run(seconds)
 end
 
 function Gateway:close()
+    if self.sender then self.sender:close() end
     if self.server then
         self.server:close()
         self.server = nil

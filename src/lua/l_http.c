@@ -7,6 +7,11 @@
  *   call:read() -> piece | false (the end) | nil, msg, code      (opts.stream)
  *   call:body() -> the whole (rest of the) body | nil, msg, code
  *   call:close()                                                  (also __close, __gc)
+ *   call:ended() -> whether the transfer ended (then head and body return at once)
+ *   core.http_step() -> true | nil, msg: the progress the thread's transfers can make now,
+ *     without waiting (a loop that sends many calls and must not block: the gateway's
+ *     push notifications start calls, step them between its own waits, and read the
+ *     ended ones)
  *   core.sse_reader([max_event]) -> reader;  reader:feed(piece) -> { event, ... } | nil, msg, code
  *
  * Each thread has its own transfer loop (net/http.c), kept for the thread's life so that
@@ -255,6 +260,25 @@ static int wait_then(lua_State *L, enum bq_http_until until, lua_KFunction done)
     return done(L, LUA_OK, 0);
 }
 
+/* call:ended() -> boolean, no waiting, no progress made (core.http_step makes it) */
+static int l_call_ended(lua_State *L)
+{
+    struct call *c = check_call(L);
+    lua_pushboolean(L, bq_http_holds(c->h, BQ_HTTP_END));
+    return 1;
+}
+
+/* core.http_step() -> true | nil, msg, code */
+static int l_http_step(lua_State *L)
+{
+    struct bq_http_loop *loop = bq_lua_http_thread_loop();
+    bq_err err;
+    if (loop != NULL && bq_http_loop_step(loop, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* call:head() -> status, headers */
 static int head_done(lua_State *L, int status, lua_KContext k)
 {
@@ -404,7 +428,7 @@ void bq_lua_open_http(lua_State *L)
 {
     static const luaL_Reg call_methods[] = {
         {"head", l_call_head}, {"read", l_call_read}, {"body", l_call_body},
-        {"close", call_close}, {NULL, NULL}};
+        {"ended", l_call_ended}, {"close", call_close}, {NULL, NULL}};
     static const luaL_Reg call_meta[] = {
         {"__gc", call_close}, {"__close", call_close}, {"__tostring", l_call_tostring},
         {NULL, NULL}};
@@ -424,6 +448,8 @@ void bq_lua_open_http(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_http_start);
     lua_setfield(L, -2, "http_start");
+    lua_pushcfunction(L, l_http_step);
+    lua_setfield(L, -2, "http_step");
     lua_pushcfunction(L, l_sse_reader);
     lua_setfield(L, -2, "sse_reader");
 }

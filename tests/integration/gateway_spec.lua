@@ -3,7 +3,10 @@
 -- JavaScript SDK, in both protocol versions (@a2a-js/sdk 1.3.0: A2A 1.0; 0.3.14: A2A 0.3,
 -- the method names Bindu uses), installed from the npm registry into build/a2a-sdk/ the
 -- first time. Then the HTTP and JSON-RPC edges with curl: the card at both paths, JSON-RPC's
--- own errors, the body limit, bearer tokens, the rate limit.
+-- own errors, the body limit, bearer tokens, the rate limit. Push notifications: configs set,
+-- read, listed and deleted through both SDKs, and a webhook receiver (tests/gateway/
+-- receiver.mjs, Node's HTTP server) that records what the gateway POSTs, failing the first
+-- tries on one path to see the retries.
 
 local proc = require("helpers.proc")
 local redis = require("helpers.redis")
@@ -21,7 +24,7 @@ local function sdk(name)
             .. "npm install --no-audit --no-fund --loglevel=error @a2a-js/sdk@%s"):format(dir, dir, SDK[name]))
         assert(ok, "npm install @a2a-js/sdk@" .. SDK[name] .. ": " .. out)
     end
-    proc.sh(("cp tests/gateway/client_%s.mjs %s/"):format(name, dir))
+    proc.sh(("cp tests/gateway/client_%s.mjs tests/gateway/push_%s.mjs %s/"):format(name, name, dir))
     return dir
 end
 
@@ -39,16 +42,81 @@ local function start(env, cmd)
 end
 
 -- Runs an SDK client script; returns its steps by name.
-local function drive(name, base, token)
+local function drive(name, base, token, script)
     local dir = sdk(name)
-    local out, ok = proc.sh(("cd %s && timeout 60 node client_%s.mjs %s %s"):format(dir, name, base, token or ""))
-    assert(ok, "node client_" .. name .. ".mjs: " .. out)
+    script = (script or "client") .. "_" .. name .. ".mjs"
+    local out, ok = proc.sh(("cd %s && timeout 60 node %s %s %s"):format(dir, script, base, token or ""))
+    assert(ok, "node " .. script .. ": " .. out)
     local steps = {}
     for line in out:gmatch("[^\n]+") do
         local v = json.decode(line)
         if type(v) == "table" and v.step then steps[v.step] = v end
     end
     return steps, out
+end
+
+-- A webhook receiver (tests/gateway/receiver.mjs): its process, its URL, and a function that
+-- returns what it got so far (each POST: path, n, failed, token, authorization, type, body,
+-- json = the decoded body).
+local function receiver()
+    local file = proc.tmpdir() .. "/push.jsonl"
+    local p = proc.spawn("node tests/gateway/receiver.mjs " .. file)
+    local port = proc.wait_for(function() return (proc.read(p.log) or ""):match("port=(%d+)") end, 10)
+    assert(port, "the receiver did not start: " .. tostring(proc.read(p.log)))
+    return p, "http://127.0.0.1:" .. port, function()
+        local got = {}
+        for line in (proc.read(file) or ""):gmatch("[^\n]+") do
+            local v = assert(json.decode(line))
+            v.json = json.decode(v.body)
+            got[#got + 1] = v
+        end
+        return got
+    end
+end
+
+-- The POSTs to `path`, and the states of those answered 2xx, in order.
+local function at(got, path)
+    local posts, states = {}, {}
+    for _, v in ipairs(got) do
+        if v.path == path then
+            posts[#posts + 1] = v
+            if not v.failed then
+                local b = v.json or {}
+                states[#states + 1] = ((b.statusUpdate or b).status or {}).state
+            end
+        end
+    end
+    return posts, states
+end
+
+-- A config's states: each once, in the task's order, ending with the final one (the first
+-- is the state when the config was set: submitted if no worker had taken the task yet).
+local function assert_states(states, v1)
+    local order = v1 and { "TASK_STATE_SUBMITTED", "TASK_STATE_WORKING", "TASK_STATE_COMPLETED" }
+        or { "submitted", "working", "completed" }
+    local rank = {}
+    for i, st in ipairs(order) do rank[st] = i end
+    local shown = table.concat(states, ",")
+    for i, st in ipairs(states) do
+        assert(rank[st], "unexpected state " .. tostring(st) .. " in " .. shown)
+        assert(i == 1 or rank[st] > rank[states[i - 1]], "out of order or twice: " .. shown)
+    end
+    assert.are.equal(order[3], states[#states], shown)
+    assert.is_true(#states >= 2, shown) -- the task ran 1.5 s: set while it waited or ran, then its end
+end
+
+-- Waits (15 s at most) until every path of `paths` was answered 2xx for a final state.
+local function await_final(fetch, paths)
+    local final = { completed = true, TASK_STATE_COMPLETED = true }
+    proc.wait_for(function()
+        local got = fetch()
+        for _, path in ipairs(paths) do
+            local _, states = at(got, path)
+            if not final[states[#states] or ""] then return nil end
+        end
+        return true
+    end, 15)
+    return fetch()
 end
 
 local function curl(args)
@@ -99,6 +167,71 @@ describe("#gateway A2A gateway", function()
         assert.are.equal("status-update:completed:final", s.resubscribe.events[#s.resubscribe.events])
     end)
 
+    it("sends push notifications set through the JavaScript SDK 1.3.0, with token, credentials and retries", function()
+        local rp, recv, fetch = receiver()
+        local s, out = drive("v1", base, recv, "push")
+        assert.are.same({ id = "cfg-1", token = "tok-v1", scheme = "Bearer", same = true },
+                        { id = s.create.id, token = s.create.token, scheme = s.create.scheme, same = s.create.same }, out)
+        assert.are.same({ id = "cfg-1", token = "tok-v1" }, { id = s.get.id, token = s.get.token })
+        assert.are.same({ "cfg-1", "cfg-retry" }, s.list.ids)
+        assert.are.equal("JsonRpcTaskNotFoundError", s.get_deleted.error)
+        assert.is_true(s.bad_url.threw)
+        assert.are.equal("JsonRpcTaskNotFoundError", s.no_task.error)
+        assert.are.equal("TASK_STATE_COMPLETED", s.task.state)
+        local got = await_final(fetch, { "/v1/a", "/fail/2/v1", "/v1/inline" })
+        proc.stop(rp)
+        -- each config: the state when it was set, then the end; in order, once each
+        local posts, states = at(got, "/v1/a")
+        assert_states(states, true)
+        for _, p in ipairs(posts) do
+            assert.are.same({ "tok-v1", "Bearer cred-v1", "application/a2a+json", s.task.id },
+                            { p.token, p.authorization, p.type, p.json.statusUpdate.taskId })
+        end
+        assert.are.equal("echo: slow 1.5", posts[#posts].json.statusUpdate.status.message.parts[1].text)
+        -- the receiver that failed twice got the same notification a third time, then the next
+        posts, states = at(got, "/fail/2/v1")
+        assert_states(states, true)
+        assert.are.same({ true, true, false }, { posts[1].failed, posts[2].failed, posts[3].failed })
+        assert.are.equal(#states + 2, #posts)
+        assert.are.equal(posts[1].body, posts[3].body)
+        assert.are.equal("tok-retry", posts[3].token)
+        assert.are.equal(json.null, posts[3].authorization)
+        local _, gone = at(got, "/v1/gone") -- deleted while the task ran: at most the state when set
+        assert.is_true(#gone <= 1 and gone[1] ~= "TASK_STATE_COMPLETED")
+        posts, states = at(got, "/v1/inline")
+        assert.are.equal("TASK_STATE_COMPLETED", states[#states])
+        assert.are.same({ "tok-inline", s.inline.id }, { posts[1].token, posts[1].json.statusUpdate.taskId })
+        local log = proc.read(gw.log) or ""
+        assert.matches("push_retry", log)
+        for _, secret in ipairs({ "tok-v1", "cred-v1", "tok-retry", "tok-inline" }) do
+            assert.is_nil(log:find(secret, 1, true), secret) -- no secret in the log
+        end
+    end)
+
+    it("sends push notifications set through the JavaScript SDK 0.3.14 (the Task, as 0.3 sends it)", function()
+        local rp, recv, fetch = receiver()
+        local s, out = drive("v03", base, recv, "push")
+        assert.truthy(s.task, out)
+        assert.are.same({ s.task.id, s.task.id }, { s.set.taskId, s.set.id }) -- 0.3: the config's id is the task's
+        assert.are.same({ s.task.id, "tok-v03" }, { s.get.id, s.get.token })
+        assert.are.same({ json.null, json.null }, { s.delete.error, s.delete.result }) -- result: null
+        assert.are.same({ s.task.id }, s.list.ids)
+        assert.are.equal(-32602, s.bad_url.code)
+        assert.are.equal("completed", s.task.state)
+        local got = await_final(fetch, { "/v03/a", "/v03/inline" })
+        proc.stop(rp)
+        local posts, states = at(got, "/v03/a")
+        assert_states(states, false)
+        assert.are.same({ "task", s.task.id, "tok-v03", "application/json" },
+                        { posts[#posts].json.kind, posts[#posts].json.id, posts[#posts].token, posts[#posts].type })
+        assert.are.equal("slow 1.5", posts[#posts].json.artifacts[1].parts[1].text)
+        local _, other = at(got, "/v03/other") -- deleted while the task ran: at most the state when set
+        assert.is_true(#other <= 1 and other[1] ~= "completed")
+        posts, states = at(got, "/v03/inline")
+        assert.are.same({ "completed", "tok-inline03" }, { states[#states], posts[1] and posts[1].token },
+                        json.encode(got))
+    end)
+
     it("serves one card for both versions, at both paths", function()
         for _, path in ipairs({ "/.well-known/agent-card.json", "/.well-known/agent.json" }) do
             local body, code = curl(base .. path)
@@ -110,6 +243,7 @@ describe("#gateway A2A gateway", function()
             assert.are.equal("1.0", card.supportedInterfaces[1].protocolVersion)
             assert.are.equal("JSONRPC", card.supportedInterfaces[1].protocolBinding)
             assert.is_true(card.capabilities.streaming)
+            assert.is_true(card.capabilities.pushNotifications)
             assert.are.equal("echo", card.skills[1].id)
         end
     end)
@@ -135,7 +269,10 @@ describe("#gateway A2A gateway", function()
         r = rpc('{"jsonrpc":"2.0","id":5,"method":"tasks/get","params":{"taskId":"nope"}}')
         assert.are.equal(-32001, r.error.code)
         r = rpc('{"jsonrpc":"2.0","id":6,"method":"tasks/pushNotificationConfig/set","params":{}}')
-        assert.are.equal(-32003, r.error.code)
+        assert.are.equal(-32602, r.error.code)
+        r = rpc('{"jsonrpc":"2.0","id":7,"method":"tasks/pushNotificationConfig/set","params":{"taskId":"nope",'
+            .. '"pushNotificationConfig":{"url":"http://127.0.0.1:1/x"}}}')
+        assert.are.equal(-32001, r.error.code)
         local _, code = curl("-d x " .. base .. "/nowhere")
         assert.are.equal(404, code)
         local big = proc.tmpdir() .. "/big.json"
@@ -235,6 +372,34 @@ describe("#redis #pg #gateway gateways and workers in processes of their own", f
         assert.are.equal("completed", s03.send.state)
         assert.are.equal("status-update:completed:final", s03.stream.events[#s03.stream.events])
         assert.are.equal("canceled", s03.cancel.state)
+    end)
+
+    it("push configs set on one gateway are seen by both; each notification is sent once", function()
+        local rp, recv, fetch = receiver()
+        local s, out = drive("v1", base_a, recv, "push")
+        assert.are.same({ "cfg-1", "cfg-retry" }, s.list.ids, out)
+        -- the configs are in Redis: the other gateway lists them
+        local body = curl("-d " .. proc.quote(('{"jsonrpc":"2.0","id":1,"method":"ListTaskPushNotificationConfigs",'
+            .. '"params":{"taskId":"%s"}}'):format(s.task.id)) .. " " .. base_b .. "/")
+        local r = assert(json.decode(body))
+        assert.are.equal(2, #r.result.configs, body)
+        local s03 = drive("v03", base_b, recv, "push")
+        assert.are.equal("completed", s03.task.state)
+        await_final(fetch, { "/v1/a", "/fail/2/v1", "/v1/inline", "/v03/a", "/v03/inline" })
+        -- a moment for a duplicate to show up, if a second gateway were to send one
+        proc.sh("sleep 1")
+        local got = fetch()
+        proc.stop(rp)
+        assert_states(select(2, at(got, "/v1/a")), true)
+        assert_states(select(2, at(got, "/fail/2/v1")), true)
+        assert_states(select(2, at(got, "/v03/a")), false)
+        for _, path in ipairs({ "/v1/inline", "/v03/inline" }) do
+            local seen = {}
+            for _, st in ipairs(select(2, at(got, path))) do
+                assert.is_nil(seen[st], path .. " got " .. st .. " twice")
+                seen[st] = true
+            end
+        end
     end)
 
     it("serve refuses to run without Redis, saying why", function()
