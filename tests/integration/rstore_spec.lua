@@ -1,0 +1,128 @@
+-- Task state in Redis (storage = { type = "redis" }, src/storage/rstore.c) through a real
+-- redis-server, the worker in a process of its own configured by STORAGE_TYPE=redis and
+-- nothing else: s:get_task and s:wait in this process see the task the other one ran, with
+-- its history and artifacts; a pause keeps its checkpoint for the worker that resumes it;
+-- a finished task's hash carries the TTL, an open one none; every key is in the queue's slot.
+
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+local cluster = require("helpers.cluster")
+local bq = require("binduq")
+
+local FIXTURE = "tests/lua/fixtures/lifecycle_worker.lua"
+
+local function qname(tag)
+    return ("it:rstore:%s:%d"):format(tag, math.random(1, 1e9))
+end
+
+describe("#redis task state in Redis", function()
+    local server, dir
+    setup(function()
+        server = redis.start()
+        dir = proc.tmpdir()
+        bq.log_configure{ level = "warn" }
+    end)
+    teardown(function()
+        server:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    local function scheduler(queue, storage)
+        return bq.scheduler{ scheduler = { url = server.url, queue_name = queue },
+                             storage = storage or { type = "redis", ttl = 3600 } }
+    end
+
+    -- The worker: its storage is the Redis of REDIS_URL because STORAGE_TYPE says so (no
+    -- DATABASE_URL: without that it would keep the state in its own memory).
+    local function worker(queue)
+        return cluster.worker(server, queue, { STORAGE_TYPE = "redis", BQ_TEST_BLOCK_TIMEOUT = 1 }, FIXTURE,
+                              dir)
+    end
+
+    local function cli(...)
+        local args = { ("redis-cli -p %d"):format(server.port) }
+        for _, a in ipairs({ ... }) do args[#args + 1] = "'" .. a .. "'" end
+        return (proc.sh(table.concat(args, " ")):gsub("%s+$", ""))
+    end
+
+    it("shows a task another process ran: s:wait, s:get_task, history, artifacts, the TTL", function()
+        local q = qname("run")
+        local w = worker(q)
+        finally(function() proc.stop(w) end)
+        local s = scheduler(q)
+        assert.are.equal("redis", s.store:kind())
+        local id = q .. "-1"
+        assert(s:run{ task_id = id, conversation_id = "conv", messages = { "artifact" } })
+        local t = assert(s:wait(id, 10)) -- no polling: the task's events say when
+        assert.are.equal("completed", t.state)
+        assert.are.equal("conv", t.context_id)
+        assert.are.equal(q, t.queue)
+        assert.are.equal(1, t.attempts)
+        assert.are.same({ role = "user", content = "artifact" }, t.history[1])
+        assert.are.same({ role = "agent", content = "here it is" }, t.history[2])
+        assert.are.equal(1, #t.artifacts)
+        assert.are.equal("a1", t.artifacts[1].name)
+        assert.is_true(t.updated_at >= t.created_at and t.state_at >= t.created_at)
+        -- another scheduler (any process) reads the same record
+        local s2 = scheduler(q)
+        assert.are.same(t, s2:get_task(id))
+        assert.are.equal(1, #s2:list_tasks{ state = "completed" })
+        s2:close()
+        -- the worker kept it with the default TTL (7 days); keys in the queue's slot
+        local key = "{" .. q .. "}:task:" .. id
+        local ttl = tonumber(cli("TTL", key))
+        assert.is_true(ttl > 7 * 86400 - 60 and ttl <= 7 * 86400, "TTL " .. tostring(ttl))
+        assert.are.equal(cli("CLUSTER", "KEYSLOT", q), cli("CLUSTER", "KEYSLOT", key))
+        assert.are.equal("1", cli("EXISTS", "{" .. q .. "}:tasks"))
+        -- s:wait on a task that settles later, in the other process
+        assert(s:run{ task_id = q .. "-2", messages = { "nap:0.5" } })
+        local none, _, code = s:wait(q .. "-2", 0.1)
+        assert.is_nil(none)
+        assert.are.equal("ETIMEDOUT", code)
+        t = assert(s:wait(q .. "-2", 10))
+        assert.are.equal("completed", t.state)
+        assert.are.equal("late", t.history[#t.history].content)
+        s:close()
+    end)
+
+    it("keeps a paused task's checkpoint for the worker that resumes it, and no TTL while open", function()
+        local q = qname("pause")
+        local a = worker(q)
+        local b
+        finally(function()
+            proc.stop(a)
+            if b then proc.stop(b) end
+        end)
+        local s = scheduler(q)
+        local id = q .. "-1"
+        assert(s:run{ task_id = id, messages = { "steps:60" } })
+        cluster.wait_state(s, id, "working")
+        proc.sleep(0.3)
+        s:pause(id)
+        local t = cluster.wait_state(s, id, "paused")
+        local at = math.tointeger(t.checkpoint)
+        assert.is_true(at ~= nil and at >= 1 and at < 60, "checkpoint " .. tostring(t.checkpoint))
+        assert.are.equal("-1", cli("TTL", "{" .. q .. "}:task:" .. id))
+        proc.stop(a)
+        b = worker(q)
+        s:resume(id)
+        t = assert(s:wait(id, 15))
+        assert.are.equal("completed", t.state)
+        assert.matches(("^counted %d%%.%%.60 on "):format(at), t.history[#t.history].content)
+        assert.are.equal(60, t.checkpoint)
+        -- this scheduler's ttl (3600) applies to the changes it makes: a cancel of a new task
+        assert(s:run{ task_id = q .. "-2", messages = { "nap:30" } })
+        cluster.wait_state(s, q .. "-2", "working")
+        s:cancel(q .. "-2")
+        cluster.wait_state(s, q .. "-2", "canceled")
+        local ttl = tonumber(cli("TTL", "{" .. q .. "}:task:" .. q .. "-2"))
+        assert.is_true(ttl > 0, "TTL " .. tostring(ttl))
+        s:close()
+    end)
+
+    it("refuses a storage with no Redis to use", function()
+        local ok, err = pcall(bq.scheduler, { scheduler = { type = "memory" }, storage = { type = "redis" } })
+        assert.is_false(ok)
+        assert.matches("needs a Redis URL", err)
+    end)
+end)
