@@ -100,7 +100,7 @@ static bq_status run(struct rstore *r, int id, int nkeys, const char *const *key
         argv[argc++] = keys[i];
     for (int i = 0; i < nargs; i++)
         argv[argc++] = args[i];
-    bq_err e;
+    bq_err e = {.code = BQ_OK};
     bq_err *ep = err != NULL ? err : &e;
     bq_status st = command(r, argc, argv, NULL, out, ep);
     if (st == BQ_EREDIS && strstr(ep->msg, "NOSCRIPT") != NULL) {

@@ -614,9 +614,14 @@ TEST(the_storage_comes_from_the_environment_as_the_lua_side_reads_it)
     CHECK_STR(sc.cfg.type, "postgres");
     CHECK_STR(sc.cfg.url, "postgresql://o@h/b");
     bq_storage_choice_free(&sc);
+    setenv("STORAGE_TYPE", "REDIS", 1); /* the scheduler's Redis: no url of its own */
+    CHECK_INT(bq_config_storage(NULL, &sc, &err), BQ_OK);
+    CHECK_STR(sc.cfg.type, "redis");
+    CHECK(sc.cfg.url == NULL);
+    bq_storage_choice_free(&sc);
     setenv("STORAGE_TYPE", "sqlite", 1);
     CHECK_INT(bq_config_storage(NULL, &sc, &err), BQ_EINVAL);
-    CHECK_STR(err.msg, "STORAGE_TYPE: expected memory or postgres, got 'sqlite'");
+    CHECK_STR(err.msg, "STORAGE_TYPE: expected memory, postgres or redis, got 'sqlite'");
     bq_storage_choice_free(&sc);
     unsetenv("STORAGE_TYPE");
 
