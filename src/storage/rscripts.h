@@ -61,9 +61,8 @@ static const char bq_script_change_2[] =
     "if ARGV[9] ~= '' then req = string.sub(ARGV[9], 2) end\n"
     "local to = ARGV[4]\n"
     "if to ~= '' and to ~= state then\n"
-    "    local score = tonumber(v[6]) or tonumber(now)\n"
     "    redis.call('ZREM', p .. 'tasks:' .. state, ARGV[2])\n"
-    "    redis.call('ZADD', p .. 'tasks:' .. to, score, ARGV[2])\n"
+    "    redis.call('ZADD', p .. 'tasks:' .. to, v[6] or now, ARGV[2]) -- created_at, as text\n"
     "    redis.call('HSET', k, 'state', to, 'state_at', now)\n"
     "    state = to\n"
     "end\n"
@@ -76,7 +75,7 @@ static const char bq_script_change_2[] =
     "    redis.call('EXPIRE', k, ttl)\n"
     "end\n"
     "return {1, 1, state, req, att}\n";
-static const char bq_script_change_2_sha[] = "3d805b51b51b59986f4dfd435ae4e29ac518bc2d";
+static const char bq_script_change_2_sha[] = "5e37e07bd318cf5440a3dfc05a8540925c1a4348";
 
 static const char bq_script_create_2[] =
     "-- create-2: record a new task unless its id exists (storage.h, create).\n"
@@ -104,9 +103,9 @@ static const char bq_script_create_2[] =
     "    local a = ARGV[6 + i]\n"
     "    if a ~= '' and not (i == 4 and a == '=') then redis.call('HSET', k, opt[i], string.sub(a, 2)) end\n"
     "end\n"
-    "local score = tonumber(now)\n"
-    "redis.call('ZADD', idx, score, ARGV[2])\n"
-    "redis.call('ZADD', p .. 'tasks:' .. ARGV[3], score, ARGV[2])\n"
+    "-- created_at's own text as the score, so the index and the record say the same time\n"
+    "redis.call('ZADD', idx, now, ARGV[2])\n"
+    "redis.call('ZADD', p .. 'tasks:' .. ARGV[3], now, ARGV[2])\n"
     "local TERMINAL = {completed = true, failed = true, canceled = true, rejected = true}\n"
     "local ttl = tonumber(ARGV[11])\n"
     "if TERMINAL[ARGV[3]] and ttl > 0 then redis.call('EXPIRE', k, ttl) end\n"
@@ -121,7 +120,7 @@ static const char bq_script_create_2[] =
     "for s in pairs(TERMINAL) do prune(p .. 'tasks:' .. s, 2) end\n"
     "local req = ARGV[10] ~= '' and string.sub(ARGV[10], 2) or ''\n"
     "return {1, ARGV[3], req, tonumber(ARGV[6])}\n";
-static const char bq_script_create_2_sha[] = "b17e7c66bd00b4d045a5e84708ce2e2ae027d6bf";
+static const char bq_script_create_2_sha[] = "ccc8adb2e5a7f7acd950f8189b682da758163104";
 
 static const char bq_script_list_1[] =
     "-- list-1: the tasks of an index, newest first, filtered (storage.h, list).\n"

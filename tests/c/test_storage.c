@@ -15,7 +15,7 @@
 #include "../../src/storage/storage.h"
 
 #include <hiredis/hiredis.h>
-
+#include <math.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -461,6 +461,17 @@ TEST(redis_keys_share_the_slot_and_finished_tasks_expire)
     snprintf(done, sizeof done, "{%s}:tasks:completed", redis_queue);
     CHECK(bq_key_slot(key) == bq_key_slot(redis_queue) && bq_key_slot(idx) == bq_key_slot(key));
     CHECK_INT(ttl_of(key), -1);
+    /* the index's score is the record's created_at */
+    struct bq_task_rec rec;
+    bool found = false;
+    CHECK_INT(s->ops->get(s, "x1", &rec, &found, NULL), BQ_OK);
+    REQUIRE(found);
+    const char *zi[] = {"ZSCORE", idx, "x1"};
+    char at[64];
+    rcmd(at, 3, zi);
+    CHECK(fabs(strtod(at, NULL) - rec.created_at) < 2e-6);
+    CHECK_STR(rec.queue, "elsewhere"); /* data: the keys follow the storage's queue */
+    bq_task_rec_clear(&rec);
     struct bq_task_change c = {.id = "x1", .to = "completed"};
     CHECK_INT(s->ops->change(s, &c, &r, NULL), BQ_OK);
     CHECK(r.changed);

@@ -2,11 +2,13 @@
 -- redis-server, the worker in a process of its own configured by STORAGE_TYPE=redis and
 -- nothing else: s:get_task and s:wait in this process see the task the other one ran, with
 -- its history and artifacts; a pause keeps its checkpoint for the worker that resumes it;
--- a finished task's hash carries the TTL, an open one none; every key is in the queue's slot.
+-- a finished task's hash carries the TTL, an open one none; every key is in the queue's slot,
+-- so the same works on a Redis Cluster, for queues whose slots are on different nodes.
 
 local proc = require("helpers.proc")
 local redis = require("helpers.redis")
 local cluster = require("helpers.cluster")
+local rcluster = require("helpers.rcluster")
 local bq = require("binduq")
 
 local FIXTURE = "tests/lua/fixtures/lifecycle_worker.lua"
@@ -124,5 +126,50 @@ describe("#redis task state in Redis", function()
         local ok, err = pcall(bq.scheduler, { scheduler = { type = "memory" }, storage = { type = "redis" } })
         assert.is_false(ok)
         assert.matches("needs a Redis URL", err)
+    end)
+end)
+
+describe("#redis #cluster task state in a Redis Cluster", function()
+    local c, dir
+    setup(function()
+        bq.log_configure{ level = "off" }
+        c = rcluster.start()
+        dir = proc.tmpdir()
+    end)
+    teardown(function()
+        if c then c:stop() end
+        bq.log_configure{ level = "info" }
+    end)
+
+    it("keeps each queue's tasks on its slot's node, run by a worker in another process", function()
+        local qa, qb
+        repeat
+            qa = ("rs:a:%d"):format(math.random(1, 1e9))
+            qb = ("{rs:b:%d}:tasks"):format(math.random(1, 1e9))
+        until c:node_of(qa) ~= c:node_of(qb)
+        local sa = bq.scheduler{ scheduler = { url = c.url, queue_name = qa }, storage = { type = "redis" } }
+        local sb = bq.scheduler{ scheduler = { url = c.url, queue_name = qb }, storage = { type = "redis" } }
+        -- the storage's own calls, each a script on the queue's node
+        local st = sb:storage()
+        assert.are.same({ true, "submitted" }, { st:create{ id = "b1", history = "[1]" } })
+        assert.is_true((st:change{ id = "b1", from = "submitted", to = "working", append_history = "[2]" }))
+        assert.is_false((st:change{ id = "b1", from = "submitted", to = "working" }))
+        assert.are.same({ 1, 2 }, sb:get_task("b1").history)
+        assert.are.equal(1, #st:list{ state = "working" })
+        assert.is_nil(sa:get_task("b1")) -- another queue, another set of tasks
+        local node = c.nodes[c:node_of(qb)]
+        assert.are.equal("1", (rcluster.cli(node.port, "EXISTS", qb .. ":task:b1"):gsub("%s+$", "")))
+        -- a worker of qa in another process, its state in the cluster too
+        local w = cluster.worker({ url = c.url }, qa, { STORAGE_TYPE = "redis", BQ_TEST_BLOCK_TIMEOUT = 1 },
+                                 "tests/lua/fixtures/lifecycle_worker.lua", dir)
+        finally(function() proc.stop(w) end)
+        assert(sa:run{ task_id = "a1", messages = { "hello" } })
+        local t = assert(sa:wait("a1", 15))
+        assert.are.equal("completed", t.state)
+        assert.are.equal("answer: hello (1)", t.history[2].content)
+        node = c.nodes[c:node_of(qa)]
+        assert.are.equal("1", (rcluster.cli(node.port, "EXISTS", "{" .. qa .. "}:task:a1"):gsub("%s+$", "")))
+        sa:close()
+        sb:close()
     end)
 end)

@@ -56,9 +56,8 @@ end
 if ARGV[9] ~= '' then req = string.sub(ARGV[9], 2) end
 local to = ARGV[4]
 if to ~= '' and to ~= state then
-    local score = tonumber(v[6]) or tonumber(now)
     redis.call('ZREM', p .. 'tasks:' .. state, ARGV[2])
-    redis.call('ZADD', p .. 'tasks:' .. to, score, ARGV[2])
+    redis.call('ZADD', p .. 'tasks:' .. to, v[6] or now, ARGV[2]) -- created_at, as text
     redis.call('HSET', k, 'state', to, 'state_at', now)
     state = to
 end

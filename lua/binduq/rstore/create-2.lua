@@ -23,9 +23,9 @@ for i = 1, 4 do
     local a = ARGV[6 + i]
     if a ~= '' and not (i == 4 and a == '=') then redis.call('HSET', k, opt[i], string.sub(a, 2)) end
 end
-local score = tonumber(now)
-redis.call('ZADD', idx, score, ARGV[2])
-redis.call('ZADD', p .. 'tasks:' .. ARGV[3], score, ARGV[2])
+-- created_at's own text as the score, so the index and the record say the same time
+redis.call('ZADD', idx, now, ARGV[2])
+redis.call('ZADD', p .. 'tasks:' .. ARGV[3], now, ARGV[2])
 local TERMINAL = {completed = true, failed = true, canceled = true, rejected = true}
 local ttl = tonumber(ARGV[11])
 if TERMINAL[ARGV[3]] and ttl > 0 then redis.call('EXPIRE', k, ttl) end
