@@ -26,8 +26,9 @@
  * are kept as text, as the memory storage keeps them. The connection layer is the broker's:
  * the storage opens a broker of its own with the scheduler's settings (or storage.url's)
  * and sends its commands through that broker's `command` (broker.h), which routes by Q's
- * slot, so TLS, ACL users, Sentinel and Cluster work as they do for queues. change_many and
- * start_many are left to the one-by-one fallback (storage.c): a round trip per task.
+ * slot, so TLS, ACL users, Sentinel and Cluster work as they do for queues. create and
+ * change take any number of tasks, so a batch of changes (change_many) is one script, and a
+ * batch of starts (start_many) one, or two when some tasks were never recorded.
  */
 #include "storage.h"
 
@@ -59,8 +60,8 @@ enum { R_CREATE = 0, R_CHANGE, R_LIST, R_REMOVE };
 static const struct {
     const char *src, *sha, *name;
 } scripts[] = {
-    {bq_script_create_2, bq_script_create_2_sha, "create-2"},
-    {bq_script_change_2, bq_script_change_2_sha, "change-2"},
+    {bq_script_create_N, bq_script_create_N_sha, "create-N"},
+    {bq_script_change_N, bq_script_change_N_sha, "change-N"},
     {bq_script_list_1, bq_script_list_1_sha, "list-1"},
     {bq_script_remove_2, bq_script_remove_2_sha, "remove-2"},
 };
@@ -82,15 +83,16 @@ static bq_status command(struct rstore *r, int argc, const char **argv, const si
     return st;
 }
 
-#define MAX_ARGS 20
-
 /* Runs script `id` with nkeys keys and nargs NUL-terminated arguments: EVALSHA, then EVAL
  * with its source when the server does not have it cached. *out: the reply (caller frees). */
 static bq_status run(struct rstore *r, int id, int nkeys, const char *const *keys, int nargs,
                      const char *const *args, redisReply **out, bq_err *err)
 {
-    const char *argv[MAX_ARGS + 3];
-    char nk[8];
+    *out = NULL;
+    const char **argv = bq_calloc((size_t)(3 + nkeys + nargs), sizeof *argv);
+    if (argv == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+    char nk[16];
     snprintf(nk, sizeof nk, "%d", nkeys);
     argv[0] = "EVALSHA";
     argv[1] = scripts[id].sha;
@@ -108,9 +110,85 @@ static bq_status run(struct rstore *r, int id, int nkeys, const char *const *key
         argv[1] = scripts[id].src;
         st = command(r, argc, argv, NULL, out, ep);
     }
+    bq_free(argv);
     if (st != BQ_OK && st != BQ_ENOMEM)
         bq_err_prefix(ep, scripts[id].name);
     return st;
+}
+
+/* ---- Argument lists -------------------------------------------------------------------------
+ * A script's keys or arguments, with the strings made for them owned by the list. A failed
+ * allocation is remembered (oom) and reported once the list is complete. */
+
+struct list {
+    const char **v;
+    char **owned;
+    size_t n, nowned, cap; /* v and owned have room for cap each */
+    bool oom;
+};
+
+/* Makes room for cap entries (no list is longer than its caller works out). */
+static void list_init(struct list *l, size_t cap)
+{
+    memset(l, 0, sizeof *l);
+    l->v = bq_calloc(cap, sizeof *l->v);
+    l->owned = bq_calloc(cap, sizeof *l->owned);
+    l->cap = cap;
+    l->oom = l->v == NULL || l->owned == NULL;
+}
+
+static void add(struct list *l, const char *s)
+{
+    if (l->oom || l->n >= l->cap) {
+        l->oom = true;
+        return;
+    }
+    l->v[l->n++] = s;
+}
+
+/* Adds s, which the list then owns (NULL: out of memory). */
+static void add_owned(struct list *l, char *s)
+{
+    if (s == NULL || l->oom || l->nowned >= l->cap) {
+        bq_free(s);
+        l->oom = true;
+        return;
+    }
+    l->owned[l->nowned++] = s;
+    add(l, s);
+}
+
+/* An optional argument as the scripts take it: "" for NULL, else "=" and the value. */
+static void add_opt(struct list *l, const char *v)
+{
+    if (v == NULL) {
+        add(l, "");
+        return;
+    }
+    size_t n = strlen(v);
+    char *b = bq_malloc(n + 2);
+    if (b != NULL) {
+        b[0] = '=';
+        memcpy(b + 1, v, n + 1);
+    }
+    add_owned(l, b);
+}
+
+static void add_int(struct list *l, long long x)
+{
+    char *b = bq_malloc(24);
+    if (b != NULL)
+        snprintf(b, 24, "%lld", x);
+    add_owned(l, b);
+}
+
+static void list_free(struct list *l)
+{
+    for (size_t i = 0; i < l->nowned; i++)
+        bq_free(l->owned[i]);
+    bq_free(l->owned);
+    bq_free(l->v);
+    memset(l, 0, sizeof *l);
 }
 
 /* {Q}:task:<id> into out[KEY_SIZE]. */
@@ -148,21 +226,20 @@ static long long int_of(const redisReply *e)
     return is_str(e) ? strtoll(e->str, NULL, 10) : 0;
 }
 
-/* Reads {[found,] changed, state, requested, attempts} into res. */
-static bq_status take_result(const redisReply *rep, bool with_found, struct bq_task_result *res,
+/* Reads e[0..4) {changed, state, requested, attempts}, or e[0..5) with found first, into
+ * res. */
+static bq_status take_result(redisReply *const *e, bool with_found, struct bq_task_result *res,
                              const char *what, bq_err *err)
 {
     memset(res, 0, sizeof *res);
-    size_t n = with_found ? 5 : 4, o = with_found ? 1 : 0;
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != n || !is_str(rep->element[o + 1]) ||
-        !is_str(rep->element[o + 2]))
+    size_t o = with_found ? 1 : 0;
+    if (!is_str(e[o + 1]) || !is_str(e[o + 2]))
         return bq_err_set(err, BQ_EPROTO, "storage %s: unexpected reply from Redis", what);
-    res->found = with_found ? int_of(rep->element[0]) == 1 : true;
-    res->changed = int_of(rep->element[o]) == 1;
-    copy_str(res->state, sizeof res->state, rep->element[o + 1]->str, rep->element[o + 1]->len);
-    copy_str(res->requested, sizeof res->requested, rep->element[o + 2]->str,
-             rep->element[o + 2]->len);
-    res->attempts = (int)int_of(rep->element[o + 3]);
+    res->found = with_found ? int_of(e[0]) == 1 : true;
+    res->changed = int_of(e[o]) == 1;
+    copy_str(res->state, sizeof res->state, e[o + 1]->str, e[o + 1]->len);
+    copy_str(res->requested, sizeof res->requested, e[o + 2]->str, e[o + 2]->len);
+    res->attempts = (int)int_of(e[o + 3]);
     return BQ_OK;
 }
 
@@ -214,23 +291,6 @@ static bool take_rec(const redisReply *h, struct bq_task_rec *rec)
 
 /* ---- Arguments ---------------------------------------------------------------------------- */
 
-/* An optional argument as the scripts take it: "" for NULL, else "=" and the value; *buf
- * (freed by the caller) holds it. */
-static const char *opt(const char *v, char **buf, bool *oom)
-{
-    if (v == NULL)
-        return "";
-    size_t n = strlen(v);
-    *buf = bq_malloc(n + 2);
-    if (*buf == NULL) {
-        *oom = true;
-        return "";
-    }
-    (*buf)[0] = '=';
-    memcpy(*buf + 1, v, n + 1);
-    return *buf;
-}
-
 /* True if s is a JSON array as far as its brackets go (the memory storage's check). */
 static bool looks_like_array(const char *s)
 {
@@ -244,40 +304,75 @@ static bool looks_like_array(const char *s)
 
 /* ---- Operations --------------------------------------------------------------------------- */
 
+/* Adds task t's key to keys ({Q}:task:<id>). */
+static bq_status add_key(const struct rstore *r, struct list *keys, const char *id, bq_err *err)
+{
+    char *key = bq_malloc(KEY_SIZE);
+    if (key == NULL) {
+        keys->oom = true;
+        return BQ_OK;
+    }
+    bq_status st = task_key(r, id, key, err);
+    if (st != BQ_OK) {
+        bq_free(key);
+        return st;
+    }
+    add_owned(keys, key);
+    return BQ_OK;
+}
+
+/* Creates tasks[0..n) in one script (create-N); res[i] as create's. */
+static bq_status create_many(struct rstore *r, const struct bq_task_new *tasks, size_t n,
+                             struct bq_task_result *res, bq_err *err)
+{
+    struct list keys, args;
+    list_init(&keys, n + 1);
+    list_init(&args, 2 + 9 * n);
+    char idx[BQ_KEY_MAX + 8];
+    snprintf(idx, sizeof idx, "%stasks", r->prefix);
+    add(&keys, idx);
+    add(&args, r->prefix);
+    add(&args, r->ttl);
+    bq_status st = BQ_OK;
+    for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        const struct bq_task_new *t = &tasks[i];
+        const char *state = t->state ? t->state : "submitted";
+        if (t->id == NULL || *t->id == '\0')
+            st = bq_err_set(err, BQ_EINVAL, "storage create: a task needs an id");
+        else if (!bq_task_state_valid(state))
+            st = bq_err_set(err, BQ_EINVAL, "storage create: unknown state '%.30s'", state);
+        else
+            st = add_key(r, &keys, t->id, err);
+        add(&args, t->id);
+        add(&args, state);
+        add(&args, t->history ? t->history : "[]");
+        add(&args, t->metadata ? t->metadata : "{}");
+        add_int(&args, t->attempts > 0 ? t->attempts : 0);
+        add_opt(&args, t->context_id);
+        add_opt(&args, t->queue);
+        add_opt(&args, t->worker);
+        add_opt(&args, t->requested && *t->requested ? t->requested : NULL);
+    }
+    redisReply *rep = NULL;
+    if (st == BQ_OK && (keys.oom || args.oom))
+        st = bq_err_set(err, BQ_ENOMEM, "storage create: out of memory");
+    if (st == BQ_OK)
+        st = run(r, R_CREATE, (int)keys.n, keys.v, (int)args.n, args.v, &rep, err);
+    if (st == BQ_OK && (rep->type != REDIS_REPLY_ARRAY || rep->elements != 4 * n))
+        st = bq_err_set(err, BQ_EPROTO, "storage create: unexpected reply from Redis");
+    for (size_t i = 0; st == BQ_OK && i < n; i++)
+        st = take_result(rep->element + 4 * i, false, &res[i], "create", err);
+    if (rep != NULL)
+        freeReplyObject(rep);
+    list_free(&keys);
+    list_free(&args);
+    return st;
+}
+
 static bq_status r_create(bq_storage *s, const struct bq_task_new *t, struct bq_task_result *res,
                           bq_err *err)
 {
-    struct rstore *r = (struct rstore *)s;
-    const char *state = t->state ? t->state : "submitted";
-    char key[KEY_SIZE], idx[BQ_KEY_MAX + 8], att[16];
-    if (t->id == NULL || *t->id == '\0')
-        return bq_err_set(err, BQ_EINVAL, "storage create: a task needs an id");
-    if (!bq_task_state_valid(state))
-        return bq_err_set(err, BQ_EINVAL, "storage create: unknown state '%.30s'", state);
-    bq_status st = task_key(r, t->id, key, err);
-    if (st != BQ_OK)
-        return st;
-    snprintf(idx, sizeof idx, "%stasks", r->prefix);
-    snprintf(att, sizeof att, "%d", t->attempts > 0 ? t->attempts : 0);
-    char *b[4] = {NULL, NULL, NULL, NULL};
-    bool oom = false;
-    const char *keys[2] = {key, idx};
-    const char *args[11] = {
-        r->prefix, t->id, state, t->history ? t->history : "[]",
-        t->metadata ? t->metadata : "{}", att,
-        opt(t->context_id, &b[0], &oom), opt(t->queue, &b[1], &oom), opt(t->worker, &b[2], &oom),
-        opt(t->requested && *t->requested ? t->requested : NULL, &b[3], &oom), r->ttl,
-    };
-    redisReply *rep = NULL;
-    if (oom)
-        st = bq_err_set(err, BQ_ENOMEM, "storage create: out of memory");
-    else if ((st = run(r, R_CREATE, 2, keys, 11, args, &rep, err)) == BQ_OK)
-        st = take_result(rep, false, res, "create", err);
-    for (int i = 0; i < 4; i++)
-        bq_free(b[i]);
-    if (rep != NULL)
-        freeReplyObject(rep);
-    return st;
+    return create_many((struct rstore *)s, t, 1, res, err);
 }
 
 static bq_status r_get(bq_storage *s, const char *id, struct bq_task_rec *out, bool *found,
@@ -306,49 +401,106 @@ static bq_status r_get(bq_storage *s, const char *id, struct bq_task_rec *out, b
     return st;
 }
 
+/* Makes changes[0..n) in one script (change-N); res[i] as change's. */
+static bq_status change_many(struct rstore *r, const struct bq_task_change *changes, size_t n,
+                             struct bq_task_result *res, bq_err *err)
+{
+    memset(res, 0, n * sizeof *res);
+    struct list keys, args;
+    list_init(&keys, n + 1);
+    list_init(&args, 2 + 11 * n);
+    char idx[BQ_KEY_MAX + 8];
+    snprintf(idx, sizeof idx, "%stasks", r->prefix);
+    add(&keys, idx);
+    add(&args, r->prefix);
+    add(&args, r->ttl);
+    bq_status st = BQ_OK;
+    for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        const struct bq_task_change *c = &changes[i];
+        if (c->to != NULL && !bq_task_state_valid(c->to))
+            st = bq_err_set(err, BQ_EINVAL, "storage change: unknown state '%.30s'", c->to);
+        else if ((c->append_history && !looks_like_array(c->append_history)) ||
+                 (c->append_artifacts && !looks_like_array(c->append_artifacts)))
+            st = bq_err_set(err, BQ_EINVAL, "storage change: history and artifacts must be "
+                            "JSON arrays");
+        else
+            st = add_key(r, &keys, c->id, err);
+        add(&args, c->id ? c->id : "");
+        add_opt(&args, c->from);
+        add(&args, c->to ? c->to : "");
+        add(&args, c->append_history ? c->append_history : "");
+        add(&args, c->append_artifacts ? c->append_artifacts : "");
+        add_opt(&args, c->checkpoint);
+        add_opt(&args, c->error);
+        add_opt(&args, c->requested);
+        add_opt(&args, c->worker);
+        add(&args, c->count_attempt ? "1" : "0");
+        add_opt(&args, c->if_requested);
+    }
+    redisReply *rep = NULL;
+    if (st == BQ_OK && (keys.oom || args.oom))
+        st = bq_err_set(err, BQ_ENOMEM, "storage change: out of memory");
+    if (st == BQ_OK)
+        st = run(r, R_CHANGE, (int)keys.n, keys.v, (int)args.n, args.v, &rep, err);
+    if (st == BQ_OK && (rep->type != REDIS_REPLY_ARRAY || rep->elements != 5 * n))
+        st = bq_err_set(err, BQ_EPROTO, "storage change: unexpected reply from Redis");
+    for (size_t i = 0; st == BQ_OK && i < n; i++)
+        st = take_result(rep->element + 5 * i, true, &res[i], "change", err);
+    if (st != BQ_OK)
+        memset(res, 0, n * sizeof *res);
+    if (rep != NULL)
+        freeReplyObject(rep);
+    list_free(&keys);
+    list_free(&args);
+    return st;
+}
+
 static bq_status r_change(bq_storage *s, const struct bq_task_change *c,
                           struct bq_task_result *res, bq_err *err)
 {
+    return change_many((struct rstore *)s, c, 1, res, err);
+}
+
+static bq_status r_change_many(bq_storage *s, const struct bq_task_change *changes, size_t n,
+                               struct bq_task_result *res, bq_err *err)
+{
+    return change_many((struct rstore *)s, changes, n, res, err);
+}
+
+/* bq_storage_start_many's start: one script for the changes, and one more creating the tasks
+ * nobody recorded (a producer that does not record them, such as Bindu's). */
+static bq_status r_start_many(bq_storage *s, const struct bq_task_new *tasks, size_t n,
+                              struct bq_task_result *res, bq_err *err)
+{
     struct rstore *r = (struct rstore *)s;
-    memset(res, 0, sizeof *res);
-    if (c->to != NULL && !bq_task_state_valid(c->to))
-        return bq_err_set(err, BQ_EINVAL, "storage change: unknown state '%.30s'", c->to);
-    if ((c->append_history && !looks_like_array(c->append_history)) ||
-        (c->append_artifacts && !looks_like_array(c->append_artifacts)))
-        return bq_err_set(err, BQ_EINVAL, "storage change: history and artifacts must be JSON "
-                          "arrays");
-    char key[KEY_SIZE], idx[BQ_KEY_MAX + 8];
-    bq_status st = task_key(r, c->id, key, err);
-    if (st != BQ_OK)
+    struct bq_task_change c[BQ_CHANGE_MANY_MAX];
+    struct bq_task_new fresh[BQ_CHANGE_MANY_MAX];
+    size_t at[BQ_CHANGE_MANY_MAX], m = 0;
+    if (n == 0 || n > BQ_CHANGE_MANY_MAX)
+        return bq_err_set(err, BQ_EINVAL, "storage start: from 1 to %d tasks at once",
+                          BQ_CHANGE_MANY_MAX);
+    memset(c, 0, sizeof c);
+    for (size_t i = 0; i < n; i++)
+        c[i] = (struct bq_task_change){.id = tasks[i].id, .from = "submitted", .to = "working",
+                                       .requested = "", .worker = tasks[i].worker,
+                                       .count_attempt = true};
+    bq_status st = change_many(r, c, n, res, err);
+    for (size_t i = 0; st == BQ_OK && i < n; i++) {
+        if (!res[i].found) {
+            fresh[m] = tasks[i];
+            fresh[m].state = "working";
+            fresh[m].attempts = 1;
+            at[m++] = i;
+        }
+    }
+    if (st != BQ_OK || m == 0)
         return st;
-    snprintf(idx, sizeof idx, "%stasks", r->prefix);
-    char *b[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
-    bool oom = false;
-    const char *keys[2] = {key, idx};
-    const char *args[13] = {
-        r->prefix,
-        c->id,
-        opt(c->from, &b[0], &oom),
-        c->to ? c->to : "",
-        c->append_history ? c->append_history : "",
-        c->append_artifacts ? c->append_artifacts : "",
-        opt(c->checkpoint, &b[1], &oom),
-        opt(c->error, &b[2], &oom),
-        opt(c->requested, &b[3], &oom),
-        opt(c->worker, &b[4], &oom),
-        c->count_attempt ? "1" : "0",
-        opt(c->if_requested, &b[5], &oom),
-        r->ttl,
-    };
-    redisReply *rep = NULL;
-    if (oom)
-        st = bq_err_set(err, BQ_ENOMEM, "storage change: out of memory");
-    else if ((st = run(r, R_CHANGE, 2, keys, 13, args, &rep, err)) == BQ_OK)
-        st = take_result(rep, true, res, "change", err);
-    for (int i = 0; i < 6; i++)
-        bq_free(b[i]);
-    if (rep != NULL)
-        freeReplyObject(rep);
+    struct bq_task_result made[BQ_CHANGE_MANY_MAX];
+    st = create_many(r, fresh, m, made, err);
+    for (size_t i = 0; st == BQ_OK && i < m; i++)
+        res[at[i]] = made[i];
+    if (st != BQ_OK)
+        memset(res, 0, n * sizeof *res);
     return st;
 }
 
@@ -386,16 +538,18 @@ static bq_status r_list(bq_storage *s, const struct bq_task_filter *f, struct bq
         snprintf(cut, sizeof cut, "%.6f", now - f->older_than);
     }
     snprintf(limit, sizeof limit, "%d", f->limit > 0 ? f->limit : 100);
-    char *b = NULL;
-    bool oom = false;
     const char *keys[1] = {idx};
-    const char *args[5] = {r->prefix, opt(f->context_id, &b, &oom), f->state ? f->state : "",
-                           cut, limit};
-    if (oom)
-        return bq_err_set(err, BQ_ENOMEM, "storage list: out of memory");
+    struct list args;
+    list_init(&args, 5);
+    add(&args, r->prefix);
+    add_opt(&args, f->context_id);
+    add(&args, f->state ? f->state : "");
+    add(&args, cut);
+    add(&args, limit);
     redisReply *rep = NULL;
-    bq_status st = run(r, R_LIST, 1, keys, 5, args, &rep, err);
-    bq_free(b);
+    bq_status st = args.oom ? bq_err_set(err, BQ_ENOMEM, "storage list: out of memory")
+                            : run(r, R_LIST, 1, keys, 5, args.v, &rep, err);
+    list_free(&args);
     if (st != BQ_OK)
         return st;
     if (rep->type != REDIS_REPLY_ARRAY) {
@@ -464,7 +618,8 @@ static void r_destroy(bq_storage *s)
 }
 
 static const struct bq_storage_ops redis_ops = {
-    "redis", r_create, r_get, r_change, r_list, r_remove, r_ping, r_destroy, NULL, NULL,
+    "redis", r_create, r_get, r_change, r_list, r_remove, r_ping, r_destroy, r_change_many,
+    r_start_many,
 };
 
 bq_status bq_storage_redis_open(const struct bq_storage_config *cfg, bq_storage **out,

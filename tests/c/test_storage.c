@@ -414,6 +414,104 @@ TEST(a_large_bound_is_sharded_and_exact)
     bq_storage_mem_reset();
 }
 
+/* A batch of changes and of starts, each change still an exact compare-and-set: made where
+ * the state allows, refused (with the state that refused it) where not, unknown ids not
+ * found; a start counts the attempt and records a task nobody recorded as working. The Redis
+ * storage makes each batch in one script, the memory storage one by one: the same results. */
+TEST(batches_of_changes_and_starts)
+{
+    reset_store();
+    bq_storage *s = open_store();
+    REQUIRE(s != NULL);
+    CHECK(on_redis == (s->ops->change_many != NULL && s->ops->start_many != NULL));
+    struct bq_task_result res[4];
+    const char *ids[] = {"cm-1", "cm-2", "cm-3"};
+    for (int i = 0; i < 3; i++) {
+        struct bq_task_new t = {ids[i], NULL, NULL, NULL, i == 0 ? "[1]" : NULL, NULL, NULL, 0,
+                                i == 1 ? "pause" : NULL};
+        CHECK_INT(s->ops->create(s, &t, &res[0], NULL), BQ_OK);
+    }
+    struct bq_task_change done = {.id = "cm-3", .to = "completed"};
+    CHECK_INT(s->ops->change(s, &done, &res[0], NULL), BQ_OK);
+    struct bq_task_change c[4];
+    const char *cids[] = {"cm-1", "cm-2", "cm-3", "cm-nope"};
+    for (int i = 0; i < 4; i++)
+        c[i] = (struct bq_task_change){.id = cids[i], .from = "submitted", .to = "working",
+                                       .count_attempt = true, .worker = "w-7", .requested = ""};
+    c[0].append_history = "[\"two\"]";
+    CHECK_INT(bq_storage_change_many(s, c, 4, res, NULL), BQ_OK);
+    CHECK(res[0].changed && res[0].found);
+    CHECK_STR(res[0].state, "working");
+    CHECK_INT(res[0].attempts, 1);
+    CHECK(res[1].changed);
+    CHECK_STR(res[1].requested, "");
+    CHECK(!res[2].changed && res[2].found);
+    CHECK_STR(res[2].state, "completed");
+    CHECK_INT(res[2].attempts, 0);
+    CHECK(!res[3].changed && !res[3].found);
+    struct bq_task_rec r;
+    bool found = false;
+    CHECK_INT(s->ops->get(s, "cm-1", &r, &found, NULL), BQ_OK);
+    REQUIRE(found);
+    CHECK_STR(r.history, "[1,\"two\"]");
+    CHECK_STR(r.worker, "w-7");
+    bq_task_rec_clear(&r);
+    if (on_redis) {
+        /* a bad change refuses the whole batch before anything is sent */
+        struct bq_task_change bad[2] = {{.id = "cm-1", .from = "working", .to = "completed"},
+                                        {.id = "cm-2", .to = "nonsense"}};
+        bq_err err;
+        CHECK_INT(bq_storage_change_many(s, bad, 2, res, &err), BQ_EINVAL);
+        CHECK_CONTAINS(err.msg, "unknown state 'nonsense'");
+        CHECK(!res[0].found && !res[0].changed);
+        CHECK_INT(s->ops->get(s, "cm-1", &r, &found, NULL), BQ_OK);
+        CHECK_STR(r.state, "working");
+        bq_task_rec_clear(&r);
+    }
+
+    /* starts: one submitted, one nobody recorded, one finished */
+    struct bq_task_new t = {"st-1", NULL, NULL, NULL, NULL, NULL, NULL, 0, "pause"};
+    CHECK_INT(s->ops->create(s, &t, &res[0], NULL), BQ_OK);
+    struct bq_task_new starts[4] = {{"st-1", NULL, "q", NULL, NULL, NULL, "w-8", 0, NULL},
+                                    {"st-2", "ctx", "q", NULL, "[\"hi\"]", "{\"m\":1}", "w-8", 0,
+                                     NULL},
+                                    {"cm-3", NULL, "q", NULL, NULL, NULL, "w-8", 0, NULL},
+                                    {"st-3", "ctx3", "q3", NULL, "[3]", NULL, "w-9", 0, NULL}};
+    CHECK_INT(bq_storage_start_many(s, starts, 4, res, NULL), BQ_OK);
+    CHECK(res[3].changed && res[3].found && res[3].attempts == 1);
+    CHECK(res[0].changed && res[0].found && res[0].attempts == 1);
+    CHECK_STR(res[0].state, "working");
+    CHECK_STR(res[0].requested, "");
+    CHECK(res[1].changed && res[1].found && res[1].attempts == 1);
+    CHECK_STR(res[1].state, "working");
+    CHECK(!res[2].changed && res[2].found);
+    CHECK_STR(res[2].state, "completed");
+    CHECK_INT(s->ops->get(s, "st-2", &r, &found, NULL), BQ_OK);
+    REQUIRE(found);
+    CHECK_STR(r.state, "working");
+    CHECK_STR(r.context_id, "ctx");
+    CHECK_STR(r.history, "[\"hi\"]");
+    CHECK_STR(r.metadata, "{\"m\":1}");
+    CHECK_STR(r.worker, "w-8");
+    CHECK_INT(r.attempts, 1);
+    bq_task_rec_clear(&r);
+    CHECK_INT(s->ops->get(s, "st-3", &r, &found, NULL), BQ_OK); /* the second one made */
+    REQUIRE(found);
+    CHECK_STR(r.state, "working");
+    CHECK_STR(r.context_id, "ctx3");
+    CHECK_STR(r.queue, "q3");
+    CHECK_STR(r.history, "[3]");
+    CHECK_STR(r.metadata, "{}");
+    CHECK_STR(r.worker, "w-9");
+    bq_task_rec_clear(&r);
+    CHECK_INT(s->ops->get(s, "st-1", &r, &found, NULL), BQ_OK);
+    CHECK_STR(r.worker, "w-8");
+    CHECK(r.requested == NULL);
+    bq_task_rec_clear(&r);
+    bq_storage_unref(s);
+    reset_store();
+}
+
 /* ---- The Redis storage's own promises --------------------------------------------------- */
 
 static bq_broker *raw;
@@ -556,6 +654,7 @@ static void run_conformance(void)
     RUN(threads_share_one_store);
     RUN(change_many_one_by_one);
     RUN(requested_at_create_and_as_a_condition);
+    RUN(batches_of_changes_and_starts);
 }
 
 int main(void)

@@ -122,6 +122,33 @@ describe("#redis task state in Redis", function()
         s:close()
     end)
 
+    it("runs a deep queue's chunks, recorded or not by their producer, each task exactly once", function()
+        local q = qname("deep")
+        local s = scheduler(q)
+        local ops = {}
+        for i = 1, 150 do ops[i] = { type = "run", task_id = q .. "-r" .. i, messages = { "hello" } } end
+        assert(s:schedule_many(ops))
+        -- a producer that records nothing (its storage is its own memory), as Bindu's
+        local bare = bq.scheduler{ scheduler = { url = server.url, queue_name = q }, storage = { type = "memory" } }
+        ops = {}
+        for i = 1, 150 do ops[i] = { type = "run", task_id = q .. "-m" .. i, messages = { "hello" } } end
+        assert(bare:schedule_many(ops))
+        bare:close()
+        local w = worker(q)
+        finally(function() proc.stop(w) end)
+        assert(proc.wait_for(function()
+            return #s:list_tasks{ state = "completed", limit = 1000 } == 300
+        end, 30), "not all 300 tasks completed: " .. #s:list_tasks{ state = "completed", limit = 1000 } .. " of "
+            .. #s:list_tasks{ limit = 1000 } .. "; " .. tostring(proc.read(w.log)):sub(1, 3000))
+        for _, id in ipairs({ q .. "-r1", q .. "-r150", q .. "-m1", q .. "-m150" }) do
+            local t = s:get_task(id)
+            assert.are.equal(1, t.attempts, id)
+            assert.are.equal(2, #t.history, id)
+            assert.are.equal("answer: hello (1)", t.history[2].content, id)
+        end
+        s:close()
+    end)
+
     it("refuses a storage with no Redis to use", function()
         local ok, err = pcall(bq.scheduler, { scheduler = { type = "memory" }, storage = { type = "redis" } })
         assert.is_false(ok)
