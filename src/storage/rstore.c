@@ -60,10 +60,10 @@ enum { R_CREATE = 0, R_CHANGE, R_LIST, R_REMOVE };
 static const struct {
     const char *src, *sha, *name;
 } scripts[] = {
-    {bq_script_create_N, bq_script_create_N_sha, "create-N"},
-    {bq_script_change_N, bq_script_change_N_sha, "change-N"},
-    {bq_script_list_1, bq_script_list_1_sha, "list-1"},
-    {bq_script_remove_2, bq_script_remove_2_sha, "remove-2"},
+    {bq_script_create_N, bq_script_create_N_sha, "storage create-N"},
+    {bq_script_change_N, bq_script_change_N_sha, "storage change-N"},
+    {bq_script_list_1, bq_script_list_1_sha, "storage list-1"},
+    {bq_script_remove_2, bq_script_remove_2_sha, "storage remove-2"},
 };
 
 /* ---- Commands ----------------------------------------------------------------------------- */
@@ -633,8 +633,8 @@ bq_status bq_storage_redis_open(const struct bq_storage_config *cfg, bq_storage 
     const char *why = bq_queue_name_problem(queue);
     if (why != NULL)
         return bq_err_set(err, BQ_EINVAL, "storage: queue name '%.60s' %s", queue, why);
-    if (cfg->ttl > 1e9)
-        return bq_err_set(err, BQ_EINVAL, "storage: ttl must be at most 1e9 seconds");
+    if (!(cfg->ttl <= 1e9)) /* NaN too */
+        return bq_err_set(err, BQ_EINVAL, "storage: ttl must be a number of seconds up to 1e9");
     struct rstore *r = bq_calloc(1, sizeof *r);
     if (r == NULL || (r->queue = bq_strdup(queue)) == NULL) {
         bq_free(r);
@@ -645,7 +645,13 @@ bq_status bq_storage_redis_open(const struct bq_storage_config *cfg, bq_storage 
     if (cfg->ttl > 0 && ttl < 1)
         ttl = 1;
     snprintf(r->ttl, sizeof r->ttl, "%lld", ttl);
-    bq_status st = bq_broker_open(cfg->redis, &r->b, err);
+    /* the scheduler's settings, but for the pool's own options when the section has them */
+    struct bq_broker_config bc = *cfg->redis;
+    if (cfg->max_connections > 0)
+        bc.max_connections = cfg->max_connections;
+    if (cfg->connect_timeout > 0)
+        bc.connect_timeout = cfg->connect_timeout;
+    bq_status st = bq_broker_open(&bc, &r->b, err);
     if (st == BQ_OK && strcmp(r->b->kind, "memory") == 0)
         st = bq_err_set(err, BQ_EINVAL, "storage: type \"redis\" needs a Redis URL");
     if (st != BQ_OK) {
