@@ -12,13 +12,15 @@
  *   {Q}:tasks            a sorted set of every task id, scored by created_at (list)
  *   {Q}:tasks:<state>    the same for the tasks in one state (list with a state, such as the
  *                        recovery sweep's "submitted older than ...")
+ *   {Q}:expiring         the finished tasks whose hash expires, scored by when
  *
  * A task is found by id alone because the storage's queue names the slot: every process
  * that shares task state must use the same queue_name (the storage's, not the one a task
  * was routed to; a task's own `queue` field is only data). A finished task's hash (completed,
  * failed, canceled, rejected) expires `ttl` seconds after its last change (7 days unless
  * configured; kept for ever when the option is 0); an open one never does. The index entries
- * of expired hashes are removed lazily, by list and a few at each create.
+ * of expired hashes are removed soon after: each create removes those of up to 8 tasks whose
+ * time in {Q}:expiring has passed, and list drops any it meets.
  *
  * Each create, change and remove is one server-side script (the files of lua/binduq/rstore/,
  * embedded in rscripts.h by src/broker/embed.lua; EVALSHA, then EVAL on NOSCRIPT), so every

@@ -607,6 +607,50 @@ TEST(redis_keys_share_the_slot_and_finished_tasks_expire)
     bq_storage_unref(keep);
 }
 
+/* A finished task's hash expires; {Q}:expiring says when, and the next create
+ * removes its index entries, even behind an older task that is still open (the indexes are in
+ * creation order, so the oldest entries are no guide). A task reopened leaves {Q}:expiring. */
+TEST(redis_expired_tasks_leave_the_indexes)
+{
+    reset_store();
+    bq_storage *s = open_redis(redis_queue, 1);
+    REQUIRE(s != NULL);
+    struct bq_task_result r;
+    const char *ids[] = {"old1", "old2", "old3", "old4", "f1", "f2"};
+    for (int i = 0; i < 6; i++) {
+        struct bq_task_new t = {ids[i], NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL};
+        CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
+    }
+    struct bq_task_change done[2] = {{.id = "f1", .to = "completed"}, {.id = "f2", .to = "failed"}};
+    struct bq_task_result rr[2];
+    CHECK_INT(bq_storage_change_many(s, done, 2, rr, NULL), BQ_OK);
+    CHECK(rr[0].changed && rr[1].changed);
+    char idx[128], exp[128], completed[128];
+    snprintf(idx, sizeof idx, "{%s}:tasks", redis_queue);
+    snprintf(exp, sizeof exp, "{%s}:expiring", redis_queue);
+    snprintf(completed, sizeof completed, "{%s}:tasks:completed", redis_queue);
+    const char *zexp[] = {"ZCARD", exp}, *zidx[] = {"ZCARD", idx}, *zdone[] = {"ZCARD", completed};
+    CHECK_INT(rcmd(NULL, 2, zexp), 2);
+    struct bq_task_change reopen = {.id = "f2", .from = "failed", .to = "submitted"};
+    CHECK_INT(s->ops->change(s, &reopen, &r, NULL), BQ_OK);
+    CHECK(r.changed);
+    CHECK_INT(rcmd(NULL, 2, zexp), 1); /* f1 only */
+    sleep(2);
+    struct bq_task_new t = {"new", NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL};
+    CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
+    CHECK_INT(rcmd(NULL, 2, zexp), 0);
+    CHECK_INT(rcmd(NULL, 2, zidx), 6); /* old1-4, f2, new */
+    CHECK_INT(rcmd(NULL, 2, zdone), 0);
+    struct bq_task_rec rec;
+    bool found = true;
+    CHECK_INT(s->ops->get(s, "f1", &rec, &found, NULL), BQ_OK);
+    CHECK(!found);
+    CHECK_INT(s->ops->get(s, "old1", &rec, &found, NULL), BQ_OK);
+    CHECK(found);
+    bq_task_rec_clear(&rec);
+    bq_storage_unref(s);
+}
+
 /* Two handles with pools of their own (as two processes have) see one set of tasks, and the
  * scripts are loaded again after SCRIPT FLUSH (EVALSHA's NOSCRIPT, then EVAL). */
 TEST(redis_handles_share_tasks_and_reload_scripts)
@@ -681,6 +725,7 @@ int main(void)
         run_conformance();
         RUN(redis_keys_share_the_slot_and_finished_tasks_expire);
         RUN(redis_handles_share_tasks_and_reload_scripts);
+        RUN(redis_expired_tasks_leave_the_indexes);
         bq_broker_free(raw);
     } else {
         printf("skip the Redis storage's tests (BQ_REDIS_URL is not set)\n");

@@ -2,7 +2,7 @@
 -- change_many).
 -- KEYS[1]    {Q}:tasks      the index of every task (unchanged here; it names the slot)
 -- KEYS[1+i]  {Q}:task:<id>  task i's hash, for i = 1..n
--- ARGV[1] the key prefix "{Q}:" (the state indexes {Q}:tasks:<state>)
+-- ARGV[1] the key prefix "{Q}:" (the state indexes {Q}:tasks:<state>, {Q}:expiring)
 -- ARGV[2] seconds a finished task is kept (0: for ever)
 -- then 11 for each task i, from ARGV[3 + 11 * (i - 1)]:
 --   the id;
@@ -17,6 +17,7 @@
 local p, ttl = ARGV[1], tonumber(ARGV[2])
 local OPEN = {submitted = true, working = true, ['input-required'] = true,
               ['auth-required'] = true, paused = true}
+local TERMINAL = {completed = true, failed = true, canceled = true, rejected = true}
 local function trim(s)
     return (string.gsub(string.gsub(s, '^%s+', ''), '%s+$', ''))
 end
@@ -67,10 +68,12 @@ local function change(k, a)
     end
     if ARGV[a + 10] == '1' then att = redis.call('HINCRBY', k, 'attempts', 1) end
     redis.call('HSET', k, 'updated_at', now)
-    if OPEN[state] then
-        redis.call('PERSIST', k)
-    elseif ttl > 0 then
+    if TERMINAL[state] and ttl > 0 then
         redis.call('EXPIRE', k, ttl)
+        redis.call('ZADD', p .. 'expiring', tonumber(t[1]) + ttl, id)
+    else -- open, or finished here where finished tasks are kept
+        redis.call('PERSIST', k)
+        redis.call('ZREM', p .. 'expiring', id)
     end
     return 1, 1, state, req, att
 end

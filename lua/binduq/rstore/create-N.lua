@@ -1,8 +1,8 @@
 -- create-N: record new tasks, each unless its id exists (storage.h, create).
 -- KEYS[1]    {Q}:tasks      every task of Q's storage, scored by created_at
 -- KEYS[1+i]  {Q}:task:<id>  task i's hash, for i = 1..n
--- ARGV[1] the key prefix "{Q}:" (the state indexes {Q}:tasks:<state> and the other tasks'
---         hashes, pruned here, share KEYS' slot)
+-- ARGV[1] the key prefix "{Q}:" (the state indexes {Q}:tasks:<state>, {Q}:expiring and the
+--         other tasks' hashes share KEYS' slot)
 -- ARGV[2] seconds a finished task is kept (0: for ever)
 -- then 9 for each task i, from ARGV[3 + 9 * (i - 1)]:
 --   the id, the state, history (JSON), metadata (JSON), attempts, then context_id, queue,
@@ -33,18 +33,31 @@ for i = 1, #KEYS - 1 do
         -- created_at's own text as the score, so the index and the record say the same time
         redis.call('ZADD', idx, now, id)
         redis.call('ZADD', p .. 'tasks:' .. state, now, id)
-        if TERMINAL[state] and ttl > 0 then redis.call('EXPIRE', k, ttl) end
+        if TERMINAL[state] and ttl > 0 then
+            redis.call('EXPIRE', k, ttl)
+            redis.call('ZADD', p .. 'expiring', tonumber(t[1]) + ttl, id)
+        end
         local req = ARGV[a + 9] ~= '' and string.sub(ARGV[a + 9], 2) or ''
         out[o + 1], out[o + 2], out[o + 3], out[o + 4] = 1, state, req, tonumber(ARGV[a + 5])
     end
 end
--- The indexes outlive the hashes that expire: each create drops the oldest entries whose
--- hash is gone, a few per index, so they stay about as long as the live records.
-local function prune(key, n)
-    for _, id in ipairs(redis.call('ZRANGE', key, 0, n - 1)) do
-        if redis.call('EXISTS', p .. 'task:' .. id) == 0 then redis.call('ZREM', key, id) end
+-- Finished tasks' hashes expire, and {Q}:expiring holds when each will: every call removes
+-- the index entries of up to 8 hashes that have expired, so the indexes keep only about the
+-- live records.
+local function sweep()
+    local exp = p .. 'expiring'
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', t[1], 'LIMIT', 0, 8)) do
+        local left = redis.call('PTTL', p .. 'task:' .. id)
+        if left == -2 then -- gone
+            redis.call('ZREM', KEYS[1], id)
+            for s in pairs(TERMINAL) do redis.call('ZREM', p .. 'tasks:' .. s, id) end
+            redis.call('ZREM', exp, id)
+        elseif left == -1 then -- kept for ever now
+            redis.call('ZREM', exp, id)
+        else -- finished again since: expires later
+            redis.call('ZADD', exp, tonumber(t[1]) + math.ceil(left / 1000), id)
+        end
     end
 end
-prune(idx, 3)
-for s in pairs(TERMINAL) do prune(p .. 'tasks:' .. s, 2) end
+sweep()
 return out
