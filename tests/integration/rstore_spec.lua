@@ -1,7 +1,8 @@
 -- Task state in Redis (storage = { type = "redis" }, src/storage/rstore.c) through a real
 -- redis-server, the worker in a process of its own configured by STORAGE_TYPE=redis and
 -- nothing else: s:get_task and s:wait in this process see the task the other one ran, with
--- its history and artifacts; a pause keeps its checkpoint for the worker that resumes it;
+-- its history and artifacts; the admin commands read the same; a pause keeps its checkpoint
+-- for the worker that resumes it; deep queues and the recovery sweep work on it;
 -- a finished task's hash carries the TTL, an open one none; every key is in the queue's slot,
 -- so the same works on a Redis Cluster, for queues whose slots are on different nodes.
 
@@ -163,6 +164,20 @@ describe("#redis task state in Redis", function()
             assert.are.equal(2, #t.history, id)
             assert.are.equal("answer: hello (1)", t.history[2].content, id)
         end
+        s:close()
+    end)
+
+    it("pushes again a submitted task that never reached the queue (recovery sweep)", function()
+        local q = qname("sweep")
+        local s = scheduler(q)
+        -- A producer that died between its store and its push left this behind.
+        local id = q .. "-lost"
+        s:storage():create{ id = id, queue = q, history = '[{"role":"user","content":"found"}]' }
+        local w = cluster.worker(server, q, { STORAGE_TYPE = "redis", BQ_TEST_BLOCK_TIMEOUT = 1,
+                                              BQ_TEST_RECOVERY_AFTER = 1 }, FIXTURE, dir)
+        finally(function() proc.stop(w) end)
+        local t = cluster.wait_state(s, id, "completed", 15)
+        assert.are.equal("answer: found (1)", t.history[2].content)
         s:close()
     end)
 
