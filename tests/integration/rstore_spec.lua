@@ -4,12 +4,14 @@
 -- its history and artifacts; the admin commands read the same; a pause keeps its checkpoint
 -- for the worker that resumes it; deep queues and the recovery sweep work on it;
 -- a finished task's hash carries the TTL, an open one none; every key is in the queue's slot,
--- so the same works on a Redis Cluster, for queues whose slots are on different nodes.
+-- so the same works on a Redis Cluster, for queues whose slots are on different nodes, and for
+-- an ACL user limited to the queue's keys, over TLS.
 
 local proc = require("helpers.proc")
 local redis = require("helpers.redis")
 local cluster = require("helpers.cluster")
 local rcluster = require("helpers.rcluster")
+local tls = require("helpers.tls")
 local bq = require("binduq")
 
 local FIXTURE = "tests/lua/fixtures/lifecycle_worker.lua"
@@ -230,5 +232,40 @@ describe("#redis #cluster task state in a Redis Cluster", function()
         assert.are.equal("1", (rcluster.cli(node.port, "EXISTS", "{" .. qa .. "}:task:a1"):gsub("%s+$", "")))
         sa:close()
         sb:close()
+    end)
+end)
+
+describe("#redis #tls task state in Redis over TLS, for a user limited to the queue's keys", function()
+    local server, certs, dir
+    setup(function()
+        bq.log_configure{ level = "off" }
+        certs = tls.make(proc.tmpdir())
+        server = redis.start{ tls = { cert = certs.server_cert, key = certs.server_key, ca = certs.ca } }
+        dir = proc.tmpdir()
+    end)
+    teardown(function()
+        server:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    it("keeps and shares the state with the scheduler's TLS settings and user", function()
+        local q = qname("acl")
+        -- only the queue's keys (the storage's among them) and its control channel
+        assert.are.equal("OK", (server:cli("ACL", "SETUSER", "agent", "on", ">a-pass", "~" .. q, "~{" .. q .. "}:*",
+                                           "&{" .. q .. "}:control", "+@all"):gsub("%s+$", "")))
+        local url = server.tls_url:gsub("^rediss://", "rediss://agent:a-pass@")
+        local s = bq.scheduler{ scheduler = { url = url, queue_name = q, tls = { ca_file = certs.ca } },
+                                storage = { type = "redis" } }
+        local w = cluster.worker({ url = url }, q, { STORAGE_TYPE = "redis", BINDUQ_TLS_CA_FILE = certs.ca,
+                                                     BQ_TEST_BLOCK_TIMEOUT = 1 }, FIXTURE, dir)
+        finally(function() proc.stop(w) end)
+        assert(s:run{ task_id = q .. "-1", messages = { "hello" } })
+        local t = assert(s:wait(q .. "-1", 15))
+        assert.are.equal("completed", t.state)
+        assert.are.equal("answer: hello (1)", t.history[2].content)
+        assert.are.equal(1, #s:list_tasks{ state = "completed" })
+        -- the plain port sees the record: TLS changes the transport only
+        assert.are.equal("completed", (server:cli("HGET", "{" .. q .. "}:task:" .. q .. "-1", "state"):gsub("%s+$", "")))
+        s:close()
     end)
 end)
