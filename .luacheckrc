@@ -6,6 +6,7 @@ self = false
 
 -- The Redis scripts run inside Redis: its globals, and Redis' Lua 5.1.
 files["lua/binduq/redis"] = { std = "lua51", read_globals = { "redis", "KEYS", "ARGV", "cjson" } }
+files["lua/binduq/rstore"] = { std = "lua51", read_globals = { "redis", "KEYS", "ARGV" } }
 files["tests"] = { std = "+busted" }
 -- Test data (expected wire bytes, fixtures) are long strings by nature.
 files["tests"].max_string_line_length = false

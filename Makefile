@@ -56,7 +56,7 @@ HOST_SRC = src/host/main.c
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LUA_OBJ = $(LUA_SRC:%.c=$(BUILD)/obj/%.o) $(LUA_CXX_SRC:%.cpp=$(BUILD)/obj/%.o)
 HOST_OBJ = $(HOST_SRC:%.c=$(BUILD)/obj/%.o)
-HEADERS = $(sort $(wildcard src/*.h src/*/*.h) src/broker/scripts.h)
+HEADERS = $(sort $(wildcard src/*.h src/*/*.h) src/broker/scripts.h src/storage/rscripts.h)
 
 C_TESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 
@@ -248,3 +248,9 @@ clean:
 src/broker/scripts.h: src/broker/embed.lua $(sort $(wildcard lua/binduq/redis/*.lua))
 	$(SAY) GEN $@
 	$(Q)lua5.4 src/broker/embed.lua $(sort $(wildcard lua/binduq/redis/*.lua)) > $@.tmp && mv $@.tmp $@
+
+# The Redis storage's scripts (src/storage/rstore.c), the same way.
+src/storage/rscripts.h: src/broker/embed.lua $(sort $(wildcard lua/binduq/rstore/*.lua))
+	$(SAY) GEN $@
+	$(Q)lua5.4 src/broker/embed.lua --guard BINDUQ_RSCRIPTS_H \
+	    $(sort $(wildcard lua/binduq/rstore/*.lua)) > $@.tmp && mv $@.tmp $@

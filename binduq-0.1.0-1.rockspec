@@ -52,7 +52,7 @@ build = {
                 "src/broker/redis.c", "src/broker/redis_admin.c", "src/broker/redis_control.c",
                 "src/broker/redis_feed.c", "src/broker/redis_fetch.c", "src/broker/redis_lease.c",
                 "src/storage/mem.c", "src/storage/pg.c",
-                "src/storage/pqapi.c", "src/storage/storage.c",
+                "src/storage/pqapi.c", "src/storage/rstore.c", "src/storage/storage.c",
                 "src/engine/client.c", "src/engine/config.c", "src/engine/feed_post.c", "src/engine/gateway.c",
                 "src/engine/metrics.c",
                 "src/engine/task.c",

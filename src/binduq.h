@@ -124,10 +124,13 @@ struct bq_client_options {
      * fields above, so positional initializers written for them still compile.
      *
      * Task state is recorded in a storage:
-     *   storage_type    "memory" or "postgres"; NULL: STORAGE_TYPE, else "postgres" when
-     *                   storage_url, DATABASE_URL or POSTGRES_URL is set, else "memory" (the
-     *                   storage of this process, shared with the workers it runs)
-     *   storage_url     postgresql://...; NULL: DATABASE_URL, else POSTGRES_URL
+     *   storage_type    "memory", "postgres" or "redis"; NULL: STORAGE_TYPE, else
+     *                   "postgres" when storage_url, DATABASE_URL or POSTGRES_URL is set,
+     *                   else "memory" (the storage of this process, shared with the workers
+     *                   it runs). "redis": hashes in this client's Redis, in the slot of its
+     *                   queue_name (docs/lifecycle.md)
+     *   storage_url     postgresql://...; NULL: DATABASE_URL, else POSTGRES_URL ("redis":
+     *                   a Redis URL; NULL: the client's own)
      *   storage_schema  PostgreSQL schema; NULL: "binduq" (with BINDUQ_STORAGE_LAYOUT=bindu,
      *                   Bindu's tables in the schema named after POSTGRES_DID or DID)
      * Deduplication of run and cancel (keys "run:<task_id>", "cancel:<task_id>"; pause and

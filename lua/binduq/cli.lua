@@ -97,6 +97,8 @@ Options: --database-url URL (default $DATABASE_URL)  --schema NAME (default bind
          --json (one JSON document on stdout)  --help
   cancel, pause, resume, retry go through Redis as the Lua API's s:cancel, s:pause, s:resume:
          --url URL (default $REDIS_URL)  --queue NAME (default: the queue the task was run on)
+  With STORAGE_TYPE=redis (and no --database-url) the task state is the Redis storage's, for
+  every subcommand: --url URL (default $REDIS_URL)  --queue NAME (default $REDIS_QUEUE_NAME)
 ]],
 }
 
@@ -373,9 +375,22 @@ function dlq.purge(s, opts)
         ("purged %d entr%s from %s"):format(n, n == 1 and "y" or "ies", s.queue_name))
 end
 
--- The storage section of --database-url or DATABASE_URL (or POSTGRES_URL), resolved. Task
--- state in memory lives only inside its worker process: there is nothing to read from here.
+-- Whether the task state to read is the Redis storage's: STORAGE_TYPE=redis and no
+-- --database-url (the Redis and queue of --url and --queue, as a worker's).
+local function redis_store(opts)
+    local t = core.env("STORAGE_TYPE")
+    return opts.database_url == nil and t ~= nil and t:lower() == "redis"
+end
+
+-- The storage section of --database-url or DATABASE_URL (or POSTGRES_URL), resolved, or of
+-- the Redis storage (redis_store). Task state in memory lives only inside its worker
+-- process: there is nothing to read from here.
 local function storage_section(opts)
+    if redis_store(opts) then
+        local okc, section = pcall(storage_mod.section, { type = "redis" })
+        if not okc then error({ fail = tostring(section) }) end
+        return section
+    end
     local url = opts.database_url or core.env("DATABASE_URL") or core.env("POSTGRES_URL")
     if url == nil or url == "" then
         error({ fail = "no database to inspect: set DATABASE_URL or pass --database-url "
@@ -389,7 +404,14 @@ local function storage_section(opts)
 end
 
 local function open_storage(opts)
-    local st, err = storage_mod.open(storage_section(opts))
+    local section, client = storage_section(opts), nil
+    if section.type == "redis" then
+        local okc, c = pcall(core.client, { url = opts.url, queue_name = opts.queue })
+        if not okc then error({ fail = tostring(c) }) end
+        client = c
+    end
+    local st, err = storage_mod.open(section, client)
+    if client then client:close() end -- the storage has its own connections
     if not st then error({ fail = tostring(err) }) end
     return st
 end
@@ -576,6 +598,12 @@ local function task_op(op, st, opts, pos)
     if not rec then error({ fail = "no task " .. id }) end
     check_state(op, id, rec, opts)
     local section = { url = opts.url, queue_name = opts.queue or rec.queue }
+    if redis_store(opts) then
+        -- the storage's queue names its keys' slot: --queue (or REDIS_QUEUE_NAME) as given,
+        -- and the operation goes to the task's own queue
+        section.queue_name = opts.queue
+        section.route = function() return rec.queue end
+    end
     -- A retry's run repeats the task's own, whose deduplication key may still be held.
     if op == "retry" then section.dedup = false end
     local okc, s = pcall(scheduler.new, section, nil, storage_section(opts))
@@ -862,7 +890,7 @@ function M.main(args)
             if pos[1] ~= "list" and not pos[2] then error({ usage = pos[1] .. " needs a task ID" }) end
             if pos[1] ~= "list" and pos[3] then error({ usage = "unexpected argument '" .. pos[3] .. "'" }) end
             if opts.message and pos[1] ~= "resume" then error({ usage = "--message is for resume only" }) end
-            if (opts.url or opts.queue) and (pos[1] == "show" or pos[1] == "list") then
+            if (opts.url or opts.queue) and (pos[1] == "show" or pos[1] == "list") and not redis_store(opts) then
                 error({ usage = (opts.url and "--url" or "--queue") .. " is for cancel, pause, resume and retry" })
             end
             local st = open_storage(opts)

@@ -24,7 +24,7 @@ M.TLS_KEYS = { ca_file = "string", ca_dir = "string", cert_file = "string", key_
                server_name = "string", verify = "boolean" }
 
 M.STORAGE_KEYS = { type = "string", url = "string", schema = "string", layout = "string", max_connections = "number",
-                   connect_timeout = "number", max_tasks = "number" }
+                   connect_timeout = "number", max_tasks = "number", ttl = "number" }
 
 M.WORKER_KEYS = {
     scheduler = "table", storage = "table", concurrency = "number", tasks_per_state = "number",
@@ -137,8 +137,10 @@ end
 function M.check_storage(s, level)
     level = (level or 1) + 1
     M.check(s, M.STORAGE_KEYS, "storage", level)
-    if s ~= nil and s.type ~= nil and s.type ~= "memory" and s.type ~= "postgres" and s.type ~= "postgresql" then
-        error("storage type '" .. tostring(s.type) .. "' is not supported (expected \"memory\" or \"postgres\")", level)
+    if s ~= nil and s.type ~= nil and s.type ~= "memory" and s.type ~= "postgres" and s.type ~= "postgresql"
+        and s.type ~= "redis" then
+        error("storage type '" .. tostring(s.type) .. "' is not supported (expected \"memory\", \"postgres\" or \"redis\")",
+              level)
     end
 end
 

@@ -8,7 +8,8 @@
 --
 -- With neither REDIS_URL nor a scheduler url, everything runs on the in-memory scheduler of
 -- this process; task state is kept in memory unless DATABASE_URL (or a storage section)
--- names PostgreSQL. See the README for every option.
+-- names PostgreSQL, or STORAGE_TYPE=redis (or storage = { type = "redis" }) the scheduler's
+-- Redis. See the README for every option.
 
 local core = require("binduq.core")
 

@@ -68,7 +68,7 @@ function M.new(opts, level, storage_section)
     end
     local ok, client = pcall(core.client, section)
     if not ok then error(client, level) end
-    local store, serr = storage_mod.open(storage_section)
+    local store, serr = storage_mod.open(storage_section, client)
     if not store then
         client:close()
         error("storage: " .. tostring(serr), level)

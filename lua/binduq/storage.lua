@@ -1,8 +1,10 @@
---- binduq.storage: where task state lives (in memory, or PostgreSQL through libpq).
+--- binduq.storage: where task state lives (in memory, PostgreSQL through libpq, or Redis).
 --
 --   storage = { type = "postgres", url = "postgresql://user:pass@host:5432/db",
 --               schema = "binduq", max_connections = 4, connect_timeout = 5 }
 --   storage = { type = "memory", max_tasks = 100000 }  -- records this process keeps
+--   storage = { type = "redis", ttl = 604800 }  -- the scheduler's Redis (or url = "redis://...");
+--                                               -- finished tasks kept ttl seconds (0: for ever)
 --
 -- With no storage section, DATABASE_URL selects PostgreSQL; without it the state is kept in
 -- the memory of this process. The mechanism (pool, schema migration, compare-and-set
@@ -30,9 +32,13 @@ function M.section(s, level)
     if s.max_tasks ~= nil and (math.type(s.max_tasks) ~= "integer" or s.max_tasks < 1 or s.max_tasks > 10000000) then
         error("storage.max_tasks must be a whole number from 1 to 10000000", level)
     end
+    if s.ttl ~= nil and (s.ttl < 0 or s.ttl > 1e9) then
+        error("storage.ttl must be from 0 (keep for ever) to 1e9 seconds", level)
+    end
     return { type = r.type, url = r.url, url_name = r.url_name, schema = r.schema, layout = r.layout,
              max_connections = s.max_connections,
-             connect_timeout = s.connect_timeout, max_tasks = r.type == "memory" and s.max_tasks or nil }
+             connect_timeout = s.connect_timeout, max_tasks = r.type == "memory" and s.max_tasks or nil,
+             ttl = r.type == "redis" and s.ttl or nil }
 end
 
 --- The schema Bindu keeps an agent's tables in, from its DID: lower case, every character
@@ -45,8 +51,15 @@ function M.did_schema(did, level)
     return name
 end
 
---- Opens a resolved section: a binduq.Storage handle, or nil, message, code.
-function M.open(section)
+--- Opens a resolved section: a binduq.Storage handle, or nil, message, code. A Redis storage
+-- uses the Redis of `client` (the scheduler's binduq.Client, whose queue names the Cluster
+-- slot of its keys) unless the section has a url; without a client, REDIS_URL's.
+function M.open(section, client)
+    if section.type == "redis" and client ~= nil then
+        local copy = { client = client }
+        for k, v in pairs(section) do copy[k] = v end
+        section = copy
+    end
     return core.storage(section)
 end
 

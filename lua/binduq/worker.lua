@@ -377,7 +377,7 @@ local function result_of(ev)
     return r
 end
 
--- The recovery sweep (PostgreSQL storage): a task recorded as submitted that never started
+-- The recovery sweep (PostgreSQL or Redis storage): a task recorded as submitted that never started
 -- and is older than recovery_after seconds may have been lost between the producer's store
 -- and its push (a crash). It is pushed again under the run's deduplication key, so a task
 -- whose run is still queued (its key held) is not pushed twice. Returns how many it pushed.

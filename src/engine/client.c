@@ -41,6 +41,9 @@ static bq_status open_storage(bq_client *c, const struct bq_client_options *opts
 {
     struct bq_storage_choice sc;
     bq_status st = bq_config_storage(opts, &sc, err);
+    struct bq_broker_config bc;
+    if (st == BQ_OK && strcmp(sc.cfg.type, "redis") == 0)
+        bq_storage_choice_redis(&sc, &c->cfg, &bc);
     if (st == BQ_OK)
         st = bq_storage_open(&sc.cfg, &c->store, err);
     bq_storage_choice_free(&sc);

@@ -311,9 +311,11 @@ bq_status bq_storage_resolve(const struct bq_storage_request *in, struct bq_stor
             type = "memory";
         else if (strcasecmp(env_type, "postgres") == 0)
             type = "postgres";
+        else if (strcasecmp(env_type, "redis") == 0)
+            type = "redis";
         else
-            return bq_err_set(err, BQ_EINVAL, "STORAGE_TYPE: expected memory or postgres, got "
-                              "'%.40s'", env_type);
+            return bq_err_set(err, BQ_EINVAL, "STORAGE_TYPE: expected memory, postgres or redis, "
+                              "got '%.40s'", env_type);
     }
     if (url == NULL && (type == NULL || strcmp(type, "postgres") == 0 ||
                         strcmp(type, "postgresql") == 0)) {
@@ -331,11 +333,14 @@ bq_status bq_storage_resolve(const struct bq_storage_request *in, struct bq_stor
     } else if (strcmp(type, "memory") == 0) {
         url = NULL;
         url_name = NULL;
-    } else {
+    } else if (strcmp(type, "redis") != 0) {
         return bq_err_set(err, BQ_EINVAL, "storage type '%.40s' is not supported (expected "
-                          "\"memory\" or \"postgres\")", type);
+                          "\"memory\", \"postgres\" or \"redis\")", type);
     }
-    out->cfg.type = strcmp(type, "memory") == 0 ? "memory" : "postgres";
+    /* redis: the url given, else the scheduler's (bq_storage_choice_redis) */
+    out->cfg.type = strcmp(type, "memory") == 0  ? "memory"
+                    : strcmp(type, "redis") == 0 ? "redis"
+                                                 : "postgres";
     out->url_name = url_name;
     const char *layout = in->layout != NULL ? in->layout : bq_env_any_case("BINDUQ_STORAGE_LAYOUT");
     bq_status st = BQ_OK;
@@ -371,6 +376,18 @@ bq_status bq_config_storage(const struct bq_client_options *opts, struct bq_stor
         in.schema = opts->storage_schema;
     }
     return bq_storage_resolve(&in, out, err);
+}
+
+void bq_storage_choice_redis(struct bq_storage_choice *c, const struct bq_config *sched,
+                             struct bq_broker_config *bc)
+{
+    bq_config_broker(sched, bc);
+    if (c->cfg.url != NULL) {
+        bc->url = c->cfg.url;
+        bc->url_source = c->url_name;
+    }
+    c->cfg.redis = bc;
+    c->cfg.queue = sched->queue_name;
 }
 
 void bq_storage_choice_free(struct bq_storage_choice *c)

@@ -59,7 +59,7 @@ void bq_config_free(struct bq_config *cfg);
 
 /* The one rule for where task state lives, for the C options (bq_config_storage) and Lua's
  * storage sections (lua/binduq/storage.lua, through core.storage_resolve): the type given,
- * else STORAGE_TYPE (memory or postgres, any case), else postgres when a URL is given or in
+ * else STORAGE_TYPE (memory, postgres or redis, any case), else postgres when a URL is given or in
  * DATABASE_URL or POSTGRES_URL, else memory; postgres needs a URL; a layout given, else
  * BINDUQ_STORAGE_LAYOUT; the bindu layout's schema is named after POSTGRES_DID or DID unless
  * a schema is given. NULL fields of the request take the environment; its *_option names say
@@ -89,6 +89,11 @@ bq_status bq_did_schema(const char *did, const char *schema_option, char **out, 
 bq_status bq_config_storage(const struct bq_client_options *opts, struct bq_storage_choice *out,
                             bq_err *err);
 void bq_storage_choice_free(struct bq_storage_choice *c);
+/* For a "redis" choice: bc becomes the scheduler's broker settings (sched's, borrowed), its
+ * url replaced by the storage's own when c has one, and c->cfg's redis and queue point at bc
+ * and sched's queue, whose Cluster slot the storage's keys share. */
+void bq_storage_choice_redis(struct bq_storage_choice *c, const struct bq_config *sched,
+                             struct bq_broker_config *bc);
 
 /* The broker settings of a resolved configuration (pointers borrowed from cfg). */
 void bq_config_broker(const struct bq_config *cfg, struct bq_broker_config *out);

@@ -2,7 +2,10 @@
  * l_storage.c -- binduq.Storage: task state (storage/storage.h) seen from Lua.
  *
  *   local st = core.storage{type=, url=, url_name=, schema=, max_connections=, connect_timeout=,
- *                           max_tasks=}
+ *                           max_tasks=, ttl=, client=}
+ *       (redis: the Redis of `client`, a binduq.Client, else of REDIS_URL, unless url is
+ *       given; its queue names the keys' slot; ttl: seconds a finished task is kept, 0: for
+ *       ever, default 7 days)
  *   st:create{id=, context_id=, queue=, state=, history=<json>, metadata=<json>, requested=}
  *       -> created, state
  *   st:get(id)               -> record | false (unknown)
@@ -10,7 +13,7 @@
  *             requested=, worker=, count_attempt=, if_requested=}
  *             -> changed, state | false, requested
  *   st:list{state=, context_id=, older_than=, limit=}  -> {record, ...}
- *   st:remove(id) -> existed      st:ping() -> true      st:kind() -> "memory" | "postgres"
+ *   st:remove(id) -> existed      st:ping() -> true      st:kind() -> "memory" | "postgres" | "redis"
  *   st:close()
  *   core.slot_storage() -> the storage of the worker this handler state serves (or nil)
  *
@@ -23,6 +26,7 @@
 #include "../core/alloc.h"
 #include "../core/buf.h"
 #include "../core/err.h"
+#include "../engine/client.h"
 #include "../engine/config.h"
 #include "../engine/task.h"
 #include "../storage/storage.h"
@@ -75,11 +79,40 @@ static int l_storage_new(lua_State *L)
         return luaL_error(L, "option 'max_tasks' must be from 1 to 10000000 (got %I)",
                           (LUAI_UACINT)max_tasks);
     cfg.max_tasks = (int)max_tasks;
+    lua_Number ttl = bq_lua_opt_number(L, 1, "ttl", -1);
+    if (ttl != -1 && !(ttl >= 0 && ttl <= 1e9))
+        return luaL_error(L, "option 'ttl' must be from 0 to 1e9 seconds");
+    cfg.ttl = ttl == -1 ? 0 : ttl == 0 ? -1 : ttl; /* the option's 0 keeps finished tasks */
+    /* redis: the scheduler's settings, from its client when given, else the environment */
+    bool redis = cfg.type != NULL && strcmp(cfg.type, "redis") == 0;
+    bq_client *client = NULL;
+    if (lua_getfield(L, 1, "client") != LUA_TNIL)
+        client = bq_lua_check_client(L, -1);
+    lua_pop(L, 1);
     struct lstorage *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->s = NULL;
     luaL_setmetatable(L, BQ_STORAGE_MT);
     bq_err err;
-    bq_status st = bq_storage_open(&cfg, &u->s, &err);
+    bq_status st = BQ_OK;
+    struct bq_config env;
+    memset(&env, 0, sizeof env);
+    struct bq_broker_config bc;
+    if (redis) {
+        const struct bq_config *sched = client != NULL ? &client->cfg : &env;
+        if (client == NULL)
+            st = bq_config_resolve(NULL, &env, &err);
+        struct bq_storage_choice sc;
+        memset(&sc, 0, sizeof sc);
+        sc.cfg = cfg;
+        sc.url_name = cfg.url_name != NULL ? cfg.url_name : "storage.url";
+        if (st == BQ_OK) {
+            bq_storage_choice_redis(&sc, sched, &bc);
+            cfg = sc.cfg;
+        }
+    }
+    if (st == BQ_OK)
+        st = bq_storage_open(&cfg, &u->s, &err);
+    bq_config_free(&env);
     if (st != BQ_OK)
         return bq_lua_fail(L, &err);
     return 1;

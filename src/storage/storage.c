@@ -1,5 +1,5 @@
 /*
- * storage.c -- what both storage implementations share: opening by configuration, reference
+ * storage.c -- what the storage implementations share: opening by configuration, reference
  * counting, records, and the state names (see storage.h).
  */
 #include "storage.h"
@@ -105,8 +105,10 @@ bq_status bq_storage_open(const struct bq_storage_config *cfg, bq_storage **out,
                               "(storage.url or DATABASE_URL)");
         return bq_storage_pg_open(cfg, out, err);
     }
-    return bq_err_set(err, BQ_EINVAL, "storage: unknown type '%.40s' (expected \"memory\" or "
-                      "\"postgres\")", type);
+    if (strcmp(type, "redis") == 0)
+        return bq_storage_redis_open(cfg, out, err);
+    return bq_err_set(err, BQ_EINVAL, "storage: unknown type '%.40s' (expected \"memory\", "
+                      "\"postgres\" or \"redis\")", type);
 }
 
 bq_storage *bq_storage_ref(bq_storage *s)

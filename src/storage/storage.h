@@ -1,7 +1,8 @@
 /*
  * storage.h -- where task state lives: the interface the worker and the producer use, with
- * two implementations, in memory (mem.c: the default, one process) and PostgreSQL (pg.c,
- * through libpq).
+ * three implementations, in memory (mem.c: the default, one process), PostgreSQL (pg.c,
+ * through libpq) and Redis (rstore.c: hashes in the queue's Cluster slot, with a TTL once
+ * finished).
  *
  * A task record:
  *
@@ -44,6 +45,8 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+
+struct bq_broker_config;
 
 #define BQ_STATE_LEN 24  /* longest state name ("input-required") plus room */
 
@@ -109,7 +112,7 @@ struct bq_task_filter {
 };
 
 struct bq_storage_ops {
-    const char *name; /* "memory" | "postgres" */
+    const char *name; /* "memory" | "postgres" | "redis" */
     /* Records a new task unless its id exists; res->changed says which. */
     bq_status (*create)(bq_storage *s, const struct bq_task_new *t, struct bq_task_result *res,
                         bq_err *err);
@@ -145,8 +148,9 @@ struct bq_storage {
 };
 
 struct bq_storage_config {
-    const char *type;       /* "memory" | "postgres"; NULL: postgres if url is set */
-    const char *url;        /* postgresql://... (postgres://, postgresql+asyncpg:// too) */
+    const char *type;       /* "memory" | "postgres" | "redis"; NULL: postgres if url is set */
+    const char *url;        /* postgresql://... (postgres://, postgresql+asyncpg:// too); for
+                             * redis the URL is in `redis` */
     const char *schema;     /* PostgreSQL schema; NULL: "binduq" */
     int max_connections;    /* <= 0: 4 */
     double connect_timeout; /* seconds; <= 0: 5 */
@@ -156,6 +160,12 @@ struct bq_storage_config {
                              * (Bindu's tasks and contexts tables, pg.c) */
     const char *url_name;   /* where url came from, for messages ("DATABASE_URL",
                              * "storage.url", ...); NULL: "storage url" */
+    /* Redis: the server's settings (the scheduler's, or its url replaced by storage.url),
+     * borrowed for the open; the queue whose Cluster slot holds every key (NULL:
+     * "bindu:tasks"); seconds a finished task is kept (0: 7 days; < 0: for ever). */
+    const struct bq_broker_config *redis;
+    const char *queue;
+    double ttl;
 };
 
 /* Opens a storage (the memory storage is one per process: every handle shares it). */
@@ -182,6 +192,8 @@ bq_status bq_storage_start_many(bq_storage *s, const struct bq_task_new *tasks, 
 bq_status bq_storage_mem_open(int max_tasks, bq_storage **out, bq_err *err);
 bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **out,
                              bq_err *err);
+bq_status bq_storage_redis_open(const struct bq_storage_config *cfg, bq_storage **out,
+                                bq_err *err);
 /* Forgets every task of the memory storage and restores its default bound (tests). */
 void bq_storage_mem_reset(void);
 

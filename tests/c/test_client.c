@@ -119,6 +119,52 @@ TEST(a_run_is_recorded_submitted_before_it_is_pushed)
     bq_client_free(c);
 }
 
+/* storage_type "redis": the run is recorded in the client's own Redis, in its queue's slot,
+ * where another client (another process) finds it; a cancel there finishes it with a TTL. */
+TEST(a_run_is_recorded_in_redis_with_storage_type_redis)
+{
+    NEED_REDIS();
+    struct bq_client_options o = {.storage_type = "redis"};
+    char queue[96], id[96], key[256];
+    bq_client *c = open_client(&o, "rstore", queue, sizeof queue);
+    REQUIRE(c != NULL);
+    REQUIRE(c->store != NULL);
+    CHECK_STR(c->store->ops->name, "redis");
+    snprintf(id, sizeof id, "%s:rstore:1", prefix);
+    struct bq_task t = {"run", id, "conv-r", hi, 1};
+    bq_err err;
+    CHECK_INT(bq_schedule(c, &t, &err), BQ_OK);
+    struct bq_client_options o2 = {.storage_type = "redis"};
+    char queue2[96];
+    bq_client *other = open_client(&o2, "rstore", queue2, sizeof queue2);
+    REQUIRE(other != NULL);
+    struct bq_task_rec rec;
+    bool found = false;
+    CHECK_INT(other->store->ops->get(other->store, id, &rec, &found, &err), BQ_OK);
+    REQUIRE(found);
+    CHECK_STR(rec.state, "submitted");
+    CHECK_STR(rec.context_id, "conv-r");
+    CHECK_STR(rec.history, "[{\"role\":\"user\",\"content\":\"hi\"}]");
+    bq_task_rec_clear(&rec);
+    snprintf(key, sizeof key, "{%s}:task:%s", queue, id);
+    const char *ttl[] = {"TTL", key};
+    void *out = NULL;
+    CHECK_INT(c->broker->admin->command(c->broker, queue, 2, ttl, NULL, &out, &err), BQ_OK);
+    CHECK(out != NULL && ((redisReply *)out)->integer == -1); /* open: kept */
+    freeReplyObject(out);
+    struct bq_task cancel = {"cancel", id, NULL, NULL, 0};
+    CHECK_INT(bq_schedule(c, &cancel, &err), BQ_OK);
+    CHECK_INT(other->store->ops->get(other->store, id, &rec, &found, &err), BQ_OK);
+    CHECK_STR(rec.state, "canceled");
+    bq_task_rec_clear(&rec);
+    out = NULL;
+    CHECK_INT(c->broker->admin->command(c->broker, queue, 2, ttl, NULL, &out, &err), BQ_OK);
+    CHECK(out != NULL && ((redisReply *)out)->integer > 7 * 86400 - 60); /* finished: 7 days */
+    freeReplyObject(out);
+    bq_client_free(other);
+    bq_client_free(c);
+}
+
 TEST(duplicates_of_run_and_cancel_are_not_pushed_and_are_counted)
 {
     NEED_REDIS();
@@ -614,9 +660,14 @@ TEST(the_storage_comes_from_the_environment_as_the_lua_side_reads_it)
     CHECK_STR(sc.cfg.type, "postgres");
     CHECK_STR(sc.cfg.url, "postgresql://o@h/b");
     bq_storage_choice_free(&sc);
+    setenv("STORAGE_TYPE", "REDIS", 1); /* the scheduler's Redis: no url of its own */
+    CHECK_INT(bq_config_storage(NULL, &sc, &err), BQ_OK);
+    CHECK_STR(sc.cfg.type, "redis");
+    CHECK(sc.cfg.url == NULL);
+    bq_storage_choice_free(&sc);
     setenv("STORAGE_TYPE", "sqlite", 1);
     CHECK_INT(bq_config_storage(NULL, &sc, &err), BQ_EINVAL);
-    CHECK_STR(err.msg, "STORAGE_TYPE: expected memory or postgres, got 'sqlite'");
+    CHECK_STR(err.msg, "STORAGE_TYPE: expected memory, postgres or redis, got 'sqlite'");
     bq_storage_choice_free(&sc);
     unsetenv("STORAGE_TYPE");
 
@@ -863,6 +914,7 @@ int main(void)
     /* first: the warning is once per process, and a child inherits whether it was said */
     RUN(a_memory_producer_without_a_worker_warns_once);
     RUN(a_run_is_recorded_submitted_before_it_is_pushed);
+    RUN(a_run_is_recorded_in_redis_with_storage_type_redis);
     RUN(duplicates_of_run_and_cancel_are_not_pushed_and_are_counted);
     RUN(a_cancel_is_stored_and_published_on_the_control_channel);
     RUN(a_pause_parks_a_submitted_task_and_asks_a_running_one);

@@ -73,7 +73,7 @@ static void url_for(char *out, size_t size, const char *userinfo, const char *qu
 static bq_status open_with(const char *url, const char *sch, int max, double timeout,
                            bq_storage **out, bq_err *err)
 {
-    struct bq_storage_config cfg = {"postgres", url, sch, max, timeout, 0, NULL, NULL};
+    struct bq_storage_config cfg = {"postgres", url, sch, max, timeout, 0, NULL, NULL, NULL, NULL, 0};
     return bq_storage_pg_open(&cfg, out, err);
 }
 
@@ -616,7 +616,7 @@ TEST(bindu_layout_keeps_bindus_rows)
     NEED_PG();
     char sch[64], out[512];
     snprintf(sch, sizeof sch, "did_bindu_layout_%d", (int)getpid());
-    struct bq_storage_config cfg = {"postgres", pg_url, sch, 2, 5, 0, "bindu", NULL};
+    struct bq_storage_config cfg = {"postgres", pg_url, sch, 2, 5, 0, "bindu", NULL, NULL, NULL, 0};
     bq_storage *b = NULL;
     bq_err err;
     CHECK_INT(bq_storage_pg_open(&cfg, &b, &err), BQ_OK);

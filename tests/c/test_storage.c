@@ -1,28 +1,73 @@
 /*
  * test_storage.c -- the in-memory storage (src/storage/mem.c) through the storage interface:
  * create once, compare-and-set changes, terminal states, JSON array appends, field
- * set/clear, listing with filters, removal, many threads at once, and the bound on records.
+ * set/clear, listing with filters, removal, many threads at once, and the bound on records;
+ * then the same promises of the Redis storage (src/storage/rstore.c) when BQ_REDIS_URL is
+ * set, and its own: keys in the queue's slot, finished tasks' TTL, handles sharing tasks.
  */
 #include "check.h"
 
 #include "../../src/core/alloc.h"
 #include "../../src/core/err.h"
 #include "../../src/core/log.h"
+#include "../../src/broker/broker.h"
+#include "../../src/broker/keys.h"
 #include "../../src/storage/storage.h"
 
+#include <hiredis/hiredis.h>
+#include <math.h>
 #include <pthread.h>
+#include <unistd.h>
 
 static bq_storage *open_mem(void)
 {
-    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 0, NULL, NULL};
+    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 0, NULL, NULL, NULL, NULL, 0};
     bq_storage *s = NULL;
     CHECK_INT(bq_storage_open(&cfg, &s, NULL), BQ_OK);
     return s;
 }
 
+/* The tests of the interface's promises run on each storage in turn: the memory storage,
+ * then the Redis storage (src/storage/rstore.c) against the redis-server of BQ_REDIS_URL
+ * when it is set. Each Redis reset moves to a queue of its own, so every test starts with
+ * no tasks, as mem's reset gives. */
+static const char *redis_url;
+static bool on_redis;
+static char redis_queue[64];
+static int redis_round;
+
+static bq_storage *open_redis(const char *queue, double ttl)
+{
+    struct bq_broker_config bc = {.url = redis_url, .url_source = "BQ_REDIS_URL",
+                                  .max_connections = 8, .connect_timeout = 2,
+                                  .command_timeout = 5, .pool_timeout = 5};
+    struct bq_storage_config cfg = {.type = "redis", .redis = &bc, .queue = queue, .ttl = ttl};
+    bq_storage *s = NULL;
+    bq_err err;
+    bq_status st = bq_storage_open(&cfg, &s, &err);
+    if (st != BQ_OK)
+        printf("  open_redis: %s\n", err.msg);
+    CHECK_INT(st, BQ_OK);
+    return s;
+}
+
+static bq_storage *open_store(void)
+{
+    return on_redis ? open_redis(redis_queue, 0) : open_mem();
+}
+
+static void reset_store(void)
+{
+    if (!on_redis) {
+        bq_storage_mem_reset();
+        return;
+    }
+    snprintf(redis_queue, sizeof redis_queue, "test-rstore:%d:%d", (int)getpid(), ++redis_round);
+}
+
 TEST(create_get_and_cas)
 {
-    bq_storage *s = open_mem();
+    bq_storage *s = open_store();
     struct bq_task_new t = {"t1", "c1", "q", NULL, "[{\"role\":\"user\",\"content\":\"hi\"}]",
                             "{\"k\":1}", NULL, 0, NULL};
     struct bq_task_result r;
@@ -93,8 +138,8 @@ TEST(create_get_and_cas)
 
 TEST(list_filters_newest_first)
 {
-    bq_storage_mem_reset();
-    bq_storage *s = open_mem();
+    reset_store();
+    bq_storage *s = open_store();
     for (int i = 0; i < 10; i++) {
         char id[16];
         snprintf(id, sizeof id, "L%d", i);
@@ -121,7 +166,7 @@ TEST(list_filters_newest_first)
     CHECK_INT((int)n, 0);
     bq_task_recs_free(v, n);
     bq_storage_unref(s);
-    bq_storage_mem_reset();
+    reset_store();
 }
 
 static void *hammer(void *arg)
@@ -137,7 +182,7 @@ static void *hammer(void *arg)
 
 TEST(threads_share_one_store)
 {
-    bq_storage *a = open_mem(), *b = open_mem();
+    bq_storage *a = open_store(), *b = open_store();
     struct bq_task_new t = {"shared", NULL, NULL, "working", NULL, NULL, "w1", 1, NULL};
     struct bq_task_result r;
     CHECK_INT(a->ops->create(a, &t, &r, NULL), BQ_OK);
@@ -153,17 +198,20 @@ TEST(threads_share_one_store)
     bq_task_rec_clear(&rec);
     bq_storage_unref(a);
     bq_storage_unref(b);
-    bq_storage_mem_reset();
+    reset_store();
 }
 
 TEST(open_checks_the_type)
 {
     bq_err err;
     bq_storage *s;
-    struct bq_storage_config bad = {"redis", NULL, NULL, 0, 0, 0, NULL, NULL};
+    struct bq_storage_config bad = {"mongo", NULL, NULL, 0, 0, 0, NULL, NULL, NULL, NULL, 0};
     CHECK_INT(bq_storage_open(&bad, &s, &err), BQ_EINVAL);
-    CHECK_CONTAINS(err.msg, "unknown type 'redis'");
-    struct bq_storage_config nourl = {"postgres", NULL, NULL, 0, 0, 0, NULL, NULL};
+    CHECK_CONTAINS(err.msg, "unknown type 'mongo'");
+    struct bq_storage_config noredis = {"redis", NULL, NULL, 0, 0, 0, NULL, NULL, NULL, NULL, 0};
+    CHECK_INT(bq_storage_open(&noredis, &s, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "needs a Redis URL");
+    struct bq_storage_config nourl = {"postgres", NULL, NULL, 0, 0, 0, NULL, NULL, NULL, NULL, 0};
     CHECK_INT(bq_storage_open(&nourl, &s, &err), BQ_EINVAL);
     CHECK_CONTAINS(err.msg, "needs a url");
     CHECK(bq_task_state_terminal("canceled"));
@@ -186,7 +234,7 @@ static bool has(bq_storage *s, const char *id)
 TEST(max_tasks_bounds_the_records)
 {
     bq_storage_mem_reset();
-    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 5, NULL, NULL};
+    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 5, NULL, NULL, NULL, NULL, 0};
     bq_storage *s = NULL;
     CHECK_INT(bq_storage_open(&cfg, &s, NULL), BQ_OK);
     struct bq_task_result r;
@@ -253,7 +301,7 @@ TEST(max_tasks_bounds_the_records)
 /* `requested` given at create, and as a condition of a change (if_requested). */
 TEST(requested_at_create_and_as_a_condition)
 {
-    bq_storage *s = open_mem();
+    bq_storage *s = open_store();
     struct bq_task_new t = {"rq", NULL, NULL, "paused", NULL, NULL, NULL, 0, "resume"};
     struct bq_task_result r;
     CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
@@ -283,8 +331,8 @@ TEST(requested_at_create_and_as_a_condition)
 
 TEST(change_many_one_by_one)
 {
-    bq_storage_mem_reset();
-    bq_storage *s = open_mem();
+    reset_store();
+    bq_storage *s = open_store();
     struct bq_task_result res[3];
     struct bq_task_new t = {"cmm-1", NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL};
     CHECK_INT(s->ops->create(s, &t, &res[0], NULL), BQ_OK);
@@ -297,7 +345,7 @@ TEST(change_many_one_by_one)
     CHECK_STR(res[1].state, "working");
     CHECK(!res[2].changed && !res[2].found);
     bq_storage_unref(s);
-    bq_storage_mem_reset();
+    reset_store();
 }
 
 /* A bound of 16,384 or more is split over shards (mem.c): the bound stays exact, listing is
@@ -305,7 +353,7 @@ TEST(change_many_one_by_one)
 TEST(a_large_bound_is_sharded_and_exact)
 {
     bq_storage_mem_reset();
-    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 20000, NULL, NULL};
+    struct bq_storage_config cfg = {"memory", NULL, NULL, 0, 0, 20000, NULL, NULL, NULL, NULL, 0};
     bq_storage *s = NULL;
     CHECK_INT(bq_storage_open(&cfg, &s, NULL), BQ_OK);
     struct bq_task_result r;
@@ -366,17 +414,321 @@ TEST(a_large_bound_is_sharded_and_exact)
     bq_storage_mem_reset();
 }
 
-int main(void)
+/* A batch of changes and of starts, each change still an exact compare-and-set: made where
+ * the state allows, refused (with the state that refused it) where not, unknown ids not
+ * found; a start counts the attempt and records a task nobody recorded as working. The Redis
+ * storage makes each batch in one script, the memory storage one by one: the same results. */
+TEST(batches_of_changes_and_starts)
 {
-    bq_log_set_level("off");
+    reset_store();
+    bq_storage *s = open_store();
+    REQUIRE(s != NULL);
+    CHECK(on_redis == (s->ops->change_many != NULL && s->ops->start_many != NULL));
+    struct bq_task_result res[4];
+    const char *ids[] = {"cm-1", "cm-2", "cm-3"};
+    for (int i = 0; i < 3; i++) {
+        struct bq_task_new t = {ids[i], NULL, NULL, NULL, i == 0 ? "[1]" : NULL, NULL, NULL, 0,
+                                i == 1 ? "pause" : NULL};
+        CHECK_INT(s->ops->create(s, &t, &res[0], NULL), BQ_OK);
+    }
+    struct bq_task_change done = {.id = "cm-3", .to = "completed"};
+    CHECK_INT(s->ops->change(s, &done, &res[0], NULL), BQ_OK);
+    struct bq_task_change c[4];
+    const char *cids[] = {"cm-1", "cm-2", "cm-3", "cm-nope"};
+    for (int i = 0; i < 4; i++)
+        c[i] = (struct bq_task_change){.id = cids[i], .from = "submitted", .to = "working",
+                                       .count_attempt = true, .worker = "w-7", .requested = ""};
+    c[0].append_history = "[\"two\"]";
+    CHECK_INT(bq_storage_change_many(s, c, 4, res, NULL), BQ_OK);
+    CHECK(res[0].changed && res[0].found);
+    CHECK_STR(res[0].state, "working");
+    CHECK_INT(res[0].attempts, 1);
+    CHECK(res[1].changed);
+    CHECK_STR(res[1].requested, "");
+    CHECK(!res[2].changed && res[2].found);
+    CHECK_STR(res[2].state, "completed");
+    CHECK_INT(res[2].attempts, 0);
+    CHECK(!res[3].changed && !res[3].found);
+    struct bq_task_rec r;
+    bool found = false;
+    CHECK_INT(s->ops->get(s, "cm-1", &r, &found, NULL), BQ_OK);
+    REQUIRE(found);
+    CHECK_STR(r.history, "[1,\"two\"]");
+    CHECK_STR(r.worker, "w-7");
+    bq_task_rec_clear(&r);
+    if (on_redis) {
+        /* a bad change refuses the whole batch before anything is sent */
+        struct bq_task_change bad[2] = {{.id = "cm-1", .from = "working", .to = "completed"},
+                                        {.id = "cm-2", .to = "nonsense"}};
+        bq_err err;
+        CHECK_INT(bq_storage_change_many(s, bad, 2, res, &err), BQ_EINVAL);
+        CHECK_CONTAINS(err.msg, "unknown state 'nonsense'");
+        CHECK(!res[0].found && !res[0].changed);
+        CHECK_INT(s->ops->get(s, "cm-1", &r, &found, NULL), BQ_OK);
+        CHECK_STR(r.state, "working");
+        bq_task_rec_clear(&r);
+    }
+
+    /* starts: one submitted, one nobody recorded, one finished */
+    struct bq_task_new t = {"st-1", NULL, NULL, NULL, NULL, NULL, NULL, 0, "pause"};
+    CHECK_INT(s->ops->create(s, &t, &res[0], NULL), BQ_OK);
+    struct bq_task_new starts[4] = {{"st-1", NULL, "q", NULL, NULL, NULL, "w-8", 0, NULL},
+                                    {"st-2", "ctx", "q", NULL, "[\"hi\"]", "{\"m\":1}", "w-8", 0,
+                                     NULL},
+                                    {"cm-3", NULL, "q", NULL, NULL, NULL, "w-8", 0, NULL},
+                                    {"st-3", "ctx3", "q3", NULL, "[3]", NULL, "w-9", 0, NULL}};
+    CHECK_INT(bq_storage_start_many(s, starts, 4, res, NULL), BQ_OK);
+    CHECK(res[3].changed && res[3].found && res[3].attempts == 1);
+    CHECK(res[0].changed && res[0].found && res[0].attempts == 1);
+    CHECK_STR(res[0].state, "working");
+    CHECK_STR(res[0].requested, "");
+    CHECK(res[1].changed && res[1].found && res[1].attempts == 1);
+    CHECK_STR(res[1].state, "working");
+    CHECK(!res[2].changed && res[2].found);
+    CHECK_STR(res[2].state, "completed");
+    CHECK_INT(s->ops->get(s, "st-2", &r, &found, NULL), BQ_OK);
+    REQUIRE(found);
+    CHECK_STR(r.state, "working");
+    CHECK_STR(r.context_id, "ctx");
+    CHECK_STR(r.history, "[\"hi\"]");
+    CHECK_STR(r.metadata, "{\"m\":1}");
+    CHECK_STR(r.worker, "w-8");
+    CHECK_INT(r.attempts, 1);
+    bq_task_rec_clear(&r);
+    CHECK_INT(s->ops->get(s, "st-3", &r, &found, NULL), BQ_OK); /* the second one made */
+    REQUIRE(found);
+    CHECK_STR(r.state, "working");
+    CHECK_STR(r.context_id, "ctx3");
+    CHECK_STR(r.queue, "q3");
+    CHECK_STR(r.history, "[3]");
+    CHECK_STR(r.metadata, "{}");
+    CHECK_STR(r.worker, "w-9");
+    bq_task_rec_clear(&r);
+    CHECK_INT(s->ops->get(s, "st-1", &r, &found, NULL), BQ_OK);
+    CHECK_STR(r.worker, "w-8");
+    CHECK(r.requested == NULL);
+    bq_task_rec_clear(&r);
+    bq_storage_unref(s);
+    reset_store();
+}
+
+/* ---- The Redis storage's own promises --------------------------------------------------- */
+
+static bq_broker *raw;
+
+/* One command on the test server; its reply as an integer (or the length of an array), and
+ * a copy of a string reply in str[64] when given. */
+static long long rcmd(char *str, int argc, const char **argv)
+{
+    void *out = NULL;
+    bq_err err;
+    bq_status st = raw->admin->command(raw, "x", argc, argv, NULL, &out, &err);
+    if (st != BQ_OK) {
+        printf("  %s: %s\n", argv[0], err.msg);
+        return -99;
+    }
+    redisReply *r = out;
+    long long v = r->type == REDIS_REPLY_INTEGER ? r->integer
+                  : r->type == REDIS_REPLY_ARRAY ? (long long)r->elements
+                                                 : 0;
+    if (str != NULL)
+        snprintf(str, 64, "%s", r->type == REDIS_REPLY_STRING ? r->str : "");
+    freeReplyObject(r);
+    return v;
+}
+
+static long long ttl_of(const char *key)
+{
+    const char *argv[] = {"TTL", key};
+    return rcmd(NULL, 2, argv);
+}
+
+/* Every key is in the queue's slot; a finished task's hash expires after ttl, an open one
+ * (or one reopened) never; the option's 0 (here < 0) keeps finished ones. */
+TEST(redis_keys_share_the_slot_and_finished_tasks_expire)
+{
+    reset_store();
+    bq_storage *s = open_redis(redis_queue, 100);
+    REQUIRE(s != NULL);
+    struct bq_task_new t = {"x1", "c", "elsewhere", NULL, NULL, NULL, NULL, 0, NULL};
+    struct bq_task_result r;
+    CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
+    char key[128], idx[128], done[128];
+    snprintf(key, sizeof key, "{%s}:task:x1", redis_queue);
+    snprintf(idx, sizeof idx, "{%s}:tasks", redis_queue);
+    snprintf(done, sizeof done, "{%s}:tasks:completed", redis_queue);
+    CHECK(bq_key_slot(key) == bq_key_slot(redis_queue) && bq_key_slot(idx) == bq_key_slot(key));
+    CHECK_INT(ttl_of(key), -1);
+    /* the index's score is the record's created_at */
+    struct bq_task_rec rec;
+    bool found = false;
+    CHECK_INT(s->ops->get(s, "x1", &rec, &found, NULL), BQ_OK);
+    REQUIRE(found);
+    const char *zi[] = {"ZSCORE", idx, "x1"};
+    char at[64];
+    rcmd(at, 3, zi);
+    CHECK(fabs(strtod(at, NULL) - rec.created_at) < 2e-6);
+    CHECK_STR(rec.queue, "elsewhere"); /* data: the keys follow the storage's queue */
+    bq_task_rec_clear(&rec);
+    struct bq_task_change c = {.id = "x1", .to = "completed"};
+    CHECK_INT(s->ops->change(s, &c, &r, NULL), BQ_OK);
+    CHECK(r.changed);
+    long long ttl = ttl_of(key);
+    CHECK(ttl > 90 && ttl <= 100);
+    const char *zs[] = {"ZSCORE", done, "x1"};
+    char score[64];
+    rcmd(score, 3, zs);
+    CHECK(strlen(score) > 0);
+    /* reopened (an operator's requeue names the terminal state): no expiry again */
+    struct bq_task_change reopen = {.id = "x1", .from = "completed", .to = "submitted"};
+    CHECK_INT(s->ops->change(s, &reopen, &r, NULL), BQ_OK);
+    CHECK(r.changed);
+    CHECK_INT(ttl_of(key), -1);
+    CHECK_INT(rcmd(score, 3, zs), 0);
+    CHECK_STR(score, ""); /* left the completed index */
+    bq_storage_unref(s);
+
+    bq_storage *keep = open_redis(redis_queue, -1);
+    REQUIRE(keep != NULL);
+    CHECK_INT(keep->ops->change(keep, &c, &r, NULL), BQ_OK);
+    CHECK(r.changed);
+    CHECK_INT(ttl_of(key), -1);
+    /* a hash gone (expired) leaves its index entries, which list drops */
+    const char *del[] = {"DEL", key};
+    CHECK_INT(rcmd(NULL, 2, del), 1);
+    const char *zcard[] = {"ZCARD", idx};
+    CHECK_INT(rcmd(NULL, 2, zcard), 1);
+    struct bq_task_rec *v;
+    size_t n;
+    CHECK_INT(keep->ops->list(keep, NULL, &v, &n, NULL), BQ_OK);
+    CHECK_INT((int)n, 0);
+    bq_task_recs_free(v, n);
+    CHECK_INT(rcmd(NULL, 2, zcard), 0);
+    bq_storage_unref(keep);
+}
+
+/* A finished task's hash expires; {Q}:expiring says when, and the next create
+ * removes its index entries, even behind an older task that is still open (the indexes are in
+ * creation order, so the oldest entries are no guide). A task reopened leaves {Q}:expiring. */
+TEST(redis_expired_tasks_leave_the_indexes)
+{
+    reset_store();
+    bq_storage *s = open_redis(redis_queue, 1);
+    REQUIRE(s != NULL);
+    struct bq_task_result r;
+    const char *ids[] = {"old1", "old2", "old3", "old4", "f1", "f2"};
+    for (int i = 0; i < 6; i++) {
+        struct bq_task_new t = {ids[i], NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL};
+        CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
+    }
+    struct bq_task_change done[2] = {{.id = "f1", .to = "completed"}, {.id = "f2", .to = "failed"}};
+    struct bq_task_result rr[2];
+    CHECK_INT(bq_storage_change_many(s, done, 2, rr, NULL), BQ_OK);
+    CHECK(rr[0].changed && rr[1].changed);
+    char idx[128], exp[128], completed[128];
+    snprintf(idx, sizeof idx, "{%s}:tasks", redis_queue);
+    snprintf(exp, sizeof exp, "{%s}:expiring", redis_queue);
+    snprintf(completed, sizeof completed, "{%s}:tasks:completed", redis_queue);
+    const char *zexp[] = {"ZCARD", exp}, *zidx[] = {"ZCARD", idx}, *zdone[] = {"ZCARD", completed};
+    CHECK_INT(rcmd(NULL, 2, zexp), 2);
+    struct bq_task_change reopen = {.id = "f2", .from = "failed", .to = "submitted"};
+    CHECK_INT(s->ops->change(s, &reopen, &r, NULL), BQ_OK);
+    CHECK(r.changed);
+    CHECK_INT(rcmd(NULL, 2, zexp), 1); /* f1 only */
+    sleep(2);
+    struct bq_task_new t = {"new", NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL};
+    CHECK_INT(s->ops->create(s, &t, &r, NULL), BQ_OK);
+    CHECK_INT(rcmd(NULL, 2, zexp), 0);
+    CHECK_INT(rcmd(NULL, 2, zidx), 6); /* old1-4, f2, new */
+    CHECK_INT(rcmd(NULL, 2, zdone), 0);
+    struct bq_task_rec rec;
+    bool found = true;
+    CHECK_INT(s->ops->get(s, "f1", &rec, &found, NULL), BQ_OK);
+    CHECK(!found);
+    CHECK_INT(s->ops->get(s, "old1", &rec, &found, NULL), BQ_OK);
+    CHECK(found);
+    bq_task_rec_clear(&rec);
+    bq_storage_unref(s);
+}
+
+/* Two handles with pools of their own (as two processes have) see one set of tasks, and the
+ * scripts are loaded again after SCRIPT FLUSH (EVALSHA's NOSCRIPT, then EVAL). */
+TEST(redis_handles_share_tasks_and_reload_scripts)
+{
+    reset_store();
+    bq_storage *a = open_redis(redis_queue, 0), *b = open_redis(redis_queue, 0);
+    REQUIRE(a != NULL && b != NULL);
+    struct bq_task_new t = {"sh1", NULL, NULL, NULL, "[1]", NULL, NULL, 0, NULL};
+    struct bq_task_result r;
+    CHECK_INT(a->ops->create(a, &t, &r, NULL), BQ_OK);
+    const char *flush[] = {"SCRIPT", "FLUSH"};
+    rcmd(NULL, 2, flush);
+    struct bq_task_change c = {.id = "sh1", .from = "submitted", .to = "working",
+                               .append_history = "[2]", .checkpoint = "{\"at\":1}",
+                               .count_attempt = true};
+    CHECK_INT(b->ops->change(b, &c, &r, NULL), BQ_OK);
+    CHECK(r.changed && r.attempts == 1);
+    CHECK_INT(b->ops->change(b, &c, &r, NULL), BQ_OK); /* compare-and-set: no longer submitted */
+    CHECK(!r.changed && r.found);
+    CHECK_STR(r.state, "working");
+    struct bq_task_rec rec;
+    bool found = false;
+    CHECK_INT(a->ops->get(a, "sh1", &rec, &found, NULL), BQ_OK);
+    REQUIRE(found);
+    CHECK_STR(rec.history, "[1,2]");
+    CHECK_STR(rec.checkpoint, "{\"at\":1}");
+    CHECK_STR(rec.state, "working");
+    CHECK(rec.error == NULL && rec.requested == NULL && rec.context_id == NULL);
+    bq_task_rec_clear(&rec);
+    /* another queue is another set of tasks */
+    bq_storage *other = open_redis("test-rstore:other", 0);
+    REQUIRE(other != NULL);
+    CHECK_INT(other->ops->get(other, "sh1", &rec, &found, NULL), BQ_OK);
+    CHECK(!found);
+    CHECK_INT(a->ops->ping(a, NULL), BQ_OK);
+    bq_storage_unref(other);
+    bq_storage_unref(a);
+    bq_storage_unref(b);
+}
+
+static void run_conformance(void)
+{
     RUN(create_get_and_cas);
     RUN(list_filters_newest_first);
     RUN(threads_share_one_store);
+    RUN(change_many_one_by_one);
+    RUN(requested_at_create_and_as_a_condition);
+    RUN(batches_of_changes_and_starts);
+}
+
+int main(void)
+{
+    bq_log_set_level("off");
+    run_conformance();
     RUN(open_checks_the_type);
     RUN(max_tasks_bounds_the_records);
     RUN(a_large_bound_is_sharded_and_exact);
-    RUN(change_many_one_by_one);
-    RUN(requested_at_create_and_as_a_condition);
     bq_storage_mem_reset();
+    redis_url = getenv("BQ_REDIS_URL");
+    if (redis_url != NULL && *redis_url != '\0') {
+        printf("-- the same on the Redis storage (%s)\n", redis_url);
+        struct bq_broker_config bc = {.url = redis_url, .max_connections = 2,
+                                      .connect_timeout = 2, .command_timeout = 5,
+                                      .pool_timeout = 5};
+        bq_err err;
+        if (bq_broker_open(&bc, &raw, &err) != BQ_OK) {
+            printf("  %s\n", err.msg);
+            return 1;
+        }
+        on_redis = true;
+        reset_store();
+        run_conformance();
+        RUN(redis_keys_share_the_slot_and_finished_tasks_expire);
+        RUN(redis_handles_share_tasks_and_reload_scripts);
+        RUN(redis_expired_tasks_leave_the_indexes);
+        bq_broker_free(raw);
+    } else {
+        printf("skip the Redis storage's tests (BQ_REDIS_URL is not set)\n");
+    }
     return check_report("test_storage");
 }
