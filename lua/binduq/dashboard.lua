@@ -15,7 +15,7 @@
 -- s:remove_entry, s:requeue_dead, s:purge_dead, s:get_task, s:events, s:cancel/pause/resume.
 --
 -- Requests: the C server passes the path without its query string and only the headers
--- Authorization, Content-Type, Accept and Last-Event-ID; so an API call's parameters are a
+-- Authorization, Content-Type, Accept, Last-Event-ID, Host and Origin; so an API call's parameters are a
 -- JSON document in the path, hex-encoded (no escaping question can arise), or in the body
 -- of a POST.
 --
@@ -23,9 +23,12 @@
 --   * it listens on 127.0.0.1 unless told otherwise, and refuses to listen elsewhere without
 --     a token; with a token, every request needs it (Authorization: Bearer T, or basic auth
 --     with T as the password, which a browser asks for once);
+--   * without a token, a request's Host must name this machine (127.0.0.1, localhost, ::1):
+--     a page of another site that rebinds its name to 127.0.0.1 sends its own name;
 --   * every POST needs Content-Type application/json and, in its body, `csrf`: a random
 --     token of this process, given to the page in a meta tag. A cross-origin page can send
---     neither without a CORS preflight, which is not answered (OPTIONS is 405);
+--     neither without a CORS preflight, which is not answered (OPTIONS is 405); and a POST
+--     with an Origin header needs it to be this server's (http:// or https:// and the Host);
 --   * --read-only refuses every POST (403) and the page shows no buttons;
 --   * what comes from the queue reaches the browser as JSON, invalid UTF-8 replaced, and the
 --     page builds its DOM with textContent only; the Content-Security-Policy allows no inline
@@ -384,6 +387,17 @@ function Dashboard:reply(req, status, body, ctype, extra)
     return self.server:reply(req.id, status, body, ctype or "application/json", h)
 end
 
+-- The host name of a Host header: "127.0.0.1:7373" -> "127.0.0.1", "[::1]:7373" -> "::1".
+local function host_name(h)
+    if not h then return nil end
+    return (h:match("^%[([^%]]*)%]") or h:match("^([^:]*)")):lower()
+end
+
+-- Where the request says it was sent: with no token, only a name of this machine will do.
+function Dashboard:host_ok(req)
+    return self.token ~= nil or LOOPBACK[host_name(req.host) or ""] == true
+end
+
 function Dashboard:authorized(req)
     if not self.token then return true end
     local a = req.authorization or ""
@@ -441,6 +455,9 @@ end
 
 function Dashboard:post(req)
     if self.read_only then fail(403, "the dashboard is read-only") end
+    if req.origin and req.origin ~= "http://" .. tostring(req.host) and req.origin ~= "https://" .. tostring(req.host) then
+        fail(403, "a POST from another origin is refused")
+    end
     if not (req.content_type or ""):lower():match("^application/json%s*;?") then
         fail(415, "POST needs Content-Type: application/json")
     end
@@ -458,6 +475,10 @@ end
 --- Handles one request.
 function Dashboard:handle(req)
     local ok, err = pcall(function()
+        if not self:host_ok(req) then
+            return self:reply(req, 403, encode({ error = "the Host header must name this machine (127.0.0.1, localhost, ::1) "
+                                                          .. "when the dashboard has no token" }))
+        end
         if not self:authorized(req) then
             return self:reply(req, 401, encode({ error = "a token is required" }), nil,
                               { ["WWW-Authenticate"] = 'Basic realm="binduq dashboard", charset="UTF-8"' })

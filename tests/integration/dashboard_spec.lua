@@ -178,6 +178,9 @@ describe("#redis dashboard", function()
         assert.are.equal(415, (http("POST", base .. "/api/dead/delete", { headers = { "Content-Type: text/plain" }, body = form })))
         assert.are.equal(415, (http("POST", base .. "/api/dead/delete",
                                     { headers = { "Content-Type: application/x-www-form-urlencoded" }, body = form })))
+        -- a POST whose Origin is not this server's (a browser always sends one)
+        local good = { "Content-Type: application/json", "Origin: http://evil.example" }
+        assert.are.equal(403, (http("POST", base .. "/api/dead/delete", { headers = good, body = form })))
         assert.are.equal(405, (http("OPTIONS", base .. "/api/dead/delete")))
         assert.are.equal(405, (http("DELETE", base .. "/api/dead/delete")))
         assert.are.equal(4, s:dead_letter_count())
@@ -235,6 +238,16 @@ describe("#redis dashboard", function()
         assert.matches("no such dead%-letter entry", r.error)
     end)
 
+    it("without a token, answers only requests whose Host names this machine (DNS rebinding)", function()
+        local port = base:match(":(%d+)$")
+        local code, _, body = http("GET", base .. "/", { headers = { "Host: evil.example:" .. port } })
+        assert.are.equal(403, code)
+        assert.matches("Host header", body)
+        assert.are.equal(403, (http("GET", base .. "/api/overview", { headers = { "Host: 127.0.0.1.evil.example" } })))
+        assert.are.equal(200, (http("GET", base .. "/api/overview", { headers = { "Host: localhost:" .. port } })))
+        assert.are.equal(200, (http("GET", base .. "/api/overview", { headers = { "Host: [::1]:" .. port } })))
+    end)
+
     it("refuses every action in read-only mode", function()
         local p, b = start_dashboard(server, queue, "--addr 127.0.0.1:0 --read-only")
         assert(b, proc.read(p.log))
@@ -264,6 +277,9 @@ describe("#redis dashboard", function()
         assert.are.equal(401, (http("GET", b .. "/api/overview", { user = "admin:wrong" })))
         assert.are.equal(200, (http("GET", b .. "/api/overview", { headers = { "Authorization: Bearer s3cret" } })))
         assert.are.equal(200, (http("GET", b .. "/", { user = "admin:s3cret" })))
+        -- with a token, any Host (a proxy's name): the token is what a page of another site lacks
+        assert.are.equal(200, (http("GET", b .. "/api/overview", { headers = { "Authorization: Bearer s3cret",
+                                                                               "Host: dash.example" } })))
         assert.are.equal(0, proc.stop(p, 5))
         -- not loopback, no token: refused before listening
         local out, ok = proc.sh(("BINDUQ_DASHBOARD_TOKEN= build/binduq-lua dashboard --url %s --addr 0.0.0.0:0")
