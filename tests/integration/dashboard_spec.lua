@@ -6,8 +6,11 @@
 -- protocol's pipe, loopback only) visits every page, requeues a dead letter and cancels a
 -- running task by clicking, and the result is read back from Redis; no script of the
 -- hostile strings runs, and each page's screenshot (kept in build/dashboard-shots/) is not
--- blank. Without chromium or node, that test is skipped with a message.
+-- blank. Without chromium or node, that test is skipped with a message. With PostgreSQL as
+-- the task storage (#pg), a task's state, history and list, and the operations the stored
+-- state refuses or allows.
 
+local pg = require("helpers.pg")
 local proc = require("helpers.proc")
 local redis = require("helpers.redis")
 local bq = require("binduq")
@@ -286,5 +289,102 @@ describe("#redis dashboard", function()
                                 :format(proc.quote(server.url)))
         assert.is_false(ok)
         assert.matches("needs a token", out)
+    end)
+end)
+
+describe("#redis #pg dashboard with the task storage", function()
+    local server, db, queue, s, worker, dash, base, csrf
+    local function msg(t) return { { role = "user", content = t } } end
+
+    local function state_of(id)
+        local t = s:get_task(id)
+        return t and t.state
+    end
+
+    local function post(path, doc)
+        doc.csrf = csrf
+        local code, _, body = http("POST", base .. path, { headers = { "Content-Type: application/json" },
+                                                           body = json.encode(doc) })
+        return code, json.decode(body)
+    end
+
+    setup(function()
+        bq.log_configure{ level = "warn" }
+        server = redis.start()
+        db = pg.start()
+        queue = ("it:dashpg:%d"):format(math.random(1, 1e9))
+        s = bq.scheduler{ scheduler = { url = server.url, queue_name = queue }, storage = { type = "postgres", url = db.url } }
+        worker = proc.spawn(WORKER, { env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue, DATABASE_URL = db.url,
+                                              BINDUQ_LOG_LEVEL = "warn" } })
+        assert(s:run{ task_id = "ok-1", conversation_id = "ctx-1", messages = msg("ok") })
+        assert(s:run{ task_id = "ask-1", messages = msg("ask") })
+        assert(s:run{ task_id = "fail-1", messages = msg("fail") })
+        assert(proc.wait_for(function()
+            return state_of("ok-1") == "completed" and state_of("ask-1") == "input-required" and state_of("fail-1") == "failed"
+                   and s:dead_letter_count() == 1
+        end, 20), "the prepared state did not come about")
+        dash = proc.spawn("build/binduq-lua dashboard --url " .. proc.quote(server.url) .. " --queue " .. proc.quote(queue)
+                          .. " --addr 127.0.0.1:0 --database-url " .. proc.quote(db.url),
+                          { unset = { "BINDUQ_DASHBOARD_TOKEN" } })
+        base = proc.wait_for(function() return (proc.read(dash.log) or ""):match("dashboard: (http://[%d.]+:%d+)/") end, 10)
+        assert(base, "the dashboard did not start: " .. tostring(proc.read(dash.log)))
+        csrf = assert(csrf_of(base))
+    end)
+
+    teardown(function()
+        if dash then proc.stop(dash, 5) end
+        if worker then proc.stop(worker, 10) end
+        if s then s:close() end
+        server:stop()
+        db:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    it("shows a task's stored state, history and events, and lists tasks", function()
+        local _, _, page = http("GET", base .. "/")
+        assert.matches('name="bq%-storage" content="1"', page)
+        local code, _, body = http("GET", base .. "/api/task/" .. hex(json.encode{ id = "ok-1", queue = queue }))
+        assert.are.equal(200, code)
+        local d = assert(json.decode(body))
+        assert.is_true(d.found)
+        assert.are.equal("completed", d.task.state)
+        assert.are.equal("ctx-1", d.task.context_id)
+        assert.are.equal("ok", d.task.history[1].content)
+        local seen = {}
+        for _, e in ipairs(d.events) do seen[e.event] = true end
+        assert.is_true(seen.started and seen.completed)
+        code, _, body = http("GET", base .. "/api/tasks/" .. hex(json.encode{ queue = queue, state = "completed" }))
+        assert.are.equal(200, code)
+        d = assert(json.decode(body))
+        assert.are.equal(1, #d.tasks)
+        assert.are.equal("ok-1", d.tasks[1].task_id)
+        code, _, body = http("GET", base .. "/api/task/" .. hex(json.encode{ id = "nobody", queue = queue }))
+        assert.are.equal(200, code)
+        assert.is_false(json.decode(body).found)
+    end)
+
+    it("refuses what the stored state forbids, as binduq-lua task does, and does the rest", function()
+        local code, r = post("/api/task/cancel", { id = "ok-1", queue = queue })
+        assert.are.equal(409, code)
+        assert.matches("already completed", r.error)
+        code, r = post("/api/task/resume", { id = "ask-1", queue = queue })
+        assert.are.equal(409, code)
+        assert.matches("waits for input", r.error)
+        code = post("/api/task/retry", { id = "ok-1", queue = queue })
+        assert.are.equal(409, code)
+        -- a retry of the failed task: its dead-letter entry goes back to the queue
+        code, r = post("/api/task/retry", { id = "fail-1", queue = queue })
+        assert.are.equal(200, code)
+        assert.are.equal("dead_letter", r.result)
+        assert(proc.wait_for(function() return state_of("fail-1") ~= "failed" or s:dead_letter_count() == 0 end, 10))
+        -- the answer to a task waiting for input
+        code, r = post("/api/task/resume", { id = "ask-1", queue = queue, message = "blue" })
+        assert.are.equal(200, code)
+        assert.are.equal("resume", r.operation)
+        assert(proc.wait_for(function()
+            for _, m in ipairs((s:get_task("ask-1") or {}).history or {}) do
+                if m.content == "blue" then return true end
+            end
+        end, 10), "the resume did not reach the task's history")
     end)
 end)
