@@ -257,16 +257,18 @@ end
 
 -- The entry with fingerprint fp: entry, index, raw; fails 404.
 function Dashboard:find_dead(s, fp)
-    if type(fp) ~= "string" then fail(400, "fp: the entry's fingerprint is needed") end
-    local found
-    self:each_dead(s, nil, function(e, index, raw)
-        if fingerprint(raw) == fp then
-            found = { e, index, raw }
-            return true
+    local size = type(fp) == "string" and tonumber(fp:match("^%x+%-(%d+)$"))
+    if not size then fail(400, "fp: the entry's fingerprint is needed") end
+    for start = 0, SCAN_MAX - 1, 500 do
+        local page = must(s.client:range("dead", start, start + 499))
+        for i, raw in ipairs(page) do
+            if #raw == size and fingerprint(raw) == fp then -- hashed only when the length matches
+                return scheduler.parse_dead_letter(raw), start + i - 1, raw
+            end
         end
-    end)
-    if not found then fail(404, "no such dead-letter entry (requeued or deleted meanwhile?)") end
-    return found[1], found[2], found[3]
+        if #page < 500 then break end
+    end
+    fail(404, "no such dead-letter entry (requeued or deleted meanwhile?)")
 end
 
 function Dashboard:dead_entry(p)
