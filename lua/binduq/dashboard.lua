@@ -49,6 +49,9 @@ local MAX_QUEUES = 16       -- schedulers kept open (one per queue viewed)
 local SCAN_MAX = 10000      -- dead-letter entries looked at by one listing or lookup
 local PAGE_MAX = 200        -- dead-letter entries in one listing
 local EVENTS_MAX = 500      -- events of one task in its timeline
+local RATE_WINDOW = 3600    -- seconds of rates kept (the chart's hour)
+local RATE_STEP = 10        -- seconds per rate bucket
+local RATE_READ_MAX = 20000 -- events read from one queue's stream in one tick (bounds a tick's work)
 
 local HEADERS = {
     ["Content-Security-Policy"] = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -136,7 +139,7 @@ function M.new(opts)
     local self = setmetatable({
         url = opts.url, token = token, read_only = opts.read_only == true,
         storage_section = storage_section, has_storage = opts.database_url ~= nil,
-        csrf = random_token(), scheds = {}, nscheds = 0, streams = {}, next_tick = 0,
+        csrf = random_token(), scheds = {}, nscheds = 0, streams = {}, next_tick = 0, rates = {},
         cli = opts.cli_data or require("binduq.cli").data,
     }, Dashboard)
     -- The first queue's scheduler: it checks the URL now, and finds the default queue.
@@ -182,13 +185,89 @@ function Dashboard:port()
     return self.server:port()
 end
 
+-- ---- rates: from the queues' task-event streams (docs/events.md) ------------------------------
+--
+-- Each queue's stream is followed from an hour ago (as far back as it keeps: about its last
+-- 1,000 entries) and its events counted in buckets of RATE_STEP seconds: `completed` as
+-- processed, `failed` and `dead-lettered` as failed (a task counted once per bucket; a
+-- redelivered copy's outcome not at all). The figures cover what the stream kept when the
+-- dashboard started and everything after.
+
+function Dashboard:follow_rates()
+    local now = core.now()
+    local oldest = math.floor((now - RATE_WINDOW) / RATE_STEP)
+    for _, q in ipairs(self.queues) do
+        local r = self.rates[q]
+        if not r then
+            local f = self:sched(q):events{ since = now - RATE_WINDOW, queue = q }
+            r = { f = f, buckets = {}, from = nil }
+            self.rates[q] = r
+        end
+        for _ = 1, r.f and RATE_READ_MAX or 0 do
+            local ev = r.f:next(0)
+            if not ev then break end
+            local at = tonumber(ev.at)
+            local failed = ev.event == "failed" or ev.event == "dead-lettered"
+            if at and (ev.event == "completed" or failed) and not ev.redelivered then
+                local k = math.floor(at / RATE_STEP)
+                local b = r.buckets[k]
+                if not b then
+                    b = { done = 0, failed = 0, seen = {} }
+                    r.buckets[k] = b
+                end
+                if failed then
+                    if not b.seen[ev.task_id] then b.failed = b.failed + 1 end
+                    b.seen[ev.task_id] = true
+                else
+                    b.done = b.done + 1
+                end
+                if not r.from or at < r.from then r.from = at end
+            end
+        end
+        for k in pairs(r.buckets) do
+            if k < oldest then r.buckets[k] = nil end
+        end
+    end
+end
+
+-- Per queue: processed and failed in the last minute; and the hour per minute, all queues:
+-- { from =, step = 60, points = { {t=, done=, failed=}, ... 60 } }.
+function Dashboard:rates_doc()
+    local now = core.now()
+    local per_queue, points, from = {}, {}, nil
+    local first_minute = math.floor(now / 60) - 59
+    for i = 1, 60 do points[i] = { t = (first_minute + i - 1) * 60, done = 0, failed = 0 } end
+    for q, r in pairs(self.rates) do
+        local done, failed = 0, 0
+        for k, b in pairs(r.buckets) do
+            local t = k * RATE_STEP
+            if t >= now - 60 then
+                done, failed = done + b.done, failed + b.failed
+            end
+            local i = math.floor(t / 60) - first_minute + 1
+            if points[i] then
+                points[i].done = points[i].done + b.done
+                points[i].failed = points[i].failed + b.failed
+            end
+        end
+        per_queue[q] = { done = done, failed = failed }
+        if r.from and (not from or r.from < from) then from = r.from end
+    end
+    return per_queue, { from = from, step = 60, points = points }
+end
+
 -- ---- data ----------------------------------------------------------------------------------
 
 function Dashboard:overview()
     local s = self:sched(self.queues[1])
+    local okr, err = pcall(self.follow_rates, self)
+    if not okr then core.log("warn", "dashboard_rates_failed", { error = tostring(err) }) end
+    local per_queue, history = self:rates_doc()
     local rows, workers = {}, {}
     for _, q in ipairs(self.queues) do
         local st, list = self.cli.queue_stats(s.client, q, true)
+        local r = per_queue[q]
+        st.processed_per_min, st.failed_per_min = r and r.done, r and r.failed
         rows[#rows + 1] = st
         for _, w in ipairs(list) do
             w.queue = q
@@ -196,7 +275,9 @@ function Dashboard:overview()
         end
     end
     return '{"time":' .. encode(core.now()) .. ',"queues":' .. core.escape(json.array(rows), "json_text")
-           .. ',"workers":' .. core.escape(json.array(workers), "json_text") .. "}"
+           .. ',"workers":' .. core.escape(json.array(workers), "json_text")
+           .. ',"history":{"from":' .. encode(history.from or json.null) .. ',"step":60,"points":'
+           .. json.array(history.points) .. "}}"
 end
 
 local function dead_summary(e, index, raw)

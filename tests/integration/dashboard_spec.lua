@@ -146,6 +146,15 @@ describe("#redis dashboard", function()
         assert.are.equal(queue, o.queues[1].queue)
         assert.are.equal(4, o.queues[1].dead)
         assert.is_true(#o.workers >= 1 and o.workers[1].queue == queue)
+        -- rates from the queue's event stream: ok-1 completed, three tasks dead-lettered
+        assert.are.equal(60, #o.history.points)
+        local done, failed = 0, 0
+        for _, p in ipairs(o.history.points) do done, failed = done + p.done, failed + p.failed end
+        assert.are.equal(1, done)
+        assert.are.equal(3, failed)
+        assert.are.equal(1, o.queues[1].processed_per_min)
+        assert.are.equal(3, o.queues[1].failed_per_min)
+        assert.is_true(math.abs(o.history.from - bq.now()) < 60)
         code, _, body = http("GET", base .. "/api/dead/" .. hex(json.encode{ queue = queue }))
         assert.are.equal(200, code)
         local d = assert(json.decode(body))

@@ -103,6 +103,35 @@ return [==[
   }
 
   // ---- overview and workers (live from the event stream) ----------------------------------
+  var SVG = "http://www.w3.org/2000/svg";
+  function svg(tag, attrs) {
+    var el = document.createElementNS(SVG, tag);
+    Object.keys(attrs || {}).forEach(function (k) { el.setAttribute(k, String(attrs[k])); });
+    for (var i = 2; i < arguments.length; i++) add(el, arguments[i]);
+    return el;
+  }
+  // The last hour per minute: processed (up) and failed (down) as bars, drawn in SVG.
+  function chart(hist) {
+    var pts = hist && hist.points || [], W = 600, H = 140, mid = 90, max = 1;
+    pts.forEach(function (p) { max = Math.max(max, p.done, p.failed); });
+    var bw = W / Math.max(1, pts.length);
+    var bars = pts.map(function (p, i) {
+      var up = (p.done / max) * (mid - 12), down = (p.failed / max) * (H - mid - 12);
+      var label = new Date(p.t * 1000).toISOString().slice(11, 16) + "Z: " + p.done + " processed, " + p.failed + " failed";
+      return svg("g", { "data-minute": i },
+        svg("title", {}, label),
+        svg("rect", { x: i * bw + 1, y: mid - up, width: Math.max(1, bw - 2), height: up, class: "bar-ok" }),
+        svg("rect", { x: i * bw + 1, y: mid, width: Math.max(1, bw - 2), height: down, class: "bar-bad" }));
+    });
+    return h("figure", { class: "chart" },
+      svg("svg", { viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", role: "img",
+                   "aria-label": "processed and failed per minute, the last hour" },
+        svg("line", { x1: 0, y1: mid, x2: W, y2: mid, class: "axis" }), bars),
+      h("figcaption", { class: "muted" },
+        "processed (up) and failed (down) per minute, the last hour; highest minute " + max +
+        (hist && hist.from ? "; from the queues' event streams, which go back to " + fmtTime(hist.from) : "; no event yet")));
+  }
+
   function renderOverview() {
     var o = state.overview;
     if (!o) return show(h("p", { class: "muted" }, "loading..."));
@@ -113,15 +142,20 @@ return [==[
       h("div", { class: "cards" }, Object.keys(tot).map(function (k) {
         return h("div", { class: "card", "data-stat": k }, h("div", { class: "n" }, fmtNum(tot[k])), h("div", { class: "l" }, labels[k]));
       })),
+      h("h2", {}, "Processed and failed"),
+      chart(o.history),
       h("h2", {}, "Queues"),
-      table(["queue", ["ready", "num"], ["delayed", "num"], ["in flight", "num"], ["dead", "num"], ["workers", "num"]],
+      table(["queue", ["ready", "num"], ["delayed", "num"], ["in flight", "num"], ["dead", "num"], ["workers", "num"],
+             ["processed/min", "num"], ["failed/min", "num"]],
         o.queues.map(function (q) {
           return h("tr", { "data-queue": q.queue },
             h("td", { class: "id" }, q.queue, q.seen === false ? h("span", { class: "muted" }, " (no keys)") : null),
             h("td", { class: "num" }, fmtNum(q.ready)), h("td", { class: "num" }, fmtNum(q.delayed)),
             h("td", { class: "num" }, fmtNum(q.inflight)),
             h("td", { class: "num" }, q.dead ? link(fmtNum(q.dead), "#/dead?" + new URLSearchParams({ queue: q.queue })) : "0"),
-            h("td", { class: "num" }, fmtNum(q.workers)));
+            h("td", { class: "num" }, fmtNum(q.workers)),
+            h("td", { class: "num ok" }, fmtNum(q.processed_per_min)),
+            h("td", { class: "num" + (q.failed_per_min ? " bad" : "") }, fmtNum(q.failed_per_min)));
         }), "no queue"),
       h("p", { class: "muted" }, "updated " + fmtTime(o.time)));
   }

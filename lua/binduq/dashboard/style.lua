@@ -57,6 +57,12 @@ dl.kv dd { margin: 0; overflow-wrap: anywhere; }
 dialog { border: 1px solid var(--line); border-radius: 8px; background: var(--card); color: var(--fg);
   max-width: min(32rem, 92vw); }
 dialog::backdrop { background: rgba(0, 0, 0, .4); }
+figure.chart { margin: 0; background: var(--card); border: 1px solid var(--line); border-radius: 6px; padding: .5rem; }
+figure.chart svg { width: 100%; height: 140px; display: block; }
+figure.chart figcaption { font-size: 12px; margin-top: .3rem; }
+.bar-ok { fill: var(--ok); }
+.bar-bad { fill: var(--bad); }
+.axis { stroke: var(--line); stroke-width: 1; }
 @media (max-width: 640px) {
   main { padding: .6rem; }
   .hide-sm { display: none; }
