@@ -19,6 +19,8 @@
 --     the A2A gateway alone (binduq.gateway), until SIGTERM or SIGINT
 --     common: --database-url URL (default DATABASE_URL)  --schema NAME (default binduq)
 --     cancel, pause, resume, retry also: --url URL  --queue NAME (default: the task's queue)
+--   binduq-lua dashboard [--addr HOST:PORT] [--token T] [--read-only] [--url URL] [--queue NAME ...]
+--     the web dashboard (binduq.dashboard, docs/dashboard.md), until SIGTERM or SIGINT
 --
 -- Each command exits 0 on success and 1 with a message on stderr on failure (2 for a usage
 -- error). --json prints one JSON document on stdout, for scripts.

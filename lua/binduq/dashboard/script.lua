@@ -164,11 +164,12 @@ return [==[
     var o = state.overview;
     if (!o) return show(h("p", { class: "muted" }, "loading..."));
     show(h("h1", {}, "Workers"),
-      table(["worker", "queue", ["lease left", "num"], ["in flight", "num"], "current task"],
+      table(["worker", "host", "queue", ["lease left", "num"], ["in flight", "num"], "current task"],
         o.workers.map(function (w) {
           var gone = w.lease_left < 0;
           return h("tr", { "data-worker": w.id },
-            h("td", { class: "id" }, w.id), h("td", { class: "id" }, w.queue),
+            h("td", { class: "id" }, w.id), h("td", { class: "id" }, String(w.id).split(":")[0]),
+            h("td", { class: "id" }, w.queue),
             h("td", { class: "num" + (gone ? " bad" : "") }, gone ? "gone" : w.lease_left.toFixed(1) + " s"),
             h("td", { class: "num" }, fmtNum(w.inflight)),
             h("td", { class: "id" }, w.current ? taskLink(w.current, w.queue) : "-"));
