@@ -372,6 +372,22 @@ describe("#redis #pg dashboard with the task storage", function()
         assert.is_false(json.decode(body).found)
     end)
 
+    it("shows a stored task and lists tasks by state in Chromium", function()
+        if not (has("chromium") and has("node")) then
+            pending("chromium or node is not installed (apt-get install chromium nodejs): the browser test is skipped")
+            return
+        end
+        local out = proc.sh(("timeout 120 node tests/integration/fixtures/dashboard_driver.js %s %s %s --stored ok-1 completed")
+                            :format(proc.quote(base), proc.quote(SHOTS), proc.quote(queue)))
+        local r = json.decode(out:match("[^\n]*$"))
+        assert(r, "the driver printed no result: " .. out)
+        assert.are.same({}, r.errors)
+        assert.are.same({ "task-stored", "task-list" }, r.steps)
+        for _, sh in ipairs(r.shots) do
+            assert.is_true(sh.colours >= 16 and sh.top_share < 0.97, "blank screenshot: " .. json.encode(sh))
+        end
+    end)
+
     it("refuses what the stored state forbids, as binduq-lua task does, and does the rest", function()
         local code, r = post("/api/task/cancel", { id = "ok-1", queue = queue })
         assert.are.equal(409, code)
