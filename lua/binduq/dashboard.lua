@@ -517,9 +517,9 @@ function Dashboard:get(req)
     elseif path == "/app.css" then
         return self:reply(req, 200, require("binduq.dashboard.style"), "text/css; charset=utf-8")
     elseif path == "/api/stream" then
+        local first = self:overview_event()
         if not self.server:stream(req.id, "text/event-stream") then return end
-        local first = self:overview()
-        if self.server:send(req.id, "retry: 2000\ndata: " .. first .. "\n\n") then
+        if self.server:send(req.id, "retry: 2000\n" .. first) then
             self.streams[#self.streams + 1] = req.id
         end
         return
@@ -574,6 +574,8 @@ function Dashboard:handle(req)
         local status, msg = 500, "internal error"
         if type(err) == "table" and err.status then
             status, msg = err.status, err.message
+        elseif type(err) == "table" and err.fail then -- an admin command's data function
+            status, msg = 502, tostring(err.fail)
         else
             core.log("error", "dashboard_failed", { path = req.path, error = tostring(err) })
         end
@@ -581,11 +583,19 @@ function Dashboard:handle(req)
     end
 end
 
+-- The overview as one server-sent event; a `problem` event with the error when it cannot
+-- be read (the page keeps its last figures and says why they are not updated).
+function Dashboard:overview_event()
+    local ok, doc = pcall(self.overview, self)
+    if ok then return "data: " .. doc .. "\n\n" end
+    if type(doc) == "table" then doc = doc.fail or doc.message end
+    return "event: problem\ndata: " .. encode({ error = tostring(doc) }) .. "\n\n"
+end
+
 -- Sends the overview to every open stream; drops the streams whose reader is gone.
 function Dashboard:tick()
     if #self.streams == 0 then return end
-    local ok, doc = pcall(self.overview, self)
-    local msg = ok and ("data: " .. doc .. "\n\n") or ("event: error\ndata: " .. encode({ error = tostring(doc) }) .. "\n\n")
+    local msg = self:overview_event()
     local kept = {}
     for _, id in ipairs(self.streams) do
         if self.server:send(id, msg) then kept[#kept + 1] = id end

@@ -301,6 +301,22 @@ describe("#redis dashboard", function()
     end)
 end)
 
+describe("#redis dashboard without its Redis", function()
+    it("answers 502 with the error, and the stream says what it cannot read", function()
+        local server = redis.start()
+        local p, b = start_dashboard(server, "it:dash:gone")
+        assert(b, proc.read(p.log))
+        assert.are.equal(200, (http("GET", b .. "/api/overview")))
+        server:stop()
+        local code, _, body = http("GET", b .. "/api/overview")
+        assert.are.equal(502, code)
+        assert.is_string(json.decode(body).error)
+        local events = proc.sh("curl -s -N -m 3 " .. proc.quote(b .. "/api/stream"))
+        assert.matches("event: problem\ndata: {\"error\":", events, 1, true)
+        assert.are.equal(0, proc.stop(p, 5))
+    end)
+end)
+
 describe("#redis #pg dashboard with the task storage", function()
     local server, db, queue, s, worker, dash, base, csrf
     local function msg(t) return { { role = "user", content = t } } end

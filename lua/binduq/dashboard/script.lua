@@ -424,6 +424,12 @@ return [==[
       else if (state.page === "workers") renderWorkers();
     };
     es.onerror = function () { el.textContent = "reconnecting"; el.className = "live"; };
+    // The server is up but cannot read Redis: say so, keep the last figures.
+    es.addEventListener("problem", function (ev) {
+      var e = {};
+      try { e = JSON.parse(ev.data); } catch (x) { /* shown as is */ }
+      el.textContent = "not updated: " + (e.error || ev.data); el.className = "live bad";
+    });
   }
 
   window.addEventListener("hashchange", route);

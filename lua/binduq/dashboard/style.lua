@@ -18,6 +18,7 @@ nav a { padding: .3rem .6rem; border-radius: 4px; color: var(--fg); text-decorat
 nav a.on { background: var(--accent); color: var(--bg); }
 .live { margin-left: auto; font-size: 12px; color: var(--mute); }
 .live.on::before { content: "\25CF  "; color: var(--ok); }
+.live.bad { color: var(--bad); }
 main { padding: 1rem; max-width: 1400px; margin: 0 auto; }
 footer { padding: 1rem; color: var(--mute); font-size: 12px; text-align: center; }
 h1 { font-size: 1.2rem; margin: .2rem 0 .8rem; }
