@@ -181,6 +181,16 @@ function Dashboard:sched(q)
     return s
 end
 
+-- The scheduler of a queue a request names: one of the queues shown (the first when it
+-- names none), so that requests cannot open schedulers for queues of their choosing.
+function Dashboard:shown(q)
+    if q == nil or q == "" then return self:sched(self.queues[1]) end
+    for _, name in ipairs(self.queues) do
+        if name == q then return self:sched(q) end
+    end
+    fail(404, "not a queue this dashboard shows")
+end
+
 function Dashboard:port()
     return self.server:port()
 end
@@ -321,7 +331,7 @@ local function filter_of(f)
 end
 
 function Dashboard:dead_list(p)
-    local s = self:sched(p.queue)
+    local s = self:shown(p.queue)
     local offset = math.max(0, math.tointeger(p.offset) or 0)
     local limit = math.min(PAGE_MAX, math.max(1, math.tointeger(p.limit) or 50))
     local list, matched = {}, 0
@@ -353,7 +363,7 @@ function Dashboard:find_dead(s, fp)
 end
 
 function Dashboard:dead_entry(p)
-    local s = self:sched(p.queue)
+    local s = self:shown(p.queue)
     local e, index, raw = self:find_dead(s, p.fp)
     local doc = dead_summary(e, index, raw)
     doc.queue, doc.error, doc.size = e.queue, e.error, #raw
@@ -364,7 +374,7 @@ function Dashboard:dead_entry(p)
 end
 
 function Dashboard:dead_action(p, verb)
-    local s = self:sched(p.queue)
+    local s = self:shown(p.queue)
     local n
     if p.fp then
         local _, _, raw = self:find_dead(s, p.fp)
@@ -402,7 +412,7 @@ end
 
 function Dashboard:task(p)
     if type(p.id) ~= "string" or p.id == "" then fail(400, "id: a task id is needed") end
-    local s = self:sched(p.queue)
+    local s = self:shown(p.queue)
     local t = self.has_storage and must(s:get_task(p.id)) or nil
     local qs = t and t.queue and t.queue ~= s.queue_name and self:sched(t.queue) or s
     local events = timeline(qs, p.id)
@@ -420,7 +430,7 @@ local TASK_OPS = { cancel = true, pause = true, resume = true, retry = true }
 
 function Dashboard:task_action(p, op)
     if type(p.id) ~= "string" or p.id == "" then fail(400, "id: a task id is needed") end
-    local s = self:sched(p.queue)
+    local s = self:shown(p.queue)
     local rec = self.has_storage and must(s:storage():get(p.id)) or nil
     if op == "retry" and not rec then fail(409, "retry needs the task's stored state (--database-url)") end
     local message = type(p.message) == "string" and p.message ~= "" and p.message or nil
@@ -452,7 +462,7 @@ function Dashboard:task_list(p)
     local state = type(p.state) == "string" and p.state ~= "" and p.state or nil
     if state and not (storage_mod.OPEN[state] or storage_mod.TERMINAL[state]) then fail(400, "unknown state") end
     local context = type(p.context) == "string" and p.context ~= "" and p.context or nil
-    local list = must(self:sched(p.queue):list_tasks{ state = state, context = context, limit = 100 })
+    local list = must(self:shown(p.queue):list_tasks{ state = state, context = context, limit = 100 })
     local rows = {}
     for i, t in ipairs(list) do
         rows[i] = { task_id = t.task_id, state = t.state, context_id = t.context_id, attempts = t.attempts,

@@ -177,6 +177,8 @@ describe("#redis dashboard", function()
         assert.are.equal("hostile-reason", d.entries[1].task_id)
         -- parameters that are not hex JSON
         assert.are.equal(400, (http("GET", base .. "/api/dead/abc")))
+        -- a queue the dashboard does not show
+        assert.are.equal(404, (http("GET", base .. "/api/dead/" .. hex(json.encode{ queue = "other" }))))
     end)
 
     it("refuses a POST without the CSRF token or JSON, and other methods", function()
