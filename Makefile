@@ -231,6 +231,8 @@ install: all
 	install -m 755 $(BUILD)/binduq/core.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/binduq/
 	install -m 644 lua/binduq/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq/
 	install -m 644 lua/binduq/lifecycle/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq/lifecycle/
+	install -d $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq/dashboard
+	install -m 644 lua/binduq/dashboard/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/binduq/dashboard/
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' binduq.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/binduq.pc

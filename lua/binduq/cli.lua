@@ -19,6 +19,8 @@
 --     the A2A gateway alone (binduq.gateway), until SIGTERM or SIGINT
 --     common: --database-url URL (default DATABASE_URL)  --schema NAME (default binduq)
 --     cancel, pause, resume, retry also: --url URL  --queue NAME (default: the task's queue)
+--   binduq-lua dashboard [--addr HOST:PORT] [--token T] [--read-only] [--url URL] [--queue NAME ...]
+--     the web dashboard (binduq.dashboard, docs/dashboard.md), until SIGTERM or SIGINT
 --
 -- Each command exits 0 on success and 1 with a message on stderr on failure (2 for a usage
 -- error). --json prints one JSON document on stdout, for scripts.
@@ -102,6 +104,18 @@ Options: --database-url URL (default $DATABASE_URL)  --schema NAME (default bind
 ]],
 }
 
+USAGE.dashboard = [[
+usage: binduq-lua dashboard [options]
+  Serves the web dashboard (docs/dashboard.md) until SIGTERM or SIGINT: queues and workers
+  live, dead letters (browse, filter, requeue, delete), tasks (look up, events, cancel, pause,
+  resume, retry).
+Options: --addr HOST:PORT (default 127.0.0.1:7373; any other host needs a token)
+         --token T (default $BINDUQ_DASHBOARD_TOKEN: every request needs it, as a bearer
+         token or the password of basic auth)  --read-only (no action is accepted)
+         --url URL (default $REDIS_URL)  --queue NAME ... (default: the queues found in Redis)
+         --database-url URL (default $DATABASE_URL: task lookup and lists)  --schema NAME  --help
+]]
+
 USAGE.serve = [[
 usage: binduq-lua serve [AGENT.lua] [options]
   Serves the A2A gateway (docs/gateway.md) until SIGTERM or SIGINT: A2A 0.3 and 1.0 JSON-RPC,
@@ -150,7 +164,7 @@ end
 
 -- The commands, in the order `binduq-lua --help` and the unknown-command message list them.
 -- binduq-lua (src/host/main.c) runs a first argument found here as a command.
-M.ORDER = { "dlq", "stats", "workers", "queue", "top", "task", "serve" }
+M.ORDER = { "dlq", "stats", "workers", "queue", "top", "task", "serve", "dashboard" }
 M.COMMANDS = {}
 for _, c in ipairs(M.ORDER) do M.COMMANDS[c] = true end
 
@@ -174,7 +188,7 @@ end
 
 -- A small parser: --flag value, --switch, and positional words. `known` is the command's
 -- set of options: an option not in it is refused here, before it can take a value.
-local SWITCHES = { json = true, all = true, help = true, yes = true }
+local SWITCHES = { json = true, all = true, help = true, yes = true, read_only = true }
 local function parse(args, known)
     local opts, pos = {}, {}
     local i = 1
@@ -216,6 +230,8 @@ local KNOWN = {
     queue = { url = true, queue = true, json = true, help = true, limit = true, yes = true },
     top = { url = true, queue = true, help = true, interval = true, count = true, json = true },
     serve = { url = true, queue = true, database_url = true, addr = true, help = true },
+    dashboard = { url = true, queue = true, database_url = true, schema = true, addr = true, token = true,
+                  read_only = true, help = true },
 }
 
 local function filter_of(opts)
@@ -854,6 +870,14 @@ function M.main(args)
             serve(opts, pos)
             return 0
         end
+        if cmd == "dashboard" then
+            if opts.help then
+                io.stdout:write(USAGE.dashboard)
+                return 0
+            end
+            if pos[1] then error({ usage = "unexpected argument '" .. pos[1] .. "'" }) end
+            return require("binduq.dashboard").main(opts)
+        end
         local nosub = cmd == "stats" or cmd == "workers" or cmd == "top"
         if opts.help or (#pos == 0 and not nosub) then
             io.stdout:write(USAGE[cmd]) -- ours, several lines
@@ -920,5 +944,9 @@ function M.main(args)
                 io.stderr)
     return 1
 end
+
+-- The admin commands' data functions, for binduq.dashboard (which shows the same figures
+-- and refuses the same operations).
+M.data = { queue_stats = queue_stats, check_state = check_state, retry = retry }
 
 return M

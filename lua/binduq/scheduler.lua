@@ -664,4 +664,7 @@ Scheduler.__close = Scheduler.close
 Scheduler.__gc = Scheduler.close
 
 M.Scheduler = Scheduler
+--- The dead-letter filter of requeue_dead and purge_dead as a function(entry) -> bool, for a
+-- reader that lists what they would move (binduq.dashboard).
+M.matcher = matcher
 return M

@@ -94,6 +94,8 @@ static void req_clear(struct bq_gateway_request *r)
     bq_free(r->content_type);
     bq_free(r->accept);
     bq_free(r->last_event_id);
+    bq_free(r->host);
+    bq_free(r->origin);
     memset(r, 0, sizeof *r);
 }
 
@@ -292,6 +294,8 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
         k->req.content_type = header_dup(c, "Content-Type");
         k->req.accept = header_dup(c, "Accept");
         k->req.last_event_id = header_dup(c, "Last-Event-ID");
+        k->req.host = header_dup(c, "Host");
+        k->req.origin = header_dup(c, "Origin");
         const union MHD_ConnectionInfo *ci =
             bq_mhd.MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         if (ci != NULL && ci->client_addr != NULL) {

@@ -44,6 +44,7 @@ struct bq_gateway_request {
     char *body;            /* NUL-terminated; body_len bytes */
     size_t body_len;
     char *authorization, *content_type, *accept, *last_event_id;
+    char *host, *origin;   /* for a server that checks where a browser's request came from */
     char peer[64];         /* the client's address */
 };
 

@@ -45,6 +45,7 @@ static void usage(FILE *f)
             "  top                             a live view of queues and workers\n"
             "  task <show|list|cancel|pause|resume|retry>   stored task state, and operations on a task\n"
             "  serve [AGENT.lua]               the A2A gateway alone (docs/gateway.md)\n"
+            "  dashboard                       the web dashboard (docs/dashboard.md)\n"
             "Options:\n"
             "  -e stat  execute string 'stat'\n"
             "  -l mod   require library 'mod' into global 'mod'\n"

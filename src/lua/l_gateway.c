@@ -6,7 +6,7 @@
  *   gw:port()
  *   gw:next(timeout) -> request | nil (none came) | false (stopping)
  *       request = {id=, method=, path=, body=, authorization=, content_type=, accept=,
- *                  last_event_id=, peer=}
+ *                  last_event_id=, host=, origin=, peer=}
  *   gw:reply(id, status, body, content_type [, {name = value, ...}]) -> true | false (gone)
  *   gw:stream(id, content_type) -> bool;  gw:send(id, data) -> bool;  gw:finish(id)
  *   gw:close()  (also __close and __gc)
@@ -153,7 +153,7 @@ static int l_gw_next(lua_State *L)
         bq_gateway_request_free(&r);
         return 1;
     }
-    lua_createtable(L, 0, 9);
+    lua_createtable(L, 0, 11);
     lua_pushinteger(L, (lua_Integer)r.id);
     lua_setfield(L, -2, "id");
     set_str(L, "method", r.method);
@@ -164,6 +164,8 @@ static int l_gw_next(lua_State *L)
     set_str(L, "content_type", r.content_type);
     set_str(L, "accept", r.accept);
     set_str(L, "last_event_id", r.last_event_id);
+    set_str(L, "host", r.host);
+    set_str(L, "origin", r.origin);
     set_str(L, "peer", r.peer);
     bq_gateway_request_free(&r);
     return 1;

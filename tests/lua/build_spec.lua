@@ -29,7 +29,7 @@ describe("the rockspec", function()
         assert.are.same(found, listed, path .. ": the source list differs from the Makefile's")
     end)
 
-    it("installs every Lua module of lua/binduq and lua/binduq/lifecycle", function()
+    it("installs every Lua module of lua/binduq and its folders lifecycle and dashboard", function()
         local spec, path = rockspec()
         local listed = {}
         for name, f in pairs(spec.build.modules) do
@@ -37,7 +37,7 @@ describe("the rockspec", function()
         end
         table.sort(listed)
         local found = {}
-        for _, f in ipairs(lines_of("ls lua/binduq/*.lua lua/binduq/lifecycle/*.lua")) do
+        for _, f in ipairs(lines_of("ls lua/binduq/*.lua lua/binduq/lifecycle/*.lua lua/binduq/dashboard/*.lua")) do
             local m = f:match("^lua/binduq/(.-)%.lua$"):gsub("/", ".")
             found[#found + 1] = (m == "init" and "binduq" or "binduq." .. m) .. "=" .. f
         end

@@ -361,7 +361,7 @@ describe("docs: commands", function()
     for opt in read("src/host/main.c"):gmatch('strcmp%(a, "(%-[^"]*)"%)') do host[opt] = true end
 
     it("reads a plausible set", function()
-        assert.are.same({ "dlq", "queue", "serve", "stats", "task", "top", "workers" }, keys(commands))
+        assert.are.same({ "dashboard", "dlq", "queue", "serve", "stats", "task", "top", "workers" }, keys(commands))
         assert.is_true(count(subs.dlq) == 4 and count(subs.task) == 6 and count(subs.queue) == 2)
         assert.are.same(keys(commands), keys(flags))
         assert.is_true(host["-e"] and host["-"] and host["--"])

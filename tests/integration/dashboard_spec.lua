@@ -1,0 +1,439 @@
+-- The web dashboard (binduq-lua dashboard, docs/dashboard.md) against a real redis-server
+-- with prepared state: a worker (events_worker.lua) with tasks done, running, waiting for
+-- input and dead-lettered, dead-letter entries with hostile task ids, reasons, codes and
+-- bytes. Plain HTTP through curl: the page's headers, the API's JSON, CSRF, read-only mode,
+-- the token. Then headless Chromium (fixtures/dashboard_driver.js, over the DevTools
+-- protocol's pipe, loopback only) visits every page, requeues a dead letter and cancels a
+-- running task by clicking, and the result is read back from Redis; no script of the
+-- hostile strings runs, and each page's screenshot (kept in build/dashboard-shots/) is not
+-- blank. Without chromium or node, that test is skipped with a message. With PostgreSQL as
+-- the task storage (#pg), a task's state, history and list, and the operations the stored
+-- state refuses or allows.
+
+local pg = require("helpers.pg")
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+local bq = require("binduq")
+local json = require("binduq.json")
+
+local WORKER = "build/binduq-lua tests/integration/fixtures/events_worker.lua"
+local SHOTS = "build/dashboard-shots"
+
+local XSS_IMG = "<img src=x onerror=alert(1)>"
+local XSS_SCRIPT = '"><script>window.__xss=1</script>'
+
+local function hex(s)
+    return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+end
+
+-- curl: status, headers (lower-cased names), body.
+local function http(method, url, opts)
+    opts = opts or {}
+    local dir = proc.tmpdir()
+    local args = { "curl", "-s", "-m", "10", "-X", method, "-D", dir .. "/h", "-o", dir .. "/b", "-w", "%{http_code}" }
+    for _, h in ipairs(opts.headers or {}) do
+        args[#args + 1] = "-H"
+        args[#args + 1] = h
+    end
+    if opts.user then
+        args[#args + 1] = "-u"
+        args[#args + 1] = opts.user
+    end
+    if opts.body then
+        args[#args + 1] = "--data-binary"
+        args[#args + 1] = opts.body
+    end
+    args[#args + 1] = url
+    for i, a in ipairs(args) do args[i] = proc.quote(a) end
+    local code = proc.sh(table.concat(args, " "))
+    local headers = {}
+    for name, value in (proc.read(dir .. "/h") or ""):gmatch("([%w%-]+):%s*([^\r\n]*)") do headers[name:lower()] = value end
+    local body = proc.read(dir .. "/b") or ""
+    os.execute("rm -rf " .. proc.quote(dir))
+    return tonumber(code), headers, body
+end
+
+-- Starts a dashboard; returns the process and its base URL (from the line it prints).
+local function start_dashboard(server, queue, extra)
+    local p = proc.spawn("build/binduq-lua dashboard --url " .. proc.quote(server.url) .. " --queue " .. proc.quote(queue)
+                         .. " " .. (extra or "--addr 127.0.0.1:0"),
+                         { unset = { "DATABASE_URL", "POSTGRES_URL", "BINDUQ_DASHBOARD_TOKEN" } })
+    local base = proc.wait_for(function()
+        local log = proc.read(p.log) or ""
+        return log:match("dashboard: (http://[%d.]+:%d+)/")
+    end, 10)
+    return p, base
+end
+
+local function csrf_of(base, user)
+    local _, _, page = http("GET", base .. "/", { user = user })
+    return page:match('name="bq%-csrf" content="(%x+)"')
+end
+
+-- The events of task id that the queue's stream keeps, by name: { started = n, ... }.
+local function events_of(s, id)
+    local f = assert(s:events{ since = "0", task_id = id })
+    local n = {}
+    for _ = 1, 1000 do
+        local ev = f:next(0)
+        if not ev then break end
+        n[ev.event] = (n[ev.event] or 0) + 1
+    end
+    return n
+end
+
+local function has(cmd)
+    return select(2, proc.sh("command -v " .. cmd)) == true
+end
+
+describe("#redis dashboard", function()
+    local server, queue, s, worker, dash, base
+    local function msg(t) return { { role = "user", content = t } } end
+
+    setup(function()
+        bq.log_configure{ level = "warn" }
+        server = redis.start()
+        queue = ("it:dash:%d"):format(math.random(1, 1e9))
+        s = bq.scheduler{ url = server.url, queue_name = queue }
+        worker = proc.spawn(WORKER, { env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue, BINDUQ_LOG_LEVEL = "warn" } })
+        for _, id in ipairs({ "plain-fail", XSS_IMG, XSS_SCRIPT }) do assert(s:run{ task_id = id, messages = msg("fail") }) end
+        assert(s:run{ task_id = "ok-1", messages = msg("ok") })
+        assert(s:run{ task_id = "ask-1", messages = msg("ask") })
+        assert(s:run{ task_id = "slow-1", messages = msg("slow") })
+        assert(proc.wait_for(function()
+            return s:dead_letter_count() == 3 and s:inflight_count() >= 1 and (events_of(s, "slow-1").started or 0) >= 1
+        end, 20), "the prepared state did not come about")
+        -- Entries as a hostile writer could push them: markup in every field, control bytes,
+        -- invalid UTF-8 and a NUL in the message.
+        local header = json.encode{ reason = XSS_IMG .. " " .. XSS_SCRIPT, task_id = "hostile-reason", type = "<b>run</b>",
+                                    error = { code = XSS_SCRIPT, message = XSS_IMG, retryable = false } }
+        local file = proc.tmpdir() .. "/entry"
+        proc.write(file, header .. "\n\27[2J\0\255\254 <script>window.__xss=2</script>")
+        proc.sh(("redis-cli -h 127.0.0.1 -p %d -x LPUSH %s < %s"):format(server.port, proc.quote("{" .. queue .. "}:dlq"),
+                                                                      proc.quote(file)))
+        assert.are.equal(4, s:dead_letter_count())
+        dash, base = start_dashboard(server, queue)
+        assert(base, "the dashboard did not start: " .. tostring(proc.read(dash.log)))
+    end)
+
+    teardown(function()
+        if dash then proc.stop(dash, 5) end
+        if worker then proc.stop(worker, 10) end
+        if s then s:close() end
+        server:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    it("serves the page with a strict Content-Security-Policy and a CSRF token, and its assets", function()
+        local code, h, page = http("GET", base .. "/")
+        assert.are.equal(200, code)
+        assert.matches("^text/html", h["content-type"])
+        assert.matches("script%-src 'self'", h["content-security-policy"])
+        assert.matches("frame%-ancestors 'none'", h["content-security-policy"])
+        assert.are.equal("nosniff", h["x-content-type-options"])
+        assert.matches('name="bq%-csrf" content="%x+"', page)
+        assert.matches('name="bq%-read%-only" content="0"', page)
+        assert.is_nil(page:find("<script>", 1, true)) -- no inline script: only <script src>
+        assert.are.equal(200, (http("GET", base .. "/app.js")))
+        assert.are.equal(200, (http("GET", base .. "/app.css")))
+        assert.are.equal(404, (http("GET", base .. "/nothing")))
+    end)
+
+    it("gives queues, workers and dead letters as JSON, hostile strings as data", function()
+        local code, _, body = http("GET", base .. "/api/overview")
+        assert.are.equal(200, code)
+        local o = assert(json.decode(body))
+        assert.are.equal(queue, o.queues[1].queue)
+        assert.are.equal(4, o.queues[1].dead)
+        assert.is_true(#o.workers >= 1 and o.workers[1].queue == queue)
+        -- rates from the queue's event stream: ok-1 completed, three tasks dead-lettered
+        assert.are.equal(60, #o.history.points)
+        local done, failed = 0, 0
+        for _, p in ipairs(o.history.points) do done, failed = done + p.done, failed + p.failed end
+        assert.are.equal(1, done)
+        assert.are.equal(3, failed)
+        assert.are.equal(1, o.queues[1].processed_per_min)
+        assert.are.equal(3, o.queues[1].failed_per_min)
+        assert.is_true(math.abs(o.history.from - bq.now()) < 60)
+        code, _, body = http("GET", base .. "/api/dead/" .. hex(json.encode{ queue = queue }))
+        assert.are.equal(200, code)
+        local d = assert(json.decode(body))
+        assert.are.equal(4, d.total)
+        local ids = {}
+        for _, e in ipairs(d.entries) do ids[e.task_id] = e end
+        assert.truthy(ids[XSS_IMG] and ids[XSS_SCRIPT] and ids["plain-fail"])
+        assert.are.equal(XSS_SCRIPT, ids["hostile-reason"].code)
+        -- one entry in full: its bytes escaped as binduq shows outside text
+        code, _, body = http("GET", base .. "/api/dead-entry/" .. hex(json.encode{ queue = queue, fp = ids["hostile-reason"].fp }))
+        assert.are.equal(200, code)
+        local e = assert(json.decode(body))
+        assert.matches("\\x1b[2J\\x00\\xff\\xfe", e.message, 1, true)
+        assert.is_nil(e.message:find("[%z\1-\31\127]"))
+        -- a filter: a substring of the reason
+        code, _, body = http("GET", base .. "/api/dead/" .. hex(json.encode{ queue = queue, filter = { reason = "onerror" } }))
+        assert.are.equal(200, code)
+        d = assert(json.decode(body))
+        assert.are.equal(1, d.matched)
+        assert.are.equal("hostile-reason", d.entries[1].task_id)
+        -- parameters that are not hex JSON
+        assert.are.equal(400, (http("GET", base .. "/api/dead/abc")))
+        -- a queue the dashboard does not show
+        assert.are.equal(404, (http("GET", base .. "/api/dead/" .. hex(json.encode{ queue = "other" }))))
+    end)
+
+    it("refuses a POST without the CSRF token or JSON, and other methods", function()
+        local csrf = assert(csrf_of(base))
+        local body = json.encode{ queue = queue, all = true }
+        assert.are.equal(403, (http("POST", base .. "/api/dead/delete", { headers = { "Content-Type: application/json" }, body = body })))
+        local wrong = json.encode{ queue = queue, all = true, csrf = csrf:gsub("%x$", "x") }
+        assert.are.equal(403, (http("POST", base .. "/api/dead/delete", { headers = { "Content-Type: application/json" }, body = wrong })))
+        -- what a form of another site can send: not JSON
+        local form = json.encode{ queue = queue, all = true, csrf = csrf }
+        assert.are.equal(415, (http("POST", base .. "/api/dead/delete", { headers = { "Content-Type: text/plain" }, body = form })))
+        assert.are.equal(415, (http("POST", base .. "/api/dead/delete",
+                                    { headers = { "Content-Type: application/x-www-form-urlencoded" }, body = form })))
+        -- a POST whose Origin is not this server's (a browser always sends one)
+        local good = { "Content-Type: application/json", "Origin: http://evil.example" }
+        assert.are.equal(403, (http("POST", base .. "/api/dead/delete", { headers = good, body = form })))
+        assert.are.equal(405, (http("OPTIONS", base .. "/api/dead/delete")))
+        assert.are.equal(405, (http("DELETE", base .. "/api/dead/delete")))
+        assert.are.equal(4, s:dead_letter_count())
+    end)
+
+    it("drives in Chromium: every page, a requeue and a cancel by clicks, no hostile script runs", function()
+        if not (has("chromium") and has("node")) then
+            pending("chromium or node is not installed (apt-get install chromium nodejs): the browser test is skipped")
+            return
+        end
+        local before = events_of(s, "plain-fail").started or 0
+        os.execute("rm -rf " .. SHOTS)
+        local out = proc.sh(("timeout 120 node tests/integration/fixtures/dashboard_driver.js %s %s %s %s %s %s")
+                            :format(proc.quote(base), proc.quote(SHOTS), proc.quote(queue), "plain-fail", "slow-1",
+                                    proc.quote(XSS_IMG)))
+        local r = json.decode(out:match("[^\n]*$"))
+        assert(r, "the driver printed no result: " .. out)
+        assert.are.same({}, r.errors)
+        assert.is_true(r.ok)
+        assert.are.same({ "overview", "workers", "dead-letters", "requeued", "dead-letter-entry", "canceled", "phone-dark" },
+                        r.steps)
+        assert.are.same({}, r.dialogs) -- no alert() of <img onerror>
+        assert.is_false(r.xss)          -- no window.__xss of <script>
+        assert.are.equal(8, #r.shots)
+        for _, sh in ipairs(r.shots) do
+            assert.is_true(sh.colours >= 16 and sh.top_share < 0.97, "blank screenshot: " .. json.encode(sh))
+            assert.is_true(#(proc.read(sh.file) or "") > 5000, sh.file)
+        end
+        -- In Redis: the requeued entry ran again (a new start), the canceled task stopped.
+        assert(proc.wait_for(function() return (events_of(s, "plain-fail").started or 0) > before end, 15),
+               "the requeued task did not run again")
+        assert(proc.wait_for(function() return (events_of(s, "slow-1").canceled or 0) >= 1 end, 15),
+               "the canceled task did not stop")
+    end)
+
+    it("deletes and requeues every entry matching a filter", function()
+        local csrf = assert(csrf_of(base))
+        local function post(path, doc)
+            doc.csrf = csrf
+            local code, _, body = http("POST", base .. path, { headers = { "Content-Type: application/json" },
+                                                               body = json.encode(doc) })
+            return code, json.decode(body)
+        end
+        local code, r = post("/api/dead/delete", { queue = queue, filter = { reason = "onerror" } })
+        assert.are.equal(200, code)
+        assert.are.equal(1, r.done)
+        for _, e in ipairs(s:dead_letters()) do assert.are_not.equal("hostile-reason", e.task_id) end
+        code = post("/api/dead/requeue", { queue = queue })
+        assert.are.equal(400, code) -- neither an entry, a filter nor all = true
+        code, r = post("/api/dead/requeue", { queue = queue, filter = { task_id = XSS_SCRIPT } })
+        assert.are.equal(200, code)
+        assert.are.equal(1, r.done)
+        code, r = post("/api/dead/requeue", { queue = queue, fp = "0000000000000000-1" })
+        assert.are.equal(404, code)
+        assert.matches("no such dead%-letter entry", r.error)
+    end)
+
+    it("without a token, answers only requests whose Host names this machine (DNS rebinding)", function()
+        local port = base:match(":(%d+)$")
+        local code, _, body = http("GET", base .. "/", { headers = { "Host: evil.example:" .. port } })
+        assert.are.equal(403, code)
+        assert.matches("Host header", body)
+        assert.are.equal(403, (http("GET", base .. "/api/overview", { headers = { "Host: 127.0.0.1.evil.example" } })))
+        assert.are.equal(200, (http("GET", base .. "/api/overview", { headers = { "Host: localhost:" .. port } })))
+        assert.are.equal(200, (http("GET", base .. "/api/overview", { headers = { "Host: [::1]:" .. port } })))
+    end)
+
+    it("refuses every action in read-only mode", function()
+        local p, b = start_dashboard(server, queue, "--addr 127.0.0.1:0 --read-only")
+        finally(function() proc.stop(p, 5) end)
+        assert(b, proc.read(p.log))
+        local _, _, page = http("GET", b .. "/")
+        assert.matches('name="bq%-read%-only" content="1"', page)
+        local csrf = page:match('name="bq%-csrf" content="(%x+)"')
+        local n = s:dead_letter_count()
+        local code = http("POST", b .. "/api/dead/delete", { headers = { "Content-Type: application/json" },
+                                                             body = json.encode{ queue = queue, all = true, csrf = csrf } })
+        assert.are.equal(403, code)
+        code = http("POST", b .. "/api/task/cancel", { headers = { "Content-Type: application/json" },
+                                                       body = json.encode{ id = "ask-1", csrf = csrf } })
+        assert.are.equal(403, code)
+        assert.are.equal(n, s:dead_letter_count())
+        assert.are.equal(200, (http("GET", b .. "/api/overview")))
+        assert.are.equal(0, proc.stop(p, 5))
+    end)
+
+    it("needs the token for every request when given one, and a token to listen beyond loopback", function()
+        local p, b = start_dashboard(server, queue, "--addr 127.0.0.1:0 --token s3cret")
+        finally(function() proc.stop(p, 5) end)
+        assert(b, proc.read(p.log))
+        local code, h = http("GET", b .. "/")
+        assert.are.equal(401, code)
+        assert.matches("^Basic", h["www-authenticate"])
+        assert.are.equal(401, (http("GET", b .. "/api/overview")))
+        assert.are.equal(401, (http("GET", b .. "/api/overview", { headers = { "Authorization: Bearer wrong" } })))
+        assert.are.equal(401, (http("GET", b .. "/api/overview", { user = "admin:wrong" })))
+        assert.are.equal(200, (http("GET", b .. "/api/overview", { headers = { "Authorization: Bearer s3cret" } })))
+        assert.are.equal(200, (http("GET", b .. "/", { user = "admin:s3cret" })))
+        -- with a token, any Host (a proxy's name): the token is what a page of another site lacks
+        assert.are.equal(200, (http("GET", b .. "/api/overview", { headers = { "Authorization: Bearer s3cret",
+                                                                               "Host: dash.example" } })))
+        assert.are.equal(0, proc.stop(p, 5))
+        -- not loopback, no token: refused before listening
+        local out, ok = proc.sh(("BINDUQ_DASHBOARD_TOKEN= build/binduq-lua dashboard --url %s --addr 0.0.0.0:0")
+                                :format(proc.quote(server.url)))
+        assert.is_false(ok)
+        assert.matches("needs a token", out)
+    end)
+end)
+
+describe("#redis dashboard without its Redis", function()
+    it("answers 502 with the error, and the stream says what it cannot read", function()
+        local server = redis.start()
+        local p, b = start_dashboard(server, "it:dash:gone")
+        finally(function()
+            proc.stop(p, 5)
+            server:stop()
+        end)
+        assert(b, proc.read(p.log))
+        assert.are.equal(200, (http("GET", b .. "/api/overview")))
+        server:stop()
+        local code, _, body = http("GET", b .. "/api/overview")
+        assert.are.equal(502, code)
+        assert.is_string(json.decode(body).error)
+        local events = proc.sh("curl -s -N -m 3 " .. proc.quote(b .. "/api/stream"))
+        assert.matches("event: problem\ndata: {\"error\":", events, 1, true)
+        assert.are.equal(0, proc.stop(p, 5))
+    end)
+end)
+
+describe("#redis #pg dashboard with the task storage", function()
+    local server, db, queue, s, worker, dash, base, csrf
+    local function msg(t) return { { role = "user", content = t } } end
+
+    local function state_of(id)
+        local t = s:get_task(id)
+        return t and t.state
+    end
+
+    local function post(path, doc)
+        doc.csrf = csrf
+        local code, _, body = http("POST", base .. path, { headers = { "Content-Type: application/json" },
+                                                           body = json.encode(doc) })
+        return code, json.decode(body)
+    end
+
+    setup(function()
+        bq.log_configure{ level = "warn" }
+        server = redis.start()
+        db = pg.start()
+        queue = ("it:dashpg:%d"):format(math.random(1, 1e9))
+        s = bq.scheduler{ scheduler = { url = server.url, queue_name = queue }, storage = { type = "postgres", url = db.url } }
+        worker = proc.spawn(WORKER, { env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue, DATABASE_URL = db.url,
+                                              BINDUQ_LOG_LEVEL = "warn" } })
+        assert(s:run{ task_id = "ok-1", conversation_id = "ctx-1", messages = msg("ok") })
+        assert(s:run{ task_id = "ask-1", messages = msg("ask") })
+        assert(s:run{ task_id = "fail-1", messages = msg("fail") })
+        assert(proc.wait_for(function()
+            return state_of("ok-1") == "completed" and state_of("ask-1") == "input-required" and state_of("fail-1") == "failed"
+                   and s:dead_letter_count() == 1
+        end, 20), "the prepared state did not come about")
+        dash = proc.spawn("build/binduq-lua dashboard --url " .. proc.quote(server.url) .. " --queue " .. proc.quote(queue)
+                          .. " --addr 127.0.0.1:0 --database-url " .. proc.quote(db.url),
+                          { unset = { "BINDUQ_DASHBOARD_TOKEN" } })
+        base = proc.wait_for(function() return (proc.read(dash.log) or ""):match("dashboard: (http://[%d.]+:%d+)/") end, 10)
+        assert(base, "the dashboard did not start: " .. tostring(proc.read(dash.log)))
+        csrf = assert(csrf_of(base))
+    end)
+
+    teardown(function()
+        if dash then proc.stop(dash, 5) end
+        if worker then proc.stop(worker, 10) end
+        if s then s:close() end
+        server:stop()
+        db:stop()
+        bq.log_configure{ level = "info" }
+    end)
+
+    it("shows a task's stored state, history and events, and lists tasks", function()
+        local _, _, page = http("GET", base .. "/")
+        assert.matches('name="bq%-storage" content="1"', page)
+        local code, _, body = http("GET", base .. "/api/task/" .. hex(json.encode{ id = "ok-1", queue = queue }))
+        assert.are.equal(200, code)
+        local d = assert(json.decode(body))
+        assert.is_true(d.found)
+        assert.are.equal("completed", d.task.state)
+        assert.are.equal("ctx-1", d.task.context_id)
+        assert.are.equal("ok", d.task.history[1].content)
+        local seen = {}
+        for _, e in ipairs(d.events) do seen[e.event] = true end
+        assert.is_true(seen.started and seen.completed)
+        code, _, body = http("GET", base .. "/api/tasks/" .. hex(json.encode{ queue = queue, state = "completed" }))
+        assert.are.equal(200, code)
+        d = assert(json.decode(body))
+        assert.are.equal(1, #d.tasks)
+        assert.are.equal("ok-1", d.tasks[1].task_id)
+        code, _, body = http("GET", base .. "/api/task/" .. hex(json.encode{ id = "nobody", queue = queue }))
+        assert.are.equal(200, code)
+        assert.is_false(json.decode(body).found)
+    end)
+
+    it("shows a stored task and lists tasks by state in Chromium", function()
+        if not (has("chromium") and has("node")) then
+            pending("chromium or node is not installed (apt-get install chromium nodejs): the browser test is skipped")
+            return
+        end
+        local out = proc.sh(("timeout 120 node tests/integration/fixtures/dashboard_driver.js %s %s %s --stored ok-1 completed")
+                            :format(proc.quote(base), proc.quote(SHOTS), proc.quote(queue)))
+        local r = json.decode(out:match("[^\n]*$"))
+        assert(r, "the driver printed no result: " .. out)
+        assert.are.same({}, r.errors)
+        assert.are.same({ "task-stored", "task-list" }, r.steps)
+        for _, sh in ipairs(r.shots) do
+            assert.is_true(sh.colours >= 16 and sh.top_share < 0.97, "blank screenshot: " .. json.encode(sh))
+        end
+    end)
+
+    it("refuses what the stored state forbids, as binduq-lua task does, and does the rest", function()
+        local code, r = post("/api/task/cancel", { id = "ok-1", queue = queue })
+        assert.are.equal(409, code)
+        assert.matches("already completed", r.error)
+        code, r = post("/api/task/resume", { id = "ask-1", queue = queue })
+        assert.are.equal(409, code)
+        assert.matches("waits for input", r.error)
+        code = post("/api/task/retry", { id = "ok-1", queue = queue })
+        assert.are.equal(409, code)
+        -- a retry of the failed task: its dead-letter entry goes back to the queue
+        code, r = post("/api/task/retry", { id = "fail-1", queue = queue })
+        assert.are.equal(200, code)
+        assert.are.equal("dead_letter", r.result)
+        assert(proc.wait_for(function() return state_of("fail-1") ~= "failed" or s:dead_letter_count() == 0 end, 10))
+        -- the answer to a task waiting for input
+        code, r = post("/api/task/resume", { id = "ask-1", queue = queue, message = "blue" })
+        assert.are.equal(200, code)
+        assert.are.equal("resume", r.operation)
+        assert(proc.wait_for(function()
+            for _, m in ipairs((s:get_task("ask-1") or {}).history or {}) do
+                if m.content == "blue" then return true end
+            end
+        end, 10), "the resume did not reach the task's history")
+    end)
+end)
