@@ -40,7 +40,7 @@ build = {
         ["binduq.core"] = {
             sources = {
                 "src/core/alloc.c", "src/core/arena.c", "src/core/backoff.c", "src/core/buf.c",
-                "src/core/clock.c", "src/core/dl.c", "src/core/env.c", "src/core/err.c", "src/core/escape.c",
+                "src/core/clock.c", "src/core/cron.c", "src/core/dl.c", "src/core/env.c", "src/core/err.c", "src/core/escape.c",
                 "src/core/id.c", "src/core/log.c", "src/core/rand.c", "src/core/ratelimit.c",
                 "src/core/wire.c",
                 "src/net/bulkcap.c", "src/net/conn.c", "src/net/curlapi.c", "src/net/http.c",
