@@ -24,7 +24,7 @@ end
 local function runs_of(workers, name)
     local by, ticks = {}, {}
     for _, w in ipairs(workers) do
-        for id, attempt in (proc.read(w.log) or ""):gmatch("RAN (%S+) (%d+)\n") do
+        for id, attempt in (proc.read(w.log) or ""):gmatch("RAN (%S+) (%d+) [%d.]+\n") do
             local tick = tonumber(id:match("^" .. (name or "tick") .. ":(%d+)$"))
             if tick then
                 if not by[tick] then ticks[#ticks + 1] = tick end
