@@ -140,9 +140,9 @@ end
 function Firer:start(now)
     now = now or core.now()
     for _, s in ipairs(self.list) do
-        local _, last, state = self:_claim(s, s.decl, {})
-        if last == nil then
-            core.log("warn", "schedule_unavailable", { schedule = s.name, error = state })
+        local ok, last, state = self:_claim(s, s.decl, {})
+        if ok == nil then
+            core.log("warn", "schedule_unavailable", { schedule = s.name, error = last, code = state })
             s.cursor, s.declared = math.floor(now), false
         else
             s.declared = true

@@ -82,6 +82,20 @@ describe("recurring schedules", function()
         assert.are.same({ 31, 31 }, { after_gap("all", 100) })
     end)
 
+    it("go on when Redis cannot be reached: declared and claimed again a second later", function()
+        local s = bq.scheduler{ url = "redis://127.0.0.1:1/0", queue_name = "spec:rec:down" }
+        local list = recurring.check({ { name = "down", every = 1, op = { messages = { "x" } } } })
+        local f = recurring.new(s, list)
+        local t = math.floor(core.now())
+        f:start(t + 0.5)
+        assert.is_false(list[1].declared)
+        assert.are.equal(t, list[1].cursor)
+        assert.are.equal(0, f:fire(t + 0.5))
+        assert.are.equal(t + 1.5, list[1].retry_at)
+        assert.are.equal(0.5, f:due_in(t + 1))
+        s:close()
+    end)
+
     it("fire in the worker's own process on the in-memory scheduler, each tick once", function()
         local name = fresh("m")
         local seen = {}
