@@ -95,8 +95,9 @@ function M.check(list, level)
     return out
 end
 
--- The first tick of schedule s after t (seconds since the epoch), or nil.
+-- The first tick of schedule s after t (seconds since the epoch), an integer, or nil.
 local function next_after(s, t)
+    t = math.floor(t)
     if s.every then return (t // s.every + 1) * s.every end
     return s.cron:next(t)
 end
@@ -179,16 +180,19 @@ end
 local function ticks_of(s, now)
     local late, upcoming = {}, {}
     local t = s.cursor
+    local skipped = 0
     if s.every and t < now - M.LATE - (s.max_missed + 1) * s.every then
         -- Only the last max_missed late ticks can matter: start just before them.
-        t = ((now - M.LATE) // s.every - (s.max_missed + 1)) * s.every
+        local from = (math.floor(now - M.LATE) // s.every - (s.max_missed + 1)) * s.every
+        skipped = (from - t) // s.every
+        t = from
     end
-    local last_late
+    local last_late, nlate = nil, skipped
     for _ = 1, SCAN_MAX do
         t = next_after(s, t)
         if t == nil or t > now + M.LEAD then break end
         if t < now - M.LATE then
-            last_late = t
+            last_late, nlate = t, nlate + 1
             late[#late + 1] = t
             if #late > s.max_missed then table.remove(late, 1) end
         else
@@ -206,7 +210,7 @@ local function ticks_of(s, now)
     local function jitter() return s.jitter > 0 and math.random() * s.jitter or 0 end
     for _, lt in ipairs(keep) do out[#out + 1] = run_of(s, lt, now + jitter()) end
     for _, ut in ipairs(upcoming) do out[#out + 1] = run_of(s, ut, ut + jitter()) end
-    return out, last_late, #late
+    return out, last_late, nlate
 end
 
 --- Claims what is due. Returns the number of runs this worker queued.

@@ -82,6 +82,31 @@ describe("recurring schedules", function()
         assert.are.same({ 31, 31 }, { after_gap("all", 100) })
     end)
 
+    it("delay each run by at most its jitter, a missed one from now", function()
+        local ops = {}
+        local fake = { backend = "memory", schedule = function(_, op)
+            ops[#ops + 1] = op
+            return true, "scheduled"
+        end }
+        local list = recurring.check({ { name = "j", every = 1, missed = "all", max_missed = 3, jitter = 0.25,
+                                         op = { messages = { "x" } } } })
+        local f = recurring.new(fake, list)
+        local t = math.floor(core.now())
+        f:start(t + 0.5)
+        list[1].cursor = t - 30
+        assert.are.equal(9, f:fire(t + 0.5))
+        local spread = false
+        for i, op in ipairs(ops) do
+            local tick = tonumber(op.task_id:match("^j:(%d+)$"))
+            local base = i <= 3 and t + 0.5 or tick -- the missed ones run from now
+            assert.truthy(op.run_at >= base and op.run_at < base + 0.25, op.task_id .. " at " .. op.run_at)
+            spread = spread or op.run_at > base
+        end
+        assert.is_true(spread)
+        assert.are.same({ "j:" .. (t - 7), "j:" .. (t - 6), "j:" .. (t - 5) },
+                        { ops[1].task_id, ops[2].task_id, ops[3].task_id })
+    end)
+
     it("go on when Redis cannot be reached: declared and claimed again a second later", function()
         local s = bq.scheduler{ url = "redis://127.0.0.1:1/0", queue_name = "spec:rec:down" }
         local list = recurring.check({ { name = "down", every = 1, op = { messages = { "x" } } } })
