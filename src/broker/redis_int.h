@@ -222,7 +222,9 @@ bq_status bq_redis_listen(bq_broker *b, const char *queue,
                           void (*ready)(void *ud), void *ud, int stopfd, bq_err *err);
 bq_status bq_redis_controls(bq_broker *b, const char *queue, double interval, size_t window,
                             struct bq_batch *out, bq_err *err);
-/* redis_cron.c */
+/* redis_cron.c: bq_broker_ops.cron (broker.h, "Recurring schedules"), one cron-4 call.
+ * BQ_EINVAL for a malformed name, action or more than 10,000 ticks; the script's errors as
+ * bq_redis_script's. */
 bq_status bq_redis_cron(bq_broker *b, const char *queue, const char *name,
                         enum bq_cron_action action, struct bq_slice decl,
                         const struct bq_tick *ticks, size_t n, struct bq_cron_res *res,
