@@ -29,8 +29,11 @@ M.LEAD = 1
 -- A tick more than this many seconds past when a worker comes to claim it was missed (all
 -- workers were down or cut off from Redis): the schedule's `missed` policy decides.
 M.LATE = 5
--- Ticks looked at, at most, when catching up after a long downtime.
-local SCAN_MAX = 100000
+-- Ticks looked at, at most, when catching up after a long downtime (about a second of CPU):
+-- interval schedules jump to their last max_missed missed ticks, so only a cron schedule
+-- missing more than this many ticks (one firing each second, down for 11 days) scans again
+-- at its next wake, and its "once" or "all" runs from the first scan's last ticks.
+local SCAN_MAX = 1000000
 
 local KEYS = { name = "string", cron = "string", tz = "string", every = "number", op = "table",
                missed = "string", max_missed = "number", jitter = "number" }
