@@ -295,6 +295,9 @@ static bq_status tzif(const unsigned char *p, size_t len, struct bq_tz *tz, bq_e
     len -= skip;
     for (int i = 0; i < 6; i++)
         c[i] = be32(p + 20 + 4 * i);
+    if (c[2] != 0)
+        return bq_err_set(err, BQ_EINVAL, "tz %s: a zone with leap seconds (right/...) counts "
+                          "TAI-like seconds; use the zone without right/", tz->name);
     size_t timecnt = c[3], typecnt = c[4];
     size_t need = 44 + timecnt * 9 + typecnt * 6;
     if (typecnt == 0 || typecnt > 256 || timecnt > 100000 || len < need)

@@ -152,6 +152,10 @@ TEST(zones_load_and_bad_names_are_refused)
     CHECK_INT(bq_tz_load("/etc/passwd", NULL, &tz, &err), BQ_EINVAL);
     CHECK_INT(bq_tz_load("Mars/Olympus_Mons", NULL, &tz, &err), BQ_ENOTFOUND);
     CHECK_CONTAINS(err.msg, "tzdata");
+    if (bq_tz_load("right/UTC", NULL, &tz, &err) != BQ_ENOTFOUND) { /* tzdata has right/ */
+        CHECK_INT(err.code, BQ_EINVAL);
+        CHECK_CONTAINS(err.msg, "leap seconds");
+    }
     CHECK_INT(bq_tz_load("UTC", NULL, &tz, &err), BQ_OK);
     CHECK_INT(bq_tz_offset(&tz, 0), 0);
     bq_tz_free(&tz);
