@@ -40,7 +40,7 @@ build = {
         ["binduq.core"] = {
             sources = {
                 "src/core/alloc.c", "src/core/arena.c", "src/core/backoff.c", "src/core/buf.c",
-                "src/core/clock.c", "src/core/dl.c", "src/core/env.c", "src/core/err.c", "src/core/escape.c",
+                "src/core/clock.c", "src/core/cron.c", "src/core/dl.c", "src/core/env.c", "src/core/err.c", "src/core/escape.c",
                 "src/core/id.c", "src/core/log.c", "src/core/rand.c", "src/core/ratelimit.c",
                 "src/core/wire.c",
                 "src/net/bulkcap.c", "src/net/conn.c", "src/net/curlapi.c", "src/net/http.c",
@@ -50,6 +50,7 @@ build = {
                 "src/broker/admin.c", "src/broker/broker.c", "src/broker/cluster.c",
                 "src/broker/keys.c", "src/broker/mem.c",
                 "src/broker/redis.c", "src/broker/redis_admin.c", "src/broker/redis_control.c",
+                "src/broker/redis_cron.c",
                 "src/broker/redis_feed.c", "src/broker/redis_fetch.c", "src/broker/redis_lease.c",
                 "src/storage/mem.c", "src/storage/pg.c",
                 "src/storage/pqapi.c", "src/storage/rstore.c", "src/storage/storage.c",
@@ -59,7 +60,7 @@ build = {
                 "src/engine/worker.c", "src/engine/worker_control.c",
                 "src/engine/worker_dispatch.c", "src/engine/worker_feed.c", "src/engine/worker_heartbeat.c",
                 "src/engine/worker_slots.c",
-                "src/lua/l_client.c", "src/lua/l_core.c", "src/lua/l_engine.c", "src/lua/l_gateway.c",
+                "src/lua/l_client.c", "src/lua/l_core.c", "src/lua/l_cron.c", "src/lua/l_engine.c", "src/lua/l_gateway.c",
                 "src/lua/l_http.c",
                 "src/lua/l_metrics.c", "src/lua/l_slot.c",
                 "src/lua/l_storage.c", "src/lua/l_task.c", "src/lua/l_produce.c",
@@ -94,6 +95,7 @@ build = {
         ["binduq.lifecycle.order"] = "lua/binduq/lifecycle/order.lua",
         ["binduq.lifecycle.run"] = "lua/binduq/lifecycle/run.lua",
         ["binduq.push"] = "lua/binduq/push.lua",
+        ["binduq.recurring"] = "lua/binduq/recurring.lua",
         ["binduq.retry"] = "lua/binduq/retry.lua",
         ["binduq.scheduler"] = "lua/binduq/scheduler.lua",
         ["binduq.storage"] = "lua/binduq/storage.lua",

@@ -15,6 +15,8 @@
 --   binduq-lua task list [--state STATE] [--context ID] [--limit N] [--json]
 --   binduq-lua task cancel|pause|retry ID [--json]
 --   binduq-lua task resume ID [--message TEXT] [--json]
+--   binduq-lua schedules list [--json]                recurring schedules: when, state, last and next tick
+--   binduq-lua schedules pause|resume|remove NAME [--json]   for every worker of the queue
 --   binduq-lua serve [AGENT.lua] [--addr HOST:PORT] [--url URL] [--queue NAME] [--database-url URL]
 --     the A2A gateway alone (binduq.gateway), until SIGTERM or SIGINT
 --     common: --database-url URL (default DATABASE_URL)  --schema NAME (default binduq)
@@ -102,6 +104,16 @@ Options: --database-url URL (default $DATABASE_URL)  --schema NAME (default bind
   With STORAGE_TYPE=redis (and no --database-url) the task state is the Redis storage's, for
   every subcommand: --url URL (default $REDIS_URL)  --queue NAME (default $REDIS_QUEUE_NAME)
 ]],
+    schedules = [[
+usage: binduq-lua schedules <list|pause|resume|remove> [NAME] [options]
+  list                          the queue's recurring schedules (docs/recurring.md): when each
+                                fires, active, paused or removed, its last and next tick
+  pause NAME                    stop firing NAME on every worker (its ticks are skipped)
+  resume NAME                   fire NAME again from its next tick
+  remove NAME                   stop NAME for good, until a worker that declares it starts
+Options: --url URL (default $REDIS_URL)  --queue NAME (default $REDIS_QUEUE_NAME or bindu:tasks)
+         --json (one JSON document on stdout)  --help
+]],
 }
 
 USAGE.dashboard = [[
@@ -164,7 +176,7 @@ end
 
 -- The commands, in the order `binduq-lua --help` and the unknown-command message list them.
 -- binduq-lua (src/host/main.c) runs a first argument found here as a command.
-M.ORDER = { "dlq", "stats", "workers", "queue", "top", "task", "serve", "dashboard" }
+M.ORDER = { "dlq", "stats", "workers", "queue", "top", "task", "schedules", "serve", "dashboard" }
 M.COMMANDS = {}
 for _, c in ipairs(M.ORDER) do M.COMMANDS[c] = true end
 
@@ -232,6 +244,7 @@ local KNOWN = {
     serve = { url = true, queue = true, database_url = true, addr = true, help = true },
     dashboard = { url = true, queue = true, database_url = true, schema = true, addr = true, token = true,
                   read_only = true, help = true },
+    schedules = { url = true, queue = true, json = true, help = true },
 }
 
 local function filter_of(opts)
@@ -771,6 +784,98 @@ end
 
 -- One refresh of top --json: {"time":ISO, "queues":[{queue, ready, delayed, inflight, dead,
 -- workers, net_per_s}], "workers":[{id, queue, lease_left, inflight, current}]} on one line.
+-- ---- schedules: recurring schedules' state in {Q}:cron (cron-4, docs/recurring.md) ------
+
+local function iso_or_dash(t)
+    return (t and t >= 0) and core.iso8601(t) or "-"
+end
+
+-- The schedules of queue q as recorded in {Q}:cron: a list sorted by name of {name=,
+-- cron=, tz=, every=, missed=, max_missed=, jitter=, state=, last=, next=}.
+local function schedule_rows(c, q)
+    local flat = must(c:command(q, "HGETALL", core.key_derive(q, "cron")))
+    local by = {}
+    local function row(name)
+        by[name] = by[name] or { name = name, state = "active" }
+        return by[name]
+    end
+    for i = 1, #flat - 1, 2 do
+        local f, v = flat[i], flat[i + 1]
+        local name, what = f:match("^(.-):(%a+)$")
+        if name == nil then
+            row(f).last = math.tointeger(tonumber(v))
+        elseif what == "spec" then
+            local okj, d = pcall(json.decode, v)
+            if okj and type(d) == "table" then
+                local r = row(name)
+                for _, k in ipairs({ "cron", "tz", "every", "missed", "max_missed", "jitter" }) do
+                    r[k] = d[k] ~= json.null and d[k] or nil
+                end
+            end
+        elseif what == "paused" then
+            row(name).paused = true
+        elseif what == "removed" then
+            row(name).removed = true
+        end
+    end
+    local list = {}
+    for _, r in pairs(by) do
+        r.state = r.removed and "removed" or r.paused and "paused" or "active"
+        r.paused, r.removed = nil, nil
+        if r.state ~= "removed" then
+            local okn, nxt = pcall(function()
+                local after = math.max(r.last or -1, math.floor(core.now()))
+                if r.every then return (after // r.every + 1) * r.every end
+                if r.cron then return core.cron(r.cron, r.tz):next(after) end
+            end)
+            r.next = okn and nxt or nil
+        end
+        list[#list + 1] = r
+    end
+    table.sort(list, function(a, b) return a.name < b.name end)
+    return list
+end
+
+function admin.schedules(s, opts, pos)
+    local q = queues_of(opts, s)[1]
+    local c = s.client
+    local sub = pos[1]
+    if sub == "list" then
+        if pos[2] then error({ usage = "unexpected argument '" .. pos[2] .. "'" }) end
+        local list = schedule_rows(c, q)
+        if opts.json then
+            json_text('{"queue":' .. json.encode_strict(q) .. ',"schedules":' .. json.array(list) .. "}")
+            return
+        end
+        local lines = { ("%d schedule%s on %s:"):format(#list, #list == 1 and "" or "s", q),
+                        ("%-24s %-32s %-8s %-24s %-24s %s"):format("NAME", "WHEN", "STATE", "LAST TICK", "NEXT TICK",
+                                                                 "MISSED") }
+        for _, r in ipairs(list) do
+            local when = r.every and ("every " .. math.tointeger(r.every) .. "s")
+                         or r.cron and (r.cron .. (r.tz and (" " .. r.tz) or "")) or "-"
+            lines[#lines + 1] = ("%-24s %-32s %-8s %-24s %-24s %s"):format(short(r.name, 24), short(when, 32), r.state,
+                iso_or_dash(r.last), iso_or_dash(r.next), short(r.missed or "-", 8))
+        end
+        return out(opts, nil, lines)
+    end
+    local name = pos[2]
+    if not name then error({ usage = sub .. " needs a schedule NAME" }) end
+    if pos[3] then error({ usage = "unexpected argument '" .. pos[3] .. "'" }) end
+    local _, last, state = c:cron(name, sub, "", nil, q)
+    if last == nil then error({ fail = tostring(state) }) end
+    if state == "unknown" then error({ fail = "no schedule '" .. name .. "' on " .. q }) end
+    if state == "removed" and sub ~= "remove" then
+        error({ fail = "schedule '" .. name .. "' was removed (a worker that declares it starts it again)" })
+    end
+    if opts.json then
+        json_text('{"queue":' .. json.encode_strict(q) .. ',"schedule":' .. json.encode_strict(name)
+                  .. ',"state":"' .. state .. '"}')
+        return
+    end
+    local verb = { pause = "paused", resume = "resumed", remove = "removed" }
+    write_lines(("%s schedule '%s' on %s"):format(verb[sub], name, q))
+end
+
 local function top_json(rows, workers, t)
     local qs = {}
     for i, r in ipairs(rows) do
@@ -886,7 +991,8 @@ function M.main(args)
         if nosub and #pos > 0 then error({ usage = "unexpected argument '" .. pos[1] .. "'" }) end
         local SUBS = { dlq = { "list", "show", "requeue", "purge" },
                        task = { "show", "list", "cancel", "pause", "resume", "retry" },
-                       queue = { "peek", "purge" } }
+                       queue = { "peek", "purge" },
+                       schedules = { "list", "pause", "resume", "remove" } }
         -- A subcommand is checked before anything is opened: a typo is a usage error.
         if SUBS[cmd] then
             local okw = false

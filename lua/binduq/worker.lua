@@ -20,6 +20,7 @@ local core = require("binduq.core")
 local config = require("binduq.config")
 local json = require("binduq.json")
 local lifecycle = require("binduq.lifecycle")
+local recurring = require("binduq.recurring")
 local scheduler = require("binduq.scheduler")
 local storage_mod = require("binduq.storage")
 local task_mod = require("binduq.task")
@@ -215,6 +216,8 @@ function M.new(opts, level)
         end
         policy_fns = select(2, handlers_module(module, level + 1))
     end
+    -- Recurring schedules (binduq.recurring): checked in every state, kept by the main one.
+    local schedules = opts.schedules ~= nil and recurring.check(opts.schedules, level) or nil
     local self = setmetatable({
         key = key,
         module = module,
@@ -250,6 +253,7 @@ function M.new(opts, level)
         -- Opening the scheduler checks the configuration now (a bad URL fails here, not
         -- at start) and gives the main state a producer for w:schedule().
         self.scheduler = scheduler.new(section, level, storage_section)
+        if schedules and #schedules > 0 then self.recurring = recurring.new(self.scheduler, schedules) end
     end
     return self
 end
@@ -416,9 +420,16 @@ function Worker:_wait()
     local sweeping = self.recovery_after > 0 and self.scheduler.store:kind() ~= "memory"
     local period = sweeping and math.max(1, math.min(60, self.recovery_after / 2)) or -1
     local next_sweep = core.monotonic() + (sweeping and period or 0)
+    local rec = self.recurring
     local ok, err = pcall(function()
         while true do
-            local ev = engine:next_event(sweeping and math.max(0, next_sweep - core.monotonic()) or -1)
+            local wait = sweeping and math.max(0, next_sweep - core.monotonic()) or -1
+            if rec and not stopping then
+                rec:fire()
+                local r = rec:due_in()
+                if r < math.huge and (wait < 0 or r < wait) then wait = r end
+            end
+            local ev = engine:next_event(wait)
             if sweeping and not stopping and core.monotonic() >= next_sweep then
                 self:sweep()
                 next_sweep = core.monotonic() + period
@@ -485,15 +496,25 @@ end
 
 --- Delivers the worker's pending results to on_result, waiting up to `timeout` seconds for
 -- the first (0: do not wait). For a main state that produces and consumes in one loop.
--- Returns the number of results delivered, or false once the worker has stopped.
+-- Returns the number of results delivered, or false once the worker has stopped. The
+-- worker's schedules fire meanwhile, as in w:run().
 function Worker:poll(timeout)
     local engine = self.engine
     if not engine then error("poll: the worker is not running", 2) end
-    local n, wait = 0, timeout or 0
+    local rec = self.recurring
+    local n, first = 0, true
+    local deadline = core.monotonic() + (timeout or 0)
     while true do
+        local wait = first and math.max(0, deadline - core.monotonic()) or 0
+        if rec then
+            rec:fire()
+            wait = math.min(wait, rec:due_in())
+        end
         local ev = engine:next_event(wait)
-        if ev == nil then return n end
-        if ev.kind == "result" then
+        -- nil: the wait ended; a schedule's may have cut it short, then wait on.
+        if ev == nil and (not first or core.monotonic() >= deadline) then return n end
+        if ev == nil then -- luacheck: ignore 542
+        elseif ev.kind == "result" then
             n = n + 1
             if self.on_result then self.on_result(result_of(ev)) end
         elseif ev.kind == "stopped" then
@@ -503,7 +524,7 @@ function Worker:poll(timeout)
             self.engine = nil
             return false
         end
-        wait = 0
+        if ev ~= nil then first = false end
     end
 end
 

@@ -277,6 +277,29 @@ struct bq_admission {
     double value;             /* out: admitted, when (epoch s); else the wait (s) */
 };
 
+/* ---- Recurring schedules (docs/recurring.md) ----------------------------------------------
+ * Each schedule of Q has a state in Redis that every worker of Q shares ({Q}:cron): the last
+ * tick claimed, its declaration, paused or removed. A worker claims a tick and queues its run
+ * in one atomic step that succeeds only for a tick later than the last claimed, so each tick
+ * runs once whichever workers try it, and none is a leader. */
+enum bq_cron_action { BQ_CRON_FIRE = 0, BQ_CRON_PAUSE, BQ_CRON_RESUME, BQ_CRON_REMOVE, };
+
+/* One tick to claim. */
+struct bq_tick {
+    long long tick;      /* the tick, seconds since the epoch */
+    double due;          /* when its run is due, seconds since the epoch (past: at once) */
+    struct bq_slice msg; /* the run to queue */
+};
+
+/* What a schedule's state was left as. */
+enum bq_cron_state { BQ_CRON_ACTIVE = 0, BQ_CRON_PAUSED, BQ_CRON_REMOVED, BQ_CRON_UNKNOWN, };
+
+struct bq_cron_res {
+    long long fired;          /* runs queued */
+    long long last;           /* the last tick claimed (-1: none) */
+    enum bq_cron_state state;
+};
+
 struct bq_broker_ops {
     /* Adds msgs[0..n) to Q in order, in as few round trips as possible, and rings Q's bell
      * (workers fetching from several queues block on the bells). *pushed counts the messages
@@ -385,6 +408,16 @@ struct bq_broker_ops {
      * memory readers); frees a reader. */
     void (*feed_wake)(bq_broker *b, struct bq_feed_reader *rd);
     void (*feed_close)(bq_broker *b, struct bq_feed_reader *rd);
+    /* A recurring schedule `name` of Q (cron-4, "Recurring schedules" above). FIRE: `decl`
+     * (len 0: none) declares it first; then each of ticks[0..n) (ascending) later than the
+     * last claimed is claimed and, unless the schedule is paused, its run queued as
+     * push_delayed queues one. PAUSE, RESUME, REMOVE change a declared schedule. NULL for
+     * the memory broker: its one process keeps its schedules' claims itself
+     * (lua/binduq/recurring.lua). */
+    bq_status (*cron)(bq_broker *b, const char *queue, const char *name,
+                      enum bq_cron_action action, struct bq_slice decl,
+                      const struct bq_tick *ticks, size_t n, struct bq_cron_res *res,
+                      bq_err *err);
     /* Round trip to the server in seconds (0 for memory). */
     bq_status (*ping)(bq_broker *b, double *rtt, bq_err *err);
     void (*free)(bq_broker *b);

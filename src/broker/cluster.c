@@ -363,6 +363,17 @@ static bq_status c_push_delayed(bq_broker *base, const char *queue, const struct
     return st;
 }
 
+static bq_status c_cron(bq_broker *base, const char *queue, const char *name,
+                        enum bq_cron_action action, struct bq_slice decl,
+                        const struct bq_tick *ticks, size_t n, struct bq_cron_res *res,
+                        bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, queue, err, st = b->ops->cron(b, queue, name, action, decl, ticks, n, res, errp_));
+    return st;
+}
+
 static bq_status c_fetch(bq_broker *base, const struct bq_lessee *who,
                          const struct bq_fetch_req *req, struct bq_fetch_res *res,
                          struct bq_batch *out, bq_err *err)
@@ -690,6 +701,7 @@ static const struct bq_broker_ops cluster_ops = {
     .push = c_push,
     .push_unique = c_push_unique,
     .push_delayed = c_push_delayed,
+    .cron = c_cron,
     .fetch = c_fetch,
     .interrupt = c_interrupt,
     .ack = c_ack,

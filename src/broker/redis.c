@@ -61,6 +61,7 @@ static const struct {
     SCRIPT(S_BURYBIG, "burybig-3", burybig_3),
     SCRIPT(S_CONTROLS, "controls-3", controls_3),
     SCRIPT(S_DELAY, "delay-N", delay_N),
+    SCRIPT(S_CRON, "cron-4", cron_4),
 };
 #undef SCRIPT
 
@@ -545,6 +546,7 @@ static const struct bq_broker_ops redis_ops = {
     .push = redis_push,
     .push_unique = redis_push_unique,
     .push_delayed = redis_push_delayed,
+    .cron = bq_redis_cron,
     .fetch = bq_redis_fetch,
     .interrupt = bq_redis_interrupt,
     .ack = bq_redis_ack,

@@ -13,6 +13,7 @@
  *   redis_admin.c    lengths, ranges and the dead-letter list's requeue, remove and purge
  *   redis_control.c  the control channel (publish, listen), the controls scan, the Sentinel
  *                    watcher
+ *   redis_cron.c     recurring schedules' claims and state (cron-4)
  * Functions one file defines for the others are bq_redis_*; the helpers below are inline, as
  * the fetch path calls them.
  */
@@ -54,6 +55,7 @@ enum script_id {
     S_BURYBIG,
     S_CONTROLS,
     S_DELAY,
+    S_CRON,
     S_COUNT,
 };
 
@@ -220,6 +222,13 @@ bq_status bq_redis_listen(bq_broker *b, const char *queue,
                           void (*ready)(void *ud), void *ud, int stopfd, bq_err *err);
 bq_status bq_redis_controls(bq_broker *b, const char *queue, double interval, size_t window,
                             struct bq_batch *out, bq_err *err);
+/* redis_cron.c: bq_broker_ops.cron (broker.h, "Recurring schedules"), one cron-4 call.
+ * BQ_EINVAL for a malformed name, action or more than 10,000 ticks; the script's errors as
+ * bq_redis_script's. */
+bq_status bq_redis_cron(bq_broker *b, const char *queue, const char *name,
+                        enum bq_cron_action action, struct bq_slice decl,
+                        const struct bq_tick *ticks, size_t n, struct bq_cron_res *res,
+                        bq_err *err);
 /* redis_feed.c: the task events (broker.h). The fetch round trip writes its events with
  * append_feed (one XADD of entry e to Q's stream) and reads each reply with read_feed (a
  * refused XADD is logged, not an error: the pipeline stays in step). */

@@ -3,7 +3,8 @@
  * binduq Lua modules on its path, which runs a script with `arg` set as `lua` does.
  *
  *   binduq-lua [options] [script [args]]
- *   binduq-lua COMMAND ...     (admin commands: dlq, stats, workers, queue, top, task;
+ *   binduq-lua COMMAND ...     (admin commands: dlq, stats, workers, queue, top, task,
+ *                               schedules, serve;
  *                               lua/binduq/cli.lua)
  *     -e stat  execute string 'stat'        -l mod  require 'mod' into global 'mod'
  *     -v       show version information     -h      show this help
@@ -44,6 +45,7 @@ static void usage(FILE *f)
             "  queue <peek|purge>              the waiting operations\n"
             "  top                             a live view of queues and workers\n"
             "  task <show|list|cancel|pause|resume|retry>   stored task state, and operations on a task\n"
+            "  schedules <list|pause|resume|remove>   recurring schedules (docs/recurring.md)\n"
             "  serve [AGENT.lua]               the A2A gateway alone (docs/gateway.md)\n"
             "  dashboard                       the web dashboard (docs/dashboard.md)\n"
             "Options:\n"

@@ -33,6 +33,7 @@ void bq_lua_open_slot(lua_State *L);    /* core.slot_*, core.OUTCOME, ... (l_slo
 void bq_lua_open_metrics(lua_State *L); /* core.metrics_* (l_metrics.c) */
 void bq_lua_open_storage(lua_State *L);
 void bq_lua_open_task(lua_State *L);
+void bq_lua_open_cron(lua_State *L); /* core.cron (l_cron.c) */
 void bq_lua_open_produce(lua_State *L);
 void bq_lua_open_json(lua_State *L); /* l_json.cpp, C++ */
 void bq_lua_open_http(lua_State *L); /* core.http_start, core.sse_reader (l_http.c) */

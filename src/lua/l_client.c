@@ -256,6 +256,55 @@ static int l_client_push_delayed(lua_State *L)
     return 1;
 }
 
+/* c:cron(name, action, decl, ticks[, queue]) -> fired, last, state | nil, msg, code: a
+ * recurring schedule's claim or change (broker.h, "Recurring schedules"). action "fire",
+ * "pause", "resume" or "remove"; decl "" or the declaration's JSON; ticks a list of
+ * {tick, due, message}; state "active", "paused", "removed" or "unknown". */
+static int l_client_cron(lua_State *L)
+{
+    bq_client *c = check_open(L);
+    const char *name = luaL_checkstring(L, 2);
+    static const char *const actions[] = {"fire", "pause", "resume", "remove", NULL};
+    enum bq_cron_action action = (enum bq_cron_action)luaL_checkoption(L, 3, NULL, actions);
+    size_t dlen;
+    const char *decl = luaL_optlstring(L, 4, "", &dlen);
+    const char *queue = luaL_optstring(L, 6, c->cfg.queue_name);
+    size_t n = lua_isnoneornil(L, 5) ? 0 : (size_t)(luaL_checktype(L, 5, LUA_TTABLE), luaL_len(L, 5));
+    lua_settop(L, 6);
+    struct bq_tick *ticks = lua_newuserdatauv(L, (n ? n : 1) * sizeof *ticks, 0); /* 7 */
+    for (size_t i = 0; i < n; i++) {
+        if (lua_rawgeti(L, 5, (lua_Integer)i + 1) != LUA_TTABLE)
+            return luaL_error(L, "cron: tick %d must be a table {tick, due, message}", (int)i + 1);
+        lua_rawgeti(L, -1, 1);
+        lua_rawgeti(L, -2, 2);
+        lua_rawgeti(L, -3, 3);
+        int whole;
+        ticks[i].tick = (long long)lua_tointegerx(L, -3, &whole);
+        if (!whole || !lua_isnumber(L, -2) || lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "cron: tick %d must be {integer tick, due, message}", (int)i + 1);
+        ticks[i].due = lua_tonumber(L, -2);
+        ticks[i].msg.p = lua_tolstring(L, -1, &ticks[i].msg.len); /* the table keeps it */
+        lua_pop(L, 4);
+    }
+    bq_err err;
+    if (c->broker->ops->cron == NULL) {
+        bq_err_set(&err, BQ_EUNSUPPORTED, "recurring schedules shared by processes need Redis "
+                   "(the in-memory scheduler fires them in its own process)");
+        return bq_lua_fail(L, &err);
+    }
+    struct bq_cron_res res;
+    if (c->broker->ops->cron(c->broker, queue, name, action, (struct bq_slice){decl, dlen},
+                             ticks, n, &res, &err) != BQ_OK)
+        return client_fail(L, c, &err);
+    if (res.fired > 0)
+        bq_metrics_scheduled(queue, res.fired, 0);
+    static const char *const states[] = {"active", "paused", "removed", "unknown"};
+    lua_pushinteger(L, (lua_Integer)res.fired);
+    lua_pushinteger(L, (lua_Integer)res.last);
+    lua_pushstring(L, states[res.state]);
+    return 3;
+}
+
 static int l_client_length(lua_State *L)
 {
     bq_client *c = check_open(L);
@@ -732,6 +781,7 @@ static int l_client_info(lua_State *L)
 static const luaL_Reg client_methods[] = {
     {"push", l_client_push},   {"length", l_client_length}, {"range", l_client_range},
     {"push_unique", l_client_push_unique}, {"push_delayed", l_client_push_delayed},
+    {"cron", l_client_cron},
     {"ping", l_client_ping},   {"info", l_client_info}, {"order", l_client_order},     {"close", l_client_close},
     {"dlq_requeue", l_client_dlq_requeue}, {"dlq_remove", l_client_dlq_remove},
     {"dlq_purge", l_client_dlq_purge}, {"publish", l_client_publish},

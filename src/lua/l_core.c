@@ -848,6 +848,7 @@ __attribute__((visibility("default"))) int luaopen_binduq_core(lua_State *L)
     bq_lua_open_metrics(L);
     bq_lua_open_storage(L);
     bq_lua_open_task(L);
+    bq_lua_open_cron(L);
     bq_lua_open_json(L);
     bq_lua_open_produce(L);
     bq_lua_open_http(L);

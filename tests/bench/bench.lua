@@ -14,6 +14,9 @@
 --             samples), and the idle worker's CPU
 --   delayed   100,000 runs from the bench process with the same run_at: from that due time
 --             to the first handler start and the last handler end
+--   recurring 4 worker processes sharing an every-second schedule (docs/recurring.md): each tick
+--             once, how late its run starts, Redis CPU per tick over the same workers idle; the
+--             claim's cost (one cron-4 call) against a delay-N push of the same run
 --   cancel    a task waiting in ctx:http (issue 20): from s:cancel() in the bench process to
 --             the fake model server seeing the worker's connection closed (100 samples),
 --             against the limit, 50 ms at p99
@@ -202,6 +205,15 @@ local ok, err = pcall(function()
         return d
     end)
 
+    step("recurring schedules: 4 worker processes (w:run(), default options) share an every-second schedule for 6 s "
+         .. "(and, for the idle baseline, one with no tick in 6 s); then from this process, one at a time, 2,000 cron-4 "
+         .. "calls that claim a tick and queue its run, 2,000 that find it claimed, 2,000 delay-N pushes of the same run and PINGs")
+    F.recurring = median_of("recurring", function(r)
+        local rr = deployed.recurring{ url = server.url, queue = queue .. ":rec" .. r, cpu = function() return redis_cpu(server) end }
+        server:cli("FLUSHALL")
+        return rr
+    end)
+
     step(("cancel in ctx:http: a worker process (w:run(), default options) whose handler streams a long answer from the fake model server (loopback); %d times a task is scheduled, canceled mid-stream, and the server's record read for when it saw the connection close")
         :format(N_CANCEL))
     F.cancel = median_of("cancel in ctx:http", function(r)
@@ -370,6 +382,11 @@ row("  the producer's schedule calls", "p50 %.3f ms  p99 %.3f ms (encode, record
 row("  idle worker CPU", "%9.2f %% of a core", F.lat.idle_pct)
 row(("%s due in the same second"):format(N == 100000 and "100,000" or tostring(N)),
     "all started within %.2f s (the first %.1f ms after it)", F.delayed.last, F.delayed.first * 1000)
+row("recurring, 4 workers, a tick a second", "each tick once; its run started p50 %.1f ms (max %.1f) after the tick; Redis %.0f us a tick over idle",
+    F.recurring.late_p50, F.recurring.late_max, F.recurring.redis_us_tick)
+row("  the claim per tick (cron-4)", "%9.1f us  (Redis %.1f us)  %5.2f x a delay-N push of the run (%.1f us, Redis %.1f us); found claimed %.1f us; PING %.1f us",
+    F.recurring.win_us, F.recurring.win_redis_us, F.recurring.win_us / F.recurring.sched_us, F.recurring.sched_us,
+    F.recurring.sched_redis_us, F.recurring.lose_us, F.recurring.ping_us)
 row(("cancel in ctx:http (%d)"):format(F.cancel.n), "p50 %.3f ms  p99 %.3f ms   %5.2f x the limit (p99 %d ms); max %.3f ms",
     F.cancel.p50, F.cancel.p99, F.cancel.p99 / CANCEL_LIMIT_MS, CANCEL_LIMIT_MS, F.cancel.max)
 row("agents, 2,000 waiting 1 s", "%9.0f tasks/s   %5.2f x Little's law (%.0f/s); peak RSS %.0f MiB",

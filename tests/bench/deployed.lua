@@ -386,9 +386,104 @@ function M.sse(opts)
     return res
 end
 
+--- Recurring schedules (docs/recurring.md): the cost per tick. opts: url, queue, workers (4),
+--- seconds (6), calls (2000), cpu = function() -> Redis CPU seconds so far.
+--- First the deployed shape: `workers` worker processes (the integration test's
+--- fixtures/recurring_worker.lua, w:run(), default options) share an every-second schedule
+--- for `seconds`; each run prints its start time. Then, from this process, one at a time:
+--- `calls` cron-4 calls that each claim a new tick and queue its run (a winning worker's
+--- call), as many that find their tick claimed (the other workers' calls), and as many
+--- delay-N pushes of the same run (what s:schedule{run_at=} sends for it: the same delayed
+--- run without the claim), the comparable limit, and PING round trips. Returns { ticks, runs (first attempts), late_p50,
+--- late_max (ms from a tick to its run's start), redis_us_tick (Redis CPU per tick: the span's
+--- less the same workers' with a schedule that has no tick in it), redis_us_idle_s (that
+--- idle CPU per second), win_us, lose_us, sched_us, ping_us (per call, wall clock),
+--- win_redis_us, sched_redis_us (Redis CPU per call) }.
+function M.recurring(opts)
+    local bq = require("binduq")
+    local nw, secs, calls = opts.workers or 4, opts.seconds or 6, opts.calls or 2000
+    local fixture = "build/binduq-lua tests/integration/fixtures/recurring_worker.lua"
+    -- The workers for `secs` seconds with a schedule every `every` seconds: Redis CPU seconds
+    -- over that span, its bounds (wall clock), the workers.
+    local function span(queue, every)
+        local ws = {}
+        local env = { REDIS_URL = opts.url, REDIS_QUEUE_NAME = queue, BINDUQ_LOG_LEVEL = "warn",
+                      REC_EVERY = tostring(every) }
+        for i = 1, nw do ws[i] = proc.spawn(fixture, { env = env }) end
+        proc.sleep(1.5) -- all started and declared
+        local c0, t0 = opts.cpu(), bq.now()
+        proc.sleep(secs)
+        local c1, t1 = opts.cpu(), bq.now()
+        for _, w in ipairs(ws) do assert(proc.stop(w, 10) == 0, "recurring worker: " .. (proc.read(w.log) or "")) end
+        return c1 - c0, t0, t1, ws
+    end
+    -- The same workers idle (a schedule every hour: no tick in the span), for what a tick adds.
+    local idle_cpu = span(opts.queue .. ":idle", 3600)
+    local cpu, t0, t1, ws = span(opts.queue, 1)
+    local by, late = {}, {}
+    for _, w in ipairs(ws) do
+        for tick, attempt, at in (proc.read(w.log) or ""):gmatch("RAN tick:(%d+) (%d+) ([%d.]+)\n") do
+            tick = tonumber(tick)
+            if attempt == "1" then
+                assert(not by[tick], "tick " .. tick .. " ran twice")
+                by[tick] = true
+                late[#late + 1] = (tonumber(at) - tick) * 1000
+            end
+        end
+    end
+    local ticks = 0
+    for t = math.ceil(t0), math.floor(t1) do
+        assert(by[t], "tick " .. t .. " did not run")
+        ticks = ticks + 1
+    end
+    table.sort(late)
+    local r = { ticks = ticks, runs = #late, late_p50 = late[math.max(1, #late // 2)], late_max = late[#late],
+                redis_us_tick = (cpu - idle_cpu) * 1e6 / ticks, redis_us_idle_s = idle_cpu * 1e6 / secs }
+    -- The calls, one at a time, from this process.
+    local s = bq.scheduler{ url = opts.url, queue_name = opts.queue .. ":calls", dedup = false }
+    local client = s.client
+    local msg = require("binduq.task").encode({ type = "run", task_id = "bench:0", messages = { "x" } }, 1)
+    local far = math.floor(bq.now()) + 86400
+    local function timed(fn)
+        local cpu0, w0 = opts.cpu(), core.monotonic()
+        for i = 1, calls do fn(i) end
+        return (core.monotonic() - w0) * 1e6 / calls, (opts.cpu() - cpu0) * 1e6 / calls
+    end
+    r.win_us, r.win_redis_us = timed(function(i)
+        local fired = client:cron("bench", "fire", i == 1 and "{}" or "", { { i, far + i, msg } })
+        assert(fired == 1)
+    end)
+    r.lose_us = timed(function(i)
+        local fired = client:cron("bench", "fire", "", { { i, far + i, msg } })
+        assert(fired == 0)
+    end)
+    local runs = {} -- the runs, distinct (the delayed set holds each message once), encoded first
+    for i = 1, calls do
+        runs[i] = require("binduq.task").encode({ type = "run", task_id = "bench:" .. i, messages = { "x" } }, 1)
+    end
+    r.sched_us, r.sched_redis_us = timed(function(i)
+        local pushed = client:push_delayed({ runs[i] }, { false }, { 0 }, { far + i }, 3600)
+        assert(pushed and pushed[1])
+    end)
+    r.ping_us = timed(function() assert(client:ping()) end)
+    s:close()
+    return r
+end
+
 -- By hand: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 [n] [KEY=VALUE ...]
 --      or: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 cancel-http [n]
-if arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "cancel-http" then
+--      or: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 recurring
+if arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "recurring" then
+    local port = tonumber(arg[1]:match(":(%d+)/")) or 6379
+    local r = M.recurring{ url = arg[1], queue = ("{deployed:rec%d}"):format(math.random(1, 1e9)),
+                           cpu = function() return require("helpers.redis").cpu_seconds(port) end }
+    print(("recurring, 4 workers, a tick a second: %d ticks, each once; its run started p50 %.1f ms (max %.1f) "
+           .. "after the tick; Redis %.0f us a tick over idle (idle: %.0f us a second)")
+        :format(r.ticks, r.late_p50, r.late_max, r.redis_us_tick, r.redis_us_idle_s))
+    print(("the claim per tick (cron-4): %.1f us (Redis %.1f us)  %.2f x a delay-N push of the run (%.1f us, Redis %.1f us); "
+           .. "found claimed %.1f us; PING %.1f us")
+        :format(r.win_us, r.win_redis_us, r.win_us / r.sched_us, r.sched_us, r.sched_redis_us, r.lose_us, r.ping_us))
+elseif arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "cancel-http" then
     local n = tonumber(arg[3] or "") or 100
     local ms = M.cancel_http{ url = arg[1], queue = "{deployed:cancel}", n = n,
                               prefix = ("c%d-"):format(math.random(1, 1e9)) }

@@ -450,6 +450,10 @@ static const struct twin {
     /* controls-3 has no twin: the memory broker's producers reach running tasks through its
      * control channel, so it offers no scan (bq_broker_ops.controls is NULL there). */
     {"controls-3", "controls", NULL},
+    /* cron-4 has no twin: the memory broker's schedules fire in its one process, which keeps
+     * their claims itself (lua/binduq/recurring.lua; bq_broker_ops.cron is NULL there). The
+     * scenario is tests/integration/recurring_spec.lua's, on Redis. */
+    {"cron-4", "cron", NULL},
 };
 
 static bq_broker *open_redis(void)

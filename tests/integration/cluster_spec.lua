@@ -101,6 +101,20 @@ describe("#redis #cluster Redis Cluster", function()
         s:close()
     end)
 
+    it("claims a recurring schedule's ticks in the queue's slot (cron-4)", function()
+        local q = ("rec%d:tasks"):format(math.random(1, 1e9))
+        local s = bq.scheduler{ url = c.url, queue_name = q }
+        local msg = require("binduq.task").encode({ type = "run", task_id = "tick:1", messages = { "x" } }, 1)
+        local now = math.floor(bq.now())
+        local fired, last, state = s.client:cron("tick", "fire", '{"every":1}', { { now, now, msg } })
+        assert.are.same({ 1, now, "active" }, { fired, last, state })
+        fired, last = s.client:cron("tick", "fire", "", { { now, now, msg } })
+        assert.are.same({ 0, now }, { fired, last })
+        assert.are.equal(1, s:queue_length())
+        assert.are.equal("paused", select(3, s.client:cron("tick", "pause")))
+        s:close()
+    end)
+
     it("refuses queues in different slots fetched together, naming them", function()
         local ok, err = pcall(bq.worker, { scheduler = { url = c.url }, queues = { "a:tasks", "b:tasks" },
                                             handler = function() end })

@@ -60,6 +60,16 @@ describe("examples", function()
         assert.truthy(out:find("scheduled: 3; duplicates counted: 2\ndone: 4 completed\n", 1, true), out:sub(-300))
     end)
 
+    it("recurring.lua fires its every-second schedule in memory, one run a tick", function()
+        local rc, out = proc.run("build/binduq-lua examples/recurring.lua 3", { unset = { "REDIS_URL" }, timeout = 30 })
+        assert.are.equal(0, rc, out)
+        local ticks = {}
+        for t in out:gmatch("completed\tbeat at heartbeat:(%d+)\n") do ticks[#ticks + 1] = tonumber(t) end
+        assert.are.equal(3, #ticks, out)
+        assert.are.same({ ticks[1] + 1, ticks[1] + 2 }, { ticks[2], ticks[3] })
+        assert.truthy(out:find("done: 3 runs\n", 1, true), out)
+    end)
+
     it("lifecycle.lua asks, resumes, pauses and cancels in memory", function()
         local rc, out = proc.run("build/binduq-lua examples/lifecycle.lua",
                                  { unset = { "REDIS_URL", "DATABASE_URL" }, timeout = 60 })

@@ -346,11 +346,13 @@ describe("docs: commands", function()
     local cli = read("lua/binduq/cli.lua")
     local commands = {}
     for name in pairs(require("binduq.cli").COMMANDS) do commands[name] = true end
-    local subs = { dlq = {}, task = {}, queue = {} }
+    local subs = { dlq = {}, task = {}, queue = {}, schedules = {} }
     for name in cli:gmatch("\nfunction dlq%.(%l+)%(") do subs.dlq[name] = true end
     for name in cli:gmatch("\nfunction task%.(%l+)%(") do subs.task[name] = true end
     local queue_fn = assert(cli:match("\nfunction admin%.queue%((.-)\nend\n"))
     for name in queue_fn:gmatch('pos%[1%] == "(%l+)"') do subs.queue[name] = true end
+    local sched_subs = assert(cli:match('schedules = ({ "list"[^}]*})'), "cli.lua: no schedules subcommands")
+    for name in sched_subs:gmatch('"(%l+)"') do subs.schedules[name] = true end
     local flags = {}
     local known = assert(cli:match("\nlocal KNOWN = {(.-)\n}\n"), "cli.lua: no KNOWN table")
     for cmd, body in known:gmatch("(%l+) = {(.-)}") do
@@ -361,8 +363,10 @@ describe("docs: commands", function()
     for opt in read("src/host/main.c"):gmatch('strcmp%(a, "(%-[^"]*)"%)') do host[opt] = true end
 
     it("reads a plausible set", function()
-        assert.are.same({ "dashboard", "dlq", "queue", "serve", "stats", "task", "top", "workers" }, keys(commands))
-        assert.is_true(count(subs.dlq) == 4 and count(subs.task) == 6 and count(subs.queue) == 2)
+        assert.are.same({ "dashboard", "dlq", "queue", "schedules", "serve", "stats", "task", "top", "workers" },
+                        keys(commands))
+        assert.is_true(count(subs.dlq) == 4 and count(subs.task) == 6 and count(subs.queue) == 2
+                       and count(subs.schedules) == 4)
         assert.are.same(keys(commands), keys(flags))
         assert.is_true(host["-e"] and host["-"] and host["--"])
     end)
