@@ -7,7 +7,7 @@
 #                      in-memory specs, lint), in under a minute once built
 #   make lint          luacheck and cppcheck, both clean
 #   make bench         the benchmark against a throwaway redis-server
-#   make bench-peers   binduq beside BullMQ, bee-queue and redis-py (optional; npm, Debian)
+#   make bench-peers   binduq beside BullMQ, bee-queue, redis-py and Celery (optional; npm, Debian)
 #   make fuzz          the libFuzzer targets (clang, ASan+UBSan) in build/fuzz/; tests/fuzz/run
 #                      runs each on its corpus for FUZZ_SECONDS (default 20)
 #   make install       PREFIX=/usr/local DESTDIR=   (with lib/pkgconfig/binduq.pc for PREFIX)
