@@ -335,6 +335,12 @@ static int l_prepare_runs(lua_State *L)
     }
     struct bq_lua_batch *b = new_batch(L, n); /* 4 */
     bq_buf *d = &b->data;
+    /* A storage that records many tasks in one round trip (Redis) gets them together at the
+     * end: each task's id, conversation and history are copied after its message, at these
+     * offsets (3 a task). Otherwise each is recorded as it is encoded. */
+    size_t *aoff = NULL;
+    if (store->ops->create_many != NULL && n > 1)
+        aoff = lua_newuserdatauv(L, 3 * n * sizeof *aoff, 0); /* 5 */
     int top = lua_gettop(L);
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, 2, (lua_Integer)i + 1); /* top + 1: the operation */
@@ -371,11 +377,14 @@ static int l_prepare_runs(lua_State *L)
         if (d->oom)
             return luaL_error(L, "schedule: out of memory");
         /* The buffer is NUL-terminated after every append: the array is the history. */
-        struct bq_task_new t = {id, conv, queue, NULL, d->p + history, NULL, NULL, 0, NULL};
-        struct bq_task_result res;
-        bq_err err;
-        if (store->ops->create(store, &t, &res, &err) != BQ_OK)
-            return bq_lua_fail(L, &err);
+        size_t hlen = d->len - history;
+        if (aoff == NULL) {
+            struct bq_task_new t = {id, conv, queue, NULL, d->p + history, NULL, NULL, 0, NULL};
+            struct bq_task_result res;
+            bq_err err;
+            if (store->ops->create(store, &t, &res, &err) != BQ_OK)
+                return bq_lua_fail(L, &err);
+        }
         PUT(d, ",\"artifacts\":[],\"timestamp\":");
         if (lua_isnil(L, top + 4)) {
             char ts[40];
@@ -388,6 +397,20 @@ static int l_prepare_runs(lua_State *L)
         }
         PUT(d, "}");
         b->msgs[i].len = d->len - b->offs[2 * i + 1];
+        if (aoff != NULL) {
+            char *h = bq_malloc(hlen + 1); /* d may move as it grows: copy out first */
+            if (h == NULL)
+                return luaL_error(L, "schedule: out of memory");
+            memcpy(h, d->p + history, hlen);
+            h[hlen] = '\0';
+            aoff[3 * i] = d->len;
+            bq_buf_append(d, id, id_len + 1);
+            aoff[3 * i + 1] = d->len;
+            bq_buf_append(d, conv, strlen(conv) + 1);
+            aoff[3 * i + 2] = d->len;
+            bq_buf_append(d, h, hlen + 1);
+            bq_free(h);
+        }
         lua_settop(L, top);
     }
     if (d->oom)
@@ -399,6 +422,22 @@ static int l_prepare_runs(lua_State *L)
         b->msgs[i].p = d->p + b->offs[2 * i + 1];
     }
     b->n = n;
+    if (aoff != NULL) {
+        struct bq_task_new t[BQ_CHANGE_MANY_MAX];
+        struct bq_task_result res[BQ_CHANGE_MANY_MAX];
+        for (size_t i = 0; i < n; i += BQ_CHANGE_MANY_MAX) {
+            size_t m = n - i < BQ_CHANGE_MANY_MAX ? n - i : BQ_CHANGE_MANY_MAX;
+            for (size_t j = 0; j < m; j++) {
+                const size_t *o = &aoff[3 * (i + j)];
+                t[j] = (struct bq_task_new){d->p + o[0], d->p + o[1], queue, NULL, d->p + o[2],
+                                            NULL, NULL, 0, NULL};
+            }
+            bq_err err;
+            if (store->ops->create_many(store, t, m, res, &err) != BQ_OK)
+                return bq_lua_fail(L, &err);
+        }
+        lua_pop(L, 1); /* aoff: the batch is on top again */
+    }
     return 1;
 }
 

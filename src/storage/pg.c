@@ -1078,12 +1078,12 @@ static void pg_destroy(bq_storage *base)
 
 static const struct bq_storage_ops pg_ops = {
     "postgres", pg_create, pg_get, pg_change, pg_list, pg_remove, pg_ping, pg_destroy,
-    pg_change_many, pg_start_many,
+    pg_change_many, pg_start_many, NULL,
 };
 /* The "bindu" layout changes a task at a time (its trigger does the compare-and-set). */
 static const struct bq_storage_ops pg_bindu_ops = {
     "postgres", pg_create, pg_get, pg_change, pg_list, pg_remove, pg_ping, pg_destroy,
-    NULL, NULL,
+    NULL, NULL, NULL,
 };
 
 /* A copy of s with every `from` replaced by `to` (s is freed). */

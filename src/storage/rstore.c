@@ -377,6 +377,12 @@ static bq_status r_create(bq_storage *s, const struct bq_task_new *t, struct bq_
     return create_many((struct rstore *)s, t, 1, res, err);
 }
 
+static bq_status r_create_many(bq_storage *s, const struct bq_task_new *t, size_t n,
+                               struct bq_task_result *res, bq_err *err)
+{
+    return create_many((struct rstore *)s, t, n, res, err);
+}
+
 static bq_status r_get(bq_storage *s, const char *id, struct bq_task_rec *out, bool *found,
                        bq_err *err)
 {
@@ -621,7 +627,7 @@ static void r_destroy(bq_storage *s)
 
 static const struct bq_storage_ops redis_ops = {
     "redis", r_create, r_get, r_change, r_list, r_remove, r_ping, r_destroy, r_change_many,
-    r_start_many,
+    r_start_many, r_create_many,
 };
 
 bq_status bq_storage_redis_open(const struct bq_storage_config *cfg, bq_storage **out,

@@ -138,6 +138,10 @@ struct bq_storage_ops {
      * as bq_storage_start_many says. Use that. */
     bq_status (*start_many)(bq_storage *s, const struct bq_task_new *tasks, size_t n,
                             struct bq_task_result *res, bq_err *err);
+    /* Optional: creates tasks[0..n) (distinct ids, n <= BQ_CHANGE_MANY_MAX), each exactly as
+     * create would, in one round trip; res[i] as create's (a producer's batch of runs). */
+    bq_status (*create_many)(bq_storage *s, const struct bq_task_new *tasks, size_t n,
+                             struct bq_task_result *res, bq_err *err);
 };
 
 #define BQ_CHANGE_MANY_MAX 64

@@ -158,7 +158,7 @@ local ok, err = pcall(function()
         o.producer_env.BENCH_QUEUES, o.producer_env.BENCH_CA = o.env.BENCH_QUEUES, o.env.BENCH_CA
         local res = deployed.run(o)
         server:cli("FLUSHALL")
-        return { rate = res.rate, redis_us = res.redis_us, cpu_us = res.cpu_us }
+        return { rate = res.rate, redis_us = res.redis_us, cpu_us = res.cpu_us, enqueue = res.enqueue }
     end
     -- Its median over REPEAT runs.
     local function dep(label, tag, n, env, extra)
@@ -183,6 +183,8 @@ local ok, err = pcall(function()
     F.routing = dep("3 queues", "f", NV, { BENCH_QUEUES = true })
     F.ratelimit = dep("rate limited, 16 keys", "g", NV, { BENCH_RATELIMIT = "16" })
     F.ratelimit_task = dep("rate limited, a key per task", "j", NV, { BENCH_RATELIMIT = "task" })
+    F.rstore = dep("task state in Redis", "r", NV, { STORAGE_TYPE = "redis" },
+                   { producer_env = { STORAGE_TYPE = "redis" } })
     step(("TLS: %d tasks over rediss://, then over plain TCP"):format(NV))
     F.tls = dep("TLS", "h", NV, { BENCH_CA = certs.ca }, { url = server.tls_url })
     F.tcp = dep("TCP", "i", NV)
@@ -369,6 +371,8 @@ row("  producer in the worker's process", "%9.0f tasks/s   another process' prod
     F.inproc.rate, 100 * (1 - F.c1.rate / F.inproc.rate))
 row(("process, 3 queues (%d)"):format(NV), "%9.0f tasks/s   %5.2f x the plain run (%.0f/s, %d tasks)",
     F.routing.rate, F.routing.rate / F.plain_v.rate, F.plain_v.rate, NV)
+row(("process, state in Redis (%d)"):format(NV), "%9.0f tasks/s   %5.2f x the plain run; Redis %.2f us a task; its producer %.0f/s",
+    F.rstore.rate, F.rstore.rate / F.plain_v.rate, F.rstore.redis_us, F.rstore.enqueue or 0)
 row("process, rate limited (16 keys)", "%9.0f tasks/s   %5.2f x the plain run; Redis %.2f us a task",
     F.ratelimit.rate, F.ratelimit.rate / F.plain_v.rate, F.ratelimit.redis_us)
 row("  a limiter key per task", "%9.0f tasks/s   %5.2f x the plain run; Redis %.2f us a task",
@@ -382,7 +386,7 @@ row("  the producer's schedule calls", "p50 %.3f ms  p99 %.3f ms (encode, record
 row("  idle worker CPU", "%9.2f %% of a core", F.lat.idle_pct)
 row(("%s due in the same second"):format(N == 100000 and "100,000" or tostring(N)),
     "all started within %.2f s (the first %.1f ms after it)", F.delayed.last, F.delayed.first * 1000)
-row("recurring, 4 workers, a tick a second", "each tick once; its run started p50 %.1f ms (max %.1f) after the tick; Redis %.0f us a tick over idle",
+row("recurring, 4 workers, 1 tick/s", "each tick once; its run started p50 %.1f ms (max %.1f) after the tick; Redis %.0f us a tick over idle",
     F.recurring.late_p50, F.recurring.late_max, F.recurring.redis_us_tick)
 row("  the claim per tick (cron-4)", "%9.1f us  (Redis %.1f us)  %5.2f x a delay-N push of the run (%.1f us, Redis %.1f us); found claimed %.1f us; PING %.1f us",
     F.recurring.win_us, F.recurring.win_redis_us, F.recurring.win_us / F.recurring.sched_us, F.recurring.sched_us,

@@ -6,6 +6,7 @@
 --   BENCH_RATELIMIT=task|<n> (a limiter key per task, or n keys shared round-robin; a limit
 --   it never reaches)
 --   BENCH_PG=<url> (task state in PostgreSQL)   BENCH_MAX_TASKS=n (memory storage bound)
+--   STORAGE_TYPE=redis (task state in the queue's Redis)
 --   BENCH_CA=<file> (the CA of a rediss:// URL)   BENCH_BATCH=n (the batch option)
 --   BENCH_PER_STATE=<n> (tasks_per_state),
 --   BENCH_MODEL=<url> (the handler streams a chat completion from this URL of the fake model
@@ -83,6 +84,7 @@ end
 bq.log_configure{ level = "warn" }
 local storage = { type = "memory", max_tasks = int("BENCH_MAX_TASKS") }
 if env("BENCH_PG") then storage = { type = "postgres", url = env("BENCH_PG") } end
+if env("STORAGE_TYPE") == "redis" then storage = { type = "redis" } end
 local w = bq.worker{
     name = "bench-proc",
     scheduler = { url = env("BENCH_URL"), queue_name = env("BENCH_QUEUE"),

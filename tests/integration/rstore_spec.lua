@@ -50,6 +50,29 @@ describe("#redis task state in Redis", function()
         return (proc.sh(table.concat(args, " ")):gsub("%s+$", ""))
     end
 
+    it("records a producer's batch of runs together, each as one run would be", function()
+        local q = qname("batch")
+        local s = scheduler(q)
+        local ops = {}
+        for i = 1, 150 do -- more than one create-N call (64 a call)
+            ops[i] = { type = "run", task_id = q .. "-b" .. i, conversation_id = i % 2 == 0 and ("conv" .. i) or nil,
+                       messages = { { role = "user", content = "hello \"" .. i .. "\"\n" } } }
+        end
+        assert.are.same({ 150, 0 }, { s:schedule_many(ops) })
+        for _, i in ipairs({ 1, 64, 65, 128, 129, 150 }) do
+            local t = assert(s:get_task(q .. "-b" .. i))
+            assert.are.equal("submitted", t.state)
+            assert.are.equal(q, t.queue)
+            assert.are.same({ { role = "user", content = "hello \"" .. i .. "\"\n" } },
+                            { { role = t.history[1].role, content = t.history[1].content } })
+            if i % 2 == 0 then assert.are.equal("conv" .. i, t.context_id) else assert.matches("^%x+%-", t.context_id) end
+        end
+        -- the same batch again: nothing recorded twice, no duplicates pushed
+        assert.are.same({ 0, 150 }, { s:schedule_many(ops) })
+        assert.are.equal(150, tonumber(cli("LLEN", q)))
+        s:close()
+    end)
+
     it("shows a task another process ran: s:wait, s:get_task, history, artifacts, the TTL", function()
         local q = qname("run")
         local w = worker(q)
