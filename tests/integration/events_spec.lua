@@ -66,6 +66,7 @@ describe("#redis task events", function()
         local s = bq.scheduler{ url = server.url, queue_name = queue }
         local f = assert(s:events{ since = "now" })
         local w = start_worker(server, queue)
+        finally(function() proc.stop(w, 10) end) -- also when an assertion fails
         for i = 1, 20 do assert(s:run{ task_id = "ok-" .. i, messages = msg("ok") }) end
         assert(s:run{ task_id = "bad", messages = msg("fail") })
         assert(s:run{ task_id = "ask", messages = msg("ask") })
@@ -89,6 +90,7 @@ describe("#redis task events", function()
         local s = bq.scheduler{ url = server.url, queue_name = queue }
         local f = assert(s:events{ since = "now", task_id = "t1" })
         local w = start_worker(server, queue)
+        finally(function() proc.stop(w, 10) end) -- also when an assertion fails
         assert(s:run{ task_id = "t1", messages = msg("ok") })
         local _, all = collect(f, function(b) return b.t1 and #b.t1 == 4 end, 10)
         local by = {}
@@ -111,6 +113,7 @@ describe("#redis task events", function()
         local queue = qname("wait")
         local s = bq.scheduler{ url = server.url, queue_name = queue }
         local w = start_worker(server, queue)
+        finally(function() proc.stop(w, 10) end) -- also when an assertion fails
         assert(s:run{ task_id = "w1", messages = msg("ok") })
         local t0 = bq.monotonic()
         local t = assert(s:wait("w1", 10))
@@ -191,6 +194,7 @@ describe("#redis task events", function()
         server:cli("DEL", key)
         server:cli("SET", key, "garbage")
         local w = start_worker(server, queue)
+        finally(function() proc.stop(w, 10) end) -- also when an assertion fails
         for i = 1, 3 do assert(s:run{ task_id = "h" .. i, messages = msg("ok") }) end
         assert.truthy(proc.wait_for(function()
             return (proc.read(w.log) or ""):find("completed task_id=h3", 1, true)
