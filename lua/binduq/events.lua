@@ -14,6 +14,7 @@
 -- Reading waits in the server (XREAD BLOCK), on a connection of the scheduler's own: nothing
 -- polls.
 
+local core = require("binduq.core")
 local json = require("binduq.json")
 
 local M = {}
@@ -83,7 +84,7 @@ end
 -- "timeout", "ETIMEDOUT" when none came, or nil, msg, code.
 function Follower:next(timeout)
     timeout = timeout or 0
-    local until_ = require("binduq.core").monotonic() + timeout
+    local until_ = core.monotonic() + timeout
     while true do
         local ev = self.pending[self.at]
         if ev then
@@ -95,7 +96,7 @@ function Follower:next(timeout)
         end
         self.pending, self.ends, self.at = {}, {}, 1
         self.last = self.cursor
-        local left = until_ - require("binduq.core").monotonic()
+        local left = until_ - core.monotonic()
         local entries, err, code = self.client:feed_read(self.queue, self.cursor, 100, left > 0 and left or 0)
         if not entries then return nil, err, code end
         for _, e in ipairs(entries) do take(self, e) end
@@ -125,7 +126,6 @@ end
 -- events are read from a second before the task was recorded on, and the first settled
 -- state among them is the answer.
 function M.wait(s, id, timeout, queue)
-    local core = require("binduq.core")
     local client = s.client
     if client:feed_max() == nil then
         return nil, "s:wait follows task events, which this scheduler's configuration turned off (events = false)",

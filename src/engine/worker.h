@@ -305,6 +305,10 @@ bq_status bq_worker_publish(bq_worker *w, enum bq_control op, const char *task_i
  * task events off (bq_worker_feed_on). Any thread. */
 bq_status bq_worker_feed(bq_worker *w, const char *queue, const char *json, size_t len);
 bool bq_worker_feed_on(const bq_worker *w);
+/* The "started" event of task_id[0..idlen) (its attempt), as bq_worker_feed adds it; nothing
+ * when events are off. */
+void bq_worker_feed_started(bq_worker *w, const char *queue, const char *task_id, size_t idlen,
+                            long long attempt);
 
 /* Formats and parses control messages ("cancel <task_id>", "pause <task_id>"). Both refuse
  * an id that breaks the rule of core/id.h: format returns -1, parse BQ_CONTROL_NONE. */

@@ -130,6 +130,40 @@ static const char *outcome_event(const struct bq_outcome *out)
     }
 }
 
+/* The fields every event of this worker starts with: {"event":..,"task_id":..,["state":..,]
+ * "at":..,"attempt":..,"worker":.. (the object left open). */
+static void put_head(bq_buf *b, const bq_worker *w, const char *event, const char *task_id,
+                     size_t idlen, const char *state, long long attempt)
+{
+    bq_buf_puts(b, "{\"event\":");
+    bq_buf_json_str(b, event, strlen(event));
+    bq_buf_puts(b, ",\"task_id\":");
+    bq_buf_json_str(b, task_id, idlen);
+    if (state != NULL && state[0]) {
+        bq_buf_puts(b, ",\"state\":");
+        bq_buf_json_str(b, state, strlen(state));
+    }
+    bq_buf_puts(b, ",\"at\":");
+    bq_buf_put_secs(b, bq_now_wall());
+    bq_buf_puts(b, ",\"attempt\":");
+    bq_buf_put_int(b, attempt);
+    bq_buf_puts(b, ",\"worker\":");
+    bq_buf_json_str(b, w->conf.id, strlen(w->conf.id));
+}
+
+void bq_worker_feed_started(bq_worker *w, const char *queue, const char *task_id, size_t idlen,
+                            long long attempt)
+{
+    if (!w->feed.on || !bq_utf8_valid(task_id, idlen, NULL))
+        return;
+    bq_buf b = BQ_BUF_INIT;
+    put_head(&b, w, "started", task_id, idlen, "working", attempt);
+    bq_buf_putc(&b, '}');
+    if (!b.oom)
+        bq_worker_feed(w, queue, b.p, b.len);
+    bq_buf_free(&b);
+}
+
 void bq_worker_feed_outcome(bq_worker *w, const struct bq_msg *msg,
                             const struct bq_outcome *out)
 {
@@ -137,20 +171,7 @@ void bq_worker_feed_outcome(bq_worker *w, const struct bq_msg *msg,
     if (!w->feed.on || event == NULL || out->task_id[0] == '\0')
         return;
     bq_buf b = BQ_BUF_INIT;
-    bq_buf_puts(&b, "{\"event\":");
-    bq_buf_json_str(&b, event, strlen(event));
-    bq_buf_puts(&b, ",\"task_id\":");
-    bq_buf_json_str(&b, out->task_id, strlen(out->task_id));
-    if (out->state[0]) {
-        bq_buf_puts(&b, ",\"state\":");
-        bq_buf_json_str(&b, out->state, strlen(out->state));
-    }
-    bq_buf_puts(&b, ",\"at\":");
-    bq_buf_put_secs(&b, bq_now_wall());
-    bq_buf_puts(&b, ",\"attempt\":");
-    bq_buf_put_int(&b, out->attempt);
-    bq_buf_puts(&b, ",\"worker\":");
-    bq_buf_json_str(&b, w->conf.id, strlen(w->conf.id));
+    put_head(&b, w, event, out->task_id, strlen(out->task_id), out->state, out->attempt);
     if (out->kind == BQ_OUTCOME_RETRY) {
         bq_buf_puts(&b, ",\"delay\":");
         bq_buf_put_secs(&b, out->delay);

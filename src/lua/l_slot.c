@@ -1048,7 +1048,7 @@ static int l_slot_publish(lua_State *L)
 }
 
 /* core.slot_event(queue, json) -> true: a task event (a JSON object) for the stream of the
- * task's queue (bq_worker_feed); core.slot_events_on() -> whether the worker writes events. */
+ * task's queue (bq_worker_feed). */
 static int l_slot_event(lua_State *L)
 {
     struct slot_state *s = tl_slot;
@@ -1062,8 +1062,8 @@ static int l_slot_event(lua_State *L)
     return 1;
 }
 
-/* core.slot_started(queue, task_id, attempt): the "started" event of a task, built here (one
- * per task: the hot path), when the worker writes events. */
+/* core.slot_started(queue, task_id, attempt): the "started" event of a task (worker_feed.c),
+ * when the worker writes events. */
 static int l_slot_started(lua_State *L)
 {
     struct slot_state *s = tl_slot;
@@ -1073,30 +1073,8 @@ static int l_slot_started(lua_State *L)
     lua_Integer attempt = luaL_optinteger(L, 3, 1);
     if (s == NULL)
         return luaL_error(L, "slot_started is for handler states");
-    if (!bq_worker_feed_on(s->cfg->w) || !bq_utf8_valid(id, idlen, NULL))
-        return 0;
-    const char *wid = bq_worker_id(s->cfg->w);
-    bq_buf b = BQ_BUF_INIT;
-    bq_buf_puts(&b, "{\"event\":\"started\",\"task_id\":");
-    bq_buf_json_str(&b, id, idlen);
-    bq_buf_puts(&b, ",\"state\":\"working\",\"at\":");
-    bq_buf_put_secs(&b, bq_now_wall());
-    bq_buf_puts(&b, ",\"attempt\":");
-    bq_buf_put_int(&b, (long long)attempt);
-    bq_buf_puts(&b, ",\"worker\":");
-    bq_buf_json_str(&b, wid, strlen(wid));
-    bq_buf_putc(&b, '}');
-    if (!b.oom)
-        bq_worker_feed(s->cfg->w, queue, b.p, b.len);
-    bq_buf_free(&b);
+    bq_worker_feed_started(s->cfg->w, queue, id, idlen, (long long)attempt);
     return 0;
-}
-
-static int l_slot_events_on(lua_State *L)
-{
-    struct slot_state *s = tl_slot;
-    lua_pushboolean(L, s != NULL && bq_worker_feed_on(s->cfg->w));
-    return 1;
 }
 
 /* core.slot_storage() -> the binduq.Storage the worker was started with, or nil. */
@@ -1246,6 +1224,4 @@ void bq_lua_open_slot(lua_State *L)
     lua_setfield(L, -2, "slot_event");
     lua_pushcfunction(L, l_slot_started);
     lua_setfield(L, -2, "slot_started");
-    lua_pushcfunction(L, l_slot_events_on);
-    lua_setfield(L, -2, "slot_events_on");
 }
