@@ -100,13 +100,21 @@ static void on_control(void *ud, const char *msg, size_t len)
                : "pause", "worker", w->conf.id, NULL);
 }
 
+/* The channel is listened to (at start, and again after it was lost): a "due" said before
+ * then reached nobody here, so the delayed operations are looked at now rather than at the
+ * end of a wait planned without them. */
+static void on_subscribed(void *ud)
+{
+    bq_worker_due(ud, 0);
+}
+
 void *bq_worker_control_main(void *arg)
 {
     bq_worker *w = arg;
     int failures = 0;
     for (;;) {
         bq_err err;
-        bq_status st = w->broker->ops->listen(w->broker, w->conf.control_queue, on_control, NULL, w,
+        bq_status st = w->broker->ops->listen(w->broker, w->conf.control_queue, on_control, on_subscribed, w,
                                               w->control.stopfd, &err);
         if (st == BQ_EINTR)
             break;
