@@ -49,9 +49,6 @@ local MAX_QUEUES = 16       -- schedulers kept open (one per queue viewed)
 local SCAN_MAX = 10000      -- dead-letter entries looked at by one listing or lookup
 local PAGE_MAX = 200        -- dead-letter entries in one listing
 local EVENTS_MAX = 500      -- events of one task in its timeline
-local RATE_WINDOW = 3600    -- seconds of rates kept (the chart's hour)
-local RATE_STEP = 10        -- seconds per rate bucket
-local RATE_READ_MAX = 20000 -- events read from one queue's stream in one tick (bounds a tick's work)
 
 local HEADERS = {
     ["Content-Security-Policy"] = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -139,23 +136,14 @@ function M.new(opts)
     local self = setmetatable({
         url = opts.url, token = token, read_only = opts.read_only == true,
         storage_section = storage_section, has_storage = opts.database_url ~= nil,
-        csrf = random_token(), scheds = {}, nscheds = 0, streams = {}, next_tick = 0, rates = {},
+        csrf = random_token(), scheds = {}, nscheds = 0, streams = {}, next_tick = 0, next_scan = 0,
         cli = opts.cli_data or require("binduq.cli").data,
     }, Dashboard)
     -- The first queue's scheduler: it checks the URL now, and finds the default queue.
     local first = self:sched(opts.queues and opts.queues[1] or nil)
-    self.queues = opts.queues or {}
-    if #self.queues == 0 then
-        local found = first.client:queues(first.queue_name, SCAN_MAX) or {}
-        local seen = { [first.queue_name] = true }
-        self.queues = { first.queue_name }
-        for _, q in ipairs(found) do
-            if not seen[q] and #self.queues < MAX_QUEUES then
-                seen[q] = true
-                self.queues[#self.queues + 1] = q
-            end
-        end
-    end
+    self.queues = opts.queues or { first.queue_name }
+    self.auto_queues = not opts.queues or #opts.queues == 0
+    if self.auto_queues then self:find_queues() end
     local gw, err, code = core.gateway{ host = host, port = opts.port or 0, max_body = 64 * 1024,
                                         max_connections = 256, idle_timeout = 300 }
     if not gw then
@@ -195,94 +183,147 @@ function Dashboard:port()
     return self.server:port()
 end
 
--- ---- rates: from the queues' task-event streams (docs/events.md) ------------------------------
+-- ---- rates and workers: what the workers report (report-N.lua) ------------------------------
 --
--- Each queue's stream is followed from an hour ago (as far back as it keeps: about its last
--- 1,000 entries) and its events counted in buckets of RATE_STEP seconds: `completed` as
--- processed, `failed` and `dead-lettered` as failed (a task counted once per bucket; a
--- redelivered copy's outcome not at all). The figures cover what the stream kept when the
--- dashboard started and everything after.
+-- Every worker reports every 5 seconds: its description in {Q}:worker:<id> (concurrency,
+-- tasks per state, started, counts...), and the tasks it finished since its last report,
+-- added to {Q}:rates per minute of Redis' clock ("d:<minute>" completed, "f:<minute>"
+-- failed: a failed attempt, retried or dead-lettered). The hash keeps the last hour (and a
+-- minute), so the chart covers it whether or not a dashboard was watching, at any load.
+-- One read-only script per queue and refresh reads the counts and the live workers'
+-- descriptions and in-flight lists.
 
-function Dashboard:follow_rates()
-    local now = core.now()
-    local oldest = math.floor((now - RATE_WINDOW) / RATE_STEP)
-    for _, q in ipairs(self.queues) do
-        local r = self.rates[q]
-        if not r then
-            local f = self:sched(q):events{ since = now - RATE_WINDOW, queue = q }
-            r = { f = f, buckets = {}, from = nil }
-            self.rates[q] = r
-        end
-        for _ = 1, r.f and RATE_READ_MAX or 0 do
-            local ev = r.f:next(0)
-            if not ev then break end
-            local at = tonumber(ev.at)
-            local failed = ev.event == "failed" or ev.event == "dead-lettered"
-            if at and (ev.event == "completed" or failed) and not ev.redelivered then
-                local k = math.floor(at / RATE_STEP)
-                local b = r.buckets[k]
-                if not b then
-                    b = { done = 0, failed = 0, seen = {} }
-                    r.buckets[k] = b
-                end
-                if failed then
-                    if not b.seen[ev.task_id] then b.failed = b.failed + 1 end
-                    b.seen[ev.task_id] = true
-                else
-                    b.done = b.done + 1
-                end
-                if not r.from or at < r.from then r.from = at end
-            end
-        end
-        for k in pairs(r.buckets) do
-            if k < oldest then r.buckets[k] = nil end
-        end
-    end
+local DETAIL_SCRIPT = [[
+local out = { redis.call('HGETALL', KEYS[1]) }
+for i = 2, #KEYS, 2 do
+    out[#out + 1] = redis.call('GET', KEYS[i]) or ''
+    out[#out + 1] = redis.call('LRANGE', KEYS[i + 1], 0, tonumber(ARGV[1]) - 1)
+end
+return out
+]]
+local WORKERS_MAX = 64 -- workers of one queue described in full (the others by lease only)
+local CURRENT_MAX = 50 -- task ids shown per worker
+
+-- The task id in a queued message (a "#bq" header line first, perhaps), or nil.
+local function task_id_of(msg)
+    if type(msg) ~= "string" then return nil end
+    local body = msg:match("^#bq [^\n]*\n(.*)$") or msg
+    local okj, t = pcall(json.decode, body)
+    if not okj or type(t) ~= "table" then return nil end
+    local id = t.task_id or (type(t.params) == "table" and t.params.task_id) or nil
+    return type(id) == "string" and id or nil
 end
 
--- Per queue: processed and failed in the last minute; and the hour per minute, all queues:
--- { from =, step = 60, points = { {t=, done=, failed=}, ... 60 } }.
-function Dashboard:rates_doc()
-    local now = core.now()
+-- The rates hash as { [minute] = {done=, failed=} }.
+local function minutes_of(flat)
+    local out = {}
+    for i = 1, #(flat or {}) - 1, 2 do
+        local kind, m = tostring(flat[i]):match("^([df]):(%d+)$")
+        m = tonumber(m)
+        if m then
+            local b = out[m] or { done = 0, failed = 0 }
+            out[m] = b
+            local n = tonumber(flat[i + 1]) or 0
+            if kind == "d" then b.done = b.done + n else b.failed = b.failed + n end
+        end
+    end
+    return out
+end
+
+-- Reads queue q's rates, and adds to each of `workers` (its records: id, lease_left,
+-- inflight) its description and current task ids. Returns the rates by minute.
+function Dashboard:queue_detail(c, q, workers)
+    local keys = { core.key_derive(q, "rates") }
+    for i = 1, math.min(#workers, WORKERS_MAX) do
+        keys[#keys + 1] = core.key_derive(q, "worker:" .. workers[i].id)
+        keys[#keys + 1] = core.key_derive(q, "wip:" .. workers[i].id)
+    end
+    local args = { "EVAL", DETAIL_SCRIPT, tostring(#keys) }
+    for _, k in ipairs(keys) do args[#args + 1] = k end
+    args[#args + 1] = tostring(CURRENT_MAX)
+    local rep = must(c:command(q, table.unpack(args)))
+    for i = 1, math.min(#workers, WORKERS_MAX) do
+        local w, desc, wip = workers[i], rep[2 * i], rep[2 * i + 1]
+        local okj, d = pcall(json.decode, desc ~= "" and desc or "null")
+        if okj and type(d) == "table" then
+            w.host, w.pid, w.concurrency, w.per_slot = d.host, d.pid, d.concurrency, d.per_slot
+            w.delivery, w.started, w.reported = d.delivery, d.started, d.at
+            w.completed, w.failed, w.running = d.completed, d.failed, d.running
+        end
+        local ids = {}
+        for _, m in ipairs(type(wip) == "table" and wip or {}) do
+            ids[#ids + 1] = task_id_of(m) or "(no task id)"
+        end
+        w.current_ids = #ids > 0 and ids or nil -- (absent rather than an empty object)
+        w.current = w.current or ids[1]
+    end
+    return minutes_of(rep[1])
+end
+
+-- Per queue: processed and failed in the last 60 seconds (the current minute, and the
+-- previous one weighted by the part of it still within them); and the hour per minute, all
+-- queues: { from =, step = 60, points = { {t=, done=, failed=}, ... 60 } }.
+function M.rates_doc(by_queue, now)
     local per_queue, points, from = {}, {}, nil
-    local first_minute = math.floor(now / 60) - 59
-    for i = 1, 60 do points[i] = { t = (first_minute + i - 1) * 60, done = 0, failed = 0 } end
-    for q, r in pairs(self.rates) do
-        local done, failed = 0, 0
-        for k, b in pairs(r.buckets) do
-            local t = k * RATE_STEP
-            if t >= now - 60 then
-                done, failed = done + b.done, failed + b.failed
-            end
-            local i = math.floor(t / 60) - first_minute + 1
-            if points[i] then
-                points[i].done = points[i].done + b.done
-                points[i].failed = points[i].failed + b.failed
+    local this = math.floor(now / 60)
+    local first = this - 59
+    local frac = (now - this * 60) / 60
+    for i = 1, 60 do points[i] = { t = (first + i - 1) * 60, done = 0, failed = 0 } end
+    for q, mins in pairs(by_queue) do
+        local cur, prev = mins[this] or { done = 0, failed = 0 }, mins[this - 1] or { done = 0, failed = 0 }
+        per_queue[q] = { done = math.floor(cur.done + prev.done * (1 - frac) + 0.5),
+                         failed = math.floor(cur.failed + prev.failed * (1 - frac) + 0.5) }
+        for m, b in pairs(mins) do
+            local p = points[m - first + 1]
+            if p then
+                p.done, p.failed = p.done + b.done, p.failed + b.failed
+                if not from or m * 60 < from then from = m * 60 end
             end
         end
-        per_queue[q] = { done = done, failed = failed }
-        if r.from and (not from or r.from < from) then from = r.from end
     end
     return per_queue, { from = from, step = 60, points = points }
+end
+
+-- Without --queue: the queues are looked for again every QUEUE_RESCAN seconds, so one that
+-- appears later is shown (up to MAX_QUEUES).
+local QUEUE_RESCAN = 30
+
+function Dashboard:find_queues()
+    local first = self:sched(self.queues[1])
+    local found = first.client:queues(first.queue_name, SCAN_MAX) or {}
+    local seen = {}
+    for _, q in ipairs(self.queues) do seen[q] = true end
+    for _, q in ipairs(found) do
+        if not seen[q] and #self.queues < MAX_QUEUES then
+            seen[q] = true
+            self.queues[#self.queues + 1] = q
+        end
+    end
+    self.next_scan = core.monotonic() + QUEUE_RESCAN
 end
 
 -- ---- data ----------------------------------------------------------------------------------
 
 function Dashboard:overview()
+    if self.auto_queues and core.monotonic() >= self.next_scan then
+        local okq, err = pcall(self.find_queues, self)
+        if not okq then core.log("warn", "dashboard_queues_failed", { error = tostring(err) }) end
+    end
     local s = self:sched(self.queues[1])
-    local okr, err = pcall(self.follow_rates, self)
-    if not okr then core.log("warn", "dashboard_rates_failed", { error = tostring(err) }) end
-    local per_queue, history = self:rates_doc()
-    local rows, workers = {}, {}
+    local rows, workers, by_queue = {}, {}, {}
     for _, q in ipairs(self.queues) do
         local st, list = self.cli.queue_stats(s.client, q, true)
-        local r = per_queue[q]
-        st.processed_per_min, st.failed_per_min = r and r.done, r and r.failed
+        by_queue[q] = self:queue_detail(s.client, q, list)
         rows[#rows + 1] = st
         for _, w in ipairs(list) do
             w.queue = q
             workers[#workers + 1] = w
         end
+    end
+    local per_queue, history = M.rates_doc(by_queue, core.now())
+    for _, st in ipairs(rows) do
+        local r = per_queue[st.queue]
+        st.processed_per_min, st.failed_per_min = r and r.done, r and r.failed
     end
     return '{"time":' .. encode(core.now()) .. ',"queues":' .. core.escape(json.array(rows), "json_text")
            .. ',"workers":' .. core.escape(json.array(workers), "json_text")
@@ -691,4 +732,5 @@ end
 
 M.Dashboard = Dashboard
 M.fingerprint = fingerprint
+M.minutes_of = minutes_of
 return M

@@ -261,7 +261,7 @@ static int by_name(const void *a, const void *b)
  * ...): its name into *name (pointing into key) and length. */
 static bool queue_of_key(const char *key, size_t len, const char **name, size_t *nlen)
 {
-    static const char *const suffixes[] = {":delayed", ":dlq", ":workers", ":bell"};
+    static const char *const suffixes[] = {":delayed", ":dlq", ":workers", ":bell", ":rates"};
     for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
         size_t s = strlen(suffixes[i]);
         if (len > s && memcmp(key + len - s, suffixes[i], s) == 0) {

@@ -372,6 +372,12 @@ struct bq_broker_ops {
      * whose lease ran out. */
     bq_status (*heartbeat)(bq_broker *b, const struct bq_lessee *who, double lease,
                            struct bq_batch *dead, bq_err *err);
+    /* A worker's report (report-N.lua): its description `info` (JSON) kept on each of its
+     * queues for `ttl` seconds (0: deleted, the worker is leaving), and done[i] / failed[i],
+     * the tasks it finished on queue i since its last report, added to that queue's counts
+     * per minute. NULL for the memory broker (its one process has the figures itself). */
+    bq_status (*report)(bq_broker *b, const struct bq_lessee *who, struct bq_slice info,
+                        double ttl, const long long *done, const long long *failed, bq_err *err);
     /* Moves the in-flight messages of worker `dead_id` back to Q, if its lease has indeed run
      * out, counting in each message's header the attempt it used up. *recovered counts
      * them (-1: the lease was still valid). */

@@ -500,6 +500,15 @@ static bq_status c_heartbeat(bq_broker *base, const struct bq_lessee *who, doubl
     return st;
 }
 
+static bq_status c_report(bq_broker *base, const struct bq_lessee *who, struct bq_slice info,
+                          double ttl, const long long *done, const long long *failed, bq_err *err)
+{
+    struct cluster_broker *c = cb(base);
+    bq_status st;
+    ROUTED(c, who->queues[0], err, st = b->ops->report(b, who, info, ttl, done, failed, errp_));
+    return st;
+}
+
 static bq_status c_reap(bq_broker *base, const char *queue, const char *dead_id,
                         long long *recovered, bq_err *err)
 {
@@ -713,6 +722,7 @@ static const struct bq_broker_ops cluster_ops = {
     .controls = c_controls,
     .promote = c_promote,
     .heartbeat = c_heartbeat,
+    .report = c_report,
     .reap = c_reap,
     .unregister = c_unregister,
     .publish = c_publish,

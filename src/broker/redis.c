@@ -62,6 +62,7 @@ static const struct {
     SCRIPT(S_CONTROLS, "controls-3", controls_3),
     SCRIPT(S_DELAY, "delay-N", delay_N),
     SCRIPT(S_CRON, "cron-4", cron_4),
+    SCRIPT(S_REPORT, "report-N", report_N),
 };
 #undef SCRIPT
 
@@ -558,6 +559,7 @@ static const struct bq_broker_ops redis_ops = {
     .controls = bq_redis_controls,
     .promote = bq_redis_promote,
     .heartbeat = bq_redis_heartbeat,
+    .report = bq_redis_report,
     .reap = bq_redis_reap,
     .unregister = bq_redis_unregister,
     .publish = bq_redis_publish,

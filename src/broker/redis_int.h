@@ -56,6 +56,7 @@ enum script_id {
     S_CONTROLS,
     S_DELAY,
     S_CRON,
+    S_REPORT,
     S_COUNT,
 };
 
@@ -197,6 +198,8 @@ bq_status bq_redis_rate_limit(bq_broker *b, const struct bq_lessee *who, long li
                               double period, struct bq_admission *reqs, size_t n, bq_err *err);
 bq_status bq_redis_promote(bq_broker *b, const char *queue, size_t *moved, double *next_due,
                            bq_err *err);
+bq_status bq_redis_report(bq_broker *b, const struct bq_lessee *who, struct bq_slice info,
+                          double ttl, const long long *done, const long long *failed, bq_err *err);
 bq_status bq_redis_heartbeat(bq_broker *b, const struct bq_lessee *who, double lease,
                              struct bq_batch *dead, bq_err *err);
 bq_status bq_redis_reap(bq_broker *b, const char *queue, const char *dead_id,

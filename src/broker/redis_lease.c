@@ -212,6 +212,56 @@ bq_status bq_redis_heartbeat(bq_broker *b, const struct bq_lessee *who, double l
     return st;
 }
 
+bq_status bq_redis_report(bq_broker *b, const struct bq_lessee *who, struct bq_slice info,
+                          double ttl, const long long *done, const long long *failed, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    int nq = who->nqueues;
+    if (nq < 1 || nq > MAX_QUEUES)
+        return bq_err_set(err, BQ_EINVAL, "report: 1 to %d queues", MAX_QUEUES);
+    char(*names)[BQ_KEY_MAX] = bq_calloc((size_t)(2 * nq), sizeof *names);
+    char(*nums)[24] = bq_calloc((size_t)(2 * nq + 1), sizeof *nums);
+    const char **keys = bq_calloc((size_t)(2 * nq), sizeof *keys);
+    const char **args = bq_calloc((size_t)(2 * nq + 2), sizeof *args);
+    size_t *lens = bq_calloc((size_t)(2 * nq + 2), sizeof *lens);
+    bq_status st = BQ_OK;
+    if (names == NULL || nums == NULL || keys == NULL || args == NULL || lens == NULL)
+        st = bq_err_set(err, BQ_ENOMEM, "report: out of memory");
+    char suffix[BQ_KEY_MAX];
+    if (st == BQ_OK &&
+        snprintf(suffix, sizeof suffix, "worker:%s", who->worker) >= (int)sizeof suffix)
+        st = bq_err_set(err, BQ_EINVAL, "worker id too long");
+    for (int i = 0; st == BQ_OK && i < nq; i++) {
+        st = bq_key_derive_err(who->queues[i], suffix, names[2 * i], err);
+        if (st == BQ_OK)
+            st = bq_key_derive_err(who->queues[i], "rates", names[2 * i + 1], err);
+        keys[2 * i] = names[2 * i];
+        keys[2 * i + 1] = names[2 * i + 1];
+    }
+    if (st == BQ_OK) {
+        snprintf(nums[2 * nq], sizeof nums[0], "%lld", ttl > 0 ? (long long)(ttl * 1000.0) : 0LL);
+        args[0] = info.p;
+        lens[0] = info.len;
+        args[1] = nums[2 * nq];
+        lens[1] = strlen(args[1]);
+        for (int i = 0; i < nq; i++) {
+            snprintf(nums[2 * i], sizeof nums[0], "%lld", done[i]);
+            snprintf(nums[2 * i + 1], sizeof nums[0], "%lld", failed[i]);
+            args[2 + 2 * i] = nums[2 * i];
+            args[3 + 2 * i] = nums[2 * i + 1];
+            lens[2 + 2 * i] = strlen(nums[2 * i]);
+            lens[3 + 2 * i] = strlen(nums[2 * i + 1]);
+        }
+        st = bq_redis_script_int(r, S_REPORT, 2 * nq, keys, 2 + 2 * nq, args, lens, NULL, err);
+    }
+    bq_free(names);
+    bq_free(nums);
+    bq_free(keys);
+    bq_free(args);
+    bq_free(lens);
+    return st;
+}
+
 bq_status bq_redis_reap(bq_broker *b, const char *queue, const char *dead_id,
                         long long *recovered, bq_err *err)
 {

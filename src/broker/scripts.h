@@ -652,6 +652,44 @@ static const char bq_script_reap_4[] =
     "return #items\n";
 static const char bq_script_reap_4_sha[] = "13589ae19e40d5d12f933ca5b37b2155cc166707";
 
+static const char bq_script_report_N[] =
+    "-- report-N: a worker's report (every few seconds, from its heartbeat thread): what it is, for\n"
+    "-- the dashboard and `binduq-lua workers`, and the tasks it finished since its last report,\n"
+    "-- counted per minute so that the last hour's rates live in Redis whatever the load.\n"
+    "-- KEYS    for each queue i the worker fetches from: KEYS[2i-1] {Qi}:worker:<id> (a string:\n"
+    "--         the worker's JSON description), KEYS[2i] {Qi}:rates (a hash: \"d:<minute>\" and\n"
+    "--         \"f:<minute>\" -> tasks completed and failed in that minute, by the server's clock,\n"
+    "--         minute = epoch seconds / 60; \"trim\" -> the minute it was last trimmed)\n"
+    "-- ARGV[1] the description (JSON)\n"
+    "-- ARGV[2] how long it lives, in ms (\"0\": delete it: the worker is leaving)\n"
+    "-- ARGV[2+2i-1], ARGV[2+2i]  completed and failed on queue i since the last report\n"
+    "-- Minutes older than an hour and a minute are deleted once a minute; the hash itself\n"
+    "-- expires two hours after the last report that counted something. Returns the minute.\n"
+    "local m = math.floor(tonumber(redis.call('TIME')[1]) / 60)\n"
+    "for i = 1, #KEYS / 2 do\n"
+    "    local info, rates = KEYS[2 * i - 1], KEYS[2 * i]\n"
+    "    if ARGV[2] == '0' then\n"
+    "        redis.call('DEL', info)\n"
+    "    else\n"
+    "        redis.call('SET', info, ARGV[1], 'PX', ARGV[2])\n"
+    "    end\n"
+    "    local d, f = tonumber(ARGV[1 + 2 * i]) or 0, tonumber(ARGV[2 + 2 * i]) or 0\n"
+    "    if d > 0 or f > 0 then\n"
+    "        if d > 0 then redis.call('HINCRBY', rates, 'd:' .. m, d) end\n"
+    "        if f > 0 then redis.call('HINCRBY', rates, 'f:' .. m, f) end\n"
+    "        if tonumber(redis.call('HGET', rates, 'trim') or '0') ~= m then\n"
+    "            for _, k in ipairs(redis.call('HKEYS', rates)) do\n"
+    "                local km = tonumber(string.sub(k, 3))\n"
+    "                if k ~= 'trim' and (km == nil or km < m - 61) then redis.call('HDEL', rates, k) end\n"
+    "            end\n"
+    "            redis.call('HSET', rates, 'trim', m)\n"
+    "        end\n"
+    "        redis.call('EXPIRE', rates, 7200)\n"
+    "    end\n"
+    "end\n"
+    "return m\n";
+static const char bq_script_report_N_sha[] = "9cd22f89a470f289df81d9efe749df9849952884";
+
 static const char bq_script_requeue_3[] =
     "-- requeue-3: move one dead-letter entry back to the queue as a fresh operation.\n"
     "-- The original bytes get a \"#bq\" header line marking them requeued: attempts start again,\n"

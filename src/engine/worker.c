@@ -222,12 +222,19 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
                                      w->conf.weights, w->conf.id, o->delivery,
                                      o->max_message_size, BQ_FETCH_BYTES};
     w->tasks.ring = bq_calloc((size_t)w->conf.capacity, sizeof *w->tasks.ring);
+    size_t nrq = (size_t)(w->conf.nqueues > 0 ? w->conf.nqueues : 1);
+    w->report.done = bq_calloc(nrq, sizeof *w->report.done);
+    w->report.failed = bq_calloc(nrq, sizeof *w->report.failed);
+    w->report.sent_done = bq_calloc(nrq, sizeof *w->report.sent_done);
+    w->report.sent_failed = bq_calloc(nrq, sizeof *w->report.sent_failed);
     w->slots = bq_calloc((size_t)w->conf.concurrency, sizeof *w->slots);
     w->events.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     w->control.stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     w->conf.control_queue = bq_strdup(o->cfg->queue_name);
     bq_status st = BQ_OK;
     if (w->conf.queue == NULL || w->tasks.ring == NULL || w->slots == NULL ||
+        w->report.done == NULL || w->report.failed == NULL || w->report.sent_done == NULL ||
+        w->report.sent_failed == NULL ||
         w->conf.control_queue == NULL || (o->weights != NULL && w->conf.weights == NULL))
         st = bq_err_set(err, BQ_ENOMEM, "worker: out of memory");
     else if (w->events.fd < 0 || w->control.stopfd < 0)
@@ -367,13 +374,13 @@ bq_status bq_worker_start(bq_worker *w, bool drain, bq_err *err)
             *err = w->life.init_err;
         return w->life.init_err.code != BQ_OK ? w->life.init_err.code : BQ_EIO;
     }
-    if (w->conf.who.delivery == BQ_AT_LEAST_ONCE) {
-        if (spawn(&w->heartbeat.thread, bq_worker_heartbeat_main, w) == 0)
-            w->heartbeat.started = true;
-        else
-            bq_log(BQ_LOG_ERROR, "thread_failed", "worker", w->conf.id, "thread", "heartbeat",
-                   NULL);
-    }
+    /* Every worker reports (its description, its counts); an at-least-once one also renews
+     * its lease from this thread. */
+    w->report.started = bq_now_wall();
+    if (spawn(&w->heartbeat.thread, bq_worker_heartbeat_main, w) == 0)
+        w->heartbeat.started = true;
+    else
+        bq_log(BQ_LOG_ERROR, "thread_failed", "worker", w->conf.id, "thread", "heartbeat", NULL);
     if (spawn(&w->control.thread, bq_worker_control_main, w) == 0)
         w->control.started = true;
     else
@@ -529,6 +536,10 @@ void bq_worker_free(bq_worker *w)
         bq_free(w->slots[i].ctl.tasks);
     }
     bq_free(w->tasks.ring);
+    bq_free(w->report.done);
+    bq_free(w->report.failed);
+    bq_free(w->report.sent_done);
+    bq_free(w->report.sent_failed);
     bq_free(w->slots);
     for (int i = 0; i < w->conf.nqueues; i++)
         bq_free(w->conf.queues[i]);

@@ -222,6 +222,16 @@ struct worker_counters {
         reconnects, pickup_rejected, events_lost;
 };
 
+/* The worker's report (worker_heartbeat.c, report-N.lua): tasks finished per queue, which the
+ * slots add to and the heartbeat thread sends every REPORT_PERIOD seconds with the worker's
+ * description. */
+struct worker_report {
+    atomic_llong *done, *failed;        /* conf.nqueues each: counted since the start */
+    long long *sent_done, *sent_failed; /* conf.nqueues each: reported so far (the heartbeat
+                                         * thread's) */
+    double started;                     /* wall clock */
+};
+
 /* Histograms of handler durations and pickup latencies for bq_worker_histograms: per bucket
  * (not cumulative), sums in microseconds. Atomic, like the counters. */
 struct worker_hists {
@@ -252,6 +262,7 @@ struct bq_worker {
     struct worker_events events;
     struct worker_feed feed;
     struct worker_counters count;
+    struct worker_report report;
     struct worker_hists hist;
 };
 

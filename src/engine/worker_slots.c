@@ -510,6 +510,12 @@ static bool finish(bq_worker *w, struct bq_msg *msg, struct bq_outcome *out, dou
     const char *queue = queue_of(w, msg->q);
     bool moved = false;
     bq_worker_feed_outcome(w, msg, out);
+    int rq = msg->q >= 0 && msg->q < w->conf.nqueues ? msg->q : 0;
+    if (out->kind == BQ_OUTCOME_COMPLETED)
+        atomic_fetch_add_explicit(&w->report.done[rq], 1, memory_order_relaxed);
+    else if (out->kind == BQ_OUTCOME_DROPPED || out->kind == BQ_OUTCOME_RETRY ||
+             out->kind == BQ_OUTCOME_DEAD)
+        atomic_fetch_add_explicit(&w->report.failed[rq], 1, memory_order_relaxed);
     switch (out->kind) {
     case BQ_OUTCOME_COMPLETED:
         atomic_fetch_add(&w->count.completed, 1);

@@ -454,6 +454,10 @@ static const struct twin {
      * their claims itself (lua/binduq/recurring.lua; bq_broker_ops.cron is NULL there). The
      * scenario is tests/integration/recurring_spec.lua's, on Redis. */
     {"cron-4", "cron", NULL},
+    /* report-N has no twin: a worker's description and its counts per minute are for the
+     * dashboard, which reads Redis (bq_broker_ops.report is NULL on the memory broker). The
+     * scenario is tests/integration/dashboard_spec.lua's, on Redis. */
+    {"report-N", "report", NULL},
 };
 
 static bq_broker *open_redis(void)

@@ -95,6 +95,8 @@ describe("#redis dashboard", function()
         server = redis.start()
         queue = ("it:dash:%d"):format(math.random(1, 1e9))
         s = bq.scheduler{ url = server.url, queue_name = queue }
+        -- a count from long ago, which the worker's first report of a minute deletes
+        proc.sh(("redis-cli -h 127.0.0.1 -p %d HSET %s d:1 99 f:1 9"):format(server.port, proc.quote("{" .. queue .. "}:rates")))
         worker = proc.spawn(WORKER, { env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue, BINDUQ_LOG_LEVEL = "warn" } })
         for _, id in ipairs({ "plain-fail", XSS_IMG, XSS_SCRIPT }) do assert(s:run{ task_id = id, messages = msg("fail") }) end
         assert(s:run{ task_id = "ok-1", messages = msg("ok") })
@@ -140,22 +142,40 @@ describe("#redis dashboard", function()
     end)
 
     it("gives queues, workers and dead letters as JSON, hostile strings as data", function()
-        local code, _, body = http("GET", base .. "/api/overview")
-        assert.are.equal(200, code)
-        local o = assert(json.decode(body))
+        -- rates as the worker reports them (every 5 s, report-N.lua): ok-1 completed, three
+        -- tasks failed twice each (retried once, then dead-lettered)
+        local o, done, failed
+        proc.wait_for(function()
+            local code, _, body = http("GET", base .. "/api/overview")
+            assert.are.equal(200, code)
+            o = assert(json.decode(body))
+            done, failed = 0, 0
+            for _, p in ipairs(o.history.points) do done, failed = done + p.done, failed + p.failed end
+            return done == 1 and failed == 6
+        end, 15)
         assert.are.equal(queue, o.queues[1].queue)
         assert.are.equal(4, o.queues[1].dead)
-        assert.is_true(#o.workers >= 1 and o.workers[1].queue == queue)
-        -- rates from the queue's event stream: ok-1 completed, three tasks dead-lettered
         assert.are.equal(60, #o.history.points)
-        local done, failed = 0, 0
-        for _, p in ipairs(o.history.points) do done, failed = done + p.done, failed + p.failed end
         assert.are.equal(1, done)
-        assert.are.equal(3, failed)
-        assert.are.equal(1, o.queues[1].processed_per_min)
-        assert.are.equal(3, o.queues[1].failed_per_min)
-        assert.is_true(math.abs(o.history.from - bq.now()) < 60)
-        code, _, body = http("GET", base .. "/api/dead/" .. hex(json.encode{ queue = queue }))
+        assert.are.equal(6, failed)
+        assert.is_true(o.queues[1].processed_per_min <= 1 and o.queues[1].failed_per_min <= 6)
+        assert.is_true(math.abs(o.history.from - bq.now()) < 120)
+        -- the worker as it describes itself, and what its in-flight list holds
+        assert.are.equal(1, #o.workers)
+        local w = o.workers[1]
+        assert.are.equal(queue, w.queue)
+        assert.are.equal(2, w.concurrency)
+        assert.are.equal(1, w.per_slot)
+        assert.are.equal("at-least-once", w.delivery)
+        assert.are.equal(w.id:match("^([^:]+)"), w.host)
+        assert.are.equal(1, w.completed)
+        assert.are.equal(6, w.failed)
+        assert.are.same({ "slow-1" }, w.current_ids)
+        assert.are.equal("slow-1", w.current)
+        local old_count = proc.sh(("redis-cli -h 127.0.0.1 -p %d HMGET %s d:1 f:1"):format(server.port,
+                                                                                 proc.quote("{" .. queue .. "}:rates")))
+        assert.are.equal("\n", old_count) -- both gone (two empty lines)
+        local code, _, body = http("GET", base .. "/api/dead/" .. hex(json.encode{ queue = queue }))
         assert.are.equal(200, code)
         local d = assert(json.decode(body))
         assert.are.equal(4, d.total)
@@ -179,6 +199,19 @@ describe("#redis dashboard", function()
         assert.are.equal(400, (http("GET", base .. "/api/dead/abc")))
         -- a queue the dashboard does not show
         assert.are.equal(404, (http("GET", base .. "/api/dead/" .. hex(json.encode{ queue = "other" }))))
+    end)
+
+    it("has a worker's description go with it when it stops", function()
+        local q2 = queue .. ":short"
+        local key = "{" .. q2 .. "}:worker:*"
+        local function keys()
+            return (proc.sh(("redis-cli -h 127.0.0.1 -p %d --scan --pattern %s"):format(server.port, proc.quote(key))))
+        end
+        local w2 = proc.spawn(WORKER, { env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = q2, BINDUQ_LOG_LEVEL = "warn" } })
+        local ok = proc.wait_for(function() return keys():find("worker", 1, true) ~= nil end, 10)
+        proc.stop(w2, 10)
+        assert.is_true(ok, "no description: " .. tostring(proc.read(w2.log)))
+        assert.are.equal("", keys())
     end)
 
     it("refuses a POST without the CSRF token or JSON, and other methods", function()

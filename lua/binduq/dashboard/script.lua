@@ -129,7 +129,7 @@ return [==[
         svg("line", { x1: 0, y1: mid, x2: W, y2: mid, class: "axis" }), bars),
       h("figcaption", { class: "muted" },
         "processed (up) and failed (down) per minute, the last hour; highest minute " + max +
-        (hist && hist.from ? "; from the queues' event streams, which go back to " + fmtTime(hist.from) : "; no event yet")));
+        (hist && hist.from ? "; counted by the workers in Redis since " + fmtTime(hist.from) : "; no task finished in the hour")));
   }
 
   function renderOverview() {
@@ -164,16 +164,26 @@ return [==[
     var o = state.overview;
     if (!o) return show(h("p", { class: "muted" }, "loading..."));
     show(h("h1", {}, "Workers"),
-      table(["worker", "host", "queue", ["lease left", "num"], ["in flight", "num"], "current task"],
+      table(["worker", "host", "queue", ["concurrency", "num"], ["lease left", "num"], ["in flight", "num"],
+             ["done", "num"], ["failed", "num"], "started", "current tasks"],
         o.workers.map(function (w) {
-          var gone = w.lease_left < 0;
+          var gone = w.lease_left < 0, ids = w.current_ids || (w.current ? [w.current] : []);
+          var conc = typeof w.concurrency === "number"
+            ? String(w.concurrency) + (w.per_slot > 1 ? " x " + w.per_slot : "") : "-";
           return h("tr", { "data-worker": w.id },
-            h("td", { class: "id" }, w.id), h("td", { class: "id" }, String(w.id).split(":")[0]),
+            h("td", { class: "id" }, w.id), h("td", { class: "id" }, w.host || String(w.id).split(":")[0]),
             h("td", { class: "id" }, w.queue),
+            h("td", { class: "num", "data-col": "concurrency" }, conc),
             h("td", { class: "num" + (gone ? " bad" : "") }, gone ? "gone" : w.lease_left.toFixed(1) + " s"),
             h("td", { class: "num" }, fmtNum(w.inflight)),
-            h("td", { class: "id" }, w.current ? taskLink(w.current, w.queue) : "-"));
-        }), "no worker has a lease record"));
+            h("td", { class: "num" }, fmtNum(w.completed)), h("td", { class: "num" }, fmtNum(w.failed)),
+            h("td", {}, fmtTime(w.started)),
+            h("td", { class: "id", "data-col": "current" }, ids.length ? ids.map(function (id, i) {
+              return [i ? " " : null, taskLink(id, w.queue)];
+            }) : "-"));
+        }), "no worker has a lease record"),
+      h("p", { class: "muted" }, "concurrency: handler threads (x tasks each state runs at once); done and failed: since " +
+        "the worker started, as it reported them (every 5 s); current tasks: what its in-flight list holds (at most 50)"));
   }
 
   // ---- dead letters ------------------------------------------------------------------------
