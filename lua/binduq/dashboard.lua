@@ -49,6 +49,8 @@ local MAX_QUEUES = 16       -- schedulers kept open (one per queue viewed)
 local SCAN_MAX = 10000      -- dead-letter entries looked at by one listing or lookup
 local PAGE_MAX = 200        -- dead-letter entries in one listing
 local EVENTS_MAX = 500      -- events of one task in its timeline
+local TASKS_PAGE_MAX = 200  -- tasks in one page of a list
+local TASKS_OFFSET_MAX = 100000 -- how deep a list may page (each page skips what comes before)
 
 local HEADERS = {
     ["Content-Security-Policy"] = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -503,13 +505,19 @@ function Dashboard:task_list(p)
     local state = type(p.state) == "string" and p.state ~= "" and p.state or nil
     if state and not (storage_mod.OPEN[state] or storage_mod.TERMINAL[state]) then fail(400, "unknown state") end
     local context = type(p.context) == "string" and p.context ~= "" and p.context or nil
-    local list = must(self:shown(p.queue):list_tasks{ state = state, context = context, limit = 100 })
+    local offset = math.min(TASKS_OFFSET_MAX, math.max(0, math.tointeger(p.offset) or 0))
+    local limit = math.min(TASKS_PAGE_MAX, math.max(1, math.tointeger(p.limit) or 50))
+    -- one more than the page: whether there is an older page
+    local list = must(self:shown(p.queue):list_tasks{ state = state, context = context, limit = limit + 1,
+                                                      offset = offset })
     local rows = {}
-    for i, t in ipairs(list) do
+    for i = 1, math.min(#list, limit) do
+        local t = list[i]
         rows[i] = { task_id = t.task_id, state = t.state, context_id = t.context_id, attempts = t.attempts,
                     worker = t.worker, queue = t.queue, updated_at = t.updated_at }
     end
-    return '{"tasks":' .. core.escape(json.array(rows), "json_text") .. "}"
+    return '{"offset":' .. offset .. ',"limit":' .. limit .. ',"more":' .. tostring(#list > limit)
+           .. ',"tasks":' .. core.escape(json.array(rows), "json_text") .. "}"
 end
 
 -- ---- HTTP ----------------------------------------------------------------------------------

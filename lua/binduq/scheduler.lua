@@ -628,16 +628,18 @@ function Scheduler:wait(id, timeout, opts)
     return require("binduq.events").wait(self, id, timeout or 0, queue)
 end
 
---- Stored tasks, newest first: filter {state=, context=, limit=(100)}.
+--- Stored tasks, newest first: filter {state=, context=, limit=(100), offset=(0): skip that
+-- many matching tasks first}.
 function Scheduler:list_tasks(filter)
     check_open(self)
     filter = filter or {}
-    config.check(filter, { state = "string", context = "string", limit = "number" }, "list_tasks filter", 2)
+    config.check(filter, { state = "string", context = "string", limit = "number", offset = "number" },
+                 "list_tasks filter", 2)
     if filter.state and not (storage_mod.OPEN[filter.state] or storage_mod.TERMINAL[filter.state]) then
         error("list_tasks: unknown state '" .. filter.state .. "'", 2)
     end
     local recs, err, code = self.store:list{ state = filter.state, context_id = filter.context,
-                                             limit = filter.limit or 100 }
+                                             limit = filter.limit or 100, offset = filter.offset }
     if not recs then return nil, err, code end
     local out = {}
     for i, r in ipairs(recs) do out[i] = storage_mod.view(r) end

@@ -12,7 +12,7 @@
  *   st:change{id=, from=, to=, append_history=, append_artifacts=, checkpoint=, error=,
  *             requested=, worker=, count_attempt=, if_requested=}
  *             -> changed, state | false, requested
- *   st:list{state=, context_id=, older_than=, limit=}  -> {record, ...}
+ *   st:list{state=, context_id=, older_than=, limit=, offset=}  -> {record, ...}
  *   st:remove(id) -> existed      st:ping() -> true      st:kind() -> "memory" | "postgres" | "redis"
  *   st:close()
  *   core.slot_storage() -> the storage of the worker this handler state serves (or nil)
@@ -31,6 +31,7 @@
 #include "../engine/task.h"
 #include "../storage/storage.h"
 
+#include <limits.h>
 #include <string.h>
 
 struct lstorage {
@@ -471,13 +472,15 @@ static int l_storage_finish(lua_State *L)
 static int l_storage_list(lua_State *L)
 {
     bq_storage *s = check_storage(L);
-    struct bq_task_filter f = {NULL, NULL, 0, 0};
+    struct bq_task_filter f = {NULL, NULL, 0, 0, 0};
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
         f.state = opt_str(L, "state");
         f.context_id = opt_str(L, "context_id");
         f.older_than = bq_lua_opt_number(L, 2, "older_than", 0);
         f.limit = (int)bq_lua_opt_integer(L, 2, "limit", 100);
+        lua_Integer off = bq_lua_opt_integer(L, 2, "offset", 0);
+        f.offset = off > 0 && off < INT_MAX ? (int)off : 0;
     }
     struct bq_task_rec *v = NULL;
     size_t n = 0;

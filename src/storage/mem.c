@@ -598,7 +598,7 @@ static bq_status mem_list(bq_storage *s, const struct bq_task_filter *f,
                           struct bq_task_rec **out, size_t *n, bq_err *err)
 {
     (void)s;
-    static const struct bq_task_filter all = {NULL, NULL, 0, 0};
+    static const struct bq_task_filter all = {NULL, NULL, 0, 0, 0};
     if (f == NULL)
         f = &all;
     size_t limit = f->limit > 0 ? (size_t)f->limit : 100;
@@ -608,6 +608,7 @@ static bq_status mem_list(bq_storage *s, const struct bq_task_filter *f,
     if (v == NULL)
         return bq_err_set(err, BQ_ENOMEM, "storage list: out of memory");
     double cut = f->older_than > 0 ? bq_now_wall() - f->older_than : 0;
+    int skip = f->offset;
     bq_status st = BQ_OK;
     size_t k = 0;
     lock_all();
@@ -630,6 +631,10 @@ static bq_status mem_list(bq_storage *s, const struct bq_task_filter *f,
             continue;
         if (cut > 0 && r->state_at >= cut)
             continue;
+        if (skip > 0) {
+            skip--;
+            continue;
+        }
         if (!copy_rec(&v[k], r)) {
             st = bq_err_set(err, BQ_ENOMEM, "storage list: out of memory");
             break;

@@ -972,15 +972,15 @@ static bq_status pg_list(bq_storage *base, const struct bq_task_filter *f,
                          struct bq_task_rec **out, size_t *n, bq_err *err)
 {
     pg_storage *s = (pg_storage *)base;
-    static const struct bq_task_filter none = {NULL, NULL, 0, 0};
+    static const struct bq_task_filter none = {NULL, NULL, 0, 0, 0};
     *out = NULL;
     *n = 0;
     if (f == NULL)
         f = &none;
     /* Fixed fragments and $n placeholders only: the values travel as parameters. */
-    const char *vals[4];
+    const char *vals[5];
     int np = 0;
-    char older[32], limit[16];
+    char older[32], limit[16], offset[16];
     /* The head, the schema and at most four fragments of under 80 bytes each. */
     size_t len = sizeof("SELECT " REC_COLS " FROM .tasks WHERE true") + strlen(s->qschema) + 512;
     char *sql = bq_malloc(len);
@@ -1004,7 +1004,10 @@ static bq_status pg_list(bq_storage *base, const struct bq_task_filter *f,
     }
     snprintf(limit, sizeof limit, "%d", f->limit > 0 ? f->limit : 100);
     vals[np++] = limit;
-    snprintf(sql + k, len - k, " ORDER BY created_at DESC, id LIMIT $%d::int", np);
+    snprintf(offset, sizeof offset, "%d", f->offset > 0 ? f->offset : 0);
+    vals[np++] = offset;
+    snprintf(sql + k, len - k, " ORDER BY created_at DESC, id LIMIT $%d::int OFFSET $%d::int",
+             np - 1, np);
 
     PGresult *res;
     bq_status st = run1(s, -1, sql, "list", np, vals, PGRES_TUPLES_OK, &res, err);

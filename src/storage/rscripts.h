@@ -167,11 +167,12 @@ static const char bq_script_list_1[] =
     "-- ARGV[3] state: \"\" for any\n"
     "-- ARGV[4] cut: > 0 for only the tasks whose state_at is before it (epoch seconds)\n"
     "-- ARGV[5] the most to return\n"
+    "-- ARGV[6] how many matching tasks to skip first (paging; \"0\": none)\n"
     "-- Returns an array of records, each the flat field/value array of HGETALL. Entries whose\n"
     "-- hash has expired are removed from KEYS[1] on the way.\n"
     "local idx, p = KEYS[1], ARGV[1]\n"
     "local ctx = ARGV[2] ~= '' and string.sub(ARGV[2], 2) or nil\n"
-    "local want, cut, limit = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+    "local want, cut, limit, skip = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]) or 0\n"
     "-- state_at >= created_at, so a cut skips the newer entries by score alone\n"
     "local max = cut > 0 and ('(' .. ARGV[4]) or '+inf'\n"
     "local out, stale, offset = {}, {}, 0\n"
@@ -188,15 +189,19 @@ static const char bq_script_list_1[] =
     "            for i = 1, #h, 2 do r[h[i]] = h[i + 1] end\n"
     "            if (ctx == nil or r.context_id == ctx) and (want == '' or r.state == want) and\n"
     "                (cut <= 0 or tonumber(r.state_at) < cut) then\n"
-    "                out[#out + 1] = h\n"
-    "                if #out >= limit then break end\n"
+    "                if skip > 0 then\n"
+    "                    skip = skip - 1\n"
+    "                else\n"
+    "                    out[#out + 1] = h\n"
+    "                    if #out >= limit then break end\n"
+    "                end\n"
     "            end\n"
     "        end\n"
     "    end\n"
     "end\n"
     "for _, id in ipairs(stale) do redis.call('ZREM', idx, id) end\n"
     "return out\n";
-static const char bq_script_list_1_sha[] = "5a45a041e561644075081ba15b8d35cd842b9824";
+static const char bq_script_list_1_sha[] = "1185424e99755e8a595049c7bf7c2b35838a3ca3";
 
 static const char bq_script_remove_2[] =
     "-- remove-2: forget a task (storage.h, remove).\n"

@@ -516,14 +516,14 @@ static bq_status r_list(bq_storage *s, const struct bq_task_filter *f, struct bq
                         size_t *n, bq_err *err)
 {
     struct rstore *r = (struct rstore *)s;
-    static const struct bq_task_filter all = {NULL, NULL, 0, 0};
+    static const struct bq_task_filter all = {NULL, NULL, 0, 0, 0};
     if (f == NULL)
         f = &all;
     *out = NULL;
     *n = 0;
     if (f->state != NULL && !bq_task_state_valid(f->state))
         return BQ_OK; /* no task is in a state that does not exist */
-    char idx[BQ_KEY_MAX + 32], cut[40], limit[16];
+    char idx[BQ_KEY_MAX + 32], cut[40], limit[16], skip[16];
     snprintf(idx, sizeof idx, "%stasks%s%s", r->prefix, f->state ? ":" : "",
              f->state ? f->state : "");
     cut[0] = '0';
@@ -548,15 +548,17 @@ static bq_status r_list(bq_storage *s, const struct bq_task_filter *f, struct bq
     snprintf(limit, sizeof limit, "%d", f->limit > 0 ? f->limit : 100);
     const char *keys[1] = {idx};
     struct list args;
-    list_init(&args, 5);
+    list_init(&args, 6);
     add(&args, r->prefix);
     add_opt(&args, f->context_id);
     add(&args, f->state ? f->state : "");
     add(&args, cut);
     add(&args, limit);
+    snprintf(skip, sizeof skip, "%d", f->offset > 0 ? f->offset : 0);
+    add(&args, skip);
     redisReply *rep = NULL;
     bq_status st = args.oom ? bq_err_set(err, BQ_ENOMEM, "storage list: out of memory")
-                            : run(r, R_LIST, 1, keys, 5, args.v, &rep, err);
+                            : run(r, R_LIST, 1, keys, 6, args.v, &rep, err);
     list_free(&args);
     if (st != BQ_OK)
         return st;

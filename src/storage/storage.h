@@ -109,6 +109,7 @@ struct bq_task_filter {
     const char *context_id; /* NULL: any */
     double older_than;      /* > 0: only tasks whose state is older than this many seconds */
     int limit;              /* <= 0: 100 */
+    int offset;             /* > 0: skip this many matching tasks first (paging) */
 };
 
 struct bq_storage_ops {

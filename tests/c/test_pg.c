@@ -224,7 +224,7 @@ TEST(odd_schema_names_are_quoted)
     char ids[64];
     struct bq_task_rec *v = NULL;
     size_t n = 0;
-    struct bq_task_filter f = {"submitted", "ctx-odd", 0, 0};
+    struct bq_task_filter f = {"submitted", "ctx-odd", 0, 0, 0};
     CHECK_INT(s->ops->list(s, &f, &v, &n, &err), BQ_OK);
     CHECK_INT(n, 1);
     bq_task_recs_free(v, n);
@@ -720,34 +720,37 @@ TEST(list_filters_and_orders_newest_first)
     struct bq_task_change c = cas("ls-2", NULL, "working");
     CHECK_INT(change(store, &c, &res), BQ_OK);
 
-    struct bq_task_filter f = {NULL, "ctx-ls", 0, 0};
+    struct bq_task_filter f = {NULL, "ctx-ls", 0, 0, 0};
     CHECK_INT(list(&f, ids, sizeof ids), 3);
     CHECK_STR(ids, "ls-3,ls-2,ls-1");
     f.limit = 2;
     CHECK_INT(list(&f, ids, sizeof ids), 2);
     CHECK_STR(ids, "ls-3,ls-2");
-    f = (struct bq_task_filter){"working", "ctx-ls", 0, 0};
+    f.offset = 2; /* the next page */
+    CHECK_INT(list(&f, ids, sizeof ids), 1);
+    CHECK_STR(ids, "ls-1");
+    f = (struct bq_task_filter){"working", "ctx-ls", 0, 0, 0};
     CHECK_INT(list(&f, ids, sizeof ids), 1);
     CHECK_STR(ids, "ls-2");
-    f = (struct bq_task_filter){"submitted", "ctx-nobody", 0, 0};
+    f = (struct bq_task_filter){"submitted", "ctx-nobody", 0, 0, 0};
     CHECK_INT(list(&f, ids, sizeof ids), 0);
 
     /* older_than looks at state_at: age one task by an hour behind the storage's back. */
     CHECK(sql(NULL, 0, "UPDATE \"%s\".tasks SET state_at = now() - interval '1 hour' "
                        "WHERE id = 'ls-1'", schema));
-    f = (struct bq_task_filter){NULL, "ctx-ls", 60, 0};
+    f = (struct bq_task_filter){NULL, "ctx-ls", 60, 0, 0};
     CHECK_INT(list(&f, ids, sizeof ids), 1);
     CHECK_STR(ids, "ls-1");
-    f = (struct bq_task_filter){"submitted", NULL, 3599, 0};
+    f = (struct bq_task_filter){"submitted", NULL, 3599, 0, 0};
     CHECK_INT(list(&f, ids, sizeof ids), 1);
     CHECK_STR(ids, "ls-1");
-    f = (struct bq_task_filter){NULL, "ctx-ls", 3601, 0};
+    f = (struct bq_task_filter){NULL, "ctx-ls", 3601, 0, 0};
     CHECK_INT(list(&f, ids, sizeof ids), 0);
 
     /* Records come whole; a NULL filter is "everything", 100 at most. */
     struct bq_task_rec *v = NULL;
     size_t n = 0;
-    f = (struct bq_task_filter){NULL, "ctx-ls", 60, 0};
+    f = (struct bq_task_filter){NULL, "ctx-ls", 60, 0, 0};
     CHECK_INT(store->ops->list(store, &f, &v, &n, NULL), BQ_OK);
     CHECK_INT(n, 1);
     if (n == 1) {
@@ -763,7 +766,7 @@ TEST(list_filters_and_orders_newest_first)
         snprintf(id, sizeof id, "bulk-%03d", i);
         CHECK_INT(create(store, id, "ctx-bulk", NULL, &res), BQ_OK);
     }
-    f = (struct bq_task_filter){NULL, "ctx-bulk", 0, 0};
+    f = (struct bq_task_filter){NULL, "ctx-bulk", 0, 0, 0};
     CHECK_INT(list(&f, ids, sizeof ids), 100);
     CHECK(strncmp(ids, "bulk-109,bulk-108,", 18) == 0);
 }
@@ -1193,7 +1196,7 @@ TEST(out_of_memory_fails_cleanly)
             bool found;
             sg = s->ops->get(s, "rt-1", &r, &found, &err);
             bq_task_rec_clear(&r);
-            struct bq_task_filter f = {NULL, "ctx-ls", 0, 0};
+            struct bq_task_filter f = {NULL, "ctx-ls", 0, 0, 0};
             struct bq_task_rec *v = NULL;
             size_t k = 0;
             sl = s->ops->list(s, &f, &v, &k, &err);

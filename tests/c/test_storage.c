@@ -150,18 +150,29 @@ TEST(list_filters_newest_first)
     }
     struct bq_task_rec *v;
     size_t n;
-    struct bq_task_filter f = {NULL, "odd", 0, 3};
+    struct bq_task_filter f = {NULL, "odd", 0, 3, 0};
     CHECK_INT(s->ops->list(s, &f, &v, &n, NULL), BQ_OK);
     CHECK_INT((int)n, 3);
     CHECK_STR(v[0].id, "L9");
     CHECK_STR(v[2].id, "L5");
     CHECK_STR(v[0].history, "[]");
     bq_task_recs_free(v, n);
-    struct bq_task_filter fw = {"working", NULL, 0, 0};
+    /* the next page: the odd ones after the first 3 (L3, L1), and past the end */
+    struct bq_task_filter page = {NULL, "odd", 0, 3, 3};
+    CHECK_INT(s->ops->list(s, &page, &v, &n, NULL), BQ_OK);
+    CHECK_INT((int)n, 2);
+    CHECK_STR(v[0].id, "L3");
+    CHECK_STR(v[1].id, "L1");
+    bq_task_recs_free(v, n);
+    page.offset = 5;
+    CHECK_INT(s->ops->list(s, &page, &v, &n, NULL), BQ_OK);
+    CHECK_INT((int)n, 0);
+    bq_task_recs_free(v, n);
+    struct bq_task_filter fw = {"working", NULL, 0, 0, 0};
     CHECK_INT(s->ops->list(s, &fw, &v, &n, NULL), BQ_OK);
     CHECK_INT((int)n, 3);
     bq_task_recs_free(v, n);
-    struct bq_task_filter old = {NULL, NULL, 3600, 0};
+    struct bq_task_filter old = {NULL, NULL, 3600, 0, 0};
     CHECK_INT(s->ops->list(s, &old, &v, &n, NULL), BQ_OK);
     CHECK_INT((int)n, 0);
     bq_task_recs_free(v, n);
@@ -374,7 +385,7 @@ TEST(a_large_bound_is_sharded_and_exact)
     CHECK_INT(newest_kept, 1000);
     struct bq_task_rec *v;
     size_t n;
-    struct bq_task_filter f = {NULL, NULL, 0, 5};
+    struct bq_task_filter f = {NULL, NULL, 0, 5, 0};
     CHECK_INT(s->ops->list(s, &f, &v, &n, NULL), BQ_OK);
     CHECK_INT((int)n, 5);
     CHECK_STR(v[0].id, "S20499");

@@ -424,6 +424,21 @@ describe("#redis #pg dashboard with the task storage", function()
         d = assert(json.decode(body))
         assert.are.equal(1, #d.tasks)
         assert.are.equal("ok-1", d.tasks[1].task_id)
+        -- pages of 2: every task once, the first page says there is more, the last does not
+        local pages, ids = {}, {}
+        for i, offset in ipairs({ 0, 2 }) do
+            code, _, body = http("GET", base .. "/api/tasks/" .. hex(json.encode{ queue = queue, limit = 2, offset = offset }))
+            assert.are.equal(200, code)
+            pages[i] = assert(json.decode(body))
+            assert.are.equal(offset, pages[i].offset)
+            for _, t in ipairs(pages[i].tasks) do ids[#ids + 1] = t.task_id end
+        end
+        assert.are.equal(2, #pages[1].tasks)
+        assert.is_true(pages[1].more)
+        assert.are.equal(1, #pages[2].tasks)
+        assert.is_false(pages[2].more)
+        table.sort(ids)
+        assert.are.same({ "ask-1", "fail-1", "ok-1" }, ids)
         code, _, body = http("GET", base .. "/api/task/" .. hex(json.encode{ id = "nobody", queue = queue }))
         assert.are.equal(200, code)
         assert.is_false(json.decode(body).found)

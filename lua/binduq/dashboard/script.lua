@@ -351,6 +351,20 @@ return [==[
       "failed", "canceled", "rejected"].map(function (s) { return h("option", { value: s }, s || "any state"); }));
     var ctx = h("input", { name: "context", size: 20, placeholder: "context id" });
     var box = h("div", { id: "task-list" });
+    // One page of the list (newest first), with buttons to the newer and older pages.
+    function listPage(offset) {
+      get("/api/tasks", { queue: sel.value, state: st.value, context: ctx.value, offset: offset }).then(function (d) {
+        clear(box);
+        add(box, table(["task id", "state", ["attempts", "num"], "worker", "updated"], d.tasks.map(function (t) {
+          return h("tr", {}, h("td", { class: "id" }, taskLink(t.task_id, t.queue)), h("td", {}, t.state),
+            h("td", { class: "num" }, t.attempts), h("td", { class: "id" }, t.worker || "-"), h("td", {}, fmtTime(t.updated_at)));
+        }), "no task"));
+        add(box, h("div", { class: "pager" },
+          h("button", { "data-act": "newer", disabled: d.offset === 0, onclick: function () { listPage(Math.max(0, d.offset - d.limit)); } }, "newer"),
+          h("span", { class: "muted" }, d.tasks.length ? " " + (d.offset + 1) + "-" + (d.offset + d.tasks.length) + " " : " "),
+          h("button", { "data-act": "older", disabled: !d.more, onclick: function () { listPage(d.offset + d.limit); } }, "older")));
+      }).catch(failed);
+    }
     show(h("h1", {}, "Tasks"),
       h("form", { class: "filters", onsubmit: function (ev) {
         ev.preventDefault();
@@ -359,13 +373,7 @@ return [==[
         h("button", { class: "primary", type: "submit", "data-act": "lookup" }, "Look up")),
       STORAGE ? h("form", { class: "filters", onsubmit: function (ev) {
         ev.preventDefault();
-        get("/api/tasks", { queue: sel.value, state: st.value, context: ctx.value }).then(function (d) {
-          clear(box);
-          add(box, table(["task id", "state", ["attempts", "num"], "worker", "updated"], d.tasks.map(function (t) {
-            return h("tr", {}, h("td", { class: "id" }, taskLink(t.task_id, t.queue)), h("td", {}, t.state),
-              h("td", { class: "num" }, t.attempts), h("td", { class: "id" }, t.worker || "-"), h("td", {}, fmtTime(t.updated_at)));
-          }), "no task"));
-        }).catch(failed);
+        listPage(0);
       } }, h("label", {}, "state", st), h("label", {}, "context", ctx), h("button", { type: "submit" }, "List"))
         : h("p", { class: "muted" }, "Listing tasks needs the task storage (start the dashboard with --database-url)."),
       box);
