@@ -360,7 +360,8 @@ return [==[
             h("td", { class: "num" }, t.attempts), h("td", { class: "id" }, t.worker || "-"), h("td", {}, fmtTime(t.updated_at)));
         }), "no task"));
         add(box, h("div", { class: "pager" },
-          h("button", { "data-act": "newer", disabled: d.offset === 0, onclick: function () { listPage(Math.max(0, d.offset - d.limit)); } }, "newer"),
+          h("button", { "data-act": "newer", disabled: d.offset === 0,
+                        onclick: function () { listPage(Math.max(0, d.offset - d.limit)); } }, "newer"),
           h("span", { class: "muted" }, d.tasks.length ? " " + (d.offset + 1) + "-" + (d.offset + d.tasks.length) + " " : " "),
           h("button", { "data-act": "older", disabled: !d.more, onclick: function () { listPage(d.offset + d.limit); } }, "older")));
       }).catch(failed);
