@@ -17,7 +17,7 @@
 --   binduq-lua task resume ID [--message TEXT] [--json]
 --   binduq-lua schedules list [--json]                recurring schedules: when, state, last and next tick
 --   binduq-lua schedules pause|resume|remove NAME [--json]   for every worker of the queue
---   binduq-lua serve [AGENT.lua] [--addr HOST:PORT] [--url URL] [--queue NAME] [--database-url URL]
+--   binduq-lua serve [AGENT.lua] [--addr HOST:PORT] [--url URL] [--queue NAME] [--database-url URL] [--dashboard]
 --     the A2A gateway alone (binduq.gateway), until SIGTERM or SIGINT
 --     common: --database-url URL (default DATABASE_URL)  --schema NAME (default binduq)
 --     cancel, pause, resume, retry also: --url URL  --queue NAME (default: the task's queue)
@@ -136,7 +136,9 @@ usage: binduq-lua serve [AGENT.lua] [options]
   skills, deployment = { url = "http://host:port" }).
 Options: --addr HOST:PORT (default $BINDUQ_GATEWAY_ADDR, the config's deployment.url, else
          127.0.0.1:3773)  --url URL (default $REDIS_URL)  --queue NAME (default
-         $REDIS_QUEUE_NAME or bindu:tasks)  --database-url URL (default $DATABASE_URL)  --help
+         $REDIS_QUEUE_NAME or bindu:tasks)  --database-url URL (default $DATABASE_URL)
+         --dashboard (the web dashboard too, at /dashboard/ on the same address; beyond
+         loopback it needs $BINDUQ_DASHBOARD_TOKEN)  --help
   Tokens: $BINDUQ_GATEWAY_TOKENS (comma-separated); every JSON-RPC call then needs one.
 ]]
 
@@ -169,6 +171,7 @@ local function serve(opts, pos)
         agent = agent, host = host, port = tonumber(port),
         scheduler = { url = opts.url, queue_name = opts.queue },
         storage = opts.database_url and { type = "postgres", url = opts.database_url } or nil,
+        dashboard = opts.dashboard == true or nil,
     }
     if not gw then error({ fail = tostring(err) }) end
     gw:run()
@@ -200,7 +203,7 @@ end
 
 -- A small parser: --flag value, --switch, and positional words. `known` is the command's
 -- set of options: an option not in it is refused here, before it can take a value.
-local SWITCHES = { json = true, all = true, help = true, yes = true, read_only = true }
+local SWITCHES = { json = true, all = true, help = true, yes = true, read_only = true, dashboard = true }
 local function parse(args, known)
     local opts, pos = {}, {}
     local i = 1
@@ -241,7 +244,7 @@ local KNOWN = {
     workers = { url = true, queue = true, json = true, help = true },
     queue = { url = true, queue = true, json = true, help = true, limit = true, yes = true },
     top = { url = true, queue = true, help = true, interval = true, count = true, json = true },
-    serve = { url = true, queue = true, database_url = true, addr = true, help = true },
+    serve = { url = true, queue = true, database_url = true, addr = true, help = true, dashboard = true },
     dashboard = { url = true, queue = true, database_url = true, schema = true, addr = true, token = true,
                   read_only = true, help = true },
     schedules = { url = true, queue = true, json = true, help = true },

@@ -35,7 +35,7 @@ M.WORKER_KEYS = {
     max_attempts = "number", retry_base = "number", retry_cap = "number", on_failure = "function",
     queues = "table", weights = "table", rate_limit = "table", rate_key = "function",
     prefetch = "number", batch = "number", recovery_after = "number", metrics_port = "number", metrics_host = "string",
-    schedules = "table",
+    schedules = "table", dashboard = "boolean|table",
 }
 
 -- Keys of a Bindu agent config that binduq accepts and ignores, so a whole agent config

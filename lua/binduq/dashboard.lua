@@ -123,6 +123,13 @@ end
 
 --- A dashboard serving on host:port (default 127.0.0.1, port 0: any free one). Raises on
 -- bad options; returns nil, msg, code when it cannot listen.
+--
+-- Embedded (the `dashboard` option of a gateway or a worker): `server` is the host's
+-- core.gateway server, which the dashboard shares; `prefix` ("/dashboard") is where it is
+-- served; the host hands it the requests under the prefix (d:handle) and calls d:tick()
+-- (at most once a second does anything). `host` is then where that server listens, for the
+-- loopback rule. `scheduler` (a scheduler section: url, tls, ...) and `storage` (a storage
+-- section) may stand for `url` and `database_url`.
 function M.new(opts)
     opts = opts or {}
     local host = opts.host or "127.0.0.1"
@@ -132,20 +139,30 @@ function M.new(opts)
         error("dashboard: listening on " .. host .. " (not loopback) needs a token (--token or $BINDUQ_DASHBOARD_TOKEN)", 2)
     end
     local storage_section = { type = "memory" }
-    if opts.database_url then
+    if opts.storage then
+        storage_section = opts.storage
+    elseif opts.database_url then
         storage_section = storage_mod.section({ type = "postgres", url = opts.database_url, schema = opts.schema }, 2)
     end
+    local sched_opts = {}
+    for k, v in pairs(opts.scheduler or { url = opts.url }) do sched_opts[k] = v end
+    sched_opts.queue_name = nil
     local self = setmetatable({
-        url = opts.url, token = token, read_only = opts.read_only == true,
-        storage_section = storage_section, has_storage = opts.database_url ~= nil,
+        sched_opts = sched_opts, token = token, read_only = opts.read_only == true,
+        storage_section = storage_section, has_storage = storage_section.type ~= "memory",
         csrf = random_token(), scheds = {}, nscheds = 0, streams = {}, next_tick = 0, next_scan = 0,
         cli = opts.cli_data or require("binduq.cli").data,
+        prefix = opts.prefix, shared = opts.server ~= nil,
     }, Dashboard)
     -- The first queue's scheduler: it checks the URL now, and finds the default queue.
-    local first = self:sched(opts.queues and opts.queues[1] or nil)
+    local first = self:sched(opts.queues and opts.queues[1] or opts.queue or nil)
     self.queues = opts.queues or { first.queue_name }
     self.auto_queues = not opts.queues or #opts.queues == 0
     if self.auto_queues then self:find_queues() end
+    if opts.server then
+        self.server = opts.server
+        return self
+    end
     local gw, err, code = core.gateway{ host = host, port = opts.port or 0, max_body = 64 * 1024,
                                         max_connections = 256, idle_timeout = 300 }
     if not gw then
@@ -156,12 +173,21 @@ function M.new(opts)
     return self
 end
 
+-- The scheduler section for queue q (nil: the default queue), with `extra` fields.
+function Dashboard:section(q, extra)
+    local t = {}
+    for k, v in pairs(self.sched_opts) do t[k] = v end
+    for k, v in pairs(extra or {}) do t[k] = v end
+    t.queue_name = q
+    return t
+end
+
 -- The scheduler of queue q (nil: the default queue), opened on first use.
 function Dashboard:sched(q)
     local s = q and self.scheds[q]
     if s then return s end
     if self.nscheds >= MAX_QUEUES then fail(400, "at most " .. MAX_QUEUES .. " queues at once") end
-    s = scheduler.new({ url = self.url, queue_name = q }, nil, self.storage_section)
+    s = scheduler.new(self:section(q), nil, self.storage_section)
     if s.backend == "memory" then
         s:close()
         error("dashboard needs Redis (REDIS_URL or --url): the in-memory scheduler lives inside its own process", 0)
@@ -486,7 +512,7 @@ function Dashboard:task_action(p, op)
     local res
     if op == "retry" then
         -- A retry's run repeats the task's own, whose deduplication key may still be held.
-        local rs = scheduler.new({ url = self.url, queue_name = s.queue_name, dedup = false }, nil, self.storage_section)
+        local rs = scheduler.new(self:section(s.queue_name, { dedup = false }), nil, self.storage_section)
         local ok, r = pcall(self.cli.retry, rs, p.id, rec)
         rs:close()
         if not ok then fail(409, type(r) == "table" and r.fail or tostring(r)) end
@@ -614,8 +640,14 @@ function Dashboard:post(req)
     fail(404, "not found")
 end
 
---- Handles one request.
+--- Handles one request (embedded: one whose path is the prefix or under it).
 function Dashboard:handle(req)
+    if self.prefix then
+        if req.path == self.prefix then -- the page's relative URLs need the slash
+            return self:reply(req, 308, "", "text/plain", { Location = self.prefix .. "/" })
+        end
+        req.path = req.path:sub(#self.prefix + 1)
+    end
     local ok, err = pcall(function()
         if not self:host_ok(req) then
             return self:reply(req, 403, encode({ error = "the Host header must name this machine (127.0.0.1, localhost, ::1) "
@@ -651,9 +683,11 @@ function Dashboard:overview_event()
     return "event: problem\ndata: " .. encode({ error = tostring(doc) }) .. "\n\n"
 end
 
--- Sends the overview to every open stream; drops the streams whose reader is gone.
+-- Sends the overview to every open stream, at most once a second; drops the streams whose
+-- reader is gone.
 function Dashboard:tick()
-    if #self.streams == 0 then return end
+    if #self.streams == 0 or core.monotonic() < self.next_tick then return end
+    self.next_tick = core.monotonic() + 1
     local msg = self:overview_event()
     local kept = {}
     for _, id in ipairs(self.streams) do
@@ -665,7 +699,7 @@ end
 --- Waits up to `timeout` seconds for requests and handles them; sends the overview to the
 -- open streams once a second. Returns false once the server stops.
 function Dashboard:step(timeout)
-    local wait = math.max(0, math.min(timeout or 1, self.next_tick - core.monotonic()))
+    local wait = math.min(timeout or 1, self:due_in())
     local req = self.server:next(wait)
     if req == false then return false end
     for _ = 1, 64 do
@@ -674,10 +708,7 @@ function Dashboard:step(timeout)
         req = self.server:next(0)
         if req == false then return false end
     end
-    if core.monotonic() >= self.next_tick then
-        self.next_tick = core.monotonic() + 1
-        self:tick()
-    end
+    self:tick()
     return true
 end
 
@@ -693,11 +724,17 @@ function Dashboard:run(seconds)
     self:close()
 end
 
+-- When the next tick is due: the host's loop waits no longer than this while streams are open.
+function Dashboard:due_in()
+    if #self.streams == 0 then return math.huge end
+    return math.max(0, self.next_tick - core.monotonic())
+end
+
 function Dashboard:close()
     if self.server then
         for _, id in ipairs(self.streams) do self.server:finish(id) end
         self.streams = {}
-        self.server:close()
+        if not self.shared then self.server:close() end
         self.server = nil
     end
     for q, s in pairs(self.scheds) do

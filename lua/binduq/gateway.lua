@@ -71,6 +71,7 @@ local KNOWN = {
     deployment = "table", name = "string", description = "string", skills = "table",
     version = "string", author = "string",
     push = "boolean", push_attempts = "number", push_timeout = "number", push_ttl = "number",
+    dashboard = "boolean|table",
 }
 
 -- binduq's states as A2A's: a paused task is still open and will go on, "working" to a client.
@@ -172,6 +173,14 @@ function M.new(opts, level)
         defaultOutputModes = { "text/plain" },
         skills = list(opts.skills or agent.skills or {}),
     }
+    if opts.dashboard then
+        local dok, d = pcall(M.dashboard, self, opts, host or "127.0.0.1", level)
+        if not dok then
+            self:close()
+            error(d, level)
+        end
+        self.dashboard = d
+    end
     for _, i in ipairs(self.card.supportedInterfaces) do i.url = self.url end
     self.card.additionalInterfaces[1].url = self.url
     if tokens and #tokens > 0 then
@@ -179,6 +188,24 @@ function M.new(opts, level)
         self.card.security = { { bearer = EMPTY_TAG } }
     end
     return self
+end
+
+-- The web dashboard (docs/dashboard.md) on this gateway's server, under /dashboard/: the
+-- `dashboard` option, true or {token=, read_only=, queues=}.
+function M.dashboard(self, opts, host, level)
+    local d = opts.dashboard == true and {} or opts.dashboard
+    config.check(d, { token = "string", read_only = "boolean", queues = "table" }, "dashboard", level + 1)
+    if self.s.backend == "memory" then
+        error("the dashboard option needs Redis (REDIS_URL or scheduler.url): the in-memory scheduler has "
+              .. "nothing another process could show", 0)
+    end
+    local sched = {}
+    for k, v in pairs(config.scheduler_section({ scheduler = opts.scheduler, storage = opts.storage })) do sched[k] = v end
+    return require("binduq.dashboard").new{
+        server = self.server, prefix = "/dashboard", host = host, scheduler = sched,
+        storage = storage_mod.section(opts.storage), queues = d.queues, queue = self.s.queue_name,
+        token = d.token or core.env("BINDUQ_DASHBOARD_TOKEN"), read_only = d.read_only,
+    }
 end
 
 function Gateway:port()
@@ -741,6 +768,9 @@ function Gateway:handle(req)
                          { ["Retry-After"] = "1" })
     end
     local path = req.path
+    if self.dashboard and (path == "/dashboard" or path:sub(1, 11) == "/dashboard/") then
+        return self.dashboard:handle(req)
+    end
     if req.method == "GET" and (path == "/.well-known/agent-card.json" or path == "/.well-known/agent.json") then
         return srv:reply(req.id, 200, encode(self.card), "application/json")
     end
@@ -789,6 +819,7 @@ function Gateway:step(timeout)
     if #self.streams > 0 then wait = math.max(0, math.min(wait, (self.next_follow or 0) - core.monotonic())) end
     if self.push_wake then wait = math.min(wait, self.push_wake) end
     if next(self.push_watch) then wait = math.max(0, math.min(wait, (self.next_push_poll or 0) - core.monotonic())) end
+    if self.dashboard then wait = math.min(wait, self.dashboard:due_in()) end
     local req = self.server:next(wait)
     if req == false then return false end
     local touched
@@ -825,6 +856,7 @@ function Gateway:step(timeout)
         if touched then self:push_check(touched) end
         self.push_wake = self.sender:step()
     end
+    if self.dashboard then self.dashboard:tick() end
     return true
 end
 
@@ -841,6 +873,10 @@ function Gateway:run(seconds)
 end
 
 function Gateway:close()
+    if self.dashboard then
+        self.dashboard:close()
+        self.dashboard = nil
+    end
     if self.sender then self.sender:close() end
     if self.server then
         self.server:close()

@@ -216,6 +216,21 @@ function M.new(opts, level)
         end
         policy_fns = select(2, handlers_module(module, level + 1))
     end
+    -- The web dashboard (docs/dashboard.md): true or {addr=, token=, read_only=, queues=};
+    -- served by the main state's loop (w:run(), w:drain()) on a listener of its own.
+    local dash = opts.dashboard
+    if dash ~= nil and dash ~= false then
+        dash = dash == true and {} or dash
+        config.check(dash, { addr = "string", token = "string", read_only = "boolean", queues = "table" }, "dashboard",
+                     level)
+        local addr = dash.addr or core.env("BINDUQ_DASHBOARD_ADDR") or "127.0.0.1:7373"
+        local h, p = addr:match("^%[?([^%]]-)%]?:(%d+)$")
+        if not h then error("dashboard.addr must be host:port (got '" .. addr .. "')", level) end
+        dash = { host = h, port = tonumber(p), token = dash.token or core.env("BINDUQ_DASHBOARD_TOKEN"),
+                 read_only = dash.read_only, queues = dash.queues }
+    else
+        dash = nil
+    end
     -- Recurring schedules (binduq.recurring): checked in every state, kept by the main one.
     local schedules = opts.schedules ~= nil and recurring.check(opts.schedules, level) or nil
     local self = setmetatable({
@@ -227,6 +242,7 @@ function M.new(opts, level)
         recovery_after = recovery_after,
         metrics_host = mhost or "127.0.0.1",
         metrics_port = mport,
+        dashboard_opts = dash,
         concurrency = c,
         tasks_per_state = per,
         block_timeout = bt,
@@ -348,6 +364,24 @@ function Worker:_start(drain, level)
         end
         self.metrics_port = bound
     end
+    if self.dashboard_opts then
+        local d = self.dashboard_opts
+        local sched = {}
+        for k, v in pairs(self.section) do sched[k] = v end
+        local dok, dsh, derr = pcall(require("binduq.dashboard").new, {
+            scheduler = sched, storage = self.storage_section, queue = self.scheduler.queue_name, queues = d.queues,
+            host = d.host, port = d.port, token = d.token, read_only = d.read_only,
+        })
+        if not dok or not dsh then
+            engine:stop()
+            engine:join()
+            engine:close()
+            self.engine = nil
+            error("dashboard: " .. tostring(dok and derr or dsh), level)
+        end
+        self.dashboard = dsh
+        core.log("info", "dashboard_listening", { port = dsh:port(), read_only = dsh.read_only, token = dsh.token ~= nil })
+    end
     return self
 end
 
@@ -421,6 +455,8 @@ function Worker:_wait()
     local period = sweeping and math.max(1, math.min(60, self.recovery_after / 2)) or -1
     local next_sweep = core.monotonic() + (sweeping and period or 0)
     local rec = self.recurring
+    local dash = self.dashboard
+    local dfd = dash and dash.server:fd()
     local ok, err = pcall(function()
         while true do
             local wait = sweeping and math.max(0, next_sweep - core.monotonic()) or -1
@@ -429,7 +465,12 @@ function Worker:_wait()
                 local r = rec:due_in()
                 if r < math.huge and (wait < 0 or r < wait) then wait = r end
             end
-            local ev = engine:next_event(wait)
+            if dash then
+                local d = dfd and dash:due_in() or math.min(dash:due_in(), 0.25) -- (no fd: look 4 times a second)
+                if d < math.huge and (wait < 0 or d < wait) then wait = d end
+            end
+            local ev = engine:next_event(wait, dfd)
+            if dash then dash:step(0) end
             if sweeping and not stopping and core.monotonic() >= next_sweep then
                 self:sweep()
                 next_sweep = core.monotonic() + period
@@ -458,6 +499,10 @@ function Worker:_wait()
         end
     end)
     core.untrap_signals()
+    if dash then
+        dash:close()
+        self.dashboard = nil
+    end
     if not ok then engine:stop() end
     engine:join()
     self.stats = engine:stats()

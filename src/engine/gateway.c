@@ -29,6 +29,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #define STREAM_MAX (1u << 20) /* unsent bytes of a stream before it is ended */
 
@@ -74,6 +76,7 @@ struct bq_gateway {
     pthread_t fthread;
     bool following;
     atomic_bool fstop;
+    int nfd; /* -1, or an eventfd readable while requests or events wait (bq_gateway_fd) */
 };
 
 struct gw_note {
@@ -83,6 +86,16 @@ struct gw_note {
 };
 
 #define NOTES_MAX 10000 /* notes the consumer has not taken: older ones are dropped */
+
+/* Something waits for the consumer: its eventfd, if it asked for one, says so. Under mu. */
+static void notify(bq_gateway *g)
+{
+    if (g->nfd >= 0) {
+        uint64_t one = 1;
+        ssize_t k = write(g->nfd, &one, sizeof one);
+        (void)k;
+    }
+}
 
 /* ---- records ----------------------------------------------------------------------------- */
 
@@ -320,6 +333,7 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
         k->suspended = true;
         bq_mhd.MHD_suspend_connection(c);
         pthread_cond_signal(&g->cv);
+        notify(g);
         break;
     case PH_QUEUED: /* woken without an answer (a stop): say so */
         pthread_mutex_unlock(&g->mu);
@@ -367,6 +381,19 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **state,
 
 /* ---- the consumer's side ----------------------------------------------------------------- */
 
+int bq_gateway_fd(bq_gateway *g)
+{
+    pthread_mutex_lock(&g->mu);
+    if (g->nfd < 0) {
+        g->nfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (g->nfd >= 0 && (g->qhead != NULL || g->nhead != NULL || g->stopping))
+            notify(g);
+    }
+    int fd = g->nfd;
+    pthread_mutex_unlock(&g->mu);
+    return fd;
+}
+
 int bq_gateway_next(bq_gateway *g, double timeout, struct bq_gateway_request *out)
 {
     memset(out, 0, sizeof *out);
@@ -393,6 +420,12 @@ int bq_gateway_next(bq_gateway *g, double timeout, struct bq_gateway_request *ou
     }
     if (g->stopping || g->qhead == NULL) {
         bool stop = g->stopping;
+        if (!stop && g->nfd >= 0) { /* nothing waits: the eventfd is not readable until more
+                                     * comes (notify, under mu like this) */
+            uint64_t v;
+            ssize_t k = read(g->nfd, &v, sizeof v);
+            (void)k;
+        }
         pthread_mutex_unlock(&g->mu);
         return stop ? -1 : 0;
     }
@@ -525,6 +558,7 @@ static void note_add(bq_gateway *g, const char *json, size_t len)
     g->ntail = n;
     g->nnotes++;
     pthread_cond_broadcast(&g->cv);
+    notify(g);
     pthread_mutex_unlock(&g->mu);
 }
 
@@ -647,6 +681,7 @@ bq_status bq_gateway_start(const struct bq_gateway_options *o, bq_gateway **out,
     if (g == NULL)
         return bq_err_set(err, BQ_ENOMEM, "gateway: out of memory");
     g->max_body = o->max_body > 0 ? o->max_body : 1u << 20;
+    g->nfd = -1;
     pthread_mutex_init(&g->mu, NULL);
     bq_cond_init(&g->cv);
     unsigned limit = o->max_connections > 0 ? (unsigned)o->max_connections : 1024;
@@ -698,6 +733,7 @@ void bq_gateway_free(bq_gateway *g)
         wake(g->live[i]);
     }
     pthread_cond_broadcast(&g->cv);
+    notify(g);
     pthread_mutex_unlock(&g->mu);
     bq_mhd.MHD_stop_daemon(g->d); /* closes every connection: completed_cb frees them */
     bq_free(g->live);
@@ -707,6 +743,8 @@ void bq_gateway_free(bq_gateway *g)
         bq_free(n->json);
         bq_free(n);
     }
+    if (g->nfd >= 0)
+        close(g->nfd);
     pthread_mutex_destroy(&g->mu);
     pthread_cond_destroy(&g->cv);
     bq_free(g);

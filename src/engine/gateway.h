@@ -56,6 +56,10 @@ int bq_gateway_port(const bq_gateway *g);
 /* Waits up to `timeout` seconds for the next request: 1 (filled in), 0 (none came), -1 (the
  * gateway is stopping). One consumer thread. */
 int bq_gateway_next(bq_gateway *g, double timeout, struct bq_gateway_request *out);
+/* An eventfd that is readable while a request or an event waits for bq_gateway_next (or the
+ * gateway stops), for a consumer that waits on other things too (a worker's loop). Made on
+ * the first call; the gateway owns it. -1 if it cannot be made. */
+int bq_gateway_fd(bq_gateway *g);
 void bq_gateway_request_free(struct bq_gateway_request *r);
 
 /* Answers request id whole: status, Content-Type, body (copied), and extra headers as

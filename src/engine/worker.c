@@ -100,6 +100,12 @@ static bool pop_event(bq_worker *w, struct bq_event *ev)
 
 void bq_worker_next_event(bq_worker *w, double timeout, int sigfd, struct bq_event *ev)
 {
+    bq_worker_next_event_or(w, timeout, sigfd, -1, ev);
+}
+
+void bq_worker_next_event_or(bq_worker *w, double timeout, int sigfd, int xfd,
+                             struct bq_event *ev)
+{
     memset(ev, 0, sizeof *ev);
     double deadline = timeout < 0 ? -1 : bq_now_mono() + timeout;
     for (;;) {
@@ -112,10 +118,14 @@ void bq_worker_next_event(bq_worker *w, double timeout, int sigfd, struct bq_eve
                 return;
             ms = (int)(left * 1000.0) + 1;
         }
-        struct pollfd p[2] = {{w->events.fd, POLLIN, 0}, {sigfd, POLLIN, 0}};
-        int n = poll(p, sigfd >= 0 ? 2 : 1, ms);
+        struct pollfd p[3] = {{w->events.fd, POLLIN, 0}, {sigfd, POLLIN, 0}, {xfd, POLLIN, 0}};
+        int n = poll(p, 3, ms); /* a negative fd is ignored */
         if (n < 0 && errno != EINTR)
             return;
+        if (n > 0 && (p[2].revents & POLLIN)) { /* the caller's: it reads it itself */
+            pop_event(w, ev);
+            return;
+        }
         if (n > 0 && (p[0].revents & POLLIN)) {
             uint64_t v;
             ssize_t k = read(w->events.fd, &v, sizeof v);

@@ -274,6 +274,10 @@ struct bq_event {
 /* Waits up to `timeout` seconds (negative: forever) for the next event. `sigfd` (or -1) is
  * watched too. Release the event with bq_event_clear. */
 void bq_worker_next_event(bq_worker *w, double timeout, int sigfd, struct bq_event *ev);
+/* The same, also returning (with BQ_EVENT_NONE, unless an event is there too) as soon as fd
+ * `xfd` is readable (-1: none). The caller reads xfd. */
+void bq_worker_next_event_or(bq_worker *w, double timeout, int sigfd, int xfd,
+                             struct bq_event *ev);
 void bq_event_clear(struct bq_event *ev);
 
 /* Waits for the threads to exit (after stop or drain). Threads abandoned at the shutdown

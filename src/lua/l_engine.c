@@ -5,7 +5,7 @@
  *   local e = core.engine{scheduler={...}, concurrency=, block_timeout=, want_results=,
  *                         max_message_size=, script=, args=, path=, cpath=, worker_key=}
  *   e:start(drain)        -> true | nil, msg, code
- *   e:next_event(timeout) -> {kind="result"|"signal"|"stopped", ...} | nil (timed out)
+ *   e:next_event(timeout [, fd]) -> {kind="result"|"signal"|"stopped", ...} | nil (timed out)
  *   e:stop()  e:drain()  e:abort()  e:join()  e:stats()  e:id()  e:close()
  */
 #include "binding.h"
@@ -176,13 +176,15 @@ static void set_str(lua_State *L, const char *key, const char *val)
     }
 }
 
-/* e:next_event(timeout) -- timeout in seconds, negative or nil waits forever. */
+/* e:next_event(timeout [, fd]) -- timeout in seconds, negative or nil waits forever; the
+ * wait also ends (nil) as soon as fd is readable (a dashboard's server: gw:fd()). */
 static int l_engine_next_event(lua_State *L)
 {
     struct lengine *e = check_engine(L);
     double timeout = luaL_optnumber(L, 2, -1);
+    int xfd = (int)luaL_optinteger(L, 3, -1);
     struct bq_event ev;
-    bq_worker_next_event(e->w, timeout, bq_lua_signal_fd(), &ev);
+    bq_worker_next_event_or(e->w, timeout, bq_lua_signal_fd(), xfd, &ev);
     /* Only a memory error can raise below; it would leak this one event's strings. */
     switch (ev.kind) {
     case BQ_EVENT_NONE:

@@ -4,6 +4,7 @@
  *   core.gateway{host=, port=, max_body=, max_connections=, idle_timeout=, cert=, key=}
  *       -> gw | raises on a bad option | nil, msg, code (cannot listen)
  *   gw:port()
+ *   gw:fd() -> an fd readable while requests wait (for e:next_event's wait), or nil
  *   gw:next(timeout) -> request | nil (none came) | false (stopping)
  *       request = {id=, method=, path=, body=, authorization=, content_type=, accept=,
  *                  last_event_id=, host=, origin=, peer=}
@@ -125,6 +126,15 @@ static int l_gw_port(lua_State *L)
     return 1;
 }
 
+static int l_gw_fd(lua_State *L)
+{
+    int fd = bq_gateway_fd(check_gw(L));
+    if (fd < 0)
+        return 0;
+    lua_pushinteger(L, fd);
+    return 1;
+}
+
 static void set_str(lua_State *L, const char *key, const char *v)
 {
     if (v != NULL) {
@@ -234,7 +244,7 @@ static int l_gw_finish(lua_State *L)
 void bq_lua_open_gateway(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"port", l_gw_port},     {"next", l_gw_next}, {"reply", l_gw_reply},
+        {"port", l_gw_port},     {"next", l_gw_next}, {"reply", l_gw_reply}, {"fd", l_gw_fd},
         {"stream", l_gw_stream}, {"send", l_gw_send}, {"finish", l_gw_finish},
         {"follow", l_gw_follow}, {"unfollow", l_gw_unfollow},
         {"close", l_gw_close},   {NULL, NULL}};

@@ -338,6 +338,98 @@ describe("#redis dashboard", function()
     end)
 end)
 
+describe("#redis dashboard as an option", function()
+    local server
+    setup(function() server = redis.start() end)
+    teardown(function() server:stop() end)
+
+    -- The SSE stream at url: how many overview events arrive within `secs` seconds.
+    local function stream_events(url, secs)
+        local out = proc.sh(("curl -sN -m %d %s"):format(secs, proc.quote(url)))
+        local n = 0
+        for _ in out:gmatch("data: {\"time\"") do n = n + 1 end
+        return n
+    end
+
+    it("of a worker: served from the worker's own loop, live, the worker in it", function()
+        local q = ("it:dashw:%d"):format(math.random(1, 1e9))
+        local w = proc.spawn(WORKER, { env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = q, DASH_ADDR = "127.0.0.1:0",
+                                               BINDUQ_LOG_LEVEL = "info" }, unset = { "BINDUQ_DASHBOARD_TOKEN" } })
+        local port = proc.wait_for(function() return (proc.read(w.log) or ""):match("dashboard_listening port=(%d+)") end, 10)
+        local ok, err = pcall(function()
+            assert(port, "no dashboard_listening: " .. tostring(proc.read(w.log)))
+            local base = "http://127.0.0.1:" .. port
+            local code, _, page = http("GET", base .. "/")
+            assert.are.equal(200, code)
+            assert.matches('name="bq%-csrf"', page)
+            local o = json.decode(select(3, http("GET", base .. "/api/overview")))
+            assert.are.equal(q, o.queues[1].queue)
+            assert.are.equal(1, #o.workers)
+            assert.are.equal(2, o.workers[1].concurrency)
+            -- the stream ticks once a second while the worker waits for tasks
+            assert.is_true(stream_events(base .. "/api/stream", 3) >= 2)
+            -- and the worker still works
+            local s = bq.scheduler{ url = server.url, queue_name = q }
+            assert(s:run{ task_id = "w-ok", messages = { { role = "user", content = "ok" } } })
+            assert.is_true(s:wait("w-ok", 10) ~= nil)
+            s:close()
+        end)
+        assert.are.equal(0, proc.stop(w, 10))
+        assert(ok, err)
+    end)
+
+    it("of the gateway: under /dashboard/ on its server, actions with the CSRF token", function()
+        local q = ("it:dashg:%d"):format(math.random(1, 1e9))
+        local s = bq.scheduler{ url = server.url, queue_name = q }
+        proc.sh(("redis-cli -h 127.0.0.1 -p %d LPUSH %s %s"):format(server.port, proc.quote("{" .. q .. "}:dlq"),
+                                                                     proc.quote('{"task_id":"dead-1","reason":"x"}\n{}')))
+        local gw = proc.spawn("build/binduq-lua serve --dashboard --addr 127.0.0.1:0 --url " .. proc.quote(server.url)
+                              .. " --queue " .. proc.quote(q), { unset = { "BINDUQ_DASHBOARD_TOKEN", "DATABASE_URL" } })
+        local port = proc.wait_for(function() return (proc.read(gw.log) or ""):match("gateway_started port=(%d+)") end, 10)
+        local ok, err = pcall(function()
+            assert(port, "no gateway_started: " .. tostring(proc.read(gw.log)))
+            local base = "http://127.0.0.1:" .. port
+            local code, h = http("GET", base .. "/dashboard")
+            assert.are.equal(308, code)
+            assert.are.equal("/dashboard/", h.location)
+            local _, hp, page = http("GET", base .. "/dashboard/")
+            assert.matches("script%-src 'self'", hp["content-security-policy"])
+            local csrf = assert(page:match('name="bq%-csrf" content="(%x+)"'))
+            assert.matches('src="app.js"', page)
+            assert.are.equal(200, (http("GET", base .. "/dashboard/app.js")))
+            local o = json.decode(select(3, http("GET", base .. "/dashboard/api/overview")))
+            assert.are.equal(q, o.queues[1].queue)
+            assert.are.equal(1, o.queues[1].dead)
+            assert.is_true(stream_events(base .. "/dashboard/api/stream", 3) >= 2)
+            -- an action: without the token refused, with it done
+            local body = json.encode{ queue = q, all = true }
+            assert.are.equal(403, (http("POST", base .. "/dashboard/api/dead/delete",
+                                        { headers = { "Content-Type: application/json" }, body = body })))
+            code = http("POST", base .. "/dashboard/api/dead/delete", { headers = { "Content-Type: application/json" },
+                                                                         body = json.encode{ queue = q, all = true, csrf = csrf } })
+            assert.are.equal(200, code)
+            assert.are.equal(0, s:dead_letter_count())
+            -- the gateway's own routes are untouched
+            assert.are.equal(200, (http("GET", base .. "/.well-known/agent-card.json")))
+            assert.are.equal(404, (http("GET", base .. "/dashboardx")))
+        end)
+        proc.stop(gw, 5)
+        s:close()
+        assert(ok, err)
+    end)
+
+    it("refuses to start without Redis, or beyond loopback without a token", function()
+        local out, okr = proc.sh("REDIS_URL= build/binduq-lua -e " .. proc.quote(
+            'require("binduq").gateway{ dashboard = true }'))
+        assert.is_false(okr)
+        assert.matches("dashboard option needs Redis", out)
+        out, okr = proc.sh(("REDIS_URL=%s BINDUQ_DASHBOARD_TOKEN= build/binduq-lua -e %s"):format(proc.quote(server.url),
+            proc.quote('require("binduq").gateway{ host = "0.0.0.0", port = 0, dashboard = true }')))
+        assert.is_false(okr)
+        assert.matches("needs a token", out)
+    end)
+end)
+
 describe("#redis dashboard without its Redis", function()
     it("answers 502 with the error, and the stream says what it cannot read", function()
         local server = redis.start()

@@ -1,6 +1,8 @@
 -- The dashboard's page (binduq.dashboard): {{csrf}}, {{read_only}}, {{storage}} and
 -- {{version}} are filled in by the server (hex digits, 0/1 and a version number: nothing
 -- that needs escaping). The page holds no data and no inline script: app.js builds the rest.
+-- Its URLs are relative, so that it works at / (binduq-lua dashboard) and under /dashboard/
+-- (the `dashboard` option of a gateway or worker) alike.
 return [==[<!doctype html>
 <html lang="en">
 <head>
@@ -11,7 +13,7 @@ return [==[<!doctype html>
 <meta name="bq-read-only" content="{{read_only}}">
 <meta name="bq-storage" content="{{storage}}">
 <title>binduq dashboard</title>
-<link rel="stylesheet" href="/app.css">
+<link rel="stylesheet" href="app.css">
 </head>
 <body>
 <header>
@@ -27,7 +29,7 @@ return [==[<!doctype html>
 <main id="main" aria-live="polite"></main>
 <div id="toast" role="status"></div>
 <footer>binduq {{version}}</footer>
-<script src="/app.js"></script>
+<script src="app.js"></script>
 </body>
 </html>
 ]==]

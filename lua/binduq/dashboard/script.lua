@@ -223,7 +223,7 @@ return [==[
   function loadDead() {
     var box = document.getElementById("dead-list");
     if (!box) return;
-    get("/api/dead", deadParams({ offset: state.offset, limit: 50 })).then(function (d) {
+    get("api/dead", deadParams({ offset: state.offset, limit: 50 })).then(function (d) {
       var checks = [];
       var rows = d.entries.map(function (e) {
         var cb = h("input", { type: "checkbox", "aria-label": "select", "data-fp": e.fp });
@@ -270,7 +270,7 @@ return [==[
   function one(verb, e) {
     confirmBox(verb + " the dead-letter entry of task " + (e.task_id || "(none)") + "?", verb).then(function (yes) {
       if (!yes) return;
-      post("/api/dead/" + verb, { queue: state.deadQueue, fp: e.fp }).then(function (r) {
+      post("api/dead/" + verb, { queue: state.deadQueue, fp: e.fp }).then(function (r) {
         toast(verb + "d " + r.done + " entry");
         loadDead();
       }).catch(failed);
@@ -286,7 +286,7 @@ return [==[
       (function next() {
         if (i >= fps.length) { toast(verb + "d " + done + " of " + fps.length); return loadDead(); }
         progress.textContent = verb + " " + (i + 1) + " of " + fps.length + "...";
-        post("/api/dead/" + verb, { queue: state.deadQueue, fp: fps[i++] }).then(function (r) {
+        post("api/dead/" + verb, { queue: state.deadQueue, fp: fps[i++] }).then(function (r) {
           done += r.done; next();
         }).catch(function (e) { failed(e); next(); });
       })();
@@ -300,7 +300,7 @@ return [==[
       if (!yes) return;
       var p = deadParams(hasFilter() ? {} : { all: true });
       document.getElementById("progress").textContent = verb + "...";
-      post("/api/dead/" + verb, p).then(function (r) { toast(verb + "d " + r.done + " entries"); loadDead(); }).catch(failed);
+      post("api/dead/" + verb, p).then(function (r) { toast(verb + "d " + r.done + " entries"); loadDead(); }).catch(failed);
     });
   }
 
@@ -314,21 +314,21 @@ return [==[
   function renderDeadEntry(params) {
     var q = params.get("queue"), fp = params.get("fp");
     show(h("p", { class: "muted" }, "loading..."));
-    get("/api/dead-entry", { queue: q, fp: fp }).then(function (e) {
+    get("api/dead-entry", { queue: q, fp: fp }).then(function (e) {
       var err = e.error && typeof e.error === "object" ? e.error : {};
       show(h("h1", {}, "Dead-letter entry"),
         h("p", {}, link("back to the list", "#/dead?" + new URLSearchParams({ queue: q }))),
         READ_ONLY ? null : h("div", { class: "actions" },
           h("button", { "data-act": "requeue", disabled: e.truncated, onclick: function () {
             state.deadQueue = q; confirmBox("requeue this entry?", "requeue").then(function (y) {
-              if (y) post("/api/dead/requeue", { queue: q, fp: fp }).then(function () {
+              if (y) post("api/dead/requeue", { queue: q, fp: fp }).then(function () {
                 toast("requeued"); location.hash = "#/dead";
               }).catch(failed);
             });
           } }, "requeue"),
           h("button", { class: "danger", "data-act": "delete", onclick: function () {
             confirmBox("delete this entry?", "delete").then(function (y) {
-              if (y) post("/api/dead/delete", { queue: q, fp: fp }).then(function () {
+              if (y) post("api/dead/delete", { queue: q, fp: fp }).then(function () {
                 toast("deleted"); location.hash = "#/dead";
               }).catch(failed);
             });
@@ -353,7 +353,7 @@ return [==[
     var box = h("div", { id: "task-list" });
     // One page of the list (newest first), with buttons to the newer and older pages.
     function listPage(offset) {
-      get("/api/tasks", { queue: sel.value, state: st.value, context: ctx.value, offset: offset }).then(function (d) {
+      get("api/tasks", { queue: sel.value, state: st.value, context: ctx.value, offset: offset }).then(function (d) {
         clear(box);
         add(box, table(["task id", "state", ["attempts", "num"], "worker", "updated"], d.tasks.map(function (t) {
           return h("tr", {}, h("td", { class: "id" }, taskLink(t.task_id, t.queue)), h("td", {}, t.state),
@@ -385,13 +385,13 @@ return [==[
   function renderTask(params) {
     var id = params.get("id") || "", q = params.get("queue") || "";
     show(h("p", { class: "muted" }, "loading..."));
-    get("/api/task", { id: id, queue: q }).then(function (d) {
+    get("api/task", { id: id, queue: q }).then(function (d) {
       var t = d.task, msg = h("input", { name: "message", size: 30, placeholder: "message for resume (optional)" });
       var ops = READ_ONLY ? null : h("div", { class: "actions" }, OPS.map(function (o) {
         return h("button", { class: o[1], "data-act": o[0], onclick: function () {
           confirmBox(o[0] + " task " + id + "?", o[0]).then(function (y) {
             if (!y) return;
-            post("/api/task/" + o[0], { id: id, queue: d.queue, message: msg.value }).then(function (r) {
+            post("api/task/" + o[0], { id: id, queue: d.queue, message: msg.value }).then(function (r) {
               toast(o[0] + ": " + r.result); setTimeout(function () { renderTask(params); }, 600);
             }).catch(failed);
           });
@@ -435,7 +435,7 @@ return [==[
 
   function live() {
     var el = document.getElementById("live");
-    var es = new EventSource("/api/stream");
+    var es = new EventSource("api/stream");
     es.onmessage = function (ev) {
       state.overview = JSON.parse(ev.data);
       el.textContent = "live"; el.className = "live on";
@@ -452,7 +452,7 @@ return [==[
   }
 
   window.addEventListener("hashchange", route);
-  get("/api/overview").then(function (o) { state.overview = o; route(); }).catch(function (e) { route(); failed(e); });
+  get("api/overview").then(function (o) { state.overview = o; route(); }).catch(function (e) { route(); failed(e); });
   live();
 })();
 ]==]
