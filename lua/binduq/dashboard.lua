@@ -152,7 +152,7 @@ function M.new(opts)
         storage_section = storage_section, has_storage = storage_section.type ~= "memory",
         csrf = random_token(), scheds = {}, nscheds = 0, streams = {}, next_tick = 0, next_scan = 0,
         cli = opts.cli_data or require("binduq.cli").data,
-        prefix = opts.prefix, shared = opts.server ~= nil,
+        prefix = opts.prefix, shared = opts.server ~= nil, jobs = {}, job_seq = 0,
     }, Dashboard)
     -- The first queue's scheduler: it checks the URL now, and finds the default queue.
     local first = self:sched(opts.queues and opts.queues[1] or opts.queue or nil)
@@ -355,6 +355,7 @@ function Dashboard:overview()
     end
     return '{"time":' .. encode(core.now()) .. ',"queues":' .. core.escape(json.array(rows), "json_text")
            .. ',"workers":' .. core.escape(json.array(workers), "json_text")
+           .. ',"jobs":' .. core.escape(json.array(self:jobs_doc()), "json_text")
            .. ',"history":{"from":' .. encode(history.from or json.null) .. ',"step":60,"points":'
            .. json.array(history.points) .. "}}"
 end
@@ -452,10 +453,93 @@ function Dashboard:dead_action(p, verb)
     else
         local f = filter_of(p.filter)
         if not f and p.all ~= true then fail(400, "an entry (fp), a filter, or all = true is needed") end
-        n = must((verb == "requeue" and s.requeue_dead or s.purge_dead)(s, f))
+        if verb == "delete" and not f then
+            n = must(s:purge_dead(nil)) -- one DEL
+        else
+            return self:start_job(s, verb, f)
+        end
     end
     core.log("info", "dashboard_action", { action = "dlq_" .. verb, queue = s.queue_name, count = n })
     return encode({ done = n, queue = s.queue_name })
+end
+
+-- ---- bulk actions: jobs that go on between requests -----------------------------------------
+--
+-- Requeueing or deleting every entry matching a filter takes a round trip per entry, so it
+-- runs as a job: the POST answers at once with its id (202), and the loop moves each job on
+-- by one page of the list (500 entries looked at) per step, serving requests in between. A
+-- job's progress is in the overview (`jobs`, every second on the stream) and at
+-- GET /api/job/HEX; a finished one is kept JOB_KEEP seconds.
+
+local JOB_KEEP = 300
+local JOBS_MAX = 8 -- jobs at once
+
+function Dashboard:start_job(s, verb, filter)
+    local running = 0
+    for _, j in pairs(self.jobs) do
+        if not j.finished then
+            running = running + 1
+            if j.queue == s.queue_name then fail(409, "a bulk action on " .. s.queue_name .. " is going on: wait for it") end
+        end
+    end
+    if running >= JOBS_MAX then fail(429, "too many bulk actions at once (" .. JOBS_MAX .. "): wait for one to finish") end
+    self.job_seq = self.job_seq + 1
+    local id = tostring(self.job_seq)
+    local job = { id = id, action = verb, queue = s.queue_name, filter = filter, done = 0, seen = 0,
+                  total = must(s:dead_letter_count()), started = core.now(), finished = false }
+    local fn = verb == "requeue" and s.requeue_dead or s.purge_dead
+    job.co = coroutine.create(function()
+        return fn(s, filter, function(done, seen) coroutine.yield(done, seen) end)
+    end)
+    self.jobs[id] = job
+    core.log("info", "dashboard_action", { action = "dlq_" .. verb .. "_started", queue = s.queue_name, job = id })
+    return encode({ job = id, queue = s.queue_name }), 202
+end
+
+-- Moves every running job on by one page. Returns whether any is still running.
+function Dashboard:advance_jobs()
+    local any, now = false, core.now()
+    for id, j in pairs(self.jobs) do
+        if not j.finished then
+            local ok, a, b, c = coroutine.resume(j.co)
+            if not ok then
+                j.finished, j.error = true, tostring(a)
+            elseif coroutine.status(j.co) == "dead" then -- returned: the count, or nil, msg
+                j.finished = true
+                if a == nil then j.error = tostring(b or c) else j.done = a end
+            else
+                j.done, j.seen = a, b
+            end
+            if j.finished then
+                j.co, j.ended = nil, now
+                core.log(j.error and "warn" or "info", "dashboard_action",
+                         { action = "dlq_" .. j.action, queue = j.queue, job = id, count = j.done, error = j.error })
+            else
+                any = true
+            end
+        elseif now - j.ended > JOB_KEEP then
+            self.jobs[id] = nil
+        end
+    end
+    return any
+end
+
+local function job_doc(j)
+    return { id = j.id, action = j.action, queue = j.queue, filter = j.filter, done = j.done, seen = j.seen,
+             total = j.total, started = j.started, ended = j.ended, finished = j.finished, error = j.error }
+end
+
+function Dashboard:jobs_doc()
+    local list = {}
+    for _, j in pairs(self.jobs) do list[#list + 1] = job_doc(j) end
+    table.sort(list, function(x, y) return tonumber(x.id) < tonumber(y.id) end)
+    return list
+end
+
+function Dashboard:job(p)
+    local j = type(p.id) == "string" and self.jobs[p.id]
+    if not j then fail(404, "no such job (finished over " .. JOB_KEEP .. " s ago?)") end
+    return encode(job_doc(j))
 end
 
 -- The task's events that the queue's stream still keeps, oldest first.
@@ -591,6 +675,7 @@ local GETS = {
     ["/api/dead-entry"] = function(self, p) return self:dead_entry(p) end,
     ["/api/task"] = function(self, p) return self:task(p) end,
     ["/api/tasks"] = function(self, p) return self:task_list(p) end,
+    ["/api/job"] = function(self, p) return self:job(p) end,
 }
 
 function Dashboard:get(req)
@@ -634,7 +719,10 @@ function Dashboard:post(req)
         fail(403, "missing or wrong CSRF token: reload the page")
     end
     local verb = req.path:match("^/api/dead/(%l+)$")
-    if verb == "requeue" or verb == "delete" then return self:reply(req, 200, self:dead_action(p, verb)) end
+    if verb == "requeue" or verb == "delete" then
+        local body, status = self:dead_action(p, verb)
+        return self:reply(req, status or 200, body)
+    end
     local what = req.path:match("^/api/task/(%l+)$")
     if what and TASK_OPS[what] then return self:reply(req, 200, self:task_action(p, what)) end
     fail(404, "not found")
@@ -686,6 +774,7 @@ end
 -- Sends the overview to every open stream, at most once a second; drops the streams whose
 -- reader is gone.
 function Dashboard:tick()
+    if next(self.jobs) then self.busy = self:advance_jobs() end
     if #self.streams == 0 or core.monotonic() < self.next_tick then return end
     self.next_tick = core.monotonic() + 1
     local msg = self:overview_event()
@@ -726,6 +815,7 @@ end
 
 -- When the next tick is due: the host's loop waits no longer than this while streams are open.
 function Dashboard:due_in()
+    if self.busy then return 0 end -- a bulk action goes on
     if #self.streams == 0 then return math.huge end
     return math.max(0, self.next_tick - core.monotonic())
 end

@@ -271,18 +271,76 @@ describe("#redis dashboard", function()
                                                                body = json.encode(doc) })
             return code, json.decode(body)
         end
+        -- a bulk action is a job on the server: 202 with its id, then its progress
+        local function finish(job)
+            local j
+            assert(proc.wait_for(function()
+                local _, _, body = http("GET", base .. "/api/job/" .. hex(json.encode{ id = job }))
+                j = json.decode(body)
+                return j and j.finished
+            end, 10, 0.05), "the job did not finish")
+            return j
+        end
         local code, r = post("/api/dead/delete", { queue = queue, filter = { reason = "onerror" } })
-        assert.are.equal(200, code)
-        assert.are.equal(1, r.done)
+        assert.are.equal(202, code)
+        local j = finish(r.job)
+        assert.are.equal(1, j.done)
+        assert.are.equal("delete", j.action)
+        assert.is_nil(j.error)
         for _, e in ipairs(s:dead_letters()) do assert.are_not.equal("hostile-reason", e.task_id) end
         code = post("/api/dead/requeue", { queue = queue })
         assert.are.equal(400, code) -- neither an entry, a filter nor all = true
         code, r = post("/api/dead/requeue", { queue = queue, filter = { task_id = XSS_SCRIPT } })
-        assert.are.equal(200, code)
-        assert.are.equal(1, r.done)
+        assert.are.equal(202, code)
+        assert.are.equal(1, finish(r.job).done)
+        assert.are.equal(404, (http("GET", base .. "/api/job/" .. hex(json.encode{ id = "999" }))))
         code, r = post("/api/dead/requeue", { queue = queue, fp = "0000000000000000-1" })
         assert.are.equal(404, code)
         assert.matches("no such dead%-letter entry", r.error)
+    end)
+
+    it("requeues thousands of entries as a job that goes on while other requests are answered", function()
+        local N = 5000
+        local q = queue .. ":bulk"
+        local file = proc.tmpdir() .. "/bulk"
+        local lines = {}
+        local key = "{" .. q .. "}:dlq"
+        for i = 1, N do
+            local entry = json.encode{ task_id = "bulk-" .. i, reason = "r", queue = q } .. "\n"
+                          .. json.encode{ type = "run", task_id = "bulk-" .. i, messages = { "x" } }
+            lines[i] = ("*3\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"):format(#key, key, #entry, entry)
+        end
+        proc.write(file, table.concat(lines))
+        proc.sh(("redis-cli -h 127.0.0.1 -p %d --pipe < %s"):format(server.port, proc.quote(file)))
+        local sq = bq.scheduler{ url = server.url, queue_name = q }
+        assert.are.equal(N, sq:dead_letter_count())
+        local d2, base2 = start_dashboard(server, q)
+        local ok, err = pcall(function()
+            local csrf = assert(csrf_of(base2))
+            local code, _, body = http("POST", base2 .. "/api/dead/requeue", { headers = { "Content-Type: application/json" },
+                body = json.encode{ queue = q, all = true, csrf = csrf } })
+            assert.are.equal(202, code)
+            local job = json.decode(body).job
+            local mid, j = 0, nil
+            assert(proc.wait_for(function()
+                assert.are.equal(200, (http("GET", base2 .. "/api/overview"))) -- answered meanwhile
+                j = json.decode(select(3, http("GET", base2 .. "/api/job/" .. hex(json.encode{ id = job }))))
+                if not j.finished and j.seen > 0 and j.seen < N then mid = mid + 1 end
+                return j.finished
+            end, 60, 0.01), "the job did not finish")
+            assert.is_true(mid >= 1, "no progress was seen between the start and the end")
+            assert.are.equal(N, j.done)
+            assert.are.equal(N, j.total)
+            assert.are.equal(0, sq:dead_letter_count())
+            assert.are.equal(N, sq.client:length("ready", q))
+            -- another bulk action on the same queue meanwhile is refused; after, allowed
+            local o = json.decode(select(3, http("GET", base2 .. "/api/overview")))
+            assert.are.equal(1, #o.jobs)
+            assert.is_true(o.jobs[1].finished)
+        end)
+        proc.stop(d2, 5)
+        sq:close()
+        assert(ok, err)
     end)
 
     it("without a token, answers only requests whose Host names this machine (DNS rebinding)", function()

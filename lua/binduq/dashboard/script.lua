@@ -299,8 +299,21 @@ return [==[
     confirmBox(verb + " " + what + " in " + d.queue + "?", verb).then(function (yes) {
       if (!yes) return;
       var p = deadParams(hasFilter() ? {} : { all: true });
-      document.getElementById("progress").textContent = verb + "...";
-      post("api/dead/" + verb, p).then(function (r) { toast(verb + "d " + r.done + " entries"); loadDead(); }).catch(failed);
+      var bar = document.getElementById("progress");
+      bar.textContent = verb + "...";
+      post("api/dead/" + verb, p).then(function (r) {
+        if (!r.job) { toast(verb + "d " + r.done + " entries"); return loadDead(); }
+        // A job on the server: follow it until it ends.
+        (function poll() {
+          get("api/job", { id: r.job }).then(function (j) {
+            bar.textContent = verb + "d " + fmtNum(j.done) + ", looked at " + fmtNum(j.seen) + " of " + fmtNum(j.total) +
+              (j.finished ? "" : "...");
+            if (!j.finished) return setTimeout(poll, 300);
+            if (j.error) failed(new Error(j.error)); else toast(verb + "d " + j.done + " entries");
+            loadDead();
+          }).catch(failed);
+        })();
+      }).catch(failed);
     });
   }
 
