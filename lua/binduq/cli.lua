@@ -1056,6 +1056,6 @@ end
 
 -- The admin commands' data functions, for binduq.dashboard (which shows the same figures
 -- and refuses the same operations).
-M.data = { queue_stats = queue_stats, check_state = check_state, retry = retry }
+M.data = { queue_stats = queue_stats, check_state = check_state, retry = retry, schedule_rows = schedule_rows }
 
 return M

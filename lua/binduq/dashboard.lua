@@ -463,6 +463,49 @@ function Dashboard:dead_action(p, verb)
     return encode({ done = n, queue = s.queue_name })
 end
 
+-- ---- recurring schedules and delayed operations ------------------------------------------
+
+local DELAYED_PAGE = 50
+
+-- One delayed operation as the page shows it: its due time (epoch s, Redis' clock), task id,
+-- type, whether it is a retry (a "#bq" header: binduq queued it again) and its size.
+local function delayed_summary(msg, score)
+    local header, body = msg:match("^(#bq [^\n]*)\n(.*)$")
+    local okj, t = pcall(json.decode, body or msg)
+    t = okj and type(t) == "table" and t or {}
+    local params = type(t.params) == "table" and t.params or {}
+    local id = t.task_id or params.task_id
+    local ty = t.type or t.operation
+    return { due = (tonumber(score) or 0) / 1000, task_id = type(id) == "string" and id or nil,
+             type = type(ty) == "string" and ty or nil, retry = header ~= nil, size = #msg }
+end
+
+function Dashboard:schedules(p)
+    local s = self:shown(p.queue)
+    local q = s.queue_name
+    local rows = self.cli.schedule_rows(s.client, q)
+    local offset = math.min(TASKS_OFFSET_MAX, math.max(0, math.tointeger(p.offset) or 0))
+    local flat = must(s.client:command(q, "ZRANGE", core.key_derive(q, "delayed"), tostring(offset),
+                                       tostring(offset + DELAYED_PAGE - 1), "WITHSCORES"))
+    local delayed = {}
+    for i = 1, #flat - 1, 2 do delayed[#delayed + 1] = delayed_summary(flat[i], flat[i + 1]) end
+    local total = must(s:delayed_count())
+    return '{"queue":' .. encode(q) .. ',"schedules":' .. core.escape(json.array(rows), "json_text")
+           .. ',"delayed":{"total":' .. total .. ',"offset":' .. offset .. ',"limit":' .. DELAYED_PAGE
+           .. ',"entries":' .. core.escape(json.array(delayed), "json_text") .. "}}"
+end
+
+function Dashboard:schedule_action(p, verb)
+    local s = self:shown(p.queue)
+    if type(p.name) ~= "string" or p.name == "" then fail(400, "name: a schedule's name is needed") end
+    local _, last, st = s.client:cron(p.name, verb, "", nil, s.queue_name)
+    if last == nil then fail(502, tostring(st)) end
+    if st == "unknown" then fail(404, "no schedule '" .. p.name .. "' on " .. s.queue_name) end
+    if st == "removed" then fail(409, "schedule '" .. p.name .. "' was removed") end
+    core.log("info", "dashboard_action", { action = "schedule_" .. verb, queue = s.queue_name, schedule = p.name })
+    return encode({ name = p.name, state = st, queue = s.queue_name })
+end
+
 -- ---- bulk actions: jobs that go on between requests -----------------------------------------
 --
 -- Requeueing or deleting every entry matching a filter takes a round trip per entry, so it
@@ -676,6 +719,7 @@ local GETS = {
     ["/api/task"] = function(self, p) return self:task(p) end,
     ["/api/tasks"] = function(self, p) return self:task_list(p) end,
     ["/api/job"] = function(self, p) return self:job(p) end,
+    ["/api/schedules"] = function(self, p) return self:schedules(p) end,
 }
 
 function Dashboard:get(req)
@@ -723,6 +767,8 @@ function Dashboard:post(req)
         local body, status = self:dead_action(p, verb)
         return self:reply(req, status or 200, body)
     end
+    local sv = req.path:match("^/api/schedule/(%l+)$")
+    if sv == "pause" or sv == "resume" then return self:reply(req, 200, self:schedule_action(p, sv)) end
     local what = req.path:match("^/api/task/(%l+)$")
     if what and TASK_OPS[what] then return self:reply(req, 200, self:task_action(p, what)) end
     fail(404, "not found")

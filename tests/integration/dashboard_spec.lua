@@ -97,6 +97,10 @@ describe("#redis dashboard", function()
         s = bq.scheduler{ url = server.url, queue_name = queue }
         -- a count from long ago, which the worker's first report of a minute deletes
         proc.sh(("redis-cli -h 127.0.0.1 -p %d HSET %s d:1 99 f:1 9"):format(server.port, proc.quote("{" .. queue .. "}:rates")))
+        -- a recurring schedule as a worker declares it (cron-4's hash), and a delayed run
+        proc.sh(("redis-cli -h 127.0.0.1 -p %d HSET %s nightly 1796400000 nightly:spec %s"):format(server.port,
+            proc.quote("{" .. queue .. "}:cron"), proc.quote('{"cron":"0 0 3 * * *","tz":"UTC","missed":"skip"}')))
+        assert(s:run{ task_id = "later-1", messages = msg("ok"), delay = 3600 })
         worker = proc.spawn(WORKER, { env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue, BINDUQ_LOG_LEVEL = "warn" } })
         for _, id in ipairs({ "plain-fail", XSS_IMG, XSS_SCRIPT }) do assert(s:run{ task_id = id, messages = msg("fail") }) end
         assert(s:run{ task_id = "ok-1", messages = msg("ok") })
@@ -214,6 +218,36 @@ describe("#redis dashboard", function()
         assert.are.equal("", keys())
     end)
 
+    it("lists recurring schedules and delayed operations, and pauses and resumes a schedule", function()
+        local code, _, body = http("GET", base .. "/api/schedules/" .. hex(json.encode{ queue = queue }))
+        assert.are.equal(200, code)
+        local d = assert(json.decode(body))
+        assert.are.equal(1, #d.schedules)
+        local r = d.schedules[1]
+        assert.are.equal("nightly", r.name)
+        assert.are.equal("0 0 3 * * *", r.cron)
+        assert.is_true(r.next > bq.now() and r.next % 86400 == 3 * 3600)
+        assert.are.equal(1, d.delayed.total)
+        local e = d.delayed.entries[1]
+        assert.are.equal("later-1", e.task_id)
+        assert.are.equal("run", e.type)
+        assert.is_false(e.retry)
+        assert.is_true(math.abs(e.due - (bq.now() + 3600)) < 120)
+        local csrf = assert(csrf_of(base))
+        local function post(path, doc)
+            doc.csrf = csrf
+            local c, _, b = http("POST", base .. path, { headers = { "Content-Type: application/json" }, body = json.encode(doc) })
+            return c, json.decode(b)
+        end
+        local c2, a = post("/api/schedule/pause", { queue = queue, name = "nightly" })
+        assert.are.equal(200, c2)
+        assert.are.equal("paused", a.state)
+        c2, a = post("/api/schedule/resume", { queue = queue, name = "nightly" })
+        assert.are.equal("active", a.state)
+        assert.are.equal(404, (post("/api/schedule/pause", { queue = queue, name = "nobody" })))
+        assert.are.equal(400, (post("/api/schedule/pause", { queue = queue })))
+    end)
+
     it("refuses a POST without the CSRF token or JSON, and other methods", function()
         local csrf = assert(csrf_of(base))
         local body = json.encode{ queue = queue, all = true }
@@ -247,11 +281,14 @@ describe("#redis dashboard", function()
         assert(r, "the driver printed no result: " .. out)
         assert.are.same({}, r.errors)
         assert.is_true(r.ok)
-        assert.are.same({ "overview", "workers", "dead-letters", "requeued", "dead-letter-entry", "canceled", "phone-dark" },
-                        r.steps)
+        assert.are.same({ "overview", "workers", "scheduled", "dead-letters", "requeued", "dead-letter-entry", "canceled",
+                          "phone-dark" }, r.steps)
         assert.are.same({}, r.dialogs) -- no alert() of <img onerror>
         assert.is_false(r.xss)          -- no window.__xss of <script>
-        assert.are.equal(8, #r.shots)
+        assert.are.equal(9, #r.shots)
+        -- the schedule was paused by the click
+        assert.are.equal("1", proc.sh(("redis-cli -h 127.0.0.1 -p %d HGET %s nightly:paused"):format(server.port,
+                                                                               proc.quote("{" .. queue .. "}:cron"))))
         for _, sh in ipairs(r.shots) do
             assert.is_true(sh.colours >= 16 and sh.top_share < 0.97, "blank screenshot: " .. json.encode(sh))
             assert.is_true(#(proc.read(sh.file) or "") > 5000, sh.file)

@@ -23,6 +23,7 @@ return [==[<!doctype html>
     <a href="#/workers" data-page="workers">Workers</a>
     <a href="#/dead" data-page="dead">Dead letters</a>
     <a href="#/tasks" data-page="tasks">Tasks</a>
+    <a href="#/scheduled" data-page="scheduled">Scheduled</a>
   </nav>
   <span id="live" class="live" title="live updates">connecting</span>
 </header>

@@ -393,6 +393,45 @@ return [==[
       box);
   }
 
+  // ---- recurring schedules and delayed operations -----------------------------------------
+  function renderScheduled(params) {
+    var q = params.get("queue") || queues()[0] || "";
+    var offset = Number(params.get("offset") || 0);
+    function go(o) { location.hash = "#/scheduled?" + new URLSearchParams({ queue: q, offset: String(o) }); }
+    get("api/schedules", { queue: q, offset: offset }).then(function (d) {
+      var ds = d.delayed;
+      show(h("h1", {}, "Scheduled"),
+        h("div", { class: "filters" }, h("label", {}, "queue", queueSelect(q, function (ev) {
+          location.hash = "#/scheduled?" + new URLSearchParams({ queue: ev.target.value });
+        }))),
+        h("h2", {}, "Recurring schedules"),
+        table(["name", "when", "state", "last tick", "next tick", "missed", ""], d.schedules.map(function (r) {
+          var when = r.every ? "every " + r.every + " s" : (r.cron || "-") + (r.tz ? " " + r.tz : "");
+          var verb = r.state === "paused" ? "resume" : "pause";
+          return h("tr", { "data-schedule": r.name },
+            h("td", { class: "id" }, r.name), h("td", { class: "mono" }, when), h("td", { "data-col": "state" }, r.state),
+            h("td", {}, fmtTime(r.last)), h("td", {}, fmtTime(r.next)), h("td", {}, r.missed || "-"),
+            h("td", {}, READ_ONLY || r.state === "removed" ? null : h("button", { "data-act": verb, onclick: function () {
+              post("api/schedule/" + verb, { queue: q, name: r.name }).then(function (x) {
+                toast(r.name + ": " + x.state); renderScheduled(params);
+              }).catch(failed);
+            } }, verb)));
+        }), "no recurring schedule on this queue (workers declare them: docs/recurring.md)"),
+        h("h2", {}, "Delayed operations (" + fmtNum(ds.total) + "), soonest first"),
+        table(["due", "task id", "type", "", ["size", "num"]], ds.entries.map(function (e) {
+          return h("tr", {}, h("td", {}, fmtTime(e.due)),
+            h("td", { class: "id" }, e.task_id ? taskLink(e.task_id, q) : "-"), h("td", {}, e.type || "-"),
+            h("td", { class: "muted" }, e.retry ? "retry" : ""), h("td", { class: "num" }, fmtNum(e.size)));
+        }), "nothing delayed"),
+        h("div", { class: "pager" },
+          h("button", { "data-act": "newer", disabled: offset === 0,
+                        onclick: function () { go(Math.max(0, offset - ds.limit)); } }, "sooner"),
+          h("span", { class: "muted" }, ds.entries.length ? " " + (offset + 1) + "-" + (offset + ds.entries.length) + " " : " "),
+          h("button", { "data-act": "older", disabled: offset + ds.entries.length >= ds.total,
+                        onclick: function () { go(offset + ds.limit); } }, "later")));
+    }).catch(function (e) { show(h("h1", {}, "Scheduled"), h("p", { class: "bad" }, String(e.message))); });
+  }
+
   var OPS = [["cancel", "danger"], ["pause", ""], ["resume", ""], ["retry", ""]];
 
   function renderTask(params) {
@@ -443,6 +482,7 @@ return [==[
     else if (page === "dead-entry") renderDeadEntry(params);
     else if (page === "tasks") renderTasks(params);
     else if (page === "task") renderTask(params);
+    else if (page === "scheduled") renderScheduled(params);
     else { state.page = "overview"; renderOverview(); }
   }
 
