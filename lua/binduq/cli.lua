@@ -7,7 +7,7 @@
 --     FILTERS: --task-id ID  --type TYPE  --code CODE  --worker ID  --reason TEXT
 --   common: --url URL (default REDIS_URL)  --queue NAME (default REDIS_QUEUE_NAME)  --help
 --   binduq-lua stats   [--queue NAME ...] [--json]    per queue: ready, delayed, in flight, dead, workers
---   binduq-lua workers [--queue NAME] [--json]         live workers: lease left, tasks in flight
+--   binduq-lua workers [--queue NAME] [--json]         live workers: concurrency, lease left, in flight, counts
 --   binduq-lua queue peek [--limit N] [--json]         the next operations to be taken
 --   binduq-lua queue purge --yes [--json]              delete the waiting operations
 --   binduq-lua top [--queue NAME ...] [--interval S] [--count N] [--json]   a live view (q to quit)
@@ -66,9 +66,10 @@ Options: --url URL (default $REDIS_URL)  --queue NAME (default $REDIS_QUEUE_NAME
 ]],
     workers = [[
 usage: binduq-lua workers [--queue NAME] [--json]
-  The workers of a queue (its {Q}:workers lease records): id, seconds until the lease runs out
-  (negative: it ran out, the worker is gone and will be reaped), tasks in flight and the first
-  of them.
+  The workers of a queue (its {Q}:workers lease records): id, concurrency (x tasks per state),
+  seconds until the lease runs out (negative: it ran out, the worker is gone and will be
+  reaped), tasks in flight, done and failed since it started (its report, every 5 s) and the
+  first task in flight (+ how many more).
 Options: --url URL  --queue NAME  --json  --help
 ]],
     queue = [[
@@ -680,20 +681,68 @@ end
 
 -- The figures of one queue: ready, delayed, inflight, dead, workers (live), seen, plus the
 -- worker records {id=, lease_left=, inflight=, current=} when `detail`.
+-- The task id in a queued message (a "#bq" header line first, perhaps), or nil.
+local function task_id_of(msg)
+    if type(msg) ~= "string" then return nil end
+    local body = msg:match("^#bq [^\n]*\n(.*)$") or msg
+    local okj, t = pcall(json.decode, body)
+    if not okj or type(t) ~= "table" then return nil end
+    local id = t.task_id or (type(t.params) == "table" and t.params.task_id) or nil
+    return type(id) == "string" and id or nil
+end
+
 local function queue_stats(c, q, detail)
     local st = must(c:stats(q, detail))
     local list = {}
     for _, w in ipairs(st.records or {}) do
-        local tid
-        if w.first then
-            local body = w.first:match("^#bq [^\n]*\n(.*)$") or w.first
-            local okj, t = pcall(json.decode, body)
-            tid = okj and type(t) == "table" and (t.task_id or (type(t.params) == "table" and t.params.task_id)) or nil
-        end
-        list[#list + 1] = { id = w.id, lease_left = w.lease_left, inflight = w.inflight, current = tid }
+        list[#list + 1] = { id = w.id, lease_left = w.lease_left, inflight = w.inflight, current = task_id_of(w.first) }
     end
     st.records = nil
     return st, list
+end
+
+-- What the workers report (report-N.lua, every 5 s): one read-only script reads queue q's
+-- counts per minute ({Q}:rates) and, for each of `workers` (queue_stats' records), its
+-- description ({Q}:worker:<id>) and in-flight list ({Q}:wip:<id>), added to the record:
+-- host, pid, concurrency, per_slot, delivery, started, reported, completed, failed,
+-- running, current_ids (at most CURRENT_MAX). Returns the rates hash as a flat list.
+local DETAIL_SCRIPT = [[
+local out = { redis.call('HGETALL', KEYS[1]) }
+for i = 2, #KEYS, 2 do
+    out[#out + 1] = redis.call('GET', KEYS[i]) or ''
+    out[#out + 1] = redis.call('LRANGE', KEYS[i + 1], 0, tonumber(ARGV[1]) - 1)
+end
+return out
+]]
+local WORKERS_MAX = 64 -- workers of one queue described in full (the others by lease only)
+local CURRENT_MAX = 50 -- task ids read per worker
+
+local function worker_details(c, q, workers)
+    local keys = { core.key_derive(q, "rates") }
+    for i = 1, math.min(#workers, WORKERS_MAX) do
+        keys[#keys + 1] = core.key_derive(q, "worker:" .. workers[i].id)
+        keys[#keys + 1] = core.key_derive(q, "wip:" .. workers[i].id)
+    end
+    local args = { "EVAL", DETAIL_SCRIPT, tostring(#keys) }
+    for _, k in ipairs(keys) do args[#args + 1] = k end
+    args[#args + 1] = tostring(CURRENT_MAX)
+    local rep = must(c:command(q, table.unpack(args)))
+    for i = 1, math.min(#workers, WORKERS_MAX) do
+        local w, desc, wip = workers[i], rep[2 * i], rep[2 * i + 1]
+        local okj, d = pcall(json.decode, desc ~= "" and desc or "null")
+        if okj and type(d) == "table" then
+            w.host, w.pid, w.concurrency, w.per_slot = d.host, d.pid, d.concurrency, d.per_slot
+            w.delivery, w.started, w.reported = d.delivery, d.started, d.at
+            w.completed, w.failed, w.running = d.completed, d.failed, d.running
+        end
+        local ids = {}
+        for _, m in ipairs(type(wip) == "table" and wip or {}) do
+            ids[#ids + 1] = task_id_of(m) or "(no task id)"
+        end
+        w.current_ids = #ids > 0 and ids or nil -- (absent rather than an empty object)
+        w.current = w.current or ids[1]
+    end
+    return rep[1]
 end
 
 -- The queues with keys in this Redis, found by one bounded SCAN (at most 10,000 keys looked
@@ -742,15 +791,22 @@ end
 function admin.workers(s, opts)
     local q = queues_of(opts, s)[1]
     local _, list = queue_stats(s.client, q, true)
+    worker_details(s.client, q, list)
     if opts.json then
         json_text('{"queue":' .. json.encode_strict(q) .. ',"workers":' .. json.array(list) .. "}")
         return
     end
     local lines = { ("%d worker record%s on %s:"):format(#list, #list == 1 and "" or "s", q),
-                    ("%-36s %12s %9s  %s"):format("WORKER", "LEASE LEFT", "INFLIGHT", "CURRENT TASK") }
+                    ("%-36s %6s %12s %9s %9s %7s  %s"):format("WORKER", "CONC", "LEASE LEFT", "INFLIGHT", "DONE",
+                                                             "FAILED", "CURRENT TASK") }
     for _, w in ipairs(list) do
-        lines[#lines + 1] = ("%-36s %11.1fs %9d  %s"):format(short(w.id, 36), w.lease_left, w.inflight,
-            w.lease_left < 0 and "(lease ran out: gone)" or short(w.current or "-", 40))
+        local cur = w.current or "-"
+        if w.current_ids and #w.current_ids > 1 then cur = short(cur, 32) .. (" (+%d)"):format(#w.current_ids - 1) end
+        local c, per = math.tointeger(w.concurrency), math.tointeger(w.per_slot)
+        local conc = c and (tostring(c) .. (per and per > 1 and "x" .. per or "")) or "-"
+        lines[#lines + 1] = ("%-36s %6s %11.1fs %9d %9s %7s  %s"):format(short(w.id, 36), short(conc, 6), w.lease_left,
+            w.inflight, math.tointeger(w.completed) or "-", math.tointeger(w.failed) or "-",
+            w.lease_left < 0 and "(lease ran out: gone)" or short(cur, 44))
     end
     out(opts, nil, lines)
 end
@@ -1056,6 +1112,7 @@ end
 
 -- The admin commands' data functions, for binduq.dashboard (which shows the same figures
 -- and refuses the same operations).
-M.data = { queue_stats = queue_stats, check_state = check_state, retry = retry, schedule_rows = schedule_rows }
+M.data = { queue_stats = queue_stats, worker_details = worker_details, check_state = check_state, retry = retry,
+           schedule_rows = schedule_rows }
 
 return M

@@ -221,28 +221,7 @@ end
 -- One read-only script per queue and refresh reads the counts and the live workers'
 -- descriptions and in-flight lists.
 
-local DETAIL_SCRIPT = [[
-local out = { redis.call('HGETALL', KEYS[1]) }
-for i = 2, #KEYS, 2 do
-    out[#out + 1] = redis.call('GET', KEYS[i]) or ''
-    out[#out + 1] = redis.call('LRANGE', KEYS[i + 1], 0, tonumber(ARGV[1]) - 1)
-end
-return out
-]]
-local WORKERS_MAX = 64 -- workers of one queue described in full (the others by lease only)
-local CURRENT_MAX = 50 -- task ids shown per worker
-
--- The task id in a queued message (a "#bq" header line first, perhaps), or nil.
-local function task_id_of(msg)
-    if type(msg) ~= "string" then return nil end
-    local body = msg:match("^#bq [^\n]*\n(.*)$") or msg
-    local okj, t = pcall(json.decode, body)
-    if not okj or type(t) ~= "table" then return nil end
-    local id = t.task_id or (type(t.params) == "table" and t.params.task_id) or nil
-    return type(id) == "string" and id or nil
-end
-
--- The rates hash as { [minute] = {done=, failed=} }.
+-- The rates hash (report-N.lua) as { [minute] = {done=, failed=} }.
 local function minutes_of(flat)
     local out = {}
     for i = 1, #(flat or {}) - 1, 2 do
@@ -256,36 +235,6 @@ local function minutes_of(flat)
         end
     end
     return out
-end
-
--- Reads queue q's rates, and adds to each of `workers` (its records: id, lease_left,
--- inflight) its description and current task ids. Returns the rates by minute.
-function Dashboard:queue_detail(c, q, workers)
-    local keys = { core.key_derive(q, "rates") }
-    for i = 1, math.min(#workers, WORKERS_MAX) do
-        keys[#keys + 1] = core.key_derive(q, "worker:" .. workers[i].id)
-        keys[#keys + 1] = core.key_derive(q, "wip:" .. workers[i].id)
-    end
-    local args = { "EVAL", DETAIL_SCRIPT, tostring(#keys) }
-    for _, k in ipairs(keys) do args[#args + 1] = k end
-    args[#args + 1] = tostring(CURRENT_MAX)
-    local rep = must(c:command(q, table.unpack(args)))
-    for i = 1, math.min(#workers, WORKERS_MAX) do
-        local w, desc, wip = workers[i], rep[2 * i], rep[2 * i + 1]
-        local okj, d = pcall(json.decode, desc ~= "" and desc or "null")
-        if okj and type(d) == "table" then
-            w.host, w.pid, w.concurrency, w.per_slot = d.host, d.pid, d.concurrency, d.per_slot
-            w.delivery, w.started, w.reported = d.delivery, d.started, d.at
-            w.completed, w.failed, w.running = d.completed, d.failed, d.running
-        end
-        local ids = {}
-        for _, m in ipairs(type(wip) == "table" and wip or {}) do
-            ids[#ids + 1] = task_id_of(m) or "(no task id)"
-        end
-        w.current_ids = #ids > 0 and ids or nil -- (absent rather than an empty object)
-        w.current = w.current or ids[1]
-    end
-    return minutes_of(rep[1])
 end
 
 -- Per queue: processed and failed in the last 60 seconds (the current minute, and the
@@ -341,7 +290,7 @@ function Dashboard:overview()
     local rows, workers, by_queue = {}, {}, {}
     for _, q in ipairs(self.queues) do
         local st, list = self.cli.queue_stats(s.client, q, true)
-        by_queue[q] = self:queue_detail(s.client, q, list)
+        by_queue[q] = minutes_of(self.cli.worker_details(s.client, q, list))
         rows[#rows + 1] = st
         for _, w in ipairs(list) do
             w.queue = q

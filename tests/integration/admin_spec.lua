@@ -49,10 +49,15 @@ describe("#redis admin commands", function()
         assert.are.equal("busy", doc.workers[1].current)
         assert.are.equal(1, doc.workers[1].inflight)
         assert.is_true(doc.workers[1].lease_left > 0)
+        -- what the worker reports of itself (report-N.lua): its concurrency, the dead letter
+        -- (a malformed message: not a failed attempt), the task in flight
+        assert.are.equal(1, doc.workers[1].concurrency)
+        assert.are.equal(0, doc.workers[1].failed)
+        assert.are.same({ "busy" }, doc.workers[1].current_ids)
         rc, out = run("workers", env)
         assert.are.equal(0, rc, out)
         assert.truthy(out:find("1 worker record on", 1, true), out)
-        assert.truthy(out:find("busy", 1, true), out)
+        assert.truthy(out:find("%s1%s+%d+%.%ds%s+1%s+0%s+0%s+busy"), out)
     end)
 
     it("stats says when a queue has never been seen, and names those that have", function()
