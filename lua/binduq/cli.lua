@@ -714,35 +714,41 @@ for i = 2, #KEYS, 2 do
 end
 return out
 ]]
-local WORKERS_MAX = 64 -- workers of one queue described in full (the others by lease only)
+local WORKERS_MAX = 256 -- workers of one queue described in full (the others by lease only)
 local CURRENT_MAX = 50 -- task ids read per worker
+local PER_CALL = 28    -- workers per script call (c:command takes at most 64 arguments)
 
 local function worker_details(c, q, workers)
-    local keys = { core.key_derive(q, "rates") }
-    for i = 1, math.min(#workers, WORKERS_MAX) do
-        keys[#keys + 1] = core.key_derive(q, "worker:" .. workers[i].id)
-        keys[#keys + 1] = core.key_derive(q, "wip:" .. workers[i].id)
-    end
-    local args = { "EVAL", DETAIL_SCRIPT, tostring(#keys) }
-    for _, k in ipairs(keys) do args[#args + 1] = k end
-    args[#args + 1] = tostring(CURRENT_MAX)
-    local rep = must(c:command(q, table.unpack(args)))
-    for i = 1, math.min(#workers, WORKERS_MAX) do
-        local w, desc, wip = workers[i], rep[2 * i], rep[2 * i + 1]
-        local okj, d = pcall(json.decode, desc ~= "" and desc or "null")
-        if okj and type(d) == "table" then
-            w.host, w.pid, w.concurrency, w.per_slot = d.host, d.pid, d.concurrency, d.per_slot
-            w.delivery, w.started, w.reported = d.delivery, d.started, d.at
-            w.completed, w.failed, w.running = d.completed, d.failed, d.running
+    local rates
+    local n = math.min(#workers, WORKERS_MAX)
+    for from = 1, math.max(n, 1), PER_CALL do
+        local to = math.min(n, from + PER_CALL - 1)
+        local args = { "EVAL", DETAIL_SCRIPT, tostring(1 + 2 * (to - from + 1)), core.key_derive(q, "rates") }
+        for i = from, to do
+            args[#args + 1] = core.key_derive(q, "worker:" .. workers[i].id)
+            args[#args + 1] = core.key_derive(q, "wip:" .. workers[i].id)
         end
-        local ids = {}
-        for _, m in ipairs(type(wip) == "table" and wip or {}) do
-            ids[#ids + 1] = task_id_of(m) or "(no task id)"
+        args[#args + 1] = tostring(CURRENT_MAX)
+        local rep = must(c:command(q, table.unpack(args)))
+        rates = rates or rep[1]
+        for i = from, to do
+            local k = i - from + 1
+            local w, desc, wip = workers[i], rep[2 * k], rep[2 * k + 1]
+            local okj, d = pcall(json.decode, desc ~= "" and desc or "null")
+            if okj and type(d) == "table" then
+                w.host, w.pid, w.concurrency, w.per_slot = d.host, d.pid, d.concurrency, d.per_slot
+                w.delivery, w.started, w.reported = d.delivery, d.started, d.at
+                w.completed, w.failed, w.running = d.completed, d.failed, d.running
+            end
+            local ids = {}
+            for _, m in ipairs(type(wip) == "table" and wip or {}) do
+                ids[#ids + 1] = task_id_of(m) or "(no task id)"
+            end
+            w.current_ids = #ids > 0 and ids or nil -- (absent rather than an empty object)
+            w.current = w.current or ids[1]
         end
-        w.current_ids = #ids > 0 and ids or nil -- (absent rather than an empty object)
-        w.current = w.current or ids[1]
     end
-    return rep[1]
+    return rates
 end
 
 -- The queues with keys in this Redis, found by one bounded SCAN (at most 10,000 keys looked

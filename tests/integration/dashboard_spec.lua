@@ -514,6 +514,29 @@ describe("#redis dashboard as an option", function()
         assert(ok, err)
     end)
 
+    it("describes every worker of a queue with many, in several script calls", function()
+        local q = ("it:many:%d"):format(math.random(1, 1e9))
+        local c = bq.scheduler{ url = server.url, queue_name = q }.client
+        local expiry = tostring(math.floor((bq.now() + 60) * 1000))
+        for i = 1, 70 do
+            local id = ("host:%d:w"):format(i)
+            assert(c:command(q, "ZADD", "{" .. q .. "}:workers", expiry, id))
+            assert(c:command(q, "SET", "{" .. q .. "}:worker:" .. id, json.encode{ concurrency = i, host = "host" }))
+            assert(c:command(q, "LPUSH", "{" .. q .. "}:wip:" .. id, json.encode{ type = "run", task_id = "t" .. i }))
+        end
+        assert(c:command(q, "HSET", "{" .. q .. "}:rates", "d:" .. math.floor(bq.now() / 60), "7"))
+        local cli = require("binduq.cli").data
+        local _, list = cli.queue_stats(c, q, true)
+        assert.are.equal(70, #list)
+        local flat = cli.worker_details(c, q, list)
+        assert.are.same({ "7" }, { flat[2] })
+        for _, w in ipairs(list) do
+            local i = tonumber(w.id:match("^host:(%d+):w$"))
+            assert.are.equal(i, w.concurrency)
+            assert.are.same({ "t" .. i }, w.current_ids)
+        end
+    end)
+
     it("refuses to start without Redis, or beyond loopback without a token", function()
         local out, okr = proc.sh("REDIS_URL= build/binduq-lua -e " .. proc.quote(
             'require("binduq").gateway{ dashboard = true }'))
