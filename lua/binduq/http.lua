@@ -126,6 +126,9 @@ function M.request(opts, level)
     if c.stream and status >= 200 and status < 300 then
         local ok, err, code = pump(call, c, resp)
         if not ok then return nil, err, code end
+        -- Stopped by the callback (an SSE stream's "[DONE]" read, most often just before the
+        -- response ends): its connection is kept if the rest comes at once.
+        if resp.stopped then call:release() end
     else
         local body, err, code = call:body()
         if not body then return nil, err, code end

@@ -7,6 +7,7 @@
  *   call:read() -> piece | false (the end) | nil, msg, code      (opts.stream)
  *   call:body() -> the whole (rest of the) body | nil, msg, code
  *   call:close()                                                  (also __close, __gc)
+ *   call:release()  done reading: the rest dropped, the connection kept if it ends at once
  *   call:ended() -> whether the transfer ended (then head and body return at once)
  *   core.http_step() -> true | nil, msg: the progress the thread's transfers can make now,
  *     without waiting (a loop that sends many calls and must not block: the gateway's
@@ -195,6 +196,17 @@ static int call_close(lua_State *L)
 {
     struct call *c = luaL_checkudata(L, 1, HTTP_CALL_MT);
     bq_http_free(c->h);
+    c->h = NULL;
+    return 0;
+}
+
+/* call:release(): the caller stopped reading; the call's connection is kept if the rest of
+ * the response comes at once (bq_http_release): within 50 ms, or, in a task's coroutine
+ * (whose state runs others meanwhile), only what already came. */
+static int call_release(lua_State *L)
+{
+    struct call *c = luaL_checkudata(L, 1, HTTP_CALL_MT);
+    bq_http_release(c->h, bq_lua_slot_in_coroutine(L) ? 0 : 0.05);
     c->h = NULL;
     return 0;
 }
@@ -428,7 +440,7 @@ void bq_lua_open_http(lua_State *L)
 {
     static const luaL_Reg call_methods[] = {
         {"head", l_call_head}, {"read", l_call_read}, {"body", l_call_body},
-        {"ended", l_call_ended}, {"close", call_close}, {NULL, NULL}};
+        {"ended", l_call_ended}, {"close", call_close}, {"release", call_release}, {NULL, NULL}};
     static const luaL_Reg call_meta[] = {
         {"__gc", call_close}, {"__close", call_close}, {"__tostring", l_call_tostring},
         {NULL, NULL}};

@@ -973,6 +973,12 @@ bool bq_lua_slot_await_http(lua_State *L, struct bq_http *h, int until)
     return true;
 }
 
+bool bq_lua_slot_in_coroutine(lua_State *L)
+{
+    struct slot_state *s = tl_slot;
+    return s != NULL && s->cur != NULL && s->cur->co != NULL && L == s->cur->co;
+}
+
 int bq_lua_slot_raise(lua_State *L)
 {
     struct slot_state *s = tl_slot;

@@ -59,4 +59,8 @@ bool bq_lua_slot_await_http(lua_State *L, struct bq_http *h, int until);
  * does; returns (0) when there is none. */
 int bq_lua_slot_raise(lua_State *L);
 
+/* Whether L is a task's coroutine in a handler state that runs several at once: a wait
+ * there must yield, not block the state. */
+bool bq_lua_slot_in_coroutine(lua_State *L);
+
 #endif

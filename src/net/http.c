@@ -66,6 +66,7 @@ struct bq_http {
     char errbuf[CURL_ERROR_SIZE];
     char failure[600];
     const char *code;
+    bool draining; /* released (bq_http_release): a body byte more ends the transfer */
 };
 
 /* ---- the loop -------------------------------------------------------------------------- */
@@ -221,6 +222,8 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
     struct bq_http *h = ud;
     size_t len = size * n;
+    if (h->draining && len > 0)
+        return 0; /* released, and the server goes on: CURLE_WRITE_ERROR, the transfer ends */
     if (h->max_bytes > 0 && (len > h->max_bytes || h->received > h->max_bytes - len)) {
         h->too_big = true;
         return 0; /* CURLE_WRITE_ERROR: the transfer ends */
@@ -590,6 +593,23 @@ void bq_http_consume(struct bq_http *h)
 const char *bq_http_shown(const struct bq_http *h)
 {
     return h->shown;
+}
+
+void bq_http_release(struct bq_http *h, double wait)
+{
+    if (h == NULL)
+        return;
+    if (!h->ended && h->easy != NULL) {
+        h->draining = true; /* a byte more: the server goes on, so the transfer is closed */
+        h->body.len = 0;
+        double deadline = bq_now_mono() + wait;
+        for (int pass = 0; !h->ended && (pass < 2 || bq_now_mono() < deadline); pass++) {
+            double left = deadline - bq_now_mono();
+            if (run_loop(h->loop, left > 0 ? left : 0, NULL) != BQ_OK)
+                break;
+        }
+    }
+    bq_http_free(h); /* ended: its connection stays in the loop's cache for the next call */
 }
 
 void bq_http_free(struct bq_http *h)

@@ -113,6 +113,14 @@ const char *bq_http_shown(const struct bq_http *h);
 
 /* Ends the call (closing its connection if it had not ended) and frees h. NULL: nothing. */
 void bq_http_free(struct bq_http *h);
+/* The caller is done with h, perhaps before it ended (a stream it stopped reading at its
+ * last event: an SSE stream's "[DONE]", which the end of the response follows at once):
+ * what already came is handed to libcurl, and for up to `wait` seconds more what comes, so
+ * that a transfer that ends then keeps its connection for the next call instead of having
+ * it closed; a body byte more (the server goes on) ends it at once. Then h is freed as
+ * bq_http_free frees it, closing a transfer that did not end. A cancel, a pause, a timeout:
+ * bq_http_free, which closes at once. NULL: nothing. */
+void bq_http_release(struct bq_http *h, double wait);
 
 /* The URL as messages show it: scheme://host[:port]/path, no user, password, query or
  * fragment; "(bad URL)" when it does not parse. Writes at most size bytes (NUL included).

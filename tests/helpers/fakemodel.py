@@ -17,6 +17,7 @@ requests at once. Each request's behaviour is chosen by its query parameters:
       ?pace=S   seconds between streamed events (default: --pace, 0)
       ?status=N  an OpenAI error JSON
       ?retry_after=S  a Retry-After header (with ?status)
+      ?end_after=S  streamed: end the response S seconds after "data: [DONE]" (default 0)
       The answer is "echo: <last user message>" unless ?tokens is given; its tokens are its
       space-separated words. Non-streamed: one chat.completion JSON. Streamed (stream: true):
       text/event-stream, chunked: one chunk event with delta {"role":"assistant","content":""},
@@ -416,6 +417,7 @@ async def chat(c, req, ev):
     with_usage = isinstance(so, dict) and so.get("include_usage")
     await chunk(c, event({}, "stop", {"usage": usage} if with_usage else None))
     await chunk(c, b"data: [DONE]\n\n")
+    await c.wait(req.num("end_after", 0))
     await c.send(b"0\r\n\r\n")
 
 

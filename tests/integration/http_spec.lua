@@ -79,6 +79,36 @@ describe("#http calls", function()
         assert.are.equal("w1 w2 w3 w4 w5 w6 w7 w8 w9 w10", table.concat(text))
     end)
 
+    it("keeps the connection of a stream stopped at its last event, and closes one stopped mid-way", function()
+        local function call(id)
+            return assert(bq.http{
+                -- the response ends 5 ms after its last event: a stop at that event comes first
+                url = srv.url .. "/v1/chat/completions?tokens=3&end_after=0.005", headers = { ["X-Request-Id"] = id },
+                body = { model = "m", stream = true, messages = { { role = "user", content = "x" } } },
+                on_event = function(ev) return ev.data ~= "[DONE]" end })
+        end
+        call("warm-up") -- a connection to keep
+        local before = srv:stats().connections -- (each stats call is a connection of curl's own)
+        for i = 1, 5 do
+            assert.is_true(call("done-" .. i).stopped)
+        end
+        -- the five calls on the warm-up's connection: the one new connection is the stats call's
+        local opened = srv:stats().connections - before
+        assert.are.equal(1, opened)
+        for i = 1, 5 do assert.is_true(event_of(srv, "done-" .. i).completed) end
+        -- stopped while the server goes on: the call returns at once and its transfer is closed
+        local t0 = bq.monotonic()
+        local resp = assert(bq.http{ url = srv.url .. "/sse?n=1000&pace=0.005", headers = { ["X-Request-Id"] = "mid" },
+                                     on_event = function() return false end })
+        assert.is_true(resp.stopped)
+        assert.is_true(bq.monotonic() - t0 < 0.5)
+        assert(proc.wait_for(function()
+            local e = event_of(srv, "mid")
+            return e and e.closed_by_client
+        end, 2, 0.01), "the server did not see the stopped stream closed")
+        assert.is_false(event_of(srv, "mid").completed)
+    end)
+
     it("reads event streams with CRLF, lone CR, a BOM and pieces of 3 bytes alike", function()
         local function read(q)
             local evs = {}
