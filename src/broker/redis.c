@@ -315,6 +315,91 @@ static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_sli
     return st;
 }
 
+/* What enqueue-N writes over a duplicate's copy before removing it; no message may equal it. */
+static const char dedup_hole[] = "\x01" "binduq:duplicate" "\x01";
+#define DEDUP_HOLE_LEN (sizeof dedup_hole - 1)
+
+/* Appends one chunk of a deduplicated push: MULTI, LPUSH (RPUSH) Q msgs, EVAL enqueue-N
+ * with their keys, EXEC. k and a have room for m + 2 and 3 entries; dk for m keys. */
+static bq_status append_unique(bq_conn *c, const char *cmd, const char *queue, const char *bell,
+                               const char *ttl, const char *front, const struct bq_slice *msgs,
+                               const char *const *keys, size_t m, const char **argv,
+                               size_t *lens, const char **k, char (*dk)[BQ_KEY_MAX], bq_err *err)
+{
+    static const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    bq_status st = BQ_OK;
+    argv[0] = cmd;
+    lens[0] = 5;
+    argv[1] = queue;
+    lens[1] = strlen(queue);
+    k[0] = queue;
+    k[1] = bell;
+    for (size_t j = 0; j < m && st == BQ_OK; j++) {
+        char suffix[BQ_KEY_MAX];
+        snprintf(suffix, sizeof suffix, "dedup:%s", keys[j]);
+        st = bq_key_derive_err(queue, suffix, dk[j], err);
+        k[2 + j] = dk[j];
+        argv[2 + j] = msgs[j].p;
+        lens[2 + j] = msgs[j].len;
+    }
+    if (st == BQ_OK)
+        st = bq_conn_append(c, 1, multi, NULL, err);
+    if (st == BQ_OK)
+        st = bq_conn_append(c, (int)m + 2, argv, lens, err);
+    const char *a[] = {ttl, front, dedup_hole};
+    size_t al[] = {strlen(ttl), 1, DEDUP_HOLE_LEN};
+    /* EVAL, not EVALSHA: a NOSCRIPT would come at EXEC, after the push it has to follow. */
+    if (st == BQ_OK)
+        st = bq_redis_append_script(c, S_ENQUEUE, true, (int)m + 2, k, 3, a, al, err);
+    if (st == BQ_OK)
+        st = bq_conn_append(c, 1, exec, NULL, err);
+    return st;
+}
+
+/* Reads one chunk's replies (append_unique's four): pushed[0..m) from enqueue-N's. A refused
+ * command sets *st, unless it holds an earlier error already (so a queued command's MOVED
+ * is reported, not EXECABORT's). Returns the transport's status: not BQ_OK, the rest of the
+ * replies are unread. */
+static bq_status read_unique(bq_conn *c, double deadline, size_t m, bool *pushed, bq_status *st,
+                             bq_err *err)
+{
+    static const char *names[] = {"MULTI", "LPUSH", "enqueue-N", "EXEC"};
+    for (int i = 0; i < 4; i++) {
+        redisReply *rep = NULL;
+        bq_status got = bq_conn_read(c, &rep, deadline, -1, *st == BQ_OK ? err : NULL);
+        if (got != BQ_OK) {
+            if (*st == BQ_OK)
+                *st = got;
+            return got;
+        }
+        bq_status one = bq_reply_check(rep, names[i], *st == BQ_OK ? err : NULL);
+        if (one == BQ_OK && i == 3) {
+            if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2)
+                one = bq_err_set(*st == BQ_OK ? err : NULL, BQ_EPROTO,
+                                 "enqueue: unexpected EXEC reply");
+            else if ((one = bq_reply_check(rep->element[0], "LPUSH", *st == BQ_OK ? err : NULL)) ==
+                         BQ_OK &&
+                     (one = bq_reply_check(rep->element[1], "enqueue-N",
+                                           *st == BQ_OK ? err : NULL)) == BQ_OK) {
+                const redisReply *out = rep->element[1];
+                if (out->type != REDIS_REPLY_ARRAY || out->elements != m)
+                    one = bq_err_set(*st == BQ_OK ? err : NULL, BQ_EPROTO,
+                                     "enqueue-N: unexpected reply");
+                for (size_t j = 0; one == BQ_OK && j < m; j++)
+                    pushed[j] = out->element[j]->type == REDIS_REPLY_INTEGER &&
+                                out->element[j]->integer == 1;
+            }
+        }
+        if (*st == BQ_OK)
+            *st = one;
+        freeReplyObject(rep);
+    }
+    return BQ_OK;
+}
+
+/* Deduplicated push: per chunk of PUSH_CHUNK, MULTI, the native push of the messages, then
+ * enqueue-N with their keys only (it takes the free keys and takes back the copies of the
+ * duplicates), EXEC; every chunk in one pipelined round trip. */
 static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct bq_slice *msgs,
                                    const char *const *keys, size_t n, double ttl, bool *pushed,
                                    bq_err *err)
@@ -324,49 +409,45 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
         pushed[i] = false;
     if (n == 0)
         return BQ_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (msgs[i].len == DEDUP_HOLE_LEN && memcmp(msgs[i].p, dedup_hole, DEDUP_HOLE_LEN) == 0)
+            return bq_err_set(err, BQ_EINVAL, "enqueue: message %zu is the bytes enqueue-N "
+                              "reserves for a duplicate's place", i + 1);
+    }
     char bell[BQ_KEY_MAX], ttls[32];
     bq_status st = bq_key_derive_err(queue, "bell", bell, err);
     if (st != BQ_OK)
         return st;
     snprintf(ttls, sizeof ttls, "%lld", (long long)(ttl >= 1 ? ttl : 1));
-    /* One script call per chunk of 500, pipelined: keys and messages travel as arguments. */
-    size_t chunk = n < 500 ? n : 500;
+    size_t chunk = n < PUSH_CHUNK ? n : PUSH_CHUNK;
     const char **k = bq_calloc(chunk + 2, sizeof *k);
-    const char **a = bq_calloc(chunk + 2, sizeof *a);
-    size_t *al = bq_calloc(chunk + 2, sizeof *al);
-    const char *front = bq_broker_front(b, queue);
+    const char **argv = bq_calloc(chunk + 2, sizeof *argv);
+    size_t *lens = bq_calloc(chunk + 2, sizeof *lens);
     char (*dk)[BQ_KEY_MAX] = bq_calloc(chunk, sizeof *dk);
+    const char *front = bq_broker_front(b, queue), *cmd = to_back(r, queue);
     bq_conn *c = NULL;
-    if (k == NULL || a == NULL || al == NULL || dk == NULL)
+    if (k == NULL || argv == NULL || lens == NULL || dk == NULL)
         st = bq_err_set(err, BQ_ENOMEM, "enqueue: out of memory");
     else
         st = bq_pool_borrow(r->pool, &c, err);
-    for (size_t i = 0; i < n && st == BQ_OK; i += chunk) {
+    size_t sent = 0; /* chunks appended, each to be read */
+    for (size_t i = 0; i < n && st == BQ_OK; i += chunk, sent++) {
         size_t m = n - i < chunk ? n - i : chunk;
-        k[0] = queue;
-        k[1] = bell;
-        a[0] = ttls;
-        al[0] = strlen(ttls);
-        a[1] = front;
-        al[1] = 1;
-        for (size_t j = 0; j < m && st == BQ_OK; j++) {
-            char suffix[BQ_KEY_MAX];
-            snprintf(suffix, sizeof suffix, "dedup:%s", keys[i + j]);
-            st = bq_key_derive_err(queue, suffix, dk[j], err);
-            k[2 + j] = dk[j];
-            a[2 + j] = msgs[i + j].p;
-            al[2 + j] = msgs[i + j].len;
-        }
-        redisReply *rep = NULL;
-        if (st == BQ_OK)
-            st = bq_redis_run_script(c, S_ENQUEUE, (int)m + 2, k, (int)m + 2, a, al,
-                                     r->command_timeout, &rep, err);
-        for (size_t j = 0; st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && j < rep->elements &&
-                           j < m; j++)
-            pushed[i + j] = rep->element[j]->integer == 1;
-        if (rep != NULL)
-            freeReplyObject(rep);
+        st = append_unique(c, cmd, queue, bell, ttls, front, msgs + i, keys + i, m, argv, lens,
+                           k, dk, err);
     }
+    double deadline = bq_now_mono() + r->command_timeout + (double)n / 50000.0;
+    if (st == BQ_OK)
+        st = bq_conn_flush(c, deadline, -1, err);
+    else if (c != NULL)
+        bq_conn_mark_broken(c); /* what was appended is never sent */
+    /* Every chunk's replies are read, so pushed[] tells what each did even after an error;
+     * a transport failure leaves the rest unread, and the connection is not lent again. */
+    bq_status io = st;
+    for (size_t i = 0, j = 0; io == BQ_OK && j < sent; i += chunk, j++)
+        io = read_unique(c, deadline, n - i < chunk ? n - i : chunk, pushed + i, &st, err);
+    if (io != BQ_OK && c != NULL)
+        bq_conn_mark_broken(c);
     if (st == BQ_OK && (st = wait_replicated(r, c, err)) != BQ_OK) {
         for (size_t i = 0; i < n; i++)
             pushed[i] = false;
@@ -374,8 +455,8 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
     if (c != NULL)
         bq_pool_return(r->pool, c);
     bq_free(k);
-    bq_free(a);
-    bq_free(al);
+    bq_free(argv);
+    bq_free(lens);
     bq_free(dk);
     return st;
 }
