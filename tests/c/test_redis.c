@@ -1306,6 +1306,92 @@ TEST(a_deduplicated_push_takes_back_only_the_duplicates)
     unique_push_in_order(BQ_ORDER_RPUSH, "rpush");
 }
 
+/* ratelimit-N asks a batch whose keys are all new with one EXISTS, and leaves a key's few
+ * entries that left the window in place while even counting them there is room: the
+ * verdicts stay those of the exact sliding window ("at most 10 a second"), and a key holds
+ * at most 64 stale entries. */
+static void admit(bq_broker *b, const struct bq_lessee *who, const char *const *keys, int n,
+                  long limit, double period, char *out)
+{
+    struct bq_msg m = {(char *)"x", 1, 0, false, 0};
+    struct bq_admission reqs[40];
+    for (int i = 0; i < n; i++)
+        reqs[i] = (struct bq_admission){&m, keys[i], -1, 0};
+    bq_status st = b->ops->rate_limit(b, who, limit, period, reqs, (size_t)n, NULL);
+    out[0] = st == BQ_OK ? '\0' : '!';
+    for (int i = 0; i < n; i++)
+        strcat(out, reqs[i].verdict == 1 ? "1" : reqs[i].verdict == 0 ? "0" : "?");
+}
+
+TEST(the_rate_limit_stays_exact_with_stale_entries_left_in_place)
+{
+    NEED_REDIS();
+    bq_broker *b = open_broker();
+    bq_conn *admin = open_conn(redis_url);
+    if (b == NULL || admin == NULL) {
+        bq_broker_free(b);
+        bq_conn_close(admin);
+        return;
+    }
+    char queue[96], rl[160];
+    snprintf(queue, sizeof queue, "%s:rl", prefix);
+    snprintf(rl, sizeof rl, "{%s}:rl:k", queue);
+    const char *who_q[] = {queue};
+    struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_LEAST_ONCE, 0, 0};
+    const char *k[12] = {"k", "k", "k", "k", "k", "k", "k", "k", "k", "k", "k", "k"};
+    char v[48];
+    admit(b, &who, k, 2, 10, 1.0, v); /* a new key: admitted */
+    CHECK_STR(v, "11");
+    bq_sleep(1.2); /* both left the window (and the key expired) */
+    admit(b, &who, k, 2, 10, 1.0, v);
+    CHECK_STR(v, "11");
+    admit(b, &who, k, 6, 10, 1.0, v); /* 8 in the window */
+    CHECK_STR(v, "111111");
+    admit(b, &who, k, 3, 10, 1.0, v); /* room for 2 */
+    CHECK_STR(v, "110");
+    const char *mixed[] = {"k", "new-a", "new-b", "k"};
+    admit(b, &who, mixed, 4, 10, 1.0, v);
+    CHECK_STR(v, "0110");
+    /* stale entries kept while there is room counting them, and the key's window exact */
+    const char *s[] = {"s", "s", "s"};
+    snprintf(rl, sizeof rl, "{%s}:rl:s", queue);
+    admit(b, &who, s, 3, 5, 0.3, v);
+    CHECK_STR(v, "111");
+    bq_sleep(0.2);
+    admit(b, &who, s, 1, 5, 0.3, v); /* 4 in the window */
+    CHECK_STR(v, "1");
+    bq_sleep(0.15); /* the first 3 left it: 1 in the window, 4 stored */
+    admit(b, &who, s, 2, 5, 0.3, v); /* 4 + 2 > 5: the stale ones go, then there is room */
+    CHECK_STR(v, "11");
+    redisReply *r = NULL;
+    CHECK_INT(bq_conn_callv(admin, &r, NULL, "ZCARD", rl, NULL), BQ_OK);
+    if (r != NULL) {
+        CHECK_INT(r->integer, 3);
+        freeReplyObject(r);
+    }
+    admit(b, &who, s, 3, 5, 0.3, v); /* 3 in the window: room for 2 */
+    CHECK_STR(v, "110");
+    /* at most 64 stale entries stay */
+    static const char *many[40];
+    for (int i = 0; i < 40; i++)
+        many[i] = "m";
+    snprintf(rl, sizeof rl, "{%s}:rl:m", queue);
+    admit(b, &who, many, 32, 1000, 0.2, v);
+    admit(b, &who, many, 32, 1000, 0.2, v);
+    admit(b, &who, many, 32, 1000, 0.2, v);
+    CHECK_STR(v, "11111111111111111111111111111111");
+    bq_sleep(0.25);
+    admit(b, &who, many, 1, 1000, 0.2, v);
+    CHECK_STR(v, "1");
+    CHECK_INT(bq_conn_callv(admin, &r, NULL, "ZCARD", rl, NULL), BQ_OK);
+    if (r != NULL) {
+        CHECK_INT(r->integer, 1); /* 96 >= 64: the stale ones were removed */
+        freeReplyObject(r);
+    }
+    bq_conn_close(admin);
+    bq_broker_free(b);
+}
+
 /* Issue 16 #9: a reply over a connection's limits fails the read with a clear error before the
  * reader allocates for it; replies that came whole before it are still read; the connection is
  * broken, and the pool opens a new one for the next call. */
@@ -1551,6 +1637,7 @@ int main(void)
     RUN(a_failed_pipeline_does_not_leave_replies_for_the_next);
     RUN(a_refused_push_does_not_leave_replies_for_the_next);
     RUN(a_deduplicated_push_takes_back_only_the_duplicates);
+    RUN(the_rate_limit_stays_exact_with_stale_entries_left_in_place);
     RUN(conn_refuses_a_reply_over_its_limits);
     RUN(conn_refuses_hostile_headers_at_once);
     RUN(reply_limits_from_the_environment);
