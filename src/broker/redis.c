@@ -62,6 +62,7 @@ static const struct {
     SCRIPT(S_CONTROLS, "controls-3", controls_3),
     SCRIPT(S_DELAY, "delay-N", delay_N),
     SCRIPT(S_CRON, "cron-4", cron_4),
+    SCRIPT(S_DEDUP, "dedup-N", dedup_N),
 };
 #undef SCRIPT
 
@@ -315,91 +316,173 @@ static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_sli
     return st;
 }
 
-/* What enqueue-N writes over a duplicate's copy before removing it; no message may equal it. */
+/* What dedup-N writes over a duplicate's copy before removing it; no message may equal it. */
 static const char dedup_hole[] = "\x01" "binduq:duplicate" "\x01";
 #define DEDUP_HOLE_LEN (sizeof dedup_hole - 1)
 
-/* Appends one chunk of a deduplicated push: MULTI, LPUSH (RPUSH) Q msgs, EVAL enqueue-N
- * with their keys, EXEC. k and a have room for m + 2 and 3 entries; dk for m keys. */
-static bq_status append_unique(bq_conn *c, const char *cmd, const char *queue, const char *bell,
-                               const char *ttl, const char *front, const struct bq_slice *msgs,
-                               const char *const *keys, size_t m, const char **argv,
-                               size_t *lens, const char **k, char (*dk)[BQ_KEY_MAX], bq_err *err)
+/* A deduplicated push of at least this many goes natively in a MULTI (dedup-N); a smaller
+ * one, where the MULTI's extra round trip would cost more than it saves, by enqueue-N. */
+#define UNIQUE_MULTI_MIN 64
+
+/* The keys {Q}:dedup:<key> of keys[0..m) into dk, and their addresses into k[2..]. */
+static bq_status dedup_keys(const char *queue, const char *const *keys, size_t m, const char **k,
+                            char (*dk)[BQ_KEY_MAX], bq_err *err)
 {
-    static const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
-    bq_status st = BQ_OK;
-    argv[0] = cmd;
-    lens[0] = 5;
-    argv[1] = queue;
-    lens[1] = strlen(queue);
-    k[0] = queue;
-    k[1] = bell;
-    for (size_t j = 0; j < m && st == BQ_OK; j++) {
+    for (size_t j = 0; j < m; j++) {
         char suffix[BQ_KEY_MAX];
         snprintf(suffix, sizeof suffix, "dedup:%s", keys[j]);
-        st = bq_key_derive_err(queue, suffix, dk[j], err);
+        bq_status st = bq_key_derive_err(queue, suffix, dk[j], err);
+        if (st != BQ_OK)
+            return st;
         k[2 + j] = dk[j];
-        argv[2 + j] = msgs[j].p;
-        lens[2 + j] = msgs[j].len;
-    }
-    if (st == BQ_OK)
-        st = bq_conn_append(c, 1, multi, NULL, err);
-    if (st == BQ_OK)
-        st = bq_conn_append(c, (int)m + 2, argv, lens, err);
-    const char *a[] = {ttl, front, dedup_hole};
-    size_t al[] = {strlen(ttl), 1, DEDUP_HOLE_LEN};
-    /* EVAL, not EVALSHA: a NOSCRIPT would come at EXEC, after the push it has to follow. */
-    if (st == BQ_OK)
-        st = bq_redis_append_script(c, S_ENQUEUE, true, (int)m + 2, k, 3, a, al, err);
-    if (st == BQ_OK)
-        st = bq_conn_append(c, 1, exec, NULL, err);
-    return st;
-}
-
-/* Reads one chunk's replies (append_unique's four): pushed[0..m) from enqueue-N's. A refused
- * command sets *st, unless it holds an earlier error already (so a queued command's MOVED
- * is reported, not EXECABORT's). Returns the transport's status: not BQ_OK, the rest of the
- * replies are unread. */
-static bq_status read_unique(bq_conn *c, double deadline, size_t m, bool *pushed, bq_status *st,
-                             bq_err *err)
-{
-    static const char *names[] = {"MULTI", "LPUSH", "enqueue-N", "EXEC"};
-    for (int i = 0; i < 4; i++) {
-        redisReply *rep = NULL;
-        bq_status got = bq_conn_read(c, &rep, deadline, -1, *st == BQ_OK ? err : NULL);
-        if (got != BQ_OK) {
-            if (*st == BQ_OK)
-                *st = got;
-            return got;
-        }
-        bq_status one = bq_reply_check(rep, names[i], *st == BQ_OK ? err : NULL);
-        if (one == BQ_OK && i == 3) {
-            if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2)
-                one = bq_err_set(*st == BQ_OK ? err : NULL, BQ_EPROTO,
-                                 "enqueue: unexpected EXEC reply");
-            else if ((one = bq_reply_check(rep->element[0], "LPUSH", *st == BQ_OK ? err : NULL)) ==
-                         BQ_OK &&
-                     (one = bq_reply_check(rep->element[1], "enqueue-N",
-                                           *st == BQ_OK ? err : NULL)) == BQ_OK) {
-                const redisReply *out = rep->element[1];
-                if (out->type != REDIS_REPLY_ARRAY || out->elements != m)
-                    one = bq_err_set(*st == BQ_OK ? err : NULL, BQ_EPROTO,
-                                     "enqueue-N: unexpected reply");
-                for (size_t j = 0; one == BQ_OK && j < m; j++)
-                    pushed[j] = out->element[j]->type == REDIS_REPLY_INTEGER &&
-                                out->element[j]->integer == 1;
-            }
-        }
-        if (*st == BQ_OK)
-            *st = one;
-        freeReplyObject(rep);
     }
     return BQ_OK;
 }
 
-/* Deduplicated push: per chunk of PUSH_CHUNK, MULTI, the native push of the messages, then
- * enqueue-N with their keys only (it takes the free keys and takes back the copies of the
- * duplicates), EXEC; every chunk in one pipelined round trip. */
+/* What a deduplicated push shares across its chunks. */
+struct unique {
+    struct redis_broker *r;
+    bq_conn *c;
+    const char *queue, *bell, *ttl, *front;
+    const char **k, **a; /* room for PUSH_CHUNK + 2 each */
+    size_t *al;
+    char (*dk)[BQ_KEY_MAX];
+};
+
+/* enqueue-N over msgs[0..n), one call per chunk of 500 (keys and messages as arguments). */
+static bq_status unique_by_script(struct unique *u, const struct bq_slice *msgs,
+                                  const char *const *keys, size_t n, bool *pushed, bq_err *err)
+{
+    bq_status st = BQ_OK;
+    for (size_t i = 0; i < n && st == BQ_OK; i += 500) {
+        size_t m = n - i < 500 ? n - i : 500;
+        u->k[0] = u->queue;
+        u->k[1] = u->bell;
+        u->a[0] = u->ttl;
+        u->al[0] = strlen(u->ttl);
+        u->a[1] = u->front;
+        u->al[1] = 1;
+        st = dedup_keys(u->queue, keys + i, m, u->k, u->dk, err);
+        for (size_t j = 0; j < m; j++) {
+            u->a[2 + j] = msgs[i + j].p;
+            u->al[2 + j] = msgs[i + j].len;
+        }
+        redisReply *rep = NULL;
+        if (st == BQ_OK)
+            st = bq_redis_run_script(u->c, S_ENQUEUE, (int)m + 2, u->k, (int)m + 2, u->a, u->al,
+                                     u->r->command_timeout, &rep, err);
+        for (size_t j = 0; st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && j < rep->elements &&
+                           j < m; j++)
+            pushed[i + j] = rep->element[j]->integer == 1;
+        if (rep != NULL)
+            freeReplyObject(rep);
+    }
+    return st;
+}
+
+/* Sends MULTI on its own and reads its answer: *refused when the server refused it (an ACL
+ * without it, a proxy without transactions); an error only for a failed round trip. */
+static bq_status multi_open(struct unique *u, double deadline, bool *refused, bq_err *err)
+{
+    static const char *multi[] = {"MULTI"};
+    redisReply *rep = NULL;
+    bq_status st = bq_conn_append(u->c, 1, multi, NULL, err);
+    if (st == BQ_OK)
+        st = bq_conn_flush(u->c, deadline, -1, err);
+    if (st == BQ_OK)
+        st = bq_conn_read(u->c, &rep, deadline, -1, err);
+    *refused = st == BQ_OK && bq_reply_check(rep, "MULTI", NULL) != BQ_OK;
+    if (rep != NULL)
+        freeReplyObject(rep);
+    return st;
+}
+
+/* The natively pushed path (a MULTI already accepted for the first chunk): per chunk of
+ * PUSH_CHUNK, LPUSH (RPUSH) Q msgs, EVAL dedup-N with their keys only (it takes the free
+ * keys and takes back the copies of the duplicates), EXEC, and the next chunk's MULTI in the
+ * same round trip; that chunk's rest is sent only once its MULTI was accepted, so a push
+ * never runs outside its transaction. *done: how many were decided; a refused MULTI stops
+ * there (the rest goes by enqueue-N). A failure leaves the connection broken (it may be
+ * inside a MULTI, or have replies unread): closing it drops whatever was queued. */
+static bq_status unique_by_multi(struct unique *u, const char *cmd, const struct bq_slice *msgs,
+                                 const char *const *keys, size_t n, bool *pushed, size_t *done,
+                                 bq_err *err)
+{
+    static const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    static const char *names[] = {"LPUSH", "dedup-N", "EXEC", "MULTI"};
+    double deadline = bq_now_mono() + u->r->command_timeout + (double)n / 50000.0;
+    bq_status st = BQ_OK;
+    *done = 0;
+    for (size_t i = 0; i < n && st == BQ_OK; i += PUSH_CHUNK) {
+        size_t m = n - i < PUSH_CHUNK ? n - i : PUSH_CHUNK;
+        bool more = i + m < n;
+        u->a[0] = cmd;
+        u->al[0] = 5;
+        u->a[1] = u->queue;
+        u->al[1] = strlen(u->queue);
+        for (size_t j = 0; j < m; j++) {
+            u->a[2 + j] = msgs[i + j].p;
+            u->al[2 + j] = msgs[i + j].len;
+        }
+        st = bq_conn_append(u->c, (int)m + 2, u->a, u->al, err);
+        u->k[0] = u->queue;
+        u->k[1] = u->bell;
+        if (st == BQ_OK)
+            st = dedup_keys(u->queue, keys + i, m, u->k, u->dk, err);
+        const char *sa[] = {u->ttl, u->front, dedup_hole};
+        size_t sal[] = {strlen(u->ttl), 1, DEDUP_HOLE_LEN};
+        /* EVAL, not EVALSHA: a NOSCRIPT would come at EXEC, after the push it has to follow. */
+        if (st == BQ_OK)
+            st = bq_redis_append_script(u->c, S_DEDUP, true, (int)m + 2, u->k, 3, sa, sal, err);
+        if (st == BQ_OK)
+            st = bq_conn_append(u->c, 1, exec, NULL, err);
+        if (st == BQ_OK && more)
+            st = bq_conn_append(u->c, 1, multi, NULL, err);
+        if (st == BQ_OK)
+            st = bq_conn_flush(u->c, deadline, -1, err);
+        /* QUEUED, QUEUED, EXEC's [LPUSH's, dedup-N's], and the next MULTI's answer. The first
+         * refusal is the one reported (a queued command's, such as MOVED, not EXECABORT's). */
+        bool refused = false;
+        for (int rn = 0; rn < (more ? 4 : 3) && st == BQ_OK; rn++) {
+            redisReply *rep = NULL;
+            st = bq_conn_read(u->c, &rep, deadline, -1, err);
+            if (st != BQ_OK)
+                break;
+            if (rn == 3) {
+                refused = bq_reply_check(rep, "MULTI", NULL) != BQ_OK;
+            } else if ((st = bq_reply_check(rep, names[rn], err)) == BQ_OK && rn == 2) {
+                if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2)
+                    st = bq_err_set(err, BQ_EPROTO, "enqueue: unexpected EXEC reply");
+                else if ((st = bq_reply_check(rep->element[0], "LPUSH", err)) == BQ_OK &&
+                         (st = bq_reply_check(rep->element[1], "dedup-N", err)) == BQ_OK) {
+                    const redisReply *out = rep->element[1];
+                    if (out->type != REDIS_REPLY_ARRAY || out->elements != m)
+                        st = bq_err_set(err, BQ_EPROTO, "dedup-N: unexpected reply");
+                    for (size_t j = 0; st == BQ_OK && j < m; j++)
+                        pushed[i + j] = out->element[j]->type == REDIS_REPLY_INTEGER &&
+                                        out->element[j]->integer == 1;
+                }
+            }
+            freeReplyObject(rep);
+            if (st != BQ_OK)
+                bq_conn_mark_broken(u->c); /* replies may be left unread, a MULTI open */
+        }
+        if (st == BQ_OK)
+            *done = i + m;
+        if (st == BQ_OK && refused) {
+            atomic_store(&u->r->no_multi, true);
+            break;
+        }
+    }
+    if (st != BQ_OK)
+        bq_conn_mark_broken(u->c);
+    return st;
+}
+
+/* Deduplicated push (bq_broker_ops.push_unique). A batch of UNIQUE_MULTI_MIN or more goes
+ * natively in a MULTI, checked by dedup-N, where the server allows MULTI (asked once, then
+ * remembered: an ACL that refuses it keeps every push on enqueue-N); anything else by
+ * enqueue-N, the messages as arguments of the script. */
 static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct bq_slice *msgs,
                                    const char *const *keys, size_t n, double ttl, bool *pushed,
                                    bq_err *err)
@@ -411,7 +494,7 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
         return BQ_OK;
     for (size_t i = 0; i < n; i++) {
         if (msgs[i].len == DEDUP_HOLE_LEN && memcmp(msgs[i].p, dedup_hole, DEDUP_HOLE_LEN) == 0)
-            return bq_err_set(err, BQ_EINVAL, "enqueue: message %zu is the bytes enqueue-N "
+            return bq_err_set(err, BQ_EINVAL, "enqueue: message %zu is the bytes dedup-N "
                               "reserves for a duplicate's place", i + 1);
     }
     char bell[BQ_KEY_MAX], ttls[32];
@@ -419,45 +502,40 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
     if (st != BQ_OK)
         return st;
     snprintf(ttls, sizeof ttls, "%lld", (long long)(ttl >= 1 ? ttl : 1));
-    size_t chunk = n < PUSH_CHUNK ? n : PUSH_CHUNK;
-    const char **k = bq_calloc(chunk + 2, sizeof *k);
-    const char **argv = bq_calloc(chunk + 2, sizeof *argv);
-    size_t *lens = bq_calloc(chunk + 2, sizeof *lens);
-    char (*dk)[BQ_KEY_MAX] = bq_calloc(chunk, sizeof *dk);
-    const char *front = bq_broker_front(b, queue), *cmd = to_back(r, queue);
-    bq_conn *c = NULL;
-    if (k == NULL || argv == NULL || lens == NULL || dk == NULL)
+    size_t cap = n < PUSH_CHUNK ? n : PUSH_CHUNK;
+    struct unique u = {r, NULL, queue, bell, ttls, bq_broker_front(b, queue),
+                       bq_calloc(cap + 2, sizeof *u.k), bq_calloc(cap + 2, sizeof *u.a),
+                       bq_calloc(cap + 2, sizeof *u.al), bq_calloc(cap, sizeof *u.dk)};
+    if (u.k == NULL || u.a == NULL || u.al == NULL || u.dk == NULL)
         st = bq_err_set(err, BQ_ENOMEM, "enqueue: out of memory");
     else
-        st = bq_pool_borrow(r->pool, &c, err);
-    size_t sent = 0; /* chunks appended, each to be read */
-    for (size_t i = 0; i < n && st == BQ_OK; i += chunk, sent++) {
-        size_t m = n - i < chunk ? n - i : chunk;
-        st = append_unique(c, cmd, queue, bell, ttls, front, msgs + i, keys + i, m, argv, lens,
-                           k, dk, err);
+        st = bq_pool_borrow(r->pool, &u.c, err);
+    size_t done = 0;
+    if (st == BQ_OK && n >= UNIQUE_MULTI_MIN && !atomic_load(&r->no_multi)) {
+        bool refused = false;
+        st = multi_open(&u, bq_now_mono() + r->command_timeout, &refused, err);
+        if (st == BQ_OK && refused) {
+            atomic_store(&r->no_multi, true);
+            bq_log(BQ_LOG_WARN, "multi_refused", "queue", queue, "hint",
+                   "the server refused MULTI: deduplicated batches are pushed through the "
+                   "enqueue-N script (slower); allow MULTI and EXEC to the producers' user",
+                   NULL);
+        } else if (st == BQ_OK) {
+            st = unique_by_multi(&u, to_back(r, queue), msgs, keys, n, pushed, &done, err);
+        }
     }
-    double deadline = bq_now_mono() + r->command_timeout + (double)n / 50000.0;
-    if (st == BQ_OK)
-        st = bq_conn_flush(c, deadline, -1, err);
-    else if (c != NULL)
-        bq_conn_mark_broken(c); /* what was appended is never sent */
-    /* Every chunk's replies are read, so pushed[] tells what each did even after an error;
-     * a transport failure leaves the rest unread, and the connection is not lent again. */
-    bq_status io = st;
-    for (size_t i = 0, j = 0; io == BQ_OK && j < sent; i += chunk, j++)
-        io = read_unique(c, deadline, n - i < chunk ? n - i : chunk, pushed + i, &st, err);
-    if (io != BQ_OK && c != NULL)
-        bq_conn_mark_broken(c);
-    if (st == BQ_OK && (st = wait_replicated(r, c, err)) != BQ_OK) {
+    if (st == BQ_OK && done < n)
+        st = unique_by_script(&u, msgs + done, keys + done, n - done, pushed + done, err);
+    if (st == BQ_OK && (st = wait_replicated(r, u.c, err)) != BQ_OK) {
         for (size_t i = 0; i < n; i++)
             pushed[i] = false;
     }
-    if (c != NULL)
-        bq_pool_return(r->pool, c);
-    bq_free(k);
-    bq_free(argv);
-    bq_free(lens);
-    bq_free(dk);
+    if (u.c != NULL)
+        bq_pool_return(r->pool, u.c);
+    bq_free(u.k);
+    bq_free(u.a);
+    bq_free(u.al);
+    bq_free(u.dk);
     return st;
 }
 

@@ -1306,6 +1306,63 @@ TEST(a_deduplicated_push_takes_back_only_the_duplicates)
     unique_push_in_order(BQ_ORDER_RPUSH, "rpush");
 }
 
+/* A producer whose user may not MULTI (an ACL of the commands it used to need) pushes a
+ * large deduplicated batch through enqueue-N instead: the same answers, nothing pushed
+ * outside a transaction, and the refusal remembered. */
+TEST(a_deduplicated_push_without_multi_takes_the_script)
+{
+    NEED_REDIS();
+    bq_conn *admin = open_conn(redis_url);
+    if (admin == NULL)
+        return;
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ACL", "SETUSER", "nomulti", "on", ">nm-pass", "~*",
+                            "&*", "+@all", "-multi", NULL), BQ_OK);
+    char url[256];
+    const char *rest = strstr(redis_url, "://");
+    snprintf(url, sizeof url, "redis://nomulti:nm-pass@%s", rest != NULL ? rest + 3 : "");
+    struct bq_broker_config bc = {.url = url, .url_source = "test", .max_connections = 1,
+                                  .connect_timeout = 2.0, .command_timeout = 2.0,
+                                  .pool_timeout = 2.0};
+    bq_broker *b = NULL;
+    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    if (b != NULL) {
+        char queue[96];
+        snprintf(queue, sizeof queue, "%s:nomulti", prefix);
+        enum { N = 700 };
+        static char text[N][16], key[N][16];
+        static struct bq_slice msgs[N];
+        static const char *keys[N];
+        static bool pushed[N];
+        for (int round = 0; round < 2; round++) {
+            for (int i = 0; i < N; i++) {
+                snprintf(text[i], sizeof text[i], "r%dm%d", round, i);
+                snprintf(key[i], sizeof key[i], "run:%d", i % 100 == 99 ? i - 1 : i + round * 350);
+                msgs[i] = (struct bq_slice){text[i], strlen(text[i])};
+                keys[i] = key[i];
+            }
+            bq_err err;
+            CHECK_INT(b->ops->push_unique(b, queue, msgs, keys, N, 60, pushed, &err), BQ_OK);
+            int sent = 0, bad = 0;
+            for (int i = 0; i < N; i++) {
+                /* round 0: every 100th repeats its neighbour's key; round 1: keys 350..699
+                 * (but for the 100th ones, which round 0 did not take) and the repeats were
+                 * taken by round 0 */
+                bool dup = i % 100 == 99 || (round == 1 && i + 350 < N && (i + 350) % 100 != 99);
+                bad += pushed[i] == dup;
+                sent += pushed[i];
+            }
+            CHECK_INT(bad, 0);
+            long long n = -1;
+            CHECK_INT(b->admin->length(b, queue, BQ_LIST_READY, &n, NULL), BQ_OK);
+            CHECK_INT(n, round == 0 ? 693 : 693 + sent);
+        }
+        bq_conn_callv(admin, NULL, NULL, "DEL", queue, NULL);
+        bq_broker_free(b);
+    }
+    bq_conn_callv(admin, NULL, NULL, "ACL", "DELUSER", "nomulti", NULL);
+    bq_conn_close(admin);
+}
+
 /* ratelimit-N asks a batch whose keys are all new with one EXISTS, and leaves a key's few
  * entries that left the window in place while even counting them there is room: the
  * verdicts stay those of the exact sliding window ("at most 10 a second"), and a key holds
@@ -1637,6 +1694,7 @@ int main(void)
     RUN(a_failed_pipeline_does_not_leave_replies_for_the_next);
     RUN(a_refused_push_does_not_leave_replies_for_the_next);
     RUN(a_deduplicated_push_takes_back_only_the_duplicates);
+    RUN(a_deduplicated_push_without_multi_takes_the_script);
     RUN(the_rate_limit_stays_exact_with_stale_entries_left_in_place);
     RUN(conn_refuses_a_reply_over_its_limits);
     RUN(conn_refuses_hostile_headers_at_once);

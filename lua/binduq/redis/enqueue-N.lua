@@ -1,36 +1,29 @@
--- enqueue-N: take the deduplication keys of operations just pushed, and take back the
--- operations whose key was already taken.
--- It runs inside the producer's MULTI ... EXEC, right after the LPUSH (RPUSH) Q of the same
--- operations in the same order, so the push and this script are one atomic step: no worker
--- and no other producer sees the queue in between, and two producers can never both push.
--- The messages travel once, to the native push; this script gets only their keys.
+-- enqueue-N: push operations unless their deduplication key is already taken.
 -- KEYS[1]  Q, the queue
 -- KEYS[2]  {Q}:bell, woken by every push (workers fetching from several queues block on it)
--- KEYS[3..] one deduplication key {Q}:dedup:<key> per operation, in the order pushed
+-- KEYS[3..] one deduplication key {Q}:dedup:<key> per operation
 -- ARGV[1]  the keys' time to live in seconds
 -- ARGV[2]  the queue's front: "R" (producers LPUSH, the default) or "L" (they RPUSH)
--- ARGV[3]  a placeholder no pushed operation equals (the producer checks): a duplicate's copy
---          is overwritten with it (LSET), then the placeholders are removed (one LREM)
--- Operation i of n is at index n - i after LPUSH (at i - n - 1 after RPUSH). A queue that is
--- not a list (the push failed with WRONGTYPE) takes no key.
--- Returns one 1 (pushed) or 0 (duplicate, taken back) per operation.
-local q, n = KEYS[1], #KEYS - 2
-if redis.call('TYPE', q).ok ~= 'list' then
-    return redis.error_reply('WRONGTYPE ' .. q .. ' is not a list: nothing was enqueued')
-end
-local ttl, rpush, hole = tonumber(ARGV[1]), ARGV[2] == 'L', ARGV[3]
-local out, dups = {}, 0
-for i = 1, n do
-    if redis.call('SET', KEYS[2 + i], '1', 'NX', 'EX', ttl) then
-        out[i] = 1
+-- ARGV[3..] the operations, in the order of their keys
+-- Checking a key and pushing its operation is one step: two producers can never both push.
+-- The operations whose key was free go in one push, in order. (Batches of 64 or more are
+-- pushed natively in a MULTI and checked by dedup-N instead, where MULTI is allowed.)
+-- Returns one 1 (pushed) or 0 (duplicate) per operation.
+local ttl = tonumber(ARGV[1])
+local push = ARGV[2] == 'L' and 'RPUSH' or 'LPUSH'
+redis.call('LLEN', KEYS[1]) -- a queue that is not a list raises WRONGTYPE here, before any key is taken
+local out, msgs, pushed = {}, {}, 0
+for i = 3, #KEYS do
+    if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then
+        pushed = pushed + 1
+        msgs[pushed] = ARGV[i]
+        out[#out + 1] = 1
     else
-        out[i] = 0
-        dups = dups + 1
-        redis.call('LSET', q, rpush and (i - n - 1) or (n - i), hole)
+        out[#out + 1] = 0
     end
 end
-if dups > 0 then redis.call('LREM', q, rpush and -dups or dups, hole) end
-if dups < n then
+if pushed > 0 then
+    redis.call(push, KEYS[1], unpack(msgs))
     redis.call('LPUSH', KEYS[2], '1')
     redis.call('LTRIM', KEYS[2], 0, 63)
 end
