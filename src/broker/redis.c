@@ -63,6 +63,7 @@ static const struct {
     SCRIPT(S_DELAY, "delay-N", delay_N),
     SCRIPT(S_CRON, "cron-4", cron_4),
     SCRIPT(S_REPORT, "report-N", report_N),
+    SCRIPT(S_DEDUP, "dedup-N", dedup_N),
 };
 #undef SCRIPT
 
@@ -316,6 +317,173 @@ static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_sli
     return st;
 }
 
+/* What dedup-N writes over a duplicate's copy before removing it; no message may equal it. */
+static const char dedup_hole[] = "\x01" "binduq:duplicate" "\x01";
+#define DEDUP_HOLE_LEN (sizeof dedup_hole - 1)
+
+/* A deduplicated push of at least this many goes natively in a MULTI (dedup-N); a smaller
+ * one, where the MULTI's extra round trip would cost more than it saves, by enqueue-N. */
+#define UNIQUE_MULTI_MIN 64
+
+/* The keys {Q}:dedup:<key> of keys[0..m) into dk, and their addresses into k[2..]. */
+static bq_status dedup_keys(const char *queue, const char *const *keys, size_t m, const char **k,
+                            char (*dk)[BQ_KEY_MAX], bq_err *err)
+{
+    for (size_t j = 0; j < m; j++) {
+        char suffix[BQ_KEY_MAX];
+        snprintf(suffix, sizeof suffix, "dedup:%s", keys[j]);
+        bq_status st = bq_key_derive_err(queue, suffix, dk[j], err);
+        if (st != BQ_OK)
+            return st;
+        k[2 + j] = dk[j];
+    }
+    return BQ_OK;
+}
+
+/* What a deduplicated push shares across its chunks. */
+struct unique {
+    struct redis_broker *r;
+    bq_conn *c;
+    const char *queue, *bell, *ttl, *front;
+    const char **k, **a; /* room for PUSH_CHUNK + 2 each */
+    size_t *al;
+    char (*dk)[BQ_KEY_MAX];
+};
+
+/* enqueue-N over msgs[0..n), one call per chunk of 500 (keys and messages as arguments). */
+static bq_status unique_by_script(struct unique *u, const struct bq_slice *msgs,
+                                  const char *const *keys, size_t n, bool *pushed, bq_err *err)
+{
+    bq_status st = BQ_OK;
+    for (size_t i = 0; i < n && st == BQ_OK; i += 500) {
+        size_t m = n - i < 500 ? n - i : 500;
+        u->k[0] = u->queue;
+        u->k[1] = u->bell;
+        u->a[0] = u->ttl;
+        u->al[0] = strlen(u->ttl);
+        u->a[1] = u->front;
+        u->al[1] = 1;
+        st = dedup_keys(u->queue, keys + i, m, u->k, u->dk, err);
+        for (size_t j = 0; j < m; j++) {
+            u->a[2 + j] = msgs[i + j].p;
+            u->al[2 + j] = msgs[i + j].len;
+        }
+        redisReply *rep = NULL;
+        if (st == BQ_OK)
+            st = bq_redis_run_script(u->c, S_ENQUEUE, (int)m + 2, u->k, (int)m + 2, u->a, u->al,
+                                     u->r->command_timeout, &rep, err);
+        for (size_t j = 0; st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && j < rep->elements &&
+                           j < m; j++)
+            pushed[i + j] = rep->element[j]->integer == 1;
+        if (rep != NULL)
+            freeReplyObject(rep);
+    }
+    return st;
+}
+
+/* Sends MULTI on its own and reads its answer: *refused when the server refused it (an ACL
+ * without it, a proxy without transactions); an error only for a failed round trip. */
+static bq_status multi_open(struct unique *u, double deadline, bool *refused, bq_err *err)
+{
+    static const char *multi[] = {"MULTI"};
+    redisReply *rep = NULL;
+    bq_status st = bq_conn_append(u->c, 1, multi, NULL, err);
+    if (st == BQ_OK)
+        st = bq_conn_flush(u->c, deadline, -1, err);
+    if (st == BQ_OK)
+        st = bq_conn_read(u->c, &rep, deadline, -1, err);
+    *refused = st == BQ_OK && bq_reply_check(rep, "MULTI", NULL) != BQ_OK;
+    if (rep != NULL)
+        freeReplyObject(rep);
+    return st;
+}
+
+/* The natively pushed path (a MULTI already accepted for the first chunk): per chunk of
+ * PUSH_CHUNK, LPUSH (RPUSH) Q msgs, EVAL dedup-N with their keys only (it takes the free
+ * keys and takes back the copies of the duplicates), EXEC, and the next chunk's MULTI in the
+ * same round trip; that chunk's rest is sent only once its MULTI was accepted, so a push
+ * never runs outside its transaction. *done: how many were decided; a refused MULTI stops
+ * there (the rest goes by enqueue-N). A failure leaves the connection broken (it may be
+ * inside a MULTI, or have replies unread): closing it drops whatever was queued. */
+static bq_status unique_by_multi(struct unique *u, const char *cmd, const struct bq_slice *msgs,
+                                 const char *const *keys, size_t n, bool *pushed, size_t *done,
+                                 bq_err *err)
+{
+    static const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    static const char *names[] = {"LPUSH", "dedup-N", "EXEC", "MULTI"};
+    double deadline = bq_now_mono() + u->r->command_timeout + (double)n / 50000.0;
+    bq_status st = BQ_OK;
+    *done = 0;
+    for (size_t i = 0; i < n && st == BQ_OK; i += PUSH_CHUNK) {
+        size_t m = n - i < PUSH_CHUNK ? n - i : PUSH_CHUNK;
+        bool more = i + m < n;
+        u->a[0] = cmd;
+        u->al[0] = 5;
+        u->a[1] = u->queue;
+        u->al[1] = strlen(u->queue);
+        for (size_t j = 0; j < m; j++) {
+            u->a[2 + j] = msgs[i + j].p;
+            u->al[2 + j] = msgs[i + j].len;
+        }
+        st = bq_conn_append(u->c, (int)m + 2, u->a, u->al, err);
+        u->k[0] = u->queue;
+        u->k[1] = u->bell;
+        if (st == BQ_OK)
+            st = dedup_keys(u->queue, keys + i, m, u->k, u->dk, err);
+        const char *sa[] = {u->ttl, u->front, dedup_hole};
+        size_t sal[] = {strlen(u->ttl), 1, DEDUP_HOLE_LEN};
+        /* EVAL, not EVALSHA: a NOSCRIPT would come at EXEC, after the push it has to follow. */
+        if (st == BQ_OK)
+            st = bq_redis_append_script(u->c, S_DEDUP, true, (int)m + 2, u->k, 3, sa, sal, err);
+        if (st == BQ_OK)
+            st = bq_conn_append(u->c, 1, exec, NULL, err);
+        if (st == BQ_OK && more)
+            st = bq_conn_append(u->c, 1, multi, NULL, err);
+        if (st == BQ_OK)
+            st = bq_conn_flush(u->c, deadline, -1, err);
+        /* QUEUED, QUEUED, EXEC's [LPUSH's, dedup-N's], and the next MULTI's answer. The first
+         * refusal is the one reported (a queued command's, such as MOVED, not EXECABORT's). */
+        bool refused = false;
+        for (int rn = 0; rn < (more ? 4 : 3) && st == BQ_OK; rn++) {
+            redisReply *rep = NULL;
+            st = bq_conn_read(u->c, &rep, deadline, -1, err);
+            if (st != BQ_OK)
+                break;
+            if (rn == 3) {
+                refused = bq_reply_check(rep, "MULTI", NULL) != BQ_OK;
+            } else if ((st = bq_reply_check(rep, names[rn], err)) == BQ_OK && rn == 2) {
+                if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2)
+                    st = bq_err_set(err, BQ_EPROTO, "enqueue: unexpected EXEC reply");
+                else if ((st = bq_reply_check(rep->element[0], "LPUSH", err)) == BQ_OK &&
+                         (st = bq_reply_check(rep->element[1], "dedup-N", err)) == BQ_OK) {
+                    const redisReply *out = rep->element[1];
+                    if (out->type != REDIS_REPLY_ARRAY || out->elements != m)
+                        st = bq_err_set(err, BQ_EPROTO, "dedup-N: unexpected reply");
+                    for (size_t j = 0; st == BQ_OK && j < m; j++)
+                        pushed[i + j] = out->element[j]->type == REDIS_REPLY_INTEGER &&
+                                        out->element[j]->integer == 1;
+                }
+            }
+            freeReplyObject(rep);
+            if (st != BQ_OK)
+                bq_conn_mark_broken(u->c); /* replies may be left unread, a MULTI open */
+        }
+        if (st == BQ_OK)
+            *done = i + m;
+        if (st == BQ_OK && refused) {
+            atomic_store(&u->r->no_multi, true);
+            break;
+        }
+    }
+    if (st != BQ_OK)
+        bq_conn_mark_broken(u->c);
+    return st;
+}
+
+/* Deduplicated push (bq_broker_ops.push_unique). A batch of UNIQUE_MULTI_MIN or more goes
+ * natively in a MULTI, checked by dedup-N, where the server allows MULTI (asked once, then
+ * remembered: an ACL that refuses it keeps every push on enqueue-N); anything else by
+ * enqueue-N, the messages as arguments of the script. */
 static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct bq_slice *msgs,
                                    const char *const *keys, size_t n, double ttl, bool *pushed,
                                    bq_err *err)
@@ -325,59 +493,50 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
         pushed[i] = false;
     if (n == 0)
         return BQ_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (msgs[i].len == DEDUP_HOLE_LEN && memcmp(msgs[i].p, dedup_hole, DEDUP_HOLE_LEN) == 0)
+            return bq_err_set(err, BQ_EINVAL, "enqueue: message %zu is the bytes dedup-N "
+                              "reserves for a duplicate's place", i + 1);
+    }
     char bell[BQ_KEY_MAX], ttls[32];
     bq_status st = bq_key_derive_err(queue, "bell", bell, err);
     if (st != BQ_OK)
         return st;
     snprintf(ttls, sizeof ttls, "%lld", (long long)(ttl >= 1 ? ttl : 1));
-    /* One script call per chunk of 500, pipelined: keys and messages travel as arguments. */
-    size_t chunk = n < 500 ? n : 500;
-    const char **k = bq_calloc(chunk + 2, sizeof *k);
-    const char **a = bq_calloc(chunk + 2, sizeof *a);
-    size_t *al = bq_calloc(chunk + 2, sizeof *al);
-    const char *front = bq_broker_front(b, queue);
-    char (*dk)[BQ_KEY_MAX] = bq_calloc(chunk, sizeof *dk);
-    bq_conn *c = NULL;
-    if (k == NULL || a == NULL || al == NULL || dk == NULL)
+    size_t cap = n < PUSH_CHUNK ? n : PUSH_CHUNK;
+    struct unique u = {r, NULL, queue, bell, ttls, bq_broker_front(b, queue),
+                       bq_calloc(cap + 2, sizeof *u.k), bq_calloc(cap + 2, sizeof *u.a),
+                       bq_calloc(cap + 2, sizeof *u.al), bq_calloc(cap, sizeof *u.dk)};
+    if (u.k == NULL || u.a == NULL || u.al == NULL || u.dk == NULL)
         st = bq_err_set(err, BQ_ENOMEM, "enqueue: out of memory");
     else
-        st = bq_pool_borrow(r->pool, &c, err);
-    for (size_t i = 0; i < n && st == BQ_OK; i += chunk) {
-        size_t m = n - i < chunk ? n - i : chunk;
-        k[0] = queue;
-        k[1] = bell;
-        a[0] = ttls;
-        al[0] = strlen(ttls);
-        a[1] = front;
-        al[1] = 1;
-        for (size_t j = 0; j < m && st == BQ_OK; j++) {
-            char suffix[BQ_KEY_MAX];
-            snprintf(suffix, sizeof suffix, "dedup:%s", keys[i + j]);
-            st = bq_key_derive_err(queue, suffix, dk[j], err);
-            k[2 + j] = dk[j];
-            a[2 + j] = msgs[i + j].p;
-            al[2 + j] = msgs[i + j].len;
+        st = bq_pool_borrow(r->pool, &u.c, err);
+    size_t done = 0;
+    if (st == BQ_OK && n >= UNIQUE_MULTI_MIN && !atomic_load(&r->no_multi)) {
+        bool refused = false;
+        st = multi_open(&u, bq_now_mono() + r->command_timeout, &refused, err);
+        if (st == BQ_OK && refused) {
+            atomic_store(&r->no_multi, true);
+            bq_log(BQ_LOG_WARN, "multi_refused", "queue", queue, "hint",
+                   "the server refused MULTI: deduplicated batches are pushed through the "
+                   "enqueue-N script (slower); allow MULTI and EXEC to the producers' user",
+                   NULL);
+        } else if (st == BQ_OK) {
+            st = unique_by_multi(&u, to_back(r, queue), msgs, keys, n, pushed, &done, err);
         }
-        redisReply *rep = NULL;
-        if (st == BQ_OK)
-            st = bq_redis_run_script(c, S_ENQUEUE, (int)m + 2, k, (int)m + 2, a, al,
-                                     r->command_timeout, &rep, err);
-        for (size_t j = 0; st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && j < rep->elements &&
-                           j < m; j++)
-            pushed[i + j] = rep->element[j]->integer == 1;
-        if (rep != NULL)
-            freeReplyObject(rep);
     }
-    if (st == BQ_OK && (st = wait_replicated(r, c, err)) != BQ_OK) {
+    if (st == BQ_OK && done < n)
+        st = unique_by_script(&u, msgs + done, keys + done, n - done, pushed + done, err);
+    if (st == BQ_OK && (st = wait_replicated(r, u.c, err)) != BQ_OK) {
         for (size_t i = 0; i < n; i++)
             pushed[i] = false;
     }
-    if (c != NULL)
-        bq_pool_return(r->pool, c);
-    bq_free(k);
-    bq_free(a);
-    bq_free(al);
-    bq_free(dk);
+    if (u.c != NULL)
+        bq_pool_return(r->pool, u.c);
+    bq_free(u.k);
+    bq_free(u.a);
+    bq_free(u.al);
+    bq_free(u.dk);
     return st;
 }
 

@@ -57,6 +57,7 @@ enum script_id {
     S_DELAY,
     S_CRON,
     S_REPORT,
+    S_DEDUP,
     S_COUNT,
 };
 
@@ -102,6 +103,7 @@ struct redis_broker {
     bool watching;
     int watch_stopfd;
     double command_timeout;
+    atomic_bool no_multi;    /* the server refused MULTI: deduplicated pushes use enqueue-N */
     long credit[MAX_QUEUES]; /* weighted fetching: the round robin's state (fetcher only) */
     struct fetch_keys *fk;   /* owned: the fetcher's keys, built for the lessee whose
                               * signature (worker id, queue names) is fk_sig (fetcher only) */

@@ -148,7 +148,9 @@ bq_status bq_redis_rate_limit(bq_broker *b, const struct bq_lessee *who, long li
         snprintf(suffix, sizeof suffix, "rl:%s", reqs[i].key);
         st = bq_key_derive_err(bq_redis_queue_of(who, reqs[i].msg->q), suffix, names[i], err);
         keys[i] = names[i];
-        snprintf(ids[i], sizeof ids[i], "%s:%.0f", who->worker, bq_random_unit() * 1e15);
+        /* an integer: glibc formats "%.0f" of a double through its multi-precision path */
+        snprintf(ids[i], sizeof ids[i], "%s:%llu", who->worker,
+                 (unsigned long long)(bq_random_unit() * 1e15));
         args[2 + i] = ids[i];
     }
     redisReply *rep = NULL;

@@ -17,7 +17,7 @@
  * (outcome_from), fini closes it. Inside a handler:
  *   core.slot_ready(key, process [, prepare [, flush]])  core.slot_info()  core.slot_loading()
  *   core.limit(timeout)  core.unlimit()  core.slot_sleep(s)  core.slot_yield()
- *   core.rate_limit(key | {...}, limit, period)
+ *   core.rate_limit(key | {i, ...}, {key, ...}, limit, period)
  *   core.slot_task(id)  core.slot_ahead({id, ...})  core.slot_control()
  *   core.slot_publish(op, id)  core.slot_storage()
  *   core.OUTCOME  the outcomes' names (engine/worker_slots.c); any other name raises
@@ -829,17 +829,21 @@ static int l_unlimit(lua_State *L)
  * Asks the limiter to admit the message this handler state is handling under "at most
  * `limit` per `period` seconds" for bucket `key` of its queue: admitted at `at` (epoch
  * seconds, Redis' clock), or not for `wait` seconds (the caller defers the message).
- * core.rate_limit({ {i=, key=}, ... }, limit, period) -> { {verdict, value}, ... }
- *   | nil, msg, code
- * The same for messages i of the chunk being prepared, in one round trip: verdict 1
- * (admitted at value) or 0 (not, for value seconds). */
+ * core.rate_limit({i, ...}, {key, ...}, limit, period) -> { verdict, value, verdict, value,
+ *   ... } | nil, msg, code
+ * The same for messages i of the chunk being prepared, with their keys, in one round trip:
+ * per request, verdict 1 (admitted at value) or 0 (not, for value seconds). Flat lists: no
+ * table a request. */
 static int l_rate_limit(lua_State *L)
 {
     struct slot_state *s = tl_slot;
     bool batch = lua_istable(L, 1);
     int n = batch ? (int)lua_rawlen(L, 1) : 1;
-    lua_Integer limit = luaL_checkinteger(L, 2);
-    double period = luaL_checknumber(L, 3);
+    int a = batch ? 3 : 2; /* where limit is */
+    if (batch)
+        luaL_checktype(L, 2, LUA_TTABLE);
+    lua_Integer limit = luaL_checkinteger(L, a);
+    double period = luaL_checknumber(L, a + 1);
     if (s == NULL || (batch ? s->chunk == NULL : s->cur == NULL || !s->cur->has_msg))
         return luaL_error(L, batch ? "rate_limit of a batch is for a chunk being prepared"
                                    : "rate_limit is for handler states, while a task is handled");
@@ -847,19 +851,21 @@ static int l_rate_limit(lua_State *L)
         return luaL_error(L, "a rate limit needs limit >= 1 and period > 0");
     if (n < 1 || n > BQ_CHUNK_MAX)
         return luaL_error(L, "rate_limit: 1 to %d admissions at once", BQ_CHUNK_MAX);
+    if (batch && (int)lua_rawlen(L, 2) != n)
+        return luaL_error(L, "rate_limit: one key per admission");
     struct bq_admission reqs[BQ_CHUNK_MAX];
     for (int j = 0; j < n; j++) {
         if (batch) {
             lua_rawgeti(L, 1, j + 1);
-            luaL_checktype(L, -1, LUA_TTABLE);
-            lua_getfield(L, -1, "i");
             lua_Integer i = lua_tointeger(L, -1);
+            lua_pop(L, 1);
             if (i < 1 || i > s->chunk_n)
                 return luaL_error(L, "rate_limit: admission %d names no message of the chunk", j + 1);
             reqs[j].msg = &s->chunk[i - 1];
-            lua_getfield(L, -2, "key");
-            reqs[j].key = luaL_checkstring(L, -1);
-            lua_pop(L, 3); /* the key stays anchored by its request table */
+            if (lua_rawgeti(L, 2, j + 1) != LUA_TSTRING)
+                return luaL_error(L, "rate_limit: key %d is not a string", j + 1);
+            reqs[j].key = lua_tostring(L, -1);
+            lua_pop(L, 1); /* the key stays anchored by the list */
         } else {
             reqs[j].msg = &s->cur->msg;
             reqs[j].key = luaL_checkstring(L, 1);
@@ -873,14 +879,12 @@ static int l_rate_limit(lua_State *L)
         lua_pushnumber(L, reqs[0].value);
         return 2;
     }
-    lua_createtable(L, n, 0);
+    lua_createtable(L, 2 * n, 0);
     for (int j = 0; j < n; j++) {
-        lua_createtable(L, 2, 0);
         lua_pushinteger(L, reqs[j].verdict);
-        lua_rawseti(L, -2, 1);
+        lua_rawseti(L, -2, 2 * j + 1);
         lua_pushnumber(L, reqs[j].value);
-        lua_rawseti(L, -2, 2);
-        lua_rawseti(L, -2, j + 1);
+        lua_rawseti(L, -2, 2 * j + 2);
     }
     return 1;
 }

@@ -1192,6 +1192,263 @@ TEST(a_refused_push_does_not_leave_replies_for_the_next)
     bq_broker_free(b);
 }
 
+/* Deduplicated pushes (enqueue-N in a MULTI after the native push): duplicates -- of an
+ * earlier batch, and within a batch -- are taken back from wherever they fell among the
+ * pushed (over several chunks of 1,000), the queue's earlier contents untouched, in both
+ * queue orders; a queue that is not a list takes no key; a message that is the placeholder
+ * is refused; the push needs no cached script. */
+static void unique_push_in_order(enum bq_order order, const char *tag)
+{
+    char queue[96];
+    snprintf(queue, sizeof queue, "%s:unique:%s", prefix, tag);
+    struct bq_orders orders = {order, 0, NULL, NULL};
+    struct bq_broker_config bc = {.url = redis_url, .url_source = "test", .max_connections = 1,
+                                  .connect_timeout = 2.0, .command_timeout = 2.0,
+                                  .pool_timeout = 2.0, .orders = &orders};
+    bq_broker *b = NULL;
+    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    if (b == NULL)
+        return;
+    push_texts(b, queue, 2, "old"); /* there before: stays where it is */
+    enum { N = 2500 };
+    static char text[N][16], key[N][16];
+    static struct bq_slice msgs[N];
+    static const char *keys[N];
+    static bool pushed[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(text[i], sizeof text[i], "m%d", i);
+        /* every 7th repeats the key of the one 3 before it (in the same chunk or the one
+         * before); 999, 1000 and 1001 straddle the chunks */
+        snprintf(key[i], sizeof key[i], "run:%d", i % 7 == 6 || i == 1001 ? i - 3 : i);
+        msgs[i] = (struct bq_slice){text[i], strlen(text[i])};
+        keys[i] = key[i];
+    }
+    /* a key taken by an earlier push, within the first chunk and the last */
+    struct bq_slice early[] = {{"e10", 3}, {"e2400", 5}};
+    const char *early_keys[] = {"run:10", "run:2400"};
+    bool early_pushed[2] = {false, false};
+    CHECK_INT(b->ops->push_unique(b, queue, early, early_keys, 2, 60, early_pushed, NULL), BQ_OK);
+    CHECK(early_pushed[0] && early_pushed[1]);
+    bq_conn *admin = open_conn(redis_url);
+    if (admin != NULL)
+        CHECK_INT(bq_conn_callv(admin, NULL, NULL, "SCRIPT", "FLUSH", NULL), BQ_OK);
+    CHECK_INT(b->ops->push_unique(b, queue, msgs, keys, N, 60, pushed, NULL), BQ_OK);
+    int want_n = 0, bad = 0;
+    for (int i = 0; i < N; i++) {
+        bool dup = i % 7 == 6 || i == 1001 || i == 10 || i == 2400;
+        bad += pushed[i] == dup;
+        want_n += !dup;
+    }
+    CHECK_INT(bad, 0);
+    struct bq_batch all = {NULL, 0, 0};
+    CHECK_INT(b->admin->range(b, queue, BQ_LIST_READY, 0, -1, &all, NULL), BQ_OK);
+    CHECK_INT(all.n, (size_t)want_n + 4);
+    if (all.n == (size_t)want_n + 4) {
+        /* newest first: the batch's survivors in reverse, then the earlier push, then old */
+        size_t at = 0;
+        for (int i = N - 1; i >= 0 && bad == 0; i--) {
+            if (!pushed[i])
+                continue;
+            if (strcmp(all.msgs[at].data, text[i]) != 0) {
+                printf("  %s: at %zu: %s, want %s\n", tag, at, all.msgs[at].data, text[i]);
+                bad++;
+            }
+            at++;
+        }
+        CHECK_INT(bad, 0);
+        CHECK_STR(all.msgs[all.n - 4].data, "e2400");
+        CHECK_STR(all.msgs[all.n - 3].data, "e10");
+        CHECK_STR(all.msgs[all.n - 2].data, "old1");
+        CHECK_STR(all.msgs[all.n - 1].data, "old0");
+    }
+    bq_batch_free(&all);
+    /* the same again: all duplicates, nothing pushed, nothing left behind */
+    CHECK_INT(b->ops->push_unique(b, queue, msgs, keys, 1500, 60, pushed, NULL), BQ_OK);
+    bad = 0;
+    for (int i = 0; i < 1500; i++)
+        bad += pushed[i];
+    CHECK_INT(bad, 0);
+    long long n = -1;
+    CHECK_INT(b->admin->length(b, queue, BQ_LIST_READY, &n, NULL), BQ_OK);
+    CHECK_INT(n, want_n + 4);
+    /* a message that is the placeholder is refused, nothing sent */
+    struct bq_slice hole = {"\x01" "binduq:duplicate" "\x01", 18};
+    const char *hole_key = "run:hole";
+    bq_err err;
+    CHECK_INT(b->ops->push_unique(b, queue, &hole, &hole_key, 1, 60, pushed, &err), BQ_EINVAL);
+    CHECK_CONTAINS(err.msg, "reserves");
+    /* a queue that is not a list: refused, and its key not taken */
+    char wrong[128];
+    snprintf(wrong, sizeof wrong, "%s:wrong", queue);
+    struct bq_slice one = {"w", 1};
+    const char *one_key = "run:w";
+    if (admin != NULL)
+        CHECK_INT(bq_conn_callv(admin, NULL, NULL, "SET", wrong, "a string", NULL), BQ_OK);
+    pushed[0] = true;
+    CHECK_INT(b->ops->push_unique(b, wrong, &one, &one_key, 1, 60, pushed, &err), BQ_EREDIS);
+    CHECK_CONTAINS(err.msg, "WRONGTYPE");
+    CHECK(!pushed[0]);
+    if (admin != NULL)
+        CHECK_INT(bq_conn_callv(admin, NULL, NULL, "DEL", wrong, NULL), BQ_OK);
+    CHECK_INT(b->ops->push_unique(b, wrong, &one, &one_key, 1, 60, pushed, &err), BQ_OK);
+    CHECK(pushed[0]); /* the key was free: the refused push had not taken it */
+    if (admin != NULL) {
+        bq_conn_callv(admin, NULL, NULL, "DEL", queue, wrong, NULL);
+        bq_conn_close(admin);
+    }
+    bq_broker_free(b);
+}
+
+TEST(a_deduplicated_push_takes_back_only_the_duplicates)
+{
+    NEED_REDIS();
+    unique_push_in_order(BQ_ORDER_LPUSH, "lpush");
+    unique_push_in_order(BQ_ORDER_RPUSH, "rpush");
+}
+
+/* A producer whose user may not MULTI (an ACL of the commands it used to need) pushes a
+ * large deduplicated batch through enqueue-N instead: the same answers, nothing pushed
+ * outside a transaction, and the refusal remembered. */
+TEST(a_deduplicated_push_without_multi_takes_the_script)
+{
+    NEED_REDIS();
+    bq_conn *admin = open_conn(redis_url);
+    if (admin == NULL)
+        return;
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ACL", "SETUSER", "nomulti", "on", ">nm-pass", "~*",
+                            "&*", "+@all", "-multi", NULL), BQ_OK);
+    char url[256];
+    const char *rest = strstr(redis_url, "://");
+    snprintf(url, sizeof url, "redis://nomulti:nm-pass@%s", rest != NULL ? rest + 3 : "");
+    struct bq_broker_config bc = {.url = url, .url_source = "test", .max_connections = 1,
+                                  .connect_timeout = 2.0, .command_timeout = 2.0,
+                                  .pool_timeout = 2.0};
+    bq_broker *b = NULL;
+    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    if (b != NULL) {
+        char queue[96];
+        snprintf(queue, sizeof queue, "%s:nomulti", prefix);
+        enum { N = 700 };
+        static char text[N][16], key[N][16];
+        static struct bq_slice msgs[N];
+        static const char *keys[N];
+        static bool pushed[N];
+        for (int round = 0; round < 2; round++) {
+            for (int i = 0; i < N; i++) {
+                snprintf(text[i], sizeof text[i], "r%dm%d", round, i);
+                snprintf(key[i], sizeof key[i], "run:%d", i % 100 == 99 ? i - 1 : i + round * 350);
+                msgs[i] = (struct bq_slice){text[i], strlen(text[i])};
+                keys[i] = key[i];
+            }
+            bq_err err;
+            CHECK_INT(b->ops->push_unique(b, queue, msgs, keys, N, 60, pushed, &err), BQ_OK);
+            int sent = 0, bad = 0;
+            for (int i = 0; i < N; i++) {
+                /* round 0: every 100th repeats its neighbour's key; round 1: keys 350..699
+                 * (but for the 100th ones, which round 0 did not take) and the repeats were
+                 * taken by round 0 */
+                bool dup = i % 100 == 99 || (round == 1 && i + 350 < N && (i + 350) % 100 != 99);
+                bad += pushed[i] == dup;
+                sent += pushed[i];
+            }
+            CHECK_INT(bad, 0);
+            long long n = -1;
+            CHECK_INT(b->admin->length(b, queue, BQ_LIST_READY, &n, NULL), BQ_OK);
+            CHECK_INT(n, round == 0 ? 693 : 693 + sent);
+        }
+        bq_conn_callv(admin, NULL, NULL, "DEL", queue, NULL);
+        bq_broker_free(b);
+    }
+    bq_conn_callv(admin, NULL, NULL, "ACL", "DELUSER", "nomulti", NULL);
+    bq_conn_close(admin);
+}
+
+/* ratelimit-N asks a batch whose keys are all new with one EXISTS, and leaves a key's few
+ * entries that left the window in place while even counting them there is room: the
+ * verdicts stay those of the exact sliding window ("at most 10 a second"), and a key holds
+ * at most 64 stale entries. */
+static void admit(bq_broker *b, const struct bq_lessee *who, const char *const *keys, int n,
+                  long limit, double period, char *out)
+{
+    struct bq_msg m = {(char *)"x", 1, 0, false, 0};
+    struct bq_admission reqs[40];
+    for (int i = 0; i < n; i++)
+        reqs[i] = (struct bq_admission){&m, keys[i], -1, 0};
+    bq_status st = b->ops->rate_limit(b, who, limit, period, reqs, (size_t)n, NULL);
+    out[0] = st == BQ_OK ? '\0' : '!';
+    for (int i = 0; i < n; i++)
+        strcat(out, reqs[i].verdict == 1 ? "1" : reqs[i].verdict == 0 ? "0" : "?");
+}
+
+TEST(the_rate_limit_stays_exact_with_stale_entries_left_in_place)
+{
+    NEED_REDIS();
+    bq_broker *b = open_broker();
+    bq_conn *admin = open_conn(redis_url);
+    if (b == NULL || admin == NULL) {
+        bq_broker_free(b);
+        bq_conn_close(admin);
+        return;
+    }
+    char queue[96], rl[160];
+    snprintf(queue, sizeof queue, "%s:rl", prefix);
+    snprintf(rl, sizeof rl, "{%s}:rl:k", queue);
+    const char *who_q[] = {queue};
+    struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_LEAST_ONCE, 0, 0};
+    const char *k[12] = {"k", "k", "k", "k", "k", "k", "k", "k", "k", "k", "k", "k"};
+    char v[48];
+    admit(b, &who, k, 2, 10, 1.0, v); /* a new key: admitted */
+    CHECK_STR(v, "11");
+    bq_sleep(1.2); /* both left the window (and the key expired) */
+    admit(b, &who, k, 2, 10, 1.0, v);
+    CHECK_STR(v, "11");
+    admit(b, &who, k, 6, 10, 1.0, v); /* 8 in the window */
+    CHECK_STR(v, "111111");
+    admit(b, &who, k, 3, 10, 1.0, v); /* room for 2 */
+    CHECK_STR(v, "110");
+    const char *mixed[] = {"k", "new-a", "new-b", "k"};
+    admit(b, &who, mixed, 4, 10, 1.0, v);
+    CHECK_STR(v, "0110");
+    /* stale entries kept while there is room counting them, and the key's window exact */
+    const char *s[] = {"s", "s", "s"};
+    snprintf(rl, sizeof rl, "{%s}:rl:s", queue);
+    admit(b, &who, s, 3, 5, 0.3, v);
+    CHECK_STR(v, "111");
+    bq_sleep(0.2);
+    admit(b, &who, s, 1, 5, 0.3, v); /* 4 in the window */
+    CHECK_STR(v, "1");
+    bq_sleep(0.15); /* the first 3 left it: 1 in the window, 4 stored */
+    admit(b, &who, s, 2, 5, 0.3, v); /* 4 + 2 > 5: the stale ones go, then there is room */
+    CHECK_STR(v, "11");
+    redisReply *r = NULL;
+    CHECK_INT(bq_conn_callv(admin, &r, NULL, "ZCARD", rl, NULL), BQ_OK);
+    if (r != NULL) {
+        CHECK_INT(r->integer, 3);
+        freeReplyObject(r);
+    }
+    admit(b, &who, s, 3, 5, 0.3, v); /* 3 in the window: room for 2 */
+    CHECK_STR(v, "110");
+    /* at most 64 stale entries stay */
+    static const char *many[40];
+    for (int i = 0; i < 40; i++)
+        many[i] = "m";
+    snprintf(rl, sizeof rl, "{%s}:rl:m", queue);
+    admit(b, &who, many, 32, 1000, 0.2, v);
+    admit(b, &who, many, 32, 1000, 0.2, v);
+    admit(b, &who, many, 32, 1000, 0.2, v);
+    CHECK_STR(v, "11111111111111111111111111111111");
+    bq_sleep(0.25);
+    admit(b, &who, many, 1, 1000, 0.2, v);
+    CHECK_STR(v, "1");
+    CHECK_INT(bq_conn_callv(admin, &r, NULL, "ZCARD", rl, NULL), BQ_OK);
+    if (r != NULL) {
+        CHECK_INT(r->integer, 1); /* 96 >= 64: the stale ones were removed */
+        freeReplyObject(r);
+    }
+    bq_conn_close(admin);
+    bq_broker_free(b);
+}
+
 /* Issue 16 #9: a reply over a connection's limits fails the read with a clear error before the
  * reader allocates for it; replies that came whole before it are still read; the connection is
  * broken, and the pool opens a new one for the next call. */
@@ -1436,6 +1693,9 @@ int main(void)
     RUN(scripts_survive_a_flushed_script_cache);
     RUN(a_failed_pipeline_does_not_leave_replies_for_the_next);
     RUN(a_refused_push_does_not_leave_replies_for_the_next);
+    RUN(a_deduplicated_push_takes_back_only_the_duplicates);
+    RUN(a_deduplicated_push_without_multi_takes_the_script);
+    RUN(the_rate_limit_stays_exact_with_stale_entries_left_in_place);
     RUN(conn_refuses_a_reply_over_its_limits);
     RUN(conn_refuses_hostile_headers_at_once);
     RUN(reply_limits_from_the_environment);

@@ -122,6 +122,34 @@ static void push_unique(bq_broker *b, const char *q, struct tr *t)
     say_queue(t, b, q);
 }
 
+/* dedup-N: a batch of 64 or more is pushed natively in a MULTI, and dedup-N takes back the
+ * duplicates' copies (of an earlier batch, and within the batch); the earlier contents stay. */
+static void push_unique_many(bq_broker *b, const char *q, struct tr *t)
+{
+    push(b, q, "before");
+    enum { N = 70 };
+    char text[N][16], key[N][24];
+    struct bq_slice msgs[N];
+    const char *keys[N];
+    bool pushed[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(text[i], sizeof text[i], "u%d", i);
+        snprintf(key[i], sizeof key[i], "run:%d", i % 10 == 9 ? i - 4 : i);
+        msgs[i] = (struct bq_slice){text[i], strlen(text[i])};
+        keys[i] = key[i];
+    }
+    struct bq_slice first = {"early", 5};
+    const char *first_key = "run:33";
+    bq_status st = b->ops->push_unique(b, q, &first, &first_key, 1, 60, pushed, NULL);
+    say(t, "one %s %d\n", bq_status_name(st), pushed[0]);
+    st = b->ops->push_unique(b, q, msgs, keys, N, 60, pushed, NULL);
+    say(t, "many %s ", bq_status_name(st));
+    for (int i = 0; i < N; i++)
+        say(t, "%d", pushed[i]);
+    say(t, "\n");
+    say_queue(t, b, q);
+}
+
 /* delay-N: operations queued for later wait in the delayed set (a duplicate key or the same
  * bytes again queue nothing); one already due is pushed at once; promotion moves them when
  * due. */
@@ -434,6 +462,7 @@ static const struct twin {
     void (*run)(bq_broker *b, const char *q, struct tr *t);
 } twins[] = {
     {"enqueue-N", "push_unique", push_unique},
+    {"dedup-N", "push_unique_many", push_unique_many},
     {"delay-N", "push_delayed", push_delayed},
     {"fetch-2", "fetch_batch", fetch_batch},
     {"fetchm-N", "fetch_many", fetch_many},

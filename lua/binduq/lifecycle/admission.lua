@@ -61,7 +61,7 @@ function M.build(S)
     -- { at = } or { wait = }. On an error, or for a rate_key that raises (process reports
     -- it), nothing is decided: each asks for itself in process.
     local function admit_chunk(preps)
-        local reqs = {}
+        local at, keys, n = {}, {}, 0 -- the requests: message i of the chunk, its key
         for i = 1, #preps do
             local e = preps[i]
             local task, header = e.task, e.header
@@ -73,14 +73,18 @@ function M.build(S)
                     key = okk and k or nil
                 end
                 if key ~= nil and key ~= false then
-                    reqs[#reqs + 1] = { i = i, key = tostring(key) }
+                    n = n + 1
+                    at[n], keys[n] = i, tostring(key)
                 end
             end
         end
-        if #reqs > 0 then
-            local res = core.rate_limit(reqs, rl.limit, rl.period)
-            for j, r in ipairs(res or {}) do
-                preps[reqs[j].i].admission = r[1] == 1 and { at = r[2] } or { wait = r[2] }
+        if n > 0 then
+            local res = core.rate_limit(at, keys, rl.limit, rl.period)
+            if res then -- verdict, value per request
+                for j = 1, n do
+                    local v = res[2 * j]
+                    preps[at[j]].admission = res[2 * j - 1] == 1 and { at = v } or { wait = v }
+                end
             end
         end
     end

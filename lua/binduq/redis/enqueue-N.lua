@@ -6,20 +6,24 @@
 -- ARGV[2]  the queue's front: "R" (producers LPUSH, the default) or "L" (they RPUSH)
 -- ARGV[3..] the operations, in the order of their keys
 -- Checking a key and pushing its operation is one step: two producers can never both push.
+-- The operations whose key was free go in one push, in order. (Batches of 64 or more are
+-- pushed natively in a MULTI and checked by dedup-N instead, where MULTI is allowed.)
 -- Returns one 1 (pushed) or 0 (duplicate) per operation.
 local ttl = tonumber(ARGV[1])
 local push = ARGV[2] == 'L' and 'RPUSH' or 'LPUSH'
-local out, pushed = {}, 0
+redis.call('LLEN', KEYS[1]) -- a queue that is not a list raises WRONGTYPE here, before any key is taken
+local out, msgs, pushed = {}, {}, 0
 for i = 3, #KEYS do
     if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then
-        redis.call(push, KEYS[1], ARGV[i])
-        out[#out + 1] = 1
         pushed = pushed + 1
+        msgs[pushed] = ARGV[i]
+        out[#out + 1] = 1
     else
         out[#out + 1] = 0
     end
 end
 if pushed > 0 then
+    redis.call(push, KEYS[1], unpack(msgs))
     redis.call('LPUSH', KEYS[2], '1')
     redis.call('LTRIM', KEYS[2], 0, 63)
 end
