@@ -23,8 +23,10 @@
 --   storage   20,000 tasks with their state in a throwaway PostgreSQL, against the same in
 --             memory, and pgbench's simple-update rate there
 --   stream    the A2A gateway's message/stream on an idle worker (issue 22): from the call to
---             the first event that says the task runs (200 samples; gateway and worker in two
---             processes sharing PostgreSQL, then in one), against the limit, 5 ms at p99
+--             the first event that says the task runs (200 samples, each stream read to its
+--             end and the next sent 20 ms later, so each finds every slot free; gateway and
+--             worker in two processes sharing PostgreSQL, then in one), against the limit,
+--             5 ms at p99
 -- then the producers:
 --   enqueue   100,000 tasks pipelined in batches of 1,000 (Lua schedule_many, C
 --             bq_schedule_many), with deduplication on, and 10,000 one at a time (Lua
@@ -260,7 +262,8 @@ local ok, err = pcall(function()
             assert(tps, "pgbench said: " .. out)
             return { memory = mem, postgres = rate, pgbench = tps }
         end)
-        step("the A2A stream on an idle worker: 200 message/stream calls, 20 ms apart, read as server-sent events; "
+        step("the A2A stream on an idle worker: 200 message/stream calls, each read as server-sent events to "
+             .. "its end and the next sent 20 ms later; "
              .. "a gateway process and a worker process sharing Redis and PostgreSQL, then both in one process "
              .. "(the state in its memory)")
         F.sse = deployed.sse{ url = server.url, pg = db.url, queue = queue .. ":sse", n = 200 }
