@@ -374,10 +374,16 @@ local function message_in(P, params)
     return { role = role or "user", parts = parts, message_id = m.messageId }, m.taskId, m.contextId
 end
 
+-- A new task as its run records it: submitted, its history the one message.
+local function new_task(id, context_id, msg)
+    return { task_id = id, context_id = context_id, state = "submitted", history = { msg }, artifacts = {},
+             state_at = core.now() }
+end
+
 -- message/send's scheduling: a follow-up on an open task (a resume: input it asked for), or
 -- a new task (a run) under the message's taskId if it names one that does not exist (as
 -- Bindu's clients do), else a fresh id. Returns the stored task, and for a follow-up the
--- length its history had before it.
+-- length its history had before it; for a new task, nil and true.
 function Gateway:submit(P, params, push_cfg)
     local msg, task_id, context_id = message_in(P, params)
     local s = self.s
@@ -394,10 +400,16 @@ function Gateway:submit(P, params, push_cfg)
     end
     local id = task_id or core.uuid4()
     self:push_inline(id, push_cfg)
-    local ok, err = s:run{ task_id = id, conversation_id = context_id or core.uuid4(), messages = { msg },
+    local context = context_id or core.uuid4()
+    local ok, how = s:run{ task_id = id, conversation_id = context, messages = { msg },
                            metadata = type(params.metadata) == "table" and params.metadata or nil }
-    if not ok then fail(M.E.INTERNAL, "schedule: " .. tostring(err)) end
-    t = s:get_task(id)
+    if not ok then fail(M.E.INTERNAL, "schedule: " .. tostring(how)) end
+    if how == "scheduled" then
+        -- Recorded as sent: the task is what flush() answers for a non-blocking send, so it
+        -- is not read back (a worker may have started it meanwhile: its status follows).
+        return new_task(id, context, msg), nil, true
+    end
+    t = s:get_task(id) -- a duplicate: the run scheduled before it is the task
     if not t then fail(M.E.INTERNAL, "the task was scheduled but its record cannot be read") end
     return t
 end
@@ -492,10 +504,12 @@ local function cancel(self, P, params)
 end
 
 -- A stream (message/stream, tasks/resubscribe): the task first, then status and artifact
--- updates as its stored state changes, ending on a final state.
-local function open_stream(self, P, req, rpc_id, t)
+-- updates as its stored state changes, ending on a final state. `new`: the task is the new
+-- run this stream's send scheduled (follow() takes its first start from the task event).
+local function open_stream(self, P, req, rpc_id, t, new)
     if not self.server:stream(req.id, "text/event-stream") then return nil end
-    local st = { P = P, req = req.id, rpc = rpc_id, task = t.task_id, state = t.state, narts = #(t.artifacts or {}) }
+    local st = { P = P, req = req.id, rpc = rpc_id, task = t.task_id, state = t.state, narts = #(t.artifacts or {}),
+                 context = t.context_id, new = new }
     self.streams[#self.streams + 1] = st
     self:emit(st, P.first(t))
     if FINAL[A2A_STATE[t.state] or ""] then
@@ -507,7 +521,8 @@ end
 
 local function stream(self, P, params, req, rpc_id)
     local conf = type(params) == "table" and type(params.configuration) == "table" and params.configuration or {}
-    return open_stream(self, P, req, rpc_id, self:submit(P, params, inline_push(self, P, conf)))
+    local t, _, new = self:submit(P, params, inline_push(self, P, conf))
+    return open_stream(self, P, req, rpc_id, t, new)
 end
 
 local function resubscribe(self, P, params, req, rpc_id)
@@ -600,16 +615,36 @@ function Gateway:emit(st, result)
     return ok
 end
 
--- Follows the open streams and blocking sends (those of the tasks in `only`, a set of task
--- ids, when it is given): what changed in each task since last time.
+-- The events a stream need not read the storage for: those of the new run its own send
+-- scheduled (st.new) that say no more than the stream knows or than they carry themselves,
+-- "scheduled" (that run) and its first attempt's "started" (working, at the event's time).
+-- Sends the working status of such a "started"; returns false when the storage must be read.
+function Gateway:from_events(st, info)
+    if not st.new or st.blocking or info == true or info.read then return false end
+    if info.started and st.state == "submitted" then
+        st.state = "working"
+        local at = tonumber(info.started.at) or core.now()
+        self:emit(st, st.P.status_event({ task_id = st.task, context_id = st.context, state = "working",
+                                          state_at = at, history = {} }, false))
+    end
+    return true
+end
+
+-- Follows the open streams and blocking sends (those of the tasks in `only`, the task ids
+-- that note_event gathered, when it is given): what changed in each task since last time.
 function Gateway:follow(only)
     local keep = {}
     for _, st in ipairs(self.streams) do
-        local t = not st.done and (only == nil or only[st.task]) and self.s:get_task(st.task)
-        if not st.done and only and not only[st.task] then
-            keep[#keep + 1] = st
+        local info = only and only[st.task]
+        if not st.done and only and (not info or self:from_events(st, info)) then
+            if st.done then
+                self.server:finish(st.req) -- the client went away: the status could not be sent
+            else
+                keep[#keep + 1] = st
+            end
             goto next
         end
+        local t = not st.done and self.s:get_task(st.task)
         local P = st.P
         if t then
             local a2a = A2A_STATE[t.state] or "unknown"
@@ -694,14 +729,25 @@ function Gateway:push_check(ids)
     end
 end
 
--- A task event entry (a JSON array): adds the ids of the tasks it names to `touched`.
+-- A task event entry (a JSON array): adds the ids of the tasks it names to `touched`, each
+-- with what its events say for follow(): {started = the first attempt's "started" event,
+-- read = true when another event than that and "scheduled" came}.
 local function note_event(text, touched)
     local evs = json.decode(text)
     if type(evs) ~= "table" then return touched end
     for _, ev in ipairs(evs) do
         if type(ev) == "table" and type(ev.task_id) == "string" then
             touched = touched or {}
-            touched[ev.task_id] = true
+            local info = touched[ev.task_id]
+            if info == nil then
+                info = {}
+                touched[ev.task_id] = info
+            end
+            if ev.event == "started" and ev.attempt == 1 then
+                info.started = info.started or ev
+            elseif ev.event ~= "scheduled" then
+                info.read = true
+            end
         end
     end
     return touched
@@ -802,9 +848,7 @@ function Gateway:flush()
         local ok, sent, err = whole, wsent, werr
         if not whole then ok, sent, err = pcall(self.s.schedule, self.s, b.op) end
         if ok and sent then
-            local t = { task_id = b.op.task_id, context_id = b.op.conversation_id, state = "submitted",
-                        history = { b.msg }, artifacts = {}, state_at = core.now() }
-            out = rpc_result(b.rpc, b.P.sent(t, b.hl))
+            out = rpc_result(b.rpc, b.P.sent(new_task(b.op.task_id, b.op.conversation_id, b.msg), b.hl))
         else
             out = rpc_error(b.rpc, M.E.INTERNAL, "schedule: " .. tostring(ok and err or sent), b.P == V1)
         end

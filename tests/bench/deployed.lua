@@ -327,15 +327,18 @@ function M.gateway(opts)
 end
 
 --- The A2A stream's latency on an idle worker, deployed: a gateway process and a worker
---- process (examples/agent_gateway.lua, SERVE=gateway / SERVE=worker) sharing Redis and the
---- task state in PostgreSQL (opts.url, opts.pg), or without opts.pg both in one process
---- (SERVE=both) through Redis, the state in its memory; opts.n times, 20 ms apart, a message/stream
---- of a task that takes 50 ms, read as server-sent events with bq.http. Returns the sorted
---- milliseconds from the request to the stream's first event (the task: the gateway alone)
---- and to the first event that says the task runs (a status update, working: the worker's
---- "started" task event, through Redis, to the gateway, which reads the stored task; or the
---- task itself when the worker was quicker than the gateway's first event),
---- { first = {...}, status = {...} }.
+--- process (examples/agent_gateway.lua, SERVE=gateway / SERVE=worker, concurrency 2) sharing
+--- Redis and the task state in PostgreSQL (opts.url, opts.pg), or without opts.pg both in one
+--- process (SERVE=both) through Redis, the state in its memory; opts.n times a message/stream
+--- of a task that takes 50 ms, read as server-sent events with bq.http to the stream's end
+--- (its final status), then 20 ms without a request: so each send finds the worker idle, every
+--- slot free. (Closing each stream at its first status instead sent a task every ~25 ms, half
+--- its 50 ms: the worker's two slots were both busy at most sends, and what was measured was
+--- the wait for a slot.) Returns the sorted milliseconds from the request to the stream's
+--- first event (the task: the gateway alone) and to the first event that says the task runs
+--- (a status update, working: the worker's "started" task event, through Redis, to the
+--- gateway; or the task itself when the worker was quicker than the gateway's first event),
+--- { first = {...}, status = {...} }. Each stream must end on its final status, completed.
 function M.sse(opts)
     local bq = require("binduq")
     local env = { REDIS_URL = opts.url, DATABASE_URL = opts.pg, REDIS_QUEUE_NAME = opts.queue,
@@ -353,12 +356,16 @@ function M.sse(opts)
             return (proc.read(g.log) or ""):match("gateway_listening [^\n]*port=(%d+)")
         end, 15)
         assert(port, "the gateway did not start: " .. tostring(proc.read(g.log)))
+        -- This process' first bq.http call loads libcurl (7 ms, traced): made here, not in
+        -- the first sample.
+        assert(bq.http{ url = ("http://127.0.0.1:%s/.well-known/agent-card.json"):format(port), timeout = 10 })
         core.sleep(0.5) -- the worker waits on the queue
         local first, status = {}, {}
         for i = 1, opts.n do
             local body = ('{"jsonrpc":"2.0","id":%d,"method":"message/stream","params":{"message":{"kind":"message",'
                 .. '"messageId":"m%d","role":"user","parts":[{"kind":"text","text":"slow 0.05"}]}}}'):format(i, i)
             local t0 = core.monotonic()
+            local final
             local r, err = bq.http{ url = ("http://127.0.0.1:%s/"):format(port), method = "POST", body = body,
                                     headers = { ["Content-Type"] = "application/json" }, timeout = 10,
                                     on_event = function(ev)
@@ -367,14 +374,16 @@ function M.sse(opts)
                                         -- the first event that says the task runs: the task
                                         -- itself when it was already working, else an update
                                         local state = ev.data and ev.data:match('"state":"([%a-]+)"')
-                                        if state and state ~= "submitted" then
-                                            status[i] = t
+                                        if state and state ~= "submitted" and not status[i] then status[i] = t end
+                                        if ev.data and ev.data:find('"final":true', 1, true) then
+                                            final = state
                                             return false
                                         end
                                     end }
             assert(r or err, "no answer")
             assert(status[i], ("stream %d ended without a status update: %s"):format(i, tostring(err)))
-            core.sleep(0.02)
+            assert(final == "completed", ("stream %d ended on %s: %s"):format(i, tostring(final), tostring(err)))
+            core.sleep(0.02) -- the worker idle: its slots free, its acks written
         end
         table.sort(first)
         table.sort(status)
