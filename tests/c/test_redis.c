@@ -1104,6 +1104,26 @@ TEST(scripts_survive_a_flushed_script_cache)
     bq_broker_free(b);
 }
 
+/* A broker as ACL user `user` (made by admin, password "pw-<user>"), who may run every
+ * command but `denied`; NULL (a failed check) if it cannot be opened. */
+static bq_broker *open_without(bq_conn *admin, const char *user, const char *denied,
+                               int max_connections)
+{
+    char pass[64], minus[64], url[256];
+    snprintf(pass, sizeof pass, ">pw-%s", user);
+    snprintf(minus, sizeof minus, "-%s", denied);
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ACL", "SETUSER", user, "on", pass, "~*", "&*",
+                            "+@all", minus, NULL), BQ_OK);
+    const char *rest = strstr(redis_url, "://");
+    snprintf(url, sizeof url, "redis://%s:pw-%s@%s", user, user, rest != NULL ? rest + 3 : "");
+    struct bq_broker_config bc = {.url = url, .url_source = "test",
+                                  .max_connections = max_connections, .connect_timeout = 2.0,
+                                  .command_timeout = 2.0, .pool_timeout = 2.0};
+    bq_broker *b = NULL;
+    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    return b;
+}
+
 /* An error reply in the middle of a fetch's pipeline (here LREM refused by ACL; after a
  * restart, LOADING) left the later replies unread, and the next round trip read them as its
  * own: acknowledgements counted wrong, BLMOVE answered with a script's NOSCRIPT, tasks run
@@ -1114,16 +1134,7 @@ TEST(a_failed_pipeline_does_not_leave_replies_for_the_next)
     bq_conn *admin = open_conn(redis_url);
     if (admin == NULL)
         return;
-    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ACL", "SETUSER", "nolrem", "on", ">nl-pass", "~*",
-                            "&*", "+@all", "-lrem", NULL), BQ_OK);
-    char url[256];
-    const char *rest = strstr(redis_url, "://");
-    snprintf(url, sizeof url, "redis://nolrem:nl-pass@%s", rest != NULL ? rest + 3 : "");
-    struct bq_broker_config bc = {.url = url, .url_source = "test", .max_connections = 2,
-                                  .connect_timeout = 2.0, .command_timeout = 2.0,
-                                  .pool_timeout = 2.0};
-    bq_broker *b = NULL;
-    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    bq_broker *b = open_without(admin, "nolrem", "lrem", 2);
     if (b != NULL) {
         char queue[96];
         snprintf(queue, sizeof queue, "%s:desync", prefix);
@@ -1315,16 +1326,7 @@ TEST(a_deduplicated_push_without_multi_takes_the_script)
     bq_conn *admin = open_conn(redis_url);
     if (admin == NULL)
         return;
-    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ACL", "SETUSER", "nomulti", "on", ">nm-pass", "~*",
-                            "&*", "+@all", "-multi", NULL), BQ_OK);
-    char url[256];
-    const char *rest = strstr(redis_url, "://");
-    snprintf(url, sizeof url, "redis://nomulti:nm-pass@%s", rest != NULL ? rest + 3 : "");
-    struct bq_broker_config bc = {.url = url, .url_source = "test", .max_connections = 1,
-                                  .connect_timeout = 2.0, .command_timeout = 2.0,
-                                  .pool_timeout = 2.0};
-    bq_broker *b = NULL;
-    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    bq_broker *b = open_without(admin, "nomulti", "multi", 1);
     if (b != NULL) {
         char queue[96];
         snprintf(queue, sizeof queue, "%s:nomulti", prefix);
