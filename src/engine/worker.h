@@ -95,7 +95,7 @@ enum bq_control {
 /* What a slot's environment can see of its slot: the interrupt flag (shutdown deadline),
  * the control request for its running task, and an interruptible sleep. Lives as long as
  * the slot thread. */
-#define BQ_CHUNK_MAX 32
+#define BQ_CHUNK_MAX 64
 
 /* The most tasks one slot's state may hold at once (bq_worker_options.per_slot). */
 #define BQ_PER_SLOT_MAX 10000

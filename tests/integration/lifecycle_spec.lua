@@ -339,7 +339,7 @@ describe("#redis #pg lifecycle", function()
         assert.are.equal("hello 7", t.history[1].content)
         assert.are.equal("answer: hello 7 (1)", t.history[2].content)
         -- two or three statements a task one by one (4,000-6,000 transactions); in batches of
-        -- up to 32 a few hundred
+        -- up to 64 a few hundred
         print(("\n# PostgreSQL state in batches: %d tasks, %d transactions"):format(N, txns))
         assert.is_true(txns < 1700, txns .. " transactions")
         raw:close()
