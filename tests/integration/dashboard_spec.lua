@@ -516,7 +516,10 @@ describe("#redis dashboard as an option", function()
 
     it("describes every worker of a queue with many, in several script calls", function()
         local q = ("it:many:%d"):format(math.random(1, 1e9))
-        local c = bq.scheduler{ url = server.url, queue_name = q }.client
+        -- (the scheduler is kept: a collected scheduler closes its client)
+        local s = bq.scheduler{ url = server.url, queue_name = q }
+        local c = s.client
+        finally(function() s:close() end)
         local expiry = tostring(math.floor((bq.now() + 60) * 1000))
         for i = 1, 70 do
             local id = ("host:%d:w"):format(i)
