@@ -663,7 +663,8 @@ function Scheduler:close()
     end
 end
 Scheduler.__close = Scheduler.close
-Scheduler.__gc = Scheduler.close
+-- No __gc: the client and the store close themselves when collected, so one taken from a
+-- scheduler the program dropped (bq.scheduler{...}.client) stays open while it is held.
 
 M.Scheduler = Scheduler
 --- The dead-letter filter of requeue_dead and purge_dead as a function(entry) -> bool, for a

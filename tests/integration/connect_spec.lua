@@ -25,6 +25,14 @@ describe("#redis connections", function()
         s:close()
     end)
 
+    it("keeps the client taken from a scheduler the program dropped open while it is held", function()
+        local c = bq.scheduler{ url = server.url, queue_name = "it:held" }.client
+        collectgarbage()
+        collectgarbage()
+        assert.are.equal("PONG", c:command("it:held", "PING"))
+        c:close()
+    end)
+
     it("selects the database of the URL", function()
         local s = bq.scheduler{ url = ("redis://127.0.0.1:%d/3"):format(server.port), queue_name = "it:db" }
         assert.is_true((s:run{ task_id = "d1", messages = { "x" } }))
