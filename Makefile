@@ -202,12 +202,12 @@ $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_BUILD)/libbin
 
 fuzz: $(FUZZ_TARGETS)
 
-bench: all $(BUILD)/bench/cbench $(BUILD)/bench/httpload
+bench: all $(BUILD)/bench/cbench $(BUILD)/bench/httpload $(BUILD)/bench/modelsrv
 	@tests/bench/run
 
 # Optional, not in CI: binduq beside BullMQ, bee-queue and a redis-py loop (from npm and
 # Debian's archive, into $(BUILD)/peers).
-bench-peers: all
+bench-peers: all $(BUILD)/bench/modelsrv
 	@env -u REDIS_URL $(BUILD)/binduq-lua tests/bench/peers.lua
 
 $(BUILD)/bench/cbench: tests/bench/cbench.c $(BUILD)/libbinduq.a src/binduq.h
@@ -219,6 +219,11 @@ $(BUILD)/bench/httpload: tests/bench/httpload.c
 	@mkdir -p $(dir $@)
 	$(SAY) CC $<
 	$(Q)$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -o $@ $< -lpthread
+
+$(BUILD)/bench/modelsrv: tests/bench/modelsrv.c
+	@mkdir -p $(dir $@)
+	$(SAY) CC $<
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -o $@ $< -lmicrohttpd -lpthread
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \

@@ -55,7 +55,7 @@ local N_SYNC = tonumber(os.getenv("BENCH_SYNC_TASKS")) or 10000
 local N_LAT = tonumber(os.getenv("BENCH_LATENCY_SAMPLES")) or 1000
 local N_PG = tonumber(os.getenv("BENCH_PG_TASKS")) or 20000
 local N_CANCEL = tonumber(os.getenv("BENCH_CANCEL_SAMPLES")) or 100
-local N_AGENTS = tonumber(os.getenv("BENCH_AGENT_TASKS")) or 10000
+local N_AGENTS = tonumber(os.getenv("BENCH_AGENT_TASKS")) or 20000
 local SSE_LIMIT_MS = 5 -- issue 22: message/stream to its first status event on an idle worker, p99
 local CANCEL_LIMIT_MS = 50 -- issue 20: p99 from s:cancel() to the transfer closed, server side
 local MAX_TASKS = tonumber(os.getenv("BENCH_MAX_TASKS")) or 1000 -- the memory figure's storage.max_tasks
@@ -227,15 +227,15 @@ local ok, err = pcall(function()
         return { p50 = percentile(ms, 0.5), p99 = percentile(ms, 0.99), max = ms[#ms], n = #ms }
     end)
 
-    step(("agents waiting on a model: %d tasks, each a chat completion the fake model server answers after 1 s; one worker process (w:run(), concurrency 2, tasks_per_state 1000: 2,000 in flight); Little's law (in flight / 1 s) is the limit")
-        :format(N_AGENTS))
+    step(("agents waiting on a model: %d tasks (%d rounds of 2,000), each a streamed chat completion the bench's model server (build/bench/modelsrv, libmicrohttpd) answers after 1 s; one worker process (w:run(), concurrency 2, tasks_per_state 1000: 2,000 in flight); Little's law (in flight / 1 s) is the limit")
+        :format(N_AGENTS, N_AGENTS // 2000))
     F.agents = median_of("agents", function(r)
         local a = deployed.agents{ url = server.url, queue = queue .. ":agents" .. r, n = N_AGENTS,
                                    prefix = "ag" .. r .. "-", concurrency = 2, per = 1000,
                                    cpu = function() return redis_cpu(server) end }
         server:cli("FLUSHALL")
         return { rate = a.rate, limit = a.limit, cpu_s_1000 = a.cpu_us / 1000, hwm_mib = a.hwm_kb / 1024,
-                 call_us = a.call_us }
+                 call_us = a.call_us, server_us = a.server_us }
     end)
 
     step("the A2A gateway: one gateway process scheduling into Redis, 20 kept-alive connections (build/bench/httpload); "
@@ -403,10 +403,10 @@ row("  the claim per tick (cron-4)", "%9.1f us  (Redis %.1f us)  %5.2f x a delay
     F.recurring.sched_redis_us, F.recurring.lose_us, F.recurring.ping_us)
 row(("cancel in ctx:http (%d)"):format(F.cancel.n), "p50 %.3f ms  p99 %.3f ms   %5.2f x the limit (p99 %d ms); max %.3f ms",
     F.cancel.p50, F.cancel.p99, F.cancel.p99 / CANCEL_LIMIT_MS, CANCEL_LIMIT_MS, F.cancel.max)
-row("agents, 2,000 waiting 1 s", "%9.0f tasks/s   %5.2f x Little's law (%.0f/s); peak RSS %.0f MiB",
+row(("agents, 2,000 waiting 1 s (%d)"):format(N_AGENTS), "%9.0f tasks/s   %5.2f x Little's law (%.0f/s); peak RSS %.0f MiB",
     F.agents.rate, F.agents.rate / F.agents.limit, F.agents.limit, F.agents.hwm_mib)
-row("  worker CPU", "%9.3f s per 1,000 tasks   %5.2f x one bq.http call's own CPU, one at a time (%.1f us)",
-    F.agents.cpu_s_1000, F.agents.cpu_s_1000 * 1000 / F.agents.call_us, F.agents.call_us)
+row("  worker CPU", "%9.3f s per 1,000 tasks   %5.2f x the same call's own CPU, one at a time with bq.http (%.1f us); the model server %.1f us a task",
+    F.agents.cpu_s_1000, F.agents.cpu_s_1000 * 1000 / F.agents.call_us, F.agents.call_us, F.agents.server_us)
 row("gateway message/send", "%9.0f req/s    %5.2f x GET /healthz on the same server (%.0f/s)",
     F.gateway.send, F.gateway.send / F.gateway.healthz, F.gateway.healthz)
 for _, v in ipairs({ { "stream, 2 processes + PostgreSQL", F.sse }, { "stream, one process, memory", F.sse1 } }) do

@@ -128,6 +128,14 @@ function M.run(opts)
              enqueue = enqueue, hwm_kb = tonumber(wlog:match("hwm_kb=(%d+)")) }
 end
 
+-- The CPU process pid has used (utime + stime), in ticks of 1/100 s.
+local function cpu_ticks(pid)
+    local st = proc.read("/proc/" .. pid .. "/stat") or ""
+    local fields = {}
+    for f in st:gsub("^.-%) ", ""):gmatch("%S+") do fields[#fields + 1] = f end
+    return (tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)
+end
+
 --- The pickup latency from another process: a worker waiting on an empty queue, a producer
 --- process sending n tasks one at a time. Returns the sorted pickups (ms), the worker's idle
 --- CPU (percent of a core, over `idle` seconds before the producer starts), and the
@@ -136,15 +144,9 @@ function M.latency(opts)
     local dir, out, base, wenv = setup(opts)
     local w = proc.spawn(WORKER, { env = wenv, dir = dir })
     proc.sleep(1)
-    local function ticks()
-        local st = proc.read("/proc/" .. w.pid .. "/stat") or ""
-        local fields = {}
-        for f in st:gsub("^.-%) ", ""):gmatch("%S+") do fields[#fields + 1] = f end
-        return (tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0) -- utime, stime
-    end
-    local t0 = ticks()
+    local t0 = cpu_ticks(w.pid)
     proc.sleep(opts.idle or 3)
-    local idle = (ticks() - t0) / (opts.idle or 3) -- USER_HZ 100: ticks/s = percent of a core
+    local idle = (cpu_ticks(w.pid) - t0) / (opts.idle or 3) -- USER_HZ 100: ticks/s = percent of a core
     local rc, pout = proc.run(("build/binduq-lua tests/bench/producer.lua latency %d %s"):format(opts.n, opts.prefix),
         { env = base, timeout = 120 })
     assert(rc == 0, "producer: " .. pout)
@@ -260,25 +262,43 @@ function M.cancel_http(opts)
     return res
 end
 
---- Many tasks waiting on a model at once: the fake model server answers each chat completion
---- after `delay` seconds (1); a producer process fills n tasks, then one worker process
---- (w:run(), concurrency threads holding per tasks each: tasks_per_state) runs them, each
---- handler waiting in ctx:http. Little's law bounds the rate: in flight / delay. Returns
---- M.run's figures (rate, cpu_us, hwm_kb) and the limit.
+--- The bench's model server (tests/bench/modelsrv.c, libmicrohttpd): {pid, url, stop}.
+function M.model_server()
+    local p = proc.spawn("build/bench/modelsrv 600")
+    local port = proc.wait_for(function() return (proc.read(p.log) or ""):match("PORT (%d+)") end, 10)
+    if not port then
+        proc.stop(p, 1)
+        error("modelsrv did not start: " .. (proc.read(p.log) or "") .. " (make build/bench/modelsrv)")
+    end
+    return { pid = p.pid, url = "http://127.0.0.1:" .. port, stop = function() proc.stop(p, 5) end }
+end
+
+--- Many tasks waiting on a model at once: the model server answers each streamed chat
+--- completion after `delay` seconds (1); a producer process fills n tasks, then one worker
+--- process (w:run(), concurrency threads holding per tasks each: tasks_per_state) runs them,
+--- each handler waiting in ctx:http. Little's law bounds the rate: in flight / delay.
+--- The server is tests/bench/modelsrv.c, or with opts.python the tests' fakemodel.py (whose
+--- own CPU and late starts weigh on the figure: docs/benchmarks.md). Returns M.run's
+--- figures (rate, cpu_us, hwm_kb), the limit, the server's CPU a task (server_us) and
+--- call_us: the CPU of the same call without its wait, made one at a time from this
+--- process (bq.http on one kept-alive connection), the floor of a task's cost.
 function M.agents(opts)
-    local fakemodel = require("helpers.fakemodel")
-    local srv = fakemodel.start{ max_seconds = 600 }
+    local srv = opts.python and require("helpers.fakemodel").start{ max_seconds = 600 } or M.model_server()
     local delay = opts.delay or 1
-    local env = { BENCH_MODEL = ("%s/v1/chat/completions?delay=%g&tokens=1"):format(srv.url, delay),
+    local model = srv.url .. "/v1/chat/completions?tokens=1"
+    local env = { BENCH_MODEL = ("%s&delay=%g"):format(model, delay),
                   BENCH_CONCURRENCY = tostring(opts.concurrency), BENCH_PER_STATE = tostring(opts.per) }
+    local srv0 = cpu_ticks(srv.pid)
     local ok, r = pcall(M.run, { url = opts.url, queue = opts.queue, n = opts.n, prefix = opts.prefix,
                                  env = env, cpu = opts.cpu })
-    -- The floor of a call's CPU cost: this process calling the same server one call at a
-    -- time on one kept-alive connection (bq.http, no worker, no wait).
+    local srv_us = (cpu_ticks(srv.pid) - srv0) * 1e4 / opts.n
     local floor_ok, floor = pcall(function()
         local bq = require("binduq")
+        local body = { model = "fake", stream = true, messages = { { role = "user", content = "hi" } } }
         local calls, c0 = 2000, os.clock()
-        for _ = 1, calls do assert(bq.http{ url = srv.url .. "/delay?s=0" }) end
+        for _ = 1, calls do
+            assert(bq.http{ url = model, body = body, on_event = function(ev) return ev.data ~= "[DONE]" end })
+        end
         return (os.clock() - c0) * 1e6 / calls
     end)
     srv:stop()
@@ -286,6 +306,7 @@ function M.agents(opts)
     assert(floor_ok, floor)
     r.limit = opts.concurrency * opts.per / delay
     r.call_us = floor
+    r.server_us = srv_us
     return r
 end
 
@@ -481,6 +502,7 @@ end
 
 -- By hand: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 [n] [KEY=VALUE ...]
 --      or: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 cancel-http [n]
+--      or: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 agents [n]
 --      or: build/binduq-lua tests/bench/deployed.lua redis://127.0.0.1:6379/0 recurring
 if arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "recurring" then
     local port = tonumber(arg[1]:match(":(%d+)/")) or 6379
@@ -492,6 +514,16 @@ if arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "recurring" t
     print(("the claim per tick (cron-4): %.1f us (Redis %.1f us)  %.2f x a delay-N push of the run (%.1f us, Redis %.1f us); "
            .. "found claimed %.1f us; PING %.1f us")
         :format(r.win_us, r.win_redis_us, r.win_us / r.sched_us, r.sched_us, r.sched_redis_us, r.lose_us, r.ping_us))
+elseif arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "agents" then
+    local n = tonumber(arg[3] or "") or 10000
+    local port = tonumber(arg[1]:match(":(%d+)/")) or 6379
+    local r = M.agents{ url = arg[1], queue = ("{deployed:ag%d}"):format(math.random(1, 1e9)), n = n,
+                        prefix = "ag-", concurrency = 2, per = 1000,
+                        python = os.getenv("BENCH_AGENT_SERVER") == "python",
+                        cpu = function() return require("helpers.redis").cpu_seconds(port) end }
+    print(("agents: %.0f tasks/s  %.2f x Little's law (%.0f/s); worker %.1f us/task (a call alone %.1f us), "
+           .. "the fake server %.1f us/task, Redis %.1f us/task; peak RSS %.0f MiB")
+        :format(r.rate, r.rate / r.limit, r.limit, r.cpu_us, r.call_us, r.server_us, r.redis_us, r.hwm_kb / 1024))
 elseif arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "cancel-http" then
     local n = tonumber(arg[3] or "") or 100
     local ms = M.cancel_http{ url = arg[1], queue = "{deployed:cancel}", n = n,

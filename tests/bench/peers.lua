@@ -6,8 +6,8 @@
 -- with Redis' CPU per task (INFO cpu) over the worker's run; the systems take turns, the
 -- median of BENCH_REPEAT (3) rounds is printed.
 --
--- Then agents waiting on a model (issue 20): the fake model server (tests/helpers/fakemodel.py,
--- loopback) answers each call after 1 s; a producer process queues BENCH_PEERS_AGENT_TASKS
+-- Then agents waiting on a model (issue 20): the bench's model server (tests/bench/modelsrv.c,
+-- libmicrohttpd, loopback) answers each call after 1 s; a producer process queues BENCH_PEERS_AGENT_TASKS
 -- (10,000) tasks, then one worker process runs them 2,000 in flight, each task one call:
 -- binduq's deployed.agents (w:run(), concurrency 2, tasks_per_state 1000, ctx:http), a BullMQ
 -- Worker with concurrency 2000 (Node's http, a keep-alive Agent of 2,000 sockets) and Celery's
@@ -28,7 +28,6 @@ local bq = require("binduq")
 local proc = require("helpers.proc")
 local redis = require("helpers.redis")
 local deployed = require("bench.deployed")
-local fakemodel = require("helpers.fakemodel")
 
 local N = tonumber(os.getenv("BENCH_PEERS_TASKS")) or 20000
 local N_AGENTS = tonumber(os.getenv("BENCH_PEERS_AGENT_TASKS")) or 10000
@@ -138,10 +137,10 @@ local function nofile(cmd)
     return "sh -c " .. proc.quote('[ "$(ulimit -n)" -ge 4096 ] 2>/dev/null || ulimit -n 4096 || exit 3; exec ' .. cmd)
 end
 
--- One peer's agents run against a fake model server of its own: its producer process, then
+-- One peer's agents run against a model server of its own: its producer process, then
 -- its worker process. Returns the figures from the worker's report.
 local function agent_peer(kind, r)
-    local srv = fakemodel.start{ max_seconds = 600 }
+    local srv = deployed.model_server()
     local dir = proc.tmpdir()
     local env = { PEER_PORT = tostring(server.port), PEER_QUEUE = kind .. "ag" .. r, PEER_N = tostring(N_AGENTS),
                   PEER_PREFIX = kind .. r .. "-", PEER_CONCURRENCY = tostring(IN_FLIGHT),
@@ -205,7 +204,7 @@ local ok, err = pcall(function()
         end
     end
     if SCENARIO ~= "noop" then
-        print(("agents waiting on a model: %d tasks, each a chat completion the fake model server (loopback) answers after %g s; a producer process then one worker process each, %d in flight; redis-server %s; %s cores")
+        print(("agents waiting on a model: %d tasks, each a streamed chat completion the bench's model server (modelsrv, loopback) answers after %g s; a producer process then one worker process each, %d in flight; redis-server %s; %s cores")
             :format(N_AGENTS, DELAY, IN_FLIGHT, server:cli("INFO", "server"):match("redis_version:(%S+)"), proc.sh("nproc")))
         for r = 1, REPEAT do
             for _, s in ipairs(agents) do

@@ -286,3 +286,34 @@ describe("the rock", function()
         assert.truthy(out:find('put the handlers in a module (handlers = \\"app.handlers\\")', 1, true), out)
     end)
 end)
+
+describe("the bench's model server (build/bench/modelsrv)", function()
+    it("streams a chat completion after its delay, as bq.http reads it, and refuses a GET", function()
+        local rc, out = proc.run("make -s build/bench/modelsrv", { timeout = 120 })
+        assert.are.equal(0, rc, out)
+        local p = proc.spawn("build/bench/modelsrv 60")
+        finally(function() proc.stop(p, 5) end)
+        local port = proc.wait_for(function() return (proc.read(p.log) or ""):match("PORT (%d+)") end, 10)
+        assert(port, proc.read(p.log))
+        local script = ([[
+local bq, core, json = require("binduq"), require("binduq.core"), require("binduq.json")
+local t0, words, events = core.monotonic(), {}, 0
+local r = assert(bq.http{ url = "http://127.0.0.1:%s/v1/chat/completions?delay=0.3&tokens=3",
+    body = { stream = true, messages = { { role = "user", content = "hi" } } },
+    on_event = function(ev)
+        events = events + 1
+        if ev.data == "[DONE]" then return false end
+        local d = json.decode(ev.data).choices[1].delta
+        words[#words + 1] = (d.content or "?"):gsub(" ", "_")
+    end })
+io.write(("%%d %%s %%d %%s %%.2f "):format(r.status, r.headers["content-type"], events, table.concat(words, ","),
+                                     core.monotonic() - t0))
+io.write(select(2, bq.http{ url = "http://127.0.0.1:%s/x" }) or "")]]):format(port, port)
+        rc, out = run("-e " .. proc.quote(script))
+        assert.are.equal(0, rc, out)
+        local status, ctype, events, words, secs, err = out:match("^(%d+) (%S+) (%d+) (%S+) ([%d.]+) (.*)$")
+        assert.are.same({ "200", "text/event-stream", "6", ",w1,_w2,_w3,?" }, { status, ctype, events, words }, out)
+        assert.is_true(tonumber(secs) >= 0.3 and tonumber(secs) < 2, out)
+        assert.matches("HTTP 404", err)
+    end)
+end)
