@@ -522,7 +522,7 @@ elseif arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "agents" 
                         python = os.getenv("BENCH_AGENT_SERVER") == "python",
                         cpu = function() return require("helpers.redis").cpu_seconds(port) end }
     print(("agents: %.0f tasks/s  %.2f x Little's law (%.0f/s); worker %.1f us/task (a call alone %.1f us), "
-           .. "the fake server %.1f us/task, Redis %.1f us/task; peak RSS %.0f MiB")
+           .. "the model server %.1f us/task, Redis %.1f us/task; peak RSS %.0f MiB")
         :format(r.rate, r.rate / r.limit, r.limit, r.cpu_us, r.call_us, r.server_us, r.redis_us, r.hwm_kb / 1024))
 elseif arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "cancel-http" then
     local n = tonumber(arg[3] or "") or 100
