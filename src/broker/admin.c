@@ -310,7 +310,7 @@ bq_status bq_admin_queues(bq_broker *b, const char *queue, long max_keys, struct
                 dup = out->msgs[j].len == nlen && memcmp(out->msgs[j].data, name, nlen) == 0;
             if (dup)
                 continue;
-            struct bq_msg m = {bq_malloc(nlen + 1), nlen, 0, false, 0};
+            struct bq_msg m = {bq_malloc(nlen + 1), nlen, 0, false, 0, 0};
             if (m.data == NULL) {
                 st = bq_err_set(err, BQ_ENOMEM, "queues: out of memory");
                 break;

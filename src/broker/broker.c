@@ -34,7 +34,7 @@ bq_status bq_batch_add(struct bq_batch *b, const char *data, size_t len)
 
 bq_status bq_batch_add_q(struct bq_batch *b, const char *data, size_t len, int q)
 {
-    struct bq_msg m = {bq_strndup(data, len), len, q, false, 0};
+    struct bq_msg m = {bq_strndup(data, len), len, q, false, 0, 0};
     if (m.data == NULL)
         return BQ_ENOMEM;
     bq_status st = bq_batch_take(b, m);

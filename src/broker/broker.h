@@ -74,6 +74,8 @@ struct bq_msg {
                   * "Headers and seals" below); false for a header anyone else wrote */
     size_t oversize; /* 0, or a message longer than the fetch's max_size: its true length;
                       * data then holds only its first bytes (see "Oversized messages") */
+    unsigned long long seq; /* fetched messages: its number among those the worker fetched
+                             * (1, 2, ...), set as it enters the worker's ring; 0 elsewhere */
 };
 
 /* ---- Oversized messages ---------------------------------------------------------------------

@@ -152,7 +152,7 @@ static struct bq_msg *at(struct mem_key *l, size_t i)
 
 static bool copy_msg(struct bq_msg *m, const char *p, size_t len, bool sealed)
 {
-    *m = (struct bq_msg){bq_strndup(p, len), len, 0, sealed, 0};
+    *m = (struct bq_msg){bq_strndup(p, len), len, 0, sealed, 0, 0};
     return m->data != NULL;
 }
 
@@ -284,7 +284,7 @@ static bool take_one(const struct bq_lessee *who, int q, struct bq_batch *out, b
         return false;
     }
     struct bq_msg *tail = at(l, l->n - 1);
-    struct bq_msg copy = {NULL, 0, q, tail->sealed, 0};
+    struct bq_msg copy = {NULL, 0, q, tail->sealed, 0, 0};
     if (lease && !copy_msg(&copy, tail->data, tail->len, tail->sealed)) {
         *st = oom(err);
         drop_if_empty(w);
@@ -614,7 +614,7 @@ static bool release(const struct bq_lessee *who, const char *wip, const struct b
 static bool zadd(const char *key, double score, const char *p, size_t len, bool sealed)
 {
     struct mem_key *z = find(key, true, true);
-    struct zitem it = {score, {NULL, 0, 0, false, 0}};
+    struct zitem it = {score, {NULL, 0, 0, false, 0, 0}};
     if (z == NULL || !grow(z, 1) || !copy_msg(&it.m, p, len, sealed)) {
         drop_if_empty(z);
         return false;
@@ -683,7 +683,7 @@ static bq_status mem_rate_limit(bq_broker *b, const struct bq_lessee *who, long 
         memmove(z->z, z->z + expired, (z->n - expired) * sizeof *z->z);
         z->n -= expired;
         if (admitted)
-            z->z[z->n++] = (struct zitem){now, {NULL, 0, 0, false, 0}};
+            z->z[z->n++] = (struct zitem){now, {NULL, 0, 0, false, 0, 0}};
         reqs[i].verdict = admitted;
         reqs[i].value = admitted ? now : wait;
         drop_if_empty(z);
@@ -885,7 +885,7 @@ static bq_status mem_dlq_requeue(bq_broker *b, const char *queue, struct bq_slic
     /* The original bytes, marked requeued: attempts start again (as requeue-3.lua). */
     static const char hdr[] = "#bq {\"attempt\":1,\"requeued\":1}\n";
     size_t off = (size_t)(nl + 1 - entry.p), len = sizeof hdr - 1 + entry.len - off;
-    struct bq_msg m = {bq_malloc(len + 1), len, 0, true, 0};
+    struct bq_msg m = {bq_malloc(len + 1), len, 0, true, 0, 0};
     if (m.data == NULL)
         return oom(err);
     memcpy(m.data, hdr, sizeof hdr - 1);

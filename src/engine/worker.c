@@ -192,6 +192,7 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     pthread_mutex_init(&w->mu, NULL);
     pthread_mutex_init(&w->events.mu, NULL);
     pthread_mutex_init(&w->heartbeat.mu, NULL);
+    pthread_mutex_init(&w->early.mu, NULL);
     bq_cond_init(&w->cv_task);
     bq_cond_init(&w->cv_space);
     w->tasks.wake_at = INT_MAX;
@@ -474,7 +475,7 @@ void bq_worker_abort(bq_worker *w)
     for (int i = 0; copies != NULL && i < w->tasks.ring_n; i++) {
         const struct bq_msg *m = &w->tasks.ring[(w->tasks.ring_head + i) % w->conf.capacity];
         copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed,
-                                    m->oversize};
+                                    m->oversize, m->seq};
         n += copies[n].data != NULL;
     }
     for (int i = 0; copies != NULL && i < w->conf.handlers; i++) {
@@ -483,7 +484,7 @@ void bq_worker_abort(bq_worker *w)
         if (m == NULL)
             continue;
         copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed,
-                                    m->oversize};
+                                    m->oversize, m->seq};
         n += copies[n].data != NULL;
     }
     pthread_mutex_unlock(&w->mu);
@@ -563,6 +564,7 @@ void bq_worker_free(bq_worker *w)
     pthread_mutex_destroy(&w->mu);
     pthread_mutex_destroy(&w->events.mu);
     pthread_mutex_destroy(&w->heartbeat.mu);
+    pthread_mutex_destroy(&w->early.mu);
     pthread_cond_destroy(&w->cv_task);
     pthread_cond_destroy(&w->cv_space);
     pthread_cond_destroy(&w->cv_init);

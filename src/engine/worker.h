@@ -295,8 +295,16 @@ bq_status bq_worker_rate_limit(bq_worker *w, long limit, double period,
                                struct bq_admission *reqs, size_t n, bq_err *err);
 
 /* Delivers a control request to the slot running task_id, if any slot of w runs it (the
- * control channel's listener calls this; so can the owner). Returns whether one did. */
+ * control channel's listener calls this; so can the owner). Returns whether one did. When
+ * none did, the request is kept a while for a message of the task that w fetched before it
+ * and no slot has named yet (bq_worker_claim_control). */
 bool bq_worker_control(bq_worker *w, enum bq_control op, const char *task_id);
+
+/* A slot that has just named task_id (bq_slot_set_task, bq_slot_set_task_at) for the
+ * message numbered seq (bq_msg.seq) takes the control request kept for it, if one came after
+ * that message was fetched and before the naming: the enum bq_control to ask of the slot
+ * (bq_slot_request), else BQ_CONTROL_NONE. One atomic load when nothing is kept. */
+int bq_worker_claim_control(bq_worker *w, const char *task_id, unsigned long long seq);
 
 /* Publishes "cancel <id>" / "pause <id>" on the control channel of the worker's
  * configured queue name, reaching every worker of it (this one included). */

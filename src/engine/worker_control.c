@@ -49,12 +49,148 @@ enum bq_control bq_control_parse(const char *msg, size_t len, char *task_id, siz
     return op;
 }
 
+/* ---- Controls that come early -------------------------------------------------------------
+ * A slot names its task (bq_slot_set_task) only once it has taken the message from the ring
+ * and decoded it; a message fetched a moment earlier is nobody's yet. A cancel or pause that
+ * comes in that moment -- found in the queue by a scan (below) or heard on the channel --
+ * finds no slot, and the scan reports each operation once: it would be lost, and the handler
+ * would run to its end (a Bindu run, pause, resume queued together: the run completed and the
+ * resume found nothing to resume). So a request that finds no slot is kept (struct
+ * worker_early) for the messages this worker fetched before it came, and the slot that
+ * names such a message's task takes it (bq_worker_claim_control), as if it had come just
+ * after. A message fetched later -- the resume that answers the pause -- never takes it. An
+ * entry ends when taken, EARLY_KEEP seconds after the last message fetched before it left the
+ * ring (every slot names its task within its prepare), or when EARLY_MAX newer ones push it
+ * out. Every naming looks at `n` first: with nothing kept, a task pays one atomic load. */
+#define EARLY_KEEP 10.0
+
+/* Drops the entries that ended (early.mu held). */
+static void early_expire(bq_worker *w, double now)
+{
+    int k = 0;
+    for (int i = 0; i < w->early.used; i++) {
+        if (w->early.e[i].expire > now)
+            w->early.e[k++] = w->early.e[i];
+    }
+    atomic_fetch_sub(&w->early.n, w->early.used - k);
+    w->early.used = k;
+}
+
+/* Keeps op for task_id's messages fetched until now (early.mu held; `n` already counts it). */
+static void early_keep(bq_worker *w, enum bq_control op, const char *task_id)
+{
+    double now = bq_now_mono();
+    early_expire(w, now);
+    int i = 0;
+    while (i < w->early.used && strcmp(w->early.e[i].id, task_id) != 0)
+        i++;
+    if (i < w->early.used) { /* kept already: a cancel outranks a pause */
+        if (op == BQ_CONTROL_CANCEL)
+            w->early.e[i].op = op;
+        w->early.e[i].expire = now + EARLY_KEEP;
+        atomic_fetch_sub(&w->early.n, 1);
+        return;
+    }
+    if (i == EARLY_MAX) { /* full: the one that ends soonest makes room */
+        i = 0;
+        for (int j = 1; j < EARLY_MAX; j++)
+            if (w->early.e[j].expire < w->early.e[i].expire)
+                i = j;
+        atomic_fetch_sub(&w->early.n, 1);
+    } else {
+        w->early.used++;
+    }
+    snprintf(w->early.e[i].id, sizeof w->early.e[i].id, "%s", task_id);
+    w->early.e[i].op = op;
+    w->early.e[i].seq = atomic_load(&w->tasks.seq);
+    w->early.e[i].expire = now + EARLY_KEEP;
+}
+
 bool bq_worker_control(bq_worker *w, enum bq_control op, const char *task_id)
 {
+    /* Counted before the slots are looked at, under early.mu: a slot that names the task
+     * after they were looked at sees `n` above 0, and waits for early.mu, so it finds the
+     * entry kept for it. */
+    pthread_mutex_lock(&w->early.mu);
+    atomic_fetch_add(&w->early.n, 1);
     bool found = false;
     for (int i = 0; i < w->conf.concurrency; i++)
         found = bq_slot_request(&w->slots[i].ctl, op, task_id) || found;
+    if (found)
+        atomic_fetch_sub(&w->early.n, 1);
+    else
+        early_keep(w, op, task_id);
+    pthread_mutex_unlock(&w->early.mu);
     return found;
+}
+
+int bq_worker_claim_control(bq_worker *w, const char *task_id, unsigned long long seq)
+{
+    if (atomic_load(&w->early.n) == 0 || seq == 0 || task_id == NULL)
+        return BQ_CONTROL_NONE;
+    int op = BQ_CONTROL_NONE;
+    pthread_mutex_lock(&w->early.mu);
+    for (int i = 0; i < w->early.used; i++) {
+        if (seq <= w->early.e[i].seq && strcmp(w->early.e[i].id, task_id) == 0) {
+            op = w->early.e[i].op;
+            w->early.e[i] = w->early.e[--w->early.used];
+            atomic_fetch_sub(&w->early.n, 1);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&w->early.mu);
+    return op;
+}
+
+/* The scan published a request it had delivered or kept here (bq_worker_scan_controls). */
+static void early_sent(bq_worker *w, enum bq_control op, const char *id)
+{
+    pthread_mutex_lock(&w->early.mu);
+    int n = (int)(sizeof w->early.sent / sizeof w->early.sent[0]);
+    if (w->early.nsent == n) { /* the oldest, never heard back, makes room */
+        memmove(&w->early.sent[0], &w->early.sent[1], (size_t)(n - 1) * sizeof w->early.sent[0]);
+        w->early.nsent--;
+    }
+    snprintf(w->early.sent[w->early.nsent].id, sizeof w->early.sent[0].id, "%s", id);
+    w->early.sent[w->early.nsent++].op = op;
+    pthread_mutex_unlock(&w->early.mu);
+}
+
+/* A request heard on the channel: whether it is the copy of one this worker's scan sent
+ * (then forgotten: a second one is another request). */
+static bool early_own_copy(bq_worker *w, enum bq_control op, const char *id)
+{
+    bool own = false;
+    pthread_mutex_lock(&w->early.mu);
+    for (int i = 0; i < w->early.nsent && !own; i++) {
+        if (w->early.sent[i].op == (int)op && strcmp(w->early.sent[i].id, id) == 0) {
+            own = true;
+            memmove(&w->early.sent[i], &w->early.sent[i + 1],
+                    (size_t)(w->early.nsent - i - 1) * sizeof w->early.sent[0]);
+            w->early.nsent--;
+        }
+    }
+    pthread_mutex_unlock(&w->early.mu);
+    return own;
+}
+
+/* The dispatcher, while it waits for room: the entries whose messages still wait in the ring
+ * live on; the others run out. */
+static void early_refresh(bq_worker *w)
+{
+    if (atomic_load(&w->early.n) == 0)
+        return;
+    pthread_mutex_lock(&w->mu);
+    unsigned long long oldest = w->tasks.ring_n > 0 ? w->tasks.ring[w->tasks.ring_head].seq : 0;
+    pthread_mutex_unlock(&w->mu);
+    pthread_mutex_lock(&w->early.mu);
+    double now = bq_now_mono();
+    for (int i = 0; i < w->early.used; i++) {
+        if (oldest != 0 && oldest <= w->early.e[i].seq)
+            w->early.e[i].expire = now + EARLY_KEEP;
+    }
+    early_expire(w, now);
+    pthread_mutex_unlock(&w->early.mu);
 }
 
 bq_status bq_worker_publish(bq_worker *w, enum bq_control op, const char *task_id, bq_err *err)
@@ -93,7 +229,7 @@ static void on_control(void *ud, const char *msg, size_t len)
     }
     char id[BQ_MAX_ID_LEN + 1];
     enum bq_control op = bq_control_parse(msg, len, id, sizeof id);
-    if (op == BQ_CONTROL_NONE)
+    if (op == BQ_CONTROL_NONE || early_own_copy(w, op, id))
         return;
     if (bq_worker_control(w, op, id))
         bq_log(BQ_LOG_INFO, "control", "task_id", id, "op", op == BQ_CONTROL_CANCEL ? "cancel"
@@ -181,14 +317,19 @@ void bq_worker_scan_controls(bq_worker *w)
             continue;
         bool here = bq_worker_control(w, op, id);
         bq_err err;
-        if (!here && bq_worker_publish(w, op, id, &err) != BQ_OK) {
-            bq_broker_explain_auth(w->broker, &err);
-            bq_log(BQ_LOG_WARN, "redis_error", "op", "publish", "task_id", id, "worker", w->conf.id,
-                   "error", err.msg, NULL);
+        if (!here) {
+            early_sent(w, op, id); /* before the copy can come back */
+            if (bq_worker_publish(w, op, id, &err) != BQ_OK) {
+                early_own_copy(w, op, id);
+                bq_broker_explain_auth(w->broker, &err);
+                bq_log(BQ_LOG_WARN, "redis_error", "op", "publish", "task_id", id, "worker",
+                       w->conf.id, "error", err.msg, NULL);
+            }
         }
         bq_log(BQ_LOG_INFO, "control_from_queue", "task_id", id, "op",
                op == BQ_CONTROL_CANCEL ? "cancel" : "pause", "worker", w->conf.id, "delivered",
                here ? "here" : "published", NULL);
     }
     bq_batch_free(&found);
+    early_refresh(w);
 }

@@ -323,6 +323,7 @@ static void hand_out(bq_worker *w, struct round *r)
     pthread_mutex_lock(&w->mu);
     for (size_t i = 0; i < batch->n; i++) {
         int tail = (w->tasks.ring_head + w->tasks.ring_n) % w->conf.capacity;
+        batch->msgs[i].seq = atomic_fetch_add(&w->tasks.seq, 1) + 1;
         w->tasks.ring[tail] = batch->msgs[i];
         w->tasks.ring_n++;
         w->tasks.inflight++;

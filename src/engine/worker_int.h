@@ -121,6 +121,8 @@ struct worker_tasks {
                              * at most this (INT_MAX: always); saves a wake-up per task
                              * while a deep batch drains */
     struct bq_batch acks;   /* finished messages waiting to be acknowledged */
+    atomic_ullong seq;      /* messages fetched so far (bq_msg.seq of the last); read
+                             * without mu by a control request (worker_control.c) */
 };
 
 /* How the dispatcher fetches, which the slots read and adjust as tasks finish. Guarded by
@@ -182,6 +184,32 @@ struct worker_control {
     pthread_t thread;
     bool started;
     int stopfd;             /* eventfd: written to stop the listener */
+};
+
+/* Controls that came before the worker named their task (worker_control.c, "Controls that
+ * come early"): kept for a task of a message fetched before they came, until a slot names
+ * it. Guarded by mu, its own (taken before a slot control block's, never inside mu); `n` is
+ * read without it by every naming. */
+#define EARLY_MAX 64
+struct worker_early {
+    pthread_mutex_t mu;
+    atomic_int n;           /* entries, plus requests looking at the slots right now */
+    int used;
+    struct {
+        char id[BQ_MAX_ID_LEN + 1];
+        int op;                 /* enum bq_control */
+        unsigned long long seq; /* it applies to messages with bq_msg.seq <= seq */
+        double expire;          /* monotonic; refreshed while such a message waits in the
+                                 * ring */
+    } e[EARLY_MAX];
+    /* Requests this worker's scan published after it had delivered or kept them here: the
+     * worker's own copy, when the channel brings it, is not taken again (taken, it could
+     * be kept for a later operation of the task fetched meanwhile, such as the resume). */
+    struct {
+        char id[BQ_MAX_ID_LEN + 1];
+        int op;
+    } sent[16];
+    int nsent;
 };
 
 /* Events for the owner thread (results, STOPPED). Guarded by their own mutex; the eventfd
@@ -259,6 +287,7 @@ struct bq_worker {
     struct worker_dispatcher dispatcher;
     struct worker_heartbeat heartbeat;
     struct worker_control control;
+    struct worker_early early;
     struct worker_events events;
     struct worker_feed feed;
     struct worker_counters count;

@@ -309,7 +309,7 @@ void bq_worker_bury(bq_worker *w, const struct bq_msg *msg, const struct bq_outc
                                  ? msg->len
                                  : 0),
     };
-    struct bq_msg entry = {NULL, 0, 0, false, 0};
+    struct bq_msg entry = {NULL, 0, 0, false, 0, 0};
     bq_err err;
     bq_status st = orig == NULL ? bq_err_set(&err, BQ_ENOMEM, "dead-letter: out of memory")
                                 : bq_dlq_entry(&info, orig, olen, &entry);
@@ -709,7 +709,7 @@ static bool multi_finish(bq_worker *w, struct slot *s, int p, struct bq_outcome 
     snprintf(tid, sizeof tid, "%s", out->task_id);
     bool moved = finish(w, &msg, out, took, &want_ack);
     pthread_mutex_lock(&w->mu);
-    s->held[p] = (struct bq_msg){NULL, 0, 0, false, 0};
+    s->held[p] = (struct bq_msg){NULL, 0, 0, false, 0, 0};
     s->nheld--;
     s->running = s->nheld > 0;
     w->tasks.running--;
@@ -903,7 +903,7 @@ void *bq_worker_slot_main(void *arg)
         pthread_mutex_lock(&w->mu);
         w->fetch.ewma_handle = w->fetch.ewma_handle * 0.9 + took * 0.1;
         s->running = false;
-        s->current = (struct bq_msg){NULL, 0, 0, false, 0};
+        s->current = (struct bq_msg){NULL, 0, 0, false, 0, 0};
         w->tasks.running--;
         if (pending) {
             s->pend[s->npend] = msg;

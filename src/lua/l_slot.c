@@ -996,10 +996,21 @@ int bq_lua_slot_raise(lua_State *L)
 static int l_slot_task(lua_State *L)
 {
     struct slot_state *s = tl_slot;
+    const char *id = luaL_optstring(L, 1, NULL);
     if (s != NULL && s->per > 1)
-        bq_slot_set_task_at(s->ctl, s->cur != NULL ? s->cur->place : -1, luaL_optstring(L, 1, NULL));
+        bq_slot_set_task_at(s->ctl, s->cur != NULL ? s->cur->place : -1, id);
     else if (s != NULL)
-        bq_slot_set_task(s->ctl, luaL_optstring(L, 1, NULL));
+        bq_slot_set_task(s->ctl, id);
+    /* A cancel or pause that came after its message was fetched and before this naming. */
+    if (s != NULL && id != NULL && s->cur != NULL && s->cur->has_msg) {
+        int op = bq_worker_claim_control(s->cfg->w, id, s->cur->msg.seq);
+        if (op != BQ_CONTROL_NONE) {
+            bq_slot_request(s->ctl, op, id);
+            bq_log(BQ_LOG_INFO, "control", "task_id", id, "op",
+                   op == BQ_CONTROL_CANCEL ? "cancel" : "pause", "worker",
+                   bq_worker_id(s->cfg->w), "kept", "came before its task was named", NULL);
+        }
+    }
     return 0;
 }
 

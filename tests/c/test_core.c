@@ -261,7 +261,7 @@ TEST(task_validation_names_the_field)
         {{"run", "x", NULL, NULL, 2}, "messages is NULL"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        struct bq_msg out = {NULL, 0, 0, false, 0};
+        struct bq_msg out = {NULL, 0, 0, false, 0, 0};
         bq_err err;
         CHECK_INT(bq_task_encode(&cases[i].t, &out, &err), BQ_EINVAL);
         CHECK_CONTAINS(err.msg, cases[i].expect);
@@ -302,7 +302,7 @@ TEST(ids_refuse_control_characters)
     /* the C producer and the control channel follow the same rule */
     struct bq_message m = {"user", "hi"};
     struct bq_task t = {"cancel", "victim\x1b]52;c;x\x07", NULL, NULL, 0};
-    struct bq_msg out = {NULL, 0, 0, false, 0};
+    struct bq_msg out = {NULL, 0, 0, false, 0, 0};
     bq_err err;
     CHECK_INT(bq_task_encode(&t, &out, &err), BQ_EINVAL);
     CHECK_STR(err.msg, "task_id contains a control character (U+001B at byte 6)");
@@ -463,7 +463,7 @@ TEST(embedded_headers_are_found_by_their_shape)
     memset(big + n, 'p', 1100);
     snprintf(big + n + 1100, sizeof big - (size_t)n - 1100, "\"}}");
     CHECK_INT(bq_embedded_header(big, strlen(big)), 0);
-    struct bq_msg msg = {m, strlen(m), 0, false, 0};
+    struct bq_msg msg = {m, strlen(m), 0, false, 0, 0};
     CHECK(bq_msg_has_header(&msg));
 }
 

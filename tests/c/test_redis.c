@@ -596,7 +596,7 @@ static void lease_cycle(bq_broker *b, const char *queue)
     long long purged = -1;
     struct bq_slice e2 = {"{\"reason\":\"y\"}\nzz", 17};
     struct bq_lessee amo = {who_q, 1, NULL, "w1", BQ_AT_MOST_ONCE, 0, 0};
-    struct bq_msg e2m = {(char *)e2.p, e2.len, 0, false, 0};
+    struct bq_msg e2m = {(char *)e2.p, e2.len, 0, false, 0, 0};
     CHECK_INT(b->ops->bury(b, &amo, &e2m, e2, &held, NULL), BQ_OK);
     CHECK_INT(b->admin->dlq_remove(b, queue, e2, &done, NULL), BQ_OK);
     CHECK(done);
@@ -863,7 +863,7 @@ TEST(bindu_format_headers_are_embedded_and_sealed)
     int n = snprintf(entry, sizeof entry, "{\"reason\":\"x\"}\n%s", op);
     bool done = false, held = false;
     struct bq_lessee amo = {qs, 1, NULL, "live-e", BQ_AT_MOST_ONCE, 0, 0};
-    struct bq_msg em = {(char *)op, sizeof op - 1, 0, false, 0};
+    struct bq_msg em = {(char *)op, sizeof op - 1, 0, false, 0, 0};
     CHECK_INT(b->ops->bury(b, &amo, &em, (struct bq_slice){entry, (size_t)n}, &held, NULL), BQ_OK);
     CHECK_INT(b->admin->dlq_requeue(b, queue, (struct bq_slice){entry, (size_t)n}, &done, NULL),
               BQ_OK);
@@ -1372,7 +1372,7 @@ TEST(a_deduplicated_push_without_multi_takes_the_script)
 static void admit(bq_broker *b, const struct bq_lessee *who, const char *const *keys, int n,
                   long limit, double period, char *out)
 {
-    struct bq_msg m = {(char *)"x", 1, 0, false, 0};
+    struct bq_msg m = {(char *)"x", 1, 0, false, 0, 0};
     struct bq_admission reqs[40];
     for (int i = 0; i < n; i++)
         reqs[i] = (struct bq_admission){&m, keys[i], -1, 0};

@@ -415,7 +415,7 @@ static void lease_reap(bq_broker *b, const char *q, struct tr *t)
 static void rate_limit(bq_broker *b, const char *q, struct tr *t)
 {
     WHO(who, q, "w-rl", BQ_AT_LEAST_ONCE);
-    struct bq_msg m = {(char *)"x", 1, 0, false, 0};
+    struct bq_msg m = {(char *)"x", 1, 0, false, 0, 0};
     struct bq_admission reqs[4] = {{&m, "k", -1, 0}, {&m, "k", -1, 0}, {&m, "other", -1, 0},
                                    {&m, "k", -1, 0}};
     bq_status st = b->ops->rate_limit(b, &who, 2, 10, reqs, 4, NULL);

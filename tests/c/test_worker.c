@@ -540,6 +540,84 @@ TEST(control_for_a_task_ahead_is_kept_until_it_runs)
     pthread_mutex_destroy(&ctl.mu);
 }
 
+/* A cancel or pause that comes after a message was fetched and before its slot named the
+ * task is kept for it: the slot takes it as it names the task; a message fetched after the
+ * request does not; a request is taken once. */
+static struct {
+    bq_worker *w;
+    struct bq_slot_ctl *ctl;
+} late;
+static atomic_int late_started, late_go, late_control[2];
+
+static bq_status late_init(void *ud, int index, struct bq_slot_ctl *ctl, void **state,
+                           bq_err *err)
+{
+    (void)ud, (void)index, (void)err;
+    late.ctl = ctl;
+    *state = NULL;
+    return BQ_OK;
+}
+
+/* "late:<id>": waits for late_go, then names task <id> as a handler state does (l_slot.c). */
+static void late_handle(void *state, const struct bq_msg *msg, struct bq_outcome *out)
+{
+    (void)state;
+    int k = atomic_fetch_add(&late_started, 1);
+    for (int i = 0; i < 500 && atomic_load(&late_go) <= k; i++)
+        usleep(10000);
+    const char *id = msg->data + 5;
+    bq_slot_set_task(late.ctl, id);
+    int op = bq_worker_claim_control(late.w, id, msg->seq);
+    if (op != BQ_CONTROL_NONE)
+        bq_slot_request(late.ctl, op, id);
+    if (k < 2)
+        atomic_store(&late_control[k], atomic_load(&late.ctl->control) + 10);
+    bq_slot_set_task(late.ctl, NULL);
+    out->kind = BQ_OUTCOME_CANCELED;
+}
+
+TEST(control_before_the_task_is_named_is_kept_for_it)
+{
+    struct bq_config cfg = {.url = NULL, .url_source = "test", .queue_name = (char *)"test:worker:late",
+                            .max_connections = 4, .connect_timeout = 2,
+                            .command_timeout = 2, .pool_timeout = 2};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 1, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0, 1};
+    struct bq_slot_ops lops = {late_init, late_handle, fini, NULL, NULL, NULL, NULL};
+    bq_err err;
+    CHECK_INT(bq_worker_new(&o, &lops, NULL, &late.w, &err), BQ_OK);
+    if (late.w == NULL)
+        return;
+    CHECK_INT(bq_worker_start(late.w, false, &err), BQ_OK);
+    bq_broker *b = bq_worker_broker(late.w);
+    struct bq_slice m = {"late:T1", 7};
+    size_t pushed;
+    CHECK_INT(b->ops->push(b, "test:worker:late", &m, 1, &pushed, NULL), BQ_OK);
+    for (int i = 0; i < 500 && atomic_load(&late_started) < 1; i++)
+        usleep(10000);
+    CHECK_INT(atomic_load(&late_started), 1);
+    /* Fetched, not named yet: nobody has it, so it is kept. */
+    CHECK(!bq_worker_control(late.w, BQ_CONTROL_PAUSE, "T1"));
+    CHECK(!bq_worker_control(late.w, BQ_CONTROL_CANCEL, "T1")); /* a cancel outranks it */
+    CHECK(!bq_worker_control(late.w, BQ_CONTROL_PAUSE, "T9"));  /* another task's */
+    /* The same task's next message, fetched after the requests, gets none of them. */
+    CHECK_INT(b->ops->push(b, "test:worker:late", &m, 1, &pushed, NULL), BQ_OK);
+    atomic_store(&late_go, 1);
+    for (int i = 0; i < 500 && atomic_load(&late_control[0]) == 0; i++)
+        usleep(2000);
+    CHECK_INT(atomic_load(&late_control[0]), BQ_CONTROL_CANCEL + 10);
+    atomic_store(&late_go, 2);
+    for (int i = 0; i < 500 && atomic_load(&late_control[1]) == 0; i++)
+        usleep(2000);
+    CHECK_INT(atomic_load(&late_control[1]), BQ_CONTROL_NONE + 10);
+    /* Taken once: nothing is left for T1; T9's waits for a message of T9. */
+    CHECK_INT(bq_worker_claim_control(late.w, "T1", 1), BQ_CONTROL_NONE);
+    CHECK_INT(bq_worker_claim_control(late.w, "T9", 1), BQ_CONTROL_PAUSE);
+    CHECK_INT(bq_worker_claim_control(late.w, "T9", 1), BQ_CONTROL_NONE);
+    bq_worker_stop(late.w);
+    bq_worker_join(late.w);
+    bq_worker_free(late.w);
+}
+
 TEST(control_messages_parse)
 {
     char buf[64], id[16];
@@ -588,6 +666,7 @@ int main(void)
     RUN(options_are_checked);
     RUN(control_reaches_the_running_slot);
     RUN(control_for_a_task_ahead_is_kept_until_it_runs);
+    RUN(control_before_the_task_is_named_is_kept_for_it);
     RUN(control_messages_parse);
     return check_report("test_worker");
 }
