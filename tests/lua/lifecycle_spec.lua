@@ -46,6 +46,13 @@ local function result_of(results, id, ty)
     end
 end
 
+-- The result reaches on_result a moment after the handler's state is stored.
+local function wait_result(w, results, id, ty, timeout)
+    local deadline = core.monotonic() + (timeout or 5)
+    while not result_of(results, id, ty) and core.monotonic() < deadline do w:poll(0.005) end
+    return assert(result_of(results, id, ty), "no result for " .. id .. " " .. ty)
+end
+
 describe("core.OUTCOME", function()
     it("names every outcome the engine knows and refuses any other name", function()
         local names = {}
@@ -132,7 +139,7 @@ describe("lifecycle (memory)", function()
         wait_state(w, s, "i1", "input-required")
         local t = s:get_task("i1")
         assert.are.equal("which city?", t.history[2].content)
-        assert.are.equal("waiting", result_of(results, "i1", "run").state)
+        assert.are.equal("waiting", wait_result(w, results, "i1", "run").state)
         s:resume("i1", { "Paris" })
         wait_state(w, s, "i1", "completed")
         t = s:get_task("i1")
