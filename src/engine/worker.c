@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -196,6 +197,7 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     bq_cond_init(&w->cv_task);
     bq_cond_init(&w->cv_space);
     w->tasks.wake_at = INT_MAX;
+    w->fetch.due_during = INFINITY;
     bq_cond_init(&w->cv_init);
     bq_cond_init(&w->heartbeat.cv);
 

@@ -22,6 +22,7 @@
 
 #include <limits.h>
 #include <malloc.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -124,6 +125,8 @@ static void plan_round_trip(bq_worker *w, struct round *r, int cap)
         req->exact = true; /* a promotion is due then: to the millisecond */
     }
     r->planned_promote = w->fetch.next_promote;
+    if (req->promote) /* its reply sees every operation said before now */
+        w->fetch.due_during = INFINITY;
     /* Renew the lease in this round trip if it would come due before it returns. */
     r->prev_beat = w->lease.last_beat;
     if (r->lease && now + req->timeout >= w->lease.last_beat + r->period) {
@@ -140,10 +143,14 @@ void bq_worker_due(bq_worker *w, double seconds)
     bool wake = false;
     pthread_mutex_lock(&w->mu);
     w->fetch.delayed_waiting = true;
-    if (due < w->fetch.next_promote) {
+    if (due < w->fetch.next_promote)
         w->fetch.next_promote = due;
-        wake = w->fetch.blocking && w->fetch.block_until > due;
-    }
+    /* During a round trip that promotes, next_promote is already past: its reply, which may
+     * not have seen this operation, sets the next one (settle_round_trip), so the time is
+     * kept apart too, and a wait planned past it is cut either way. */
+    if (due < w->fetch.due_during)
+        w->fetch.due_during = due;
+    wake = w->fetch.blocking && w->fetch.block_until > due;
     pthread_mutex_unlock(&w->mu);
     if (wake)
         w->broker->ops->interrupt(w->broker);
@@ -205,6 +212,8 @@ static void settle_round_trip(bq_worker *w, struct round *r)
          * operation said on the control channel): the reply may not have seen it. */
         if (w->fetch.next_promote < r->planned_promote && w->fetch.next_promote < next)
             next = w->fetch.next_promote;
+        if (w->fetch.due_during < next)
+            next = w->fetch.due_during;
         w->fetch.next_promote = next;
         w->fetch.delayed_waiting = res->next_due >= 0 || next < r->now + wait;
     }

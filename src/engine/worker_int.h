@@ -138,6 +138,9 @@ struct worker_fetch {
     double next_promote;    /* when a fetch next promotes due retries (a retry brings it
                              * forward) */
     bool delayed_waiting;   /* the last promotion saw retries waiting for a later time */
+    double due_during;      /* the earliest time a delayed operation said to be due since
+                             * the last promoting round trip was planned (INFINITY: none);
+                             * that round trip's reply may not have seen it */
 };
 
 /* The worker's lease: renewed by the dispatcher's round trips, or by the heartbeat thread

@@ -80,6 +80,28 @@ describe("#redis delayed operations", function()
         proc.stop(w)
     end)
 
+    it("starts on time a task delayed while the worker waits in a round trip that promotes", function()
+        -- A "due" heard while the worker blocks in a round trip that promotes: that reply,
+        -- which did not see the operation, must not set the next promotion 30 s away.
+        local queue, dir = qname("during"), proc.tmpdir()
+        local out = dir .. "/starts"
+        local w = cluster.worker(server, queue, { BQ_TEST_OUT = out, BQ_TEST_BLOCK_TIMEOUT = 30 }, WORKER, dir)
+        proc.sleep(0.3)
+        -- "due 0": the worker promotes at once, in a round trip that then blocks up to 30 s.
+        server:cli("PUBLISH", "{" .. queue .. "}:control", "due 0")
+        proc.sleep(0.2)
+        local s = bq.scheduler{ url = server.url, queue_name = queue }
+        assert(s:run{ task_id = "during-1", messages = { "x" }, delay = 0.5 })
+        local due = due_times(server, queue)["during-1"]
+        local started = proc.wait_for(function() return starts(out)["during-1"] end, 5, 0.01)
+        assert.truthy(started, "the task did not start within 5 s of its due time")
+        local late = (started - due) * 1000
+        print(("\n  delay=0.5 said during a promoting wait: started %.1f ms after its due time"):format(late))
+        assert.is_true(late >= -1 and late < 100, ("%.1f ms late"):format(late))
+        s:close()
+        proc.stop(w)
+    end)
+
     it("starts on time a task due after the worker's next promotion, in that promotion's round trip", function()
         -- The producer's announcement does not change a promotion planned earlier than the
         -- due time; that promotion's reply then cuts the blocking wait sent with it.
