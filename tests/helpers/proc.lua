@@ -80,7 +80,31 @@ function M.spawn(cmd, opts)
         return s and tonumber(s:match("%d+"))
     end, 10)
     assert(pid, "could not start: " .. cmd)
-    return { pid = pid, log = log, rcfile = rcf, cmd = cmd }
+    local p = { pid = pid, log = log, rcfile = rcf, cmd = cmd }
+    if M.current_test then
+        local mine = M.spawned[M.current_test] or {}
+        M.spawned[M.current_test] = mine
+        mine[#mine + 1] = p
+    end
+    return p
+end
+
+--- The processes each running test started (tests/helpers/cleanup.lua, busted's helper, sets
+-- current_test): a test that fails before it stops them has them stopped for it.
+M.spawned = setmetatable({}, { __mode = "k" })
+
+--- Stops the processes `test` started that still run; returns how many.
+function M.stop_left(test)
+    local n = 0
+    for _, p in ipairs(M.spawned[test] or {}) do
+        if M.alive(p) then
+            M.stop(p, 2)
+            n = n + 1
+            io.stderr:write(("# stopped pid %d, left running by a failed test: %s\n"):format(p.pid, p.cmd:sub(1, 120)))
+        end
+    end
+    M.spawned[test] = nil
+    return n
 end
 
 function M.alive(p)

@@ -223,13 +223,15 @@ print(",".join(d), ",".join(d["params"]), ",".join(m), m["parts"][0]["text"], m[
             local w = worker(q, { BQ_TEST_CONCURRENCY = 4 })
             local s = store(q)
             local ids, list = {}, {}
+            -- Naps longer than the test's own pace on a loaded machine (there, a second went by
+            -- between two cancels, and a 4 s nap ended before its cancel came).
             for i = 1, 4 do
                 ids[i] = uuid()
-                list[i] = { "run", ids[i], uuid(), "nap:4" }
+                list[i] = { "run", ids[i], uuid(), "nap:30" }
             end
             -- Twenty more runs wait behind them: the cancels queue up after those.
             local waiting = uuid()
-            list[5] = { "run", waiting, uuid(), "nap:4" }
+            list[5] = { "run", waiting, uuid(), "nap:30" }
             for i = 6, 24 do list[i] = { "run", uuid(), uuid(), "nap:4" } end
             rpush(q, bindu_ops(list))
             for i = 1, 4 do wait_state(s, ids[i], "working") end
@@ -475,14 +477,16 @@ INSERT INTO tasks (id, context_id, owner_did, kind, state, state_timestamp, hist
             proc.sleep(0.3)
             assert.are.equal("canceled", row(schema, nap).state)
             -- pause and resume: Bindu's name for paused is suspended
-            local steps = submit(schema, q, "steps:60")
+            -- 200 steps of 20 ms: longer than this test's pace on a loaded machine (a 60-step
+            -- run once ended before the pause was pushed)
+            local steps = submit(schema, q, "steps:200")
             wait_row(schema, steps, "working")
             proc.sleep(0.3)
             assert(admin.client:command(q, "RPUSH", q, bindu_ops({ { "pause", steps } })[1]))
             wait_row(schema, steps, "suspended")
-            assert(admin.client:command(q, "RPUSH", q, bindu_ops({ { "resume", steps, uuid(), "steps:60" } })[1]))
-            r = wait_row(schema, steps, "completed", 15)
-            assert.truthy(r.history[#r.history].parts[1].text:find("^counted %d+%.%.60"), r.history[#r.history].parts[1].text)
+            assert(admin.client:command(q, "RPUSH", q, bindu_ops({ { "resume", steps, uuid(), "steps:200" } })[1]))
+            r = wait_row(schema, steps, "completed", 30)
+            assert.truthy(r.history[#r.history].parts[1].text:find("^counted %d+%.%.200"), r.history[#r.history].parts[1].text)
             -- binduq's own view of the same task
             local s = bq.scheduler{ scheduler = { url = server.url, queue_name = q },
                                     storage = { type = "postgres", url = db.url, layout = "bindu", schema = schema } }
