@@ -272,12 +272,15 @@ static const struct {
                    "  AND ($11::text IS NULL OR COALESCE(requested, '') = $11::text)"
                    " RETURNING state, requested, attempts"},
     [ST_REMOVE] = {"bq_remove", 1, "DELETE FROM @S.tasks WHERE id = $1::text RETURNING id"},
-    /* bq_change for a batch: $1 is a JSON array of {o (1..n), id, f, t, h, a, k, e, r, w, n}
-     * (ordinal, then bq_change's $1..$10, with distinct ids). One row per change, in order:
-     * whether it was made, then the state, requested and attempts after it, or of the record
-     * that refused it (the statement's snapshot), and whether the task exists. */
+    /* bq_change for a batch: $1 is a JSON array of {id, f, t, h, a, k, e, r, w, n} (bq_change's
+     * $1..$10, with distinct ids). One row per change, in no order (batch_results places
+     * them by id): whether it was made, the id, then the state, requested and attempts after
+     * it, or of the record that refused it (the statement's snapshot), and whether the task
+     * exists. The refused are found without a join of the changed back to the batch (a
+     * hashed NOT IN), and only they are looked up again: with hash and merge joins off (see
+     * prepare), joining the two row sets took a nested loop over both, 64 x 64 rows. */
     [ST_CHANGE_MANY] = {"bq_change_many", 1,
-                   "WITH c AS (SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS c(o int,"
+                   "WITH c AS (SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS c("
                    "  id text, f text, t text, h text, a text, k text, e text, r text, w text,"
                    "  n int)),"
                    " u AS (UPDATE @S.tasks AS x SET"
@@ -298,19 +301,15 @@ static const struct {
                    "  state_at = CASE WHEN c.t IS NOT NULL AND c.t <> x.state"
                    "   THEN now() ELSE x.state_at END"
                    "  FROM c WHERE x.id = c.id AND x.state = ANY (string_to_array(c.f, ','))"
-                   "  RETURNING c.o, x.state, x.requested, x.attempts)"
-                   " SELECT u.o IS NOT NULL,"
-                   "  CASE WHEN u.o IS NOT NULL THEN u.state ELSE x.state END,"
-                   "  CASE WHEN u.o IS NOT NULL THEN u.requested ELSE x.requested END,"
-                   "  CASE WHEN u.o IS NOT NULL THEN u.attempts ELSE x.attempts END,"
-                   "  u.o IS NOT NULL OR x.id IS NOT NULL"
-                   " FROM c LEFT JOIN u ON u.o = c.o LEFT JOIN @S.tasks x ON x.id = c.id"
-                   " ORDER BY c.o"},
-    /* store:start for a batch (bq_storage_start_many): $1 is a JSON array of {o, id, ctx,
-     * q, h, m, w} (distinct ids). Submitted -> working with the attempt counted, or a new
-     * record created working; one row per task as bq_change_many's. */
+                   "  RETURNING x.id, x.state, x.requested, x.attempts)"
+                   " SELECT true, id, state, requested, attempts, true FROM u"
+                   " UNION ALL SELECT false, c.id, x.state, x.requested, x.attempts, x.id IS NOT NULL"
+                   " FROM c LEFT JOIN @S.tasks x ON x.id = c.id WHERE c.id NOT IN (SELECT id FROM u)"},
+    /* store:start for a batch (bq_storage_start_many): $1 is a JSON array of {id, ctx, q, h,
+     * m, w} (distinct ids). Submitted -> working with the attempt counted, or a new record
+     * created working; rows as bq_change_many's. */
     [ST_START_MANY] = {"bq_start_many", 1,
-                   "WITH c AS (SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS c(o int,"
+                   "WITH c AS (SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS c("
                    "  id text, ctx text, q text, h text, m text, w text)),"
                    " u AS (INSERT INTO @S.tasks AS x (id, context_id, state, queue, history,"
                    "  metadata, worker, attempts)"
@@ -320,13 +319,9 @@ static const struct {
                    "  requested = NULL, attempts = x.attempts + 1, updated_at = now(),"
                    "  state_at = now() WHERE x.state = 'submitted'"
                    "  RETURNING x.id, x.state, x.requested, x.attempts)"
-                   " SELECT u.id IS NOT NULL,"
-                   "  CASE WHEN u.id IS NOT NULL THEN u.state ELSE x.state END,"
-                   "  CASE WHEN u.id IS NOT NULL THEN u.requested ELSE x.requested END,"
-                   "  CASE WHEN u.id IS NOT NULL THEN u.attempts ELSE x.attempts END,"
-                   "  u.id IS NOT NULL OR x.id IS NOT NULL"
-                   " FROM c LEFT JOIN u ON u.id = c.id LEFT JOIN @S.tasks x ON x.id = c.id"
-                   " ORDER BY c.o"},
+                   " SELECT true, id, state, requested, attempts, true FROM u"
+                   " UNION ALL SELECT false, c.id, x.state, x.requested, x.attempts, x.id IS NOT NULL"
+                   " FROM c LEFT JOIN @S.tasks x ON x.id = c.id WHERE c.id NOT IN (SELECT id FROM u)"},
 };
 
 /* ---- The storage --------------------------------------------------------------------------- */
@@ -864,32 +859,46 @@ static void json_field(bq_buf *b, const char *key, const char *v)
         bq_buf_json_str(b, v, strlen(v));
 }
 
-/* Reads the n rows of a batch statement (changed, state, requested, attempts, found) into
- * out, and clears res. */
-static bq_status batch_results(PGresult *res, size_t n, struct bq_task_result *out, bq_err *err)
+/* Reads the n rows of a batch statement (changed, id, state, requested, attempts, found)
+ * into out, each at its id's place in ids[0..n) (distinct; rows usually come in their
+ * order), and clears res. */
+static bq_status batch_results(PGresult *res, const char *const *ids, size_t n,
+                               struct bq_task_result *out, bq_err *err)
 {
-    if ((size_t)bq_pq.PQntuples(res) != n) {
-        int rows = bq_pq.PQntuples(res);
+    int rows = bq_pq.PQntuples(res);
+    bool seen[BQ_CHANGE_MANY_MAX] = {false};
+    if ((size_t)rows != n || n > BQ_CHANGE_MANY_MAX) {
         bq_pq.PQclear(res);
         return bq_err_set(err, BQ_EPG, "storage: a batch of %zu answered %d rows", n, rows);
     }
-    for (size_t i = 0; i < n; i++) {
-        int row = (int)i;
+    for (int row = 0; row < rows; row++) {
+        const char *id = bq_pq.PQgetvalue(res, row, 1);
+        size_t i = (size_t)row, k = 0;
+        while (k < n && (seen[i] || strcmp(ids[i], id) != 0)) {
+            i = (i + 1) % n;
+            k++;
+        }
+        if (k == n) {
+            bq_pq.PQclear(res);
+            return bq_err_set(err, BQ_EPG, "storage: a batch answered for a task it was not given");
+        }
+        seen[i] = true;
         out[i].changed = strcmp(bq_pq.PQgetvalue(res, row, 0), "t") == 0;
-        out[i].found = strcmp(bq_pq.PQgetvalue(res, row, 4), "t") == 0;
+        out[i].found = strcmp(bq_pq.PQgetvalue(res, row, 5), "t") == 0;
         if (out[i].found) {
-            snprintf(out[i].state, sizeof out[i].state, "%s", bq_pq.PQgetvalue(res, row, 1));
+            snprintf(out[i].state, sizeof out[i].state, "%s", bq_pq.PQgetvalue(res, row, 2));
             snprintf(out[i].requested, sizeof out[i].requested, "%s",
-                     bq_pq.PQgetvalue(res, row, 2));
-            out[i].attempts = atoi(bq_pq.PQgetvalue(res, row, 3));
+                     bq_pq.PQgetvalue(res, row, 3));
+            out[i].attempts = atoi(bq_pq.PQgetvalue(res, row, 4));
         }
     }
     bq_pq.PQclear(res);
     return BQ_OK;
 }
 
-/* Runs batch statement stmt with the JSON array b (freed here) and reads its n rows. */
-static bq_status run_batch(pg_storage *s, int stmt, bq_buf *b, size_t n,
+/* Runs batch statement stmt with the JSON array b (freed here) of the tasks ids[0..n) and
+ * reads its n rows. */
+static bq_status run_batch(pg_storage *s, int stmt, bq_buf *b, const char *const *ids, size_t n,
                            struct bq_task_result *out, bq_err *err)
 {
     if (b->oom) {
@@ -900,7 +909,7 @@ static bq_status run_batch(pg_storage *s, int stmt, bq_buf *b, size_t n,
     PGresult *res;
     bq_status st = run1(s, stmt, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
     bq_buf_free(b);
-    return st != BQ_OK ? st : batch_results(res, n, out, err);
+    return st != BQ_OK ? st : batch_results(res, ids, n, out, err);
 }
 
 static bq_status pg_change_many(bq_storage *base, const struct bq_task_change *changes,
@@ -908,6 +917,9 @@ static bq_status pg_change_many(bq_storage *base, const struct bq_task_change *c
 {
     pg_storage *s = (pg_storage *)base;
     memset(out, 0, n * sizeof *out);
+    const char *ids[BQ_CHANGE_MANY_MAX];
+    if (n > BQ_CHANGE_MANY_MAX)
+        return bq_err_set(err, BQ_EINVAL, "storage change_many: at most %d tasks", BQ_CHANGE_MANY_MAX);
     bq_buf b = BQ_BUF_INIT;
     bq_buf_putc(&b, '[');
     for (size_t i = 0; i < n; i++) {
@@ -926,7 +938,8 @@ static bq_status pg_change_many(bq_storage *base, const struct bq_task_change *c
             return bq_err_set(err, BQ_EINVAL, "storage change: history and artifacts must be "
                               "JSON arrays");
         }
-        bq_buf_printf(&b, "%s{\"o\":%zu,\"n\":%d", i ? "," : "", i + 1, c->count_attempt ? 1 : 0);
+        ids[i] = c->id;
+        bq_buf_printf(&b, "%s{\"n\":%d", i ? "," : "", c->count_attempt ? 1 : 0);
         json_field(&b, "id", c->id);
         json_field(&b, "f", c->from ? c->from : PG_OPEN_STATES);
         json_field(&b, "t", c->to);
@@ -939,7 +952,7 @@ static bq_status pg_change_many(bq_storage *base, const struct bq_task_change *c
         bq_buf_putc(&b, '}');
     }
     bq_buf_putc(&b, ']');
-    return run_batch(s, ST_CHANGE_MANY, &b, n, out, err);
+    return run_batch(s, ST_CHANGE_MANY, &b, ids, n, out, err);
 }
 
 static bq_status pg_start_many(bq_storage *base, const struct bq_task_new *tasks, size_t n,
@@ -947,6 +960,9 @@ static bq_status pg_start_many(bq_storage *base, const struct bq_task_new *tasks
 {
     pg_storage *s = (pg_storage *)base;
     memset(out, 0, n * sizeof *out);
+    const char *ids[BQ_CHANGE_MANY_MAX];
+    if (n > BQ_CHANGE_MANY_MAX)
+        return bq_err_set(err, BQ_EINVAL, "storage start_many: at most %d tasks", BQ_CHANGE_MANY_MAX);
     bq_buf b = BQ_BUF_INIT;
     bq_buf_putc(&b, '[');
     for (size_t i = 0; i < n; i++) {
@@ -955,8 +971,9 @@ static bq_status pg_start_many(bq_storage *base, const struct bq_task_new *tasks
             bq_buf_free(&b);
             return bq_err_set(err, BQ_EINVAL, "storage start: a task needs an id");
         }
-        bq_buf_printf(&b, "%s{\"o\":%zu", i ? "," : "", i + 1);
-        json_field(&b, "id", t->id);
+        ids[i] = t->id;
+        bq_buf_puts(&b, i ? ",{\"id\":" : "{\"id\":");
+        bq_buf_json_str(&b, t->id, strlen(t->id));
         json_field(&b, "ctx", t->context_id);
         json_field(&b, "q", t->queue);
         json_field(&b, "h", t->history);
@@ -965,7 +982,7 @@ static bq_status pg_start_many(bq_storage *base, const struct bq_task_new *tasks
         bq_buf_putc(&b, '}');
     }
     bq_buf_putc(&b, ']');
-    return run_batch(s, ST_START_MANY, &b, n, out, err);
+    return run_batch(s, ST_START_MANY, &b, ids, n, out, err);
 }
 
 static bq_status pg_list(bq_storage *base, const struct bq_task_filter *f,

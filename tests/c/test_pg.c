@@ -478,6 +478,54 @@ TEST(appends_concatenate_arrays)
     CHECK_CONTAINS(err.msg, "PQexecPrepared(bq_change)");
 }
 
+/* A batch of starts is one statement: a submitted task starts (its attempt counted, its
+ * request cleared), one nobody recorded is created working, a finished one is refused with
+ * its state; each answer at its task's place, whatever order the statement gives them in. */
+TEST(start_many_starts_creates_or_refuses_each_in_place)
+{
+    NEED_PG();
+    struct bq_task_result res[5];
+    bq_err err;
+    struct bq_task_new sub = {"sm-1", NULL, "q", NULL, NULL, NULL, NULL, 0, "pause"};
+    CHECK_INT(store->ops->create(store, &sub, &res[0], &err), BQ_OK);
+    CHECK_INT(create(store, "sm-3", NULL, NULL, &res[0]), BQ_OK);
+    struct bq_task_change done = cas("sm-3", NULL, "completed");
+    CHECK_INT(change(store, &done, &res[0]), BQ_OK);
+    CHECK_INT(create(store, "sm-5", NULL, NULL, &res[0]), BQ_OK);
+    struct bq_task_new t[5] = {{"sm-3", NULL, "q", NULL, NULL, NULL, "w-1", 0, NULL},
+                               {"sm-1", NULL, "q", NULL, NULL, NULL, "w-1", 0, NULL},
+                               {"sm-2", "ctx-2", "q2", NULL, "[\"hi\"]", NULL, "w-1", 0, NULL},
+                               {"sm-4", NULL, "q", NULL, NULL, NULL, "w-1", 0, NULL},
+                               {"sm-5", NULL, "q", NULL, NULL, NULL, "w-1", 0, NULL}};
+    CHECK_INT(bq_storage_start_many(store, t, 5, res, &err), BQ_OK);
+    CHECK(!res[0].changed && res[0].found);
+    CHECK_STR(res[0].state, "completed");
+    CHECK(res[1].changed && res[1].found);
+    CHECK_STR(res[1].state, "working");
+    CHECK_STR(res[1].requested, "");
+    CHECK_INT(res[1].attempts, 1);
+    CHECK(res[2].changed && res[2].found && res[2].attempts == 1);
+    CHECK(res[3].changed && res[3].found);
+    CHECK(res[4].changed && res[4].found);
+    struct bq_task_rec r;
+    bool found;
+    CHECK_INT(store->ops->get(store, "sm-2", &r, &found, NULL), BQ_OK);
+    REQUIRE(found);
+    CHECK_STR(r.state, "working");
+    CHECK_STR(r.context_id, "ctx-2");
+    CHECK_STR(r.queue, "q2");
+    CHECK_STR(r.history, "[\"hi\"]");
+    CHECK_STR(r.worker, "w-1");
+    bq_task_rec_clear(&r);
+    /* all refused now: every answer still in its place */
+    CHECK_INT(bq_storage_start_many(store, t, 5, res, &err), BQ_OK);
+    for (int i = 0; i < 5; i++) {
+        CHECK(!res[i].changed && res[i].found);
+        CHECK_STR(res[i].state, i == 0 ? "completed" : "working");
+        CHECK_INT(res[i].attempts, i == 0 ? 0 : 1);
+    }
+}
+
 /* A batch of changes is one statement, each still an exact compare-and-set: made where the
  * state allows, refused (with the state that refused it) where not, unknown ids not found;
  * appends, workers and attempts as one by one. Repeated ids go one by one. */
@@ -1273,6 +1321,7 @@ int main(void)
     RUN(change_is_a_compare_and_set_and_terminal_states_stick);
     RUN(appends_concatenate_arrays);
     RUN(change_many_is_a_batch_of_compare_and_sets);
+    RUN(start_many_starts_creates_or_refuses_each_in_place);
     RUN(checkpoint_error_requested_worker_set_and_clear);
     RUN(requested_at_create_and_as_a_condition);
     RUN(bindu_layout_keeps_bindus_rows);
