@@ -166,12 +166,49 @@ local ok, err = pcall(function()
     local function dep(label, tag, n, env, extra)
         return median_of(label, function(r) return run_one(tag .. r, n, env, extra) end)
     end
+    -- Variants compared with the first, in rounds: each round runs every variant once, the
+    -- order turning by one each round, so that on a machine whose speed drifts no variant
+    -- always runs first or next to the same one. Returns each variant's medians (by key),
+    -- with x: its rate over the first's in the same round, the median of those ratios.
+    local function rounds(n, specs)
+        local runs = {}
+        for j = 1, #specs do runs[j] = {} end
+        for r = 1, REPEAT do
+            for i = 0, #specs - 1 do
+                local j = (i + r - 1) % #specs + 1
+                local s = specs[j]
+                local res = run_one(s.tag .. r, n, s.env, s.extra)
+                runs[j][r] = res
+                local parts = {}
+                for k, v in pairs(res) do parts[#parts + 1] = ("%s %.4g"):format(k, v) end
+                table.sort(parts)
+                io.write(("  %s, round %d of %d: %s\n"):format(s.label, r, REPEAT, table.concat(parts, ", ")))
+            end
+        end
+        local out = {}
+        for j, s in ipairs(specs) do
+            local med = {}
+            for k in pairs(runs[j][1]) do
+                local vals = {}
+                for r = 1, REPEAT do vals[r] = runs[j][r][k] end
+                table.sort(vals)
+                med[k] = vals[(REPEAT + 1) // 2]
+            end
+            local ratios = {}
+            for r = 1, REPEAT do ratios[r] = runs[j][r].rate / runs[1][r].rate end
+            table.sort(ratios)
+            med.x = ratios[(REPEAT + 1) // 2]
+            out[s.key] = med
+        end
+        return out
+    end
 
-    step(("the deployed shape: a producer process fills the queue with %d tasks, then a worker process (w:run(), default options) runs them; SIGTERM once done")
+    step(("the deployed shape: a producer process fills the queue with %d tasks, then a worker process (w:run(), default options) runs them; SIGTERM once done; in rounds with the same at concurrency 4")
         :format(N))
-    F.c1 = dep("at-least-once, concurrency 1", "a", N)
-    step("the same at concurrency 4")
-    F.c4 = dep("at-least-once, concurrency 4", "b", N, { BENCH_CONCURRENCY = "4" })
+    local c = rounds(N, { { key = "c1", label = "at-least-once, concurrency 1", tag = "a" },
+                          { key = "c4", label = "at-least-once, concurrency 4", tag = "b",
+                            env = { BENCH_CONCURRENCY = "4" } } })
+    F.c1, F.c4 = c.c1, c.c4
     step("the same at-most-once")
     F.amo = dep("at-most-once", "c", N, { BENCH_DELIVERY = "at-most-once" })
     step("the same with task events off (BINDUQ_EVENTS_MAX=0 in the producer and the worker: their cost)")
@@ -179,17 +216,22 @@ local ok, err = pcall(function()
                  { producer_env = { BINDUQ_EVENTS_MAX = "0" } })
     step(("the producer in the worker's own process (it schedules %d tasks, then calls w:run())"):format(N))
     F.inproc = dep("producer in the worker's process", "d", N, nil, { inproc = true })
-    step(("%d tasks each: the plain run, over 3 queues (strict priority, the producer routing them round-robin), and a rate-limited queue (16 limiter keys, then a key per task; a limit never reached)")
+    step(("%d tasks each: the plain run, over 3 queues (strict priority, the producer routing them round-robin), and a rate-limited queue (16 limiter keys, then a key per task; a limit never reached), and the task state in Redis, in rounds")
         :format(NV))
-    F.plain_v = dep("plain", "e", NV)
-    F.routing = dep("3 queues", "f", NV, { BENCH_QUEUES = true })
-    F.ratelimit = dep("rate limited, 16 keys", "g", NV, { BENCH_RATELIMIT = "16" })
-    F.ratelimit_task = dep("rate limited, a key per task", "j", NV, { BENCH_RATELIMIT = "task" })
-    F.rstore = dep("task state in Redis", "r", NV, { STORAGE_TYPE = "redis" },
-                   { producer_env = { STORAGE_TYPE = "redis" } })
-    step(("TLS: %d tasks over rediss://, then over plain TCP"):format(NV))
-    F.tls = dep("TLS", "h", NV, { BENCH_CA = certs.ca }, { url = server.tls_url })
-    F.tcp = dep("TCP", "i", NV)
+    local variants = rounds(NV, {
+        { key = "plain_v", label = "plain", tag = "e" },
+        { key = "routing", label = "3 queues", tag = "f", env = { BENCH_QUEUES = true } },
+        { key = "ratelimit", label = "rate limited, 16 keys", tag = "g", env = { BENCH_RATELIMIT = "16" } },
+        { key = "ratelimit_task", label = "rate limited, a key per task", tag = "j", env = { BENCH_RATELIMIT = "task" } },
+        { key = "rstore", label = "task state in Redis", tag = "r", env = { STORAGE_TYPE = "redis" },
+          extra = { producer_env = { STORAGE_TYPE = "redis" } } },
+    })
+    for k, f in pairs(variants) do F[k] = f end
+    step(("TLS: %d tasks over plain TCP and over rediss://, in rounds"):format(NV))
+    local t = rounds(NV, { { key = "tcp", label = "TCP", tag = "i" },
+                           { key = "tls", label = "TLS", tag = "h", env = { BENCH_CA = certs.ca },
+                             extra = { url = server.tls_url } } })
+    F.tcp, F.tls = t.tcp, t.tls
 
     step(("pickup latency at idle: a worker process waiting on an empty queue, a producer process sending %d tasks one at a time (2 ms apart); the worker's CPU while idle for 3 s")
         :format(N_LAT))
@@ -253,14 +295,21 @@ local ok, err = pcall(function()
         local init = proc.sh(("pgbench -i -q -s 1 '%s' 2>&1"):format(db.url))
         assert(init:find("done", 1, true), "pgbench -i said: " .. init)
         F.pg = median_of("PostgreSQL", function(r)
-            local mem = run_one("m" .. r, N_PG).rate
-            local rate = run_one("p" .. r, N_PG, { BENCH_PG = db.url }).rate
+            -- in turn, the first of the two alternating
+            local mem, rate
+            if r % 2 == 1 then
+                mem = run_one("m" .. r, N_PG).rate
+                rate = run_one("p" .. r, N_PG, { BENCH_PG = db.url }).rate
+            else
+                rate = run_one("p" .. r, N_PG, { BENCH_PG = db.url }).rate
+                mem = run_one("m" .. r, N_PG).rate
+            end
             -- -N: the simple update (one UPDATE, one SELECT, one INSERT per transaction), one
             -- client, as one worker at concurrency 1 is.
             local out = proc.sh(("pgbench -N -c 1 -j 1 -T 5 '%s' 2>&1"):format(db.url))
             local tps = tonumber(out:match("tps = ([%d.]+)"))
             assert(tps, "pgbench said: " .. out)
-            return { memory = mem, postgres = rate, pgbench = tps }
+            return { memory = mem, postgres = rate, pgbench = tps, x = rate / mem, xb = rate / tps }
         end)
         step("the A2A stream on an idle worker: 200 message/stream calls, each read as server-sent events to "
              .. "its end and the next sent 20 ms later; "
@@ -363,8 +412,9 @@ end
 local L = F.lim
 local function row(label, fmt, ...) print(("  %-34s" .. fmt):format(label, ...)) end
 print()
-print(("results: the median of %d runs each (ratio = binduq / the limit measured on the same server, same run)")
+print(("results: the median of %d runs each (ratio = binduq / the limit measured on the same server, same run;")
     :format(REPEAT))
+print("  a ratio between two binduq runs is the median of the ratios of runs made in turn, round by round)")
 print("the deployed shape (producer process -> Redis -> worker process, w:run(), default options)")
 row("process, at-least-once", "%9.0f tasks/s   %5.2f x redis-benchmark RPOP (%.0f/s), %5.2f x pipelined RPOP (%.0f/s)",
     F.c1.rate, F.c1.rate / L.rpop, L.rpop, F.c1.rate / L.rpop_p, L.rpop_p)
@@ -372,7 +422,7 @@ row("  Redis CPU per task", "%9.2f us        %5.2f x one pipelined LPUSH + RPOP 
     F.c1.redis_us, F.c1.redis_us / L.push_pop_us, L.push_pop_us)
 row("  worker CPU per task", "%9.2f us", F.c1.cpu_us)
 row("  concurrency 4", "%9.0f tasks/s   %5.2f x concurrency 1; Redis %.2f us, worker %.2f us a task",
-    F.c4.rate, F.c4.rate / F.c1.rate, F.c4.redis_us, F.c4.cpu_us)
+    F.c4.rate, F.c4.x, F.c4.redis_us, F.c4.cpu_us)
 row("  task events off", "%9.0f tasks/s   events on (the default) run at %.2f x; Redis %.2f us, worker %.2f us a task",
     F.noev.rate, F.c1.rate / F.noev.rate, F.noev.redis_us, F.noev.cpu_us)
 row("process, at-most-once", "%9.0f tasks/s   %5.2f x redis-benchmark RPOP; Redis %.2f us, worker %.2f us a task",
@@ -380,15 +430,15 @@ row("process, at-most-once", "%9.0f tasks/s   %5.2f x redis-benchmark RPOP; Redi
 row("  producer in the worker's process", "%9.0f tasks/s   another process' producer costs %.0f %%",
     F.inproc.rate, 100 * (1 - F.c1.rate / F.inproc.rate))
 row(("process, 3 queues (%d)"):format(NV), "%9.0f tasks/s   %5.2f x the plain run (%.0f/s, %d tasks)",
-    F.routing.rate, F.routing.rate / F.plain_v.rate, F.plain_v.rate, NV)
+    F.routing.rate, F.routing.x, F.plain_v.rate, NV)
 row(("process, state in Redis (%d)"):format(NV), "%9.0f tasks/s   %5.2f x the plain run; Redis %.2f us a task; its producer %.0f/s",
-    F.rstore.rate, F.rstore.rate / F.plain_v.rate, F.rstore.redis_us, F.rstore.enqueue or 0)
+    F.rstore.rate, F.rstore.x, F.rstore.redis_us, F.rstore.enqueue or 0)
 row("process, rate limited (16 keys)", "%9.0f tasks/s   %5.2f x the plain run; Redis %.2f us a task",
-    F.ratelimit.rate, F.ratelimit.rate / F.plain_v.rate, F.ratelimit.redis_us)
+    F.ratelimit.rate, F.ratelimit.x, F.ratelimit.redis_us)
 row("  a limiter key per task", "%9.0f tasks/s   %5.2f x the plain run; Redis %.2f us a task",
-    F.ratelimit_task.rate, F.ratelimit_task.rate / F.plain_v.rate, F.ratelimit_task.redis_us)
+    F.ratelimit_task.rate, F.ratelimit_task.x, F.ratelimit_task.redis_us)
 row("process over TLS", "%9.0f tasks/s   %5.2f x the same over plain TCP (%.0f/s)",
-    F.tls.rate, F.tls.rate / F.tcp.rate, F.tcp.rate)
+    F.tls.rate, F.tls.x, F.tcp.rate)
 row("pickup latency, idle", "p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x the LPUSH round trip (%.3f ms)",
     F.lat.p50, F.lat.p99, F.lat.p50 / L.rtt_ms, F.lat.p99 / L.rtt_ms, L.rtt_ms)
 row("  the producer's schedule calls", "p50 %.3f ms  p99 %.3f ms (encode, record, LPUSH, reply)",
@@ -414,8 +464,8 @@ for _, v in ipairs({ { "stream, 2 processes + PostgreSQL", F.sse }, { "stream, o
         v[2].p50, v[2].p99, v[2].p99 / SSE_LIMIT_MS, SSE_LIMIT_MS, v[2].first_p99)
 end
 row(("process, PostgreSQL (%d)"):format(N_PG), "%9.0f tasks/s   %5.2f x pgbench simple-update (%.0f tps, 1 client)",
-    F.pg.postgres, F.pg.postgres / F.pg.pgbench, F.pg.pgbench)
-row("", "                  %5.2f x the same run in memory (%.0f/s)", F.pg.postgres / F.pg.memory, F.pg.memory)
+    F.pg.postgres, F.pg.xb, F.pg.pgbench)
+row("", "                  %5.2f x the same run in memory (%.0f/s)", F.pg.x, F.pg.memory)
 print("producers")
 row("enqueue, pipelined, Lua", "%9.0f tasks/s   %5.2f x redis-benchmark LPUSH (%.0f/s), %5.2f x pipelined LPUSH (%.0f/s)",
     F.enq.plain, F.enq.plain / L.lpush, L.lpush, F.enq.plain / L.lpush_p, L.lpush_p)

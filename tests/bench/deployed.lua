@@ -13,7 +13,8 @@ local core = require("binduq.core")
 local proc = require("helpers.proc")
 
 local M = {}
--- BENCH_WORKER_BIN: another build's binduq-lua for the worker, to compare two builds by hand.
+-- BENCH_WORKER_BIN (or run's opts.worker_bin): another build's binduq-lua for the worker, to
+-- compare two builds by hand.
 local WORKER = (os.getenv("BENCH_WORKER_BIN") or "build/binduq-lua") .. " tests/bench/proc_worker.lua run"
 
 -- Reads the handler states' report lines.
@@ -55,9 +56,11 @@ end
 --- cpu = function() -> Redis CPU seconds so far, concurrent (start the worker first and
 --- produce while it runs), inproc (the worker's own main state produces, then runs),
 --- poll_url (where the bench watches the queue, if not url: a plain-TCP URL of a TLS
---- server). Returns { rate, redis_us (Redis CPU per task, microseconds), cpu_us (the worker
---- process' CPU per task, start-up included), enqueue }.
+--- server), worker_bin (another build's binduq-lua). Returns { rate, redis_us (Redis CPU
+--- per task, microseconds), cpu_us (the worker process' CPU per task, start-up included),
+--- enqueue }.
 function M.run(opts)
+    local worker = opts.worker_bin and opts.worker_bin .. " tests/bench/proc_worker.lua run" or WORKER
     local dir, out, base, wenv = setup(opts)
     local penv = spawn_env(base, opts.producer_env)
     local queues = {}
@@ -77,7 +80,7 @@ function M.run(opts)
     if opts.inproc then
         wenv.BENCH_FILL, wenv.BENCH_PREFIX = tostring(opts.n), opts.prefix
         cpu0 = opts.cpu()
-        w = proc.spawn(WORKER, { env = wenv, dir = dir })
+        w = proc.spawn(worker, { env = wenv, dir = dir })
         local deadline = core.monotonic() + 120
         while not (proc.read(w.log) or ""):find("filled rate=") do
             assert(proc.alive(w), "the worker exited early: " .. (proc.read(w.log) or ""))
@@ -91,10 +94,10 @@ function M.run(opts)
         enqueue = tonumber(pout:match("rate=([%d.]+)"))
         assert(left() == opts.n, ("the queue holds %d of %d"):format(left(), opts.n))
         cpu0 = opts.cpu()
-        w = proc.spawn(WORKER, { env = wenv, dir = dir })
+        w = proc.spawn(worker, { env = wenv, dir = dir })
     else
         cpu0 = opts.cpu()
-        w = proc.spawn(WORKER, { env = wenv, dir = dir })
+        w = proc.spawn(worker, { env = wenv, dir = dir })
         proc.sleep(0.5) -- the worker is waiting
         p = proc.spawn(producer_cmd, { env = penv, dir = dir })
     end
