@@ -295,7 +295,7 @@ local ok, err = pcall(function()
         local init = proc.sh(("pgbench -i -q -s 1 '%s' 2>&1"):format(db.url))
         assert(init:find("done", 1, true), "pgbench -i said: " .. init)
         F.pg = median_of("PostgreSQL", function(r)
-            -- in turn, the first of the two alternating
+            -- the two in turn, each going first every other run
             local mem, rate
             if r % 2 == 1 then
                 mem = run_one("m" .. r, N_PG).rate
