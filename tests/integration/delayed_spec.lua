@@ -39,6 +39,20 @@ local function due_times(server, queue)
     return due
 end
 
+-- Judges how late the starts were ({ms}): by what a fault would cost, not by a quiet
+-- machine's figure. A missed wake-up or cut makes every start late by up to `fault_ms` (the
+-- wait it failed to end), or by up to 100 ms (Redis' cron tick ending a blocking wait, which
+-- binduq cuts itself); a shared two-core machine now and then stalls one process for 100 ms
+-- or more. So the median (of three or more) must be within 20 ms and none later than the
+-- fault, nor early.
+local function assert_on_time(late, fault_ms)
+    table.sort(late)
+    local median = late[(#late + 1) // 2]
+    assert.is_true(late[1] >= -1, ("started %.1f ms before it was due"):format(-late[1]))
+    assert.is_true(#late < 3 or median <= 20, ("median %.1f ms late"):format(median))
+    assert.is_true(late[#late] < fault_ms, ("worst %.1f ms late"):format(late[#late]))
+end
+
 describe("#redis delayed operations", function()
     local server
     setup(function()
@@ -74,8 +88,7 @@ describe("#redis delayed operations", function()
         -- Redis and the worker share this machine's clock: start - due is the lateness.
         print(("\n  delay=0.5 started after its due time (Redis' clock): median %.1f ms, worst %.1f ms, best %.1f ms")
             :format(late[5], late[#late], late[1]))
-        assert.is_true(late[1] >= -1, "started before it was due")
-        assert.is_true(late[#late] < 100, ("worst %.1f ms late"):format(late[#late]))
+        assert_on_time(late, 1000) -- not woken: 30 s
         s:close()
         proc.stop(w)
     end)
@@ -97,7 +110,7 @@ describe("#redis delayed operations", function()
         assert.truthy(started, "the task did not start within 5 s of its due time")
         local late = (started - due) * 1000
         print(("\n  delay=0.5 said during a promoting wait: started %.1f ms after its due time"):format(late))
-        assert.is_true(late >= -1 and late < 100, ("%.1f ms late"):format(late))
+        assert_on_time({ late }, 1000) -- the next promotion set 30 s away
         s:close()
         proc.stop(w)
     end)
@@ -119,7 +132,7 @@ describe("#redis delayed operations", function()
         end
         table.sort(late)
         print(("\n  delay=1.7 with block_timeout=1: %.1f to %.1f ms after its due time"):format(late[1], late[3]))
-        assert.is_true(late[1] >= -1 and late[3] < 100, ("worst %.1f ms late"):format(late[3]))
+        assert_on_time(late, 1000) -- not cut: up to block_timeout
         s:close()
         proc.stop(w)
     end)
@@ -146,7 +159,7 @@ describe("#redis delayed operations", function()
         end
         table.sort(late)
         print(("\n  two queues, delay=0.5 on the second: %.1f to %.1f ms after its due time"):format(late[1], late[3]))
-        assert.is_true(late[1] >= -1 and late[3] < 100, ("worst %.1f ms late"):format(late[3]))
+        assert_on_time(late, 1000) -- the bell not heard: 30 s
         s:close()
         proc.stop(w)
     end)
