@@ -288,28 +288,30 @@ local ok, err = pcall(function()
         return g
     end)
 
-    step(("task state in PostgreSQL: %d tasks, against the same in memory; pgbench on the same server")
-        :format(N_PG))
-    local db = pg.start()
+    step(("task state in PostgreSQL: %d tasks, on a durable server (fsync and synchronous_commit on, "
+          .. "as PostgreSQL ships), against the same in memory and with synchronous_commit=off in the "
+          .. "worker's URL; pgbench on the same server"):format(N_PG))
+    local db = pg.start{ durable = true }
     local okp, perr = pcall(function()
         local init = proc.sh(("pgbench -i -q -s 1 '%s' 2>&1"):format(db.url))
         assert(init:find("done", 1, true), "pgbench -i said: " .. init)
+        -- the worker's sessions only: libpq's options, as a user would set them in DATABASE_URL
+        local async_url = db.url .. "?options=-csynchronous_commit%3Doff"
+        local pg_runs = { { "m", nil }, { "p", db.url }, { "o", async_url } }
         F.pg = median_of("PostgreSQL", function(r)
-            -- the two in turn, each going first every other run
-            local mem, rate
-            if r % 2 == 1 then
-                mem = run_one("m" .. r, N_PG).rate
-                rate = run_one("p" .. r, N_PG, { BENCH_PG = db.url }).rate
-            else
-                rate = run_one("p" .. r, N_PG, { BENCH_PG = db.url }).rate
-                mem = run_one("m" .. r, N_PG).rate
+            -- the three in turn, the order turning by one each run
+            local rate = {}
+            for i = 0, #pg_runs - 1 do
+                local v = pg_runs[(i + r - 1) % #pg_runs + 1]
+                rate[v[1]] = run_one(v[1] .. r, N_PG, v[2] and { BENCH_PG = v[2] } or nil).rate
             end
             -- -N: the simple update (one UPDATE, one SELECT, one INSERT per transaction), one
             -- client, as one worker at concurrency 1 is.
             local out = proc.sh(("pgbench -N -c 1 -j 1 -T 5 '%s' 2>&1"):format(db.url))
             local tps = tonumber(out:match("tps = ([%d.]+)"))
             assert(tps, "pgbench said: " .. out)
-            return { memory = mem, postgres = rate, pgbench = tps, x = rate / mem, xb = rate / tps }
+            return { memory = rate.m, postgres = rate.p, async = rate.o, pgbench = tps,
+                     x = rate.p / rate.m, xb = rate.p / tps, xa = rate.o / rate.m }
         end)
         step("the A2A stream on an idle worker: 200 message/stream calls, each read as server-sent events to "
              .. "its end and the next sent 20 ms later; "
@@ -466,6 +468,8 @@ end
 row(("process, PostgreSQL (%d)"):format(N_PG), "%9.0f tasks/s   %5.2f x pgbench simple-update (%.0f tps, 1 client)",
     F.pg.postgres, F.pg.xb, F.pg.pgbench)
 row("", "                  %5.2f x the same run in memory (%.0f/s)", F.pg.x, F.pg.memory)
+row("  synchronous_commit=off (URL)", "%9.0f tasks/s   %5.2f x the same run in memory (the worker's commits not waited for)",
+    F.pg.async, F.pg.xa)
 print("producers")
 row("enqueue, pipelined, Lua", "%9.0f tasks/s   %5.2f x redis-benchmark LPUSH (%.0f/s), %5.2f x pipelined LPUSH (%.0f/s)",
     F.enq.plain, F.enq.plain / L.lpush, L.lpush, F.enq.plain / L.lpush_p, L.lpush_p)

@@ -51,9 +51,13 @@ function Server:launch()
     local args = {
         self.as_pg .. proc.quote(self.bin .. "/postgres"), "-D", proc.quote(self.data),
         "-p", tostring(self.port), "-k", proc.quote(self.dir),
-        "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
-        "-c", "synchronous_commit=off",
+        "-c", "listen_addresses=127.0.0.1",
     }
+    if not self.durable then -- a test's server: nothing it writes need outlive a crash
+        for _, a in ipairs({ "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off" }) do
+            args[#args + 1] = a
+        end
+    end
     for _, a in ipairs(self.extra or {}) do args[#args + 1] = a end
     self.proc = proc.spawn(table.concat(args, " "),
         { dir = self.dir, log = self.dir .. "/postgres.log" })
@@ -77,6 +81,9 @@ function Server:halt()
 end
 
 --- Starts a server. opts.args adds arguments to postgres (e.g. {"-c", "max_connections=20"}).
+-- A test's server runs with fsync, full_page_writes and synchronous_commit off (quicker, and
+-- a test's rows need not outlive a crash of the machine); opts.durable keeps PostgreSQL's
+-- defaults, each commit flushed to disk, as production runs it (the bench).
 function M.start(opts)
     opts = opts or {}
     local bin = bindir()
@@ -89,6 +96,7 @@ function M.start(opts)
         dir = proc.tmpdir(),
         as_pg = root and "setpriv --reuid=postgres --regid=postgres --init-groups " or "",
         extra = opts.args,
+        durable = opts.durable,
     }, Server)
     s.data = s.dir .. "/data"
     if root then proc.sh("chown postgres: " .. proc.quote(s.dir)) end
