@@ -64,7 +64,7 @@ M.response = finish.response
 -- built raises, when the handler state starts rather than when a rare path first calls it.
 local PARTS = {}
 for _, name in ipairs({ "log_storage", "failed", "storage_failed", "skipped", "settle", "flush", "mark_pending",
-                        "do_cancel",
+                        "flush_with", "do_cancel",
                         "do_pause", "keep", "pause_or_go_on", "admit", "admit_chunk", "deferred", "do_run",
                         "decode" }) do
     PARTS[name] = true
@@ -139,7 +139,7 @@ function M.make_process(w, info)
         decode = decoder(info),
     }, STRICT)
     S.log_storage, S.failed, S.storage_failed, S.skipped = failure.build(S)
-    S.settle, S.flush, S.mark_pending = finish.build(S)
+    S.settle, S.flush, S.mark_pending, S.flush_with = finish.build(S)
     S.do_cancel, S.do_pause = control.build(S)
     S.keep, S.pause_or_go_on = order.build(S)
     S.admit, S.admit_chunk, S.deferred = admission.build(S)

@@ -83,14 +83,14 @@ static int wait_for_room(bq_worker *w)
     if (w->fetch.deep) {
         int low = w->conf.handlers + w->conf.batch / 2;
         w->tasks.wake_at = low;
-        while (!w->life.stopping && w->tasks.inflight > low)
+        while (!w->life.stopping && bq_worker_held(w) > low)
             wait_space(w);
         w->tasks.wake_at = INT_MAX;
-    } else if (!w->life.stopping && w->tasks.inflight >= cap && w->tasks.acks.n == 0) {
+    } else if (!w->life.stopping && bq_worker_held(w) >= cap && w->tasks.acks.n == 0) {
         /* Every slot is busy with a task that takes a while: no fetch will carry their events
          * soon, so they go at once (worker_feed.c). */
         bq_worker_feed_waiting(w, true);
-        while (!w->life.stopping && w->tasks.inflight >= cap && w->tasks.acks.n == 0)
+        while (!w->life.stopping && bq_worker_held(w) >= cap && w->tasks.acks.n == 0)
             wait_space(w);
         bq_worker_feed_waiting(w, false);
     }
@@ -106,7 +106,7 @@ static void plan_round_trip(bq_worker *w, struct round *r, int cap)
     struct bq_batch spare = r->acks;
     r->acks = w->tasks.acks;
     w->tasks.acks = spare;
-    int want = cap - w->tasks.inflight;
+    int want = cap - bq_worker_held(w);
     r->seen_inflight = w->tasks.inflight;
     r->drain = w->life.drain;
     double now = r->now = bq_now_mono();

@@ -116,8 +116,10 @@ struct worker_tasks {
     int ring_head, ring_n;
     int inflight;           /* fetched and not yet finished: in the ring or in a slot (its
                              * chunk, running, or its outcome pending) */
+    int pending;            /* of those, handled with their outcome pending (the slots'
+                             * npend): the dispatcher does not count them (bq_worker_held) */
     int running;            /* slots inside a handle or a flush */
-    int wake_at;            /* a finishing slot wakes the dispatcher only when inflight is
+    int wake_at;            /* a finishing slot wakes the dispatcher only when held is
                              * at most this (INT_MAX: always); saves a wake-up per task
                              * while a deep batch drains */
     struct bq_batch acks;   /* finished messages waiting to be acknowledged */
@@ -297,6 +299,17 @@ struct bq_worker {
     struct worker_report report;
     struct worker_hists hist;
 };
+
+/* The messages the worker holds not yet handled (w->mu held): in the ring, in a chunk or
+ * running. What a fetch may add is measured against this, not inflight: handled tasks whose
+ * outcomes wait for their chunk's write (flush) take no handler, and counting them made the
+ * dispatcher fetch only after that write, so the next chunk found the ring empty and its
+ * prepare could not carry the write (worker_slots.c). They add at most BQ_CHUNK_MAX a slot
+ * to the messages held. */
+static inline int bq_worker_held(const bq_worker *w)
+{
+    return w->tasks.inflight - w->tasks.pending;
+}
 
 /* Runs a broker write that must not be lost, retrying with backoff while Redis is away. */
 #define WITH_RETRIES(w, what, task_id, call)                                                 \

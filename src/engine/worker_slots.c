@@ -670,13 +670,38 @@ static bool flush_pending(bq_worker *w, struct slot *s)
     s->running = false;
     w->tasks.running--;
     w->tasks.inflight -= n;
-    if (w->tasks.inflight <= w->tasks.wake_at || w->life.stopping)
+    w->tasks.pending -= n;
+    if (bq_worker_held(w) <= w->tasks.wake_at || w->life.stopping)
         pthread_cond_broadcast(&w->cv_space);
     for (int i = 0; i < n; i++) {
         if (!moved[i])
             bq_free(msgs[i].data);
     }
     return true;
+}
+
+/* How many of the ring's messages slot threads take at once (w->mu held): on a deep queue
+ * of quick tasks, a fair share of the ring as a chunk, so prepare makes one round trip for
+ * all of it; else one. */
+static int chunk_size(const bq_worker *w)
+{
+    if (w->conf.ops.prepare == NULL || !w->fetch.deep || w->fetch.ewma_handle >= BATCH_MAX_HANDLE)
+        return w->tasks.ring_n > 0;
+    int k = w->tasks.ring_n / w->conf.concurrency;
+    return k < 1 ? 1 : k > BQ_CHUNK_MAX ? BQ_CHUNK_MAX : k;
+}
+
+/* Moves the ring's first k messages (k <= ring_n) into slot s's chunk (w->mu held). */
+static void take_chunk(bq_worker *w, struct slot *s, int k)
+{
+    for (int i = 0; i < k; i++) {
+        s->chunk[i] = w->tasks.ring[w->tasks.ring_head];
+        s->settled[i] = false;
+        w->tasks.ring_head = (w->tasks.ring_head + 1) % w->conf.capacity;
+        w->tasks.ring_n--;
+    }
+    s->chunk_at = 0;
+    s->chunk_n = k;
 }
 
 /* ---- Slots holding several tasks (per_slot > 1) ------------------------------------------
@@ -715,7 +740,7 @@ static bool multi_finish(bq_worker *w, struct slot *s, int p, struct bq_outcome 
     w->tasks.running--;
     w->tasks.inflight--;
     bool ack_now = want_ack && !(moved = ack_deferred(w, &msg));
-    if (w->tasks.inflight <= w->tasks.wake_at || w->life.stopping)
+    if (bq_worker_held(w) <= w->tasks.wake_at || w->life.stopping)
         pthread_cond_signal(&w->cv_space);
     if (ack_now || !moved) {
         pthread_mutex_unlock(&w->mu);
@@ -833,7 +858,26 @@ void *bq_worker_slot_main(void *arg)
         st = BQ_EINTR;     /* done: skip the one-task loop below */
     }
     while (st == BQ_OK) {
-        if (s->npend > 0 && (s->chunk_at == s->chunk_n || w->life.stopping) && !flush_pending(w, s))
+        /* The chunk is done and its outcomes wait: with the next chunk at hand, its prepare
+         * writes them with its starts (one round trip and one commit for both), counting as
+         * running like flush_pending; flush_pending then only carries them out. */
+        bool ahead = false;
+        if (s->npend > 0 && s->chunk_at == s->chunk_n && !w->life.stopping &&
+            chunk_size(w) > 1) {
+            take_chunk(w, s, chunk_size(w));
+            s->running = true;
+            w->tasks.running++;
+            pthread_mutex_unlock(&w->mu);
+            w->conf.ops.prepare(s->state, s->chunk, s->chunk_n, s->settled);
+            if (atomic_load(&w->life.abandoned))
+                return NULL; /* the worker is left allocated for us; the reaper has the tasks */
+            pthread_mutex_lock(&w->mu);
+            s->running = false;
+            w->tasks.running--;
+            ahead = true;
+        }
+        if (s->npend > 0 && (s->chunk_at == s->chunk_n || ahead || w->life.stopping) &&
+            !flush_pending(w, s))
             return NULL; /* abandoned: the worker is left allocated for us */
         if (s->chunk_at == s->chunk_n) {
             s->chunk_at = s->chunk_n = 0;
@@ -841,21 +885,8 @@ void *bq_worker_slot_main(void *arg)
                 pthread_cond_wait(&w->cv_task, &w->mu);
             if (w->tasks.ring_n == 0)
                 break;
-            /* A deep queue of quick tasks: take a fair share of the ring as a chunk, so
-             * prepare can make one round trip for all of it. */
-            int k = 1;
-            if (w->conf.ops.prepare != NULL && w->fetch.deep &&
-                w->fetch.ewma_handle < BATCH_MAX_HANDLE) {
-                k = w->tasks.ring_n / w->conf.concurrency;
-                k = k < 1 ? 1 : k > BQ_CHUNK_MAX ? BQ_CHUNK_MAX : k;
-            }
-            for (int i = 0; i < k; i++) {
-                s->chunk[i] = w->tasks.ring[w->tasks.ring_head];
-                s->settled[i] = false;
-                w->tasks.ring_head = (w->tasks.ring_head + 1) % w->conf.capacity;
-                w->tasks.ring_n--;
-            }
-            s->chunk_n = k;
+            int k = chunk_size(w);
+            take_chunk(w, s, k);
             if (k > 1) {
                 pthread_mutex_unlock(&w->mu);
                 w->conf.ops.prepare(s->state, s->chunk, k, s->settled);
@@ -909,6 +940,7 @@ void *bq_worker_slot_main(void *arg)
             s->pend[s->npend] = msg;
             s->pend_out[s->npend] = out;
             s->pend_took[s->npend++] = took;
+            w->tasks.pending++;
             moved = true; /* the pending list owns it */
         } else {
             w->tasks.inflight--;
@@ -916,7 +948,7 @@ void *bq_worker_slot_main(void *arg)
         bool ack_now = want_ack && !(moved = ack_deferred(w, &msg));
         atomic_store(&s->ctl.interrupt, 0);
         bq_slot_set_task(&s->ctl, NULL);
-        if (w->tasks.inflight <= w->tasks.wake_at || w->life.stopping)
+        if (bq_worker_held(w) <= w->tasks.wake_at || w->life.stopping)
             pthread_cond_signal(&w->cv_space);
         if (abandoned || trim || ack_now) {
             pthread_mutex_unlock(&w->mu);

@@ -369,24 +369,18 @@ static void push_results(lua_State *L, const struct bq_task_result *res, lua_Int
     }
 }
 
-/* store:change_many({ change, ... }) -> { {changed, state | false, requested, attempts}, ... }
- *   | nil, msg, code
- * The changes of store:change (1 to 64, distinct ids), in one round trip where the storage can
- * batch them (PostgreSQL: one statement), else one by one. */
-static int l_storage_change_many(lua_State *L)
+/* Reads the 1 to 64 tables of the list at idx (luaL_argcheck'd) into c, as store:change
+ * takes them; each stays on the stack, anchoring its strings. Returns their number. */
+static lua_Integer read_changes(lua_State *L, int idx, struct bq_task_change *c)
 {
-    bq_storage *s = check_storage(L);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    lua_Integer n = luaL_len(L, 2);
-    luaL_argcheck(L, n >= 1 && n <= BQ_CHANGE_MANY_MAX, 2, "1 to 64 changes");
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, idx);
+    luaL_argcheck(L, n >= 1 && n <= BQ_CHANGE_MANY_MAX, idx, "1 to 64 changes");
     luaL_checkstack(L, (int)n + 8, "change_many");
-    lua_settop(L, 2);
-    struct bq_task_change c[BQ_CHANGE_MANY_MAX];
-    struct bq_task_result res[BQ_CHANGE_MANY_MAX];
     for (lua_Integer i = 0; i < n; i++) {
-        lua_rawgeti(L, 2, i + 1); /* stays on the stack: it anchors the strings */
+        lua_rawgeti(L, idx, i + 1);
         if (!lua_istable(L, -1))
-            return luaL_error(L, "change_many: change %d is not a table", (int)i + 1);
+            luaL_error(L, "change_many: change %d is not a table", (int)i + 1);
         int t = lua_gettop(L);
         c[i] = (struct bq_task_change){
             .id = bq_lua_opt_string(L, t, "id"),
@@ -401,8 +395,48 @@ static int l_storage_change_many(lua_State *L)
             .count_attempt = bq_lua_opt_boolean(L, t, "count_attempt", 0),
         };
         if (c[i].id == NULL)
-            return luaL_error(L, "change_many: change %d has no 'id'", (int)i + 1);
+            luaL_error(L, "change_many: change %d has no 'id'", (int)i + 1);
     }
+    return n;
+}
+
+/* The same for the tasks of store:start_many. */
+static lua_Integer read_starts(lua_State *L, int idx, struct bq_task_new *t)
+{
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, idx);
+    luaL_argcheck(L, n >= 1 && n <= BQ_CHANGE_MANY_MAX, idx, "1 to 64 tasks");
+    luaL_checkstack(L, (int)n + 8, "start_many");
+    for (lua_Integer i = 0; i < n; i++) {
+        lua_rawgeti(L, idx, i + 1);
+        if (!lua_istable(L, -1))
+            luaL_error(L, "start_many: task %d is not a table", (int)i + 1);
+        int k = lua_gettop(L);
+        t[i] = (struct bq_task_new){
+            .id = bq_lua_opt_string(L, k, "id"),
+            .context_id = bq_lua_opt_string(L, k, "context_id"),
+            .queue = bq_lua_opt_string(L, k, "queue"),
+            .history = bq_lua_opt_string(L, k, "history"),
+            .metadata = bq_lua_opt_string(L, k, "metadata"),
+            .worker = bq_lua_opt_string(L, k, "worker"),
+        };
+        if (t[i].id == NULL)
+            luaL_error(L, "start_many: task %d has no 'id'", (int)i + 1);
+    }
+    return n;
+}
+
+/* store:change_many({ change, ... }) -> { {changed, state | false, requested, attempts}, ... }
+ *   | nil, msg, code
+ * The changes of store:change (1 to 64, distinct ids), in one round trip where the storage can
+ * batch them (PostgreSQL: one statement), else one by one. */
+static int l_storage_change_many(lua_State *L)
+{
+    bq_storage *s = check_storage(L);
+    lua_settop(L, 2);
+    struct bq_task_change c[BQ_CHANGE_MANY_MAX];
+    struct bq_task_result res[BQ_CHANGE_MANY_MAX];
+    lua_Integer n = read_changes(L, 2, c);
     bq_err err;
     if (bq_storage_change_many(s, c, (size_t)n, res, &err) != BQ_OK)
         return bq_lua_fail(L, &err);
@@ -417,34 +451,36 @@ static int l_storage_change_many(lua_State *L)
 static int l_storage_start_many(lua_State *L)
 {
     bq_storage *s = check_storage(L);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    lua_Integer n = luaL_len(L, 2);
-    luaL_argcheck(L, n >= 1 && n <= BQ_CHANGE_MANY_MAX, 2, "1 to 64 tasks");
-    luaL_checkstack(L, (int)n + 8, "start_many");
     lua_settop(L, 2);
     struct bq_task_new t[BQ_CHANGE_MANY_MAX];
     struct bq_task_result res[BQ_CHANGE_MANY_MAX];
-    for (lua_Integer i = 0; i < n; i++) {
-        lua_rawgeti(L, 2, i + 1); /* stays on the stack: it anchors the strings */
-        if (!lua_istable(L, -1))
-            return luaL_error(L, "start_many: task %d is not a table", (int)i + 1);
-        int k = lua_gettop(L);
-        t[i] = (struct bq_task_new){
-            .id = bq_lua_opt_string(L, k, "id"),
-            .context_id = bq_lua_opt_string(L, k, "context_id"),
-            .queue = bq_lua_opt_string(L, k, "queue"),
-            .history = bq_lua_opt_string(L, k, "history"),
-            .metadata = bq_lua_opt_string(L, k, "metadata"),
-            .worker = bq_lua_opt_string(L, k, "worker"),
-        };
-        if (t[i].id == NULL)
-            return luaL_error(L, "start_many: task %d has no 'id'", (int)i + 1);
-    }
+    lua_Integer n = read_starts(L, 2, t);
     bq_err err;
     if (bq_storage_start_many(s, t, (size_t)n, res, &err) != BQ_OK)
         return bq_lua_fail(L, &err);
     push_results(L, res, n);
     return 1;
+}
+
+/* store:change_start_many(changes, tasks) -> change_results, start_results | nil, msg, code
+ * store:change_many(changes) then store:start_many(tasks): in one round trip and one
+ * transaction where the storage can and the ids are distinct across both (PostgreSQL: one
+ * statement, one commit), else as the two calls (bq_storage_change_start_many). */
+static int l_storage_change_start_many(lua_State *L)
+{
+    bq_storage *s = check_storage(L);
+    lua_settop(L, 3);
+    struct bq_task_change c[BQ_CHANGE_MANY_MAX];
+    struct bq_task_new t[BQ_CHANGE_MANY_MAX];
+    struct bq_task_result rc[BQ_CHANGE_MANY_MAX], rt[BQ_CHANGE_MANY_MAX];
+    lua_Integer nc = read_changes(L, 2, c);
+    lua_Integer nt = read_starts(L, 3, t);
+    bq_err err;
+    if (bq_storage_change_start_many(s, c, (size_t)nc, t, (size_t)nt, rc, rt, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
+    push_results(L, rc, nc);
+    push_results(L, rt, nt);
+    return 2;
 }
 
 /* store:finish(id, state, append_history, append_artifacts) -> changed, state | false, requested
@@ -545,6 +581,7 @@ static const luaL_Reg storage_methods[] = {
     {"create", l_storage_create}, {"get", l_storage_get},       {"change", l_storage_change},
     {"start", l_storage_start},   {"finish", l_storage_finish},
     {"change_many", l_storage_change_many}, {"start_many", l_storage_start_many},
+    {"change_start_many", l_storage_change_start_many},
     {"list", l_storage_list},     {"remove", l_storage_remove}, {"ping", l_storage_ping},
     {"kind", l_storage_kind},     {"close", l_storage_close},   {NULL, NULL},
 };

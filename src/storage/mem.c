@@ -679,7 +679,7 @@ static void mem_destroy(bq_storage *s)
 
 static const struct bq_storage_ops mem_ops = {
     "memory", mem_create, mem_get, mem_change, mem_list, mem_remove, mem_ping, mem_destroy, NULL,
-    NULL, NULL,
+    NULL, NULL, NULL,
 };
 
 bq_status bq_storage_mem_open(int max_tasks, bq_storage **out, bq_err *err)

@@ -230,7 +230,58 @@ static const char *const bindu_migrations[] = {
 
 enum { COL_ATTEMPTS = 10, COL_WORKER = 11, COL_CREATED = 12, COL_UPDATED = 13, COL_STATE_AT = 14 };
 
-enum { ST_CREATE = 0, ST_STATE, ST_GET, ST_CHANGE, ST_REMOVE, ST_CHANGE_MANY, ST_START_MANY, ST_COUNT };
+enum {
+    ST_CREATE = 0, ST_STATE, ST_GET, ST_CHANGE, ST_REMOVE, ST_CHANGE_MANY, ST_START_MANY,
+    ST_CHANGE_START_MANY, ST_COUNT
+};
+
+/* bq_change for a batch: P is a JSON array of {id, f, t, h, a, k, e, r, w, n} (bq_change's
+ * $1..$10, with distinct ids). CHANGES_ROWS gives one row per change, in no order
+ * (batch_results places them by id): whether it was made, the id, then the state, requested
+ * and attempts after it, or of the record that refused it (the statement's snapshot), and
+ * whether the task exists. The refused are found without a join of the changed back to the
+ * batch (a hashed NOT IN), and only they are looked up again: with hash and merge joins off
+ * (see prepare), joining the two row sets took a nested loop over both, 64 x 64 rows. */
+#define CHANGES_CTE(P)                                                                          \
+    "c AS (SELECT * FROM jsonb_to_recordset(" P "::text::jsonb) AS c("                          \
+    "  id text, f text, t text, h text, a text, k text, e text, r text, w text, n int)),"      \
+    " u AS (UPDATE @S.tasks AS x SET"                                                           \
+    "  state = COALESCE(c.t, x.state),"                                                         \
+    "  history = CASE WHEN c.h IS NULL THEN x.history ELSE x.history || c.h::jsonb END,"        \
+    "  artifacts = CASE WHEN c.a IS NULL THEN x.artifacts ELSE x.artifacts || c.a::jsonb END,"  \
+    "  checkpoint = CASE WHEN c.k IS NULL THEN x.checkpoint"                                    \
+    "   WHEN c.k = '' THEN NULL ELSE c.k::jsonb END,"                                           \
+    "  error = CASE WHEN c.e IS NULL THEN x.error WHEN c.e = '' THEN NULL ELSE c.e::jsonb END," \
+    "  requested = CASE WHEN c.r IS NULL THEN x.requested"                                      \
+    "   WHEN c.r = '' THEN NULL ELSE c.r END,"                                                  \
+    "  worker = CASE WHEN c.w IS NULL THEN x.worker WHEN c.w = '' THEN NULL ELSE c.w END,"      \
+    "  attempts = x.attempts + c.n,"                                                            \
+    "  updated_at = now(),"                                                                     \
+    "  state_at = CASE WHEN c.t IS NOT NULL AND c.t <> x.state THEN now() ELSE x.state_at END"  \
+    "  FROM c WHERE x.id = c.id AND x.state = ANY (string_to_array(c.f, ','))"                  \
+    "  RETURNING x.id, x.state, x.requested, x.attempts)"
+#define CHANGES_ROWS                                                                            \
+    "SELECT true, id, state, requested, attempts, true FROM u"                                  \
+    " UNION ALL SELECT false, c.id, x.state, x.requested, x.attempts, x.id IS NOT NULL"         \
+    " FROM c LEFT JOIN @S.tasks x ON x.id = c.id WHERE c.id NOT IN (SELECT id FROM u)"
+/* store:start for a batch (bq_storage_start_many): P is a JSON array of {id, ctx, q, h, m, w}
+ * (distinct ids). Submitted -> working with the attempt counted, or a new record created
+ * working; rows as CHANGES_ROWS's. */
+#define STARTS_CTE(P)                                                                           \
+    "s AS (SELECT * FROM jsonb_to_recordset(" P "::text::jsonb) AS s("                          \
+    "  id text, ctx text, q text, h text, m text, w text)),"                                   \
+    " v AS (INSERT INTO @S.tasks AS x (id, context_id, state, queue, history,"                  \
+    "  metadata, worker, attempts)"                                                             \
+    "  SELECT s.id, s.ctx, 'working', s.q, COALESCE(s.h, '[]')::jsonb,"                         \
+    "  COALESCE(s.m, '{}')::jsonb, s.w, 1 FROM s"                                               \
+    "  ON CONFLICT (id) DO UPDATE SET state = 'working', worker = EXCLUDED.worker,"             \
+    "  requested = NULL, attempts = x.attempts + 1, updated_at = now(),"                        \
+    "  state_at = now() WHERE x.state = 'submitted'"                                            \
+    "  RETURNING x.id, x.state, x.requested, x.attempts)"
+#define STARTS_ROWS                                                                             \
+    "SELECT true, id, state, requested, attempts, true FROM v"                                  \
+    " UNION ALL SELECT false, s.id, x.state, x.requested, x.attempts, x.id IS NOT NULL"         \
+    " FROM s LEFT JOIN @S.tasks x ON x.id = s.id WHERE s.id NOT IN (SELECT id FROM v)"
 
 static const struct {
     const char *name;
@@ -279,49 +330,13 @@ static const struct {
      * exists. The refused are found without a join of the changed back to the batch (a
      * hashed NOT IN), and only they are looked up again: with hash and merge joins off (see
      * prepare), joining the two row sets took a nested loop over both, 64 x 64 rows. */
-    [ST_CHANGE_MANY] = {"bq_change_many", 1,
-                   "WITH c AS (SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS c("
-                   "  id text, f text, t text, h text, a text, k text, e text, r text, w text,"
-                   "  n int)),"
-                   " u AS (UPDATE @S.tasks AS x SET"
-                   "  state = COALESCE(c.t, x.state),"
-                   "  history = CASE WHEN c.h IS NULL THEN x.history ELSE x.history || c.h::jsonb END,"
-                   "  artifacts = CASE WHEN c.a IS NULL THEN x.artifacts"
-                   "   ELSE x.artifacts || c.a::jsonb END,"
-                   "  checkpoint = CASE WHEN c.k IS NULL THEN x.checkpoint"
-                   "   WHEN c.k = '' THEN NULL ELSE c.k::jsonb END,"
-                   "  error = CASE WHEN c.e IS NULL THEN x.error"
-                   "   WHEN c.e = '' THEN NULL ELSE c.e::jsonb END,"
-                   "  requested = CASE WHEN c.r IS NULL THEN x.requested"
-                   "   WHEN c.r = '' THEN NULL ELSE c.r END,"
-                   "  worker = CASE WHEN c.w IS NULL THEN x.worker"
-                   "   WHEN c.w = '' THEN NULL ELSE c.w END,"
-                   "  attempts = x.attempts + c.n,"
-                   "  updated_at = now(),"
-                   "  state_at = CASE WHEN c.t IS NOT NULL AND c.t <> x.state"
-                   "   THEN now() ELSE x.state_at END"
-                   "  FROM c WHERE x.id = c.id AND x.state = ANY (string_to_array(c.f, ','))"
-                   "  RETURNING x.id, x.state, x.requested, x.attempts)"
-                   " SELECT true, id, state, requested, attempts, true FROM u"
-                   " UNION ALL SELECT false, c.id, x.state, x.requested, x.attempts, x.id IS NOT NULL"
-                   " FROM c LEFT JOIN @S.tasks x ON x.id = c.id WHERE c.id NOT IN (SELECT id FROM u)"},
-    /* store:start for a batch (bq_storage_start_many): $1 is a JSON array of {id, ctx, q, h,
-     * m, w} (distinct ids). Submitted -> working with the attempt counted, or a new record
-     * created working; rows as bq_change_many's. */
-    [ST_START_MANY] = {"bq_start_many", 1,
-                   "WITH c AS (SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS c("
-                   "  id text, ctx text, q text, h text, m text, w text)),"
-                   " u AS (INSERT INTO @S.tasks AS x (id, context_id, state, queue, history,"
-                   "  metadata, worker, attempts)"
-                   "  SELECT c.id, c.ctx, 'working', c.q, COALESCE(c.h, '[]')::jsonb,"
-                   "  COALESCE(c.m, '{}')::jsonb, c.w, 1 FROM c"
-                   "  ON CONFLICT (id) DO UPDATE SET state = 'working', worker = EXCLUDED.worker,"
-                   "  requested = NULL, attempts = x.attempts + 1, updated_at = now(),"
-                   "  state_at = now() WHERE x.state = 'submitted'"
-                   "  RETURNING x.id, x.state, x.requested, x.attempts)"
-                   " SELECT true, id, state, requested, attempts, true FROM u"
-                   " UNION ALL SELECT false, c.id, x.state, x.requested, x.attempts, x.id IS NOT NULL"
-                   " FROM c LEFT JOIN @S.tasks x ON x.id = c.id WHERE c.id NOT IN (SELECT id FROM u)"},
+    [ST_CHANGE_MANY] = {"bq_change_many", 1, "WITH " CHANGES_CTE("$1") " " CHANGES_ROWS},
+    [ST_START_MANY] = {"bq_start_many", 1, "WITH " STARTS_CTE("$1") " " STARTS_ROWS},
+    /* bq_change_many then bq_start_many, their ids distinct: one statement, so one
+     * transaction and one commit. Its rows are theirs, placed by id. */
+    [ST_CHANGE_START_MANY] = {"bq_change_start_many", 2,
+                   "WITH " CHANGES_CTE("$1") ", " STARTS_CTE("$2") " " CHANGES_ROWS
+                   " UNION ALL " STARTS_ROWS},
 };
 
 /* ---- The storage --------------------------------------------------------------------------- */
@@ -866,8 +881,8 @@ static bq_status batch_results(PGresult *res, const char *const *ids, size_t n,
                                struct bq_task_result *out, bq_err *err)
 {
     int rows = bq_pq.PQntuples(res);
-    bool seen[BQ_CHANGE_MANY_MAX] = {false};
-    if ((size_t)rows != n || n > BQ_CHANGE_MANY_MAX) {
+    bool seen[2 * BQ_CHANGE_MANY_MAX] = {false};
+    if ((size_t)rows != n || n > 2 * BQ_CHANGE_MANY_MAX) {
         bq_pq.PQclear(res);
         return bq_err_set(err, BQ_EPG, "storage: a batch of %zu answered %d rows", n, rows);
     }
@@ -896,93 +911,139 @@ static bq_status batch_results(PGresult *res, const char *const *ids, size_t n,
     return BQ_OK;
 }
 
-/* Runs batch statement stmt with the JSON array b (freed here) of the tasks ids[0..n) and
- * reads its n rows. */
-static bq_status run_batch(pg_storage *s, int stmt, bq_buf *b, const char *const *ids, size_t n,
-                           struct bq_task_result *out, bq_err *err)
+/* Runs batch statement stmt with the JSON arrays b[0..nb) (freed here) of the tasks
+ * ids[0..n) and reads its n rows. */
+static bq_status run_batch(pg_storage *s, int stmt, bq_buf *b, int nb, const char *const *ids,
+                           size_t n, struct bq_task_result *out, bq_err *err)
 {
-    if (b->oom) {
-        bq_buf_free(b);
-        return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+    const char *vals[2];
+    bool oom = false;
+    for (int i = 0; i < nb; i++) {
+        oom |= b[i].oom;
+        vals[i] = b[i].p;
     }
-    const char *vals[] = {b->p};
-    PGresult *res;
-    bq_status st = run1(s, stmt, NULL, NULL, 1, vals, PGRES_TUPLES_OK, &res, err);
-    bq_buf_free(b);
+    bq_status st = BQ_OK;
+    PGresult *res = NULL;
+    if (oom)
+        st = bq_err_set(err, BQ_ENOMEM, "storage: out of memory");
+    else
+        st = run1(s, stmt, NULL, NULL, nb, vals, PGRES_TUPLES_OK, &res, err);
+    for (int i = 0; i < nb; i++)
+        bq_buf_free(&b[i]);
     return st != BQ_OK ? st : batch_results(res, ids, n, out, err);
+}
+
+/* The JSON array of bq_change_many for changes[0..n), their ids into ids. */
+static bq_status changes_json(const struct bq_task_change *changes, size_t n, bq_buf *b,
+                              const char **ids, bq_err *err)
+{
+    if (n > BQ_CHANGE_MANY_MAX)
+        return bq_err_set(err, BQ_EINVAL, "storage change_many: at most %d tasks", BQ_CHANGE_MANY_MAX);
+    bq_buf_putc(b, '[');
+    for (size_t i = 0; i < n; i++) {
+        const struct bq_task_change *c = &changes[i];
+        if (c->id == NULL)
+            return bq_err_set(err, BQ_EINVAL, "storage change: no id");
+        if (c->to != NULL && !bq_task_state_valid(c->to))
+            return bq_err_set(err, BQ_EINVAL, "storage change: unknown state '%.30s'", c->to);
+        if ((c->append_history && !looks_like_array(c->append_history)) ||
+            (c->append_artifacts && !looks_like_array(c->append_artifacts)))
+            return bq_err_set(err, BQ_EINVAL, "storage change: history and artifacts must be "
+                              "JSON arrays");
+        ids[i] = c->id;
+        bq_buf_printf(b, "%s{\"n\":%d", i ? "," : "", c->count_attempt ? 1 : 0);
+        json_field(b, "id", c->id);
+        json_field(b, "f", c->from ? c->from : PG_OPEN_STATES);
+        json_field(b, "t", c->to);
+        json_field(b, "h", c->append_history);
+        json_field(b, "a", c->append_artifacts);
+        json_field(b, "k", c->checkpoint);
+        json_field(b, "e", c->error);
+        json_field(b, "r", c->requested);
+        json_field(b, "w", c->worker);
+        bq_buf_putc(b, '}');
+    }
+    bq_buf_putc(b, ']');
+    return BQ_OK;
+}
+
+/* The JSON array of bq_start_many for tasks[0..n), their ids into ids. */
+static bq_status starts_json(const struct bq_task_new *tasks, size_t n, bq_buf *b,
+                             const char **ids, bq_err *err)
+{
+    if (n > BQ_CHANGE_MANY_MAX)
+        return bq_err_set(err, BQ_EINVAL, "storage start_many: at most %d tasks", BQ_CHANGE_MANY_MAX);
+    bq_buf_putc(b, '[');
+    for (size_t i = 0; i < n; i++) {
+        const struct bq_task_new *t = &tasks[i];
+        if (t->id == NULL || *t->id == '\0')
+            return bq_err_set(err, BQ_EINVAL, "storage start: a task needs an id");
+        ids[i] = t->id;
+        bq_buf_puts(b, i ? ",{\"id\":" : "{\"id\":");
+        bq_buf_json_str(b, t->id, strlen(t->id));
+        json_field(b, "ctx", t->context_id);
+        json_field(b, "q", t->queue);
+        json_field(b, "h", t->history);
+        json_field(b, "m", t->metadata);
+        json_field(b, "w", t->worker);
+        bq_buf_putc(b, '}');
+    }
+    bq_buf_putc(b, ']');
+    return BQ_OK;
 }
 
 static bq_status pg_change_many(bq_storage *base, const struct bq_task_change *changes,
                                 size_t n, struct bq_task_result *out, bq_err *err)
 {
-    pg_storage *s = (pg_storage *)base;
-    memset(out, 0, n * sizeof *out);
     const char *ids[BQ_CHANGE_MANY_MAX];
-    if (n > BQ_CHANGE_MANY_MAX)
-        return bq_err_set(err, BQ_EINVAL, "storage change_many: at most %d tasks", BQ_CHANGE_MANY_MAX);
     bq_buf b = BQ_BUF_INIT;
-    bq_buf_putc(&b, '[');
-    for (size_t i = 0; i < n; i++) {
-        const struct bq_task_change *c = &changes[i];
-        if (c->id == NULL) {
-            bq_buf_free(&b);
-            return bq_err_set(err, BQ_EINVAL, "storage change: no id");
-        }
-        if (c->to != NULL && !bq_task_state_valid(c->to)) {
-            bq_buf_free(&b);
-            return bq_err_set(err, BQ_EINVAL, "storage change: unknown state '%.30s'", c->to);
-        }
-        if ((c->append_history && !looks_like_array(c->append_history)) ||
-            (c->append_artifacts && !looks_like_array(c->append_artifacts))) {
-            bq_buf_free(&b);
-            return bq_err_set(err, BQ_EINVAL, "storage change: history and artifacts must be "
-                              "JSON arrays");
-        }
-        ids[i] = c->id;
-        bq_buf_printf(&b, "%s{\"n\":%d", i ? "," : "", c->count_attempt ? 1 : 0);
-        json_field(&b, "id", c->id);
-        json_field(&b, "f", c->from ? c->from : PG_OPEN_STATES);
-        json_field(&b, "t", c->to);
-        json_field(&b, "h", c->append_history);
-        json_field(&b, "a", c->append_artifacts);
-        json_field(&b, "k", c->checkpoint);
-        json_field(&b, "e", c->error);
-        json_field(&b, "r", c->requested);
-        json_field(&b, "w", c->worker);
-        bq_buf_putc(&b, '}');
+    memset(out, 0, n * sizeof *out);
+    bq_status st = changes_json(changes, n, &b, ids, err);
+    if (st != BQ_OK) {
+        bq_buf_free(&b);
+        return st;
     }
-    bq_buf_putc(&b, ']');
-    return run_batch(s, ST_CHANGE_MANY, &b, ids, n, out, err);
+    return run_batch((pg_storage *)base, ST_CHANGE_MANY, &b, 1, ids, n, out, err);
 }
 
 static bq_status pg_start_many(bq_storage *base, const struct bq_task_new *tasks, size_t n,
                                struct bq_task_result *out, bq_err *err)
 {
-    pg_storage *s = (pg_storage *)base;
-    memset(out, 0, n * sizeof *out);
     const char *ids[BQ_CHANGE_MANY_MAX];
-    if (n > BQ_CHANGE_MANY_MAX)
-        return bq_err_set(err, BQ_EINVAL, "storage start_many: at most %d tasks", BQ_CHANGE_MANY_MAX);
     bq_buf b = BQ_BUF_INIT;
-    bq_buf_putc(&b, '[');
-    for (size_t i = 0; i < n; i++) {
-        const struct bq_task_new *t = &tasks[i];
-        if (t->id == NULL || *t->id == '\0') {
-            bq_buf_free(&b);
-            return bq_err_set(err, BQ_EINVAL, "storage start: a task needs an id");
-        }
-        ids[i] = t->id;
-        bq_buf_puts(&b, i ? ",{\"id\":" : "{\"id\":");
-        bq_buf_json_str(&b, t->id, strlen(t->id));
-        json_field(&b, "ctx", t->context_id);
-        json_field(&b, "q", t->queue);
-        json_field(&b, "h", t->history);
-        json_field(&b, "m", t->metadata);
-        json_field(&b, "w", t->worker);
-        bq_buf_putc(&b, '}');
+    memset(out, 0, n * sizeof *out);
+    bq_status st = starts_json(tasks, n, &b, ids, err);
+    if (st != BQ_OK) {
+        bq_buf_free(&b);
+        return st;
     }
-    bq_buf_putc(&b, ']');
-    return run_batch(s, ST_START_MANY, &b, ids, n, out, err);
+    return run_batch((pg_storage *)base, ST_START_MANY, &b, 1, ids, n, out, err);
+}
+
+/* Both in one statement (bq_storage_change_start_many checked the ids are distinct). */
+static bq_status pg_change_start_many(bq_storage *base, const struct bq_task_change *changes,
+                                      size_t nc, const struct bq_task_new *tasks, size_t nt,
+                                      struct bq_task_result *rc, struct bq_task_result *rt,
+                                      bq_err *err)
+{
+    const char *ids[2 * BQ_CHANGE_MANY_MAX];
+    struct bq_task_result res[2 * BQ_CHANGE_MANY_MAX];
+    bq_buf b[2] = {BQ_BUF_INIT, BQ_BUF_INIT};
+    bq_status st = changes_json(changes, nc, &b[0], ids, err);
+    if (st == BQ_OK)
+        st = starts_json(tasks, nt, &b[1], ids + nc, err);
+    if (st != BQ_OK) {
+        bq_buf_free(&b[0]);
+        bq_buf_free(&b[1]);
+        return st;
+    }
+    memset(res, 0, (nc + nt) * sizeof *res);
+    st = run_batch((pg_storage *)base, ST_CHANGE_START_MANY, b, 2, ids, nc + nt, res, err);
+    if (st == BQ_OK) {
+        memcpy(rc, res, nc * sizeof *rc);
+        memcpy(rt, res + nc, nt * sizeof *rt);
+    }
+    return st;
 }
 
 static bq_status pg_list(bq_storage *base, const struct bq_task_filter *f,
@@ -1098,12 +1159,12 @@ static void pg_destroy(bq_storage *base)
 
 static const struct bq_storage_ops pg_ops = {
     "postgres", pg_create, pg_get, pg_change, pg_list, pg_remove, pg_ping, pg_destroy,
-    pg_change_many, pg_start_many, NULL,
+    pg_change_many, pg_start_many, NULL, pg_change_start_many,
 };
 /* The "bindu" layout changes a task at a time (its trigger does the compare-and-set). */
 static const struct bq_storage_ops pg_bindu_ops = {
     "postgres", pg_create, pg_get, pg_change, pg_list, pg_remove, pg_ping, pg_destroy,
-    NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL,
 };
 
 /* A copy of s with every `from` replaced by `to` (s is freed). */
@@ -1351,7 +1412,7 @@ bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **o
             snprintf(view, sizeof view, "%s.binduq_tasks ", s->qschema ? s->qschema : "");
             bool oom = s->qschema == NULL;
             for (int i = 0; !oom && i < ST_COUNT; i++) {
-                if (s->bindu && (i == ST_CHANGE_MANY || i == ST_START_MANY))
+                if (s->bindu && (i == ST_CHANGE_MANY || i == ST_START_MANY || i == ST_CHANGE_START_MANY))
                     continue; /* one task at a time on the view */
                 s->sql[i] = fill_schema(stmts[i].sql, s->qschema);
                 if (s->bindu)

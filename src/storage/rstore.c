@@ -475,25 +475,22 @@ static bq_status r_change_many(bq_storage *s, const struct bq_task_change *chang
     return change_many((struct rstore *)s, changes, n, res, err);
 }
 
-/* bq_storage_start_many's start: one script for the changes, and one more creating the tasks
- * nobody recorded (a producer that does not record them, such as Bindu's). */
-static bq_status r_start_many(bq_storage *s, const struct bq_task_new *tasks, size_t n,
-                              struct bq_task_result *res, bq_err *err)
+/* The changes of starting tasks[0..n) (submitted -> working, the attempt counted). */
+static void start_changes(const struct bq_task_new *tasks, size_t n, struct bq_task_change *c)
 {
-    struct rstore *r = (struct rstore *)s;
-    struct bq_task_change c[BQ_CHANGE_MANY_MAX];
-    struct bq_task_new fresh[BQ_CHANGE_MANY_MAX];
-    size_t at[BQ_CHANGE_MANY_MAX], m = 0;
-    if (n == 0 || n > BQ_CHANGE_MANY_MAX)
-        return bq_err_set(err, BQ_EINVAL, "storage start: from 1 to %d tasks at once",
-                          BQ_CHANGE_MANY_MAX);
-    memset(c, 0, sizeof c);
     for (size_t i = 0; i < n; i++)
         c[i] = (struct bq_task_change){.id = tasks[i].id, .from = "submitted", .to = "working",
                                        .requested = "", .worker = tasks[i].worker,
                                        .count_attempt = true};
-    bq_status st = change_many(r, c, n, res, err);
-    for (size_t i = 0; st == BQ_OK && i < n; i++) {
+}
+
+/* Creates working, with one attempt, the tasks[i] whose start found no record (res[i]). */
+static bq_status create_unfound(struct rstore *r, const struct bq_task_new *tasks, size_t n,
+                                struct bq_task_result *res, bq_err *err)
+{
+    struct bq_task_new fresh[BQ_CHANGE_MANY_MAX];
+    size_t at[BQ_CHANGE_MANY_MAX], m = 0;
+    for (size_t i = 0; i < n; i++) {
         if (!res[i].found) {
             fresh[m] = tasks[i];
             fresh[m].state = "working";
@@ -501,15 +498,53 @@ static bq_status r_start_many(bq_storage *s, const struct bq_task_new *tasks, si
             at[m++] = i;
         }
     }
-    if (st != BQ_OK || m == 0)
-        return st;
+    if (m == 0)
+        return BQ_OK;
     struct bq_task_result made[BQ_CHANGE_MANY_MAX];
-    st = create_many(r, fresh, m, made, err);
+    bq_status st = create_many(r, fresh, m, made, err);
     for (size_t i = 0; st == BQ_OK && i < m; i++)
         res[at[i]] = made[i];
     if (st != BQ_OK)
         memset(res, 0, n * sizeof *res);
     return st;
+}
+
+/* bq_storage_start_many's start: one script for the changes, and one more creating the tasks
+ * nobody recorded (a producer that does not record them, such as Bindu's). */
+static bq_status r_start_many(bq_storage *s, const struct bq_task_new *tasks, size_t n,
+                              struct bq_task_result *res, bq_err *err)
+{
+    struct rstore *r = (struct rstore *)s;
+    struct bq_task_change c[BQ_CHANGE_MANY_MAX];
+    if (n == 0 || n > BQ_CHANGE_MANY_MAX)
+        return bq_err_set(err, BQ_EINVAL, "storage start: from 1 to %d tasks at once",
+                          BQ_CHANGE_MANY_MAX);
+    start_changes(tasks, n, c);
+    bq_status st = change_many(r, c, n, res, err);
+    return st != BQ_OK ? st : create_unfound(r, tasks, n, res, err);
+}
+
+/* bq_storage_change_start_many's: the changes and the starts in one script (it makes them
+ * one after the other), then the creations as r_start_many's. */
+static bq_status r_change_start_many(bq_storage *s, const struct bq_task_change *changes,
+                                     size_t nc, const struct bq_task_new *tasks, size_t nt,
+                                     struct bq_task_result *rc, struct bq_task_result *rt,
+                                     bq_err *err)
+{
+    struct rstore *r = (struct rstore *)s;
+    struct bq_task_change c[2 * BQ_CHANGE_MANY_MAX];
+    struct bq_task_result res[2 * BQ_CHANGE_MANY_MAX];
+    if (nc > BQ_CHANGE_MANY_MAX || nt == 0 || nt > BQ_CHANGE_MANY_MAX)
+        return bq_err_set(err, BQ_EINVAL, "storage change_start_many: from 1 to %d of each",
+                          BQ_CHANGE_MANY_MAX);
+    memcpy(c, changes, nc * sizeof *c);
+    start_changes(tasks, nt, c + nc);
+    bq_status st = change_many(r, c, nc + nt, res, err);
+    if (st != BQ_OK)
+        return st;
+    memcpy(rc, res, nc * sizeof *rc);
+    memcpy(rt, res + nc, nt * sizeof *rt);
+    return create_unfound(r, tasks, nt, rt, err);
 }
 
 static bq_status r_list(bq_storage *s, const struct bq_task_filter *f, struct bq_task_rec **out,
@@ -629,7 +664,7 @@ static void r_destroy(bq_storage *s)
 
 static const struct bq_storage_ops redis_ops = {
     "redis", r_create, r_get, r_change, r_list, r_remove, r_ping, r_destroy, r_change_many,
-    r_start_many, r_create_many,
+    r_start_many, r_create_many, r_change_start_many,
 };
 
 bq_status bq_storage_redis_open(const struct bq_storage_config *cfg, bq_storage **out,

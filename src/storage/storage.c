@@ -7,6 +7,7 @@
 #include "../core/alloc.h"
 #include "../core/err.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const open_states[] = {"submitted", "working", "input-required",
@@ -176,4 +177,45 @@ bq_status bq_storage_change_many(bq_storage *s, const struct bq_task_change *cha
             return st;
     }
     return BQ_OK;
+}
+
+static int cmp_ids(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+bq_status bq_storage_change_start_many(bq_storage *s, const struct bq_task_change *changes,
+                                       size_t nc, const struct bq_task_new *tasks, size_t nt,
+                                       struct bq_task_result *rc, struct bq_task_result *rt,
+                                       bq_err *err)
+{
+    memset(rc, 0, nc * sizeof *rc);
+    memset(rt, 0, nt * sizeof *rt);
+    /* One statement when the storage has it and the ids are distinct across both (sorted:
+     * up to 128 of them, the pairs would be 8,000 comparisons). */
+    bool one = s->ops->change_start_many != NULL && nc >= 1 && nt >= 1 &&
+               nc <= BQ_CHANGE_MANY_MAX && nt <= BQ_CHANGE_MANY_MAX;
+    const char *ids[2 * BQ_CHANGE_MANY_MAX];
+    for (size_t i = 0; one && i < nc; i++) {
+        ids[i] = changes[i].id;
+        one = ids[i] != NULL && changes[i].if_requested == NULL;
+    }
+    for (size_t i = 0; one && i < nt; i++) {
+        ids[nc + i] = tasks[i].id;
+        one = ids[nc + i] != NULL;
+    }
+    if (one) {
+        qsort(ids, nc + nt, sizeof *ids, cmp_ids);
+        for (size_t i = 1; one && i < nc + nt; i++)
+            one = strcmp(ids[i - 1], ids[i]) != 0;
+    }
+    if (one) {
+        bq_status st = s->ops->change_start_many(s, changes, nc, tasks, nt, rc, rt, err);
+        if (st != BQ_EPG)
+            return st;
+        /* Refused for its data (a text jsonb cannot hold, say): rolled back, so each half
+         * again on its own below, and the one that holds the bad task fails alone. */
+    }
+    bq_status st = bq_storage_change_many(s, changes, nc, rc, err);
+    return st != BQ_OK ? st : bq_storage_start_many(s, tasks, nt, rt, err);
 }

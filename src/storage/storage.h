@@ -143,6 +143,13 @@ struct bq_storage_ops {
      * create would, in one round trip; res[i] as create's (a producer's batch of runs). */
     bq_status (*create_many)(bq_storage *s, const struct bq_task_new *tasks, size_t n,
                              struct bq_task_result *res, bq_err *err);
+    /* Optional: change_many's changes then start_many's tasks (each 1 to BQ_CHANGE_MANY_MAX,
+     * every id distinct across both) in one round trip and one transaction, as
+     * bq_storage_change_start_many says. Use that. */
+    bq_status (*change_start_many)(bq_storage *s, const struct bq_task_change *changes,
+                                   size_t nc, const struct bq_task_new *tasks, size_t nt,
+                                   struct bq_task_result *rc, struct bq_task_result *rt,
+                                   bq_err *err);
 };
 
 #define BQ_CHANGE_MANY_MAX 64
@@ -192,6 +199,17 @@ bq_status bq_storage_change_many(bq_storage *s, const struct bq_task_change *cha
  * ids are distinct, else one by one. */
 bq_status bq_storage_start_many(bq_storage *s, const struct bq_task_new *tasks, size_t n,
                                 struct bq_task_result *res, bq_err *err);
+
+/* bq_storage_change_many(changes, nc, rc) then bq_storage_start_many(tasks, nt, rt): a
+ * chunk's finished states and the next chunk's starts. In one round trip and one transaction
+ * (one commit) when the storage can and every id is distinct across both; otherwise, or when
+ * the server refused the statement for its data (BQ_EPG: nothing was made), as the two calls
+ * one after the other, so that one bad task does not fail the others. On an error of the
+ * changes nothing was started (rt zeroed). */
+bq_status bq_storage_change_start_many(bq_storage *s, const struct bq_task_change *changes,
+                                       size_t nc, const struct bq_task_new *tasks, size_t nt,
+                                       struct bq_task_result *rc, struct bq_task_result *rt,
+                                       bq_err *err);
 
 /* The implementations' constructors (bq_storage_open picks one). */
 bq_status bq_storage_mem_open(int max_tasks, bq_storage **out, bq_err *err);

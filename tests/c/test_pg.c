@@ -577,6 +577,70 @@ TEST(change_many_is_a_batch_of_compare_and_sets)
     bq_task_rec_clear(&r);
 }
 
+/* A chunk's finished states and the next chunk's starts are one statement: one transaction
+ * (every row it wrote has the same xmin), each still an exact compare-and-set, each answer in
+ * its place. A start the server refuses for its data is made apart from the changes, so only
+ * its half fails; an id in both halves makes them one after the other. */
+TEST(change_start_many_is_one_transaction)
+{
+    NEED_PG();
+    struct bq_task_result rc[2], rt[3];
+    bq_err err;
+    struct bq_task_result r0;
+    CHECK_INT(create(store, "csm-1", NULL, NULL, &r0), BQ_OK);
+    CHECK_INT(create(store, "csm-2", NULL, NULL, &r0), BQ_OK);
+    CHECK_INT(create(store, "csm-3", NULL, NULL, &r0), BQ_OK);
+    CHECK_INT(create(store, "csm-5", NULL, NULL, &r0), BQ_OK);
+    struct bq_task_change pre[3] = {cas("csm-1", NULL, "working"), cas("csm-2", NULL, "canceled"),
+                                    cas("csm-5", NULL, "completed")};
+    for (int i = 0; i < 3; i++)
+        CHECK_INT(change(store, &pre[i], &r0), BQ_OK);
+    struct bq_task_change c[2] = {cas("csm-1", "working", "completed"),
+                                  cas("csm-2", "working", "completed")};
+    c[0].append_history = "[\"done\"]";
+    struct bq_task_new t[3] = {{"csm-3", NULL, "q", NULL, NULL, NULL, "w-2", 0, NULL},
+                               {"csm-4", "ctx-4", "q4", NULL, NULL, NULL, "w-2", 0, NULL},
+                               {"csm-5", NULL, "q", NULL, NULL, NULL, "w-2", 0, NULL}};
+    CHECK_INT(bq_storage_change_start_many(store, c, 2, t, 3, rc, rt, &err), BQ_OK);
+    CHECK(rc[0].changed && rc[0].found);
+    CHECK_STR(rc[0].state, "completed");
+    CHECK(!rc[1].changed && rc[1].found);
+    CHECK_STR(rc[1].state, "canceled");
+    CHECK(rt[0].changed && rt[1].changed && !rt[2].changed);
+    CHECK_STR(rt[0].state, "working");
+    CHECK_INT(rt[0].attempts, 1);
+    CHECK_STR(rt[1].state, "working");
+    CHECK_STR(rt[2].state, "completed");
+    char v[64];
+    CHECK(sql(v, sizeof v, "SELECT count(DISTINCT xmin::text) FROM \"%s\".tasks"
+              " WHERE id IN ('csm-1', 'csm-3', 'csm-4')", schema));
+    CHECK_STR(v, "1");
+    CHECK(sql(v, sizeof v, "SELECT history::text FROM \"%s\".tasks WHERE id = 'csm-1'", schema));
+    CHECK_STR(v, "[\"done\"]");
+    CHECK(sql(v, sizeof v, "SELECT worker FROM \"%s\".tasks WHERE id = 'csm-4'", schema));
+    CHECK_STR(v, "w-2");
+    /* A start jsonb cannot hold (\u0000): the changes are made, the starts fail alone. */
+    CHECK_INT(create(store, "csm-6", NULL, NULL, &r0), BQ_OK);
+    struct bq_task_change w6 = cas("csm-6", NULL, "working");
+    CHECK_INT(change(store, &w6, &r0), BQ_OK);
+    struct bq_task_change c6 = cas("csm-6", "working", "completed");
+    struct bq_task_new bad[2] = {{"csm-7", NULL, "q", NULL, "[\"\\u0000\"]", NULL, "w-2", 0, NULL},
+                                 {"csm-8", NULL, "q", NULL, NULL, NULL, "w-2", 0, NULL}};
+    CHECK_INT(bq_storage_change_start_many(store, &c6, 1, bad, 2, rc, rt, &err), BQ_EPG);
+    CHECK_CONTAINS(err.msg, "bq_start_many");
+    CHECK(rc[0].changed);
+    CHECK_STR(rc[0].state, "completed");
+    CHECK(!rt[0].changed && !rt[1].changed);
+    CHECK(sql(v, sizeof v, "SELECT count(*) FROM \"%s\".tasks WHERE id IN ('csm-7', 'csm-8')", schema));
+    CHECK_STR(v, "0");
+    /* One id in both: one after the other, so the start sees the finished state. */
+    struct bq_task_change c9 = cas("csm-3", "working", "completed");
+    struct bq_task_new t9 = {"csm-3", NULL, "q", NULL, NULL, NULL, "w-2", 0, NULL};
+    CHECK_INT(bq_storage_change_start_many(store, &c9, 1, &t9, 1, rc, rt, &err), BQ_OK);
+    CHECK(rc[0].changed && !rt[0].changed);
+    CHECK_STR(rt[0].state, "completed");
+}
+
 TEST(checkpoint_error_requested_worker_set_and_clear)
 {
     NEED_PG();
@@ -1322,6 +1386,7 @@ int main(void)
     RUN(appends_concatenate_arrays);
     RUN(change_many_is_a_batch_of_compare_and_sets);
     RUN(start_many_starts_creates_or_refuses_each_in_place);
+    RUN(change_start_many_is_one_transaction);
     RUN(checkpoint_error_requested_worker_set_and_clear);
     RUN(requested_at_create_and_as_a_condition);
     RUN(bindu_layout_keeps_bindus_rows);

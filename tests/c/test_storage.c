@@ -523,6 +523,57 @@ TEST(batches_of_changes_and_starts)
     reset_store();
 }
 
+/* A chunk's finished states and the next chunk's starts together (change_start_many): the
+ * changes first, then the starts, with the same results as the two batches one after the
+ * other, also for an id in both. The Redis storage makes them in one script. */
+TEST(changes_then_starts_together)
+{
+    reset_store();
+    bq_storage *s = open_store();
+    REQUIRE(s != NULL);
+    CHECK(on_redis == (s->ops->change_start_many != NULL));
+    struct bq_task_result r0, rc[2], rt[3];
+    const char *ids[] = {"cs-1", "cs-2", "cs-3"};
+    for (int i = 0; i < 3; i++) {
+        struct bq_task_new t = {ids[i], NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL};
+        CHECK_INT(s->ops->create(s, &t, &r0, NULL), BQ_OK);
+    }
+    struct bq_task_change w1 = {.id = "cs-1", .to = "working"};
+    struct bq_task_change k2 = {.id = "cs-2", .to = "canceled"};
+    CHECK_INT(s->ops->change(s, &w1, &r0, NULL), BQ_OK);
+    CHECK_INT(s->ops->change(s, &k2, &r0, NULL), BQ_OK);
+    struct bq_task_change c[2] = {{.id = "cs-1", .from = "working", .to = "completed",
+                                   .append_history = "[\"ok\"]", .requested = "", .error = ""},
+                                  {.id = "cs-2", .from = "working", .to = "completed"}};
+    struct bq_task_new t[3] = {{"cs-3", NULL, "q", NULL, NULL, NULL, "w-1", 0, NULL},
+                               {"cs-4", "ctx", "q4", NULL, "[4]", NULL, "w-1", 0, NULL},
+                               {"cs-1", NULL, "q", NULL, NULL, NULL, "w-1", 0, NULL}};
+    CHECK_INT(bq_storage_change_start_many(s, c, 2, t, 3, rc, rt, NULL), BQ_OK);
+    CHECK(rc[0].changed);
+    CHECK_STR(rc[0].state, "completed");
+    CHECK(!rc[1].changed && rc[1].found);
+    CHECK_STR(rc[1].state, "canceled");
+    CHECK(rt[0].changed && rt[0].attempts == 1);
+    CHECK_STR(rt[0].state, "working");
+    CHECK(rt[1].changed && rt[1].found);
+    CHECK(!rt[2].changed); /* cs-1 in both: its start saw it completed */
+    CHECK_STR(rt[2].state, "completed");
+    struct bq_task_rec r;
+    bool found = false;
+    CHECK_INT(s->ops->get(s, "cs-4", &r, &found, NULL), BQ_OK);
+    REQUIRE(found);
+    CHECK_STR(r.state, "working");
+    CHECK_STR(r.queue, "q4");
+    CHECK_STR(r.history, "[4]");
+    CHECK_STR(r.worker, "w-1");
+    bq_task_rec_clear(&r);
+    CHECK_INT(s->ops->get(s, "cs-1", &r, &found, NULL), BQ_OK);
+    CHECK_STR(r.history, "[\"ok\"]");
+    bq_task_rec_clear(&r);
+    bq_storage_unref(s);
+    reset_store();
+}
+
 /* ---- The Redis storage's own promises --------------------------------------------------- */
 
 static bq_broker *raw;
@@ -710,6 +761,7 @@ static void run_conformance(void)
     RUN(change_many_one_by_one);
     RUN(requested_at_create_and_as_a_condition);
     RUN(batches_of_changes_and_starts);
+    RUN(changes_then_starts_together);
 }
 
 int main(void)

@@ -7,7 +7,8 @@
 -- (binduq.lifecycle.admission); one not admitted is deferred by process like a retry. With a
 -- storage across the network, the first runs that take the fast path start in one round
 -- trip (store:start_many), and the chunk's finished states are written together afterwards
--- (binduq.lifecycle.finish's flush). The memory storage is quicker one by one: without a
+-- (binduq.lifecycle.finish's flush): with the next chunk's starts when the engine prepares
+-- that chunk first (store:change_start_many, one commit for both). The memory storage is quicker one by one: without a
 -- rate limit, a handler state with it has no prepare.
 
 local core = require("binduq.core")
@@ -19,7 +20,7 @@ local M = {}
 -- { entry, ... }, or nil when a chunk has nothing to decide together.
 function M.build(S)
     local store, info, handlers, rl, batch_store = S.store, S.info, S.handlers, S.rl, S.batch_store
-    local decode, admit_chunk = S.decode, S.admit_chunk
+    local decode, admit_chunk, flush_with = S.decode, S.admit_chunk, S.flush_with
     if not (rl or batch_store) then return nil end
 
     -- Each entry: task, why, partial, header (decode's), and, when decided here, admission
@@ -58,10 +59,15 @@ function M.build(S)
                     at[#starts], named[#starts] = i, task.task_id
                 end
             end
-            if #starts > 1 then
+            if #starts > 0 then
                 core.slot_ahead(named)
-                -- On an error nothing is decided: each starts for itself in process.
-                for j, r in ipairs(store:start_many(starts) or {}) do
+                -- The last chunk's finished states, when they wait for this prepare (the
+                -- engine flushes after it), go with these starts: one round trip, one
+                -- commit. Else the starts alone, if more than one. On an error nothing is
+                -- decided: each starts for itself in process.
+                local res = flush_with(starts)
+                if res == nil and #starts > 1 then res = store:start_many(starts) end
+                for j, r in ipairs(res or {}) do
                     preps[at[j]].start, preps[at[j]].settled = r, r[1] or nil
                 end
             end

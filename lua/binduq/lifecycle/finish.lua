@@ -74,8 +74,9 @@ local TRUE_ARTIFACTS = scalar_artifacts(true)
 
 --- The finishing of a handler state's tasks (S: see binduq.lifecycle). Returns
 -- settle(task, header, res, defer) -> outcome; flush() -> { {status, task_id, type, info},
--- ... }, the outcomes settle left OUT.pending (the engine calls it: src/lua/l_slot.c); and
--- mark_pending(trace, pickup), which process calls for each of those.
+-- ... }, the outcomes settle left OUT.pending (the engine calls it: src/lua/l_slot.c);
+-- mark_pending(trace, pickup), which process calls for each of those; and flush_with(starts),
+-- which the next chunk's prepare calls to write them with its starts.
 function M.build(S)
     local store, info, want_results = S.store, S.info, S.want_results
     local failed, storage_failed, skipped = S.failed, S.storage_failed, S.skipped
@@ -143,18 +144,9 @@ function M.build(S)
         return settled(task, header, state, rj, store:finish(id, state, h, a))
     end
 
-    -- The outcomes of the chunk's deferred tasks (settle), their finished states written in
-    -- one round trip (store:change_many), each exactly the compare-and-set store:finish makes.
-    -- Returns { {status, task_id, type, info}, ... } in the order they were deferred.
-    local function flush()
-        local list = pending
-        pending = {}
-        local changes = {}
-        for i, e in ipairs(list) do
-            changes[i] = { id = e.task.task_id, from = "working", to = e.state, append_history = e.h,
-                           append_artifacts = e.a, requested = "", error = "" }
-        end
-        local res, err, code = store:change_many(changes)
+    -- The outcome of each deferred task of list once store:change_many (or
+    -- store:change_start_many) answered res (nil: err, code), in list's order, as flush gives.
+    local function outcomes(list, res, err, code)
         local outs = {}
         for i, e in ipairs(list) do
             local r = res and res[i]
@@ -171,6 +163,52 @@ function M.build(S)
         return outs
     end
 
+    -- The deferred tasks' changes, each exactly the compare-and-set store:finish makes; the
+    -- list of them is taken.
+    local function take_changes()
+        local list = pending
+        pending = {}
+        local changes = {}
+        for i, e in ipairs(list) do
+            changes[i] = { id = e.task.task_id, from = "working", to = e.state, append_history = e.h,
+                           append_artifacts = e.a, requested = "", error = "" }
+        end
+        return list, changes
+    end
+
+    local written -- the outcomes flush_with made, which the next flush gives
+
+    -- The outcomes of the chunk's deferred tasks (settle), their finished states written in
+    -- one round trip (store:change_many), or earlier by flush_with. Returns
+    -- { {status, task_id, type, info}, ... } in the order they were deferred.
+    local function flush()
+        local outs = written or {}
+        written = nil
+        if #pending > 0 then
+            local list, changes = take_changes()
+            local res, err, code = store:change_many(changes)
+            for _, o in ipairs(outcomes(list, res, err, code)) do outs[#outs + 1] = o end
+        end
+        return outs
+    end
+
+    -- The deferred finished states written with the next chunk's starts (store:start_many's
+    -- list), in one round trip and one commit (store:change_start_many), when the engine
+    -- prepares that chunk before its flush. Returns the starts' results; nil when nothing is
+    -- deferred (the caller starts them itself); false on an error (each starts for itself in
+    -- process; the deferred tasks' outcomes say their state was not written).
+    local function flush_with(starts)
+        if #pending == 0 then return nil end
+        local list, changes = take_changes()
+        local res, started, code = store:change_start_many(changes, starts)
+        if res then
+            written = outcomes(list, res)
+            return started
+        end
+        written = outcomes(list, nil, started, code)
+        return false
+    end
+
     -- The trace id and the pickup latency of the task settle just deferred, which travel
     -- with its outcome when flush gives it.
     local function mark_pending(trace, pickup)
@@ -178,7 +216,7 @@ function M.build(S)
         e.trace, e.pickup = trace, pickup
     end
 
-    return settle, flush, mark_pending
+    return settle, flush, mark_pending, flush_with
 end
 
 return M
