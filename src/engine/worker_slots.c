@@ -862,9 +862,11 @@ void *bq_worker_slot_main(void *arg)
          * writes them with its starts (one round trip and one commit for both), counting as
          * running like flush_pending; flush_pending then only carries them out. */
         bool ahead = false;
-        if (s->npend > 0 && s->chunk_at == s->chunk_n && !w->life.stopping &&
-            chunk_size(w) > 1) {
-            take_chunk(w, s, chunk_size(w));
+        int next = 0;
+        if (s->npend > 0 && s->chunk_at == s->chunk_n && !w->life.stopping)
+            next = chunk_size(w);
+        if (next > 1) {
+            take_chunk(w, s, next);
             s->running = true;
             w->tasks.running++;
             pthread_mutex_unlock(&w->mu);

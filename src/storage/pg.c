@@ -884,7 +884,7 @@ static bq_status batch_results(PGresult *res, const char *const *ids, size_t n,
     bool seen[2 * BQ_CHANGE_MANY_MAX] = {false};
     if ((size_t)rows != n || n > 2 * BQ_CHANGE_MANY_MAX) {
         bq_pq.PQclear(res);
-        return bq_err_set(err, BQ_EPG, "storage: a batch of %zu answered %d rows", n, rows);
+        return bq_err_set(err, BQ_EPROTO, "storage: a batch of %zu answered %d rows", n, rows);
     }
     for (int row = 0; row < rows; row++) {
         const char *id = bq_pq.PQgetvalue(res, row, 1);
@@ -895,7 +895,7 @@ static bq_status batch_results(PGresult *res, const char *const *ids, size_t n,
         }
         if (k == n) {
             bq_pq.PQclear(res);
-            return bq_err_set(err, BQ_EPG, "storage: a batch answered for a task it was not given");
+            return bq_err_set(err, BQ_EPROTO, "storage: a batch answered for a task it was not given");
         }
         seen[i] = true;
         out[i].changed = strcmp(bq_pq.PQgetvalue(res, row, 0), "t") == 0;
