@@ -130,6 +130,13 @@ struct bq_slot_ctl {
     /* Bumped by every wake-up (bq_slot_wake, a control request, an interrupt); guarded by
      * mu: bq_slot_park returns when it moved. */
     unsigned wakeups;
+    /* Seconds the task being handled spent in the per-task storage writes that a chunk makes
+     * for all its tasks at once (its start and its finished state: l_storage.c adds them).
+     * The engine zeroes it before each handle and judges whether handlers are quick enough to
+     * batch by the time without it: those writes are what batching takes off, and on a disk
+     * whose commit takes a millisecond they alone kept a worker from ever batching. The slot
+     * thread only. */
+    double batched_wait;
 };
 
 /* Sleeps up to `seconds`; returns early (false) when the slot is interrupted or a control

@@ -907,6 +907,7 @@ void *bq_worker_slot_main(void *arg)
         memset(&out, 0, sizeof out);
         out.attempt = 1;
         out.pickup = NAN;
+        s->ctl.batched_wait = 0;
         double t0 = bq_now_mono();
         w->conf.ops.handle(s->state, &msg, &out);
 
@@ -934,7 +935,10 @@ void *bq_worker_slot_main(void *arg)
         double took = bq_now_mono() - t0;
         bool trim = !moved && !pending && msg.len >= TRIM_AFTER;
         pthread_mutex_lock(&w->mu);
-        w->fetch.ewma_handle = w->fetch.ewma_handle * 0.9 + took * 0.1;
+        /* Whether handlers are quick enough to batch, by their time without the writes a
+         * chunk would batch (bq_slot_ctl.batched_wait). */
+        double own = took - s->ctl.batched_wait;
+        w->fetch.ewma_handle = w->fetch.ewma_handle * 0.9 + (own > 0 ? own : 0) * 0.1;
         s->running = false;
         s->current = (struct bq_msg){NULL, 0, 0, false, 0, 0};
         w->tasks.running--;

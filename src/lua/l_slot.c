@@ -90,6 +90,12 @@ static bool task_must_stop(const struct slot_state *s, const struct slot_task *t
 /* The handler state of the current thread: each slot thread runs exactly one. */
 static _Thread_local struct slot_state *tl_slot;
 
+void bq_lua_slot_batched_wait(double seconds)
+{
+    if (tl_slot != NULL && tl_slot->ctl != NULL)
+        tl_slot->ctl->batched_wait += seconds;
+}
+
 /* ---- The configuration (main state) -------------------------------------------------------- */
 
 static char *dup_lua(lua_State *L, int idx)

@@ -29,6 +29,10 @@ struct bq_lua_slot_cfg {
     bq_storage *storage; /* one reference: the task state every handler state shares */
 };
 
+/* Counts `seconds` of a per-task storage write into the running task's
+ * bq_slot_ctl.batched_wait (nothing outside a handler state's thread). */
+void bq_lua_slot_batched_wait(double seconds);
+
 /* The slot operations over handler states; their `ud` is the engine's bq_lua_slot_cfg. */
 extern const struct bq_slot_ops bq_lua_slot_ops;
 

@@ -25,11 +25,13 @@
 
 #include "../core/alloc.h"
 #include "../core/buf.h"
+#include "../core/clock.h"
 #include "../core/err.h"
 #include "../engine/client.h"
 #include "../engine/config.h"
 #include "../engine/task.h"
 #include "../storage/storage.h"
+#include "l_slot.h"
 
 #include <limits.h>
 #include <string.h>
@@ -301,6 +303,13 @@ static bool plain_history(lua_State *L, int task, bq_buf *b)
     return !b->oom;
 }
 
+/* A per-task write of the lifecycle (store:start, store:finish) that a chunk makes for all
+ * its tasks at once: its time is the storage's, not the handler's (bq_slot_ctl.batched_wait). */
+static void count_batched(double t0)
+{
+    bq_lua_slot_batched_wait(bq_now_mono() - t0);
+}
+
 /* store:start(id, worker [, task]) -> changed, state | false, requested, attempts
  *   | nil, msg, code
  * A run's first delivery: submitted -> working, counting the attempt. With `task` (the
@@ -321,7 +330,10 @@ static int l_storage_start(lua_State *L)
     };
     struct bq_task_result res;
     bq_err err;
-    if (s->ops->change(s, &c, &res, &err) != BQ_OK)
+    double t0 = bq_now_mono();
+    bq_status st = s->ops->change(s, &c, &res, &err);
+    count_batched(t0);
+    if (st != BQ_OK)
         return bq_lua_fail(L, &err);
     if (res.found || !lua_istable(L, 4))
         return push_result(L, &res, true);
@@ -335,7 +347,9 @@ static int l_storage_start(lua_State *L)
     }
     struct bq_task_new t = {.id = c.id, .context_id = context, .queue = queue, .state = "working",
                             .history = b.p, .worker = c.worker, .attempts = 1};
-    bq_status st = s->ops->create(s, &t, &res, &err);
+    t0 = bq_now_mono();
+    st = s->ops->create(s, &t, &res, &err);
+    count_batched(t0);
     bq_buf_free(&b);
     if (st != BQ_OK)
         return bq_lua_fail(L, &err);
@@ -500,7 +514,10 @@ static int l_storage_finish(lua_State *L)
     };
     struct bq_task_result res;
     bq_err err;
-    if (s->ops->change(s, &c, &res, &err) != BQ_OK)
+    double t0 = bq_now_mono();
+    bq_status st = s->ops->change(s, &c, &res, &err);
+    count_batched(t0);
+    if (st != BQ_OK)
         return bq_lua_fail(L, &err);
     return push_result(L, &res, false);
 }

@@ -2,7 +2,8 @@
 -- processes of their own: completion with history and artifacts, input-required then
 -- resume on another worker, cancel of running handlers at once, duplicate runs,
 -- pause and resume on another worker from the checkpoint, five workers creating the schema
--- at once, a PostgreSQL restart mid-run, and the recovery sweep.
+-- at once, a deep queue in chunks (also on a server whose commits are slow), a stop in the
+-- middle of chunks, a PostgreSQL restart mid-run, and the recovery sweep.
 
 local proc = require("helpers.proc")
 local redis = require("helpers.redis")
@@ -347,6 +348,50 @@ describe("#redis #pg lifecycle", function()
         assert.is_true(txns < 1700, txns .. " transactions")
         raw:close()
         s:close()
+    end)
+
+    it("batches on a server whose every commit waits milliseconds, as on a slow disk", function()
+        -- A durable server that holds each commit 3 ms before its flush (commit_delay, with
+        -- commit_siblings 0 so it always applies): a task one at a time then takes two such
+        -- commits. Whether handlers are quick enough to batch is judged without those writes
+        -- (bq_slot_ctl.batched_wait); judged with them, a worker never batched here.
+        local slow = pg.start{ durable = true, args = { "-c", "commit_delay=3000", "-c", "commit_siblings=0" } }
+        local ok, err = pcall(function()
+            local q = qname("pgslow")
+            local N = 1500
+            local raw = bq.scheduler{ scheduler = { url = server.url, queue_name = q }, storage = { type = "memory" } }
+            local ops = {}
+            for i = 1, N do ops[i] = { type = "run", task_id = q .. "-" .. i, messages = { "hi " .. i } } end
+            for i = 1, N, 500 do assert(raw:schedule_many({ table.unpack(ops, i, i + 499) })) end
+            raw:close()
+            local function commits()
+                return tonumber(slow:psql("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+                    :match("%d+"))
+            end
+            local c0 = commits()
+            local w = worker(q, { BQ_TEST_CONCURRENCY = 1, DATABASE_URL = slow.url })
+            local function count()
+                return tonumber(slow:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND state = 'completed'")
+                    :format(q)):match("%d+"))
+            end
+            local done = proc.wait_for(function() return count() == N end, 90, 0.5)
+            proc.stop(w)
+            assert(done, "completed " .. tostring(count()) .. " of " .. N)
+            local txns
+            proc.wait_for(function()
+                local now = commits()
+                local settled = now == txns
+                txns = now
+                return settled
+            end, 5, 0.3)
+            txns = txns - c0
+            -- one at a time: two commits a task (3,000); in chunks: a few hundred, most of
+            -- them the first tasks', before the worker has seen its handlers are quick
+            print(("\n# PostgreSQL with 3 ms commits: %d tasks, %d transactions"):format(N, txns))
+            assert.is_true(txns < 600, txns .. " transactions")
+        end)
+        slow:stop()
+        assert(ok, err)
     end)
 
     it("stops in the middle of batches without leaving a task working; another worker completes the rest", function()
