@@ -191,8 +191,11 @@ struct bq_slot_ops {
     void (*prepare)(void *state, const struct bq_msg *msgs, int n, bool *settled);
     /* Optional, on the slot thread: the messages of a chunk whose handle reported
      * BQ_OUTCOME_PENDING (their handlers returned; their stored states are to be written
-     * together) get their outcomes in outs[i], before the slot takes more. Their messages
-     * stay leased until then, so a stored state is always written before the ack. */
+     * together) get their outcomes in outs[i], before the slot handles more. Their messages
+     * stay leased until then, so a stored state is always written before the ack. When the
+     * ring holds the next chunk by then, the slot takes it and calls prepare for it first,
+     * with those outcomes still pending, so that prepare may write them together with what
+     * it decides for the new chunk (one transaction); flush follows at once. */
     void (*flush)(void *state, const struct bq_msg *msgs, struct bq_outcome *outs, int n);
     /* For per_slot > 1 (both required then), on the slot thread: the slot's state holds up
      * to per_slot tasks at once and runs each until it waits (the handlers are coroutines).

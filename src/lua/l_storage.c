@@ -476,10 +476,12 @@ static int l_storage_start_many(lua_State *L)
     return 1;
 }
 
-/* store:change_start_many(changes, tasks) -> change_results, start_results | nil, msg, code
+/* store:change_start_many(changes, tasks)
+ *   -> change_results, start_results | change_results, false, msg, code | nil, msg, code
  * store:change_many(changes) then store:start_many(tasks): in one round trip and one
  * transaction where the storage can and the ids are distinct across both (PostgreSQL: one
- * statement, one commit), else as the two calls (bq_storage_change_start_many). */
+ * statement, one commit), else as the two calls (bq_storage_change_start_many). false: the
+ * changes were made and the starts not; nil: neither. */
 static int l_storage_change_start_many(lua_State *L)
 {
     bq_storage *s = check_storage(L);
@@ -490,11 +492,19 @@ static int l_storage_change_start_many(lua_State *L)
     lua_Integer nc = read_changes(L, 2, c);
     lua_Integer nt = read_starts(L, 3, t);
     bq_err err;
-    if (bq_storage_change_start_many(s, c, (size_t)nc, t, (size_t)nt, rc, rt, &err) != BQ_OK)
+    bool started;
+    if (bq_storage_change_start_many(s, c, (size_t)nc, t, (size_t)nt, rc, rt, &started, &err) !=
+        BQ_OK)
         return bq_lua_fail(L, &err);
     push_results(L, rc, nc);
-    push_results(L, rt, nt);
-    return 2;
+    if (started) {
+        push_results(L, rt, nt);
+        return 2;
+    }
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, err.msg);
+    lua_pushstring(L, bq_status_name(err.code));
+    return 4;
 }
 
 /* store:finish(id, state, append_history, append_artifacts) -> changed, state | false, requested

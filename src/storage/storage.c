@@ -187,10 +187,11 @@ static int cmp_ids(const void *a, const void *b)
 bq_status bq_storage_change_start_many(bq_storage *s, const struct bq_task_change *changes,
                                        size_t nc, const struct bq_task_new *tasks, size_t nt,
                                        struct bq_task_result *rc, struct bq_task_result *rt,
-                                       bq_err *err)
+                                       bool *started, bq_err *err)
 {
     memset(rc, 0, nc * sizeof *rc);
     memset(rt, 0, nt * sizeof *rt);
+    *started = false;
     /* One statement when the storage has it and the ids are distinct across both (sorted:
      * up to 128 of them, the pairs would be 8,000 comparisons). */
     bool one = s->ops->change_start_many != NULL && nc >= 1 && nt >= 1 &&
@@ -211,11 +212,14 @@ bq_status bq_storage_change_start_many(bq_storage *s, const struct bq_task_chang
     }
     if (one) {
         bq_status st = s->ops->change_start_many(s, changes, nc, tasks, nt, rc, rt, err);
+        *started = st == BQ_OK;
         if (st != BQ_EPG)
             return st;
         /* Refused for its data (a text jsonb cannot hold, say): rolled back, so each half
          * again on its own below, and the one that holds the bad task fails alone. */
     }
     bq_status st = bq_storage_change_many(s, changes, nc, rc, err);
-    return st != BQ_OK ? st : bq_storage_start_many(s, tasks, nt, rt, err);
+    if (st == BQ_OK)
+        *started = bq_storage_start_many(s, tasks, nt, rt, err) == BQ_OK;
+    return st;
 }

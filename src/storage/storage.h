@@ -204,12 +204,13 @@ bq_status bq_storage_start_many(bq_storage *s, const struct bq_task_new *tasks, 
  * chunk's finished states and the next chunk's starts. In one round trip and one transaction
  * (one commit) when the storage can and every id is distinct across both; otherwise, or when
  * the server refused the statement for its data (BQ_EPG: nothing was made), as the two calls
- * one after the other, so that one bad task does not fail the others. On an error of the
- * changes nothing was started (rt zeroed). */
+ * one after the other, so that one bad task does not fail the others. An error is the
+ * changes' (nothing was made; err says why). BQ_OK: the changes were made (rc); *started
+ * says whether the starts were too (rt), and if not, err says why. */
 bq_status bq_storage_change_start_many(bq_storage *s, const struct bq_task_change *changes,
                                        size_t nc, const struct bq_task_new *tasks, size_t nt,
                                        struct bq_task_result *rc, struct bq_task_result *rt,
-                                       bq_err *err);
+                                       bool *started, bq_err *err);
 
 /* The implementations' constructors (bq_storage_open picks one). */
 bq_status bq_storage_mem_open(int max_tasks, bq_storage **out, bq_err *err);

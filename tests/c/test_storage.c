@@ -548,7 +548,10 @@ TEST(changes_then_starts_together)
     struct bq_task_new t[3] = {{"cs-3", NULL, "q", NULL, NULL, NULL, "w-1", 0, NULL},
                                {"cs-4", "ctx", "q4", NULL, "[4]", NULL, "w-1", 0, NULL},
                                {"cs-1", NULL, "q", NULL, NULL, NULL, "w-1", 0, NULL}};
-    CHECK_INT(bq_storage_change_start_many(s, c, 2, t, 3, rc, rt, NULL), BQ_OK);
+    bool started = false;
+    bq_err err;
+    CHECK_INT(bq_storage_change_start_many(s, c, 2, t, 3, rc, rt, &started, &err), BQ_OK);
+    CHECK(started);
     CHECK(rc[0].changed);
     CHECK_STR(rc[0].state, "completed");
     CHECK(!rc[1].changed && rc[1].found);

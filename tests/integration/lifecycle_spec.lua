@@ -2,8 +2,9 @@
 -- processes of their own: completion with history and artifacts, input-required then
 -- resume on another worker, cancel of running handlers at once, duplicate runs,
 -- pause and resume on another worker from the checkpoint, five workers creating the schema
--- at once, a deep queue in chunks (also on a server whose commits are slow), a stop in the
--- middle of chunks, a PostgreSQL restart mid-run, and the recovery sweep.
+-- at once, a deep queue in chunks (also on a server whose commits are slow, and with a
+-- task PostgreSQL cannot store), a stop in the middle of chunks, a PostgreSQL restart
+-- mid-run, and the recovery sweep.
 
 local proc = require("helpers.proc")
 local redis = require("helpers.redis")
@@ -392,6 +393,38 @@ describe("#redis #pg lifecycle", function()
         end)
         slow:stop()
         assert(ok, err)
+    end)
+
+    it("a task PostgreSQL cannot store in a chunk does not fail the finished states written with its start", function()
+        -- A message with U+0000, which jsonb refuses: the statement carrying the last chunk's
+        -- finished states with this chunk's starts is refused, and the two are made apart,
+        -- so only the starts fail (each task then starts alone). Every other task completes
+        -- once: a finished state reported as not written would run its task again.
+        local q = qname("pgbad")
+        local N = 3000
+        local raw = bq.scheduler{ scheduler = { url = server.url, queue_name = q }, storage = { type = "memory" } }
+        local ops = {}
+        for i = 1, N do
+            local bad = i % 500 == 250
+            ops[i] = { type = "run", task_id = q .. "-" .. i, messages = { bad and "nul \0 here" or "hi " .. i } }
+        end
+        for i = 1, N, 500 do assert(raw:schedule_many({ table.unpack(ops, i, i + 499) })) end
+        raw:close()
+        local function count(cond)
+            return tonumber(db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND %s"):format(q, cond))
+                :match("%d+"))
+        end
+        local w = worker(q, { BQ_TEST_CONCURRENCY = 1 })
+        local good = N - N // 500
+        local done = proc.wait_for(function() return count("state = 'completed'") >= good end, 60, 0.2)
+        proc.stop(w)
+        assert(done, "completed " .. tostring(count("state = 'completed'")) .. " of " .. good)
+        -- only the unstorable tasks' starts failed; no finished state was reported unwritten
+        local failed = cluster.lines(w, "storage_error")
+        assert.is_true(#failed > 0, "no start failed: the test did not reach the refused statement")
+        for _, line in ipairs(failed) do assert.falsy(line:find("op=complete", 1, true), line) end
+        assert.are.equal(0, count("state = 'completed' AND (attempts <> 1 OR jsonb_array_length(history) <> 2)"))
+        assert.are.equal(good, count("state = 'completed' AND history->0->>'content' LIKE 'hi %'"))
     end)
 
     it("stops in the middle of batches without leaving a task working; another worker completes the rest", function()

@@ -8,8 +8,8 @@
 -- storage across the network, the first runs that take the fast path start in one round
 -- trip (store:start_many), and the chunk's finished states are written together afterwards
 -- (binduq.lifecycle.finish's flush): with the next chunk's starts when the engine prepares
--- that chunk first (store:change_start_many, one commit for both). The memory storage is quicker one by one: without a
--- rate limit, a handler state with it has no prepare.
+-- that chunk first (store:change_start_many, one commit for both). The memory storage is
+-- quicker one by one: without a rate limit, a handler state with it has no prepare.
 
 local core = require("binduq.core")
 local json = require("binduq.json")

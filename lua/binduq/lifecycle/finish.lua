@@ -195,17 +195,19 @@ function M.build(S)
     -- The deferred finished states written with the next chunk's starts (store:start_many's
     -- list), in one round trip and one commit (store:change_start_many), when the engine
     -- prepares that chunk before its flush. Returns the starts' results; nil when nothing is
-    -- deferred (the caller starts them itself); false on an error (each starts for itself in
-    -- process; the deferred tasks' outcomes say their state was not written).
+    -- deferred (the caller starts them itself); false when the starts were not made (each
+    -- starts for itself in process; if the finished states were not written either, their
+    -- tasks' outcomes say so).
     local function flush_with(starts)
         if #pending == 0 then return nil end
         local list, changes = take_changes()
-        local res, started, code = store:change_start_many(changes, starts)
+        -- res, the starts' results (or false, and why, which process meets again); or nil, msg, code
+        local res, a, b = store:change_start_many(changes, starts)
         if res then
             written = outcomes(list, res)
-            return started
+            return a
         end
-        written = outcomes(list, nil, started, code)
+        written = outcomes(list, nil, a, b)
         return false
     end
 
