@@ -181,7 +181,10 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     w->conf.per_slot = o->per_slot > 1 ? o->per_slot : 1;
     w->conf.handlers = o->concurrency * w->conf.per_slot;
     w->conf.batch = o->batch > 0 ? o->batch : 0;
-    w->fetch.ewma_handle = 1.0; /* batch only after handlers were seen to be quick */
+    /* Batch only after handlers were seen to be quick: assumed to take ten times the limit,
+     * the average falls under it after about 22 quick tasks (it took 59 from 1 s, each one
+     * at a time: with task state in PostgreSQL, two commits each). */
+    w->fetch.ewma_handle = 10 * BATCH_MAX_HANDLE;
     w->conf.base_cap = w->conf.handlers + o->prefetch;
     w->conf.capacity = w->conf.handlers + (o->prefetch > w->conf.batch ? o->prefetch : w->conf.batch);
     w->conf.block_timeout = o->block_timeout;
