@@ -48,6 +48,34 @@ describe("#redis #pg lifecycle", function()
 
     local wait_state = cluster.wait_state
 
+    -- Queues n runs of q ("<q>-<i>", the message msg(i)) from a producer that keeps no
+    -- state here, 500 a call.
+    local function queue_runs(q, n, msg)
+        local raw = bq.scheduler{ scheduler = { url = server.url, queue_name = q }, storage = { type = "memory" } }
+        local ops = {}
+        for i = 1, n do ops[i] = { type = "run", task_id = q .. "-" .. i, messages = { msg(i) } } end
+        for i = 1, n, 500 do assert(raw:schedule_many({ table.unpack(ops, i, math.min(i + 499, n)) })) end
+        raw:close()
+    end
+
+    -- The commits of server d's database so far; with settle, once they stop changing (a
+    -- backend's statistics reach pg_stat_database at the latest when it exits).
+    local function commits(d, settle)
+        local function now()
+            return tonumber(d:psql("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+                :match("%d+"))
+        end
+        if not settle then return now() end
+        local n
+        proc.wait_for(function()
+            local v = now()
+            local settled = v == n
+            n = v
+            return settled
+        end, 5, 0.3)
+        return n
+    end
+
     local function worker_id(p)
         return (cluster.lines(p, "worker_started")[1] or ""):match("worker=(%S+)")
     end
@@ -314,11 +342,7 @@ describe("#redis #pg lifecycle", function()
             local op = { task_id = q .. "-" .. i, messages = { "hello " .. i } }
             assert((i % 2 == 0 and s or raw):run(op))
         end
-        local function commits()
-            local out = db:psql("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-            return tonumber(out:match("%d+"))
-        end
-        local c0 = commits()
+        local c0 = commits(db)
         local w = worker(q, { BQ_TEST_CONCURRENCY = 1 })
         local done = proc.wait_for(function()
             return db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND state = 'completed'"):format(q))
@@ -327,15 +351,7 @@ describe("#redis #pg lifecycle", function()
         assert(done, "not all completed")
         assert(proc.wait_for(function() return s:queue_length() == 0 and s:inflight_count() == 0 end, 10))
         proc.stop(w)
-        -- a backend's statistics reach pg_stat_database at the latest when it exits
-        local txns
-        proc.wait_for(function()
-            local now = commits()
-            local settled = now == txns
-            txns = now
-            return settled
-        end, 5, 0.3)
-        txns = txns - c0
+        local txns = commits(db, true) - c0
         -- each once: one attempt, the message and the handler's answer in its history
         local bad = db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND (attempts <> 1"
                              .. " OR jsonb_array_length(history) <> 2 OR worker IS NULL)"):format(q))
@@ -360,16 +376,8 @@ describe("#redis #pg lifecycle", function()
         local ok, err = pcall(function()
             local q = qname("pgslow")
             local N = 1500
-            local raw = bq.scheduler{ scheduler = { url = server.url, queue_name = q }, storage = { type = "memory" } }
-            local ops = {}
-            for i = 1, N do ops[i] = { type = "run", task_id = q .. "-" .. i, messages = { "hi " .. i } } end
-            for i = 1, N, 500 do assert(raw:schedule_many({ table.unpack(ops, i, i + 499) })) end
-            raw:close()
-            local function commits()
-                return tonumber(slow:psql("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-                    :match("%d+"))
-            end
-            local c0 = commits()
+            queue_runs(q, N, function(i) return "hi " .. i end)
+            local c0 = commits(slow)
             local w = worker(q, { BQ_TEST_CONCURRENCY = 1, DATABASE_URL = slow.url })
             local function count()
                 return tonumber(slow:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND state = 'completed'")
@@ -378,14 +386,7 @@ describe("#redis #pg lifecycle", function()
             local done = proc.wait_for(function() return count() == N end, 90, 0.5)
             proc.stop(w)
             assert(done, "completed " .. tostring(count()) .. " of " .. N)
-            local txns
-            proc.wait_for(function()
-                local now = commits()
-                local settled = now == txns
-                txns = now
-                return settled
-            end, 5, 0.3)
-            txns = txns - c0
+            local txns = commits(slow, true) - c0
             -- one at a time: two commits a task (3,000); in chunks: a few hundred, most of
             -- them the first tasks', before the worker has seen its handlers are quick
             print(("\n# PostgreSQL with 3 ms commits: %d tasks, %d transactions"):format(N, txns))
@@ -402,14 +403,7 @@ describe("#redis #pg lifecycle", function()
         -- once: a finished state reported as not written would run its task again.
         local q = qname("pgbad")
         local N = 3000
-        local raw = bq.scheduler{ scheduler = { url = server.url, queue_name = q }, storage = { type = "memory" } }
-        local ops = {}
-        for i = 1, N do
-            local bad = i % 500 == 250
-            ops[i] = { type = "run", task_id = q .. "-" .. i, messages = { bad and "nul \0 here" or "hi " .. i } }
-        end
-        for i = 1, N, 500 do assert(raw:schedule_many({ table.unpack(ops, i, i + 499) })) end
-        raw:close()
+        queue_runs(q, N, function(i) return i % 500 == 250 and "nul \0 here" or "hi " .. i end)
         local function count(cond)
             return tonumber(db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND %s"):format(q, cond))
                 :match("%d+"))
@@ -432,10 +426,7 @@ describe("#redis #pg lifecycle", function()
         -- Enough that the first worker is still busy when it is stopped: a worker on
         -- PostgreSQL runs about 10,000 of these a second, and a stop takes a few polls.
         local N = 20000
-        local raw = bq.scheduler{ scheduler = { url = server.url, queue_name = q }, storage = { type = "memory" } }
-        local ops = {}
-        for i = 1, N do ops[i] = { type = "run", task_id = q .. "-" .. i, messages = { "hi " .. i } } end
-        for i = 1, N, 1000 do assert(raw:schedule_many({ table.unpack(ops, i, i + 999) })) end
+        queue_runs(q, N, function(i) return "hi " .. i end)
         local function count(state)
             return tonumber(db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND state = '%s'")
                 :format(q, state)):match("%d+"))
@@ -455,7 +446,6 @@ describe("#redis #pg lifecycle", function()
         local twice = db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND (attempts <> 1"
                                .. " OR jsonb_array_length(history) <> 2)"):format(q))
         assert.are.equal("0", twice:match("%d+"))
-        raw:close()
     end)
 
     it("carries on through a PostgreSQL restart: no task is left working", function()
