@@ -38,7 +38,9 @@ bq_status bq_worker_feed_init(bq_worker *w, bool on, bq_err *err)
     if (!on)
         return BQ_OK;
     f->pend = bq_calloc((size_t)w->conf.nqueues, sizeof *f->pend);
-    if (f->pend == NULL)
+    bq_buf_puts(&f->worker, ",\"worker\":"); /* every event's last field, written once */
+    bq_buf_json_str(&f->worker, w->conf.id, strlen(w->conf.id));
+    if (f->pend == NULL || f->worker.oom)
         return bq_err_set(err, BQ_ENOMEM, "worker: out of memory");
     return BQ_OK;
 }
@@ -52,40 +54,73 @@ void bq_worker_feed_destroy(bq_worker *w)
         bq_buf_free(&f->pend[i]);
     bq_free(f->pend);
     f->pend = NULL;
+    bq_buf_free(&f->worker);
     pthread_mutex_destroy(&f->mu);
     pthread_cond_destroy(&f->cv);
     f->inited = false;
 }
 
-/* Appends one event (a JSON object) to queue q's buffer. */
-static void add(bq_worker *w, int q, const char *json, size_t len)
+/* Takes f->mu to add an event to queue *q's buffer (an unknown q is the first queue), once
+ * what is pending is under FEED_MAX_PENDING or being written, and returns that buffer with a
+ * comma written if it holds events already; *from is where the event begins. */
+static bq_buf *add_begin(bq_worker *w, int *q, size_t *from)
 {
     struct worker_feed *f = &w->feed;
-    if (q < 0 || q >= w->conf.nqueues)
-        q = 0;
+    if (*q < 0 || *q >= w->conf.nqueues)
+        *q = 0;
     pthread_mutex_lock(&f->mu);
     while (f->bytes > FEED_MAX_PENDING && f->sending && !f->stop)
         pthread_cond_wait(&f->cv, &f->mu); /* Redis is slow: do not outgrow memory */
-    bq_buf *b = &f->pend[q];
+    bq_buf *b = &f->pend[*q];
+    *from = b->len;
     if (b->len > 0)
         bq_buf_putc(b, ',');
-    bq_buf_append(b, json, len);
-    f->bytes += len + 1;
-    if (f->n++ == 0) {
-        f->first_at = bq_now_mono();
-        pthread_cond_broadcast(&f->cv); /* the feed thread starts counting */
+    return b;
+}
+
+/* Counts the event add_begin's buffer gained since from and releases f->mu. An event that
+ * ran out of memory half-built is taken back whole: the buffer holds what it held. */
+static void add_end(bq_worker *w, bq_buf *b, size_t from)
+{
+    struct worker_feed *f = &w->feed;
+    if (b->oom) {
+        b->oom = false; /* a failed growth leaves the buffer as it was */
+        b->len = from;
+        if (b->p != NULL)
+            b->p[from] = '\0';
+    } else if (b->len > from) {
+        f->bytes += b->len - from;
+        if (f->n++ == 0) {
+            f->first_at = bq_now_mono();
+            pthread_cond_broadcast(&f->cv); /* the feed thread starts counting */
+        }
     }
     pthread_mutex_unlock(&f->mu);
+}
+
+/* Appends one event (a JSON object) to queue q's buffer. */
+static void add(bq_worker *w, int q, const char *json, size_t len)
+{
+    size_t from;
+    bq_buf *b = add_begin(w, &q, &from);
+    bq_buf_append(b, json, len);
+    add_end(w, b, from);
+}
+
+/* The index of the worker's queue named queue; 0 (the first) for NULL or a name it has not. */
+static int queue_index(const bq_worker *w, const char *queue)
+{
+    for (int i = 0; queue != NULL && i < w->conf.nqueues; i++)
+        if (strcmp(w->conf.queues[i], queue) == 0)
+            return i;
+    return 0;
 }
 
 bq_status bq_worker_feed(bq_worker *w, const char *queue, const char *json, size_t len)
 {
     if (!w->feed.on)
         return BQ_OK;
-    int q = 0;
-    for (int i = 0; queue != NULL && i < w->conf.nqueues; i++)
-        if (strcmp(w->conf.queues[i], queue) == 0)
-            q = i;
+    int q = queue_index(w, queue);
     add(w, q, json, len);
     return BQ_OK;
 }
@@ -132,23 +167,23 @@ static const char *outcome_event(const struct bq_outcome *out)
 
 /* The fields every event of this worker starts with: {"event":..,"task_id":..,["state":..,]
  * "at":..,"attempt":..,"worker":.. (the object left open). */
+#define PUT_LIT(b, lit) bq_buf_append((b), lit, sizeof lit - 1)
 static void put_head(bq_buf *b, const bq_worker *w, const char *event, const char *task_id,
-                     size_t idlen, const char *state, long long attempt)
+                     size_t idlen, const char *state, double at, long long attempt)
 {
-    bq_buf_puts(b, "{\"event\":");
+    PUT_LIT(b, "{\"event\":");
     bq_buf_json_str(b, event, strlen(event));
-    bq_buf_puts(b, ",\"task_id\":");
+    PUT_LIT(b, ",\"task_id\":");
     bq_buf_json_str(b, task_id, idlen);
     if (state != NULL && state[0]) {
-        bq_buf_puts(b, ",\"state\":");
+        PUT_LIT(b, ",\"state\":");
         bq_buf_json_str(b, state, strlen(state));
     }
-    bq_buf_puts(b, ",\"at\":");
-    bq_buf_put_secs(b, bq_now_wall());
-    bq_buf_puts(b, ",\"attempt\":");
+    PUT_LIT(b, ",\"at\":");
+    bq_buf_put_secs(b, at);
+    PUT_LIT(b, ",\"attempt\":");
     bq_buf_put_int(b, attempt);
-    bq_buf_puts(b, ",\"worker\":");
-    bq_buf_json_str(b, w->conf.id, strlen(w->conf.id));
+    bq_buf_append(b, w->feed.worker.p, w->feed.worker.len);
 }
 
 void bq_worker_feed_started(bq_worker *w, const char *queue, const char *task_id, size_t idlen,
@@ -156,12 +191,13 @@ void bq_worker_feed_started(bq_worker *w, const char *queue, const char *task_id
 {
     if (!w->feed.on || !bq_utf8_valid(task_id, idlen, NULL))
         return;
-    bq_buf b = BQ_BUF_INIT;
-    put_head(&b, w, "started", task_id, idlen, "working", attempt);
-    bq_buf_putc(&b, '}');
-    if (!b.oom)
-        bq_worker_feed(w, queue, b.p, b.len);
-    bq_buf_free(&b);
+    int q = queue_index(w, queue);
+    double at = bq_now_wall();
+    size_t from;
+    bq_buf *b = add_begin(w, &q, &from); /* built in place: no buffer of its own to grow */
+    put_head(b, w, "started", task_id, idlen, "working", at, attempt);
+    bq_buf_putc(b, '}');
+    add_end(w, b, from);
 }
 
 void bq_worker_feed_outcome(bq_worker *w, const struct bq_msg *msg,
@@ -170,28 +206,32 @@ void bq_worker_feed_outcome(bq_worker *w, const struct bq_msg *msg,
     const char *event = outcome_event(out);
     if (!w->feed.on || event == NULL || out->task_id[0] == '\0')
         return;
-    bq_buf b = BQ_BUF_INIT;
-    put_head(&b, w, event, out->task_id, strlen(out->task_id), out->state, out->attempt);
-    if (out->kind == BQ_OUTCOME_RETRY) {
-        bq_buf_puts(&b, ",\"delay\":");
-        bq_buf_put_secs(&b, out->delay);
-    }
-    if (out->kind == BQ_OUTCOME_SKIPPED)
-        bq_buf_puts(&b, ",\"redelivered\":true");
-    /* The error object the lifecycle built (JSON it encoded), or the reason as text. */
+    /* The error's or reason's text is checked before the lock is taken. */
     bool failure = out->kind == BQ_OUTCOME_RETRY || out->kind == BQ_OUTCOME_DEAD ||
                    out->kind == BQ_OUTCOME_DROPPED || out->kind == BQ_OUTCOME_MALFORMED;
-    if (failure && out->json != NULL && out->json[0] == '{') {
-        bq_buf_puts(&b, ",\"error\":");
-        bq_buf_puts(&b, out->json);
-    } else if (out->reason != NULL && bq_utf8_valid(out->reason, strlen(out->reason), NULL)) {
-        bq_buf_puts(&b, ",\"reason\":");
-        bq_buf_json_str(&b, out->reason, strlen(out->reason));
+    bool error = failure && out->json != NULL && out->json[0] == '{';
+    bool reason = !error && out->reason != NULL && bq_utf8_valid(out->reason, strlen(out->reason), NULL);
+    double at = bq_now_wall();
+    int q = msg->q;
+    size_t from;
+    bq_buf *b = add_begin(w, &q, &from); /* built in place: no buffer of its own to grow */
+    put_head(b, w, event, out->task_id, strlen(out->task_id), out->state, at, out->attempt);
+    if (out->kind == BQ_OUTCOME_RETRY) {
+        PUT_LIT(b, ",\"delay\":");
+        bq_buf_put_secs(b, out->delay);
     }
-    bq_buf_putc(&b, '}');
-    if (!b.oom)
-        add(w, msg->q, b.p, b.len);
-    bq_buf_free(&b);
+    if (out->kind == BQ_OUTCOME_SKIPPED)
+        PUT_LIT(b, ",\"redelivered\":true");
+    /* The error object the lifecycle built (JSON it encoded), or the reason as text. */
+    if (error) {
+        PUT_LIT(b, ",\"error\":");
+        bq_buf_puts(b, out->json);
+    } else if (reason) {
+        PUT_LIT(b, ",\"reason\":");
+        bq_buf_json_str(b, out->reason, strlen(out->reason));
+    }
+    bq_buf_putc(b, '}');
+    add_end(w, b, from);
 }
 
 void bq_feed_take_free(struct feed_take *t)

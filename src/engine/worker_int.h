@@ -231,6 +231,7 @@ struct worker_feed {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bq_buf *pend;           /* conf.nqueues buffers: each queue's events, comma-separated */
+    bq_buf worker;          /* ,"worker":"<conf.id>": every event's last field, as JSON */
     size_t n, bytes;        /* events and bytes pending over all queues */
     double first_at;        /* when the oldest pending event came (monotonic) */
     bool sending;           /* a path is writing what it took */

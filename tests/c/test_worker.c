@@ -8,9 +8,11 @@
 #include "../../src/broker/broker.h"
 #include "../../src/core/alloc.h"
 #include "../../src/core/clock.h"
+#include "../../src/core/buf.h"
 #include "../../src/core/err.h"
 #include "../../src/core/log.h"
 #include "../../src/engine/worker.h"
+#include "../../src/engine/worker_int.h" /* bq_worker_feed_outcome */
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -653,6 +655,81 @@ TEST(options_are_checked)
     CHECK_CONTAINS(err.msg, "lease");
 }
 
+/* Task events are written in place into the queue's pending buffer: an event that finds no
+ * memory for it is left out whole (what was pending before stays as it was, valid JSON), and
+ * the next one goes in escaped, with the worker's id; a handled task adds its completion. */
+TEST(task_events_are_built_in_place_and_one_without_memory_is_left_out)
+{
+    reset();
+    const char *q = "test:worker:events";
+    struct bq_config cfg = {.url = NULL, .url_source = "test", .queue_name = (char *)q,
+                            .max_connections = 4, .connect_timeout = 2, .command_timeout = 2,
+                            .pool_timeout = 2, .events_max = 100};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 1, 2, 1.0, true, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0, 1};
+    bq_worker *w;
+    bq_err err;
+    CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, &err), BQ_OK);
+    if (w == NULL)
+        return;
+    /* No thread of the worker runs yet: only these calls allocate. */
+    bq_worker_feed_started(w, q, "first", 5, 1);
+    bq_alloc_fail_after(0);
+    bq_worker_feed_started(w, q, "lost", 4, 1);
+    bq_alloc_fail_after(-1);
+    bq_worker_feed_started(w, q, "a\"b", 3, 2);
+    struct bq_msg m = {(char *)"x", 1, 0, false, 0, 0};
+    struct bq_outcome retry = {.kind = BQ_OUTCOME_RETRY, .task_id = "r", .attempt = 3, .delay = 1.5,
+                               .json = (char *)"{\"code\":\"EX\"}"};
+    /* One too long for the buffer's room, without memory to grow it: left out whole. */
+    char big[4096];
+    memset(big, 'x', sizeof big);
+    static const char head[] = "{\"code\":\"EBIG\",\"message\":\"";
+    memcpy(big, head, sizeof head - 1);
+    memcpy(big + sizeof big - 3, "\"}", 3);
+    struct bq_outcome dead = {.kind = BQ_OUTCOME_DEAD, .task_id = "big", .attempt = 1, .json = big};
+    bq_alloc_fail_after(0);
+    bq_worker_feed_outcome(w, &m, &dead);
+    bq_alloc_fail_after(-1);
+    bq_worker_feed_outcome(w, &m, &retry);
+    bq_broker *b = bq_worker_broker(w);
+    CHECK_INT(bq_worker_start(w, true, &err), BQ_OK);
+    for (;;) {
+        struct bq_event ev;
+        bq_worker_next_event(w, 30, -1, &ev);
+        enum bq_event_kind k = ev.kind;
+        bq_event_clear(&ev);
+        if (k == BQ_EVENT_STOPPED || k == BQ_EVENT_NONE)
+            break;
+    }
+    struct bq_feed_reader *rd = NULL;
+    struct bq_feed_out out = {NULL, 0, 0};
+    CHECK_INT(b->ops->feed_read(b, &rd, q, "0-0", 100, 0, &out, NULL), BQ_OK);
+    bq_buf all = BQ_BUF_INIT;
+    for (size_t i = 0; i < out.n; i++)
+        bq_buf_append(&all, out.e[i].json, out.e[i].len);
+    const char *text = bq_buf_cstr(&all);
+    char worker[160];
+    snprintf(worker, sizeof worker, ",\"worker\":\"%s\"}", bq_worker_id(w));
+    CHECK_CONTAINS(text, "[{\"event\":\"started\",\"task_id\":\"first\",\"state\":\"working\",\"at\":");
+    CHECK_CONTAINS(text, "},{\"event\":\"started\",\"task_id\":\"a\\\"b\",\"state\":\"working\",\"at\":");
+    CHECK_CONTAINS(text, "\"attempt\":2");
+    CHECK_CONTAINS(text, "{\"event\":\"retried\",\"task_id\":\"r\",\"at\":");
+    CHECK_CONTAINS(text, ",\"attempt\":3,\"worker\":");
+    CHECK_CONTAINS(text, "\",\"delay\":1.500,\"error\":{\"code\":\"EX\"}}]");
+    CHECK_CONTAINS(text, worker);
+    CHECK(strstr(text, "lost") == NULL);
+    CHECK(strstr(text, "EBIG") == NULL);
+    int events = 0;
+    for (const char *p = text; (p = strstr(p, "{\"event\":")) != NULL; p++)
+        events++;
+    CHECK_INT(events, 3);
+    bq_buf_free(&all);
+    bq_feed_out_free(&out);
+    if (rd != NULL)
+        b->ops->feed_close(b, rd);
+    bq_worker_free(w);
+}
+
 int main(void)
 {
     bq_log_set_level("off");
@@ -668,5 +745,6 @@ int main(void)
     RUN(control_for_a_task_ahead_is_kept_until_it_runs);
     RUN(control_before_the_task_is_named_is_kept_for_it);
     RUN(control_messages_parse);
+    RUN(task_events_are_built_in_place_and_one_without_memory_is_left_out);
     return check_report("test_worker");
 }
