@@ -43,6 +43,15 @@ bool bq_slot_sleep(struct bq_slot_ctl *ctl, double seconds)
     return done;
 }
 
+/* An outcome's task id into tid (BQ_MAX_ID_LEN + 1 bytes), kept for a direct ack's logs: a
+ * bounded copy, not snprintf (once a task). */
+static void copy_id(char *tid, const char *task_id)
+{
+    size_t n = strnlen(task_id, BQ_MAX_ID_LEN);
+    memcpy(tid, task_id, n);
+    tid[n] = '\0';
+}
+
 void bq_slot_set_task(struct bq_slot_ctl *ctl, const char *task_id)
 {
     /* Twice a task: a bounded copy, not snprintf (500 instructions a call). */
@@ -731,7 +740,7 @@ static bool multi_finish(bq_worker *w, struct slot *s, int p, struct bq_outcome 
     bq_slot_set_task_at(&s->ctl, p, NULL);
     bool want_ack = false;
     char tid[BQ_MAX_ID_LEN + 1];
-    snprintf(tid, sizeof tid, "%s", out->task_id);
+    copy_id(tid, out->task_id);
     bool moved = finish(w, &msg, out, took, &want_ack);
     pthread_mutex_lock(&w->mu);
     s->held[p] = (struct bq_msg){NULL, 0, 0, false, 0, 0};
@@ -926,7 +935,7 @@ void *bq_worker_slot_main(void *arg)
          * enters anyway: one lock a task, not two. tid is kept for a direct ack's logs. */
         bool want_ack = false;
         char tid[BQ_MAX_ID_LEN + 1];
-        snprintf(tid, sizeof tid, "%s", out.task_id);
+        copy_id(tid, out.task_id);
         if (abandoned) /* the process is leaving */
             outcome_free(&out);
         else if (!pending)

@@ -49,6 +49,33 @@ static long long head_length(const struct bq_bulkcap *f)
     return (long long)f->value;
 }
 
+/* The length line hiredis reads, "$<len>\r\n", or "$x\r\n" (one it refuses) for len -2; len
+ * is -2, -1 or more (head_length). Without printf: it is written once a fetched message. */
+static int length_line(char h[32], long long len)
+{
+    if (len == -2) {
+        memcpy(h, "$x\r\n", 4);
+        return 4;
+    }
+    if (len == -1) {
+        memcpy(h, "$-1\r\n", 5);
+        return 5;
+    }
+    char d[24];
+    int k = 0, n = 0;
+    unsigned long long v = (unsigned long long)len;
+    do {
+        d[k++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    h[n++] = '$';
+    while (k > 0)
+        h[n++] = d[--k];
+    h[n++] = '\r';
+    h[n++] = '\n';
+    return n;
+}
+
 static int emit_marker(struct bq_bulkcap *f, bq_bulkcap_sink sink, void *ud)
 {
     static const char hex[] = "0123456789abcdef";
@@ -116,9 +143,7 @@ int bq_bulkcap_feed(struct bq_bulkcap *f, const char *in, size_t n, bq_bulkcap_s
             long long len = head_length(f);
             if (len < 0 || (unsigned long long)len <= f->max) {
                 char h[32];
-                /* a length hiredis refuses stays one it refuses */
-                int hn = len == -2 ? snprintf(h, sizeof h, "$x\r\n")
-                                   : snprintf(h, sizeof h, "$%lld\r\n", len);
+                int hn = length_line(h, len); /* one hiredis refuses stays one it refuses */
                 if ((rc = sink(ud, h, (size_t)hn)) != 0)
                     return rc;
                 f->left = len >= 0 ? (unsigned long long)len + 2 : 0;
