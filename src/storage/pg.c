@@ -236,7 +236,7 @@ enum {
 };
 
 /* bq_change for a batch: P is a JSON array of {id, f, t, h, a, k, e, r, w, n} (bq_change's
- * $1..$10, with distinct ids). CHANGES_ROWS gives one row per change, in no order
+ * $1..$10, with distinct ids; a key left out is NULL). CHANGES_ROWS gives one row per change, in no order
  * (batch_results places them by id): whether it was made, the id, then the state, requested
  * and attempts after it, or of the record that refused it (the statement's snapshot), and
  * whether the task exists. The refused are found without a join of the changed back to the
@@ -864,14 +864,17 @@ static bq_status pg_change(bq_storage *base, const struct bq_task_change *c,
     return st;
 }
 
-/* Appends "key":value to a JSON object under construction: a string, or null. */
+/* Appends ,"key":"value" to a JSON object under construction; nothing for a NULL value (a
+ * missing key is NULL to jsonb_to_recordset, as null is, in fewer bytes). No printf: a
+ * batch of 64 changes writes 600 of these. */
 static void json_field(bq_buf *b, const char *key, const char *v)
 {
-    bq_buf_printf(b, ",\"%s\":", key);
     if (v == NULL)
-        bq_buf_puts(b, "null");
-    else
-        bq_buf_json_str(b, v, strlen(v));
+        return;
+    bq_buf_puts(b, ",\"");
+    bq_buf_puts(b, key);
+    bq_buf_puts(b, "\":");
+    bq_buf_json_str(b, v, strlen(v));
 }
 
 /* Reads the n rows of a batch statement (changed, id, state, requested, attempts, found)
@@ -951,7 +954,8 @@ static bq_status changes_json(const struct bq_task_change *changes, size_t n, bq
             return bq_err_set(err, BQ_EINVAL, "storage change: history and artifacts must be "
                               "JSON arrays");
         ids[i] = c->id;
-        bq_buf_printf(b, "%s{\"n\":%d", i ? "," : "", c->count_attempt ? 1 : 0);
+        bq_buf_puts(b, i ? ",{\"n\":" : "{\"n\":");
+        bq_buf_putc(b, c->count_attempt ? '1' : '0');
         json_field(b, "id", c->id);
         json_field(b, "f", c->from ? c->from : PG_OPEN_STATES);
         json_field(b, "t", c->to);
