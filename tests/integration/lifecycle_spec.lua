@@ -486,6 +486,8 @@ describe("#redis #pg lifecycle", function()
         local w = worker(q, { BQ_TEST_RECOVERY_AFTER = 1 })
         local t = wait_state(st, id, "completed", 15)
         assert.are.equal("answer: found (1)", t.history[2].content)
+        -- The sweep logs after its push returns: the task may complete first.
+        proc.wait_for(function() return #cluster.lines(w, "recovered_submitted") > 0 end, 5)
         assert.are.equal(1, #cluster.lines(w, "recovered_submitted"))
         proc.stop(w)
         st:close()
