@@ -35,6 +35,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 typedef struct bq_worker bq_worker;
 
@@ -116,6 +117,7 @@ struct bq_slot_ctl {
     /* The tasks of the slot's chunk that will run after it (bq_slot_set_ahead), and what the
      * control channel asked for each meanwhile; guarded by mu. */
     char ahead[BQ_CHUNK_MAX][BQ_MAX_ID_LEN + 1];
+    uint32_t ahead_hash[BQ_CHUNK_MAX]; /* of each id: a task's start compares these first */
     int ahead_control[BQ_CHUNK_MAX];
     int nahead;
     /* Called (under mu, from the thread that interrupts the slot or asks it to cancel or

@@ -52,17 +52,28 @@ static void copy_id(char *tid, const char *task_id)
     tid[n] = '\0';
 }
 
+/* FNV-1a of s[0..n): the ahead list's ids are compared by it first. */
+static uint32_t id_hash(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    return h;
+}
+
 void bq_slot_set_task(struct bq_slot_ctl *ctl, const char *task_id)
 {
-    /* Twice a task: a bounded copy, not snprintf (500 instructions a call). */
+    /* Twice a task: a bounded copy, not snprintf (500 instructions a call); the ahead list
+     * (up to 64 ids) by hash, not 64 strcmp calls. */
     size_t n = task_id != NULL ? strnlen(task_id, sizeof ctl->task_id - 1) : 0;
+    uint32_t h = id_hash(task_id, n);
     pthread_mutex_lock(&ctl->mu);
     if (n > 0)
         memcpy(ctl->task_id, task_id, n);
     ctl->task_id[n] = '\0';
     int control = BQ_CONTROL_NONE;
     for (int i = 0; n > 0 && i < ctl->nahead; i++) {
-        if (strcmp(ctl->ahead[i], ctl->task_id) == 0) { /* kept for it: it runs now */
+        if (ctl->ahead_hash[i] == h && strcmp(ctl->ahead[i], ctl->task_id) == 0) { /* kept for it: it runs now */
             control = ctl->ahead_control[i];
             ctl->ahead[i][0] = '\0';
             ctl->ahead_control[i] = BQ_CONTROL_NONE;
@@ -80,6 +91,7 @@ void bq_slot_set_ahead(struct bq_slot_ctl *ctl, const char *const *task_ids, int
         size_t len = task_ids[i] != NULL ? strnlen(task_ids[i], BQ_MAX_ID_LEN) : 0;
         memcpy(ctl->ahead[i], task_ids[i] != NULL ? task_ids[i] : "", len);
         ctl->ahead[i][len] = '\0';
+        ctl->ahead_hash[i] = id_hash(ctl->ahead[i], len);
         ctl->ahead_control[i] = BQ_CONTROL_NONE;
         ctl->nahead = i + 1;
     }
