@@ -210,7 +210,8 @@ void bq_worker_feed_outcome(bq_worker *w, const struct bq_msg *msg,
     bool failure = out->kind == BQ_OUTCOME_RETRY || out->kind == BQ_OUTCOME_DEAD ||
                    out->kind == BQ_OUTCOME_DROPPED || out->kind == BQ_OUTCOME_MALFORMED;
     bool error = failure && out->json != NULL && out->json[0] == '{';
-    bool reason = !error && out->reason != NULL && bq_utf8_valid(out->reason, strlen(out->reason), NULL);
+    bool reason = !error && out->reason != NULL &&
+                  bq_utf8_valid(out->reason, strlen(out->reason), NULL);
     double at = bq_now_wall();
     int q = msg->q;
     size_t from;

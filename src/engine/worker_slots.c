@@ -73,7 +73,8 @@ void bq_slot_set_task(struct bq_slot_ctl *ctl, const char *task_id)
     ctl->task_id[n] = '\0';
     int control = BQ_CONTROL_NONE;
     for (int i = 0; n > 0 && i < ctl->nahead; i++) {
-        if (ctl->ahead_hash[i] == h && strcmp(ctl->ahead[i], ctl->task_id) == 0) { /* kept for it: it runs now */
+        /* kept for it: it runs now */
+        if (ctl->ahead_hash[i] == h && strcmp(ctl->ahead[i], ctl->task_id) == 0) {
             control = ctl->ahead_control[i];
             ctl->ahead[i][0] = '\0';
             ctl->ahead_control[i] = BQ_CONTROL_NONE;

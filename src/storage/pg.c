@@ -236,12 +236,13 @@ enum {
 };
 
 /* bq_change for a batch: P is a JSON array of {id, f, t, h, a, k, e, r, w, n} (bq_change's
- * $1..$10, with distinct ids; a key left out is NULL). CHANGES_ROWS gives one row per change, in no order
- * (batch_results places them by id): whether it was made, the id, then the state, requested
- * and attempts after it, or of the record that refused it (the statement's snapshot), and
- * whether the task exists. The refused are found without a join of the changed back to the
- * batch (a hashed NOT IN), and only they are looked up again: with hash and merge joins off
- * (see prepare), joining the two row sets took a nested loop over both, 64 x 64 rows. */
+ * $1..$10, with distinct ids; a key left out is NULL). CHANGES_ROWS gives one row per change,
+ * in no order (batch_results places them by id): whether it was made, the id, then the
+ * state, requested and attempts after it, or of the record that refused it (the statement's
+ * snapshot), and whether the task exists. The refused are found without a join of the
+ * changed back to the batch (a hashed NOT IN), and only they are looked up again: with hash
+ * and merge joins off (see prepare), joining the two row sets took a nested loop over both,
+ * 64 x 64 rows. */
 #define CHANGES_CTE(P)                                                                          \
     "c AS (SELECT * FROM jsonb_to_recordset(" P "::text::jsonb) AS c("                          \
     "  id text, f text, t text, h text, a text, k text, e text, r text, w text, n int)),"      \
