@@ -346,7 +346,11 @@ function Scheduler:schedule_many(ops)
         if not okenc then error("operation " .. i .. ": " .. tostring(okenc == false and (delay or m) or m), 2) end
         encoded[i] = { m, id, norm, route_of(self, ops[i]), dedup_of(self, ops[i]), delay, run_at }
     end
-    local groups = {}
+    -- One push a group: a queue's operations in a row of the same kind (deduplicated or not,
+    -- delayed or not), in order. A queue's next operation joins that queue's last group, so
+    -- operations routed in turn over several queues take a push per queue, not one each;
+    -- each queue keeps its own order, and queues were never ordered among themselves.
+    local groups, last = {}, {}
     local now = core.now()
     local at = at_text(now)
     for i = 1, #ops do
@@ -354,11 +358,11 @@ function Scheduler:schedule_many(ops)
         local delayed = delay ~= nil or run_at ~= nil
         local sok, serr, scode = store_op(self, ops[i], queue, norm, delayed)
         if not sok then return nil, "storage: " .. tostring(serr), scode end
-        local g = groups[#groups]
-        if not g or g.queue ~= queue or (g.keys ~= nil) ~= (key ~= nil) or (g.later ~= nil) ~= delayed then
+        local g = last[queue]
+        if not g or (g.keys ~= nil) ~= (key ~= nil) or (g.later ~= nil) ~= delayed then
             g = { queue = queue, msgs = {}, ids = {}, keys = key and {} or nil,
                   later = delayed and { delays = {}, run_ats = {}, nokeys = {} } or nil }
-            groups[#groups + 1] = g
+            groups[#groups + 1], last[queue] = g, g
         end
         g.msgs[#g.msgs + 1], g.ids[#g.ids + 1] = m, id
         g.events = g.events or {}

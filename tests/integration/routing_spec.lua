@@ -140,6 +140,53 @@ describe("#redis routing", function()
         s:close()
     end)
 
+    it("pushes a batch routed in turn over three queues with a push per queue, each queue in order", function()
+        local t = tag()
+        local qs = { t .. ":a", t .. ":b", t .. ":c" }
+        local s = bq.scheduler{ url = server.url, queue_name = qs[1], dedup = false,
+                                route = function(op) return op.metadata.q end }
+        local batch = {}
+        for i = 1, 300 do
+            batch[#batch + 1] = { type = "run", task_id = "t" .. i, messages = { "m" .. i },
+                                  metadata = { q = qs[i % 3 + 1] } }
+        end
+        server:cli("CONFIG", "RESETSTAT")
+        assert.are.equal(300, (s:schedule_many(batch)))
+        local pushes = tonumber(server:cli("INFO", "commandstats"):match("cmdstat_lpush:calls=(%d+)"))
+        -- one LPUSH of messages a queue, and one ringing each queue's bell: 6, where a push an
+        -- operation made 600
+        assert.are.equal(6, pushes)
+        for k, q in ipairs(qs) do
+            assert.are.equal("100", server:cli("LLEN", q))
+            local ids = {}
+            for line in server:cli("LRANGE", q, 0, -1):gmatch("[^\n]+") do
+                ids[#ids + 1] = line:match('"task_id":"(t%d+)"')
+            end
+            -- LPUSH: the oldest at the tail
+            for j = 1, 100 do
+                assert.are.equal("t" .. (3 * (100 - j) + (k == 1 and 3 or k - 1)), ids[j])
+            end
+        end
+        -- a queue's operations of different kinds keep their order: a run deduplicated, its
+        -- pause and resume not
+        local s2 = bq.scheduler{ url = server.url, queue_name = qs[1],
+                                 route = function(op) return op.metadata.q end }
+        assert(s2:schedule_many{
+            { type = "run", task_id = "x1", messages = { "go" }, metadata = { q = qs[2] } },
+            { type = "run", task_id = "y1", messages = { "go" }, metadata = { q = qs[3] } },
+            { type = "pause", task_id = "x1", metadata = { q = qs[2] } },
+            { type = "run", task_id = "y2", messages = { "go" }, metadata = { q = qs[3] } },
+            { type = "resume", task_id = "x1", metadata = { q = qs[2] } },
+        })
+        local order = {}
+        for line in server:cli("LRANGE", qs[2], 0, 2):gmatch("[^\n]+") do
+            order[#order + 1] = line:match('"type":"(%a+)"')
+        end
+        assert.are.same({ "resume", "pause", "run" }, order)
+        s:close()
+        s2:close()
+    end)
+
     it("pushes each task_id once when 8 producers schedule the same 1,000 at once", function()
         local q = "it:dedup:" .. math.random(1, 1e9)
         local env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = q }
