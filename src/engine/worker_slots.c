@@ -949,12 +949,13 @@ void *bq_worker_slot_main(void *arg)
         bool want_ack = false;
         char tid[BQ_MAX_ID_LEN + 1];
         copy_id(tid, out.task_id);
+        /* The handler's time: its outcome's carrying out (finish) is the worker's. */
+        double took = bq_now_mono() - t0;
         if (abandoned) /* the process is leaving */
             outcome_free(&out);
         else if (!pending)
-            moved = finish(w, &msg, &out, bq_now_mono() - t0, &want_ack);
+            moved = finish(w, &msg, &out, took, &want_ack);
 
-        double took = bq_now_mono() - t0;
         bool trim = !moved && !pending && msg.len >= TRIM_AFTER;
         pthread_mutex_lock(&w->mu);
         /* Whether handlers are quick enough to batch, by their time without the writes a
