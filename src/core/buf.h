@@ -27,6 +27,9 @@ void bq_buf_puts(bq_buf *b, const char *s);
 void bq_buf_putc(bq_buf *b, char c);
 void bq_buf_printf(bq_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Appends a string literal, its length known at compile time (no strlen). */
+#define BQ_BUF_LIT(b, lit) bq_buf_append((b), "" lit, sizeof(lit) - 1)
+
 /* Appends s[0..len) as a quoted JSON string. s must be valid UTF-8 (see bq_utf8_valid);
  * control characters, quotes and backslashes are escaped. */
 void bq_buf_json_str(bq_buf *b, const char *s, size_t len);

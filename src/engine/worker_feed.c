@@ -167,21 +167,20 @@ static const char *outcome_event(const struct bq_outcome *out)
 
 /* The fields every event of this worker starts with: {"event":..,"task_id":..,["state":..,]
  * "at":..,"attempt":..,"worker":.. (the object left open). */
-#define PUT_LIT(b, lit) bq_buf_append((b), lit, sizeof lit - 1)
 static void put_head(bq_buf *b, const bq_worker *w, const char *event, const char *task_id,
                      size_t idlen, const char *state, double at, long long attempt)
 {
-    PUT_LIT(b, "{\"event\":");
+    BQ_BUF_LIT(b, "{\"event\":");
     bq_buf_json_str(b, event, strlen(event));
-    PUT_LIT(b, ",\"task_id\":");
+    BQ_BUF_LIT(b, ",\"task_id\":");
     bq_buf_json_str(b, task_id, idlen);
     if (state != NULL && state[0]) {
-        PUT_LIT(b, ",\"state\":");
+        BQ_BUF_LIT(b, ",\"state\":");
         bq_buf_json_str(b, state, strlen(state));
     }
-    PUT_LIT(b, ",\"at\":");
+    BQ_BUF_LIT(b, ",\"at\":");
     bq_buf_put_secs(b, at);
-    PUT_LIT(b, ",\"attempt\":");
+    BQ_BUF_LIT(b, ",\"attempt\":");
     bq_buf_put_int(b, attempt);
     bq_buf_append(b, w->feed.worker.p, w->feed.worker.len);
 }
@@ -218,17 +217,17 @@ void bq_worker_feed_outcome(bq_worker *w, const struct bq_msg *msg,
     bq_buf *b = add_begin(w, &q, &from); /* built in place: no buffer of its own to grow */
     put_head(b, w, event, out->task_id, strlen(out->task_id), out->state, at, out->attempt);
     if (out->kind == BQ_OUTCOME_RETRY) {
-        PUT_LIT(b, ",\"delay\":");
+        BQ_BUF_LIT(b, ",\"delay\":");
         bq_buf_put_secs(b, out->delay);
     }
     if (out->kind == BQ_OUTCOME_SKIPPED)
-        PUT_LIT(b, ",\"redelivered\":true");
+        BQ_BUF_LIT(b, ",\"redelivered\":true");
     /* The error object the lifecycle built (JSON it encoded), or the reason as text. */
     if (error) {
-        PUT_LIT(b, ",\"error\":");
+        BQ_BUF_LIT(b, ",\"error\":");
         bq_buf_puts(b, out->json);
     } else if (reason) {
-        PUT_LIT(b, ",\"reason\":");
+        BQ_BUF_LIT(b, ",\"reason\":");
         bq_buf_json_str(b, out->reason, strlen(out->reason));
     }
     bq_buf_putc(b, '}');

@@ -53,8 +53,6 @@ struct key_addrs {
     const char *key[K_COUNT + 1];
 };
 
-#define PUT(b, lit) bq_buf_append((b), lit, sizeof lit - 1)
-
 /* The address of the string at i, NULL for any other type: compared with ka->key[]. */
 static const char *str_at(lua_State *L, int i)
 {
@@ -176,11 +174,11 @@ static void put_json_str(bq_buf *b, lua_State *L, int i)
  * producer writes it (bq_task_put_message): the history both record is the same bytes. */
 static void encode_list(lua_State *L, int list, bq_buf *b)
 {
-    PUT(b, "[");
+    BQ_BUF_LIT(b, "[");
     for (lua_Integer i = 1; lua_rawgeti(L, list, i) != LUA_TNIL; i++) {
         int m = lua_gettop(L);
         if (i > 1)
-            PUT(b, ",");
+            BQ_BUF_LIT(b, ",");
         size_t rn, cn;
         const char *role, *content;
         if (lua_type(L, m) == LUA_TSTRING) {
@@ -197,7 +195,7 @@ static void encode_list(lua_State *L, int list, bq_buf *b)
         lua_settop(L, list);
     }
     lua_pop(L, 1); /* the nil */
-    PUT(b, "]");
+    BQ_BUF_LIT(b, "]");
 }
 
 /* Appends the messages of the (checked) operation at op to b, as a JSON array. */
@@ -358,20 +356,20 @@ static int l_prepare_runs(lua_State *L)
         }
         /* "run:<id>\0" (the dedup key; the id follows the prefix), then the message. */
         b->offs[2 * i] = d->len;
-        PUT(d, "run:");
+        BQ_BUF_LIT(d, "run:");
         bq_buf_append(d, id, id_len + 1);
         b->offs[2 * i + 1] = d->len;
-        PUT(d, "{\"type\":\"run\",\"task_id\":");
+        BQ_BUF_LIT(d, "{\"type\":\"run\",\"task_id\":");
         bq_buf_json_str(d, id, id_len);
-        PUT(d, ",\"conversation_id\":");
+        BQ_BUF_LIT(d, ",\"conversation_id\":");
         if (conv == uuid) {
-            PUT(d, "\"");
+            BQ_BUF_LIT(d, "\"");
             bq_buf_append(d, uuid, 36);
-            PUT(d, "\"");
+            BQ_BUF_LIT(d, "\"");
         } else {
             put_json_str(d, L, top + 3);
         }
-        PUT(d, ",\"messages\":");
+        BQ_BUF_LIT(d, ",\"messages\":");
         size_t history = d->len;
         encode_messages(L, op, d);
         if (d->oom)
@@ -385,17 +383,17 @@ static int l_prepare_runs(lua_State *L)
             if (store->ops->create(store, &t, &res, &err) != BQ_OK)
                 return bq_lua_fail(L, &err);
         }
-        PUT(d, ",\"artifacts\":[],\"timestamp\":");
+        BQ_BUF_LIT(d, ",\"artifacts\":[],\"timestamp\":");
         if (lua_isnil(L, top + 4)) {
             char ts[40];
             bq_iso8601(bq_now_wall(), ts, sizeof ts);
-            PUT(d, "\"");
+            BQ_BUF_LIT(d, "\"");
             bq_buf_puts(d, ts);
-            PUT(d, "\"");
+            BQ_BUF_LIT(d, "\"");
         } else {
             put_json_str(d, L, top + 4);
         }
-        PUT(d, "}");
+        BQ_BUF_LIT(d, "}");
         b->msgs[i].len = d->len - b->offs[2 * i + 1];
         if (aoff != NULL) {
             char *h = bq_malloc(hlen + 1); /* d may move as it grows: copy out first */

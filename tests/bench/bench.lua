@@ -303,7 +303,7 @@ local ok, err = pcall(function()
         local slow_url = db.url .. "?options=-ccommit_delay%3D2000%20-ccommit_siblings%3D0"
         local pg_runs = { { "m", nil }, { "p", db.url }, { "o", async_url }, { "s", slow_url } }
         F.pg = median_of("PostgreSQL", function(r)
-            -- the three in turn, the order turning by one each run
+            -- the four in turn, the order turning by one each run
             local rate = {}
             for i = 0, #pg_runs - 1 do
                 local v = pg_runs[(i + r - 1) % #pg_runs + 1]
