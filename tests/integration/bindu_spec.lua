@@ -135,9 +135,10 @@ print(op, data.get("params", {}).get("task_id"))
             local ops = bindu_ops({ { "run", flaky, uuid(), "flaky:2" }, { "run", doomed, uuid(), "fail" } })
             rpush(q, ops)
             -- test_worker: "flaky:2" fails its first attempt, "fail" every one; retries wait 30 s
+            -- (exactly: the default's full jitter once drew 3 ms, and the retry ran before it
+            -- was seen waiting)
             local w = cluster.worker(server, q, { BINDUQ_QUEUE_ORDER = "rpush", BQ_TEST_CONCURRENCY = 2,
-                                                  BQ_TEST_MAX_ATTEMPTS = 3, BQ_TEST_RETRY_BASE = 30,
-                                                  BQ_TEST_RETRY_CAP = 30 })
+                                                  BQ_TEST_MAX_ATTEMPTS = 3, BQ_TEST_RETRY_FIXED = 30 })
             local delayed = "{" .. q .. "}:delayed"
             assert(proc.wait_for(function() return tonumber(server:cli("ZCARD", delayed)) == 2 end, 10))
             proc.stop(w)
