@@ -260,17 +260,30 @@ local function push_group(self, client, queue, msgs, ids, keys, later)
     return n, 0
 end
 
--- Plain runs with no route or dedup_key policy are checked, recorded and encoded in C
--- (core.prepare_runs, src/lua/l_produce.c) into one binduq.Batch, which the client pushes
--- as it is; it answers false for anything else, and task.lua's general path takes the
--- operations. Returns sent, duplicates, pushed (push_group's) | nil, msg, code; or false.
+-- Plain runs with no route or dedup_key policy are checked, recorded, encoded and pushed in
+-- C (core.push_runs, src/lua/l_produce.c), a long list in pieces, each encoded while the
+-- server works on the one before; it answers false for anything else, and task.lua's
+-- general path takes the operations. Returns sent, duplicates, pushed ({true|false, ...}: a
+-- duplicate's is false) | nil, msg, code; or false. With retry_on_timeout, a timeout or a
+-- lost connection retries what was not decided, after a backoff, up to self.retries times.
 local function fast_many(self, client, ops)
     if self.route or self.dedup_key or self.bindu then return false end
-    local batch, err, code = core.prepare_runs(self.store, ops, self.queue_name)
-    if batch == nil then return nil, "storage: " .. tostring(err), code end
-    if not batch then return false end
-    if #batch == 0 then return 0, 0 end
-    return push_group(self, client, self.queue_name, batch, nil, self.dedup and batch or nil)
+    local ttl = self.dedup and self.dedup_ttl or nil
+    local pushed, from, tries, sent, dups = {}, 1, 0, 0, 0
+    while true do
+        local s1, d1, code, decided, s2, d2 = core.push_runs(self.store, client, ops, self.queue_name,
+                                                            ttl, pushed, from)
+        if s1 == false then return false end
+        if s1 then return sent + s1, dups + d1, pushed end
+        sent, dups = sent + s2, dups + d2
+        if not (self.retry_on_timeout and RETRYABLE[code] and tries < self.retries) then
+            self.stats.scheduled = self.stats.scheduled + sent
+            self.stats.deduplicated = self.stats.deduplicated + dups
+            return nil, d1, code
+        end
+        core.sleep(core.backoff(tries, 0.1, 2, "equal"))
+        tries, from = tries + 1, decided + 1
+    end
 end
 
 -- The in-memory scheduler is one process only: what is scheduled there is taken by workers
@@ -329,7 +342,7 @@ function Scheduler:schedule_many(ops)
             local now, evs = core.now(), {}
             local at = at_text(now)
             for i = 1, #ops do
-                if not pushed or pushed[i] then evs[#evs + 1] = scheduled_event(ops[i], now, at) end
+                if pushed[i] then evs[#evs + 1] = scheduled_event(ops[i], now, at) end
             end
             emit(self, self.queue_name, evs)
         end

@@ -262,6 +262,16 @@ bool bq_feed_id_valid(const char *id);
 /* 1 if a comes after b, -1 before, 0 the same (both valid ids). */
 int bq_feed_id_cmp(const char *a, const char *b);
 
+/* A push sent and not yet answered (bq_broker_ops.push_send, push_recv). */
+struct bq_push_wait {
+    bool *pushed;   /* in: room for n; out (push_recv): which messages were pushed */
+    size_t n;
+    void *conn;     /* the connection the answers come on; NULL: push_send made it whole */
+    const char *what;  /* the commands sent: "LPUSH" (a plain push) or "MULTI" (dedup-N) */
+    size_t ncmds;   /* replies to read */
+    double deadline;
+};
+
 /* One operation to queue later (bq_broker_ops.push_delayed). */
 struct bq_delayed {
     struct bq_slice msg;
@@ -313,6 +323,18 @@ struct bq_broker_ops {
     bq_status (*push_unique)(bq_broker *b, const char *queue, const struct bq_slice *msgs,
                              const char *const *keys, size_t n, double ttl, bool *pushed,
                              bq_err *err);
+    /* Optional (NULL: a caller pushes whole, with push or push_unique). The same push in
+     * two halves (keys NULL: push's, else push_unique's), so that the caller can prepare its
+     * next messages while the server works on these: push_send sends the commands and
+     * returns without their answers, which push_recv, called next with the same `w`, reads
+     * into w->pushed. A push that cannot be split (too few messages for a transaction, a
+     * server that refuses MULTI) is made whole by push_send, and push_recv has nothing to
+     * read. A push_send that returned BQ_OK must be followed by its push_recv: the
+     * connection stays borrowed until then. */
+    bq_status (*push_send)(bq_broker *b, const char *queue, const struct bq_slice *msgs,
+                           const char *const *keys, size_t n, double ttl,
+                           struct bq_push_wait *w, bq_err *err);
+    bq_status (*push_recv)(bq_broker *b, struct bq_push_wait *w, bq_err *err);
     /* Queues ops[0..n) on Q for later, in one atomic step (delay-N): each waits in
      * {Q}:delayed, its score its due time in ms by the server's clock (a delay is added to
      * the server's TIME), until a promotion moves it to Q like a retry; one already due is

@@ -279,32 +279,48 @@ static bq_status wait_replicated(struct redis_broker *r, bq_conn *c, bq_err *err
     return st;
 }
 
-static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_slice *msgs,
-                            size_t n, size_t *pushed, bq_err *err)
+/* The plain push's first half (push_send): LPUSH (RPUSH) Q msgs in chunks and the bell, sent;
+ * w->conn is left borrowed for plain_recv. */
+static bq_status plain_send(struct redis_broker *r, const char *queue, const struct bq_slice *msgs,
+                            size_t n, struct bq_push_wait *w, bq_err *err)
 {
-    struct redis_broker *r = (struct redis_broker *)b;
-    *pushed = 0;
-    if (n == 0)
-        return BQ_OK;
     char bell[BQ_KEY_MAX];
     bq_status st = bq_key_derive_err(queue, "bell", bell, err);
     bq_conn *c;
     if (st != BQ_OK || (st = bq_pool_borrow(r->pool, &c, err)) != BQ_OK)
         return st;
-    size_t ncmds = 0;
-    st = append_push(c, to_back(r, queue), queue, bell, msgs, n, &ncmds, err);
-    double deadline = bq_now_mono() + r->command_timeout + (double)n / 50000.0;
+    st = append_push(c, to_back(r, queue), queue, bell, msgs, n, &w->ncmds, err);
+    w->deadline = bq_now_mono() + r->command_timeout + (double)n / 50000.0;
     if (st == BQ_OK)
-        st = bq_conn_flush(c, deadline, -1, err);
-    size_t chunk = n < PUSH_CHUNK ? n : PUSH_CHUNK;
-    for (size_t i = 0; i < ncmds && st == BQ_OK; i++) {
+        st = bq_conn_flush(c, w->deadline, -1, err);
+    if (st != BQ_OK) {
+        bq_conn_mark_broken(c);
+        bq_pool_return(r->pool, c);
+        return st;
+    }
+    w->conn = c;
+    w->what = "LPUSH";
+    w->n = n;
+    return BQ_OK;
+}
+
+/* Its second half: the answers, *pushed the messages the server confirmed; gives the
+ * connection back. */
+static bq_status plain_recv(struct redis_broker *r, struct bq_push_wait *w, size_t *pushed,
+                            bq_err *err)
+{
+    bq_conn *c = w->conn;
+    bq_status st = BQ_OK;
+    size_t n = w->n, chunk = n < PUSH_CHUNK ? n : PUSH_CHUNK;
+    *pushed = 0;
+    for (size_t i = 0; i < w->ncmds && st == BQ_OK; i++) {
         redisReply *rep;
-        st = bq_conn_read(c, &rep, deadline, -1, err);
+        st = bq_conn_read(c, &rep, w->deadline, -1, err);
         if (st != BQ_OK)
             break;
-        st = bq_reply_check(rep, i + 2 < ncmds ? "LPUSH" : "bell", err);
+        st = bq_reply_check(rep, i + 2 < w->ncmds ? "LPUSH" : "bell", err);
         freeReplyObject(rep);
-        if (st == BQ_OK && i + 2 < ncmds)
+        if (st == BQ_OK && i + 2 < w->ncmds)
             *pushed += (i + 1) * chunk <= n ? chunk : n - i * chunk;
     }
     /* A refused command (WRONGTYPE, OOM) stops the reading with later replies unread: the
@@ -314,7 +330,20 @@ static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_sli
     if (st == BQ_OK && (st = wait_replicated(r, c, err)) != BQ_OK)
         *pushed = 0;
     bq_pool_return(r->pool, c);
+    w->conn = NULL;
     return st;
+}
+
+static bq_status redis_push(bq_broker *b, const char *queue, const struct bq_slice *msgs,
+                            size_t n, size_t *pushed, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    *pushed = 0;
+    if (n == 0)
+        return BQ_OK;
+    struct bq_push_wait w = {0};
+    bq_status st = plain_send(r, queue, msgs, n, &w, err);
+    return st == BQ_OK ? plain_recv(r, &w, pushed, err) : st;
 }
 
 /* What dedup-N writes over a duplicate's copy before removing it; no message may equal it. */
@@ -348,7 +377,49 @@ struct unique {
     const char **k, **a; /* room for PUSH_CHUNK + 2 each */
     size_t *al;
     char (*dk)[BQ_KEY_MAX];
+    char bellkey[BQ_KEY_MAX], ttls[32];
 };
+
+/* Checks the messages (none may be the bytes dedup-N reserves), names the bell, and takes
+ * room for chunks of up to min(n, PUSH_CHUNK) and a connection. unique_close undoes it. */
+static bq_status unique_open(struct unique *u, struct redis_broker *r, const char *queue,
+                             const struct bq_slice *msgs, size_t n, double ttl, bq_err *err)
+{
+    memset(u, 0, sizeof *u);
+    u->r = r;
+    u->queue = queue;
+    u->bell = u->bellkey;
+    u->ttl = u->ttls;
+    u->front = bq_broker_front(&r->base, queue);
+    for (size_t i = 0; i < n; i++) {
+        if (msgs[i].len == DEDUP_HOLE_LEN && memcmp(msgs[i].p, dedup_hole, DEDUP_HOLE_LEN) == 0)
+            return bq_err_set(err, BQ_EINVAL, "enqueue: message %zu is the bytes dedup-N "
+                              "reserves for a duplicate's place", i + 1);
+    }
+    bq_status st = bq_key_derive_err(queue, "bell", u->bellkey, err);
+    if (st != BQ_OK)
+        return st;
+    snprintf(u->ttls, sizeof u->ttls, "%lld", (long long)(ttl >= 1 ? ttl : 1));
+    size_t cap = n < PUSH_CHUNK ? n : PUSH_CHUNK;
+    u->k = bq_calloc(cap + 2, sizeof *u->k);
+    u->a = bq_calloc(cap + 2, sizeof *u->a);
+    u->al = bq_calloc(cap + 2, sizeof *u->al);
+    u->dk = bq_calloc(cap, sizeof *u->dk);
+    if (u->k == NULL || u->a == NULL || u->al == NULL || u->dk == NULL)
+        return bq_err_set(err, BQ_ENOMEM, "enqueue: out of memory");
+    return bq_pool_borrow(r->pool, &u->c, err);
+}
+
+/* Frees what unique_open took; the connection goes back unless keep. */
+static void unique_close(struct unique *u, bool keep)
+{
+    if (u->c != NULL && !keep)
+        bq_pool_return(u->r->pool, u->c);
+    bq_free(u->k);
+    bq_free(u->a);
+    bq_free(u->al);
+    bq_free(u->dk);
+}
 
 /* enqueue-N over msgs[0..n), one call per chunk of 500 (keys and messages as arguments). */
 static bq_status unique_by_script(struct unique *u, const struct bq_slice *msgs,
@@ -382,7 +453,8 @@ static bq_status unique_by_script(struct unique *u, const struct bq_slice *msgs,
 }
 
 /* Sends MULTI on its own and reads its answer: *refused when the server refused it (an ACL
- * without it, a proxy without transactions); an error only for a failed round trip. */
+ * without it, a proxy without transactions); an error only for a failed round trip. A
+ * refusal is remembered (and said once): every later deduplicated push goes by enqueue-N. */
 static bq_status multi_open(struct unique *u, double deadline, bool *refused, bq_err *err)
 {
     static const char *multi[] = {"MULTI"};
@@ -395,78 +467,108 @@ static bq_status multi_open(struct unique *u, double deadline, bool *refused, bq
     *refused = st == BQ_OK && bq_reply_check(rep, "MULTI", NULL) != BQ_OK;
     if (rep != NULL)
         freeReplyObject(rep);
+    if (*refused && !atomic_exchange(&u->r->no_multi, true))
+        bq_log(BQ_LOG_WARN, "multi_refused", "queue", u->queue, "hint",
+               "the server refused MULTI: deduplicated batches are pushed through the "
+               "enqueue-N script (slower); allow MULTI and EXEC to the producers' user",
+               NULL);
+    return st;
+}
+
+/* Appends, inside a MULTI the server accepted: LPUSH (RPUSH) Q msgs[0..m), EVAL dedup-N with
+ * their keys only (it takes the free keys and takes back the copies of the duplicates),
+ * EXEC. Three answers follow (unique_replies). */
+static bq_status unique_append(struct unique *u, const char *cmd, const struct bq_slice *msgs,
+                               const char *const *keys, size_t m, bq_err *err)
+{
+    static const char *exec[] = {"EXEC"};
+    u->a[0] = cmd;
+    u->al[0] = 5;
+    u->a[1] = u->queue;
+    u->al[1] = strlen(u->queue);
+    for (size_t j = 0; j < m; j++) {
+        u->a[2 + j] = msgs[j].p;
+        u->al[2 + j] = msgs[j].len;
+    }
+    bq_status st = bq_conn_append(u->c, (int)m + 2, u->a, u->al, err);
+    u->k[0] = u->queue;
+    u->k[1] = u->bell;
+    if (st == BQ_OK)
+        st = dedup_keys(u->queue, keys, m, u->k, u->dk, err);
+    const char *sa[] = {u->ttl, u->front, dedup_hole};
+    size_t sal[] = {strlen(u->ttl), 1, DEDUP_HOLE_LEN};
+    /* EVAL, not EVALSHA: a NOSCRIPT would come at EXEC, after the push it has to follow. */
+    if (st == BQ_OK)
+        st = bq_redis_append_script(u->c, S_DEDUP, true, (int)m + 2, u->k, 3, sa, sal, err);
+    if (st == BQ_OK)
+        st = bq_conn_append(u->c, 1, exec, NULL, err);
+    return st;
+}
+
+/* Reads unique_append's three answers: QUEUED, QUEUED, and EXEC's [LPUSH's, dedup-N's],
+ * which says which of the m were pushed. The first refusal is the one reported (a queued
+ * command's, such as MOVED, not EXECABORT's). A failure leaves the connection broken (it may
+ * have replies unread). */
+static bq_status unique_replies(bq_conn *c, size_t m, bool *pushed, double deadline,
+                                bq_err *err)
+{
+    static const char *names[] = {"LPUSH", "dedup-N", "EXEC"};
+    bq_status st = BQ_OK;
+    for (int rn = 0; rn < 3 && st == BQ_OK; rn++) {
+        redisReply *rep = NULL;
+        if ((st = bq_conn_read(c, &rep, deadline, -1, err)) != BQ_OK)
+            break;
+        if ((st = bq_reply_check(rep, names[rn], err)) == BQ_OK && rn == 2) {
+            if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2)
+                st = bq_err_set(err, BQ_EPROTO, "enqueue: unexpected EXEC reply");
+            else if ((st = bq_reply_check(rep->element[0], "LPUSH", err)) == BQ_OK &&
+                     (st = bq_reply_check(rep->element[1], "dedup-N", err)) == BQ_OK) {
+                const redisReply *out = rep->element[1];
+                if (out->type != REDIS_REPLY_ARRAY || out->elements != m)
+                    st = bq_err_set(err, BQ_EPROTO, "dedup-N: unexpected reply");
+                for (size_t j = 0; st == BQ_OK && j < m; j++)
+                    pushed[j] = out->element[j]->type == REDIS_REPLY_INTEGER &&
+                                out->element[j]->integer == 1;
+            }
+        }
+        freeReplyObject(rep);
+    }
+    if (st != BQ_OK)
+        bq_conn_mark_broken(c);
     return st;
 }
 
 /* The natively pushed path (a MULTI already accepted for the first chunk): per chunk of
- * PUSH_CHUNK, LPUSH (RPUSH) Q msgs, EVAL dedup-N with their keys only (it takes the free
- * keys and takes back the copies of the duplicates), EXEC, and the next chunk's MULTI in the
- * same round trip; that chunk's rest is sent only once its MULTI was accepted, so a push
- * never runs outside its transaction. *done: how many were decided; a refused MULTI stops
- * there (the rest goes by enqueue-N). A failure leaves the connection broken (it may be
- * inside a MULTI, or have replies unread): closing it drops whatever was queued. */
+ * PUSH_CHUNK, unique_append, and the next chunk's MULTI in the same round trip; that chunk's
+ * rest is sent only once its MULTI was accepted, so a push never runs outside its
+ * transaction. *done: how many were decided; a refused MULTI stops there (the rest goes by
+ * enqueue-N). A failure leaves the connection broken (it may be inside a MULTI, or have
+ * replies unread): closing it drops whatever was queued. */
 static bq_status unique_by_multi(struct unique *u, const char *cmd, const struct bq_slice *msgs,
                                  const char *const *keys, size_t n, bool *pushed, size_t *done,
                                  bq_err *err)
 {
-    static const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
-    static const char *names[] = {"LPUSH", "dedup-N", "EXEC", "MULTI"};
+    static const char *multi[] = {"MULTI"};
     double deadline = bq_now_mono() + u->r->command_timeout + (double)n / 50000.0;
     bq_status st = BQ_OK;
     *done = 0;
     for (size_t i = 0; i < n && st == BQ_OK; i += PUSH_CHUNK) {
         size_t m = n - i < PUSH_CHUNK ? n - i : PUSH_CHUNK;
         bool more = i + m < n;
-        u->a[0] = cmd;
-        u->al[0] = 5;
-        u->a[1] = u->queue;
-        u->al[1] = strlen(u->queue);
-        for (size_t j = 0; j < m; j++) {
-            u->a[2 + j] = msgs[i + j].p;
-            u->al[2 + j] = msgs[i + j].len;
-        }
-        st = bq_conn_append(u->c, (int)m + 2, u->a, u->al, err);
-        u->k[0] = u->queue;
-        u->k[1] = u->bell;
-        if (st == BQ_OK)
-            st = dedup_keys(u->queue, keys + i, m, u->k, u->dk, err);
-        const char *sa[] = {u->ttl, u->front, dedup_hole};
-        size_t sal[] = {strlen(u->ttl), 1, DEDUP_HOLE_LEN};
-        /* EVAL, not EVALSHA: a NOSCRIPT would come at EXEC, after the push it has to follow. */
-        if (st == BQ_OK)
-            st = bq_redis_append_script(u->c, S_DEDUP, true, (int)m + 2, u->k, 3, sa, sal, err);
-        if (st == BQ_OK)
-            st = bq_conn_append(u->c, 1, exec, NULL, err);
+        st = unique_append(u, cmd, msgs + i, keys + i, m, err);
         if (st == BQ_OK && more)
             st = bq_conn_append(u->c, 1, multi, NULL, err);
         if (st == BQ_OK)
             st = bq_conn_flush(u->c, deadline, -1, err);
-        /* QUEUED, QUEUED, EXEC's [LPUSH's, dedup-N's], and the next MULTI's answer. The first
-         * refusal is the one reported (a queued command's, such as MOVED, not EXECABORT's). */
+        if (st == BQ_OK)
+            st = unique_replies(u->c, m, pushed + i, deadline, err);
         bool refused = false;
-        for (int rn = 0; rn < (more ? 4 : 3) && st == BQ_OK; rn++) {
+        if (st == BQ_OK && more) { /* the next chunk's MULTI */
             redisReply *rep = NULL;
             st = bq_conn_read(u->c, &rep, deadline, -1, err);
-            if (st != BQ_OK)
-                break;
-            if (rn == 3) {
-                refused = bq_reply_check(rep, "MULTI", NULL) != BQ_OK;
-            } else if ((st = bq_reply_check(rep, names[rn], err)) == BQ_OK && rn == 2) {
-                if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2)
-                    st = bq_err_set(err, BQ_EPROTO, "enqueue: unexpected EXEC reply");
-                else if ((st = bq_reply_check(rep->element[0], "LPUSH", err)) == BQ_OK &&
-                         (st = bq_reply_check(rep->element[1], "dedup-N", err)) == BQ_OK) {
-                    const redisReply *out = rep->element[1];
-                    if (out->type != REDIS_REPLY_ARRAY || out->elements != m)
-                        st = bq_err_set(err, BQ_EPROTO, "dedup-N: unexpected reply");
-                    for (size_t j = 0; st == BQ_OK && j < m; j++)
-                        pushed[i + j] = out->element[j]->type == REDIS_REPLY_INTEGER &&
-                                        out->element[j]->integer == 1;
-                }
-            }
-            freeReplyObject(rep);
-            if (st != BQ_OK)
-                bq_conn_mark_broken(u->c); /* replies may be left unread, a MULTI open */
+            refused = st == BQ_OK && bq_reply_check(rep, "MULTI", NULL) != BQ_OK;
+            if (rep != NULL)
+                freeReplyObject(rep);
         }
         if (st == BQ_OK)
             *done = i + m;
@@ -493,37 +595,14 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
         pushed[i] = false;
     if (n == 0)
         return BQ_OK;
-    for (size_t i = 0; i < n; i++) {
-        if (msgs[i].len == DEDUP_HOLE_LEN && memcmp(msgs[i].p, dedup_hole, DEDUP_HOLE_LEN) == 0)
-            return bq_err_set(err, BQ_EINVAL, "enqueue: message %zu is the bytes dedup-N "
-                              "reserves for a duplicate's place", i + 1);
-    }
-    char bell[BQ_KEY_MAX], ttls[32];
-    bq_status st = bq_key_derive_err(queue, "bell", bell, err);
-    if (st != BQ_OK)
-        return st;
-    snprintf(ttls, sizeof ttls, "%lld", (long long)(ttl >= 1 ? ttl : 1));
-    size_t cap = n < PUSH_CHUNK ? n : PUSH_CHUNK;
-    struct unique u = {r, NULL, queue, bell, ttls, bq_broker_front(b, queue),
-                       bq_calloc(cap + 2, sizeof *u.k), bq_calloc(cap + 2, sizeof *u.a),
-                       bq_calloc(cap + 2, sizeof *u.al), bq_calloc(cap, sizeof *u.dk)};
-    if (u.k == NULL || u.a == NULL || u.al == NULL || u.dk == NULL)
-        st = bq_err_set(err, BQ_ENOMEM, "enqueue: out of memory");
-    else
-        st = bq_pool_borrow(r->pool, &u.c, err);
+    struct unique u;
+    bq_status st = unique_open(&u, r, queue, msgs, n, ttl, err);
     size_t done = 0;
     if (st == BQ_OK && n >= UNIQUE_MULTI_MIN && !atomic_load(&r->no_multi)) {
         bool refused = false;
         st = multi_open(&u, bq_now_mono() + r->command_timeout, &refused, err);
-        if (st == BQ_OK && refused) {
-            atomic_store(&r->no_multi, true);
-            bq_log(BQ_LOG_WARN, "multi_refused", "queue", queue, "hint",
-                   "the server refused MULTI: deduplicated batches are pushed through the "
-                   "enqueue-N script (slower); allow MULTI and EXEC to the producers' user",
-                   NULL);
-        } else if (st == BQ_OK) {
+        if (st == BQ_OK && !refused)
             st = unique_by_multi(&u, to_back(r, queue), msgs, keys, n, pushed, &done, err);
-        }
     }
     if (st == BQ_OK && done < n)
         st = unique_by_script(&u, msgs + done, keys + done, n - done, pushed + done, err);
@@ -531,12 +610,73 @@ static bq_status redis_push_unique(bq_broker *b, const char *queue, const struct
         for (size_t i = 0; i < n; i++)
             pushed[i] = false;
     }
-    if (u.c != NULL)
-        bq_pool_return(r->pool, u.c);
-    bq_free(u.k);
-    bq_free(u.a);
-    bq_free(u.al);
-    bq_free(u.dk);
+    unique_close(&u, false);
+    return st;
+}
+
+/* bq_broker_ops.push_send: a plain push, or a deduplicated one of UNIQUE_MULTI_MIN to
+ * PUSH_CHUNK messages while the server takes MULTI, is sent and left to push_recv; any other
+ * is made whole here. */
+static bq_status redis_push_send(bq_broker *b, const char *queue, const struct bq_slice *msgs,
+                                 const char *const *keys, size_t n, double ttl,
+                                 struct bq_push_wait *w, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    w->conn = NULL;
+    w->n = n;
+    for (size_t i = 0; i < n; i++)
+        w->pushed[i] = false;
+    if (n == 0)
+        return BQ_OK;
+    if (keys == NULL)
+        return plain_send(r, queue, msgs, n, w, err);
+    if (n < UNIQUE_MULTI_MIN || n > PUSH_CHUNK || atomic_load(&r->no_multi))
+        return redis_push_unique(b, queue, msgs, keys, n, ttl, w->pushed, err);
+    struct unique u;
+    bool refused = false;
+    w->deadline = bq_now_mono() + r->command_timeout + (double)n / 50000.0;
+    bq_status st = unique_open(&u, r, queue, msgs, n, ttl, err);
+    if (st == BQ_OK)
+        st = multi_open(&u, w->deadline, &refused, err);
+    if (st == BQ_OK && !refused)
+        st = unique_append(&u, to_back(r, queue), msgs, keys, n, err);
+    if (st == BQ_OK && !refused)
+        st = bq_conn_flush(u.c, w->deadline, -1, err);
+    if (st != BQ_OK && u.c != NULL)
+        bq_conn_mark_broken(u.c);
+    bool sent = st == BQ_OK && !refused;
+    if (sent) {
+        w->conn = u.c;
+        w->what = "MULTI";
+        w->ncmds = 3;
+    }
+    unique_close(&u, sent);
+    if (st == BQ_OK && refused) /* remembered: this goes by enqueue-N */
+        return redis_push_unique(b, queue, msgs, keys, n, ttl, w->pushed, err);
+    return st;
+}
+
+/* bq_broker_ops.push_recv. */
+static bq_status redis_push_recv(bq_broker *b, struct bq_push_wait *w, bq_err *err)
+{
+    struct redis_broker *r = (struct redis_broker *)b;
+    if (w->conn == NULL)
+        return BQ_OK;
+    if (strcmp(w->what, "LPUSH") == 0) {
+        size_t pushed = 0;
+        bq_status st = plain_recv(r, w, &pushed, err);
+        for (size_t i = 0; i < w->n; i++)
+            w->pushed[i] = i < pushed;
+        return st;
+    }
+    bq_conn *c = w->conn;
+    w->conn = NULL;
+    bq_status st = unique_replies(c, w->n, w->pushed, w->deadline, err);
+    if (st == BQ_OK && (st = wait_replicated(r, c, err)) != BQ_OK) {
+        for (size_t i = 0; i < w->n; i++)
+            w->pushed[i] = false;
+    }
+    bq_pool_return(r->pool, c);
     return st;
 }
 
@@ -705,6 +845,8 @@ static void redis_free(bq_broker *b)
 static const struct bq_broker_ops redis_ops = {
     .push = redis_push,
     .push_unique = redis_push_unique,
+    .push_send = redis_push_send,
+    .push_recv = redis_push_recv,
     .push_delayed = redis_push_delayed,
     .cron = bq_redis_cron,
     .fetch = bq_redis_fetch,

@@ -136,6 +136,58 @@ bq_status bq_client_push(bq_client *c, const char *queue, const struct bq_slice 
     return st;
 }
 
+/* Logs a push's outcome as bq_client_push does: the pushed at debug level, a failure. */
+static void log_push(const char *queue, const char *const *task_ids, const bool *pushed,
+                     size_t n, bq_status st, const bq_err *err)
+{
+    if (bq_log_enabled(BQ_LOG_DEBUG)) {
+        for (size_t i = 0; i < n; i++)
+            if (pushed[i])
+                bq_log(BQ_LOG_DEBUG, "scheduled", "task_id", task_ids ? task_ids[i] : NULL,
+                       "queue", queue, NULL);
+    }
+    if (st != BQ_OK)
+        bq_log(BQ_LOG_ERROR, "schedule_failed", "queue", queue, "error", err ? err->msg : NULL,
+               "code", bq_status_name(st), NULL);
+}
+
+bq_status bq_client_push_send(bq_client *c, const char *queue, const struct bq_slice *msgs,
+                              const char *const *keys, size_t n, double ttl,
+                              struct bq_push_wait *w, bq_err *err)
+{
+    const struct bq_broker_ops *ops = c->broker->ops;
+    bq_status st;
+    w->conn = NULL;
+    w->n = n;
+    if (ops->push_send != NULL) {
+        st = ops->push_send(c->broker, queue, msgs, keys, n, ttl, w, err);
+    } else if (keys != NULL) {
+        st = ops->push_unique(c->broker, queue, msgs, keys, n, ttl, w->pushed, err);
+    } else {
+        size_t pushed = 0;
+        st = ops->push(c->broker, queue, msgs, n, &pushed, err);
+        for (size_t i = 0; i < n; i++)
+            w->pushed[i] = i < pushed;
+    }
+    if (st != BQ_OK) {
+        bq_broker_explain_auth(c->broker, err);
+        log_push(queue, NULL, w->pushed, 0, st, err);
+    }
+    return st;
+}
+
+bq_status bq_client_push_recv(bq_client *c, const char *queue, const char *const *task_ids,
+                              struct bq_push_wait *w, bq_err *err)
+{
+    bq_status st = BQ_OK;
+    if (w->conn != NULL)
+        st = c->broker->ops->push_recv(c->broker, w, err);
+    if (st != BQ_OK)
+        bq_broker_explain_auth(c->broker, err);
+    log_push(queue, task_ids, w->pushed, w->n, st, err);
+    return st;
+}
+
 /* ---- bq_schedule_many -------------------------------------------------------------------- */
 
 /* One task on its way: its message, where its history is, its queue and dedup key. */

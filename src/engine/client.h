@@ -40,4 +40,16 @@ bq_status bq_client_new_broker(const struct bq_client_options *opts, bq_client *
 bq_status bq_client_push(bq_client *c, const char *queue, const struct bq_slice *msgs,
                          const char *const *task_ids, size_t n, size_t *pushed, bq_err *err);
 
+/* A push in two halves, so that the caller prepares its next messages while the server
+ * works on these (core.push_runs): bq_client_push_send sends msgs[0..n) to `queue` (with
+ * keys: deduplicated for ttl seconds, as bq_broker_ops.push_unique), and
+ * bq_client_push_recv, which must follow a send that returned BQ_OK, reads the answer into
+ * w->pushed (room for n, set by the caller). A broker without halves (memory, Cluster)
+ * makes the push whole in the send. Logs as bq_client_push does. */
+bq_status bq_client_push_send(bq_client *c, const char *queue, const struct bq_slice *msgs,
+                              const char *const *keys, size_t n, double ttl,
+                              struct bq_push_wait *w, bq_err *err);
+bq_status bq_client_push_recv(bq_client *c, const char *queue, const char *const *task_ids,
+                              struct bq_push_wait *w, bq_err *err);
+
 #endif

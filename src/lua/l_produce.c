@@ -32,9 +32,12 @@
 #include "../core/err.h"
 #include "../core/id.h"
 #include "../core/rand.h"
+#include "../engine/client.h"
+#include "../engine/metrics.h"
 #include "../engine/task.h"
 #include "../storage/storage.h"
 
+#include <stdio.h>
 #include <string.h>
 
 
@@ -309,39 +312,43 @@ static struct bq_lua_batch *new_batch(lua_State *L, size_t n)
     return b;
 }
 
-static int l_prepare_runs(lua_State *L)
+/* Whether ops[first..n] of the list at `list` are all runs of the fast path (no metatable on
+ * the list either). */
+static bool all_fast(lua_State *L, const struct key_addrs *ka, int list, size_t first, size_t n)
 {
-    bq_storage *store = bq_lua_check_storage(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    const char *queue = luaL_checkstring(L, 3);
-    lua_settop(L, 3);
-    luaL_checkstack(L, 24, NULL);
-    const struct key_addrs *ka = lua_touserdata(L, lua_upvalueindex(K_ADDRS));
-    if (lua_getmetatable(L, 2)) {
-        lua_pushboolean(L, 0);
-        return 1;
-    }
-    size_t n = lua_rawlen(L, 2);
-    for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, 2, (lua_Integer)i);
-        bool ok = fast_run(L, ka, 4);
+    if (lua_getmetatable(L, list)) {
         lua_pop(L, 1);
-        if (!ok) {
-            lua_pushboolean(L, 0);
-            return 1;
-        }
+        return false;
     }
-    struct bq_lua_batch *b = new_batch(L, n); /* 4 */
+    for (size_t i = first; i <= n; i++) {
+        lua_rawgeti(L, list, (lua_Integer)i);
+        bool ok = fast_run(L, ka, lua_gettop(L));
+        lua_pop(L, 1);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* Records ops[first..first + m) of the list at `list` (checked by all_fast) "submitted" in
+ * store and encodes them into a new binduq.Batch, left on the stack. A storage failure
+ * returns its status (err set), the runs before it recorded; memory short raises. */
+static bq_status encode_runs(lua_State *L, bq_storage *store, int list, const char *queue,
+                             size_t first, size_t m, bq_err *err)
+{
+    luaL_checkstack(L, 24, NULL);
+    struct bq_lua_batch *b = new_batch(L, m);
+    int bidx = lua_gettop(L);
     bq_buf *d = &b->data;
     /* A storage that records many tasks in one round trip (Redis) gets them together at the
      * end: each task's id, conversation and history are copied after its message, at these
      * offsets (3 a task). Otherwise each is recorded as it is encoded. */
     size_t *aoff = NULL;
-    if (store->ops->create_many != NULL && n > 1)
-        aoff = lua_newuserdatauv(L, 3 * n * sizeof *aoff, 0); /* 5 */
+    if (store->ops->create_many != NULL && m > 1)
+        aoff = lua_newuserdatauv(L, 3 * m * sizeof *aoff, 0);
     int top = lua_gettop(L);
-    for (size_t i = 0; i < n; i++) {
-        lua_rawgeti(L, 2, (lua_Integer)i + 1); /* top + 1: the operation */
+    for (size_t i = 0; i < m; i++) {
+        lua_rawgeti(L, list, (lua_Integer)(first + i)); /* top + 1: the operation */
         int op = top + 1;
         field(L, op, K_TASK_ID);
         field(L, op, K_CONVERSATION_ID);
@@ -379,9 +386,10 @@ static int l_prepare_runs(lua_State *L)
         if (aoff == NULL) {
             struct bq_task_new t = {id, conv, queue, NULL, d->p + history, NULL, NULL, 0, NULL};
             struct bq_task_result res;
-            bq_err err;
-            if (store->ops->create(store, &t, &res, &err) != BQ_OK)
-                return bq_lua_fail(L, &err);
+            if (store->ops->create(store, &t, &res, err) != BQ_OK) {
+                lua_settop(L, bidx);
+                return err->code;
+            }
         }
         BQ_BUF_LIT(d, ",\"artifacts\":[],\"timestamp\":");
         if (lua_isnil(L, top + 4)) {
@@ -414,29 +422,191 @@ static int l_prepare_runs(lua_State *L)
     if (d->oom)
         return luaL_error(L, "schedule: out of memory");
     /* The buffer no longer moves: offsets become pointers. */
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < m; i++) {
         b->keys[i] = d->p + b->offs[2 * i];
         b->ids[i] = b->keys[i] + 4;
         b->msgs[i].p = d->p + b->offs[2 * i + 1];
     }
-    b->n = n;
+    b->n = m;
     if (aoff != NULL) {
         struct bq_task_new t[BQ_CHANGE_MANY_MAX];
         struct bq_task_result res[BQ_CHANGE_MANY_MAX];
-        for (size_t i = 0; i < n; i += BQ_CHANGE_MANY_MAX) {
-            size_t m = n - i < BQ_CHANGE_MANY_MAX ? n - i : BQ_CHANGE_MANY_MAX;
-            for (size_t j = 0; j < m; j++) {
+        for (size_t i = 0; i < m; i += BQ_CHANGE_MANY_MAX) {
+            size_t k = m - i < BQ_CHANGE_MANY_MAX ? m - i : BQ_CHANGE_MANY_MAX;
+            for (size_t j = 0; j < k; j++) {
                 const size_t *o = &aoff[3 * (i + j)];
                 t[j] = (struct bq_task_new){d->p + o[0], d->p + o[1], queue, NULL, d->p + o[2],
                                             NULL, NULL, 0, NULL};
             }
-            bq_err err;
-            if (store->ops->create_many(store, t, m, res, &err) != BQ_OK)
-                return bq_lua_fail(L, &err);
+            if (store->ops->create_many(store, t, k, res, err) != BQ_OK) {
+                lua_settop(L, bidx);
+                return err->code;
+            }
         }
-        lua_pop(L, 1); /* aoff: the batch is on top again */
     }
+    lua_settop(L, bidx);
+    return BQ_OK;
+}
+
+static int l_prepare_runs(lua_State *L)
+{
+    bq_storage *store = bq_lua_check_storage(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const char *queue = luaL_checkstring(L, 3);
+    lua_settop(L, 3);
+    luaL_checkstack(L, 24, NULL);
+    const struct key_addrs *ka = lua_touserdata(L, lua_upvalueindex(K_ADDRS));
+    size_t n = lua_rawlen(L, 2);
+    if (!all_fast(L, ka, 2, 1, n)) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    bq_err err;
+    if (encode_runs(L, store, 2, queue, 1, n, &err) != BQ_OK)
+        return bq_lua_fail(L, &err);
     return 1;
+}
+
+/* The operations core.push_runs sends at once: a list of fewer than 2 x RUNS_PIECE goes
+ * whole; a longer one in pieces of RUNS_PIECE to 2 x RUNS_PIECE - 1, as even as they come. A
+ * piece is encoded while the server works on the one before, so the time a producer spends
+ * encoding and recording (about as long as Redis spends on a deduplicated push) overlaps
+ * Redis'. Each piece costs a round trip (two with deduplication: MULTI is answered first);
+ * at 256, a few per cent of the piece's time. */
+#define RUNS_PIECE 256
+
+/* encode_runs in a protected call, so that core.push_runs reads the answer of the piece in
+ * flight before a failure to encode the next (memory short) is raised: a C closure with
+ * core.push_runs' upvalues, called with (store, list, queue, first, m, err) (store and err
+ * light userdata), returning the batch (or nil) and the status. */
+static int encode_protected(lua_State *L)
+{
+    bq_storage *store = lua_touserdata(L, 1);
+    bq_err *err = lua_touserdata(L, 6);
+    bq_status st = encode_runs(L, store, 2, lua_tostring(L, 3), (size_t)lua_tointeger(L, 4),
+                               (size_t)lua_tointeger(L, 5), err);
+    if (st != BQ_OK)
+        lua_pushnil(L);
+    lua_pushinteger(L, st);
+    return 2;
+}
+
+/* core.push_runs(store, client, ops, queue, ttl|nil, pushed [, from])
+ *   -> sent, duplicates | false | nil, message, code, decided, sent, duplicates
+ * ops[from..] (from 1 by default), when all are runs of the fast path (else false, with
+ * nothing done), are recorded, encoded and pushed to `queue` through `client`, in order, in
+ * pieces (RUNS_PIECE); with a ttl, deduplicated by their keys "run:<id>" for ttl seconds.
+ * pushed[i] is set for each operation decided: true if it was pushed, false for a duplicate.
+ * On a failure, ops[from..decided] are decided (and counted in sent and duplicates); the
+ * rest were not pushed (or their push's answer was lost), though the piece that failed
+ * may be recorded. */
+static int l_push_runs(lua_State *L)
+{
+    bq_storage *store = bq_lua_check_storage(L, 1);
+    bq_client *c = bq_lua_check_client(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    const char *queue = luaL_checkstring(L, 4);
+    bool unique = !lua_isnil(L, 5);
+    double ttl = unique ? luaL_checknumber(L, 5) : 0;
+    luaL_checktype(L, 6, LUA_TTABLE);
+    lua_Integer from = luaL_optinteger(L, 7, 1);
+    lua_settop(L, 7);
+    luaL_checkstack(L, 24, NULL);
+    const struct key_addrs *ka = lua_touserdata(L, lua_upvalueindex(K_ADDRS));
+    size_t n = lua_rawlen(L, 3);
+    if (from < 1)
+        return luaL_argerror(L, 7, "from must be at least 1");
+    if (!all_fast(L, ka, 3, (size_t)from, n)) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    size_t left = (size_t)from <= n ? n - (size_t)from + 1 : 0;
+    size_t pieces = left / RUNS_PIECE > 0 ? left / RUNS_PIECE : 1;
+    size_t piece = left / pieces + (left % pieces != 0);
+    bool *flags = lua_newuserdatauv(L, (piece ? piece : 1) * sizeof *flags, 0); /* 8 */
+    struct bq_push_wait w = {.pushed = flags};
+    long long sent = 0, dups = 0;
+    size_t at = (size_t)from, wfirst = 0, decided = at - 1;
+    bool inflight = false;
+    bq_err err;
+    bq_status st = BQ_OK;
+    lua_pushnil(L); /* 9: encode_protected, made when first needed */
+    int bidx = 0; /* the batch in flight, kept until its answer */
+    while (st == BQ_OK && (at <= n || inflight)) {
+        size_t m = n - at + 1 < piece ? n - at + 1 : piece;
+        /* The next piece, encoded while the server works on the one in flight (then in a
+         * protected call); the first, with nothing in flight, directly. */
+        bq_status est = BQ_OK;
+        int raised = LUA_OK;
+        if (at <= n && !inflight) {
+            est = encode_runs(L, store, 3, queue, at, m, &err);
+        } else if (at <= n) {
+            if (lua_isnil(L, 9)) {
+                for (int i = 1; i <= K_ADDRS; i++)
+                    lua_pushvalue(L, lua_upvalueindex(i));
+                lua_pushcclosure(L, encode_protected, K_ADDRS);
+                lua_replace(L, 9);
+            }
+            lua_pushvalue(L, 9);
+            lua_pushlightuserdata(L, store);
+            lua_pushvalue(L, 3);
+            lua_pushvalue(L, 4);
+            lua_pushinteger(L, (lua_Integer)at);
+            lua_pushinteger(L, (lua_Integer)m);
+            lua_pushlightuserdata(L, &err);
+            if ((raised = lua_pcall(L, 6, 2, 0)) == LUA_OK) {
+                est = (bq_status)lua_tointeger(L, -1);
+                lua_pop(L, 1); /* the batch (nil on failure) stays */
+            }
+        }
+        if (inflight) {
+            const struct bq_lua_batch *wb = lua_touserdata(L, bidx);
+            bq_err rerr;
+            st = bq_client_push_recv(c, queue, wb->ids, &w, &rerr);
+            if (st != BQ_OK) {
+                err = rerr;
+                break;
+            }
+            long long s1 = 0;
+            for (size_t i = 0; i < w.n; i++) {
+                s1 += flags[i];
+                lua_pushboolean(L, flags[i]);
+                lua_rawseti(L, 6, (lua_Integer)(wfirst + i));
+            }
+            sent += s1;
+            dups += (long long)w.n - s1;
+            bq_metrics_scheduled(queue, s1, (long long)w.n - s1);
+            decided = wfirst + w.n - 1;
+            inflight = false;
+            lua_remove(L, bidx);
+        }
+        if (raised != LUA_OK)
+            return lua_error(L); /* the error object is on top */
+        if ((st = est) != BQ_OK) { /* as task.lua's path says it */
+            char msg[sizeof err.msg];
+            memcpy(msg, err.msg, sizeof msg);
+            bq_err_set(&err, st, "storage: %.*s", (int)sizeof msg - 10, msg);
+            break;
+        }
+        if (at > n)
+            break;
+        bidx = lua_gettop(L);
+        const struct bq_lua_batch *b = lua_touserdata(L, bidx);
+        st = bq_client_push_send(c, queue, b->msgs, unique ? b->keys : NULL, m, ttl, &w, &err);
+        inflight = st == BQ_OK;
+        wfirst = at;
+        at += m;
+    }
+    if (st != BQ_OK) {
+        bq_lua_fail(L, &err);
+        lua_pushinteger(L, (lua_Integer)decided);
+        lua_pushinteger(L, sent);
+        lua_pushinteger(L, dups);
+        return 6;
+    }
+    lua_pushinteger(L, sent);
+    lua_pushinteger(L, dups);
+    return 2;
 }
 
 void bq_lua_open_produce(lua_State *L)
@@ -452,6 +622,10 @@ void bq_lua_open_produce(lua_State *L)
         lua_pushvalue(L, -K_ADDRS);
     lua_pushcclosure(L, l_messages_json, K_ADDRS);
     lua_setfield(L, -(K_ADDRS + 2), "messages_json");
+    for (int i = 1; i <= K_ADDRS; i++)
+        lua_pushvalue(L, -K_ADDRS);
+    lua_pushcclosure(L, l_push_runs, K_ADDRS);
+    lua_setfield(L, -(K_ADDRS + 2), "push_runs");
     lua_pushcclosure(L, l_prepare_runs, K_ADDRS);
     lua_setfield(L, -2, "prepare_runs");
     luaL_newmetatable(L, BQ_BATCH_MT);

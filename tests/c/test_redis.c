@@ -1317,6 +1317,103 @@ TEST(a_deduplicated_push_takes_back_only_the_duplicates)
     unique_push_in_order(BQ_ORDER_RPUSH, "rpush");
 }
 
+/* A push in two halves (push_send, then push_recv: core.push_runs) answers as the whole
+ * push does: a deduplicated one in a MULTI (duplicates within it and of an earlier push
+ * taken back, the rest in order), a plain one, and a refused one, whose answers are all read
+ * so the connection's next borrower (the pool has one) gets its own; and one too small for
+ * a transaction is made whole by push_send. */
+TEST(a_push_in_two_halves_answers_as_a_whole_one)
+{
+    NEED_REDIS();
+    struct bq_broker_config bc = {.url = redis_url, .url_source = "test", .max_connections = 1,
+                                  .connect_timeout = 2.0, .command_timeout = 2.0,
+                                  .pool_timeout = 2.0};
+    bq_broker *b = NULL;
+    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    bq_conn *admin = open_conn(redis_url);
+    if (b == NULL || admin == NULL) {
+        bq_broker_free(b);
+        bq_conn_close(admin);
+        return;
+    }
+    char queue[96], plainq[112], wrong[112];
+    snprintf(queue, sizeof queue, "%s:halves", prefix);
+    snprintf(plainq, sizeof plainq, "%s:plain", queue);
+    snprintf(wrong, sizeof wrong, "%s:wrong", queue);
+    enum { N = 300 };
+    static char text[N][16], key[N][16];
+    static struct bq_slice msgs[N];
+    static const char *keys[N];
+    static bool pushed[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(text[i], sizeof text[i], "h%d", i);
+        snprintf(key[i], sizeof key[i], "run:%d", i % 10 == 9 ? i - 1 : i); /* 9 repeats 8 */
+        msgs[i] = (struct bq_slice){text[i], strlen(text[i])};
+        keys[i] = key[i];
+    }
+    struct bq_slice early = {"e5", 2};
+    const char *early_key = "run:5";
+    bool early_pushed = false;
+    CHECK_INT(b->ops->push_unique(b, queue, &early, &early_key, 1, 60, &early_pushed, NULL), BQ_OK);
+    struct bq_push_wait w = {.pushed = pushed};
+    bq_err err;
+    CHECK_INT(b->ops->push_send(b, queue, msgs, keys, N, 60, &w, &err), BQ_OK);
+    CHECK(w.conn != NULL);
+    CHECK_INT(b->ops->push_recv(b, &w, &err), BQ_OK);
+    CHECK(w.conn == NULL);
+    int bad = 0, want = 0;
+    for (int i = 0; i < N; i++) {
+        bool dup = i % 10 == 9 || i == 5;
+        bad += pushed[i] == dup;
+        want += !dup;
+    }
+    CHECK_INT(bad, 0);
+    struct bq_batch all = {NULL, 0, 0};
+    CHECK_INT(b->admin->range(b, queue, BQ_LIST_READY, 0, -1, &all, NULL), BQ_OK);
+    CHECK_INT(all.n, (size_t)want + 1);
+    if (all.n == (size_t)want + 1) { /* newest first, the earlier push last */
+        size_t at = 0;
+        for (int i = N - 1; i >= 0; i--)
+            if (pushed[i] && strcmp(all.msgs[at++].data, text[i]) != 0)
+                bad++;
+        CHECK_INT(bad, 0);
+        CHECK_STR(all.msgs[all.n - 1].data, "e5");
+    }
+    bq_batch_free(&all);
+    /* plain */
+    CHECK_INT(b->ops->push_send(b, plainq, msgs, NULL, N, 0, &w, &err), BQ_OK);
+    CHECK(w.conn != NULL);
+    CHECK_INT(b->ops->push_recv(b, &w, &err), BQ_OK);
+    bad = 0;
+    for (int i = 0; i < N; i++)
+        bad += !pushed[i];
+    CHECK_INT(bad, 0);
+    long long n = -1;
+    CHECK_INT(b->admin->length(b, plainq, BQ_LIST_READY, &n, NULL), BQ_OK);
+    CHECK_INT(n, N);
+    /* refused at EXEC, and plain: every answer read, nothing pushed, no key taken */
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "SET", wrong, "a string", NULL), BQ_OK);
+    for (int k = 0; k < 2; k++) {
+        pushed[0] = true;
+        CHECK_INT(b->ops->push_send(b, wrong, msgs, k == 0 ? keys : NULL, N, 60, &w, &err),
+                  BQ_OK);
+        CHECK_INT(b->ops->push_recv(b, &w, &err), BQ_EREDIS);
+        CHECK_CONTAINS(err.msg, "WRONGTYPE");
+        CHECK(!pushed[0]);
+        CHECK_INT(b->admin->length(b, plainq, BQ_LIST_READY, &n, NULL), BQ_OK); /* next borrower */
+        CHECK_INT(n, N);
+    }
+    /* too few for a transaction: made whole (enqueue-N) by push_send */
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "DEL", wrong, NULL), BQ_OK);
+    CHECK_INT(b->ops->push_send(b, wrong, msgs, keys, 10, 60, &w, &err), BQ_OK);
+    CHECK(w.conn == NULL);
+    CHECK(pushed[0] && !pushed[9]); /* the key of 0 was free: the refused pushes took none */
+    CHECK_INT(b->ops->push_recv(b, &w, &err), BQ_OK);
+    bq_conn_callv(admin, NULL, NULL, "DEL", queue, plainq, wrong, NULL);
+    bq_conn_close(admin);
+    bq_broker_free(b);
+}
+
 /* A producer whose user may not MULTI (an ACL of the commands it used to need) pushes a
  * large deduplicated batch through enqueue-N instead: the same answers, nothing pushed
  * outside a transaction, and the refusal remembered. */
@@ -1360,6 +1457,27 @@ TEST(a_deduplicated_push_without_multi_takes_the_script)
         }
         bq_conn_callv(admin, NULL, NULL, "DEL", queue, NULL);
         bq_broker_free(b);
+        /* a broker whose first deduplicated push is in two halves: MULTI refused, push_send
+         * makes it whole by the script */
+        b = open_without(admin, "nomulti", "multi", 1);
+        if (b != NULL) {
+            for (int i = 0; i < 100; i++)
+                snprintf(key[i], sizeof key[i], "h%d", i % 10 == 9 ? i - 1 : i);
+            struct bq_push_wait w = {.pushed = pushed};
+            bq_err err;
+            CHECK_INT(b->ops->push_send(b, queue, msgs, keys, 100, 60, &w, &err), BQ_OK);
+            CHECK(w.conn == NULL);
+            int bad = 0;
+            for (int i = 0; i < 100; i++)
+                bad += pushed[i] == (i % 10 == 9);
+            CHECK_INT(bad, 0);
+            CHECK_INT(b->ops->push_recv(b, &w, &err), BQ_OK);
+            long long n = -1;
+            CHECK_INT(b->admin->length(b, queue, BQ_LIST_READY, &n, NULL), BQ_OK);
+            CHECK_INT(n, 90);
+            bq_conn_callv(admin, NULL, NULL, "DEL", queue, NULL);
+            bq_broker_free(b);
+        }
     }
     bq_conn_callv(admin, NULL, NULL, "ACL", "DELUSER", "nomulti", NULL);
     bq_conn_close(admin);
@@ -1696,6 +1814,7 @@ int main(void)
     RUN(a_failed_pipeline_does_not_leave_replies_for_the_next);
     RUN(a_refused_push_does_not_leave_replies_for_the_next);
     RUN(a_deduplicated_push_takes_back_only_the_duplicates);
+    RUN(a_push_in_two_halves_answers_as_a_whole_one);
     RUN(a_deduplicated_push_without_multi_takes_the_script);
     RUN(the_rate_limit_stays_exact_with_stale_entries_left_in_place);
     RUN(conn_refuses_a_reply_over_its_limits);

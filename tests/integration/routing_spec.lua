@@ -187,6 +187,63 @@ describe("#redis routing", function()
         s2:close()
     end)
 
+    it("pushes a long list in pieces, in order, each operation decided once", function()
+        local core = require("binduq.core")
+        local t = tag()
+        local function ids_of(q)
+            local ids = {}
+            for line in server:cli("LRANGE", q, 0, -1):gmatch("[^\n]+") do
+                table.insert(ids, 1, line:match('"task_id":"(t%d+)"')) -- LPUSH: oldest last
+            end
+            return ids
+        end
+        local function stat(name)
+            return tonumber(server:cli("INFO", "commandstats"):match("cmdstat_" .. name .. ":calls=(%d+)")) or 0
+        end
+        -- 1,000 runs; 701..800 repeat the ids of 101..200, in a later piece than theirs
+        local batch, want = {}, {}
+        for i = 1, 1000 do
+            local id = "t" .. ((i > 700 and i <= 800) and i - 600 or i)
+            batch[i] = { type = "run", task_id = id, messages = { "m" .. i } }
+            if not (i > 700 and i <= 800) then want[#want + 1] = id end
+        end
+        local s = bq.scheduler{ url = server.url, queue_name = t .. ":d" }
+        server:cli("CONFIG", "RESETSTAT")
+        local sent, dups = s:schedule_many(batch)
+        assert.are.same({ 900, 100 }, { sent, dups })
+        assert.are.same({ 900, 100 }, { s.stats.scheduled, s.stats.deduplicated })
+        -- three pieces (334, 333, 333), each its own transaction
+        assert.are.same({ 3, 3 }, { stat("multi"), stat("exec") })
+        assert.are.same(want, ids_of(t .. ":d"))
+        -- without deduplication: one LPUSH of messages and one of the bell a piece
+        local p = bq.scheduler{ url = server.url, queue_name = t .. ":p", dedup = false }
+        server:cli("CONFIG", "RESETSTAT")
+        assert.are.same({ 1000, 0 }, { p:schedule_many(batch) })
+        assert.are.equal(6, stat("lpush"))
+        local all = {}
+        for i = 1, 1000 do all[i] = batch[i].task_id end
+        assert.are.same(all, ids_of(t .. ":p"))
+        -- a retry goes on from the first operation not decided: only 501..1000, pushed[] set
+        -- for them alone
+        local pushed = {}
+        assert.are.same({ 500, 0 }, { core.push_runs(p.store, p.client, batch, t .. ":r", nil, pushed, 501) })
+        assert.is_nil(pushed[500])
+        assert.is_true(pushed[501] and pushed[1000])
+        local rest = {}
+        for i = 501, 1000 do rest[#rest + 1] = batch[i].task_id end
+        assert.are.same(rest, ids_of(t .. ":r"))
+        -- a queue that is not a list: refused in the first piece, nothing decided or counted
+        server:cli("SET", t .. ":w", "a string")
+        local w = bq.scheduler{ url = server.url, queue_name = t .. ":w" }
+        local ok, err = w:schedule_many(batch)
+        assert.is_nil(ok)
+        assert.truthy(err:find("WRONGTYPE", 1, true), err)
+        assert.are.same({ 0, 0 }, { w.stats.scheduled, w.stats.deduplicated })
+        s:close()
+        p:close()
+        w:close()
+    end)
+
     it("pushes each task_id once when 8 producers schedule the same 1,000 at once", function()
         local q = "it:dedup:" .. math.random(1, 1e9)
         local env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = q }
