@@ -117,6 +117,22 @@ void bq_client_stats(bq_client *c, long long *scheduled, long long *deduplicated
         *deduplicated = atomic_load(&c->deduplicated);
 }
 
+/* Logs a push's outcome: each message pushed at debug level (the first n, or those of
+ * pushed[0..n) that are true, with their task ids if known), a failure as an error. */
+static void log_push(const char *queue, const char *const *task_ids, const bool *pushed,
+                     size_t n, bq_status st, const bq_err *err)
+{
+    if (bq_log_enabled(BQ_LOG_DEBUG)) {
+        for (size_t i = 0; i < n; i++)
+            if (pushed == NULL || pushed[i])
+                bq_log(BQ_LOG_DEBUG, "scheduled", "task_id", task_ids ? task_ids[i] : NULL,
+                       "queue", queue, NULL);
+    }
+    if (st != BQ_OK)
+        bq_log(BQ_LOG_ERROR, "schedule_failed", "queue", queue, "error", err ? err->msg : NULL,
+               "code", bq_status_name(st), NULL);
+}
+
 bq_status bq_client_push(bq_client *c, const char *queue, const struct bq_slice *msgs,
                          const char *const *task_ids, size_t n, size_t *pushed, bq_err *err)
 {
@@ -125,30 +141,8 @@ bq_status bq_client_push(bq_client *c, const char *queue, const struct bq_slice 
     bq_status st = c->broker->ops->push(c->broker, queue, msgs, n, pushed, err);
     if (st == BQ_EAUTH)
         bq_broker_explain_auth(c->broker, err);
-    if (bq_log_enabled(BQ_LOG_DEBUG)) {
-        for (size_t i = 0; i < *pushed; i++)
-            bq_log(BQ_LOG_DEBUG, "scheduled", "task_id", task_ids ? task_ids[i] : NULL,
-                   "queue", queue, NULL);
-    }
-    if (st != BQ_OK)
-        bq_log(BQ_LOG_ERROR, "schedule_failed", "queue", queue, "error", err ? err->msg : NULL,
-               "code", bq_status_name(st), NULL);
+    log_push(queue, task_ids, NULL, *pushed, st, err);
     return st;
-}
-
-/* Logs a push's outcome as bq_client_push does: the pushed at debug level, a failure. */
-static void log_push(const char *queue, const char *const *task_ids, const bool *pushed,
-                     size_t n, bq_status st, const bq_err *err)
-{
-    if (bq_log_enabled(BQ_LOG_DEBUG)) {
-        for (size_t i = 0; i < n; i++)
-            if (pushed[i])
-                bq_log(BQ_LOG_DEBUG, "scheduled", "task_id", task_ids ? task_ids[i] : NULL,
-                       "queue", queue, NULL);
-    }
-    if (st != BQ_OK)
-        bq_log(BQ_LOG_ERROR, "schedule_failed", "queue", queue, "error", err ? err->msg : NULL,
-               "code", bq_status_name(st), NULL);
 }
 
 bq_status bq_client_push_send(bq_client *c, const char *queue, const struct bq_slice *msgs,
