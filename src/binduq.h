@@ -194,9 +194,11 @@ BQ_API bq_status bq_schedule(bq_client *client, const struct bq_task *task, bq_e
  *     the client's queue, so a running handler stops within milliseconds; a pause makes a
  *     submitted task "paused", and for a running one records the request and publishes it.
  *     A storage failure returns its error ("storage: ...") with nothing pushed;
- *  3. the tasks are pushed (LPUSH or RPUSH, see `order`), one pipelined round trip per run of
- *     consecutive tasks with the same queue; a run or cancel is pushed only if its
- *     deduplication key is free, and takes it for dedup_ttl seconds, in one atomic step.
+ *  3. the tasks are pushed (LPUSH or RPUSH, see `order`), one pipelined round trip per queue
+ *     and kind of push (deduplicated or not, delayed or not), each queue's tasks in their
+ *     order (tasks routed in turn over queues: a push per queue); a run or cancel is
+ *     pushed only if its deduplication key is free, and takes it for dedup_ttl seconds, in
+ *     one atomic step.
  * *n_sent (n_sent may be NULL) counts the tasks pushed: on BQ_OK the other n - *n_sent were
  * duplicates. On a push failure *n_sent says how many were pushed before it. Counted in the
  * process's metrics (binduq_tasks_scheduled_total, binduq_tasks_deduplicated_total) and in

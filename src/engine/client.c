@@ -23,6 +23,7 @@
 #include "task.h"
 #include "worker.h" /* bq_control_format */
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -358,20 +359,11 @@ static bq_status push_group(bq_client *c, const struct item *items, size_t n, si
     for (size_t i = 0; delayed && i < n; i++)
         later[i] = (struct bq_delayed){slices[i], items[i].key, items[i].when->delay,
                                        items[i].when->run_at};
-    if (delayed) {
-        st = c->broker->ops->push_delayed(c->broker, queue, later, n, c->dedup_ttl, pushed, err);
-        for (size_t i = 0; st == BQ_OK && i < n; i++) {
-            ok += pushed[i];
-            if (bq_log_enabled(BQ_LOG_DEBUG))
-                bq_log(BQ_LOG_DEBUG, pushed[i] ? "scheduled" : "deduplicated", "task_id",
-                       items[i].task->task_id, "queue", queue, NULL);
-        }
-        if (st != BQ_OK)
-            bq_log(BQ_LOG_ERROR, "schedule_failed", "queue", queue, "error",
-                   err ? err->msg : NULL, "code", bq_status_name(st), NULL);
-    } else if (keyed) {
-        st = c->broker->ops->push_unique(c->broker, queue, slices, aux, n, c->dedup_ttl, pushed,
-                                         err);
+    if (delayed || keyed) {
+        st = delayed ? c->broker->ops->push_delayed(c->broker, queue, later, n, c->dedup_ttl,
+                                                    pushed, err)
+                     : c->broker->ops->push_unique(c->broker, queue, slices, aux, n,
+                                                   c->dedup_ttl, pushed, err);
         for (size_t i = 0; st == BQ_OK && i < n; i++) {
             ok += pushed[i];
             if (bq_log_enabled(BQ_LOG_DEBUG))
@@ -399,6 +391,63 @@ static bq_status push_group(bq_client *c, const struct item *items, size_t n, si
     bq_free(aux);
     bq_free(pushed);
     bq_free(later);
+    return st;
+}
+
+/* One push a group: a queue's tasks of one kind (deduplicated or not, delayed or not), in
+ * their order. A task joins its queue's last group when it is of the same kind, so tasks
+ * routed in turn over several queues take a push per queue, not one each, and a queue's
+ * run, pause and resume still go in the order given (queues were never ordered among
+ * themselves); as binduq.scheduler's schedule_many. *ordered: the items (shallow copies)
+ * group after group; ends[g]: where group g ends in it. */
+static bq_status group_items(const struct item *items, size_t n, struct item **ordered,
+                             size_t **ends, size_t *ngroups, bq_err *err)
+{
+    /* Each queue's last group, by the queue's name: open addressing over 2n slots. */
+    size_t cap = 2;
+    while (cap < 2 * n)
+        cap *= 2;
+    struct slot {
+        const char *queue;
+        size_t group;
+    } *map = bq_calloc(cap, sizeof *map);
+    size_t *gid = bq_calloc(n, sizeof *gid), *count = bq_calloc(n + 1, sizeof *count);
+    const struct item **first = bq_calloc(n, sizeof *first); /* each group's first item */
+    *ordered = bq_calloc(n, sizeof **ordered);
+    *ends = bq_calloc(n, sizeof **ends);
+    *ngroups = 0;
+    bq_status st = BQ_OK;
+    if (map == NULL || gid == NULL || count == NULL || first == NULL || *ordered == NULL ||
+        *ends == NULL)
+        st = bq_err_set(err, BQ_ENOMEM, "schedule: out of memory");
+    for (size_t i = 0; i < n && st == BQ_OK; i++) {
+        const struct item *it = &items[i];
+        uint32_t h = 2166136261u; /* FNV-1a */
+        for (const unsigned char *p = (const unsigned char *)it->queue; *p != '\0'; p++)
+            h = (h ^ *p) * 16777619u;
+        size_t k = h & (cap - 1);
+        while (map[k].queue != NULL && strcmp(map[k].queue, it->queue) != 0)
+            k = (k + 1) & (cap - 1);
+        const struct item *f = map[k].queue != NULL ? first[map[k].group] : NULL;
+        if (f == NULL || (f->key != NULL) != (it->key != NULL) ||
+            (f->when != NULL) != (it->when != NULL)) {
+            map[k] = (struct slot){it->queue, *ngroups};
+            first[(*ngroups)++] = it;
+        }
+        gid[i] = map[k].group;
+        count[gid[i] + 1]++;
+    }
+    /* A stable counting sort by group. */
+    for (size_t g = 0; g < *ngroups && st == BQ_OK; g++) {
+        count[g + 1] += count[g];
+        (*ends)[g] = count[g + 1];
+    }
+    for (size_t i = 0; i < n && st == BQ_OK; i++)
+        (*ordered)[count[gid[i]]++] = items[i];
+    bq_free(map);
+    bq_free(gid);
+    bq_free(count);
+    bq_free(first);
     return st;
 }
 
@@ -444,15 +493,14 @@ bq_status bq_schedule_many_when(bq_client *c, const struct bq_task *tasks,
             bq_err_prefix(err, where);
         }
     }
-    /* Runs of consecutive tasks with the same queue and the same kind of push. */
-    for (size_t i = 0, j; i < n && st == BQ_OK; i = j) {
-        for (j = i + 1; j < n && strcmp(items[j].queue, items[i].queue) == 0 &&
-                        (items[j].key != NULL) == (items[i].key != NULL) &&
-                        (items[j].when != NULL) == (items[i].when != NULL);
-             j++)
-            ;
-        st = push_group(c, &items[i], j - i, n_sent, &dups, err);
-    }
+    struct item *ordered = NULL;
+    size_t *ends = NULL, ngroups = 0;
+    if (st == BQ_OK)
+        st = group_items(items, n, &ordered, &ends, &ngroups, err);
+    for (size_t g = 0, from = 0; g < ngroups && st == BQ_OK; from = ends[g++])
+        st = push_group(c, &ordered[from], ends[g] - from, n_sent, &dups, err);
+    bq_free(ordered);
+    bq_free(ends);
     for (size_t i = 0; i < n; i++) {
         bq_free(items[i].msg.data);
         bq_free(items[i].queue);

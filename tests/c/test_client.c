@@ -494,6 +494,95 @@ TEST(the_route_callback_picks_the_queue)
     bq_client_free(c);
 }
 
+/* Task i (of "<stem>-<i>") to queue i % 3 of the three in ud. */
+static const char *route_turn(const struct bq_task *t, void *ud)
+{
+    const char *const *qs = ud;
+    const char *dash = strrchr(t->task_id, '-');
+    return qs[(dash != NULL ? atoi(dash + 1) : 0) % 3];
+}
+
+/* The LPUSH calls counted by the server since the last CONFIG RESETSTAT. */
+static long long lpushes(bq_client *c, const char *queue)
+{
+    const char *reset[] = {"CONFIG", "RESETSTAT"}, *info[] = {"INFO", "commandstats"};
+    void *r = NULL;
+    long long n = -1;
+    if (c->broker->admin->command(c->broker, queue, 2, info, NULL, &r, NULL) == BQ_OK) {
+        const redisReply *rep = r;
+        const char *at = rep->type == REDIS_REPLY_STRING
+                             ? strstr(rep->str, "cmdstat_lpush:calls=") : NULL;
+        n = at != NULL ? atoll(at + strlen("cmdstat_lpush:calls=")) : 0;
+        freeReplyObject(r);
+    }
+    r = NULL;
+    if (c->broker->admin->command(c->broker, queue, 2, reset, NULL, &r, NULL) == BQ_OK)
+        freeReplyObject(r);
+    return n;
+}
+
+/* Tasks routed in turn over three queues went one push each (only tasks next to each other
+ * for the same queue shared one); now a push per queue and kind, each queue in order. */
+TEST(tasks_routed_in_turn_take_a_push_per_queue_in_order)
+{
+    NEED_REDIS();
+    char q[3][96], queue[96];
+    const char *qs[3] = {q[0], q[1], q[2]};
+    for (int k = 0; k < 3; k++)
+        snprintf(q[k], sizeof q[k], "%s:turn:%c", prefix, 'a' + k);
+    struct bq_client_options o = {.route = route_turn, .route_ud = (void *)qs, .no_dedup = true};
+    bq_client *c = open_client(&o, "turn", queue, sizeof queue);
+    REQUIRE(c != NULL);
+    enum { N = 300 };
+    static char id[N][32];
+    static struct bq_task t[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(id[i], sizeof id[i], "turn-%d", i);
+        t[i] = (struct bq_task){"run", id[i], NULL, hi, 1};
+    }
+    size_t sent = 0;
+    bq_err err;
+    lpushes(c, queue); /* resets the counts */
+    CHECK_INT(bq_schedule_many(c, t, N, &sent, &err), BQ_OK);
+    CHECK_INT(sent, N);
+    /* a push of messages and one ring of the bell a queue: 6, where a push a task made 600 */
+    CHECK_INT(lpushes(c, queue), 6);
+    for (int k = 0; k < 3; k++) {
+        redisReply *r = lrange(c, q[k]);
+        REQUIRE(r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == N / 3);
+        int bad = 0;
+        for (size_t j = 0; j < r->elements; j++) { /* LPUSH: the first at the tail */
+            char want[48];
+            snprintf(want, sizeof want, "\"task_id\":\"turn-%d\"",
+                     (int)(3 * (r->elements - 1 - j)) + k);
+            bad += strstr(r->element[j]->str, want) == NULL;
+        }
+        CHECK_INT(bad, 0);
+        freeReplyObject(r);
+    }
+    /* a queue's tasks of another kind keep their place: a run, its pause, its resume */
+    static char x[3][32];
+    struct bq_task u[4];
+    snprintf(x[0], sizeof x[0], "x-0");
+    snprintf(x[1], sizeof x[1], "y-1");
+    u[0] = (struct bq_task){"run", x[0], NULL, hi, 1};
+    u[1] = (struct bq_task){"run", x[1], NULL, hi, 1};
+    u[2] = (struct bq_task){"pause", x[0], NULL, NULL, 0};
+    u[3] = (struct bq_task){"resume", x[0], NULL, NULL, 0};
+    CHECK_INT(bq_schedule_many(c, u, 4, &sent, &err), BQ_OK);
+    redisReply *r = lrange(c, q[0]);
+    REQUIRE(r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == N / 3 + 3);
+    CHECK_CONTAINS(r->element[0]->str, "\"type\":\"resume\"");
+    CHECK_CONTAINS(r->element[1]->str, "\"type\":\"pause\"");
+    CHECK_CONTAINS(r->element[2]->str, "\"task_id\":\"x-0\"");
+    freeReplyObject(r);
+    const char *del[] = {"DEL", q[0], q[1], q[2]};
+    void *d = NULL;
+    if (c->broker->admin->command(c->broker, queue, 4, del, NULL, &d, NULL) == BQ_OK)
+        freeReplyObject(d);
+    bq_client_free(c);
+}
+
 /* A storage whose every call fails: to see that nothing is pushed after a failure. */
 static atomic_int failing_calls;
 
@@ -920,6 +1009,7 @@ int main(void)
     RUN(a_pause_parks_a_submitted_task_and_asks_a_running_one);
     RUN(delayed_tasks_wait_in_the_delayed_set_and_bad_times_are_refused);
     RUN(the_route_callback_picks_the_queue);
+    RUN(tasks_routed_in_turn_take_a_push_per_queue_in_order);
     RUN(a_storage_failure_stops_the_push);
     RUN(a_run_is_recorded_in_postgres_and_its_failure_stops_the_push);
     RUN(the_storage_comes_from_the_environment_as_the_lua_side_reads_it);
