@@ -165,10 +165,12 @@ end
 -- (one string.format for a whole batch: schedule_many writes one event per run).
 local function state_event(event, id, state, at, due)
     return '{"event":"' .. event .. '","task_id":' .. json.encode(id) .. ',"state":"' .. state .. '","at":' .. at
-        .. (due and (',"due_at":%.3f'):format(due) or "") .. "}"
+        .. (due and ',"due_at":' .. core.secs(due) or "") .. "}"
 end
 
-local function at_text(now) return ("%.3f"):format(now) end
+-- Seconds with three decimals, as the worker writes them (not "%.3f": glibc's path for it
+-- is a tenth of a schedule() call).
+local at_text = core.secs
 
 -- The event of a scheduled operation (a run: "scheduled"; the stored side of a cancel or a
 -- pause reports itself in store_op). `now` is the time, `at` the same as text.

@@ -44,6 +44,23 @@ describe("core.parse_iso8601", function()
     end)
 end)
 
+describe("core.secs", function()
+    it("writes seconds with three decimals, rounded, as the worker's events do", function()
+        assert.are.equal("1733450000.123", core.secs(1733450000.1234))
+        assert.are.equal("1733450000.124", core.secs(1733450000.1236))
+        assert.are.equal("13.000", core.secs(12.9996))
+        assert.are.equal("0.000", core.secs(0))
+        assert.are.equal("-1.500", core.secs(-1.5))
+        assert.are.equal("-0.250", core.secs(-0.25))
+        assert.are.equal("0.000", core.secs(0 / 0)) -- not a time: 0, never "nan"
+        -- what "%.3f" wrote before, for times away from a half millisecond
+        for i = 1, 200 do
+            local t = 1.7e9 + i * 7.3 + (i % 10) / 10 + 0.0001
+            assert.are.equal(("%.3f"):format(t), core.secs(t), "at " .. t)
+        end
+    end)
+end)
+
 describe("storage start and finish (memory)", function()
     local st
     before_each(function()
