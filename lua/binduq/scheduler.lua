@@ -265,8 +265,9 @@ end
 -- Plain runs with no route or dedup_key policy are checked, recorded, encoded and pushed in
 -- C (core.push_runs, src/lua/l_produce.c), a long list in pieces, each encoded while the
 -- server works on the one before; it answers false for anything else, and task.lua's
--- general path takes the operations. Returns sent, duplicates, pushed ({true|false, ...}: a
--- duplicate's is false) | nil, msg, code; or false. With retry_on_timeout, a timeout or a
+-- general path takes the operations. It posts the pushed runs' "scheduled" events. Returns
+-- sent, duplicates, pushed ({true|false, ...}: a duplicate's is false) | nil, msg, code; or
+-- false. With retry_on_timeout, a timeout or a
 -- lost connection retries what was not decided, after a backoff, up to self.retries times.
 local function fast_many(self, client, ops)
     if self.route or self.dedup_key or self.bindu then return false end
@@ -307,6 +308,7 @@ function Scheduler:schedule(op)
     local client = check_open(self, op)
     local sent, dups, code = fast_many(self, client, { op })
     local queue, delay, run_at = self.queue_name, nil, nil
+    local posted = sent ~= false -- the fast path posts its runs' events itself
     if sent == false then
         local msg, id, norm = task.encode(op, 2)
         delay, run_at = task.when(op, 2)
@@ -321,7 +323,7 @@ function Scheduler:schedule(op)
     if not sent then return nil, dups, code end
     count(self, sent, dups)
     if dups > 0 then return true, "duplicate" end
-    if self.events_on then
+    if self.events_on and not posted then
         local now = core.now()
         local ev = scheduled_event(op, now, at_text(now), delay, run_at)
         if ev then emit(self, queue, { ev }) end
@@ -336,18 +338,10 @@ end
 function Scheduler:schedule_many(ops)
     local client = check_open(self, type(ops) == "table" and (ops[1] or {}) or {})
     if type(ops) ~= "table" then error("schedule_many expects a list of task operations", 2) end
-    local sent, dups, pushed = fast_many(self, client, ops)
-    if sent ~= false then
-        if not sent then return nil, dups, pushed end
+    local sent, dups, code = fast_many(self, client, ops)
+    if sent ~= false then -- its runs' events posted by core.push_runs
+        if not sent then return nil, dups, code end
         count(self, sent, dups)
-        if self.events_on and sent > 0 then
-            local now, evs = core.now(), {}
-            local at = at_text(now)
-            for i = 1, #ops do
-                if pushed[i] then evs[#evs + 1] = scheduled_event(ops[i], now, at) end
-            end
-            emit(self, self.queue_name, evs)
-        end
         return sent, dups
     end
     -- Every operation is checked (and routed) before any is stored: an invalid one raises

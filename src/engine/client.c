@@ -300,9 +300,34 @@ static bq_status store_op(bq_client *c, struct item *it, bq_err *err)
     return st == BQ_OK ? BQ_OK : storage_fail(st, err);
 }
 
+/* Appends to b (after a comma when it holds some) the "scheduled" task event of run `id`,
+ * as binduq.scheduler writes them: at `now`, due at `due` when that is > 0. */
+static void put_scheduled(bq_buf *b, const char *id, double now, double due)
+{
+    if (b->len > 0)
+        bq_buf_putc(b, ',');
+    BQ_BUF_LIT(b, "{\"event\":\"scheduled\",\"task_id\":");
+    bq_buf_json_str(b, id, strlen(id));
+    BQ_BUF_LIT(b, ",\"state\":\"submitted\",\"at\":");
+    bq_buf_put_secs(b, now);
+    if (due > 0) {
+        BQ_BUF_LIT(b, ",\"due_at\":");
+        bq_buf_put_secs(b, due);
+    }
+    bq_buf_putc(b, '}');
+}
+
+/* Hands the events in b to the client's poster (feed_post.h), which costs the caller no
+ * round trip, and frees b. */
+static void post_events(bq_client *c, const char *queue, bq_buf *b)
+{
+    if (b->len > 0 && !b->oom)
+        bq_feed_post_add(c->feed_post, queue, b->p, b->len);
+    bq_buf_free(b);
+}
+
 /* The "scheduled" task events of the runs among items[0..n) that were pushed (pushed NULL:
- * all), as binduq.scheduler writes them, handed to the client's poster (feed_post.h): they
- * cost the caller no round trip. */
+ * all). */
 static void emit_scheduled(bq_client *c, const char *queue, const struct item *items, size_t n,
                            const bool *pushed)
 {
@@ -313,22 +338,24 @@ static void emit_scheduled(bq_client *c, const char *queue, const struct item *i
     for (size_t i = 0; i < n; i++) {
         if ((pushed != NULL && !pushed[i]) || !is(items[i].task, "run"))
             continue;
-        if (b.len > 0)
-            bq_buf_putc(&b, ',');
-        bq_buf_puts(&b, "{\"event\":\"scheduled\",\"task_id\":");
-        bq_buf_json_str(&b, items[i].task->task_id, strlen(items[i].task->task_id));
-        bq_buf_puts(&b, ",\"state\":\"submitted\",\"at\":");
-        bq_buf_put_secs(&b, now);
         const struct bq_when *w = items[i].when;
-        if (w != NULL) {
-            bq_buf_puts(&b, ",\"due_at\":");
-            bq_buf_put_secs(&b, w->run_at != 0 ? w->run_at : now + w->delay);
-        }
-        bq_buf_putc(&b, '}');
+        put_scheduled(&b, items[i].task->task_id, now,
+                      w == NULL ? 0 : w->run_at != 0 ? w->run_at : now + w->delay);
     }
-    if (b.len > 0 && !b.oom)
-        bq_feed_post_add(c->feed_post, queue, b.p, b.len);
-    bq_buf_free(&b);
+    post_events(c, queue, &b);
+}
+
+void bq_client_emit_runs(bq_client *c, const char *queue, const char *const *ids,
+                         const bool *pushed, size_t n)
+{
+    if (c->feed_post == NULL)
+        return;
+    bq_buf b = BQ_BUF_INIT;
+    double now = bq_now_wall();
+    for (size_t i = 0; i < n; i++)
+        if (pushed[i])
+            put_scheduled(&b, ids[i], now, 0);
+    post_events(c, queue, &b);
 }
 
 /* Pushes items[0..n) (one queue, all with keys or none). Adds the pushed and the duplicates

@@ -52,4 +52,10 @@ bq_status bq_client_push_send(bq_client *c, const char *queue, const struct bq_s
 bq_status bq_client_push_recv(bq_client *c, const char *queue, const char *const *task_ids,
                               struct bq_push_wait *w, bq_err *err);
 
+/* The "scheduled" task events of the runs ids[0..n) that were pushed (pushed[i]), as
+ * binduq.scheduler writes them, handed to the client's poster; nothing when task events are
+ * off (core.push_runs). */
+void bq_client_emit_runs(bq_client *c, const char *queue, const char *const *ids,
+                         const bool *pushed, size_t n);
+
 #endif

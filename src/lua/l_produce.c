@@ -497,6 +497,7 @@ static int encode_protected(lua_State *L)
  * nothing done), are recorded, encoded and pushed to `queue` through `client`, in order, in
  * pieces (RUNS_PIECE); with a ttl, deduplicated by their keys "run:<id>" for ttl seconds.
  * pushed[i] is set for each operation decided: true if it was pushed, false for a duplicate.
+ * Each piece's pushed runs have their "scheduled" task events posted (when events are on).
  * On a failure, ops[from..decided] are decided (and counted in sent and duplicates); the
  * rest were not pushed (or their push's answer was lost), though the piece that failed
  * may be recorded. */
@@ -576,6 +577,7 @@ static int l_push_runs(lua_State *L)
             sent += s1;
             dups += (long long)w.n - s1;
             bq_metrics_scheduled(queue, s1, (long long)w.n - s1);
+            bq_client_emit_runs(c, queue, wb->ids, flags, w.n);
             decided = wfirst + w.n - 1;
             inflight = false;
             lua_remove(L, bidx);

@@ -208,10 +208,25 @@ describe("#redis routing", function()
             if not (i > 700 and i <= 800) then want[#want + 1] = id end
         end
         local s = bq.scheduler{ url = server.url, queue_name = t .. ":d" }
+        local follower = assert(s:events{ since = "now" })
         server:cli("CONFIG", "RESETSTAT")
         local sent, dups = s:schedule_many(batch)
         assert.are.same({ 900, 100 }, { sent, dups })
         assert.are.same({ 900, 100 }, { s.stats.scheduled, s.stats.deduplicated })
+        -- one "scheduled" event a pushed run, in order, none for a duplicate (posted by
+        -- core.push_runs piece by piece)
+        local seen = {}
+        local deadline = bq.monotonic() + 10
+        while #seen < 900 and bq.monotonic() < deadline do
+            local ev = follower:next(0.2)
+            if ev then
+                assert.are.same({ "scheduled", "submitted" }, { ev.event, ev.state })
+                assert.truthy(tostring(ev.at):match("^%d+%.%d%d%d$") or type(ev.at) == "number")
+                seen[#seen + 1] = ev.task_id
+            end
+        end
+        assert.is_nil(follower:next(0.3)) -- and no more
+        assert.are.same(want, seen)
         -- three pieces (334, 333, 333), each its own transaction
         assert.are.same({ 3, 3 }, { stat("multi"), stat("exec") })
         assert.are.same(want, ids_of(t .. ":d"))
