@@ -162,7 +162,7 @@ local function emit(self, queue, events)
 end
 
 -- An event of task `id` that says it is now `state`, built as text: `at` is the time as text
--- (one string.format for a whole batch: schedule_many writes one event per run).
+-- (written once for a whole batch: schedule_many writes one event per run).
 local function state_event(event, id, state, at, due)
     return '{"event":"' .. event .. '","task_id":' .. json.encode(id) .. ',"state":"' .. state .. '","at":' .. at
         .. (due and ',"due_at":' .. core.secs(due) or "") .. "}"
@@ -267,8 +267,8 @@ end
 -- server works on the one before; it answers false for anything else, and task.lua's
 -- general path takes the operations. It posts the pushed runs' "scheduled" events. Returns
 -- sent, duplicates, pushed ({true|false, ...}: a duplicate's is false) | nil, msg, code; or
--- false. With retry_on_timeout, a timeout or a
--- lost connection retries what was not decided, after a backoff, up to self.retries times.
+-- false. With retry_on_timeout, a timeout or a lost connection retries what was not
+-- decided, after a backoff, up to self.retries times.
 local function fast_many(self, client, ops)
     if self.route or self.dedup_key or self.bindu then return false end
     local ttl = self.dedup and self.dedup_ttl or nil
