@@ -262,6 +262,19 @@ local function push_group(self, client, queue, msgs, ids, keys, later)
     return n, 0
 end
 
+-- The in-memory scheduler is one process only: what is scheduled there is taken by workers
+-- of this process or by nobody, and is gone when it exits. The first operation scheduled
+-- there while no worker of this process has started says so, once per process, whichever
+-- producer (C or Lua) schedules it (core.memory_warning: src/engine/worker.c).
+local function count(self, sent, dups)
+    self.stats.scheduled = self.stats.scheduled + sent
+    self.stats.deduplicated = self.stats.deduplicated + dups
+    if sent > 0 and self.backend == "memory" then
+        local warning = core.memory_warning()
+        if warning then core.log("warn", "memory_scheduler_no_worker", { queue = self.queue_name, warning = warning }) end
+    end
+end
+
 -- Plain runs with no route or dedup_key policy are checked, recorded, encoded and pushed in
 -- C (core.push_runs, src/lua/l_produce.c), a long list in pieces, each encoded while the
 -- server works on the one before; it answers false for anything else, and task.lua's
@@ -280,25 +293,11 @@ local function fast_many(self, client, ops)
         if s1 then return sent + s1, dups + d1, pushed end
         sent, dups = sent + s2, dups + d2
         if not (self.retry_on_timeout and RETRYABLE[code] and tries < self.retries) then
-            self.stats.scheduled = self.stats.scheduled + sent
-            self.stats.deduplicated = self.stats.deduplicated + dups
+            count(self, sent, dups)
             return nil, d1, code
         end
         core.sleep(core.backoff(tries, 0.1, 2, "equal"))
         tries, from = tries + 1, decided + 1
-    end
-end
-
--- The in-memory scheduler is one process only: what is scheduled there is taken by workers
--- of this process or by nobody, and is gone when it exits. The first operation scheduled
--- there while no worker of this process has started says so, once per process, whichever
--- producer (C or Lua) schedules it (core.memory_warning: src/engine/worker.c).
-local function count(self, sent, dups)
-    self.stats.scheduled = self.stats.scheduled + sent
-    self.stats.deduplicated = self.stats.deduplicated + dups
-    if sent > 0 and self.backend == "memory" then
-        local warning = core.memory_warning()
-        if warning then core.log("warn", "memory_scheduler_no_worker", { queue = self.queue_name, warning = warning }) end
     end
 end
 

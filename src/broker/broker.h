@@ -267,7 +267,7 @@ struct bq_push_wait {
     bool *pushed;   /* in: room for n; out (push_recv): which messages were pushed */
     size_t n;
     void *conn;     /* the connection the answers come on; NULL: push_send made it whole */
-    const char *what;  /* the commands sent: "LPUSH" (a plain push) or "MULTI" (dedup-N) */
+    bool unique;    /* sent as a MULTI with dedup-N (else a plain LPUSH) */
     size_t ncmds;   /* replies to read */
     double deadline;
 };

@@ -299,7 +299,7 @@ static bq_status plain_send(struct redis_broker *r, const char *queue, const str
         return st;
     }
     w->conn = c;
-    w->what = "LPUSH";
+    w->unique = false;
     w->n = n;
     return BQ_OK;
 }
@@ -647,7 +647,7 @@ static bq_status redis_push_send(bq_broker *b, const char *queue, const struct b
     bool sent = st == BQ_OK && !refused;
     if (sent) {
         w->conn = u.c;
-        w->what = "MULTI";
+        w->unique = true;
         w->ncmds = 3;
     }
     unique_close(&u, sent);
@@ -662,7 +662,7 @@ static bq_status redis_push_recv(bq_broker *b, struct bq_push_wait *w, bq_err *e
     struct redis_broker *r = (struct redis_broker *)b;
     if (w->conn == NULL)
         return BQ_OK;
-    if (strcmp(w->what, "LPUSH") == 0) {
+    if (!w->unique) {
         size_t pushed = 0;
         bq_status st = plain_recv(r, w, &pushed, err);
         for (size_t i = 0; i < w->n; i++)

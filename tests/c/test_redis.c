@@ -1164,17 +1164,25 @@ TEST(a_failed_pipeline_does_not_leave_replies_for_the_next)
     bq_conn_close(admin);
 }
 
+/* A broker whose pool holds one connection (so a reply left unread would reach the next
+ * borrower), with the queue orders given (NULL: the defaults). */
+static bq_broker *open_single(const struct bq_orders *orders)
+{
+    struct bq_broker_config bc = {.url = redis_url, .url_source = "test", .max_connections = 1,
+                                  .connect_timeout = 2.0, .command_timeout = 2.0,
+                                  .pool_timeout = 2.0, .orders = orders};
+    bq_broker *b = NULL;
+    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    return b;
+}
+
 /* The same on a pooled connection: a push whose LPUSH Redis refuses (the key holds a string)
  * stopped reading its pipeline there, and the bell's two replies, left unread, were read by
  * the next borrower of that connection as its own. */
 TEST(a_refused_push_does_not_leave_replies_for_the_next)
 {
     NEED_REDIS();
-    struct bq_broker_config bc = {.url = redis_url, .url_source = "test", .max_connections = 1,
-                                  .connect_timeout = 2.0, .command_timeout = 2.0,
-                                  .pool_timeout = 2.0};
-    bq_broker *b = NULL;
-    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    bq_broker *b = open_single(NULL);
     bq_conn *admin = open_conn(redis_url);
     if (b == NULL || admin == NULL) {
         bq_broker_free(b);
@@ -1213,11 +1221,7 @@ static void unique_push_in_order(enum bq_order order, const char *tag)
     char queue[96];
     snprintf(queue, sizeof queue, "%s:unique:%s", prefix, tag);
     struct bq_orders orders = {order, 0, NULL, NULL};
-    struct bq_broker_config bc = {.url = redis_url, .url_source = "test", .max_connections = 1,
-                                  .connect_timeout = 2.0, .command_timeout = 2.0,
-                                  .pool_timeout = 2.0, .orders = &orders};
-    bq_broker *b = NULL;
-    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    bq_broker *b = open_single(&orders);
     if (b == NULL)
         return;
     push_texts(b, queue, 2, "old"); /* there before: stays where it is */
@@ -1325,11 +1329,7 @@ TEST(a_deduplicated_push_takes_back_only_the_duplicates)
 TEST(a_push_in_two_halves_answers_as_a_whole_one)
 {
     NEED_REDIS();
-    struct bq_broker_config bc = {.url = redis_url, .url_source = "test", .max_connections = 1,
-                                  .connect_timeout = 2.0, .command_timeout = 2.0,
-                                  .pool_timeout = 2.0};
-    bq_broker *b = NULL;
-    CHECK_INT(bq_broker_open(&bc, &b, NULL), BQ_OK);
+    bq_broker *b = open_single(NULL);
     bq_conn *admin = open_conn(redis_url);
     if (b == NULL || admin == NULL) {
         bq_broker_free(b);
