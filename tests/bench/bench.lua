@@ -7,8 +7,8 @@
 -- queue is empty; the rate is timed from the first pickup to the last completion, Redis'
 -- CPU per task from INFO over the same span:
 --   process   100,000 no-op tasks at-least-once (concurrency 1, the default, and 4) and
---             at-most-once, and with task events off (their cost); 20,000 over 3 queues, on a rate-limited queue (16 limiter keys,
---             and a key per task), over TLS (against plain TCP), and with a producer in the
+--             at-most-once, and with task events off (their cost); 20,000 over 3 queues, on a rate-limited queue (its one
+--             limiter key, 16 keys, and a key per task), over TLS (against plain TCP), and with a producer in the
 --             worker's own process (against one in another process)
 --   pickup    latency from a producer process' LPUSH to the handler's start, at idle (1,000
 --             samples), and the idle worker's CPU
@@ -158,6 +158,7 @@ local ok, err = pcall(function()
             o.env.BENCH_QUEUES = ("%s:high,%s:normal,%s:low"):format(o.queue, o.queue, o.queue)
         end
         o.producer_env.BENCH_QUEUES, o.producer_env.BENCH_CA = o.env.BENCH_QUEUES, o.env.BENCH_CA
+        o.producer_env.BENCH_RATELIMIT = o.env.BENCH_RATELIMIT
         local res = deployed.run(o)
         server:cli("FLUSHALL")
         return { rate = res.rate, redis_us = res.redis_us, cpu_us = res.cpu_us, enqueue = res.enqueue }
@@ -218,11 +219,12 @@ local ok, err = pcall(function()
     F.c1, F.c4, F.noev, F.inproc = c.c1, c.c4, c.noev, c.inproc
     step("the same at-most-once")
     F.amo = dep("at-most-once", "c", N, { BENCH_DELIVERY = "at-most-once" })
-    step(("%d tasks each: the plain run, over 3 queues (strict priority, the producer routing them round-robin), and a rate-limited queue (16 limiter keys, then a key per task; a limit never reached), and the task state in Redis, in rounds")
+    step(("%d tasks each: the plain run, over 3 queues (strict priority, the producer routing them round-robin), and a rate-limited queue (its one limiter key, 16 keys, then a key per task; a limit never reached), and the task state in Redis, in rounds")
         :format(NV))
     local variants = rounds(NV, {
         { key = "plain_v", label = "plain", tag = "e" },
         { key = "routing", label = "3 queues", tag = "f", env = { BENCH_QUEUES = true } },
+        { key = "ratelimit_one", label = "rate limited, one key", tag = "l", env = { BENCH_RATELIMIT = "queue" } },
         { key = "ratelimit", label = "rate limited, 16 keys", tag = "g", env = { BENCH_RATELIMIT = "16" } },
         { key = "ratelimit_task", label = "rate limited, a key per task", tag = "j", env = { BENCH_RATELIMIT = "task" } },
         { key = "rstore", label = "task state in Redis", tag = "r", env = { STORAGE_TYPE = "redis" },
@@ -441,7 +443,9 @@ row(("process, 3 queues (%d)"):format(NV), "%9.0f tasks/s   %5.2f x the plain ru
     F.routing.rate, F.routing.x, F.plain_v.rate, NV)
 row(("process, state in Redis (%d)"):format(NV), "%9.0f tasks/s   %5.2f x the plain run; Redis %.2f us a task; its producer %.0f/s",
     F.rstore.rate, F.rstore.x, F.rstore.redis_us, F.rstore.enqueue or 0)
-row("process, rate limited (16 keys)", "%9.0f tasks/s   %5.2f x the plain run; Redis %.2f us a task",
+row("process, rate limited (one key)", "%9.0f tasks/s   %5.2f x the plain run; Redis %.2f us a task",
+    F.ratelimit_one.rate, F.ratelimit_one.x, F.ratelimit_one.redis_us)
+row("  16 keys (a key per conversation)", "%9.0f tasks/s   %5.2f x the plain run; Redis %.2f us a task",
     F.ratelimit.rate, F.ratelimit.x, F.ratelimit.redis_us)
 row("  a limiter key per task", "%9.0f tasks/s   %5.2f x the plain run; Redis %.2f us a task",
     F.ratelimit_task.rate, F.ratelimit_task.x, F.ratelimit_task.redis_us)

@@ -3,8 +3,8 @@
 --   BENCH_URL=... BENCH_QUEUE=... binduq-lua tests/bench/proc_worker.lua run|drain
 -- Options, each left at the default unless set:
 --   BENCH_CONCURRENCY=n   BENCH_DELIVERY=at-most-once   BENCH_QUEUES=a,b,c (strict priority)
---   BENCH_RATELIMIT=task|<n> (a limiter key per task, or n keys shared round-robin; a limit
---   it never reaches)
+--   BENCH_RATELIMIT=queue|task|<n> (the queue's one limiter key, a key per task, or n keys
+--   shared round-robin; a limit it never reaches)
 --   BENCH_PG=<url> (task state in PostgreSQL)   BENCH_MAX_TASKS=n (memory storage bound)
 --   STORAGE_TYPE=redis (task state in the queue's Redis)
 --   BENCH_CA=<file> (the CA of a rediss:// URL)   BENCH_BATCH=n (the batch option)
@@ -74,11 +74,13 @@ local function stream(_, ctx)
     return true
 end
 
--- BENCH_RATELIMIT=task: a limiter key per task; =<n>: n keys (tenants), task i in key i % n.
+-- BENCH_RATELIMIT=queue: no rate_key, the queue's one key; =task: a limiter key per task;
+-- =<n>: n keys (tenants), a key per conversation, the producer putting task i in
+-- conversation "t<i % n>" (bench/ops.lua).
 local tenants = int("BENCH_RATELIMIT")
 local function rate_key(task)
     if not tenants then return task.task_id end
-    return "tenant" .. (tonumber(task.task_id:match("(%d+)$")) or 0) % tenants
+    return task.conversation_id
 end
 
 bq.log_configure{ level = "warn" }
@@ -95,7 +97,7 @@ local w = bq.worker{
     delivery = env("BENCH_DELIVERY"),
     queues = queues,
     rate_limit = env("BENCH_RATELIMIT") and { limit = 1000000000, period = 1 } or nil,
-    rate_key = env("BENCH_RATELIMIT") and rate_key or nil,
+    rate_key = env("BENCH_RATELIMIT") and env("BENCH_RATELIMIT") ~= "queue" and rate_key or nil,
     handlers = { run = model and stream or handler },
     storage = storage,
 }
@@ -107,7 +109,7 @@ local t0 = os.clock()
 if arg[1] == "run" then
     if env("BENCH_FILL") then
         package.path = "tests/?.lua;" .. package.path
-        local rate = require("bench.ops").fill(w.scheduler, int("BENCH_FILL"), env("BENCH_PREFIX") or "f")
+        local rate = require("bench.ops").fill(w.scheduler, int("BENCH_FILL"), env("BENCH_PREFIX") or "f", nil, tenants)
         print(("filled rate=%.1f"):format(rate))
         io.stdout:flush()
         t0 = os.clock()

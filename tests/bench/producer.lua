@@ -2,8 +2,9 @@
 --   BENCH_URL=... BENCH_QUEUE=... binduq-lua tests/bench/producer.lua <mode> <n> <prefix>
 -- fill      schedules n `run` operations of 300 bytes, pipelined in batches of 1,000; with
 --           BENCH_QUEUES=a,b,c they are routed round-robin over those queues; with
---           BENCH_DEDUP=1 deduplication is on; BENCH_CA names a rediss:// URL's CA. Prints
---           "rate=<operations/s>".
+--           BENCH_DEDUP=1 deduplication is on; BENCH_CA names a rediss:// URL's CA; with
+--           BENCH_RATELIMIT=<n> task i is in conversation "t<i % n>", the worker's limiter
+--           key (proc_worker.lua). Prints "rate=<operations/s>".
 -- latency   schedules n operations one at a time, 2 ms apart, each carrying "t=<monotonic
 --           seconds>" taken just before its schedule call (the worker's handler measures the
 --           pickup); prints "call_p50=<ms> call_p99=<ms>", its own schedule calls' times.
@@ -27,7 +28,7 @@ local s = bq.scheduler{ url = os.getenv("BENCH_URL"), queue_name = os.getenv("BE
                         route = #queues > 0 and function(o) return o.metadata.q end or nil }
 
 if mode == "fill" then
-    print(("rate=%.1f"):format(ops.fill(s, n, prefix, queues)))
+    print(("rate=%.1f"):format(ops.fill(s, n, prefix, queues, math.tointeger(tonumber(os.getenv("BENCH_RATELIMIT") or "")))))
 else
     local calls = {}
     for i = 1, n do
