@@ -119,6 +119,16 @@ bq_status bq_redis_handback(bq_broker *b, const struct bq_lessee *who,
     return st;
 }
 
+/* Whether every element of array reply rep is an integer. */
+static bool integers(const redisReply *rep)
+{
+    for (size_t i = 0; i < rep->elements; i++) {
+        if (rep->element[i]->type != REDIS_REPLY_INTEGER)
+            return false;
+    }
+    return true;
+}
+
 bq_status bq_redis_rate_limit(bq_broker *b, const struct bq_lessee *who, long limit,
                               double period, struct bq_admission *reqs, size_t n,
                               bq_err *err)
@@ -130,44 +140,43 @@ bq_status bq_redis_rate_limit(bq_broker *b, const struct bq_lessee *who, long li
     }
     if (n == 0)
         return BQ_OK;
-    char lim[24], per[32];
+    char lim[24], per[32], tag[64];
     snprintf(lim, sizeof lim, "%ld", limit);
     snprintf(per, sizeof per, "%lld", (long long)(period * 1000.0));
-    /* A key and an argument an operation; their text in one block each. */
+    /* The call's entry in each of its keys, unique to the call: the worker (its first 40
+     * bytes) and a random integer, which ends it whatever the worker's id (the script reads
+     * an entry's count from a "*k" at its end). (An integer: glibc formats "%.0f" of a
+     * double through its multi-precision path.) */
+    snprintf(tag, sizeof tag, "%.40s:%llu", who->worker,
+             (unsigned long long)(bq_random_unit() * 1e15));
+    /* A key an operation; their text in one block. */
     char (*names)[BQ_KEY_MAX] = bq_calloc(n, sizeof *names);
-    char (*ids)[48] = bq_calloc(n, sizeof *ids);
-    const char **keys = bq_calloc(n, sizeof *keys), **args = bq_calloc(2 + n, sizeof *args);
-    bq_status st = names && ids && keys && args
-                       ? BQ_OK : bq_err_set(err, BQ_ENOMEM, "ratelimit-N: out of memory");
-    if (st == BQ_OK) {
-        args[0] = lim;
-        args[1] = per;
-    }
+    const char **keys = bq_calloc(n, sizeof *keys);
+    bq_status st = names && keys ? BQ_OK : bq_err_set(err, BQ_ENOMEM, "ratelimit-N: out of memory");
     for (size_t i = 0; st == BQ_OK && i < n; i++) {
         char suffix[BQ_KEY_MAX];
         snprintf(suffix, sizeof suffix, "rl:%s", reqs[i].key);
         st = bq_key_derive_err(bq_redis_queue_of(who, reqs[i].msg->q), suffix, names[i], err);
         keys[i] = names[i];
-        /* an integer: glibc formats "%.0f" of a double through its multi-precision path */
-        snprintf(ids[i], sizeof ids[i], "%s:%llu", who->worker,
-                 (unsigned long long)(bq_random_unit() * 1e15));
-        args[2 + i] = ids[i];
     }
     redisReply *rep = NULL;
+    const char *args[] = {lim, per, tag};
     if (st == BQ_OK)
-        st = bq_redis_script(r, S_RATELIMIT, (int)n, keys, (int)(2 + n), args, NULL, &rep, err);
-    if (st == BQ_OK && (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 * n))
+        st = bq_redis_script(r, S_RATELIMIT, (int)n, keys, 3, args, NULL, &rep, err);
+    /* { now }: every operation admitted; else a verdict and a value per operation */
+    bool all = st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 &&
+               rep->element[0]->type == REDIS_REPLY_INTEGER;
+    if (st == BQ_OK && !all &&
+        (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 * n || !integers(rep)))
         st = bq_err_set(err, BQ_EPROTO, "ratelimit-N: unexpected reply");
     for (size_t i = 0; st == BQ_OK && i < n; i++) {
-        reqs[i].verdict = rep->element[2 * i]->integer == 1;
-        reqs[i].value = (double)rep->element[2 * i + 1]->integer / 1000.0;
+        reqs[i].verdict = all || rep->element[2 * i]->integer == 1;
+        reqs[i].value = (double)rep->element[all ? 0 : 2 * i + 1]->integer / 1000.0;
     }
     if (rep != NULL)
         freeReplyObject(rep);
     bq_free(names);
-    bq_free(ids);
     bq_free(keys);
-    bq_free(args);
     return st;
 }
 

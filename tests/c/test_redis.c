@@ -1483,12 +1483,12 @@ TEST(a_deduplicated_push_without_multi_takes_the_script)
     bq_conn_close(admin);
 }
 
-/* ratelimit-N asks a batch whose keys are all new with one EXISTS, and leaves a key's few
- * entries that left the window in place while even counting them there is room: the
- * verdicts stay those of the exact sliding window ("at most 10 a second"), and a key holds
- * at most 64 stale entries. */
+/* ratelimit-N asks a batch whose keys are all new with one EXISTS, writes one entry per call
+ * in a key (counting its admissions, with '#' holding the key's total), and leaves a key's
+ * few entries that left the window in place while even counting them there is room: the
+ * verdicts stay those of the exact sliding window ("at most 10 a second"). */
 static void admit(bq_broker *b, const struct bq_lessee *who, const char *const *keys, int n,
-                  long limit, double period, char *out)
+                  long limit, double period, char *out, double *wait)
 {
     struct bq_msg m = {(char *)"x", 1, 0, false, 0, 0};
     struct bq_admission reqs[40];
@@ -1496,8 +1496,35 @@ static void admit(bq_broker *b, const struct bq_lessee *who, const char *const *
         reqs[i] = (struct bq_admission){&m, keys[i], -1, 0};
     bq_status st = b->ops->rate_limit(b, who, limit, period, reqs, (size_t)n, NULL);
     out[0] = st == BQ_OK ? '\0' : '!';
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         strcat(out, reqs[i].verdict == 1 ? "1" : reqs[i].verdict == 0 ? "0" : "?");
+        if (reqs[i].verdict == 0 && wait != NULL)
+            *wait = reqs[i].value;
+    }
+}
+
+/* A key's entries: how many members it holds, '#' (minus the admissions it counts, or 1 when
+ * it has none) and how many members end in "*<digits>". */
+static void rl_layout(bq_conn *admin, const char *rl, long long *members, long long *hash,
+                      long long *counted)
+{
+    redisReply *r = NULL;
+    *members = *counted = -1;
+    *hash = 1;
+    if (bq_conn_callv(admin, &r, NULL, "ZRANGE", rl, "0", "-1", "WITHSCORES", NULL) != BQ_OK)
+        return;
+    *members = (long long)r->elements / 2;
+    *counted = 0;
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const char *m = r->element[i]->str;
+        if (strcmp(m, "#") == 0) {
+            *hash = atoll(r->element[i + 1]->str);
+            continue;
+        }
+        const char *star = strrchr(m, '*');
+        *counted += star != NULL && star[1] != '\0' && strspn(star + 1, "0123456789") == strlen(star + 1);
+    }
+    freeReplyObject(r);
 }
 
 TEST(the_rate_limit_stays_exact_with_stale_entries_left_in_place)
@@ -1512,58 +1539,136 @@ TEST(the_rate_limit_stays_exact_with_stale_entries_left_in_place)
     }
     char queue[96], rl[160];
     snprintf(queue, sizeof queue, "%s:rl", prefix);
-    snprintf(rl, sizeof rl, "{%s}:rl:k", queue);
     const char *who_q[] = {queue};
     struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_LEAST_ONCE, 0, 0};
     const char *k[12] = {"k", "k", "k", "k", "k", "k", "k", "k", "k", "k", "k", "k"};
     char v[48];
-    admit(b, &who, k, 2, 10, 1.0, v); /* a new key: admitted */
+    double wait = -1;
+    long long members, hash, counted;
+    admit(b, &who, k, 2, 10, 1.0, v, NULL); /* a new key: admitted */
     CHECK_STR(v, "11");
     bq_sleep(1.2); /* both left the window (and the key expired) */
-    admit(b, &who, k, 2, 10, 1.0, v);
+    admit(b, &who, k, 2, 10, 1.0, v, NULL);
     CHECK_STR(v, "11");
-    admit(b, &who, k, 6, 10, 1.0, v); /* 8 in the window */
+    /* one entry for the call's two admissions, and '#' counting them */
+    snprintf(rl, sizeof rl, "{%s}:rl:k", queue);
+    rl_layout(admin, rl, &members, &hash, &counted);
+    CHECK_INT(members, 2);
+    CHECK_INT(hash, -2);
+    CHECK_INT(counted, 1);
+    admit(b, &who, k, 6, 10, 1.0, v, NULL); /* 8 in the window */
     CHECK_STR(v, "111111");
-    admit(b, &who, k, 3, 10, 1.0, v); /* room for 2 */
+    admit(b, &who, k, 3, 10, 1.0, v, &wait); /* room for 2 */
     CHECK_STR(v, "110");
+    CHECK(wait > 0.5 && wait <= 1.0); /* until the first entry (of 2) leaves the window */
+    rl_layout(admin, rl, &members, &hash, &counted);
+    CHECK_INT(members, 4);
+    CHECK_INT(hash, -10);
     const char *mixed[] = {"k", "new-a", "new-b", "k"};
-    admit(b, &who, mixed, 4, 10, 1.0, v);
+    admit(b, &who, mixed, 4, 10, 1.0, v, NULL);
     CHECK_STR(v, "0110");
     /* stale entries kept while there is room counting them, and the key's window exact */
     const char *s[] = {"s", "s", "s"};
     snprintf(rl, sizeof rl, "{%s}:rl:s", queue);
-    admit(b, &who, s, 3, 5, 0.3, v);
+    admit(b, &who, s, 3, 5, 0.3, v, NULL);
     CHECK_STR(v, "111");
     bq_sleep(0.2);
-    admit(b, &who, s, 1, 5, 0.3, v); /* 4 in the window */
+    admit(b, &who, s, 1, 5, 0.3, v, NULL); /* 4 in the window */
     CHECK_STR(v, "1");
     bq_sleep(0.15); /* the first 3 left it: 1 in the window, 4 stored */
-    admit(b, &who, s, 2, 5, 0.3, v); /* 4 + 2 > 5: the stale ones go, then there is room */
+    rl_layout(admin, rl, &members, &hash, &counted);
+    CHECK_INT(members, 3);
+    CHECK_INT(hash, -4);
+    admit(b, &who, s, 2, 5, 0.3, v, NULL); /* 4 + 2 > 5: the stale ones go, then there is room */
     CHECK_STR(v, "11");
-    redisReply *r = NULL;
-    CHECK_INT(bq_conn_callv(admin, &r, NULL, "ZCARD", rl, NULL), BQ_OK);
-    if (r != NULL) {
-        CHECK_INT(r->integer, 3);
-        freeReplyObject(r);
-    }
-    admit(b, &who, s, 3, 5, 0.3, v); /* 3 in the window: room for 2 */
+    rl_layout(admin, rl, &members, &hash, &counted); /* '#', the one of 0.2 s, the two */
+    CHECK_INT(members, 3);
+    CHECK_INT(hash, -3);
+    admit(b, &who, s, 3, 5, 0.3, v, NULL); /* 3 in the window: room for 2 */
     CHECK_STR(v, "110");
-    /* at most 64 stale entries stay */
+    /* a key of 64 admissions or more is trimmed at each call: its entries that left the
+     * window go, each taking its count off '#' */
     static const char *many[40];
     for (int i = 0; i < 40; i++)
         many[i] = "m";
     snprintf(rl, sizeof rl, "{%s}:rl:m", queue);
-    admit(b, &who, many, 32, 1000, 0.2, v);
-    admit(b, &who, many, 32, 1000, 0.2, v);
-    admit(b, &who, many, 32, 1000, 0.2, v);
+    admit(b, &who, many, 32, 1000, 0.3, v, NULL);
+    admit(b, &who, many, 32, 1000, 0.3, v, NULL);
+    admit(b, &who, many, 32, 1000, 0.3, v, NULL);
     CHECK_STR(v, "11111111111111111111111111111111");
-    bq_sleep(0.25);
-    admit(b, &who, many, 1, 1000, 0.2, v);
+    bq_sleep(0.2);
+    admit(b, &who, many, 1, 1000, 0.3, v, NULL); /* 96 >= 64, none stale yet */
     CHECK_STR(v, "1");
-    CHECK_INT(bq_conn_callv(admin, &r, NULL, "ZCARD", rl, NULL), BQ_OK);
+    rl_layout(admin, rl, &members, &hash, &counted);
+    CHECK_INT(members, 5);
+    CHECK_INT(hash, -97);
+    CHECK_INT(counted, 3);
+    bq_sleep(0.15); /* the three of 32 left the window; the one of 0.2 s did not */
+    admit(b, &who, many, 1, 1000, 0.3, v, NULL);
+    CHECK_STR(v, "1");
+    rl_layout(admin, rl, &members, &hash, &counted);
+    CHECK_INT(members, 3);
+    CHECK_INT(hash, -2);
+    CHECK_INT(counted, 0);
+    bq_conn_close(admin);
+    bq_broker_free(b);
+}
+
+/* A key that binduq wrote before 2026-12-06 (an entry per admission, no '#') is read right,
+ * and a worker's id of any length keeps each call's entry its own: an id of 48 bytes or more
+ * used to fill the entry's 47, the same for every call, so that a key never counted more than
+ * one admission. */
+TEST(the_rate_limit_counts_old_entries_and_long_worker_ids)
+{
+    NEED_REDIS();
+    bq_broker *b = open_broker();
+    bq_conn *admin = open_conn(redis_url);
+    if (b == NULL || admin == NULL) {
+        bq_broker_free(b);
+        bq_conn_close(admin);
+        return;
+    }
+    char queue[96], rl[160];
+    snprintf(queue, sizeof queue, "%s:rl2", prefix);
+    snprintf(rl, sizeof rl, "{%s}:rl:old", queue);
+    const char *who_q[] = {queue};
+    static const char long_id[] = "binduq-worker-deployment-5d8f7c9b6-x7k2p.example:1:ab12";
+    struct bq_lessee who = {who_q, 1, NULL, long_id, BQ_AT_LEAST_ONCE, 0, 0};
+    redisReply *r = NULL;
+    CHECK_INT(bq_conn_callv(admin, &r, NULL, "TIME", NULL), BQ_OK);
+    char now[32] = "0";
     if (r != NULL) {
-        CHECK_INT(r->integer, 1); /* 96 >= 64: the stale ones were removed */
+        snprintf(now, sizeof now, "%lld",
+                 atoll(r->element[0]->str) * 1000 + atoll(r->element[1]->str) / 1000);
         freeReplyObject(r);
+    }
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ZADD", rl, now, "w:1*x:123", now, "w:2:456",
+                            NULL), BQ_OK);
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "PEXPIRE", rl, "5000", NULL), BQ_OK);
+    const char *old[] = {"old", "old"};
+    char v[48];
+    admit(b, &who, old, 2, 3, 5.0, v, NULL); /* 2 in the window: room for 1 */
+    CHECK_STR(v, "10");
+    admit(b, &who, old, 1, 3, 5.0, v, NULL);
+    CHECK_STR(v, "0");
+    /* '#' added over entries of one each: it counts them */
+    snprintf(rl, sizeof rl, "{%s}:rl:old2", queue);
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ZADD", rl, now, "w:1*x:123", now, "w:2:456",
+                            NULL), BQ_OK);
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "PEXPIRE", rl, "5000", NULL), BQ_OK);
+    const char *old2[] = {"old2", "old2", "old2"};
+    admit(b, &who, old2, 2, 5, 5.0, v, NULL);
+    CHECK_STR(v, "11");
+    long long members, hash, counted;
+    rl_layout(admin, rl, &members, &hash, &counted);
+    CHECK_INT(members, 4);
+    CHECK_INT(hash, -4);
+    admit(b, &who, old2, 3, 5, 5.0, v, NULL);
+    CHECK_STR(v, "100");
+    const char *one[] = {"long"};
+    for (int i = 0; i < 4; i++) {
+        admit(b, &who, one, 1, 2, 5.0, v, NULL); /* one at a time, each its own call */
+        CHECK_STR(v, i < 2 ? "1" : "0");
     }
     bq_conn_close(admin);
     bq_broker_free(b);
@@ -1817,6 +1922,7 @@ int main(void)
     RUN(a_push_in_two_halves_answers_as_a_whole_one);
     RUN(a_deduplicated_push_without_multi_takes_the_script);
     RUN(the_rate_limit_stays_exact_with_stale_entries_left_in_place);
+    RUN(the_rate_limit_counts_old_entries_and_long_worker_ids);
     RUN(conn_refuses_a_reply_over_its_limits);
     RUN(conn_refuses_hostile_headers_at_once);
     RUN(reply_limits_from_the_environment);

@@ -1,29 +1,26 @@
 -- ratelimit-N: admit operations under "at most LIMIT per PERIOD" for their keys; a batch in
 -- one call, decided in order.
--- KEYS[i]   {Q}:rl:<key> of operation i: a sorted set of admission times (ms, server clock)
---           (several operations may share one)
--- ARGV[1]   LIMIT
--- ARGV[2]   PERIOD in milliseconds
--- ARGV[2+i] a unique id for operation i's admission
--- A sliding-window log: exactly "at most LIMIT admissions in any window of PERIOD", by the
--- server's clock, so workers on different machines share one clock. One clock reading
--- serves the batch: its operations are admitted at the same instant, in order. Each key is
--- read once and written once per call, however many of the batch's operations share it.
--- Admissions older than the window are removed when a key is read, except from a key that
--- holds fewer than KEEP entries and has room for all of this call's operations even
--- counting them: stale entries only make the count larger, so room counted with them is
--- room; a key keeps at most KEEP entries that left the window, and dies PERIOD after its
--- last admission. (That spares the removal on keys of a few entries.) A batch whose keys
--- all do not exist yet (a key per task, say) is known to be empty with one EXISTS.
+-- KEYS[i]   {Q}:rl:<key> of operation i (several may share one): a sorted set, the log of
+--           its admissions by time (ms, server clock)
+-- ARGV[1]   LIMIT     ARGV[2] PERIOD in milliseconds     ARGV[3] a tag unique to this call
+-- A sliding-window log: exactly "at most LIMIT admissions in any window of PERIOD", on the
+-- server's clock, which workers on different machines share. The batch's operations are
+-- admitted at one instant, in order. Each key is read and written once per call and gets
+-- one entry: the tag for one admission, the tag, '*' and k for k of them; a key with an
+-- entry of several also holds '#', scored minus its entries' admissions in all (without
+-- '#' each counts one, as binduq wrote them before 2026-12-06). Entries that left the
+-- window are removed when a key is read, except from a key of fewer than KEEP admissions
+-- with room for this call's operations even counting them (stale entries only make the
+-- count larger); a key dies PERIOD after its last admission. A batch whose keys all do not
+-- exist yet (a key per task, say) is known to be empty with one EXISTS.
 -- An operation not admitted is left alone: its worker queues it again for the time named
--- (retry-3), like a retry. A worker that dies in between leaves it leased, and the reaper
--- gives it back.
--- Returns, per operation, two numbers: 1, now_ms when admitted; 0, wait_ms when not, until
--- the oldest admission leaves the window.
+-- (retry-3), like a retry; a worker that dies in between leaves it leased, for the reaper.
+-- Returns { now_ms } when every operation was admitted, else two numbers per operation:
+-- 1, now_ms when admitted; 0, wait_ms when not, until the oldest admission leaves the window.
 local KEEP = 64
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
+local limit, period, tag = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local want, order = {}, {}
 for i = 1, #KEYS do -- how many of this call's operations each key has
     local rl = KEYS[i]
@@ -37,34 +34,37 @@ for i = 1, #KEYS do -- how many of this call's operations each key has
 end
 -- Keys none of which exists (a key per task, say) need no read each: one EXISTS for all.
 local fresh = redis.call('EXISTS', unpack(order)) == 0
-local count, adds, oldest, out = {}, {}, {}, {}
+local count, counted, got = {}, {}, {}
+local cut = now - period
 for _, rl in ipairs(order) do
-    local n = 0
+    local n, c = 0, false
     if not fresh then
-        n = redis.call('ZCARD', rl)
+        c = redis.call('ZSCORE', rl, '#')
+        if c then n = -tonumber(c) else n = redis.call('ZCARD', rl) end
         if n > 0 and (n >= KEEP or n + want[rl] > limit) then
-            n = n - redis.call('ZREMRANGEBYSCORE', rl, '-inf', now - period)
+            if c then -- the stale entries' admissions, each entry's own count
+                local old = redis.call('ZRANGEBYSCORE', rl, 0, cut)
+                for j = 1, #old do n = n - (tonumber(string.match(old[j], '%*(%d+)$')) or 1) end
+                if #old > 0 then redis.call('ZREMRANGEBYSCORE', rl, 0, cut) end
+            else
+                n = n - redis.call('ZREMRANGEBYSCORE', rl, 0, cut)
+            end
         end
     end
-    count[rl] = n
+    count[rl], counted[rl], got[rl] = n, c and true or false, 0
 end
+local out, oldest, all = {}, {}, true
 for i = 1, #KEYS do
     local rl = KEYS[i]
     local n = count[rl]
     if n < limit then
-        count[rl] = n + 1
-        local a = adds[rl]
-        if not a then
-            a = {}
-            adds[rl] = a
-        end
-        a[#a + 1] = now
-        a[#a + 1] = ARGV[2 + i]
+        count[rl], got[rl] = n + 1, got[rl] + 1
         out[#out + 1], out[#out + 2] = 1, now
     else
+        all = false
         local o = oldest[rl]
         if not o then -- the earliest admission in the window: stored, else this call's
-            local first = redis.call('ZRANGE', rl, 0, 0, 'WITHSCORES')
+            local first = redis.call('ZRANGEBYSCORE', rl, 0, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
             o = first[2] and tonumber(first[2]) or now
             oldest[rl] = o
         end
@@ -72,10 +72,14 @@ for i = 1, #KEYS do
     end
 end
 for _, rl in ipairs(order) do
-    local a = adds[rl]
-    if a then
-        redis.call('ZADD', rl, unpack(a))
+    local g = got[rl]
+    if g == 1 and not counted[rl] then
+        redis.call('ZADD', rl, now, tag)
+        redis.call('PEXPIRE', rl, period)
+    elseif g > 0 then
+        redis.call('ZADD', rl, -count[rl], '#', now, g == 1 and tag or tag .. '*' .. g)
         redis.call('PEXPIRE', rl, period)
     end
 end
+if all then return { now } end
 return out
