@@ -283,7 +283,8 @@ static const char bq_script_dedup_N[] =
     "if redis.call('LLEN', q) < n then -- raises WRONGTYPE for a queue that is not a list\n"
     "    return redis.error_reply('ERR dedup-N: ' .. q .. ' holds fewer than the operations pushed: nothing was enqueued')\n"
     "end\n"
-    "local ttl, rpush, hole = tonumber(ARGV[1]), ARGV[2] == 'L', ARGV[3]\n"
+    "local ttl, rpush, hole = ARGV[1], ARGV[2] == 'L', ARGV[3] -- ttl as sent: a number would be\n"
+    "-- formatted again for every SET\n"
     "local out, dups = {}, 0\n"
     "for i = 1, n do\n"
     "    if redis.call('SET', KEYS[2 + i], '1', 'NX', 'EX', ttl) then\n"
@@ -300,7 +301,7 @@ static const char bq_script_dedup_N[] =
     "    redis.call('LTRIM', KEYS[2], 0, 63)\n"
     "end\n"
     "return out\n";
-static const char bq_script_dedup_N_sha[] = "4954cd50bc493833d306ab6479ec9d55aa57262b";
+static const char bq_script_dedup_N_sha[] = "05fae0d58ac800220fcef2a33373d532aaf1a844";
 
 static const char bq_script_delay_N[] =
     "-- delay-N: queue operations for later: each waits in the delayed set until its due time (by\n"
@@ -372,7 +373,7 @@ static const char bq_script_enqueue_N[] =
     "-- The operations whose key was free go in one push, in order. (Batches of 64 or more are\n"
     "-- pushed natively in a MULTI and checked by dedup-N instead, where MULTI is allowed.)\n"
     "-- Returns one 1 (pushed) or 0 (duplicate) per operation.\n"
-    "local ttl = tonumber(ARGV[1])\n"
+    "local ttl = ARGV[1] -- as sent: a number would be formatted again for every SET\n"
     "local push = ARGV[2] == 'L' and 'RPUSH' or 'LPUSH'\n"
     "redis.call('LLEN', KEYS[1]) -- a queue that is not a list raises WRONGTYPE here, before any key is taken\n"
     "local out, msgs, pushed = {}, {}, 0\n"
@@ -391,7 +392,7 @@ static const char bq_script_enqueue_N[] =
     "    redis.call('LTRIM', KEYS[2], 0, 63)\n"
     "end\n"
     "return out\n";
-static const char bq_script_enqueue_N_sha[] = "1063facf162d1436cdcaefe814500a022d5fb0b9";
+static const char bq_script_enqueue_N_sha[] = "35c55181e1c8cb1c949426606c8ddd034be8ca29";
 
 static const char bq_script_fetch_2[] =
     "-- fetch-2: take up to N waiting operations in one step, leased or not.\n"
@@ -587,14 +588,14 @@ static const char bq_script_ratelimit_N[] =
     "-- with room for this call's operations even counting them (stale entries only make the\n"
     "-- count larger); a key dies PERIOD after its last admission. A batch whose keys all do not\n"
     "-- exist yet (a key per task, say) is known to be empty with one EXISTS.\n"
-    "-- An operation not admitted is left alone: its worker queues it again for the time named\n"
-    "-- (retry-3), like a retry; a worker that dies in between leaves it leased, for the reaper.\n"
+    "-- An operation not admitted is left alone: its worker queues it again (retry-3).\n"
     "-- Returns { now_ms } when every operation was admitted, else two numbers per operation:\n"
     "-- 1, now_ms when admitted; 0, wait_ms when not, until the oldest admission leaves the window.\n"
     "local KEEP = 64\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local limit, period, tag = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]\n"
+    "local nows = tostring(now) -- formatted once, not per key\n"
     "local want, order = {}, {}\n"
     "for i = 1, #KEYS do -- how many of this call's operations each key has\n"
     "    local rl = KEYS[i]\n"
@@ -648,16 +649,16 @@ static const char bq_script_ratelimit_N[] =
     "for _, rl in ipairs(order) do\n"
     "    local g = got[rl]\n"
     "    if g == 1 and not counted[rl] then\n"
-    "        redis.call('ZADD', rl, now, tag)\n"
-    "        redis.call('PEXPIRE', rl, period)\n"
+    "        redis.call('ZADD', rl, nows, tag)\n"
+    "        redis.call('PEXPIRE', rl, ARGV[2])\n"
     "    elseif g > 0 then\n"
-    "        redis.call('ZADD', rl, -count[rl], '#', now, g == 1 and tag or tag .. '*' .. g)\n"
-    "        redis.call('PEXPIRE', rl, period)\n"
+    "        redis.call('ZADD', rl, -count[rl], '#', nows, g == 1 and tag or tag .. '*' .. g)\n"
+    "        redis.call('PEXPIRE', rl, ARGV[2])\n"
     "    end\n"
     "end\n"
     "if all then return { now } end\n"
     "return out\n";
-static const char bq_script_ratelimit_N_sha[] = "df1d2f46310689a78dc59142ab165ea13cf136d8";
+static const char bq_script_ratelimit_N_sha[] = "ba45c340ddb881ddea1b2bf5a849c89271097594";
 
 static const char bq_script_reap_4[] =
     "-- reap-4: give the in-flight operations of a worker whose lease ran out back to the queue.\n"

@@ -20,7 +20,8 @@ local q, n = KEYS[1], #KEYS - 2
 if redis.call('LLEN', q) < n then -- raises WRONGTYPE for a queue that is not a list
     return redis.error_reply('ERR dedup-N: ' .. q .. ' holds fewer than the operations pushed: nothing was enqueued')
 end
-local ttl, rpush, hole = tonumber(ARGV[1]), ARGV[2] == 'L', ARGV[3]
+local ttl, rpush, hole = ARGV[1], ARGV[2] == 'L', ARGV[3] -- ttl as sent: a number would be
+-- formatted again for every SET
 local out, dups = {}, 0
 for i = 1, n do
     if redis.call('SET', KEYS[2 + i], '1', 'NX', 'EX', ttl) then

@@ -9,7 +9,7 @@
 -- The operations whose key was free go in one push, in order. (Batches of 64 or more are
 -- pushed natively in a MULTI and checked by dedup-N instead, where MULTI is allowed.)
 -- Returns one 1 (pushed) or 0 (duplicate) per operation.
-local ttl = tonumber(ARGV[1])
+local ttl = ARGV[1] -- as sent: a number would be formatted again for every SET
 local push = ARGV[2] == 'L' and 'RPUSH' or 'LPUSH'
 redis.call('LLEN', KEYS[1]) -- a queue that is not a list raises WRONGTYPE here, before any key is taken
 local out, msgs, pushed = {}, {}, 0

@@ -13,14 +13,14 @@
 -- with room for this call's operations even counting them (stale entries only make the
 -- count larger); a key dies PERIOD after its last admission. A batch whose keys all do not
 -- exist yet (a key per task, say) is known to be empty with one EXISTS.
--- An operation not admitted is left alone: its worker queues it again for the time named
--- (retry-3), like a retry; a worker that dies in between leaves it leased, for the reaper.
+-- An operation not admitted is left alone: its worker queues it again (retry-3).
 -- Returns { now_ms } when every operation was admitted, else two numbers per operation:
 -- 1, now_ms when admitted; 0, wait_ms when not, until the oldest admission leaves the window.
 local KEEP = 64
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, period, tag = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local nows = tostring(now) -- formatted once, not per key
 local want, order = {}, {}
 for i = 1, #KEYS do -- how many of this call's operations each key has
     local rl = KEYS[i]
@@ -74,11 +74,11 @@ end
 for _, rl in ipairs(order) do
     local g = got[rl]
     if g == 1 and not counted[rl] then
-        redis.call('ZADD', rl, now, tag)
-        redis.call('PEXPIRE', rl, period)
+        redis.call('ZADD', rl, nows, tag)
+        redis.call('PEXPIRE', rl, ARGV[2])
     elseif g > 0 then
-        redis.call('ZADD', rl, -count[rl], '#', now, g == 1 and tag or tag .. '*' .. g)
-        redis.call('PEXPIRE', rl, period)
+        redis.call('ZADD', rl, -count[rl], '#', nows, g == 1 and tag or tag .. '*' .. g)
+        redis.call('PEXPIRE', rl, ARGV[2])
     end
 end
 if all then return { now } end
