@@ -13,6 +13,7 @@
 #include "../../src/net/conn.h"
 #include "../../src/net/pool.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -1674,6 +1675,101 @@ TEST(the_rate_limit_counts_old_entries_and_long_worker_ids)
     bq_broker_free(b);
 }
 
+/* ratelimit-N against the definition, under random batches: every window of a period holds at
+ * most `limit` admissions of a key (checked at each admission, by the times the script
+ * answers), an operation is refused only when its key's window is full, and within a call a
+ * key's operations are admitted first and refused after. Two phases: a small limit with
+ * three keys, and a limit of 100 in batches of up to 40, whose keys are trimmed at each call. */
+struct rl_log {
+    long long t[4096];
+    int n;
+};
+
+static int rl_in_window(const struct rl_log *g, long long from, long long to)
+{
+    int c = 0;
+    for (int i = 0; i < g->n; i++)
+        c += g->t[i] > from && g->t[i] <= to;
+    return c;
+}
+
+TEST(the_rate_limit_holds_its_definition_under_random_batches)
+{
+    NEED_REDIS();
+    bq_broker *b = open_broker();
+    if (b == NULL)
+        return;
+    static const char *names[] = {"a", "b", "c"};
+    static struct rl_log logs[3];
+    unsigned long long seed = 0x9e3779b97f4a7c15ULL;
+    for (int phase = 0; phase < 2; phase++) {
+        char queue[96];
+        snprintf(queue, sizeof queue, "%s:rlp%d", prefix, phase);
+        const char *who_q[] = {queue};
+        struct bq_lessee who = {who_q, 1, NULL, "w", BQ_AT_LEAST_ONCE, 0, 0};
+        long limit = phase == 0 ? 3 : 100;
+        int nkeys = phase == 0 ? 3 : 2, most = phase == 0 ? 8 : 40, calls = phase == 0 ? 120 : 60;
+        unsigned pause = phase == 0 ? 40 : 8; /* ms between calls, at most */
+        long long period = 100; /* ms */
+        memset(logs, 0, sizeof logs);
+        int admitted = 0, refused = 0, bad = 0;
+        for (int c = 0; c < calls && bad == 0; c++) {
+            seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+            int n = 1 + (int)((seed >> 33) % (unsigned)most);
+            struct bq_msg m = {(char *)"x", 1, 0, false, 0, 0};
+            struct bq_admission reqs[40];
+            int key[40];
+            for (int i = 0; i < n; i++) {
+                seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+                key[i] = (int)((seed >> 33) % (unsigned)nkeys);
+                reqs[i] = (struct bq_admission){&m, names[key[i]], -1, 0};
+            }
+            long long t0 = (long long)(bq_now_wall() * 1000.0) - 1;
+            bq_status st = b->ops->rate_limit(b, &who, limit, (double)period / 1000.0, reqs,
+                                              (size_t)n, NULL);
+            long long t1 = (long long)(bq_now_wall() * 1000.0) + 1;
+            CHECK_INT(st, BQ_OK);
+            if (st != BQ_OK)
+                break;
+            bool shut[3] = {false, false, false};
+            long long at = -1; /* the call's instant, if it admitted any */
+            for (int i = 0; i < n; i++) {
+                if (reqs[i].verdict == 1)
+                    at = llround(reqs[i].value * 1000.0);
+            }
+            for (int i = 0; i < n; i++) {
+                struct rl_log *g = &logs[key[i]];
+                if (reqs[i].verdict == 1) {
+                    admitted++;
+                    bad += shut[key[i]] || llround(reqs[i].value * 1000.0) != at || g->n == 4096;
+                    if (g->n < 4096)
+                        g->t[g->n++] = at;
+                    /* the window ending at this admission */
+                    bad += rl_in_window(g, at - period, at) > limit;
+                } else {
+                    refused++;
+                    shut[key[i]] = true;
+                    /* full at the call's instant (within [t0, t1] if none was admitted) */
+                    long long from = at >= 0 ? at - period : t0 - period, to = at >= 0 ? at : t1;
+                    bad += rl_in_window(g, from, to) < limit || reqs[i].value <= 0 ||
+                           reqs[i].value > (double)period / 1000.0;
+                }
+                if (bad > 0) {
+                    printf("  phase %d call %d op %d (key %s): verdict %d value %.3f\n", phase, c,
+                           i, names[key[i]], reqs[i].verdict, reqs[i].value);
+                    break;
+                }
+            }
+            seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+            bq_sleep((double)((seed >> 33) % pause) / 1000.0);
+        }
+        printf("  phase %d: %d admitted, %d refused\n", phase, admitted, refused);
+        CHECK_INT(bad, 0);
+        CHECK(admitted > 50 && refused > 20); /* both verdicts were exercised */
+    }
+    bq_broker_free(b);
+}
+
 /* Issue 16 #9: a reply over a connection's limits fails the read with a clear error before the
  * reader allocates for it; replies that came whole before it are still read; the connection is
  * broken, and the pool opens a new one for the next call. */
@@ -1923,6 +2019,7 @@ int main(void)
     RUN(a_deduplicated_push_without_multi_takes_the_script);
     RUN(the_rate_limit_stays_exact_with_stale_entries_left_in_place);
     RUN(the_rate_limit_counts_old_entries_and_long_worker_ids);
+    RUN(the_rate_limit_holds_its_definition_under_random_batches);
     RUN(conn_refuses_a_reply_over_its_limits);
     RUN(conn_refuses_hostile_headers_at_once);
     RUN(reply_limits_from_the_environment);
