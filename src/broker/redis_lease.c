@@ -155,7 +155,7 @@ bq_status bq_redis_rate_limit(bq_broker *b, const struct bq_lessee *who, long li
     bq_status st = names && keys ? BQ_OK : bq_err_set(err, BQ_ENOMEM, "ratelimit-N: out of memory");
     for (size_t i = 0; st == BQ_OK && i < n; i++) {
         char suffix[BQ_KEY_MAX];
-        snprintf(suffix, sizeof suffix, "rl:%s", reqs[i].key);
+        snprintf(suffix, sizeof suffix, "rlog:%s", reqs[i].key);
         st = bq_key_derive_err(bq_redis_queue_of(who, reqs[i].msg->q), suffix, names[i], err);
         keys[i] = names[i];
     }

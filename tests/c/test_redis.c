@@ -1552,7 +1552,7 @@ TEST(the_rate_limit_stays_exact_with_stale_entries_left_in_place)
     admit(b, &who, k, 2, 10, 1.0, v, NULL);
     CHECK_STR(v, "11");
     /* one entry for the call's two admissions, and '#' counting them */
-    snprintf(rl, sizeof rl, "{%s}:rl:k", queue);
+    snprintf(rl, sizeof rl, "{%s}:rlog:k", queue);
     rl_layout(admin, rl, &members, &hash, &counted);
     CHECK_INT(members, 2);
     CHECK_INT(hash, -2);
@@ -1570,7 +1570,7 @@ TEST(the_rate_limit_stays_exact_with_stale_entries_left_in_place)
     CHECK_STR(v, "0110");
     /* stale entries kept while there is room counting them, and the key's window exact */
     const char *s[] = {"s", "s", "s"};
-    snprintf(rl, sizeof rl, "{%s}:rl:s", queue);
+    snprintf(rl, sizeof rl, "{%s}:rlog:s", queue);
     admit(b, &who, s, 3, 5, 0.3, v, NULL);
     CHECK_STR(v, "111");
     bq_sleep(0.2);
@@ -1592,7 +1592,7 @@ TEST(the_rate_limit_stays_exact_with_stale_entries_left_in_place)
     static const char *many[40];
     for (int i = 0; i < 40; i++)
         many[i] = "m";
-    snprintf(rl, sizeof rl, "{%s}:rl:m", queue);
+    snprintf(rl, sizeof rl, "{%s}:rlog:m", queue);
     admit(b, &who, many, 32, 1000, 0.3, v, NULL);
     admit(b, &who, many, 32, 1000, 0.3, v, NULL);
     admit(b, &who, many, 32, 1000, 0.3, v, NULL);
@@ -1615,11 +1615,12 @@ TEST(the_rate_limit_stays_exact_with_stale_entries_left_in_place)
     bq_broker_free(b);
 }
 
-/* A key that binduq wrote before 2026-12-06 (an entry per admission, no '#') is read right,
- * and a worker's id of any length keeps each call's entry its own: an id of 48 bytes or more
- * used to fill the entry's 47, the same for every call, so that a key never counted more than
- * one admission. */
-TEST(the_rate_limit_counts_old_entries_and_long_worker_ids)
+/* A key without '#' counts each entry one, whatever its tag holds, and '#' added over such
+ * entries counts them; a trim that admits nothing (the limit lowered) sets '#' to what is
+ * left; and a worker's id of any length keeps each call's entry its own: an id of 48 bytes or
+ * more used to fill the entry's 47 bytes, the same for every call, so that a key never counted
+ * more than one admission. */
+TEST(the_rate_limit_counts_single_entries_and_long_worker_ids)
 {
     NEED_REDIS();
     bq_broker *b = open_broker();
@@ -1631,7 +1632,7 @@ TEST(the_rate_limit_counts_old_entries_and_long_worker_ids)
     }
     char queue[96], rl[160];
     snprintf(queue, sizeof queue, "%s:rl2", prefix);
-    snprintf(rl, sizeof rl, "{%s}:rl:old", queue);
+    snprintf(rl, sizeof rl, "{%s}:rlog:old", queue);
     const char *who_q[] = {queue};
     static const char long_id[] = "binduq-worker-deployment-5d8f7c9b6-x7k2p.example:1:ab12";
     struct bq_lessee who = {who_q, 1, NULL, long_id, BQ_AT_LEAST_ONCE, 0, 0};
@@ -1653,7 +1654,7 @@ TEST(the_rate_limit_counts_old_entries_and_long_worker_ids)
     admit(b, &who, old, 1, 3, 5.0, v, NULL);
     CHECK_STR(v, "0");
     /* '#' added over entries of one each: it counts them */
-    snprintf(rl, sizeof rl, "{%s}:rl:old2", queue);
+    snprintf(rl, sizeof rl, "{%s}:rlog:old2", queue);
     CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ZADD", rl, now, "w:1*x:123", now, "w:2:456",
                             NULL), BQ_OK);
     CHECK_INT(bq_conn_callv(admin, NULL, NULL, "PEXPIRE", rl, "5000", NULL), BQ_OK);
@@ -1666,6 +1667,20 @@ TEST(the_rate_limit_counts_old_entries_and_long_worker_ids)
     CHECK_INT(hash, -4);
     admit(b, &who, old2, 3, 5, 5.0, v, NULL);
     CHECK_STR(v, "100");
+    /* 10, then 5 more; the 10 leave the window; a limit of 3 trims them and admits nothing */
+    snprintf(rl, sizeof rl, "{%s}:rlog:low", queue);
+    const char *low[] = {"low", "low", "low", "low", "low", "low", "low", "low", "low", "low"};
+    admit(b, &who, low, 10, 20, 0.3, v, NULL);
+    CHECK_STR(v, "1111111111");
+    bq_sleep(0.2);
+    admit(b, &who, low, 5, 20, 0.3, v, NULL);
+    CHECK_STR(v, "11111");
+    bq_sleep(0.15);
+    admit(b, &who, low, 1, 3, 0.3, v, NULL);
+    CHECK_STR(v, "0");
+    rl_layout(admin, rl, &members, &hash, &counted);
+    CHECK_INT(members, 2);
+    CHECK_INT(hash, -5);
     const char *one[] = {"long"};
     for (int i = 0; i < 4; i++) {
         admit(b, &who, one, 1, 2, 5.0, v, NULL); /* one at a time, each its own call */
@@ -2018,7 +2033,7 @@ int main(void)
     RUN(a_push_in_two_halves_answers_as_a_whole_one);
     RUN(a_deduplicated_push_without_multi_takes_the_script);
     RUN(the_rate_limit_stays_exact_with_stale_entries_left_in_place);
-    RUN(the_rate_limit_counts_old_entries_and_long_worker_ids);
+    RUN(the_rate_limit_counts_single_entries_and_long_worker_ids);
     RUN(the_rate_limit_holds_its_definition_under_random_batches);
     RUN(conn_refuses_a_reply_over_its_limits);
     RUN(conn_refuses_hostile_headers_at_once);

@@ -1,19 +1,16 @@
 -- ratelimit-N: admit operations under "at most LIMIT per PERIOD" for their keys; a batch in
 -- one call, decided in order.
--- KEYS[i]   {Q}:rl:<key> of operation i (several may share one): a sorted set, the log of
+-- KEYS[i]   {Q}:rlog:<key> of operation i (several may share one): a sorted set, the log of
 --           its admissions by time (ms, server clock)
 -- ARGV[1]   LIMIT     ARGV[2] PERIOD in milliseconds     ARGV[3] a tag unique to this call
 -- A sliding-window log: exactly "at most LIMIT admissions in any window of PERIOD", on the
--- server's clock, which workers on different machines share. The batch's operations are
--- admitted at one instant, in order. Each key is read and written once per call and gets
--- one entry: the tag for one admission, the tag, '*' and k for k of them; a key with an
--- entry of several also holds '#', scored minus its entries' admissions in all (without
--- '#' each counts one, as binduq wrote them before 2026-12-06). Entries that left the
--- window are removed when a key is read, except from a key of fewer than KEEP admissions
--- with room for this call's operations even counting them (stale entries only make the
--- count larger); a key dies PERIOD after its last admission. A batch whose keys all do not
--- exist yet (a key per task, say) is known to be empty with one EXISTS.
--- An operation not admitted is left alone: its worker queues it again (retry-3).
+-- server's clock, shared by all workers. A batch is admitted at one instant, in order. Each
+-- key is read and written once per call and gets one entry: the tag for one admission, the
+-- tag, '*' and k for k; a key with an entry of several holds '#', scored minus its entries'
+-- admissions in all (without '#' each counts one). Entries out of the window are removed
+-- when a key is read, unless it has under KEEP admissions and room for this call's even
+-- counting them; a key dies PERIOD after its last admission. A batch of keys none of which
+-- exists (a key per task, say) is read with one EXISTS. One not admitted: see retry-3.
 -- Returns { now_ms } when every operation was admitted, else two numbers per operation:
 -- 1, now_ms when admitted; 0, wait_ms when not, until the oldest admission leaves the window.
 local KEEP = 64
@@ -34,7 +31,7 @@ for i = 1, #KEYS do -- how many of this call's operations each key has
 end
 -- Keys none of which exists (a key per task, say) need no read each: one EXISTS for all.
 local fresh = redis.call('EXISTS', unpack(order)) == 0
-local count, counted, got = {}, {}, {}
+local count, counted, got, cut_some = {}, {}, {}, {}
 local cut = now - period
 for _, rl in ipairs(order) do
     local n, c = 0, false
@@ -45,7 +42,10 @@ for _, rl in ipairs(order) do
             if c then -- the stale entries' admissions, each entry's own count
                 local old = redis.call('ZRANGEBYSCORE', rl, 0, cut)
                 for j = 1, #old do n = n - (tonumber(string.match(old[j], '%*(%d+)$')) or 1) end
-                if #old > 0 then redis.call('ZREMRANGEBYSCORE', rl, 0, cut) end
+                if #old > 0 then
+                    redis.call('ZREMRANGEBYSCORE', rl, 0, cut)
+                    cut_some[rl] = true
+                end
             else
                 n = n - redis.call('ZREMRANGEBYSCORE', rl, 0, cut)
             end
@@ -79,6 +79,8 @@ for _, rl in ipairs(order) do
     elseif g > 0 then
         redis.call('ZADD', rl, -count[rl], '#', nows, g == 1 and tag or tag .. '*' .. g)
         redis.call('PEXPIRE', rl, ARGV[2])
+    elseif cut_some[rl] then -- trimmed, nothing admitted (a lowered limit): '#' follows
+        redis.call('ZADD', rl, -count[rl], '#')
     end
 end
 if all then return { now } end
