@@ -17,6 +17,7 @@
 #include "../core/err.h"
 #include "../core/rand.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -142,7 +143,11 @@ bq_status bq_redis_rate_limit(bq_broker *b, const struct bq_lessee *who, long li
         return BQ_OK;
     char lim[24], per[32], tag[64];
     snprintf(lim, sizeof lim, "%ld", limit);
-    snprintf(per, sizeof per, "%lld", (long long)(period * 1000.0));
+    /* the period in whole milliseconds, rounded (a truncated 2.01 s made a window of 2009) */
+    long long per_ms = period < 1e12 ? llround(period * 1000.0) : 0;
+    if (per_ms < 1)
+        return bq_err_set(err, BQ_EINVAL, "ratelimit-N: the period must be 1 ms to 31 years");
+    snprintf(per, sizeof per, "%lld", per_ms);
     /* The call's entry in each of its keys, unique to the call: the worker (its first 40
      * bytes) and a random integer, which ends it whatever the worker's id (the script reads
      * an entry's count from a "*k" at its end). (An integer: glibc formats "%.0f" of a

@@ -1497,6 +1497,7 @@ static void admit(bq_broker *b, const struct bq_lessee *who, const char *const *
         reqs[i] = (struct bq_admission){&m, keys[i], -1, 0};
     bq_status st = b->ops->rate_limit(b, who, limit, period, reqs, (size_t)n, NULL);
     out[0] = st == BQ_OK ? '\0' : '!';
+    out[1] = '\0';
     for (int i = 0; i < n; i++) {
         strcat(out, reqs[i].verdict == 1 ? "1" : reqs[i].verdict == 0 ? "0" : "?");
         if (reqs[i].verdict == 0 && wait != NULL)
@@ -1681,6 +1682,25 @@ TEST(the_rate_limit_counts_single_entries_and_long_worker_ids)
     rl_layout(admin, rl, &members, &hash, &counted);
     CHECK_INT(members, 2);
     CHECK_INT(hash, -5);
+    /* a batch that fails on a key of another type trims none of its keys first */
+    snprintf(rl, sizeof rl, "{%s}:rlog:t", queue);
+    char other[160];
+    snprintf(other, sizeof other, "{%s}:rlog:str", queue);
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "SET", other, "x", NULL), BQ_OK);
+    const char *t3[] = {"t", "t", "t", "str"};
+    admit(b, &who, t3, 3, 5, 0.3, v, NULL);
+    bq_sleep(0.2);
+    admit(b, &who, t3, 1, 5, 0.3, v, NULL);
+    bq_sleep(0.15);
+    admit(b, &who, t3, 4, 5, 0.3, v, NULL); /* WRONGTYPE */
+    CHECK_STR(v, "!1111");
+    rl_layout(admin, rl, &members, &hash, &counted);
+    CHECK_INT(members, 3);
+    CHECK_INT(hash, -4);
+    admit(b, &who, t3, 3, 5, 0.3, v, NULL); /* 1 in the window: room for 4 */
+    CHECK_STR(v, "111");
+    admit(b, &who, t3, 1, 5, 0.0004, v, NULL); /* under a millisecond: refused, not unlimited */
+    CHECK_STR(v, "!1");
     const char *one[] = {"long"};
     for (int i = 0; i < 4; i++) {
         admit(b, &who, one, 1, 2, 5.0, v, NULL); /* one at a time, each its own call */

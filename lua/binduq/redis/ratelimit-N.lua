@@ -17,9 +17,9 @@ local KEEP = 64
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, period, tag = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local nows = tostring(now) -- formatted once, not per key
+local nows = tostring(now) -- formatted once
 local want, order = {}, {}
-for i = 1, #KEYS do -- how many of this call's operations each key has
+for i = 1, #KEYS do -- each key's operations
     local rl = KEYS[i]
     local w = want[rl]
     if not w then
@@ -29,29 +29,32 @@ for i = 1, #KEYS do -- how many of this call's operations each key has
         want[rl] = w + 1
     end
 end
--- Keys none of which exists (a key per task, say) need no read each: one EXISTS for all.
 local fresh = redis.call('EXISTS', unpack(order)) == 0
 local count, counted, got, cut_some = {}, {}, {}, {}
 local cut = now - period
-for _, rl in ipairs(order) do
+for _, rl in ipairs(order) do -- every key read before any is trimmed (a WRONGTYPE stops all)
     local n, c = 0, false
     if not fresh then
         c = redis.call('ZSCORE', rl, '#')
         if c then n = -tonumber(c) else n = redis.call('ZCARD', rl) end
-        if n > 0 and (n >= KEEP or n + want[rl] > limit) then
-            if c then -- the stale entries' admissions, each entry's own count
-                local old = redis.call('ZRANGEBYSCORE', rl, 0, cut)
-                for j = 1, #old do n = n - (tonumber(string.match(old[j], '%*(%d+)$')) or 1) end
-                if #old > 0 then
-                    redis.call('ZREMRANGEBYSCORE', rl, 0, cut)
-                    cut_some[rl] = true
-                end
-            else
-                n = n - redis.call('ZREMRANGEBYSCORE', rl, 0, cut)
-            end
-        end
     end
     count[rl], counted[rl], got[rl] = n, c and true or false, 0
+end
+for _, rl in ipairs(order) do
+    local n, c = count[rl], counted[rl]
+    if n > 0 and (n >= KEEP or n + want[rl] > limit) then
+        if c then -- the stale entries' admissions, each entry's own count
+            local old = redis.call('ZRANGEBYSCORE', rl, '(0', cut)
+            for j = 1, #old do n = n - (tonumber(string.match(old[j], '%*(%d+)$')) or 1) end
+            if #old > 0 then
+                redis.call('ZREMRANGEBYSCORE', rl, '(0', cut)
+                cut_some[rl] = true
+            end
+        else
+            n = n - redis.call('ZREMRANGEBYSCORE', rl, '(0', cut)
+        end
+        count[rl] = n
+    end
 end
 local out, oldest, all = {}, {}, true
 for i = 1, #KEYS do
@@ -64,7 +67,7 @@ for i = 1, #KEYS do
         all = false
         local o = oldest[rl]
         if not o then -- the earliest admission in the window: stored, else this call's
-            local first = redis.call('ZRANGEBYSCORE', rl, 0, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+            local first = redis.call('ZRANGEBYSCORE', rl, '(0', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
             o = first[2] and tonumber(first[2]) or now
             oldest[rl] = o
         end
