@@ -146,7 +146,7 @@ bq_status bq_redis_rate_limit(bq_broker *b, const struct bq_lessee *who, long li
     /* the period in whole milliseconds, rounded (a truncated 2.01 s made a window of 2009) */
     long long per_ms = period < 1e12 ? llround(period * 1000.0) : 0;
     if (per_ms < 1)
-        return bq_err_set(err, BQ_EINVAL, "ratelimit-N: the period must be 1 ms to 31 years");
+        return bq_err_set(err, BQ_EINVAL, "ratelimit-N: a period of 1 ms or more is needed");
     snprintf(per, sizeof per, "%lld", per_ms);
     /* The call's entry in each of its keys, unique to the call: the worker (its first 40
      * bytes) and a random integer, which ends it whatever the worker's id (the script reads
