@@ -1529,16 +1529,33 @@ static void rl_layout(bq_conn *admin, const char *rl, long long *members, long l
     freeReplyObject(r);
 }
 
+/* The rate-limit tests' broker and admin connection; false (both closed) if either failed. */
+static bool rl_open(bq_broker **b, bq_conn **admin)
+{
+    *b = open_broker();
+    *admin = open_conn(redis_url);
+    if (*b != NULL && *admin != NULL)
+        return true;
+    bq_broker_free(*b);
+    bq_conn_close(*admin);
+    return false;
+}
+
+/* Two entries of one admission each at time now (ms), as a key without '#' holds them. */
+static void put_singles(bq_conn *admin, const char *rl, const char *now)
+{
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ZADD", rl, now, "w:1*x:123", now, "w:2:456",
+                            NULL), BQ_OK);
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "PEXPIRE", rl, "5000", NULL), BQ_OK);
+}
+
 TEST(the_rate_limit_stays_exact_with_stale_entries_left_in_place)
 {
     NEED_REDIS();
-    bq_broker *b = open_broker();
-    bq_conn *admin = open_conn(redis_url);
-    if (b == NULL || admin == NULL) {
-        bq_broker_free(b);
-        bq_conn_close(admin);
+    bq_broker *b;
+    bq_conn *admin;
+    if (!rl_open(&b, &admin))
         return;
-    }
     char queue[96], rl[160];
     snprintf(queue, sizeof queue, "%s:rl", prefix);
     const char *who_q[] = {queue};
@@ -1624,13 +1641,10 @@ TEST(the_rate_limit_stays_exact_with_stale_entries_left_in_place)
 TEST(the_rate_limit_counts_single_entries_and_long_worker_ids)
 {
     NEED_REDIS();
-    bq_broker *b = open_broker();
-    bq_conn *admin = open_conn(redis_url);
-    if (b == NULL || admin == NULL) {
-        bq_broker_free(b);
-        bq_conn_close(admin);
+    bq_broker *b;
+    bq_conn *admin;
+    if (!rl_open(&b, &admin))
         return;
-    }
     char queue[96], rl[160];
     snprintf(queue, sizeof queue, "%s:rl2", prefix);
     snprintf(rl, sizeof rl, "{%s}:rlog:old", queue);
@@ -1645,9 +1659,7 @@ TEST(the_rate_limit_counts_single_entries_and_long_worker_ids)
                  atoll(r->element[0]->str) * 1000 + atoll(r->element[1]->str) / 1000);
         freeReplyObject(r);
     }
-    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ZADD", rl, now, "w:1*x:123", now, "w:2:456",
-                            NULL), BQ_OK);
-    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "PEXPIRE", rl, "5000", NULL), BQ_OK);
+    put_singles(admin, rl, now);
     const char *old[] = {"old", "old"};
     char v[48];
     admit(b, &who, old, 2, 3, 5.0, v, NULL); /* 2 in the window: room for 1 */
@@ -1656,9 +1668,7 @@ TEST(the_rate_limit_counts_single_entries_and_long_worker_ids)
     CHECK_STR(v, "0");
     /* '#' added over entries of one each: it counts them */
     snprintf(rl, sizeof rl, "{%s}:rlog:old2", queue);
-    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ZADD", rl, now, "w:1*x:123", now, "w:2:456",
-                            NULL), BQ_OK);
-    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "PEXPIRE", rl, "5000", NULL), BQ_OK);
+    put_singles(admin, rl, now);
     const char *old2[] = {"old2", "old2", "old2"};
     admit(b, &who, old2, 2, 5, 5.0, v, NULL);
     CHECK_STR(v, "11");
