@@ -74,7 +74,10 @@ function M.new(opts, level, storage_section)
         error("storage: " .. tostring(serr), level)
     end
     local info = client:info()
-    if section.dedup_ttl ~= nil and section.dedup_ttl <= 0 then error("dedup_ttl must be positive", level) end
+    if section.dedup_ttl ~= nil then
+        local why = section.dedup_ttl <= 0 and "must be positive" or core.duration_problem(section.dedup_ttl)
+        if why then error("dedup_ttl " .. why .. " (got " .. tostring(section.dedup_ttl) .. ")", level) end
+    end
     if section.retries ~= nil and (math.type(section.retries) ~= "integer" or section.retries < 0 or section.retries > 100) then
         error("retries must be a whole number from 0 to 100", level)
     end

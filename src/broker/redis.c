@@ -318,6 +318,15 @@ static bq_status plain_recv(struct redis_broker *r, struct bq_push_wait *w, size
         st = bq_conn_read(c, &rep, w->deadline, -1, err);
         if (st != BQ_OK)
             break;
+        if (i + 2 >= w->ncmds && rep->type == REDIS_REPLY_ERROR) {
+            /* The bell is a wake-up, not data: the operations are queued all the same, and
+             * an error would have a retry queue them twice (a worker blocking on the bell
+             * reports it). */
+            bq_log(BQ_LOG_WARN, "bell_refused", "address", r->base.address, "error", rep->str,
+                   NULL);
+            freeReplyObject(rep);
+            continue;
+        }
         st = bq_reply_check(rep, i + 2 < w->ncmds ? "LPUSH" : "bell", err);
         freeReplyObject(rep);
         if (st == BQ_OK && i + 2 < w->ncmds)
@@ -399,7 +408,10 @@ static bq_status unique_open(struct unique *u, struct redis_broker *r, const cha
     bq_status st = bq_key_derive_err(queue, "bell", u->bellkey, err);
     if (st != BQ_OK)
         return st;
-    snprintf(u->ttls, sizeof u->ttls, "%lld", (long long)(ttl >= 1 ? ttl : 1));
+    /* Callers check the ttl (bq_duration_problem); clamped all the same: a cast of a
+     * double out of long long's range is undefined. */
+    snprintf(u->ttls, sizeof u->ttls, "%lld",
+             (long long)(ttl >= 1 ? (ttl <= BQ_MAX_DURATION ? ttl : BQ_MAX_DURATION) : 1));
     size_t cap = n < PUSH_CHUNK ? n : PUSH_CHUNK;
     u->k = bq_calloc(cap + 2, sizeof *u->k);
     u->a = bq_calloc(cap + 2, sizeof *u->a);
@@ -753,7 +765,8 @@ static bq_status redis_push_delayed(bq_broker *b, const char *queue,
         st = bq_key_derive_err(queue, "control", control, err);
     if (st != BQ_OK)
         return st;
-    snprintf(ttls, sizeof ttls, "%lld", (long long)(ttl >= 1 ? ttl : 1));
+    snprintf(ttls, sizeof ttls, "%lld",
+             (long long)(ttl >= 1 ? (ttl <= BQ_MAX_DURATION ? ttl : BQ_MAX_DURATION) : 1));
     const char *fixed[] = {queue, bell, delayed, ttls, bq_broker_front(b, queue), control};
     bq_conn *c = NULL;
     if ((st = bq_pool_borrow(r->pool, &c, err)) != BQ_OK)

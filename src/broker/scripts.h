@@ -296,12 +296,14 @@ static const char bq_script_dedup_N[] =
     "    end\n"
     "end\n"
     "if dups > 0 then redis.call('LREM', q, rpush and -dups or dups, hole) end\n"
-    "if dups < n then\n"
-    "    redis.call('LPUSH', KEYS[2], '1')\n"
+    "-- A bell that is not a list is left as it is: it is a wake-up, not data, and the operations\n"
+    "-- stay queued (an error now would report queued operations as not enqueued, and taken keys\n"
+    "-- would call their retry a duplicate); a worker blocking on it reports it.\n"
+    "if dups < n and type(redis.pcall('LPUSH', KEYS[2], '1')) == 'number' then\n"
     "    redis.call('LTRIM', KEYS[2], 0, 63)\n"
     "end\n"
     "return out\n";
-static const char bq_script_dedup_N_sha[] = "05fae0d58ac800220fcef2a33373d532aaf1a844";
+static const char bq_script_dedup_N_sha[] = "5262841de3257a80aac40a25656df2d126c1254b";
 
 static const char bq_script_delay_N[] =
     "-- delay-N: queue operations for later: each waits in the delayed set until its due time (by\n"
@@ -388,11 +390,11 @@ static const char bq_script_enqueue_N[] =
     "end\n"
     "if pushed > 0 then\n"
     "    redis.call(push, KEYS[1], unpack(msgs))\n"
-    "    redis.call('LPUSH', KEYS[2], '1')\n"
-    "    redis.call('LTRIM', KEYS[2], 0, 63)\n"
+    "    -- a bell that is not a list is left as it is (see dedup-N): the operations stay queued\n"
+    "    if type(redis.pcall('LPUSH', KEYS[2], '1')) == 'number' then redis.call('LTRIM', KEYS[2], 0, 63) end\n"
     "end\n"
     "return out\n";
-static const char bq_script_enqueue_N_sha[] = "35c55181e1c8cb1c949426606c8ddd034be8ca29";
+static const char bq_script_enqueue_N_sha[] = "bd507f02ea8e2e796abe04bc9ccb4fee25faa547";
 
 static const char bq_script_fetch_2[] =
     "-- fetch-2: take up to N waiting operations in one step, leased or not.\n"

@@ -172,7 +172,7 @@ static int l_client_push_unique(lua_State *L)
         luaL_checktype(L, 2, LUA_TTABLE);
         luaL_checktype(L, 3, LUA_TTABLE);
     }
-    double ttl = luaL_checknumber(L, 4);
+    double ttl = bq_lua_check_duration(L, 4, "push_unique: the ttl");
     const char *queue = luaL_optstring(L, 5, c->cfg.queue_name);
     size_t n = b ? b->n : (size_t)luaL_len(L, 2);
     if (b == NULL && (size_t)luaL_len(L, 3) != n)
@@ -221,7 +221,7 @@ static int l_client_push_delayed(lua_State *L)
     bq_client *c = check_open(L);
     for (int a = 2; a <= 5; a++)
         luaL_checktype(L, a, LUA_TTABLE);
-    double ttl = luaL_checknumber(L, 6);
+    double ttl = bq_lua_check_duration(L, 6, "push_delayed: the ttl");
     const char *queue = luaL_optstring(L, 7, c->cfg.queue_name);
     size_t n = (size_t)luaL_len(L, 2);
     lua_settop(L, 7);

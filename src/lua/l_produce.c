@@ -508,7 +508,7 @@ static int l_push_runs(lua_State *L)
     luaL_checktype(L, 3, LUA_TTABLE);
     const char *queue = luaL_checkstring(L, 4);
     bool unique = !lua_isnil(L, 5);
-    double ttl = unique ? luaL_checknumber(L, 5) : 0;
+    double ttl = unique ? bq_lua_check_duration(L, 5, "push_runs: the ttl") : 0;
     luaL_checktype(L, 6, LUA_TTABLE);
     lua_Integer from = luaL_optinteger(L, 7, 1);
     lua_settop(L, 7);

@@ -259,6 +259,41 @@ describe("#redis routing", function()
         w:close()
     end)
 
+    it("queues once, and says so, when the bell is not a list; refuses a dedup_ttl out of range", function()
+        local t = tag()
+        -- dedup-N (100 in a MULTI), enqueue-N (10) and the plain push (100): the operations
+        -- are queued and reported pushed; a retry of a deduplicated batch finds them taken
+        for _, case in ipairs({ { 100, true }, { 10, true }, { 100, false } }) do
+            local q = ("%s:bell%d%s"):format(t, case[1], tostring(case[2]))
+            server:cli("SET", "{" .. q .. "}:bell", "not a list")
+            local batch = {}
+            for i = 1, case[1] do batch[i] = { type = "run", task_id = q .. "-" .. i, messages = { "m" } } end
+            local s = bq.scheduler{ url = server.url, queue_name = q, dedup = case[2] }
+            assert.are.same({ case[1], 0 }, { s:schedule_many(batch) })
+            assert.are.equal(tostring(case[1]), server:cli("LLEN", q))
+            assert.are.equal("not a list", server:cli("GET", "{" .. q .. "}:bell"))
+            if case[2] then
+                server:cli("DEL", "{" .. q .. "}:bell")
+                assert.are.same({ 0, case[1] }, { s:schedule_many(batch) })
+                assert.are.equal(tostring(case[1]), server:cli("LLEN", q))
+            end
+            s:close()
+        end
+        -- a ttl past 365 days is refused before anything is sent (it was pushed, then its
+        -- SET ... EX refused, in a batch of 64 or more)
+        for _, ttl in ipairs({ 1e16, 1e300, 0, -1 }) do
+            local ok, err = pcall(bq.scheduler, { url = server.url, queue_name = t .. ":ttl", dedup_ttl = ttl })
+            assert.is_false(ok)
+            assert.truthy(err:find("dedup_ttl", 1, true), err)
+        end
+        local s = bq.scheduler{ url = server.url, queue_name = t .. ":ttl" }
+        local ok, err = pcall(s.client.push_unique, s.client, { "m" }, { "k" }, 1e16)
+        assert.is_false(ok)
+        assert.truthy(err:find("push_unique: the ttl is longer than 365 days", 1, true), err)
+        assert.are.equal("0", server:cli("LLEN", t .. ":ttl"))
+        s:close()
+    end)
+
     it("pushes each task_id once when 8 producers schedule the same 1,000 at once", function()
         local q = "it:dedup:" .. math.random(1, 1e9)
         local env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = q }

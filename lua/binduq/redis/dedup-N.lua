@@ -33,8 +33,10 @@ for i = 1, n do
     end
 end
 if dups > 0 then redis.call('LREM', q, rpush and -dups or dups, hole) end
-if dups < n then
-    redis.call('LPUSH', KEYS[2], '1')
+-- A bell that is not a list is left as it is: it is a wake-up, not data, and the operations
+-- stay queued (an error now would report queued operations as not enqueued, and taken keys
+-- would call their retry a duplicate); a worker blocking on it reports it.
+if dups < n and type(redis.pcall('LPUSH', KEYS[2], '1')) == 'number' then
     redis.call('LTRIM', KEYS[2], 0, 63)
 end
 return out

@@ -24,7 +24,7 @@ for i = 3, #KEYS do
 end
 if pushed > 0 then
     redis.call(push, KEYS[1], unpack(msgs))
-    redis.call('LPUSH', KEYS[2], '1')
-    redis.call('LTRIM', KEYS[2], 0, 63)
+    -- a bell that is not a list is left as it is (see dedup-N): the operations stay queued
+    if type(redis.pcall('LPUSH', KEYS[2], '1')) == 'number' then redis.call('LTRIM', KEYS[2], 0, 63) end
 end
 return out
