@@ -10,8 +10,9 @@
  * owner) or a connection to a node fails. While a slot migrates,
  * a node answers ASK or TRYAGAIN for the keys that already moved: the operation is retried
  * after a short pause until the migration ends and the slot's new owner answers. Each retry
- * is of a whole operation, which is one atomic script or a pipeline on keys of one slot, so
- * a redirected operation is never half applied.
+ * is of a whole operation, one atomic script or a pipeline on keys of one slot. A push that
+ * timed out is never sent again: the node may have applied it, and the caller hears of it
+ * as from a single server ("may or may not be queued").
  *
  * Node brokers are created as the map names masters and kept for the broker's life (a node
  * that leaves keeps an idle pool). The map and the node list are guarded by one mutex; node
@@ -289,10 +290,12 @@ static bq_broker *route(struct cluster_broker *c, const char *queue, bq_err *err
 
 enum redirect { R_NONE = 0, R_MOVED, R_WAIT };
 
-/* What an error says about the slot's owner. */
-static enum redirect redirect_of(bq_status st, const bq_err *err)
+/* What an error says about the slot's owner. A write that timed out may have been applied
+ * (the server may still be running it): it is never sent again, the caller hears of it as
+ * from a single server. */
+static enum redirect redirect_of(bq_status st, const bq_err *err, bool write)
 {
-    if (st == BQ_OK)
+    if (st == BQ_OK || (write && st == BQ_ETIMEDOUT))
         return R_NONE;
     if (strstr(err->msg, "MOVED ") != NULL)
         return R_MOVED;
@@ -305,8 +308,11 @@ static enum redirect redirect_of(bq_status st, const bq_err *err)
 }
 
 /* Runs CALL (an expression using `b`, setting `st`) on the node of `queue`, following
- * redirections for up to REDIRECT_WINDOW seconds. */
-#define ROUTED(c, queue, err, CALL)                                                           \
+ * redirections for up to REDIRECT_WINDOW seconds; ROUTED_WRITE for an operation that a
+ * second sending would apply twice (redirect_of). */
+#define ROUTED(c, queue, err, CALL) ROUTED_AS(c, queue, err, false, CALL)
+#define ROUTED_WRITE(c, queue, err, CALL) ROUTED_AS(c, queue, err, true, CALL)
+#define ROUTED_AS(c, queue, err, write, CALL)                                                 \
     do {                                                                                      \
         double until_ = bq_now_mono() + REDIRECT_WINDOW;                                      \
         for (int try_ = 0;; try_++) {                                                         \
@@ -320,7 +326,7 @@ static enum redirect redirect_of(bq_status st, const bq_err *err)
             bq_err *errp_ = saved_ != NULL ? saved_ : &e_;                                    \
             (void)errp_;                                                                      \
             CALL;                                                                             \
-            enum redirect r_ = redirect_of(st, errp_);                                        \
+            enum redirect r_ = redirect_of(st, errp_, (write));                               \
             if (r_ == R_NONE || bq_now_mono() > until_)                                       \
                 break;                                                                        \
             if (r_ == R_MOVED) {                                                              \
@@ -340,7 +346,7 @@ static bq_status c_push(bq_broker *base, const char *queue, const struct bq_slic
 {
     struct cluster_broker *c = cb(base);
     bq_status st;
-    ROUTED(c, queue, err, st = b->ops->push(b, queue, msgs, n, pushed, errp_));
+    ROUTED_WRITE(c, queue, err, st = b->ops->push(b, queue, msgs, n, pushed, errp_));
     return st;
 }
 
@@ -350,7 +356,8 @@ static bq_status c_push_unique(bq_broker *base, const char *queue, const struct 
 {
     struct cluster_broker *c = cb(base);
     bq_status st;
-    ROUTED(c, queue, err, st = b->ops->push_unique(b, queue, msgs, keys, n, ttl, pushed, errp_));
+    ROUTED_WRITE(c, queue, err,
+                 st = b->ops->push_unique(b, queue, msgs, keys, n, ttl, pushed, errp_));
     return st;
 }
 
@@ -359,7 +366,8 @@ static bq_status c_push_delayed(bq_broker *base, const char *queue, const struct
 {
     struct cluster_broker *c = cb(base);
     bq_status st;
-    ROUTED(c, queue, err, st = b->ops->push_delayed(b, queue, ops, n, ttl, pushed, errp_));
+    ROUTED_WRITE(c, queue, err,
+                 st = b->ops->push_delayed(b, queue, ops, n, ttl, pushed, errp_));
     return st;
 }
 
@@ -395,7 +403,7 @@ static bq_status c_fetch(bq_broker *base, const struct bq_lessee *who,
         c->fetching = b;
         pthread_mutex_unlock(&c->mu);
         bq_status st = b->ops->fetch(b, who, req, res, out, ep);
-        enum redirect r = redirect_of(st, ep);
+        enum redirect r = redirect_of(st, ep, false);
         if (r == R_NONE || out->n != before || bq_now_mono() > until)
             return st;
         if (r == R_MOVED) {

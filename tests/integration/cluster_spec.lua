@@ -121,4 +121,26 @@ describe("#redis #cluster Redis Cluster", function()
         assert.is_false(ok)
         assert.truthy(tostring(err):find("share a hash tag", 1, true), tostring(err))
     end)
+
+    it("never sends a push that timed out again: the caller hears of it, the run is queued once", function()
+        -- the node of the queue busy for a second with a script; the push times out at 0.3 s,
+        -- and Redis runs it once the script ends (it used to be sent again: queued twice, or
+        -- with deduplication reported a duplicate)
+        local busy = "local t0 = redis.call('TIME') while true do local t = redis.call('TIME') "
+                     .. "if (t[1] - t0[1]) * 1e6 + (t[2] - t0[2]) > 1000000 then break end end return 1"
+        for _, dedup in ipairs({ false, true }) do
+            local q = ("it:ctimeout:%s:%d"):format(tostring(dedup), math.random(1, 1e9))
+            local node = c.nodes[c:node_of(q)]
+            local s = bq.scheduler{ url = c.url, queue_name = q, command_timeout = 0.3, dedup = dedup }
+            assert(s:run{ task_id = q .. "-0", messages = { "x" } })
+            local p = proc.spawn(("redis-cli -h 127.0.0.1 -p %d EVAL \"%s\" 0"):format(node.port, busy))
+            proc.sleep(0.1)
+            local ok, err, code = s:run{ task_id = q .. "-1", messages = { "x" } }
+            assert.is_nil(ok)
+            assert.are.equal("ETIMEDOUT", code, tostring(err))
+            assert.are.equal(0, proc.wait(p, 10))
+            assert.are.equal("2", node:cli("LLEN", q))
+            s:close()
+        end
+    end)
 end)
