@@ -433,13 +433,16 @@ static void unique_close(struct unique *u, bool keep)
     bq_free(u->dk);
 }
 
-/* enqueue-N over msgs[0..n), one call per chunk of 500 (keys and messages as arguments). */
+/* enqueue-N over msgs[0..n), one call per chunk of PUSH_CHUNK (keys and messages as
+ * arguments): a piece of core.push_runs (at most 2 x RUNS_PIECE - 1) is one call, so it is
+ * decided whole or not at all (it was two calls of up to 500, and a failure of the second
+ * left the first queued but reported undecided). */
 static bq_status unique_by_script(struct unique *u, const struct bq_slice *msgs,
                                   const char *const *keys, size_t n, bool *pushed, bq_err *err)
 {
     bq_status st = BQ_OK;
-    for (size_t i = 0; i < n && st == BQ_OK; i += 500) {
-        size_t m = n - i < 500 ? n - i : 500;
+    for (size_t i = 0; i < n && st == BQ_OK; i += PUSH_CHUNK) {
+        size_t m = n - i < PUSH_CHUNK ? n - i : PUSH_CHUNK;
         u->k[0] = u->queue;
         u->k[1] = u->bell;
         u->a[0] = u->ttl;

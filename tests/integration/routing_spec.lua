@@ -259,7 +259,7 @@ describe("#redis routing", function()
         w:close()
     end)
 
-    it("queues once, and says so, when the bell is not a list; refuses a dedup_ttl out of range", function()
+    it("decides a push whole: a bell not a list, a dedup_ttl out of range, a piece the ACL denies", function()
         local t = tag()
         -- dedup-N (100 in a MULTI), enqueue-N (10) and the plain push (100): the operations
         -- are queued and reported pushed; a retry of a deduplicated batch finds them taken
@@ -292,6 +292,22 @@ describe("#redis routing", function()
         assert.truthy(err:find("push_unique: the ttl is longer than 365 days", 1, true), err)
         assert.are.equal("0", server:cli("LLEN", t .. ":ttl"))
         s:close()
+        -- without MULTI (an ACL), a piece of 511 is one enqueue-N call: refused whole (the
+        -- keys of its last 11 denied), nothing queued, nothing counted (it was two calls, the
+        -- first 500 queued but reported undecided)
+        local q = ("itacl%d"):format(math.random(1, 1e9)) -- no hash tag: the keys as the ACL names them
+        server:cli("ACL", "SETUSER", "nomulti", "on", ">pw", "resetkeys", "~" .. q, "~{" .. q .. "}:bell",
+                   "~{" .. q .. "}:events", "~{" .. q .. "}:dedup:run:a-*", "&*", "+@all", "-multi")
+        local a = bq.scheduler{ url = server.url:gsub("^redis://", "redis://nomulti:pw@"), queue_name = q }
+        local batch = {}
+        for i = 1, 511 do batch[i] = { type = "run", task_id = (i <= 500 and "a-" or "b-") .. i, messages = { "m" } } end
+        local ok2, err2, code2 = a:schedule_many(batch)
+        assert.is_nil(ok2)
+        assert.are.equal("EAUTH", code2, tostring(err2))
+        assert.are.same({ 0, 0 }, { a.stats.scheduled, a.stats.deduplicated })
+        assert.are.equal("0", server:cli("LLEN", q))
+        a:close()
+        server:cli("ACL", "DELUSER", "nomulti")
     end)
 
     it("pushes each task_id once when 8 producers schedule the same 1,000 at once", function()
