@@ -391,9 +391,11 @@ static bq_status push_group(bq_client *c, const struct item *items, size_t n, si
                                                     pushed, err)
                      : c->broker->ops->push_unique(c->broker, queue, slices, aux, n,
                                                    c->dedup_ttl, pushed, err);
-        for (size_t i = 0; st == BQ_OK && i < n; i++) {
+        /* pushed[] holds what the server confirmed, also when a later chunk failed: those
+         * are queued, and *n_sent says so */
+        for (size_t i = 0; i < n; i++) {
             ok += pushed[i];
-            if (bq_log_enabled(BQ_LOG_DEBUG))
+            if (bq_log_enabled(BQ_LOG_DEBUG) && (pushed[i] || st == BQ_OK))
                 bq_log(BQ_LOG_DEBUG, pushed[i] ? "scheduled" : "deduplicated", "task_id",
                        items[i].task->task_id, "queue", queue, NULL);
         }
@@ -406,7 +408,7 @@ static bq_status push_group(bq_client *c, const struct item *items, size_t n, si
     if (ok > 0 && strcmp(c->broker->kind, "memory") == 0 && bq_memory_warning_due())
         bq_log(BQ_LOG_WARN, "memory_scheduler_no_worker", "queue", queue, "warning",
                BQ_MEMORY_WARNING, NULL);
-    if (st == BQ_OK && ok > 0)
+    if (ok > 0 && (st == BQ_OK || keyed || delayed))
         emit_scheduled(c, queue, items, n, keyed || delayed ? pushed : NULL);
     size_t dup = st == BQ_OK && (keyed || delayed) ? n - ok : 0;
     *sent += ok;

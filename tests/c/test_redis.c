@@ -452,6 +452,52 @@ TEST(broker_fetch_is_interruptible_and_loses_nothing)
     bq_broker_free(b);
 }
 
+/* A deduplicated push that fails part way (here without MULTI, the second call of
+ * enqueue-N refused by the ACL) counts in n_sent what the server queued: it used to say 0
+ * with 1,000 queued. */
+TEST(a_failed_deduplicated_push_counts_what_was_queued)
+{
+    NEED_REDIS();
+    bq_conn *admin = open_conn(redis_url);
+    if (admin == NULL)
+        return;
+    char queue[96], k1[128], k2[128], k3[128], k4[128], url[256];
+    snprintf(queue, sizeof queue, "%s:partial", prefix);
+    snprintf(k1, sizeof k1, "~%s", queue);
+    snprintf(k2, sizeof k2, "~{%s}:bell", queue);
+    snprintf(k3, sizeof k3, "~{%s}:events", queue);
+    snprintf(k4, sizeof k4, "~{%s}:dedup:run:a*", queue);
+    CHECK_INT(bq_conn_callv(admin, NULL, NULL, "ACL", "SETUSER", "partial", "on", ">pw", "resetkeys",
+                            k1, k2, k3, k4, "&*", "+@all", "-multi", NULL), BQ_OK);
+    const char *rest = strstr(redis_url, "://");
+    snprintf(url, sizeof url, "redis://partial:pw@%s", rest != NULL ? rest + 3 : "");
+    struct bq_client_options o = {.url = url, .queue_name = queue, .max_connections = 2};
+    bq_client *c = NULL;
+    bq_err err;
+    CHECK_INT(bq_client_new(&o, &c, &err), BQ_OK);
+    enum { N = 1100 };
+    static struct bq_task tasks[N];
+    static char ids[N][16];
+    struct bq_message m = {"user", "hi"};
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "%c%d", i < 1000 ? 'a' : 'b', i);
+        tasks[i] = (struct bq_task){"run", ids[i], NULL, &m, 1};
+    }
+    size_t sent = 99;
+    if (c != NULL) {
+        CHECK_INT(bq_schedule_many(c, tasks, N, &sent, &err), BQ_EAUTH);
+        CHECK_INT(sent, 1000);
+        redisReply *r = NULL;
+        if (bq_conn_callv(admin, &r, NULL, "LLEN", queue, NULL) == BQ_OK) {
+            CHECK_INT(r->integer, 1000);
+            freeReplyObject(r);
+        }
+        bq_client_free(c);
+    }
+    bq_conn_callv(admin, NULL, NULL, "ACL", "DELUSER", "partial", NULL);
+    bq_conn_close(admin);
+}
+
 TEST(public_api_schedule_length_health)
 {
     NEED_REDIS();
@@ -2047,6 +2093,7 @@ int main(void)
     RUN(usable_peeks_only_after_the_fresh_window);
     RUN(broker_fetch_is_fifo_and_batched);
     RUN(broker_fetch_is_interruptible_and_loses_nothing);
+    RUN(a_failed_deduplicated_push_counts_what_was_queued);
     RUN(public_api_schedule_length_health);
     RUN(lease_cycle_memory);
     RUN(lease_cycle_redis);
