@@ -458,9 +458,15 @@ static bq_status unique_by_script(struct unique *u, const struct bq_slice *msgs,
         if (st == BQ_OK)
             st = bq_redis_run_script(u->c, S_ENQUEUE, (int)m + 2, u->k, (int)m + 2, u->a, u->al,
                                      u->r->command_timeout, &rep, err);
-        for (size_t j = 0; st == BQ_OK && rep->type == REDIS_REPLY_ARRAY && j < rep->elements &&
-                           j < m; j++)
+        if (st == BQ_OK && (rep->type != REDIS_REPLY_ARRAY || rep->elements != m))
+            st = bq_err_set(err, BQ_EPROTO, "enqueue-N: unexpected reply");
+        for (size_t j = 0; st == BQ_OK && j < m; j++) {
+            if (rep->element[j]->type != REDIS_REPLY_INTEGER) {
+                st = bq_err_set(err, BQ_EPROTO, "enqueue-N: unexpected reply");
+                break;
+            }
             pushed[i + j] = rep->element[j]->integer == 1;
+        }
         if (rep != NULL)
             freeReplyObject(rep);
     }
