@@ -259,6 +259,15 @@ static bq_status append_push(bq_conn *c, const char *cmd, const char *queue, con
     return st;
 }
 
+/* A deduplication key's time to live as the scripts get it: whole seconds, at least 1.
+ * Callers check the ttl (bq_duration_problem); it is clamped all the same, as a cast of a
+ * double out of long long's range is undefined. */
+static void ttl_text(char *out, size_t size, double ttl)
+{
+    snprintf(out, size, "%lld",
+             (long long)(ttl >= 1 ? (ttl <= BQ_MAX_DURATION ? ttl : BQ_MAX_DURATION) : 1));
+}
+
 /* WAIT until r->wait_replicas replicas acknowledged this connection's writes. */
 static bq_status wait_replicated(struct redis_broker *r, bq_conn *c, bq_err *err)
 {
@@ -408,10 +417,7 @@ static bq_status unique_open(struct unique *u, struct redis_broker *r, const cha
     bq_status st = bq_key_derive_err(queue, "bell", u->bellkey, err);
     if (st != BQ_OK)
         return st;
-    /* Callers check the ttl (bq_duration_problem); clamped all the same: a cast of a
-     * double out of long long's range is undefined. */
-    snprintf(u->ttls, sizeof u->ttls, "%lld",
-             (long long)(ttl >= 1 ? (ttl <= BQ_MAX_DURATION ? ttl : BQ_MAX_DURATION) : 1));
+    ttl_text(u->ttls, sizeof u->ttls, ttl);
     size_t cap = n < PUSH_CHUNK ? n : PUSH_CHUNK;
     u->k = bq_calloc(cap + 2, sizeof *u->k);
     u->a = bq_calloc(cap + 2, sizeof *u->a);
@@ -774,8 +780,7 @@ static bq_status redis_push_delayed(bq_broker *b, const char *queue,
         st = bq_key_derive_err(queue, "control", control, err);
     if (st != BQ_OK)
         return st;
-    snprintf(ttls, sizeof ttls, "%lld",
-             (long long)(ttl >= 1 ? (ttl <= BQ_MAX_DURATION ? ttl : BQ_MAX_DURATION) : 1));
+    ttl_text(ttls, sizeof ttls, ttl);
     const char *fixed[] = {queue, bell, delayed, ttls, bq_broker_front(b, queue), control};
     bq_conn *c = NULL;
     if ((st = bq_pool_borrow(r->pool, &c, err)) != BQ_OK)
