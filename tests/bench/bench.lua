@@ -11,7 +11,8 @@
 --             limiter key, 16 keys, and a key per task), over TLS (against plain TCP), and with a producer in the
 --             worker's own process (against one in another process)
 --   pickup    latency from a producer process' LPUSH to the handler's start, at idle (1,000
---             samples), and the idle worker's CPU
+--             samples, 2 ms apart), and the idle worker's CPU; beside it, in the same round, a
+--             plain hiredis consumer's BRPOP pickup and a plain LPUSH at the same idle (cbench)
 --   delayed   100,000 runs from the bench process with the same run_at: from that due time
 --             to the first handler start and the last handler end
 --   recurring 4 worker processes sharing an every-second schedule (docs/recurring.md): each tick
@@ -243,8 +244,15 @@ local ok, err = pcall(function()
         local lat, idle, call = deployed.latency{ url = server.url, queue = queue .. ":lat" .. r, n = N_LAT,
                                                   prefix = "lat" .. r .. "-", idle = 3 }
         server:cli("FLUSHALL")
+        -- The floor in the same round: a plain hiredis consumer in BRPOP and a plain LPUSH,
+        -- the same 2 ms apart, two processes of their own (cbench pickup).
+        local out = proc.sh(("%s pickup 127.0.0.1 %d %s %d %d 2>&1"):format(CBENCH, server.port,
+            proc.quote(queue .. ":raw" .. r), N_LAT, PAYLOAD))
+        local raw50, raw99, push50, push99 = out:match("^([%d.]+) ([%d.]+) ([%d.]+) ([%d.]+)")
+        assert(raw99, "cbench pickup said: " .. out)
         return { p50 = percentile(lat, 0.5), p99 = percentile(lat, 0.99), idle_pct = idle,
-                 call_p50 = call.p50, call_p99 = call.p99 }
+                 call_p50 = call.p50, call_p99 = call.p99, raw_p50 = tonumber(raw50),
+                 raw_p99 = tonumber(raw99), push_p50 = tonumber(push50), push_p99 = tonumber(push99) }
     end)
 
     step(("delayed tasks: a worker process (w:run(), default options) waiting on an empty queue, %d no-op runs scheduled from this process with the same run_at, a whole second ahead")
@@ -451,10 +459,11 @@ row("  a limiter key per task", "%9.0f tasks/s   %5.2f x the plain run; Redis %.
     F.ratelimit_task.rate, F.ratelimit_task.x, F.ratelimit_task.redis_us)
 row("process over TLS", "%9.0f tasks/s   %5.2f x the same over plain TCP (%.0f/s)",
     F.tls.rate, F.tls.x, F.tcp.rate)
-row("pickup latency, idle", "p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x the LPUSH round trip (%.3f ms)",
-    F.lat.p50, F.lat.p99, F.lat.p50 / L.rtt_ms, F.lat.p99 / L.rtt_ms, L.rtt_ms)
-row("  the producer's schedule calls", "p50 %.3f ms  p99 %.3f ms (encode, record, LPUSH, reply)",
-    F.lat.call_p50, F.lat.call_p99)
+row("pickup latency, idle", "p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x a plain hiredis BRPOP's (p50 %.3f, p99 %.3f ms)",
+    F.lat.p50, F.lat.p99, F.lat.p50 / F.lat.raw_p50, F.lat.p99 / F.lat.raw_p99, F.lat.raw_p50, F.lat.raw_p99)
+row("  the producer's schedule calls", "p50 %.3f ms  p99 %.3f ms   %5.2f x / %5.2f x a plain LPUSH's at the same idle (p50 %.3f, p99 %.3f ms)",
+    F.lat.call_p50, F.lat.call_p99, F.lat.call_p50 / F.lat.push_p50, F.lat.call_p99 / F.lat.push_p99,
+    F.lat.push_p50, F.lat.push_p99)
 row("  idle worker CPU", "%9.2f %% of a core", F.lat.idle_pct)
 row(("%s due in the same second"):format(N == 100000 and "100,000" or tostring(N)),
     "all started within %.2f s (the first %.1f ms after it)", F.delayed.last, F.delayed.first * 1000)

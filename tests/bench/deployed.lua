@@ -1,6 +1,7 @@
 -- deployed.lua -- one run of the deployed shape, for bench.lua (and by hand:
 --   build/binduq-lua tests/bench/deployed.lua <redis url> [n] [KEY=VALUE ...]
--- with the proc_worker.lua variables as KEY=VALUE).
+-- with the proc_worker.lua variables as KEY=VALUE; or `<redis url> latency [n]` for the pickup
+-- latency at idle, `recurring`, `agents [n]` and `cancel-http [n]` for those runs).
 --
 -- A producer process (producer.lua) fills the queue; then a worker process (proc_worker.lua,
 -- w:run(), default options unless opts.env says) is started, the bench waits until every task
@@ -534,6 +535,12 @@ elseif arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "cancel-h
     local function pct(p) return ms[math.max(1, math.ceil(#ms * p))] end
     print(("cancel in ctx:http, %d samples: p50 %.2f ms  p99 %.2f ms  max %.2f ms   %.2f x the limit (p99 <= 50 ms)")
         :format(#ms, pct(0.5), pct(0.99), ms[#ms], pct(0.99) / 50))
+elseif arg and arg[0] and arg[0]:match("deployed%.lua$") and arg[2] == "latency" then
+    local n = tonumber(arg[3] or "") or 1000
+    local lat, idle, call = M.latency{ url = arg[1], queue = ("{deployed:lat%d}"):format(math.random(1, 1e9)), n = n,
+                                       prefix = ("l%d-"):format(math.random(1, 1e9)), idle = 3 }
+    print(("pickup p50 %.3f ms p99 %.3f ms; schedule calls p50 %.3f ms p99 %.3f ms; idle worker %.2f %% of a core")
+        :format(lat[math.max(1, math.ceil(n * 0.5))], lat[math.max(1, math.ceil(n * 0.99))], call.p50, call.p99, idle))
 elseif arg and arg[0] and arg[0]:match("deployed%.lua$") then
     local url, n = arg[1], tonumber(arg[2] or "") or 20000
     local env = {}
