@@ -424,9 +424,12 @@ static const char bq_script_fetch_2[] =
     "        items[i] = nil\n"
     "    end\n"
     "end\n"
-    "if ARGV[4] == '1' then redis.call('LPUSH', KEYS[2], unpack(items)) end\n"
+    "if ARGV[4] == '1' then -- in pieces: unpack stops at about 8,000 values, and an error here\n"
+    "    -- would leave the messages popped and leased nowhere\n"
+    "    for i = 1, #items, 1000 do redis.call('LPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items))) end\n"
+    "end\n"
     "return items\n";
-static const char bq_script_fetch_2_sha[] = "911a9a6974e9ef55d1fa81153cb51292a0aaca78";
+static const char bq_script_fetch_2_sha[] = "49d9c9f2e412a4d64dc34c6e2435281b4d71fec0";
 
 static const char bq_script_fetchm_N[] =
     "-- fetchm-N: take up to N operations from several queues at once, by priority, and lease them.\n"
@@ -473,7 +476,11 @@ static const char bq_script_fetchm_N[] =
     "        end\n"
     "        if keep == 0 then return 0 end\n"
     "    end\n"
-    "    if lease then redis.call('LPUSH', KEYS[2 * i], unpack(items)) end\n"
+    "    if lease then -- in pieces: unpack stops at about 8,000 values (the messages are popped)\n"
+    "        for j = 1, #items, 1000 do\n"
+    "            redis.call('LPUSH', KEYS[2 * i], unpack(items, j, math.min(j + 999, #items)))\n"
+    "        end\n"
+    "    end\n"
     "    for _, m in ipairs(items) do\n"
     "        out[#out + 1] = i\n"
     "        out[#out + 1] = m\n"
@@ -509,7 +516,7 @@ static const char bq_script_fetchm_N[] =
     "    n = n - 1\n"
     "end\n"
     "return { credit, out }\n";
-static const char bq_script_fetchm_N_sha[] = "b38d68ad3f58018ed3cd78613e7657c4c33de6d7";
+static const char bq_script_fetchm_N_sha[] = "c170da71342ef1fa4250b4f38ba698c8d4e90ad6";
 
 static const char bq_script_handback_2[] =
     "-- handback-2: return leased operations to the queue at once (graceful shutdown).\n"

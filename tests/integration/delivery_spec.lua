@@ -145,6 +145,34 @@ describe("#redis delivery", function()
         assert.are.equal(0, counts(server, queue).inflight)
     end)
 
+    it("leases a fetch of more than 8,000 tasks whole, from one queue or several (none popped and dropped)", function()
+        -- A worker with 10,000 handlers asks for 10,000 at once; Redis' Lua unpack stops at
+        -- about 8,000 values, and fetch-2 and fetchm-N once raised there with the tasks
+        -- already popped: they were in no list at all.
+        for _, several in ipairs({ false, true }) do
+            local queue, N = qname("big"), 12000
+            local other = queue .. ":low"
+            cluster.schedule(server, queue, N, "big", "x")
+            local w = cluster.worker(server, queue, { BQ_TEST_CONCURRENCY = 1, BQ_TEST_PER_STATE = 10000,
+                                                      BQ_TEST_BLOCK_TIMEOUT = 1,
+                                                      BQ_TEST_QUEUES = several and (queue .. "," .. other) or nil })
+            local drained = proc.wait_for(function()
+                local c = counts(server, queue)
+                return c.ready == 0 and c.inflight == 0
+            end, 60, 0.2)
+            local log = proc.read(w.log) or ""
+            assert.are.equal(0, proc.stop(w, 30))
+            assert.truthy(drained)
+            local seen, total = cluster.count({ w }, "completed")
+            local unique = 0
+            for _ in pairs(seen) do unique = unique + 1 end
+            assert.are.equal(N, unique)
+            assert.are.equal(N, total)
+            assert.is_nil(log:find("redis_error", 1, true))
+            assert.are.same({ ready = 0, inflight = 0, delayed = 0, dead = 0 }, counts(server, queue))
+        end
+    end)
+
     it("keeps a long task's lease while its worker lives", function()
         local queue = qname("long")
         local env = { BQ_TEST_LEASE = 1, BQ_TEST_CONCURRENCY = 1, BQ_TEST_BLOCK_TIMEOUT = 1 }

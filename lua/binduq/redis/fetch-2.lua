@@ -25,5 +25,8 @@ if budget > 0 and #items > 1 then
         items[i] = nil
     end
 end
-if ARGV[4] == '1' then redis.call('LPUSH', KEYS[2], unpack(items)) end
+if ARGV[4] == '1' then -- in pieces: unpack stops at about 8,000 values, and an error here
+    -- would leave the messages popped and leased nowhere
+    for i = 1, #items, 1000 do redis.call('LPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items))) end
+end
 return items

@@ -42,7 +42,11 @@ local function take(i, count)
         end
         if keep == 0 then return 0 end
     end
-    if lease then redis.call('LPUSH', KEYS[2 * i], unpack(items)) end
+    if lease then -- in pieces: unpack stops at about 8,000 values (the messages are popped)
+        for j = 1, #items, 1000 do
+            redis.call('LPUSH', KEYS[2 * i], unpack(items, j, math.min(j + 999, #items)))
+        end
+    end
     for _, m in ipairs(items) do
         out[#out + 1] = i
         out[#out + 1] = m
