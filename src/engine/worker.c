@@ -476,6 +476,8 @@ void bq_worker_abort(bq_worker *w)
     w->life.abandoned = true;
     w->life.stopping = true;
     size_t n = 0, cap = (size_t)w->tasks.ring_n + (size_t)w->conf.handlers;
+    for (int i = 0; i < w->conf.concurrency; i++) /* the slots' chunks and outcomes pending */
+        cap += (size_t)(w->slots[i].chunk_n - w->slots[i].chunk_at) + (size_t)w->slots[i].npend;
     struct bq_msg *copies = bq_calloc(cap ? cap : 1, sizeof *copies);
     for (int i = 0; copies != NULL && i < w->tasks.ring_n; i++) {
         const struct bq_msg *m = &w->tasks.ring[(w->tasks.ring_head + i) % w->conf.capacity];
@@ -491,6 +493,17 @@ void bq_worker_abort(bq_worker *w)
         copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed,
                                     m->oversize, m->seq};
         n += copies[n].data != NULL;
+    }
+    /* What waits in a slot's chunk, and what a slot handled with its outcome pending (never
+     * written now): they run again, as the running ones do. */
+    for (int i = 0; copies != NULL && i < w->conf.concurrency; i++) {
+        const struct slot *s = &w->slots[i];
+        for (int j = s->chunk_at; j < s->chunk_n + s->npend; j++) {
+            const struct bq_msg *m = j < s->chunk_n ? &s->chunk[j] : &s->pend[j - s->chunk_n];
+            copies[n] = (struct bq_msg){bq_strndup(m->data, m->len), m->len, m->q, m->sealed,
+                                        m->oversize, m->seq};
+            n += copies[n].data != NULL;
+        }
     }
     pthread_mutex_unlock(&w->mu);
     w->broker->ops->interrupt(w->broker);

@@ -353,13 +353,28 @@ static void hand_out(bq_worker *w, struct round *r)
     batch->n = 0;
 }
 
+/* Marks in taken the first entry of wip not yet taken that equals m (m may be NULL or have
+ * no data: nothing). */
+static void take_equal(const struct bq_batch *wip, bool *taken, const struct bq_msg *m)
+{
+    for (size_t i = 0; m != NULL && m->data != NULL && i < wip->n; i++) {
+        if (!taken[i] && wip->msgs[i].q == m->q && wip->msgs[i].len == m->len &&
+            memcmp(wip->msgs[i].data, m->data, m->len) == 0) {
+            taken[i] = true;
+            return;
+        }
+    }
+}
+
 /* After a fetch whose reply was lost, Redis may have moved messages into this worker's
  * in-flight list that the worker never received; its own lease keeps them from being
- * reaped while it lives. Compares the in-flight lists with what the worker holds (waiting,
- * running, waiting for their ack) and hands the rest back. The in-flight lists are read
- * first: a message finished meanwhile is no longer there when the hand-back looks for it
- * (the hand-back moves only messages it finds). Dispatcher thread. Returns false when the
- * check could not be made, so the caller tries again after its next fetch. */
+ * reaped while it lives. Compares the in-flight lists with every place the worker holds a
+ * message (the ring; each slot's running task or held tasks, its chunk, its outcomes
+ * pending and what it carries out without the lock; the pending acks) and hands the rest
+ * back. The in-flight lists are read first: a message finished meanwhile is no longer there
+ * when the hand-back looks for it (the hand-back moves only messages it finds). Dispatcher
+ * thread. Returns false when the check could not be made, so the caller tries again after
+ * its next fetch. */
 static bool recover_orphans(bq_worker *w)
 {
     struct bq_batch wip = {NULL, 0, 0};
@@ -376,27 +391,28 @@ static bool recover_orphans(bq_worker *w)
         return false;
     }
     pthread_mutex_lock(&w->mu);
-    /* Each message held accounts for one identical entry. */
-    size_t nhand = (size_t)w->conf.handlers;
-    size_t nheld = (size_t)w->tasks.ring_n + nhand + w->tasks.acks.n;
-    for (size_t h = 0; h < nheld; h++) {
-        const struct bq_msg *m = NULL;
-        if (h < (size_t)w->tasks.ring_n) {
-            m = &w->tasks.ring[(w->tasks.ring_head + (int)h) % w->conf.capacity];
-        } else if (h < (size_t)w->tasks.ring_n + nhand) {
-            int k = (int)(h - (size_t)w->tasks.ring_n);
-            m = slot_msg(&w->slots[k / w->conf.per_slot], w->conf.per_slot, k % w->conf.per_slot);
-        } else {
-            m = &w->tasks.acks.msgs[h - (size_t)w->tasks.ring_n - nhand];
-        }
-        for (size_t i = 0; m != NULL && m->data != NULL && i < wip.n; i++) {
-            if (!taken[i] && wip.msgs[i].q == m->q && wip.msgs[i].len == m->len &&
-                memcmp(wip.msgs[i].data, m->data, m->len) == 0) {
-                taken[i] = true;
-                break;
-            }
-        }
+    if (w->life.abandoned) { /* the process is leaving: the slots' stacks are not to be read */
+        pthread_mutex_unlock(&w->mu);
+        bq_free(taken);
+        bq_batch_free(&wip);
+        return true;
     }
+    /* Each message held accounts for one identical entry. */
+    for (int h = 0; h < w->tasks.ring_n; h++)
+        take_equal(&wip, taken, &w->tasks.ring[(w->tasks.ring_head + h) % w->conf.capacity]);
+    for (int i = 0; i < w->conf.concurrency; i++) {
+        const struct slot *s = &w->slots[i];
+        for (int p = 0; p < w->conf.per_slot; p++)
+            take_equal(&wip, taken, slot_msg(s, w->conf.per_slot, p));
+        for (int j = s->chunk_at; j < s->chunk_n; j++)
+            take_equal(&wip, taken, &s->chunk[j]);
+        for (int j = 0; j < s->npend; j++)
+            take_equal(&wip, taken, &s->pend[j]);
+        for (int j = 0; j < s->ntransit; j++)
+            take_equal(&wip, taken, &s->transit[j]);
+    }
+    for (size_t h = 0; h < w->tasks.acks.n; h++)
+        take_equal(&wip, taken, &w->tasks.acks.msgs[h]);
     pthread_mutex_unlock(&w->mu);
     size_t n = 0;
     for (size_t i = 0; i < wip.n; i++) {

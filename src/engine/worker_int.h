@@ -65,6 +65,12 @@ struct slot {
     struct bq_outcome pend_out[BQ_CHUNK_MAX];
     double pend_took[BQ_CHUNK_MAX];
     int npend;
+    /* Messages the slot carries out without the lock, out of every place above: a flush's
+     * (flush_pending) and a direct ack's, until their broker write is made. An entry whose
+     * ownership moves to the pending acks meanwhile has its data set to NULL (ack_deferred).
+     * Guarded by w->mu; read only by the orphan check (recover_orphans). */
+    const struct bq_msg *transit;
+    int ntransit;
     bool running;          /* guarded by w->mu */
     bool exited;           /* guarded by w->mu */
     /* per_slot > 1: the messages of the tasks the slot holds, by place (data NULL: free),

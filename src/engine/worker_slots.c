@@ -471,10 +471,23 @@ static void ack_direct(bq_worker *w, struct bq_msg *msg, const char *tid)
 }
 
 /* Whether msg's ack can ride along with the dispatcher's next fetch: then it is taken into the
- * pending acks (its ownership moves there). Called with w->mu held. */
+ * pending acks (its ownership moves there) and msg's data is set to NULL, so that a slot's
+ * transit entry (struct slot) no longer shows what the dispatcher may free once it is sent.
+ * Called with w->mu held. */
 static bool ack_deferred(bq_worker *w, struct bq_msg *msg)
 {
-    return !w->fetch.blocking && !w->life.stopping && bq_batch_take(&w->tasks.acks, *msg) == BQ_OK;
+    if (w->fetch.blocking || w->life.stopping || bq_batch_take(&w->tasks.acks, *msg) != BQ_OK)
+        return false;
+    msg->data = NULL;
+    return true;
+}
+
+/* Shows msgs[0..n) to the orphan check while slot s carries them out without the lock
+ * (n = 0: no more); w->mu held. */
+static void set_transit(struct slot *s, const struct bq_msg *msgs, int n)
+{
+    s->transit = n > 0 ? msgs : NULL;
+    s->ntransit = n;
 }
 
 /* Acknowledges one message. Returns true if the message's ownership moved to the pending
@@ -668,6 +681,7 @@ static bool flush_pending(bq_worker *w, struct slot *s)
         outs[i].pickup = NAN;
     }
     s->npend = 0;
+    set_transit(s, msgs, n); /* still leased: an orphan check must not hand them back */
     s->running = true;
     w->tasks.running++;
     pthread_mutex_unlock(&w->mu);
@@ -689,6 +703,7 @@ static bool flush_pending(bq_worker *w, struct slot *s)
         moved[i] = finish(w, &msgs[i], &outs[i], took[i], NULL);
     }
     pthread_mutex_lock(&w->mu);
+    set_transit(s, NULL, 0);
     s->running = false;
     w->tasks.running--;
     w->tasks.inflight -= n;
@@ -765,12 +780,15 @@ static bool multi_finish(bq_worker *w, struct slot *s, int p, struct bq_outcome 
     if (bq_worker_held(w) <= w->tasks.wake_at || w->life.stopping)
         pthread_cond_signal(&w->cv_space);
     if (ack_now || !moved) {
+        if (ack_now)
+            set_transit(s, &msg, 1);
         pthread_mutex_unlock(&w->mu);
         if (ack_now)
             ack_direct(w, &msg, tid[0] ? tid : NULL);
+        pthread_mutex_lock(&w->mu);
+        set_transit(s, NULL, 0);
         if (!moved)
             bq_free(msg.data);
-        pthread_mutex_lock(&w->mu);
     }
     return true;
 }
@@ -980,9 +998,15 @@ void *bq_worker_slot_main(void *arg)
         if (bq_worker_held(w) <= w->tasks.wake_at || w->life.stopping)
             pthread_cond_signal(&w->cv_space);
         if (abandoned || trim || ack_now) {
+            if (ack_now)
+                set_transit(s, &msg, 1);
             pthread_mutex_unlock(&w->mu);
-            if (ack_now) /* the dispatcher waits in a fetch, or stops: acknowledge it now */
+            if (ack_now) { /* the dispatcher waits in a fetch, or stops: acknowledge it now */
                 ack_direct(w, &msg, tid[0] ? tid : NULL);
+                pthread_mutex_lock(&w->mu);
+                set_transit(s, NULL, 0);
+                pthread_mutex_unlock(&w->mu);
+            }
             if (!moved)
                 bq_free(msg.data);
             if (trim)

@@ -173,6 +173,41 @@ describe("#redis delivery", function()
         end
     end)
 
+    it("hands back no task a slot still holds when a fetch fails (connections killed)", function()
+        -- After a fetch whose reply is lost, the worker hands back what its in-flight list
+        -- holds and it does not. Tasks in a slot's chunk, with their outcome pending, or being
+        -- acknowledged are held too: handed back, they ran twice with no worker dying.
+        local queue, dir, N = qname("orphans"), proc.tmpdir(), 30000
+        cluster.schedule(server, queue, N, "O", "spin:300")
+        local env = { BQ_TEST_CONCURRENCY = 2, BQ_TEST_LEASE = 60, BQ_TEST_BLOCK_TIMEOUT = 1 }
+        local ws = { cluster.worker(server, queue, env, nil, dir), cluster.worker(server, queue, env, nil, dir) }
+        local kills = 0
+        for _ = 1, 12 do -- every connection but redis-cli's own, 0.3 s apart, while they drain
+            proc.sleep(0.3)
+            if counts(server, queue).ready == 0 then break end
+            server:cli("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            kills = kills + 1
+        end
+        local drained = proc.wait_for(function()
+            local c = counts(server, queue)
+            return c.ready == 0 and c.inflight == 0
+        end, 120, 0.2)
+        for _, w in ipairs(ws) do assert.are.equal(0, proc.stop(w, 30)) end
+        assert.truthy(drained)
+        assert.is_true(kills >= 3, "the queue drained before the connections were killed")
+        local seen, total = cluster.count(ws, "completed")
+        local twice = {}
+        for id, k in pairs(seen) do
+            if k > 1 then twice[#twice + 1] = id end
+        end
+        local unique = 0
+        for _ in pairs(seen) do unique = unique + 1 end
+        assert.are.same({}, twice)
+        assert.are.equal(N, unique)
+        assert.are.equal(N, total)
+        assert.are.same({ ready = 0, inflight = 0, delayed = 0, dead = 0 }, counts(server, queue))
+    end)
+
     it("keeps a long task's lease while its worker lives", function()
         local queue = qname("long")
         local env = { BQ_TEST_LEASE = 1, BQ_TEST_CONCURRENCY = 1, BQ_TEST_BLOCK_TIMEOUT = 1 }
