@@ -21,19 +21,19 @@ static const char bq_script_bury_3[] =
     "-- bury-3: move an operation to the dead-letter list, releasing its lease.\n"
     "-- KEYS[1] {Q}:wip:<id>  the in-flight list holding the operation\n"
     "-- KEYS[2] {Q}:dlq       the dead-letter list (newest first)\n"
-    "-- KEYS[3] {Q}:seals     see checkseal-1: the seal of a message with a \"#bq\" header is released\n"
+    "-- KEYS[3] {Q}:seals     see checkseal-1: the message's seal, if it has one, is released\n"
     "-- ARGV[1] the message as leased (removed from KEYS[1])\n"
     "-- ARGV[2] the dead-letter entry (a JSON line, a newline, the original bytes)\n"
     "-- ARGV[3] \"1\" if the lease must still be held (at-least-once), \"0\" otherwise\n"
     "-- Returns 1, or 0 if the lease was lost (then nothing is written).\n"
     "if ARGV[3] == '1' and redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end\n"
-    "if string.sub(ARGV[1], 1, 4) == '#bq ' then\n"
-    "    local f = redis.sha1hex(ARGV[1])\n"
-    "    if redis.call('HINCRBY', KEYS[3], f, -1) <= 0 then redis.call('HDEL', KEYS[3], f) end\n"
-    "end\n"
+    "-- Its seal, if it has one: a \"#bq\" line's, or a Bindu-format message's embedded header's.\n"
+    "local f = redis.sha1hex(ARGV[1])\n"
+    "local c = tonumber(redis.call('HGET', KEYS[3], f) or '0')\n"
+    "if c > 1 then redis.call('HINCRBY', KEYS[3], f, -1) elseif c == 1 then redis.call('HDEL', KEYS[3], f) end\n"
     "redis.call('LPUSH', KEYS[2], ARGV[2])\n"
     "return 1\n";
-static const char bq_script_bury_3_sha[] = "5806d81abcf7f492d7690dcd244a91751f9b15f9";
+static const char bq_script_bury_3_sha[] = "d2a6462cbef816fa811845c1ac3bcf92aed0c836";
 
 static const char bq_script_burybig_3[] =
     "-- burybig-3: dead-letter a message too large to bring to the worker, without sending it back.\n"
@@ -41,7 +41,7 @@ static const char bq_script_burybig_3[] =
     "-- in-flight list by both, removes it, and writes an entry with its first bytes and its SHA1.\n"
     "-- KEYS[1] {Q}:wip:<id>  the in-flight list holding the message\n"
     "-- KEYS[2] {Q}:dlq       the dead-letter list (newest first)\n"
-    "-- KEYS[3] {Q}:seals     the seal of a message with a \"#bq\" header is released\n"
+    "-- KEYS[3] {Q}:seals     the message's seal, if it has one (\"#bq\" line or embedded header), is released\n"
     "-- ARGV[1] the message's length in bytes\n"
     "-- ARGV[2] its first bytes (as many as the entry keeps)\n"
     "-- ARGV[3] the entry: its JSON line (ending in '}'), a newline, the first bytes\n"
@@ -58,9 +58,8 @@ static const char bq_script_burybig_3[] =
     "    if m and #m == size and string.sub(m, 1, #prefix) == prefix then\n"
     "        redis.call('LREM', KEYS[1], 1, m)\n"
     "        local f = redis.sha1hex(m)\n"
-    "        if string.sub(m, 1, 4) == '#bq ' then\n"
-    "            if redis.call('HINCRBY', KEYS[3], f, -1) <= 0 then redis.call('HDEL', KEYS[3], f) end\n"
-    "        end\n"
+    "        local c = tonumber(redis.call('HGET', KEYS[3], f) or '0') -- its seal, if it has one\n"
+    "        if c > 1 then redis.call('HINCRBY', KEYS[3], f, -1) elseif c == 1 then redis.call('HDEL', KEYS[3], f) end\n"
     "        local nl = string.find(entry, '\\n', 1, true)\n"
     "        redis.call('LPUSH', KEYS[2], string.sub(entry, 1, nl - 2) .. ',\"sha1\":\"' .. f .. '\"}'\n"
     "                   .. string.sub(entry, nl))\n"
@@ -68,7 +67,7 @@ static const char bq_script_burybig_3[] =
     "    end\n"
     "end\n"
     "return 0\n";
-static const char bq_script_burybig_3_sha[] = "09c3345bf5441205643189c94aeaf7e5d001ccbf";
+static const char bq_script_burybig_3_sha[] = "e368c3a24e774353f47cb1e3eb2b328c7d0a9860";
 
 static const char bq_script_checkseal_1[] =
     "-- checkseal-1: which fetched messages with a \"#bq\" header binduq itself queued again.\n"
@@ -828,16 +827,16 @@ static const char bq_script_retry_3[] =
     "-- Returns 1, or 0 if the lease was lost (the operation went back to the queue meanwhile and\n"
     "-- nothing was scheduled, so it is not run twice).\n"
     "if ARGV[4] == '1' and redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end\n"
-    "if string.sub(ARGV[1], 1, 4) == '#bq ' then\n"
-    "    local f = redis.sha1hex(ARGV[1])\n"
-    "    if redis.call('HINCRBY', KEYS[3], f, -1) <= 0 then redis.call('HDEL', KEYS[3], f) end\n"
-    "end\n"
+    "-- Its seal, if it has one: a \"#bq\" line's, or a Bindu-format message's embedded header's.\n"
+    "local f = redis.sha1hex(ARGV[1])\n"
+    "local c = tonumber(redis.call('HGET', KEYS[3], f) or '0')\n"
+    "if c > 1 then redis.call('HINCRBY', KEYS[3], f, -1) elseif c == 1 then redis.call('HDEL', KEYS[3], f) end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])\n"
     "redis.call('HINCRBY', KEYS[3], redis.sha1hex(ARGV[2]), 1)\n"
     "return 1\n";
-static const char bq_script_retry_3_sha[] = "7f9ffba1727a76dd168c1f414da957e5fe1ee72a";
+static const char bq_script_retry_3_sha[] = "13924e82281724ec404c340e00b5826b0b82ffc2";
 
 static const char bq_script_unregister_2[] =
     "-- unregister-2: a worker leaving cleanly drops its lease record and its empty in-flight list.\n"

@@ -89,6 +89,44 @@ describe("#redis hostile input", function()
         s:close()
     end)
 
+    -- Before: a retried Bindu-format message carries its header embedded (its last key,
+    -- "binduq"), sealed; retry-3 and bury-3 released only a "#bq" line's seal, so each retry
+    -- or dead letter of one left its seal behind, and a copy of those bytes pushed later
+    -- passed for binduq's own.
+    it("releases the seal of a Bindu-format message retried and dead-lettered", function()
+        local queue = qname("bseal")
+        local s = bq.scheduler{ url = server.url, queue_name = queue }
+        local w = proc.spawn("build/binduq-lua tests/integration/fixtures/test_worker.lua", {
+            env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = queue, BQ_TEST_CONCURRENCY = 2,
+                    BQ_TEST_MAX_ATTEMPTS = 3, BQ_TEST_RETRY_BASE = 0.05, BQ_TEST_RETRY_CAP = 0.1,
+                    BINDUQ_LOG_LEVEL = "info" },
+        })
+        local function bindu_run(tid, text)
+            local p = assert(io.popen(("python3 tests/helpers/bindu_ops.py run %s %s %s"):format(tid,
+                "6f1c2a3e-0000-4000-8000-0000000000c1", text)))
+            local line = p:read("l")
+            p:close()
+            assert(line and line:sub(1, 12) == '{"operation"', "bindu_ops.py wrote " .. tostring(line))
+            return line
+        end
+        local flaky, doomed = "6f1c2a3e-0000-4000-8000-0000000000a1", "6f1c2a3e-0000-4000-8000-0000000000a2"
+        assert(s:push_raw(bindu_run(flaky, "flaky:3")))
+        assert(s:push_raw(bindu_run(doomed, "fail")))
+        local log
+        assert(proc.wait_for(function()
+            log = proc.read(w.log) or ""
+            return log:find("completed task_id=" .. flaky, 1, true) and s:dead_letter_count() == 1
+        end, 30), "the tasks did not finish: " .. tostring(log))
+        assert.are.equal(0, proc.stop(w, 10))
+        log = proc.read(w.log)
+        local function esc(x) return (x:gsub("%p", "%%%0")) end
+        assert.are.equal(2, count(log, "failed task_id=" .. esc(flaky)), "the flaky run failed twice")
+        assert.are.equal(3, count(log, "failed task_id=" .. esc(doomed)), "the doomed run failed three times")
+        assert.are.equal(0, s:queue_length() + s:inflight_count() + s:delayed_count())
+        assert.are.equal("0", server:cli("HLEN", "{" .. queue .. "}:seals"))
+        s:close()
+    end)
+
     -- Before: "sleep:" and 400 digits made ctx:sleep(inf); the slot's timed wait failed with
     -- EINVAL and spun holding the slot lock: cancels stopped for the whole worker and no
     -- SIGTERM ended it.

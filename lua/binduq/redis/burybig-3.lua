@@ -3,7 +3,7 @@
 -- in-flight list by both, removes it, and writes an entry with its first bytes and its SHA1.
 -- KEYS[1] {Q}:wip:<id>  the in-flight list holding the message
 -- KEYS[2] {Q}:dlq       the dead-letter list (newest first)
--- KEYS[3] {Q}:seals     the seal of a message with a "#bq" header is released
+-- KEYS[3] {Q}:seals     the message's seal, if it has one ("#bq" line or embedded header), is released
 -- ARGV[1] the message's length in bytes
 -- ARGV[2] its first bytes (as many as the entry keeps)
 -- ARGV[3] the entry: its JSON line (ending in '}'), a newline, the first bytes
@@ -20,9 +20,8 @@ for i = 0, math.min(n, 100000) - 1 do
     if m and #m == size and string.sub(m, 1, #prefix) == prefix then
         redis.call('LREM', KEYS[1], 1, m)
         local f = redis.sha1hex(m)
-        if string.sub(m, 1, 4) == '#bq ' then
-            if redis.call('HINCRBY', KEYS[3], f, -1) <= 0 then redis.call('HDEL', KEYS[3], f) end
-        end
+        local c = tonumber(redis.call('HGET', KEYS[3], f) or '0') -- its seal, if it has one
+        if c > 1 then redis.call('HINCRBY', KEYS[3], f, -1) elseif c == 1 then redis.call('HDEL', KEYS[3], f) end
         local nl = string.find(entry, '\n', 1, true)
         redis.call('LPUSH', KEYS[2], string.sub(entry, 1, nl - 2) .. ',"sha1":"' .. f .. '"}'
                    .. string.sub(entry, nl))

@@ -10,10 +10,10 @@
 -- Returns 1, or 0 if the lease was lost (the operation went back to the queue meanwhile and
 -- nothing was scheduled, so it is not run twice).
 if ARGV[4] == '1' and redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end
-if string.sub(ARGV[1], 1, 4) == '#bq ' then
-    local f = redis.sha1hex(ARGV[1])
-    if redis.call('HINCRBY', KEYS[3], f, -1) <= 0 then redis.call('HDEL', KEYS[3], f) end
-end
+-- Its seal, if it has one: a "#bq" line's, or a Bindu-format message's embedded header's.
+local f = redis.sha1hex(ARGV[1])
+local c = tonumber(redis.call('HGET', KEYS[3], f) or '0')
+if c > 1 then redis.call('HINCRBY', KEYS[3], f, -1) elseif c == 1 then redis.call('HDEL', KEYS[3], f) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
