@@ -372,7 +372,10 @@ struct bq_broker_ops {
      * After a fetch whose reply was lost, the worker compares them with what it holds. */
     bq_status (*held)(bq_broker *b, const struct bq_lessee *who, struct bq_batch *out,
                       bq_err *err);
-    /* Returns leased messages to the front of their queues at once (graceful shutdown). */
+    /* Returns leased messages to the front of their queues at once (graceful shutdown);
+     * *count: how many went back. Handled from the last to the first, and stopped at the
+     * first error: at-most-once (nothing leased, so nothing tells a push made from one not
+     * made) what went back is the last *count of msgs, and a retry sends only the rest. */
     bq_status (*handback)(bq_broker *b, const struct bq_lessee *who, const struct bq_msg *msgs,
                           size_t n, size_t *count, bq_err *err);
     /* Admits each reqs[i].msg under "at most `limit` per `period` seconds" for the bucket

@@ -432,16 +432,33 @@ static void retry(bq_worker *w, const struct bq_msg *msg, const struct bq_outcom
     promote_by(w, out->delay);
 }
 
+/* One hand-back call of msgs[0..n), its count added to *count; at-most-once (left given)
+ * what it pushed, the last of msgs, is taken off *left. */
+static bq_status handback_rest(bq_worker *w, const struct bq_msg *msgs, size_t n, size_t *left,
+                               size_t *count, bq_err *err)
+{
+    size_t k = 0;
+    bq_status st = w->broker->ops->handback(w->broker, &w->conf.who, msgs, n, &k, err);
+    *count += k;
+    if (left != NULL)
+        *left -= k <= *left ? k : *left;
+    return st;
+}
+
 bool bq_worker_handback(bq_worker *w, const struct bq_msg *msgs, size_t n, const char *why)
 {
     if (n == 0)
         return true;
     bq_worker_feed_settle(w);
-    size_t count = 0;
+    /* At-most-once a retry sends only what the failed call did not push (broker.h): sent
+     * again, those would be queued twice. Leased, each hand-back moves only a message it
+     * finds, so it is sent whole again. */
+    bool leased = w->conf.who.delivery == BQ_AT_LEAST_ONCE;
+    size_t count = 0, left = n;
     bq_err err;
     bq_status st;
     WITH_RETRIES(w, "hand_back", (const char *)NULL,
-                 w->broker->ops->handback(w->broker, &w->conf.who, msgs, n, &count, &err));
+                 handback_rest(w, msgs, leased ? n : left, leased ? NULL : &left, &count, &err));
     char k[24];
     snprintf(k, sizeof k, "%zu", count);
     if (st == BQ_OK) {
@@ -449,7 +466,7 @@ bool bq_worker_handback(bq_worker *w, const struct bq_msg *msgs, size_t n, const
         bq_log(BQ_LOG_INFO, "handed_back", "queue", w->conf.queue, "worker", w->conf.id,
                "#count", k, "reason", why, NULL);
     } else {
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < (leased ? n : left); i++)
             write_failed(w, "hand_back", NULL, &msgs[i]);
     }
     return st == BQ_OK;

@@ -5,6 +5,7 @@
  */
 #include "check.h"
 
+#include "../../src/binduq.h"
 #include "../../src/broker/broker.h"
 #include "../../src/core/alloc.h"
 #include "../../src/core/clock.h"
@@ -14,6 +15,7 @@
 #include "../../src/engine/worker.h"
 #include "../../src/engine/worker_int.h" /* bq_worker_feed_outcome */
 
+#include <hiredis/hiredis.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <unistd.h>
@@ -655,6 +657,47 @@ TEST(options_are_checked)
     CHECK_CONTAINS(err.msg, "lease");
 }
 
+/* At-most-once, a hand-back that fails part way is retried with what it did not push: the
+ * messages are pushed from the last, so lo's went back, then hi (not a list) refused; each
+ * retry pushed lo's again (6 tries: queued 6 times). */
+TEST(an_at_most_once_hand_back_retried_pushes_nothing_twice)
+{
+    const char *url = getenv("BQ_REDIS_URL");
+    if (url == NULL || *url == '\0')
+        SKIP("BQ_REDIS_URL is not set");
+    char hi[64], lo[64];
+    snprintf(hi, sizeof hi, "test:worker:hbhi:%d", (int)getpid());
+    snprintf(lo, sizeof lo, "test:worker:hblo:%d", (int)getpid());
+    const char *queues[] = {hi, lo};
+    struct bq_config cfg = {.url = (char *)url, .url_source = "test", .queue_name = hi,
+                            .max_connections = 2, .connect_timeout = 2, .command_timeout = 2,
+                            .pool_timeout = 2};
+    struct bq_worker_options o = {&cfg, queues, 2, NULL, 1, 0, 1.0, false, BQ_AT_MOST_ONCE, 5.0, 5.0, 0, 0, 1};
+    bq_worker *w;
+    bq_err err;
+    CHECK_INT(bq_worker_new(&o, &ops, NULL, &w, &err), BQ_OK);
+    if (w == NULL)
+        return;
+    bq_broker *b = bq_worker_broker(w);
+    const char *set[] = {"SET", hi, "not a list"};
+    void *rep = NULL;
+    CHECK_INT(b->admin->command(b, hi, 3, set, NULL, &rep, &err), BQ_OK);
+    freeReplyObject(rep);
+    struct bq_msg msgs[5] = {{(char *)"h1", 2, 0, false, 0, 0}, {(char *)"h2", 2, 0, false, 0, 0},
+                             {(char *)"l1", 2, 1, false, 0, 0}, {(char *)"l2", 2, 1, false, 0, 0},
+                             {(char *)"l3", 2, 1, false, 0, 0}};
+    bq_log_set_level("off"); /* its retries' errors are expected */
+    CHECK(!bq_worker_handback(w, msgs, 5, "test"));
+    bq_log_set_level("info");
+    long long n = -1;
+    CHECK_INT(b->admin->length(b, lo, BQ_LIST_READY, &n, &err), BQ_OK);
+    CHECK_INT((int)n, 3);
+    const char *del[] = {"DEL", hi, lo};
+    if (b->admin->command(b, hi, 3, del, NULL, &rep, &err) == BQ_OK)
+        freeReplyObject(rep);
+    bq_worker_free(w);
+}
+
 /* Task events are written in place into the queue's pending buffer: an event that finds no
  * memory for it is left out whole (what was pending before stays as it was, valid JSON), and
  * the next one goes in escaped, with the worker's id; a handled task adds its completion. */
@@ -746,5 +789,6 @@ int main(void)
     RUN(control_before_the_task_is_named_is_kept_for_it);
     RUN(control_messages_parse);
     RUN(task_events_are_built_in_place_and_one_without_memory_is_left_out);
+    RUN(an_at_most_once_hand_back_retried_pushes_nothing_twice);
     return check_report("test_worker");
 }
