@@ -204,12 +204,16 @@ bq_status bq_worker_new(const struct bq_worker_options *o, const struct bq_slot_
     bq_cond_init(&w->cv_init);
     bq_cond_init(&w->heartbeat.cv);
 
-    char host[64] = "host", rnd[5];
+    /* 64 random bits: two workers of one host and pid (two in one process, containers that
+     * share a hostname and run as pid 1) must not share an id, an in-flight list and a
+     * lease. (16 bits collided once in 65,536 such pairs.) */
+    char host[64] = "host", rnd[17];
     gethostname(host, sizeof host - 1);
     host[sizeof host - 1] = '\0';
-    unsigned char r[2];
+    unsigned char r[8];
     bq_random_bytes(r, sizeof r);
-    snprintf(rnd, sizeof rnd, "%02x%02x", r[0], r[1]);
+    for (size_t i = 0; i < sizeof r; i++)
+        snprintf(rnd + 2 * i, sizeof rnd - 2 * i, "%02x", r[i]);
     snprintf(w->conf.id, sizeof w->conf.id, "%s:%d:%s", host, (int)getpid(), rnd);
 
     int nq = o->queues != NULL && o->nqueues > 0 ? o->nqueues : 1;

@@ -657,6 +657,30 @@ TEST(options_are_checked)
     CHECK_CONTAINS(err.msg, "lease");
 }
 
+/* A worker's id is host:pid:<64 random bits>: two workers of one process (or of two
+ * containers sharing a hostname, both pid 1) never share an in-flight list and a lease. */
+TEST(worker_ids_carry_64_random_bits)
+{
+    struct bq_config cfg = {.url = NULL, .url_source = "test", .queue_name = (char *)"test:worker:id",
+                            .max_connections = 2, .connect_timeout = 2, .command_timeout = 2,
+                            .pool_timeout = 2};
+    struct bq_worker_options o = {&cfg, NULL, 0, NULL, 1, 0, 1.0, false, BQ_AT_LEAST_ONCE, 5.0, 5.0, 0, 0, 1};
+    bq_worker *a, *b;
+    CHECK_INT(bq_worker_new(&o, &ops, NULL, &a, NULL), BQ_OK);
+    CHECK_INT(bq_worker_new(&o, &ops, NULL, &b, NULL), BQ_OK);
+    if (a == NULL || b == NULL)
+        return;
+    const char *ra = strrchr(bq_worker_id(a), ':'), *rb = strrchr(bq_worker_id(b), ':');
+    CHECK(ra != NULL && rb != NULL);
+    if (ra != NULL && rb != NULL) {
+        CHECK_INT((int)strlen(ra + 1), 16);
+        CHECK_INT((int)strspn(ra + 1, "0123456789abcdef"), 16);
+        CHECK(strcmp(ra, rb) != 0);
+    }
+    bq_worker_free(a);
+    bq_worker_free(b);
+}
+
 /* At-most-once, a hand-back that fails part way is retried with what it did not push: the
  * messages are pushed from the last, so lo's went back, then hi (not a list) refused; each
  * retry pushed lo's again (6 tries: queued 6 times). */
@@ -790,5 +814,6 @@ int main(void)
     RUN(control_messages_parse);
     RUN(task_events_are_built_in_place_and_one_without_memory_is_left_out);
     RUN(an_at_most_once_hand_back_retried_pushes_nothing_twice);
+    RUN(worker_ids_carry_64_random_bits);
     return check_report("test_worker");
 }
