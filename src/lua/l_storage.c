@@ -370,12 +370,21 @@ static int l_storage_start(lua_State *L)
     return push_result(L, &res, true);
 }
 
-/* Pushes the results of a batch: { {changed, state | false, requested, attempts}, ... }. */
+/* Pushes the results of a batch: { {changed, state | false, requested, attempts}, ... }; a
+ * task whose change failed on its own (bq_task_result.status) has {nil, msg, code}. */
 static void push_results(lua_State *L, const struct bq_task_result *res, lua_Integer n)
 {
     lua_createtable(L, (int)n, 0);
     for (lua_Integer i = 0; i < n; i++) {
         lua_createtable(L, 4, 0);
+        if (res[i].status != BQ_OK) {
+            lua_pushstring(L, res[i].why);
+            lua_rawseti(L, -2, 2);
+            lua_pushstring(L, bq_status_name(res[i].status));
+            lua_rawseti(L, -2, 3);
+            lua_rawseti(L, -2, i + 1);
+            continue;
+        }
         lua_pushboolean(L, res[i].changed);
         lua_rawseti(L, -2, 1);
         if (res[i].found)
@@ -451,7 +460,9 @@ static lua_Integer read_starts(lua_State *L, int idx, struct bq_task_new *t)
 /* store:change_many({ change, ... }) -> { {changed, state | false, requested, attempts}, ... }
  *   | nil, msg, code
  * The changes of store:change (1 to 64, distinct ids), in one round trip where the storage can
- * batch them (PostgreSQL: one statement), else one by one. */
+ * batch them (PostgreSQL: one statement), else one by one. A change that failed on its own
+ * (the server refused its data; the others were made) has {nil, msg, code} in its place
+ * (bq_storage_change_many). */
 static int l_storage_change_many(lua_State *L)
 {
     bq_storage *s = check_storage(L);

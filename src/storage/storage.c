@@ -7,6 +7,7 @@
 #include "../core/alloc.h"
 #include "../core/err.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -139,6 +140,38 @@ static bool batchable(bool op, const char *const *ids, size_t n, size_t stride)
     return ok;
 }
 
+/* One task of a batch made one by one failed with e: res says so, alone. */
+static void fail_one(struct bq_task_result *res, const bq_err *e)
+{
+    memset(res, 0, sizeof *res);
+    res->status = e->code;
+    snprintf(res->why, sizeof res->why, "%.*s", (int)sizeof res->why - 1, e->msg);
+}
+
+/* After task i of n made one by one failed with e (st): whether the batch goes on. A task
+ * the server refused (BQ_EPG) fails alone. Any other error (a lost connection, no connection
+ * free) ends it: with nothing made yet it is the call's (*ret, results zeroed); else task i
+ * (its fate unknown) and those after it fail with it and the call succeeds. */
+static bool one_failed(bq_status st, const bq_err *e, size_t i, size_t n, bool made,
+                       struct bq_task_result *res, bq_status *ret, bq_err *err)
+{
+    if (st == BQ_EPG) {
+        fail_one(&res[i], e);
+        return true;
+    }
+    if (!made) {
+        memset(res, 0, n * sizeof *res);
+        if (err != NULL)
+            *err = *e;
+        *ret = st;
+    } else {
+        for (size_t k = i; k < n; k++)
+            fail_one(&res[k], e);
+        *ret = BQ_OK;
+    }
+    return false;
+}
+
 bq_status bq_storage_start_many(bq_storage *s, const struct bq_task_new *tasks, size_t n,
                                 struct bq_task_result *res, bq_err *err)
 {
@@ -169,12 +202,26 @@ bq_status bq_storage_change_many(bq_storage *s, const struct bq_task_change *cha
     bool plain = true; /* the batch statements compare states only */
     for (size_t i = 0; i < n && plain; i++)
         plain = changes[i].if_requested == NULL;
-    if (plain && batchable(s->ops->change_many != NULL, &changes[0].id, n, sizeof *changes))
-        return s->ops->change_many(s, changes, n, res, err);
-    for (size_t i = 0; i < n; i++) {
-        bq_status st = s->ops->change(s, &changes[i], &res[i], err);
-        if (st != BQ_OK)
+    if (plain && batchable(s->ops->change_many != NULL, &changes[0].id, n, sizeof *changes)) {
+        bq_status st = s->ops->change_many(s, changes, n, res, err);
+        if (st != BQ_EPG)
             return st;
+        /* Refused for its data (a text jsonb cannot hold, say): nothing was made, so one by
+         * one below, and the change that holds the bad text fails alone. A lost connection
+         * (BQ_EIO) is not retried so: the batch may have been made. */
+        memset(res, 0, n * sizeof *res);
+    }
+    bool made = false;
+    for (size_t i = 0; i < n; i++) {
+        bq_err e;
+        bq_status st = s->ops->change(s, &changes[i], &res[i], &e);
+        if (st == BQ_OK) {
+            made = true;
+            continue;
+        }
+        bq_status ret;
+        if (!one_failed(st, &e, i, n, made, res, &ret, err))
+            return ret;
     }
     return BQ_OK;
 }
@@ -216,7 +263,8 @@ bq_status bq_storage_change_start_many(bq_storage *s, const struct bq_task_chang
         if (st != BQ_EPG)
             return st;
         /* Refused for its data (a text jsonb cannot hold, say): rolled back, so each half
-         * again on its own below, and the one that holds the bad task fails alone. */
+         * again on its own below. The changes made one by one if need be, the one with the
+         * bad data failing alone; the starts, if refused, are left to each task. */
     }
     bq_status st = bq_storage_change_many(s, changes, nc, rc, err);
     if (st == BQ_OK)

@@ -102,6 +102,10 @@ struct bq_task_result {
     char state[BQ_STATE_LEN];  /* the state after the change (or the state that refused it) */
     char requested[16];        /* "", "pause", or what lifecycle/order.lua keeps */
     int attempts;              /* the attempts after the change */
+    bq_status status;          /* batches only: BQ_OK, or this task's change failed on its
+                                * own (the rest of its batch was made), why says why and
+                                * the fields above are zero */
+    char why[192];
 };
 
 struct bq_task_filter {
@@ -187,8 +191,12 @@ bq_storage *bq_storage_ref(bq_storage *s);
 void bq_storage_unref(bq_storage *s);
 
 /* Makes changes[0..n), each a compare-and-set as ops->change makes it, res[i] its result: in
- * one round trip when the storage can batch and the ids are distinct, else one by one. On an
- * error the results of the changes not made are zeroed (not found, not changed). */
+ * one round trip when the storage can batch and the ids are distinct, else one by one. When
+ * the server refuses the batch statement (BQ_EPG: for one change's data, say, a text jsonb
+ * cannot hold; nothing was made), the changes are made one by one. One by one, a change the
+ * server refuses fails alone (res[i].status, res[i].why) and the others are made; any other
+ * error (a lost connection) ends the call: it is the call's error if nothing was made yet
+ * (the results zeroed), else that change and the ones after it fail with it (BQ_OK). */
 bq_status bq_storage_change_many(bq_storage *s, const struct bq_task_change *changes, size_t n,
                                  struct bq_task_result *res, bq_err *err);
 

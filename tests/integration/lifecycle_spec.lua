@@ -2,8 +2,8 @@
 -- processes of their own: completion with history and artifacts, input-required then
 -- resume on another worker, cancel of running handlers at once, duplicate runs,
 -- pause and resume on another worker from the checkpoint, five workers creating the schema
--- at once, a deep queue in chunks (also on a server whose commits are slow, and with a
--- task PostgreSQL cannot store), a stop in the middle of chunks, a PostgreSQL restart
+-- at once, a deep queue in chunks (also on a server whose commits are slow, with a task
+-- PostgreSQL cannot store, and with a handler's answer it cannot store), a stop in the middle of chunks, a PostgreSQL restart
 -- mid-run, and the recovery sweep.
 
 local proc = require("helpers.proc")
@@ -419,6 +419,30 @@ describe("#redis #pg lifecycle", function()
         for _, line in ipairs(failed) do assert.falsy(line:find("op=complete", 1, true), line) end
         assert.are.equal(0, count("state = 'completed' AND (attempts <> 1 OR jsonb_array_length(history) <> 2)"))
         assert.are.equal(good, count("state = 'completed' AND history->0->>'content' LIKE 'hi %'"))
+    end)
+
+    it("a finished state PostgreSQL cannot store fails its task alone; the rest of its chunk runs once", function()
+        -- A handler's answer with U+0000 (json.encode writes \u0000, which jsonb refuses): the
+        -- statement with its chunk's finished states is refused, and they are made one by
+        -- one, so only that task's fails. Reported as not written, the others would run again.
+        local q = qname("pgbadout")
+        local N = 3000
+        queue_runs(q, N, function(i) return i % 500 == 250 and "nulout" or "hi " .. i end)
+        local function count(cond)
+            return tonumber(db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND %s"):format(q, cond))
+                :match("%d+"))
+        end
+        local w = worker(q, { BQ_TEST_CONCURRENCY = 1 })
+        local good = N - N // 500
+        local done = proc.wait_for(function() return count("state = 'completed'") >= good end, 60, 0.2)
+        proc.stop(w)
+        assert(done, "completed " .. tostring(count("state = 'completed'")) .. " of " .. good)
+        assert.are.equal(good, count("state = 'completed' AND attempts = 1 AND history->0->>'content' LIKE 'hi %'"))
+        local failed = cluster.lines(w, "storage_error")
+        assert.is_true(#failed > 0, "no finished state failed: the test did not reach the refused statement")
+        for _, line in ipairs(failed) do
+            assert.are.equal(250, tonumber(line:match("task_id=%S+%-(%d+)")) % 500, line)
+        end
     end)
 
     it("stops in the middle of batches without leaving a task working; another worker completes the rest", function()

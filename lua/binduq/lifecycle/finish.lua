@@ -146,13 +146,15 @@ function M.build(S)
 
     -- The outcome of each deferred task of list once store:change_many (or
     -- store:change_start_many) answered res (nil: err, code), in list's order, as flush gives.
+    -- A task whose change failed on its own (the server refused its data) has {nil, msg, code}
+    -- in res: it alone fails.
     local function outcomes(list, res, err, code)
         local outs = {}
         for i, e in ipairs(list) do
             local r = res and res[i]
             local status, id, ty, out
             if r then
-                status, id, ty, out = settled(e.task, e.header, e.state, e.rj, r[1], r[2], nil)
+                status, id, ty, out = settled(e.task, e.header, e.state, e.rj, r[1], r[2], r[1] == nil and r[3] or nil)
             else
                 status, id, ty, out = settled(e.task, e.header, e.state, e.rj, nil, err, code)
             end

@@ -1,0 +1,98 @@
+-- The PostgreSQL storage's batches against a real server (store:change_many,
+-- store:change_start_many): a change the server refuses for its data (U+0000 or invalid
+-- UTF-8 in a message, which jsonb refuses) fails alone and the rest of its batch is made; a
+-- batch whose connection is lost is reported failed as a whole.
+
+local pg = require("helpers.pg")
+local bq = require("binduq")
+local core = require("binduq.core")
+local json = require("binduq.json")
+
+describe("#pg storage batches", function()
+    local db
+    setup(function() db = pg.start() end)
+    teardown(function() db:stop() end)
+
+    local function open(schema, extra)
+        local o = { type = "postgres", url = db.url, schema = schema }
+        for k, v in pairs(extra or {}) do o[k] = v end
+        return assert(core.storage(o))
+    end
+
+    -- n tasks "<p>-1".."<p>-n" recorded in state, and their finishing changes (working ->
+    -- completed with the agent's answer), bad(i)'s answer in place of "ok" where it gives one.
+    local function working(st, p, n, bad)
+        local changes = {}
+        for i = 1, n do
+            assert(st:create{ id = p .. "-" .. i, state = "working" })
+            changes[i] = { id = p .. "-" .. i, from = "working", to = "completed", requested = "", error = "",
+                           append_history = json.encode({ { role = "agent", content = bad(i) or "ok" } }) }
+        end
+        return changes
+    end
+
+    local function states(st, p, n)
+        local out = {}
+        for i = 1, n do out[i] = st:get(p .. "-" .. i).state end
+        return out
+    end
+
+    it("a change the server refuses fails alone; the rest of the batch is made", function()
+        local st = open("pgb1")
+        for _, case in ipairs({ { "nul", "a \0 b", "22P05" }, { "utf", "bad \255 bytes", "22021" } }) do
+            local p, text, sqlstate = case[1], case[2], case[3]
+            local changes = working(st, p, 5, function(i) return i == 3 and text or nil end)
+            local res, err = st:change_many(changes)
+            assert.is_table(res, err)
+            for i = 1, 5 do
+                if i == 3 then
+                    assert.is_nil(res[i][1])
+                    assert.truthy(res[i][2]:find(sqlstate, 1, true), res[i][2])
+                    assert.are.equal("EPG", res[i][3])
+                else
+                    assert.is_true(res[i][1])
+                    assert.are.equal("completed", res[i][2])
+                end
+            end
+            assert.are.same({ "completed", "completed", "working", "completed", "completed" }, states(st, p, 5))
+        end
+        st:close()
+    end)
+
+    it("a refused change with the next chunk's starts: the others and the starts are made", function()
+        local st = open("pgb2")
+        local changes = working(st, "cs", 4, function(i) return i == 2 and "a \0 b" or nil end)
+        local starts = {}
+        for i = 1, 3 do
+            assert(st:create{ id = "cs-s" .. i })
+            starts[i] = { id = "cs-s" .. i, worker = "w-1" }
+        end
+        local rc, rt, msg = st:change_start_many(changes, starts)
+        assert.is_table(rc, rt)
+        assert.is_table(rt, msg)
+        assert.is_true(rc[1][1] and rc[3][1] and rc[4][1])
+        assert.is_nil(rc[2][1])
+        assert.are.equal("EPG", rc[2][3])
+        assert.are.same({ "completed", "working", "completed", "completed" }, states(st, "cs", 4))
+        for i = 1, 3 do
+            assert.is_true(rt[i][1])
+            assert.are.equal("working", st:get("cs-s" .. i).state)
+        end
+        st:close()
+    end)
+
+    it("a batch whose server is gone fails as a whole", function()
+        local st = open("pgb3", { connect_timeout = 1 })
+        local changes = working(st, "gone", 3, function() return nil end)
+        db:halt()
+        bq.log_configure{ level = "error" } -- the reconnect's warning
+        local res, msg, code = st:change_many(changes)
+        bq.log_configure{ level = "info" }
+        db:restart()
+        assert.is_nil(res)
+        assert.is_string(msg)
+        assert.are_not.equal("EPG", code)
+        assert.are.same({ "working", "working", "working" }, states(st, "gone", 3))
+        st:close()
+    end)
+end)
