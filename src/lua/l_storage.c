@@ -480,7 +480,8 @@ static int l_storage_change_many(lua_State *L)
 /* store:start_many({ {id=, worker=, context_id=, queue=, history=, metadata=}, ... })
  *   -> { {changed, state | false, requested, attempts}, ... } | nil, msg, code
  * store:start for 1 to 64 tasks (distinct ids) in one round trip where the storage can; a
- * task nobody recorded is created working from the other fields (bq_storage_start_many). */
+ * task nobody recorded is created working from the other fields (bq_storage_start_many).
+ * One by one, a task that failed on its own has {nil, msg, code} in its place. */
 static int l_storage_start_many(lua_State *L)
 {
     bq_storage *s = check_storage(L);

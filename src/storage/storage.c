@@ -178,19 +178,26 @@ bq_status bq_storage_start_many(bq_storage *s, const struct bq_task_new *tasks, 
     memset(res, 0, n * sizeof *res);
     if (batchable(s->ops->start_many != NULL, &tasks[0].id, n, sizeof *tasks))
         return s->ops->start_many(s, tasks, n, res, err);
+    bool made = false;
     for (size_t i = 0; i < n; i++) {
         struct bq_task_change c = {.id = tasks[i].id, .from = "submitted", .to = "working",
                                    .requested = "", .worker = tasks[i].worker,
                                    .count_attempt = true};
-        bq_status st = s->ops->change(s, &c, &res[i], err);
+        bq_err e;
+        bq_status st = s->ops->change(s, &c, &res[i], &e);
         if (st == BQ_OK && !res[i].found) {
             struct bq_task_new t = tasks[i];
             t.state = "working";
             t.attempts = 1;
-            st = s->ops->create(s, &t, &res[i], err);
+            st = s->ops->create(s, &t, &res[i], &e);
         }
-        if (st != BQ_OK)
-            return st;
+        if (st == BQ_OK) {
+            made = true;
+            continue;
+        }
+        bq_status ret;
+        if (!one_failed(st, &e, i, n, made, res, &ret, err))
+            return ret;
     }
     return BQ_OK;
 }

@@ -204,7 +204,8 @@ bq_status bq_storage_change_many(bq_storage *s, const struct bq_task_change *cha
  * and its pending request cleared (store:start); a task nobody recorded is created working
  * with one attempt from the other fields (their state is ignored); a task in another state
  * is left as it is, res[i] saying which. In one round trip when the storage can batch and the
- * ids are distinct, else one by one. */
+ * ids are distinct (an error: none was started), else one by one, with the per-task errors
+ * of bq_storage_change_many one by one. */
 bq_status bq_storage_start_many(bq_storage *s, const struct bq_task_new *tasks, size_t n,
                                 struct bq_task_result *res, bq_err *err);
 

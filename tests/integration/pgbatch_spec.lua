@@ -1,7 +1,8 @@
 -- The PostgreSQL storage's batches against a real server (store:change_many,
--- store:change_start_many): a change the server refuses for its data (U+0000 or invalid
--- UTF-8 in a message, which jsonb refuses) fails alone and the rest of its batch is made; a
--- batch whose connection is lost is reported failed as a whole.
+-- store:change_start_many, store:start_many): a change or start the server refuses for its
+-- data (U+0000 or invalid UTF-8 in a message, which jsonb refuses) fails alone and the rest
+-- of its batch is made, also on Bindu's tables (a task at a time); a batch whose connection is
+-- lost is reported failed as a whole.
 
 local pg = require("helpers.pg")
 local bq = require("binduq")
@@ -78,6 +79,32 @@ describe("#pg storage batches", function()
             assert.is_true(rt[i][1])
             assert.are.equal("working", st:get("cs-s" .. i).state)
         end
+        st:close()
+    end)
+
+    it("bindu layout: a start the server refuses fails alone; the others are started", function()
+        -- Bindu's tables are changed a task at a time (the view's trigger): one by one, the
+        -- tasks before and after the refused one are started, and say so.
+        local st = open("pgb_bindu", { layout = "bindu" })
+        local ids = {}
+        for i = 1, 3 do ids[i] = ("%08d-1111-4111-8111-%012d"):format(i, math.random(1, 1e9)) end
+        local starts = {}
+        for i = 1, 3 do
+            starts[i] = { id = ids[i], worker = "w-1",
+                          history = json.encode({ { role = "user", content = i == 2 and "a \0 b" or "hi" } }) }
+        end
+        local res, err = st:start_many(starts)
+        assert.is_table(res, err)
+        for _, i in ipairs({ 1, 3 }) do
+            assert.is_true(res[i][1])
+            assert.are.equal("working", res[i][2])
+            assert.are.equal(1, res[i][4])
+            assert.are.equal("working", st:get(ids[i]).state)
+        end
+        assert.is_nil(res[2][1])
+        assert.truthy(res[2][2]:find("22P05", 1, true), res[2][2])
+        assert.are.equal("EPG", res[2][3])
+        assert.is_false(st:get(ids[2]))
         st:close()
     end)
 

@@ -64,7 +64,8 @@ function M.build(S)
                 -- The last chunk's finished states, when they wait for this prepare (the
                 -- engine flushes after it), go with these starts: one round trip, one
                 -- commit. Else the starts alone, if more than one. On an error nothing is
-                -- decided: each starts for itself in process.
+                -- decided: each starts for itself in process. A start that failed on its own
+                -- ({nil, msg, code}; the others were made) fails its task.
                 local res = flush_with(starts)
                 if res == nil and #starts > 1 then res = store:start_many(starts) end
                 for j, r in ipairs(res or {}) do

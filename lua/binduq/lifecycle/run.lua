@@ -57,7 +57,9 @@ function M.build(S)
         core.slot_task(id)
         local changed, now, code, attempts
         if pre then
+            -- {nil, msg, code}: its start alone failed (the others of the chunk were made)
             changed, now, attempts = pre[1], pre[2], pre[4]
+            if changed == nil then code = pre[3] end
         else
             -- With the task: one recorded by nobody (a producer in another process) and plain
             -- is recorded as working in the same call.
