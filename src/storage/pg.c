@@ -562,8 +562,12 @@ static bq_status prepare(const pg_storage *s, struct pgconn *c, bq_err *err)
      * given as JSON with the table, and the planner, which guesses 100 for them and knows a
      * young table to be small, picked a hash join over a scan of the whole table: 17 ms
      * for 32 rows at 20,000 rows, where looping over the primary key takes 0.6 ms. This
-     * session's statements do without hash and merge joins. */
-    PGresult *set = bq_pq.PQexec(c->pg, "SET enable_hashjoin = off; SET enable_mergejoin = off");
+     * session's statements do without hash and merge joins. A prepare that failed part way
+     * (a statement the schema no longer fits) left the statements before it prepared: they
+     * go first, so the next try starts clean rather than fail on "already exists" for the
+     * session's life. */
+    PGresult *set = bq_pq.PQexec(c->pg, "DEALLOCATE ALL; SET enable_hashjoin = off;"
+                                        " SET enable_mergejoin = off");
     if (set == NULL || bq_pq.PQresultStatus(set) != PGRES_COMMAND_OK) {
         bq_status st = exec_fail(s, c->pg, set, "PQexec(SET enable_hashjoin)", err);
         bq_pq.PQclear(set);

@@ -1,15 +1,16 @@
--- The PostgreSQL storage's batches against a real server (store:change_many,
+-- The PostgreSQL storage against a real server: its batches (store:change_many,
 -- store:change_start_many, store:start_many): a change or start the server refuses for its
 -- data (U+0000 or invalid UTF-8 in a message, which jsonb refuses) fails alone and the rest
 -- of its batch is made, also on Bindu's tables (a task at a time); a batch whose connection is
--- lost is reported failed as a whole.
+-- lost is reported failed as a whole. And a session whose statements failed to prepare part
+-- way, which prepares them again once it can.
 
 local pg = require("helpers.pg")
 local bq = require("binduq")
 local core = require("binduq.core")
 local json = require("binduq.json")
 
-describe("#pg storage batches", function()
+describe("#pg PostgreSQL storage", function()
     local db
     setup(function() db = pg.start() end)
     teardown(function() db:stop() end)
@@ -105,6 +106,31 @@ describe("#pg storage batches", function()
         assert.truthy(res[2][2]:find("22P05", 1, true), res[2][2])
         assert.are.equal("EPG", res[2][3])
         assert.is_false(st:get(ids[2]))
+        st:close()
+    end)
+
+    it("a session whose statements failed to prepare part way prepares them again later", function()
+        -- A column only bq_get reads is missing while the session is remade: the statements
+        -- before bq_get were prepared, bq_get was not. Once the column is back, the same
+        -- pooled connection prepares them all again (none "already exists").
+        local st = open("pgb4", { max_connections = 1 })
+        assert(st:create{ id = "p-1" })
+        assert.is_table(st:get("p-1"))
+        local function sql(q) local out, ok = db:psql(q); assert(ok, out) end
+        sql("ALTER TABLE pgb4.tasks RENAME COLUMN checkpoint TO checkpoint_x")
+        sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'binduq'")
+        bq.log_configure{ level = "error" } -- the reconnect's warning
+        local rec, msg = st:get("p-1")
+        bq.log_configure{ level = "info" }
+        assert.is_nil(rec)
+        assert.truthy(msg:find("42703", 1, true), msg)
+        sql("ALTER TABLE pgb4.tasks RENAME COLUMN checkpoint_x TO checkpoint")
+        for _ = 1, 3 do
+            rec, msg = st:get("p-1")
+            assert.is_table(rec, msg)
+            assert.are.equal("submitted", rec.state)
+        end
+        assert.is_true(st:change{ id = "p-1", to = "working" })
         st:close()
     end)
 
