@@ -1378,6 +1378,11 @@ bq_status bq_storage_pg_open(const struct bq_storage_config *cfg, bq_storage **o
                           "agent's tables (storage.schema, or POSTGRES_DID)");
     if (schema[0] == '\0' || strlen(schema) > 63)
         return bq_err_set(err, BQ_EINVAL, "storage: schema name must be 1 to 63 bytes long");
+    /* The bindu layout's functions are written in $f$...$f$ bodies that name the schema: a
+     * '$' in it could end a body early. A DID's schema never has one. */
+    if (bindu && strchr(schema, '$') != NULL)
+        return bq_err_set(err, BQ_EINVAL, "storage: schema name '%s' has a '$', which the bindu "
+                          "layout does not take (storage.schema)", schema);
     pg_storage *s = bq_calloc(1, sizeof *s);
     if (s == NULL)
         return bq_err_set(err, BQ_ENOMEM, "storage: out of memory");

@@ -2,8 +2,8 @@
 -- store:change_start_many, store:start_many): a change or start the server refuses for its
 -- data (U+0000 or invalid UTF-8 in a message, which jsonb refuses) fails alone and the rest
 -- of its batch is made, also on Bindu's tables (a task at a time); a batch whose connection is
--- lost is reported failed as a whole. And a session whose statements failed to prepare part
--- way, which prepares them again once it can.
+-- lost is reported failed as a whole. A session whose statements failed to prepare part
+-- way, which prepares them again once it can; a bindu schema name with a '$', refused.
 
 local pg = require("helpers.pg")
 local bq = require("binduq")
@@ -131,6 +131,18 @@ describe("#pg PostgreSQL storage", function()
             assert.are.equal("submitted", rec.state)
         end
         assert.is_true(st:change{ id = "p-1", to = "working" })
+        st:close()
+    end)
+
+    it("the bindu layout refuses a schema name with a '$', naming it", function()
+        -- Its functions' $f$ bodies name the schema: "$f$" in it ended a body early.
+        for _, name in ipairs({ "Agent$f$X", "a$b" }) do
+            local st, msg, code = core.storage{ type = "postgres", url = db.url, schema = name, layout = "bindu" }
+            assert.is_nil(st)
+            assert.are.equal("EINVAL", code)
+            assert.truthy(msg:find("'" .. name .. "'", 1, true), msg)
+        end
+        local st = assert(core.storage{ type = "postgres", url = db.url, schema = "Agent$f$X" })
         st:close()
     end)
 
