@@ -217,6 +217,60 @@ static const char *const bindu_migrations[] = {
     " END $f$;"
     "CREATE TRIGGER binduq_tasks_write INSTEAD OF INSERT OR UPDATE OR DELETE ON @S.binduq_tasks"
     " FOR EACH ROW EXECUTE FUNCTION @S.binduq_tasks_write();",
+    /* 5: an update writes only the binduq columns the statement changed, onto the row as it is
+     * once locked, and adds its attempts to the count: NEW is the statement's snapshot, so a
+     * change that keeps the state undid a concurrent one's checkpoint, error, worker, queue
+     * and attempts; RETURNING gives the attempts as stored. The rest is migration 4's
+     * function. */
+    "CREATE OR REPLACE FUNCTION @S.binduq_tasks_write() RETURNS trigger LANGUAGE plpgsql AS $f$"
+    " DECLARE tid uuid; cid uuid; cur RECORD; n int;"
+    " BEGIN"
+    "  IF TG_OP = 'DELETE' THEN"
+    "   DELETE FROM @S.tasks WHERE id = OLD.id::uuid; RETURN OLD;"
+    "  END IF;"
+    "  IF TG_OP = 'INSERT' THEN"
+    "   tid := NEW.id::uuid;"
+    "   cid := COALESCE(NEW.context_id, gen_random_uuid()::text)::uuid;"
+    "   INSERT INTO @S.contexts (id) VALUES (cid) ON CONFLICT (id) DO NOTHING;"
+    "   INSERT INTO @S.tasks (id, context_id, kind, state, state_timestamp, history, artifacts, metadata)"
+    "    VALUES (tid, cid, 'task', CASE NEW.state WHEN 'paused' THEN 'suspended' ELSE NEW.state END, now(),"
+    "     @S.binduq_tail('[]'::jsonb, NEW.history, tid, cid, true),"
+    "     @S.binduq_tail('[]'::jsonb, NEW.artifacts, tid, cid, false), COALESCE(NEW.metadata, '{}'::jsonb))"
+    "    ON CONFLICT (id) DO NOTHING;"
+    "   IF NOT FOUND THEN RETURN NULL; END IF;"
+    "   INSERT INTO @S.binduq_state (id, queue, checkpoint, error, requested, attempts, worker)"
+    "    VALUES (tid, NEW.queue, NEW.checkpoint, NEW.error, NEW.requested, COALESCE(NEW.attempts, 0),"
+    "     NEW.worker);"
+    "   NEW.context_id := cid::text;"
+    "   RETURN NEW;"
+    "  END IF;"
+    "  tid := OLD.id::uuid; cid := OLD.context_id::uuid;"
+    "  PERFORM 1 FROM @S.tasks WHERE id = tid FOR UPDATE;"
+    "  SELECT t.state, b.requested INTO cur FROM @S.tasks t LEFT JOIN @S.binduq_state b ON b.id = t.id"
+    "   WHERE t.id = tid;"
+    "  IF NOT FOUND OR (CASE cur.state WHEN 'suspended' THEN 'paused' ELSE cur.state END) <> OLD.state"
+    "   OR cur.requested IS DISTINCT FROM OLD.requested THEN RETURN NULL; END IF;"
+    "  UPDATE @S.tasks SET state = CASE NEW.state WHEN 'paused' THEN 'suspended' ELSE NEW.state END,"
+    "   state_timestamp = CASE WHEN NEW.state IS DISTINCT FROM OLD.state THEN now() ELSE state_timestamp END,"
+    "   history = history || @S.binduq_tail(OLD.history, NEW.history, tid, cid, true),"
+    "   artifacts = COALESCE(artifacts, '[]'::jsonb) || @S.binduq_tail(OLD.artifacts, NEW.artifacts, tid, cid, false),"
+    "   metadata = CASE WHEN NEW.metadata IS DISTINCT FROM OLD.metadata THEN NEW.metadata ELSE metadata END,"
+    "   updated_at = now() WHERE id = tid;"
+    "  INSERT INTO @S.binduq_state AS b (id, queue, checkpoint, error, requested, attempts, worker)"
+    "   VALUES (tid, NEW.queue, NEW.checkpoint, NEW.error, NEW.requested, NEW.attempts, NEW.worker)"
+    "   ON CONFLICT (id) DO UPDATE SET"
+    "    queue = CASE WHEN NEW.queue IS DISTINCT FROM OLD.queue THEN EXCLUDED.queue ELSE b.queue END,"
+    "    checkpoint = CASE WHEN NEW.checkpoint IS DISTINCT FROM OLD.checkpoint"
+    "     THEN EXCLUDED.checkpoint ELSE b.checkpoint END,"
+    "    error = CASE WHEN NEW.error IS DISTINCT FROM OLD.error THEN EXCLUDED.error ELSE b.error END,"
+    "    requested = CASE WHEN NEW.requested IS DISTINCT FROM OLD.requested"
+    "     THEN EXCLUDED.requested ELSE b.requested END,"
+    "    attempts = b.attempts + (NEW.attempts - OLD.attempts),"
+    "    worker = CASE WHEN NEW.worker IS DISTINCT FROM OLD.worker THEN EXCLUDED.worker ELSE b.worker END"
+    "   RETURNING b.attempts INTO n;"
+    "  NEW.attempts := n;" /* what RETURNING reports: the count as stored */
+    "  RETURN NEW;"
+    " END $f$;",
 };
 #define PG_BINDU_VERSION ((int)(sizeof bindu_migrations / sizeof bindu_migrations[0]))
 

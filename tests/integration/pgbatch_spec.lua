@@ -3,9 +3,11 @@
 -- data (U+0000 or invalid UTF-8 in a message, which jsonb refuses) fails alone and the rest
 -- of its batch is made, also on Bindu's tables (a task at a time); a batch whose connection is
 -- lost is reported failed as a whole. A session whose statements failed to prepare part
--- way, which prepares them again once it can; a bindu schema name with a '$', refused.
+-- way, which prepares them again once it can; a bindu schema name with a '$', refused; and
+-- on Bindu's tables, a change made on its snapshot that leaves a concurrent one's columns.
 
 local pg = require("helpers.pg")
+local proc = require("helpers.proc")
 local bq = require("binduq")
 local core = require("binduq.core")
 local json = require("binduq.json")
@@ -143,6 +145,42 @@ describe("#pg PostgreSQL storage", function()
             assert.truthy(msg:find("'" .. name .. "'", 1, true), msg)
         end
         local st = assert(core.storage{ type = "postgres", url = db.url, schema = "Agent$f$X" })
+        st:close()
+    end)
+
+    it("bindu layout: a change that keeps the state does not undo a concurrent one's columns", function()
+        -- A change on the view is decided on the statement's snapshot. Another session
+        -- changes the task's binduq columns (the checkpoint, the attempts) and commits while
+        -- the change waits for the row lock; the change keeps the state, so it is made, and
+        -- must leave the other's columns as they are now, not as its snapshot saw them.
+        local st = open("pgb_race", { layout = "bindu" })
+        local id = ("%08d-2222-4222-8222-%012d"):format(9, math.random(1, 1e9))
+        assert(st:create{ id = id, state = "working", attempts = 1, history = '[{"role":"user","content":"go"}]' })
+        assert.is_true(st:change{ id = id, from = "working", checkpoint = '{"step": 1}' })
+        local marker = "bq_race_" .. math.random(1, 1e9)
+        -- the other session: locks Bindu's row, waits (up to 10 s) for the change to wait on
+        -- it, then writes its checkpoint and one more attempt and commits
+        local other = proc.spawn(("psql -X -q -h 127.0.0.1 -p %d -U postgres -d postgres -c %s"):format(db.port, proc.quote(
+            ("BEGIN; SELECT 1 FROM pgb_race.tasks WHERE id = '%s' FOR UPDATE;"
+             .. " DO $$ BEGIN /* %s */ FOR i IN 1..1000 LOOP EXIT WHEN EXISTS (SELECT 1 FROM pg_locks"
+             .. " WHERE NOT granted); PERFORM pg_sleep(0.01); END LOOP; END $$;"
+             .. " UPDATE pgb_race.binduq_state SET checkpoint = '{\"step\": 2}', attempts = attempts + 1"
+             .. " WHERE id = '%s'; COMMIT;"):format(id, marker, id))))
+        assert(proc.wait_for(function()
+            -- asleep in its loop: it holds the lock
+            return db:psql(("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%/* %s */%%'"
+                .. " AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()"):format(marker)):match("%d+") == "1"
+        end, 10, 0.02), "the other session did not take the lock")
+        -- what binduq.lifecycle.order's keep does for a message that comes while the task
+        -- works, and an attempt counted, which adds to the count as it is
+        local changed, now = st:change{ id = id, from = "working", if_requested = "", count_attempt = true,
+                                        append_history = '[{"role":"user","content":"more"}]' }
+        assert.are.equal(0, proc.wait(other, 10))
+        assert.is_true(changed, now)
+        local rec = st:get(id)
+        assert.are.equal('{"step": 2}', rec.checkpoint)
+        assert.are.equal(3, rec.attempts)
+        assert.are.equal(2, #json.decode(rec.history))
         st:close()
     end)
 
