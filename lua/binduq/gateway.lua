@@ -822,6 +822,8 @@ function Gateway:handle(req)
     end
     if req.method == "GET" and path == "/healthz" then return srv:reply(req.id, 200, "ok\n", "text/plain") end
     if req.method == "POST" and (path == "/" or path == "/a2a" or path == (self.url:match("^https?://[^/]+(/.*)$") or "/")) then
+        local refused, why = self:browser_gate(req)
+        if refused then return srv:reply(req.id, refused, rpc_error(nil, M.E.INVALID_REQUEST, why), "application/json") end
         if not self:authorized(req) then
             return srv:reply(req.id, 401, rpc_error(nil, M.E.INVALID_REQUEST, "Unauthorized: a bearer token is required"),
                              "application/json", { ["WWW-Authenticate"] = "Bearer" })
@@ -831,6 +833,60 @@ function Gateway:handle(req)
         return true
     end
     return srv:reply(req.id, 404, "not found: POST / (JSON-RPC), GET /.well-known/agent-card.json\n", "text/plain")
+end
+
+-- ---- the browser gate: cross-site requests and DNS rebinding -----------------------------------
+-- A web page can make a browser POST to the gateway (a form, or fetch without a preflight)
+-- with the body it likes, and a page whose name it rebinds to 127.0.0.1 is "same origin" to
+-- the browser. So a JSON-RPC call (as the dashboard's POSTs, docs/dashboard.md):
+--   * with an Origin header needs it to name the Host it was sent to (403): every browser sends
+--     Origin with a POST made by a script, and with a form's today; Origin "null" is refused;
+--   * without tokens needs a Host that names this machine (127.0.0.1, localhost, ::1) or the
+--     host of the card's URL (403): the rebinding page's request names the attacker's host;
+--   * needs a Content-Type a form cannot fill with JSON (415): application/json or
+--     application/<x>+json, or curl -d's application/x-www-form-urlencoded (a form percent-
+--     encodes braces and quotes, so its body is never JSON); not text/plain, multipart or none.
+
+local LOOPBACK = { ["127.0.0.1"] = true, ["::1"] = true, localhost = true }
+
+-- "Host:port" -> host, port ("[::1]:3773" -> "::1", "3773"), lower-case; nil for nothing.
+local function authority(h)
+    if type(h) ~= "string" or h == "" then return nil end
+    h = h:lower()
+    local name, port = h:match("^%[([^%]]*)%]:?(%d*)$")
+    if not name then name, port = h:match("^([^:%[%]]*):?(%d*)$") end
+    return name, port
+end
+
+-- Whether an Origin names the host a request was sent to (the same name and port, the
+-- scheme's default port when one of them gives none).
+local function same_origin(origin, host)
+    local scheme, rest = origin:lower():match("^(https?)://([^/]+)$")
+    local oname, oport = authority(rest)
+    local hname, hport = authority(host)
+    if not scheme or not oname or oname ~= hname then return false end
+    local default = scheme == "https" and "443" or "80"
+    return (oport ~= "" and oport or default) == (hport ~= "" and hport or default)
+end
+
+local ACCEPTED_TYPES = { ["application/json"] = true, ["application/x-www-form-urlencoded"] = true }
+
+--- Nil for a request the gate lets through; else the HTTP status (403, 415) and why.
+function Gateway:browser_gate(req)
+    if req.origin and not same_origin(req.origin, req.host or "") then
+        return 403, "Forbidden: a request from another origin (" .. req.origin:sub(1, 100) .. ")"
+    end
+    if not self.tokens or #self.tokens == 0 then
+        local name = authority(req.host)
+        if not (name and (LOOPBACK[name] or name == authority(self.url:match("^https?://([^/]+)") or ""))) then
+            return 403, "Forbidden: without tokens, the Host header must name this machine (127.0.0.1, localhost, ::1)"
+        end
+    end
+    local ctype = (req.content_type or ""):lower():match("^%s*([^;%s]+)%s*")
+    if not (ctype and (ACCEPTED_TYPES[ctype] or ctype:match("^application/[%w.-]+%+json$"))) then
+        return 415, "Unsupported Media Type: JSON-RPC needs Content-Type: application/json"
+    end
+    return nil
 end
 
 -- Schedules the new tasks of non-blocking sends taken together (send), in one pipelined

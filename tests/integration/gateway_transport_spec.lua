@@ -1,0 +1,124 @@
+-- The A2A gateway's HTTP transport (src/engine/gateway.c and the request gate of
+-- lua/binduq/gateway.lua), against real processes as tests/integration/gateway_spec.lua
+-- starts them: what a browser on another site may make it do (cross-site requests, DNS
+-- rebinding), streams whose reader went away, the body limit, large stream events.
+
+local proc = require("helpers.proc")
+local json = require("binduq.json")
+
+-- Starts a gateway on a free port (examples/agent_gateway.lua, or `cmd`); returns the process,
+-- its base URL and its port.
+local function start(env, cmd)
+    local e = { BINDUQ_GATEWAY_ADDR = "127.0.0.1:0", BINDUQ_LOG_LEVEL = "info" }
+    for k, v in pairs(env or {}) do e[k] = v end
+    local p = proc.spawn(cmd or "build/binduq-lua examples/agent_gateway.lua", { env = e })
+    local port = proc.wait_for(function()
+        return (proc.read(p.log) or ""):match("gateway_listening [^\n]*port=(%d+)")
+    end, 15)
+    assert(port, "the gateway did not start: " .. tostring(proc.read(p.log)))
+    return p, "http://127.0.0.1:" .. port, port
+end
+
+-- curl with `args`; returns the body and the HTTP status.
+local function curl(args)
+    local out = proc.sh("curl -s --max-time 10 -o - -w '\\n%{http_code}' " .. args)
+    local body, code = out:match("^(.*)\n(%d+)$")
+    return body or out, tonumber(code)
+end
+
+local function send_body(task)
+    return ('{"jsonrpc":"2.0","id":1,"method":"message/send","params":{"message":{"kind":"message",'
+        .. '"messageId":"m-%s","taskId":"%s","role":"user","parts":[{"kind":"text","text":"hi"}]}}}'):format(task, task)
+end
+
+local function get_body(task)
+    return ('{"jsonrpc":"2.0","id":2,"method":"tasks/get","params":{"id":"%s"}}'):format(task)
+end
+
+describe("#gateway the request gate", function()
+    local gw, base, port
+    setup(function() gw, base, port = start() end)
+    teardown(function() assert.are.equal(0, proc.stop(gw, 10)) end)
+
+    local function post(headers, body)
+        local args = {}
+        for _, h in ipairs(headers) do args[#args + 1] = "-H " .. proc.quote(h) end
+        return curl(table.concat(args, " ") .. " --data-binary " .. proc.quote(body) .. " " .. base .. "/")
+    end
+
+    local function exists(task)
+        local out, code = post({ "Content-Type: application/json" }, get_body(task))
+        assert.are.equal(200, code, out)
+        return json.decode(out).result ~= nil
+    end
+
+    it("refuses what another site's page can make a browser send, and runs nothing", function()
+        local host = "evil.example:" .. port
+        -- A form (text/plain) from another origin, to a name rebound to 127.0.0.1.
+        local out, code = post({ "Content-Type: text/plain", "Origin: http://evil.example:" .. port,
+                                 "Host: " .. host }, send_body("csrf-1"))
+        assert.are.equal(403, code, out)
+        -- The rebinding page's own requests are same-origin to the browser: the Host tells.
+        out, code = post({ "Content-Type: application/json", "Origin: http://" .. host, "Host: " .. host },
+                         send_body("csrf-2"))
+        assert.are.equal(403, code, out)
+        assert.truthy(out:find("Host", 1, true), out)
+        -- Another origin to the right host.
+        out, code = post({ "Content-Type: application/json", "Origin: http://evil.example" }, send_body("csrf-3"))
+        assert.are.equal(403, code, out)
+        out, code = post({ "Content-Type: application/json", "Origin: null" }, send_body("csrf-4"))
+        assert.are.equal(403, code, out)
+        -- A form's text/plain (or multipart, or no type) from this origin: 415.
+        out, code = post({ "Content-Type: text/plain" }, send_body("csrf-5"))
+        assert.are.equal(415, code, out)
+        out, code = post({ "Content-Type: multipart/form-data; boundary=x" }, send_body("csrf-6"))
+        assert.are.equal(415, code, out)
+        out, code = post({ "Content-Type:" }, send_body("csrf-7"))
+        assert.are.equal(415, code, out)
+        for i = 1, 7 do assert.is_false(exists("csrf-" .. i), "csrf-" .. i .. " was scheduled") end
+        -- Pushing a webhook URL (server-side request forgery) is refused alike.
+        out, code = post({ "Content-Type: text/plain", "Origin: http://evil.example" },
+                         '{"jsonrpc":"2.0","id":3,"method":"tasks/pushNotificationConfig/set","params":'
+                         .. '{"taskId":"x","pushNotificationConfig":{"url":"http://10.0.0.1/"}}}')
+        assert.are.equal(403, code, out)
+    end)
+
+    it("serves clients that are not browsers, and a page of its own origin", function()
+        local ok = {
+            { "Content-Type: application/json" },
+            { "Content-Type: application/json; charset=utf-8" },
+            { "Content-Type: application/a2a+json" },
+            { "Content-Type: application/x-www-form-urlencoded" }, -- curl -d
+            { "Content-Type: application/json", "Origin: http://127.0.0.1:" .. port },
+            { "Content-Type: application/json", "Host: localhost:" .. port, "Origin: http://LOCALHOST:" .. port },
+            { "Content-Type: application/json", "Host: [::1]:" .. port },
+        }
+        for i, headers in ipairs(ok) do
+            local out, code = post(headers, send_body("fine-" .. i))
+            assert.are.equal(200, code, table.concat(headers, ", ") .. ": " .. out)
+            assert.is_true(exists("fine-" .. i), "fine-" .. i)
+        end
+        -- curl -d as the walkthrough sends it.
+        local out, code = curl("-d " .. proc.quote(send_body("fine-curl")) .. " " .. base .. "/")
+        assert.are.equal(200, code, out)
+        -- The card stays public, whatever the Host or Origin.
+        out, code = curl("-H 'Host: evil.example' -H 'Origin: http://evil.example' " .. base .. "/.well-known/agent-card.json")
+        assert.are.equal(200, code, out)
+        assert.truthy(json.decode(out).name, out)
+    end)
+end)
+
+describe("#gateway the request gate with tokens", function()
+    local gw, base
+    setup(function() gw, base = start({ BINDUQ_GATEWAY_TOKENS = "t0ken" }) end)
+    teardown(function() assert.are.equal(0, proc.stop(gw, 10)) end)
+
+    it("takes any Host with a token (a rebinding page cannot send one), still no other origin", function()
+        local out, code = curl("-H 'Authorization: Bearer t0ken' -H 'Content-Type: application/json' "
+            .. "-H 'Host: agent.example.com' --data-binary " .. proc.quote(send_body("tok-1")) .. " " .. base .. "/")
+        assert.are.equal(200, code, out)
+        out, code = curl("-H 'Authorization: Bearer t0ken' -H 'Content-Type: application/json' "
+            .. "-H 'Origin: http://evil.example' --data-binary " .. proc.quote(send_body("tok-2")) .. " " .. base .. "/")
+        assert.are.equal(403, code, out)
+    end)
+end)
