@@ -71,7 +71,7 @@ local KNOWN = {
     deployment = "table", name = "string", description = "string", skills = "table",
     version = "string", author = "string",
     push = "boolean", push_attempts = "number", push_timeout = "number", push_ttl = "number",
-    dashboard = "boolean|table",
+    dashboard = "boolean|table", keepalive = "number",
 }
 
 -- binduq's states as A2A's: a paused task is still open and will go on, "working" to a client.
@@ -99,7 +99,7 @@ function M.new(opts, level)
     level = (level or 1) + 1
     opts = opts or {}
     config.check(opts, KNOWN, "gateway options", level)
-    for _, k in ipairs({ "push_attempts", "push_timeout", "push_ttl" }) do
+    for _, k in ipairs({ "push_attempts", "push_timeout", "push_ttl", "keepalive" }) do
         local v = opts[k]
         if v ~= nil and not (v > 0 and v < 1e9) or k == "push_attempts" and v and math.type(v) ~= "integer" then
             error(k .. " must be a positive " .. (k == "push_attempts" and "whole number" or "number of seconds"), level)
@@ -150,6 +150,7 @@ function M.new(opts, level)
         push_watch = {}, push_seen = {}, push_due = {},
         rate = opts.rate or 10000, buckets = {},
         poll = opts.poll or (following and 2 or 0.1), blocking_timeout = opts.blocking_timeout or 60,
+        keepalive = opts.keepalive or 15,
         scheme = opts.cert and "https" or "http",
     }, Gateway)
     -- The card's URL: the deployment's, when it gave the address; else where this listens.
@@ -632,8 +633,14 @@ end
 
 -- Follows the open streams and blocking sends (those of the tasks in `only`, the task ids
 -- that note_event gathered, when it is given): what changed in each task since last time.
+-- The full pass (no `only`, every `poll` seconds) also sends a comment (": keepalive") to
+-- each stream that has been open `keepalive` seconds since the last: a stream waiting for
+-- news is a suspended connection, which the HTTP server neither reads nor times out, so
+-- only a write notices a reader that went away (the second one after it left fails, the
+-- stream ends and its connection is freed); proxies see traffic too.
 function Gateway:follow(only)
     local keep = {}
+    local now = not only and core.monotonic()
     for _, st in ipairs(self.streams) do
         local info = only and only[st.task]
         if not st.done and only and (not info or self:from_events(st, info)) then
@@ -665,6 +672,10 @@ function Gateway:follow(only)
             end
         elseif not st.done then
             st.done = true -- the task is gone (memory storage dropped it)
+        end
+        if now and not st.done and not st.blocking and now >= (st.keepalive_at or now) then
+            if st.keepalive_at and not self.server:send(st.req, ": keepalive\n\n") then st.done = true end
+            st.keepalive_at = now + self.keepalive
         end
         if st.done then
             if not st.blocking then self.server:finish(st.req) end

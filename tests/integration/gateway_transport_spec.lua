@@ -122,3 +122,33 @@ describe("#gateway the request gate with tokens", function()
         assert.are.equal(403, code, out)
     end)
 end)
+
+local function stream_body(i)
+    return ('{"jsonrpc":"2.0","id":%d,"method":"message/stream","params":{"message":{"kind":"message",'
+        .. '"messageId":"s%d","role":"user","parts":[{"kind":"text","text":"wait"}]}}}'):format(i, i)
+end
+
+describe("#gateway streams whose reader went away", function()
+    local gw, base
+    -- No worker: a streamed task stays queued and its stream waits for news that never comes.
+    setup(function()
+        gw, base = start({ MAX_CONNECTIONS = "3", KEEPALIVE = "0.3", POLL = "0.1" },
+                         "build/binduq-lua tests/gateway/transport_gateway.lua")
+    end)
+    teardown(function() assert.are.equal(0, proc.stop(gw, 10)) end)
+
+    it("are sent keepalives, so a closed one is noticed and its connection freed", function()
+        local body = select(1, proc.sh("curl -sN --max-time 1.5 -H 'Content-Type: application/json' --data-binary "
+            .. proc.quote(stream_body(1)) .. " " .. base .. "/"))
+        assert.truthy(body:find('^data: {[^\n]*"submitted"'), body)
+        assert.truthy(body:find("\n\n: keepalive\n\n", 1, true), body)
+        -- Three streams (every connection there is) whose clients are gone after a second.
+        proc.sh(("for i in 2 3 4; do curl -sN --max-time 1 -H 'Content-Type: application/json' "
+            .. "--data-binary %s %s/ > /dev/null & done; wait"):format(proc.quote(stream_body(2)), base))
+        local code = proc.wait_for(function()
+            local _, c = curl("--max-time 1 " .. base .. "/healthz")
+            return c == 200 and c or nil
+        end, 6)
+        assert.are.equal(200, code, "the gateway's connections stayed taken by streams nobody reads")
+    end)
+end)
