@@ -2,8 +2,9 @@
  * gateway.c -- see gateway.h.
  *
  * A connection's life (struct gw_conn, libmicrohttpd's per-connection pointer):
- *   BODY      the request's body arrives (bounded: past max_body it is dropped and the
- *             answer is 413);
+ *   BODY      the request's body arrives (bounded: a Content-Length over max_body is
+ *             answered 413 before any of it is read; a chunked body that passes it closes
+ *             the connection);
  *   QUEUED    complete: queued for bq_gateway_next, the connection suspended;
  *   ANSWERED  an answer came (bq_gateway_reply): the connection is resumed and libmicrohttpd
  *             calls the access handler again, which sends it;
@@ -41,7 +42,7 @@ struct gw_conn {
     struct MHD_Connection *c;
     enum phase phase;
     uint64_t id;
-    bool too_big, suspended, taken, ended, streaming;
+    bool refused, suspended, taken, ended, streaming;
     bq_buf body;
     struct bq_gateway_request req; /* filled when queued; its strings move to the taker */
     struct gw_conn *next;          /* in the queue */
@@ -195,6 +196,24 @@ static enum MHD_Result plain(struct MHD_Connection *c, unsigned status, const ch
     return ret;
 }
 
+/* A body over max_body, known from its Content-Length before any of it is read: 413 at once,
+ * queued from the first call, so libmicrohttpd sends no "100 Continue", reads none of the
+ * body and closes the connection after the answer (what the client sent after the headers
+ * cannot be told from a next request). */
+static enum MHD_Result too_large(struct MHD_Connection *c)
+{
+    static const char text[] = "request body too large\n";
+    struct MHD_Response *r = bq_mhd.MHD_create_response_from_buffer(
+        sizeof text - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+    if (r == NULL)
+        return MHD_NO;
+    bq_mhd.MHD_add_response_header(r, "Content-Type", "text/plain; charset=utf-8");
+    bq_mhd.MHD_add_response_header(r, "Connection", "close");
+    enum MHD_Result ret = bq_mhd.MHD_queue_response(c, MHD_HTTP_CONTENT_TOO_LARGE, r);
+    bq_mhd.MHD_destroy_response(r);
+    return ret;
+}
+
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
@@ -266,18 +285,23 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
         k->c = c;
         const char *cl = bq_mhd.MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                             "Content-Length");
-        if (cl != NULL && strtoull(cl, NULL, 10) > g->max_body)
-            k->too_big = true;
         *state = k;
+        if (cl != NULL && strtoull(cl, NULL, 10) > g->max_body) {
+            k->refused = true;
+            return too_large(c);
+        }
+        return MHD_YES;
+    }
+    if (k->refused) { /* answered 413 already: nothing more is read */
+        *upload_size = 0;
         return MHD_YES;
     }
     if (*upload_size > 0) {
-        if (!k->too_big && k->body.len + *upload_size > g->max_body) {
-            k->too_big = true;
-            bq_buf_free(&k->body);
-        }
-        if (!k->too_big)
-            bq_buf_append(&k->body, upload, *upload_size);
+        /* A body without a length (chunked) that passes the limit: libmicrohttpd takes no
+         * answer while a body arrives, so the connection is closed rather than read on. */
+        if (k->body.len + *upload_size > g->max_body)
+            return MHD_NO;
+        bq_buf_append(&k->body, upload, *upload_size);
         *upload_size = 0;
         return MHD_YES;
     }
@@ -285,11 +309,9 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
     enum MHD_Result ret = MHD_YES;
     switch (k->phase) {
     case PH_BODY:
-        if (k->too_big || k->body.oom) {
+        if (k->body.oom) {
             pthread_mutex_unlock(&g->mu);
-            return plain(c, k->too_big ? MHD_HTTP_CONTENT_TOO_LARGE
-                                       : MHD_HTTP_INTERNAL_SERVER_ERROR,
-                         k->too_big ? "request body too large\n" : "out of memory\n");
+            return plain(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
         }
         if (g->stopping) {
             pthread_mutex_unlock(&g->mu);

@@ -10,7 +10,8 @@
  * connection. So a slow answer holds a connection, not a thread, and thousands of open
  * streams cost memory only.
  *
- * Bounds: a body over max_body is answered 413 before it is read; max_connections at once
+ * Bounds: a body over max_body is answered 413 before it is read (its Content-Length; a
+ * chunked one that passes it closes the connection); max_connections at once
  * (libmicrohttpd refuses more); a connection idle for `idle_timeout` seconds is closed; a
  * stream's unsent bytes over 1 MiB end it (a reader that does not read). Requests, answers
  * and streams are numbered (id); an answer for an id whose connection is gone is dropped.

@@ -152,3 +152,33 @@ describe("#gateway streams whose reader went away", function()
         assert.are.equal(200, code, "the gateway's connections stayed taken by streams nobody reads")
     end)
 end)
+
+describe("#gateway the body limit", function()
+    local gw, base, port
+    setup(function()
+        gw, base, port = start({ MAX_BODY = "100000" }, "build/binduq-lua tests/gateway/transport_gateway.lua")
+    end)
+    teardown(function() assert.are.equal(0, proc.stop(gw, 10)) end)
+
+    local function send(case)
+        local out = proc.sh(("python3 tests/gateway/body_limit.py %s %s"):format(port, case))
+        return assert(json.decode(out:match("[^\n]*$")), out)
+    end
+
+    it("refuses a body whose length is over it before reading any (no 100 Continue)", function()
+        local r = send("expect")
+        assert.are.equal("HTTP/1.1 413 Content Too Large", r.first)
+        r = send("length")
+        assert.are.equal("HTTP/1.1 413 Content Too Large", r.first)
+        assert.is_true(r.sent <= 4 * 65536, "read " .. r.sent .. " bytes before it answered")
+    end)
+
+    it("closes the connection once a chunked body passes it", function()
+        local r = send("chunked")
+        assert.are.equal("", r.first)
+        assert.is_true(r.sent <= 32 * 65536, "read " .. r.sent .. " bytes before it closed")
+        -- and serves the next
+        local out, code = curl(base .. "/healthz")
+        assert.are.equal(200, code, out)
+    end)
+end)
