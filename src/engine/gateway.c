@@ -33,7 +33,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#define STREAM_MAX (1u << 20) /* unsent bytes of a stream before it is ended */
+#define STREAM_MAX (1u << 20) /* unsent bytes of a stream past which the next event ends it */
 
 enum phase { PH_BODY = 0, PH_QUEUED, PH_ANSWERED, PH_STREAM, PH_SENT };
 
@@ -527,7 +527,10 @@ bool bq_gateway_send(bq_gateway *g, uint64_t id, const char *data, size_t len)
     pthread_mutex_lock(&g->mu);
     struct gw_conn *k = live_find(g, id);
     bool ok = k != NULL && k->streaming && !k->ended;
-    if (ok && k->out.len - k->out_at + len > STREAM_MAX) {
+    /* Only what waits counts: an event is taken whatever its size when the reader keeps up
+     * (the request's size bounds it, and JSON's escapes can double that), so the backlog is
+     * at most STREAM_MAX and one event. */
+    if (ok && k->out.len - k->out_at > STREAM_MAX) {
         k->ended = true; /* a reader that does not read: the stream ends */
         ok = false;
     } else if (ok) {

@@ -13,7 +13,8 @@
  * Bounds: a body over max_body is answered 413 before it is read (its Content-Length; a
  * chunked one that passes it closes the connection); max_connections at once
  * (libmicrohttpd refuses more); a connection idle for `idle_timeout` seconds is closed; a
- * stream's unsent bytes over 1 MiB end it (a reader that does not read). Requests, answers
+ * stream whose unsent bytes are over 1 MiB is ended by its next event (a reader that does
+ * not read; an event of any size is taken when nothing waits). Requests, answers
  * and streams are numbered (id); an answer for an id whose connection is gone is dropped.
  */
 #ifndef BINDUQ_GATEWAY_H

@@ -182,3 +182,33 @@ describe("#gateway the body limit", function()
         assert.are.equal(200, code, out)
     end)
 end)
+
+describe("#gateway large stream events", function()
+    local gw, base
+    setup(function() gw, base = start() end)
+    teardown(function() assert.are.equal(0, proc.stop(gw, 10)) end)
+
+    it("sends an event over 1 MiB when the reader keeps up ('/' is escaped to '\\/': twice the request)", function()
+        local file = proc.tmpdir() .. "/slash.json"
+        proc.write(file, ('{"jsonrpc":"2.0","id":5,"method":"message/stream","params":{"message":{"kind":"message",'
+            .. '"messageId":"sl1","taskId":"slash-task","role":"user","parts":[{"kind":"text","text":"%s"}]}}}')
+            :format(string.rep("/", 600200)))
+        local out, code = curl("-N -H 'Content-Type: application/json' --data-binary @" .. file .. " " .. base .. "/")
+        assert.are.equal(200, code)
+        local events = {}
+        for data in out:gmatch("data: ([^\n]*)\n\n") do events[#events + 1] = json.decode(data) end
+        assert.is_true(#events >= 2, ("%d bytes, %d events"):format(#out, #events))
+        assert.truthy(#out > (1 << 20), #out)
+        local first, last = events[1].result, events[#events].result
+        assert.are.equal("slash-task", first.id)
+        assert.are.equal(600200, #first.history[1].parts[1].text)
+        assert.are.same({ "completed", true }, { last.status and last.status.state, last.final })
+        -- The same task again, its history and artifact each 1.2 MB as JSON.
+        out, code = curl("-N -H 'Content-Type: application/json' --data-binary "
+            .. proc.quote('{"jsonrpc":"2.0","id":6,"method":"tasks/resubscribe","params":{"id":"slash-task"}}') .. " " .. base .. "/")
+        assert.are.equal(200, code)
+        local again = json.decode(out:match("^data: ([^\n]*)\n\n") or "null")
+        assert.truthy(again, ("%d bytes: %s"):format(#out, out:sub(1, 200)))
+        assert.are.equal("slash-task", again.result.id)
+    end)
+end)
