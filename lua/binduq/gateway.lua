@@ -41,10 +41,17 @@ local M = {}
 local EMPTY_TAG = "\1binduq-empty-array-" .. core.uuid4()
 local EMPTY_PATTERN = '"\\u0001' .. EMPTY_TAG:sub(2):gsub("%p", "%%%0") .. '"'
 local function list(t) return #t > 0 and t or EMPTY_TAG end
+-- Raises on what JSON cannot carry: a value from a request or from the storage may nest past
+-- the encoder's depth or hold a number JSON has no text for, so every answer built from one
+-- is encoded under pcall (rpc_answer, emit), and fails that answer, not the gateway.
 local function encode(v)
-    local text = assert(json.encode(v))
-    return (text:gsub(EMPTY_PATTERN, "[]"))
+    return (json.encode_strict(v):gsub(EMPTY_PATTERN, "[]"))
 end
+
+-- How deep a message may nest (the message object is level 1): what the decoder takes less
+-- what an answer wraps around a message (1.0's {result: {task: {history: [message]}}} puts it
+-- at level 5, its parts' values at 8), so that every answer about the task can be encoded.
+local MAX_MESSAGE_DEPTH = json.MAX_DEPTH - 8
 
 local Gateway = {}
 Gateway.__index = Gateway
@@ -333,9 +340,44 @@ local function rpc_result(id, result)
     return encode({ jsonrpc = "2.0", id = id, result = result })
 end
 
+-- The answer with `result`, or when that cannot be encoded (a stored task nested past the
+-- encoder's depth) an Internal error for this request alone, logged with `method`.
+local function rpc_answer(id, result, v1, method)
+    local ok, text = pcall(rpc_result, id, result)
+    if ok then return text end
+    core.log("error", "gateway_encode_failed", { method = method, error = tostring(text) })
+    return rpc_error(id, M.E.INTERNAL, "Internal error: the answer cannot be written as JSON", v1)
+end
+
+-- The id an error about an invalid request echoes: the request's when it is a string or a
+-- number JSON can carry (an integer as an integer), else null.
+local function echo_id(id)
+    if type(id) == "string" then return id end
+    if type(id) == "number" and id == id and id ~= math.huge and id ~= -math.huge then
+        return math.tointeger(id) or id
+    end
+    return nil
+end
+
 local function fail(code, message) error({ rpc = code, message = message }, 0) end
 
 local V1_ROLE = { ROLE_USER = "user", ROLE_AGENT = "agent" }
+
+-- Raises InvalidParams when v nests deeper than `max` levels (a table is one) or holds a
+-- number JSON has no text for (1e400 decodes as inf): what the task's answers could not carry.
+local function check_value(v, where, max)
+    local function walk(x, depth)
+        if type(x) == "number" then
+            if x ~= x or x == math.huge or x == -math.huge then
+                fail(M.E.INVALID_PARAMS, where .. " holds a number out of range")
+            end
+        elseif type(x) == "table" then
+            if depth > max then fail(M.E.INVALID_PARAMS, where .. " nests deeper than " .. max .. " levels") end
+            for _, y in pairs(x) do walk(y, depth + 1) end
+        end
+    end
+    walk(v, 1)
+end
 
 -- The incoming message in binduq's shape: {role=, parts=(0.3's), message_id=}, and its
 -- taskId and contextId. Raises InvalidParams naming what is wrong.
@@ -367,6 +409,8 @@ local function message_in(P, params)
             parts[i] = p
         end
     end
+    check_value(m, "params.message", MAX_MESSAGE_DEPTH)
+    check_value(params.metadata, "params.metadata", MAX_MESSAGE_DEPTH)
     for _, k in ipairs({ "messageId", "taskId", "contextId" }) do
         if m[k] ~= nil and (type(m[k]) ~= "string" or m[k] == "") then
             fail(M.E.INVALID_PARAMS, "params.message." .. k .. " must be a non-empty string")
@@ -611,7 +655,17 @@ local METHODS = {
 M.METHODS = METHODS
 
 function Gateway:emit(st, result)
-    local ok = self.server:send(st.req, "data: " .. rpc_result(st.rpc, result) .. "\n\n")
+    local eok, text = pcall(rpc_result, st.rpc, result)
+    if not eok then
+        -- The task cannot be written (stored nested past the encoder's depth): an error
+        -- event ends this stream.
+        core.log("error", "gateway_encode_failed", { task_id = st.task, error = tostring(text) })
+        self.server:send(st.req, "data: " .. rpc_error(st.rpc, M.E.INTERNAL, "Internal error: the task cannot be "
+                                                       .. "written as JSON", st.P == V1) .. "\n\n")
+        st.done = true
+        return false
+    end
+    local ok = self.server:send(st.req, "data: " .. text .. "\n\n")
     if not ok then st.done = true end
     return ok
 end
@@ -657,7 +711,7 @@ function Gateway:follow(only)
             local a2a = A2A_STATE[t.state] or "unknown"
             if st.blocking then
                 if FINAL[a2a] and #t.history > st.hist0 or core.monotonic() > st.until_t then
-                    self.server:reply(st.req, 200, rpc_result(st.rpc, P.sent(t, st.history_length)), "application/json")
+                    self.server:reply(st.req, 200, rpc_answer(st.rpc, P.sent(t, st.history_length), P == V1), "application/json")
                     st.done = true
                 end
             else
@@ -796,7 +850,7 @@ function Gateway:rpc(req)
     local msg = json.decode(req.body)
     if msg == nil then return rpc_error(nil, M.E.PARSE, "Parse error: the body is not JSON") end
     if type(msg) ~= "table" or msg[1] ~= nil or msg.jsonrpc ~= "2.0" or type(msg.method) ~= "string" then
-        return rpc_error(type(msg) == "table" and msg.id or nil, M.E.INVALID_REQUEST,
+        return rpc_error(type(msg) == "table" and echo_id(msg.id) or nil, M.E.INVALID_REQUEST,
                          "Invalid Request: a JSON-RPC 2.0 object with a method is expected")
     end
     local id = msg.id
@@ -814,7 +868,7 @@ function Gateway:rpc(req)
         return rpc_error(id, M.E.INTERNAL, "Internal error", P == V1)
     end
     if res == nil then return nil end -- answered later (a stream, a blocking send)
-    return rpc_result(id, res)
+    return rpc_answer(id, res, P == V1, msg.method)
 end
 
 --- Handles one request.
@@ -915,7 +969,8 @@ function Gateway:flush()
         local ok, sent, err = whole, wsent, werr
         if not whole then ok, sent, err = pcall(self.s.schedule, self.s, b.op) end
         if ok and sent then
-            out = rpc_result(b.rpc, b.P.sent(new_task(b.op.task_id, b.op.conversation_id, b.msg), b.hl))
+            out = rpc_answer(b.rpc, b.P.sent(new_task(b.op.task_id, b.op.conversation_id, b.msg), b.hl), b.P == V1,
+                             "message/send")
         else
             out = rpc_error(b.rpc, M.E.INTERNAL, "schedule: " .. tostring(ok and err or sent), b.P == V1)
         end

@@ -14,11 +14,13 @@ end
 local codec = cjson.new()
 codec.decode_invalid_numbers(false)
 codec.encode_invalid_numbers(false)
-codec.decode_max_depth(200)
-codec.encode_max_depth(200)
+-- Both directions nest at most MAX_DEPTH levels (an object or an array is one).
+local MAX_DEPTH = 200
+codec.decode_max_depth(MAX_DEPTH)
+codec.encode_max_depth(MAX_DEPTH)
 codec.encode_sparse_array(false)
 
-local M = { null = codec.null }
+local M = { null = codec.null, MAX_DEPTH = MAX_DEPTH }
 
 --- Decodes s; returns value, or nil and a message.
 function M.decode(s)

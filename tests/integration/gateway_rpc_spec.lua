@@ -1,0 +1,146 @@
+-- The A2A gateway's JSON-RPC edges (lua/binduq/gateway.lua) against a real gateway process
+-- (examples/agent_gateway.lua, or `binduq-lua serve` with Redis), driven with curl: what a
+-- request may hold and what comes back for it. A request the encoder cannot answer fails that
+-- request, not the process; ids are echoed as they came, only scalars; notifications get no
+-- answer; task ids follow the scheduler's rule before they reach a Redis key; the JSON the
+-- gateway writes is valid UTF-8.
+
+local proc = require("helpers.proc")
+local redis = require("helpers.redis")
+local json = require("binduq.json")
+
+-- Starts a gateway on a free port (examples/agent_gateway.lua, or `cmd`); returns the process
+-- and its base URL.
+local function start(env, cmd)
+    local e = { BINDUQ_GATEWAY_ADDR = "127.0.0.1:0", BINDUQ_LOG_LEVEL = "info" }
+    for k, v in pairs(env or {}) do e[k] = v end
+    local p = proc.spawn(cmd or "build/binduq-lua examples/agent_gateway.lua", { env = e })
+    local port = proc.wait_for(function()
+        return (proc.read(p.log) or ""):match("gateway_listening [^\n]*port=(%d+)")
+    end, 15)
+    assert(port, "the gateway did not start: " .. tostring(proc.read(p.log)))
+    return p, "http://127.0.0.1:" .. port
+end
+
+-- POSTs `body` (bytes as they are, from a file) to base/; returns the body, the HTTP status.
+local function post(base, body, args)
+    local file = proc.tmpdir() .. "/body.json"
+    proc.write(file, body)
+    local out = proc.sh(("curl -s -o - -w '\\n%%{http_code}' -H 'Content-Type: application/json' %s --data-binary @%s %s/")
+        :format(args or "", proc.quote(file), base))
+    local text, code = out:match("^(.*)\n(%d+)$")
+    return text or out, tonumber(code)
+end
+
+-- POSTs a JSON-RPC request; returns the decoded answer and its text (HTTP 200 asserted).
+local function rpc(base, body)
+    local text, code = post(base, body)
+    assert.are.equal(200, code, text)
+    return assert(json.decode(text), text), text
+end
+
+-- Still serving: /healthz answers.
+local function assert_alive(p, base)
+    assert.is_true(proc.alive(p), "the gateway exited: " .. tostring(proc.read(p.log)))
+    local out = proc.sh("curl -s " .. base .. "/healthz")
+    assert.are.equal("ok", out)
+end
+
+local function nest(n) -- n arrays, one in another
+    return ("["):rep(n) .. ("]"):rep(n)
+end
+
+local function send_body(id, part, extra)
+    return ('{"jsonrpc":"2.0","id":%s,"method":"message/send","params":{"message":{"kind":"message",'
+        .. '"messageId":"m1","role":"user","parts":[%s]%s}}}'):format(id, part, extra or "")
+end
+
+describe("#gateway gateway JSON-RPC edges", function()
+    local gw, base
+    setup(function() gw, base = start() end)
+    teardown(function() assert.are.equal(0, proc.stop(gw, 10)) end)
+
+    it("answers a request whose id JSON cannot carry back, and lives", function()
+        local r = rpc(base, '{"id":1e400}') -- no jsonrpc: invalid, the id (inf) is not echoed
+        assert.are.same({ -32600, json.null }, { r.error.code, r.id })
+        r = rpc(base, '{"jsonrpc":"2.0","id":-1e400,"method":"tasks/get"}')
+        assert.are.same({ -32600, json.null }, { r.error.code, r.id })
+        assert_alive(gw, base)
+    end)
+
+    it("echoes only a scalar id in an invalid request's error", function()
+        local r, text = rpc(base, '{"id":{"a":1},"method":"tasks/get"}')
+        assert.are.same({ -32600, json.null }, { r.error.code, r.id }, text)
+        r = rpc(base, '{"id":[1,2]}')
+        assert.are.same({ -32600, json.null }, { r.error.code, r.id })
+        r = rpc(base, '{"id":"x1"}')
+        assert.are.same({ -32600, "x1" }, { r.error.code, r.id })
+        r = rpc(base, '{"id":17}')
+        assert.are.same({ -32600, 17 }, { r.error.code, r.id })
+    end)
+
+    it("refuses a message nested past what its answers can carry, before it is scheduled", function()
+        for _, blocking in ipairs({ "false", "true" }) do
+            local body = send_body(7, '{"kind":"data","data":' .. nest(195) .. '}',
+                                   '},"configuration":{"blocking":' .. blocking)
+            local r, text = rpc(base, body)
+            assert.are.same({ -32602, 7 }, { r.error and r.error.code, r.id }, text)
+            assert.matches("nests deeper", r.error.message)
+        end
+        -- a depth the answers carry is taken
+        local r, text = rpc(base, send_body(8, '{"kind":"data","data":' .. nest(150) .. '}'))
+        assert.are.equal("task", r.result and r.result.kind, text)
+        -- a number out of JSON's range (it decodes as inf)
+        r, text = rpc(base, send_body(9, '{"kind":"data","data":{"n":1e400}}'))
+        assert.are.same({ -32602, 9 }, { r.error and r.error.code, r.id }, text)
+        r = rpc(base, ('{"jsonrpc":"2.0","id":10,"method":"SendMessage","params":{"message":{"messageId":"m",'
+            .. '"role":"ROLE_USER","parts":[{"text":"x"}]},"metadata":{"n":-1e400}}}'))
+        assert.are.same({ -32602, 10 }, { r.error and r.error.code, r.id })
+        assert_alive(gw, base)
+    end)
+end)
+
+describe("#redis #gateway gateway JSON-RPC edges, with Redis", function()
+    local server, gw, base
+    local env
+    setup(function()
+        server = redis.start()
+        env = { REDIS_URL = server.url, REDIS_QUEUE_NAME = "it:gwrpc", STORAGE_TYPE = "redis" }
+        gw, base = start(env, "build/binduq-lua serve")
+    end)
+    teardown(function()
+        local rc = proc.stop(gw, 10)
+        server:stop() -- even when the gateway had exited
+        assert.are.equal(0, rc)
+    end)
+
+    -- Schedules a run of a message (a Lua table) straight through the scheduler, as a
+    -- producer elsewhere would; no worker runs it.
+    local function schedule(task_id, message)
+        local bq = require("binduq")
+        local s = bq.scheduler{ scheduler = { url = server.url, queue_name = "it:gwrpc" }, storage = { type = "redis" } }
+        local ok, err = s:run{ task_id = task_id, messages = { message } }
+        s:close()
+        assert(ok, err)
+    end
+
+    it("answers Internal error for a stored task no answer can carry, for that request alone", function()
+        local deep = {}
+        for _ = 2, 196 do deep = { deep } end
+        schedule("deep-task", { role = "user", parts = { { kind = "data", data = deep } } })
+        schedule("flat-task", { role = "user", parts = { { kind = "text", text = "hi" } } })
+        for _, m in ipairs({ "tasks/get", "GetTask" }) do
+            local r, text = rpc(base, ('{"jsonrpc":"2.0","id":"g1","method":"%s","params":{"id":"deep-task"}}'):format(m))
+            assert.are.same({ -32603, "g1" }, { r.error and r.error.code, r.id }, text)
+        end
+        local r = rpc(base, '{"jsonrpc":"2.0","id":2,"method":"tasks/get","params":{"id":"flat-task"}}')
+        assert.are.equal("flat-task", r.result and r.result.id)
+        -- a stream of it: an error event ends it
+        local out = post(base, '{"jsonrpc":"2.0","id":3,"method":"tasks/resubscribe","params":{"id":"deep-task"}}',
+                         "-N --max-time 5")
+        local ev = assert(json.decode(out:match("data: ([^\n]+)") or ""), out)
+        assert.are.same({ -32603, 3 }, { ev.error and ev.error.code, ev.id })
+        assert_alive(gw, base)
+        assert.matches("gateway_encode_failed", proc.read(gw.log) or "")
+    end)
+end)
