@@ -326,18 +326,32 @@ end
 
 -- ---- JSON-RPC --------------------------------------------------------------------------------
 
+-- The JSON text of an id: a string as it came, an integer in all its digits (the encoder
+-- writes numbers with 14 significant digits: 123456789012345 came back 1.2345678901234e+14),
+-- null for none. The decoder reads every number as a double, so an integer is exact up to
+-- 2^53.
+local function id_text(id)
+    if id == nil or id == json.null then return "null" end
+    if type(id) == "number" then
+        local i = math.tointeger(id)
+        if i then return ("%d"):format(i) end
+        return ("%.17g"):format(id)
+    end
+    return json.encode_strict(id)
+end
+
 local function rpc_error(id, code, message, v1)
     local data
     if v1 and REASON[code] then
         data = { { ["@type"] = "type.googleapis.com/google.rpc.ErrorInfo", reason = REASON[code],
                    domain = "a2a-protocol.org" } }
     end
-    return encode({ jsonrpc = "2.0", id = id == nil and json.null or id,
-                    error = { code = code, message = message, data = data } })
+    return '{"jsonrpc":"2.0","id":' .. id_text(id) .. ',"error":'
+        .. encode({ code = code, message = message, data = data }) .. "}"
 end
 
 local function rpc_result(id, result)
-    return encode({ jsonrpc = "2.0", id = id, result = result })
+    return '{"jsonrpc":"2.0","id":' .. id_text(id) .. ',"result":' .. encode(result) .. "}"
 end
 
 -- The answer with `result`, or when that cannot be encoded (a stored task nested past the

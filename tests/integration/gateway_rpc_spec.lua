@@ -79,6 +79,24 @@ describe("#gateway gateway JSON-RPC edges", function()
         assert.are.same({ -32600, 17 }, { r.error.code, r.id })
     end)
 
+    it("echoes an integer id in all its digits, a string id as it came", function()
+        for _, id in ipairs({ "123456789012345", "-123456789012345", "9007199254740992" }) do
+            -- an error, a result from the loop (tasks/get) and one from the batch (a send)
+            local _, text = rpc(base, ('{"jsonrpc":"2.0","id":%s,"method":"tasks/get","params":{"id":"none"}}'):format(id))
+            assert.truthy(text:find('"id":' .. id .. ",", 1, true), text)
+            local sent
+            sent, text = rpc(base, send_body(id, '{"kind":"text","text":"hi"}'))
+            assert.truthy(text:find('"id":' .. id .. ",", 1, true), text)
+            _, text = rpc(base, ('{"jsonrpc":"2.0","id":%s,"method":"tasks/get","params":{"id":"%s"}}')
+                :format(id, sent.result.id))
+            assert.truthy(text:find('"id":' .. id .. ',"result":', 1, true), text)
+        end
+        local _, text = rpc(base, '{"jsonrpc":"2.0","id":"1.2345678901234e+14","method":"nope"}')
+        assert.truthy(text:find('"id":"1.2345678901234e+14"', 1, true), text)
+        _, text = rpc(base, '{"id":123456789012345}') -- an invalid request's error too
+        assert.truthy(text:find('"id":123456789012345,', 1, true), text)
+    end)
+
     it("refuses a message nested past what its answers can carry, before it is scheduled", function()
         for _, blocking in ipairs({ "false", "true" }) do
             local body = send_body(7, '{"kind":"data","data":' .. nest(195) .. '}',
