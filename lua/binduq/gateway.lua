@@ -377,6 +377,15 @@ local function fail(code, message) error({ rpc = code, message = message }, 0) e
 
 local V1_ROLE = { ROLE_USER = "user", ROLE_AGENT = "agent" }
 
+-- Raises InvalidParams unless v is an id by the scheduler's rule (src/core/id.h: 1 to 256
+-- bytes of UTF-8, no control character), checked before the id reaches a key or the storage.
+local function check_task_id(v, where)
+    if type(v) ~= "string" then fail(M.E.INVALID_PARAMS, where .. " must be a task id (a string)") end
+    local why = core.id_problem(v)
+    if why then fail(M.E.INVALID_PARAMS, where .. " " .. why .. " (an id is 1 to 256 bytes of UTF-8, no control characters)") end
+    return v
+end
+
 -- Raises InvalidParams when v nests deeper than `max` levels (a table is one) or holds a
 -- number JSON has no text for (1e400 decodes as inf): what the task's answers could not carry.
 local function check_value(v, where, max)
@@ -425,10 +434,11 @@ local function message_in(P, params)
     end
     check_value(m, "params.message", MAX_MESSAGE_DEPTH)
     check_value(params.metadata, "params.metadata", MAX_MESSAGE_DEPTH)
-    for _, k in ipairs({ "messageId", "taskId", "contextId" }) do
-        if m[k] ~= nil and (type(m[k]) ~= "string" or m[k] == "") then
-            fail(M.E.INVALID_PARAMS, "params.message." .. k .. " must be a non-empty string")
-        end
+    if m.messageId ~= nil and (type(m.messageId) ~= "string" or m.messageId == "") then
+        fail(M.E.INVALID_PARAMS, "params.message.messageId must be a non-empty string")
+    end
+    for _, k in ipairs({ "taskId", "contextId" }) do
+        if m[k] ~= nil then check_task_id(m[k], "params.message." .. k) end
     end
     return { role = role or "user", parts = parts, message_id = m.messageId }, m.taskId, m.contextId
 end
@@ -451,18 +461,18 @@ function Gateway:submit(P, params, push_cfg)
         if storage_mod.TERMINAL[t.state] then
             fail(M.E.UNSUPPORTED, "the task is " .. t.state .. ": a finished task takes no more messages")
         end
-        self:push_inline(task_id, push_cfg)
         local before = #t.history
         local ok, err = s:resume(task_id, { msg })
         if not ok then fail(M.E.INTERNAL, "resume: " .. tostring(err)) end
+        self:push_inline(task_id, push_cfg)
         return s:get_task(task_id) or t, before
     end
     local id = task_id or core.uuid4()
-    self:push_inline(id, push_cfg)
     local context = context_id or core.uuid4()
     local ok, how = s:run{ task_id = id, conversation_id = context, messages = { msg },
                            metadata = type(params.metadata) == "table" and params.metadata or nil }
     if not ok then fail(M.E.INTERNAL, "schedule: " .. tostring(how)) end
+    self:push_inline(id, push_cfg) -- once the run is accepted: a refused one leaves no key
     if how == "scheduled" then
         -- Recorded as sent: the task is what flush() answers for a non-blocking send, so it
         -- is not read back (a worker may have started it meanwhile: its status follows).
@@ -488,7 +498,7 @@ end
 local function task_id_param(params)
     local id = type(params) == "table" and (params.id or params.taskId or params.task_id)
     if type(id) ~= "string" or id == "" then fail(M.E.INVALID_PARAMS, "params.id must be a task id") end
-    return id
+    return check_task_id(id, "params.id")
 end
 
 -- A send's inline push config (0.3: configuration.pushNotificationConfig; 1.0:
@@ -524,9 +534,8 @@ local function send(self, P, params, req, rpc_id)
         local msg, task_id, context_id = message_in(P, params)
         if not task_id or not self.s:get_task(task_id) then
             task_id = task_id or core.uuid4()
-            self:push_inline(task_id, push_cfg)
             self.pending[#self.pending + 1] = {
-                req = req.id, rpc = rpc_id, P = P, hl = hl, msg = msg,
+                req = req.id, rpc = rpc_id, P = P, hl = hl, msg = msg, push_cfg = push_cfg,
                 op = { type = "run", task_id = task_id, conversation_id = context_id or core.uuid4(),
                        messages = { msg }, metadata = type(params.metadata) == "table" and params.metadata or nil },
             }
@@ -606,6 +615,7 @@ local function push_target(self, P, params, op)
     if type(task_id) ~= "string" or task_id == "" then
         fail(M.E.INVALID_PARAMS, "params." .. ((P == V1 or op == "set") and "taskId" or "id") .. " must be a task id")
     end
+    check_task_id(task_id, "params." .. ((P == V1 or op == "set") and "taskId" or "id"))
     if not self.s:get_task(task_id) then fail(M.E.TASK_NOT_FOUND, "Task not found") end
     local cfg_id = P == V1 and params.id or params.pushNotificationConfigId
     if cfg_id ~= nil and (type(cfg_id) ~= "string" or cfg_id == "") and op ~= "set" then
@@ -982,10 +992,19 @@ function Gateway:flush()
         local out
         local ok, sent, err = whole, wsent, werr
         if not whole then ok, sent, err = pcall(self.s.schedule, self.s, b.op) end
-        if ok and sent then
+        if ok and sent and b.push_cfg then
+            -- The inline push config, once the run is accepted (a refused run leaves no key).
+            local pok, perr = pcall(self.push_inline, self, b.op.task_id, b.push_cfg)
+            if not pok then
+                out = rpc_error(b.rpc, M.E.INTERNAL, "the task " .. b.op.task_id .. " was scheduled, but its push "
+                                .. "config was not stored: " .. tostring(type(perr) == "table" and perr.message or perr),
+                                b.P == V1)
+            end
+        end
+        if not out and ok and sent then
             out = rpc_answer(b.rpc, b.P.sent(new_task(b.op.task_id, b.op.conversation_id, b.msg), b.hl), b.P == V1,
                              "message/send")
-        else
+        elseif not out then
             out = rpc_error(b.rpc, M.E.INTERNAL, "schedule: " .. tostring(ok and err or sent), b.P == V1)
         end
         self.server:reply(b.req, 200, out, "application/json")

@@ -142,6 +142,42 @@ describe("#redis #gateway gateway JSON-RPC edges, with Redis", function()
         assert(ok, err)
     end
 
+    it("checks task ids by the scheduler's rule before they reach a key, and stores a push config once its run is accepted", function()
+        local push = ',"configuration":{"pushNotificationConfig":{"url":"http://127.0.0.1:9/hook","token":"t"}}'
+        local long = ("x"):rep(300)
+        for _, bad in ipairs({ long, "ab\\u0001cd", "ab\\ncd" }) do
+            for _, blocking in ipairs({ "false", "true" }) do
+                local conf = push:gsub("}}$", '},"blocking":' .. blocking .. "}")
+                local body = ('{"jsonrpc":"2.0","id":1,"method":"message/send","params":{"message":{"kind":"message",'
+                    .. '"messageId":"m1","role":"user","taskId":"%s","parts":[{"kind":"text","text":"hi"}]}%s}}'):format(bad, conf)
+                local r, text = rpc(base, body)
+                assert.are.same({ -32602, 1 }, { r.error and r.error.code, r.id }, text)
+                assert.matches("params.message.taskId", r.error.message)
+            end
+            local r = rpc(base, ('{"jsonrpc":"2.0","id":2,"method":"message/stream","params":{"message":{"kind":"message",'
+                .. '"messageId":"m1","role":"user","contextId":"%s","parts":[{"kind":"text","text":"hi"}]}}}'):format(bad))
+            assert.are.same({ -32602, "params.message.contextId" }, { r.error and r.error.code, r.error.message:match("^%S+") })
+            for _, m in ipairs({ "tasks/get", "tasks/cancel", "tasks/resubscribe", "GetTask", "CancelTask",
+                                 "SubscribeToTask", "tasks/pushNotificationConfig/get" }) do
+                r = rpc(base, ('{"jsonrpc":"2.0","id":3,"method":"%s","params":{"id":"%s"}}'):format(m, bad))
+                assert.are.same({ -32602, 3 }, { r.error and r.error.code, r.id }, m)
+            end
+            for _, m in ipairs({ "tasks/pushNotificationConfig/set", "CreateTaskPushNotificationConfig" }) do
+                r = rpc(base, ('{"jsonrpc":"2.0","id":4,"method":"%s","params":{"taskId":"%s","url":"http://127.0.0.1:9/h",'
+                    .. '"pushNotificationConfig":{"url":"http://127.0.0.1:9/h"}}}'):format(m, bad))
+                assert.are.same({ -32602, 4 }, { r.error and r.error.code, r.id }, m)
+            end
+        end
+        local r = rpc(base, '{"jsonrpc":"2.0","id":5,"method":"tasks/get","params":{"id":"' .. long .. '"}}')
+        assert.matches("longer than 256 bytes", r.error.message)
+        assert.are.equal("", server:cli("KEYS", "*push*")) -- no config left for a refused task
+        -- an accepted run has its inline config
+        r = rpc(base, ('{"jsonrpc":"2.0","id":6,"method":"message/send","params":{"message":{"kind":"message",'
+            .. '"messageId":"m1","role":"user","taskId":"ok-task","parts":[{"kind":"text","text":"hi"}]}%s}}'):format(push))
+        assert.are.equal("ok-task", r.result and r.result.id)
+        assert.matches("ok%-task", server:cli("KEYS", "*push*"))
+    end)
+
     it("answers Internal error for a stored task no answer can carry, for that request alone", function()
         local deep = {}
         for _ = 2, 196 do deep = { deep } end
