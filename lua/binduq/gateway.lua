@@ -373,6 +373,10 @@ local function echo_id(id)
     return nil
 end
 
+-- The rpc id handlers get for a notification (a request without "id"): nobody reads its
+-- answer, so a send does not wait and a stream is not opened; the HTTP answer is 204.
+local NOTIFY = setmetatable({}, { __name = "binduq.gateway.notification" })
+
 local function fail(code, message) error({ rpc = code, message = message }, 0) end
 
 local V1_ROLE = { ROLE_USER = "user", ROLE_AGENT = "agent" }
@@ -528,6 +532,7 @@ local function send(self, P, params, req, rpc_id)
     local push_cfg = inline_push(self, P, conf)
     local blocking = conf.blocking == true
     if P == V1 then blocking = conf.returnImmediately ~= true end -- 1.0 waits unless told not to
+    if rpc_id == NOTIFY then blocking = false end
     if not blocking then
         -- A new task that need not be waited for waits for the requests that came with it:
         -- flush() schedules them all in one pipelined round trip.
@@ -575,6 +580,7 @@ end
 -- updates as its stored state changes, ending on a final state. `new`: the task is the new
 -- run this stream's send scheduled (follow() takes its first start from the task event).
 local function open_stream(self, P, req, rpc_id, t, new)
+    if rpc_id == NOTIFY then return json.null end -- scheduled (a stream's send), nothing to follow
     if not self.server:stream(req.id, "text/event-stream") then return nil end
     local st = { P = P, req = req.id, rpc = rpc_id, task = t.task_id, state = t.state, narts = #(t.artifacts or {}),
                  context = t.context_id, new = new }
@@ -882,10 +888,23 @@ function Gateway:rpc(req)
     if id == nil and msg.id ~= nil or id ~= nil and type(id) ~= "string" and math.type(id) ~= "integer" and id ~= json.null then
         return rpc_error(nil, M.E.INVALID_REQUEST, "Invalid Request: id must be a string or an integer")
     end
+    -- A notification (no "id" member) is done, but never answered (JSON-RPC 2.0): HTTP 204,
+    -- no body, whatever came of it; a non-blocking send's is answered so by flush().
+    local notify = msg.id == nil
     local m = METHODS[msg.method]
-    if not m then return rpc_error(id, M.E.METHOD_NOT_FOUND, "Method not found: " .. msg.method) end
+    if not m then
+        if notify then return "", 204 end
+        return rpc_error(id, M.E.METHOD_NOT_FOUND, "Method not found: " .. msg.method)
+    end
     local P = m[2]
-    local ok, res = pcall(m[1], self, P, msg.params, req, id)
+    local ok, res = pcall(m[1], self, P, msg.params, req, notify and NOTIFY or id)
+    if notify then
+        if not ok and not (type(res) == "table" and res.rpc) then
+            core.log("error", "gateway_failed", { method = msg.method, error = tostring(res) })
+        end
+        if ok and res == nil then return nil end -- in the batch: flush() answers
+        return "", 204
+    end
     if not ok then
         if type(res) == "table" and res.rpc then return rpc_error(id, res.rpc, res.message, P == V1) end
         core.log("error", "gateway_failed", { method = msg.method, error = tostring(res) })
@@ -917,8 +936,8 @@ function Gateway:handle(req)
             return srv:reply(req.id, 401, rpc_error(nil, M.E.INVALID_REQUEST, "Unauthorized: a bearer token is required"),
                              "application/json", { ["WWW-Authenticate"] = "Bearer" })
         end
-        local out = self:rpc(req)
-        if out then return srv:reply(req.id, 200, out, "application/json") end
+        local out, status = self:rpc(req)
+        if out then return srv:reply(req.id, status or 200, out, "application/json") end
         return true
     end
     return srv:reply(req.id, 404, "not found: POST / (JSON-RPC), GET /.well-known/agent-card.json\n", "text/plain")
@@ -1007,7 +1026,11 @@ function Gateway:flush()
         elseif not out then
             out = rpc_error(b.rpc, M.E.INTERNAL, "schedule: " .. tostring(ok and err or sent), b.P == V1)
         end
-        self.server:reply(b.req, 200, out, "application/json")
+        if b.rpc == NOTIFY then
+            self.server:reply(b.req, 204, "", "application/json")
+        else
+            self.server:reply(b.req, 200, out, "application/json")
+        end
     end
 end
 

@@ -97,6 +97,34 @@ describe("#gateway gateway JSON-RPC edges", function()
         assert.truthy(text:find('"id":123456789012345,', 1, true), text)
     end)
 
+    it("does a notification's work and answers it 204, no body", function()
+        local function notify(method, params, args)
+            local text, code = post(base, ('{"jsonrpc":"2.0","method":"%s","params":%s}'):format(method, params),
+                                    "--max-time 5 " .. (args or ""))
+            assert.are.same({ 204, "" }, { code, text }, method)
+        end
+        local function msg(task)
+            return ('{"message":{"kind":"message","messageId":"m1","role":"user","taskId":"%s",'
+                .. '"parts":[{"kind":"text","text":"hi"}]}'):format(task)
+        end
+        notify("message/send", msg("note-1") .. "}")
+        notify("message/send", msg("note-2") .. ',"configuration":{"blocking":true}}')
+        notify("message/stream", msg("note-3") .. "}", "-N")
+        notify("SendMessage", '{"message":{"messageId":"m","role":"ROLE_USER","taskId":"note-4","parts":[{"text":"hi"}]}}')
+        notify("tasks/get", '{"id":"note-1"}')
+        notify("tasks/get", '{"id":"nowhere"}') -- an error: not answered either
+        notify("tasks/list", "{}")
+        for _, task in ipairs({ "note-1", "note-2", "note-3", "note-4" }) do -- the work was done
+            local r = rpc(base, ('{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"id":"%s"}}'):format(task))
+            assert.are.equal(task, r.result and r.result.id, task)
+        end
+        -- an invalid request is answered, id null; an id null is a request, not a notification
+        local r = rpc(base, '{"jsonrpc":"2.0","params":{}}')
+        assert.are.same({ -32600, json.null }, { r.error.code, r.id })
+        r = rpc(base, '{"jsonrpc":"2.0","id":null,"method":"tasks/get","params":{"id":"note-1"}}')
+        assert.are.same({ json.null, "note-1" }, { r.id, r.result and r.result.id })
+    end)
+
     it("refuses a message nested past what its answers can carry, before it is scheduled", function()
         for _, blocking in ipairs({ "false", "true" }) do
             local body = send_body(7, '{"kind":"data","data":' .. nest(195) .. '}',
