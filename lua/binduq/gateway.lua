@@ -487,10 +487,20 @@ function Gateway:submit(P, params, push_cfg)
     return t
 end
 
+-- A send's configuration: {} when absent or null (JSON's null decodes as a truthy value);
+-- raises InvalidParams when it is not an object.
+local function configuration(params)
+    local c = type(params) == "table" and params.configuration or nil
+    if c == nil or c == json.null then return {} end
+    if type(c) ~= "table" or c[1] ~= nil then fail(M.E.INVALID_PARAMS, "params.configuration must be an object") end
+    return c
+end
+
 local function history_length(params)
-    local conf = type(params) == "table" and (params.configuration or params) or {}
-    local n = conf.historyLength or (type(params) == "table" and params.historyLength)
-    if n == nil then return nil end
+    if type(params) ~= "table" then return nil end
+    local n = configuration(params).historyLength
+    if n == nil or n == json.null then n = params.historyLength end
+    if n == nil or n == json.null then return nil end
     if type(n) ~= "number" or n ~= math.floor(n) or n < 0 then
         fail(M.E.INVALID_PARAMS, "historyLength must be a whole number >= 0")
     end
@@ -527,7 +537,7 @@ function Gateway:push_inline(task_id, cfg)
 end
 
 local function send(self, P, params, req, rpc_id)
-    local conf = type(params) == "table" and type(params.configuration) == "table" and params.configuration or {}
+    local conf = configuration(params)
     local hl = history_length(params)
     local push_cfg = inline_push(self, P, conf)
     local blocking = conf.blocking == true
@@ -594,7 +604,7 @@ local function open_stream(self, P, req, rpc_id, t, new)
 end
 
 local function stream(self, P, params, req, rpc_id)
-    local conf = type(params) == "table" and type(params.configuration) == "table" and params.configuration or {}
+    local conf = configuration(params)
     local t, _, new = self:submit(P, params, inline_push(self, P, conf))
     return open_stream(self, P, req, rpc_id, t, new)
 end

@@ -125,6 +125,25 @@ describe("#gateway gateway JSON-RPC edges", function()
         assert.are.same({ json.null, "note-1" }, { r.id, r.result and r.result.id })
     end)
 
+    it("takes a configuration of null as none, and refuses one that is not an object", function()
+        local msg = '{"message":{"kind":"message","messageId":"m1","role":"user","parts":[{"kind":"text","text":"hi"}]}'
+        local r, text = rpc(base, '{"jsonrpc":"2.0","id":1,"method":"message/send","params":' .. msg .. ',"configuration":null}}')
+        assert.are.equal("task", r.result and r.result.kind, text)
+        r, text = rpc(base, '{"jsonrpc":"2.0","id":2,"method":"SendMessage","params":{"message":{"messageId":"m",'
+            .. '"role":"ROLE_USER","parts":[{"text":"hi"}]},"configuration":null}}')
+        assert.truthy(r.result and r.result.task, text)
+        r, text = rpc(base, ('{"jsonrpc":"2.0","id":3,"method":"tasks/get","params":{"id":"%s","historyLength":null}}')
+            :format(r.result.task.id))
+        assert.truthy(r.result, text)
+        for _, bad in ipairs({ "5", '"x"', "true", "[1]" }) do
+            for _, m in ipairs({ "message/send", "message/stream", "SendMessage" }) do
+                r, text = rpc(base, ('{"jsonrpc":"2.0","id":4,"method":"%s","params":%s,"configuration":%s}}'):format(m, msg, bad))
+                assert.are.same({ -32602, 4, "params.configuration must be an object" },
+                                { r.error and r.error.code, r.id, r.error and r.error.message }, text)
+            end
+        end
+    end)
+
     it("refuses a message nested past what its answers can carry, before it is scheduled", function()
         for _, blocking in ipairs({ "false", "true" }) do
             local body = send_body(7, '{"kind":"data","data":' .. nest(195) .. '}',
