@@ -366,7 +366,7 @@ end
 -- The id an error about an invalid request echoes: the request's when it is a string or a
 -- number JSON can carry (an integer as an integer), else null.
 local function echo_id(id)
-    if type(id) == "string" then return id end
+    if type(id) == "string" then return core.utf8_check(id) and id or nil end
     if type(id) == "number" and id == id and id ~= math.huge and id ~= -math.huge then
         return math.tointeger(id) or id
     end
@@ -901,6 +901,15 @@ function Gateway:rpc(req)
     -- A notification (no "id" member) is done, but never answered (JSON-RPC 2.0): HTTP 204,
     -- no body, whatever came of it; a non-blocking send's is answered so by flush().
     local notify = msg.id == nil
+    -- JSON is UTF-8: a request that is not would be stored, and echoed, as it came.
+    local utf8_ok, bad = core.utf8_check(req.body)
+    if not utf8_ok then
+        if notify then return "", 204 end
+        if type(id) == "string" then id = echo_id(id) end -- not echoed unless it is UTF-8
+        local known = METHODS[msg.method]
+        return rpc_error(id, M.E.INVALID_PARAMS, "Invalid params: the request is not valid UTF-8 (byte "
+                         .. tostring(bad) .. ")", known ~= nil and known[2] == V1)
+    end
     local m = METHODS[msg.method]
     if not m then
         if notify then return "", 204 end

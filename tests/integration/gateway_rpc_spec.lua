@@ -144,6 +144,28 @@ describe("#gateway gateway JSON-RPC edges", function()
         end
     end)
 
+    it("refuses a request that is not valid UTF-8, and writes only valid UTF-8", function()
+        local utf8_check = require("binduq.core").utf8_check
+        for _, m in ipairs({ "message/send", "message/stream", "SendMessage" }) do
+            local body = ('{"jsonrpc":"2.0","id":1,"method":"%s","params":{"message":{"kind":"message",'
+                .. '"messageId":"u\xff\xfe","role":"user","parts":[{"kind":"text","text":"bad \xc3\x28 utf8"}]}}}')
+                :format(m)
+            local r, text = rpc(base, body)
+            assert.are.same({ -32602, 1 }, { r.error and r.error.code, r.id }, text)
+            assert.matches("UTF%-8", r.error.message)
+            assert.is_true(utf8_check(text))
+        end
+        -- an id that is not UTF-8 is not echoed
+        local r, text = rpc(base, '{"jsonrpc":"2.0","id":"i\xff","method":"tasks/get","params":{"id":"x"}}')
+        assert.are.same({ -32602, json.null }, { r.error and r.error.code, r.id }, text)
+        r, text = rpc(base, '{"id":"i\xff"}')
+        assert.are.same({ -32600, json.null }, { r.error and r.error.code, r.id }, text)
+        assert.is_true(utf8_check(text))
+        -- escapes are UTF-8 once decoded: taken
+        r, text = rpc(base, send_body(2, '{"kind":"text","text":"caf\\u00e9 \\ud83d\\ude00"}'))
+        assert.are.equal("caf\u{e9} \u{1f600}", r.result and r.result.history[1].parts[1].text, text)
+    end)
+
     it("refuses a message nested past what its answers can carry, before it is scheduled", function()
         for _, blocking in ipairs({ "false", "true" }) do
             local body = send_body(7, '{"kind":"data","data":' .. nest(195) .. '}',
