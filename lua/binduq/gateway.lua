@@ -81,6 +81,9 @@ local KNOWN = {
     dashboard = "boolean|table", keepalive = "number",
 }
 
+-- Rate-limit buckets kept before the full ones are swept (Gateway:admitted).
+local MAX_BUCKETS = 4096
+
 -- binduq's states as A2A's: a paused task is still open and will go on, "working" to a client.
 local A2A_STATE = { submitted = "submitted", working = "working", paused = "working",
                     ["input-required"] = "input-required", ["auth-required"] = "auth-required",
@@ -155,7 +158,7 @@ function M.new(opts, level)
         push_store = push_on and push.store(s, { ttl = opts.push_ttl }) or nil,
         sender = push_on and push.sender{ attempts = opts.push_attempts, timeout = opts.push_timeout } or nil,
         push_watch = {}, push_seen = {}, push_due = {},
-        rate = opts.rate or 10000, buckets = {},
+        rate = opts.rate or 10000, buckets = {}, nbuckets = 0, sweep_at = MAX_BUCKETS,
         poll = opts.poll or (following and 2 or 0.1), blocking_timeout = opts.blocking_timeout or 60,
         keepalive = opts.keepalive or 15,
         scheme = opts.cert and "https" or "http",
@@ -871,13 +874,26 @@ function Gateway:authorized(req)
     return ok
 end
 
--- A token bucket per client address: `rate` requests a second, bursts of as many.
+-- A token bucket per client address: `rate` requests a second, bursts of as many. A bucket
+-- full again is the same as none, so once there are MAX_BUCKETS (or twice as many as the last
+-- sweep left) the full ones are dropped: the table grows with the addresses active within
+-- about a second, not with every address ever seen.
 function Gateway:admitted(peer)
     local now = core.monotonic()
     local b = self.buckets[peer]
     if not b then
+        if self.nbuckets >= self.sweep_at then
+            for p, o in pairs(self.buckets) do
+                if o.tokens + (now - o.at) * self.rate >= self.rate then
+                    self.buckets[p] = nil
+                    self.nbuckets = self.nbuckets - 1
+                end
+            end
+            self.sweep_at = math.max(MAX_BUCKETS, 2 * self.nbuckets)
+        end
         b = { tokens = self.rate, at = now }
         self.buckets[peer] = b
+        self.nbuckets = self.nbuckets + 1
     end
     b.tokens = math.min(self.rate, b.tokens + (now - b.at) * self.rate)
     b.at = now

@@ -3,7 +3,8 @@
 -- request may hold and what comes back for it. A request the encoder cannot answer fails that
 -- request, not the process; ids are echoed as they came, only scalars; notifications get no
 -- answer; task ids follow the scheduler's rule before they reach a Redis key; the JSON the
--- gateway writes is valid UTF-8.
+-- gateway writes is valid UTF-8. The rate limit's buckets are counted on a gateway made in
+-- this process (bq.gateway), the one place its table can be read.
 
 local proc = require("helpers.proc")
 local redis = require("helpers.redis")
@@ -184,6 +185,29 @@ describe("#gateway gateway JSON-RPC edges", function()
             .. '"role":"ROLE_USER","parts":[{"text":"x"}]},"metadata":{"n":-1e400}}}'))
         assert.are.same({ -32602, 10 }, { r.error and r.error.code, r.id })
         assert_alive(gw, base)
+    end)
+end)
+
+describe("#gateway gateway rate limit", function()
+    it("forgets the bucket of an address once it is full again, when there are many", function()
+        local bq = require("binduq")
+        local core = require("binduq.core")
+        local g = assert(bq.gateway{ host = "127.0.0.1", port = 0, push = false, rate = 1000 })
+        local function count()
+            local n = 0
+            for _ in pairs(g.buckets) do n = n + 1 end
+            return n
+        end
+        for i = 1, 10000 do assert.is_true(g:admitted(("10.%d.%d.1"):format(i // 256, i % 256))) end
+        local t0 = core.monotonic()
+        while core.monotonic() - t0 < 0.01 do end -- 10 ms: each of those buckets is full again
+        for _ = 1, 1000 do g:admitted("192.0.2.2") end -- one client at its limit
+        assert.is_false(g:admitted("192.0.2.2"))
+        for i = 1, 5000 do g:admitted(("10.200.%d.%d"):format(i // 256, i % 256)) end
+        local n, busy = count(), g.buckets["192.0.2.2"]
+        g:close()
+        assert.is_true(n <= 8192, "buckets: " .. n) -- 15,001 addresses seen
+        assert.truthy(busy, "the bucket of a client at its limit is kept")
     end)
 end)
 
