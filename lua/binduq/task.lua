@@ -36,6 +36,7 @@ M.TYPES = wire.TYPES
 M.MAX_ID_LEN = wire.MAX_ID_LEN
 local id_problem = core.id_problem
 local messages_json = core.messages_json
+local utf8_check = core.utf8_check
 
 local null = json.null
 local json_decode = json.raw_decode -- raises; decode_body catches
@@ -497,8 +498,10 @@ function M.encode(op, level)
     local conv = op.conversation_id
     local e = json.encode_strict
     -- What binduq writes itself (the type, a new conversation id, the timestamp) needs no
-    -- escaping: it is quoted here rather than passed through the JSON encoder.
+    -- escaping: it is quoted here rather than passed through the JSON encoder. field[i]
+    -- names the operation's field out[i] holds (the ids are checked already).
     local out = { '{"type":"', ty, '","task_id":', e(op.task_id) }
+    local field = {}
     if conv ~= nil then
         out[#out + 1] = ',"conversation_id":' .. e(conv)
     elseif ty == "run" then
@@ -509,24 +512,37 @@ function M.encode(op, level)
     -- (src/engine/task.h, bq_task_put_message), so a run's stored history is the same bytes
     -- from any path; others by lua-cjson.
     local msgs_json = (ty == "run" or (msgs and #msgs > 0)) and (messages_json(msgs) or json.array(msgs)) or nil
-    if msgs_json then out[#out + 1] = ',"messages":' .. msgs_json end
+    if msgs_json then out[#out + 1], field[#out + 1] = ',"messages":' .. msgs_json, "messages" end
     if op.artifacts then
-        out[#out + 1] = ',"artifacts":' .. json.array(op.artifacts)
+        out[#out + 1], field[#out + 1] = ',"artifacts":' .. json.array(op.artifacts), "artifacts"
     elseif ty == "run" then
         out[#out + 1] = ',"artifacts":[]'
     end
     if optional then
-        if op.metadata then out[#out + 1] = ',"metadata":' .. e(op.metadata) end
+        if op.metadata then out[#out + 1], field[#out + 1] = ',"metadata":' .. e(op.metadata), "metadata" end
         for _, k in ipairs(TAIL_FIELDS) do
-            if op[k] then out[#out + 1] = ',"' .. k .. '":' .. e(op[k]) end
+            if op[k] then out[#out + 1], field[#out + 1] = ',"' .. k .. '":' .. e(op[k]), k end
         end
     end
     if op.timestamp ~= nil then
-        out[#out + 1] = ',"timestamp":' .. e(op.timestamp) .. "}"
+        out[#out + 1], field[#out + 1] = ',"timestamp":' .. e(op.timestamp) .. "}", "timestamp"
     else
         out[#out + 1] = ',"timestamp":"' .. core.iso8601() .. '"}'
     end
-    return table.concat(out), op.task_id, { messages = msgs, conversation_id = conv, messages_json = msgs_json }
+    local text = table.concat(out)
+    -- The encoder passes strings' bytes through as they are, and a worker refuses a message
+    -- that is not UTF-8 (as the C producer refuses such a field): refused here, by name.
+    local okutf, bad = utf8_check(text)
+    if not okutf then
+        local at = 0
+        for i = 1, #out do
+            if bad <= at + #out[i] then
+                error(("%s is not valid UTF-8 (byte %d of the message)"):format(field[i] or "a field", bad), level)
+            end
+            at = at + #out[i]
+        end
+    end
+    return text, op.task_id, { messages = msgs, conversation_id = conv, messages_json = msgs_json }
 end
 
 return M

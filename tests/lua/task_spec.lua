@@ -82,6 +82,17 @@ describe("task encoding", function()
         { { type = "run", task_id = "a", conversation_id = "\27]52;c;eA==\7", messages = { "x" } },
           "conversation_id contains a control character (U+001B at byte 0)" },
         { { type = "pause", task_id = "p\u{9B}" }, "task_id contains a control character (U+009B at byte 1)" },
+        -- a worker refuses a message that is not UTF-8 (and the C producer such a field)
+        { { type = "run", task_id = "a", messages = { "caf\xe9" } }, "messages is not valid UTF-8" },
+        { { type = "run", task_id = "a", messages = { { role = "\xff", content = "x" } } },
+          "messages is not valid UTF-8" },
+        { { type = "resume", task_id = "a", messages = { { role = "u", parts = { { kind = "text", text = "\xed\xa0\x80" } } } } },
+          "messages is not valid UTF-8" },
+        { { type = "run", task_id = "a", messages = { "x" }, metadata = { note = "\xc3" } }, "metadata is not valid UTF-8" },
+        { { type = "run", task_id = "a", messages = { "x" }, metadata = { ["k\xff"] = 1 } }, "metadata is not valid UTF-8" },
+        { { type = "run", task_id = "a", messages = { "x" }, artifacts = { "\x80" } }, "artifacts is not valid UTF-8" },
+        { { type = "run", task_id = "a", messages = { "x" }, trace_id = "\xff" }, "trace_id is not valid UTF-8" },
+        { { type = "run", task_id = "a", messages = { "x" }, timestamp = "2026\xff" }, "timestamp is not valid UTF-8" },
     }
     for _, case in ipairs(bad) do
         it("refuses an invalid operation: " .. case[2], function()
