@@ -48,6 +48,36 @@ function M.array(t)
 end
 
 M.encode_strict = codec.encode
+
+-- Codecs that encode at most MAX_DEPTH - outer levels, by outer: for a value written
+-- `outer` levels deep in a document, so that the whole document decodes again.
+local nested = {}
+local function nested_codec(outer)
+    local c = nested[outer]
+    if not c then
+        c = cjson.new()
+        c.encode_invalid_numbers(false)
+        c.encode_max_depth(MAX_DEPTH - outer)
+        c.encode_sparse_array(false)
+        nested[outer] = c
+    end
+    return c
+end
+
+--- Encodes v as a value nested inside `outer` objects or arrays: it may nest MAX_DEPTH -
+-- outer levels itself, so that the document nests at most MAX_DEPTH. Raises as encode_strict.
+function M.encode_at(v, outer)
+    return nested_codec(outer).encode(v)
+end
+
+--- array(t) for a list nested inside `outer` objects or arrays (its items are outer + 1
+-- deep). Raises as encode_strict.
+function M.array_at(t, outer)
+    local c = nested_codec(outer + 1)
+    local parts = {}
+    for i = 1, #t do parts[i] = c.encode(t[i]) end
+    return "[" .. table.concat(parts, ",") .. "]"
+end
 M.raw_decode = codec.decode -- raises on invalid input
 
 return M

@@ -422,6 +422,15 @@ function M.when(op, level)
     return delay, run_at
 end
 
+-- A field of the operation's own object as JSON (one level down in the message): nested
+-- one level less deep than a worker decodes, so that the message decodes again. Raises at
+-- `level` naming the field for what JSON cannot carry (NaN, a function, too deep a nesting).
+local function nested(name, enc, v, level)
+    local ok, s = pcall(enc, v, 1)
+    if not ok then error(name .. ": " .. tostring(s):gsub("^[^:]*:%d+: ", ""), level + 1) end
+    return s
+end
+
 --- Builds the native JSON of a task operation. Raises (level 2 from the caller's view) when
 -- `op` is invalid, naming the field. Returns the JSON text and the task_id.
 function M.encode(op, level)
@@ -511,15 +520,19 @@ function M.encode(op, level)
     -- Plain messages ({role, content}) are written by C as every producer writes them
     -- (src/engine/task.h, bq_task_put_message), so a run's stored history is the same bytes
     -- from any path; others by lua-cjson.
-    local msgs_json = (ty == "run" or (msgs and #msgs > 0)) and (messages_json(msgs) or json.array(msgs)) or nil
+    local msgs_json = (ty == "run" or (msgs and #msgs > 0))
+        and (messages_json(msgs) or nested("messages", json.array_at, msgs, level)) or nil
     if msgs_json then out[#out + 1], field[#out + 1] = ',"messages":' .. msgs_json, "messages" end
     if op.artifacts then
-        out[#out + 1], field[#out + 1] = ',"artifacts":' .. json.array(op.artifacts), "artifacts"
+        out[#out + 1], field[#out + 1] = ',"artifacts":' .. nested("artifacts", json.array_at, op.artifacts, level), "artifacts"
     elseif ty == "run" then
         out[#out + 1] = ',"artifacts":[]'
     end
     if optional then
-        if op.metadata then out[#out + 1], field[#out + 1] = ',"metadata":' .. e(op.metadata), "metadata" end
+        if op.metadata then
+            out[#out + 1] = ',"metadata":' .. nested("metadata", json.encode_at, op.metadata, level)
+            field[#out] = "metadata"
+        end
         for _, k in ipairs(TAIL_FIELDS) do
             if op[k] then out[#out + 1], field[#out + 1] = ',"' .. k .. '":' .. e(op[k]), k end
         end

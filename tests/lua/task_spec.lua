@@ -94,6 +94,39 @@ describe("task encoding", function()
         { { type = "run", task_id = "a", messages = { "x" }, trace_id = "\xff" }, "trace_id is not valid UTF-8" },
         { { type = "run", task_id = "a", messages = { "x" }, timestamp = "2026\xff" }, "timestamp is not valid UTF-8" },
     }
+    -- A table nested n levels deep (the outermost one counts).
+    local function nest(n)
+        local t = {}
+        local d = t
+        for _ = 2, n do d.x = {}; d = d.x end
+        return t
+    end
+    local json_max = require("binduq.json").MAX_DEPTH
+    it("refuses what nests deeper than a worker decodes, and keeps what it can", function()
+        local deep = {
+            { { type = "run", task_id = "a", messages = { "x" }, metadata = nest(json_max) }, "metadata: " },
+            { { type = "run", task_id = "a", messages = { "x" }, artifacts = { nest(json_max - 1) } }, "artifacts: " },
+            { { type = "run", task_id = "a", messages = { { role = "u", content = "x", extra = nest(json_max - 2) } } },
+              "messages: " },
+        }
+        for _, case in ipairs(deep) do
+            local ok, err = pcall(task.encode, case[1])
+            assert.is_false(ok, case[2])
+            assert.truthy(tostring(err):find(case[2] .. "Cannot serialise, excessive nesting", 1, true), tostring(err))
+        end
+        for _, op in ipairs({
+            { type = "run", task_id = "a", messages = { "x" }, metadata = nest(json_max - 1) },
+            { type = "run", task_id = "a", messages = { "x" }, artifacts = { nest(json_max - 2) } },
+            { type = "run", task_id = "a", messages = { { role = "u", content = "x", extra = nest(json_max - 3) } } },
+        }) do
+            local t, why = task.decode((task.encode(op)))
+            assert.truthy(t, why)
+        end
+        local ok, err = pcall(task.encode, { type = "run", task_id = "a", messages = { "x" }, metadata = { n = 0 / 0 } })
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find("metadata: Cannot serialise number", 1, true), tostring(err))
+    end)
+
     for _, case in ipairs(bad) do
         it("refuses an invalid operation: " .. case[2], function()
             local ok, err = pcall(task.encode, case[1])
