@@ -124,7 +124,8 @@ end
 -- state is read, so an event written in between is read, and a stored state that settles
 -- is what it returns. With memory storage the state may be another process' to know: the
 -- events are read from a second before the task was recorded on, and the first settled
--- state among them is the answer.
+-- state among them is the answer; for a task it never recorded (another process scheduled
+-- it), the latest state the stream keeps of it, when that is settled.
 function M.wait(s, id, timeout, queue)
     local client = s.client
     if client:feed_max() == nil then
@@ -143,11 +144,31 @@ function M.wait(s, id, timeout, queue)
         if rec == nil and err then return nil, err, code end
     end
     if rec and M.SETTLED[rec.state] then return rec end
-    if not shared then
-        after, err, code = M.position(client, queue, rec and rec.created_at and math.max(rec.created_at - 1, 0.001) or "now")
+    local f
+    if not shared and not rec then
+        -- A task this process never recorded (another process scheduled it) may have settled
+        -- already: the latest state the stream keeps of it is the answer when it is settled;
+        -- otherwise the events that follow are read.
+        f = M.follower(client, queue, "0-0", id)
+        local latest
+        while true do
+            local ev, e2, c2 = f:next(0)
+            if not ev then
+                if c2 ~= "ETIMEDOUT" then return nil, e2, c2 end
+                break
+            end
+            -- (a producer's "scheduled" may be written after the worker's events)
+            if type(ev.state) == "string" and ev.event ~= "scheduled" then latest = ev end
+        end
+        if latest and M.SETTLED[latest.state] then
+            latest.id, latest.queue, latest.event = nil, nil, nil
+            return latest
+        end
+    elseif not shared then
+        after, err, code = M.position(client, queue, rec.created_at and math.max(rec.created_at - 1, 0.001) or "now")
         if not after then return nil, err, code end
     end
-    local f = M.follower(client, queue, after, id)
+    f = f or M.follower(client, queue, after, id)
     local until_ = core.monotonic() + (timeout or 0)
     while true do
         local left = until_ - core.monotonic()

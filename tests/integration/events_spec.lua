@@ -135,6 +135,32 @@ describe("#redis task events", function()
         s:close()
     end)
 
+    it("s:wait returns a task another process scheduled and that settled before the call", function()
+        local queue = qname("waitlate")
+        local s = bq.scheduler{ url = server.url, queue_name = queue }
+        local w = start_worker(server, queue)
+        finally(function() proc.stop(w, 10) end)
+        -- pushed as is: this process' (memory) storage never records it, as another
+        -- producer's task; its "scheduled" event comes after the worker's
+        local encode = require("binduq.task").encode
+        assert(s:push_raw((encode{ type = "run", task_id = "late1", messages = msg("ok") })))
+        assert.truthy(proc.wait_for(function()
+            return (proc.read(w.log) or ""):find("completed task_id=late1", 1, true)
+        end, 10), "the task did not complete")
+        s.client:feed_add(queue, '[{"event":"scheduled","task_id":"late1","state":"submitted"}]')
+        local t0 = bq.monotonic()
+        local t = assert(s:wait("late1", 3))
+        assert.are.equal("completed", t.state)
+        assert.is_true(bq.monotonic() - t0 < 1)
+        -- settled once, then resumed: the latest state is not settled, so it waits
+        s.client:feed_add(queue, '[{"event":"started","task_id":"late1","state":"working"}]')
+        local none, err, code = s:wait("late1", 0.3)
+        assert.is_nil(none)
+        assert.are.equal("ETIMEDOUT", code, err)
+        assert.are.equal(0, proc.stop(w, 10))
+        s:close()
+    end)
+
     it("let a follower resume from where it was, and read everything kept from 0", function()
         local queue = qname("resume")
         local s = bq.scheduler{ url = server.url, queue_name = queue }
