@@ -137,9 +137,17 @@ bq_status bq_cron_parse(const char *expr, struct bq_cron *out, bq_err *err)
     if (*expr == '@') {
         for (size_t i = 0; i < sizeof MACROS / sizeof MACROS[0]; i++) {
             size_t n = strlen(MACROS[i].name);
-            if (strncasecmp(expr, MACROS[i].name, n) == 0 &&
-                (expr[n] == '\0' || isspace((unsigned char)expr[n])))
-                return bq_cron_parse(MACROS[i].fields, out, err);
+            if (strncasecmp(expr, MACROS[i].name, n) != 0 ||
+                (expr[n] != '\0' && !isspace((unsigned char)expr[n])))
+                continue;
+            /* A macro is the whole expression: fields after it would be silently ignored. */
+            const char *rest = expr + n;
+            while (isspace((unsigned char)*rest))
+                rest++;
+            if (*rest != '\0')
+                return bq_err_set(err, BQ_EINVAL, "cron: nothing may follow %s (got '%.32s')",
+                                  MACROS[i].name, rest);
+            return bq_cron_parse(MACROS[i].fields, out, err);
         }
         return bq_err_set(err, BQ_EINVAL, "cron: unknown macro '%.32s' (expected @yearly, "
                           "@monthly, @weekly, @daily or @hourly)", expr);

@@ -10,7 +10,7 @@
  * Each field is a comma-separated list of `*`, `N`, `N-M`, each optionally `/step`
  * (`N/step` means N to the field's end). Months take JAN..DEC and days SUN..SAT, in any case.
  * The macros @yearly (@annually), @monthly, @weekly, @daily (@midnight) and @hourly stand
- * for their usual six fields. Day-of-month and day-of-week follow Vixie cron: when both are
+ * for their usual six fields; a macro is the whole expression. Day-of-month and day-of-week follow Vixie cron: when both are
  * restricted (neither starts with `*`) a day matches if either matches; otherwise both must.
  *
  * Time zones come from the system's tz database (TZif files under /usr/share/zoneinfo,

@@ -72,6 +72,8 @@ TEST(expressions_parse_and_bad_ones_say_why)
         {"1x * * * * *", "unexpected 'x'"},
         {"0 0 0 * * * *", "more than 6 fields"},
         {"@often", "unknown macro"},
+        {"@daily 0 12 * * *", "nothing may follow @daily"},
+        {"@hourly x", "nothing may follow @hourly"},
         {"", "has 0 fields"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
