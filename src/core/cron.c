@@ -211,7 +211,9 @@ static int next_bit(uint64_t bits, int i)
 
 #define TEN_YEARS (INT64_C(3653) * 86400)
 
-/* The first wall second at or after w that c matches, or -1 within ten years. */
+#define NO_WALL INT64_MIN
+
+/* The first wall second at or after w that c matches, or NO_WALL within ten years. */
 static int64_t next_wall(const struct bq_cron *c, int64_t w)
 {
     int64_t limit = w + TEN_YEARS;
@@ -254,7 +256,7 @@ static int64_t next_wall(const struct bq_cron *c, int64_t w)
         }
         return days * 86400 + h * 3600 + mi * 60 + ns;
     }
-    return -1;
+    return NO_WALL;
 }
 
 /* ---- Time zones ---------------------------------------------------------------------------- */
@@ -398,8 +400,23 @@ int32_t bq_tz_offset(const struct bq_tz *tz, int64_t t)
 
 /* ---- The next tick ------------------------------------------------------------------------- */
 
+/* Ticks are searched from the year 0 to the end of 9999: the wall-clock arithmetic below
+ * stays far from int64 overflow, and an `after` outside (say INT64_MAX) has no next tick. */
+#define FIRST_SECOND (INT64_C(-62167219200)) /* 0000-01-01T00:00:00Z */
+#define END_SECOND (INT64_C(253402300800))   /* 10000-01-01T00:00:00Z */
+
+static bool found(int64_t t, int64_t *next)
+{
+    if (t >= END_SECOND)
+        return false;
+    *next = t;
+    return true;
+}
+
 bool bq_cron_next(const struct bq_cron *c, const struct bq_tz *tz, int64_t after, int64_t *next)
 {
+    if (after < FIRST_SECOND || after >= END_SECOND)
+        return false;
     int64_t t = after + 1;
     for (int iter = 0; iter < 256; iter++) {
         /* The segment of constant offset holding t: [start, end), with the offset before. */
@@ -415,7 +432,7 @@ bool bq_cron_next(const struct bq_cron *c, const struct bq_tz *tz, int64_t after
             off = prev = tz->off0;
         }
         int64_t w = next_wall(c, t + off);
-        if (w < 0)
+        if (w == NO_WALL)
             return false;
         int64_t cand = w - off; /* >= t */
         if (cand < end) {
@@ -424,15 +441,13 @@ bool bq_cron_next(const struct bq_cron *c, const struct bq_tz *tz, int64_t after
                 t = start + (prev - off);
                 continue;
             }
-            *next = cand;
-            return true;
+            return found(cand, next);
         }
         /* No match before the segment ends; the next one starts at `end`. */
         int32_t off2 = bq_tz_offset(tz, end);
         if (!c->hour_star && off2 > off && w < end + off2) {
             /* The clocks went forward at `end`, over this wall time: fire once, then. */
-            *next = end;
-            return true;
+            return found(end, next);
         }
         t = end;
     }

@@ -68,7 +68,8 @@ void bq_tz_free(struct bq_tz *tz);
 int32_t bq_tz_offset(const struct bq_tz *tz, int64_t t);
 
 /* The first UTC second after `after` at which c fires in tz (NULL: UTC), as described above.
- * False when it never fires within about ten years (a 31st of February). */
+ * False when it never fires within about ten years (a 31st of February), and when `after`
+ * or the tick falls outside the years 0 to 9999. */
 bool bq_cron_next(const struct bq_cron *c, const struct bq_tz *tz, int64_t after, int64_t *next);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include "../core/cron.h"
 
+#include <math.h>
 #include <string.h>
 
 #define BQ_CRON_MT "binduq.Cron"
@@ -46,13 +47,33 @@ static int l_cron_new(lua_State *L)
     return 1;
 }
 
+/* Argument i, epoch seconds, as a whole second (the floor: -0.5 is -1); raises on NaN. A
+ * number beyond int64 is clamped to it, which cron.h takes as a time with no tick; casting it
+ * would be undefined. */
+static int64_t check_time(lua_State *L, int i)
+{
+    int isint;
+    lua_Integer v = lua_tointegerx(L, i, &isint);
+    if (isint)
+        return (int64_t)v;
+    lua_Number t = luaL_checknumber(L, i);
+    if (isnan(t))
+        luaL_argerror(L, i, "the time is not a number");
+    t = floor(t);
+    if (t >= 0x1p62)
+        return INT64_MAX;
+    if (t <= -0x1p62)
+        return INT64_MIN;
+    return (int64_t)t;
+}
+
 /* c:next(after) -> integer | nil */
 static int l_cron_next(lua_State *L)
 {
     struct l_cron *c = luaL_checkudata(L, 1, BQ_CRON_MT);
-    lua_Number after = luaL_checknumber(L, 2);
+    int64_t after = check_time(L, 2);
     int64_t next;
-    if (!bq_cron_next(&c->cron, &c->tz, (int64_t)after, &next))
+    if (!bq_cron_next(&c->cron, &c->tz, after, &next))
         return 0;
     lua_pushinteger(L, (lua_Integer)next);
     return 1;
@@ -62,7 +83,7 @@ static int l_cron_next(lua_State *L)
 static int l_cron_offset(lua_State *L)
 {
     struct l_cron *c = luaL_checkudata(L, 1, BQ_CRON_MT);
-    lua_pushinteger(L, bq_tz_offset(&c->tz, (int64_t)luaL_checknumber(L, 2)));
+    lua_pushinteger(L, bq_tz_offset(&c->tz, check_time(L, 2)));
     return 1;
 }
 

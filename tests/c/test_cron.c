@@ -91,6 +91,11 @@ TEST(next_ticks_in_utc)
     CHECK_INT(next_of("0 */5 * * * *", NULL, jan1), jan1 + 300);
     CHECK_INT(next_of("0 0 0 29 2 *", NULL, jan1), utc(2028, 2, 29, 0, 0, 0));
     CHECK_INT(next_of("0 0 0 31 2 *", NULL, jan1), -1);
+    /* A time the calendar cannot reach has no tick, and no arithmetic overflows on the way. */
+    CHECK_INT(next_of("* * * * * *", NULL, INT64_MAX), -1);
+    CHECK_INT(next_of("* * * * * *", NULL, INT64_MAX - 1), -1);
+    CHECK_INT(next_of("* * * * * *", NULL, INT64_MIN), -1);
+    CHECK_INT(next_of("0 0 0 1 1 *", NULL, utc(9999, 6, 1, 0, 0, 0)), -1);
     CHECK_INT(next_of("0 0 0 31 * *", NULL, utc(2026, 1, 31, 0, 0, 0)), utc(2026, 3, 31, 0, 0, 0));
     /* Vixie: both days restricted -> either; one of them '*' (even '*' with a step) -> both. */
     CHECK_INT(next_of("0 0 0 13 * FRI", NULL, jan1), utc(2026, 1, 2, 0, 0, 0));

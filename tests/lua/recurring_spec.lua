@@ -48,6 +48,18 @@ describe("recurring schedules", function()
         assert.truthy(tostring(err):find("every must be", 1, true), tostring(err))
     end)
 
+    it("take any number as the time a cron tick comes after", function()
+        local c = core.cron("0 0 0 1 1 *")
+        assert.are.equal(0, c:next(-0.5)) -- after -0.5 s comes 1970-01-01 00:00:00
+        assert.are.equal(31536000, c:next(0.5))
+        assert.is_nil(c:next(math.huge))
+        assert.is_nil(c:next(-math.huge))
+        assert.is_nil(c:next(math.maxinteger))
+        assert.is_nil(c:next(1e300))
+        assert.has_error(function() c:next(0 / 0) end)
+        assert.has_error(function() c:offset(0 / 0) end)
+    end)
+
     it("count interval ticks from the epoch and cron ticks in their zone", function()
         local s = recurring.check({ { name = "i", every = 30, op = { messages = { "x" } } },
                                     { name = "c", cron = "0 0 9 * * MON-FRI", tz = "Europe/Berlin",
