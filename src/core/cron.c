@@ -431,6 +431,14 @@ bool bq_cron_next(const struct bq_cron *c, const struct bq_tz *tz, int64_t after
         } else if (tz != NULL) {
             off = prev = tz->off0;
         }
+        if (!c->hour_star && off > prev && t == start) {
+            /* t is the instant the clocks went forward: a wall time they skipped fires now
+             * (asked from the second before the change, the search starts here, past the
+             * gap's wall times, and missed it). */
+            int64_t g = next_wall(c, start + prev);
+            if (g != NO_WALL && g < start + off)
+                return found(start, next);
+        }
         int64_t w = next_wall(c, t + off);
         if (w == NO_WALL)
             return false;
