@@ -250,7 +250,10 @@ static void publish(bq_client *c, enum bq_control op, const char *task_id)
                c->cfg.queue_name, "error", err.msg, NULL);
 }
 
-/* The stored side of one task, before anything is pushed (scheduler.lua's store_op). */
+static void emit_state(bq_client *c, const char *queue, const char *event, const char *id);
+
+/* The stored side of one task, before anything is pushed (scheduler.lua's store_op): a cancel
+ * or a pause that changed the stored task says so in a task event, as binduq.scheduler's. */
 static bq_status store_op(bq_client *c, struct item *it, bq_err *err)
 {
     const struct bq_task *t = it->task;
@@ -276,6 +279,7 @@ static bq_status store_op(bq_client *c, struct item *it, bq_err *err)
     } else if (is(t, "cancel")) {
         struct bq_task_change ch = {.id = t->task_id, .to = "canceled"};
         st = c->store->ops->change(c->store, &ch, &res, err);
+        bool changed = st == BQ_OK && res.changed;
         if (st == BQ_OK && !res.found) {
             struct bq_task_new nt = {.id = t->task_id, .state = "canceled"};
             bq_err ignored;
@@ -283,12 +287,16 @@ static bq_status store_op(bq_client *c, struct item *it, bq_err *err)
         }
         if (st == BQ_OK)
             publish(c, BQ_CONTROL_CANCEL, t->task_id);
+        if (changed)
+            emit_state(c, it->queue, "canceled", t->task_id);
     } else if (is(t, "pause")) {
         /* Its queued copy comes later: "copy" and "pause-sent" tell the worker that handles
          * it that this pause was applied already (binduq.lifecycle.order). */
         struct bq_task_change ch = {.id = t->task_id, .from = "submitted", .to = "paused",
                                     .requested = "copy"};
         st = c->store->ops->change(c->store, &ch, &res, err);
+        if (st == BQ_OK && res.changed)
+            emit_state(c, it->queue, "paused", t->task_id);
         if (st == BQ_OK && !res.changed && strcmp(res.state, "working") == 0) {
             struct bq_task_change req = {.id = t->task_id, .from = "working",
                                          .requested = "pause-sent"};
@@ -300,15 +308,20 @@ static bq_status store_op(bq_client *c, struct item *it, bq_err *err)
     return st == BQ_OK ? BQ_OK : storage_fail(st, err);
 }
 
-/* Appends to b (after a comma when it holds some) the "scheduled" task event of run `id`,
- * as binduq.scheduler writes them: at `now`, due at `due` when that is > 0. */
-static void put_scheduled(bq_buf *b, const char *id, double now, double due)
+/* Appends to b (after a comma when it holds some) the task event `event` of task `id` in
+ * `state`, as binduq.scheduler writes them: at `now`, due at `due` when that is > 0. */
+static void put_event(bq_buf *b, const char *event, const char *id, const char *state,
+                      double now, double due)
 {
     if (b->len > 0)
         bq_buf_putc(b, ',');
-    BQ_BUF_LIT(b, "{\"event\":\"scheduled\",\"task_id\":");
+    BQ_BUF_LIT(b, "{\"event\":\"");
+    bq_buf_puts(b, event);
+    BQ_BUF_LIT(b, "\",\"task_id\":");
     bq_buf_json_str(b, id, strlen(id));
-    BQ_BUF_LIT(b, ",\"state\":\"submitted\",\"at\":");
+    BQ_BUF_LIT(b, ",\"state\":\"");
+    bq_buf_puts(b, state);
+    BQ_BUF_LIT(b, "\",\"at\":");
     bq_buf_put_secs(b, now);
     if (due > 0) {
         BQ_BUF_LIT(b, ",\"due_at\":");
@@ -326,6 +339,16 @@ static void post_events(bq_client *c, const char *queue, bq_buf *b)
     bq_buf_free(b);
 }
 
+/* The task event of a cancel or pause that changed task `id` (its state is the event's). */
+static void emit_state(bq_client *c, const char *queue, const char *event, const char *id)
+{
+    if (c->feed_post == NULL)
+        return;
+    bq_buf b = BQ_BUF_INIT;
+    put_event(&b, event, id, event, bq_now_wall(), 0);
+    post_events(c, queue, &b);
+}
+
 /* The "scheduled" task events of the runs among items[0..n) that were pushed (pushed NULL:
  * all). */
 static void emit_scheduled(bq_client *c, const char *queue, const struct item *items, size_t n,
@@ -339,7 +362,7 @@ static void emit_scheduled(bq_client *c, const char *queue, const struct item *i
         if ((pushed != NULL && !pushed[i]) || !is(items[i].task, "run"))
             continue;
         const struct bq_when *w = items[i].when;
-        put_scheduled(&b, items[i].task->task_id, now,
+        put_event(&b, "scheduled", items[i].task->task_id, "submitted", now,
                       w == NULL ? 0 : w->run_at != 0 ? w->run_at : now + w->delay);
     }
     post_events(c, queue, &b);
@@ -354,7 +377,7 @@ void bq_client_emit_runs(bq_client *c, const char *queue, const char *const *ids
     double now = bq_now_wall();
     for (size_t i = 0; i < n; i++)
         if (pushed[i])
-            put_scheduled(&b, ids[i], now, 0);
+            put_event(&b, "scheduled", ids[i], "submitted", now, 0);
     post_events(c, queue, &b);
 }
 

@@ -971,6 +971,22 @@ TEST(runs_scheduled_from_c_are_task_events_a_c_reader_follows)
     CHECK_INT(n, 0);
     CHECK_INT(bq_events_read(c, NULL, "yesterday", 100, 0, on_entry, &s, &n, &err), BQ_EINVAL);
     CHECK_CONTAINS(err.msg, "'yesterday' is not an event id");
+    /* A cancel and a pause that change a stored task say so, as binduq.scheduler's do (the
+     * C producer wrote neither until 2026-12-06): id4 canceled, id3 paused. */
+    char id3[96], id4[96];
+    snprintf(id3, sizeof id3, "%s:ev:3", prefix);
+    snprintf(id4, sizeof id4, "%s:ev:4", prefix);
+    struct bq_task runs2[2] = {{"run", id3, NULL, hi, 1}, {"run", id4, NULL, hi, 1}};
+    CHECK_INT(bq_schedule_many(c, runs2, 2, &sent, &err), BQ_OK);
+    struct bq_task ops2[2] = {{"cancel", id4, NULL, NULL, 0}, {"pause", id3, NULL, NULL, 0}};
+    CHECK_INT(bq_schedule_many(c, ops2, 2, &sent, &err), BQ_OK);
+    s.text[0] = '\0';
+    for (int i = 0; i < 20 && strstr(s.text, "\"paused\"") == NULL; i++)
+        CHECK_INT(bq_events_read(c, NULL, s.last, 100, 1.0, on_entry, &s, &n, &err), BQ_OK);
+    snprintf(want, sizeof want, "{\"event\":\"canceled\",\"task_id\":\"%s\",\"state\":\"canceled\",\"at\":", id4);
+    CHECK_CONTAINS(s.text, want);
+    snprintf(want, sizeof want, "{\"event\":\"paused\",\"task_id\":\"%s\",\"state\":\"paused\",\"at\":", id3);
+    CHECK_CONTAINS(s.text, want);
     bq_client_free(c);
     /* events off: nothing written, reading is refused */
     struct bq_client_options off = {.events_max = -1};
