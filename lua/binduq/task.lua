@@ -502,6 +502,11 @@ function M.encode(op, level)
         if op.max_attempts and (math.type(op.max_attempts) ~= "integer" or op.max_attempts < 1) then
             error(wire.MAX_ATTEMPTS_RULE, level)
         end
+        -- A worker reads JSON numbers as doubles: above 2^53 the number it reads is another,
+        -- and math.maxinteger comes back as 2^63, which it refuses (the task dead-lettered).
+        if op.max_attempts and op.max_attempts > (1 << 53) then
+            error(wire.MAX_ATTEMPTS_RULE .. " and at most 2^53 (9007199254740992)", level)
+        end
     end
     if unknown ~= nil then error(unknown_field(unknown), level) end
     local conv = op.conversation_id

@@ -93,6 +93,9 @@ describe("task encoding", function()
         { { type = "run", task_id = "a", messages = { "x" }, artifacts = { "\x80" } }, "artifacts is not valid UTF-8" },
         { { type = "run", task_id = "a", messages = { "x" }, trace_id = "\xff" }, "trace_id is not valid UTF-8" },
         { { type = "run", task_id = "a", messages = { "x" }, timestamp = "2026\xff" }, "timestamp is not valid UTF-8" },
+        -- a number a worker reads back as the same whole number: maxinteger came back 2^63
+        { { type = "run", task_id = "a", messages = { "x" }, max_attempts = math.maxinteger }, "at most 2^53" },
+        { { type = "run", task_id = "a", messages = { "x" }, max_attempts = (1 << 53) + 1 }, "at most 2^53" },
     }
     -- A table nested n levels deep (the outermost one counts).
     local function nest(n)
