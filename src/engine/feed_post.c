@@ -34,7 +34,9 @@ struct bq_feed_post {
     pthread_t thread;
 };
 
-/* Takes each queue's events as one JSON array, and writes them (wmu held, mu not). */
+/* Takes each queue's events as one JSON array, and writes them (wmu held, mu not). The
+ * table is emptied: a queue is in it only while it has events pending, so a producer that
+ * routes to ever new queue names keeps no entry per name it ever used (nor scans them). */
 static void write_pending(bq_feed_post *p)
 {
     struct pending *take = NULL;
@@ -42,13 +44,14 @@ static void write_pending(bq_feed_post *p)
     pthread_mutex_lock(&p->mu);
     if (p->bytes > 0 && (take = bq_calloc(p->nq, sizeof *take)) != NULL) {
         for (size_t i = 0; i < p->nq; i++) {
-            if (p->q[i].buf.len == 0)
+            if (p->q[i].buf.len == 0) {
+                bq_free(p->q[i].queue);
+                bq_buf_free(&p->q[i].buf);
                 continue;
-            take[n].queue = p->q[i].queue; /* queues are never freed before the poster */
-            take[n].buf = p->q[i].buf;
-            p->q[i].buf = (bq_buf)BQ_BUF_INIT;
-            n++;
+            }
+            take[n++] = p->q[i]; /* its name and events move to take */
         }
+        p->nq = 0;
         p->bytes = 0;
     }
     pthread_mutex_unlock(&p->mu);
@@ -67,6 +70,7 @@ static void write_pending(bq_feed_post *p)
                    "outcome", "these task events are not in the stream", NULL);
         bq_buf_free(&out);
         bq_buf_free(&take[i].buf);
+        bq_free(take[i].queue);
     }
     bq_free(take);
 }
@@ -158,6 +162,14 @@ void bq_feed_post_add(bq_feed_post *p, const char *queue, const char *json, size
     pthread_mutex_unlock(&p->mu);
     if (flush)
         bq_feed_post_flush(p);
+}
+
+size_t bq_feed_post_queues(bq_feed_post *p)
+{
+    pthread_mutex_lock(&p->mu);
+    size_t n = p->nq;
+    pthread_mutex_unlock(&p->mu);
+    return n;
 }
 
 void bq_feed_post_free(bq_feed_post *p)

@@ -30,6 +30,9 @@ void bq_feed_post_add(bq_feed_post *p, const char *queue, const char *json, size
 /* Writes what is pending, now, in the caller's thread. */
 void bq_feed_post_flush(bq_feed_post *p);
 
+/* How many queues have events pending now (what the poster keeps an entry for). */
+size_t bq_feed_post_queues(bq_feed_post *p);
+
 /* Flushes, stops the thread and frees. NULL is fine. */
 void bq_feed_post_free(bq_feed_post *p);
 

@@ -10,6 +10,7 @@
 #include "../../src/core/alloc.h"
 #include "../../src/core/clock.h"
 #include "../../src/engine/client.h"
+#include "../../src/engine/feed_post.h"
 #include "../../src/net/conn.h"
 #include "../../src/net/pool.h"
 
@@ -656,6 +657,30 @@ static void lease_cycle(bq_broker *b, const char *queue)
     bq_batch_free(&all);
     bq_batch_free(&again);
     bq_batch_free(&got);
+}
+
+/* A producer's poster keeps an entry only for a queue with events pending: one routing to
+ * 2,000 queue names, each written, keeps none (it kept all 2,000, and scanned them on every
+ * event). */
+TEST(the_event_poster_forgets_queues_it_has_written)
+{
+    bq_broker *b;
+    CHECK_INT(bq_broker_open_memory(&b, NULL), BQ_OK);
+    bq_feed_post *p = bq_feed_post_new(b);
+    REQUIRE(p != NULL);
+    static const char ev[] = "{\"event\":\"scheduled\",\"task_id\":\"t\",\"state\":\"submitted\",\"at\":1}";
+    for (int i = 0; i < 2000; i++) {
+        char q[32];
+        snprintf(q, sizeof q, "test:poster:%d", i);
+        bq_feed_post_add(p, q, ev, sizeof ev - 1);
+    }
+    bq_feed_post_flush(p);
+    CHECK_INT((int)bq_feed_post_queues(p), 0);
+    char last[64];
+    CHECK_INT(b->ops->feed_last(b, "test:poster:1999", last, NULL), BQ_OK);
+    CHECK(strcmp(last, "0-0") != 0); /* written */
+    bq_feed_post_free(p);
+    bq_broker_free(b);
 }
 
 TEST(lease_cycle_memory)
@@ -2095,6 +2120,7 @@ int main(void)
     RUN(broker_fetch_is_interruptible_and_loses_nothing);
     RUN(a_failed_deduplicated_push_counts_what_was_queued);
     RUN(public_api_schedule_length_health);
+    RUN(the_event_poster_forgets_queues_it_has_written);
     RUN(lease_cycle_memory);
     RUN(lease_cycle_redis);
     RUN(queue_order_rpush_is_fifo_from_the_left);
