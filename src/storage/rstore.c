@@ -19,8 +19,9 @@
  * was routed to; a task's own `queue` field is only data). A finished task's hash (completed,
  * failed, canceled, rejected) expires `ttl` seconds after its last change (7 days unless
  * configured; kept for ever when the option is 0); an open one never does. The index entries
- * of expired hashes are removed soon after: each create removes those of up to 8 tasks whose
- * time in {Q}:expiring has passed, and list drops any it meets.
+ * of expired hashes are removed soon after: each create removes those of up to 8 tasks, or
+ * twice as many as it records, whose time in {Q}:expiring has passed, and list drops any it
+ * meets.
  *
  * Each create, change and remove is one server-side script (the files of lua/binduq/rstore/,
  * embedded in rscripts.h by src/broker/embed.lua; EVALSHA, then EVAL on NOSCRIPT), so every

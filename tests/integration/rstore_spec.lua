@@ -73,6 +73,28 @@ describe("#redis task state in Redis", function()
         s:close()
     end)
 
+    it("removes the index entries of a whole batch's expired tasks as fast as batches come", function()
+        local q = qname("sweep")
+        local s = scheduler(q, { type = "redis", ttl = 1 })
+        local function batch(round)
+            local ops = {}
+            for i = 1, 64 do -- one create-N call
+                ops[i] = { type = "run", task_id = ("%s-%d-%d"):format(q, round, i), messages = { "x" } }
+            end
+            assert.are.same({ 64, 0 }, { s:schedule_many(ops) })
+            for i = 1, 64 do assert(s:cancel(ops[i].task_id)) end
+        end
+        local k = "{" .. q .. "}:"
+        for round = 1, 3 do
+            batch(round)
+            proc.sleep(2.2) -- the 64 hashes expire
+        end
+        -- a create-N call that swept 8 expired tasks left 56 of every 64 in the indexes for ever
+        assert.are.equal(64, tonumber(cli("ZCARD", k .. "expiring")))
+        assert.are.equal(64, tonumber(cli("ZCARD", k .. "tasks")))
+        assert.are.equal(64, tonumber(cli("ZCARD", k .. "tasks:canceled")))
+        s:close()
+    end)
     it("shows a task another process ran: s:wait, s:get_task, history, artifacts, the TTL", function()
         local q = qname("run")
         local w = worker(q)

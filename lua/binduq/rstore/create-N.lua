@@ -43,11 +43,13 @@ for i = 1, #KEYS - 1 do
     end
 end
 -- Finished tasks' hashes expire, and {Q}:expiring holds when each will: every call removes
--- the index entries of up to 8 hashes that have expired, so the indexes keep only about the
--- live records.
+-- the index entries of up to 8 hashes that have expired, or twice as many as it records (a
+-- batch of 64 that swept 8 left 56 behind for ever), so the indexes keep only about the live
+-- records.
 local function sweep()
     local exp = p .. 'expiring'
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', t[1], 'LIMIT', 0, 8)) do
+    local most = math.max(8, 2 * (#KEYS - 1))
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', t[1], 'LIMIT', 0, most)) do
         local left = redis.call('PTTL', p .. 'task:' .. id)
         if left == -2 then -- gone
             redis.call('ZREM', KEYS[1], id)
