@@ -371,22 +371,31 @@ static bq_status open_tcp(const char *host, int port, bool tls, const struct bq_
 }
 
 /* Asks the sentinels of u, in turn, where the master of u->service is, and connects to it
- * (AUTH, SELECT, then ROLE must say "master"). */
+ * (AUTH, SELECT, then ROLE must say "master"). Each sentinel, and then the master, has a
+ * connect timeout of its own: one that accepts the connection and never answers (stopped,
+ * overloaded) costs that much, and must not use up the time of the next one. */
 static bq_status open_sentinel(const struct bq_url *u, const struct bq_conn_opts *opts,
-                               double deadline, bq_conn **out, bq_err *err)
+                               double timeout, bq_conn **out, bq_err *err)
 {
     bq_status st = BQ_EIO;
     char why[256] = "no sentinel answered"; /* as long as bq_err.msg */
     for (size_t i = 0; i < u->nhosts; i++) {
         bq_conn *s = NULL;
         bq_err e;
+        double deadline = bq_now_mono() + timeout;
         st = open_tcp(u->hosts[i].host, u->hosts[i].port, u->tls, opts, deadline, &s, &e);
         if (st == BQ_OK)
             st = handshake(s, NULL, u->sentinel_password, 0, deadline, &e);
         redisReply *r = NULL;
+        const char *ask[] = {"SENTINEL", "get-master-addr-by-name", u->service};
         if (st == BQ_OK)
-            st = bq_conn_callv(s, &r, &e, "SENTINEL", "get-master-addr-by-name", u->service,
-                               NULL);
+            st = bq_conn_append(s, 3, ask, NULL, &e);
+        if (st == BQ_OK)
+            st = bq_conn_flush(s, deadline, -1, &e);
+        if (st == BQ_OK)
+            st = bq_conn_read(s, &r, deadline, -1, &e);
+        if (st == BQ_OK)
+            st = bq_reply_check(r, "SENTINEL", &e);
         char host[128] = "";
         int port = 0;
         if (st == BQ_OK && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
@@ -402,6 +411,7 @@ static bq_status open_sentinel(const struct bq_url *u, const struct bq_conn_opts
             freeReplyObject(r);
         bq_conn_close(s);
         bq_conn *m = NULL;
+        deadline = bq_now_mono() + timeout;
         if (st == BQ_OK)
             st = open_tcp(host, port, u->tls, opts, deadline, &m, &e);
         if (st == BQ_OK)
@@ -434,14 +444,15 @@ bq_status bq_conn_open(const struct bq_url *u, const struct bq_conn_opts *opts, 
     if (u->kind == BQ_URL_CLUSTER)
         return bq_err_set(err, BQ_EUNSUPPORTED, "redis+cluster:// URLs are not supported by "
                           "this version of binduq yet");
-    double deadline = bq_now_mono() + (opts->connect_timeout > 0 ? opts->connect_timeout : 5.0);
+    double timeout = opts->connect_timeout > 0 ? opts->connect_timeout : 5.0;
+    double deadline = bq_now_mono() + timeout;
     /* The epoch before asking the sentinels: a switch announced meanwhile makes this
      * connection stale at once rather than never. */
     unsigned epoch_now = opts->epoch != NULL ? atomic_load(opts->epoch) : 0;
     bq_conn *c = NULL;
     bq_status st;
     if (u->kind == BQ_URL_SENTINEL) {
-        st = open_sentinel(u, opts, deadline, &c, err);
+        st = open_sentinel(u, opts, timeout, &c, err);
     } else if (u->kind == BQ_URL_UNIX) {
         if ((st = conn_new(opts, &c, err)) != BQ_OK)
             return st;

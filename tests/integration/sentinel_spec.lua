@@ -6,6 +6,7 @@
 local proc = require("helpers.proc")
 local cluster = require("helpers.cluster")
 local sentinel = require("helpers.sentinel")
+local redis = require("helpers.redis")
 local bq = require("binduq")
 
 describe("#redis #sentinel Sentinel", function()
@@ -96,5 +97,37 @@ describe("#redis #sentinel Sentinel", function()
         assert.are.equal("ENOTFOUND", code)
         assert.truthy(err:find("nosuchmaster", 1, true), err)
         s:close()
+    end)
+
+    it("asks the next sentinel when one accepts and never answers, in time of its own", function()
+        -- A stopped redis-server: the kernel accepts the connection, nothing answers. It
+        -- costs connect_timeout; the next sentinel (with a password: AUTH first) gets its own.
+        local hung = redis.start()
+        proc.kill(hung.proc, "STOP")
+        local port = math.random(20000, 59999)
+        local dir = proc.tmpdir()
+        proc.write(dir .. "/sentinel.conf", table.concat({
+            "port " .. port, "bind 127.0.0.1", "dir " .. dir, "requirepass s3cret",
+            ("sentinel monitor mymaster 127.0.0.1 %d 2"):format(set:master_port()), "",
+        }, "\n"))
+        local sp = proc.spawn("redis-sentinel " .. proc.quote(dir .. "/sentinel.conf"),
+                              { dir = dir, log = dir .. "/sentinel.log" })
+        local ok, res = pcall(function()
+            assert(proc.wait_for(function()
+                return proc.sh(("redis-cli -p %d -a s3cret --no-auth-warning PING"):format(port)) == "PONG"
+            end, 10), "the sentinel did not start")
+            local url = ("redis+sentinel://127.0.0.1:%d,127.0.0.1:%d/mymaster/0?sentinel_password=s3cret")
+                :format(hung.port, port)
+            local s = bq.scheduler{ url = url, queue_name = "it:sentinel:hung", connect_timeout = 1,
+                                    command_timeout = 1 }
+            local r, err = s:run{ task_id = "hung-" .. math.random(1, 1e9), messages = { "x" } }
+            s:close()
+            return r or err
+        end)
+        proc.kill(hung.proc, "CONT")
+        hung:stop()
+        proc.stop(sp, 5)
+        assert.is_true(ok, res)
+        assert.are.equal(true, res)
     end)
 end)
