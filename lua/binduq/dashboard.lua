@@ -681,7 +681,7 @@ function Dashboard:get(req)
         return self:reply(req, 200, require("binduq.dashboard.style"), "text/css; charset=utf-8")
     elseif path == "/api/stream" then
         local first = self:overview_event()
-        if not self.server:stream(req.id, "text/event-stream") then return end
+        if not self.server:stream(req.id, "text/event-stream", HEADERS) then return end
         if self.server:send(req.id, "retry: 2000\n" .. first) then
             self.streams[#self.streams + 1] = req.id
         end

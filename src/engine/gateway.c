@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -260,7 +261,11 @@ static enum MHD_Result send_answer(struct gw_conn *k, struct MHD_Connection *c, 
     bq_mhd.MHD_add_response_header(r, "Content-Type",
                                    k->ctype ? k->ctype : "application/octet-stream");
     if (stream) {
-        bq_mhd.MHD_add_response_header(r, "Cache-Control", "no-cache");
+        bool cache_control = false; /* the answerer's own, if it gave one */
+        for (int i = 0; i < k->nh; i++)
+            cache_control = cache_control || strcasecmp(k->hnames[i], "Cache-Control") == 0;
+        if (!cache_control)
+            bq_mhd.MHD_add_response_header(r, "Cache-Control", "no-cache");
         bq_mhd.MHD_add_response_header(r, "X-Accel-Buffering", "no");
     }
     for (int i = 0; i < k->nh; i++)
@@ -468,6 +473,27 @@ static char *dup_or_null(const char *s)
     return s != NULL ? bq_strdup(s) : NULL;
 }
 
+/* Copies the extra headers of an answer into k (under the mutex); on out of memory, those
+ * copied so far. */
+static void set_headers(struct gw_conn *k, const char *const *names, const char *const *values,
+                        int nheaders)
+{
+    if (nheaders <= 0)
+        return;
+    k->hnames = bq_calloc((size_t)nheaders, sizeof *k->hnames);
+    k->hvalues = bq_calloc((size_t)nheaders, sizeof *k->hvalues);
+    for (int i = 0; k->hnames && k->hvalues && i < nheaders; i++) {
+        k->hnames[i] = dup_or_null(names[i]);
+        k->hvalues[i] = dup_or_null(values[i]);
+        if (k->hnames[i] == NULL || k->hvalues[i] == NULL) {
+            bq_free(k->hnames[i]);
+            bq_free(k->hvalues[i]);
+            break;
+        }
+        k->nh = i + 1;
+    }
+}
+
 bool bq_gateway_reply(bq_gateway *g, uint64_t id, unsigned status, const char *content_type,
                       const char *body, size_t len, const char *const *names,
                       const char *const *values, int nheaders)
@@ -481,20 +507,7 @@ bool bq_gateway_reply(bq_gateway *g, uint64_t id, unsigned status, const char *c
     k->status = status;
     k->ctype = dup_or_null(content_type);
     bq_buf_append(&k->answer, body, len);
-    if (nheaders > 0) {
-        k->hnames = bq_calloc((size_t)nheaders, sizeof *k->hnames);
-        k->hvalues = bq_calloc((size_t)nheaders, sizeof *k->hvalues);
-        for (int i = 0; k->hnames && k->hvalues && i < nheaders; i++) {
-            k->hnames[i] = dup_or_null(names[i]);
-            k->hvalues[i] = dup_or_null(values[i]);
-            if (k->hnames[i] == NULL || k->hvalues[i] == NULL) {
-                bq_free(k->hnames[i]);
-                bq_free(k->hvalues[i]);
-                break;
-            }
-            k->nh = i + 1;
-        }
-    }
+    set_headers(k, names, values, nheaders);
     if (k->answer.oom) { /* the client gets a 500 rather than a cut answer */
         bq_buf_free(&k->answer);
         bq_buf_puts(&k->answer, "out of memory\n");
@@ -506,7 +519,8 @@ bool bq_gateway_reply(bq_gateway *g, uint64_t id, unsigned status, const char *c
     return true;
 }
 
-bool bq_gateway_stream(bq_gateway *g, uint64_t id, const char *content_type)
+bool bq_gateway_stream(bq_gateway *g, uint64_t id, const char *content_type,
+                       const char *const *names, const char *const *values, int nheaders)
 {
     pthread_mutex_lock(&g->mu);
     struct gw_conn *k = live_find(g, id);
@@ -514,6 +528,7 @@ bool bq_gateway_stream(bq_gateway *g, uint64_t id, const char *content_type)
     if (ok) {
         k->status = MHD_HTTP_OK;
         k->ctype = dup_or_null(content_type);
+        set_headers(k, names, values, nheaders);
         k->phase = PH_STREAM;
         k->streaming = true;
         wake(k);

@@ -70,9 +70,11 @@ bool bq_gateway_reply(bq_gateway *g, uint64_t id, unsigned status, const char *c
                       const char *body, size_t len, const char *const *names,
                       const char *const *values, int nheaders);
 
-/* Answers request id as a stream (status 200, Content-Type, no length); bq_gateway_send
- * appends bytes (false once the reader is gone or too far behind), bq_gateway_end ends it. */
-bool bq_gateway_stream(bq_gateway *g, uint64_t id, const char *content_type);
+/* Answers request id as a stream (status 200, Content-Type, no length, extra headers as in
+ * bq_gateway_reply; Cache-Control: no-cache unless they hold one); bq_gateway_send appends
+ * bytes (false once the reader is gone or too far behind), bq_gateway_end ends it. */
+bool bq_gateway_stream(bq_gateway *g, uint64_t id, const char *content_type,
+                       const char *const *names, const char *const *values, int nheaders);
 bool bq_gateway_send(bq_gateway *g, uint64_t id, const char *data, size_t len);
 void bq_gateway_end(bq_gateway *g, uint64_t id);
 

@@ -9,7 +9,7 @@
  *       request = {id=, method=, path=, body=, authorization=, content_type=, accept=,
  *                  last_event_id=, host=, origin=, peer=}
  *   gw:reply(id, status, body, content_type [, {name = value, ...}]) -> true | false (gone)
- *   gw:stream(id, content_type) -> bool;  gw:send(id, data) -> bool;  gw:finish(id)
+ *   gw:stream(id, content_type, headers) -> bool;  gw:send(id, data) -> bool;  gw:finish(id)
  *   gw:close()  (also __close and __gc)
  * cert and key are paths to PEM files, read here (libmicrohttpd takes the text).
  */
@@ -189,6 +189,25 @@ static uint64_t check_id(lua_State *L, int idx)
     return (uint64_t)id;
 }
 
+/* The extra headers in the table at idx (if any), at most 16, into names/values (borrowed
+ * from the table); their number. May raise. */
+static int headers_of(lua_State *L, int idx, const char **names, const char **values)
+{
+    int nh = 0;
+    if (lua_istable(L, idx)) {
+        lua_pushnil(L);
+        while (lua_next(L, idx) != 0 && nh < 16) {
+            names[nh] = luaL_checkstring(L, -2);
+            values[nh] = luaL_checkstring(L, -1);
+            if (strpbrk(names[nh], "\r\n:") || strpbrk(values[nh], "\r\n"))
+                return luaL_error(L, "gateway: a header holds CR, LF or a colon in its name");
+            nh++;
+            lua_pop(L, 1); /* anchored by the table */
+        }
+    }
+    return nh;
+}
+
 static int l_gw_reply(lua_State *L)
 {
     bq_gateway *g = check_gw(L);
@@ -200,18 +219,7 @@ static int l_gw_reply(lua_State *L)
     if (status < 100 || status > 599)
         return luaL_argerror(L, 3, "an HTTP status");
     const char *names[16], *values[16];
-    int nh = 0;
-    if (lua_istable(L, 6)) {
-        lua_pushnil(L);
-        while (lua_next(L, 6) != 0 && nh < 16) {
-            names[nh] = luaL_checkstring(L, -2);
-            values[nh] = luaL_checkstring(L, -1);
-            if (strpbrk(names[nh], "\r\n:") || strpbrk(values[nh], "\r\n"))
-                return luaL_error(L, "gateway: a header holds CR, LF or a colon in its name");
-            nh++;
-            lua_pop(L, 1); /* anchored by the table */
-        }
-    }
+    int nh = headers_of(L, 6, names, values);
     lua_pushboolean(L, bq_gateway_reply(g, id, (unsigned)status, ctype, body, len, names,
                                         values, nh));
     return 1;
@@ -220,8 +228,11 @@ static int l_gw_reply(lua_State *L)
 static int l_gw_stream(lua_State *L)
 {
     bq_gateway *g = check_gw(L);
-    lua_pushboolean(L, bq_gateway_stream(g, check_id(L, 2),
-                                         luaL_optstring(L, 3, "text/event-stream")));
+    uint64_t id = check_id(L, 2);
+    const char *ctype = luaL_optstring(L, 3, "text/event-stream");
+    const char *names[16], *values[16];
+    int nh = headers_of(L, 4, names, values);
+    lua_pushboolean(L, bq_gateway_stream(g, id, ctype, names, values, nh));
     return 1;
 }
 

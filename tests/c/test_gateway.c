@@ -115,7 +115,7 @@ TEST(a_stream_in_pieces)
     pthread_create(&t, NULL, client, &c);
     struct bq_gateway_request r;
     CHECK_INT(bq_gateway_next(g, 5, &r), 1);
-    CHECK(bq_gateway_stream(g, r.id, "text/event-stream"));
+    CHECK(bq_gateway_stream(g, r.id, "text/event-stream", NULL, NULL, 0));
     for (int i = 0; i < 5; i++) {
         char ev[32];
         int n = snprintf(ev, sizeof ev, "data: %d\n\n", i);

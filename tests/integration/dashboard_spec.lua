@@ -143,6 +143,17 @@ describe("#redis dashboard", function()
         assert.are.equal(200, (http("GET", base .. "/app.js")))
         assert.are.equal(200, (http("GET", base .. "/app.css")))
         assert.are.equal(404, (http("GET", base .. "/nothing")))
+        -- the live stream too carries the security headers
+        local sh = {}
+        for name, value in proc.sh("curl -s -N -m 2 -D - -o /dev/null " .. proc.quote(base .. "/api/stream"))
+                               :gmatch("([%w%-]+):%s*([^\r\n]*)") do
+            sh[name:lower()] = value
+        end
+        assert.matches("^text/event%-stream", sh["content-type"])
+        assert.matches("frame%-ancestors 'none'", sh["content-security-policy"])
+        assert.are.equal("nosniff", sh["x-content-type-options"])
+        assert.are.equal("no-referrer", sh["referrer-policy"])
+        assert.are.equal("no-store", sh["cache-control"])
     end)
 
     it("gives queues, workers and dead letters as JSON, hostile strings as data", function()
