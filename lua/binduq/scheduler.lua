@@ -539,16 +539,23 @@ end
 -- Applies op ("dlq_requeue" or "dlq_remove") to every matching entry, a page at a time.
 -- Each move is one atomic step in Redis, so an entry is never lost or doubled, even with
 -- several operators at once. progress(done, seen) is called after each page.
+-- Only the entries there at the start are looked at: the walk goes from the oldest (the
+-- list's tail, where pushes of new entries do not move positions) and stops after as many
+-- as the list held. An entry dead-lettered meanwhile, a task requeued here that failed
+-- again included, stays; else a task that keeps failing would keep the walk going.
 local function each_dead(self, filter, op, progress)
     local client = check_open(self)
     local match = matcher(filter)
-    local done, seen, start = 0, 0, 0
-    while true do
-        local page, err, code = client:range("dead", start, start + 499)
+    local total, lerr, lcode = client:length("dead")
+    if not total then return nil, lerr, lcode end
+    local done, seen, from = 0, 0, 0 -- from: entries kept, counted from the tail
+    while seen < total do
+        local page, err, code = client:range("dead", -(from + 500), -(from + 1))
         if not page then return nil, err, code end
         if #page == 0 then break end
         local kept = 0
-        for _, raw in ipairs(page) do
+        for i = #page, math.max(1, #page - (total - seen) + 1), -1 do -- oldest first
+            local raw = page[i]
             seen = seen + 1
             local e = M.parse_dead_letter(raw)
             if op == "dlq_requeue" and e.truncated == true then
@@ -556,12 +563,12 @@ local function each_dead(self, filter, op, progress)
             elseif match(e) then
                 local ok, e2, c2 = client[op](client, raw)
                 if ok == nil then return nil, e2, c2 end
-                if ok then done = done + 1 else kept = kept + 1 end
+                if ok then done = done + 1 end -- false: gone meanwhile, not kept either
             else
                 kept = kept + 1
             end
         end
-        start = start + kept -- entries taken out shift the rest up
+        from = from + kept -- entries taken out shift the newer ones towards the tail
         if progress then progress(done, seen) end
     end
     return done

@@ -392,6 +392,35 @@ describe("#redis dashboard", function()
         assert(ok, err)
     end)
 
+    it("requeues all as the list was when the job started, not what is dead-lettered meanwhile", function()
+        local q = queue .. ":meanwhile"
+        local sq = bq.scheduler{ url = server.url, queue_name = q }
+        local function push(id)
+            assert(sq.client:command(q, "LPUSH", "{" .. q .. "}:dlq", json.encode{ task_id = id, reason = "r", queue = q }
+                                     .. "\n" .. json.encode{ type = "run", task_id = id, messages = { "x" } }))
+        end
+        for i = 1, 1200 do push("old-" .. i) end
+        local d = assert(require("binduq.dashboard").new{ url = server.url, queues = { q } })
+        local ok, err = pcall(function()
+            local _, status = d:start_job(d:shown(q), "requeue", nil)
+            assert.are.equal(202, status)
+            local steps = 0
+            while d:advance_jobs() do -- one page a step, as the loop moves it
+                steps = steps + 1
+                if steps == 1 then for i = 1, 10 do push("new-" .. i) end end -- e.g. failed again
+                assert.is_true(steps < 50, "the job goes on")
+            end
+            local j = d.jobs["1"]
+            assert.is_nil(j.error)
+            assert.are.equal(1200, j.done)
+            assert.are.equal(10, sq:dead_letter_count())
+            for _, e in ipairs(sq:dead_letters()) do assert.matches("^new%-", e.task_id) end
+        end)
+        d:close()
+        sq:close()
+        assert(ok, err)
+    end)
+
     it("without a token, answers only requests whose Host names this machine (DNS rebinding)", function()
         local port = base:match(":(%d+)$")
         local code, _, body = http("GET", base .. "/", { headers = { "Host: evil.example:" .. port } })
