@@ -10,18 +10,7 @@ local proc = require("helpers.proc")
 local redis = require("helpers.redis")
 local json = require("binduq.json")
 
--- Starts a gateway on a free port (examples/agent_gateway.lua, or `cmd`); returns the process
--- and its base URL.
-local function start(env, cmd)
-    local e = { BINDUQ_GATEWAY_ADDR = "127.0.0.1:0", BINDUQ_LOG_LEVEL = "info" }
-    for k, v in pairs(env or {}) do e[k] = v end
-    local p = proc.spawn(cmd or "build/binduq-lua examples/agent_gateway.lua", { env = e })
-    local port = proc.wait_for(function()
-        return (proc.read(p.log) or ""):match("gateway_listening [^\n]*port=(%d+)")
-    end, 15)
-    assert(port, "the gateway did not start: " .. tostring(proc.read(p.log)))
-    return p, "http://127.0.0.1:" .. port
-end
+local start = require("helpers.gateway").start -- (env, cmd) -> process, base URL, port
 
 -- POSTs `body` (bytes as they are, from a file) to base/; returns the body, the HTTP status.
 local function post(base, body, args)

@@ -58,6 +58,12 @@ describe("#redis #pg lifecycle", function()
         raw:close()
     end
 
+    -- How many of the runs queue_runs queued on q are in binduq.tasks and meet SQL `cond`.
+    local function count_runs(q, cond)
+        return tonumber(db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND %s"):format(q, cond))
+            :match("%d+"))
+    end
+
     -- The commits of server d's database so far; with settle, once they stop changing (a
     -- backend's statistics reach pg_stat_database at the latest when it exits).
     local function commits(d, settle)
@@ -404,10 +410,7 @@ describe("#redis #pg lifecycle", function()
         local q = qname("pgbad")
         local N = 3000
         queue_runs(q, N, function(i) return i % 500 == 250 and "nul \0 here" or "hi " .. i end)
-        local function count(cond)
-            return tonumber(db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND %s"):format(q, cond))
-                :match("%d+"))
-        end
+        local function count(cond) return count_runs(q, cond) end
         local w = worker(q, { BQ_TEST_CONCURRENCY = 1 })
         local good = N - N // 500
         local done = proc.wait_for(function() return count("state = 'completed'") >= good end, 60, 0.2)
@@ -428,10 +431,7 @@ describe("#redis #pg lifecycle", function()
         local q = qname("pgbadout")
         local N = 3000
         queue_runs(q, N, function(i) return i % 500 == 250 and "nulout" or "hi " .. i end)
-        local function count(cond)
-            return tonumber(db:psql(("SELECT count(*) FROM binduq.tasks WHERE id LIKE '%s-%%' AND %s"):format(q, cond))
-                :match("%d+"))
-        end
+        local function count(cond) return count_runs(q, cond) end
         local w = worker(q, { BQ_TEST_CONCURRENCY = 1 })
         local good = N - N // 500
         local done = proc.wait_for(function() return count("state = 'completed'") >= good end, 60, 0.2)
